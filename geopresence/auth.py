@@ -1,0 +1,91 @@
+"""Tokens (HS256 JWT, ``sub`` = user id) and the secrets kept in the data dir."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import jwt
+
+from geopresence.ids import id_problem
+
+SECRET_FILE = "secret"
+ADMIN_KEY_FILE = "admin_key"
+DEFAULT_TOKEN_TTL = 24 * 3600.0
+
+
+class AuthError(Exception):
+    """A token that cannot be accepted; the message says why (never echoes the token)."""
+
+
+def load_or_create(data_dir: Path, name: str) -> str:
+    """Read the secret called ``name`` from ``data_dir``, creating it (mode 0600) if absent."""
+    path = data_dir / name
+    try:
+        value = path.read_text().strip()
+        if value:
+            return value
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    os.replace(tmp, path)
+    return value
+
+
+def resolve_secret(explicit: str | None, data_dir: Path) -> str:
+    """The token secret: ``explicit``, else env ``GEOPRESENCE_SECRET``, else the data dir's."""
+    return explicit or os.environ.get("GEOPRESENCE_SECRET") or load_or_create(data_dir, SECRET_FILE)
+
+
+def resolve_admin_key(explicit: str | None, data_dir: Path) -> str:
+    """The admin key: ``explicit``, else env ``GEOPRESENCE_ADMIN_KEY``, else the data dir's."""
+    return (
+        explicit
+        or os.environ.get("GEOPRESENCE_ADMIN_KEY")
+        or load_or_create(data_dir, ADMIN_KEY_FILE)
+    )
+
+
+def mint_token(secret: str, user: str, ttl: float, now: float) -> str:
+    """An HS256 JWT for ``user`` valid for ``ttl`` seconds from ``now`` (epoch seconds)."""
+    problem = id_problem(user, "user")
+    if problem is not None:
+        raise ValueError(problem)
+    if not ttl > 0:
+        raise ValueError("ttl must be positive")
+    claims = {"sub": user, "iat": int(now), "exp": int(now + ttl)}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def verify_token(secret: str, token: str, now: float) -> str:
+    """The user id of a valid, unexpired token at ``now``; ``AuthError`` otherwise.
+
+    Expiry is checked against the server's clock (``now``), not the wall clock, so that it
+    follows the same time as every other rule.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            options={"require": ["sub", "exp"], "verify_exp": False, "verify_iat": False},
+        )
+    except jwt.InvalidTokenError as exc:
+        raise AuthError(f"invalid token: {exc}") from None
+    exp = claims["exp"]
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise AuthError("invalid token: exp must be a number")
+    if exp <= now:
+        raise AuthError("token expired")
+    user = claims["sub"]
+    problem = id_problem(user, "token subject")
+    if problem is not None:
+        raise AuthError(f"invalid token: {problem}")
+    assert isinstance(user, str)
+    return user

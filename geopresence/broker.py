@@ -1,0 +1,118 @@
+"""The pub/sub seam: channels that publishers write to and connections subscribe to.
+
+The design gives every user a channel that its friends' connections subscribe to (and, for
+small groups, a channel per group). ``Broker`` is the contract; ``MemoryBroker`` is the
+embedded default; ``tests/test_broker_conformance.py`` holds every implementation to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Set
+from typing import Protocol
+
+from geopresence.outbox import Outgoing
+
+ConnId = int
+"""A connection of this server, as the shell numbers them."""
+
+Deliver = Callable[[ConnId, Outgoing], None]
+"""Hands one frame to one local subscriber. Must not block (it queues into an Outbox)."""
+
+
+def user_channel(user: str) -> str:
+    """The channel a user's presence (and later location) is published on."""
+    return f"user:{user}"
+
+
+def group_channel(group: str) -> str:
+    """The channel co-members of a small group hear each other's presence on."""
+    return f"group:{group}"
+
+
+class Broker(Protocol):
+    """Channels -> subscribed connections, with exactly-once delivery per publish.
+
+    Contract:
+    - ``subscribe(channel, conn)`` is idempotent; ``unsubscribe`` of a pair that is not
+      subscribed is a no-op; ``unsubscribe_all(conn)`` leaves every channel.
+    - ``publish(channels, message, exclude)`` hands ``message`` to the ``deliver`` callback
+      exactly once for every connection subscribed to at least one of ``channels`` and not in
+      ``exclude``, even when it is subscribed to several of them; it returns the number of
+      local deliveries. It never blocks: local delivery is synchronous and non-blocking.
+    - Per subscriber, deliveries follow publish order.
+    - A channel with no subscribers holds no memory.
+    """
+
+    def subscribe(self, channel: str, conn: ConnId) -> None: ...
+
+    def unsubscribe(self, channel: str, conn: ConnId) -> None: ...
+
+    def unsubscribe_all(self, conn: ConnId) -> None: ...
+
+    def publish(
+        self, channels: Iterable[str], message: Outgoing, exclude: Set[ConnId] = ...
+    ) -> int: ...
+
+    def subscribers(self, channel: str) -> Set[ConnId]: ...
+
+    def channels_of(self, conn: ConnId) -> Set[str]: ...
+
+
+_NONE: frozenset[ConnId] = frozenset()
+
+
+class MemoryBroker:
+    """In-process ``Broker``: two dicts of sets (channel -> conns, conn -> channels)."""
+
+    def __init__(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._subscribers: dict[str, set[ConnId]] = {}
+        self._channels: dict[ConnId, set[str]] = {}
+
+    def subscribe(self, channel: str, conn: ConnId) -> None:
+        self._subscribers.setdefault(channel, set()).add(conn)
+        self._channels.setdefault(conn, set()).add(channel)
+
+    def unsubscribe(self, channel: str, conn: ConnId) -> None:
+        subs = self._subscribers.get(channel)
+        if subs is None or conn not in subs:
+            return
+        subs.discard(conn)
+        if not subs:
+            del self._subscribers[channel]
+        chans = self._channels[conn]
+        chans.discard(channel)
+        if not chans:
+            del self._channels[conn]
+
+    def unsubscribe_all(self, conn: ConnId) -> None:
+        for channel in self._channels.pop(conn, set()):
+            subs = self._subscribers[channel]
+            subs.discard(conn)
+            if not subs:
+                del self._subscribers[channel]
+
+    def publish(
+        self, channels: Iterable[str], message: Outgoing, exclude: Set[ConnId] = _NONE
+    ) -> int:
+        channel_list = list(channels)
+        if len(channel_list) == 1:
+            # The common case (a user with no small groups): no union set to build.
+            targets: Set[ConnId] = self._subscribers.get(channel_list[0], _NONE)
+        else:
+            union: set[ConnId] = set()
+            for channel in channel_list:
+                union.update(self._subscribers.get(channel, _NONE))
+            targets = union
+        delivered = 0
+        for conn in list(targets):
+            if conn not in exclude:
+                self._deliver(conn, message)
+                delivered += 1
+        return delivered
+
+    def subscribers(self, channel: str) -> Set[ConnId]:
+        return self._subscribers.get(channel, _NONE)
+
+    def channels_of(self, conn: ConnId) -> Set[str]:
+        return self._channels.get(conn, set())

@@ -1,0 +1,315 @@
+"""The ``geopresence`` command: ``serve`` and ``token`` (PROTOCOL.md, Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from geopresence import __version__
+from geopresence.aio import collapse_exception_groups
+from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token, resolve_secret
+from geopresence.config import Config
+from geopresence.server import RunningServer, serve
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535 (0 picks a free one): {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geopresence",
+        description="Real-time presence and nearby-friends server (WebSocket + HTTP API).",
+    )
+    parser.add_argument("--version", action="version", version=f"geopresence {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = Config()
+    s = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Without flags: in-memory state, data dir "
+        "./geopresence-data, WebSocket on 127.0.0.1:8765, HTTP API on 127.0.0.1:8766.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("--host", default=d.host, help="interface to listen on (0.0.0.0: all)")
+    s.add_argument("--port", type=_port, default=d.port, help="WebSocket port (0: any free)")
+    s.add_argument(
+        "--http-port", type=_port, default=d.http_port, help="HTTP API port (0: any free)"
+    )
+    s.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        help="directory for the secret, the admin key and durable state",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept hello with a bare user and HTTP calls without the admin key "
+        "(local development only)",
+    )
+    s.add_argument(
+        "--admin-key",
+        default=None,
+        help="HTTP API bearer key (default: env GEOPRESENCE_ADMIN_KEY, else "
+        "generated in DATA_DIR/admin_key)",
+    )
+    s.add_argument(
+        "--secret",
+        default=None,
+        help="token signing secret (default: env GEOPRESENCE_SECRET, else "
+        "generated in DATA_DIR/secret)",
+    )
+    s.add_argument(
+        "--heartbeat-interval",
+        type=_seconds,
+        default=d.heartbeat_interval,
+        metavar="S",
+        help="heartbeat period clients are told to use",
+    )
+    s.add_argument(
+        "--offline-after",
+        type=_seconds,
+        default=d.offline_after,
+        metavar="S",
+        help="a device without activity for this long is offline",
+    )
+    s.add_argument(
+        "--location-ttl",
+        type=_seconds,
+        default=d.location_ttl,
+        metavar="S",
+        help="lifetime of a user's latest location (nearby friends)",
+    )
+    s.add_argument(
+        "--radius",
+        type=_positive_number,
+        default=d.radius,
+        metavar="M",
+        help="default nearby radius in metres (5 miles)",
+    )
+    s.add_argument(
+        "--snapshot-interval",
+        type=_seconds,
+        default=d.snapshot_interval,
+        metavar="S",
+        help="seconds between state snapshots",
+    )
+    s.add_argument(
+        "--fsync",
+        choices=["always", "everysec", "no"],
+        default=d.fsync,
+        help="journal fsync policy, as Redis' appendfsync",
+    )
+    s.add_argument(
+        "--presence-fanout-limit",
+        type=_positive_int,
+        default=d.presence_fanout_limit,
+        metavar="N",
+        help="groups up to this size get co-member presence events",
+    )
+    s.add_argument("--max-friends", type=_positive_int, default=d.max_friends, metavar="N")
+    s.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=d.max_message_bytes,
+        metavar="B",
+        help="largest client frame (larger: close 1009)",
+    )
+    s.add_argument(
+        "--hello-timeout",
+        type=_seconds,
+        default=d.hello_timeout,
+        metavar="S",
+        help="time to send a valid hello (else close 1008)",
+    )
+    s.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=d.queue_size,
+        metavar="N",
+        help="frames queued per connection before it is a slow consumer (4008)",
+    )
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
+    s.set_defaults(run=_cmd_serve)
+
+    t = commands.add_parser(
+        "token",
+        help="print a token for a user",
+        description="Print an HS256 JWT for USER signed with the server's secret (the "
+        "same --secret / GEOPRESENCE_SECRET / DATA_DIR/secret the server uses).",
+    )
+    t.add_argument("user", metavar="USER")
+    t.add_argument(
+        "--ttl",
+        type=_seconds,
+        default=DEFAULT_TOKEN_TTL,
+        metavar="S",
+        help="validity in seconds (default: %(default)s)",
+    )
+    t.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        help="the server's data dir (default: %(default)s)",
+    )
+    t.add_argument("--secret", default=None, help="the server's --secret, if it has one")
+    t.set_defaults(run=_cmd_token)
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    return Config(
+        host=args.host,
+        port=args.port,
+        http_port=args.http_port,
+        data_dir=args.data_dir,
+        insecure=args.insecure,
+        admin_key=args.admin_key,
+        secret=args.secret,
+        heartbeat_interval=args.heartbeat_interval,
+        offline_after=args.offline_after,
+        location_ttl=args.location_ttl,
+        radius=args.radius,
+        snapshot_interval=args.snapshot_interval,
+        fsync=args.fsync,
+        presence_fanout_limit=args.presence_fanout_limit,
+        max_friends=args.max_friends,
+        max_message_bytes=args.max_message_bytes,
+        hello_timeout=args.hello_timeout,
+        queue_size=args.queue_size,
+    )
+
+
+def _announce(running: RunningServer, config: Config) -> None:
+    print(
+        f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
+        flush=True,
+    )
+    data_dir = config.data_dir
+    hints = [f"  WebSocket: {running.ws_url}    HTTP API: {running.http_url}"]
+    if config.insecure:
+        hints.append(
+            '  insecure mode: hello with {"type":"hello","user":"alice","device":"d"}; '
+            "no admin key needed"
+        )
+    else:
+        token_cmd = "geopresence token USER"
+        if config.secret is None and data_dir != Config().data_dir:
+            token_cmd += f" --data-dir {data_dir}"
+        hints.append(f"  mint a token:  {token_cmd}")
+        if config.admin_key is None:
+            hints.append(
+                f"  admin key for the HTTP API: in {data_dir / 'admin_key'} "
+                "(or set GEOPRESENCE_ADMIN_KEY)"
+            )
+    print("\n".join(hints), flush=True)
+
+
+async def _serve_until_signal(config: Config) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            running: RunningServer = await nursery.start(serve, config)
+            _announce(running, config)
+            async for signum in signals:
+                logging.getLogger("geopresence").info("%s: stopping", signal.Signals(signum).name)
+                running.stop()
+                break
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _config_from(args)
+    except ValueError as exc:
+        print(f"geopresence: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with collapse_exception_groups():
+            trio.run(_serve_until_signal, config)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"geopresence: a port is already in use ({exc.strerror}); pick another "
+                "with --port/--http-port, or 0 for any free port",
+                file=sys.stderr,
+            )
+        else:
+            print(f"geopresence: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    try:
+        secret = resolve_secret(args.secret, args.data_dir)
+        print(mint_token(secret, args.user, args.ttl, time.time()))
+    except (ValueError, OSError) as exc:
+        print(f"geopresence token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = args.run
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Server configuration: one immutable record, filled by the CLI or by an embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+FsyncPolicy = Literal["always", "everysec", "no"]
+
+
+def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{attribute.name} must be 0..65535, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything ``serve`` needs. Durations are seconds (fractions allowed), sizes bytes.
+
+    The defaults are the embedded single-process server of the README: in-memory state, a
+    data dir in the current folder, loopback only.
+    """
+
+    host: str = "127.0.0.1"
+    """Interface for both listeners; ``0.0.0.0`` to accept from other machines."""
+    port: int = attrs.field(default=8765, validator=_port)
+    """WebSocket port (path ``/ws``); 0 picks a free one."""
+    http_port: int = attrs.field(default=8766, validator=_port)
+    """HTTP API port; 0 picks a free one."""
+    data_dir: Path = attrs.field(default=Path("geopresence-data"), converter=Path)
+    """Holds the generated secret and admin key (and, later, journal and snapshots)."""
+    insecure: bool = False
+    """Accept ``hello`` with a bare ``user`` and HTTP calls without the admin key."""
+    admin_key: str | None = None
+    """Bearer key of the HTTP API; None: env ``GEOPRESENCE_ADMIN_KEY`` or the data dir's."""
+    secret: str | None = None
+    """HS256 token secret; None: env ``GEOPRESENCE_SECRET`` or the data dir's."""
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
+    offline_after: float = attrs.field(default=30.0, validator=_positive)
+    location_ttl: float = attrs.field(default=600.0, validator=_positive)
+    """Lifetime of a user's latest location (nearby friends)."""
+    radius: float = attrs.field(default=8046.72, validator=_positive)
+    """Default nearby radius in metres (5 miles)."""
+    snapshot_interval: float = attrs.field(default=60.0, validator=_positive)
+    fsync: FsyncPolicy = "everysec"
+    presence_fanout_limit: int = 500
+    """Groups with at most this many members get presence events of co-members."""
+    max_friends: int = 5000
+    max_group_size: int = 100_000
+    max_message_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    """Largest client frame; a larger one closes the connection with 1009."""
+    hello_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """Time a new connection has to send a valid hello before it is closed with 1008."""
+    queue_size: int = attrs.field(default=1024, validator=_positive)
+    """Frames queued per connection before the client counts as a slow consumer (4008)."""
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    """How long a close handshake (or a stuck send before a 4008) may take."""
+    drain_timeout: float = attrs.field(default=10.0, validator=_positive)
+    """On shutdown, how long to wait for clients to finish their close handshakes."""
+    time_origin: float | None = None
+    """Epoch seconds at trio clock 0. None anchors to the wall clock at start; tests under
+    ``trio.testing.MockClock`` pass 0 so server times equal ``trio.current_time()``."""

@@ -1,0 +1,379 @@
+"""The HTTP API (the design's "API server"): a small ASGI app served by hypercorn on trio.
+
+Routes are a table of (method, path pattern, handler); each handler is a plain function of a
+parsed ``Request`` that calls the hub and returns ``(status, JSON body)``. Errors are JSON
+``{"error": CODE, "message": ...}`` with the matching HTTP status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import orjson
+import trio
+
+from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token
+from geopresence.ids import id_problem
+from geopresence.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from geopresence.server import Server
+
+log = logging.getLogger("geopresence.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+"""Largest request body (a bulk import of 10,000 pairs is well under 1 MiB)."""
+MAX_BULK_PAIRS: Final = 10_000
+MAX_TOKEN_TTL: Final = 365 * 24 * 3600.0
+
+STATUS_OF: Final[dict[ErrorCode, int]] = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "too_large": 413,
+    "rate_limited": 429,
+    "no_location": 404,
+    "internal": 500,
+}
+
+
+class HttpError(Exception):
+    """An error response: ``status`` with body ``{"error": code, "message": message}``."""
+
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code: ErrorCode = code
+        self.message = message
+
+
+@attrs.frozen
+class Request:
+    """A parsed request: path parameters (validated ids), query string and raw body."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON (an empty body is ``{}``); bad_request if it is not JSON."""
+        if not self.body.strip():
+            return {}
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise HttpError(400, "bad_request", f"body is not valid JSON: {exc}") from None
+
+    def json_object(self) -> dict[str, Any]:
+        body = self.json()
+        if not isinstance(body, dict):
+            raise HttpError(400, "bad_request", "body must be a JSON object")
+        return body
+
+
+Response = tuple[int, Any]
+Handler = Callable[[Request], Response]
+
+
+@attrs.frozen
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    admin: bool = True
+    """Needs ``Authorization: Bearer ADMIN_KEY`` (unless the server is --insecure)."""
+
+
+def _path(template: str) -> re.Pattern[str]:
+    """``/v1/users/{user}`` -> a regex with a named group per ``{param}`` (one segment)."""
+    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+    return re.compile(f"^{regex}$")
+
+
+def _user_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list):
+        raise HttpError(400, "bad_request", f"{what} must be an array of user ids")
+    for item in value:
+        problem = id_problem(item, f"each of {what}")
+        if problem is not None:
+            raise HttpError(400, "bad_request", problem)
+    return value
+
+
+class HttpApi:
+    """ASGI application over a running ``Server``."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.hub = server.hub
+        route = Route
+        self.routes: list[Route] = [
+            route("GET", _path("/healthz"), self.healthz, admin=False),
+            route("GET", _path("/metrics"), self.metrics),
+            route("PUT", _path("/v1/friendships/{a}/{b}"), self.put_friendship),
+            route("DELETE", _path("/v1/friendships/{a}/{b}"), self.delete_friendship),
+            route("POST", _path("/v1/friendships"), self.bulk_friendships),
+            route("GET", _path("/v1/users/{user}"), self.get_user),
+            route("GET", _path("/v1/users/{user}/friends"), self.get_friends),
+            route("POST", _path("/v1/users/{user}/logout"), self.logout),
+            route("POST", _path("/v1/tokens"), self.create_token),
+            route("PUT", _path("/v1/groups/{group}"), self.put_group),
+            route("GET", _path("/v1/groups/{group}"), self.get_group),
+            route("DELETE", _path("/v1/groups/{group}"), self.delete_group),
+            route("PUT", _path("/v1/groups/{group}/members/{user}"), self.put_member),
+            route("DELETE", _path("/v1/groups/{group}/members/{user}"), self.delete_member),
+        ]
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, payload = await self._respond(scope, receive)
+        except HttpError as exc:
+            status, payload = exc.status, {"error": exc.code, "message": exc.message}
+        except Exception:
+            log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))
+            status, payload = 500, {"error": "internal", "message": "internal error"}
+        self.server.metrics.http_requests[status] += 1
+        if status >= 400 and isinstance(payload, dict) and "error" in payload:
+            self.server.metrics.errors[payload["error"]] += 1
+        if isinstance(payload, str):
+            body, content_type = payload.encode(), b"text/plain; version=0.0.4; charset=utf-8"
+        else:
+            body, content_type = orjson.dumps(payload), b"application/json"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        method: str = scope["method"]
+        path: str = scope["path"]
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.pattern.match(path)
+            if match is None:
+                continue
+            if route.method != method:
+                allowed.append(route.method)
+                continue
+            if route.admin:
+                self._authorize(scope)
+            params = match.groupdict()
+            for name, value in params.items():
+                problem = id_problem(value, name)
+                if problem is not None:
+                    raise HttpError(400, "bad_request", problem)
+            body = await _read_body(receive)
+            try:
+                return route.handler(Request(method, path, params, body))
+            except ProtocolError as exc:
+                raise HttpError(_status_for(exc.code), exc.code, exc.message) from None
+        if allowed:
+            raise HttpError(405, "bad_request", f"{method} not allowed; use {', '.join(allowed)}")
+        raise HttpError(404, "not_found", f"no such endpoint: {path}")
+
+    def _authorize(self, scope: Scope) -> None:
+        key = self.server.admin_key
+        if key is None:  # --insecure
+            return
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                scheme, _, given = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and hmac.compare_digest(
+                    given.strip().encode(), key.encode()
+                ):
+                    return
+                raise HttpError(401, "unauthorized", "wrong admin key")
+        raise HttpError(401, "unauthorized", "missing 'Authorization: Bearer ADMIN_KEY' header")
+
+    # ------------------------------------------------------------------ handlers
+
+    def healthz(self, request: Request) -> Response:
+        return 200, {"status": "ok"}
+
+    def metrics(self, request: Request) -> Response:
+        return 200, self.server.metrics.render()
+
+    def put_friendship(self, request: Request) -> Response:
+        a, b = request.params["a"], request.params["b"]
+        created = self.hub.add_friendship(a, b)
+        return 200, {"friends": [a, b], "created": created}
+
+    def delete_friendship(self, request: Request) -> Response:
+        a, b = request.params["a"], request.params["b"]
+        return 200, {"friends": [a, b], "deleted": self.hub.remove_friendship(a, b)}
+
+    def bulk_friendships(self, request: Request) -> Response:
+        pairs = request.json_object().get("pairs")
+        if not isinstance(pairs, list):
+            raise HttpError(400, "bad_request", '"pairs" must be an array of [a, b] pairs')
+        if len(pairs) > MAX_BULK_PAIRS:
+            raise HttpError(413, "too_large", f"at most {MAX_BULK_PAIRS} pairs per call")
+        checked: list[tuple[str, str]] = []
+        for index, pair in enumerate(pairs):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise HttpError(400, "bad_request", f"pairs[{index}] must be [a, b]")
+            a, b = _user_list(pair, f"pairs[{index}]")
+            if a == b:
+                raise HttpError(
+                    400, "bad_request", f"pairs[{index}]: a user cannot befriend itself"
+                )
+            checked.append((a, b))
+        # All pairs are valid before any is applied; a limit hit part-way reports how far it got.
+        created = 0
+        for index, (a, b) in enumerate(checked):
+            try:
+                created += self.hub.add_friendship(a, b)
+            except ProtocolError as exc:
+                raise HttpError(
+                    _status_for(exc.code),
+                    exc.code,
+                    f"pairs[{index}]: {exc.message} ({created} created before it)",
+                ) from None
+        return 200, {"created": created}
+
+    def get_user(self, request: Request) -> Response:
+        p = self.hub.user_presence(request.params["user"])
+        return 200, {
+            "user": p.user,
+            "status": p.status,
+            "last_active_at": p.last_active_at,
+            "devices": p.devices,
+        }
+
+    def get_friends(self, request: Request) -> Response:
+        user = request.params["user"]
+        friends = [attrs.asdict(f) for f in self.hub.friends_presence(user)]
+        return 200, {"user": user, "friends": friends}
+
+    def logout(self, request: Request) -> Response:
+        user = request.params["user"]
+        device = request.json_object().get("device")
+        if device is not None:
+            problem = id_problem(device, "device")
+            if problem is not None:
+                raise HttpError(400, "bad_request", problem)
+        ended = self.hub.logout(user, device)
+        p = self.hub.user_presence(user)
+        return 200, {"user": user, "devices_logged_out": ended, "status": p.status}
+
+    def create_token(self, request: Request) -> Response:
+        body = request.json_object()
+        user = body.get("user")
+        problem = id_problem(user, "user")
+        if problem is not None or not isinstance(user, str):
+            raise HttpError(400, "bad_request", problem or "user must be a string")
+        ttl = body.get("ttl", DEFAULT_TOKEN_TTL)
+        if (
+            isinstance(ttl, bool)
+            or not isinstance(ttl, int | float)
+            or not 0 < ttl <= MAX_TOKEN_TTL
+        ):
+            raise HttpError(400, "bad_request", f"ttl must be a number in (0, {MAX_TOKEN_TTL:.0f}]")
+        now = self.server.now()
+        token = mint_token(self.server.secret, user, ttl, now)
+        return 200, {"token": token, "user": user, "expires_at": int(now + ttl)}
+
+    def put_group(self, request: Request) -> Response:
+        group = request.params["group"]
+        members = _user_list(request.json_object().get("members", []), "members")
+        count = self.hub.set_group(group, members)
+        return 200, {"group": group, "members": count}
+
+    def get_group(self, request: Request) -> Response:
+        group = request.params["group"]
+        members = self.hub.store.group_members(group)
+        if members is None:
+            raise HttpError(404, "not_found", f"group {group!r} does not exist")
+        online, total = self.hub.group_online(group)
+        return 200, {"group": group, "members": sorted(members), "online": online, "total": total}
+
+    def delete_group(self, request: Request) -> Response:
+        group = request.params["group"]
+        self.hub.delete_group(group)
+        return 200, {"group": group, "deleted": True}
+
+    def put_member(self, request: Request) -> Response:
+        group, user = request.params["group"], request.params["user"]
+        return 200, {"group": group, "user": user, "added": self.hub.add_member(group, user)}
+
+    def delete_member(self, request: Request) -> Response:
+        group, user = request.params["group"], request.params["user"]
+        removed = self.hub.remove_member(group, user)
+        return 200, {"group": group, "user": user, "removed": removed}
+
+
+def _status_for(code: ErrorCode) -> int:
+    # A domain limit (max_friends, group size) is not an oversized body: 409 Conflict.
+    return 409 if code == "too_large" else STATUS_OF[code]
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HttpError(400, "bad_request", "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HttpError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def serve_http(server: Server, *, task_status: trio.TaskStatus[int]) -> None:
+    """Serve ``HttpApi(server)`` with hypercorn's trio worker; reports the bound port."""
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.trio import serve as hypercorn_serve
+
+    config = server.config
+    hconfig = HypercornConfig()
+    hconfig.bind = [f"{_bind_host(config.host)}:{config.http_port}"]
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("geopresence.http.server")
+    hconfig.graceful_timeout = 1.0
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(hypercorn_serve, HttpApi(server), hconfig)
+        task_status.started(int(binds[0].rsplit(":", 1)[1]))
+
+
+def _bind_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -1,0 +1,374 @@
+"""The hub: sessions, presence, friendships and groups wired together (sans-I/O).
+
+The hub is the whole domain of the server as one synchronous object. The trio shell feeds it
+what happened (a session opened, a frame arrived, time passed, an HTTP call) together with
+``now``, and the hub answers by handing frames and close requests to a ``Sink``, which the
+shell implements with bounded per-connection queues. Fan-out therefore costs no awaits: a
+presence change reaching 5,000 friends is 5,000 non-blocking queue pushes.
+
+Channels (see ``broker``): each user U has ``user:U``, subscribed by every live connection of
+each of U's friends; each group G has ``group:G``, subscribed by its members' connections and
+published on only while the group has at most ``presence_fanout_limit`` members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol
+
+import attrs
+
+from geopresence.broker import Broker, ConnId, group_channel, user_channel
+from geopresence.outbox import Outgoing
+from geopresence.presence import Ended, PresenceChange, PresenceTable, UserPresence
+from geopresence.protocol import (
+    ClientMessage,
+    FriendRemoved,
+    FriendsPresence,
+    FriendStatus,
+    GroupPresenceQuery,
+    GroupPresenceReply,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Logout,
+    Presence,
+    ProtocolError,
+    ServerMessage,
+    Welcome,
+    encode,
+    error_message,
+)
+from geopresence.store import Store
+
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_HEARTBEAT_TIMEOUT: Final = 4000
+CLOSE_LOGGED_OUT: Final = 4001
+CLOSE_REPLACED: Final = 4002
+CLOSE_SLOW_CONSUMER: Final = 4008
+
+
+class Sink(Protocol):
+    """Where the hub's output goes. Both methods must return without blocking.
+
+    ``send`` queues a frame for a connection (the shell closes it with 4008 if its queue is
+    full); ``close`` asks for a connection to be closed with ``code`` after the frames already
+    queued for it. After ``close`` the hub has forgotten the connection.
+    """
+
+    def send(self, conn: ConnId, message: Outgoing) -> None: ...
+
+    def close(self, conn: ConnId, code: int, reason: str) -> None: ...
+
+
+@attrs.frozen(kw_only=True)
+class HubSettings:
+    """Domain limits and timings (seconds)."""
+
+    heartbeat_interval: float = 5.0
+    offline_after: float = 30.0
+    presence_fanout_limit: int = 500
+    max_friends: int = 5000
+    max_group_size: int = 100_000
+
+
+@attrs.frozen
+class Session:
+    """A live, authenticated connection."""
+
+    conn: ConnId
+    user: str
+    device: str
+
+
+def _out(message: ServerMessage, coalesce_key: Any = None) -> Outgoing:
+    return Outgoing(encode(message), coalesce_key)
+
+
+class Hub:
+    """All domain state of one server, driven by method calls that pass ``now`` (seconds).
+
+    Methods that take a ``conn`` ignore connections the hub does not know (already closed by
+    the hub itself); HTTP-facing methods raise ``ProtocolError`` for invalid requests.
+    """
+
+    def __init__(self, settings: HubSettings, store: Store, broker: Broker, sink: Sink) -> None:
+        self.settings = settings
+        self.store = store
+        self.broker = broker
+        self.sink = sink
+        self.presence: PresenceTable[ConnId] = PresenceTable(settings.offline_after)
+        self._sessions: dict[ConnId, Session] = {}
+        self._conns_of: dict[str, set[ConnId]] = {}
+        self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
+            Heartbeat: self._on_heartbeat,
+            Logout: self._on_logout,
+            GroupPresenceQuery: self._on_group_presence,
+            Hello: self._on_repeated_hello,
+        }
+
+    # ---------------------------------------------------------------- sessions
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def session(self, conn: ConnId) -> Session | None:
+        return self._sessions.get(conn)
+
+    def connections_of(self, user: str) -> frozenset[ConnId]:
+        return frozenset(self._conns_of.get(user, ()))
+
+    def open_session(self, conn: ConnId, user: str, device: str, now: float) -> None:
+        """``conn`` said a valid hello as ``user`` on ``device``: welcome it.
+
+        Sends welcome and friends_presence to ``conn``, closes a connection of the same
+        user+device with 4002 (no presence change), and publishes the user's transition to
+        online if this is its first alive device.
+        """
+        connected = self.presence.connect(user, device, conn, now)
+        if connected.replaced is not None and connected.replaced != conn:
+            self._drop(connected.replaced, CLOSE_REPLACED, "replaced by a newer connection")
+        session = Session(conn, user, device)
+        self._sessions[conn] = session
+        self._conns_of.setdefault(user, set()).add(conn)
+        for friend in self.store.friends_of(user):
+            self.broker.subscribe(user_channel(friend), conn)
+        for group in self.store.groups_of(user):
+            self.broker.subscribe(group_channel(group), conn)
+        s = self.settings
+        self.sink.send(
+            conn,
+            _out(
+                Welcome(
+                    user=user,
+                    device=device,
+                    heartbeat_interval=s.heartbeat_interval,
+                    offline_after=s.offline_after,
+                    server_time=now,
+                )
+            ),
+        )
+        friends = sorted(self.store.friends_of(user))
+        self.sink.send(conn, _out(FriendsPresence(friends=[self._status(f) for f in friends])))
+        if connected.change is not None:
+            self._publish_presence(connected.change)
+
+    def handle(self, conn: ConnId, message: ClientMessage, now: float) -> None:
+        """A decoded client message from ``conn``. Any message but logout is activity."""
+        session = self._sessions.get(conn)
+        if session is None:
+            return
+        if not isinstance(message, Logout):
+            self.presence.activity(session.user, session.device, conn, now)
+        try:
+            self._handlers[type(message)](session, message, now)
+        except ProtocolError as exc:
+            self.sink.send(conn, _out(error_message(exc)))
+
+    def activity(self, conn: ConnId, now: float) -> None:
+        """``conn`` sent something, even if it could not be decoded."""
+        session = self._sessions.get(conn)
+        if session is not None:
+            self.presence.activity(session.user, session.device, conn, now)
+
+    def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
+        """Send an ``error`` frame to ``conn`` (the connection stays open)."""
+        if conn in self._sessions:
+            self.sink.send(conn, _out(error_message(error)))
+
+    def close_session(self, conn: ConnId) -> None:
+        """``conn`` ended without a logout (dropped, or closed by the shell): its device
+        stays alive until its heartbeat deadline."""
+        session = self._forget(conn)
+        if session is not None:
+            self.presence.disconnect(session.user, session.device, conn)
+
+    def expire(self, now: float) -> None:
+        """Time has reached ``now``: end devices whose heartbeat deadline passed."""
+        self._apply_ended(self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` has work next (None: nothing pending)."""
+        return self.presence.next_deadline()
+
+    def logout(self, user: str, device: str | None = None) -> int:
+        """Log out ``device`` (every device when None) at once; returns how many ended."""
+        before = self.presence.get(user).devices
+        self._apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out")
+        return before - self.presence.get(user).devices
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Ask the sink to close every live connection (shutdown / drain)."""
+        for conn in list(self._sessions):
+            self._drop(conn, code, reason)
+
+    # ---------------------------------------------------------------- queries
+
+    def user_presence(self, user: str) -> UserPresence:
+        return self.presence.get(user)
+
+    def friends_presence(self, user: str) -> list[FriendStatus]:
+        """The user's friends, sorted by id, with their presence."""
+        return [self._status(f) for f in sorted(self.store.friends_of(user))]
+
+    def group_online(self, group: str) -> tuple[list[str], int]:
+        """Sorted online members of ``group`` and its member count; not_found if none."""
+        members = self.store.group_members(group)
+        if members is None:
+            raise ProtocolError("not_found", f"group {group!r} does not exist")
+        online = sorted(m for m in members if self.presence.is_online(m))
+        return online, len(members)
+
+    # ---------------------------------------------------------------- friendships
+
+    def add_friendship(self, a: str, b: str) -> bool:
+        """Make a and b friends; live connections start hearing each other at once.
+
+        Each side's live connections get a ``friends_presence`` with the other's current
+        status. Returns False if they already were friends.
+        """
+        if a == b:
+            raise ProtocolError("bad_request", "a user cannot befriend itself")
+        if self.store.are_friends(a, b):
+            return False
+        limit = self.settings.max_friends
+        for user in (a, b):
+            if len(self.store.friends_of(user)) >= limit:
+                raise ProtocolError("too_large", f"{user} already has max_friends ({limit})")
+        self.store.add_friendship(a, b)
+        for user, friend in ((a, b), (b, a)):
+            conns = self._conns_of.get(user, ())
+            if not conns:
+                continue
+            snapshot = _out(FriendsPresence(friends=[self._status(friend)]))
+            for conn in conns:
+                self.broker.subscribe(user_channel(friend), conn)
+                self.sink.send(conn, snapshot)
+        return True
+
+    def remove_friendship(self, a: str, b: str) -> bool:
+        """Unfriend a and b; live connections stop hearing each other at once and get a
+        ``friend_removed``. Returns False if they were not friends."""
+        if not self.store.remove_friendship(a, b):
+            return False
+        for user, friend in ((a, b), (b, a)):
+            gone = _out(FriendRemoved(user=friend))
+            for conn in self._conns_of.get(user, ()):
+                self.broker.unsubscribe(user_channel(friend), conn)
+                self.sink.send(conn, gone)
+        return True
+
+    # ---------------------------------------------------------------- groups
+
+    def set_group(self, group: str, members: Iterable[str]) -> int:
+        """Create or replace ``group``'s membership; returns the member count."""
+        wanted = set(members)
+        limit = self.settings.max_group_size
+        if len(wanted) > limit:
+            raise ProtocolError("too_large", f"a group has at most {limit} members")
+        added, removed = self.store.set_group(group, wanted)
+        for user in added:
+            self._subscribe_user(group_channel(group), user)
+        for user in removed:
+            self._unsubscribe_user(group_channel(group), user)
+        return len(wanted)
+
+    def delete_group(self, group: str) -> None:
+        members = self.store.delete_group(group)
+        if members is None:
+            raise ProtocolError("not_found", f"group {group!r} does not exist")
+        for user in members:
+            self._unsubscribe_user(group_channel(group), user)
+
+    def add_member(self, group: str, user: str) -> bool:
+        members = self.store.group_members(group)
+        limit = self.settings.max_group_size
+        if members is not None and user not in members and len(members) >= limit:
+            raise ProtocolError("too_large", f"a group has at most {limit} members")
+        added = self.store.add_member(group, user)
+        if added:
+            self._subscribe_user(group_channel(group), user)
+        return added
+
+    def remove_member(self, group: str, user: str) -> bool:
+        if self.store.group_members(group) is None:
+            raise ProtocolError("not_found", f"group {group!r} does not exist")
+        removed = self.store.remove_member(group, user)
+        if removed:
+            self._unsubscribe_user(group_channel(group), user)
+        return removed
+
+    # ---------------------------------------------------------------- handlers
+
+    def _on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
+        if message.id is not None:
+            self.sink.send(session.conn, _out(HeartbeatAck(re=message.id, server_time=now)))
+
+    def _on_logout(self, session: Session, message: Logout, now: float) -> None:
+        self._apply_ended(
+            self.presence.logout(session.user, session.device), CLOSE_LOGGED_OUT, "logged out"
+        )
+
+    def _on_group_presence(self, session: Session, message: GroupPresenceQuery, now: float) -> None:
+        members = self.store.group_members(message.group)
+        if members is None or session.user not in members:
+            # One answer for both cases: outsiders learn nothing about a group's existence.
+            raise ProtocolError("forbidden", f"not a member of group {message.group!r}", message.id)
+        online, total = self.group_online(message.group)
+        reply = GroupPresenceReply(re=message.id, group=message.group, online=online, total=total)
+        self.sink.send(session.conn, _out(reply))
+
+    def _on_repeated_hello(self, session: Session, message: Hello, now: float) -> None:
+        raise ProtocolError("bad_request", "already authenticated: hello only once", message.id)
+
+    # ---------------------------------------------------------------- internals
+
+    def _status(self, user: str) -> FriendStatus:
+        p = self.presence.get(user)
+        return FriendStatus(user=user, status=p.status, last_active_at=p.last_active_at)
+
+    def _publish_presence(self, change: PresenceChange) -> None:
+        user = change.user
+        channels = [user_channel(user)]
+        limit = self.settings.presence_fanout_limit
+        for group in self.store.groups_of(user):
+            members = self.store.group_members(group)
+            if members is not None and len(members) <= limit:
+                channels.append(group_channel(group))
+        event = Presence(user=user, status=change.status, last_active_at=change.last_active_at)
+        # Latest-wins per user: a slow client gets the newest status, not the backlog.
+        self.broker.publish(
+            channels, _out(event, ("presence", user)), self._conns_of.get(user, set())
+        )
+
+    def _apply_ended(self, ended: Ended[ConnId], code: int, reason: str) -> None:
+        for device in ended.connections:
+            self._drop(device.conn, code, reason)
+        for change in ended.changes:
+            self._publish_presence(change)
+
+    def _drop(self, conn: ConnId, code: int, reason: str) -> None:
+        if self._forget(conn) is not None:
+            self.sink.close(conn, code, reason)
+
+    def _forget(self, conn: ConnId) -> Session | None:
+        session = self._sessions.pop(conn, None)
+        if session is None:
+            return None
+        conns = self._conns_of[session.user]
+        conns.discard(conn)
+        if not conns:
+            del self._conns_of[session.user]
+        self.broker.unsubscribe_all(conn)
+        return session
+
+    def _subscribe_user(self, channel: str, user: str) -> None:
+        for conn in self._conns_of.get(user, ()):
+            self.broker.subscribe(channel, conn)
+
+    def _unsubscribe_user(self, channel: str, user: str) -> None:
+        for conn in self._conns_of.get(user, ()):
+            self.broker.unsubscribe(channel, conn)

@@ -1,0 +1,333 @@
+"""Sans-I/O codec of the WebSocket protocol (PROTOCOL.md; documented in docs/protocol.md).
+
+``decode`` turns one text frame into a typed client message or raises ``ProtocolError``
+carrying the error code to send back; ``encode`` turns a server message into the JSON text of
+one frame. Nothing here does I/O or knows about connections, like wsproto's event classes.
+
+Decoding is strict: a field of the wrong JSON type is an error, never coerced (cattrs would
+happily turn ``123`` into ``"123"``), numbers must be finite, ids must match ``ids.ID_PATTERN``.
+Unknown fields are ignored so that clients may be newer than the server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Final, Literal, TypeVar
+
+import attrs
+import cattrs
+import orjson
+
+from geopresence.ids import id_problem
+
+ErrorCode = Literal[
+    "bad_request",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "rate_limited",
+    "too_large",
+    "no_location",
+    "internal",
+]
+
+RequestId = int | float | str | None
+"""The ``id`` a client may put on a request; echoed as ``re`` on the reply."""
+
+MAX_REQUEST_ID_CHARS: Final = 128
+"""A string request id longer than this is refused: it is echoed on every reply."""
+
+Status = Literal["online", "offline"]
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be accepted.
+
+    ``code`` is the wire error code, ``message`` a human explanation, ``re`` the request id
+    of the offending message when it could be read (None otherwise).
+    """
+
+    def __init__(self, code: ErrorCode, message: str, re: RequestId = None) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.re = re
+
+
+def _id_validator(what: str) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, _attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None:
+            return
+        problem = id_problem(value, what)
+        if problem is not None:
+            raise ValueError(problem)
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------
+# Client -> server messages
+
+
+@attrs.frozen(kw_only=True)
+class Hello:
+    """First message of a session: authenticate as ``token``'s subject (or ``user`` when the
+    server runs with ``--insecure``) on ``device``."""
+
+    device: str = attrs.field(validator=_id_validator("device"))
+    token: str | None = None
+    user: str | None = attrs.field(default=None, validator=_id_validator("user"))
+    id: RequestId = None
+
+
+@attrs.frozen(kw_only=True)
+class Heartbeat:
+    """Keep-alive. Replied to (``{"type":"heartbeat","re":id}``) only when it carries an id."""
+
+    id: RequestId = None
+
+
+@attrs.frozen(kw_only=True)
+class Logout:
+    """Log this device out: offline at once, connection closed with 4001."""
+
+    id: RequestId = None
+
+
+@attrs.frozen(kw_only=True)
+class GroupPresenceQuery:
+    """Which members of ``group`` are online (for groups too large for fan-out)."""
+
+    group: str = attrs.field(validator=_id_validator("group"))
+    id: RequestId = None
+
+
+ClientMessage = Hello | Heartbeat | Logout | GroupPresenceQuery
+
+CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
+    "hello": Hello,
+    "heartbeat": Heartbeat,
+    "logout": Logout,
+    "group_presence": GroupPresenceQuery,
+}
+"""Wire ``type`` -> message class. The server's dispatch table is keyed by these classes."""
+
+
+# --------------------------------------------------------------------------------------------
+# Server -> client messages. ``type`` comes first so that it leads in the JSON text.
+
+
+@attrs.frozen(kw_only=True)
+class Welcome:
+    """Reply to a successful hello. Times are seconds; ``server_time`` is Unix epoch seconds."""
+
+    type: Literal["welcome"] = "welcome"
+    user: str
+    device: str
+    heartbeat_interval: float
+    offline_after: float
+    server_time: float
+
+
+@attrs.frozen(kw_only=True)
+class FriendStatus:
+    """One entry of ``friends_presence``; ``last_active_at`` is None for a never-seen user."""
+
+    user: str
+    status: Status
+    last_active_at: float | None
+
+
+@attrs.frozen(kw_only=True)
+class FriendsPresence:
+    """Snapshot of friends' presence: after welcome (all friends), and when a friendship is
+    created while connected (just the new friend)."""
+
+    type: Literal["friends_presence"] = "friends_presence"
+    friends: list[FriendStatus]
+
+
+@attrs.frozen(kw_only=True)
+class Presence:
+    """A USER's transition online/offline, sent exactly once per transition."""
+
+    type: Literal["presence"] = "presence"
+    user: str
+    status: Status
+    last_active_at: float | None
+
+
+@attrs.frozen(kw_only=True)
+class FriendRemoved:
+    """Extension: the friendship with ``user`` was deleted; no more of its presence follows."""
+
+    type: Literal["friend_removed"] = "friend_removed"
+    user: str
+
+
+@attrs.frozen(kw_only=True)
+class GroupPresenceReply:
+    """Online members of ``group`` (sorted) and its member count ``total``."""
+
+    type: Literal["group_presence"] = "group_presence"
+    re: RequestId
+    group: str
+    online: list[str]
+    total: int
+
+
+@attrs.frozen(kw_only=True)
+class HeartbeatAck:
+    """Reply to a heartbeat that carried an id."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    re: RequestId
+    server_time: float
+
+
+@attrs.frozen(kw_only=True)
+class Error:
+    """Reply to a message that could not be accepted; the connection stays open."""
+
+    type: Literal["error"] = "error"
+    re: RequestId
+    code: ErrorCode
+    message: str
+
+
+ServerMessage = (
+    Welcome | FriendsPresence | Presence | FriendRemoved | GroupPresenceReply | HeartbeatAck | Error
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Converter: strict JSON types, no coercion.
+
+_converter = cattrs.Converter(detailed_validation=True)
+
+T = TypeVar("T")
+
+
+def _strict(expected: type[T], name: str) -> Callable[[Any, Any], T]:
+    def structure(value: Any, _type: Any) -> T:
+        # bool is an int subclass in Python; JSON true is not a number.
+        if isinstance(value, bool) and expected is not bool:
+            raise ValueError(f"expected {name}, got a boolean")
+        if not isinstance(value, expected):
+            raise ValueError(f"expected {name}, got {_json_type_name(value)}")
+        return value
+
+    return structure
+
+
+def _structure_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {_json_type_name(value)}")
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return float(value)
+
+
+def _structure_request_id(value: Any, _type: Any) -> RequestId:
+    return _check_request_id(value)
+
+
+_converter.register_structure_hook(str, _strict(str, "a string"))
+_converter.register_structure_hook(bool, _strict(bool, "a boolean"))
+_converter.register_structure_hook(int, _strict(int, "an integer"))
+_converter.register_structure_hook(float, _structure_float)
+_converter.register_structure_hook(RequestId, _structure_request_id)
+
+
+def _json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_request_id(value: Any) -> RequestId:
+    """Validate a request id: a number or a short string (or absent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ProtocolError("bad_request", "id must be a number or a string")
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ProtocolError("bad_request", "id must be finite")
+        return value
+    if isinstance(value, str):
+        if len(value) > MAX_REQUEST_ID_CHARS:
+            raise ProtocolError(
+                "bad_request", f"id must be at most {MAX_REQUEST_ID_CHARS} characters"
+            )
+        return value
+    raise ProtocolError("bad_request", "id must be a number or a string")
+
+
+def decode(frame: str | bytes) -> ClientMessage:
+    """Parse one WebSocket frame into a client message.
+
+    Raises ``ProtocolError`` (code ``bad_request``) for binary frames, invalid JSON, a
+    non-object, a missing or unknown ``type``, and fields of the wrong type or value. The
+    error's ``re`` is the message's ``id`` whenever that much could be read.
+    """
+    if isinstance(frame, bytes | bytearray):
+        raise ProtocolError("bad_request", "binary frames are not supported; send JSON text")
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad_request", f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", "a message must be a JSON object")
+    re = _check_request_id(obj.get("id"))
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_request", 'a message needs a string "type"', re)
+    cls = CLIENT_MESSAGE_TYPES.get(kind)
+    if cls is None:
+        shown = kind if len(kind) <= 40 else kind[:40] + "..."
+        raise ProtocolError("bad_request", f"unknown message type {shown!r}", re)
+    fields = {key: value for key, value in obj.items() if key != "type"}
+    try:
+        return _converter.structure(fields, cls)
+    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        raise ProtocolError("bad_request", f"invalid {kind}: {_describe(exc)}", re) from None
+
+
+def _describe(exc: BaseException) -> str:
+    """One readable line per problem, e.g. ``device: expected a string, got a number``."""
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+    problems = []
+    for line in cattrs.transform_error(exc, path="", format_exception=_format_exception):
+        text, _, path = line.rpartition(" @ ")
+        field = path.lstrip("$.")
+        problems.append(f"{field}: {text}" if field else text)
+    return "; ".join(problems)
+
+
+def _format_exception(exc: BaseException, _type: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return str(exc) or type(exc).__name__
+
+
+def encode(message: ServerMessage) -> str:
+    """Serialize a server message to the text of one frame."""
+    return orjson.dumps(_converter.unstructure(message)).decode()
+
+
+def error_message(error: ProtocolError) -> Error:
+    """The ``error`` reply for a ``ProtocolError``."""
+    return Error(re=error.re, code=error.code, message=error.message)

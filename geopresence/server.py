@@ -1,0 +1,465 @@
+"""The trio shell: listeners, one task group per connection, the expiry reaper.
+
+Everything here reads, calls the hub (``geopresence.hub``) with ``now``, and writes. Each
+connection has a reader (frames -> hub) and a writer (its ``Outbox`` -> socket); the hub
+never awaits, so one slow client can only ever fill its own bounded queue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import attrs
+import trio
+import trio.testing
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_server_stream,
+)
+
+from geopresence.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
+from geopresence.broker import ConnId, MemoryBroker
+from geopresence.clock import ServerClock
+from geopresence.config import Config
+from geopresence.hub import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    Hub,
+    HubSettings,
+)
+from geopresence.metrics import Metrics
+from geopresence.outbox import Outbox, Outgoing
+from geopresence.protocol import Error, Hello, ProtocolError, decode, encode
+from geopresence.store import MemoryStore
+
+log = logging.getLogger("geopresence")
+
+WS_PATH = "/ws"
+
+
+@attrs.define(eq=False)
+class _Connection:
+    """Shell-side state of one live session."""
+
+    conn: ConnId
+    outbox: Outbox
+    wakeup: trio.Event = attrs.Factory(trio.Event)
+    close_request: tuple[int, str] | None = None
+    send_scope: trio.CancelScope | None = None
+
+
+class Server:
+    """One geopresence server: the hub plus the I/O around it.
+
+    Create it, then ``await nursery.start(server.run)``; or use ``serve(config)``.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.secret = resolve_secret(config.secret, config.data_dir)
+        self.admin_key: str | None = (
+            None if config.insecure else resolve_admin_key(config.admin_key, config.data_dir)
+        )
+        settings = HubSettings(
+            heartbeat_interval=config.heartbeat_interval,
+            offline_after=config.offline_after,
+            presence_fanout_limit=config.presence_fanout_limit,
+            max_friends=config.max_friends,
+            max_group_size=config.max_group_size,
+        )
+        self.hub = Hub(settings, MemoryStore(), MemoryBroker(self.send), self)
+        self._conns: dict[ConnId, _Connection] = {}
+        self._ids = itertools.count(1)
+        self._reaper_wakeup = trio.Event()
+        self._stop_requested = trio.Event()
+        self._conn_nursery: trio.Nursery | None = None
+        self._no_connections = trio.Event()
+        self.clock: ServerClock | None = None
+        self.metrics.gauge("connections", "Open WebSocket sessions.", lambda: len(self._conns))
+        self.metrics.gauge(
+            "users_online", "Users online now.", lambda: self.hub.presence.online_count
+        )
+
+    # ------------------------------------------------------------------ Sink (for the hub)
+
+    def send(self, conn: ConnId, message: Outgoing) -> None:
+        """Queue a frame; a full queue makes the client a slow consumer (closed 4008)."""
+        c = self._conns.get(conn)
+        if c is None or c.close_request is not None:
+            return
+        before = c.outbox.coalesced
+        if not c.outbox.push(message):
+            self._slow_consumer(c)
+            return
+        self.metrics.coalesced += c.outbox.coalesced - before
+        c.wakeup.set()
+
+    def close(self, conn: ConnId, code: int, reason: str) -> None:
+        """Close after the frames already queued (the hub has forgotten ``conn``)."""
+        c = self._conns.get(conn)
+        if c is not None and c.close_request is None:
+            c.close_request = (code, reason)
+            c.wakeup.set()
+
+    def _slow_consumer(self, c: _Connection) -> None:
+        log.warning("conn %d: send queue full (%d frames), closing 4008", c.conn, len(c.outbox))
+        c.outbox.pop_all()  # nothing more will be sent; free the memory now
+        c.close_request = (CLOSE_SLOW_CONSUMER, "slow consumer")
+        if c.send_scope is not None:
+            # Give a send already in progress a bounded time to finish before aborting.
+            c.send_scope.deadline = min(
+                c.send_scope.deadline, trio.current_time() + self.config.close_timeout
+            )
+        c.wakeup.set()
+
+    # ------------------------------------------------------------------ running
+
+    def now(self) -> float:
+        assert self.clock is not None, "the server is not running"
+        return self.clock.now()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on the configured ports and serve until ``stop()``; then close every
+        connection with 1001 (waiting up to ``drain_timeout``) and return."""
+        from geopresence.http_api import serve_http  # the HTTP layer depends on this module
+
+        config = self.config
+        self.clock = ServerClock(config.time_origin)
+        async with trio.open_nursery() as root:
+            async with trio.open_nursery() as conns:
+                self._conn_nursery = conns
+                listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+                ws_port = listeners[0].socket.getsockname()[1]
+                accept_scope = trio.CancelScope()
+                root.start_soon(self._accept, listeners, conns, accept_scope)
+                http_port: int = await root.start(serve_http, self)
+                root.start_soon(self._reaper)
+                running = RunningServer(self, config.host, ws_port, http_port)
+                log.info(
+                    "listening ws=%s:%d http=%s:%d", config.host, ws_port, config.host, http_port
+                )
+                task_status.started(running)
+                await self._stop_requested.wait()
+                log.info("shutting down: closing %d connections with 1001", len(self._conns))
+                accept_scope.cancel()
+                self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                with trio.move_on_after(config.drain_timeout):
+                    while self._conns:
+                        self._no_connections = trio.Event()
+                        await self._no_connections.wait()
+                conns.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (safe to call more than once)."""
+        self._stop_requested.set()
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        conns: trio.Nursery,
+        scope: trio.CancelScope,
+    ) -> None:
+        with scope:
+            await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=conns)
+
+    def open_memory_connection(self) -> trio.abc.Stream:
+        """A client-side stream connected to this server in memory, for tests under
+        ``MockClock``: no sockets, so virtual time never jumps while bytes are in flight."""
+        assert self._conn_nursery is not None, "the server is not running"
+        client, server = trio.testing.memory_stream_pair()
+        self._conn_nursery.start_soon(self.handle_stream, server)
+        return client
+
+    async def _reaper(self) -> None:
+        """Expire heartbeat deadlines exactly when they fall due."""
+        assert self.clock is not None
+        while True:
+            deadline = self.hub.next_deadline()
+            self._reaper_wakeup = trio.Event()
+            if deadline is None:
+                await self._reaper_wakeup.wait()
+                continue
+            with trio.move_on_at(self.clock.to_trio(deadline)) as scope:
+                await self._reaper_wakeup.wait()
+            if scope.cancelled_caught:
+                # max(): float rounding must never leave a due deadline unexpired.
+                self.hub.expire(max(self.now(), deadline))
+
+    # ------------------------------------------------------------------ connections
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one transport stream (TCP or in-memory) as a WebSocket session."""
+        config = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(config.hello_timeout) as handshake_scope:
+                    request = await wrap_server_stream(
+                        nursery, stream, max_message_size=config.max_message_bytes
+                    )
+                if handshake_scope.cancelled_caught:
+                    await trio.aclose_forcefully(stream)
+                    nursery.cancel_scope.cancel()
+                    return
+                ws = await self._accept_request(request)
+                if ws is not None:
+                    try:
+                        await self._session(ws, stream)
+                    finally:
+                        with trio.move_on_after(config.close_timeout) as cleanup:
+                            cleanup.shield = True
+                            await ws.aclose()
+                nursery.cancel_scope.cancel()
+        except Exception as exc:
+            # Whatever one connection does, the server and other connections go on.
+            if _is_disconnect(exc):
+                log.debug("connection ended: %r", exc)
+            else:
+                log.exception("connection task failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _accept_request(self, request: WebSocketRequest) -> WebSocketConnection | None:
+        path = request.path.split("?", 1)[0]
+        if path != WS_PATH:
+            await request.reject(404, body=b"geopresence: the WebSocket endpoint is /ws\n")
+            return None
+        return await request.accept()
+
+    async def _session(self, ws: WebSocketConnection, stream: trio.abc.Stream) -> None:
+        hello = await self._read_hello(ws)
+        if hello is None:
+            return
+        user, device = hello
+        conn = next(self._ids)
+        c = _Connection(conn, Outbox(self.config.queue_size))
+        self._conns[conn] = c
+        self.metrics.connections_total += 1
+        try:
+            self.hub.open_session(conn, user, device, self.now())
+            self._reaper_wakeup.set()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, ws, stream, c, nursery.cancel_scope)
+                await self._reader(ws, c)
+                nursery.cancel_scope.cancel()
+        finally:
+            del self._conns[conn]
+            if not self._conns:
+                self._no_connections.set()
+            self.hub.close_session(conn)
+
+    async def _refuse(self, ws: WebSocketConnection, error: ProtocolError, code: int) -> None:
+        self.metrics.errors[error.code] += 1
+        self.metrics.closes[code] += 1
+        with trio.move_on_after(self.config.close_timeout):
+            try:
+                await ws.send_message(
+                    encode(Error(re=error.re, code=error.code, message=error.message))
+                )
+            except ConnectionClosed:
+                return
+            await ws.aclose(code, error.message[:120])
+
+    async def _read_hello(self, ws: WebSocketConnection) -> tuple[str, str] | None:
+        """Wait for a valid hello; refuse (1008) anything else. Returns (user, device)."""
+        with trio.move_on_after(self.config.hello_timeout):
+            try:
+                frame = await ws.get_message()
+            except ConnectionClosed:
+                self._count_1009(ws)
+                return None
+            self.metrics.messages_in += 1
+            if len(frame) * 4 > self.config.max_message_bytes and _utf8_len(frame) > (
+                self.config.max_message_bytes
+            ):
+                await self._too_big(ws)
+                return None
+            try:
+                message = decode(frame)
+                if not isinstance(message, Hello):
+                    raise ProtocolError(
+                        "bad_request",
+                        "the first message must be a hello",
+                        getattr(message, "id", None),
+                    )
+                return self._authenticate(message)
+            except ProtocolError as exc:
+                await self._refuse(ws, exc, CLOSE_POLICY)
+                return None
+        await self._refuse(ws, ProtocolError("unauthorized", "no hello in time"), CLOSE_POLICY)
+        return None
+
+    def _authenticate(self, hello: Hello) -> tuple[str, str]:
+        if hello.token is not None:
+            try:
+                user = verify_token(self.secret, hello.token, self.now())
+            except AuthError as exc:
+                raise ProtocolError("unauthorized", str(exc), hello.id) from None
+        elif self.config.insecure and hello.user is not None:
+            user = hello.user
+        elif self.config.insecure:
+            raise ProtocolError("unauthorized", "hello needs a token or a user", hello.id)
+        else:
+            raise ProtocolError("unauthorized", "hello needs a token", hello.id)
+        return user, hello.device
+
+    async def _reader(self, ws: WebSocketConnection, c: _Connection) -> None:
+        hub = self.hub
+        limit = self.config.max_message_bytes
+        while True:
+            try:
+                frame = await ws.get_message()
+            except ConnectionClosed:
+                self._count_1009(ws)
+                return
+            self.metrics.messages_in += 1
+            now = self.now()
+            # trio-websocket limits characters; the contract limits UTF-8 bytes.
+            if len(frame) * 4 > limit and _utf8_len(frame) > limit:
+                hub.close_session(c.conn)
+                await self._too_big(ws)
+                return
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                self.metrics.errors[exc.code] += 1
+                hub.activity(c.conn, now)
+                hub.reply_error(c.conn, exc)
+                continue
+            try:
+                hub.handle(c.conn, message, now)
+            except Exception:
+                # A bug must cost one reply, never the server or another client.
+                log.exception("conn %d: internal error handling %s", c.conn, type(message).__name__)
+                self.metrics.errors["internal"] += 1
+                hub.reply_error(
+                    c.conn,
+                    ProtocolError("internal", "internal error", getattr(message, "id", None)),
+                )
+
+    def _count_1009(self, ws: WebSocketConnection) -> None:
+        if ws.closed is not None and ws.closed.code == CLOSE_TOO_BIG:
+            self.metrics.closes[CLOSE_TOO_BIG] += 1
+            self.metrics.errors["too_large"] += 1
+
+    async def _too_big(self, ws: WebSocketConnection) -> None:
+        self.metrics.closes[CLOSE_TOO_BIG] += 1
+        self.metrics.errors["too_large"] += 1
+        with trio.move_on_after(self.config.close_timeout):
+            await ws.aclose(
+                CLOSE_TOO_BIG, f"frame larger than {self.config.max_message_bytes} bytes"
+            )
+
+    async def _writer(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.abc.Stream,
+        c: _Connection,
+        session_scope: trio.CancelScope,
+    ) -> None:
+        """Drain the outbox to the socket; on a close request, close after what is queued.
+
+        A send that a slow consumer keeps blocked past ``close_timeout`` after its queue
+        overflowed is abandoned and the transport is closed outright: the frame boundary is
+        lost, so no close frame can follow it."""
+        try:
+            while True:
+                if not len(c.outbox) and c.close_request is None:
+                    c.wakeup = trio.Event()
+                    await c.wakeup.wait()
+                batch = c.outbox.pop_all()
+                with trio.CancelScope() as scope:
+                    c.send_scope = scope
+                    for item in batch:
+                        await ws.send_message(item.text)
+                        self.metrics.messages_out += 1
+                c.send_scope = None
+                if scope.cancelled_caught:
+                    code = c.close_request[0] if c.close_request else CLOSE_SLOW_CONSUMER
+                    self.metrics.closes[code] += 1
+                    await trio.aclose_forcefully(stream)
+                    session_scope.cancel()
+                    return
+                if c.close_request is not None and not len(c.outbox):
+                    code, reason = c.close_request
+                    self.metrics.closes[code] += 1
+                    with trio.move_on_after(self.config.close_timeout):
+                        await ws.aclose(code, reason)
+                    session_scope.cancel()
+                    return
+        except ConnectionClosed:
+            session_scope.cancel()
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """True if ``exc`` (or every exception in a group) is just a peer going away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_disconnect(e) for e in exc.exceptions)
+    return isinstance(exc, ConnectionClosed | trio.BrokenResourceError | trio.ClosedResourceError)
+
+
+def _utf8_len(text: str | bytes) -> int:
+    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+
+
+@attrs.define(eq=False)
+class RunningServer:
+    """What ``serve`` hands to ``nursery.start``: ports, keys and control of a live server."""
+
+    server: Server
+    host: str
+    ws_port: int
+    http_port: int
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{_url_host(self.host)}:{self.ws_port}{WS_PATH}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{_url_host(self.host)}:{self.http_port}"
+
+    @property
+    def hub(self) -> Hub:
+        return self.server.hub
+
+    @property
+    def admin_key(self) -> str | None:
+        return self.server.admin_key
+
+    def mint_token(self, user: str, ttl: float = 3600.0) -> str:
+        """A token for ``user`` signed with this server's secret, valid ``ttl`` seconds."""
+        from geopresence.auth import mint_token
+
+        return mint_token(self.server.secret, user, ttl, self.server.now())
+
+    def stop(self) -> None:
+        """Graceful shutdown: stop accepting, close clients with 1001, return from serve."""
+        self.server.stop()
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+async def serve(
+    config: Config, *, task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run a geopresence server until cancelled or stopped.
+
+    ``running = await nursery.start(serve, config)`` returns once both ports listen; the
+    ``RunningServer`` tells the ports and has ``stop()`` for a graceful shutdown.
+    """
+    await Server(config).run(task_status=task_status)

@@ -1,0 +1,118 @@
+"""Run a geopresence server inside a test, in-process, for your own test suites.
+
+    from geopresence.testing import open_server
+
+    async def test_presence():                      # pytest-trio
+        async with open_server() as server:
+            await server.admin.befriend("alice", "bob")
+            async with server.connect("alice") as alice, server.connect("bob") as bob:
+                assert alice.friends[0]["status"] == "online"
+
+``server.connect`` uses an in-memory transport by default, so tests can run under
+``trio.testing.MockClock(autojump_threshold=0)`` and assert exact times: no socket can be
+"in flight" while virtual time jumps. ``memory=False`` connects over loopback TCP instead.
+The server listens on free loopback ports either way (``server.ws_url``, ``server.http_url``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import trio
+
+from geopresence.aio import collapse_exception_groups
+from geopresence.client import AdminClient, Client, connect, connect_stream
+from geopresence.config import Config
+from geopresence.http_api import HttpApi
+from geopresence.server import RunningServer, serve
+
+
+@attrs.define(eq=False)
+class TestServer:
+    """A running in-process server with a ready ``admin`` client (in-memory HTTP)."""
+
+    __test__ = False  # not a pytest test class
+
+    running: RunningServer
+    admin: AdminClient
+
+    @property
+    def config(self) -> Config:
+        return self.running.server.config
+
+    @property
+    def ws_url(self) -> str:
+        return self.running.ws_url
+
+    @property
+    def http_url(self) -> str:
+        return self.running.http_url
+
+    def now(self) -> float:
+        """The server's clock (epoch seconds, or trio time when ``time_origin=0``)."""
+        return self.running.server.now()
+
+    def token(self, user: str, ttl: float = 3600.0) -> str:
+        return self.running.mint_token(user, ttl)
+
+    @asynccontextmanager
+    async def connect(
+        self,
+        user: str,
+        device: str = "default",
+        *,
+        token: str | None = None,
+        heartbeat: bool = False,
+        memory: bool = True,
+    ) -> AsyncIterator[Client]:
+        """A session as ``user`` on ``device`` (a token is minted unless the server is
+        ``insecure``, or pass your own)."""
+        if token is None and not self.config.insecure:
+            token = self.token(user)
+        as_user = user if token is None else None
+        if memory:
+            stream = self.running.server.open_memory_connection()
+            async with connect_stream(
+                stream, user=as_user, token=token, device=device, heartbeat=heartbeat
+            ) as client:
+                yield client
+        else:
+            async with connect(
+                self.ws_url, user=as_user, token=token, device=device, heartbeat=heartbeat
+            ) as client:
+                yield client
+
+    def stop(self) -> None:
+        self.running.stop()
+
+
+@asynccontextmanager
+async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIterator[TestServer]:
+    """Start a server for the duration of the block and stop it afterwards.
+
+    Without ``config``: free loopback ports, ``insecure=True``, a temporary data dir, and
+    ``time_origin=0`` (server times equal ``trio.current_time()``). ``overrides`` replace
+    fields of the config either way.
+    """
+    with tempfile.TemporaryDirectory(prefix="geopresence-test-") as tmp:
+        if config is None:
+            config = Config(port=0, http_port=0, insecure=True, data_dir=Path(tmp), time_origin=0.0)
+        config = attrs.evolve(config, **overrides)
+        with collapse_exception_groups():
+            async with trio.open_nursery() as nursery:
+                running: RunningServer = await nursery.start(serve, config)
+                transport = httpx.ASGITransport(app=HttpApi(running.server))
+                admin = AdminClient(
+                    "http://geopresence.test", running.admin_key, transport=transport
+                )
+                try:
+                    yield TestServer(running, admin)
+                finally:
+                    await admin.aclose()
+                    running.stop()
