@@ -1,0 +1,35 @@
+"""The bounded, coalescing per-connection queue."""
+
+from __future__ import annotations
+
+import pytest
+
+from geopresence.outbox import Outbox, Outgoing
+
+
+def test_fifo_and_bound() -> None:
+    box = Outbox(2)
+    assert box.push(Outgoing("1"))
+    assert box.push(Outgoing("2"))
+    assert not box.push(Outgoing("3"))  # reliable traffic that does not fit
+    assert [o.text for o in box.pop_all()] == ["1", "2"]
+    assert len(box) == 0
+
+
+def test_latest_wins_in_place_even_when_full() -> None:
+    box = Outbox(3)
+    box.push(Outgoing("bob offline", ("presence", "bob")))
+    box.push(Outgoing("reply"))
+    box.push(Outgoing("carol online", ("presence", "carol")))
+    assert box.push(Outgoing("bob online", ("presence", "bob")))  # full, but replaces
+    assert [o.text for o in box.pop_all()] == ["bob online", "reply", "carol online"]
+    assert box.coalesced == 1
+    # after delivery the key is free again
+    box.push(Outgoing("bob offline", ("presence", "bob")))
+    box.push(Outgoing("bob online", ("presence", "bob")))
+    assert [o.text for o in box.pop_all()] == ["bob online"]
+
+
+def test_depth_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Outbox(0)

@@ -1,0 +1,135 @@
+"""The wire codec, without an event loop: strict decoding, readable errors, fuzzing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geopresence.protocol import (
+    FriendsPresence,
+    FriendStatus,
+    GroupPresenceQuery,
+    Heartbeat,
+    Hello,
+    Logout,
+    Presence,
+    ProtocolError,
+    Welcome,
+    decode,
+    encode,
+)
+
+
+def test_decode_hello_with_token_and_with_user() -> None:
+    assert decode('{"type":"hello","token":"t","device":"phone"}') == Hello(
+        device="phone", token="t"
+    )
+    assert decode('{"type":"hello","user":"alice","device":"phone","id":1}') == Hello(
+        device="phone", user="alice", id=1
+    )
+
+
+def test_decode_other_messages() -> None:
+    assert decode('{"type":"heartbeat"}') == Heartbeat()
+    assert decode('{"type":"logout","id":"x"}') == Logout(id="x")
+    assert decode('{"type":"group_presence","id":1,"group":"g1"}') == GroupPresenceQuery(
+        group="g1", id=1
+    )
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert decode('{"type":"heartbeat","future":[1,2,3]}') == Heartbeat()
+
+
+@pytest.mark.parametrize(
+    ("frame", "fragment", "re"),
+    [
+        ("not json", "invalid JSON", None),
+        ("[1,2]", "JSON object", None),
+        ('{"id":4}', '"type"', 4),
+        ('{"type":"fly","id":"a"}', "unknown message type 'fly'", "a"),
+        ('{"type":"hello","id":5}', "device: required field missing", 5),
+        ('{"type":"hello","device":7}', "device: expected a string, got a number", None),
+        ('{"type":"hello","device":"a b"}', "device must be 1..64 characters", None),
+        ('{"type":"hello","device":"' + "d" * 65 + '"}', "1..64", None),
+        ('{"type":"hello","device":"d","user":true}', "user: expected a string", None),
+        ('{"type":"group_presence","group":null}', "group: expected a string, got null", None),
+        ('{"type":"heartbeat","id":true}', "id must be a number or a string", None),
+        ('{"type":"heartbeat","id":{}}', "id must be a number or a string", None),
+        ('{"type":"heartbeat","id":"' + "x" * 200 + '"}', "at most 128", None),
+        ('{"type":"heartbeat","id":NaN}', "invalid JSON", None),
+    ],
+)
+def test_bad_frames_give_bad_request(frame: str, fragment: str, re: Any) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(frame)
+    assert info.value.code == "bad_request"
+    assert fragment in info.value.message
+    assert info.value.re == re
+
+
+def test_binary_frames_are_refused() -> None:
+    with pytest.raises(ProtocolError, match="binary"):
+        decode(b'{"type":"heartbeat"}')
+
+
+def test_deep_nesting_is_an_error_not_a_crash() -> None:
+    with pytest.raises(ProtocolError):
+        decode("[" * 100_000 + "]" * 100_000)
+
+
+def test_encode_puts_type_first_and_uses_null() -> None:
+    text = encode(Presence(user="bob", status="online", last_active_at=None))
+    assert text.startswith('{"type":"presence"')
+    assert orjson.loads(text) == {
+        "type": "presence",
+        "user": "bob",
+        "status": "online",
+        "last_active_at": None,
+    }
+    welcome = Welcome(
+        user="a", device="d", heartbeat_interval=5, offline_after=30, server_time=1.5
+    )
+    assert orjson.loads(encode(welcome))["server_time"] == 1.5
+    snapshot = FriendsPresence(friends=[FriendStatus(user="b", status="offline", last_active_at=2)])
+    assert orjson.loads(encode(snapshot))["friends"] == [
+        {"user": "b", "status": "offline", "last_active_at": 2}
+    ]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["type", "id", "device", "user", "token", "group", "x"]),
+        json_values | st.sampled_from(["hello", "heartbeat", "logout", "group_presence"]),
+    )
+)
+def test_fuzz_decode_never_raises_anything_but_protocol_error(obj: dict[str, Any]) -> None:
+    try:
+        frame = orjson.dumps(obj).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return
+    try:
+        decode(frame)
+    except ProtocolError as exc:
+        assert exc.code == "bad_request"
+        assert exc.message
+
+
+@given(st.text() | st.binary())
+def test_fuzz_arbitrary_frames(frame: str | bytes) -> None:
+    try:
+        decode(frame)
+    except ProtocolError as exc:
+        assert exc.code == "bad_request"
