@@ -21,14 +21,16 @@ offline once ``offline_after`` has passed since his last heartbeat).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from contextlib import AbstractAsyncContextManager
 
+import httpx
 import trio
 
-from geopresence.client import AdminClient, Client, connect
+from geopresence.client import AdminClient, ApiError, Client, SessionRefused, connect
 from geopresence.testing import open_server
 
 HEARTBEAT_INTERVAL = 0.2
@@ -46,7 +48,7 @@ class Story:
     def say(self, text: str) -> None:
         print(f"[{trio.current_time() - self.started:6.2f}s] {text}", flush=True)
 
-    async def session(self, user: str, device: str) -> Any:
+    async def session(self, user: str, device: str) -> AbstractAsyncContextManager[Client]:
         """A session with a token from the HTTP API (works with and without --insecure)."""
         token = await self.admin.token(user)
         return connect(self.ws_url, token=token, device=device, heartbeat=True)
@@ -55,9 +57,7 @@ class Story:
         """Wait for alice's next presence event about bob and check its status."""
         with trio.move_on_after(timeout):
             event = await alice.recv_type("presence")
-            self.say(
-                f"alice <- {{type: presence, user: {event['user']}, status: {event['status']}}}"
-            )
+            self.say(f"alice <- {json.dumps(event)}")
             if event["user"] != "bob" or event["status"] != status:
                 sys.exit(f"expected bob {status}, got {event}")
             return
@@ -72,12 +72,14 @@ class Story:
 
     async def run(self) -> None:
         created = await self.admin.befriend("alice", "bob")
-        self.say(f"PUT /v1/friendships/alice/bob -> {created}")
+        self.say(f"PUT /v1/friendships/alice/bob -> {json.dumps(created)}")
 
         async with await self.session("alice", "laptop") as alice:
             offline_after = float(alice.welcome["offline_after"])
-            self.say(f"alice connected: {alice.welcome}")
-            self.say(f"alice's friends: {alice.friends}")
+            self.say(f"alice <- {json.dumps(alice.welcome)}")
+            self.say(
+                f"alice <- {json.dumps({'type': 'friends_presence', 'friends': alice.friends})}"
+            )
             # Margins for a server started elsewhere with the default 30 s window.
             slack = max(2.0, offline_after)
             away = min(offline_after / 2, 3.0)
@@ -108,7 +110,7 @@ class Story:
             )
 
             user = await self.admin.user("bob")
-            self.say(f"GET /v1/users/bob -> {user}")
+            self.say(f"GET /v1/users/bob -> {json.dumps(user)}")
 
 
 async def main(argv: Sequence[str] | None = None) -> None:
@@ -130,12 +132,16 @@ async def main(argv: Sequence[str] | None = None) -> None:
             await Story(admin, args.ws).run()
         return
 
+    # time_origin=None: epoch timestamps (open_server's default, 0, suits MockClock tests).
     async with open_server(
-        heartbeat_interval=HEARTBEAT_INTERVAL, offline_after=OFFLINE_AFTER
+        heartbeat_interval=HEARTBEAT_INTERVAL, offline_after=OFFLINE_AFTER, time_origin=None
     ) as server:
         print(f"in-process server: {server.ws_url} {server.http_url}", flush=True)
         await Story(server.admin, server.ws_url).run()
 
 
 if __name__ == "__main__":
-    trio.run(main)
+    try:
+        trio.run(main)
+    except (ApiError, SessionRefused, httpx.HTTPError, OSError) as exc:
+        sys.exit(f"two_friends.py: {exc}")

@@ -91,9 +91,7 @@ def test_encode_puts_type_first_and_uses_null() -> None:
         "status": "online",
         "last_active_at": None,
     }
-    welcome = Welcome(
-        user="a", device="d", heartbeat_interval=5, offline_after=30, server_time=1.5
-    )
+    welcome = Welcome(user="a", device="d", heartbeat_interval=5, offline_after=30, server_time=1.5)
     assert orjson.loads(encode(welcome))["server_time"] == 1.5
     snapshot = FriendsPresence(friends=[FriendStatus(user="b", status="offline", last_active_at=2)])
     assert orjson.loads(encode(snapshot))["friends"] == [
@@ -103,8 +101,9 @@ def test_encode_puts_type_first_and_uses_null() -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 

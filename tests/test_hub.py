@@ -1,0 +1,185 @@
+"""The hub without an event loop: who hears what, exactly once.
+
+A recording sink stands in for the shell. The property test drives random sessions,
+heartbeats, drops, logouts, time, friendships and group changes, and checks after every step
+that each live connection received exactly one ``presence`` event per transition of each
+user it should hear (friends, and co-members of groups within the fan-out limit), and none
+for anyone else or for its own user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geopresence.broker import ConnId, MemoryBroker
+from geopresence.hub import Hub, HubSettings
+from geopresence.outbox import Outgoing
+from geopresence.protocol import GroupPresenceQuery, Heartbeat, Hello, Logout, ProtocolError
+from geopresence.store import MemoryStore
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.frames: dict[ConnId, list[dict[str, Any]]] = {}
+        self.closed: dict[ConnId, int] = {}
+
+    def send(self, conn: ConnId, message: Outgoing) -> None:
+        self.frames.setdefault(conn, []).append(orjson.loads(message.text))
+
+    def close(self, conn: ConnId, code: int, reason: str) -> None:
+        assert conn not in self.closed, "closed twice"
+        self.closed[conn] = code
+
+    def take(self, conn: ConnId) -> list[dict[str, Any]]:
+        return self.frames.pop(conn, [])
+
+
+def make_hub(**settings: Any) -> tuple[Hub, RecordingSink]:
+    sink = RecordingSink()
+    hub = Hub(HubSettings(**settings), MemoryStore(), MemoryBroker(sink.send), sink)
+    return hub, sink
+
+
+def test_session_greeting_and_replacement() -> None:
+    hub, sink = make_hub()
+    hub.add_friendship("alice", "bob")
+    hub.open_session(1, "alice", "phone", now=0)
+    assert [f["type"] for f in sink.take(1)] == ["welcome", "friends_presence"]
+    hub.open_session(2, "bob", "phone", now=1)
+    assert sink.take(1) == [
+        {"type": "presence", "user": "bob", "status": "online", "last_active_at": 1}
+    ]
+    sink.take(2)
+    hub.open_session(3, "bob", "phone", now=2)
+    assert sink.closed == {2: 4002}
+    assert sink.take(1) == []  # no presence change for a replacement
+    hub.handle(2, Heartbeat(id=1), now=3)  # the replaced connection is forgotten
+    assert sink.take(2) == []
+    assert hub.next_deadline() == 32
+
+
+def test_errors_are_replies() -> None:
+    hub, sink = make_hub()
+    hub.open_session(1, "alice", "phone", now=0)
+    sink.take(1)
+    hub.handle(1, Hello(device="x", user="mallory", id=9), now=1)
+    assert sink.take(1) == [
+        {
+            "type": "error",
+            "re": 9,
+            "code": "bad_request",
+            "message": "already authenticated: hello only once",
+        }
+    ]
+    hub.handle(1, GroupPresenceQuery(group="secret", id=2), now=1)
+    assert sink.take(1)[0]["code"] == "forbidden"
+
+
+def test_limits() -> None:
+    hub, _ = make_hub(max_friends=2, max_group_size=2)
+    hub.add_friendship("a", "b")
+    hub.add_friendship("a", "c")
+    with pytest.raises(ProtocolError) as info:
+        hub.add_friendship("a", "d")
+    assert info.value.code == "too_large"
+    with pytest.raises(ProtocolError):
+        hub.add_friendship("a", "a")
+    with pytest.raises(ProtocolError):
+        hub.set_group("g", ["x", "y", "z"])
+    hub.set_group("g", ["x", "y"])
+    with pytest.raises(ProtocolError):
+        hub.add_member("g", "z")
+    with pytest.raises(ProtocolError):
+        hub.remove_member("nope", "x")
+
+
+def test_logout_message_is_not_activity() -> None:
+    hub, sink = make_hub()
+    hub.open_session(1, "alice", "phone", now=0)
+    hub.handle(1, Logout(), now=20)
+    assert sink.closed == {1: 4001}
+    assert hub.user_presence("alice").last_active_at == 0
+
+
+USERS = ["u1", "u2", "u3"]
+LIMIT = 2  # groups of up to 2 members fan out presence
+
+step = st.one_of(
+    st.tuples(st.just("connect"), st.sampled_from(USERS), st.sampled_from(["d1", "d2"])),
+    st.tuples(st.just("heartbeat"), st.integers(0, 20), st.none()),
+    st.tuples(st.just("drop"), st.integers(0, 20), st.none()),
+    st.tuples(st.just("logout"), st.integers(0, 20), st.none()),
+    st.tuples(st.just("http_logout"), st.sampled_from(USERS), st.none()),
+    st.tuples(st.just("wait"), st.sampled_from([1, 5, 29, 30, 45]), st.none()),
+    st.tuples(st.just("befriend"), st.sampled_from(USERS), st.sampled_from(USERS)),
+    st.tuples(st.just("unfriend"), st.sampled_from(USERS), st.sampled_from(USERS)),
+    st.tuples(
+        st.just("group"),
+        st.sampled_from(["g1", "g2"]),
+        st.lists(st.sampled_from(USERS), unique=True, max_size=3),
+    ),
+)
+
+
+@given(st.lists(step, max_size=40))
+def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any, ...]]) -> None:
+    hub, sink = make_hub(presence_fanout_limit=LIMIT)
+    now = 0.0
+    conn_ids = 0
+    for op, a, b in steps:
+        before = {u: hub.user_presence(u).status for u in USERS}
+        live_before = {c for c in range(1, conn_ids + 1) if hub.session(c) is not None}
+        for conn in live_before:
+            sink.take(conn)
+        live = sorted(live_before)
+        if op == "connect":
+            conn_ids += 1
+            hub.open_session(conn_ids, a, b, now)
+        elif op in ("heartbeat", "drop", "logout") and live:
+            conn = live[a % len(live)]
+            if op == "heartbeat":
+                hub.handle(conn, Heartbeat(), now)
+            elif op == "drop":
+                hub.close_session(conn)
+            else:
+                hub.handle(conn, Logout(), now)
+        elif op == "http_logout":
+            hub.logout(a)
+        elif op == "wait":
+            now += a
+            hub.expire(now)
+        elif op == "befriend" and a != b:
+            hub.add_friendship(a, b)
+        elif op == "unfriend":
+            hub.remove_friendship(a, b)
+        elif op == "group":
+            hub.set_group(a, b)
+        after = {u: hub.user_presence(u).status for u in USERS}
+        changed = {u for u in USERS if before[u] != after[u]}
+        for conn in live_before:
+            session = hub.session(conn)
+            if session is None:
+                continue  # closed during the step
+            me = session.user
+            expected = set()
+            for user in changed - {me}:
+                small_groups = [
+                    g
+                    for g in hub.store.groups_of(user)
+                    if me in (hub.store.group_members(g) or ())
+                    and len(hub.store.group_members(g) or ()) <= LIMIT
+                ]
+                if hub.store.are_friends(me, user) or small_groups:
+                    expected.add((user, after[user]))
+            got = [
+                (f["user"], f["status"])
+                for f in sink.frames.get(conn, [])
+                if f["type"] == "presence"
+            ]
+            assert len(got) == len(set(got)), f"duplicate presence events: {got}"
+            assert set(got) == expected

@@ -1,0 +1,66 @@
+"""The ``Store`` contract (geopresence.store), run against every implementation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from geopresence.store import MemoryStore, Store
+
+IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def store(request: pytest.FixtureRequest) -> Store:
+    return IMPLEMENTATIONS[request.param]()
+
+
+def test_friendship_is_mutual_and_idempotent(store: Store) -> None:
+    assert store.add_friendship("a", "b")
+    assert not store.add_friendship("b", "a")
+    assert store.are_friends("a", "b") and store.are_friends("b", "a")
+    assert set(store.friends_of("a")) == {"b"}
+    assert set(store.friends_of("b")) == {"a"}
+    assert store.remove_friendship("b", "a")
+    assert not store.remove_friendship("a", "b")
+    assert not store.are_friends("a", "b")
+    assert set(store.friends_of("a")) == set()
+
+
+def test_no_self_friendship(store: Store) -> None:
+    with pytest.raises(ValueError):
+        store.add_friendship("a", "a")
+
+
+def test_unknown_user_has_no_friends_or_groups(store: Store) -> None:
+    assert set(store.friends_of("nobody")) == set()
+    assert set(store.groups_of("nobody")) == set()
+    assert store.group_members("nothing") is None
+
+
+def test_groups_lifecycle(store: Store) -> None:
+    added, removed = store.set_group("g", ["a", "b"])
+    assert (added, removed) == ({"a", "b"}, set())
+    assert set(store.group_members("g") or ()) == {"a", "b"}
+    added, removed = store.set_group("g", ["b", "c"])
+    assert (added, removed) == ({"c"}, {"a"})
+    assert set(store.groups_of("a")) == set()
+    assert set(store.groups_of("c")) == {"g"}
+    assert store.add_member("g", "d")
+    assert not store.add_member("g", "d")
+    assert store.remove_member("g", "b")
+    assert not store.remove_member("g", "b")
+    assert not store.remove_member("nope", "b")
+    assert store.delete_group("g") == {"c", "d"}
+    assert store.group_members("g") is None
+    assert set(store.groups_of("d")) == set()
+    assert store.delete_group("g") is None
+
+
+def test_empty_group_exists(store: Store) -> None:
+    store.set_group("empty", [])
+    assert store.group_members("empty") is not None
+    assert set(store.group_members("empty") or ()) == set()
+    assert store.add_member("new", "a")  # add_member creates the group
+    assert set(store.group_members("new") or ()) == {"a"}
