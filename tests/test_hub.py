@@ -60,7 +60,7 @@ def test_session_greeting_and_replacement() -> None:
     assert sink.take(1) == []  # no presence change for a replacement
     hub.handle(2, Heartbeat(id=1), now=3)  # the replaced connection is forgotten
     assert sink.take(2) == []
-    assert hub.next_deadline() == 32
+    assert hub.user_presence("bob").last_active_at == 2  # its heartbeat did not count
 
 
 def test_errors_are_replies() -> None:
