@@ -1,0 +1,165 @@
+"""The HTTP API (in-memory ASGI): auth, every endpoint, and clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from trio.testing import MockClock
+
+from geopresence.client import AdminClient, ApiError
+from geopresence.http_api import HttpApi
+from geopresence.testing import TestServer, open_server
+
+ADMIN_KEY = "admin-key-for-tests-0123456789"
+SECRET = "test-secret-test-secret-test-secret-0123"
+
+
+@pytest.fixture
+async def secure() -> AsyncIterator[TestServer]:
+    async with open_server(insecure=False, admin_key=ADMIN_KEY, secret=SECRET) as server:
+        yield server
+
+
+def raw_client(server: TestServer) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=HttpApi(server.running.server))
+    return httpx.AsyncClient(base_url="http://test", transport=transport)
+
+
+async def test_admin_key_required(secure: TestServer, autojump_clock: MockClock) -> None:
+    async with raw_client(secure) as http:
+        health = await http.get("/healthz")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": ADMIN_KEY}):
+            response = await http.put("/v1/friendships/a/b", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"] == "unauthorized"
+        assert (await http.get("/metrics")).status_code == 401
+        ok = await http.put("/v1/friendships/a/b", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+        assert ok.json() == {"friends": ["a", "b"], "created": True}
+
+
+async def test_friendships_and_users(server: TestServer, autojump_clock: MockClock) -> None:
+    admin = server.admin
+    assert (await admin.befriend("alice", "bob"))["created"] is True
+    assert (await admin.befriend("bob", "alice"))["created"] is False
+    assert await admin.befriend_many([("alice", "carol"), ("dave", "alice"), ("bob", "alice")]) == 2
+    async with server.connect("carol"):
+        friends = await admin.friends("alice")
+        assert [f["user"] for f in friends] == ["bob", "carol", "dave"]
+        assert friends[1] == {"user": "carol", "status": "online", "last_active_at": 0}
+        assert await admin.user("carol") == {
+            "user": "carol",
+            "status": "online",
+            "last_active_at": 0,
+            "devices": 1,
+        }
+    assert (await admin.unfriend("alice", "bob"))["deleted"] is True
+    assert (await admin.unfriend("alice", "bob"))["deleted"] is False
+    assert await admin.user("nobody") == {
+        "user": "nobody",
+        "status": "offline",
+        "last_active_at": None,
+        "devices": 0,
+    }
+
+
+async def test_bulk_is_validated_before_anything_is_applied(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    admin = server.admin
+    with pytest.raises(ApiError) as info:
+        await admin.call("POST", "/v1/friendships", {"pairs": [["a", "b"], ["c", "c"]]})
+    assert (info.value.status, info.value.code) == (400, "bad_request")
+    assert "pairs[1]" in info.value.message
+    assert await admin.friends("a") == []
+    for body in ({"pairs": [["a"]]}, {"pairs": "x"}, {"pairs": [["a", "b c"]]}, [1]):
+        with pytest.raises(ApiError) as info:
+            await admin.call("POST", "/v1/friendships", body)
+        assert info.value.status == 400
+    with pytest.raises(ApiError) as info:
+        await admin.call("POST", "/v1/friendships", {"pairs": [["a", "b"]] * 10_001})
+    assert (info.value.status, info.value.code) == (413, "too_large")
+    pairs = [(f"u{i}", f"v{i}") for i in range(10_000)]
+    assert await admin.befriend_many(pairs) == 10_000
+
+
+async def test_limits_and_bad_requests(autojump_clock: MockClock) -> None:
+    async with open_server(max_friends=1) as server:
+        admin = server.admin
+        await admin.befriend("a", "b")
+        with pytest.raises(ApiError) as info:
+            await admin.befriend("a", "c")
+        assert (info.value.status, info.value.code) == (409, "too_large")
+        with pytest.raises(ApiError) as info:
+            await admin.befriend("c", "c")
+        assert info.value.status == 400
+        with pytest.raises(ApiError) as info:
+            await admin.call("PUT", "/v1/friendships/has%20space/b")
+        assert info.value.status == 400
+        with pytest.raises(ApiError) as info:
+            await admin.call("GET", "/v1/nothing")
+        assert (info.value.status, info.value.code) == (404, "not_found")
+        with pytest.raises(ApiError) as info:
+            await admin.call("PATCH", "/v1/friendships/a/b")
+        assert info.value.status == 405
+        assert "PUT" in info.value.message
+        async with raw_client(server) as http:
+            response = await http.post("/v1/tokens", content=b"{not json")
+            assert response.status_code == 400
+            assert "not valid JSON" in response.json()["message"]
+
+
+async def test_tokens_endpoint(secure: TestServer, autojump_clock: MockClock) -> None:
+    async with AdminClient(
+        "http://test",
+        ADMIN_KEY,
+        transport=httpx.ASGITransport(app=HttpApi(secure.running.server)),
+    ) as admin:
+        token = await admin.token("alice", ttl=120)
+        async with secure.connect("alice", token=token) as alice:
+            assert alice.user == "alice"
+        for body in ({"user": "a b"}, {"user": "a", "ttl": -1}, {"user": "a", "ttl": "x"}, {}):
+            with pytest.raises(ApiError) as info:
+                await admin.call("POST", "/v1/tokens", body)
+            assert info.value.status == 400
+
+
+async def test_groups_endpoints(server: TestServer, autojump_clock: MockClock) -> None:
+    admin = server.admin
+    assert await admin.set_group("g1", ["a", "b"]) == {"group": "g1", "members": 2}
+    assert (await admin.add_member("g1", "c"))["added"] is True
+    assert (await admin.remove_member("g1", "a"))["removed"] is True
+    async with server.connect("b"):
+        assert await admin.group("g1") == {
+            "group": "g1",
+            "members": ["b", "c"],
+            "online": ["b"],
+            "total": 2,
+        }
+    await admin.delete_group("g1")
+    for call in (admin.group("g1"), admin.delete_group("g1"), admin.remove_member("g1", "b")):
+        with pytest.raises(ApiError) as info:
+            await call
+        assert info.value.status == 404
+    with pytest.raises(ApiError) as info:
+        await admin.set_group("g2", ["ok", "not ok"])
+    assert info.value.status == 400
+
+
+async def test_metrics_text(secure: TestServer, autojump_clock: MockClock) -> None:
+    async with secure.connect("alice") as alice:
+        await alice.send_raw("nope")
+        await alice.recv()
+        async with raw_client(secure) as http:
+            response = await http.get("/metrics", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+        text = response.text
+        assert response.headers["content-type"].startswith("text/plain")
+        assert "geopresence_connections 1" in text
+        assert "geopresence_users_online 1" in text
+        assert "# TYPE geopresence_messages_in_total counter" in text
+        assert "geopresence_messages_in_total 2" in text  # hello + the bad frame
+        assert "geopresence_messages_out_total" in text
+        assert 'geopresence_errors_total{code="bad_request"} 1' in text
+        assert ADMIN_KEY not in text and SECRET not in text
