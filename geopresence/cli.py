@@ -6,6 +6,7 @@ import argparse
 import errno
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -233,15 +234,13 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def _announce(running: RunningServer, config: Config) -> None:
-    print(
-        f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
-        flush=True,
-    )
+    """Tell the user how to use the server; the ``listening`` line comes last, so a script
+    waiting for it knows start-up (and this text) is complete."""
     data_dir = config.data_dir
-    hints = [f"  WebSocket: {running.ws_url}    HTTP API: {running.http_url}"]
+    hints = [f"geopresence {__version__}: WebSocket {running.ws_url}, HTTP API {running.http_url}"]
     if config.insecure:
         hints.append(
-            '  insecure mode: hello with {"type":"hello","user":"alice","device":"d"}; '
+            '  insecure mode: hello with {"type":"hello","user":"alice","device":"phone"}; '
             "no admin key needed"
         )
     else:
@@ -249,12 +248,14 @@ def _announce(running: RunningServer, config: Config) -> None:
         if config.secret is None and data_dir != Config().data_dir:
             token_cmd += f" --data-dir {data_dir}"
         hints.append(f"  mint a token:  {token_cmd}")
-        if config.admin_key is None:
-            hints.append(
-                f"  admin key for the HTTP API: in {data_dir / 'admin_key'} "
-                "(or set GEOPRESENCE_ADMIN_KEY)"
-            )
+        if config.admin_key is None and not os.environ.get("GEOPRESENCE_ADMIN_KEY"):
+            hints.append(f"  HTTP API admin key: in {data_dir / 'admin_key'}")
+    hints.append("  stop: Ctrl+C (or SIGTERM)")
     print("\n".join(hints), flush=True)
+    print(
+        f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
+        flush=True,
+    )
 
 
 async def _serve_until_signal(config: Config) -> None:

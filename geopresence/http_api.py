@@ -368,7 +368,10 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[int]) -> No
     hconfig = HypercornConfig()
     hconfig.bind = [f"{_bind_host(config.host)}:{config.http_port}"]
     hconfig.accesslog = None
-    hconfig.errorlog = logging.getLogger("geopresence.http.server")
+    # hypercorn announces "Running on ..." at INFO; the CLI prints its own listening line.
+    errorlog = logging.getLogger("geopresence.http.server")
+    errorlog.setLevel(max(errorlog.getEffectiveLevel(), logging.WARNING))
+    hconfig.errorlog = errorlog
     hconfig.graceful_timeout = 1.0
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(hypercorn_serve, HttpApi(server), hconfig)

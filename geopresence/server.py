@@ -143,8 +143,8 @@ class Server:
                 http_port: int = await root.start(serve_http, self)
                 root.start_soon(self._reaper)
                 running = RunningServer(self, config.host, ws_port, http_port)
-                log.info(
-                    "listening ws=%s:%d http=%s:%d", config.host, ws_port, config.host, http_port
+                log.debug(
+                    "serving ws=%s:%d http=%s:%d", config.host, ws_port, config.host, http_port
                 )
                 task_status.started(running)
                 await self._stop_requested.wait()

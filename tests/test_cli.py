@@ -1,0 +1,178 @@
+"""The real ``geopresence`` command, as an outside client sees it: a subprocess on loopback.
+
+Real time here (the process has its own clock), so waits are generous upper bounds and the
+timings are the short ones of the contract's test setup (0.2 s heartbeats, 1.5 s offline).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from geopresence.auth import verify_token
+from geopresence.client import SessionRefused, connect
+
+LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
+
+
+def geopresence(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geopresence", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen[str], ws_port: int, http_port: int) -> None:
+        self.proc = proc
+        self.ws_url = f"ws://127.0.0.1:{ws_port}/ws"
+        self.http_url = f"http://127.0.0.1:{http_port}"
+        self.output: list[str] = []
+
+
+def start(*args: str, cwd: Path) -> ServerProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geopresence", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = LISTENING.match(line.strip())
+        if match:
+            server = ServerProcess(proc, int(match["wp"]), int(match["hp"]))
+            server.output = lines
+            return server
+    proc.kill()
+    raise AssertionError("server did not print its listening line:\n" + "".join(lines))
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start(
+        "--port",
+        "0",
+        "--http-port",
+        "0",
+        "--heartbeat-interval",
+        "0.2",
+        "--offline-after",
+        "1.5",
+        "--data-dir",
+        str(tmp_path / "data"),
+        cwd=tmp_path,
+    )
+    yield server
+    if server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait(10)
+
+
+@pytest.fixture
+async def http(served: ServerProcess, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    key = (tmp_path / "data" / "admin_key").read_text().strip()
+    async with httpx.AsyncClient(
+        base_url=served.http_url, headers={"authorization": f"Bearer {key}"}, timeout=10
+    ) as client:
+        yield client
+
+
+def test_help_lists_the_contract_flags() -> None:
+    result = geopresence("serve", "--help")
+    assert result.returncode == 0
+    for flag in (
+        "--host", "--port", "--http-port", "--data-dir", "--insecure", "--admin-key",
+        "--secret", "--heartbeat-interval", "--offline-after", "--location-ttl", "--radius",
+        "--snapshot-interval", "--fsync",
+    ):  # fmt: skip
+        assert flag in result.stdout
+    bad = geopresence("serve", "--offline-after", "-1")
+    assert bad.returncode == 2
+    assert "positive" in bad.stderr
+
+
+def test_token_command_uses_the_data_dir_secret(tmp_path: Path) -> None:
+    result = geopresence("token", "alice", "--ttl", "60", "--data-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    secret = (tmp_path / "secret").read_text().strip()
+    assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o600
+    import time
+
+    assert verify_token(secret, result.stdout.strip(), time.time()) == "alice"
+    bad = geopresence("token", "not valid!", "--data-dir", str(tmp_path))
+    assert bad.returncode == 2
+    assert "user must be" in bad.stderr
+
+
+async def test_real_server_end_to_end(
+    served: ServerProcess, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    assert "geopresence token USER --data-dir" in "".join(served.output)
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    assert (await http.put("/v1/friendships/alice/bob")).json()["created"] is True
+
+    data = str(tmp_path / "data")
+    token_alice = geopresence("token", "alice", "--data-dir", data).stdout.strip()
+    token_bob = (await http.post("/v1/tokens", json={"user": "bob", "ttl": 60})).json()["token"]
+
+    with trio.fail_after(20):
+        with pytest.raises(SessionRefused) as refused:
+            async with connect(served.ws_url, user="alice", device="phone"):
+                pass
+        assert refused.value.close_code == 1008
+
+        async with connect(served.ws_url, token=token_alice, device="phone", heartbeat=True) as a:
+            assert a.welcome["heartbeat_interval"] == 0.2
+            assert a.welcome["offline_after"] == 1.5
+            assert a.friends == [{"user": "bob", "status": "offline", "last_active_at": None}]
+            async with connect(served.ws_url, token=token_bob, device="laptop") as bob:
+                event = await a.recv_type("presence")
+                assert (event["user"], event["status"]) == ("bob", "online")
+                assert (await http.get("/v1/users/bob")).json()["status"] == "online"
+                code, _ = await bob.closed()  # bob never heartbeats
+                assert code == 4000
+            event = await a.recv_type("presence")
+            assert (event["user"], event["status"]) == ("bob", "offline")
+            metrics = (await http.get("/metrics")).text
+            assert "geopresence_connections 1" in metrics
+
+            served.proc.send_signal(signal.SIGTERM)
+            code, _ = await a.closed()
+            assert code == 1001
+    assert served.proc.wait(20) == 0
+
+
+def test_sigint_and_default_data_dir(tmp_path: Path) -> None:
+    server = start("--port", "0", "--http-port", "0", cwd=tmp_path)
+    try:
+        assert (tmp_path / "geopresence-data" / "secret").exists()
+        assert (tmp_path / "geopresence-data" / "admin_key").exists()
+        server.proc.send_signal(signal.SIGINT)
+        assert server.proc.wait(20) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+def test_port_in_use_is_a_clear_error(served: ServerProcess, tmp_path: Path) -> None:
+    port = served.ws_url.rsplit(":", 1)[1].split("/")[0]
+    result = geopresence("serve", "--port", port, "--http-port", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "already in use" in result.stderr
