@@ -171,11 +171,16 @@ class Server:
         with scope:
             await trio.serve_listeners(self.handle_stream, listeners, handler_nursery=conns)
 
-    def open_memory_connection(self) -> trio.abc.Stream:
+    def open_memory_connection(self, *, lockstep: bool = False) -> trio.abc.Stream:
         """A client-side stream connected to this server in memory, for tests under
-        ``MockClock``: no sockets, so virtual time never jumps while bytes are in flight."""
+        ``MockClock``: no sockets, so virtual time never jumps while bytes are in flight.
+
+        ``lockstep=True`` gives a transport without buffering (a send completes only when the
+        peer reads), so a client that stops reading blocks the server's writer at once: the
+        slow-consumer path without megabytes of kernel buffers in the way."""
         assert self._conn_nursery is not None, "the server is not running"
-        client, server = trio.testing.memory_stream_pair()
+        pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+        client, server = pair()
         self._conn_nursery.start_soon(self.handle_stream, server)
         return client
 
