@@ -34,6 +34,7 @@ from geopresence.protocol import (
     Logout,
     Presence,
     ProtocolError,
+    RequestId,
     ServerMessage,
     Welcome,
     encode,
@@ -121,7 +122,9 @@ class Hub:
     def connections_of(self, user: str) -> frozenset[ConnId]:
         return frozenset(self._conns_of.get(user, ()))
 
-    def open_session(self, conn: ConnId, user: str, device: str, now: float) -> None:
+    def open_session(
+        self, conn: ConnId, user: str, device: str, now: float, request_id: RequestId = None
+    ) -> None:
         """``conn`` said a valid hello as ``user`` on ``device``: welcome it.
 
         Sends welcome and friends_presence to ``conn``, closes a connection of the same
@@ -148,6 +151,7 @@ class Hub:
                     heartbeat_interval=s.heartbeat_interval,
                     offline_after=s.offline_after,
                     server_time=now,
+                    re=request_id,
                 )
             ),
         )

@@ -128,6 +128,8 @@ class Welcome:
     heartbeat_interval: float
     offline_after: float
     server_time: float
+    re: RequestId = None
+    """Extension: the hello's ``id`` when it had one (omitted otherwise)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -325,7 +327,10 @@ def _format_exception(exc: BaseException, _type: Any) -> str:
 
 def encode(message: ServerMessage) -> str:
     """Serialize a server message to the text of one frame."""
-    return orjson.dumps(_converter.unstructure(message)).decode()
+    data = _converter.unstructure(message)
+    if isinstance(message, Welcome) and message.re is None:
+        del data["re"]  # the contract's welcome has no "re"; add it only when asked for
+    return orjson.dumps(data).decode()
 
 
 def error_message(error: ProtocolError) -> Error:

@@ -34,7 +34,7 @@ from geopresence.hub import (
 )
 from geopresence.metrics import Metrics
 from geopresence.outbox import Outbox, Outgoing
-from geopresence.protocol import Error, Hello, ProtocolError, decode, encode
+from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 from geopresence.store import MemoryStore
 
 log = logging.getLogger("geopresence")
@@ -243,13 +243,13 @@ class Server:
         hello = await self._read_hello(ws)
         if hello is None:
             return
-        user, device = hello
+        user, device, request_id = hello
         conn = next(self._ids)
         c = _Connection(conn, Outbox(self.config.queue_size))
         self._conns[conn] = c
         self.metrics.connections_total += 1
         try:
-            self.hub.open_session(conn, user, device, self.now())
+            self.hub.open_session(conn, user, device, self.now(), request_id)
             self._reaper_wakeup.set()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, ws, stream, c, nursery.cancel_scope)
@@ -273,8 +273,10 @@ class Server:
                 return
             await ws.aclose(code, error.message[:120])
 
-    async def _read_hello(self, ws: WebSocketConnection) -> tuple[str, str] | None:
-        """Wait for a valid hello; refuse (1008) anything else. Returns (user, device)."""
+    async def _read_hello(self, ws: WebSocketConnection) -> tuple[str, str, RequestId] | None:
+        """Wait for a valid hello; refuse (1008) anything else.
+
+        Returns (user, device, the hello's id)."""
         with trio.move_on_after(self.config.hello_timeout):
             try:
                 frame = await ws.get_message()
@@ -302,7 +304,7 @@ class Server:
         await self._refuse(ws, ProtocolError("unauthorized", "no hello in time"), CLOSE_POLICY)
         return None
 
-    def _authenticate(self, hello: Hello) -> tuple[str, str]:
+    def _authenticate(self, hello: Hello) -> tuple[str, str, RequestId]:
         if hello.token is not None:
             try:
                 user = verify_token(self.secret, hello.token, self.now())
@@ -314,7 +316,7 @@ class Server:
             raise ProtocolError("unauthorized", "hello needs a token or a user", hello.id)
         else:
             raise ProtocolError("unauthorized", "hello needs a token", hello.id)
-        return user, hello.device
+        return user, hello.device, hello.id
 
     async def _reader(self, ws: WebSocketConnection, c: _Connection) -> None:
         hub = self.hub

@@ -140,9 +140,11 @@ async def test_tokens_are_required_without_insecure(autojump_clock: MockClock) -
             assert await close_code(ws) == 1008
         # a hello naming another user still authenticates as the token's subject
         async with raw_ws(server) as ws:
-            hello = {"type": "hello", "token": token, "user": "mallory", "device": "d"}
+            hello = {"type": "hello", "id": "h1", "token": token, "user": "mallory", "device": "d"}
             await ws.send_message(orjson.dumps(hello).decode())
-            assert orjson.loads(await ws.get_message())["user"] == "alice"
+            welcome = orjson.loads(await ws.get_message())
+            assert welcome["user"] == "alice"
+            assert welcome["re"] == "h1"  # the hello's id comes back when there is one
 
 
 @pytest.mark.parametrize(
