@@ -155,7 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="groups up to this size get co-member presence events",
     )
-    s.add_argument("--max-friends", type=_positive_int, default=d.max_friends, metavar="N")
+    s.add_argument(
+        "--max-friends",
+        type=_positive_int,
+        default=d.max_friends,
+        metavar="N",
+        help="friends per user (more: HTTP 409)",
+    )
     s.add_argument(
         "--max-message-bytes",
         type=_positive_int,

@@ -67,3 +67,10 @@ class Config:
     time_origin: float | None = None
     """Epoch seconds at trio clock 0. None anchors to the wall clock at start; tests under
     ``trio.testing.MockClock`` pass 0 so server times equal ``trio.current_time()``."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_interval >= self.offline_after:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval:g} s) must be shorter than "
+                f"offline_after ({self.offline_after:g} s), or every client times out"
+            )

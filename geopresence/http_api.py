@@ -49,13 +49,21 @@ STATUS_OF: Final[dict[ErrorCode, int]] = {
 
 
 class HttpError(Exception):
-    """An error response: ``status`` with body ``{"error": code, "message": message}``."""
+    """An error response: ``status`` with body ``{"error": code, "message": message}``
+    and any extra ``headers`` (e.g. ``allow`` on a 405)."""
 
-    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: ErrorCode,
+        message: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code: ErrorCode = code
         self.message = message
+        self.headers = headers or []
 
 
 @attrs.frozen
@@ -144,10 +152,12 @@ class HttpApi:
             return
         if scope["type"] != "http":
             return
+        headers: list[tuple[bytes, bytes]] = []
         try:
             status, payload = await self._respond(scope, receive)
         except HttpError as exc:
             status, payload = exc.status, {"error": exc.code, "message": exc.message}
+            headers = exc.headers
         except Exception:
             log.exception("HTTP %s %s failed", scope.get("method"), scope.get("path"))
             status, payload = 500, {"error": "internal", "message": "internal error"}
@@ -165,6 +175,7 @@ class HttpApi:
                 "headers": [
                     (b"content-type", content_type),
                     (b"content-length", str(len(body)).encode()),
+                    *headers,
                 ],
             }
         )
@@ -194,7 +205,12 @@ class HttpApi:
             except ProtocolError as exc:
                 raise HttpError(_status_for(exc.code), exc.code, exc.message) from None
         if allowed:
-            raise HttpError(405, "bad_request", f"{method} not allowed; use {', '.join(allowed)}")
+            raise HttpError(
+                405,
+                "bad_request",
+                f"{method} not allowed; use {', '.join(allowed)}",
+                [(b"allow", ", ".join(allowed).encode())],
+            )
         raise HttpError(404, "not_found", f"no such endpoint: {path}")
 
     def _authorize(self, scope: Scope) -> None:
@@ -302,8 +318,8 @@ class HttpApi:
     def put_group(self, request: Request) -> Response:
         group = request.params["group"]
         members = _user_list(request.json_object().get("members", []), "members")
-        count = self.hub.set_group(group, members)
-        return 200, {"group": group, "members": count}
+        added, removed = self.hub.set_group(group, members)
+        return 200, {"group": group, "total": len(set(members)), "added": added, "removed": removed}
 
     def get_group(self, request: Request) -> Response:
         group = request.params["group"]

@@ -13,6 +13,7 @@ published on only while the group has at most ``presence_fanout_limit`` members.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
@@ -84,6 +85,11 @@ class Session:
     device: str
 
 
+def _presence_key(user: str) -> tuple[str, str]:
+    """Coalesce key of frames that carry ``user``'s presence state."""
+    return ("presence", user)
+
+
 def _out(message: ServerMessage, coalesce_key: Any = None) -> Outgoing:
     return Outgoing(encode(message), coalesce_key)
 
@@ -95,11 +101,20 @@ class Hub:
     the hub itself); HTTP-facing methods raise ``ProtocolError`` for invalid requests.
     """
 
-    def __init__(self, settings: HubSettings, store: Store, broker: Broker, sink: Sink) -> None:
+    def __init__(
+        self,
+        settings: HubSettings,
+        store: Store,
+        broker: Broker,
+        sink: Sink,
+        errors: Counter[str] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.broker = broker
         self.sink = sink
+        self.errors: Counter[str] = Counter() if errors is None else errors
+        """Error replies sent, by code (the shell passes its metrics' counter)."""
         self.presence: PresenceTable[ConnId] = PresenceTable(settings.offline_after)
         self._sessions: dict[ConnId, Session] = {}
         self._conns_of: dict[str, set[ConnId]] = {}
@@ -170,7 +185,7 @@ class Hub:
         try:
             self._handlers[type(message)](session, message, now)
         except ProtocolError as exc:
-            self.sink.send(conn, _out(error_message(exc)))
+            self.reply_error(conn, exc)
 
     def activity(self, conn: ConnId, now: float) -> None:
         """``conn`` sent something, even if it could not be decoded."""
@@ -181,6 +196,7 @@ class Hub:
     def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
         """Send an ``error`` frame to ``conn`` (the connection stays open)."""
         if conn in self._sessions:
+            self.errors[error.code] += 1
             self.sink.send(conn, _out(error_message(error)))
 
     def close_session(self, conn: ConnId) -> None:
@@ -247,7 +263,9 @@ class Hub:
             conns = self._conns_of.get(user, ())
             if not conns:
                 continue
-            snapshot = _out(FriendsPresence(friends=[self._status(friend)]))
+            # Same key as the friend's presence events: whichever is newest wins its slot, so a
+            # slow client can never end on a stale status.
+            snapshot = _out(FriendsPresence(friends=[self._status(friend)]), _presence_key(friend))
             for conn in conns:
                 self.broker.subscribe(user_channel(friend), conn)
                 self.sink.send(conn, snapshot)
@@ -267,8 +285,8 @@ class Hub:
 
     # ---------------------------------------------------------------- groups
 
-    def set_group(self, group: str, members: Iterable[str]) -> int:
-        """Create or replace ``group``'s membership; returns the member count."""
+    def set_group(self, group: str, members: Iterable[str]) -> tuple[int, int]:
+        """Create or replace ``group``'s membership; returns how many were (added, removed)."""
         wanted = set(members)
         limit = self.settings.max_group_size
         if len(wanted) > limit:
@@ -278,7 +296,7 @@ class Hub:
             self._subscribe_user(group_channel(group), user)
         for user in removed:
             self._unsubscribe_user(group_channel(group), user)
-        return len(wanted)
+        return len(added), len(removed)
 
     def delete_group(self, group: str) -> None:
         members = self.store.delete_group(group)
@@ -345,7 +363,7 @@ class Hub:
         event = Presence(user=user, status=change.status, last_active_at=change.last_active_at)
         # Latest-wins per user: a slow client gets the newest status, not the backlog.
         self.broker.publish(
-            channels, _out(event, ("presence", user)), self._conns_of.get(user, set())
+            channels, _out(event, _presence_key(user)), self._conns_of.get(user, set())
         )
 
     def _apply_ended(self, ended: Ended[ConnId], code: int, reason: str) -> None:

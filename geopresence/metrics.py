@@ -37,9 +37,9 @@ class Metrics:
         for name, help_text, read in self._gauges:
             family(name, "gauge", help_text, [("", read())])
         family(
-            "connections_total",
+            "sessions_opened_total",
             "counter",
-            "WebSocket sessions opened.",
+            "WebSocket sessions opened (valid hellos).",
             [("", self.connections_total)],
         )
         family(

@@ -73,7 +73,9 @@ class Server:
             max_friends=config.max_friends,
             max_group_size=config.max_group_size,
         )
-        self.hub = Hub(settings, MemoryStore(), MemoryBroker(self.send), self)
+        self.hub = Hub(
+            settings, MemoryStore(), MemoryBroker(self.send), self, errors=self.metrics.errors
+        )
         self._conns: dict[ConnId, _Connection] = {}
         self._ids = itertools.count(1)
         self._reaper_wakeup = trio.Event()
@@ -136,7 +138,7 @@ class Server:
         async with trio.open_nursery() as root:
             async with trio.open_nursery() as conns:
                 self._conn_nursery = conns
-                listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+                listeners = await _open_listeners(config.host, config.port)
                 ws_port = listeners[0].socket.getsockname()[1]
                 accept_scope = trio.CancelScope()
                 root.start_soon(self._accept, listeners, conns, accept_scope)
@@ -337,7 +339,6 @@ class Server:
             try:
                 message = decode(frame)
             except ProtocolError as exc:
-                self.metrics.errors[exc.code] += 1
                 hub.activity(c.conn, now)
                 hub.reply_error(c.conn, exc)
                 continue
@@ -346,7 +347,6 @@ class Server:
             except Exception:
                 # A bug must cost one reply, never the server or another client.
                 log.exception("conn %d: internal error handling %s", c.conn, type(message).__name__)
-                self.metrics.errors["internal"] += 1
                 hub.reply_error(
                     c.conn,
                     ProtocolError("internal", "internal error", getattr(message, "id", None)),
@@ -404,6 +404,19 @@ class Server:
                     return
         except ConnectionClosed:
             session_scope.cancel()
+
+
+async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """Listen on every address of ``host``. With port 0 and several addresses (``localhost``
+    is ::1 and 127.0.0.1), all of them get the port the first one drew, so the one printed
+    port is right for each."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    if port == 0 and len(listeners) > 1:
+        chosen = listeners[0].socket.getsockname()[1]
+        for listener in listeners:
+            await listener.aclose()
+        listeners = await trio.open_tcp_listeners(chosen, host=host)
+    return listeners
 
 
 def _is_disconnect(exc: BaseException) -> bool:

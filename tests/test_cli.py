@@ -176,3 +176,9 @@ def test_port_in_use_is_a_clear_error(served: ServerProcess, tmp_path: Path) -> 
     result = geopresence("serve", "--port", port, "--http-port", "0", cwd=tmp_path)
     assert result.returncode == 1
     assert "already in use" in result.stderr
+
+
+def test_heartbeat_must_be_shorter_than_offline_after() -> None:
+    result = geopresence("serve", "--heartbeat-interval", "5", "--offline-after", "1")
+    assert result.returncode == 2
+    assert "must be shorter than offline_after" in result.stderr

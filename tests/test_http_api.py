@@ -128,7 +128,12 @@ async def test_tokens_endpoint(secure: TestServer, autojump_clock: MockClock) ->
 
 async def test_groups_endpoints(server: TestServer, autojump_clock: MockClock) -> None:
     admin = server.admin
-    assert await admin.set_group("g1", ["a", "b"]) == {"group": "g1", "members": 2}
+    assert await admin.set_group("g1", ["a", "b", "a"]) == {
+        "group": "g1",
+        "total": 2,
+        "added": 2,
+        "removed": 0,
+    }
     assert (await admin.add_member("g1", "c"))["added"] is True
     assert (await admin.remove_member("g1", "a"))["removed"] is True
     async with server.connect("b"):
@@ -163,3 +168,19 @@ async def test_metrics_text(secure: TestServer, autojump_clock: MockClock) -> No
         assert "geopresence_messages_out_total" in text
         assert 'geopresence_errors_total{code="bad_request"} 1' in text
         assert ADMIN_KEY not in text and SECRET not in text
+
+
+async def test_405_has_allow_and_errors_are_counted(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    async with raw_client(server) as http:
+        response = await http.post("/v1/users/alice")
+        assert response.status_code == 405
+        assert response.headers["allow"] == "GET"
+    async with server.connect("alice") as alice:
+        await alice.request("group_presence", group="nope")  # forbidden, sent by the hub
+        await alice.send({"type": "hello", "device": "again", "user": "alice"})
+        await alice.recv()
+    metrics = await server.admin.metrics()
+    assert 'geopresence_errors_total{code="forbidden"} 1' in metrics
+    assert 'geopresence_errors_total{code="bad_request"} 2' in metrics  # hello + the 405

@@ -183,3 +183,31 @@ def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any,
             ]
             assert len(got) == len(set(got)), f"duplicate presence events: {got}"
             assert set(got) == expected
+
+
+def test_slow_client_never_ends_on_a_stale_status() -> None:
+    """A pending presence event, then a friendship snapshot, then a newer transition: the
+    newest state must be what the client sees last (they share one coalescing slot)."""
+    from geopresence.outbox import Outbox
+
+    boxes: dict[ConnId, Outbox] = {}
+
+    class QueueSink:
+        def send(self, conn: ConnId, message: Outgoing) -> None:
+            boxes.setdefault(conn, Outbox(100)).push(message)
+
+        def close(self, conn: ConnId, code: int, reason: str) -> None:
+            pass
+
+    sink = QueueSink()
+    hub = Hub(HubSettings(), MemoryStore(), MemoryBroker(sink.send), sink)
+    hub.set_group("g", ["alice", "bob"])
+    hub.open_session(1, "alice", "phone", now=0)
+    boxes[1].pop_all()
+    hub.open_session(2, "bob", "phone", now=1)  # presence bob online, queued for alice
+    hub.add_friendship("alice", "bob")  # snapshot of bob, queued for alice
+    hub.logout("bob")  # presence bob offline
+    frames = [orjson.loads(o.text) for o in boxes[1].pop_all()]
+    last = frames[-1]
+    status = last["status"] if last["type"] == "presence" else last["friends"][0]["status"]
+    assert status == "offline"

@@ -1,0 +1,96 @@
+"""Micro-benchmarks of the sans-I/O core (no sockets, no event loop).
+
+    python benchmarks/bench_core.py [--quick]
+
+Prints one line per figure: heartbeat cost, presence fan-out cost per subscriber, codec
+decode/encode. The shell's socket costs are not in these numbers (see the load benchmark of
+the benchmarks issue); these say what the core itself adds per operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+
+from geopresence.broker import ConnId, MemoryBroker
+from geopresence.hub import Hub, HubSettings
+from geopresence.outbox import Outbox, Outgoing
+from geopresence.protocol import Heartbeat, Presence, decode, encode
+from geopresence.store import MemoryStore
+
+
+def timed(label: str, unit: str, count: int, run: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    run()
+    elapsed = time.perf_counter() - start
+    per = elapsed / count
+    print(f"{label:<48} {per * 1e6:9.2f} µs/{unit}   ({count / elapsed:,.0f} {unit}/s)")
+    return per
+
+
+class CountingSink:
+    def __init__(self, depth: int) -> None:
+        self.outboxes: dict[ConnId, Outbox] = {}
+        self.depth = depth
+
+    def send(self, conn: ConnId, message: Outgoing) -> None:
+        box = self.outboxes.get(conn)
+        if box is None:
+            box = self.outboxes[conn] = Outbox(self.depth)
+        if not box.push(message):
+            box.pop_all()
+
+    def close(self, conn: ConnId, code: int, reason: str) -> None:
+        self.outboxes.pop(conn, None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
+    args = parser.parse_args()
+    scale = 1 if args.quick else 20
+    print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor()}")
+
+    sink = CountingSink(depth=1024)
+    hub = Hub(HubSettings(), MemoryStore(), MemoryBroker(sink.send), sink)
+    users = 1000 * scale
+    for i in range(users):
+        hub.open_session(i, f"u{i}", "phone", now=0.0)
+    beats = 10_000 * scale
+
+    def heartbeats() -> None:
+        for n in range(beats):
+            hub.handle(n % users, Heartbeat(), now=1.0 + n * 1e-6)
+
+    timed(f"heartbeat ({users:,} sessions)", "op", beats, heartbeats)
+
+    friends = 5000
+    fan_hub = Hub(HubSettings(max_friends=friends), MemoryStore(), MemoryBroker(sink.send), sink)
+    for i in range(friends):
+        fan_hub.add_friendship("star", f"f{i}")
+        fan_hub.open_session(10_000 + i, f"f{i}", "phone", now=0.0)
+    rounds = 4 * scale
+    t = [1.0]
+
+    def flap() -> None:
+        for _ in range(rounds):
+            fan_hub.open_session(1, "star", "phone", now=t[0])
+            fan_hub.logout("star")
+            t[0] += 1
+
+    per = timed(
+        f"presence transition to {friends:,} online friends", "transition", 2 * rounds, flap
+    )
+    print(f"{'  = per subscriber':<48} {per / friends * 1e9:9.0f} ns")
+
+    frames = 20_000 * scale
+    text = '{"type":"heartbeat","id":17}'
+    timed("decode heartbeat frame", "frame", frames, lambda: [decode(text) for _ in range(frames)])
+    event = Presence(user="alice", status="online", last_active_at=1_700_000_000.25)
+    timed("encode presence event", "frame", frames, lambda: [encode(event) for _ in range(frames)])
+
+
+if __name__ == "__main__":
+    main()
