@@ -17,11 +17,12 @@ from collections.abc import Callable
 from geopresence.broker import ConnId, MemoryBroker
 from geopresence.hub import Hub, HubSettings
 from geopresence.outbox import Outbox, Outgoing
+from geopresence.presence import PresenceChange
 from geopresence.protocol import Heartbeat, Presence, decode, encode
 from geopresence.store import MemoryStore
 
 
-def timed(label: str, unit: str, count: int, run: Callable[[], None]) -> float:
+def timed(label: str, unit: str, count: int, run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     elapsed = time.perf_counter() - start
@@ -71,19 +72,25 @@ def main() -> None:
     for i in range(friends):
         fan_hub.add_friendship("star", f"f{i}")
         fan_hub.open_session(10_000 + i, f"f{i}", "phone", now=0.0)
-    rounds = 4 * scale
-    t = [1.0]
+    rounds = 10 * scale
+    change = PresenceChange("star", "online", 1.0)
 
-    def flap() -> None:
+    def fan_out() -> None:
         for _ in range(rounds):
+            fan_hub._publish_presence(change)
+
+    per = timed(f"presence event to {friends:,} online friends", "event", rounds, fan_out)
+    print(f"{'  = per subscriber (encode once, queue each)':<48} {per / friends * 1e9:9.0f} ns")
+    logins = 2 * scale
+    t = [2.0]
+
+    def login() -> None:
+        for _ in range(logins):
             fan_hub.open_session(1, "star", "phone", now=t[0])
-            fan_hub.logout("star")
+            fan_hub.close_session(1)
             t[0] += 1
 
-    per = timed(
-        f"presence transition to {friends:,} online friends", "transition", 2 * rounds, flap
-    )
-    print(f"{'  = per subscriber':<48} {per / friends * 1e9:9.0f} ns")
+    timed(f"login of a user with {friends:,} friends", "login", logins, login)
 
     frames = 20_000 * scale
     text = '{"type":"heartbeat","id":17}'

@@ -1,0 +1,31 @@
+"""Benchmarks must keep running: a tiny smoke run that checks every figure is reported.
+
+Speed is never asserted here (that belongs in benchmarks/RESULTS.md, not in a test).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_core_benchmark_reports_every_figure() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    for label in (
+        "heartbeat",
+        "presence event to 5,000 online friends",
+        "per subscriber",
+        "login of a user with 5,000 friends",
+        "decode heartbeat frame",
+        "encode presence event",
+    ):
+        assert label in result.stdout
