@@ -14,7 +14,7 @@ import platform
 import time
 from collections.abc import Callable
 
-from geopresence.broker import ConnId, MemoryBroker
+from geopresence.broker import ConnId
 from geopresence.hub import Hub, HubSettings
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.presence import PresenceChange
@@ -55,7 +55,7 @@ def main() -> None:
     print(f"python {platform.python_version()} on {platform.machine()}, {platform.processor()}")
 
     sink = CountingSink(depth=1024)
-    hub = Hub(HubSettings(), MemoryStore(), MemoryBroker(sink.send), sink)
+    hub = Hub(HubSettings(), MemoryStore(), sink)
     users = 1000 * scale
     for i in range(users):
         hub.open_session(i, f"u{i}", "phone", now=0.0)
@@ -68,9 +68,9 @@ def main() -> None:
     timed(f"heartbeat ({users:,} sessions)", "op", beats, heartbeats)
 
     friends = 5000
-    fan_hub = Hub(HubSettings(max_friends=friends), MemoryStore(), MemoryBroker(sink.send), sink)
+    fan_hub = Hub(HubSettings(max_friends=friends), MemoryStore(), sink)
     for i in range(friends):
-        fan_hub.add_friendship("star", f"f{i}")
+        fan_hub.add_friendship("star", f"f{i}", 0.0)
         fan_hub.open_session(10_000 + i, f"f{i}", "phone", now=0.0)
     rounds = 10 * scale
     change = PresenceChange("star", "online", 1.0)

@@ -8,15 +8,14 @@ embedded default; ``tests/test_broker_conformance.py`` holds every implementatio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Set
-from typing import Protocol
-
-from geopresence.outbox import Outgoing
+from typing import Any, Protocol
 
 ConnId = int
 """A connection of this server, as the shell numbers them."""
 
-Deliver = Callable[[ConnId, Outgoing], None]
-"""Hands one frame to one local subscriber. Must not block (it queues into an Outbox)."""
+Deliver = Callable[[ConnId, Any], None]
+"""Hands one published event to one local subscriber. Must not block: it queues frames into
+the subscriber's Outbox (an encoded ``Outgoing``, or a frame computed for that subscriber)."""
 
 
 def user_channel(user: str) -> str:
@@ -49,9 +48,7 @@ class Broker(Protocol):
 
     def unsubscribe_all(self, conn: ConnId) -> None: ...
 
-    def publish(
-        self, channels: Iterable[str], message: Outgoing, exclude: Set[ConnId] = ...
-    ) -> int: ...
+    def publish(self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = ...) -> int: ...
 
     def subscribers(self, channel: str) -> Set[ConnId]: ...
 
@@ -92,9 +89,7 @@ class MemoryBroker:
             if not subs:
                 del self._subscribers[channel]
 
-    def publish(
-        self, channels: Iterable[str], message: Outgoing, exclude: Set[ConnId] = _NONE
-    ) -> int:
+    def publish(self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = _NONE) -> int:
         channel_list = list(channels)
         if len(channel_list) == 1:
             # The common case (a user with no small groups): no union set to build.

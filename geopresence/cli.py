@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import errno
 import logging
 import math
@@ -13,12 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import attrs
+import orjson
 import trio
 
 from geopresence import __version__
 from geopresence.aio import collapse_exception_groups
 from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token, resolve_secret
 from geopresence.config import Config
+from geopresence.history import history_dir, read_history
+from geopresence.ids import id_problem
 from geopresence.server import RunningServer, serve
 
 
@@ -136,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="default nearby radius in metres (5 miles)",
     )
     s.add_argument(
+        "--max-radius",
+        type=_positive_number,
+        default=d.max_radius,
+        metavar="M",
+        help="largest radius_m a user may set, metres",
+    )
+    s.add_argument(
+        "--history-max-bytes",
+        type=_positive_int,
+        default=d.history_max_bytes,
+        metavar="B",
+        help="size at which the location history starts a new file",
+    )
+    s.add_argument(
         "--snapshot-interval",
         type=_seconds,
         default=d.snapshot_interval,
@@ -213,6 +232,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--secret", default=None, help="the server's --secret, if it has one")
     t.set_defaults(run=_cmd_token)
+
+    h = commands.add_parser(
+        "history",
+        help="print a user's location history",
+        description="Print USER's recorded locations, oldest first, from DATA_DIR/history "
+        "(one line per accepted update: time, lat, lon).",
+    )
+    h.add_argument("user", metavar="USER")
+    h.add_argument(
+        "--since",
+        type=_time,
+        default=None,
+        metavar="T",
+        help="only updates at or after T (epoch seconds or ISO 8601)",
+    )
+    h.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        help="the server's data dir (default: %(default)s)",
+    )
+    h.add_argument("--json", action="store_true", help="JSON Lines output")
+    h.set_defaults(run=_cmd_history)
     return parser
 
 
@@ -229,6 +271,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         offline_after=args.offline_after,
         location_ttl=args.location_ttl,
         radius=args.radius,
+        max_radius=args.max_radius,
+        history_max_bytes=args.history_max_bytes,
         snapshot_interval=args.snapshot_interval,
         fsync=args.fsync,
         presence_fanout_limit=args.presence_fanout_limit,
@@ -299,6 +343,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(f"geopresence: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (epoch seconds or ISO 8601, e.g. 2026-11-21T10:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    problem = id_problem(args.user, "user")
+    if problem is not None:
+        print(f"geopresence history: {problem}", file=sys.stderr)
+        return 2
+    directory = history_dir(args.data_dir)
+    if not directory.is_dir():
+        print(f"geopresence history: no location history in {args.data_dir}", file=sys.stderr)
+        return 1
+    count = 0
+    for entry in read_history(directory, args.user, args.since):
+        count += 1
+        if args.json:
+            print(orjson.dumps(attrs.asdict(entry)).decode())
+        else:
+            when = datetime.datetime.fromtimestamp(entry.ts, datetime.UTC)
+            stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            print(f"{stamp}  {entry.lat:11.6f}  {entry.lon:12.6f}")
+    if not args.json:
+        print(f"{count} location(s) for {args.user}", file=sys.stderr)
     return 0
 
 

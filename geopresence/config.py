@@ -48,6 +48,12 @@ class Config:
     """Lifetime of a user's latest location (nearby friends)."""
     radius: float = attrs.field(default=8046.72, validator=_positive)
     """Default nearby radius in metres (5 miles)."""
+    max_radius: float = attrs.field(default=50_000.0, validator=_positive)
+    """Largest ``radius_m`` a user may set, metres."""
+    history_max_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
+    """Size at which the location history starts a new file."""
+    history_flush_interval: float = attrs.field(default=1.0, validator=_positive)
+    """Longest time an accepted location waits in memory before reaching the history file."""
     snapshot_interval: float = attrs.field(default=60.0, validator=_positive)
     fsync: FsyncPolicy = "everysec"
     presence_fanout_limit: int = 500
@@ -69,6 +75,10 @@ class Config:
     ``trio.testing.MockClock`` pass 0 so server times equal ``trio.current_time()``."""
 
     def __attrs_post_init__(self) -> None:
+        if self.radius > self.max_radius:
+            raise ValueError(
+                f"radius ({self.radius:g} m) must not exceed max_radius ({self.max_radius:g} m)"
+            )
         if self.heartbeat_interval >= self.offline_after:
             raise ValueError(
                 f"heartbeat_interval ({self.heartbeat_interval:g} s) must be shorter than "

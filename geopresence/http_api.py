@@ -237,7 +237,7 @@ class HttpApi:
 
     def put_friendship(self, request: Request) -> Response:
         a, b = request.params["a"], request.params["b"]
-        created = self.hub.add_friendship(a, b)
+        created = self.hub.add_friendship(a, b, self.server.now())
         return 200, {"friends": [a, b], "created": created}
 
     def delete_friendship(self, request: Request) -> Response:
@@ -264,7 +264,7 @@ class HttpApi:
         created = 0
         for index, (a, b) in enumerate(checked):
             try:
-                created += self.hub.add_friendship(a, b)
+                created += self.hub.add_friendship(a, b, self.server.now())
             except ProtocolError as exc:
                 raise HttpError(
                     _status_for(exc.code),

@@ -19,7 +19,15 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from geopresence.broker import Broker, ConnId, group_channel, user_channel
+from geopresence.broker import (
+    Broker,
+    ConnId,
+    Deliver,
+    MemoryBroker,
+    group_channel,
+    user_channel,
+)
+from geopresence.nearby import GoneEvent, HistoryRecorder, LocationEvent, Nearby
 from geopresence.outbox import Outgoing
 from geopresence.presence import Ended, PresenceChange, PresenceTable, UserPresence
 from geopresence.protocol import (
@@ -32,11 +40,14 @@ from geopresence.protocol import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    LocationUpdate,
     Logout,
+    NearbyFriendsQuery,
     Presence,
     ProtocolError,
     RequestId,
     ServerMessage,
+    SettingsUpdate,
     Welcome,
     encode,
     error_message,
@@ -67,10 +78,13 @@ class Sink(Protocol):
 
 @attrs.frozen(kw_only=True)
 class HubSettings:
-    """Domain limits and timings (seconds)."""
+    """Domain limits and timings (seconds, metres)."""
 
     heartbeat_interval: float = 5.0
     offline_after: float = 30.0
+    location_ttl: float = 600.0
+    default_radius: float = 8046.72
+    max_radius: float = 50_000.0
     presence_fanout_limit: int = 500
     max_friends: int = 5000
     max_group_size: int = 100_000
@@ -105,24 +119,36 @@ class Hub:
         self,
         settings: HubSettings,
         store: Store,
-        broker: Broker,
         sink: Sink,
+        *,
+        broker_factory: Callable[[Deliver], Broker] = MemoryBroker,
         errors: Counter[str] | None = None,
+        history: HistoryRecorder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.broker = broker
         self.sink = sink
+        self.broker = broker_factory(self._deliver)
         self.errors: Counter[str] = Counter() if errors is None else errors
         """Error replies sent, by code (the shell passes its metrics' counter)."""
         self.presence: PresenceTable[ConnId] = PresenceTable(settings.offline_after)
         self._sessions: dict[ConnId, Session] = {}
         self._conns_of: dict[str, set[ConnId]] = {}
+        self.nearby = Nearby(
+            self,
+            location_ttl=settings.location_ttl,
+            default_radius=settings.default_radius,
+            max_radius=settings.max_radius,
+            history=history,
+        )
         self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
             Heartbeat: self._on_heartbeat,
             Logout: self._on_logout,
             GroupPresenceQuery: self._on_group_presence,
             Hello: self._on_repeated_hello,
+            LocationUpdate: self.nearby.on_location,
+            NearbyFriendsQuery: self.nearby.on_query,
+            SettingsUpdate: self.nearby.on_settings,
         }
 
     # ---------------------------------------------------------------- sessions
@@ -207,12 +233,17 @@ class Hub:
             self.presence.disconnect(session.user, session.device, conn)
 
     def expire(self, now: float) -> None:
-        """Time has reached ``now``: end devices whose heartbeat deadline passed."""
+        """Time has reached ``now``: end devices whose heartbeat deadline passed and
+        locations whose TTL ended."""
         self._apply_ended(self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        self.nearby.expire(now)
 
     def next_deadline(self) -> float | None:
         """When ``expire`` has work next (None: nothing pending)."""
-        return self.presence.next_deadline()
+        deadlines = [
+            d for d in (self.presence.next_deadline(), self.nearby.next_deadline()) if d is not None
+        ]
+        return min(deadlines, default=None)
 
     def logout(self, user: str, device: str | None = None) -> int:
         """Log out ``device`` (every device when None) at once; returns how many ended."""
@@ -244,11 +275,12 @@ class Hub:
 
     # ---------------------------------------------------------------- friendships
 
-    def add_friendship(self, a: str, b: str) -> bool:
+    def add_friendship(self, a: str, b: str, now: float) -> bool:
         """Make a and b friends; live connections start hearing each other at once.
 
         Each side's live connections get a ``friends_presence`` with the other's current
-        status. Returns False if they already were friends.
+        status, and a ``friend_location`` if the other is within their radius. Returns False
+        if they already were friends.
         """
         if a == b:
             raise ProtocolError("bad_request", "a user cannot befriend itself")
@@ -269,6 +301,7 @@ class Hub:
             for conn in conns:
                 self.broker.subscribe(user_channel(friend), conn)
                 self.sink.send(conn, snapshot)
+        self.nearby.on_friendship_added(a, b, now)
         return True
 
     def remove_friendship(self, a: str, b: str) -> bool:
@@ -276,6 +309,7 @@ class Hub:
         ``friend_removed``. Returns False if they were not friends."""
         if not self.store.remove_friendship(a, b):
             return False
+        self.nearby.on_friendship_removed(a, b)
         for user, friend in ((a, b), (b, a)):
             gone = _out(FriendRemoved(user=friend))
             for conn in self._conns_of.get(user, ()):
@@ -348,6 +382,15 @@ class Hub:
 
     # ---------------------------------------------------------------- internals
 
+    def _deliver(self, conn: ConnId, event: object) -> None:
+        """The broker hands a channel event to one local subscriber."""
+        if isinstance(event, Outgoing):
+            self.sink.send(conn, event)  # encoded once for every recipient
+        elif isinstance(event, LocationEvent | GoneEvent):
+            self.nearby.deliver(conn, event)  # per-recipient: distance to its own user
+        else:
+            raise TypeError(f"unexpected channel event {event!r}")
+
     def _status(self, user: str) -> FriendStatus:
         p = self.presence.get(user)
         return FriendStatus(user=user, status=p.status, last_active_at=p.last_active_at)
@@ -365,6 +408,8 @@ class Hub:
         self.broker.publish(
             channels, _out(event, _presence_key(user)), self._conns_of.get(user, set())
         )
+        if change.status == "offline":
+            self.nearby.on_offline(user)
 
     def _apply_ended(self, ended: Ended[ConnId], code: int, reason: str) -> None:
         for device in ended.connections:
@@ -385,6 +430,7 @@ class Hub:
         if not conns:
             del self._conns_of[session.user]
         self.broker.unsubscribe_all(conn)
+        self.nearby.on_session_closed(conn)
         return session
 
     def _subscribe_user(self, channel: str, user: str) -> None:

@@ -40,6 +40,11 @@ MAX_REQUEST_ID_CHARS: Final = 128
 
 Status = Literal["online", "offline"]
 
+GoneReason = Literal["out_of_range", "expired", "offline", "hidden", "unfriended"]
+"""Why a friend left a client's nearby view (``friend_gone``)."""
+
+MAX_PAGE: Final = 1_000_000
+
 
 class ProtocolError(Exception):
     """A client message that cannot be accepted.
@@ -103,13 +108,77 @@ class GroupPresenceQuery:
     id: RequestId = None
 
 
-ClientMessage = Hello | Heartbeat | Logout | GroupPresenceQuery
+def _in_range(what: str, low: float, high: float) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: float | None) -> None:
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{what} must be in [{low:g}, {high:g}], got {value!r}")
+
+    return check
+
+
+def _positive(what: str) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: float | None) -> None:
+        if value is not None and not value > 0:
+            raise ValueError(f"{what} must be positive, got {value!r}")
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class LocationUpdate:
+    """Wire type ``location``: the sender's position (degrees) taken at ``ts`` (epoch seconds;
+    the server's clock when absent). No reply on success."""
+
+    lat: float = attrs.field(validator=_in_range("lat", -90, 90))
+    lon: float = attrs.field(validator=_in_range("lon", -180, 180))
+    ts: float | None = None
+    id: RequestId = None
+
+
+@attrs.frozen(kw_only=True)
+class NearbyFriendsQuery:
+    """Friends within the sender's radius, 20 per ``page``. With ``lat``/``lon`` (both), they
+    are first applied as a location update: the design's client-init call."""
+
+    page: int = attrs.field(default=0, validator=_in_range("page", 0, MAX_PAGE))
+    lat: float | None = attrs.field(default=None, validator=_in_range("lat", -90, 90))
+    lon: float | None = attrs.field(default=None, validator=_in_range("lon", -180, 180))
+    ts: float | None = None
+    id: RequestId = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon go together: give both or neither")
+
+
+@attrs.frozen(kw_only=True)
+class SettingsUpdate:
+    """Wire type ``settings``: change any subset; the reply carries every current value."""
+
+    share_location: bool | None = None
+    radius_m: float | None = attrs.field(default=None, validator=_positive("radius_m"))
+    visible_to_strangers: bool | None = None
+    id: RequestId = None
+
+
+ClientMessage = (
+    Hello
+    | Heartbeat
+    | Logout
+    | GroupPresenceQuery
+    | LocationUpdate
+    | NearbyFriendsQuery
+    | SettingsUpdate
+)
 
 CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "hello": Hello,
     "heartbeat": Heartbeat,
     "logout": Logout,
     "group_presence": GroupPresenceQuery,
+    "location": LocationUpdate,
+    "nearby_friends": NearbyFriendsQuery,
+    "settings": SettingsUpdate,
 }
 """Wire ``type`` -> message class. The server's dispatch table is keyed by these classes."""
 
@@ -198,8 +267,73 @@ class Error:
     message: str
 
 
+@attrs.frozen(kw_only=True)
+class FriendLocation:
+    """A friend within the recipient's radius moved (or came into view)."""
+
+    type: Literal["friend_location"] = "friend_location"
+    user: str
+    lat: float
+    lon: float
+    ts: float
+    distance_m: float
+
+
+@attrs.frozen(kw_only=True)
+class FriendGone:
+    """A friend the recipient was shown nearby no longer is, for ``reason``."""
+
+    type: Literal["friend_gone"] = "friend_gone"
+    user: str
+    reason: GoneReason
+
+
+@attrs.frozen(kw_only=True)
+class NearbyFriend:
+    """One entry of a ``nearby_friends`` reply."""
+
+    user: str
+    lat: float
+    lon: float
+    ts: float
+    distance_m: float
+
+
+@attrs.frozen(kw_only=True)
+class NearbyFriendsReply:
+    """One page of friends within radius, nearest first; ``total`` counts all pages."""
+
+    type: Literal["nearby_friends"] = "nearby_friends"
+    re: RequestId
+    page: int
+    page_size: int
+    total: int
+    friends: list[NearbyFriend]
+
+
+@attrs.frozen(kw_only=True)
+class SettingsReply:
+    """Every current setting of the user (after applying the request)."""
+
+    type: Literal["settings"] = "settings"
+    re: RequestId
+    share_location: bool
+    radius_m: float
+    visible_to_strangers: bool
+
+
 ServerMessage = (
-    Welcome | FriendsPresence | Presence | FriendRemoved | GroupPresenceReply | HeartbeatAck | Error
+    Welcome
+    | FriendsPresence
+    | Presence
+    | FriendRemoved
+    | GroupPresenceReply
+    | HeartbeatAck
+    | Error
+    | FriendLocation
+    | FriendGone
+    | NearbyFriendsReply
+    | SettingsReply
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import attrs
 import trio
@@ -21,9 +22,10 @@ from trio_websocket import (
 )
 
 from geopresence.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
-from geopresence.broker import ConnId, MemoryBroker
+from geopresence.broker import ConnId
 from geopresence.clock import ServerClock
 from geopresence.config import Config
+from geopresence.history import HistoryWriter, history_dir
 from geopresence.hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -32,6 +34,7 @@ from geopresence.hub import (
     Hub,
     HubSettings,
 )
+from geopresence.locations import Location
 from geopresence.metrics import Metrics
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
@@ -72,13 +75,23 @@ class Server:
             presence_fanout_limit=config.presence_fanout_limit,
             max_friends=config.max_friends,
             max_group_size=config.max_group_size,
+            location_ttl=config.location_ttl,
+            default_radius=config.radius,
+            max_radius=config.max_radius,
         )
+        self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
+        self._history_dirty = trio.Event()
         self.hub = Hub(
-            settings, MemoryStore(), MemoryBroker(self.send), self, errors=self.metrics.errors
+            settings,
+            MemoryStore(),
+            self,
+            errors=self.metrics.errors,
+            history=self._record_location,
         )
         self._conns: dict[ConnId, _Connection] = {}
         self._ids = itertools.count(1)
         self._reaper_wakeup = trio.Event()
+        self._reaper_target = math.inf
         self._stop_requested = trio.Event()
         self._conn_nursery: trio.Nursery | None = None
         self._no_connections = trio.Event()
@@ -108,6 +121,18 @@ class Server:
         if c is not None and c.close_request is None:
             c.close_request = (code, reason)
             c.wakeup.set()
+
+    def _record_location(self, user: str, location: Location) -> None:
+        self.history.append(user, location)
+        self._history_dirty.set()
+
+    async def _flush_history(self) -> None:
+        """Flush the history file at most ``history_flush_interval`` after a write."""
+        while True:
+            await self._history_dirty.wait()
+            await trio.sleep(self.config.history_flush_interval)
+            self._history_dirty = trio.Event()
+            self.history.flush()
 
     def _slow_consumer(self, c: _Connection) -> None:
         log.warning("conn %d: send queue full (%d frames), closing 4008", c.conn, len(c.outbox))
@@ -144,6 +169,7 @@ class Server:
                 root.start_soon(self._accept, listeners, conns, accept_scope)
                 http_port: int = await root.start(serve_http, self)
                 root.start_soon(self._reaper)
+                root.start_soon(self._flush_history)
                 running = RunningServer(self, config.host, ws_port, http_port)
                 log.debug(
                     "serving ws=%s:%d http=%s:%d", config.host, ws_port, config.host, http_port
@@ -158,6 +184,7 @@ class Server:
                         self._no_connections = trio.Event()
                         await self._no_connections.wait()
                 conns.cancel_scope.cancel()
+            self.history.close()
             root.cancel_scope.cancel()
 
     def stop(self) -> None:
@@ -186,15 +213,24 @@ class Server:
         self._conn_nursery.start_soon(self.handle_stream, server)
         return client
 
+    def _deadline_may_have_moved(self) -> None:
+        """Wake the reaper if the hub's earliest deadline is now before the one it sleeps to
+        (an O(1) check, so it is cheap after every message)."""
+        deadline = self.hub.next_deadline()
+        if deadline is not None and deadline < self._reaper_target:
+            self._reaper_wakeup.set()
+
     async def _reaper(self) -> None:
-        """Expire heartbeat deadlines exactly when they fall due."""
+        """Expire heartbeat deadlines and location TTLs exactly when they fall due."""
         assert self.clock is not None
         while True:
             deadline = self.hub.next_deadline()
             self._reaper_wakeup = trio.Event()
             if deadline is None:
+                self._reaper_target = math.inf
                 await self._reaper_wakeup.wait()
                 continue
+            self._reaper_target = deadline
             with trio.move_on_at(self.clock.to_trio(deadline)) as scope:
                 await self._reaper_wakeup.wait()
             if scope.cancelled_caught:
@@ -252,7 +288,7 @@ class Server:
         self.metrics.connections_total += 1
         try:
             self.hub.open_session(conn, user, device, self.now(), request_id)
-            self._reaper_wakeup.set()
+            self._deadline_may_have_moved()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, ws, stream, c, nursery.cancel_scope)
                 await self._reader(ws, c)
@@ -344,6 +380,7 @@ class Server:
                 continue
             try:
                 hub.handle(c.conn, message, now)
+                self._deadline_may_have_moved()
             except Exception:
                 # A bug must cost one reply, never the server or another client.
                 log.exception("conn %d: internal error handling %s", c.conn, type(message).__name__)

@@ -9,6 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from typing import Protocol
 
+import attrs
+
+
+@attrs.frozen
+class UserSettings:
+    """A user's nearby settings. ``radius_m`` None means the server's default radius."""
+
+    share_location: bool = True
+    radius_m: float | None = None
+    visible_to_strangers: bool = False
+
+
+DEFAULT_SETTINGS = UserSettings()
+
 
 class Store(Protocol):
     """Friendships (mutual, between two distinct users) and groups (named member sets).
@@ -26,6 +40,7 @@ class Store(Protocol):
       ``delete_group``. ``group_members(g)`` is None for a group that does not exist.
       ``groups_of(u)`` lists the groups u is a member of.
     - ``set_group(g, members)`` replaces the membership and returns (added, removed).
+    - ``get_settings(u)`` is u's last ``put_settings`` value, ``DEFAULT_SETTINGS`` before any.
     """
 
     def add_friendship(self, a: str, b: str) -> bool: ...
@@ -48,6 +63,10 @@ class Store(Protocol):
 
     def groups_of(self, user: str) -> Set[str]: ...
 
+    def get_settings(self, user: str) -> UserSettings: ...
+
+    def put_settings(self, user: str, settings: UserSettings) -> None: ...
+
 
 _EMPTY: frozenset[str] = frozenset()
 
@@ -59,6 +78,7 @@ class MemoryStore:
         self._friends: dict[str, set[str]] = {}
         self._groups: dict[str, set[str]] = {}
         self._groups_of: dict[str, set[str]] = {}
+        self._settings: dict[str, UserSettings] = {}
 
     def add_friendship(self, a: str, b: str) -> bool:
         if a == b:
@@ -127,6 +147,15 @@ class MemoryStore:
 
     def groups_of(self, user: str) -> Set[str]:
         return self._groups_of.get(user, _EMPTY)
+
+    def get_settings(self, user: str) -> UserSettings:
+        return self._settings.get(user, DEFAULT_SETTINGS)
+
+    def put_settings(self, user: str, settings: UserSettings) -> None:
+        if settings == DEFAULT_SETTINGS:
+            self._settings.pop(user, None)  # defaults cost no memory
+        else:
+            self._settings[user] = settings
 
     def _leave(self, group: str, user: str) -> None:
         groups = self._groups_of.get(user)

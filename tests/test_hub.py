@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.broker import ConnId, MemoryBroker
+from geopresence.broker import ConnId
 from geopresence.hub import Hub, HubSettings
 from geopresence.outbox import Outgoing
 from geopresence.protocol import GroupPresenceQuery, Heartbeat, Hello, Logout, ProtocolError
@@ -41,13 +41,13 @@ class RecordingSink:
 
 def make_hub(**settings: Any) -> tuple[Hub, RecordingSink]:
     sink = RecordingSink()
-    hub = Hub(HubSettings(**settings), MemoryStore(), MemoryBroker(sink.send), sink)
+    hub = Hub(HubSettings(**settings), MemoryStore(), sink)
     return hub, sink
 
 
 def test_session_greeting_and_replacement() -> None:
     hub, sink = make_hub()
-    hub.add_friendship("alice", "bob")
+    hub.add_friendship("alice", "bob", 0)
     hub.open_session(1, "alice", "phone", now=0)
     assert [f["type"] for f in sink.take(1)] == ["welcome", "friends_presence"]
     hub.open_session(2, "bob", "phone", now=1)
@@ -82,13 +82,13 @@ def test_errors_are_replies() -> None:
 
 def test_limits() -> None:
     hub, _ = make_hub(max_friends=2, max_group_size=2)
-    hub.add_friendship("a", "b")
-    hub.add_friendship("a", "c")
+    hub.add_friendship("a", "b", 0)
+    hub.add_friendship("a", "c", 0)
     with pytest.raises(ProtocolError) as info:
-        hub.add_friendship("a", "d")
+        hub.add_friendship("a", "d", 0)
     assert info.value.code == "too_large"
     with pytest.raises(ProtocolError):
-        hub.add_friendship("a", "a")
+        hub.add_friendship("a", "a", 0)
     with pytest.raises(ProtocolError):
         hub.set_group("g", ["x", "y", "z"])
     hub.set_group("g", ["x", "y"])
@@ -154,7 +154,7 @@ def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any,
             now += a
             hub.expire(now)
         elif op == "befriend" and a != b:
-            hub.add_friendship(a, b)
+            hub.add_friendship(a, b, now)
         elif op == "unfriend":
             hub.remove_friendship(a, b)
         elif op == "group":
@@ -200,12 +200,12 @@ def test_slow_client_never_ends_on_a_stale_status() -> None:
             pass
 
     sink = QueueSink()
-    hub = Hub(HubSettings(), MemoryStore(), MemoryBroker(sink.send), sink)
+    hub = Hub(HubSettings(), MemoryStore(), sink)
     hub.set_group("g", ["alice", "bob"])
     hub.open_session(1, "alice", "phone", now=0)
     boxes[1].pop_all()
     hub.open_session(2, "bob", "phone", now=1)  # presence bob online, queued for alice
-    hub.add_friendship("alice", "bob")  # snapshot of bob, queued for alice
+    hub.add_friendship("alice", "bob", 0)  # snapshot of bob, queued for alice
     hub.logout("bob")  # presence bob offline
     frames = [orjson.loads(o.text) for o in boxes[1].pop_all()]
     last = frames[-1]

@@ -18,16 +18,19 @@ CORE_MODULES = [
     "broker",
     "config",
     "expiry",
+    "geo",
     "hub",
     "ids",
+    "locations",
     "metrics",
+    "nearby",
     "outbox",
     "presence",
     "protocol",
     "store",
 ]
 FORBIDDEN = {"trio", "trio_websocket", "hypercorn", "httpx", "anyio", "socket", "asyncio"}
-SHELL = {"server", "http_api", "client", "cli", "testing", "clock", "aio", "auth"}
+SHELL = {"server", "http_api", "client", "cli", "testing", "clock", "aio", "auth", "history"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -50,6 +53,14 @@ def test_core_module_does_no_io(module: str) -> None:
         if top == "geopresence":
             inner = name.split(".")[1] if "." in name else ""
             assert inner not in SHELL, f"geopresence.{module} imports the shell module {name}"
+
+
+@pytest.mark.parametrize("module", CORE_MODULES)
+def test_core_module_opens_no_files(module: str) -> None:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id != "open", f"geopresence.{module} opens a file"
 
 
 def test_every_module_is_classified() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from geopresence.store import MemoryStore, Store
+from geopresence.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
 
 IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
 
@@ -64,3 +64,13 @@ def test_empty_group_exists(store: Store) -> None:
     assert set(store.group_members("empty") or ()) == set()
     assert store.add_member("new", "a")  # add_member creates the group
     assert set(store.group_members("new") or ()) == {"a"}
+
+
+def test_settings_default_and_roundtrip(store: Store) -> None:
+    assert store.get_settings("a") == DEFAULT_SETTINGS
+    custom = UserSettings(share_location=False, radius_m=1000.0, visible_to_strangers=True)
+    store.put_settings("a", custom)
+    assert store.get_settings("a") == custom
+    assert store.get_settings("b") == DEFAULT_SETTINGS
+    store.put_settings("a", DEFAULT_SETTINGS)
+    assert store.get_settings("a") == DEFAULT_SETTINGS

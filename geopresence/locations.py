@@ -1,0 +1,71 @@
+"""The location cache: each user's latest position, kept for ``ttl`` seconds (sans-I/O).
+
+This is the design's "location cache with TTL" (a Redis key per user in the book). Expiry uses
+a sorted deadline index, so ``expire(now)`` costs O(log n) per expired user and never scans the
+population. The TTL restarts at each accepted update (like ``SET key value EX ttl``).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from geopresence.expiry import DeadlineIndex
+
+
+@attrs.frozen(slots=True)
+class Location:
+    """A position (degrees) and the time it was taken (``ts``, epoch seconds)."""
+
+    lat: float
+    lon: float
+    ts: float
+
+
+class LocationCache:
+    """user -> latest ``Location``, each expiring ``ttl`` seconds after it was stored."""
+
+    def __init__(self, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError("ttl must be positive")
+        self.ttl = ttl
+        self._locations: dict[str, Location] = {}
+        self._deadlines: DeadlineIndex[str] = DeadlineIndex()
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def update(self, user: str, location: Location, now: float) -> bool:
+        """Store ``location`` at ``now``; False (and nothing stored) if it is older than the
+        stored one (``ts`` strictly smaller): a late-arriving update never moves a user back."""
+        current = self._locations.get(user)
+        if current is not None and location.ts < current.ts:
+            return False
+        self._locations[user] = location
+        self._deadlines.set(user, now + self.ttl)
+        return True
+
+    def get(self, user: str, now: float) -> Location | None:
+        """The user's live location at ``now`` (None if absent or past its TTL)."""
+        location = self._locations.get(user)
+        if location is None:
+            return None
+        deadline = self._deadlines.get(user)
+        if deadline is not None and deadline <= now:
+            return None
+        return location
+
+    def remove(self, user: str) -> bool:
+        """Forget the user's location (it went offline); True if there was one."""
+        self._deadlines.discard(user)
+        return self._locations.pop(user, None) is not None
+
+    def expire(self, now: float) -> list[str]:
+        """Remove and return the users whose location TTL ended at or before ``now``."""
+        users = self._deadlines.pop_due(now)
+        for user in users:
+            del self._locations[user]
+        return users
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` next has work (None: the cache is empty)."""
+        return self._deadlines.next_deadline()

@@ -1,0 +1,309 @@
+"""Nearby friends (sans-I/O): the location cache, radius fan-out and the nearby list.
+
+The design (seeds/nearby-friends-design.md): each user U has a channel ``user:U`` that every
+live connection of each of U's friends subscribes to. When U moves, U's location is published
+there; the handler of each subscribed connection computes the distance between U and ITS OWN
+user's latest location and forwards ``friend_location`` only when U is within that user's
+radius. Here the "handler" is ``Nearby.deliver``, called synchronously by the broker for each
+local subscriber, so a mover with 5,000 friends costs 5,000 plain function calls and queue
+pushes, never an await.
+
+Every connection remembers which friends it has been shown nearby (``_shown``); that is what
+makes ``friend_gone`` exact: sent once, only to connections that were shown the friend, with the
+reason the friend left (out_of_range, expired, offline, hidden, unfriended).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from geopresence.broker import ConnId, user_channel
+from geopresence.geo import haversine_m, within
+from geopresence.locations import Location, LocationCache
+from geopresence.outbox import Outgoing
+from geopresence.protocol import (
+    FriendGone,
+    FriendLocation,
+    GoneReason,
+    LocationUpdate,
+    NearbyFriend,
+    NearbyFriendsQuery,
+    NearbyFriendsReply,
+    ProtocolError,
+    RequestId,
+    SettingsReply,
+    SettingsUpdate,
+    encode,
+)
+from geopresence.store import UserSettings
+
+if TYPE_CHECKING:
+    from geopresence.hub import Hub, Session
+
+PAGE_SIZE: Final = 20
+MAX_FUTURE_S: Final = 60.0
+"""A location ``ts`` further than this ahead of the server's clock is refused."""
+
+HistoryRecorder = Callable[[str, Location], None]
+"""Receives every accepted location update (user, location), e.g. to append it to disk."""
+
+
+@attrs.frozen(slots=True)
+class LocationEvent:
+    """Published on ``user:U`` when U's location changes (or becomes visible again)."""
+
+    user: str
+    location: Location
+    now: float
+
+
+@attrs.frozen(slots=True)
+class GoneEvent:
+    """Published on ``user:U`` when U's location stops being visible to friends."""
+
+    user: str
+    reason: GoneReason
+
+
+def _nearby_key(user: str) -> tuple[str, str]:
+    # friend_location and friend_gone about one friend share a slot: the newest state wins.
+    return ("nearby", user)
+
+
+class Nearby:
+    """The nearby-friends part of the hub. All methods take ``now`` when time matters."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        location_ttl: float,
+        default_radius: float,
+        max_radius: float,
+        history: HistoryRecorder | None = None,
+    ) -> None:
+        self.hub = hub
+        self.locations = LocationCache(location_ttl)
+        self.default_radius = default_radius
+        self.max_radius = max_radius
+        self.history = history
+        self._shown: dict[ConnId, set[str]] = {}
+        self.updates_accepted = 0
+        self.updates_ignored = 0
+
+    # ------------------------------------------------------------------ settings
+
+    def settings(self, user: str) -> UserSettings:
+        return self.hub.store.get_settings(user)
+
+    def radius(self, user: str) -> float:
+        radius = self.settings(user).radius_m
+        return self.default_radius if radius is None else radius
+
+    # ------------------------------------------------------------------ client messages
+
+    def on_location(self, session: Session, message: LocationUpdate, now: float) -> None:
+        self.apply(session.user, message.lat, message.lon, message.ts, now, message.id)
+
+    def apply(
+        self,
+        user: str,
+        lat: float,
+        lon: float,
+        ts: float | None,
+        now: float,
+        request_id: RequestId = None,
+    ) -> bool:
+        """Store a location update and fan it out; False if it was older than the stored one
+        (ignored). ``ts`` None means ``now``; more than 60 s ahead is a bad_request."""
+        if ts is None:
+            ts = now
+        elif ts > now + MAX_FUTURE_S:
+            raise ProtocolError(
+                "bad_request",
+                f"ts is {ts - now:.0f} s ahead of the server's clock (at most {MAX_FUTURE_S:g})",
+                request_id,
+            )
+        location = Location(lat, lon, ts)
+        if not self.locations.update(user, location, now):
+            self.updates_ignored += 1
+            return False
+        self.updates_accepted += 1
+        if self.history is not None:
+            self.history(user, location)
+        if self.settings(user).share_location:
+            self.hub.broker.publish([user_channel(user)], LocationEvent(user, location, now))
+        return True
+
+    def on_query(self, session: Session, query: NearbyFriendsQuery, now: float) -> None:
+        user = session.user
+        if query.lat is not None and query.lon is not None:
+            self.apply(user, query.lat, query.lon, query.ts, now, query.id)
+        entries = self.nearby(user, now, query.id)
+        # The reply is the authoritative view: later friend_gone refers to it.
+        self._shown[session.conn] = {friend.user for friend in entries}
+        start = query.page * PAGE_SIZE
+        reply = NearbyFriendsReply(
+            re=query.id,
+            page=query.page,
+            page_size=PAGE_SIZE,
+            total=len(entries),
+            friends=entries[start : start + PAGE_SIZE],
+        )
+        self.hub.sink.send(session.conn, Outgoing(encode(reply)))
+
+    def nearby(self, user: str, now: float, request_id: RequestId = None) -> list[NearbyFriend]:
+        """Friends sharing a live location within ``user``'s radius, nearest first (ties by
+        user id). ``no_location`` if ``user`` has no live location."""
+        me = self.locations.get(user, now)
+        if me is None:
+            raise ProtocolError(
+                "no_location",
+                "no known location for you: send a location (or lat/lon with this query)",
+                request_id,
+            )
+        radius = self.radius(user)
+        found: list[tuple[float, str, Location]] = []
+        for friend in self.hub.store.friends_of(user):
+            location = self._visible_location(friend, now)
+            if location is None:
+                continue
+            distance = haversine_m(me.lat, me.lon, location.lat, location.lon)
+            if within(distance, radius):
+                found.append((distance, friend, location))
+        found.sort(key=lambda entry: (entry[0], entry[1]))
+        return [
+            NearbyFriend(user=f, lat=loc.lat, lon=loc.lon, ts=loc.ts, distance_m=d)
+            for d, f, loc in found
+        ]
+
+    def on_settings(self, session: Session, message: SettingsUpdate, now: float) -> None:
+        user = session.user
+        if message.radius_m is not None and message.radius_m > self.max_radius:
+            raise ProtocolError(
+                "bad_request",
+                f"radius_m must be at most {self.max_radius:g} m on this server",
+                message.id,
+            )
+        before = self.settings(user)
+        radius_before = self.radius(user)
+        changes = {
+            name: value
+            for name in ("share_location", "radius_m", "visible_to_strangers")
+            if (value := getattr(message, name)) is not None
+        }
+        after = attrs.evolve(before, **changes)
+        self.hub.store.put_settings(user, after)
+        if after.share_location != before.share_location:
+            if after.share_location:
+                location = self.locations.get(user, now)
+                if location is not None:
+                    self.hub.broker.publish(
+                        [user_channel(user)], LocationEvent(user, location, now)
+                    )
+            else:
+                self._gone(user, "hidden")
+        if self.radius(user) != radius_before:
+            for conn in self.hub.connections_of(user):
+                self._refresh(conn, user, self.hub.store.friends_of(user), now)
+        reply = SettingsReply(
+            re=message.id,
+            share_location=after.share_location,
+            radius_m=self.radius(user),
+            visible_to_strangers=after.visible_to_strangers,
+        )
+        self.hub.sink.send(session.conn, Outgoing(encode(reply)))
+
+    # ------------------------------------------------------------------ hub events
+
+    def deliver(self, conn: ConnId, event: LocationEvent | GoneEvent) -> None:
+        """A channel event reached one subscribed connection (the design's handler)."""
+        if isinstance(event, GoneEvent):
+            shown = self._shown.get(conn)
+            if shown is not None and event.user in shown:
+                shown.discard(event.user)
+                self._send_gone(conn, event.user, event.reason)
+            return
+        session = self.hub.session(conn)
+        if session is not None:
+            self._show(conn, session.user, event.user, event.location, event.now)
+
+    def on_offline(self, user: str) -> None:
+        """The user went offline: its location is dropped and friends shown it are told."""
+        if self.locations.remove(user):
+            self._gone(user, "offline")
+
+    def on_friendship_added(self, a: str, b: str, now: float) -> None:
+        for viewer, friend in ((a, b), (b, a)):
+            for conn in self.hub.connections_of(viewer):
+                self._refresh(conn, viewer, (friend,), now)
+
+    def on_friendship_removed(self, a: str, b: str) -> None:
+        for viewer, friend in ((a, b), (b, a)):
+            for conn in self.hub.connections_of(viewer):
+                shown = self._shown.get(conn)
+                if shown is not None and friend in shown:
+                    shown.discard(friend)
+                    self._send_gone(conn, friend, "unfriended")
+
+    def on_session_closed(self, conn: ConnId) -> None:
+        self._shown.pop(conn, None)
+
+    def expire(self, now: float) -> None:
+        for user in self.locations.expire(now):
+            self._gone(user, "expired")
+
+    def next_deadline(self) -> float | None:
+        return self.locations.next_deadline()
+
+    # ------------------------------------------------------------------ internals
+
+    def _visible_location(self, user: str, now: float) -> Location | None:
+        if not self.settings(user).share_location:
+            return None
+        return self.locations.get(user, now)
+
+    def _show(self, conn: ConnId, viewer: str, mover: str, location: Location, now: float) -> None:
+        """Forward ``mover``'s location to ``conn`` if within its user's radius; otherwise,
+        if ``conn`` was shown ``mover``, tell it the friend is out of range."""
+        mine = self.locations.get(viewer, now)
+        if mine is not None:
+            distance = haversine_m(mine.lat, mine.lon, location.lat, location.lon)
+            if within(distance, self.radius(viewer)):
+                self._shown.setdefault(conn, set()).add(mover)
+                frame = FriendLocation(
+                    user=mover, lat=location.lat, lon=location.lon, ts=location.ts,
+                    distance_m=distance,
+                )  # fmt: skip
+                self.hub.sink.send(conn, Outgoing(encode(frame), _nearby_key(mover)))
+                return
+        shown = self._shown.get(conn)
+        if shown is not None and mover in shown:
+            shown.discard(mover)
+            self._send_gone(conn, mover, "out_of_range")
+
+    def _refresh(self, conn: ConnId, viewer: str, friends: Iterable[str], now: float) -> None:
+        """Bring ``conn``'s view of ``friends`` up to date, sending only the differences."""
+        shown = self._shown.get(conn, set())
+        for friend in friends:
+            location = self._visible_location(friend, now)
+            if location is not None:
+                mine = self.locations.get(viewer, now)
+                in_range = mine is not None and within(
+                    haversine_m(mine.lat, mine.lon, location.lat, location.lon),
+                    self.radius(viewer),
+                )
+                if in_range and friend in shown:
+                    continue  # already shown; its next move updates it
+                if in_range or friend in shown:
+                    self._show(conn, viewer, friend, location, now)
+
+    def _gone(self, user: str, reason: GoneReason) -> None:
+        self.hub.broker.publish([user_channel(user)], GoneEvent(user, reason))
+
+    def _send_gone(self, conn: ConnId, user: str, reason: GoneReason) -> None:
+        frame = FriendGone(user=user, reason=reason)
+        self.hub.sink.send(conn, Outgoing(encode(frame), _nearby_key(user)))
