@@ -20,10 +20,18 @@ class Metrics:
         self.coalesced = 0
         self.http_requests: Counter[int] = Counter()
         self._gauges: list[tuple[str, str, Callable[[], float]]] = []
+        self._counters: list[tuple[str, str, Callable[[], list[tuple[str, float]]]]] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Register a gauge whose value ``read()`` returns when rendered."""
         self._gauges.append((name, help_text, read))
+
+    def counter(
+        self, name: str, help_text: str, read: Callable[[], list[tuple[str, float]]]
+    ) -> None:
+        """Register a counter family kept elsewhere (e.g. by the core): ``read()`` returns
+        ``(labels, value)`` samples, labels as ``{key="value"}`` or ``""``."""
+        self._counters.append((name, help_text, read))
 
     def render(self) -> str:
         lines: list[str] = []
@@ -36,6 +44,8 @@ class Metrics:
 
         for name, help_text, read in self._gauges:
             family(name, "gauge", help_text, [("", read())])
+        for name, help_text, read_samples in self._counters:
+            family(name, "counter", help_text, read_samples())
         family(
             "sessions_opened_total",
             "counter",

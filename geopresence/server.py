@@ -100,6 +100,23 @@ class Server:
         self.metrics.gauge(
             "users_online", "Users online now.", lambda: self.hub.presence.online_count
         )
+        nearby = self.hub.nearby
+        self.metrics.gauge(
+            "locations", "Users with a live location in the cache.", lambda: len(nearby.locations)
+        )
+        self.metrics.counter(
+            "location_updates_total",
+            "Location updates by result (ignored: older than the stored one).",
+            lambda: [
+                ('{result="accepted"}', nearby.updates_accepted),
+                ('{result="ignored"}', nearby.updates_ignored),
+            ],
+        )
+        self.metrics.counter(
+            "history_records_total",
+            "Location records appended to the history files.",
+            lambda: [("", self.history.records)],
+        )
 
     # ------------------------------------------------------------------ Sink (for the hub)
 

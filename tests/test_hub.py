@@ -211,3 +211,75 @@ def test_slow_client_never_ends_on_a_stale_status() -> None:
     last = frames[-1]
     status = last["status"] if last["type"] == "presence" else last["friends"][0]["status"]
     assert status == "offline"
+
+
+# ------------------------------------------------------------------ nearby friends
+
+NEARBY_USERS = ["n1", "n2", "n3"]
+# points on a line, 3 km apart: radius 5 miles reaches the next two, not three away
+POINTS = [(0.0, 0.027 * i) for i in range(5)]
+
+nearby_step = st.one_of(
+    st.tuples(st.just("move"), st.sampled_from(NEARBY_USERS), st.integers(0, 4)),
+    st.tuples(st.just("share"), st.sampled_from(NEARBY_USERS), st.booleans()),
+    st.tuples(
+        st.just("radius"), st.sampled_from(NEARBY_USERS), st.sampled_from([1000, 4000, 8000])
+    ),
+    st.tuples(st.just("unfriend"), st.sampled_from(NEARBY_USERS), st.sampled_from(NEARBY_USERS)),
+    st.tuples(st.just("befriend"), st.sampled_from(NEARBY_USERS), st.sampled_from(NEARBY_USERS)),
+    st.tuples(st.just("query"), st.sampled_from(NEARBY_USERS), st.none()),
+    st.tuples(st.just("wait"), st.sampled_from([10, 200, 700]), st.none()),
+)
+
+
+@given(st.lists(nearby_step, max_size=30))
+def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
+    """friend_location only for a friend sharing within the viewer's radius at that moment;
+    friend_gone only for a friend the connection was shown, once."""
+    from geopresence.geo import haversine_m, within
+    from geopresence.protocol import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
+
+    hub, sink = make_hub(offline_after=10_000, location_ttl=600)
+    now = 0.0
+    conn_of = {user: i + 1 for i, user in enumerate(NEARBY_USERS)}
+    for user, conn in conn_of.items():
+        hub.open_session(conn, user, "d", now)
+    for a, b in (("n1", "n2"), ("n2", "n3"), ("n1", "n3")):
+        hub.add_friendship(a, b, now)
+    view: dict[int, set[str]] = {conn: set() for conn in conn_of.values()}
+    for op, a, b in steps:
+        for conn in conn_of.values():
+            sink.take(conn)
+            hub.handle(conn, Heartbeat(), now)  # keep everyone online
+        if op == "move":
+            hub.handle(conn_of[a], LocationUpdate(lat=POINTS[b][0], lon=POINTS[b][1]), now)
+        elif op == "share":
+            hub.handle(conn_of[a], SettingsUpdate(share_location=b), now)
+        elif op == "radius":
+            hub.handle(conn_of[a], SettingsUpdate(radius_m=float(b)), now)
+        elif op == "unfriend":
+            hub.remove_friendship(a, b)
+        elif op == "befriend" and a != b:
+            hub.add_friendship(a, b, now)
+        elif op == "query":
+            hub.handle(conn_of[a], NearbyFriendsQuery(), now)
+        elif op == "wait":
+            now += a
+            hub.expire(now)
+        for viewer, conn in conn_of.items():
+            for frame in sink.frames.get(conn, []):
+                if frame["type"] == "friend_location":
+                    mover = frame["user"]
+                    assert hub.store.are_friends(viewer, mover)
+                    assert hub.store.get_settings(mover).share_location
+                    me = hub.nearby.locations.get(viewer, now)
+                    assert me is not None
+                    d = haversine_m(me.lat, me.lon, frame["lat"], frame["lon"])
+                    assert frame["distance_m"] == pytest.approx(d)
+                    assert within(d, hub.nearby.radius(viewer))
+                    view[conn].add(mover)
+                elif frame["type"] == "friend_gone":
+                    assert frame["user"] in view[conn], f"gone without being shown: {frame}"
+                    view[conn].discard(frame["user"])
+                elif frame["type"] == "nearby_friends":
+                    view[conn] = {f["user"] for f in frame["friends"]}
