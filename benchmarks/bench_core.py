@@ -18,7 +18,7 @@ from geopresence.broker import ConnId
 from geopresence.hub import Hub, HubSettings
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.presence import PresenceChange
-from geopresence.protocol import Heartbeat, Presence, decode, encode
+from geopresence.protocol import Heartbeat, LocationUpdate, Presence, decode, encode
 from geopresence.store import MemoryStore
 
 
@@ -91,6 +91,28 @@ def main() -> None:
             t[0] += 1
 
     timed(f"login of a user with {friends:,} friends", "login", logins, login)
+
+    loc_hub = Hub(HubSettings(offline_after=1e9, location_ttl=1e9), MemoryStore(), sink)
+    friends_of_mover = 400
+    loc_hub.open_session(1, "mover", "phone", now=0.0)
+    for i in range(friends_of_mover):
+        loc_hub.add_friendship("mover", f"m{i}", 0.0)
+        loc_hub.open_session(50_000 + i, f"m{i}", "phone", now=0.0)
+        # one friend in ten within 5 miles, the others 10-60 km away
+        north = 0.02 * (i % 7) / 7 if i % 10 == 0 else 0.1 + 0.4 * (i % 13) / 13
+        loc_hub.handle(50_000 + i, LocationUpdate(lat=37.5 + north, lon=127.0), 0.0)
+    moves = 200 * scale
+
+    def location_fan_out() -> None:
+        for k in range(moves):
+            loc_hub.handle(1, LocationUpdate(lat=37.5, lon=127.0 + (k % 10) * 1e-5), 1.0 + k)
+
+    per = timed(
+        f"location update, {friends_of_mover} online friends (10% near)", "update", moves,
+        location_fan_out,
+    )  # fmt: skip
+    label = "  = per subscriber (distance check + queue)"
+    print(f"{label:<48} {per / friends_of_mover * 1e9:9.0f} ns")
 
     frames = 20_000 * scale
     text = '{"type":"heartbeat","id":17}'

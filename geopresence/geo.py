@@ -7,7 +7,7 @@ implementation of the contract computes the same metres for the same two points.
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Final, Protocol
 
 EARTH_RADIUS_M: Final = 6_371_008.8
 """Mean Earth radius (IUGG R1), metres."""
@@ -30,6 +30,32 @@ def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     dlambda = math.radians(lon2 - lon1)
     a = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlambda / 2) ** 2
     return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+class RadianPoint(Protocol):
+    """A point with its latitude ``phi`` and longitude ``lam`` in radians, and cos(phi)."""
+
+    @property
+    def phi(self) -> float: ...
+
+    @property
+    def lam(self) -> float: ...
+
+    @property
+    def cos_phi(self) -> float: ...
+
+
+def distance_within(a: RadianPoint, b: RadianPoint, radius_m: float) -> float | None:
+    """The haversine distance between two points with precomputed radians, or None when it
+    exceeds ``radius_m`` (see ``within``). The latitude difference alone is a lower bound of
+    the great-circle distance, so most far-away points are rejected without a square root."""
+    dphi = b.phi - a.phi
+    limit = radius_m + RADIUS_TOLERANCE_M
+    if EARTH_RADIUS_M * abs(dphi) > limit:
+        return None
+    h = math.sin(dphi / 2) ** 2 + a.cos_phi * b.cos_phi * math.sin((b.lam - a.lam) / 2) ** 2
+    distance = 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+    return distance if distance <= limit else None
 
 
 def within(distance_m: float, radius_m: float) -> bool:

@@ -7,6 +7,8 @@ population. The TTL restarts at each accepted update (like ``SET key value EX tt
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from geopresence.expiry import DeadlineIndex
@@ -14,11 +16,32 @@ from geopresence.expiry import DeadlineIndex
 
 @attrs.frozen(slots=True)
 class Location:
-    """A position (degrees) and the time it was taken (``ts``, epoch seconds)."""
+    """A position (degrees) and the time it was taken (``ts``, epoch seconds).
+
+    The radian forms used by every distance computation are derived once here, not once per
+    friend a location is compared with.
+    """
 
     lat: float
     lon: float
     ts: float
+    phi: float = attrs.field(init=False, eq=False, repr=False)
+    """Latitude in radians."""
+    lam: float = attrs.field(init=False, eq=False, repr=False)
+    """Longitude in radians."""
+    cos_phi: float = attrs.field(init=False, eq=False, repr=False)
+
+    @phi.default
+    def _phi(self) -> float:
+        return math.radians(self.lat)
+
+    @lam.default
+    def _lam(self) -> float:
+        return math.radians(self.lon)
+
+    @cos_phi.default
+    def _cos_phi(self) -> float:
+        return math.cos(self.phi)
 
 
 class LocationCache:

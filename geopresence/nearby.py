@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from geopresence.broker import ConnId, user_channel
-from geopresence.geo import haversine_m, within
+from geopresence.geo import distance_within
 from geopresence.locations import Location, LocationCache
 from geopresence.outbox import Outgoing
 from geopresence.protocol import (
@@ -171,8 +171,8 @@ class Nearby:
             location = self._visible_location(friend, now)
             if location is None:
                 continue
-            distance = haversine_m(me.lat, me.lon, location.lat, location.lon)
-            if within(distance, radius):
+            distance = distance_within(me, location, radius)
+            if distance is not None:
                 found.append((distance, friend, location))
         found.sort(key=lambda entry: (entry[0], entry[1]))
         return [
@@ -271,8 +271,8 @@ class Nearby:
         if ``conn`` was shown ``mover``, tell it the friend is out of range."""
         mine = self.locations.get(viewer, now)
         if mine is not None:
-            distance = haversine_m(mine.lat, mine.lon, location.lat, location.lon)
-            if within(distance, self.radius(viewer)):
+            distance = distance_within(mine, location, self.radius(viewer))
+            if distance is not None:
                 self._shown.setdefault(conn, set()).add(mover)
                 frame = FriendLocation(
                     user=mover, lat=location.lat, lon=location.lon, ts=location.ts,
@@ -292,9 +292,9 @@ class Nearby:
             location = self._visible_location(friend, now)
             if location is not None:
                 mine = self.locations.get(viewer, now)
-                in_range = mine is not None and within(
-                    haversine_m(mine.lat, mine.lon, location.lat, location.lon),
-                    self.radius(viewer),
+                in_range = (
+                    mine is not None
+                    and distance_within(mine, location, self.radius(viewer)) is not None
                 )
                 if in_range and friend in shown:
                     continue  # already shown; its next move updates it

@@ -25,6 +25,7 @@ def test_core_benchmark_reports_every_figure() -> None:
         "presence event to 5,000 online friends",
         "per subscriber",
         "login of a user with 5,000 friends",
+        "location update, 400 online friends",
         "decode heartbeat frame",
         "encode presence event",
     ):
