@@ -348,9 +348,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _time(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite time: {text!r}")
+        return value
     try:
         parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -377,8 +381,11 @@ def _cmd_history(args: argparse.Namespace) -> int:
         if args.json:
             print(orjson.dumps(attrs.asdict(entry)).decode())
         else:
-            when = datetime.datetime.fromtimestamp(entry.ts, datetime.UTC)
-            stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            try:
+                when = datetime.datetime.fromtimestamp(entry.ts, datetime.UTC)
+                stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            except (OverflowError, OSError, ValueError):
+                stamp = f"ts={entry.ts!r}"  # outside what a calendar date can show
             print(f"{stamp}  {entry.lat:11.6f}  {entry.lon:12.6f}")
     if not args.json:
         print(f"{count} location(s) for {args.user}", file=sys.stderr)

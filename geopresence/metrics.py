@@ -18,6 +18,7 @@ class Metrics:
         self.errors: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
         self.coalesced = 0
+        self.history_errors = 0
         self.http_requests: Counter[int] = Counter()
         self._gauges: list[tuple[str, str, Callable[[], float]]] = []
         self._counters: list[tuple[str, str, Callable[[], list[tuple[str, float]]]]] = []
@@ -81,6 +82,12 @@ class Metrics:
             "counter",
             "Queued frames replaced by a newer state before delivery.",
             [("", self.coalesced)],
+        )
+        family(
+            "history_errors_total",
+            "counter",
+            "Location history writes that failed (disk full, permissions).",
+            [("", self.history_errors)],
         )
         family(
             "http_requests_total",

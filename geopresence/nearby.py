@@ -68,9 +68,12 @@ class GoneEvent:
     reason: GoneReason
 
 
+NEARBY_TAG: Final = "nearby"
+
+
 def _nearby_key(user: str) -> tuple[str, str]:
     # friend_location and friend_gone about one friend share a slot: the newest state wins.
-    return ("nearby", user)
+    return (NEARBY_TAG, user)
 
 
 class Nearby:
@@ -121,6 +124,10 @@ class Nearby:
         (ignored). ``ts`` None means ``now``; more than 60 s ahead is a bad_request."""
         if ts is None:
             ts = now
+        elif ts < 0:
+            raise ProtocolError(
+                "bad_request", "ts must be epoch seconds (not negative)", request_id
+            )
         elif ts > now + MAX_FUTURE_S:
             raise ProtocolError(
                 "bad_request",
@@ -136,6 +143,7 @@ class Nearby:
             self.history(user, location)
         if self.settings(user).share_location:
             self.hub.broker.publish([user_channel(user)], LocationEvent(user, location, now))
+        self._recheck_shown(user, now)
         return True
 
     def on_query(self, session: Session, query: NearbyFriendsQuery, now: float) -> None:
@@ -153,7 +161,7 @@ class Nearby:
             total=len(entries),
             friends=entries[start : start + PAGE_SIZE],
         )
-        self.hub.sink.send(session.conn, Outgoing(encode(reply)))
+        self.hub.sink.send(session.conn, Outgoing(encode(reply), seals=NEARBY_TAG))
 
     def nearby(self, user: str, now: float, request_id: RequestId = None) -> list[NearbyFriend]:
         """Friends sharing a live location within ``user``'s radius, nearest first (ties by
@@ -284,6 +292,24 @@ class Nearby:
         if shown is not None and mover in shown:
             shown.discard(mover)
             self._send_gone(conn, mover, "out_of_range")
+
+    def _recheck_shown(self, viewer: str, now: float) -> None:
+        """The viewer moved: friends it was shown that are now beyond its radius leave its
+        view at once (checking only the shown ones keeps this O(shown), not O(friends);
+        friends coming into range appear with their own next update, as in the design)."""
+        radius = self.radius(viewer)
+        mine = self.locations.get(viewer, now)
+        if mine is None:
+            return
+        for conn in self.hub.connections_of(viewer):
+            shown = self._shown.get(conn)
+            if not shown:
+                continue
+            for friend in list(shown):
+                location = self.locations.get(friend, now)
+                if location is None or distance_within(mine, location, radius) is None:
+                    shown.discard(friend)
+                    self._send_gone(conn, friend, "out_of_range")
 
     def _refresh(self, conn: ConnId, viewer: str, friends: Iterable[str], now: float) -> None:
         """Bring ``conn``'s view of ``friends`` up to date, sending only the differences."""

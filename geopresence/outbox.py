@@ -25,6 +25,11 @@ class Outgoing:
 
     text: str
     coalesce_key: Hashable | None = None
+    seals: str | None = None
+    """When set, undelivered frames whose coalesce key is a tuple starting with this tag can
+    no longer be replaced: a newer state about the same thing is queued after this frame.
+    A snapshot (e.g. a ``nearby_friends`` reply) seals the updates queued before it, so a
+    later update can never jump ahead of the snapshot it supersedes."""
 
 
 @attrs.define(slots=True)
@@ -54,6 +59,10 @@ class Outbox:
 
     def push(self, item: Outgoing) -> bool:
         """Queue ``item``; False when it does not fit (the caller must drop the client)."""
+        if item.seals is not None:
+            tag = item.seals
+            for sealed in [k for k in self._by_key if isinstance(k, tuple) and k[:1] == (tag,)]:
+                del self._by_key[sealed]
         key = item.coalesce_key
         if key is not None:
             slot = self._by_key.get(key)

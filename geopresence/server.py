@@ -140,8 +140,21 @@ class Server:
             c.wakeup.set()
 
     def _record_location(self, user: str, location: Location) -> None:
-        self.history.append(user, location)
+        try:
+            self.history.append(user, location)
+        except OSError as exc:
+            self._history_failed(exc)
+            return
         self._history_dirty.set()
+
+    def _history_failed(self, exc: OSError) -> None:
+        # The history is a record, not the service: a full or broken disk costs history
+        # lines (counted and logged), never a location update or the server.
+        self.metrics.history_errors += 1
+        if self.metrics.history_errors in (1, 10, 100) or self.metrics.history_errors % 1000 == 0:
+            log.error(
+                "location history write failed (%d so far): %s", self.metrics.history_errors, exc
+            )
 
     async def _flush_history(self) -> None:
         """Flush the history file at most ``history_flush_interval`` after a write."""
@@ -149,7 +162,10 @@ class Server:
             await self._history_dirty.wait()
             await trio.sleep(self.config.history_flush_interval)
             self._history_dirty = trio.Event()
-            self.history.flush()
+            try:
+                self.history.flush()
+            except OSError as exc:
+                self._history_failed(exc)
 
     def _slow_consumer(self, c: _Connection) -> None:
         log.warning("conn %d: send queue full (%d frames), closing 4008", c.conn, len(c.outbox))
@@ -173,10 +189,21 @@ class Server:
     ) -> None:
         """Listen on the configured ports and serve until ``stop()``; then close every
         connection with 1001 (waiting up to ``drain_timeout``) and return."""
-        from geopresence.http_api import serve_http  # the HTTP layer depends on this module
 
         config = self.config
         self.clock = ServerClock(config.time_origin)
+        try:
+            await self._serve(task_status)
+        finally:
+            try:
+                self.history.close()
+            except OSError as exc:
+                self._history_failed(exc)
+
+    async def _serve(self, task_status: trio.TaskStatus[RunningServer]) -> None:
+        from geopresence.http_api import serve_http  # the HTTP layer depends on this module
+
+        config = self.config
         async with trio.open_nursery() as root:
             async with trio.open_nursery() as conns:
                 self._conn_nursery = conns
@@ -201,7 +228,6 @@ class Server:
                         self._no_connections = trio.Event()
                         await self._no_connections.wait()
                 conns.cancel_scope.cancel()
-            self.history.close()
             root.cancel_scope.cancel()
 
     def stop(self) -> None:

@@ -33,3 +33,20 @@ def test_latest_wins_in_place_even_when_full() -> None:
 def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Outbox(0)
+
+
+def test_a_snapshot_seals_earlier_updates() -> None:
+    """An update queued after a snapshot must not jump ahead of it by replacing an older
+    update that sits before the snapshot."""
+    box = Outbox(10)
+    box.push(Outgoing("bob here", ("nearby", "bob")))
+    box.push(Outgoing("snapshot: bob, carol", seals="nearby"))
+    box.push(Outgoing("bob gone", ("nearby", "bob")))
+    box.push(Outgoing("presence", ("presence", "bob")))
+    box.push(Outgoing("presence 2", ("presence", "bob")))  # other tags still coalesce
+    assert [o.text for o in box.pop_all()] == [
+        "bob here",
+        "snapshot: bob, carol",
+        "bob gone",
+        "presence 2",
+    ]

@@ -382,3 +382,56 @@ async def test_location_metrics(server: TestServer, autojump_clock: MockClock) -
         assert 'geopresence_location_updates_total{result="accepted"} 1' in metrics
         assert 'geopresence_location_updates_total{result="ignored"} 1' in metrics
         assert "geopresence_history_records_total 1" in metrics
+
+
+async def test_viewer_moving_away_drops_shown_friends_at_once(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    await befriend_all(server, ("alice", "bob"))
+    async with (
+        server.connect("alice", heartbeat=True) as alice,
+        server.connect("bob", heartbeat=True) as bob,
+    ):
+        await move(bob, at(0))
+        await move(alice, at(1_000))
+        assert (await bob.recv_type("friend_location"))["user"] == "alice"
+        reply = await alice.request("nearby_friends")
+        assert [f["user"] for f in reply["friends"]] == ["bob"]
+        await move(alice, at(20_000))  # alice walks away: both views drop the other
+        assert await bob.recv_type("friend_gone") == {
+            "type": "friend_gone",
+            "user": "alice",
+            "reason": "out_of_range",
+        }
+        assert await alice.recv_type("friend_gone") == {
+            "type": "friend_gone",
+            "user": "bob",
+            "reason": "out_of_range",
+        }
+
+
+async def test_negative_ts_is_refused(server: TestServer, autojump_clock: MockClock) -> None:
+    async with server.connect("alice") as alice:
+        await alice.send({"type": "location", **at(0), "ts": -1e300, "id": 1})
+        error = await alice.recv()
+        assert (error["re"], error["code"]) == (1, "bad_request")
+
+
+async def test_broken_history_disk_costs_history_only(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    """A history that cannot be written is logged and counted; updates still fan out."""
+    await befriend_all(server, ("alice", "bob"))
+    history = server.running.server.history
+    history.directory = server.config.data_dir / "not-a-dir"
+    history.directory.write_text("a file where the history directory should be")
+    async with (
+        server.connect("alice", heartbeat=True) as alice,
+        server.connect("bob", heartbeat=True) as bob,
+    ):
+        await move(alice, at(0))
+        await move(bob, at(100))
+        assert (await alice.recv_type("friend_location"))["user"] == "bob"
+        await trio.sleep(2)
+        metrics = await server.admin.metrics()
+        assert "geopresence_history_errors_total 2" in metrics
