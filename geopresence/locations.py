@@ -30,6 +30,9 @@ class Location:
     lam: float = attrs.field(init=False, eq=False, repr=False)
     """Longitude in radians."""
     cos_phi: float = attrs.field(init=False, eq=False, repr=False)
+    xyz: tuple[float, float, float] = attrs.field(init=False, eq=False, repr=False)
+    """Unit vector of the point: chord length between two points gives their exact
+    great-circle distance, 2 R asin(chord / 2), with three multiplications."""
 
     @phi.default
     def _phi(self) -> float:
@@ -42,6 +45,14 @@ class Location:
     @cos_phi.default
     def _cos_phi(self) -> float:
         return math.cos(self.phi)
+
+    @xyz.default
+    def _xyz(self) -> tuple[float, float, float]:
+        return (
+            self.cos_phi * math.cos(self.lam),
+            self.cos_phi * math.sin(self.lam),
+            math.sin(self.phi),
+        )
 
 
 class LocationCache:
