@@ -138,8 +138,8 @@ class StrangerGrid:
         # Excluded members are not in ``found``; take them out of the count too.
         smaller = excluded if len(excluded) <= len(self._where) else self._where.keys() & excluded
         for user in smaller:
-            location = self.get(user)
-            if location is not None and distance_within(center, location, radius_m) is not None:
+            spot = self.get(user)
+            if spot is not None and distance_within(center, spot, radius_m) is not None:
                 total -= 1
         # Best-first over the inside cells: split the nearest one until cells are small,
         # open small ones, and stop once the need-th nearest member found so far is closer

@@ -43,16 +43,19 @@ from geopresence.protocol import (
     LocationUpdate,
     Logout,
     NearbyFriendsQuery,
+    NearbyPeopleQuery,
     Presence,
     ProtocolError,
     RequestId,
     ServerMessage,
     SettingsUpdate,
+    WatchStrangers,
     Welcome,
     encode,
     error_message,
 )
 from geopresence.store import Store
+from geopresence.strangers import StrangerEvent, StrangerGoneEvent, Strangers
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
@@ -85,6 +88,8 @@ class HubSettings:
     location_ttl: float = 600.0
     default_radius: float = 8046.72
     max_radius: float = 50_000.0
+    strangers_query_burst: int = 3
+    strangers_query_interval: float = 10.0
     presence_fanout_limit: int = 500
     max_friends: int = 5000
     max_group_size: int = 100_000
@@ -141,6 +146,11 @@ class Hub:
             max_radius=settings.max_radius,
             history=history,
         )
+        self.strangers = Strangers(
+            self,
+            query_burst=settings.strangers_query_burst,
+            query_interval=settings.strangers_query_interval,
+        )
         self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
             Heartbeat: self._on_heartbeat,
             Logout: self._on_logout,
@@ -149,6 +159,8 @@ class Hub:
             LocationUpdate: self.nearby.on_location,
             NearbyFriendsQuery: self.nearby.on_query,
             SettingsUpdate: self.nearby.on_settings,
+            WatchStrangers: self.strangers.on_watch,
+            NearbyPeopleQuery: self.strangers.on_query,
         }
 
     # ---------------------------------------------------------------- sessions
@@ -301,6 +313,7 @@ class Hub:
             for conn in conns:
                 self.broker.subscribe(user_channel(friend), conn)
                 self.sink.send(conn, snapshot)
+        self.strangers.on_friendship_added(a, b)
         self.nearby.on_friendship_added(a, b, now)
         return True
 
@@ -388,6 +401,8 @@ class Hub:
             self.sink.send(conn, event)  # encoded once for every recipient
         elif isinstance(event, LocationEvent | GoneEvent):
             self.nearby.deliver(conn, event)  # per-recipient: distance to its own user
+        elif isinstance(event, StrangerEvent | StrangerGoneEvent):
+            self.strangers.deliver(conn, event)
         else:
             raise TypeError(f"unexpected channel event {event!r}")
 
@@ -431,6 +446,7 @@ class Hub:
             del self._conns_of[session.user]
         self.broker.unsubscribe_all(conn)
         self.nearby.on_session_closed(conn)
+        self.strangers.on_session_closed(conn)
         return session
 
     def _subscribe_user(self, channel: str, user: str) -> None:

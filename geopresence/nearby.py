@@ -144,6 +144,7 @@ class Nearby:
         if self.settings(user).share_location:
             self.hub.broker.publish([user_channel(user)], LocationEvent(user, location, now))
         self._recheck_shown(user, now)
+        self.hub.strangers.on_location(user, location, now)
         return True
 
     def on_query(self, session: Session, query: NearbyFriendsQuery, now: float) -> None:
@@ -217,6 +218,9 @@ class Nearby:
         if self.radius(user) != radius_before:
             for conn in self.hub.connections_of(user):
                 self._refresh(conn, user, self.hub.store.friends_of(user), now)
+            self.hub.strangers.on_radius_changed(user, now)
+        if after.visible_to_strangers != before.visible_to_strangers:
+            self.hub.strangers.on_visibility(user, after.visible_to_strangers, now)
         reply = SettingsReply(
             re=message.id,
             share_location=after.share_location,
@@ -243,6 +247,7 @@ class Nearby:
         """The user went offline: its location is dropped and friends shown it are told."""
         if self.locations.remove(user):
             self._gone(user, "offline")
+        self.hub.strangers.on_location_gone(user, "offline")
 
     def on_friendship_added(self, a: str, b: str, now: float) -> None:
         for viewer, friend in ((a, b), (b, a)):
@@ -263,6 +268,7 @@ class Nearby:
     def expire(self, now: float) -> None:
         for user in self.locations.expire(now):
             self._gone(user, "expired")
+            self.hub.strangers.on_location_gone(user, "expired")
 
     def next_deadline(self) -> float | None:
         return self.locations.next_deadline()

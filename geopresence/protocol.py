@@ -43,6 +43,9 @@ Status = Literal["online", "offline"]
 GoneReason = Literal["out_of_range", "expired", "offline", "hidden", "unfriended"]
 """Why a friend left a client's nearby view (``friend_gone``)."""
 
+StrangerGoneReason = Literal["out_of_range", "expired", "offline", "hidden", "friend"]
+"""Why a stranger left a watcher's view (``stranger_gone``, an extension)."""
+
 MAX_PAGE: Final = 1_000_000
 
 
@@ -161,6 +164,22 @@ class SettingsUpdate:
     id: RequestId = None
 
 
+@attrs.frozen(kw_only=True)
+class WatchStrangers:
+    """Start (``on`` true) or stop watching visible strangers within the radius."""
+
+    on: bool
+    id: RequestId = None
+
+
+@attrs.frozen(kw_only=True)
+class NearbyPeopleQuery:
+    """Visible strangers within the radius, 20 per ``page`` (rate limited)."""
+
+    page: int = attrs.field(default=0, validator=_in_range("page", 0, MAX_PAGE))
+    id: RequestId = None
+
+
 ClientMessage = (
     Hello
     | Heartbeat
@@ -169,6 +188,8 @@ ClientMessage = (
     | LocationUpdate
     | NearbyFriendsQuery
     | SettingsUpdate
+    | WatchStrangers
+    | NearbyPeopleQuery
 )
 
 CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
@@ -179,6 +200,8 @@ CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "location": LocationUpdate,
     "nearby_friends": NearbyFriendsQuery,
     "settings": SettingsUpdate,
+    "watch_strangers": WatchStrangers,
+    "nearby_people": NearbyPeopleQuery,
 }
 """Wire ``type`` -> message class. The server's dispatch table is keyed by these classes."""
 
@@ -322,6 +345,56 @@ class SettingsReply:
     visible_to_strangers: bool
 
 
+@attrs.frozen(kw_only=True)
+class WatchStrangersReply:
+    """Whether the connection now watches strangers."""
+
+    type: Literal["watch_strangers"] = "watch_strangers"
+    re: RequestId
+    on: bool
+
+
+@attrs.frozen(kw_only=True)
+class StrangerNearby:
+    """A visible stranger within the watcher's radius: distance rounded to 100 m, never
+    coordinates."""
+
+    type: Literal["stranger_nearby"] = "stranger_nearby"
+    user: str
+    distance_m: int
+    ts: float
+
+
+@attrs.frozen(kw_only=True)
+class StrangerGone:
+    """Extension: a stranger the watcher was shown left its view, for ``reason``."""
+
+    type: Literal["stranger_gone"] = "stranger_gone"
+    user: str
+    reason: StrangerGoneReason
+
+
+@attrs.frozen(kw_only=True)
+class Person:
+    """One entry of a ``nearby_people`` reply (no coordinates)."""
+
+    user: str
+    distance_m: int
+    ts: float
+
+
+@attrs.frozen(kw_only=True)
+class NearbyPeopleReply:
+    """One page of visible strangers within radius, nearest first."""
+
+    type: Literal["nearby_people"] = "nearby_people"
+    re: RequestId
+    page: int
+    page_size: int
+    total: int
+    people: list[Person]
+
+
 ServerMessage = (
     Welcome
     | FriendsPresence
@@ -334,6 +407,10 @@ ServerMessage = (
     | FriendGone
     | NearbyFriendsReply
     | SettingsReply
+    | WatchStrangersReply
+    | StrangerNearby
+    | StrangerGone
+    | NearbyPeopleReply
 )
 
 

@@ -19,6 +19,8 @@ CORE_MODULES = [
     "config",
     "expiry",
     "geo",
+    "geocells",
+    "grid",
     "hub",
     "ids",
     "locations",
@@ -28,6 +30,7 @@ CORE_MODULES = [
     "presence",
     "protocol",
     "store",
+    "strangers",
 ]
 FORBIDDEN = {"trio", "trio_websocket", "hypercorn", "httpx", "anyio", "socket", "asyncio"}
 SHELL = {"server", "http_api", "client", "cli", "testing", "clock", "aio", "auth", "history"}
