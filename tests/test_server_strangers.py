@@ -179,7 +179,6 @@ async def test_nearby_people_needs_a_location_and_pages(
             async with server.connect(f"s{i:02d}") as stranger:
                 await visible(stranger)
                 await move(stranger, at(200 * (i + 1)))
-        await trio.sleep(30)  # let the rate limit refill
         first = await watcher.request("nearby_people", page=0)
         assert first["total"] == 25
         assert [p["user"] for p in first["people"]] == [f"s{i:02d}" for i in range(20)]
