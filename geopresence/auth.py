@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
@@ -59,7 +60,9 @@ def mint_token(secret: str, user: str, ttl: float, now: float) -> str:
         raise ValueError(problem)
     if not ttl > 0:
         raise ValueError("ttl must be positive")
-    claims = {"sub": user, "iat": int(now), "exp": int(now + ttl)}
+    # NumericDate as an integer (what most JWT libraries expect), rounded up so that a
+    # fractional ttl never yields a token shorter-lived than asked.
+    claims = {"sub": user, "iat": int(now), "exp": math.ceil(now + ttl)}
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

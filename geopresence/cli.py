@@ -20,7 +20,7 @@ import trio
 
 from geopresence import __version__
 from geopresence.aio import collapse_exception_groups
-from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token, resolve_secret
+from geopresence.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
 from geopresence.config import Config
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
@@ -200,7 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=d.queue_size,
         metavar="N",
-        help="frames queued per connection before it is a slow consumer (4008)",
+        help="replies queued per connection before it is a slow consumer (4008)",
+    )
+    s.add_argument(
+        "--state-queue-size",
+        type=_positive_int,
+        default=d.state_queue_size,
+        metavar="N",
+        help="latest-wins state frames (one per user) queued per connection",
     )
     s.add_argument(
         "--log-level",
@@ -280,6 +287,7 @@ def _config_from(args: argparse.Namespace) -> Config:
         max_message_bytes=args.max_message_bytes,
         hello_timeout=args.hello_timeout,
         queue_size=args.queue_size,
+        state_queue_size=args.state_queue_size,
     )
 
 
@@ -393,6 +401,19 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
+    secret_file = args.data_dir / SECRET_FILE
+    if (
+        args.secret is None
+        and not os.environ.get("GEOPRESENCE_SECRET")
+        and not secret_file.exists()
+    ):
+        # A new secret here would sign tokens no running server accepts.
+        print(
+            f"geopresence token: no secret in {args.data_dir} (start the server once, or pass "
+            "the server's --data-dir or --secret)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         secret = resolve_secret(args.secret, args.data_dir)
         print(mint_token(secret, args.user, args.ttl, time.time()))

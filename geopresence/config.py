@@ -15,6 +15,14 @@ def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be positive, got {value!r}")
 
 
+def _at_least(minimum: int) -> Any:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be at least {minimum}, got {value!r}")
+
+    return check
+
+
 def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attribute.name} must be 0..65535, got {value!r}")
@@ -64,8 +72,13 @@ class Config:
     """Largest client frame; a larger one closes the connection with 1009."""
     hello_timeout: float = attrs.field(default=10.0, validator=_positive)
     """Time a new connection has to send a valid hello before it is closed with 1008."""
-    queue_size: int = attrs.field(default=1024, validator=_positive)
-    """Frames queued per connection before the client counts as a slow consumer (4008)."""
+    queue_size: int = attrs.field(default=1024, validator=_at_least(4))
+    """Replies and other frames without a coalescing key queued per connection before the
+    client counts as a slow consumer (4008)."""
+    state_queue_size: int = attrs.field(default=8192, validator=_at_least(4))
+    """Latest-wins state frames (presence, positions) queued per connection: at most one per
+    user they are about, so this bounds a burst of distinct users (more than ``max_friends``
+    by default, so a popular user's friends logging in at once never cost it its session)."""
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     """How long a close handshake (or a stuck send before a 4008) may take."""
     drain_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -18,6 +18,7 @@ import orjson
 import trio
 
 from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token
+from geopresence.hub import BulkError
 from geopresence.ids import id_problem
 from geopresence.protocol import ErrorCode, ProtocolError
 
@@ -261,16 +262,14 @@ class HttpApi:
                 )
             checked.append((a, b))
         # All pairs are valid before any is applied; a limit hit part-way reports how far it got.
-        created = 0
-        for index, (a, b) in enumerate(checked):
-            try:
-                created += self.hub.add_friendship(a, b, self.server.now())
-            except ProtocolError as exc:
-                raise HttpError(
-                    _status_for(exc.code),
-                    exc.code,
-                    f"pairs[{index}]: {exc.message} ({created} created before it)",
-                ) from None
+        try:
+            created = self.hub.add_friendships(checked, self.server.now())
+        except BulkError as exc:
+            raise HttpError(
+                _status_for(exc.code),
+                exc.code,
+                f"pairs[{exc.index}]: {exc.message} ({exc.created} created before it)",
+            ) from None
         return 200, {"created": created}
 
     def get_user(self, request: Request) -> Response:

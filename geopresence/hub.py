@@ -32,6 +32,7 @@ from geopresence.outbox import Outgoing
 from geopresence.presence import Ended, PresenceChange, PresenceTable, UserPresence
 from geopresence.protocol import (
     ClientMessage,
+    ErrorCode,
     FriendRemoved,
     FriendsPresence,
     FriendStatus,
@@ -77,6 +78,16 @@ class Sink(Protocol):
     def send(self, conn: ConnId, message: Outgoing) -> None: ...
 
     def close(self, conn: ConnId, code: int, reason: str) -> None: ...
+
+
+class BulkError(ProtocolError):
+    """A pair of a bulk friendship import was refused: ``index`` is its position,
+    ``created`` how many friendships the pairs before it created (they stay)."""
+
+    def __init__(self, code: ErrorCode, message: str, index: int, created: int) -> None:
+        super().__init__(code, message)
+        self.index = index
+        self.created = created
 
 
 @attrs.frozen(kw_only=True)
@@ -294,6 +305,47 @@ class Hub:
         status, and a ``friend_location`` if the other is within their radius. Returns False
         if they already were friends.
         """
+        return bool(self.add_friendships([(a, b)], now))
+
+    def add_friendships(self, pairs: Iterable[tuple[str, str]], now: float) -> int:
+        """Create many friendships (a bulk import); returns how many were new.
+
+        Like ``add_friendship`` for each pair, except that each live connection gets ONE
+        ``friends_presence`` listing all of its new friends, not one frame per friend. Stops
+        with ``ProtocolError`` at the first invalid pair (the earlier ones stay created).
+        """
+        created: list[tuple[str, str]] = []
+        new_friends: dict[str, list[str]] = {}
+        try:
+            for index, (a, b) in enumerate(pairs):
+                try:
+                    if not self._befriend(a, b):
+                        continue
+                except ProtocolError as exc:
+                    raise BulkError(exc.code, exc.message, index, len(created)) from None
+                created.append((a, b))
+                for user, friend in ((a, b), (b, a)):
+                    conns = self._conns_of.get(user, ())
+                    if conns:
+                        new_friends.setdefault(user, []).append(friend)
+                        for conn in conns:
+                            self.broker.subscribe(user_channel(friend), conn)
+        finally:
+            for user, friends in new_friends.items():
+                # Seal each friend's pending presence: an event queued earlier must not be
+                # replaced by a later one that would then arrive before this snapshot.
+                snapshot = Outgoing(
+                    encode(FriendsPresence(friends=[self._status(f) for f in friends])),
+                    seals=tuple(_presence_key(f) for f in friends),
+                )
+                for conn in self._conns_of.get(user, ()):
+                    self.sink.send(conn, snapshot)
+            for a, b in created:
+                self.strangers.on_friendship_added(a, b)
+                self.nearby.on_friendship_added(a, b, now)
+        return len(created)
+
+    def _befriend(self, a: str, b: str) -> bool:
         if a == b:
             raise ProtocolError("bad_request", "a user cannot befriend itself")
         if self.store.are_friends(a, b):
@@ -303,18 +355,6 @@ class Hub:
             if len(self.store.friends_of(user)) >= limit:
                 raise ProtocolError("too_large", f"{user} already has max_friends ({limit})")
         self.store.add_friendship(a, b)
-        for user, friend in ((a, b), (b, a)):
-            conns = self._conns_of.get(user, ())
-            if not conns:
-                continue
-            # Same key as the friend's presence events: whichever is newest wins its slot, so a
-            # slow client can never end on a stale status.
-            snapshot = _out(FriendsPresence(friends=[self._status(friend)]), _presence_key(friend))
-            for conn in conns:
-                self.broker.subscribe(user_channel(friend), conn)
-                self.sink.send(conn, snapshot)
-        self.strangers.on_friendship_added(a, b)
-        self.nearby.on_friendship_added(a, b, now)
         return True
 
     def remove_friendship(self, a: str, b: str) -> bool:
@@ -324,7 +364,7 @@ class Hub:
             return False
         self.nearby.on_friendship_removed(a, b)
         for user, friend in ((a, b), (b, a)):
-            gone = _out(FriendRemoved(user=friend))
+            gone = Outgoing(encode(FriendRemoved(user=friend)), seals=(_presence_key(friend),))
             for conn in self._conns_of.get(user, ()):
                 self.broker.unsubscribe(user_channel(friend), conn)
                 self.sink.send(conn, gone)

@@ -162,7 +162,7 @@ class Nearby:
             total=len(entries),
             friends=entries[start : start + PAGE_SIZE],
         )
-        self.hub.sink.send(session.conn, Outgoing(encode(reply), seals=NEARBY_TAG))
+        self.hub.sink.send(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
 
     def nearby(self, user: str, now: float, request_id: RequestId = None) -> list[NearbyFriend]:
         """Friends sharing a live location within ``user``'s radius, nearest first (ties by

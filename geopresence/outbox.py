@@ -1,10 +1,12 @@
 """Bounded per-connection send queue with latest-wins coalescing (sans-I/O).
 
-Publishers never wait on a slow client: they ``push`` and move on. A message with a
-``coalesce_key`` (presence of a user, later a friend's location) replaces an undelivered one
-with the same key in place, so a client that cannot keep up sees the latest state instead of
-a growing backlog. Anything else that does not fit means the client is too slow for reliable
-traffic: ``push`` says so and the server closes the connection with 4008.
+Publishers never wait on a slow client: they ``push`` and move on. A frame with a
+``coalesce_key`` carries state (a user's presence, a friend's position): it replaces an
+undelivered frame with the same key in place, so a client that cannot keep up sees the latest
+state instead of a backlog. Such frames have their own bound (``max_state``): there is at most
+one per key, and a burst of distinct keys (a popular user's friends all logging in) must not
+count against the queue of replies. Anything else that does not fit means the client is too
+slow: ``push`` says so and the server closes the connection with 4008.
 """
 
 from __future__ import annotations
@@ -14,22 +16,24 @@ from collections.abc import Hashable
 
 import attrs
 
+KeyPrefix = tuple[Hashable, ...]
+
 
 @attrs.frozen(slots=True)
 class Outgoing:
     """One encoded server frame.
 
     ``text`` is the frame's JSON, encoded once and shared by every recipient of a fan-out.
-    ``coalesce_key`` is set for state updates where only the latest matters.
+    ``coalesce_key`` (a tuple) is set for state updates where only the latest matters.
+    ``seals`` lists key prefixes: undelivered frames whose key starts with one of them can no
+    longer be replaced, so a newer state about the same thing is queued *after* this frame. A
+    snapshot (a ``nearby_friends`` reply, a friendship change) seals the updates queued before
+    it, so a later update can never jump ahead of the snapshot it follows.
     """
 
     text: str
-    coalesce_key: Hashable | None = None
-    seals: str | None = None
-    """When set, undelivered frames whose coalesce key is a tuple starting with this tag can
-    no longer be replaced: a newer state about the same thing is queued after this frame.
-    A snapshot (e.g. a ``nearby_friends`` reply) seals the updates queued before it, so a
-    later update can never jump ahead of the snapshot it supersedes."""
+    coalesce_key: tuple[Hashable, ...] | None = None
+    seals: tuple[KeyPrefix, ...] = ()
 
 
 @attrs.define(slots=True)
@@ -38,19 +42,22 @@ class _Slot:
 
 
 class Outbox:
-    """FIFO of ``Outgoing`` holding at most ``max_depth`` frames.
+    """FIFO of ``Outgoing``: at most ``max_depth`` frames without a key and ``max_state``
+    frames with one.
 
-    Invariant: at most one queued frame per coalesce key; order is the order of first push
-    (a replacement keeps the replaced frame's position, so a user's state never reorders
-    ahead of replies queued after it).
+    Invariant: at most one replaceable frame per coalesce key; order is the order of first
+    push (a replacement keeps the replaced frame's position).
     """
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(self, max_depth: int, max_state: int | None = None) -> None:
         if max_depth < 1:
             raise ValueError("max_depth must be at least 1")
         self.max_depth = max_depth
+        self.max_state = max_depth if max_state is None else max_state
         self._queue: deque[_Slot] = deque()
         self._by_key: dict[Hashable, _Slot] = {}
+        self._plain = 0
+        self._state = 0
         self.coalesced = 0
         """How many frames were replaced by a newer one before delivery (for metrics)."""
 
@@ -59,10 +66,8 @@ class Outbox:
 
     def push(self, item: Outgoing) -> bool:
         """Queue ``item``; False when it does not fit (the caller must drop the client)."""
-        if item.seals is not None:
-            tag = item.seals
-            for sealed in [k for k in self._by_key if isinstance(k, tuple) and k[:1] == (tag,)]:
-                del self._by_key[sealed]
+        for prefix in item.seals:
+            self._seal(prefix)
         key = item.coalesce_key
         if key is not None:
             slot = self._by_key.get(key)
@@ -70,17 +75,32 @@ class Outbox:
                 slot.item = item
                 self.coalesced += 1
                 return True
-        if len(self._queue) >= self.max_depth:
-            return False
+            if self._state >= self.max_state:
+                return False
+            self._state += 1
+        else:
+            if self._plain >= self.max_depth:
+                return False
+            self._plain += 1
         slot = _Slot(item)
         self._queue.append(slot)
         if key is not None:
             self._by_key[key] = slot
         return True
 
+    def _seal(self, prefix: KeyPrefix) -> None:
+        if not self._by_key:
+            return
+        if len(prefix) > 1:
+            self._by_key.pop(prefix, None)  # a full key: O(1)
+            return
+        for key in [k for k in self._by_key if k[: len(prefix)] == prefix]:  # type: ignore[index]
+            del self._by_key[key]
+
     def pop_all(self) -> list[Outgoing]:
         """Take every queued frame, oldest first."""
         items = [slot.item for slot in self._queue]
         self._queue.clear()
         self._by_key.clear()
+        self._plain = self._state = 0
         return items

@@ -35,6 +35,7 @@ ErrorCode = Literal[
 RequestId = int | float | str | None
 """The ``id`` a client may put on a request; echoed as ``re`` on the reply."""
 
+MAX_SAFE_INTEGER: Final = 2**53 - 1
 MAX_REQUEST_ID_CHARS: Final = 128
 """A string request id longer than this is refused: it is echoed on every reply."""
 
@@ -478,6 +479,9 @@ def _check_request_id(value: Any) -> RequestId:
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError("bad_request", "id must be finite")
+        if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
+            # Echoed back, it would lose digits in JavaScript (and in our own JSON encoder).
+            raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
         return value
     if isinstance(value, str):
         if len(value) > MAX_REQUEST_ID_CHARS:

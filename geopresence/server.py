@@ -326,7 +326,7 @@ class Server:
             return
         user, device, request_id = hello
         conn = next(self._ids)
-        c = _Connection(conn, Outbox(self.config.queue_size))
+        c = _Connection(conn, Outbox(self.config.queue_size, self.config.state_queue_size))
         self._conns[conn] = c
         self.metrics.connections_total += 1
         try:

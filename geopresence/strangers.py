@@ -173,7 +173,7 @@ class Strangers:
         reply = NearbyPeopleReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=total, people=people
         )
-        self.hub.sink.send(conn, Outgoing(encode(reply), seals=STRANGER_TAG))
+        self.hub.sink.send(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
         watch = self._watches.get(conn)
         if watch is not None:
             # Later stranger_gone refers to what this reply showed (its page).

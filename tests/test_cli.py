@@ -109,6 +109,11 @@ def test_help_lists_the_contract_flags() -> None:
 
 
 def test_token_command_uses_the_data_dir_secret(tmp_path: Path) -> None:
+    missing = geopresence("token", "alice", "--data-dir", str(tmp_path))
+    assert missing.returncode == 2
+    assert "no secret in" in missing.stderr  # it never invents a secret no server uses
+    (tmp_path / "secret").write_text("the-servers-secret-0123456789abcdef\n")
+    (tmp_path / "secret").chmod(0o600)
     result = geopresence("token", "alice", "--ttl", "60", "--data-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
     secret = (tmp_path / "secret").read_text().strip()

@@ -283,3 +283,38 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
                     view[conn].discard(frame["user"])
                 elif frame["type"] == "nearby_friends":
                     view[conn] = {f["user"] for f in frame["friends"]}
+
+
+def test_unfriend_refriend_order_survives_a_backlog() -> None:
+    """A queued presence event must not be replaced by one that then arrives before a
+    friend_removed / friends_presence sent after it (the client would end on a wrong list)."""
+    from geopresence.outbox import Outbox
+
+    boxes: dict[ConnId, Outbox] = {}
+
+    class QueueSink:
+        def send(self, conn: ConnId, message: Outgoing) -> None:
+            boxes.setdefault(conn, Outbox(100)).push(message)
+
+        def close(self, conn: ConnId, code: int, reason: str) -> None:
+            pass
+
+    hub = Hub(HubSettings(), MemoryStore(), QueueSink())
+    hub.add_friendship("alice", "bob", 0)
+    hub.open_session(1, "alice", "phone", now=0)
+    hub.open_session(2, "bob", "phone", now=0)
+    boxes[1].pop_all()
+    hub.logout("bob")  # presence offline queued for alice
+    hub.remove_friendship("alice", "bob")
+    hub.add_friendship("alice", "bob", 1)
+    hub.open_session(3, "bob", "laptop", now=2)  # presence online
+    frames = [orjson.loads(o.text) for o in boxes[1].pop_all()]
+    friends: dict[str, str] = {}
+    for frame in frames:
+        if frame["type"] == "friends_presence":
+            friends.update({f["user"]: f["status"] for f in frame["friends"]})
+        elif frame["type"] == "friend_removed":
+            friends.pop(frame["user"], None)
+        elif frame["type"] == "presence" and frame["user"] in friends:
+            friends[frame["user"]] = frame["status"]
+    assert friends == {"bob": "online"}

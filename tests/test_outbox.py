@@ -40,7 +40,7 @@ def test_a_snapshot_seals_earlier_updates() -> None:
     update that sits before the snapshot."""
     box = Outbox(10)
     box.push(Outgoing("bob here", ("nearby", "bob")))
-    box.push(Outgoing("snapshot: bob, carol", seals="nearby"))
+    box.push(Outgoing("snapshot: bob, carol", seals=(("nearby",),)))
     box.push(Outgoing("bob gone", ("nearby", "bob")))
     box.push(Outgoing("presence", ("presence", "bob")))
     box.push(Outgoing("presence 2", ("presence", "bob")))  # other tags still coalesce
@@ -49,4 +49,30 @@ def test_a_snapshot_seals_earlier_updates() -> None:
         "snapshot: bob, carol",
         "bob gone",
         "presence 2",
+    ]
+
+
+def test_state_frames_have_their_own_bound() -> None:
+    box = Outbox(2, max_state=1000)
+    for i in range(1000):  # a burst of distinct friends' presence
+        assert box.push(Outgoing(f"p{i}", ("presence", f"u{i}")))
+    assert not box.push(Outgoing("p1000", ("presence", "u1000")))
+    assert box.push(Outgoing("reply 1"))
+    assert box.push(Outgoing("reply 2"))
+    assert not box.push(Outgoing("reply 3"))
+    assert len(box.pop_all()) == 1002
+
+
+def test_exact_key_seal() -> None:
+    box = Outbox(10)
+    box.push(Outgoing("bob offline", ("presence", "bob")))
+    box.push(Outgoing("carol offline", ("presence", "carol")))
+    box.push(Outgoing("bob is no longer a friend", seals=(("presence", "bob"),)))
+    box.push(Outgoing("bob online", ("presence", "bob")))
+    box.push(Outgoing("carol online", ("presence", "carol")))
+    assert [o.text for o in box.pop_all()] == [
+        "bob offline",
+        "carol online",
+        "bob is no longer a friend",
+        "bob online",
     ]

@@ -122,8 +122,17 @@ async def test_resubscribes_only_changed_cells(
         assert before
         calls: list[tuple[str, str]] = []
         subscribe, unsubscribe = broker.subscribe, broker.unsubscribe
-        broker.subscribe = lambda ch, c: (calls.append(("+", ch)), subscribe(ch, c))[1]  # type: ignore[method-assign]
-        broker.unsubscribe = lambda ch, c: (calls.append(("-", ch)), unsubscribe(ch, c))[1]  # type: ignore[method-assign]
+
+        def spy_subscribe(channel: str, c: int) -> None:
+            calls.append(("+", channel))
+            subscribe(channel, c)
+
+        def spy_unsubscribe(channel: str, c: int) -> None:
+            calls.append(("-", channel))
+            unsubscribe(channel, c)
+
+        broker.subscribe = spy_subscribe  # type: ignore[method-assign, assignment]
+        broker.unsubscribe = spy_unsubscribe  # type: ignore[method-assign, assignment]
         await move(watcher, at(3))  # a few metres: same cover, nothing touched
         await watcher.request("heartbeat")
         assert calls == []

@@ -9,22 +9,36 @@ from geopresence.client import connect_stream
 from geopresence.testing import open_server
 
 
-async def test_burst_beyond_queue_closes_4008_and_counts_as_a_drop(
+async def test_bulk_import_sends_one_snapshot(autojump_clock: MockClock) -> None:
+    async with open_server(queue_size=4) as server, server.connect("alice") as alice:
+        await server.admin.befriend_many([("alice", f"f{i}") for i in range(10)])
+        snapshot = await alice.recv()
+        assert snapshot["type"] == "friends_presence"
+        assert [f["user"] for f in snapshot["friends"]] == [f"f{i}" for i in range(10)]
+        assert (await alice.request("heartbeat"))["type"] == "heartbeat"
+
+
+async def test_state_burst_beyond_bound_closes_4008_and_counts_as_a_drop(
     autojump_clock: MockClock,
 ) -> None:
-    async with open_server(queue_size=4) as server:
-        async with server.connect("alice") as alice:
-            # 10 new friends at once: 10 reliable snapshots for a queue of 4
-            await server.admin.befriend_many([("alice", f"f{i}") for i in range(10)])
-            code, reason = await alice.closed()
-            assert (code, reason) == (4008, "slow consumer")
+    async with open_server(state_queue_size=4) as server:
+        await server.admin.befriend_many([("alice", f"f{i}") for i in range(10)])
+        stream = server.running.server.open_memory_connection(lockstep=True)
+        async with connect_stream(stream, user="alice", device="d") as alice:
+            # ten different friends come online while alice reads nothing
+            for i in range(10):
+                async with server.connect(f"f{i}", heartbeat=True):
+                    pass
+            with trio.fail_after(60):
+                while server.running.server.hub.connections_of("alice"):
+                    await trio.sleep(0.5)
+            del alice
+        metrics = await server.admin.metrics()
+        assert 'geopresence_closes_total{code="4008"} 1' in metrics
         # like a network drop: still online until the heartbeat window passes
         assert (await server.admin.user("alice"))["status"] == "online"
-        await trio.sleep(29.9)
-        assert (await server.admin.user("alice"))["status"] == "online"
-        await trio.sleep(0.2)
+        await trio.sleep(30)
         assert (await server.admin.user("alice"))["status"] == "offline"
-        assert 'geopresence_closes_total{code="4008"} 1' in await server.admin.metrics()
 
 
 async def test_client_that_stops_reading_is_cut_off_in_bounded_time(
