@@ -8,6 +8,7 @@ parsed ``Request`` that calls the hub and returns ``(status, JSON body)``. Error
 from __future__ import annotations
 
 import hmac
+from urllib.parse import unquote
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -151,6 +152,11 @@ class HttpApi:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
+        if scope["type"] == "websocket":
+            # The WebSocket endpoint is on the other port; refuse cleanly (HTTP 403).
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
+            return
         if scope["type"] != "http":
             return
         headers: list[tuple[bytes, bytes]] = []
@@ -184,7 +190,10 @@ class HttpApi:
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         method: str = scope["method"]
-        path: str = scope["path"]
+        # Route on the path as sent: a percent-encoded "/" inside an id must not become a
+        # path separator (PUT /v1/friendships/x%2Fy is an invalid id, not x and y).
+        raw = scope.get("raw_path")
+        path: str = raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]
         allowed: list[str] = []
         for route in self.routes:
             match = route.pattern.match(path)
@@ -195,7 +204,7 @@ class HttpApi:
                 continue
             if route.admin:
                 self._authorize(scope)
-            params = match.groupdict()
+            params = {name: unquote(value) for name, value in match.groupdict().items()}
             for name, value in params.items():
                 problem = id_problem(value, name)
                 if problem is not None:

@@ -184,3 +184,20 @@ async def test_405_has_allow_and_errors_are_counted(
     metrics = await server.admin.metrics()
     assert 'geopresence_errors_total{code="forbidden"} 1' in metrics
     assert 'geopresence_errors_total{code="bad_request"} 2' in metrics  # hello + the 405
+
+
+async def test_encoded_slashes_are_not_path_separators(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    async with raw_client(server) as http:
+        for method, url in (
+            ("PUT", "/v1/friendships/x%2Fy"),
+            ("PUT", "/v1/friendships/a/x%2Fy"),
+            ("POST", "/v1/users/bob%2Flogout"),
+            ("PUT", "/v1/groups/g%2Fmembers%2Fbob"),
+        ):
+            response = await http.request(method, url, json={"members": []})
+            assert response.status_code in (400, 404, 405), (method, url, response.text)
+        assert await server.admin.friends("x") == []
+        ok = await http.get("/v1/users/al%69ce")  # plain percent-encoding still works
+        assert ok.json()["user"] == "alice"
