@@ -8,11 +8,11 @@ parsed ``Request`` that calls the hub and returns ``(status, JSON body)``. Error
 from __future__ import annotations
 
 import hmac
-from urllib.parse import unquote
 import logging
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import unquote
 
 import attrs
 import orjson

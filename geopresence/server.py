@@ -95,6 +95,7 @@ class Server:
         self._stop_requested = trio.Event()
         self._conn_nursery: trio.Nursery | None = None
         self._no_connections = trio.Event()
+        self._greeting: set[WebSocketConnection] = set()
         self.clock: ServerClock | None = None
         self.metrics.gauge("connections", "Open WebSocket sessions.", lambda: len(self._conns))
         self.metrics.gauge(
@@ -137,7 +138,16 @@ class Server:
         c = self._conns.get(conn)
         if c is not None and c.close_request is None:
             c.close_request = (code, reason)
+            self._bound_send(c)
             c.wakeup.set()
+
+    def _bound_send(self, c: _Connection) -> None:
+        """A send already in progress gets ``close_timeout`` more, then the transport is cut:
+        a peer that stopped reading must not keep a closed session alive."""
+        if c.send_scope is not None:
+            c.send_scope.deadline = min(
+                c.send_scope.deadline, trio.current_time() + self.config.close_timeout
+            )
 
     def _record_location(self, user: str, location: Location) -> None:
         try:
@@ -171,11 +181,7 @@ class Server:
         log.warning("conn %d: send queue full (%d frames), closing 4008", c.conn, len(c.outbox))
         c.outbox.pop_all()  # nothing more will be sent; free the memory now
         c.close_request = (CLOSE_SLOW_CONSUMER, "slow consumer")
-        if c.send_scope is not None:
-            # Give a send already in progress a bounded time to finish before aborting.
-            c.send_scope.deadline = min(
-                c.send_scope.deadline, trio.current_time() + self.config.close_timeout
-            )
+        self._bound_send(c)
         c.wakeup.set()
 
     # ------------------------------------------------------------------ running
@@ -223,8 +229,10 @@ class Server:
                 log.info("shutting down: closing %d connections with 1001", len(self._conns))
                 accept_scope.cancel()
                 self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+                for ws in list(self._greeting):  # not yet through their hello
+                    conns.start_soon(self._close_quietly, ws, CLOSE_GOING_AWAY)
                 with trio.move_on_after(config.drain_timeout):
-                    while self._conns:
+                    while self._conns or self._greeting:
                         self._no_connections = trio.Event()
                         await self._no_connections.wait()
                 conns.cancel_scope.cancel()
@@ -335,11 +343,12 @@ class Server:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, ws, stream, c, nursery.cancel_scope)
                 await self._reader(ws, c)
-                nursery.cancel_scope.cancel()
+                if c.close_request is None:
+                    nursery.cancel_scope.cancel()  # the peer went away: stop the writer
+                # else the writer is closing: let it finish the close handshake (bounded)
         finally:
             del self._conns[conn]
-            if not self._conns:
-                self._no_connections.set()
+            self._maybe_drained()
             self.hub.close_session(conn)
 
     async def _refuse(self, ws: WebSocketConnection, error: ProtocolError, code: int) -> None:
@@ -358,6 +367,14 @@ class Server:
         """Wait for a valid hello; refuse (1008) anything else.
 
         Returns (user, device, the hello's id)."""
+        self._greeting.add(ws)
+        try:
+            return await self._hello_or_refusal(ws)
+        finally:
+            self._greeting.discard(ws)
+            self._maybe_drained()
+
+    async def _hello_or_refusal(self, ws: WebSocketConnection) -> tuple[str, str, RequestId] | None:
         with trio.move_on_after(self.config.hello_timeout):
             try:
                 frame = await ws.get_message()
@@ -431,6 +448,15 @@ class Server:
                     c.conn,
                     ProtocolError("internal", "internal error", getattr(message, "id", None)),
                 )
+
+    def _maybe_drained(self) -> None:
+        if not self._conns and not self._greeting:
+            self._no_connections.set()
+
+    async def _close_quietly(self, ws: WebSocketConnection, code: int) -> None:
+        self.metrics.closes[code] += 1
+        with trio.move_on_after(self.config.close_timeout):
+            await ws.aclose(code, "server shutting down")
 
     def _count_1009(self, ws: WebSocketConnection) -> None:
         if ws.closed is not None and ws.closed.code == CLOSE_TOO_BIG:

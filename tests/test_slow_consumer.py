@@ -80,3 +80,38 @@ async def test_presence_coalesces_for_a_slow_reader(autojump_clock: MockClock) -
                     seen[event["user"]] = event["status"]
             assert seen == {"u0": "offline", "u1": "offline", "u2": "offline"}
         assert 'geopresence_closes_total{code="4008"}' not in await server.admin.metrics()
+
+
+async def test_logout_of_a_stuck_client_ends_in_bounded_time(autojump_clock: MockClock) -> None:
+    async with open_server(close_timeout=5) as server:
+        stream = server.running.server.open_memory_connection(lockstep=True)
+        async with connect_stream(stream, user="alice", device="d") as alice:
+            await alice.send({"type": "heartbeat", "id": 1})  # its reply blocks the writer
+            await trio.sleep(1)
+            start = trio.current_time()
+            await server.admin.logout("alice")
+            with trio.fail_after(60):
+                while server.running.server._conns:
+                    await trio.sleep(0.1)
+            assert trio.current_time() - start <= 5.2
+        assert "geopresence_connections 0" in await server.admin.metrics()
+
+
+async def test_shutdown_closes_connections_still_before_hello_with_1001(
+    autojump_clock: MockClock,
+) -> None:
+    from trio_websocket import ConnectionClosed, wrap_client_stream
+
+    async with open_server() as server:
+        stream = server.running.server.open_memory_connection()
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, stream, "localhost", "/ws")  # type: ignore[arg-type]
+            await trio.sleep(1)
+            start = trio.current_time()
+            server.stop()
+            try:
+                await ws.get_message()
+            except ConnectionClosed as exc:
+                assert exc.reason is not None and exc.reason.code == 1001
+            assert trio.current_time() - start < 1
+            nursery.cancel_scope.cancel()
