@@ -58,6 +58,10 @@ class Config:
     """Default nearby radius in metres (5 miles)."""
     max_radius: float = attrs.field(default=50_000.0, validator=_positive)
     """Largest ``radius_m`` a user may set, metres."""
+    strangers_query_burst: int = attrs.field(default=3, validator=_at_least(1))
+    """``nearby_people`` queries a connection may make at once (token bucket capacity)."""
+    strangers_query_interval: float = attrs.field(default=10.0, validator=_positive)
+    """Seconds per ``nearby_people`` query refilled (one per 10 s: 6 a minute sustained)."""
     history_max_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive)
     """Size at which the location history starts a new file."""
     history_flush_interval: float = attrs.field(default=1.0, validator=_positive)

@@ -31,6 +31,9 @@ _BASE32: Final = "0123456789bcdefghjkmnpqrstuvwxyz"
 _END: Final = "~"  # sorts after every geohash character
 _OPEN_AT: Final = 32
 """An inside cell with at most this many members is opened rather than split further."""
+_SPLIT_RIM_AT: Final = 64
+"""A rim cell with more members than this is split into its 32 children (classifying a cell
+costs about as much as checking a few dozen members)."""
 
 
 def _keep_smallest(heap: list[float], distance: float, need: int) -> None:
@@ -119,7 +122,7 @@ class StrangerGrid:
             if high <= radius_m:
                 total += count
                 inside.append((low, cell))
-            elif len(cell) < LEAF_PRECISION:
+            elif len(cell) < LEAF_PRECISION and count > _SPLIT_RIM_AT:
                 pending.extend(cell + c for c in _BASE32)
             else:
                 # The rim: exact check of each member by chord length (no trigonometry
@@ -183,20 +186,23 @@ def _distance_bounds(center: Location, cell: str) -> tuple[float, float]:
     farthest corner), metres.
 
     The farthest point of a latitude/longitude box from a point is one of its corners (for
-    boxes narrower than 180° of longitude). The lower bound takes the larger of the latitude
-    gap and the cross-track distance to the nearest bounding meridian.
+    boxes narrower than 180° of longitude); corners are compared by chord length against the
+    centre's unit vector (8 trigonometric calls per cell, one arcsine). The lower bound takes
+    the larger of the latitude gap and the cross-track distance to the nearest bounding
+    meridian.
     """
     south, north, west, east = cell_box(cell)
-    phi = center.phi
-    corners = 0.0
-    for lat in (south, north):
-        p2 = math.radians(lat)
-        cos_p2 = math.cos(p2)
-        for lon in (west, east):
-            dl = math.radians(lon) - center.lam
-            h = math.sin((p2 - phi) / 2) ** 2 + center.cos_phi * cos_p2 * math.sin(dl / 2) ** 2
-            d = 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
-            corners = max(corners, d)
+    cx, cy, cz = center.xyz
+    lat_s, lat_n = math.radians(south), math.radians(north)
+    lon_w, lon_e = math.radians(west), math.radians(east)
+    cos_s, sin_s, cos_n, sin_n = math.cos(lat_s), math.sin(lat_s), math.cos(lat_n), math.sin(lat_n)
+    cos_w, sin_w, cos_e, sin_e = math.cos(lon_w), math.sin(lon_w), math.cos(lon_e), math.sin(lon_e)
+    farthest = max(
+        (cos_lat * cos_lon - cx) ** 2 + (cos_lat * sin_lon - cy) ** 2 + (sin_lat - cz) ** 2
+        for cos_lat, sin_lat in ((cos_s, sin_s), (cos_n, sin_n))
+        for cos_lon, sin_lon in ((cos_w, sin_w), (cos_e, sin_e))
+    )
+    high = 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(farthest) / 2))
     lat = center.lat
     lat_gap = 0.0 if south <= lat <= north else min(abs(lat - south), abs(lat - north))
     low = EARTH_RADIUS_M * math.radians(lat_gap)
@@ -206,4 +212,4 @@ def _distance_bounds(center: Location, cell: str) -> tuple[float, float]:
         if gap < 90.0:
             cross = math.asin(min(1.0, center.cos_phi * math.sin(math.radians(gap))))
             low = max(low, EARTH_RADIUS_M * cross)
-    return low, corners
+    return low, high

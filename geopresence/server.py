@@ -78,6 +78,8 @@ class Server:
             location_ttl=config.location_ttl,
             default_radius=config.radius,
             max_radius=config.max_radius,
+            strangers_query_burst=config.strangers_query_burst,
+            strangers_query_interval=config.strangers_query_interval,
         )
         self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
         self._history_dirty = trio.Event()

@@ -30,3 +30,15 @@ def test_core_benchmark_reports_every_figure() -> None:
         "encode presence event",
     ):
         assert label in result.stdout
+
+
+def test_strangers_benchmark_reports_every_figure() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_strangers.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for label in ("geopresence core", "geopresence nearby_people (WS)", "Redis GEOSEARCH"):
+        assert label in result.stdout
