@@ -148,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest radius_m a user may set, metres",
     )
     s.add_argument(
+        "--strangers-query-burst",
+        type=_positive_int,
+        default=d.strangers_query_burst,
+        metavar="N",
+        help="nearby_people queries a connection may make at once",
+    )
+    s.add_argument(
+        "--strangers-query-interval",
+        type=_seconds,
+        default=d.strangers_query_interval,
+        metavar="S",
+        help="seconds per nearby_people query refilled",
+    )
+    s.add_argument(
         "--history-max-bytes",
         type=_positive_int,
         default=d.history_max_bytes,
@@ -280,6 +294,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         radius=args.radius,
         max_radius=args.max_radius,
         history_max_bytes=args.history_max_bytes,
+        strangers_query_burst=args.strangers_query_burst,
+        strangers_query_interval=args.strangers_query_interval,
         snapshot_interval=args.snapshot_interval,
         fsync=args.fsync,
         presence_fanout_limit=args.presence_fanout_limit,
