@@ -14,6 +14,7 @@ the members near the centre plus the rim, not everyone inside.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 from collections.abc import Iterator, Set
@@ -36,20 +37,30 @@ _SPLIT_RIM_AT: Final = 64
 costs about as much as checking a few dozen members)."""
 
 
-def _keep_smallest(heap: list[float], distance: float, need: int) -> None:
-    """Keep the ``need`` smallest distances in ``heap`` (a max-heap of negated values)."""
-    if len(heap) < need:
-        heapq.heappush(heap, -distance)
-    elif distance < -heap[0]:
-        heapq.heapreplace(heap, -distance)
+_Key = tuple[str, str, float, float, float]
+
+
+@functools.lru_cache(maxsize=65536)
+def _cell_spans(cell: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((south, north), (west, east)) of a cell; cached: the same cells recur query after
+    query in the same neighbourhood."""
+    south, north, west, east = cell_box(cell)
+    return (south, north), (west, east)
+
+
+def _chord2(distance_m: float) -> float:
+    """Squared chord length (unit sphere) of a great-circle distance."""
+    return (2 * math.sin(min(math.pi, distance_m / EARTH_RADIUS_M) / 2)) ** 2
 
 
 class StrangerGrid:
     """user -> Location for users visible to strangers, queryable by cell and by radius."""
 
     def __init__(self) -> None:
-        self._keys: SortedList = SortedList()  # (geohash, user)
-        self._where: dict[str, tuple[str, Location]] = {}
+        # Keys are (geohash, user, x, y, z): ordered by cell, and carrying the unit vector
+        # so that checking a member's distance needs no other lookup.
+        self._keys: SortedList = SortedList()
+        self._where: dict[str, tuple[_Key, Location]] = {}
 
     def __len__(self) -> int:
         return len(self._where)
@@ -64,53 +75,59 @@ class StrangerGrid:
     def cell(self, user: str) -> str | None:
         """The user's index geohash (every cell containing the user is a prefix of it)."""
         entry = self._where.get(user)
-        return None if entry is None else entry[0]
+        return None if entry is None else entry[0][0]
 
     def place(self, user: str, location: Location) -> str | None:
         """Put ``user`` at ``location``; returns its previous index geohash (None if new)."""
-        code = cell_of(location.lat, location.lon, INDEX_PRECISION)
+        key: _Key = (cell_of(location.lat, location.lon, INDEX_PRECISION), user, *location.xyz)
         previous = self._where.get(user)
         if previous is not None:
-            if previous[0] != code:
-                self._keys.remove((previous[0], user))
-                self._keys.add((code, user))
-        else:
-            self._keys.add((code, user))
-        self._where[user] = (code, location)
-        return None if previous is None else previous[0]
+            self._keys.remove(previous[0])
+        self._keys.add(key)
+        self._where[user] = (key, location)
+        return None if previous is None else previous[0][0]
 
     def remove(self, user: str) -> str | None:
         """Take ``user`` out; returns the index geohash it had (None if absent)."""
         previous = self._where.pop(user, None)
         if previous is None:
             return None
-        self._keys.remove((previous[0], user))
-        return previous[0]
+        self._keys.remove(previous[0])
+        return previous[0][0]
 
     def count(self, cell: str) -> int:
         """Members inside ``cell`` (any precision), O(log n)."""
         return int(self._keys.bisect_left((cell + _END,)) - self._keys.bisect_left((cell,)))
 
+    def _in(self, cell: str) -> Iterator[_Key]:
+        keys: Iterator[_Key] = self._keys.irange((cell,), (cell + _END,), inclusive=(True, False))
+        return keys
+
     def members(self, cell: str) -> Iterator[tuple[str, Location]]:
         """(user, location) of the members inside ``cell``."""
-        for _, user in self._keys.irange((cell,), (cell + _END,), inclusive=(True, False)):
-            yield user, self._where[user][1]
+        for key in self._in(cell):
+            yield key[1], self._where[key[1]][1]
 
     def query(
         self, center: Location, radius_m: float, excluded: Set[str], need: int
     ) -> tuple[int, list[tuple[float, str, Location]]]:
         """Members within ``radius_m`` of ``center`` that are not in ``excluded``: their
-        count, and at least the ``need`` nearest as (distance, user, location) sorted by
-        distance then user id (all of them when fewer). ``excluded`` is checked member by
-        member only where members are looked at, so it may be large (a user's friends)."""
+        count, and the ``need`` nearest as (distance, user, location) sorted by distance then
+        user id (all of them when fewer). ``excluded`` is checked member by member only where
+        members are looked at, so it may be large (a user's friends).
+
+        Members are compared by squared chord length to the centre (monotonic in distance);
+        the great-circle distance is computed only for the members returned.
+        """
         total = 0
-        found: list[tuple[float, str, Location]] = []
+        found: list[tuple[float, str]] = []  # (squared chord, user), within and not excluded
         inside: list[tuple[float, str]] = []  # (lower bound of distance, cell)
-        _, cells = cover(center.lat, center.lon, radius_m)
-        pending = list(cells)
+        cx, cy, cz = center.xyz
         # within(d, r) <=> chord <= 2 sin((r + tolerance) / 2R), for r up to half the globe
         half_angle = min(math.pi / 2, (radius_m + RADIUS_TOLERANCE_M) / (2 * EARTH_RADIUS_M))
-        chord2_limit = (2 * math.sin(half_angle)) ** 2
+        limit = (2 * math.sin(half_angle)) ** 2
+        _, cells = cover(center.lat, center.lon, radius_m)
+        pending = list(cells)
         while pending:
             cell = pending.pop()
             count = self.count(cell)
@@ -124,20 +141,13 @@ class StrangerGrid:
                 inside.append((low, cell))
             elif len(cell) < LEAF_PRECISION and count > _SPLIT_RIM_AT:
                 pending.extend(cell + c for c in _BASE32)
-            else:
-                # The rim: exact check of each member by chord length (no trigonometry
-                # unless the member is inside).
-                cx, cy, cz = center.xyz
-                for user, location in self.members(cell):
-                    x, y, z = location.xyz
+            else:  # the rim: check each member
+                for _, user, x, y, z in self._in(cell):
                     chord2 = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2
-                    if chord2 <= chord2_limit:
+                    if chord2 <= limit:
                         total += 1
                         if user not in excluded:
-                            distance = (
-                                2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(chord2) / 2))
-                            )
-                            found.append((distance, user, location))
+                            found.append((chord2, user))
         # Excluded members are not in ``found``; take them out of the count too.
         smaller = excluded if len(excluded) <= len(self._where) else self._where.keys() & excluded
         for user in smaller:
@@ -148,37 +158,35 @@ class StrangerGrid:
         # open small ones, and stop once the need-th nearest member found so far is closer
         # than anything left could be.
         heapq.heapify(inside)
-        nearest: list[float] = []  # max-heap (negated) of the ``need`` smallest distances
-        for distance, _, _ in found:
-            _keep_smallest(nearest, distance, need)
+        nearest = heapq.nsmallest(need, (c2 for c2, _ in found))
+        bound = [-c2 for c2 in nearest]  # max-heap (negated) of the ``need`` smallest
+        heapq.heapify(bound)
         while inside:
             low, cell = heapq.heappop(inside)
-            if len(nearest) >= need and -nearest[0] <= low:
+            if len(bound) >= need and -bound[0] <= _chord2(low):
                 break
             if len(cell) < INDEX_PRECISION and self.count(cell) > _OPEN_AT:
                 for child in (cell + c for c in _BASE32):
                     if self.count(child):
                         heapq.heappush(inside, (_distance_bounds(center, child)[0], child))
                 continue
-            cx, cy, cz = center.xyz
-            for user, location in self.members(cell):
+            for _, user, x, y, z in self._in(cell):
                 if user not in excluded:
-                    x, y, z = location.xyz
-                    chord = math.sqrt((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2)
-                    distance = 2 * EARTH_RADIUS_M * math.asin(min(1.0, chord / 2))
-                    found.append((distance, user, location))
-                    _keep_smallest(nearest, distance, need)
-        found.sort(key=lambda entry: (entry[0], entry[1]))
-        return total, found
-
-    def users_within(self, center: Location, radius_m: float) -> Iterator[tuple[float, str]]:
-        """Every member within ``radius_m`` (unsorted): a full walk of the cover."""
-        _, cells = cover(center.lat, center.lon, radius_m)
-        for cell in cells:
-            for user, location in self.members(cell):
-                distance = distance_within(center, location, radius_m)
-                if distance is not None:
-                    yield distance, user
+                    chord2 = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2
+                    found.append((chord2, user))
+                    if len(bound) < need:
+                        heapq.heappush(bound, -chord2)
+                    elif chord2 < -bound[0]:
+                        heapq.heapreplace(bound, -chord2)
+        best = heapq.nsmallest(need, found)
+        return total, [
+            (
+                2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(c2) / 2)),
+                user,
+                self._where[user][1],
+            )
+            for c2, user in best
+        ]
 
 
 def _distance_bounds(center: Location, cell: str) -> tuple[float, float]:
@@ -191,16 +199,18 @@ def _distance_bounds(center: Location, cell: str) -> tuple[float, float]:
     the larger of the latitude gap and the cross-track distance to the nearest bounding
     meridian.
     """
-    south, north, west, east = cell_box(cell)
+    (south, north), (west, east) = _cell_spans(cell)
     cx, cy, cz = center.xyz
     lat_s, lat_n = math.radians(south), math.radians(north)
     lon_w, lon_e = math.radians(west), math.radians(east)
     cos_s, sin_s, cos_n, sin_n = math.cos(lat_s), math.sin(lat_s), math.cos(lat_n), math.sin(lat_n)
     cos_w, sin_w, cos_e, sin_e = math.cos(lon_w), math.sin(lon_w), math.cos(lon_e), math.sin(lon_e)
+    dzs, dzn = (sin_s - cz) ** 2, (sin_n - cz) ** 2
     farthest = max(
-        (cos_lat * cos_lon - cx) ** 2 + (cos_lat * sin_lon - cy) ** 2 + (sin_lat - cz) ** 2
-        for cos_lat, sin_lat in ((cos_s, sin_s), (cos_n, sin_n))
-        for cos_lon, sin_lon in ((cos_w, sin_w), (cos_e, sin_e))
+        (cos_s * cos_w - cx) ** 2 + (cos_s * sin_w - cy) ** 2 + dzs,
+        (cos_s * cos_e - cx) ** 2 + (cos_s * sin_e - cy) ** 2 + dzs,
+        (cos_n * cos_w - cx) ** 2 + (cos_n * sin_w - cy) ** 2 + dzn,
+        (cos_n * cos_e - cx) ** 2 + (cos_n * sin_e - cy) ** 2 + dzn,
     )
     high = 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(farthest) / 2))
     lat = center.lat
