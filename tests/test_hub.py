@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from geopresence.broker import ConnId
 from geopresence.hub import Hub, HubSettings
-from geopresence.outbox import Outgoing
+from geopresence.outbox import Outbox, Outgoing
 from geopresence.protocol import GroupPresenceQuery, Heartbeat, Hello, Logout, ProtocolError
 from geopresence.store import MemoryStore
 
@@ -37,6 +37,20 @@ class RecordingSink:
 
     def take(self, conn: ConnId) -> list[dict[str, Any]]:
         return self.frames.pop(conn, [])
+
+
+class QueueSink:
+    """A sink with real bounded, coalescing outboxes (what a slow client's frames go
+    through), read back with ``boxes[conn].pop_all()``."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[ConnId, Outbox] = {}
+
+    def send(self, conn: ConnId, message: Outgoing) -> None:
+        self.boxes.setdefault(conn, Outbox(100)).push(message)
+
+    def close(self, conn: ConnId, code: int, reason: str) -> None:
+        pass
 
 
 def make_hub(**settings: Any) -> tuple[Hub, RecordingSink]:
@@ -188,18 +202,8 @@ def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any,
 def test_slow_client_never_ends_on_a_stale_status() -> None:
     """A pending presence event, then a friendship snapshot, then a newer transition: the
     newest state must be what the client sees last (they share one coalescing slot)."""
-    from geopresence.outbox import Outbox
-
-    boxes: dict[ConnId, Outbox] = {}
-
-    class QueueSink:
-        def send(self, conn: ConnId, message: Outgoing) -> None:
-            boxes.setdefault(conn, Outbox(100)).push(message)
-
-        def close(self, conn: ConnId, code: int, reason: str) -> None:
-            pass
-
     sink = QueueSink()
+    boxes = sink.boxes
     hub = Hub(HubSettings(), MemoryStore(), sink)
     hub.set_group("g", ["alice", "bob"])
     hub.open_session(1, "alice", "phone", now=0)
@@ -288,18 +292,9 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
 def test_unfriend_refriend_order_survives_a_backlog() -> None:
     """A queued presence event must not be replaced by one that then arrives before a
     friend_removed / friends_presence sent after it (the client would end on a wrong list)."""
-    from geopresence.outbox import Outbox
-
-    boxes: dict[ConnId, Outbox] = {}
-
-    class QueueSink:
-        def send(self, conn: ConnId, message: Outgoing) -> None:
-            boxes.setdefault(conn, Outbox(100)).push(message)
-
-        def close(self, conn: ConnId, code: int, reason: str) -> None:
-            pass
-
-    hub = Hub(HubSettings(), MemoryStore(), QueueSink())
+    sink = QueueSink()
+    boxes = sink.boxes
+    hub = Hub(HubSettings(), MemoryStore(), sink)
     hub.add_friendship("alice", "bob", 0)
     hub.open_session(1, "alice", "phone", now=0)
     hub.open_session(2, "bob", "phone", now=0)
