@@ -190,6 +190,8 @@ class HttpApi:
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         method: str = scope["method"]
+        if method == "HEAD":
+            method = "GET"  # same answer; hypercorn drops the body of a HEAD response
         # Route on the path as sent: a percent-encoded "/" inside an id must not become a
         # path separator (PUT /v1/friendships/x%2Fy is an invalid id, not x and y).
         raw = scope.get("raw_path")

@@ -201,3 +201,9 @@ async def test_encoded_slashes_are_not_path_separators(
         assert await server.admin.friends("x") == []
         ok = await http.get("/v1/users/al%69ce")  # plain percent-encoding still works
         assert ok.json()["user"] == "alice"
+
+
+async def test_head_healthz(server: TestServer, autojump_clock: MockClock) -> None:
+    async with raw_client(server) as http:
+        response = await http.head("/healthz")
+        assert response.status_code == 200
