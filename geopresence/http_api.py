@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
@@ -323,7 +324,7 @@ class HttpApi:
             raise HttpError(400, "bad_request", f"ttl must be a number in (0, {MAX_TOKEN_TTL:.0f}]")
         now = self.server.now()
         token = mint_token(self.server.secret, user, ttl, now)
-        return 200, {"token": token, "user": user, "expires_at": int(now + ttl)}
+        return 200, {"token": token, "user": user, "expires_at": math.ceil(now + ttl)}
 
     def put_group(self, request: Request) -> Response:
         group = request.params["group"]

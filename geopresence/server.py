@@ -369,6 +369,10 @@ class Server:
         """Wait for a valid hello; refuse (1008) anything else.
 
         Returns (user, device, the hello's id)."""
+        if self._stop_requested.is_set():
+            # Accepted while shutting down: tell it to go elsewhere at once.
+            await self._close_quietly(ws, CLOSE_GOING_AWAY)
+            return None
         self._greeting.add(ws)
         try:
             return await self._hello_or_refusal(ws)

@@ -117,7 +117,9 @@ class Strangers:
         self.query_burst = query_burst
         self.query_interval = query_interval
         self._watches: dict[ConnId, _Watch] = {}
-        self._buckets: dict[ConnId, TokenBucket] = {}
+        # Per USER, not per connection: reconnecting or using another device must not
+        # bring a fresh bucket (the limit protects strangers' rounded distances).
+        self._buckets: dict[str, TokenBucket] = {}
         self.rate_limited = 0
 
     @property
@@ -142,9 +144,10 @@ class Strangers:
 
     def on_query(self, session: Session, query: NearbyPeopleQuery, now: float) -> None:
         conn = session.conn
-        bucket = self._buckets.get(conn)
+        bucket = self._buckets.get(session.user)
         if bucket is None:
-            bucket = self._buckets[conn] = TokenBucket(
+            self._forget_full_buckets(now)
+            bucket = self._buckets[session.user] = TokenBucket(
                 self.query_burst, self.query_interval, self.query_burst, now
             )
         wait = bucket.take(now)
@@ -223,7 +226,15 @@ class Strangers:
 
     def on_session_closed(self, conn: ConnId) -> None:
         self._watches.pop(conn, None)  # the broker drops its subscriptions
-        self._buckets.pop(conn, None)
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """Drop buckets that have refilled completely (they equal a new one), so memory
+        follows the users querying recently, not every user who ever queried."""
+        if len(self._buckets) < 1024:
+            return
+        refill = self.query_burst * self.query_interval
+        for user in [u for u, b in self._buckets.items() if now - b.updated >= refill]:
+            del self._buckets[user]
 
     def deliver(self, conn: ConnId, event: StrangerEvent | StrangerGoneEvent) -> None:
         """A cell-channel event reached one watching connection."""

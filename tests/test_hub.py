@@ -201,7 +201,8 @@ def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any,
 
 def test_slow_client_never_ends_on_a_stale_status() -> None:
     """A pending presence event, then a friendship snapshot, then a newer transition: the
-    newest state must be what the client sees last (they share one coalescing slot)."""
+    newest state must be what the client sees last (the snapshot seals the pending event, so
+    the newer one is queued after the snapshot)."""
     sink = QueueSink()
     boxes = sink.boxes
     hub = Hub(HubSettings(), MemoryStore(), sink)

@@ -174,8 +174,11 @@ async def test_nearby_people_is_rate_limited(server: TestServer, autojump_clock:
         assert "retry in" in limited["message"]
         await trio.sleep(10)
         assert (await watcher.request("nearby_people"))["type"] == "nearby_people"
+    async with server.connect("watcher", "tablet") as again:  # another device: same bucket
+        limited = await again.request("nearby_people")
+        assert limited["code"] == "rate_limited"
         metrics = await server.admin.metrics()
-        assert 'geopresence_errors_total{code="rate_limited"} 1' in metrics
+        assert 'geopresence_errors_total{code="rate_limited"} 2' in metrics
 
 
 async def test_nearby_people_needs_a_location_and_pages(
