@@ -27,7 +27,7 @@ from geopresence.broker import (
     group_channel,
     user_channel,
 )
-from geopresence.nearby import GoneEvent, HistoryRecorder, LocationEvent, Nearby
+from geopresence.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
 from geopresence.outbox import Outgoing
 from geopresence.presence import Ended, PresenceChange, PresenceTable, UserPresence
 from geopresence.protocol import (
@@ -56,7 +56,7 @@ from geopresence.protocol import (
     error_message,
 )
 from geopresence.store import Store
-from geopresence.strangers import StrangerEvent, StrangerGoneEvent, Strangers
+from geopresence.strangers import STRANGER_TAG, StrangerEvent, StrangerGoneEvent, Strangers
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
@@ -118,6 +118,12 @@ class Session:
 def _presence_key(user: str) -> tuple[str, str]:
     """Coalesce key of frames that carry ``user``'s presence state."""
     return ("presence", user)
+
+
+def _keys_about(user: str) -> tuple[tuple[str, str], ...]:
+    """Every coalesce key of frames about ``user``: a friendship change seals them all, so no
+    later presence or position can be delivered ahead of it."""
+    return (_presence_key(user), (NEARBY_TAG, user), (STRANGER_TAG, user))
 
 
 def _out(message: ServerMessage, coalesce_key: Any = None) -> Outgoing:
@@ -336,7 +342,7 @@ class Hub:
                 # replaced by a later one that would then arrive before this snapshot.
                 snapshot = Outgoing(
                     encode(FriendsPresence(friends=[self._status(f) for f in friends])),
-                    seals=tuple(_presence_key(f) for f in friends),
+                    seals=tuple(key for f in friends for key in _keys_about(f)),
                 )
                 for conn in self._conns_of.get(user, ()):
                     self.sink.send(conn, snapshot)
@@ -364,7 +370,7 @@ class Hub:
             return False
         self.nearby.on_friendship_removed(a, b)
         for user, friend in ((a, b), (b, a)):
-            gone = Outgoing(encode(FriendRemoved(user=friend)), seals=(_presence_key(friend),))
+            gone = Outgoing(encode(FriendRemoved(user=friend)), seals=_keys_about(friend))
             for conn in self._conns_of.get(user, ()):
                 self.broker.unsubscribe(user_channel(friend), conn)
                 self.sink.send(conn, gone)

@@ -152,9 +152,15 @@ class Nearby:
         if query.lat is not None and query.lon is not None:
             self.apply(user, query.lat, query.lon, query.ts, now, query.id)
         entries = self.nearby(user, now, query.id)
-        # The reply is the authoritative view: later friend_gone refers to it.
-        self._shown[session.conn] = {friend.user for friend in entries}
         start = query.page * PAGE_SIZE
+        # The connection's view: friends shown before that are still nearby, plus this page.
+        # Shown friends that are no longer nearby leave it now (before the reply).
+        nearby_now = {friend.user for friend in entries}
+        shown = self._shown.setdefault(session.conn, set())
+        for friend in sorted(shown - nearby_now):
+            shown.discard(friend)
+            self._send_gone(session.conn, friend, "out_of_range")
+        shown.update(friend.user for friend in entries[start : start + PAGE_SIZE])
         reply = NearbyFriendsReply(
             re=query.id,
             page=query.page,

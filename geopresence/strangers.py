@@ -179,8 +179,8 @@ class Strangers:
         self.hub.sink.send(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
         watch = self._watches.get(conn)
         if watch is not None:
-            # Later stranger_gone refers to what this reply showed (its page).
-            watch.shown = {person.user for person in people}
+            # Later stranger_gone refers to everything shown: earlier events and this page.
+            watch.shown.update(person.user for person in people)
 
     # ------------------------------------------------------------------ hub events
 

@@ -287,7 +287,7 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
                     assert frame["user"] in view[conn], f"gone without being shown: {frame}"
                     view[conn].discard(frame["user"])
                 elif frame["type"] == "nearby_friends":
-                    view[conn] = {f["user"] for f in frame["friends"]}
+                    view[conn] |= {f["user"] for f in frame["friends"]}
 
 
 def test_unfriend_refriend_order_survives_a_backlog() -> None:
@@ -314,3 +314,46 @@ def test_unfriend_refriend_order_survives_a_backlog() -> None:
         elif frame["type"] == "presence" and frame["user"] in friends:
             friends[frame["user"]] = frame["status"]
     assert friends == {"bob": "online"}
+
+
+def test_refriend_under_backlog_keeps_nearby_frames_in_order() -> None:
+    from geopresence.protocol import LocationUpdate
+
+    sink = QueueSink()
+    hub = Hub(HubSettings(), MemoryStore(), sink)
+    hub.add_friendship("alice", "bob", 0)
+    hub.open_session(1, "alice", "phone", now=0)
+    hub.open_session(2, "bob", "phone", now=0)
+    hub.handle(1, LocationUpdate(lat=10.0, lon=10.0), 0)
+    sink.boxes[1].pop_all()
+    hub.handle(2, LocationUpdate(lat=10.001, lon=10.0), 1)  # friend_location(bob) queued
+    hub.remove_friendship("alice", "bob")  # friend_gone(unfriended), friend_removed
+    hub.add_friendship("alice", "bob", 2)  # friends_presence, friend_location
+    kinds = [
+        (frame["type"], frame.get("reason"))
+        for frame in (orjson.loads(o.text) for o in sink.boxes[1].pop_all())
+        if frame["type"] in ("friend_location", "friend_gone", "friend_removed", "friends_presence")
+    ]
+    assert kinds == [
+        ("friend_gone", "unfriended"),
+        ("friend_removed", None),
+        ("friends_presence", None),
+        ("friend_location", None),
+    ]
+
+
+def test_no_friend_gone_for_friends_only_on_other_pages() -> None:
+    from geopresence.protocol import LocationUpdate, NearbyFriendsQuery
+
+    hub, sink = make_hub()
+    for i in range(21):
+        hub.add_friendship("alice", f"f{i:02d}", 0)
+        hub.open_session(10 + i, f"f{i:02d}", "d", now=0)
+        hub.handle(10 + i, LocationUpdate(lat=10.0 + i * 1e-4, lon=10.0), 0)
+    hub.open_session(1, "alice", "phone", now=0)
+    hub.handle(1, NearbyFriendsQuery(page=0, lat=10.0, lon=10.0), 1)  # f00..f19 on page 0
+    sink.take(1)
+    hub.handle(30, LocationUpdate(lat=20.0, lon=10.0), 2)  # f20, never shown, walks away
+    assert [f for f in sink.take(1) if f["type"] == "friend_gone"] == []
+    hub.handle(10, LocationUpdate(lat=20.0, lon=10.0), 3)  # f00, shown, walks away
+    assert [f["user"] for f in sink.take(1) if f["type"] == "friend_gone"] == ["f00"]

@@ -237,3 +237,25 @@ async def test_invalid_strangers_messages(
         await a.send({**message, "id": 1})
         reply = await a.recv()
         assert (reply["type"], reply["code"]) == ("error", "bad_request")
+
+
+async def test_query_keeps_strangers_shown_by_events(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    from contextlib import AsyncExitStack
+
+    async with server.connect("watcher", heartbeat=True) as watcher, AsyncExitStack() as stack:
+        await move(watcher, at(0))
+        await watcher.request("watch_strangers", on=True)
+        clients = []
+        for i in range(21):
+            stranger = await stack.enter_async_context(server.connect(f"s{i:02d}", heartbeat=True))
+            clients.append(stranger)
+            await visible(stranger)
+            await move(stranger, at(100 * (i + 1)))
+            await watcher.recv_type("stranger_nearby")
+        page = await watcher.request("nearby_people")
+        assert [p["user"] for p in page["people"]][-1] == "s19"
+        await move(clients[20], at(40_000))  # s20: shown by an event, not on page 0
+        gone = await watcher.recv_type("stranger_gone")
+        assert (gone["user"], gone["reason"]) == ("s20", "out_of_range")
