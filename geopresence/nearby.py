@@ -286,23 +286,36 @@ class Nearby:
             return None
         return self.locations.get(user, now)
 
-    def _show(self, conn: ConnId, viewer: str, mover: str, location: Location, now: float) -> None:
-        """Forward ``mover``'s location to ``conn`` if within its user's radius; otherwise,
-        if ``conn`` was shown ``mover``, tell it the friend is out of range."""
+    def _show(
+        self,
+        conn: ConnId,
+        viewer: str,
+        mover: str,
+        location: Location,
+        now: float,
+        *,
+        again: bool = True,
+    ) -> None:
+        """Forward ``mover``'s location to ``conn`` if within its user's radius (with
+        ``again`` False, not if ``conn`` is already showing it); otherwise, if ``conn`` was
+        shown ``mover``, tell it the friend is out of range."""
         mine = self.locations.get(viewer, now)
         if mine is not None:
             distance = distance_within(mine, location, self.radius(viewer))
             if distance is not None:
-                self._shown.setdefault(conn, set()).add(mover)
+                shown = self._shown.setdefault(conn, set())
+                if not again and mover in shown:
+                    return  # already shown; its next move updates it
+                shown.add(mover)
                 frame = FriendLocation(
                     user=mover, lat=location.lat, lon=location.lon, ts=location.ts,
                     distance_m=distance,
                 )  # fmt: skip
                 self.hub.sink.send(conn, Outgoing(encode(frame), _nearby_key(mover)))
                 return
-        shown = self._shown.get(conn)
-        if shown is not None and mover in shown:
-            shown.discard(mover)
+        previously = self._shown.get(conn)
+        if previously is not None and mover in previously:
+            previously.discard(mover)
             self._send_gone(conn, mover, "out_of_range")
 
     def _recheck_shown(self, viewer: str, now: float) -> None:
@@ -325,19 +338,10 @@ class Nearby:
 
     def _refresh(self, conn: ConnId, viewer: str, friends: Iterable[str], now: float) -> None:
         """Bring ``conn``'s view of ``friends`` up to date, sending only the differences."""
-        shown = self._shown.get(conn, set())
         for friend in friends:
             location = self._visible_location(friend, now)
             if location is not None:
-                mine = self.locations.get(viewer, now)
-                in_range = (
-                    mine is not None
-                    and distance_within(mine, location, self.radius(viewer)) is not None
-                )
-                if in_range and friend in shown:
-                    continue  # already shown; its next move updates it
-                if in_range or friend in shown:
-                    self._show(conn, viewer, friend, location, now)
+                self._show(conn, viewer, friend, location, now, again=False)
 
     def _gone(self, user: str, reason: GoneReason) -> None:
         self.hub.broker.publish([user_channel(user)], GoneEvent(user, reason))
