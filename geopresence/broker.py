@@ -24,8 +24,15 @@ def user_channel(user: str) -> str:
 
 
 def group_channel(group: str) -> str:
-    """The channel co-members of a small group hear each other's presence on."""
+    """The channel of a group's members: chat messages, and co-members' presence while the
+    group is small enough for presence fan-out."""
     return f"group:{group}"
+
+
+def inbox_channel(user: str) -> str:
+    """The channel a user's own connections subscribe to: 1:1 chat messages for the user
+    (and copies of what its other devices send)."""
+    return f"inbox:{user}"
 
 
 class Broker(Protocol):

@@ -57,6 +57,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _node_id(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 1023:
+        raise argparse.ArgumentTypeError(f"must be 0..1023, got {value}")
+    return value
+
+
+def _webhook(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -224,6 +247,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="latest-wins state frames (one per user) queued per connection",
     )
     s.add_argument(
+        "--node-id",
+        type=_node_id,
+        default=d.node_id,
+        metavar="N",
+        help="Snowflake node id in message ids, 0..1023 (default: %(default)s)",
+    )
+    s.add_argument(
+        "--push-webhook",
+        type=_webhook,
+        default=None,
+        metavar="URL",
+        help="POST each message for a recipient without a connected device to URL "
+        "(default: log it)",
+    )
+    s.add_argument(
+        "--push-timeout",
+        type=_seconds,
+        default=d.push_timeout,
+        metavar="S",
+        help="time one webhook POST may take (default: %(default)s)",
+    )
+    s.add_argument(
+        "--push-retries",
+        type=_non_negative_int,
+        default=d.push_retries,
+        metavar="N",
+        help="retries of a failed webhook POST, with backoff (default: %(default)s)",
+    )
+    s.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -304,6 +356,10 @@ def _config_from(args: argparse.Namespace) -> Config:
         hello_timeout=args.hello_timeout,
         queue_size=args.queue_size,
         state_queue_size=args.state_queue_size,
+        node_id=args.node_id,
+        push_webhook=args.push_webhook,
+        push_timeout=args.push_timeout,
+        push_retries=args.push_retries,
     )
 
 

@@ -100,6 +100,40 @@ class Client:
     async def heartbeat(self) -> None:
         await self.send({"type": "heartbeat"})
 
+    async def send_message(
+        self,
+        text: str,
+        *,
+        to: str | None = None,
+        group: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> Json:
+        """Send a chat message to a friend (``to``) or a ``group``; returns the ``sent`` ack
+        (or the ``error`` reply)."""
+        fields: Json = {"text": text}
+        for key, value in (("to", to), ("group", group), ("client_msg_id", client_msg_id)):
+            if value is not None:
+                fields[key] = value
+        return await self.request("send", **fields)
+
+    async def sync(self, after: str = "0", limit: int = 100) -> Json:
+        """One page of this user's messages after message id ``after`` (the ``messages``
+        reply, or an ``error``)."""
+        return await self.request("sync", after=after, limit=limit)
+
+    async def sync_all(self, after: str = "0", limit: int = 100) -> list[Json]:
+        """Every message after ``after``: pages of ``sync`` until ``more`` is false (the
+        catch-up step of a device that was offline)."""
+        messages: list[Json] = []
+        while True:
+            reply = await self.sync(after, limit)
+            if reply.get("type") != "messages":
+                raise RuntimeError(f"sync failed: {reply}")
+            messages.extend(reply["messages"])
+            if not reply["more"] or not reply["messages"]:
+                return messages
+            after = reply["messages"][-1]["message_id"]
+
     async def logout(self) -> None:
         await self.send({"type": "logout"})
 

@@ -23,6 +23,16 @@ def _at_least(minimum: int) -> Any:
     return check
 
 
+def _node_id(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if not 0 <= value <= 1023:
+        raise ValueError(f"{attribute.name} must be 0..1023, got {value!r}")
+
+
+def _webhook(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
+
+
 def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 65535:
         raise ValueError(f"{attribute.name} must be 0..65535, got {value!r}")
@@ -87,6 +97,21 @@ class Config:
     """How long a close handshake (or a stuck send before a 4008) may take."""
     drain_timeout: float = attrs.field(default=10.0, validator=_positive)
     """On shutdown, how long to wait for clients to finish their close handshakes."""
+    node_id: int = attrs.field(default=0, validator=_node_id)
+    """Snowflake node id of this server (0..1023): part of every message id it issues."""
+    push_webhook: str | None = attrs.field(default=None, validator=_webhook)
+    """URL that gets an HTTP POST per message for each recipient without a connected device;
+    None: such pushes are only logged."""
+    push_timeout: float = attrs.field(default=5.0, validator=_positive)
+    """Time one webhook POST may take before it counts as failed."""
+    push_retries: int = attrs.field(default=3, validator=_at_least(0))
+    """Retries of a failed POST (network error, timeout, 429 or 5xx), backing off 0.5 s,
+    1 s, 2 s, ... (at most 30 s)."""
+    push_queue_size: int = attrs.field(default=10_000, validator=_at_least(1))
+    """Pushes waiting for the webhook; beyond it new pushes are dropped (counted, logged):
+    the message is stored either way and the device gets it with ``sync``."""
+    push_concurrency: int = attrs.field(default=4, validator=_at_least(1))
+    """Webhook POSTs in flight at once."""
     time_origin: float | None = None
     """Epoch seconds at trio clock 0. None anchors to the wall clock at start; tests under
     ``trio.testing.MockClock`` pass 0 so server times equal ``trio.current_time()``."""

@@ -7,8 +7,10 @@ shell implements with bounded per-connection queues. Fan-out therefore costs no 
 presence change reaching 5,000 friends is 5,000 non-blocking queue pushes.
 
 Channels (see ``broker``): each user U has ``user:U``, subscribed by every live connection of
-each of U's friends; each group G has ``group:G``, subscribed by its members' connections and
-published on only while the group has at most ``presence_fanout_limit`` members.
+each of U's friends, and ``inbox:U``, subscribed by U's own connections (1:1 chat); each
+group G has ``group:G``, subscribed by its members' connections, which carries the group's
+chat messages, and its co-members' presence only while the group has at most
+``presence_fanout_limit`` members.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from geopresence.broker import (
     Deliver,
     MemoryBroker,
     group_channel,
+    inbox_channel,
     user_channel,
 )
+from geopresence.chat import Chat, ChatEvent, PushHook
+from geopresence.journal import Journal, MemoryJournal
 from geopresence.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
 from geopresence.outbox import Outgoing
 from geopresence.presence import Ended, PresenceChange, PresenceTable, UserPresence
@@ -48,13 +53,16 @@ from geopresence.protocol import (
     Presence,
     ProtocolError,
     RequestId,
+    Send,
     ServerMessage,
     SettingsUpdate,
+    Sync,
     WatchStrangers,
     Welcome,
     encode,
     error_message,
 )
+from geopresence.snowflake import SnowflakeGenerator
 from geopresence.store import Store
 from geopresence.strangers import STRANGER_TAG, StrangerEvent, StrangerGoneEvent, Strangers
 
@@ -104,6 +112,8 @@ class HubSettings:
     presence_fanout_limit: int = 500
     max_friends: int = 5000
     max_group_size: int = 100_000
+    node_id: int = 0
+    """This node's Snowflake node id (0..1023)."""
 
 
 @attrs.frozen
@@ -146,6 +156,8 @@ class Hub:
         broker_factory: Callable[[Deliver], Broker] = MemoryBroker,
         errors: Counter[str] | None = None,
         history: HistoryRecorder | None = None,
+        journal: Journal | None = None,
+        push: PushHook | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -168,6 +180,12 @@ class Hub:
             query_burst=settings.strangers_query_burst,
             query_interval=settings.strangers_query_interval,
         )
+        self.chat = Chat(
+            self,
+            ids=SnowflakeGenerator(settings.node_id),
+            journal=MemoryJournal() if journal is None else journal,
+            push=push,
+        )
         self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
             Heartbeat: self._on_heartbeat,
             Logout: self._on_logout,
@@ -178,6 +196,8 @@ class Hub:
             SettingsUpdate: self.nearby.on_settings,
             WatchStrangers: self.strangers.on_watch,
             NearbyPeopleQuery: self.strangers.on_query,
+            Send: self.chat.on_send,
+            Sync: self.chat.on_sync,
         }
 
     # ---------------------------------------------------------------- sessions
@@ -191,6 +211,10 @@ class Hub:
 
     def connections_of(self, user: str) -> frozenset[ConnId]:
         return frozenset(self._conns_of.get(user, ()))
+
+    def is_connected(self, user: str) -> bool:
+        """True if ``user`` has a live connection to this server."""
+        return user in self._conns_of
 
     def open_session(
         self, conn: ConnId, user: str, device: str, now: float, request_id: RequestId = None
@@ -207,6 +231,7 @@ class Hub:
         session = Session(conn, user, device)
         self._sessions[conn] = session
         self._conns_of.setdefault(user, set()).add(conn)
+        self.broker.subscribe(inbox_channel(user), conn)
         for friend in self.store.friends_of(user):
             self.broker.subscribe(user_channel(friend), conn)
         for group in self.store.groups_of(user):
@@ -273,6 +298,11 @@ class Hub:
             d for d in (self.presence.next_deadline(), self.nearby.next_deadline()) if d is not None
         ]
         return min(deadlines, default=None)
+
+    def journal_advanced(self, now: float) -> None:
+        """The journal made more records durable (a background flush finished): deliver and
+        acknowledge the messages that were waiting for it."""
+        self.chat.commit_durable()
 
     def logout(self, user: str, device: str | None = None) -> int:
         """Log out ``device`` (every device when None) at once; returns how many ended."""
@@ -386,8 +416,10 @@ class Hub:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added, removed = self.store.set_group(group, wanted)
         for user in added:
+            self.chat.on_joined(group, user)
             self._subscribe_user(group_channel(group), user)
         for user in removed:
+            self.chat.on_left(group, user)
             self._unsubscribe_user(group_channel(group), user)
         return len(added), len(removed)
 
@@ -395,6 +427,7 @@ class Hub:
         members = self.store.delete_group(group)
         if members is None:
             raise ProtocolError("not_found", f"group {group!r} does not exist")
+        self.chat.on_group_deleted(group, members)
         for user in members:
             self._unsubscribe_user(group_channel(group), user)
 
@@ -405,6 +438,7 @@ class Hub:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added = self.store.add_member(group, user)
         if added:
+            self.chat.on_joined(group, user)
             self._subscribe_user(group_channel(group), user)
         return added
 
@@ -413,6 +447,7 @@ class Hub:
             raise ProtocolError("not_found", f"group {group!r} does not exist")
         removed = self.store.remove_member(group, user)
         if removed:
+            self.chat.on_left(group, user)
             self._unsubscribe_user(group_channel(group), user)
         return removed
 
@@ -449,6 +484,8 @@ class Hub:
             self.nearby.deliver(conn, event)  # per-recipient: distance to its own user
         elif isinstance(event, StrangerEvent | StrangerGoneEvent):
             self.strangers.deliver(conn, event)
+        elif isinstance(event, ChatEvent):
+            self.chat.deliver(conn, event)
         else:
             raise TypeError(f"unexpected channel event {event!r}")
 

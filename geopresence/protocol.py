@@ -17,6 +17,7 @@ from typing import Any, Final, Literal, TypeVar
 
 import attrs
 import cattrs
+import cattrs.gen
 import orjson
 
 from geopresence.ids import id_problem
@@ -48,6 +49,11 @@ StrangerGoneReason = Literal["out_of_range", "expired", "offline", "hidden", "fr
 """Why a stranger left a watcher's view (``stranger_gone``, an extension)."""
 
 MAX_PAGE: Final = 1_000_000
+
+MAX_CLIENT_MSG_ID_CHARS: Final = 128
+MAX_MESSAGE_ID: Final = 2**63 - 1
+DEFAULT_SYNC_LIMIT: Final = 100
+MAX_SYNC_LIMIT: Final = 1000
 
 
 class ProtocolError(Exception):
@@ -181,6 +187,64 @@ class NearbyPeopleQuery:
     id: RequestId = None
 
 
+def _message_id(value: Any) -> int:
+    """A message id cursor: a decimal string (the wire form) or a non-negative integer."""
+    if isinstance(value, bool):
+        raise ValueError("expected a message id (a decimal string), got a boolean")
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()) or len(value) > 19:
+            raise ValueError("a message id is a decimal string of at most 19 digits")
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise ValueError(f"expected a message id (a decimal string), got {_json_type_name(value)}")
+    if not 0 <= number <= MAX_MESSAGE_ID:
+        raise ValueError("a message id is in 0..2**63-1")
+    return number
+
+
+def _at_least_one(what: str) -> Callable[[Any, Any, Any], None]:
+    def check(_instance: Any, _attribute: Any, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"{what} must be at least 1, got {value}")
+
+    return check
+
+
+def _client_msg_id(_instance: Any, _attribute: Any, value: str | None) -> None:
+    if value is not None and not 1 <= len(value) <= MAX_CLIENT_MSG_ID_CHARS:
+        raise ValueError(f"client_msg_id must be 1..{MAX_CLIENT_MSG_ID_CHARS} characters")
+
+
+@attrs.frozen(kw_only=True)
+class Send:
+    """A chat message to ``to`` (a friend) or to ``group`` (one of them, not both).
+
+    ``text`` is checked against the 4096-byte limit by the hub (error ``too_large``);
+    ``client_msg_id`` makes a resend idempotent."""
+
+    text: str
+    to: str | None = attrs.field(default=None, validator=_id_validator("to"))
+    group: str | None = attrs.field(default=None, validator=_id_validator("group"))
+    client_msg_id: str | None = attrs.field(default=None, validator=_client_msg_id)
+    id: RequestId = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.to is None) == (self.group is None):
+            raise ValueError('a send needs exactly one of "to" and "group"')
+
+
+@attrs.frozen(kw_only=True)
+class Sync:
+    """The user's messages with ids greater than ``after`` (``0``: from the beginning),
+    ascending, at most ``limit`` (1..1000; larger values are capped at 1000)."""
+
+    after: int = 0
+    limit: int = attrs.field(default=DEFAULT_SYNC_LIMIT, validator=_at_least_one("limit"))
+    id: RequestId = None
+
+
 ClientMessage = (
     Hello
     | Heartbeat
@@ -191,6 +255,8 @@ ClientMessage = (
     | SettingsUpdate
     | WatchStrangers
     | NearbyPeopleQuery
+    | Send
+    | Sync
 )
 
 CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
@@ -203,6 +269,8 @@ CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "settings": SettingsUpdate,
     "watch_strangers": WatchStrangers,
     "nearby_people": NearbyPeopleQuery,
+    "send": Send,
+    "sync": Sync,
 }
 """Wire ``type`` -> message class. The server's dispatch table is keyed by these classes."""
 
@@ -396,6 +464,48 @@ class NearbyPeopleReply:
     people: list[Person]
 
 
+@attrs.frozen(kw_only=True)
+class Sent:
+    """Ack of a ``send``, once the message is stored under the configured durability.
+
+    ``message_id`` is the decimal string of the 64-bit id. ``duplicate`` (extension) is true
+    when the send was a resend of a stored ``client_msg_id`` (omitted otherwise)."""
+
+    type: Literal["sent"] = "sent"
+    re: RequestId
+    message_id: str
+    created_at: float
+    duplicate: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ChatMessageOut:
+    """Wire type ``message``: a chat message (live, or one entry of a ``messages`` reply).
+
+    ``sender`` goes on the wire as ``from``; exactly one of ``to`` and ``group`` is present;
+    ``client_msg_id`` (extension) only on frames for the sender's own devices."""
+
+    type: Literal["message"] = "message"
+    message_id: str
+    sender: str
+    to: str | None = None
+    group: str | None = None
+    text: str
+    created_at: float
+    client_msg_id: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class MessagesReply:
+    """Reply to ``sync``: ascending by id; ``more`` when the client should sync again after
+    the last one."""
+
+    type: Literal["messages"] = "messages"
+    re: RequestId
+    messages: list[ChatMessageOut]
+    more: bool
+
+
 ServerMessage = (
     Welcome
     | FriendsPresence
@@ -412,6 +522,9 @@ ServerMessage = (
     | StrangerNearby
     | StrangerGone
     | NearbyPeopleReply
+    | Sent
+    | ChatMessageOut
+    | MessagesReply
 )
 
 
@@ -452,6 +565,31 @@ _converter.register_structure_hook(bool, _strict(bool, "a boolean"))
 _converter.register_structure_hook(int, _strict(int, "an integer"))
 _converter.register_structure_hook(float, _structure_float)
 _converter.register_structure_hook(RequestId, _structure_request_id)
+_converter.register_structure_hook(
+    Sync,
+    cattrs.gen.make_dict_structure_fn(
+        Sync,
+        _converter,
+        after=cattrs.gen.override(struct_hook=lambda value, _type: _message_id(value)),
+    ),
+)
+_converter.register_unstructure_hook(
+    ChatMessageOut,
+    cattrs.gen.make_dict_unstructure_fn(
+        ChatMessageOut,
+        _converter,
+        sender=cattrs.gen.override(rename="from"),
+        to=cattrs.gen.override(omit_if_default=True),
+        group=cattrs.gen.override(omit_if_default=True),
+        client_msg_id=cattrs.gen.override(omit_if_default=True),
+    ),
+)
+_converter.register_unstructure_hook(
+    Sent,
+    cattrs.gen.make_dict_unstructure_fn(
+        Sent, _converter, duplicate=cattrs.gen.override(omit_if_default=True)
+    ),
+)
 
 
 def _json_type_name(value: Any) -> str:
@@ -538,6 +676,12 @@ def _format_exception(exc: BaseException, _type: Any) -> str:
     if isinstance(exc, KeyError):
         return "required field missing"
     return str(exc) or type(exc).__name__
+
+
+def unstructure(message: ServerMessage) -> dict[str, Any]:
+    """The JSON object of a server message, as ``encode`` would write it."""
+    data: dict[str, Any] = _converter.unstructure(message)
+    return data
 
 
 def encode(message: ServerMessage) -> str:

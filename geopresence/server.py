@@ -38,6 +38,7 @@ from geopresence.locations import Location
 from geopresence.metrics import Metrics
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
+from geopresence.push import PushNotifier
 from geopresence.store import MemoryStore
 
 log = logging.getLogger("geopresence")
@@ -80,15 +81,18 @@ class Server:
             max_radius=config.max_radius,
             strangers_query_burst=config.strangers_query_burst,
             strangers_query_interval=config.strangers_query_interval,
+            node_id=config.node_id,
         )
         self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
         self._history_dirty = trio.Event()
+        self.push = PushNotifier(config)
         self.hub = Hub(
             settings,
             MemoryStore(),
             self,
             errors=self.metrics.errors,
             history=self._record_location,
+            push=self.push.submit,
         )
         self._conns: dict[ConnId, _Connection] = {}
         self._ids = itertools.count(1)
@@ -115,6 +119,25 @@ class Server:
                 ('{result="ignored"}', nearby.updates_ignored),
             ],
         )
+        chat = self.hub.chat
+        self.metrics.gauge(
+            "chat_messages_stored", "Chat messages held in the store.", lambda: len(chat.store)
+        )
+        self.metrics.counter(
+            "chat_messages_total",
+            "Chat sends by result (duplicate: a resend answered with the stored message).",
+            lambda: [('{result="stored"}', chat.sent), ('{result="duplicate"}', chat.duplicates)],
+        )
+        push = self.push
+        self.metrics.counter(
+            "pushes_total",
+            "Push hook calls for recipients without a connected device, by outcome.",
+            lambda: [
+                (f'{{result="{result}"}}', push.results[result])
+                for result in ("delivered", "failed", "dropped", "logged")
+            ],
+        )
+        self.metrics.gauge("push_queue", "Pushes waiting for the webhook.", lambda: push.queued)
         self.metrics.counter(
             "history_records_total",
             "Location records appended to the history files.",
@@ -222,6 +245,7 @@ class Server:
                 http_port: int = await root.start(serve_http, self)
                 root.start_soon(self._reaper)
                 root.start_soon(self._flush_history)
+                root.start_soon(self.push.run)
                 running = RunningServer(self, config.host, ws_port, http_port)
                 log.debug(
                     "serving ws=%s:%d http=%s:%d", config.host, ws_port, config.host, http_port

@@ -100,12 +100,20 @@ def test_help_lists_the_contract_flags() -> None:
     for flag in (
         "--host", "--port", "--http-port", "--data-dir", "--insecure", "--admin-key",
         "--secret", "--heartbeat-interval", "--offline-after", "--location-ttl", "--radius",
-        "--snapshot-interval", "--fsync",
+        "--snapshot-interval", "--fsync", "--node-id", "--push-webhook", "--push-timeout",
+        "--push-retries",
     ):  # fmt: skip
         assert flag in result.stdout
     bad = geopresence("serve", "--offline-after", "-1")
     assert bad.returncode == 2
     assert "positive" in bad.stderr
+    for flags, complaint in (
+        (("--node-id", "1024"), "must be 0..1023"),
+        (("--push-webhook", "ftp://x"), "http:// or https://"),
+        (("--push-retries", "-1"), "must be 0 or more"),
+    ):
+        refused = geopresence("serve", *flags)
+        assert refused.returncode == 2 and complaint in refused.stderr, refused.stderr
 
 
 def test_token_command_uses_the_data_dir_secret(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geopresence.protocol import (
+    ChatMessageOut,
     FriendsPresence,
     FriendStatus,
     GroupPresenceQuery,
@@ -18,6 +19,9 @@ from geopresence.protocol import (
     Logout,
     Presence,
     ProtocolError,
+    Send,
+    Sent,
+    Sync,
     Welcome,
     decode,
     encode,
@@ -41,6 +45,29 @@ def test_decode_other_messages() -> None:
     )
 
 
+def test_decode_chat_messages() -> None:
+    assert decode('{"type":"send","id":7,"to":"bob","text":"hi","client_msg_id":"u"}') == Send(
+        id=7, to="bob", text="hi", client_msg_id="u"
+    )
+    assert decode('{"type":"send","group":"g1","text":""}') == Send(group="g1", text="")
+    assert decode('{"type":"sync","id":9,"after":"7311","limit":5}') == Sync(
+        id=9, after=7311, limit=5
+    )
+    assert decode('{"type":"sync","after":0}') == Sync(after=0)  # a number is accepted too
+    biggest = decode('{"type":"sync","after":"9223372036854775807"}')
+    assert isinstance(biggest, Sync) and biggest.after == 2**63 - 1
+
+
+def test_encode_chat_frames() -> None:
+    frame = ChatMessageOut(message_id="5", sender="a", group="g", text="t", created_at=1.5)
+    assert orjson.loads(encode(frame)) == {
+        "type": "message", "message_id": "5", "from": "a", "group": "g", "text": "t",
+        "created_at": 1.5,
+    }  # fmt: skip
+    assert encode(Sent(re=1, message_id="5", created_at=2.0)).startswith('{"type":"sent"')
+    assert '"duplicate":true' in encode(Sent(re=1, message_id="5", created_at=2, duplicate=True))
+
+
 def test_unknown_fields_are_ignored() -> None:
     assert decode('{"type":"heartbeat","future":[1,2,3]}') == Heartbeat()
 
@@ -62,6 +89,17 @@ def test_unknown_fields_are_ignored() -> None:
         ('{"type":"heartbeat","id":{}}', "id must be a number or a string", None),
         ('{"type":"heartbeat","id":"' + "x" * 200 + '"}', "at most 128", None),
         ('{"type":"heartbeat","id":NaN}', "invalid JSON", None),
+        ('{"type":"send","id":1,"to":"bob"}', "text: required field missing", 1),
+        ('{"type":"send","text":"x"}', 'exactly one of "to" and "group"', None),
+        ('{"type":"send","text":"x","to":"a","group":"g"}', 'exactly one of "to"', None),
+        ('{"type":"send","text":"x","to":"a b"}', "to must be 1..64", None),
+        ('{"type":"send","text":"x","to":"a","client_msg_id":""}', "client_msg_id must", None),
+        ('{"type":"sync","after":"12x"}', "after: a message id is a decimal string", None),
+        ('{"type":"sync","after":"9223372036854775808"}', "0..2**63-1", None),
+        ('{"type":"sync","after":-1}', "0..2**63-1", None),
+        ('{"type":"sync","after":null}', "after: expected a message id", None),
+        ('{"type":"sync","limit":0}', "limit must be at least 1", None),
+        ('{"type":"sync","limit":"5"}', "limit: expected an integer", None),
     ],
 )
 def test_bad_frames_give_bad_request(frame: str, fragment: str, re: Any) -> None:
@@ -110,8 +148,11 @@ json_values = st.recursive(
 
 @given(
     st.dictionaries(
-        st.sampled_from(["type", "id", "device", "user", "token", "group", "x"]),
-        json_values | st.sampled_from(["hello", "heartbeat", "logout", "group_presence"]),
+        st.sampled_from(
+            ["type", "id", "device", "user", "token", "group", "x", "to", "text", "after", "limit"]
+        ),
+        json_values
+        | st.sampled_from(["hello", "heartbeat", "logout", "group_presence", "send", "sync"]),
     )
 )
 def test_fuzz_decode_never_raises_anything_but_protocol_error(obj: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "geopresence"
 
 CORE_MODULES = [
     "broker",
+    "chat",
+    "chat_store",
     "config",
     "expiry",
     "geo",
@@ -23,17 +25,30 @@ CORE_MODULES = [
     "grid",
     "hub",
     "ids",
+    "journal",
     "locations",
     "metrics",
     "nearby",
     "outbox",
     "presence",
     "protocol",
+    "snowflake",
     "store",
     "strangers",
 ]
 FORBIDDEN = {"trio", "trio_websocket", "hypercorn", "httpx", "anyio", "socket", "asyncio"}
-SHELL = {"server", "http_api", "client", "cli", "testing", "clock", "aio", "auth", "history"}
+SHELL = {
+    "server",
+    "http_api",
+    "client",
+    "cli",
+    "testing",
+    "clock",
+    "aio",
+    "auth",
+    "history",
+    "push",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,0 +1,306 @@
+"""Chat (sans-I/O): send, the durable-before-ack flow, live delivery, sync, the push hook.
+
+The design's flow for one message: the chat server takes an id from the id generator, hands
+the message to the store, then delivers it to the recipients' connections, or to the push
+service for recipients with none. Here:
+
+1. ``send`` is checked (friends only for 1:1, members only for a group, text at most 4096
+   UTF-8 bytes) and de-duplicated by the sender's ``client_msg_id``;
+2. it gets a Snowflake id and is appended to the ``Journal``;
+3. once the journal says it is durable (at once in memory; after the fsync with
+   ``--fsync always``), it is stored in the ``ChatStore``, published, pushed, and acked with
+   ``sent``. Commits happen in journal order, so acks and deliveries follow id order.
+
+Nobody sees a message before it is durable: the recipient's cursor can never point at an id
+that a crash could take back.
+
+Delivery goes through the broker: a 1:1 message is published on the recipient's and the
+sender's ``inbox`` channels, a group message on the group's channel, excluding the sending
+connection (it gets ``sent`` instead). Each recipient connection gets the shared frame, or,
+if it belongs to the sender, a frame that also carries ``client_msg_id`` so that device can
+match it with its own pending copy. Message frames are reliable: they never coalesce, and a
+device whose queue overflows is closed with 4008 and catches up with ``sync``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import orjson
+
+from geopresence.broker import ConnId, group_channel, inbox_channel
+from geopresence.chat_store import MAX_TEXT_BYTES, ChatMessage, ChatStore
+from geopresence.journal import Journal
+from geopresence.outbox import Outgoing
+from geopresence.protocol import (
+    MAX_SYNC_LIMIT,
+    ChatMessageOut,
+    MessagesReply,
+    ProtocolError,
+    RequestId,
+    Send,
+    Sent,
+    Sync,
+    encode,
+    unstructure,
+)
+from geopresence.snowflake import SnowflakeGenerator
+
+if TYPE_CHECKING:
+    from geopresence.hub import Hub, Session
+
+SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
+"""A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then
+true; it always holds one message): replies stay below common client frame limits (1 MiB,
+trio-websocket's and many browsers' default)."""
+
+
+@attrs.frozen(slots=True)
+class PushRequest:
+    """``recipient`` has no connected device to receive ``message``."""
+
+    recipient: str
+    message: ChatMessage
+
+
+PushHook = Callable[[PushRequest], None]
+"""Receives push requests; must not block (the shell queues them for a webhook worker)."""
+
+
+def message_frame(message: ChatMessage, *, own: bool) -> ChatMessageOut:
+    """The wire form of ``message``; ``own`` for the sender's devices (with client_msg_id)."""
+    return ChatMessageOut(
+        message_id=str(message.message_id),
+        sender=message.sender,
+        to=message.to,
+        group=message.group,
+        text=message.text,
+        created_at=message.created_at,
+        client_msg_id=message.client_msg_id if own else None,
+    )
+
+
+@attrs.define(slots=True, eq=False)
+class ChatEvent:
+    """Published on inbox and group channels: one message, encoded lazily at most twice."""
+
+    message: ChatMessage
+    _shared: Outgoing | None = None
+    _own: Outgoing | None = None
+
+    def frame_for(self, user: str) -> Outgoing:
+        if user == self.message.sender and self.message.client_msg_id is not None:
+            if self._own is None:
+                self._own = Outgoing(encode(message_frame(self.message, own=True)))
+            return self._own
+        if self._shared is None:
+            self._shared = Outgoing(encode(message_frame(self.message, own=False)))
+        return self._shared
+
+
+@attrs.define(slots=True, eq=False)
+class _Pending:
+    """A message in the journal, not yet durable: acks wait here (a resend adds one)."""
+
+    seq: int
+    message: ChatMessage
+    sender_conn: ConnId
+    acks: list[tuple[ConnId, RequestId]]
+
+
+class Chat:
+    """The chat part of the hub: handlers for ``send`` and ``sync``, and commit of messages
+    once the journal made them durable."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        ids: SnowflakeGenerator,
+        journal: Journal,
+        store: ChatStore | None = None,
+        push: PushHook | None = None,
+    ) -> None:
+        self.hub = hub
+        self.ids = ids
+        self.journal = journal
+        self.store = ChatStore() if store is None else store
+        self.push = push
+        self.sync_page_bytes = SYNC_PAGE_MAX_BYTES
+        """Byte budget of one ``messages`` reply (see ``SYNC_PAGE_MAX_BYTES``)."""
+        self._pending: deque[_Pending] = deque()
+        self._pending_by_client_id: dict[tuple[str, str], _Pending] = {}
+        self.sent = 0
+        """Messages stored and acknowledged (for metrics)."""
+        self.duplicates = 0
+        """Resends answered with the stored message (for metrics)."""
+        self.pushes = 0
+        """Push requests made for recipients without a connected device (for metrics)."""
+
+    # ---------------------------------------------------------------- client messages
+
+    def on_send(self, session: Session, message: Send, now: float) -> None:
+        text = message.text
+        if len(text) * 4 > MAX_TEXT_BYTES and _utf8_len(text) > MAX_TEXT_BYTES:
+            raise ProtocolError(
+                "too_large", f"text is longer than {MAX_TEXT_BYTES} UTF-8 bytes", message.id
+            )
+        user = session.user
+        store = self.hub.store
+        if message.to is not None:
+            if not store.are_friends(user, message.to):
+                raise ProtocolError(
+                    "forbidden",
+                    f"{message.to!r} is not your friend: 1:1 is for friends only",
+                    message.id,
+                )
+        else:
+            assert message.group is not None  # Send guarantees one of to/group
+            members = store.group_members(message.group)
+            if members is None or user not in members:
+                # The same answer whether the group exists or not.
+                raise ProtocolError(
+                    "forbidden", f"not a member of group {message.group!r}", message.id
+                )
+        if message.client_msg_id is not None:
+            key = (user, message.client_msg_id)
+            pending = self._pending_by_client_id.get(key)
+            if pending is not None:
+                # The original is on its way to disk: this resend is acked with it.
+                pending.acks.append((session.conn, message.id))
+                return
+            stored = self.store.find_client_msg(user, message.client_msg_id)
+            if stored is not None:
+                self.duplicates += 1
+                self._ack(session.conn, message.id, stored, duplicate=True)
+                return
+        chat_message = ChatMessage(
+            message_id=self.ids.next_id(now),
+            sender=user,
+            text=text,
+            created_at=now,
+            to=message.to,
+            group=message.group,
+            client_msg_id=message.client_msg_id,
+        )
+        seq = self.journal.append(chat_message)
+        pending = _Pending(seq, chat_message, session.conn, [(session.conn, message.id)])
+        self._pending.append(pending)
+        if message.client_msg_id is not None:
+            self._pending_by_client_id[(user, message.client_msg_id)] = pending
+        self.commit_durable()
+
+    def on_sync(self, session: Session, message: Sync, now: float) -> None:
+        """Reply with one page of ``messages``, built from individually encoded entries."""
+        user = session.user
+        limit = min(message.limit, MAX_SYNC_LIMIT)
+        budget = self.sync_page_bytes
+        parts: list[bytes] = []
+        more = False
+        for stored in self.store.read_after(user, self.hub.store.groups_of(user), message.after):
+            if len(parts) == limit:
+                more = True
+                break
+            part = orjson.dumps(unstructure(message_frame(stored, own=stored.sender == user)))
+            budget -= len(part) + 1
+            if budget < 0 and parts:
+                more = True
+                break
+            parts.append(part)
+        # Splice the entries into the encoded empty list, so the page is serialized once. The
+        # key cannot occur inside a string value there: its quotes would be escaped.
+        head = encode(MessagesReply(re=message.id, messages=[], more=more))
+        entries = b",".join(parts).decode()
+        self.hub.sink.send(
+            session.conn, Outgoing(head.replace('"messages":[]', f'"messages":[{entries}]', 1))
+        )
+
+    # ---------------------------------------------------------------- commit and delivery
+
+    def commit_durable(self) -> None:
+        """Store, deliver and acknowledge every pending message the journal made durable,
+        in journal (= id) order."""
+        durable = self.journal.durable_seq
+        while self._pending and self._pending[0].seq <= durable:
+            pending = self._pending.popleft()
+            message = pending.message
+            if message.client_msg_id is not None:
+                del self._pending_by_client_id[(message.sender, message.client_msg_id)]
+            self.store.add(message)
+            self.sent += 1
+            self._publish(message, pending.sender_conn)
+            for index, (conn, request_id) in enumerate(pending.acks):
+                self._ack(conn, request_id, message, duplicate=index > 0)
+
+    @property
+    def pending_count(self) -> int:
+        """Messages appended to the journal and not yet durable."""
+        return len(self._pending)
+
+    def deliver(self, conn: ConnId, event: ChatEvent) -> None:
+        """The broker hands ``event`` to one local subscriber."""
+        session = self.hub.session(conn)
+        if session is None:
+            return
+        message = event.message
+        if message.group is not None:
+            joined = self.store.joined_after(message.group, session.user)
+            if joined is None or joined >= message.message_id:
+                return  # joined after the id was issued: not in its view (see chat_store)
+        self.hub.sink.send(conn, event.frame_for(session.user))
+
+    def _publish(self, message: ChatMessage, sender_conn: ConnId) -> None:
+        hub = self.hub
+        event = ChatEvent(message)
+        exclude = frozenset((sender_conn,))
+        if message.to is not None:
+            channels = [inbox_channel(message.to), inbox_channel(message.sender)]
+            hub.broker.publish(channels, event, exclude)
+            recipients: list[str] = [message.to]
+        else:
+            assert message.group is not None
+            hub.broker.publish([group_channel(message.group)], event, exclude)
+            members = hub.store.group_members(message.group) or ()
+            recipients = [
+                m
+                for m in members
+                if m != message.sender
+                and (joined := self.store.joined_after(message.group, m)) is not None
+                and joined < message.message_id
+            ]
+        if self.push is None:
+            return
+        for recipient in recipients:
+            if not hub.is_connected(recipient):
+                self.pushes += 1
+                self.push(PushRequest(recipient, message))
+
+    def _ack(
+        self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool
+    ) -> None:
+        sent = Sent(
+            re=request_id,
+            message_id=str(message.message_id),
+            created_at=message.created_at,
+            duplicate=True if duplicate else None,
+        )
+        self.hub.sink.send(conn, Outgoing(encode(sent)))
+
+    # ---------------------------------------------------------------- group membership
+
+    def on_joined(self, group: str, user: str) -> None:
+        """``user`` joined ``group``: it reads messages issued from now on."""
+        self.store.join(group, user, self.ids.last_id)
+
+    def on_left(self, group: str, user: str) -> None:
+        self.store.leave(group, user)
+
+    def on_group_deleted(self, group: str, members: set[str]) -> None:
+        self.store.delete_group(group, members)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

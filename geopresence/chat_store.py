@@ -1,0 +1,168 @@
+"""The chat message store: sorted per user and per group, synced after a cursor (sans-I/O).
+
+The design keeps chat history in a key-value store keyed by message id and reads it with
+``WHERE message_id > cur_max_message_id``. Here that is two kinds of sorted index over one
+table of messages:
+
+- ``inbox[u]``: the ids of u's 1:1 messages, both directions (the merge of all of u's 1:1
+  conversations, kept incrementally, so a sync never visits conversations one by one);
+- ``group_log[g]``: the ids of group g's messages.
+
+A sync for user u after id A merges ``inbox[u]`` with the logs of u's groups, each entered
+by bisection after A: O(G log n + k log G) for G groups and k messages returned, never a
+scan of history.
+
+Who sees a group message: the members of the group at the time of the read who were members
+when it was sent. Each membership records the last id issued when it began (``join``), and
+a member reads only what came after it; someone removed from a group reads none of it.
+Nothing older than a membership is shown to it, as in Signal or WhatsApp.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+import attrs
+from sortedcontainers import SortedList
+
+MAX_TEXT_BYTES: Final = 4096
+"""The largest ``text`` the protocol accepts, in UTF-8 bytes."""
+
+
+@attrs.frozen(slots=True)
+class ChatMessage:
+    """One stored message. Exactly one of ``to`` (1:1) and ``group`` is set.
+
+    ``created_at`` is Unix epoch seconds on the server's clock; ``client_msg_id`` is the
+    sender's de-duplication key (shown only to the sender's own devices).
+    """
+
+    message_id: int
+    sender: str
+    text: str
+    created_at: float
+    to: str | None = None
+    group: str | None = None
+    client_msg_id: str | None = None
+
+    def readers(self) -> tuple[str, ...]:
+        """The users whose 1:1 inbox holds this message (empty for a group message)."""
+        if self.to is None:
+            return ()
+        return (self.sender,) if self.to == self.sender else (self.sender, self.to)
+
+
+@attrs.frozen
+class SyncPage:
+    """Messages after a cursor, ascending by id; ``more`` when the page was cut short."""
+
+    messages: list[ChatMessage]
+    more: bool
+
+
+class ChatStore:
+    """Every stored message, with the per-user and per-group indexes described above.
+
+    Contract: ``add`` takes messages whose ids were issued by one ``SnowflakeGenerator``
+    (unique); re-adding a stored id is a ValueError. ``find_client_msg`` answers whether a
+    sender's ``client_msg_id`` was already stored, for idempotent resends.
+    """
+
+    def __init__(self) -> None:
+        self._messages: dict[int, ChatMessage] = {}
+        self._inbox: dict[str, SortedList] = {}
+        self._group_log: dict[str, SortedList] = {}
+        self._by_client_id: dict[tuple[str, str], int] = {}
+        self._joined: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def get(self, message_id: int) -> ChatMessage | None:
+        return self._messages.get(message_id)
+
+    def add(self, message: ChatMessage) -> None:
+        """Store ``message`` and index it for its readers."""
+        if message.message_id in self._messages:
+            raise ValueError(f"message {message.message_id} is already stored")
+        self._messages[message.message_id] = message
+        if message.group is not None:
+            self._group_log.setdefault(message.group, SortedList()).add(message.message_id)
+        for user in message.readers():
+            self._inbox.setdefault(user, SortedList()).add(message.message_id)
+        if message.client_msg_id is not None:
+            self._by_client_id[(message.sender, message.client_msg_id)] = message.message_id
+
+    def find_client_msg(self, sender: str, client_msg_id: str) -> ChatMessage | None:
+        """The message ``sender`` stored with ``client_msg_id``, if any."""
+        message_id = self._by_client_id.get((sender, client_msg_id))
+        return None if message_id is None else self._messages[message_id]
+
+    # ------------------------------------------------------------ group membership
+
+    def join(self, group: str, user: str, after_id: int) -> None:
+        """``user`` became a member of ``group`` when ``after_id`` was the last id issued: it
+        reads the group's messages with greater ids. A repeated join keeps the first."""
+        self._joined.setdefault((group, user), after_id)
+
+    def leave(self, group: str, user: str) -> None:
+        """``user`` is no longer a member: a later ``join`` starts a new membership."""
+        self._joined.pop((group, user), None)
+
+    def delete_group(self, group: str, members: Iterable[str]) -> int:
+        """Forget ``group``'s messages and memberships; returns how many messages went."""
+        for user in members:
+            self._joined.pop((group, user), None)
+        log = self._group_log.pop(group, None)
+        if log is None:
+            return 0
+        for message_id in log:
+            message = self._messages.pop(message_id)
+            if message.client_msg_id is not None:
+                self._by_client_id.pop((message.sender, message.client_msg_id), None)
+        return len(log)
+
+    def joined_after(self, group: str, user: str) -> int | None:
+        """The id after which ``user`` reads ``group`` (None: not a member here)."""
+        return self._joined.get((group, user))
+
+    # ------------------------------------------------------------ reading
+
+    def read_after(self, user: str, groups: Iterable[str], after: int) -> Iterator[ChatMessage]:
+        """``user``'s messages with id > ``after``, ascending, lazily.
+
+        Covers ``user``'s 1:1 messages and, for each of ``groups``, that group's messages
+        after both ``after`` and the start of ``user``'s membership. The iterator reads the
+        indexes as they are when it advances: consume it before changing the store.
+        """
+        sources: list[Iterator[int]] = []
+        inbox = self._inbox.get(user)
+        if inbox is not None:
+            sources.append(inbox.irange(minimum=after, inclusive=(False, True)))
+        for group in groups:
+            log = self._group_log.get(group)
+            joined = self._joined.get((group, user))
+            if log is None or joined is None:
+                continue
+            sources.append(log.irange(minimum=max(after, joined), inclusive=(False, True)))
+        messages = self._messages
+        for message_id in heapq.merge(*sources):
+            yield messages[message_id]
+
+    def sync(self, user: str, groups: Iterable[str], after: int, limit: int) -> SyncPage:
+        """The first ``limit`` messages of ``read_after``, and whether more follow."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        page: list[ChatMessage] = []
+        for message in self.read_after(user, groups, after):
+            if len(page) == limit:
+                return SyncPage(page, more=True)
+            page.append(message)
+        return SyncPage(page, more=False)
+
+    def messages(self) -> Iterator[ChatMessage]:
+        """Every stored message in id order (snapshots, tools)."""
+        for message_id in sorted(self._messages):
+            yield self._messages[message_id]

@@ -1,0 +1,230 @@
+"""Chat in the hub without an event loop: who gets what, when it is durable, and pushes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from geopresence.chat import PushRequest
+from geopresence.chat_store import ChatMessage
+from geopresence.hub import Hub, HubSettings
+from geopresence.protocol import Send, Sync
+from geopresence.store import MemoryStore
+from tests.test_hub import RecordingSink
+
+
+class HeldJournal:
+    """A journal whose records become durable only when the test says so."""
+
+    def __init__(self) -> None:
+        self.records: list[ChatMessage] = []
+        self._durable = 0
+
+    def append(self, record: ChatMessage) -> int:
+        self.records.append(record)
+        return len(self.records)
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable
+
+    def flush(self) -> None:
+        self._durable = len(self.records)
+
+
+def make_hub(journal: Any = None) -> tuple[Hub, RecordingSink, list[PushRequest]]:
+    sink = RecordingSink()
+    pushes: list[PushRequest] = []
+    hub = Hub(HubSettings(), MemoryStore(), sink, journal=journal, push=pushes.append)
+    hub.add_friendship("alice", "bob", 0)
+    return hub, sink, pushes
+
+
+def connect(hub: Hub, sink: RecordingSink, conn: int, user: str, device: str) -> None:
+    hub.open_session(conn, user, device, now=1)
+    sink.take(conn)
+
+
+def types(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+def test_one_to_one_reaches_every_device_and_the_senders_other_devices() -> None:
+    hub, sink, pushes = make_hub()
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 2, "alice", "laptop")
+    connect(hub, sink, 3, "bob", "phone")
+    connect(hub, sink, 4, "bob", "laptop")
+    for conn in (1, 2, 3, 4):
+        sink.take(conn)  # presence chatter
+    hub.handle(1, Send(id=7, to="bob", text="hi", client_msg_id="c1"), now=10)
+    [sent] = sink.take(1)
+    assert sent["type"] == "sent" and sent["re"] == 7 and sent["created_at"] == 10
+    assert "duplicate" not in sent
+    message_id = sent["message_id"]
+    assert isinstance(message_id, str) and message_id.isdigit()
+    for conn in (3, 4):
+        assert sink.take(conn) == [
+            {
+                "type": "message",
+                "message_id": message_id,
+                "from": "alice",
+                "to": "bob",
+                "text": "hi",
+                "created_at": 10,
+            }
+        ]
+    [own] = sink.take(2)
+    assert own["client_msg_id"] == "c1" and own["message_id"] == message_id
+    assert pushes == []
+
+
+def test_forbidden_and_too_large_sends_are_errors_and_store_nothing() -> None:
+    hub, sink, _ = make_hub()
+    hub.set_group("g", ["bob"])
+    connect(hub, sink, 1, "alice", "phone")
+    hub.handle(1, Send(id=1, to="carol", text="hi"), now=2)
+    hub.handle(1, Send(id=2, group="g", text="hi"), now=2)
+    hub.handle(1, Send(id=3, group="nope", text="hi"), now=2)
+    hub.handle(1, Send(id=4, to="bob", text="é" * 2049), now=2)  # 4098 bytes
+    frames = sink.take(1)
+    assert [(f["re"], f["code"]) for f in frames] == [
+        (1, "forbidden"),
+        (2, "forbidden"),
+        (3, "forbidden"),
+        (4, "too_large"),
+    ]
+    assert frames[1]["message"] == frames[2]["message"].replace("nope", "g")
+    assert len(hub.chat.store) == 0
+    hub.handle(1, Send(id=5, to="bob", text="é" * 2048), now=2)  # exactly 4096 bytes
+    assert types(sink.take(1)) == ["sent"]
+
+
+def test_resend_with_the_same_client_msg_id_is_idempotent() -> None:
+    hub, sink, _ = make_hub()
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 3, "bob", "phone")
+    sink.take(1)
+    hub.handle(1, Send(id=1, to="bob", text="hi", client_msg_id="c1"), now=2)
+    [first] = sink.take(1)
+    hub.handle(1, Send(id=2, to="bob", text="hi", client_msg_id="c1"), now=3)
+    [again] = sink.take(1)
+    assert again["message_id"] == first["message_id"] and again["re"] == 2
+    assert again["created_at"] == 2 and again["duplicate"] is True
+    assert len(hub.chat.store) == 1
+    assert types(sink.take(3)) == ["message"]  # delivered once
+    hub.handle(3, Send(id=3, to="alice", text="hi", client_msg_id="c1"), now=4)  # bob's own key
+    assert sink.take(3)[0]["message_id"] != first["message_id"]
+
+
+def test_nothing_is_delivered_or_acked_before_the_journal_says_durable() -> None:
+    journal = HeldJournal()
+    hub, sink, _ = make_hub(journal)
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 3, "bob", "phone")
+    sink.take(1)
+    hub.handle(1, Send(id=1, to="bob", text="one", client_msg_id="c1"), now=2)
+    hub.handle(1, Send(id=2, to="bob", text="two"), now=2)
+    hub.handle(1, Send(id=3, to="bob", text="one", client_msg_id="c1"), now=2)  # resend
+    hub.handle(3, Sync(id=4), now=2)
+    assert sink.take(1) == []
+    assert sink.take(3) == [{"type": "messages", "re": 4, "messages": [], "more": False}]
+    assert len(journal.records) == 2 and hub.chat.pending_count == 2
+    journal.flush()
+    hub.journal_advanced(now=3)
+    acks = sink.take(1)
+    assert [(f["re"], f.get("duplicate")) for f in acks] == [(1, None), (3, True), (2, None)]
+    assert acks[0]["message_id"] == acks[1]["message_id"] < acks[2]["message_id"]
+    assert [f["text"] for f in sink.take(3)] == ["one", "two"]
+    assert hub.chat.pending_count == 0
+
+
+def test_group_messages_follow_membership() -> None:
+    hub, sink, pushes = make_hub()
+    hub.set_group("g", ["alice", "bob", "carol"])
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 3, "bob", "phone")
+    sink.take(1)
+    hub.handle(1, Send(id=1, group="g", text="before"), now=2)
+    assert [p.recipient for p in pushes] == ["carol"]  # no connected device
+    assert sink.take(3)[0]["group"] == "g"
+    hub.add_member("g", "dave")
+    connect(hub, sink, 5, "dave", "phone")
+    hub.handle(1, Send(id=2, group="g", text="after"), now=3)
+    assert [f["text"] for f in sink.take(5)] == ["after"]
+    hub.handle(5, Sync(id=3), now=3)
+    [reply] = sink.take(5)
+    assert [m["text"] for m in reply["messages"]] == ["after"]  # nothing from before it joined
+    hub.remove_member("g", "bob")
+    sink.take(3)
+    hub.handle(1, Send(id=4, group="g", text="without bob"), now=4)
+    assert sink.take(3) == []
+    hub.handle(3, Sync(id=5), now=4)
+    assert sink.take(3)[0]["messages"] == []
+    hub.handle(3, Send(id=6, group="g", text="let me in"), now=4)
+    assert sink.take(3)[0]["code"] == "forbidden"
+
+
+def test_push_goes_to_recipients_without_a_connection_only() -> None:
+    hub, sink, pushes = make_hub()
+    connect(hub, sink, 1, "alice", "phone")
+    hub.handle(1, Send(id=1, to="bob", text="are you there?"), now=2)
+    [push] = pushes
+    assert push.recipient == "bob" and push.message.text == "are you there?"
+    connect(hub, sink, 3, "bob", "phone")
+    hub.handle(1, Send(id=2, to="bob", text="now?"), now=3)
+    assert len(pushes) == 1
+
+
+def test_sync_shows_client_msg_id_only_on_the_readers_own_messages() -> None:
+    hub, sink, _ = make_hub()
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 3, "bob", "phone")
+    hub.handle(1, Send(id=1, to="bob", text="a", client_msg_id="ca"), now=2)
+    hub.handle(3, Send(id=2, to="alice", text="b", client_msg_id="cb"), now=3)
+    for conn, user in ((1, "alice"), (3, "bob")):
+        sink.take(conn)
+        hub.handle(conn, Sync(id=9, after=0, limit=10), now=4)
+        [reply] = sink.take(conn)
+        assert [m["text"] for m in reply["messages"]] == ["a", "b"]
+        for m in reply["messages"]:
+            assert ("client_msg_id" in m) == (m["from"] == user)
+
+
+def test_a_sync_page_stops_at_the_byte_budget_and_paging_loses_nothing() -> None:
+    hub, sink, _ = make_hub()
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 3, "bob", "phone")
+    for i in range(10):
+        hub.handle(1, Send(id=i, to="bob", text=f"{i}" + "x" * 300), now=2 + i)
+    sink.take(3)
+    hub.chat.sync_page_bytes = 1000  # three entries of ~400 bytes do not fit
+    after, texts, pages = "0", [], 0
+    while True:
+        hub.handle(3, Sync(id="s", after=int(after), limit=100), now=20)
+        [reply] = sink.take(3)
+        assert reply["type"] == "messages" and reply["re"] == "s"
+        assert 1 <= len(reply["messages"]) <= 2
+        texts += [m["text"][0] for m in reply["messages"]]
+        pages += 1
+        if not reply["more"]:
+            break
+        after = reply["messages"][-1]["message_id"]
+    assert texts == [str(i) for i in range(10)] and pages == 5
+    hub.chat.sync_page_bytes = 10  # smaller than one entry: still one per page
+    hub.handle(3, Sync(id=1, after=0, limit=100), now=20)
+    [reply] = sink.take(3)
+    assert len(reply["messages"]) == 1 and reply["more"] is True
+
+
+def test_sync_limit_is_capped_and_applied() -> None:
+    hub, sink, _ = make_hub()
+    connect(hub, sink, 1, "alice", "phone")
+    for i in range(3):
+        hub.handle(1, Send(id=i, to="bob", text="t"), now=2)
+    sink.take(1)
+    hub.handle(1, Sync(id=1, after=0, limit=2), now=3)
+    [reply] = sink.take(1)
+    assert len(reply["messages"]) == 2 and reply["more"] is True
+    hub.handle(1, Sync(id=2, after=0, limit=10**9), now=3)
+    [reply] = sink.take(1)
+    assert len(reply["messages"]) == 3 and reply["more"] is False

@@ -1,0 +1,186 @@
+"""The push hook: webhook POSTs with retries and backoff, never blocking a sender."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from trio.testing import MockClock
+
+from geopresence.chat import PushRequest
+from geopresence.chat_store import ChatMessage
+from geopresence.config import Config
+from geopresence.push import PushNotifier
+from geopresence.testing import open_server
+
+MESSAGE = ChatMessage(42, "alice", "hi", 10.0, to="bob", client_msg_id="secret-key")
+
+
+def notifier(handler: Any, **overrides: Any) -> PushNotifier:
+    config = Config(push_webhook="http://push.test/hook", **overrides)
+    return PushNotifier(config, transport=httpx.MockTransport(handler))
+
+
+async def test_a_push_posts_the_message_and_the_recipient(autojump_clock: MockClock) -> None:
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(204)
+
+    push = notifier(handler)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest("bob", MESSAGE))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    [request] = seen
+    assert request.method == "POST" and str(request.url) == "http://push.test/hook"
+    assert request.headers["content-type"] == "application/json"
+    assert orjson.loads(request.content) == {
+        "type": "message",
+        "message_id": "42",
+        "from": "alice",
+        "to": "bob",
+        "text": "hi",
+        "created_at": 10.0,
+        "recipient": "bob",
+    }  # the sender's client_msg_id is not sent to a third party
+    assert push.results == {"delivered": 1}
+
+
+async def test_retries_back_off_on_errors_and_5xx(autojump_clock: MockClock) -> None:
+    times: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        if len(times) == 1:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(503 if len(times) < 4 else 200)
+
+    push = notifier(handler, push_retries=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest("bob", MESSAGE))
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert times == [0, 0.5, 1.5, 3.5]
+    assert push.results == {"delivered": 1}
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(400, 1), (429, 3), (500, 3)])
+async def test_giving_up_is_counted_and_logged(
+    status: int, attempts: int, autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(status)
+
+    push = notifier(handler, push_retries=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest("bob", MESSAGE))
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert calls == attempts
+    assert push.results == {"failed": 1}
+    assert f"push of message 42 to bob failed after {attempts} attempt(s): HTTP {status}" in (
+        caplog.text
+    )
+
+
+async def test_a_full_queue_drops_instead_of_blocking(autojump_clock: MockClock) -> None:
+    release = trio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(200)
+
+    push = notifier(handler, push_queue_size=2, push_concurrency=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        await trio.sleep(0.1)  # the worker is waiting for work
+        for _ in range(5):
+            push.submit(PushRequest("bob", MESSAGE))  # returns at once every time
+        await trio.sleep(1)
+        release.set()
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    # one handed to the waiting worker, two queued, the other two dropped
+    assert push.results == {"delivered": 3, "dropped": 2}
+
+
+async def test_without_a_webhook_a_push_is_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="geopresence.push")
+    push = PushNotifier(Config())
+    push.submit(PushRequest("bob", MESSAGE))
+    assert "push (no --push-webhook): message 42 from alice to bob" in caplog.text
+    assert "hi" not in caplog.messages[0].split(":", 1)[1]  # the text is not logged
+    assert push.results == {"logged": 1}
+    await push.run()  # nothing to run: returns at once
+
+
+async def test_offline_recipients_reach_a_real_local_webhook() -> None:
+    """Real clock, real loopback HTTP: a tiny ASGI receiver served by hypercorn."""
+    received: list[dict[str, Any]] = []
+
+    async def receiver(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                event = await receive()
+                kind = event["type"].rsplit(".", 1)[1]  # startup / shutdown
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        body = b""
+        while True:
+            event = await receive()
+            body += event.get("body", b"")
+            if not event.get("more_body"):
+                break
+        received.append(orjson.loads(body))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    hconfig = HypercornConfig()
+    hconfig.bind = ["127.0.0.1:0"]
+    hconfig.accesslog = None
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(hypercorn_serve, receiver, hconfig)
+        url = binds[0] + "/push"
+        async with open_server(push_webhook=url) as server:
+            await server.admin.befriend("alice", "bob")
+            await server.admin.set_group("g", ["alice", "bob", "carol", "dave"])
+            async with server.connect("alice") as alice, server.connect("dave"):
+                direct = await alice.send_message("ping", to="bob")
+                assert direct["type"] == "sent"
+                with trio.fail_after(10):
+                    while not received:
+                        await trio.sleep(0.01)
+                grouped = await alice.send_message("all", group="g")
+                with trio.fail_after(10):
+                    while len(received) < 3:
+                        await trio.sleep(0.01)
+                await trio.sleep(0.2)  # nothing more arrives (dave is connected)
+        nursery.cancel_scope.cancel()
+    assert received[0] == {
+        "type": "message",
+        "message_id": direct["message_id"],
+        "from": "alice",
+        "to": "bob",
+        "text": "ping",
+        "created_at": direct["created_at"],
+        "recipient": "bob",
+    }
+    assert sorted(r["recipient"] for r in received[1:]) == ["bob", "carol"]
+    assert all(r["message_id"] == grouped["message_id"] for r in received[1:])
+    assert len(received) == 3
