@@ -2,9 +2,10 @@
 
     python benchmarks/bench_core.py [--quick]
 
-Prints one line per figure: heartbeat cost, presence fan-out cost per subscriber, codec
-decode/encode. The shell's socket costs are not in these numbers (see the load benchmark of
-the benchmarks issue); these say what the core itself adds per operation.
+Prints one line per figure: heartbeat cost, presence fan-out cost per subscriber, location
+fan-out, codec decode/encode, Snowflake ids, chat send (1:1 and to a group) and sync pages.
+The shell's socket costs are not in these numbers (see the load benchmark of the benchmarks
+issue); these say what the core itself adds per operation.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from geopresence.broker import ConnId
 from geopresence.hub import Hub, HubSettings
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.presence import PresenceChange
-from geopresence.protocol import Heartbeat, LocationUpdate, Presence, decode, encode
+from geopresence.protocol import Heartbeat, LocationUpdate, Presence, Send, Sync, decode, encode
+from geopresence.snowflake import SnowflakeGenerator
 from geopresence.store import MemoryStore
 
 
@@ -119,6 +121,48 @@ def main() -> None:
     timed("decode heartbeat frame", "frame", frames, lambda: [decode(text) for _ in range(frames)])
     event = Presence(user="alice", status="online", last_active_at=1_700_000_000.25)
     timed("encode presence event", "frame", frames, lambda: [encode(event) for _ in range(frames)])
+
+    generator = SnowflakeGenerator(node_id=1)
+    ids = 100_000 * scale
+    timed(
+        "snowflake id", "id", ids, lambda: [generator.next_id(1.8e9 + n * 1e-7) for n in range(ids)]
+    )
+
+    chat_hub = Hub(HubSettings(), MemoryStore(), sink)
+    chat_hub.add_friendship("alice", "bob", 0.0)
+    members = 100
+    chat_hub.set_group("team", [f"t{i}" for i in range(members)])
+    for conn, (user, device) in enumerate(
+        [("alice", "phone"), ("alice", "laptop"), ("bob", "phone"), ("bob", "laptop")]
+        + [(f"t{i}", "phone") for i in range(members)],
+        start=200_000,
+    ):
+        chat_hub.open_session(conn, user, device, now=0.0)
+    sends = 5_000 * scale
+    send = Send(to="bob", text="on my way, see you at the station in 10 minutes")
+
+    def one_to_one() -> None:
+        for n in range(sends):
+            chat_hub.handle(200_000, send, now=1.0 + n * 1e-4)
+
+    timed("chat send 1:1 (ack + 3 devices)", "message", sends, one_to_one)
+    group_sends = 500 * scale
+    to_group = Send(group="team", text="standup in 5")
+
+    def group_send() -> None:
+        for n in range(group_sends):
+            chat_hub.handle(200_004, to_group, now=100.0 + n * 1e-4)
+
+    per = timed(f"chat send to a group, {members} online", "message", group_sends, group_send)
+    print(f"{'  = per member (membership check + queue)':<48} {per / members * 1e9:9.0f} ns")
+    syncs = 200 * scale
+    page = Sync(after=0, limit=100)
+
+    def sync_pages() -> None:
+        for _ in range(syncs):
+            chat_hub.handle(200_002, page, 200.0)
+
+    timed("sync page of 100 messages", "page", syncs, sync_pages)
 
 
 if __name__ == "__main__":

@@ -259,24 +259,27 @@ class Chat:
         if message.to is not None:
             channels = [inbox_channel(message.to), inbox_channel(message.sender)]
             hub.broker.publish(channels, event, exclude)
-            recipients: list[str] = [message.to]
-        else:
-            assert message.group is not None
-            hub.broker.publish([group_channel(message.group)], event, exclude)
-            members = hub.store.group_members(message.group) or ()
-            recipients = [
-                m
-                for m in members
-                if m != message.sender
-                and (joined := self.store.joined_after(message.group, m)) is not None
-                and joined < message.message_id
-            ]
+            if self.push is not None and not hub.is_connected(message.to):
+                self._push(message.to, message)
+            return
+        group = message.group
+        assert group is not None
+        hub.broker.publish([group_channel(group)], event, exclude)
         if self.push is None:
             return
-        for recipient in recipients:
-            if not hub.is_connected(recipient):
-                self.pushes += 1
-                self.push(PushRequest(recipient, message))
+        joined_after = self.store.joined_after
+        for member in hub.store.group_members(group) or ():
+            # Cheapest test first: in a large group most members are usually connected.
+            if hub.is_connected(member) or member == message.sender:
+                continue
+            joined = joined_after(group, member)
+            if joined is not None and joined < message.message_id:
+                self._push(member, message)
+
+    def _push(self, recipient: str, message: ChatMessage) -> None:
+        assert self.push is not None
+        self.pushes += 1
+        self.push(PushRequest(recipient, message))
 
     def _ack(
         self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool

@@ -28,6 +28,11 @@ def test_core_benchmark_reports_every_figure() -> None:
         "location update, 400 online friends",
         "decode heartbeat frame",
         "encode presence event",
+        "snowflake id",
+        "chat send 1:1",
+        "chat send to a group",
+        "per member",
+        "sync page of 100 messages",
     ):
         assert label in result.stdout
 

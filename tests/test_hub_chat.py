@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from geopresence.chat import PushRequest
 from geopresence.chat_store import ChatMessage
 from geopresence.hub import Hub, HubSettings
@@ -228,3 +231,95 @@ def test_sync_limit_is_capped_and_applied() -> None:
     hub.handle(1, Sync(id=2, after=0, limit=10**9), now=3)
     [reply] = sink.take(1)
     assert len(reply["messages"]) == 3 and reply["more"] is False
+
+
+USERS = ["ann", "ben", "cat", "dan"]
+FRIENDS = [("ann", "ben"), ("ann", "cat"), ("ben", "cat"), ("cat", "dan")]
+
+chat_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("send"),
+            st.sampled_from(USERS),
+            st.one_of(st.sampled_from(USERS), st.just("#g")),
+            st.one_of(st.none(), st.sampled_from(["k1", "k2"])),
+        ),
+        st.tuples(st.just("join"), st.sampled_from(USERS)),
+        st.tuples(st.just("leave"), st.sampled_from(USERS)),
+        st.tuples(st.just("flush")),
+    ),
+    max_size=40,
+)
+
+
+@given(steps=chat_steps)
+def test_model_every_user_syncs_exactly_what_it_may_see(steps: list[tuple[Any, ...]]) -> None:
+    """Random sends (with resends), membership changes and journal flushes: after the last
+    flush, each user's sync is exactly the model's view, in id order; acks never disagree
+    about an id; live frames never repeat an id on a connection."""
+    journal = HeldJournal()
+    sink = RecordingSink()
+    hub = Hub(HubSettings(), MemoryStore(), sink, journal=journal)
+    for a, b in FRIENDS:
+        hub.add_friendship(a, b, 0)
+    hub.set_group("g", [])
+    conn_of = {user: n for n, user in enumerate(USERS, start=1)}
+    for user, conn in conn_of.items():
+        hub.open_session(conn, user, "d", now=0)
+    member_since: dict[str, int] = {}  # user -> highest id issued when it joined
+    accepted: dict[tuple[str, str], ChatMessage] = {}
+    request = 0
+    now = 1.0
+    for step in steps:
+        now += 0.5
+        if step[0] == "send":
+            _, sender, target, key = step
+            request += 1
+            fields: dict[str, Any] = {"group": "g"} if target == "#g" else {"to": target}
+            hub.handle(
+                conn_of[sender],
+                Send(id=request, text=f"t{request}", client_msg_id=key, **fields),
+                now,
+            )
+            if key is not None and (sender, key) not in accepted and journal.records:
+                last = journal.records[-1]
+                if last.sender == sender and last.client_msg_id == key:
+                    accepted[(sender, key)] = last
+        elif step[0] == "join":
+            if hub.add_member("g", step[1]):
+                member_since[step[1]] = max((r.message_id for r in journal.records), default=0)
+        elif step[0] == "leave":
+            if hub.remove_member("g", step[1]):
+                del member_since[step[1]]
+        else:
+            journal.flush()
+            hub.journal_advanced(now)
+    journal.flush()
+    hub.journal_advanced(now)
+    stored = {r.message_id: r for r in journal.records}
+    assert len(stored) == len(journal.records)  # no id issued twice
+    assert [r.message_id for r in journal.records] == sorted(stored)
+    # a client_msg_id is stored once per sender
+    keys = [(r.sender, r.client_msg_id) for r in journal.records if r.client_msg_id]
+    assert len(keys) == len(set(keys))
+    acks: dict[int, set[str]] = {}
+    for user, conn in conn_of.items():
+        live: list[str] = []
+        for frame in sink.take(conn):
+            if frame["type"] == "sent":
+                acks.setdefault(frame["re"], set()).add(frame["message_id"])
+            elif frame["type"] == "message":
+                live.append(frame["message_id"])
+        assert len(live) == len(set(live))
+        hub.handle(conn, Sync(id="s", after=0, limit=1000), now)
+        [reply] = sink.take(conn)
+        seen = [int(m["message_id"]) for m in reply["messages"]]
+        expected = [
+            r.message_id
+            for r in journal.records
+            if (r.to is not None and user in (r.sender, r.to))
+            or (r.group is not None and user in member_since and member_since[user] < r.message_id)
+        ]
+        assert seen == expected
+    assert all(len(ids) == 1 for ids in acks.values())
+    assert set(accepted.values()) <= set(stored.values())
