@@ -33,7 +33,6 @@ import orjson
 
 from geopresence.broker import ConnId, group_channel, inbox_channel
 from geopresence.chat_store import MAX_TEXT_BYTES, ChatMessage, ChatStore
-from geopresence.journal import Journal
 from geopresence.outbox import Outgoing
 from geopresence.protocol import (
     MAX_SYNC_LIMIT,
@@ -120,13 +119,11 @@ class Chat:
         hub: Hub,
         *,
         ids: SnowflakeGenerator,
-        journal: Journal,
         store: ChatStore | None = None,
         push: PushHook | None = None,
     ) -> None:
         self.hub = hub
         self.ids = ids
-        self.journal = journal
         self.store = ChatStore() if store is None else store
         self.push = push
         self.sync_page_bytes = SYNC_PAGE_MAX_BYTES
@@ -149,8 +146,28 @@ class Chat:
                 "too_large", f"text is longer than {MAX_TEXT_BYTES} UTF-8 bytes", message.id
             )
         user = session.user
+        # A resend is answered before the permission checks: it asks for the result of a
+        # send that was already accepted (a friendship ended since must not turn a retry
+        # after a network drop into an error).
+        if message.client_msg_id is not None:
+            key = (user, message.client_msg_id)
+            pending = self._pending_by_client_id.get(key)
+            if pending is not None:
+                # The original is on its way to disk: this resend is acked with it.
+                self.duplicates += 1
+                pending.acks.append((session.conn, message.id))
+                return
+            stored = self.store.find_client_msg(user, message.client_msg_id)
+            if stored is not None:
+                self.duplicates += 1
+                self._ack(session.conn, message.id, stored, duplicate=True)
+                return
         store = self.hub.store
         if message.to is not None:
+            if message.to == user:
+                raise ProtocolError(
+                    "forbidden", "1:1 messages go to a friend, not to oneself", message.id
+                )
             if not store.are_friends(user, message.to):
                 raise ProtocolError(
                     "forbidden",
@@ -165,18 +182,6 @@ class Chat:
                 raise ProtocolError(
                     "forbidden", f"not a member of group {message.group!r}", message.id
                 )
-        if message.client_msg_id is not None:
-            key = (user, message.client_msg_id)
-            pending = self._pending_by_client_id.get(key)
-            if pending is not None:
-                # The original is on its way to disk: this resend is acked with it.
-                pending.acks.append((session.conn, message.id))
-                return
-            stored = self.store.find_client_msg(user, message.client_msg_id)
-            if stored is not None:
-                self.duplicates += 1
-                self._ack(session.conn, message.id, stored, duplicate=True)
-                return
         chat_message = ChatMessage(
             message_id=self.ids.next_id(now),
             sender=user,
@@ -186,7 +191,7 @@ class Chat:
             group=message.group,
             client_msg_id=message.client_msg_id,
         )
-        seq = self.journal.append(chat_message)
+        seq = self.hub.journal_append(chat_message)
         pending = _Pending(seq, chat_message, session.conn, [(session.conn, message.id)])
         self._pending.append(pending)
         if message.client_msg_id is not None:
@@ -223,15 +228,20 @@ class Chat:
     def commit_durable(self) -> None:
         """Store, deliver and acknowledge every pending message the journal made durable,
         in journal (= id) order."""
-        durable = self.journal.durable_seq
+        durable = self.hub.journal.durable_seq
         while self._pending and self._pending[0].seq <= durable:
             pending = self._pending.popleft()
             message = pending.message
             if message.client_msg_id is not None:
                 del self._pending_by_client_id[(message.sender, message.client_msg_id)]
-            self.store.add(message)
             self.sent += 1
-            self._publish(message, pending.sender_conn)
+            if message.group is not None and self.hub.store.group_members(message.group) is None:
+                # The group was deleted while this was on its way to disk: it goes with the
+                # group's other messages (a replay of the journal ends the same way).
+                pass
+            else:
+                self.store.add(message)
+                self._publish(message, pending.sender_conn)
             for index, (conn, request_id) in enumerate(pending.acks):
                 self._ack(conn, request_id, message, duplicate=index > 0)
 
@@ -239,6 +249,10 @@ class Chat:
     def pending_count(self) -> int:
         """Messages appended to the journal and not yet durable."""
         return len(self._pending)
+
+    def pending_messages(self) -> list[ChatMessage]:
+        """Messages appended to the journal and not yet durable, ascending by id."""
+        return [pending.message for pending in self._pending]
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
@@ -294,9 +308,10 @@ class Chat:
 
     # ---------------------------------------------------------------- group membership
 
-    def on_joined(self, group: str, user: str) -> None:
-        """``user`` joined ``group``: it reads messages issued from now on."""
-        self.store.join(group, user, self.ids.last_id)
+    def on_joined(self, group: str, user: str, mark: int) -> None:
+        """``user`` joined ``group`` when ``mark`` was the last id issued: it reads later
+        messages only."""
+        self.store.join(group, user, mark)
 
     def on_left(self, group: str, user: str) -> None:
         self.store.leave(group, user)

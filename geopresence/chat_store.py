@@ -65,9 +65,11 @@ class SyncPage:
 class ChatStore:
     """Every stored message, with the per-user and per-group indexes described above.
 
-    Contract: ``add`` takes messages whose ids were issued by one ``SnowflakeGenerator``
-    (unique); re-adding a stored id is a ValueError. ``find_client_msg`` answers whether a
-    sender's ``client_msg_id`` was already stored, for idempotent resends.
+    Contract: ``add`` takes messages in ascending id order (ids come from one
+    ``SnowflakeGenerator`` and are committed in journal order), so the table's insertion
+    order is id order; an id at or below the last one added is a ValueError.
+    ``find_client_msg`` answers whether a sender's ``client_msg_id`` was already stored, for
+    idempotent resends.
     """
 
     def __init__(self) -> None:
@@ -76,6 +78,7 @@ class ChatStore:
         self._group_log: dict[str, SortedList] = {}
         self._by_client_id: dict[tuple[str, str], int] = {}
         self._joined: dict[tuple[str, str], int] = {}
+        self._last_added = 0
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -85,8 +88,11 @@ class ChatStore:
 
     def add(self, message: ChatMessage) -> None:
         """Store ``message`` and index it for its readers."""
-        if message.message_id in self._messages:
-            raise ValueError(f"message {message.message_id} is already stored")
+        if message.message_id <= self._last_added:
+            raise ValueError(
+                f"message {message.message_id} is not after the last one ({self._last_added})"
+            )
+        self._last_added = message.message_id
         self._messages[message.message_id] = message
         if message.group is not None:
             self._group_log.setdefault(message.group, SortedList()).add(message.message_id)
@@ -162,7 +168,37 @@ class ChatStore:
             page.append(message)
         return SyncPage(page, more=False)
 
-    def messages(self) -> Iterator[ChatMessage]:
-        """Every stored message in id order (snapshots, tools)."""
-        for message_id in sorted(self._messages):
-            yield self._messages[message_id]
+    def messages(self) -> list[ChatMessage]:
+        """Every stored message in id order (a snapshot's copy: O(n), no sort)."""
+        return list(self._messages.values())
+
+    def memberships(self) -> dict[tuple[str, str], int]:
+        """(group, user) -> join mark, a copy (for snapshots)."""
+        return dict(self._joined)
+
+    def load(self, messages: Iterable[ChatMessage]) -> None:
+        """Bulk-add ``messages`` (ascending ids) to an empty store: a restart's fast path."""
+        if self._messages:
+            raise ValueError("load needs an empty store")
+        inbox: dict[str, list[int]] = {}
+        group_log: dict[str, list[int]] = {}
+        last = 0
+        for message in messages:
+            if message.message_id <= last:
+                raise ValueError(f"messages out of order at {message.message_id}")
+            last = message.message_id
+            self._messages[last] = message
+            if message.group is not None:
+                group_log.setdefault(message.group, []).append(last)
+            for user in message.readers():
+                inbox.setdefault(user, []).append(last)
+            if message.client_msg_id is not None:
+                self._by_client_id[(message.sender, message.client_msg_id)] = last
+        self._last_added = last
+        self._inbox = {user: SortedList(ids) for user, ids in inbox.items()}
+        self._group_log = {group: SortedList(ids) for group, ids in group_log.items()}
+
+    @property
+    def last_id(self) -> int:
+        """The highest id ever added (0 before any)."""
+        return self._last_added

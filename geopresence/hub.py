@@ -15,7 +15,7 @@ chat messages, and its co-members' presence only while the group has at most
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
@@ -61,6 +61,15 @@ from geopresence.protocol import (
     Welcome,
     encode,
     error_message,
+)
+from geopresence.records import (
+    Befriended,
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    Record,
+    Unfriended,
 )
 from geopresence.snowflake import SnowflakeGenerator
 from geopresence.store import Store
@@ -180,12 +189,11 @@ class Hub:
             query_burst=settings.strangers_query_burst,
             query_interval=settings.strangers_query_interval,
         )
-        self.chat = Chat(
-            self,
-            ids=SnowflakeGenerator(settings.node_id),
-            journal=MemoryJournal() if journal is None else journal,
-            push=push,
-        )
+        self.journal: Journal = MemoryJournal() if journal is None else journal
+        self.last_seq = self.journal.durable_seq
+        """Sequence number of the last record given to the journal."""
+        self._durable_replies: deque[tuple[int, ConnId, Outgoing]] = deque()
+        self.chat = Chat(self, ids=SnowflakeGenerator(settings.node_id), push=push)
         self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
             Heartbeat: self._on_heartbeat,
             Logout: self._on_logout,
@@ -299,10 +307,29 @@ class Hub:
         ]
         return min(deadlines, default=None)
 
+    # ---------------------------------------------------------------- durability
+
+    def journal_append(self, record: Record) -> int:
+        """Give ``record`` to the journal; returns its sequence number."""
+        self.last_seq = self.journal.append(record)
+        return self.last_seq
+
+    def reply_when_durable(self, conn: ConnId, message: Outgoing) -> None:
+        """Send ``message`` (an ack) once every record journaled so far is durable."""
+        if self.journal.durable_seq >= self.last_seq:
+            self.sink.send(conn, message)
+        else:
+            self._durable_replies.append((self.last_seq, conn, message))
+
     def journal_advanced(self, now: float) -> None:
         """The journal made more records durable (a background flush finished): deliver and
-        acknowledge the messages that were waiting for it."""
+        acknowledge what was waiting for it."""
         self.chat.commit_durable()
+        durable = self.journal.durable_seq
+        replies = self._durable_replies
+        while replies and replies[0][0] <= durable:
+            _, conn, message = replies.popleft()
+            self.sink.send(conn, message)
 
     def logout(self, user: str, device: str | None = None) -> int:
         """Log out ``device`` (every device when None) at once; returns how many ended."""
@@ -391,6 +418,7 @@ class Hub:
             if len(self.store.friends_of(user)) >= limit:
                 raise ProtocolError("too_large", f"{user} already has max_friends ({limit})")
         self.store.add_friendship(a, b)
+        self.journal_append(Befriended(a, b))
         return True
 
     def remove_friendship(self, a: str, b: str) -> bool:
@@ -398,6 +426,7 @@ class Hub:
         ``friend_removed``. Returns False if they were not friends."""
         if not self.store.remove_friendship(a, b):
             return False
+        self.journal_append(Unfriended(a, b))
         self.nearby.on_friendship_removed(a, b)
         for user, friend in ((a, b), (b, a)):
             gone = Outgoing(encode(FriendRemoved(user=friend)), seals=_keys_about(friend))
@@ -415,8 +444,10 @@ class Hub:
         if len(wanted) > limit:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added, removed = self.store.set_group(group, wanted)
+        mark = self.chat.ids.last_id
+        self.journal_append(GroupSet(group, sorted(wanted), mark))
         for user in added:
-            self.chat.on_joined(group, user)
+            self.chat.on_joined(group, user, mark)
             self._subscribe_user(group_channel(group), user)
         for user in removed:
             self.chat.on_left(group, user)
@@ -427,6 +458,7 @@ class Hub:
         members = self.store.delete_group(group)
         if members is None:
             raise ProtocolError("not_found", f"group {group!r} does not exist")
+        self.journal_append(GroupDeleted(group))
         self.chat.on_group_deleted(group, members)
         for user in members:
             self._unsubscribe_user(group_channel(group), user)
@@ -438,7 +470,9 @@ class Hub:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added = self.store.add_member(group, user)
         if added:
-            self.chat.on_joined(group, user)
+            mark = self.chat.ids.last_id
+            self.journal_append(MemberAdded(group, user, mark))
+            self.chat.on_joined(group, user, mark)
             self._subscribe_user(group_channel(group), user)
         return added
 
@@ -447,6 +481,7 @@ class Hub:
             raise ProtocolError("not_found", f"group {group!r} does not exist")
         removed = self.store.remove_member(group, user)
         if removed:
+            self.journal_append(MemberRemoved(group, user))
             self.chat.on_left(group, user)
             self._unsubscribe_user(group_channel(group), user)
         return removed

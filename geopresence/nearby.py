@@ -38,6 +38,7 @@ from geopresence.protocol import (
     SettingsUpdate,
     encode,
 )
+from geopresence.records import SettingsChanged
 from geopresence.store import UserSettings
 
 if TYPE_CHECKING:
@@ -211,7 +212,13 @@ class Nearby:
             if (value := getattr(message, name)) is not None
         }
         after = attrs.evolve(before, **changes)
-        self.hub.store.put_settings(user, after)
+        if after != before:
+            self.hub.store.put_settings(user, after)
+            self.hub.journal_append(
+                SettingsChanged(
+                    user, after.share_location, after.radius_m, after.visible_to_strangers
+                )
+            )
         if after.share_location != before.share_location:
             if after.share_location:
                 location = self.locations.get(user, now)
@@ -233,7 +240,7 @@ class Nearby:
             radius_m=self.radius(user),
             visible_to_strangers=after.visible_to_strangers,
         )
-        self.hub.sink.send(session.conn, Outgoing(encode(reply)))
+        self.hub.reply_when_durable(session.conn, Outgoing(encode(reply)))
 
     # ------------------------------------------------------------------ hub events
 

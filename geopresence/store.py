@@ -6,7 +6,7 @@ runs the same suite against each of them. ``MemoryStore`` is the embedded defaul
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Iterator, Set
 from typing import Protocol
 
 import attrs
@@ -41,6 +41,10 @@ class Store(Protocol):
       ``groups_of(u)`` lists the groups u is a member of.
     - ``set_group(g, members)`` replaces the membership and returns (added, removed).
     - ``get_settings(u)`` is u's last ``put_settings`` value, ``DEFAULT_SETTINGS`` before any.
+    - ``friendships()`` yields every friendship once, as a pair (either order); ``groups()``
+      every existing group with its members; ``settings_items()`` every user whose settings
+      differ from ``DEFAULT_SETTINGS``. They are for snapshots: the caller consumes them
+      before the next mutation.
     """
 
     def add_friendship(self, a: str, b: str) -> bool: ...
@@ -66,6 +70,12 @@ class Store(Protocol):
     def get_settings(self, user: str) -> UserSettings: ...
 
     def put_settings(self, user: str, settings: UserSettings) -> None: ...
+
+    def friendships(self) -> Iterator[tuple[str, str]]: ...
+
+    def groups(self) -> Iterator[tuple[str, Set[str]]]: ...
+
+    def settings_items(self) -> Iterator[tuple[str, UserSettings]]: ...
 
 
 _EMPTY: frozenset[str] = frozenset()
@@ -156,6 +166,18 @@ class MemoryStore:
             self._settings.pop(user, None)  # defaults cost no memory
         else:
             self._settings[user] = settings
+
+    def friendships(self) -> Iterator[tuple[str, str]]:
+        for user, friends in self._friends.items():
+            for friend in friends:
+                if user < friend:
+                    yield user, friend
+
+    def groups(self) -> Iterator[tuple[str, Set[str]]]:
+        yield from self._groups.items()
+
+    def settings_items(self) -> Iterator[tuple[str, UserSettings]]:
+        yield from self._settings.items()
 
     def _leave(self, group: str, user: str) -> None:
         groups = self._groups_of.get(user)

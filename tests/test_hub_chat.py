@@ -11,6 +11,7 @@ from geopresence.chat import PushRequest
 from geopresence.chat_store import ChatMessage
 from geopresence.hub import Hub, HubSettings
 from geopresence.protocol import Send, Sync
+from geopresence.records import Record
 from geopresence.store import MemoryStore
 from tests.test_hub import RecordingSink
 
@@ -19,12 +20,16 @@ class HeldJournal:
     """A journal whose records become durable only when the test says so."""
 
     def __init__(self) -> None:
-        self.records: list[ChatMessage] = []
+        self.records: list[Record] = []
         self._durable = 0
 
-    def append(self, record: ChatMessage) -> int:
+    def append(self, record: Record) -> int:
         self.records.append(record)
         return len(self.records)
+
+    @property
+    def messages(self) -> list[ChatMessage]:
+        return [r for r in self.records if isinstance(r, ChatMessage)]
 
     @property
     def durable_seq(self) -> int:
@@ -117,6 +122,14 @@ def test_resend_with_the_same_client_msg_id_is_idempotent() -> None:
     assert types(sink.take(3)) == ["message"]  # delivered once
     hub.handle(3, Send(id=3, to="alice", text="hi", client_msg_id="c1"), now=4)  # bob's own key
     assert sink.take(3)[0]["message_id"] != first["message_id"]
+    hub.remove_friendship("alice", "bob")
+    sink.take(1)
+    hub.handle(1, Send(id=4, to="bob", text="hi", client_msg_id="c1"), now=5)
+    [retry] = sink.take(1)  # a retry after the friendship ended still gets its answer
+    assert retry["message_id"] == first["message_id"] and retry["duplicate"] is True
+    hub.handle(1, Send(id=5, to="bob", text="hi", client_msg_id="c2"), now=5)
+    assert sink.take(1)[0]["code"] == "forbidden"
+    assert hub.chat.duplicates == 2
 
 
 def test_nothing_is_delivered_or_acked_before_the_journal_says_durable() -> None:
@@ -131,14 +144,14 @@ def test_nothing_is_delivered_or_acked_before_the_journal_says_durable() -> None
     hub.handle(3, Sync(id=4), now=2)
     assert sink.take(1) == []
     assert sink.take(3) == [{"type": "messages", "re": 4, "messages": [], "more": False}]
-    assert len(journal.records) == 2 and hub.chat.pending_count == 2
+    assert len(journal.messages) == 2 and hub.chat.pending_count == 2
     journal.flush()
     hub.journal_advanced(now=3)
     acks = sink.take(1)
     assert [(f["re"], f.get("duplicate")) for f in acks] == [(1, None), (3, True), (2, None)]
     assert acks[0]["message_id"] == acks[1]["message_id"] < acks[2]["message_id"]
     assert [f["text"] for f in sink.take(3)] == ["one", "two"]
-    assert hub.chat.pending_count == 0
+    assert hub.chat.pending_count == 0 and hub.chat.duplicates == 1
 
 
 def test_group_messages_follow_membership() -> None:
@@ -281,13 +294,13 @@ def test_model_every_user_syncs_exactly_what_it_may_see(steps: list[tuple[Any, .
                 Send(id=request, text=f"t{request}", client_msg_id=key, **fields),
                 now,
             )
-            if key is not None and (sender, key) not in accepted and journal.records:
-                last = journal.records[-1]
+            if key is not None and (sender, key) not in accepted and journal.messages:
+                last = journal.messages[-1]
                 if last.sender == sender and last.client_msg_id == key:
                     accepted[(sender, key)] = last
         elif step[0] == "join":
             if hub.add_member("g", step[1]):
-                member_since[step[1]] = max((r.message_id for r in journal.records), default=0)
+                member_since[step[1]] = max((r.message_id for r in journal.messages), default=0)
         elif step[0] == "leave":
             if hub.remove_member("g", step[1]):
                 del member_since[step[1]]
@@ -296,11 +309,11 @@ def test_model_every_user_syncs_exactly_what_it_may_see(steps: list[tuple[Any, .
             hub.journal_advanced(now)
     journal.flush()
     hub.journal_advanced(now)
-    stored = {r.message_id: r for r in journal.records}
-    assert len(stored) == len(journal.records)  # no id issued twice
-    assert [r.message_id for r in journal.records] == sorted(stored)
+    stored = {r.message_id: r for r in journal.messages}
+    assert len(stored) == len(journal.messages)  # no id issued twice
+    assert [r.message_id for r in journal.messages] == sorted(stored)
     # a client_msg_id is stored once per sender
-    keys = [(r.sender, r.client_msg_id) for r in journal.records if r.client_msg_id]
+    keys = [(r.sender, r.client_msg_id) for r in journal.messages if r.client_msg_id]
     assert len(keys) == len(set(keys))
     acks: dict[int, set[str]] = {}
     for user, conn in conn_of.items():
@@ -316,7 +329,7 @@ def test_model_every_user_syncs_exactly_what_it_may_see(steps: list[tuple[Any, .
         seen = [int(m["message_id"]) for m in reply["messages"]]
         expected = [
             r.message_id
-            for r in journal.records
+            for r in journal.messages
             if (r.to is not None and user in (r.sender, r.to))
             or (r.group is not None and user in member_since and member_since[user] < r.message_id)
         ]

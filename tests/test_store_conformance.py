@@ -74,3 +74,22 @@ def test_settings_default_and_roundtrip(store: Store) -> None:
     assert store.get_settings("b") == DEFAULT_SETTINGS
     store.put_settings("a", DEFAULT_SETTINGS)
     assert store.get_settings("a") == DEFAULT_SETTINGS
+
+
+def test_iteration_for_snapshots(store: Store) -> None:
+    store.add_friendship("a", "b")
+    store.add_friendship("c", "a")
+    store.add_friendship("x", "y")
+    store.remove_friendship("x", "y")
+    pairs = {frozenset(pair) for pair in store.friendships()}
+    assert pairs == {frozenset("ab"), frozenset("ac")}
+    assert len(list(store.friendships())) == 2  # each friendship once
+    store.set_group("g", ["a", "b"])
+    store.set_group("empty", [])
+    store.add_member("h", "c")
+    store.delete_group("h")
+    assert {g: set(m) for g, m in store.groups()} == {"g": {"a", "b"}, "empty": set()}
+    custom = UserSettings(share_location=False)
+    store.put_settings("a", custom)
+    store.put_settings("b", DEFAULT_SETTINGS)
+    assert dict(store.settings_items()) == {"a": custom}
