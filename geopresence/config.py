@@ -76,8 +76,16 @@ class Config:
     """Size at which the location history starts a new file."""
     history_flush_interval: float = attrs.field(default=1.0, validator=_positive)
     """Longest time an accepted location waits in memory before reaching the history file."""
+    in_memory: bool = False
+    """Keep the state in memory only: no journal, no snapshots, nothing survives a restart
+    (the data dir still holds the secret and the location history)."""
     snapshot_interval: float = attrs.field(default=60.0, validator=_positive)
-    fsync: FsyncPolicy = "everysec"
+    """Seconds between snapshots of the durable state (one more is written at shutdown)."""
+    fsync: FsyncPolicy = attrs.field(
+        default="everysec", validator=attrs.validators.in_(("always", "everysec", "no"))
+    )
+    """Journal fsync policy, as Redis' appendfsync: ``always`` (fsync before every ack,
+    group-committed), ``everysec`` (ack once written to the OS, fsync every second), ``no``."""
     presence_fanout_limit: int = 500
     """Groups with at most this many members get presence events of co-members."""
     max_friends: int = 5000

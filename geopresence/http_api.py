@@ -8,6 +8,7 @@ parsed ``Request`` that calls the hub and returns ``(status, JSON body)``. Error
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import math
 import re
@@ -95,7 +96,7 @@ class Request:
 
 
 Response = tuple[int, Any]
-Handler = Callable[[Request], Response]
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 
 @attrs.frozen
@@ -145,6 +146,7 @@ class HttpApi:
             route("DELETE", _path("/v1/groups/{group}"), self.delete_group),
             route("PUT", _path("/v1/groups/{group}/members/{user}"), self.put_member),
             route("DELETE", _path("/v1/groups/{group}/members/{user}"), self.delete_member),
+            route("POST", _path("/v1/snapshot"), self.snapshot),
         ]
 
     # ------------------------------------------------------------------ ASGI
@@ -214,9 +216,16 @@ class HttpApi:
                     raise HttpError(400, "bad_request", problem)
             body = await _read_body(receive)
             try:
-                return route.handler(Request(method, path, params, body))
+                result = route.handler(Request(method, path, params, body))
+                if inspect.isawaitable(result):
+                    result = await result
             except ProtocolError as exc:
+                # A refused bulk import may have created part of its pairs: durable first.
+                await self.server.durable(self.hub.last_seq)
                 raise HttpError(_status_for(exc.code), exc.code, exc.message) from None
+            # A response acknowledges the change: only once the journal made it durable.
+            await self.server.durable(self.hub.last_seq)
+            return result
         if allowed:
             raise HttpError(
                 405,
@@ -241,6 +250,13 @@ class HttpApi:
         raise HttpError(401, "unauthorized", "missing 'Authorization: Bearer ADMIN_KEY' header")
 
     # ------------------------------------------------------------------ handlers
+
+    async def snapshot(self, request: Request) -> Response:
+        """Write a snapshot now (409 without persistence) and describe it."""
+        if self.server.journal is None:
+            raise HttpError(409, "bad_request", "this server keeps its state in memory only")
+        info = await self.server.take_snapshot(force=True)
+        return 200, info
 
     def healthz(self, request: Request) -> Response:
         return 200, {"status": "ok"}

@@ -37,8 +37,10 @@ from geopresence.hub import (
 from geopresence.locations import Location
 from geopresence.metrics import Metrics
 from geopresence.outbox import Outbox, Outgoing
+from geopresence.persistence import DataDirLock, FileJournal, recover, write_snapshot
 from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 from geopresence.push import PushNotifier
+from geopresence.recovery import apply, capture, restore
 from geopresence.store import MemoryStore
 
 log = logging.getLogger("geopresence")
@@ -86,14 +88,24 @@ class Server:
         self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
         self._history_dirty = trio.Event()
         self.push = PushNotifier(config)
+        self.journal: FileJournal | None = (
+            None if config.in_memory else FileJournal(config.data_dir, config.fsync)
+        )
         self.hub = Hub(
             settings,
             MemoryStore(),
             self,
             errors=self.metrics.errors,
             history=self._record_location,
+            journal=self.journal,
             push=self.push.submit,
         )
+        self._durable_waiters: list[tuple[int, trio.Event]] = []
+        self._snapshot_lock = trio.Lock()
+        self._snapshot_seq = -1
+        self.last_snapshot: dict[str, object] | None = None
+        """What the last snapshot wrote (path, bytes, seq, counts, seconds), for the API."""
+        self._lock: DataDirLock | None = None
         self._conns: dict[ConnId, _Connection] = {}
         self._ids = itertools.count(1)
         self._reaper_wakeup = trio.Event()
@@ -138,6 +150,28 @@ class Server:
             ],
         )
         self.metrics.gauge("push_queue", "Pushes waiting for the webhook.", lambda: push.queued)
+        journal = self.journal
+        if journal is not None:
+            self.metrics.counter(
+                "journal_records_total",
+                "Records appended to the journal.",
+                lambda: [("", journal.last_seq)],
+            )
+            self.metrics.counter(
+                "journal_fsyncs_total",
+                "fsync calls on the journal.",
+                lambda: [("", journal.fsyncs)],
+            )
+            self.metrics.counter(
+                "journal_bytes_total",
+                "Bytes written to the journal.",
+                lambda: [("", journal.bytes_written)],
+            )
+            self.metrics.counter(
+                "journal_write_errors_total",
+                "Failed journal writes or fsyncs (each retried; acks wait).",
+                lambda: [("", journal.write_errors)],
+            )
         self.metrics.counter(
             "history_records_total",
             "Location records appended to the history files.",
@@ -224,12 +258,106 @@ class Server:
         config = self.config
         self.clock = ServerClock(config.time_origin)
         try:
+            if self.journal is not None:
+                await self._recover(self.journal)
             await self._serve(task_status)
         finally:
             try:
                 self.history.close()
             except OSError as exc:
                 self._history_failed(exc)
+            if self._lock is not None:
+                self._lock.close()
+
+    # ------------------------------------------------------------------ durability
+
+    async def _recover(self, journal: FileJournal) -> None:
+        """Lock the data dir, load the newest snapshot, replay the journal after it, and
+        open a new journal segment. Problems (a torn tail) are logged, never fatal."""
+        data_dir = self.config.data_dir
+        self._lock = DataDirLock(data_dir)
+        started = trio.current_time()
+        recovered = await trio.to_thread.run_sync(lambda: recover(data_dir, repair=True))
+        for problem in recovered.problems:
+            log.warning("recovery: %s", problem)
+        hub = self.hub
+        if recovered.snapshot is not None:
+            restore(hub, recovered.snapshot)
+            self._snapshot_seq = recovered.snapshot.journal_seq
+        for _, record in recovered.records:
+            apply(hub, record)
+        await trio.to_thread.run_sync(journal.open, recovered.last_seq)
+        hub.last_seq = recovered.last_seq
+        journal.on_durable = self._journal_durable
+        if recovered.snapshot is not None or recovered.records:
+            log.info(
+                "restored %d messages, %d friendships, %d groups from %s "
+                "(snapshot %s + %d journal records) in %.2f s",
+                len(hub.chat.store),
+                sum(1 for _ in hub.store.friendships()),
+                sum(1 for _ in hub.store.groups()),
+                data_dir,
+                recovered.snapshot_path.name if recovered.snapshot_path else "none",
+                len(recovered.records),
+                trio.current_time() - started,
+            )
+
+    def _journal_durable(self) -> None:
+        """The journal advanced: release acks and HTTP responses waiting for it."""
+        assert self.journal is not None
+        self.hub.journal_advanced(self.now())
+        durable = self.journal.durable_seq
+        if self._durable_waiters:
+            waiting = []
+            for seq, event in self._durable_waiters:
+                if seq <= durable:
+                    event.set()
+                else:
+                    waiting.append((seq, event))
+            self._durable_waiters = waiting
+
+    async def durable(self, seq: int) -> None:
+        """Wait until journal record ``seq`` is durable (at once without a journal)."""
+        if self.journal is None or self.journal.durable_seq >= seq:
+            return
+        event = trio.Event()
+        self._durable_waiters.append((seq, event))
+        await event.wait()
+
+    async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
+        """Write a snapshot of the durable state (in a worker thread) and prune what it
+        makes unnecessary. Without ``force`` nothing is written if nothing changed."""
+        assert self.journal is not None
+        async with self._snapshot_lock:
+            if not force and self.hub.last_seq == self._snapshot_seq:
+                return self.last_snapshot or {}
+            started = trio.current_time()
+            seq = self.journal.start_segment()
+            snapshot = capture(self.hub, seq, self.now())
+            path, size = await trio.to_thread.run_sync(
+                write_snapshot, self.config.data_dir, snapshot
+            )
+            self._snapshot_seq = seq
+            seconds = trio.current_time() - started
+            info: dict[str, object] = {
+                "path": str(path),
+                "bytes": size,
+                "journal_seq": seq,
+                "created_at": snapshot.created_at,
+                "seconds": round(seconds, 3),
+                "counts": snapshot.counts(),
+            }
+            self.last_snapshot = info
+            log.info("snapshot %s: %d bytes in %.2f s", path.name, size, seconds)
+            return info
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.snapshot_interval)
+            try:
+                await self.take_snapshot()
+            except OSError as exc:
+                log.error("snapshot failed (the journal still has everything): %s", exc)
 
     async def _serve(self, task_status: trio.TaskStatus[RunningServer]) -> None:
         from geopresence.http_api import serve_http  # the HTTP layer depends on this module
@@ -246,6 +374,10 @@ class Server:
                 root.start_soon(self._reaper)
                 root.start_soon(self._flush_history)
                 root.start_soon(self.push.run)
+                journal_scope = trio.CancelScope()
+                if self.journal is not None:
+                    root.start_soon(self._run_journal, self.journal, journal_scope)
+                    root.start_soon(self._snapshot_loop)
                 running = RunningServer(self, config.host, ws_port, http_port)
                 log.debug(
                     "serving ws=%s:%d http=%s:%d", config.host, ws_port, config.host, http_port
@@ -262,7 +394,25 @@ class Server:
                         self._no_connections = trio.Event()
                         await self._no_connections.wait()
                 conns.cancel_scope.cancel()
+            if self.journal is not None:
+                await self._persist_at_shutdown(self.journal, journal_scope)
             root.cancel_scope.cancel()
+
+    async def _run_journal(self, journal: FileJournal, scope: trio.CancelScope) -> None:
+        with scope:
+            await journal.run()
+
+    async def _persist_at_shutdown(self, journal: FileJournal, scope: trio.CancelScope) -> None:
+        """Flush and close the journal, then write the final snapshot (bounded in time)."""
+        scope.cancel()
+        with trio.move_on_after(max(self.config.drain_timeout, 30.0)) as timeout:
+            try:
+                await self.take_snapshot()
+            except OSError as exc:
+                log.error("final snapshot failed (the journal still has everything): %s", exc)
+            await journal.close()
+        if timeout.cancelled_caught:
+            log.error("shutdown: writing the final snapshot took too long; the journal has it")
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""

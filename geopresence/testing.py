@@ -96,13 +96,22 @@ class TestServer:
 async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIterator[TestServer]:
     """Start a server for the duration of the block and stop it afterwards.
 
-    Without ``config``: free loopback ports, ``insecure=True``, a temporary data dir, and
-    ``time_origin=0`` (server times equal ``trio.current_time()``). ``overrides`` replace
-    fields of the config either way.
+    Without ``config``: free loopback ports, ``insecure=True``, a temporary data dir,
+    ``time_origin=0`` (server times equal ``trio.current_time()``) and ``in_memory=True``: no
+    journal, whose disk writes in worker threads would let a ``MockClock`` jump while they
+    run. To test durability, pass ``in_memory=False`` and your own ``data_dir`` and use the
+    real clock. ``overrides`` replace fields of the config either way.
     """
     with tempfile.TemporaryDirectory(prefix="geopresence-test-") as tmp:
         if config is None:
-            config = Config(port=0, http_port=0, insecure=True, data_dir=Path(tmp), time_origin=0.0)
+            config = Config(
+                port=0,
+                http_port=0,
+                insecure=True,
+                data_dir=Path(tmp),
+                time_origin=0.0,
+                in_memory=True,
+            )
         config = attrs.evolve(config, **overrides)
         with collapse_exception_groups():
             async with trio.open_nursery() as nursery:

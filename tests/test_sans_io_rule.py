@@ -51,6 +51,7 @@ SHELL = {
     "auth",
     "history",
     "push",
+    "persistence",
 }
 
 
