@@ -24,6 +24,7 @@ from geopresence.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve
 from geopresence.config import Config
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
+from geopresence.persistence import DataDirLocked, compact, inspect_data_dir
 from geopresence.server import RunningServer, serve
 
 
@@ -192,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="size at which the location history starts a new file",
     )
     s.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="keep state in memory only: no journal or snapshots, nothing survives a restart",
+    )
+    s.add_argument(
         "--snapshot-interval",
         type=_seconds,
         default=d.snapshot_interval,
@@ -328,6 +334,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     h.add_argument("--json", action="store_true", help="JSON Lines output")
     h.set_defaults(run=_cmd_history)
+
+    i = commands.add_parser(
+        "inspect",
+        help="show what a data dir holds",
+        description="Report what DATA_DIR holds: snapshots, journal, history, the durable "
+        "state they add up to (friendships, groups, settings, messages) and any damage "
+        "found. Read-only: safe while a server runs on it.",
+    )
+    i.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    i.add_argument("--json", action="store_true", help="one JSON object")
+    i.set_defaults(run=_cmd_inspect)
+
+    c = commands.add_parser(
+        "snapshot",
+        help="compact a data dir offline (journal -> new snapshot)",
+        description="Replay DATA_DIR's journal onto its newest snapshot and write the result "
+        "as a new snapshot, pruning what it makes unnecessary (a running server does this "
+        "every --snapshot-interval; for a running server use POST /v1/snapshot). Refuses "
+        "while a server runs on DATA_DIR.",
+    )
+    c.add_argument("data_dir", metavar="DATA_DIR", type=Path)
+    c.add_argument("--json", action="store_true", help="one JSON object")
+    c.set_defaults(run=_cmd_snapshot)
     return parser
 
 
@@ -348,6 +377,7 @@ def _config_from(args: argparse.Namespace) -> Config:
         history_max_bytes=args.history_max_bytes,
         strangers_query_burst=args.strangers_query_burst,
         strangers_query_interval=args.strangers_query_interval,
+        in_memory=args.in_memory,
         snapshot_interval=args.snapshot_interval,
         fsync=args.fsync,
         presence_fanout_limit=args.presence_fanout_limit,
@@ -413,6 +443,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         with collapse_exception_groups():
             trio.run(_serve_until_signal, config)
+    except DataDirLocked as exc:
+        print(f"geopresence: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             print(
@@ -423,6 +456,86 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         else:
             print(f"geopresence: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _stamp(ts: float) -> str:
+    when = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{value:,} {name.replace('_', ' ')}" for name, value in counts.items())
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if not data_dir.is_dir():
+        print(f"geopresence inspect: {data_dir} is not a directory", file=sys.stderr)
+        return 1
+    report = inspect_data_dir(data_dir)
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    in_use = "in use by a running server" if report["in_use"] else "not in use"
+    print(f"data dir {data_dir} ({in_use})")
+    for name in ("snapshots", "journal", "history"):
+        files = report[name]
+        print(f"  {name + ':':<11} {files['files']} file(s), {_size(files['bytes'])}")
+    last = report["last_snapshot"]
+    if last is None:
+        print("  last snapshot: none (the journal holds everything)")
+    else:
+        age = max(0.0, time.time() - last["created_at"])
+        print(
+            f"  last snapshot: {last['file']}, {_stamp(last['created_at'])} "
+            f"({age / 60:,.0f} min ago), {_size(last['bytes'])}, "
+            f"journal seq {last['journal_seq']:,}"
+        )
+        print(f"    holds {_counts_line(last['counts'])}")
+    after = dict(report["journal_after_snapshot"])
+    records = after.pop("records")
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(after.items()))
+    print(f"  journal after it: {records:,} record(s)" + (f" ({kinds})" if kinds else ""))
+    print(f"  durable state: {_counts_line(report['state'])}")
+    for problem in report["problems"]:
+        print(f"  problem: {problem} (the next start repairs this)")
+    return 0
+
+
+def _cmd_snapshot(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if not data_dir.is_dir():
+        print(f"geopresence snapshot: {data_dir} is not a directory", file=sys.stderr)
+        return 1
+    try:
+        info = compact(data_dir)
+    except DataDirLocked as exc:
+        print(
+            f"geopresence snapshot: {exc}; ask the running server instead: "
+            "POST /v1/snapshot on its HTTP API",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for problem in info["problems"]:
+        print(f"repaired: {problem}")
+    print(
+        f"wrote {info['path']} ({_size(info['bytes'])}, journal seq {info['journal_seq']:,}, "
+        f"{info['replayed_records']:,} journal record(s) folded in, {info['seconds']:.2f} s)"
+    )
+    print(f"  holds {_counts_line(info['counts'])}")
     return 0
 
 

@@ -24,17 +24,23 @@ import itertools
 import logging
 import os
 import re
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import attrs
 import trio
 
 from geopresence.config import FsyncPolicy
+from geopresence.history import history_dir
+from geopresence.hub import Hub, HubSettings
 from geopresence.journal import FILE_MAGIC, decode_frames, encode_frame
-from geopresence.records import Record
+from geopresence.records import TAGS, Record
+from geopresence.recovery import apply, capture, restore
 from geopresence.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot
+from geopresence.store import MemoryStore
 
 log = logging.getLogger("geopresence.persistence")
 
@@ -228,8 +234,8 @@ def prune(directory: Path) -> None:
     for _, path in snapshots[:-SNAPSHOTS_KEPT]:
         path.unlink(missing_ok=True)
     kept = snapshots[-SNAPSHOTS_KEPT:]
-    if not kept:
-        return
+    if len(kept) < SNAPSHOTS_KEPT:
+        return  # the fallback for a lone snapshot is the whole journal: keep it
     oldest_seq = kept[0][0]
     segments = _numbered(directory, JOURNAL_PATTERN)
     for (_, path), (next_first, _) in itertools.pairwise(segments):
@@ -423,3 +429,91 @@ class FileJournal:
                     log.error("journal fsync failed: %s", exc)
                     continue
                 self._synced = max(self._synced, target)
+
+
+# ------------------------------------------------------------------------------ offline tools
+
+
+class _Discard:
+    """A sink for a hub that has no connections (offline tools)."""
+
+    def send(self, conn: int, message: object) -> None:
+        pass
+
+    def close(self, conn: int, code: int, reason: str) -> None:
+        pass
+
+
+def load_offline(data_dir: Path, *, repair: bool) -> tuple[Hub, Recovered]:
+    """Rebuild the durable state of ``data_dir`` in a connection-less hub (blocking)."""
+    recovered = recover(data_dir, repair=repair)
+    hub = Hub(HubSettings(), MemoryStore(), _Discard())
+    if recovered.snapshot is not None:
+        restore(hub, recovered.snapshot)
+    for _, record in recovered.records:
+        apply(hub, record)
+    return hub, recovered
+
+
+def state_counts(hub: Hub) -> dict[str, int]:
+    """What the durable state holds, in the words of ``Snapshot.counts``."""
+    return capture(hub, 0, 0.0).counts()
+
+
+def _files_summary(paths: list[Path]) -> dict[str, int]:
+    return {"files": len(paths), "bytes": sum(p.stat().st_size for p in paths if p.exists())}
+
+
+def inspect_data_dir(data_dir: Path) -> dict[str, Any]:
+    """A read-only report of ``data_dir`` (nothing is repaired or locked)."""
+    directory = state_dir(data_dir)
+    hub, recovered = load_offline(data_dir, repair=False)
+    snapshots = [p for _, p in _numbered(directory, SNAPSHOT_PATTERN)]
+    segments = [p for _, p in _numbered(directory, JOURNAL_PATTERN)]
+    history = sorted(history_dir(data_dir).glob("locations-*.jsonl"))
+    kinds = Counter(TAGS[type(record)] for _, record in recovered.records)
+    report: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "in_use": is_locked(data_dir) if data_dir.is_dir() else False,
+        "snapshots": _files_summary(snapshots),
+        "journal": _files_summary(segments),
+        "history": _files_summary(history),
+        "last_snapshot": None,
+        "journal_after_snapshot": {"records": len(recovered.records), **dict(kinds)},
+        "last_seq": recovered.last_seq,
+        "state": state_counts(hub),
+        "problems": recovered.problems,
+    }
+    if recovered.snapshot is not None and recovered.snapshot_path is not None:
+        snapshot = recovered.snapshot
+        report["last_snapshot"] = {
+            "file": recovered.snapshot_path.name,
+            "bytes": recovered.snapshot_path.stat().st_size,
+            "created_at": snapshot.created_at,
+            "journal_seq": snapshot.journal_seq,
+            "counts": snapshot.counts(),
+        }
+    return report
+
+
+def compact(data_dir: Path) -> dict[str, Any]:
+    """Offline: replay the journal onto the newest snapshot, write the result as a new
+    snapshot and prune (what a running server does every ``--snapshot-interval``).
+    Raises ``DataDirLocked`` while a server runs on ``data_dir``."""
+    lock = DataDirLock(data_dir)
+    try:
+        started = time.monotonic()
+        hub, recovered = load_offline(data_dir, repair=True)
+        snapshot = capture(hub, recovered.last_seq, time.time())
+        path, size = write_snapshot(data_dir, snapshot)
+        return {
+            "path": str(path),
+            "bytes": size,
+            "journal_seq": recovered.last_seq,
+            "replayed_records": len(recovered.records),
+            "seconds": round(time.monotonic() - started, 3),
+            "counts": snapshot.counts(),
+            "problems": recovered.problems,
+        }
+    finally:
+        lock.close()
