@@ -48,7 +48,13 @@ def test_every_record_kind_round_trips() -> None:
 
 
 def test_unknown_or_malformed_records_are_refused() -> None:
-    for bad in ({"t": "nope"}, {"t": "befriended", "a": "x"}, [], {"t": "message", "m": [1]}):
+    bad_records: list[object] = [
+        {"t": "nope"},
+        {"t": "befriended", "a": "x"},
+        [],
+        {"t": "message", "m": [1]},
+    ]
+    for bad in bad_records:
         with pytest.raises(ValueError):
             record_from_json(bad)
 
