@@ -1,0 +1,196 @@
+"""Durability on a real disk (real clock): restart, group commit, torn tails, fallback to an
+older snapshot, the data dir lock, and a SIGKILL in the middle of acknowledged sends."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from geopresence.client import connect
+from geopresence.journal import encode_frame
+from geopresence.persistence import JOURNAL_PATTERN, SNAPSHOT_PATTERN, DataDirLocked, state_dir
+from geopresence.records import Befriended
+from geopresence.testing import TestServer, open_server
+from tests.test_cli import geopresence, start
+
+
+def persistent(data_dir: Path, **overrides: Any) -> Any:
+    return open_server(in_memory=False, data_dir=data_dir, time_origin=None, **overrides)
+
+
+def files(data_dir: Path, pattern: Any) -> list[Path]:
+    directory = state_dir(data_dir)
+    return sorted(p for p in directory.iterdir() if pattern.match(p.name))
+
+
+async def friends_of(server: TestServer, user: str) -> list[str]:
+    return [f["user"] for f in await server.admin.friends(user)]
+
+
+async def test_a_restart_restores_everything_durable(tmp_path: Path) -> None:
+    async with persistent(tmp_path, fsync="always") as server:
+        await server.admin.befriend("alice", "bob")
+        await server.admin.set_group("g", ["alice", "bob", "carol"])
+        await server.admin.remove_member("g", "carol")
+        async with server.connect("alice") as alice, server.connect("bob"):
+            reply = await alice.request("settings", share_location=False, radius_m=1200)
+            assert reply["type"] == "settings"
+            sent = [
+                await alice.send_message("one", to="bob", client_msg_id="k1"),
+                await alice.send_message("two", group="g"),
+                await alice.send_message("three", to="bob"),
+            ]
+            before = await alice.sync_all()
+    assert [m["message_id"] for m in before] == [s["message_id"] for s in sent]
+
+    async with persistent(tmp_path) as server:
+        assert await friends_of(server, "alice") == ["bob"]
+        assert (await server.admin.group("g"))["total"] == 2
+        async with server.connect("alice") as alice, server.connect("carol") as carol:
+            reply = await alice.request("settings")
+            assert (reply["share_location"], reply["radius_m"]) == (False, 1200)
+            assert await alice.sync_all() == before  # same ids, same order, same fields
+            assert (await carol.sync())["messages"] == []  # removed before it was sent
+            again = await alice.send_message("one", to="bob", client_msg_id="k1")
+            assert again["message_id"] == sent[0]["message_id"] and again["duplicate"]
+            new = await alice.send_message("four", to="bob")
+            assert int(new["message_id"]) > max(int(s["message_id"]) for s in sent)
+        metrics = await server.admin.metrics()
+        assert "geopresence_chat_messages_stored 4" in metrics
+
+
+async def test_fsync_always_group_commits_concurrent_sends(tmp_path: Path) -> None:
+    senders, each = 20, 10
+    async with persistent(tmp_path, fsync="always") as server:
+        pairs = [("hub", f"u{i}") for i in range(senders)]
+        await server.admin.befriend_many(pairs)
+        before = await _fsyncs(server)
+        acks: list[dict[str, Any]] = []
+
+        async def sender(user: str) -> None:
+            async with server.connect(user) as client:
+                for n in range(each):
+                    acks.append(await client.send_message(f"{user}-{n}", to="hub"))
+
+        async with trio.open_nursery() as nursery:
+            for _, user in pairs:
+                nursery.start_soon(sender, user)
+        assert len(acks) == senders * each and all(a["type"] == "sent" for a in acks)
+        fsyncs = await _fsyncs(server) - before
+        # one fsync covered several acknowledged messages
+        assert 0 < fsyncs < senders * each, fsyncs
+
+
+async def _fsyncs(server: TestServer) -> int:
+    for line in (await server.admin.metrics()).splitlines():
+        if line.startswith("geopresence_journal_fsyncs_total "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no fsync metric")
+
+
+async def test_a_torn_journal_tail_is_truncated_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with persistent(tmp_path) as server:
+        await server.admin.befriend("alice", "bob")
+    # After a clean stop the last segment is empty; a crash would have left records in it,
+    # the last one torn.
+    segment = files(tmp_path, JOURNAL_PATTERN)[-1]
+    good = encode_frame(Befriended("carol", "dave"))
+    torn = encode_frame(Befriended("erin", "frank"))[:-3]
+    with open(segment, "ab") as file:
+        file.write(good + torn)
+    before = segment.read_bytes()
+    caplog.set_level(logging.WARNING, logger="geopresence")
+    async with persistent(tmp_path) as server:
+        assert await friends_of(server, "alice") == ["bob"]
+        assert await friends_of(server, "carol") == ["dave"]
+        assert await friends_of(server, "erin") == []
+    assert "torn frame" in caplog.text and "dropping" in caplog.text
+    assert segment.read_bytes() == before[: -len(torn)]  # cut right after the good record
+
+
+async def test_a_corrupt_snapshot_falls_back_to_the_previous_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with persistent(tmp_path) as server:
+        await server.admin.befriend("a", "b")
+    async with persistent(tmp_path) as server:
+        await server.admin.befriend("c", "d")
+    newest = files(tmp_path, SNAPSHOT_PATTERN)[-1]
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    caplog.set_level(logging.WARNING, logger="geopresence")
+    async with persistent(tmp_path) as server:
+        assert await friends_of(server, "a") == ["b"]
+        assert await friends_of(server, "c") == ["d"]  # replayed from the journal
+    assert "unreadable" in caplog.text and "trying an older one" in caplog.text
+
+
+async def test_two_servers_never_share_a_data_dir(tmp_path: Path) -> None:
+    async with persistent(tmp_path):
+        with pytest.raises(DataDirLocked, match="one geopresence process per data dir"):
+            async with persistent(tmp_path):
+                pass  # pragma: no cover
+
+
+async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    """``--fsync always``: every message acked before a SIGKILL is there after a restart."""
+    data = tmp_path / "data"
+    args = ("--insecure", "--port", "0", "--http-port", "0", "--data-dir", str(data))
+    server = start(*args, "--fsync", "always", "--log-level", "warning", cwd=tmp_path)
+    acked: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def befriend() -> None:
+                import httpx
+
+                async with httpx.AsyncClient(base_url=server.http_url) as http:
+                    pairs = [["sink", f"s{i}"] for i in range(8)]
+                    response = await http.post("/v1/friendships", json={"pairs": pairs})
+                    assert response.status_code == 200
+
+            await befriend()
+
+            async def stream(user: str) -> None:
+                try:
+                    async with connect(server.ws_url, user=user) as client:
+                        n = 0
+                        while True:
+                            reply = await client.send_message(f"{user}:{n}", to="sink")
+                            assert reply["type"] == "sent"
+                            acked.append(reply["message_id"])
+                            n += 1
+                except Exception:  # the server dies under us: expected
+                    return
+
+            for i in range(8):
+                nursery.start_soon(stream, f"s{i}")
+            with trio.fail_after(30):
+                while len(acked) < 300:
+                    await trio.sleep(0.01)
+            server.proc.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(server.proc.wait)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+    assert server.proc.returncode == -signal.SIGKILL
+    restarted = start(*args, cwd=tmp_path)
+    try:
+        async with connect(restarted.ws_url, user="sink") as sink:
+            stored = {m["message_id"] for m in await sink.sync_all(limit=1000)}
+        missing = [m for m in acked if m not in stored]
+        assert not missing, f"{len(missing)} of {len(acked)} acknowledged messages lost"
+        report = geopresence("inspect", str(data))
+        assert report.returncode == 0 and "durable state" in report.stdout
+    finally:
+        restarted.proc.send_signal(signal.SIGTERM)
+        restarted.proc.wait(30)
+    assert restarted.proc.returncode == 0
