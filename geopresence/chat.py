@@ -59,9 +59,9 @@ trio-websocket's and many browsers' default)."""
 
 @attrs.frozen(slots=True)
 class PushRequest:
-    """``recipient`` has no connected device to receive ``message``."""
+    """``recipients`` (one or more) have no connected device to receive ``message``."""
 
-    recipient: str
+    recipients: tuple[str, ...]
     message: ChatMessage
 
 
@@ -154,11 +154,13 @@ class Chat:
             pending = self._pending_by_client_id.get(key)
             if pending is not None:
                 # The original is on its way to disk: this resend is acked with it.
+                _check_same(pending.message, message)
                 self.duplicates += 1
                 pending.acks.append((session.conn, message.id))
                 return
             stored = self.store.find_client_msg(user, message.client_msg_id)
             if stored is not None:
+                _check_same(stored, message)
                 self.duplicates += 1
                 self._ack(session.conn, message.id, stored, duplicate=True)
                 return
@@ -274,7 +276,7 @@ class Chat:
             channels = [inbox_channel(message.to), inbox_channel(message.sender)]
             hub.broker.publish(channels, event, exclude)
             if self.push is not None and not hub.is_connected(message.to):
-                self._push(message.to, message)
+                self._push((message.to,), message)
             return
         group = message.group
         assert group is not None
@@ -282,18 +284,21 @@ class Chat:
         if self.push is None:
             return
         joined_after = self.store.joined_after
+        offline = []
         for member in hub.store.group_members(group) or ():
             # Cheapest test first: in a large group most members are usually connected.
             if hub.is_connected(member) or member == message.sender:
                 continue
             joined = joined_after(group, member)
             if joined is not None and joined < message.message_id:
-                self._push(member, message)
+                offline.append(member)
+        if offline:
+            self._push(tuple(offline), message)
 
-    def _push(self, recipient: str, message: ChatMessage) -> None:
+    def _push(self, recipients: tuple[str, ...], message: ChatMessage) -> None:
         assert self.push is not None
-        self.pushes += 1
-        self.push(PushRequest(recipient, message))
+        self.pushes += len(recipients)
+        self.push(PushRequest(recipients, message))
 
     def _ack(
         self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool
@@ -318,6 +323,16 @@ class Chat:
 
     def on_group_deleted(self, group: str, members: set[str]) -> None:
         self.store.delete_group(group, members)
+
+
+def _check_same(original: ChatMessage, resend: Send) -> None:
+    """A resend must be the same message: a reused key must not swallow a new one."""
+    if (original.to, original.group, original.text) != (resend.to, resend.group, resend.text):
+        raise ProtocolError(
+            "bad_request",
+            f"client_msg_id {resend.client_msg_id!r} was already used for a different message",
+            resend.id,
+        )
 
 
 def _utf8_len(text: str) -> int:

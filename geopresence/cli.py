@@ -21,7 +21,7 @@ import trio
 from geopresence import __version__
 from geopresence.aio import collapse_exception_groups
 from geopresence.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
-from geopresence.config import Config
+from geopresence.config import Config, webhook_problem
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
 from geopresence.persistence import DataDirLocked, compact, inspect_data_dir
@@ -76,8 +76,9 @@ def _node_id(text: str) -> int:
 
 
 def _webhook(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {text!r}")
+    problem = webhook_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -246,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="replies queued per connection before it is a slow consumer (4008)",
     )
     s.add_argument(
+        "--queue-bytes",
+        type=_positive_int,
+        default=d.queue_bytes,
+        metavar="B",
+        help="bytes of replies and messages queued per connection before it is a slow "
+        "consumer (4008)",
+    )
+    s.add_argument(
         "--state-queue-size",
         type=_positive_int,
         default=d.state_queue_size,
@@ -385,6 +394,7 @@ def _config_from(args: argparse.Namespace) -> Config:
         max_message_bytes=args.max_message_bytes,
         hello_timeout=args.hello_timeout,
         queue_size=args.queue_size,
+        queue_bytes=args.queue_bytes,
         state_queue_size=args.state_queue_size,
         node_id=args.node_id,
         push_webhook=args.push_webhook,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,9 +29,22 @@ def _node_id(_instance: object, attribute: attrs.Attribute[Any], value: int) -> 
         raise ValueError(f"{attribute.name} must be 0..1023, got {value!r}")
 
 
+def webhook_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a push webhook (None when it can)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        return f"not a valid URL ({exc}): {url!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL with a host, got {url!r}"
+    return None
+
+
 def _webhook(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and not value.startswith(("http://", "https://")):
-        raise ValueError(f"{attribute.name} must be an http:// or https:// URL, got {value!r}")
+    problem = None if value is None else webhook_problem(value)
+    if problem is not None:
+        raise ValueError(f"{attribute.name} {problem}")
 
 
 def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -97,6 +111,10 @@ class Config:
     queue_size: int = attrs.field(default=1024, validator=_at_least(4))
     """Replies and other frames without a coalescing key queued per connection before the
     client counts as a slow consumer (4008)."""
+    queue_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_at_least(1024))
+    """Characters (about bytes) of those frames queued per connection before the client
+    counts as a slow consumer (4008): bounds memory when replies are large (a ``messages``
+    page is up to 512 KiB). One frame always fits an empty queue."""
     state_queue_size: int = attrs.field(default=8192, validator=_at_least(4))
     """Latest-wins state frames (presence, positions) queued per connection: at most one per
     user they are about, so this bounds a burst of distinct users (more than ``max_friends``

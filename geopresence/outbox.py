@@ -42,18 +42,24 @@ class _Slot:
 
 
 class Outbox:
-    """FIFO of ``Outgoing``: at most ``max_depth`` frames without a key and ``max_state``
-    frames with one.
+    """FIFO of ``Outgoing``: at most ``max_depth`` frames without a key, holding at most
+    ``max_chars`` characters together (None: no such bound), and ``max_state`` frames with
+    a key. The character bound is what keeps memory bounded when the frames are large
+    (``sync`` replies of up to 512 KiB): a count alone would allow hundreds of MB.
 
     Invariant: at most one replaceable frame per coalesce key; order is the order of first
     push (a replacement keeps the replaced frame's position).
     """
 
-    def __init__(self, max_depth: int, max_state: int | None = None) -> None:
+    def __init__(
+        self, max_depth: int, max_state: int | None = None, max_chars: int | None = None
+    ) -> None:
         if max_depth < 1:
             raise ValueError("max_depth must be at least 1")
         self.max_depth = max_depth
         self.max_state = max_depth if max_state is None else max_state
+        self.max_chars = max_chars
+        self._chars = 0
         self._queue: deque[_Slot] = deque()
         self._by_key: dict[Hashable, _Slot] = {}
         self._plain = 0
@@ -81,7 +87,12 @@ class Outbox:
         else:
             if self._plain >= self.max_depth:
                 return False
+            size = len(item.text)
+            # One frame always fits an empty queue, however large: a reply must get out.
+            if self.max_chars is not None and self._plain and self._chars + size > self.max_chars:
+                return False
             self._plain += 1
+            self._chars += size
         slot = _Slot(item)
         self._queue.append(slot)
         if key is not None:
@@ -102,5 +113,5 @@ class Outbox:
         items = [slot.item for slot in self._queue]
         self._queue.clear()
         self._by_key.clear()
-        self._plain = self._state = 0
+        self._plain = self._state = self._chars = 0
         return items

@@ -21,6 +21,7 @@ import orjson
 import trio
 
 from geopresence.chat import PushRequest, message_frame
+from geopresence.chat_store import ChatMessage
 from geopresence.config import Config
 from geopresence.protocol import unstructure
 
@@ -29,18 +30,19 @@ log = logging.getLogger("geopresence.push")
 MAX_BACKOFF_S = 30.0
 
 
-def push_body(request: PushRequest) -> bytes:
-    """The JSON POSTed for ``request``: the ``message`` frame plus ``recipient``."""
-    body = unstructure(message_frame(request.message, own=False))
-    body["recipient"] = request.recipient
+def push_body(recipient: str, message: ChatMessage) -> bytes:
+    """The JSON POSTed for one recipient: the ``message`` frame plus ``recipient``."""
+    body = unstructure(message_frame(message, own=False))
+    body["recipient"] = recipient
     return orjson.dumps(body)
 
 
 class PushNotifier:
     """Bounded queue plus ``push_concurrency`` workers POSTing to the webhook.
 
-    ``results`` counts outcomes: ``delivered`` (2xx), ``failed`` (gave up), ``dropped``
-    (queue full), ``logged`` (no webhook configured).
+    The queue holds one entry per recipient (a group message for 300 offline members is 300
+    POSTs). ``results`` counts outcomes per recipient: ``delivered`` (2xx), ``failed`` (gave
+    up), ``dropped`` (queue full), ``logged`` (no webhook configured).
     """
 
     def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
@@ -50,27 +52,43 @@ class PushNotifier:
         self.concurrency = config.push_concurrency
         self.results: Counter[str] = Counter()
         self._transport = transport
-        self._send, self._receive = trio.open_memory_channel[PushRequest](config.push_queue_size)
+        self._send, self._receive = trio.open_memory_channel[tuple[str, ChatMessage]](
+            config.push_queue_size
+        )
+        self._drops_logged = 0
 
     def submit(self, request: PushRequest) -> None:
-        """Queue ``request`` for the webhook (never blocks)."""
+        """Queue one POST per recipient of ``request`` (never blocks; what does not fit is
+        dropped and counted). Without a webhook: one log line per message."""
         message = request.message
+        recipients = request.recipients
         if self.url is None:
-            self.results["logged"] += 1
+            self.results["logged"] += len(recipients)
+            shown = ", ".join(recipients[:3]) + (
+                f" and {len(recipients) - 3} more" if len(recipients) > 3 else ""
+            )
             log.info(
                 "push (no --push-webhook): message %d from %s to %s",
                 message.message_id,
                 message.sender,
-                request.recipient,
+                shown,
             )
             return
-        try:
-            self._send.send_nowait(request)
-        except trio.WouldBlock:
-            self.results["dropped"] += 1
-            dropped = self.results["dropped"]
-            if dropped in (1, 10, 100) or dropped % 1000 == 0:
-                log.warning("push queue full: %d pushes dropped so far", dropped)
+        for index, recipient in enumerate(recipients):
+            try:
+                self._send.send_nowait((recipient, message))
+            except trio.WouldBlock:
+                self._dropped(len(recipients) - index)
+                return
+
+    def _dropped(self, count: int) -> None:
+        self.results["dropped"] += count
+        dropped = self.results["dropped"]
+        # Logged when the total crosses 1, 10, 100, ... so a flood costs a few lines.
+        if dropped >= 10**self._drops_logged:
+            while dropped >= 10**self._drops_logged:
+                self._drops_logged += 1
+            log.warning("push queue full: %d pushes dropped so far", dropped)
 
     @property
     def queued(self) -> int:
@@ -88,23 +106,36 @@ class PushNotifier:
                 nursery.start_soon(self._worker, http, self._receive.clone())
 
     async def _worker(
-        self, http: httpx.AsyncClient, receive: trio.MemoryReceiveChannel[PushRequest]
+        self,
+        http: httpx.AsyncClient,
+        receive: trio.MemoryReceiveChannel[tuple[str, ChatMessage]],
     ) -> None:
-        async for request in receive:
-            await self._deliver(http, request)
+        async for recipient, message in receive:
+            try:
+                await self._deliver(http, recipient, message)
+            except Exception:
+                # A push is never worth the server: count it, log it, take the next one.
+                self.results["failed"] += 1
+                log.exception("push of message %d to %s failed", message.message_id, recipient)
 
-    async def _deliver(self, http: httpx.AsyncClient, request: PushRequest) -> None:
+    async def _deliver(self, http: httpx.AsyncClient, recipient: str, message: ChatMessage) -> None:
         assert self.url is not None
-        body = push_body(request)
+        body = push_body(recipient, message)
         headers = {"content-type": "application/json"}
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 await trio.sleep(min(0.5 * 2 ** (attempt - 1), MAX_BACKOFF_S))
-            try:
-                response = await http.post(self.url, content=body, headers=headers)
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            # httpx times each connect/read/write step; this bounds the whole request, so a
+            # receiver that trickles its answer cannot hold a worker.
+            with trio.move_on_after(self.timeout) as attempt_scope:
+                try:
+                    response = await http.post(self.url, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    continue
+            if attempt_scope.cancelled_caught:
+                problem = f"no complete answer within {self.timeout:g} s"
                 continue
             if response.is_success:
                 self.results["delivered"] += 1
@@ -115,8 +146,8 @@ class PushNotifier:
         self.results["failed"] += 1
         log.warning(
             "push of message %d to %s failed after %d attempt(s): %s",
-            request.message.message_id,
-            request.recipient,
+            message.message_id,
+            recipient,
             attempt + 1,
             problem,
         )

@@ -37,7 +37,13 @@ from geopresence.hub import (
 from geopresence.locations import Location
 from geopresence.metrics import Metrics
 from geopresence.outbox import Outbox, Outgoing
-from geopresence.persistence import DataDirLock, FileJournal, recover, write_snapshot
+from geopresence.persistence import (
+    DataDirLock,
+    FileJournal,
+    recover,
+    state_dir,
+    write_snapshot,
+)
 from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 from geopresence.push import PushNotifier
 from geopresence.recovery import apply, capture, restore
@@ -260,6 +266,11 @@ class Server:
         try:
             if self.journal is not None:
                 await self._recover(self.journal)
+            elif any(state_dir(config.data_dir).glob("snapshot-*.snap")):
+                log.warning(
+                    "--in-memory: the state saved in %s is not loaded (and not changed)",
+                    state_dir(config.data_dir),
+                )
             await self._serve(task_status)
         finally:
             try:
@@ -510,7 +521,10 @@ class Server:
             return
         user, device, request_id = hello
         conn = next(self._ids)
-        c = _Connection(conn, Outbox(self.config.queue_size, self.config.state_queue_size))
+        c = _Connection(
+            conn,
+            Outbox(self.config.queue_size, self.config.state_queue_size, self.config.queue_bytes),
+        )
         self._conns[conn] = c
         self.metrics.connections_total += 1
         try:

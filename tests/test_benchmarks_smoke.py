@@ -47,3 +47,23 @@ def test_strangers_benchmark_reports_every_figure() -> None:
     assert result.returncode == 0, result.stderr
     for label in ("geopresence core", "geopresence nearby_people (WS)", "Redis GEOSEARCH"):
         assert label in result.stdout
+
+
+def test_durability_benchmark_reports_every_figure() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_durability.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    for label in (
+        "in-memory",
+        "--fsync no",
+        "--fsync everysec",
+        "--fsync always",
+        "msg/fsync",
+        "snapshot: capture",
+        "restart: snapshot +",
+    ):
+        assert label in result.stdout

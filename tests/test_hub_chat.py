@@ -129,6 +129,11 @@ def test_resend_with_the_same_client_msg_id_is_idempotent() -> None:
     assert retry["message_id"] == first["message_id"] and retry["duplicate"] is True
     hub.handle(1, Send(id=5, to="bob", text="hi", client_msg_id="c2"), now=5)
     assert sink.take(1)[0]["code"] == "forbidden"
+    hub.add_friendship("alice", "carol", 6)
+    sink.take(1)
+    hub.handle(1, Send(id=6, to="carol", text="hi", client_msg_id="c1"), now=6)
+    [reused] = sink.take(1)  # the same key for another message: refused, not swallowed
+    assert reused["code"] == "bad_request" and "different message" in reused["message"]
     assert hub.chat.duplicates == 2
 
 
@@ -161,7 +166,7 @@ def test_group_messages_follow_membership() -> None:
     connect(hub, sink, 3, "bob", "phone")
     sink.take(1)
     hub.handle(1, Send(id=1, group="g", text="before"), now=2)
-    assert [p.recipient for p in pushes] == ["carol"]  # no connected device
+    assert [p.recipients for p in pushes] == [("carol",)]  # no connected device
     assert sink.take(3)[0]["group"] == "g"
     hub.add_member("g", "dave")
     connect(hub, sink, 5, "dave", "phone")
@@ -180,12 +185,23 @@ def test_group_messages_follow_membership() -> None:
     assert sink.take(3)[0]["code"] == "forbidden"
 
 
+def test_a_group_message_is_one_push_request_for_all_offline_members() -> None:
+    hub, sink, pushes = make_hub()
+    hub.set_group("big", ["alice"] + [f"m{i}" for i in range(1000)])
+    connect(hub, sink, 1, "alice", "phone")
+    connect(hub, sink, 2, "m0", "phone")
+    hub.handle(1, Send(id=1, group="big", text="all hands"), now=2)
+    [push] = pushes
+    assert sorted(push.recipients) == sorted(f"m{i}" for i in range(1, 1000))
+    assert hub.chat.pushes == 999
+
+
 def test_push_goes_to_recipients_without_a_connection_only() -> None:
     hub, sink, pushes = make_hub()
     connect(hub, sink, 1, "alice", "phone")
     hub.handle(1, Send(id=1, to="bob", text="are you there?"), now=2)
     [push] = pushes
-    assert push.recipient == "bob" and push.message.text == "are you there?"
+    assert push.recipients == ("bob",) and push.message.text == "are you there?"
     connect(hub, sink, 3, "bob", "phone")
     hub.handle(1, Send(id=2, to="bob", text="now?"), now=3)
     assert len(pushes) == 1

@@ -76,3 +76,15 @@ def test_exact_key_seal() -> None:
         "bob is no longer a friend",
         "bob online",
     ]
+
+
+def test_the_character_bound_limits_large_frames_but_one_always_fits() -> None:
+    box = Outbox(100, max_chars=1000)
+    assert box.push(Outgoing("x" * 5000))  # alone in the queue: a big reply still goes out
+    assert not box.push(Outgoing("y"))  # nothing more fits behind it
+    box.pop_all()
+    assert box.push(Outgoing("a" * 600))
+    assert not box.push(Outgoing("b" * 600))
+    assert box.push(Outgoing("c" * 400))
+    assert box.push(Outgoing("s", coalesce_key=("presence", "u")))  # state frames: by count
+    assert [item.text[0] for item in box.pop_all()] == ["a", "c", "s"]

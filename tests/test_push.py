@@ -37,7 +37,7 @@ async def test_a_push_posts_the_message_and_the_recipient(autojump_clock: MockCl
     push = notifier(handler)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(push.run)
-        push.submit(PushRequest("bob", MESSAGE))
+        push.submit(PushRequest(("bob",), MESSAGE))
         await trio.sleep(1)
         nursery.cancel_scope.cancel()
     [request] = seen
@@ -67,7 +67,7 @@ async def test_retries_back_off_on_errors_and_5xx(autojump_clock: MockClock) -> 
     push = notifier(handler, push_retries=3)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(push.run)
-        push.submit(PushRequest("bob", MESSAGE))
+        push.submit(PushRequest(("bob",), MESSAGE))
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     assert times == [0, 0.5, 1.5, 3.5]
@@ -88,7 +88,7 @@ async def test_giving_up_is_counted_and_logged(
     push = notifier(handler, push_retries=2)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(push.run)
-        push.submit(PushRequest("bob", MESSAGE))
+        push.submit(PushRequest(("bob",), MESSAGE))
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
     assert calls == attempts
@@ -96,6 +96,54 @@ async def test_giving_up_is_counted_and_logged(
     assert f"push of message 42 to bob failed after {attempts} attempt(s): HTTP {status}" in (
         caplog.text
     )
+
+
+async def test_a_receiver_that_trickles_its_answer_times_out(autojump_clock: MockClock) -> None:
+    """``push_timeout`` bounds the whole request, not each read."""
+    times: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        times.append(trio.current_time())
+        await trio.sleep(3600)  # never answers in time
+        return httpx.Response(200)
+
+    push = notifier(handler, push_retries=1, push_timeout=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest(("bob",), MESSAGE))
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert times == [0, 2.5]  # 2 s timeout, 0.5 s backoff, 2 s timeout
+    assert push.results == {"failed": 1}
+
+
+async def test_an_unexpected_error_costs_one_push_not_the_server(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("surprise")
+        return httpx.Response(200)
+
+    push = notifier(handler)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest(("bob", "carol"), MESSAGE))
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert push.results == {"failed": 1, "delivered": 1}
+    assert "push of message 42 to" in caplog.text and "RuntimeError: surprise" in caplog.text
+
+
+def test_webhook_urls_are_checked_up_front() -> None:
+    for bad in ("http://[::1/", "ftp://x/", "http:///path", "https://h:99999/"):
+        with pytest.raises(ValueError, match="push_webhook"):
+            Config(push_webhook=bad)
+    assert Config(push_webhook="https://push.example/hook").push_webhook
 
 
 async def test_a_full_queue_drops_instead_of_blocking(autojump_clock: MockClock) -> None:
@@ -109,8 +157,9 @@ async def test_a_full_queue_drops_instead_of_blocking(autojump_clock: MockClock)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(push.run)
         await trio.sleep(0.1)  # the worker is waiting for work
-        for _ in range(5):
-            push.submit(PushRequest("bob", MESSAGE))  # returns at once every time
+        push.submit(PushRequest(("bob", "carol"), MESSAGE))  # returns at once every time
+        for _ in range(3):
+            push.submit(PushRequest(("bob",), MESSAGE))
         await trio.sleep(1)
         release.set()
         await trio.sleep(1)
@@ -122,10 +171,12 @@ async def test_a_full_queue_drops_instead_of_blocking(autojump_clock: MockClock)
 async def test_without_a_webhook_a_push_is_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="geopresence.push")
     push = PushNotifier(Config())
-    push.submit(PushRequest("bob", MESSAGE))
+    push.submit(PushRequest(("bob",), MESSAGE))
     assert "push (no --push-webhook): message 42 from alice to bob" in caplog.text
     assert "hi" not in caplog.messages[0].split(":", 1)[1]  # the text is not logged
-    assert push.results == {"logged": 1}
+    push.submit(PushRequest(tuple(f"m{i}" for i in range(500)), MESSAGE))
+    assert caplog.messages[-1].endswith("to m0, m1, m2 and 497 more")  # one line, not 500
+    assert push.results == {"logged": 501}
     await push.run()  # nothing to run: returns at once
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import trio
 from trio.testing import MockClock
+from trio_websocket import ConnectionClosed
 
 from geopresence.client import Client, connect_stream
 from geopresence.testing import TestServer, open_server
@@ -171,3 +173,28 @@ async def test_slow_device_is_cut_with_4008_and_recovers_everything_by_sync(
         async with server.connect("bob", "phone") as bob:
             recovered = await bob.sync_all(limit=7)
             assert [m["message_id"] for m in recovered] == [s["message_id"] for s in sent]
+
+
+async def test_sync_replies_piling_up_unread_are_bounded_in_bytes(
+    autojump_clock: MockClock,
+) -> None:
+    """A client asking for many large pages and reading none is a slow consumer: its queue is
+    bounded in bytes, not only in frames, so it cannot make the server hold hundreds of MB."""
+    async with open_server(queue_bytes=300_000) as server:
+        await server.admin.befriend("alice", "bob")
+        async with server.connect("alice") as alice:
+            for i in range(60):
+                await alice.send_message(f"{i}" + "x" * 2000, to="bob")
+        stream = server.running.server.open_memory_connection(lockstep=True)
+        async with connect_stream(stream, user="bob", device="phone") as bob:
+            sent = 0
+            with contextlib.suppress(ConnectionClosed):  # cut off before all 30: expected
+                for i in range(30):  # each reply is ~120 KB
+                    await bob.send({"type": "sync", "id": i, "after": "0", "limit": 60})
+                    sent += 1
+            assert sent < 30
+            with trio.fail_after(60):
+                while server.running.hub.connections_of("bob"):
+                    await trio.sleep(0.5)
+            del bob
+        assert 'geopresence_closes_total{code="4008"} 1' in await server.admin.metrics()

@@ -1,0 +1,194 @@
+"""Durability benchmark: acknowledged chat messages per second under each ``--fsync``
+policy, and the cost of snapshots and restarts for a large state.
+
+    python benchmarks/bench_durability.py [--quick] [--dir DIR]
+
+Part 1 runs an in-process server (in-memory WebSocket transport, so sockets are not what is
+measured) with a data dir on DIR's file system, connects C senders that each keep a window
+of 8 sends in flight (waiting for their ``sent`` acks before the next window), and reports
+acked messages/s, fsyncs and messages per fsync: the group commit at work. ``in-memory`` is
+the ceiling without a journal. The senders run in the same process, so the figures include
+the client's own WebSocket work: compare the rows with each other, not with other tables.
+
+Part 2 builds a state of U users (5 friends each), groups, settings and M chat messages
+directly in the core, then times a snapshot write, and a restart: reading the snapshot,
+replaying a journal of R records after it, and rebuilding the indexes. Default U=100,000,
+M=1,000,000 (about 3 GB of RAM while it runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from geopresence.chat_store import ChatMessage
+from geopresence.config import FsyncPolicy
+from geopresence.hub import Hub, HubSettings
+from geopresence.journal import FILE_MAGIC, encode_frame
+from geopresence.persistence import (
+    JOURNAL_PATTERN,
+    _Discard,
+    journal_path,
+    load_offline,
+    state_dir,
+    write_snapshot,
+)
+from geopresence.records import Befriended, Record
+from geopresence.recovery import capture
+from geopresence.snowflake import SnowflakeGenerator
+from geopresence.store import MemoryStore, UserSettings
+from geopresence.testing import open_server
+
+WINDOW = 8
+"""Sends a sender has in flight before it waits for their acks."""
+
+
+async def acked_rate(policy: FsyncPolicy | None, base: Path, senders: int, each: int) -> None:
+    """Acked messages/s with ``senders`` concurrent senders (None: --in-memory)."""
+    data_dir = Path(tempfile.mkdtemp(dir=base))
+    overrides: dict[str, Any] = (
+        {"in_memory": True} if policy is None else {"in_memory": False, "fsync": policy}
+    )
+    async with open_server(data_dir=data_dir, time_origin=None, **overrides) as server:
+        await server.admin.befriend_many([("sink", f"s{i}") for i in range(senders)])
+        journal = server.running.server.journal
+        fsyncs_before = journal.fsyncs if journal else 0
+        clients = []
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+            done = [0]
+
+            async def sender(user: str) -> None:
+                async with server.connect(user) as client:
+                    clients.append(client)
+                    await ready.wait()
+                    for start in range(0, each, WINDOW):
+                        # Pipelined: a window of sends, then their acks (a chatty client).
+                        count = min(WINDOW, each - start)
+                        for n in range(start, start + count):
+                            text = f"{user} says {n}"
+                            await client.send({"type": "send", "to": "sink", "text": text})
+                        for _ in range(count):
+                            reply = await client.recv_type("sent", "error")
+                            assert reply["type"] == "sent", reply
+                    done[0] += 1
+
+            for i in range(senders):
+                nursery.start_soon(sender, f"s{i}")
+            while len(clients) < senders:
+                await trio.sleep(0.01)
+            started = time.perf_counter()
+            ready.set()
+        elapsed = time.perf_counter() - started
+        total = senders * each
+        fsyncs = (journal.fsyncs - fsyncs_before) if journal else 0
+        per_fsync = f"{total / fsyncs:8.1f}" if fsyncs else "       -"
+        label = "in-memory" if policy is None else f"--fsync {policy}"
+        print(
+            f"{label:<18} {total / elapsed:10,.0f} acked msg/s   {fsyncs:7,} fsyncs"
+            f"   {per_fsync} msg/fsync   ({total:,} messages, {senders} senders)"
+        )
+
+
+def build_state(users: int, messages: int) -> Hub:
+    """A hub holding ``users`` users with 5 friends each, 1 group per 100 users (20 members),
+    settings for 1 user in 10, and ``messages`` messages (9 in 10 are 1:1)."""
+    rng = random.Random(7)
+    hub = Hub(HubSettings(), MemoryStore(), _Discard())
+    store = hub.store
+    for i in range(users):
+        for k in range(1, 6):
+            store.add_friendship(f"u{i}", f"u{(i + k) % users}")
+    groups = max(1, users // 100)
+    for g in range(groups):
+        members = [f"u{(g * 100 + k * 5) % users}" for k in range(20)]
+        store.set_group(f"g{g}", members)
+        for member in members:
+            hub.chat.store.join(f"g{g}", member, 0)
+    for i in range(0, users, 10):
+        store.put_settings(f"u{i}", UserSettings(share_location=False, radius_m=2000.0))
+    ids = SnowflakeGenerator(node_id=1)
+    t = 1.8e9
+    batch: list[ChatMessage] = []
+    for n in range(messages):
+        t += 0.001
+        sender = rng.randrange(users)
+        text = f"message {n}: see you at the station at {n % 24:02d}:00"
+        if n % 10:
+            to = f"u{(sender + rng.randrange(1, 6)) % users}"
+            batch.append(ChatMessage(ids.next_id(t), f"u{sender}", text, t, to=to))
+        else:
+            group = f"g{rng.randrange(groups)}"
+            batch.append(ChatMessage(ids.next_id(t), f"u{sender}", text, t, group=group))
+    hub.chat.store.load(batch)
+    hub.chat.ids.observe(ids.last_id)
+    return hub
+
+
+def restart_cost(base: Path, users: int, messages: int, journal_records: int) -> None:
+    started = time.perf_counter()
+    hub = build_state(users, messages)
+    print(
+        f"built {users:,} users, {messages:,} messages in {time.perf_counter() - started:.1f} s"
+        f" (RSS {_rss_mb():,.0f} MB)"
+    )
+    data_dir = Path(tempfile.mkdtemp(dir=base))
+    started = time.perf_counter()
+    snapshot = capture(hub, 0, time.time())
+    captured = time.perf_counter() - started
+    path, size = write_snapshot(data_dir, snapshot)
+    written = time.perf_counter() - started
+    print(
+        f"snapshot: capture {captured * 1000:,.0f} ms in the event loop, "
+        f"write {written:.2f} s in a thread, {size / 1e6:,.0f} MB"
+    )
+    records: list[Record] = [Befriended(f"n{i}", f"u{i % users}") for i in range(journal_records)]
+    directory = state_dir(data_dir)
+    with open(journal_path(directory, 1), "wb") as file:
+        file.write(FILE_MAGIC + b"".join(encode_frame(r) for r in records))
+    assert [p for p in directory.iterdir() if JOURNAL_PATTERN.match(p.name)]
+    del hub, snapshot
+    started = time.perf_counter()
+    restored, recovered = load_offline(data_dir, repair=False)
+    elapsed = time.perf_counter() - started
+    assert len(restored.chat.store) == messages and len(recovered.records) == journal_records
+    print(
+        f"restart: snapshot + {journal_records:,} journal records -> {len(restored.chat.store):,}"
+        f" messages in {elapsed:.2f} s (RSS {_rss_mb():,.0f} MB)"
+    )
+    path.unlink()
+
+
+def _rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
+    parser.add_argument("--dir", type=Path, default=None, help="where the data dirs go")
+    args = parser.parse_args()
+    base = args.dir or Path(tempfile.mkdtemp(prefix="geopresence-bench-"))
+    base.mkdir(parents=True, exist_ok=True)
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus")
+    print(f"data dirs under {base}")
+    senders, each = (10, 20) if args.quick else (50, 200)
+    for policy in (None, "no", "everysec", "always"):
+        trio.run(acked_rate, policy, base, senders, each)
+    users, messages, records = (1000, 10_000, 1000) if args.quick else (100_000, 1_000_000, 100_000)
+    restart_cost(base, users, messages, records)
+
+
+if __name__ == "__main__":
+    main()
