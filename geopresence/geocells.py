@@ -53,9 +53,17 @@ def normalize_lon(lon: float) -> float:
     return lon - 180.0
 
 
+_SNAP_DEG = 1e-9
+"""Coordinates closer than this to 0 (0.1 mm) are encoded as 0: python-geohash's C encoder
+misplaces some subnormal-scale values (lat 1.2e-291 lands one cell north of lat 0)."""
+
+
 def cell_of(lat: float, lon: float, precision: int) -> str:
     """The geohash cell of a point (lat 90 is folded into the top row, lon 180 into -180)."""
-    return str(geohash.encode(min(lat, _LAT_BELOW_90), normalize_lon(lon), precision))
+    lat = 0.0 if abs(lat) < _SNAP_DEG else min(lat, _LAT_BELOW_90)
+    lon = normalize_lon(lon)
+    lon = 0.0 if abs(lon) < _SNAP_DEG else lon
+    return str(geohash.encode(lat, lon, precision))
 
 
 Box = tuple[float, float, list[tuple[float, float]]]

@@ -48,6 +48,7 @@ from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode,
 from geopresence.push import PushNotifier
 from geopresence.recovery import apply, capture, restore
 from geopresence.store import MemoryStore
+from geopresence.wsbatch import send_texts
 
 log = logging.getLogger("geopresence")
 
@@ -685,9 +686,8 @@ class Server:
                 batch = c.outbox.pop_all()
                 with trio.CancelScope() as scope:
                     c.send_scope = scope
-                    for item in batch:
-                        await ws.send_message(item.text)
-                        self.metrics.messages_out += 1
+                    await send_texts(ws, [item.text for item in batch])
+                    self.metrics.messages_out += len(batch)
                 c.send_scope = None
                 if scope.cancelled_caught:
                     code = c.close_request[0] if c.close_request else CLOSE_SLOW_CONSUMER

@@ -52,6 +52,7 @@ SHELL = {
     "history",
     "push",
     "persistence",
+    "wsbatch",
 }
 
 
