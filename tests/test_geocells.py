@@ -55,6 +55,7 @@ radii = st.one_of(st.just(8046.72), st.floats(50, 50_000))
 @example(lat=89.99, lon=0.0, radius=8046.72, bearing=0.0, fraction=1.0)
 @example(lat=-89.95, lon=-180.0, radius=8046.72, bearing=180.0, fraction=0.999)
 @example(lat=60.0, lon=10.0, radius=8046.72, bearing=45.0, fraction=1.0)
+@example(lat=0.0, lon=0.0, radius=50.0, bearing=0.0, fraction=2.676999113387675e-288)
 def test_cover_contains_every_point_within_radius(
     lat: float, lon: float, radius: float, bearing: float, fraction: float
 ) -> None:
