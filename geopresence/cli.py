@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = commands.add_parser(
         "serve",
         help="run the server",
-        description="Run the server. Without flags: in-memory state, data dir "
-        "./geopresence-data, WebSocket on 127.0.0.1:8765, HTTP API on 127.0.0.1:8766.",
+        description="Run the server. Without flags: state in memory, journaled and "
+        "snapshotted to the data dir ./geopresence-data (--fsync everysec), WebSocket on "
+        "127.0.0.1:8765, HTTP API on 127.0.0.1:8766.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     s.add_argument("--host", default=d.host, help="interface to listen on (0.0.0.0: all)")

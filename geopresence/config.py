@@ -56,8 +56,8 @@ def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> Non
 class Config:
     """Everything ``serve`` needs. Durations are seconds (fractions allowed), sizes bytes.
 
-    The defaults are the embedded single-process server of the README: in-memory state, a
-    data dir in the current folder, loopback only.
+    The defaults are the embedded single-process server of the README: state in memory,
+    journaled and snapshotted to a data dir in the current folder, loopback only.
     """
 
     host: str = "127.0.0.1"
@@ -67,7 +67,8 @@ class Config:
     http_port: int = attrs.field(default=8766, validator=_port)
     """HTTP API port; 0 picks a free one."""
     data_dir: Path = attrs.field(default=Path("geopresence-data"), converter=Path)
-    """Holds the generated secret and admin key (and, later, journal and snapshots)."""
+    """Holds the generated secret and admin key, the journal and snapshots (``state/``),
+    the location history and the lock (docs/durability.md)."""
     insecure: bool = False
     """Accept ``hello`` with a bare ``user`` and HTTP calls without the admin key."""
     admin_key: str | None = None

@@ -215,16 +215,18 @@ class HttpApi:
                 if problem is not None:
                     raise HttpError(400, "bad_request", problem)
             body = await _read_body(receive)
+            before = self.hub.last_seq
             try:
                 result = route.handler(Request(method, path, params, body))
                 if inspect.isawaitable(result):
                     result = await result
             except ProtocolError as exc:
-                # A refused bulk import may have created part of its pairs: durable first.
-                await self.server.durable(self.hub.last_seq)
+                await self._durable_since(before)
                 raise HttpError(_status_for(exc.code), exc.code, exc.message) from None
-            # A response acknowledges the change: only once the journal made it durable.
-            await self.server.durable(self.hub.last_seq)
+            except HttpError:
+                await self._durable_since(before)  # a refused bulk import may have created some
+                raise
+            await self._durable_since(before)
             return result
         if allowed:
             raise HttpError(
@@ -234,6 +236,13 @@ class HttpApi:
                 [(b"allow", ", ".join(allowed).encode())],
             )
         raise HttpError(404, "not_found", f"no such endpoint: {path}")
+
+    async def _durable_since(self, before: int) -> None:
+        """A response acknowledges what its request changed: it waits until the journal
+        made that durable. A request that changed nothing (a read) never waits."""
+        after = self.hub.last_seq
+        if after > before:
+            await self.server.durable(after)
 
     def _authorize(self, scope: Scope) -> None:
         key = self.server.admin_key

@@ -19,6 +19,7 @@ second); ``no`` leaves fsync to the OS.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import logging
@@ -119,11 +120,17 @@ class DataDirLock:
 
 
 def is_locked(data_dir: Path) -> bool:
-    """True if a running process holds ``data_dir``."""
+    """True if a running process holds ``data_dir`` (the lock file is only read)."""
+    path = data_dir / "lock"
     try:
-        DataDirLock(data_dir).close()
-    except DataDirLocked:
-        return True
+        with open(path, "rb") as file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    except FileNotFoundError:
+        return False
     return False
 
 
@@ -154,12 +161,14 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
     for seq, path in reversed(_numbered(directory, SNAPSHOT_PATTERN)):
         try:
             snapshot = decode_snapshot(path.read_bytes())
+            if snapshot.journal_seq != seq:
+                raise SnapshotError(f"it says journal seq {snapshot.journal_seq}")
         except (OSError, SnapshotError) as exc:
-            problems.append(f"snapshot {path.name} unreadable ({exc}); trying an older one")
-            continue
-        if snapshot.journal_seq != seq:
-            problems.append(f"snapshot {path.name} says seq {snapshot.journal_seq}; skipped")
             snapshot = None
+            problems.append(f"snapshot {path.name} unreadable ({exc}); trying an older one")
+            if repair:
+                # Out of the way, so that pruning never counts it among those kept.
+                path.rename(path.with_name(path.name + ".corrupt"))
             continue
         used = path
         break
@@ -170,7 +179,10 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
     for index, (first_seq, path) in enumerate(segments):
         data = path.read_bytes()
         if FILE_MAGIC.startswith(data):
-            continue  # created, but a crash came before (or during) its magic: empty
+            # Created, but a crash came before (or during) its magic: an empty segment.
+            if data and repair:
+                _truncate(path, 0)
+            continue
         decoded = decode_frames(data)
         expected = last_seq + 1
         if decoded.records and first_seq > expected and first_seq > base + 1:
@@ -191,19 +203,35 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
             f"good record(s) before byte {good} and dropping {len(data) - good} byte(s)"
         )
         if repair:
-            with open(path, "r+b") as file:
-                if good < len(FILE_MAGIC):
-                    file.truncate(0)
-                    file.write(FILE_MAGIC)
-                else:
-                    file.truncate(good)
-                file.flush()
-                os.fsync(file.fileno())
-            for _, later in segments[index + 1 :]:
-                problems.append(f"journal {later.name} follows a damaged one: renamed .orphaned")
+            _truncate(path, good)
+        if index + 1 == len(segments):
+            break  # a torn tail: the usual crash mid-write
+        next_first = segments[index + 1][0]
+        good_last = first_seq + len(decoded.records) - 1
+        if next_first <= max(good_last, base) + 1:
+            # What was dropped is older than the snapshot (or than the next segment): the
+            # records after it are still whole, so recovery goes on with them.
+            problems.append(f"journal {path.name}: the dropped part was not needed; continuing")
+            continue
+        for _, later in segments[index + 1 :]:
+            problems.append(f"journal {later.name} follows a damaged one: renamed .orphaned")
+            if repair:
                 later.rename(later.with_name(later.name + ".orphaned"))
         break
     return Recovered(snapshot, records, last_seq, problems, used)
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes, durably; shorter than the magic means a fresh
+    segment (just the magic)."""
+    with open(path, "r+b") as file:
+        if size < len(FILE_MAGIC):
+            file.truncate(0)
+            file.write(FILE_MAGIC)
+        else:
+            file.truncate(size)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 # ------------------------------------------------------------------------------ snapshots
@@ -266,12 +294,15 @@ class FileJournal:
         self._frames: list[bytes] = []
         self._frames_first = 1  # seq of self._frames[0]
         self._segment_starts: list[int] = []  # pending new segments (first seqs)
-        self._file: IO[bytes] | None = None
+        self._fd: int | None = None
+        self._progress = (0, 0)  # (frames written, segment starts done) of the current batch
         self._wakeup = trio.Event()
         self._io = trio.Lock()  # one thread at a time touches the segment file
         self.fsyncs = 0
         self.bytes_written = 0
         self.write_errors = 0
+        self._failing = False
+        self._last_error_log = 0.0
 
     # The Journal protocol
 
@@ -330,19 +361,24 @@ class FileJournal:
                     async with self._io:
                         await trio.to_thread.run_sync(self._write, frames, first, starts)
                 except OSError as exc:
-                    # Nothing is acknowledged that is not written: keep it all and retry.
+                    # Nothing is acknowledged that is not written: re-queue what was not
+                    # written and retry (what was, stays: it is never written twice).
                     self.write_errors += 1
-                    log.error(
-                        "journal write failed (%s); acks wait, retrying in %g s",
-                        exc,
-                        RETRY_AFTER_WRITE_ERROR_S,
-                    )
-                    self._frames = frames + self._frames
-                    self._frames_first = first
-                    self._segment_starts = starts + self._segment_starts
+                    self._log_write_error(exc)
+                    done, rotations = self._progress
+                    if done:
+                        self._written = max(self._written, first + done - 1)
+                    self._frames = frames[done:] + self._frames
+                    self._frames_first = first + done
+                    self._segment_starts = sorted(starts)[rotations:] + self._segment_starts
                     failed = True
                 else:
                     failed = False
+                    if self._failing:
+                        log.warning(
+                            "journal writes work again after %d error(s)", self.write_errors
+                        )
+                        self._failing = False
                     self._written = max(self._written, last)
                     if self.policy == "always":
                         self._synced = self._written
@@ -355,78 +391,105 @@ class FileJournal:
         """Flush, fsync (any policy) and close the segment (at shutdown)."""
         await self.flush()
         async with self._io:
-            if self._file is not None:
-                await trio.to_thread.run_sync(self._fsync_and_close)
+            await trio.to_thread.run_sync(self._fsync_and_close)
 
-    # Worker-thread side
+    # Worker-thread side. The segment is a raw file descriptor (no Python buffer that could
+    # keep half a batch after a failed write and write it again later).
 
     def _write(self, frames: list[bytes], first: int, starts: list[int]) -> None:
-        assert self._file is not None
-        boundaries = sorted(starts)
+        """Write ``frames`` (seq ``first``...) starting new segments at ``starts``. Progress
+        is recorded in ``_progress`` as it is made, so that after an error the caller
+        re-queues only what was not written."""
+        self._progress = (0, 0)
         position = 0
-        for start in boundaries:
+        for done, start in enumerate(sorted(starts)):
             count = max(0, min(start - first, len(frames)) - position)
             self._write_frames(frames[position : position + count])
             position += count
+            self._progress = (position, done)
             self._sync()
-            self._file.close()
+            self._close_fd()
             self._open_segment(start)
+            self._progress = (position, done + 1)
         self._write_frames(frames[position:])
+        self._progress = (len(frames), len(starts))
         if self.policy == "always":
             self._sync()
 
     def _write_frames(self, frames: list[bytes]) -> None:
-        assert self._file is not None
         if not frames:
             return
-        data = b"".join(frames)
-        before = self._file.tell()
+        assert self._fd is not None
+        data = memoryview(b"".join(frames))
+        before = os.lseek(self._fd, 0, os.SEEK_END)
         try:
-            self._file.write(data)
-            self._file.flush()  # to the OS: from here a process crash cannot lose it
+            while data:
+                written = os.write(self._fd, data)  # to the OS: a process crash cannot lose it
+                data = data[written:]
         except OSError:
-            # Cut a partial write off, so the retry does not follow a torn frame.
-            try:
-                self._file.truncate(before)
-                self._file.seek(before)
-            except OSError:
-                pass
+            # Cut a partial write off, so that the retry does not follow a torn frame.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, before)
             raise
-        self.bytes_written += len(data)
+        self.bytes_written += sum(len(frame) for frame in frames)
 
     def _sync(self) -> None:
-        assert self._file is not None
-        os.fsync(self._file.fileno())
+        assert self._fd is not None
+        os.fsync(self._fd)
         self.fsyncs += 1
 
     def _open_segment(self, first_seq: int) -> None:
         path = journal_path(self.directory, first_seq)
-        self._file = open(path, "ab")  # noqa: SIM115 - closed by rotation or close
-        if self._file.tell() == 0:
-            self._file.write(FILE_MAGIC)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            fsync_dir(self.directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size < len(FILE_MAGIC):
+                # New, or cut short by a crash before its magic was complete.
+                os.ftruncate(fd, 0)
+                os.write(fd, FILE_MAGIC)
+                os.fsync(fd)
+                fsync_dir(self.directory)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _fsync_and_close(self) -> None:
-        assert self._file is not None
-        self._sync()
-        self._file.close()
-        self._file = None
+        if self._fd is not None:
+            self._sync()
+            self._close_fd()
+
+    def _log_write_error(self, exc: OSError) -> None:
+        # The first failure and then one line a minute: a full disk must not flood the log.
+        now = time.monotonic()
+        if not self._failing or now - self._last_error_log >= 60:
+            log.error(
+                "journal write failed (%d so far): %s; acks wait, retrying every %g s",
+                self.write_errors,
+                exc,
+                RETRY_AFTER_WRITE_ERROR_S,
+            )
+            self._last_error_log = now
+        self._failing = True
 
     async def _fsync_every_second(self) -> None:
         while True:
             await trio.sleep(1.0)
-            if self._written > self._synced and self._file is not None:
+            if self._written > self._synced and self._fd is not None:
                 target = self._written
                 try:
                     async with self._io:
-                        if self._file is None:
+                        if self._fd is None:
                             return
                         await trio.to_thread.run_sync(self._sync)
                 except OSError as exc:
                     self.write_errors += 1
-                    log.error("journal fsync failed: %s", exc)
+                    self._log_write_error(exc)
                     continue
                 self._synced = max(self._synced, target)
 

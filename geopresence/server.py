@@ -424,7 +424,10 @@ class Server:
                 log.error("final snapshot failed (the journal still has everything): %s", exc)
             await journal.close()
         if timeout.cancelled_caught:
-            log.error("shutdown: writing the final snapshot took too long; the journal has it")
+            log.error(
+                "shutdown: the final snapshot and journal flush did not finish in time "
+                "(see the errors above); what was acknowledged is on disk"
+            )
 
     def stop(self) -> None:
         """Begin a graceful shutdown (safe to call more than once)."""

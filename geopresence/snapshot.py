@@ -103,7 +103,13 @@ def decode_snapshot(data: bytes) -> Snapshot:
             f"({SNAPSHOT_VERSION}): upgrade geopresence"
         )
     while version < SNAPSHOT_VERSION:
-        raw = MIGRATIONS[version](raw)
+        migrate = MIGRATIONS.get(version)
+        if migrate is None:
+            raise SnapshotError(f"no migration from snapshot version {version}")
+        try:
+            raw = migrate(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"migrating from version {version} failed: {exc}") from None
         version += 1
         raw["version"] = version
     try:

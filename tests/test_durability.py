@@ -4,6 +4,7 @@ older snapshot, the data dir lock, and a SIGKILL in the middle of acknowledged s
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,21 @@ from typing import Any
 import pytest
 import trio
 
+from geopresence import persistence
 from geopresence.client import connect
-from geopresence.journal import encode_frame
-from geopresence.persistence import JOURNAL_PATTERN, SNAPSHOT_PATTERN, DataDirLocked, state_dir
+from geopresence.journal import FILE_MAGIC, encode_frame
+from geopresence.persistence import (
+    JOURNAL_PATTERN,
+    SNAPSHOT_PATTERN,
+    DataDirLocked,
+    FileJournal,
+    is_locked,
+    recover,
+    state_dir,
+    write_snapshot,
+)
 from geopresence.records import Befriended
+from geopresence.snapshot import Snapshot
 from geopresence.testing import TestServer, open_server
 from tests.test_cli import geopresence, start
 
@@ -194,3 +206,97 @@ async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
         restarted.proc.send_signal(signal.SIGTERM)
         restarted.proc.wait(30)
     assert restarted.proc.returncode == 0
+
+
+def test_damage_in_a_segment_the_snapshot_covers_loses_nothing(tmp_path: Path) -> None:
+    """Only damage to records after the snapshot can cost data; older damage is noted and
+    recovery goes on with the later segments."""
+    directory = state_dir(tmp_path)
+    directory.mkdir(parents=True)
+    old = [Befriended("a", "b"), Befriended("c", "d")]
+    new = [Befriended("e", "f"), Befriended("g", "h")]
+    (directory / "journal-00000000000000000001.log").write_bytes(
+        FILE_MAGIC + b"".join(encode_frame(r) for r in old)
+    )
+    (directory / "journal-00000000000000000003.log").write_bytes(
+        FILE_MAGIC + b"".join(encode_frame(r) for r in new)
+    )
+    write_snapshot(tmp_path, Snapshot(created_at=0, journal_seq=2, last_message_id=0,
+                                      friendships=[("a", "b"), ("c", "d")]))  # fmt: skip
+    first = directory / "journal-00000000000000000001.log"
+    data = bytearray(first.read_bytes())
+    data[len(FILE_MAGIC) + 12] ^= 0xFF
+    first.write_bytes(bytes(data))
+    recovered = recover(tmp_path, repair=True)
+    assert [seq for seq, _ in recovered.records] == [3, 4]
+    assert recovered.last_seq == 4
+    assert any("not needed; continuing" in p for p in recovered.problems)
+    assert not list(directory.glob("*.orphaned"))
+
+
+async def test_a_segment_with_half_its_magic_is_reused_cleanly(tmp_path: Path) -> None:
+    directory = state_dir(tmp_path)
+    directory.mkdir(parents=True)
+    (directory / "journal-00000000000000000001.log").write_bytes(FILE_MAGIC[:3])
+    assert recover(tmp_path, repair=True).problems == []
+    journal = FileJournal(tmp_path, "always")
+    await trio.to_thread.run_sync(journal.open, 0)
+    journal.append(Befriended("a", "b"))
+    await journal.close()
+    recovered = recover(tmp_path, repair=False)
+    assert recovered.problems == [] and [s for s, _ in recovered.records] == [1]
+
+
+async def test_a_failed_write_is_retried_without_writing_anything_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(persistence, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
+    journal = FileJournal(tmp_path, "always")
+    await trio.to_thread.run_sync(journal.open, 0)
+    real_write = os.write
+    failures = [1]
+
+    def flaky_write(fd: int, data: Any) -> int:
+        if failures[0] and len(data) > 20:
+            failures[0] -= 1
+            real_write(fd, bytes(data[:20]))  # half a frame reaches the file, then ENOSPC
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", flaky_write)
+    for i in range(5):
+        journal.append(Befriended(f"a{i}", f"b{i}"))
+    await journal.flush()
+    assert journal.durable_seq == 5 and journal.write_errors == 1
+    await journal.close()
+    monkeypatch.setattr(os, "write", real_write)
+    recovered = recover(tmp_path, repair=False)
+    assert recovered.problems == []
+    assert [r for _, r in recovered.records] == [Befriended(f"a{i}", f"b{i}") for i in range(5)]
+
+
+async def test_reads_never_wait_for_a_stuck_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with persistent(tmp_path) as server:
+        journal = server.running.server.journal
+        assert journal is not None
+
+        async def stuck() -> None:
+            await trio.sleep_forever()
+
+        monkeypatch.setattr(journal, "flush", stuck)
+        with trio.move_on_after(1) as put_timeout:
+            await server.admin.befriend("a", "b")
+        assert put_timeout.cancelled_caught  # not acknowledged: not durable
+        with trio.fail_after(5):
+            assert (await server.admin.health()) == {"status": "ok"}
+            assert "geopresence_journal_write_errors_total" in await server.admin.metrics()
+            assert await friends_of(server, "a") == ["b"]
+        server.running.server.journal = None  # let the shutdown skip the stuck journal
+
+
+def test_inspect_leaves_the_lock_file_alone(tmp_path: Path) -> None:
+    (tmp_path / "lock").write_text("geopresence pid 1\n")
+    assert not is_locked(tmp_path)
+    assert (tmp_path / "lock").read_text() == "geopresence pid 1\n"

@@ -205,3 +205,9 @@ def test_older_versions_are_migrated_step_by_step(monkeypatch: pytest.MonkeyPatc
     migrated = decode_snapshot(old)
     assert calls == [SNAPSHOT_VERSION]
     assert migrated.journal_seq == 105 and migrated.version == SNAPSHOT_VERSION + 1
+
+
+def test_a_version_without_a_migration_is_a_snapshot_error() -> None:
+    ancient = encode_snapshot(Snapshot(version=0, created_at=1, journal_seq=1, last_message_id=0))
+    with pytest.raises(SnapshotError, match="no migration from snapshot version 0"):
+        decode_snapshot(ancient)
