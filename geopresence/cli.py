@@ -292,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="retries of a failed webhook POST, with backoff (default: %(default)s)",
     )
     s.add_argument(
+        "--gc-freeze-interval",
+        type=float,
+        default=d.gc_freeze_interval,
+        metavar="S",
+        help="move long-lived objects out of the garbage collector's reach every S seconds "
+        "(keeps GC pauses short with many users; 0: off)",
+    )
+    s.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -401,6 +409,7 @@ def _config_from(args: argparse.Namespace) -> Config:
         push_webhook=args.push_webhook,
         push_timeout=args.push_timeout,
         push_retries=args.push_retries,
+        gc_freeze_interval=args.gc_freeze_interval,
     )
 
 

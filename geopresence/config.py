@@ -139,6 +139,14 @@ class Config:
     the message is stored either way and the device gets it with ``sync``."""
     push_concurrency: int = attrs.field(default=4, validator=_at_least(1))
     """Webhook POSTs in flight at once."""
+    gc_freeze_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    """Every this many seconds, objects that survived so far are moved out of the cyclic
+    garbage collector's reach (``gc.freeze``), so that its full collections, which otherwise
+    walk every object of a large population and pause the server for 100+ ms, stay short.
+    0 turns it off (``geopresence.testing`` does, to leave the host process alone)."""
+    gc_full_interval: float = attrs.field(default=3600.0, validator=_positive)
+    """Every this many seconds, frozen objects are released and one full collection runs,
+    so that cyclic garbage among long-lived objects is still reclaimed (one longer pause)."""
     time_origin: float | None = None
     """Epoch seconds at trio clock 0. None anchors to the wall clock at start; tests under
     ``trio.testing.MockClock`` pass 0 so server times equal ``trio.current_time()``."""

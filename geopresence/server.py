@@ -7,9 +7,11 @@ never awaits, so one slow client can only ever fill its own bounded queue.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import math
+import time
 
 import attrs
 import trio
@@ -386,6 +388,8 @@ class Server:
                 root.start_soon(self._reaper)
                 root.start_soon(self._flush_history)
                 root.start_soon(self.push.run)
+                if config.gc_freeze_interval > 0:
+                    root.start_soon(self._gc_loop)
                 journal_scope = trio.CancelScope()
                 if self.journal is not None:
                     root.start_soon(self._run_journal, self.journal, journal_scope)
@@ -409,6 +413,25 @@ class Server:
             if self.journal is not None:
                 await self._persist_at_shutdown(self.journal, journal_scope)
             root.cancel_scope.cancel()
+
+    async def _gc_loop(self) -> None:
+        """Keep full garbage collections short (see ``Config.gc_freeze_interval``)."""
+        config = self.config
+        gc.freeze()  # the restored state and everything set up so far
+        last_full = trio.current_time()
+        while True:
+            await trio.sleep(config.gc_freeze_interval)
+            if trio.current_time() - last_full >= config.gc_full_interval:
+                gc.unfreeze()
+                started = time.perf_counter()
+                found = gc.collect()
+                log.info(
+                    "full garbage collection: %d unreachable objects in %.0f ms",
+                    found,
+                    (time.perf_counter() - started) * 1000,
+                )
+                last_full = trio.current_time()
+            gc.freeze()
 
     async def _run_journal(self, journal: FileJournal, scope: trio.CancelScope) -> None:
         with scope:

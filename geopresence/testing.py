@@ -111,6 +111,7 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
                 data_dir=Path(tmp),
                 time_origin=0.0,
                 in_memory=True,
+                gc_freeze_interval=0,
             )
         config = attrs.evolve(config, **overrides)
         with collapse_exception_groups():
