@@ -24,6 +24,7 @@ from geopresence.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve
 from geopresence.config import Config, webhook_problem
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
+from geopresence.logs import configure as configure_logging
 from geopresence.persistence import DataDirLocked, compact, inspect_data_dir
 from geopresence.server import RunningServer, serve
 
@@ -300,10 +301,44 @@ def build_parser() -> argparse.ArgumentParser:
         "(keeps GC pauses short with many users; 0: off)",
     )
     s.add_argument(
+        "--max-devices-per-user",
+        type=_positive_int,
+        default=d.max_devices_per_user,
+        metavar="N",
+        help="alive devices a user may have (one more is refused at hello)",
+    )
+    s.add_argument(
+        "--max-connections-per-user",
+        type=_positive_int,
+        default=d.max_connections_per_user,
+        metavar="N",
+        help="live connections a user may have",
+    )
+    s.add_argument(
+        "--rate-limit",
+        type=float,
+        default=d.rate_limit,
+        metavar="R",
+        help="client messages per second per connection, sustained (0: no limit)",
+    )
+    s.add_argument(
+        "--rate-burst",
+        type=_positive_int,
+        default=d.rate_burst,
+        metavar="N",
+        help="client messages a connection may send at once",
+    )
+    s.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity",
+    )
+    s.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (ts, level, logger, message)",
     )
     s.set_defaults(run=_cmd_serve)
 
@@ -410,6 +445,10 @@ def _config_from(args: argparse.Namespace) -> Config:
         push_timeout=args.push_timeout,
         push_retries=args.push_retries,
         gc_freeze_interval=args.gc_freeze_interval,
+        max_devices_per_user=args.max_devices_per_user,
+        max_connections_per_user=args.max_connections_per_user,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
     )
 
 
@@ -450,11 +489,7 @@ async def _serve_until_signal(config: Config) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     try:
         config = _config_from(args)
     except ValueError as exc:

@@ -105,6 +105,19 @@ class Config:
     """Groups with at most this many members get presence events of co-members."""
     max_friends: int = 5000
     max_group_size: int = 100_000
+    max_devices_per_user: int = attrs.field(default=16, validator=_at_least(1))
+    """Alive devices a user may have (connected or within its offline_after grace window);
+    one more is refused at hello (error ``forbidden``, close 1008)."""
+    max_connections_per_user: int = attrs.field(default=16, validator=_at_least(1))
+    """Live connections a user may have (each device has at most one: a new connection of
+    the same device replaces the old one)."""
+    rate_limit: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    """Client messages per second a connection may send, sustained; more get a
+    ``rate_limited`` error instead of being handled (0: no limit)."""
+    rate_burst: int = attrs.field(default=60, validator=_at_least(1))
+    """Client messages a connection may send at once (token bucket capacity)."""
+    abuse_limit: int = attrs.field(default=100, validator=_at_least(1))
+    """Rate-limited messages in a row after which the connection is closed with 4008."""
     max_message_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
     """Largest client frame; a larger one closes the connection with 1009."""
     hello_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -147,6 +147,7 @@ class HttpApi:
             route("PUT", _path("/v1/groups/{group}/members/{user}"), self.put_member),
             route("DELETE", _path("/v1/groups/{group}/members/{user}"), self.delete_member),
             route("POST", _path("/v1/snapshot"), self.snapshot),
+            route("POST", _path("/v1/drain"), self.drain),
         ]
 
     # ------------------------------------------------------------------ ASGI
@@ -259,6 +260,13 @@ class HttpApi:
         raise HttpError(401, "unauthorized", "missing 'Authorization: Bearer ADMIN_KEY' header")
 
     # ------------------------------------------------------------------ handlers
+
+    def drain(self, request: Request) -> Response:
+        """Begin a graceful shutdown (what SIGTERM does): stop accepting, close every client
+        with 1001 so it reconnects elsewhere, wait up to drain_timeout, snapshot, exit."""
+        connections = self.hub.session_count
+        self.server.stop()
+        return 202, {"draining": True, "connections": connections}
 
     async def snapshot(self, request: Request) -> Response:
         """Write a snapshot now (409 without persistence) and describe it."""

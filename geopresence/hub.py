@@ -73,7 +73,13 @@ from geopresence.records import (
 )
 from geopresence.snowflake import SnowflakeGenerator
 from geopresence.store import Store
-from geopresence.strangers import STRANGER_TAG, StrangerEvent, StrangerGoneEvent, Strangers
+from geopresence.strangers import (
+    STRANGER_TAG,
+    StrangerEvent,
+    StrangerGoneEvent,
+    Strangers,
+    TokenBucket,
+)
 
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
@@ -123,6 +129,17 @@ class HubSettings:
     max_group_size: int = 100_000
     node_id: int = 0
     """This node's Snowflake node id (0..1023)."""
+    max_devices_per_user: int = 16
+    """Alive devices a user may have (connected or within the offline_after grace window)."""
+    max_connections_per_user: int = 16
+    """Live connections a user may have (one per device: a device's new connection
+    replaces its old one)."""
+    rate_limit: float = 30.0
+    """Client messages per second a connection may send, sustained (0: no limit)."""
+    rate_burst: int = 60
+    """Client messages a connection may send at once (the token bucket's capacity)."""
+    abuse_limit: int = 100
+    """Rate-limited messages in a row after which the connection is closed with 4008."""
 
 
 @attrs.frozen
@@ -177,6 +194,10 @@ class Hub:
         self.presence: PresenceTable[ConnId] = PresenceTable(settings.offline_after)
         self._sessions: dict[ConnId, Session] = {}
         self._conns_of: dict[str, set[ConnId]] = {}
+        self._buckets: dict[ConnId, TokenBucket] = {}
+        self._rejected: dict[ConnId, int] = {}
+        self.rate_limited = 0
+        """Client messages refused by the per-connection rate limit (for metrics)."""
         self.nearby = Nearby(
             self,
             location_ttl=settings.location_ttl,
@@ -223,6 +244,62 @@ class Hub:
     def is_connected(self, user: str) -> bool:
         """True if ``user`` has a live connection to this server."""
         return user in self._conns_of
+
+    def session_refusal(
+        self, user: str, device: str, request_id: RequestId = None
+    ) -> ProtocolError | None:
+        """Why ``user`` may not open a session on ``device`` now (None: it may). A device
+        that is already alive can always reconnect (its new connection replaces the old)."""
+        s = self.settings
+        if self.presence.has_device(user, device):
+            return None
+        if self.presence.get(user).devices >= s.max_devices_per_user:
+            return ProtocolError(
+                "forbidden",
+                f"{user} already has {s.max_devices_per_user} devices online "
+                "(max_devices_per_user); log one out or wait for it to go offline",
+                request_id,
+            )
+        if len(self._conns_of.get(user, ())) >= s.max_connections_per_user:
+            return ProtocolError(
+                "forbidden",
+                f"{user} already has {s.max_connections_per_user} connections "
+                "(max_connections_per_user)",
+                request_id,
+            )
+        return None
+
+    def admit(self, conn: ConnId, now: float, request_id: RequestId = None) -> bool:
+        """Count one client message of ``conn`` against its rate limit. False if it must
+        be dropped: it was answered with ``rate_limited``, or, after ``abuse_limit``
+        refusals in a row, the connection was closed with 4008."""
+        s = self.settings
+        if s.rate_limit <= 0 or conn not in self._sessions:
+            return True
+        bucket = self._buckets.get(conn)
+        if bucket is None:
+            bucket = self._buckets[conn] = TokenBucket(
+                capacity=s.rate_burst, interval=1 / s.rate_limit, tokens=s.rate_burst, updated=now
+            )
+        wait = bucket.take(now)
+        if wait == 0:
+            self._rejected.pop(conn, None)
+            return True
+        self.rate_limited += 1
+        streak = self._rejected[conn] = self._rejected.get(conn, 0) + 1
+        if streak > s.abuse_limit:
+            self._drop(conn, CLOSE_SLOW_CONSUMER, "rate limit abuse")
+            return False
+        self.reply_error(
+            conn,
+            ProtocolError(
+                "rate_limited",
+                f"more than {s.rate_limit:g} messages per second (burst {s.rate_burst}); "
+                f"retry in {wait:.2f} s",
+                request_id,
+            ),
+        )
+        return False
 
     def open_session(
         self, conn: ConnId, user: str, device: str, now: float, request_id: RequestId = None
@@ -563,6 +640,8 @@ class Hub:
         if not conns:
             del self._conns_of[session.user]
         self.broker.unsubscribe_all(conn)
+        self._buckets.pop(conn, None)
+        self._rejected.pop(conn, None)
         self.nearby.on_session_closed(conn)
         self.strangers.on_session_closed(conn)
         return session

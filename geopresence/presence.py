@@ -128,6 +128,11 @@ class PresenceTable(Generic[C]):
         self._online += 1
         return Connected(replaced, PresenceChange(user, "online", state.last_active_at))
 
+    def has_device(self, user: str, device: str) -> bool:
+        """True if ``device`` of ``user`` is alive (connected or in its grace window)."""
+        state = self._users.get(user)
+        return state is not None and device in state.devices
+
     def activity(self, user: str, device: str, conn: C, now: float) -> bool:
         """Record activity of ``conn`` at ``now``; False if ``conn`` is not that device's
         current connection (it was replaced, logged out or timed out)."""

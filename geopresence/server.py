@@ -93,6 +93,11 @@ class Server:
             strangers_query_burst=config.strangers_query_burst,
             strangers_query_interval=config.strangers_query_interval,
             node_id=config.node_id,
+            max_devices_per_user=config.max_devices_per_user,
+            max_connections_per_user=config.max_connections_per_user,
+            rate_limit=config.rate_limit,
+            rate_burst=config.rate_burst,
+            abuse_limit=config.abuse_limit,
         )
         self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
         self._history_dirty = trio.Event()
@@ -139,6 +144,12 @@ class Server:
                 ('{result="accepted"}', nearby.updates_accepted),
                 ('{result="ignored"}', nearby.updates_ignored),
             ],
+        )
+        hub = self.hub
+        self.metrics.counter(
+            "rate_limited_total",
+            "Client messages refused by the per-connection rate limit.",
+            lambda: [("", hub.rate_limited)],
         )
         chat = self.hub.chat
         self.metrics.gauge(
@@ -635,6 +646,9 @@ class Server:
             raise ProtocolError("unauthorized", "hello needs a token or a user", hello.id)
         else:
             raise ProtocolError("unauthorized", "hello needs a token", hello.id)
+        refusal = self.hub.session_refusal(user, hello.device, hello.id)
+        if refusal is not None:
+            raise refusal
         return user, hello.device, hello.id
 
     async def _reader(self, ws: WebSocketConnection, c: _Connection) -> None:
@@ -657,7 +671,11 @@ class Server:
                 message = decode(frame)
             except ProtocolError as exc:
                 hub.activity(c.conn, now)
-                hub.reply_error(c.conn, exc)
+                if hub.admit(c.conn, now, exc.re):
+                    hub.reply_error(c.conn, exc)
+                continue
+            if not hub.admit(c.conn, now, getattr(message, "id", None)):
+                hub.activity(c.conn, now)
                 continue
             try:
                 hub.handle(c.conn, message, now)

@@ -100,7 +100,9 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
     ``time_origin=0`` (server times equal ``trio.current_time()``) and ``in_memory=True``: no
     journal, whose disk writes in worker threads would let a ``MockClock`` jump while they
     run. To test durability, pass ``in_memory=False`` and your own ``data_dir`` and use the
-    real clock. ``overrides`` replace fields of the config either way.
+    real clock. The per-connection rate limit is off (``rate_limit=0``): a test suite's
+    fake backend should not throttle it; pass ``rate_limit`` to test it. ``overrides``
+    replace fields of the config either way.
     """
     with tempfile.TemporaryDirectory(prefix="geopresence-test-") as tmp:
         if config is None:
@@ -112,6 +114,7 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
                 time_origin=0.0,
                 in_memory=True,
                 gc_freeze_interval=0,
+                rate_limit=0,
             )
         config = attrs.evolve(config, **overrides)
         with collapse_exception_groups():

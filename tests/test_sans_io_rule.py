@@ -53,6 +53,7 @@ SHELL = {
     "push",
     "persistence",
     "wsbatch",
+    "logs",
 }
 
 
