@@ -478,9 +478,15 @@ def _announce(running: RunningServer, config: Config) -> None:
 
 
 async def _serve_until_signal(config: Config) -> None:
+    """Serve until SIGINT/SIGTERM or a drain (POST /v1/drain) stops the server."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            running: RunningServer = await nursery.start(serve, config)
+
+            async def server(task_status: trio.TaskStatus[RunningServer]) -> None:
+                await serve(config, task_status=task_status)
+                nursery.cancel_scope.cancel()  # stopped (a drain): stop listening for signals
+
+            running: RunningServer = await nursery.start(server)
             _announce(running, config)
             async for signum in signals:
                 logging.getLogger("geopresence").info("%s: stopping", signal.Signals(signum).name)
@@ -563,7 +569,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  journal after it: {records:,} record(s)" + (f" ({kinds})" if kinds else ""))
     print(f"  durable state: {_counts_line(report['state'])}")
     for problem in report["problems"]:
-        print(f"  problem: {problem} (the next start repairs this)")
+        print(f"  found: {problem}")
     return 0
 
 

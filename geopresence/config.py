@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,11 @@ def _webhook(_instance: object, attribute: attrs.Attribute[Any], value: str | No
     problem = None if value is None else webhook_problem(value)
     if problem is not None:
         raise ValueError(f"{attribute.name} {problem}")
+
+
+def _finite_non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
 def _port(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -111,7 +117,7 @@ class Config:
     max_connections_per_user: int = attrs.field(default=16, validator=_at_least(1))
     """Live connections a user may have (each device has at most one: a new connection of
     the same device replaces the old one)."""
-    rate_limit: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    rate_limit: float = attrs.field(default=30.0, validator=_finite_non_negative)
     """Client messages per second a connection may send, sustained; more get a
     ``rate_limited`` error instead of being handled (0: no limit)."""
     rate_burst: int = attrs.field(default=60, validator=_at_least(1))
@@ -152,7 +158,7 @@ class Config:
     the message is stored either way and the device gets it with ``sync``."""
     push_concurrency: int = attrs.field(default=4, validator=_at_least(1))
     """Webhook POSTs in flight at once."""
-    gc_freeze_interval: float = attrs.field(default=10.0, validator=attrs.validators.ge(0))
+    gc_freeze_interval: float = attrs.field(default=10.0, validator=_finite_non_negative)
     """Every this many seconds, objects that survived so far are moved out of the cyclic
     garbage collector's reach (``gc.freeze``), so that its full collections, which otherwise
     walk every object of a large population and pause the server for 100+ ms, stay short.

@@ -222,12 +222,13 @@ class HttpApi:
                 if inspect.isawaitable(result):
                     result = await result
             except ProtocolError as exc:
-                await self._durable_since(before)
+                await self._durable_since(before, method)
                 raise HttpError(_status_for(exc.code), exc.code, exc.message) from None
             except HttpError:
-                await self._durable_since(before)  # a refused bulk import may have created some
+                # A refused bulk import may have created some of its pairs.
+                await self._durable_since(before, method)
                 raise
-            await self._durable_since(before)
+            await self._durable_since(before, method)
             return result
         if allowed:
             raise HttpError(
@@ -238,11 +239,13 @@ class HttpApi:
             )
         raise HttpError(404, "not_found", f"no such endpoint: {path}")
 
-    async def _durable_since(self, before: int) -> None:
-        """A response acknowledges what its request changed: it waits until the journal
-        made that durable. A request that changed nothing (a read) never waits."""
+    async def _durable_since(self, before: int, method: str) -> None:
+        """A response to a change waits until the journal made it durable. Every write
+        method waits for everything journaled so far, so that a retried request that finds
+        its change already applied (``created: false``) is not answered before the original
+        is durable. Reads never wait."""
         after = self.hub.last_seq
-        if after > before:
+        if after > before or method not in ("GET", "HEAD"):
             await self.server.durable(after)
 
     def _authorize(self, scope: Scope) -> None:

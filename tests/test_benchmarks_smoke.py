@@ -67,3 +67,40 @@ def test_durability_benchmark_reports_every_figure() -> None:
         "restart: snapshot +",
     ):
         assert label in result.stdout
+
+
+def _load(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def test_load_benchmark_reports_every_figure() -> None:
+    result = _load(
+        "run", "--users", "60", "--friends", "20", "--duration", "3", "--warmup", "1",
+        "--location-interval", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for label in (
+        "users (connected)", "60 (60)", "inbound msgs/s", "deliveries/s", "p50 / p95 / p99",
+        "coalesced updates", "lost", "server CPU", "server RSS", "memory per connection",
+        "load generator CPU",
+    ):  # fmt: skip
+        assert label in result.stdout, result.stdout
+
+
+def test_load_ceiling_and_sweep_report_their_headlines() -> None:
+    ceiling = _load("ceiling", "--users", "30", "--friends", "10", "--duration", "2")
+    assert ceiling.returncode == 0, ceiling.stderr
+    assert "bare trio-websocket push (send_message per frame)" in ceiling.stdout
+    assert "transport ceiling" in ceiling.stdout
+    sweep = _load(
+        "sweep", "--start", "20", "--max", "40", "--friends", "10", "--duration", "2",
+        "--warmup", "1", "--location-interval", "1",
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr
+    assert "HEADLINE:" in sweep.stdout

@@ -195,3 +195,25 @@ def test_heartbeat_must_be_shorter_than_offline_after() -> None:
     result = geopresence("serve", "--heartbeat-interval", "5", "--offline-after", "1")
     assert result.returncode == 2
     assert "must be shorter than offline_after" in result.stderr
+
+
+async def test_drain_over_http_ends_the_process(served: ServerProcess, tmp_path: Path) -> None:
+    key = (tmp_path / "data" / "admin_key").read_text().strip()
+    async with connect(served.ws_url, token=await _token(served, key), device="d") as alice:
+        async with httpx.AsyncClient(
+            base_url=served.http_url, headers={"authorization": f"Bearer {key}"}, timeout=10
+        ) as http:
+            response = await http.post("/v1/drain")
+            assert response.status_code == 202
+            assert response.json() == {"draining": True, "connections": 1}
+        assert (await alice.closed())[0] == 1001
+    code = await trio.to_thread.run_sync(lambda: served.proc.wait(30))
+    assert code == 0
+
+
+async def _token(served: ServerProcess, key: str) -> str:
+    async with httpx.AsyncClient(
+        base_url=served.http_url, headers={"authorization": f"Bearer {key}"}, timeout=10
+    ) as http:
+        token: str = (await http.post("/v1/tokens", json={"user": "alice"})).json()["token"]
+        return token
