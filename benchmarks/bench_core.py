@@ -3,7 +3,8 @@
     python benchmarks/bench_core.py [--quick]
 
 Prints one line per figure: heartbeat cost, presence fan-out cost per subscriber, location
-fan-out, codec decode/encode, Snowflake ids, chat send (1:1 and to a group) and sync pages.
+fan-out, codec decode/encode, geohash cover and grid query, Snowflake ids, chat send (1:1 and
+to a group) and sync pages.
 The shell's socket costs are not in these numbers (see the load benchmark of the benchmarks
 issue); these say what the core itself adds per operation.
 """
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import time
 from collections.abc import Callable
 
 from geopresence.broker import ConnId
+from geopresence.geocells import cover
+from geopresence.grid import StrangerGrid
 from geopresence.hub import Hub, HubSettings
+from geopresence.locations import Location
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.presence import PresenceChange
 from geopresence.protocol import Heartbeat, LocationUpdate, Presence, Send, Sync, decode, encode
@@ -121,6 +126,29 @@ def main() -> None:
     timed("decode heartbeat frame", "frame", frames, lambda: [decode(text) for _ in range(frames)])
     event = Presence(user="alice", status="online", last_active_at=1_700_000_000.25)
     timed("encode presence event", "frame", frames, lambda: [encode(event) for _ in range(frames)])
+
+    covers = 2_000 * scale
+    rng = random.Random(3)
+    points = [(rng.uniform(-60, 60), rng.uniform(-180, 180)) for _ in range(covers)]
+    timed(
+        "geohash cover of a 5-mile radius",
+        "cover",
+        covers,
+        lambda: [cover(lat, lon, 8046.72) for lat, lon in points],
+    )
+    grid = StrangerGrid()
+    members = 10_000 * scale
+    for i in range(members):  # 50 km x 50 km around Seoul
+        lat, lon = 37.3 + rng.random() * 0.45, 126.7 + rng.random() * 0.56
+        grid.place(f"p{i}", Location(lat, lon, 0.0))
+    queries = 50 * scale
+    centre = Location(37.52, 126.98, 0.0)
+    timed(
+        f"grid query, 5 miles, {members:,} members (page + total)",
+        "query",
+        queries,
+        lambda: [grid.query(centre, 8046.72, frozenset(), 20) for _ in range(queries)],
+    )
 
     generator = SnowflakeGenerator(node_id=1)
     ids = 100_000 * scale

@@ -161,8 +161,9 @@ class Config:
     gc_freeze_interval: float = attrs.field(default=10.0, validator=_finite_non_negative)
     """Every this many seconds, objects that survived so far are moved out of the cyclic
     garbage collector's reach (``gc.freeze``), so that its full collections, which otherwise
-    walk every object of a large population and pause the server for 100+ ms, stay short.
-    0 turns it off (``geopresence.testing`` does, to leave the host process alone)."""
+    walk every object of a large population and pause the server for 100+ ms, stay short;
+    the collector's thresholds are also raised to (20000, 50, 100). 0 turns both off
+    (``geopresence.testing`` does, to leave the host process alone)."""
     gc_full_interval: float = attrs.field(default=3600.0, validator=_positive)
     """Every this many seconds, frozen objects are released and one full collection runs,
     so that cyclic garbage among long-lived objects is still reclaimed (one longer pause)."""

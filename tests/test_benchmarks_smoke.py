@@ -29,6 +29,8 @@ def test_core_benchmark_reports_every_figure() -> None:
         "decode heartbeat frame",
         "encode presence event",
         "snowflake id",
+        "geohash cover of a 5-mile radius",
+        "grid query, 5 miles",
         "chat send 1:1",
         "chat send to a group",
         "per member",
