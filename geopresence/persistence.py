@@ -464,16 +464,24 @@ class FileJournal:
             self._sync()
             self._close_fd()
 
-    def _log_write_error(self, exc: OSError) -> None:
+    def _log_write_error(self, exc: OSError, *, fsync_only: bool = False) -> None:
         # The first failure and then one line a minute: a full disk must not flood the log.
         now = time.monotonic()
         if not self._failing or now - self._last_error_log >= 60:
-            log.error(
-                "journal write failed (%d so far): %s; acks wait, retrying every %g s",
-                self.write_errors,
-                exc,
-                RETRY_AFTER_WRITE_ERROR_S,
-            )
+            if fsync_only:
+                log.error(
+                    "journal fsync failed (%d so far): %s; retrying next second (the records "
+                    "are written: only an OS crash could lose them)",
+                    self.write_errors,
+                    exc,
+                )
+            else:
+                log.error(
+                    "journal write failed (%d so far): %s; acks wait, retrying every %g s",
+                    self.write_errors,
+                    exc,
+                    RETRY_AFTER_WRITE_ERROR_S,
+                )
             self._last_error_log = now
         self._failing = True
 
@@ -489,7 +497,7 @@ class FileJournal:
                         await trio.to_thread.run_sync(self._sync)
                 except OSError as exc:
                     self.write_errors += 1
-                    self._log_write_error(exc)
+                    self._log_write_error(exc, fsync_only=True)
                     continue
                 self._synced = max(self._synced, target)
 
