@@ -246,3 +246,27 @@ async def test_rule_drain_moves_clients_away_with_1001_and_stops(
         with trio.fail_after(30):
             while not server.running.server._stop_requested.is_set():
                 await trio.sleep(0.1)
+
+
+async def test_rule_connections_per_user_are_limited(autojump_clock: MockClock) -> None:
+    async with open_server(max_connections_per_user=2) as server:
+        async with server.connect("alice", "phone"), server.connect("alice", "laptop"):
+            with pytest.raises(SessionRefused) as info:
+                async with server.connect("alice", "tablet"):
+                    pass  # pragma: no cover
+            assert info.value.error is not None
+            assert "max_connections_per_user" in info.value.error["message"]
+
+
+def test_rule_logs_can_be_one_json_object_per_line() -> None:
+    from geopresence.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "geopresence", logging.WARNING, __file__, 1, "conn %d: %s", (7, "x"), None
+    )
+    record.conn = 7
+    line = JsonFormatter().format(record)
+    entry = orjson.loads(line)
+    assert entry["level"] == "warning" and entry["logger"] == "geopresence"
+    assert entry["message"] == "conn 7: x" and entry["conn"] == 7
+    assert entry["ts"].endswith("Z") and "\n" not in line
