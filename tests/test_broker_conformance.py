@@ -8,8 +8,14 @@ import pytest
 
 from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
 from geopresence.outbox import Outgoing
+from geopresence.redis_broker import RedisBroker
 
-IMPLEMENTATIONS: dict[str, Callable[[Deliver], Broker]] = {"memory": MemoryBroker}
+IMPLEMENTATIONS: dict[str, Callable[[Deliver], Broker]] = {
+    "memory": MemoryBroker,
+    # Local semantics of the Redis broker (its Redis commands are queued, not sent, here;
+    # tests/test_redis_broker.py runs several of them against a real Redis).
+    "redis": lambda deliver: RedisBroker(deliver, client=None, node_id=1),
+}
 
 
 class Recorder:
@@ -21,9 +27,14 @@ class Recorder:
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def pair(request: pytest.FixtureRequest) -> tuple[Broker, Recorder]:
+def factory(request: pytest.FixtureRequest) -> Callable[[Deliver], Broker]:
+    return IMPLEMENTATIONS[request.param]
+
+
+@pytest.fixture
+def pair(factory: Callable[[Deliver], Broker]) -> tuple[Broker, Recorder]:
     recorder = Recorder()
-    return IMPLEMENTATIONS[request.param](recorder), recorder
+    return factory(recorder), recorder
 
 
 def test_publish_reaches_subscribers_once(pair: tuple[Broker, Recorder]) -> None:
@@ -70,7 +81,7 @@ def test_order_follows_publish_order(pair: tuple[Broker, Recorder]) -> None:
     assert [text for _, text in rec.got] == ["0", "1", "2", "3", "4"]
 
 
-def test_delivery_may_unsubscribe_during_publish(pair: tuple[Broker, Recorder]) -> None:
+def test_delivery_may_unsubscribe_during_publish(factory: Callable[[Deliver], Broker]) -> None:
     """A subscriber dropped while a publish is under way (slow consumer) does not break it."""
     seen: list[ConnId] = []
     broker_holder: list[Broker] = []
@@ -79,8 +90,7 @@ def test_delivery_may_unsubscribe_during_publish(pair: tuple[Broker, Recorder]) 
         seen.append(conn)
         broker_holder[0].unsubscribe_all(conn)
 
-    factory = type(pair[0])
-    broker = factory(deliver)  # type: ignore[call-arg]
+    broker = factory(deliver)
     broker_holder.append(broker)
     for conn in (1, 2, 3):
         broker.subscribe("c", conn)

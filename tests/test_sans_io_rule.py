@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "geopresence"
 
 CORE_MODULES = [
     "broker",
+    "channel_events",
     "chat",
     "chat_store",
     "config",
@@ -54,6 +55,7 @@ SHELL = {
     "persistence",
     "wsbatch",
     "logs",
+    "redis_broker",
 }
 
 

@@ -1,0 +1,123 @@
+"""Channel events on the wire between nodes (sans-I/O): one JSON object per publish.
+
+In one process the broker hands Python objects to local subscribers. Between nodes (the
+Redis scale-out) the same events travel as an *envelope*: the publishing node's id, a
+publish id (a node that is subscribed to several of the publish's channels receives the
+envelope once per channel, and must deliver it once), the channel list, and the event::
+
+    {"node": 3, "id": 17, "channels": ["user:alice"], "event": {"k": "location", ...}}
+
+Every event kind the hub publishes has a tag here; ``encode_event`` and ``decode_event`` are
+inverses (tests/test_channel_events.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import attrs
+import orjson
+
+from geopresence.chat import ChatEvent
+from geopresence.locations import Location
+from geopresence.nearby import GoneEvent, LocationEvent
+from geopresence.outbox import Outgoing
+from geopresence.records import record_from_json, record_to_json
+from geopresence.strangers import StrangerEvent, StrangerGoneEvent
+
+ChannelEvent = Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent
+
+
+@attrs.frozen
+class Envelope:
+    """One publish as another node receives it."""
+
+    node: int
+    publish_id: int
+    channels: tuple[str, ...]
+    event: ChannelEvent
+
+
+def _location(location: Location) -> list[float]:
+    return [location.lat, location.lon, location.ts]
+
+
+def _key(value: Any) -> Any:
+    """JSON arrays back into the tuples coalesce keys and seals are made of."""
+    return tuple(_key(v) for v in value) if isinstance(value, list) else value
+
+
+def encode_event(event: ChannelEvent) -> dict[str, Any]:
+    if isinstance(event, Outgoing):
+        return {"k": "frame", "text": event.text, "key": event.coalesce_key, "seals": event.seals}
+    if isinstance(event, LocationEvent):
+        return {
+            "k": "location",
+            "user": event.user,
+            "at": _location(event.location),
+            "now": event.now,
+        }
+    if isinstance(event, GoneEvent):
+        return {"k": "gone", "user": event.user, "reason": event.reason}
+    if isinstance(event, StrangerEvent):
+        return {
+            "k": "stranger",
+            "user": event.user,
+            "at": _location(event.location),
+            "now": event.now,
+        }
+    if isinstance(event, StrangerGoneEvent):
+        return {"k": "stranger_gone", "user": event.user, "reason": event.reason}
+    if isinstance(event, ChatEvent):
+        return {"k": "chat", "message": record_to_json(event.message)}
+    raise TypeError(f"not a channel event: {event!r}")
+
+
+def decode_event(data: dict[str, Any]) -> ChannelEvent:
+    kind = data["k"]
+    if kind == "frame":
+        key = data["key"]
+        return Outgoing(
+            data["text"],
+            None if key is None else _key(key),
+            tuple(_key(seal) for seal in data["seals"]),
+        )
+    if kind in ("location", "stranger"):
+        lat, lon, ts = data["at"]
+        cls = LocationEvent if kind == "location" else StrangerEvent
+        return cls(data["user"], Location(lat, lon, ts), data["now"])
+    if kind == "gone":
+        return GoneEvent(data["user"], data["reason"])
+    if kind == "stranger_gone":
+        return StrangerGoneEvent(data["user"], data["reason"])
+    if kind == "chat":
+        message = record_from_json(data["message"])
+        return ChatEvent(message)  # type: ignore[arg-type]
+    raise ValueError(f"unknown channel event kind {kind!r}")
+
+
+MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    return orjson.dumps(
+        {
+            "node": envelope.node,
+            "id": envelope.publish_id,
+            "channels": envelope.channels,
+            "event": encode_event(envelope.event),
+        }
+    )
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    """Parse an envelope; ValueError (or KeyError/TypeError) for anything malformed."""
+    if len(data) > MAX_ENVELOPE_BYTES:
+        raise ValueError("envelope too large")
+    raw = orjson.loads(data)
+    return Envelope(
+        node=int(raw["node"]),
+        publish_id=int(raw["id"]),
+        channels=tuple(str(c) for c in raw["channels"]),
+        event=decode_event(raw["event"]),
+    )

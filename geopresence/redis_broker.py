@@ -1,0 +1,184 @@
+"""The ``Broker`` seam over Redis pub/sub (shell): channels shared by several nodes.
+
+Local semantics are exactly ``MemoryBroker``'s (it does the local bookkeeping and delivery):
+``subscribe``/``publish`` are synchronous, and a publish reaches local subscribers at once,
+exactly once. On top of that:
+
+- The node subscribes to a Redis channel while at least one of its local connections needs
+  it (reference-counted by the local subscriber sets): the first local subscriber makes it
+  ``SUBSCRIBE``, the last one leaving makes it ``UNSUBSCRIBE``. With Redis Cluster these are
+  ``SSUBSCRIBE``/``SPUBLISH`` (Redis 7 sharded pub/sub), so each channel lives on the shard
+  that owns its slot instead of being broadcast to the whole cluster.
+- A publish is also sent to Redis on each of its channels, as one envelope
+  (``geopresence.channel_events``) carrying this node's id and a publish id. Another node
+  receives it once per channel it is subscribed to and delivers it once (the publish id is
+  remembered for a while) to its subscribers of any of those channels; a node ignores its
+  own envelopes (it delivered them locally already).
+- Redis commands are queued by the synchronous methods and sent by ``run`` (a task), in
+  order. Like any pub/sub, an envelope published before a node's ``SUBSCRIBE`` has reached
+  Redis is not seen by that node: events are live state, and the hub's snapshots
+  (``friends_presence``, ``nearby_friends``) cover what was missed.
+
+Status (issue 9): this is the first piece of the multi-node mode. The Redis-backed ``Store``
+(friendships, groups, settings), presence, location and chat state are not done yet, so
+``geopresence serve`` does not offer ``--redis`` yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Set
+from typing import Any, Final, Literal
+
+import trio
+
+from geopresence.broker import ConnId, Deliver, MemoryBroker
+from geopresence.channel_events import Envelope, decode_envelope, encode_envelope
+
+log = logging.getLogger("geopresence.redis")
+
+SEEN_PUBLISHES: Final = 10_000
+"""Publish ids remembered per node, to deliver an envelope once however many of its
+channels this node is subscribed to."""
+MAX_PENDING_OPS: Final = 100_000
+"""Queued Redis commands beyond which publishes are dropped (counted): Redis is down or too
+slow, and the live events would be stale anyway."""
+
+Op = tuple[Literal["subscribe", "unsubscribe", "publish"], str, bytes]
+
+
+class RedisBroker:
+    """A ``Broker`` whose channels span every node connected to the same Redis.
+
+    ``client`` is a ``coredis.Redis`` or ``coredis.RedisCluster`` (``sharded`` True for
+    the latter); ``node_id`` tells this node's envelopes apart. Start ``run`` in a task.
+    """
+
+    def __init__(
+        self, deliver: Deliver, client: Any, *, node_id: int, sharded: bool = False
+    ) -> None:
+        self._deliver = deliver
+        self._local = MemoryBroker(deliver)
+        self._client = client
+        self._sharded = sharded
+        self.node_id = node_id
+        # Random start: a restarted node must not reuse publish ids others still remember.
+        self._publish_ids = itertools.count(random.getrandbits(40) << 20)
+        self._ops: deque[Op] = deque()
+        self._wakeup = trio.Event()
+        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self.dropped = 0
+        """Publishes not sent to Redis because the queue was full (for metrics)."""
+        self.received = 0
+        """Envelopes from other nodes delivered here (for metrics)."""
+
+    # ---------------------------------------------------------------- the Broker seam
+
+    def subscribe(self, channel: str, conn: ConnId) -> None:
+        first = not self._local.subscribers(channel)
+        self._local.subscribe(channel, conn)
+        if first:
+            self._queue(("subscribe", channel, b""))
+
+    def unsubscribe(self, channel: str, conn: ConnId) -> None:
+        self._local.unsubscribe(channel, conn)
+        if not self._local.subscribers(channel):
+            self._queue(("unsubscribe", channel, b""))
+
+    def unsubscribe_all(self, conn: ConnId) -> None:
+        channels = list(self._local.channels_of(conn))
+        self._local.unsubscribe_all(conn)
+        for channel in channels:
+            if not self._local.subscribers(channel):
+                self._queue(("unsubscribe", channel, b""))
+
+    def publish(
+        self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
+    ) -> int:
+        channel_list = list(channels)
+        delivered = self._local.publish(channel_list, message, exclude)
+        if len(self._ops) >= MAX_PENDING_OPS:
+            self.dropped += 1
+            return delivered
+        envelope = encode_envelope(
+            Envelope(self.node_id, next(self._publish_ids), tuple(channel_list), message)
+        )
+        for channel in channel_list:
+            self._queue(("publish", channel, envelope))
+        return delivered
+
+    def subscribers(self, channel: str) -> Set[ConnId]:
+        return self._local.subscribers(channel)
+
+    def channels_of(self, conn: ConnId) -> Set[str]:
+        return self._local.channels_of(conn)
+
+    # ---------------------------------------------------------------- Redis side
+
+    def _queue(self, op: Op) -> None:
+        self._ops.append(op)
+        self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._ops)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send queued commands and deliver envelopes from other nodes, until cancelled."""
+        pubsub = self._client.sharded_pubsub() if self._sharded else self._client.pubsub()
+        async with pubsub, trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive, pubsub)
+            task_status.started()
+            while True:
+                if not self._ops:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                kind, channel, data = self._ops.popleft()
+                try:
+                    await self._send(pubsub, kind, channel, data)
+                except Exception:
+                    log.exception("redis %s %s failed", kind, channel)
+
+    async def _send(self, pubsub: Any, kind: str, channel: str, data: bytes) -> None:
+        if kind == "subscribe":
+            if not self._local.subscribers(channel):
+                return  # gone again before it was sent
+            await pubsub.subscribe(channel)
+        elif kind == "unsubscribe":
+            if self._local.subscribers(channel):
+                return  # someone subscribed again meanwhile
+            await pubsub.unsubscribe(channel)
+        elif self._sharded:
+            await self._client.spublish(channel, data)
+        else:
+            await self._client.publish(channel, data)
+
+    async def _receive(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is None or message.get("type") not in ("message", "smessage"):
+                if message is None and not pubsub.subscribed:
+                    await trio.sleep(0.05)  # nothing subscribed yet: do not spin
+                continue
+            try:
+                envelope = decode_envelope(message["data"])
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring a malformed envelope on %r: %s", message.get("channel"), exc)
+                continue
+            self.on_envelope(envelope)
+
+    def on_envelope(self, envelope: Envelope) -> None:
+        """Deliver an envelope from Redis to this node's subscribers, once."""
+        if envelope.node == self.node_id:
+            return
+        key = (envelope.node, envelope.publish_id)
+        if key in self._seen:
+            return
+        self._seen[key] = None
+        if len(self._seen) > SEEN_PUBLISHES:
+            self._seen.popitem(last=False)
+        self.received += 1
+        self._local.publish(envelope.channels, envelope.event)

@@ -1,0 +1,45 @@
+"""Channel events between nodes: every kind the hub publishes survives the envelope."""
+
+from __future__ import annotations
+
+import pytest
+
+from geopresence.channel_events import (
+    ChannelEvent,
+    Envelope,
+    decode_envelope,
+    encode_envelope,
+)
+from geopresence.chat import ChatEvent
+from geopresence.chat_store import ChatMessage
+from geopresence.locations import Location
+from geopresence.nearby import GoneEvent, LocationEvent
+from geopresence.outbox import Outgoing
+from geopresence.strangers import StrangerEvent, StrangerGoneEvent
+
+EVENTS: list[ChannelEvent] = [
+    Outgoing('{"type":"presence"}', ("presence", "alice"), (("nearby", "alice"), ("presence",))),
+    Outgoing("plain"),
+    LocationEvent("alice", Location(37.5, 127.0, 12.5), 13.0),
+    GoneEvent("alice", "expired"),
+    StrangerEvent("zoe", Location(-33.9, 151.2, 1.0), 2.0),
+    StrangerGoneEvent("zoe", "hidden"),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_events_round_trip(event: ChannelEvent) -> None:
+    envelope = Envelope(3, 17, ("user:alice", "group:g"), event)
+    assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
+def test_chat_events_round_trip() -> None:
+    message = ChatMessage(99, "alice", "hi", 1.0, group="g", client_msg_id="k")
+    back = decode_envelope(encode_envelope(Envelope(1, 2, ("group:g",), ChatEvent(message))))
+    assert isinstance(back.event, ChatEvent) and back.event.message == message
+
+
+def test_malformed_envelopes_are_errors() -> None:
+    for data in (b"{}", b"[]", b'{"node":1,"id":2,"channels":[],"event":{"k":"nope"}}'):
+        with pytest.raises((ValueError, KeyError, TypeError)):
+            decode_envelope(data)
