@@ -237,11 +237,9 @@ class Chat:
             if message.client_msg_id is not None:
                 del self._pending_by_client_id[(message.sender, message.client_msg_id)]
             self.sent += 1
-            if message.group is not None and self.hub.store.group_members(message.group) is None:
-                # The group was deleted while this was on its way to disk: it goes with the
-                # group's other messages (a replay of the journal ends the same way).
-                pass
-            else:
+            # A group deleted while its message was on its way to disk takes the message
+            # with its others (a replay of the journal ends the same way): acked, not stored.
+            if message.group is None or self.hub.store.group_members(message.group) is not None:
                 self.store.add(message)
                 self._publish(message, pending.sender_conn)
             for index, (conn, request_id) in enumerate(pending.acks):

@@ -49,31 +49,31 @@ def _positive_number(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int_in(text: str, low: int, high: int | None = None) -> int:
+    """An integer argument in low..high (no upper bound when ``high`` is None)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer: {text!r}")
+    if value < low or (high is not None and value > high):
+        if high is not None:
+            bound = f"{low}..{high}"
+        else:
+            bound = "a positive integer" if low == 1 else f"{low} or more"
+        raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_in(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _int_in(text, 0)
 
 
 def _node_id(text: str) -> int:
-    value = _non_negative_int(text)
-    if value > 1023:
-        raise argparse.ArgumentTypeError(f"must be 0..1023, got {value}")
-    return value
+    return _int_in(text, 0, 1023)
 
 
 def _webhook(text: str) -> str:
