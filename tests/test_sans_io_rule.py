@@ -56,6 +56,7 @@ SHELL = {
     "wsbatch",
     "logs",
     "redis_broker",
+    "redis_store",
 }
 
 

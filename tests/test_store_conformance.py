@@ -6,9 +6,15 @@ from collections.abc import Callable
 
 import pytest
 
+from geopresence.redis_store import RedisStore
 from geopresence.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
 
-IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {"memory": MemoryStore}
+IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {
+    "memory": MemoryStore,
+    # The Redis store's reads come from its replica; its writes are queued for Redis here
+    # (tests/test_redis_store.py runs them against a real Redis and a Redis Cluster).
+    "redis": lambda: RedisStore(client=None),
+}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
