@@ -50,22 +50,15 @@ def _key(value: Any) -> Any:
 def encode_event(event: ChannelEvent) -> dict[str, Any]:
     if isinstance(event, Outgoing):
         return {"k": "frame", "text": event.text, "key": event.coalesce_key, "seals": event.seals}
-    if isinstance(event, LocationEvent):
+    if isinstance(event, LocationEvent | StrangerEvent):
         return {
-            "k": "location",
+            "k": "location" if isinstance(event, LocationEvent) else "stranger",
             "user": event.user,
             "at": _location(event.location),
             "now": event.now,
         }
     if isinstance(event, GoneEvent):
         return {"k": "gone", "user": event.user, "reason": event.reason}
-    if isinstance(event, StrangerEvent):
-        return {
-            "k": "stranger",
-            "user": event.user,
-            "at": _location(event.location),
-            "now": event.now,
-        }
     if isinstance(event, StrangerGoneEvent):
         return {"k": "stranger_gone", "user": event.user, "reason": event.reason}
     if isinstance(event, ChatEvent):

@@ -515,14 +515,19 @@ class _Discard:
         pass
 
 
-def load_offline(data_dir: Path, *, repair: bool) -> tuple[Hub, Recovered]:
-    """Rebuild the durable state of ``data_dir`` in a connection-less hub (blocking)."""
-    recovered = recover(data_dir, repair=repair)
-    hub = Hub(HubSettings(), MemoryStore(), _Discard())
+def rebuild(hub: Hub, recovered: Recovered) -> None:
+    """Load what ``recover`` read into a fresh hub: the snapshot, then the journal after it."""
     if recovered.snapshot is not None:
         restore(hub, recovered.snapshot)
     for _, record in recovered.records:
         apply(hub, record)
+
+
+def load_offline(data_dir: Path, *, repair: bool) -> tuple[Hub, Recovered]:
+    """Rebuild the durable state of ``data_dir`` in a connection-less hub (blocking)."""
+    recovered = recover(data_dir, repair=repair)
+    hub = Hub(HubSettings(), MemoryStore(), _Discard())
+    rebuild(hub, recovered)
     return hub, recovered
 
 

@@ -42,13 +42,14 @@ from geopresence.outbox import Outbox, Outgoing
 from geopresence.persistence import (
     DataDirLock,
     FileJournal,
+    rebuild,
     recover,
     state_dir,
     write_snapshot,
 )
 from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 from geopresence.push import PushNotifier
-from geopresence.recovery import apply, capture, restore
+from geopresence.recovery import capture
 from geopresence.store import MemoryStore
 from geopresence.wsbatch import send_texts
 
@@ -308,11 +309,9 @@ class Server:
         for problem in recovered.problems:
             log.warning("recovery: %s", problem)
         hub = self.hub
+        rebuild(hub, recovered)
         if recovered.snapshot is not None:
-            restore(hub, recovered.snapshot)
             self._snapshot_seq = recovered.snapshot.journal_seq
-        for _, record in recovered.records:
-            apply(hub, record)
         await trio.to_thread.run_sync(journal.open, recovered.last_seq)
         hub.last_seq = recovered.last_seq
         journal.on_durable = self._journal_durable

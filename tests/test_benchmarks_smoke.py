@@ -12,13 +12,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_core_benchmark_reports_every_figure() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_core.py"), "--quick"],
+def _quick(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """A benchmark script's ``--quick`` run."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def test_core_benchmark_reports_every_figure() -> None:
+    result = _quick("bench_core.py", 120)
     assert result.returncode == 0, result.stderr
     for label in (
         "heartbeat",
@@ -40,24 +45,14 @@ def test_core_benchmark_reports_every_figure() -> None:
 
 
 def test_strangers_benchmark_reports_every_figure() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_strangers.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _quick("bench_strangers.py", 300)
     assert result.returncode == 0, result.stderr
     for label in ("geopresence core", "geopresence nearby_people (WS)", "Redis GEOSEARCH"):
         assert label in result.stdout
 
 
 def test_durability_benchmark_reports_every_figure() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_durability.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _quick("bench_durability.py", 300)
     assert result.returncode == 0, result.stderr
     for label in (
         "in-memory",
