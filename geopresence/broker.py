@@ -46,6 +46,9 @@ class Broker(Protocol):
       exactly once for every connection subscribed to at least one of ``channels`` and not in
       ``exclude``, even when it is subscribed to several of them; it returns the number of
       local deliveries. It never blocks: local delivery is synchronous and non-blocking.
+    - ``publish_local`` is ``publish`` restricted to this process's subscribers: for events
+      that every node derives itself from replicated state (a location's TTL ending), which
+      must not also travel to the other nodes. With one process the two are the same.
     - Per subscriber, deliveries follow publish order.
     - A channel with no subscribers holds no memory.
     """
@@ -57,6 +60,10 @@ class Broker(Protocol):
     def unsubscribe_all(self, conn: ConnId) -> None: ...
 
     def publish(self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = ...) -> int: ...
+
+    def publish_local(
+        self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = ...
+    ) -> int: ...
 
     def subscribers(self, channel: str) -> Set[ConnId]: ...
 
@@ -125,6 +132,8 @@ class MemoryBroker:
                 self._deliver(conn, message)
                 delivered += 1
         return delivered
+
+    publish_local = publish
 
     def subscribers(self, channel: str) -> Set[ConnId]:
         return self._subscribers.get(channel, _NONE)

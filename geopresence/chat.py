@@ -254,12 +254,22 @@ class Chat:
         """Messages appended to the journal and not yet durable, ascending by id."""
         return [pending.message for pending in self._pending]
 
+    def insert(self, message: ChatMessage) -> None:
+        """Store a message another node committed (idempotent; ids may arrive in any
+        order), and never issue an id at or below it here."""
+        self.ids.observe(message.message_id)
+        if message.group is None or self.hub.store.group_members(message.group) is not None:
+            self.store.insert(message)
+
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
+        message = event.message
+        if self.store.get(message.message_id) is None:
+            # From another node, ahead of its feed record (they travel on different shards).
+            self.insert(message)
         session = self.hub.session(conn)
         if session is None:
             return
-        message = event.message
         if message.group is not None:
             joined = self.store.joined_after(message.group, session.user)
             if joined is None or joined >= message.message_id:
@@ -272,13 +282,13 @@ class Chat:
         exclude = frozenset((sender_conn,))
         if message.to is not None:
             channels = [inbox_channel(message.to), inbox_channel(message.sender)]
-            hub.broker.publish(channels, event, exclude)
+            hub.publish(channels, event, exclude)
             if self.push is not None and not hub.is_connected(message.to):
                 self._push((message.to,), message)
             return
         group = message.group
         assert group is not None
-        hub.broker.publish([group_channel(group)], event, exclude)
+        hub.publish([group_channel(group)], event, exclude)
         if self.push is None:
             return
         joined_after = self.store.joined_after

@@ -79,6 +79,7 @@ class ChatStore:
         self._by_client_id: dict[tuple[str, str], int] = {}
         self._joined: dict[tuple[str, str], int] = {}
         self._last_added = 0
+        self._in_order = True
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -92,7 +93,20 @@ class ChatStore:
             raise ValueError(
                 f"message {message.message_id} is not after the last one ({self._last_added})"
             )
-        self._last_added = message.message_id
+        self._store(message)
+
+    def insert(self, message: ChatMessage) -> bool:
+        """Store ``message`` unless its id is already stored, in any id order (messages
+        other nodes committed); False if it was there."""
+        if message.message_id in self._messages:
+            return False
+        if message.message_id < self._last_added:
+            self._in_order = False
+        self._store(message)
+        return True
+
+    def _store(self, message: ChatMessage) -> None:
+        self._last_added = max(self._last_added, message.message_id)
         self._messages[message.message_id] = message
         if message.group is not None:
             self._group_log.setdefault(message.group, SortedList()).add(message.message_id)
@@ -169,7 +183,10 @@ class ChatStore:
         return SyncPage(page, more=False)
 
     def messages(self) -> list[ChatMessage]:
-        """Every stored message in id order (a snapshot's copy: O(n), no sort)."""
+        """Every stored message in id order (a snapshot's copy: O(n), no sort unless
+        ``insert`` stored some out of order)."""
+        if not self._in_order:
+            return [self._messages[i] for i in sorted(self._messages)]
         return list(self._messages.values())
 
     def memberships(self) -> dict[tuple[str, str], int]:

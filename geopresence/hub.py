@@ -16,8 +16,9 @@ chat messages, and its co-members' presence only while the group has at most
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Iterable, Iterator, Set
+from contextlib import contextmanager, suppress
+from typing import Any, Final, Literal, Protocol
 
 import attrs
 
@@ -31,6 +32,7 @@ from geopresence.broker import (
     user_channel,
 )
 from geopresence.chat import Chat, ChatEvent, PushHook
+from geopresence.chat_store import ChatMessage
 from geopresence.journal import Journal, MemoryJournal
 from geopresence.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
 from geopresence.outbox import Outgoing
@@ -56,6 +58,7 @@ from geopresence.protocol import (
     Send,
     ServerMessage,
     SettingsUpdate,
+    Status,
     Sync,
     WatchStrangers,
     Welcome,
@@ -69,10 +72,18 @@ from geopresence.records import (
     MemberAdded,
     MemberRemoved,
     Record,
+    SettingsChanged,
     Unfriended,
 )
+from geopresence.replication import (
+    FeedOp,
+    LocationSet,
+    LogoutRequested,
+    PresenceSet,
+    Replicator,
+)
 from geopresence.snowflake import SnowflakeGenerator
-from geopresence.store import Store
+from geopresence.store import Store, UserSettings
 from geopresence.strangers import (
     STRANGER_TAG,
     StrangerEvent,
@@ -162,6 +173,11 @@ def _keys_about(user: str) -> tuple[tuple[str, str], ...]:
     return (_presence_key(user), (NEARBY_TAG, user), (STRANGER_TAG, user))
 
 
+PublishScope = Literal["all", "local", "none"]
+"""Where the hub's publishes go: every node, this node's subscribers only (events every node
+derives itself), or nowhere (applying another node's change, whose origin published them)."""
+
+
 def _out(message: ServerMessage, coalesce_key: Any = None) -> Outgoing:
     return Outgoing(encode(message), coalesce_key)
 
@@ -184,11 +200,17 @@ class Hub:
         history: HistoryRecorder | None = None,
         journal: Journal | None = None,
         push: PushHook | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.sink = sink
         self.broker = broker_factory(self._deliver)
+        self.replicator = replicator
+        """The link to the other nodes (None: this is the only node)."""
+        self._scope: PublishScope = "all"
+        self._statuses: dict[str, tuple[Status, float | None, int]] = {}
+        """With other nodes: every user's cluster-wide (status, last_active_at, version)."""
         self.errors: Counter[str] = Counter() if errors is None else errors
         """Error replies sent, by code (the shell passes its metrics' counter)."""
         self.presence: PresenceTable[ConnId] = PresenceTable(settings.offline_after)
@@ -337,7 +359,10 @@ class Hub:
         )
         friends = sorted(self.store.friends_of(user))
         self.sink.send(conn, _out(FriendsPresence(friends=[self._status(f) for f in friends])))
-        if connected.change is not None:
+        if self.replicator is not None:
+            # Whether this makes the user online is decided for the whole cluster.
+            self.replicator.device_alive(user, device, now + s.offline_after, now)
+        elif connected.change is not None:
             self._publish_presence(connected.change)
 
     def handle(self, conn: ConnId, message: ClientMessage, now: float) -> None:
@@ -346,7 +371,7 @@ class Hub:
         if session is None:
             return
         if not isinstance(message, Logout):
-            self.presence.activity(session.user, session.device, conn, now)
+            self._activity(session, now)
         try:
             self._handlers[type(message)](session, message, now)
         except ProtocolError as exc:
@@ -356,7 +381,14 @@ class Hub:
         """``conn`` sent something, even if it could not be decoded."""
         session = self._sessions.get(conn)
         if session is not None:
-            self.presence.activity(session.user, session.device, conn, now)
+            self._activity(session, now)
+
+    def _activity(self, session: Session, now: float) -> None:
+        alive = self.presence.activity(session.user, session.device, session.conn, now)
+        if alive and self.replicator is not None:
+            self.replicator.device_alive(
+                session.user, session.device, now + self.settings.offline_after, now
+            )
 
     def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
         """Send an ``error`` frame to ``conn`` (the connection stays open)."""
@@ -374,8 +406,12 @@ class Hub:
     def expire(self, now: float) -> None:
         """Time has reached ``now``: end devices whose heartbeat deadline passed and
         locations whose TTL ended."""
-        self._apply_ended(self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
-        self.nearby.expire(now)
+        self._apply_ended(
+            self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", now
+        )
+        # Every node holds the same deadlines and tells its own connections.
+        with self._scoped("local"):
+            self.nearby.expire(now)
 
     def next_deadline(self) -> float | None:
         """When ``expire`` has work next (None: nothing pending)."""
@@ -387,7 +423,10 @@ class Hub:
     # ---------------------------------------------------------------- durability
 
     def journal_append(self, record: Record) -> int:
-        """Give ``record`` to the journal; returns its sequence number."""
+        """Give ``record`` to the journal; returns its sequence number. A change applied from
+        another node's feed is not journaled again (its origin wrote it)."""
+        if self._scope == "none":
+            return self.last_seq
         self.last_seq = self.journal.append(record)
         return self.last_seq
 
@@ -409,7 +448,10 @@ class Hub:
             self.sink.send(conn, message)
 
     def logout(self, user: str, device: str | None = None) -> int:
-        """Log out ``device`` (every device when None) at once; returns how many ended."""
+        """Log out ``device`` (every device when None) at once; returns how many ended on
+        this node (with other nodes, they log it out on theirs too)."""
+        if self.replicator is not None and self._scope != "none":
+            self.replicator.replicate(LogoutRequested(user, device))
         before = self.presence.get(user).devices
         self._apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out")
         return before - self.presence.get(user).devices
@@ -422,7 +464,30 @@ class Hub:
     # ---------------------------------------------------------------- queries
 
     def user_presence(self, user: str) -> UserPresence:
-        return self.presence.get(user)
+        """The user's presence; ``devices`` counts its alive devices on this node."""
+        local = self.presence.get(user)
+        if self.replicator is None:
+            return local
+        status, last_active_at = self.status_of(user)
+        return UserPresence(user, status, last_active_at, local.devices)
+
+    def status_of(self, user: str) -> tuple[Status, float | None]:
+        """The user's (status, last_active_at): this node's table with one node, the
+        cluster-wide replica with several (last_active_at: the later of the replica's and
+        this node's own)."""
+        local = self.presence.get(user)
+        if self.replicator is None:
+            return local.status, local.last_active_at
+        status, last, _ = self._statuses.get(user, ("offline", None, 0))
+        if local.last_active_at is not None and (last is None or local.last_active_at > last):
+            last = local.last_active_at
+        return status, last
+
+    def online_count(self) -> int:
+        """Users online now (in the whole cluster with several nodes)."""
+        if self.replicator is None:
+            return self.presence.online_count
+        return sum(1 for status, _, _ in self._statuses.values() if status == "online")
 
     def friends_presence(self, user: str) -> list[FriendStatus]:
         """The user's friends, sorted by id, with their presence."""
@@ -433,7 +498,7 @@ class Hub:
         members = self.store.group_members(group)
         if members is None:
             raise ProtocolError("not_found", f"group {group!r} does not exist")
-        online = sorted(m for m in members if self.presence.is_online(m))
+        online = sorted(m for m in members if self.status_of(m)[0] == "online")
         return online, len(members)
 
     # ---------------------------------------------------------------- friendships
@@ -491,7 +556,7 @@ class Hub:
         if self.store.are_friends(a, b):
             return False
         limit = self.settings.max_friends
-        for user in (a, b):
+        for user in (a, b) if self._scope != "none" else ():  # the origin checked
             if len(self.store.friends_of(user)) >= limit:
                 raise ProtocolError("too_large", f"{user} already has max_friends ({limit})")
         self.store.add_friendship(a, b)
@@ -514,14 +579,17 @@ class Hub:
 
     # ---------------------------------------------------------------- groups
 
-    def set_group(self, group: str, members: Iterable[str]) -> tuple[int, int]:
-        """Create or replace ``group``'s membership; returns how many were (added, removed)."""
+    def set_group(
+        self, group: str, members: Iterable[str], mark: int | None = None
+    ) -> tuple[int, int]:
+        """Create or replace ``group``'s membership; returns how many were (added, removed).
+        New members read messages after ``mark`` (default: the last id issued)."""
         wanted = set(members)
         limit = self.settings.max_group_size
-        if len(wanted) > limit:
+        if len(wanted) > limit and self._scope != "none":
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added, removed = self.store.set_group(group, wanted)
-        mark = self.chat.ids.last_id
+        mark = self.chat.ids.last_id if mark is None else mark
         self.journal_append(GroupSet(group, sorted(wanted), mark))
         for user in added:
             self.chat.on_joined(group, user, mark)
@@ -540,14 +608,15 @@ class Hub:
         for user in members:
             self._unsubscribe_user(group_channel(group), user)
 
-    def add_member(self, group: str, user: str) -> bool:
+    def add_member(self, group: str, user: str, mark: int | None = None) -> bool:
         members = self.store.group_members(group)
         limit = self.settings.max_group_size
-        if members is not None and user not in members and len(members) >= limit:
+        full = members is not None and user not in members and len(members) >= limit
+        if full and self._scope != "none":
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added = self.store.add_member(group, user)
         if added:
-            mark = self.chat.ids.last_id
+            mark = self.chat.ids.last_id if mark is None else mark
             self.journal_append(MemberAdded(group, user, mark))
             self.chat.on_joined(group, user, mark)
             self._subscribe_user(group_channel(group), user)
@@ -562,6 +631,100 @@ class Hub:
             self.chat.on_left(group, user)
             self._unsubscribe_user(group_channel(group), user)
         return removed
+
+    # ---------------------------------------------------------------- publishing
+
+    def publish(
+        self, channels: Iterable[str], event: object, exclude: Set[ConnId] = frozenset()
+    ) -> None:
+        """Publish a channel event, as far as the current scope allows (``PublishScope``)."""
+        scope = self._scope
+        if scope == "all":
+            self.broker.publish(channels, event, exclude)
+        elif scope == "local":
+            self.broker.publish_local(channels, event, exclude)
+
+    @property
+    def replaying(self) -> bool:
+        """True while applying another node's change (``apply_feed``)."""
+        return self._scope == "none"
+
+    @contextmanager
+    def _scoped(self, scope: PublishScope) -> Iterator[None]:
+        previous = self._scope
+        self._scope = "none" if previous == "none" else scope
+        try:
+            yield
+        finally:
+            self._scope = previous
+
+    # ---------------------------------------------------------------- other nodes
+
+    def announce_presence(
+        self, user: str, status: Status, last_active_at: float | None, version: int
+    ) -> None:
+        """The cluster decided (here) that ``user`` changed status: publish it to every
+        node's subscribers. The replicator publishes the ``PresenceSet`` for the replicas."""
+        if self._set_status(user, status, last_active_at, version):
+            self._publish_presence(PresenceChange(user, status, last_active_at))
+
+    def apply_feed(self, op: FeedOp, now: float) -> None:
+        """Apply a change made on another node: to the replica, and to this node's own
+        connections (subscriptions, views, frames only they need). Nothing is published or
+        journaled again: the origin did that."""
+        # A refusal means it is already applied or moot here (a group deleted meanwhile).
+        with self._scoped("none"), suppress(ProtocolError):
+            self._apply_feed(op, now)
+
+    def _apply_feed(self, op: FeedOp, now: float) -> None:
+        if isinstance(op, LocationSet):
+            self.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
+        elif isinstance(op, PresenceSet):
+            changed = self._set_status(op.user, op.status, op.last_active_at, op.version)
+            if changed and op.status == "offline":
+                self.nearby.on_offline(op.user)
+        elif isinstance(op, LogoutRequested):
+            self.logout(op.user, op.device)
+        elif isinstance(op, ChatMessage):
+            self.chat.insert(op)
+        elif isinstance(op, Befriended):
+            self.add_friendships([(op.a, op.b)], now)
+        elif isinstance(op, Unfriended):
+            self.remove_friendship(op.a, op.b)
+        elif isinstance(op, GroupSet):
+            self.chat.ids.observe(op.joined_after)
+            self.set_group(op.group, op.members, op.joined_after)
+        elif isinstance(op, GroupDeleted):
+            self.delete_group(op.group)
+        elif isinstance(op, MemberAdded):
+            self.chat.ids.observe(op.joined_after)
+            self.add_member(op.group, op.user, op.joined_after)
+        elif isinstance(op, MemberRemoved):
+            self.remove_member(op.group, op.user)
+        elif isinstance(op, SettingsChanged):
+            after = UserSettings(
+                share_location=op.share_location,
+                radius_m=op.radius_m,
+                visible_to_strangers=op.visible_to_strangers,
+            )
+            self.nearby.change_settings(op.user, after, now)
+        else:  # pragma: no cover - every FeedOp kind is handled above
+            raise TypeError(f"unknown feed op {op!r}")
+
+    def load_status(
+        self, user: str, status: Status, last_active_at: float | None, version: int
+    ) -> None:
+        """Fill the presence replica at start-up (no event is sent)."""
+        self._set_status(user, status, last_active_at, version)
+
+    def _set_status(
+        self, user: str, status: Status, last_active_at: float | None, version: int
+    ) -> bool:
+        held = self._statuses.get(user)
+        if held is not None and held[2] >= version:
+            return False  # an older transition arriving late
+        self._statuses[user] = (status, last_active_at, version)
+        return True
 
     # ---------------------------------------------------------------- handlers
 
@@ -602,8 +765,8 @@ class Hub:
             raise TypeError(f"unexpected channel event {event!r}")
 
     def _status(self, user: str) -> FriendStatus:
-        p = self.presence.get(user)
-        return FriendStatus(user=user, status=p.status, last_active_at=p.last_active_at)
+        status, last_active_at = self.status_of(user)
+        return FriendStatus(user=user, status=status, last_active_at=last_active_at)
 
     def _publish_presence(self, change: PresenceChange) -> None:
         user = change.user
@@ -615,15 +778,21 @@ class Hub:
                 channels.append(group_channel(group))
         event = Presence(user=user, status=change.status, last_active_at=change.last_active_at)
         # Latest-wins per user: a slow client gets the newest status, not the backlog.
-        self.broker.publish(
-            channels, _out(event, _presence_key(user)), self._conns_of.get(user, set())
-        )
+        self.publish(channels, _out(event, _presence_key(user)), self._conns_of.get(user, set()))
         if change.status == "offline":
             self.nearby.on_offline(user)
 
-    def _apply_ended(self, ended: Ended[ConnId], code: int, reason: str) -> None:
+    def _apply_ended(
+        self, ended: Ended[ConnId], code: int, reason: str, expired_at: float | None = None
+    ) -> None:
+        """Close the ended devices' connections and publish the users' transitions (with
+        other nodes: report the devices; the cluster decides the transitions)."""
         for device in ended.connections:
             self._drop(device.conn, code, reason)
+        if self.replicator is not None:
+            for user, name in ended.devices:
+                self.replicator.device_ended(user, name, expired_at)
+            return
         for change in ended.changes:
             self._publish_presence(change)
 

@@ -39,6 +39,7 @@ from geopresence.protocol import (
     encode,
 )
 from geopresence.records import SettingsChanged
+from geopresence.replication import LocationSet
 from geopresence.store import UserSettings
 
 if TYPE_CHECKING:
@@ -140,10 +141,14 @@ class Nearby:
             self.updates_ignored += 1
             return False
         self.updates_accepted += 1
-        if self.history is not None:
-            self.history(user, location)
+        hub = self.hub
+        if not hub.replaying:  # another node's update: its origin recorded and replicated it
+            if self.history is not None:
+                self.history(user, location)
+            if hub.replicator is not None:
+                hub.replicator.replicate(LocationSet(user, lat, lon, location.ts, now))
         if self.settings(user).share_location:
-            self.hub.broker.publish([user_channel(user)], LocationEvent(user, location, now))
+            self.hub.publish([user_channel(user)], LocationEvent(user, location, now))
         self._recheck_shown(user, now)
         self.hub.strangers.on_location(user, location, now)
         return True
@@ -204,28 +209,36 @@ class Nearby:
                 f"radius_m must be at most {self.max_radius:g} m on this server",
                 message.id,
             )
-        before = self.settings(user)
-        radius_before = self.radius(user)
         changes = {
             name: value
             for name in ("share_location", "radius_m", "visible_to_strangers")
             if (value := getattr(message, name)) is not None
         }
-        after = attrs.evolve(before, **changes)
-        if after != before:
-            self.hub.store.put_settings(user, after)
-            self.hub.journal_append(
-                SettingsChanged(
-                    user, after.share_location, after.radius_m, after.visible_to_strangers
-                )
-            )
+        after = attrs.evolve(self.settings(user), **changes)
+        self.change_settings(user, after, now)
+        reply = SettingsReply(
+            re=message.id,
+            share_location=after.share_location,
+            radius_m=self.radius(user),
+            visible_to_strangers=after.visible_to_strangers,
+        )
+        self.hub.reply_when_durable(session.conn, Outgoing(encode(reply)))
+
+    def change_settings(self, user: str, after: UserSettings, now: float) -> None:
+        """Store ``user``'s new settings and bring every view they affect up to date."""
+        before = self.settings(user)
+        if after == before:
+            return
+        radius_before = self.radius(user)
+        self.hub.store.put_settings(user, after)
+        self.hub.journal_append(
+            SettingsChanged(user, after.share_location, after.radius_m, after.visible_to_strangers)
+        )
         if after.share_location != before.share_location:
             if after.share_location:
                 location = self.locations.get(user, now)
                 if location is not None:
-                    self.hub.broker.publish(
-                        [user_channel(user)], LocationEvent(user, location, now)
-                    )
+                    self.hub.publish([user_channel(user)], LocationEvent(user, location, now))
             else:
                 self._gone(user, "hidden")
         if self.radius(user) != radius_before:
@@ -234,13 +247,6 @@ class Nearby:
             self.hub.strangers.on_radius_changed(user, now)
         if after.visible_to_strangers != before.visible_to_strangers:
             self.hub.strangers.on_visibility(user, after.visible_to_strangers, now)
-        reply = SettingsReply(
-            re=message.id,
-            share_location=after.share_location,
-            radius_m=self.radius(user),
-            visible_to_strangers=after.visible_to_strangers,
-        )
-        self.hub.reply_when_durable(session.conn, Outgoing(encode(reply)))
 
     # ------------------------------------------------------------------ hub events
 
@@ -351,7 +357,7 @@ class Nearby:
                 self._show(conn, viewer, friend, location, now, again=False)
 
     def _gone(self, user: str, reason: GoneReason) -> None:
-        self.hub.broker.publish([user_channel(user)], GoneEvent(user, reason))
+        self.hub.publish([user_channel(user)], GoneEvent(user, reason))
 
     def _send_gone(self, conn: ConnId, user: str, reason: GoneReason) -> None:
         frame = FriendGone(user=user, reason=reason)

@@ -65,10 +65,12 @@ class Connected(Generic[C]):
 
 @attrs.frozen
 class Ended(Generic[C]):
-    """Result of ``logout`` / ``expire``: connections to close and the users' transitions."""
+    """Result of ``logout`` / ``expire``: connections to close and the users' transitions.
+    ``devices`` lists every (user, device) that ended, attached to a connection or not."""
 
     connections: list[EndedDevice[C]]
     changes: list[PresenceChange]
+    devices: list[tuple[str, str]] = attrs.Factory(list)
 
 
 @attrs.define
@@ -164,14 +166,16 @@ class PresenceTable(Generic[C]):
             return Ended([], [])
         names = list(state.devices) if device is None else [device]
         closed: list[EndedDevice[C]] = []
+        ended: list[tuple[str, str]] = []
         for name in names:
             entry = state.devices.pop(name, None)
             if entry is None:
                 continue
             self._deadlines.discard((user, name))
+            ended.append((user, name))
             if entry.conn is not None:
                 closed.append(EndedDevice(user, name, entry.conn))
-        return Ended(closed, self._offline_if_empty(user, state))
+        return Ended(closed, self._offline_if_empty(user, state), ended)
 
     def expire(self, now: float) -> Ended[C]:
         """End every device whose deadline (last activity + ``offline_after``) is ``<= now``.
@@ -181,7 +185,8 @@ class PresenceTable(Generic[C]):
         """
         closed: list[EndedDevice[C]] = []
         touched: dict[str, _User[C]] = {}
-        for user, device in self._deadlines.pop_due(now):
+        ended = self._deadlines.pop_due(now)
+        for user, device in ended:
             state = self._users[user]
             entry = state.devices.pop(device)
             if entry.conn is not None:
@@ -190,7 +195,7 @@ class PresenceTable(Generic[C]):
         changes: list[PresenceChange] = []
         for user, state in touched.items():
             changes.extend(self._offline_if_empty(user, state))
-        return Ended(closed, changes)
+        return Ended(closed, changes, ended)
 
     def get(self, user: str) -> UserPresence:
         """The user's presence; a never-seen user is offline with ``last_active_at`` None."""

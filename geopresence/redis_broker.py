@@ -110,6 +110,11 @@ class RedisBroker:
             self._queue(("publish", channel, envelope))
         return delivered
 
+    def publish_local(
+        self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
+    ) -> int:
+        return self._local.publish(channels, message, exclude)
+
     def subscribers(self, channel: str) -> Set[ConnId]:
         return self._local.subscribers(channel)
 

@@ -189,9 +189,7 @@ class Strangers:
         if self.hub.store.get_settings(user).visible_to_strangers:
             previous = self.grid.place(user, location)
             current = self.grid.cell(user)
-            self.hub.broker.publish(
-                _channels(previous, current), StrangerEvent(user, location, now)
-            )
+            self.hub.publish(_channels(previous, current), StrangerEvent(user, location, now))
         for conn in self.hub.connections_of(user):
             if conn in self._watches:
                 self._recover(conn, user, now)
@@ -201,7 +199,7 @@ class Strangers:
             location = self.hub.nearby.locations.get(user, now)
             if location is not None:
                 self.grid.place(user, location)
-                self.hub.broker.publish(
+                self.hub.publish(
                     _channels(self.grid.cell(user)), StrangerEvent(user, location, now)
                 )
         else:
@@ -288,7 +286,7 @@ class Strangers:
     def _gone(self, user: str, reason: StrangerGoneReason) -> None:
         code = self.grid.remove(user)
         if code is not None:
-            self.hub.broker.publish(_channels(code), StrangerGoneEvent(user, reason))
+            self.hub.publish(_channels(code), StrangerGoneEvent(user, reason))
 
     def _send_gone(self, conn: ConnId, user: str, reason: StrangerGoneReason) -> None:
         frame = StrangerGone(user=user, reason=reason)

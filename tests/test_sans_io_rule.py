@@ -35,6 +35,7 @@ CORE_MODULES = [
     "protocol",
     "records",
     "recovery",
+    "replication",
     "snapshot",
     "snowflake",
     "store",

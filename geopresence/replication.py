@@ -1,0 +1,131 @@
+"""What one node tells the others so that every node can serve any user (sans-I/O).
+
+With several nodes (``--redis``), each node keeps a full replica of the shared state in
+memory (the hub's stores), because the hub answers synchronously; Redis holds the shared copy
+and a *feed* channel carries every change to every node. The feed carries:
+
+- the durable records (``geopresence.records``: friendships, groups, settings, chat
+  messages), published by the node that wrote them to Redis;
+- ``LocationSet``: an accepted location update (the location cache with its TTL deadline);
+- ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
+  Redis (``geopresence.redis_presence``);
+- ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node.
+
+A node applies a feed op to its replica and to its own connections (``Hub.apply_feed``), but
+never republishes what it derives from it: the origin already published the channel events.
+
+``Replicator`` is the seam between the hub and the node's Redis side; with one node there is
+none and nothing here is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import attrs
+
+from geopresence.protocol import Status
+from geopresence.records import Record, record_from_json, record_to_json
+
+
+@attrs.frozen
+class LocationSet:
+    """``user`` was at (lat, lon) at ``ts``; the origin accepted it at ``at`` (epoch
+    seconds), so the location expires at ``at + location_ttl`` on every node."""
+
+    user: str
+    lat: float
+    lon: float
+    ts: float
+    at: float
+
+
+@attrs.frozen
+class PresenceSet:
+    """``user``'s cluster-wide status changed (decided once, in Redis). ``version`` counts
+    the user's transitions: a node applies a transition only if it is newer than the one it
+    holds (feed ops from different nodes may arrive in either order)."""
+
+    user: str
+    status: Status
+    last_active_at: float | None
+    version: int
+
+
+@attrs.frozen
+class LogoutRequested:
+    """Log ``device`` of ``user`` out (every device when None) on every node."""
+
+    user: str
+    device: str | None
+
+
+FeedOp = Record | LocationSet | PresenceSet | LogoutRequested
+
+
+def feed_to_json(op: FeedOp) -> dict[str, Any]:
+    """The JSON object of a feed op (records keep their journal encoding)."""
+    if isinstance(op, LocationSet):
+        return {"t": "location", "u": op.user, "p": [op.lat, op.lon, op.ts, op.at]}
+    if isinstance(op, PresenceSet):
+        return {
+            "t": "presence",
+            "u": op.user,
+            "s": op.status,
+            "l": op.last_active_at,
+            "v": op.version,
+        }
+    if isinstance(op, LogoutRequested):
+        return {"t": "logout", "u": op.user, "d": op.device}
+    return record_to_json(op)
+
+
+def feed_from_json(data: Any) -> FeedOp:
+    """Inverse of ``feed_to_json``; ValueError (or KeyError/TypeError) if malformed."""
+    if not isinstance(data, dict):
+        raise ValueError("a feed op is a JSON object")
+    tag = data.get("t")
+    if tag == "location":
+        lat, lon, ts, at = (float(v) for v in data["p"])
+        return LocationSet(str(data["u"]), lat, lon, ts, at)
+    if tag == "presence":
+        status = data["s"]
+        if status not in ("online", "offline"):
+            raise ValueError(f"bad status {status!r}")
+        last = data["l"]
+        return PresenceSet(
+            str(data["u"]), status, None if last is None else float(last), int(data["v"])
+        )
+    if tag == "logout":
+        device = data["d"]
+        return LogoutRequested(str(data["u"]), None if device is None else str(device))
+    return record_from_json(data)
+
+
+class Replicator(Protocol):
+    """The hub's link to the other nodes (implemented by the shell over Redis).
+
+    Every method returns at once (it queues); the implementation applies the calls to Redis
+    in order. Contract:
+
+    - ``replicate(op)``: publish ``op`` on the feed for every other node (never back to this
+      one). Durable records do not go through here: the Redis journal publishes them once
+      they are written.
+    - ``device_alive(user, device, deadline, last_active_at)``: ``device`` of ``user`` is
+      alive on this node until ``deadline`` (epoch seconds). If no device of the user was
+      alive anywhere, the implementation announces the transition to online, once for the
+      cluster, by calling ``Hub.announce_presence`` on this node and publishing a
+      ``PresenceSet``.
+    - ``device_ended(user, device, expired_at)``: the device ended here, by logout
+      (``expired_at`` None: at once) or because its deadline passed at ``expired_at`` (then
+      it ends only if no node extended its deadline meanwhile). If it was the user's last
+      alive device anywhere, the transition to offline is announced as above.
+    """
+
+    def replicate(self, op: FeedOp) -> None: ...
+
+    def device_alive(
+        self, user: str, device: str, deadline: float, last_active_at: float
+    ) -> None: ...
+
+    def device_ended(self, user: str, device: str, expired_at: float | None) -> None: ...
