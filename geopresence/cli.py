@@ -21,6 +21,7 @@ import trio
 from geopresence import __version__
 from geopresence.aio import collapse_exception_groups
 from geopresence.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
+from geopresence.cluster import NodeIdInUse
 from geopresence.config import Config, webhook_problem
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
@@ -268,7 +269,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=_node_id,
         default=d.node_id,
         metavar="N",
-        help="Snowflake node id in message ids, 0..1023 (default: %(default)s)",
+        help="Snowflake node id in message ids, 0..1023 (default: %(default)s); with "
+        "several nodes each needs its own (a second node with the same id refuses to start)",
+    )
+    s.add_argument(
+        "--redis",
+        metavar="URL",
+        default=None,
+        help="redis://HOST:PORT/DB: be one node of several sharing this standalone Redis "
+        "(state and pub/sub; no data dir journal). Default: a single node, no Redis",
+    )
+    s.add_argument(
+        "--redis-cluster",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        default=None,
+        help="like --redis over a Redis 7 Cluster (sharded pub/sub), given one or more of "
+        "its nodes",
+    )
+    s.add_argument(
+        "--redis-prefix",
+        metavar="PREFIX",
+        default=d.redis_prefix,
+        help="prefix of every Redis key (default: %(default)s)",
+    )
+    s.add_argument(
+        "--redis-sweep-interval",
+        type=_seconds,
+        metavar="S",
+        default=d.redis_sweep_interval,
+        help="how often each node ends devices whose deadline passed on a node that stopped "
+        "(a dead node's users go offline at most this long after their deadline; "
+        "default: %(default)s)",
     )
     s.add_argument(
         "--push-webhook",
@@ -413,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _addresses(text: str | None) -> tuple[str, ...]:
+    return tuple(a.strip() for a in (text or "").split(",") if a.strip())
+
+
 def _config_from(args: argparse.Namespace) -> Config:
     return Config(
         host=args.host,
@@ -441,6 +476,10 @@ def _config_from(args: argparse.Namespace) -> Config:
         queue_bytes=args.queue_bytes,
         state_queue_size=args.state_queue_size,
         node_id=args.node_id,
+        redis=args.redis,
+        redis_cluster=_addresses(args.redis_cluster),
+        redis_prefix=args.redis_prefix,
+        redis_sweep_interval=args.redis_sweep_interval,
         push_webhook=args.push_webhook,
         push_timeout=args.push_timeout,
         push_retries=args.push_retries,
@@ -504,7 +543,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         with collapse_exception_groups():
             trio.run(_serve_until_signal, config)
-    except DataDirLocked as exc:
+    except (DataDirLocked, NodeIdInUse) as exc:
         print(f"geopresence: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

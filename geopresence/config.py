@@ -167,11 +167,35 @@ class Config:
     gc_full_interval: float = attrs.field(default=3600.0, validator=_positive)
     """Every this many seconds, frozen objects are released and one full collection runs,
     so that cyclic garbage among long-lived objects is still reclaimed (one longer pause)."""
+    redis: str | None = None
+    """``redis://HOST:PORT/DB``: run as one node of several sharing one standalone Redis
+    (state and pub/sub); None (with no ``redis_cluster``): a single node, no Redis at all."""
+    redis_cluster: tuple[str, ...] = ()
+    """``HOST:PORT`` of one or more Redis Cluster nodes: like ``redis`` over a Redis 7
+    Cluster, with sharded pub/sub."""
+    redis_prefix: str = "gp"
+    """Prefix of every Redis key (one geopresence cluster per prefix)."""
+    redis_sweep_interval: float = attrs.field(default=0.5, validator=_positive)
+    """How often each node looks for devices whose deadline passed on a node that stopped
+    reporting (a dead node's users go offline at most this long after their deadline)."""
     time_origin: float | None = None
     """Epoch seconds at trio clock 0. None anchors to the wall clock at start; tests under
     ``trio.testing.MockClock`` pass 0 so server times equal ``trio.current_time()``."""
 
+    @property
+    def clustered(self) -> bool:
+        """True when this node shares its state with others through Redis."""
+        return self.redis is not None or bool(self.redis_cluster)
+
     def __attrs_post_init__(self) -> None:
+        if self.redis is not None and self.redis_cluster:
+            raise ValueError("give either redis or redis_cluster, not both")
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://")):
+            raise ValueError(f"redis must be a redis:// URL, got {self.redis!r}")
+        for address in self.redis_cluster:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"a Redis Cluster node is HOST:PORT, got {address!r}")
         if self.radius > self.max_radius:
             raise ValueError(
                 f"radius ({self.radius:g} m) must not exceed max_radius ({self.max_radius:g} m)"

@@ -660,18 +660,30 @@ class Hub:
 
     # ---------------------------------------------------------------- other nodes
 
-    def announce_presence(
-        self, user: str, status: Status, last_active_at: float | None, version: int
-    ) -> None:
-        """The cluster decided (here) that ``user`` changed status: publish it to every
-        node's subscribers. The replicator publishes the ``PresenceSet`` for the replicas."""
-        if self._set_status(user, status, last_active_at, version):
-            self._publish_presence(PresenceChange(user, status, last_active_at))
+    def announce_presence(self, transition: PresenceSet) -> None:
+        """A user's cluster-wide transition (decided here, or on another node and received
+        on the feed): update the replica and tell this node's subscribers.
+
+        Presence is the one state whose events every node derives itself from the feed,
+        rather than receiving the origin's channel publish: a publish in flight while a
+        node subscribes for a new session would be missed, and unlike a position (the next
+        update supersedes it) or a message (``sync`` recovers it), a missed transition
+        would leave a friend's status wrong until the next one. Applying the feed op and
+        telling the subscribers in one step leaves no gap: a session opened before it gets
+        the event, one opened after it reads the new status in its ``friends_presence``.
+        """
+        t = transition
+        if self._set_status(t.user, t.status, t.last_active_at, t.version):
+            with self._scoped("local"):
+                self._publish_presence(PresenceChange(t.user, t.status, t.last_active_at))
 
     def apply_feed(self, op: FeedOp, now: float) -> None:
         """Apply a change made on another node: to the replica, and to this node's own
         connections (subscriptions, views, frames only they need). Nothing is published or
         journaled again: the origin did that."""
+        if isinstance(op, PresenceSet):
+            self.announce_presence(op)
+            return
         # A refusal means it is already applied or moot here (a group deleted meanwhile).
         with self._scoped("none"), suppress(ProtocolError):
             self._apply_feed(op, now)
@@ -679,10 +691,6 @@ class Hub:
     def _apply_feed(self, op: FeedOp, now: float) -> None:
         if isinstance(op, LocationSet):
             self.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
-        elif isinstance(op, PresenceSet):
-            changed = self._set_status(op.user, op.status, op.last_active_at, op.version)
-            if changed and op.status == "offline":
-                self.nearby.on_offline(op.user)
         elif isinstance(op, LogoutRequested):
             self.logout(op.user, op.device)
         elif isinstance(op, ChatMessage):

@@ -30,13 +30,21 @@ import itertools
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from typing import Any, Final, Literal
 
+import anyio
 import trio
 
 from geopresence.broker import ConnId, Deliver, MemoryBroker
-from geopresence.channel_events import Envelope, decode_envelope, encode_envelope
+from geopresence.channel_events import (
+    FEED_CHANNEL,
+    Envelope,
+    FeedEvent,
+    decode_envelope,
+    encode_envelope,
+)
+from geopresence.replication import FeedOp
 
 log = logging.getLogger("geopresence.redis")
 
@@ -74,6 +82,9 @@ class RedisBroker:
         """Publishes not sent to Redis because the queue was full (for metrics)."""
         self.received = 0
         """Envelopes from other nodes delivered here (for metrics)."""
+        self.on_feed: Callable[[FeedOp], None] | None = None
+        """Receives the other nodes' feed ops (set it before ``run``: then this node
+        subscribes to the feed channel)."""
 
     # ---------------------------------------------------------------- the Broker seam
 
@@ -110,6 +121,16 @@ class RedisBroker:
             self._queue(("publish", channel, envelope))
         return delivered
 
+    def publish_feed(self, op: FeedOp) -> None:
+        """Publish ``op`` to every other node's ``on_feed`` (in order with this node's other
+        publishes)."""
+        if len(self._ops) >= MAX_PENDING_OPS:
+            log.error("redis queue full: a feed op is dropped (replicas diverge)")
+            self.dropped += 1
+            return
+        envelope = Envelope(self.node_id, next(self._publish_ids), (FEED_CHANNEL,), FeedEvent(op))
+        self._queue(("publish", FEED_CHANNEL, encode_envelope(envelope)))
+
     def publish_local(
         self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
     ) -> int:
@@ -134,18 +155,27 @@ class RedisBroker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued commands and deliver envelopes from other nodes, until cancelled."""
         pubsub = self._client.sharded_pubsub() if self._sharded else self._client.pubsub()
-        async with pubsub, trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, pubsub)
-            task_status.started()
-            while True:
-                if not self._ops:
-                    self._wakeup = trio.Event()
-                    await self._wakeup.wait()
-                kind, channel, data = self._ops.popleft()
-                try:
-                    await self._send(pubsub, kind, channel, data)
-                except Exception:
-                    log.exception("redis %s %s failed", kind, channel)
+        try:
+            async with pubsub, trio.open_nursery() as nursery:
+                if self.on_feed is not None:
+                    await pubsub.subscribe(FEED_CHANNEL)
+                nursery.start_soon(self._receive, pubsub)
+                task_status.started()
+                await self._send_loop(pubsub)
+        except* anyio.ClosedResourceError:
+            # Cancelled (shutdown): coredis' cleanup found its connection already closed.
+            log.debug("redis pub/sub connection closed at shutdown")
+
+    async def _send_loop(self, pubsub: Any) -> None:
+        while True:
+            if not self._ops:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+            kind, channel, data = self._ops.popleft()
+            try:
+                await self._send(pubsub, kind, channel, data)
+            except Exception:
+                log.exception("redis %s %s failed", kind, channel)
 
     async def _send(self, pubsub: Any, kind: str, channel: str, data: bytes) -> None:
         if kind == "subscribe":
@@ -186,4 +216,8 @@ class RedisBroker:
         if len(self._seen) > SEEN_PUBLISHES:
             self._seen.popitem(last=False)
         self.received += 1
+        if isinstance(envelope.event, FeedEvent):
+            if self.on_feed is not None:
+                self.on_feed(envelope.event.op)
+            return
         self._local.publish(envelope.channels, envelope.event)

@@ -12,6 +12,8 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -24,7 +26,7 @@ from trio_websocket import (
 )
 
 from geopresence.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
-from geopresence.broker import ConnId
+from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
 from geopresence.clock import ServerClock
 from geopresence.config import Config
 from geopresence.history import HistoryWriter, history_dir
@@ -50,7 +52,11 @@ from geopresence.persistence import (
 from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 from geopresence.push import PushNotifier
 from geopresence.recovery import capture
+from geopresence.redis_state import RedisJournal
 from geopresence.store import MemoryStore
+
+if TYPE_CHECKING:
+    from geopresence.cluster import ClusterLink
 from geopresence.wsbatch import send_texts
 
 log = logging.getLogger("geopresence")
@@ -105,17 +111,39 @@ class Server:
         self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
         self._history_dirty = trio.Event()
         self.push = PushNotifier(config)
-        self.journal: FileJournal | None = (
-            None if config.in_memory else FileJournal(config.data_dir, config.fsync)
-        )
+        self.cluster: ClusterLink | None = None
+        """This node's Redis side when it is one of several (``--redis``)."""
+        self.journal: FileJournal | None = None
+        acks: FileJournal | RedisJournal | None = None
+        broker_factory: Callable[[Deliver], Broker] = MemoryBroker
+        if config.clustered:
+            from geopresence.cluster import ClusterLink, connect  # imports coredis
+
+            self.cluster = ClusterLink(
+                connect(config),
+                node_id=config.node_id,
+                sharded=bool(config.redis_cluster),
+                prefix=config.redis_prefix,
+            )
+            self.cluster.presence.sweep_interval = config.redis_sweep_interval
+            broker_factory = self.cluster.make_broker
+            acks = self.cluster.journal
+        elif not config.in_memory:
+            self.journal = acks = FileJournal(config.data_dir, config.fsync)
+        self._acks = acks
+        """What acks wait for: the disk journal, Redis, or nothing (--in-memory)."""
+        if acks is not None:
+            acks.on_durable = self._journal_durable
         self.hub = Hub(
             settings,
             MemoryStore(),
             self,
+            broker_factory=broker_factory,
             errors=self.metrics.errors,
             history=self._record_location,
-            journal=self.journal,
+            journal=acks,
             push=self.push.submit,
+            replicator=self.cluster,
         )
         self._durable_waiters: list[tuple[int, trio.Event]] = []
         self._snapshot_lock = trio.Lock()
@@ -134,8 +162,9 @@ class Server:
         self.clock: ServerClock | None = None
         self.metrics.gauge("connections", "Open WebSocket sessions.", lambda: len(self._conns))
         self.metrics.gauge(
-            "users_online", "Users online now.", lambda: self.hub.presence.online_count
-        )
+            "users_online", "Users online now (in the whole cluster with --redis).",
+            lambda: self.hub.online_count(),
+        )  # fmt: skip
         nearby = self.hub.nearby
         self.metrics.gauge(
             "locations", "Users with a live location in the cache.", lambda: len(nearby.locations)
@@ -283,7 +312,7 @@ class Server:
         try:
             if self.journal is not None:
                 await self._recover(self.journal)
-            elif any(state_dir(config.data_dir).glob("snapshot-*.snap")):
+            elif self.cluster is None and any(state_dir(config.data_dir).glob("snapshot-*.snap")):
                 log.warning(
                     "--in-memory: the state saved in %s is not loaded (and not changed)",
                     state_dir(config.data_dir),
@@ -314,7 +343,6 @@ class Server:
             self._snapshot_seq = recovered.snapshot.journal_seq
         await trio.to_thread.run_sync(journal.open, recovered.last_seq)
         hub.last_seq = recovered.last_seq
-        journal.on_durable = self._journal_durable
         if recovered.snapshot is not None or recovered.records:
             log.info(
                 "restored %d messages, %d friendships, %d groups from %s "
@@ -330,9 +358,9 @@ class Server:
 
     def _journal_durable(self) -> None:
         """The journal advanced: release acks and HTTP responses waiting for it."""
-        assert self.journal is not None
+        assert self._acks is not None
         self.hub.journal_advanced(self.now())
-        durable = self.journal.durable_seq
+        durable = self._acks.durable_seq
         if self._durable_waiters:
             waiting = []
             for seq, event in self._durable_waiters:
@@ -344,7 +372,7 @@ class Server:
 
     async def durable(self, seq: int) -> None:
         """Wait until journal record ``seq`` is durable (at once without a journal)."""
-        if self.journal is None or self.journal.durable_seq >= seq:
+        if self._acks is None or self._acks.durable_seq >= seq:
             return
         event = trio.Event()
         self._durable_waiters.append((seq, event))
@@ -390,6 +418,8 @@ class Server:
 
         config = self.config
         async with trio.open_nursery() as root:
+            if self.cluster is not None:
+                await self._join_cluster(root, self.cluster)
             async with trio.open_nursery() as conns:
                 self._conn_nursery = conns
                 listeners = await _open_listeners(config.host, config.port)
@@ -424,7 +454,54 @@ class Server:
                 conns.cancel_scope.cancel()
             if self.journal is not None:
                 await self._persist_at_shutdown(self.journal, journal_scope)
+            if self.cluster is not None:
+                with trio.move_on_after(self.config.drain_timeout):
+                    await self.cluster.flush()  # acked writes and device reports reach Redis
+                await self.cluster.leave()
             root.cancel_scope.cancel()
+
+    async def _join_cluster(self, nursery: trio.Nursery, cluster: ClusterLink) -> None:
+        """Load the shared state from Redis and start the node's Redis side."""
+        started = trio.current_time()
+        counts: dict[str, int] = await nursery.start(cluster.run, self.hub, self.now)
+        log.info(
+            "node %d joined %s: %s loaded in %.2f s",
+            self.config.node_id,
+            self.config.redis or ",".join(self.config.redis_cluster),
+            ", ".join(f"{n} {name}" for name, n in counts.items()),
+            trio.current_time() - started,
+        )
+        broker = cluster.broker
+        assert broker is not None
+        m = self.metrics
+        m.counter(
+            "redis_envelopes_total",
+            "Channel publishes: received from other nodes, or dropped (Redis queue full).",
+            lambda: [
+                ('{result="received"}', broker.received),
+                ('{result="dropped"}', broker.dropped),
+            ],
+        )
+        m.gauge(
+            "redis_pending",
+            "Commands queued for Redis.",
+            lambda: broker.pending + cluster.journal.pending + cluster.presence.pending,
+        )
+        m.counter(
+            "redis_feed_applied_total",
+            "Changes of other nodes applied here.",
+            lambda: [("", cluster.feed_applied)],
+        )
+        m.counter(
+            "presence_transitions_decided_total",
+            "Online/offline transitions this node decided.",
+            lambda: [("", cluster.presence.transitions)],
+        )
+        m.counter(
+            "presence_swept_total",
+            "Devices whose deadline passed found by this node's sweeper.",
+            lambda: [("", cluster.presence.swept)],
+        )
 
     async def _gc_loop(self) -> None:
         """Keep full garbage collections short (see ``Config.gc_freeze_interval``)."""

@@ -57,7 +57,9 @@ SHELL = {
     "wsbatch",
     "logs",
     "redis_broker",
-    "redis_store",
+    "redis_state",
+    "redis_presence",
+    "cluster",
 }
 
 

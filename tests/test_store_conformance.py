@@ -6,14 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
-from geopresence.redis_store import RedisStore
 from geopresence.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
 
 IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {
+    # With several nodes the store is each node's replica (a MemoryStore as well); what
+    # reaches Redis goes through the Journal seam (tests/test_redis_state.py).
     "memory": MemoryStore,
-    # The Redis store's reads come from its replica; its writes are queued for Redis here
-    # (tests/test_redis_store.py runs them against a real Redis and a Redis Cluster).
-    "redis": lambda: RedisStore(client=None),
 }
 
 

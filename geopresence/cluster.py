@@ -1,0 +1,214 @@
+"""A node of a multi-node deployment (shell): Redis is the shared state and the pub/sub.
+
+``ClusterLink`` is the hub's ``Replicator`` and owns the node's Redis side:
+
+- a ``RedisBroker`` (the hub's broker): per-user, group, inbox and cell channels through
+  Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster), plus the feed channel;
+- a ``RedisJournal`` (the hub's journal): durable records written to Redis, then fed to the
+  other nodes' replicas;
+- a ``RedisPresence``: device deadlines and the once-decided online/offline transitions;
+- the node lease ``gp:node:{N}``: two live nodes never share a Snowflake node id.
+
+Start-up (``run``): take the lease, subscribe to the feed (holding what arrives), load the
+shared state into the hub's replica, then apply what was held and serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any, Final
+
+import trio
+
+from geopresence.broker import Deliver
+from geopresence.config import Config
+from geopresence.hub import Hub
+from geopresence.redis_broker import RedisBroker
+from geopresence.redis_presence import RedisPresence
+from geopresence.redis_state import Keys, RedisJournal, load_state
+from geopresence.replication import FeedOp, PresenceSet
+
+log = logging.getLogger("geopresence.redis")
+
+LEASE_SECONDS: Final = 15.0
+"""How long a node id stays taken after its node stopped renewing it (a SIGKILLed node's id
+is free again after this)."""
+LEASE_RENEW: Final = 3.0
+
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class NodeIdInUse(RuntimeError):
+    """Another live node holds this node id."""
+
+
+def connect(config: Config) -> Any:
+    """A coredis client for ``--redis`` (standalone) or ``--redis-cluster``."""
+    import coredis  # only a node of several needs it (0.3 s of start-up otherwise)
+    from coredis.connection import TCPLocation
+
+    if config.redis_cluster:
+        nodes = []
+        for address in config.redis_cluster:
+            host, _, port = address.rpartition(":")
+            nodes.append(TCPLocation(host, int(port)))
+        return coredis.RedisCluster(startup_nodes=nodes)
+    assert config.redis is not None
+    return coredis.Redis.from_url(config.redis)
+
+
+class ClusterLink:
+    """The hub's ``Replicator`` over Redis. Create it, build the hub with ``make_broker``,
+    ``journal`` and ``replicator=self``, then ``await nursery.start(link.run, hub, clock)``."""
+
+    def __init__(self, client: Any, *, node_id: int, sharded: bool, prefix: str = "gp") -> None:
+        self.client = client
+        self.node_id = node_id
+        self.sharded = sharded
+        self.keys = Keys(prefix)
+        self.broker: RedisBroker | None = None
+        self.journal = RedisJournal(client, self.keys, self._publish_feed)
+        self.presence = RedisPresence(client, self.keys, self._announce, self._now)
+        self._hub: Hub | None = None
+        self._clock: Callable[[], float] | None = None
+        self._held: list[FeedOp] | None = []
+        self._lease_token = secrets.token_hex(8)
+        self._token: str | None = self._lease_token
+        """The lease token while this node holds its id (None once released)."""
+        self.feed_applied = 0
+
+    def make_broker(self, deliver: Deliver) -> RedisBroker:
+        """The hub's ``broker_factory``."""
+        self.broker = RedisBroker(deliver, self.client, node_id=self.node_id, sharded=self.sharded)
+        self.broker.on_feed = self._on_feed
+        return self.broker
+
+    # ---------------------------------------------------------------- the Replicator seam
+
+    def replicate(self, op: FeedOp) -> None:
+        self.journal.replicate(op)
+
+    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
+        self.presence.device_alive(user, device, deadline, last_active_at)
+
+    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
+        self.presence.device_ended(user, device, expired_at)
+
+    # ---------------------------------------------------------------- internals
+
+    def _now(self) -> float:
+        assert self._clock is not None
+        return self._clock()
+
+    def _publish_feed(self, op: FeedOp) -> None:
+        assert self.broker is not None
+        self.broker.publish_feed(op)
+
+    def _announce(self, transition: PresenceSet) -> None:
+        assert self._hub is not None
+        self._publish_feed(transition)
+        self._hub.announce_presence(transition)
+
+    def _on_feed(self, op: FeedOp) -> None:
+        if self._held is not None:
+            self._held.append(op)  # still loading: applied right after
+            return
+        assert self._hub is not None
+        self.feed_applied += 1
+        self._hub.apply_feed(op, self._now())
+
+    # ---------------------------------------------------------------- running
+
+    async def run(
+        self,
+        hub: Hub,
+        clock: Callable[[], float],
+        *,
+        task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Join the cluster and keep the node's Redis side running until cancelled; started
+        once the hub's replica is loaded (reports the loaded counts)."""
+        self._hub = hub
+        self._clock = clock
+        assert self.broker is not None, "build the hub with make_broker first"
+        async with self.client:
+            await self._take_lease()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._renew_lease)
+                    await nursery.start(self.broker.run)
+                    counts = await load_state(self.client, self.keys, hub, clock())
+                    held, self._held = self._held or [], None
+                    for op in held:
+                        hub.apply_feed(op, clock())
+                    await nursery.start(self.journal.run)
+                    await nursery.start(self.presence.run)
+                    task_status.started(counts)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await self.leave()
+
+    async def leave(self) -> None:
+        """Free this node's id at once (clean shutdown); a crashed node's lease expires."""
+        if self._token is None:
+            return
+        token, self._token = self._token, None
+        try:
+            release = self.client.register_script(_RELEASE)
+            await release(keys=[self._lease_key()], args=[token])
+        except Exception as exc:  # it expires by itself
+            log.warning("could not release the node id lease: %s", exc)
+
+    async def flush(self) -> None:
+        """Wait until the journal and the presence reports are in Redis (drain, shutdown)."""
+        await self.journal.flush()
+        await self.presence.flush()
+
+    def _lease_key(self) -> str:
+        return self.keys.of("node", str(self.node_id))
+
+    async def _take_lease(self) -> None:
+        from coredis import PureToken
+
+        taken = await self.client.set(
+            self._lease_key(),
+            self._lease_token,
+            condition=PureToken.NX,
+            px=int(LEASE_SECONDS * 1000),
+        )
+        if not taken:
+            ttl = await self.client.pttl(self._lease_key())
+            raise NodeIdInUse(
+                f"node id {self.node_id} is in use by another live node (its lease ends in "
+                f"{max(ttl, 0) / 1000:.0f} s if that node stopped): give each node its own "
+                "--node-id (0..1023)"
+            )
+
+    async def _renew_lease(self) -> None:
+        renew = self.client.register_script(_RENEW)
+        while True:
+            await trio.sleep(LEASE_RENEW)
+            try:
+                kept = await renew(
+                    keys=[self._lease_key()], args=[self._lease_token, int(LEASE_SECONDS * 1000)]
+                )
+            except Exception as exc:
+                log.error("renewing the node id lease failed: %s", exc)
+                continue
+            if not int(kept):
+                log.error(
+                    "node id %d: the lease was lost (Redis unreachable for %.0f s?)",
+                    self.node_id,
+                    LEASE_SECONDS,
+                )

@@ -1,0 +1,225 @@
+"""Presence shared by every node (shell): per-device deadlines in Redis, and each user-level
+transition decided once, atomically, by a Lua script.
+
+Each node keeps its own devices in its hub's ``PresenceTable`` (heartbeats, 4000 closes) and
+reports them here (the ``Replicator`` calls ``device_alive`` / ``device_ended``). Redis holds,
+per user, ``gp:presence:{U}``: ``status``, ``last_active_at``, ``v`` (transition count) and
+``d:<device>`` -> deadline (epoch seconds), plus ``gp:deadlines``, every device scored by its
+deadline. The scripts below run atomically on the user's slot, so whichever node's call makes
+the user's first device alive, or ends its last one, is the only one that sees the
+transition: it announces it (``announce``), once for the whole cluster.
+
+A node that dies stops reporting; its devices' deadlines pass and the *sweeper* of every
+live node (``sweep_interval``, 0.5 s) finds them in ``gp:deadlines`` and ends them with the
+same script, so the user goes offline exactly once, at most ``sweep_interval`` plus one
+round trip after the deadline. A device that reconnected to another node in the meantime
+has a later deadline there, and nothing happens (no flap).
+
+Node clocks must agree (NTP): deadlines are compared across nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Final, Literal
+
+import trio
+
+from geopresence.redis_state import Keys
+from geopresence.replication import PresenceSet
+
+log = logging.getLogger("geopresence.redis")
+
+ALIVE: Final = """
+-- KEYS[1] presence hash; ARGV: device, deadline, last_active_at
+local k = KEYS[1]
+local field = 'd:' .. ARGV[1]
+local deadline = tonumber(ARGV[2])
+local current = tonumber(redis.call('HGET', k, field) or '0')
+if deadline > current then redis.call('HSET', k, field, ARGV[2]) end
+local last = redis.call('HGET', k, 'last_active_at')
+if not last or tonumber(ARGV[3]) > tonumber(last) then
+  redis.call('HSET', k, 'last_active_at', ARGV[3])
+  last = ARGV[3]
+end
+if redis.call('HGET', k, 'status') ~= 'online' then
+  redis.call('HSET', k, 'status', 'online')
+  return {1, last, tostring(redis.call('HINCRBY', k, 'v', 1))}
+end
+return {0, last, '0'}
+"""
+"""Make a device alive until ``deadline`` (never shortening it); {1, last, v} if this made
+the user online. Numbers travel as strings: Lua numbers would be truncated to integers."""
+
+END: Final = """
+-- KEYS[1] presence hash; ARGV: device, mode ('logout' | 'expire'), now
+local k = KEYS[1]
+local now = tonumber(ARGV[3])
+if ARGV[2] == 'logout' then redis.call('HDEL', k, 'd:' .. ARGV[1]) end
+local alive = 0
+local mine = '0'
+local fields = redis.call('HGETALL', k)
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if string.sub(name, 1, 2) == 'd:' then
+    if tonumber(fields[i + 1]) <= now then
+      redis.call('HDEL', k, name)
+    else
+      alive = alive + 1
+      if name == 'd:' .. ARGV[1] then mine = fields[i + 1] end
+    end
+  end
+end
+local last = redis.call('HGET', k, 'last_active_at') or ''
+if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
+  redis.call('HSET', k, 'status', 'offline')
+  return {1, last, tostring(redis.call('HINCRBY', k, 'v', 1)), mine}
+end
+return {0, last, '0', mine}
+"""
+"""End a device (logout: at once; expire: only if its deadline is ``<= now``, so a deadline
+another node extended wins), along with every other device past its deadline; {1, last, v,
+...} if this left the user without an alive device. The last value is the device's
+remaining deadline ('0': gone)."""
+
+DeviceOp = tuple[Literal["alive", "end"], float, float | None]
+"""("alive", deadline, last_active_at) or ("end", expired_at or -1 for a logout, None)."""
+
+
+class RedisPresence:
+    """Reports this node's devices to Redis and announces the transitions it decides.
+
+    ``announce(transition)`` is called in the event loop for each transition this node
+    decided; ``clock()`` is the current epoch time. Start ``run`` in a task.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        announce: Callable[[PresenceSet], None],
+        clock: Callable[[], float],
+        *,
+        sweep_interval: float = 0.5,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._announce = announce
+        self._clock = clock
+        self.sweep_interval = sweep_interval
+        # Latest-wins per device: only its newest state matters to Redis.
+        self._pending: dict[tuple[str, str], DeviceOp] = {}
+        self._wakeup = trio.Event()
+        self._alive = client.register_script(ALIVE)
+        self._end = client.register_script(END)
+        self._known_users: set[str] = set()
+        self.transitions = 0
+        """Transitions this node decided (for metrics)."""
+        self.swept = 0
+        """Devices of other nodes ended by this node's sweeper (for metrics)."""
+        self.errors = 0
+
+    # ---------------------------------------------------------------- from the hub
+
+    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
+        self._pending[(user, device)] = ("alive", deadline, last_active_at)
+        self._wakeup.set()
+
+    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
+        self._pending[(user, device)] = ("end", -1.0 if expired_at is None else expired_at, None)
+        self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ---------------------------------------------------------------- Redis side
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply reported device changes and sweep expired devices, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep_loop)
+            task_status.started()
+            while True:
+                if not self._pending:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                    continue
+                batch, self._pending = self._pending, {}
+                for (user, device), op in batch.items():
+                    try:
+                        await self._apply(user, device, op)
+                    except Exception as exc:
+                        self.errors += 1
+                        log.error("redis presence of %s/%s failed: %s", user, device, exc)
+                        # Keep it unless a newer state of the device was reported meanwhile.
+                        self._pending.setdefault((user, device), op)
+                        await trio.sleep(1.0)
+
+    async def flush(self) -> None:
+        """Wait until every reported change is in Redis (``run`` must be running)."""
+        while self._pending:
+            await trio.sleep(0.005)
+
+    async def _apply(self, user: str, device: str, op: DeviceOp) -> None:
+        kind, when, last_active_at = op
+        keys = self._keys
+        key = keys.of("presence", user)
+        member = f"{user}\n{device}"
+        if kind == "alive":
+            assert last_active_at is not None
+            result = await self._alive(keys=[key], args=[device, repr(when), repr(last_active_at)])
+            await self._client.zadd(keys.deadlines, {member: when})
+            if user not in self._known_users:
+                await self._client.sadd(keys.presence_users, [user])
+                self._known_users.add(user)
+            if int(result[0]):
+                self._decided(user, "online", result[1], result[2])
+            return
+        mode = "logout" if when < 0 else "expire"
+        now = self._clock() if when < 0 else when
+        await self._end_device(user, device, mode, now)
+
+    async def _end_device(self, user: str, device: str, mode: str, now: float) -> None:
+        keys = self._keys
+        result = await self._end(keys=[keys.of("presence", user)], args=[device, mode, repr(now)])
+        member = f"{user}\n{device}"
+        remaining = float(_string(result[3]))
+        if remaining > 0:
+            await self._client.zadd(keys.deadlines, {member: remaining})  # extended elsewhere
+        else:
+            await self._client.zrem(keys.deadlines, [member])
+        if int(result[0]):
+            self._decided(user, "offline", result[1], result[2])
+            await self._client.hdel(keys.locations, [user])
+
+    def _decided(self, user: str, status: Literal["online", "offline"], last: Any, v: Any) -> None:
+        text = _string(last)
+        self.transitions += 1
+        self._announce(PresenceSet(user, status, float(text) if text else None, int(v)))
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception as exc:
+                self.errors += 1
+                log.error("redis presence sweep failed: %s", exc)
+
+    async def sweep(self) -> int:
+        """End every device (of any node) whose deadline has passed; returns how many."""
+        now = self._clock()
+        due = await self._client.zrangebyscore(
+            self._keys.deadlines, "-inf", now, count=500, offset=0
+        )
+        for member in due:
+            user, _, device = _string(member).partition("\n")
+            await self._end_device(user, device, "expire", now)
+        self.swept += len(due)
+        return len(due)
+
+
+def _string(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,325 @@
+"""The shared state in Redis (shell): the journal that writes it, and the loader that reads it.
+
+With several nodes, Redis holds the state every node shares, and each node a replica in
+memory (its hub's stores) that answers synchronously. Changes reach Redis through the
+``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` writes it to the
+keys below in order and then publishes it on the feed (``geopresence.replication``) for the
+other nodes' replicas. A record is *durable* once Redis has it, so acks (``sent``,
+``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with one node.
+``load_state`` fills a starting node's replica from these keys.
+
+Keys (``{...}`` is a Redis Cluster hash tag: each user's, group's or conversation's key has a
+slot of its own; the index sets are what ``load_state`` starts from)::
+
+    gp:friends:{U}       set: U's friends              gp:users            index of users
+    gp:group:{G}         hash: member -> join mark     gp:groups           index of groups
+    gp:groups_of:{U}     set: U's groups
+    gp:settings:{U}      JSON settings (absent: defaults)  gp:settings_users  index
+    gp:chat:{C}          sorted set of one conversation's messages ("<20-digit id> <JSON>",
+                         all score 0: lexicographic = id order; C is "dm:A:B" or "g:G")
+    gp:chats             index of conversations
+    gp:locations         hash: user -> [lat, lon, ts, accepted_at] (expired ones are skipped
+                         and removed by the loader; an offline user's is removed at once)
+    gp:presence:{U}      hash: status, last_active_at, v (transition count), d:<device> ->
+                         deadline (see ``geopresence.redis_presence``)
+    gp:presence_users    index of users with a presence hash
+    gp:deadlines         sorted set: "<user>\\n<device>" scored by its deadline
+    gp:node:{N}          the lease of the node with Snowflake node id N
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import trio
+
+from geopresence.chat_store import ChatMessage
+from geopresence.records import (
+    Befriended,
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    Record,
+    SettingsChanged,
+    Unfriended,
+    record_from_json,
+    record_to_json,
+)
+from geopresence.replication import FeedOp, LocationSet
+from geopresence.store import UserSettings
+
+if TYPE_CHECKING:
+    from geopresence.hub import Hub
+
+log = logging.getLogger("geopresence.redis")
+
+
+class Keys:
+    """Key names under one prefix (``gp`` unless tests isolate themselves)."""
+
+    def __init__(self, prefix: str = "gp") -> None:
+        self.prefix = prefix
+        self.users = f"{prefix}:users"
+        self.groups = f"{prefix}:groups"
+        self.settings_users = f"{prefix}:settings_users"
+        self.chats = f"{prefix}:chats"
+        self.locations = f"{prefix}:locations"
+        self.presence_users = f"{prefix}:presence_users"
+        self.deadlines = f"{prefix}:deadlines"
+
+    def of(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{{{name}}}"
+
+    def conversation(self, message: ChatMessage) -> str:
+        """The conversation a message belongs to (its key's name part)."""
+        if message.group is not None:
+            return f"g:{message.group}"
+        assert message.to is not None
+        a, b = sorted((message.sender, message.to))
+        return f"dm:{a}:{b}"
+
+
+def message_member(message: ChatMessage) -> bytes:
+    """A message as a member of its conversation's sorted set (the id first, zero-padded, so
+    lexicographic order is id order and ``ZRANGE ... BYLEX`` reads after a cursor)."""
+    return b"%020d " % message.message_id + orjson.dumps(record_to_json(message))
+
+
+def member_message(member: bytes | str) -> ChatMessage:
+    raw = member.encode() if isinstance(member, str) else member
+    record = record_from_json(orjson.loads(raw[21:]))
+    if not isinstance(record, ChatMessage):
+        raise ValueError("not a message")
+    return record
+
+
+def _settings_json(record: SettingsChanged) -> str:
+    return orjson.dumps(
+        {
+            "share_location": record.share_location,
+            "radius_m": record.radius_m,
+            "visible_to_strangers": record.visible_to_strangers,
+        }
+    ).decode()
+
+
+async def write(client: Any, keys: Keys, op: FeedOp) -> None:
+    """Apply one change to Redis (idempotent: a retry after a failure is harmless)."""
+    k = keys
+    if isinstance(op, ChatMessage):
+        conversation = k.conversation(op)
+        await client.zadd(k.of("chat", conversation), {message_member(op): 0})
+        await client.sadd(k.chats, [conversation])
+    elif isinstance(op, LocationSet):
+        value = orjson.dumps([op.lat, op.lon, op.ts, op.at])
+        await client.hset(k.locations, {op.user: value})
+    elif isinstance(op, Befriended):
+        await client.sadd(k.of("friends", op.a), [op.b])
+        await client.sadd(k.of("friends", op.b), [op.a])
+        await client.sadd(k.users, [op.a, op.b])
+    elif isinstance(op, Unfriended):
+        await client.srem(k.of("friends", op.a), [op.b])
+        await client.srem(k.of("friends", op.b), [op.a])
+    elif isinstance(op, GroupSet):
+        key = k.of("group", op.group)
+        current = set(_strings(await client.hkeys(key)))
+        wanted = set(op.members)
+        for user in current - wanted:
+            await client.hdel(key, [user])
+            await client.srem(k.of("groups_of", user), [op.group])
+        for user in wanted - current:
+            await client.hset(key, {user: str(op.joined_after)})
+            await client.sadd(k.of("groups_of", user), [op.group])
+        await client.sadd(k.groups, [op.group])
+    elif isinstance(op, GroupDeleted):
+        key = k.of("group", op.group)
+        for user in _strings(await client.hkeys(key)):
+            await client.srem(k.of("groups_of", user), [op.group])
+        await client.delete([key, k.of("chat", f"g:{op.group}")])
+        await client.srem(k.groups, [op.group])
+        await client.srem(k.chats, [f"g:{op.group}"])
+    elif isinstance(op, MemberAdded):
+        await client.hsetnx(k.of("group", op.group), op.user, str(op.joined_after))
+        await client.sadd(k.of("groups_of", op.user), [op.group])
+        await client.sadd(k.groups, [op.group])
+    elif isinstance(op, MemberRemoved):
+        await client.hdel(k.of("group", op.group), [op.user])
+        await client.srem(k.of("groups_of", op.user), [op.group])
+    elif isinstance(op, SettingsChanged):
+        if _settings_of(op) == UserSettings():
+            await client.delete([k.of("settings", op.user)])
+            await client.srem(k.settings_users, [op.user])
+        else:
+            await client.set(k.of("settings", op.user), _settings_json(op))
+            await client.sadd(k.settings_users, [op.user])
+    # PresenceSet and LogoutRequested only travel on the feed: presence is written by the
+    # Lua scripts that decide it.
+
+
+class RedisJournal:
+    """The ``Journal`` seam over Redis: records (and replicated ops) written in order, then
+    published on the feed with ``publish_feed``. Start ``run`` in a task."""
+
+    def __init__(
+        self, client: Any, keys: Keys, publish_feed: Callable[[FeedOp], None], last_seq: int = 0
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._publish_feed = publish_feed
+        self._queue: deque[tuple[int, FeedOp]] = deque()
+        self._wakeup = trio.Event()
+        self.last_seq = last_seq
+        self._durable = last_seq
+        self.on_durable: Callable[[], None] | None = None
+        """Called (in the event loop) each time ``durable_seq`` advanced."""
+        self.write_errors = 0
+
+    def append(self, record: Record) -> int:
+        self.last_seq += 1
+        self._queue.append((self.last_seq, record))
+        self._wakeup.set()
+        return self.last_seq
+
+    def replicate(self, op: FeedOp) -> None:
+        """Write ``op`` (if it has state in Redis) and publish it on the feed, in order with
+        the records (no sequence number: nothing waits for it)."""
+        self._queue.append((0, op))
+        self._wakeup.set()
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write queued changes, oldest first, until cancelled. A failed write is retried
+        (after a second) before any later one, so Redis and the feed never see them
+        reordered; acks wait meanwhile."""
+        task_status.started()
+        queue = self._queue
+        while True:
+            if not queue:
+                self._wakeup = trio.Event()
+                await self._wakeup.wait()
+                continue
+            advanced = False
+            while queue:
+                seq, op = queue[0]
+                try:
+                    await write(self._client, self._keys, op)
+                except Exception as exc:
+                    self.write_errors += 1
+                    log.error("redis write of %s failed (%s); retrying", type(op).__name__, exc)
+                    await trio.sleep(1.0)
+                    continue
+                queue.popleft()
+                self._publish_feed(op)
+                if seq:
+                    self._durable = seq
+                    advanced = True
+            if advanced and self.on_durable is not None:
+                self.on_durable()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written (``run`` must be running)."""
+        while self._queue:
+            await trio.sleep(0.005)
+
+
+async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str, int]:
+    """Fill a fresh hub's replica from Redis: the user DB, chat messages, live locations and
+    every user's presence. Returns counts for the log line."""
+    k = keys
+    store = hub.store
+    chat_store = hub.chat.store
+    for user in _strings(await client.smembers(k.users)):
+        for friend in _strings(await client.smembers(k.of("friends", user))):
+            store.add_friendship(user, friend)  # False (no-op) for the second direction
+    groups = 0
+    for group in _strings(await client.smembers(k.groups)):
+        members = await client.hgetall(k.of("group", group))
+        marks = {_string(user): int(mark) for user, mark in members.items()}
+        if not marks:
+            continue
+        groups += 1
+        store.set_group(group, marks)
+        for user, mark in marks.items():
+            chat_store.join(group, user, mark)
+            hub.chat.ids.observe(mark)
+    for user in _strings(await client.smembers(k.settings_users)):
+        raw = await client.get(k.of("settings", user))
+        if raw is not None:
+            data = orjson.loads(raw)
+            store.put_settings(
+                user,
+                UserSettings(
+                    share_location=bool(data["share_location"]),
+                    radius_m=data["radius_m"],
+                    visible_to_strangers=bool(data["visible_to_strangers"]),
+                ),
+            )
+    messages: list[ChatMessage] = []
+    for conversation in _strings(await client.smembers(k.chats)):
+        members = await client.zrange(k.of("chat", conversation), 0, -1)
+        messages.extend(member_message(member) for member in members)
+    messages.sort(key=lambda m: m.message_id)
+    chat_store.load(messages)
+    if messages:
+        hub.chat.ids.observe(messages[-1].message_id)
+    ttl = hub.settings.location_ttl
+    locations = 0
+    expired = []
+    for user, raw in (await client.hgetall(k.locations)).items():
+        lat, lon, ts, at = orjson.loads(raw)
+        if at + ttl <= now:
+            expired.append(user)
+            continue
+        locations += 1
+        hub.apply_feed(LocationSet(_string(user), lat, lon, ts, at), now)
+    if expired:
+        await client.hdel(k.locations, expired)
+    online = 0
+    for user in _strings(await client.smembers(k.presence_users)):
+        status, last, version = await client.hmget(
+            k.of("presence", user), ["status", "last_active_at", "v"]
+        )
+        if status is None:
+            continue
+        online += _string(status) == "online"
+        hub.load_status(
+            user,
+            "online" if _string(status) == "online" else "offline",
+            None if last is None else float(last),
+            0 if version is None else int(version),
+        )
+    return {
+        "friendships": sum(1 for _ in store.friendships()),
+        "groups": groups,
+        "messages": len(messages),
+        "locations": locations,
+        "online": online,
+    }
+
+
+def _settings_of(record: SettingsChanged) -> UserSettings:
+    return UserSettings(
+        share_location=record.share_location,
+        radius_m=record.radius_m,
+        visible_to_strangers=record.visible_to_strangers,
+    )
+
+
+def _string(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _strings(values: Iterable[Any]) -> list[str]:
+    return sorted(_string(v) for v in values)

@@ -1,0 +1,249 @@
+"""Several real ``geopresence serve`` processes on one Redis (standalone, and a 3-master
+Redis Cluster with sharded pub/sub): every user sees the same thing whichever node each
+client is connected to."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from geopresence.client import AdminClient, Client, connect
+from tests.redis_server import redis_cluster, redis_server
+
+LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
+
+OFFLINE_AFTER = 2.0
+SWEEP = 0.2
+
+
+class Node:
+    """One ``geopresence serve`` process; its output goes to a file (never a full pipe)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, ws_port: int, http_port: int):
+        self.proc = proc
+        self.log = log
+        self.ws_url = f"ws://127.0.0.1:{ws_port}/ws"
+        self.http_url = f"http://127.0.0.1:{http_port}"
+
+    def admin(self) -> AdminClient:
+        return AdminClient(self.http_url, timeout=10)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def start_node(redis_args: list[str], node_id: int, workdir: Path, *extra: str) -> Node:
+    log = workdir / f"node{node_id}-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "geopresence", "serve", *redis_args,
+                "--node-id", str(node_id), "--port", "0", "--http-port", "0", "--insecure",
+                "--heartbeat-interval", "0.5", "--offline-after", str(OFFLINE_AFTER),
+                "--data-dir", str(workdir / f"data{node_id}"), "--log-level", "info",
+                "--redis-sweep-interval", str(SWEEP), *extra,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            match = LISTENING.match(line.strip())
+            if match:
+                return Node(proc, log, int(match["wp"]), int(match["hp"]))
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"node {node_id} did not start:\n{log.read_text()}")
+
+
+@contextmanager
+def cluster_of(kind: str, count: int, workdir: Path) -> Iterator[tuple[list[Node], list[str]]]:
+    """``count`` nodes on a fresh standalone Redis or 3-master Redis Cluster."""
+    with ExitStack() as stack:
+        if kind == "standalone":
+            port = stack.enter_context(redis_server())
+            args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        else:
+            ports = stack.enter_context(redis_cluster())
+            args = ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in ports)]
+        nodes: list[Node] = []
+        try:
+            for node_id in range(1, count + 1):
+                nodes.append(start_node(args, node_id, workdir))
+            yield nodes, args
+        finally:
+            for node in nodes:
+                if node.proc.poll() is None:
+                    node.proc.terminate()
+            for node in nodes:
+                try:
+                    node.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def two_nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Node]]:
+    with cluster_of(request.param, 2, tmp_path) as (nodes, _):
+        yield nodes
+
+
+@asynccontextmanager
+async def session(node: Node, user: str, device: str = "phone") -> AsyncIterator[Client]:
+    async with connect(node.ws_url, user=user, device=device, heartbeat=True) as client:
+        yield client
+
+
+async def expect(
+    client: Client, kind: str, *, within: float = 10.0, **fields: Any
+) -> dict[str, Any]:
+    """The next frame of ``kind`` whose fields match (others of that kind fail the test)."""
+    with trio.fail_after(within):
+        frame = await client.recv_type(kind)
+    for name, value in fields.items():
+        assert frame.get(name) == value, (kind, frame)
+    return frame
+
+
+async def sees(client: Client, friend: str, status: str) -> None:
+    """``client`` ends up seeing ``friend`` with ``status``: in its initial friends_presence
+    or, if that was taken before the change reached its node, in the next presence event."""
+    initial = {f["user"]: f["status"] for f in client.friends}
+    if initial.get(friend) != status:
+        await expect(client, "presence", user=friend, status=status)
+
+
+async def nothing_of(client: Client, kind: str, seconds: float = 1.0) -> None:
+    with trio.move_on_after(seconds):
+        frame = await client.recv_type(kind)
+        raise AssertionError(f"unexpected {frame}")
+
+
+async def test_presence_and_friendships_cross_nodes(two_nodes: list[Node]) -> None:
+    a, b = two_nodes
+    async with a.admin() as admin_a, b.admin() as admin_b:
+        await admin_a.befriend("alice", "bob")
+        async with session(b, "bob") as bob:
+            assert [f["user"] for f in bob.friends] == ["alice"]
+            async with session(a, "alice") as alice:
+                await expect(bob, "presence", user="alice", status="online")
+                await sees(alice, "bob", "online")  # bob is on node b
+                # A friendship made through node b reaches alice's live connection on a.
+                await admin_b.befriend("alice", "carol")
+                listed = await expect(alice, "friends_presence")
+                assert [f["user"] for f in listed["friends"]] == ["carol"]
+                await alice.logout()
+            await expect(bob, "presence", user="alice", status="offline")
+            await nothing_of(bob, "presence")  # exactly one event per transition
+            assert (await admin_b.user("alice"))["status"] == "offline"
+
+
+async def test_devices_on_two_nodes_make_one_presence(two_nodes: list[Node]) -> None:
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with session(a, "bob") as bob:
+        async with session(a, "alice", "phone") as phone:
+            await expect(bob, "presence", user="alice", status="online")
+            async with session(b, "alice", "laptop") as laptop:
+                await laptop.logout()
+            await phone.logout()
+        await expect(bob, "presence", user="alice", status="offline")
+        await nothing_of(bob, "presence")
+
+
+async def test_nearby_friends_strangers_and_chat_cross_nodes(two_nodes: list[Node]) -> None:
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with session(a, "alice") as alice, session(b, "bob") as bob, session(b, "sam") as sam:
+        await alice.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+        await trio.sleep(0.3)  # the update reaches node b's replica
+        # bob's first location: alice (on node a) is in his initial list.
+        reply = await bob.request("nearby_friends", lat=37.5700, lon=126.9800)
+        assert [f["user"] for f in reply["friends"]] == ["alice"]
+        # alice moves: bob hears it through her channel.
+        await alice.send({"type": "location", "lat": 37.5670, "lon": 126.9785})
+        moved = await expect(bob, "friend_location", user="alice")
+        assert moved["lat"] == 37.5670
+        # A stranger on node b who opted in sees alice only once she is visible to strangers.
+        await sam.request("settings", visible_to_strangers=True)
+        await sam.send({"type": "location", "lat": 37.5668, "lon": 126.9782})
+        await alice.request("watch_strangers", on=True)
+        await trio.sleep(0.3)
+        people = await alice.request("nearby_people")
+        assert [p["user"] for p in people["people"]] == ["sam"]
+        await sam.send({"type": "location", "lat": 37.5669, "lon": 126.9783})
+        await expect(alice, "stranger_nearby", user="sam")
+        # Chat: sent on node a, delivered on node b, synced from either.
+        sent = await alice.send_message(to="bob", text="hi bob", client_msg_id="m1")
+        got = await expect(bob, "message", text="hi bob", **{"from": "alice"})
+        assert got["message_id"] == sent["message_id"]
+        synced = await bob.sync_all()
+        assert [m["text"] for m in synced] == ["hi bob"]
+        again = await alice.send_message(to="bob", text="hi bob", client_msg_id="m1")
+        assert again["message_id"] == sent["message_id"] and again["duplicate"] is True
+
+
+async def test_a_killed_node_s_users_go_offline_once(tmp_path: Path) -> None:
+    with cluster_of("cluster", 3, tmp_path) as (nodes, _):
+        a, b, c = nodes
+        async with a.admin() as admin:
+            await admin.befriend("alice", "bob")
+            await admin.befriend("alice", "carol")
+        async with session(b, "bob") as bob, session(c, "carol") as carol:
+            # alice on node a, without our heartbeats: the node is killed under her.
+            async with connect(a.ws_url, user="alice", device="phone") as alice:
+                await expect(bob, "presence", user="alice", status="online")
+                await expect(carol, "presence", user="alice", status="online")
+                killed_at = time.time()
+                a.kill()
+                with trio.move_on_after(1):
+                    await alice.closed()
+            gone = await expect(bob, "presence", within=15, user="alice", status="offline")
+            waited = time.time() - killed_at
+            assert OFFLINE_AFTER - 0.5 <= waited <= OFFLINE_AFTER + SWEEP + 2.0
+            assert gone["last_active_at"] is not None
+            await expect(carol, "presence", user="alice", status="offline")
+            await nothing_of(bob, "presence", 1.5)
+            await nothing_of(carol, "presence", 0.1)
+
+
+async def test_reconnecting_to_another_node_does_not_flap(two_nodes: list[Node]) -> None:
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with session(b, "bob") as bob:
+        async with session(a, "alice"):
+            await expect(bob, "presence", user="alice", status="online")
+        # The connection dropped (no logout); alice is back within offline_after, elsewhere.
+        async with session(b, "alice"):
+            await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)
+
+
+def test_two_nodes_with_one_node_id_refuse(tmp_path: Path) -> None:
+    with cluster_of("standalone", 1, tmp_path) as (_, args):
+        result = subprocess.run(
+            [sys.executable, "-m", "geopresence", "serve", *args, "--node-id", "1",
+             "--port", "0", "--http-port", "0", "--insecure",
+             "--data-dir", str(tmp_path / "other")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert "node id 1 is in use" in result.stderr
