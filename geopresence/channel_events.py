@@ -26,13 +26,10 @@ from geopresence.records import record_from_json, record_to_json
 from geopresence.replication import FeedOp, feed_from_json, feed_to_json
 from geopresence.strangers import StrangerEvent, StrangerGoneEvent
 
-FEED_CHANNEL: Final = "gp:feed"
-"""The channel every node subscribes to for the others' changes (``geopresence.replication``)."""
-
 
 @attrs.frozen
 class FeedEvent:
-    """A change for the other nodes' replicas, published on ``FEED_CHANNEL``."""
+    """A change for the other nodes' replicas, published on the feed channel."""
 
     op: FeedOp
 

@@ -90,7 +90,13 @@ class ClusterLink:
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
-        self.broker = RedisBroker(deliver, self.client, node_id=self.node_id, sharded=self.sharded)
+        self.broker = RedisBroker(
+            deliver,
+            self.client,
+            node_id=self.node_id,
+            sharded=self.sharded,
+            prefix=self.keys.prefix,
+        )
         self.broker.on_feed = self._on_feed
         return self.broker
 

@@ -38,7 +38,6 @@ import trio
 
 from geopresence.broker import ConnId, Deliver, MemoryBroker
 from geopresence.channel_events import (
-    FEED_CHANNEL,
     Envelope,
     FeedEvent,
     decode_envelope,
@@ -56,6 +55,15 @@ MAX_PENDING_OPS: Final = 100_000
 slow, and the live events would be stale anyway."""
 
 Op = tuple[Literal["subscribe", "unsubscribe", "publish"], str, bytes]
+"""(command, Redis channel name, payload)."""
+
+
+def redis_channel(channel: str, prefix: str = "gp") -> str:
+    """The Redis name of a hub channel: ``user:alice`` -> ``gp:user:{alice}``. The hash tag
+    puts a user's channel on its keys' slot (``geopresence.redis_state``); the prefix keeps
+    geopresence clusters sharing one Redis apart (pub/sub ignores database numbers)."""
+    kind, _, name = channel.partition(":")
+    return f"{prefix}:{kind}:{{{name}}}"
 
 
 class RedisBroker:
@@ -66,12 +74,21 @@ class RedisBroker:
     """
 
     def __init__(
-        self, deliver: Deliver, client: Any, *, node_id: int, sharded: bool = False
+        self,
+        deliver: Deliver,
+        client: Any,
+        *,
+        node_id: int,
+        sharded: bool = False,
+        prefix: str = "gp",
     ) -> None:
         self._deliver = deliver
         self._local = MemoryBroker(deliver)
         self._client = client
         self._sharded = sharded
+        self._prefix = prefix
+        self.feed_channel = f"{prefix}:feed"
+        """The channel of the other nodes' changes (``geopresence.replication``)."""
         self.node_id = node_id
         # Random start: a restarted node must not reuse publish ids others still remember.
         self._publish_ids = itertools.count(random.getrandbits(40) << 20)
@@ -128,8 +145,9 @@ class RedisBroker:
             log.error("redis queue full: a feed op is dropped (replicas diverge)")
             self.dropped += 1
             return
-        envelope = Envelope(self.node_id, next(self._publish_ids), (FEED_CHANNEL,), FeedEvent(op))
-        self._queue(("publish", FEED_CHANNEL, encode_envelope(envelope)))
+        feed = self.feed_channel
+        envelope = Envelope(self.node_id, next(self._publish_ids), (feed,), FeedEvent(op))
+        self._queue(("publish", feed, encode_envelope(envelope)))
 
     def publish_local(
         self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
@@ -158,7 +176,7 @@ class RedisBroker:
         try:
             async with pubsub, trio.open_nursery() as nursery:
                 if self.on_feed is not None:
-                    await pubsub.subscribe(FEED_CHANNEL)
+                    await pubsub.subscribe(self.feed_channel)
                 nursery.start_soon(self._receive, pubsub)
                 task_status.started()
                 await self._send_loop(pubsub)
@@ -181,15 +199,17 @@ class RedisBroker:
         if kind == "subscribe":
             if not self._local.subscribers(channel):
                 return  # gone again before it was sent
-            await pubsub.subscribe(channel)
+            await pubsub.subscribe(redis_channel(channel, self._prefix))
         elif kind == "unsubscribe":
             if self._local.subscribers(channel):
                 return  # someone subscribed again meanwhile
-            await pubsub.unsubscribe(channel)
-        elif self._sharded:
-            await self._client.spublish(channel, data)
+            await pubsub.unsubscribe(redis_channel(channel, self._prefix))
         else:
-            await self._client.publish(channel, data)
+            name = channel if channel == self.feed_channel else redis_channel(channel, self._prefix)
+            if self._sharded:
+                await self._client.spublish(name, data)
+            else:
+                await self._client.publish(name, data)
 
     async def _receive(self, pubsub: Any) -> None:
         while True:

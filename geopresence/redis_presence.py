@@ -210,9 +210,11 @@ class RedisPresence:
 
     async def sweep(self) -> int:
         """End every device (of any node) whose deadline has passed; returns how many."""
+        from coredis import PureToken
+
         now = self._clock()
-        due = await self._client.zrangebyscore(
-            self._keys.deadlines, "-inf", now, count=500, offset=0
+        due = await self._client.zrange(
+            self._keys.deadlines, "-inf", now, sortby=PureToken.BYSCORE, offset=0, count=500
         )
         for member in due:
             user, _, device = _string(member).partition("\n")

@@ -11,7 +11,7 @@ from geopresence.broker import ConnId
 from geopresence.locations import Location
 from geopresence.nearby import LocationEvent
 from geopresence.outbox import Outgoing
-from geopresence.redis_broker import RedisBroker
+from geopresence.redis_broker import RedisBroker, redis_channel
 from tests.redis_server import redis_cluster, redis_server
 
 
@@ -50,7 +50,7 @@ async def test_a_publish_reaches_other_nodes_once_and_never_echoes() -> None:
                 a.subscribe("user:alice", 1)
 
                 async def subscribed() -> bool:
-                    return await numsub(client, "user:alice") == 2  # one per node
+                    return await numsub(client, redis_channel("user:alice")) == 2  # one per node
 
                 await wait_for(subscribed)
                 await wait_for(_has(b_got, 0))
@@ -75,7 +75,7 @@ async def test_a_publish_reaches_other_nodes_once_and_never_echoes() -> None:
                 b.unsubscribe_all(11)
 
                 async def unsubscribed() -> bool:
-                    return await numsub(client, "user:alice") == 1
+                    return await numsub(client, redis_channel("user:alice")) == 1
 
                 await wait_for(unsubscribed)
                 nursery.cancel_scope.cancel()
@@ -105,9 +105,8 @@ async def test_sharded_pubsub_on_a_redis_cluster() -> None:
                     b.subscribe(channel, 10)
                 with trio.fail_after(10):
                     for channel in channels:
-                        while not dict(await client.pubsub_shardnumsub(channel)).get(
-                            channel.encode()
-                        ):
+                        name = redis_channel(channel)
+                        while not dict(await client.pubsub_shardnumsub(name)).get(name.encode()):
                             await trio.sleep(0.02)
                 frames = [Outgoing(f"to {channel}") for channel in channels]
                 for channel, frame in zip(channels, frames, strict=True):

@@ -1,0 +1,151 @@
+"""Presence decided in Redis: two reporters (two "nodes") on one real Redis, and on a
+3-master cluster. Each user-level transition is announced exactly once, by one of them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import coredis
+import trio
+
+from geopresence.redis_presence import RedisPresence
+from geopresence.redis_state import Keys
+from geopresence.replication import PresenceSet
+from tests.redis_server import redis_cluster, redis_server
+
+T0 = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@asynccontextmanager
+async def two_nodes(
+    client: Any,
+) -> AsyncIterator[tuple[RedisPresence, RedisPresence, list[PresenceSet], Clock]]:
+    """Two reporters sharing one announcement log; sweeping only when a test asks."""
+    announced: list[PresenceSet] = []
+    clock = Clock()
+    keys = Keys(f"p{random.getrandbits(32)}")
+    a = RedisPresence(client, keys, announced.append, clock, sweep_interval=3600)
+    b = RedisPresence(client, keys, announced.append, clock, sweep_interval=3600)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        yield a, b, announced, clock
+        nursery.cancel_scope.cancel()
+
+
+async def settle(*nodes: RedisPresence) -> None:
+    with trio.fail_after(10):
+        for node in nodes:
+            await node.flush()
+        await trio.sleep(0.05)  # the last script's result is being handled
+
+
+def transitions(announced: list[PresenceSet], user: str) -> list[str]:
+    return [t.status for t in announced if t.user == user]
+
+
+async def exactly_once(client: Any) -> None:
+    async with two_nodes(client) as (a, b, announced, clock):
+        # alice's phone on node a and laptop on node b come alive at the same time.
+        a.device_alive("alice", "phone", T0 + 30, T0)
+        b.device_alive("alice", "laptop", T0 + 30, T0)
+        await settle(a, b)
+        assert transitions(announced, "alice") == ["online"]
+
+        # The phone times out on a; the laptop is still alive on b: no transition.
+        clock.now = T0 + 30
+        b.device_alive("alice", "laptop", T0 + 60, T0 + 30)
+        await settle(b)
+        a.device_ended("alice", "phone", T0 + 30)
+        await settle(a)
+        assert transitions(announced, "alice") == ["online"]
+
+        # The laptop logs out: alice is offline, announced once.
+        b.device_ended("alice", "laptop", None)
+        await settle(b)
+        assert transitions(announced, "alice") == ["online", "offline"]
+        last = announced[-1]
+        assert last.last_active_at == T0 + 30 and last.version == 2
+
+        # A device that reconnected to node b (deadline extended) survives node a's expiry.
+        a.device_alive("bob", "phone", T0 + 40, T0 + 10)
+        await settle(a)
+        b.device_alive("bob", "phone", T0 + 70, T0 + 40)
+        await settle(b)
+        clock.now = T0 + 40
+        a.device_ended("bob", "phone", T0 + 40)
+        await settle(a)
+        assert transitions(announced, "bob") == ["online"]
+
+
+async def test_each_transition_is_announced_once() -> None:
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client:
+            await exactly_once(client)
+
+
+async def test_each_transition_is_announced_once_on_a_cluster() -> None:
+    with redis_cluster() as ports:
+        client = coredis.RedisCluster(host="127.0.0.1", port=ports[0])
+        async with client:
+            await exactly_once(client)
+
+
+async def test_a_dead_nodes_devices_are_swept_once() -> None:
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (a, b, announced, clock):
+            a.device_alive("carol", "phone", T0 + 30, T0)
+            await settle(a)
+            # Node a dies: nothing more is reported. Before the deadline nothing is swept.
+            clock.now = T0 + 29.9
+            assert await b.sweep() == 0
+            clock.now = T0 + 30.2
+            # Both live sweepers race for it: one of them ends it.
+            swept = await b.sweep() + await a.sweep()
+            assert swept == 1
+            await settle(a, b)
+            assert transitions(announced, "carol") == ["online", "offline"]
+            assert await client.zcard(a._keys.deadlines) == 0
+
+
+async def test_random_interleavings_alternate_and_never_repeat() -> None:
+    """Random alive/end reports of 3 devices of 5 users from two nodes: per user, the
+    announced statuses alternate (online, offline, online, ...) with increasing versions."""
+    rng = random.Random(7)
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (a, b, announced, clock):
+            for step in range(300):
+                node = rng.choice((a, b))
+                user, device = f"u{rng.randrange(5)}", f"d{rng.randrange(3)}"
+                clock.now = T0 + step
+                if rng.random() < 0.6:
+                    node.device_alive(user, device, clock.now + 5, clock.now)
+                elif rng.random() < 0.5:
+                    node.device_ended(user, device, None)
+                else:
+                    node.device_ended(user, device, clock.now)
+                if rng.random() < 0.3:
+                    await settle(a, b)
+            await settle(a, b)
+            for user in {t.user for t in announced}:
+                mine = [t for t in announced if t.user == user]
+                statuses = [t.status for t in mine]
+                assert statuses == ["online", "offline"] * (len(statuses) // 2) + (
+                    ["online"] if len(statuses) % 2 else []
+                )
+                versions = [t.version for t in mine]
+                assert versions == list(range(1, len(versions) + 1))

@@ -1,0 +1,125 @@
+"""The shared state in Redis, on a real Redis and a 3-master Redis Cluster: what one node's
+journal writes, a node that starts later loads, exactly; and the feed reaches the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import coredis
+import trio
+
+from geopresence.hub import Hub, HubSettings
+from geopresence.protocol import LocationUpdate, Send
+from geopresence.recovery import capture
+from geopresence.redis_state import Keys, RedisJournal, load_state
+from geopresence.replication import FeedOp, LocationSet
+from geopresence.store import MemoryStore, UserSettings
+from tests.redis_server import redis_cluster, redis_server
+from tests.test_hub import RecordingSink
+
+NOW = 1_800_000_000.0
+
+
+def comparable(hub: Hub) -> dict[str, Any]:
+    snapshot = capture(hub, 0, NOW)
+    return {
+        "friendships": sorted(tuple(sorted(pair)) for pair in snapshot.friendships),
+        "groups": snapshot.groups,
+        "settings": sorted(snapshot.settings, key=lambda s: s.user),
+        "messages": snapshot.messages,
+    }
+
+
+class JournalReplicator:
+    """Replicated ops go through the journal (as ``ClusterLink`` does); devices are ignored."""
+
+    def __init__(self, journal: RedisJournal) -> None:
+        self.journal = journal
+
+    def replicate(self, op: FeedOp) -> None:
+        self.journal.replicate(op)
+
+    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
+        pass
+
+    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
+        pass
+
+
+async def write_then_load(client: Any) -> None:
+    keys = Keys("t")
+    fed: list[FeedOp] = []
+    journal = RedisJournal(client, keys, fed.append)
+    first = Hub(
+        HubSettings(node_id=1),
+        MemoryStore(),
+        RecordingSink(),
+        journal=journal,
+        replicator=JournalReplicator(journal),
+    )
+    journal.on_durable = lambda: first.journal_advanced(NOW)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        first.add_friendship("alice", "bob", NOW)
+        first.add_friendship("alice", "carol", NOW)
+        first.add_friendship("dave", "erin", NOW)
+        first.remove_friendship("dave", "erin")
+        first.set_group("hikers", ["alice", "bob", "carol"])
+        first.open_session(1, "alice", "phone", NOW)
+        first.handle(1, Send(id=1, to="bob", text="hi bob", client_msg_id="c1"), NOW)
+        first.handle(1, Send(id=2, group="hikers", text="hi all"), NOW + 1)
+        first.remove_member("hikers", "carol")
+        first.add_member("hikers", "dave")  # joins after both messages: reads neither
+        first.add_member("climbers", "dave")
+        first.set_group("gone", ["x"])
+        first.handle(1, Send(id=3, group="hikers", text="later"), NOW + 2)
+        first.delete_group("gone")
+        first.nearby.change_settings("alice", UserSettings(radius_m=1200.0), NOW)
+        first.nearby.change_settings("bob", UserSettings(visible_to_strangers=True), NOW)
+        first.nearby.change_settings("bob", UserSettings(), NOW)  # back to the defaults
+        first.handle(1, LocationUpdate(lat=37.5, lon=127.0, ts=None), NOW + 3)
+        with trio.fail_after(10):
+            await journal.flush()
+        assert first.chat.pending_count == 0 and journal.durable_seq == journal.last_seq
+        nursery.cancel_scope.cancel()
+    # Every change was fed to the other nodes, after it was written, in order.
+    assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
+    assert isinstance(fed[-1], LocationSet) and fed[-1].at == NOW + 3
+
+    second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
+    counts = await load_state(client, keys, second, NOW + 4)
+    assert comparable(second) == comparable(first)
+    assert counts["messages"] == 3 and counts["locations"] == 1
+    assert second.chat.store.find_client_msg("alice", "c1") is not None  # resends recognised
+    assert second.chat.ids.last_id >= first.chat.ids.last_id  # ids continue after theirs
+    location = second.nearby.locations.get("alice", NOW + 4)
+    assert location is not None and (location.lat, location.lon) == (37.5, 127.0)
+    # The location's TTL runs from when its origin accepted it, on every node.
+    ttl = second.settings.location_ttl
+    assert second.nearby.locations.get("alice", NOW + 3 + ttl) is None
+
+    # A node starting after the TTL ended does not load it, and removes it from Redis.
+    third = Hub(HubSettings(node_id=3), MemoryStore(), RecordingSink())
+    counts = await load_state(client, keys, third, NOW + 3 + ttl)
+    assert counts["locations"] == 0
+    assert await client.hlen(keys.locations) == 0
+
+
+async def test_what_one_node_writes_another_loads() -> None:
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client:
+            await write_then_load(client)
+
+
+async def test_what_one_node_writes_another_loads_on_a_cluster() -> None:
+    with redis_cluster() as ports:
+        client = coredis.RedisCluster(host="127.0.0.1", port=ports[0])
+        async with client:
+            await write_then_load(client)
+            # Each user's keys hash to their own slot: spread over the masters.
+            slots = {
+                await client.cluster_keyslot(key)
+                for key in ("t:friends:{alice}", "t:friends:{bob}", "t:friends:{carol}")
+            }
+            assert len(slots) == 3
