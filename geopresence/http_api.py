@@ -273,6 +273,10 @@ class HttpApi:
 
     async def snapshot(self, request: Request) -> Response:
         """Write a snapshot now (409 without persistence) and describe it."""
+        if self.server.cluster is not None:
+            raise HttpError(
+                409, "bad_request", "this node keeps its state in Redis: snapshot Redis instead"
+            )
         if self.server.journal is None:
             raise HttpError(409, "bad_request", "this server keeps its state in memory only")
         info = await self.server.take_snapshot(force=True)

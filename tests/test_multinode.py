@@ -247,3 +247,20 @@ def test_two_nodes_with_one_node_id_refuse(tmp_path: Path) -> None:
         )  # fmt: skip
         assert result.returncode == 1
         assert "node id 1 is in use" in result.stderr
+
+
+async def test_a_drained_node_s_clients_move_without_flap(two_nodes: list[Node]) -> None:
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with session(b, "bob") as bob:
+        async with session(a, "alice") as alice:
+            await expect(bob, "presence", user="alice", status="online")
+            async with a.admin() as admin:
+                await admin.call("POST", "/v1/drain")
+            with trio.fail_after(10):
+                code, _ = await alice.closed()
+            assert code == 1001
+        async with session(b, "alice"):  # alice's client reconnects to node b
+            await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)
+        assert a.proc.wait(15) == 0
