@@ -38,11 +38,18 @@ is free again after this)."""
 LEASE_RENEW: Final = 3.0
 
 _RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
+"""Extend this node's lease; take it again if it vanished (a Redis restarted without
+persistence); 0 if another node holds it."""
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -57,6 +64,9 @@ def connect(config: Config) -> Any:
     """A coredis client for ``--redis`` (standalone) or ``--redis-cluster``."""
     import coredis  # only a node of several needs it (0.3 s of start-up otherwise)
     from coredis.connection import TCPLocation
+
+    # coredis logs each retry at INFO; our own log lines say what failed.
+    logging.getLogger("coredis").setLevel(logging.WARNING)
 
     if config.redis_cluster:
         nodes = []
@@ -214,7 +224,8 @@ class ClusterLink:
                 continue
             if not int(kept):
                 log.error(
-                    "node id %d: the lease was lost (Redis unreachable for %.0f s?)",
+                    "node id %d is now held by another node (this one was cut off from Redis "
+                    "for more than %.0f s?): two nodes issue the same message ids; stop one",
                     self.node_id,
                     LEASE_SECONDS,
                 )

@@ -99,6 +99,8 @@ class RedisBroker:
         """Publishes not sent to Redis because the queue was full (for metrics)."""
         self.received = 0
         """Envelopes from other nodes delivered here (for metrics)."""
+        self.failed = 0
+        """Redis commands that failed (Redis unreachable), for metrics."""
         self.on_feed: Callable[[FeedOp], None] | None = None
         """Receives the other nodes' feed ops (set it before ``run``: then this node
         subscribes to the feed channel)."""
@@ -185,15 +187,29 @@ class RedisBroker:
             log.debug("redis pub/sub connection closed at shutdown")
 
     async def _send_loop(self, pubsub: Any) -> None:
+        failing = False
         while True:
             if not self._ops:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-            kind, channel, data = self._ops.popleft()
+            op = self._ops.popleft()
+            kind, channel, data = op
             try:
                 await self._send(pubsub, kind, channel, data)
-            except Exception:
-                log.exception("redis %s %s failed", kind, channel)
+            except Exception as exc:
+                self.failed += 1
+                if not failing:  # one line per outage, not one per event
+                    log.error("redis %s %s failed (%s); retrying", kind, channel, exc)
+                failing = True
+                if kind != "publish":
+                    # A subscription is state: keep it (in order) until Redis takes it. A
+                    # publish is a live event and is dropped (pub/sub is at-most-once).
+                    self._ops.appendleft(op)
+                    await trio.sleep(1.0)
+            else:
+                if failing:
+                    log.info("redis pub/sub works again (%d commands failed)", self.failed)
+                failing = False
 
     async def _send(self, pubsub: Any, kind: str, channel: str, data: bytes) -> None:
         if kind == "subscribe":

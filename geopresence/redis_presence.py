@@ -200,13 +200,20 @@ class RedisPresence:
         self._announce(PresenceSet(user, status, float(text) if text else None, int(v)))
 
     async def _sweep_loop(self) -> None:
+        failing = False
         while True:
             await trio.sleep(self.sweep_interval)
             try:
                 await self.sweep()
             except Exception as exc:
                 self.errors += 1
-                log.error("redis presence sweep failed: %s", exc)
+                if not failing:  # once per outage, not twice a second
+                    log.error("redis presence sweep failed (retrying quietly): %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("redis presence sweep works again")
+                failing = False
 
     async def sweep(self) -> int:
         """End every device (of any node) whose deadline has passed; returns how many."""

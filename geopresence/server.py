@@ -476,10 +476,12 @@ class Server:
         m = self.metrics
         m.counter(
             "redis_envelopes_total",
-            "Channel publishes: received from other nodes, or dropped (Redis queue full).",
+            "Channel publishes: received from other nodes, dropped (Redis queue full), or "
+            "failed (Redis unreachable; pub/sub commands included).",
             lambda: [
                 ('{result="received"}', broker.received),
                 ('{result="dropped"}', broker.dropped),
+                ('{result="failed"}', broker.failed),
             ],
         )
         m.gauge(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import trio
 
 from geopresence.client import AdminClient, Client, connect
-from tests.redis_server import redis_cluster, redis_server
+from tests.redis_server import free_port, redis_cluster, redis_server
 
 LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
 
@@ -264,3 +265,70 @@ async def test_a_drained_node_s_clients_move_without_flap(two_nodes: list[Node])
         async with session(b, "alice"):  # alice's client reconnects to node b
             await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)
         assert a.proc.wait(15) == 0
+
+
+def persistent_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A standalone redis-server with an fsync-always AOF (it keeps its data over restarts)."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    with redis_client_ready(port):
+        return proc
+
+
+@contextmanager
+def redis_client_ready(port: int) -> Iterator[None]:
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True
+        ).stdout.strip()
+        != "PONG"
+    ):
+        assert time.monotonic() < deadline, "redis did not start"
+        time.sleep(0.05)
+    yield
+
+
+async def test_nodes_carry_on_after_redis_restarts(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    port = free_port()
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    redis = persistent_redis(port, workdir)
+    args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+    nodes = [start_node(args, 1, tmp_path), start_node(args, 2, tmp_path)]
+    try:
+        a, b = nodes
+        async with a.admin() as admin:
+            await admin.befriend("alice", "bob")
+        async with session(b, "bob") as bob, session(a, "alice") as alice:
+            await expect(bob, "presence", user="alice", status="online")
+            redis.terminate()  # Redis goes away under both nodes, then comes back
+            redis.wait(10)
+            await trio.sleep(1.0)
+            redis = persistent_redis(port, workdir)
+            await trio.sleep(2.0)  # the nodes reconnect and subscribe again
+            async with b.admin() as admin:
+                with trio.fail_after(15):  # a write waits for Redis, then is acked
+                    await admin.befriend("alice", "carol")
+            listed = await expect(alice, "friends_presence")
+            assert [f["user"] for f in listed["friends"]] == ["carol"]
+            await alice.logout()
+            await expect(bob, "presence", user="alice", status="offline")
+        # A node started now loads everything, including what was written after the restart.
+        c = start_node(args, 3, tmp_path)
+        nodes.append(c)
+        async with c.admin() as admin:
+            friends = {f["user"] for f in await admin.friends("alice")}
+        assert friends == {"bob", "carol"}
+    finally:
+        for node in nodes:
+            node.proc.terminate()
+        for node in nodes:
+            node.proc.wait(15)
+        redis.terminate()
+        redis.wait(10)
