@@ -240,7 +240,11 @@ class Chat:
             # A group deleted while its message was on its way to disk takes the message
             # with its others (a replay of the journal ends the same way): acked, not stored.
             if message.group is None or self.hub.store.group_members(message.group) is not None:
-                self.store.add(message)
+                if self.hub.replicator is None:
+                    self.store.add(message)
+                else:
+                    # Other nodes' messages arrive in between: ids are not all ascending.
+                    self.store.insert(message)
                 self._publish(message, pending.sender_conn)
             for index, (conn, request_id) in enumerate(pending.acks):
                 self._ack(conn, request_id, message, duplicate=index > 0)

@@ -21,7 +21,7 @@ import trio
 from geopresence import __version__
 from geopresence.aio import collapse_exception_groups
 from geopresence.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
-from geopresence.cluster import NodeIdInUse
+from geopresence.cluster import ClusterError
 from geopresence.config import Config, webhook_problem
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
@@ -543,7 +543,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         with collapse_exception_groups():
             trio.run(_serve_until_signal, config)
-    except (DataDirLocked, NodeIdInUse) as exc:
+    except (DataDirLocked, ClusterError) as exc:
         print(f"geopresence: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -28,7 +28,7 @@ from geopresence.hub import Hub
 from geopresence.redis_broker import RedisBroker
 from geopresence.redis_presence import RedisPresence
 from geopresence.redis_state import Keys, RedisJournal, load_state
-from geopresence.replication import FeedOp, PresenceSet
+from geopresence.replication import FeedOp, LogoutRequested, PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 
@@ -56,7 +56,11 @@ return 0
 """
 
 
-class NodeIdInUse(RuntimeError):
+class ClusterError(RuntimeError):
+    """This node cannot join the others (a message for the operator)."""
+
+
+class NodeIdInUse(ClusterError):
     """Another live node holds this node id."""
 
 
@@ -73,9 +77,9 @@ def connect(config: Config) -> Any:
         for address in config.redis_cluster:
             host, _, port = address.rpartition(":")
             nodes.append(TCPLocation(host, int(port)))
-        return coredis.RedisCluster(startup_nodes=nodes)
+        return coredis.RedisCluster(startup_nodes=nodes, connect_timeout=5.0)
     assert config.redis is not None
-    return coredis.Redis.from_url(config.redis)
+    return coredis.Redis.from_url(config.redis, connect_timeout=5.0)
 
 
 class ClusterLink:
@@ -121,6 +125,13 @@ class ClusterLink:
     def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
         self.presence.device_ended(user, device, expired_at)
 
+    def logout(self, user: str, device: str | None) -> None:
+        self.journal.replicate(LogoutRequested(user, device))
+        if device is None:
+            self.presence.logout_user(user)
+        else:
+            self.presence.device_ended(user, device, None)
+
     # ---------------------------------------------------------------- internals
 
     def _now(self) -> float:
@@ -159,7 +170,13 @@ class ClusterLink:
         self._clock = clock
         assert self.broker is not None, "build the hub with make_broker first"
         async with self.client:
-            await self._take_lease()
+            try:
+                await self._take_lease()
+            except ClusterError:
+                raise
+            except Exception as exc:  # unreachable, refused, wrong password...
+                target = "a Redis Cluster" if self.sharded else "Redis"
+                raise ClusterError(f"cannot reach {target}: {exc}") from exc
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._renew_lease)
@@ -190,6 +207,8 @@ class ClusterLink:
         """Wait until the journal and the presence reports are in Redis (drain, shutdown)."""
         await self.journal.flush()
         await self.presence.flush()
+        if self.broker is not None:
+            await self.broker.flush()  # the feed ops and transitions just produced
 
     def _lease_key(self) -> str:
         return self.keys.of("node", str(self.node_id))

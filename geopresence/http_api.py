@@ -338,7 +338,7 @@ class HttpApi:
         friends = [attrs.asdict(f) for f in self.hub.friends_presence(user)]
         return 200, {"user": user, "friends": friends}
 
-    def logout(self, request: Request) -> Response:
+    async def logout(self, request: Request) -> Response:
         user = request.params["user"]
         device = request.json_object().get("device")
         if device is not None:
@@ -346,6 +346,11 @@ class HttpApi:
             if problem is not None:
                 raise HttpError(400, "bad_request", problem)
         ended = self.hub.logout(user, device)
+        cluster = self.server.cluster
+        if cluster is not None:
+            # The devices ended in Redis (whichever node holds them): answer with the result.
+            with trio.move_on_after(self.server.config.drain_timeout):
+                await cluster.presence.flush()
         p = self.hub.user_presence(user)
         return 200, {"user": user, "devices_logged_out": ended, "status": p.status}
 

@@ -451,7 +451,7 @@ class Hub:
         """Log out ``device`` (every device when None) at once; returns how many ended on
         this node (with other nodes, they log it out on theirs too)."""
         if self.replicator is not None and self._scope != "none":
-            self.replicator.replicate(LogoutRequested(user, device))
+            self.replicator.logout(user, device)
         before = self.presence.get(user).devices
         self._apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out")
         return before - self.presence.get(user).devices

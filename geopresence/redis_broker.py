@@ -172,6 +172,14 @@ class RedisBroker:
     def pending(self) -> int:
         return len(self._ops)
 
+    async def flush(self) -> None:
+        """Send every queued publish (shutdown): subscription changes still queued are
+        dropped first (the node's subscriptions end with it), so the last feed ops and
+        events are not stuck behind them. ``run`` must be running."""
+        self._ops = deque(op for op in self._ops if op[0] == "publish")
+        while self._ops:
+            await trio.sleep(0.005)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued commands and deliver envelopes from other nodes, until cancelled."""
         pubsub = self._client.sharded_pubsub() if self._sharded else self._client.pubsub()

@@ -31,8 +31,20 @@ from geopresence.replication import PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 
-ALIVE: Final = """
--- KEYS[1] presence hash; ARGV: device, deadline, last_active_at
+_NEXT_VERSION: Final = """
+-- A user's transition count, made to grow with time as well: if Redis loses the hash (a
+-- restart without persistence, a failover), new transitions still outrank old ones.
+local function next_version(k, now_ms)
+  local v = math.max(tonumber(redis.call('HGET', k, 'v') or '0') + 1, tonumber(now_ms))
+  redis.call('HSET', k, 'v', string.format('%d', v))
+  return string.format('%d', v)
+end
+"""
+
+ALIVE: Final = (
+    _NEXT_VERSION
+    + """
+-- KEYS[1] presence hash; ARGV: device, deadline, last_active_at, now (ms)
 local k = KEYS[1]
 local field = 'd:' .. ARGV[1]
 local deadline = tonumber(ARGV[2])
@@ -45,25 +57,30 @@ if not last or tonumber(ARGV[3]) > tonumber(last) then
 end
 if redis.call('HGET', k, 'status') ~= 'online' then
   redis.call('HSET', k, 'status', 'online')
-  return {1, last, tostring(redis.call('HINCRBY', k, 'v', 1))}
+  return {1, last, next_version(k, ARGV[4])}
 end
 return {0, last, '0'}
 """
+)
 """Make a device alive until ``deadline`` (never shortening it); {1, last, v} if this made
 the user online. Numbers travel as strings: Lua numbers would be truncated to integers."""
 
-END: Final = """
--- KEYS[1] presence hash; ARGV: device, mode ('logout' | 'expire'), now
+END: Final = (
+    _NEXT_VERSION
+    + """
+-- KEYS[1] presence hash; ARGV: device, mode ('logout' | 'logout_all' | 'expire'),
+-- now (s), now (ms)
 local k = KEYS[1]
 local now = tonumber(ARGV[3])
-if ARGV[2] == 'logout' then redis.call('HDEL', k, 'd:' .. ARGV[1]) end
+local mode = ARGV[2]
+if mode == 'logout' then redis.call('HDEL', k, 'd:' .. ARGV[1]) end
 local alive = 0
 local mine = '0'
 local fields = redis.call('HGETALL', k)
 for i = 1, #fields, 2 do
   local name = fields[i]
   if string.sub(name, 1, 2) == 'd:' then
-    if tonumber(fields[i + 1]) <= now then
+    if mode == 'logout_all' or tonumber(fields[i + 1]) <= now then
       redis.call('HDEL', k, name)
     else
       alive = alive + 1
@@ -74,17 +91,19 @@ end
 local last = redis.call('HGET', k, 'last_active_at') or ''
 if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
   redis.call('HSET', k, 'status', 'offline')
-  return {1, last, tostring(redis.call('HINCRBY', k, 'v', 1)), mine}
+  return {1, last, next_version(k, ARGV[4]), mine}
 end
 return {0, last, '0', mine}
 """
-"""End a device (logout: at once; expire: only if its deadline is ``<= now``, so a deadline
-another node extended wins), along with every other device past its deadline; {1, last, v,
-...} if this left the user without an alive device. The last value is the device's
-remaining deadline ('0': gone)."""
+)
+"""End a device (logout: at once; logout_all: every device of the user, at once; expire:
+only if its deadline is ``<= now``, so a deadline another node extended wins), along with
+every other device past its deadline; {1, last, v, ...} if this left the user without an
+alive device. The last value is the device's remaining deadline ('0': gone)."""
 
-DeviceOp = tuple[Literal["alive", "end"], float, float | None]
-"""("alive", deadline, last_active_at) or ("end", expired_at or -1 for a logout, None)."""
+DeviceOp = tuple[Literal["alive", "expire", "logout", "logout_all"], float, float | None]
+"""("alive", deadline, last_active_at), ("expire", expired_at, None), or a logout
+("logout": one device, "logout_all": every device of the user; both at once)."""
 
 
 class RedisPresence:
@@ -108,8 +127,12 @@ class RedisPresence:
         self._announce = announce
         self._clock = clock
         self.sweep_interval = sweep_interval
-        # Latest-wins per device: only its newest state matters to Redis.
+        # Latest-wins per device: only its newest state matters to Redis, except that a
+        # logout overtaken by a reconnect is still applied first (one node would publish
+        # offline then online; so does the cluster).
         self._pending: dict[tuple[str, str], DeviceOp] = {}
+        self._first: list[tuple[str, str, DeviceOp]] = []
+        self._applying = 0
         self._wakeup = trio.Event()
         self._alive = client.register_script(ALIVE)
         self._end = client.register_script(END)
@@ -123,16 +146,27 @@ class RedisPresence:
     # ---------------------------------------------------------------- from the hub
 
     def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
-        self._pending[(user, device)] = ("alive", deadline, last_active_at)
-        self._wakeup.set()
+        self._report(user, device, ("alive", deadline, last_active_at))
 
     def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
-        self._pending[(user, device)] = ("end", -1.0 if expired_at is None else expired_at, None)
+        op: DeviceOp = ("logout", 0.0, None) if expired_at is None else ("expire", expired_at, None)
+        self._report(user, device, op)
+
+    def logout_user(self, user: str) -> None:
+        """End every device of ``user`` on every node at once (HTTP logout of a user)."""
+        self._report(user, "*", ("logout_all", 0.0, None))
+
+    def _report(self, user: str, device: str, op: DeviceOp) -> None:
+        key = (user, device)
+        previous = self._pending.get(key)
+        if previous is not None and previous[0] == "logout" and op[0] == "alive":
+            self._first.append((user, device, previous))
+        self._pending[key] = op
         self._wakeup.set()
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._first) + self._applying
 
     # ---------------------------------------------------------------- Redis side
 
@@ -142,54 +176,65 @@ class RedisPresence:
             nursery.start_soon(self._sweep_loop)
             task_status.started()
             while True:
-                if not self._pending:
+                if not self._pending and not self._first:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     continue
+                first, self._first = self._first, []
                 batch, self._pending = self._pending, {}
-                for (user, device), op in batch.items():
+                ops = first + [(user, device, op) for (user, device), op in batch.items()]
+                self._applying = len(ops)
+                for index, (user, device, op) in enumerate(ops):
                     try:
                         await self._apply(user, device, op)
                     except Exception as exc:
                         self.errors += 1
                         log.error("redis presence of %s/%s failed: %s", user, device, exc)
-                        # Keep it unless a newer state of the device was reported meanwhile.
-                        self._pending.setdefault((user, device), op)
+                        # Retry the rest, in order, unless newer states were reported since.
+                        for u, d, o in reversed(ops[index:]):
+                            if (u, d) not in self._pending:
+                                self._pending[(u, d)] = o
                         await trio.sleep(1.0)
+                        break
+                self._applying = 0
 
     async def flush(self) -> None:
         """Wait until every reported change is in Redis (``run`` must be running)."""
-        while self._pending:
+        while self.pending:
             await trio.sleep(0.005)
 
     async def _apply(self, user: str, device: str, op: DeviceOp) -> None:
         kind, when, last_active_at = op
         keys = self._keys
         key = keys.of("presence", user)
-        member = f"{user}\n{device}"
         if kind == "alive":
             assert last_active_at is not None
-            result = await self._alive(keys=[key], args=[device, repr(when), repr(last_active_at)])
-            await self._client.zadd(keys.deadlines, {member: when})
+            args = [device, repr(when), repr(last_active_at), self._now_ms()]
+            result = await self._alive(keys=[key], args=args)
+            await self._client.zadd(keys.deadlines, {f"{user}\n{device}": when})
             if user not in self._known_users:
                 await self._client.sadd(keys.presence_users, [user])
                 self._known_users.add(user)
             if int(result[0]):
                 self._decided(user, "online", result[1], result[2])
             return
-        mode = "logout" if when < 0 else "expire"
-        now = self._clock() if when < 0 else when
-        await self._end_device(user, device, mode, now)
+        await self._end_device(user, device, kind, self._clock() if kind != "expire" else when)
+
+    def _now_ms(self) -> str:
+        return str(int(self._clock() * 1000))
 
     async def _end_device(self, user: str, device: str, mode: str, now: float) -> None:
         keys = self._keys
-        result = await self._end(keys=[keys.of("presence", user)], args=[device, mode, repr(now)])
-        member = f"{user}\n{device}"
-        remaining = float(_string(result[3]))
-        if remaining > 0:
-            await self._client.zadd(keys.deadlines, {member: remaining})  # extended elsewhere
-        else:
-            await self._client.zrem(keys.deadlines, [member])
+        result = await self._end(
+            keys=[keys.of("presence", user)], args=[device, mode, repr(now), self._now_ms()]
+        )
+        if mode != "logout_all":
+            member = f"{user}\n{device}"
+            remaining = float(_string(result[3]))
+            if remaining > 0:
+                await self._client.zadd(keys.deadlines, {member: remaining})  # extended
+            else:
+                await self._client.zrem(keys.deadlines, [member])
         if int(result[0]):
             self._decided(user, "offline", result[1], result[2])
             await self._client.hdel(keys.locations, [user])

@@ -120,6 +120,9 @@ class Replicator(Protocol):
       (``expired_at`` None: at once) or because its deadline passed at ``expired_at`` (then
       it ends only if no node extended its deadline meanwhile). If it was the user's last
       alive device anywhere, the transition to offline is announced as above.
+    - ``logout(user, device)``: end ``device`` (every device of the user when None) on
+      every node at once, whichever node it is connected to (or was, if that node died),
+      and have the other nodes close its connections (a ``LogoutRequested`` on the feed).
     """
 
     def replicate(self, op: FeedOp) -> None: ...
@@ -129,3 +132,5 @@ class Replicator(Protocol):
     ) -> None: ...
 
     def device_ended(self, user: str, device: str, expired_at: float | None) -> None: ...
+
+    def logout(self, user: str, device: str | None) -> None: ...

@@ -457,7 +457,8 @@ class Server:
             if self.cluster is not None:
                 with trio.move_on_after(self.config.drain_timeout):
                     await self.cluster.flush()  # acked writes and device reports reach Redis
-                await self.cluster.leave()
+                with trio.move_on_after(2):  # Redis may be unresponsive: the lease expires
+                    await self.cluster.leave()
             root.cancel_scope.cancel()
 
     async def _join_cluster(self, nursery: trio.Nursery, cluster: ClusterLink) -> None:

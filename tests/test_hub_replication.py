@@ -11,7 +11,7 @@ from geopresence.broker import ConnId, Deliver, MemoryBroker
 from geopresence.hub import Hub, HubSettings
 from geopresence.protocol import LocationUpdate, Logout, NearbyFriendsQuery, Send, Sync
 from geopresence.records import Record
-from geopresence.replication import FeedOp, PresenceSet
+from geopresence.replication import FeedOp, LogoutRequested, PresenceSet
 from geopresence.store import MemoryStore, UserSettings
 from tests.test_hub import RecordingSink
 
@@ -96,6 +96,12 @@ class Node:
             if not devices:
                 self._decide(user, "offline", self.cluster.now)
 
+    def logout(self, user: str, device: str | None) -> None:
+        self._feed(LogoutRequested(user, device))
+        devices = self.cluster.devices.get(user, {})
+        for name in list(devices) if device is None else [device]:
+            self.device_ended(user, name, None)
+
     def _decide(self, user: str, status: Any, last: float) -> None:
         version = self.cluster.versions[user] = self.cluster.versions.get(user, 0) + 1
         transition = PresenceSet(user, status, last, version)
@@ -145,10 +151,14 @@ def test_presence_across_nodes_is_one_event_per_transition() -> None:
 
 def test_http_logout_on_one_node_ends_devices_on_every_node() -> None:
     cluster, a, b = two_nodes()
+    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.open_session(10, "bob", "phone", cluster.now)
     b.hub.open_session(20, "alice", "phone", cluster.now)
+    a.take(10)
     a.hub.logout("alice")
     assert b.sink.closed == {20: 4001}
     assert cluster.devices["alice"] == {}
+    assert [p["status"] for p in kinds(a.take(10), "presence")] == ["offline"]
 
 
 def test_friendship_changes_reach_live_connections_on_other_nodes() -> None:

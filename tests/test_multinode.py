@@ -332,3 +332,14 @@ async def test_nodes_carry_on_after_redis_restarts(tmp_path: Path) -> None:
             node.proc.wait(15)
         redis.terminate()
         redis.wait(10)
+
+
+def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "geopresence", "serve", "--redis", "redis://127.0.0.1:1/0",
+         "--port", "0", "--http-port", "0", "--insecure", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.startswith("geopresence: cannot reach Redis:")
+    assert "Traceback" not in result.stderr

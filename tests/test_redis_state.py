@@ -45,6 +45,9 @@ class JournalReplicator:
     def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
         pass
 
+    def logout(self, user: str, device: str | None) -> None:
+        pass
+
 
 async def write_then_load(client: Any) -> None:
     keys = Keys("t")
