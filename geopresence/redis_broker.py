@@ -50,6 +50,8 @@ log = logging.getLogger("geopresence.redis")
 SEEN_PUBLISHES: Final = 10_000
 """Publish ids remembered per node, to deliver an envelope once however many of its
 channels this node is subscribed to."""
+PUBLISH_BATCH: Final = 512
+"""Publishes sent per pipeline."""
 MAX_PENDING_OPS: Final = 100_000
 """Queued Redis commands beyond which publishes are dropped (counted): Redis is down or too
 slow, and the live events would be stale anyway."""
@@ -200,40 +202,67 @@ class RedisBroker:
             if not self._ops:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
-            op = self._ops.popleft()
-            kind, channel, data = op
-            try:
-                await self._send(pubsub, kind, channel, data)
-            except Exception as exc:
-                self.failed += 1
-                if not failing:  # one line per outage, not one per event
-                    log.error("redis %s %s failed (%s); retrying", kind, channel, exc)
-                failing = True
-                if kind != "publish":
-                    # A subscription is state: keep it (in order) until Redis takes it. A
-                    # publish is a live event and is dropped (pub/sub is at-most-once).
-                    self._ops.appendleft(op)
+            if self._ops[0][0] == "publish":
+                # Consecutive publishes share one pipeline (one round trip per batch).
+                batch: list[Op] = []
+                while self._ops and self._ops[0][0] == "publish" and len(batch) < PUBLISH_BATCH:
+                    batch.append(self._ops.popleft())
+                try:
+                    await self._publish_batch(batch)
+                except Exception as exc:
+                    # Live events are dropped, not replayed: pub/sub is at-most-once.
+                    self.failed += len(batch)
+                    if not failing:  # one line per outage, not one per event
+                        log.error("redis publish failed (%s); dropping until it works", exc)
+                    failing = True
+                    continue
+            else:
+                # Consecutive (un)subscriptions of one kind share one command.
+                kind = self._ops[0][0]
+                ops: list[Op] = []
+                while self._ops and self._ops[0][0] == kind and len(ops) < PUBLISH_BATCH:
+                    ops.append(self._ops.popleft())
+                try:
+                    await self._subscription(pubsub, kind, [channel for _, channel, _ in ops])
+                except Exception as exc:
+                    self.failed += 1
+                    if not failing:
+                        log.error("redis %s failed (%s); retrying", kind, exc)
+                    failing = True
+                    # A subscription is state: keep it (in order) until Redis takes it.
+                    self._ops.extendleft(reversed(ops))
                     await trio.sleep(1.0)
-            else:
-                if failing:
-                    log.info("redis pub/sub works again (%d commands failed)", self.failed)
-                failing = False
+                    continue
+            if failing:
+                log.info("redis pub/sub works again (%d commands failed)", self.failed)
+            failing = False
 
-    async def _send(self, pubsub: Any, kind: str, channel: str, data: bytes) -> None:
-        if kind == "subscribe":
-            if not self._local.subscribers(channel):
-                return  # gone again before it was sent
-            await pubsub.subscribe(redis_channel(channel, self._prefix))
-        elif kind == "unsubscribe":
-            if self._local.subscribers(channel):
-                return  # someone subscribed again meanwhile
-            await pubsub.unsubscribe(redis_channel(channel, self._prefix))
+    async def _publish_batch(self, batch: list[Op]) -> None:
+        command = "spublish" if self._sharded else "publish"
+        async with self._client.pipeline(transaction=False) as pipe:
+            for _, channel, data in batch:
+                name = (
+                    channel
+                    if channel == self.feed_channel
+                    else redis_channel(channel, self._prefix)
+                )
+                getattr(pipe, command)(name, data)
+
+    async def _subscription(self, pubsub: Any, kind: str, channels: list[str]) -> None:
+        """SUBSCRIBE (or UNSUBSCRIBE) the channels whose local subscribers still call for
+        it: a channel may have been left (or joined) again since the op was queued."""
+        wanted = kind == "subscribe"
+        names = [
+            redis_channel(channel, self._prefix)
+            for channel in dict.fromkeys(channels)
+            if bool(self._local.subscribers(channel)) == wanted
+        ]
+        if not names:
+            return
+        if wanted:
+            await pubsub.subscribe(*names)
         else:
-            name = channel if channel == self.feed_channel else redis_channel(channel, self._prefix)
-            if self._sharded:
-                await self._client.spublish(name, data)
-            else:
-                await self._client.publish(name, data)
+            await pubsub.unsubscribe(*names)
 
     async def _receive(self, pubsub: Any) -> None:
         while True:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import trio
@@ -57,6 +57,9 @@ if TYPE_CHECKING:
     from geopresence.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
+
+BATCH: Final = 512
+"""Changes written per pipeline (one round trip) by ``RedisJournal``."""
 
 
 class Keys:
@@ -108,24 +111,70 @@ def _settings_json(record: SettingsChanged) -> str:
     ).decode()
 
 
-async def write(client: Any, keys: Keys, op: FeedOp) -> None:
-    """Apply one change to Redis (idempotent: a retry after a failure is harmless)."""
+Command = tuple[str, tuple[Any, ...]]
+"""A coredis client method name and its arguments."""
+
+
+def blind_commands(keys: Keys, op: FeedOp) -> list[Command] | None:
+    """The commands that apply ``op`` without reading anything first, so that many ops can
+    share one pipeline (one round trip); None for the two that must read (group changes)."""
     k = keys
     if isinstance(op, ChatMessage):
         conversation = k.conversation(op)
-        await client.zadd(k.of("chat", conversation), {message_member(op): 0})
-        await client.sadd(k.chats, [conversation])
-    elif isinstance(op, LocationSet):
-        value = orjson.dumps([op.lat, op.lon, op.ts, op.at])
-        await client.hset(k.locations, {op.user: value})
-    elif isinstance(op, Befriended):
-        await client.sadd(k.of("friends", op.a), [op.b])
-        await client.sadd(k.of("friends", op.b), [op.a])
-        await client.sadd(k.users, [op.a, op.b])
-    elif isinstance(op, Unfriended):
-        await client.srem(k.of("friends", op.a), [op.b])
-        await client.srem(k.of("friends", op.b), [op.a])
-    elif isinstance(op, GroupSet):
+        return [
+            ("zadd", (k.of("chat", conversation), {message_member(op): 0})),
+            ("sadd", (k.chats, [conversation])),
+        ]
+    if isinstance(op, LocationSet):
+        return [("hset", (k.locations, {op.user: orjson.dumps([op.lat, op.lon, op.ts, op.at])}))]
+    if isinstance(op, Befriended):
+        return [
+            ("sadd", (k.of("friends", op.a), [op.b])),
+            ("sadd", (k.of("friends", op.b), [op.a])),
+            ("sadd", (k.users, [op.a, op.b])),
+        ]
+    if isinstance(op, Unfriended):
+        return [
+            ("srem", (k.of("friends", op.a), [op.b])),
+            ("srem", (k.of("friends", op.b), [op.a])),
+        ]
+    if isinstance(op, MemberAdded):
+        return [
+            ("hsetnx", (k.of("group", op.group), op.user, str(op.joined_after))),
+            ("sadd", (k.of("groups_of", op.user), [op.group])),
+            ("sadd", (k.groups, [op.group])),
+        ]
+    if isinstance(op, MemberRemoved):
+        return [
+            ("hdel", (k.of("group", op.group), [op.user])),
+            ("srem", (k.of("groups_of", op.user), [op.group])),
+        ]
+    if isinstance(op, SettingsChanged):
+        if _settings_of(op) == UserSettings():
+            return [
+                ("delete", ([k.of("settings", op.user)],)),
+                ("srem", (k.settings_users, [op.user])),
+            ]
+        return [
+            ("set", (k.of("settings", op.user), _settings_json(op))),
+            ("sadd", (k.settings_users, [op.user])),
+        ]
+    if isinstance(op, GroupSet | GroupDeleted):
+        return None
+    # PresenceSet and LogoutRequested only travel on the feed: presence is written by the
+    # Lua scripts that decide it.
+    return []
+
+
+async def write(client: Any, keys: Keys, op: FeedOp) -> None:
+    """Apply one change to Redis (idempotent: a retry after a failure is harmless)."""
+    commands = blind_commands(keys, op)
+    if commands is not None:
+        for name, args in commands:
+            await getattr(client, name)(*args)
+        return
+    k = keys
+    if isinstance(op, GroupSet):
         key = k.of("group", op.group)
         current = set(_strings(await client.hkeys(key)))
         wanted = set(op.members)
@@ -143,22 +192,15 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> None:
         await client.delete([key, k.of("chat", f"g:{op.group}")])
         await client.srem(k.groups, [op.group])
         await client.srem(k.chats, [f"g:{op.group}"])
-    elif isinstance(op, MemberAdded):
-        await client.hsetnx(k.of("group", op.group), op.user, str(op.joined_after))
-        await client.sadd(k.of("groups_of", op.user), [op.group])
-        await client.sadd(k.groups, [op.group])
-    elif isinstance(op, MemberRemoved):
-        await client.hdel(k.of("group", op.group), [op.user])
-        await client.srem(k.of("groups_of", op.user), [op.group])
-    elif isinstance(op, SettingsChanged):
-        if _settings_of(op) == UserSettings():
-            await client.delete([k.of("settings", op.user)])
-            await client.srem(k.settings_users, [op.user])
-        else:
-            await client.set(k.of("settings", op.user), _settings_json(op))
-            await client.sadd(k.settings_users, [op.user])
-    # PresenceSet and LogoutRequested only travel on the feed: presence is written by the
-    # Lua scripts that decide it.
+
+
+async def write_batch(client: Any, keys: Keys, ops: list[FeedOp]) -> None:
+    """Apply ops that need no reads in one pipeline (not a transaction: each op is
+    idempotent, so a batch that failed halfway is simply written again)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for op in ops:
+            for name, args in blind_commands(keys, op) or ():
+                getattr(pipe, name)(*args)
 
 
 class RedisJournal:
@@ -195,6 +237,15 @@ class RedisJournal:
     def durable_seq(self) -> int:
         return self._durable
 
+    def _blind_batch(self) -> list[tuple[int, FeedOp]]:
+        """The queue's longest prefix (at most ``BATCH``) that one pipeline can write."""
+        batch: list[tuple[int, FeedOp]] = []
+        for item in self._queue:
+            if len(batch) == BATCH or blind_commands(self._keys, item[1]) is None:
+                break
+            batch.append(item)
+        return batch
+
     @property
     def pending(self) -> int:
         return len(self._queue)
@@ -212,19 +263,24 @@ class RedisJournal:
                 continue
             advanced = False
             while queue:
-                seq, op = queue[0]
+                batch = self._blind_batch()
                 try:
-                    await write(self._client, self._keys, op)
+                    if batch:
+                        await write_batch(self._client, self._keys, [op for _, op in batch])
+                    else:
+                        batch = [queue[0]]
+                        await write(self._client, self._keys, batch[0][1])
                 except Exception as exc:
                     self.write_errors += 1
-                    log.error("redis write of %s failed (%s); retrying", type(op).__name__, exc)
+                    log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
                     await trio.sleep(1.0)
                     continue
-                queue.popleft()
-                self._publish_feed(op)
-                if seq:
-                    self._durable = seq
-                    advanced = True
+                for seq, op in batch:
+                    queue.popleft()
+                    self._publish_feed(op)
+                    if seq:
+                        self._durable = seq
+                        advanced = True
             if advanced and self.on_durable is not None:
                 self.on_durable()
 
