@@ -23,20 +23,9 @@ from geopresence.locations import Location
 from geopresence.nearby import GoneEvent, LocationEvent
 from geopresence.outbox import Outgoing
 from geopresence.records import record_from_json, record_to_json
-from geopresence.replication import FeedOp, feed_from_json, feed_to_json
 from geopresence.strangers import StrangerEvent, StrangerGoneEvent
 
-
-@attrs.frozen
-class FeedEvent:
-    """A change for the other nodes' replicas, published on the feed channel."""
-
-    op: FeedOp
-
-
-ChannelEvent = (
-    Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent | FeedEvent
-)
+ChannelEvent = Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent
 
 
 @attrs.frozen
@@ -74,8 +63,6 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "stranger_gone", "user": event.user, "reason": event.reason}
     if isinstance(event, ChatEvent):
         return {"k": "chat", "message": record_to_json(event.message)}
-    if isinstance(event, FeedEvent):
-        return {"k": "feed", "op": feed_to_json(event.op)}
     raise TypeError(f"not a channel event: {event!r}")
 
 
@@ -99,8 +86,6 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
     if kind == "chat":
         message = record_from_json(data["message"])
         return ChatEvent(message)  # type: ignore[arg-type]
-    if kind == "feed":
-        return FeedEvent(feed_from_json(data["op"]))
     raise ValueError(f"unknown channel event kind {kind!r}")
 
 

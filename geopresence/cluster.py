@@ -3,14 +3,14 @@
 ``ClusterLink`` is the hub's ``Replicator`` and owns the node's Redis side:
 
 - a ``RedisBroker`` (the hub's broker): per-user, group, inbox and cell channels through
-  Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster), plus the feed channel;
-- a ``RedisJournal`` (the hub's journal): durable records written to Redis, then fed to the
-  other nodes' replicas;
+  Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster);
+- a ``RedisJournal`` (the hub's journal): durable records written to Redis, each appended
+  to the feed stream the other nodes' replicas read (``RedisFeed``);
 - a ``RedisPresence``: device deadlines and the once-decided online/offline transitions;
 - the node lease ``gp:node:{N}``: two live nodes never share a Snowflake node id.
 
-Start-up (``run``): take the lease, subscribe to the feed (holding what arrives), load the
-shared state into the hub's replica, then apply what was held and serve.
+Start-up (``run``): take the lease, note the feed's newest entry, load the shared state into
+the hub's replica, then read the feed from that entry on and serve.
 """
 
 from __future__ import annotations
@@ -92,15 +92,13 @@ class ClusterLink:
         self.sharded = sharded
         self.keys = Keys(prefix)
         self.broker: RedisBroker | None = None
-        self.journal = RedisJournal(client, self.keys, self._publish_feed)
+        self.journal = RedisJournal(client, self.keys, node_id)
         self.presence = RedisPresence(client, self.keys, self._announce, self._now)
         self._hub: Hub | None = None
         self._clock: Callable[[], float] | None = None
-        self._held: list[FeedOp] | None = []
         self._lease_token = secrets.token_hex(8)
         self._token: str | None = self._lease_token
         """The lease token while this node holds its id (None once released)."""
-        self.feed_applied = 0
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -111,7 +109,6 @@ class ClusterLink:
             sharded=self.sharded,
             prefix=self.keys.prefix,
         )
-        self.broker.on_feed = self._on_feed
         return self.broker
 
     # ---------------------------------------------------------------- the Replicator seam
@@ -138,21 +135,13 @@ class ClusterLink:
         assert self._clock is not None
         return self._clock()
 
-    def _publish_feed(self, op: FeedOp) -> None:
-        assert self.broker is not None
-        self.broker.publish_feed(op)
-
     def _announce(self, transition: PresenceSet) -> None:
         assert self._hub is not None
-        self._publish_feed(transition)
+        self.journal.replicate(transition)
         self._hub.announce_presence(transition)
 
     def _on_feed(self, op: FeedOp) -> None:
-        if self._held is not None:
-            self._held.append(op)  # still loading: applied right after
-            return
         assert self._hub is not None
-        self.feed_applied += 1
         self._hub.apply_feed(op, self._now())
 
     # ---------------------------------------------------------------- running
@@ -181,10 +170,12 @@ class ClusterLink:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._renew_lease)
                     await nursery.start(self.broker.run)
+                    # Read the feed from before the load: what changes meanwhile is applied
+                    # on top (applying a change twice is harmless), nothing is missed.
+                    feed = self.journal.feed
+                    start = await feed.last_id()
                     counts = await load_state(self.client, self.keys, hub, clock())
-                    held, self._held = self._held or [], None
-                    for op in held:
-                        hub.apply_feed(op, clock())
+                    await nursery.start(feed.run, self._on_feed, start)
                     await nursery.start(self.journal.run)
                     await nursery.start(self.presence.run)
                     task_status.started(counts)

@@ -30,20 +30,14 @@ import itertools
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Iterable, Set
 from typing import Any, Final, Literal
 
 import anyio
 import trio
 
 from geopresence.broker import ConnId, Deliver, MemoryBroker
-from geopresence.channel_events import (
-    Envelope,
-    FeedEvent,
-    decode_envelope,
-    encode_envelope,
-)
-from geopresence.replication import FeedOp
+from geopresence.channel_events import Envelope, decode_envelope, encode_envelope
 
 log = logging.getLogger("geopresence.redis")
 
@@ -89,8 +83,6 @@ class RedisBroker:
         self._client = client
         self._sharded = sharded
         self._prefix = prefix
-        self.feed_channel = f"{prefix}:feed"
-        """The channel of the other nodes' changes (``geopresence.replication``)."""
         self.node_id = node_id
         # Random start: a restarted node must not reuse publish ids others still remember.
         self._publish_ids = itertools.count(random.getrandbits(40) << 20)
@@ -103,9 +95,6 @@ class RedisBroker:
         """Envelopes from other nodes delivered here (for metrics)."""
         self.failed = 0
         """Redis commands that failed (Redis unreachable), for metrics."""
-        self.on_feed: Callable[[FeedOp], None] | None = None
-        """Receives the other nodes' feed ops (set it before ``run``: then this node
-        subscribes to the feed channel)."""
 
     # ---------------------------------------------------------------- the Broker seam
 
@@ -142,17 +131,6 @@ class RedisBroker:
             self._queue(("publish", channel, envelope))
         return delivered
 
-    def publish_feed(self, op: FeedOp) -> None:
-        """Publish ``op`` to every other node's ``on_feed`` (in order with this node's other
-        publishes)."""
-        if len(self._ops) >= MAX_PENDING_OPS:
-            log.error("redis queue full: a feed op is dropped (replicas diverge)")
-            self.dropped += 1
-            return
-        feed = self.feed_channel
-        envelope = Envelope(self.node_id, next(self._publish_ids), (feed,), FeedEvent(op))
-        self._queue(("publish", feed, encode_envelope(envelope)))
-
     def publish_local(
         self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
     ) -> int:
@@ -176,8 +154,8 @@ class RedisBroker:
 
     async def flush(self) -> None:
         """Send every queued publish (shutdown): subscription changes still queued are
-        dropped first (the node's subscriptions end with it), so the last feed ops and
-        events are not stuck behind them. ``run`` must be running."""
+        dropped first (the node's subscriptions end with it), so the last events are not
+        stuck behind them. ``run`` must be running."""
         self._ops = deque(op for op in self._ops if op[0] == "publish")
         while self._ops:
             await trio.sleep(0.005)
@@ -187,8 +165,6 @@ class RedisBroker:
         pubsub = self._client.sharded_pubsub() if self._sharded else self._client.pubsub()
         try:
             async with pubsub, trio.open_nursery() as nursery:
-                if self.on_feed is not None:
-                    await pubsub.subscribe(self.feed_channel)
                 nursery.start_soon(self._receive, pubsub)
                 task_status.started()
                 await self._send_loop(pubsub)
@@ -231,7 +207,7 @@ class RedisBroker:
                     failing = True
                     # A subscription is state: keep it (in order) until Redis takes it.
                     self._ops.extendleft(reversed(ops))
-                    await trio.sleep(1.0)
+                    await trio.sleep(0.2)  # often a late acknowledgement under load
                     continue
             if failing:
                 log.info("redis pub/sub works again (%d commands failed)", self.failed)
@@ -241,12 +217,7 @@ class RedisBroker:
         command = "spublish" if self._sharded else "publish"
         async with self._client.pipeline(transaction=False) as pipe:
             for _, channel, data in batch:
-                name = (
-                    channel
-                    if channel == self.feed_channel
-                    else redis_channel(channel, self._prefix)
-                )
-                getattr(pipe, command)(name, data)
+                getattr(pipe, command)(redis_channel(channel, self._prefix), data)
 
     async def _subscription(self, pubsub: Any, kind: str, channels: list[str]) -> None:
         """SUBSCRIBE (or UNSUBSCRIBE) the channels whose local subscribers still call for
@@ -289,8 +260,4 @@ class RedisBroker:
         if len(self._seen) > SEEN_PUBLISHES:
             self._seen.popitem(last=False)
         self.received += 1
-        if isinstance(envelope.event, FeedEvent):
-            if self.on_feed is not None:
-                self.on_feed(envelope.event.op)
-            return
         self._local.publish(envelope.channels, envelope.event)

@@ -25,6 +25,7 @@ slot of its own; the index sets are what ``load_state`` starts from)::
     gp:presence_users    index of users with a presence hash
     gp:deadlines         sorted set: "<user>\\n<device>" scored by its deadline
     gp:node:{N}          the lease of the node with Snowflake node id N
+    gp:feed              stream: every change, for the other nodes' replicas (``RedisFeed``)
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from geopresence.records import (
     record_from_json,
     record_to_json,
 )
-from geopresence.replication import FeedOp, LocationSet
+from geopresence.replication import FeedOp, LocationSet, feed_from_json, feed_to_json
 from geopresence.store import UserSettings
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Keys:
         self.locations = f"{prefix}:locations"
         self.presence_users = f"{prefix}:presence_users"
         self.deadlines = f"{prefix}:deadlines"
+        self.feed = f"{prefix}:feed"
 
     def of(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{{{name}}}"
@@ -194,25 +196,128 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> None:
         await client.srem(k.chats, [f"g:{op.group}"])
 
 
-async def write_batch(client: Any, keys: Keys, ops: list[FeedOp]) -> None:
-    """Apply ops that need no reads in one pipeline (not a transaction: each op is
-    idempotent, so a batch that failed halfway is simply written again)."""
+async def write_batch(client: Any, keys: Keys, ops: list[FeedOp], feed: RedisFeed) -> None:
+    """Apply ops that need no reads, and append them to the feed, in one pipeline (not a
+    transaction: a batch that failed halfway is written again, and every op is idempotent,
+    for Redis and for the replicas that may then read it twice)."""
     async with client.pipeline(transaction=False) as pipe:
         for op in ops:
             for name, args in blind_commands(keys, op) or ():
                 getattr(pipe, name)(*args)
+        for op in ops:
+            feed.append_to(pipe, op)
+
+
+FEED_MAXLEN: Final = 1_000_000
+"""Feed entries kept (approximately): a node cut off from Redis for longer than it takes
+the cluster to make this many changes must be restarted to catch up (it says so)."""
+
+
+class RedisFeed:
+    """The feed: a Redis stream (``gp:feed``) of every change, in one order for all nodes.
+
+    A stream rather than pub/sub: a node that loses its connection reads on from the last
+    entry it applied, and a starting node reads from the entry before it loaded the state,
+    so no change is ever missed (pub/sub would drop what was published meanwhile).
+    """
+
+    def __init__(self, client: Any, keys: Keys, node_id: int) -> None:
+        self._client = client
+        self.key = keys.feed
+        self.node_id = node_id
+        self.applied = 0
+        """Other nodes' ops applied here (for metrics)."""
+        self.lost = False
+        """True once this node fell so far behind that entries were trimmed unread."""
+
+    def _fields(self, op: FeedOp) -> dict[str, bytes]:
+        return {"n": str(self.node_id).encode(), "op": orjson.dumps(feed_to_json(op))}
+
+    def append_to(self, pipe: Any, op: FeedOp) -> None:
+        from coredis import PureToken
+
+        pipe.xadd(
+            self.key,
+            self._fields(op),
+            trim_strategy=PureToken.MAXLEN,
+            trim_operator=PureToken.APPROXIMATELY,
+            threshold=FEED_MAXLEN,
+        )
+
+    async def append(self, op: FeedOp) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            self.append_to(pipe, op)
+
+    async def last_id(self) -> str:
+        """The id of the newest entry ("0-0" for an empty feed)."""
+        entries = await self._client.xrevrange(self.key, count=1)
+        return _string(entries[0].identifier) if entries else "0-0"
+
+    async def run(
+        self,
+        apply: Callable[[FeedOp], None],
+        after: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Hand every other node's op after entry ``after`` to ``apply``, in feed order,
+        until cancelled; across connection losses it resumes where it stopped."""
+        task_status.started()
+        last = after
+        failing = False
+        while True:
+            try:
+                reply = await self._client.xread({self.key: last}, count=1000, block=1000)
+            except Exception as exc:
+                if not failing:
+                    log.error("reading the feed failed (%s); retrying from %s", exc, last)
+                failing = True
+                await trio.sleep(1.0)
+                continue
+            if failing:
+                log.info("reading the feed works again (from %s)", last)
+                failing = False
+                await self._check_gap(last)
+            for entries in (reply or {}).values():
+                for entry in entries:
+                    last = _string(entry.identifier)
+                    fields = {_string(k): v for k, v in entry.field_values.items()}
+                    if int(fields["n"]) == self.node_id:
+                        continue  # its own change: applied when it was made
+                    try:
+                        op = feed_from_json(orjson.loads(fields["op"]))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning("ignoring a malformed feed entry %s: %s", last, exc)
+                        continue
+                    self.applied += 1
+                    apply(op)
+
+    async def _check_gap(self, last: str) -> None:
+        """After an outage: if entries after ``last`` were trimmed before this node read
+        them (it was cut off for more than ``FEED_MAXLEN`` changes), say so once: its
+        replica misses them until it restarts."""
+        info = await self._client.xinfo_stream(self.key)
+        deleted = _string(info.get("max-deleted-entry-id", "0-0"))
+        if deleted.startswith("b'"):  # coredis 6 renders this field as str(bytes)
+            deleted = deleted[2:-1]
+        if _id_after(deleted, last) and not self.lost:
+            self.lost = True
+            log.error(
+                "the feed was trimmed past entry %s while this node was cut off: its replica "
+                "misses changes; restart it to reload the state",
+                last,
+            )
 
 
 class RedisJournal:
-    """The ``Journal`` seam over Redis: records (and replicated ops) written in order, then
-    published on the feed with ``publish_feed``. Start ``run`` in a task."""
+    """The ``Journal`` seam over Redis: records (and replicated ops) written in order, each
+    appended to the feed stream in the same pipeline (``RedisFeed``). Start ``run`` in a
+    task."""
 
-    def __init__(
-        self, client: Any, keys: Keys, publish_feed: Callable[[FeedOp], None], last_seq: int = 0
-    ) -> None:
+    def __init__(self, client: Any, keys: Keys, node_id: int, last_seq: int = 0) -> None:
         self._client = client
         self._keys = keys
-        self._publish_feed = publish_feed
+        self.feed = RedisFeed(client, keys, node_id)
         self._queue: deque[tuple[int, FeedOp]] = deque()
         self._wakeup = trio.Event()
         self.last_seq = last_seq
@@ -266,18 +371,19 @@ class RedisJournal:
                 batch = self._blind_batch()
                 try:
                     if batch:
-                        await write_batch(self._client, self._keys, [op for _, op in batch])
+                        ops = [op for _, op in batch]
+                        await write_batch(self._client, self._keys, ops, self.feed)
                     else:
                         batch = [queue[0]]
                         await write(self._client, self._keys, batch[0][1])
+                        await self.feed.append(batch[0][1])
                 except Exception as exc:
                     self.write_errors += 1
                     log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
                     await trio.sleep(1.0)
                     continue
-                for seq, op in batch:
+                for seq, _ in batch:
                     queue.popleft()
-                    self._publish_feed(op)
                     if seq:
                         self._durable = seq
                         advanced = True
@@ -363,6 +469,13 @@ async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str,
         "locations": locations,
         "online": online,
     }
+
+
+def _id_after(a: str, b: str) -> bool:
+    """True if stream id ``a`` comes after ``b``."""
+    a_ms, _, a_seq = a.partition("-")
+    b_ms, _, b_seq = b.partition("-")
+    return (int(a_ms), int(a_seq or 0)) > (int(b_ms), int(b_seq or 0))
 
 
 def _settings_of(record: SettingsChanged) -> UserSettings:

@@ -493,7 +493,7 @@ class Server:
         m.counter(
             "redis_feed_applied_total",
             "Changes of other nodes applied here.",
-            lambda: [("", cluster.feed_applied)],
+            lambda: [("", cluster.journal.feed.applied)],
         )
         m.counter(
             "presence_transitions_decided_total",

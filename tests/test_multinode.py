@@ -343,3 +343,20 @@ def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("geopresence: cannot reach Redis:")
     assert "Traceback" not in result.stderr
+
+
+async def test_a_node_cut_off_from_redis_catches_up_on_the_feed(tmp_path: Path) -> None:
+    """Every client connection of both nodes is killed: the changes made meanwhile reach
+    the other node's replica anyway (the feed is a stream read from the last entry)."""
+    with cluster_of("standalone", 2, tmp_path) as (nodes, args):
+        a, b = nodes
+        port = args[1].rsplit(":", 1)[1].split("/")[0]
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.befriend("alice", "bob")
+            for kind in ("normal", "pubsub"):
+                subprocess.run(["redis-cli", "-p", port, "client", "kill", "type", kind],
+                               capture_output=True, check=True)  # fmt: skip
+            await admin_b.befriend("alice", "zed")
+            with trio.fail_after(10):
+                while {f["user"] for f in await admin_a.friends("alice")} != {"bob", "zed"}:
+                    await trio.sleep(0.1)

@@ -11,7 +11,7 @@ import trio
 from geopresence.hub import Hub, HubSettings
 from geopresence.protocol import LocationUpdate, Send
 from geopresence.recovery import capture
-from geopresence.redis_state import Keys, RedisJournal, load_state
+from geopresence.redis_state import Keys, RedisFeed, RedisJournal, load_state
 from geopresence.replication import FeedOp, LocationSet
 from geopresence.store import MemoryStore, UserSettings
 from tests.redis_server import redis_cluster, redis_server
@@ -51,8 +51,7 @@ class JournalReplicator:
 
 async def write_then_load(client: Any) -> None:
     keys = Keys("t")
-    fed: list[FeedOp] = []
-    journal = RedisJournal(client, keys, fed.append)
+    journal = RedisJournal(client, keys, node_id=1)
     first = Hub(
         HubSettings(node_id=1),
         MemoryStore(),
@@ -85,9 +84,21 @@ async def write_then_load(client: Any) -> None:
             await journal.flush()
         assert first.chat.pending_count == 0 and journal.durable_seq == journal.last_seq
         nursery.cancel_scope.cancel()
-    # Every change was fed to the other nodes, after it was written, in order.
+    # Every change is in the feed, in order, for the other nodes (not for node 1 itself).
+    fed: list[FeedOp] = []
+    other = RedisFeed(client, keys, node_id=2)
+    itself = RedisFeed(client, keys, node_id=1)
+    mine: list[FeedOp] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(other.run, fed.append, "0-0")
+        await nursery.start(itself.run, mine.append, "0-0")
+        with trio.fail_after(10):
+            while len(fed) < journal.last_seq + 1:  # records + the location
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
     assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
     assert isinstance(fed[-1], LocationSet) and fed[-1].at == NOW + 3
+    assert mine == []
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
     counts = await load_state(client, keys, second, NOW + 4)
