@@ -101,6 +101,9 @@ only if its deadline is ``<= now``, so a deadline another node extended wins), a
 every other device past its deadline; {1, last, v, ...} if this left the user without an
 alive device. The last value is the device's remaining deadline ('0': gone)."""
 
+BATCH: Final = 256
+"""Device changes sent per pipeline."""
+
 DeviceOp = tuple[Literal["alive", "expire", "logout", "logout_all"], float, float | None]
 """("alive", deadline, last_active_at), ("expire", expired_at, None), or a logout
 ("logout": one device, "logout_all": every device of the user; both at once)."""
@@ -133,6 +136,7 @@ class RedisPresence:
         self._pending: dict[tuple[str, str], DeviceOp] = {}
         self._first: list[tuple[str, str, DeviceOp]] = []
         self._applying = 0
+        self._scripts_loaded = False
         self._wakeup = trio.Event()
         self._alive = client.register_script(ALIVE)
         self._end = client.register_script(END)
@@ -155,6 +159,21 @@ class RedisPresence:
     def logout_user(self, user: str) -> None:
         """End every device of ``user`` on every node at once (HTTP logout of a user)."""
         self._report(user, "*", ("logout_all", 0.0, None))
+
+    async def alive_now(
+        self, user: str, device: str, deadline: float, last_active_at: float
+    ) -> None:
+        """Make a device alive in Redis before its session starts, so that whatever its
+        user does next (a logout on another device, on another node) comes after it: a
+        report still queued here could reach Redis after that and flap the user's status.
+        If the device has a change queued, that queue keeps the order instead."""
+        if (user, device) in self._pending or any(k[:2] == (user, device) for k in self._first):
+            return
+        self._applying += 1
+        try:
+            await self._apply_batch([(user, device, ("alive", deadline, last_active_at))])
+        finally:
+            self._applying -= 1
 
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
@@ -183,61 +202,80 @@ class RedisPresence:
                 first, self._first = self._first, []
                 batch, self._pending = self._pending, {}
                 ops = first + [(user, device, op) for (user, device), op in batch.items()]
-                self._applying = len(ops)
-                for index, (user, device, op) in enumerate(ops):
-                    try:
-                        await self._apply(user, device, op)
-                    except Exception as exc:
-                        self.errors += 1
-                        log.error("redis presence of %s/%s failed: %s", user, device, exc)
-                        # Retry the rest, in order, unless newer states were reported since.
-                        for u, d, o in reversed(ops[index:]):
-                            if (u, d) not in self._pending:
-                                self._pending[(u, d)] = o
-                        await trio.sleep(1.0)
-                        break
-                self._applying = 0
+                self._applying += len(ops)
+                try:
+                    for start in range(0, len(ops), BATCH):
+                        await self._apply_batch(ops[start : start + BATCH])
+                except Exception as exc:
+                    self.errors += 1
+                    log.error("redis presence of %d devices failed (%s); retrying", len(ops), exc)
+                    # Retry them, in order, unless newer states were reported since.
+                    for u, d, o in reversed(ops):
+                        if (u, d) not in self._pending:
+                            self._pending[(u, d)] = o
+                    await trio.sleep(1.0)
+                finally:
+                    self._applying -= len(ops)
 
     async def flush(self) -> None:
         """Wait until every reported change is in Redis (``run`` must be running)."""
         while self.pending:
             await trio.sleep(0.005)
 
-    async def _apply(self, user: str, device: str, op: DeviceOp) -> None:
-        kind, when, last_active_at = op
+    async def _apply_batch(self, ops: list[tuple[str, str, DeviceOp]]) -> None:
+        """Run the scripts of ``ops`` in one pipeline, then their follow-ups (the deadline
+        index, an offline user's location) in another, and announce the transitions, in
+        order. A user's ops stay in order: its keys live on one connection."""
         keys = self._keys
-        key = keys.of("presence", user)
-        if kind == "alive":
-            assert last_active_at is not None
-            args = [device, repr(when), repr(last_active_at), self._now_ms()]
-            result = await self._alive(keys=[key], args=args)
-            await self._client.zadd(keys.deadlines, {f"{user}\n{device}": when})
-            if user not in self._known_users:
-                await self._client.sadd(keys.presence_users, [user])
-                self._known_users.add(user)
-            if int(result[0]):
-                self._decided(user, "online", result[1], result[2])
-            return
-        await self._end_device(user, device, kind, self._clock() if kind != "expire" else when)
+        client = self._client
+        if not self._scripts_loaded:
+            # Pipelines cannot fall back from EVALSHA to EVAL: load the scripts first.
+            await client.script_load(ALIVE)
+            await client.script_load(END)
+            self._scripts_loaded = True
+        now_ms = self._now_ms()
+        requests = []
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for user, device, (kind, when, last_active_at) in ops:
+                    key = keys.of("presence", user)
+                    if kind == "alive":
+                        args = [device, repr(when), repr(last_active_at), now_ms]
+                        requests.append(self._alive(keys=[key], args=args, client=pipe))
+                        pipe.zadd(keys.deadlines, {f"{user}\n{device}": when})
+                        if user not in self._known_users:
+                            pipe.sadd(keys.presence_users, [user])
+                    else:
+                        now = when if kind == "expire" else self._clock()
+                        args = [device, kind, repr(now), now_ms]
+                        requests.append(self._end(keys=[key], args=args, client=pipe))
+            results = [await request for request in requests]
+        except Exception:
+            self._scripts_loaded = False  # a restarted Redis forgot them
+            raise
+        offline: list[str] = []
+        async with client.pipeline(transaction=False) as pipe:
+            for (user, device, (kind, _, _)), result in zip(ops, results, strict=True):
+                if kind == "alive":
+                    self._known_users.add(user)
+                    if int(result[0]):
+                        self._decided(user, "online", result[1], result[2])
+                    continue
+                if kind != "logout_all":
+                    member = f"{user}\n{device}"
+                    remaining = float(_string(result[3]))
+                    if remaining > 0:  # extended by another node meanwhile
+                        pipe.zadd(keys.deadlines, {member: remaining})
+                    else:
+                        pipe.zrem(keys.deadlines, [member])
+                if int(result[0]):
+                    self._decided(user, "offline", result[1], result[2])
+                    offline.append(user)
+            if offline:
+                pipe.hdel(keys.locations, offline)
 
     def _now_ms(self) -> str:
         return str(int(self._clock() * 1000))
-
-    async def _end_device(self, user: str, device: str, mode: str, now: float) -> None:
-        keys = self._keys
-        result = await self._end(
-            keys=[keys.of("presence", user)], args=[device, mode, repr(now), self._now_ms()]
-        )
-        if mode != "logout_all":
-            member = f"{user}\n{device}"
-            remaining = float(_string(result[3]))
-            if remaining > 0:
-                await self._client.zadd(keys.deadlines, {member: remaining})  # extended
-            else:
-                await self._client.zrem(keys.deadlines, [member])
-        if int(result[0]):
-            self._decided(user, "offline", result[1], result[2])
-            await self._client.hdel(keys.locations, [user])
 
     def _decided(self, user: str, status: Literal["online", "offline"], last: Any, v: Any) -> None:
         text = _string(last)
@@ -268,9 +306,12 @@ class RedisPresence:
         due = await self._client.zrange(
             self._keys.deadlines, "-inf", now, sortby=PureToken.BYSCORE, offset=0, count=500
         )
+        ops: list[tuple[str, str, DeviceOp]] = []
         for member in due:
             user, _, device = _string(member).partition("\n")
-            await self._end_device(user, device, "expire", now)
+            ops.append((user, device, ("expire", now, None)))
+        if ops:
+            await self._apply_batch(ops)
         self.swept += len(due)
         return len(due)
 

@@ -652,6 +652,8 @@ class Server:
         self._conns[conn] = c
         self.metrics.connections_total += 1
         try:
+            if self.cluster is not None:
+                await self._alive_in_cluster(user, device)
             self.hub.open_session(conn, user, device, self.now(), request_id)
             self._deadline_may_have_moved()
             async with trio.open_nursery() as nursery:
@@ -736,6 +738,20 @@ class Server:
         if refusal is not None:
             raise refusal
         return user, hello.device, hello.id
+
+    async def _alive_in_cluster(self, user: str, device: str) -> None:
+        """Before the welcome: the device is alive in Redis (one round trip), so nothing
+        the client does after the welcome can reach Redis ahead of it. If Redis is slow or
+        down, the session starts anyway and the queued report catches up."""
+        assert self.cluster is not None
+        now = self.now()
+        with trio.move_on_after(self.config.hello_timeout):
+            try:
+                await self.cluster.presence.alive_now(
+                    user, device, now + self.config.offline_after, now
+                )
+            except Exception as exc:
+                log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
 
     async def _reader(self, ws: WebSocketConnection, c: _Connection) -> None:
         hub = self.hub
