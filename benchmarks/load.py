@@ -4,6 +4,8 @@ and a sweep for the largest population one process sustains.
     python -m benchmarks.load run --users 5000            # one run of the load model
     python -m benchmarks.load ceiling --users 2000        # geopresence saturated vs bare transport
     python -m benchmarks.load sweep                       # largest N with p99 <= 100 ms, no loss
+    python -m benchmarks.load cluster --users 1000 --nodes 2 --redis cluster
+                                                          # N nodes sharing a Redis, then 1 node
     python -m benchmarks.load run --users 500 --ws ws://HOST:8765/ws --http http://HOST:8766 \\
         --admin-key KEY                                   # a server you started yourself
 
@@ -18,6 +20,21 @@ Processes: the server (started here with ``geopresence serve --in-memory``, unle
 given) is pinned to CPU 0 and this load generator to CPU 1, so neither steals the other's
 core; the generator reports its own CPU so that you can see it is not the bottleneck. It
 uses raw sockets and a minimal WebSocket client (``benchmarks.wsclient``).
+
+``cluster`` runs the same model against ``--nodes`` processes (``geopresence serve --redis``
+or ``--redis-cluster``, node ids 1..N) sharing a throwaway Redis started here
+(``benchmarks.redisprocs``: standalone, or a Redis Cluster of 3 masters). The friendships are
+written straight into Redis before the nodes start (each node loads them at start-up): the
+HTTP import goes through the nodes' Redis journal one command at a time, far too slowly for
+hundreds of thousands of friendships. Simulated users are spread over the nodes round-robin
+(user ``u<i>`` on node ``i mod N``), so most friends of a user are on another node and hear
+it through Redis. Node k is pinned to CPU ``(k - 1) mod CPUs``; Redis and the load generator
+are not pinned (on a 2-CPU machine everything shares the two cores, and the output says so).
+Besides the ``run`` table it reports per-node deliveries, CPU and Redis traffic, the share
+and latency of cross-node deliveries, duplicates, and Redis commands/s (``INFO stats``
+``total_commands_processed`` over the measured window, summed over the masters) and CPU;
+then, unless ``--no-baseline``, it runs one node in memory with the same users (as ``run``
+does) and prints both side by side.
 """
 
 from __future__ import annotations
@@ -33,14 +50,17 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import attrs
 import httpx
 import orjson
 import trio
 
+from benchmarks import redisprocs
 from benchmarks.wsclient import Closed, RawWebSocket
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +84,12 @@ class Options:
     http: str | None = None
     admin_key: str | None = None
     quiet: bool = False
+    nodes: int = 1
+    """``cluster``: how many nodes share the Redis."""
+    redis: str = "cluster"
+    """``cluster``: ``standalone`` Redis or a 3-master Redis ``cluster``."""
+    baseline: bool = True
+    """``cluster``: also run one node in memory with the same users."""
 
 
 # ---------------------------------------------------------------------------- processes
@@ -84,16 +110,25 @@ def pin(pid: int, cpu: int) -> None:
             os.sched_setaffinity(pid, {cpu % (os.cpu_count() or 1)})
 
 
-def start_process(args: list[str]) -> Started:
+def unpin(pid: int) -> None:
+    """Let ``pid`` run on every CPU again."""
+    if hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(pid, range(os.cpu_count() or 1))
+
+
+def start_process(args: list[str], cpu: int = 0, stderr: IO[bytes] | None = None) -> Started:
+    """Start ``python ARGS`` pinned to ``cpu``, once it printed its ``listening`` line; its
+    stderr goes to ``stderr`` (default: nowhere)."""
     proc = subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if stderr is None else stderr,
         text=True,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    pin(proc.pid, 0)
+    pin(proc.pid, cpu)
     assert proc.stdout is not None
     for line in proc.stdout:
         match = LISTENING.search(line)
@@ -217,6 +252,7 @@ async def create_friendships(http: str, admin_key: str | None, options: Options)
 @attrs.define
 class Counters:
     sent: int = 0
+    locations: int = 0
     deliveries: int = 0
     gone: int = 0
     other: int = 0
@@ -225,6 +261,18 @@ class Counters:
     latencies: list[float] = attrs.Factory(list)
     measuring: bool = False
     connected: int = 0
+    nodes: int = 1
+    """Nodes the users are spread over (user ``u<i>`` on node ``i mod nodes``)."""
+    node_deliveries: list[int] = attrs.Factory(lambda: [0])
+    """Deliveries read by the users of each node."""
+    cross_latencies: list[float] = attrs.Factory(list)
+    """With several nodes: the latencies (also in ``latencies``) of deliveries whose mover
+    is on another node than the recipient..."""
+    same_latencies: list[float] = attrs.Factory(list)
+    """...and of those whose mover is on the recipient's node."""
+    duplicates: int = 0
+    """With several nodes: the same update (mover, ts) delivered twice to one user."""
+    seen: set[tuple[int, str, float]] = attrs.Factory(set)
 
 
 class Simulated:
@@ -233,6 +281,7 @@ class Simulated:
     def __init__(self, index: int, options: Options, counters: Counters) -> None:
         self.index = index
         self.user = f"u{index}"
+        self.node = index % counters.nodes
         self.options = options
         self.counters = counters
         self.lat, self.lon = home(index, options)
@@ -244,9 +293,21 @@ class Simulated:
         counters = self.counters
         if payload.startswith(b'{"type":"friend_location"'):
             counters.deliveries += 1
+            counters.node_deliveries[self.node] += 1
             if counters.measuring:
                 frame = orjson.loads(payload)
-                counters.latencies.append(time.time() - frame["ts"])
+                latency = time.time() - frame["ts"]
+                counters.latencies.append(latency)
+                if counters.nodes > 1:
+                    mover: str = frame["user"]
+                    if int(mover[1:]) % counters.nodes != self.node:
+                        counters.cross_latencies.append(latency)
+                    else:
+                        counters.same_latencies.append(latency)
+                    key = (self.index, mover, frame["ts"])
+                    if key in counters.seen:
+                        counters.duplicates += 1
+                    counters.seen.add(key)
         elif payload.startswith(b'{"type":"friend_gone"'):
             counters.gone += 1
         elif payload.startswith(b'{"type":"error"'):
@@ -274,6 +335,7 @@ class Simulated:
         frame = {"type": "location", "lat": self.lat, "lon": self.lon, "ts": time.time()}
         await self.ws.send_text(orjson.dumps(frame))
         self.counters.sent += 1
+        self.counters.locations += 1
 
     async def run(self, host: str, port: int) -> None:
         counters = self.counters
@@ -361,24 +423,32 @@ class Result:
     per_connection_kb: float | None
     generator_cpu: float
     errors: int
+    servers: int = 1
+    """Server processes measured (CPU and RSS are their sums)."""
+    locations_per_s: float = math.nan
+    redis_ops_per_s: float | None = None
+    redis_cpu: float | None = None
+    extra: list[tuple[str, str]] = attrs.Factory(list)
+    """More rows (several nodes: per node, cross-node, Redis)."""
 
     @property
     def sustained(self) -> bool:
         return self.p99_ms <= 100 and self.lost == 0 and self.connected == self.users
 
-    def table(self) -> str:
-        def fmt(value: float | None, spec: str) -> str:
-            return (
-                "n/a"
-                if value is None or (isinstance(value, float) and math.isnan(value))
-                else format(value, spec)
-            )
+    @property
+    def cpu_per_delivery_us(self) -> float | None:
+        """Server CPU (all nodes) per delivery, in µs."""
+        if self.server_cpu is None or not self.deliveries_per_s:
+            return None
+        return self.server_cpu / self.deliveries_per_s * 1e6
 
+    def table(self) -> str:
         latency = (
             f"{fmt(self.p50_ms, '.1f')} / {fmt(self.p95_ms, '.1f')} / "
             f"{fmt(self.p99_ms, '.1f')}  ({self.samples:,} samples)"
         )
         cpu = None if self.server_cpu is None else self.server_cpu * 100
+        summed = f" (sum of {self.servers} nodes)" if self.servers > 1 else ""
         rows = [
             ("users (connected)", f"{self.users:,} ({self.connected:,})"),
             ("inbound msgs/s", fmt(self.inbound_per_s, ",.0f")),
@@ -386,27 +456,110 @@ class Result:
             ("latency p50 / p95 / p99 (ms)", latency),
             ("coalesced updates (latest-wins)", fmt(self.coalesced, ",.0f")),
             ("lost (closed sessions, 4008)", f"{self.lost:,}"),
-            ("server CPU", fmt(cpu, ".0f") + " %"),
-            ("server RSS", fmt(self.server_rss_mb, ",.0f") + " MB"),
+            ("server CPU", fmt(cpu, ".0f") + " %" + summed),
+            ("server RSS", fmt(self.server_rss_mb, ",.0f") + " MB" + summed),
             ("memory per connection", fmt(self.per_connection_kb, ",.1f") + " KB"),
             ("load generator CPU", f"{self.generator_cpu * 100:.0f} %"),
             ("error replies", f"{self.errors:,}"),
+            *self.extra,
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
+def fmt(value: float | None, spec: str) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else format(value, spec)
+    )
+
+
+@attrs.frozen
+class Target:
+    """One server under test: where its users connect, its HTTP API, its pid (when this
+    benchmark started it) and the CPU it is pinned to."""
+
+    host: str
+    port: int
+    http: str | None
+    pid: int | None
+    cpu: int | None = None
+
+
+def all_stats(targets: list[Target]) -> list[ProcStats] | None:
+    """Every target's CPU and RSS (None when one was not started here)."""
+    if any(t.pid is None for t in targets):
+        return None
+    return [proc_stats(t.pid) for t in targets if t.pid is not None]
+
+
+@attrs.frozen
+class RedisCounts:
+    commands: list[int]
+    """``total_commands_processed`` of each master."""
+    calls: dict[str, int]
+    """Calls by command, summed over the masters."""
+    cpu_seconds: float
+    """The masters' CPU time."""
+
+
+async def redis_counts(redis: redisprocs.Redis) -> RedisCounts:
+    """What the masters have done so far."""
+    commands = []
+    calls: dict[str, int] = {}
+    for port in redis.ports:
+        commands.append(int((await redisprocs.info(port, "stats"))["total_commands_processed"]))
+        for name, count in (await redisprocs.command_calls(port)).items():
+            calls[name] = calls.get(name, 0) + count
+    cpu = sum(proc_stats(pid).cpu_seconds for pid in redis.pids)
+    return RedisCounts(commands, calls, cpu)
+
+
+async def redis_settled(options: Options, targets: list[Target]) -> tuple[float, float, bool]:
+    """Wait until no node has a backlog of Redis commands (the connection burst queues one
+    SUBSCRIBE per new channel, and publishes wait behind them): the seconds it took, the
+    largest backlog seen, and whether it drained within 120 s."""
+    started = time.monotonic()
+    peak = 0.0
+    calm = 0
+    drained = False
+    while not drained and time.monotonic() - started < 120:
+        pending = [
+            (await server_metrics(t.http, options.admin_key)).get("geopresence_redis_pending", 0)
+            for t in targets
+        ]
+        peak = max(peak, *pending)
+        calm = calm + 1 if max(pending) <= 20 else 0
+        drained = calm >= 2
+        if not options.quiet:
+            each = " + ".join(f"{p:,.0f}" for p in pending)
+            print(f"\r  Redis backlog: {each} commands  ", end="", file=sys.stderr, flush=True)
+        if not drained:
+            await trio.sleep(0.5)
+    if not options.quiet:
+        print(file=sys.stderr, flush=True)
+    return time.monotonic() - started, peak, drained
+
+
 async def run_load(
-    options: Options, host: str, port: int, http: str | None, pid: int | None
+    options: Options,
+    targets: list[Target],
+    redis: redisprocs.Redis | None = None,
+    measured: Callable[[], None] | None = None,
 ) -> Result:
-    """Connect ``options.users`` simulated users (ramping up), warm up, measure."""
-    counters = Counters()
-    base = proc_stats(pid) if pid else None
+    """Connect ``options.users`` simulated users (ramping up; user i to target i mod the
+    number of targets), warm up, measure; ``measured`` is called once the figures are taken,
+    before the users disconnect."""
+    nodes = len(targets)
+    counters = Counters(nodes=nodes, node_deliveries=[0] * nodes)
+    base = all_stats(targets)
     users = [Simulated(i, options, counters) for i in range(options.users)]
     async with trio.open_nursery() as nursery:
         started = trio.current_time()
         for i, user in enumerate(users):
-            nursery.start_soon(user.run, host, port)
+            node = targets[user.node]
+            nursery.start_soon(user.run, node.host, node.port)
             if options.ramp > 0:
                 await trio.sleep_until(started + (i + 1) / options.ramp)
             if i % 200 == 0:
@@ -418,12 +571,16 @@ async def run_load(
         progress("connecting", counters.connected, options.users, True)
         progress("connecting", options.users, options.users, options.quiet)
         await trio.sleep(1.0)  # the initial locations fan out
-        connected_stats = proc_stats(pid) if pid else None
+        connected_stats = all_stats(targets)
+        settled = await redis_settled(options, targets) if nodes > 1 else None
         await trio.sleep(options.warmup)
-        before = await server_metrics(http, options.admin_key)
-        server_before = proc_stats(pid) if pid else None
+        before = [await server_metrics(t.http, options.admin_key) for t in targets]
+        redis_before = await redis_counts(redis) if redis else None
+        server_before = all_stats(targets)
         generator_before = self_cpu()
         sent_before, deliveries_before = counters.sent, counters.deliveries
+        locations_before = counters.locations
+        node_before = list(counters.node_deliveries)
         closed_before = sum(counters.closed.values())
         # The generator is the measuring instrument: its own garbage collector must not add
         # pauses to the latencies it records (the server keeps its normal GC).
@@ -441,18 +598,32 @@ async def run_load(
         gc.enable()
         gc.unfreeze()
         generator_cpu = (self_cpu() - generator_before) / elapsed
-        server_after = proc_stats(pid) if pid else None
-        after = await server_metrics(http, options.admin_key)
+        server_after = all_stats(targets)
+        redis_after = await redis_counts(redis) if redis else None
+        after = [await server_metrics(t.http, options.admin_key) for t in targets]
+        if measured is not None:
+            measured()
         nursery.cancel_scope.cancel()
-    coalesced = after.get("geopresence_coalesced_total", 0) - before.get(
-        "geopresence_coalesced_total", 0
-    )
+
+    def delta(name: str, node: int) -> float:
+        return after[node].get(name, 0) - before[node].get(name, 0)
+
+    coalesced = sum(delta("geopresence_coalesced_total", k) for k in range(nodes))
     lost = sum(counters.closed.values()) - closed_before
-    lost += int(after.get('geopresence_closes_total{code="4008"}', 0))
+    lost += sum(int(values.get('geopresence_closes_total{code="4008"}', 0)) for values in after)
     per_conn = None
     if base is not None and connected_stats is not None and counters.connected:
-        per_conn = (connected_stats.rss_bytes - base.rss_bytes) / counters.connected / 1024
-    return Result(
+        grown = sum(c.rss_bytes - b.rss_bytes for b, c in zip(base, connected_stats, strict=True))
+        per_conn = grown / counters.connected / 1024
+    cpus = (
+        [
+            (a.cpu_seconds - b.cpu_seconds) / elapsed
+            for b, a in zip(server_before, server_after, strict=True)
+        ]
+        if server_after and server_before
+        else None
+    )
+    result = Result(
         users=options.users,
         connected=counters.connected,
         inbound_per_s=(counters.sent - sent_before) / elapsed,
@@ -463,16 +634,80 @@ async def run_load(
         samples=len(counters.latencies),
         coalesced=coalesced,
         lost=lost,
-        server_cpu=(
-            (server_after.cpu_seconds - server_before.cpu_seconds) / elapsed
-            if server_after and server_before
-            else None
-        ),
-        server_rss_mb=server_after.rss_bytes / 1e6 if server_after else None,
+        server_cpu=sum(cpus) if cpus is not None else None,
+        server_rss_mb=sum(s.rss_bytes for s in server_after) / 1e6 if server_after else None,
         per_connection_kb=per_conn,
         generator_cpu=generator_cpu,
         errors=counters.errors,
+        servers=nodes,
+        locations_per_s=(counters.locations - locations_before) / elapsed,
     )
+    if nodes == 1:
+        return result
+    # Several nodes: who delivered what, what crossed Redis, what Redis did.
+    per_update = result.deliveries_per_s / result.locations_per_s if result.locations_per_s else 0
+    result.extra.append(
+        ("location updates/s", f"{result.locations_per_s:,.1f} ({per_update:.1f} deliveries each)")
+    )
+    cross, same = counters.cross_latencies, counters.same_latencies
+    share = len(cross) / len(counters.latencies) * 100 if counters.latencies else math.nan
+
+    def p50_p99(values: list[float]) -> str:
+        return (
+            f"p50 / p99 {fmt(percentile(values, 50) * 1000, '.1f')} / "
+            f"{fmt(percentile(values, 99) * 1000, '.1f')} ms"
+        )
+
+    result.extra.append(
+        ("cross-node deliveries (via Redis)", f"{fmt(share, '.0f')} % of samples, {p50_p99(cross)}")
+    )
+    result.extra.append(("same-node deliveries", p50_p99(same)))
+    result.extra.append(("duplicate deliveries", f"{counters.duplicates:,}"))
+    if settled is not None:
+        seconds, peak, drained = settled
+        result.extra.append(
+            (
+                "Redis backlog after the ramp",
+                f"peak {peak:,.0f} commands queued, "
+                + (f"drained {seconds:.1f} s" if drained else f"NOT drained after {seconds:.0f} s")
+                + " after the last connection (then the warmup)",
+            )
+        )
+    for k, node in enumerate(targets):
+        delivered = (counters.node_deliveries[k] - node_before[k]) / elapsed
+        parts = [f"deliveries/s {delivered:,.0f}"]
+        if cpus is not None and server_after is not None:
+            parts.append(f"CPU {cpus[k] * 100:.0f} %")
+            parts.append(f"RSS {server_after[k].rss_bytes / 1e6:,.0f} MB")
+        received = delta('geopresence_redis_envelopes_total{result="received"}', k) / elapsed
+        applied = delta("geopresence_redis_feed_applied_total", k) / elapsed
+        dropped = after[k].get('geopresence_redis_envelopes_total{result="dropped"}', 0)
+        failed = after[k].get('geopresence_redis_envelopes_total{result="failed"}', 0)
+        parts.append(f"from Redis {received:,.0f} envelopes/s ({applied:,.0f} feed ops/s)")
+        parts.append(f"dropped {dropped:,.0f}, failed {failed:,.0f} (since start)")
+        parts.append(f"queued {after[k].get('geopresence_redis_pending', math.nan):,.0f}")
+        cpu = f" (CPU {node.cpu})" if node.cpu is not None else ""
+        result.extra.append((f"node {k + 1}{cpu}", ", ".join(parts)))
+    if redis is not None and redis_before is not None and redis_after is not None:
+        ops = [
+            (a - b) / elapsed
+            for b, a in zip(redis_before.commands, redis_after.commands, strict=True)
+        ]
+        result.redis_ops_per_s = sum(ops)
+        result.redis_cpu = (redis_after.cpu_seconds - redis_before.cpu_seconds) / elapsed
+        each = " + ".join(f"{op:,.0f}" for op in ops)
+        masters = f"{len(ops)} masters: {each}" if len(ops) > 1 else "1 server"
+        result.extra.append(("Redis ops/s", f"{sum(ops):,.0f} ({masters})"))
+        calls = {
+            name: (count - redis_before.calls.get(name, 0)) / elapsed
+            for name, count in redis_after.calls.items()
+        }
+        top = sorted(calls.items(), key=lambda item: -item[1])[:6]
+        result.extra.append(
+            ("Redis commands/s", ", ".join(f"{name} {rate:,.0f}" for name, rate in top if rate))
+        )
+        result.extra.append(("Redis CPU", f"{result.redis_cpu * 100:.0f} % (sum)"))
+    return result
 
 
 @contextlib.asynccontextmanager
@@ -512,7 +747,217 @@ async def one_run(options: Options) -> Result:
                     f"  {created:,} friendships in {time.monotonic() - t0:.1f} s",
                     file=sys.stderr,
                 )
-        return await run_load(options, host, port, http, pid)
+        return await run_load(options, [Target(host, port, http, pid, 0 if pid else None)])
+
+
+# ---------------------------------------------------------------------------- cluster
+
+
+async def seed_friendships(redis: redisprocs.Redis, options: Options) -> int:
+    """Write the model's friendships straight into Redis, in the layout the nodes load at
+    start-up (``geopresence.redis_state``): one SADD per user. Returns how many."""
+    import coredis
+    from coredis.connection import TCPLocation
+
+    from geopresence.redis_state import Keys
+
+    friends: defaultdict[str, set[str]] = defaultdict(set)
+    count = 0
+    for a, b in friendships(options):
+        if a != b and b not in friends[a]:
+            count += 1
+            friends[a].add(b)
+            friends[b].add(a)
+    keys = Keys()
+    client: coredis.Redis[Any] | coredis.RedisCluster[Any] = (
+        coredis.Redis(host="127.0.0.1", port=redis.ports[0])
+        if redis.kind == "standalone"
+        else coredis.RedisCluster(startup_nodes=[TCPLocation("127.0.0.1", p) for p in redis.ports])
+    )
+    async with client:
+        names = sorted(friends)
+        for i, user in enumerate(names):
+            await client.sadd(keys.of("friends", user), list(friends[user]))
+            if i % 500 == 0:
+                progress("seeding Redis", i, len(names), options.quiet)
+        for start in range(0, len(names), 10_000):
+            await client.sadd(keys.users, names[start : start + 10_000])
+        progress("seeding Redis", len(names), len(names), options.quiet)
+    return count
+
+
+def start_node(options: Options, redis: redisprocs.Redis, k: int, workdir: Path) -> Started:
+    """Node ``k`` (0-based; node id k + 1) on ``redis``, pinned to CPU k, its log in
+    ``workdir/node<k+1>.log``."""
+    with (workdir / f"node{k + 1}.log").open("wb") as log:
+        return start_process(
+            [
+                "-m", "geopresence", "serve", *redis.serve_args(), "--node-id", str(k + 1),
+                "--insecure", "--port", "0", "--http-port", "0",
+                "--data-dir", str(workdir / f"data{k + 1}"), "--log-level", "warning",
+                "--heartbeat-interval", str(options.heartbeat_interval),
+                "--offline-after", str(options.heartbeat_interval * 6),
+            ],
+            cpu=k,
+            stderr=log,
+        )  # fmt: skip
+
+
+def node_cpu(k: int) -> int:
+    return k % (os.cpu_count() or 1)
+
+
+def log_sizes(workdir: Path, nodes: int) -> list[int]:
+    """How many bytes each node has logged so far."""
+    paths = [workdir / f"node{k + 1}.log" for k in range(nodes)]
+    return [path.stat().st_size if path.exists() else 0 for path in paths]
+
+
+def log_problems(workdir: Path, nodes: int, until: list[int] | None = None) -> list[str]:
+    """The lines the nodes logged (at ``--log-level warning``: warnings, errors and their
+    tracebacks), all of them or the first ``until[k]`` bytes of node k's log."""
+    lines: list[str] = []
+    for k in range(nodes):
+        path = workdir / f"node{k + 1}.log"
+        if not path.exists():
+            continue
+        data = path.read_bytes()
+        if until is not None:
+            data = data[: until[k]]
+        lines += [
+            f"node {k + 1}: {line}"
+            for line in data.decode(errors="replace").splitlines()
+            if line.strip()
+        ]
+    return lines
+
+
+async def cluster_run(options: Options) -> Result:
+    """The load model against ``options.nodes`` nodes sharing a fresh Redis."""
+    import tempfile
+
+    unpin(os.getpid())
+    with tempfile.TemporaryDirectory(prefix="geopresence-cluster-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "redis").mkdir()
+        with contextlib.ExitStack() as stack:
+            redis = await trio.to_thread.run_sync(
+                stack.enter_context, redisprocs.redis(options.redis, workdir / "redis")
+            )
+            t0 = time.monotonic()
+            created = await seed_friendships(redis, options)
+            if not options.quiet:
+                print(
+                    f"  {created:,} friendships ({options.users:,} users x {options.friends} "
+                    f"friends, {cluster_size(options) - 1} online nearby) written to "
+                    f"{redis.label} in {time.monotonic() - t0:.1f} s",
+                    file=sys.stderr,
+                )
+            nodes: list[Started] = []
+            try:
+                for k in range(options.nodes):
+                    nodes.append(
+                        await trio.to_thread.run_sync(start_node, options, redis, k, workdir)
+                    )
+                targets = []
+                for k, node in enumerate(nodes):
+                    assert node.proc is not None
+                    cpu = node_cpu(k) if (os.cpu_count() or 1) > 1 else None
+                    targets.append(Target(node.ws_host, node.ws_port, node.http_url,
+                                          node.proc.pid, cpu))  # fmt: skip
+                sizes: list[int] = []
+
+                def measured() -> None:
+                    sizes.extend(log_sizes(workdir, options.nodes))
+
+                result = await run_load(options, targets, redis, measured)
+            finally:
+                for node in nodes:
+                    await trio.to_thread.run_sync(stop, node)
+                await trio.to_thread.run_sync(stack.close)
+        during = log_problems(workdir, options.nodes, sizes)
+        everything = log_problems(workdir, options.nodes)
+    result.extra.append(
+        (
+            "node log warnings/errors",
+            f"{len(during):,} until measured, {len(everything) - len(during):,} as the users "
+            "left and the nodes stopped",
+        )
+    )
+    for line in everything[:10]:
+        print(f"  {line}", file=sys.stderr)
+    return result
+
+
+def comparison(nodes: Result, one: Result, label: str) -> str:
+    """The cluster run and the one-node run, side by side."""
+
+    def ratio(a: float | None, b: float | None) -> str:
+        if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+            return ""
+        return f"{a / b:.2f}x"
+
+    def per_update(result: Result) -> float:
+        if not result.locations_per_s:
+            return math.nan
+        return result.deliveries_per_s / result.locations_per_s
+
+    def pct(value: float | None) -> float | None:
+        return None if value is None else value * 100
+
+    rows = [
+        ("", label, "1 node in memory", "ratio"),
+        ("users connected", f"{nodes.connected:,}", f"{one.connected:,}", ""),
+        ("deliveries/s", fmt(nodes.deliveries_per_s, ",.0f"), fmt(one.deliveries_per_s, ",.0f"),
+         ratio(nodes.deliveries_per_s, one.deliveries_per_s)),
+        ("deliveries per location update", fmt(per_update(nodes), ".1f"),
+         fmt(per_update(one), ".1f"), ""),
+        ("latency p50 (ms)", fmt(nodes.p50_ms, ".1f"), fmt(one.p50_ms, ".1f"),
+         ratio(nodes.p50_ms, one.p50_ms)),
+        ("latency p99 (ms)", fmt(nodes.p99_ms, ".1f"), fmt(one.p99_ms, ".1f"),
+         ratio(nodes.p99_ms, one.p99_ms)),
+        ("lost sessions", f"{nodes.lost:,}", f"{one.lost:,}", ""),
+        ("server CPU, all nodes (%)", fmt(pct(nodes.server_cpu), ".0f"),
+         fmt(pct(one.server_cpu), ".0f"), ratio(nodes.server_cpu, one.server_cpu)),
+        ("server CPU per delivery (µs)", fmt(nodes.cpu_per_delivery_us, ",.0f"),
+         fmt(one.cpu_per_delivery_us, ",.0f"),
+         ratio(nodes.cpu_per_delivery_us, one.cpu_per_delivery_us)),
+        ("Redis ops/s", fmt(nodes.redis_ops_per_s, ",.0f"), "-", ""),
+        ("Redis CPU (%)", fmt(pct(nodes.redis_cpu), ".0f"), "-", ""),
+        ("load generator CPU (%)", fmt(nodes.generator_cpu * 100, ".0f"),
+         fmt(one.generator_cpu * 100, ".0f"), ""),
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        f"  {a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}  {d:>{widths[3]}}".rstrip()
+        for a, b, c, d in rows
+    )
+
+
+async def cluster(options: Options) -> None:
+    cpus = os.cpu_count() or 1
+    redis_procs = 1 if options.redis == "standalone" else 3
+    label = f"{options.nodes} nodes + " + (
+        "standalone Redis" if options.redis == "standalone" else "Redis Cluster"
+    )
+    pinned = ", ".join(f"node {k + 1} on CPU {node_cpu(k)}" for k in range(options.nodes))
+    print(
+        f"{label}: {options.users:,} users, round-robin over the nodes ({pinned}; Redis and "
+        f"the load generator unpinned): {options.nodes} nodes + {redis_procs} redis-server + "
+        f"the load generator share {cpus} CPUs"
+    )
+    result = await cluster_run(options)
+    print(result.table())
+    if not options.baseline:
+        return
+    print(
+        f"1 node in memory: the same {options.users:,} users (server on CPU 0, load generator "
+        f"on CPU 1, as `run`)"
+    )
+    one = await one_run(options)
+    print(one.table())
+    print(f"comparison, {options.users:,} users, same load model:")
+    print(comparison(result, one, label))
 
 
 # ---------------------------------------------------------------------------- ceiling
@@ -662,13 +1107,39 @@ def main(argv: list[str] | None = None) -> None:
     sweep_cmd = commands.add_parser("sweep", parents=[common], help="largest N sustained")
     sweep_cmd.add_argument("--start", type=int, default=1000)
     sweep_cmd.add_argument("--max", type=int, default=64_000)
+    cluster_cmd = commands.add_parser(
+        "cluster", parents=[common], help="N nodes sharing a Redis, then 1 node in memory"
+    )
+    cluster_cmd.add_argument("--users", type=int, default=1000)
+    cluster_cmd.add_argument("--nodes", type=int, default=2, help="nodes sharing the Redis")
+    cluster_cmd.add_argument(
+        "--redis",
+        choices=["standalone", "cluster"],
+        default="cluster",
+        help="one Redis, or a Redis Cluster of 3 masters (sharded pub/sub)",
+    )
+    cluster_cmd.add_argument(
+        "--no-baseline", action="store_true", help="skip the run of 1 node in memory"
+    )
     args = parser.parse_args(argv)
+    if args.command == "cluster" and (args.ws or args.http):
+        parser.error("cluster starts its own Redis and nodes: --ws/--http do not apply")
+    if args.command == "cluster" and not 1 <= args.nodes <= 1023:
+        parser.error("--nodes must be 1..1023")
     options = Options(
         users=getattr(args, "users", 0), friends=args.friends, online_share=args.online_share,
         duration=args.duration, warmup=args.warmup, ramp=args.ramp,
         location_interval=args.location_interval, speed=args.speed, ws=args.ws, http=args.http,
-        admin_key=args.admin_key, quiet=args.quiet,
+        admin_key=args.admin_key, quiet=args.quiet, nodes=getattr(args, "nodes", 1),
+        redis=getattr(args, "redis", "cluster"), baseline=not getattr(args, "no_baseline", False),
     )  # fmt: skip
+    if args.command == "cluster":
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
+        try:
+            trio.run(cluster, options)
+        except redisprocs.RedisMissing as exc:
+            raise SystemExit(f"cluster: {exc}") from None
+        return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU 0, "
           f"load generator on CPU 1")  # fmt: skip
     if args.command == "run":

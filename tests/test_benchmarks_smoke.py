@@ -5,9 +5,13 @@ Speed is never asserted here (that belongs in benchmarks/RESULTS.md, not in a te
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,3 +105,32 @@ def test_load_ceiling_and_sweep_report_their_headlines() -> None:
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr
     assert "HEADLINE:" in sweep.stdout
+
+
+def test_load_cluster_reports_every_figure() -> None:
+    """2 nodes sharing a standalone Redis, then 1 node in memory, with 20 users."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    result = _load(
+        "cluster", "--users", "20", "--nodes", "2", "--redis", "standalone", "--friends", "10",
+        "--online-share", "0.4", "--duration", "3", "--warmup", "1", "--location-interval", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for label in (
+        "2 nodes + standalone Redis: 20 users", "users (connected)", "20 (20)", "inbound msgs/s",
+        "deliveries/s", "p50 / p95 / p99", "coalesced updates", "lost", "server CPU",
+        "(sum of 2 nodes)", "memory per connection", "load generator CPU", "location updates/s",
+        "deliveries each", "cross-node deliveries (via Redis)", "same-node deliveries",
+        "duplicate deliveries", "Redis backlog after the ramp", "node 1", "node 2", "from Redis",
+        "Redis ops/s", "Redis commands/s", "Redis CPU", "1 node in memory: the same 20 users",
+        "comparison, 20 users", "deliveries per location update", "latency p99 (ms)",
+        "server CPU per delivery",
+    ):  # fmt: skip
+        assert label in out, (label, out)
+    assert re.search(r"share \d+ CPUs", out), out
+    # Friends on other nodes heard each other through Redis, once, and no node complained.
+    cross = re.search(r"cross-node deliveries \(via Redis\)\s+(\d+) % of samples", out)
+    assert cross is not None and int(cross[1]) > 0, out
+    assert re.search(r"duplicate deliveries\s+0\n", out), out
+    assert re.search(r"node log warnings/errors\s+0 until measured", out), out

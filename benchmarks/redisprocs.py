@@ -1,0 +1,152 @@
+"""Throwaway Redis for the benchmarks: Debian's ``redis-server``, standalone or a Redis
+Cluster of 3 masters (``redis-cli --cluster create``), on free loopback ports below 55535 (so
+a cluster bus port, +10000, fits), without persistence, stopped afterwards. The approach of
+``tests/redis_server.py``, without pytest; plus ``INFO stats`` over a raw socket, to count
+the commands Redis processed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+
+class RedisMissing(RuntimeError):
+    """redis-server (or, for a cluster, redis-cli) is not installed."""
+
+
+@attrs.frozen
+class Redis:
+    """A running standalone Redis or Redis Cluster."""
+
+    kind: str
+    """``standalone`` or ``cluster``."""
+    ports: list[int]
+    """Every master's port (one for standalone)."""
+    pids: list[int]
+
+    def serve_args(self) -> list[str]:
+        """The ``geopresence serve`` arguments that make a node use it."""
+        if self.kind == "standalone":
+            return ["--redis", f"redis://127.0.0.1:{self.ports[0]}/0"]
+        return ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in self.ports)]
+
+    @property
+    def label(self) -> str:
+        if self.kind == "standalone":
+            return "standalone Redis"
+        return f"Redis Cluster ({len(self.ports)} masters)"
+
+
+def free_port() -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port < 55535:
+            return port
+    raise RuntimeError("no free port below 55535")
+
+
+def _wait_for_port(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+@contextmanager
+def redis(kind: str, workdir: Path, masters: int = 3) -> Iterator[Redis]:
+    """A standalone Redis (``kind="standalone"``) or a Redis Cluster of ``masters`` masters
+    without replicas (``kind="cluster"``), its files in ``workdir``."""
+    binary = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if binary is None or (kind == "cluster" and cli is None):
+        raise RedisMissing("redis-server/redis-cli are not installed (Debian: redis-server)")
+    count = 1 if kind == "standalone" else masters
+    ports = [free_port() for _ in range(count)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(workdir)]  # fmt: skip
+            if kind == "cluster":
+                args += ["--cluster-enabled", "yes",
+                         "--cluster-config-file", f"{workdir}/nodes-{port}.conf"]  # fmt: skip
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
+        for port in ports:
+            _wait_for_port(port)
+        if kind == "cluster":
+            assert cli is not None
+            subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+            deadline = time.monotonic() + 20
+            while True:
+                info = subprocess.run(
+                    [cli, "-p", str(ports[0]), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                if "cluster_state:ok" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Redis Cluster did not become ok: {info}")
+                time.sleep(0.1)
+        yield Redis(kind, ports, [proc.pid for proc in procs])
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def info(port: int, section: str) -> dict[str, str]:
+    """``INFO section`` of the Redis on ``port`` (loopback), as a dict of strings."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    arg = section.encode()
+    async with stream:
+        await stream.send_all(b"*2\r\n$4\r\nINFO\r\n$%d\r\n%s\r\n" % (len(arg), arg))
+        data = b""
+        while True:
+            chunk = await stream.receive_some()
+            if not chunk:
+                raise ConnectionError("Redis closed the connection before INFO's reply")
+            data += chunk
+            header, sep, rest = data.partition(b"\r\n")
+            if sep and header.startswith(b"$") and len(rest) >= int(header[1:]) + 2:
+                body = rest[: int(header[1:])]
+                break
+            if sep and header.startswith(b"-"):
+                raise RuntimeError(header.decode())
+    values: dict[str, str] = {}
+    for text in body.decode().splitlines():
+        name, colon, value = text.partition(":")
+        if colon and not name.startswith("#"):
+            values[name] = value.strip()
+    return values
+
+
+async def command_calls(port: int) -> dict[str, int]:
+    """Calls of each command so far (``INFO commandstats``), by command name."""
+    calls: dict[str, int] = {}
+    for name, value in (await info(port, "commandstats")).items():
+        fields = dict(field.partition("=")[::2] for field in value.split(","))
+        calls[name.removeprefix("cmdstat_")] = int(fields["calls"])
+    return calls
