@@ -264,8 +264,12 @@ class Hub:
         return frozenset(self._conns_of.get(user, ()))
 
     def is_connected(self, user: str) -> bool:
-        """True if ``user`` has a live connection to this server."""
-        return user in self._conns_of
+        """True if ``user`` has a live connection to this server, or, with several nodes,
+        is online in the cluster (this node cannot see the others' connections; a device
+        in its grace window there is reached by ``sync`` when it reconnects)."""
+        if user in self._conns_of:
+            return True
+        return self.replicator is not None and self.status_of(user)[0] == "online"
 
     def session_refusal(
         self, user: str, device: str, request_id: RequestId = None

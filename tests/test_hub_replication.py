@@ -240,3 +240,17 @@ def test_a_late_older_transition_does_not_overwrite_a_newer_one() -> None:
     b.hub.apply_feed(PresenceSet("alice", "online", 5.0, 3), cluster.now)
     b.hub.apply_feed(PresenceSet("alice", "offline", 4.0, 2), cluster.now)  # arrived late
     assert b.hub.user_presence("alice").status == "online"
+
+
+def test_no_push_for_a_recipient_online_on_another_node() -> None:
+    cluster, a, b = two_nodes()
+    pushes: list[object] = []
+    a.hub.chat.push = pushes.append
+    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.open_session(10, "alice", "phone", cluster.now)
+    b.hub.open_session(20, "bob", "phone", cluster.now)
+    a.hub.handle(10, Send(id=1, to="bob", text="hi"), cluster.now)
+    assert pushes == []
+    b.hub.handle(20, Logout(), cluster.now)
+    a.hub.handle(10, Send(id=2, to="bob", text="hi again"), cluster.now)
+    assert len(pushes) == 1
