@@ -20,6 +20,7 @@ Node clocks must agree (NTP): deadlines are compared across nodes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any, Final, Literal
@@ -138,8 +139,10 @@ class RedisPresence:
         self._applying = 0
         self._scripts_loaded = False
         self._wakeup = trio.Event()
-        self._alive = client.register_script(ALIVE)
-        self._end = client.register_script(END)
+        # EVALSHA by hand: coredis' Script objects ask SCRIPT EXISTS before each pipelined
+        # call, doubling the round trips' commands.
+        self._alive_sha = hashlib.sha1(ALIVE.encode()).hexdigest()
+        self._end_sha = hashlib.sha1(END.encode()).hexdigest()
         self._known_users: set[str] = set()
         self.transitions = 0
         """Transitions this node decided (for metrics)."""
@@ -230,7 +233,7 @@ class RedisPresence:
         client = self._client
         if not self._scripts_loaded:
             # Pipelines cannot fall back from EVALSHA to EVAL: load the scripts first.
-            await client.script_load(ALIVE)
+            await client.script_load(ALIVE)  # every master of a cluster gets it
             await client.script_load(END)
             self._scripts_loaded = True
         now_ms = self._now_ms()
@@ -241,14 +244,14 @@ class RedisPresence:
                     key = keys.of("presence", user)
                     if kind == "alive":
                         args = [device, repr(when), repr(last_active_at), now_ms]
-                        requests.append(self._alive(keys=[key], args=args, client=pipe))
+                        requests.append(pipe.evalsha(self._alive_sha, keys=[key], args=args))
                         pipe.zadd(keys.deadlines, {f"{user}\n{device}": when})
                         if user not in self._known_users:
                             pipe.sadd(keys.presence_users, [user])
                     else:
                         now = when if kind == "expire" else self._clock()
                         args = [device, kind, repr(now), now_ms]
-                        requests.append(self._end(keys=[key], args=args, client=pipe))
+                        requests.append(pipe.evalsha(self._end_sha, keys=[key], args=args))
             results = [await request for request in requests]
         except Exception:
             self._scripts_loaded = False  # a restarted Redis forgot them
