@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         default=None,
         help="redis://HOST:PORT/DB: be one node of several sharing this standalone Redis "
-        "(state and pub/sub; no data dir journal). Default: a single node, no Redis",
+        "(state and pub/sub; no journal in the data dir); unset, this is the only node and "
+        "needs no Redis",
     )
     s.add_argument(
         "--redis-cluster",

@@ -15,6 +15,7 @@ the hub's replica, then read the feed from that entry on and serve.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -158,8 +159,10 @@ class ClusterLink:
         self._hub = hub
         self._clock = clock
         assert self.broker is not None, "build the hub with make_broker first"
-        async with self.client:
+        async with contextlib.AsyncExitStack() as stack:
             try:
+                # A cluster client connects on entry (it reads the slot map).
+                await stack.enter_async_context(self.client)
                 await self._take_lease()
             except ClusterError:
                 raise

@@ -19,9 +19,8 @@ exactly once. On top of that:
   Redis is not seen by that node: events are live state, and the hub's snapshots
   (``friends_presence``, ``nearby_friends``) cover what was missed.
 
-Status (issue 9): this is the first piece of the multi-node mode. The Redis-backed ``Store``
-(friendships, groups, settings), presence, location and chat state are not done yet, so
-``geopresence serve`` does not offer ``--redis`` yet.
+The shared state itself does not travel here but on the feed stream
+(``geopresence.redis_state``); see ``geopresence.cluster`` for how a node puts it together.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 With several nodes, Redis holds the state every node shares, and each node a replica in
 memory (its hub's stores) that answers synchronously. Changes reach Redis through the
 ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` writes it to the
-keys below in order and then publishes it on the feed (``geopresence.replication``) for the
-other nodes' replicas. A record is *durable* once Redis has it, so acks (``sent``,
-``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with one node.
+keys below in order and appends it, in the same pipeline, to the feed stream (``RedisFeed``)
+that the other nodes' replicas read (``geopresence.replication``). A record is *durable* once
+Redis has it, so acks (``sent``, ``settings``, HTTP writes) wait for Redis exactly as they
+wait for the disk with one node.
 ``load_state`` fills a starting node's replica from these keys.
 
 Keys (``{...}`` is a Redis Cluster hash tag: each user's, group's or conversation's key has a

@@ -312,7 +312,10 @@ class Server:
         try:
             if self.journal is not None:
                 await self._recover(self.journal)
-            elif self.cluster is None and any(state_dir(config.data_dir).glob("snapshot-*.snap")):
+            elif self.cluster is not None:
+                # No journal here, but the location history is per node: one per data dir.
+                self._lock = DataDirLock(config.data_dir)
+            elif any(state_dir(config.data_dir).glob("snapshot-*.snap")):
                 log.warning(
                     "--in-memory: the state saved in %s is not loaded (and not changed)",
                     state_dir(config.data_dir),
@@ -499,6 +502,14 @@ class Server:
             "presence_transitions_decided_total",
             "Online/offline transitions this node decided.",
             lambda: [("", cluster.presence.transitions)],
+        )
+        m.counter(
+            "redis_errors_total",
+            "Failed Redis round trips, retried (journal: acks wait; presence: reports wait).",
+            lambda: [
+                ('{part="journal"}', cluster.journal.write_errors),
+                ('{part="presence"}', cluster.presence.errors),
+            ],
         )
         m.counter(
             "presence_swept_total",
