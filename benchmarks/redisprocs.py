@@ -1,8 +1,8 @@
 """Throwaway Redis for the benchmarks: Debian's ``redis-server``, standalone or a Redis
 Cluster of 3 masters (``redis-cli --cluster create``), on free loopback ports below 55535 (so
 a cluster bus port, +10000, fits), without persistence, stopped afterwards. The approach of
-``tests/redis_server.py``, without pytest; plus ``INFO stats`` over a raw socket, to count
-the commands Redis processed.
+``tests/redis_server.py`` (which uses this), without pytest; plus ``INFO``, to count the
+commands Redis processed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
-import trio
+import coredis
 
 
 class RedisMissing(RuntimeError):
@@ -117,36 +118,17 @@ def redis(kind: str, workdir: Path, masters: int = 3) -> Iterator[Redis]:
                 proc.kill()
 
 
-async def info(port: int, section: str) -> dict[str, str]:
-    """``INFO section`` of the Redis on ``port`` (loopback), as a dict of strings."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    arg = section.encode()
-    async with stream:
-        await stream.send_all(b"*2\r\n$4\r\nINFO\r\n$%d\r\n%s\r\n" % (len(arg), arg))
-        data = b""
-        while True:
-            chunk = await stream.receive_some()
-            if not chunk:
-                raise ConnectionError("Redis closed the connection before INFO's reply")
-            data += chunk
-            header, sep, rest = data.partition(b"\r\n")
-            if sep and header.startswith(b"$") and len(rest) >= int(header[1:]) + 2:
-                body = rest[: int(header[1:])]
-                break
-            if sep and header.startswith(b"-"):
-                raise RuntimeError(header.decode())
-    values: dict[str, str] = {}
-    for text in body.decode().splitlines():
-        name, colon, value = text.partition(":")
-        if colon and not name.startswith("#"):
-            values[name] = value.strip()
+async def info(port: int, section: str) -> dict[str, Any]:
+    """``INFO section`` of the Redis on ``port`` (loopback), as coredis parses it."""
+    client = coredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
+    async with client:
+        values: dict[str, Any] = dict(await client.info(section))
     return values
 
 
 async def command_calls(port: int) -> dict[str, int]:
     """Calls of each command so far (``INFO commandstats``), by command name."""
-    calls: dict[str, int] = {}
-    for name, value in (await info(port, "commandstats")).items():
-        fields = dict(field.partition("=")[::2] for field in value.split(","))
-        calls[name.removeprefix("cmdstat_")] = int(fields["calls"])
-    return calls
+    return {
+        name.removeprefix("cmdstat_"): int(fields["calls"])
+        for name, fields in (await info(port, "commandstats")).items()
+    }
