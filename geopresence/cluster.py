@@ -94,7 +94,9 @@ class ClusterLink:
         self.keys = Keys(prefix)
         self.broker: RedisBroker | None = None
         self.journal = RedisJournal(client, self.keys, node_id)
-        self.presence = RedisPresence(client, self.keys, self._announce, self._now)
+        self.presence = RedisPresence(
+            client, self.keys, self._announce, self._now, known_version=self._known_version
+        )
         self._hub: Hub | None = None
         self._clock: Callable[[], float] | None = None
         self._lease_token = secrets.token_hex(8)
@@ -135,6 +137,9 @@ class ClusterLink:
     def _now(self) -> float:
         assert self._clock is not None
         return self._clock()
+
+    def _known_version(self, user: str) -> int:
+        return 0 if self._hub is None else self._hub.status_version(user)
 
     def _announce(self, transition: PresenceSet) -> None:
         assert self._hub is not None

@@ -487,6 +487,11 @@ class Hub:
             last = local.last_active_at
         return status, last
 
+    def status_version(self, user: str) -> int:
+        """The version of ``user``'s cluster-wide status this node holds (0: none)."""
+        held = self._statuses.get(user)
+        return 0 if held is None else held[2]
+
     def online_count(self) -> int:
         """Users online now (in the whole cluster with several nodes)."""
         if self.replicator is None:

@@ -58,13 +58,15 @@ if not last or tonumber(ARGV[3]) > tonumber(last) then
 end
 if redis.call('HGET', k, 'status') ~= 'online' then
   redis.call('HSET', k, 'status', 'online')
-  return {1, last, next_version(k, ARGV[4])}
+  return {1, last, next_version(k, ARGV[4]), 'online'}
 end
-return {0, last, '0'}
+return {0, last, redis.call('HGET', k, 'v') or '0', 'online'}
 """
 )
-"""Make a device alive until ``deadline`` (never shortening it); {1, last, v} if this made
-the user online. Numbers travel as strings: Lua numbers would be truncated to integers."""
+"""Make a device alive until ``deadline`` (never shortening it); {1, last, v, 'online'} if
+this made the user online, else {0, last, v, 'online'}: the current state, so that a node
+whose reply to the deciding call was lost learns it from its next call. Numbers travel as
+strings: Lua numbers would be truncated to integers."""
 
 END: Final = (
     _NEXT_VERSION
@@ -92,15 +94,17 @@ end
 local last = redis.call('HGET', k, 'last_active_at') or ''
 if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
   redis.call('HSET', k, 'status', 'offline')
-  return {1, last, next_version(k, ARGV[4]), mine}
+  return {1, last, next_version(k, ARGV[4]), mine, 'offline'}
 end
-return {0, last, '0', mine}
+return {0, last, redis.call('HGET', k, 'v') or '0', mine,
+        redis.call('HGET', k, 'status') or 'offline'}
 """
 )
 """End a device (logout: at once; logout_all: every device of the user, at once; expire:
 only if its deadline is ``<= now``, so a deadline another node extended wins), along with
 every other device past its deadline; {1, last, v, ...} if this left the user without an
-alive device. The last value is the device's remaining deadline ('0': gone)."""
+alive device; else {0, last, v, ..., status} (the current state). The fourth value is the
+device's remaining deadline ('0': gone)."""
 
 BATCH: Final = 256
 """Device changes sent per pipeline."""
@@ -124,12 +128,15 @@ class RedisPresence:
         announce: Callable[[PresenceSet], None],
         clock: Callable[[], float],
         *,
+        known_version: Callable[[str], int] = lambda user: 0,
         sweep_interval: float = 0.5,
     ) -> None:
         self._client = client
         self._keys = keys
         self._announce = announce
         self._clock = clock
+        self._known_version = known_version
+        """The version of ``user``'s status this node holds (0: none)."""
         self.sweep_interval = sweep_interval
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
@@ -143,7 +150,6 @@ class RedisPresence:
         # call, doubling the round trips' commands.
         self._alive_sha = hashlib.sha1(ALIVE.encode()).hexdigest()
         self._end_sha = hashlib.sha1(END.encode()).hexdigest()
-        self._known_users: set[str] = set()
         self.transitions = 0
         """Transitions this node decided (for metrics)."""
         self.swept = 0
@@ -246,8 +252,8 @@ class RedisPresence:
                         args = [device, repr(when), repr(last_active_at), now_ms]
                         requests.append(pipe.evalsha(self._alive_sha, keys=[key], args=args))
                         pipe.zadd(keys.deadlines, {f"{user}\n{device}": when})
-                        if user not in self._known_users:
-                            pipe.sadd(keys.presence_users, [user])
+                        # Every time: after a Redis data loss the index must be rebuilt.
+                        pipe.sadd(keys.presence_users, [user])
                     else:
                         now = when if kind == "expire" else self._clock()
                         args = [device, kind, repr(now), now_ms]
@@ -260,9 +266,7 @@ class RedisPresence:
         async with client.pipeline(transaction=False) as pipe:
             for (user, device, (kind, _, _)), result in zip(ops, results, strict=True):
                 if kind == "alive":
-                    self._known_users.add(user)
-                    if int(result[0]):
-                        self._decided(user, "online", result[1], result[2])
+                    self._result(user, result, 3)
                     continue
                 if kind != "logout_all":
                     member = f"{user}\n{device}"
@@ -271,8 +275,7 @@ class RedisPresence:
                         pipe.zadd(keys.deadlines, {member: remaining})
                     else:
                         pipe.zrem(keys.deadlines, [member])
-                if int(result[0]):
-                    self._decided(user, "offline", result[1], result[2])
+                if self._result(user, result, 4) == "offline":
                     offline.append(user)
             if offline:
                 pipe.hdel(keys.locations, offline)
@@ -280,10 +283,23 @@ class RedisPresence:
     def _now_ms(self) -> str:
         return str(int(self._clock() * 1000))
 
-    def _decided(self, user: str, status: Literal["online", "offline"], last: Any, v: Any) -> None:
-        text = _string(last)
-        self.transitions += 1
-        self._announce(PresenceSet(user, status, float(text) if text else None, int(v)))
+    def _result(self, user: str, result: Any, status_at: int) -> str | None:
+        """Announce what a script reply says if it is news: a transition this call decided,
+        or a state newer than the replica's (the reply to the deciding call was lost, and a
+        retry or a later report finds the transition already made). Returns the status
+        announced, if any."""
+        decided = bool(int(result[0]))
+        version = int(_string(result[2]))
+        if not decided and version <= self._known_version(user):
+            return None
+        status: Literal["online", "offline"] = (
+            "online" if _string(result[status_at]) == "online" else "offline"
+        )
+        text = _string(result[1])
+        if decided:
+            self.transitions += 1
+        self._announce(PresenceSet(user, status, float(text) if text else None, version))
+        return status
 
     async def _sweep_loop(self) -> None:
         failing = False
