@@ -28,7 +28,7 @@ from geopresence.config import Config
 from geopresence.hub import Hub
 from geopresence.redis_broker import RedisBroker
 from geopresence.redis_presence import RedisPresence
-from geopresence.redis_state import Keys, RedisJournal, load_state
+from geopresence.redis_state import Keys, RedisJournal, earlier_id, load_state
 from geopresence.replication import FeedOp, LogoutRequested, PresenceSet
 
 log = logging.getLogger("geopresence.redis")
@@ -37,6 +37,8 @@ LEASE_SECONDS: Final = 15.0
 """How long a node id stays taken after its node stopped renewing it (a SIGKILLed node's id
 is free again after this)."""
 LEASE_RENEW: Final = 3.0
+FEED_OVERLAP: Final = 5.0
+"""Seconds of feed a starting node applies again on top of what it loaded."""
 
 _RENEW: Final = """
 local holder = redis.call('GET', KEYS[1])
@@ -179,9 +181,11 @@ class ClusterLink:
                     nursery.start_soon(self._renew_lease)
                     await nursery.start(self.broker.run)
                     # Read the feed from before the load: what changes meanwhile is applied
-                    # on top (applying a change twice is harmless), nothing is missed.
+                    # on top (applying a change twice is harmless), nothing is missed. A few
+                    # seconds before, since on a Cluster a change's feed entry can land before
+                    # its keys (another shard) and the load would miss both.
                     feed = self.journal.feed
-                    start = await feed.last_id()
+                    start = earlier_id(await feed.last_id(), FEED_OVERLAP)
                     counts = await load_state(self.client, self.keys, hub, clock())
                     await nursery.start(feed.run, self._on_feed, start)
                     await nursery.start(self.journal.run)
@@ -206,6 +210,7 @@ class ClusterLink:
         """Wait until the journal and the presence reports are in Redis (drain, shutdown)."""
         await self.journal.flush()
         await self.presence.flush()
+        await self.journal.flush()  # the transitions those reports decided
         if self.broker is not None:
             await self.broker.flush()  # the feed ops and transitions just produced
 

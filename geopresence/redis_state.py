@@ -209,6 +209,8 @@ async def write_batch(client: Any, keys: Keys, ops: list[FeedOp], feed: RedisFee
             feed.append_to(pipe, op)
 
 
+GAP_CHECK_INTERVAL: Final = 10.0
+"""Seconds between checks that the feed was not trimmed past what this node read."""
 FEED_MAXLEN: Final = 1_000_000
 """Feed entries kept (approximately): a node cut off from Redis for longer than it takes
 the cluster to make this many changes must be restarted to catch up (it says so)."""
@@ -265,10 +267,15 @@ class RedisFeed:
         until cancelled; across connection losses it resumes where it stopped."""
         task_status.started()
         last = after
+        read_one = False  # ``last`` is an entry this node read (not a start position)
         failing = False
+        checked = trio.current_time()
         while True:
             try:
                 reply = await self._client.xread({self.key: last}, count=1000, block=1000)
+                if read_one and (failing or trio.current_time() - checked > GAP_CHECK_INTERVAL):
+                    checked = trio.current_time()
+                    await self._check_gap(last)
             except Exception as exc:
                 if not failing:
                     log.error("reading the feed failed (%s); retrying from %s", exc, last)
@@ -278,36 +285,51 @@ class RedisFeed:
             if failing:
                 log.info("reading the feed works again (from %s)", last)
                 failing = False
-                await self._check_gap(last)
             for entries in (reply or {}).values():
                 for entry in entries:
                     last = _string(entry.identifier)
-                    fields = {_string(k): v for k, v in entry.field_values.items()}
-                    if int(fields["n"]) == self.node_id:
-                        continue  # its own change: applied when it was made
-                    try:
-                        op = feed_from_json(orjson.loads(fields["op"]))
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning("ignoring a malformed feed entry %s: %s", last, exc)
-                        continue
-                    self.applied += 1
-                    apply(op)
+                    read_one = True
+                    self._apply_entry(last, entry.field_values, apply)
+
+    def _apply_entry(self, entry_id: str, values: Any, apply: Callable[[FeedOp], None]) -> None:
+        """Apply one entry unless it is this node's own; a malformed one, or one the hub
+        cannot apply, is logged and skipped (the node goes on: one bad entry must not stop
+        every later change from reaching it)."""
+        try:
+            fields = {_string(k): v for k, v in values.items()}
+            if int(fields["n"]) == self.node_id:
+                return  # its own change: applied when it was made
+            op = feed_from_json(orjson.loads(fields["op"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring a malformed feed entry %s: %s", entry_id, exc)
+            return
+        self.applied += 1
+        try:
+            apply(op)
+        except Exception:
+            log.exception("applying feed entry %s (%s) failed", entry_id, type(op).__name__)
 
     async def _check_gap(self, last: str) -> None:
-        """After an outage: if entries after ``last`` were trimmed before this node read
-        them (it was cut off for more than ``FEED_MAXLEN`` changes), say so once: its
-        replica misses them until it restarts."""
-        info = await self._client.xinfo_stream(self.key)
-        deleted = _string(info.get("max-deleted-entry-id", "0-0"))
-        if deleted.startswith("b'"):  # coredis 6 renders this field as str(bytes)
-            deleted = deleted[2:-1]
-        if _id_after(deleted, last) and not self.lost:
+        """If the entry this node read last is gone from the feed and older entries were
+        trimmed past it, entries it never read may have gone too (it was cut off, or lagged,
+        for about ``FEED_MAXLEN`` changes): say so once; its replica may miss changes until
+        it restarts."""
+        if self.lost or await self._client.xrange(self.key, last, last, count=1):
+            return
+        oldest = await self._client.xrange(self.key, "-", "+", count=1)
+        if oldest and _id_after(_string(oldest[0].identifier), last):
             self.lost = True
             log.error(
-                "the feed was trimmed past entry %s while this node was cut off: its replica "
-                "misses changes; restart it to reload the state",
+                "the feed was trimmed past entry %s before this node read on: its replica may "
+                "miss changes; restart it to reload the state",
                 last,
             )
+
+
+def earlier_id(entry_id: str, seconds: float) -> str:
+    """A stream position ``seconds`` before ``entry_id`` ("0-0" at the earliest)."""
+    ms = int(entry_id.partition("-")[0]) - int(seconds * 1000)
+    return f"{ms}-0" if ms > 0 else "0-0"
 
 
 class RedisJournal:

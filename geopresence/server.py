@@ -460,6 +460,8 @@ class Server:
             if self.cluster is not None:
                 with trio.move_on_after(self.config.drain_timeout):
                     await self.cluster.flush()  # acked writes and device reports reach Redis
+                # Tasks cancelled under an unresponsive Redis make coredis log each attempt.
+                logging.getLogger("coredis").setLevel(logging.CRITICAL)
                 with trio.move_on_after(2):  # Redis may be unresponsive: the lease expires
                     await self.cluster.leave()
             root.cancel_scope.cancel()

@@ -137,3 +137,26 @@ async def test_what_one_node_writes_another_loads_on_a_cluster() -> None:
                 for key in ("t:friends:{alice}", "t:friends:{bob}", "t:friends:{carol}")
             }
             assert len(slots) == 3
+
+
+async def test_a_reader_left_behind_by_trimming_says_so() -> None:
+    from coredis import PureToken
+
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client:
+            keys = Keys("trim")
+            writer = RedisFeed(client, keys, node_id=1)
+            await writer.append(LocationSet("alice", 1.0, 2.0, 3.0, 4.0))
+            read_up_to = await writer.last_id()
+            for _ in range(20):
+                await writer.append(LocationSet("alice", 1.0, 2.0, 3.0, 4.0))
+            up_to_date = RedisFeed(client, keys, node_id=2)
+            await up_to_date._check_gap(await writer.last_id())
+            assert not up_to_date.lost
+            behind = RedisFeed(client, keys, node_id=3)
+            await behind._check_gap(read_up_to)
+            assert not behind.lost  # nothing trimmed yet: it can read on
+            await client.xtrim(keys.feed, PureToken.MAXLEN, 5)
+            await behind._check_gap(read_up_to)
+            assert behind.lost
