@@ -31,8 +31,10 @@ slot of its own; the index sets are what ``load_state`` starts from)::
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections import deque
+import random
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -197,18 +199,22 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> None:
         await client.srem(k.chats, [f"g:{op.group}"])
 
 
-async def write_batch(client: Any, keys: Keys, ops: list[FeedOp], feed: RedisFeed) -> None:
+async def write_batch(
+    client: Any, keys: Keys, ops: list[tuple[int, FeedOp]], feed: RedisFeed
+) -> None:
     """Apply ops that need no reads, and append them to the feed, in one pipeline (not a
     transaction: a batch that failed halfway is written again, and every op is idempotent,
     for Redis and for the replicas that may then read it twice)."""
     async with client.pipeline(transaction=False) as pipe:
-        for op in ops:
+        for _, op in ops:
             for name, args in blind_commands(keys, op) or ():
                 getattr(pipe, name)(*args)
-        for op in ops:
-            feed.append_to(pipe, op)
+        for uid, op in ops:
+            feed.append_to(pipe, op, uid)
 
 
+SEEN_ENTRIES: Final = 100_000
+"""(node, uid) of recent feed entries remembered, to apply each change once."""
 GAP_CHECK_INTERVAL: Final = 10.0
 """Seconds between checks that the feed was not trimmed past what this node read."""
 FEED_MAXLEN: Final = 1_000_000
@@ -232,24 +238,31 @@ class RedisFeed:
         """Other nodes' ops applied here (for metrics)."""
         self.lost = False
         """True once this node fell so far behind that entries were trimmed unread."""
+        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
 
-    def _fields(self, op: FeedOp) -> dict[str, bytes]:
-        return {"n": str(self.node_id).encode(), "op": orjson.dumps(feed_to_json(op))}
+    def _fields(self, op: FeedOp, uid: int) -> dict[str, bytes]:
+        return {
+            "n": str(self.node_id).encode(),
+            "u": str(uid).encode(),
+            "op": orjson.dumps(feed_to_json(op)),
+        }
 
-    def append_to(self, pipe: Any, op: FeedOp) -> None:
+    def append_to(self, pipe: Any, op: FeedOp, uid: int) -> None:
+        """Append ``op`` in ``pipe``; ``uid`` (unique per node) lets readers skip the copy a
+        retried pipeline appends again."""
         from coredis import PureToken
 
         pipe.xadd(
             self.key,
-            self._fields(op),
+            self._fields(op, uid),
             trim_strategy=PureToken.MAXLEN,
             trim_operator=PureToken.APPROXIMATELY,
             threshold=FEED_MAXLEN,
         )
 
-    async def append(self, op: FeedOp) -> None:
+    async def append(self, op: FeedOp, uid: int) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
-            self.append_to(pipe, op)
+            self.append_to(pipe, op, uid)
 
     async def last_id(self) -> str:
         """The id of the newest entry ("0-0" for an empty feed)."""
@@ -297,12 +310,19 @@ class RedisFeed:
         every later change from reaching it)."""
         try:
             fields = {_string(k): v for k, v in values.items()}
-            if int(fields["n"]) == self.node_id:
+            node = int(fields["n"])
+            if node == self.node_id:
                 return  # its own change: applied when it was made
+            key = (node, int(fields.get("u", b"0")))
+            if key in self._seen:
+                return  # a copy appended by a retried write
             op = feed_from_json(orjson.loads(fields["op"]))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed feed entry %s: %s", entry_id, exc)
             return
+        self._seen[key] = None
+        if len(self._seen) > SEEN_ENTRIES:
+            self._seen.popitem(last=False)
         self.applied += 1
         try:
             apply(op)
@@ -341,7 +361,10 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
-        self._queue: deque[tuple[int, FeedOp]] = deque()
+        self._queue: deque[tuple[int, int, FeedOp]] = deque()
+        """(seq or 0, uid, op) in write order."""
+        # Random start: a restarted node must not reuse uids the others still remember.
+        self._uids = itertools.count(random.getrandbits(40) << 20)
         self._wakeup = trio.Event()
         self.last_seq = last_seq
         self._durable = last_seq
@@ -351,25 +374,25 @@ class RedisJournal:
 
     def append(self, record: Record) -> int:
         self.last_seq += 1
-        self._queue.append((self.last_seq, record))
+        self._queue.append((self.last_seq, next(self._uids), record))
         self._wakeup.set()
         return self.last_seq
 
     def replicate(self, op: FeedOp) -> None:
         """Write ``op`` (if it has state in Redis) and publish it on the feed, in order with
         the records (no sequence number: nothing waits for it)."""
-        self._queue.append((0, op))
+        self._queue.append((0, next(self._uids), op))
         self._wakeup.set()
 
     @property
     def durable_seq(self) -> int:
         return self._durable
 
-    def _blind_batch(self) -> list[tuple[int, FeedOp]]:
+    def _blind_batch(self) -> list[tuple[int, int, FeedOp]]:
         """The queue's longest prefix (at most ``BATCH``) that one pipeline can write."""
-        batch: list[tuple[int, FeedOp]] = []
+        batch: list[tuple[int, int, FeedOp]] = []
         for item in self._queue:
-            if len(batch) == BATCH or blind_commands(self._keys, item[1]) is None:
+            if len(batch) == BATCH or blind_commands(self._keys, item[2]) is None:
                 break
             batch.append(item)
         return batch
@@ -394,18 +417,19 @@ class RedisJournal:
                 batch = self._blind_batch()
                 try:
                     if batch:
-                        ops = [op for _, op in batch]
+                        ops = [(uid, op) for _, uid, op in batch]
                         await write_batch(self._client, self._keys, ops, self.feed)
                     else:
                         batch = [queue[0]]
-                        await write(self._client, self._keys, batch[0][1])
-                        await self.feed.append(batch[0][1])
+                        _, uid, op = batch[0]
+                        await write(self._client, self._keys, op)
+                        await self.feed.append(op, uid)
                 except Exception as exc:
                     self.write_errors += 1
                     log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
                     await trio.sleep(1.0)
                     continue
-                for seq, _ in batch:
+                for seq, _, _ in batch:
                     queue.popleft()
                     if seq:
                         self._durable = seq

@@ -12,7 +12,7 @@ from geopresence.hub import Hub, HubSettings
 from geopresence.protocol import LocationUpdate, Send
 from geopresence.recovery import capture
 from geopresence.redis_state import Keys, RedisFeed, RedisJournal, load_state
-from geopresence.replication import FeedOp, LocationSet
+from geopresence.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.store import MemoryStore, UserSettings
 from tests.redis_server import redis_cluster, redis_server
 from tests.test_hub import RecordingSink
@@ -147,10 +147,10 @@ async def test_a_reader_left_behind_by_trimming_says_so() -> None:
         async with client:
             keys = Keys("trim")
             writer = RedisFeed(client, keys, node_id=1)
-            await writer.append(LocationSet("alice", 1.0, 2.0, 3.0, 4.0))
+            await writer.append(LocationSet("alice", 1.0, 2.0, 3.0, 4.0), 1)
             read_up_to = await writer.last_id()
-            for _ in range(20):
-                await writer.append(LocationSet("alice", 1.0, 2.0, 3.0, 4.0))
+            for uid in range(2, 22):
+                await writer.append(LocationSet("alice", 1.0, 2.0, 3.0, 4.0), uid)
             up_to_date = RedisFeed(client, keys, node_id=2)
             await up_to_date._check_gap(await writer.last_id())
             assert not up_to_date.lost
@@ -160,3 +160,26 @@ async def test_a_reader_left_behind_by_trimming_says_so() -> None:
             await client.xtrim(keys.feed, PureToken.MAXLEN, 5)
             await behind._check_gap(read_up_to)
             assert behind.lost
+
+
+async def test_a_change_appended_twice_by_a_retried_write_is_applied_once() -> None:
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client:
+            keys = Keys("dup")
+            writer = RedisFeed(client, keys, node_id=1)
+            first = LogoutRequested("alice", None)
+            second = LogoutRequested("bob", None)
+            await writer.append(first, 7)
+            await writer.append(first, 7)  # the pipeline's reply was lost: written again
+            await writer.append(second, 8)
+            applied: list[FeedOp] = []
+            reader = RedisFeed(client, keys, node_id=2)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(reader.run, applied.append, "0-0")
+                with trio.fail_after(10):
+                    while len(applied) < 2:
+                        await trio.sleep(0.01)
+                await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+            assert applied == [first, second]
