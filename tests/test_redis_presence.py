@@ -61,7 +61,13 @@ async def settle(*nodes: RedisPresence) -> None:
 
 
 def transitions(announced: list[PresenceSet], user: str) -> list[str]:
-    return [t.status for t in announced if t.user == user]
+    """The user's statuses as a replica holds them: one per version, in version order (a
+    reporter that did not decide a transition may announce it too, with its version)."""
+    by_version: dict[int, str] = {}
+    for t in announced:
+        if t.user == user:
+            assert by_version.setdefault(t.version, t.status) == t.status
+    return [by_version[v] for v in sorted(by_version)]
 
 
 async def exactly_once(client: Any) -> None:
@@ -153,13 +159,7 @@ async def test_random_interleavings_alternate_and_never_repeat() -> None:
                     await settle(a, b)
             await settle(a, b)
             for user in {t.user for t in announced}:
-                # Two reporters hand results over concurrently, and a reply may also report
-                # a transition the other one decided: replicas go by version.
-                by_version: dict[int, str] = {}
-                for t in announced:
-                    if t.user == user:
-                        assert by_version.setdefault(t.version, t.status) == t.status
-                statuses = [by_version[v] for v in sorted(by_version)]
+                statuses = transitions(announced, user)
                 assert statuses == ["online", "offline"] * (len(statuses) // 2) + (
                     ["online"] if len(statuses) % 2 else []
                 )
