@@ -29,7 +29,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Iterator, Set
 from typing import Any, Final, Literal
 
 import anyio
@@ -51,6 +51,31 @@ slow, and the live events would be stale anyway."""
 
 Op = tuple[Literal["subscribe", "unsubscribe", "publish"], str, bytes]
 """(command, Redis channel name, payload)."""
+
+
+def fresh_ids() -> Iterator[int]:
+    """Ids for this node's messages, starting at random: a restarted node must not reuse
+    ids that other nodes' ``SeenOnce`` still remember from its previous run."""
+    return itertools.count(random.getrandbits(40) << 20)
+
+
+class SeenOnce:
+    """The last ``size`` (node, id) pairs seen: a message that can arrive more than once
+    (on several channels, or written again by a retry) is handled the first time only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+
+    def first_time(self, node: int, message_id: int) -> bool:
+        """True (and remembered) if (node, id) is new; False for a repeat."""
+        key = (node, message_id)
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True
 
 
 def redis_channel(channel: str, prefix: str = "gp") -> str:
@@ -83,11 +108,10 @@ class RedisBroker:
         self._sharded = sharded
         self._prefix = prefix
         self.node_id = node_id
-        # Random start: a restarted node must not reuse publish ids others still remember.
-        self._publish_ids = itertools.count(random.getrandbits(40) << 20)
+        self._publish_ids = fresh_ids()
         self._ops: deque[Op] = deque()
         self._wakeup = trio.Event()
-        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._seen = SeenOnce(SEEN_PUBLISHES)
         self.dropped = 0
         """Publishes not sent to Redis because the queue was full (for metrics)."""
         self.received = 0
@@ -252,11 +276,7 @@ class RedisBroker:
         """Deliver an envelope from Redis to this node's subscribers, once."""
         if envelope.node == self.node_id:
             return
-        key = (envelope.node, envelope.publish_id)
-        if key in self._seen:
+        if not self._seen.first_time(envelope.node, envelope.publish_id):
             return
-        self._seen[key] = None
-        if len(self._seen) > SEEN_PUBLISHES:
-            self._seen.popitem(last=False)
         self.received += 1
         self._local.publish(envelope.channels, envelope.event)

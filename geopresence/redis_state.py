@@ -31,10 +31,8 @@ slot of its own; the index sets are what ``load_state`` starts from)::
 
 from __future__ import annotations
 
-import itertools
 import logging
-import random
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -54,6 +52,7 @@ from geopresence.records import (
     record_from_json,
     record_to_json,
 )
+from geopresence.redis_broker import SeenOnce, fresh_ids
 from geopresence.replication import FeedOp, LocationSet, feed_from_json, feed_to_json
 from geopresence.store import UserSettings
 
@@ -238,7 +237,7 @@ class RedisFeed:
         """Other nodes' ops applied here (for metrics)."""
         self.lost = False
         """True once this node fell so far behind that entries were trimmed unread."""
-        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._seen = SeenOnce(SEEN_ENTRIES)
 
     def _fields(self, op: FeedOp, uid: int) -> dict[str, bytes]:
         return {
@@ -313,16 +312,12 @@ class RedisFeed:
             node = int(fields["n"])
             if node == self.node_id:
                 return  # its own change: applied when it was made
-            key = (node, int(fields.get("u", b"0")))
-            if key in self._seen:
+            if not self._seen.first_time(node, int(fields.get("u", b"0"))):
                 return  # a copy appended by a retried write
             op = feed_from_json(orjson.loads(fields["op"]))
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed feed entry %s: %s", entry_id, exc)
             return
-        self._seen[key] = None
-        if len(self._seen) > SEEN_ENTRIES:
-            self._seen.popitem(last=False)
         self.applied += 1
         try:
             apply(op)
@@ -363,8 +358,7 @@ class RedisJournal:
         self.feed = RedisFeed(client, keys, node_id)
         self._queue: deque[tuple[int, int, FeedOp]] = deque()
         """(seq or 0, uid, op) in write order."""
-        # Random start: a restarted node must not reuse uids the others still remember.
-        self._uids = itertools.count(random.getrandbits(40) << 20)
+        self._uids = fresh_ids()
         self._wakeup = trio.Event()
         self.last_seq = last_seq
         self._durable = last_seq
