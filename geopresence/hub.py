@@ -429,7 +429,7 @@ class Hub:
     def journal_append(self, record: Record) -> int:
         """Give ``record`` to the journal; returns its sequence number. A change applied from
         another node's feed is not journaled again (its origin wrote it)."""
-        if self._scope == "none":
+        if self.replaying:
             return self.last_seq
         self.last_seq = self.journal.append(record)
         return self.last_seq
@@ -454,7 +454,7 @@ class Hub:
     def logout(self, user: str, device: str | None = None) -> int:
         """Log out ``device`` (every device when None) at once; returns how many ended on
         this node (with other nodes, they log it out on theirs too)."""
-        if self.replicator is not None and self._scope != "none":
+        if self.replicator is not None and not self.replaying:
             self.replicator.logout(user, device)
         before = self.presence.get(user).devices
         self._apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out")
@@ -565,7 +565,7 @@ class Hub:
         if self.store.are_friends(a, b):
             return False
         limit = self.settings.max_friends
-        for user in (a, b) if self._scope != "none" else ():  # the origin checked
+        for user in () if self.replaying else (a, b):  # the origin checked
             if len(self.store.friends_of(user)) >= limit:
                 raise ProtocolError("too_large", f"{user} already has max_friends ({limit})")
         self.store.add_friendship(a, b)
@@ -595,7 +595,7 @@ class Hub:
         New members read messages after ``mark`` (default: the last id issued)."""
         wanted = set(members)
         limit = self.settings.max_group_size
-        if len(wanted) > limit and self._scope != "none":
+        if len(wanted) > limit and not self.replaying:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added, removed = self.store.set_group(group, wanted)
         mark = self.chat.ids.last_id if mark is None else mark
@@ -621,7 +621,7 @@ class Hub:
         members = self.store.group_members(group)
         limit = self.settings.max_group_size
         full = members is not None and user not in members and len(members) >= limit
-        if full and self._scope != "none":
+        if full and not self.replaying:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added = self.store.add_member(group, user)
         if added:
