@@ -295,10 +295,13 @@ class Hub:
             )
         return None
 
-    def admit(self, conn: ConnId, now: float, request_id: RequestId = None) -> bool:
-        """Count one client message of ``conn`` against its rate limit. False if it must
-        be dropped: it was answered with ``rate_limited``, or, after ``abuse_limit``
-        refusals in a row, the connection was closed with 4008."""
+    def admit(
+        self, conn: ConnId, now: float, request_id: RequestId = None, *, answer: bool = True
+    ) -> bool:
+        """Count one client message (or control frame) of ``conn`` against its rate limit.
+        False if it must be dropped: it was answered with ``rate_limited`` (unless
+        ``answer`` is False: a ping has no id to answer), or, after ``abuse_limit`` refusals
+        in a row, the connection was closed with 4008."""
         s = self.settings
         if s.rate_limit <= 0 or conn not in self._sessions:
             return True
@@ -315,6 +318,8 @@ class Hub:
         streak = self._rejected[conn] = self._rejected.get(conn, 0) + 1
         if streak > s.abuse_limit:
             self._drop(conn, CLOSE_SLOW_CONSUMER, "rate limit abuse")
+            return False
+        if not answer:
             return False
         self.reply_error(
             conn,

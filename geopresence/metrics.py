@@ -19,6 +19,7 @@ class Metrics:
         self.closes: Counter[int] = Counter()
         self.coalesced = 0
         self.history_errors = 0
+        self.connection_failures = 0
         self.http_requests: Counter[int] = Counter()
         self._gauges: list[tuple[str, str, Callable[[], float]]] = []
         self._counters: list[tuple[str, str, Callable[[], list[tuple[str, float]]]]] = []
@@ -88,6 +89,12 @@ class Metrics:
             "counter",
             "Location history writes that failed (disk full, permissions).",
             [("", self.history_errors)],
+        )
+        family(
+            "connection_failures_total",
+            "counter",
+            "Connection tasks that failed with an unexpected error (a bug: see the log).",
+            [("", self.connection_failures)],
         )
         family(
             "http_requests_total",

@@ -18,12 +18,7 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 import trio.testing
-from trio_websocket import (
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-    wrap_server_stream,
-)
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from geopresence.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
 from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
@@ -57,11 +52,13 @@ from geopresence.store import MemoryStore
 
 if TYPE_CHECKING:
     from geopresence.cluster import ClusterLink
-from geopresence.wsbatch import send_texts
+from geopresence.wsbatch import ServerWebSocket, accept_stream, send_texts
 
 log = logging.getLogger("geopresence")
 
 WS_PATH = "/ws"
+TRACEBACK_INTERVAL = 60.0
+"""Seconds between two logged tracebacks of failed connection tasks (the rest are counted)."""
 GC_THRESHOLDS = (20_000, 50, 100)
 """``gc.set_threshold`` of a serving process (see ``Server._gc_loop``)."""
 
@@ -159,6 +156,8 @@ class Server:
         self._conn_nursery: trio.Nursery | None = None
         self._no_connections = trio.Event()
         self._greeting: set[WebSocketConnection] = set()
+        self._last_traceback = -math.inf  # time.monotonic() of the last logged traceback
+        self._tracebacks_suppressed = 0
         self.clock: ServerClock | None = None
         self.metrics.gauge("connections", "Open WebSocket sessions.", lambda: len(self._conns))
         self.metrics.gauge(
@@ -620,7 +619,7 @@ class Server:
         try:
             async with trio.open_nursery() as nursery:
                 with trio.move_on_after(config.hello_timeout) as handshake_scope:
-                    request = await wrap_server_stream(
+                    request = await accept_stream(
                         nursery, stream, max_message_size=config.max_message_bytes
                     )
                 if handshake_scope.cancelled_caught:
@@ -629,6 +628,7 @@ class Server:
                     return
                 ws = await self._accept_request(request)
                 if ws is not None:
+                    assert isinstance(ws, ServerWebSocket)
                     try:
                         await self._session(ws, stream)
                     finally:
@@ -641,9 +641,22 @@ class Server:
             if _is_disconnect(exc):
                 log.debug("connection ended: %r", exc)
             else:
-                log.exception("connection task failed")
+                self.metrics.connection_failures += 1
+                self._log_bug("connection task failed")
         finally:
             await trio.aclose_forcefully(stream)
+
+    def _log_bug(self, what: str) -> None:
+        """Log the exception being handled (a bug, not a peer going away) with its
+        traceback, at most once per ``TRACEBACK_INTERVAL``: a peer that repeats whatever
+        triggers it must not fill the log. Callers count every occurrence in a metric."""
+        now = time.monotonic()
+        if now - self._last_traceback < TRACEBACK_INTERVAL:
+            self._tracebacks_suppressed += 1
+            return
+        suppressed, self._tracebacks_suppressed = self._tracebacks_suppressed, 0
+        self._last_traceback = now
+        log.exception("%s (%d more errors since the last traceback logged)", what, suppressed)
 
     async def _accept_request(self, request: WebSocketRequest) -> WebSocketConnection | None:
         path = request.path.split("?", 1)[0]
@@ -652,7 +665,7 @@ class Server:
             return None
         return await request.accept()
 
-    async def _session(self, ws: WebSocketConnection, stream: trio.abc.Stream) -> None:
+    async def _session(self, ws: ServerWebSocket, stream: trio.abc.Stream) -> None:
         hello = await self._read_hello(ws)
         if hello is None:
             return
@@ -669,6 +682,9 @@ class Server:
                 await self._alive_in_cluster(user, device)
             self.hub.open_session(conn, user, device, self.now(), request_id)
             self._deadline_may_have_moved()
+            ws.admit_ping = lambda: (
+                c.close_request is None and self.hub.admit(c.conn, self.now(), answer=False)
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer, ws, stream, c, nursery.cancel_scope)
                 await self._reader(ws, c)
@@ -692,7 +708,7 @@ class Server:
                 return
             await ws.aclose(code, error.message[:120])
 
-    async def _read_hello(self, ws: WebSocketConnection) -> tuple[str, str, RequestId] | None:
+    async def _read_hello(self, ws: ServerWebSocket) -> tuple[str, str, RequestId] | None:
         """Wait for a valid hello; refuse (1008) anything else.
 
         Returns (user, device, the hello's id)."""
@@ -707,8 +723,23 @@ class Server:
             self._greeting.discard(ws)
             self._maybe_drained()
 
-    async def _hello_or_refusal(self, ws: WebSocketConnection) -> tuple[str, str, RequestId] | None:
-        with trio.move_on_after(self.config.hello_timeout):
+    async def _hello_or_refusal(self, ws: ServerWebSocket) -> tuple[str, str, RequestId] | None:
+        config = self.config
+        # Before hello there is no session to charge: up to rate_burst pings are answered,
+        # the next abuse_limit ignored, and one more ends the connection with 4008.
+        flooded = False
+
+        def admit_ping() -> bool:
+            nonlocal flooded
+            if config.rate_limit <= 0 or ws.pings <= config.rate_burst:
+                return True
+            if ws.pings > config.rate_burst + config.abuse_limit:
+                flooded = True
+                hello_scope.cancel()
+            return False
+
+        ws.admit_ping = admit_ping
+        with trio.move_on_after(config.hello_timeout) as hello_scope:
             try:
                 frame = await ws.get_message()
             except ConnectionClosed:
@@ -732,6 +763,11 @@ class Server:
             except ProtocolError as exc:
                 await self._refuse(ws, exc, CLOSE_POLICY)
                 return None
+        if flooded:
+            self.hub.rate_limited += 1
+            refusal = ProtocolError("rate_limited", "too many pings before hello")
+            await self._refuse(ws, refusal, CLOSE_SLOW_CONSUMER)
+            return None
         await self._refuse(ws, ProtocolError("unauthorized", "no hello in time"), CLOSE_POLICY)
         return None
 
@@ -797,7 +833,7 @@ class Server:
                 self._deadline_may_have_moved()
             except Exception:
                 # A bug must cost one reply, never the server or another client.
-                log.exception("conn %d: internal error handling %s", c.conn, type(message).__name__)
+                self._log_bug(f"conn {c.conn}: internal error handling {type(message).__name__}")
                 hub.reply_error(
                     c.conn,
                     ProtocolError("internal", "internal error", getattr(message, "id", None)),
