@@ -28,6 +28,8 @@ from geopresence.protocol import unstructure
 log = logging.getLogger("geopresence.push")
 
 MAX_BACKOFF_S = 30.0
+SUMMARY_INTERVAL_S = 60.0
+"""Seconds between two INFO summaries of the pushes logged without a webhook."""
 
 
 def push_body(recipient: str, message: ChatMessage) -> bytes:
@@ -56,6 +58,7 @@ class PushNotifier:
             config.push_queue_size
         )
         self._drops_logged = 0
+        self._unsent = 0  # messages logged (no webhook) since the last summary
 
     def submit(self, request: PushRequest) -> None:
         """Queue one POST per recipient of ``request`` (never blocks; what does not fit is
@@ -67,7 +70,8 @@ class PushNotifier:
             shown = ", ".join(recipients[:3]) + (
                 f" and {len(recipients) - 3} more" if len(recipients) > 3 else ""
             )
-            log.info(
+            self._unsent += 1
+            log.debug(
                 "push (no --push-webhook): message %d from %s to %s",
                 message.message_id,
                 message.sender,
@@ -95,9 +99,19 @@ class PushNotifier:
         return self._send.statistics().current_buffer_used
 
     async def run(self) -> None:
-        """Deliver queued pushes until cancelled."""
+        """Deliver queued pushes until cancelled (without a webhook: log a summary of the
+        pushes that would have been sent, once per ``SUMMARY_INTERVAL_S`` with any)."""
         if self.url is None:
-            return
+            while True:
+                await trio.sleep(SUMMARY_INTERVAL_S)
+                if self._unsent:
+                    log.info(
+                        "push (no --push-webhook): %d message(s) for recipients without a "
+                        "connected device in the last %g s (each at DEBUG)",
+                        self._unsent,
+                        SUMMARY_INTERVAL_S,
+                    )
+                    self._unsent = 0
         async with (
             httpx.AsyncClient(timeout=self.timeout, transport=self._transport) as http,
             trio.open_nursery() as nursery,

@@ -20,6 +20,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from geopresence import logs
 from geopresence.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
 from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
 from geopresence.clock import ServerClock
@@ -160,6 +161,11 @@ class Server:
         self._tracebacks_suppressed = 0
         self.clock: ServerClock | None = None
         self.metrics.gauge("connections", "Open WebSocket sessions.", lambda: len(self._conns))
+        self.metrics.counter(
+            "log_records_dropped_total",
+            "Log records dropped because the log's reader was not keeping up.",
+            lambda: [("", logs.dropped_records())],
+        )
         self.metrics.gauge(
             "users_online", "Users online now (in the whole cluster with --redis).",
             lambda: self.hub.online_count(),

@@ -16,7 +16,7 @@ from trio.testing import MockClock
 from geopresence.chat import PushRequest
 from geopresence.chat_store import ChatMessage
 from geopresence.config import Config
-from geopresence.push import PushNotifier
+from geopresence.push import SUMMARY_INTERVAL_S, PushNotifier
 from geopresence.testing import open_server
 
 MESSAGE = ChatMessage(42, "alice", "hi", 10.0, to="bob", client_msg_id="secret-key")
@@ -168,16 +168,29 @@ async def test_a_full_queue_drops_instead_of_blocking(autojump_clock: MockClock)
     assert push.results == {"delivered": 3, "dropped": 2}
 
 
-async def test_without_a_webhook_a_push_is_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="geopresence.push")
+async def test_without_a_webhook_a_push_is_a_debug_line_and_a_summary_a_minute(
+    caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="geopresence.push")
     push = PushNotifier(Config())
     push.submit(PushRequest(("bob",), MESSAGE))
+    assert caplog.records[-1].levelno == logging.DEBUG
     assert "push (no --push-webhook): message 42 from alice to bob" in caplog.text
     assert "hi" not in caplog.messages[0].split(":", 1)[1]  # the text is not logged
     push.submit(PushRequest(tuple(f"m{i}" for i in range(500)), MESSAGE))
     assert caplog.messages[-1].endswith("to m0, m1, m2 and 497 more")  # one line, not 500
     assert push.results == {"logged": 501}
-    await push.run()  # nothing to run: returns at once
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        await trio.sleep(SUMMARY_INTERVAL_S + 1)
+        summaries = [r for r in caplog.records if r.levelno == logging.INFO]
+        assert [r.getMessage() for r in summaries] == [
+            "push (no --push-webhook): 2 message(s) for recipients without a connected "
+            "device in the last 60 s (each at DEBUG)"
+        ]
+        await trio.sleep(SUMMARY_INTERVAL_S * 3)  # nothing new: no more lines
+        assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
+        nursery.cancel_scope.cancel()
 
 
 async def test_offline_recipients_reach_a_real_local_webhook() -> None:
