@@ -8,6 +8,7 @@ import errno
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -26,7 +27,13 @@ from geopresence.config import Config, webhook_problem
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
 from geopresence.logs import configure as configure_logging
-from geopresence.persistence import DataDirLocked, compact, inspect_data_dir
+from geopresence.persistence import (
+    DataDirCorrupt,
+    DataDirLocked,
+    compact,
+    inspect_data_dir,
+    repair_data_dir,
+)
 from geopresence.server import RunningServer, serve
 
 
@@ -442,6 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("data_dir", metavar="DATA_DIR", type=Path)
     c.add_argument("--json", action="store_true", help="one JSON object")
     c.set_defaults(run=_cmd_snapshot)
+
+    r = commands.add_parser(
+        "repair",
+        help="repair a damaged data dir offline, keeping every intact record",
+        description="Repair a data dir that the server refuses to start on: it "
+        "copies every file it changes to DATA_DIR/corrupt/ first, rewrites damaged journal "
+        "segments with every intact record, sets unreadable snapshots aside, and says what "
+        "was kept and lost. Refuses while a server runs on DATA_DIR.",
+    )
+    r.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        help="the server's data dir (default: %(default)s)",
+    )
+    r.add_argument("--dry-run", action="store_true", help="report what it would do, change nothing")
+    r.add_argument("--json", action="store_true", help="one JSON object")
+    r.set_defaults(run=_cmd_repair)
     return parser
 
 
@@ -544,7 +569,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         with collapse_exception_groups():
             trio.run(_serve_until_signal, config)
-    except (DataDirLocked, ClusterError) as exc:
+    except (DataDirLocked, DataDirCorrupt, ClusterError) as exc:
         print(f"geopresence: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -586,7 +611,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     report = inspect_data_dir(data_dir)
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        return 1 if report["needs_repair"] else 0
     in_use = "in use by a running server" if report["in_use"] else "not in use"
     print(f"data dir {data_dir} ({in_use})")
     for name in ("snapshots", "journal", "history"):
@@ -610,7 +635,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  durable state: {_counts_line(report['state'])}")
     for problem in report["problems"]:
         print(f"  found: {problem}")
-    return 0
+    if report["needs_repair"]:
+        print(f"  start-up refuses: {report['needs_repair']}")
+    return 1 if report["needs_repair"] else 0
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
@@ -627,6 +654,9 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    except DataDirCorrupt as exc:
+        print(f"geopresence snapshot: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -637,6 +667,46 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
         f"{info['replayed_records']:,} journal record(s) folded in, {info['seconds']:.2f} s)"
     )
     print(f"  holds {_counts_line(info['counts'])}")
+    return 0
+
+
+def _cmd_repair(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    if not data_dir.is_dir():
+        print(f"geopresence repair: {data_dir} is not a directory", file=sys.stderr)
+        return 1
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(f"  {line}", flush=True)
+
+    if not args.json:
+        dry = " (dry run: nothing is changed)" if args.dry_run else ""
+        print(f"geopresence repair: {data_dir}{dry}", flush=True)
+    try:
+        report = repair_data_dir(data_dir, dry_run=args.dry_run, progress=say)
+    except DataDirLocked as exc:
+        print(f"geopresence repair: {exc}; stop it first", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 1 if report["still_damaged"] else 0
+    if not report["found"]:
+        print("nothing to repair")
+        return 0
+    for line in report["lost"]:
+        say(f"lost: {line}")
+    say(f"durable state: {_counts_line(report['state'])}")
+    for line in report["still_damaged"]:
+        print(f"geopresence repair: still damaged: {line}", file=sys.stderr)
+    if report["still_damaged"]:
+        return 1
+    if args.dry_run:
+        print(f"dry run: run geopresence repair --data-dir {shlex.quote(str(data_dir))} to do it")
+        return 0
+    kept = f" (the originals are in {report['corrupt_dir']})" if report["files"] else ""
+    lost = "see above" if report["lost"] else "nothing"
+    print(f"repaired{kept}; lost: {lost}; the server starts on {data_dir} now")
     return 0
 
 

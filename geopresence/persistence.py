@@ -8,6 +8,10 @@ Layout of ``DATA_DIR/state/`` (docs/durability.md):
   newest are kept, with every segment needed to replay from the older one, so a corrupt
   newest snapshot falls back to the previous one without losing anything.
 - ``DATA_DIR/lock``: held (flock) by the running server, so two servers never share a dir.
+- ``DATA_DIR/corrupt/``: originals of files set aside or changed after damage (never read).
+
+Recovery (``recover``) repairs a torn tail by itself; other damage makes a start-up refuse
+(``DataDirCorrupt``) without changing anything, and ``geopresence.repair`` fixes it offline.
 
 Writes and fsyncs run in worker threads (``trio.to_thread``), never in the event loop.
 ``--fsync`` has Redis' appendfsync meaning: ``always`` fsyncs before anything is
@@ -25,6 +29,8 @@ import itertools
 import logging
 import os
 import re
+import shlex
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -37,7 +43,7 @@ import trio
 from geopresence.config import FsyncPolicy
 from geopresence.history import history_dir
 from geopresence.hub import Hub, HubSettings
-from geopresence.journal import FILE_MAGIC, decode_frames, encode_frame
+from geopresence.journal import FILE_MAGIC, Damage, Frame, Scan, encode_frame, scan_frames
 from geopresence.records import TAGS, Record
 from geopresence.recovery import apply, capture, restore
 from geopresence.snapshot import Snapshot, SnapshotError, decode_snapshot, encode_snapshot
@@ -137,91 +143,322 @@ def is_locked(data_dir: Path) -> bool:
 # ------------------------------------------------------------------------------ recovery
 
 
+CORRUPT_DIR: Final = "corrupt"
+"""``DATA_DIR/corrupt/``: originals of the files that recovery or ``geopresence repair`` moved
+aside or changed, as ``<name>.<UTC time>``. Never read, overwritten or deleted by geopresence."""
+
+
+class DataDirCorrupt(Exception):
+    """The data dir holds damage that start-up may not repair (anything but a torn tail)
+    without losing or changing data: it refuses, having changed nothing, and says to run
+    ``geopresence repair``. ``problems``: every such damage, one line each."""
+
+    def __init__(self, data_dir: Path, problems: list[str]) -> None:
+        self.data_dir = data_dir
+        self.problems = problems
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        super().__init__(
+            f"{data_dir}: {problems[0]}{more}; refusing to use it, so that nothing is lost (no "
+            f"file was changed): run geopresence repair --data-dir {shlex.quote(str(data_dir))} "
+            "(it keeps a copy of every file it changes)"
+        )
+
+
 @attrs.define
 class Recovered:
     """What a data dir holds: the snapshot used (None: start empty), the journal records
-    after it as (seq, record), the last sequence number, and problems found (log lines)."""
+    after it as (seq, record), the last sequence number, and problems found (log lines).
+    ``corruption``: the problems that make a start-up refuse (then ``records`` are every
+    intact record, as ``geopresence repair`` would keep them)."""
 
     snapshot: Snapshot | None
     records: list[tuple[int, Record]]
     last_seq: int
     problems: list[str] = attrs.Factory(list)
     snapshot_path: Path | None = None
+    corruption: list[str] = attrs.Factory(list)
 
 
-def recover(data_dir: Path, *, repair: bool) -> Recovered:
-    """Read the newest readable snapshot and the journal after it (blocking: call it in a
-    thread). With ``repair``, a torn or corrupt tail is truncated to the last good record
-    (the file is kept up to there) and segments that come after a corrupt one are renamed
-    ``*.orphaned`` so that they are neither replayed nor overwritten."""
-    directory = state_dir(data_dir)
-    problems: list[str] = []
+@attrs.frozen
+class BadSnapshot:
+    """An unreadable snapshot. ``lossless``: the snapshot used and the journal after it hold
+    every record it held (so falling back loses nothing)."""
+
+    seq: int
+    path: Path
+    error: str
+    lossless: bool
+
+
+@attrs.define
+class SegmentState:
+    """One journal segment as read: ``scan`` is None for an empty one (``partial_magic``:
+    a crash cut its magic short); ``seqs``: the sequence number of each intact frame;
+    ``counts``: records each damaged region held (as far as known: ``exact``); ``torn``: a
+    torn tail (start-up truncates it); ``covered``: the snapshot used holds all of it."""
+
+    first_seq: int
+    path: Path
+    scan: Scan | None
+    seqs: list[int] = attrs.Factory(list)
+    counts: list[int] = attrs.Factory(list)
+    exact: bool = True
+    partial_magic: bool = False
+    torn: Damage | None = None
+    covered: bool = False
+
+
+@attrs.define
+class Examination:
+    """Everything ``examine`` read, and what it found (text, start-up refuses)."""
+
     snapshot: Snapshot | None = None
-    used: Path | None = None
+    snapshot_path: Path | None = None
+    bad_snapshots: list[BadSnapshot] = attrs.Factory(list)
+    segments: list[SegmentState] = attrs.Factory(list)
+    records: list[tuple[int, Record]] = attrs.Factory(list)
+    last_seq: int = 0
+    found: list[tuple[str, bool]] = attrs.Factory(list)
+    gaps: list[tuple[int, int]] = attrs.Factory(list)
+
+    @property
+    def base(self) -> int:
+        return 0 if self.snapshot is None else self.snapshot.journal_seq
+
+    @property
+    def corruption(self) -> list[str]:
+        return [text for text, fatal in self.found if fatal]
+
+
+def _assign(first: int, scan: Scan, next_first: int | None) -> tuple[list[int], list[int], bool]:
+    """Sequence numbers of ``scan``'s intact frames (record i of a file is ``first + i``,
+    counting the records its damaged regions held), the records each damaged region held,
+    and whether those counts are exact. A region whose count is unknown holds what the next
+    segment's number leaves room for (that is exact when it is the only one), else one."""
+    damage = scan.damage
+    unknown = sum(1 for d in damage if d.records is None)
+    spare: int | None = None
+    if next_first is not None:
+        known = sum(d.records for d in damage if d.records is not None)
+        spare = max(0, next_first - first - len(scan.frames) - known)
+    seqs: list[int] = []
+    counts: list[int] = []
+    seq = first
+    for part in scan.parts:
+        if isinstance(part, Frame):
+            seqs.append(seq)
+            seq += 1
+            continue
+        if part.records is not None:
+            count = part.records
+        else:
+            unknown -= 1
+            if spare is None:
+                count = 1
+            elif unknown == 0:
+                count = spare
+            else:
+                count = min(1, spare)
+            if spare is not None:
+                spare -= count
+        counts.append(count)
+        seq += count
+    unknown = sum(1 for d in damage if d.records is None)
+    return seqs, counts, unknown == 0 or (next_first is not None and unknown == 1)
+
+
+def _damage_text(name: str, scan: Scan, part: Frame | Damage) -> str:
+    after = sum(1 for p in scan.parts if isinstance(p, Frame) and p.start > part.start)
+    if isinstance(part, Frame):
+        what = f"damaged frame length at byte {part.start} (its record is intact)"
+    else:
+        what = f"{part.problem}, {part.end - part.start} byte(s) unreadable"
+    return f"journal {name}: {what}, then {after} intact record(s)"
+
+
+def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
+    """Read the newest readable snapshot and every journal segment, reading past damage,
+    and classify what is found (blocking; changes nothing). ``every_snapshot``: also check
+    the snapshots older than the one used."""
+    directory = state_dir(data_dir)
+    ex = Examination()
+    bad: list[tuple[int, Path, str]] = []
     for seq, path in reversed(_numbered(directory, SNAPSHOT_PATTERN)):
+        if ex.snapshot is not None and not every_snapshot:
+            break
         try:
             snapshot = decode_snapshot(path.read_bytes())
             if snapshot.journal_seq != seq:
                 raise SnapshotError(f"it says journal seq {snapshot.journal_seq}")
-        except (OSError, SnapshotError) as exc:
-            snapshot = None
-            problems.append(f"snapshot {path.name} unreadable ({exc}); trying an older one")
-            if repair:
-                # Out of the way, so that pruning never counts it among those kept.
-                path.rename(path.with_name(path.name + ".corrupt"))
+        except SnapshotError as exc:
+            bad.append((seq, path, str(exc)))
             continue
-        used = path
-        break
-    base = 0 if snapshot is None else snapshot.journal_seq
-    records: list[tuple[int, Record]] = []
+        if ex.snapshot is None:
+            ex.snapshot, ex.snapshot_path = snapshot, path
+    base = ex.base
     last_seq = base
+    journal: list[tuple[str, bool]] = []
     segments = _numbered(directory, JOURNAL_PATTERN)
     for index, (first_seq, path) in enumerate(segments):
+        last = index + 1 == len(segments)
+        next_first = None if last else segments[index + 1][0]
         data = path.read_bytes()
         if FILE_MAGIC.startswith(data):
             # Created, but a crash came before (or during) its magic: an empty segment.
-            if data and repair:
-                _truncate(path, 0)
+            partial = 0 < len(data) < len(FILE_MAGIC)
+            ex.segments.append(SegmentState(first_seq, path, None, partial_magic=partial))
             continue
-        decoded = decode_frames(data)
+        scan = scan_frames(data)
+        seqs, counts, exact = _assign(first_seq, scan, next_first)
+        segment = SegmentState(first_seq, path, scan, seqs, counts, exact)
+        ex.segments.append(segment)
         expected = last_seq + 1
-        if decoded.records and first_seq > expected and first_seq > base + 1:
-            problems.append(
-                f"journal gap: {path.name} starts at {first_seq}, expected {expected}; "
-                "records in between are missing"
+        if seqs and first_seq > expected and first_seq > base + 1:
+            ex.gaps.append((expected, first_seq - 1))
+            journal.append(
+                (
+                    f"journal gap: {path.name} starts at record {first_seq} but the journal "
+                    f"before it ends at record {expected - 1}: records {expected}.."
+                    f"{first_seq - 1} are in no file",
+                    True,
+                )
             )
-        for offset, record in enumerate(decoded.records):
-            seq = first_seq + offset
+        for seq, frame in zip(seqs, scan.frames, strict=True):
             if seq > base:
-                records.append((seq, record))
-            last_seq = max(last_seq, seq)
-        if decoded.problem is None:
+                ex.records.append((seq, frame.record))
+        if seqs:
+            last_seq = max(last_seq, seqs[-1])
+        if not scan.damaged:
             continue
-        good = decoded.good_end
-        problems.append(
-            f"journal {path.name}: {decoded.problem}; keeping the {len(decoded.records)} "
-            f"good record(s) before byte {good} and dropping {len(data) - good} byte(s)"
+        # Every record of a segment that the next one starts within the snapshot's reach is
+        # in the snapshot: damage there costs nothing (as long as that snapshot is readable).
+        segment.covered = (
+            ex.snapshot_path is not None and next_first is not None and next_first <= base + 1
         )
+        for part in scan.parts:
+            if isinstance(part, Frame) and not part.length_fixed:
+                continue
+            if (
+                last
+                and isinstance(part, Damage)
+                and part.end == scan.size
+                and part.start >= len(FILE_MAGIC)
+                and not part.problem.startswith("unreadable record")
+            ):
+                # A torn tail, the usual crash mid-write: nothing intact after it. (A frame
+                # that passes its checksum but is no record it knows was written whole.)
+                segment.torn = part
+                kept = sum(1 for p in scan.parts if isinstance(p, Frame))
+                journal.append(
+                    (
+                        f"journal {path.name}: {part.problem}; keeping the {kept} good "
+                        f"record(s) before byte {part.start} and dropping "
+                        f"{part.end - part.start} byte(s)",
+                        False,
+                    )
+                )
+                continue
+            text = _damage_text(path.name, scan, part)
+            if segment.covered and ex.snapshot_path is not None:
+                journal.append(
+                    (
+                        f"{text}; not needed ({ex.snapshot_path.name} holds all of that "
+                        "segment): left as is (geopresence repair rewrites it)",
+                        False,
+                    )
+                )
+            else:
+                journal.append((text, True))
+    ex.last_seq = last_seq
+    for seq, path, error in bad:
+        lossless = seq <= last_seq
+        ex.bad_snapshots.append(BadSnapshot(seq, path, error, lossless))
+        if seq > base and not lossless:
+            ex.found.append(
+                (
+                    f"snapshot {path.name} is unreadable ({error}), and records "
+                    f"{last_seq + 1}..{seq} are in no other file",
+                    True,
+                )
+            )
+    ex.found.extend(journal)
+    return ex
+
+
+def _fallback_text(ex: Examination, bad: BadSnapshot, moved: str) -> str:
+    if bad.seq < ex.base:
+        return f"snapshot {bad.path.name} is unreadable ({bad.error}); {moved}; not needed"
+    using = "the whole journal" if ex.snapshot_path is None else ex.snapshot_path.name
+    return (
+        f"snapshot {bad.path.name} unreadable ({bad.error}); {moved}; using {using} and the "
+        "journal after it, which hold every record it held"
+    )
+
+
+def recover(data_dir: Path, *, repair: bool) -> Recovered:
+    """Read the newest readable snapshot and the journal after it (blocking: call it in a
+    thread). ``repair`` is a start-up: if the data dir holds damage other than a torn tail
+    that costs records (``examine``), it raises ``DataDirCorrupt`` having changed nothing;
+    else it truncates a torn tail, resets a half-written magic and moves an unreadable
+    snapshot that the journal makes up for to ``DATA_DIR/corrupt/``. Without ``repair``
+    nothing is changed (``geopresence inspect``)."""
+    ex = examine(data_dir)
+    corruption = ex.corruption
+    if repair and corruption:
+        raise DataDirCorrupt(data_dir, corruption)
+    problems: list[str] = []
+    for bad in ex.bad_snapshots:
+        if not bad.lossless:
+            continue  # in ``corruption``
         if repair:
-            _truncate(path, good)
-        if index + 1 == len(segments):
-            break  # a torn tail: the usual crash mid-write
-        next_first = segments[index + 1][0]
-        good_last = first_seq + len(decoded.records) - 1
-        if next_first <= max(good_last, base) + 1:
-            # What was dropped is older than the snapshot (or than the next segment): the
-            # records after it are still whole, so recovery goes on with them.
-            problems.append(f"journal {path.name}: the dropped part was not needed; continuing")
+            moved = f"moved to {keep_aside(data_dir, bad.path, move=True)}"
+        else:
+            moved = f"a start-up moves it to {data_dir / CORRUPT_DIR}/"
+        problems.append(_fallback_text(ex, bad, moved))
+    problems.extend(text for text, _ in ex.found)
+    if repair:
+        for segment in ex.segments:
+            if segment.partial_magic:
+                truncate_segment(segment.path, 0)
+            elif segment.torn is not None:
+                truncate_segment(segment.path, segment.torn.start)
+    return Recovered(ex.snapshot, ex.records, ex.last_seq, problems, ex.snapshot_path, corruption)
+
+
+def keep_aside(data_dir: Path, path: Path, *, move: bool, now: float | None = None) -> Path:
+    """Keep ``path`` as ``DATA_DIR/corrupt/<name>.<UTC time>`` (never overwriting a file
+    there), durably: renamed with ``move``, else copied. Returns where it is."""
+    directory = data_dir / CORRUPT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    for n in itertools.count(1):
+        kept = directory / (f"{path.name}.{stamp}" + ("" if n == 1 else f"-{n}"))
+        try:
+            if move:
+                try:
+                    os.link(path, kept)  # refuses an existing name, unlike rename
+                except FileExistsError:
+                    raise
+                except OSError:  # no hard links here
+                    if kept.exists():
+                        continue
+                    os.rename(path, kept)
+            else:
+                with open(path, "rb") as source, open(kept, "xb") as copy:
+                    shutil.copyfileobj(source, copy, 1 << 20)
+                    copy.flush()
+                    os.fsync(copy.fileno())
+        except FileExistsError:
             continue
-        for _, later in segments[index + 1 :]:
-            problems.append(f"journal {later.name} follows a damaged one: renamed .orphaned")
-            if repair:
-                later.rename(later.with_name(later.name + ".orphaned"))
         break
-    return Recovered(snapshot, records, last_seq, problems, used)
+    fsync_dir(directory)
+    if move:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    return kept
 
 
-def _truncate(path: Path, size: int) -> None:
+def truncate_segment(path: Path, size: int) -> None:
     """Cut ``path`` to ``size`` bytes, durably; shorter than the magic means a fresh
     segment (just the magic)."""
     with open(path, "r+b") as file:
@@ -523,10 +760,15 @@ def rebuild(hub: Hub, recovered: Recovered) -> None:
         apply(hub, record)
 
 
+def offline_hub() -> Hub:
+    """A hub without connections, to rebuild a data dir's state in (offline tools)."""
+    return Hub(HubSettings(), MemoryStore(), _Discard())
+
+
 def load_offline(data_dir: Path, *, repair: bool) -> tuple[Hub, Recovered]:
     """Rebuild the durable state of ``data_dir`` in a connection-less hub (blocking)."""
     recovered = recover(data_dir, repair=repair)
-    hub = Hub(HubSettings(), MemoryStore(), _Discard())
+    hub = offline_hub()
     rebuild(hub, recovered)
     return hub, recovered
 
@@ -541,7 +783,9 @@ def _files_summary(paths: list[Path]) -> dict[str, int]:
 
 
 def inspect_data_dir(data_dir: Path) -> dict[str, Any]:
-    """A read-only report of ``data_dir`` (nothing is repaired or locked)."""
+    """A read-only report of ``data_dir`` (nothing is repaired or locked). With damage
+    that makes a start-up refuse, ``needs_repair`` is the refusal and ``state`` what
+    ``geopresence repair`` would keep."""
     directory = state_dir(data_dir)
     hub, recovered = load_offline(data_dir, repair=False)
     snapshots = [p for _, p in _numbered(directory, SNAPSHOT_PATTERN)]
@@ -559,6 +803,9 @@ def inspect_data_dir(data_dir: Path) -> dict[str, Any]:
         "last_seq": recovered.last_seq,
         "state": state_counts(hub),
         "problems": recovered.problems,
+        "needs_repair": str(DataDirCorrupt(data_dir, recovered.corruption))
+        if recovered.corruption
+        else None,
     }
     if recovered.snapshot is not None and recovered.snapshot_path is not None:
         snapshot = recovered.snapshot
@@ -575,7 +822,8 @@ def inspect_data_dir(data_dir: Path) -> dict[str, Any]:
 def compact(data_dir: Path) -> dict[str, Any]:
     """Offline: replay the journal onto the newest snapshot, write the result as a new
     snapshot and prune (what a running server does every ``--snapshot-interval``).
-    Raises ``DataDirLocked`` while a server runs on ``data_dir``."""
+    Raises ``DataDirLocked`` while a server runs on ``data_dir``, and ``DataDirCorrupt``
+    (changing nothing) where a start-up would refuse."""
     lock = DataDirLock(data_dir)
     try:
         started = time.monotonic()
@@ -593,3 +841,164 @@ def compact(data_dir: Path) -> dict[str, Any]:
         }
     finally:
         lock.close()
+
+
+# ------------------------------------------------------------------------------ repair
+# ``geopresence repair``: make a data dir that a start-up refuses start again, keeping every
+# intact record and a copy of every file it changes (what ``redis-check-aof --fix`` is to
+# Redis' AOF). Offline, under the data dir's lock. In order: unreadable snapshots are moved
+# to ``DATA_DIR/corrupt/``; each damaged segment is copied there, then rewritten (a new file
+# renamed over it) as the magic plus every intact frame in order (a damaged magic is rebuilt,
+# a frame whose length field alone is damaged is re-framed); the state (the newest readable
+# snapshot plus every intact record after it) is written as a new snapshot if that adds
+# records, so that no start-up replays across the records lost; and the data dir is read
+# again the way a start-up reads it.
+
+
+def repair_data_dir(
+    data_dir: Path, *, dry_run: bool = False, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Repair ``data_dir`` (blocking); ``dry_run`` reads and reports only. ``progress`` gets
+    one line per step as it is done. Raises ``DataDirLocked`` while a server runs on it."""
+    lock = DataDirLock(data_dir)
+    try:
+        return _repair(data_dir, dry_run, progress)
+    finally:
+        lock.close()
+
+
+def _repair(data_dir: Path, dry_run: bool, progress: Callable[[str], None]) -> dict[str, Any]:
+    directory = state_dir(data_dir)
+    paths = [p for _, p in _numbered(directory, SNAPSHOT_PATTERN)]
+    paths += [p for _, p in _numbered(directory, JOURNAL_PATTERN)]
+    size = sum(p.stat().st_size for p in paths)
+    progress(f"reading {len(paths)} file(s) ({size:,} bytes) in {directory}")
+    ex = examine(data_dir, every_snapshot=True)
+    found = [
+        f"snapshot {bad.path.name} is unreadable ({bad.error}); "
+        + ("not needed" if bad.seq < ex.base else "the journal holds every record it held")
+        for bad in ex.bad_snapshots
+        if bad.lossless
+    ] + [text for text, _ in ex.found]
+    for text in found:
+        progress(f"found: {text}")
+    report: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "dry_run": dry_run,
+        "found": found,
+        "files": [],
+        "lost": [],
+        "snapshot": None,
+        "state": None,
+        "corrupt_dir": str(data_dir / CORRUPT_DIR),
+        "still_damaged": [],
+    }
+    files: list[dict[str, Any]] = report["files"]
+    lost: list[str] = report["lost"]
+    verb = "would be " if dry_run else ""
+
+    for bad in ex.bad_snapshots:
+        kept = None if dry_run else str(keep_aside(data_dir, bad.path, move=True))
+        files.append(
+            {
+                "file": bad.path.name,
+                "action": "moved aside",
+                "records_kept": 0,
+                "records_dropped": 0,
+                "bytes_dropped": 0,
+                "original": kept,
+            }
+        )
+        where = kept or f"{data_dir / CORRUPT_DIR}/"
+        progress(f"{bad.path.name}: {'would be moved' if dry_run else 'moved'} to {where}")
+        if not bad.lossless:
+            lost.append(
+                f"records {ex.last_seq + 1}..{bad.seq}: only in unreadable snapshot {bad.path.name}"
+            )
+    for first, last in ex.gaps:
+        lost.append(f"records {first}..{last}: in no file (a gap in the journal)")
+
+    for segment in ex.segments:
+        name = segment.path.name
+        if segment.partial_magic:
+            if not dry_run:
+                truncate_segment(segment.path, 0)
+            progress(f"{name}: half-written magic {verb}reset (it holds no record)")
+            continue
+        scan = segment.scan
+        if scan is None or not scan.damaged:
+            continue
+        data = segment.path.read_bytes()
+        frames = scan.frames
+        fresh = FILE_MAGIC + b"".join(frame.bytes(data) for frame in frames)
+        kept = None
+        if not dry_run:
+            kept = str(keep_aside(data_dir, segment.path, move=False))
+            _replace_file(segment.path, fresh)
+        dropped = sum(segment.counts)
+        dropped_bytes = sum(d.end - d.start for d in scan.damage)
+        reframed = sum(1 for frame in frames if frame.length_fixed)
+        files.append(
+            {
+                "file": name,
+                "action": "rewritten",
+                "records_kept": len(frames),
+                "records_dropped": dropped,
+                "records_dropped_exact": segment.exact,
+                "records_reframed": reframed,
+                "bytes_dropped": dropped_bytes,
+                "original": kept,
+            }
+        )
+        about = "" if segment.exact else "about "
+        progress(
+            f"{name}: {verb}rewritten with {len(frames)} intact record(s)"
+            + (f" ({reframed} re-framed)" if reframed else "")
+            + f", dropping {about}{dropped} record(s) in {dropped_bytes} damaged byte(s)"
+            + ("; magic rebuilt" if any(d.start == 0 for d in scan.damage) else "")
+            + (f"; original kept as {kept}" if kept else "")
+        )
+        for damage in scan.damage:
+            if damage is segment.torn:
+                lost.append(
+                    f"journal {name}: a torn tail at byte {damage.start} "
+                    f"({damage.end - damage.start} byte(s), a write cut off by a crash)"
+                )
+        count = sum(
+            n for d, n in zip(scan.damage, segment.counts, strict=True) if d is not segment.torn
+        )
+        if count and not segment.covered:
+            lost.append(f"journal {name}: {about}{count} damaged record(s)")
+
+    hub = offline_hub()
+    rebuild(hub, Recovered(ex.snapshot, ex.records, ex.last_seq))
+    report["state"] = state_counts(hub)
+    if found and ex.last_seq > ex.base:
+        snapshot = capture(hub, ex.last_seq, time.time())
+        info: dict[str, Any] = {"journal_seq": ex.last_seq, "counts": snapshot.counts()}
+        if dry_run:
+            progress(f"a snapshot at journal seq {ex.last_seq} would be written")
+        else:
+            path, size = write_snapshot(data_dir, snapshot)
+            info.update(path=str(path), bytes=size)
+            progress(f"wrote {path.name} ({size:,} bytes, journal seq {ex.last_seq})")
+        report["snapshot"] = info
+    if not dry_run and (files or lost):
+        report["still_damaged"] = _still_damaged(data_dir)
+    return report
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` atomically and durably."""
+    temporary = path.with_name(path.name + ".tmp")  # pruned if a crash leaves it
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def _still_damaged(data_dir: Path) -> list[str]:
+    """What would still stop a start-up (nothing, normally)."""
+    return recover(data_dir, repair=False).corruption

@@ -7,7 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geopresence.chat_store import ChatMessage
-from geopresence.journal import FILE_MAGIC, MemoryJournal, decode_frames, encode_frame
+from geopresence.journal import (
+    FILE_MAGIC,
+    HEADER,
+    Damage,
+    MemoryJournal,
+    decode_frames,
+    encode_frame,
+    scan_frames,
+)
 from geopresence.records import (
     Befriended,
     GroupDeleted,
@@ -84,6 +92,64 @@ def test_bad_magic_and_impossible_lengths() -> None:
     assert decode_frames(b"garbage").problem == "not a geopresence journal (bad magic)"
     huge = FILE_MAGIC + b"\xff\xff\xff\xff\x00\x00\x00\x00"
     assert "impossible frame length" in (decode_frames(huge).problem or "")
+
+
+@given(position=st.integers(min_value=0, max_value=10_000), flip=st.integers(1, 255))
+def test_scanning_reads_past_a_flipped_byte_and_keeps_every_other_record(
+    position: int, flip: int
+) -> None:
+    data = bytearray(journal_bytes(EVERY_KIND))
+    position %= len(data)
+    data[position] ^= flip
+    scan = scan_frames(bytes(data))
+    [damage] = [p for p in scan.parts if isinstance(p, Damage) or p.length_fixed]
+    records = [f.record for f in scan.frames]
+    if position < len(FILE_MAGIC):
+        assert damage == Damage(0, len(FILE_MAGIC), "bad magic at byte 0", 0)
+        assert records == EVERY_KIND  # a damaged magic hides nothing
+    elif isinstance(damage, Damage):
+        # one record lost, exactly the one whose bytes were hit
+        assert damage.start <= position < damage.end and damage.records in (1, None)
+        assert len(records) == len(EVERY_KIND) - 1
+        assert all(r in EVERY_KIND for r in records)
+    else:
+        assert records == EVERY_KIND  # only a length field was hit: the record is whole
+        assert damage.start <= position < damage.start + 4
+
+
+def test_scanning_re_frames_a_record_whose_length_field_is_damaged() -> None:
+    data = bytearray(journal_bytes(EVERY_KIND))
+    second = len(FILE_MAGIC) + len(encode_frame(EVERY_KIND[0]))
+    data[second + 1] ^= 0x10
+    scan = scan_frames(bytes(data))
+    fixed = scan.frames[1]
+    assert fixed.length_fixed and fixed.record == EVERY_KIND[1]
+    assert fixed.bytes(bytes(data)) == encode_frame(EVERY_KIND[1])
+    length, _ = HEADER.unpack_from(data, second)
+    assert length != len(fixed.bytes(bytes(data))) - HEADER.size
+
+
+@given(cut=st.integers(min_value=0, max_value=10_000))
+def test_a_torn_tail_is_one_damaged_region_up_to_the_end(cut: int) -> None:
+    data = journal_bytes(EVERY_KIND)
+    cut = len(FILE_MAGIC) + cut % (len(data) - len(FILE_MAGIC))
+    scan = scan_frames(data[:cut])
+    assert [f.record for f in scan.frames] == EVERY_KIND[: len(scan.frames)]
+    good_end = len(journal_bytes(EVERY_KIND[: len(scan.frames)]))
+    if cut == good_end:
+        assert scan.damage == []
+    else:
+        [damage] = scan.damage
+        assert (damage.start, damage.end) == (good_end, cut)
+
+
+def test_zeros_and_garbage_are_damage_not_records() -> None:
+    data = journal_bytes(EVERY_KIND[:2]) + b"\x00" * 300 + journal_bytes(EVERY_KIND[2:])[9:]
+    scan = scan_frames(data)
+    assert [f.record for f in scan.frames] == EVERY_KIND
+    [damage] = scan.damage
+    assert damage.end - damage.start == 300 and damage.records is None
+    assert scan_frames(b"garbage").frames == []
 
 
 def test_memory_journal_is_durable_at_once_and_continues_a_sequence() -> None:
