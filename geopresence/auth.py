@@ -39,17 +39,34 @@ def load_or_create(data_dir: Path, name: str) -> str:
     return value
 
 
-def resolve_secret(explicit: str | None, data_dir: Path) -> str:
-    """The token secret: ``explicit``, else env ``GEOPRESENCE_SECRET``, else the data dir's."""
-    return explicit or os.environ.get("GEOPRESENCE_SECRET") or load_or_create(data_dir, SECRET_FILE)
+def _stored_or_new(data_dir: Path, name: str, in_memory: bool) -> str:
+    if not in_memory:
+        return load_or_create(data_dir, name)
+    # --in-memory writes nothing: an existing file is used, else a value for this process.
+    try:
+        value = (data_dir / name).read_text().strip()
+    except OSError:
+        value = ""
+    return value or secrets.token_urlsafe(32)
 
 
-def resolve_admin_key(explicit: str | None, data_dir: Path) -> str:
-    """The admin key: ``explicit``, else env ``GEOPRESENCE_ADMIN_KEY``, else the data dir's."""
+def resolve_secret(explicit: str | None, data_dir: Path, *, in_memory: bool = False) -> str:
+    """The token secret: ``explicit``, else env ``GEOPRESENCE_SECRET``, else the data dir's
+    (created there if absent; with ``in_memory``, generated for this process only)."""
+    return (
+        explicit
+        or os.environ.get("GEOPRESENCE_SECRET")
+        or _stored_or_new(data_dir, SECRET_FILE, in_memory)
+    )
+
+
+def resolve_admin_key(explicit: str | None, data_dir: Path, *, in_memory: bool = False) -> str:
+    """The admin key: ``explicit``, else env ``GEOPRESENCE_ADMIN_KEY``, else the data dir's
+    (created there if absent; with ``in_memory``, generated for this process only)."""
     return (
         explicit
         or os.environ.get("GEOPRESENCE_ADMIN_KEY")
-        or load_or_create(data_dir, ADMIN_KEY_FILE)
+        or _stored_or_new(data_dir, ADMIN_KEY_FILE, in_memory)
     )
 
 

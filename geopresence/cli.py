@@ -531,9 +531,15 @@ def _announce(running: RunningServer, config: Config) -> None:
         token_cmd = "geopresence token USER"
         if config.secret is None and data_dir != Config().data_dir:
             token_cmd += f" --data-dir {data_dir}"
+        secret_file = config.secret is None and not os.environ.get("GEOPRESENCE_SECRET")
+        if secret_file and config.in_memory and not (data_dir / "secret").exists():
+            token_cmd = "POST /v1/tokens with the admin key (the secret is in memory only)"
         hints.append(f"  mint a token:  {token_cmd}")
         if config.admin_key is None and not os.environ.get("GEOPRESENCE_ADMIN_KEY"):
-            hints.append(f"  HTTP API admin key: in {data_dir / 'admin_key'}")
+            if config.in_memory and not (data_dir / "admin_key").exists():
+                hints.append(f"  HTTP API admin key (this process only): {running.admin_key}")
+            else:
+                hints.append(f"  HTTP API admin key: in {data_dir / 'admin_key'}")
     hints.append("  stop: Ctrl+C (or SIGTERM)")
     print("\n".join(hints), flush=True)
     print(

@@ -98,8 +98,9 @@ class Config:
     history_flush_interval: float = attrs.field(default=1.0, validator=_positive)
     """Longest time an accepted location waits in memory before reaching the history file."""
     in_memory: bool = False
-    """Keep the state in memory only: no journal, no snapshots, nothing survives a restart
-    (the data dir still holds the secret and the location history)."""
+    """Keep the state in memory only: no journal, no snapshots, nothing survives a restart.
+    Secrets it has to generate stay in memory too; only the location history is written to
+    the data dir."""
     snapshot_interval: float = attrs.field(default=60.0, validator=_positive)
     """Seconds between snapshots of the durable state (one more is written at shutdown)."""
     fsync: FsyncPolicy = attrs.field(

@@ -21,7 +21,7 @@ import orjson
 import trio
 
 from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token
-from geopresence.hub import BulkError
+from geopresence.hub import GROUP_SLICE, BulkError
 from geopresence.ids import id_problem
 from geopresence.protocol import ErrorCode, ProtocolError
 
@@ -130,6 +130,7 @@ class HttpApi:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.hub = server.hub
+        self._group_writes = trio.Lock()
         route = Route
         self.routes: list[Route] = [
             route("GET", _path("/healthz"), self.healthz, admin=False),
@@ -230,6 +231,9 @@ class HttpApi:
                 raise
             await self._durable_since(before, method)
             return result
+        if not any(not route.admin and route.pattern.match(path) for route in self.routes):
+            # Without the key, 404 and 405 would map the admin API's routes.
+            self._authorize(scope)
         if allowed:
             raise HttpError(
                 405,
@@ -371,10 +375,25 @@ class HttpApi:
         token = mint_token(self.server.secret, user, ttl, now)
         return 200, {"token": token, "user": user, "expires_at": math.ceil(now + ttl)}
 
-    def put_group(self, request: Request) -> Response:
+    async def put_group(self, request: Request) -> Response:
         group = request.params["group"]
-        members = _user_list(request.json_object().get("members", []), "members")
-        added, removed = self.hub.set_group(group, members)
+        members = request.json_object().get("members", [])
+        if not isinstance(members, list):
+            raise HttpError(400, "bad_request", "members must be an array of user ids")
+        # A large membership is checked and applied in slices that let other clients run;
+        # one replacement of a group at a time, so that two cannot interleave their steps.
+        for start in range(0, len(members), GROUP_SLICE):
+            _user_list(members[start : start + GROUP_SLICE], "members")
+            await trio.sleep(0)
+        async with self._group_writes:
+            steps = self.hub.set_group_in_slices(group, members)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    added, removed = done.value
+                    break
+                await trio.sleep(0)
         return 200, {"group": group, "total": len(set(members)), "added": added, "removed": removed}
 
     def get_group(self, request: Request) -> Response:

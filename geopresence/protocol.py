@@ -620,6 +620,10 @@ def _check_request_id(value: Any) -> RequestId:
         if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
             # Echoed back, it would lose digits in JavaScript (and in our own JSON encoder).
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
+        if isinstance(value, float) and value.is_integer() and abs(value) > MAX_SAFE_INTEGER:
+            # The JSON parser reads an integer beyond 64 bits as a float: it lost its digits
+            # already. Whole floats that large are refused alike (1e20 would echo as 1e20).
+            raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
         return value
     if isinstance(value, str):
         if len(value) > MAX_REQUEST_ID_CHARS:

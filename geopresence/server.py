@@ -84,9 +84,13 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.secret = resolve_secret(config.secret, config.data_dir)
+        # --in-memory writes nothing to the data dir but the location history.
+        in_memory = config.in_memory and config.redis is None and not config.redis_cluster
+        self.secret = resolve_secret(config.secret, config.data_dir, in_memory=in_memory)
         self.admin_key: str | None = (
-            None if config.insecure else resolve_admin_key(config.admin_key, config.data_dir)
+            None
+            if config.insecure
+            else resolve_admin_key(config.admin_key, config.data_dir, in_memory=in_memory)
         )
         settings = HubSettings(
             heartbeat_interval=config.heartbeat_interval,

@@ -184,6 +184,37 @@ def test_sigint_and_default_data_dir(tmp_path: Path) -> None:
             server.proc.kill()
 
 
+async def test_in_memory_needs_no_writable_data_dir(tmp_path: Path) -> None:
+    """--in-memory keeps generated secrets in memory: a data dir that cannot even be
+    created (its parent is a file) is no obstacle, and nothing is written anywhere."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    data_dir = blocker / "data"
+    for mode in ("--insecure", "--in-memory"):
+        args = ["--port", "0", "--http-port", "0", "--in-memory", "--data-dir", str(data_dir)]
+        server = start(*args, *([mode] if mode == "--insecure" else []), cwd=tmp_path)
+        try:
+            printed = "".join(server.output)
+            if mode == "--insecure":
+                async with connect(server.ws_url, user="alice") as alice:
+                    assert alice.welcome["user"] == "alice"
+            else:
+                key = re.search(r"admin key \(this process only\): (\S+)", printed)
+                assert key is not None, printed
+                async with httpx.AsyncClient(
+                    base_url=server.http_url, headers={"authorization": f"Bearer {key[1]}"}
+                ) as http:
+                    token = (await http.post("/v1/tokens", json={"user": "bob"})).json()["token"]
+                async with connect(server.ws_url, token=token) as bob:
+                    assert bob.welcome["user"] == "bob"
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(20) == 0
+        finally:
+            if server.proc.poll() is None:
+                server.proc.kill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
 def test_port_in_use_is_a_clear_error(served: ServerProcess, tmp_path: Path) -> None:
     port = served.ws_url.rsplit(":", 1)[1].split("/")[0]
     result = geopresence("serve", "--port", port, "--http-port", "0", cwd=tmp_path)

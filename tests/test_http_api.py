@@ -6,10 +6,17 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+import trio
 from trio.testing import MockClock
 
+from geopresence.broker import ConnId
 from geopresence.client import AdminClient, ApiError
 from geopresence.http_api import HttpApi
+from geopresence.hub import Hub, HubSettings
+from geopresence.journal import MemoryJournal
+from geopresence.outbox import Outgoing
+from geopresence.records import GroupSet, Record
+from geopresence.store import MemoryStore
 from geopresence.testing import TestServer, open_server
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
@@ -207,3 +214,87 @@ async def test_head_healthz(server: TestServer, autojump_clock: MockClock) -> No
     async with raw_client(server) as http:
         response = await http.head("/healthz")
         assert response.status_code == 200
+
+
+async def test_without_the_key_no_route_can_be_mapped(
+    secure: TestServer, autojump_clock: MockClock
+) -> None:
+    """404 and 405 would tell which admin routes exist: without the key, every path but
+    /healthz answers 401."""
+    key = {"authorization": f"Bearer {ADMIN_KEY}"}
+    async with raw_client(secure) as http:
+        for method, path in [
+            ("GET", "/no/such/path"),
+            ("DELETE", "/v1/tokens"),
+            ("GET", "/v1/drain"),
+            ("POST", "/healthz/x"),
+        ]:
+            response = await http.request(method, path)
+            assert response.status_code == 401, (method, path)
+            assert "allow" not in response.headers
+        assert (await http.request("GET", "/no/such/path", headers=key)).status_code == 404
+        assert (await http.request("GET", "/v1/drain", headers=key)).status_code == 405
+        assert (await http.post("/healthz")).status_code == 405  # public: no key needed
+
+
+async def test_a_large_group_is_applied_in_slices_that_let_others_run(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    """PUT /v1/groups/G with 100,000 members: clients are answered while it is applied,
+    and the result (and its journal record) is the whole membership."""
+    hub = server.running.server.hub
+    members = [f"m{i}" for i in range(100_000)]
+    answered_during_put = 0
+    done = trio.Event()
+
+    async def put() -> None:
+        await server.admin.set_group("big", members)
+        done.set()
+
+    async with server.connect("alice") as alice, trio.open_nursery() as nursery:
+        nursery.start_soon(put)
+        with trio.fail_after(60):
+            while not done.is_set():
+                if 0 < len(hub.store.group_members("big") or ()) < len(members):
+                    break  # part way
+                await trio.sleep(0)
+            assert not done.is_set(), "the membership never was part way: applied in one go"
+            while not done.is_set():
+                reply = await alice.request("heartbeat")
+                assert reply["type"] != "error"
+                answered_during_put += not done.is_set()
+    assert answered_during_put >= 1
+    assert hub.store.group_members("big") == set(members)
+    assert (await server.admin.group("big"))["total"] == 100_000
+
+
+def test_set_group_in_slices_journals_the_membership_as_it_ends() -> None:
+    class Recording(MemoryJournal):
+        def __init__(self) -> None:
+            super().__init__()
+            self.records: list[Record] = []
+
+        def append(self, record: Record) -> int:
+            self.records.append(record)
+            return super().append(record)
+
+    class NoClients:
+        def send(self, conn: ConnId, message: Outgoing) -> None:
+            raise AssertionError("no client is connected")
+
+        def close(self, conn: ConnId, code: int, reason: str) -> None:
+            raise AssertionError("no client is connected")
+
+    journal = Recording()
+    hub = Hub(HubSettings(), MemoryStore(), NoClients(), journal=journal)
+    hub.set_group("g", ["a", "b", "c"])
+    steps = hub.set_group_in_slices("g", ["c", "d", "e", "f"], slice_size=1)
+    next(steps)
+    hub.add_member("g", "x")  # interleaves with the replacement
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(steps)
+    assert stop.value.value == (3, 2)
+    assert hub.store.group_members("g") == {"c", "d", "e", "f", "x"}
+    last = journal.records[-1]
+    assert isinstance(last, GroupSet) and last.members == ["c", "d", "e", "f", "x"]
