@@ -91,6 +91,8 @@ class FdHandler(logging.Handler):
     def __init__(self, fd: int) -> None:
         super().__init__()
         self.fd = fd
+        self.lost = 0
+        """Records that could not be written (the output is closed or broken)."""
 
     def handle(self, record: logging.LogRecord) -> bool:
         if self.filter(record):
@@ -100,10 +102,15 @@ class FdHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode("utf-8", "replace")
-            while data:
-                data = data[os.write(self.fd, data) :]
         except Exception:
             self.handleError(record)
+            return
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            # The reader is gone (EPIPE, a closed descriptor): nowhere to say so either.
+            self.lost += 1
 
 
 class _Listener(logging.handlers.QueueListener):
@@ -156,7 +163,7 @@ _active: _Listener | None = None
 
 def dropped_records() -> int:
     """Log records dropped since ``configure`` because the output was not keeping up."""
-    return 0 if _active is None else _active.source.dropped
+    return 0 if _active is None else _active.source.dropped + _active.out.lost
 
 
 def configure(
