@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote
 
 import attrs
@@ -21,12 +21,45 @@ import orjson
 import trio
 
 from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token
-from geopresence.hub import GROUP_SLICE, BulkError
+from geopresence.config import Config
+from geopresence.hub import GROUP_SLICE, BulkError, Hub
 from geopresence.ids import id_problem
+from geopresence.metrics import Metrics
 from geopresence.protocol import ErrorCode, ProtocolError
 
-if TYPE_CHECKING:
-    from geopresence.server import Server
+
+class Control(Protocol):
+    """What the HTTP API needs of the node it serves (``Server`` is one)."""
+
+    hub: Hub
+    metrics: Metrics
+    config: Config
+    admin_key: str | None
+    """None: --insecure, no key needed."""
+    secret: str
+
+    @property
+    def persistence(self) -> Literal["memory", "disk", "redis"]:
+        """Where the durable state is kept (``POST /v1/snapshot`` needs ``disk``)."""
+        ...
+
+    def now(self) -> float:
+        """Server time, epoch seconds."""
+        ...
+
+    async def durable(self, seq: int) -> None:
+        """Return once journal record ``seq`` is durable."""
+
+    async def flush_cluster_presence(self) -> None:
+        """Multi-node: return once this node's presence reports reached Redis."""
+
+    async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
+        """Write a snapshot now and describe it."""
+        ...
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+
 
 log = logging.getLogger("geopresence.http")
 
@@ -127,7 +160,7 @@ def _user_list(value: Any, what: str) -> list[str]:
 class HttpApi:
     """ASGI application over a running ``Server``."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Control) -> None:
         self.server = server
         self.hub = server.hub
         self._group_writes = trio.Lock()
@@ -277,11 +310,11 @@ class HttpApi:
 
     async def snapshot(self, request: Request) -> Response:
         """Write a snapshot now (409 without persistence) and describe it."""
-        if self.server.cluster is not None:
+        if self.server.persistence == "redis":
             raise HttpError(
                 409, "bad_request", "this node keeps its state in Redis: snapshot Redis instead"
             )
-        if self.server.journal is None:
+        if self.server.persistence == "memory":
             raise HttpError(409, "bad_request", "this server keeps its state in memory only")
         info = await self.server.take_snapshot(force=True)
         return 200, info
@@ -350,11 +383,10 @@ class HttpApi:
             if problem is not None:
                 raise HttpError(400, "bad_request", problem)
         ended = self.hub.logout(user, device)
-        cluster = self.server.cluster
-        if cluster is not None:
+        if self.server.persistence == "redis":
             # The devices ended in Redis (whichever node holds them): answer with the result.
             with trio.move_on_after(self.server.config.drain_timeout):
-                await cluster.presence.flush()
+                await self.server.flush_cluster_presence()
         p = self.hub.user_presence(user)
         return 200, {"user": user, "devices_logged_out": ended, "status": p.status}
 
@@ -450,7 +482,7 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-async def serve_http(server: Server, *, task_status: trio.TaskStatus[int]) -> None:
+async def serve_http(server: Control, *, task_status: trio.TaskStatus[int]) -> None:
     """Serve ``HttpApi(server)`` with hypercorn's trio worker; reports the bound port."""
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 import trio
@@ -26,6 +26,7 @@ from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
 from geopresence.clock import ServerClock
 from geopresence.config import Config
 from geopresence.history import HistoryWriter, history_dir
+from geopresence.http_api import serve_http
 from geopresence.hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
@@ -306,6 +307,18 @@ class Server:
 
     # ------------------------------------------------------------------ running
 
+    @property
+    def persistence(self) -> Literal["memory", "disk", "redis"]:
+        """Where the durable state is kept."""
+        if self.cluster is not None:
+            return "redis"
+        return "memory" if self.journal is None else "disk"
+
+    async def flush_cluster_presence(self) -> None:
+        """Multi-node: return once this node's presence reports reached Redis."""
+        if self.cluster is not None:
+            await self.cluster.presence.flush()
+
     def now(self) -> float:
         assert self.clock is not None, "the server is not running"
         return self.clock.now()
@@ -426,7 +439,6 @@ class Server:
                 log.error("snapshot failed (the journal still has everything): %s", exc)
 
     async def _serve(self, task_status: trio.TaskStatus[RunningServer]) -> None:
-        from geopresence.http_api import serve_http  # the HTTP layer depends on this module
 
         config = self.config
         async with trio.open_nursery() as root:
