@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 import orjson
 
 from geopresence.broker import ConnId, group_channel, inbox_channel
 from geopresence.chat_store import MAX_TEXT_BYTES, ChatMessage, ChatStore
+from geopresence.context import FeatureContext, Session
 from geopresence.outbox import Outgoing
 from geopresence.protocol import (
     MAX_SYNC_LIMIT,
@@ -47,9 +48,6 @@ from geopresence.protocol import (
     unstructure,
 )
 from geopresence.snowflake import SnowflakeGenerator
-
-if TYPE_CHECKING:
-    from geopresence.hub import Hub, Session
 
 SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
 """A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then
@@ -116,13 +114,13 @@ class Chat:
 
     def __init__(
         self,
-        hub: Hub,
+        ctx: FeatureContext,
         *,
         ids: SnowflakeGenerator,
         store: ChatStore | None = None,
         push: PushHook | None = None,
     ) -> None:
-        self.hub = hub
+        self.ctx = ctx
         self.ids = ids
         self.store = ChatStore() if store is None else store
         self.push = push
@@ -164,7 +162,7 @@ class Chat:
                 self.duplicates += 1
                 self._ack(session.conn, message.id, stored, duplicate=True)
                 return
-        store = self.hub.store
+        store = self.ctx.store
         if message.to is not None:
             if message.to == user:
                 raise ProtocolError(
@@ -193,7 +191,7 @@ class Chat:
             group=message.group,
             client_msg_id=message.client_msg_id,
         )
-        seq = self.hub.journal_append(chat_message)
+        seq = self.ctx.journal_append(chat_message)
         pending = _Pending(seq, chat_message, session.conn, [(session.conn, message.id)])
         self._pending.append(pending)
         if message.client_msg_id is not None:
@@ -207,7 +205,7 @@ class Chat:
         budget = self.sync_page_bytes
         parts: list[bytes] = []
         more = False
-        for stored in self.store.read_after(user, self.hub.store.groups_of(user), message.after):
+        for stored in self.store.read_after(user, self.ctx.store.groups_of(user), message.after):
             if len(parts) == limit:
                 more = True
                 break
@@ -221,7 +219,7 @@ class Chat:
         # key cannot occur inside a string value there: its quotes would be escaped.
         head = encode(MessagesReply(re=message.id, messages=[], more=more))
         entries = b",".join(parts).decode()
-        self.hub.sink.send(
+        self.ctx.sink.send(
             session.conn, Outgoing(head.replace('"messages":[]', f'"messages":[{entries}]', 1))
         )
 
@@ -230,7 +228,7 @@ class Chat:
     def commit_durable(self) -> None:
         """Store, deliver and acknowledge every pending message the journal made durable,
         in journal (= id) order."""
-        durable = self.hub.journal.durable_seq
+        durable = self.ctx.journal.durable_seq
         while self._pending and self._pending[0].seq <= durable:
             pending = self._pending.popleft()
             message = pending.message
@@ -239,8 +237,8 @@ class Chat:
             self.sent += 1
             # A group deleted while its message was on its way to disk takes the message
             # with its others (a replay of the journal ends the same way): acked, not stored.
-            if message.group is None or self.hub.store.group_members(message.group) is not None:
-                if self.hub.replicator is None:
+            if message.group is None or self.ctx.store.group_members(message.group) is not None:
+                if self.ctx.replicator is None:
                     self.store.add(message)
                 else:
                     # Other nodes' messages arrive in between: ids are not all ascending.
@@ -262,7 +260,7 @@ class Chat:
         """Store a message another node committed (idempotent; ids may arrive in any
         order), and never issue an id at or below it here."""
         self.ids.observe(message.message_id)
-        if message.group is None or self.hub.store.group_members(message.group) is not None:
+        if message.group is None or self.ctx.store.group_members(message.group) is not None:
             self.store.insert(message)
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
@@ -271,35 +269,35 @@ class Chat:
         if self.store.get(message.message_id) is None:
             # From another node, ahead of its feed record (they travel on different shards).
             self.insert(message)
-        session = self.hub.session(conn)
+        session = self.ctx.session(conn)
         if session is None:
             return
         if message.group is not None:
             joined = self.store.joined_after(message.group, session.user)
             if joined is None or joined >= message.message_id:
                 return  # joined after the id was issued: not in its view (see chat_store)
-        self.hub.sink.send(conn, event.frame_for(session.user))
+        self.ctx.sink.send(conn, event.frame_for(session.user))
 
     def _publish(self, message: ChatMessage, sender_conn: ConnId) -> None:
-        hub = self.hub
+        ctx = self.ctx
         event = ChatEvent(message)
         exclude = frozenset((sender_conn,))
         if message.to is not None:
             channels = [inbox_channel(message.to), inbox_channel(message.sender)]
-            hub.publish(channels, event, exclude)
-            if self.push is not None and not hub.is_connected(message.to):
+            ctx.publish(channels, event, exclude)
+            if self.push is not None and not ctx.is_connected(message.to):
                 self._push((message.to,), message)
             return
         group = message.group
         assert group is not None
-        hub.publish([group_channel(group)], event, exclude)
+        ctx.publish([group_channel(group)], event, exclude)
         if self.push is None:
             return
         joined_after = self.store.joined_after
         offline = []
-        for member in hub.store.group_members(group) or ():
+        for member in ctx.store.group_members(group) or ():
             # Cheapest test first: in a large group most members are usually connected.
-            if hub.is_connected(member) or member == message.sender:
+            if ctx.is_connected(member) or member == message.sender:
                 continue
             joined = joined_after(group, member)
             if joined is not None and joined < message.message_id:
@@ -321,7 +319,7 @@ class Chat:
             created_at=message.created_at,
             duplicate=True if duplicate else None,
         )
-        self.hub.sink.send(conn, Outgoing(encode(sent)))
+        self.ctx.sink.send(conn, Outgoing(encode(sent)))
 
     # ---------------------------------------------------------------- group membership
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Set
 from contextlib import contextmanager, suppress
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import attrs
 
@@ -33,6 +33,8 @@ from geopresence.broker import (
 )
 from geopresence.chat import Chat, ChatEvent, PushHook
 from geopresence.chat_store import ChatMessage
+from geopresence.context import Session as Session
+from geopresence.context import Sink as Sink
 from geopresence.journal import Journal, MemoryJournal
 from geopresence.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
 from geopresence.outbox import Outgoing
@@ -103,19 +105,6 @@ GROUP_SLICE: Final = 5_000
 """Members per step of ``Hub.set_group_in_slices`` (~20 ms of work)."""
 
 
-class Sink(Protocol):
-    """Where the hub's output goes. Both methods must return without blocking.
-
-    ``send`` queues a frame for a connection (the shell closes it with 4008 if its queue is
-    full); ``close`` asks for a connection to be closed with ``code`` after the frames already
-    queued for it. After ``close`` the hub has forgotten the connection.
-    """
-
-    def send(self, conn: ConnId, message: Outgoing) -> None: ...
-
-    def close(self, conn: ConnId, code: int, reason: str) -> None: ...
-
-
 class BulkError(ProtocolError):
     """A pair of a bulk friendship import was refused: ``index`` is its position,
     ``created`` how many friendships the pairs before it created (they stay)."""
@@ -153,15 +142,6 @@ class HubSettings:
     """Client messages a connection may send at once (the token bucket's capacity)."""
     abuse_limit: int = 100
     """Rate-limited messages in a row after which the connection is closed with 4008."""
-
-
-@attrs.frozen
-class Session:
-    """A live, authenticated connection."""
-
-    conn: ConnId
-    user: str
-    device: str
 
 
 def _presence_key(user: str) -> tuple[str, str]:

@@ -1,0 +1,120 @@
+"""The seams between the hub and its features (sans-I/O).
+
+The hub (``geopresence.core.hub``) owns sessions, friendships, the journal and fan-out; the
+features (chat, nearby friends, nearby strangers) never see it. Each gets a
+``FeatureContext``: the few things a feature may do (send a frame, publish on channels,
+journal a change, look up sessions). Nearby friends and nearby strangers talk to each other
+only through ``LocationListener`` (nearby tells strangers about accepted locations and
+settings) and ``LocationView`` (strangers reads the location cache and radii). The hub
+satisfies ``FeatureContext`` structurally; tests pass a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from typing import Protocol
+
+import attrs
+
+from geopresence.broker import Broker, ConnId
+from geopresence.journal import Journal
+from geopresence.locations import Location
+from geopresence.outbox import Outgoing
+from geopresence.protocol import StrangerGoneReason
+from geopresence.records import Record
+from geopresence.replication import Replicator
+from geopresence.store import Store
+
+
+@attrs.frozen(slots=True)
+class Session:
+    """A live, authenticated connection."""
+
+    conn: ConnId
+    user: str
+    device: str
+
+
+class Sink(Protocol):
+    """Where the hub's output goes. Both methods must return without blocking.
+
+    ``send`` queues a frame for a connection (the shell closes it with 4008 if its queue is
+    full); ``close`` asks for a connection to be closed with ``code`` after the frames already
+    queued for it. After ``close`` the hub has forgotten the connection.
+    """
+
+    def send(self, conn: ConnId, message: Outgoing) -> None: ...
+
+    def close(self, conn: ConnId, code: int, reason: str) -> None: ...
+
+
+class FeatureContext(Protocol):
+    """What a feature may use of the hub."""
+
+    @property
+    def sink(self) -> Sink: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def journal(self) -> Journal: ...
+
+    @property
+    def replicator(self) -> Replicator | None:
+        """The link to other nodes; None on a single node."""
+        ...
+
+    def session(self, conn: ConnId) -> Session | None: ...
+
+    def connections_of(self, user: str) -> Set[ConnId]: ...
+
+    def is_connected(self, user: str) -> bool:
+        """``user`` has a live connection, on this node or (multi-node) another."""
+        ...
+
+    def publish(
+        self, channels: Iterable[str], event: object, exclude: Set[ConnId] = frozenset()
+    ) -> None:
+        """Publish a channel event (as far as the hub's publish scope allows)."""
+
+    def journal_append(self, record: Record) -> int:
+        """Journal a durable change; returns its sequence number."""
+        ...
+
+    def reply_when_durable(self, conn: ConnId, message: Outgoing) -> None:
+        """Send ``message`` once every record journaled so far is durable."""
+
+
+class LocationListener(Protocol):
+    """Told by nearby friends about what strangers depend on (times: server seconds)."""
+
+    def on_location(self, user: str, location: Location, now: float) -> None: ...
+
+    def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None: ...
+
+    def on_visibility(self, user: str, visible: bool, now: float) -> None: ...
+
+    def on_radius_changed(self, user: str, now: float) -> None: ...
+
+    def tick(self, now: float) -> None:
+        """Time passed: do what was due by ``now``."""
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` next has something to do (None: nothing pending)."""
+        ...
+
+
+class LocationView(Protocol):
+    """What strangers reads of nearby friends' state."""
+
+    def location_of(self, user: str, now: float) -> Location | None:
+        """``user``'s cached location, unless expired at ``now``."""
+        ...
+
+    def radius(self, user: str) -> float:
+        """``user``'s radius in metres."""
+        ...
