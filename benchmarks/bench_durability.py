@@ -31,7 +31,7 @@ from typing import Any
 
 import trio
 
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.config import FsyncPolicy
 from geopresence.hub import Hub, HubSettings
 from geopresence.journal import FILE_MAGIC, encode_frame

@@ -32,7 +32,8 @@ import attrs
 import orjson
 
 from geopresence.broker import ConnId, group_channel, inbox_channel
-from geopresence.chat_store import MAX_TEXT_BYTES, ChatMessage, ChatStore
+from geopresence.chat_message import MAX_TEXT_BYTES, ChatMessage
+from geopresence.chat_store import ChatStore
 from geopresence.context import FeatureContext, Session
 from geopresence.outbox import Outgoing
 from geopresence.protocol import (

@@ -32,7 +32,7 @@ from geopresence.broker import (
     user_channel,
 )
 from geopresence.chat import Chat, ChatEvent, PushHook
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.context import Session as Session
 from geopresence.context import Sink as Sink
 from geopresence.journal import Journal, MemoryJournal

@@ -21,7 +21,7 @@ import orjson
 import trio
 
 from geopresence.chat import PushRequest, message_frame
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.config import Config
 from geopresence.protocol import unstructure
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 
 
 @attrs.frozen

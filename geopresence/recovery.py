@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.records import (
     Befriended,
     GroupDeleted,

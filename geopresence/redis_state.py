@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import trio
 
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.records import (
     Befriended,
     GroupDeleted,

@@ -27,7 +27,7 @@ import attrs
 import cattrs
 import orjson
 
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.records import SettingsChanged, converter
 
 SNAPSHOT_MAGIC: Final = b"GPSNAP1\n"

@@ -11,7 +11,7 @@ from geopresence.channel_events import (
     encode_envelope,
 )
 from geopresence.chat import ChatEvent
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.locations import Location
 from geopresence.nearby import GoneEvent, LocationEvent
 from geopresence.outbox import Outgoing

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.chat_store import ChatMessage, ChatStore
+from geopresence.chat_message import ChatMessage
+from geopresence.chat_store import ChatStore
 
 
 def dm(message_id: int, sender: str, to: str, text: str = "hi") -> ChatMessage:

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from geopresence.chat import PushRequest
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.hub import Hub, HubSettings
 from geopresence.protocol import Send, Sync
 from geopresence.records import Record

@@ -14,7 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio.testing import MockClock
 
 from geopresence.chat import PushRequest
-from geopresence.chat_store import ChatMessage
+from geopresence.chat_message import ChatMessage
 from geopresence.config import Config
 from geopresence.push import SUMMARY_INTERVAL_S, PushNotifier
 from geopresence.testing import open_server
