@@ -21,22 +21,7 @@ from geopresence.hub import Hub, HubSettings
 from geopresence.outbox import Outbox, Outgoing
 from geopresence.protocol import GroupPresenceQuery, Heartbeat, Hello, Logout, ProtocolError
 from geopresence.store import MemoryStore
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.frames: dict[ConnId, list[dict[str, Any]]] = {}
-        self.closed: dict[ConnId, int] = {}
-
-    def send(self, conn: ConnId, message: Outgoing) -> None:
-        self.frames.setdefault(conn, []).append(orjson.loads(message.text))
-
-    def close(self, conn: ConnId, code: int, reason: str) -> None:
-        assert conn not in self.closed, "closed twice"
-        self.closed[conn] = code
-
-    def take(self, conn: ConnId) -> list[dict[str, Any]]:
-        return self.frames.pop(conn, [])
+from tests.helpers import RecordingSink
 
 
 class QueueSink:

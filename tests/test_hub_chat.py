@@ -13,7 +13,7 @@ from geopresence.hub import Hub, HubSettings
 from geopresence.protocol import Send, Sync
 from geopresence.records import Record
 from geopresence.store import MemoryStore
-from tests.test_hub import RecordingSink
+from tests.helpers import RecordingSink
 
 
 class HeldJournal:

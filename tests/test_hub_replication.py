@@ -13,7 +13,7 @@ from geopresence.protocol import LocationUpdate, Logout, NearbyFriendsQuery, Sen
 from geopresence.records import Record
 from geopresence.replication import FeedOp, LogoutRequested, PresenceSet
 from geopresence.store import MemoryStore, UserSettings
-from tests.test_hub import RecordingSink
+from tests.helpers import RecordingSink
 
 
 class Cluster:

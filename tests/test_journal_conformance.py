@@ -18,8 +18,8 @@ from geopresence.persistence import FileJournal, rebuild, recover
 from geopresence.records import Befriended, GroupSet, Record, SettingsChanged, Unfriended
 from geopresence.redis_state import Keys, RedisJournal, load_state
 from geopresence.store import MemoryStore
+from tests.helpers import RecordingSink
 from tests.redis_server import redis_server
-from tests.test_hub import RecordingSink
 
 RECORDS: list[Record] = [
     Befriended("alice", "bob"),

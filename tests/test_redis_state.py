@@ -14,8 +14,8 @@ from geopresence.recovery import capture
 from geopresence.redis_state import Keys, RedisFeed, RedisJournal, load_state
 from geopresence.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.store import MemoryStore, UserSettings
+from tests.helpers import RecordingSink
 from tests.redis_server import redis_cluster, redis_server
-from tests.test_hub import RecordingSink
 
 NOW = 1_800_000_000.0
 

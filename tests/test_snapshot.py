@@ -23,7 +23,7 @@ from geopresence.snapshot import (
     encode_snapshot,
 )
 from geopresence.store import MemoryStore
-from tests.test_hub import RecordingSink
+from tests.helpers import RecordingSink
 
 USERS = ["ann", "ben", "cat", "dan", "eve"]
 GROUPS = ["g1", "g2"]
