@@ -17,16 +17,24 @@ import random
 import time
 from collections.abc import Callable
 
-from geopresence.broker import ConnId
+from geopresence.core.broker import ConnId
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.locations import Location
+from geopresence.core.presence import PresenceChange
+from geopresence.core.store import MemoryStore
 from geopresence.geocells import cover
 from geopresence.grid import StrangerGrid
-from geopresence.hub import Hub, HubSettings
-from geopresence.locations import Location
-from geopresence.outbox import Outbox, Outgoing
-from geopresence.presence import PresenceChange
-from geopresence.protocol import Heartbeat, LocationUpdate, Presence, Send, Sync, decode, encode
-from geopresence.snowflake import SnowflakeGenerator
-from geopresence.store import MemoryStore
+from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.wire.outbox import Outbox, Outgoing
+from geopresence.wire.protocol import (
+    Heartbeat,
+    LocationUpdate,
+    Presence,
+    Send,
+    Sync,
+    decode,
+    encode,
+)
 
 
 def timed(label: str, unit: str, count: int, run: Callable[[], object]) -> float:

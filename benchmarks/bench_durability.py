@@ -31,11 +31,14 @@ from typing import Any
 
 import trio
 
-from geopresence.chat_message import ChatMessage
 from geopresence.config import FsyncPolicy
-from geopresence.hub import Hub, HubSettings
-from geopresence.journal import FILE_MAGIC, encode_frame
-from geopresence.persistence import (
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.journal import FILE_MAGIC, encode_frame
+from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import Befriended, Record
+from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.storage.persistence import (
     JOURNAL_PATTERN,
     _Discard,
     journal_path,
@@ -43,10 +46,7 @@ from geopresence.persistence import (
     state_dir,
     write_snapshot,
 )
-from geopresence.records import Befriended, Record
-from geopresence.recovery import capture
-from geopresence.snowflake import SnowflakeGenerator
-from geopresence.store import MemoryStore, UserSettings
+from geopresence.storage.recovery import capture
 from geopresence.testing import open_server
 
 WINDOW = 8

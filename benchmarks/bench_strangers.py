@@ -33,10 +33,10 @@ import time
 
 import trio
 
+from geopresence.core.locations import Location
 from geopresence.grid import StrangerGrid
-from geopresence.locations import Location
-from geopresence.protocol import LocationUpdate, SettingsUpdate
 from geopresence.testing import open_server
+from geopresence.wire.protocol import LocationUpdate, SettingsUpdate
 
 RADIUS_M = 8046.72
 CENTER = (37.5665, 126.978)

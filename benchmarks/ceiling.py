@@ -6,7 +6,7 @@ Every accepted connection gets the same text frame (the size of a ``friend_locat
 sent back to back by its own task, the way geopresence's per-connection writer sends; what
 clients read per second is the most any server on trio-websocket can push on this machine.
 ``--batch N`` writes N frames per ``send_all`` (geopresence's writer does that with whatever
-is queued, ``geopresence.wsbatch``); 1 is trio-websocket's own ``send_message``.
+is queued, ``geopresence.shell.transport``); 1 is trio-websocket's own ``send_message``.
 geopresence's deliveries/s at saturation are reported as a ratio to it (``benchmarks.load``).
 Prints ``listening ws=HOST:PORT`` once ready.
 """
@@ -18,7 +18,7 @@ import argparse
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
 
-from geopresence.wsbatch import send_texts
+from geopresence.shell.transport import send_texts
 
 
 def frame_of(size: int) -> str:

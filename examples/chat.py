@@ -258,7 +258,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     # Show the in-process server's push log lines (without --push-webhook a push is logged).
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("        server log: %(message)s"))
-    push_log = logging.getLogger("geopresence.push")
+    push_log = logging.getLogger("geopresence.shell.push")
     push_log.addHandler(handler)
     push_log.setLevel(logging.INFO)
     # time_origin=None: epoch timestamps (open_server's default, 0, suits MockClock tests).

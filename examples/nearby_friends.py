@@ -25,7 +25,7 @@ import sys
 import trio
 
 from geopresence.client import Client, Json
-from geopresence.history import history_dir, read_history
+from geopresence.storage.history import history_dir, read_history
 from geopresence.testing import TestServer, open_server
 
 CITY_HALL = (37.5665, 126.978)

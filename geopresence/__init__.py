@@ -10,7 +10,7 @@ Embedding::
 """
 
 from geopresence.config import Config
-from geopresence.server import RunningServer, serve
+from geopresence.shell.server import RunningServer, serve
 
 __all__ = ["Config", "RunningServer", "serve"]
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from geopresence.aio import collapse_exception_groups
+from geopresence.shell.aio import collapse_exception_groups
 
 Json = dict[str, Any]
 

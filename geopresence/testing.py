@@ -26,11 +26,11 @@ import attrs
 import httpx
 import trio
 
-from geopresence.aio import collapse_exception_groups
 from geopresence.client import AdminClient, Client, connect, connect_stream
 from geopresence.config import Config
-from geopresence.http_api import HttpApi
-from geopresence.server import RunningServer, serve
+from geopresence.shell.aio import collapse_exception_groups
+from geopresence.shell.http_api import HttpApi
+from geopresence.shell.server import RunningServer, serve
 
 
 @attrs.define(eq=False)

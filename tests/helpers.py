@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 
-from geopresence.broker import ConnId
-from geopresence.outbox import Outgoing
+from geopresence.core.broker import ConnId
+from geopresence.wire.outbox import Outgoing
 
 
 class RecordingSink:

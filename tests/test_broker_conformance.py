@@ -1,4 +1,4 @@
-"""The ``Broker`` contract (geopresence.broker), run against every implementation."""
+"""The ``Broker`` contract (geopresence.core.broker), run against every implementation."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
-from geopresence.outbox import Outgoing
-from geopresence.redis_broker import RedisBroker
+from geopresence.cluster.redis_broker import RedisBroker
+from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
+from geopresence.wire.outbox import Outgoing
 
 IMPLEMENTATIONS: dict[str, Callable[[Deliver], Broker]] = {
     "memory": MemoryBroker,

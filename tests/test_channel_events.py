@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from geopresence.channel_events import (
+from geopresence.cluster.channel_events import (
     ChannelEvent,
     Envelope,
     decode_envelope,
     encode_envelope,
 )
-from geopresence.chat import ChatEvent
-from geopresence.chat_message import ChatMessage
-from geopresence.locations import Location
+from geopresence.core.chat import ChatEvent
+from geopresence.core.locations import Location
+from geopresence.model.chat_message import ChatMessage
 from geopresence.nearby import GoneEvent, LocationEvent
-from geopresence.outbox import Outgoing
 from geopresence.strangers import StrangerEvent, StrangerGoneEvent
+from geopresence.wire.outbox import Outgoing
 
 EVENTS: list[ChannelEvent] = [
     Outgoing('{"type":"presence"}', ("presence", "alice"), (("nearby", "alice"), ("presence",))),

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.chat_message import ChatMessage
-from geopresence.chat_store import ChatStore
+from geopresence.core.chat_store import ChatStore
+from geopresence.model.chat_message import ChatMessage
 
 
 def dm(message_id: int, sender: str, to: str, text: str = "hi") -> ChatMessage:

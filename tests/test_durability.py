@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import trio
 
-from geopresence import persistence
 from geopresence.client import connect
-from geopresence.journal import FILE_MAGIC, encode_frame
-from geopresence.persistence import (
+from geopresence.core.journal import FILE_MAGIC, encode_frame
+from geopresence.model.records import Befriended
+from geopresence.storage import persistence
+from geopresence.storage.persistence import (
     JOURNAL_PATTERN,
     SNAPSHOT_PATTERN,
     DataDirLocked,
@@ -25,8 +26,7 @@ from geopresence.persistence import (
     state_dir,
     write_snapshot,
 )
-from geopresence.records import Befriended
-from geopresence.snapshot import Snapshot
+from geopresence.storage.snapshot import Snapshot
 from geopresence.testing import TestServer, open_server
 from tests.test_cli import geopresence, start
 

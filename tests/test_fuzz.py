@@ -14,9 +14,9 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geopresence.http_api import HttpApi
-from geopresence.protocol import CLIENT_MESSAGE_TYPES
+from geopresence.shell.http_api import HttpApi
 from geopresence.testing import open_server
+from geopresence.wire.protocol import CLIENT_MESSAGE_TYPES
 
 FIELDS = [
     "type", "id", "device", "user", "token", "group", "lat", "lon", "ts", "page", "on",

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.geo import EARTH_RADIUS_M, coordinate_problem, haversine_m, within
-from geopresence.locations import Location, LocationCache
+from geopresence.core.locations import Location, LocationCache
+from geopresence.model.geo import EARTH_RADIUS_M, coordinate_problem, haversine_m, within
 
 lats = st.floats(-90, 90)
 lons = st.floats(-180, 180)

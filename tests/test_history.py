@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from geopresence.history import HistoryWriter, read_history
-from geopresence.locations import Location
+from geopresence.core.locations import Location
+from geopresence.storage.history import HistoryWriter, read_history
 
 
 def test_jsonl_format_and_rotation(tmp_path: Path) -> None:

@@ -9,15 +9,15 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from geopresence.broker import ConnId
 from geopresence.client import AdminClient, ApiError
-from geopresence.http_api import HttpApi
-from geopresence.hub import Hub, HubSettings
-from geopresence.journal import MemoryJournal
-from geopresence.outbox import Outgoing
-from geopresence.records import GroupSet, Record
-from geopresence.store import MemoryStore
+from geopresence.core.broker import ConnId
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.journal import MemoryJournal
+from geopresence.core.store import MemoryStore
+from geopresence.model.records import GroupSet, Record
+from geopresence.shell.http_api import HttpApi
 from geopresence.testing import TestServer, open_server
+from geopresence.wire.outbox import Outgoing
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 SECRET = "test-secret-test-secret-test-secret-0123"

@@ -7,12 +7,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.chat import PushRequest
-from geopresence.chat_message import ChatMessage
-from geopresence.hub import Hub, HubSettings
-from geopresence.protocol import Send, Sync
-from geopresence.records import Record
-from geopresence.store import MemoryStore
+from geopresence.core.chat import PushRequest
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.store import MemoryStore
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import Record
+from geopresence.wire.protocol import Send, Sync
 from tests.helpers import RecordingSink
 
 

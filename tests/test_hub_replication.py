@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Set
 from typing import Any
 
-from geopresence.broker import ConnId, Deliver, MemoryBroker
-from geopresence.hub import Hub, HubSettings
-from geopresence.protocol import LocationUpdate, Logout, NearbyFriendsQuery, Send, Sync
-from geopresence.records import Record
-from geopresence.replication import FeedOp, LogoutRequested, PresenceSet
-from geopresence.store import MemoryStore, UserSettings
+from geopresence.core.broker import ConnId, Deliver, MemoryBroker
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
+from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.model.records import Record
+from geopresence.wire.protocol import LocationUpdate, Logout, NearbyFriendsQuery, Send, Sync
 from tests.helpers import RecordingSink
 
 

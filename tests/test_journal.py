@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.chat_message import ChatMessage
-from geopresence.journal import (
+from geopresence.core.journal import (
     FILE_MAGIC,
     HEADER,
     Damage,
@@ -16,7 +15,8 @@ from geopresence.journal import (
     encode_frame,
     scan_frames,
 )
-from geopresence.records import (
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import (
     Befriended,
     GroupDeleted,
     GroupSet,

@@ -1,4 +1,4 @@
-"""The ``Journal`` contract (geopresence.journal), run against every implementation: in
+"""The ``Journal`` contract (geopresence.core.journal), run against every implementation: in
 memory, on disk (one node) and in Redis (several nodes, a real Redis)."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import coredis
 import pytest
 import trio
 
-from geopresence.hub import Hub, HubSettings
-from geopresence.journal import Journal, MemoryJournal
-from geopresence.persistence import FileJournal, rebuild, recover
-from geopresence.records import Befriended, GroupSet, Record, SettingsChanged, Unfriended
-from geopresence.redis_state import Keys, RedisJournal, load_state
-from geopresence.store import MemoryStore
+from geopresence.cluster.redis_state import Keys, RedisJournal, load_state
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.journal import Journal, MemoryJournal
+from geopresence.core.store import MemoryStore
+from geopresence.model.records import Befriended, GroupSet, Record, SettingsChanged, Unfriended
+from geopresence.storage.persistence import FileJournal, rebuild, recover
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_server
 

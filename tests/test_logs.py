@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trio
 
-from geopresence import logs
 from geopresence.client import connect
+from geopresence.shell import logs
 
 LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geopresence.outbox import Outbox, Outgoing
+from geopresence.wire.outbox import Outbox, Outgoing
 
 
 def test_fifo_and_bound() -> None:

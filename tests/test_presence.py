@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.presence import PresenceChange, PresenceTable
+from geopresence.core.presence import PresenceChange, PresenceTable
 
 
 def test_connect_activity_expire() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.protocol import (
+from geopresence.wire.protocol import (
     ChatMessageOut,
     FriendsPresence,
     FriendStatus,

@@ -13,10 +13,10 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from trio.testing import MockClock
 
-from geopresence.chat import PushRequest
-from geopresence.chat_message import ChatMessage
 from geopresence.config import Config
-from geopresence.push import SUMMARY_INTERVAL_S, PushNotifier
+from geopresence.core.chat import PushRequest
+from geopresence.model.chat_message import ChatMessage
+from geopresence.shell.push import SUMMARY_INTERVAL_S, PushNotifier
 from geopresence.testing import open_server
 
 MESSAGE = ChatMessage(42, "alice", "hi", 10.0, to="bob", client_msg_id="secret-key")
@@ -171,7 +171,7 @@ async def test_a_full_queue_drops_instead_of_blocking(autojump_clock: MockClock)
 async def test_without_a_webhook_a_push_is_a_debug_line_and_a_summary_a_minute(
     caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="geopresence.push")
+    caplog.set_level(logging.DEBUG, logger="geopresence.shell.push")
     push = PushNotifier(Config())
     push.submit(PushRequest(("bob",), MESSAGE))
     assert caplog.records[-1].levelno == logging.DEBUG

@@ -7,11 +7,11 @@ from typing import Any
 import coredis
 import trio
 
-from geopresence.broker import ConnId
-from geopresence.locations import Location
+from geopresence.cluster.redis_broker import RedisBroker, redis_channel
+from geopresence.core.broker import ConnId
+from geopresence.core.locations import Location
 from geopresence.nearby import LocationEvent
-from geopresence.outbox import Outgoing
-from geopresence.redis_broker import RedisBroker, redis_channel
+from geopresence.wire.outbox import Outgoing
 from tests.redis_server import redis_cluster, redis_server
 
 

@@ -11,9 +11,9 @@ from typing import Any
 import coredis
 import trio
 
-from geopresence.redis_presence import ALIVE, RedisPresence
-from geopresence.redis_state import Keys
-from geopresence.replication import PresenceSet
+from geopresence.cluster.redis_presence import ALIVE, RedisPresence
+from geopresence.cluster.redis_state import Keys
+from geopresence.core.replication import PresenceSet
 from tests.redis_server import redis_cluster, redis_server
 
 T0 = 1_800_000_000.0

@@ -8,12 +8,12 @@ from typing import Any
 import coredis
 import trio
 
-from geopresence.hub import Hub, HubSettings
-from geopresence.protocol import LocationUpdate, Send
-from geopresence.recovery import capture
-from geopresence.redis_state import Keys, RedisFeed, RedisJournal, load_state
-from geopresence.replication import FeedOp, LocationSet, LogoutRequested
-from geopresence.store import MemoryStore, UserSettings
+from geopresence.cluster.redis_state import Keys, RedisFeed, RedisJournal, load_state
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
+from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.storage.recovery import capture
+from geopresence.wire.protocol import LocationUpdate, Send
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_cluster, redis_server
 

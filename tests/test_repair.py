@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from geopresence.journal import HEADER, Frame, scan_frames
-from geopresence.persistence import (
+from geopresence.core.journal import HEADER, Frame, scan_frames
+from geopresence.storage.persistence import (
     CORRUPT_DIR,
     JOURNAL_PATTERN,
     SNAPSHOT_PATTERN,

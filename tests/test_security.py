@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 
 from geopresence.client import SessionRefused, connect_stream
-from geopresence.http_api import HttpApi
+from geopresence.shell.http_api import HttpApi
 from geopresence.testing import open_server
 from tests.test_server_errors import close_code, raw_ws
 
@@ -259,7 +259,7 @@ async def test_rule_connections_per_user_are_limited(autojump_clock: MockClock) 
 
 
 def test_rule_logs_can_be_one_json_object_per_line() -> None:
-    from geopresence.logs import JsonFormatter
+    from geopresence.shell.logs import JsonFormatter
 
     record = logging.LogRecord(
         "geopresence", logging.WARNING, __file__, 1, "conn %d: %s", (7, "x"), None

@@ -12,8 +12,8 @@ import trio
 from trio.testing import MockClock
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from geopresence.aio import collapse_exception_groups
 from geopresence.client import SessionRefused
+from geopresence.shell.aio import collapse_exception_groups
 from geopresence.testing import TestServer, open_server
 
 
@@ -156,7 +156,7 @@ async def test_tokens_are_required_without_insecure(autojump_clock: MockClock) -
 async def test_invalid_tokens_close_1008(token: str, autojump_clock: MockClock) -> None:
     async with open_server(insecure=False, secret=SECRET) as server:
         if token == "forged":
-            from geopresence.auth import mint_token
+            from geopresence.shell.auth import mint_token
 
             token = mint_token("x" * 40, "alice", 60, server.now())
         with pytest.raises(SessionRefused) as info:

@@ -16,8 +16,8 @@ import trio
 from trio.testing import MockClock
 
 from geopresence.client import Client, connect_stream
-from geopresence.geo import EARTH_RADIUS_M, haversine_m
-from geopresence.history import history_dir, read_history
+from geopresence.model.geo import EARTH_RADIUS_M, haversine_m
+from geopresence.storage.history import history_dir, read_history
 from geopresence.testing import TestServer, open_server
 
 BASE = (37.5665, 126.978)  # Seoul City Hall

@@ -10,19 +10,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geopresence import snapshot as snapshot_module
-from geopresence.hub import Hub, HubSettings
-from geopresence.protocol import Send, SettingsUpdate
-from geopresence.records import Record
-from geopresence.recovery import apply, capture, restore
-from geopresence.snapshot import (
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.store import MemoryStore
+from geopresence.model.records import Record
+from geopresence.storage import snapshot as snapshot_module
+from geopresence.storage.recovery import apply, capture, restore
+from geopresence.storage.snapshot import (
     SNAPSHOT_VERSION,
     Snapshot,
     SnapshotError,
     decode_snapshot,
     encode_snapshot,
 )
-from geopresence.store import MemoryStore
+from geopresence.wire.protocol import Send, SettingsUpdate
 from tests.helpers import RecordingSink
 
 USERS = ["ann", "ben", "cat", "dan", "eve"]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.snowflake import (
+from geopresence.model.snowflake import (
     EPOCH_MS,
     MAX_ID,
     MAX_SEQUENCE,

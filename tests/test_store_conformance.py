@@ -1,4 +1,4 @@
-"""The ``Store`` contract (geopresence.store), run against every implementation."""
+"""The ``Store`` contract (geopresence.core.store), run against every implementation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from geopresence.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
+from geopresence.core.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
 
 IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {
     # With several nodes the store is each node's replica (a MemoryStore as well); what

@@ -12,7 +12,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
-from geopresence import wsbatch
+from geopresence.shell import transport as wsbatch
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -1,6 +1,6 @@
 """The trio shell: listeners, one task group per connection, the expiry reaper.
 
-Everything here reads, calls the hub (``geopresence.hub``) with ``now``, and writes. Each
+Everything here reads, calls the hub (``geopresence.core.hub``) with ``now``, and writes. Each
 connection has a reader (frames -> hub) and a writer (its ``Outbox`` -> socket); the hub
 never awaits, so one slow client can only ever fill its own bounded queue.
 """
@@ -20,14 +20,10 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from geopresence import logs
-from geopresence.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
-from geopresence.broker import Broker, ConnId, Deliver, MemoryBroker
-from geopresence.clock import ServerClock
+from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
-from geopresence.history import HistoryWriter, history_dir
-from geopresence.http_api import serve_http
-from geopresence.hub import (
+from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
+from geopresence.core.hub import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
@@ -35,10 +31,16 @@ from geopresence.hub import (
     Hub,
     HubSettings,
 )
-from geopresence.locations import Location
-from geopresence.metrics import Metrics
-from geopresence.outbox import Outbox, Outgoing
-from geopresence.persistence import (
+from geopresence.core.locations import Location
+from geopresence.core.store import MemoryStore
+from geopresence.shell import logs
+from geopresence.shell.auth import AuthError, resolve_admin_key, resolve_secret, verify_token
+from geopresence.shell.clock import ServerClock
+from geopresence.shell.http_api import serve_http
+from geopresence.shell.metrics import Metrics
+from geopresence.shell.push import PushNotifier
+from geopresence.storage.history import HistoryWriter, history_dir
+from geopresence.storage.persistence import (
     DataDirLock,
     FileJournal,
     rebuild,
@@ -46,15 +48,13 @@ from geopresence.persistence import (
     state_dir,
     write_snapshot,
 )
-from geopresence.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
-from geopresence.push import PushNotifier
-from geopresence.recovery import capture
-from geopresence.redis_state import RedisJournal
-from geopresence.store import MemoryStore
+from geopresence.storage.recovery import capture
+from geopresence.wire.outbox import Outbox, Outgoing
+from geopresence.wire.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 
 if TYPE_CHECKING:
-    from geopresence.cluster import ClusterLink
-from geopresence.wsbatch import ServerWebSocket, accept_stream, send_texts
+    from geopresence.cluster.link import ClusterLink
+from geopresence.shell.transport import ServerWebSocket, accept_stream, send_texts
 
 log = logging.getLogger("geopresence")
 
@@ -120,7 +120,7 @@ class Server:
         acks: FileJournal | RedisJournal | None = None
         broker_factory: Callable[[Deliver], Broker] = MemoryBroker
         if config.clustered:
-            from geopresence.cluster import ClusterLink, connect  # imports coredis
+            from geopresence.cluster.link import ClusterLink, connect  # imports coredis
 
             self.cluster = ClusterLink(
                 connect(config),
@@ -974,7 +974,7 @@ class RunningServer:
 
     def mint_token(self, user: str, ttl: float = 3600.0) -> str:
         """A token for ``user`` signed with this server's secret, valid ``ttl`` seconds."""
-        from geopresence.auth import mint_token
+        from geopresence.shell.auth import mint_token
 
         return mint_token(self.server.secret, user, ttl, self.server.now())
 

@@ -23,13 +23,13 @@ from typing import Any, Final
 
 import trio
 
-from geopresence.broker import Deliver
+from geopresence.cluster.redis_broker import RedisBroker
+from geopresence.cluster.redis_presence import RedisPresence
+from geopresence.cluster.redis_state import Keys, RedisJournal, earlier_id, load_state
 from geopresence.config import Config
-from geopresence.hub import Hub
-from geopresence.redis_broker import RedisBroker
-from geopresence.redis_presence import RedisPresence
-from geopresence.redis_state import Keys, RedisJournal, earlier_id, load_state
-from geopresence.replication import FeedOp, LogoutRequested, PresenceSet
+from geopresence.core.broker import Deliver
+from geopresence.core.hub import Hub
+from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 

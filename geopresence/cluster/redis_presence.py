@@ -27,8 +27,8 @@ from typing import Any, Final, Literal
 
 import trio
 
-from geopresence.redis_state import Keys
-from geopresence.replication import PresenceSet
+from geopresence.cluster.redis_state import Keys
+from geopresence.core.replication import PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 

@@ -1,6 +1,6 @@
 """Snapshots: the whole durable state at one journal position, versioned (sans-I/O).
 
-A snapshot holds what the journal's records build up (``geopresence.records``): friendships,
+A snapshot holds what the journal's records build up (``geopresence.model.records``): friendships,
 groups with each member's join mark, settings, every chat message and the id generator's
 high-water mark, as of ``journal_seq``: every record up to and including it is reflected, and
 no later one. Recovery loads the newest readable snapshot and replays the journal records
@@ -14,21 +14,25 @@ Migration rule: ``SNAPSHOT_VERSION`` is bumped whenever the payload's shape chan
 ``MIGRATIONS[v]`` turns a version-v payload (a dict) into a version-(v+1) payload, so any
 older snapshot is read by applying the chain. A snapshot from a newer version is refused
 (``SnapshotError``) rather than guessed at; the server then falls back to an older one.
+
+``capture`` takes a snapshot of a ``DurableState`` (``geopresence.core.state``); ``restore``
+loads one into a fresh state.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
 import cattrs
 import orjson
 
-from geopresence.chat_message import ChatMessage
-from geopresence.records import SettingsChanged, converter
+from geopresence.core.state import DurableState, settings_record
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import SettingsChanged, converter
 
 SNAPSHOT_MAGIC: Final = b"GPSNAP1\n"
 SNAPSHOT_VERSION: Final = 1
@@ -116,3 +120,42 @@ def decode_snapshot(data: bytes) -> Snapshot:
         return converter.structure(raw, Snapshot)
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise SnapshotError(f"snapshot does not match version {version}: {exc}") from None
+
+
+def capture(
+    state: DurableState, journal_seq: int, now: float, pending: Iterable[ChatMessage] = ()
+) -> Snapshot:
+    """``state`` as of ``journal_seq`` (the last record the journal was given), at one
+    instant (it copies references, it does not serialize).
+
+    ``pending``: messages journaled but not yet durable, hence not yet in ``state.chat``
+    (``Chat.pending_messages``), ascending: their records are at or below ``journal_seq``,
+    which the journal may be truncated to once this snapshot is on disk.
+    """
+    users, chat = state.users, state.chat
+    memberships = chat.memberships()
+    messages = chat.messages()
+    messages.extend(pending)
+    return Snapshot(
+        created_at=now,
+        journal_seq=journal_seq,
+        last_message_id=state.ids.last_id,
+        friendships=list(users.friendships()),
+        groups={
+            group: {user: memberships.get((group, user), 0) for user in members}
+            for group, members in users.groups()
+        },
+        settings=[settings_record(user, s) for user, s in users.settings_items()],
+        messages=messages,
+    )
+
+
+def restore(state: DurableState, snapshot: Snapshot) -> None:
+    """Load ``snapshot`` into a fresh (empty) state."""
+    state.load(
+        friendships=snapshot.friendships,
+        groups=snapshot.groups,
+        settings=snapshot.settings,
+        messages=snapshot.messages,
+        last_message_id=snapshot.last_message_id,
+    )

@@ -20,12 +20,12 @@ import httpx
 import orjson
 import trio
 
-from geopresence.chat import PushRequest, message_frame
-from geopresence.chat_message import ChatMessage
 from geopresence.config import Config
-from geopresence.protocol import unstructure
+from geopresence.core.chat import PushRequest, message_frame
+from geopresence.model.chat_message import ChatMessage
+from geopresence.wire.protocol import unstructure
 
-log = logging.getLogger("geopresence.push")
+log = logging.getLogger("geopresence.shell.push")
 
 MAX_BACKOFF_S = 30.0
 SUMMARY_INTERVAL_S = 60.0

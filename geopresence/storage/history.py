@@ -23,7 +23,8 @@ from typing import IO, Final
 import attrs
 import orjson
 
-from geopresence.locations import Location
+from geopresence.core.locations import Location
+from geopresence.storage.datadir import numbered
 
 FILE_PATTERN: Final = re.compile(r"^locations-(\d{6,})\.jsonl$")
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
@@ -31,17 +32,6 @@ DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 
 def history_dir(data_dir: Path) -> Path:
     return data_dir / "history"
-
-
-def _files(directory: Path) -> list[tuple[int, Path]]:
-    if not directory.is_dir():
-        return []
-    found = []
-    for path in directory.iterdir():
-        match = FILE_PATTERN.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 def _name(number: int) -> str:
@@ -64,7 +54,7 @@ class HistoryWriter:
 
     def _open(self) -> IO[bytes]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        files = _files(self.directory)
+        files = numbered(self.directory, FILE_PATTERN)
         if files:
             self._number, path = files[-1]
             self._size = path.stat().st_size
@@ -125,7 +115,7 @@ def read_history(
 ) -> Iterator[HistoryEntry]:
     """Every readable record, oldest file first, optionally of one ``user`` and with
     ``ts >= since``. Torn or foreign lines are skipped."""
-    for _, path in _files(directory):
+    for _, path in numbered(directory, FILE_PATTERN):
         with open(path, "rb") as handle:
             for raw in handle:
                 try:

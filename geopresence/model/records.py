@@ -5,7 +5,7 @@ groups and their members, settings) and chat messages. Presence and locations ar
 they are live state that clients rebuild by reconnecting (docs/durability.md says why).
 
 A record is encoded as a JSON object whose ``"t"`` names its kind (``TAGS``); the journal
-frames it with a length and a checksum (``geopresence.journal``).
+frames it with a length and a checksum (``geopresence.core.journal``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Final
 import attrs
 import cattrs
 
-from geopresence.chat_message import ChatMessage
+from geopresence.model.chat_message import ChatMessage
 
 
 @attrs.frozen

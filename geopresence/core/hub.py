@@ -22,7 +22,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from geopresence.broker import (
+from geopresence.core.broker import (
     Broker,
     ConnId,
     Deliver,
@@ -31,15 +31,42 @@ from geopresence.broker import (
     inbox_channel,
     user_channel,
 )
-from geopresence.chat import Chat, ChatEvent, PushHook
-from geopresence.chat_message import ChatMessage
-from geopresence.context import Session as Session
-from geopresence.context import Sink as Sink
-from geopresence.journal import Journal, MemoryJournal
+from geopresence.core.chat import Chat, ChatEvent, PushHook
+from geopresence.core.context import Session as Session
+from geopresence.core.context import Sink as Sink
+from geopresence.core.journal import Journal, MemoryJournal
+from geopresence.core.presence import Ended, PresenceChange, PresenceTable, UserPresence
+from geopresence.core.replication import (
+    FeedOp,
+    LocationSet,
+    LogoutRequested,
+    PresenceSet,
+    Replicator,
+)
+from geopresence.core.state import RECORD_KINDS, DurableState, covering, settings_from
+from geopresence.core.store import Store
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import (
+    Befriended,
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    Record,
+    SettingsChanged,
+    Unfriended,
+)
+from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
-from geopresence.outbox import Outgoing
-from geopresence.presence import Ended, PresenceChange, PresenceTable, UserPresence
-from geopresence.protocol import (
+from geopresence.strangers import (
+    STRANGER_TAG,
+    StrangerEvent,
+    StrangerGoneEvent,
+    Strangers,
+    TokenBucket,
+)
+from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import (
     ClientMessage,
     ErrorCode,
     FriendRemoved,
@@ -66,32 +93,6 @@ from geopresence.protocol import (
     Welcome,
     encode,
     error_message,
-)
-from geopresence.records import (
-    Befriended,
-    GroupDeleted,
-    GroupSet,
-    MemberAdded,
-    MemberRemoved,
-    Record,
-    SettingsChanged,
-    Unfriended,
-)
-from geopresence.replication import (
-    FeedOp,
-    LocationSet,
-    LogoutRequested,
-    PresenceSet,
-    Replicator,
-)
-from geopresence.snowflake import SnowflakeGenerator
-from geopresence.store import Store, UserSettings
-from geopresence.strangers import (
-    STRANGER_TAG,
-    StrangerEvent,
-    StrangerGoneEvent,
-    Strangers,
-    TokenBucket,
 )
 
 CLOSE_GOING_AWAY: Final = 1001
@@ -185,7 +186,8 @@ class Hub:
         replicator: Replicator | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        self.state = DurableState(users=store, ids=SnowflakeGenerator(settings.node_id))
+        """The durable state: ``store`` (the user DB), the chat store and the id generator."""
         self.sink = sink
         self.broker = broker_factory(self._deliver)
         self.replicator = replicator
@@ -218,7 +220,7 @@ class Hub:
         self.last_seq = self.journal.durable_seq
         """Sequence number of the last record given to the journal."""
         self._durable_replies: deque[tuple[int, ConnId, Outgoing]] = deque()
-        self.chat = Chat(self, ids=SnowflakeGenerator(settings.node_id), push=push)
+        self.chat = Chat(self, ids=self.state.ids, store=self.state.chat, push=push)
         self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
             Heartbeat: self._on_heartbeat,
             Logout: self._on_logout,
@@ -232,6 +234,11 @@ class Hub:
             Send: self.chat.on_send,
             Sync: self.chat.on_sync,
         }
+
+    @property
+    def store(self) -> Store:
+        """The user DB (friendships, groups, settings): ``state.users``."""
+        return self.state.users
 
     # ---------------------------------------------------------------- sessions
 
@@ -727,38 +734,7 @@ class Hub:
             return
         # A refusal means it is already applied or moot here (a group deleted meanwhile).
         with self._scoped("none"), suppress(ProtocolError):
-            self._apply_feed(op, now)
-
-    def _apply_feed(self, op: FeedOp, now: float) -> None:
-        if isinstance(op, LocationSet):
-            self.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
-        elif isinstance(op, LogoutRequested):
-            self.logout(op.user, op.device)
-        elif isinstance(op, ChatMessage):
-            self.chat.insert(op)
-        elif isinstance(op, Befriended):
-            self.add_friendships([(op.a, op.b)], now)
-        elif isinstance(op, Unfriended):
-            self.remove_friendship(op.a, op.b)
-        elif isinstance(op, GroupSet):
-            self.chat.ids.observe(op.joined_after)
-            self.set_group(op.group, op.members, op.joined_after)
-        elif isinstance(op, GroupDeleted):
-            self.delete_group(op.group)
-        elif isinstance(op, MemberAdded):
-            self.chat.ids.observe(op.joined_after)
-            self.add_member(op.group, op.user, op.joined_after)
-        elif isinstance(op, MemberRemoved):
-            self.remove_member(op.group, op.user)
-        elif isinstance(op, SettingsChanged):
-            after = UserSettings(
-                share_location=op.share_location,
-                radius_m=op.radius_m,
-                visible_to_strangers=op.visible_to_strangers,
-            )
-            self.nearby.change_settings(op.user, after, now)
-        else:  # pragma: no cover - every FeedOp kind is handled above
-            raise TypeError(f"unknown feed op {op!r}")
+            _FEED[type(op)](self, op, now)
 
     def load_status(
         self, user: str, status: Status, last_active_at: float | None, version: int
@@ -871,3 +847,68 @@ class Hub:
     def _unsubscribe_user(self, channel: str, user: str) -> None:
         for conn in self._conns_of.get(user, ()):
             self.broker.unsubscribe(channel, conn)
+
+
+# ---------------------------------------------------------------- another node's change
+
+
+def _feed_location(hub: Hub, op: LocationSet, now: float) -> None:
+    hub.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
+
+
+def _feed_logout(hub: Hub, op: LogoutRequested, now: float) -> None:
+    hub.logout(op.user, op.device)
+
+
+def _feed_message(hub: Hub, op: ChatMessage, now: float) -> None:
+    hub.chat.insert(op)
+
+
+def _feed_befriended(hub: Hub, op: Befriended, now: float) -> None:
+    hub.add_friendships([(op.a, op.b)], now)
+
+
+def _feed_unfriended(hub: Hub, op: Unfriended, now: float) -> None:
+    hub.remove_friendship(op.a, op.b)
+
+
+def _feed_group_set(hub: Hub, op: GroupSet, now: float) -> None:
+    hub.state.ids.observe(op.joined_after)
+    hub.set_group(op.group, op.members, op.joined_after)
+
+
+def _feed_group_deleted(hub: Hub, op: GroupDeleted, now: float) -> None:
+    hub.delete_group(op.group)
+
+
+def _feed_member_added(hub: Hub, op: MemberAdded, now: float) -> None:
+    hub.state.ids.observe(op.joined_after)
+    hub.add_member(op.group, op.user, op.joined_after)
+
+
+def _feed_member_removed(hub: Hub, op: MemberRemoved, now: float) -> None:
+    hub.remove_member(op.group, op.user)
+
+
+def _feed_settings(hub: Hub, op: SettingsChanged, now: float) -> None:
+    hub.nearby.change_settings(op.user, settings_from(op), now)
+
+
+_FEED: Final[dict[type[Any], Callable[[Hub, Any, float], None]]] = covering(
+    {
+        LocationSet: _feed_location,
+        LogoutRequested: _feed_logout,
+        ChatMessage: _feed_message,
+        Befriended: _feed_befriended,
+        Unfriended: _feed_unfriended,
+        GroupSet: _feed_group_set,
+        GroupDeleted: _feed_group_deleted,
+        MemberAdded: _feed_member_added,
+        MemberRemoved: _feed_member_removed,
+        SettingsChanged: _feed_settings,
+    },
+    {*RECORD_KINDS, LocationSet, LogoutRequested},
+    what="Hub.apply_feed",
+)
+"""Feed op kind (but ``PresenceSet``) -> how the hub applies another node's change: through
+its own operations, with their effects on this node's connections (``Hub.apply_feed``)."""

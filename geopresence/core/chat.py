@@ -31,12 +31,13 @@ from typing import Final
 import attrs
 import orjson
 
-from geopresence.broker import ConnId, group_channel, inbox_channel
-from geopresence.chat_message import MAX_TEXT_BYTES, ChatMessage
-from geopresence.chat_store import ChatStore
-from geopresence.context import FeatureContext, Session
-from geopresence.outbox import Outgoing
-from geopresence.protocol import (
+from geopresence.core.broker import ConnId, group_channel, inbox_channel
+from geopresence.core.chat_store import ChatStore
+from geopresence.core.context import FeatureContext, Session
+from geopresence.model.chat_message import MAX_TEXT_BYTES, ChatMessage
+from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import (
     MAX_SYNC_LIMIT,
     ChatMessageOut,
     MessagesReply,
@@ -48,7 +49,6 @@ from geopresence.protocol import (
     encode,
     unstructure,
 )
-from geopresence.snowflake import SnowflakeGenerator
 
 SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
 """A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then

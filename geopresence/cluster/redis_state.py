@@ -4,7 +4,7 @@ With several nodes, Redis holds the state every node shares, and each node a rep
 memory (its hub's stores) that answers synchronously. Changes reach Redis through the
 ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` writes it to the
 keys below in order and appends it, in the same pipeline, to the feed stream (``RedisFeed``)
-that the other nodes' replicas read (``geopresence.replication``). A record is *durable* once
+that the other nodes' replicas read (``geopresence.core.replication``). A record is *durable* once
 Redis has it, so acks (``sent``, ``settings``, HTTP writes) wait for Redis exactly as they
 wait for the disk with one node.
 ``load_state`` fills a starting node's replica from these keys.
@@ -22,7 +22,7 @@ slot of its own; the index sets are what ``load_state`` starts from)::
     gp:locations         hash: user -> [lat, lon, ts, accepted_at] (expired ones are skipped
                          and removed by the loader; an offline user's is removed at once)
     gp:presence:{U}      hash: status, last_active_at, v (transition count), d:<device> ->
-                         deadline (see ``geopresence.redis_presence``)
+                         deadline (see ``geopresence.cluster.redis_presence``)
     gp:presence_users    index of users with a presence hash
     gp:deadlines         sorted set: "<user>\\n<device>" scored by its deadline
     gp:node:{N}          the lease of the node with Snowflake node id N
@@ -39,8 +39,11 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import trio
 
-from geopresence.chat_message import ChatMessage
-from geopresence.records import (
+from geopresence.cluster.redis_broker import SeenOnce, fresh_ids
+from geopresence.core.replication import FeedOp, LocationSet, feed_from_json, feed_to_json
+from geopresence.core.store import UserSettings
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import (
     Befriended,
     GroupDeleted,
     GroupSet,
@@ -52,12 +55,9 @@ from geopresence.records import (
     record_from_json,
     record_to_json,
 )
-from geopresence.redis_broker import SeenOnce, fresh_ids
-from geopresence.replication import FeedOp, LocationSet, feed_from_json, feed_to_json
-from geopresence.store import UserSettings
 
 if TYPE_CHECKING:
-    from geopresence.hub import Hub
+    from geopresence.core.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
 

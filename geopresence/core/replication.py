@@ -4,11 +4,11 @@ With several nodes (``--redis``), each node keeps a full replica of the shared s
 memory (the hub's stores), because the hub answers synchronously; Redis holds the shared copy
 and a *feed* channel carries every change to every node. The feed carries:
 
-- the durable records (``geopresence.records``: friendships, groups, settings, chat
+- the durable records (``geopresence.model.records``: friendships, groups, settings, chat
   messages), published by the node that wrote them to Redis;
 - ``LocationSet``: an accepted location update (the location cache with its TTL deadline);
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
-  Redis (``geopresence.redis_presence``);
+  Redis (``geopresence.cluster.redis_presence``);
 - ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node.
 
 A node applies a feed op to its replica and to its own connections (``Hub.apply_feed``), but
@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from geopresence.protocol import Status
-from geopresence.records import Record, record_from_json, record_to_json
+from geopresence.model.records import Record, record_from_json, record_to_json
+from geopresence.wire.protocol import Status
 
 
 @attrs.frozen

@@ -20,12 +20,12 @@ import attrs
 import orjson
 import trio
 
-from geopresence.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.config import Config
-from geopresence.hub import GROUP_SLICE, BulkError, Hub
-from geopresence.ids import id_problem
-from geopresence.metrics import Metrics
-from geopresence.protocol import ErrorCode, ProtocolError
+from geopresence.core.hub import GROUP_SLICE, BulkError, Hub
+from geopresence.model.ids import id_problem
+from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
+from geopresence.shell.metrics import Metrics
+from geopresence.wire.protocol import ErrorCode, ProtocolError
 
 
 class Control(Protocol):

@@ -18,12 +18,12 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from geopresence.chat import ChatEvent
-from geopresence.locations import Location
+from geopresence.core.chat import ChatEvent
+from geopresence.core.locations import Location
+from geopresence.model.records import record_from_json, record_to_json
 from geopresence.nearby import GoneEvent, LocationEvent
-from geopresence.outbox import Outgoing
-from geopresence.records import record_from_json, record_to_json
 from geopresence.strangers import StrangerEvent, StrangerGoneEvent
+from geopresence.wire.outbox import Outgoing
 
 ChannelEvent = Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 import attrs
 from sortedcontainers import SortedList
 
-from geopresence.chat_message import ChatMessage
+from geopresence.model.chat_message import ChatMessage
 
 
 @attrs.frozen

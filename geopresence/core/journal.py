@@ -1,10 +1,10 @@
 """The durability seam and the journal's on-disk format (sans-I/O).
 
-The hub appends a record (``geopresence.records``) for every change it must not lose and
+The hub appends a record (``geopresence.model.records``) for every change it must not lose and
 acknowledges the change only once the journal says it is durable. ``MemoryJournal`` is the
 seam's in-memory implementation (``--in-memory``, and tests of the core): a record is
 "stored under the configured durability" as soon as it is in memory. The file journal of
-the shell (``geopresence.persistence.FileJournal``) writes the format below.
+the shell (``geopresence.storage.persistence.FileJournal``) writes the format below.
 
 Format of a journal file (``journal-<first seq, 20 digits>.log``): the 9-byte magic
 ``GPJOURN1\\n``, then frames of
@@ -32,7 +32,7 @@ from typing import Final, Protocol
 import attrs
 import orjson
 
-from geopresence.records import Record, record_from_json, record_to_json
+from geopresence.model.records import Record, record_from_json, record_to_json
 
 FILE_MAGIC: Final = b"GPJOURN1\n"
 HEADER: Final = struct.Struct(">II")

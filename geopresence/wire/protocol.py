@@ -20,7 +20,7 @@ import cattrs
 import cattrs.gen
 import orjson
 
-from geopresence.ids import id_problem
+from geopresence.model.ids import id_problem
 
 ErrorCode = Literal[
     "bad_request",

@@ -10,7 +10,7 @@ exactly once. On top of that:
   ``SSUBSCRIBE``/``SPUBLISH`` (Redis 7 sharded pub/sub), so each channel lives on the shard
   that owns its slot instead of being broadcast to the whole cluster.
 - A publish is also sent to Redis on each of its channels, as one envelope
-  (``geopresence.channel_events``) carrying this node's id and a publish id. Another node
+  (``geopresence.cluster.channel_events``) carrying this node's id and a publish id. Another node
   receives it once per channel it is subscribed to and delivers it once (the publish id is
   remembered for a while) to its subscribers of any of those channels; a node ignores its
   own envelopes (it delivered them locally already).
@@ -20,7 +20,8 @@ exactly once. On top of that:
   (``friends_presence``, ``nearby_friends``) cover what was missed.
 
 The shared state itself does not travel here but on the feed stream
-(``geopresence.redis_state``); see ``geopresence.cluster`` for how a node puts it together.
+(``geopresence.cluster.redis_state``); see ``geopresence.cluster.link`` for how a node puts it
+together.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from typing import Any, Final, Literal
 import anyio
 import trio
 
-from geopresence.broker import ConnId, Deliver, MemoryBroker
-from geopresence.channel_events import Envelope, decode_envelope, encode_envelope
+from geopresence.cluster.channel_events import Envelope, decode_envelope, encode_envelope
+from geopresence.core.broker import ConnId, Deliver, MemoryBroker
 
 log = logging.getLogger("geopresence.redis")
 
@@ -80,7 +81,7 @@ class SeenOnce:
 
 def redis_channel(channel: str, prefix: str = "gp") -> str:
     """The Redis name of a hub channel: ``user:alice`` -> ``gp:user:{alice}``. The hash tag
-    puts a user's channel on its keys' slot (``geopresence.redis_state``); the prefix keeps
+    puts a user's channel on its keys' slot (``geopresence.cluster.redis_state``); the prefix keeps
     geopresence clusters sharing one Redis apart (pub/sub ignores database numbers)."""
     kind, _, name = channel.partition(":")
     return f"{prefix}:{kind}:{{{name}}}"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jwt
 
-from geopresence.ids import id_problem
+from geopresence.model.ids import id_problem
 
 SECRET_FILE = "secret"
 ADMIN_KEY_FILE = "admin_key"

@@ -16,14 +16,14 @@ from typing import Protocol
 
 import attrs
 
-from geopresence.broker import Broker, ConnId
-from geopresence.journal import Journal
-from geopresence.locations import Location
-from geopresence.outbox import Outgoing
-from geopresence.protocol import StrangerGoneReason
-from geopresence.records import Record
-from geopresence.replication import Replicator
-from geopresence.store import Store
+from geopresence.core.broker import Broker, ConnId
+from geopresence.core.journal import Journal
+from geopresence.core.locations import Location
+from geopresence.core.replication import Replicator
+from geopresence.core.store import Store
+from geopresence.model.records import Record
+from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import StrangerGoneReason
 
 
 @attrs.frozen(slots=True)

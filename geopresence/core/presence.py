@@ -20,8 +20,8 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from geopresence.expiry import DeadlineIndex
-from geopresence.protocol import Status
+from geopresence.core.expiry import DeadlineIndex
+from geopresence.wire.protocol import Status
 
 C = TypeVar("C")
 """The caller's connection handle type (the server uses ints)."""
