@@ -25,16 +25,10 @@ from geopresence.core.store import MemoryStore
 from geopresence.geocells import cover
 from geopresence.grid import StrangerGrid
 from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.wire.client_messages import Heartbeat, LocationUpdate, Send, Sync
 from geopresence.wire.outbox import Outbox, Outgoing
-from geopresence.wire.protocol import (
-    Heartbeat,
-    LocationUpdate,
-    Presence,
-    Send,
-    Sync,
-    decode,
-    encode,
-)
+from geopresence.wire.protocol import decode, encode
+from geopresence.wire.server_messages import Presence
 
 
 def timed(label: str, unit: str, count: int, run: Callable[[], object]) -> float:

@@ -36,7 +36,7 @@ import trio
 from geopresence.core.locations import Location
 from geopresence.grid import StrangerGrid
 from geopresence.testing import open_server
-from geopresence.wire.protocol import LocationUpdate, SettingsUpdate
+from geopresence.wire.client_messages import LocationUpdate, SettingsUpdate
 
 RADIUS_M = 8046.72
 CENTER = (37.5665, 126.978)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from geopresence.shell.http_api import HttpApi
 from geopresence.testing import open_server
-from geopresence.wire.protocol import CLIENT_MESSAGE_TYPES
+from geopresence.wire.client_messages import CLIENT_MESSAGE_TYPES
 
 FIELDS = [
     "type", "id", "device", "user", "token", "group", "lat", "lon", "ts", "page", "on",

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from geopresence.core.broker import ConnId
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
+from geopresence.wire.client_messages import GroupPresenceQuery, Heartbeat, Hello, Logout
+from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outbox, Outgoing
-from geopresence.wire.protocol import GroupPresenceQuery, Heartbeat, Hello, Logout, ProtocolError
 from tests.helpers import RecordingSink
 
 
@@ -227,7 +228,7 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
     """friend_location only for a friend sharing within the viewer's radius at that moment;
     friend_gone only for a friend the connection was shown, once."""
     from geopresence.model.geo import haversine_m, within
-    from geopresence.wire.protocol import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
+    from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
 
     hub, sink = make_hub(offline_after=10_000, location_ttl=600)
     now = 0.0
@@ -302,7 +303,7 @@ def test_unfriend_refriend_order_survives_a_backlog() -> None:
 
 
 def test_refriend_under_backlog_keeps_nearby_frames_in_order() -> None:
-    from geopresence.wire.protocol import LocationUpdate
+    from geopresence.wire.client_messages import LocationUpdate
 
     sink = QueueSink()
     hub = Hub(HubSettings(), MemoryStore(), sink)
@@ -328,7 +329,7 @@ def test_refriend_under_backlog_keeps_nearby_frames_in_order() -> None:
 
 
 def test_no_friend_gone_for_friends_only_on_other_pages() -> None:
-    from geopresence.wire.protocol import LocationUpdate, NearbyFriendsQuery
+    from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery
 
     hub, sink = make_hub()
     for i in range(21):

@@ -12,7 +12,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Record
-from geopresence.wire.protocol import Send, Sync
+from geopresence.wire.client_messages import Send, Sync
 from tests.helpers import RecordingSink
 
 

@@ -12,7 +12,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.records import Record
-from geopresence.wire.protocol import LocationUpdate, Logout, NearbyFriendsQuery, Send, Sync
+from geopresence.wire.client_messages import LocationUpdate, Logout, NearbyFriendsQuery, Send, Sync
 from tests.helpers import RecordingSink
 
 

@@ -9,22 +9,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.wire.protocol import (
-    ChatMessageOut,
-    FriendsPresence,
-    FriendStatus,
+from geopresence.wire.client_messages import (
     GroupPresenceQuery,
     Heartbeat,
     Hello,
     Logout,
-    Presence,
-    ProtocolError,
     Send,
-    Sent,
     Sync,
+)
+from geopresence.wire.errors import ProtocolError
+from geopresence.wire.protocol import decode, encode
+from geopresence.wire.server_messages import (
+    ChatMessageOut,
+    FriendsPresence,
+    FriendStatus,
+    Presence,
+    Sent,
     Welcome,
-    decode,
-    encode,
 )
 
 

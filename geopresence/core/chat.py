@@ -36,19 +36,11 @@ from geopresence.core.chat_store import ChatStore
 from geopresence.core.context import FeatureContext, Session
 from geopresence.model.chat_message import MAX_TEXT_BYTES, ChatMessage
 from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.wire.client_messages import MAX_SYNC_LIMIT, Send, Sync
+from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import (
-    MAX_SYNC_LIMIT,
-    ChatMessageOut,
-    MessagesReply,
-    ProtocolError,
-    RequestId,
-    Send,
-    Sent,
-    Sync,
-    encode,
-    unstructure,
-)
+from geopresence.wire.protocol import encode, unstructure
+from geopresence.wire.server_messages import ChatMessageOut, MessagesReply, Sent
 
 SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
 """A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then

@@ -23,7 +23,7 @@ from geopresence.core.replication import Replicator
 from geopresence.core.store import Store
 from geopresence.model.records import Record
 from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import StrangerGoneReason
+from geopresence.wire.server_messages import StrangerGoneReason
 
 
 @attrs.frozen(slots=True)

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from geopresence.core.expiry import DeadlineIndex
-from geopresence.wire.protocol import Status
+from geopresence.wire.server_messages import Status
 
 C = TypeVar("C")
 """The caller's connection handle type (the server uses ints)."""

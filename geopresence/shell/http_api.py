@@ -25,7 +25,7 @@ from geopresence.core.hub import GROUP_SLICE, BulkError, Hub
 from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.shell.metrics import Metrics
-from geopresence.wire.protocol import ErrorCode, ProtocolError
+from geopresence.wire.errors import ErrorCode, ProtocolError
 
 
 class Control(Protocol):
