@@ -9,6 +9,9 @@ The precision is the finest whose cover has at most ``MAX_COVER_CELLS`` cells, s
 get small cells and the poles get a few large ones. Nobody inside the circle is outside the
 cover; callers then filter by exact distance.
 
+Also here: the **coarse grid** (``coarse_cell``, ``coarse_center``), cells of about 100 m on
+which every stranger-facing decision is taken (see ``strangers``).
+
 Cells are python-geohash strings. ``cell_of`` and the cover agree on boundaries because both go
 through ``geohash.encode`` (a point on a cell edge belongs to the cell north/east of it;
 longitude 180 is the same meridian as -180).
@@ -16,13 +19,14 @@ longitude 180 is the same meridian as -180).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from typing import Final
 
 import geohash
 
-from geopresence.geo import EARTH_RADIUS_M
+from geopresence.model.geo import EARTH_RADIUS_M
 
 MAX_PRECISION: Final = 6
 """Finest precision used for covers and cell channels (~1.2 km x 0.6 km cells)."""
@@ -146,3 +150,50 @@ def cell_box(cell: str) -> tuple[float, float, float, float]:
     """(south, north, west, east) of a cell, degrees."""
     b = geohash.bbox(cell)
     return b["s"], b["n"], b["w"], b["e"]
+
+
+# ---------------------------------------------------------------------- the coarse grid
+
+COARSE_CELL_M: Final = 100.0
+"""Side of a coarse cell, metres (north-south exactly; east-west at the row's centre)."""
+COARSE_ROWS: Final = round(math.pi * EARTH_RADIUS_M / COARSE_CELL_M)
+"""Rows from pole to pole (200,151): a whole number, so that both poles are row edges."""
+COARSE_DLAT: Final = 180.0 / COARSE_ROWS
+"""Height of a row, degrees (99.9998 m)."""
+COARSE_ERROR_M: Final = 90.0
+"""No point is farther than this from its coarse cell's centre (about 71 m, half the
+diagonal, away from the poles; up to 87 m in the three wedges of the polar rows)."""
+
+CoarseCell = tuple[int, int]
+"""(row, column): row 0 starts at the south pole; column 0 starts at longitude -180."""
+
+
+@functools.lru_cache(maxsize=8192)
+def coarse_columns(row: int) -> int:
+    """Cells in ``row``: about one per 100 m of the parallel through the row's centre (at
+    least one), a whole number so that the antimeridian is a cell edge in every row."""
+    center = math.radians(-90.0 + (row + 0.5) * COARSE_DLAT)
+    parallel = 2 * math.pi * EARTH_RADIUS_M * math.cos(center)
+    return max(1, round(parallel / COARSE_CELL_M))
+
+
+def coarse_cell(lat: float, lon: float) -> CoarseCell:
+    """The coarse cell of a point. Deterministic (the same on every node); latitude 90 is in
+    the top row, longitude 180 in the same column as -180. A point on a cell edge belongs to
+    the cell north or east of it."""
+    row = min(COARSE_ROWS - 1, max(0, math.floor((lat + 90.0) / COARSE_DLAT)))
+    columns = coarse_columns(row)
+    col = math.floor((normalize_lon(lon) + 180.0) / 360.0 * columns) % columns
+    return row, col
+
+
+def coarse_center(cell: CoarseCell) -> tuple[float, float]:
+    """(lat, lon) of the centre of a coarse cell, longitude in [-180, 180)."""
+    row, col = cell
+    columns = coarse_columns(row)
+    return -90.0 + (row + 0.5) * COARSE_DLAT, -180.0 + (col + 0.5) * 360.0 / columns
+
+
+def coarse(lat: float, lon: float) -> tuple[float, float]:
+    """A point snapped to the centre of its coarse cell."""
+    return coarse_center(coarse_cell(lat, lon))

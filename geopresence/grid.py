@@ -1,5 +1,9 @@
 """The stranger grid: visible users indexed by geohash, queried by exact distance (sans-I/O).
 
+The strangers part places users at their COARSE positions (``geocells.coarse``: the centre of
+their ~100 m cell) and queries from the asker's coarse position, so "exact" here means exact
+between cell centres: nothing it returns depends on more than the cells of both parties.
+
 Members are kept in one sorted list of ``(geohash, user)`` keys at ``INDEX_PRECISION``, so the
 members of ANY cell are one contiguous key range (a cell is a prefix): listing them is
 O(log n + k) and counting them is O(log n), whatever the cell's precision.
@@ -22,9 +26,9 @@ from typing import Final
 
 from sortedcontainers import SortedList
 
-from geopresence.geo import EARTH_RADIUS_M, RADIUS_TOLERANCE_M, distance_within
+from geopresence.core.locations import Location
 from geopresence.geocells import INDEX_PRECISION, cell_box, cell_of, cover
-from geopresence.locations import Location
+from geopresence.model.geo import EARTH_RADIUS_M, RADIUS_TOLERANCE_M, distance_within
 
 LEAF_PRECISION: Final = 6
 """Rim cells are split down to this precision; their members are then checked one by one."""

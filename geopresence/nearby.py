@@ -20,30 +20,27 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from geopresence.broker import ConnId, user_channel
-from geopresence.geo import distance_within
-from geopresence.locations import Location, LocationCache
-from geopresence.outbox import Outgoing
-from geopresence.protocol import (
+from geopresence.core.broker import ConnId, user_channel
+from geopresence.core.locations import Location, LocationCache
+from geopresence.core.replication import LocationSet
+from geopresence.core.store import UserSettings
+from geopresence.model.geo import distance_within
+from geopresence.model.records import SettingsChanged
+from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
+from geopresence.wire.errors import ProtocolError, RequestId
+from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import encode
+from geopresence.wire.server_messages import (
     FriendGone,
     FriendLocation,
     GoneReason,
-    LocationUpdate,
     NearbyFriend,
-    NearbyFriendsQuery,
     NearbyFriendsReply,
-    ProtocolError,
-    RequestId,
     SettingsReply,
-    SettingsUpdate,
-    encode,
 )
-from geopresence.records import SettingsChanged
-from geopresence.replication import LocationSet
-from geopresence.store import UserSettings
 
 if TYPE_CHECKING:
-    from geopresence.hub import Hub, Session
+    from geopresence.core.hub import Hub, Session
 
 PAGE_SIZE: Final = 20
 MAX_FUTURE_S: Final = 60.0
@@ -288,9 +285,11 @@ class Nearby:
         for user in self.locations.expire(now):
             self._gone(user, "expired")
             self.hub.strangers.on_location_gone(user, "expired")
+        self.hub.strangers.tick(now)  # watchers' rate-limited moves and radius changes
 
     def next_deadline(self) -> float | None:
-        return self.locations.next_deadline()
+        deadlines = (self.locations.next_deadline(), self.hub.strangers.next_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
 
     # ------------------------------------------------------------------ internals
 

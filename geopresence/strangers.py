@@ -9,38 +9,49 @@ per precision), so watchers of any cover precision hear it, and a move between c
 published to the old cells' channels as well so that watchers there see it leave.
 
 Privacy: strangers never receive coordinates, only distances rounded to the nearest 100 m;
-friends are never reported as strangers; users who did not opt in are never reported; the
-nearby-people query is rate limited per connection so the rounding cannot be undone by many
-queries from many positions.
+friends are never reported as strangers; users who did not opt in are never reported.
+Rounding alone is not enough (the moment a stranger leaves a radius reveals the exact
+distance), so **nothing a stranger observes depends on more than a coarse position**:
+
+- every stranger-facing decision (in range or not, the distance shown, the order) is taken
+  between **coarse positions of both parties**: each snapped to the centre of its ~100 m cell
+  of ``geocells.coarse_cell``. Two positions in one cell give identical observations;
+- a visible user is published (and its shown ``ts`` changes) only when its coarse cell
+  changes: moves inside a cell are not seen, not even their timing;
+- a watcher's own moves and radius changes are applied to its strangers view at most once
+  per ``apply_interval`` (leading and trailing edge: the first change at once, later ones
+  together at the end of the interval, so the final state is always applied);
+- ``nearby_people`` is rate limited per user.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from geopresence.broker import ConnId
-from geopresence.geo import distance_within
-from geopresence.geocells import MAX_PRECISION, cover
+from geopresence.core.broker import ConnId
+from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.locations import Location
+from geopresence.geocells import MAX_PRECISION, coarse, cover
 from geopresence.grid import StrangerGrid
-from geopresence.locations import Location
-from geopresence.outbox import Outgoing
-from geopresence.protocol import (
-    NearbyPeopleQuery,
+from geopresence.model.geo import distance_within
+from geopresence.wire.client_messages import NearbyPeopleQuery, WatchStrangers
+from geopresence.wire.errors import ProtocolError
+from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import encode
+from geopresence.wire.server_messages import (
     NearbyPeopleReply,
     Person,
-    ProtocolError,
     StrangerGone,
     StrangerGoneReason,
     StrangerNearby,
-    WatchStrangers,
     WatchStrangersReply,
-    encode,
 )
 
 if TYPE_CHECKING:
-    from geopresence.hub import Hub, Session
+    from geopresence.core.hub import Hub, Session
 
 PAGE_SIZE: Final = 20
 ROUND_TO_M: Final = 100
@@ -57,6 +68,13 @@ def rounded(distance_m: float) -> int:
     return round(distance_m / ROUND_TO_M) * ROUND_TO_M
 
 
+def snap(location: Location, ts: float | None = None) -> Location:
+    """``location`` as strangers are allowed to know it: moved to the centre of its coarse
+    cell (``ts`` kept unless given)."""
+    lat, lon = coarse(location.lat, location.lon)
+    return Location(lat, lon, location.ts if ts is None else ts)
+
+
 def _channels(*codes: str | None) -> set[str]:
     """The channels of every prefix (precision 1..MAX_PRECISION) of the given cells."""
     return {cell_channel(code[:p]) for code in codes if code for p in range(1, MAX_PRECISION + 1)}
@@ -64,7 +82,9 @@ def _channels(*codes: str | None) -> set[str]:
 
 @attrs.frozen(slots=True)
 class StrangerEvent:
-    """Published on cell channels when a visible user moves."""
+    """Published on cell channels when a visible user enters a coarse cell; ``location`` is
+    that cell's centre (never the exact position) and the ``ts`` of the update that entered
+    it."""
 
     user: str
     location: Location
@@ -98,10 +118,24 @@ class TokenBucket:
         return (1 - self.tokens) * self.interval
 
 
+Applied = tuple[tuple[float, float] | None, float]
+"""What a watch's decisions are taken from: its user's coarse position (None: none) and
+radius."""
+
+
 @attrs.define
 class _Watch:
     cells: frozenset[str] = frozenset()
     shown: set[str] = attrs.Factory(set)
+    center: Location | None = None
+    """The watcher's coarse position as last applied (None: it had no live location)."""
+    radius: float = 0.0
+    """The watcher's radius as last applied."""
+
+    @property
+    def applied(self) -> Applied:
+        center = self.center
+        return (None if center is None else (center.lat, center.lon)), self.radius
 
 
 def _stranger_key(user: str) -> tuple[str, str]:
@@ -111,12 +145,30 @@ def _stranger_key(user: str) -> tuple[str, str]:
 class Strangers:
     """The strangers part of the hub."""
 
-    def __init__(self, hub: Hub, *, query_burst: int, query_interval: float) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        query_burst: int,
+        query_interval: float,
+        apply_interval: float | None = None,
+    ) -> None:
         self.hub = hub
         self.grid = StrangerGrid()
+        """Visible users at their COARSE positions (cell centres), with the ``ts`` of the
+        update that brought each into its cell."""
         self.query_burst = query_burst
         self.query_interval = query_interval
+        self.apply_interval = query_interval if apply_interval is None else apply_interval
+        """A watcher's moves and radius changes reach its strangers view at most once per
+        this many seconds (by default the nearby_people interval: one probe per interval,
+        whichever way it is made)."""
         self._watches: dict[ConnId, _Watch] = {}
+        self._applied_at: dict[str, float] = {}
+        """When each user's watches were last brought up to date (recent ones only)."""
+        self._applied_order: deque[tuple[float, str]] = deque()
+        self._due: DeadlineIndex[str] = DeadlineIndex()
+        """Users whose latest move or radius change waits for the end of the interval."""
         # Per USER, not per connection: reconnecting or using another device must not
         # bring a fresh bucket (the limit protects strangers' rounded distances).
         self._buckets: dict[str, TokenBucket] = {}
@@ -132,6 +184,8 @@ class Strangers:
         conn = session.conn
         if message.on:
             if conn not in self._watches:
+                # A new watch takes its user's current state at once: its view is empty,
+                # so this reveals nothing (no stranger_gone can follow from it).
                 self._watches[conn] = _Watch()
                 self._recover(conn, session.user, now)
         else:
@@ -167,7 +221,8 @@ class Strangers:
             )
         excluded = {user, *self.hub.store.friends_of(user)}
         need = (query.page + 1) * PAGE_SIZE
-        total, found = self.grid.query(me, self.hub.nearby.radius(user), excluded, need)
+        # Coarse to coarse: the grid holds cell centres, and so is the asker's position.
+        total, found = self.grid.query(snap(me), self.hub.nearby.radius(user), excluded, need)
         start = query.page * PAGE_SIZE
         people = [
             Person(user=u, distance_m=rounded(d), ts=loc.ts)
@@ -187,28 +242,39 @@ class Strangers:
     def on_location(self, user: str, location: Location, now: float) -> None:
         """An accepted location update of ``user`` (called by the nearby part)."""
         if self.hub.store.get_settings(user).visible_to_strangers:
-            previous = self.grid.place(user, location)
-            current = self.grid.cell(user)
-            self.hub.publish(_channels(previous, current), StrangerEvent(user, location, now))
-        for conn in self.hub.connections_of(user):
-            if conn in self._watches:
-                self._recover(conn, user, now)
+            spot = snap(location)
+            held = self.grid.get(user)
+            # A move inside the coarse cell changes nothing a stranger may see: not published.
+            if held is None or (held.lat, held.lon) != (spot.lat, spot.lon):
+                previous = self.grid.place(user, spot)
+                current = self.grid.cell(user)
+                self.hub.publish(_channels(previous, current), StrangerEvent(user, spot, now))
+        self._watcher_changed(user, now)
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
         if visible:
             location = self.hub.nearby.locations.get(user, now)
             if location is not None:
-                self.grid.place(user, location)
-                self.hub.publish(
-                    _channels(self.grid.cell(user)), StrangerEvent(user, location, now)
-                )
+                spot = snap(location)
+                self.grid.place(user, spot)
+                self.hub.publish(_channels(self.grid.cell(user)), StrangerEvent(user, spot, now))
         else:
             self._gone(user, "hidden")
 
     def on_radius_changed(self, user: str, now: float) -> None:
-        for conn in self.hub.connections_of(user):
-            if conn in self._watches:
-                self._recover(conn, user, now)
+        self._watcher_changed(user, now)
+
+    def tick(self, now: float) -> None:
+        """Time has reached ``now``: apply the moves and radius changes whose interval ended
+        (the hub's expiry calls this through ``Nearby.expire``)."""
+        for user in self._due.pop_due(now):
+            watching = self._watching(user)
+            if watching:
+                self._apply(user, watching, now)
+
+    def next_deadline(self) -> float | None:
+        """When ``tick`` has work next (None: nothing pending)."""
+        return self._due.next_deadline()
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
         """The user's location expired or it went offline."""
@@ -250,10 +316,12 @@ class Strangers:
         watcher, other = session.user, event.user
         if other == watcher or self.hub.store.are_friends(watcher, other):
             return
-        mine = self.hub.nearby.locations.get(watcher, event.now)
+        # The watch's applied coarse position and radius (both rate limited), while the
+        # watcher has a live location; the event carries the stranger's cell centre.
         distance = None
-        if mine is not None:
-            distance = distance_within(mine, event.location, self.hub.nearby.radius(watcher))
+        mine = watch.center
+        if mine is not None and self.hub.nearby.locations.get(watcher, event.now) is not None:
+            distance = distance_within(mine, event.location, watch.radius)
         if distance is not None:
             watch.shown.add(other)
             frame = StrangerNearby(user=other, distance_m=rounded(distance), ts=event.location.ts)
@@ -264,12 +332,51 @@ class Strangers:
 
     # ------------------------------------------------------------------ internals
 
-    def _recover(self, conn: ConnId, user: str, now: float) -> None:
-        """Subscribe ``conn`` to the cells covering its user's radius, touching only the
-        cells that changed, and drop shown strangers now out of range."""
-        watch = self._watches[conn]
+    def _watching(self, user: str) -> list[ConnId]:
+        return [conn for conn in self.hub.connections_of(user) if conn in self._watches]
+
+    def _target(self, user: str, now: float) -> tuple[Location | None, float]:
+        """``user``'s coarse position (None: no live location) and radius now."""
         mine = self.hub.nearby.locations.get(user, now)
-        radius = self.hub.nearby.radius(user)
+        return (None if mine is None else snap(mine, 0.0)), self.hub.nearby.radius(user)
+
+    def _watcher_changed(self, user: str, now: float) -> None:
+        """``user`` moved or changed its radius: bring its watches up to date, at once if
+        the last time was at least ``apply_interval`` ago, else at the end of the interval.
+        A move inside its coarse cell changes nothing and uses up nothing."""
+        watching = self._watching(user)
+        if not watching or user in self._due:
+            return
+        center, radius = self._target(user, now)
+        target = (None if center is None else (center.lat, center.lon)), radius
+        if all(self._watches[conn].applied == target for conn in watching):
+            return
+        last = self._applied_at.get(user)
+        if last is not None and now < last + self.apply_interval:
+            self._due.set(user, last + self.apply_interval)
+        else:
+            self._apply(user, watching, now)
+
+    def _apply(self, user: str, watching: list[ConnId], now: float) -> None:
+        # Forget the times that no longer limit anything (oldest first, O(1) amortized), so
+        # memory follows the users who changed something recently.
+        order, interval = self._applied_order, self.apply_interval
+        while order and now - order[0][0] >= interval:
+            then, old = order.popleft()
+            if self._applied_at.get(old) == then:
+                del self._applied_at[old]
+        self._applied_at[user] = now
+        order.append((now, user))
+        for conn in watching:
+            self._recover(conn, user, now)
+
+    def _recover(self, conn: ConnId, user: str, now: float) -> None:
+        """Take the user's current coarse position and radius as the watch's: subscribe
+        ``conn`` to the cells covering that circle, touching only the cells that changed,
+        and drop shown strangers now out of range."""
+        watch = self._watches[conn]
+        mine, radius = self._target(user, now)
+        watch.center, watch.radius = mine, radius
         cells = frozenset() if mine is None else cover(mine.lat, mine.lon, radius)[1]
         if cells != watch.cells:
             for cell in watch.cells - cells:

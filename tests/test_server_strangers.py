@@ -1,5 +1,10 @@
 """Nearby strangers over real sessions: cell subscriptions, opt-in, friends excluded,
-rounding, no coordinates anywhere, rate limits."""
+rounding, no coordinates anywhere, rate limits.
+
+Strangers see distances between COARSE positions (both parties snapped to the centre of their
+~100 m cell), so expected distances are computed with ``seen_distance``, not from the exact
+offsets (the privacy rules themselves are tested in test_stranger_privacy.py).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,21 @@ import trio
 from trio.testing import MockClock
 
 from geopresence.client import Client
+from geopresence.geocells import coarse
+from geopresence.model.geo import haversine_m
 from geopresence.strangers import cell_channel
 from geopresence.testing import TestServer
 
 from .test_server_nearby import at, move, nothing_for
 
 COORDINATE_KEYS = {"lat", "lon"}
+
+
+def seen_distance(a: dict[str, float], b: dict[str, float]) -> int:
+    """The distance_m a stranger sees between two positions: haversine between their coarse
+    cell centres, rounded to the nearest 100 m (ties to even)."""
+    exact = haversine_m(*coarse(a["lat"], a["lon"]), *coarse(b["lat"], b["lon"]))
+    return round(exact / 100) * 100
 
 
 async def visible(client: Client, on: bool = True) -> None:
@@ -43,6 +57,7 @@ async def test_watcher_sees_visible_strangers_rounded(
         await visible(zoe)
         await move(zoe, at(1_234), ts=3)
         event = await watcher.recv_type("stranger_nearby")
+        assert seen_distance(at(0), at(1_234)) == 1_200
         assert event == {"type": "stranger_nearby", "user": "zoe", "distance_m": 1_200, "ts": 3}
         no_coordinates(event)
         await move(shy, at(500))  # never opted in
@@ -104,7 +119,8 @@ async def test_opt_out_and_leaving(server: TestServer, autojump_clock: MockClock
         await move(zoe, at(1_000))
         await nothing_for(watcher)
         await visible(zoe)
-        assert (await watcher.recv_type("stranger_nearby"))["distance_m"] == 2_000 - 1_000
+        distance = seen_distance(at(0), at(1_000))
+        assert (await watcher.recv_type("stranger_nearby"))["distance_m"] == distance
         await move(zoe, at(30_000))  # far away, into cells the watcher does not cover
         gone = await watcher.recv_type("stranger_gone")
         assert gone["reason"] == "out_of_range"
@@ -160,8 +176,11 @@ async def test_watcher_moving_meets_strangers_on_their_next_move(
         await move(zoe, at(40_000))
         await nothing_for(watcher)
         await move(watcher, at(39_000))
-        await move(zoe, at(40_010))
-        assert (await watcher.recv_type("stranger_nearby"))["distance_m"] == 1_000
+        await move(zoe, at(40_010))  # inside zoe's coarse cell: not published
+        await nothing_for(watcher)
+        await move(zoe, at(40_200))  # into another cell: published
+        event = await watcher.recv_type("stranger_nearby")
+        assert event["distance_m"] == seen_distance(at(39_000), at(40_200)) == 1_200
 
 
 async def test_nearby_people_is_rate_limited(server: TestServer, autojump_clock: MockClock) -> None:
