@@ -32,21 +32,15 @@ from typing import Any
 import trio
 
 from geopresence.config import FsyncPolicy
-from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.journal import FILE_MAGIC, encode_frame
-from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.core.state import DurableState
+from geopresence.core.store import UserSettings
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, Record
 from geopresence.model.snowflake import SnowflakeGenerator
-from geopresence.storage.persistence import (
-    JOURNAL_PATTERN,
-    _Discard,
-    journal_path,
-    load_offline,
-    state_dir,
-    write_snapshot,
-)
-from geopresence.storage.recovery import capture
+from geopresence.storage.datadir import JOURNAL_PATTERN, journal_path, state_dir, write_snapshot
+from geopresence.storage.recovery import load_offline
+from geopresence.storage.snapshot import capture
 from geopresence.testing import open_server
 
 WINDOW = 8
@@ -100,12 +94,12 @@ async def acked_rate(policy: FsyncPolicy | None, base: Path, senders: int, each:
         )
 
 
-def build_state(users: int, messages: int) -> Hub:
-    """A hub holding ``users`` users with 5 friends each, 1 group per 100 users (20 members),
-    settings for 1 user in 10, and ``messages`` messages (9 in 10 are 1:1)."""
+def build_state(users: int, messages: int) -> DurableState:
+    """A durable state holding ``users`` users with 5 friends each, 1 group per 100 users
+    (20 members), settings for 1 user in 10, and ``messages`` messages (9 in 10 are 1:1)."""
     rng = random.Random(7)
-    hub = Hub(HubSettings(), MemoryStore(), _Discard())
-    store = hub.store
+    state = DurableState()
+    store = state.users
     for i in range(users):
         for k in range(1, 6):
             store.add_friendship(f"u{i}", f"u{(i + k) % users}")
@@ -114,7 +108,7 @@ def build_state(users: int, messages: int) -> Hub:
         members = [f"u{(g * 100 + k * 5) % users}" for k in range(20)]
         store.set_group(f"g{g}", members)
         for member in members:
-            hub.chat.store.join(f"g{g}", member, 0)
+            state.chat.join(f"g{g}", member, 0)
     for i in range(0, users, 10):
         store.put_settings(f"u{i}", UserSettings(share_location=False, radius_m=2000.0))
     ids = SnowflakeGenerator(node_id=1)
@@ -130,21 +124,21 @@ def build_state(users: int, messages: int) -> Hub:
         else:
             group = f"g{rng.randrange(groups)}"
             batch.append(ChatMessage(ids.next_id(t), f"u{sender}", text, t, group=group))
-    hub.chat.store.load(batch)
-    hub.chat.ids.observe(ids.last_id)
-    return hub
+    state.chat.load(batch)
+    state.ids.observe(ids.last_id)
+    return state
 
 
 def restart_cost(base: Path, users: int, messages: int, journal_records: int) -> None:
     started = time.perf_counter()
-    hub = build_state(users, messages)
+    state = build_state(users, messages)
     print(
         f"built {users:,} users, {messages:,} messages in {time.perf_counter() - started:.1f} s"
         f" (RSS {_rss_mb():,.0f} MB)"
     )
     data_dir = Path(tempfile.mkdtemp(dir=base))
     started = time.perf_counter()
-    snapshot = capture(hub, 0, time.time())
+    snapshot = capture(state, 0, time.time())
     captured = time.perf_counter() - started
     path, size = write_snapshot(data_dir, snapshot)
     written = time.perf_counter() - started
@@ -157,13 +151,13 @@ def restart_cost(base: Path, users: int, messages: int, journal_records: int) ->
     with open(journal_path(directory, 1), "wb") as file:
         file.write(FILE_MAGIC + b"".join(encode_frame(r) for r in records))
     assert [p for p in directory.iterdir() if JOURNAL_PATTERN.match(p.name)]
-    del hub, snapshot
+    del state, snapshot
     started = time.perf_counter()
     restored, recovered = load_offline(data_dir, repair=False)
     elapsed = time.perf_counter() - started
-    assert len(restored.chat.store) == messages and len(recovered.records) == journal_records
+    assert len(restored.chat) == messages and len(recovered.records) == journal_records
     print(
-        f"restart: snapshot + {journal_records:,} journal records -> {len(restored.chat.store):,}"
+        f"restart: snapshot + {journal_records:,} journal records -> {len(restored.chat):,}"
         f" messages in {elapsed:.2f} s (RSS {_rss_mb():,.0f} MB)"
     )
     path.unlink()

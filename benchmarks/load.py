@@ -755,11 +755,11 @@ async def one_run(options: Options) -> Result:
 
 async def seed_friendships(redis: redisprocs.Redis, options: Options) -> int:
     """Write the model's friendships straight into Redis, in the layout the nodes load at
-    start-up (``geopresence.cluster.redis_state``): one SADD per user. Returns how many."""
+    start-up (``geopresence.cluster.redis_keys``): one SADD per user. Returns how many."""
     import coredis
     from coredis.connection import TCPLocation
 
-    from geopresence.cluster.redis_state import Keys
+    from geopresence.cluster.redis_keys import Keys
 
     friends: defaultdict[str, set[str]] = defaultdict(set)
     count = 0

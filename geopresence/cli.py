@@ -27,14 +27,11 @@ from geopresence.config import Config, webhook_problem
 from geopresence.history import history_dir, read_history
 from geopresence.ids import id_problem
 from geopresence.logs import configure as configure_logging
-from geopresence.persistence import (
-    DataDirCorrupt,
-    DataDirLocked,
-    compact,
-    inspect_data_dir,
-    repair_data_dir,
-)
 from geopresence.server import RunningServer, serve
+from geopresence.storage.datadir import DataDirLocked
+from geopresence.storage.offline import compact, inspect_data_dir
+from geopresence.storage.recovery import DataDirCorrupt
+from geopresence.storage.repair import repair_data_dir
 
 
 def _seconds(text: str) -> float:

@@ -15,17 +15,17 @@ import trio
 from geopresence.client import connect
 from geopresence.core.journal import FILE_MAGIC, encode_frame
 from geopresence.model.records import Befriended
-from geopresence.storage import persistence
-from geopresence.storage.persistence import (
+from geopresence.storage import journal_file
+from geopresence.storage.datadir import (
     JOURNAL_PATTERN,
     SNAPSHOT_PATTERN,
     DataDirLocked,
-    FileJournal,
     is_locked,
-    recover,
     state_dir,
     write_snapshot,
 )
+from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.recovery import recover
 from geopresence.storage.snapshot import Snapshot
 from geopresence.testing import TestServer, open_server
 from tests.test_cli import geopresence, start
@@ -251,7 +251,7 @@ async def test_a_segment_with_half_its_magic_is_reused_cleanly(tmp_path: Path) -
 async def test_a_failed_write_is_retried_without_writing_anything_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(persistence, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
+    monkeypatch.setattr(journal_file, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
     journal = FileJournal(tmp_path, "always")
     await trio.to_thread.run_sync(journal.open, 0)
     real_write = os.write

@@ -12,13 +12,13 @@ import coredis
 import pytest
 import trio
 
-from geopresence.cluster.redis_state import Keys, RedisJournal, load_state
-from geopresence.core.hub import Hub, HubSettings
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_state import RedisJournal, load_durable
 from geopresence.core.journal import Journal, MemoryJournal
-from geopresence.core.store import MemoryStore
+from geopresence.core.state import DurableState
 from geopresence.model.records import Befriended, GroupSet, Record, SettingsChanged, Unfriended
-from geopresence.storage.persistence import FileJournal, rebuild, recover
-from tests.helpers import RecordingSink
+from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.recovery import rebuild, recover
 from tests.redis_server import redis_server
 
 RECORDS: list[Record] = [
@@ -41,10 +41,6 @@ class Running:
         """Reads back what a restart would recover (None: nothing survives, by design)."""
 
 
-def fresh_hub() -> Hub:
-    return Hub(HubSettings(), MemoryStore(), RecordingSink())
-
-
 @asynccontextmanager
 async def memory(tmp_path: Path) -> AsyncIterator[Running]:
     yield Running(MemoryJournal(), [])
@@ -58,10 +54,10 @@ async def disk(tmp_path: Path) -> AsyncIterator[Running]:
     journal.open(0)
     running = Running(journal, advanced)
 
-    async def reload() -> Hub:
-        hub = fresh_hub()
-        rebuild(hub, recover(tmp_path, repair=False))
-        return hub
+    async def reload() -> DurableState:
+        state = DurableState()
+        rebuild(state, recover(tmp_path, repair=False))
+        return state
 
     running.reload = reload
     async with trio.open_nursery() as nursery:
@@ -82,10 +78,10 @@ async def redis(tmp_path: Path) -> AsyncIterator[Running]:
             journal.on_durable = lambda: advanced.append(journal.durable_seq)
             running = Running(journal, advanced)
 
-            async def reload() -> Hub:
-                hub = fresh_hub()
-                await load_state(client, keys, hub, 0.0)
-                return hub
+            async def reload() -> DurableState:
+                state = DurableState()
+                await load_durable(client, keys, state)
+                return state
 
             running.reload = reload
             async with trio.open_nursery() as nursery:
@@ -143,10 +139,10 @@ async def test_what_is_durable_is_what_a_restart_recovers(
         await until_durable(running, len(RECORDS))
         if running.reload is None:
             return  # the in-memory journal keeps nothing: memory is its durability
-        hub = await running.reload()
-        assert sorted(tuple(sorted(pair)) for pair in hub.store.friendships()) == [("alice", "bob")]
-        assert set(hub.store.group_members("hikers") or ()) == {"alice", "bob"}
-        settings = hub.store.get_settings("bob")
+        users = (await running.reload()).users
+        assert sorted(tuple(sorted(pair)) for pair in users.friendships()) == [("alice", "bob")]
+        assert set(users.group_members("hikers") or ()) == {"alice", "bob"}
+        settings = users.get_settings("bob")
         assert (settings.share_location, settings.radius_m, settings.visible_to_strangers) == (
             False,
             1200.0,

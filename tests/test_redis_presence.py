@@ -11,8 +11,8 @@ from typing import Any
 import coredis
 import trio
 
+from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_presence import ALIVE, RedisPresence
-from geopresence.cluster.redis_state import Keys
 from geopresence.core.replication import PresenceSet
 from tests.redis_server import redis_cluster, redis_server
 

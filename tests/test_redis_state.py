@@ -8,11 +8,13 @@ from typing import Any
 import coredis
 import trio
 
-from geopresence.cluster.redis_state import Keys, RedisFeed, RedisJournal, load_state
+from geopresence.cluster.redis_feed import RedisFeed
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_state import RedisJournal, load_state
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
-from geopresence.storage.recovery import capture
+from geopresence.storage.snapshot import capture
 from geopresence.wire.protocol import LocationUpdate, Send
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_cluster, redis_server
@@ -21,7 +23,7 @@ NOW = 1_800_000_000.0
 
 
 def comparable(hub: Hub) -> dict[str, Any]:
-    snapshot = capture(hub, 0, NOW)
+    snapshot = capture(hub.state, 0, NOW, hub.chat.pending_messages())
     return {
         "friendships": sorted(tuple(sorted(pair)) for pair in snapshot.friendships),
         "groups": snapshot.groups,

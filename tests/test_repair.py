@@ -16,16 +16,16 @@ from typing import Any
 import pytest
 
 from geopresence.core.journal import HEADER, Frame, scan_frames
-from geopresence.storage.persistence import (
+from geopresence.storage.datadir import (
     CORRUPT_DIR,
     JOURNAL_PATTERN,
     SNAPSHOT_PATTERN,
-    DataDirCorrupt,
     DataDirLocked,
     keep_aside,
-    repair_data_dir,
     state_dir,
 )
+from geopresence.storage.recovery import DataDirCorrupt
+from geopresence.storage.repair import repair_data_dir
 from geopresence.testing import TestServer, open_server
 from tests.test_cli import geopresence
 

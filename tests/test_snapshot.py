@@ -11,16 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.state import DurableState
 from geopresence.core.store import MemoryStore
 from geopresence.model.records import Record
 from geopresence.storage import snapshot as snapshot_module
-from geopresence.storage.recovery import apply, capture, restore
 from geopresence.storage.snapshot import (
     SNAPSHOT_VERSION,
     Snapshot,
     SnapshotError,
+    capture,
     decode_snapshot,
     encode_snapshot,
+    restore,
 )
 from geopresence.wire.protocol import Send, SettingsUpdate
 from tests.helpers import RecordingSink
@@ -116,8 +118,13 @@ def run(steps: list[tuple[Any, ...]]) -> tuple[Hub, RecordingJournal]:
     return hub, journal
 
 
-def fresh() -> Hub:
-    return Hub(HubSettings(), MemoryStore(), RecordingSink())
+def fresh() -> DurableState:
+    return DurableState()
+
+
+def snap(hub: Hub, journal_seq: int, now: float) -> Snapshot:
+    """What the server writes: the durable state and the messages still on their way."""
+    return capture(hub.state, journal_seq, now, hub.chat.pending_messages())
 
 
 def comparable(snapshot: Snapshot) -> Snapshot:
@@ -134,7 +141,7 @@ def comparable(snapshot: Snapshot) -> Snapshot:
 @given(st.lists(step, max_size=40))
 def test_state_to_snapshot_to_state_is_the_identity(steps: list[tuple[Any, ...]]) -> None:
     hub, journal = run(steps)
-    taken = capture(hub, len(journal.records), now=123.0)
+    taken = snap(hub, len(journal.records), now=123.0)
     decoded = decode_snapshot(encode_snapshot(taken))
     assert decoded == taken
     restored = fresh()
@@ -142,12 +149,12 @@ def test_state_to_snapshot_to_state_is_the_identity(steps: list[tuple[Any, ...]]
     assert comparable(capture(restored, decoded.journal_seq, 123.0)) == comparable(taken)
     # the restored hub answers like the original
     for user in USERS:
-        groups = restored.store.groups_of(user)
+        groups = restored.users.groups_of(user)
         assert set(groups) == set(hub.store.groups_of(user))
-        assert restored.chat.store.sync(user, groups, 0, 1000) == hub.chat.store.sync(
+        assert restored.chat.sync(user, groups, 0, 1000) == hub.chat.store.sync(
             user, groups, 0, 1000
         )
-    assert restored.chat.ids.last_id >= hub.chat.ids.last_id
+    assert restored.ids.last_id >= hub.chat.ids.last_id
 
 
 @settings(max_examples=300)
@@ -160,16 +167,16 @@ def test_snapshot_plus_journal_replay_rebuilds_the_live_state(
     hub_before, journal_before = run(steps[:split])
     hub, journal = run(steps)
     assert journal.records[: len(journal_before.records)] == journal_before.records
-    base = capture(hub_before, len(journal_before.records), 0.0)
+    base = snap(hub_before, len(journal_before.records), 0.0)
     rebuilt = fresh()
     restore(rebuilt, decode_snapshot(encode_snapshot(base)))
     for record in journal.records[len(journal_before.records) :]:
-        apply(rebuilt, record)
-    assert comparable(capture(rebuilt, 0, 0.0)) == comparable(capture(hub, 0, 0.0))
+        rebuilt.apply(record)
+    assert comparable(capture(rebuilt, 0, 0.0)) == comparable(snap(hub, 0, 0.0))
     nothing_before = fresh()
     for record in journal.records:
-        apply(nothing_before, record)
-    assert comparable(capture(nothing_before, 0, 0.0)) == comparable(capture(hub, 0, 0.0))
+        nothing_before.apply(record)
+    assert comparable(capture(nothing_before, 0, 0.0)) == comparable(snap(hub, 0, 0.0))
 
 
 def test_corrupt_truncated_and_newer_snapshots_are_refused() -> None:

@@ -24,8 +24,10 @@ from typing import Any, Final
 import trio
 
 from geopresence.cluster.redis_broker import RedisBroker
+from geopresence.cluster.redis_feed import earlier_id
+from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_presence import RedisPresence
-from geopresence.cluster.redis_state import Keys, RedisJournal, earlier_id, load_state
+from geopresence.cluster.redis_state import RedisJournal, load_state
 from geopresence.config import Config
 from geopresence.core.broker import Deliver
 from geopresence.core.hub import Hub

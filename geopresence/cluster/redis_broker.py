@@ -20,7 +20,7 @@ exactly once. On top of that:
   (``friends_presence``, ``nearby_friends``) cover what was missed.
 
 The shared state itself does not travel here but on the feed stream
-(``geopresence.cluster.redis_state``); see ``geopresence.cluster.link`` for how a node puts it
+(``geopresence.cluster.redis_feed``); see ``geopresence.cluster.link`` for how a node puts it
 together.
 """
 
@@ -81,7 +81,7 @@ class SeenOnce:
 
 def redis_channel(channel: str, prefix: str = "gp") -> str:
     """The Redis name of a hub channel: ``user:alice`` -> ``gp:user:{alice}``. The hash tag
-    puts a user's channel on its keys' slot (``geopresence.cluster.redis_state``); the prefix keeps
+    puts a user's channel on its keys' slot (``geopresence.cluster.redis_keys``); the prefix keeps
     geopresence clusters sharing one Redis apart (pub/sub ignores database numbers)."""
     kind, _, name = channel.partition(":")
     return f"{prefix}:{kind}:{{{name}}}"

@@ -27,7 +27,7 @@ from typing import Any, Final, Literal
 
 import trio
 
-from geopresence.cluster.redis_state import Keys
+from geopresence.cluster.redis_keys import Keys, string
 from geopresence.core.replication import PresenceSet
 
 log = logging.getLogger("geopresence.redis")
@@ -270,7 +270,7 @@ class RedisPresence:
                     continue
                 if kind != "logout_all":
                     member = f"{user}\n{device}"
-                    remaining = float(_string(result[3]))
+                    remaining = float(string(result[3]))
                     if remaining > 0:  # extended by another node meanwhile
                         pipe.zadd(keys.deadlines, {member: remaining})
                     else:
@@ -289,13 +289,13 @@ class RedisPresence:
         retry or a later report finds the transition already made). Returns the status
         announced, if any."""
         decided = bool(int(result[0]))
-        version = int(_string(result[2]))
+        version = int(string(result[2]))
         if not decided and version <= self._known_version(user):
             return None
         status: Literal["online", "offline"] = (
-            "online" if _string(result[status_at]) == "online" else "offline"
+            "online" if string(result[status_at]) == "online" else "offline"
         )
-        text = _string(result[1])
+        text = string(result[1])
         if decided:
             self.transitions += 1
         self._announce(PresenceSet(user, status, float(text) if text else None, version))
@@ -327,13 +327,9 @@ class RedisPresence:
         )
         ops: list[tuple[str, str, DeviceOp]] = []
         for member in due:
-            user, _, device = _string(member).partition("\n")
+            user, _, device = string(member).partition("\n")
             ops.append((user, device, ("expire", now, None)))
         if ops:
             await self._apply_batch(ops)
         self.swept += len(due)
         return len(due)
-
-
-def _string(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -37,13 +37,14 @@ from geopresence.core.context import Sink as Sink
 from geopresence.core.journal import Journal, MemoryJournal
 from geopresence.core.presence import Ended, PresenceChange, PresenceTable, UserPresence
 from geopresence.core.replication import (
+    FEED_KINDS,
     FeedOp,
     LocationSet,
     LogoutRequested,
     PresenceSet,
     Replicator,
 )
-from geopresence.core.state import RECORD_KINDS, DurableState, covering, settings_from
+from geopresence.core.state import DurableState, covering, settings_from
 from geopresence.core.store import Store
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
@@ -614,7 +615,7 @@ class Hub:
         limit = self.settings.max_group_size
         if len(wanted) > limit and not self.replaying:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
-        mark = self.chat.ids.last_id if mark is None else mark
+        mark = self.state.ids.last_id if mark is None else mark
         if slice_size <= 0:
             added, removed = self.store.set_group(group, wanted)
         else:
@@ -664,7 +665,7 @@ class Hub:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added = self.store.add_member(group, user)
         if added:
-            mark = self.chat.ids.last_id if mark is None else mark
+            mark = self.state.ids.last_id if mark is None else mark
             self.journal_append(MemberAdded(group, user, mark))
             self.chat.on_joined(group, user, mark)
             self._subscribe_user(group_channel(group), user)
@@ -734,7 +735,7 @@ class Hub:
             return
         # A refusal means it is already applied or moot here (a group deleted meanwhile).
         with self._scoped("none"), suppress(ProtocolError):
-            _FEED[type(op)](self, op, now)
+            FEED_APPLY[type(op)](self, op, now)
 
     def load_status(
         self, user: str, status: Status, last_active_at: float | None, version: int
@@ -894,7 +895,7 @@ def _feed_settings(hub: Hub, op: SettingsChanged, now: float) -> None:
     hub.nearby.change_settings(op.user, settings_from(op), now)
 
 
-_FEED: Final[dict[type[Any], Callable[[Hub, Any, float], None]]] = covering(
+FEED_APPLY: Final[dict[type[Any], Callable[[Hub, Any, float], None]]] = covering(
     {
         LocationSet: _feed_location,
         LogoutRequested: _feed_logout,
@@ -907,7 +908,7 @@ _FEED: Final[dict[type[Any], Callable[[Hub, Any, float], None]]] = covering(
         MemberRemoved: _feed_member_removed,
         SettingsChanged: _feed_settings,
     },
-    {*RECORD_KINDS, LocationSet, LogoutRequested},
+    FEED_KINDS - {PresenceSet},
     what="Hub.apply_feed",
 )
 """Feed op kind (but ``PresenceSet``) -> how the hub applies another node's change: through

@@ -4,7 +4,7 @@ The hub appends a record (``geopresence.model.records``) for every change it mus
 acknowledges the change only once the journal says it is durable. ``MemoryJournal`` is the
 seam's in-memory implementation (``--in-memory``, and tests of the core): a record is
 "stored under the configured durability" as soon as it is in memory. The file journal of
-the shell (``geopresence.storage.persistence.FileJournal``) writes the format below.
+the shell (``geopresence.storage.journal_file.FileJournal``) writes the format below.
 
 Format of a journal file (``journal-<first seq, 20 digits>.log``): the 9-byte magic
 ``GPJOURN1\\n``, then frames of

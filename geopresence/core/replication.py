@@ -20,7 +20,7 @@ none and nothing here is used.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, get_args
 
 import attrs
 
@@ -61,6 +61,8 @@ class LogoutRequested:
 
 
 FeedOp = Record | LocationSet | PresenceSet | LogoutRequested
+FEED_KINDS: Final[frozenset[type[Any]]] = frozenset(get_args(FeedOp))
+"""Every kind of feed op: the durable records and the three above."""
 
 
 def feed_to_json(op: FeedOp) -> dict[str, Any]:

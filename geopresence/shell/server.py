@@ -39,16 +39,11 @@ from geopresence.shell.clock import ServerClock
 from geopresence.shell.http_api import serve_http
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.push import PushNotifier
+from geopresence.storage.datadir import DataDirLock, state_dir, write_snapshot
 from geopresence.storage.history import HistoryWriter, history_dir
-from geopresence.storage.persistence import (
-    DataDirLock,
-    FileJournal,
-    rebuild,
-    recover,
-    state_dir,
-    write_snapshot,
-)
-from geopresence.storage.recovery import capture
+from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.recovery import rebuild, recover
+from geopresence.storage.snapshot import capture
 from geopresence.wire.outbox import Outbox, Outgoing
 from geopresence.wire.protocol import Error, Hello, ProtocolError, RequestId, decode, encode
 
@@ -363,7 +358,7 @@ class Server:
         for problem in recovered.problems:
             log.warning("recovery: %s", problem)
         hub = self.hub
-        rebuild(hub, recovered)
+        rebuild(hub.state, recovered)
         if recovered.snapshot is not None:
             self._snapshot_seq = recovered.snapshot.journal_seq
         await trio.to_thread.run_sync(journal.open, recovered.last_seq)
@@ -412,7 +407,8 @@ class Server:
                 return self.last_snapshot or {}
             started = trio.current_time()
             seq = self.journal.start_segment()
-            snapshot = capture(self.hub, seq, self.now())
+            hub = self.hub
+            snapshot = capture(hub.state, seq, self.now(), hub.chat.pending_messages())
             path, size = await trio.to_thread.run_sync(
                 write_snapshot, self.config.data_dir, snapshot
             )

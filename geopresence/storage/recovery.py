@@ -93,7 +93,6 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
     return Recovered(ex.snapshot, ex.records, ex.last_seq, problems, ex.snapshot_path, corruption)
 
 
-
 def rebuild(state: DurableState, recovered: Recovered) -> None:
     """Load what ``recover`` read into a fresh state: the snapshot, then the journal after
     it."""

@@ -1,0 +1,83 @@
+"""The Redis key layout of the shared state (multi-node mode), and the helpers that read it.
+
+Keys (``{...}`` is a Redis Cluster hash tag: each user's, group's or conversation's key has a
+slot of its own; the index sets are what a starting node loads from)::
+
+    gp:friends:{U}       set: U's friends              gp:users            index of users
+    gp:group:{G}         hash: member -> join mark     gp:groups           index of groups
+    gp:groups_of:{U}     set: U's groups
+    gp:settings:{U}      JSON settings (absent: defaults)  gp:settings_users  index
+    gp:chat:{C}          sorted set of one conversation's messages ("<20-digit id> <JSON>",
+                         all score 0: lexicographic = id order; C is "dm:A:B" or "g:G")
+    gp:chats             index of conversations
+    gp:locations         hash: user -> [lat, lon, ts, accepted_at] (expired ones are skipped
+                         and removed by the loader; an offline user's is removed at once)
+    gp:presence:{U}      hash: status, last_active_at, v (transition count), d:<device> ->
+                         deadline (see ``geopresence.cluster.redis_presence``)
+    gp:presence_users    index of users with a presence hash
+    gp:deadlines         sorted set: "<user>\\n<device>" scored by its deadline
+    gp:node:{N}          the lease of the node with Snowflake node id N
+    gp:feed              stream: every change, for the other nodes' replicas
+                         (``geopresence.cluster.redis_feed``)
+
+``geopresence.cluster.redis_state`` writes and loads the state keys, ``redis_presence`` the
+presence keys, ``redis_feed`` the feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import record_from_json, record_to_json
+
+
+class Keys:
+    """Key names under one prefix (``gp`` unless tests isolate themselves)."""
+
+    def __init__(self, prefix: str = "gp") -> None:
+        self.prefix = prefix
+        self.users = f"{prefix}:users"
+        self.groups = f"{prefix}:groups"
+        self.settings_users = f"{prefix}:settings_users"
+        self.chats = f"{prefix}:chats"
+        self.locations = f"{prefix}:locations"
+        self.presence_users = f"{prefix}:presence_users"
+        self.deadlines = f"{prefix}:deadlines"
+        self.feed = f"{prefix}:feed"
+
+    def of(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{{{name}}}"
+
+    def conversation(self, message: ChatMessage) -> str:
+        """The conversation a message belongs to (its key's name part)."""
+        if message.group is not None:
+            return f"g:{message.group}"
+        assert message.to is not None
+        a, b = sorted((message.sender, message.to))
+        return f"dm:{a}:{b}"
+
+
+def message_member(message: ChatMessage) -> bytes:
+    """A message as a member of its conversation's sorted set (the id first, zero-padded, so
+    lexicographic order is id order and ``ZRANGE ... BYLEX`` reads after a cursor)."""
+    return b"%020d " % message.message_id + orjson.dumps(record_to_json(message))
+
+
+def member_message(member: bytes | str) -> ChatMessage:
+    raw = member.encode() if isinstance(member, str) else member
+    record = record_from_json(orjson.loads(raw[21:]))
+    if not isinstance(record, ChatMessage):
+        raise ValueError("not a message")
+    return record
+
+
+def string(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def strings(values: Iterable[Any]) -> list[str]:
+    return sorted(string(v) for v in values)

@@ -1,0 +1,217 @@
+"""The data dir on disk: its layout, its lock, and the file operations the rest of storage
+builds on (durable renames, the ``corrupt/`` folder, snapshot files and pruning).
+
+Layout of ``DATA_DIR/`` (docs/durability.md):
+
+- ``state/journal-<first seq>.log``: journal segments (format in ``geopresence.core.journal``,
+  written by ``geopresence.storage.journal_file``). A new segment starts at every snapshot, so
+  old ones can be deleted whole.
+- ``state/snapshot-<journal seq>.snap``: snapshots (format in ``geopresence.storage.snapshot``).
+  The two newest are kept, with every segment needed to replay from the older one, so a
+  corrupt newest snapshot falls back to the previous one without losing anything.
+- ``lock``: held (flock) by the running server, so two servers never share a dir.
+- ``corrupt/``: originals of files set aside or changed after damage (never read).
+- ``history/``: the location history (``geopresence.storage.history``).
+
+Everything here blocks: a server calls it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import itertools
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import IO, Final
+
+from geopresence.core.journal import FILE_MAGIC
+from geopresence.storage.snapshot import Snapshot, encode_snapshot
+
+JOURNAL_PATTERN: Final = re.compile(r"^journal-(\d{20})\.log$")
+SNAPSHOT_PATTERN: Final = re.compile(r"^snapshot-(\d{20})\.snap$")
+SNAPSHOTS_KEPT: Final = 2
+CORRUPT_DIR: Final = "corrupt"
+"""``DATA_DIR/corrupt/``: originals of the files that recovery or ``geopresence repair`` moved
+aside or changed, as ``<name>.<UTC time>``. Never read, overwritten or deleted by geopresence."""
+
+
+def state_dir(data_dir: Path) -> Path:
+    return data_dir / "state"
+
+
+def journal_path(directory: Path, first_seq: int) -> Path:
+    return directory / f"journal-{first_seq:020d}.log"
+
+
+def snapshot_path(directory: Path, journal_seq: int) -> Path:
+    return directory / f"snapshot-{journal_seq:020d}.snap"
+
+
+def numbered(directory: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]]:
+    """(number, path) of the files in ``directory`` whose name matches ``pattern`` (its
+    first group is the number), ascending; none if ``directory`` does not exist."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = pattern.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` atomically and durably (temp file, fsync, rename, fsync
+    the dir)."""
+    temporary = path.with_name(path.name + ".tmp")  # pruned if a crash leaves it
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+# ------------------------------------------------------------------------------ the lock
+
+
+class DataDirLocked(Exception):
+    """Another process holds the data dir."""
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``DATA_DIR/lock``, released on close or process exit."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / "lock"
+        self._file: IO[str] | None = open(self.path, "a+")  # noqa: SIM115 - held until close
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            self._file = None
+            raise DataDirLocked(
+                f"{data_dir} is in use by {holder}: one geopresence process per data dir"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"geopresence pid {os.getpid()}\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
+
+
+def is_locked(data_dir: Path) -> bool:
+    """True if a running process holds ``data_dir`` (the lock file is only read)."""
+    path = data_dir / "lock"
+    try:
+        with open(path, "rb") as file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    except FileNotFoundError:
+        return False
+    return False
+
+
+# ------------------------------------------------------------------------------ damage
+
+
+def keep_aside(data_dir: Path, path: Path, *, move: bool, now: float | None = None) -> Path:
+    """Keep ``path`` as ``DATA_DIR/corrupt/<name>.<UTC time>`` (never overwriting a file
+    there), durably: renamed with ``move``, else copied. Returns where it is."""
+    directory = data_dir / CORRUPT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    for n in itertools.count(1):
+        kept = directory / (f"{path.name}.{stamp}" + ("" if n == 1 else f"-{n}"))
+        try:
+            if move:
+                try:
+                    os.link(path, kept)  # refuses an existing name, unlike rename
+                except FileExistsError:
+                    raise
+                except OSError:  # no hard links here
+                    if kept.exists():
+                        continue
+                    os.rename(path, kept)
+            else:
+                with open(path, "rb") as source, open(kept, "xb") as copy:
+                    shutil.copyfileobj(source, copy, 1 << 20)
+                    copy.flush()
+                    os.fsync(copy.fileno())
+        except FileExistsError:
+            continue
+        break
+    fsync_dir(directory)
+    if move:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    return kept
+
+
+def truncate_segment(path: Path, size: int) -> None:
+    """Cut ``path`` to ``size`` bytes, durably; shorter than the magic means a fresh
+    segment (just the magic)."""
+    with open(path, "r+b") as file:
+        if size < len(FILE_MAGIC):
+            file.truncate(0)
+            file.write(FILE_MAGIC)
+        else:
+            file.truncate(size)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+# ------------------------------------------------------------------------------ snapshots
+
+
+def write_snapshot(data_dir: Path, snapshot: Snapshot) -> tuple[Path, int]:
+    """Write ``snapshot`` atomically (temp file, fsync, rename, fsync the dir) and prune old
+    snapshots and journal segments (blocking: call it in a thread). Returns (path, bytes)."""
+    directory = state_dir(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = encode_snapshot(snapshot)
+    final = snapshot_path(directory, snapshot.journal_seq)
+    replace_file(final, data)
+    prune(directory)
+    return final, len(data)
+
+
+def prune(directory: Path) -> None:
+    """Keep the ``SNAPSHOTS_KEPT`` newest snapshots and the journal segments needed to
+    replay from the oldest of them; delete the rest (and stray temp files)."""
+    snapshots = numbered(directory, SNAPSHOT_PATTERN)
+    for _, path in snapshots[:-SNAPSHOTS_KEPT]:
+        path.unlink(missing_ok=True)
+    kept = snapshots[-SNAPSHOTS_KEPT:]
+    if len(kept) < SNAPSHOTS_KEPT:
+        return  # the fallback for a lone snapshot is the whole journal: keep it
+    oldest_seq = kept[0][0]
+    segments = numbered(directory, JOURNAL_PATTERN)
+    for (_, path), (next_first, _) in itertools.pairwise(segments):
+        # A segment ends where the next begins: all of it is in the snapshot if so.
+        if next_first <= oldest_seq + 1:
+            path.unlink(missing_ok=True)
+    for path in directory.glob("*.tmp"):
+        path.unlink(missing_ok=True)
