@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 
 from geopresence.core.broker import ConnId
+from geopresence.core.grid import StrangerGrid
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.locations import Location
 from geopresence.core.presence import PresenceChange
 from geopresence.core.store import MemoryStore
-from geopresence.geocells import cover
-from geopresence.grid import StrangerGrid
+from geopresence.model.geocells import cover
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.client_messages import Heartbeat, LocationUpdate, Send, Sync
 from geopresence.wire.outbox import Outbox, Outgoing

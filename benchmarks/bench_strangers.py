@@ -33,8 +33,8 @@ import time
 
 import trio
 
+from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
-from geopresence.grid import StrangerGrid
 from geopresence.testing import open_server
 from geopresence.wire.client_messages import LocationUpdate, SettingsUpdate
 

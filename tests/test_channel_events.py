@@ -12,9 +12,9 @@ from geopresence.cluster.channel_events import (
 )
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
+from geopresence.core.nearby import GoneEvent, LocationEvent
+from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
-from geopresence.nearby import GoneEvent, LocationEvent
-from geopresence.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.wire.outbox import Outgoing
 
 EVENTS: list[ChannelEvent] = [

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from geopresence.geo import EARTH_RADIUS_M, haversine_m
-from geopresence.geocells import MAX_COVER_CELLS, cell_of, cover, normalize_lon
+from geopresence.model.geo import EARTH_RADIUS_M, haversine_m
+from geopresence.model.geocells import MAX_COVER_CELLS, cell_of, cover, normalize_lon
 
 
 def destination(

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
-from geopresence.geocells import coarse
-from geopresence.grid import StrangerGrid
 from geopresence.model.geo import haversine_m, within
+from geopresence.model.geocells import coarse
 
 
 def brute(

@@ -10,7 +10,7 @@ import trio
 from geopresence.cluster.redis_broker import RedisBroker, redis_channel
 from geopresence.core.broker import ConnId
 from geopresence.core.locations import Location
-from geopresence.nearby import LocationEvent
+from geopresence.core.nearby import LocationEvent
 from geopresence.wire.outbox import Outgoing
 from tests.redis_server import redis_cluster, redis_server
 

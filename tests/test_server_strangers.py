@@ -13,9 +13,9 @@ import trio
 from trio.testing import MockClock
 
 from geopresence.client import Client
-from geopresence.geocells import coarse
+from geopresence.core.strangers import cell_channel
 from geopresence.model.geo import haversine_m
-from geopresence.strangers import cell_channel
+from geopresence.model.geocells import coarse
 from geopresence.testing import TestServer
 
 from .test_server_nearby import at, move, nothing_for

@@ -37,7 +37,8 @@ from geopresence.core.broker import ConnId
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import LocationSet
 from geopresence.core.store import MemoryStore, UserSettings
-from geopresence.geocells import (
+from geopresence.model.geo import EARTH_RADIUS_M, haversine_m
+from geopresence.model.geocells import (
     COARSE_CELL_M,
     COARSE_DLAT,
     COARSE_ERROR_M,
@@ -47,7 +48,6 @@ from geopresence.geocells import (
     coarse_center,
     coarse_columns,
 )
-from geopresence.model.geo import EARTH_RADIUS_M, haversine_m
 from geopresence.testing import open_server
 from geopresence.wire.client_messages import (
     LocationUpdate,

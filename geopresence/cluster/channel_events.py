@@ -20,9 +20,9 @@ import orjson
 
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
+from geopresence.core.nearby import GoneEvent, LocationEvent
+from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import record_from_json, record_to_json
-from geopresence.nearby import GoneEvent, LocationEvent
-from geopresence.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.wire.outbox import Outgoing
 
 ChannelEvent = Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent

@@ -68,6 +68,12 @@ class FeatureContext(Protocol):
         """The link to other nodes; None on a single node."""
         ...
 
+    @property
+    def replaying(self) -> bool:
+        """True while applying another node's change (already journaled and published by
+        its origin: a feature must not replicate it again)."""
+        ...
+
     def session(self, conn: ConnId) -> Session | None: ...
 
     def connections_of(self, user: str) -> Set[ConnId]: ...
@@ -106,6 +112,31 @@ class LocationListener(Protocol):
     def next_deadline(self) -> float | None:
         """When ``tick`` next has something to do (None: nothing pending)."""
         ...
+
+
+class _NoListener:
+    """Nobody listens (nearby friends used without strangers, as in unit tests)."""
+
+    def on_location(self, user: str, location: Location, now: float) -> None:
+        return None
+
+    def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
+        return None
+
+    def on_visibility(self, user: str, visible: bool, now: float) -> None:
+        return None
+
+    def on_radius_changed(self, user: str, now: float) -> None:
+        return None
+
+    def tick(self, now: float) -> None:
+        return None
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+NO_LISTENER: LocationListener = _NoListener()
 
 
 class LocationView(Protocol):

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from geopresence.config import Config
 from geopresence.core.broker import (
     Broker,
     ConnId,
@@ -35,6 +36,7 @@ from geopresence.core.chat import Chat, ChatEvent, PushHook
 from geopresence.core.context import Session as Session
 from geopresence.core.context import Sink as Sink
 from geopresence.core.journal import Journal, MemoryJournal
+from geopresence.core.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
 from geopresence.core.presence import Ended, PresenceChange, PresenceTable, UserPresence
 from geopresence.core.replication import (
     FEED_KINDS,
@@ -46,6 +48,13 @@ from geopresence.core.replication import (
 )
 from geopresence.core.state import DurableState, covering, settings_from
 from geopresence.core.store import Store
+from geopresence.core.strangers import (
+    STRANGER_TAG,
+    StrangerEvent,
+    StrangerGoneEvent,
+    Strangers,
+    TokenBucket,
+)
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -58,51 +67,43 @@ from geopresence.model.records import (
     Unfriended,
 )
 from geopresence.model.snowflake import SnowflakeGenerator
-from geopresence.nearby import NEARBY_TAG, GoneEvent, HistoryRecorder, LocationEvent, Nearby
-from geopresence.strangers import (
-    STRANGER_TAG,
-    StrangerEvent,
-    StrangerGoneEvent,
-    Strangers,
-    TokenBucket,
-)
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import (
+from geopresence.wire.client_messages import (
     ClientMessage,
-    ErrorCode,
-    FriendRemoved,
-    FriendsPresence,
-    FriendStatus,
     GroupPresenceQuery,
-    GroupPresenceReply,
     Heartbeat,
-    HeartbeatAck,
     Hello,
     LocationUpdate,
     Logout,
     NearbyFriendsQuery,
     NearbyPeopleQuery,
-    Presence,
-    ProtocolError,
-    RequestId,
     Send,
-    ServerMessage,
     SettingsUpdate,
-    Status,
     Sync,
     WatchStrangers,
+)
+from geopresence.wire.errors import (
+    CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_LOGGED_OUT,
+    CLOSE_REPLACED,
+    CLOSE_SLOW_CONSUMER,
+    ErrorCode,
+    ProtocolError,
+    RequestId,
+)
+from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import encode, error_message
+from geopresence.wire.server_messages import (
+    FriendRemoved,
+    FriendsPresence,
+    FriendStatus,
+    GroupPresenceReply,
+    HeartbeatAck,
+    Presence,
+    ServerMessage,
+    Status,
     Welcome,
-    encode,
-    error_message,
 )
 
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_POLICY: Final = 1008
-CLOSE_TOO_BIG: Final = 1009
-CLOSE_HEARTBEAT_TIMEOUT: Final = 4000
-CLOSE_LOGGED_OUT: Final = 4001
-CLOSE_REPLACED: Final = 4002
-CLOSE_SLOW_CONSUMER: Final = 4008
 GROUP_SLICE: Final = 5_000
 """Members per step of ``Hub.set_group_in_slices`` (~20 ms of work)."""
 
@@ -117,33 +118,45 @@ class BulkError(ProtocolError):
         self.created = created
 
 
+def _config_default(name: str) -> Any:
+    """``Config``'s default of field ``name``: the one place that says what it is."""
+    return attrs.fields_dict(Config)[name].default
+
+
 @attrs.frozen(kw_only=True)
 class HubSettings:
-    """Domain limits and timings (seconds, metres)."""
+    """Domain limits and timings (seconds, metres): the ``Config`` fields the hub reads
+    (``from_config``), with ``Config``'s defaults for a hub built without one (tests)."""
 
-    heartbeat_interval: float = 5.0
-    offline_after: float = 30.0
-    location_ttl: float = 600.0
-    default_radius: float = 8046.72
-    max_radius: float = 50_000.0
-    strangers_query_burst: int = 3
-    strangers_query_interval: float = 10.0
-    presence_fanout_limit: int = 500
-    max_friends: int = 5000
-    max_group_size: int = 100_000
-    node_id: int = 0
-    """This node's Snowflake node id (0..1023)."""
-    max_devices_per_user: int = 16
-    """Alive devices a user may have (connected or within the offline_after grace window)."""
-    max_connections_per_user: int = 16
-    """Live connections a user may have (one per device: a device's new connection
-    replaces its old one)."""
-    rate_limit: float = 30.0
-    """Client messages per second a connection may send, sustained (0: no limit)."""
-    rate_burst: int = 60
-    """Client messages a connection may send at once (the token bucket's capacity)."""
-    abuse_limit: int = 100
-    """Rate-limited messages in a row after which the connection is closed with 4008."""
+    heartbeat_interval: float = _config_default("heartbeat_interval")
+    offline_after: float = _config_default("offline_after")
+    location_ttl: float = _config_default("location_ttl")
+    default_radius: float = attrs.field(
+        default=_config_default("radius"), metadata={"config": "radius"}
+    )
+    max_radius: float = _config_default("max_radius")
+    strangers_query_burst: int = _config_default("strangers_query_burst")
+    strangers_query_interval: float = _config_default("strangers_query_interval")
+    presence_fanout_limit: int = _config_default("presence_fanout_limit")
+    max_friends: int = _config_default("max_friends")
+    max_group_size: int = _config_default("max_group_size")
+    node_id: int = _config_default("node_id")
+    max_devices_per_user: int = _config_default("max_devices_per_user")
+    max_connections_per_user: int = _config_default("max_connections_per_user")
+    rate_limit: float = _config_default("rate_limit")
+    rate_burst: int = _config_default("rate_burst")
+    abuse_limit: int = _config_default("abuse_limit")
+
+    @classmethod
+    def from_config(cls, config: Config) -> HubSettings:
+        """The settings ``config`` gives the hub (each field of the same name, ``radius``
+        for ``default_radius``)."""
+        return cls(
+            **{
+                field.name: getattr(config, field.metadata.get("config", field.name))
+                for field in attrs.fields(cls)
+            }
+        )
 
 
 def _presence_key(user: str) -> tuple[str, str]:
@@ -214,9 +227,11 @@ class Hub:
         )
         self.strangers = Strangers(
             self,
+            self.nearby,
             query_burst=settings.strangers_query_burst,
             query_interval=settings.strangers_query_interval,
         )
+        self.nearby.listener = self.strangers  # nearby and strangers meet only here
         self.journal: Journal = MemoryJournal() if journal is None else journal
         self.last_seq = self.journal.durable_seq
         """Sequence number of the last record given to the journal."""

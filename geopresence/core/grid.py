@@ -27,8 +27,8 @@ from typing import Final
 from sortedcontainers import SortedList
 
 from geopresence.core.locations import Location
-from geopresence.geocells import INDEX_PRECISION, cell_box, cell_of, cover
 from geopresence.model.geo import EARTH_RADIUS_M, RADIUS_TOLERANCE_M, distance_within
+from geopresence.model.geocells import INDEX_PRECISION, cell_box, cell_of, cover
 
 LEAF_PRECISION: Final = 6
 """Rim cells are split down to this precision; their members are then checked one by one."""

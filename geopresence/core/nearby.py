@@ -16,11 +16,12 @@ reason the friend left (out_of_range, expired, offline, hidden, unfriended).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 
 from geopresence.core.broker import ConnId, user_channel
+from geopresence.core.context import NO_LISTENER, FeatureContext, LocationListener, Session
 from geopresence.core.locations import Location, LocationCache
 from geopresence.core.replication import LocationSet
 from geopresence.core.store import UserSettings
@@ -38,9 +39,6 @@ from geopresence.wire.server_messages import (
     NearbyFriendsReply,
     SettingsReply,
 )
-
-if TYPE_CHECKING:
-    from geopresence.core.hub import Hub, Session
 
 PAGE_SIZE: Final = 20
 MAX_FUTURE_S: Final = 60.0
@@ -80,14 +78,16 @@ class Nearby:
 
     def __init__(
         self,
-        hub: Hub,
+        ctx: FeatureContext,
         *,
         location_ttl: float,
         default_radius: float,
         max_radius: float,
         history: HistoryRecorder | None = None,
     ) -> None:
-        self.hub = hub
+        self.ctx = ctx
+        self.listener: LocationListener = NO_LISTENER
+        """Told of accepted locations and settings (the hub plugs strangers in here)."""
         self.locations = LocationCache(location_ttl)
         self.default_radius = default_radius
         self.max_radius = max_radius
@@ -99,13 +99,17 @@ class Nearby:
     # ------------------------------------------------------------------ settings
 
     def settings(self, user: str) -> UserSettings:
-        return self.hub.store.get_settings(user)
+        return self.ctx.store.get_settings(user)
 
     def radius(self, user: str) -> float:
         radius = self.settings(user).radius_m
         return self.default_radius if radius is None else radius
 
     # ------------------------------------------------------------------ client messages
+
+    def location_of(self, user: str, now: float) -> Location | None:
+        """``user``'s cached location unless expired at ``now`` (``LocationView``)."""
+        return self.locations.get(user, now)
 
     def on_location(self, session: Session, message: LocationUpdate, now: float) -> None:
         self.apply(session.user, message.lat, message.lon, message.ts, now, message.id)
@@ -130,7 +134,8 @@ class Nearby:
         elif ts > now + MAX_FUTURE_S:
             raise ProtocolError(
                 "bad_request",
-                f"ts is {ts - now:.0f} s ahead of the server's clock (at most {MAX_FUTURE_S:g})",
+                # .6g: a ts of 1e308 must not print a 300-digit number.
+                f"ts is {ts - now:.6g} s ahead of the server's clock (at most {MAX_FUTURE_S:g})",
                 request_id,
             )
         location = Location(lat, lon, ts)
@@ -138,16 +143,16 @@ class Nearby:
             self.updates_ignored += 1
             return False
         self.updates_accepted += 1
-        hub = self.hub
-        if not hub.replaying:  # another node's update: its origin recorded and replicated it
+        ctx = self.ctx
+        if not ctx.replaying:  # another node's update: its origin recorded and replicated it
             if self.history is not None:
                 self.history(user, location)
-            if hub.replicator is not None:
-                hub.replicator.replicate(LocationSet(user, lat, lon, location.ts, now))
+            if ctx.replicator is not None:
+                ctx.replicator.replicate(LocationSet(user, lat, lon, location.ts, now))
         if self.settings(user).share_location:
-            self.hub.publish([user_channel(user)], LocationEvent(user, location, now))
+            self.ctx.publish([user_channel(user)], LocationEvent(user, location, now))
         self._recheck_shown(user, now)
-        self.hub.strangers.on_location(user, location, now)
+        self.listener.on_location(user, location, now)
         return True
 
     def on_query(self, session: Session, query: NearbyFriendsQuery, now: float) -> None:
@@ -171,7 +176,7 @@ class Nearby:
             total=len(entries),
             friends=entries[start : start + PAGE_SIZE],
         )
-        self.hub.sink.send(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
+        self.ctx.sink.send(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
 
     def nearby(self, user: str, now: float, request_id: RequestId = None) -> list[NearbyFriend]:
         """Friends sharing a live location within ``user``'s radius, nearest first (ties by
@@ -185,7 +190,7 @@ class Nearby:
             )
         radius = self.radius(user)
         found: list[tuple[float, str, Location]] = []
-        for friend in self.hub.store.friends_of(user):
+        for friend in self.ctx.store.friends_of(user):
             location = self._visible_location(friend, now)
             if location is None:
                 continue
@@ -219,7 +224,7 @@ class Nearby:
             radius_m=self.radius(user),
             visible_to_strangers=after.visible_to_strangers,
         )
-        self.hub.reply_when_durable(session.conn, Outgoing(encode(reply)))
+        self.ctx.reply_when_durable(session.conn, Outgoing(encode(reply)))
 
     def change_settings(self, user: str, after: UserSettings, now: float) -> None:
         """Store ``user``'s new settings and bring every view they affect up to date."""
@@ -227,23 +232,23 @@ class Nearby:
         if after == before:
             return
         radius_before = self.radius(user)
-        self.hub.store.put_settings(user, after)
-        self.hub.journal_append(
+        self.ctx.store.put_settings(user, after)
+        self.ctx.journal_append(
             SettingsChanged(user, after.share_location, after.radius_m, after.visible_to_strangers)
         )
         if after.share_location != before.share_location:
             if after.share_location:
                 location = self.locations.get(user, now)
                 if location is not None:
-                    self.hub.publish([user_channel(user)], LocationEvent(user, location, now))
+                    self.ctx.publish([user_channel(user)], LocationEvent(user, location, now))
             else:
                 self._gone(user, "hidden")
         if self.radius(user) != radius_before:
-            for conn in self.hub.connections_of(user):
-                self._refresh(conn, user, self.hub.store.friends_of(user), now)
-            self.hub.strangers.on_radius_changed(user, now)
+            for conn in self.ctx.connections_of(user):
+                self._refresh(conn, user, self.ctx.store.friends_of(user), now)
+            self.listener.on_radius_changed(user, now)
         if after.visible_to_strangers != before.visible_to_strangers:
-            self.hub.strangers.on_visibility(user, after.visible_to_strangers, now)
+            self.listener.on_visibility(user, after.visible_to_strangers, now)
 
     # ------------------------------------------------------------------ hub events
 
@@ -255,7 +260,7 @@ class Nearby:
                 shown.discard(event.user)
                 self._send_gone(conn, event.user, event.reason)
             return
-        session = self.hub.session(conn)
+        session = self.ctx.session(conn)
         if session is not None:
             self._show(conn, session.user, event.user, event.location, event.now)
 
@@ -263,16 +268,16 @@ class Nearby:
         """The user went offline: its location is dropped and friends shown it are told."""
         if self.locations.remove(user):
             self._gone(user, "offline")
-        self.hub.strangers.on_location_gone(user, "offline")
+        self.listener.on_location_gone(user, "offline")
 
     def on_friendship_added(self, a: str, b: str, now: float) -> None:
         for viewer, friend in ((a, b), (b, a)):
-            for conn in self.hub.connections_of(viewer):
+            for conn in self.ctx.connections_of(viewer):
                 self._refresh(conn, viewer, (friend,), now)
 
     def on_friendship_removed(self, a: str, b: str) -> None:
         for viewer, friend in ((a, b), (b, a)):
-            for conn in self.hub.connections_of(viewer):
+            for conn in self.ctx.connections_of(viewer):
                 shown = self._shown.get(conn)
                 if shown is not None and friend in shown:
                     shown.discard(friend)
@@ -284,11 +289,11 @@ class Nearby:
     def expire(self, now: float) -> None:
         for user in self.locations.expire(now):
             self._gone(user, "expired")
-            self.hub.strangers.on_location_gone(user, "expired")
-        self.hub.strangers.tick(now)  # watchers' rate-limited moves and radius changes
+            self.listener.on_location_gone(user, "expired")
+        self.listener.tick(now)  # watchers' rate-limited moves and radius changes
 
     def next_deadline(self) -> float | None:
-        deadlines = (self.locations.next_deadline(), self.hub.strangers.next_deadline())
+        deadlines = (self.locations.next_deadline(), self.listener.next_deadline())
         return min((d for d in deadlines if d is not None), default=None)
 
     # ------------------------------------------------------------------ internals
@@ -323,7 +328,7 @@ class Nearby:
                     user=mover, lat=location.lat, lon=location.lon, ts=location.ts,
                     distance_m=distance,
                 )  # fmt: skip
-                self.hub.sink.send(conn, Outgoing(encode(frame), _nearby_key(mover)))
+                self.ctx.sink.send(conn, Outgoing(encode(frame), _nearby_key(mover)))
                 return
         previously = self._shown.get(conn)
         if previously is not None and mover in previously:
@@ -338,7 +343,7 @@ class Nearby:
         mine = self.locations.get(viewer, now)
         if mine is None:
             return
-        for conn in self.hub.connections_of(viewer):
+        for conn in self.ctx.connections_of(viewer):
             shown = self._shown.get(conn)
             if not shown:
                 continue
@@ -356,8 +361,8 @@ class Nearby:
                 self._show(conn, viewer, friend, location, now, again=False)
 
     def _gone(self, user: str, reason: GoneReason) -> None:
-        self.hub.publish([user_channel(user)], GoneEvent(user, reason))
+        self.ctx.publish([user_channel(user)], GoneEvent(user, reason))
 
     def _send_gone(self, conn: ConnId, user: str, reason: GoneReason) -> None:
         frame = FriendGone(user=user, reason=reason)
-        self.hub.sink.send(conn, Outgoing(encode(frame), _nearby_key(user)))
+        self.ctx.sink.send(conn, Outgoing(encode(frame), _nearby_key(user)))

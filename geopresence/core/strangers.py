@@ -27,16 +27,17 @@ distance), so **nothing a stranger observes depends on more than a coarse positi
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import attrs
 
 from geopresence.core.broker import ConnId
+from geopresence.core.context import FeatureContext, LocationView, Session
 from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
-from geopresence.geocells import MAX_PRECISION, coarse, cover
-from geopresence.grid import StrangerGrid
 from geopresence.model.geo import distance_within
+from geopresence.model.geocells import MAX_PRECISION, coarse, cover
 from geopresence.wire.client_messages import NearbyPeopleQuery, WatchStrangers
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outgoing
@@ -49,9 +50,6 @@ from geopresence.wire.server_messages import (
     StrangerNearby,
     WatchStrangersReply,
 )
-
-if TYPE_CHECKING:
-    from geopresence.core.hub import Hub, Session
 
 PAGE_SIZE: Final = 20
 ROUND_TO_M: Final = 100
@@ -147,13 +145,15 @@ class Strangers:
 
     def __init__(
         self,
-        hub: Hub,
+        ctx: FeatureContext,
+        view: LocationView,
         *,
         query_burst: int,
         query_interval: float,
         apply_interval: float | None = None,
     ) -> None:
-        self.hub = hub
+        self.ctx = ctx
+        self.view = view
         self.grid = StrangerGrid()
         """Visible users at their COARSE positions (cell centres), with the ``ts`` of the
         update that brought each into its cell."""
@@ -192,9 +192,9 @@ class Strangers:
             watch = self._watches.pop(conn, None)
             if watch is not None:
                 for cell in watch.cells:
-                    self.hub.broker.unsubscribe(cell_channel(cell), conn)
+                    self.ctx.broker.unsubscribe(cell_channel(cell), conn)
         reply = WatchStrangersReply(re=message.id, on=message.on)
-        self.hub.sink.send(conn, Outgoing(encode(reply)))
+        self.ctx.sink.send(conn, Outgoing(encode(reply)))
 
     def on_query(self, session: Session, query: NearbyPeopleQuery, now: float) -> None:
         conn = session.conn
@@ -214,15 +214,15 @@ class Strangers:
                 query.id,
             )
         user = session.user
-        me = self.hub.nearby.locations.get(user, now)
+        me = self.view.location_of(user, now)
         if me is None:
             raise ProtocolError(
                 "no_location", "no known location for you: send a location first", query.id
             )
-        excluded = {user, *self.hub.store.friends_of(user)}
+        excluded = {user, *self.ctx.store.friends_of(user)}
         need = (query.page + 1) * PAGE_SIZE
         # Coarse to coarse: the grid holds cell centres, and so is the asker's position.
-        total, found = self.grid.query(snap(me), self.hub.nearby.radius(user), excluded, need)
+        total, found = self.grid.query(snap(me), self.view.radius(user), excluded, need)
         start = query.page * PAGE_SIZE
         people = [
             Person(user=u, distance_m=rounded(d), ts=loc.ts)
@@ -231,7 +231,7 @@ class Strangers:
         reply = NearbyPeopleReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=total, people=people
         )
-        self.hub.sink.send(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
+        self.ctx.sink.send(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
         watch = self._watches.get(conn)
         if watch is not None:
             # Later stranger_gone refers to everything shown: earlier events and this page.
@@ -241,23 +241,23 @@ class Strangers:
 
     def on_location(self, user: str, location: Location, now: float) -> None:
         """An accepted location update of ``user`` (called by the nearby part)."""
-        if self.hub.store.get_settings(user).visible_to_strangers:
+        if self.ctx.store.get_settings(user).visible_to_strangers:
             spot = snap(location)
             held = self.grid.get(user)
             # A move inside the coarse cell changes nothing a stranger may see: not published.
             if held is None or (held.lat, held.lon) != (spot.lat, spot.lon):
                 previous = self.grid.place(user, spot)
                 current = self.grid.cell(user)
-                self.hub.publish(_channels(previous, current), StrangerEvent(user, spot, now))
+                self.ctx.publish(_channels(previous, current), StrangerEvent(user, spot, now))
         self._watcher_changed(user, now)
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
         if visible:
-            location = self.hub.nearby.locations.get(user, now)
+            location = self.view.location_of(user, now)
             if location is not None:
                 spot = snap(location)
                 self.grid.place(user, spot)
-                self.hub.publish(_channels(self.grid.cell(user)), StrangerEvent(user, spot, now))
+                self.ctx.publish(_channels(self.grid.cell(user)), StrangerEvent(user, spot, now))
         else:
             self._gone(user, "hidden")
 
@@ -282,7 +282,7 @@ class Strangers:
 
     def on_friendship_added(self, a: str, b: str) -> None:
         for watcher, other in ((a, b), (b, a)):
-            for conn in self.hub.connections_of(watcher):
+            for conn in self.ctx.connections_of(watcher):
                 watch = self._watches.get(conn)
                 if watch is not None and other in watch.shown:
                     watch.shown.discard(other)
@@ -310,22 +310,22 @@ class Strangers:
                 watch.shown.discard(event.user)
                 self._send_gone(conn, event.user, event.reason)
             return
-        session = self.hub.session(conn)
+        session = self.ctx.session(conn)
         if session is None:
             return
         watcher, other = session.user, event.user
-        if other == watcher or self.hub.store.are_friends(watcher, other):
+        if other == watcher or self.ctx.store.are_friends(watcher, other):
             return
         # The watch's applied coarse position and radius (both rate limited), while the
         # watcher has a live location; the event carries the stranger's cell centre.
         distance = None
         mine = watch.center
-        if mine is not None and self.hub.nearby.locations.get(watcher, event.now) is not None:
+        if mine is not None and self.view.location_of(watcher, event.now) is not None:
             distance = distance_within(mine, event.location, watch.radius)
         if distance is not None:
             watch.shown.add(other)
             frame = StrangerNearby(user=other, distance_m=rounded(distance), ts=event.location.ts)
-            self.hub.sink.send(conn, Outgoing(encode(frame), _stranger_key(other)))
+            self.ctx.sink.send(conn, Outgoing(encode(frame), _stranger_key(other)))
         elif other in watch.shown:
             watch.shown.discard(other)
             self._send_gone(conn, other, "out_of_range")
@@ -333,12 +333,12 @@ class Strangers:
     # ------------------------------------------------------------------ internals
 
     def _watching(self, user: str) -> list[ConnId]:
-        return [conn for conn in self.hub.connections_of(user) if conn in self._watches]
+        return [conn for conn in self.ctx.connections_of(user) if conn in self._watches]
 
     def _target(self, user: str, now: float) -> tuple[Location | None, float]:
         """``user``'s coarse position (None: no live location) and radius now."""
-        mine = self.hub.nearby.locations.get(user, now)
-        return (None if mine is None else snap(mine, 0.0)), self.hub.nearby.radius(user)
+        mine = self.view.location_of(user, now)
+        return (None if mine is None else snap(mine, 0.0)), self.view.radius(user)
 
     def _watcher_changed(self, user: str, now: float) -> None:
         """``user`` moved or changed its radius: bring its watches up to date, at once if
@@ -380,9 +380,9 @@ class Strangers:
         cells = frozenset() if mine is None else cover(mine.lat, mine.lon, radius)[1]
         if cells != watch.cells:
             for cell in watch.cells - cells:
-                self.hub.broker.unsubscribe(cell_channel(cell), conn)
+                self.ctx.broker.unsubscribe(cell_channel(cell), conn)
             for cell in cells - watch.cells:
-                self.hub.broker.subscribe(cell_channel(cell), conn)
+                self.ctx.broker.subscribe(cell_channel(cell), conn)
             watch.cells = cells
         for other in list(watch.shown):
             location = self.grid.get(other)
@@ -393,8 +393,8 @@ class Strangers:
     def _gone(self, user: str, reason: StrangerGoneReason) -> None:
         code = self.grid.remove(user)
         if code is not None:
-            self.hub.publish(_channels(code), StrangerGoneEvent(user, reason))
+            self.ctx.publish(_channels(code), StrangerGoneEvent(user, reason))
 
     def _send_gone(self, conn: ConnId, user: str, reason: StrangerGoneReason) -> None:
         frame = StrangerGone(user=user, reason=reason)
-        self.hub.sink.send(conn, Outgoing(encode(frame), _stranger_key(user)))
+        self.ctx.sink.send(conn, Outgoing(encode(frame), _stranger_key(user)))

@@ -1,0 +1,151 @@
+"""Nearby friends and nearby strangers on a fake ``FeatureContext``: no hub, no event loop.
+
+The features see only the seams of ``geopresence.core.context``; these tests prove it by
+driving each one with a hand-made context, view and listener."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from typing import Any
+
+import attrs
+
+from geopresence.core.broker import ConnId, MemoryBroker
+from geopresence.core.context import Session
+from geopresence.core.journal import MemoryJournal
+from geopresence.core.locations import Location
+from geopresence.core.nearby import LocationEvent, Nearby
+from geopresence.core.replication import Replicator
+from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.core.strangers import Strangers
+from geopresence.model.records import Record
+from geopresence.wire.client_messages import LocationUpdate, WatchStrangers
+from geopresence.wire.outbox import Outgoing
+from tests.helpers import RecordingSink
+
+
+class FakeContext:
+    """A ``FeatureContext`` with sessions in a dict; published events go to ``deliver``."""
+
+    def __init__(self) -> None:
+        self.sink = RecordingSink()
+        self.store = MemoryStore()
+        self.journal = MemoryJournal()
+        self.replicator: Replicator | None = None
+        self.replaying = False
+        self.sessions: dict[ConnId, Session] = {}
+        self.published: list[tuple[list[str], object]] = []
+        self.journaled: list[Record] = []
+        self.deliver: Any = None
+        self.broker = MemoryBroker(lambda conn, event: self.deliver(conn, event))
+
+    def session(self, conn: ConnId) -> Session | None:
+        return self.sessions.get(conn)
+
+    def connections_of(self, user: str) -> Set[ConnId]:
+        return frozenset(c for c, s in self.sessions.items() if s.user == user)
+
+    def is_connected(self, user: str) -> bool:
+        return bool(self.connections_of(user))
+
+    def publish(
+        self, channels: Iterable[str], event: object, exclude: Set[ConnId] = frozenset()
+    ) -> None:
+        channels = list(channels)
+        self.published.append((channels, event))
+        self.broker.publish(channels, event, exclude)
+
+    def journal_append(self, record: Record) -> int:
+        self.journaled.append(record)
+        return self.journal.append(record)
+
+    def reply_when_durable(self, conn: ConnId, message: Outgoing) -> None:
+        self.sink.send(conn, message)
+
+
+@attrs.define
+class FakeView:
+    """A ``LocationView`` over a dict."""
+
+    locations: dict[str, Location] = attrs.Factory(dict)
+    radius_m: float = 2_000.0
+
+    def location_of(self, user: str, now: float) -> Location | None:
+        return self.locations.get(user)
+
+    def radius(self, user: str) -> float:
+        return self.radius_m
+
+
+class RecordingListener:
+    """A ``LocationListener`` that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def on_location(self, user: str, location: Location, now: float) -> None:
+        self.calls.append(("location", user, location.lat, location.lon))
+
+    def on_location_gone(self, user: str, reason: str) -> None:
+        self.calls.append(("gone", user, reason))
+
+    def on_visibility(self, user: str, visible: bool, now: float) -> None:
+        self.calls.append(("visibility", user, visible))
+
+    def on_radius_changed(self, user: str, now: float) -> None:
+        self.calls.append(("radius", user))
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+def frames(sink: RecordingSink, conn: ConnId) -> list[dict[str, Any]]:
+    return sink.take(conn)
+
+
+def test_strangers_on_a_fake_context_see_rounded_cell_distances() -> None:
+    ctx = FakeContext()
+    view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
+    strangers = Strangers(ctx, view, query_burst=3, query_interval=10.0)
+    ctx.deliver = strangers.deliver
+    ctx.store.put_settings("alice", UserSettings(visible_to_strangers=True))
+    ctx.sessions[1] = Session(1, "carol", "phone")
+    strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=7), now=0.0)
+    assert frames(ctx.sink, 1) == [{"type": "watch_strangers", "re": 7, "on": True}]
+
+    alice = Location(48.8566 + 0.009, 2.3522, 1.0)  # ~1 km north of carol
+    view.locations["alice"] = alice
+    strangers.on_location("alice", alice, now=1.0)
+    [seen] = frames(ctx.sink, 1)
+    assert seen["type"] == "stranger_nearby" and seen["user"] == "alice"
+    assert seen["distance_m"] % 100 == 0 and 900 <= seen["distance_m"] <= 1100
+    assert "lat" not in seen and "lon" not in seen
+
+    ctx.store.add_friendship("alice", "carol")  # friends are never strangers
+    strangers.on_friendship_added("alice", "carol")
+    assert frames(ctx.sink, 1) == [{"type": "stranger_gone", "user": "alice", "reason": "friend"}]
+
+
+def test_nearby_on_a_fake_context_tells_its_listener_and_publishes() -> None:
+    ctx = FakeContext()
+    nearby = Nearby(ctx, location_ttl=300.0, default_radius=8_000.0, max_radius=50_000.0)
+    listener = RecordingListener()
+    nearby.listener = listener
+    ctx.deliver = nearby.deliver
+    ctx.store.add_friendship("alice", "bob")
+    ctx.sessions[1] = Session(1, "alice", "phone")
+    ctx.sessions[2] = Session(2, "bob", "phone")
+
+    nearby.on_location(ctx.sessions[2], LocationUpdate(lat=48.85, lon=2.35), now=5.0)
+    assert listener.calls == [("location", "bob", 48.85, 2.35)]
+    [(channels, event)] = ctx.published
+    assert channels == ["user:bob"]
+    assert isinstance(event, LocationEvent) and event.user == "bob"
+    assert nearby.location_of("bob", 5.0) == Location(48.85, 2.35, 5.0)
+    assert nearby.location_of("bob", 5.0 + 301) is None  # the cache's TTL
+
+    nearby.expire(5.0 + 301)
+    assert ("gone", "bob", "expired") in listener.calls
