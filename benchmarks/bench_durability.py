@@ -19,6 +19,7 @@ M=1,000,000 (about 3 GB of RAM while it runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import random
@@ -171,17 +172,27 @@ def _rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts (CI smoke run)")
-    parser.add_argument("--dir", type=Path, default=None, help="where the data dirs go")
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the data dirs go (kept afterwards)"
+    )
     args = parser.parse_args()
-    base = args.dir or Path(tempfile.mkdtemp(prefix="geopresence-bench-"))
-    base.mkdir(parents=True, exist_ok=True)
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus")
-    print(f"data dirs under {base}")
-    senders, each = (10, 20) if args.quick else (50, 200)
-    for policy in (None, "no", "everysec", "always"):
-        trio.run(acked_rate, policy, base, senders, each)
-    users, messages, records = (1000, 10_000, 1000) if args.quick else (100_000, 1_000_000, 100_000)
-    restart_cost(base, users, messages, records)
+    with contextlib.ExitStack() as stack:
+        if args.dir is None:  # a temporary folder, removed at the end
+            base = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="geopresence-bench-"))
+            )
+        else:
+            base = args.dir
+            base.mkdir(parents=True, exist_ok=True)
+        print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus")
+        print(f"data dirs under {base}" + ("" if args.dir else " (removed at the end)"))
+        senders, each = (10, 20) if args.quick else (50, 200)
+        for policy in (None, "no", "everysec", "always"):
+            trio.run(acked_rate, policy, base, senders, each)
+        users, messages, records = (
+            (1000, 10_000, 1000) if args.quick else (100_000, 1_000_000, 100_000)
+        )
+        restart_cost(base, users, messages, records)
 
 
 if __name__ == "__main__":
