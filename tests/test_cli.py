@@ -18,8 +18,8 @@ import httpx
 import pytest
 import trio
 
-from geopresence.auth import verify_token
 from geopresence.client import SessionRefused, connect
+from geopresence.shell.auth import verify_token
 
 LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
 
@@ -42,14 +42,14 @@ class ServerProcess:
         self.output: list[str] = []
 
 
-def start(*args: str, cwd: Path) -> ServerProcess:
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> ServerProcess:
     proc = subprocess.Popen(
         [sys.executable, "-m", "geopresence", "serve", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     assert proc.stdout is not None
     lines = []
@@ -216,16 +216,60 @@ async def test_in_memory_needs_no_writable_data_dir(tmp_path: Path) -> None:
 
 
 def test_port_in_use_is_a_clear_error(served: ServerProcess, tmp_path: Path) -> None:
-    port = served.ws_url.rsplit(":", 1)[1].split("/")[0]
-    result = geopresence("serve", "--port", port, "--http-port", "0", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "already in use" in result.stderr
+    """A start-up failure: one line naming the flag and the port, exit status 1."""
+    ws_port = served.ws_url.rsplit(":", 1)[1].split("/")[0]
+    http_port = served.http_url.rsplit(":", 1)[1]
+    for flags, named in (
+        (("--port", ws_port, "--http-port", "0"), f"--port {ws_port}: already in use"),
+        (("--port", "0", "--http-port", http_port), f"--http-port {http_port}: already in use"),
+    ):
+        result = geopresence("serve", *flags, "--data-dir", str(tmp_path / "other"), cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"geopresence: {named}"), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def test_heartbeat_must_be_shorter_than_offline_after() -> None:
-    result = geopresence("serve", "--heartbeat-interval", "5", "--offline-after", "1")
+def test_usage_errors_are_one_line_naming_the_flag(tmp_path: Path) -> None:
+    """Exit status 2 and one line, not the usage block (the full list: tests/test_flags.py)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    for flags, line in (
+        (
+            ("--heartbeat-interval", "5", "--offline-after", "1"),
+            "geopresence serve: --offline-after 1: must be longer than --heartbeat-interval "
+            "(5 s), or every client times out",
+        ),
+        (("--host", "999.1.1.1"), "geopresence serve: --host 999.1.1.1: not an IP address"),
+        (("--data-dir", str(blocker)), f"geopresence serve: --data-dir {blocker}: is a file"),
+    ):
+        result = geopresence("serve", *flags, cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.startswith(line), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written
+
+
+def test_the_environment_sets_flags_and_a_flag_beats_it(tmp_path: Path) -> None:
+    env = {"GEOPRESENCE_OFFLINE_AFTER": "1", "GEOPRESENCE_PORT": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "geopresence", "serve"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, **env},
+    )  # fmt: skip
     assert result.returncode == 2
-    assert "must be shorter than offline_after" in result.stderr
+    assert result.stderr.startswith(
+        "geopresence serve: GEOPRESENCE_OFFLINE_AFTER=1: must be longer than"
+    ), result.stderr
+    server = start(
+        "--http-port", "0", "--offline-after", "40", "--data-dir", str(tmp_path / "d"),
+        "--insecure", cwd=tmp_path, env=env,
+    )  # fmt: skip
+    try:
+        assert server.ws_url != "ws://127.0.0.1:8765/ws"  # GEOPRESENCE_PORT=0: a free port
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
 
 
 async def test_drain_over_http_ends_the_process(served: ServerProcess, tmp_path: Path) -> None:

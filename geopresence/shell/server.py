@@ -7,10 +7,12 @@ never awaits, so one slow client can only ever fill its own bounded queue.
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
@@ -88,24 +90,7 @@ class Server:
             if config.insecure
             else resolve_admin_key(config.admin_key, config.data_dir, in_memory=in_memory)
         )
-        settings = HubSettings(
-            heartbeat_interval=config.heartbeat_interval,
-            offline_after=config.offline_after,
-            presence_fanout_limit=config.presence_fanout_limit,
-            max_friends=config.max_friends,
-            max_group_size=config.max_group_size,
-            location_ttl=config.location_ttl,
-            default_radius=config.radius,
-            max_radius=config.max_radius,
-            strangers_query_burst=config.strangers_query_burst,
-            strangers_query_interval=config.strangers_query_interval,
-            node_id=config.node_id,
-            max_devices_per_user=config.max_devices_per_user,
-            max_connections_per_user=config.max_connections_per_user,
-            rate_limit=config.rate_limit,
-            rate_burst=config.rate_burst,
-            abuse_limit=config.abuse_limit,
-        )
+        settings = HubSettings.from_config(config)
         self.history = HistoryWriter(history_dir(config.data_dir), config.history_max_bytes)
         self._history_dirty = trio.Event()
         self.push = PushNotifier(config)
@@ -442,11 +427,20 @@ class Server:
                 await self._join_cluster(root, self.cluster)
             async with trio.open_nursery() as conns:
                 self._conn_nursery = conns
-                listeners = await _open_listeners(config.host, config.port)
+                try:
+                    listeners = await _open_listeners(config.host, config.port)
+                except OSError as exc:
+                    raise CannotListen("port", config, exc) from exc
                 ws_port = listeners[0].socket.getsockname()[1]
                 accept_scope = trio.CancelScope()
                 root.start_soon(self._accept, listeners, conns, accept_scope)
-                http_port: int = await root.start(serve_http, self)
+                try:
+                    http_port: int = await root.start(serve_http, self)
+                except BaseException as exc:
+                    cause = _lone_os_error(exc)
+                    if cause is None:
+                        raise
+                    raise CannotListen("http_port", config, cause) from exc
                 root.start_soon(self._reaper)
                 root.start_soon(self._flush_history)
                 root.start_soon(self.push.run)
@@ -917,6 +911,34 @@ class Server:
                     return
         except ConnectionClosed:
             session_scope.cancel()
+
+
+class CannotListen(OSError):
+    """A listener could not be opened. ``field`` is the ``Config`` field to change (``port``,
+    ``http_port``, or ``host`` when the address is the problem); ``problem`` says why."""
+
+    def __init__(self, field: str, config: Config, cause: OSError) -> None:
+        port = getattr(config, field)
+        if isinstance(cause, socket.gaierror):
+            field, problem = "host", f"cannot resolve it ({cause.strerror})"
+        elif cause.errno == errno.EADDRNOTAVAIL:
+            field, problem = "host", f"not an address of this machine ({cause.strerror})"
+        elif cause.errno == errno.EADDRINUSE:
+            problem = "already in use (another server on it?); pick another port, or 0 for any"
+        elif cause.errno == errno.EACCES:
+            problem = f"no permission to listen on port {port} (below 1024 needs privileges)"
+        else:
+            problem = f"cannot listen on {config.host}:{port} ({cause.strerror or cause})"
+        super().__init__(cause.errno, f"{field} {getattr(config, field)}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def _lone_os_error(exc: BaseException) -> OSError | None:
+    """The ``OSError`` that ``exc`` is, or is the only leaf of (through nurseries)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
 
 
 async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:

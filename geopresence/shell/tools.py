@@ -1,0 +1,192 @@
+"""The offline data-dir commands' output: ``inspect``, ``snapshot``, ``repair``, ``history``.
+
+Each function prints its report (text, or JSON with ``as_json``) and returns the exit status;
+``geopresence.cli`` parses the command line and calls them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import orjson
+
+from geopresence.model.ids import id_problem
+from geopresence.storage.datadir import DataDirLocked
+from geopresence.storage.history import history_dir, read_history
+from geopresence.storage.offline import compact, inspect_data_dir
+from geopresence.storage.recovery import DataDirCorrupt
+from geopresence.storage.repair import repair_data_dir
+
+DATA_DIR_MARKS = ("state", "history", "secret", "admin_key", "lock")
+"""What a data dir holds once a server (or ``geopresence repair``) used it."""
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _stamp(ts: float) -> str:
+    when = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{value:,} {name.replace('_', ' ')}" for name, value in counts.items())
+
+
+def is_data_dir(command: str, data_dir: Path) -> bool:
+    """True if ``data_dir`` is a data dir; else say why not (on stderr)."""
+    if not data_dir.is_dir():
+        problem = "is a file" if data_dir.exists() else "does not exist"
+        print(f"geopresence {command}: {data_dir} {problem}, not a data dir", file=sys.stderr)
+        return False
+    if not any((data_dir / mark).exists() for mark in DATA_DIR_MARKS):
+        print(
+            f"geopresence {command}: {data_dir} is not a geopresence data dir (no state/, "
+            "history/, secret or admin_key in it); give the server's --data-dir",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def inspect(data_dir: Path, *, as_json: bool) -> int:
+    """``geopresence inspect``: what the data dir holds (1 if start-up would refuse)."""
+    if not is_data_dir("inspect", data_dir):
+        return 1
+    report = inspect_data_dir(data_dir)
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 1 if report["needs_repair"] else 0
+    in_use = "in use by a running server" if report["in_use"] else "not in use"
+    print(f"data dir {data_dir} ({in_use})")
+    for name in ("snapshots", "journal", "history"):
+        files = report[name]
+        print(f"  {name + ':':<11} {files['files']} file(s), {_size(files['bytes'])}")
+    last = report["last_snapshot"]
+    if last is None:
+        print("  last snapshot: none (the journal holds everything)")
+    else:
+        age = max(0.0, time.time() - last["created_at"])
+        print(
+            f"  last snapshot: {last['file']}, {_stamp(last['created_at'])} "
+            f"({age / 60:,.0f} min ago), {_size(last['bytes'])}, "
+            f"journal seq {last['journal_seq']:,}"
+        )
+        print(f"    holds {_counts_line(last['counts'])}")
+    after = dict(report["journal_after_snapshot"])
+    records = after.pop("records")
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(after.items()))
+    print(f"  journal after it: {records:,} record(s)" + (f" ({kinds})" if kinds else ""))
+    print(f"  durable state: {_counts_line(report['state'])}")
+    for problem in report["problems"]:
+        print(f"  found: {problem}")
+    if report["needs_repair"]:
+        print(f"  start-up refuses: {report['needs_repair']}")
+    return 1 if report["needs_repair"] else 0
+
+
+def snapshot(data_dir: Path, *, as_json: bool) -> int:
+    """``geopresence snapshot``: compact the data dir of a stopped server."""
+    if not is_data_dir("snapshot", data_dir):
+        return 1
+    try:
+        info = compact(data_dir)
+    except DataDirLocked as exc:
+        print(
+            f"geopresence snapshot: {exc}; ask the running server instead: "
+            "POST /v1/snapshot on its HTTP API",
+            file=sys.stderr,
+        )
+        return 1
+    except DataDirCorrupt as exc:
+        print(f"geopresence snapshot: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for problem in info["problems"]:
+        print(f"repaired: {problem}")
+    print(
+        f"wrote {info['path']} ({_size(info['bytes'])}, journal seq {info['journal_seq']:,}, "
+        f"{info['replayed_records']:,} journal record(s) folded in, {info['seconds']:.2f} s)"
+    )
+    print(f"  holds {_counts_line(info['counts'])}")
+    return 0
+
+
+def repair(data_dir: Path, *, dry_run: bool, as_json: bool) -> int:
+    """``geopresence repair``: repair a damaged data dir, keeping every intact record."""
+    if not data_dir.is_dir():
+        print(f"geopresence repair: {data_dir} is not a directory", file=sys.stderr)
+        return 1
+
+    def say(line: str) -> None:
+        if not as_json:
+            print(f"  {line}", flush=True)
+
+    if not as_json:
+        dry = " (dry run: nothing is changed)" if dry_run else ""
+        print(f"geopresence repair: {data_dir}{dry}", flush=True)
+    try:
+        report = repair_data_dir(data_dir, dry_run=dry_run, progress=say)
+    except DataDirLocked as exc:
+        print(f"geopresence repair: {exc}; stop it first", file=sys.stderr)
+        return 1
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 1 if report["still_damaged"] else 0
+    if not report["found"]:
+        print("nothing to repair")
+        return 0
+    for line in report["lost"]:
+        say(f"lost: {line}")
+    say(f"durable state: {_counts_line(report['state'])}")
+    for line in report["still_damaged"]:
+        print(f"geopresence repair: still damaged: {line}", file=sys.stderr)
+    if report["still_damaged"]:
+        return 1
+    if dry_run:
+        print(f"dry run: run geopresence repair --data-dir {shlex.quote(str(data_dir))} to do it")
+        return 0
+    kept = f" (the originals are in {report['corrupt_dir']})" if report["files"] else ""
+    lost = "see above" if report["lost"] else "nothing"
+    print(f"repaired{kept}; lost: {lost}; the server starts on {data_dir} now")
+    return 0
+
+
+def history(data_dir: Path, user: str, since: float | None, *, as_json: bool) -> int:
+    """``geopresence history``: a user's recorded locations, oldest first."""
+    problem = id_problem(user, "user")
+    if problem is not None:
+        print(f"geopresence history: {problem}", file=sys.stderr)
+        return 2
+    directory = history_dir(data_dir)
+    if not directory.is_dir():
+        print(f"geopresence history: no location history in {data_dir}", file=sys.stderr)
+        return 1
+    count = 0
+    for entry in read_history(directory, user, since):
+        count += 1
+        if as_json:
+            print(orjson.dumps(attrs.asdict(entry)).decode())
+        else:
+            try:
+                when = datetime.datetime.fromtimestamp(entry.ts, datetime.UTC)
+                stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            except (OverflowError, OSError, ValueError):
+                stamp = f"ts={entry.ts!r}"  # outside what a calendar date can show
+            print(f"{stamp}  {entry.lat:11.6f}  {entry.lon:12.6f}")
+    if not as_json:
+        print(f"{count} location(s) for {user}", file=sys.stderr)
+    return 0
