@@ -41,6 +41,7 @@ from geopresence.shell.clock import ServerClock
 from geopresence.shell.http_api import serve_http
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.push import PushNotifier
+from geopresence.shell.status import StatusLine
 from geopresence.storage.datadir import DataDirLock, state_dir, write_snapshot
 from geopresence.storage.history import HistoryWriter, history_dir
 from geopresence.storage.journal_file import FileJournal
@@ -128,6 +129,13 @@ class Server:
             push=self.push.submit,
             replicator=self.cluster,
         )
+        self.status = StatusLine(
+            self.metrics,
+            lambda: len(self._conns),
+            self.hub.online_count,
+            None if acks is None else lambda: acks.last_seq - acks.durable_seq,
+        )
+        """The status line logged once a minute (``geopresence.shell.status``)."""
         self._durable_waiters: list[tuple[int, trio.Event]] = []
         self._snapshot_lock = trio.Lock()
         self._snapshot_seq = -1
@@ -442,6 +450,7 @@ class Server:
                         raise
                     raise CannotListen("http_port", config, cause) from exc
                 root.start_soon(self._reaper)
+                root.start_soon(self.status.run)
                 root.start_soon(self._flush_history)
                 root.start_soon(self.push.run)
                 if config.gc_freeze_interval > 0:
@@ -693,6 +702,7 @@ class Server:
             if self.cluster is not None:
                 await self._alive_in_cluster(user, device)
             self.hub.open_session(conn, user, device, self.now(), request_id)
+            log.debug("conn %d: session opened: user %s, device %s", conn, user, device)
             self._deadline_may_have_moved()
             ws.admit_ping = lambda: (
                 c.close_request is None and self.hub.admit(c.conn, self.now(), answer=False)
@@ -707,8 +717,17 @@ class Server:
             del self._conns[conn]
             self._maybe_drained()
             self.hub.close_session(conn)
+            if log.isEnabledFor(logging.DEBUG):
+                code = ws.closed.code if ws.closed is not None else None
+                if code is None and c.close_request is not None:
+                    code = c.close_request[0]
+                log.debug(
+                    "conn %d: session closed: user %s, device %s, close code %s",
+                    conn, user, device, 1006 if code is None else int(code),
+                )  # fmt: skip
 
     async def _refuse(self, ws: WebSocketConnection, error: ProtocolError, code: int) -> None:
+        log.debug("connection refused before its session (%s), close %d", error.message, code)
         self.metrics.errors[error.code] += 1
         self.metrics.closes[code] += 1
         with trio.move_on_after(self.config.close_timeout):
