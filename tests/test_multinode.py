@@ -45,20 +45,28 @@ class Node:
         self.proc.wait(10)
 
 
-def start_node(redis_args: list[str], node_id: int, workdir: Path, *extra: str) -> Node:
+def start_node(
+    redis_args: list[str],
+    node_id: int,
+    workdir: Path,
+    *extra: str,
+    insecure: bool = True,
+    env: dict[str, str] | None = None,
+) -> Node:
     log = workdir / f"node{node_id}-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
                 sys.executable, "-m", "geopresence", "serve", *redis_args,
-                "--node-id", str(node_id), "--port", "0", "--http-port", "0", "--insecure",
+                "--node-id", str(node_id), "--port", "0", "--http-port", "0",
+                *(["--insecure"] if insecure else []),
                 "--heartbeat-interval", "0.5", "--offline-after", str(OFFLINE_AFTER),
                 "--data-dir", str(workdir / f"data{node_id}"), "--log-level", "info",
                 "--redis-sweep-interval", str(SWEEP), *extra,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -364,3 +372,92 @@ async def test_a_node_cut_off_from_redis_catches_up_on_the_feed(tmp_path: Path) 
             with trio.fail_after(10):
                 while {f["user"] for f in await admin_a.friends("alice")} != {"bob", "zed"}:
                     await trio.sleep(0.1)
+
+
+def _refused(
+    redis_args: list[str], node_id: int, workdir: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geopresence", "serve", *redis_args, "--node-id", str(node_id),
+         "--port", "0", "--http-port", "0", "--data-dir", str(workdir / f"data{node_id}")],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def _keys_of(workdir: Path) -> dict[str, str]:
+    """The README's second node: the first one's secret and admin key, from the environment."""
+    return {
+        "GEOPRESENCE_SECRET": (workdir / "data1" / "secret").read_text().strip(),
+        "GEOPRESENCE_ADMIN_KEY": (workdir / "data1" / "admin_key").read_text().strip(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+async def test_nodes_with_another_secret_or_admin_key_refuse_to_start(
+    kind: str, tmp_path: Path
+) -> None:
+    """The README's "Several nodes" block run literally (each node its own data dir, so its
+    own generated secret and admin key): the second node refuses in one line, exit 1. With
+    the first node's secret and admin key in its environment, it starts and takes the first
+    node's tokens and admin key. Redis holds fingerprints, never the keys."""
+    with ExitStack() as stack:
+        if kind == "standalone":
+            port = stack.enter_context(redis_server())
+            args, ports = ["--redis", f"redis://127.0.0.1:{port}/0"], [port]
+        else:
+            ports = stack.enter_context(redis_cluster())
+            args = ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in ports)]
+        first = start_node(args, 1, tmp_path, insecure=False)
+        stack.callback(first.proc.kill)
+        keys = _keys_of(tmp_path)
+
+        refused = _refused(args, 2, tmp_path, {})
+        assert refused.returncode == 1, refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert line.startswith("geopresence: this node's admin key (--admin-key,"), line
+        assert "differs from the other nodes' sharing this Redis (key prefix gp)" in line
+        secret_only = {"GEOPRESENCE_SECRET": keys["GEOPRESENCE_SECRET"]}
+        refused = _refused(args, 2, tmp_path, secret_only)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("geopresence: this node's admin key"), refused.stderr
+        key_only = {"GEOPRESENCE_ADMIN_KEY": keys["GEOPRESENCE_ADMIN_KEY"]}
+        refused = _refused(args, 2, tmp_path, key_only)
+        assert refused.returncode == 1
+        assert refused.stderr.startswith("geopresence: this node's token secret"), refused.stderr
+
+        second = start_node(args, 2, tmp_path, insecure=False, env=keys)
+        stack.callback(second.proc.kill)
+        token = subprocess.run(
+            [sys.executable, "-m", "geopresence", "token", "alice",
+             "--data-dir", str(tmp_path / "data1")],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.strip()  # fmt: skip
+        async with connect(second.ws_url, token=token) as alice:
+            assert alice.welcome["user"] == "alice"
+        async with AdminClient(second.http_url, keys["GEOPRESENCE_ADMIN_KEY"]) as admin:
+            await admin.befriend("alice", "bob")
+
+        dump = b""
+        for port in ports:
+            dump += subprocess.run(
+                ["redis-cli", "-p", str(port), "--no-raw", "eval",
+                 "local out = {} for _, k in ipairs(redis.call('keys', '*')) do "
+                 "if redis.call('type', k).ok == 'string' then "
+                 "table.insert(out, k) table.insert(out, redis.call('get', k)) end end "
+                 "return out", "0"],
+                capture_output=True, timeout=30, check=True,
+            ).stdout  # fmt: skip
+        assert b"fingerprint" in dump
+        for value in keys.values():
+            assert value.encode() not in dump
+
+
+async def test_an_insecure_node_takes_no_part_in_the_key_check(tmp_path: Path) -> None:
+    """--insecure nodes (development) neither store nor compare fingerprints."""
+    with cluster_of("standalone", 1, tmp_path) as (_, args):
+        second = start_node(args, 2, tmp_path, insecure=False)  # its own generated keys
+        try:
+            assert second.proc.poll() is None
+        finally:
+            second.proc.terminate()
+            second.proc.wait(15)

@@ -16,9 +16,11 @@ the hub's replica, then read the feed from that entry on and serve.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import trio
@@ -69,6 +71,23 @@ class NodeIdInUse(ClusterError):
     """Another live node holds this node id."""
 
 
+class KeyMismatch(ClusterError):
+    """This node's token secret or admin key differs from the other nodes'."""
+
+
+FINGERPRINT_LABEL: Final = b"geopresence: the key every node of a deployment shares, v1"
+SHARED_KEY_NAMES: Final = {
+    "secret": "token secret (--secret, GEOPRESENCE_SECRET, DATA_DIR/secret)",
+    "admin_key": "admin key (--admin-key, GEOPRESENCE_ADMIN_KEY, DATA_DIR/admin_key)",
+}
+
+
+def fingerprint(key: str) -> str:
+    """HMAC-SHA256 of a fixed label keyed by ``key``: equal keys give equal fingerprints, and
+    the key cannot be recovered from one (what Redis holds, never the key)."""
+    return hmac.new(key.encode(), FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
+
+
 def connect(config: Config) -> Any:
     """A coredis client for ``--redis`` (standalone) or ``--redis-cluster``."""
     import coredis  # only a node of several needs it (0.3 s of start-up otherwise)
@@ -91,8 +110,19 @@ class ClusterLink:
     """The hub's ``Replicator`` over Redis. Create it, build the hub with ``make_broker``,
     ``journal`` and ``replicator=self``, then ``await nursery.start(link.run, hub, clock)``."""
 
-    def __init__(self, client: Any, *, node_id: int, sharded: bool, prefix: str = "gp") -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        node_id: int,
+        sharded: bool,
+        prefix: str = "gp",
+        shared_keys: Mapping[str, str] | None = None,
+    ) -> None:
         self.client = client
+        self.shared_keys = dict(shared_keys or {})
+        """``secret`` and ``admin_key``: every node sharing the Redis (and prefix) must have
+        the same (checked at start through their ``fingerprint``)."""
         self.node_id = node_id
         self.sharded = sharded
         self.keys = Keys(prefix)
@@ -172,6 +202,7 @@ class ClusterLink:
             try:
                 # A cluster client connects on entry (it reads the slot map).
                 await stack.enter_async_context(self.client)
+                await self._check_shared_keys()
                 await self._take_lease()
             except ClusterError:
                 raise
@@ -215,6 +246,28 @@ class ClusterLink:
         await self.journal.flush()  # the transitions those reports decided
         if self.broker is not None:
             await self.broker.flush()  # the feed ops and transitions just produced
+
+    async def _check_shared_keys(self) -> None:
+        """The first node stores the fingerprint of each shared key (SET NX); every later
+        one must have the same, or it refuses to start: its tokens and admin key would be
+        rejected by the other nodes (and theirs by it)."""
+        from coredis import PureToken
+
+        for name, key in sorted(self.shared_keys.items()):
+            redis_key = self.keys.of("fingerprint", name)
+            mine = fingerprint(key)
+            if await self.client.set(redis_key, mine, condition=PureToken.NX):
+                continue
+            stored = await self.client.get(redis_key)
+            if isinstance(stored, bytes):
+                stored = stored.decode()
+            if stored is not None and stored != mine:
+                what = SHARED_KEY_NAMES.get(name, name)
+                raise KeyMismatch(
+                    f"this node's {what} differs from the other nodes' sharing this Redis "
+                    f"(key prefix {self.keys.prefix}): give every node the same; to change it "
+                    f"on purpose, stop every node and delete the Redis key {redis_key}"
+                )
 
     def _lease_key(self) -> str:
         return self.keys.of("node", str(self.node_id))

@@ -108,6 +108,11 @@ class Server:
                 node_id=config.node_id,
                 sharded=bool(config.redis_cluster),
                 prefix=config.redis_prefix,
+                # Every node must accept the others' tokens and admin key (an --insecure
+                # node, for development, takes no part in the check).
+                shared_keys={}
+                if config.insecure
+                else {"secret": self.secret, "admin_key": self.admin_key or ""},
             )
             self.cluster.presence.sweep_interval = config.redis_sweep_interval
             broker_factory = self.cluster.make_broker
