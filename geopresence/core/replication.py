@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol, get_args
 import attrs
 
 from geopresence.model.records import Record, record_from_json, record_to_json
-from geopresence.wire.protocol import Status
+from geopresence.wire.server_messages import Status
 
 
 @attrs.frozen
