@@ -86,7 +86,7 @@ def main() -> None:
 
     def fan_out() -> None:
         for _ in range(rounds):
-            fan_hub._publish_presence(change)
+            fan_hub.lifecycle.publish_presence(change)
 
     per = timed(f"presence event to {friends:,} online friends", "event", rounds, fan_out)
     print(f"{'  = per subscriber (encode once, queue each)':<48} {per / friends * 1e9:9.0f} ns")

@@ -383,7 +383,7 @@ async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str,
         if status is None:
             continue
         online += string(status) == "online"
-        hub.load_status(
+        hub.replica.load_status(
             user,
             "online" if string(status) == "online" else "offline",
             None if last is None else float(last),

@@ -1,7 +1,7 @@
 """The seams between the hub and its features (sans-I/O).
 
-The hub (``geopresence.core.hub``) owns sessions, friendships, the journal and fan-out; the
-features (chat, nearby friends, nearby strangers) never see it. Each gets a
+The hub (``geopresence.core.hub``) and its parts own sessions, friendships, the journal and
+fan-out; the features (chat, nearby friends, nearby strangers) never see them. Each gets a
 ``FeatureContext``: the few things a feature may do (send a frame, publish on channels,
 journal a change, look up sessions). Nearby friends and nearby strangers talk to each other
 only through ``LocationListener`` (nearby tells strangers about accepted locations and

@@ -36,6 +36,7 @@ from geopresence.core.context import FeatureContext, LocationView, Session
 from geopresence.core.expiry import DeadlineIndex
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
+from geopresence.core.sessions import TokenBucket
 from geopresence.model.geo import distance_within
 from geopresence.model.geocells import MAX_PRECISION, coarse, cover
 from geopresence.wire.client_messages import NearbyPeopleQuery, WatchStrangers
@@ -95,25 +96,6 @@ class StrangerGoneEvent:
 
     user: str
     reason: StrangerGoneReason
-
-
-@attrs.define
-class TokenBucket:
-    """``capacity`` requests at once, refilled at one per ``interval`` seconds."""
-
-    capacity: float
-    interval: float
-    tokens: float
-    updated: float
-
-    def take(self, now: float) -> float:
-        """0 if a request may go now (and counts it), else seconds until one may."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.updated) / self.interval)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) * self.interval
 
 
 Applied = tuple[tuple[float, float] | None, float]

@@ -1,0 +1,228 @@
+"""Sessions opening and closing, devices alive and ending, and the presence they change
+(sans-I/O).
+
+A user is online while at least one of its devices is alive: connected, or within
+``offline_after`` of its last activity (``PresenceTable``). With one node this node decides
+each transition and publishes it; with several, this node reports its devices to the
+``Replicator`` and the cluster decides (the transition comes back through
+``Replica.announce_presence``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from geopresence.core.broker import ConnId, group_channel, inbox_channel, user_channel
+from geopresence.core.context import Session, Sink
+from geopresence.core.fanout import Fanout, out, presence_key
+from geopresence.core.presence import Ended, PresenceChange, PresenceTable
+from geopresence.core.replication import Replicator
+from geopresence.core.sessions import Sessions
+from geopresence.core.settings import HubSettings
+from geopresence.core.state import DurableState
+from geopresence.core.statuses import Statuses
+from geopresence.wire.client_messages import Heartbeat, Logout
+from geopresence.wire.errors import (
+    CLOSE_HEARTBEAT_TIMEOUT,
+    CLOSE_LOGGED_OUT,
+    CLOSE_REPLACED,
+    ProtocolError,
+    RequestId,
+)
+from geopresence.wire.server_messages import FriendsPresence, HeartbeatAck, Presence, Welcome
+
+
+class Locations(Protocol):
+    """What the lifecycle tells the location cache (nearby friends)."""
+
+    def on_offline(self, user: str) -> None:
+        """``user`` went offline: its location is gone."""
+
+    def expire(self, now: float) -> None:
+        """End the locations whose TTL ended by ``now``."""
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` has work next (None: nothing pending)."""
+        ...
+
+
+class Lifecycle:
+    """Opens and closes sessions, keeps devices alive, ends them (logout, heartbeat
+    deadline) and publishes the users' transitions to online and offline."""
+
+    def __init__(
+        self,
+        settings: HubSettings,
+        state: DurableState,
+        sink: Sink,
+        sessions: Sessions,
+        fanout: Fanout,
+        statuses: Statuses,
+        replicator: Replicator | None,
+        locations: Locations,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.sink = sink
+        self.sessions = sessions
+        self.fanout = fanout
+        self.statuses = statuses
+        self.presence: PresenceTable[ConnId] = statuses.presence
+        self.replicator = replicator
+        self.locations = locations
+
+    def session_refusal(
+        self, user: str, device: str, request_id: RequestId = None
+    ) -> ProtocolError | None:
+        """Why ``user`` may not open a session on ``device`` now (None: it may). A device
+        that is already alive can always reconnect (its new connection replaces the old)."""
+        s = self.settings
+        if self.presence.has_device(user, device):
+            return None
+        if self.presence.get(user).devices >= s.max_devices_per_user:
+            return ProtocolError(
+                "forbidden",
+                f"{user} already has {s.max_devices_per_user} devices online "
+                "(max_devices_per_user); log one out or wait for it to go offline",
+                request_id,
+            )
+        if len(self.sessions.live_connections(user)) >= s.max_connections_per_user:
+            return ProtocolError(
+                "forbidden",
+                f"{user} already has {s.max_connections_per_user} connections "
+                "(max_connections_per_user)",
+                request_id,
+            )
+        return None
+
+    def open_session(
+        self, conn: ConnId, user: str, device: str, now: float, request_id: RequestId = None
+    ) -> None:
+        """``conn`` said a valid hello as ``user`` on ``device``: welcome it.
+
+        Sends welcome and friends_presence to ``conn``, closes a connection of the same
+        user+device with 4002 (no presence change), and publishes the user's transition to
+        online if this is its first alive device.
+        """
+        connected = self.presence.connect(user, device, conn, now)
+        if connected.replaced is not None and connected.replaced != conn:
+            self.sessions.drop(connected.replaced, CLOSE_REPLACED, "replaced by a newer connection")
+        self.sessions.add(Session(conn, user, device))
+        broker, store = self.fanout.broker, self.state.users
+        broker.subscribe(inbox_channel(user), conn)
+        for friend in store.friends_of(user):
+            broker.subscribe(user_channel(friend), conn)
+        for group in store.groups_of(user):
+            broker.subscribe(group_channel(group), conn)
+        s = self.settings
+        self.sink.send(
+            conn,
+            out(
+                Welcome(
+                    user=user,
+                    device=device,
+                    heartbeat_interval=s.heartbeat_interval,
+                    offline_after=s.offline_after,
+                    server_time=now,
+                    re=request_id,
+                )
+            ),
+        )
+        friends = sorted(store.friends_of(user))
+        status = self.statuses.friend_status
+        self.sink.send(conn, out(FriendsPresence(friends=[status(f) for f in friends])))
+        if self.replicator is not None:
+            # Whether this makes the user online is decided for the whole cluster.
+            self.replicator.device_alive(user, device, now + s.offline_after, now)
+        elif connected.change is not None:
+            self.publish_presence(connected.change)
+
+    def activity(self, conn: ConnId, now: float) -> None:
+        """``conn`` sent something, even if it could not be decoded."""
+        session = self.sessions.get(conn)
+        if session is not None:
+            self.on_activity(session, now)
+
+    def on_activity(self, session: Session, now: float) -> None:
+        """``session`` was active at ``now``: its device stays alive."""
+        alive = self.presence.activity(session.user, session.device, session.conn, now)
+        if alive and self.replicator is not None:
+            self.replicator.device_alive(
+                session.user, session.device, now + self.settings.offline_after, now
+            )
+
+    def close_session(self, conn: ConnId) -> None:
+        """``conn`` ended without a logout (dropped, or closed by the shell): its device
+        stays alive until its heartbeat deadline."""
+        session = self.sessions.forget(conn)
+        if session is not None:
+            self.presence.disconnect(session.user, session.device, conn)
+
+    def expire(self, now: float) -> None:
+        """Time has reached ``now``: end devices whose heartbeat deadline passed and
+        locations whose TTL ended."""
+        self.apply_ended(
+            self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", now
+        )
+        # Every node holds the same deadlines and tells its own connections.
+        with self.fanout.scoped("local"):
+            self.locations.expire(now)
+
+    def next_deadline(self) -> float | None:
+        """When ``expire`` has work next (None: nothing pending)."""
+        deadlines = [
+            d
+            for d in (self.presence.next_deadline(), self.locations.next_deadline())
+            if d is not None
+        ]
+        return min(deadlines, default=None)
+
+    def logout(self, user: str, device: str | None = None) -> int:
+        """Log out ``device`` (every device when None) at once; returns how many ended on
+        this node (with other nodes, they log it out on theirs too)."""
+        if self.replicator is not None and not self.fanout.replaying:
+            self.replicator.logout(user, device)
+        before = self.presence.get(user).devices
+        self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out")
+        return before - self.presence.get(user).devices
+
+    def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
+        if message.id is not None:
+            self.sink.send(session.conn, out(HeartbeatAck(re=message.id, server_time=now)))
+
+    def on_logout(self, session: Session, message: Logout, now: float) -> None:
+        self.apply_ended(
+            self.presence.logout(session.user, session.device), CLOSE_LOGGED_OUT, "logged out"
+        )
+
+    def apply_ended(
+        self, ended: Ended[ConnId], code: int, reason: str, expired_at: float | None = None
+    ) -> None:
+        """Close the ended devices' connections and publish the users' transitions (with
+        other nodes: report the devices; the cluster decides the transitions)."""
+        for device in ended.connections:
+            self.sessions.drop(device.conn, code, reason)
+        if self.replicator is not None:
+            for user, name in ended.devices:
+                self.replicator.device_ended(user, name, expired_at)
+            return
+        for change in ended.changes:
+            self.publish_presence(change)
+
+    def publish_presence(self, change: PresenceChange) -> None:
+        """Publish ``user``'s transition to its friends and to the co-members of its groups
+        of at most ``presence_fanout_limit`` members (bigger groups ask: group_presence)."""
+        user = change.user
+        channels = [user_channel(user)]
+        limit = self.settings.presence_fanout_limit
+        store = self.state.users
+        for group in store.groups_of(user):
+            members = store.group_members(group)
+            if members is not None and len(members) <= limit:
+                channels.append(group_channel(group))
+        event = Presence(user=user, status=change.status, last_active_at=change.last_active_at)
+        # Latest-wins per user: a slow client gets the newest status, not the backlog.
+        exclude = self.sessions.live_connections(user)
+        self.fanout.publish(channels, out(event, presence_key(user)), exclude)
+        if change.status == "offline":
+            self.locations.on_offline(user)

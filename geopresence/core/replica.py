@@ -1,0 +1,165 @@
+"""Another node's changes, applied to this node's replica and connections (sans-I/O).
+
+With several nodes every node holds the whole state in memory; a change made on one node
+reaches the others on the feed (``geopresence.core.replication``). Applying it here runs this
+node's own operations (``FEED_APPLY``) in the "none" publish scope: the store and the
+features change, this node's connections are subscribed and told, and nothing is journaled
+or published again (the origin did both). Presence transitions are the exception: every
+node publishes them to its own subscribers (``announce_presence``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any, Final
+
+from geopresence.core.chat import Chat
+from geopresence.core.fanout import Fanout
+from geopresence.core.lifecycle import Lifecycle
+from geopresence.core.membership import Membership
+from geopresence.core.nearby import Nearby
+from geopresence.core.presence import PresenceChange
+from geopresence.core.replication import (
+    FEED_KINDS,
+    FeedOp,
+    LocationSet,
+    LogoutRequested,
+    PresenceSet,
+)
+from geopresence.core.state import covering, settings_from
+from geopresence.core.statuses import Statuses
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import (
+    Befriended,
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    SettingsChanged,
+    Unfriended,
+)
+from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.wire.errors import ProtocolError
+from geopresence.wire.server_messages import Status
+
+
+class Replica:
+    """Applies the feed: the parts of this node that another node's change reaches."""
+
+    def __init__(
+        self,
+        statuses: Statuses,
+        fanout: Fanout,
+        lifecycle: Lifecycle,
+        membership: Membership,
+        nearby: Nearby,
+        chat: Chat,
+        ids: SnowflakeGenerator,
+    ) -> None:
+        self.statuses = statuses
+        self.fanout = fanout
+        self.lifecycle = lifecycle
+        self.membership = membership
+        self.nearby = nearby
+        self.chat = chat
+        self.ids = ids
+
+    def announce_presence(self, transition: PresenceSet) -> None:
+        """A user's cluster-wide transition (decided here, or on another node and received
+        on the feed): update the replica and tell this node's subscribers.
+
+        Presence is the one state whose events every node derives itself from the feed,
+        rather than receiving the origin's channel publish: a publish in flight while a
+        node subscribes for a new session would be missed, and unlike a position (the next
+        update supersedes it) or a message (``sync`` recovers it), a missed transition
+        would leave a friend's status wrong until the next one. Applying the feed op and
+        telling the subscribers in one step leaves no gap: a session opened before it gets
+        the event, one opened after it reads the new status in its ``friends_presence``.
+        """
+        t = transition
+        if self.statuses.set_status(t.user, t.status, t.last_active_at, t.version):
+            with self.fanout.scoped("local"):
+                self.lifecycle.publish_presence(PresenceChange(t.user, t.status, t.last_active_at))
+
+    def apply_feed(self, op: FeedOp, now: float) -> None:
+        """Apply a change made on another node: to the replica, and to this node's own
+        connections (subscriptions, views, frames only they need). Nothing is published or
+        journaled again: the origin did that."""
+        if isinstance(op, PresenceSet):
+            self.announce_presence(op)
+            return
+        # A refusal means it is already applied or moot here (a group deleted meanwhile).
+        with self.fanout.scoped("none"), suppress(ProtocolError):
+            FEED_APPLY[type(op)](self, op, now)
+
+    def load_status(
+        self, user: str, status: Status, last_active_at: float | None, version: int
+    ) -> None:
+        """Fill the presence replica at start-up (no event is sent)."""
+        self.statuses.set_status(user, status, last_active_at, version)
+
+
+# ---------------------------------------------------------------- another node's change
+
+
+def _feed_location(replica: Replica, op: LocationSet, now: float) -> None:
+    replica.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
+
+
+def _feed_logout(replica: Replica, op: LogoutRequested, now: float) -> None:
+    replica.lifecycle.logout(op.user, op.device)
+
+
+def _feed_message(replica: Replica, op: ChatMessage, now: float) -> None:
+    replica.chat.insert(op)
+
+
+def _feed_befriended(replica: Replica, op: Befriended, now: float) -> None:
+    replica.membership.add_friendships([(op.a, op.b)], now)
+
+
+def _feed_unfriended(replica: Replica, op: Unfriended, now: float) -> None:
+    replica.membership.remove_friendship(op.a, op.b)
+
+
+def _feed_group_set(replica: Replica, op: GroupSet, now: float) -> None:
+    replica.ids.observe(op.joined_after)
+    replica.membership.set_group(op.group, op.members, op.joined_after)
+
+
+def _feed_group_deleted(replica: Replica, op: GroupDeleted, now: float) -> None:
+    replica.membership.delete_group(op.group)
+
+
+def _feed_member_added(replica: Replica, op: MemberAdded, now: float) -> None:
+    replica.ids.observe(op.joined_after)
+    replica.membership.add_member(op.group, op.user, op.joined_after)
+
+
+def _feed_member_removed(replica: Replica, op: MemberRemoved, now: float) -> None:
+    replica.membership.remove_member(op.group, op.user)
+
+
+def _feed_settings(replica: Replica, op: SettingsChanged, now: float) -> None:
+    replica.nearby.change_settings(op.user, settings_from(op), now)
+
+
+FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = covering(
+    {
+        LocationSet: _feed_location,
+        LogoutRequested: _feed_logout,
+        ChatMessage: _feed_message,
+        Befriended: _feed_befriended,
+        Unfriended: _feed_unfriended,
+        GroupSet: _feed_group_set,
+        GroupDeleted: _feed_group_deleted,
+        MemberAdded: _feed_member_added,
+        MemberRemoved: _feed_member_removed,
+        SettingsChanged: _feed_settings,
+    },
+    FEED_KINDS - {PresenceSet},
+    what="Replica.apply_feed",
+)
+"""Feed op kind (but ``PresenceSet``) -> how this node applies another node's change:
+through its own operations, with their effects on its connections (``Replica.apply_feed``)."""

@@ -1,0 +1,87 @@
+"""Who is online, as this node answers it (sans-I/O).
+
+With one node, this node's ``PresenceTable`` is the truth. With several, each user's status
+is decided once for the whole cluster (``geopresence.cluster.redis_presence``) and every
+node holds a replica of it, filled at start-up and kept current from the feed
+(``Replica``): this node's own table then only counts its devices and their activity.
+"""
+
+from __future__ import annotations
+
+from geopresence.core.broker import ConnId
+from geopresence.core.presence import PresenceTable, UserPresence
+from geopresence.core.state import DurableState
+from geopresence.wire.errors import ProtocolError
+from geopresence.wire.server_messages import FriendStatus, Status
+
+
+class Statuses:
+    """Users' presence: ``presence`` (this node's devices) and, when ``clustered``, the
+    cluster-wide replica of every user's (status, last_active_at, version)."""
+
+    def __init__(
+        self, presence: PresenceTable[ConnId], state: DurableState, *, clustered: bool
+    ) -> None:
+        self.presence = presence
+        self.state = state
+        self.clustered = clustered
+        self._statuses: dict[str, tuple[Status, float | None, int]] = {}
+        """With other nodes: every user's cluster-wide (status, last_active_at, version)."""
+
+    def set_status(
+        self, user: str, status: Status, last_active_at: float | None, version: int
+    ) -> bool:
+        """Hold ``user``'s cluster-wide status; False if the one held is as new or newer."""
+        held = self._statuses.get(user)
+        if held is not None and held[2] >= version:
+            return False  # an older transition arriving late
+        self._statuses[user] = (status, last_active_at, version)
+        return True
+
+    def status_of(self, user: str) -> tuple[Status, float | None]:
+        """The user's (status, last_active_at): this node's table with one node, the
+        cluster-wide replica with several (last_active_at: the later of the replica's and
+        this node's own)."""
+        local = self.presence.get(user)
+        if not self.clustered:
+            return local.status, local.last_active_at
+        status, last, _ = self._statuses.get(user, ("offline", None, 0))
+        if local.last_active_at is not None and (last is None or local.last_active_at > last):
+            last = local.last_active_at
+        return status, last
+
+    def status_version(self, user: str) -> int:
+        """The version of ``user``'s cluster-wide status this node holds (0: none)."""
+        held = self._statuses.get(user)
+        return 0 if held is None else held[2]
+
+    def online_count(self) -> int:
+        """Users online now (in the whole cluster with several nodes)."""
+        if not self.clustered:
+            return self.presence.online_count
+        return sum(1 for status, _, _ in self._statuses.values() if status == "online")
+
+    def user_presence(self, user: str) -> UserPresence:
+        """The user's presence; ``devices`` counts its alive devices on this node."""
+        local = self.presence.get(user)
+        if not self.clustered:
+            return local
+        status, last_active_at = self.status_of(user)
+        return UserPresence(user, status, last_active_at, local.devices)
+
+    def friend_status(self, user: str) -> FriendStatus:
+        """``user``'s presence as a friend sees it."""
+        status, last_active_at = self.status_of(user)
+        return FriendStatus(user=user, status=status, last_active_at=last_active_at)
+
+    def friends_presence(self, user: str) -> list[FriendStatus]:
+        """The user's friends, sorted by id, with their presence."""
+        return [self.friend_status(f) for f in sorted(self.state.users.friends_of(user))]
+
+    def group_online(self, group: str) -> tuple[list[str], int]:
+        """Sorted online members of ``group`` and its member count; not_found if none."""
+        members = self.state.users.group_members(group)
+        if members is None:
+            raise ProtocolError("not_found", f"group {group!r} does not exist")
+        online = sorted(m for m in members if self.status_of(m)[0] == "online")
+        return online, len(members)
