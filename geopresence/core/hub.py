@@ -67,7 +67,7 @@ from geopresence.wire.client_messages import (
 )
 from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
-from geopresence.wire.server_messages import FriendStatus, GroupPresenceReply
+from geopresence.wire.server_messages import GroupPresenceReply
 
 
 class Hub:
@@ -333,14 +333,8 @@ class Hub:
     def add_friendship(self, a: str, b: str, now: float) -> bool:
         return self.membership.add_friendship(a, b, now)
 
-    def add_friendships(self, pairs: Iterable[tuple[str, str]], now: float) -> int:
-        return self.membership.add_friendships(pairs, now)
-
     def remove_friendship(self, a: str, b: str) -> bool:
         return self.membership.remove_friendship(a, b)
-
-    def friends_presence(self, user: str) -> list[FriendStatus]:
-        return self.statuses.friends_presence(user)
 
     def set_group(
         self, group: str, members: Iterable[str], mark: int | None = None

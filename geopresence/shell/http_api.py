@@ -21,7 +21,8 @@ import orjson
 import trio
 
 from geopresence.config import Config
-from geopresence.core.hub import GROUP_SLICE, BulkError, Hub
+from geopresence.core.hub import Hub
+from geopresence.core.membership import GROUP_SLICE, BulkError
 from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.shell.metrics import Metrics
@@ -250,7 +251,7 @@ class HttpApi:
                 if problem is not None:
                     raise HttpError(400, "bad_request", problem)
             body = await _read_body(receive)
-            before = self.hub.last_seq
+            before = self.hub.acks.last_seq
             try:
                 result = route.handler(Request(method, path, params, body))
                 if inspect.isawaitable(result):
@@ -281,7 +282,7 @@ class HttpApi:
         method waits for everything journaled so far, so that a retried request that finds
         its change already applied (``created: false``) is not answered before the original
         is durable. Reads never wait."""
-        after = self.hub.last_seq
+        after = self.hub.acks.last_seq
         if after > before or method not in ("GET", "HEAD"):
             await self.server.durable(after)
 
@@ -304,7 +305,7 @@ class HttpApi:
     def drain(self, request: Request) -> Response:
         """Begin a graceful shutdown (what SIGTERM does): stop accepting, close every client
         with 1001 so it reconnects elsewhere, wait up to drain_timeout, snapshot, exit."""
-        connections = self.hub.session_count
+        connections = self.hub.sessions.count
         self.server.stop()
         return 202, {"draining": True, "connections": connections}
 
@@ -327,12 +328,12 @@ class HttpApi:
 
     def put_friendship(self, request: Request) -> Response:
         a, b = request.params["a"], request.params["b"]
-        created = self.hub.add_friendship(a, b, self.server.now())
+        created = self.hub.membership.add_friendship(a, b, self.server.now())
         return 200, {"friends": [a, b], "created": created}
 
     def delete_friendship(self, request: Request) -> Response:
         a, b = request.params["a"], request.params["b"]
-        return 200, {"friends": [a, b], "deleted": self.hub.remove_friendship(a, b)}
+        return 200, {"friends": [a, b], "deleted": self.hub.membership.remove_friendship(a, b)}
 
     def bulk_friendships(self, request: Request) -> Response:
         pairs = request.json_object().get("pairs")
@@ -352,7 +353,7 @@ class HttpApi:
             checked.append((a, b))
         # All pairs are valid before any is applied; a limit hit part-way reports how far it got.
         try:
-            created = self.hub.add_friendships(checked, self.server.now())
+            created = self.hub.membership.add_friendships(checked, self.server.now())
         except BulkError as exc:
             raise HttpError(
                 _status_for(exc.code),
@@ -362,7 +363,7 @@ class HttpApi:
         return 200, {"created": created}
 
     def get_user(self, request: Request) -> Response:
-        p = self.hub.user_presence(request.params["user"])
+        p = self.hub.statuses.user_presence(request.params["user"])
         return 200, {
             "user": p.user,
             "status": p.status,
@@ -372,7 +373,7 @@ class HttpApi:
 
     def get_friends(self, request: Request) -> Response:
         user = request.params["user"]
-        friends = [attrs.asdict(f) for f in self.hub.friends_presence(user)]
+        friends = [attrs.asdict(f) for f in self.hub.statuses.friends_presence(user)]
         return 200, {"user": user, "friends": friends}
 
     async def logout(self, request: Request) -> Response:
@@ -382,12 +383,12 @@ class HttpApi:
             problem = id_problem(device, "device")
             if problem is not None:
                 raise HttpError(400, "bad_request", problem)
-        ended = self.hub.logout(user, device)
+        ended = self.hub.lifecycle.logout(user, device)
         if self.server.persistence == "redis":
             # The devices ended in Redis (whichever node holds them): answer with the result.
             with trio.move_on_after(self.server.config.drain_timeout):
                 await self.server.flush_cluster_presence()
-        p = self.hub.user_presence(user)
+        p = self.hub.statuses.user_presence(user)
         return 200, {"user": user, "devices_logged_out": ended, "status": p.status}
 
     def create_token(self, request: Request) -> Response:
@@ -418,7 +419,7 @@ class HttpApi:
             _user_list(members[start : start + GROUP_SLICE], "members")
             await trio.sleep(0)
         async with self._group_writes:
-            steps = self.hub.set_group_in_slices(group, members)
+            steps = self.hub.membership.set_group_in_slices(group, members)
             while True:
                 try:
                     next(steps)
@@ -433,21 +434,22 @@ class HttpApi:
         members = self.hub.store.group_members(group)
         if members is None:
             raise HttpError(404, "not_found", f"group {group!r} does not exist")
-        online, total = self.hub.group_online(group)
+        online, total = self.hub.statuses.group_online(group)
         return 200, {"group": group, "members": sorted(members), "online": online, "total": total}
 
     def delete_group(self, request: Request) -> Response:
         group = request.params["group"]
-        self.hub.delete_group(group)
+        self.hub.membership.delete_group(group)
         return 200, {"group": group, "deleted": True}
 
     def put_member(self, request: Request) -> Response:
         group, user = request.params["group"], request.params["user"]
-        return 200, {"group": group, "user": user, "added": self.hub.add_member(group, user)}
+        added = self.hub.membership.add_member(group, user)
+        return 200, {"group": group, "user": user, "added": added}
 
     def delete_member(self, request: Request) -> Response:
         group, user = request.params["group"], request.params["user"]
-        removed = self.hub.remove_member(group, user)
+        removed = self.hub.membership.remove_member(group, user)
         return 200, {"group": group, "user": user, "removed": removed}
 
 
