@@ -15,7 +15,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.storage.snapshot import capture
-from geopresence.wire.protocol import LocationUpdate, Send
+from geopresence.wire.client_messages import LocationUpdate, Send
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_cluster, redis_server
 

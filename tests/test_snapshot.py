@@ -24,7 +24,7 @@ from geopresence.storage.snapshot import (
     encode_snapshot,
     restore,
 )
-from geopresence.wire.protocol import Send, SettingsUpdate
+from geopresence.wire.client_messages import Send, SettingsUpdate
 from tests.helpers import RecordingSink
 
 USERS = ["ann", "ben", "cat", "dan", "eve"]
