@@ -281,7 +281,10 @@ class Config:
         50_000.0, "largest radius_m a user may set", NEARBY, _positive, unit="m"
     )
     strangers_query_burst: int = _setting(
-        3, "nearby_people queries a connection may make at once", NEARBY, _at_least(1)
+        3,
+        "nearby_people queries a user may make at once (all its devices together)",
+        NEARBY,
+        _at_least(1),
     )
     strangers_query_interval: float = _setting(
         10.0, "time per nearby_people query refilled", NEARBY, _positive, unit="s"
@@ -419,7 +422,8 @@ class Config:
     """Replies and other frames without a coalescing key."""
     queue_bytes: int = _setting(
         4 * 1024 * 1024,
-        "bytes of replies queued per connection before it is a slow consumer (4008)",
+        "characters (bytes for ASCII) of replies queued per connection before it is "
+        "a slow consumer (4008)",
         LIMITS,
         _at_least(1024),
         unit="B",

@@ -385,7 +385,7 @@ def _refused(
 
 
 def _keys_of(workdir: Path) -> dict[str, str]:
-    """The README's second node: the first one's secret and admin key, from the environment."""
+    """The second node of the docs/cluster.md quick start: the first one's secret and admin key, from the environment."""
     return {
         "GEOPRESENCE_SECRET": (workdir / "data1" / "secret").read_text().strip(),
         "GEOPRESENCE_ADMIN_KEY": (workdir / "data1" / "admin_key").read_text().strip(),
@@ -396,7 +396,7 @@ def _keys_of(workdir: Path) -> dict[str, str]:
 async def test_nodes_with_another_secret_or_admin_key_refuse_to_start(
     kind: str, tmp_path: Path
 ) -> None:
-    """The README's "Several nodes" block run literally (each node its own data dir, so its
+    """The docs/cluster.md quick start run literally (each node its own data dir, so its
     own generated secret and admin key): the second node refuses in one line, exit 1. With
     the first node's secret and admin key in its environment, it starts and takes the first
     node's tokens and admin key. Redis holds fingerprints, never the keys."""

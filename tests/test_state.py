@@ -268,5 +268,5 @@ K = Keys("gp")
     ids=lambda value: type(value).__name__ if not isinstance(value, list | None) else "",
 )
 def test_redis_commands_of_each_feed_op(op: Any, commands: list[Any] | None) -> None:
-    """The key layout of docs/cluster.md, command by command."""
+    """The key layout of geopresence/cluster/redis_keys.py, command by command."""
     assert blind_commands(K, op) == commands

@@ -1,6 +1,6 @@
 """Nearby friends (sans-I/O): the location cache, radius fan-out and the nearby list.
 
-The design (seeds/nearby-friends-design.md): each user U has a channel ``user:U`` that every
+The design (the nearby-friends design, docs/architecture.md): each user U has a channel ``user:U`` that every
 live connection of each of U's friends subscribes to. When U moves, U's location is published
 there; the handler of each subscribed connection computes the distance between U and ITS OWN
 user's latest location and forwards ``friend_location`` only when U is within that user's

@@ -1,7 +1,7 @@
 """The presence table: who is online, per the design's heartbeat rule (sans-I/O).
 
 This is the design's key-value store of ``status`` and ``last_active_at``, kept per device so
-that several devices of one user count as one presence. Rules (PROTOCOL.md, Presence):
+that several devices of one user count as one presence. Rules (docs/protocol.md, presence):
 
 - A device is *alive* from its hello until ``offline_after`` seconds after its latest activity,
   or until it logs out. A dropped connection does not end it: the device stays alive until its

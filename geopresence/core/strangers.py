@@ -1,6 +1,6 @@
 """Nearby strangers (sans-I/O): geohash-cell channels, watchers and the nearby-people query.
 
-The design's extension (end of seeds/nearby-friends-design.md): users who opt in
+The design's extension: users who opt in
 (``visible_to_strangers``) publish their moves into the channels of their geohash cells; a
 watcher's connection subscribes to the cells that cover its radius (``geocells.cover``: exact,
 never the 3x3 block that misses people) and is re-subscribed as it moves, touching only the

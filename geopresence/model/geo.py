@@ -1,6 +1,6 @@
 """Great-circle geometry (sans-I/O): the contract's distance and coordinate rules.
 
-Distance is haversine on a sphere of the mean Earth radius (PROTOCOL.md, Conventions), so every
+Distance is haversine on a sphere of the mean Earth radius (docs/protocol.md, conventions), so every
 implementation of the contract computes the same metres for the same two points.
 """
 

@@ -1,6 +1,6 @@
 """Identifier rules shared by the wire protocol and the HTTP API.
 
-User, device and group ids are 1..64 characters of ``[A-Za-z0-9_.@-]`` (PROTOCOL.md,
+User, device and group ids are 1..64 characters of ``[A-Za-z0-9_.@-]`` (docs/protocol.md,
 Conventions). Checking them in one place keeps every entry point equally strict.
 """
 

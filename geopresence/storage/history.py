@@ -1,6 +1,6 @@
 """The location history on disk: append-only JSON Lines files, rotated by size.
 
-Layout (documented in docs/protocol.md, "Location history"): ``DATA_DIR/history/`` holds
+Layout (documented in docs/operations.md, "Location history"): ``DATA_DIR/history/`` holds
 ``locations-000001.jsonl``, ``locations-000002.jsonl``, ... Each line is one accepted location
 update::
 

@@ -1,4 +1,4 @@
-"""Sans-I/O codec of the WebSocket protocol (PROTOCOL.md; documented in docs/protocol.md).
+"""Sans-I/O codec of the WebSocket protocol (the wire contract, documented in docs/protocol.md).
 
 ``decode`` turns one text frame into a typed client message or raises ``ProtocolError``
 carrying the error code to send back; ``encode`` turns a server message into the JSON text of
