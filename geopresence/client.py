@@ -228,7 +228,7 @@ async def connect_stream(
     heartbeat: bool = False,
 ) -> AsyncIterator[Client]:
     """Like ``connect`` over an already open stream (e.g. an in-memory one from
-    ``Server.open_memory_connection``)."""
+    ``geopresence.testing.open_memory_connection``)."""
     with collapse_exception_groups():
         async with trio.open_nursery() as nursery:
             # Typed for sockets, but any trio Stream works (in-memory ones included).

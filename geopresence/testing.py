@@ -25,12 +25,26 @@ from typing import Any
 import attrs
 import httpx
 import trio
+import trio.testing
 
 from geopresence.client import AdminClient, Client, connect, connect_stream
 from geopresence.config import Config
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.http_api import HttpApi
-from geopresence.shell.server import RunningServer, serve
+from geopresence.shell.server import RunningServer, Server, serve
+
+
+def open_memory_connection(server: Server, *, lockstep: bool = False) -> trio.abc.Stream:
+    """A client-side stream connected to ``server`` (running) in memory, for tests under
+    ``MockClock``: no sockets, so virtual time never jumps while bytes are in flight.
+
+    ``lockstep=True`` gives a transport without buffering (a send completes only when the
+    peer reads), so a client that stops reading blocks the server's writer at once: the
+    slow-consumer path without megabytes of kernel buffers in the way."""
+    pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+    client, server_side = pair()
+    server.accept_stream(server_side)
+    return client
 
 
 @attrs.define(eq=False)
@@ -61,6 +75,11 @@ class TestServer:
     def token(self, user: str, ttl: float = 3600.0) -> str:
         return self.running.mint_token(user, ttl)
 
+    def open_memory_connection(self, *, lockstep: bool = False) -> trio.abc.Stream:
+        """A raw client stream to this server in memory (see ``open_memory_connection``):
+        for ``geopresence.client.connect_stream`` or a hand-made WebSocket."""
+        return open_memory_connection(self.running.server, lockstep=lockstep)
+
     @asynccontextmanager
     async def connect(
         self,
@@ -77,7 +96,7 @@ class TestServer:
             token = self.token(user)
         as_user = user if token is None else None
         if memory:
-            stream = self.running.server.open_memory_connection()
+            stream = self.open_memory_connection()
             async with connect_stream(
                 stream, user=as_user, token=token, device=device, heartbeat=heartbeat
             ) as client:

@@ -129,6 +129,19 @@ def test_only_the_cluster_layer_talks_to_redis(module: str) -> None:
             assert name.split(".")[0] != "coredis", f"{module} imports {name}"
 
 
+WEBSOCKET_LIBRARIES = {"trio_websocket", "wsproto"}
+WEBSOCKET_SEAM = {"geopresence.shell.transport", "geopresence.client"}
+"""The server's transport seam, and the public WebSocket client (which may keep its own)."""
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_transport_seam_knows_the_websocket_library(module: str) -> None:
+    """Replacing the server's WebSocket library touches shell/transport.py only."""
+    if module not in WEBSOCKET_SEAM:
+        for name in imports_of(MODULES[module], module):
+            assert name.split(".")[0] not in WEBSOCKET_LIBRARIES, f"{module} imports {name}"
+
+
 def find_cycle() -> list[str] | None:
     graph = {module: internal_imports(module) for module in MODULES}
     # A package's __init__ imported for its submodule is not an edge of the design.

@@ -76,7 +76,7 @@ class RawPeer:
 
 @asynccontextmanager
 async def raw_peer(server: TestServer) -> AsyncIterator[RawPeer]:
-    stream = server.running.server.open_memory_connection()
+    stream = server.open_memory_connection()
     peer = RawPeer(stream)
     await peer.handshake()
     try:
@@ -169,7 +169,7 @@ async def test_pings_crossing_the_shutdown_close_log_no_traceback(
         peers = []
         async with trio.open_nursery() as nursery:
             for i in range(5):
-                stream = server.running.server.open_memory_connection()
+                stream = server.open_memory_connection()
                 peer = RawPeer(stream)
                 await peer.handshake()
                 await peer.send(TextMessage(f'{{"type":"hello","user":"u{i}","device":"d"}}'))

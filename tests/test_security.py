@@ -92,7 +92,7 @@ async def test_rule_memory_stays_bounded_for_a_client_that_never_reads(
     nothing: its queue holds one position per friend (latest-wins) and stays tiny."""
     async with open_server(location_ttl=7200, offline_after=30) as server:
         await server.admin.befriend("watcher", "busy")
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="watcher", device="d", heartbeat=True):
             async with server.connect("busy", heartbeat=True) as busy:
                 await busy.send({"type": "location", "lat": 37.5, "lon": 127.0})
@@ -102,7 +102,7 @@ async def test_rule_memory_stays_bounded_for_a_client_that_never_reads(
                     await trio.sleep(1)
                     if second % 600 == 0:
                         [conn] = server.running.hub.connections_of("watcher")
-                        assert len(server.running.server._conns[conn].outbox) <= 4
+                        assert len(server.running.server.connections.by_id[conn].outbox) <= 4
         metrics = await server.admin.metrics()
         assert 'geopresence_closes_total{code="4008"}' not in metrics
 
@@ -244,7 +244,7 @@ async def test_rule_drain_moves_clients_away_with_1001_and_stops(
             assert response == {"draining": True, "connections": 1}
             assert (await alice.closed())[0] == 1001
         with trio.fail_after(30):
-            while not server.running.server._stop_requested.is_set():
+            while not server.running.server.stopping:
                 await trio.sleep(0.1)
 
 

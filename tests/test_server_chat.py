@@ -157,7 +157,7 @@ async def test_slow_device_is_cut_with_4008_and_recovers_everything_by_sync(
 ) -> None:
     async with open_server(queue_size=8) as server:
         await server.admin.befriend("alice", "bob")
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="bob", device="phone") as stuck:
             async with server.connect("alice") as alice:
                 await quiet(alice)
@@ -169,7 +169,7 @@ async def test_slow_device_is_cut_with_4008_and_recovers_everything_by_sync(
             del stuck
         metrics = await server.admin.metrics()
         assert 'geopresence_closes_total{code="4008"} 1' in metrics
-        assert not server.running.server._conns  # nothing of bob's queue is left
+        assert not server.running.server.connections  # nothing of bob's queue is left
         async with server.connect("bob", "phone") as bob:
             recovered = await bob.sync_all(limit=7)
             assert [m["message_id"] for m in recovered] == [s["message_id"] for s in sent]
@@ -185,7 +185,7 @@ async def test_sync_replies_piling_up_unread_are_bounded_in_bytes(
         async with server.connect("alice") as alice:
             for i in range(60):
                 await alice.send_message(f"{i}" + "x" * 2000, to="bob")
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="bob", device="phone") as bob:
             sent = 0
             with contextlib.suppress(ConnectionClosed):  # cut off before all 30: expected

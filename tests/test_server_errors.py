@@ -20,7 +20,7 @@ from geopresence.testing import TestServer, open_server
 @asynccontextmanager
 async def raw_ws(server: TestServer, path: str = "/ws") -> AsyncIterator[WebSocketConnection]:
     """A WebSocket to the server that has said nothing yet."""
-    stream = server.running.server.open_memory_connection()
+    stream = server.open_memory_connection()
     async with trio.open_nursery() as nursery:
         ws = await wrap_client_stream(nursery, stream, "localhost", path)  # type: ignore[arg-type]
         yield ws

@@ -335,7 +335,7 @@ async def test_new_friendship_shows_both_sides_at_once(
 async def test_slow_watcher_gets_latest_position(autojump_clock: MockClock) -> None:
     async with open_server(queue_size=4) as server:
         await server.admin.befriend("watcher", "runner")
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="watcher", device="d") as watcher:
             await move(watcher, at(0))
             async with server.connect("runner", heartbeat=True) as runner:

@@ -23,7 +23,7 @@ async def test_state_burst_beyond_bound_closes_4008_and_counts_as_a_drop(
 ) -> None:
     async with open_server(state_queue_size=4) as server:
         await server.admin.befriend_many([("alice", f"f{i}") for i in range(10)])
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="alice", device="d") as alice:
             # ten different friends come online while alice reads nothing
             for i in range(10):
@@ -45,7 +45,7 @@ async def test_client_that_stops_reading_is_cut_off_in_bounded_time(
     autojump_clock: MockClock,
 ) -> None:
     async with open_server(queue_size=8, close_timeout=5) as server:
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="mallory", device="d") as mallory:
             start = trio.current_time()
             # ask for replies and never read them
@@ -56,7 +56,7 @@ async def test_client_that_stops_reading_is_cut_off_in_bounded_time(
                     await trio.sleep(0.5)
             assert trio.current_time() - start <= 5.5
         # the server's memory for it is gone and other users are unaffected
-        assert not server.running.server._conns
+        assert not server.running.server.connections
         async with server.connect("bob") as bob:
             assert (await bob.request("heartbeat"))["type"] == "heartbeat"
 
@@ -65,7 +65,7 @@ async def test_presence_coalesces_for_a_slow_reader(autojump_clock: MockClock) -
     async with open_server(queue_size=4) as server:
         for i in range(3):
             await server.admin.befriend("watcher", f"u{i}")
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="watcher", device="d") as watcher:
             # each friend flaps 20 times while the watcher reads nothing
             for _ in range(20):
@@ -84,14 +84,14 @@ async def test_presence_coalesces_for_a_slow_reader(autojump_clock: MockClock) -
 
 async def test_logout_of_a_stuck_client_ends_in_bounded_time(autojump_clock: MockClock) -> None:
     async with open_server(close_timeout=5) as server:
-        stream = server.running.server.open_memory_connection(lockstep=True)
+        stream = server.open_memory_connection(lockstep=True)
         async with connect_stream(stream, user="alice", device="d") as alice:
             await alice.send({"type": "heartbeat", "id": 1})  # its reply blocks the writer
             await trio.sleep(1)
             start = trio.current_time()
             await server.admin.logout("alice")
             with trio.fail_after(60):
-                while server.running.server._conns:
+                while server.running.server.connections:
                     await trio.sleep(0.1)
             assert trio.current_time() - start <= 5.2
         assert "geopresence_connections 0" in await server.admin.metrics()
@@ -103,7 +103,7 @@ async def test_shutdown_closes_connections_still_before_hello_with_1001(
     from trio_websocket import ConnectionClosed, wrap_client_stream
 
     async with open_server() as server:
-        stream = server.running.server.open_memory_connection()
+        stream = server.open_memory_connection()
         async with trio.open_nursery() as nursery:
             ws = await wrap_client_stream(nursery, stream, "localhost", "/ws")  # type: ignore[arg-type]
             await trio.sleep(1)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from geopresence.cluster.link import ClusterLink
+    from geopresence.core.hub import Hub
 
 PREFIX = "geopresence_"
 
@@ -109,3 +114,81 @@ def _number(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return repr(float(value))
+
+
+def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
+    """The core's counters and gauges (the core keeps plain numbers and knows no metrics)."""
+    metrics.gauge(
+        "users_online", "Users online now (in the whole cluster with --redis).",
+        lambda: hub.online_count(),
+    )  # fmt: skip
+    nearby = hub.nearby
+    metrics.gauge(
+        "locations", "Users with a live location in the cache.", lambda: len(nearby.locations)
+    )
+    metrics.counter(
+        "location_updates_total",
+        "Location updates by result (ignored: older than the stored one).",
+        lambda: [
+            ('{result="accepted"}', nearby.updates_accepted),
+            ('{result="ignored"}', nearby.updates_ignored),
+        ],
+    )
+    metrics.counter(
+        "rate_limited_total",
+        "Client messages refused by the per-connection rate limit.",
+        lambda: [("", hub.rate_limited)],
+    )
+    chat = hub.chat
+    metrics.gauge(
+        "chat_messages_stored", "Chat messages held in the store.", lambda: len(chat.store)
+    )
+    metrics.counter(
+        "chat_messages_total",
+        "Chat sends by result (duplicate: a resend answered with the stored message).",
+        lambda: [('{result="stored"}', chat.sent), ('{result="duplicate"}', chat.duplicates)],
+    )
+
+
+def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
+    """The node's Redis side (multi-node), once it has joined (its broker exists)."""
+    broker = cluster.broker
+    assert broker is not None
+    metrics.counter(
+        "redis_envelopes_total",
+        "Channel publishes: received from other nodes, dropped (Redis queue full), or "
+        "failed (Redis unreachable; pub/sub commands included).",
+        lambda: [
+            ('{result="received"}', broker.received),
+            ('{result="dropped"}', broker.dropped),
+            ('{result="failed"}', broker.failed),
+        ],
+    )
+    metrics.gauge(
+        "redis_pending",
+        "Commands queued for Redis.",
+        lambda: broker.pending + cluster.journal.pending + cluster.presence.pending,
+    )
+    metrics.counter(
+        "redis_feed_applied_total",
+        "Changes of other nodes applied here.",
+        lambda: [("", cluster.journal.feed.applied)],
+    )
+    metrics.counter(
+        "presence_transitions_decided_total",
+        "Online/offline transitions this node decided.",
+        lambda: [("", cluster.presence.transitions)],
+    )
+    metrics.counter(
+        "redis_errors_total",
+        "Failed Redis round trips, retried (journal: acks wait; presence: reports wait).",
+        lambda: [
+            ('{part="journal"}', cluster.journal.write_errors),
+            ('{part="presence"}', cluster.presence.errors),
+        ],
+    )
+    metrics.counter(
+        "presence_swept_total",
+        "Devices whose deadline passed found by this node's sweeper.",
+        lambda: [("", cluster.presence.swept)],
+    )

@@ -23,6 +23,7 @@ import trio
 from geopresence.config import Config
 from geopresence.core.chat import PushRequest, message_frame
 from geopresence.model.chat_message import ChatMessage
+from geopresence.shell.metrics import Metrics
 from geopresence.wire.protocol import unstructure
 
 log = logging.getLogger("geopresence.shell.push")
@@ -97,6 +98,18 @@ class PushNotifier:
     @property
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        """``pushes_total`` by outcome and the ``push_queue`` gauge."""
+        metrics.counter(
+            "pushes_total",
+            "Push hook calls for recipients without a connected device, by outcome.",
+            lambda: [
+                (f'{{result="{result}"}}', self.results[result])
+                for result in ("delivered", "failed", "dropped", "logged")
+            ],
+        )
+        metrics.gauge("push_queue", "Pushes waiting for the webhook.", lambda: self.queued)
 
     async def run(self) -> None:
         """Deliver queued pushes until cancelled (without a webhook: log a summary of the

@@ -1,8 +1,12 @@
-"""The server's side of trio-websocket (shell): accepting a stream, pings, batched writes.
+"""The transport seam (shell): every trio-websocket and wsproto specific of the server.
 
-Everything here that depends on trio-websocket's internals is in this module.
+The rest of the server sees four names: ``accept`` (the opening handshake's ``Request``),
+``Connection`` (``receive``, ``send``, ``send_batch``, ``close``, ``close_code``, the ping
+gate ``admit_ping``, ``abort``), the ``Closed`` exception and ``is_disconnect``. Replacing
+the WebSocket library means rewriting this module only; tests/test_architecture.py checks
+that no other server module imports trio_websocket or wsproto.
 
-**Untrusted peers.** ``accept_stream`` wraps a stream in ``ServerWebSocket``, a
+**Untrusted peers.** ``accept`` wraps a stream in ``_ServerWebSocket``, a
 ``WebSocketConnection`` that (a) shows every ping to the connection's ``admit_ping`` before
 answering it, so control frames count against the same rate limit as messages, and (b) sends
 nothing that wsproto's state no longer allows: a ping that crosses our close frame is not
@@ -20,7 +24,7 @@ lock and with the same error handling as trio-websocket's own ``_send``.
 It uses trio-websocket internals (``_wsproto``, ``_stream``, ``_stream_lock``,
 ``_close_reason``, ``_abort_web_socket``), checked once at import: with a version that lacks
 them, it falls back to ``send_message`` per frame, which is slower but equivalent
-(tests/test_wsbatch.py runs both paths).
+(tests/test_transport.py runs both paths).
 """
 
 from __future__ import annotations
@@ -47,18 +51,37 @@ _INTERNALS: Final = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_a
 
 
 CLOSE_ABNORMAL: Final = 1006
+CLOSE_NORMAL: Final = 1000
+
+
+class Closed(Exception):
+    """The connection is closed or closing: nothing more can be received or sent.
+
+    ``code`` is the close code (the peer's, or ours if we closed first), None if unknown."""
+
+    def __init__(self, code: int | None) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True if ``exc`` (or every exception in a group) is just a peer going away."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_disconnect(e) for e in exc.exceptions)
+    return isinstance(
+        exc, Closed | ConnectionClosed | trio.BrokenResourceError | trio.ClosedResourceError
+    )
 
 
 def _always() -> bool:
     return True
 
 
-class ServerWebSocket(WebSocketConnection):
+class _ServerWebSocket(WebSocketConnection):
     """A server-side ``WebSocketConnection`` hardened against what a peer can provoke."""
 
     admit_ping: Callable[[], bool] = staticmethod(_always)
-    """Called for each ping received; the ping is answered only if it returns True. The
-    server replaces it per connection with the connection's rate limit."""
+    """Called for each ping received; the ping is answered only if it returns True."""
 
     pings = 0
     """Pings received on this connection."""
@@ -80,16 +103,114 @@ class ServerWebSocket(WebSocketConnection):
             raise ConnectionClosed(reason) from None
 
 
-async def accept_stream(
+def _closed(exc: ConnectionClosed) -> Closed:
+    reason = exc.reason
+    return Closed(None if reason is None else int(reason.code))
+
+
+class Connection:
+    """One server-side WebSocket connection after its opening handshake.
+
+    Every method that talks to the peer raises ``Closed`` once the connection is closed or
+    closing. Calls are not bounded in time: the caller sets its deadlines."""
+
+    def __init__(self, ws: _ServerWebSocket, stream: trio.abc.Stream) -> None:
+        self._ws = ws
+        self._stream = stream
+
+    @property
+    def admit_ping(self) -> Callable[[], bool]:
+        """The ping gate: called for each ping received, which is answered only if it
+        returns True (the server sets it to the connection's rate limit). Pings are never
+        answered once our close frame is out."""
+        return self._ws.admit_ping
+
+    @admit_ping.setter
+    def admit_ping(self, gate: Callable[[], bool]) -> None:
+        self._ws.admit_ping = gate
+
+    @property
+    def pings(self) -> int:
+        """Pings received on this connection so far."""
+        return self._ws.pings
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection is closed or closing (1009: a frame over the
+        size limit), else None."""
+        reason = self._ws.closed
+        return None if reason is None else int(reason.code)
+
+    async def receive(self) -> str | bytes:
+        """The next message (text as ``str``, binary as ``bytes``), at most
+        ``max_message_size`` characters or bytes (a longer one closes with 1009)."""
+        try:
+            return await self._ws.get_message()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send(self, text: str) -> None:
+        """Send one text frame."""
+        try:
+            await self._ws.send_message(text)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send_batch(self, texts: Sequence[str]) -> None:
+        """Send ``texts`` as text frames, in order, in as few writes as possible."""
+        try:
+            await send_texts(self._ws, texts)
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
+        """The closing handshake: send a close frame (``reason`` at most 123 UTF-8 bytes)
+        and wait for the peer's. Returns at once if already closed."""
+        try:
+            await self._ws.aclose(code, reason)
+        except ConnectionClosed:
+            return
+
+    async def abort(self) -> None:
+        """Cut the transport without a close frame (when a frame boundary was lost)."""
+        await trio.aclose_forcefully(self._stream)
+
+
+class Request:
+    """A client's opening handshake, not answered yet."""
+
+    def __init__(self, request: WebSocketRequest, stream: trio.abc.Stream) -> None:
+        self._request = request
+        self._stream = stream
+
+    @property
+    def path(self) -> str:
+        """The request target, query string included."""
+        return self._request.path
+
+    async def reject(self, status: int, body: bytes) -> None:
+        """Answer with an HTTP ``status`` and ``body`` instead of a WebSocket."""
+        await self._request.reject(status, body=body)
+
+    async def accept(self) -> Connection:
+        """Complete the handshake."""
+        ws = await self._request.accept()
+        assert isinstance(ws, _ServerWebSocket)
+        return Connection(ws, self._stream)
+
+
+async def accept(
     nursery: trio.Nursery, stream: trio.abc.Stream, *, max_message_size: int
-) -> WebSocketRequest:
-    """``trio_websocket.wrap_server_stream`` with a ``ServerWebSocket``: wait for the
-    opening handshake's request (the caller bounds the wait) and return it."""
-    connection = ServerWebSocket(
+) -> Request:
+    """Wait for the opening handshake's request on ``stream`` (the caller bounds the wait).
+
+    The connection's reader runs in ``nursery`` until the connection ends; messages larger
+    than ``max_message_size`` close it with 1009."""
+    connection = _ServerWebSocket(
         stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size
     )
     nursery.start_soon(connection._reader_task)
-    return await connection._get_request()
+    return Request(await connection._get_request(), stream)
 
 
 def _has_internals(ws: WebSocketConnection) -> bool:

@@ -1,0 +1,224 @@
+"""What makes the node's state durable (shell): recovery at start, waits for the journal,
+snapshots, and the final flush at shutdown.
+
+The journal itself (``storage.journal_file`` on disk, ``cluster.redis_state`` on Redis)
+decides when a record is durable; this module turns that into released acks and awaited
+HTTP responses, and keeps the data dir locked while the node runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from geopresence.cluster.redis_state import RedisJournal
+from geopresence.config import Config
+from geopresence.core.hub import Hub
+from geopresence.shell.metrics import Metrics
+from geopresence.storage.datadir import DataDirLock, state_dir, write_snapshot
+from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.recovery import rebuild, recover
+from geopresence.storage.snapshot import capture
+
+log = logging.getLogger("geopresence")
+
+TakeSnapshot = Callable[[], Awaitable[dict[str, object]]]
+
+
+class Durability:
+    """Recovery, durability waits and snapshots of one node.
+
+    ``journal`` is the disk journal (None with --in-memory or --redis); ``acks`` is what
+    acks wait for: the disk journal, Redis, or nothing (--in-memory). Times are seconds;
+    ``now`` is the server clock (epoch seconds)."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        hub: Hub,
+        now: Callable[[], float],
+        *,
+        journal: FileJournal | None,
+        acks: FileJournal | RedisJournal | None,
+    ) -> None:
+        self._config = config
+        self._hub = hub
+        self._now = now
+        self.journal = journal
+        self._acks = acks
+        if acks is not None:
+            acks.on_durable = self._journal_durable
+        self._durable_waiters: list[tuple[int, trio.Event]] = []
+        self._snapshot_lock = trio.Lock()
+        self._snapshot_seq = -1
+        self.last_snapshot: dict[str, object] | None = None
+        """What the last snapshot wrote (path, bytes, seq, counts, seconds), for the API."""
+        self._lock: DataDirLock | None = None
+        if journal is not None:
+            _register_journal_metrics(metrics, journal)
+
+    @property
+    def lag(self) -> Callable[[], int] | None:
+        """Journal records not yet durable (for the status line); None without a journal."""
+        acks = self._acks
+        return None if acks is None else lambda: acks.last_seq - acks.durable_seq
+
+    async def start(self) -> None:
+        """Before serving: recover from the data dir (disk mode) or lock it (--redis keeps
+        the location history there, one node per data dir)."""
+        data_dir = self._config.data_dir
+        if self.journal is not None:
+            await self._recover(self.journal)
+        elif self._config.clustered:
+            # No journal here, but the location history is per node: one per data dir.
+            self._lock = DataDirLock(data_dir)
+        elif any(state_dir(data_dir).glob("snapshot-*.snap")):
+            log.warning(
+                "--in-memory: the state saved in %s is not loaded (and not changed)",
+                state_dir(data_dir),
+            )
+
+    def release(self) -> None:
+        """Unlock the data dir (after ``persist_at_shutdown``)."""
+        if self._lock is not None:
+            self._lock.close()
+
+    async def _recover(self, journal: FileJournal) -> None:
+        """Lock the data dir, load the newest snapshot, replay the journal after it, and
+        open a new journal segment. Problems (a torn tail) are logged, never fatal."""
+        data_dir = self._config.data_dir
+        self._lock = DataDirLock(data_dir)
+        started = trio.current_time()
+        recovered = await trio.to_thread.run_sync(lambda: recover(data_dir, repair=True))
+        for problem in recovered.problems:
+            log.warning("recovery: %s", problem)
+        hub = self._hub
+        rebuild(hub.state, recovered)
+        if recovered.snapshot is not None:
+            self._snapshot_seq = recovered.snapshot.journal_seq
+        await trio.to_thread.run_sync(journal.open, recovered.last_seq)
+        hub.last_seq = recovered.last_seq
+        if recovered.snapshot is not None or recovered.records:
+            log.info(
+                "restored %d messages, %d friendships, %d groups from %s "
+                "(snapshot %s + %d journal records) in %.2f s",
+                len(hub.chat.store),
+                sum(1 for _ in hub.store.friendships()),
+                sum(1 for _ in hub.store.groups()),
+                data_dir,
+                recovered.snapshot_path.name if recovered.snapshot_path else "none",
+                len(recovered.records),
+                trio.current_time() - started,
+            )
+
+    def _journal_durable(self) -> None:
+        """The journal advanced: release acks and HTTP responses waiting for it."""
+        assert self._acks is not None
+        self._hub.journal_advanced(self._now())
+        durable = self._acks.durable_seq
+        if self._durable_waiters:
+            waiting = []
+            for seq, event in self._durable_waiters:
+                if seq <= durable:
+                    event.set()
+                else:
+                    waiting.append((seq, event))
+            self._durable_waiters = waiting
+
+    async def durable(self, seq: int) -> None:
+        """Wait until journal record ``seq`` is durable (at once without a journal)."""
+        if self._acks is None or self._acks.durable_seq >= seq:
+            return
+        event = trio.Event()
+        self._durable_waiters.append((seq, event))
+        await event.wait()
+
+    async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
+        """Write a snapshot of the durable state (in a worker thread) and prune what it
+        makes unnecessary. Without ``force`` nothing is written if nothing changed."""
+        assert self.journal is not None
+        async with self._snapshot_lock:
+            if not force and self._hub.last_seq == self._snapshot_seq:
+                return self.last_snapshot or {}
+            started = trio.current_time()
+            seq = self.journal.start_segment()
+            hub = self._hub
+            snapshot = capture(hub.state, seq, self._now(), hub.chat.pending_messages())
+            path, size = await trio.to_thread.run_sync(
+                write_snapshot, self._config.data_dir, snapshot
+            )
+            self._snapshot_seq = seq
+            seconds = trio.current_time() - started
+            info: dict[str, object] = {
+                "path": str(path),
+                "bytes": size,
+                "journal_seq": seq,
+                "created_at": snapshot.created_at,
+                "seconds": round(seconds, 3),
+                "counts": snapshot.counts(),
+            }
+            self.last_snapshot = info
+            log.info("snapshot %s: %d bytes in %.2f s", path.name, size, seconds)
+            return info
+
+    async def snapshot_loop(self, take_snapshot: TakeSnapshot) -> None:
+        """A snapshot every ``snapshot_interval`` seconds (when something changed).
+
+        ``take_snapshot`` is the node's (``Server.take_snapshot``): the one place a test
+        replaces to play a crash that leaves no snapshot."""
+        while True:
+            await trio.sleep(self._config.snapshot_interval)
+            try:
+                await take_snapshot()
+            except OSError as exc:
+                log.error("snapshot failed (the journal still has everything): %s", exc)
+
+    @staticmethod
+    async def run_journal(journal: FileJournal, scope: trio.CancelScope) -> None:
+        """Run the journal's writer until ``scope`` is cancelled (by the shutdown)."""
+        with scope:
+            await journal.run()
+
+    async def persist_at_shutdown(
+        self, journal: FileJournal, scope: trio.CancelScope, take_snapshot: TakeSnapshot
+    ) -> None:
+        """Flush and close the journal, then write the final snapshot with ``take_snapshot``
+        (as in ``snapshot_loop``); bounded in time."""
+        scope.cancel()
+        with trio.move_on_after(max(self._config.drain_timeout, 30.0)) as timeout:
+            try:
+                await take_snapshot()
+            except OSError as exc:
+                log.error("final snapshot failed (the journal still has everything): %s", exc)
+            await journal.close()
+        if timeout.cancelled_caught:
+            log.error(
+                "shutdown: the final snapshot and journal flush did not finish in time "
+                "(see the errors above); what was acknowledged is on disk"
+            )
+
+
+def _register_journal_metrics(metrics: Metrics, journal: FileJournal) -> None:
+    metrics.counter(
+        "journal_records_total",
+        "Records appended to the journal.",
+        lambda: [("", journal.last_seq)],
+    )
+    metrics.counter(
+        "journal_fsyncs_total",
+        "fsync calls on the journal.",
+        lambda: [("", journal.fsyncs)],
+    )
+    metrics.counter(
+        "journal_bytes_total",
+        "Bytes written to the journal.",
+        lambda: [("", journal.bytes_written)],
+    )
+    metrics.counter(
+        "journal_write_errors_total",
+        "Failed journal writes or fsyncs (each retried; acks wait).",
+        lambda: [("", journal.write_errors)],
+    )

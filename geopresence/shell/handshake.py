@@ -1,0 +1,191 @@
+"""Opening a session (shell): the WebSocket path, the hello and its token, and refusals.
+
+A connection is refused before its session (an ``error`` frame, then a close) for a wrong
+path (HTTP 404), no hello within ``hello_timeout`` (1008), a first message that is not a
+valid hello (1008), a bad token or a refused device (1008), a frame over
+``max_message_bytes`` (1009) or a ping flood (4008).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+from geopresence.config import Config
+from geopresence.core.hub import Hub
+from geopresence.shell.auth import AuthError, verify_token
+from geopresence.shell.metrics import Metrics
+from geopresence.shell.transport import Closed, Connection, Request
+from geopresence.wire.client_messages import Hello
+from geopresence.wire.errors import (
+    CLOSE_POLICY,
+    CLOSE_SLOW_CONSUMER,
+    CLOSE_TOO_BIG,
+    ProtocolError,
+    RequestId,
+)
+from geopresence.wire.protocol import decode, encode
+from geopresence.wire.server_messages import Error
+
+if TYPE_CHECKING:
+    from geopresence.cluster.link import ClusterLink
+
+log = logging.getLogger("geopresence")
+
+WS_PATH = "/ws"
+
+
+def utf8_len(text: str | bytes) -> int:
+    """The size of a frame in UTF-8 bytes (the contract's unit)."""
+    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+
+
+class Handshake:
+    """From an accepted transport to a known user and device, or a refusal.
+
+    Times are seconds; ``now`` is the server clock (epoch seconds, token expiry)."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        hub: Hub,
+        now: Callable[[], float],
+        *,
+        secret: str,
+        cluster: ClusterLink | None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._hub = hub
+        self._now = now
+        self._secret = secret
+        self._cluster = cluster
+
+    async def accept_request(self, request: Request) -> Connection | None:
+        """Complete the opening handshake on ``/ws``; any other path gets a 404."""
+        path = request.path.split("?", 1)[0]
+        if path != WS_PATH:
+            await request.reject(404, body=b"geopresence: the WebSocket endpoint is /ws\n")
+            return None
+        return await request.accept()
+
+    async def read_hello(self, ws: Connection) -> tuple[str, str, RequestId] | None:
+        """Wait for a valid hello; refuse (1008) anything else, and a ping flood (4008).
+
+        Returns (user, device, the hello's id), or None once the connection is refused."""
+        config = self._config
+        # Before hello there is no session to charge: up to rate_burst pings are answered,
+        # the next abuse_limit ignored, and one more ends the connection with 4008.
+        flooded = False
+
+        def admit_ping() -> bool:
+            nonlocal flooded
+            if config.rate_limit <= 0 or ws.pings <= config.rate_burst:
+                return True
+            if ws.pings > config.rate_burst + config.abuse_limit:
+                flooded = True
+                hello_scope.cancel()
+            return False
+
+        ws.admit_ping = admit_ping
+        with trio.move_on_after(config.hello_timeout) as hello_scope:
+            try:
+                frame = await ws.receive()
+            except Closed:
+                self.count_1009(ws)
+                return None
+            self._metrics.messages_in += 1
+            limit = config.max_message_bytes
+            if len(frame) * 4 > limit and utf8_len(frame) > limit:
+                await self.too_big(ws)
+                return None
+            try:
+                message = decode(frame)
+                if not isinstance(message, Hello):
+                    raise ProtocolError(
+                        "bad_request",
+                        "the first message must be a hello",
+                        getattr(message, "id", None),
+                    )
+                return self._authenticate(message)
+            except ProtocolError as exc:
+                await self.refuse(ws, exc, CLOSE_POLICY)
+                return None
+        if flooded:
+            self._hub.rate_limited += 1
+            refusal = ProtocolError("rate_limited", "too many pings before hello")
+            await self.refuse(ws, refusal, CLOSE_SLOW_CONSUMER)
+            return None
+        await self.refuse(ws, ProtocolError("unauthorized", "no hello in time"), CLOSE_POLICY)
+        return None
+
+    def _authenticate(self, hello: Hello) -> tuple[str, str, RequestId]:
+        if hello.token is not None:
+            try:
+                user = verify_token(self._secret, hello.token, self._now())
+            except AuthError as exc:
+                raise ProtocolError("unauthorized", str(exc), hello.id) from None
+        elif self._config.insecure and hello.user is not None:
+            user = hello.user
+        elif self._config.insecure:
+            raise ProtocolError("unauthorized", "hello needs a token or a user", hello.id)
+        else:
+            raise ProtocolError("unauthorized", "hello needs a token", hello.id)
+        refusal = self._hub.session_refusal(user, hello.device, hello.id)
+        if refusal is not None:
+            raise refusal
+        return user, hello.device, hello.id
+
+    async def alive_in_cluster(self, user: str, device: str) -> None:
+        """Before the welcome: the device is alive in Redis (one round trip), so nothing
+        the client does after the welcome can reach Redis ahead of it. If Redis is slow or
+        down, the session starts anyway and the queued report catches up. Multi-node only."""
+        if self._cluster is None:
+            return
+        now = self._now()
+        with trio.move_on_after(self._config.hello_timeout):
+            try:
+                await self._cluster.presence.alive_now(
+                    user, device, now + self._config.offline_after, now
+                )
+            except Exception as exc:
+                log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
+
+    # ------------------------------------------------------------------ refusals and closes
+
+    async def refuse(self, ws: Connection, error: ProtocolError, code: int) -> None:
+        """Send ``error``, then close with ``code`` (within ``close_timeout``)."""
+        log.debug("connection refused before its session (%s), close %d", error.message, code)
+        self._metrics.errors[error.code] += 1
+        self._metrics.closes[code] += 1
+        with trio.move_on_after(self._config.close_timeout):
+            try:
+                await ws.send(encode(Error(re=error.re, code=error.code, message=error.message)))
+            except Closed:
+                return
+            await ws.close(code, error.message[:120])
+
+    async def close_quietly(self, ws: Connection, code: int) -> None:
+        """Close a connection that has no session (at shutdown: 1001)."""
+        self._metrics.closes[code] += 1
+        with trio.move_on_after(self._config.close_timeout):
+            await ws.close(code, "server shutting down")
+
+    def count_1009(self, ws: Connection) -> None:
+        """Count the transport's own 1009 (a frame over its size limit) once it closed."""
+        if ws.close_code == CLOSE_TOO_BIG:
+            self._metrics.closes[CLOSE_TOO_BIG] += 1
+            self._metrics.errors["too_large"] += 1
+
+    async def too_big(self, ws: Connection) -> None:
+        """Close with 1009: a frame over ``max_message_bytes`` UTF-8 bytes."""
+        self._metrics.closes[CLOSE_TOO_BIG] += 1
+        self._metrics.errors["too_large"] += 1
+        with trio.move_on_after(self._config.close_timeout):
+            await ws.close(
+                CLOSE_TOO_BIG, f"frame larger than {self._config.max_message_bytes} bytes"
+            )
