@@ -385,7 +385,8 @@ def _refused(
 
 
 def _keys_of(workdir: Path) -> dict[str, str]:
-    """The second node of the docs/cluster.md quick start: the first one's secret and admin key, from the environment."""
+    """The second node of the docs/cluster.md quick start: the first one's secret and admin
+    key, from the environment."""
     return {
         "GEOPRESENCE_SECRET": (workdir / "data1" / "secret").read_text().strip(),
         "GEOPRESENCE_ADMIN_KEY": (workdir / "data1" / "admin_key").read_text().strip(),

@@ -1,10 +1,9 @@
 """The presence table, without an event loop: unit tests and a model-based property test.
 
-The reference model restates the rule of the wire contract (docs/protocol.md) as directly as possible: a device is
-alive while ``now < last_activity + offline_after`` and it has not logged out; a user is
-online while any device is alive. The table must agree at every step and must report exactly
-one change per user transition.
-"""
+The reference model restates the rule of the wire contract (docs/protocol.md) as directly as
+possible: a device is alive while ``now < last_activity + offline_after`` and it has not logged
+out; a user is online while any device is alive. The table must agree at every step and must
+report exactly one change per user transition. """
 
 from __future__ import annotations
 

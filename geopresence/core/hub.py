@@ -173,6 +173,15 @@ class Hub:
             Send: self.chat.on_send,
             Sync: self.chat.on_sync,
         }
+        # Channel events by type -> the part that turns them into frames for one subscriber.
+        self._deliverers: dict[type[Any], Callable[[ConnId, Any], None]] = {
+            Outgoing: lambda conn, frame: self.sink.send(conn, frame),  # encoded once for all
+            LocationEvent: self.nearby.deliver,  # per recipient: distance to its own user
+            GoneEvent: self.nearby.deliver,
+            StrangerEvent: self.strangers.deliver,
+            StrangerGoneEvent: self.strangers.deliver,
+            ChatEvent: self.chat.deliver,
+        }
 
     # ---------------------------------------------------------------- client messages
 
@@ -202,16 +211,10 @@ class Hub:
 
     def _deliver(self, conn: ConnId, event: object) -> None:
         """The broker hands a channel event to one local subscriber."""
-        if isinstance(event, Outgoing):
-            self.sink.send(conn, event)  # encoded once for every recipient
-        elif isinstance(event, LocationEvent | GoneEvent):
-            self.nearby.deliver(conn, event)  # per-recipient: distance to its own user
-        elif isinstance(event, StrangerEvent | StrangerGoneEvent):
-            self.strangers.deliver(conn, event)
-        elif isinstance(event, ChatEvent):
-            self.chat.deliver(conn, event)
-        else:
+        deliver = self._deliverers.get(type(event))
+        if deliver is None:
             raise TypeError(f"unexpected channel event {event!r}")
+        deliver(conn, event)
 
     # ---------------------------------------------------------------- the FeatureContext
 

@@ -1,12 +1,11 @@
 """Nearby friends (sans-I/O): the location cache, radius fan-out and the nearby list.
 
-The design (the nearby-friends design, docs/architecture.md): each user U has a channel ``user:U`` that every
-live connection of each of U's friends subscribes to. When U moves, U's location is published
-there; the handler of each subscribed connection computes the distance between U and ITS OWN
-user's latest location and forwards ``friend_location`` only when U is within that user's
-radius. Here the "handler" is ``Nearby.deliver``, called synchronously by the broker for each
-local subscriber, so a mover with 5,000 friends costs 5,000 plain function calls and queue
-pushes, never an await.
+The design: each user U has a channel ``user:U`` that every live connection of each of U's
+friends subscribes to. When U moves, U's location is published there; the handler of each
+subscribed connection computes the distance between U and ITS OWN user's latest location and
+forwards ``friend_location`` only when U is within that user's radius. Here the "handler" is
+``Nearby.deliver``, called synchronously by the broker for each local subscriber, so a mover
+with 5,000 friends costs 5,000 plain function calls and queue pushes, never an await.
 
 Every connection remembers which friends it has been shown nearby (``_shown``); that is what
 makes ``friend_gone`` exact: sent once, only to connections that were shown the friend, with the
