@@ -11,8 +11,6 @@ import hmac
 import inspect
 import logging
 import math
-import re
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote
 
@@ -25,8 +23,21 @@ from geopresence.core.hub import Hub
 from geopresence.core.membership import GROUP_SLICE, BulkError
 from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
+from geopresence.shell.http_routing import (
+    HttpError,
+    Receive,
+    Request,
+    Response,
+    Route,
+    Scope,
+    Send,
+    lifespan,
+    path_pattern,
+    read_body,
+    status_for,
+)
 from geopresence.shell.metrics import Metrics
-from geopresence.wire.errors import ErrorCode, ProtocolError
+from geopresence.wire.errors import ProtocolError
 
 
 class Control(Protocol):
@@ -64,88 +75,8 @@ class Control(Protocol):
 
 log = logging.getLogger("geopresence.http")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-MAX_BODY_BYTES: Final = 4 * 1024 * 1024
-"""Largest request body (a bulk import of 10,000 pairs is well under 1 MiB)."""
 MAX_BULK_PAIRS: Final = 10_000
 MAX_TOKEN_TTL: Final = 365 * 24 * 3600.0
-
-STATUS_OF: Final[dict[ErrorCode, int]] = {
-    "bad_request": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "too_large": 413,
-    "rate_limited": 429,
-    "no_location": 404,
-    "internal": 500,
-}
-
-
-class HttpError(Exception):
-    """An error response: ``status`` with body ``{"error": code, "message": message}``
-    and any extra ``headers`` (e.g. ``allow`` on a 405)."""
-
-    def __init__(
-        self,
-        status: int,
-        code: ErrorCode,
-        message: str,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code: ErrorCode = code
-        self.message = message
-        self.headers = headers or []
-
-
-@attrs.frozen
-class Request:
-    """A parsed request: path parameters (validated ids), query string and raw body."""
-
-    method: str
-    path: str
-    params: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON (an empty body is ``{}``); bad_request if it is not JSON."""
-        if not self.body.strip():
-            return {}
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError as exc:
-            raise HttpError(400, "bad_request", f"body is not valid JSON: {exc}") from None
-
-    def json_object(self) -> dict[str, Any]:
-        body = self.json()
-        if not isinstance(body, dict):
-            raise HttpError(400, "bad_request", "body must be a JSON object")
-        return body
-
-
-Response = tuple[int, Any]
-Handler = Callable[[Request], Response | Awaitable[Response]]
-
-
-@attrs.frozen
-class Route:
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    admin: bool = True
-    """Needs ``Authorization: Bearer ADMIN_KEY`` (unless the server is --insecure)."""
-
-
-def _path(template: str) -> re.Pattern[str]:
-    """``/v1/users/{user}`` -> a regex with a named group per ``{param}`` (one segment)."""
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
-    return re.compile(f"^{regex}$")
 
 
 def _user_list(value: Any, what: str) -> list[str]:
@@ -167,29 +98,29 @@ class HttpApi:
         self._group_writes = trio.Lock()
         route = Route
         self.routes: list[Route] = [
-            route("GET", _path("/healthz"), self.healthz, admin=False),
-            route("GET", _path("/metrics"), self.metrics),
-            route("PUT", _path("/v1/friendships/{a}/{b}"), self.put_friendship),
-            route("DELETE", _path("/v1/friendships/{a}/{b}"), self.delete_friendship),
-            route("POST", _path("/v1/friendships"), self.bulk_friendships),
-            route("GET", _path("/v1/users/{user}"), self.get_user),
-            route("GET", _path("/v1/users/{user}/friends"), self.get_friends),
-            route("POST", _path("/v1/users/{user}/logout"), self.logout),
-            route("POST", _path("/v1/tokens"), self.create_token),
-            route("PUT", _path("/v1/groups/{group}"), self.put_group),
-            route("GET", _path("/v1/groups/{group}"), self.get_group),
-            route("DELETE", _path("/v1/groups/{group}"), self.delete_group),
-            route("PUT", _path("/v1/groups/{group}/members/{user}"), self.put_member),
-            route("DELETE", _path("/v1/groups/{group}/members/{user}"), self.delete_member),
-            route("POST", _path("/v1/snapshot"), self.snapshot),
-            route("POST", _path("/v1/drain"), self.drain),
+            route("GET", path_pattern("/healthz"), self.healthz, admin=False),
+            route("GET", path_pattern("/metrics"), self.metrics),
+            route("PUT", path_pattern("/v1/friendships/{a}/{b}"), self.put_friendship),
+            route("DELETE", path_pattern("/v1/friendships/{a}/{b}"), self.delete_friendship),
+            route("POST", path_pattern("/v1/friendships"), self.bulk_friendships),
+            route("GET", path_pattern("/v1/users/{user}"), self.get_user),
+            route("GET", path_pattern("/v1/users/{user}/friends"), self.get_friends),
+            route("POST", path_pattern("/v1/users/{user}/logout"), self.logout),
+            route("POST", path_pattern("/v1/tokens"), self.create_token),
+            route("PUT", path_pattern("/v1/groups/{group}"), self.put_group),
+            route("GET", path_pattern("/v1/groups/{group}"), self.get_group),
+            route("DELETE", path_pattern("/v1/groups/{group}"), self.delete_group),
+            route("PUT", path_pattern("/v1/groups/{group}/members/{user}"), self.put_member),
+            route("DELETE", path_pattern("/v1/groups/{group}/members/{user}"), self.delete_member),
+            route("POST", path_pattern("/v1/snapshot"), self.snapshot),
+            route("POST", path_pattern("/v1/drain"), self.drain),
         ]
 
     # ------------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] == "websocket":
             # The WebSocket endpoint is on the other port; refuse cleanly (HTTP 403).
@@ -250,7 +181,7 @@ class HttpApi:
                 problem = id_problem(value, name)
                 if problem is not None:
                     raise HttpError(400, "bad_request", problem)
-            body = await _read_body(receive)
+            body = await read_body(receive)
             before = self.hub.acks.last_seq
             try:
                 result = route.handler(Request(method, path, params, body))
@@ -258,7 +189,7 @@ class HttpApi:
                     result = await result
             except ProtocolError as exc:
                 await self._durable_since(before, method)
-                raise HttpError(_status_for(exc.code), exc.code, exc.message) from None
+                raise HttpError(status_for(exc.code), exc.code, exc.message) from None
             except HttpError:
                 # A refused bulk import may have created some of its pairs.
                 await self._durable_since(before, method)
@@ -356,7 +287,7 @@ class HttpApi:
             created = self.hub.membership.add_friendships(checked, self.server.now())
         except BulkError as exc:
             raise HttpError(
-                _status_for(exc.code),
+                status_for(exc.code),
                 exc.code,
                 f"pairs[{exc.index}]: {exc.message} ({exc.created} created before it)",
             ) from None
@@ -451,37 +382,6 @@ class HttpApi:
         group, user = request.params["group"], request.params["user"]
         removed = self.hub.membership.remove_member(group, user)
         return 200, {"group": group, "user": user, "removed": removed}
-
-
-def _status_for(code: ErrorCode) -> int:
-    # A domain limit (max_friends, group size) is not an oversized body: 409 Conflict.
-    return 409 if code == "too_large" else STATUS_OF[code]
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "bad_request", "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise HttpError(413, "too_large", f"body larger than {MAX_BODY_BYTES} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def serve_http(server: Control, *, task_status: trio.TaskStatus[int]) -> None:
