@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from geopresence.core.broker import ConnId
+from geopresence.testing import TestServer
 from geopresence.wire.outbox import Outgoing
 
 
 class RecordingSink:
+    """A hub Sink that keeps every frame, decoded, per connection (``take`` empties it)."""
+
     def __init__(self) -> None:
         self.frames: dict[ConnId, list[dict[str, Any]]] = {}
         self.closed: dict[ConnId, int] = {}
@@ -24,3 +36,71 @@ class RecordingSink:
 
     def take(self, conn: ConnId) -> list[dict[str, Any]]:
         return self.frames.pop(conn, [])
+
+
+# ---------------------------------------------------------------- servers and raw sockets
+
+
+@asynccontextmanager
+async def raw_ws(server: TestServer, path: str = "/ws") -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket to the server that has said nothing yet."""
+    stream = server.open_memory_connection()
+    async with trio.open_nursery() as nursery:
+        ws = await wrap_client_stream(nursery, stream, "localhost", path)  # type: ignore[arg-type]
+        yield ws
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def close_code(ws: WebSocketConnection) -> int | None:
+    try:
+        while True:
+            await ws.get_message()
+    except ConnectionClosed as exc:
+        return exc.reason.code if exc.reason else None
+
+
+# ---------------------------------------------------------------- the real command
+
+
+LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
+
+
+def geopresence(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "geopresence", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen[str], ws_port: int, http_port: int) -> None:
+        self.proc = proc
+        self.ws_url = f"ws://127.0.0.1:{ws_port}/ws"
+        self.http_url = f"http://127.0.0.1:{http_port}"
+        self.output: list[str] = []
+
+
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geopresence", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        match = LISTENING.match(line.strip())
+        if match:
+            server = ServerProcess(proc, int(match["wp"]), int(match["hp"]))
+            server.output = lines
+            return server
+    proc.kill()
+    raise AssertionError("server did not print its listening line:\n" + "".join(lines))

@@ -20,48 +20,7 @@ import trio
 
 from geopresence.client import SessionRefused, connect
 from geopresence.shell.auth import verify_token
-
-LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
-
-
-def geopresence(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "geopresence", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-    )
-
-
-class ServerProcess:
-    def __init__(self, proc: subprocess.Popen[str], ws_port: int, http_port: int) -> None:
-        self.proc = proc
-        self.ws_url = f"ws://127.0.0.1:{ws_port}/ws"
-        self.http_url = f"http://127.0.0.1:{http_port}"
-        self.output: list[str] = []
-
-
-def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geopresence", "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        match = LISTENING.match(line.strip())
-        if match:
-            server = ServerProcess(proc, int(match["wp"]), int(match["hp"]))
-            server.output = lines
-            return server
-    proc.kill()
-    raise AssertionError("server did not print its listening line:\n" + "".join(lines))
+from tests.helpers import ServerProcess, geopresence, start
 
 
 @pytest.fixture

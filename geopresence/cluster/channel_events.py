@@ -8,7 +8,7 @@ envelope once per channel, and must deliver it once), the channel list, and the 
     {"node": 3, "id": 17, "channels": ["user:alice"], "event": {"k": "location", ...}}
 
 Every event kind the hub publishes has a tag here; ``encode_event`` and ``decode_event`` are
-inverses (tests/test_channel_events.py).
+inverses (tests/cluster/test_channel_events.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The design gives every user a channel that its friends' connections subscribe to (and, for
 small groups, a channel per group). ``Broker`` is the contract; ``MemoryBroker`` is the
-embedded default; ``tests/test_broker_conformance.py`` holds every implementation to it.
+embedded default; ``tests/seams/test_broker_conformance.py`` holds every implementation to it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The user database seam: friendships and groups (the design's "user DB").
 
-``Store`` is the contract every implementation honours; ``tests/test_store_conformance.py``
+``Store`` is the contract every implementation honours; ``tests/seams/test_store_conformance.py``
 runs the same suite against each of them. ``MemoryStore`` is the embedded default.
 """
 

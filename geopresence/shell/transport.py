@@ -24,7 +24,7 @@ lock and with the same error handling as trio-websocket's own ``_send``.
 It uses trio-websocket internals (``_wsproto``, ``_stream``, ``_stream_lock``,
 ``_close_reason``, ``_abort_web_socket``), checked once at import: with a version that lacks
 them, it falls back to ``send_message`` per frame, which is slower but equivalent
-(tests/test_transport.py runs both paths).
+(tests/shell/test_transport.py runs both paths).
 """
 
 from __future__ import annotations

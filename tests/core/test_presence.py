@@ -3,7 +3,7 @@
 The reference model restates the rule of the wire contract (docs/protocol.md) as directly as
 possible: a device is alive while ``now < last_activity + offline_after`` and it has not logged
 out; a user is online while any device is alive. The table must agree at every step and must
-report exactly one change per user transition. """
+report exactly one change per user transition."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from trio.testing import MockClock
 from geopresence.client import SessionRefused, connect_stream
 from geopresence.shell.http_api import HttpApi
 from geopresence.testing import open_server
-from tests.test_server_errors import close_code, raw_ws
+from tests.helpers import close_code, raw_ws
 
 ADMIN_KEY = "admin-key-for-security-tests-0123456789"
 SECRET = "secret-for-security-tests-0123456789abcdef"

@@ -27,7 +27,7 @@ from geopresence.storage.datadir import (
 from geopresence.storage.recovery import DataDirCorrupt
 from geopresence.storage.repair import repair_data_dir
 from geopresence.testing import TestServer, open_server
-from tests.test_cli import geopresence
+from tests.helpers import geopresence
 
 MESSAGES = 50
 

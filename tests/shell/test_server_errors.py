@@ -3,40 +3,17 @@ and nothing one client does disturbs another."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import orjson
 import pytest
 import trio
 from trio.testing import MockClock
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from geopresence.client import SessionRefused
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.testing import TestServer, open_server
-
-
-@asynccontextmanager
-async def raw_ws(server: TestServer, path: str = "/ws") -> AsyncIterator[WebSocketConnection]:
-    """A WebSocket to the server that has said nothing yet."""
-    stream = server.open_memory_connection()
-    async with trio.open_nursery() as nursery:
-        ws = await wrap_client_stream(nursery, stream, "localhost", path)  # type: ignore[arg-type]
-        yield ws
-        await ws.aclose()
-        nursery.cancel_scope.cancel()
-
+from tests.helpers import close_code, raw_ws
 
 SECRET = "test-secret-test-secret-test-secret-0123"
-
-
-async def close_code(ws: WebSocketConnection) -> int | None:
-    try:
-        while True:
-            await ws.get_message()
-    except ConnectionClosed as exc:
-        return exc.reason.code if exc.reason else None
 
 
 async def test_bad_frames_get_errors_and_the_session_survives(

@@ -13,7 +13,7 @@ from geopresence.wire.outbox import Outgoing
 IMPLEMENTATIONS: dict[str, Callable[[Deliver], Broker]] = {
     "memory": MemoryBroker,
     # Local semantics of the Redis broker (its Redis commands are queued, not sent, here;
-    # tests/test_redis_broker.py runs several of them against a real Redis).
+    # tests/cluster/test_redis_broker.py runs several of them against a real Redis).
     "redis": lambda deliver: RedisBroker(deliver, client=None, node_id=1),
 }
 

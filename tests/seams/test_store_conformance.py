@@ -10,7 +10,7 @@ from geopresence.core.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSet
 
 IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {
     # With several nodes the store is each node's replica (a MemoryStore as well); what
-    # reaches Redis goes through the Journal seam (tests/test_redis_state.py).
+    # reaches Redis goes through the Journal seam (tests/cluster/test_redis_state.py).
     "memory": MemoryStore,
 }
 

@@ -28,7 +28,7 @@ from geopresence.storage.journal_file import FileJournal
 from geopresence.storage.recovery import recover
 from geopresence.storage.snapshot import Snapshot
 from geopresence.testing import TestServer, open_server
-from tests.test_cli import geopresence, start
+from tests.helpers import geopresence, start
 
 
 def persistent(data_dir: Path, **overrides: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Tests of geopresence.cluster: several nodes on Redis."""

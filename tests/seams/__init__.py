@@ -1,0 +1,1 @@
+"""Conformance suites: every implementation of a seam against one contract."""

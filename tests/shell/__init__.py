@@ -1,0 +1,1 @@
+"""Tests of geopresence.shell: the trio node, through real sessions."""
