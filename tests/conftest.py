@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -15,6 +16,28 @@ settings.register_profile(
     "geopresence", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("geopresence")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep the reason of a ``pytest.skip`` raised inside a trio test (e.g. "redis-server
+    is not installed"): pytest-trio re-raises it from a nursery's exception group as a bare
+    ``Skipped``, and the summary line would read only "Skipped"."""
+    report = yield
+    excinfo = call.excinfo
+    if report.skipped and excinfo is not None and isinstance(report.longrepr, tuple):
+        group: Any = excinfo.value.__context__
+        if isinstance(group, BaseExceptionGroup):
+            match, _ = group.split(pytest.skip.Exception)
+            inner = match.exceptions[0] if match else None
+            while isinstance(inner, BaseExceptionGroup):
+                inner = inner.exceptions[0]
+            if inner is not None and str(inner):
+                where = item.location
+                report.longrepr = (where[0], (where[1] or 0) + 1, f"Skipped: {inner}")
+    return report
 
 
 @pytest.fixture
