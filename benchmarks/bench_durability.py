@@ -32,13 +32,13 @@ from typing import Any
 
 import trio
 
-from geopresence.config import FsyncPolicy
 from geopresence.core.journal import FILE_MAGIC, encode_frame
 from geopresence.core.state import DurableState
 from geopresence.core.store import UserSettings
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, Record
 from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.options import FsyncPolicy
 from geopresence.storage.datadir import JOURNAL_PATTERN, journal_path, state_dir, write_snapshot
 from geopresence.storage.recovery import load_offline
 from geopresence.storage.snapshot import capture

@@ -25,6 +25,7 @@ LAYERS = ["model", "wire", "core", "storage|cluster", "shell", "public"]
 TOP_LEVEL = {
     "config": "model",
     "units": "model",
+    "options": "model",
     "client": "shell",
     "testing": "public",
     "pytest_plugin": "public",

@@ -11,7 +11,8 @@ import attrs
 import pytest
 
 from geopresence.cli import build_parser, main
-from geopresence.config import GROUPS, Config, ConfigError
+from geopresence.config import Config
+from geopresence.options import GROUPS, ConfigError
 from geopresence.shell.flags import UsageError, build_config, resolve, settings
 
 UNSET_ENV = [item.env for item in settings()]

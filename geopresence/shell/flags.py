@@ -17,7 +17,8 @@ from typing import Any, NoReturn
 
 import attrs
 
-from geopresence.config import GROUPS, LIMITS, Config, ConfigError, Option, option
+from geopresence.config import Config
+from geopresence.options import GROUPS, LIMITS, ConfigError, Option, option
 from geopresence.units import parse_duration, parse_int, parse_number, parse_size, show
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -24,9 +24,9 @@ from typing import Final
 
 import trio
 
-from geopresence.config import FsyncPolicy
 from geopresence.core.journal import FILE_MAGIC, encode_frame
 from geopresence.model.records import Record
+from geopresence.options import FsyncPolicy
 from geopresence.storage.datadir import fsync_dir, journal_path, state_dir
 
 log = logging.getLogger("geopresence.persistence")
