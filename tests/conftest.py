@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from geopresence.testing import TestServer, open_server
+from tests.redis_server import AnyRedis, redis_client
 
 # No per-example deadline: the first example of a run pays one-off costs (cattrs compiles its
 # structuring functions), and a slow CI machine must not turn that into a failure.
@@ -49,3 +50,11 @@ async def server() -> AsyncIterator[TestServer]:
     ``trio.current_time()`` (virtual, starting at 0)."""
     async with open_server() as running:
         yield running
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[AnyRedis]:
+    """Runs the test twice: on a standalone redis-server and on a 3-master Redis Cluster
+    (skipped, saying why, without ``redis-server``)."""
+    async with redis_client(request.param) as client:
+        yield client

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import coredis
 import pytest
 
 from benchmarks.redisprocs import Redis, free_port, redis
 
-__all__ = ["free_port", "redis_cluster", "redis_server"]
+__all__ = ["AnyRedis", "free_port", "redis_client", "redis_cluster", "redis_server"]
+
+AnyRedis = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+"""A client of either kind: the code under test must not care which."""
 
 
 @contextmanager
@@ -41,3 +45,16 @@ def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
     ``redis-cli --cluster create``; yields their ports."""
     with _redis("cluster", masters) as running:
         yield running.ports
+
+
+@asynccontextmanager
+async def redis_client(kind: str) -> AsyncIterator[AnyRedis]:
+    """A client of a throwaway ``standalone`` redis-server or 3-master ``cluster``."""
+    if kind == "cluster":
+        with redis_cluster() as ports:
+            async with coredis.RedisCluster(host="127.0.0.1", port=ports[0]) as cluster:
+                yield cluster
+    else:
+        with redis_server() as port:
+            async with coredis.Redis(host="127.0.0.1", port=port) as client:
+                yield client

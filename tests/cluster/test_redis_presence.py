@@ -14,7 +14,7 @@ import trio
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_presence import ALIVE, RedisPresence
 from geopresence.core.replication import PresenceSet
-from tests.redis_server import redis_cluster, redis_server
+from tests.redis_server import AnyRedis, redis_server
 
 T0 = 1_800_000_000.0
 
@@ -105,18 +105,8 @@ async def exactly_once(client: Any) -> None:
         assert transitions(announced, "bob") == ["online"]
 
 
-async def test_each_transition_is_announced_once() -> None:
-    with redis_server() as port:
-        client = coredis.Redis(host="127.0.0.1", port=port)
-        async with client:
-            await exactly_once(client)
-
-
-async def test_each_transition_is_announced_once_on_a_cluster() -> None:
-    with redis_cluster() as ports:
-        client = coredis.RedisCluster(host="127.0.0.1", port=ports[0])
-        async with client:
-            await exactly_once(client)
+async def test_each_transition_is_announced_once(any_redis: AnyRedis) -> None:
+    await exactly_once(any_redis)
 
 
 async def test_a_dead_nodes_devices_are_swept_once() -> None:

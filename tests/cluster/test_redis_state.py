@@ -17,7 +17,7 @@ from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.storage.snapshot import capture
 from geopresence.wire.client_messages import LocationUpdate, Send
 from tests.helpers import RecordingSink
-from tests.redis_server import redis_cluster, redis_server
+from tests.redis_server import AnyRedis, redis_server
 
 NOW = 1_800_000_000.0
 
@@ -121,24 +121,15 @@ async def write_then_load(client: Any) -> None:
     assert await client.hlen(keys.locations) == 0
 
 
-async def test_what_one_node_writes_another_loads() -> None:
-    with redis_server() as port:
-        client = coredis.Redis(host="127.0.0.1", port=port)
-        async with client:
-            await write_then_load(client)
-
-
-async def test_what_one_node_writes_another_loads_on_a_cluster() -> None:
-    with redis_cluster() as ports:
-        client = coredis.RedisCluster(host="127.0.0.1", port=ports[0])
-        async with client:
-            await write_then_load(client)
-            # Each user's keys hash to their own slot: spread over the masters.
-            slots = {
-                await client.cluster_keyslot(key)
-                for key in ("t:friends:{alice}", "t:friends:{bob}", "t:friends:{carol}")
-            }
-            assert len(slots) == 3
+async def test_what_one_node_writes_another_loads(any_redis: AnyRedis) -> None:
+    await write_then_load(any_redis)
+    if isinstance(any_redis, coredis.RedisCluster):
+        # Each user's keys hash to their own slot: spread over the masters.
+        slots = {
+            await any_redis.cluster_keyslot(key)
+            for key in ("t:friends:{alice}", "t:friends:{bob}", "t:friends:{carol}")
+        }
+        assert len(slots) == 3
 
 
 async def test_a_reader_left_behind_by_trimming_says_so() -> None:
