@@ -276,7 +276,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except CannotListen as exc:
         print(f"geopresence: {given.where(exc.field)}: {exc.problem}", file=sys.stderr)
         return 1
-    except (DataDirLocked, DataDirCorrupt, ClusterError, OSError) as exc:
+    except DataDirLocked as exc:
+        print(f"geopresence: {given.where('data_dir')}: {exc}", file=sys.stderr)
+        return 1
+    except (DataDirCorrupt, ClusterError, OSError) as exc:
         print(f"geopresence: {exc}", file=sys.stderr)
         return 1
     return 0

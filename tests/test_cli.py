@@ -251,3 +251,14 @@ async def _token(served: ServerProcess, key: str) -> str:
     ) as http:
         token: str = (await http.post("/v1/tokens", json={"user": "alice"})).json()["token"]
         return token
+
+
+def test_a_data_dir_in_use_names_the_flag(served: ServerProcess, tmp_path: Path) -> None:
+    second = geopresence(
+        "serve", "--port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "data"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert second.returncode == 1
+    [line] = second.stderr.strip().splitlines()
+    assert line.startswith(f"geopresence: --data-dir {tmp_path / 'data'}: ")
+    assert "one geopresence process per data dir" in line
