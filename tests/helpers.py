@@ -34,8 +34,11 @@ class RecordingSink:
         assert conn not in self.closed, "closed twice"
         self.closed[conn] = code
 
-    def take(self, conn: ConnId) -> list[dict[str, Any]]:
-        return self.frames.pop(conn, [])
+    def take(self, conn: ConnId, *kinds: str) -> list[dict[str, Any]]:
+        """The frames sent to ``conn`` since the last take (only those of ``kinds``, if
+        given; the others are dropped too)."""
+        frames = self.frames.pop(conn, [])
+        return [f for f in frames if not kinds or f["type"] in kinds]
 
 
 # ---------------------------------------------------------------- servers and raw sockets

@@ -36,6 +36,7 @@ from geopresence.core.chat_store import ChatStore
 from geopresence.core.context import FeatureContext, Session
 from geopresence.model.chat_message import MAX_TEXT_BYTES, ChatMessage
 from geopresence.model.snowflake import SnowflakeGenerator
+from geopresence.model.text import utf8_len
 from geopresence.wire.client_messages import MAX_SYNC_LIMIT, Send, Sync
 from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
@@ -132,7 +133,7 @@ class Chat:
 
     def on_send(self, session: Session, message: Send, now: float) -> None:
         text = message.text
-        if len(text) * 4 > MAX_TEXT_BYTES and _utf8_len(text) > MAX_TEXT_BYTES:
+        if len(text) * 4 > MAX_TEXT_BYTES and utf8_len(text) > MAX_TEXT_BYTES:
             raise ProtocolError(
                 "too_large", f"text is longer than {MAX_TEXT_BYTES} UTF-8 bytes", message.id
             )
@@ -336,7 +337,3 @@ def _check_same(original: ChatMessage, resend: Send) -> None:
             f"client_msg_id {resend.client_msg_id!r} was already used for a different message",
             resend.id,
         )
-
-
-def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8", "surrogatepass"))

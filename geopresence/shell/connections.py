@@ -25,7 +25,8 @@ import trio
 from geopresence.config import Config
 from geopresence.core.broker import ConnId
 from geopresence.core.hub import Hub
-from geopresence.shell.handshake import Handshake, utf8_len
+from geopresence.model.text import utf8_len
+from geopresence.shell.handshake import Handshake
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.transport import Closed, Connection, accept, is_disconnect
 from geopresence.wire.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ProtocolError, RequestId

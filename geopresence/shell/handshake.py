@@ -16,6 +16,7 @@ import trio
 
 from geopresence.config import Config
 from geopresence.core.hub import Hub
+from geopresence.model.text import utf8_len
 from geopresence.shell.auth import AuthError, verify_token
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.transport import Closed, Connection, Request
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("geopresence")
 
 WS_PATH = "/ws"
-
-
-def utf8_len(text: str | bytes) -> int:
-    """The size of a frame in UTF-8 bytes (the contract's unit)."""
-    return len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
 
 
 class Handshake:

@@ -391,7 +391,7 @@ async def serve_http(server: Control, *, task_status: trio.TaskStatus[int]) -> N
 
     config = server.config
     hconfig = HypercornConfig()
-    hconfig.bind = [f"{_bind_host(config.host)}:{config.http_port}"]
+    hconfig.bind = [f"{bind_host(config.host)}:{config.http_port}"]
     hconfig.accesslog = None
     # hypercorn announces "Running on ..." at INFO; the CLI prints its own listening line.
     errorlog = logging.getLogger("geopresence.http.server")
@@ -403,5 +403,6 @@ async def serve_http(server: Control, *, task_status: trio.TaskStatus[int]) -> N
         task_status.started(int(binds[0].rsplit(":", 1)[1]))
 
 
-def _bind_host(host: str) -> str:
+def bind_host(host: str) -> str:
+    """``host`` as it stands before ``:port`` (an IPv6 address in brackets)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -30,7 +30,7 @@ from geopresence.shell.clock import ServerClock
 from geopresence.shell.connections import ConnectionHandler, Connections
 from geopresence.shell.durability import Durability
 from geopresence.shell.handshake import WS_PATH, Handshake
-from geopresence.shell.http_api import serve_http
+from geopresence.shell.http_api import bind_host, serve_http
 from geopresence.shell.metrics import Metrics, register_cluster_metrics, register_hub_metrics
 from geopresence.shell.push import PushNotifier
 from geopresence.shell.status import StatusLine
@@ -373,11 +373,10 @@ class RunningServer:
 
 
 def _url_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (wildcards -> loopback)."""
     if host in ("", "0.0.0.0"):
         return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
+    return bind_host("::1" if host == "::" else host)
 
 
 async def serve(

@@ -27,7 +27,6 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import pytest
 import trio
 from trio.testing import MockClock
@@ -55,7 +54,7 @@ from geopresence.wire.client_messages import (
     SettingsUpdate,
     WatchStrangers,
 )
-from geopresence.wire.outbox import Outgoing
+from tests.helpers import RecordingSink
 
 Point = tuple[float, float]
 Json = dict[str, Any]
@@ -168,23 +167,8 @@ def test_every_node_snaps_alike() -> None:
 # ---------------------------------------------------------------------- the hub (sans-I/O)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.frames: dict[ConnId, list[Json]] = {}
-
-    def send(self, conn: ConnId, message: Outgoing) -> None:
-        self.frames.setdefault(conn, []).append(orjson.loads(message.text))
-
-    def close(self, conn: ConnId, code: int, reason: str) -> None:
-        pass
-
-    def take(self, conn: ConnId, *kinds: str) -> list[Json]:
-        frames = self.frames.pop(conn, [])
-        return [f for f in frames if not kinds or f["type"] in kinds]
-
-
-def make_hub() -> tuple[Hub, Sink]:
-    sink = Sink()
+def make_hub() -> tuple[Hub, RecordingSink]:
+    sink = RecordingSink()
     settings = HubSettings(
         strangers_query_interval=10.0, location_ttl=100_000.0, offline_after=100_000.0
     )
@@ -199,7 +183,7 @@ def locate(hub: Hub, conn: ConnId, point: Point, now: float) -> None:
     hub.handle(conn, LocationUpdate(lat=point[0], lon=point[1], ts=now), now)
 
 
-def stranger_frames(sink: Sink, conn: ConnId) -> list[tuple[str, str, Any]]:
+def stranger_frames(sink: RecordingSink, conn: ConnId) -> list[tuple[str, str, Any]]:
     return [
         (f["type"], f["user"], f.get("distance_m", f.get("reason")))
         for f in sink.take(conn, "stranger_nearby", "stranger_gone")
