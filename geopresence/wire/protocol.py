@@ -12,8 +12,9 @@ Unknown fields are ignored so that clients may be newer than the server.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import cattrs
 import cattrs.gen
@@ -93,8 +94,14 @@ _converter.register_unstructure_hook(
 )
 
 
-def _check_request_id(value: Any) -> RequestId:
-    """Validate a request id: a number or a short string (or absent)."""
+_INTEGER_ID: Final = re.compile(r'"id"\s*:\s*-?[0-9]+\s*[,}]')
+"""The frame writes its ``id`` as an integer literal (no fraction, no exponent)."""
+
+
+def _check_request_id(value: Any, frame: str | None = None) -> RequestId:
+    """Validate a request id: a number or a short string (or absent). ``frame``, the text it
+    was read from, tells a huge integer from a float (``decode`` passes it; the structuring
+    hook, which runs after ``decode`` checked the same id, does not)."""
     if value is None:
         return None
     if isinstance(value, bool):
@@ -105,9 +112,10 @@ def _check_request_id(value: Any) -> RequestId:
         if isinstance(value, int) and abs(value) > MAX_SAFE_INTEGER:
             # Echoed back, it would lose digits in JavaScript (and in our own JSON encoder).
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
-        if isinstance(value, float) and value.is_integer() and abs(value) > MAX_SAFE_INTEGER:
-            # The JSON parser reads an integer beyond 64 bits as a float: it lost its digits
-            # already. Whole floats that large are refused alike (1e20 would echo as 1e20).
+        big = isinstance(value, float) and value.is_integer() and abs(value) > MAX_SAFE_INTEGER
+        if big and frame is not None and _INTEGER_ID.search(frame):
+            # The JSON parser reads an integer beyond 64 bits as a float, its digits already
+            # lost; a number written with an exponent (1e20) is a float and echoes as it is.
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
         return value
     if isinstance(value, str):
@@ -134,7 +142,7 @@ def decode(frame: str | bytes) -> ClientMessage:
         raise ProtocolError("bad_request", f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "a message must be a JSON object")
-    re = _check_request_id(obj.get("id"))
+    re = _check_request_id(obj.get("id"), frame)
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_request", 'a message needs a string "type"', re)

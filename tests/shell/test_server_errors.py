@@ -27,7 +27,7 @@ async def test_bad_frames_get_errors_and_the_session_survives(
             ('{"type":"group_presence","id":3}', "group: required field missing"),
             ('{"type":"heartbeat","id":1e400}', None),
             ('{"type":"heartbeat","id":1180591620717411303424}', "within ±(2**53 - 1)"),
-            ('{"type":"heartbeat","id":-1e20}', "within ±(2**53 - 1)"),
+            ('{"type":"heartbeat","id":-1180591620717411303424}', "within ±(2**53 - 1)"),
             ('{"type":"heartbeat","id":[1]}', "id must be"),
         ]
         for frame, fragment in bad:

@@ -174,3 +174,22 @@ def test_fuzz_arbitrary_frames(frame: str | bytes) -> None:
         decode(frame)
     except ProtocolError as exc:
         assert exc.code == "bad_request"
+
+
+def test_a_large_id_is_refused_only_when_written_as_an_integer() -> None:
+    """Integers beyond ±(2**53 - 1), beyond 64 bits too (which the JSON parser reads as a
+    float), are refused; a number written with an exponent or a fraction is a float and
+    is echoed as it is."""
+    for frame in (
+        '{"type":"heartbeat","id":9007199254740992}',
+        '{"type":"heartbeat","id":1180591620717411303424}',
+        '{"type":"heartbeat", "id" : -1180591620717411303424 }',
+    ):
+        with pytest.raises(ProtocolError, match=r"within ±\(2\*\*53 - 1\)"):
+            decode(frame)
+    for frame, expected in (
+        ('{"type":"heartbeat","id":1e20}', 1e20),
+        ('{"type":"heartbeat","id":-1.5e300}', -1.5e300),
+        ('{"type":"heartbeat","id":12345678901234567890.0}', 12345678901234567890.0),
+    ):
+        assert decode(frame).id == expected
