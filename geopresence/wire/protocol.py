@@ -1,8 +1,12 @@
 """Sans-I/O codec of the WebSocket protocol (the wire contract, documented in docs/protocol.md).
 
 ``decode`` turns one text frame into a typed client message or raises ``ProtocolError``
-carrying the error code to send back; ``encode`` turns a server message into the JSON text of
-one frame. Nothing here does I/O or knows about connections, like wsproto's event classes.
+carrying the error code to send back (``decode_text`` takes a text frame's payload as ``str``
+or UTF-8 bytes); ``encode`` turns a server message into the JSON text of one frame. Nothing
+here does I/O or knows about connections, like wsproto's event classes.
+
+``heartbeat`` and ``location``, most of the input, are checked by hand (``hot_decode``); every
+other type, and every frame the fast path declines, goes through cattrs.
 
 Decoding is strict: a field of the wrong JSON type is an error, never coerced (cattrs would
 happily turn ``123`` into ``"123"``), numbers must be finite, ids must match ``ids.ID_PATTERN``.
@@ -28,6 +32,7 @@ from geopresence.wire.client_messages import (
     message_id,
 )
 from geopresence.wire.errors import MAX_REQUEST_ID_CHARS, MAX_SAFE_INTEGER, ProtocolError, RequestId
+from geopresence.wire.hot_decode import hot_message
 from geopresence.wire.server_messages import ChatMessageOut, Error, Sent, ServerMessage, Welcome
 
 # --------------------------------------------------------------------------------------------
@@ -97,8 +102,11 @@ _converter.register_unstructure_hook(
 _INTEGER_ID: Final = re.compile(r'"id"\s*:\s*-?[0-9]+\s*[,}]')
 """The frame writes its ``id`` as an integer literal (no fraction, no exponent)."""
 
+Payload = str | bytes | bytearray | memoryview
+"""The payload of a text frame: ``str``, or its UTF-8 bytes as a transport read them."""
 
-def _check_request_id(value: Any, frame: str | None = None) -> RequestId:
+
+def _check_request_id(value: Any, frame: Payload | None = None) -> RequestId:
     """Validate a request id: a number or a short string (or absent). ``frame``, the text it
     was read from, tells a huge integer from a float (``decode`` passes it; the structuring
     hook, which runs after ``decode`` checked the same id, does not)."""
@@ -113,7 +121,7 @@ def _check_request_id(value: Any, frame: str | None = None) -> RequestId:
             # Echoed back, it would lose digits in JavaScript (and in our own JSON encoder).
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
         big = isinstance(value, float) and value.is_integer() and abs(value) > MAX_SAFE_INTEGER
-        if big and frame is not None and _INTEGER_ID.search(frame):
+        if big and frame is not None and _INTEGER_ID.search(_text(frame)):
             # The JSON parser reads an integer beyond 64 bits as a float, its digits already
             # lost; a number written with an exponent (1e20) is a float and echoes as it is.
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
@@ -127,19 +135,52 @@ def _check_request_id(value: Any, frame: str | None = None) -> RequestId:
     raise ProtocolError("bad_request", "id must be a number or a string")
 
 
-def decode(frame: str | bytes) -> ClientMessage:
-    """Parse one WebSocket frame into a client message.
+def _text(payload: Payload) -> str:
+    """``payload`` as ``str``. Bytes only get here after orjson parsed them, so they are
+    UTF-8; "replace" just keeps this total."""
+    if isinstance(payload, str):
+        return payload
+    return bytes(payload).decode("utf-8", "replace")
 
-    Raises ``ProtocolError`` (code ``bad_request``) for binary frames, invalid JSON, a
-    non-object, a missing or unknown ``type``, and fields of the wrong type or value. The
-    error's ``re`` is the message's ``id`` whenever that much could be read.
+
+def decode(frame: str | bytes) -> ClientMessage:
+    """Parse one WebSocket message as a transport that tells text from binary hands it:
+    ``str`` for a text frame, ``bytes`` for a binary frame.
+
+    Raises ``ProtocolError`` (code ``bad_request``) for binary frames, else as
+    ``decode_text``.
     """
     if isinstance(frame, bytes | bytearray):
         raise ProtocolError("bad_request", "binary frames are not supported; send JSON text")
+    return decode_text(frame)
+
+
+def decode_text(payload: Payload) -> ClientMessage:
+    """Parse the payload of one text frame, ``str`` or its UTF-8 bytes (a transport that
+    validated the UTF-8 itself need not decode it), into a client message.
+
+    Raises ``ProtocolError`` (code ``bad_request``) for invalid JSON, a non-object, a missing
+    or unknown ``type``, and fields of the wrong type or value. The error's ``re`` is the
+    message's ``id`` whenever that much could be read. Bytes and their ``str`` give equal
+    results and equal errors.
+
+    ``heartbeat`` and ``location`` take a fast path (``hot_decode``) that returns exactly what
+    the generic path below would; whatever it declines, errors included, goes the generic way.
+    """
     try:
-        obj = orjson.loads(frame)
+        obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
+        # orjson counts the error's position in characters for bytes too: one wording.
         raise ProtocolError("bad_request", f"invalid JSON: {exc}") from None
+    if type(obj) is dict:
+        message = hot_message(obj)
+        if message is not None:
+            return message
+    return _structure(obj, payload)
+
+
+def _structure(obj: Any, frame: Payload) -> ClientMessage:
+    """The generic path: ``obj`` (parsed from ``frame``) checked and structured by cattrs."""
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "a message must be a JSON object")
     re = _check_request_id(obj.get("id"), frame)
