@@ -1,14 +1,12 @@
-"""The transport ceiling: a bare trio-websocket server that pushes frames as fast as it can.
+"""An old ceiling row: a bare trio-websocket server that pushes frames as fast as it can.
 
-    python -m benchmarks.ceiling [--port 0] [--frame-bytes 120] [--batch 1]
+    python -m benchmarks.ceiling [--port 0] [--frame-bytes 120]
 
 Every accepted connection gets the same text frame (the size of a ``friend_location``)
-sent back to back by its own task, the way geopresence's per-connection writer sends; what
-clients read per second is the most any server on trio-websocket can push on this machine.
-``--batch N`` writes N frames per ``send_all`` (geopresence's writer does that with whatever
-is queued, ``geopresence.shell.transport``); 1 is trio-websocket's own ``send_message``.
-geopresence's deliveries/s at saturation are reported as a ratio to it (``benchmarks.load``).
-Prints ``listening ws=HOST:PORT`` once ready.
+sent back to back by its own task with trio-websocket's ``send_message``, the shape of the
+server before issue 16 (a writer task per connection). ``python -m benchmarks.load ceiling``
+keeps it as an extra row beside the write floor and the ``websockets`` server
+(``benchmarks.saturation``). Prints ``listening ws=HOST:PORT`` once ready.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ import argparse
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer, serve_websocket
-
-from geopresence.shell.transport import send_texts
 
 
 def frame_of(size: int) -> str:
@@ -30,18 +26,14 @@ def frame_of(size: int) -> str:
     return base + ',"pad":"' + "x" * pad + '"}'
 
 
-async def main(host: str, port: int, frame_bytes: int, batch: int) -> None:
+async def main(host: str, port: int, frame_bytes: int) -> None:
     frame = frame_of(frame_bytes)
-    frames = [frame] * batch
 
     async def handler(request: WebSocketRequest) -> None:
         ws = await request.accept()
         try:
             while True:
-                if batch == 1:
-                    await ws.send_message(frame)
-                else:
-                    await send_texts(ws, frames)
+                await ws.send_message(frame)
         except ConnectionClosed:
             return
 
@@ -55,6 +47,5 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--frame-bytes", type=int, default=120)
-    parser.add_argument("--batch", type=int, default=1, help="frames per write")
     args = parser.parse_args()
-    trio.run(main, args.host, args.port, args.frame_bytes, args.batch)
+    trio.run(main, args.host, args.port, args.frame_bytes)
