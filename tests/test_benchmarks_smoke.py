@@ -5,6 +5,7 @@ Speed is never asserted here (that belongs in benchmarks/RESULTS.md, not in a te
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -81,30 +82,70 @@ def _load(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_load_benchmark_reports_every_figure() -> None:
+    """The lean generator against a real (durable) server: a few users, a few seconds."""
     result = _load(
         "run", "--users", "60", "--friends", "20", "--duration", "3", "--warmup", "1",
         "--location-interval", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     for label in (
-        "users (connected)", "60 (60)", "inbound msgs/s", "deliveries/s", "p50 / p95 / p99",
-        "coalesced updates", "lost", "server CPU", "server RSS", "memory per connection",
-        "load generator CPU",
+        "users (connected)", "60 (60)", "friendships loaded", "inbound msgs/s", "deliveries/s",
+        "p50 / p95 / p99", "coalesced updates", "lost", "server CPU per delivery",
+        "server CPU per user", "server RSS", "memory per connected user", "load generator CPU",
+        "generator CPU per frame",
     ):  # fmt: skip
         assert label in result.stdout, result.stdout
+    deliveries = re.search(r"deliveries/s \(friend_location\)\s+([\d,]+)", result.stdout)
+    assert deliveries is not None and int(deliveries[1].replace(",", "")) > 0, result.stdout
 
 
-def test_load_ceiling_and_sweep_report_their_headlines() -> None:
-    ceiling = _load("ceiling", "--users", "30", "--friends", "10", "--duration", "2")
-    assert ceiling.returncode == 0, ceiling.stderr
-    assert "bare trio-websocket push (send_message per frame)" in ceiling.stdout
-    assert "transport ceiling" in ceiling.stdout
-    sweep = _load(
-        "sweep", "--start", "20", "--max", "40", "--friends", "10", "--duration", "2",
+def test_all_online_model_runs() -> None:
+    result = _load(
+        "run", "--model", "all-online", "--users", "60", "--friends", "20", "--duration", "2",
         "--warmup", "1", "--location-interval", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "all-online" in result.stdout and "60 (60)" in result.stdout, result.stdout
+
+
+def test_sweep_writes_points_and_plot_draws_them(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    sweep = _load(
+        "sweep", "--users", "20,30", "--friends", "10", "--duration", "2", "--warmup", "1",
+        "--location-interval", "1", "--out", str(out), "--label", "smoke",
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr
     assert "HEADLINE:" in sweep.stdout
+    document = json.loads(out.read_text())
+    assert [p["users"] for p in document["points"]] == [20, 30]
+    assert {"p99_ms", "server_cpu", "per_user_kb", "generator_cpu"} <= set(document["points"][0])
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "sweep.png"
+    plot = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", "plot", str(out), "--out", str(png)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert plot.returncode == 0, plot.stderr
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_ceiling_reports_every_row() -> None:
+    pytest.importorskip("websockets")
+    ceiling = _load("ceiling", "--users", "30", "--friends", "10", "--duration", "2")
+    assert ceiling.returncode == 0, ceiling.stderr
+    for label in (
+        "geopresence deliveries", "bare write floor", "websockets asyncio server",
+        "trio-websocket", "µs/frame", "ratio:",
+    ):  # fmt: skip
+        assert label in ceiling.stdout, ceiling.stdout
+
+
+def test_chat_reports_acks() -> None:
+    chat = _load("chat", "--senders", "5", "--in-flight", "2", "--duration", "2")
+    assert chat.returncode == 0, chat.stderr
+    acked = re.search(r"acked messages/s\s+([\d,]+)", chat.stdout)
+    assert acked is not None and int(acked[1].replace(",", "")) > 0, chat.stdout
+    assert "ack latency p50 / p99" in chat.stdout
 
 
 def test_load_cluster_reports_every_figure() -> None:
@@ -113,14 +154,14 @@ def test_load_cluster_reports_every_figure() -> None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     result = _load(
         "cluster", "--users", "20", "--nodes", "2", "--redis", "standalone", "--friends", "10",
-        "--online-share", "0.4", "--duration", "3", "--warmup", "1", "--location-interval", "1",
+        "--near-share", "0.4", "--duration", "3", "--warmup", "1", "--location-interval", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for label in (
         "2 nodes + standalone Redis: 20 users", "users (connected)", "20 (20)", "inbound msgs/s",
         "deliveries/s", "p50 / p95 / p99", "coalesced updates", "lost", "server CPU",
-        "(sum of 2 nodes)", "memory per connection", "load generator CPU", "location updates/s",
+        "(sum of 2 nodes)", "memory per connected user", "load generator CPU", "location updates/s",
         "deliveries each", "cross-node deliveries (via Redis)", "same-node deliveries",
         "duplicate deliveries", "Redis backlog after the ramp", "node 1", "node 2", "from Redis",
         "Redis ops/s", "Redis commands/s", "Redis CPU", "1 node in memory: the same 20 users",
