@@ -7,6 +7,7 @@ population one process sustains, the transport ceilings, chat, and the plot.
     python -m benchmarks.load ceiling --users 2000                # geopresence vs write floor
     python -m benchmarks.load chat                                # acked 1:1 messages/s
     python -m benchmarks.load plot benchmarks/results/*.json --out benchmarks/results/sweep.png
+    python -m benchmarks.load all                                 # all of the above, in order
     python -m benchmarks.load cluster --users 1000 --nodes 2 --redis cluster
     python -m benchmarks.load run --users 500 --ws ws://HOST:8765/ws --http http://HOST:8766 \\
         --admin-key KEY                                           # a server you started
@@ -81,15 +82,22 @@ def run_at(options: RunOptions, n: int) -> Result:
 def sweep(options: RunOptions, args: argparse.Namespace) -> None:
     if args.users:
         results = [run_at(options, int(n)) for n in str(args.users).split(",")]
+        for _ in range(args.refine):
+            low = max((r.users for r in results if r.sustained), default=0)
+            failing = [r.users for r in results if not r.sustained and not r.generator_bound]
+            high = min((n for n in failing if n > low), default=0)
+            if not high or high - low <= max(500, high // 16):
+                break
+            results.append(run_at(options, (low + high) // 2))
     else:
         results = sweep_search(options, args.start, args.max)
     print("\nsweep:")
     for result in results:
         print(result.line())
-    good = [r for r in results if r.sustained]
+    passed = [r for r in results if r.sustained]
     where = "in memory" if options.spec.in_memory else "durable (data dir, journal, snapshots)"
-    if good:
-        best = max(good, key=lambda r: r.users)
+    if passed:
+        best = max(passed, key=lambda r: r.users)
         print(f"HEADLINE: one geopresence process ({where}) sustains {best.users:,} users "
               f"under the {options.model.model} model (p99 {best.p99_ms:.1f} ms, no lost "
               f"session, server CPU {(best.server_cpu or 0) * 100:.0f} %)")  # fmt: skip
@@ -101,6 +109,24 @@ def sweep(options: RunOptions, args: argparse.Namespace) -> None:
               "server_src": str(options.spec.src or ROOT), "argv": sys.argv[1:]}  # fmt: skip
     save_sweep(out, args.label, options.spec.src or ROOT, config, results)
     print(f"points written to {out}")
+
+
+def everything(args: argparse.Namespace) -> None:
+    """Both sweeps, the ceiling, chat and the plot: the final figures in one command."""
+    outs = []
+    for model in MODELS:
+        print(f"\n===== sweep, model {model} =====", flush=True)
+        args.model, args.out = model, None
+        sweep(options_of(args, 0), args)
+        outs.append(data_path(f"sweep-{args.label}-{model}.json"))
+    print(f"\n===== ceiling, {args.ceiling_users:,} connections =====", flush=True)
+    args.model = "design"
+    ceiling(options_of(args, args.ceiling_users))
+    print("\n===== chat, --fsync always =====", flush=True)
+    chat(200, 8, 30.0, args.quiet)
+    from benchmarks.plot import plot
+
+    plot([p for p in args.before if p.exists()] + outs, data_path("sweep.png"))
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -156,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
     run_cmd.add_argument("--users", type=int, default=2000)
     sweep_cmd = commands.add_parser("sweep", parents=[common], help="largest N sustained")
     sweep_cmd.add_argument("--users", default=None, help="comma-separated N (else: search)")
+    sweep_cmd.add_argument(
+        "--refine",
+        type=int,
+        default=0,
+        help="then bisect between the last good and first bad N this often",
+    )
     sweep_cmd.add_argument("--start", type=int, default=1000)
     sweep_cmd.add_argument("--max", type=int, default=19_000)
     sweep_cmd.add_argument("--label", default="after", help="curve name in the JSON and plot")
@@ -165,6 +197,16 @@ def main(argv: list[str] | None = None) -> None:
         "ceiling", parents=[common], help="saturation: geopresence, write floor, websockets"
     )
     ceiling_cmd.add_argument("--users", type=int, default=2000, help="connections of each")
+    all_cmd = commands.add_parser(
+        "all", parents=[common], help="every figure of issue 16, one after the other"
+    )
+    all_cmd.add_argument("--users", default="2000,5000,10000,15000,19000")
+    all_cmd.add_argument("--refine", type=int, default=2)
+    all_cmd.add_argument("--ceiling-users", type=int, default=10000)
+    all_cmd.add_argument("--label", default="after")
+    all_cmd.add_argument("--before", type=Path, nargs="*",
+                         default=[data_path("sweep-before-design.json")],
+                         help="sweep files of the before curve, for the plot")  # fmt: skip
     chat_cmd = commands.add_parser("chat", help="acked 1:1 messages/s, --fsync always")
     chat_cmd.add_argument("--senders", type=int, default=200)
     chat_cmd.add_argument("--in-flight", type=int, default=8, help="sends outstanding each")
@@ -211,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         sweep(options_of(args, 0), args)
     elif args.command == "ceiling":
         ceiling(options_of(args, args.users))
+    elif args.command == "all":
+        everything(args)
     elif args.command == "chat":
         chat(args.senders, args.in_flight, args.duration, args.quiet)
 
