@@ -35,7 +35,8 @@ TOP_LEVEL = {
 SANS_IO = {"model", "wire", "core"}
 IO_LIBRARIES = {
     "anyio", "asyncio", "coredis", "fcntl", "httpx", "hypercorn", "io", "os", "selectors",
-    "shutil", "socket", "tempfile", "threading", "trio", "trio_websocket", "wsproto",
+    "shutil", "socket", "tempfile", "threading", "trio", "trio_websocket", "websockets",
+    "wsproto",
 }  # fmt: skip
 FILE_METHODS = {"open", "read_text", "write_text", "read_bytes", "write_bytes", "mkdir",
                 "unlink", "touch", "iterdir", "glob", "rglob", "stat"}  # fmt: skip
@@ -130,7 +131,7 @@ def test_only_the_cluster_layer_talks_to_redis(module: str) -> None:
             assert name.split(".")[0] != "coredis", f"{module} imports {name}"
 
 
-WEBSOCKET_LIBRARIES = {"trio_websocket", "wsproto"}
+WEBSOCKET_LIBRARIES = {"trio_websocket", "websockets", "wsproto"}
 WEBSOCKET_SEAM = {"geopresence.shell.transport", "geopresence.client"}
 """The server's transport seam, and the public WebSocket client (which may keep its own)."""
 

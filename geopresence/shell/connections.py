@@ -1,14 +1,15 @@
 """The connections (shell): the hub's ``Sink`` and the life of each connection.
 
 ``Connections`` is the Sink side: the table of live sessions, each with its bounded
-``Outbox``; ``send`` queues and wakes the connection's writer, ``close`` asks it to close
-after what is queued, and a full queue makes the client a slow consumer (4008). It also
-keeps the drain bookkeeping the shutdown waits on.
+``Outbox``; ``send`` queues and marks the connection dirty, ``flush`` writes every dirty
+connection with one non-blocking write each (no task switch per delivery), ``close`` asks
+for a close after what is queued, and a full queue makes the client a slow consumer (4008).
+It also keeps the drain bookkeeping the shutdown waits on.
 
-``ConnectionHandler`` runs one connection: the opening handshake and hello
-(``shell.handshake``), then a reader (frames -> hub) and a writer (outbox -> socket). The hub
-never awaits, so one slow client can only ever fill its own bounded queue. Everything
-WebSocket-specific is behind ``shell.transport``.
+``ConnectionHandler`` runs one connection in one task: the opening handshake and hello
+(``shell.handshake``), then reads batches of frames, hands them to the hub and flushes what
+they produced. The hub never awaits, so one slow client can only ever fill its own bounded
+queue. Everything WebSocket-specific is behind ``shell.transport``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ import trio
 from geopresence.config import Config
 from geopresence.core.broker import ConnId
 from geopresence.core.hub import Hub
-from geopresence.model.text import utf8_len
-from geopresence.shell.handshake import Handshake
+from geopresence.shell.handshake import Handshake, Hello
 from geopresence.shell.metrics import Metrics
-from geopresence.shell.transport import Closed, Connection, accept, is_disconnect
-from geopresence.wire.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ProtocolError, RequestId
+from geopresence.shell.transport import Closed, Connection, accept, is_disconnect, text_frame
+from geopresence.wire.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ProtocolError
 from geopresence.wire.outbox import Outbox, Outgoing
 from geopresence.wire.protocol import decode
 
@@ -44,14 +44,22 @@ class OpenConnection:
     """Shell-side state of one live session."""
 
     conn: ConnId
+    ws: Connection
     outbox: Outbox
-    wakeup: trio.Event = attrs.Factory(trio.Event)
+    dirty: bool = False
+    """In ``Connections``' list of connections to write out at the next flush."""
     close_request: tuple[int, str] | None = None
-    send_scope: trio.CancelScope | None = None
+    scope: trio.CancelScope | None = None
+    """The session's reading scope: its deadline bounds a close in progress."""
 
 
 class Connections:
-    """The hub's Sink, the table of live sessions, and the drain bookkeeping."""
+    """The hub's Sink, the table of live sessions, the writes, and the drain bookkeeping.
+
+    ``send`` queues a frame in the connection's bounded outbox and marks it dirty; ``flush``
+    writes each dirty connection's frames with one non-blocking write. The reader of a
+    connection flushes after each batch of input it handled (``holding``); anything else
+    (timers, the HTTP API, other nodes) is flushed by ``run``, woken once per batch."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
@@ -62,6 +70,10 @@ class Connections:
         """Connections accepted but not yet through their hello."""
         self._ids = itertools.count(1)
         self._drained = trio.Event()
+        self._dirty: list[OpenConnection] = []
+        self.holding = False
+        """True while a reader handles a batch: it flushes when done."""
+        self._flush_wakeup = trio.Event()
         metrics.gauge("connections", "Open WebSocket sessions.", lambda: len(self.by_id))
 
     def __len__(self) -> int:
@@ -74,51 +86,100 @@ class Connections:
         c = self.by_id.get(conn)
         if c is None or c.close_request is not None:
             return
-        before = c.outbox.coalesced
-        if not c.outbox.push(message):
+        outbox = c.outbox
+        before = outbox.coalesced
+        if not outbox.push(message):
             self._slow_consumer(c)
             return
-        self._metrics.coalesced += c.outbox.coalesced - before
-        c.wakeup.set()
+        if outbox.coalesced != before:
+            self._metrics.coalesced += outbox.coalesced - before
+        if not c.dirty:
+            self._mark(c)
+
+    def _mark(self, c: OpenConnection) -> None:
+        c.dirty = True
+        self._dirty.append(c)
+        if not self.holding and len(self._dirty) == 1:
+            self._flush_wakeup.set()
 
     def close(self, conn: ConnId, code: int, reason: str) -> None:
         """Close after the frames already queued (the hub has forgotten ``conn``)."""
         c = self.by_id.get(conn)
         if c is not None and c.close_request is None:
-            c.close_request = (code, reason)
-            self._bound_send(c)
-            c.wakeup.set()
+            self._request_close(c, code, reason)
 
-    def _bound_send(self, c: OpenConnection) -> None:
-        """A send already in progress gets ``close_timeout`` more, then the transport is cut:
-        a peer that stopped reading must not keep a closed session alive."""
-        if c.send_scope is not None:
-            c.send_scope.deadline = min(
-                c.send_scope.deadline, trio.current_time() + self._config.close_timeout
+    def _request_close(self, c: OpenConnection, code: int, reason: str) -> None:
+        """The close frame follows what is queued; the peer then has ``close_timeout`` to
+        answer (and a connection that stopped reading to take its bytes) before the
+        transport is cut: a peer must not keep a closed session alive."""
+        c.close_request = (code, reason)
+        self._metrics.closes[code] += 1
+        if c.scope is not None:
+            c.scope.deadline = min(
+                c.scope.deadline, trio.current_time() + self._config.close_timeout
             )
+        if not c.dirty:
+            self._mark(c)
 
     def _slow_consumer(self, c: OpenConnection) -> None:
         log.warning("conn %d: send queue full (%d frames), closing 4008", c.conn, len(c.outbox))
         c.outbox.pop_all()  # nothing more will be sent; free the memory now
-        c.close_request = (CLOSE_SLOW_CONSUMER, "slow consumer")
-        self._bound_send(c)
-        c.wakeup.set()
+        self._request_close(c, CLOSE_SLOW_CONSUMER, "slow consumer")
+
+    # ------------------------------------------------------------------ writing
+
+    def flush(self) -> None:
+        """Write out every dirty connection (never blocks; see ``write_out``)."""
+        while self._dirty:
+            dirty, self._dirty = self._dirty, []
+            for c in dirty:
+                c.dirty = False
+                self.write_out(c)
+
+    def write_out(self, c: OpenConnection) -> None:
+        """Write ``c``'s queued frames in one write, then its close frame if one was asked
+        for. While the socket is full (bytes parked) frames stay in the outbox, where newer
+        state still replaces older; the transport calls this again once it has drained."""
+        ws = c.ws
+        if ws.parked:
+            return
+        items = c.outbox.pop_all()
+        if items:
+            frames = []
+            for item in items:
+                framed = item.framed
+                if framed is None:
+                    framed = item.framed = text_frame(item.text.encode())
+                frames.append(framed)
+            ws.write_frames(frames[0] if len(frames) == 1 else b"".join(frames))
+            self._metrics.messages_out += len(items)
+        if c.close_request is not None:
+            ws.start_close(*c.close_request)
+
+    async def run(self) -> None:
+        """Flush what was queued outside a reader's batch, once per batch (unbounded)."""
+        while True:
+            await self._flush_wakeup.wait()
+            self._flush_wakeup = trio.Event()
+            self.flush()
 
     # ------------------------------------------------------------------ the table
 
-    def open(self) -> OpenConnection:
+    def open(self, ws: Connection) -> OpenConnection:
         """A new live session with an empty outbox (its id is the hub's ``conn``)."""
         config = self._config
         conn = next(self._ids)
         c = OpenConnection(
-            conn, Outbox(config.queue_size, config.state_queue_size, config.queue_bytes)
+            conn, ws, Outbox(config.queue_size, config.state_queue_size, config.queue_bytes)
         )
+        ws.on_drained = lambda: self.write_out(c)
         self.by_id[conn] = c
         self._metrics.connections_total += 1
         return c
 
     def forget(self, conn: ConnId) -> None:
-        del self.by_id[conn]
+        c = self.by_id.pop(conn)
+        c.ws.on_drained = None
         self.settled()
 
     def settled(self) -> None:
@@ -166,23 +227,24 @@ class ConnectionHandler:
         """Serve one transport stream (TCP or in-memory) as a WebSocket session."""
         config = self._config
         try:
-            async with trio.open_nursery() as nursery:
-                with trio.move_on_after(config.hello_timeout) as handshake_scope:
+            async with trio.open_nursery() as nursery:  # the transport's drain task, if any
+                with trio.move_on_after(config.hello_timeout):
                     request = await accept(
                         nursery, stream, max_message_size=config.max_message_bytes
                     )
-                if handshake_scope.cancelled_caught:
-                    await trio.aclose_forcefully(stream)
-                    nursery.cancel_scope.cancel()
-                    return
-                ws = await self._handshake.accept_request(request)
+                ws = None if request is None else self._handshake.accept_request(request)
                 if ws is not None:
                     try:
                         await self._session(ws)
                     finally:
-                        with trio.move_on_after(config.close_timeout) as cleanup:
-                            cleanup.shield = True
-                            await ws.close()
+                        ws.start_close()  # a bug or the shutdown's cancellation: say goodbye
+                # Let what is written go out (a refusal's error and close frame), bounded.
+                with trio.move_on_after(config.close_timeout) as cleanup:
+                    cleanup.shield = True
+                    if ws is not None:
+                        await ws.flushed()
+                    elif request is not None:
+                        await request.flushed()
                 nursery.cancel_scope.cancel()
         except Exception as exc:
             # Whatever one connection does, the server and other connections go on.
@@ -206,10 +268,12 @@ class ConnectionHandler:
         self._last_traceback = now
         log.exception("%s (%d more errors since the last traceback logged)", what, suppressed)
 
-    async def _greet(self, ws: Connection) -> tuple[str, str, RequestId] | None:
+    async def _greet(self, ws: Connection) -> Hello | None:
         if self._stopping():
             # Accepted while shutting down: tell it to go elsewhere at once.
-            await self._handshake.close_quietly(ws, CLOSE_GOING_AWAY)
+            self._handshake.close_quietly(ws, CLOSE_GOING_AWAY)
+            with trio.move_on_after(self._config.close_timeout):
+                await ws.close()
             return None
         connections = self._connections
         connections.greeting.add(ws)
@@ -223,9 +287,10 @@ class ConnectionHandler:
         hello = await self._greet(ws)
         if hello is None:
             return
-        user, device, request_id = hello
+        user, device, request_id = hello.user, hello.device, hello.request_id
         hub = self._hub
-        c = self._connections.open()
+        connections = self._connections
+        c = connections.open(ws)
         conn = c.conn
         try:
             await self._handshake.alive_in_cluster(user, device)
@@ -235,14 +300,14 @@ class ConnectionHandler:
             ws.admit_ping = lambda: (
                 c.close_request is None and hub.admit(c.conn, self._now(), answer=False)
             )
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, ws, c, nursery.cancel_scope)
+            with trio.CancelScope() as scope:
+                c.scope = scope
+                if c.close_request is not None:  # closed while opening (e.g. replaced)
+                    scope.deadline = trio.current_time() + self._config.close_timeout
+                self._handle_batch(c, hello.rest)
                 await self._reader(ws, c)
-                if c.close_request is None:
-                    nursery.cancel_scope.cancel()  # the peer went away: stop the writer
-                # else the writer is closing: let it finish the close handshake (bounded)
         finally:
-            self._connections.forget(conn)
+            connections.forget(conn)
             hub.close_session(conn)
             if log.isEnabledFor(logging.DEBUG):
                 code = ws.close_code
@@ -254,73 +319,50 @@ class ConnectionHandler:
                 )  # fmt: skip
 
     async def _reader(self, ws: Connection, c: OpenConnection) -> None:
-        hub = self._hub
-        limit = self._config.max_message_bytes
+        """Hand each batch of frames to the hub, then write what it produced."""
         while True:
             try:
-                frame = await ws.receive()
+                frames = await ws.receive()
             except Closed:
                 self._handshake.count_1009(ws)
                 return
-            self._metrics.messages_in += 1
-            now = self._now()
-            # The transport limits characters; the contract limits UTF-8 bytes.
-            if len(frame) * 4 > limit and utf8_len(frame) > limit:
-                hub.close_session(c.conn)
-                await self._handshake.too_big(ws)
-                return
-            try:
-                message = decode(frame)
-            except ProtocolError as exc:
-                hub.activity(c.conn, now)
-                if hub.admit(c.conn, now, exc.re):
-                    hub.reply_error(c.conn, exc)
-                continue
-            if not hub.admit(c.conn, now, getattr(message, "id", None)):
-                hub.activity(c.conn, now)
-                continue
-            try:
-                hub.handle(c.conn, message, now)
-                self._deadline_moved()
-            except Exception:
-                # A bug must cost one reply, never the server or another client.
-                self._log_bug(f"conn {c.conn}: internal error handling {type(message).__name__}")
-                hub.reply_error(
-                    c.conn,
-                    ProtocolError("internal", "internal error", getattr(message, "id", None)),
-                )
+            self._handle_batch(c, frames)
 
-    async def _writer(
-        self, ws: Connection, c: OpenConnection, session_scope: trio.CancelScope
-    ) -> None:
-        """Drain the outbox to the socket; on a close request, close after what is queued.
-
-        A send that a slow consumer keeps blocked past ``close_timeout`` after its queue
-        overflowed is abandoned and the transport is closed outright: the frame boundary is
-        lost, so no close frame can follow it."""
+    def _handle_batch(self, c: OpenConnection, frames: list[str | bytes]) -> None:
+        if not frames:
+            return
+        connections = self._connections
+        connections.holding = True
         try:
-            while True:
-                if not len(c.outbox) and c.close_request is None:
-                    c.wakeup = trio.Event()
-                    await c.wakeup.wait()
-                batch = c.outbox.pop_all()
-                with trio.CancelScope() as scope:
-                    c.send_scope = scope
-                    await ws.send_batch([item.text for item in batch])
-                    self._metrics.messages_out += len(batch)
-                c.send_scope = None
-                if scope.cancelled_caught:
-                    code = c.close_request[0] if c.close_request else CLOSE_SLOW_CONSUMER
-                    self._metrics.closes[code] += 1
-                    await ws.abort()
-                    session_scope.cancel()
-                    return
-                if c.close_request is not None and not len(c.outbox):
-                    code, reason = c.close_request
-                    self._metrics.closes[code] += 1
-                    with trio.move_on_after(self._config.close_timeout):
-                        await ws.close(code, reason)
-                    session_scope.cancel()
-                    return
-        except Closed:
-            session_scope.cancel()
+            for frame in frames:
+                if c.close_request is not None:
+                    return  # closing: what the peer says now is not read
+                self._handle(c, frame)
+        finally:
+            connections.holding = False
+            connections.flush()
+
+    def _handle(self, c: OpenConnection, frame: str | bytes) -> None:
+        hub = self._hub
+        self._metrics.messages_in += 1
+        now = self._now()
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            hub.activity(c.conn, now)
+            if hub.admit(c.conn, now, exc.re):
+                hub.reply_error(c.conn, exc)
+            return
+        if not hub.admit(c.conn, now, getattr(message, "id", None)):
+            hub.activity(c.conn, now)
+            return
+        try:
+            hub.handle(c.conn, message, now)
+            self._deadline_moved()
+        except Exception:
+            # A bug must cost one reply, never the server or another client.
+            self._log_bug(f"conn {c.conn}: internal error handling {type(message).__name__}")
+            hub.reply_error(
+                c.conn,
+                ProtocolError("internal", "internal error", getattr(message, "id", None)),
+            )

@@ -2,8 +2,8 @@
 
 A connection is refused before its session (an ``error`` frame, then a close) for a wrong
 path (HTTP 404), no hello within ``hello_timeout`` (1008), a first message that is not a
-valid hello (1008), a bad token or a refused device (1008), a frame over
-``max_message_bytes`` (1009) or a ping flood (4008).
+valid hello (1008), a bad token or a refused device (1008) or a ping flood (4008); the
+transport itself closes one with a message over ``max_message_bytes`` (1009).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from geopresence.config import Config
 from geopresence.core.hub import Hub
-from geopresence.model.text import utf8_len
 from geopresence.shell.auth import AuthError, verify_token
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.transport import Closed, Connection, Request
-from geopresence.wire.client_messages import Hello
+from geopresence.wire.client_messages import Hello as HelloMessage
 from geopresence.wire.errors import (
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
@@ -35,6 +35,17 @@ if TYPE_CHECKING:
     from geopresence.cluster.link import ClusterLink
 
 log = logging.getLogger("geopresence")
+
+
+@attrs.frozen
+class Hello:
+    """A valid hello: who connected, and the messages that came in the same read."""
+
+    user: str
+    device: str
+    request_id: RequestId
+    rest: list[str | bytes]
+
 
 WS_PATH = "/ws"
 
@@ -61,18 +72,19 @@ class Handshake:
         self._secret = secret
         self._cluster = cluster
 
-    async def accept_request(self, request: Request) -> Connection | None:
+    def accept_request(self, request: Request) -> Connection | None:
         """Complete the opening handshake on ``/ws``; any other path gets a 404."""
         path = request.path.split("?", 1)[0]
         if path != WS_PATH:
-            await request.reject(404, body=b"geopresence: the WebSocket endpoint is /ws\n")
+            request.reject(404, body=b"geopresence: the WebSocket endpoint is /ws\n")
             return None
-        return await request.accept()
+        return request.accept()
 
-    async def read_hello(self, ws: Connection) -> tuple[str, str, RequestId] | None:
+    async def read_hello(self, ws: Connection) -> Hello | None:
         """Wait for a valid hello; refuse (1008) anything else, and a ping flood (4008).
 
-        Returns (user, device, the hello's id), or None once the connection is refused."""
+        Returns the user, device, the hello's id and the messages that arrived right after
+        it, or None once the connection is refused."""
         config = self._config
         # Before hello there is no session to charge: up to rate_burst pings are answered,
         # the next abuse_limit ignored, and one more ends the connection with 4008.
@@ -90,24 +102,21 @@ class Handshake:
         ws.admit_ping = admit_ping
         with trio.move_on_after(config.hello_timeout) as hello_scope:
             try:
-                frame = await ws.receive()
+                frames = await ws.receive()
             except Closed:
                 self.count_1009(ws)
                 return None
             self._metrics.messages_in += 1
-            limit = config.max_message_bytes
-            if len(frame) * 4 > limit and utf8_len(frame) > limit:
-                await self.too_big(ws)
-                return None
             try:
-                message = decode(frame)
-                if not isinstance(message, Hello):
+                message = decode(frames[0])
+                if not isinstance(message, HelloMessage):
                     raise ProtocolError(
                         "bad_request",
                         "the first message must be a hello",
                         getattr(message, "id", None),
                     )
-                return self._authenticate(message)
+                user, device, request_id = self._authenticate(message)
+                return Hello(user, device, request_id, frames[1:])
             except ProtocolError as exc:
                 await self.refuse(ws, exc, CLOSE_POLICY)
                 return None
@@ -119,7 +128,7 @@ class Handshake:
         await self.refuse(ws, ProtocolError("unauthorized", "no hello in time"), CLOSE_POLICY)
         return None
 
-    def _authenticate(self, hello: Hello) -> tuple[str, str, RequestId]:
+    def _authenticate(self, hello: HelloMessage) -> tuple[str, str, RequestId]:
         if hello.token is not None:
             try:
                 user = verify_token(self._secret, hello.token, self._now())
@@ -154,34 +163,23 @@ class Handshake:
     # ------------------------------------------------------------------ refusals and closes
 
     async def refuse(self, ws: Connection, error: ProtocolError, code: int) -> None:
-        """Send ``error``, then close with ``code`` (within ``close_timeout``)."""
+        """Send ``error``, then close with ``code`` (the peer has ``close_timeout`` to
+        answer)."""
         log.debug("connection refused before its session (%s), close %d", error.message, code)
         self._metrics.errors[error.code] += 1
         self._metrics.closes[code] += 1
+        ws.send(encode(Error(re=error.re, code=error.code, message=error.message)))
         with trio.move_on_after(self._config.close_timeout):
-            try:
-                await ws.send(encode(Error(re=error.re, code=error.code, message=error.message)))
-            except Closed:
-                return
             await ws.close(code, error.message[:120])
 
-    async def close_quietly(self, ws: Connection, code: int) -> None:
-        """Close a connection that has no session (at shutdown: 1001)."""
+    def close_quietly(self, ws: Connection, code: int) -> None:
+        """Close a connection that has no session (at shutdown: 1001): its reader sees the
+        peer's answer."""
         self._metrics.closes[code] += 1
-        with trio.move_on_after(self._config.close_timeout):
-            await ws.close(code, "server shutting down")
+        ws.start_close(code, "server shutting down")
 
     def count_1009(self, ws: Connection) -> None:
-        """Count the transport's own 1009 (a frame over its size limit) once it closed."""
+        """Count the transport's own 1009 (a message over the size limit) once it closed."""
         if ws.close_code == CLOSE_TOO_BIG:
             self._metrics.closes[CLOSE_TOO_BIG] += 1
             self._metrics.errors["too_large"] += 1
-
-    async def too_big(self, ws: Connection) -> None:
-        """Close with 1009: a frame over ``max_message_bytes`` UTF-8 bytes."""
-        self._metrics.closes[CLOSE_TOO_BIG] += 1
-        self._metrics.errors["too_large"] += 1
-        with trio.move_on_after(self._config.close_timeout):
-            await ws.close(
-                CLOSE_TOO_BIG, f"frame larger than {self._config.max_message_bytes} bytes"
-            )

@@ -228,6 +228,7 @@ class Server:
                     if cause is None:
                         raise
                     raise CannotListen("http_port", config, cause) from exc
+                root.start_soon(self.connections.run)
                 root.start_soon(self.reaper.run, self.clock)
                 root.start_soon(self.status.run)
                 root.start_soon(self._history.run)
@@ -265,9 +266,8 @@ class Server:
         log.info("shutting down: closing %d connections with 1001", len(connections))
         accept_scope.cancel()
         self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
-        close_quietly = self.handshake.close_quietly
         for ws in list(connections.greeting):  # not yet through their hello
-            conns.start_soon(close_quietly, ws, CLOSE_GOING_AWAY)
+            self.handshake.close_quietly(ws, CLOSE_GOING_AWAY)
         with trio.move_on_after(self.config.drain_timeout):
             await connections.wait_drained()
         conns.cancel_scope.cancel()

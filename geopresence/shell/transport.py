@@ -1,61 +1,58 @@
-"""The transport seam (shell): every trio-websocket and wsproto specific of the server.
+"""The WebSocket transport (shell): websockets' sans-I/O protocol on a trio stream.
 
-The rest of the server sees four names: ``accept`` (the opening handshake's ``Request``),
-``Connection`` (``receive``, ``send``, ``send_batch``, ``close``, ``close_code``, the ping
-gate ``admit_ping``, ``abort``), the ``Closed`` exception and ``is_disconnect``. Replacing
-the WebSocket library means rewriting this module only; tests/test_architecture.py checks
-that no other server module imports trio_websocket or wsproto.
+The rest of the server sees ``accept`` (the opening handshake's ``Request``), ``Connection``
+(``receive``, ``write_frames``, ``send``, ``close``, ``abort``, the ping gate
+``admit_ping``), ``text_frame``, the ``Closed`` exception and ``is_disconnect``. It is the
+only server module that imports a WebSocket library (tests/test_architecture.py checks it).
 
-**Untrusted peers.** ``accept`` wraps a stream in ``_ServerWebSocket``, a
-``WebSocketConnection`` that (a) shows every ping to the connection's ``admit_ping`` before
-answering it, so control frames count against the same rate limit as messages, and (b) sends
-nothing that wsproto's state no longer allows: a ping that crosses our close frame is not
-answered (trio-websocket would raise ``LocalProtocolError`` in its reader task, a traceback
-per connection that any peer can trigger).
+**Shape.** One task per connection reads (``receive``: one ``receive_some``, every message
+it completes); nothing else runs per connection. Writes are synchronous: ``write_frames``
+hands bytes to the socket with one non-blocking ``send`` from whatever code produced them
+(the hub's fan-out, with no await and no task switch per delivery). Only when the kernel's
+buffer is full are the remaining bytes *parked* and a drain task started that waits for
+writability; ``on_drained`` then lets the owner refill (its bounded outbox). In-memory
+streams (tests) have no socket: their bytes always go through the drain task.
 
-**Batched writes.**
+**Library.** websockets' sans-I/O ``ServerProtocol`` parses frames and the opening
+handshake: measured here at 2.7 µs per client frame and 0.8 µs to frame a message, against
+8.6 µs and 2.3 µs for wsproto (benchmarks/RESULTS.md). No frame is parsed by hand.
 
-``WebSocketConnection.send_message`` costs one ``send_all`` (a syscall and several
-checkpoints) per frame; under fan-out that is most of the server's time (see
-benchmarks/RESULTS.md). ``send_texts`` encodes a batch of queued frames with the
-connection's wsproto state machine and writes them with one ``send_all``, under the same
-lock and with the same error handling as trio-websocket's own ``_send``.
-
-It uses trio-websocket internals (``_wsproto``, ``_stream``, ``_stream_lock``,
-``_close_reason``, ``_abort_web_socket``), checked once at import: with a version that lacks
-them, it falls back to ``send_message`` per frame, which is slower but equivalent
-(tests/shell/test_transport.py runs both paths).
+**Untrusted peers.** Each ping is shown to ``admit_ping`` (the connection's rate limit)
+before it is answered; nothing is sent once our close frame is out; a message is at most
+``max_message_size`` UTF-8 bytes (more: closed with 1009), text must be UTF-8 (else 1007);
+fragmented messages are reassembled within the same limit.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import Final
 
 import trio
-from trio_websocket import (
-    CloseReason,
-    ConnectionClosed,
-    WebSocketConnection,
-    WebSocketRequest,
-)
-from wsproto import WSConnection
-from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import CloseConnection, Event, Ping, Pong, TextMessage
-from wsproto.utilities import LocalProtocolError
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as HandshakeRequest
+from websockets.protocol import SEND_EOF, State
+from websockets.server import ServerProtocol
 
-CHUNK_BYTES: Final = 256 * 1024
-"""Frames are written in chunks of about this size (one ``send_all`` each)."""
-
-_INTERNALS: Final = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
-
+RECEIVE_BYTES: Final = 65536
+"""Bytes asked of the stream per read."""
 
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_NORMAL: Final = 1000
+CLOSE_INVALID_DATA: Final = 1007
+
+_QUIET = logging.getLogger("geopresence.transport")
+"""websockets logs every connection opened and closed at INFO: kept below our log level."""
+_QUIET.setLevel(logging.WARNING)
+_QUIET.propagate = True
 
 
 class Closed(Exception):
-    """The connection is closed or closing: nothing more can be received or sent.
+    """The connection is closed or closing: nothing more can be received.
 
     ``code`` is the close code (the peer's, or ours if we closed first), None if unknown."""
 
@@ -69,183 +66,347 @@ def is_disconnect(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(is_disconnect(e) for e in exc.exceptions)
     return isinstance(
-        exc, Closed | ConnectionClosed | trio.BrokenResourceError | trio.ClosedResourceError
+        exc,
+        Closed | trio.BrokenResourceError | trio.ClosedResourceError | ConnectionError,
     )
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` (UTF-8 JSON) as one unmasked server text frame. No extension is ever
+    negotiated, so a frame is the same for every connection: fan-out frames it once."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
 
 
 def _always() -> bool:
     return True
 
 
-class _ServerWebSocket(WebSocketConnection):
-    """A server-side ``WebSocketConnection`` hardened against what a peer can provoke."""
+class _Protocol(ServerProtocol):
+    """websockets' server protocol with the ping gate: a ping is answered only if
+    ``admit_ping`` says so (and never after our close frame)."""
 
     admit_ping: Callable[[], bool] = staticmethod(_always)
-    """Called for each ping received; the ping is answered only if it returns True."""
-
     pings = 0
-    """Pings received on this connection."""
 
-    async def _handle_ping_event(self, event: Ping) -> None:
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is not Opcode.PING:
+            super().recv_frame(frame)
+            return
         self.pings += 1
-        if self._wsproto.state is ConnectionState.OPEN and self.admit_ping():
-            await self._send(event.response())
-
-    async def _send(self, event: Event) -> None:
-        try:
-            await super()._send(event)
-        except LocalProtocolError:
-            # Our close frame is already out (or the handshake never finished): a control
-            # frame has nothing left to say, and a message cannot be delivered.
-            if isinstance(event, Ping | Pong | CloseConnection):
-                return
-            reason = self._close_reason or CloseReason(CLOSE_ABNORMAL, None)
-            raise ConnectionClosed(reason) from None
-
-
-def _closed(exc: ConnectionClosed) -> Closed:
-    reason = exc.reason
-    return Closed(None if reason is None else int(reason.code))
+        if self.state is State.OPEN and self.admit_ping():
+            self.send_frame(Frame(Opcode.PONG, frame.data))
+        self.events.append(frame)
 
 
 class Connection:
-    """One server-side WebSocket connection after its opening handshake.
+    """One server-side WebSocket connection (its handshake done or in progress).
 
-    Every method that talks to the peer raises ``Closed`` once the connection is closed or
-    closing. Calls are not bounded in time: the caller sets its deadlines."""
+    ``receive`` is called by one task only. Writes (``write_frames``, ``send``, pongs and
+    close frames) are synchronous and keep their order. Calls are not bounded in time: the
+    caller sets its deadlines."""
 
-    def __init__(self, ws: _ServerWebSocket, stream: trio.abc.Stream) -> None:
-        self._ws = ws
+    def __init__(self, stream: trio.abc.Stream, protocol: _Protocol, nursery: trio.Nursery):
         self._stream = stream
+        self._protocol = protocol
+        self._nursery = nursery
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._parked: list[bytes] = []
+        self._eof_parked = False
+        self._draining = False
+        self._broken = False
+        self._fragments: list[bytes] | None = None
+        self._binary = False
+        self._flushed: trio.Event | None = None
+        self.on_drained: Callable[[], None] | None = None
+        """Called when parked bytes are all written: the owner may write more."""
+
+    # ------------------------------------------------------------------ state
 
     @property
     def admit_ping(self) -> Callable[[], bool]:
         """The ping gate: called for each ping received, which is answered only if it
-        returns True (the server sets it to the connection's rate limit). Pings are never
-        answered once our close frame is out."""
-        return self._ws.admit_ping
+        returns True (the server sets it to the connection's rate limit)."""
+        return self._protocol.admit_ping
 
     @admit_ping.setter
     def admit_ping(self, gate: Callable[[], bool]) -> None:
-        self._ws.admit_ping = gate
+        self._protocol.admit_ping = gate
 
     @property
     def pings(self) -> int:
         """Pings received on this connection so far."""
-        return self._ws.pings
+        return self._protocol.pings
 
     @property
     def close_code(self) -> int | None:
-        """The close code once the connection is closed or closing (1009: a frame over the
-        size limit), else None."""
-        reason = self._ws.closed
-        return None if reason is None else int(reason.code)
+        """The close code once the connection is closing or closed (ours if we closed
+        first; 1009: a message over the size limit), else None."""
+        p = self._protocol
+        close = p.close_sent or p.close_rcvd
+        if close is not None:
+            return int(close.code)
+        return CLOSE_ABNORMAL if p.state is State.CLOSED else None
 
-    async def receive(self) -> str | bytes:
-        """The next message (text as ``str``, binary as ``bytes``), at most
-        ``max_message_size`` characters or bytes (a longer one closes with 1009)."""
-        try:
-            return await self._ws.get_message()
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
+    @property
+    def open(self) -> bool:
+        """Frames may still be sent (the handshake is done, no close frame sent, the
+        transport not broken)."""
+        return self._protocol.state is State.OPEN and not self._broken
 
-    async def send(self, text: str) -> None:
-        """Send one text frame."""
-        try:
-            await self._ws.send_message(text)
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
+    @property
+    def parked(self) -> bool:
+        """Bytes wait behind a write in progress (the socket was full): the owner keeps
+        newer frames to itself until ``on_drained`` (at most one batch waits here)."""
+        return bool(self._parked)
 
-    async def send_batch(self, texts: Sequence[str]) -> None:
-        """Send ``texts`` as text frames, in order, in as few writes as possible."""
-        try:
-            await send_texts(self._ws, texts)
-        except ConnectionClosed as exc:
-            raise _closed(exc) from None
+    # ------------------------------------------------------------------ receiving
 
-    async def close(self, code: int = CLOSE_NORMAL, reason: str | None = None) -> None:
-        """The closing handshake: send a close frame (``reason`` at most 123 UTF-8 bytes)
-        and wait for the peer's. Returns at once if already closed."""
-        try:
-            await self._ws.aclose(code, reason)
-        except ConnectionClosed:
+    async def receive(self) -> list[str | bytes]:
+        """The messages completed by the next read (at least one), oldest first: text as
+        ``str`` (valid UTF-8), binary as ``bytes``. Once our close frame is out, messages
+        are no longer returned.
+
+        Raises ``Closed`` once the peer's close frame arrived, the stream ended, or the
+        connection failed (too big: 1009, bad UTF-8: 1007, protocol error: 1002)."""
+        protocol = self._protocol
+        while True:
+            # A server is done once it has sent its EOF: after the closing handshake, or
+            # at once when it fails the connection (websockets' protocol decides).
+            if protocol.eof_sent or protocol.state is State.CLOSED:
+                raise Closed(self.close_code)
+            try:
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            reading = protocol.close_sent is None
+            if data:
+                protocol.receive_data(data)
+            else:
+                protocol.receive_eof()
+            events = protocol.events_received()
+            messages = self._messages(events) if reading else []
+            self._write_protocol()
+            if messages:
+                return messages
+
+    def _messages(self, events: Sequence[object]) -> list[str | bytes]:
+        messages: list[str | bytes] = []
+        for frame in events:
+            if not isinstance(frame, Frame):
+                continue
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if not frame.fin:
+                    self._fragments, self._binary = [bytes(frame.data)], opcode is Opcode.BINARY
+                    continue
+                data, binary = bytes(frame.data), opcode is Opcode.BINARY
+            elif opcode is Opcode.CONT and self._fragments is not None:
+                self._fragments.append(bytes(frame.data))
+                if not frame.fin:
+                    continue
+                data, self._fragments = b"".join(self._fragments), None
+                binary = self._binary
+            elif opcode is Opcode.CLOSE:
+                break
+            else:
+                continue
+            if binary:
+                messages.append(data)
+                continue
+            try:
+                messages.append(data.decode())
+            except UnicodeDecodeError as exc:
+                self._protocol.fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
+                break
+        return messages
+
+    # ------------------------------------------------------------------ sending
+
+    def write_frames(self, data: bytes) -> None:
+        """Write ready frames (``text_frame``) now, without blocking: what the socket does
+        not take is parked and written by a drain task as the socket allows. Dropped once
+        the connection is not ``open``."""
+        if self.open:
+            self._write(data)
+
+    def send(self, text: str) -> None:
+        """Write one text frame (see ``write_frames``)."""
+        self.write_frames(text_frame(text.encode()))
+
+    def _write_protocol(self) -> None:
+        for data in self._protocol.data_to_send():
+            if data == SEND_EOF:
+                self._eof_parked = True
+                if not self._parked:
+                    self._half_close()
+            else:
+                self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._broken:
             return
+        if self._parked or self._draining or self._socket is None:
+            self._park(data)
+            return
+        try:
+            # The fd is looked up at each write: once the socket is closed it is -1 (and the
+            # number may already belong to another connection's socket).
+            sent = os.write(self._socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._broken = True  # the reader sees the end of the stream
+            return
+        if sent < len(data):
+            self._park(data[sent:])
+
+    def _park(self, data: bytes) -> None:
+        self._parked.append(data)
+        if not self._draining:
+            self._draining = True
+            self._nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                while self._parked:
+                    data = b"".join(self._parked)
+                    self._parked.clear()
+                    await self._send_some(data)
+                if self._eof_parked:
+                    self._half_close()
+                    return
+                if self.on_drained is not None:
+                    self.on_drained()
+                if not self._parked:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self._broken = True
+            self._parked.clear()
+        finally:
+            self._draining = False
+            if self._flushed is not None:
+                self._flushed.set()
+
+    async def _send_some(self, data: bytes) -> None:
+        sock = self._socket
+        if sock is None:
+            await self._stream.send_all(data)
+            return
+        while data:
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                sent = os.write(sock.fileno(), data)
+            except BlockingIOError:
+                continue
+            data = data[sent:]
+
+    def _half_close(self) -> None:
+        self._eof_parked = False
+        if self._socket is not None and not self._broken:
+            try:
+                self._socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._broken = True
+
+    # ------------------------------------------------------------------ closing
+
+    def start_close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Send a close frame after what is already written (``reason`` at most 123 UTF-8
+        bytes); the peer's answer ends ``receive``. Nothing if already closing."""
+        if self._protocol.state is State.OPEN:
+            try:
+                self._protocol.send_close(code, reason)
+            except InvalidState:
+                return
+            self._write_protocol()
+
+    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """The closing handshake: ``start_close``, then read until the peer's close frame
+        (or the end of the stream). Only the task that calls ``receive`` may call it."""
+        self.start_close(code, reason)
+        try:
+            while True:
+                await self.receive()  # whatever arrives meanwhile is not read
+        except Closed:
+            return
+
+    async def flushed(self) -> None:
+        """Wait until nothing is parked (before closing the stream: a refusal's error and
+        close frame must get out). Unbounded: a peer that stops reading never lets it."""
+        if self._draining:
+            self._flushed = trio.Event()
+            await self._flushed.wait()
 
     async def abort(self) -> None:
         """Cut the transport without a close frame (when a frame boundary was lost)."""
+        self._broken = True
+        self._parked.clear()
         await trio.aclose_forcefully(self._stream)
 
 
 class Request:
     """A client's opening handshake, not answered yet."""
 
-    def __init__(self, request: WebSocketRequest, stream: trio.abc.Stream) -> None:
+    def __init__(self, connection: Connection, protocol: _Protocol, request: HandshakeRequest):
+        self._connection = connection
+        self._protocol = protocol
         self._request = request
-        self._stream = stream
 
     @property
     def path(self) -> str:
         """The request target, query string included."""
         return self._request.path
 
-    async def reject(self, status: int, body: bytes) -> None:
-        """Answer with an HTTP ``status`` and ``body`` instead of a WebSocket."""
-        await self._request.reject(status, body=body)
+    def reject(self, status: int, body: bytes) -> None:
+        """Answer with an HTTP ``status`` and ``body`` (UTF-8 text) instead of a WebSocket."""
+        self._protocol.send_response(self._protocol.reject(status, body.decode()))
+        self._connection._write_protocol()
 
-    async def accept(self) -> Connection:
-        """Complete the handshake."""
-        ws = await self._request.accept()
-        assert isinstance(ws, _ServerWebSocket)
-        return Connection(ws, self._stream)
+    async def flushed(self) -> None:
+        """Wait until the answer is written (see ``Connection.flushed``)."""
+        await self._connection.flushed()
+
+    def accept(self) -> Connection | None:
+        """Complete the handshake: the connection, or None if the request was not a valid
+        WebSocket upgrade (it was answered with an HTTP error, e.g. 400 or 426)."""
+        response = self._protocol.accept(self._request)
+        self._protocol.send_response(response)
+        self._connection._write_protocol()
+        return self._connection if response.status_code == 101 else None
 
 
 async def accept(
     nursery: trio.Nursery, stream: trio.abc.Stream, *, max_message_size: int
-) -> Request:
-    """Wait for the opening handshake's request on ``stream`` (the caller bounds the wait).
+) -> Request | None:
+    """Read the opening handshake's request on ``stream`` (the caller bounds the wait);
+    None if the stream ended first or the request was malformed (answered with HTTP 4xx).
 
-    The connection's reader runs in ``nursery`` until the connection ends; messages larger
-    than ``max_message_size`` close it with 1009."""
-    connection = _ServerWebSocket(
-        stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_size
-    )
-    nursery.start_soon(connection._reader_task)
-    return Request(await connection._get_request(), stream)
+    The connection's drain task, when it needs one, runs in ``nursery``; messages larger
+    than ``max_message_size`` UTF-8 bytes close it with 1009."""
+    protocol = _Protocol(max_size=max_message_size, logger=_QUIET)
+    connection = Connection(stream, protocol, nursery)
+    while True:
+        try:
+            data = await stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if not data:
+            return None
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, HandshakeRequest):
+                return Request(connection, protocol, event)
+        if protocol.handshake_exc is not None:
+            connection._write_protocol()  # websockets' 4xx answer
+            return None
 
 
-def _has_internals(ws: WebSocketConnection) -> bool:
-    return all(hasattr(ws, name) for name in _INTERNALS)
-
-
-async def send_texts(ws: WebSocketConnection, texts: Sequence[str]) -> None:
-    """Send ``texts`` as text frames, in order, in as few writes as possible.
-
-    Raises ``ConnectionClosed`` like ``send_message`` when the connection is (being) closed.
-    """
-    if not _has_internals(ws):
-        for text in texts:
-            await ws.send_message(text)
-        return
-    connection = ws._wsproto
-    start = 0
-    while start < len(texts):
-        if ws._close_reason:
-            raise ConnectionClosed(ws._close_reason)
-        if connection.state is not ConnectionState.OPEN:  # our close frame is out
-            raise ConnectionClosed(CloseReason(CLOSE_ABNORMAL, None))
-        parts: list[bytes] = []
-        size = 0
-        end = start
-        while end < len(texts) and (size < CHUNK_BYTES or not parts):
-            data = connection.send(TextMessage(data=texts[end]))
-            parts.append(data)
-            size += len(data)
-            end += 1
-        async with ws._stream_lock:
-            try:
-                await ws._stream.send_all(b"".join(parts))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await ws._abort_web_socket()
-                assert ws._close_reason is not None
-                raise ConnectionClosed(ws._close_reason) from None
-        start = end
+__all__ = [
+    "Closed",
+    "Connection",
+    "Request",
+    "accept",
+    "is_disconnect",
+    "text_frame",
+]

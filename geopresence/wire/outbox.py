@@ -19,7 +19,7 @@ import attrs
 KeyPrefix = tuple[Hashable, ...]
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Outgoing:
     """One encoded server frame.
 
@@ -34,6 +34,9 @@ class Outgoing:
     text: str
     coalesce_key: tuple[Hashable, ...] | None = None
     seals: tuple[KeyPrefix, ...] = ()
+    framed: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
+    """The frame as the transport writes it, made by the first recipient's transport and
+    reused by the others (a fan-out is framed once). Set by the shell only."""
 
 
 @attrs.define(slots=True)

@@ -95,9 +95,10 @@ async def test_ping_after_a_refused_hello_logs_no_traceback(
     caplog.set_level(logging.DEBUG, logger="geopresence")
     for _ in range(5):
         async with raw_peer(server) as peer:
+            ping = peer.ws.send(Ping(b"x"))  # framed now: it crosses the server's close
             await peer.send(TextMessage("{"))
-            await peer.until(TextMessage)  # the error reply
-            await peer.send(Ping(b"x"))
+            await peer.until(TextMessage)  # the error reply (the close frame follows it)
+            await peer.stream.send_all(ping)
             await peer.drain()
     await trio.sleep(1)
     assert tracebacks(caplog) == []
