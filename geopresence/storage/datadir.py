@@ -24,11 +24,12 @@ import os
 import re
 import shutil
 import time
+import zlib
 from pathlib import Path
 from typing import IO, Final
 
 from geopresence.core.journal import FILE_MAGIC
-from geopresence.storage.snapshot import Snapshot, encode_snapshot
+from geopresence.storage.snapshot import HEADER_SIZE, Snapshot, header, payload_chunks
 
 JOURNAL_PATTERN: Final = re.compile(r"^journal-(\d{20})\.log$")
 SNAPSHOT_PATTERN: Final = re.compile(r"^snapshot-(\d{20})\.snap$")
@@ -186,16 +187,62 @@ def truncate_segment(path: Path, size: int) -> None:
 # ------------------------------------------------------------------------------ snapshots
 
 
+def snapshot_temporary(directory: Path, journal_seq: int) -> Path:
+    """Where snapshot ``journal_seq`` is written before it is renamed into place."""
+    final = snapshot_path(directory, journal_seq)
+    return final.with_name(final.name + ".tmp")
+
+
+def write_snapshot_temporary(directory: Path, snapshot: Snapshot) -> tuple[Path, int]:
+    """Write ``snapshot`` to its temporary file and fsync it; returns (path, bytes). Run in
+    a worker thread or in the forked writer (``geopresence.storage.forked_snapshot``): it
+    takes no lock and logs nothing.
+
+    The payload is streamed in pieces (``payload_chunks``), its length and CRC-32 written
+    into the header last, so no second copy of the whole state is ever in memory. A stale
+    temporary file (a writer killed earlier) is unlinked first, never written over: a
+    writer that outlived its server would then write to a file nobody renames."""
+    temporary = snapshot_temporary(directory, snapshot.journal_seq)
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, bytes(HEADER_SIZE))  # a placeholder until the length is known
+        length, crc = 0, 0
+        for chunk in payload_chunks(snapshot):
+            crc = zlib.crc32(chunk, crc)
+            length += len(chunk)
+            _write_all(fd, chunk)
+        os.pwrite(fd, header(length, crc), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return temporary, HEADER_SIZE + length
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def install_snapshot(temporary: Path) -> Path:
+    """Rename a written temporary snapshot into place and fsync the directory; returns
+    the snapshot's path."""
+    final = temporary.with_name(temporary.name.removesuffix(".tmp"))
+    os.replace(temporary, final)
+    fsync_dir(final.parent)
+    return final
+
+
 def write_snapshot(data_dir: Path, snapshot: Snapshot) -> tuple[Path, int]:
     """Write ``snapshot`` atomically (temp file, fsync, rename, fsync the dir) and prune old
     snapshots and journal segments (blocking: call it in a thread). Returns (path, bytes)."""
     directory = state_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    data = encode_snapshot(snapshot)
-    final = snapshot_path(directory, snapshot.journal_seq)
-    replace_file(final, data)
+    temporary, size = write_snapshot_temporary(directory, snapshot)
+    final = install_snapshot(temporary)
     prune(directory)
-    return final, len(data)
+    return final, size
 
 
 def prune(directory: Path) -> None:
