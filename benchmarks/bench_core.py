@@ -16,6 +16,9 @@ import platform
 import random
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+import orjson
 
 from geopresence.core.broker import ConnId
 from geopresence.core.grid import StrangerGrid
@@ -27,8 +30,10 @@ from geopresence.model.geocells import cover
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.client_messages import Heartbeat, LocationUpdate, Send, Sync
 from geopresence.wire.outbox import Outbox, Outgoing
-from geopresence.wire.protocol import decode, encode
+from geopresence.wire.protocol import decode, decode_text, encode
 from geopresence.wire.server_messages import Presence
+
+T = TypeVar("T")
 
 
 def timed(label: str, unit: str, count: int, run: Callable[[], object]) -> float:
@@ -38,6 +43,12 @@ def timed(label: str, unit: str, count: int, run: Callable[[], object]) -> float
     per = elapsed / count
     print(f"{label:<48} {per * 1e6:9.2f} µs/{unit}   ({count / elapsed:,.0f} {unit}/s)")
     return per
+
+
+def each(count: int, run: Callable[[T], object], argument: T) -> None:
+    """``run(argument)`` ``count`` times, keeping no result."""
+    for _ in range(count):
+        run(argument)
 
 
 class CountingSink:
@@ -124,8 +135,19 @@ def main() -> None:
     print(f"{label:<48} {per / friends_of_mover * 1e9:9.0f} ns")
 
     frames = 20_000 * scale
+    # Results are dropped, as in the server where a decoded frame dies at once: a list
+    # holding them all would time the garbage collector walking this process's big heap.
     text = '{"type":"heartbeat","id":17}'
-    timed("decode heartbeat frame", "frame", frames, lambda: [decode(text) for _ in range(frames)])
+    timed("decode heartbeat frame", "frame", frames, lambda: each(frames, decode, text))
+    # As benchmarks/load.py sends it: lat, lon and ts written by orjson.
+    where = {"type": "location", "lat": 37.56651234, "lon": 126.97812345, "ts": 1767225600.123456}
+    located = orjson.dumps(where)
+    located_text = located.decode()
+    timed("decode location frame", "frame", frames, lambda: each(frames, decode, located_text))
+    timed(
+        "decode location frame (UTF-8 bytes)", "frame", frames,
+        lambda: each(frames, decode_text, located),
+    )  # fmt: skip
     event = Presence(user="alice", status="online", last_active_at=1_700_000_000.25)
     timed("encode presence event", "frame", frames, lambda: [encode(event) for _ in range(frames)])
 
