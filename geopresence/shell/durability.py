@@ -17,10 +17,11 @@ from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.hub import Hub
 from geopresence.shell.metrics import Metrics
-from geopresence.storage.datadir import DataDirLock, state_dir, write_snapshot
+from geopresence.storage.datadir import DataDirLock, state_dir
+from geopresence.storage.forked_snapshot import write_snapshot_forked
 from geopresence.storage.journal_file import FileJournal
 from geopresence.storage.recovery import rebuild, recover
-from geopresence.storage.snapshot import capture
+from geopresence.storage.snapshot import Snapshot, capture
 
 log = logging.getLogger("geopresence")
 
@@ -137,28 +138,36 @@ class Durability:
         await event.wait()
 
     async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
-        """Write a snapshot of the durable state (in a worker thread) and prune what it
-        makes unnecessary. Without ``force`` nothing is written if nothing changed."""
+        """Write a snapshot of the durable state and prune what it makes unnecessary.
+        Without ``force`` nothing is written if nothing changed.
+
+        The event loop only forks (``storage.forked_snapshot``, Redis' BGSAVE): a child
+        process captures the state from its copy-on-write image of memory, as of the
+        journal segment started here, and writes it, while the loop goes on serving.
+        ``SnapshotWriterFailed`` (an ``OSError``) if the child fails or is killed; the
+        previous snapshot and the journal are then untouched."""
         assert self.journal is not None
         async with self._snapshot_lock:
             if not force and self._hub.last_seq == self._snapshot_seq:
                 return self.last_snapshot or {}
             started = trio.current_time()
+            hub, now = self._hub, self._now()
+            # No await from here to the fork: the child's memory is the state as of ``seq``.
             seq = self.journal.start_segment()
-            hub = self._hub
-            snapshot = capture(hub.state, seq, self._now(), hub.chat.pending_messages())
-            path, size = await trio.to_thread.run_sync(
-                write_snapshot, self._config.data_dir, snapshot
-            )
+
+            def take() -> Snapshot:  # runs in the child
+                return capture(hub.state, seq, now, hub.chat.pending_messages())
+
+            path, size, counts = await write_snapshot_forked(self._config.data_dir, seq, take)
             self._snapshot_seq = seq
             seconds = trio.current_time() - started
             info: dict[str, object] = {
                 "path": str(path),
                 "bytes": size,
                 "journal_seq": seq,
-                "created_at": snapshot.created_at,
+                "created_at": now,
                 "seconds": round(seconds, 3),
-                "counts": snapshot.counts(),
+                "counts": counts,
             }
             self.last_snapshot = info
             log.info("snapshot %s: %d bytes in %.2f s", path.name, size, seconds)
