@@ -10,16 +10,20 @@ acked messages/s, fsyncs and messages per fsync: the group commit at work. ``in-
 the ceiling without a journal. The senders run in the same process, so the figures include
 the client's own WebSocket work: compare the rows with each other, not with other tables.
 
-Part 2 builds a state of U users (5 friends each), groups, settings and M chat messages
-directly in the core, then times a snapshot write, and a restart: reading the snapshot,
-replaying a journal of R records after it, and rebuilding the indexes. Default U=100,000,
-M=1,000,000 (about 3 GB of RAM while it runs).
+Part 2 builds a state of U users (5 friends each: 5U friendships), groups, settings and M
+chat messages directly in the core, then takes a snapshot of it from a trio loop in which a
+probe task sleeps 1 ms at a time and records the longest gap beyond that (the event-loop
+stall), first as the server does (a forked child writes it), then as it did before (the
+state captured in the loop, serialized in a worker thread) for comparison; then times a
+restart: reading the snapshot, replaying a journal of R records after it, and rebuilding the
+indexes. Default U=100,000, M=1,000,000 (about 3 GB of RAM while it runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import random
@@ -27,6 +31,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,9 @@ from geopresence.model.records import Befriended, Record
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.options import FsyncPolicy
 from geopresence.storage.datadir import JOURNAL_PATTERN, journal_path, state_dir, write_snapshot
-from geopresence.storage.recovery import load_offline
-from geopresence.storage.snapshot import capture
+from geopresence.storage.forked_snapshot import write_snapshot_forked
+from geopresence.storage.recovery import rebuild, recover
+from geopresence.storage.snapshot import Snapshot, capture
 from geopresence.testing import open_server
 
 WINDOW = 8
@@ -130,6 +136,68 @@ def build_state(users: int, messages: int) -> DurableState:
     return state
 
 
+PROBE_S = 0.001
+"""The loop-lag probe's sleep (seconds)."""
+
+
+async def _with_probe(work: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    """Run ``work`` while a probe task sleeps ``PROBE_S`` at a time; returns (longest stall
+    beyond the sleep, seconds ``work`` took)."""
+    longest, done = [0.0], trio.Event()
+
+    async def probe() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await trio.sleep(PROBE_S)
+            now = time.perf_counter()
+            longest[0] = max(longest[0], now - last - PROBE_S)
+            last = now
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        await trio.sleep(0.05)  # the probe is running
+        started = time.perf_counter()
+        await work()
+        elapsed = time.perf_counter() - started
+        done.set()
+    return longest[0], elapsed
+
+
+def snapshot_stalls(base: Path, state: DurableState, users: int, messages: int) -> Path:
+    """The longest event-loop stall during a snapshot of ``state``, now and before."""
+    data_dir = Path(tempfile.mkdtemp(dir=base))
+    written: list[tuple[Path, int]] = []
+
+    async def forked() -> None:
+        def take() -> Snapshot:  # in the child, as Durability.take_snapshot does
+            return capture(state, 1, time.time())
+
+        path, size, _ = await write_snapshot_forked(data_dir, 1, take)
+        written.append((path, size))
+
+    async def in_thread() -> None:  # before: capture in the loop, serialize in a thread
+        snapshot = capture(state, 2, time.time())
+        written.append(await trio.to_thread.run_sync(write_snapshot, data_dir, snapshot))
+
+    label = f"{users:,} users, {5 * users:,} friendships, {messages:,} messages"
+    seconds = 0.0
+    for name, work in (("forked child (now)", forked), ("loop + thread (before)", in_thread)):
+        stall, seconds = trio.run(_with_probe, work)
+        size = written[-1][1]
+        print(
+            f"snapshot, {name:<22}: longest event-loop stall {stall * 1000:7.1f} ms, "
+            f"total {seconds:5.2f} s, {size:,} bytes ({label})"
+        )
+        if not written[1:]:
+            # The same probe for as long with no snapshot: the machine's own noise.
+            stall, _ = trio.run(_with_probe, functools.partial(trio.sleep, seconds))
+            print(f"no snapshot (baseline, {seconds:.2f} s)  : longest event-loop stall "
+                  f"{stall * 1000:7.1f} ms")  # fmt: skip
+    child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"snapshot child's peak RSS {child_peak:,.0f} MB (pages shared with the server included)")
+    return written[0][0]
+
+
 def restart_cost(base: Path, users: int, messages: int, journal_records: int) -> None:
     started = time.perf_counter()
     state = build_state(users, messages)
@@ -137,29 +205,26 @@ def restart_cost(base: Path, users: int, messages: int, journal_records: int) ->
         f"built {users:,} users, {messages:,} messages in {time.perf_counter() - started:.1f} s"
         f" (RSS {_rss_mb():,.0f} MB)"
     )
-    data_dir = Path(tempfile.mkdtemp(dir=base))
-    started = time.perf_counter()
-    snapshot = capture(state, 0, time.time())
-    captured = time.perf_counter() - started
-    path, size = write_snapshot(data_dir, snapshot)
-    written = time.perf_counter() - started
-    print(
-        f"snapshot: capture {captured * 1000:,.0f} ms in the event loop, "
-        f"write {written:.2f} s in a thread, {size / 1e6:,.0f} MB"
-    )
+    path = snapshot_stalls(base, state, users, messages)
+    data_dir = path.parent.parent
+    path.with_name("snapshot-00000000000000000002.snap").unlink()  # restart from seq 1
     records: list[Record] = [Befriended(f"n{i}", f"u{i % users}") for i in range(journal_records)]
     directory = state_dir(data_dir)
-    with open(journal_path(directory, 1), "wb") as file:
+    with open(journal_path(directory, 2), "wb") as file:
         file.write(FILE_MAGIC + b"".join(encode_frame(r) for r in records))
     assert [p for p in directory.iterdir() if JOURNAL_PATTERN.match(p.name)]
-    del state, snapshot
+    del state
     started = time.perf_counter()
-    restored, recovered = load_offline(data_dir, repair=False)
+    recovered = recover(data_dir, repair=False)
+    read = time.perf_counter() - started
+    restored = DurableState()
+    rebuild(restored, recovered)
     elapsed = time.perf_counter() - started
     assert len(restored.chat) == messages and len(recovered.records) == journal_records
     print(
         f"restart: snapshot + {journal_records:,} journal records -> {len(restored.chat):,}"
-        f" messages in {elapsed:.2f} s (RSS {_rss_mb():,.0f} MB)"
+        f" messages in {elapsed:.2f} s (reading and decoding the files {read:.2f} s, rebuilding"
+        f" the state {elapsed - read:.2f} s; RSS {_rss_mb():,.0f} MB)"
     )
     path.unlink()
 

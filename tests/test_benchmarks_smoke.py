@@ -65,7 +65,8 @@ def test_durability_benchmark_reports_every_figure() -> None:
         "--fsync everysec",
         "--fsync always",
         "msg/fsync",
-        "snapshot: capture",
+        "longest event-loop stall",
+        "snapshot, forked child",
         "restart: snapshot +",
     ):
         assert label in result.stdout
