@@ -13,7 +13,8 @@ Layout of ``DATA_DIR/`` (docs/durability.md):
 - ``corrupt/``: originals of files set aside or changed after damage (never read).
 - ``history/``: the location history (``geopresence.storage.history``).
 
-Everything here blocks: a server calls it in a worker thread.
+Everything here blocks: a server calls it in a worker thread (or, for a snapshot's file, in
+its forked writer, ``geopresence.storage.forked_snapshot``).
 """
 
 from __future__ import annotations
