@@ -41,6 +41,10 @@ from websockets.server import ServerProtocol
 RECEIVE_BYTES: Final = 65536
 """Bytes asked of the stream per read."""
 
+MAX_REQUEST_BYTES: Final = 16384
+"""Past this without the end of its headers, a request goes to websockets as it comes
+(which answers 431 or 414 for what is too long)."""
+
 CLOSE_ABNORMAL: Final = 1006
 CLOSE_NORMAL: Final = 1000
 CLOSE_INVALID_DATA: Final = 1007
@@ -116,6 +120,7 @@ class Connection:
         self._broken = False
         self._fragments: list[bytes] | None = None
         self._binary = False
+        self._we_closed = False
         self._flushed: trio.Event | None = None
         self.on_drained: Callable[[], None] | None = None
         """Called when parked bytes are all written: the owner may write more."""
@@ -170,6 +175,12 @@ class Connection:
         connection failed (too big: 1009, bad UTF-8: 1007, protocol error: 1002)."""
         protocol = self._protocol
         while True:
+            # Frames parsed before this call (those that came with the handshake) first.
+            events = protocol.events_received()
+            messages = self._messages(events) if events and not self._we_closed else []
+            self._write_protocol()
+            if messages:
+                return messages
             # A server is done once it has sent its EOF: after the closing handshake, or
             # at once when it fails the connection (websockets' protocol decides).
             if protocol.eof_sent or protocol.state is State.CLOSED:
@@ -178,16 +189,10 @@ class Connection:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            reading = protocol.close_sent is None
             if data:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
-            events = protocol.events_received()
-            messages = self._messages(events) if reading else []
-            self._write_protocol()
-            if messages:
-                return messages
 
     def _messages(self, events: Sequence[object]) -> list[str | bytes]:
         messages: list[str | bytes] = []
@@ -315,6 +320,7 @@ class Connection:
         """Send a close frame after what is already written (``reason`` at most 123 UTF-8
         bytes); the peer's answer ends ``receive``. Nothing if already closing."""
         if self._protocol.state is State.OPEN:
+            self._we_closed = True  # what the peer sends from now on is not read
             try:
                 self._protocol.send_close(code, reason)
             except InvalidState:
@@ -348,10 +354,17 @@ class Connection:
 class Request:
     """A client's opening handshake, not answered yet."""
 
-    def __init__(self, connection: Connection, protocol: _Protocol, request: HandshakeRequest):
+    def __init__(
+        self,
+        connection: Connection,
+        protocol: _Protocol,
+        request: HandshakeRequest,
+        early: bytes,
+    ) -> None:
         self._connection = connection
         self._protocol = protocol
         self._request = request
+        self._early = early
 
     @property
     def path(self) -> str:
@@ -370,10 +383,15 @@ class Request:
     def accept(self) -> Connection | None:
         """Complete the handshake: the connection, or None if the request was not a valid
         WebSocket upgrade (it was answered with an HTTP error, e.g. 400 or 426)."""
-        response = self._protocol.accept(self._request)
-        self._protocol.send_response(response)
+        protocol = self._protocol
+        response = protocol.accept(self._request)
+        protocol.send_response(response)
         self._connection._write_protocol()
-        return self._connection if response.status_code == 101 else None
+        if response.status_code != 101:
+            return None
+        if self._early:
+            protocol.receive_data(self._early)  # its messages: at the first ``receive``
+        return self._connection
 
 
 async def accept(
@@ -386,6 +404,7 @@ async def accept(
     than ``max_message_size`` UTF-8 bytes close it with 1009."""
     protocol = _Protocol(max_size=max_message_size, logger=_QUIET)
     connection = Connection(stream, protocol, nursery)
+    buffer = b""
     while True:
         try:
             data = await stream.receive_some(RECEIVE_BYTES)
@@ -393,10 +412,18 @@ async def accept(
             return None
         if not data:
             return None
-        protocol.receive_data(data)
+        # Frames sent right behind the request are parsed only once the connection is
+        # open (websockets would parse them in the CONNECTING state): hold them back.
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0 and len(buffer) < MAX_REQUEST_BYTES:
+            continue
+        head, early = (buffer[: end + 4], buffer[end + 4 :]) if end >= 0 else (buffer, b"")
+        buffer = b""
+        protocol.receive_data(head)
         for event in protocol.events_received():
             if isinstance(event, HandshakeRequest):
-                return Request(connection, protocol, event)
+                return Request(connection, protocol, event, early)
         if protocol.handshake_exc is not None:
             connection._write_protocol()  # websockets' 4xx answer
             return None
