@@ -19,9 +19,12 @@ Deliver = Callable[[ConnId, Any], None]
 the subscriber's Outbox (an encoded ``Outgoing``, or a frame computed for that subscriber)."""
 
 
+_USER_PREFIX = "user:"
+
+
 def user_channel(user: str) -> str:
     """The channel a user's presence (and later location) is published on."""
-    return f"user:{user}"
+    return _USER_PREFIX + user
 
 
 def group_channel(group: str) -> str:
@@ -86,8 +89,27 @@ class MemoryBroker:
         self._deliver = deliver
         self._subscribers: dict[str, set[ConnId]] = {}
         self._channels: dict[ConnId, list[str]] = {}
+        self._derived: Callable[[str], Iterable[ConnId]] | None = None
+
+    def derive_user_channels(self, subscribers_of: Callable[[str], Iterable[ConnId]]) -> None:
+        """From now on ``user:U``'s subscribers are ``subscribers_of(U)``, asked at each
+        publish, and subscribing to a user channel stores nothing.
+
+        For a node that holds every session itself: the hub subscribes each connection to
+        every friend's channel, so these subscriptions restate the friendship graph, and
+        storing them cost ~350 bytes per friend per connection (mostly for friends that
+        are offline and publish nothing). ``subscribers_of(U)`` must yield exactly the
+        connections the hub would have subscribed, each once (the live connections of
+        U's friends); a publish then visits U's friends instead of U's subscribers.
+        """
+        self._derived = subscribers_of
+
+    def _is_derived(self, channel: str) -> bool:
+        return self._derived is not None and channel.startswith(_USER_PREFIX)
 
     def subscribe(self, channel: str, conn: ConnId) -> None:
+        if self._is_derived(channel):
+            return
         channel = sys.intern(channel)  # the one string every list below shares
         subs = self._subscribers.get(channel)
         if subs is None:
@@ -98,6 +120,8 @@ class MemoryBroker:
         self._channels.setdefault(conn, []).append(channel)
 
     def unsubscribe(self, channel: str, conn: ConnId) -> None:
+        if self._is_derived(channel):
+            return
         subs = self._subscribers.get(channel)
         if subs is None or conn not in subs:
             return
@@ -120,11 +144,11 @@ class MemoryBroker:
         channel_list = list(channels)
         if len(channel_list) == 1:
             # The common case (a user with no small groups): no union set to build.
-            targets: Set[ConnId] = self._subscribers.get(channel_list[0], _NONE)
+            targets: Iterable[ConnId] = self.subscribers(channel_list[0])
         else:
             union: set[ConnId] = set()
             for channel in channel_list:
-                union.update(self._subscribers.get(channel, _NONE))
+                union.update(self.subscribers(channel))
             targets = union
         delivered = 0
         for conn in list(targets):
@@ -136,7 +160,10 @@ class MemoryBroker:
     publish_local = publish
 
     def subscribers(self, channel: str) -> Set[ConnId]:
+        if self._derived is not None and channel.startswith(_USER_PREFIX):
+            return frozenset(self._derived(channel[len(_USER_PREFIX) :]))
         return self._subscribers.get(channel, _NONE)
 
     def channels_of(self, conn: ConnId) -> Set[str]:
+        """The channels ``conn`` subscribed to (derived user channels not included)."""
         return frozenset(self._channels.get(conn, ()))

@@ -220,32 +220,39 @@ class ConnectionHandler:
         self._now = now
         self._deadline_moved = deadline_moved
         self._stopping = stopping
+        self.nursery: trio.Nursery | None = None
+        """Where connections' drain tasks run (the server's connection nursery)."""
         self._last_traceback = -math.inf  # time.monotonic() of the last logged traceback
         self._tracebacks_suppressed = 0
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one transport stream (TCP or in-memory) as a WebSocket session."""
         config = self._config
+        assert self.nursery is not None, "the server is not running"
         try:
-            async with trio.open_nursery() as nursery:  # the transport's drain task, if any
-                with trio.move_on_after(config.hello_timeout):
-                    request = await accept(
-                        nursery, stream, max_message_size=config.max_message_bytes
-                    )
-                ws = None if request is None else self._handshake.accept_request(request)
+            request = None
+            with trio.move_on_after(config.hello_timeout):
+                # A drain task, when the connection needs one, runs in the server's nursery
+                # (a nursery per connection would cost a kilobyte each) and ends when the
+                # stream is closed below.
+                request = await accept(
+                    self.nursery, stream, max_message_size=config.max_message_bytes
+                )
+            ws = None if request is None else self._handshake.accept_request(request)
+            refused = request if ws is None else None
+            request = None  # an accepted request's headers are not kept for the session
+            if ws is not None:
+                try:
+                    await self._session(ws)
+                finally:
+                    ws.start_close()  # a bug or the shutdown's cancellation: say goodbye
+            # Let what is written go out (a refusal's error and close frame), bounded.
+            with trio.move_on_after(config.close_timeout) as cleanup:
+                cleanup.shield = True
                 if ws is not None:
-                    try:
-                        await self._session(ws)
-                    finally:
-                        ws.start_close()  # a bug or the shutdown's cancellation: say goodbye
-                # Let what is written go out (a refusal's error and close frame), bounded.
-                with trio.move_on_after(config.close_timeout) as cleanup:
-                    cleanup.shield = True
-                    if ws is not None:
-                        await ws.flushed()
-                    elif request is not None:
-                        await request.flushed()
-                nursery.cancel_scope.cancel()
+                    await ws.flushed()
+                elif refused is not None:
+                    await refused.flushed()
         except Exception as exc:
             # Whatever one connection does, the server and other connections go on.
             if is_disconnect(exc):

@@ -213,7 +213,7 @@ class Server:
             if self.cluster is not None:
                 await self._join_cluster(root, self.cluster)
             async with trio.open_nursery() as conns:
-                self._conn_nursery = conns
+                self._conn_nursery = self.handler.nursery = conns
                 try:
                     listeners = await _open_listeners(config.host, config.port)
                 except OSError as exc:

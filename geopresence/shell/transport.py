@@ -385,6 +385,9 @@ class Request:
         WebSocket upgrade (it was answered with an HTTP error, e.g. 400 or 426)."""
         protocol = self._protocol
         response = protocol.accept(self._request)
+        # websockets' parser keeps the request for the connection's life: its headers
+        # (~1 KB) are not needed once answered.
+        self._request.headers.clear()
         protocol.send_response(response)
         self._connection._write_protocol()
         if response.status_code != 101:

@@ -9,6 +9,7 @@ for anyone else or for its own user.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -16,10 +17,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.core.broker import ConnId
+from geopresence.core.broker import ConnId, MemoryBroker
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
-from geopresence.wire.client_messages import GroupPresenceQuery, Heartbeat, Hello, Logout
+from geopresence.wire.client_messages import (
+    GroupPresenceQuery,
+    Heartbeat,
+    Hello,
+    LocationUpdate,
+    Logout,
+)
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outbox, Outgoing
 from tests.helpers import RecordingSink
@@ -343,3 +350,61 @@ def test_no_friend_gone_for_friends_only_on_other_pages() -> None:
     assert [f for f in sink.take(1) if f["type"] == "friend_gone"] == []
     hub.handle(10, LocationUpdate(lat=20.0, lon=10.0), 3)  # f00, shown, walks away
     assert [f["user"] for f in sink.take(1) if f["type"] == "friend_gone"] == ["f00"]
+
+
+class StoredSubscriptionsBroker(MemoryBroker):
+    """Keeps every user-channel subscription, as the multi-node broker does locally."""
+
+    def derive_user_channels(self, subscribers_of: Callable[[str], Iterable[ConnId]]) -> None:
+        pass
+
+
+moving_step = st.one_of(step, st.tuples(st.just("move"), st.integers(0, 20), st.integers(0, 3)))
+
+
+@given(st.lists(moving_step, max_size=40))
+def test_derived_user_channels_deliver_what_stored_subscriptions_deliver(
+    steps: list[tuple[Any, ...]],
+) -> None:
+    """On one node, ``user:U``'s subscribers are derived from the friendship graph instead of
+    stored (MemoryBroker.derive_user_channels): every connection gets the same frames."""
+    settings = HubSettings(presence_fanout_limit=LIMIT)
+    derived_sink = RecordingSink()
+    derived = Hub(settings, MemoryStore(), derived_sink), derived_sink
+    stored_sink = RecordingSink()
+    stored = (
+        Hub(settings, MemoryStore(), stored_sink, broker_factory=StoredSubscriptionsBroker),
+        stored_sink,
+    )
+    assert isinstance(stored[0].broker, StoredSubscriptionsBroker)
+    now, conn_ids = 0.0, 0
+    for op, a, b in steps:
+        live = sorted(c for c in range(1, conn_ids + 1) if derived[0].session(c) is not None)
+        conn_ids += op == "connect"
+        for hub, _ in (derived, stored):
+            if op == "connect":
+                hub.open_session(conn_ids, a, b, now)
+            elif op in ("heartbeat", "drop", "logout", "move") and live:
+                conn = live[a % len(live)]
+                if op == "heartbeat":
+                    hub.handle(conn, Heartbeat(), now)
+                elif op == "drop":
+                    hub.close_session(conn)
+                elif op == "move":
+                    hub.handle(conn, LocationUpdate(lat=37.5 + b * 0.01, lon=127.0), now)
+                else:
+                    hub.handle(conn, Logout(), now)
+            elif op == "http_logout":
+                hub.logout(a)
+            elif op == "wait":
+                hub.expire(now + a)
+            elif op == "befriend" and a != b:
+                hub.add_friendship(a, b, now)
+            elif op == "unfriend":
+                hub.remove_friendship(a, b)
+            elif op == "group":
+                hub.set_group(a, b)
+        if op == "wait":
+            now += a
+    assert derived[1].frames == stored[1].frames
+    assert derived[1].closed == stored[1].closed
