@@ -1,9 +1,10 @@
 """The WebSocket transport (shell): websockets' sans-I/O protocol on a trio stream.
 
 The rest of the server sees ``accept`` (the opening handshake's ``Request``), ``Connection``
-(``receive``, ``write_frames``, ``send``, ``close``, ``abort``, the ping gate
-``admit_ping``), ``text_frame``, the ``Closed`` exception and ``is_disconnect``. It is the
-only server module that imports a WebSocket library (tests/test_architecture.py checks it).
+(``receive``, ``write_frames``, ``send``, ``start_close``/``close``, ``flushed``, ``abort``,
+``parked``, ``on_drained``, the ping gate ``admit_ping``), ``text_frame``, the ``Closed``
+exception and ``is_disconnect``. It is the only server module that imports a WebSocket
+library (tests/test_architecture.py checks it).
 
 **Shape.** One task per connection reads (``receive``: one ``receive_some``, every message
 it completes); nothing else runs per connection. Writes are synchronous: ``write_frames``
