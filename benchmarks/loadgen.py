@@ -53,6 +53,11 @@ class LoadGen(Loop):
         self.errors = 0
         self.other = 0
         self.measuring = False
+        self.hold_moves = False
+        """Start the periodic locations only once every user is connected (``ceiling``: a
+        server saturated by the first users would otherwise starve the later logins)."""
+        self._ramping = False
+        self._held: list[int] = []
         self.latencies: list[float] = []
         self.node_deliveries = [0] * self.nodes
         self.cross: list[float] = []
@@ -92,7 +97,15 @@ class LoadGen(Loop):
                 gave_up[0] = now + timeout
             return done or now > gave_up[0]
 
-        self.run_until(math.inf, tick, every=0.01)
+        self._ramping = True
+        try:
+            self.run_until(math.inf, tick, every=0.01)
+        finally:
+            self._ramping = False
+        now = time.monotonic()
+        for i in self._held:
+            self.schedule(now + self.rng.uniform(0, self.model.location_interval), i, MOVE)
+        self._held.clear()
         if not quiet:
             print(file=sys.stderr, flush=True)
 
@@ -119,7 +132,10 @@ class LoadGen(Loop):
             now = time.monotonic()
             i = conn.index
             self.schedule(now + self.rng.uniform(0, self.model.heartbeat_interval), i, BEAT)
-            self.schedule(now + self.rng.uniform(0, self.model.location_interval), i, MOVE)
+            if self.hold_moves and self._ramping:
+                self._held.append(i)
+            else:
+                self.schedule(now + self.rng.uniform(0, self.model.location_interval), i, MOVE)
         elif data.startswith(GONE, start):
             self.gone += 1
         elif data.startswith(ERROR, start):

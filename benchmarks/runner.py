@@ -41,6 +41,8 @@ class RunOptions:
     quiet: bool = False
     sample_every: int = 0
     """Parse one ``friend_location`` in this many (0: about 2,000 a second)."""
+    hold_moves: bool = False
+    """Periodic locations start once every user is connected (see ``LoadGen.hold_moves``)."""
 
 
 @attrs.frozen
@@ -82,6 +84,7 @@ def measure(
     before and after, and the window's length."""
     model = options.model
     gen = LoadGen(model, [(t.host, t.port) for t in targets], options.sample_every)
+    gen.hold_moves = options.hold_moves
     gen.ramp(options.ramp, max(30.0, model.users / 500), options.quiet)
     gen.run_until(time.monotonic() + 1.0)  # the first locations fan out
     connected_stats = all_stats(targets)

@@ -101,7 +101,9 @@ def ceiling(options: RunOptions) -> None:
     where = "in memory" if options.spec.in_memory else "durable"
     print(f"geopresence saturated ({where}): {users:,} users, a location every second each",
           flush=True)  # fmt: skip
-    geo = one_run(attrs.evolve(options, model=model, warmup=min(options.warmup, 5.0)))
+    geo = one_run(
+        attrs.evolve(options, model=model, warmup=min(options.warmup, 5.0), hold_moves=True)
+    )
     print(geo.table(), flush=True)
     frame = ["--frame-bytes", "120"]
     count = ["--connections", str(users)]
