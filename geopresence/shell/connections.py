@@ -239,20 +239,16 @@ class ConnectionHandler:
                     self.nursery, stream, max_message_size=config.max_message_bytes
                 )
             ws = None if request is None else self._handshake.accept_request(request)
-            refused = request if ws is None else None
-            request = None  # an accepted request's headers are not kept for the session
             if ws is not None:
                 try:
                     await self._session(ws)
                 finally:
                     ws.start_close()  # a bug or the shutdown's cancellation: say goodbye
-            # Let what is written go out (a refusal's error and close frame), bounded.
-            with trio.move_on_after(config.close_timeout) as cleanup:
-                cleanup.shield = True
-                if ws is not None:
-                    await ws.flushed()
-                elif refused is not None:
-                    await refused.flushed()
+            if request is not None:
+                # Let what is written go out (a refusal's error and close frame), bounded.
+                with trio.move_on_after(config.close_timeout) as cleanup:
+                    cleanup.shield = True
+                    await request.flushed()
         except Exception as exc:
             # Whatever one connection does, the server and other connections go on.
             if is_disconnect(exc):

@@ -34,7 +34,7 @@ from typing import Final
 
 import trio
 from websockets.exceptions import InvalidState
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
@@ -46,9 +46,6 @@ MAX_REQUEST_BYTES: Final = 16384
 """Past this without the end of its headers, a request goes to websockets as it comes
 (which answers 431 or 414 for what is too long)."""
 
-CLOSE_ABNORMAL: Final = 1006
-CLOSE_NORMAL: Final = 1000
-CLOSE_INVALID_DATA: Final = 1007
 
 _QUIET = logging.getLogger("geopresence.transport")
 """websockets logs every connection opened and closed at INFO: kept below our log level."""
@@ -151,7 +148,7 @@ class Connection:
         close = p.close_sent or p.close_rcvd
         if close is not None:
             return int(close.code)
-        return CLOSE_ABNORMAL if p.state is State.CLOSED else None
+        return int(CloseCode.ABNORMAL_CLOSURE) if p.state is State.CLOSED else None
 
     @property
     def open(self) -> bool:
@@ -222,7 +219,7 @@ class Connection:
             try:
                 messages.append(data.decode())
             except UnicodeDecodeError as exc:
-                self._protocol.fail(CLOSE_INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
+                self._protocol.fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at byte {exc.start}")
                 break
         return messages
 
@@ -317,7 +314,7 @@ class Connection:
 
     # ------------------------------------------------------------------ closing
 
-    def start_close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    def start_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame after what is already written (``reason`` at most 123 UTF-8
         bytes); the peer's answer ends ``receive``. Nothing if already closing."""
         if self._protocol.state is State.OPEN:
@@ -328,7 +325,7 @@ class Connection:
                 return
             self._write_protocol()
 
-    async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """The closing handshake: ``start_close``, then read until the peer's close frame
         (or the end of the stream). Only the task that calls ``receive`` may call it."""
         self.start_close(code, reason)
@@ -395,6 +392,7 @@ class Request:
             return None
         if self._early:
             protocol.receive_data(self._early)  # its messages: at the first ``receive``
+            self._early = b""  # the request lives as long as the connection
         return self._connection
 
 
