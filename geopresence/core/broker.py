@@ -144,11 +144,11 @@ class MemoryBroker:
         channel_list = list(channels)
         if len(channel_list) == 1:
             # The common case (a user with no small groups): no union set to build.
-            targets: Iterable[ConnId] = self.subscribers(channel_list[0])
+            targets: Iterable[ConnId] = self._targets(channel_list[0])
         else:
             union: set[ConnId] = set()
             for channel in channel_list:
-                union.update(self.subscribers(channel))
+                union.update(self._targets(channel))
             targets = union
         delivered = 0
         for conn in list(targets):
@@ -160,8 +160,13 @@ class MemoryBroker:
     publish_local = publish
 
     def subscribers(self, channel: str) -> Set[ConnId]:
+        targets = self._targets(channel)
+        return targets if isinstance(targets, Set) else frozenset(targets)
+
+    def _targets(self, channel: str) -> Iterable[ConnId]:
+        """``channel``'s subscribers, each once (derived ones computed, not collected)."""
         if self._derived is not None and channel.startswith(_USER_PREFIX):
-            return frozenset(self._derived(channel[len(_USER_PREFIX) :]))
+            return self._derived(channel[len(_USER_PREFIX) :])
         return self._subscribers.get(channel, _NONE)
 
     def channels_of(self, conn: ConnId) -> Set[str]:
