@@ -1,7 +1,7 @@
 """The WebSocket transport (shell): websockets' sans-I/O protocol on a trio stream.
 
 The rest of the server sees ``accept`` (the opening handshake's ``Request``), ``Connection``
-(``receive``, ``write_frames``, ``send``, ``start_close``/``close``, ``flushed``, ``abort``,
+(``receive``, ``write_frames``, ``send``, ``start_close``/``close``, ``flushed``,
 ``parked``, ``on_drained``, the ping gate ``admit_ping``), ``text_frame``, the ``Closed``
 exception and ``is_disconnect``. It is the only server module that imports a WebSocket
 library (tests/test_architecture.py checks it).
@@ -341,12 +341,6 @@ class Connection:
         if self._draining:
             self._flushed = trio.Event()
             await self._flushed.wait()
-
-    async def abort(self) -> None:
-        """Cut the transport without a close frame (when a frame boundary was lost)."""
-        self._broken = True
-        self._parked.clear()
-        await trio.aclose_forcefully(self._stream)
 
 
 class Request:
