@@ -24,7 +24,7 @@ and the features ``Chat``, ``Nearby`` and ``Strangers``, which see the hub only 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Generator, Iterable, Iterator, Set
+from collections.abc import Callable, Generator, Iterable, Set
 from typing import Any
 
 from geopresence.core.acks import Acks
@@ -123,15 +123,18 @@ class Hub:
         )
         self.nearby.listener = self.strangers  # nearby and strangers meet only here
         self.chat = Chat(self, ids=self.state.ids, store=self.state.chat, push=push)
+        derived = replicator is None and isinstance(self.broker, MemoryBroker)  # the only node
         self.sessions = Sessions(
             settings,
             sink,
             self.broker,
             self.errors,
             on_closed=(self.nearby.on_session_closed, self.strangers.on_session_closed),
+            friends_of=self.state.users.friends_of if derived else None,
         )
-        if replicator is None and isinstance(self.broker, MemoryBroker):  # the only node
-            self.broker.derive_user_channels(self._friend_connections)
+        if derived:
+            assert isinstance(self.broker, MemoryBroker)
+            self.broker.derive_user_channels(self.sessions.connections_of_friends)
         self.lifecycle = Lifecycle(
             settings,
             self.state,
@@ -210,12 +213,6 @@ class Hub:
 
     def _on_repeated_hello(self, session: Session, message: Hello, now: float) -> None:
         raise ProtocolError("bad_request", "already authenticated: hello only once", message.id)
-
-    def _friend_connections(self, user: str) -> Iterator[ConnId]:
-        """The live connections of ``user``'s friends: the subscribers of ``user:U``."""
-        live = self.sessions.live_connections
-        for friend in self.state.users.friends_of(user):
-            yield from live(friend)
 
     def _deliver(self, conn: ConnId, event: object) -> None:
         """The broker hands a channel event to one local subscriber."""

@@ -128,6 +128,8 @@ class Membership:
                 except ProtocolError as exc:
                     raise BulkError(exc.code, exc.message, index, len(created)) from None
                 created.append((a, b))
+                if sessions.online_friends is not None:
+                    sessions.online_friends.befriended(a, b)
                 for user, friend in ((a, b), (b, a)):
                     conns = sessions.live_connections(user)
                     if conns:
@@ -170,8 +172,10 @@ class Membership:
         if not self.state.users.remove_friendship(a, b):
             return False
         self.acks.journal_append(Unfriended(a, b))
-        self.friends.on_friendship_removed(a, b)
         sessions = self.sessions
+        if sessions.online_friends is not None:
+            sessions.online_friends.unfriended(a, b)
+        self.friends.on_friendship_removed(a, b)
         for user, friend in ((a, b), (b, a)):
             gone = Outgoing(encode(FriendRemoved(user=friend)), seals=keys_about(friend))
             for conn in sessions.live_connections(user):

@@ -9,12 +9,13 @@ times in a row is closed with 4008.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 
 import attrs
 
 from geopresence.core.broker import Broker, ConnId
 from geopresence.core.context import Session, Sink
+from geopresence.core.online_friends import OnlineFriends
 from geopresence.core.settings import HubSettings
 from geopresence.wire.errors import CLOSE_SLOW_CONSUMER, ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
@@ -55,6 +56,7 @@ class Sessions:
         broker: Broker,
         errors: Counter[str],
         on_closed: Iterable[Callable[[ConnId], None]] = (),
+        friends_of: Callable[[str], Set[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -64,6 +66,9 @@ class Sessions:
         self.on_closed = tuple(on_closed)
         self._sessions: dict[ConnId, Session] = {}
         self._conns_of: dict[str, set[ConnId]] = {}
+        self.online_friends = None if friends_of is None else OnlineFriends(friends_of)
+        """Each online user's online friends, kept when ``friends_of`` is given (one node
+        that derives ``user:U``'s subscribers from the friendship graph)."""
         self._buckets: dict[ConnId, TokenBucket] = {}
         self._rejected: dict[ConnId, int] = {}
         self.rate_limited = 0
@@ -85,13 +90,26 @@ class Sessions:
         """``user``'s live connections, not copied: iterate it at once, never keep it."""
         return self._conns_of.get(user, frozenset())
 
+    def connections_of_friends(self, user: str) -> Iterator[ConnId]:
+        """The live connections of ``user``'s friends, each once, not copied (needs
+        ``friends_of`` at construction)."""
+        assert self.online_friends is not None, "Sessions built without friends_of"
+        conns_of = self._conns_of
+        for friend in self.online_friends.of(user):
+            yield from conns_of[friend]
+
     def has_connections(self, user: str) -> bool:
         return user in self._conns_of
 
     def add(self, session: Session) -> None:
         """Hold ``session`` (its connection must be new)."""
         self._sessions[session.conn] = session
-        self._conns_of.setdefault(session.user, set()).add(session.conn)
+        conns = self._conns_of.get(session.user)
+        if conns is None:
+            conns = self._conns_of[session.user] = set()
+            if self.online_friends is not None:
+                self.online_friends.came_online(session.user)
+        conns.add(session.conn)
 
     def admit(
         self, conn: ConnId, now: float, request_id: RequestId = None, *, answer: bool = True
@@ -150,6 +168,8 @@ class Sessions:
         conns.discard(conn)
         if not conns:
             del self._conns_of[session.user]
+            if self.online_friends is not None:
+                self.online_friends.went_offline(session.user)
         self.broker.unsubscribe_all(conn)
         self._buckets.pop(conn, None)
         self._rejected.pop(conn, None)

@@ -378,6 +378,12 @@ moving_step = st.one_of(step, st.tuples(st.just("move"), st.integers(0, 20), st.
     [("befriend", "u1", "u2"), ("connect", "u1", "d1"), ("connect", "u2", "d1"),
      ("move", 0, 0), ("move", 1, 1), ("logout", 0, None)]
 )  # fmt: skip
+@example(  # befriended while both are online, then unfriended, then one leaves and returns
+    [("connect", "u1", "d1"), ("connect", "u2", "d1"), ("befriend", "u1", "u2"),
+     ("move", 1, 1), ("move", 0, 0), ("move", 1, 2), ("unfriend", "u1", "u2"),
+     ("move", 0, 1), ("move", 1, 3), ("befriend", "u1", "u2"), ("drop", 0, None),
+     ("move", 0, 2), ("connect", "u1", "d2"), ("move", 1, 0), ("move", 0, 3)]
+)  # fmt: skip
 def test_derived_user_channels_deliver_what_stored_subscriptions_deliver(
     steps: list[tuple[Any, ...]],
 ) -> None:
