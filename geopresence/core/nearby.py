@@ -28,11 +28,11 @@ from geopresence.model.geo import distance_within
 from geopresence.model.records import SettingsChanged
 from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
 from geopresence.wire.errors import ProtocolError, RequestId
+from geopresence.wire.hot_encode import friend_location_head, friend_location_text
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
 from geopresence.wire.server_messages import (
     FriendGone,
-    FriendLocation,
     GoneReason,
     NearbyFriend,
     NearbyFriendsReply,
@@ -94,6 +94,9 @@ class Nearby:
         self._shown: dict[ConnId, set[str]] = {}
         self.updates_accepted = 0
         self.updates_ignored = 0
+        self._head_location: Location | None = None
+        self._head_user = ""
+        self._head_bytes = b""
 
     # ------------------------------------------------------------------ settings
 
@@ -323,16 +326,21 @@ class Nearby:
                 if not again and mover in shown:
                     return  # already shown; its next move updates it
                 shown.add(mover)
-                frame = FriendLocation(
-                    user=mover, lat=location.lat, lon=location.lon, ts=location.ts,
-                    distance_m=distance,
-                )  # fmt: skip
-                self.ctx.sink.send(conn, Outgoing(encode(frame), _nearby_key(mover)))
+                text = friend_location_text(self._head(mover, location), distance)
+                self.ctx.sink.send(conn, Outgoing(text, _nearby_key(mover)))
                 return
         previously = self._shown.get(conn)
         if previously is not None and mover in previously:
             previously.discard(mover)
             self._send_gone(conn, mover, "out_of_range")
+
+    def _head(self, mover: str, location: Location) -> bytes:
+        """The ``friend_location`` JSON of ``mover`` at ``location`` up to its distance, made
+        once per move: a move is shown to each friend in range, one after the other."""
+        if location is not self._head_location or mover != self._head_user:
+            self._head_location, self._head_user = location, mover
+            self._head_bytes = friend_location_head(mover, location.lat, location.lon, location.ts)
+        return self._head_bytes
 
     def _recheck_shown(self, viewer: str, now: float) -> None:
         """The viewer moved: friends it was shown that are now beyond its radius leave its
