@@ -73,10 +73,23 @@ def is_disconnect(exc: BaseException) -> bool:
     )
 
 
+_TEXT_FIN: Final = 0x81
+"""FIN bit and the text opcode: the first byte of every frame ``text_frame`` makes."""
+
+
 def text_frame(payload: bytes) -> bytes:
     """``payload`` (UTF-8 JSON) as one unmasked server text frame. No extension is ever
-    negotiated, so a frame is the same for every connection: fan-out frames it once."""
-    return Frame(Opcode.TEXT, payload).serialize(mask=False)
+    negotiated, so a frame is the same for every connection: fan-out frames it once.
+
+    The header is built here rather than by websockets' ``Frame.serialize`` (0.7 µs per
+    frame, against 0.13 µs): RFC 6455 §5.2's length forms are three cases, and the tests
+    hold it to websockets' own parser for every length boundary."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_TEXT_FIN, n)) + payload
+    if n < 65536:
+        return bytes((_TEXT_FIN, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((_TEXT_FIN, 127)) + n.to_bytes(8, "big") + payload
 
 
 def _always() -> bool:

@@ -254,8 +254,10 @@ async def test_trio_websocket_client_over_tcp(server: TestServer) -> None:
                 await trio.sleep(0.01)
 
 
-@pytest.mark.parametrize("size", [1, 125, 126, 65535, 65536])
-def test_text_frames_are_framed_as_websockets_parses_them(size: int) -> None:
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_text_frames_are_framed_as_websockets_frames_and_parses_them(size: int) -> None:
     payload = b"a" * size
-    parsed = parse_server_frames(b"HTTP/1.1 101 x\r\n\r\n" + transport.text_frame(payload))
+    framed = transport.text_frame(payload)
+    assert framed == Frame(Opcode.TEXT, payload).serialize(mask=False)
+    parsed = parse_server_frames(b"HTTP/1.1 101 x\r\n\r\n" + framed)
     assert [(f.opcode, f.fin, f.data) for f in parsed] == [(Opcode.TEXT, True, payload)]
