@@ -28,8 +28,10 @@ from geopresence.options import (
     register_fields,
     setting,
     shown,
+    to_origins,
     valid_host,
     valid_node_id,
+    valid_origins,
     valid_port,
     valid_webhook,
 )
@@ -59,6 +61,21 @@ class Config:
     http_port: int = setting(
         8766, "HTTP API port (0: any free port)", NETWORK, valid_port, metavar="PORT"
     )
+    allowed_origins: tuple[str, ...] = setting(
+        ("self",),
+        "web pages that may open a WebSocket (their Origin header): self (the console on "
+        "the HTTP port), * (any), or scheme://host[:port], comma-separated; none: no page",
+        NETWORK,
+        valid_origins,
+        converter=to_origins,
+        metavar="ORIGIN[,...]",
+        default_text="self",
+    )
+    """Checked in the opening handshake: an ``Origin`` not allowed gets HTTP 403. A client
+    that sends no ``Origin`` (anything but a browser) is always let through: browsers always
+    send one, and other clients could send any. ``self`` is an ``http(s)://HOST:HTTP_PORT``
+    origin whose HOST is the one the WebSocket request was addressed to (its ``Host``) and an
+    IP address, ``localhost`` or ``host`` (no other name: DNS rebinding)."""
 
     # auth
     insecure: bool = setting(

@@ -197,3 +197,61 @@ def valid_host(_instance: object, attribute: attrs.Attribute[Any], value: str) -
     problem = host_problem(value)
     if problem is not None:
         raise ConfigError(attribute.name, value, problem)
+
+
+SELF_ORIGIN: Final = "self"
+"""In ``allowed_origins``: the pages the server's own HTTP port serves (the console)."""
+ANY_ORIGIN: Final = "*"
+
+_SCHEME: Final = re.compile(r"^[a-z][a-z0-9+.-]*$")
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def origin_problem(text: str) -> str | None:
+    """Why ``text`` is not a web origin, ``scheme://host[:port]`` (None when it is)."""
+    try:
+        parts = urllib.parse.urlsplit(text.strip())
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError as exc:
+        return f"not a valid origin ({exc})"
+    if not _SCHEME.match(parts.scheme.lower()) or not parts.hostname:
+        return "an origin is scheme://host[:port], e.g. https://app.example.com"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+        return "an origin has no path, query or user: scheme://host[:port]"
+    return None
+
+
+def normalize_origin(text: str) -> str:
+    """``text`` (a valid origin) as a browser sends it in ``Origin``: scheme and host in
+    lower case, no default port, no trailing slash."""
+    parts = urllib.parse.urlsplit(text.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address keeps its brackets
+    port = parts.port
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def to_origins(value: Any) -> tuple[str, ...]:
+    """``allowed_origins`` as given (any iterable of strings), each valid origin normalized;
+    ``self`` and ``*`` kept; anything else left for ``valid_origins`` to refuse."""
+    items = (value,) if isinstance(value, str) else tuple(value)
+    return tuple(
+        item
+        if item in (SELF_ORIGIN, ANY_ORIGIN) or origin_problem(item) is not None
+        else normalize_origin(item)
+        for item in items
+    )
+
+
+def valid_origins(
+    _instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]
+) -> None:
+    for item in value:
+        if item in (SELF_ORIGIN, ANY_ORIGIN):
+            continue
+        problem = origin_problem(item)
+        if problem is not None:
+            raise ConfigError(attribute.name, item, f"{problem}; or {SELF_ORIGIN}, or {ANY_ORIGIN}")

@@ -1,7 +1,9 @@
-"""Opening a session (shell): the WebSocket path, the hello and its token, and refusals.
+"""Opening a session (shell): the WebSocket path, the page's origin, the hello and its token,
+and refusals.
 
 A connection is refused before its session (an ``error`` frame, then a close) for a wrong
-path (HTTP 404), no hello within ``hello_timeout`` (1008), a first message that is not a
+path (HTTP 404), an ``Origin`` that ``--allowed-origins`` does not allow (HTTP 403,
+``shell.origins``), no hello within ``hello_timeout`` (1008), a first message that is not a
 valid hello (1008), a bad token or a refused device (1008) or a ping flood (4008); the
 transport itself closes one with a message over ``max_message_bytes`` (1009).
 """
@@ -19,6 +21,7 @@ from geopresence.config import Config
 from geopresence.core.hub import Hub
 from geopresence.shell.auth import AuthError, verify_token
 from geopresence.shell.metrics import Metrics
+from geopresence.shell.origins import OriginPolicy
 from geopresence.shell.transport import Closed, Connection, Request
 from geopresence.wire.client_messages import Hello as HelloMessage
 from geopresence.wire.errors import (
@@ -71,12 +74,30 @@ class Handshake:
         self._now = now
         self._secret = secret
         self._cluster = cluster
+        self.origins = OriginPolicy(config.allowed_origins, config.host)
+        """The ``Origin`` check; the server sets its ``http_port`` once the HTTP API listens."""
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound HTTP port (the console's origin); None until the HTTP API listens."""
+        return self.origins.http_port
+
+    @http_port.setter
+    def http_port(self, port: int) -> None:
+        self.origins.http_port = port
 
     def accept_request(self, request: Request) -> Connection | None:
-        """Complete the opening handshake on ``/ws``; any other path gets a 404."""
+        """Complete the opening handshake on ``/ws``; any other path gets a 404, an
+        ``Origin`` that may not connect a 403."""
         path = request.path.split("?", 1)[0]
         if path != WS_PATH:
             request.reject(404, body=b"geopresence: the WebSocket endpoint is /ws\n")
+            return None
+        refusal = self.origins.refusal(_headers(request, "origin"), _header(request, "host"))
+        if refusal is not None:
+            log.debug("WebSocket handshake refused: %s", refusal)
+            self._metrics.errors["forbidden"] += 1
+            request.reject(403, body=f"geopresence: {refusal}\n".encode())
             return None
         return request.accept()
 
@@ -183,3 +204,15 @@ class Handshake:
         if ws.close_code == CLOSE_TOO_BIG:
             self._metrics.closes[CLOSE_TOO_BIG] += 1
             self._metrics.errors["too_large"] += 1
+
+
+def _headers(request: Request, name: str) -> list[str]:
+    """Every value of header ``name`` in the opening handshake (read before ``accept``,
+    which drops them). ``transport.Request`` has no header accessor yet: this reads the
+    websockets request it wraps."""
+    return list(request._request.headers.get_all(name))
+
+
+def _header(request: Request, name: str) -> str | None:
+    values = _headers(request, name)
+    return values[0] if len(values) == 1 else None

@@ -138,6 +138,8 @@ class Server:
         )
         self._conn_nursery: trio.Nursery | None = None
         self.clock: ServerClock | None = None
+        self.ws_port: int | None = None
+        """The bound WebSocket port (``config.port`` may be 0): the console's config."""
 
     # ------------------------------------------------------------------ Control (HTTP API)
 
@@ -218,7 +220,7 @@ class Server:
                     listeners = await _open_listeners(config.host, config.port)
                 except OSError as exc:
                     raise CannotListen("port", config, exc) from exc
-                ws_port = listeners[0].socket.getsockname()[1]
+                ws_port = self.ws_port = listeners[0].socket.getsockname()[1]
                 accept_scope = trio.CancelScope()
                 root.start_soon(self._accept, listeners, conns, accept_scope)
                 try:
@@ -228,6 +230,7 @@ class Server:
                     if cause is None:
                         raise
                     raise CannotListen("http_port", config, cause) from exc
+                self.handshake.http_port = http_port  # the console's origin (--allowed-origins)
                 root.start_soon(self.connections.run)
                 root.start_soon(self.reaper.run, self.clock)
                 root.start_soon(self.status.run)
