@@ -21,7 +21,11 @@ from geopresence.storage.datadir import (
     state_dir,
     write_snapshot,
 )
-from geopresence.storage.forked_snapshot import SnapshotWriterFailed, write_snapshot_forked
+from geopresence.storage.forked_snapshot import (
+    CHILD_NICENESS,
+    SnapshotWriterFailed,
+    write_snapshot_forked,
+)
 from geopresence.storage.recovery import recover
 from geopresence.storage.snapshot import Snapshot
 
@@ -76,6 +80,25 @@ async def test_the_child_takes_the_state_as_it_was_at_the_fork(tmp_path: Path) -
     recovered = recover(tmp_path, repair=False)
     assert recovered.snapshot is not None
     assert recovered.snapshot.friendships == [("ann", "ben")]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_the_child_runs_only_on_cpu_time_nothing_else_wants(tmp_path: Path) -> None:
+    """The child is in the SCHED_IDLE class (and niced): on a shared core it never takes
+    a slice from the server."""
+
+    def take() -> Snapshot:  # in the child: what it runs as goes into the file
+        policy, niceness = os.sched_getscheduler(0), os.nice(0)
+        return snapshot_at(1, (f"policy{policy}", f"nice{niceness}"))
+
+    with trio.fail_after(30):
+        await write_snapshot_forked(tmp_path, 1, take)
+    recovered = recover(tmp_path, repair=False)
+    assert recovered.snapshot is not None
+    assert recovered.snapshot.friendships == [
+        (f"policy{os.SCHED_IDLE}", f"nice{os.nice(0) + CHILD_NICENESS}")
+    ]
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the parent's own class is untouched
 
 
 async def test_a_failing_child_is_reported_and_changes_nothing(tmp_path: Path) -> None:
