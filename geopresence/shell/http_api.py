@@ -2,7 +2,8 @@
 
 Routes are a table of (method, path pattern, handler); each handler is a plain function of a
 parsed ``Request`` that calls the hub and returns ``(status, JSON body)``. Errors are JSON
-``{"error": CODE, "message": ...}`` with the matching HTTP status.
+``{"error": CODE, "message": ...}`` with the matching HTTP status. The browser's pages (the
+console, the admin view, geopresence.js) are routes too, without the key (``shell.console``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hmac
 import inspect
 import logging
 import math
+import re
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import unquote
 
@@ -23,6 +25,7 @@ from geopresence.core.hub import Hub
 from geopresence.core.membership import GROUP_SLICE, BulkError
 from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
+from geopresence.shell.console import Asset, Console
 from geopresence.shell.http_routing import (
     HttpError,
     Receive,
@@ -49,6 +52,8 @@ class Control(Protocol):
     admin_key: str | None
     """None: --insecure, no key needed."""
     secret: str
+    ws_port: int | None
+    """The bound WebSocket port (None before it listens): the console connects to it."""
 
     @property
     def persistence(self) -> Literal["memory", "disk", "redis"]:
@@ -89,6 +94,11 @@ def _user_list(value: Any, what: str) -> list[str]:
     return value
 
 
+def _exactly(path: str) -> re.Pattern[str]:
+    """A route pattern matching ``path`` and nothing else (its dots are dots)."""
+    return re.compile(f"^{re.escape(path)}$")
+
+
 class HttpApi:
     """ASGI application over a running ``Server``."""
 
@@ -97,8 +107,14 @@ class HttpApi:
         self.hub = server.hub
         self._group_writes = trio.Lock()
         route = Route
+        console = Console(server.config, lambda: server.ws_port)
         self.routes: list[Route] = [
             route("GET", path_pattern("/healthz"), self.healthz, admin=False),
+            route("GET", _exactly("/"), console.page, admin=False),
+            route("GET", _exactly("/admin"), console.page, admin=False),
+            route("GET", _exactly("/client/geopresence.js"), console.client_module, admin=False),
+            route("GET", _exactly("/console/config.json"), console.config_json, admin=False),
+            route("GET", path_pattern("/console/{name}"), console.asset, admin=False),
             route("GET", path_pattern("/metrics"), self.metrics),
             route("PUT", path_pattern("/v1/friendships/{a}/{b}"), self.put_friendship),
             route("DELETE", path_pattern("/v1/friendships/{a}/{b}"), self.delete_friendship),
@@ -141,7 +157,10 @@ class HttpApi:
         self.server.metrics.http_requests[status] += 1
         if status >= 400 and isinstance(payload, dict) and "error" in payload:
             self.server.metrics.errors[payload["error"]] += 1
-        if isinstance(payload, str):
+        if isinstance(payload, Asset):
+            body, content_type = payload.body, payload.content_type
+            headers = [*headers, *payload.headers]
+        elif isinstance(payload, str):
             body, content_type = payload.encode(), b"text/plain; version=0.0.4; charset=utf-8"
         else:
             body, content_type = orjson.dumps(payload), b"application/json"

@@ -1,0 +1,268 @@
+"""The console in a real browser, as people use it: two people (a browser context each) sign
+in, see each other's presence, positions on the radar and messages, through reloads and a
+connection that drops. Only the page's documented hooks are used (docs/console.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from tests.browser.conftest import OFFLINE_AFTER, Pages, Served, sign_in
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Geolocation, Page, WebSocketRoute
+
+HOME = (37.7880, -122.4075)
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
+def at(place: tuple[float, float]) -> Geolocation:
+    return {"latitude": place[0], "longitude": place[1]}
+
+
+def north_of(place: tuple[float, float], metres: float) -> Geolocation:
+    return at((place[0] + math.degrees(metres / EARTH_RADIUS_M), place[1]))
+
+
+def east_of(place: tuple[float, float], metres: float) -> Geolocation:
+    lon = place[1] + math.degrees(metres / EARTH_RADIUS_M / math.cos(math.radians(place[0])))
+    return at((place[0], lon))
+
+
+def distance_of(page: Page, user: str) -> float:
+    return float(page.locator(f"[data-nearby={user}]").get_attribute("data-distance-m") or "nan")
+
+
+def dot_offset(page: Page, user: str) -> tuple[float, float]:
+    """(x, y) of a radar dot from the radar's centre, in pixels (y grows downwards)."""
+    radar = page.locator("[data-radar]").bounding_box()
+    dot = page.locator(f"[data-nearby={user}] circle").bounding_box()
+    assert radar is not None and dot is not None
+    return (
+        dot["x"] + dot["width"] / 2 - (radar["x"] + radar["width"] / 2),
+        dot["y"] + dot["height"] / 2 - (radar["y"] + radar["height"] / 2),
+    )
+
+
+def test_a_friend_appears_online_and_goes_offline(pages: Pages, server: Served, names: Any) -> None:
+    alice, bob = names("alice", "bob")
+    server.befriend(alice, bob)
+    a = sign_in(pages.new(), server, user=alice)
+    friend = a.locator(f"[data-friend={bob}]")
+    expect(friend).to_have_attribute("data-status", "offline")
+    b = sign_in(pages.new(), server, user=bob)
+    expect(friend).to_have_attribute("data-status", "online")
+    expect(b.locator(f"[data-friend={alice}]")).to_have_attribute("data-status", "online")
+    b.locator("[data-signout]").click()  # a logout: offline at once, not after the grace
+    expect(friend).to_have_attribute("data-status", "offline")
+    expect(friend).to_contain_text("last seen")
+    expect(b.locator("[data-signin]")).to_be_visible()
+
+
+def test_radar_dots_appear_at_the_distance_move_and_leave(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    """Both pages have geolocation granted: each sends it right after sign-in, no click, and
+    bob's page follows his position as it changes."""
+    alice, bob = names("alice", "bob")
+    server.befriend(alice, bob)
+    a = sign_in(pages.new(geolocation=at(HOME), permissions=["geolocation"]), server, user=alice)
+    expect(a.locator("[data-position]")).to_contain_text("from your browser")
+    b = sign_in(
+        pages.new(geolocation=north_of(HOME, 1500), permissions=["geolocation"]), server, user=bob
+    )
+    dot = a.locator(f"[data-nearby={bob}]")
+    expect(dot).to_have_attribute("data-distance-m", "1500")
+    expect(a.locator(f"[data-friend={bob}]")).to_contain_text("0.9 mi")
+    x, y = dot_offset(a, bob)
+    assert y < 0 and abs(x) < 3, (x, y)  # north: straight up
+    b.context.set_geolocation(east_of(HOME, 3000))  # followed: a new location, no click
+    expect(dot).to_have_attribute("data-distance-m", "3000")
+    a.wait_for_timeout(1000)  # the dot glides to its place (CSS transition)
+    x2, y2 = dot_offset(a, bob)
+    assert x2 > 0 and abs(y2) < 3, (x2, y2)  # east
+    assert abs(math.hypot(x2, y2) - 2 * math.hypot(x, y)) < 3  # twice as far from the centre
+    # Alice clicks half-way to bob on her radar: she moves there, bob is 1500 m away again.
+    radar = a.locator("[data-radar]").bounding_box()
+    assert radar is not None
+    centre = (radar["x"] + radar["width"] / 2, radar["y"] + radar["height"] / 2)
+    a.mouse.click(centre[0] + x2 / 2, centre[1] + y2 / 2)
+    expect(a.locator("[data-position]")).to_contain_text("set by hand")
+    distance = float(dot.get_attribute("data-distance-m") or "nan")
+    for _ in range(50):
+        distance = distance_of(a, bob)
+        if abs(distance - 1500) < 60:  # a click is a pixel: ~27 m on this radar
+            break
+        a.wait_for_timeout(100)
+    assert abs(distance - 1500) < 60, distance
+    # Bob stops sharing his location: his dot leaves alice's radar.
+    b.locator("[data-settings] input[name=share_location]").uncheck()
+    expect(dot).to_have_count(0)
+    expect(a.locator(f"[data-friend={bob}]")).to_have_attribute("data-status", "online")
+
+
+def test_a_message_shows_on_both_pages_and_survives_a_reload(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    alice, bob = names("alice", "bob")
+    server.befriend(alice, bob)
+    a = sign_in(pages.new(), server, user=alice)
+    b = sign_in(pages.new(), server, user=bob)
+    a.locator(f"[data-friend={bob}]").click()
+    a.locator("[data-composer] input[name=text]").fill("lunch at noon?")
+    a.locator("[data-composer] input[name=text]").press("Enter")
+    mine = a.locator("[data-message-id]", has_text="lunch at noon?")
+    expect(mine).to_have_count(1)
+    message_id = mine.get_attribute("data-message-id")
+    assert message_id and message_id.isdigit()
+    theirs = b.locator(f"[data-message-id='{message_id}']")
+    expect(theirs).to_contain_text("lunch at noon?")
+    for page in (a, b):
+        page.reload()  # signs in again by itself (same tab, same device), then syncs
+        expect(page.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+        expect(page.locator(f"[data-message-id='{message_id}']")).to_have_count(1)
+    b.locator(f"[data-friend={alice}]").click()
+    expect(b.locator(f"[data-message-id='{message_id}']")).to_be_visible()
+
+
+def test_a_dropped_and_restored_connection_does_not_flap_presence(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    """Bob's network goes silent (frames stop in both directions, the socket stays "open"):
+    his page notices the missing heartbeat replies, reconnects with the same device, and
+    alice's page never shows him offline, also after the grace window has passed."""
+    alice, bob = names("alice", "bob")
+    server.befriend(alice, bob)
+    a = sign_in(pages.new(), server, user=alice)
+    friend = a.locator(f"[data-friend={bob}]")
+    b = pages.new()
+    hellos: list[str] = []
+    links: list[dict[str, Any]] = []
+
+    def relay(page_side: WebSocketRoute) -> None:
+        link = {"cut": False}
+        links.append(link)
+        server_side = page_side.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            if not link["cut"]:
+                if isinstance(message, str) and '"hello"' in message:
+                    hellos.append(message)
+                server_side.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            if not link["cut"]:
+                page_side.send(message)
+
+        page_side.on_message(to_server)
+        server_side.on_message(to_page)
+
+    b.route_web_socket(server.ws_url, relay)
+    sign_in(b, server, user=bob)
+    expect(friend).to_have_attribute("data-status", "online")
+    a.evaluate(
+        """(user) => {
+            window.__flaps = [];
+            const row = document.querySelector(`[data-friend="${user}"]`);
+            new MutationObserver(() => window.__flaps.push(row.dataset.status))
+                .observe(row, {attributes: true, attributeFilter: ["data-status"]});
+        }""",
+        bob,
+    )
+    b.evaluate(
+        """() => {
+            window.__states = [];
+            const pill = document.querySelector("[data-connection-pill]");
+            new MutationObserver(() => window.__states.push(pill.dataset.state))
+                .observe(pill, {attributes: true, attributeFilter: ["data-state"]});
+        }"""
+    )
+    links[0]["cut"] = True
+    for _ in range(100):  # two heartbeat intervals, then at once a new connection
+        if len(hellos) == 2:
+            break
+        b.wait_for_timeout(50)
+    expect(b.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+    assert b.evaluate("window.__states") == ["reconnecting", "open"]
+    assert len(links) == 2 and len(hellos) == 2
+    assert hellos[0] == hellos[1], hellos  # the same user and device
+    a.wait_for_timeout(int(OFFLINE_AFTER * 1000) + 1000)  # past the grace window
+    assert a.evaluate("window.__flaps") == []
+    expect(friend).to_have_attribute("data-status", "online")
+
+
+def test_people_nearby_only_when_opted_in_with_rounded_distances(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    carol, zoe = names("carol", "zoe")  # not friends: strangers to each other
+    c = sign_in(pages.new(geolocation=at(HOME), permissions=["geolocation"]), server, user=carol)
+    expect(c.locator("[data-position]")).to_contain_text("from your browser")
+    z = sign_in(
+        pages.new(geolocation=east_of(HOME, 1234), permissions=["geolocation"]), server, user=zoe
+    )
+    expect(z.locator("[data-position]")).to_contain_text("from your browser")
+    c.locator("[data-watch-strangers]").check()
+    c.wait_for_timeout(300)
+    assert c.locator(f"[data-stranger={zoe}]").count() == 0  # zoe did not opt in
+    z.locator("[data-settings] input[name=visible_to_strangers]").check()
+    stranger = c.locator(f"[data-stranger={zoe}]")
+    expect(stranger).to_have_count(1)
+    distance = int(stranger.get_attribute("data-distance-m") or "-1")
+    assert distance % 100 == 0 and abs(distance - 1234) <= 150, distance
+    assert c.locator(f"[data-nearby={zoe}]").count() == 0  # never on the friends' radar
+
+
+def test_settings_show_and_change_the_radius(pages: Pages, server: Served, names: Any) -> None:
+    (dave,) = names("dave")
+    d = sign_in(pages.new(), server, user=dave)
+    radius = d.locator("[data-settings] select[name=radius_m]")
+    expect(radius).to_have_value("8046.72")
+    radius.select_option("3218.688")
+    d.reload()
+    expect(d.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+    expect(radius).to_have_value("3218.688")  # read back from the server after the reload
+
+
+def test_the_page_runs_under_its_content_security_policy(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    (erin,) = names("erin")
+    response = pages.new().request.get(f"{server.http_url}/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    page = sign_in(pages.new(), server, user=erin)
+    page.locator("[data-coords-form] input[name=lat]").fill(str(HOME[0]))
+    page.locator("[data-coords-form] input[name=lon]").fill(str(HOME[1]))
+    page.locator("[data-coords-form] button").click()
+    expect(page.locator("[data-position]")).to_contain_text("37.78800")
+    assert page.evaluate("window.__csp") == []
+
+
+def test_a_page_of_another_origin_cannot_open_a_socket(pages: Pages, server: Served) -> None:
+    """The WebSocket endpoint checks Origin (--allowed-origins, default: the console's own
+    pages): a page elsewhere cannot drive a session from a visitor's browser."""
+    page = pages.new()
+    page.goto(f"{server.http_url}/console/config.json")  # an origin the server allows
+    probe = """(url) => new Promise((resolve) => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => { ws.close(); resolve("open"); };
+        ws.onclose = () => resolve("refused");
+    })"""
+    assert page.evaluate(probe, server.ws_url) == "open"
+    other = pages.new()
+    other.goto(f"http://localhost:{server.http_port}/console/config.json")
+    assert other.evaluate(probe, f"ws://localhost:{server.ws_port}/ws") == "open"  # loopback
+    foreign = pages.new()
+    foreign.route("http://foreign.test/**", lambda route: route.fulfill(body="<p>elsewhere"))
+    foreign.goto("http://foreign.test/")
+    started = time.monotonic()
+    assert foreign.evaluate(probe, server.ws_url) == "refused"
+    assert time.monotonic() - started < 5
