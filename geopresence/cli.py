@@ -1,4 +1,5 @@
-"""The ``geopresence`` command: ``serve``, ``token``, ``history`` and the data-dir tools.
+"""The ``geopresence`` command: ``serve``, ``demo``, ``token``, ``history`` and the data-dir
+tools.
 
 The flags of ``serve`` are generated from ``Config`` (``geopresence.shell.flags``). A usage
 error is one line naming the flag and the problem, exit status 2; a start-up failure (a port
@@ -9,24 +10,29 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import logging
 import os
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from geopresence import __version__
 from geopresence.cluster.link import ClusterError
 from geopresence.config import Config
+from geopresence.demo import FRIENDS, SAN_FRANCISCO, VISITOR, Place, console_url, run_demo
 from geopresence.shell import tools
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
 from geopresence.shell.flags import (
     ENV_RULE,
+    Given,
     Parser,
     UsageError,
     add_serve_flags,
@@ -38,7 +44,7 @@ from geopresence.shell.logs import configure as configure_logging
 from geopresence.shell.server import CannotListen, RunningServer, serve
 from geopresence.storage.datadir import DataDirLocked
 from geopresence.storage.recovery import DataDirCorrupt
-from geopresence.units import parse_duration, parse_number
+from geopresence.units import parse_duration, parse_int, parse_number
 
 
 def _seconds(text: str) -> float:
@@ -109,6 +115,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_flags(s)
     s.set_defaults(parser=s, run=_cmd_serve)
+
+    d = commands.add_parser(
+        "demo",
+        help="a server with simulated users, to try the console",
+        description="Start a server with simulated users who walk around a city, go online "
+        "and offline and chat a little, and print the console's URL: open it and sign in as "
+        f"'{VISITOR}'. Takes every flag of serve; --insecure and --in-memory are on unless "
+        "turned off (--no-insecure: sign in with the token printed), the data dir is a "
+        "temporary one unless given.",
+        usage="%(prog)s [--users N] [--at LAT,LON] [--seed N] [SERVE FLAGS]",
+        epilog=ENV_RULE,
+    )
+    d.add_argument(
+        "--users",
+        default="8",
+        metavar="N",
+        help=f"simulated friends of '{VISITOR}', 1..{len(FRIENDS)}, plus two strangers "
+        "(default: 8)",
+    )
+    d.add_argument(
+        "--at",
+        default=None,
+        metavar="LAT,LON",
+        help=f"where they walk (default: San Francisco, {SAN_FRANCISCO.lat},{SAN_FRANCISCO.lon})",
+    )
+    d.add_argument("--seed", default=None, metavar="N", help="the same walks every run")
+    add_serve_flags(d)
+    d.set_defaults(parser=d, run=_cmd_demo)
 
     t = commands.add_parser(
         "token",
@@ -213,7 +247,7 @@ def _data_dir_problem(config: Config) -> str | None:
     return None
 
 
-def _announce(running: RunningServer, config: Config) -> None:
+def _announce(running: RunningServer, *, config: Config) -> None:
     """Tell the user how to use the server; the ``listening`` line comes last, so a script
     waiting for it knows start-up (and this text) is complete."""
     data_dir = config.data_dir
@@ -244,35 +278,51 @@ def _announce(running: RunningServer, config: Config) -> None:
     )
 
 
-async def _serve_until_signal(config: Config) -> None:
-    """Serve until SIGINT/SIGTERM or a drain (POST /v1/drain) stops the server."""
+async def _until_signal(
+    start: Callable[..., Awaitable[None]], announce: Callable[[RunningServer], None]
+) -> None:
+    """Run ``start`` (``serve`` or ``run_demo``) until SIGINT/SIGTERM or a drain (POST
+    /v1/drain) stops the server."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
             async def server(task_status: trio.TaskStatus[RunningServer]) -> None:
-                await serve(config, task_status=task_status)
+                await start(task_status=task_status)
                 nursery.cancel_scope.cancel()  # stopped (a drain): stop listening for signals
 
             running: RunningServer = await nursery.start(server)
-            _announce(running, config)
+            announce(running)
             async for signum in signals:
                 logging.getLogger("geopresence").info("%s: stopping", signal.Signals(signum).name)
                 running.stop()
                 break
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def _server_config(args: argparse.Namespace, **defaults: Any) -> tuple[Config, Given]:
+    """The ``Config`` of the command line and environment (``defaults`` where neither
+    says), with logging configured; ``UsageError`` for a bad flag."""
     values, given = resolve(args, os.environ)
     log_level = values.pop("log_level", "info")
     log_format = values.pop("log_format", "text")
+    for name, value in defaults.items():
+        values.setdefault(name, value)
     config = build_config(values, given)
     problem = _data_dir_problem(config)
     if problem is not None:
         raise UsageError(f"{given.where('data_dir')}: {problem}")
     configure_logging(log_level, log_format)
+    return config, given
+
+
+def _run_server(
+    given: Given,
+    start: Callable[..., Awaitable[None]],
+    announce: Callable[[RunningServer], None],
+) -> int:
+    """Run until stopped; a start-up failure is one line on stderr, exit status 1."""
     try:
         with collapse_exception_groups():
-            trio.run(_serve_until_signal, config)
+            trio.run(_until_signal, start, announce)
     except CannotListen as exc:
         print(f"geopresence: {given.where(exc.field)}: {exc.problem}", file=sys.stderr)
         return 1
@@ -283,6 +333,68 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"geopresence: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config, given = _server_config(args)
+    return _run_server(
+        given, functools.partial(serve, config), functools.partial(_announce, config=config)
+    )
+
+
+def _place(text: str) -> Place:
+    lat, sep, lon = text.partition(",")
+    try:
+        place = Place(float(lat), float(lon))
+    except ValueError:
+        raise ValueError("not LAT,LON (e.g. 37.7880,-122.4075)") from None
+    if not sep or not (-90 <= place.lat <= 90 and -180 <= place.lon <= 180):
+        raise ValueError("not LAT,LON with lat in [-90, 90] and lon in [-180, 180]")
+    return place
+
+
+def _users(text: str) -> int:
+    users = int(text) if text.strip().isdigit() else 0
+    if not 1 <= users <= len(FRIENDS):
+        raise ValueError(f"must be 1..{len(FRIENDS)}")
+    return users
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    users = int(_value("--users", args.users, _users) or 8)
+    centre = SAN_FRANCISCO if args.at is None else _place_arg(args.at)
+    seed = None if args.seed is None else int(_value("--seed", args.seed, parse_int) or 0)
+    with tempfile.TemporaryDirectory(prefix="geopresence-demo-") as tmp:
+        config, given = _server_config(args, insecure=True, in_memory=True, data_dir=Path(tmp))
+        start = functools.partial(run_demo, config, users=users, centre=centre, seed=seed)
+        return _run_server(given, start, functools.partial(_announce_demo, centre=centre))
+
+
+def _place_arg(text: str) -> Place:
+    try:
+        return _place(text)
+    except ValueError as exc:
+        raise UsageError(f"--at {text}: {exc}") from None
+
+
+def _announce_demo(running: RunningServer, centre: Place) -> None:
+    """How to look at the demo; the ``listening`` line last, as for ``serve``."""
+    config = running.server.config
+    lines = [
+        f"geopresence {__version__} demo: simulated users walking around "
+        f"{centre.lat:.4f},{centre.lon:.4f}",
+        f"  console:    {console_url(running, centre)}  (sign in as '{VISITOR}')",
+        f"  admin view: {running.http_url}/admin",
+    ]
+    if not config.insecure:
+        lines.append(f"  token for '{VISITOR}' (24 h): {running.mint_token(VISITOR, 86400)}")
+        lines.append(f"  admin key: {running.admin_key}")
+    lines.append("  stop: Ctrl+C (or SIGTERM)")
+    print("\n".join(lines), flush=True)
+    print(
+        f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
+        flush=True,
+    )
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

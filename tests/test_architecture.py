@@ -30,6 +30,7 @@ TOP_LEVEL = {
     "testing": "public",
     "pytest_plugin": "public",
     "cli": "public",
+    "demo": "public",
 }
 """The modules beside the subpackages: the public faces, ranked like a layer."""
 SANS_IO = {"model", "wire", "core"}
