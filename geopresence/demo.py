@@ -42,7 +42,11 @@ LINES: Final = (
     "found a nice bookshop", "lunch at the usual place?", "it's windy today!",
     "who's near the park?", "heading downtown", "just saw a sea lion", "on my way",
 )  # fmt: skip
-REPLIES: Final = ("hey!", "sounds good", "ha, same here", "see you soon", "👋", "on it")
+REPLIES: Final = (
+    "hey!", "sounds good", "ha, same here", "see you soon", "hi there", "on my way",
+    "I'm near the ferry building", "give me 10 min", "count me in", "where are you?",
+    "just passed you, I think", "good idea",
+)  # fmt: skip
 EARTH_RADIUS_M: Final = 6_371_008.8
 
 

@@ -1,10 +1,11 @@
-// The admin view: /metrics read every 2 s with the admin key, the main figures as cards and
+// The admin view: /metrics read every 2 s (?refresh=SECONDS) with the admin key, the main figures as cards and
 // every sample in a table, counters with their rate. The key lives in this tab's memory and
 // sessionStorage (gone when the tab closes), never in localStorage or a cookie.
 
 const $ = (selector) => document.querySelector(selector);
 const KEY = "geopresence.admin_key";
-const EVERY_MS = 2000;
+// Refresh period: ?refresh=SECONDS (at least 0.25), else 2 s.
+const EVERY_MS = Math.max(250, Number(new URLSearchParams(location.search).get("refresh") || 2) * 1000);
 const CARDS = [
   ["geopresence_users_online", "users online", "value"],
   ["geopresence_connections", "connections", "value"],
@@ -155,6 +156,7 @@ async function main() {
   } catch {
     key = null;
   }
+  $("[data-forget]").hidden = config.insecure; // no key on an --insecure server
   if (config.insecure || key) poll();
   else showSignIn();
 }

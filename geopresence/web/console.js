@@ -7,8 +7,16 @@ import { MILE_M, colorOf, formatAge, formatDistance } from "./geo.js";
 import { Radar } from "./radar.js";
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const KEYS = { session: "geopresence.session", device: "geopresence.device", place: "geopresence.place", watch: "geopresence.watch" };
+const KEYS = {
+  session: "geopresence.session",
+  device: "geopresence.device",
+  place: "geopresence.place",
+  watch: "geopresence.watch",
+  flash: "geopresence.flash", // why the last session ended, shown by the sign-in form
+};
+let signingOut = false;
 const MOVE_EVERY_MS = 250; // at most one nearby_friends query in flight, and this far apart
+const SOURCES = { browser: "from your browser", hand: "set by hand", link: "from the link", before: "as before" };
 const STATE_TEXT = { connecting: "connecting…", open: "online", reconnecting: "reconnecting…", closed: "offline" };
 
 // Per tab, per visit: sessionStorage survives a reload (which then signs in again, with the
@@ -103,7 +111,8 @@ async function main() {
     $("[data-signin-error]").textContent = "";
     signIn(config, credentials);
   });
-  showSignIn(config);
+  showSignIn(config, session.get(KEYS.flash) || "");
+  session.set(KEYS.flash, null);
   const saved = session.get(KEYS.session);
   if (saved) signIn(config, saved);
 }
@@ -115,9 +124,15 @@ function signIn(config, credentials) {
   client.on("state", ({ state }) => {
     if (app) app.showState(state);
   });
-  client.on("close", ({ reconnecting, code }) => {
+  client.on("close", ({ reconnecting, code, reason }) => {
     if (!everOpen && reconnecting) {
       $("[data-signin-error]").textContent = `Cannot reach ${client.url} (close ${code}); retrying…`;
+    } else if (everOpen && !reconnecting && !signingOut) {
+      // Logged out elsewhere (4001), replaced by this device (4002), refused on a
+      // reconnect (1008): back to a fresh sign-in form, saying why.
+      session.set(KEYS.session, null);
+      session.set(KEYS.flash, `Signed out: ${reason || `close ${code}`}`);
+      location.replace(location.pathname + location.search);
     }
   });
   client.on("open", () => {
@@ -149,7 +164,7 @@ class ConsoleApp {
     $("[data-me]").textContent = client.user;
     this.showState(client.state);
     this.radar = new Radar($("[data-radar]"), {
-      onMove: (at, { final }) => this.moveTo(at, { manual: true, final }),
+      onMove: (at, { final }) => this.moveTo(at, { final, source: "hand" }),
       onPick: (user) => this.chat.open(`u:${user}`),
     });
     this.radar.setRadius(config.radius_m);
@@ -200,16 +215,12 @@ class ConsoleApp {
     c.on("stranger_nearby", () => this.renderStrangers());
     c.on("stranger_gone", () => this.renderStrangers());
     c.on("error", (error) => toast(error.message));
-    c.on("close", ({ reconnecting, code, reason }) => {
-      if (!reconnecting && code === 4002) toast("This device signed in again elsewhere.");
-      else if (!reconnecting && code !== 1000) toast(`Disconnected: ${reason || code}`);
-    });
     $("[data-signout]").addEventListener("click", () => this.signOut());
     $("[data-geolocate]").addEventListener("click", () => this.follow());
     $("[data-coords-form]").addEventListener("submit", (event) => {
       event.preventDefault();
       const { lat, lon } = event.target.elements;
-      this.moveTo({ lat: Number(lat.value), lon: Number(lon.value) }, { manual: true, final: true });
+      this.moveTo({ lat: Number(lat.value), lon: Number(lon.value) }, { final: true, source: "hand" });
     });
     const settings = $("[data-settings]");
     settings.addEventListener("change", (event) => {
@@ -230,6 +241,7 @@ class ConsoleApp {
   }
 
   async signOut() {
+    signingOut = true;
     this.stop();
     session.set(KEYS.session, null);
     session.set(KEYS.place, null);
@@ -311,7 +323,8 @@ class ConsoleApp {
   /** Where I am at sign-in: the browser's position when already granted (sent now, then
    *  followed), else where I was before a reload, else the link's ?at=LAT,LON. */
   async _startPosition() {
-    const restored = session.get(KEYS.place) || linkPosition();
+    const before = session.get(KEYS.place);
+    const link = linkPosition();
     let state = "unavailable";
     try {
       const status = await navigator.permissions?.query({ name: "geolocation" });
@@ -321,7 +334,8 @@ class ConsoleApp {
       // no Permissions API: ask only when the button is pressed
     }
     if (state === "granted" && navigator.geolocation) this.follow();
-    else if (restored) this.moveTo(restored, { manual: false, final: true });
+    else if (before) this.moveTo(before, { final: true, source: "before" });
+    else if (link) this.moveTo(link, { final: true, source: "link" });
     $("[data-geolocate]").hidden = !navigator.geolocation || state === "denied";
   }
 
@@ -329,7 +343,7 @@ class ConsoleApp {
   follow() {
     if (!navigator.geolocation || this.watchId !== null) return;
     this.watchId = navigator.geolocation.watchPosition(
-      (pos) => this.moveTo({ lat: pos.coords.latitude, lon: pos.coords.longitude }, { manual: false, final: true, gps: true }),
+      (pos) => this.moveTo({ lat: pos.coords.latitude, lon: pos.coords.longitude }, { final: true, source: "browser" }),
       (error) => {
         // Unavailable or slow for a moment (also while the position changes): keep
         // watching; only a refusal ends it.
@@ -352,18 +366,17 @@ class ConsoleApp {
 
   /** Move me: shown at once, sent as nearby_friends with lat/lon (which also brings the
    *  friends now in range onto the radar), one query at a time, the latest position wins. */
-  moveTo(at, { manual, final, gps = false }) {
+  moveTo(at, { final, source }) {
     if (!Number.isFinite(at.lat) || !Number.isFinite(at.lon) || Math.abs(at.lat) > 90 || Math.abs(at.lon) > 180) {
       toast("Not a position: lat in [-90, 90], lon in [-180, 180]");
       return;
     }
-    if (manual) this.unfollow();
+    if (source === "hand") this.unfollow();
     this.me = { lat: at.lat, lon: at.lon };
     session.set(KEYS.place, this.me);
     this.radar.setMe(this.me);
     $("[data-radar-empty]").hidden = true;
-    const how = gps ? "from your browser" : "set by hand";
-    $("[data-position]").textContent = `${at.lat.toFixed(5)}, ${at.lon.toFixed(5)} · ${how}`;
+    $("[data-position]").textContent = `${at.lat.toFixed(5)}, ${at.lon.toFixed(5)} · ${SOURCES[source]}`;
     this.pendingMove = this.me;
     if (final || !this.lastMoveAt || Date.now() - this.lastMoveAt > MOVE_EVERY_MS) this._flushMove();
   }

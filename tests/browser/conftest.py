@@ -41,7 +41,7 @@ ARGS = [
     "--disable-backgrounding-occluded-windows",
 ]
 HEARTBEAT = 0.5
-OFFLINE_AFTER = 4.0
+OFFLINE_AFTER = 3.0
 """Short, so that a test can wait past the grace window to show nothing happened."""
 ADMIN_KEY = "browser-test-admin-key-0123456789"
 SECRET = "browser-test-secret-0123456789abcdef"

@@ -194,7 +194,7 @@ def test_a_dropped_and_restored_connection_does_not_flap_presence(
     assert b.evaluate("window.__states") == ["reconnecting", "open"]
     assert len(links) == 2 and len(hellos) == 2
     assert hellos[0] == hellos[1], hellos  # the same user and device
-    a.wait_for_timeout(int(OFFLINE_AFTER * 1000) + 1000)  # past the grace window
+    a.wait_for_timeout(int(OFFLINE_AFTER * 1000) + 500)  # past the grace window
     assert a.evaluate("window.__flaps") == []
     expect(friend).to_have_attribute("data-status", "online")
 
@@ -266,3 +266,34 @@ def test_a_page_of_another_origin_cannot_open_a_socket(pages: Pages, server: Ser
     started = time.monotonic()
     assert foreign.evaluate(probe, server.ws_url) == "refused"
     assert time.monotonic() - started < 5
+
+
+def test_logged_out_elsewhere_the_page_shows_the_form_and_why(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    (frank,) = names("frank")
+    page = sign_in(pages.new(), server, user=frank)
+    server.http.post(f"/v1/users/{frank}/logout").raise_for_status()  # the backend (4001)
+    expect(page.locator("[data-signin]")).to_be_visible()
+    expect(page.locator("[data-signin-error]")).to_contain_text("Signed out: logged out")
+    page.reload()
+    expect(page.locator("[data-signin]")).to_be_visible()  # not signed in again
+
+
+def test_dragging_the_radar_moves_me_the_other_way(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    (grace,) = names("grace")
+    page = sign_in(pages.new(), server, user=grace, query=f"?at={HOME[0]},{HOME[1]}")
+    position = page.locator("[data-position]")
+    expect(position).to_contain_text(f"{HOME[0]:.5f}, {HOME[1]:.5f} · from the link")
+    radar = page.locator("[data-radar]").bounding_box()
+    assert radar is not None
+    x, y = radar["x"] + radar["width"] / 2, radar["y"] + radar["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 60, y, steps=6)  # the map goes east: I go west
+    page.mouse.up()
+    expect(position).to_contain_text("set by hand")
+    lat, lon = (float(v) for v in (position.text_content() or "").split(" · ")[0].split(", "))
+    assert abs(lat - HOME[0]) < 1e-4 and lon < HOME[1] - 0.005, (lat, lon)

@@ -37,7 +37,7 @@ def test_the_admin_view_shows_live_figures_and_keeps_the_key_in_the_tab(
 ) -> None:
     (carol,) = names("carol")
     page = pages.new()
-    page.goto(f"{secure.http_url}/admin")
+    page.goto(f"{secure.http_url}/admin?refresh=0.3")
     form = page.locator("[data-admin-signin]")
     form.locator("input[name=key]").fill("wrong")
     form.locator("button[type=submit]").click()
