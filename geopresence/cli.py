@@ -380,10 +380,11 @@ def _place_arg(text: str) -> Place:
 def _announce_demo(running: RunningServer, centre: Place) -> None:
     """How to look at the demo; the ``listening`` line last, as for ``serve``."""
     config = running.server.config
+    how = f"sign in as '{VISITOR}'" if config.insecure else "sign in with the token below"
     lines = [
         f"geopresence {__version__} demo: simulated users walking around "
         f"{centre.lat:.4f},{centre.lon:.4f}",
-        f"  console:    {console_url(running, centre)}  (sign in as '{VISITOR}')",
+        f"  console:    {console_url(running, centre)}  ({how})",
         f"  admin view: {running.http_url}/admin",
     ]
     if not config.insecure:
