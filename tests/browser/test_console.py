@@ -56,6 +56,7 @@ def test_a_friend_appears_online_and_goes_offline(pages: Pages, server: Served, 
     alice, bob = names("alice", "bob")
     server.befriend(alice, bob)
     a = sign_in(pages.new(), server, user=alice)
+    assert a.locator("[data-signin] input[name=token]").count() == 0  # only the one in use
     friend = a.locator(f"[data-friend={bob}]")
     expect(friend).to_have_attribute("data-status", "offline")
     b = sign_in(pages.new(), server, user=bob)
