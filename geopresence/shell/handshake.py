@@ -93,7 +93,7 @@ class Handshake:
         if path != WS_PATH:
             request.reject(404, body=b"geopresence: the WebSocket endpoint is /ws\n")
             return None
-        refusal = self.origins.refusal(_headers(request, "origin"), _header(request, "host"))
+        refusal = self.origins.refusal(request.header_values("origin"), _header(request, "host"))
         if refusal is not None:
             log.debug("WebSocket handshake refused: %s", refusal)
             self._metrics.errors["forbidden"] += 1
@@ -206,13 +206,7 @@ class Handshake:
             self._metrics.errors["too_large"] += 1
 
 
-def _headers(request: Request, name: str) -> list[str]:
-    """Every value of header ``name`` in the opening handshake (read before ``accept``,
-    which drops them). ``transport.Request`` has no header accessor yet: this reads the
-    websockets request it wraps."""
-    return list(request._request.headers.get_all(name))
-
-
 def _header(request: Request, name: str) -> str | None:
-    values = _headers(request, name)
+    """Header ``name``'s value when it appears exactly once, else None."""
+    values = request.header_values(name)
     return values[0] if len(values) == 1 else None

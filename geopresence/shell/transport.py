@@ -376,6 +376,11 @@ class Request:
         """The request target, query string included."""
         return self._request.path
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header ``name`` (case-insensitive), in order; read them before
+        ``accept``, which drops the headers."""
+        return list(self._request.headers.get_all(name))
+
     def reject(self, status: int, body: bytes) -> None:
         """Answer with an HTTP ``status`` and ``body`` (UTF-8 text) instead of a WebSocket."""
         self._protocol.send_response(self._protocol.reject(status, body.decode()))
