@@ -26,7 +26,7 @@ import trio
 from geopresence import __version__
 from geopresence.cluster.link import ClusterError
 from geopresence.config import Config
-from geopresence.demo import FRIENDS, SAN_FRANCISCO, VISITOR, Place, console_url, run_demo
+from geopresence.demo import VISITOR, Place, add_demo_flags, announcement, demo_options, run_demo
 from geopresence.shell import tools
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
@@ -44,7 +44,7 @@ from geopresence.shell.logs import configure as configure_logging
 from geopresence.shell.server import CannotListen, RunningServer, serve
 from geopresence.storage.datadir import DataDirLocked
 from geopresence.storage.recovery import DataDirCorrupt
-from geopresence.units import parse_duration, parse_int, parse_number
+from geopresence.units import parse_duration, parse_number
 
 
 def _seconds(text: str) -> float:
@@ -127,20 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [--users N] [--at LAT,LON] [--seed N] [SERVE FLAGS]",
         epilog=ENV_RULE,
     )
-    d.add_argument(
-        "--users",
-        default="8",
-        metavar="N",
-        help=f"simulated friends of '{VISITOR}', 1..{len(FRIENDS)}, plus two strangers "
-        "(default: 8)",
-    )
-    d.add_argument(
-        "--at",
-        default=None,
-        metavar="LAT,LON",
-        help=f"where they walk (default: San Francisco, {SAN_FRANCISCO.lat},{SAN_FRANCISCO.lon})",
-    )
-    d.add_argument("--seed", default=None, metavar="N", help="the same walks every run")
+    add_demo_flags(d)
     add_serve_flags(d)
     d.set_defaults(parser=d, run=_cmd_demo)
 
@@ -342,56 +329,22 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _place(text: str) -> Place:
-    lat, sep, lon = text.partition(",")
-    try:
-        place = Place(float(lat), float(lon))
-    except ValueError:
-        raise ValueError("not LAT,LON (e.g. 37.7880,-122.4075)") from None
-    if not sep or not (-90 <= place.lat <= 90 and -180 <= place.lon <= 180):
-        raise ValueError("not LAT,LON with lat in [-90, 90] and lon in [-180, 180]")
-    return place
-
-
-def _users(text: str) -> int:
-    users = int(text) if text.strip().isdigit() else 0
-    if not 1 <= users <= len(FRIENDS):
-        raise ValueError(f"must be 1..{len(FRIENDS)}")
-    return users
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    users = int(_value("--users", args.users, _users) or 8)
-    centre = SAN_FRANCISCO if args.at is None else _place_arg(args.at)
-    seed = None if args.seed is None else int(_value("--seed", args.seed, parse_int) or 0)
+    try:
+        options = demo_options(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="geopresence-demo-") as tmp:
         config, given = _server_config(args, insecure=True, in_memory=True, data_dir=Path(tmp))
-        start = functools.partial(run_demo, config, users=users, centre=centre, seed=seed)
-        return _run_server(given, start, functools.partial(_announce_demo, centre=centre))
-
-
-def _place_arg(text: str) -> Place:
-    try:
-        return _place(text)
-    except ValueError as exc:
-        raise UsageError(f"--at {text}: {exc}") from None
+        start = functools.partial(
+            run_demo, config, users=options.users, centre=options.centre, seed=options.seed
+        )
+        return _run_server(given, start, functools.partial(_announce_demo, centre=options.centre))
 
 
 def _announce_demo(running: RunningServer, centre: Place) -> None:
     """How to look at the demo; the ``listening`` line last, as for ``serve``."""
-    config = running.server.config
-    how = f"sign in as '{VISITOR}'" if config.insecure else "sign in with the token below"
-    lines = [
-        f"geopresence {__version__} demo: simulated users walking around "
-        f"{centre.lat:.4f},{centre.lon:.4f}",
-        f"  console:    {console_url(running, centre)}  ({how})",
-        f"  admin view: {running.http_url}/admin",
-    ]
-    if not config.insecure:
-        lines.append(f"  token for '{VISITOR}' (24 h): {running.mint_token(VISITOR, 86400)}")
-        lines.append(f"  admin key: {running.admin_key}")
-    lines.append("  stop: Ctrl+C (or SIGTERM)")
-    print("\n".join(lines), flush=True)
+    print(f"geopresence {__version__} {announcement(running, centre)}", flush=True)
     print(
         f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
         flush=True,

@@ -1,5 +1,8 @@
 """``geopresence demo``: a server and a handful of simulated users, for a first look.
 
+The command is ``geopresence.cli``'s (with every flag of ``serve``); its own flags, their
+parsing and what it prints are here.
+
 The simulated users are ordinary WebSocket clients of the server (``geopresence.client``
 over TCP): they walk around a city (sped up, so the radar moves), share their position,
 go offline (mostly by logging out, sometimes by dropping) and come back, and chat a little,
@@ -10,6 +13,7 @@ visible to people nearby.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import math
@@ -232,3 +236,66 @@ async def run_demo(
             run = functools.partial(simulate, walker, running, centre, child, len(people))
             nursery.start_soon(functools.partial(run, delay=delay))
         task_status.started(running)
+
+
+@attrs.frozen
+class DemoOptions:
+    users: int
+    centre: Place
+    seed: int | None
+
+
+def add_demo_flags(parser: argparse.ArgumentParser) -> None:
+    """``--users``, ``--at`` and ``--seed`` (the command adds the flags of ``serve``)."""
+    parser.add_argument(
+        "--users",
+        default="8",
+        metavar="N",
+        help=f"simulated friends of '{VISITOR}', 1..{len(FRIENDS)}, plus two strangers "
+        "(default: 8)",
+    )
+    parser.add_argument(
+        "--at",
+        default=None,
+        metavar="LAT,LON",
+        help=f"where they walk (default: San Francisco, {SAN_FRANCISCO.lat},{SAN_FRANCISCO.lon})",
+    )
+    parser.add_argument("--seed", default=None, metavar="N", help="the same walks every run")
+
+
+def demo_options(args: argparse.Namespace) -> DemoOptions:
+    """The flags of ``add_demo_flags``, checked; ``ValueError`` naming the flag."""
+    users = int(args.users) if args.users.strip().isdigit() else 0
+    if not 1 <= users <= len(FRIENDS):
+        raise ValueError(f"--users {args.users}: must be 1..{len(FRIENDS)}")
+    centre = SAN_FRANCISCO
+    if args.at is not None:
+        lat, sep, lon = args.at.partition(",")
+        try:
+            centre = Place(float(lat), float(lon))
+        except ValueError:
+            raise ValueError(f"--at {args.at}: not LAT,LON (e.g. 37.7880,-122.4075)") from None
+        if not sep or not (-90 <= centre.lat <= 90 and -180 <= centre.lon <= 180):
+            raise ValueError(
+                f"--at {args.at}: not LAT,LON with lat in [-90, 90] and lon in [-180, 180]"
+            )
+    seed = args.seed
+    if seed is not None and not seed.lstrip("-").isdigit():
+        raise ValueError(f"--seed {seed}: not a whole number")
+    return DemoOptions(users, centre, None if seed is None else int(seed))
+
+
+def announcement(running: RunningServer, centre: Place) -> str:
+    """What the command prints before its ``listening`` line: where to look, how to sign in."""
+    insecure = running.server.config.insecure
+    how = f"sign in as '{VISITOR}'" if insecure else "sign in with the token below"
+    lines = [
+        f"demo: simulated users walking around {centre.lat:.4f},{centre.lon:.4f}",
+        f"  console:    {console_url(running, centre)}  ({how})",
+        f"  admin view: {running.http_url}/admin",
+    ]
+    if not insecure:
+        lines.append(f"  token for '{VISITOR}' (24 h): {running.mint_token(VISITOR, 86400)}")
+        lines.append(f"  admin key: {running.admin_key}")
+    lines.append("  stop: Ctrl+C (or SIGTERM)")
+    return "\n".join(lines)
