@@ -9,6 +9,9 @@ loopback (``geopresence serve``, as a person runs it).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import itertools
 import os
 import shutil
@@ -104,6 +107,24 @@ def serve(tmp: Path, *flags: str, key: str | None = None) -> Served:
             return served
     proc.kill()
     raise AssertionError("server did not print its listening line:\n" + "".join(lines))
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def static_site(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` on loopback (another origin than the server's): its origin."""
+    handler = functools.partial(_Quiet, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,14 @@ the server allowing that origin with ``--allowed-origins``). One pytest case per
 
 from __future__ import annotations
 
-import functools
-import http.server
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Pages, Served, serve
+from tests.browser.conftest import Pages, Served, serve, static_site
 
 JS = Path(__file__).parent / "js"
 NAMES = re.findall(r'^test\(\s*"([^"]+)"', (JS / "client_test.js").read_text(), re.M)
@@ -25,20 +22,11 @@ NAMES += [f"close {code} ({why}) stops reconnecting" for code, why in
           ((4001, "logged out"), (4002, "replaced"), (1008, "refused"))]  # fmt: skip
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def web_app() -> Iterator[str]:
     """The origin of a static web app (this folder) on loopback."""
-    handler = functools.partial(_Quiet, directory=str(JS))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with static_site(JS) as origin:
+        yield origin
 
 
 @pytest.fixture(scope="module")
