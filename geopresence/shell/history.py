@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 import trio
 
@@ -128,6 +129,9 @@ class HistoryKeeper:
         """Why the last scrub failed (None: it worked); it is retried meanwhile."""
         self._progress = trio.Event()
         self.files_deleted = 0
+        self.run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync
+        """How the file work runs: in a worker thread. (A test on virtual time may run it
+        inline: a ``MockClock`` jumps while a thread runs.)"""
         metrics.counter(
             "history_files_deleted_total",
             "History files deleted because all they held was past --history-retention.",
@@ -166,7 +170,7 @@ class HistoryKeeper:
         users, through, count = set(self._users), self._through, self.requested
         try:
             async with self._lock:
-                result: Scrubbed = await trio.to_thread.run_sync(
+                result: Scrubbed = await self.run_sync(
                     lambda: scrub(self.directory, users, through=through)
                 )
         except OSError as exc:
@@ -194,7 +198,7 @@ class HistoryKeeper:
         """Multi-node, as the node joins: scrub the users forgotten in the cluster since this
         node last looked (it may have been down; each node keeps its own history).
         ``forgotten_since(since, retention)`` reads them from Redis."""
-        since = await trio.to_thread.run_sync(scrubbed_through, self.directory)
+        since = await self.run_sync(scrubbed_through, self.directory)
         try:
             users, latest = await forgotten_since(since, self.retention)
         except Exception as exc:  # a Redis hiccup: the next start looks again
@@ -203,14 +207,14 @@ class HistoryKeeper:
         if users and await self.scrub_now(users) is not None:
             return  # logged; the next start tries again
         if latest > since:
-            await trio.to_thread.run_sync(set_scrubbed_through, self.directory, latest)
+            await self.run_sync(set_scrubbed_through, self.directory, latest)
 
     # ---------------------------------------------------------------- retention
 
     async def start(self, forgotten: Collection[str] = ()) -> None:
         """Before serving: a retention check, and the scrub of the users whose forget a
         restart replayed (a crash may have cut their scrub short)."""
-        await trio.to_thread.run_sync(remove_temporaries, self.directory)
+        await self.run_sync(remove_temporaries, self.directory)
         await self.enforce()
         if forgotten:
             await self.scrub_now(forgotten)
@@ -224,9 +228,12 @@ class HistoryKeeper:
         await self._scrub_requested()
         return self.error
 
-    async def enforce(self) -> None:
-        """Delete the files past the retention now; plan the next check."""
+    async def enforce(self, due: float | None = None) -> None:
+        """Delete the files past the retention now (at least ``due``: a check that fell
+        due); plan the next check."""
         retention, now = self.retention, self._now()
+        if due is not None:
+            now = max(now, due)  # float rounding must never leave a due file in place
         if math.isinf(retention):
             return
         writer = self._flusher.history
@@ -234,11 +241,11 @@ class HistoryKeeper:
             self._flusher.close()  # idle that long: its file may go too
         async with self._lock:
             try:
-                files = await trio.to_thread.run_sync(history_files, self.directory)
+                files = await self.run_sync(history_files, self.directory)
                 kept = [f for f in files if f.number != writer.current]
                 doomed = past_retention(kept, now, retention)
                 if doomed:
-                    freed = await trio.to_thread.run_sync(delete_files, self.directory, doomed)
+                    freed = await self.run_sync(delete_files, self.directory, doomed)
                     self.files_deleted += len(doomed)
                     log.info(
                         "location history: %d file(s) past --history-retention (%s) deleted, "
@@ -266,7 +273,8 @@ class HistoryKeeper:
             if self._next is None:
                 await self._wakeup.wait()
                 continue
-            with trio.move_on_at(clock.to_trio(self._next)) as timer:
+            due = self._next
+            with trio.move_on_at(clock.to_trio(due)) as timer:
                 await self._wakeup.wait()
             if timer.cancelled_caught:
-                await self.enforce()
+                await self.enforce(due)
