@@ -17,12 +17,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import Final
 
 import attrs
 
 from geopresence.core.retention import HistoryFile
 from geopresence.storage.datadir import fsync_dir, numbered, replace_file
-from geopresence.storage.history import FILE_PATTERN, file_name, line_user
+from geopresence.storage.history import FILE_PATTERN, file_name
 
 TEMPORARY_SUFFIX = ".tmp"
 SCRUBBED_THROUGH = "scrubbed-through"
@@ -90,16 +91,20 @@ def scrub(
     progress: Progress | None = None,
 ) -> Scrubbed:
     """Remove every line of ``users`` from the history files numbered up to ``through``
-    (None: all), and the lines that are not records (a torn line may hold part of one).
-    Files without such a line are only read."""
+    (None: all). A file's unterminated last line (torn by a crash) goes too if the file is
+    rewritten or holds the start of such a line. Files without one are only read (at the
+    speed of a substring search: a forget costs a read of the history, and a rewrite of the
+    files the user is in)."""
     done = Scrubbed()
     remove_temporaries(directory)
-    wanted = set(users)
+    needles = [b'"user":"' + user.encode() + b'"' for user in sorted(set(users))]
+    if not needles:
+        return done
     for number, path in numbered(directory, FILE_PATTERN):
         if through is not None and number > through:
             break
         try:
-            removed = _scrub_file(path, wanted)
+            removed = _scrub_file(path, needles)
         except FileNotFoundError:
             continue  # deleted meanwhile (the retention)
         if removed is None:
@@ -115,27 +120,68 @@ def scrub(
     return done
 
 
-def _doomed(raw: bytes, users: set[str]) -> bool:
-    user = line_user(raw)
-    return user is None or user in users
+CHUNK: Final = 8 << 20
+"""Bytes read at a time: a scrub never holds a whole (64 MiB) file."""
 
 
-def _scrub_file(path: Path, users: set[str]) -> tuple[int, bool] | None:
-    """Rewrite ``path`` without the lines of ``users`` (see the module); None if it has
-    none, else (lines removed, whether the file was deleted)."""
+def _holds(path: Path, needles: list[bytes]) -> bool:
+    """True if ``path`` holds a line of one of ``needles``, or ends with a torn line that
+    starts one (``{"user":"alice`` cut off)."""
+    overlap = max(len(n) for n in needles)
+    window = b""
     with open(path, "rb") as source:
-        if not any(_doomed(raw, users) for raw in source):
-            return None
+        while chunk := source.read(CHUNK):
+            window = window[-overlap:] + chunk
+            if any(n in window for n in needles):
+                return True
+    tail = window[window.rfind(b"\n") + 1 :]
+    return any(n[:-1] in tail for n in needles)  # "" after a whole last line
+
+
+def _drop_lines(block: bytes, needle: bytes) -> tuple[bytes, int]:
+    """``block`` (whole lines) without the lines holding ``needle``, and how many went."""
+    parts, position, removed = [], 0, 0
+    while (hit := block.find(needle, position)) >= 0:
+        start = block.rfind(b"\n", 0, hit) + 1
+        end = block.find(b"\n", hit)
+        end = len(block) if end < 0 else end + 1
+        parts.append(block[position:start])
+        position = end
+        removed += 1
+    if not removed:
+        return block, 0
+    parts.append(block[position:])
+    return b"".join(parts), removed
+
+
+def _scrub_file(path: Path, needles: list[bytes]) -> tuple[int, bool] | None:
+    """Rewrite ``path`` without the lines holding ``needles`` (see the module); None if it
+    holds none, else (lines removed, whether the file was deleted: nothing left)."""
+    if not _holds(path, needles):
+        return None
     temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
     removed = kept = 0
     with open(path, "rb") as source, open(temporary, "wb") as target:
         stat = os.fstat(source.fileno())
-        for raw in source:
-            if _doomed(raw, users):
-                removed += 1
-            else:
-                target.write(raw)
-                kept += 1
+        carry = b""
+        while True:
+            chunk = source.read(CHUNK)
+            data = carry + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            block, carry = data[:cut], data[cut:]
+            for needle in needles:
+                block, count = _drop_lines(block, needle)
+                removed += count
+            if not chunk and block and not block.endswith(b"\n"):
+                # The last line, unterminated: torn by a crash unless it is a whole record.
+                start = block.rfind(b"\n") + 1
+                if not block.rstrip().endswith(b"}"):
+                    block = block[:start]
+                    removed += 1
+            target.write(block)
+            kept += len(block)
+            if not chunk:
+                break
         target.flush()
         os.fsync(target.fileno())
     if not kept:

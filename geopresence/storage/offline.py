@@ -111,7 +111,12 @@ def forget_offline(data_dir: Path, user: str, progress: Progress | None = None) 
     lock = DataDirLock(data_dir)
     try:
         started = time.monotonic()
-        report: dict[str, Any] = {"user": user, "snapshot": None, "problems": []}
+        report: dict[str, Any] = {
+            "user": user,
+            **{"friends": 0, "groups": 0, "settings": False, "messages": 0},
+            "snapshot": None,
+            "problems": [],
+        }
         with_state = state_dir(data_dir).is_dir()
         if with_state:
             state, recovered = load_offline(data_dir, repair=True)
