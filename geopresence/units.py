@@ -51,7 +51,10 @@ def parse_retention(text: str) -> float:
     """A duration of at least 0 (``parse_duration``), or ``"forever"``: ``math.inf``."""
     if text.strip().lower() == FOREVER:
         return math.inf
-    value = parse_duration(text)
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or {FOREVER}") from None
     if value < 0:
         raise ValueError(f"must be 0 or more (or {FOREVER})")
     return value
