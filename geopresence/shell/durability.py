@@ -18,7 +18,7 @@ from geopresence.config import Config
 from geopresence.core.hub import Hub
 from geopresence.model.records import UserForgotten
 from geopresence.shell.metrics import Metrics
-from geopresence.storage.datadir import DataDirLock, state_dir, write_snapshot
+from geopresence.storage.datadir import DataDirLock, purge_before, state_dir, write_snapshot
 from geopresence.storage.forked_snapshot import write_snapshot_forked
 from geopresence.storage.journal_file import FileJournal
 from geopresence.storage.recovery import rebuild, recover
@@ -176,9 +176,13 @@ class Durability:
             def take() -> Snapshot:  # runs in the child
                 return capture(hub.state, seq, now, hub.chat.pending_messages())
 
-            path, size, counts = await write_snapshot_forked(
-                self._config.data_dir, seq, take, purge=purge
-            )
+            path, size, counts = await write_snapshot_forked(self._config.data_dir, seq, take)
+            if purge:
+                # The segment after ``seq`` must exist first: the one before it is then
+                # known to end at ``seq`` and goes with the others.
+                await self.journal.settle()
+                directory = state_dir(self._config.data_dir)
+                await trio.to_thread.run_sync(purge_before, directory, seq)
             self._snapshot_seq = seq
             seconds = trio.current_time() - started
             info: dict[str, object] = {

@@ -49,7 +49,6 @@ import trio
 from geopresence.storage.datadir import (
     install_snapshot,
     prune,
-    purge_before,
     snapshot_temporary,
     state_dir,
     write_snapshot_temporary,
@@ -73,12 +72,11 @@ class SnapshotWriterFailed(OSError):
 
 
 async def write_snapshot_forked(
-    data_dir: Path, journal_seq: int, take: Callable[[], Snapshot], *, purge: bool = False
+    data_dir: Path, journal_seq: int, take: Callable[[], Snapshot]
 ) -> tuple[Path, int, dict[str, int]]:
     """Fork; in the child, ``take()`` (the state as of ``journal_seq``, captured from the
     child's copy of memory) is written as the snapshot's temporary file; then the parent
-    installs it and prunes (with ``purge``: deletes every older snapshot and segment,
-    ``datadir.purge``). Call it with nothing between reading ``journal_seq`` and this
+    installs it and prunes. Call it with nothing between reading ``journal_seq`` and this
     call that could let the state move on (no ``await``).
 
     Returns (path, bytes, ``Snapshot.counts()``). Raises ``SnapshotWriterFailed`` if the
@@ -114,16 +112,13 @@ async def write_snapshot_forked(
         error = report.get("error", f"exit status {os.waitstatus_to_exitcode(status)}")
         raise SnapshotWriterFailed(f"the snapshot writer (pid {pid}) failed: {error}")
     temporary = snapshot_temporary(directory, journal_seq)
-    path = await trio.to_thread.run_sync(_install_and_prune, temporary, journal_seq, purge)
+    path = await trio.to_thread.run_sync(_install_and_prune, temporary)
     return path, int(report["bytes"]), dict(report["counts"])
 
 
-def _install_and_prune(temporary: Path, journal_seq: int, purge: bool) -> Path:
+def _install_and_prune(temporary: Path) -> Path:
     path = install_snapshot(temporary)
-    if purge:
-        purge_before(path.parent, journal_seq)
-    else:
-        prune(path.parent)
+    prune(path.parent)
     return path
 
 

@@ -144,6 +144,13 @@ class FileJournal:
             if failed:
                 await trio.sleep(RETRY_AFTER_WRITE_ERROR_S)
 
+    async def settle(self) -> None:
+        """Return once everything appended and every segment started so far is written
+        (a write already under way included)."""
+        await self.flush()
+        async with self._io:
+            pass
+
     async def close(self) -> None:
         """Flush, fsync (any policy) and close the segment (at shutdown)."""
         await self.flush()
