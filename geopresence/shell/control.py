@@ -4,12 +4,12 @@ depend on it, not on the server."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Protocol
 
 from geopresence.config import Config
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub
+from geopresence.shell.history import HistoryKeeper
 from geopresence.shell.metrics import Metrics
 
 
@@ -24,6 +24,8 @@ class Control(Protocol):
     secret: str
     ws_port: int | None
     """The bound WebSocket port (None before it listens): the console connects to it."""
+    history_keeper: HistoryKeeper
+    """The location history files (exports read them)."""
 
     @property
     def persistence(self) -> Literal["memory", "disk", "redis"]:
@@ -47,11 +49,6 @@ class Control(Protocol):
     async def forget_user(self, user: str) -> tuple[ForgetReport, str | None]:
         """Forget ``user`` and return once it is durable and gone from the files (the
         report, and what failed: None if nothing)."""
-        ...
-
-    @property
-    def history_directory(self) -> Path:
-        """The location history files (for exports)."""
         ...
 
     def stop(self) -> None:

@@ -10,7 +10,7 @@ holds back only its own response.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,10 +64,17 @@ def _head(hub: Hub, user: str, now: float) -> dict[str, Any]:
     }
 
 
-async def export_document(hub: Hub, user: str, now: float, history: Path) -> AsyncIterator[bytes]:
+async def export_document(
+    hub: Hub,
+    user: str,
+    now: float,
+    history: Path,
+    run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+) -> AsyncIterator[bytes]:
     """The export of ``user`` as of ``now`` (epoch seconds), in pieces; ``history`` is the
-    history directory. Raises ``OSError`` part way if a history file cannot be read (the
-    response is then cut off, never completed as if whole)."""
+    history directory, read through ``run_sync`` (a worker thread: ``HistoryKeeper``'s).
+    Raises ``OSError`` part way if a history file cannot be read (the response is then cut
+    off, never completed as if whole)."""
     head = orjson.dumps(_head(hub, user, now))
     yield head[:-1] + b',"messages":['
     chat = hub.state.chat
@@ -89,7 +96,7 @@ async def export_document(hub: Hub, user: str, now: float, history: Path) -> Asy
     separator = b""
     try:
         while True:
-            batch = await trio.to_thread.run_sync(cursor.next_batch, HISTORY_BATCH)
+            batch = await run_sync(cursor.next_batch, HISTORY_BATCH)
             if not batch:
                 break
             rows = orjson.dumps([{"lat": e.lat, "lon": e.lon, "ts": e.ts} for e in batch])

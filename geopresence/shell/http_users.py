@@ -41,5 +41,6 @@ class UserData:
     def export(self, request: Request) -> Response:
         user = request.params["user"]
         server = self.server
-        chunks = export_document(server.hub, user, server.now(), server.history_directory)
+        keeper = server.history_keeper
+        chunks = export_document(server.hub, user, server.now(), keeper.directory, keeper.run_sync)
         return 200, Streamed(chunks)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -182,11 +181,6 @@ class Server:
     async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
         """Write a snapshot now (disk mode; without ``force``, only if something changed)."""
         return await self.durability.take_snapshot(force=force)
-
-    @property
-    def history_directory(self) -> Path:
-        """The location history files (``history`` of the data dir)."""
-        return self.history_keeper.directory
 
     async def forget_user(self, user: str) -> tuple[ForgetReport, str | None]:
         """Forget ``user``; return once it is durable and gone from the disk

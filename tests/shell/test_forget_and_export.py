@@ -11,10 +11,11 @@ from typing import Any
 
 import orjson
 import trio
+from trio.testing import MockClock
 
 from geopresence.client import AdminClient, Client
 from geopresence.model.records import UserForgotten
-from geopresence.storage.history import history_dir
+from geopresence.storage.history import history_dir, read_history
 from geopresence.storage.journal_file import append_offline
 from geopresence.storage.recovery import recover
 from geopresence.testing import TestServer, open_server
@@ -165,3 +166,23 @@ async def test_a_long_history_is_streamed_in_chunks(tmp_path: Path) -> None:
         export = orjson.loads(b"".join(chunks))
         assert len(export["history"]) == 12_000
         assert export["history"][-1] == {"lat": 1.1999, "lon": 1.0, "ts": 11_999.0}
+
+
+async def test_on_virtual_time_a_forget_and_an_export_take_no_time(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    """The test server runs the history's file work inline: a MockClock never jumps in the
+    middle of a forget (here a jump would be bob's 30 s grace window passing)."""
+    await server.admin.befriend("alice", "bob")
+    async with server.connect("alice") as alice, server.connect("bob", heartbeat=True) as bob:
+        await alice.send({"type": "location", **HERE})
+        await alice.request("heartbeat")
+        await trio.sleep(2)  # in the history file
+        before = trio.current_time()
+        export = await server.admin.export("alice")
+        assert len(export["history"]) == 1
+        await server.admin.forget("alice")
+        assert trio.current_time() == before
+        assert await alice.closed() == (4001, "logged out")
+        await bob.recv_type("friend_removed")
+    assert list(read_history(history_dir(server.config.data_dir))) == []
