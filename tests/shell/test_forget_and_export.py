@@ -24,7 +24,12 @@ HERE = {"lat": 37.5665, "lon": 126.978}
 
 
 def durable(data_dir: Path) -> dict[str, Any]:
-    return {"in_memory": False, "data_dir": data_dir, "time_origin": None, "fsync": "always"}
+    return {
+        "in_memory": False,
+        "data_dir": data_dir,
+        "time_origin": None,
+        "fsync": "always",
+    }
 
 
 def files_naming(data_dir: Path, word: str) -> list[str]:
@@ -37,8 +42,9 @@ def files_naming(data_dir: Path, word: str) -> list[str]:
     )
 
 
-async def flushed() -> None:
-    await trio.sleep(1.5)  # the history reaches its file within --history-flush-interval
+def flushed(server: TestServer) -> None:
+    """The history written so far is in its file (the server flushes within a second)."""
+    server.running.server.history.flush()
 
 
 @asynccontextmanager
@@ -58,7 +64,7 @@ async def sessions(server: TestServer) -> AsyncIterator[tuple[Client, Client]]:
         await bob.send_message("ok alice", to="alice")
         await alice.send_message("hello hikers", group="hikers")
         await bob.send_message("hello from bob", group="hikers")
-        await flushed()
+        flushed(server)
         yield alice, bob
 
 
@@ -67,7 +73,8 @@ async def test_forget_removes_every_trace_and_survives_a_restart(tmp_path: Path)
         async with sessions(server) as (alice, bob):
             await server.running.server.take_snapshot(force=True)  # an older snapshot, too
             await alice.send({"type": "location", **HERE})
-            await flushed()
+            await alice.request("heartbeat")  # handled: in the history's buffer
+            flushed(server)
             assert files_naming(tmp_path, "alice")  # in the journal, snapshots, history
             result = await server.admin.forget("alice")
             assert result == {
