@@ -118,7 +118,8 @@ class HistoryKeeper:
         self._lock = trio.Lock()
         self._next: float | None = None
         self._wakeup = trio.Event()
-        self._users: set[str] = set()
+        self._pending: dict[str, int] = {}
+        """Users to scrub -> the number of the last forget that asked for it."""
         self._through: int | None = 0
         """The scrub rewrites the files numbered up to this (None: all): the ones written
         before the forgets it serves."""
@@ -152,8 +153,8 @@ class HistoryKeeper:
             self._through = None  # every file (later ones hold new facts only)
         else:
             self._through = max(self._through, fence)
-        self._users.add(user)
         self.requested += 1
+        self._pending[user] = self.requested
         self._wakeup.set()
 
     async def scrubbed(self, count: int) -> str | None:
@@ -167,7 +168,8 @@ class HistoryKeeper:
         return None
 
     async def _scrub_requested(self) -> None:
-        users, through, count = set(self._users), self._through, self.requested
+        asked, through, count = dict(self._pending), self._through, self.requested
+        users = set(asked)
         try:
             async with self._lock:
                 result: Scrubbed = await self.run_sync(
@@ -179,8 +181,10 @@ class HistoryKeeper:
             self._signal()
             await trio.sleep(RETRY_AFTER_ERROR_S)
             return
-        self._users -= users
-        if not self._users:
+        for user, number in asked.items():
+            if self._pending.get(user) == number:  # not asked again meanwhile
+                del self._pending[user]
+        if not self._pending:
             self._through = 0
         self.done, self.error = max(self.done, count), None
         self._signal()
@@ -222,8 +226,8 @@ class HistoryKeeper:
     async def scrub_now(self, users: Collection[str]) -> str | None:
         """Scrub ``users`` from every history file now (before serving, or as a node
         joins); returns why it failed (None: done)."""
-        self._users.update(users)
         self.requested += 1
+        self._pending.update(dict.fromkeys(users, self.requested))
         self._through = None
         await self._scrub_requested()
         return self.error
@@ -266,7 +270,7 @@ class HistoryKeeper:
     async def run(self, clock: ServerClock) -> None:
         """Retention checks when due, and scrubs when asked, until cancelled."""
         while True:
-            if self._users and self.done < self.requested:
+            if self.done < self.requested:
                 await self._scrub_requested()
                 continue
             self._wakeup = trio.Event()

@@ -1,5 +1,6 @@
-"""The history retention of a running node, on real files and virtual time: each file is
-deleted exactly when everything in it is past the limit, never before; at start too."""
+"""The history keeper of a running node, on real files and virtual time: each file is
+deleted exactly when everything in it is past the retention, never before, at start too; and
+every forget is answered by a scrub that began after it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from trio.testing import MockClock
 
 from geopresence.config import Config
@@ -106,3 +108,38 @@ async def test_zero_keeps_nothing_and_forever_keeps_everything(
         assert numbers(directory) == [*left, *([3] if left else [])]
     if not left:
         assert list(read_history(directory)) == []
+
+
+async def test_a_user_forgotten_again_during_its_scrub_is_scrubbed_again(
+    tmp_path: Path, autojump_clock: MockClock
+) -> None:
+    """Each forget is answered by a scrub that began after it: the second forget's lines
+    (written after the first scrub began) go too, and its waiter is answered."""
+    origin = float(int(time.time()))
+    config = Config(data_dir=tmp_path, time_origin=origin)
+    clock = ServerClock(origin)
+    metrics = Metrics()
+    flusher = HistoryFlusher(config, metrics, clock.now)
+    keeper = HistoryKeeper(config, metrics, flusher, clock.now)
+    gate = trio.Event()
+
+    async def held(function: Callable[..., Any], *args: Any) -> Any:
+        await gate.wait()  # the scrub is under way until the test opens the gate
+        return function(*args)
+
+    keeper.run_sync = held
+    directory = history_dir(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keeper.run, clock)
+        flusher.record("alice", Location(1.0, 2.0, origin))
+        keeper.forget("alice")
+        first = keeper.requested
+        await trio.testing.wait_all_tasks_blocked()  # the first scrub waits at the gate
+        flusher.record("alice", Location(1.0, 2.0, origin + 1))  # a new file
+        keeper.forget("alice")
+        second = keeper.requested
+        gate.set()
+        assert await keeper.scrubbed(first) is None
+        assert await keeper.scrubbed(second) is None
+        nursery.cancel_scope.cancel()
+    assert list(read_history(directory)) == []
