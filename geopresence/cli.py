@@ -1,5 +1,5 @@
-"""The ``geopresence`` command: ``serve``, ``demo``, ``token``, ``history`` and the data-dir
-tools.
+"""The ``geopresence`` command: ``serve``, ``demo``, ``token``, ``history``, ``forget`` and the
+data-dir tools.
 
 The flags of ``serve`` are generated from ``Config`` (``geopresence.shell.flags``). A usage
 error is one line naming the flag and the problem, exit status 2; a start-up failure (a port
@@ -168,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(h)
     h.add_argument("--json", action="store_true", help="JSON Lines output")
     h.set_defaults(parser=h, run=_cmd_history)
+
+    f = commands.add_parser(
+        "forget",
+        help="delete everything a stopped server's data dir holds about a user",
+        description="Delete everything the data dir holds about USER: friendships, group "
+        "memberships, settings, chat messages (sent and received 1:1, and its group "
+        "messages), location history; then write a snapshot without it and delete the older "
+        "snapshots and journal segments. Refuses while a server runs on the data dir (ask it: "
+        "DELETE /v1/users/USER).",
+    )
+    f.add_argument("user", metavar="USER")
+    _add_data_dir(f)
+    f.add_argument("--json", action="store_true", help="one JSON object")
+    f.set_defaults(parser=f, run=_cmd_forget)
 
     i = commands.add_parser(
         "inspect",
@@ -366,6 +380,10 @@ def _cmd_repair(args: argparse.Namespace) -> int:
 def _cmd_history(args: argparse.Namespace) -> int:
     since = _value("--since", args.since, _time)
     return tools.history(_data_dir(args), args.user, since, as_json=args.json)
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    return tools.forget(_data_dir(args), args.user, as_json=args.json)
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

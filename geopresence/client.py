@@ -342,6 +342,16 @@ class AdminClient:
         result: Json = await self.call("DELETE", f"/v1/groups/{group}/members/{user}")
         return result
 
+    async def forget(self, user: str) -> Json:
+        """``DELETE /v1/users/{user}``: everything held about ``user`` is deleted."""
+        result: Json = await self.call("DELETE", f"/v1/users/{user}")
+        return result
+
+    async def export(self, user: str) -> Json:
+        """``GET /v1/users/{user}/export``: everything held about ``user``."""
+        result: Json = await self.call("GET", f"/v1/users/{user}/export")
+        return result
+
     async def health(self) -> Json:
         result: Json = await self.call("GET", "/healthz")
         return result

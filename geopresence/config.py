@@ -24,6 +24,7 @@ from geopresence.options import (
     FsyncPolicy,
     at_least,
     finite_non_negative,
+    non_negative,
     positive,
     register_fields,
     setting,
@@ -35,6 +36,7 @@ from geopresence.options import (
     valid_port,
     valid_webhook,
 )
+from geopresence.units import parse_retention
 
 
 @attrs.frozen(kw_only=True)
@@ -207,6 +209,19 @@ class Config:
         positive,
         unit="B",
     )
+    history_retention: float = setting(
+        30 * 86400.0,
+        "how long the location history is kept: a file is deleted once all it holds is this "
+        "old (0: nothing written; forever: nothing deleted)",
+        DURABILITY,
+        non_negative,
+        unit="s",
+        metavar="DURATION",
+        parse=parse_retention,
+    )
+    """Seconds, ``math.inf`` for ever. Checked at start and whenever the next file falls due
+    (``geopresence.core.retention``); files span at most a day (a tenth of the retention if
+    less), so a record is deleted at most that long after it passed the limit."""
     history_flush_interval: float = setting(
         1.0,
         "longest time an accepted location waits before reaching the history file",

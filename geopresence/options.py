@@ -50,6 +50,8 @@ class Option:
     env: str | None = None
     """The environment variable; None: ``GEOPRESENCE_`` and the field name in capitals."""
     choices: tuple[str, ...] = ()
+    parse: Callable[[str], Any] | None = None
+    """How the flag's text is read when the unit's reading is not enough (None: by unit)."""
 
     def flag_for(self, name: str) -> str:
         return self.flag or "--" + name.replace("_", "-")
@@ -161,6 +163,11 @@ def valid_webhook(_instance: object, attribute: attrs.Attribute[Any], value: str
     problem = None if value is None else webhook_problem(value)
     if problem is not None:
         raise ConfigError(attribute.name, value, problem)
+
+
+def non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:  # NaN too
+        raise ConfigError(attribute.name, value, "must be 0 or more")
 
 
 def finite_non_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:

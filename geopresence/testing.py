@@ -17,7 +17,7 @@ The server listens on free loopback ports either way (``server.ws_url``, ``serve
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,10 @@ class TestServer:
         self.running.stop()
 
 
+async def _inline(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
 @asynccontextmanager
 async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIterator[TestServer]:
     """Start a server for the duration of the block and stop it afterwards.
@@ -118,10 +122,10 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
     Without ``config``: free loopback ports, ``insecure=True``, a temporary data dir,
     ``time_origin=0`` (server times equal ``trio.current_time()``) and ``in_memory=True``: no
     journal, whose disk writes in worker threads would let a ``MockClock`` jump while they
-    run. To test durability, pass ``in_memory=False`` and your own ``data_dir`` and use the
-    real clock. The per-connection rate limit is off (``rate_limit=0``): a test suite's
-    fake backend should not throttle it; pass ``rate_limit`` to test it. ``overrides``
-    replace fields of the config either way.
+    run (the location history's file work then runs inline too). To test durability, pass
+    ``in_memory=False`` and your own ``data_dir`` and use the real clock. The per-connection
+    rate limit is off (``rate_limit=0``): a test suite's fake backend should not throttle it;
+    pass ``rate_limit`` to test it. ``overrides`` replace fields of the config either way.
     """
     with tempfile.TemporaryDirectory(prefix="geopresence-test-") as tmp:
         if config is None:
@@ -139,6 +143,10 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
         with collapse_exception_groups():
             async with trio.open_nursery() as nursery:
                 running: RunningServer = await nursery.start(serve, config)
+                if config.in_memory:
+                    # The history's file work (a forget's scrub, an export) inline: a
+                    # MockClock must not jump while a worker thread runs.
+                    running.server.history_keeper.run_sync = _inline
                 transport = httpx.ASGITransport(app=HttpApi(running.server))
                 admin = AdminClient(
                     "http://geopresence.test", running.admin_key, transport=transport

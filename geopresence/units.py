@@ -13,7 +13,8 @@ from typing import Final, Literal
 Unit = Literal["", "s", "B", "m", "/s"]
 """How a number is read and shown: seconds, bytes, metres, per second, or a plain count."""
 
-_DURATIONS: Final = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
+_DURATIONS: Final = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+FOREVER: Final = "forever"
 _SIZES: Final = {
     "": 1,
     "b": 1,
@@ -36,13 +37,26 @@ def _split(text: str) -> tuple[str, str] | None:
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``"30"``, ``"30s"``, ``"250ms"``, ``"10min"`` or ``"1h"``."""
+    """Seconds from ``"30"``, ``"30s"``, ``"250ms"``, ``"10min"``, ``"1h"`` or ``"30d"``."""
     parts = _split(text)
     if parts is None or parts[1] not in ("", *_DURATIONS):
-        raise ValueError("not a duration (seconds, or a number with ms, s, min or h)")
+        raise ValueError("not a duration (seconds, or a number with ms, s, min, h or d)")
     value = float(parts[0]) * _DURATIONS.get(parts[1], 1.0)
     if not math.isfinite(value):
         raise ValueError("not a finite duration")
+    return value
+
+
+def parse_retention(text: str) -> float:
+    """A duration of at least 0 (``parse_duration``), or ``"forever"``: ``math.inf``."""
+    if text.strip().lower() == FOREVER:
+        return math.inf
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or {FOREVER}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 or more (or {FOREVER})")
     return value
 
 
@@ -76,7 +90,11 @@ def parse_int(text: str) -> int:
 
 
 def duration(seconds: float) -> str:
-    """``"5 s"``, ``"0.5 s"``, ``"10 min"``, ``"1 h"``."""
+    """``"5 s"``, ``"0.5 s"``, ``"10 min"``, ``"1 h"``, ``"30 d"``, ``"forever"`` (inf)."""
+    if math.isinf(seconds):
+        return FOREVER
+    if seconds >= 86400 and seconds % 86400 == 0:
+        return f"{seconds / 86400:g} d"
     if seconds >= 3600 and seconds % 3600 == 0:
         return f"{seconds / 3600:g} h"
     if seconds >= 120 and seconds % 60 == 0:

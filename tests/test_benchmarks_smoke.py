@@ -72,6 +72,13 @@ def test_durability_benchmark_reports_every_figure() -> None:
         assert label in result.stdout
 
 
+def test_history_benchmark_reports_every_figure() -> None:
+    result = _quick("bench_history.py", 120)
+    assert result.returncode == 0, result.stderr
+    for label in ("12-character ids", "UUID ids", "MB per 1,000 users per day", "forget one"):
+        assert label in result.stdout
+
+
 def _load(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "benchmarks.load", *args, "--quiet"],

@@ -5,6 +5,7 @@ in one line naming the flag. In-process (``cli.main``): no server is started her
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import attrs
@@ -244,6 +245,22 @@ def test_the_other_commands_usage_errors_are_one_line_too(
     assert usage_error(capsys, "token") == (
         "geopresence token: the following arguments are required: USER "
         "(see geopresence token --help)"
+    )
+
+
+def test_history_retention_takes_days_forever_and_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert Config().history_retention == 30 * 86400
+    assert config_of("--history-retention", "12h").history_retention == 12 * 3600
+    assert config_of("--history-retention", "forever").history_retention == math.inf
+    assert config_of(env={"GEOPRESENCE_HISTORY_RETENTION": "0"}).history_retention == 0
+    flat = " ".join(help_text(capsys).split())
+    assert "(default: 30 d; env GEOPRESENCE_HISTORY_RETENTION)" in flat
+    assert usage_error(capsys, "serve", "--history-retention", "soon") == (
+        "geopresence serve: --history-retention soon: not a duration (seconds, or a number "
+        "with ms, s, min, h or d), or forever"
+    )
+    assert usage_error(capsys, "serve", "--history-retention=-1d").endswith(
+        "must be 0 or more (or forever)"
     )
 
 

@@ -27,6 +27,7 @@ import trio
 
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
+from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal, load_state
@@ -165,6 +166,12 @@ class ClusterLink:
             self.presence.logout_user(user)
         else:
             self.presence.device_ended(user, device, None)
+
+    async def forgotten_since(self, since: float, retention: float) -> tuple[list[str], float]:
+        """The users forgotten in the cluster after ``since`` (epoch seconds) and the latest
+        forget time (``redis_forget.forgotten_since``): a joining node scrubs them from its
+        own location history."""
+        return await forgotten_since(self.client, self.keys, since, retention)
 
     # ---------------------------------------------------------------- internals
 

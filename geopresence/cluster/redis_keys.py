@@ -19,9 +19,11 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:node:{N}          the lease of the node with Snowflake node id N
     gp:feed              stream: every change, for the other nodes' replicas
                          (``geopresence.cluster.redis_feed``)
+    gp:forgotten         sorted set: forgotten user -> forget time, for the history of the
+                         nodes that were down (``geopresence.cluster.redis_forget``)
 
 ``geopresence.cluster.redis_state`` writes and loads the state keys, ``redis_presence`` the
-presence keys, ``redis_feed`` the feed.
+presence keys, ``redis_feed`` the feed, ``redis_forget`` a forgotten user's.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import trio
 
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
+from geopresence.cluster.redis_forget import forget_user
 from geopresence.cluster.redis_keys import Keys, member_message, message_member, string, strings
 from geopresence.core.replication import (
     FEED_KINDS,
@@ -44,6 +45,7 @@ from geopresence.model.records import (
     Record,
     SettingsChanged,
     Unfriended,
+    UserForgotten,
 )
 
 if TYPE_CHECKING:
@@ -187,6 +189,7 @@ WRITERS: Final[dict[type[Any], Writer]] = covering(
         SettingsChanged: Writer(_settings),
         GroupSet: Writer(write=_group_set),
         GroupDeleted: Writer(write=_group_deleted),
+        UserForgotten: Writer(write=forget_user),
         PresenceSet: Writer(_feed_only),
         LogoutRequested: Writer(_feed_only),
     },

@@ -128,6 +128,26 @@ class Chat:
         """Resends answered with the stored message (for metrics)."""
         self.pushes = 0
         """Push requests made for recipients without a connected device (for metrics)."""
+        self._forgotten: dict[str, int] = {}
+        """user -> the last id issued when it was forgotten: a message involving it with an
+        id at or below that was made before the forget (journaled but not yet durable, or
+        another node's, arriving late) and is never stored or delivered."""
+
+    # ---------------------------------------------------------------- forgetting
+
+    def forgetting(self, user: str) -> None:
+        """``user`` is being forgotten: messages of it or to it made until now are dropped
+        when they would be stored or delivered (the stored ones go with the state)."""
+        self._forgotten[user] = self.ids.last_id
+
+    def _made_before_forget(self, message: ChatMessage) -> bool:
+        """True if ``message`` involves a forgotten user and was made before its forget."""
+        if not self._forgotten:
+            return False
+        mark = self._forgotten.get(message.sender)
+        if mark is None and message.to is not None:
+            mark = self._forgotten.get(message.to)
+        return mark is not None and message.message_id <= mark
 
     # ---------------------------------------------------------------- client messages
 
@@ -229,9 +249,11 @@ class Chat:
             if message.client_msg_id is not None:
                 del self._pending_by_client_id[(message.sender, message.client_msg_id)]
             self.sent += 1
-            # A group deleted while its message was on its way to disk takes the message
-            # with its others (a replay of the journal ends the same way): acked, not stored.
-            if message.group is None or self.ctx.store.group_members(message.group) is not None:
+            # A group deleted, or a user forgotten, while its message was on its way to disk
+            # takes the message with the others (a replay of the journal ends the same way):
+            # acked, not stored.
+            kept = message.group is None or self.ctx.store.group_members(message.group) is not None
+            if kept and not self._made_before_forget(message):
                 if self.ctx.replicator is None:
                     self.store.add(message)
                 else:
@@ -247,19 +269,24 @@ class Chat:
         return len(self._pending)
 
     def pending_messages(self) -> list[ChatMessage]:
-        """Messages appended to the journal and not yet durable, ascending by id."""
-        return [pending.message for pending in self._pending]
+        """Messages appended to the journal and not yet durable, ascending by id (but those
+        a forget dropped)."""
+        return [p.message for p in self._pending if not self._made_before_forget(p.message)]
 
     def insert(self, message: ChatMessage) -> None:
         """Store a message another node committed (idempotent; ids may arrive in any
         order), and never issue an id at or below it here."""
         self.ids.observe(message.message_id)
+        if self._made_before_forget(message):
+            return
         if message.group is None or self.ctx.store.group_members(message.group) is not None:
             self.store.insert(message)
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
         message = event.message
+        if self._made_before_forget(message):
+            return  # from another node, sent before the forget reached it
         if self.store.get(message.message_id) is None:
             # From another node, ahead of its feed record (they travel on different shards).
             self.insert(message)

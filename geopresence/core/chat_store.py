@@ -20,6 +20,7 @@ Nothing older than a membership is shown to it, as in Signal or WhatsApp.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Iterable, Iterator
 
@@ -51,6 +52,9 @@ class ChatStore:
         self._messages: dict[int, ChatMessage] = {}
         self._inbox: dict[str, SortedList] = {}
         self._group_log: dict[str, SortedList] = {}
+        self._group_sent: dict[str, list[int]] = {}
+        """sender -> the ids of its group messages, ascending (ids of deleted groups' messages
+        may linger: readers skip ids no longer stored). What a forget and an export need."""
         self._by_client_id: dict[tuple[str, str], int] = {}
         self._joined: dict[tuple[str, str], int] = {}
         self._last_added = 0
@@ -85,6 +89,11 @@ class ChatStore:
         self._messages[message.message_id] = message
         if message.group is not None:
             self._group_log.setdefault(message.group, SortedList()).add(message.message_id)
+            sent = self._group_sent.setdefault(message.sender, [])
+            if not sent or sent[-1] < message.message_id:
+                sent.append(message.message_id)
+            else:  # another node's message, arriving out of id order
+                bisect.insort(sent, message.message_id)
         for user in message.readers():
             self._inbox.setdefault(user, SortedList()).add(message.message_id)
         if message.client_msg_id is not None:
@@ -118,6 +127,39 @@ class ChatStore:
             if message.client_msg_id is not None:
                 self._by_client_id.pop((message.sender, message.client_msg_id), None)
         return len(log)
+
+    def forget(self, user: str) -> int:
+        """Delete every message ``user`` sent or received 1:1 and every group message it
+        sent; returns how many went. Its join marks go with its memberships (``leave``)."""
+        ids = set(self._inbox.pop(user, ()))
+        ids.update(self._group_sent.pop(user, ()))
+        removed = 0
+        for message_id in ids:
+            message = self._messages.pop(message_id, None)
+            if message is None:
+                continue  # a deleted group's message
+            removed += 1
+            if message.group is not None:
+                log = self._group_log.get(message.group)
+                if log is not None:
+                    log.discard(message_id)
+            for reader in message.readers():
+                inbox = self._inbox.get(reader)
+                if inbox is not None:
+                    inbox.discard(message_id)
+                    if not inbox:
+                        del self._inbox[reader]
+            if message.client_msg_id is not None:
+                self._by_client_id.pop((message.sender, message.client_msg_id), None)
+        return removed
+
+    def ids_of(self, user: str, groups: Iterable[str]) -> list[int]:
+        """The ids of every message ``user`` sent or can read, ascending: its 1:1 messages,
+        the group messages it sent, and those of ``groups`` it reads (an export's list)."""
+        ids = set(self._inbox.get(user, ()))
+        ids.update(i for i in self._group_sent.get(user, ()) if i in self._messages)
+        ids.update(m.message_id for m in self.read_after(user, groups, 0) if m.group is not None)
+        return sorted(ids)
 
     def joined_after(self, group: str, user: str) -> int | None:
         """The id after which ``user`` reads ``group`` (None: not a member here)."""
@@ -182,6 +224,7 @@ class ChatStore:
             self._messages[last] = message
             if message.group is not None:
                 group_log.setdefault(message.group, []).append(last)
+                self._group_sent.setdefault(message.sender, []).append(last)
             for user in message.readers():
                 inbox.setdefault(user, []).append(last)
             if message.client_msg_id is not None:

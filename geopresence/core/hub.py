@@ -16,6 +16,7 @@ The parts, each in its own module: ``Sessions`` (the session table and rate limi
 ``Lifecycle`` (sessions opening and closing, devices, presence transitions), ``Membership``
 (friendships and groups), ``Statuses`` (presence queries), ``Acks`` (the journal and the
 replies waiting for it), ``Replica`` (other nodes' changes), ``Fanout`` (the publish scope),
+``Forgetting`` (a user deleted),
 and the features ``Chat``, ``Nearby`` and ``Strangers``, which see the hub only as their
 ``FeatureContext``. ``HubSettings``, ``BulkError``, ``GROUP_SLICE``, ``FEED_APPLY``,
 ``Session`` and ``Sink`` are importable from here as before the parts were split out.
@@ -33,6 +34,7 @@ from geopresence.core.chat import Chat, ChatEvent, PushHook
 from geopresence.core.context import Session as Session
 from geopresence.core.context import Sink as Sink
 from geopresence.core.fanout import Fanout, out
+from geopresence.core.forget import Forgetting
 from geopresence.core.journal import Journal, MemoryJournal
 from geopresence.core.lifecycle import Lifecycle
 from geopresence.core.membership import GROUP_SLICE as GROUP_SLICE
@@ -156,6 +158,17 @@ class Hub:
             strangers=self.strangers,
             groups=self.chat,
         )
+        self.forgetting = Forgetting(
+            self.state,
+            self.acks,
+            self.sessions,
+            self.lifecycle,
+            self.membership,
+            self.statuses,
+            self.nearby,
+            self.strangers,
+            self.chat,
+        )
         self.replica = Replica(
             self.statuses,
             self.fanout,
@@ -164,6 +177,7 @@ class Hub:
             self.nearby,
             self.chat,
             self.state.ids,
+            self.forgetting,
         )
         self._handlers: dict[type[Any], Callable[[Session, Any, float], None]] = {
             Heartbeat: self.lifecycle.on_heartbeat,

@@ -172,6 +172,12 @@ class Membership:
         if not self.state.users.remove_friendship(a, b):
             return False
         self.acks.journal_append(Unfriended(a, b))
+        self.unfriended(a, b)
+        return True
+
+    def unfriended(self, a: str, b: str) -> None:
+        """The live side of an unfriending already made in the store (also of a forget):
+        both sides' connections stop hearing each other and get a ``friend_removed``."""
         sessions = self.sessions
         if sessions.online_friends is not None:
             sessions.online_friends.unfriended(a, b)
@@ -181,7 +187,6 @@ class Membership:
             for conn in sessions.live_connections(user):
                 sessions.broker.unsubscribe(user_channel(friend), conn)
                 sessions.sink.send(conn, gone)
-        return True
 
     # ---------------------------------------------------------------- groups
 

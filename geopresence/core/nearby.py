@@ -272,6 +272,15 @@ class Nearby:
             self._gone(user, "offline")
         self.listener.on_location_gone(user, "offline")
 
+    def forget(self, user: str) -> bool:
+        """Drop ``user``'s cached location (a forget; its friends were told by the
+        unfriending); True if there was one. Strangers who were shown it are told it left."""
+        had = self.locations.remove(user)
+        if self._head_user == user:
+            self._head_location, self._head_user, self._head_bytes = None, "", b""
+        self.listener.on_location_gone(user, "offline")
+        return had
+
     def on_friendship_added(self, a: str, b: str, now: float) -> None:
         for viewer, friend in ((a, b), (b, a)):
             for conn in self.ctx.connections_of(viewer):

@@ -205,6 +205,13 @@ class PresenceTable(Generic[C]):
         status: Status = "online" if state.devices else "offline"
         return UserPresence(user, status, state.last_active_at, len(state.devices))
 
+    def forget(self, user: str) -> None:
+        """Drop what is held about ``user`` (its ``last_active_at``) once it has no alive
+        device (call ``logout`` first)."""
+        state = self._users.get(user)
+        if state is not None and not state.devices:
+            del self._users[user]
+
     def is_online(self, user: str) -> bool:
         state = self._users.get(user)
         return state is not None and bool(state.devices)

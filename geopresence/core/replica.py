@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from geopresence.core.chat import Chat
 from geopresence.core.fanout import Fanout
+from geopresence.core.forget import Forgetting
 from geopresence.core.lifecycle import Lifecycle
 from geopresence.core.membership import Membership
 from geopresence.core.nearby import Nearby
@@ -38,6 +39,7 @@ from geopresence.model.records import (
     MemberRemoved,
     SettingsChanged,
     Unfriended,
+    UserForgotten,
 )
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.errors import ProtocolError
@@ -56,6 +58,7 @@ class Replica:
         nearby: Nearby,
         chat: Chat,
         ids: SnowflakeGenerator,
+        forgetting: Forgetting,
     ) -> None:
         self.statuses = statuses
         self.fanout = fanout
@@ -64,6 +67,7 @@ class Replica:
         self.nearby = nearby
         self.chat = chat
         self.ids = ids
+        self.forgetting = forgetting
 
     def announce_presence(self, transition: PresenceSet) -> None:
         """A user's cluster-wide transition (decided here, or on another node and received
@@ -145,6 +149,10 @@ def _feed_settings(replica: Replica, op: SettingsChanged, now: float) -> None:
     replica.nearby.change_settings(op.user, settings_from(op), now)
 
 
+def _feed_forgotten(replica: Replica, op: UserForgotten, now: float) -> None:
+    replica.forgetting.forget(op.user, now)
+
+
 FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = covering(
     {
         LocationSet: _feed_location,
@@ -157,6 +165,7 @@ FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = cove
         MemberAdded: _feed_member_added,
         MemberRemoved: _feed_member_removed,
         SettingsChanged: _feed_settings,
+        UserForgotten: _feed_forgotten,
     },
     FEED_KINDS - {PresenceSet},
     what="Replica.apply_feed",

@@ -21,7 +21,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from geopresence.core.chat_store import ChatStore
-from geopresence.core.store import MemoryStore, Store, UserSettings
+from geopresence.core.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     TAGS,
@@ -33,6 +33,7 @@ from geopresence.model.records import (
     Record,
     SettingsChanged,
     Unfriended,
+    UserForgotten,
 )
 from geopresence.model.snowflake import SnowflakeGenerator
 
@@ -70,6 +71,18 @@ def settings_record(user: str, settings: UserSettings) -> SettingsChanged:
     )
 
 
+@attrs.frozen
+class Forgotten:
+    """What forgetting a user deleted from the durable state: its former ``friends`` and
+    ``groups`` (sorted), whether it had non-default ``settings``, and how many
+    ``messages`` went."""
+
+    friends: list[str]
+    groups: list[str]
+    settings: bool
+    messages: int
+
+
 @attrs.define(eq=False)
 class DurableState:
     """The state that survives a restart: ``users`` (friendships, groups, settings),
@@ -84,6 +97,22 @@ class DurableState:
         """Replay one journal record (idempotent where it can be: a record the state
         already reflects changes nothing)."""
         APPLY[type(record)](self, record)
+
+    def forget(self, user: str) -> Forgotten:
+        """Delete everything held about ``user`` (``UserForgotten``): its friendships, group
+        memberships with their join marks, settings, and the messages it sent or received
+        1:1 and the group messages it sent. Groups stay, without it (empty ones too)."""
+        users, chat = self.users, self.chat
+        friends = sorted(users.friends_of(user))
+        for friend in friends:
+            users.remove_friendship(user, friend)
+        groups = sorted(users.groups_of(user))
+        for group in groups:
+            users.remove_member(group, user)
+            chat.leave(group, user)
+        settings = users.get_settings(user) != DEFAULT_SETTINGS
+        users.put_settings(user, DEFAULT_SETTINGS)
+        return Forgotten(friends, groups, settings, chat.forget(user))
 
     def load(
         self,
@@ -158,6 +187,10 @@ def _settings_changed(state: DurableState, record: SettingsChanged) -> None:
     state.users.put_settings(record.user, settings_from(record))
 
 
+def _user_forgotten(state: DurableState, record: UserForgotten) -> None:
+    state.forget(record.user)
+
+
 APPLY: Final[dict[type[Any], Callable[[DurableState, Any], None]]] = covering(
     {
         ChatMessage: _message,
@@ -168,6 +201,7 @@ APPLY: Final[dict[type[Any], Callable[[DurableState, Any], None]]] = covering(
         MemberAdded: _member_added,
         MemberRemoved: _member_removed,
         SettingsChanged: _settings_changed,
+        UserForgotten: _user_forgotten,
     },
     what="DurableState.apply",
 )

@@ -27,16 +27,30 @@ class Statuses:
         self.clustered = clustered
         self._statuses: dict[str, tuple[Status, float | None, int]] = {}
         """With other nodes: every user's cluster-wide (status, last_active_at, version)."""
+        self._forgotten: set[str] = set()
+        """Forgotten users not online since: the offline transition their forget's logout
+        decides in Redis, arriving after it, must not bring their presence back."""
 
     def set_status(
         self, user: str, status: Status, last_active_at: float | None, version: int
     ) -> bool:
         """Hold ``user``'s cluster-wide status; False if the one held is as new or newer."""
+        if user in self._forgotten:
+            if status == "offline":
+                return False
+            self._forgotten.discard(user)  # back online: a new fact
         held = self._statuses.get(user)
         if held is not None and held[2] >= version:
             return False  # an older transition arriving late
         self._statuses[user] = (status, last_active_at, version)
         return True
+
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s presence (logged out first): an unknown user is offline, ``null``."""
+        self.presence.forget(user)
+        if self.clustered:
+            self._statuses.pop(user, None)
+            self._forgotten.add(user)
 
     def status_of(self, user: str) -> tuple[Status, float | None]:
         """The user's (status, last_active_at): this node's table with one node, the

@@ -273,6 +273,13 @@ class Strangers:
     def on_session_closed(self, conn: ConnId) -> None:
         self._watches.pop(conn, None)  # the broker drops its subscriptions
 
+    def forget(self, user: str) -> None:
+        """Drop ``user``'s query bucket and pending watch update (a forget: its sessions
+        are closed and its location gone)."""
+        self._buckets.pop(user, None)
+        self._applied_at.pop(user, None)
+        self._due.discard(user)
+
     def _forget_full_buckets(self, now: float) -> None:
         """Drop buckets that have refilled completely (they equal a new one), so memory
         follows the users querying recently, not every user who ever queried."""

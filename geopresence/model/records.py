@@ -76,6 +76,15 @@ class SettingsChanged:
     visible_to_strangers: bool
 
 
+@attrs.frozen
+class UserForgotten:
+    """Everything held about ``user`` was deleted: its friendships, group memberships,
+    settings and the chat messages it sent or received 1:1, and its group messages. Records
+    after this one are new facts (a later ``befriended`` makes it a user again)."""
+
+    user: str
+
+
 Record = (
     Befriended
     | Unfriended
@@ -85,6 +94,7 @@ Record = (
     | MemberRemoved
     | SettingsChanged
     | ChatMessage
+    | UserForgotten
 )
 
 TAGS: Final[dict[type[Any], str]] = {
@@ -96,6 +106,7 @@ TAGS: Final[dict[type[Any], str]] = {
     MemberRemoved: "member_removed",
     SettingsChanged: "settings",
     ChatMessage: "message",
+    UserForgotten: "user_forgotten",
 }
 """Record class -> its ``"t"`` in the encoding. Tags are part of the on-disk format: never
 rename one (add new kinds instead)."""

@@ -16,8 +16,9 @@ import trio
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.hub import Hub
+from geopresence.model.records import UserForgotten
 from geopresence.shell.metrics import Metrics
-from geopresence.storage.datadir import DataDirLock, state_dir
+from geopresence.storage.datadir import DataDirLock, purge_before, state_dir, write_snapshot
 from geopresence.storage.forked_snapshot import write_snapshot_forked
 from geopresence.storage.journal_file import FileJournal
 from geopresence.storage.recovery import rebuild, recover
@@ -67,13 +68,14 @@ class Durability:
         acks = self._acks
         return None if acks is None else lambda: acks.last_seq - acks.durable_seq
 
-    async def start(self) -> None:
+    async def start(self) -> list[str]:
         """Before serving: recover from the data dir (disk mode) or lock it (--redis keeps
-        the location history there, one node per data dir)."""
+        the location history there, one node per data dir). Returns the users whose forget
+        the recovery replayed (``purge_after_forget`` once the history is scrubbed)."""
         data_dir = self._config.data_dir
         if self.journal is not None:
-            await self._recover(self.journal)
-        elif self._config.clustered:
+            return await self._recover(self.journal)
+        if self._config.clustered:
             # No journal here, but the location history is per node: one per data dir.
             self._lock = DataDirLock(data_dir)
         elif any(state_dir(data_dir).glob("snapshot-*.snap")):
@@ -81,15 +83,28 @@ class Durability:
                 "--in-memory: the state saved in %s is not loaded (and not changed)",
                 state_dir(data_dir),
             )
+        return []
+
+    async def purge_after_forget(self) -> None:
+        """Before serving, after a restart that replayed forgets: write a snapshot of the
+        state as recovered and delete every older snapshot and segment (they hold the
+        forgotten users; a crash had cut the forget short)."""
+        assert self.journal is not None
+        hub, now, data_dir = self._hub, self._now(), self._config.data_dir
+        seq = hub.last_seq
+        snapshot = capture(hub.state, seq, now, hub.chat.pending_messages())
+        await trio.to_thread.run_sync(lambda: write_snapshot(data_dir, snapshot, purge=True))
+        self._snapshot_seq = seq
 
     def release(self) -> None:
         """Unlock the data dir (after ``persist_at_shutdown``)."""
         if self._lock is not None:
             self._lock.close()
 
-    async def _recover(self, journal: FileJournal) -> None:
+    async def _recover(self, journal: FileJournal) -> list[str]:
         """Lock the data dir, load the newest snapshot, replay the journal after it, and
-        open a new journal segment. Problems (a torn tail) are logged, never fatal."""
+        open a new journal segment; returns the users forgotten by the records replayed.
+        Problems (a torn tail) are logged, never fatal."""
         data_dir = self._config.data_dir
         self._lock = DataDirLock(data_dir)
         started = trio.current_time()
@@ -114,6 +129,8 @@ class Durability:
                 len(recovered.records),
                 trio.current_time() - started,
             )
+        forgotten = {r.user for _, r in recovered.records if isinstance(r, UserForgotten)}
+        return sorted(forgotten)
 
     def _journal_durable(self) -> None:
         """The journal advanced: release acks and HTTP responses waiting for it."""
@@ -137,8 +154,9 @@ class Durability:
         self._durable_waiters.append((seq, event))
         await event.wait()
 
-    async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
-        """Write a snapshot of the durable state and prune what it makes unnecessary.
+    async def take_snapshot(self, *, force: bool = False, purge: bool = False) -> dict[str, object]:
+        """Write a snapshot of the durable state and prune what it makes unnecessary (with
+        ``purge``, after a forget: every older snapshot and segment, ``datadir.purge_before``).
         Without ``force`` nothing is written if nothing changed.
 
         The event loop only forks (``storage.forked_snapshot``, Redis' BGSAVE): a child
@@ -159,6 +177,12 @@ class Durability:
                 return capture(hub.state, seq, now, hub.chat.pending_messages())
 
             path, size, counts = await write_snapshot_forked(self._config.data_dir, seq, take)
+            if purge:
+                # The segment after ``seq`` must exist first: the one before it is then
+                # known to end at ``seq`` and goes with the others.
+                await self.journal.settle()
+                directory = state_dir(self._config.data_dir)
+                await trio.to_thread.run_sync(purge_before, directory, seq)
             self._snapshot_seq = seq
             seconds = trio.current_time() - started
             info: dict[str, object] = {

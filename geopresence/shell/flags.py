@@ -28,7 +28,7 @@ ENV_RULE = (
     "Every flag can also be set by an environment variable: GEOPRESENCE_ and the flag in "
     "capitals with underscores (--offline-after: GEOPRESENCE_OFFLINE_AFTER); a flag on the "
     "command line wins over the environment, which wins over the default. Durations are "
-    "seconds or take a unit (250ms, 30s, 10min, 1h); sizes are bytes or take one (64KiB, "
+    "seconds or take a unit (250ms, 30s, 10min, 1h, 30d); sizes are bytes or take one (64KiB, "
     "64MiB, 1GiB); switches read 1/0, true/false, yes/no, on/off from the environment."
 )
 
@@ -61,6 +61,8 @@ class Setting:
         """The value of ``text`` (from the command line or the environment); ``ValueError``
         saying what is wrong."""
         unit, default = self.option.unit, self.default
+        if self.option.parse is not None:
+            return self.option.parse(text)
         if self.option.choices:
             if text not in self.option.choices:
                 raise ValueError(f"must be one of {', '.join(self.option.choices)}")

@@ -13,19 +13,18 @@ import inspect
 import logging
 import math
 import re
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final
 from urllib.parse import unquote
 
 import attrs
 import orjson
 import trio
 
-from geopresence.config import Config
-from geopresence.core.hub import Hub
 from geopresence.core.membership import GROUP_SLICE, BulkError
 from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.shell.console import Asset, Console
+from geopresence.shell.control import Control as Control
 from geopresence.shell.http_routing import (
     HttpError,
     Receive,
@@ -34,49 +33,15 @@ from geopresence.shell.http_routing import (
     Route,
     Scope,
     Send,
+    Streamed,
     lifespan,
     path_pattern,
     read_body,
+    send_streamed,
     status_for,
 )
-from geopresence.shell.metrics import Metrics
+from geopresence.shell.http_users import UserData
 from geopresence.wire.errors import ProtocolError
-
-
-class Control(Protocol):
-    """What the HTTP API needs of the node it serves (``Server`` is one)."""
-
-    hub: Hub
-    metrics: Metrics
-    config: Config
-    admin_key: str | None
-    """None: --insecure, no key needed."""
-    secret: str
-    ws_port: int | None
-    """The bound WebSocket port (None before it listens): the console connects to it."""
-
-    @property
-    def persistence(self) -> Literal["memory", "disk", "redis"]:
-        """Where the durable state is kept (``POST /v1/snapshot`` needs ``disk``)."""
-        ...
-
-    def now(self) -> float:
-        """Server time, epoch seconds."""
-        ...
-
-    async def durable(self, seq: int) -> None:
-        """Return once journal record ``seq`` is durable."""
-
-    async def flush_cluster_presence(self) -> None:
-        """Multi-node: return once this node's presence reports reached Redis."""
-
-    async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
-        """Write a snapshot now and describe it."""
-        ...
-
-    def stop(self) -> None:
-        """Begin a graceful shutdown (what SIGTERM does)."""
-
 
 log = logging.getLogger("geopresence.http")
 
@@ -108,6 +73,7 @@ class HttpApi:
         self._group_writes = trio.Lock()
         route = Route
         console = Console(server.config, lambda: server.ws_port)
+        users = UserData(server)
         self.routes: list[Route] = [
             route("GET", path_pattern("/healthz"), self.healthz, admin=False),
             route("GET", _exactly("/"), console.page, admin=False),
@@ -122,6 +88,8 @@ class HttpApi:
             route("GET", path_pattern("/v1/users/{user}"), self.get_user),
             route("GET", path_pattern("/v1/users/{user}/friends"), self.get_friends),
             route("POST", path_pattern("/v1/users/{user}/logout"), self.logout),
+            route("DELETE", path_pattern("/v1/users/{user}"), users.forget),
+            route("GET", path_pattern("/v1/users/{user}/export"), users.export),
             route("POST", path_pattern("/v1/tokens"), self.create_token),
             route("PUT", path_pattern("/v1/groups/{group}"), self.put_group),
             route("GET", path_pattern("/v1/groups/{group}"), self.get_group),
@@ -157,6 +125,13 @@ class HttpApi:
         self.server.metrics.http_requests[status] += 1
         if status >= 400 and isinstance(payload, dict) and "error" in payload:
             self.server.metrics.errors[payload["error"]] += 1
+        if isinstance(payload, Streamed):
+            try:
+                await send_streamed(send, status, payload)
+            except Exception:
+                log.exception("HTTP %s %s failed part way", scope.get("method"), scope["path"])
+                raise  # the server cuts the response off: never a truncated "whole" body
+            return
         if isinstance(payload, Asset):
             body, content_type = payload.body, payload.content_type
             headers = [*headers, *payload.headers]

@@ -4,7 +4,7 @@ table's entries, the body reader and the lifespan protocol. ``http_api`` holds t
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import attrs
@@ -73,6 +73,25 @@ class Request:
         if not isinstance(body, dict):
             raise HttpError(400, "bad_request", "body must be a JSON object")
         return body
+
+
+@attrs.frozen
+class Streamed:
+    """A response body sent as it is made (``more_body`` chunks, HTTP/1.1 chunked): for
+    documents too large to hold whole. An error part way cuts the response off."""
+
+    chunks: AsyncIterator[bytes]
+    content_type: bytes = b"application/json"
+
+
+async def send_streamed(send: Send, status: int, body: Streamed) -> None:
+    """Send ``body`` as the response, chunk by chunk."""
+    headers = [(b"content-type", body.content_type)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    async for chunk in body.chunks:
+        if chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 Response = tuple[int, Any]

@@ -148,6 +148,11 @@ def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
         "Chat sends by result (duplicate: a resend answered with the stored message).",
         lambda: [('{result="stored"}', chat.sent), ('{result="duplicate"}', chat.duplicates)],
     )
+    metrics.counter(
+        "users_forgotten_total",
+        "Users forgotten on this node (DELETE /v1/users/{user}, or another node's).",
+        lambda: [("", hub.forgetting.forgotten)],
+    )
 
 
 def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:

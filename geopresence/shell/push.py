@@ -60,6 +60,8 @@ class PushNotifier:
         )
         self._drops_logged = 0
         self._unsent = 0  # messages logged (no webhook) since the last summary
+        self._forgotten: dict[str, int] = {}
+        """user -> the last message id issued when it was forgotten (``forget``)."""
 
     def submit(self, request: PushRequest) -> None:
         """Queue one POST per recipient of ``request`` (never blocks; what does not fit is
@@ -86,6 +88,33 @@ class PushNotifier:
                 self._dropped(len(recipients) - index)
                 return
 
+    def forget(self, user: str, last_id: int) -> int:
+        """``user`` was forgotten when ``last_id`` was the last message id issued: drop the
+        queued pushes for it or of its messages, and stop those being sent or retried
+        before their next attempt. Returns how many were dropped from the queue (counted
+        as ``forgotten``)."""
+        self._forgotten[user] = last_id
+        queued: list[tuple[str, ChatMessage]] = []
+        while True:
+            try:
+                queued.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        kept = [(r, m) for r, m in queued if not self._made_before_forget(r, m)]
+        for item in kept:
+            self._send.send_nowait(item)  # fits: it was in the queue a moment ago
+        dropped = len(queued) - len(kept)
+        self.results["forgotten"] += dropped
+        return dropped
+
+    def _made_before_forget(self, recipient: str, message: ChatMessage) -> bool:
+        """True if the push involves a forgotten user and predates its forget."""
+        for user in (recipient, message.sender, message.to):
+            mark = self._forgotten.get(user) if user is not None else None
+            if mark is not None and message.message_id <= mark:
+                return True
+        return False
+
     def _dropped(self, count: int) -> None:
         self.results["dropped"] += count
         dropped = self.results["dropped"]
@@ -106,7 +135,7 @@ class PushNotifier:
             "Push hook calls for recipients without a connected device, by outcome.",
             lambda: [
                 (f'{{result="{result}"}}', self.results[result])
-                for result in ("delivered", "failed", "dropped", "logged")
+                for result in ("delivered", "failed", "dropped", "logged", "forgotten")
             ],
         )
         metrics.gauge("push_queue", "Pushes waiting for the webhook.", lambda: self.queued)
@@ -153,6 +182,9 @@ class PushNotifier:
         for attempt in range(self.retries + 1):
             if attempt:
                 await trio.sleep(min(0.5 * 2 ** (attempt - 1), MAX_BACKOFF_S))
+            if self._made_before_forget(recipient, message):
+                self.results["forgotten"] += 1
+                return
             # httpx times each connect/read/write step; this bounds the whole request, so a
             # receiver that trickles its answer cannot hold a worker.
             with trio.move_on_after(self.timeout) as attempt_scope:

@@ -10,9 +10,7 @@ serves (``shell.http_api``).
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +20,7 @@ import trio
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.broker import Broker, Deliver, MemoryBroker
+from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.shell import logs
@@ -29,13 +28,17 @@ from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
 from geopresence.shell.connections import ConnectionHandler, Connections
 from geopresence.shell.durability import Durability
+from geopresence.shell.forgets import Forgets
 from geopresence.shell.handshake import WS_PATH, Handshake
+from geopresence.shell.history import HistoryFlusher, HistoryKeeper
 from geopresence.shell.http_api import bind_host, serve_http
+from geopresence.shell.listeners import CannotListen as CannotListen
+from geopresence.shell.listeners import lone_os_error, open_listeners
 from geopresence.shell.metrics import Metrics, register_cluster_metrics, register_hub_metrics
 from geopresence.shell.push import PushNotifier
 from geopresence.shell.status import StatusLine
-from geopresence.shell.timers import HistoryFlusher, Reaper, gc_loop
-from geopresence.storage.history import HistoryWriter, history_dir
+from geopresence.shell.timers import Reaper, gc_loop
+from geopresence.storage.history import HistoryWriter
 from geopresence.storage.journal_file import FileJournal
 from geopresence.wire.errors import CLOSE_GOING_AWAY
 
@@ -95,11 +98,9 @@ class Server:
             lambda: [("", logs.dropped_records())],
         )
         self.push = PushNotifier(config)
-        self._history = HistoryFlusher(
-            config,
-            self.metrics,
-            HistoryWriter(history_dir(config.data_dir), config.history_max_bytes),
-        )
+        self._history = HistoryFlusher(config, self.metrics, self.now)
+        self.history_keeper = HistoryKeeper(config, self.metrics, self._history, self.now)
+        """Retention and forgets of the location history files."""
         self.hub = Hub(
             HubSettings.from_config(config),
             MemoryStore(),
@@ -116,6 +117,14 @@ class Server:
         self.durability = Durability(
             config, self.metrics, self.hub, self.now, journal=self.journal, acks=acks
         )
+        self.forgets = Forgets(
+            self.hub,
+            self.history_keeper,
+            self.push,
+            self.durable,
+            None if self.journal is None else self.durability.take_snapshot,
+        )
+        """What a forget does outside the core (pushes, history, old snapshots)."""
         self.status = StatusLine(
             self.metrics, lambda: len(self.connections), self.hub.online_count,
             self.durability.lag,
@@ -173,6 +182,11 @@ class Server:
         """Write a snapshot now (disk mode; without ``force``, only if something changed)."""
         return await self.durability.take_snapshot(force=force)
 
+    async def forget_user(self, user: str) -> tuple[ForgetReport, str | None]:
+        """Forget ``user``; return once it is durable and gone from the disk
+        (``Forgets.forget_user``)."""
+        return await self.forgets.forget_user(user, self.now())
+
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""
         if self.cluster is not None:
@@ -196,7 +210,10 @@ class Server:
         connection with 1001 (waiting up to ``drain_timeout``) and return."""
         self.clock = ServerClock(self.config.time_origin)
         try:
-            await self.durability.start()
+            forgotten = await self.durability.start()
+            await self.history_keeper.start(forgotten)
+            if forgotten and self.journal is not None:
+                await self.durability.purge_after_forget()
             await self._serve(task_status)
         finally:
             self._history.close()
@@ -217,7 +234,7 @@ class Server:
             async with trio.open_nursery() as conns:
                 self._conn_nursery = self.handler.nursery = conns
                 try:
-                    listeners = await _open_listeners(config.host, config.port)
+                    listeners = await open_listeners(config.host, config.port)
                 except OSError as exc:
                     raise CannotListen("port", config, exc) from exc
                 ws_port = self.ws_port = listeners[0].socket.getsockname()[1]
@@ -226,7 +243,7 @@ class Server:
                 try:
                     http_port: int = await root.start(serve_http, self)
                 except BaseException as exc:
-                    cause = _lone_os_error(exc)
+                    cause = lone_os_error(exc)
                     if cause is None:
                         raise
                     raise CannotListen("http_port", config, cause) from exc
@@ -235,6 +252,7 @@ class Server:
                 root.start_soon(self.reaper.run, self.clock)
                 root.start_soon(self.status.run)
                 root.start_soon(self._history.run)
+                root.start_soon(self.history_keeper.run, self.clock)
                 root.start_soon(self.push.run)
                 if config.gc_freeze_interval > 0:
                     root.start_soon(gc_loop, config)
@@ -287,6 +305,7 @@ class Server:
             trio.current_time() - started,
         )
         register_cluster_metrics(self.metrics, cluster)
+        await self.history_keeper.catch_up(cluster.forgotten_since)
 
     async def _accept(
         self,
@@ -296,47 +315,6 @@ class Server:
     ) -> None:
         with scope:
             await trio.serve_listeners(self.handler.handle_stream, listeners, handler_nursery=conns)
-
-
-class CannotListen(OSError):
-    """A listener could not be opened. ``field`` is the ``Config`` field to change (``port``,
-    ``http_port``, or ``host`` when the address is the problem); ``problem`` says why."""
-
-    def __init__(self, field: str, config: Config, cause: OSError) -> None:
-        port = getattr(config, field)
-        if isinstance(cause, socket.gaierror):
-            field, problem = "host", f"cannot resolve it ({cause.strerror})"
-        elif cause.errno == errno.EADDRNOTAVAIL:
-            field, problem = "host", f"not an address of this machine ({cause.strerror})"
-        elif cause.errno == errno.EADDRINUSE:
-            problem = "already in use (another server on it?); pick another port, or 0 for any"
-        elif cause.errno == errno.EACCES:
-            problem = f"no permission to listen on port {port} (below 1024 needs privileges)"
-        else:
-            problem = f"cannot listen on {config.host}:{port} ({cause.strerror or cause})"
-        super().__init__(cause.errno, f"{field} {getattr(config, field)}: {problem}")
-        self.field = field
-        self.problem = problem
-
-
-def _lone_os_error(exc: BaseException) -> OSError | None:
-    """The ``OSError`` that ``exc`` is, or is the only leaf of (through nurseries)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc if isinstance(exc, OSError) else None
-
-
-async def _open_listeners(host: str, port: int) -> list[trio.SocketListener]:
-    """Listen on every address of ``host``. With port 0 and several addresses (``localhost``
-    is ::1 and 127.0.0.1), all of them get the port the first one drew, so the one printed
-    port is right for each."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    if port == 0 and len(listeners) > 1:
-        chosen = listeners[0].socket.getsockname()[1]
-        for listener in listeners:
-            await listener.aclose()
-        listeners = await trio.open_tcp_listeners(chosen, host=host)
-    return listeners
 
 
 @attrs.define(eq=False)

@@ -1,4 +1,5 @@
-"""The node's timers (shell): the reaper, the garbage-collection loop, the history flush.
+"""The node's timers (shell): the reaper and the garbage-collection loop (the history's are
+in ``geopresence.shell.history``).
 
 Each is a task the server starts in its root nursery; none of them touches a connection.
 """
@@ -14,10 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from geopresence.config import Config
-from geopresence.core.locations import Location
 from geopresence.shell.clock import ServerClock
-from geopresence.shell.metrics import Metrics
-from geopresence.storage.history import HistoryWriter
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
@@ -86,55 +84,3 @@ async def gc_loop(config: Config) -> None:
             )
             last_full = trio.current_time()
         gc.freeze()
-
-
-class HistoryFlusher:
-    """The hub's location history recorder: appends to the ``HistoryWriter`` and flushes
-    it at most ``history_flush_interval`` seconds after a write.
-
-    The history is a record, not the service: a full or broken disk costs history lines
-    (counted in ``history_errors_total`` and logged), never a location update or the
-    server."""
-
-    def __init__(self, config: Config, metrics: Metrics, history: HistoryWriter) -> None:
-        self._interval = config.history_flush_interval
-        self._metrics = metrics
-        self.history = history
-        self._dirty = trio.Event()
-        metrics.counter(
-            "history_records_total",
-            "Location records appended to the history files.",
-            lambda: [("", self.history.records)],
-        )
-
-    def record(self, user: str, location: Location) -> None:
-        """Append one location (the hub's ``history`` hook)."""
-        try:
-            self.history.append(user, location)
-        except OSError as exc:
-            self._failed(exc)
-            return
-        self._dirty.set()
-
-    def _failed(self, exc: OSError) -> None:
-        self._metrics.history_errors += 1
-        errors = self._metrics.history_errors
-        if errors in (1, 10, 100) or errors % 1000 == 0:
-            log.error("location history write failed (%d so far): %s", errors, exc)
-
-    async def run(self) -> None:
-        while True:
-            await self._dirty.wait()
-            await trio.sleep(self._interval)
-            self._dirty = trio.Event()
-            try:
-                self.history.flush()
-            except OSError as exc:
-                self._failed(exc)
-
-    def close(self) -> None:
-        """Flush and close the history file (errors are counted and logged)."""
-        try:
-            self.history.close()
-        except OSError as exc:
-            self._failed(exc)

@@ -1,4 +1,5 @@
-"""The offline data-dir commands' output: ``inspect``, ``snapshot``, ``repair``, ``history``.
+"""The offline data-dir commands' output: ``inspect``, ``snapshot``, ``repair``, ``history``,
+``forget``.
 
 Each function prints its report (text, or JSON with ``as_json``) and returns the exit status;
 ``geopresence.cli`` parses the command line and calls them.
@@ -18,7 +19,7 @@ import orjson
 from geopresence.model.ids import id_problem
 from geopresence.storage.datadir import DataDirLocked
 from geopresence.storage.history import history_dir, read_history
-from geopresence.storage.offline import compact, inspect_data_dir
+from geopresence.storage.offline import compact, forget_offline, inspect_data_dir
 from geopresence.storage.recovery import DataDirCorrupt
 from geopresence.storage.repair import repair_data_dir
 
@@ -189,4 +190,57 @@ def history(data_dir: Path, user: str, since: float | None, *, as_json: bool) ->
             print(f"{stamp}  {entry.lat:11.6f}  {entry.lon:12.6f}")
     if not as_json:
         print(f"{count} location(s) for {user}", file=sys.stderr)
+    return 0
+
+
+def forget(data_dir: Path, user: str, *, as_json: bool) -> int:
+    """``geopresence forget``: delete everything a stopped server's data dir holds about
+    ``user`` (``storage.offline.forget_offline``)."""
+    problem = id_problem(user, "user")
+    if problem is not None:
+        print(f"geopresence forget: {problem}", file=sys.stderr)
+        return 2
+    if not is_data_dir("forget", data_dir):
+        return 1
+
+    def say(name: str, lines: int) -> None:
+        if not as_json:
+            print(f"  history {name}: {lines:,} line(s) removed", flush=True)
+
+    try:
+        report = forget_offline(data_dir, user, progress=say)
+    except DataDirLocked as exc:
+        print(
+            f"geopresence forget: {exc}; ask the running server instead: "
+            f"DELETE /v1/users/{user} on its HTTP API",
+            file=sys.stderr,
+        )
+        return 1
+    except DataDirCorrupt as exc:
+        print(f"geopresence forget: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    for line in report["problems"]:
+        print(f"repaired: {line}")
+    history = report["history"]
+    held = ""
+    if report["snapshot"] is not None:
+        settings = ", settings" if report["settings"] else ""
+        held = (
+            f"{report['friends']:,} friendship(s), {report['groups']:,} group membership(s), "
+            f"{report['messages']:,} message(s){settings}; "
+        )
+    print(
+        f"forgot {user}: {held}{history['lines']:,} history line(s) "
+        f"({history['rewritten']} file(s) rewritten, {history['deleted']} deleted)"
+    )
+    if report["snapshot"] is not None:
+        print(f"  wrote {report['snapshot']}; the older snapshots and journal segments are deleted")
+    if report["corrupt_dir"] is not None:
+        print(
+            f"  note: {report['corrupt_dir']} (copies set aside by repair) is not scrubbed: "
+            "delete it yourself once it is not needed"
+        )
     return 0

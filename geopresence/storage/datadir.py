@@ -235,14 +235,18 @@ def install_snapshot(temporary: Path) -> Path:
     return final
 
 
-def write_snapshot(data_dir: Path, snapshot: Snapshot) -> tuple[Path, int]:
+def write_snapshot(data_dir: Path, snapshot: Snapshot, *, purge: bool = False) -> tuple[Path, int]:
     """Write ``snapshot`` atomically (temp file, fsync, rename, fsync the dir) and prune old
-    snapshots and journal segments (blocking: call it in a thread). Returns (path, bytes)."""
+    snapshots and journal segments, or with ``purge`` delete every older one
+    (``purge_before``) (blocking: call it in a thread). Returns (path, bytes)."""
     directory = state_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     temporary, size = write_snapshot_temporary(directory, snapshot)
     final = install_snapshot(temporary)
-    prune(directory)
+    if purge:
+        purge_before(directory, snapshot.journal_seq)
+    else:
+        prune(directory)
     return final, size
 
 
@@ -263,3 +267,20 @@ def prune(directory: Path) -> None:
             path.unlink(missing_ok=True)
     for path in directory.glob("*.tmp"):
         path.unlink(missing_ok=True)
+
+
+def purge_before(directory: Path, journal_seq: int) -> None:
+    """After a forget: keep only the snapshot of ``journal_seq`` (and newer ones) and the
+    journal after it; delete every older snapshot and every segment whose records it holds
+    (they still hold the forgotten user), but the last segment, which may hold later ones.
+    Unlike ``prune`` this leaves no older snapshot to fall back on until the next one."""
+    for seq, path in numbered(directory, SNAPSHOT_PATTERN):
+        if seq < journal_seq:
+            path.unlink(missing_ok=True)
+    segments = numbered(directory, JOURNAL_PATTERN)
+    for (_, path), (next_first, _) in itertools.pairwise(segments):
+        if next_first <= journal_seq + 1:
+            path.unlink(missing_ok=True)
+    for path in directory.glob("*.tmp"):
+        path.unlink(missing_ok=True)
+    fsync_dir(directory)

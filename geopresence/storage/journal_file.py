@@ -144,6 +144,13 @@ class FileJournal:
             if failed:
                 await trio.sleep(RETRY_AFTER_WRITE_ERROR_S)
 
+    async def settle(self) -> None:
+        """Return once everything appended and every segment started so far is written
+        (a write already under way included)."""
+        await self.flush()
+        async with self._io:
+            pass
+
     async def close(self) -> None:
         """Flush, fsync (any policy) and close the segment (at shutdown)."""
         await self.flush()
@@ -257,3 +264,24 @@ class FileJournal:
                     self._log_write_error(exc, fsync_only=True)
                     continue
                 self._synced = max(self._synced, target)
+
+
+def append_offline(data_dir: Path, seq: int, record: Record) -> Path:
+    """Without a server (``geopresence forget``): make ``record`` journal record ``seq``
+    (one after the last), durably, in the segment that starts at ``seq`` (created, or the
+    empty one a server left); returns the segment's path."""
+    directory = state_dir(data_dir)
+    path = journal_path(directory, seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        if os.fstat(fd).st_size < len(FILE_MAGIC):
+            os.ftruncate(fd, 0)
+            os.write(fd, FILE_MAGIC)
+        data = memoryview(encode_frame(record))
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(directory)
+    return path

@@ -1,6 +1,7 @@
-"""The offline tools' reading side: ``geopresence inspect`` (a read-only report of a data
-dir) and ``geopresence snapshot`` (compact: replay the journal into a new snapshot), both
-without a server: the data dir is replayed into a ``DurableState`` (blocking)."""
+"""The offline tools' side: ``geopresence inspect`` (a read-only report of a data dir),
+``geopresence snapshot`` (compact: replay the journal into a new snapshot) and ``geopresence
+forget`` (a user, from a stopped server's files), all without a server: the data dir is
+replayed into a ``DurableState`` (blocking)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from geopresence.core.state import DurableState
-from geopresence.model.records import TAGS
+from geopresence.model.records import TAGS, UserForgotten
 from geopresence.storage.datadir import (
+    CORRUPT_DIR,
     JOURNAL_PATTERN,
     SNAPSHOT_PATTERN,
     DataDirLock,
+    fsync_dir,
     is_locked,
     numbered,
     state_dir,
     write_snapshot,
 )
 from geopresence.storage.history import history_dir
+from geopresence.storage.history_care import Progress, scrub
+from geopresence.storage.journal_file import append_offline
 from geopresence.storage.recovery import DataDirCorrupt, load_offline
 from geopresence.storage.snapshot import capture
 
@@ -91,5 +96,55 @@ def compact(data_dir: Path) -> dict[str, Any]:
             "counts": snapshot.counts(),
             "problems": recovered.problems,
         }
+    finally:
+        lock.close()
+
+
+def forget_offline(data_dir: Path, user: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Offline: forget ``user`` in a stopped server's data dir, as ``DELETE /v1/users/{user}``
+    does: journal a ``UserForgotten`` record (so that, if this is cut short, the next start
+    finishes it), scrub the history files (``progress`` per file changed), write a snapshot
+    of the state without the user and delete every older snapshot and segment. A data dir
+    without ``state/`` (a Redis node's) only has its history scrubbed. Raises
+    ``DataDirLocked`` while a server runs on it, ``DataDirCorrupt`` (changing nothing) where
+    a start-up would refuse."""
+    lock = DataDirLock(data_dir)
+    try:
+        started = time.monotonic()
+        report: dict[str, Any] = {
+            "user": user,
+            **{"friends": 0, "groups": 0, "settings": False, "messages": 0},
+            "snapshot": None,
+            "problems": [],
+        }
+        with_state = state_dir(data_dir).is_dir()
+        if with_state:
+            state, recovered = load_offline(data_dir, repair=True)
+            report["problems"] = recovered.problems
+            seq = recovered.last_seq + 1
+            segment = append_offline(data_dir, seq, UserForgotten(user))
+            removed = state.forget(user)
+            report.update(
+                friends=len(removed.friends),
+                groups=len(removed.groups),
+                settings=removed.settings,
+                messages=removed.messages,
+            )
+        scrubbed = scrub(history_dir(data_dir), [user], progress=progress)
+        report["history"] = {
+            "lines": scrubbed.lines,
+            "rewritten": scrubbed.rewritten,
+            "deleted": scrubbed.deleted,
+        }
+        if with_state:
+            snapshot = capture(state, seq, time.time())
+            path, _ = write_snapshot(data_dir, snapshot, purge=True)
+            segment.unlink()  # it held the forget record only: the snapshot has it
+            fsync_dir(segment.parent)
+            report["snapshot"] = str(path)
+        corrupt = data_dir / CORRUPT_DIR
+        report["corrupt_dir"] = str(corrupt) if corrupt.is_dir() else None
+        report["seconds"] = round(time.monotonic() - started, 3)
+        return report
     finally:
         lock.close()

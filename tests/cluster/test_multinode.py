@@ -462,3 +462,78 @@ async def test_an_insecure_node_takes_no_part_in_the_key_check(tmp_path: Path) -
         finally:
             second.proc.terminate()
             second.proc.wait(15)
+
+
+def names_alice(data_dir: Path) -> list[str]:
+    return sorted(str(p) for p in data_dir.rglob("*") if p.is_file() and b"alice" in p.read_bytes())
+
+
+async def until(check: Any, within: float = 10.0) -> None:
+    with trio.fail_after(within):
+        while not check():
+            await trio.sleep(0.05)
+
+
+def redis_of(args: list[str]) -> Any:
+    import coredis
+
+    if args[0] == "--redis":
+        return coredis.Redis.from_url(args[1])
+    host, _, port = args[1].split(",")[0].rpartition(":")
+    return coredis.RedisCluster(host=host, port=int(port))
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+async def test_a_forget_reaches_every_node_redis_and_each_node_s_history(
+    kind: str, tmp_path: Path
+) -> None:
+    """Made through node 1, applied by node 2 from the feed (alice's connection there closed
+    with 4001, bob told); Redis keeps nothing of alice but her name in gp:forgotten, which a
+    node that was down reads to scrub its own history when it joins."""
+    down = tmp_path / "data3" / "history"
+    down.mkdir(parents=True)
+    (down / "locations-000001.jsonl").write_bytes(
+        b'{"user":"alice","lat":1.0,"lon":2.0,"ts":1.0}\n{"user":"bob","lat":1.0,"lon":2.0,"ts":2.0}\n'
+    )
+    with cluster_of(kind, 2, tmp_path) as (nodes, args):
+        a, b = nodes
+        async with a.admin() as admin:
+            for x, y in (("alice", "bob"), ("alice", "carol"), ("bob", "carol")):
+                await admin.befriend(x, y)
+            await admin.set_group("hikers", ["alice", "bob"])
+        async with session(b, "alice") as alice, session(a, "bob") as bob:
+            await alice.request("settings", visible_to_strangers=True)
+            await alice.send({"type": "location", "lat": 37.5665, "lon": 126.978})
+            await alice.send_message("for bob", to="bob")
+            await alice.send_message("for the hikers", group="hikers")
+            await expect(bob, "message", text="for bob")
+            await expect(bob, "message", text="for the hikers")
+            await until(lambda: names_alice(tmp_path / "data2"))  # her history, on node 2
+            async with a.admin() as admin:
+                result = await admin.forget("alice")
+            assert (result["friends"], result["groups"], result["messages"]) == (2, 1, 2)
+            assert (await alice.closed())[0] == 4001
+            await expect(bob, "friend_removed", user="alice")
+        await until(lambda: not names_alice(tmp_path / "data1") + names_alice(tmp_path / "data2"))
+        for node in (a, b):
+            async with node.admin() as admin:
+                assert await admin.friends("alice") == []
+                assert [f["user"] for f in await admin.friends("bob")] == ["carol"]
+                assert (await admin.user("alice"))["last_active_at"] is None
+        client = redis_of(args)
+        async with client:
+            keys = [k async for k in client.scan_iter(match="*alice*")]
+            assert keys == []
+            assert not await client.sismember("gp:users", "alice")
+            chats = sorted(str(c, "utf-8") for c in await client.smembers("gp:chats"))
+            assert chats == ["g:hikers"]
+            assert await client.zrange("gp:chat:{g:hikers}", 0, -1) == ()
+            assert await client.zscore("gp:forgotten", "alice") is not None
+        late = start_node(args, 3, tmp_path)  # was down: scrubs alice from its history
+        try:
+            await until(lambda: not names_alice(tmp_path / "data3"))
+            assert (down / "scrubbed-through").exists()
+            assert b'"bob"' in (down / "locations-000001.jsonl").read_bytes()
+        finally:
+            late.proc.terminate()
+            late.proc.wait(15)

@@ -31,6 +31,7 @@ from geopresence.model.records import (
     Record,
     SettingsChanged,
     Unfriended,
+    UserForgotten,
 )
 from geopresence.storage.snapshot import capture, restore
 
@@ -120,6 +121,25 @@ CASES: dict[str, tuple[Record, dict[str, Any]]] = {
     "settings back to the defaults": (SettingsChanged("ben", True, None, False), {}),
     "message": (dm(M3, "ben", "ann"), {"messages": [M1, M2, M3], "last_id": M3}),
     "message replayed again": (dm(M1), {}),  # at or below the last id: already there
+    "user forgotten": (
+        UserForgotten("ann"),  # its friendship, membership, 1:1 and group messages go
+        {
+            "friendships": [],
+            "groups": {"g": ["ben"]},
+            "memberships": {("g", "ben"): 0},
+            "messages": [],
+        },
+    ),
+    "user forgotten, the other side": (
+        UserForgotten("ben"),  # the 1:1 message it received goes; ann's group message stays
+        {
+            "friendships": [],
+            "groups": {"g": ["ann"]},
+            "memberships": {("g", "ann"): 0},
+            "messages": [M2],
+        },
+    ),
+    "user forgotten, unknown": (UserForgotten("zed"), {}),
 }
 
 
@@ -270,3 +290,29 @@ K = Keys("gp")
 def test_redis_commands_of_each_feed_op(op: Any, commands: list[Any] | None) -> None:
     """The key layout of geopresence/cluster/redis_keys.py, command by command."""
     assert blind_commands(K, op) == commands
+
+
+def test_a_forget_undoes_the_records_before_it_and_not_those_after() -> None:
+    """Replay order is the journal's: what came before the forget is forgotten (an older
+    ``befriended`` does not bring the user back), what came after is a new fact."""
+    state = built(
+        *BEFORE,
+        SettingsChanged("ann", False, 100.0, True),
+        Befriended("ann", "cat"),
+        dm(M3, "cat", "ann"),
+        UserForgotten("ann"),
+        Befriended("ann", "dan"),
+    )
+    assert view(state) == {
+        "friendships": [("ann", "dan")],
+        "groups": {"g": ["ben"]},
+        "memberships": {("g", "ben"): 0},
+        "settings": {},
+        "messages": [],
+        "last_id": M3,  # ids are never issued again
+    }
+    assert list(state.chat.read_after("ben", ["g"], 0)) == []
+    assert state.chat.find_client_msg("ann", "x") is None
+    # A snapshot taken after the forget holds nothing of what came before it.
+    snapshot = capture(state, 9, 0.0)
+    assert "cat" not in str(snapshot) and "ben" not in str(snapshot.friendships)

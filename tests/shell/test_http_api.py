@@ -183,7 +183,7 @@ async def test_405_has_allow_and_errors_are_counted(
     async with raw_client(server) as http:
         response = await http.post("/v1/users/alice")
         assert response.status_code == 405
-        assert response.headers["allow"] == "GET"
+        assert response.headers["allow"] == "GET, DELETE"
     async with server.connect("alice") as alice:
         await alice.request("group_presence", group="nope")  # forbidden, sent by the hub
         await alice.send({"type": "hello", "device": "again", "user": "alice"})

@@ -301,3 +301,26 @@ def test_inspect_leaves_the_lock_file_alone(tmp_path: Path) -> None:
     (tmp_path / "lock").write_text("geopresence pid 1\n")
     assert not is_locked(tmp_path)
     assert (tmp_path / "lock").read_text() == "geopresence pid 1\n"
+
+
+def test_purge_before_keeps_only_the_new_snapshot_and_the_journal_after_it(
+    tmp_path: Path,
+) -> None:
+    """After a forget: no older snapshot or segment is left to hold the user (``prune``
+    would keep one older snapshot and the segments to replay from it)."""
+    directory = state_dir(tmp_path)
+    directory.mkdir(parents=True)
+    for first in (1, 5, 9, 12):
+        (directory / f"journal-{first:020d}.log").write_bytes(FILE_MAGIC)
+    for seq in (4, 8):
+        write_snapshot(tmp_path, Snapshot(created_at=0.0, journal_seq=seq, last_message_id=0))
+    write_snapshot(
+        tmp_path, Snapshot(created_at=0.0, journal_seq=11, last_message_id=0), purge=True
+    )
+    assert [p.name for p in files(tmp_path, SNAPSHOT_PATTERN)] == [
+        "snapshot-00000000000000000011.snap"
+    ]
+    # 9..11 is held by the snapshot; 12 may hold later records (and is the last)
+    assert [p.name for p in files(tmp_path, JOURNAL_PATTERN)] == [
+        "journal-00000000000000000012.log"
+    ]

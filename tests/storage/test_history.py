@@ -1,4 +1,5 @@
-"""The location history files: format, rotation, torn lines, and the history command."""
+"""The location history files: format, rotation (size, age, each start, a forget), torn
+lines, and the history command."""
 
 from __future__ import annotations
 
@@ -37,10 +38,30 @@ def test_torn_line_is_terminated_and_skipped(tmp_path: Path) -> None:
     path = tmp_path / "locations-000001.jsonl"
     with open(path, "ab") as f:
         f.write(b'{"user":"alice","lat":3')  # a crash mid-write
-    writer = HistoryWriter(tmp_path)  # a restart appends after terminating the torn line
+    writer = HistoryWriter(tmp_path)  # a restart starts a new file
     writer.append("alice", Location(5, 6, 20))
     writer.close()
     assert [(e.lat, e.ts) for e in read_history(tmp_path, "alice")] == [(1, 10), (5, 20)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "locations-000001.jsonl",
+        "locations-000002.jsonl",
+    ]
+
+
+def test_a_file_spans_at_most_max_age_and_rotate_fences_the_files_so_far(tmp_path: Path) -> None:
+    writer = HistoryWriter(tmp_path, max_age=100.0)
+    writer.append("alice", Location(1, 2, 0), now=1000.0)
+    writer.append("alice", Location(1, 2, 0), now=1099.9)
+    assert writer.current == 1 and writer.last_write == 1099.9
+    writer.append("alice", Location(1, 2, 0), now=1100.0)  # 100 s after the file's first
+    assert writer.current == 2
+    assert writer.rotate() == 2  # every later record goes to a higher number
+    assert writer.current is None and writer.last_write is None
+    writer.append("bob", Location(1, 2, 0), now=1101.0)
+    assert writer.current == 3
+    writer.close()
+    counts = [len(p.read_bytes().splitlines()) for p in sorted(tmp_path.iterdir())]
+    assert counts == [2, 1, 1]
 
 
 def test_history_command_text_output(tmp_path: Path) -> None:

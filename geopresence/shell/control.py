@@ -1,0 +1,55 @@
+"""What the HTTP API needs of the node it serves (shell): the ``Control`` protocol, which
+``shell.server.Server`` implements; the routes (``shell.http_api``, ``shell.http_users``)
+depend on it, not on the server."""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from geopresence.config import Config
+from geopresence.core.forget import ForgetReport
+from geopresence.core.hub import Hub
+from geopresence.shell.history import HistoryKeeper
+from geopresence.shell.metrics import Metrics
+
+
+class Control(Protocol):
+    """What the HTTP API needs of the node it serves (``Server`` is one)."""
+
+    hub: Hub
+    metrics: Metrics
+    config: Config
+    admin_key: str | None
+    """None: --insecure, no key needed."""
+    secret: str
+    ws_port: int | None
+    """The bound WebSocket port (None before it listens): the console connects to it."""
+    history_keeper: HistoryKeeper
+    """The location history files (exports read them)."""
+
+    @property
+    def persistence(self) -> Literal["memory", "disk", "redis"]:
+        """Where the durable state is kept (``POST /v1/snapshot`` needs ``disk``)."""
+        ...
+
+    def now(self) -> float:
+        """Server time, epoch seconds."""
+        ...
+
+    async def durable(self, seq: int) -> None:
+        """Return once journal record ``seq`` is durable."""
+
+    async def flush_cluster_presence(self) -> None:
+        """Multi-node: return once this node's presence reports reached Redis."""
+
+    async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
+        """Write a snapshot now and describe it."""
+        ...
+
+    async def forget_user(self, user: str) -> tuple[ForgetReport, str | None]:
+        """Forget ``user`` and return once it is durable and gone from the files (the
+        report, and what failed: None if nothing)."""
+        ...
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""

@@ -1,0 +1,46 @@
+"""The HTTP API's routes about one user's data: forget it, export it (shell).
+
+``DELETE /v1/users/{user}`` answers once the forget is durable (journal, or Redis), the
+location history files hold no line of the user and, with a journal, the snapshots and
+segments written before it are deleted. ``GET /v1/users/{user}/export`` streams one JSON
+document (``geopresence.shell.export``). docs/protocol.md has the shapes; docs/security.md
+what is held and for how long.
+"""
+
+from __future__ import annotations
+
+from geopresence.shell.control import Control
+from geopresence.shell.export import export_document
+from geopresence.shell.http_routing import HttpError, Request, Response, Streamed
+
+
+class UserData:
+    """The handlers of the two routes over ``server``."""
+
+    def __init__(self, server: Control) -> None:
+        self.server = server
+
+    async def forget(self, request: Request) -> Response:
+        """Forget the user; 500 if the history or the snapshot could not be rewritten
+        (the forget itself is applied and durable; the history is retried)."""
+        user = request.params["user"]
+        report, problem = await self.server.forget_user(user)
+        if problem is not None:
+            raise HttpError(500, "internal", f"{user} is forgotten, but {problem}")
+        return 200, {
+            "user": user,
+            "forgotten": True,
+            "friends": report.friends,
+            "groups": report.groups,
+            "messages": report.messages,
+            "settings": report.settings,
+            "location": report.location,
+            "devices_logged_out": report.devices,
+        }
+
+    def export(self, request: Request) -> Response:
+        user = request.params["user"]
+        server = self.server
+        keeper = server.history_keeper
+        chunks = export_document(server.hub, user, server.now(), keeper.directory, keeper.run_sync)
+        return 200, Streamed(chunks)
