@@ -117,6 +117,7 @@ class ClusterLink:
             self._now,
             known_version=self._known_version,
             sweep_interval=sweep_interval,
+            may_sweep=lambda: self.lease.steady(),
         )
         self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
         self._hub: Hub | None = None
@@ -283,6 +284,7 @@ class ClusterLink:
                     continue
                 busy_for = await lease.retake()
             except Exception as exc:
+                lease.interrupted()
                 if not failing:  # once per outage, not every second
                     log.error("renewing the node lease failed (retrying quietly): %s", exc)
                 failing = True

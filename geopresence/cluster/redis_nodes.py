@@ -84,6 +84,7 @@ class NodeLease:
         """True while this node holds its lease (as far as it knows)."""
         self.left = False
         """True once this node left: it never takes its id again."""
+        self._steady_since: float | None = None
         self._scripts = {
             name: client.register_script(script)
             for name, script in (("take", TAKE), ("renew", RENEW), ("leave", LEAVE))
@@ -101,6 +102,7 @@ class NodeLease:
         lease on it."""
         left = int(await self._scripts["take"](keys=[self.keys.nodes], args=self._args()))
         self.held = not left
+        self._steady_since = self.clock() if self.held else None
         return left / 1000
 
     async def retake(self) -> float:
@@ -114,7 +116,23 @@ class NodeLease:
         Redis): call ``retake``."""
         kept = bool(int(await self._scripts["renew"](keys=[self.keys.nodes], args=self._args())))
         self.held = kept
+        if not kept:
+            self._steady_since = None
+        elif self._steady_since is None:
+            self._steady_since = self.clock()
         return kept
+
+    def interrupted(self) -> None:
+        """A renewal failed (Redis unreachable): this node's view of the others is stale."""
+        self._steady_since = None
+
+    def steady(self) -> bool:
+        """True once this node has renewed its lease without a failure for a whole lease:
+        only then may it judge the others' leases. After an outage every node renews first
+        (and reports its devices again if it lost its lease) before any sweeper counts it
+        gone for a lease that lapsed only because Redis was away."""
+        since = self._steady_since
+        return since is not None and self.clock() - since >= self.lease
 
     async def leave(self) -> None:
         """Free the node id at once; the devices held stay alive for their grace window."""

@@ -77,6 +77,7 @@ class RedisPresence:
         known_version: Callable[[str], int] = lambda user: 0,
         sweep_interval: float = 0.5,
         offline_after: float = 30.0,
+        may_sweep: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -87,12 +88,16 @@ class RedisPresence:
         self.sweep_interval = sweep_interval
         self.offline_after = offline_after
         """A gone node's devices keep their grace window this long (seconds)."""
+        self._may_sweep = may_sweep
+        """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
         self._pending: dict[tuple[str, str], DeviceOp] = {}
         self._first: list[Op] = []
+        self._applied_now: set[tuple[str, str]] = set()
+        """Devices ``alive_now`` just made held, whose session's own report is then moot."""
         self._applying = 0
         # One batch at a time (the run loop's, ``alive_now``'s, the sweeper's): a device's
         # index entry is added and removed in the order of its reports.
@@ -121,6 +126,10 @@ class RedisPresence:
     # ---------------------------------------------------------------- from the hub
 
     def device_alive(self, user: str, device: str, at: float) -> None:
+        key = (user, device)
+        if key in self._applied_now:  # the session's report, right after ``alive_now``
+            self._applied_now.discard(key)
+            return
         self._report(user, device, ("alive", at))
 
     def device_ended(
@@ -142,18 +151,22 @@ class RedisPresence:
         """Make a device held here in Redis before its session starts, so that whatever its
         user does next (a logout on another device, on another node) comes after it: a
         report still queued here could reach Redis after that and flap the user's status.
-        If the device has a change queued, that queue keeps the order instead."""
+        If the device has a change queued, that queue keeps the order instead. The
+        session's own ``device_alive``, which follows at once (no checkpoint between), is
+        then skipped."""
         key = (user, device)
         if self._holder is None or key in self._pending or any(o[:2] == key for o in self._first):
             return
         self._applying += 1
         try:
             await self._apply([(user, device, ("alive", at))], self._holder)
+            self._applied_now.add(key)
         finally:
             self._applying -= 1
 
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
+        self._applied_now.discard(key)
         previous = self._pending.pop(key, None)  # re-queued last: ops leave in report order
         if previous is not None and previous[0] == "logout":
             if op[0] == "alive":
@@ -293,6 +306,8 @@ class RedisPresence:
         failing = False
         while True:
             await trio.sleep(self.sweep_interval)
+            if not self._may_sweep():
+                continue
             try:
                 await self.sweep()
             except Exception as exc:

@@ -187,9 +187,11 @@ async def test_a_node_that_lost_its_lease_reports_its_devices_again() -> None:
             await settle(a)
             old = lease_a.incarnation
             await advance(nodes.clock, T0 + LEASE + 1, lease_b)  # a is stalled meanwhile
+            assert lease_b.steady()  # renewed for a whole lease: b may judge a's
             assert not await lease_a.renew()
             assert await lease_a.retake() == 0
             assert lease_a.incarnation != old
+            assert not lease_a.steady()  # not before a whole lease of its own again
             a.holder = lease_a.incarnation
             a.reclaim([("erin", "phone", T0 + 4)])
             await settle(a)
