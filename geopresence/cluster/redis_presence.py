@@ -96,6 +96,8 @@ class RedisPresence:
         # offline then online; so does the cluster).
         self._pending: dict[tuple[str, str], DeviceOp] = {}
         self._first: list[Op] = []
+        self._in_flight: set[tuple[str, str]] = set()
+        """Devices of the run loop's batch being applied."""
         self._applied_now: set[tuple[str, str]] = set()
         """Devices ``alive_now`` just made held, whose session's own report is then moot."""
         self._applying = 0
@@ -145,7 +147,7 @@ class RedisPresence:
         """Report again every (user, device, last activity) alive on this node: it is a new
         incarnation, and what its old one held is the sweepers' now."""
         for user, device, last_active in devices:
-            self.device_alive(user, device, last_active)
+            self._report(user, device, ("alive", last_active))
 
     async def alive_now(self, user: str, device: str, at: float) -> None:
         """Make a device held here in Redis before its session starts, so that whatever its
@@ -155,14 +157,21 @@ class RedisPresence:
         session's own ``device_alive``, which follows at once (no checkpoint between), is
         then skipped."""
         key = (user, device)
-        if self._holder is None or key in self._pending or any(o[:2] == key for o in self._first):
+        if self._holder is None or self._queued(key):
             return
         self._applying += 1
         try:
             await self._apply([(user, device, ("alive", at))], self._holder)
-            self._applied_now.add(key)
+            if not self._queued(key):  # else (its old session ended meanwhile) report again
+                self._applied_now.add(key)
         finally:
             self._applying -= 1
+
+    def _queued(self, key: tuple[str, str]) -> bool:
+        """True if a change of the device is waiting or being applied by the run loop."""
+        if key in self._pending or key in self._in_flight:
+            return True
+        return any(op[:2] == key for op in self._first)
 
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
@@ -196,6 +205,7 @@ class RedisPresence:
                 first, self._first = self._first, []
                 batch, self._pending = self._pending, {}
                 ops = first + [(user, device, op) for (user, device), op in batch.items()]
+                self._in_flight = {(user, device) for user, device, _ in ops}
                 self._applying += len(ops)
                 try:
                     for start in range(0, len(ops), BATCH):
@@ -210,6 +220,7 @@ class RedisPresence:
                     await trio.sleep(1.0)
                 finally:
                     self._applying -= len(ops)
+                    self._in_flight = set()
 
     async def flush(self) -> None:
         """Wait until every reported change is in Redis (``run`` must be running)."""
@@ -344,7 +355,10 @@ class RedisPresence:
                     break
                 ops: list[Op] = []
                 for entry in entries:
-                    user, _, device = string(entry).partition("\n")
+                    user, newline, device = string(entry).partition("\n")
+                    if not newline:  # not written by a node: drop it, or this never ends
+                        await client.srem(index, [entry])
+                        continue
                     ops.append((user, device, ("end", dead.last_seen)))
                 ended += await self._apply(ops, dead.incarnation)
             await forget(client, keys, dead)

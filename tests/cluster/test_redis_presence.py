@@ -311,3 +311,24 @@ async def test_devices_recorded_by_an_older_version_are_ended_once() -> None:
             assert nodes.transitions("fay") == ["online", "offline"]  # (v3 was news here)
             assert nodes.transitions("gus") == ["online"]
             assert await client.exists([deadlines]) == 0
+
+
+async def test_a_session_reported_before_its_welcome_outlives_its_old_sessions_end() -> None:
+    """The hello's ``alive_now`` waits for a batch in flight; meanwhile the device's previous
+    session on this node reaches its deadline and is reported ended. The session's own report
+    must then follow that end, or the connected device would end in Redis."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, _, lease_a, _):
+            a.device_alive("hal", "phone", T0)
+            await settle(a)
+            async with trio.open_nursery() as nursery:
+                async with a._lock:  # a batch in flight
+                    nursery.start_soon(a.alive_now, "hal", "phone", T0 + 40)
+                    await trio.sleep(0.05)  # alive_now waits for the batch
+                    a.device_ended("hal", "phone", T0 + 10, logout=False)  # its old session
+                await trio.sleep(0.05)
+            a.device_alive("hal", "phone", T0 + 40)  # the session opens (the hub's report)
+            await settle(a)
+            assert await nodes.held(lease_a) == ["hal\nphone"]
+            assert nodes.transitions("hal")[-1] == "online"
