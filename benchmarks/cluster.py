@@ -178,10 +178,13 @@ def _redis_rows(result: Result, before: RedisCounts, after: RedisCounts, elapsed
     masters = f"{len(ops)} masters: {each}" if len(ops) > 1 else "1 server"
     calls = {name: (count - before.calls.get(name, 0)) / elapsed
              for name, count in after.calls.items()}  # fmt: skip
-    top = sorted(calls.items(), key=lambda item: -item[1])[:6]
+    every = sorted(calls.items(), key=lambda item: -item[1])
+    per_user = sum(ops) / result.connected if result.connected else math.nan
     result.extra += [
         ("Redis ops/s", f"{sum(ops):,.0f} ({masters})"),
-        ("Redis commands/s", ", ".join(f"{name} {rate:,.0f}" for name, rate in top if rate)),
+        ("Redis ops per user-second", f"{per_user:.3f} ({result.connected:,} users connected)"),
+        # Every command, scripts' own included (Redis 7 counts them): which part costs what.
+        ("Redis commands/s", ", ".join(f"{name} {rate:,.1f}" for name, rate in every if rate)),
         ("Redis CPU", f"{result.redis_cpu * 100:.0f} % (sum)"),
     ]
 

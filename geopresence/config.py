@@ -253,12 +253,23 @@ class Config:
     )
     redis_sweep_interval: float = setting(
         0.5,
-        "how often each node ends the devices of a node that stopped reporting",
+        "how often each node looks for nodes whose lease lapsed and ends their devices",
         CLUSTER,
         positive,
         unit="s",
     )
-    """A dead node's users go offline at most this long after their deadline."""
+    """A dead node's users go offline at most this long after lease + offline_after."""
+    redis_lease: float = setting(
+        5.0,
+        "how long a node that stops renewing its lease (every lease/5) counts as alive",
+        CLUSTER,
+        positive,
+        unit="s",
+    )
+    """A killed node's users go offline lease + ``offline_after`` after its last renewal
+    (their clients may reconnect to another node until then without a flap); its node id
+    is free again after this. Too short, and a stalled node (a slow Redis) loses it: its
+    devices are reported again, and may flap."""
     node_id: int = setting(
         0,
         "Snowflake node id in message ids, 0..1023; with several nodes each needs its own",

@@ -6,8 +6,10 @@
   Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster);
 - a ``RedisJournal`` (the hub's journal): durable records written to Redis, each appended
   to the feed stream the other nodes' replicas read (``RedisFeed``);
-- a ``RedisPresence``: device deadlines and the once-decided online/offline transitions;
-- the node lease ``gp:node:{N}``: two live nodes never share a Snowflake node id.
+- a ``RedisPresence``: which node holds each alive device, the once-decided online/offline
+  transitions, and the sweeper of gone nodes' devices;
+- the node lease in ``gp:nodes`` (``NodeLease``): two live nodes never share a Snowflake node
+  id, and the other nodes know this one is alive while it renews it (every second).
 
 Start-up (``run``): take the lease, note the feed's newest entry, load the shared state into
 the hub's replica, then read the feed from that entry on and serve.
@@ -19,7 +21,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import secrets
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -29,6 +30,7 @@ from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal, load_state
 from geopresence.config import Config
@@ -38,30 +40,8 @@ from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 
-LEASE_SECONDS: Final = 15.0
-"""How long a node id stays taken after its node stopped renewing it (a SIGKILLed node's id
-is free again after this)."""
-LEASE_RENEW: Final = 3.0
 FEED_OVERLAP: Final = 5.0
 """Seconds of feed a starting node applies again on top of what it loaded."""
-
-_RENEW: Final = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
-"""Extend this node's lease; take it again if it vanished (a Redis restarted without
-persistence); 0 if another node holds it."""
-_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class ClusterError(RuntimeError):
@@ -119,6 +99,8 @@ class ClusterLink:
         sharded: bool,
         prefix: str = "gp",
         shared_keys: Mapping[str, str] | None = None,
+        lease: float = LEASE_SECONDS,
+        sweep_interval: float = 0.5,
     ) -> None:
         self.client = client
         self.shared_keys = dict(shared_keys or {})
@@ -130,13 +112,17 @@ class ClusterLink:
         self.broker: RedisBroker | None = None
         self.journal = RedisJournal(client, self.keys, node_id)
         self.presence = RedisPresence(
-            client, self.keys, self._announce, self._now, known_version=self._known_version
+            client,
+            self.keys,
+            self._announce,
+            self._now,
+            known_version=self._known_version,
+            sweep_interval=sweep_interval,
+            may_sweep=lambda: self.lease.steady(),
         )
+        self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
         self._hub: Hub | None = None
         self._clock: Callable[[], float] | None = None
-        self._lease_token = secrets.token_hex(8)
-        self._token: str | None = self._lease_token
-        """The lease token while this node holds its id (None once released)."""
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -154,18 +140,20 @@ class ClusterLink:
     def replicate(self, op: FeedOp) -> None:
         self.journal.replicate(op)
 
-    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
-        self.presence.device_alive(user, device, deadline, last_active_at)
+    def device_alive(self, user: str, device: str, at: float) -> None:
+        self.presence.device_alive(user, device, at)
 
-    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
-        self.presence.device_ended(user, device, expired_at)
+    def device_ended(
+        self, user: str, device: str, last_active_at: float | None, *, logout: bool
+    ) -> None:
+        self.presence.device_ended(user, device, last_active_at, logout=logout)
 
-    def logout(self, user: str, device: str | None) -> None:
+    def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
         self.journal.replicate(LogoutRequested(user, device))
         if device is None:
-            self.presence.logout_user(user)
+            self.presence.logout_user(user, last_active_at)
         else:
-            self.presence.device_ended(user, device, None)
+            self.presence.device_ended(user, device, last_active_at, logout=True)
 
     async def forgotten_since(self, since: float, retention: float) -> tuple[list[str], float]:
         """The users forgotten in the cluster after ``since`` (epoch seconds) and the latest
@@ -204,6 +192,7 @@ class ClusterLink:
         once the hub's replica is loaded (reports the loaded counts)."""
         self._hub = hub
         self._clock = clock
+        self.presence.offline_after = hub.settings.offline_after
         assert self.broker is not None, "build the hub with make_broker first"
         async with contextlib.AsyncExitStack() as stack:
             try:
@@ -211,6 +200,7 @@ class ClusterLink:
                 await stack.enter_async_context(self.client)
                 await self._check_shared_keys()
                 await self._take_lease()
+                self.presence.holder = self.lease.incarnation
             except ClusterError:
                 raise
             except Exception as exc:  # unreachable, refused, wrong password...
@@ -218,8 +208,11 @@ class ClusterLink:
                 raise ClusterError(f"cannot reach {target}: {exc}") from exc
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._renew_lease)
+                    nursery.start_soon(self._keep_lease)
                     await nursery.start(self.broker.run)
+                    migrated = await self.presence.migrate_legacy()
+                    if migrated:
+                        log.warning("ended %d devices recorded by an older version", migrated)
                     # Read the feed from before the load: what changes meanwhile is applied
                     # on top (applying a change twice is harmless), nothing is missed. A few
                     # seconds before, since on a Cluster a change's feed entry can land before
@@ -236,15 +229,12 @@ class ClusterLink:
                     await self.leave()
 
     async def leave(self) -> None:
-        """Free this node's id at once (clean shutdown); a crashed node's lease expires."""
-        if self._token is None:
-            return
-        token, self._token = self._token, None
+        """Free this node's id at once (clean shutdown); a crashed node's lease lapses. The
+        devices it held stay alive for their grace window, then the others end them."""
         try:
-            release = self.client.register_script(_RELEASE)
-            await release(keys=[self._lease_key()], args=[token])
-        except Exception as exc:  # it expires by itself
-            log.warning("could not release the node id lease: %s", exc)
+            await self.lease.leave()
+        except Exception as exc:  # it lapses by itself
+            log.warning("could not release the node lease: %s", exc)
 
     async def flush(self) -> None:
         """Wait until the journal and the presence reports are in Redis (drain, shutdown)."""
@@ -276,41 +266,58 @@ class ClusterLink:
                     f"on purpose, stop every node and delete the Redis key {redis_key}"
                 )
 
-    def _lease_key(self) -> str:
-        return self.keys.of("node", str(self.node_id))
-
     async def _take_lease(self) -> None:
-        from coredis import PureToken
-
-        taken = await self.client.set(
-            self._lease_key(),
-            self._lease_token,
-            condition=PureToken.NX,
-            px=int(LEASE_SECONDS * 1000),
-        )
-        if not taken:
-            ttl = await self.client.pttl(self._lease_key())
+        left = await self.lease.take()
+        if left:
             raise NodeIdInUse(
                 f"node id {self.node_id} is in use by another live node (its lease ends in "
-                f"{max(ttl, 0) / 1000:.0f} s if that node stopped): give each node its own "
-                "--node-id (0..1023)"
+                f"{left:.0f} s if that node stopped): give each node its own --node-id (0..1023)"
             )
 
-    async def _renew_lease(self) -> None:
-        renew = self.client.register_script(_RENEW)
+    async def _keep_lease(self) -> None:
+        """Renew the lease every ``renew_every`` seconds. A lease found lost (this node was
+        stalled or cut off from Redis for longer than the lease, or Redis lost it) means the
+        other nodes count this incarnation gone and will end its devices after their grace
+        window: become a new incarnation at once and report every alive device again."""
+        lease = self.lease
+        failing = refused = False
         while True:
-            await trio.sleep(LEASE_RENEW)
+            await trio.sleep(lease.renew_every)
+            if lease.left:  # shutting down: the others sweep what it held
+                return
             try:
-                kept = await renew(
-                    keys=[self._lease_key()], args=[self._lease_token, int(LEASE_SECONDS * 1000)]
-                )
+                if lease.held and await lease.renew():
+                    failing = False
+                    continue
+                busy_for = await lease.retake()
             except Exception as exc:
-                log.error("renewing the node id lease failed: %s", exc)
+                lease.interrupted()
+                if not failing:  # once per outage, not every second
+                    log.error("renewing the node lease failed (retrying quietly): %s", exc)
+                failing = True
                 continue
-            if not int(kept):
-                log.error(
-                    "node id %d is now held by another node (this one was cut off from Redis "
-                    "for more than %.0f s?): two nodes issue the same message ids; stop one",
-                    self.node_id,
-                    LEASE_SECONDS,
-                )
+            failing = False
+            if busy_for:
+                self.presence.holder = None  # its reports wait for a lease
+                if not refused:
+                    log.error(
+                        "node id %d is now held by another node (this one was stalled or cut "
+                        "off from Redis for more than %.0f s?): two nodes issue the same "
+                        "message ids; stop one",
+                        self.node_id,
+                        lease.lease,
+                    )
+                refused = True
+                continue
+            refused = False
+            assert self._hub is not None
+            devices = list(self._hub.lifecycle.presence.alive_devices())
+            log.warning(
+                "node %d had lost its lease (stalled or cut off from Redis for more than "
+                "%.0f s?): its %d devices are reported again",
+                self.node_id,
+                lease.lease,
+                len(devices),
+            )
+            self.presence.holder = lease.incarnation
+            self.presence.reclaim(devices)

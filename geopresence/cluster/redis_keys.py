@@ -13,10 +13,12 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:locations         hash: user -> [lat, lon, ts, accepted_at] (expired ones are skipped
                          and removed by the loader; an offline user's is removed at once)
     gp:presence:{U}      hash: status, last_active_at, v (transition count), d:<device> ->
-                         deadline (see ``geopresence.cluster.redis_presence``)
+                         the incarnation holding it (``geopresence.cluster.redis_presence``)
     gp:presence_users    index of users with a presence hash
-    gp:deadlines         sorted set: "<user>\\n<device>" scored by its deadline
-    gp:node:{N}          the lease of the node with Snowflake node id N
+    gp:nodes             hash: n:<N> -> each live node's lease, gone:<X> -> each incarnation
+                         X ("<N>/<token>") that died or left (``redis_nodes``)
+    gp:held:{X}          set: "<user>\\n<device>" of each device incarnation X holds (or
+                         held: a superset, checked by the scripts)
     gp:feed              stream: every change, for the other nodes' replicas
                          (``geopresence.cluster.redis_feed``)
     gp:forgotten         sorted set: forgotten user -> forget time, for the history of the
@@ -48,7 +50,9 @@ class Keys:
         self.chats = f"{prefix}:chats"
         self.locations = f"{prefix}:locations"
         self.presence_users = f"{prefix}:presence_users"
-        self.deadlines = f"{prefix}:deadlines"
+        self.nodes = f"{prefix}:nodes"
+        self.legacy_deadlines = f"{prefix}:deadlines"
+        """Where versions before holders kept devices' deadlines (migrated at start)."""
         self.feed = f"{prefix}:feed"
 
     def of(self, kind: str, name: str) -> str:

@@ -1,124 +1,70 @@
-"""Presence shared by every node (shell): per-device deadlines in Redis, and each user-level
-transition decided once, atomically, by a Lua script.
+"""Presence shared by every node (shell): which node holds each alive device, and each
+user-level transition decided once, atomically, by a Lua script.
 
-Each node keeps its own devices in its hub's ``PresenceTable`` (heartbeats, 4000 closes) and
-reports them here (the ``Replicator`` calls ``device_alive`` / ``device_ended``). Redis holds,
-per user, ``gp:presence:{U}``: ``status``, ``last_active_at``, ``v`` (transition count) and
-``d:<device>`` -> deadline (epoch seconds), plus ``gp:deadlines``, every device scored by its
-deadline. The scripts below run atomically on the user's slot, so whichever node's call makes
-the user's first device alive, or ends its last one, is the only one that sees the
-transition: it announces it (``announce``), once for the whole cluster.
+Heartbeats stay on the node. Each node keeps its own devices' deadlines in its hub's
+``PresenceTable`` (activity, grace window, 4000 closes) and tells Redis only a device's
+transitions there (the ``Replicator`` calls): a session opened (``device_alive``: this
+node's incarnation holds the device from now on) and the device ended here (its deadline
+passed, or a logout). Redis holds, per user, ``gp:presence:{U}``: ``status``,
+``last_active_at``, ``v`` and ``d:<device>`` -> holder; the scripts
+(``geopresence.cluster.presence_scripts``) run atomically on the user's slot, so whichever
+call makes the user's first device alive, or ends its last one, is the only one that sees
+the transition: it announces it (``announce``), once for the whole cluster.
 
-A node that dies stops reporting; its devices' deadlines pass and the *sweeper* of every
-live node (``sweep_interval``, 0.5 s) finds them in ``gp:deadlines`` and ends them with the
-same script, so the user goes offline exactly once, at most ``sweep_interval`` plus one
-round trip after the deadline. A device that reconnected to another node in the meantime
-has a later deadline there, and nothing happens (no flap).
+A device that reconnects to another node inside its grace window is held by that node from
+its new session on; the first node's later end of it (its deadline passing there) checks
+the holder and changes nothing: no flap.
 
-Node clocks must agree (NTP): deadlines are compared across nodes.
+A node's liveness is its lease (``geopresence.cluster.redis_nodes``). Each node also keeps
+the set of devices it holds, ``gp:held:{X}`` for its incarnation X, written before the
+scripts (a device held in Redis is always in its holder's set; the set may list devices
+since taken over or ended, which the scripts then leave alone). When a node's lease lapses,
+the other nodes' sweepers wait out its devices' grace window (``offline_after`` from the
+lease's end), then end each device in its set that it still holds, with the same script:
+each user goes offline exactly once, at most lease + ``offline_after`` (+ one sweep
+interval) after the node died.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
 
 import trio
 
+from geopresence.cluster.presence_scripts import ALIVE, END, sha1
 from geopresence.cluster.redis_keys import Keys, string
+from geopresence.cluster.redis_nodes import forget, lapse, read_registry
 from geopresence.core.replication import PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 
-_NEXT_VERSION: Final = """
--- A user's transition count, made to grow with time as well: if Redis loses the hash (a
--- restart without persistence, a failover), new transitions still outrank old ones.
-local function next_version(k, now_ms)
-  local v = math.max(tonumber(redis.call('HGET', k, 'v') or '0') + 1, tonumber(now_ms))
-  redis.call('HSET', k, 'v', string.format('%d', v))
-  return string.format('%d', v)
-end
-"""
-
-ALIVE: Final = (
-    _NEXT_VERSION
-    + """
--- KEYS[1] presence hash; ARGV: device, deadline, last_active_at, now (ms)
-local k = KEYS[1]
-local field = 'd:' .. ARGV[1]
-local deadline = tonumber(ARGV[2])
-local current = tonumber(redis.call('HGET', k, field) or '0')
-if deadline > current then redis.call('HSET', k, field, ARGV[2]) end
-local last = redis.call('HGET', k, 'last_active_at')
-if not last or tonumber(ARGV[3]) > tonumber(last) then
-  redis.call('HSET', k, 'last_active_at', ARGV[3])
-  last = ARGV[3]
-end
-if redis.call('HGET', k, 'status') ~= 'online' then
-  redis.call('HSET', k, 'status', 'online')
-  return {1, last, next_version(k, ARGV[4]), 'online'}
-end
-return {0, last, redis.call('HGET', k, 'v') or '0', 'online'}
-"""
-)
-"""Make a device alive until ``deadline`` (never shortening it); {1, last, v, 'online'} if
-this made the user online, else {0, last, v, 'online'}: the current state, so that a node
-whose reply to the deciding call was lost learns it from its next call. Numbers travel as
-strings: Lua numbers would be truncated to integers."""
-
-END: Final = (
-    _NEXT_VERSION
-    + """
--- KEYS[1] presence hash; ARGV: device, mode ('logout' | 'logout_all' | 'expire'),
--- now (s), now (ms)
-local k = KEYS[1]
-local now = tonumber(ARGV[3])
-local mode = ARGV[2]
-if mode == 'logout' then redis.call('HDEL', k, 'd:' .. ARGV[1]) end
-local alive = 0
-local mine = '0'
-local fields = redis.call('HGETALL', k)
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  if string.sub(name, 1, 2) == 'd:' then
-    if mode == 'logout_all' or tonumber(fields[i + 1]) <= now then
-      redis.call('HDEL', k, name)
-    else
-      alive = alive + 1
-      if name == 'd:' .. ARGV[1] then mine = fields[i + 1] end
-    end
-  end
-end
-local last = redis.call('HGET', k, 'last_active_at') or ''
-if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
-  redis.call('HSET', k, 'status', 'offline')
-  return {1, last, next_version(k, ARGV[4]), mine, 'offline'}
-end
-return {0, last, redis.call('HGET', k, 'v') or '0', mine,
-        redis.call('HGET', k, 'status') or 'offline'}
-"""
-)
-"""End a device (logout: at once; logout_all: every device of the user, at once; expire:
-only if its deadline is ``<= now``, so a deadline another node extended wins), along with
-every other device past its deadline; {1, last, v, ...} if this left the user without an
-alive device; else {0, last, v, ..., status} (the current state). The fourth value is the
-device's remaining deadline ('0': gone)."""
-
 BATCH: Final = 256
 """Device changes sent per pipeline."""
 
-DeviceOp = tuple[Literal["alive", "expire", "logout", "logout_all"], float, float | None]
-"""("alive", deadline, last_active_at), ("expire", expired_at, None), or a logout
-("logout": one device, "logout_all": every device of the user; both at once)."""
+DeviceOp = tuple[Literal["alive", "end", "logout", "logout_all", "legacy"], float | None]
+"""("alive", at): a session of the device opened here at ``at``; ("end", last): it ended
+here, and ends in Redis only if this node still holds it; ("logout", last) / ("logout_all",
+last): one device / every device of the user, at once, whoever holds it; ("legacy", None):
+recorded by an older version. ``last``: the user's latest activity this node saw (epoch
+seconds; None: none)."""
+
+Op = tuple[str, str, DeviceOp]
+
+
+def member(user: str, device: str) -> str:
+    """A device in a node's ``gp:held`` set."""
+    return f"{user}\n{device}"
 
 
 class RedisPresence:
-    """Reports this node's devices to Redis and announces the transitions it decides.
+    """Reports this node's devices to Redis, announces the transitions it decides and sweeps
+    the devices of gone nodes.
 
     ``announce(transition)`` is called in the event loop for each transition this node
-    decided; ``clock()`` is the current epoch time. Start ``run`` in a task.
+    decided; ``clock()`` is the current epoch time; ``holder`` is this node's incarnation
+    (None: it has no lease, and reports wait). Start ``run`` in a task.
     """
 
     def __init__(
@@ -130,6 +76,8 @@ class RedisPresence:
         *,
         known_version: Callable[[str], int] = lambda user: 0,
         sweep_interval: float = 0.5,
+        offline_after: float = 30.0,
+        may_sweep: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -138,57 +86,102 @@ class RedisPresence:
         self._known_version = known_version
         """The version of ``user``'s status this node holds (0: none)."""
         self.sweep_interval = sweep_interval
+        self.offline_after = offline_after
+        """A gone node's devices keep their grace window this long (seconds)."""
+        self._may_sweep = may_sweep
+        """False while this node's own lease is not steady (``NodeLease.steady``)."""
+        self._holder: str | None = None
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
         self._pending: dict[tuple[str, str], DeviceOp] = {}
-        self._first: list[tuple[str, str, DeviceOp]] = []
+        self._first: list[Op] = []
+        self._in_flight: set[tuple[str, str]] = set()
+        """Devices of the run loop's batch being applied."""
+        self._applied_now: set[tuple[str, str]] = set()
+        """Devices ``alive_now`` just made held, whose session's own report is then moot."""
         self._applying = 0
+        # One batch at a time (the run loop's, ``alive_now``'s, the sweeper's): a device's
+        # index entry is added and removed in the order of its reports.
+        self._lock = trio.Lock()
         self._scripts_loaded = False
         self._wakeup = trio.Event()
         # EVALSHA by hand: coredis' Script objects ask SCRIPT EXISTS before each pipelined
         # call, doubling the round trips' commands.
-        self._alive_sha = hashlib.sha1(ALIVE.encode()).hexdigest()
-        self._end_sha = hashlib.sha1(END.encode()).hexdigest()
+        self._alive_sha = sha1(ALIVE)
+        self._end_sha = sha1(END)
         self.transitions = 0
         """Transitions this node decided (for metrics)."""
         self.swept = 0
-        """Devices of other nodes ended by this node's sweeper (for metrics)."""
+        """Devices of gone nodes ended by this node's sweeper (for metrics)."""
         self.errors = 0
+
+    @property
+    def holder(self) -> str | None:
+        return self._holder
+
+    @holder.setter
+    def holder(self, incarnation: str | None) -> None:
+        self._holder = incarnation
+        self._wakeup.set()
 
     # ---------------------------------------------------------------- from the hub
 
-    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
-        self._report(user, device, ("alive", deadline, last_active_at))
+    def device_alive(self, user: str, device: str, at: float) -> None:
+        key = (user, device)
+        if key in self._applied_now:  # the session's report, right after ``alive_now``
+            self._applied_now.discard(key)
+            return
+        self._report(user, device, ("alive", at))
 
-    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
-        op: DeviceOp = ("logout", 0.0, None) if expired_at is None else ("expire", expired_at, None)
-        self._report(user, device, op)
-
-    def logout_user(self, user: str) -> None:
-        """End every device of ``user`` on every node at once (HTTP logout of a user)."""
-        self._report(user, "*", ("logout_all", 0.0, None))
-
-    async def alive_now(
-        self, user: str, device: str, deadline: float, last_active_at: float
+    def device_ended(
+        self, user: str, device: str, last_active_at: float | None, *, logout: bool
     ) -> None:
-        """Make a device alive in Redis before its session starts, so that whatever its
+        self._report(user, device, ("logout" if logout else "end", last_active_at))
+
+    def logout_user(self, user: str, last_active_at: float | None) -> None:
+        """End every device of ``user`` on every node at once (HTTP logout of a user)."""
+        self._report(user, "*", ("logout_all", last_active_at))
+
+    def reclaim(self, devices: Iterable[tuple[str, str, float]]) -> None:
+        """Report again every (user, device, last activity) alive on this node: it is a new
+        incarnation, and what its old one held is the sweepers' now."""
+        for user, device, last_active in devices:
+            self._report(user, device, ("alive", last_active))
+
+    async def alive_now(self, user: str, device: str, at: float) -> None:
+        """Make a device held here in Redis before its session starts, so that whatever its
         user does next (a logout on another device, on another node) comes after it: a
         report still queued here could reach Redis after that and flap the user's status.
-        If the device has a change queued, that queue keeps the order instead."""
-        if (user, device) in self._pending or any(k[:2] == (user, device) for k in self._first):
+        If the device has a change queued, that queue keeps the order instead. The
+        session's own ``device_alive``, which follows at once (no checkpoint between), is
+        then skipped."""
+        key = (user, device)
+        if self._holder is None or self._queued(key):
             return
         self._applying += 1
         try:
-            await self._apply_batch([(user, device, ("alive", deadline, last_active_at))])
+            await self._apply([(user, device, ("alive", at))], self._holder)
+            if not self._queued(key):  # else (its old session ended meanwhile) report again
+                self._applied_now.add(key)
         finally:
             self._applying -= 1
 
+    def _queued(self, key: tuple[str, str]) -> bool:
+        """True if a change of the device is waiting or being applied by the run loop."""
+        if key in self._pending or key in self._in_flight:
+            return True
+        return any(op[:2] == key for op in self._first)
+
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
-        previous = self._pending.get(key)
-        if previous is not None and previous[0] == "logout" and op[0] == "alive":
-            self._first.append((user, device, previous))
+        self._applied_now.discard(key)
+        previous = self._pending.pop(key, None)  # re-queued last: ops leave in report order
+        if previous is not None and previous[0] == "logout":
+            if op[0] == "alive":
+                self._first.append((user, device, previous))
+            elif op[0] == "end":
+                op = previous  # the logout ends it whoever holds it: the end adds nothing
         self._pending[key] = op
         self._wakeup.set()
 
@@ -199,22 +192,24 @@ class RedisPresence:
     # ---------------------------------------------------------------- Redis side
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Apply reported device changes and sweep expired devices, until cancelled."""
+        """Apply reported device changes and sweep gone nodes' devices, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sweep_loop)
             task_status.started()
             while True:
-                if not self._pending and not self._first:
+                holder = self._holder
+                if holder is None or (not self._pending and not self._first):
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     continue
                 first, self._first = self._first, []
                 batch, self._pending = self._pending, {}
                 ops = first + [(user, device, op) for (user, device), op in batch.items()]
+                self._in_flight = {(user, device) for user, device, _ in ops}
                 self._applying += len(ops)
                 try:
                     for start in range(0, len(ops), BATCH):
-                        await self._apply_batch(ops[start : start + BATCH])
+                        await self._apply(ops[start : start + BATCH], holder)
                 except Exception as exc:
                     self.errors += 1
                     log.error("redis presence of %d devices failed (%s); retrying", len(ops), exc)
@@ -225,65 +220,80 @@ class RedisPresence:
                     await trio.sleep(1.0)
                 finally:
                     self._applying -= len(ops)
+                    self._in_flight = set()
 
     async def flush(self) -> None:
         """Wait until every reported change is in Redis (``run`` must be running)."""
         while self.pending:
             await trio.sleep(0.005)
 
-    async def _apply_batch(self, ops: list[tuple[str, str, DeviceOp]]) -> None:
-        """Run the scripts of ``ops`` in one pipeline, then their follow-ups (the deadline
-        index, an offline user's location) in another, and announce the transitions, in
-        order. A user's ops stay in order: its keys live on one connection."""
-        keys = self._keys
-        client = self._client
+    async def _apply(self, ops: list[Op], holder: str) -> int:
+        """Apply ``ops`` for incarnation ``holder`` (this node's, or a gone one's for the
+        sweeper): the holder's index first, the scripts in one pipeline, then the
+        follow-ups (index entries of ended devices, an offline user's location), and
+        announce the transitions, in order. A user's ops stay in order: its keys live on
+        one connection. Returns how many devices the scripts ended."""
+        async with self._lock:
+            return await self._apply_locked(ops, holder)
+
+    async def _apply_locked(self, ops: list[Op], holder: str) -> int:
+        keys, client = self._keys, self._client
+        index = keys.of("held", holder)
         if not self._scripts_loaded:
             # Pipelines cannot fall back from EVALSHA to EVAL: load the scripts first.
             await client.script_load(ALIVE)  # every master of a cluster gets it
             await client.script_load(END)
             self._scripts_loaded = True
-        now_ms = self._now_ms()
+        alive = [(user, device) for user, device, (kind, _) in ops if kind == "alive"]
+        if alive:
+            # Before the scripts, in a round trip of its own (on a Cluster the set and the
+            # presence hashes are on different shards): were this node to die between the
+            # two, a device held in Redis but missing from its set would stay online.
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.sadd(index, [member(user, device) for user, device in alive])
+                # Every time: after a Redis data loss the index must be rebuilt.
+                pipe.sadd(keys.presence_users, list({user for user, _ in alive}))
+        now_ms = str(int(self._clock() * 1000))
         requests = []
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for user, device, (kind, when, last_active_at) in ops:
-                    key = keys.of("presence", user)
+                for user, device, (kind, when) in ops:
+                    key = [keys.of("presence", user)]
                     if kind == "alive":
-                        args = [device, repr(when), repr(last_active_at), now_ms]
-                        requests.append(pipe.evalsha(self._alive_sha, keys=[key], args=args))
-                        pipe.zadd(keys.deadlines, {f"{user}\n{device}": when})
-                        # Every time: after a Redis data loss the index must be rebuilt.
-                        pipe.sadd(keys.presence_users, [user])
+                        args = [device, holder, repr(when), now_ms]
+                        requests.append(pipe.evalsha(self._alive_sha, keys=key, args=args))
                     else:
-                        now = when if kind == "expire" else self._clock()
-                        args = [device, kind, repr(now), now_ms]
-                        requests.append(pipe.evalsha(self._end_sha, keys=[key], args=args))
+                        last = "" if when is None else repr(when)
+                        args = [device, kind, holder, last, now_ms]
+                        requests.append(pipe.evalsha(self._end_sha, keys=key, args=args))
             results = [await request for request in requests]
         except Exception:
             self._scripts_loaded = False  # a restarted Redis forgot them
             raise
+        held: dict[str, bool] = {}  # each device's index entry after the batch, in op order
         offline: list[str] = []
-        async with client.pipeline(transaction=False) as pipe:
-            for (user, device, (kind, _, _)), result in zip(ops, results, strict=True):
-                if kind == "alive":
-                    self._result(user, result, 3)
-                    continue
+        ended = 0
+        for (user, device, (kind, _)), result in zip(ops, results, strict=True):
+            if kind == "alive":
+                held[member(user, device)] = True
+            else:
                 if kind != "logout_all":
-                    member = f"{user}\n{device}"
-                    remaining = float(string(result[3]))
-                    if remaining > 0:  # extended by another node meanwhile
-                        pipe.zadd(keys.deadlines, {member: remaining})
-                    else:
-                        pipe.zrem(keys.deadlines, [member])
-                if self._result(user, result, 4) == "offline":
-                    offline.append(user)
-            if offline:
-                pipe.hdel(keys.locations, offline)
+                    held[member(user, device)] = False
+                for name in result[4:]:
+                    held[member(user, string(name))] = False
+                    ended += 1
+            if self._result(user, result) == "offline":
+                offline.append(user)
+        dropped = [entry for entry, kept in held.items() if not kept]
+        if dropped or offline:
+            async with client.pipeline(transaction=False) as pipe:
+                if dropped:
+                    pipe.srem(index, dropped)
+                if offline:
+                    pipe.hdel(keys.locations, offline)
+        return ended
 
-    def _now_ms(self) -> str:
-        return str(int(self._clock() * 1000))
-
-    def _result(self, user: str, result: Any, status_at: int) -> str | None:
+    def _result(self, user: str, result: Any) -> str | None:
         """Announce what a script reply says if it is news: a transition this call decided,
         or a state newer than the replica's (the reply to the deciding call was lost, and a
         retry or a later report finds the transition already made). Returns the status
@@ -293,7 +303,7 @@ class RedisPresence:
         if not decided and version <= self._known_version(user):
             return None
         status: Literal["online", "offline"] = (
-            "online" if string(result[status_at]) == "online" else "offline"
+            "online" if string(result[3]) == "online" else "offline"
         )
         text = string(result[1])
         if decided:
@@ -301,10 +311,14 @@ class RedisPresence:
         self._announce(PresenceSet(user, status, float(text) if text else None, version))
         return status
 
+    # ---------------------------------------------------------------- the sweeper
+
     async def _sweep_loop(self) -> None:
         failing = False
         while True:
             await trio.sleep(self.sweep_interval)
+            if not self._may_sweep():
+                continue
             try:
                 await self.sweep()
             except Exception as exc:
@@ -318,18 +332,50 @@ class RedisPresence:
                 failing = False
 
     async def sweep(self) -> int:
-        """End every device (of any node) whose deadline has passed; returns how many."""
-        from coredis import PureToken
-
+        """Mark the nodes whose lease lapsed gone, and end the devices of every gone node
+        whose grace window has passed (one ``HGETALL`` when there are none); returns how
+        many devices this call ended. Sweepers of several nodes may race: the scripts end
+        each device, and decide each transition, once."""
+        client, keys = self._client, self._keys
         now = self._clock()
-        due = await self._client.zrange(
-            self._keys.deadlines, "-inf", now, sortby=PureToken.BYSCORE, offset=0, count=500
-        )
-        ops: list[tuple[str, str, DeviceOp]] = []
-        for member in due:
-            user, _, device = string(member).partition("\n")
-            ops.append((user, device, ("expire", now, None)))
-        if ops:
-            await self._apply_batch(ops)
-        self.swept += len(due)
-        return len(due)
+        live, gone = await read_registry(client, keys)
+        lapsed = [node for node in live if node.expires <= now]
+        if lapsed:
+            for node in lapsed:
+                await lapse(client, keys, node, now)
+            _, gone = await read_registry(client, keys)
+        ended = 0
+        for dead in gone:
+            if now < dead.grace_from + self.offline_after:
+                continue  # its clients may still reconnect elsewhere without a flap
+            index = keys.of("held", dead.incarnation)
+            while True:
+                entries = await client.srandmember(index, BATCH)
+                if not entries:
+                    break
+                ops: list[Op] = []
+                for entry in entries:
+                    user, newline, device = string(entry).partition("\n")
+                    if not newline:  # not written by a node: drop it, or this never ends
+                        await client.srem(index, [entry])
+                        continue
+                    ops.append((user, device, ("end", dead.last_seen)))
+                ended += await self._apply(ops, dead.incarnation)
+            await forget(client, keys, dead)
+        self.swept += ended
+        return ended
+
+    async def migrate_legacy(self) -> int:
+        """End the devices an older version recorded with a deadline (``gp:deadlines``): no
+        node of this version reports or sweeps them. Returns how many."""
+        keys, client = self._keys, self._client
+        entries = await client.zrange(keys.legacy_deadlines, 0, -1)
+        ops: list[Op] = []
+        for entry in entries:
+            user, _, device = string(entry).partition("\n")
+            ops.append((user, device, ("legacy", None)))
+        ended = 0
+        for start in range(0, len(ops), BATCH):
+            ended += await self._apply(ops[start : start + BATCH], "legacy")  # no such index
+        await client.delete([keys.legacy_deadlines])
+        return ended

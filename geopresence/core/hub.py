@@ -263,7 +263,7 @@ class Hub:
         in its grace window there is reached by ``sync`` when it reconnects)."""
         if self.sessions.has_connections(user):
             return True
-        return self.replicator is not None and self.statuses.status_of(user)[0] == "online"
+        return self.replicator is not None and self.statuses.is_online(user)
 
     def publish(
         self, channels: Iterable[str], event: object, exclude: Set[ConnId] = frozenset()
@@ -340,8 +340,8 @@ class Hub:
     def logout(self, user: str, device: str | None = None) -> int:
         return self.lifecycle.logout(user, device)
 
-    def user_presence(self, user: str) -> UserPresence:
-        return self.statuses.user_presence(user)
+    def user_presence(self, user: str, now: float) -> UserPresence:
+        return self.statuses.user_presence(user, now)
 
     def online_count(self) -> int:
         return self.statuses.online_count()

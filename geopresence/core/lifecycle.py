@@ -3,14 +3,15 @@
 
 A user is online while at least one of its devices is alive: connected, or within
 ``offline_after`` of its last activity (``PresenceTable``). With one node this node decides
-each transition and publishes it; with several, this node reports its devices to the
-``Replicator`` and the cluster decides (the transition comes back through
-``Replica.announce_presence``).
+each transition and publishes it; with several, this node still keeps its devices'
+deadlines (heartbeats stay here) and reports to the ``Replicator`` only a device's
+transitions on this node: a session opened, the device ended. The cluster decides the
+user's transitions (they come back through ``Replica.announce_presence``).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from geopresence.core.broker import ConnId, group_channel, inbox_channel, user_channel
 from geopresence.core.context import Session, Sink
@@ -30,6 +31,11 @@ from geopresence.wire.errors import (
     RequestId,
 )
 from geopresence.wire.server_messages import FriendsPresence, HeartbeatAck, Presence, Welcome
+
+Report = Literal["logout", "if_held", "no"]
+"""How ``apply_ended`` reports ended devices to the other nodes: ended at once wherever held
+(a logout on this node's session), ended if this node still holds them (a deadline passed
+here, another node's logout), or not at all (``Replicator.logout`` already ended them)."""
 
 
 class Locations(Protocol):
@@ -130,10 +136,12 @@ class Lifecycle:
         )
         friends = sorted(store.friends_of(user))
         status = self.statuses.friend_status
-        self.sink.send(conn, out(FriendsPresence(friends=[status(f) for f in friends])))
+        self.sink.send(conn, out(FriendsPresence(friends=[status(f, now) for f in friends])))
         if self.replicator is not None:
-            # Whether this makes the user online is decided for the whole cluster.
-            self.replicator.device_alive(user, device, now + s.offline_after, now)
+            # Every session, not only the device's first here: it may have reconnected to
+            # another node and back while alive here, and this node holds it again. Whether
+            # this makes the user online is decided for the whole cluster.
+            self.replicator.device_alive(user, device, now)
         elif connected.change is not None:
             self.publish_presence(connected.change)
 
@@ -144,12 +152,10 @@ class Lifecycle:
             self.on_activity(session, now)
 
     def on_activity(self, session: Session, now: float) -> None:
-        """``session`` was active at ``now``: its device stays alive."""
-        alive = self.presence.activity(session.user, session.device, session.conn, now)
-        if alive and self.replicator is not None:
-            self.replicator.device_alive(
-                session.user, session.device, now + self.settings.offline_after, now
-            )
+        """``session`` was active at ``now``: its device stays alive. Only this node's
+        deadline moves: with other nodes, this node holds the device until it ends here,
+        and nothing is reported."""
+        self.presence.activity(session.user, session.device, session.conn, now)
 
     def close_session(self, conn: ConnId) -> None:
         """``conn`` ended without a logout (dropped, or closed by the shell): its device
@@ -162,7 +168,7 @@ class Lifecycle:
         """Time has reached ``now``: end devices whose heartbeat deadline passed and
         locations whose TTL ended."""
         self.apply_ended(
-            self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", now
+            self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", "if_held"
         )
         # Every node holds the same deadlines and tells its own connections.
         with self.fanout.scoped("local"):
@@ -180,10 +186,15 @@ class Lifecycle:
     def logout(self, user: str, device: str | None = None) -> int:
         """Log out ``device`` (every device when None) at once; returns how many ended on
         this node (with other nodes, they log it out on theirs too)."""
-        if self.replicator is not None and not self.fanout.replaying:
-            self.replicator.logout(user, device)
+        replaying = self.fanout.replaying
+        if self.replicator is not None and not replaying:
+            self.replicator.logout(user, device, self.presence.get(user).last_active_at)
         before = self.presence.get(user).devices
-        self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out")
+        # Made here, the logout above ends the devices wherever they are held; made on
+        # another node (replaying), it ends them here only if this node still holds them (a
+        # new session elsewhere since then must not end).
+        report: Report = "if_held" if replaying else "no"
+        self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", report)
         return before - self.presence.get(user).devices
 
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
@@ -192,19 +203,23 @@ class Lifecycle:
 
     def on_logout(self, session: Session, message: Logout, now: float) -> None:
         self.apply_ended(
-            self.presence.logout(session.user, session.device), CLOSE_LOGGED_OUT, "logged out"
+            self.presence.logout(session.user, session.device),
+            CLOSE_LOGGED_OUT,
+            "logged out",
+            "logout",
         )
 
-    def apply_ended(
-        self, ended: Ended[ConnId], code: int, reason: str, expired_at: float | None = None
-    ) -> None:
+    def apply_ended(self, ended: Ended[ConnId], code: int, reason: str, report: Report) -> None:
         """Close the ended devices' connections and publish the users' transitions (with
-        other nodes: report the devices; the cluster decides the transitions)."""
+        other nodes: report the devices as ``report`` says; the cluster decides the
+        transitions)."""
         for device in ended.connections:
             self.sessions.drop(device.conn, code, reason)
         if self.replicator is not None:
-            for user, name in ended.devices:
-                self.replicator.device_ended(user, name, expired_at)
+            if report != "no":
+                for user, name in ended.devices:
+                    last = self.presence.get(user).last_active_at
+                    self.replicator.device_ended(user, name, last, logout=report == "logout")
             return
         for change in ended.changes:
             self.publish_presence(change)

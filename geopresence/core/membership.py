@@ -142,7 +142,7 @@ class Membership:
                 # Seal each friend's pending presence: an event queued earlier must not be
                 # replaced by a later one that would then arrive before this snapshot.
                 snapshot = Outgoing(
-                    encode(FriendsPresence(friends=[status(f) for f in friends])),
+                    encode(FriendsPresence(friends=[status(f, now) for f in friends])),
                     seals=tuple(key for f in friends for key in keys_about(f)),
                 )
                 for conn in sessions.live_connections(user):

@@ -16,6 +16,7 @@ All times are seconds on the caller's clock (``now``); nothing here reads a cloc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 import attrs
@@ -211,6 +212,13 @@ class PresenceTable(Generic[C]):
         state = self._users.get(user)
         if state is not None and not state.devices:
             del self._users[user]
+
+    def alive_devices(self) -> Iterator[tuple[str, str, float]]:
+        """Every alive (user, device, last activity): what this node holds, to report it
+        again to the other nodes."""
+        for user, state in self._users.items():
+            for device, entry in state.devices.items():
+                yield user, device, entry.last_active
 
     def is_online(self, user: str) -> bool:
         state = self._users.get(user)

@@ -108,31 +108,41 @@ class Replicator(Protocol):
     """The hub's link to the other nodes (implemented by the shell over Redis).
 
     Every method returns at once (it queues); the implementation applies the calls to Redis
-    in order. Contract:
+    in order. Heartbeats stay on the node: its ``PresenceTable`` keeps each device's
+    deadline and grace window, and the cluster hears only a device's transitions here
+    (never an activity). Contract:
 
     - ``replicate(op)``: publish ``op`` on the feed for every other node (never back to this
       one). Durable records do not go through here: the Redis journal publishes them once
       they are written.
-    - ``device_alive(user, device, deadline, last_active_at)``: ``device`` of ``user`` is
-      alive on this node until ``deadline`` (epoch seconds). If no device of the user was
-      alive anywhere, the implementation announces the transition to online, once for the
-      cluster, by calling ``Hub.announce_presence`` on this node and publishing a
-      ``PresenceSet``.
-    - ``device_ended(user, device, expired_at)``: the device ended here, by logout
-      (``expired_at`` None: at once) or because its deadline passed at ``expired_at`` (then
-      it ends only if no node extended its deadline meanwhile). If it was the user's last
-      alive device anywhere, the transition to offline is announced as above.
-    - ``logout(user, device)``: end ``device`` (every device of the user when None) on
-      every node at once, whichever node it is connected to (or was, if that node died),
-      and have the other nodes close its connections (a ``LogoutRequested`` on the feed).
+    - ``device_alive(user, device, at)``: a session of ``device`` of ``user`` opened on this
+      node at ``at`` (epoch seconds): this node holds the device from now on, until it
+      reports it ended or stops renewing its lease (then the other nodes end it once its
+      grace window has passed). Called for every session, not only a device's first on
+      this node: the device may have moved to another node and back while alive here. If
+      no device of the user was alive anywhere, the implementation announces the
+      transition to online, once for the cluster, by calling ``Hub.announce_presence`` on
+      this node and publishing a ``PresenceSet``.
+    - ``device_ended(user, device, last_active_at, logout=...)``: the device ended on this
+      node. ``logout`` True: the user logged it out here; it ends at once, whichever node
+      holds it. ``logout`` False: its deadline passed here, or another node's logout reached
+      here; it ends only if this node still holds it (a device that reconnected to another
+      node within its grace window stays alive). ``last_active_at``: the user's latest
+      activity on this node (epoch seconds; None: none), which the cluster's
+      ``last_active_at`` takes if later. If it was the user's last alive device anywhere,
+      the transition to offline is announced as above.
+    - ``logout(user, device, last_active_at)``: end ``device`` (every device of the user
+      when None) on every node at once, whichever node holds it (or held it, if that node
+      died), and have the other nodes close its connections (a ``LogoutRequested`` on the
+      feed); ``last_active_at`` as above.
     """
 
     def replicate(self, op: FeedOp) -> None: ...
 
-    def device_alive(
-        self, user: str, device: str, deadline: float, last_active_at: float
+    def device_alive(self, user: str, device: str, at: float) -> None: ...
+
+    def device_ended(
+        self, user: str, device: str, last_active_at: float | None, *, logout: bool
     ) -> None: ...
 
-    def device_ended(self, user: str, device: str, expired_at: float | None) -> None: ...
-
-    def logout(self, user: str, device: str | None) -> None: ...
+    def logout(self, user: str, device: str | None, last_active_at: float | None) -> None: ...

@@ -4,6 +4,16 @@ With one node, this node's ``PresenceTable`` is the truth. With several, each us
 is decided once for the whole cluster (``geopresence.cluster.redis_presence``) and every
 node holds a replica of it, filled at start-up and kept current from the feed
 (``Replica``): this node's own table then only counts its devices and their activity.
+
+``last_active_at`` with several nodes: activity stays on the node that holds the device
+(heartbeats are not shared), so no node knows an online user's latest activity elsewhere.
+What every node knows is that an online user has a device alive: active within
+``offline_after``, within one heartbeat interval while connected. So every node answers an
+online user's ``last_active_at`` with the time of the answer (``now``): the same on every
+node, at most ``offline_after`` (one heartbeat while connected) after the real one. At each
+transition it is exact: the online event carries the activity that made the user online,
+the offline event the latest activity of the user the cluster was told (each device's end
+reports its node's last activity; a dead node's devices, its last lease renewal).
 """
 
 from __future__ import annotations
@@ -52,17 +62,26 @@ class Statuses:
             self._statuses.pop(user, None)
             self._forgotten.add(user)
 
-    def status_of(self, user: str) -> tuple[Status, float | None]:
-        """The user's (status, last_active_at): this node's table with one node, the
-        cluster-wide replica with several (last_active_at: the later of the replica's and
-        this node's own)."""
+    def status_of(self, user: str, now: float) -> tuple[Status, float | None]:
+        """The user's (status, last_active_at) at ``now``: this node's table with one node,
+        the cluster-wide replica with several (last_active_at: ``now`` while online, see
+        above; once offline, the later of the replica's and this node's own)."""
         local = self.presence.get(user)
         if not self.clustered:
             return local.status, local.last_active_at
         status, last, _ = self._statuses.get(user, ("offline", None, 0))
+        if status == "online":
+            return status, now
         if local.last_active_at is not None and (last is None or local.last_active_at > last):
             last = local.last_active_at
         return status, last
+
+    def is_online(self, user: str) -> bool:
+        """True if ``user`` is online (in the whole cluster with several nodes)."""
+        if not self.clustered:
+            return self.presence.is_online(user)
+        held = self._statuses.get(user)
+        return held is not None and held[0] == "online"
 
     def status_version(self, user: str) -> int:
         """The version of ``user``'s cluster-wide status this node holds (0: none)."""
@@ -75,27 +94,29 @@ class Statuses:
             return self.presence.online_count
         return sum(1 for status, _, _ in self._statuses.values() if status == "online")
 
-    def user_presence(self, user: str) -> UserPresence:
-        """The user's presence; ``devices`` counts its alive devices on this node."""
+    def user_presence(self, user: str, now: float) -> UserPresence:
+        """The user's presence at ``now``; ``devices`` counts its alive devices on this
+        node."""
         local = self.presence.get(user)
         if not self.clustered:
             return local
-        status, last_active_at = self.status_of(user)
+        status, last_active_at = self.status_of(user, now)
         return UserPresence(user, status, last_active_at, local.devices)
 
-    def friend_status(self, user: str) -> FriendStatus:
-        """``user``'s presence as a friend sees it."""
-        status, last_active_at = self.status_of(user)
+    def friend_status(self, user: str, now: float) -> FriendStatus:
+        """``user``'s presence as a friend sees it at ``now``."""
+        status, last_active_at = self.status_of(user, now)
         return FriendStatus(user=user, status=status, last_active_at=last_active_at)
 
-    def friends_presence(self, user: str) -> list[FriendStatus]:
-        """The user's friends, sorted by id, with their presence."""
-        return [self.friend_status(f) for f in sorted(self.state.users.friends_of(user))]
+    def friends_presence(self, user: str, now: float) -> list[FriendStatus]:
+        """The user's friends, sorted by id, with their presence at ``now``."""
+        friends = sorted(self.state.users.friends_of(user))
+        return [self.friend_status(f, now) for f in friends]
 
     def group_online(self, group: str) -> tuple[list[str], int]:
         """Sorted online members of ``group`` and its member count; not_found if none."""
         members = self.state.users.group_members(group)
         if members is None:
             raise ProtocolError("not_found", f"group {group!r} does not exist")
-        online = sorted(m for m in members if self.status_of(m)[0] == "online")
+        online = sorted(m for m in members if self.is_online(m))
         return online, len(members)

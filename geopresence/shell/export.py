@@ -28,7 +28,7 @@ HISTORY_BATCH: Final = 5_000
 
 def _head(hub: Hub, user: str, now: float) -> dict[str, Any]:
     store, chat = hub.state.users, hub.state.chat
-    presence = hub.statuses.user_presence(user)
+    presence = hub.statuses.user_presence(user, now)
     settings = store.get_settings(user)
     location = hub.nearby.location_of(user, now)
     groups = []

@@ -167,7 +167,7 @@ class Handshake:
         return user, hello.device, hello.id
 
     async def alive_in_cluster(self, user: str, device: str) -> None:
-        """Before the welcome: the device is alive in Redis (one round trip), so nothing
+        """Before the welcome: the device is held here in Redis (two round trips), so nothing
         the client does after the welcome can reach Redis ahead of it. If Redis is slow or
         down, the session starts anyway and the queued report catches up. Multi-node only."""
         if self._cluster is None:
@@ -175,9 +175,7 @@ class Handshake:
         now = self._now()
         with trio.move_on_after(self._config.hello_timeout):
             try:
-                await self._cluster.presence.alive_now(
-                    user, device, now + self._config.offline_after, now
-                )
+                await self._cluster.presence.alive_now(user, device, now)
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
 

@@ -288,7 +288,7 @@ class HttpApi:
         return 200, {"created": created}
 
     def get_user(self, request: Request) -> Response:
-        p = self.hub.statuses.user_presence(request.params["user"])
+        p = self.hub.statuses.user_presence(request.params["user"], self.server.now())
         return 200, {
             "user": p.user,
             "status": p.status,
@@ -298,7 +298,9 @@ class HttpApi:
 
     def get_friends(self, request: Request) -> Response:
         user = request.params["user"]
-        friends = [attrs.asdict(f) for f in self.hub.statuses.friends_presence(user)]
+        friends = [
+            attrs.asdict(f) for f in self.hub.statuses.friends_presence(user, self.server.now())
+        ]
         return 200, {"user": user, "friends": friends}
 
     async def logout(self, request: Request) -> Response:
@@ -313,7 +315,7 @@ class HttpApi:
             # The devices ended in Redis (whichever node holds them): answer with the result.
             with trio.move_on_after(self.server.config.drain_timeout):
                 await self.server.flush_cluster_presence()
-        p = self.hub.statuses.user_presence(user)
+        p = self.hub.statuses.user_presence(user, self.server.now())
         return 200, {"user": user, "devices_logged_out": ended, "status": p.status}
 
     def create_token(self, request: Request) -> Response:

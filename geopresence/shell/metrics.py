@@ -194,6 +194,6 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
     )
     metrics.counter(
         "presence_swept_total",
-        "Devices whose deadline passed found by this node's sweeper.",
+        "Devices of nodes whose lease lapsed ended by this node's sweeper.",
         lambda: [("", cluster.presence.swept)],
     )

@@ -84,8 +84,9 @@ class Server:
                 shared_keys={}
                 if config.insecure
                 else {"secret": self.secret, "admin_key": self.admin_key or ""},
+                lease=config.redis_lease,
+                sweep_interval=config.redis_sweep_interval,
             )
-            self.cluster.presence.sweep_interval = config.redis_sweep_interval
             broker_factory = self.cluster.make_broker
             acks = self.cluster.journal
         elif not config.in_memory:

@@ -41,13 +41,15 @@ class JournalReplicator:
     def replicate(self, op: FeedOp) -> None:
         self.journal.replicate(op)
 
-    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
+    def device_alive(self, user: str, device: str, at: float) -> None:
         pass
 
-    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
+    def device_ended(
+        self, user: str, device: str, last_active_at: float | None, *, logout: bool
+    ) -> None:
         pass
 
-    def logout(self, user: str, device: str | None) -> None:
+    def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
         pass
 
 

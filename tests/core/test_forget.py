@@ -82,7 +82,7 @@ def test_forget_removes_the_user_and_tells_its_friends_as_an_unfriending() -> No
     assert store.group_members("hikers") == {"bob"} and store.groups_of("alice") == set()
     assert store.get_settings("alice") == DEFAULT_SETTINGS
     assert hub.nearby.location_of("alice", NOW + 1) is None
-    presence = hub.statuses.user_presence("alice")
+    presence = hub.statuses.user_presence("alice", NOW + 1)
     assert (presence.status, presence.last_active_at, presence.devices) == ("offline", None, 0)
     assert [m.text for m in hub.chat.store.messages()] == ["bob to the group"]
     assert hub.chat.store.find_client_msg("alice", "c1") is None

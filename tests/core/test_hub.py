@@ -67,7 +67,7 @@ def test_session_greeting_and_replacement() -> None:
     assert sink.take(1) == []  # no presence change for a replacement
     hub.handle(2, Heartbeat(id=1), now=3)  # the replaced connection is forgotten
     assert sink.take(2) == []
-    assert hub.user_presence("bob").last_active_at == 2  # its heartbeat did not count
+    assert hub.user_presence("bob", 3).last_active_at == 2  # its heartbeat did not count
 
 
 def test_errors_are_replies() -> None:
@@ -110,7 +110,7 @@ def test_logout_message_is_not_activity() -> None:
     hub.open_session(1, "alice", "phone", now=0)
     hub.handle(1, Logout(), now=20)
     assert sink.closed == {1: 4001}
-    assert hub.user_presence("alice").last_active_at == 0
+    assert hub.user_presence("alice", 20).last_active_at == 0
 
 
 USERS = ["u1", "u2", "u3"]
@@ -171,13 +171,13 @@ def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any,
     now = 0.0
     conn_ids = 0
     for op, a, b in steps:
-        before = {u: hub.user_presence(u).status for u in USERS}
+        before = {u: hub.user_presence(u, now).status for u in USERS}
         live_before = {c for c in range(1, conn_ids + 1) if hub.session(c) is not None}
         for conn in live_before:
             sink.take(conn)
         conn_ids += op == "connect"
         now = play(hub, (op, a, b), sorted(live_before), conn_ids, now)
-        after = {u: hub.user_presence(u).status for u in USERS}
+        after = {u: hub.user_presence(u, now).status for u in USERS}
         changed = {u for u in USERS if before[u] != after[u]}
         for conn in live_before:
             session = hub.session(conn)

@@ -12,17 +12,28 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.records import Record
-from geopresence.wire.client_messages import LocationUpdate, Logout, NearbyFriendsQuery, Send, Sync
+from geopresence.wire.client_messages import (
+    Heartbeat,
+    LocationUpdate,
+    Logout,
+    NearbyFriendsQuery,
+    Send,
+    Sync,
+)
 from tests.helpers import RecordingSink
 
 
 class Cluster:
-    """Shared parts: every node's hub, and the presence "Redis" (alive devices per user)."""
+    """Shared parts: every node's hub, and the presence "Redis" (the node holding each alive
+    device, per user)."""
 
     def __init__(self) -> None:
         self.hubs: list[Hub] = []
-        self.devices: dict[str, dict[str, float]] = {}
+        self.devices: dict[str, dict[str, int]] = {}
+        self.last_active: dict[str, float] = {}
         self.versions: dict[str, int] = {}
+        self.reports: list[tuple[Any, ...]] = []
+        """Every Replicator call about devices, in order (what Redis would be told)."""
         self.now = 1000.0
 
     def others(self, hub: Hub) -> list[Hub]:
@@ -56,6 +67,7 @@ class Node:
 
     def __init__(self, cluster: Cluster, node_id: int) -> None:
         self.cluster = cluster
+        self.node_id = node_id
         self.sink = RecordingSink()
         self.seq = 0
         self.hub = Hub(
@@ -82,29 +94,39 @@ class Node:
     def replicate(self, op: FeedOp) -> None:
         self._feed(op)
 
-    def device_alive(self, user: str, device: str, deadline: float, last_active_at: float) -> None:
+    def device_alive(self, user: str, device: str, at: float) -> None:
+        self.cluster.reports.append(("alive", self.node_id, user, device))
         devices = self.cluster.devices.setdefault(user, {})
         was_online = bool(devices)
-        devices[device] = max(deadline, devices.get(device, 0))
+        devices[device] = self.node_id
+        self._touch(user, at)
         if not was_online:
-            self._decide(user, "online", last_active_at)
+            self._decide(user, "online")
 
-    def device_ended(self, user: str, device: str, expired_at: float | None) -> None:
+    def device_ended(
+        self, user: str, device: str, last_active_at: float | None, *, logout: bool
+    ) -> None:
+        self.cluster.reports.append(("ended", self.node_id, user, device, logout))
         devices = self.cluster.devices.get(user, {})
-        if device in devices and (expired_at is None or devices[device] <= expired_at):
+        if device in devices and (logout or devices[device] == self.node_id):
             del devices[device]
+            self._touch(user, last_active_at)
             if not devices:
-                self._decide(user, "offline", self.cluster.now)
+                self._decide(user, "offline")
 
-    def logout(self, user: str, device: str | None) -> None:
+    def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
         self._feed(LogoutRequested(user, device))
         devices = self.cluster.devices.get(user, {})
         for name in list(devices) if device is None else [device]:
-            self.device_ended(user, name, None)
+            self.device_ended(user, name, last_active_at, logout=True)
 
-    def _decide(self, user: str, status: Any, last: float) -> None:
+    def _touch(self, user: str, at: float | None) -> None:
+        if at is not None and at > self.cluster.last_active.get(user, at - 1):
+            self.cluster.last_active[user] = at
+
+    def _decide(self, user: str, status: Any) -> None:
         version = self.cluster.versions[user] = self.cluster.versions.get(user, 0) + 1
-        transition = PresenceSet(user, status, last, version)
+        transition = PresenceSet(user, status, self.cluster.last_active.get(user), version)
         self._feed(transition)
         self.hub.announce_presence(transition)
 
@@ -146,7 +168,7 @@ def test_presence_across_nodes_is_one_event_per_transition() -> None:
     assert kinds(b.take(20), "presence") == []  # the tablet is still alive
     b.hub.handle(21, Logout(), cluster.now)
     assert [p["status"] for p in kinds(b.take(20), "presence")] == ["offline"]
-    assert a.hub.user_presence("alice").status == "offline"
+    assert a.hub.user_presence("alice", cluster.now).status == "offline"
 
 
 def test_http_logout_on_one_node_ends_devices_on_every_node() -> None:
@@ -239,7 +261,7 @@ def test_a_late_older_transition_does_not_overwrite_a_newer_one() -> None:
     cluster, _, b = two_nodes()
     b.hub.apply_feed(PresenceSet("alice", "online", 5.0, 3), cluster.now)
     b.hub.apply_feed(PresenceSet("alice", "offline", 4.0, 2), cluster.now)  # arrived late
-    assert b.hub.user_presence("alice").status == "online"
+    assert b.hub.user_presence("alice", cluster.now).status == "online"
 
 
 def test_no_push_for_a_recipient_online_on_another_node() -> None:
@@ -254,3 +276,102 @@ def test_no_push_for_a_recipient_online_on_another_node() -> None:
     b.hub.handle(20, Logout(), cluster.now)
     a.hub.handle(10, Send(id=2, to="bob", text="hi again"), cluster.now)
     assert len(pushes) == 1
+
+
+def test_heartbeats_stay_on_the_node() -> None:
+    """Only a device's transitions on a node reach the Replicator: its session opening, its
+    end. Heartbeats and other activity move this node's deadline and nothing else."""
+    cluster, a, _ = two_nodes()
+    a.hub.open_session(10, "alice", "phone", cluster.now)
+    assert cluster.reports == [("alive", 1, "alice", "phone")]
+    offline_after = a.hub.settings.offline_after
+    for beat in range(1, 100):
+        a.hub.handle(10, Heartbeat(), cluster.now + beat)
+        a.hub.expire(cluster.now + beat)
+    assert cluster.reports == [("alive", 1, "alice", "phone")]
+    a.hub.expire(cluster.now + 99 + offline_after)
+    assert cluster.reports[1:] == [("ended", 1, "alice", "phone", False)]
+    assert cluster.devices["alice"] == {}
+    assert a.sink.closed == {10: 4000}
+
+
+def test_a_device_that_moved_survives_its_old_nodes_deadline() -> None:
+    """alice's phone drops off node a and reconnects to node b within its grace window; a's
+    deadline for it passes later: b holds it, nothing changes (no flap). bob watches from a
+    third node."""
+    cluster, a, b = two_nodes()
+    c = Node(cluster, 3)
+    a.hub.add_friendship("alice", "bob", cluster.now)
+    c.hub.open_session(30, "bob", "phone", cluster.now)
+    a.hub.open_session(10, "alice", "phone", cluster.now)
+    assert [p["status"] for p in kinds(c.take(30), "presence")] == ["online"]
+    a.hub.close_session(10)  # dropped, no logout
+    offline_after = a.hub.settings.offline_after
+    b.hub.open_session(20, "alice", "phone", cluster.now + 1)
+    assert cluster.devices["alice"] == {"phone": 2}
+    a.hub.expire(cluster.now + offline_after)
+    assert cluster.reports[-1] == ("ended", 1, "alice", "phone", False)
+    assert cluster.devices["alice"] == {"phone": 2}
+    assert kinds(c.take(30), "presence") == []
+    b.hub.handle(20, Heartbeat(), cluster.now + 5)
+    b.hub.expire(cluster.now + 5 + offline_after)  # gone from b too: offline, once
+    [gone] = kinds(c.take(30), "presence")
+    assert (gone["status"], gone["last_active_at"]) == ("offline", cluster.now + 5)
+
+
+def test_a_device_back_on_a_node_that_still_counts_it_alive_is_held_there() -> None:
+    """a → b → a within the grace window: a still counts the phone alive when it comes back,
+    and holds it again (every session is reported, not only a device's first on a node), so
+    b's deadline passing changes nothing."""
+    cluster, a, b = two_nodes()
+    c = Node(cluster, 3)
+    a.hub.add_friendship("alice", "bob", cluster.now)
+    c.hub.open_session(30, "bob", "phone", cluster.now)
+    a.hub.open_session(10, "alice", "phone", cluster.now)
+    a.hub.close_session(10)
+    b.hub.open_session(20, "alice", "phone", cluster.now + 1)
+    b.hub.close_session(20)
+    a.hub.open_session(11, "alice", "phone", cluster.now + 2)
+    assert cluster.devices["alice"] == {"phone": 1}
+    offline_after = a.hub.settings.offline_after
+    b.hub.expire(cluster.now + 1 + offline_after)
+    assert cluster.devices["alice"] == {"phone": 1}
+    assert [p["status"] for p in kinds(c.take(30), "presence")] == ["online"]
+    a.hub.handle(11, Logout(), cluster.now + 3)
+    [gone] = kinds(c.take(30), "presence")
+    assert (gone["status"], gone["last_active_at"]) == ("offline", cluster.now + 2)
+
+
+def test_a_logout_made_elsewhere_ends_a_device_only_where_it_is_held() -> None:
+    """A logout through node a of alice's phone on node b: ended at once everywhere. Node b
+    applies it off the feed and reports its own end only as "if still held here"."""
+    cluster, a, b = two_nodes()
+    b.hub.open_session(20, "alice", "phone", cluster.now)
+    cluster.reports.clear()
+    assert a.hub.logout("alice", "phone") == 0  # not on node a
+    assert b.sink.closed == {20: 4001}
+    assert sorted(cluster.reports) == [  # in either order: two queues, two nodes
+        ("ended", 1, "alice", "phone", True),
+        ("ended", 2, "alice", "phone", False),
+    ]
+    assert cluster.devices["alice"] == {}
+
+
+def test_an_online_users_last_active_at_is_now_on_every_node() -> None:
+    """Activity stays on its node, so every node answers an online user's last_active_at
+    with the time of the answer; the offline transition carries the latest activity."""
+    cluster, a, b = two_nodes()
+    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.open_session(10, "alice", "phone", cluster.now)
+    a.hub.handle(10, Heartbeat(), cluster.now + 7)
+    for hub in (a.hub, b.hub):
+        assert hub.user_presence("alice", cluster.now + 9).last_active_at == cluster.now + 9
+    b.hub.open_session(20, "bob", "phone", cluster.now + 9)
+    [listing] = kinds(b.take(20), "friends_presence")
+    assert listing["friends"] == [
+        {"user": "alice", "status": "online", "last_active_at": cluster.now + 9}
+    ]
+    a.hub.expire(cluster.now + 7 + a.hub.settings.offline_after)
+    [gone] = kinds(b.take(20), "presence")
+    assert (gone["status"], gone["last_active_at"]) == ("offline", cluster.now + 7)
+    assert b.hub.user_presence("alice", cluster.now + 99).last_active_at == cluster.now + 7

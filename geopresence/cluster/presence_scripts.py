@@ -1,0 +1,193 @@
+"""The Lua scripts behind shared presence (shell): each runs atomically on one key's slot.
+
+A Redis Cluster lets a script touch the keys of one slot only, so each script here touches
+one key: a user's presence hash ``gp:presence:{U}`` (``ALIVE``, ``END``) or the node registry
+``gp:nodes`` (``TAKE``, ``RENEW``, ``LAPSE``, ``LEAVE``). What spans slots (a node's index of
+the devices it holds, ``gp:held:{X}``, the ``gp:presence_users`` index) is written by plain
+commands around the scripts, in an order that keeps the index a superset of the truth
+(``geopresence.cluster.redis_presence``).
+
+The presence hash holds ``status``, ``last_active_at`` (epoch seconds), ``v`` (the user's
+transition count) and ``d:<device>`` -> the *incarnation* that holds the device: ``<node
+id>/<token>``, one per run of a node (a restarted node, or one that lost its lease, is a new
+incarnation). Numbers travel as strings: Lua numbers would be truncated to integers.
+
+The registry ``gp:nodes`` is one hash: ``n:<node id>`` -> ``"<token> <renewed ms> <expires
+ms>"`` for each live node's lease, and ``gone:<incarnation>`` -> ``"<last seen ms> <grace
+from ms>"`` for each incarnation whose lease lapsed or that left, until the sweepers have
+ended every device it held (``geopresence.cluster.redis_nodes``). Times are the nodes'
+clocks in epoch milliseconds (nodes run NTP, as for every other deadline they share).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+_NEXT_VERSION: Final = """
+-- A user's transition count, made to grow with time as well: if Redis loses the hash (a
+-- restart without persistence, a failover), new transitions still outrank old ones.
+local function next_version(k, now_ms)
+  local v = math.max(tonumber(redis.call('HGET', k, 'v') or '0') + 1, tonumber(now_ms))
+  redis.call('HSET', k, 'v', string.format('%d', v))
+  return string.format('%d', v)
+end
+"""
+
+ALIVE: Final = (
+    _NEXT_VERSION
+    + """
+-- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms)
+local k = KEYS[1]
+redis.call('HSET', k, 'd:' .. ARGV[1], ARGV[2])
+local last = redis.call('HGET', k, 'last_active_at')
+if not last or tonumber(ARGV[3]) > tonumber(last) then
+  redis.call('HSET', k, 'last_active_at', ARGV[3])
+  last = ARGV[3]
+end
+if redis.call('HGET', k, 'status') ~= 'online' then
+  redis.call('HSET', k, 'status', 'online')
+  return {1, last, next_version(k, ARGV[4]), 'online'}
+end
+return {0, last, redis.call('HGET', k, 'v') or '0', 'online'}
+"""
+)
+"""``holder`` holds the device from now on (a session of it opened there at ``at``); {1,
+last, v, 'online'} if this made the user online, else {0, last, v, 'online'}: the current
+state, so that a node whose reply to the deciding call was lost learns it from its next
+call."""
+
+END: Final = (
+    _NEXT_VERSION
+    + """
+-- KEYS[1] presence hash; ARGV: device, mode ('end' | 'logout' | 'logout_all' | 'legacy'),
+-- holder, last_active_at (s, '' if unknown), now (ms)
+local k = KEYS[1]
+local mode = ARGV[2]
+local ended = {}
+local alive = 0
+local fields = redis.call('HGETALL', k)
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if string.sub(name, 1, 2) == 'd:' then
+    local device = string.sub(name, 3)
+    local drop = false
+    if mode == 'logout_all' then
+      drop = true
+    elseif device == ARGV[1] then
+      if mode == 'logout' then
+        drop = true
+      elseif mode == 'legacy' then
+        drop = tonumber(fields[i + 1]) ~= nil
+      else
+        drop = fields[i + 1] == ARGV[3]
+      end
+    end
+    if drop then
+      redis.call('HDEL', k, name)
+      table.insert(ended, device)
+    else
+      alive = alive + 1
+    end
+  end
+end
+if #ended > 0 and ARGV[4] ~= '' then
+  local last = redis.call('HGET', k, 'last_active_at')
+  if not last or tonumber(ARGV[4]) > tonumber(last) then
+    redis.call('HSET', k, 'last_active_at', ARGV[4])
+  end
+end
+local last = redis.call('HGET', k, 'last_active_at') or ''
+local reply
+if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
+  redis.call('HSET', k, 'status', 'offline')
+  reply = {1, last, next_version(k, ARGV[5]), 'offline'}
+else
+  reply = {0, last, redis.call('HGET', k, 'v') or '0', redis.call('HGET', k, 'status') or 'offline'}
+end
+for _, device in ipairs(ended) do table.insert(reply, device) end
+return reply
+"""
+)
+"""End a device: ``end`` only if ``holder`` still holds it (another node that took it over
+meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the user,
+``legacy`` a device recorded by an older version (its value a deadline, not a holder).
+``last_active_at`` raises the user's if this ended a device. {1, last, v, 'offline', ended
+devices...} if this left the user without a device, else {0, last, v, status, ended
+devices...}."""
+
+TAKE: Final = """
+-- KEYS[1] gp:nodes; ARGV: node id, token, now (ms), lease (ms)
+local field = 'n:' .. ARGV[1]
+local now = tonumber(ARGV[3])
+local held = redis.call('HGET', KEYS[1], field)
+if held then
+  local token, renewed, expires = string.match(held, '^(%S+) (%d+) (%d+)$')
+  if token and token ~= ARGV[2] then
+    if tonumber(expires) > now then return tonumber(expires) - now end
+    redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. token, renewed .. ' ' .. expires)
+  end
+end
+redis.call('HSET', KEYS[1], field,
+           ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[4])))
+return 0
+"""
+"""Take node id ``N`` for the incarnation ``N/token``; 0 if taken, else the milliseconds
+left of another live incarnation's lease. An earlier incarnation whose lease lapsed becomes
+``gone``: the sweepers end its devices."""
+
+RENEW: Final = """
+-- KEYS[1] gp:nodes; ARGV: node id, token, now (ms), lease (ms)
+local field = 'n:' .. ARGV[1]
+local now = tonumber(ARGV[3])
+local held = redis.call('HGET', KEYS[1], field)
+if held then
+  local token, renewed, expires = string.match(held, '^(%S+) (%d+) (%d+)$')
+  if token == ARGV[2] then
+    if tonumber(expires) > now then
+      redis.call('HSET', KEYS[1], field,
+                 token .. ' ' .. ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[4])))
+      return 1
+    end
+    redis.call('HDEL', KEYS[1], field)
+    redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. token, renewed .. ' ' .. expires)
+  end
+end
+return 0
+"""
+"""Extend the lease of ``N/token``; 1 if kept, 0 if lost: it lapsed (the node was stalled or
+cut off from Redis for longer than its lease: it is ``gone`` now, even if no sweeper said so
+yet), another incarnation took the id, or Redis lost the registry. A node that lost its
+lease must become a new incarnation: the others may already be ending its devices."""
+
+LAPSE: Final = """
+-- KEYS[1] gp:nodes; ARGV: node id, token, now (ms)
+local field = 'n:' .. ARGV[1]
+local held = redis.call('HGET', KEYS[1], field)
+if not held then return 0 end
+local token, renewed, expires = string.match(held, '^(%S+) (%d+) (%d+)$')
+if token ~= ARGV[2] or tonumber(expires) > tonumber(ARGV[3]) then return 0 end
+redis.call('HDEL', KEYS[1], field)
+redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. token, renewed .. ' ' .. expires)
+return 1
+"""
+"""A sweeper found the lease of ``N/token`` lapsed: the incarnation is ``gone`` (once, if
+several sweepers race), its last sign of life the last renewal, its devices' grace window
+counted from the lease's end."""
+
+LEAVE: Final = """
+-- KEYS[1] gp:nodes; ARGV: node id, token, now (ms)
+local field = 'n:' .. ARGV[1]
+local held = redis.call('HGET', KEYS[1], field)
+if not held or string.match(held, '^(%S+)') ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], field)
+redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. ARGV[2], ARGV[3] .. ' ' .. ARGV[3])
+return 1
+"""
+"""A clean shutdown: the id is free at once; the devices the node held stay alive for their
+grace window from now (their clients reconnect elsewhere), then the sweepers end them."""
+
+
+def sha1(script: str) -> str:
+    """The SHA1 Redis knows ``script`` by (``EVALSHA``)."""
+    return hashlib.sha1(script.encode()).hexdigest()
