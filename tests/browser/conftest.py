@@ -14,6 +14,7 @@ import functools
 import http.server
 import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,27 @@ class Served:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def start_demo(*flags: str, cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Start ``geopresence demo`` on free ports with ``flags``; return the process (terminate
+    it when done) and the console URL it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geopresence", "demo", "--port", "0", "--http-port", "0", *flags],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:
+        lines.append(line)
+        if LISTENING.match(line.strip()):
+            break
+    threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
+    found = re.search(r"console: +(\S+)", "".join(lines))
+    if found is None:
+        proc.terminate()
+        raise AssertionError("".join(lines))
+    return proc, found[1]
 
 
 def serve(tmp: Path, *flags: str, key: str | None = None) -> Served:

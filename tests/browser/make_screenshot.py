@@ -5,38 +5,22 @@ the walkers to answer and move."""
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
-from tests.browser.conftest import ARGS, CHROMIUM
-from tests.helpers import LISTENING
+from tests.browser.conftest import ARGS, CHROMIUM, start_demo
 
 
 def main(out: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geopresence", "demo", "--port", "0", "--http-port", "0",
-         "--seed", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None and CHROMIUM is not None
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        if LISTENING.match(line.strip()):
-            break
-    threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
-    found = re.search(r"console: +(\S+)", "".join(lines))
-    assert found, "".join(lines)
+    assert CHROMIUM is not None
+    proc, url = start_demo("--seed", "5")
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(found[1])
+            page.goto(url)
             page.locator("[data-signin] button[type=submit]").click()
             expect(page.locator("[data-nearby]").first).to_be_attached()
             page.locator("[data-watch-strangers]").check()

@@ -3,38 +3,20 @@ sign in as the name it suggests, and see friends online and moving on the radar 
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Pages
-from tests.helpers import LISTENING
+from tests.browser.conftest import Pages, start_demo
 
 
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp: Path = tmp_path_factory.mktemp("demo")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geopresence", "demo", "--port", "0", "--http-port", "0",
-         "--users", "5", "--seed", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        if LISTENING.match(line.strip()):
-            break
-    threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
-    found = re.search(r"console: +(\S+)", "".join(lines))
-    assert found, "".join(lines)
-    yield found[1]
+    proc, url = start_demo("--users", "5", "--seed", "4", cwd=tmp)
+    yield url
     proc.terminate()
     proc.wait(15)
 
