@@ -259,14 +259,7 @@ def prune(directory: Path) -> None:
     kept = snapshots[-SNAPSHOTS_KEPT:]
     if len(kept) < SNAPSHOTS_KEPT:
         return  # the fallback for a lone snapshot is the whole journal: keep it
-    oldest_seq = kept[0][0]
-    segments = numbered(directory, JOURNAL_PATTERN)
-    for (_, path), (next_first, _) in itertools.pairwise(segments):
-        # A segment ends where the next begins: all of it is in the snapshot if so.
-        if next_first <= oldest_seq + 1:
-            path.unlink(missing_ok=True)
-    for path in directory.glob("*.tmp"):
-        path.unlink(missing_ok=True)
+    _delete_covered(directory, kept[0][0])
 
 
 def purge_before(directory: Path, journal_seq: int) -> None:
@@ -277,10 +270,17 @@ def purge_before(directory: Path, journal_seq: int) -> None:
     for seq, path in numbered(directory, SNAPSHOT_PATTERN):
         if seq < journal_seq:
             path.unlink(missing_ok=True)
+    _delete_covered(directory, journal_seq)
+    fsync_dir(directory)
+
+
+def _delete_covered(directory: Path, journal_seq: int) -> None:
+    """Delete the journal segments whose every record is at most ``journal_seq`` (the last
+    segment always stays: it may hold later ones) and stray temporary files."""
     segments = numbered(directory, JOURNAL_PATTERN)
     for (_, path), (next_first, _) in itertools.pairwise(segments):
+        # A segment ends where the next begins: all of it is in the snapshot if so.
         if next_first <= journal_seq + 1:
             path.unlink(missing_ok=True)
     for path in directory.glob("*.tmp"):
         path.unlink(missing_ok=True)
-    fsync_dir(directory)
