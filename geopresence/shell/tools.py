@@ -11,7 +11,9 @@ import datetime
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import attrs
 import orjson
@@ -22,6 +24,8 @@ from geopresence.storage.history import history_dir, read_history
 from geopresence.storage.offline import compact, forget_offline, inspect_data_dir
 from geopresence.storage.recovery import DataDirCorrupt
 from geopresence.storage.repair import repair_data_dir
+
+T = TypeVar("T")
 
 DATA_DIR_MARKS = ("state", "history", "secret", "admin_key", "lock")
 """What a data dir holds once a server (or ``geopresence repair``) used it."""
@@ -97,21 +101,29 @@ def inspect(data_dir: Path, *, as_json: bool) -> int:
     return 1 if report["needs_repair"] else 0
 
 
+def _on_stopped_server(command: str, online: str, work: Callable[[], T]) -> T | None:
+    """``work()`` on a stopped server's data dir, or None once why it could not run is
+    printed: a running server holds the lock (then ``online``, the HTTP call that does it
+    there, is suggested) or the data dir is damaged."""
+    try:
+        return work()
+    except DataDirLocked as exc:
+        print(
+            f"geopresence {command}: {exc}; ask the running server instead: "
+            f"{online} on its HTTP API",
+            file=sys.stderr,
+        )
+    except DataDirCorrupt as exc:
+        print(f"geopresence {command}: {exc}", file=sys.stderr)
+    return None
+
+
 def snapshot(data_dir: Path, *, as_json: bool) -> int:
     """``geopresence snapshot``: compact the data dir of a stopped server."""
     if not is_data_dir("snapshot", data_dir):
         return 1
-    try:
-        info = compact(data_dir)
-    except DataDirLocked as exc:
-        print(
-            f"geopresence snapshot: {exc}; ask the running server instead: "
-            "POST /v1/snapshot on its HTTP API",
-            file=sys.stderr,
-        )
-        return 1
-    except DataDirCorrupt as exc:
-        print(f"geopresence snapshot: {exc}", file=sys.stderr)
+    info = _on_stopped_server("snapshot", "POST /v1/snapshot", lambda: compact(data_dir))
+    if info is None:
         return 1
     if as_json:
         print(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
@@ -207,17 +219,10 @@ def forget(data_dir: Path, user: str, *, as_json: bool) -> int:
         if not as_json:
             print(f"  history {name}: {lines:,} line(s) removed", flush=True)
 
-    try:
-        report = forget_offline(data_dir, user, progress=say)
-    except DataDirLocked as exc:
-        print(
-            f"geopresence forget: {exc}; ask the running server instead: "
-            f"DELETE /v1/users/{user} on its HTTP API",
-            file=sys.stderr,
-        )
-        return 1
-    except DataDirCorrupt as exc:
-        print(f"geopresence forget: {exc}", file=sys.stderr)
+    report = _on_stopped_server(
+        "forget", f"DELETE /v1/users/{user}", lambda: forget_offline(data_dir, user, progress=say)
+    )
+    if report is None:
         return 1
     if as_json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
