@@ -116,74 +116,91 @@ meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the
 devices...} if this left the user without a device, else {0, last, v, status, ended
 devices...}."""
 
-TAKE: Final = """
+_LEASES: Final = """
+-- gp:nodes holds n:<N> -> "<token> <renewed ms> <expires ms>", each live incarnation's lease,
+-- and gone:<N>/<token> -> "<last sign of life ms> <grace window from ms>".
+local function lease(nodes, field)
+  local held = redis.call('HGET', nodes, field)
+  if not held then return nil end
+  return string.match(held, '^(%S+) (%d+) (%d+)$')
+end
+local function gone(nodes, node, token, last, grace_from)
+  redis.call('HSET', nodes, 'gone:' .. node .. '/' .. token, last .. ' ' .. grace_from)
+end
+"""
+
+TAKE: Final = (
+    _LEASES
+    + """
 -- KEYS[1] gp:nodes; ARGV: node id, token, now (ms), lease (ms)
 local field = 'n:' .. ARGV[1]
 local now = tonumber(ARGV[3])
-local held = redis.call('HGET', KEYS[1], field)
-if held then
-  local token, renewed, expires = string.match(held, '^(%S+) (%d+) (%d+)$')
-  if token and token ~= ARGV[2] then
-    if tonumber(expires) > now then return tonumber(expires) - now end
-    redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. token, renewed .. ' ' .. expires)
-  end
+local token, renewed, expires = lease(KEYS[1], field)
+if token and token ~= ARGV[2] then
+  if tonumber(expires) > now then return tonumber(expires) - now end
+  gone(KEYS[1], ARGV[1], token, renewed, expires)
 end
 redis.call('HSET', KEYS[1], field,
            ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[4])))
 return 0
 """
+)
 """Take node id ``N`` for the incarnation ``N/token``; 0 if taken, else the milliseconds
 left of another live incarnation's lease. An earlier incarnation whose lease lapsed becomes
 ``gone``: the sweepers end its devices."""
 
-RENEW: Final = """
+RENEW: Final = (
+    _LEASES
+    + """
 -- KEYS[1] gp:nodes; ARGV: node id, token, now (ms), lease (ms)
 local field = 'n:' .. ARGV[1]
 local now = tonumber(ARGV[3])
-local held = redis.call('HGET', KEYS[1], field)
-if held then
-  local token, renewed, expires = string.match(held, '^(%S+) (%d+) (%d+)$')
-  if token == ARGV[2] then
-    if tonumber(expires) > now then
-      redis.call('HSET', KEYS[1], field,
-                 token .. ' ' .. ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[4])))
-      return 1
-    end
-    redis.call('HDEL', KEYS[1], field)
-    redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. token, renewed .. ' ' .. expires)
+local token, renewed, expires = lease(KEYS[1], field)
+if token == ARGV[2] then
+  if tonumber(expires) > now then
+    redis.call('HSET', KEYS[1], field,
+               token .. ' ' .. ARGV[3] .. ' ' .. string.format('%d', now + tonumber(ARGV[4])))
+    return 1
   end
+  redis.call('HDEL', KEYS[1], field)
+  gone(KEYS[1], ARGV[1], token, renewed, expires)
 end
 return 0
 """
+)
 """Extend the lease of ``N/token``; 1 if kept, 0 if lost: it lapsed (the node was stalled or
 cut off from Redis for longer than its lease: it is ``gone`` now, even if no sweeper said so
 yet), another incarnation took the id, or Redis lost the registry. A node that lost its
 lease must become a new incarnation: the others may already be ending its devices."""
 
-LAPSE: Final = """
+LAPSE: Final = (
+    _LEASES
+    + """
 -- KEYS[1] gp:nodes; ARGV: node id, token, now (ms)
 local field = 'n:' .. ARGV[1]
-local held = redis.call('HGET', KEYS[1], field)
-if not held then return 0 end
-local token, renewed, expires = string.match(held, '^(%S+) (%d+) (%d+)$')
+local token, renewed, expires = lease(KEYS[1], field)
 if token ~= ARGV[2] or tonumber(expires) > tonumber(ARGV[3]) then return 0 end
 redis.call('HDEL', KEYS[1], field)
-redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. token, renewed .. ' ' .. expires)
+gone(KEYS[1], ARGV[1], token, renewed, expires)
 return 1
 """
+)
 """A sweeper found the lease of ``N/token`` lapsed: the incarnation is ``gone`` (once, if
 several sweepers race), its last sign of life the last renewal, its devices' grace window
 counted from the lease's end."""
 
-LEAVE: Final = """
+LEAVE: Final = (
+    _LEASES
+    + """
 -- KEYS[1] gp:nodes; ARGV: node id, token, now (ms)
 local field = 'n:' .. ARGV[1]
 local held = redis.call('HGET', KEYS[1], field)
 if not held or string.match(held, '^(%S+)') ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], field)
-redis.call('HSET', KEYS[1], 'gone:' .. ARGV[1] .. '/' .. ARGV[2], ARGV[3] .. ' ' .. ARGV[3])
+gone(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[3])
 return 1
 """
+)
 """A clean shutdown: the id is free at once; the devices the node held stay alive for their
 grace window from now (their clients reconnect elsewhere), then the sweepers end them."""
 
