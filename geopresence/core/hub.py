@@ -195,8 +195,8 @@ class Hub:
         # Channel events by type -> the part that turns them into frames for one subscriber.
         self._deliverers: dict[type[Any], Callable[[ConnId, Any], None]] = {
             Outgoing: lambda conn, frame: self.sink.send(conn, frame),  # encoded once for all
-            LocationEvent: self.nearby.deliver,  # per recipient: distance to its own user
-            GoneEvent: self.nearby.deliver,
+            LocationEvent: self.nearby.deliver_location,  # per recipient: its own distance
+            GoneEvent: self.nearby.deliver_gone,
             StrangerEvent: self.strangers.deliver,
             StrangerGoneEvent: self.strangers.deliver,
             ChatEvent: self.chat.deliver,

@@ -257,14 +257,22 @@ class Nearby:
     def deliver(self, conn: ConnId, event: LocationEvent | GoneEvent) -> None:
         """A channel event reached one subscribed connection (the design's handler)."""
         if isinstance(event, GoneEvent):
-            shown = self._shown.get(conn)
-            if shown is not None and event.user in shown:
-                shown.discard(event.user)
-                self._send_gone(conn, event.user, event.reason)
-            return
+            self.deliver_gone(conn, event)
+        else:
+            self.deliver_location(conn, event)
+
+    def deliver_location(self, conn: ConnId, event: LocationEvent) -> None:
+        """``deliver`` for a move: the hot path (one call per friend in range per move)."""
         session = self.ctx.session(conn)
         if session is not None:
             self._show(conn, session.user, event.user, event.location, event.now)
+
+    def deliver_gone(self, conn: ConnId, event: GoneEvent) -> None:
+        """``deliver`` for a friend's location gone."""
+        shown = self._shown.get(conn)
+        if shown is not None and event.user in shown:
+            shown.discard(event.user)
+            self._send_gone(conn, event.user, event.reason)
 
     def on_offline(self, user: str) -> None:
         """The user went offline: its location is dropped and friends shown it are told."""

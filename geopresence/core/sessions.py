@@ -9,7 +9,7 @@ times in a row is closed with 4008.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Set
 
 import attrs
 
@@ -90,13 +90,12 @@ class Sessions:
         """``user``'s live connections, not copied: iterate it at once, never keep it."""
         return self._conns_of.get(user, frozenset())
 
-    def connections_of_friends(self, user: str) -> Iterator[ConnId]:
-        """The live connections of ``user``'s friends, each once, not copied (needs
+    def connections_of_friends(self, user: str) -> list[ConnId]:
+        """The live connections of ``user``'s friends, each once, as a list (needs
         ``friends_of`` at construction)."""
         assert self.online_friends is not None, "Sessions built without friends_of"
         conns_of = self._conns_of
-        for friend in self.online_friends.of(user):
-            yield from conns_of[friend]
+        return [conn for friend in self.online_friends.of(user) for conn in conns_of[friend]]
 
     def has_connections(self, user: str) -> bool:
         return user in self._conns_of
