@@ -30,8 +30,13 @@ import trio
 from benchmarks import procs, redisprocs
 from benchmarks.loadgen import LoadGen
 from benchmarks.population import Model, friendships
-from benchmarks.report import Result, fmt, percentile
+from benchmarks.report import Result, columns, fmt, percentile, ratio
 from benchmarks.runner import RunOptions, Target, all_stats, measure, one_run, say
+
+ENVELOPES_RECEIVED = 'geopresence_redis_envelopes_total{result="received"}'
+"""A node's metric: live events (pub/sub envelopes) from other nodes delivered there."""
+FEED_APPLIED = "geopresence_redis_feed_applied_total"
+"""A node's metric: other nodes' changes (feed entries) applied to its replica."""
 
 
 @attrs.frozen
@@ -136,8 +141,43 @@ def log_problems(workdir: Path, nodes: int, until: list[int] | None = None) -> l
     return lines
 
 
-def _node_rows(result: Result, gen: LoadGen, targets: list[Target], before: list[dict[str, float]],
-               after: list[dict[str, float]], elapsed: float) -> None:  # fmt: skip
+@attrs.define
+class NodesRun:
+    """One run of the load model against nodes sharing a fresh Redis: the figures, and what
+    the ``cluster`` rows and ``scaleout`` (per node, per user) derive theirs from."""
+
+    result: Result
+    gen: LoadGen
+    targets: list[Target]
+    before: list[dict[str, float]]
+    """Each node's metrics as the window opened."""
+    after: list[dict[str, float]]
+    """Each node's metrics as it closed."""
+    elapsed: float
+    redis: tuple[RedisCounts, RedisCounts]
+    """What the Redis masters had done as the window opened, and as it closed."""
+    deliveries: list[int]
+    """Deliveries to each node's users in the window."""
+    users: list[int]
+    """Users connected to each node at the end of the window."""
+    settled: tuple[float, float, bool]
+    """``redis_settled`` after the ramp."""
+    problems: tuple[int, int]
+    """Lines the nodes logged until the window closed, and afterwards."""
+
+    def rate(self, k: int, metric: str) -> float:
+        """Node ``k``'s ``metric`` (a counter) per second over the window."""
+        return (self.after[k].get(metric, 0) - self.before[k].get(metric, 0)) / self.elapsed
+
+    def redis_calls(self) -> dict[str, float]:
+        """Calls per second of each command over the window, summed over the masters."""
+        before, after = self.redis
+        return {name: (count - before.calls.get(name, 0)) / self.elapsed
+                for name, count in after.calls.items()}  # fmt: skip
+
+
+def _node_rows(run: NodesRun) -> None:
+    result, gen = run.result, run.gen
     per_update = result.deliveries_per_s / result.locations_per_s if result.locations_per_s else 0
     result.extra.append(
         ("location updates/s", f"{result.locations_per_s:,.1f} ({per_update:.1f} deliveries each)")
@@ -154,14 +194,11 @@ def _node_rows(result: Result, gen: LoadGen, targets: list[Target], before: list
         ("same-node deliveries", p50_p99(gen.same)),
         ("duplicate deliveries", f"{gen.duplicates:,}"),
     ]  # fmt: skip
-    for k, node in enumerate(targets):
-
-        def delta(name: str, k: int = k) -> float:
-            return (after[k].get(name, 0) - before[k].get(name, 0)) / elapsed
-
+    after = run.after
+    for k, node in enumerate(run.targets):
         parts = [f"deliveries {gen.node_deliveries[k]:,} since start"]
-        received = delta('geopresence_redis_envelopes_total{result="received"}')
-        applied = delta("geopresence_redis_feed_applied_total")
+        received = run.rate(k, ENVELOPES_RECEIVED)
+        applied = run.rate(k, FEED_APPLIED)
         dropped = after[k].get('geopresence_redis_envelopes_total{result="dropped"}', 0)
         failed = after[k].get('geopresence_redis_envelopes_total{result="failed"}', 0)
         parts.append(f"from Redis {received:,.0f} envelopes/s ({applied:,.0f} feed ops/s)")
@@ -170,27 +207,24 @@ def _node_rows(result: Result, gen: LoadGen, targets: list[Target], before: list
         result.extra.append((f"node {k + 1} (CPU {node.cpu})", ", ".join(parts)))
 
 
-def _redis_rows(result: Result, before: RedisCounts, after: RedisCounts, elapsed: float) -> None:
-    ops = [(a - b) / elapsed for b, a in zip(before.commands, after.commands, strict=True)]
-    result.redis_ops_per_s = sum(ops)
-    result.redis_cpu = (after.cpu_seconds - before.cpu_seconds) / elapsed
+def _redis_rows(run: NodesRun) -> None:
+    result, (before, after) = run.result, run.redis
+    ops = [(a - b) / run.elapsed for b, a in zip(before.commands, after.commands, strict=True)]
     each = " + ".join(f"{op:,.0f}" for op in ops)
     masters = f"{len(ops)} masters: {each}" if len(ops) > 1 else "1 server"
-    calls = {name: (count - before.calls.get(name, 0)) / elapsed
-             for name, count in after.calls.items()}  # fmt: skip
-    every = sorted(calls.items(), key=lambda item: -item[1])
+    every = sorted(run.redis_calls().items(), key=lambda item: -item[1])
     per_user = sum(ops) / result.connected if result.connected else math.nan
     result.extra += [
         ("Redis ops/s", f"{sum(ops):,.0f} ({masters})"),
         ("Redis ops per user-second", f"{per_user:.3f} ({result.connected:,} users connected)"),
         # Every command, scripts' own included (Redis 7 counts them): which part costs what.
         ("Redis commands/s", ", ".join(f"{name} {rate:,.1f}" for name, rate in every if rate)),
-        ("Redis CPU", f"{result.redis_cpu * 100:.0f} % (sum)"),
+        ("Redis CPU", f"{(result.redis_cpu or 0) * 100:.0f} % (sum)"),
     ]
 
 
-def cluster_run(options: RunOptions, nodes: int, kind: str) -> Result:
-    """The load model against ``nodes`` nodes sharing a fresh Redis."""
+def run_nodes(options: RunOptions, nodes: int, kind: str) -> NodesRun:
+    """The load model against ``nodes`` nodes sharing a fresh Redis (``kind``)."""
     procs.raise_fd_limit()
     procs.unpin(os.getpid())
     with tempfile.TemporaryDirectory(prefix="geopresence-cluster-") as tmp:
@@ -217,14 +251,19 @@ def cluster_run(options: RunOptions, nodes: int, kind: str) -> Result:
             settled: list[tuple[float, float, bool]] = []
             sizes: list[int] = []
             counts: list[RedisCounts] = []
+            delivered: list[list[int]] = []
+            gens: list[LoadGen] = []
 
             def between(gen: LoadGen) -> None:
+                gens.append(gen)
                 settled.append(redis_settled(gen, targets, options.quiet))
 
             def starting() -> None:
+                delivered.append(list(gens[0].node_deliveries))
                 counts.append(redis_counts(redis))
 
             def measured() -> None:
+                delivered.append(list(gens[0].node_deliveries))
                 counts.append(redis_counts(redis))
                 for k in range(nodes):
                     path = workdir / f"node{k + 1}.log"
@@ -234,32 +273,51 @@ def cluster_run(options: RunOptions, nodes: int, kind: str) -> Result:
             result, gen, before, after, elapsed = measure(
                 options, targets, base, between, measured, starting
             )
+            users = [0] * nodes
+            for i, conn in enumerate(gen.by_user):
+                users[i % nodes] += conn is not None
             gen.close_all()
         during = log_problems(workdir, nodes, sizes)
         everything = log_problems(workdir, nodes)
-    result.friendships, result.friendship_seconds = created, seconds
-    _node_rows(result, gen, targets, before, after, elapsed)
-    seconds_, peak, drained = settled[0]
-    result.extra.append(("Redis backlog after the ramp", f"peak {peak:,.0f} commands queued, "
-                         + (f"drained {seconds_:.1f} s" if drained
-                            else f"NOT drained after {seconds_:.0f} s")
-                         + " after the last connection (then the warmup)"))  # fmt: skip
-    result.extra.append(("node log warnings/errors", f"{len(during):,} until measured, "
-                         f"{len(everything) - len(during):,} as the users left and the nodes "
-                         "stopped"))  # fmt: skip
-    _redis_rows(result, counts[0], counts[1], elapsed)
     for line in everything[:10]:
         print(f"  {line}", file=sys.stderr)
+    result.friendships, result.friendship_seconds = created, seconds
+    redis_before, redis_after = counts
+    result.redis_ops_per_s = (sum(redis_after.commands) - sum(redis_before.commands)) / elapsed
+    result.redis_cpu = (redis_after.cpu_seconds - redis_before.cpu_seconds) / elapsed
+    deliveries = (
+        [a - b for b, a in zip(*delivered, strict=True)]
+        if nodes > 1
+        else [round(result.deliveries_per_s * elapsed)]  # one node: not counted per node
+    )
+    problems = (len(during), len(everything) - len(during))
+    return NodesRun(result, gen, targets, before, after, elapsed, (redis_before, redis_after),
+                    deliveries, users, settled[0], problems)  # fmt: skip
+
+
+def cluster_run(options: RunOptions, nodes: int, kind: str) -> Result:
+    """The load model against ``nodes`` nodes sharing a fresh Redis, with every row."""
+    run = run_nodes(options, nodes, kind)
+    result = run.result
+    _node_rows(run)
+    seconds, peak, drained = run.settled
+    result.extra.append(("Redis backlog after the ramp", f"peak {peak:,.0f} commands queued, "
+                         + (f"drained {seconds:.1f} s" if drained
+                            else f"NOT drained after {seconds:.0f} s")
+                         + " after the last connection (then the warmup)"))  # fmt: skip
+    result.extra.append(("node log warnings/errors", f"{run.problems[0]:,} until measured, "
+                         f"{run.problems[1]:,} as the users left and the nodes "
+                         "stopped"))  # fmt: skip
+    _redis_rows(run)
     return result
 
 
 def comparison(nodes: Result, one: Result, label: str) -> str:
     """The cluster run and the one-node run, side by side."""
 
-    def ratio(a: float | None, b: float | None) -> str:
-        if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
-            return ""
-        return f"{a / b:.2f}x"
+    def times(a: float | None, b: float | None) -> str:
+        change = ratio(a, b)
+        return "" if math.isnan(change) else f"{change:.2f}x"
 
     def pct(value: float | None) -> float | None:
         return None if value is None else value * 100
@@ -271,29 +329,25 @@ def comparison(nodes: Result, one: Result, label: str) -> str:
         ("", label, "1 node in memory", "ratio"),
         ("users connected", f"{nodes.connected:,}", f"{one.connected:,}", ""),
         ("deliveries/s", fmt(nodes.deliveries_per_s, ",.0f"), fmt(one.deliveries_per_s, ",.0f"),
-         ratio(nodes.deliveries_per_s, one.deliveries_per_s)),
+         times(nodes.deliveries_per_s, one.deliveries_per_s)),
         ("deliveries per location update", fmt(per_update(nodes), ".1f"),
          fmt(per_update(one), ".1f"), ""),
         ("latency p50 (ms)", fmt(nodes.p50_ms, ".1f"), fmt(one.p50_ms, ".1f"),
-         ratio(nodes.p50_ms, one.p50_ms)),
+         times(nodes.p50_ms, one.p50_ms)),
         ("latency p99 (ms)", fmt(nodes.p99_ms, ".1f"), fmt(one.p99_ms, ".1f"),
-         ratio(nodes.p99_ms, one.p99_ms)),
+         times(nodes.p99_ms, one.p99_ms)),
         ("lost sessions", f"{nodes.lost:,}", f"{one.lost:,}", ""),
         ("server CPU, all nodes (%)", fmt(pct(nodes.server_cpu), ".0f"),
-         fmt(pct(one.server_cpu), ".0f"), ratio(nodes.server_cpu, one.server_cpu)),
+         fmt(pct(one.server_cpu), ".0f"), times(nodes.server_cpu, one.server_cpu)),
         ("server CPU per delivery (µs)", fmt(nodes.cpu_per_delivery_us, ",.0f"),
          fmt(one.cpu_per_delivery_us, ",.0f"),
-         ratio(nodes.cpu_per_delivery_us, one.cpu_per_delivery_us)),
+         times(nodes.cpu_per_delivery_us, one.cpu_per_delivery_us)),
         ("Redis ops/s", fmt(nodes.redis_ops_per_s, ",.0f"), "-", ""),
         ("Redis CPU (%)", fmt(pct(nodes.redis_cpu), ".0f"), "-", ""),
         ("load generator CPU (%)", fmt(nodes.generator_cpu * 100, ".0f"),
          fmt(one.generator_cpu * 100, ".0f"), ""),
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        f"  {a:<{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}  {d:>{widths[3]}}".rstrip()
-        for a, b, c, d in rows
-    )
+    return columns(rows)
 
 
 def cluster(options: RunOptions, nodes: int, kind: str, baseline: bool) -> None:

@@ -9,6 +9,7 @@ population one process sustains, the transport ceilings, chat, and the plot.
     python -m benchmarks.load plot benchmarks/results/*.json --out benchmarks/results/sweep.png
     python -m benchmarks.load all                                 # all of the above, in order
     python -m benchmarks.load cluster --users 1000 --nodes 2 --redis cluster
+    python -m benchmarks.load scaleout --users-per-node 1000 --nodes 1,2,4 --redis cluster
     python -m benchmarks.load run --users 500 --ws ws://HOST:8765/ws --http http://HOST:8766 \\
         --admin-key KEY                                           # a server you started
 
@@ -43,6 +44,7 @@ from benchmarks.population import MODELS, SPEEDS, Model
 from benchmarks.report import Result, save_sweep
 from benchmarks.runner import RunOptions, data_path, one_run
 from benchmarks.saturation import ceiling
+from benchmarks.scaleout import scaleout
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,6 +162,18 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
+def redis_parser() -> argparse.ArgumentParser:
+    """``--redis``, for the commands that start nodes sharing a Redis."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--redis",
+        choices=["standalone", "cluster"],
+        default="cluster",
+        help="one Redis, or a Redis Cluster of 3 masters (sharded pub/sub)",
+    )
+    return parser
+
+
 def options_of(args: argparse.Namespace, users: int) -> RunOptions:
     model = Model(users=users, friends=args.friends, near_share=args.near_share,
                   model=args.model, location_interval=args.location_interval,
@@ -216,34 +230,44 @@ def main(argv: list[str] | None = None) -> None:
     plot_cmd.add_argument("files", nargs="+", type=Path, help="sweep JSON files")
     plot_cmd.add_argument("--out", type=Path, default=data_path("sweep.png"))
     cluster_cmd = commands.add_parser(
-        "cluster", parents=[common], help="N nodes sharing a Redis, then 1 node in memory"
+        "cluster",
+        parents=[common, redis_parser()],
+        help="N nodes sharing a Redis, then 1 node in memory",
     )
     cluster_cmd.add_argument("--users", type=int, default=1000)
     cluster_cmd.add_argument("--nodes", type=int, default=2, help="nodes sharing the Redis")
-    cluster_cmd.add_argument(
-        "--redis",
-        choices=["standalone", "cluster"],
-        default="cluster",
-        help="one Redis, or a Redis Cluster of 3 masters (sharded pub/sub)",
-    )
     cluster_cmd.add_argument("--no-baseline", action="store_true",
                              help="skip the run of 1 node in memory")  # fmt: skip
+    scaleout_cmd = commands.add_parser(
+        "scaleout", parents=[common, redis_parser()],
+        help="weak scaling: k nodes sharing a Redis, the same users on each",
+    )  # fmt: skip
+    scaleout_cmd.add_argument("--users-per-node", type=int, default=1000)
+    scaleout_cmd.add_argument("--nodes", default="1,2,4", help="comma-separated node counts")
+    scaleout_cmd.add_argument("--out", type=Path, default=None, help="JSON file (default: "
+                              "benchmarks/results/scaleout-REDIS.json)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "plot":
         from benchmarks.plot import plot
 
         plot(args.files, args.out)
         return
-    if args.command == "cluster":
+    if args.command in ("cluster", "scaleout"):
         if args.ws or args.http:
-            parser.error("cluster starts its own Redis and nodes: --ws/--http do not apply")
-        if not 1 <= args.nodes <= 1023:
+            parser.error(f"{args.command} starts its own Redis and nodes: --ws/--http do not apply")
+        counts = [int(k) for k in str(args.nodes).split(",")]
+        if not all(1 <= k <= 1023 for k in counts):
             parser.error("--nodes must be 1..1023")
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs", flush=True)
         try:
-            cluster(options_of(args, args.users), args.nodes, args.redis, not args.no_baseline)
+            if args.command == "cluster":
+                cluster(options_of(args, args.users), args.nodes, args.redis, not args.no_baseline)
+            else:
+                out = args.out or data_path(f"scaleout-{args.redis}.json")
+                scaleout(options_of(args, 0), counts, args.users_per_node, args.redis, out,
+                         args.server_src or ROOT)  # fmt: skip
         except redisprocs.RedisMissing as exc:
-            raise SystemExit(f"cluster: {exc}") from None
+            raise SystemExit(f"{args.command}: {exc}") from None
         return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; server on CPU 0, "
           f"load generator on CPU 1", flush=True)  # fmt: skip

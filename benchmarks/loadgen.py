@@ -60,6 +60,9 @@ class LoadGen(Loop):
         self._held: list[int] = []
         self.latencies: list[float] = []
         self.node_deliveries = [0] * self.nodes
+        """Deliveries to each target's users since the start (several targets only)."""
+        self.node_latencies: list[list[float]] = [[] for _ in targets]
+        """The latency samples of each target's users."""
         self.cross: list[float] = []
         self.same: list[float] = []
         self.duplicates = 0
@@ -147,6 +150,7 @@ class LoadGen(Loop):
         frame = orjson.loads(payload)
         latency = time.time() - frame["ts"]
         self.latencies.append(latency)
+        self.node_latencies[conn.index % self.nodes].append(latency)
         if self.nodes > 1:
             mover: str = frame["user"]
             if int(mover[1:]) % self.nodes != conn.index % self.nodes:

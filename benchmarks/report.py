@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,10 @@ class Result:
     friendship_seconds: float = math.nan
     redis_ops_per_s: float | None = None
     redis_cpu: float | None = None
+    server_cpus: list[float] = attrs.Factory(list)
+    """Each server's CPU over the window (share of one core), when started here."""
+    server_grown_kb: list[float] = attrs.Factory(list)
+    """Each server's RSS growth from connecting the users (KB), when started here."""
     extra: list[tuple[str, str]] = attrs.Factory(list)
     """More rows (several nodes: per node, cross-node, Redis)."""
 
@@ -157,6 +162,24 @@ class Result:
                 for k, v in values.items()}  # fmt: skip
 
 
+def ratio(a: float | None, b: float | None) -> float:
+    """``a / b``; NaN when either is missing or NaN, or ``b`` is 0."""
+    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+        return math.nan
+    return a / b
+
+
+def columns(rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
+    """Rows as aligned text columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for first, *rest in rows:
+        cells = [first.ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True)]
+        lines.append((indent + "  ".join(cells)).rstrip())
+    return "\n".join(lines)
+
+
 def commit_of(src: Path) -> str:
     """The checkout's commit (``+dirty`` when geopresence/ has uncommitted changes)."""
     try:
@@ -180,6 +203,13 @@ def commit_of(src: Path) -> str:
 def save_sweep(path: Path, label: str, src: Path, config: dict[str, Any],
                results: list[Result]) -> None:  # fmt: skip
     """Write the sweep's points (and where and how they were measured) to ``path``."""
+    save_points(path, label, src, config, [result.point() for result in results])
+
+
+def save_points(path: Path, label: str, src: Path, config: dict[str, Any],
+                points: list[dict[str, Any]], **more: Any) -> None:  # fmt: skip
+    """Write ``points`` (JSON objects), where and how they were measured, and ``more``
+    (figures of the whole series), to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "label": label,
@@ -188,6 +218,7 @@ def save_sweep(path: Path, label: str, src: Path, config: dict[str, Any],
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.node()}",
         "python": sys.version.split()[0],
         "config": config,
-        "points": [result.point() for result in results],
+        "points": points,
+        **more,
     }
     path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))

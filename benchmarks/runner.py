@@ -134,14 +134,16 @@ def measure(
         a.get("geopresence_coalesced_total", 0) - b.get("geopresence_coalesced_total", 0)
         for b, a in zip(before, after, strict=True)
     )
-    per_user = None
-    if base is not None and connected_stats is not None and gen.connected:
-        grown = sum(c.rss_bytes - b.rss_bytes for b, c in zip(base, connected_stats, strict=True))
-        per_user = grown / gen.connected / 1024
-    cpu = None
+    per_user, grown_kb = None, []
+    if base is not None and connected_stats is not None:
+        grown_kb = [(c.rss_bytes - b.rss_bytes) / 1024
+                    for b, c in zip(base, connected_stats, strict=True)]  # fmt: skip
+        per_user = sum(grown_kb) / gen.connected if gen.connected else None
+    cpu, cpus = None, []
     if server_before is not None and server_after is not None:
-        cpu = sum(a.cpu_seconds - b.cpu_seconds
-                  for b, a in zip(server_before, server_after, strict=True)) / elapsed  # fmt: skip
+        cpus = [(a.cpu_seconds - b.cpu_seconds) / elapsed
+                for b, a in zip(server_before, server_after, strict=True)]  # fmt: skip
+        cpu = sum(cpus)
     handled = gen.frames_in + gen.frames_out - frames
     result = Result(
         users=model.users,
@@ -164,6 +166,8 @@ def measure(
         model=model.model,
         servers=len(targets),
         locations_per_s=(gen.locations - locations) / elapsed,
+        server_cpus=cpus,
+        server_grown_kb=grown_kb,
     )
     return result, gen, before, after, elapsed
 

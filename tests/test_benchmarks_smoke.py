@@ -183,3 +183,34 @@ def test_load_cluster_reports_every_figure() -> None:
     assert cross is not None and int(cross[1]) > 0, out
     assert re.search(r"duplicate deliveries\s+0\n", out), out
     assert re.search(r"node log warnings/errors\s+0 until measured", out), out
+
+
+def test_load_scaleout_reports_every_figure(tmp_path: Path) -> None:
+    """k = 1 and 2 nodes sharing a standalone Redis, 10 users per node: the table, the
+    breakdown by cause, the flatness line and the JSON."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    out = tmp_path / "scaleout.json"
+    result = _load(
+        "scaleout", "--users-per-node", "10", "--nodes", "1,2", "--redis", "standalone",
+        "--friends", "10", "--near-share", "0.4", "--duration", "1", "--warmup", "0",
+        "--location-interval", "1", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out_text = result.stdout
+    for label in (
+        "weak scaling: 10 users per node, k = 1, 2 nodes on a standalone Redis",
+        "2 nodes + 1 redis-server + the load generator share", "node CPU µs/user-s",
+        "RSS KB/user", "Redis ops/user-s", "per node:", "feed ops in/s", "by cause",
+        "feed append", "feed read", "location cache", "live events", "presence & leases",
+        "by command", "xadd", "xread", "k=2 / k=1", "flatness, k = 2 against k = 1",
+        "per change of another node",
+    ):  # fmt: skip
+        assert label in out_text, (label, out_text)
+    document = json.loads(out.read_text())
+    assert [p["nodes"] for p in document["points"]] == [1, 2]
+    two = document["points"][1]
+    assert [n["users"] for n in two["per_node"]] == [10, 10]
+    assert two["redis_causes_per_user_s"]["feed append"] > 0
+    assert two["per_node"][0]["feed_ops_per_s"] > 0  # node 1 applied node 2's changes
+    assert set(document["changes"]) == {"node_cpu_per_user", "redis_ops_per_user"}
