@@ -73,7 +73,7 @@ def drain(label: str, args: list[str], users: int, duration: float, quiet: bool)
                 loop.run_until(time.monotonic() + 0.05)
         loop.run_until(t0 + 60, lambda _now: loop.opened + sum(loop.closed.values()) >= users)
         say(f"  {label}: {loop.opened:,} connected in {time.monotonic() - t0:.1f} s", quiet)
-        loop.run_until(time.monotonic() + 2)
+        loop.run_until(time.monotonic() + min(2.0, duration))  # settle, as long as measured
         frames, cpu = loop.frames_in, procs.self_cpu()
         server = procs.proc_stats(started.pid).cpu_seconds
         start = time.monotonic()

@@ -119,7 +119,7 @@ def test_all_online_model_runs() -> None:
 def test_sweep_writes_points_and_plot_draws_them(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
     sweep = _load(
-        "sweep", "--users", "20,30", "--friends", "10", "--duration", "2", "--warmup", "1",
+        "sweep", "--users", "20,30", "--friends", "10", "--duration", "1", "--warmup", "1",
         "--location-interval", "1", "--out", str(out), "--label", "smoke",
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr
@@ -139,7 +139,9 @@ def test_sweep_writes_points_and_plot_draws_them(tmp_path: Path) -> None:
 
 def test_ceiling_reports_every_row() -> None:
     pytest.importorskip("websockets")
-    ceiling = _load("ceiling", "--users", "30", "--friends", "10", "--duration", "2")
+    ceiling = _load(
+        "ceiling", "--users", "30", "--friends", "10", "--duration", "1", "--warmup", "0"
+    )
     assert ceiling.returncode == 0, ceiling.stderr
     for label in (
         "geopresence deliveries", "bare write floor", "websockets asyncio server",
