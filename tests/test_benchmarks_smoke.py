@@ -164,7 +164,7 @@ def test_load_cluster_reports_every_figure() -> None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
     result = _load(
         "cluster", "--users", "20", "--nodes", "2", "--redis", "standalone", "--friends", "10",
-        "--near-share", "0.4", "--duration", "3", "--warmup", "1", "--location-interval", "1",
+        "--near-share", "0.4", "--duration", "2", "--warmup", "1", "--location-interval", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
