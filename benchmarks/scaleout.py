@@ -26,13 +26,15 @@ share 2 cores: compare CPU seconds per process, not latency.
 What issues each command (``geopresence/cluster/*.py``): the causes of ``CAUSES``.
 
 - feed append: XADD. ``RedisJournal`` (``redis_state``) appends every change to the feed
-  for the other nodes' replicas: each location update (``LocationSet``), each presence
-  transition, chat, settings...
+  for the other nodes' replicas: each presence transition, chat, settings..., and the
+  location updates of users visible to strangers (``LocationSet``; others' are not on it).
 - feed read: XREAD, XRANGE, XREVRANGE. ``RedisFeed.run``: each node's reader, one XREAD per
   wake-up (up to 1,000 entries); every node reads every entry, its own too. XRANGE: its gap
   check every 10 s; XREVRANGE: at start-up.
-- location cache: the HSET of ``gp:locations`` (``redis_state._location``), one per location
-  update.
+- location cache: the SET of ``gp:loc:{U}`` with its expiry (``redis_state._location``),
+  one per location update.
+- session views: GET ``gp:loc:{F}`` of a session's user and online friends as it opens
+  (``ClusterLink.open_view``).
 - live events: PUBLISH, or SPUBLISH on a Cluster. ``RedisBroker``: one per channel an event
   goes to (a location update: its mover's user channel).
 - subscriptions: (S)SUBSCRIBE, (S)UNSUBSCRIBE. ``RedisBroker``: a channel's first local
@@ -77,6 +79,7 @@ FLAT: Final = 1.25
 FEED_APPEND, FEED_READ = "feed append", "feed read"
 LOCATION_CACHE, LIVE_EVENTS, SUBSCRIPTIONS = "location cache", "live events", "subscriptions"
 PRESENCE, CHANGES, START_UP = "presence & leases", "other changes", "start-up"
+VIEWS = "session views"
 CONNECTIONS, BENCHMARK, OTHER = "connections", "benchmark (INFO)", "other"
 
 CAUSES: Final[dict[str, str]] = {
@@ -84,7 +87,8 @@ CAUSES: Final[dict[str, str]] = {
     "xread": FEED_READ,
     "xrange": FEED_READ,
     "xrevrange": FEED_READ,
-    "hset": LOCATION_CACHE,  # split: see by_cause
+    "hset": PRESENCE,
+    "set": LOCATION_CACHE,
     "publish": LIVE_EVENTS,
     "spublish": LIVE_EVENTS,
     "subscribe": SUBSCRIPTIONS,
@@ -108,8 +112,7 @@ CAUSES: Final[dict[str, str]] = {
     "sscan": CHANGES,
     "zscan": CHANGES,
     "smembers": START_UP,
-    "get": START_UP,
-    "set": START_UP,
+    "get": VIEWS,
     "hmget": START_UP,
     "zrange": START_UP,
     "zrangebyscore": START_UP,
@@ -125,18 +128,20 @@ CAUSES: Final[dict[str, str]] = {
     "info": BENCHMARK,
 }
 """Command name (``client|setinfo``: its part before ``|``) -> the cause it is counted under."""
-ORDER: Final = (FEED_APPEND, FEED_READ, LOCATION_CACHE, LIVE_EVENTS, SUBSCRIPTIONS, PRESENCE,
+ORDER: Final = (FEED_APPEND, FEED_READ, LOCATION_CACHE, VIEWS, LIVE_EVENTS, SUBSCRIPTIONS, PRESENCE,
                 CHANGES, START_UP, CONNECTIONS, BENCHMARK, OTHER)  # fmt: skip
 
 SHARED: Final[dict[str, str]] = {
     "xadd": "every kind of change (location updates here; presence transitions, chat...)",
-    "hset": "the location cache (HSET gp:locations, one per location update) and the "
-    "presence and lease scripts' own HSETs: split by the window's location updates",
+    "set": "the location cache (SET gp:loc:{U} PXAT, one per location update); also each "
+    "node's shared-key check at start (SET NX)",
+    "get": "the locations a session reads as it opens; also each node's start-up",
+    "del": "an offline user's location (gp:loc:{U}); also group changes and forgets",
     "evalsha": "presence scripts (a device's session opened or ended) and node leases "
     "(RENEW, once a second per node)",
     "hgetall": "the sweepers (HGETALL gp:nodes, twice a second per node), the END script, start-up",
     "hget": "the presence and lease scripts",
-    "hdel": "an offline user's location, the lease scripts (LEAVE, LAPSE), a forget",
+    "hdel": "the lease scripts (LEAVE, LAPSE), a forget",
     "sadd": "the presence indexes (gp:held, gp:presence_users); also chat (gp:chats) and "
     "friendships, none of which this load makes",
     "srem": "the presence index gp:held; also unfriending, a forget",
@@ -144,17 +149,11 @@ SHARED: Final[dict[str, str]] = {
 """The command names with several causes, and which."""
 
 
-def by_cause(calls: Mapping[str, float], locations: float) -> dict[str, float]:
-    """Command rates (by name) summed by cause (``CAUSES``); HSET split: ``locations`` (the
-    location updates' rate) of it to the location cache, the rest to the scripts."""
+def by_cause(calls: Mapping[str, float]) -> dict[str, float]:
+    """Command rates (by name) summed by cause (``CAUSES``)."""
     causes = dict.fromkeys(ORDER, 0.0)
     for name, rate in calls.items():
-        cause = CAUSES.get(name.partition("|")[0], OTHER)
-        if name == "hset":
-            cache = min(rate, locations)
-            causes[LOCATION_CACHE] += cache
-            rate, cause = rate - cache, PRESENCE
-        causes[cause] += rate
+        causes[CAUSES.get(name.partition("|")[0], OTHER)] += rate
     return causes
 
 
@@ -240,7 +239,7 @@ class Step:
         return {name: _per(rate, self.users) for name, rate in self.calls.items() if rate}
 
     def causes_per_user_s(self) -> dict[str, float]:
-        causes = by_cause(self.calls, self.result.locations_per_s)
+        causes = by_cause(self.calls)
         return {cause: _per(rate, self.users) for cause, rate in causes.items()}
 
     def point(self, per_node_users: int) -> dict[str, Any]:

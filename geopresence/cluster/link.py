@@ -32,11 +32,12 @@ from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
-from geopresence.cluster.redis_state import RedisJournal, load_state
+from geopresence.cluster.redis_state import RedisJournal, load_locations, load_state
 from geopresence.config import Config
-from geopresence.core.broker import Deliver
+from geopresence.core.broker import Deliver, user_channel, user_of_channel
 from geopresence.core.hub import Hub
-from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
+from geopresence.core.nearby import LocationEvent
+from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested, PresenceSet
 
 log = logging.getLogger("geopresence.redis")
 
@@ -138,6 +139,14 @@ class ClusterLink:
     # ---------------------------------------------------------------- the Replicator seam
 
     def replicate(self, op: FeedOp) -> None:
+        if isinstance(op, LocationSet):
+            # A location reaches the nodes that need it on its user's channel (the live
+            # event), and a session opening elsewhere reads it from gp:loc:{U}; only the
+            # strangers grid, which every node keeps whole, still needs it on the feed.
+            assert self._hub is not None
+            strangers = self._hub.store.get_settings(op.user).visible_to_strangers
+            self.journal.replicate(op, feed=strangers)
+            return
         self.journal.replicate(op)
 
     def device_alive(self, user: str, device: str, at: float) -> None:
@@ -179,6 +188,45 @@ class ClusterLink:
         assert self._hub is not None
         self._hub.apply_feed(op, self._now())
 
+    # ---------------------------------------------------------------- what the node holds
+
+    def _on_remote(self, event: object) -> None:
+        """Another node's event on a channel this node listens to: a friend's (or a local
+        user's own) move updates the location cache before the subscribers are told."""
+        if isinstance(event, LocationEvent):
+            assert self._hub is not None
+            where = event.location
+            op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
+            self._hub.apply_feed(op, self._now())
+
+    def _on_released(self, channel: str) -> None:
+        """No connection here needs ``channel`` any more: a user's location, no longer
+        kept current here, is dropped (read again when a session needs it)."""
+        user = user_of_channel(channel)
+        if user is not None and self._hub is not None:
+            self._hub.nearby.drop_cached(user)
+
+    async def open_view(self, user: str) -> int:
+        """A session of ``user`` just opened here (its connection subscribed to its friends'
+        channels): listen to the user's own channel too, wait until Redis has every
+        subscription, then read the live locations of the user and of its online friends.
+        Events from then on keep them current. Returns how many were read."""
+        assert self._hub is not None and self.broker is not None
+        hub = self._hub
+        self.broker.hold(user_channel(user))
+        await self.broker.subscribed()
+        wanted = [user, *(f for f in hub.store.friends_of(user) if hub.statuses.is_online(f))]
+        found = await load_locations(self.client, self.keys, wanted)
+        now = self._now()
+        for op in found:
+            hub.apply_feed(op, now)
+        return len(found)
+
+    def close_view(self, user: str) -> None:
+        """A session of ``user`` here ended (one ``close_view`` per ``open_view``)."""
+        if self.broker is not None:
+            self.broker.release(user_channel(user))
+
     # ---------------------------------------------------------------- running
 
     async def run(
@@ -193,7 +241,10 @@ class ClusterLink:
         self._hub = hub
         self._clock = clock
         self.presence.offline_after = hub.settings.offline_after
+        self.keys.location_ttl = hub.settings.location_ttl
         assert self.broker is not None, "build the hub with make_broker first"
+        self.broker.on_remote = self._on_remote
+        self.broker.on_released = self._on_released
         async with contextlib.AsyncExitStack() as stack:
             try:
                 # A cluster client connects on entry (it reads the slot map).

@@ -30,7 +30,7 @@ import itertools
 import logging
 import random
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from typing import Any, Final, Literal
 
 import anyio
@@ -50,7 +50,11 @@ MAX_PENDING_OPS: Final = 100_000
 """Queued Redis commands beyond which publishes are dropped (counted): Redis is down or too
 slow, and the live events would be stale anyway."""
 
-Op = tuple[Literal["subscribe", "unsubscribe", "publish"], str, bytes]
+Op = tuple[Literal["subscribe", "unsubscribe", "publish", "barrier"], str, Any]
+"""(kind, channel, payload): the envelope of a publish, the event a barrier sets."""
+
+NODE: Final[ConnId] = 0
+"""The subscriber that stands for this node itself (``hold``): no connection has id 0."""
 """(command, Redis channel name, payload)."""
 
 
@@ -104,7 +108,18 @@ class RedisBroker:
         prefix: str = "gp",
     ) -> None:
         self._deliver = deliver
-        self._local = MemoryBroker(deliver)
+
+        def to_connections(conn: ConnId, event: Any) -> None:
+            if conn != NODE:
+                deliver(conn, event)
+
+        self._local = MemoryBroker(to_connections)
+        self.on_remote: Callable[[Any], None] | None = None
+        """Called once per event from another node, before this node's subscribers get it
+        (the node's caches apply it: ``ClusterLink``)."""
+        self.on_released: Callable[[str], None] | None = None
+        """Called with a channel this node has just stopped listening to (no subscriber
+        left): what it knew from that channel is no longer kept current."""
         self._client = client
         self._sharded = sharded
         self._prefix = prefix
@@ -113,6 +128,7 @@ class RedisBroker:
         self._ops: deque[Op] = deque()
         self._wakeup = trio.Event()
         self._seen = SeenOnce(SEEN_PUBLISHES)
+        self._held: dict[str, int] = {}
         self.dropped = 0
         """Publishes not sent to Redis because the queue was full (for metrics)."""
         self.received = 0
@@ -131,14 +147,43 @@ class RedisBroker:
     def unsubscribe(self, channel: str, conn: ConnId) -> None:
         self._local.unsubscribe(channel, conn)
         if not self._local.subscribers(channel):
-            self._queue(("unsubscribe", channel, b""))
+            self._left(channel)
 
     def unsubscribe_all(self, conn: ConnId) -> None:
         channels = list(self._local.channels_of(conn))
         self._local.unsubscribe_all(conn)
         for channel in channels:
             if not self._local.subscribers(channel):
-                self._queue(("unsubscribe", channel, b""))
+                self._left(channel)
+
+    def _left(self, channel: str) -> None:
+        self._queue(("unsubscribe", channel, b""))
+        if self.on_released is not None:
+            self.on_released(channel)
+
+    # ---------------------------------------------------------------- the node's own interest
+
+    def hold(self, channel: str) -> None:
+        """Listen to ``channel`` for the node itself (its caches), whether or not a
+        connection subscribes; ``release`` undoes one ``hold`` (they nest)."""
+        held = self._held.get(channel, 0)
+        self._held[channel] = held + 1
+        if not held:
+            self.subscribe(channel, NODE)
+
+    def release(self, channel: str) -> None:
+        held = self._held.pop(channel, 0) - 1
+        if held > 0:
+            self._held[channel] = held
+        elif held == 0:
+            self.unsubscribe(channel, NODE)
+
+    async def subscribed(self) -> None:
+        """Return once every subscription asked for so far is in place in Redis (events
+        published from then on reach this node); ``run`` must be running."""
+        done = trio.Event()
+        self._queue(("barrier", "", done))
+        await done.wait()
 
     def publish(
         self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
@@ -180,6 +225,9 @@ class RedisBroker:
         """Send every queued publish (shutdown): subscription changes still queued are
         dropped first (the node's subscriptions end with it), so the last events are not
         stuck behind them. ``run`` must be running."""
+        for op in self._ops:
+            if op[0] == "barrier":
+                op[2].set()
         self._ops = deque(op for op in self._ops if op[0] == "publish")
         while self._ops:
             await trio.sleep(0.005)
@@ -202,6 +250,9 @@ class RedisBroker:
             if not self._ops:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
+            if self._ops[0][0] == "barrier":
+                self._ops.popleft()[2].set()  # every earlier (un)subscription is done
+                continue
             if self._ops[0][0] == "publish":
                 # Consecutive publishes share one pipeline (one round trip per batch).
                 batch: list[Op] = []
@@ -280,4 +331,6 @@ class RedisBroker:
         if not self._seen.first_time(envelope.node, envelope.publish_id):
             return
         self.received += 1
+        if self.on_remote is not None:
+            self.on_remote(envelope.event)
         self._local.publish(envelope.channels, envelope.event)

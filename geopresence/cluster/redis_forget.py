@@ -47,12 +47,17 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
     # Its devices may still be listed in their node's gp:held:{X}: the presence scripts
     # check the holder in the presence hash, which goes below, so those entries are inert.
     # One key per DEL: on a Cluster each lives in its own slot.
-    for key in (k.of("friends", user), k.of("groups_of", user), k.of("settings", user), presence):
+    for key in (
+        k.of("friends", user),
+        k.of("groups_of", user),
+        k.of("settings", user),
+        presence,
+        k.location(user),
+    ):
         await client.delete([key])
     await client.srem(k.users, [user])
     await client.srem(k.settings_users, [user])
     await client.srem(k.presence_users, [user])
-    await client.hdel(k.locations, [user])
     for pattern in (f"dm:{user}:*", f"dm:*:{user}"):
         conversations = [string(c) async for c in client.sscan_iter(k.chats, match=pattern)]
         for conversation in conversations:

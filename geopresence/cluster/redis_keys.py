@@ -10,8 +10,9 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:chat:{C}          sorted set of one conversation's messages ("<20-digit id> <JSON>",
                          all score 0: lexicographic = id order; C is "dm:A:B" or "g:G")
     gp:chats             index of conversations
-    gp:locations         hash: user -> [lat, lon, ts, accepted_at] (expired ones are skipped
-                         and removed by the loader; an offline user's is removed at once)
+    gp:loc:{U}           U's live location, [lat, lon, ts, accepted_at] (JSON), expiring
+                         with the location TTL (Redis expiry: ``PXAT``); deleted when U goes
+                         offline. Read by a node for its sessions' friends as they open.
     gp:presence:{U}      hash: status, last_active_at, v (transition count), d:<device> ->
                          the incarnation holding it (``geopresence.cluster.redis_presence``)
     gp:presence_users    index of users with a presence hash
@@ -48,7 +49,11 @@ class Keys:
         self.groups = f"{prefix}:groups"
         self.settings_users = f"{prefix}:settings_users"
         self.chats = f"{prefix}:chats"
-        self.locations = f"{prefix}:locations"
+        self.legacy_locations = f"{prefix}:locations"
+        """The one hash of every location that versions before ``gp:loc:{U}`` kept (unused)."""
+        self.location_ttl: float | None = None
+        """Seconds a ``gp:loc:{U}`` key lives after its update was accepted: the hub's
+        location TTL (``ClusterLink.run`` sets it before anything is written)."""
         self.presence_users = f"{prefix}:presence_users"
         self.nodes = f"{prefix}:nodes"
         self.legacy_deadlines = f"{prefix}:deadlines"
@@ -57,6 +62,9 @@ class Keys:
 
     def of(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{{{name}}}"
+
+    def location(self, user: str) -> str:
+        return self.of("loc", user)
 
     def conversation(self, message: ChatMessage) -> str:
         """The conversation a message belongs to (its key's name part)."""

@@ -289,8 +289,8 @@ class RedisPresence:
             async with client.pipeline(transaction=False) as pipe:
                 if dropped:
                     pipe.srem(index, dropped)
-                if offline:
-                    pipe.hdel(keys.locations, offline)
+                for user in offline:  # one key per DEL: on a Cluster each has its slot
+                    pipe.delete([keys.location(user)])
         return ended
 
     def _result(self, user: str, result: Any) -> str | None:

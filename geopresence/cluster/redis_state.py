@@ -78,8 +78,14 @@ def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
     )
 
 
-Command = tuple[str, tuple[Any, ...]]
-"""A coredis client method name and its arguments."""
+Command = tuple[str, tuple[Any, ...]] | tuple[str, tuple[Any, ...], dict[str, Any]]
+"""A coredis client method name, its arguments and (optionally) keyword arguments."""
+
+
+def _call(target: Any, command: Command) -> Any:
+    """Call ``command`` on a client or pipeline."""
+    kwargs = command[2] if len(command) == 3 else {}
+    return getattr(target, command[0])(*command[1], **kwargs)
 
 
 @attrs.frozen
@@ -105,7 +111,11 @@ def _message(k: Keys, op: ChatMessage) -> list[Command]:
 
 
 def _location(k: Keys, op: LocationSet) -> list[Command]:
-    return [("hset", (k.locations, {op.user: orjson.dumps([op.lat, op.lon, op.ts, op.at])}))]
+    # One key per user (spread over a Cluster's slots), expiring with the location: Redis
+    # drops it, no node sweeps.
+    assert k.location_ttl is not None, "Keys.location_ttl is the hub's location TTL"
+    value = orjson.dumps([op.lat, op.lon, op.ts, op.at])
+    return [("set", (k.location(op.user), value), {"pxat": round((op.at + k.location_ttl) * 1000)})]
 
 
 def _befriended(k: Keys, op: Befriended) -> list[Command]:
@@ -214,22 +224,23 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> None:
         await writer.write(client, keys, op)
         return
     assert writer.commands is not None
-    for name, args in writer.commands(keys, op):
-        await getattr(client, name)(*args)
+    for command in writer.commands(keys, op):
+        await _call(client, command)
 
 
 async def write_batch(
-    client: Any, keys: Keys, ops: list[tuple[int, FeedOp]], feed: RedisFeed
+    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool]], feed: RedisFeed
 ) -> None:
-    """Apply ops that need no reads, and append them to the feed, in one pipeline (not a
-    transaction: a batch that failed halfway is written again, and every op is idempotent,
-    for Redis and for the replicas that may then read it twice)."""
+    """Apply ops that need no reads, and append those marked for it to the feed, in one
+    pipeline (not a transaction: a batch that failed halfway is written again, and every op
+    is idempotent, for Redis and for the replicas that may then read it twice)."""
     async with client.pipeline(transaction=False) as pipe:
-        for _, op in ops:
-            for name, args in blind_commands(keys, op) or ():
-                getattr(pipe, name)(*args)
-        for uid, op in ops:
-            feed.append_to(pipe, op, uid)
+        for _, op, _ in ops:
+            for command in blind_commands(keys, op) or ():
+                _call(pipe, command)
+        for uid, op, on_feed in ops:
+            if on_feed:
+                feed.append_to(pipe, op, uid)
 
 
 class RedisJournal:
@@ -241,8 +252,8 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
-        self._queue: deque[tuple[int, int, FeedOp]] = deque()
-        """(seq or 0, uid, op) in write order."""
+        self._queue: deque[tuple[int, int, FeedOp, bool]] = deque()
+        """(seq or 0, uid, op, on the feed) in write order."""
         self._uids = fresh_ids()
         self._wakeup = trio.Event()
         self.last_seq = last_seq
@@ -253,23 +264,23 @@ class RedisJournal:
 
     def append(self, record: Record) -> int:
         self.last_seq += 1
-        self._queue.append((self.last_seq, next(self._uids), record))
+        self._queue.append((self.last_seq, next(self._uids), record, True))
         self._wakeup.set()
         return self.last_seq
 
-    def replicate(self, op: FeedOp) -> None:
-        """Write ``op`` (if it has state in Redis) and publish it on the feed, in order with
-        the records (no sequence number: nothing waits for it)."""
-        self._queue.append((0, next(self._uids), op))
+    def replicate(self, op: FeedOp, *, feed: bool = True) -> None:
+        """Write ``op`` (if it has state in Redis) and, unless ``feed`` is False, publish it
+        on the feed, in order with the records (no sequence number: nothing waits for it)."""
+        self._queue.append((0, next(self._uids), op, feed))
         self._wakeup.set()
 
     @property
     def durable_seq(self) -> int:
         return self._durable
 
-    def _blind_batch(self) -> list[tuple[int, int, FeedOp]]:
+    def _blind_batch(self) -> list[tuple[int, int, FeedOp, bool]]:
         """The queue's longest prefix (at most ``BATCH``) that one pipeline can write."""
-        batch: list[tuple[int, int, FeedOp]] = []
+        batch: list[tuple[int, int, FeedOp, bool]] = []
         for item in self._queue:
             if len(batch) == BATCH or blind_commands(self._keys, item[2]) is None:
                 break
@@ -296,19 +307,20 @@ class RedisJournal:
                 batch = self._blind_batch()
                 try:
                     if batch:
-                        ops = [(uid, op) for _, uid, op in batch]
+                        ops = [(uid, op, on_feed) for _, uid, op, on_feed in batch]
                         await write_batch(self._client, self._keys, ops, self.feed)
                     else:
                         batch = [queue[0]]
-                        _, uid, op = batch[0]
+                        _, uid, op, on_feed = batch[0]
                         await write(self._client, self._keys, op)
-                        await self.feed.append(op, uid)
+                        if on_feed:
+                            await self.feed.append(op, uid)
                 except Exception as exc:
                     self.write_errors += 1
                     log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
                     await trio.sleep(1.0)
                     continue
-                for seq, _, _ in batch:
+                for seq, _, _, _ in batch:
                     queue.popleft()
                     if seq:
                         self._durable = seq
@@ -361,23 +373,34 @@ async def load_durable(client: Any, keys: Keys, state: DurableState) -> dict[str
     }
 
 
+async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:
+    """The live locations of ``users`` (those with one), in one pipeline (on a Cluster,
+    coredis sends each shard its part)."""
+    if not users:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        requests = [pipe.get(keys.location(user)) for user in users]
+    found = []
+    for user, request in zip(users, requests, strict=True):
+        raw = await request
+        if raw is not None:
+            lat, lon, ts, at = orjson.loads(raw)
+            found.append(LocationSet(user, lat, lon, ts, at))
+    return found
+
+
 async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str, int]:
-    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``), live
-    locations and every user's presence. Returns counts for the log line."""
+    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``), every
+    user's presence, and the live locations of users visible to strangers (every node's
+    strangers grid holds them; other locations are read as sessions open, ``load_view``).
+    Returns counts for the log line."""
     k = keys
     counts = await load_durable(client, keys, hub.state)
-    ttl = hub.settings.location_ttl
-    locations = 0
-    expired = []
-    for user, raw in (await client.hgetall(k.locations)).items():
-        lat, lon, ts, at = orjson.loads(raw)
-        if at + ttl <= now:
-            expired.append(user)
-            continue
-        locations += 1
-        hub.apply_feed(LocationSet(string(user), lat, lon, ts, at), now)
-    if expired:
-        await client.hdel(k.locations, expired)
+    visible = [u for u, s in hub.store.settings_items() if s.visible_to_strangers]
+    located = await load_locations(client, keys, visible)
+    for op in located:
+        hub.apply_feed(op, now)
+    locations = len(located)
     online = 0
     for user in strings(await client.smembers(k.presence_users)):
         status, last, version = await client.hmget(

@@ -27,6 +27,11 @@ def user_channel(user: str) -> str:
     return _USER_PREFIX + user
 
 
+def user_of_channel(channel: str) -> str | None:
+    """The user whose ``user_channel`` this is (None: another kind of channel)."""
+    return channel[len(_USER_PREFIX) :] if channel.startswith(_USER_PREFIX) else None
+
+
 def group_channel(group: str) -> str:
     """The channel of a group's members: chat messages, and co-members' presence while the
     group is small enough for presence fan-out."""

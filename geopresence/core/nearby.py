@@ -289,6 +289,14 @@ class Nearby:
         self.listener.on_location_gone(user, "offline")
         return had
 
+    def drop_cached(self, user: str) -> None:
+        """Forget ``user``'s cached location without telling anyone: a node of several that
+        no longer listens to the user's channel (none of its sessions needs it) would
+        otherwise keep a position that no longer changes."""
+        self.locations.remove(user)
+        if self._head_user == user:
+            self._head_location, self._head_user, self._head_bytes = None, "", b""
+
     def on_friendship_added(self, a: str, b: str, now: float) -> None:
         for viewer, friend in ((a, b), (b, a)):
             for conn in self.ctx.connections_of(viewer):

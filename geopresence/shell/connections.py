@@ -295,10 +295,13 @@ class ConnectionHandler:
         connections = self._connections
         c = connections.open(ws)
         conn = c.conn
+        viewing = False
         try:
             await self._handshake.alive_in_cluster(user, device)
             hub.open_session(conn, user, device, self._now(), request_id)
             log.debug("conn %d: session opened: user %s, device %s", conn, user, device)
+            viewing = True
+            await self._handshake.view_in_cluster(user)
             self._deadline_moved()
             ws.admit_ping = lambda: (
                 c.close_request is None and hub.admit(c.conn, self._now(), answer=False)
@@ -312,6 +315,8 @@ class ConnectionHandler:
         finally:
             connections.forget(conn)
             hub.close_session(conn)
+            if viewing:
+                self._handshake.left_cluster(user)
             if log.isEnabledFor(logging.DEBUG):
                 code = ws.close_code
                 if code is None and c.close_request is not None:

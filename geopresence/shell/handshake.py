@@ -179,6 +179,25 @@ class Handshake:
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
 
+    async def view_in_cluster(self, user: str) -> None:
+        """After the welcome, before the client's first message is read: this node listens
+        to the user's own channel and holds the live locations of the user and its online
+        friends (read from Redis; the node heard of none of them if no session here needed
+        them). Bounded by the hello timeout: if Redis is slow, the session goes on and the
+        friends' next moves fill the view. Multi-node only; ``left_cluster`` undoes it."""
+        if self._cluster is None:
+            return
+        with trio.move_on_after(self._config.hello_timeout):
+            try:
+                await self._cluster.open_view(user)
+            except Exception as exc:
+                log.warning("redis: the friends' locations of %s were not read (%s)", user, exc)
+
+    def left_cluster(self, user: str) -> None:
+        """A session ``view_in_cluster`` was called for has ended."""
+        if self._cluster is not None:
+            self._cluster.close_view(user)
+
     # ------------------------------------------------------------------ refusals and closes
 
     async def refuse(self, ws: Connection, error: ProtocolError, code: int) -> None:

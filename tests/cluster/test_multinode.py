@@ -538,3 +538,44 @@ async def test_a_forget_reaches_every_node_redis_and_each_node_s_history(
         finally:
             late.proc.terminate()
             late.proc.wait(15)
+
+
+def _gauge(metrics: str, name: str) -> float:
+    match = re.search(rf"^geopresence_{name} (\S+)$", metrics, re.MULTILINE)
+    assert match is not None, metrics
+    return float(match[1])
+
+
+async def test_a_node_holds_only_the_locations_its_sessions_need(tmp_path: Path) -> None:
+    """Locations do not travel to every node: a node reads those a session needs as it
+    opens (its user's and its online friends') and hears the rest on their channels while
+    one of its sessions needs them; the feed carries none (nobody is visible to strangers)."""
+    import coredis
+
+    with cluster_of("standalone", 2, tmp_path) as (nodes, args):
+        a, b = nodes
+        redis = coredis.Redis.from_url(args[1])
+        async with redis, a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.befriend("alice", "bob")
+            async with session(a, "alice") as alice, session(a, "dave") as dave:
+                await alice.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+                await dave.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+                await trio.sleep(0.3)
+                assert _gauge(await admin_a.metrics(), "locations") == 2
+                assert _gauge(await admin_b.metrics(), "locations") == 0  # nobody needs them
+                # bob's first request on node b finds alice: read from Redis as he connected.
+                async with session(b, "bob") as bob:
+                    reply = await bob.request("nearby_friends", lat=37.5700, lon=126.9800)
+                    assert [f["user"] for f in reply["friends"]] == ["alice"]
+                    assert _gauge(await admin_b.metrics(), "locations") == 2  # alice, bob
+                    await alice.send({"type": "location", "lat": 37.5670, "lon": 126.9785})
+                    await expect(bob, "friend_location", user="alice")
+                # bob gone: node b no longer hears alice, and forgets where she was.
+                await trio.sleep(0.3)
+                assert _gauge(await admin_b.metrics(), "locations") == 0
+                # Redis holds each location under its own key, expiring with the TTL.
+                assert await redis.pttl("gp:loc:{alice}") > 0
+            # The moves above were not on the feed (only the sessions' presence transitions).
+            ops = [entry.field_values[b"op"] for entry in await redis.xrange("gp:feed")]
+            assert any(b'"t":"presence"' in op for op in ops), ops
+            assert not any(b'"t":"location"' in op for op in ops), ops

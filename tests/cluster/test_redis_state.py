@@ -10,7 +10,7 @@ import trio
 
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_state import RedisJournal, load_state
+from geopresence.cluster.redis_state import RedisJournal, load_locations, load_state
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
@@ -39,7 +39,8 @@ class JournalReplicator:
         self.journal = journal
 
     def replicate(self, op: FeedOp) -> None:
-        self.journal.replicate(op)
+        # As ClusterLink: locations of users hidden from strangers (all here) stay off the feed.
+        self.journal.replicate(op, feed=not isinstance(op, LocationSet))
 
     def device_alive(self, user: str, device: str, at: float) -> None:
         pass
@@ -64,6 +65,7 @@ async def write_then_load(client: Any) -> None:
         replicator=JournalReplicator(journal),
     )
     journal.on_durable = lambda: first.journal_advanced(NOW)
+    keys.location_ttl = first.settings.location_ttl  # as ClusterLink.run
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         first.add_friendship("alice", "bob", NOW)
@@ -97,30 +99,29 @@ async def write_then_load(client: Any) -> None:
         await nursery.start(other.run, fed.append, "0-0")
         await nursery.start(itself.run, mine.append, "0-0")
         with trio.fail_after(10):
-            while len(fed) < journal.last_seq + 1:  # records + the location
+            while len(fed) < journal.last_seq:  # the records; the location is not on it
                 await trio.sleep(0.01)
+            await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
-    assert isinstance(fed[-1], LocationSet) and fed[-1].at == NOW + 3
+    assert len(fed) == journal.last_seq and not any(isinstance(op, LocationSet) for op in fed)
     assert mine == []
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
     counts = await load_state(client, keys, second, NOW + 4)
     assert comparable(second) == comparable(first)
-    assert counts["messages"] == 3 and counts["locations"] == 1
+    assert counts["messages"] == 3
     assert second.chat.store.find_client_msg("alice", "c1") is not None  # resends recognised
     assert second.chat.ids.last_id >= first.chat.ids.last_id  # ids continue after theirs
-    location = second.nearby.locations.get("alice", NOW + 4)
-    assert location is not None and (location.lat, location.lon) == (37.5, 127.0)
-    # The location's TTL runs from when its origin accepted it, on every node.
-    ttl = second.settings.location_ttl
-    assert second.nearby.locations.get("alice", NOW + 3 + ttl) is None
-
-    # A node starting after the TTL ended does not load it, and removes it from Redis.
-    third = Hub(HubSettings(node_id=3), MemoryStore(), RecordingSink())
-    counts = await load_state(client, keys, third, NOW + 3 + ttl)
-    assert counts["locations"] == 0
-    assert await client.hlen(keys.locations) == 0
+    # A starting node holds no location of a user hidden from strangers: it reads them as
+    # sessions that need them open (ClusterLink.open_view).
+    assert counts["locations"] == 0 and second.nearby.locations.get("alice", NOW + 4) is None
+    assert await load_locations(client, keys, ["bob", "alice"]) == [
+        LocationSet("alice", 37.5, 127.0, NOW + 3, NOW + 3)
+    ]
+    # gp:loc:{alice} expires in Redis when the TTL from its acceptance on the origin ends.
+    expires = await client.pexpiretime(keys.location("alice"))
+    assert expires.timestamp() == NOW + 3 + first.settings.location_ttl
 
 
 async def test_what_one_node_writes_another_loads(any_redis: AnyRedis) -> None:
