@@ -338,11 +338,14 @@ def flatness(steps: list[Step]) -> str:
 
 
 def foreign_cost(steps: list[Step]) -> tuple[float, float] | None:
-    """A node's CPU (share of a core) as ``a + b x`` in ``x``, the other nodes' changes it
-    applies per second (least squares over every node of every k): ``a`` is what its own
-    users cost it, ``b`` the CPU seconds each change of another node costs it (its feed op
-    and, for a location update, its live event). None without two different ``x``."""
-    points = [(n.feed_ops_per_s, n.cpu_share) for s in steps for n in s.per_node]
+    """A node's CPU (share of a core) as ``a + b x`` in ``x``, the other nodes' events it
+    receives per second, feed ops and live events (least squares over every node of every
+    k): ``a`` is what its own users cost it, ``b`` the CPU seconds each event of another
+    node costs it, the deliveries it makes of it included. None without two different
+    ``x``."""
+    points = [
+        (n.feed_ops_per_s + n.envelopes_per_s, n.cpu_share) for s in steps for n in s.per_node
+    ]
     points = [(x, y) for x, y in points if not math.isnan(y)]
     mean_x = sum(x for x, _ in points) / len(points) if points else 0.0
     spread = sum((x - mean_x) ** 2 for x, _ in points)
@@ -378,7 +381,7 @@ def cost_line(steps: list[Step]) -> list[str]:
         return []
     own, each = fit
     return [f"node CPU ~ {own * 1000:.1f} ms/s (its own {steps[0].per_node[0].users:,} users) + "
-            f"{each * 1e6:,.0f} µs per change of another node it applies (feed op and live "
+            f"{each * 1e6:,.0f} µs per event of another node it receives (feed op or live "
             "event), least squares over every node of every k"]  # fmt: skip
 
 

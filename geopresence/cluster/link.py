@@ -13,6 +13,11 @@
 
 Start-up (``run``): take the lease, note the feed's newest entry, load the shared state into
 the hub's replica, then read the feed from that entry on and serve.
+
+Locations are not on the feed (but those of users visible to strangers): a node holds the
+locations its sessions need. ``open_view`` reads them as a session opens; moves arrive on
+the users' channels (``_on_remote`` applies them to the cache before the subscribers hear
+them); a channel no session needs any more takes its location with it (``_on_released``).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_load import load_locations, load_state
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
-from geopresence.cluster.redis_state import RedisJournal, load_locations, load_state
+from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.broker import Deliver, user_channel, user_of_channel
 from geopresence.core.hub import Hub

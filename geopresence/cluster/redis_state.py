@@ -8,7 +8,7 @@ commands), and appends it, in the same pipeline, to the feed stream
 (``geopresence.cluster.redis_feed``) that the other nodes' replicas read
 (``geopresence.core.replication``). A record is *durable* once Redis has it, so acks
 (``sent``, ``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with
-one node. ``load_state`` fills a starting node's replica from these keys.
+one node. ``geopresence.cluster.redis_load`` reads these keys back.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import trio
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys, member_message, message_member, string, strings
+from geopresence.cluster.redis_keys import Keys, message_member, strings
 from geopresence.core.replication import (
     FEED_KINDS,
     FeedOp,
@@ -33,7 +33,7 @@ from geopresence.core.replication import (
     LogoutRequested,
     PresenceSet,
 )
-from geopresence.core.state import DurableState, covering, settings_from
+from geopresence.core.state import covering, settings_from
 from geopresence.core.store import DEFAULT_SETTINGS
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
@@ -49,7 +49,7 @@ from geopresence.model.records import (
 )
 
 if TYPE_CHECKING:
-    from geopresence.core.hub import Hub
+    pass
 
 log = logging.getLogger("geopresence.redis")
 
@@ -65,17 +65,6 @@ def _settings_json(record: SettingsChanged) -> str:
             "visible_to_strangers": record.visible_to_strangers,
         }
     ).decode()
-
-
-def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
-    """The record that ``_settings_json`` stored."""
-    data = orjson.loads(raw)
-    return SettingsChanged(
-        user,
-        bool(data["share_location"]),
-        data["radius_m"],
-        bool(data["visible_to_strangers"]),
-    )
 
 
 Command = tuple[str, tuple[Any, ...]] | tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -332,87 +321,3 @@ class RedisJournal:
         """Wait until everything queued so far is written (``run`` must be running)."""
         while self._queue:
             await trio.sleep(0.005)
-
-
-async def load_durable(client: Any, keys: Keys, state: DurableState) -> dict[str, int]:
-    """Fill a fresh durable state from Redis: the user DB and the chat messages. Returns
-    counts for the log line."""
-    k = keys
-    friendships: list[tuple[str, str]] = []
-    for user in strings(await client.smembers(k.users)):
-        for friend in strings(await client.smembers(k.of("friends", user))):
-            friendships.append((user, friend))  # each pair twice: the second is a no-op
-    groups: dict[str, dict[str, int]] = {}
-    for group in strings(await client.smembers(k.groups)):
-        members = await client.hgetall(k.of("group", group))
-        marks = {string(user): int(mark) for user, mark in members.items()}
-        if marks:
-            groups[group] = marks
-    settings: list[SettingsChanged] = []
-    for user in strings(await client.smembers(k.settings_users)):
-        raw = await client.get(k.of("settings", user))
-        if raw is not None:
-            settings.append(_settings_from_json(user, raw))
-    messages: list[ChatMessage] = []
-    for conversation in strings(await client.smembers(k.chats)):
-        members = await client.zrange(k.of("chat", conversation), 0, -1)
-        messages.extend(member_message(member) for member in members)
-    messages.sort(key=lambda m: m.message_id)
-    marks_issued = (mark for marks in groups.values() for mark in marks.values())
-    state.load(
-        friendships=friendships,
-        groups=groups,
-        settings=settings,
-        messages=messages,
-        last_message_id=max(marks_issued, default=0),
-    )
-    return {
-        "friendships": sum(1 for _ in state.users.friendships()),
-        "groups": len(groups),
-        "messages": len(messages),
-    }
-
-
-async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:
-    """The live locations of ``users`` (those with one), in one pipeline (on a Cluster,
-    coredis sends each shard its part)."""
-    if not users:
-        return []
-    async with client.pipeline(transaction=False) as pipe:
-        requests = [pipe.get(keys.location(user)) for user in users]
-    found = []
-    for user, request in zip(users, requests, strict=True):
-        raw = await request
-        if raw is not None:
-            lat, lon, ts, at = orjson.loads(raw)
-            found.append(LocationSet(user, lat, lon, ts, at))
-    return found
-
-
-async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str, int]:
-    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``), every
-    user's presence, and the live locations of users visible to strangers (every node's
-    strangers grid holds them; other locations are read as sessions open, ``load_view``).
-    Returns counts for the log line."""
-    k = keys
-    counts = await load_durable(client, keys, hub.state)
-    visible = [u for u, s in hub.store.settings_items() if s.visible_to_strangers]
-    located = await load_locations(client, keys, visible)
-    for op in located:
-        hub.apply_feed(op, now)
-    locations = len(located)
-    online = 0
-    for user in strings(await client.smembers(k.presence_users)):
-        status, last, version = await client.hmget(
-            k.of("presence", user), ["status", "last_active_at", "v"]
-        )
-        if status is None:
-            continue
-        online += string(status) == "online"
-        hub.replica.load_status(
-            user,
-            "online" if string(status) == "online" else "offline",
-            None if last is None else float(last),
-            0 if version is None else int(version),
-        )
-    return {**counts, "locations": locations, "online": online}

@@ -1,12 +1,15 @@
 """What one node tells the others so that every node can serve any user (sans-I/O).
 
-With several nodes (``--redis``), each node keeps a full replica of the shared state in
-memory (the hub's stores), because the hub answers synchronously; Redis holds the shared copy
-and a *feed* channel carries every change to every node. The feed carries:
+With several nodes (``--redis``), each node keeps a replica of the shared state in memory
+(the hub's stores), because the hub answers synchronously; Redis holds the shared copy and a
+*feed* channel carries every change to every node. Locations are the exception: a node
+holds only those its sessions need (``geopresence.cluster.link``). The feed carries:
 
 - the durable records (``geopresence.model.records``: friendships, groups, settings, chat
   messages), published by the node that wrote them to Redis;
-- ``LocationSet``: an accepted location update (the location cache with its TTL deadline);
+- ``LocationSet``: an accepted location update of a user visible to strangers (every
+  node's strangers grid holds them; other users' moves reach only the nodes that need them,
+  on the users' channels);
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``);
 - ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node.

@@ -10,7 +10,8 @@ import trio
 
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_state import RedisJournal, load_locations, load_state
+from geopresence.cluster.redis_load import load_locations, load_state
+from geopresence.cluster.redis_state import RedisJournal
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings

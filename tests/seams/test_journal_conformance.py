@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_state import RedisJournal, load_durable
+from geopresence.cluster.redis_load import load_durable
+from geopresence.cluster.redis_state import RedisJournal
 from geopresence.core.journal import Journal, MemoryJournal
 from geopresence.core.state import DurableState
 from geopresence.model.records import Befriended, GroupSet, Record, SettingsChanged, Unfriended

@@ -1,0 +1,114 @@
+"""Reading the shared state back from Redis (cluster): what a starting node loads into its
+replica (``load_state``), and the locations a session needs as it opens (``load_locations``).
+The keys are in ``geopresence.cluster.redis_keys``; ``redis_state`` writes them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from geopresence.cluster.redis_keys import Keys, member_message, string, strings
+from geopresence.core.replication import LocationSet
+from geopresence.core.state import DurableState
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import SettingsChanged
+
+if TYPE_CHECKING:
+    from geopresence.core.hub import Hub
+
+
+def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
+    """The record that ``_settings_json`` stored."""
+    data = orjson.loads(raw)
+    return SettingsChanged(
+        user,
+        bool(data["share_location"]),
+        data["radius_m"],
+        bool(data["visible_to_strangers"]),
+    )
+
+
+async def load_durable(client: Any, keys: Keys, state: DurableState) -> dict[str, int]:
+    """Fill a fresh durable state from Redis: the user DB and the chat messages. Returns
+    counts for the log line."""
+    k = keys
+    friendships: list[tuple[str, str]] = []
+    for user in strings(await client.smembers(k.users)):
+        for friend in strings(await client.smembers(k.of("friends", user))):
+            friendships.append((user, friend))  # each pair twice: the second is a no-op
+    groups: dict[str, dict[str, int]] = {}
+    for group in strings(await client.smembers(k.groups)):
+        members = await client.hgetall(k.of("group", group))
+        marks = {string(user): int(mark) for user, mark in members.items()}
+        if marks:
+            groups[group] = marks
+    settings: list[SettingsChanged] = []
+    for user in strings(await client.smembers(k.settings_users)):
+        raw = await client.get(k.of("settings", user))
+        if raw is not None:
+            settings.append(_settings_from_json(user, raw))
+    messages: list[ChatMessage] = []
+    for conversation in strings(await client.smembers(k.chats)):
+        members = await client.zrange(k.of("chat", conversation), 0, -1)
+        messages.extend(member_message(member) for member in members)
+    messages.sort(key=lambda m: m.message_id)
+    marks_issued = (mark for marks in groups.values() for mark in marks.values())
+    state.load(
+        friendships=friendships,
+        groups=groups,
+        settings=settings,
+        messages=messages,
+        last_message_id=max(marks_issued, default=0),
+    )
+    return {
+        "friendships": sum(1 for _ in state.users.friendships()),
+        "groups": len(groups),
+        "messages": len(messages),
+    }
+
+
+async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:
+    """The live locations of ``users`` (those with one), in one pipeline (on a Cluster,
+    coredis sends each shard its part)."""
+    if not users:
+        return []
+    async with client.pipeline(transaction=False) as pipe:
+        requests = [pipe.get(keys.location(user)) for user in users]
+    found = []
+    for user, request in zip(users, requests, strict=True):
+        raw = await request
+        if raw is not None:
+            lat, lon, ts, at = orjson.loads(raw)
+            found.append(LocationSet(user, lat, lon, ts, at))
+    return found
+
+
+async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str, int]:
+    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``), every
+    user's presence, and the live locations of users visible to strangers (every node's
+    strangers grid holds them; other locations are read as sessions open, ``load_view``).
+    Returns counts for the log line."""
+    k = keys
+    counts = await load_durable(client, keys, hub.state)
+    visible = [u for u, s in hub.store.settings_items() if s.visible_to_strangers]
+    located = await load_locations(client, keys, visible)
+    for op in located:
+        hub.apply_feed(op, now)
+    locations = len(located)
+    online = 0
+    for user in strings(await client.smembers(k.presence_users)):
+        status, last, version = await client.hmget(
+            k.of("presence", user), ["status", "last_active_at", "v"]
+        )
+        if status is None:
+            continue
+        online += string(status) == "online"
+        hub.replica.load_status(
+            user,
+            "online" if string(status) == "online" else "offline",
+            None if last is None else float(last),
+            0 if version is None else int(version),
+        )
+    return {**counts, "locations": locations, "online": online}
