@@ -251,6 +251,7 @@ class ClusterLink:
         assert self.broker is not None, "build the hub with make_broker first"
         self.broker.on_remote = self._on_remote
         self.broker.on_released = self._on_released
+        self.journal.on_stored_before = hub.chat.stored_elsewhere
         async with contextlib.AsyncExitStack() as stack:
             try:
                 # A cluster client connects on entry (it reads the slot map).

@@ -62,6 +62,7 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
         conversations = [string(c) async for c in client.sscan_iter(k.chats, match=pattern)]
         for conversation in conversations:
             await client.delete([k.of("chat", conversation)])
+            await client.delete([k.client_ids(conversation)])
             await client.srem(k.chats, [conversation])
     groups = [string(c) async for c in client.sscan_iter(k.chats, match="g:*")]
     for conversation in groups:
@@ -72,6 +73,10 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
         sent = [m for m in members if member_message(m).sender == user]
         if sent:
             await client.zrem(key, sent)
+        ids = k.client_ids(conversation)
+        fields = [f async for f, _ in client.hscan_iter(ids, match=f"{user}\n*")]
+        if fields:
+            await client.hdel(ids, fields)
     await client.zadd(forgotten_key(k), {user: time.time()})
 
 

@@ -10,6 +10,8 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:chat:{C}          sorted set of one conversation's messages ("<20-digit id> <JSON>",
                          all score 0: lexicographic = id order; C is "dm:A:B" or "g:G")
     gp:chats             index of conversations
+    gp:cmid:{C}          hash: "<sender>\n<client_msg_id>" -> the id of the message stored
+                         for it in conversation C (a resend through any node is stored once)
     gp:loc:{U}           U's live location, [lat, lon, ts, accepted_at] (JSON), expiring
                          with the location TTL (Redis expiry: ``PXAT``); deleted when U goes
                          offline. Read by a node for its sessions' friends as they open.
@@ -65,6 +67,10 @@ class Keys:
 
     def location(self, user: str) -> str:
         return self.of("loc", user)
+
+    def client_ids(self, conversation: str) -> str:
+        """The conversation's ``client_msg_id`` index (the slot of its messages)."""
+        return self.of("cmid", conversation)
 
     def conversation(self, message: ChatMessage) -> str:
         """The conversation a message belongs to (its key's name part)."""

@@ -25,7 +25,7 @@ import trio
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys, message_member, strings
+from geopresence.cluster.redis_keys import Keys, member_message, message_member, strings
 from geopresence.core.replication import (
     FEED_KINDS,
     FeedOp,
@@ -97,6 +97,39 @@ def _message(k: Keys, op: ChatMessage) -> list[Command]:
         ("zadd", (k.of("chat", conversation), {message_member(op): 0})),
         ("sadd", (k.chats, [conversation])),
     ]
+
+
+_STORE_ONCE: Final = """
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored then
+  local found = redis.call('ZRANGE', KEYS[1], '[' .. stored .. ' ', '(' .. stored .. ' ~',
+                           'BYLEX', 'LIMIT', 0, 1)
+  if found[1] then return found[1] end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], 0, ARGV[2])
+return false
+"""
+"""Store a message once per (sender, client_msg_id) in its conversation (KEYS[1]: the
+messages, KEYS[2]: the client ids, one slot): returns the member stored before, or false."""
+
+
+async def _message_once(client: Any, k: Keys, op: ChatMessage) -> ChatMessage | None:
+    """Store a message that has a ``client_msg_id`` unless its sender's resend through
+    another node was stored first; returns that one (None: ``op`` is stored, or was by an
+    earlier attempt of this very write)."""
+    conversation = k.conversation(op)
+    member = message_member(op)
+    stored = await client.eval(
+        _STORE_ONCE,
+        keys=[k.of("chat", conversation), k.client_ids(conversation)],
+        args=[f"{op.sender}\n{op.client_msg_id}", member, member[:20]],
+    )
+    await client.sadd(k.chats, [conversation])
+    if not stored:
+        return None
+    original = member_message(stored)
+    return None if original.message_id == op.message_id else original
 
 
 def _location(k: Keys, op: LocationSet) -> list[Command]:
@@ -201,20 +234,28 @@ idempotent: a retry after a failure is harmless)."""
 
 def blind_commands(keys: Keys, op: FeedOp) -> list[Command] | None:
     """The commands that apply ``op`` without reading anything first, so that many ops can
-    share one pipeline (one round trip); None for the ones that must read (group changes)."""
+    share one pipeline (one round trip); None for the ones that must read (group changes,
+    a chat message with a ``client_msg_id``: ``_message_once``)."""
+    if isinstance(op, ChatMessage) and op.client_msg_id is not None:
+        return None
     commands = WRITERS[type(op)].commands
     return None if commands is None else commands(keys, op)
 
 
-async def write(client: Any, keys: Keys, op: FeedOp) -> None:
-    """Apply one change to Redis (idempotent: a retry after a failure is harmless)."""
+async def write(client: Any, keys: Keys, op: FeedOp) -> ChatMessage | None:
+    """Apply one change to Redis (idempotent: a retry after a failure is harmless). For a
+    chat message with a ``client_msg_id`` stored before through another node: that message
+    (and ``op`` is not stored); otherwise None."""
+    if isinstance(op, ChatMessage) and op.client_msg_id is not None:
+        return await _message_once(client, keys, op)
     writer = WRITERS[type(op)]
     if writer.write is not None:
         await writer.write(client, keys, op)
-        return
+        return None
     assert writer.commands is not None
     for command in writer.commands(keys, op):
         await _call(client, command)
+    return None
 
 
 async def write_batch(
@@ -249,6 +290,10 @@ class RedisJournal:
         self._durable = last_seq
         self.on_durable: Callable[[], None] | None = None
         """Called (in the event loop) each time ``durable_seq`` advanced."""
+        self.on_stored_before: Callable[[int, ChatMessage], None] | None = None
+        """Called with a chat message's sequence number and the message another node had
+        stored for its ``client_msg_id`` (before ``on_durable`` covers it): it was not
+        stored, nor put on the feed."""
         self.write_errors = 0
 
     def append(self, record: Record) -> int:
@@ -300,9 +345,12 @@ class RedisJournal:
                         await write_batch(self._client, self._keys, ops, self.feed)
                     else:
                         batch = [queue[0]]
-                        _, uid, op, on_feed = batch[0]
-                        await write(self._client, self._keys, op)
-                        if on_feed:
+                        seq, uid, op, on_feed = batch[0]
+                        original = await write(self._client, self._keys, op)
+                        if original is not None:
+                            if self.on_stored_before is not None:
+                                self.on_stored_before(seq, original)
+                        elif on_feed:
                             await self.feed.append(op, uid)
                 except Exception as exc:
                     self.write_errors += 1

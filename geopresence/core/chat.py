@@ -100,6 +100,8 @@ class _Pending:
     message: ChatMessage
     sender_conn: ConnId
     acks: list[tuple[ConnId, RequestId]]
+    stored_as: ChatMessage | None = None
+    """Set when another node had already stored this ``client_msg_id`` (``stored_elsewhere``)."""
 
 
 class Chat:
@@ -248,6 +250,13 @@ class Chat:
             message = pending.message
             if message.client_msg_id is not None:
                 del self._pending_by_client_id[(message.sender, message.client_msg_id)]
+            if pending.stored_as is not None:
+                # A resend of a message another node stored: its sender gets that one, and
+                # nothing is stored or delivered twice (the origin's feed brings it here).
+                self.duplicates += 1
+                for conn, request_id in pending.acks:
+                    self._ack(conn, request_id, pending.stored_as, duplicate=True)
+                continue
             self.sent += 1
             # A group deleted, or a user forgotten, while its message was on its way to disk
             # takes the message with the others (a replay of the journal ends the same way):
@@ -262,6 +271,15 @@ class Chat:
                 self._publish(message, pending.sender_conn)
             for index, (conn, request_id) in enumerate(pending.acks):
                 self._ack(conn, request_id, message, duplicate=index > 0)
+
+    def stored_elsewhere(self, seq: int, original: ChatMessage) -> None:
+        """The journal found that the message it was writing as ``seq`` had been stored
+        before, as ``original``, through another node (the same sender and
+        ``client_msg_id``): once durable, it is acknowledged as that message instead."""
+        for pending in self._pending:
+            if pending.seq == seq:
+                pending.stored_as = original
+                return
 
     @property
     def pending_count(self) -> int:

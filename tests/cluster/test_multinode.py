@@ -579,3 +579,43 @@ async def test_a_node_holds_only_the_locations_its_sessions_need(tmp_path: Path)
             ops = [entry.field_values[b"op"] for entry in await redis.xrange("gp:feed")]
             assert any(b'"t":"presence"' in op for op in ops), ops
             assert not any(b'"t":"location"' in op for op in ops), ops
+
+
+async def test_a_resend_through_another_node_at_once_is_stored_once(
+    two_nodes: list[Node],
+) -> None:
+    """The same client_msg_id sent through both nodes at the same moment (a client that
+    reconnected elsewhere and resent before the first ack): each node's replica does not
+    know the other's yet, and Redis decides: one message, both acks name it."""
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with (
+        session(a, "alice") as first,
+        session(b, "alice", "laptop") as second,
+        session(b, "bob") as bob,
+    ):
+        for round_ in range(5):
+            acks: list[dict[str, Any]] = []
+
+            async def send(
+                client: Client, acks: list[dict[str, Any]] = acks, i: int = round_
+            ) -> None:
+                acks.append(
+                    await client.send_message(to="bob", text=f"hi {i}", client_msg_id=f"m{i}")
+                )
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, first)
+                nursery.start_soon(send, second)
+            assert [ack["type"] for ack in acks] == ["sent", "sent"], acks
+            assert acks[0]["message_id"] == acks[1]["message_id"], acks
+        await trio.sleep(0.3)  # every feed entry applied on both nodes
+        for node in (a, b):
+            async with session(node, "bob", "tablet") as reader:
+                texts = [m["text"] for m in await reader.sync_all()]
+                assert texts == [f"hi {i}" for i in range(5)], texts
+        # bob, online all along, was told of each message once.
+        received = [(await expect(bob, "message"))["text"] for _ in range(5)]
+        assert sorted(received) == [f"hi {i}" for i in range(5)]
+        await nothing_of(bob, "message", 0.3)

@@ -223,6 +223,7 @@ def test_the_hub_and_redis_tables_cover_every_feed_op() -> None:
 
 
 K = Keys("gp")
+K.location_ttl = 600.0
 
 
 @pytest.mark.parametrize(
@@ -235,9 +236,11 @@ K = Keys("gp")
                 ("sadd", ("gp:chats", ["dm:ann:ben"])),
             ],
         ),
+        # With a client_msg_id: a script, stored once whichever node resends it.
+        (ChatMessage(M1, "ann", "hi", 1.0, to="ben", client_msg_id="c1"), None),
         (
             LocationSet("ann", 1.5, 2.5, 3.0, 4.0),
-            [("hset", ("gp:locations", {"ann": b"[1.5,2.5,3.0,4.0]"}))],
+            [("set", ("gp:loc:{ann}", b"[1.5,2.5,3.0,4.0]"), {"pxat": 604_000})],
         ),
         (
             Befriended("ann", "ben"),
