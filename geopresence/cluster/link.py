@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -41,11 +42,23 @@ from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.broker import Deliver, user_channel, user_of_channel
+from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_horizon import WATERMARK_INTERVAL, Horizon
 from geopresence.core.hub import Hub
 from geopresence.core.nearby import LocationEvent
-from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested, PresenceSet
+from geopresence.core.replication import (
+    FeedOp,
+    LocationSet,
+    LogoutRequested,
+    PresenceSet,
+    Watermark,
+)
+from geopresence.model.snowflake import min_id_at
 
 log = logging.getLogger("geopresence.redis")
+
+WRITE_DELAY_ENV: Final = "GEOPRESENCE_TEST_REDIS_WRITE_DELAY"
+"""Tests only: seconds each Redis write of the journal waits first."""
 
 FEED_OVERLAP: Final = 5.0
 """Seconds of feed a starting node applies again on top of what it loaded."""
@@ -129,6 +142,7 @@ class ClusterLink:
         )
         self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
         self._hub: Hub | None = None
+        self._horizon: Horizon | None = None
         self._clock: Callable[[], float] | None = None
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
@@ -194,6 +208,25 @@ class ClusterLink:
         assert self._hub is not None
         self._hub.apply_feed(op, self._now())
 
+    # ---------------------------------------------------------------- the chat horizon
+
+    def _on_watermark(self, node: int, watermark: int) -> None:
+        assert self._hub is not None and self._horizon is not None
+        self._horizon.heard(node, watermark)
+        self._hub.chat.release()
+
+    async def _keep_watermark(self) -> None:
+        """A node with nothing for the feed for ``WATERMARK_INTERVAL`` writes its watermark
+        alone, so the others' chat never waits on it for longer; and what waited on this
+        node's own clock is released as it advances."""
+        assert self._hub is not None
+        journal = self.journal
+        while True:
+            await trio.sleep(WATERMARK_INTERVAL)
+            if trio.current_time() - journal.queued_at >= WATERMARK_INTERVAL:
+                journal.replicate(Watermark())
+            self._hub.chat.release()
+
     # ---------------------------------------------------------------- what the node holds
 
     def _on_remote(self, event: object) -> None:
@@ -251,7 +284,14 @@ class ClusterLink:
         assert self.broker is not None, "build the hub with make_broker first"
         self.broker.on_remote = self._on_remote
         self.broker.on_released = self._on_released
+        # Chat reaches the other nodes through the feed (in id order, with the horizon).
+        self.broker.travels = lambda event: not isinstance(event, ChatEvent)
         self.journal.on_stored_before = hub.chat.stored_elsewhere
+        self._horizon = hub.chat.horizon = Horizon(clock, silence=self.lease.lease)
+        self.journal.watermark = lambda: min_id_at(clock())
+        self.journal.feed.on_watermark = self._on_watermark
+        # Tests only: every Redis write waits this long (a commit slower than its id).
+        self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
         async with contextlib.AsyncExitStack() as stack:
             try:
                 # A cluster client connects on entry (it reads the slot map).
@@ -281,6 +321,11 @@ class ClusterLink:
                     await nursery.start(feed.run, self._on_feed, start)
                     await nursery.start(self.journal.run)
                     await nursery.start(self.presence.run)
+                    # Every node reads this node's first watermark before any message it
+                    # could commit (chat_horizon): on the feed before serving.
+                    self.journal.replicate(Watermark())
+                    await self.journal.flush()
+                    nursery.start_soon(self._keep_watermark)
                     task_status.started(counts)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):

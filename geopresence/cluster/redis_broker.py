@@ -117,6 +117,9 @@ class RedisBroker:
         self.on_remote: Callable[[Any], None] | None = None
         """Called once per event from another node, before this node's subscribers get it
         (the node's caches apply it: ``ClusterLink``)."""
+        self.travels: Callable[[Any], bool] = lambda event: True
+        """Whether an event goes to the other nodes through Redis (False: this node's
+        subscribers only; the other nodes learn of it otherwise)."""
         self.on_released: Callable[[str], None] | None = None
         """Called with a channel this node has just stopped listening to (no subscriber
         left): what it knew from that channel is no longer kept current."""
@@ -190,6 +193,8 @@ class RedisBroker:
     ) -> int:
         channel_list = list(channels)
         delivered = self._local.publish(channel_list, message, exclude)
+        if not self.travels(message):
+            return delivered
         if len(self._ops) >= MAX_PENDING_OPS:
             self.dropped += 1
             return delivered

@@ -46,30 +46,36 @@ class RedisFeed:
         self.lost = False
         """True once this node fell so far behind that entries were trimmed unread."""
         self._seen = SeenOnce(SEEN_ENTRIES)
+        self.on_watermark: Callable[[int, int], None] | None = None
+        """Called with (node, watermark) after each other node's entry that carries one."""
 
-    def _fields(self, op: FeedOp, uid: int) -> dict[str, bytes]:
-        return {
+    def _fields(self, op: FeedOp, uid: int, watermark: int | None) -> dict[str, bytes]:
+        fields = {
             "n": str(self.node_id).encode(),
             "u": str(uid).encode(),
             "op": orjson.dumps(feed_to_json(op)),
         }
+        if watermark is not None:
+            fields["w"] = str(watermark).encode()
+        return fields
 
-    def append_to(self, pipe: Any, op: FeedOp, uid: int) -> None:
+    def append_to(self, pipe: Any, op: FeedOp, uid: int, watermark: int | None = None) -> None:
         """Append ``op`` in ``pipe``; ``uid`` (unique per node) lets readers skip the copy a
-        retried pipeline appends again."""
+        retried pipeline appends again; ``watermark``: the smallest message id this node
+        could still commit after this entry (``geopresence.core.chat_horizon``)."""
         from coredis import PureToken
 
         pipe.xadd(
             self.key,
-            self._fields(op, uid),
+            self._fields(op, uid, watermark),
             trim_strategy=PureToken.MAXLEN,
             trim_operator=PureToken.APPROXIMATELY,
             threshold=FEED_MAXLEN,
         )
 
-    async def append(self, op: FeedOp, uid: int) -> None:
+    async def append(self, op: FeedOp, uid: int, watermark: int | None = None) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
-            self.append_to(pipe, op, uid)
+            self.append_to(pipe, op, uid, watermark)
 
     async def last_id(self) -> str:
         """The id of the newest entry ("0-0" for an empty feed)."""
@@ -123,6 +129,7 @@ class RedisFeed:
             if not self._seen.first_time(node, int(fields.get("u", b"0"))):
                 return  # a copy appended by a retried write
             op = feed_from_json(orjson.loads(fields["op"]))
+            watermark = int(fields["w"]) if "w" in fields else None
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed feed entry %s: %s", entry_id, exc)
             return
@@ -131,6 +138,8 @@ class RedisFeed:
             apply(op)
         except Exception:
             log.exception("applying feed entry %s (%s) failed", entry_id, type(op).__name__)
+        if watermark is not None and self.on_watermark is not None:
+            self.on_watermark(node, watermark)
 
     async def _check_gap(self, last: str) -> None:
         """If the entry this node read last is gone from the feed and older entries were

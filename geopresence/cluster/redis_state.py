@@ -32,6 +32,7 @@ from geopresence.core.replication import (
     LocationSet,
     LogoutRequested,
     PresenceSet,
+    Watermark,
 )
 from geopresence.core.state import covering, settings_from
 from geopresence.core.store import DEFAULT_SETTINGS
@@ -182,7 +183,7 @@ def _settings(k: Keys, op: SettingsChanged) -> list[Command]:
     ]
 
 
-def _feed_only(k: Keys, op: PresenceSet | LogoutRequested) -> list[Command]:
+def _feed_only(k: Keys, op: PresenceSet | LogoutRequested | Watermark) -> list[Command]:
     # Presence is written by the Lua scripts that decide it (geopresence.cluster
     # .redis_presence); a logout request has no state of its own.
     return []
@@ -224,6 +225,7 @@ WRITERS: Final[dict[type[Any], Writer]] = covering(
         UserForgotten: Writer(write=forget_user),
         PresenceSet: Writer(_feed_only),
         LogoutRequested: Writer(_feed_only),
+        Watermark: Writer(_feed_only),
     },
     FEED_KINDS,
     what="the Redis writer",
@@ -259,18 +261,18 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> ChatMessage | None:
 
 
 async def write_batch(
-    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool]], feed: RedisFeed
+    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool, int | None]], feed: RedisFeed
 ) -> None:
     """Apply ops that need no reads, and append those marked for it to the feed, in one
     pipeline (not a transaction: a batch that failed halfway is written again, and every op
     is idempotent, for Redis and for the replicas that may then read it twice)."""
     async with client.pipeline(transaction=False) as pipe:
-        for _, op, _ in ops:
+        for _, op, _, _ in ops:
             for command in blind_commands(keys, op) or ():
                 _call(pipe, command)
-        for uid, op, on_feed in ops:
+        for uid, op, on_feed, watermark in ops:
             if on_feed:
-                feed.append_to(pipe, op, uid)
+                feed.append_to(pipe, op, uid, watermark)
 
 
 class RedisJournal:
@@ -282,8 +284,16 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
-        self._queue: deque[tuple[int, int, FeedOp, bool]] = deque()
-        """(seq or 0, uid, op, on the feed) in write order."""
+        self._queue: deque[tuple[int, int, FeedOp, bool, int | None]] = deque()
+        """(seq or 0, uid, op, on the feed, watermark) in write order."""
+        self.watermark: Callable[[], int] | None = None
+        """The smallest message id this node can issue now (``chat_horizon``): each queued
+        op carries it to the feed, for the other nodes' horizons. None: no watermarks."""
+        self.queued_at = 0.0
+        """``trio.current_time()`` of the last op queued for the feed (a node without one
+        for a while writes a watermark entry)."""
+        self.write_delay = 0.0
+        """Seconds each write waits first (tests: a commit slower than its id)."""
         self._uids = fresh_ids()
         self._wakeup = trio.Event()
         self.last_seq = last_seq
@@ -298,23 +308,29 @@ class RedisJournal:
 
     def append(self, record: Record) -> int:
         self.last_seq += 1
-        self._queue.append((self.last_seq, next(self._uids), record, True))
-        self._wakeup.set()
+        self._enqueue(self.last_seq, record, True)
         return self.last_seq
 
     def replicate(self, op: FeedOp, *, feed: bool = True) -> None:
         """Write ``op`` (if it has state in Redis) and, unless ``feed`` is False, publish it
         on the feed, in order with the records (no sequence number: nothing waits for it)."""
-        self._queue.append((0, next(self._uids), op, feed))
+        self._enqueue(0, op, feed)
+
+    def _enqueue(self, seq: int, op: FeedOp, on_feed: bool) -> None:
+        # The watermark as the op is queued: every id issued before is queued ahead of it.
+        watermark = None if self.watermark is None else self.watermark()
+        self._queue.append((seq, next(self._uids), op, on_feed, watermark))
+        if on_feed:
+            self.queued_at = trio.current_time()
         self._wakeup.set()
 
     @property
     def durable_seq(self) -> int:
         return self._durable
 
-    def _blind_batch(self) -> list[tuple[int, int, FeedOp, bool]]:
+    def _blind_batch(self) -> list[tuple[int, int, FeedOp, bool, int | None]]:
         """The queue's longest prefix (at most ``BATCH``) that one pipeline can write."""
-        batch: list[tuple[int, int, FeedOp, bool]] = []
+        batch: list[tuple[int, int, FeedOp, bool, int | None]] = []
         for item in self._queue:
             if len(batch) == BATCH or blind_commands(self._keys, item[2]) is None:
                 break
@@ -336,34 +352,38 @@ class RedisJournal:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
                 continue
-            advanced = False
             while queue:
                 batch = self._blind_batch()
                 try:
+                    if self.write_delay:
+                        await trio.sleep(self.write_delay)
                     if batch:
-                        ops = [(uid, op, on_feed) for _, uid, op, on_feed in batch]
+                        ops = [(uid, op, on_feed, mark) for _, uid, op, on_feed, mark in batch]
                         await write_batch(self._client, self._keys, ops, self.feed)
                     else:
                         batch = [queue[0]]
-                        seq, uid, op, on_feed = batch[0]
+                        seq, uid, op, on_feed, mark = batch[0]
                         original = await write(self._client, self._keys, op)
                         if original is not None:
                             if self.on_stored_before is not None:
                                 self.on_stored_before(seq, original)
                         elif on_feed:
-                            await self.feed.append(op, uid)
+                            await self.feed.append(op, uid, mark)
                 except Exception as exc:
                     self.write_errors += 1
                     log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
                     await trio.sleep(1.0)
                     continue
-                for seq, _, _, _ in batch:
+                advanced = False
+                for seq, *_ in batch:
                     queue.popleft()
                     if seq:
                         self._durable = seq
                         advanced = True
-            if advanced and self.on_durable is not None:
-                self.on_durable()
+                # After each batch, not once the queue is empty: under a steady stream of
+                # changes it may never be, and the acks would wait for ever.
+                if advanced and self.on_durable is not None:
+                    self.on_durable()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (``run`` must be running)."""

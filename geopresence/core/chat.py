@@ -32,6 +32,7 @@ import attrs
 import orjson
 
 from geopresence.core.broker import ConnId, group_channel, inbox_channel
+from geopresence.core.chat_horizon import Horizon
 from geopresence.core.chat_store import ChatStore
 from geopresence.core.context import FeatureContext, Session
 from geopresence.model.chat_message import MAX_TEXT_BYTES, ChatMessage
@@ -130,6 +131,9 @@ class Chat:
         """Resends answered with the stored message (for metrics)."""
         self.pushes = 0
         """Push requests made for recipients without a connected device (for metrics)."""
+        self.horizon: Horizon | None = None
+        """With several nodes: below which id no node can still commit (``chat_horizon``);
+        deliveries, acks and sync pages of ids at or above it wait."""
         self._forgotten: dict[str, int] = {}
         """user -> the last id issued when it was forgotten: a message involving it with an
         id at or below that was made before the forget (journaled but not yet durable, or
@@ -221,7 +225,12 @@ class Chat:
         budget = self.sync_page_bytes
         parts: list[bytes] = []
         more = False
+        # Not past an id that is not stable: the device would take it as its cursor and
+        # skip a lower one another node still commits; it comes live once stable.
+        stable = self._stable_below()
         for stored in self.store.read_after(user, self.ctx.store.groups_of(user), message.after):
+            if stable is not None and stored.message_id >= stable:
+                break
             if len(parts) == limit:
                 more = True
                 break
@@ -255,7 +264,7 @@ class Chat:
                 # nothing is stored or delivered twice (the origin's feed brings it here).
                 self.duplicates += 1
                 for conn, request_id in pending.acks:
-                    self._ack(conn, request_id, pending.stored_as, duplicate=True)
+                    self._ack_when_stable(conn, request_id, pending.stored_as, duplicate=True)
                 continue
             self.sent += 1
             # A group deleted, or a user forgotten, while its message was on its way to disk
@@ -270,7 +279,37 @@ class Chat:
                     self.store.insert(message)
                 self._publish(message, pending.sender_conn)
             for index, (conn, request_id) in enumerate(pending.acks):
-                self._ack(conn, request_id, message, duplicate=index > 0)
+                self._ack_when_stable(conn, request_id, message, duplicate=index > 0)
+        self.release()
+
+    # ---------------------------------------------------------------- the horizon
+
+    def _lowest_pending(self) -> int | None:
+        return self._pending[0].message.message_id if self._pending else None
+
+    def _stable_below(self) -> int | None:
+        """Ids below this can be shown (None: any, with one node)."""
+        return None if self.horizon is None else self.horizon.stable_below(self._lowest_pending())
+
+    def _when_stable(self, message_id: int, action: Callable[[], None]) -> None:
+        if self.horizon is None:
+            action()
+        else:
+            self.horizon.when_stable(message_id, self._lowest_pending(), action)
+
+    def release(self) -> None:
+        """Run what waited for the horizon and may go now (call when it may have moved)."""
+        if self.horizon is not None:
+            self.horizon.release(self._lowest_pending())
+
+    def _ack_when_stable(
+        self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool
+    ) -> None:
+        # The sender's device takes its own message's id as its sync cursor too.
+        self._when_stable(
+            message.message_id,
+            lambda: self._ack(conn, request_id, message, duplicate=duplicate),
+        )
 
     def stored_elsewhere(self, seq: int, original: ChatMessage) -> None:
         """The journal found that the message it was writing as ``seq`` had been stored
@@ -291,14 +330,24 @@ class Chat:
         a forget dropped)."""
         return [p.message for p in self._pending if not self._made_before_forget(p.message)]
 
-    def insert(self, message: ChatMessage) -> None:
+    def insert(self, message: ChatMessage) -> bool:
         """Store a message another node committed (idempotent; ids may arrive in any
-        order), and never issue an id at or below it here."""
+        order), and never issue an id at or below it here. False if it is not kept (made
+        before a forget, or its group is gone)."""
         self.ids.observe(message.message_id)
         if self._made_before_forget(message):
-            return
+            return False
         if message.group is None or self.ctx.store.group_members(message.group) is not None:
             self.store.insert(message)
+            return True
+        return False
+
+    def deliver_fed(self, message: ChatMessage) -> None:
+        """Another node's message, read off the feed and stored here: publish it to this
+        node's subscribers (the feed's order and the horizon keep it in id order; the
+        origin does not send chat through Redis channels)."""
+        if self.store.get(message.message_id) is not None:
+            self.ctx.publish(_channels_of(message), ChatEvent(message))
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
@@ -315,21 +364,20 @@ class Chat:
             joined = self.store.joined_after(message.group, session.user)
             if joined is None or joined >= message.message_id:
                 return  # joined after the id was issued: not in its view (see chat_store)
-        self.ctx.sink.send(conn, event.frame_for(session.user))
+        frame = event.frame_for(session.user)
+        self._when_stable(message.message_id, lambda: self.ctx.sink.send(conn, frame))
 
     def _publish(self, message: ChatMessage, sender_conn: ConnId) -> None:
         ctx = self.ctx
         event = ChatEvent(message)
         exclude = frozenset((sender_conn,))
+        ctx.publish(_channels_of(message), event, exclude)
         if message.to is not None:
-            channels = [inbox_channel(message.to), inbox_channel(message.sender)]
-            ctx.publish(channels, event, exclude)
             if self.push is not None and not ctx.is_connected(message.to):
                 self._push((message.to,), message)
             return
         group = message.group
         assert group is not None
-        ctx.publish([group_channel(group)], event, exclude)
         if self.push is None:
             return
         joined_after = self.store.joined_after
@@ -372,6 +420,14 @@ class Chat:
 
     def on_group_deleted(self, group: str, members: set[str]) -> None:
         self.store.delete_group(group, members)
+
+
+def _channels_of(message: ChatMessage) -> list[str]:
+    """Where a message is published: both parties' inboxes, or its group's channel."""
+    if message.to is not None:
+        return [inbox_channel(message.to), inbox_channel(message.sender)]
+    assert message.group is not None
+    return [group_channel(message.group)]
 
 
 def _check_same(original: ChatMessage, resend: Send) -> None:

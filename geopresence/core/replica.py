@@ -28,6 +28,7 @@ from geopresence.core.replication import (
     LocationSet,
     LogoutRequested,
     PresenceSet,
+    Watermark,
 )
 from geopresence.core.state import covering, settings_from
 from geopresence.core.statuses import Statuses
@@ -97,6 +98,11 @@ class Replica:
         # A refusal means it is already applied or moot here (a group deleted meanwhile).
         with self.fanout.scoped("none"), suppress(ProtocolError):
             FEED_APPLY[type(op)](self, op, now)
+        if isinstance(op, ChatMessage):
+            # Chat reaches the other nodes' subscribers through the feed, not channels:
+            # in id order, held back until no lower id can come (``chat_horizon``).
+            with self.fanout.scoped("local"):
+                self.chat.deliver_fed(op)
 
     def load_status(
         self, user: str, status: Status, last_active_at: float | None, version: int
@@ -110,6 +116,10 @@ class Replica:
 
 def _feed_location(replica: Replica, op: LocationSet, now: float) -> None:
     replica.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
+
+
+def _feed_mark(replica: Replica, op: Watermark, now: float) -> None:
+    pass  # its watermark is the entry's, read by the feed reader (ClusterLink)
 
 
 def _feed_logout(replica: Replica, op: LogoutRequested, now: float) -> None:
@@ -158,6 +168,7 @@ FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = cove
     {
         LocationSet: _feed_location,
         LogoutRequested: _feed_logout,
+        Watermark: _feed_mark,
         ChatMessage: _feed_message,
         Befriended: _feed_befriended,
         Unfriended: _feed_unfriended,

@@ -12,7 +12,9 @@ holds only those its sessions need (``geopresence.cluster.link``). The feed carr
   on the users' channels);
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``);
-- ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node.
+- ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node;
+- ``Watermark``: nothing but the entry itself, from an idle node: every feed entry says below
+  which message id the node will never commit again (``geopresence.core.chat_horizon``).
 
 A node applies a feed op to its replica and to its own connections (``Hub.apply_feed``), but
 never republishes what it derives from it: the origin already published the channel events.
@@ -63,7 +65,12 @@ class LogoutRequested:
     device: str | None
 
 
-FeedOp = Record | LocationSet | PresenceSet | LogoutRequested
+@attrs.frozen
+class Watermark:
+    """An idle node's feed entry: it carries only the entry's watermark."""
+
+
+FeedOp = Record | LocationSet | PresenceSet | LogoutRequested | Watermark
 FEED_KINDS: Final[frozenset[type[Any]]] = frozenset(get_args(FeedOp))
 """Every kind of feed op: the durable records and the three above."""
 
@@ -82,6 +89,8 @@ def feed_to_json(op: FeedOp) -> dict[str, Any]:
         }
     if isinstance(op, LogoutRequested):
         return {"t": "logout", "u": op.user, "d": op.device}
+    if isinstance(op, Watermark):
+        return {"t": "mark"}
     return record_to_json(op)
 
 
@@ -104,6 +113,8 @@ def feed_from_json(data: Any) -> FeedOp:
     if tag == "logout":
         device = data["d"]
         return LogoutRequested(str(data["u"]), None if device is None else str(device))
+    if tag == "mark":
+        return Watermark()
     return record_from_json(data)
 
 

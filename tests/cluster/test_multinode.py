@@ -619,3 +619,49 @@ async def test_a_resend_through_another_node_at_once_is_stored_once(
         received = [(await expect(bob, "message"))["text"] for _ in range(5)]
         assert sorted(received) == [f"hi {i}" for i in range(5)]
         await nothing_of(bob, "message", 0.3)
+
+
+async def test_sync_never_skips_a_message_another_node_commits_slowly(tmp_path: Path) -> None:
+    """Node a takes a second to write anything to Redis: alice's message there gets its id
+    first and is committed last. bob (on node b) must not see carol's later message before
+    it, live or through sync: a device that did would sync after carol's id and skip
+    alice's."""
+    with redis_server() as port:
+        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        slow = {"GEOPRESENCE_TEST_REDIS_WRITE_DELAY": "1.0"}
+        a = start_node(args, 1, tmp_path, env=slow)
+        b = start_node(args, 2, tmp_path)
+        try:
+            async with b.admin() as admin:
+                await admin.befriend("alice", "bob")
+                await admin.befriend("carol", "bob")
+            await trio.sleep(1.5)  # node a's replica has the friendships
+            async with (
+                session(a, "alice") as alice,
+                session(b, "carol") as carol,
+                session(b, "bob") as bob,
+                trio.open_nursery() as nursery,
+            ):
+                acks: dict[str, dict[str, Any]] = {}
+
+                async def send(client: Client, text: str) -> None:
+                    acks[text] = await client.send_message(to="bob", text=text)
+
+                nursery.start_soon(send, alice, "first")  # its id now, in Redis in 1 s
+                await trio.sleep(0.2)
+                nursery.start_soon(send, carol, "second")  # a later id, in Redis at once
+                await trio.sleep(0.4)
+                # carol's message is in Redis and node b's store, alice's is not yet.
+                async with session(b, "bob", "tablet") as early:
+                    assert await early.sync_all() == []
+                first = await expect(bob, "message", within=5)
+                second = await expect(bob, "message", within=5)
+                assert [first["text"], second["text"]] == ["first", "second"]
+            assert int(acks["first"]["message_id"]) < int(acks["second"]["message_id"])
+            async with session(b, "bob", "tablet") as late:
+                texts = [m["text"] for m in await late.sync_all()]
+                assert texts == ["first", "second"]
+        finally:
+            for node in (a, b):
+                node.proc.terminate()
+                node.proc.wait(15)

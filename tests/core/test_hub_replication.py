@@ -8,6 +8,7 @@ from collections.abc import Iterable, Set
 from typing import Any
 
 from geopresence.core.broker import ConnId, Deliver, MemoryBroker
+from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
 from geopresence.core.store import MemoryStore, UserSettings
@@ -52,6 +53,8 @@ class LinkedBroker(MemoryBroker):
     ) -> int:
         channel_list = list(channels)
         delivered = super().publish(channel_list, message, exclude)
+        if isinstance(message, ChatEvent):
+            return delivered  # as RedisBroker.travels: chat reaches the others on the feed
         for other in self.node.cluster.others(self.node.hub):
             other.broker.publish_local(channel_list, message)
         return delivered

@@ -1,0 +1,86 @@
+"""Which chat message ids no node can still commit below (sans-I/O; several nodes only).
+
+A device syncs with ``after`` = the highest message id it has seen (the protocol's
+``cur_max_message_id``), so it must never see an id while a lower one can still appear:
+with several nodes, node A may assign id 100, node B assign 101 and commit it at once, and
+A commit 100 a second later; a device that got 101 first would sync after 101 and skip 100.
+
+So each node tells the others, on every feed entry, its *watermark*: the smallest id it
+could still commit after that entry (the smallest id issuable when the entry was queued:
+every id assigned before is written ahead of it, every later one is at least that). A node
+idle for ``WATERMARK_INTERVAL`` writes an entry for its watermark alone. On a node, an id is
+*stable* below ``min(its own lowest pending id or its smallest issuable id, every other
+live node's latest watermark)``; chat holds back what is not stable yet: live deliveries,
+``sent`` acks and ``sync`` pages (``Chat``). A node silent for ``silence`` seconds (its
+lease) is gone: it no longer holds the others back (what it assigned and never wrote was
+never acknowledged).
+
+A node that starts writes its first entry before it serves, so every node reads it before
+any message the new node can commit (the feed is one ordered stream).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Final
+
+from geopresence.model.snowflake import min_id_at
+
+WATERMARK_INTERVAL: Final = 0.1
+"""Seconds an idle node waits before it writes an entry for its watermark alone: how long
+another node's chat may wait for this one (seconds; the feed's latency comes on top)."""
+
+
+class Horizon:
+    """The other nodes' watermarks, as their feed entries carry them. ``clock`` is the
+    node's (epoch seconds), injected: this module reads no clock of its own."""
+
+    def __init__(self, clock: Callable[[], float], silence: float) -> None:
+        self._clock = clock
+        self.silence = silence
+        self._marks: dict[int, tuple[int, float]] = {}
+        """node id -> (its latest watermark, when it was heard)."""
+        self._held: list[tuple[int, int, Callable[[], None]]] = []
+        """(message id, arrival, what to do) waiting for the id to be stable: a heap."""
+        self._order = itertools.count()
+
+    def heard(self, node: int, watermark: int) -> None:
+        """A feed entry of ``node`` said it commits no id below ``watermark`` any more."""
+        current = self._marks.get(node)
+        best = watermark if current is None else max(current[0], watermark)
+        self._marks[node] = (best, self._clock())
+
+    def stable_below(self, own_lowest_pending: int | None) -> int:
+        """Every message with an id below this is committed and on the feed: this node's
+        own lowest pending id (None: none pending) and the others' watermarks bound it."""
+        now = self._clock()
+        bound = min_id_at(now) if own_lowest_pending is None else own_lowest_pending
+        gone = [n for n, (_, heard) in self._marks.items() if now - heard > self.silence]
+        for node in gone:
+            del self._marks[node]
+        return min([bound, *(mark for mark, _ in self._marks.values())])
+
+    def when_stable(
+        self, message_id: int, own_lowest_pending: int | None, action: Callable[[], None]
+    ) -> None:
+        """Run ``action`` (a delivery, an ack) now if ``message_id`` is stable, else once it
+        is: ``release`` runs what waited in id order."""
+        if message_id < self.stable_below(own_lowest_pending):
+            action()
+        else:
+            heapq.heappush(self._held, (message_id, next(self._order), action))
+
+    def release(self, own_lowest_pending: int | None) -> None:
+        """Run, in id order, what waited for ids that are stable now."""
+        if not self._held:
+            return
+        stable = self.stable_below(own_lowest_pending)
+        while self._held and self._held[0][0] < stable:
+            heapq.heappop(self._held)[2]()
+
+    @property
+    def held(self) -> int:
+        """Deliveries and acks waiting (for metrics)."""
+        return len(self._held)

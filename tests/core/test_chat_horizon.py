@@ -1,0 +1,54 @@
+"""The chat horizon (several nodes): what is held back, and what releases it."""
+
+from __future__ import annotations
+
+from geopresence.core.chat_horizon import Horizon
+from geopresence.model.snowflake import min_id_at
+
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stable_below_is_the_lowest_bound_of_every_live_node() -> None:
+    clock = Clock()
+    horizon = Horizon(clock, silence=5.0)
+    # Alone: what it can still issue, or its own lowest pending id.
+    assert horizon.stable_below(None) == min_id_at(NOW)
+    assert horizon.stable_below(min_id_at(NOW - 1)) == min_id_at(NOW - 1)
+    # Another node's watermark holds it back; a later one moves it, an older one does not.
+    horizon.heard(2, min_id_at(NOW - 2))
+    assert horizon.stable_below(None) == min_id_at(NOW - 2)
+    horizon.heard(2, min_id_at(NOW - 0.5))
+    horizon.heard(2, min_id_at(NOW - 3))
+    assert horizon.stable_below(None) == min_id_at(NOW - 0.5)
+    # A node silent for longer than ``silence`` is gone: it holds nobody back.
+    clock.now += 5.5
+    assert horizon.stable_below(None) == min_id_at(clock.now)
+
+
+def test_what_waits_is_released_in_id_order_once_stable() -> None:
+    clock = Clock()
+    horizon = Horizon(clock, silence=5.0)
+    horizon.heard(2, min_id_at(NOW - 1))
+    done: list[int] = []
+    low, mid, high = min_id_at(NOW - 2), min_id_at(NOW - 0.6), min_id_at(NOW - 0.3)
+    horizon.when_stable(high, None, lambda: done.append(high))
+    horizon.when_stable(mid, None, lambda: done.append(mid))
+    horizon.when_stable(low, None, lambda: done.append(low))
+    assert done == [low] and horizon.held == 2  # node 2 may still commit below mid
+    horizon.heard(2, min_id_at(NOW - 0.5))
+    horizon.release(None)
+    assert done == [low, mid]
+    # This node's own pending message holds back what is above it, whatever the others say.
+    horizon.heard(2, min_id_at(NOW))
+    horizon.release(min_id_at(NOW - 0.4))
+    assert done == [low, mid]
+    horizon.release(None)
+    assert done == [low, mid, high] and horizon.held == 0
