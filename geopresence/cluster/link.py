@@ -43,7 +43,12 @@ from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.broker import Deliver, user_channel, user_of_channel
 from geopresence.core.chat import ChatEvent
-from geopresence.core.chat_horizon import WATERMARK_INTERVAL, Horizon
+from geopresence.core.chat_horizon import (
+    CHAT_ACTIVE,
+    QUIET_WATERMARK_INTERVAL,
+    WATERMARK_INTERVAL,
+    Horizon,
+)
 from geopresence.core.hub import Hub
 from geopresence.core.nearby import LocationEvent
 from geopresence.core.replication import (
@@ -53,6 +58,7 @@ from geopresence.core.replication import (
     PresenceSet,
     Watermark,
 )
+from geopresence.model.chat_message import ChatMessage
 from geopresence.model.snowflake import min_id_at
 
 log = logging.getLogger("geopresence.redis")
@@ -143,6 +149,8 @@ class ClusterLink:
         self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
         self._hub: Hub | None = None
         self._horizon: Horizon | None = None
+        self._chat_at = float("-inf")
+        """``trio.current_time()`` of the last chat message read off the feed."""
         self._clock: Callable[[], float] | None = None
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
@@ -206,6 +214,8 @@ class ClusterLink:
 
     def _on_feed(self, op: FeedOp) -> None:
         assert self._hub is not None
+        if isinstance(op, ChatMessage):
+            self._chat_at = trio.current_time()
         self._hub.apply_feed(op, self._now())
 
     # ---------------------------------------------------------------- the chat horizon
@@ -223,7 +233,10 @@ class ClusterLink:
         journal = self.journal
         while True:
             await trio.sleep(WATERMARK_INTERVAL)
-            if trio.current_time() - journal.queued_at >= WATERMARK_INTERVAL:
+            now = trio.current_time()
+            chatting = now - max(self._chat_at, journal.chat_queued_at) < CHAT_ACTIVE
+            interval = WATERMARK_INTERVAL if chatting else QUIET_WATERMARK_INTERVAL
+            if now - journal.queued_at >= interval:
                 journal.replicate(Watermark())
             self._hub.chat.release()
 
@@ -287,7 +300,10 @@ class ClusterLink:
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
         self.journal.on_stored_before = hub.chat.stored_elsewhere
-        self._horizon = hub.chat.horizon = Horizon(clock, silence=self.lease.lease)
+        # A node silent this long is gone for the horizon: its lease lapsed, and it would
+        # have written a watermark meanwhile (at least every QUIET_WATERMARK_INTERVAL).
+        silence = max(self.lease.lease, 3 * QUIET_WATERMARK_INTERVAL)
+        self._horizon = hub.chat.horizon = Horizon(clock, silence=silence)
         self.journal.watermark = lambda: min_id_at(clock())
         self.journal.feed.on_watermark = self._on_watermark
         # Tests only: every Redis write waits this long (a commit slower than its id).

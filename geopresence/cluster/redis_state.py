@@ -292,6 +292,8 @@ class RedisJournal:
         self.queued_at = 0.0
         """``trio.current_time()`` of the last op queued for the feed (a node without one
         for a while writes a watermark entry)."""
+        self.chat_queued_at = float("-inf")
+        """``trio.current_time()`` of the last chat message queued."""
         self.write_delay = 0.0
         """Seconds each write waits first (tests: a commit slower than its id)."""
         self._uids = fresh_ids()
@@ -322,6 +324,8 @@ class RedisJournal:
         self._queue.append((seq, next(self._uids), op, on_feed, watermark))
         if on_feed:
             self.queued_at = trio.current_time()
+            if isinstance(op, ChatMessage):
+                self.chat_queued_at = self.queued_at
         self._wakeup.set()
 
     @property

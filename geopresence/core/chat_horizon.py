@@ -8,7 +8,8 @@ A commit 100 a second later; a device that got 101 first would sync after 101 an
 So each node tells the others, on every feed entry, its *watermark*: the smallest id it
 could still commit after that entry (the smallest id issuable when the entry was queued:
 every id assigned before is written ahead of it, every later one is at least that). A node
-idle for ``WATERMARK_INTERVAL`` writes an entry for its watermark alone. On a node, an id is
+with nothing to write for ``WATERMARK_INTERVAL`` (``QUIET_WATERMARK_INTERVAL`` while no chat
+goes on) writes an entry for its watermark alone. On a node, an id is
 *stable* below ``min(its own lowest pending id or its smallest issuable id, every other
 live node's latest watermark)``; chat holds back what is not stable yet: live deliveries,
 ``sent`` acks and ``sync`` pages (``Chat``). A node silent for ``silence`` seconds (its
@@ -29,8 +30,13 @@ from typing import Final
 from geopresence.model.snowflake import min_id_at
 
 WATERMARK_INTERVAL: Final = 0.1
-"""Seconds an idle node waits before it writes an entry for its watermark alone: how long
-another node's chat may wait for this one (seconds; the feed's latency comes on top)."""
+"""Seconds an idle node waits before it writes an entry for its watermark alone while chat
+is active (a message on the feed in the last ``CHAT_ACTIVE``): how long another node's chat
+may wait for this one (the feed's latency comes on top)."""
+QUIET_WATERMARK_INTERVAL: Final = 1.0
+"""The same when no message went through the feed for ``CHAT_ACTIVE`` seconds: a quiet
+cluster's first message may wait this long; the feed stays nearly silent meanwhile."""
+CHAT_ACTIVE: Final = 10.0
 
 
 class Horizon:
