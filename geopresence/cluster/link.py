@@ -8,6 +8,7 @@
   to the feed stream the other nodes' replicas read (``RedisFeed``);
 - a ``RedisPresence``: which node holds each alive device, the once-decided online/offline
   transitions, and the sweeper of gone nodes' devices;
+- ``Watermarks``: this node's part in the chat horizon (messages shown in id order);
 - the node lease in ``gp:nodes`` (``NodeLease``): two live nodes never share a Snowflake node
   id, and the other nodes know this one is alive while it renews it (every second).
 
@@ -40,15 +41,10 @@ from geopresence.cluster.redis_load import load_locations, load_state
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.watermarks import Watermarks
 from geopresence.config import Config
 from geopresence.core.broker import Deliver, user_channel, user_of_channel
 from geopresence.core.chat import ChatEvent
-from geopresence.core.chat_horizon import (
-    CHAT_ACTIVE,
-    QUIET_WATERMARK_INTERVAL,
-    WATERMARK_INTERVAL,
-    Horizon,
-)
 from geopresence.core.hub import Hub
 from geopresence.core.nearby import LocationEvent
 from geopresence.core.replication import (
@@ -56,10 +52,8 @@ from geopresence.core.replication import (
     LocationSet,
     LogoutRequested,
     PresenceSet,
-    Watermark,
 )
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.snowflake import min_id_at
 
 log = logging.getLogger("geopresence.redis")
 
@@ -148,9 +142,7 @@ class ClusterLink:
         )
         self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
         self._hub: Hub | None = None
-        self._horizon: Horizon | None = None
-        self._chat_at = float("-inf")
-        """``trio.current_time()`` of the last chat message read off the feed."""
+        self._watermarks: Watermarks | None = None
         self._clock: Callable[[], float] | None = None
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
@@ -214,31 +206,9 @@ class ClusterLink:
 
     def _on_feed(self, op: FeedOp) -> None:
         assert self._hub is not None
-        if isinstance(op, ChatMessage):
-            self._chat_at = trio.current_time()
+        if isinstance(op, ChatMessage) and self._watermarks is not None:
+            self._watermarks.chat_at = trio.current_time()
         self._hub.apply_feed(op, self._now())
-
-    # ---------------------------------------------------------------- the chat horizon
-
-    def _on_watermark(self, node: int, watermark: int) -> None:
-        assert self._hub is not None and self._horizon is not None
-        self._horizon.heard(node, watermark)
-        self._hub.chat.release()
-
-    async def _keep_watermark(self) -> None:
-        """A node with nothing for the feed for ``WATERMARK_INTERVAL`` writes its watermark
-        alone, so the others' chat never waits on it for longer; and what waited on this
-        node's own clock is released as it advances."""
-        assert self._hub is not None
-        journal = self.journal
-        while True:
-            await trio.sleep(WATERMARK_INTERVAL)
-            now = trio.current_time()
-            chatting = now - max(self._chat_at, journal.chat_queued_at) < CHAT_ACTIVE
-            interval = WATERMARK_INTERVAL if chatting else QUIET_WATERMARK_INTERVAL
-            if now - journal.queued_at >= interval:
-                journal.replicate(Watermark())
-            self._hub.chat.release()
 
     # ---------------------------------------------------------------- what the node holds
 
@@ -300,12 +270,7 @@ class ClusterLink:
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
         self.journal.on_stored_before = hub.chat.stored_elsewhere
-        # A node silent this long is gone for the horizon: its lease lapsed, and it would
-        # have written a watermark meanwhile (at least every QUIET_WATERMARK_INTERVAL).
-        silence = max(self.lease.lease, 3 * QUIET_WATERMARK_INTERVAL)
-        self._horizon = hub.chat.horizon = Horizon(clock, silence=silence)
-        self.journal.watermark = lambda: min_id_at(clock())
-        self.journal.feed.on_watermark = self._on_watermark
+        watermarks = self._watermarks = Watermarks(self.journal, hub, clock, self.lease.lease)
         # Tests only: every Redis write waits this long (a commit slower than its id).
         self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
         async with contextlib.AsyncExitStack() as stack:
@@ -337,11 +302,8 @@ class ClusterLink:
                     await nursery.start(feed.run, self._on_feed, start)
                     await nursery.start(self.journal.run)
                     await nursery.start(self.presence.run)
-                    # Every node reads this node's first watermark before any message it
-                    # could commit (chat_horizon): on the feed before serving.
-                    self.journal.replicate(Watermark())
-                    await self.journal.flush()
-                    nursery.start_soon(self._keep_watermark)
+                    await watermarks.start()
+                    nursery.start_soon(watermarks.run)
                     task_status.started(counts)
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
