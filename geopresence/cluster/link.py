@@ -324,6 +324,8 @@ class ClusterLink:
         await self.journal.flush()  # the transitions those reports decided
         if self.broker is not None:
             await self.broker.flush()  # the feed ops and transitions just produced
+        if self._watermarks is not None:
+            await self._watermarks.leave()  # the others' chat no longer waits for this node
 
     async def _check_shared_keys(self) -> None:
         """The first node stores the fingerprint of each shared key (SET NX); every later

@@ -9,6 +9,7 @@ other nodes' entries tell theirs (``RedisFeed.on_watermark``), which feed the hu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import trio
 
@@ -22,6 +23,9 @@ from geopresence.core.chat_horizon import (
 from geopresence.core.hub import Hub
 from geopresence.core.replication import Watermark
 from geopresence.model.snowflake import min_id_at
+
+LEFT: Final = -1
+"""The watermark of a node's last entry as it stops cleanly."""
 
 
 class Watermarks:
@@ -43,9 +47,20 @@ class Watermarks:
         journal.feed.on_watermark = self.heard
 
     def heard(self, node: int, watermark: int) -> None:
-        """Another node's feed entry carried ``watermark``."""
-        self.horizon.heard(node, watermark)
+        """Another node's feed entry carried ``watermark`` (``LEFT``: that node stopped)."""
+        if watermark == LEFT:
+            self.horizon.left(node)
+        else:
+            self.horizon.heard(node, watermark)
         self._chat.release()
+
+    async def leave(self) -> None:
+        """This node stops (its sessions are closed, its journal flushed): a last entry tells
+        the others not to wait for it, instead of holding their chat until it counts as
+        silent. A restart under the same id writes watermarks again."""
+        self._journal.watermark = lambda: LEFT
+        self._journal.replicate(Watermark())
+        await self._journal.flush()
 
     async def start(self) -> None:
         """Put this node's first watermark on the feed before it serves: every node reads it

@@ -58,6 +58,11 @@ class Horizon:
         best = watermark if current is None else max(current[0], watermark)
         self._marks[node] = (best, self._clock())
 
+    def left(self, node: int) -> None:
+        """``node`` stopped cleanly: it commits nothing more (until it writes a watermark
+        again, as a new run)."""
+        self._marks.pop(node, None)
+
     def stable_below(self, own_lowest_pending: int | None) -> int:
         """Every message with an id below this is committed and on the feed: this node's
         own lowest pending id (None: none pending) and the others' watermarks bound it."""

@@ -665,3 +665,19 @@ async def test_sync_never_skips_a_message_another_node_commits_slowly(tmp_path: 
             for node in (a, b):
                 node.proc.terminate()
                 node.proc.wait(15)
+
+
+async def test_a_node_that_stops_cleanly_tells_the_others_not_to_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    """Its last feed entry carries the LEFT watermark: the others' chat horizon drops it
+    at once instead of after its silence (tests/core/test_chat_horizon.py)."""
+    import coredis
+
+    with cluster_of("standalone", 2, tmp_path) as (nodes, args):
+        nodes[1].proc.terminate()
+        assert nodes[1].proc.wait(15) == 0
+        async with coredis.Redis.from_url(args[1]) as redis:
+            entries = await redis.xrevrange("gp:feed", count=50)
+        last = next(e.field_values for e in entries if e.field_values[b"n"] == b"2")
+        assert last[b"w"] == b"-1", last

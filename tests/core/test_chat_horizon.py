@@ -52,3 +52,13 @@ def test_what_waits_is_released_in_id_order_once_stable() -> None:
     assert done == [low, mid]
     horizon.release(None)
     assert done == [low, mid, high] and horizon.held == 0
+
+
+def test_a_node_that_left_holds_nobody_back_until_it_writes_again() -> None:
+    clock = Clock()
+    horizon = Horizon(clock, silence=5.0)
+    horizon.heard(2, min_id_at(NOW - 1))
+    horizon.left(2)
+    assert horizon.stable_below(None) == min_id_at(NOW)
+    horizon.heard(2, min_id_at(NOW - 2))  # the same id, started again
+    assert horizon.stable_below(None) == min_id_at(NOW - 2)
