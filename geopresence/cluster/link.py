@@ -225,8 +225,14 @@ class ClusterLink:
         """No connection here needs ``channel`` any more: a user's location, no longer
         kept current here, is dropped (read again when a session needs it)."""
         user = user_of_channel(channel)
-        if user is not None and self._hub is not None:
-            self._hub.nearby.drop_cached(user)
+        hub = self._hub
+        # Users visible to strangers stay: every node's strangers grid holds them, on the feed.
+        if (
+            user is not None
+            and hub is not None
+            and not hub.store.get_settings(user).visible_to_strangers
+        ):
+            hub.nearby.drop_cached(user)
 
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here (its connection subscribed to its friends'

@@ -336,6 +336,12 @@ class RedisBroker:
         if not self._seen.first_time(envelope.node, envelope.publish_id):
             return
         self.received += 1
-        if self.on_remote is not None:
-            self.on_remote(envelope.event)
-        self._local.publish(envelope.channels, envelope.event)
+        local = self._local
+        # Only while this node still listens (an envelope in flight as it unsubscribed must
+        # not bring back what it dropped, ``on_released``).
+        if self.on_remote is not None and any(local.subscribers(c) for c in envelope.channels):
+            try:
+                self.on_remote(envelope.event)
+            except Exception:
+                log.exception("applying another node's %s failed", type(envelope.event).__name__)
+        local.publish(envelope.channels, envelope.event)

@@ -139,7 +139,10 @@ class RedisFeed:
         except Exception:
             log.exception("applying feed entry %s (%s) failed", entry_id, type(op).__name__)
         if watermark is not None and self.on_watermark is not None:
-            self.on_watermark(node, watermark)
+            try:
+                self.on_watermark(node, watermark)
+            except Exception:
+                log.exception("the watermark of feed entry %s failed", entry_id)
 
     async def _check_gap(self, last: str) -> None:
         """If the entry this node read last is gone from the feed and older entries were

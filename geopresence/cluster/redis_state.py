@@ -207,6 +207,7 @@ async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
     for user in strings(await client.hkeys(key)):
         await client.srem(k.of("groups_of", user), [op.group])
     await client.delete([key, k.of("chat", f"g:{op.group}")])
+    await client.delete([k.client_ids(f"g:{op.group}")])
     await client.srem(k.groups, [op.group])
     await client.srem(k.chats, [f"g:{op.group}"])
 

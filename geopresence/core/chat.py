@@ -180,7 +180,7 @@ class Chat:
             if stored is not None:
                 _check_same(stored, message)
                 self.duplicates += 1
-                self._ack(session.conn, message.id, stored, duplicate=True)
+                self._ack_when_stable(session.conn, message.id, stored, duplicate=True)
                 return
         store = self.ctx.store
         if message.to is not None:
@@ -347,7 +347,10 @@ class Chat:
         node's subscribers (the feed's order and the horizon keep it in id order; the
         origin does not send chat through Redis channels)."""
         if self.store.get(message.message_id) is not None:
-            self.ctx.publish(_channels_of(message), ChatEvent(message))
+            event = ChatEvent(message)
+            self._when_stable(
+                message.message_id, lambda: self.ctx.publish(_channels_of(message), event)
+            )
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
@@ -364,14 +367,17 @@ class Chat:
             joined = self.store.joined_after(message.group, session.user)
             if joined is None or joined >= message.message_id:
                 return  # joined after the id was issued: not in its view (see chat_store)
-        frame = event.frame_for(session.user)
-        self._when_stable(message.message_id, lambda: self.ctx.sink.send(conn, frame))
+        self.ctx.sink.send(conn, event.frame_for(session.user))
 
     def _publish(self, message: ChatMessage, sender_conn: ConnId) -> None:
         ctx = self.ctx
         event = ChatEvent(message)
         exclude = frozenset((sender_conn,))
-        ctx.publish(_channels_of(message), event, exclude)
+        # Published once its id is stable (several nodes: ``chat_horizon``), to whoever
+        # subscribes by then: a device that connects meanwhile gets it live, not never.
+        self._when_stable(
+            message.message_id, lambda: ctx.publish(_channels_of(message), event, exclude)
+        )
         if message.to is not None:
             if self.push is not None and not ctx.is_connected(message.to):
                 self._push((message.to,), message)

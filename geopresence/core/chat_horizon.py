@@ -13,8 +13,10 @@ goes on) writes an entry for its watermark alone. On a node, an id is
 *stable* below ``min(its own lowest pending id or its smallest issuable id, every other
 live node's latest watermark)``; chat holds back what is not stable yet: live deliveries,
 ``sent`` acks and ``sync`` pages (``Chat``). A node silent for ``silence`` seconds (its
-lease) is gone: it no longer holds the others back (what it assigned and never wrote was
-never acknowledged).
+lease, at least 3 s) is gone: it no longer holds the others back. A node that stopped
+cleanly says so (the ``LEFT`` watermark of ``geopresence.cluster.watermarks``); one that
+died never acknowledged what it assigned and did not write; one that only stalled that long
+and then writes an older id can make a cursor pass it (docs/cluster.md, Limits).
 
 A node that starts writes its first entry before it serves, so every node reads it before
 any message the new node can commit (the feed is one ordered stream).
