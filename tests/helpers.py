@@ -20,6 +20,17 @@ from geopresence.testing import TestServer
 from geopresence.wire.outbox import Outgoing
 
 
+class SettableClock:
+    """A clock a test sets by hand (``clock.now = ...``): epoch seconds, for code that is
+    given a ``Callable[[], float]``."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class RecordingSink:
     """A hub Sink that keeps every frame, decoded, per connection (``take`` empties it)."""
 

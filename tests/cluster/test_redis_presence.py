@@ -17,19 +17,12 @@ from geopresence.cluster.redis_keys import Keys, strings
 from geopresence.cluster.redis_nodes import NodeLease, read_registry
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.core.replication import PresenceSet
+from tests.helpers import SettableClock
 from tests.redis_server import AnyRedis, redis_server
 
 T0 = 1_800_000_000.0
 LEASE = 5.0
 OFFLINE_AFTER = 30.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Nodes:
@@ -38,7 +31,7 @@ class Nodes:
     def __init__(self, client: Any, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self.clock = Clock()
+        self.clock = SettableClock(T0)
         self.announced: list[PresenceSet] = []
         self.versions: dict[str, int] = {}
 
@@ -88,7 +81,7 @@ async def two_nodes(
         nursery.cancel_scope.cancel()
 
 
-async def advance(clock: Clock, now: float, *live: NodeLease) -> None:
+async def advance(clock: SettableClock, now: float, *live: NodeLease) -> None:
     """Time passes until ``now``; the ``live`` nodes renew their leases every second."""
     while clock.now < now:
         clock.now = min(now, clock.now + 1)
@@ -275,7 +268,7 @@ async def test_a_transition_whose_reply_was_lost_is_announced_by_the_next_call()
         async with client:
             keys = Keys("lost")
             announced: list[PresenceSet] = []
-            presence = RedisPresence(client, keys, announced.append, Clock())
+            presence = RedisPresence(client, keys, announced.append, SettableClock(T0))
             presence.holder = "1/x"
             await client.eval(
                 ALIVE,

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from geopresence.core.chat_horizon import Horizon
 from geopresence.model.snowflake import min_id_at
+from tests.helpers import SettableClock
 
 NOW = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_stable_below_is_the_lowest_bound_of_every_live_node() -> None:
-    clock = Clock()
+    clock = SettableClock(NOW)
     horizon = Horizon(clock, silence=5.0)
     # Alone: what it can still issue, or its own lowest pending id.
     assert horizon.stable_below(None) == min_id_at(NOW)
@@ -34,7 +27,7 @@ def test_stable_below_is_the_lowest_bound_of_every_live_node() -> None:
 
 
 def test_what_waits_is_released_in_id_order_once_stable() -> None:
-    clock = Clock()
+    clock = SettableClock(NOW)
     horizon = Horizon(clock, silence=5.0)
     horizon.heard(2, min_id_at(NOW - 1))
     done: list[int] = []
@@ -55,7 +48,7 @@ def test_what_waits_is_released_in_id_order_once_stable() -> None:
 
 
 def test_a_node_that_left_holds_nobody_back_until_it_writes_again() -> None:
-    clock = Clock()
+    clock = SettableClock(NOW)
     horizon = Horizon(clock, silence=5.0)
     horizon.heard(2, min_id_at(NOW - 1))
     horizon.left(2)
