@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 import orjson
@@ -48,9 +48,6 @@ from geopresence.model.records import (
     Unfriended,
     UserForgotten,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("geopresence.redis")
 

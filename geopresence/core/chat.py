@@ -330,17 +330,14 @@ class Chat:
         a forget dropped)."""
         return [p.message for p in self._pending if not self._made_before_forget(p.message)]
 
-    def insert(self, message: ChatMessage) -> bool:
+    def insert(self, message: ChatMessage) -> None:
         """Store a message another node committed (idempotent; ids may arrive in any
-        order), and never issue an id at or below it here. False if it is not kept (made
-        before a forget, or its group is gone)."""
+        order), and never issue an id at or below it here."""
         self.ids.observe(message.message_id)
         if self._made_before_forget(message):
-            return False
+            return
         if message.group is None or self.ctx.store.group_members(message.group) is not None:
             self.store.insert(message)
-            return True
-        return False
 
     def deliver_fed(self, message: ChatMessage) -> None:
         """Another node's message, read off the feed and stored here: publish it to this

@@ -95,5 +95,5 @@ class Horizon:
 
     @property
     def held(self) -> int:
-        """Deliveries and acks waiting (for metrics)."""
+        """How many deliveries and acks wait now."""
         return len(self._held)
