@@ -41,6 +41,7 @@ from geopresence.cluster.redis_load import load_locations, load_state
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.cluster.watermarks import Watermarks
 from geopresence.config import Config
 from geopresence.core.broker import Deliver, user_channel, user_of_channel
@@ -107,6 +108,12 @@ def connect(config: Config) -> Any:
     return coredis.Redis.from_url(config.redis, connect_timeout=5.0)
 
 
+def address_of(config: Config) -> RedisAddress | None:
+    """The standalone Redis of ``--redis`` (the broker's subscriber connects to it itself);
+    None with ``--redis-cluster`` (its slots tell where each channel lives)."""
+    return None if config.redis is None else RedisAddress.from_url(config.redis)
+
+
 class ClusterLink:
     """The hub's ``Replicator`` over Redis. Create it, build the hub with ``make_broker``,
     ``journal`` and ``replicator=self``, then ``await nursery.start(link.run, hub, clock)``."""
@@ -121,8 +128,11 @@ class ClusterLink:
         shared_keys: Mapping[str, str] | None = None,
         lease: float = LEASE_SECONDS,
         sweep_interval: float = 0.5,
+        address: RedisAddress | None = None,
     ) -> None:
         self.client = client
+        self.address = address
+        """A standalone Redis' address (``address_of``), for the broker's subscriber."""
         self.shared_keys = dict(shared_keys or {})
         """``secret`` and ``admin_key``: every node sharing the Redis (and prefix) must have
         the same (checked at start through their ``fingerprint``)."""
@@ -153,6 +163,7 @@ class ClusterLink:
             node_id=self.node_id,
             sharded=self.sharded,
             prefix=self.keys.prefix,
+            address=self.address,
         )
         return self.broker
 

@@ -31,12 +31,13 @@ import logging
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Set
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final, Literal
 
-import anyio
 import trio
 
 from geopresence.cluster.channel_events import Envelope, decode_envelope, encode_envelope
+from geopresence.cluster.redis_subscriber import RedisAddress, Subscriber
 from geopresence.core.broker import ConnId, Deliver, MemoryBroker
 
 log = logging.getLogger("geopresence.redis")
@@ -94,8 +95,10 @@ def redis_channel(channel: str, prefix: str = "gp") -> str:
 class RedisBroker:
     """A ``Broker`` whose channels span every node connected to the same Redis.
 
-    ``client`` is a ``coredis.Redis`` or ``coredis.RedisCluster`` (``sharded`` True for
-    the latter); ``node_id`` tells this node's envelopes apart. Start ``run`` in a task.
+    ``client`` is a ``coredis.Redis`` (give its ``address`` too) or ``coredis.RedisCluster``
+    (``sharded`` True); ``node_id`` tells this node's envelopes apart. Publishes go through
+    ``client``; subscriptions and what arrives on them through a lean ``Subscriber``.
+    Start ``run`` in a task.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class RedisBroker:
         node_id: int,
         sharded: bool = False,
         prefix: str = "gp",
+        address: RedisAddress | None = None,
     ) -> None:
         self._deliver = deliver
 
@@ -123,7 +127,12 @@ class RedisBroker:
         self.on_released: Callable[[str], None] | None = None
         """Called with a channel this node has just stopped listening to (no subscriber
         left): what it knew from that channel is no longer kept current."""
+        self.delivery: Callable[[], AbstractContextManager[object]] = nullcontext
+        """Wraps the delivery of each batch of envelopes from Redis (the shell writes out
+        what they queued at its end: ``Connections.batch``)."""
         self._client = client
+        self._redis_address = address
+        self._nursery: trio.Nursery
         self._sharded = sharded
         self._prefix = prefix
         self.node_id = node_id
@@ -239,24 +248,32 @@ class RedisBroker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send queued commands and deliver envelopes from other nodes, until cancelled."""
-        pubsub = self._client.sharded_pubsub() if self._sharded else self._client.pubsub()
-        try:
-            async with pubsub, trio.open_nursery() as nursery:
-                nursery.start_soon(self._receive, pubsub)
-                task_status.started()
-                await self._send_loop(pubsub)
-        except* anyio.ClosedResourceError:
-            # Cancelled (shutdown): coredis' cleanup found its connection already closed.
-            log.debug("redis pub/sub connection closed at shutdown")
+        subscriber = Subscriber(
+            self._on_messages,
+            address=None if self._sharded else self._address(),
+            cluster=self._client if self._sharded else None,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(subscriber.run)
+            self._nursery = nursery
+            task_status.started()
+            await self._send_loop(subscriber)
 
-    async def _send_loop(self, pubsub: Any) -> None:
+    def _address(self) -> RedisAddress:
+        if self._redis_address is None:
+            raise ValueError("a RedisBroker on a standalone Redis needs its address")
+        return self._redis_address
+
+    async def _send_loop(self, subscriber: Subscriber) -> None:
         failing = False
         while True:
             if not self._ops:
                 self._wakeup = trio.Event()
                 await self._wakeup.wait()
             if self._ops[0][0] == "barrier":
-                self._ops.popleft()[2].set()  # every earlier (un)subscription is done
+                # Every earlier (un)subscription is sent; the barrier waits for Redis'
+                # answers in its own task (publishes do not wait behind it).
+                self._nursery.start_soon(self._barrier, subscriber, self._ops.popleft()[2])
                 continue
             if self._ops[0][0] == "publish":
                 # Consecutive publishes share one pipeline (one round trip per batch).
@@ -278,17 +295,9 @@ class RedisBroker:
                 ops: list[Op] = []
                 while self._ops and self._ops[0][0] == kind and len(ops) < PUBLISH_BATCH:
                     ops.append(self._ops.popleft())
-                try:
-                    await self._subscription(pubsub, kind, [channel for _, channel, _ in ops])
-                except Exception as exc:
-                    self.failed += 1
-                    if not failing:
-                        log.error("redis %s failed (%s); retrying", kind, exc)
-                    failing = True
-                    # A subscription is state: keep it (in order) until Redis takes it.
-                    self._ops.extendleft(reversed(ops))
-                    await trio.sleep(0.2)  # often a late acknowledgement under load
-                    continue
+                # Never fails: the subscriber keeps the set, and subscribes again after
+                # a lost connection.
+                await self._subscription(subscriber, kind, [channel for _, channel, _ in ops])
             if failing:
                 log.info("redis pub/sub works again (%d commands failed)", self.failed)
             failing = False
@@ -299,7 +308,12 @@ class RedisBroker:
             for _, channel, data in batch:
                 getattr(pipe, command)(redis_channel(channel, self._prefix), data)
 
-    async def _subscription(self, pubsub: Any, kind: str, channels: list[str]) -> None:
+    @staticmethod
+    async def _barrier(subscriber: Subscriber, done: trio.Event) -> None:
+        await subscriber.sync()
+        done.set()
+
+    async def _subscription(self, subscriber: Subscriber, kind: str, channels: list[str]) -> None:
         """SUBSCRIBE (or UNSUBSCRIBE) the channels whose local subscribers still call for
         it: a channel may have been left (or joined) again since the op was queued."""
         wanted = kind == "subscribe"
@@ -308,26 +322,22 @@ class RedisBroker:
             for channel in dict.fromkeys(channels)
             if bool(self._local.subscribers(channel)) == wanted
         ]
-        if not names:
-            return
         if wanted:
-            await pubsub.subscribe(*names)
+            await subscriber.subscribe(names)
         else:
-            await pubsub.unsubscribe(*names)
+            await subscriber.unsubscribe(names)
 
-    async def _receive(self, pubsub: Any) -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is None or message.get("type") not in ("message", "smessage"):
-                if message is None and not pubsub.subscribed:
-                    await trio.sleep(0.05)  # nothing subscribed yet: do not spin
-                continue
-            try:
-                envelope = decode_envelope(message["data"])
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("ignoring a malformed envelope on %r: %s", message.get("channel"), exc)
-                continue
-            self.on_envelope(envelope)
+    def _on_messages(self, payloads: list[bytes]) -> None:
+        """Envelopes from Redis (one read's worth): delivered in one ``delivery`` scope,
+        so that what they queue for the connections is written once, at its end."""
+        with self.delivery():
+            for data in payloads:
+                try:
+                    envelope = decode_envelope(data)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("ignoring a malformed envelope: %s", exc)
+                    continue
+                self.on_envelope(envelope)
 
     def on_envelope(self, envelope: Envelope) -> None:
         """Deliver an envelope from Redis to this node's subscribers, once."""

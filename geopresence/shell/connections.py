@@ -18,7 +18,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import attrs
 import trio
@@ -155,6 +156,19 @@ class Connections:
             self._metrics.messages_out += len(items)
         if c.close_request is not None:
             ws.start_close(*c.close_request)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the writes while a batch of input is handled (a connection's frames,
+        envelopes from other nodes), then write everything it queued: each connection
+        once, and no task woken for it."""
+        holding, self.holding = self.holding, True
+        try:
+            yield
+        finally:
+            self.holding = holding
+            if not holding:
+                self.flush()
 
     async def run(self) -> None:
         """Flush what was queued outside a reader's batch, once per batch (unbounded)."""
@@ -339,16 +353,11 @@ class ConnectionHandler:
     def _handle_batch(self, c: OpenConnection, frames: list[str | bytes]) -> None:
         if not frames:
             return
-        connections = self._connections
-        connections.holding = True
-        try:
+        with self._connections.batch():
             for frame in frames:
                 if c.close_request is not None:
                     return  # closing: what the peer says now is not read
                 self._handle(c, frame)
-        finally:
-            connections.holding = False
-            connections.flush()
 
     def _handle(self, c: OpenConnection, frame: str | bytes) -> None:
         hub = self._hub

@@ -72,7 +72,7 @@ class Server:
         acks: FileJournal | RedisJournal | None = None
         broker_factory: Callable[[Deliver], Broker] = MemoryBroker
         if config.clustered:
-            from geopresence.cluster.link import ClusterLink, connect  # imports coredis
+            from geopresence.cluster.link import ClusterLink, address_of, connect  # coredis
 
             self.cluster = ClusterLink(
                 connect(config),
@@ -86,6 +86,7 @@ class Server:
                 else {"secret": self.secret, "admin_key": self.admin_key or ""},
                 lease=config.redis_lease,
                 sweep_interval=config.redis_sweep_interval,
+                address=address_of(config),
             )
             broker_factory = self.cluster.make_broker
             acks = self.cluster.journal
@@ -114,6 +115,9 @@ class Server:
             replicator=self.cluster,
         )
         register_hub_metrics(self.metrics, self.hub)
+        if self.cluster is not None and self.cluster.broker is not None:
+            # Envelopes from other nodes: their frames are written at the end of each read.
+            self.cluster.broker.delivery = self.connections.batch
         self.push.register_metrics(self.metrics)
         self.durability = Durability(
             config, self.metrics, self.hub, self.now, journal=self.journal, acks=acks

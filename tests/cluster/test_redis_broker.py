@@ -8,6 +8,7 @@ import coredis
 import trio
 
 from geopresence.cluster.redis_broker import RedisBroker, redis_channel
+from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.core.broker import ConnId
 from geopresence.core.locations import Location
 from geopresence.core.nearby import LocationEvent
@@ -39,8 +40,9 @@ async def test_a_publish_reaches_other_nodes_once_and_never_echoes() -> None:
         client = coredis.Redis(host="127.0.0.1", port=port)
         a_got, b_got = Recorder(), Recorder()
         async with client:
-            a = RedisBroker(a_got, client, node_id=1)
-            b = RedisBroker(b_got, client, node_id=2)
+            address = RedisAddress("127.0.0.1", port)
+            a = RedisBroker(a_got, client, node_id=1, address=address)
+            b = RedisBroker(b_got, client, node_id=2, address=address)
             async with trio.open_nursery() as nursery:
                 await nursery.start(a.run)
                 await nursery.start(b.run)
