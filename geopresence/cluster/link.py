@@ -44,7 +44,7 @@ from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.cluster.watermarks import Watermarks
 from geopresence.config import Config
-from geopresence.core.broker import Deliver, user_channel, user_of_channel
+from geopresence.core.broker import Deliver, inbox_channel, user_channel, user_of_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.nearby import LocationEvent
@@ -57,6 +57,9 @@ from geopresence.core.replication import (
 from geopresence.model.chat_message import ChatMessage
 
 log = logging.getLogger("geopresence.redis")
+
+INBOX_PREFIX: Final = inbox_channel("")
+"""Hub channels of one user's 1:1 chat (``inbox:alice``)."""
 
 WRITE_DELAY_ENV: Final = "GEOPRESENCE_TEST_REDIS_WRITE_DELAY"
 """Tests only: seconds each Redis write of the journal waits first."""
@@ -286,6 +289,8 @@ class ClusterLink:
         self.broker.on_released = self._on_released
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
+        # Inbox channels carry nothing else: no node needs a Redis subscription to them.
+        self.broker.listened = lambda channel: not channel.startswith(INBOX_PREFIX)
         self.journal.on_stored_before = hub.chat.stored_elsewhere
         watermarks = self._watermarks = Watermarks(self.journal, hub, clock, self.lease.lease)
         # Tests only: every Redis write waits this long (a commit slower than its id).

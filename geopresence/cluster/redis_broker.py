@@ -124,6 +124,9 @@ class RedisBroker:
         self.travels: Callable[[Any], bool] = lambda event: True
         """Whether an event goes to the other nodes through Redis (False: this node's
         subscribers only; the other nodes learn of it otherwise)."""
+        self.listened: Callable[[str], bool] = lambda channel: True
+        """Whether a channel with local subscribers is subscribed in Redis (False: what
+        is published on it never comes from another node)."""
         self.on_released: Callable[[str], None] | None = None
         """Called with a channel this node has just stopped listening to (no subscriber
         left): what it knew from that channel is no longer kept current."""
@@ -153,7 +156,7 @@ class RedisBroker:
     def subscribe(self, channel: str, conn: ConnId) -> None:
         first = not self._local.subscribers(channel)
         self._local.subscribe(channel, conn)
-        if first:
+        if first and self.listened(channel):
             self._queue(("subscribe", channel, b""))
 
     def unsubscribe(self, channel: str, conn: ConnId) -> None:
@@ -169,7 +172,8 @@ class RedisBroker:
                 self._left(channel)
 
     def _left(self, channel: str) -> None:
-        self._queue(("unsubscribe", channel, b""))
+        if self.listened(channel):
+            self._queue(("unsubscribe", channel, b""))
         if self.on_released is not None:
             self.on_released(channel)
 
