@@ -25,7 +25,21 @@ from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
 
-ChannelEvent = Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent
+
+@attrs.frozen
+class Replaced:
+    """On a node's control channel: a session of ``user``'s ``device`` opened on another
+    node, which holds the device now; the node of ``incarnation`` (``<node id>/<token>``),
+    its holder until then, closes its connection of it (4002)."""
+
+    user: str
+    device: str
+    incarnation: str
+
+
+ChannelEvent = (
+    Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent | Replaced
+)
 
 
 @attrs.frozen
@@ -63,6 +77,13 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "stranger_gone", "user": event.user, "reason": event.reason}
     if isinstance(event, ChatEvent):
         return {"k": "chat", "message": record_to_json(event.message)}
+    if isinstance(event, Replaced):
+        return {
+            "k": "replaced",
+            "user": event.user,
+            "device": event.device,
+            "held_by": event.incarnation,
+        }
     raise TypeError(f"not a channel event: {event!r}")
 
 
@@ -86,6 +107,8 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
     if kind == "chat":
         message = record_from_json(data["message"])
         return ChatEvent(message)  # type: ignore[arg-type]
+    if kind == "replaced":
+        return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")
 
 

@@ -33,6 +33,8 @@ from typing import Any, Final
 
 import trio
 
+from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.control import Control
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
@@ -57,6 +59,7 @@ from geopresence.core.replication import (
 from geopresence.model.chat_message import ChatMessage
 
 log = logging.getLogger("geopresence.redis")
+
 
 INBOX_PREFIX: Final = inbox_channel("")
 """Hub channels of one user's 1:1 chat (``inbox:alice``)."""
@@ -100,6 +103,9 @@ def connect(config: Config) -> Any:
 
     # coredis logs each retry at INFO; our own log lines say what failed.
     logging.getLogger("coredis").setLevel(logging.WARNING)
+    # No runtime validation of each command's arguments (its documented switch): ours
+    # are checked by mypy, and the validators cost CPU on every location write.
+    coredis.Config.optimized = True
 
     if config.redis_cluster:
         nodes = []
@@ -157,6 +163,7 @@ class ClusterLink:
         self._hub: Hub | None = None
         self._watermarks: Watermarks | None = None
         self._clock: Callable[[], float] | None = None
+        self._control: Control | None = None
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -210,6 +217,9 @@ class ClusterLink:
         assert self._clock is not None
         return self._clock()
 
+    def _incarnation(self) -> str | None:
+        return self.lease.incarnation if self.lease.held else None
+
     def _known_version(self, user: str) -> int:
         return 0 if self._hub is None else self._hub.status_version(user)
 
@@ -228,8 +238,12 @@ class ClusterLink:
 
     def _on_remote(self, event: object) -> None:
         """Another node's event on a channel this node listens to: a friend's (or a local
-        user's own) move updates the location cache before the subscribers are told."""
-        if isinstance(event, LocationEvent):
+        user's own) move updates the location cache before the subscribers are told; a
+        device taken over elsewhere closes here."""
+        if isinstance(event, Replaced):
+            if self._control is not None:
+                self._control.on_replaced(event)
+        elif isinstance(event, LocationEvent):
             assert self._hub is not None
             where = event.location
             op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
@@ -311,6 +325,13 @@ class ClusterLink:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keep_lease)
                     await nursery.start(self.broker.run)
+                    control = Control(
+                        self.client, self.keys, self.broker, hub, self._incarnation, nursery
+                    )
+                    control.listen(self.node_id)
+                    await self.broker.subscribed()
+                    self._control = control
+                    self.presence.on_replaced = control.replaced
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)

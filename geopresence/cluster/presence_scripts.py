@@ -39,6 +39,7 @@ ALIVE: Final = (
     + """
 -- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms)
 local k = KEYS[1]
+local before = redis.call('HGET', k, 'd:' .. ARGV[1]) or ''
 redis.call('HSET', k, 'd:' .. ARGV[1], ARGV[2])
 local last = redis.call('HGET', k, 'last_active_at')
 if not last or tonumber(ARGV[3]) > tonumber(last) then
@@ -47,15 +48,16 @@ if not last or tonumber(ARGV[3]) > tonumber(last) then
 end
 if redis.call('HGET', k, 'status') ~= 'online' then
   redis.call('HSET', k, 'status', 'online')
-  return {1, last, next_version(k, ARGV[4]), 'online'}
+  return {1, last, next_version(k, ARGV[4]), 'online', before}
 end
-return {0, last, redis.call('HGET', k, 'v') or '0', 'online'}
+return {0, last, redis.call('HGET', k, 'v') or '0', 'online', before}
 """
 )
 """``holder`` holds the device from now on (a session of it opened there at ``at``); {1,
-last, v, 'online'} if this made the user online, else {0, last, v, 'online'}: the current
-state, so that a node whose reply to the deciding call was lost learns it from its next
-call."""
+last, v, 'online', before} if this made the user online, else {0, last, v, 'online',
+before}: the current state, so that a node whose reply to the deciding call was lost learns
+it from its next call; ``before`` is the incarnation that held the device until now ('' if
+none), which must close its connection of it (4002)."""
 
 END: Final = (
     _NEXT_VERSION

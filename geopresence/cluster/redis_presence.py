@@ -91,6 +91,9 @@ class RedisPresence:
         self._may_sweep = may_sweep
         """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
+        self.on_replaced: Callable[[str, str, str], None] | None = None
+        """Called with (user, device, incarnation) when a session here took a device over
+        from another incarnation, which must close its connection of it."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -276,6 +279,9 @@ class RedisPresence:
         for (user, device, (kind, _)), result in zip(ops, results, strict=True):
             if kind == "alive":
                 held[member(user, device)] = True
+                before = string(result[4]) if len(result) > 4 else ""
+                if before and before != holder and self.on_replaced is not None:
+                    self.on_replaced(user, device, before)
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False

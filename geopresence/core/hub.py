@@ -340,6 +340,14 @@ class Hub:
     def logout(self, user: str, device: str | None = None) -> int:
         return self.lifecycle.logout(user, device)
 
+    def connection_of(self, user: str, device: str) -> ConnId | None:
+        """This node's connection of ``user``'s ``device``, if any."""
+        return self.presence.connection_of(user, device)
+
+    def replaced_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
+        """Another node took ``user``'s ``device`` over: close ``conn`` here (4002)."""
+        return self.lifecycle.replaced_elsewhere(user, device, conn)
+
     def user_presence(self, user: str, now: float) -> UserPresence:
         return self.statuses.user_presence(user, now)
 

@@ -197,6 +197,17 @@ class Lifecycle:
         self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", report)
         return before - self.presence.get(user).devices
 
+    def replaced_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
+        """Another node now holds ``user``'s ``device`` (a newer connection of it opened
+        there): close ``conn`` with 4002 if it is still the device's connection here, and
+        end the device here without reporting it (the cluster's presence does not change).
+        True if it was closed."""
+        if self.presence.connection_of(user, device) != conn:
+            return False  # gone meanwhile, or replaced by a newer connection here
+        ended = self.presence.logout(user, device)
+        self.apply_ended(ended, CLOSE_REPLACED, "replaced by a newer connection", "no")
+        return True
+
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
         if message.id is not None:
             self.sink.send(session.conn, out(HeartbeatAck(re=message.id, server_time=now)))

@@ -136,6 +136,12 @@ class PresenceTable(Generic[C]):
         state = self._users.get(user)
         return state is not None and device in state.devices
 
+    def connection_of(self, user: str, device: str) -> C | None:
+        """The connection attached to ``user``'s ``device`` (None: none, or not alive)."""
+        state = self._users.get(user)
+        entry = None if state is None else state.devices.get(device)
+        return None if entry is None else entry.conn
+
     def activity(self, user: str, device: str, conn: C, now: float) -> bool:
         """Record activity of ``conn`` at ``now``; False if ``conn`` is not that device's
         current connection (it was replaced, logged out or timed out)."""

@@ -251,6 +251,25 @@ async def test_reconnecting_to_another_node_does_not_flap(two_nodes: list[Node])
             await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)
 
 
+async def test_a_device_connecting_to_another_node_replaces_its_connection(
+    two_nodes: list[Node],
+) -> None:
+    """The contract's 4002 whichever node each connection uses: the older connection of the
+    same user+device closes, and friends see no presence change."""
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with session(b, "bob") as bob, session(a, "alice", "phone") as old:
+        await expect(bob, "presence", user="alice", status="online")
+        async with session(b, "alice", "phone"):
+            with trio.fail_after(10):
+                code, reason = await old.closed()
+            assert code == 4002 and "replaced" in reason
+            await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)  # no flap
+            async with b.admin() as admin:
+                assert (await admin.user("alice"))["status"] == "online"
+
+
 def test_two_nodes_with_one_node_id_refuse(tmp_path: Path) -> None:
     with cluster_of("standalone", 1, tmp_path) as (_, args):
         result = subprocess.run(

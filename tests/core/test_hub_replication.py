@@ -378,3 +378,23 @@ def test_an_online_users_last_active_at_is_now_on_every_node() -> None:
     [gone] = kinds(b.take(20), "presence")
     assert (gone["status"], gone["last_active_at"]) == ("offline", cluster.now + 7)
     assert b.hub.user_presence("alice", cluster.now + 99).last_active_at == cluster.now + 7
+
+
+def test_a_device_taken_over_by_another_node_closes_there_without_a_change() -> None:
+    """The cluster tells the node that held a device when another node's session takes it
+    over: its connection closes 4002, and nothing is reported (the device lives on)."""
+    cluster = Cluster()
+    a, b = Node(cluster, 1), Node(cluster, 2)
+    a.hub.open_session(1, "alice", "phone", now=0)
+    assert a.hub.connection_of("alice", "phone") == 1
+    b.hub.open_session(7, "alice", "phone", now=1)
+    reports = len(cluster.reports)
+    assert a.hub.replaced_elsewhere("alice", "phone", 1)
+    assert a.sink.closed == {1: 4002}
+    assert a.hub.connection_of("alice", "phone") is None
+    assert len(cluster.reports) == reports  # no device_ended from a
+    assert cluster.devices["alice"] == {"phone": 2}
+    # A late notice, after the device came back to a: its new connection stays.
+    a.hub.open_session(3, "alice", "phone", now=2)
+    assert not a.hub.replaced_elsewhere("alice", "phone", 1)
+    assert 3 not in a.sink.closed
