@@ -1,10 +1,13 @@
 """A node's control channel (cluster): what one node must do, sent to that node alone.
 
-Each node listens to ``control:<id>`` (``gp:control:{<id>}`` in Redis) from its start. Today it
-carries one thing, the contract's 4002 across nodes: when a session of a device opens on
-one node while another node's incarnation held the device (the presence script says which,
-``presence_scripts.ALIVE``), the new holder tells the old one, which closes its connection
-of the device. The old node asks Redis who holds the device before closing: a notice that
+Each node listens to ``control:<id>`` (``gp:control:{<id>}`` in Redis) from its start. It
+carries the ends of a device decided on another node than the one holding its connection
+(the presence scripts say which incarnation held it, ``presence_scripts``):
+
+- a session of the device opened on another node, which holds it now: the contract's 4002;
+- a logout through another node (HTTP, or another device's ``logout`` of all): 4001.
+
+The node that held it asks Redis who holds the device before closing: a notice that
 arrives after the device came back to it closes nothing.
 """
 
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.channel_events import DeviceEnded
 from geopresence.cluster.redis_keys import Keys, string
 
 if TYPE_CHECKING:
@@ -55,23 +58,24 @@ class Control:
         """Listen to this node's own channel (``broker.subscribed()`` says when it is)."""
         self._broker.hold(node_channel(node_id))
 
-    def replaced(self, user: str, device: str, incarnation: str) -> None:
-        """A session here took ``user``'s ``device`` over from ``incarnation``: tell its
-        node (a device is one connection, whatever the nodes)."""
+    def ended_elsewhere(self, user: str, device: str, incarnation: str, code: int) -> None:
+        """``user``'s ``device``, held by ``incarnation``, ended here (taken over: 4002,
+        logged out: 4001): tell that incarnation's node."""
         node_id = incarnation.partition("/")[0]
-        self._broker.publish([node_channel(node_id)], Replaced(user, device, incarnation))
+        event = DeviceEnded(user, device, incarnation, code)
+        self._broker.publish([node_channel(node_id)], event)
 
-    def on_replaced(self, event: Replaced) -> None:
-        """Another node took over one of this node's devices: close its connection here."""
+    def on_device_ended(self, event: DeviceEnded) -> None:
+        """Another node ended one of this node's devices: close its connection here."""
         if event.incarnation != self._incarnation():
             return  # meant for an earlier run of this node id: it holds nothing now
         conn = self._hub.connection_of(event.user, event.device)
         if conn is not None:
-            self._nursery.start_soon(self._close_replaced, event, conn)
+            self._nursery.start_soon(self._close, event, conn)
 
-    async def _close_replaced(self, event: Replaced, conn: int) -> None:
-        """Close ``conn`` (4002) unless the device came back here meanwhile: Redis says who
-        holds it now (a session here reports its device before its welcome)."""
+    async def _close(self, event: DeviceEnded, conn: int) -> None:
+        """Close ``conn`` unless the device came back here meanwhile: Redis says who holds
+        it now (a session here reports its device before its welcome)."""
         key = self._keys.of("presence", event.user)
         try:
             holder = await self._client.hget(key, f"d:{event.device}")
@@ -79,4 +83,4 @@ class Control:
             log.warning("could not ask who holds %s's device (%s): closing it", event.user, exc)
             holder = None
         if holder is None or string(holder) != self._incarnation():
-            self._hub.replaced_elsewhere(event.user, event.device, conn)
+            self._hub.ended_elsewhere(event.user, event.device, conn, event.code)

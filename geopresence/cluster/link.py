@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import trio
 
-from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.channel_events import DeviceEnded
 from geopresence.cluster.control import Control
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
@@ -53,7 +53,6 @@ from geopresence.core.nearby import LocationEvent
 from geopresence.core.replication import (
     FeedOp,
     LocationSet,
-    LogoutRequested,
     PresenceSet,
 )
 from geopresence.model.chat_message import ChatMessage
@@ -199,7 +198,8 @@ class ClusterLink:
         self.presence.device_ended(user, device, last_active_at, logout=logout)
 
     def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
-        self.journal.replicate(LogoutRequested(user, device))
+        # The script ends the devices whoever holds them; their nodes are told on their
+        # control channels (``Control``), not on the feed.
         if device is None:
             self.presence.logout_user(user, last_active_at)
         else:
@@ -240,9 +240,9 @@ class ClusterLink:
         """Another node's event on a channel this node listens to: a friend's (or a local
         user's own) move updates the location cache before the subscribers are told; a
         device taken over elsewhere closes here."""
-        if isinstance(event, Replaced):
+        if isinstance(event, DeviceEnded):
             if self._control is not None:
-                self._control.on_replaced(event)
+                self._control.on_device_ended(event)
         elif isinstance(event, LocationEvent):
             assert self._hub is not None
             where = event.location
@@ -331,7 +331,7 @@ class ClusterLink:
                     control.listen(self.node_id)
                     await self.broker.subscribed()
                     self._control = control
-                    self.presence.on_replaced = control.replaced
+                    self.presence.on_ended_elsewhere = control.ended_elsewhere
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)

@@ -37,6 +37,7 @@ from geopresence.cluster.presence_scripts import ALIVE, END, sha1
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_nodes import forget, lapse, read_registry
 from geopresence.core.replication import PresenceSet
+from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED
 
 log = logging.getLogger("geopresence.redis")
 
@@ -91,9 +92,10 @@ class RedisPresence:
         self._may_sweep = may_sweep
         """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
-        self.on_replaced: Callable[[str, str, str], None] | None = None
-        """Called with (user, device, incarnation) when a session here took a device over
-        from another incarnation, which must close its connection of it."""
+        self.on_ended_elsewhere: Callable[[str, str, str, int], None] | None = None
+        """Called with (user, device, incarnation, close code) when a device that another
+        incarnation holds must close there: a session here took it over (4002), or a logout
+        here ended it (4001)."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -280,14 +282,21 @@ class RedisPresence:
             if kind == "alive":
                 held[member(user, device)] = True
                 before = string(result[4]) if len(result) > 4 else ""
-                if before and before != holder and self.on_replaced is not None:
-                    self.on_replaced(user, device, before)
+                if before and before != holder and self.on_ended_elsewhere is not None:
+                    self.on_ended_elsewhere(user, device, before, CLOSE_REPLACED)
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False
-                for name in result[4:]:
-                    held[member(user, string(name))] = False
+                pairs = result[4:]
+                for name, by in zip(pairs[::2], pairs[1::2], strict=True):
+                    device_name = string(name)
+                    held[member(user, device_name)] = False
                     ended += 1
+                    elsewhere = string(by)
+                    logout = kind in ("logout", "logout_all")
+                    if logout and elsewhere != holder and self.on_ended_elsewhere:
+                        # A logout here ended a device another node holds: it closes it.
+                        self.on_ended_elsewhere(user, device_name, elsewhere, CLOSE_LOGGED_OUT)
             if self._result(user, result) == "offline":
                 offline.append(user)
         dropped = [entry for entry, kept in held.items() if not kept]

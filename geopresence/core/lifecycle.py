@@ -197,15 +197,15 @@ class Lifecycle:
         self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", report)
         return before - self.presence.get(user).devices
 
-    def replaced_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
-        """Another node now holds ``user``'s ``device`` (a newer connection of it opened
-        there): close ``conn`` with 4002 if it is still the device's connection here, and
-        end the device here without reporting it (the cluster's presence does not change).
-        True if it was closed."""
+    def ended_elsewhere(self, user: str, device: str, conn: ConnId, code: int) -> bool:
+        """Another node ended ``user``'s ``device`` in the cluster's presence: a newer
+        connection of it opened there (``code`` 4002), or a logout through it (4001). Close
+        ``conn`` with ``code`` if it is still the device's connection here, and end the
+        device here without reporting it (the cluster decided already). True if closed."""
         if self.presence.connection_of(user, device) != conn:
             return False  # gone meanwhile, or replaced by a newer connection here
-        ended = self.presence.logout(user, device)
-        self.apply_ended(ended, CLOSE_REPLACED, "replaced by a newer connection", "no")
+        reason = "logged out" if code == CLOSE_LOGGED_OUT else "replaced by a newer connection"
+        self.apply_ended(self.presence.logout(user, device), code, reason, "no")
         return True
 
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
