@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from geopresence import __version__
-from geopresence.cluster.link import ClusterError
+from geopresence.cluster.joining import ClusterError
 from geopresence.config import Config
 from geopresence.demo import VISITOR, Place, add_demo_flags, announcement, demo_options, run_demo
 from geopresence.shell import tools

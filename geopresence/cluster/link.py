@@ -24,8 +24,6 @@ them); a channel no session needs any more takes its location with it (``_on_rel
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -35,6 +33,7 @@ import trio
 
 from geopresence.cluster.channel_events import DeviceEnded
 from geopresence.cluster.control import Control
+from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
@@ -45,7 +44,6 @@ from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.config import Config
 from geopresence.core.broker import Deliver, inbox_channel, user_channel, user_of_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
@@ -68,58 +66,6 @@ WRITE_DELAY_ENV: Final = "GEOPRESENCE_TEST_REDIS_WRITE_DELAY"
 
 FEED_OVERLAP: Final = 5.0
 """Seconds of feed a starting node applies again on top of what it loaded."""
-
-
-class ClusterError(RuntimeError):
-    """This node cannot join the others (a message for the operator)."""
-
-
-class NodeIdInUse(ClusterError):
-    """Another live node holds this node id."""
-
-
-class KeyMismatch(ClusterError):
-    """This node's token secret or admin key differs from the other nodes'."""
-
-
-FINGERPRINT_LABEL: Final = b"geopresence: the key every node of a deployment shares, v1"
-SHARED_KEY_NAMES: Final = {
-    "secret": "token secret (--secret, GEOPRESENCE_SECRET, DATA_DIR/secret)",
-    "admin_key": "admin key (--admin-key, GEOPRESENCE_ADMIN_KEY, DATA_DIR/admin_key)",
-}
-
-
-def fingerprint(key: str) -> str:
-    """HMAC-SHA256 of a fixed label keyed by ``key``: equal keys give equal fingerprints, and
-    the key cannot be recovered from one (what Redis holds, never the key)."""
-    return hmac.new(key.encode(), FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
-
-
-def connect(config: Config) -> Any:
-    """A coredis client for ``--redis`` (standalone) or ``--redis-cluster``."""
-    import coredis  # only a node of several needs it (0.3 s of start-up otherwise)
-    from coredis.connection import TCPLocation
-
-    # coredis logs each retry at INFO; our own log lines say what failed.
-    logging.getLogger("coredis").setLevel(logging.WARNING)
-    # No runtime validation of each command's arguments (its documented switch): ours
-    # are checked by mypy, and the validators cost CPU on every location write.
-    coredis.Config.optimized = True
-
-    if config.redis_cluster:
-        nodes = []
-        for address in config.redis_cluster:
-            host, _, port = address.rpartition(":")
-            nodes.append(TCPLocation(host, int(port)))
-        return coredis.RedisCluster(startup_nodes=nodes, connect_timeout=5.0)
-    assert config.redis is not None
-    return coredis.Redis.from_url(config.redis, connect_timeout=5.0)
-
-
-def address_of(config: Config) -> RedisAddress | None:
-    """The standalone Redis of ``--redis`` (the broker's subscriber connects to it itself);
-    None with ``--redis-cluster`` (its slots tell where each channel lives)."""
-    return None if config.redis is None else RedisAddress.from_url(config.redis)
 
 
 class ClusterLink:
@@ -313,7 +259,7 @@ class ClusterLink:
             try:
                 # A cluster client connects on entry (it reads the slot map).
                 await stack.enter_async_context(self.client)
-                await self._check_shared_keys()
+                await check_shared_keys(self.client, self.keys, self.shared_keys)
                 await self._take_lease()
                 self.presence.holder = self.lease.incarnation
             except ClusterError:
@@ -369,28 +315,6 @@ class ClusterLink:
             await self.broker.flush()  # the feed ops and transitions just produced
         if self._watermarks is not None:
             await self._watermarks.leave()  # the others' chat no longer waits for this node
-
-    async def _check_shared_keys(self) -> None:
-        """The first node stores the fingerprint of each shared key (SET NX); every later
-        one must have the same, or it refuses to start: its tokens and admin key would be
-        rejected by the other nodes (and theirs by it)."""
-        from coredis import PureToken
-
-        for name, key in sorted(self.shared_keys.items()):
-            redis_key = self.keys.of("fingerprint", name)
-            mine = fingerprint(key)
-            if await self.client.set(redis_key, mine, condition=PureToken.NX):
-                continue
-            stored = await self.client.get(redis_key)
-            if isinstance(stored, bytes):
-                stored = stored.decode()
-            if stored is not None and stored != mine:
-                what = SHARED_KEY_NAMES.get(name, name)
-                raise KeyMismatch(
-                    f"this node's {what} differs from the other nodes' sharing this Redis "
-                    f"(key prefix {self.keys.prefix}): give every node the same; to change it "
-                    f"on purpose, stop every node and delete the Redis key {redis_key}"
-                )
 
     async def _take_lease(self) -> None:
         left = await self.lease.take()

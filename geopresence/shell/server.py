@@ -72,7 +72,8 @@ class Server:
         acks: FileJournal | RedisJournal | None = None
         broker_factory: Callable[[Deliver], Broker] = MemoryBroker
         if config.clustered:
-            from geopresence.cluster.link import ClusterLink, address_of, connect  # coredis
+            from geopresence.cluster.joining import address_of, connect  # coredis
+            from geopresence.cluster.link import ClusterLink
 
             self.cluster = ClusterLink(
                 connect(config),
