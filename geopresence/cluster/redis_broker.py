@@ -47,6 +47,8 @@ SEEN_PUBLISHES: Final = 10_000
 channels this node is subscribed to."""
 PUBLISH_BATCH: Final = 512
 """Publishes sent per pipeline."""
+BARRIER_TIMEOUT: Final = 10.0
+"""Seconds ``subscribed`` waits for Redis to confirm the subscriptions at most."""
 MAX_PENDING_OPS: Final = 100_000
 """Queued Redis commands beyond which publishes are dropped (counted): Redis is down or too
 slow, and the live events would be stale anyway."""
@@ -314,7 +316,12 @@ class RedisBroker:
 
     @staticmethod
     async def _barrier(subscriber: Subscriber, done: trio.Event) -> None:
-        await subscriber.sync()
+        """Set ``done`` once Redis has every subscription sent so far, or after
+        ``BARRIER_TIMEOUT`` (a server down: its channels follow when it is back)."""
+        with trio.move_on_after(BARRIER_TIMEOUT) as waited:
+            await subscriber.sync()
+        if waited.cancelled_caught:
+            log.warning("redis subscriptions not confirmed within %g s", BARRIER_TIMEOUT)
         done.set()
 
     async def _subscription(self, subscriber: Subscriber, kind: str, channels: list[str]) -> None:
@@ -341,7 +348,10 @@ class RedisBroker:
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("ignoring a malformed envelope: %s", exc)
                     continue
-                self.on_envelope(envelope)
+                try:
+                    self.on_envelope(envelope)
+                except Exception:  # one bad event must not cost the others of the read
+                    log.exception("delivering an envelope from redis failed")
 
     def on_envelope(self, envelope: Envelope) -> None:
         """Deliver an envelope from Redis to this node's subscribers, once."""

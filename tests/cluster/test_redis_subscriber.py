@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import coredis
@@ -12,7 +14,7 @@ import trio
 from geopresence.cluster.redis_subscriber import (
     RedisAddress,
     Subscriber,
-    _commands,
+    commands,
     hash_slot,
 )
 from tests.redis_server import redis_cluster, redis_server
@@ -29,10 +31,10 @@ def test_hash_slots_are_redis_cluster_s() -> None:
 
 def test_shard_channel_commands_are_split_by_slot() -> None:
     channels = ["gp:user:{alice}", "gp:group:{alice}", "gp:user:{bob}"]
-    commands = _commands("SSUBSCRIBE", channels)
-    assert len(commands) == 2  # alice's two channels share a slot; bob's is another
-    assert b"{alice}" in commands[0] and b"{bob}" not in commands[0]
-    assert len(_commands("SUBSCRIBE", channels)) == 1  # unsharded: one command
+    sharded = commands("SSUBSCRIBE", channels)
+    assert len(sharded) == 2  # alice's two channels share a slot; bob's is another
+    assert b"{alice}" in sharded[0] and b"{bob}" not in sharded[0]
+    assert len(commands("SUBSCRIBE", channels)) == 1  # unsharded: one command
 
 
 def test_addresses_from_urls() -> None:
@@ -155,3 +157,155 @@ async def test_shard_channels_are_subscribed_on_their_slots_master() -> None:
                 await got.until(len(channels))
                 assert sorted(got.messages) == sorted(c.encode() for c in channels)
                 nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- a Cluster that moves
+
+
+class MovableCluster:
+    """Stands in for a coredis ``RedisCluster``: ``cluster_shards`` says which standalone
+    redis-server (which take SSUBSCRIBE too) owns every slot; a test moves them."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reads = 0
+
+    async def cluster_shards(self) -> list[dict[bytes, Any]]:
+        self.reads += 1
+        master = {b"role": b"master", b"ip": b"127.0.0.1", b"port": self.port}
+        return [{b"slots": [0, 16383], b"nodes": [master]}]
+
+
+async def shard_subscribers(port: int, channels: list[str]) -> int:
+    async with coredis.Redis(host="127.0.0.1", port=port) as client:
+        counts: Any = await client.pubsub_shardnumsub(*channels)
+        return sum(1 for n in dict(counts).values() if n)
+
+
+async def test_channels_follow_their_slots_to_a_new_master_and_sync_waits_for_it() -> None:
+    with redis_server() as first, redis_server() as second:
+        cluster = MovableCluster(first)
+        subscriber = Subscriber(Got(), cluster=cluster)
+        channels = [f"gp:user:{{u{i}}}" for i in range(200)]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(subscriber.run)
+            await subscriber.subscribe(channels)
+            await subscriber.sync()
+            assert await shard_subscribers(first, channels) == 200
+            cluster.port = second  # a resharding moved every slot
+            subscriber.topology_changed()
+            await trio.sleep(0.15)  # the shards are being read again...
+            await subscriber.unsubscribe([channels[5]])  # ...as a user leaves
+            await subscriber.sync()
+            await subscriber.sync()  # and once more: no barrier is left behind
+            assert subscriber.channels == set(channels) - {channels[5]}
+            assert await shard_subscribers(second, channels) == 199
+            assert await shard_subscribers(first, channels) == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_sunsubscribe_from_redis_itself_subscribes_again() -> None:
+    """Redis ends a shard channel's subscription itself when its slot moves; if the slot
+    map read again still names the same master (it moved back), subscribe there again."""
+    with redis_server() as port:
+        cluster = MovableCluster(port)
+        subscriber = Subscriber(Got(), cluster=cluster)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(subscriber.run)
+            await subscriber.subscribe(["gp:user:{a}", "gp:user:{b}"])
+            await subscriber.sync()
+            [connection] = subscriber._servers.values()
+            connection._other(b"sunsubscribe", [b"sunsubscribe", b"gp:user:{a}", 1])
+            assert subscriber.channels == {"gp:user:{a}", "gp:user:{b}"}  # still wanted
+            with trio.fail_after(5):
+                while cluster.reads < 2:
+                    await trio.sleep(0.01)
+            await subscriber.sync()
+            assert await shard_subscribers(port, ["gp:user:{a}", "gp:user:{b}"]) == 2
+            # Our own unsubscription confirmed later is not taken for a move.
+            reads = cluster.reads
+            await subscriber.unsubscribe(["gp:user:{b}"])
+            await subscriber.subscribe(["gp:user:{b}"])
+            await subscriber.sync()
+            await trio.sleep(0.3)
+            assert cluster.reads == reads
+            nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------- a Redis that misbehaves
+
+
+class FakeRedis:
+    """A TCP server speaking just enough RESP: SUBSCRIBE is confirmed, PING answered by
+    ``ping_answers`` in turn (then pong), AUTH never answered if ``silent_auth``."""
+
+    def __init__(self, ping_answers: Sequence[bytes] = (), *, silent_auth: bool = False) -> None:
+        self.ping_answers = list(ping_answers)
+        self.silent_auth = silent_auth
+        self.connections = 0
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        import hiredis
+
+        self.connections += 1
+        reader = hiredis.Reader()
+        while data := await stream.receive_some(65536):
+            reader.feed(data)
+            while (command := reader.gets()) is not False:
+                name = command[0].upper()
+                if name == b"AUTH" and self.silent_auth:
+                    await trio.sleep_forever()
+                elif name == b"SUBSCRIBE":
+                    for i, channel in enumerate(command[1:], 1):
+                        await stream.send_all(
+                            b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:%d\r\n"
+                            % (len(channel), channel, i)
+                        )
+                elif name == b"PING":
+                    answer = self.ping_answers.pop(0) if self.ping_answers else None
+                    await stream.send_all(answer or b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+
+
+async def serving(nursery: trio.Nursery, fake: FakeRedis) -> int:
+    serve = partial(trio.serve_tcp, fake.serve, 0, host="127.0.0.1")
+    listeners = await nursery.start(serve)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_an_error_answering_a_ping_answers_it() -> None:
+    """While Redis loads its data it takes SUBSCRIBE but answers PING with -LOADING: that
+    is still the PING's answer, and each later barrier waits for its own."""
+    fake = FakeRedis([b"-LOADING Redis is loading the dataset in memory\r\n"])
+    async with trio.open_nursery() as nursery:
+        port = await serving(nursery, fake)
+        subscriber = Subscriber(Got(), address=RedisAddress("127.0.0.1", port))
+        await nursery.start(subscriber.run)
+        await subscriber.subscribe(["gp:user:{a}"])
+        with trio.fail_after(5):
+            for _ in range(3):
+                await subscriber.sync()  # each returns on its own answer
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_that_never_answers_the_login_is_left_and_tried_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeRedis(silent_auth=True)
+    async with trio.open_nursery() as nursery:
+        port = await serving(nursery, fake)
+        address = RedisAddress("127.0.0.1", port, password="pw")
+        subscriber = Subscriber(Got(), address=address)
+        await nursery.start(subscriber.run)
+        await trio.sleep(12)  # CONNECT_TIMEOUT is 5 s
+        assert fake.connections >= 2
+        nursery.cancel_scope.cancel()
+
+
+def test_tls_options_of_the_url_are_applied_or_refused() -> None:
+    import ssl
+
+    address = RedisAddress.from_url("rediss://h:6380/0?ssl_cert_reqs=none&decode_responses=1")
+    assert address.ssl_context().verify_mode == ssl.CERT_NONE
+    assert RedisAddress.from_url("rediss://h").ssl_context().verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(ValueError, match="ssl_ciphers"):
+        RedisAddress.from_url("rediss://h?ssl_ciphers=HIGH")
