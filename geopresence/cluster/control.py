@@ -1,14 +1,12 @@
 """A node's control channel (cluster): what one node must do, sent to that node alone.
 
 Each node listens to ``control:<id>`` (``gp:control:{<id>}`` in Redis) from its start. It
-carries the ends of a device decided on another node than the one holding its connection
-(the presence scripts say which incarnation held it, ``presence_scripts``):
-
-- a session of the device opened on another node, which holds it now: the contract's 4002;
-- a logout through another node (HTTP, or another device's ``logout`` of all): 4001.
-
-The node that held it asks Redis who holds the device before closing: a notice that
-arrives after the device came back to it closes nothing.
+carries the contract's 4002 across nodes: when a session of a device opens on one node
+while another node's incarnation held the device (the presence script says which,
+``presence_scripts.ALIVE``), the new holder tells the old one, which closes its connection
+of the device. The old node asks Redis who holds the device before closing: a notice that
+arrives after the device came back to it closes nothing. A notice is sent once (pub/sub):
+one lost on the way leaves the older connection open until its heartbeats stop.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ import trio
 
 from geopresence.cluster.channel_events import DeviceEnded
 from geopresence.cluster.redis_keys import Keys, string
+from geopresence.wire.errors import CLOSE_REPLACED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,11 +57,11 @@ class Control:
         """Listen to this node's own channel (``broker.subscribed()`` says when it is)."""
         self._broker.hold(node_channel(node_id))
 
-    def ended_elsewhere(self, user: str, device: str, incarnation: str, code: int) -> None:
-        """``user``'s ``device``, held by ``incarnation``, ended here (taken over: 4002,
-        logged out: 4001): tell that incarnation's node."""
+    def taken_over(self, user: str, device: str, incarnation: str) -> None:
+        """A session here took ``user``'s ``device`` over from ``incarnation``: tell its
+        node, which closes its connection of it (4002)."""
         node_id = incarnation.partition("/")[0]
-        event = DeviceEnded(user, device, incarnation, code)
+        event = DeviceEnded(user, device, incarnation, CLOSE_REPLACED)
         self._broker.publish([node_channel(node_id)], event)
 
     def on_device_ended(self, event: DeviceEnded) -> None:

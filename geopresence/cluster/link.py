@@ -51,6 +51,7 @@ from geopresence.core.nearby import LocationEvent
 from geopresence.core.replication import (
     FeedOp,
     LocationSet,
+    LogoutRequested,
     PresenceSet,
 )
 from geopresence.model.chat_message import ChatMessage
@@ -144,8 +145,8 @@ class ClusterLink:
         self.presence.device_ended(user, device, last_active_at, logout=logout)
 
     def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
-        # The script ends the devices whoever holds them; their nodes are told on their
-        # control channels (``Control``), not on the feed.
+        # On the feed, durable and in order: every node ends the device if it holds it.
+        self.journal.replicate(LogoutRequested(user, device))
         if device is None:
             self.presence.logout_user(user, last_active_at)
         else:
@@ -277,7 +278,7 @@ class ClusterLink:
                     control.listen(self.node_id)
                     await self.broker.subscribed()
                     self._control = control
-                    self.presence.on_ended_elsewhere = control.ended_elsewhere
+                    self.presence.on_taken_over = control.taken_over
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)

@@ -37,7 +37,6 @@ from geopresence.cluster.presence_scripts import ALIVE, END, sha1
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_nodes import forget, lapse, read_registry
 from geopresence.core.replication import PresenceSet
-from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED
 
 log = logging.getLogger("geopresence.redis")
 
@@ -92,10 +91,11 @@ class RedisPresence:
         self._may_sweep = may_sweep
         """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
-        self.on_ended_elsewhere: Callable[[str, str, str, int], None] | None = None
-        """Called with (user, device, incarnation, close code) when a device that another
-        incarnation holds must close there: a session here took it over (4002), or a logout
-        here ended it (4001)."""
+        self.on_taken_over: Callable[[str, str, str], None] | None = None
+        """Called with (user, device, incarnation) when a session here took a device over
+        from another incarnation, whose node must close its connection of it (4002)."""
+        self._reclaimed: set[tuple[str, str]] = set()
+        """Devices reported again after a lost lease, until their report is applied."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -134,6 +134,7 @@ class RedisPresence:
 
     def device_alive(self, user: str, device: str, at: float) -> None:
         key = (user, device)
+        self._reclaimed.discard(key)  # a new session: its takeover is news
         if key in self._applied_now:  # the session's report, right after ``alive_now``
             self._applied_now.discard(key)
             return
@@ -152,6 +153,7 @@ class RedisPresence:
         """Report again every (user, device, last activity) alive on this node: it is a new
         incarnation, and what its old one held is the sweepers' now."""
         for user, device, last_active in devices:
+            self._reclaimed.add((user, device))
             self._report(user, device, ("alive", last_active))
 
     async def alive_now(self, user: str, device: str, at: float) -> None:
@@ -282,21 +284,22 @@ class RedisPresence:
             if kind == "alive":
                 held[member(user, device)] = True
                 before = string(result[4]) if len(result) > 4 else ""
-                if before and before != holder and self.on_ended_elsewhere is not None:
-                    self.on_ended_elsewhere(user, device, before, CLOSE_REPLACED)
+                reclaimed = (user, device) in self._reclaimed
+                self._reclaimed.discard((user, device))
+                if before and before != holder and not reclaimed and self.on_taken_over:
+                    # The device's older connection is on another node: it closes (4002).
+                    # Not after a reclaim: a device another node took over meanwhile has
+                    # the newer connection there.
+                    self.on_taken_over(user, device, before)
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False
-                pairs = result[4:]
-                for name, by in zip(pairs[::2], pairs[1::2], strict=True):
+                pairs = result[4:]  # (device, its holder) per device ended
+                for name, _holder in zip(pairs[::2], pairs[1::2], strict=True):
                     device_name = string(name)
                     held[member(user, device_name)] = False
                     ended += 1
-                    elsewhere = string(by)
-                    logout = kind in ("logout", "logout_all")
-                    if logout and elsewhere != holder and self.on_ended_elsewhere:
-                        # A logout here ended a device another node holds: it closes it.
-                        self.on_ended_elsewhere(user, device_name, elsewhere, CLOSE_LOGGED_OUT)
+
             if self._result(user, result) == "offline":
                 offline.append(user)
         dropped = [entry for entry, kept in held.items() if not kept]

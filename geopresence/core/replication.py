@@ -12,8 +12,7 @@ holds only those its sessions need (``geopresence.cluster.link``). The feed carr
   on the users' channels);
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``);
-- ``LogoutRequested``: a logout that must end devices on every node, as earlier versions wrote
-  it (applied still; nodes now tell the holders on their control channels instead);
+- ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node;
 - ``Watermark``: nothing but the entry itself, from an idle node: every feed entry says below
   which message id the node will never commit again (``geopresence.core.chat_horizon``).
 
@@ -148,8 +147,8 @@ class Replicator(Protocol):
       the transition to offline is announced as above.
     - ``logout(user, device, last_active_at)``: end ``device`` (every device of the user
       when None) on every node at once, whichever node holds it (or held it, if that node
-      died), and have the nodes holding it close its connections (their control channels);
-      ``last_active_at`` as above.
+      died), and have the other nodes close its connections (a ``LogoutRequested`` on the
+      feed); ``last_active_at`` as above.
     """
 
     def replicate(self, op: FeedOp) -> None: ...

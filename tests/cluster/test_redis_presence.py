@@ -325,3 +325,29 @@ async def test_a_session_reported_before_its_welcome_outlives_its_old_sessions_e
             await settle(a)
             assert await nodes.held(lease_a) == ["hal\nphone"]
             assert nodes.transitions("hal")[-1] == "online"
+
+
+async def test_a_takeover_is_told_to_the_old_holder_but_not_after_a_reclaim() -> None:
+    """A session on b of a device a held: a's incarnation is named, so that its node closes
+    its connection (4002). A device a reports again after losing its lease is not a newer
+    connection: b, which took it over meanwhile, is not told to close its own."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
+            told_by_a: list[tuple[str, str, str]] = []
+            told_by_b: list[tuple[str, str, str]] = []
+            a.on_taken_over = lambda *notice: told_by_a.append(notice)
+            b.on_taken_over = lambda *notice: told_by_b.append(notice)
+            a.device_alive("alice", "phone", T0)
+            await settle(a)
+            b.device_alive("alice", "phone", T0 + 1)
+            b.device_alive("alice", "laptop", T0 + 1)  # nobody held it: no notice
+            await settle(b)
+            assert told_by_b == [("alice", "phone", lease_a.incarnation)]
+            await advance(nodes.clock, T0 + LEASE + 1, lease_b)  # a is stalled meanwhile
+            assert not await lease_a.renew()
+            assert await lease_a.retake() == 0
+            a.holder = lease_a.incarnation
+            a.reclaim([("alice", "phone", T0)])
+            await settle(a)
+            assert told_by_a == []
