@@ -37,7 +37,7 @@ from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
-from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import load_locations, load_state
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
@@ -151,6 +151,14 @@ class ClusterLink:
             self.presence.logout_user(user, last_active_at)
         else:
             self.presence.device_ended(user, device, last_active_at, logout=True)
+
+    async def devices_held(self, user: str, device: str | None = None) -> int:
+        """How many of ``user``'s devices (``device`` only, if given) some node holds: alive,
+        connected or in their grace window, on any node (the presence hash's ``d:`` fields)."""
+        key = self.keys.of("presence", user)
+        if device is not None:
+            return int(bool(await self.client.hexists(key, f"d:{device}")))
+        return sum(1 for field in await self.client.hkeys(key) if string(field).startswith("d:"))
 
     async def forgotten_since(self, since: float, retention: float) -> tuple[list[str], float]:
         """The users forgotten in the cluster after ``since`` (epoch seconds) and the latest

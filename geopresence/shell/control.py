@@ -42,6 +42,10 @@ class Control(Protocol):
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""
 
+    async def devices_held(self, user: str, device: str | None) -> int | None:
+        """Multi-node: how many of ``user``'s devices (``device`` only) any node holds, as
+        Redis says; None on one node (or if Redis does not answer within a second)."""
+
     async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
         """Write a snapshot now and describe it."""
         ...

@@ -287,13 +287,15 @@ class HttpApi:
             ) from None
         return 200, {"created": created}
 
-    def get_user(self, request: Request) -> Response:
-        p = self.hub.statuses.user_presence(request.params["user"], self.server.now())
+    async def get_user(self, request: Request) -> Response:
+        user = request.params["user"]
+        devices = await self.server.devices_held(user, None)
+        p = self.hub.statuses.user_presence(user, self.server.now())
         return 200, {
             "user": p.user,
             "status": p.status,
             "last_active_at": p.last_active_at,
-            "devices": p.devices,
+            "devices": p.devices if devices is None else max(devices, p.devices),
         }
 
     def get_friends(self, request: Request) -> Response:
@@ -310,7 +312,10 @@ class HttpApi:
             problem = id_problem(device, "device")
             if problem is not None:
                 raise HttpError(400, "bad_request", problem)
+        held = await self.server.devices_held(user, device)  # on every node, before the logout
         ended = self.hub.lifecycle.logout(user, device)
+        if held is not None:
+            ended = max(ended, held)
         if self.server.persistence == "redis":
             # The devices ended in Redis (whichever node holds them): answer with the result.
             with trio.move_on_after(self.server.config.drain_timeout):

@@ -193,6 +193,16 @@ class Server:
         (``Forgets.forget_user``)."""
         return await self.forgets.forget_user(user, self.now())
 
+    async def devices_held(self, user: str, device: str | None) -> int | None:
+        if self.cluster is None:
+            return None
+        with trio.move_on_after(1.0):
+            try:
+                return await self.cluster.devices_held(user, device)
+            except Exception:  # Redis unreachable: the caller counts this node's
+                return None
+        return None
+
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""
         if self.cluster is not None:

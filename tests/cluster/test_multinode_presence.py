@@ -119,11 +119,29 @@ async def test_a_logout_through_another_node_ends_the_device_at_once(
             async with b.admin() as admin:
                 answer = await admin.logout("alice")
             assert answer["status"] == "offline"
+            assert answer["devices_logged_out"] == 1  # held on a, counted through b
             with trio.fail_after(10):
                 code, _ = await alice.closed()
             assert code == 4001
             await expect(bob, "presence", user="alice", status="offline")
             await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)
+
+
+@KINDS
+async def test_a_user_s_devices_are_counted_on_every_node(kind: str, tmp_path: Path) -> None:
+    """``GET /v1/users/alice`` counts her devices on every node, whichever node answers,
+    and a logout through either counts every device it ended."""
+    with cluster_of(kind, 2, tmp_path) as (nodes, _):
+        a, b = nodes
+        async with session(a, "alice", "phone"), session(b, "alice", "laptop"):
+            for node in (a, b):
+                async with node.admin() as admin:
+                    assert (await admin.user("alice"))["devices"] == 2
+            async with a.admin() as admin:
+                answer = await admin.logout("alice")
+            assert answer["devices_logged_out"] == 2
+            async with b.admin() as admin:
+                assert (await admin.user("alice"))["devices"] == 0
 
 
 async def test_a_node_stalled_past_its_lease_keeps_its_users_online(tmp_path: Path) -> None:
