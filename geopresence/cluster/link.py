@@ -16,9 +16,8 @@ Start-up (``run``): take the lease, note the feed's newest entry, load the share
 the hub's replica, then read the feed from that entry on and serve.
 
 Locations are not on the feed (but those of users visible to strangers): a node holds the
-locations its sessions need. ``open_view`` reads them as a session opens; moves arrive on
-the users' channels (``_on_remote`` applies them to the cache before the subscribers hear
-them); a channel no session needs any more takes its location with it (``_on_released``).
+locations its sessions need (``geopresence.cluster.views``); moves arrive on the users'
+channels (``_on_remote`` applies them to the cache before the subscribers hear them).
 """
 
 from __future__ import annotations
@@ -38,13 +37,14 @@ from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
-from geopresence.cluster.redis_load import load_locations, load_state
+from geopresence.cluster.redis_load import load_state
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_subscriber import RedisAddress
+from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.core.broker import Deliver, inbox_channel, user_channel, user_of_channel
+from geopresence.core.broker import Deliver, inbox_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.nearby import LocationEvent
@@ -55,6 +55,7 @@ from geopresence.core.replication import (
     PresenceSet,
 )
 from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import Befriended
 
 log = logging.getLogger("geopresence.redis")
 
@@ -110,6 +111,7 @@ class ClusterLink:
         self._watermarks: Watermarks | None = None
         self._clock: Callable[[], float] | None = None
         self._control: Control | None = None
+        self._views: Views | None = None
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -185,6 +187,8 @@ class ClusterLink:
 
     def _on_feed(self, op: FeedOp) -> None:
         assert self._hub is not None
+        if isinstance(op, Befriended) and self._views is not None:
+            self._views.befriended(op.a, op.b)
         if isinstance(op, ChatMessage) and self._watermarks is not None:
             self._watermarks.chat_at = trio.current_time()
         self._hub.apply_feed(op, self._now())
@@ -204,41 +208,15 @@ class ClusterLink:
             op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
             self._hub.apply_feed(op, self._now())
 
-    def _on_released(self, channel: str) -> None:
-        """No connection here needs ``channel`` any more: a user's location, no longer
-        kept current here, is dropped (read again when a session needs it)."""
-        user = user_of_channel(channel)
-        hub = self._hub
-        # Users visible to strangers stay: every node's strangers grid holds them, on the feed.
-        if (
-            user is not None
-            and hub is not None
-            and not hub.store.get_settings(user).visible_to_strangers
-        ):
-            hub.nearby.drop_cached(user)
-
     async def open_view(self, user: str) -> int:
-        """A session of ``user`` just opened here (its connection subscribed to its friends'
-        channels): listen to the user's own channel too, wait until Redis has every
-        subscription, then read the live locations of the user and of its online friends.
-        Events from then on keep them current. Returns how many were read."""
-        assert self._hub is not None and self.broker is not None
-        hub = self._hub
-        self.broker.hold(user_channel(user))
-        await self.broker.subscribed()
-        wanted = [user, *(f for f in hub.store.friends_of(user) if hub.statuses.is_online(f))]
-        found = await load_locations(self.client, self.keys, wanted)
-        now = self._now()
-        for op in found:
-            hub.apply_feed(op, now)
-        return len(found)
+        """A session of ``user`` just opened here: read what it needs (``Views.open``)."""
+        assert self._views is not None, "the link is not running"
+        return await self._views.open(user)
 
     def close_view(self, user: str) -> None:
         """A session of ``user`` here ended (one ``close_view`` per ``open_view``)."""
-        if self.broker is not None:
-            self.broker.release(user_channel(user))
-
-    # ---------------------------------------------------------------- running
+        if self._views is not None:
+            self._views.close(user)
 
     async def run(
         self,
@@ -255,7 +233,8 @@ class ClusterLink:
         self.keys.location_ttl = hub.settings.location_ttl
         assert self.broker is not None, "build the hub with make_broker first"
         self.broker.on_remote = self._on_remote
-        self.broker.on_released = self._on_released
+        views = self._views = Views(self.client, self.keys, self.broker, hub, self._now)
+        self.broker.on_released = views.released
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
         # Inbox channels carry nothing else: no node needs a Redis subscription to them.
@@ -280,6 +259,8 @@ class ClusterLink:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._keep_lease)
                     await nursery.start(self.broker.run)
+                    nursery.start_soon(views.run)
+                    self.journal.on_append = views.on_record
                     control = Control(
                         self.client, self.keys, self.broker, hub, self._incarnation, nursery
                     )

@@ -305,8 +305,12 @@ class RedisJournal:
         stored for its ``client_msg_id`` (before ``on_durable`` covers it): it was not
         stored, nor put on the feed."""
         self.write_errors = 0
+        self.on_append: Callable[[Record], None] | None = None
+        """Called with each record this node journals (the link watches friendships)."""
 
     def append(self, record: Record) -> int:
+        if self.on_append is not None:
+            self.on_append(record)
         self.last_seq += 1
         self._enqueue(self.last_seq, record, True)
         return self.last_seq

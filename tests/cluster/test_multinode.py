@@ -216,6 +216,24 @@ async def test_nearby_friends_strangers_and_chat_cross_nodes(two_nodes: list[Nod
         assert again["message_id"] == sent["message_id"] and again["duplicate"] is True
 
 
+async def test_a_new_friendship_across_nodes_shows_locations_at_once(
+    two_nodes: list[Node],
+) -> None:
+    """Alice (node a) and bob (node b) are near each other, not friends. Once they are, each
+    gets the other's location at once, not at the other's next move."""
+    a, b = two_nodes
+    async with session(a, "alice") as alice, session(b, "bob") as bob:
+        await alice.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+        await bob.send({"type": "location", "lat": 37.5700, "lon": 126.9800})
+        await trio.sleep(0.3)  # both locations are in Redis
+        async with b.admin() as admin:
+            await admin.befriend("alice", "bob")
+        seen_by_bob = await expect(bob, "friend_location", user="alice")
+        assert seen_by_bob["lat"] == 37.5665
+        seen_by_alice = await expect(alice, "friend_location", user="bob")
+        assert seen_by_alice["lat"] == 37.5700
+
+
 async def test_a_killed_node_s_users_go_offline_once(tmp_path: Path) -> None:
     with cluster_of("cluster", 3, tmp_path) as (nodes, _):
         a, b, c = nodes

@@ -1,0 +1,112 @@
+"""What a node holds for its own sessions (cluster): the locations they need.
+
+Locations are not replicated to every node. A node reads the location of a user and of its
+online friends as the user's session opens (``open``; moves arrive on the users' channels
+from then on), forgets one when no session here listens to its channel any more
+(``released``), and reads a new friend's when a friendship is made, here or on another node
+(``befriended``), so that the friend shows at once rather than at its next move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_load import load_locations
+from geopresence.core.broker import user_channel, user_of_channel
+from geopresence.model.records import Befriended, Record
+
+if TYPE_CHECKING:
+    from geopresence.cluster.redis_broker import RedisBroker
+    from geopresence.core.hub import Hub
+
+log = logging.getLogger("geopresence.redis")
+
+
+class Views:
+    """The locations this node's sessions need, kept current."""
+
+    def __init__(
+        self, client: Any, keys: Keys, broker: RedisBroker, hub: Hub, now: Callable[[], float]
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._broker = broker
+        self._hub = hub
+        self._now = now
+        self._new_friendships: list[tuple[str, str]] = []
+        self._new_friendships_queued = trio.Event()
+
+    async def open(self, user: str) -> int:
+        """A session of ``user`` just opened here (its connection subscribed to its friends'
+        channels): listen to the user's own channel too, wait until Redis has every
+        subscription, then read the live locations of the user and of its online friends.
+        Events from then on keep them current. Returns how many were read."""
+        hub = self._hub
+        self._broker.hold(user_channel(user))
+        await self._broker.subscribed()
+        wanted = [user, *(f for f in hub.store.friends_of(user) if hub.statuses.is_online(f))]
+        found = await load_locations(self._client, self._keys, wanted)
+        now = self._now()
+        for op in found:
+            hub.apply_feed(op, now)
+        return len(found)
+
+    def close(self, user: str) -> None:
+        """A session of ``user`` here ended (one ``close`` per ``open``)."""
+        self._broker.release(user_channel(user))
+
+    def released(self, channel: str) -> None:
+        """No connection here needs ``channel`` any more: a user's location, no longer
+        kept current here, is dropped (read again when a session needs it)."""
+        user = user_of_channel(channel)
+        # Users visible to strangers stay: every node's strangers grid holds them, on the feed.
+        if user is not None and not self._hub.store.get_settings(user).visible_to_strangers:
+            self._hub.nearby.drop_cached(user)
+
+    def on_record(self, record: Record) -> None:
+        """A record this node journals: a friendship made here."""
+        if isinstance(record, Befriended):
+            self.befriended(record.a, record.b)
+
+    def befriended(self, a: str, b: str) -> None:
+        """A friendship made here or on another node: a side with a session here sees the
+        other's live location now (read from Redis), not at its next move."""
+        self._new_friendships.append((a, b))
+        self._new_friendships_queued.set()
+
+    async def run(self) -> None:
+        """Read the live locations new friendships need, a batch per round trip, then show
+        those in range to the sessions here (``Nearby.on_friendship_added`` again: it sends
+        only what a connection does not show yet)."""
+        hub = self._hub
+        while True:
+            await self._new_friendships_queued.wait()
+            self._new_friendships_queued = trio.Event()
+            pairs, self._new_friendships = self._new_friendships, []
+            now = self._now()
+            wanted = {
+                friend
+                for a, b in pairs
+                for viewer, friend in ((a, b), (b, a))
+                if hub.sessions.has_connections(viewer)
+                and hub.statuses.is_online(friend)
+                and hub.nearby.location_of(friend, now) is None
+            }
+            if not wanted:
+                continue
+            await self._broker.subscribed()  # moves from now on reach this node
+            try:
+                found = await load_locations(self._client, self._keys, sorted(wanted))
+            except Exception as exc:  # Redis unreachable: shown at the friend's next move
+                log.warning("could not read %d new friends' locations: %s", len(wanted), exc)
+                continue
+            now = self._now()
+            for location in found:
+                hub.apply_feed(location, now)
+            for a, b in pairs:
+                hub.nearby.on_friendship_added(a, b, now)
