@@ -22,10 +22,11 @@ import attrs
 import orjson
 import trio
 
+from geopresence.cluster.chat_once import is_once, store_once
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys, member_message, message_member, strings
+from geopresence.cluster.redis_keys import Keys, message_member, strings
 from geopresence.core.replication import (
     FEED_KINDS,
     FeedOp,
@@ -95,39 +96,6 @@ def _message(k: Keys, op: ChatMessage) -> list[Command]:
         ("zadd", (k.of("chat", conversation), {message_member(op): 0})),
         ("sadd", (k.chats, [conversation])),
     ]
-
-
-_STORE_ONCE: Final = """
-local stored = redis.call('HGET', KEYS[2], ARGV[1])
-if stored then
-  local found = redis.call('ZRANGE', KEYS[1], '[' .. stored .. ' ', '(' .. stored .. ' ~',
-                           'BYLEX', 'LIMIT', 0, 1)
-  if found[1] then return found[1] end
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[1], 0, ARGV[2])
-return false
-"""
-"""Store a message once per (sender, client_msg_id) in its conversation (KEYS[1]: the
-messages, KEYS[2]: the client ids, one slot): returns the member stored before, or false."""
-
-
-async def _message_once(client: Any, k: Keys, op: ChatMessage) -> ChatMessage | None:
-    """Store a message that has a ``client_msg_id`` unless its sender's resend through
-    another node was stored first; returns that one (None: ``op`` is stored, or was by an
-    earlier attempt of this very write)."""
-    conversation = k.conversation(op)
-    member = message_member(op)
-    stored = await client.eval(
-        _STORE_ONCE,
-        keys=[k.of("chat", conversation), k.client_ids(conversation)],
-        args=[f"{op.sender}\n{op.client_msg_id}", member, member[:20]],
-    )
-    await client.sadd(k.chats, [conversation])
-    if not stored:
-        return None
-    original = member_message(stored)
-    return None if original.message_id == op.message_id else original
 
 
 def _location(k: Keys, op: LocationSet) -> list[Command]:
@@ -235,19 +203,16 @@ idempotent: a retry after a failure is harmless)."""
 def blind_commands(keys: Keys, op: FeedOp) -> list[Command] | None:
     """The commands that apply ``op`` without reading anything first, so that many ops can
     share one pipeline (one round trip); None for the ones that must read (group changes,
-    a chat message with a ``client_msg_id``: ``_message_once``)."""
+    a chat message with a ``client_msg_id``: ``chat_once``)."""
     if isinstance(op, ChatMessage) and op.client_msg_id is not None:
         return None
     commands = WRITERS[type(op)].commands
     return None if commands is None else commands(keys, op)
 
 
-async def write(client: Any, keys: Keys, op: FeedOp) -> ChatMessage | None:
-    """Apply one change to Redis (idempotent: a retry after a failure is harmless). For a
-    chat message with a ``client_msg_id`` stored before through another node: that message
-    (and ``op`` is not stored); otherwise None."""
-    if isinstance(op, ChatMessage) and op.client_msg_id is not None:
-        return await _message_once(client, keys, op)
+async def write(client: Any, keys: Keys, op: FeedOp) -> None:
+    """Apply one change to Redis (idempotent: a retry after a failure is harmless); not
+    for a chat message with a ``client_msg_id`` (``chat_once``)."""
     writer = WRITERS[type(op)]
     if writer.write is not None:
         await writer.write(client, keys, op)
@@ -273,6 +238,10 @@ async def write_batch(
                 feed.append_to(pipe, op, uid, watermark)
 
 
+QueuedOp = tuple[int, int, FeedOp, bool, int | None]
+"""(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
+
+
 class RedisJournal:
     """The ``Journal`` seam over Redis: records (and replicated ops) written in order, each
     appended to the feed stream in the same pipeline (``RedisFeed``). Start ``run`` in a
@@ -282,7 +251,7 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
-        self._queue: deque[tuple[int, int, FeedOp, bool, int | None]] = deque()
+        self._queue: deque[QueuedOp] = deque()
         """(seq or 0, uid, op, on the feed, watermark) in write order."""
         self.watermark: Callable[[], int] | None = None
         """The smallest message id this node can issue now (``chat_horizon``): each queued
@@ -334,14 +303,17 @@ class RedisJournal:
     def durable_seq(self) -> int:
         return self._durable
 
-    def _blind_batch(self) -> list[tuple[int, int, FeedOp, bool, int | None]]:
-        """The queue's longest prefix (at most ``BATCH``) that one pipeline can write."""
-        batch: list[tuple[int, int, FeedOp, bool, int | None]] = []
+    def _batch(self, fits: Callable[[FeedOp], bool]) -> list[QueuedOp]:
+        """The queue's longest prefix (at most ``BATCH``) of ops that ``fits``."""
+        batch: list[QueuedOp] = []
         for item in self._queue:
-            if len(batch) == BATCH or blind_commands(self._keys, item[2]) is None:
+            if len(batch) == BATCH or not fits(item[2]):
                 break
             batch.append(item)
         return batch
+
+    def _blind(self, op: FeedOp) -> bool:
+        return blind_commands(self._keys, op) is not None
 
     @property
     def pending(self) -> int:
@@ -359,22 +331,10 @@ class RedisJournal:
                 await self._wakeup.wait()
                 continue
             while queue:
-                batch = self._blind_batch()
                 try:
                     if self.write_delay:
                         await trio.sleep(self.write_delay)
-                    if batch:
-                        ops = [(uid, op, on_feed, mark) for _, uid, op, on_feed, mark in batch]
-                        await write_batch(self._client, self._keys, ops, self.feed)
-                    else:
-                        batch = [queue[0]]
-                        seq, uid, op, on_feed, mark = batch[0]
-                        original = await write(self._client, self._keys, op)
-                        if original is not None:
-                            if self.on_stored_before is not None:
-                                self.on_stored_before(seq, original)
-                        elif on_feed:
-                            await self.feed.append(op, uid, mark)
+                    batch = await self._write_some()
                 except Exception as exc:
                     self.write_errors += 1
                     log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
@@ -390,6 +350,29 @@ class RedisJournal:
                 # changes it may never be, and the acks would wait for ever.
                 if advanced and self.on_durable is not None:
                     self.on_durable()
+
+    async def _write_some(self) -> list[QueuedOp]:
+        """Write the ops at the head of the queue that share a kind of round trip: a batch
+        of blind ops in one pipeline, a batch of chat messages with a ``client_msg_id``
+        (``chat_once``), or one op that must read first. Returns what was written."""
+        client, keys, feed = self._client, self._keys, self.feed
+        batch = self._batch(self._blind)
+        if batch:
+            await write_batch(client, keys, [item[1:] for item in batch], feed)
+            return batch
+        batch = self._batch(is_once)
+        if batch:
+            messages = [(uid, op, on_feed, mark) for _, uid, op, on_feed, mark in batch]
+            originals = await store_once(client, keys, messages, feed)
+            for (seq, *_), original in zip(batch, originals, strict=True):
+                if original is not None and self.on_stored_before is not None:
+                    self.on_stored_before(seq, original)
+            return batch
+        seq, uid, op, on_feed, mark = queue_head = self._queue[0]
+        await write(client, keys, op)
+        if on_feed:
+            await feed.append(op, uid, mark)
+        return [queue_head]
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (``run`` must be running)."""

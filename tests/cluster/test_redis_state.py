@@ -180,3 +180,35 @@ async def test_a_change_appended_twice_by_a_retried_write_is_applied_once() -> N
                 await trio.sleep(0.1)
                 nursery.cancel_scope.cancel()
             assert applied == [first, second]
+
+
+async def test_messages_with_client_ids_are_stored_once_in_batches(any_redis: AnyRedis) -> None:
+    """Many messages with a ``client_msg_id`` queued at once go out together; a resend of
+    one already stored (through another node: another id) is not stored, is reported with
+    the stored message, and does not reach the feed; the others do, in order."""
+    from geopresence.model.chat_message import ChatMessage
+
+    keys = Keys("once")
+    first = RedisJournal(any_redis, keys, 1)
+    second = RedisJournal(any_redis, keys, 2)
+    stored_before: list[tuple[int, int]] = []
+    second.on_stored_before = lambda seq, original: stored_before.append((seq, original.message_id))
+
+    def message(message_id: int, sender: str, cmid: str) -> ChatMessage:
+        return ChatMessage(message_id, sender, "hi", 1.0, to="zoe", client_msg_id=cmid)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        await nursery.start(second.run)
+        first.append(message(10, "bob", "b1"))
+        await first.flush()
+        start = await second.feed.last_id()
+        seqs = [second.append(message(100 + i, f"u{i}", "m")) for i in range(50)]
+        resent = second.append(message(20, "bob", "b1"))  # bob's resend, via node 2
+        seqs.append(second.append(message(200, "amy", "a1")))
+        await second.flush()
+        assert stored_before == [(resent, 10)]
+        entries = await any_redis.xrange(keys.feed, f"({start}", "+")
+        assert len(entries) == 51  # the 50, then amy's; not bob's resend
+        assert second.durable_seq == seqs[-1]
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,78 @@
+"""Chat messages with a ``client_msg_id``, stored once across nodes (cluster).
+
+A client that resends a message (same ``client_msg_id``) through another node must not
+store it twice, whichever node writes first. A Lua script on the conversation's slot
+decides: it stores the message unless the sender's id is already there, and otherwise
+returns the message stored before, which the acks then name. Messages queued together are
+decided in one pipeline, and those stored go on the feed in a second one (was: three round
+trips per message).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from geopresence.cluster.redis_feed import RedisFeed
+from geopresence.cluster.redis_keys import Keys, member_message, message_member
+from geopresence.core.replication import FeedOp
+from geopresence.model.chat_message import ChatMessage
+
+_STORE_ONCE: Final = """
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored then
+  local found = redis.call('ZRANGE', KEYS[1], '[' .. stored .. ' ', '(' .. stored .. ' ~',
+                           'BYLEX', 'LIMIT', 0, 1)
+  if found[1] then return found[1] end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], 0, ARGV[2])
+return false
+"""
+"""Store a message once per (sender, client_msg_id) in its conversation (KEYS[1]: the
+messages, KEYS[2]: the client ids, one slot): returns the member stored before, or false."""
+
+
+def is_once(op: FeedOp) -> bool:
+    """A chat message with a ``client_msg_id``: stored by ``store_once``."""
+    return isinstance(op, ChatMessage) and op.client_msg_id is not None
+
+
+async def store_once(
+    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool, int | None]], feed: RedisFeed
+) -> list[ChatMessage | None]:
+    """Store each message (``(uid, message, on the feed, watermark)``) unless its sender's
+    resend through another node was stored first, then append to the feed those stored
+    (marked for it), in order. Returns, per message, the one stored before (None: stored
+    now, or by an earlier attempt of this very write: a retry is harmless)."""
+    async with client.pipeline(transaction=False) as pipe:
+        requests = []
+        for _, op, _, _ in ops:
+            assert isinstance(op, ChatMessage), "only messages with a client_msg_id (is_once)"
+            conversation = keys.conversation(op)
+            member = message_member(op)
+            requests.append(
+                pipe.eval(
+                    _STORE_ONCE,
+                    keys=[keys.of("chat", conversation), keys.client_ids(conversation)],
+                    args=[f"{op.sender}\n{op.client_msg_id}", member, member[:20]],
+                )
+            )
+            pipe.sadd(keys.chats, [conversation])
+    originals: list[ChatMessage | None] = []
+    for (_, op, _, _), request in zip(ops, requests, strict=True):
+        assert isinstance(op, ChatMessage)
+        stored = await request
+        original = None if not stored else member_message(stored)
+        originals.append(
+            None if original is None or original.message_id == op.message_id else original
+        )
+    stored_now = [
+        (uid, op, mark)
+        for (uid, op, on_feed, mark), original in zip(ops, originals, strict=True)
+        if on_feed and original is None
+    ]
+    if stored_now:
+        async with client.pipeline(transaction=False) as pipe:
+            for uid, op, mark in stored_now:
+                feed.append_to(pipe, op, uid, mark)
+    return originals
