@@ -41,7 +41,7 @@ from geopresence.model.text import utf8_len
 from geopresence.wire.client_messages import MAX_SYNC_LIMIT, Send, Sync
 from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode, unstructure
+from geopresence.wire.protocol import encode, error_message, unstructure
 from geopresence.wire.server_messages import ChatMessageOut, MessagesReply, Sent
 
 SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
@@ -261,10 +261,16 @@ class Chat:
                 del self._pending_by_client_id[(message.sender, message.client_msg_id)]
             if pending.stored_as is not None:
                 # A resend of a message another node stored: its sender gets that one, and
-                # nothing is stored or delivered twice (the origin's feed brings it here).
+                # nothing is stored or delivered twice (the origin's feed brings it here);
+                # a different message under a used client_msg_id is refused, as on one node.
                 self.duplicates += 1
+                original = pending.stored_as
                 for conn, request_id in pending.acks:
-                    self._ack_when_stable(conn, request_id, pending.stored_as, duplicate=True)
+                    if _same(original, message.to, message.group, message.text):
+                        self._ack_when_stable(conn, request_id, original, duplicate=True)
+                    else:
+                        error = _reused(message.client_msg_id, request_id)
+                        self.ctx.sink.send(conn, Outgoing(encode(error_message(error))))
                 continue
             self.sent += 1
             # A group deleted, or a user forgotten, while its message was on its way to disk
@@ -433,11 +439,19 @@ def _channels_of(message: ChatMessage) -> list[str]:
     return [group_channel(message.group)]
 
 
+def _same(original: ChatMessage, to: str | None, group: str | None, text: str) -> bool:
+    return (original.to, original.group, original.text) == (to, group, text)
+
+
+def _reused(client_msg_id: str | None, request_id: RequestId) -> ProtocolError:
+    return ProtocolError(
+        "bad_request",
+        f"client_msg_id {client_msg_id!r} was already used for a different message",
+        request_id,
+    )
+
+
 def _check_same(original: ChatMessage, resend: Send) -> None:
     """A resend must be the same message: a reused key must not swallow a new one."""
-    if (original.to, original.group, original.text) != (resend.to, resend.group, resend.text):
-        raise ProtocolError(
-            "bad_request",
-            f"client_msg_id {resend.client_msg_id!r} was already used for a different message",
-            resend.id,
-        )
+    if not _same(original, resend.to, resend.group, resend.text):
+        raise _reused(resend.client_msg_id, resend.id)

@@ -658,6 +658,33 @@ async def test_a_resend_through_another_node_at_once_is_stored_once(
         await nothing_of(bob, "message", 0.3)
 
 
+async def test_a_reused_client_msg_id_through_another_node_is_refused(
+    two_nodes: list[Node],
+) -> None:
+    """The same client_msg_id with another text through both nodes at the same moment:
+    as on one node, one message is stored and acked, the other send gets bad_request."""
+    a, b = two_nodes
+    async with a.admin() as admin:
+        await admin.befriend("alice", "bob")
+    async with session(a, "alice") as first, session(b, "alice", "laptop") as second:
+        for round_ in range(3):
+            replies: dict[str, dict[str, Any]] = {}
+
+            async def send(
+                client: Client, text: str, replies: dict[str, Any] = replies, i: int = round_
+            ) -> None:
+                cmid = f"r{i}"
+                replies[text] = await client.send_message(to="bob", text=text, client_msg_id=cmid)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, first, f"one {round_}")
+                nursery.start_soon(send, second, f"two {round_}")
+            kinds = sorted(reply["type"] for reply in replies.values())
+            assert kinds == ["error", "sent"], replies
+            refused = next(r for r in replies.values() if r["type"] == "error")
+            assert refused["code"] == "bad_request" and "already used" in refused["message"]
+
+
 async def test_sync_never_skips_a_message_another_node_commits_slowly(tmp_path: Path) -> None:
     """Node a takes a second to write anything to Redis: alice's message there gets its id
     first and is committed last. bob (on node b) must not see carol's later message before
