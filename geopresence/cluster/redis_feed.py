@@ -24,6 +24,8 @@ SEEN_ENTRIES: Final = 100_000
 """(node, uid) of recent feed entries remembered, to apply each change once."""
 GAP_CHECK_INTERVAL: Final = 10.0
 """Seconds between checks that the feed was not trimmed past what this node read."""
+CATCH_UP_BATCH: Final = 1000
+"""Entries per read while a starting node reads the feed up to its end."""
 FEED_MAXLEN: Final = 1_000_000
 """Feed entries kept (approximately): a node cut off from Redis for longer than it takes
 the cluster to make this many changes must be restarted to catch up (it says so)."""
@@ -90,10 +92,16 @@ class RedisFeed:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Hand every other node's op after entry ``after`` to ``apply``, in feed order,
-        until cancelled; across connection losses it resumes where it stopped."""
-        task_status.started()
+        until cancelled; across connection losses it resumes where it stopped. Started once
+        it has read up to the feed's end as it was (a starting node then serves knowing
+        every live node's latest chat watermark, not only those read so far)."""
         last = after
-        read_one = False  # ``last`` is an entry this node read (not a start position)
+        try:
+            last = await self._catch_up(apply, after)
+        except Exception as exc:  # read on below, retrying
+            log.warning("reading the feed up to its end failed (%s); reading on", exc)
+        read_one = last != after  # ``last`` is an entry this node read (not a start position)
+        task_status.started()
         failing = False
         checked = trio.current_time()
         while True:
@@ -116,6 +124,18 @@ class RedisFeed:
                     last = string(entry.identifier)
                     read_one = True
                     self._apply_entry(last, entry.field_values, apply)
+
+    async def _catch_up(self, apply: Callable[[FeedOp], None], after: str) -> str:
+        """Apply every entry after ``after`` up to the feed's end now; the last id read."""
+        last = after
+        while True:
+            reply = await self._client.xread({self.key: last}, count=CATCH_UP_BATCH)
+            entries = [entry for found in (reply or {}).values() for entry in found]
+            for entry in entries:
+                last = string(entry.identifier)
+                self._apply_entry(last, entry.field_values, apply)
+            if len(entries) < CATCH_UP_BATCH:
+                return last
 
     def _apply_entry(self, entry_id: str, values: Any, apply: Callable[[FeedOp], None]) -> None:
         """Apply one entry unless it is this node's own; a malformed one, or one the hub

@@ -212,3 +212,24 @@ async def test_messages_with_client_ids_are_stored_once_in_batches(any_redis: An
         assert len(entries) == 51  # the 50, then amy's; not bob's resend
         assert second.durable_seq == seqs[-1]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_feed_reader_has_read_up_to_the_end_once_started() -> None:
+    """A starting node serves only once it has read the feed up to its end as it was (every
+    live node's latest chat watermark is then known), however long the backlog."""
+    from geopresence.cluster import redis_feed
+
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client:
+            keys = Keys("catchup")
+            writer = RedisFeed(client, keys, node_id=1)
+            start = await writer.last_id()
+            for uid in range(1, redis_feed.CATCH_UP_BATCH + 251):  # more than one read
+                await writer.append(LocationSet(f"u{uid}", 1.0, 2.0, 3.0, 4.0), uid)
+            reader = RedisFeed(client, keys, node_id=2)
+            applied: list[FeedOp] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(reader.run, applied.append, start)
+                assert len(applied) == redis_feed.CATCH_UP_BATCH + 250
+                nursery.cancel_scope.cancel()
