@@ -353,11 +353,17 @@ class ConnectionHandler:
     def _handle_batch(self, c: OpenConnection, frames: list[str | bytes]) -> None:
         if not frames:
             return
-        with self._connections.batch():
+        # ``Connections.batch``, inline: this runs for every read of every connection.
+        connections = self._connections
+        connections.holding = True
+        try:
             for frame in frames:
                 if c.close_request is not None:
                     return  # closing: what the peer says now is not read
                 self._handle(c, frame)
+        finally:
+            connections.holding = False
+            connections.flush()
 
     def _handle(self, c: OpenConnection, frame: str | bytes) -> None:
         hub = self._hub
