@@ -154,13 +154,12 @@ class ClusterLink:
         else:
             self.presence.device_ended(user, device, last_active_at, logout=True)
 
-    async def devices_held(self, user: str, device: str | None = None) -> int:
-        """How many of ``user``'s devices (``device`` only, if given) some node holds: alive,
-        connected or in their grace window, on any node (the presence hash's ``d:`` fields)."""
+    async def devices_held(self, user: str) -> set[str]:
+        """``user``'s devices some node holds: alive, connected or in their grace window, on
+        any node (the presence hash's ``d:`` fields)."""
         key = self.keys.of("presence", user)
-        if device is not None:
-            return int(bool(await self.client.hexists(key, f"d:{device}")))
-        return sum(1 for field in await self.client.hkeys(key) if string(field).startswith("d:"))
+        fields = (string(field) for field in await self.client.hkeys(key))
+        return {field[2:] for field in fields if field.startswith("d:")}
 
     async def forgotten_since(self, since: float, retention: float) -> tuple[list[str], float]:
         """The users forgotten in the cluster after ``since`` (epoch seconds) and the latest

@@ -337,7 +337,7 @@ class RedisJournal:
                     batch = await self._write_some()
                 except Exception as exc:
                     self.write_errors += 1
-                    log.error("redis write of %d changes failed (%s); retrying", len(batch), exc)
+                    log.error("redis write failed (%s); retrying (%d queued)", exc, len(queue))
                     await trio.sleep(1.0)
                     continue
                 advanced = False

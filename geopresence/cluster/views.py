@@ -18,6 +18,7 @@ import trio
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import load_locations
 from geopresence.core.broker import user_channel, user_of_channel
+from geopresence.core.replication import LocationSet
 from geopresence.model.records import Befriended, Record
 
 if TYPE_CHECKING:
@@ -51,10 +52,17 @@ class Views:
         await self._broker.subscribed()
         wanted = [user, *(f for f in hub.store.friends_of(user) if hub.statuses.is_online(f))]
         found = await load_locations(self._client, self._keys, wanted)
-        now = self._now()
-        for op in found:
-            hub.apply_feed(op, now)
-        return len(found)
+        return self._apply(found)
+
+    def _apply(self, found: list[LocationSet]) -> int:
+        """Cache the locations read, those of users whose channel this node still listens
+        to (one released meanwhile would stay here, stale); returns how many."""
+        hub, now, kept = self._hub, self._now(), 0
+        for location in found:
+            if self._broker.subscribers(user_channel(location.user)):
+                hub.apply_feed(location, now)
+                kept += 1
+        return kept
 
     def close(self, user: str) -> None:
         """A session of ``user`` here ended (one ``close`` per ``open``)."""
@@ -105,8 +113,9 @@ class Views:
             except Exception as exc:  # Redis unreachable: shown at the friend's next move
                 log.warning("could not read %d new friends' locations: %s", len(wanted), exc)
                 continue
+            self._apply(found)
             now = self._now()
-            for location in found:
-                hub.apply_feed(location, now)
             for a, b in pairs:
-                hub.nearby.on_friendship_added(a, b, now)
+                # Not for a friendship ended (or a user forgotten) during the reads above.
+                if hub.store.are_friends(a, b):
+                    hub.nearby.on_friendship_added(a, b, now)

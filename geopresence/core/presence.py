@@ -212,6 +212,11 @@ class PresenceTable(Generic[C]):
         status: Status = "online" if state.devices else "offline"
         return UserPresence(user, status, state.last_active_at, len(state.devices))
 
+    def device_names(self, user: str) -> list[str]:
+        """The user's alive devices here (connected or in their grace window)."""
+        state = self._users.get(user)
+        return [] if state is None else list(state.devices)
+
     def forget(self, user: str) -> None:
         """Drop what is held about ``user`` (its ``last_active_at``) once it has no alive
         device (call ``logout`` first)."""

@@ -42,9 +42,9 @@ class Control(Protocol):
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""
 
-    async def devices_held(self, user: str, device: str | None) -> int | None:
-        """Multi-node: how many of ``user``'s devices (``device`` only) any node holds, as
-        Redis says; None on one node (or if Redis does not answer within a second)."""
+    async def devices_held(self, user: str) -> set[str]:
+        """``user``'s alive devices: this node's, and with several nodes every node's as
+        Redis says (within half a second; this node's alone if it does not answer)."""
 
     async def take_snapshot(self, *, force: bool = False) -> dict[str, object]:
         """Write a snapshot now and describe it."""

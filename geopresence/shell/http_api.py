@@ -289,13 +289,13 @@ class HttpApi:
 
     async def get_user(self, request: Request) -> Response:
         user = request.params["user"]
-        devices = await self.server.devices_held(user, None)
+        devices = await self.server.devices_held(user)
         p = self.hub.statuses.user_presence(user, self.server.now())
         return 200, {
             "user": p.user,
             "status": p.status,
             "last_active_at": p.last_active_at,
-            "devices": p.devices if devices is None else max(devices, p.devices),
+            "devices": len(devices),
         }
 
     def get_friends(self, request: Request) -> Response:
@@ -312,10 +312,10 @@ class HttpApi:
             problem = id_problem(device, "device")
             if problem is not None:
                 raise HttpError(400, "bad_request", problem)
-        held = await self.server.devices_held(user, device)  # on every node, before the logout
-        ended = self.hub.lifecycle.logout(user, device)
-        if held is not None:
-            ended = max(ended, held)
+        # On every node, as the logout is made (the devices it ends, wherever they are).
+        held = await self.server.devices_held(user)
+        self.hub.lifecycle.logout(user, device)
+        ended = len(held) if device is None else int(device in held)
         if self.server.persistence == "redis":
             # The devices ended in Redis (whichever node holds them): answer with the result.
             with trio.move_on_after(self.server.config.drain_timeout):

@@ -193,15 +193,17 @@ class Server:
         (``Forgets.forget_user``)."""
         return await self.forgets.forget_user(user, self.now())
 
-    async def devices_held(self, user: str, device: str | None) -> int | None:
+    async def devices_held(self, user: str) -> set[str]:
+        here = set(self.hub.presence.device_names(user))
         if self.cluster is None:
-            return None
-        with trio.move_on_after(1.0):
+            return here
+        with trio.move_on_after(0.5):
             try:
-                return await self.cluster.devices_held(user, device)
-            except Exception:  # Redis unreachable: the caller counts this node's
-                return None
-        return None
+                # A device whose report has not reached Redis yet is still here.
+                return here | await self.cluster.devices_held(user)
+            except Exception:  # Redis unreachable: this node's
+                pass
+        return here
 
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""

@@ -233,3 +233,42 @@ async def test_a_feed_reader_has_read_up_to_the_end_once_started() -> None:
                 await nursery.start(reader.run, applied.append, start)
                 assert len(applied) == redis_feed.CATCH_UP_BATCH + 250
                 nursery.cancel_scope.cancel()
+
+
+class FlakyRedis:
+    """A client whose first ``failures`` pipelines fail (Redis unreachable), then the real one."""
+
+    def __init__(self, client: Any, failures: int) -> None:
+        self.client = client
+        self.failures = failures
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("redis is down")
+        return self.client.pipeline(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+async def test_a_first_write_that_fails_is_retried(autojump_clock: Any) -> None:
+    """The journal's very first write failing (Redis down as the node starts) is retried
+    a second later, like any other: nothing is lost, the acks follow."""
+    from geopresence.model.chat_message import ChatMessage
+    from geopresence.model.records import Befriended
+
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            journal = RedisJournal(FlakyRedis(client, 2), Keys("flaky"), 1)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.run)
+                journal.append(Befriended("alice", "bob"))
+                once = ChatMessage(7, "alice", "hi", 1.0, to="bob", client_msg_id="c1")
+                last = journal.append(once)
+                with trio.fail_after(10):
+                    await journal.flush()
+                assert journal.write_errors == 2
+                assert journal.durable_seq == last
+                assert await client.sismember(Keys("flaky").of("friends", "alice"), "bob")
+                nursery.cancel_scope.cancel()
