@@ -31,8 +31,18 @@ from typing import Final
 import attrs
 import orjson
 
-from geopresence.core.broker import ConnId, group_channel, inbox_channel
+from geopresence.core.broker import ConnId
 from geopresence.core.chat_horizon import Horizon
+from geopresence.core.chat_message_wire import (
+    ChatEvent,
+    PushHook,
+    PushRequest,
+    channels_of,
+    check_same,
+    message_frame,
+    reused_error,
+    same_message,
+)
 from geopresence.core.chat_store import ChatStore
 from geopresence.core.context import FeatureContext, Session
 from geopresence.model.chat_message import MAX_TEXT_BYTES, ChatMessage
@@ -42,55 +52,14 @@ from geopresence.wire.client_messages import MAX_SYNC_LIMIT, Send, Sync
 from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode, error_message, unstructure
-from geopresence.wire.server_messages import ChatMessageOut, MessagesReply, Sent
+from geopresence.wire.server_messages import MessagesReply, Sent
+
+__all__ = ["Chat", "ChatEvent", "PushHook", "PushRequest", "message_frame"]
 
 SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
 """A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then
 true; it always holds one message): replies stay below common client frame limits (1 MiB,
 trio-websocket's and many browsers' default)."""
-
-
-@attrs.frozen(slots=True)
-class PushRequest:
-    """``recipients`` (one or more) have no connected device to receive ``message``."""
-
-    recipients: tuple[str, ...]
-    message: ChatMessage
-
-
-PushHook = Callable[[PushRequest], None]
-"""Receives push requests; must not block (the shell queues them for a webhook worker)."""
-
-
-def message_frame(message: ChatMessage, *, own: bool) -> ChatMessageOut:
-    """The wire form of ``message``; ``own`` for the sender's devices (with client_msg_id)."""
-    return ChatMessageOut(
-        message_id=str(message.message_id),
-        sender=message.sender,
-        to=message.to,
-        group=message.group,
-        text=message.text,
-        created_at=message.created_at,
-        client_msg_id=message.client_msg_id if own else None,
-    )
-
-
-@attrs.define(slots=True, eq=False)
-class ChatEvent:
-    """Published on inbox and group channels: one message, encoded lazily at most twice."""
-
-    message: ChatMessage
-    _shared: Outgoing | None = None
-    _own: Outgoing | None = None
-
-    def frame_for(self, user: str) -> Outgoing:
-        if user == self.message.sender and self.message.client_msg_id is not None:
-            if self._own is None:
-                self._own = Outgoing(encode(message_frame(self.message, own=True)))
-            return self._own
-        if self._shared is None:
-            self._shared = Outgoing(encode(message_frame(self.message, own=False)))
-        return self._shared
 
 
 @attrs.define(slots=True, eq=False)
@@ -172,13 +141,13 @@ class Chat:
             pending = self._pending_by_client_id.get(key)
             if pending is not None:
                 # The original is on its way to disk: this resend is acked with it.
-                _check_same(pending.message, message)
+                check_same(pending.message, message)
                 self.duplicates += 1
                 pending.acks.append((session.conn, message.id))
                 return
             stored = self.store.find_client_msg(user, message.client_msg_id)
             if stored is not None:
-                _check_same(stored, message)
+                check_same(stored, message)
                 self.duplicates += 1
                 self._ack_when_stable(session.conn, message.id, stored, duplicate=True)
                 return
@@ -266,10 +235,10 @@ class Chat:
                 self.duplicates += 1
                 original = pending.stored_as
                 for conn, request_id in pending.acks:
-                    if _same(original, message.to, message.group, message.text):
+                    if same_message(original, message.to, message.group, message.text):
                         self._ack_when_stable(conn, request_id, original, duplicate=True)
                     else:
-                        error = _reused(message.client_msg_id, request_id)
+                        error = reused_error(message.client_msg_id, request_id)
                         self.ctx.sink.send(conn, Outgoing(encode(error_message(error))))
                 continue
             self.sent += 1
@@ -352,7 +321,7 @@ class Chat:
         if self.store.get(message.message_id) is not None:
             event = ChatEvent(message)
             self._when_stable(
-                message.message_id, lambda: self.ctx.publish(_channels_of(message), event)
+                message.message_id, lambda: self.ctx.publish(channels_of(message), event)
             )
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
@@ -379,7 +348,7 @@ class Chat:
         # Published once its id is stable (several nodes: ``chat_horizon``), to whoever
         # subscribes by then: a device that connects meanwhile gets it live, not never.
         self._when_stable(
-            message.message_id, lambda: ctx.publish(_channels_of(message), event, exclude)
+            message.message_id, lambda: ctx.publish(channels_of(message), event, exclude)
         )
         if message.to is not None:
             if self.push is not None and not ctx.is_connected(message.to):
@@ -429,29 +398,3 @@ class Chat:
 
     def on_group_deleted(self, group: str, members: set[str]) -> None:
         self.store.delete_group(group, members)
-
-
-def _channels_of(message: ChatMessage) -> list[str]:
-    """Where a message is published: both parties' inboxes, or its group's channel."""
-    if message.to is not None:
-        return [inbox_channel(message.to), inbox_channel(message.sender)]
-    assert message.group is not None
-    return [group_channel(message.group)]
-
-
-def _same(original: ChatMessage, to: str | None, group: str | None, text: str) -> bool:
-    return (original.to, original.group, original.text) == (to, group, text)
-
-
-def _reused(client_msg_id: str | None, request_id: RequestId) -> ProtocolError:
-    return ProtocolError(
-        "bad_request",
-        f"client_msg_id {client_msg_id!r} was already used for a different message",
-        request_id,
-    )
-
-
-def _check_same(original: ChatMessage, resend: Send) -> None:
-    """A resend must be the same message: a reused key must not swallow a new one."""
-    if not _same(original, resend.to, resend.group, resend.text):
-        raise _reused(resend.client_msg_id, resend.id)
