@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from geopresence.cluster.presence_scripts import sha1
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys, member_message, message_member
 from geopresence.core.replication import FeedOp
@@ -37,42 +38,62 @@ def is_once(op: FeedOp) -> bool:
     return isinstance(op, ChatMessage) and op.client_msg_id is not None
 
 
-async def store_once(
-    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool, int | None]], feed: RedisFeed
-) -> list[ChatMessage | None]:
-    """Store each message (``(uid, message, on the feed, watermark)``) unless its sender's
-    resend through another node was stored first, then append to the feed those stored
-    (marked for it), in order. Returns, per message, the one stored before (None: stored
-    now, or by an earlier attempt of this very write: a retry is harmless)."""
-    async with client.pipeline(transaction=False) as pipe:
-        requests = []
-        for _, op, _, _ in ops:
-            assert isinstance(op, ChatMessage), "only messages with a client_msg_id (is_once)"
-            conversation = keys.conversation(op)
-            member = message_member(op)
-            requests.append(
-                pipe.eval(
-                    _STORE_ONCE,
-                    keys=[keys.of("chat", conversation), keys.client_ids(conversation)],
-                    args=[f"{op.sender}\n{op.client_msg_id}", member, member[:20]],
-                )
-            )
-            pipe.sadd(keys.chats, [conversation])
-    originals: list[ChatMessage | None] = []
-    for (_, op, _, _), request in zip(ops, requests, strict=True):
-        assert isinstance(op, ChatMessage)
-        stored = await request
-        original = None if not stored else member_message(stored)
-        originals.append(
-            None if original is None or original.message_id == op.message_id else original
-        )
-    stored_now = [
-        (uid, op, mark)
-        for (uid, op, on_feed, mark), original in zip(ops, originals, strict=True)
-        if on_feed and original is None
-    ]
-    if stored_now:
-        async with client.pipeline(transaction=False) as pipe:
-            for uid, op, mark in stored_now:
-                feed.append_to(pipe, op, uid, mark)
-    return originals
+class StoreOnce:
+    """Stores messages with a ``client_msg_id`` for one node (``RedisJournal``): by the
+    script's SHA (``EVALSHA``; loaded first, and again after Redis forgot it)."""
+
+    def __init__(self, client: Any, keys: Keys, feed: RedisFeed) -> None:
+        self._client = client
+        self._keys = keys
+        self._feed = feed
+        self._loaded = False
+        self._sha = sha1(_STORE_ONCE)
+
+    async def __call__(
+        self, ops: list[tuple[int, FeedOp, bool, int | None]]
+    ) -> list[ChatMessage | None]:
+        """Store each message (``(uid, message, on the feed, watermark)``) unless its
+        sender's resend through another node was stored first, then append to the feed
+        those stored (marked for it), in order. Returns, per message, the one stored before
+        (None: stored now, or by an earlier attempt of this very write: a retry is
+        harmless)."""
+        client, keys = self._client, self._keys
+        if not self._loaded:
+            # Pipelines cannot fall back from EVALSHA to EVAL: load the script first.
+            await client.script_load(_STORE_ONCE)  # every master of a Cluster gets it
+            self._loaded = True
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                requests = []
+                for _, op, _, _ in ops:
+                    assert isinstance(op, ChatMessage), "messages with a client_msg_id only"
+                    conversation = keys.conversation(op)
+                    member = message_member(op)
+                    requests.append(
+                        pipe.evalsha(
+                            self._sha,
+                            keys=[keys.of("chat", conversation), keys.client_ids(conversation)],
+                            args=[f"{op.sender}\n{op.client_msg_id}", member, member[:20]],
+                        )
+                    )
+                    pipe.sadd(keys.chats, [conversation])
+            results = [await request for request in requests]
+        except Exception:
+            self._loaded = False  # a restarted Redis forgot it (the journal retries)
+            raise
+        originals: list[ChatMessage | None] = []
+        for (_, op, _, _), stored in zip(ops, results, strict=True):
+            assert isinstance(op, ChatMessage)
+            original = None if not stored else member_message(stored)
+            same = original is None or original.message_id == op.message_id
+            originals.append(None if same else original)
+        stored_now = [
+            (uid, op, mark)
+            for (uid, op, on_feed, mark), original in zip(ops, originals, strict=True)
+            if on_feed and original is None
+        ]
+        if stored_now:
+            async with client.pipeline(transaction=False) as pipe:
+                for uid, op, mark in stored_now:
+                    self._feed.append_to(pipe, op, uid, mark)
+        return originals

@@ -22,7 +22,7 @@ import attrs
 import orjson
 import trio
 
-from geopresence.cluster.chat_once import is_once, store_once
+from geopresence.cluster.chat_once import StoreOnce, is_once
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
@@ -251,6 +251,7 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
+        self._store_once = StoreOnce(client, keys, self.feed)
         self._queue: deque[QueuedOp] = deque()
         """(seq or 0, uid, op, on the feed, watermark) in write order."""
         self.watermark: Callable[[], int] | None = None
@@ -363,7 +364,7 @@ class RedisJournal:
         batch = self._batch(is_once)
         if batch:
             messages = [(uid, op, on_feed, mark) for _, uid, op, on_feed, mark in batch]
-            originals = await store_once(client, keys, messages, feed)
+            originals = await self._store_once(messages)
             for (seq, *_), original in zip(batch, originals, strict=True):
                 if original is not None and self.on_stored_before is not None:
                     self.on_stored_before(seq, original)

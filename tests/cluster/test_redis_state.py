@@ -272,3 +272,28 @@ async def test_a_first_write_that_fails_is_retried(autojump_clock: Any) -> None:
                 assert journal.durable_seq == last
                 assert await client.sismember(Keys("flaky").of("friends", "alice"), "bob")
                 nursery.cancel_scope.cancel()
+
+
+async def test_messages_with_client_ids_survive_redis_forgetting_the_script(
+    autojump_clock: Any,
+) -> None:
+    """Redis restarted (its scripts gone): the batch fails once, the script is loaded again,
+    and the retry stores the message."""
+    from geopresence.model.chat_message import ChatMessage
+
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            journal = RedisJournal(client, Keys("noscript"), 1)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.run)
+                journal.append(ChatMessage(1, "alice", "one", 1.0, to="bob", client_msg_id="c1"))
+                await journal.flush()
+                await client.script_flush()
+                last = journal.append(
+                    ChatMessage(2, "alice", "two", 1.0, to="bob", client_msg_id="c2")
+                )
+                with trio.fail_after(10):
+                    await journal.flush()
+                assert journal.write_errors == 1
+                assert journal.durable_seq == last
+                nursery.cancel_scope.cancel()
