@@ -225,7 +225,7 @@ async def test_a_new_friendship_across_nodes_shows_locations_at_once(
     async with session(a, "alice") as alice, session(b, "bob") as bob:
         await alice.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
         await bob.send({"type": "location", "lat": 37.5700, "lon": 126.9800})
-        await trio.sleep(0.3)  # both locations are in Redis
+        await trio.sleep(1.0)  # both locations are in Redis (written a moment after)
         async with b.admin() as admin:
             await admin.befriend("alice", "bob")
         seen_by_bob = await expect(bob, "friend_location", user="alice")
