@@ -88,7 +88,6 @@ for i = 1, #fields, 2 do
     if drop then
       redis.call('HDEL', k, name)
       table.insert(ended, device)
-      table.insert(ended, fields[i + 1])
     else
       alive = alive + 1
     end
@@ -108,7 +107,7 @@ if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
 else
   reply = {0, last, redis.call('HGET', k, 'v') or '0', redis.call('HGET', k, 'status') or 'offline'}
 end
-for _, value in ipairs(ended) do table.insert(reply, value) end
+for _, device in ipairs(ended) do table.insert(reply, device) end
 return reply
 """
 )
@@ -116,8 +115,8 @@ return reply
 meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the user,
 ``legacy`` a device recorded by an older version (its value a deadline, not a holder).
 ``last_active_at`` raises the user's if this ended a device. {1, last, v, 'offline', ended
-device, its holder, ...} if this left the user without a device, else {0, last, v, status,
-ended device, its holder, ...} (a holder is an incarnation, or a deadline for ``legacy``)."""
+devices...} if this left the user without a device, else {0, last, v, status, ended
+devices...}."""
 
 _LEASES: Final = """
 -- gp:nodes holds n:<N> -> "<token> <renewed ms> <expires ms>", each live incarnation's lease,

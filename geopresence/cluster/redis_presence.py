@@ -294,12 +294,9 @@ class RedisPresence:
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False
-                pairs = result[4:]  # (device, its holder) per device ended
-                for name, _holder in zip(pairs[::2], pairs[1::2], strict=True):
-                    device_name = string(name)
-                    held[member(user, device_name)] = False
+                for name in result[4:]:
+                    held[member(user, string(name))] = False
                     ended += 1
-
             if self._result(user, result) == "offline":
                 offline.append(user)
         dropped = [entry for entry, kept in held.items() if not kept]
