@@ -27,25 +27,18 @@ from geopresence.wire.outbox import Outgoing
 
 
 @attrs.frozen
-class DeviceEnded:
-    """On a node's control channel: ``user``'s ``device``, held by ``incarnation`` (``<node
-    id>/<token>``), ended elsewhere; that node closes its connection of it with ``code``:
-    4002 (a session of it opened on another node) or 4001 (logged out through another)."""
+class Replaced:
+    """On a node's control channel: a session of ``user``'s ``device`` opened on another
+    node, which holds the device now; the node of ``incarnation`` (``<node id>/<token>``),
+    its holder until then, closes its connection of it (4002)."""
 
     user: str
     device: str
     incarnation: str
-    code: int
 
 
 ChannelEvent = (
-    Outgoing
-    | LocationEvent
-    | GoneEvent
-    | StrangerEvent
-    | StrangerGoneEvent
-    | ChatEvent
-    | DeviceEnded
+    Outgoing | LocationEvent | GoneEvent | StrangerEvent | StrangerGoneEvent | ChatEvent | Replaced
 )
 
 
@@ -84,13 +77,12 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "stranger_gone", "user": event.user, "reason": event.reason}
     if isinstance(event, ChatEvent):
         return {"k": "chat", "message": record_to_json(event.message)}
-    if isinstance(event, DeviceEnded):
+    if isinstance(event, Replaced):
         return {
-            "k": "device_ended",
+            "k": "replaced",
             "user": event.user,
             "device": event.device,
             "held_by": event.incarnation,
-            "code": event.code,
         }
     raise TypeError(f"not a channel event: {event!r}")
 
@@ -115,9 +107,8 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
     if kind == "chat":
         message = record_from_json(data["message"])
         return ChatEvent(message)  # type: ignore[arg-type]
-    if kind == "device_ended":
-        user, device, held_by = str(data["user"]), str(data["device"]), str(data["held_by"])
-        return DeviceEnded(user, device, held_by, int(data["code"]))
+    if kind == "replaced":
+        return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")
 
 

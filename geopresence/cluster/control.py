@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from geopresence.cluster.channel_events import DeviceEnded
+from geopresence.cluster.channel_events import Replaced
 from geopresence.cluster.redis_keys import Keys, string
-from geopresence.wire.errors import CLOSE_REPLACED
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -61,10 +60,10 @@ class Control:
         """A session here took ``user``'s ``device`` over from ``incarnation``: tell its
         node, which closes its connection of it (4002)."""
         node_id = incarnation.partition("/")[0]
-        event = DeviceEnded(user, device, incarnation, CLOSE_REPLACED)
+        event = Replaced(user, device, incarnation)
         self._broker.publish([node_channel(node_id)], event)
 
-    def on_device_ended(self, event: DeviceEnded) -> None:
+    def on_replaced(self, event: Replaced) -> None:
         """Another node ended one of this node's devices: close its connection here."""
         if event.incarnation != self._incarnation():
             return  # meant for an earlier run of this node id: it holds nothing now
@@ -72,7 +71,7 @@ class Control:
         if conn is not None:
             self._nursery.start_soon(self._close, event, conn)
 
-    async def _close(self, event: DeviceEnded, conn: int) -> None:
+    async def _close(self, event: Replaced, conn: int) -> None:
         """Close ``conn`` unless the device came back here meanwhile: Redis says who holds
         it now (a session here reports its device before its welcome)."""
         key = self._keys.of("presence", event.user)
@@ -82,4 +81,4 @@ class Control:
             log.warning("could not ask who holds %s's device (%s): closing it", event.user, exc)
             holder = None
         if holder is None or string(holder) != self._incarnation():
-            self._hub.ended_elsewhere(event.user, event.device, conn, event.code)
+            self._hub.replaced_elsewhere(event.user, event.device, conn)

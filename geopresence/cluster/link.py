@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import trio
 
-from geopresence.cluster.channel_events import DeviceEnded
+from geopresence.cluster.channel_events import Replaced
 from geopresence.cluster.control import Control
 from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
 from geopresence.cluster.redis_broker import RedisBroker
@@ -198,9 +198,9 @@ class ClusterLink:
         """Another node's event on a channel this node listens to: a friend's (or a local
         user's own) move updates the location cache before the subscribers are told; a
         device taken over elsewhere closes here."""
-        if isinstance(event, DeviceEnded):
+        if isinstance(event, Replaced):
             if self._control is not None:
-                self._control.on_device_ended(event)
+                self._control.on_replaced(event)
         elif isinstance(event, LocationEvent):
             assert self._hub is not None
             where = event.location

@@ -344,9 +344,9 @@ class Hub:
         """This node's connection of ``user``'s ``device``, if any."""
         return self.presence.connection_of(user, device)
 
-    def ended_elsewhere(self, user: str, device: str, conn: ConnId, code: int) -> bool:
-        """Another node ended ``user``'s ``device``: close ``conn`` here with ``code``."""
-        return self.lifecycle.ended_elsewhere(user, device, conn, code)
+    def replaced_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
+        """Another node took ``user``'s ``device`` over: close ``conn`` here (4002)."""
+        return self.lifecycle.replaced_elsewhere(user, device, conn)
 
     def user_presence(self, user: str, now: float) -> UserPresence:
         return self.statuses.user_presence(user, now)

@@ -197,17 +197,16 @@ class Lifecycle:
         self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", report)
         return before - self.presence.get(user).devices
 
-    def ended_elsewhere(self, user: str, device: str, conn: ConnId, code: int) -> bool:
+    def replaced_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
         """Another node took ``user``'s ``device`` over in the cluster's presence (a newer
-        connection of it opened there: ``code`` 4002). Close ``conn`` with ``code`` if it
-        is still the device's connection here, and end the device here, reporting the end
-        only if this node still holds it: a report of this node's still queued (a session
-        that reopened here meanwhile) must not make Redis hold a device no node has. True
-        if closed."""
+        connection of it opened there). Close ``conn`` with 4002 if it is still the
+        device's connection here, and end the device here, reporting the end only if this
+        node still holds it: a report of this node's still queued (a session that reopened
+        here meanwhile) must not make Redis hold a device no node has. True if closed."""
         if self.presence.connection_of(user, device) != conn:
             return False  # gone meanwhile, or replaced by a newer connection here
-        reason = "logged out" if code == CLOSE_LOGGED_OUT else "replaced by a newer connection"
-        self.apply_ended(self.presence.logout(user, device), code, reason, "if_held")
+        ended = self.presence.logout(user, device)
+        self.apply_ended(ended, CLOSE_REPLACED, "replaced by a newer connection", "if_held")
         return True
 
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:

@@ -6,8 +6,8 @@ import pytest
 
 from geopresence.cluster.channel_events import (
     ChannelEvent,
-    DeviceEnded,
     Envelope,
+    Replaced,
     decode_envelope,
     encode_envelope,
 )
@@ -25,7 +25,7 @@ EVENTS: list[ChannelEvent] = [
     GoneEvent("alice", "expired"),
     StrangerEvent("zoe", Location(-33.9, 151.2, 1.0), 2.0),
     StrangerGoneEvent("zoe", "hidden"),
-    DeviceEnded("alice", "phone", "3/k2Jx", 4002),
+    Replaced("alice", "phone", "3/k2Jx"),
 ]
 
 

@@ -389,12 +389,12 @@ def test_a_device_taken_over_by_another_node_closes_there_without_a_change() -> 
     a.hub.open_session(1, "alice", "phone", now=0)
     assert a.hub.connection_of("alice", "phone") == 1
     b.hub.open_session(7, "alice", "phone", now=1)
-    assert a.hub.ended_elsewhere("alice", "phone", 1, 4002)
+    assert a.hub.replaced_elsewhere("alice", "phone", 1)
     assert a.sink.closed == {1: 4002}
     assert a.hub.connection_of("alice", "phone") is None
     assert cluster.reports[-1] == ("ended", 1, "alice", "phone", False)  # only if held
     assert cluster.devices["alice"] == {"phone": 2}
     # A late notice, after the device came back to a: its new connection stays.
     a.hub.open_session(3, "alice", "phone", now=2)
-    assert not a.hub.ended_elsewhere("alice", "phone", 1, 4001)
+    assert not a.hub.replaced_elsewhere("alice", "phone", 1)
     assert 3 not in a.sink.closed
