@@ -295,18 +295,18 @@ class RedisBroker:
                         log.error("redis publish failed (%s); dropping until it works", exc)
                     failing = True
                     continue
+                if failing:
+                    log.info("redis publishes work again (%d dropped)", self.failed)
+                failing = False
             else:
-                # Consecutive (un)subscriptions of one kind share one command.
+                # Consecutive (un)subscriptions of one kind share one command. They never
+                # fail: the subscriber keeps the set, and subscribes again after a lost
+                # connection.
                 kind = self._ops[0][0]
                 ops: list[Op] = []
                 while self._ops and self._ops[0][0] == kind and len(ops) < PUBLISH_BATCH:
                     ops.append(self._ops.popleft())
-                # Never fails: the subscriber keeps the set, and subscribes again after
-                # a lost connection.
                 await self._subscription(subscriber, kind, [channel for _, channel, _ in ops])
-            if failing:
-                log.info("redis pub/sub works again (%d commands failed)", self.failed)
-            failing = False
 
     async def _publish_batch(self, batch: list[Op]) -> None:
         command = "spublish" if self._sharded else "publish"
