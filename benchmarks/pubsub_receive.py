@@ -42,6 +42,7 @@ async def _receive(
     import coredis
 
     from geopresence.cluster.channel_events import decode_envelope
+    from geopresence.cluster.pubsub_connection import pack
     from geopresence.cluster.redis_subscriber import RedisAddress, Subscriber
 
     count = 0
@@ -75,10 +76,8 @@ async def _receive(
 
     async def socket_loop() -> None:
         nonlocal count
-        import hiredis
-
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(hiredis.pack_command(("SUBSCRIBE", *channels)))  # type: ignore[arg-type]
+        await stream.send_all(pack("SUBSCRIBE", *channels))
         print("ready", flush=True)
         while True:
             data = await stream.receive_some(65536)
