@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -64,30 +65,37 @@ class Got:
                 await trio.sleep(0.01)
 
 
+@asynccontextmanager
+async def subscribing(port: int) -> AsyncIterator[tuple[Got, Subscriber, Any]]:
+    """A running ``Subscriber`` of a standalone Redis, what it got, and a client to it."""
+    got = Got()
+    subscriber = Subscriber(got, address=RedisAddress("127.0.0.1", port))
+    async with coredis.Redis(host="127.0.0.1", port=port) as client:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(subscriber.run)
+            yield got, subscriber, client
+            nursery.cancel_scope.cancel()
+
+
 async def test_messages_arrive_in_batches_and_stop_after_unsubscribe() -> None:
     with redis_server() as port:
-        got = Got()
-        subscriber = Subscriber(got, address=RedisAddress("127.0.0.1", port))
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(subscriber.run)
-                await subscriber.subscribe(["gp:user:{a}", "gp:user:{b}"])
-                await subscriber.sync()
-                async with client.pipeline(transaction=False) as pipe:
-                    for i in range(200):
-                        pipe.publish("gp:user:{a}" if i % 2 else "gp:user:{b}", b"m%d" % i)
-                await got.until(200)
-                assert got.messages == [b"m%d" % i for i in range(200)]  # in order
-                assert len(got.batches) < 200  # a read's messages come together
+        async with subscribing(port) as (got, subscriber, client):
+            await subscriber.subscribe(["gp:user:{a}", "gp:user:{b}"])
+            await subscriber.sync()
+            async with client.pipeline(transaction=False) as pipe:
+                for i in range(200):
+                    pipe.publish("gp:user:{a}" if i % 2 else "gp:user:{b}", b"m%d" % i)
+            await got.until(200)
+            assert got.messages == [b"m%d" % i for i in range(200)]  # in order
+            assert len(got.batches) < 200  # a read's messages come together
 
-                await subscriber.unsubscribe(["gp:user:{a}"])
-                await subscriber.sync()
-                assert subscriber.channels == {"gp:user:{b}"}
-                await client.publish("gp:user:{a}", b"not for us")
-                await client.publish("gp:user:{b}", b"last")
-                await got.until(201)
-                assert got.messages[-1] == b"last"
-                nursery.cancel_scope.cancel()
+            await subscriber.unsubscribe(["gp:user:{a}"])
+            await subscriber.sync()
+            assert subscriber.channels == {"gp:user:{b}"}
+            await client.publish("gp:user:{a}", b"not for us")
+            await client.publish("gp:user:{b}", b"last")
+            await got.until(201)
+            assert got.messages[-1] == b"last"
 
 
 async def test_a_lost_connection_is_reopened_and_subscribed_again(
@@ -95,27 +103,22 @@ async def test_a_lost_connection_is_reopened_and_subscribed_again(
 ) -> None:
     caplog.set_level(logging.INFO, "geopresence.redis")
     with redis_server() as port:
-        got = Got()
-        subscriber = Subscriber(got, address=RedisAddress("127.0.0.1", port))
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(subscriber.run)
-                await subscriber.subscribe(["gp:user:{a}"])
-                await subscriber.sync()
-                assert await client.client_kill(type_=coredis.PureToken.PUBSUB) == 1
+        async with subscribing(port) as (got, subscriber, client):
+            await subscriber.subscribe(["gp:user:{a}"])
+            await subscriber.sync()
+            assert await client.client_kill(type_=coredis.PureToken.PUBSUB) == 1
 
-                async def subscribed_again() -> bool:
-                    counts: Any = await client.pubsub_numsub("gp:user:{a}")
-                    return bool(dict(counts).get(b"gp:user:{a}"))
+            async def subscribed_again() -> bool:
+                counts: Any = await client.pubsub_numsub("gp:user:{a}")
+                return bool(dict(counts).get(b"gp:user:{a}"))
 
-                with trio.fail_after(10):
-                    while not await subscribed_again():
-                        await trio.sleep(0.02)
-                await subscriber.sync()
-                await client.publish("gp:user:{a}", b"after")
-                await got.until(1)
-                assert got.messages == [b"after"]
-                nursery.cancel_scope.cancel()
+            with trio.fail_after(10):
+                while not await subscribed_again():
+                    await trio.sleep(0.02)
+            await subscriber.sync()
+            await client.publish("gp:user:{a}", b"after")
+            await got.until(1)
+            assert got.messages == [b"after"]
     logged = [r.getMessage() for r in caplog.records]
     assert any("lost" in line and "reconnecting" in line for line in logged)
     assert any("connected again" in line for line in logged)
