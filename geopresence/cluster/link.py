@@ -15,9 +15,10 @@
 Start-up (``run``): take the lease, note the feed's newest entry, load the shared state into
 the hub's replica, then read the feed from that entry on and serve.
 
-Locations are not on the feed (but those of users visible to strangers): a node holds the
-locations its sessions need (``geopresence.cluster.views``); moves arrive on the users'
-channels (``_on_remote`` applies them to the cache before the subscribers hear them).
+Locations are not on the feed: a node holds the locations its sessions need
+(``geopresence.cluster.views``); moves arrive on the users' channels (``_on_remote`` applies
+them to the cache before the subscribers hear them). Strangers are searched in Redis
+(``RedisStrangers``, the hub's stranger index), not in a grid every node keeps.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from geopresence.cluster.redis_load import load_state
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
@@ -107,6 +109,8 @@ class ClusterLink:
             may_sweep=lambda: self.lease.steady(),
         )
         self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
+        self.strangers = RedisStrangers(client, self.keys, self._now)
+        """The hub's ``stranger_index``: visible users' positions per geohash cell."""
         self._hub: Hub | None = None
         self._watermarks: Watermarks | None = None
         self._clock: Callable[[], float] | None = None
@@ -130,11 +134,9 @@ class ClusterLink:
     def replicate(self, op: FeedOp) -> None:
         if isinstance(op, LocationSet):
             # A location reaches the nodes that need it on its user's channel (the live
-            # event), and a session opening elsewhere reads it from gp:loc:{U}; only the
-            # strangers grid, which every node keeps whole, still needs it on the feed.
-            assert self._hub is not None
-            strangers = self._hub.store.get_settings(op.user).visible_to_strangers
-            self.journal.replicate(op, feed=strangers)
+            # event), and a session opening elsewhere reads it from gp:loc:{U}; strangers
+            # search gp:strangers:{cell} (``RedisStrangers``).
+            self.journal.replicate(op, feed=False)
             return
         self.journal.replicate(op)
 
@@ -230,6 +232,10 @@ class ClusterLink:
         self._clock = clock
         self.presence.offline_after = hub.settings.offline_after
         self.keys.location_ttl = hub.settings.location_ttl
+        self.strangers.location_ttl = hub.settings.location_ttl
+        self.strangers.live = lambda user: (
+            hub.store.get_settings(user).visible_to_strangers and hub.statuses.is_online(user)
+        )
         assert self.broker is not None, "build the hub with make_broker first"
         self.broker.on_remote = self._on_remote
         views = self._views = Views(self.client, self.keys, self.broker, hub, self._now)
@@ -259,6 +265,7 @@ class ClusterLink:
                     nursery.start_soon(self._keep_lease)
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
+                    await nursery.start(self.strangers.run)
                     self.journal.on_append = views.on_record
                     control = Control(
                         self.client, self.keys, self.broker, hub, self._incarnation, nursery
@@ -276,7 +283,7 @@ class ClusterLink:
                     # its keys (another shard) and the load would miss both.
                     feed = self.journal.feed
                     start = earlier_id(await feed.last_id(), FEED_OVERLAP)
-                    counts = await load_state(self.client, self.keys, hub, clock())
+                    counts = await load_state(self.client, self.keys, hub)
                     await nursery.start(feed.run, self._on_feed, start)
                     await nursery.start(self.journal.run)
                     await nursery.start(self.presence.run)

@@ -7,7 +7,8 @@ wrote and this one has not seen yet goes as well:
 
 - ``friends:{U}`` and U in each friend's set; ``groups_of:{U}`` and U in each group's hash;
   ``settings:{U}``; U in the ``users``, ``settings_users`` and ``presence_users`` indexes;
-  its cached location; ``presence:{U}`` and its devices' deadlines;
+  its cached location; ``presence:{U}`` and its devices' deadlines; U in every strangers'
+  cell (``redis_strangers.forget_stranger``);
 - every 1:1 conversation with U (``chat:{dm:A:B}``, found with ``SSCAN`` of the ``chats``
   index, exact: ids never hold ``:`` or a glob character); the group messages U sent
   (``ZSCAN`` of each group conversation, filtered by ``MATCH`` and then by sender): about
@@ -28,6 +29,7 @@ import time
 from typing import Any
 
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
+from geopresence.cluster.redis_strangers import forget_stranger
 from geopresence.model.records import UserForgotten
 
 
@@ -55,6 +57,7 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
         k.location(user),
     ):
         await client.delete([key])
+    await forget_stranger(client, k, user)
     await client.srem(k.users, [user])
     await client.srem(k.settings_users, [user])
     await client.srem(k.presence_users, [user])

@@ -26,9 +26,13 @@ slot of its own; the index sets are what a starting node loads from)::
                          (``geopresence.cluster.redis_feed``)
     gp:forgotten         sorted set: forgotten user -> forget time, for the history of the
                          nodes that were down (``geopresence.cluster.redis_forget``)
+    gp:strangers:{H}     GEO set: visible user -> coarse position, per geohash-4 cell H;
+    gp:strangers-exp:{H} with when each expires and the ts strangers see
+    gp:strangers-ts:{H}  (``geopresence.cluster.redis_strangers``)
 
 ``geopresence.cluster.redis_state`` writes and loads the state keys, ``redis_presence`` the
-presence keys, ``redis_feed`` the feed, ``redis_forget`` a forgotten user's.
+presence keys, ``redis_feed`` the feed, ``redis_forget`` a forgotten user's,
+``redis_strangers`` the strangers' cells.
 """
 
 from __future__ import annotations

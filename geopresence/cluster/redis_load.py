@@ -85,18 +85,12 @@ async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[Loca
     return found
 
 
-async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str, int]:
-    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``), every
-    user's presence, and the live locations of users visible to strangers (every node's
-    strangers grid holds them; other locations are read as sessions open, ``load_view``).
+async def load_state(client: Any, keys: Keys, hub: Hub) -> dict[str, int]:
+    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``) and every
+    user's presence (locations are read as sessions open: ``geopresence.cluster.views``).
     Returns counts for the log line."""
     k = keys
     counts = await load_durable(client, keys, hub.state)
-    visible = [u for u, s in hub.store.settings_items() if s.visible_to_strangers]
-    located = await load_locations(client, keys, visible)
-    for op in located:
-        hub.apply_feed(op, now)
-    locations = len(located)
     online = 0
     for user in strings(await client.smembers(k.presence_users)):
         status, last, version = await client.hmget(
@@ -111,4 +105,4 @@ async def load_state(client: Any, keys: Keys, hub: Hub, now: float) -> dict[str,
             None if last is None else float(last),
             0 if version is None else int(version),
         )
-    return {**counts, "locations": locations, "online": online}
+    return {**counts, "online": online}

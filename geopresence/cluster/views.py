@@ -72,8 +72,7 @@ class Views:
         """No connection here needs ``channel`` any more: a user's location, no longer
         kept current here, is dropped (read again when a session needs it)."""
         user = user_of_channel(channel)
-        # Users visible to strangers stay: every node's strangers grid holds them, on the feed.
-        if user is not None and not self._hub.store.get_settings(user).visible_to_strangers:
+        if user is not None:
             self._hub.nearby.drop_cached(user)
 
     def on_record(self, record: Record) -> None:

@@ -22,6 +22,7 @@ from geopresence.core.locations import Location
 from geopresence.core.replication import Replicator
 from geopresence.core.store import Store
 from geopresence.model.records import Record
+from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.server_messages import StrangerGoneReason
 
@@ -86,6 +87,13 @@ class FeatureContext(Protocol):
         self, channels: Iterable[str], event: object, exclude: Set[ConnId] = frozenset()
     ) -> None:
         """Publish a channel event (as far as the hub's publish scope allows)."""
+
+    def publish_everywhere(self, channels: Iterable[str], event: object) -> None:
+        """Publish to every node, also where the scope is this node's subscribers only: an
+        event only this node can derive (never while replaying another node's change)."""
+
+    def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
+        """Send an ``error`` frame to ``conn`` (an answer that could not be made later)."""
 
     def journal_append(self, record: Record) -> int:
         """Journal a durable change; returns its sequence number."""

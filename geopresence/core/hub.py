@@ -50,6 +50,7 @@ from geopresence.core.settings import HubSettings as HubSettings
 from geopresence.core.state import DurableState
 from geopresence.core.statuses import Statuses
 from geopresence.core.store import Store
+from geopresence.core.stranger_index import StrangerIndex
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent, Strangers
 from geopresence.model.records import Record
 from geopresence.model.snowflake import SnowflakeGenerator
@@ -96,6 +97,7 @@ class Hub:
         journal: Journal | None = None,
         push: PushHook | None = None,
         replicator: Replicator | None = None,
+        stranger_index: StrangerIndex | None = None,
     ) -> None:
         self.settings = settings
         self.state = DurableState(users=store, ids=SnowflakeGenerator(settings.node_id))
@@ -122,6 +124,7 @@ class Hub:
             self.nearby,
             query_burst=settings.strangers_query_burst,
             query_interval=settings.strangers_query_interval,
+            index=stranger_index,
         )
         self.nearby.listener = self.strangers  # nearby and strangers meet only here
         self.chat = Chat(self, ids=self.state.ids, store=self.state.chat, push=push)
@@ -269,6 +272,10 @@ class Hub:
         self, channels: Iterable[str], event: object, exclude: Set[ConnId] = frozenset()
     ) -> None:
         self.fanout.publish(channels, event, exclude)
+
+    def publish_everywhere(self, channels: Iterable[str], event: object) -> None:
+        with self.fanout.scoped("all"):
+            self.fanout.publish(channels, event)
 
     def journal_append(self, record: Record) -> int:
         return self.acks.journal_append(record)

@@ -7,9 +7,10 @@ holds only those its sessions need (``geopresence.cluster.link``). The feed carr
 
 - the durable records (``geopresence.model.records``: friendships, groups, settings, chat
   messages), published by the node that wrote them to Redis;
-- ``LocationSet``: an accepted location update of a user visible to strangers (every
-  node's strangers grid holds them; other users' moves reach only the nodes that need them,
-  on the users' channels);
+- ``LocationSet``: an accepted location update, written to Redis (``gp:loc:{U}``) but not
+  put on the feed: moves reach only the nodes that need them, on the users' channels, and
+  strangers are searched in Redis (``geopresence.cluster.redis_strangers``); a node applies
+  one it reads from Redis as a feed op;
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``);
 - ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node;

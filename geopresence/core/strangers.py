@@ -37,6 +37,8 @@ from geopresence.core.expiry import DeadlineIndex
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.sessions import TokenBucket
+from geopresence.core.stranger_index import Found, GridIndex, StrangerIndex
+from geopresence.core.stranger_watches import Watches
 from geopresence.model.geo import distance_within
 from geopresence.model.geocells import MAX_PRECISION, coarse, cover
 from geopresence.wire.client_messages import NearbyPeopleQuery, WatchStrangers
@@ -98,26 +100,6 @@ class StrangerGoneEvent:
     reason: StrangerGoneReason
 
 
-Applied = tuple[tuple[float, float] | None, float]
-"""What a watch's decisions are taken from: its user's coarse position (None: none) and
-radius."""
-
-
-@attrs.define
-class _Watch:
-    cells: frozenset[str] = frozenset()
-    shown: set[str] = attrs.Factory(set)
-    center: Location | None = None
-    """The watcher's coarse position as last applied (None: it had no live location)."""
-    radius: float = 0.0
-    """The watcher's radius as last applied."""
-
-    @property
-    def applied(self) -> Applied:
-        center = self.center
-        return (None if center is None else (center.lat, center.lon)), self.radius
-
-
 def _stranger_key(user: str) -> tuple[str, str]:
     return (STRANGER_TAG, user)
 
@@ -133,19 +115,23 @@ class Strangers:
         query_burst: int,
         query_interval: float,
         apply_interval: float | None = None,
+        index: StrangerIndex | None = None,
     ) -> None:
         self.ctx = ctx
         self.view = view
         self.grid = StrangerGrid()
         """Visible users at their COARSE positions (cell centres), with the ``ts`` of the
-        update that brought each into its cell."""
+        update that brought each into its cell: every one on a single node; with several,
+        those whose location this node holds (its own users' and their friends')."""
+        self.index: StrangerIndex = GridIndex(self.grid) if index is None else index
+        """What ``nearby_people`` searches, told of the moves this node handles."""
         self.query_burst = query_burst
         self.query_interval = query_interval
         self.apply_interval = query_interval if apply_interval is None else apply_interval
         """A watcher's moves and radius changes reach its strangers view at most once per
         this many seconds (by default the nearby_people interval: one probe per interval,
         whichever way it is made)."""
-        self._watches: dict[ConnId, _Watch] = {}
+        self._watches = Watches()
         self._applied_at: dict[str, float] = {}
         """When each user's watches were last brought up to date (recent ones only)."""
         self._applied_order: deque[tuple[float, str]] = deque()
@@ -168,10 +154,10 @@ class Strangers:
             if conn not in self._watches:
                 # A new watch takes its user's current state at once: its view is empty,
                 # so this reveals nothing (no stranger_gone can follow from it).
-                self._watches[conn] = _Watch()
+                self._watches.start(conn)
                 self._recover(conn, session.user, now)
         else:
-            watch = self._watches.pop(conn, None)
+            watch = self._watches.stop(conn)
             if watch is not None:
                 for cell in watch.cells:
                     self.ctx.broker.unsubscribe(cell_channel(cell), conn)
@@ -203,13 +189,28 @@ class Strangers:
             )
         excluded = {user, *self.ctx.store.friends_of(user)}
         need = (query.page + 1) * PAGE_SIZE
-        # Coarse to coarse: the grid holds cell centres, and so is the asker's position.
-        total, found = self.grid.query(snap(me), self.view.radius(user), excluded, need)
+
+        def answer(result: tuple[int, Found] | None) -> None:
+            self._answer(conn, query, result)
+
+        # Coarse to coarse: the index holds cell centres, and so is the asker's position.
+        self.index.search(snap(me), self.view.radius(user), excluded, need, answer)
+
+    def _answer(
+        self, conn: ConnId, query: NearbyPeopleQuery, result: tuple[int, Found] | None
+    ) -> None:
+        """Reply to ``query`` with the search's ``result`` (it may come a round trip later:
+        a connection closed meanwhile gets nothing)."""
+        if self.ctx.session(conn) is None:
+            return
+        if result is None:
+            message = "nearby_people could not be searched (the shared store did not answer)"
+            self.ctx.reply_error(conn, ProtocolError("internal", message, query.id))
+            return
+        total, found = result
         start = query.page * PAGE_SIZE
-        people = [
-            Person(user=u, distance_m=rounded(d), ts=loc.ts)
-            for d, u, loc in found[start : start + PAGE_SIZE]
-        ]
+        page = found[start : start + PAGE_SIZE]
+        people = [Person(user=u, distance_m=rounded(d), ts=loc.ts) for d, u, loc in page]
         reply = NearbyPeopleReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=total, people=people
         )
@@ -217,7 +218,8 @@ class Strangers:
         watch = self._watches.get(conn)
         if watch is not None:
             # Later stranger_gone refers to everything shown: earlier events and this page.
-            watch.shown.update(person.user for person in people)
+            for _, other, location in page:
+                self._watches.show(watch, other, location)
 
     # ------------------------------------------------------------------ hub events
 
@@ -230,7 +232,11 @@ class Strangers:
             if held is None or (held.lat, held.lon) != (spot.lat, spot.lon):
                 previous = self.grid.place(user, spot)
                 current = self.grid.cell(user)
+                if not self.ctx.replaying:  # another node's move: its origin did this
+                    self.index.entered(user, spot, previous, now)
                 self.ctx.publish(_channels(previous, current), StrangerEvent(user, spot, now))
+            elif not self.ctx.replaying:
+                self.index.stayed(user, held, now)
         self._watcher_changed(user, now)
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
@@ -238,7 +244,9 @@ class Strangers:
             location = self.view.location_of(user, now)
             if location is not None:
                 spot = snap(location)
-                self.grid.place(user, spot)
+                previous = self.grid.place(user, spot)
+                if not self.ctx.replaying:
+                    self.index.entered(user, spot, previous, now)
                 self.ctx.publish(_channels(self.grid.cell(user)), StrangerEvent(user, spot, now))
         else:
             self._gone(user, "hidden")
@@ -266,12 +274,11 @@ class Strangers:
         for watcher, other in ((a, b), (b, a)):
             for conn in self.ctx.connections_of(watcher):
                 watch = self._watches.get(conn)
-                if watch is not None and other in watch.shown:
-                    watch.shown.discard(other)
+                if watch is not None and self._watches.unshow(watch, other):
                     self._send_gone(conn, other, "friend")
 
     def on_session_closed(self, conn: ConnId) -> None:
-        self._watches.pop(conn, None)  # the broker drops its subscriptions
+        self._watches.stop(conn)  # the broker drops its subscriptions
 
     def forget(self, user: str) -> None:
         """Drop ``user``'s query bucket and pending watch update (a forget: its sessions
@@ -295,8 +302,7 @@ class Strangers:
         if watch is None:
             return
         if isinstance(event, StrangerGoneEvent):
-            if event.user in watch.shown:
-                watch.shown.discard(event.user)
+            if self._watches.unshow(watch, event.user):
                 self._send_gone(conn, event.user, event.reason)
             return
         session = self.ctx.session(conn)
@@ -312,11 +318,10 @@ class Strangers:
         if mine is not None and self.view.location_of(watcher, event.now) is not None:
             distance = distance_within(mine, event.location, watch.radius)
         if distance is not None:
-            watch.shown.add(other)
+            self._watches.show(watch, other, event.location)
             frame = StrangerNearby(user=other, distance_m=rounded(distance), ts=event.location.ts)
             self.ctx.sink.send(conn, Outgoing(encode(frame), _stranger_key(other)))
-        elif other in watch.shown:
-            watch.shown.discard(other)
+        elif self._watches.unshow(watch, other):
             self._send_gone(conn, other, "out_of_range")
 
     # ------------------------------------------------------------------ internals
@@ -373,16 +378,31 @@ class Strangers:
             for cell in cells - watch.cells:
                 self.ctx.broker.subscribe(cell_channel(cell), conn)
             watch.cells = cells
-        for other in list(watch.shown):
-            location = self.grid.get(other)
-            if mine is None or location is None or distance_within(mine, location, radius) is None:
-                watch.shown.discard(other)
+        for other, told in list(watch.shown.items()):
+            # Where the stranger is: this node's grid if it holds it (with several nodes, it
+            # may not), else where the cells' channels last said it was.
+            location = self.grid.get(other) or told
+            if mine is None or distance_within(mine, location, radius) is None:
+                self._watches.unshow(watch, other)
                 self._send_gone(conn, other, "out_of_range")
 
     def _gone(self, user: str, reason: StrangerGoneReason) -> None:
         code = self.grid.remove(user)
         if code is not None:
-            self.ctx.publish(_channels(code), StrangerGoneEvent(user, reason))
+            self.index.left(user, code)
+            event = StrangerGoneEvent(user, reason)
+            if reason == "expired" and self.ctx.connections_of(user):
+                # Other nodes' watchers hold no stranger's location, so cannot see it
+                # expire: a node with the user's sessions (which handled its moves) tells
+                # them; the other nodes holding it (its friends') would only repeat it.
+                self.ctx.publish_everywhere(_channels(code), event)
+            else:
+                self.ctx.publish(_channels(code), event)
+        # Watchers still showing the user that no cell channel reached: with several nodes
+        # this node may not hold the user (it goes offline or hides on the replicated state).
+        for watch in self._watches.showing(user):
+            self._watches.unshow(watch, user)
+            self._send_gone(watch.conn, user, reason)
 
     def _send_gone(self, conn: ConnId, user: str, reason: StrangerGoneReason) -> None:
         frame = StrangerGone(user=user, reason=reason)

@@ -114,6 +114,7 @@ class Server:
             journal=acks,
             push=self.push.submit,
             replicator=self.cluster,
+            stranger_index=None if self.cluster is None else self.cluster.strangers,
         )
         register_hub_metrics(self.metrics, self.hub)
         if self.cluster is not None and self.cluster.broker is not None:

@@ -547,6 +547,10 @@ async def test_a_forget_reaches_every_node_redis_and_each_node_s_history(
             await expect(bob, "message", text="for bob")
             await expect(bob, "message", text="for the hikers")
             await until(lambda: names_alice(tmp_path / "data2"))  # her history, on node 2
+            async with redis_of(args) as client:
+                with trio.fail_after(10):  # she is in a strangers' cell (written after the ack)
+                    while not await stranger_cells_with(client, "alice"):
+                        await trio.sleep(0.05)
             async with a.admin() as admin:
                 result = await admin.forget("alice")
             assert (result["friends"], result["groups"], result["messages"]) == (2, 1, 2)
@@ -567,6 +571,7 @@ async def test_a_forget_reaches_every_node_redis_and_each_node_s_history(
             assert chats == ["g:hikers"]
             assert await client.zrange("gp:chat:{g:hikers}", 0, -1) == ()
             assert await client.zscore("gp:forgotten", "alice") is not None
+            assert await stranger_cells_with(client, "alice") == []
         late = start_node(args, 3, tmp_path)  # was down: scrubs alice from its history
         try:
             await until(lambda: not names_alice(tmp_path / "data3"))
@@ -575,6 +580,12 @@ async def test_a_forget_reaches_every_node_redis_and_each_node_s_history(
         finally:
             late.proc.terminate()
             late.proc.wait(15)
+
+
+async def stranger_cells_with(client: Any, user: str) -> list[str]:
+    """The strangers' cells (``gp:strangers-ts:{H}``) that list ``user``."""
+    keys = [str(k, "utf-8") async for k in client.scan_iter(match="gp:strangers-ts:*")]
+    return [key for key in keys if await client.hexists(key, user)]
 
 
 def _gauge(metrics: str, name: str) -> float:

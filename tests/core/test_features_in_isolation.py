@@ -17,10 +17,13 @@ from geopresence.core.locations import Location
 from geopresence.core.nearby import LocationEvent, Nearby
 from geopresence.core.replication import Replicator
 from geopresence.core.store import MemoryStore, UserSettings
-from geopresence.core.strangers import Strangers
+from geopresence.core.stranger_index import Answer
+from geopresence.core.strangers import Strangers, snap
 from geopresence.model.records import Record
-from geopresence.wire.client_messages import LocationUpdate, WatchStrangers
+from geopresence.wire.client_messages import LocationUpdate, NearbyPeopleQuery, WatchStrangers
+from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outgoing
+from geopresence.wire.protocol import encode, error_message
 from tests.helpers import RecordingSink
 
 
@@ -54,6 +57,12 @@ class FakeContext:
         channels = list(channels)
         self.published.append((channels, event))
         self.broker.publish(channels, event, exclude)
+
+    def publish_everywhere(self, channels: Iterable[str], event: object) -> None:
+        self.publish(channels, event)
+
+    def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
+        self.sink.send(conn, Outgoing(encode(error_message(error))))
 
     def journal_append(self, record: Record) -> int:
         self.journaled.append(record)
@@ -127,6 +136,72 @@ def test_strangers_on_a_fake_context_see_rounded_cell_distances() -> None:
     ctx.store.add_friendship("alice", "carol")  # friends are never strangers
     strangers.on_friendship_added("alice", "carol")
     assert frames(ctx.sink, 1) == [{"type": "stranger_gone", "user": "alice", "reason": "friend"}]
+
+
+class DeferredIndex:
+    """A ``StrangerIndex`` that answers when told (as Redis does, a round trip later) and
+    records what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str]] = []
+        self.pending: list[Answer] = []
+
+    def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
+        self.told.append(("entered", user))
+
+    def stayed(self, user: str, spot: Location, now: float) -> None:
+        self.told.append(("stayed", user))
+
+    def left(self, user: str, cell: str) -> None:
+        self.told.append(("left", user))
+
+    def search(
+        self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
+    ) -> None:
+        self.pending.append(answer)
+
+
+def test_strangers_with_a_shared_index_answer_later_and_tell_what_they_do() -> None:
+    """With several nodes: the search's answer comes later (to a connection still open;
+    None: an ``internal`` error), and a stranger this node does not hold (it is on another
+    node) that goes offline leaves the view of the watchers showing it."""
+    ctx = FakeContext()
+    view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
+    index = DeferredIndex()
+    strangers = Strangers(ctx, view, query_burst=5, query_interval=1.0, index=index)
+    ctx.deliver = strangers.deliver
+    ctx.sessions[1] = Session(1, "carol", "phone")
+    strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
+    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=2), now=0.0)
+    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=3), now=0.0)
+    frames(ctx.sink, 1)
+    assert len(index.pending) == 2
+    sam = snap(Location(48.8566 + 0.002, 2.3522, 0.0))
+    index.pending[0]((1, [(200.0, "sam", sam)]))
+    [reply] = frames(ctx.sink, 1)
+    assert reply["re"] == 2 and [p["user"] for p in reply["people"]] == ["sam"]
+    index.pending[1](None)
+    [error] = frames(ctx.sink, 1)
+    assert (error["type"], error["re"], error["code"]) == ("error", 3, "internal")
+    # sam is on another node: this one holds neither his location nor his grid entry.
+    assert strangers.grid.get("sam") is None
+    strangers.on_location_gone("sam", "offline")
+    assert frames(ctx.sink, 1) == [{"type": "stranger_gone", "user": "sam", "reason": "offline"}]
+    strangers.on_location_gone("sam", "offline")  # told once
+    assert frames(ctx.sink, 1) == []
+    # A connection closed before the answer gets nothing.
+    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=4), now=5.0)
+    del ctx.sessions[1]
+    strangers.on_session_closed(1)
+    index.pending[2]((0, []))
+    assert frames(ctx.sink, 1) == []
+    # A visible user handled here: the index hears each move, once per coarse cell.
+    ctx.store.put_settings("dan", UserSettings(visible_to_strangers=True))
+    here = Location(48.85, 2.35, 6.0)
+    strangers.on_location("dan", here, now=6.0)
+    strangers.on_location("dan", Location(48.85, 2.35 + 0.00001, 7.0), now=7.0)
+    strangers.on_location_gone("dan", "expired")
+    assert index.told == [("entered", "dan"), ("stayed", "dan"), ("left", "dan")]
 
 
 def test_nearby_on_a_fake_context_tells_its_listener_and_publishes() -> None:

@@ -1,0 +1,251 @@
+"""Nearby strangers shared through Redis (cluster): a GEO set per geohash cell.
+
+No node holds every visible user. The node that handles a visible user's moves (one of its
+sessions sent them) writes the user's coarse position (``core.strangers.snap``: a ~100 m
+cell's centre, never the exact one) into the keys of its precision-4 geohash cell
+(~39 x 20 km at the equator), which share a Cluster hash tag::
+
+    gp:strangers:{9q8y}      GEO set: user -> coarse position
+    gp:strangers-exp:{9q8y}  sorted set: user -> when its location expires (epoch seconds)
+    gp:strangers-ts:{9q8y}   hash: user -> the ts of the update that entered its coarse cell
+
+A move to another coarse cell rewrites the position and ``ts``, a move within one renews the
+expiry only (what a stranger sees, ``ts`` included, does not change), a user that hides, goes
+offline or whose location expires is removed. ``nearby_people`` searches the cells that
+intersect the asker's circle (one script per cell: ``GEOSEARCH``, the unexpired members'
+``ts``, and expired members removed as it goes), then keeps those visible and online on the
+replicated state and not excluded, and answers with the same exact query as one node's grid.
+So no key holds the world, and a search costs Redis a few cells, not the population.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Set
+from typing import Any, Final
+
+import trio
+
+from geopresence.cluster.presence_scripts import sha1
+from geopresence.cluster.redis_keys import Keys, string
+from geopresence.core.grid import StrangerGrid
+from geopresence.core.locations import Location
+from geopresence.core.stranger_index import Answer
+from geopresence.model.geocells import cap_box, cell_of, cells_in, coarse
+
+log = logging.getLogger("geopresence.redis")
+
+CELL_PRECISION: Final = 4
+"""Geohash precision of the Redis cells (~39 x 20 km at the equator): a search of the
+largest radius (50 km) reads a few dozen keys, a city's users are spread over a few."""
+
+MAX_PENDING_WRITES: Final = 100_000
+"""Writes queued while Redis is slow or away; beyond, they are dropped (positions are live
+state: the user's next move writes it again)."""
+
+WRITE_BATCH: Final = 512
+
+SEARCH_MARGIN: Final = 1.01, 100.0
+"""Redis is asked for a slightly larger circle (factor, metres): its Earth radius and its
+52-bit positions differ from ours; the exact query decides."""
+
+_SEARCH: Final = """
+local now = tonumber(ARGV[4])
+local dead = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'LIMIT', 0, 512)
+if #dead > 0 then
+  redis.call('ZREM', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[3], unpack(dead))
+end
+local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
+                         'BYRADIUS', ARGV[3], 'm', 'WITHCOORD')
+local out = {}
+for _, item in ipairs(found) do
+  local expires = redis.call('ZSCORE', KEYS[2], item[1])
+  if expires and tonumber(expires) > now then
+    out[#out + 1] = item[1]
+    out[#out + 1] = item[2][1]
+    out[#out + 1] = item[2][2]
+    out[#out + 1] = redis.call('HGET', KEYS[3], item[1]) or '0'
+  end
+end
+return out
+"""
+"""One cell's live members within a radius (KEYS: GEO set, expiries, ts; ARGV: lon, lat,
+radius in metres, now): a flat list of user, lon, lat, ts. Removes expired members first."""
+
+
+def cell_keys(keys: Keys, cell: str) -> tuple[str, str, str]:
+    """The keys of one cell: positions, expiries, ts (one hash tag, one slot)."""
+    return keys.of("strangers", cell), keys.of("strangers-exp", cell), keys.of("strangers-ts", cell)
+
+
+Row = tuple[str, float, float, float]
+"""A search's member: (user, lon, lat, ts)."""
+
+Write = tuple[str, str, str, Location | None, float]
+"""(what, cell, user, coarse position, expiry): "enter", "stay" or "leave"."""
+
+
+class RedisStrangers:
+    """The ``StrangerIndex`` of a node (``core.stranger_index``) over Redis. ``ClusterLink``
+    sets ``live`` and ``location_ttl`` and runs ``run`` in a task."""
+
+    def __init__(self, client: Any, keys: Keys, now: Callable[[], float]) -> None:
+        self._client = client
+        self._keys = keys
+        self._now = now
+        """The hub's clock (epoch seconds): expiries are compared with it."""
+        self.live: Callable[[str], bool] = lambda user: True
+        """Whether a user found may be shown: visible to strangers and online (the
+        replicated state; Redis may still list one that hid or went offline elsewhere)."""
+        self.location_ttl = 0.0
+        """Seconds a position stays live after a move (the hub's location TTL)."""
+        self._writes: deque[Write] = deque()
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._sha = sha1(_SEARCH)
+        self._loaded = False
+        self.dropped = 0
+        """Writes dropped (queue full, or Redis failed them), for metrics and the log."""
+        self.searches_failed = 0
+
+    # ---------------------------------------------------------------- the StrangerIndex seam
+
+    def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
+        cell = cell_of(spot.lat, spot.lon, CELL_PRECISION)
+        if left is not None and left[:CELL_PRECISION] != cell:
+            self._queue(("leave", left[:CELL_PRECISION], user, None, 0.0))
+        self._queue(("enter", cell, user, spot, now + self.location_ttl))
+
+    def stayed(self, user: str, spot: Location, now: float) -> None:
+        cell = cell_of(spot.lat, spot.lon, CELL_PRECISION)
+        self._queue(("stay", cell, user, spot, now + self.location_ttl))
+
+    def left(self, user: str, cell: str) -> None:
+        self._queue(("leave", cell[:CELL_PRECISION], user, None, 0.0))
+
+    def search(
+        self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
+    ) -> None:
+        if self._nursery is None:  # not running (stopping): as if Redis did not answer
+            answer(None)
+            return
+        self._nursery.start_soon(self._search, center, radius_m, excluded, need, answer)
+
+    # ---------------------------------------------------------------- Redis side
+
+    def _queue(self, write: Write) -> None:
+        if len(self._writes) >= MAX_PENDING_WRITES:
+            self.dropped += 1
+            return
+        self._writes.append(write)
+        self._wakeup.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write the queued positions, a pipeline per batch, and make searches."""
+        failing = False
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    if not self._writes:
+                        self._wakeup = trio.Event()
+                        await self._wakeup.wait()
+                    batch = [
+                        self._writes.popleft() for _ in range(min(WRITE_BATCH, len(self._writes)))
+                    ]
+                    try:
+                        await self._write(batch)
+                    except Exception as exc:
+                        self.dropped += len(batch)
+                        if not failing:  # one line per outage
+                            log.error("writing strangers' positions failed (%s): dropping", exc)
+                        failing = True
+                        continue
+                    if failing:
+                        log.info("strangers' positions written again (%d dropped)", self.dropped)
+                    failing = False
+            finally:
+                self._nursery = None
+
+    async def _write(self, batch: list[Write]) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for what, cell, user, spot, expires in batch:
+                geo, exp, ts = cell_keys(self._keys, cell)
+                if spot is None:
+                    pipe.zrem(geo, [user])
+                    pipe.zrem(exp, [user])
+                    pipe.hdel(ts, [user])
+                    continue
+                pipe.geoadd(geo, [(spot.lon, spot.lat, user)])
+                pipe.zadd(exp, {user: expires})
+                if what == "enter":
+                    pipe.hset(ts, {user: repr(spot.ts)})
+                else:  # still live, seen as before: the ts of the update that entered
+                    pipe.hsetnx(ts, user, repr(spot.ts))
+
+    async def _search(
+        self,
+        center: Location,
+        radius_m: float,
+        excluded: Set[str],
+        need: int,
+        answer: Answer,
+    ) -> None:
+        try:
+            rows = await self._read(center, radius_m)
+        except Exception as exc:
+            self._loaded = False  # a restarted Redis forgot the script
+            self.searches_failed += 1
+            log.warning("nearby_people: searching Redis failed: %s", exc)
+            answer(None)
+            return
+        found = StrangerGrid()
+        for user, lon, lat, ts in rows:
+            if user not in excluded and self.live(user):
+                # Snapped again: Redis keeps positions to ~0.6 m, the centre is exact.
+                found.place(user, Location(*coarse(lat, lon), ts))
+        answer(found.query(center, radius_m, excluded, need))
+
+    async def _read(self, center: Location, radius_m: float) -> list[Row]:
+        """Every live member (user, lon, lat, ts) of the cells around ``center`` within
+        about ``radius_m`` (a little more: ``SEARCH_MARGIN``)."""
+        client = self._client
+        if not self._loaded:
+            await client.script_load(_SEARCH)  # every master of a Cluster gets it
+            self._loaded = True
+        factor, extra = SEARCH_MARGIN
+        args = [center.lon, center.lat, radius_m * factor + extra, self._now()]
+        cells = sorted(cells_in(cap_box(center.lat, center.lon, radius_m), CELL_PRECISION))
+        async with client.pipeline(transaction=False) as pipe:
+            requests = [
+                pipe.evalsha(self._sha, keys=cell_keys(self._keys, cell), args=args)
+                for cell in cells
+            ]
+        rows: dict[str, Row] = {}
+        for request in requests:
+            flat = [string(value) for value in await request]
+            for i in range(0, len(flat), 4):
+                user = flat[i]
+                rows[user] = (user, float(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3]))
+        return list(rows.values())
+
+
+async def forget_stranger(client: Any, keys: Keys, user: str) -> int:
+    """Take ``user`` out of every strangers' cell (a forget: also the entries that expired
+    but no search has cleaned yet, so its name stays in no cell). Scans the cells' keys on
+    every master: forgets are rare. Returns how many cells listed it."""
+    head = f"{keys.prefix}:strangers-ts:"
+    found = [string(key) async for key in client.scan_iter(match=f"{head}*")]
+    listed = 0
+    for key in found:
+        geo, exp, ts = cell_keys(keys, key[len(head) :].strip("{}"))
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zrem(geo, [user])
+            pipe.zrem(exp, [user])
+            removed = pipe.hdel(ts, [user])
+        listed += bool(await removed)
+    return listed

@@ -1,0 +1,91 @@
+"""Nearby strangers across real nodes (standalone Redis and a 3-master Cluster): searched in
+Redis' per-cell GEO sets, never held by a node that has no session of theirs, and every
+reason a stranger leaves a watcher's view reaches a watcher on another node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.cluster.test_multinode import (
+    Node,
+    _gauge,
+    expect,
+    redis_of,
+    session,
+    start_node,
+)
+from tests.redis_server import redis_cluster, redis_server
+
+TTL = 3.0
+SEOUL = {"lat": 37.5665, "lon": 126.9780}
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[Node], list[str]]]:
+    """Two nodes whose locations live ``TTL`` seconds."""
+    with ExitStack() as stack:
+        if request.param == "standalone":
+            args = ["--redis", f"redis://127.0.0.1:{stack.enter_context(redis_server())}/0"]
+        else:
+            ports = stack.enter_context(redis_cluster())
+            args = ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in ports)]
+        started = []
+        try:
+            for node_id in (1, 2):
+                started.append(start_node(args, node_id, tmp_path, "--location-ttl", str(TTL)))
+            yield started, args
+        finally:
+            for node in started:
+                node.proc.terminate()
+                node.proc.wait(15)
+
+
+def near(dlat: float) -> dict[str, float]:
+    return {"lat": SEOUL["lat"] + dlat, "lon": SEOUL["lon"]}
+
+
+async def test_strangers_on_another_node(nodes: tuple[list[Node], list[str]]) -> None:
+    (a, b), args = nodes
+    async with (
+        session(a, "alice") as alice,
+        session(b, "sam") as sam,
+        session(b, "carol") as carol,
+        a.admin() as admin_a,
+    ):
+        for stranger, dlat in ((sam, 0.002), (carol, 0.004)):
+            await stranger.request("settings", visible_to_strangers=True)
+            await stranger.send({"type": "location", **near(dlat)})
+        await alice.send({"type": "location", **SEOUL})
+        await alice.request("watch_strangers", on=True)
+        await trio.sleep(0.3)  # the positions are in Redis
+        people = await alice.request("nearby_people")
+        assert [p["user"] for p in people["people"]] == ["sam", "carol"]
+        # Node a holds no stranger's location: only alice's own.
+        assert _gauge(await admin_a.metrics(), "locations") == 1
+        # sam hides: alice, on the other node, sees him leave.
+        await sam.request("settings", visible_to_strangers=False)
+        await expect(alice, "stranger_gone", user="sam", reason="hidden")
+        assert [p["user"] for p in (await alice.request("nearby_people"))["people"]] == ["carol"]
+        # carol's location expires on node b (she stops moving): node a cannot see that
+        # happen, node b tells it. alice keeps hers live meanwhile.
+        async with session(b, "dan") as dan:
+            await dan.request("settings", visible_to_strangers=True)
+            await dan.send({"type": "location", **near(0.001)})
+            await expect(alice, "stranger_nearby", user="dan")
+            await trio.sleep(TTL - 1)
+            await alice.send({"type": "location", **SEOUL})
+            await expect(alice, "stranger_gone", user="carol", reason="expired", within=TTL)
+            # dan logs out: node a learns he is offline from the replicated presence.
+            await dan.logout()
+            await expect(alice, "stranger_gone", user="dan", reason="offline")
+        assert (await alice.request("nearby_people"))["people"] == []
+    # Locations never went on the feed, visible users' included.
+    client = redis_of(args)
+    async with client:
+        ops = [entry.field_values[b"op"] for entry in await client.xrange("gp:feed")]
+        assert not any(b'"t":"location"' in op for op in ops), ops

@@ -1,0 +1,161 @@
+"""``RedisStrangers``, the shared stranger index, on a real Redis and a 3-master Redis
+Cluster: what it keeps per geohash cell, expiry, the replicated state's filter, forgets and
+an unreachable Redis (the contract it shares with one node's grid:
+tests/seams/test_stranger_index_conformance.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+
+import coredis
+import pytest
+import trio
+
+from geopresence.cluster.redis_forget import forget_user
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_strangers import CELL_PRECISION, RedisStrangers
+from geopresence.core.grid import StrangerGrid
+from geopresence.core.locations import Location
+from geopresence.core.stranger_index import Found
+from geopresence.core.strangers import snap
+from geopresence.model.geocells import INDEX_PRECISION, cell_of
+from geopresence.model.records import UserForgotten
+from tests.redis_server import AnyRedis
+
+NOW = 1_800_000_000.0
+TTL = 600.0
+SEOUL = Location(37.5665, 126.9780, NOW)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def index(any_redis: AnyRedis) -> AsyncIterator[tuple[RedisStrangers, Clock]]:
+    clock = Clock()
+    strangers = RedisStrangers(any_redis, Keys(f"t{random.randrange(10**9)}"), clock)
+    strangers.location_ttl = TTL
+    async with trio.open_nursery() as nursery:
+        await nursery.start(strangers.run)
+        yield strangers, clock
+        nursery.cancel_scope.cancel()
+
+
+async def search(
+    strangers: RedisStrangers,
+    center: Location,
+    radius: float,
+    excluded: frozenset[str] = frozenset(),
+    need: int = 20,
+) -> tuple[int, Found] | None:
+    await settle(strangers)
+    got: list[tuple[int, Found] | None] = []
+    strangers.search(snap(center), radius, excluded, need, got.append)
+    with trio.fail_after(10):
+        while not got:
+            await trio.sleep(0.01)
+    return got[0]
+
+
+async def settle(strangers: RedisStrangers) -> None:
+    """Let the writes queued so far reach Redis."""
+    with trio.fail_after(10):
+        while strangers._writes:
+            await trio.sleep(0.01)
+        await trio.sleep(0.05)  # the pipeline in flight
+
+
+def place(strangers: RedisStrangers, grid: StrangerGrid, user: str, at: Location) -> None:
+    """What ``Strangers.on_location`` does for a visible user handled here."""
+    spot = snap(at)
+    held = grid.get(user)
+    if held is not None and (held.lat, held.lon) == (spot.lat, spot.lon):
+        strangers.stayed(user, held, at.ts)
+        return
+    strangers.entered(user, spot, grid.place(user, spot), at.ts)
+
+
+async def test_moves_expiry_and_leaving(
+    index: tuple[RedisStrangers, Clock], any_redis: AnyRedis
+) -> None:
+    strangers, clock = index
+    grid = StrangerGrid()
+    place(strangers, grid, "sam", SEOUL)
+    # A move within the coarse cell renews the expiry only: the ts shown stays the one of
+    # the update that entered the cell.
+    clock.now = NOW + 500
+    place(strangers, grid, "sam", Location(SEOUL.lat + 0.00001, SEOUL.lon, NOW + 500))
+    clock.now = NOW + 1000  # past the first update's TTL, not the second's
+    total, found = await search(strangers, SEOUL, 1_000) or (0, [])
+    assert total == 1 and found[0][1] == "sam" and found[0][2].ts == NOW
+    # Not shown: offline or hidden on the replicated state (Redis may still list it).
+    strangers.live = lambda user: user != "sam"
+    assert await search(strangers, SEOUL, 1_000) == (0, [])
+    strangers.live = lambda user: True
+    # A move to another Redis cell leaves the first.
+    far = Location(35.1796, 129.0756, NOW + 1000)  # Busan
+    place(strangers, grid, "sam", far)
+    assert await search(strangers, SEOUL, 1_000) == (0, [])
+    total, found = await search(strangers, far, 1_000) or (0, [])
+    assert [user for _, user, _ in found] == ["sam"] and found[0][2].ts == NOW + 1000
+    seoul_cell = cell_of(SEOUL.lat, SEOUL.lon, CELL_PRECISION)
+    prefix = strangers._keys.prefix
+    assert await any_redis.zcard(f"{prefix}:strangers:{{{seoul_cell}}}") == 0
+    # Its location expires: not found, and the search removes it from Redis.
+    clock.now = NOW + 1000 + TTL
+    assert await search(strangers, far, 1_000) == (0, [])
+    busan = cell_of(far.lat, far.lon, CELL_PRECISION)
+    for kind in ("strangers", "strangers-exp", "strangers-ts"):
+        assert await any_redis.exists([f"{prefix}:{kind}:{{{busan}}}"]) == 0
+    # Leaving (hidden, offline, forgotten) removes it at once.
+    clock.now = NOW + 2000
+    place(strangers, grid, "sam", Location(far.lat, far.lon, NOW + 2000))
+    code = grid.remove("sam")
+    assert code is not None and len(code) == INDEX_PRECISION
+    strangers.left("sam", code)
+    assert await search(strangers, far, 1_000) == (0, [])
+    assert await any_redis.zcard(f"{prefix}:strangers:{{{busan}}}") == 0
+
+
+async def test_a_search_without_redis_answers_none() -> None:
+    """Redis unreachable: the answer is None (the client gets an ``internal`` error), and
+    writes are dropped, counted, not queued forever."""
+    client = coredis.Redis(host="127.0.0.1", port=1, connect_timeout=0.5)
+    strangers = RedisStrangers(client, Keys("t"), Clock())
+    got: list[object] = []
+    strangers.search(SEOUL, 1_000, frozenset(), 20, got.append)
+    assert got == [None]  # not running
+    async with trio.open_nursery() as nursery:
+        await nursery.start(strangers.run)
+        strangers.entered("sam", snap(SEOUL), None, NOW)
+        strangers.search(SEOUL, 1_000, frozenset(), 20, got.append)
+        with trio.fail_after(10):
+            while len(got) < 2 or strangers.dropped < 1:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert got == [None, None] and strangers.searches_failed == 1
+
+
+async def test_a_forget_takes_the_user_out_of_every_cell(
+    index: tuple[RedisStrangers, Clock], any_redis: AnyRedis
+) -> None:
+    """Also where its location expired and no search has cleaned the cell yet, and where no
+    node holds it any more (its node died): its name stays nowhere."""
+    strangers, clock = index
+    grid = StrangerGrid()
+    place(strangers, grid, "sam", SEOUL)
+    place(strangers, grid, "ann", SEOUL)
+    await settle(strangers)
+    clock.now = NOW + TTL + 1
+    await forget_user(any_redis, strangers._keys, UserForgotten("sam"))
+    cell = cell_of(SEOUL.lat, SEOUL.lon, CELL_PRECISION)
+    prefix = strangers._keys.prefix
+    assert await any_redis.hkeys(f"{prefix}:strangers-ts:{{{cell}}}") == (b"ann",)
+    assert await any_redis.zrange(f"{prefix}:strangers-exp:{{{cell}}}", 0, -1) == (b"ann",)
+    assert await any_redis.zrange(f"{prefix}:strangers:{{{cell}}}", 0, -1) == (b"ann",)

@@ -1,0 +1,127 @@
+"""The ``StrangerIndex`` contract (geopresence.core.stranger_index), run against every
+implementation: one node's grid and Redis' per-cell GEO sets (a standalone Redis and a
+3-master Cluster). Told of the moves as ``Strangers`` tells it, a search answers exactly as a
+grid holding every visible user does: the same coarse positions, distances, order, counts
+and exclusions."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_strangers import CELL_PRECISION, RedisStrangers
+from geopresence.core.grid import StrangerGrid
+from geopresence.core.locations import Location
+from geopresence.core.stranger_index import Found, GridIndex, StrangerIndex
+from geopresence.core.strangers import snap
+from geopresence.model.geocells import cell_of
+from tests.redis_server import redis_client
+
+NOW = 1_800_000_000.0
+SEOUL = Location(37.5665, 126.9780, NOW)
+
+
+class Handler:
+    """What ``Strangers`` does with an index: its own grid of the users it handles, and the
+    index told of each change."""
+
+    def __init__(
+        self, index: StrangerIndex, grid: StrangerGrid, settle: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.index = index
+        self.grid = grid
+        self.settle = settle
+
+    def place(self, user: str, at: Location) -> None:
+        spot = snap(at)
+        held = self.grid.get(user)
+        if held is not None and (held.lat, held.lon) == (spot.lat, spot.lon):
+            self.index.stayed(user, held, at.ts)
+        else:
+            self.index.entered(user, spot, self.grid.place(user, spot), at.ts)
+
+    def remove(self, user: str) -> None:
+        cell = self.grid.remove(user)
+        if cell is not None:
+            self.index.left(user, cell)
+
+    async def search(
+        self,
+        center: Location,
+        radius: float,
+        excluded: frozenset[str] = frozenset(),
+        need: int = 20,
+    ) -> tuple[int, Found] | None:
+        await self.settle()
+        got: list[tuple[int, Found] | None] = []
+        self.index.search(snap(center), radius, excluded, need, got.append)
+        with trio.fail_after(10):
+            while not got:
+                await trio.sleep(0.01)
+        return got[0]
+
+
+@pytest.fixture(params=["grid", "redis-standalone", "redis-cluster"])
+async def handler(request: pytest.FixtureRequest) -> AsyncIterator[Handler]:
+    if request.param == "grid":
+        grid = StrangerGrid()
+
+        async def nothing() -> None:
+            return None
+
+        yield Handler(GridIndex(grid), grid, nothing)
+        return
+    async with redis_client(request.param.removeprefix("redis-")) as client:
+        strangers = RedisStrangers(client, Keys(f"t{random.randrange(10**9)}"), lambda: NOW)
+        strangers.location_ttl = 600.0
+
+        async def written() -> None:
+            with trio.fail_after(10):
+                while strangers._writes:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.05)  # the pipeline in flight
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(strangers.run)
+            yield Handler(strangers, StrangerGrid(), written)
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_search_answers_as_a_grid_of_everyone(handler: Handler) -> None:
+    """Random visible users around Seoul, spread over several cells of Redis' precision."""
+    rng = random.Random(7)
+    everyone = StrangerGrid()
+    for i in range(300):
+        at = Location(SEOUL.lat + rng.uniform(-0.4, 0.4), SEOUL.lon + rng.uniform(-0.5, 0.5), NOW)
+        handler.place(f"u{i}", at)
+        everyone.place(f"u{i}", snap(at))
+    cells = {cell_of(loc.lat, loc.lon, CELL_PRECISION) for _, loc in everyone.members("")}
+    assert len(cells) > 1
+    cases = [(2_000.0, frozenset[str](), 20), (8_046.72, frozenset({"u1", "u2"}), 40)]
+    for radius, excluded, need in cases:
+        for center in (SEOUL, Location(37.7, 127.2, NOW)):
+            expected = everyone.query(snap(center), radius, excluded, need)
+            assert await handler.search(center, radius, excluded, need) == expected
+    # The largest radius (50 km) counts everyone around.
+    expected = everyone.query(snap(SEOUL), 50_000, frozenset(), 1)
+    assert await handler.search(SEOUL, 50_000, need=1) == expected
+
+
+async def test_moves_and_leaving(handler: Handler) -> None:
+    """A user is found where it last entered a cell, with the ts of that entry; one that
+    left is found nowhere."""
+    busan = Location(35.1796, 129.0756, NOW + 10)
+    handler.place("sam", SEOUL)
+    handler.place("sam", Location(SEOUL.lat + 0.00001, SEOUL.lon, NOW + 5))  # same cell
+    [(_, user, where)] = (await handler.search(SEOUL, 1_000) or (0, []))[1]
+    assert (user, where) == ("sam", snap(SEOUL))  # the ts of the update that entered
+    handler.place("sam", busan)
+    assert await handler.search(SEOUL, 1_000) == (0, [])
+    [(_, user, where)] = (await handler.search(busan, 1_000) or (0, []))[1]
+    assert (user, where.ts) == ("sam", NOW + 10)
+    handler.remove("sam")
+    assert await handler.search(busan, 1_000) == (0, [])
