@@ -108,8 +108,9 @@ class RedisStrangers:
         self._sha = sha1(_SEARCH)
         self._loaded = False
         self.dropped = 0
-        """Writes dropped (queue full, or Redis failed them), for metrics and the log."""
-        self.searches_failed = 0
+        """Writes dropped (queue full, or Redis failed them), for the log."""
+        self.errors = 0
+        """Failed round trips (a batch of writes, or a search), for metrics."""
 
     # ---------------------------------------------------------------- the StrangerIndex seam
 
@@ -133,6 +134,11 @@ class RedisStrangers:
             answer(None)
             return
         self._nursery.start_soon(self._search, center, radius_m, excluded, need, answer)
+
+    @property
+    def pending(self) -> int:
+        """Writes queued for Redis."""
+        return len(self._writes)
 
     # ---------------------------------------------------------------- Redis side
 
@@ -160,6 +166,7 @@ class RedisStrangers:
                     try:
                         await self._write(batch)
                     except Exception as exc:
+                        self.errors += 1
                         self.dropped += len(batch)
                         if not failing:  # one line per outage
                             log.error("writing strangers' positions failed (%s): dropping", exc)
@@ -199,7 +206,7 @@ class RedisStrangers:
             rows = await self._read(center, radius_m)
         except Exception as exc:
             self._loaded = False  # a restarted Redis forgot the script
-            self.searches_failed += 1
+            self.errors += 1
             log.warning("nearby_people: searching Redis failed: %s", exc)
             answer(None)
             return

@@ -172,7 +172,12 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
     metrics.gauge(
         "redis_pending",
         "Commands queued for Redis.",
-        lambda: broker.pending + cluster.journal.pending + cluster.presence.pending,
+        lambda: (
+            broker.pending
+            + cluster.journal.pending
+            + cluster.presence.pending
+            + cluster.strangers.pending
+        ),
     )
     metrics.counter(
         "redis_feed_applied_total",
@@ -186,10 +191,12 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
     )
     metrics.counter(
         "redis_errors_total",
-        "Failed Redis round trips, retried (journal: acks wait; presence: reports wait).",
+        "Failed Redis round trips: retried (journal: acks wait; presence: reports wait) or "
+        "not (strangers: positions dropped, a nearby_people answered with an error).",
         lambda: [
             ('{part="journal"}', cluster.journal.write_errors),
             ('{part="presence"}', cluster.presence.errors),
+            ('{part="strangers"}', cluster.strangers.errors),
         ],
     )
     metrics.counter(

@@ -139,7 +139,7 @@ async def test_a_search_without_redis_answers_none() -> None:
             while len(got) < 2 or strangers.dropped < 1:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-    assert got == [None, None] and strangers.searches_failed == 1
+    assert got == [None, None] and strangers.errors == 2
 
 
 async def test_a_forget_takes_the_user_out_of_every_cell(
