@@ -11,7 +11,10 @@ random point in the middle of the box. Three figures per query:
   in-process server holding the same population (JSON, framing, the event loop included);
 - Redis: ``GEOSEARCH ... BYRADIUS 8046.72 m ASC COUNT 20 WITHDIST`` plus the total, counted
   server side by a Lua script (``#GEOSEARCH ...``) so that 8,000 members are not shipped to the
-  client, over loopback from the same Python process (coredis on trio).
+  client, over loopback from the same Python process (coredis on trio);
+- geopresence with several nodes: ``RedisStrangers.search`` (the cluster's stranger index:
+  the population written as nodes write it, one GEO set per geohash-4 cell, in the same
+  Redis), the answer a node replies with.
 
 Redis is Debian's ``redis-server``, started here on a free loopback port and stopped after;
 without it the Redis column says so.
@@ -180,10 +183,51 @@ async def bench_redis(
                     "Redis GEOSEARCH page + total", samples,
                     f"avg total {statistics.fmean(totals):.0f}",
                 )  # fmt: skip
+                await bench_cluster_index(port, people, points)
                 return statistics.fmean(samples)
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+async def bench_cluster_index(
+    port: int, people: list[tuple[str, float, float]], points: list[tuple[float, float]]
+) -> None:
+    """The stranger index of several nodes (``RedisStrangers``) on the same Redis."""
+    import coredis
+
+    from geopresence.cluster.redis_keys import Keys
+    from geopresence.cluster.redis_strangers import RedisStrangers
+    from geopresence.core.strangers import snap
+
+    client = coredis.Redis(host="127.0.0.1", port=port)
+    async with client, trio.open_nursery() as nursery:
+        index = RedisStrangers(client, Keys("bench"), time.time)
+        index.location_ttl = 3600.0
+        await nursery.start(index.run)
+        for user, lat, lon in people:
+            index.entered(user, snap(Location(lat, lon, 0.0)), None, time.time())
+        while index.pending:
+            await trio.sleep(0.05)
+        await trio.sleep(0.2)
+        samples: list[float] = []
+        totals: list[int] = []
+        for lat, lon in points:
+            got: list[object] = []
+            start = time.perf_counter()
+            index.search(snap(Location(lat, lon, 0.0)), RADIUS_M, frozenset(), 20, got.append)
+            while not got:
+                await trio.sleep(0)
+            samples.append(time.perf_counter() - start)
+            answer = got[0]
+            assert isinstance(answer, tuple), answer
+            totals.append(answer[0])
+        summary(
+            "geopresence nodes (RedisStrangers)",
+            samples,
+            f"avg total {statistics.fmean(totals):.0f}",
+        )
+        nursery.cancel_scope.cancel()
 
 
 async def main() -> None:

@@ -274,6 +274,7 @@ class ClusterLink:
                     await self.broker.subscribed()
                     self._control = control
                     self.presence.on_taken_over = control.taken_over
+                    self.presence.on_offline_at = self.strangers.went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)

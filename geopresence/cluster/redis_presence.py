@@ -94,6 +94,8 @@ class RedisPresence:
         self.on_taken_over: Callable[[str, str, str], None] | None = None
         """Called with (user, device, incarnation) when a session here took a device over
         from another incarnation, whose node must close its connection of it (4002)."""
+        self.on_offline_at: Callable[[str, bytes], None] | None = None
+        """Called with (user, its last ``gp:loc:{U}``) for a user made offline here."""
         self._reclaimed: set[tuple[str, str]] = set()
         """Devices reported again after a lost lease, until their report is applied."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
@@ -304,8 +306,11 @@ class RedisPresence:
             async with client.pipeline(transaction=False) as pipe:
                 if dropped:
                     pipe.srem(index, dropped)
-                for user in offline:  # one key per DEL: on a Cluster each has its slot
-                    pipe.delete([keys.location(user)])
+                gone_at = [pipe.getdel(keys.location(user)) for user in offline]
+            for user, request in zip(offline, gone_at, strict=True):
+                raw = await request
+                if raw is not None and self.on_offline_at is not None:
+                    self.on_offline_at(user, raw)
         return ended
 
     def _result(self, user: str, result: Any) -> str | None:

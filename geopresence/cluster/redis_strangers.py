@@ -12,10 +12,12 @@ cell's centre, never the exact one) into the keys of its precision-4 geohash cel
 A move to another coarse cell rewrites the position and ``ts``, a move within one renews the
 expiry only (what a stranger sees, ``ts`` included, does not change), a user that hides, goes
 offline or whose location expires is removed. ``nearby_people`` searches the cells that
-intersect the asker's circle (one script per cell: ``GEOSEARCH``, the unexpired members'
-``ts``, and expired members removed as it goes), then keeps those visible and online on the
-replicated state and not excluded, and answers with the same exact query as one node's grid.
-So no key holds the world, and a search costs Redis a few cells, not the population.
+intersect the asker's circle, one script per cell: it removes the expired members, counts in
+Redis those surely within the radius (the asker and its friends excluded), and sends the node
+only the nearest for the page and those near the rim, where Redis' distance (another Earth
+radius, positions kept to ~0.6 m) cannot decide. The node keeps those visible and online on
+its replicated state and answers with the same exact query as one node's grid. So no key
+holds the world, and a search costs Redis a few cells and the node about a page.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Set
 from typing import Any, Final
 
+import orjson
 import trio
 
 from geopresence.cluster.presence_scripts import sha1
@@ -32,6 +35,7 @@ from geopresence.cluster.redis_keys import Keys, string
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Answer
+from geopresence.core.strangers import snap
 from geopresence.model.geocells import cap_box, cell_of, cells_in, coarse
 
 log = logging.getLogger("geopresence.redis")
@@ -46,34 +50,56 @@ state: the user's next move writes it again)."""
 
 WRITE_BATCH: Final = 512
 
-SEARCH_MARGIN: Final = 1.01, 100.0
-"""Redis is asked for a slightly larger circle (factor, metres): its Earth radius and its
-52-bit positions differ from ours; the exact query decides."""
+SURE_WITHIN: Final = 0.9995, -5.0
+"""Redis' distance (its Earth radius is 0.03 % larger than ours; its positions are kept to
+~0.6 m) within ``radius * 0.9995 - 5`` m: surely within ours, counted in Redis."""
+SURE_BEYOND: Final = 1.0005, 5.0
+"""... beyond ``radius * 1.0005 + 5`` m: surely beyond ours, not read. Members between the
+two, and the nearest for the page, are sent to the node, whose exact query decides."""
+TIE_M: Final = 1.0
+"""Members within this of the page's last distance (by Redis) are sent as well: the exact
+query breaks ties by user id, Redis' order does not."""
 
 _SEARCH: Final = """
-local now = tonumber(ARGV[4])
-local dead = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE', 'LIMIT', 0, 512)
-if #dead > 0 then
-  redis.call('ZREM', KEYS[1], unpack(dead))
-  redis.call('ZREM', KEYS[2], unpack(dead))
-  redis.call('HDEL', KEYS[3], unpack(dead))
+local now = ARGV[5]
+local dead = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE')
+for first = 1, #dead, 512 do
+  local some = {unpack(dead, first, math.min(first + 511, #dead))}
+  redis.call('ZREM', KEYS[1], unpack(some))
+  redis.call('ZREM', KEYS[2], unpack(some))
+  redis.call('HDEL', KEYS[3], unpack(some))
 end
+local excluded = {}
+for i = 8, #ARGV do excluded[ARGV[i]] = true end
+local sure_within, need = tonumber(ARGV[3]), tonumber(ARGV[6])
 local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
-                         'BYRADIUS', ARGV[3], 'm', 'WITHCOORD')
-local out = {}
+                         'BYRADIUS', ARGV[4], 'm', 'ASC', 'WITHDIST', 'WITHCOORD')
+local counted, sent, last = 0, 0, -1
+local out = {0}
 for _, item in ipairs(found) do
-  local expires = redis.call('ZSCORE', KEYS[2], item[1])
-  if expires and tonumber(expires) > now then
-    out[#out + 1] = item[1]
-    out[#out + 1] = item[2][1]
-    out[#out + 1] = item[2][2]
-    out[#out + 1] = redis.call('HGET', KEYS[3], item[1]) or '0'
+  local user = item[1]
+  if not excluded[user] then
+    local distance = tonumber(item[2])
+    if sent < need or distance <= last + tonumber(ARGV[7]) or distance > sure_within then
+      if sent < need then last = distance end
+      sent = sent + 1
+      out[#out + 1] = user
+      out[#out + 1] = item[3][1]
+      out[#out + 1] = item[3][2]
+      out[#out + 1] = redis.call('HGET', KEYS[3], user) or '0'
+    else
+      counted = counted + 1
+    end
   end
 end
+out[1] = counted
 return out
 """
-"""One cell's live members within a radius (KEYS: GEO set, expiries, ts; ARGV: lon, lat,
-radius in metres, now): a flat list of user, lon, lat, ts. Removes expired members first."""
+"""One cell's search (KEYS: GEO set, expiries, ts; ARGV: lon, lat, the radius within which
+members are surely inside and beyond which surely outside (metres, by Redis), now, the page's
+need, the tie distance, then the excluded users). Removes expired members first. Returns the
+count of members surely within that are not sent, then user, lon, lat, ts of those sent: the
+``need`` nearest (with ties) and every one in the uncertain ring."""
 
 
 def cell_keys(keys: Keys, cell: str) -> tuple[str, str, str]:
@@ -126,6 +152,13 @@ class RedisStrangers:
 
     def left(self, user: str, cell: str) -> None:
         self._queue(("leave", cell[:CELL_PRECISION], user, None, 0.0))
+
+    def went_offline(self, user: str, raw: bytes) -> None:
+        """``user``, last at ``raw`` (its ``gp:loc:{U}``), went offline: take it out of its
+        cell, also when the node that listed it is dead (its own ``left`` never comes)."""
+        lat, lon = orjson.loads(raw)[:2]
+        spot = snap(Location(lat, lon, 0.0))
+        self._queue(("leave", cell_of(spot.lat, spot.lon, CELL_PRECISION), user, None, 0.0))
 
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
@@ -203,42 +236,55 @@ class RedisStrangers:
         answer: Answer,
     ) -> None:
         try:
-            rows = await self._read(center, radius_m)
+            counted, rows = await self._read(center, radius_m, excluded, need)
         except Exception as exc:
             self._loaded = False  # a restarted Redis forgot the script
             self.errors += 1
             log.warning("nearby_people: searching Redis failed: %s", exc)
             answer(None)
             return
-        found = StrangerGrid()
+        sent = StrangerGrid()
         for user, lon, lat, ts in rows:
-            if user not in excluded and self.live(user):
+            if self.live(user):
                 # Snapped again: Redis keeps positions to ~0.6 m, the centre is exact.
-                found.place(user, Location(*coarse(lat, lon), ts))
-        answer(found.query(center, radius_m, excluded, need))
+                sent.place(user, Location(*coarse(lat, lon), ts))
+        total, nearest = sent.query(center, radius_m, excluded, need)
+        answer((counted + total, nearest))
 
-    async def _read(self, center: Location, radius_m: float) -> list[Row]:
-        """Every live member (user, lon, lat, ts) of the cells around ``center`` within
-        about ``radius_m`` (a little more: ``SEARCH_MARGIN``)."""
+    async def _read(
+        self, center: Location, radius_m: float, excluded: Set[str], need: int
+    ) -> tuple[int, list[Row]]:
+        """Search the cells around ``center`` (``_SEARCH``): how many members are surely
+        within ``radius_m`` but not sent, and the members sent (user, lon, lat, ts)."""
         client = self._client
         if not self._loaded:
             await client.script_load(_SEARCH)  # every master of a Cluster gets it
             self._loaded = True
-        factor, extra = SEARCH_MARGIN
-        args = [center.lon, center.lat, radius_m * factor + extra, self._now()]
+        (within, less), (beyond, more) = SURE_WITHIN, SURE_BEYOND
+        args = [
+            center.lon,
+            center.lat,
+            radius_m * within + less,
+            radius_m * beyond + more,
+            self._now(),
+            need,
+            TIE_M,
+            *sorted(excluded),
+        ]
         cells = sorted(cells_in(cap_box(center.lat, center.lon, radius_m), CELL_PRECISION))
         async with client.pipeline(transaction=False) as pipe:
             requests = [
                 pipe.evalsha(self._sha, keys=cell_keys(self._keys, cell), args=args)
                 for cell in cells
             ]
-        rows: dict[str, Row] = {}
+        counted, rows = 0, []
         for request in requests:
-            flat = [string(value) for value in await request]
+            reply = await request
+            counted += int(reply[0])
+            flat = [string(value) for value in reply[1:]]
             for i in range(0, len(flat), 4):
-                user = flat[i]
-                rows[user] = (user, float(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3]))
-        return list(rows.values())
+                rows.append((flat[i], float(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3])))
+        return counted, rows
 
 
 async def forget_stranger(client: Any, keys: Keys, user: str) -> int:

@@ -18,6 +18,7 @@ from tests.cluster.test_multinode import (
     redis_of,
     session,
     start_node,
+    stranger_cells_with,
 )
 from tests.redis_server import redis_cluster, redis_server
 
@@ -41,8 +42,9 @@ def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list
             yield started, args
         finally:
             for node in started:
-                node.proc.terminate()
-                node.proc.wait(15)
+                if node.proc.poll() is None:
+                    node.proc.terminate()
+                    node.proc.wait(15)
 
 
 def near(dlat: float) -> dict[str, float]:
@@ -89,3 +91,27 @@ async def test_strangers_on_another_node(nodes: tuple[list[Node], list[str]]) ->
     async with client:
         ops = [entry.field_values[b"op"] for entry in await client.xrange("gp:feed")]
         assert not any(b'"t":"location"' in op for op in ops), ops
+
+
+async def test_a_dead_node_s_strangers_leave_redis_and_views(
+    nodes: tuple[list[Node], list[str]],
+) -> None:
+    """sam's node dies: the node that ends him (its sweeper) takes him out of his cell in
+    Redis, where nobody else would (he would still be counted by searches until his
+    location expired), and alice's view loses him."""
+    (a, b), args = nodes
+    client = redis_of(args)
+    async with client, session(a, "alice") as alice:
+        await alice.send({"type": "location", **SEOUL})
+        await alice.request("watch_strangers", on=True)
+        async with session(b, "sam") as sam:
+            await sam.request("settings", visible_to_strangers=True)
+            await sam.send({"type": "location", **near(0.002)})
+            await expect(alice, "stranger_nearby", user="sam")
+            assert await stranger_cells_with(client, "sam") != []
+            b.kill()
+        await expect(alice, "stranger_gone", user="sam", reason="offline")
+        with trio.fail_after(5):
+            while await stranger_cells_with(client, "sam"):
+                await trio.sleep(0.05)
+        assert (await alice.request("nearby_people"))["total"] == 0

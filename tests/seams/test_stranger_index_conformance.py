@@ -125,3 +125,24 @@ async def test_moves_and_leaving(handler: Handler) -> None:
     assert (user, where.ts) == ("sam", NOW + 10)
     handler.remove("sam")
     assert await handler.search(busan, 1_000) == (0, [])
+
+
+async def test_ties_at_the_page_s_end_are_broken_by_user_id(handler: Handler) -> None:
+    """Users in one coarse cell are at one position, and cells on either side of the asker's
+    are at one distance: the page ends where the user ids say, wherever the index keeps
+    them (Redis orders by its own, rounded, distances)."""
+    everyone = StrangerGrid()
+    center = snap(SEOUL)
+    for side, names in (
+        (-1, "abcdefghij"),
+        (1, "klmnopqrst"),
+        (-2, "zyxwvutsrq"),
+        (2, "ABCDEFGHIJ"),
+    ):
+        at = Location(center.lat, center.lon + side * 0.0015, NOW)
+        for name in names:
+            handler.place(f"{name}{side}", at)
+            everyone.place(f"{name}{side}", snap(at))
+    for need in (1, 5, 15, 25, 45):
+        expected = everyone.query(center, 1_000, frozenset({"a-1"}), need)
+        assert await handler.search(center, 1_000, frozenset({"a-1"}), need) == expected
