@@ -198,7 +198,7 @@ async def bench_cluster_index(
 
     from geopresence.cluster.redis_keys import Keys
     from geopresence.cluster.redis_strangers import RedisStrangers
-    from geopresence.core.strangers import snap
+    from geopresence.core.stranger_queries import snap
 
     client = coredis.Redis(host="127.0.0.1", port=port)
     async with client, trio.open_nursery() as nursery:

@@ -20,7 +20,7 @@ import orjson
 
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
-from geopresence.core.nearby import GoneEvent, LocationEvent
+from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
@@ -56,6 +56,14 @@ def _location(location: Location) -> list[float]:
     return [location.lat, location.lon, location.ts]
 
 
+_LOCATION_CLASSES: dict[str, type[LocationEvent | StrangerEvent]] = {
+    "location": LocationEvent,
+    "kept": LocationKept,
+    "stranger": StrangerEvent,
+}
+_LOCATION_KINDS = {cls: kind for kind, cls in _LOCATION_CLASSES.items()}
+
+
 def _key(value: Any) -> Any:
     """JSON arrays back into the tuples coalesce keys and seals are made of."""
     return tuple(_key(v) for v in value) if isinstance(value, list) else value
@@ -66,7 +74,7 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "frame", "text": event.text, "key": event.coalesce_key, "seals": event.seals}
     if isinstance(event, LocationEvent | StrangerEvent):
         return {
-            "k": "location" if isinstance(event, LocationEvent) else "stranger",
+            "k": _LOCATION_KINDS[type(event)],
             "user": event.user,
             "at": _location(event.location),
             "now": event.now,
@@ -96,10 +104,9 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
             None if key is None else _key(key),
             tuple(_key(seal) for seal in data["seals"]),
         )
-    if kind in ("location", "stranger"):
+    if kind in _LOCATION_CLASSES:
         lat, lon, ts = data["at"]
-        cls = LocationEvent if kind == "location" else StrangerEvent
-        return cls(data["user"], Location(lat, lon, ts), data["now"])
+        return _LOCATION_CLASSES[kind](data["user"], Location(lat, lon, ts), data["now"])
     if kind == "gone":
         return GoneEvent(data["user"], data["reason"])
     if kind == "stranger_gone":

@@ -28,7 +28,8 @@ slot of its own; the index sets are what a starting node loads from)::
                          nodes that were down (``geopresence.cluster.redis_forget``)
     gp:strangers:{H}     GEO set: visible user -> coarse position, per geohash-4 cell H;
     gp:strangers-exp:{H} with when each expires and the ts strangers see
-    gp:strangers-ts:{H}  (``geopresence.cluster.redis_strangers``)
+    gp:strangers-ts:{H}  (``geopresence.cluster.redis_strangers``); beyond 80 degrees,
+    gp:strangers-polar:{polar-n}  hash: user -> "lon lat" (``polar-s``: the south's)
 
 ``geopresence.cluster.redis_state`` writes and loads the state keys, ``redis_presence`` the
 presence keys, ``redis_feed`` the feed, ``redis_forget`` a forgotten user's,

@@ -35,14 +35,22 @@ from geopresence.cluster.redis_keys import Keys, string
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Answer
-from geopresence.core.strangers import snap
-from geopresence.model.geocells import cap_box, cell_of, cells_in, coarse
+from geopresence.core.stranger_queries import snap
+from geopresence.model.geo import haversine_m
+from geopresence.model.geocells import cap_box, cell_box, cell_of, cells_in, coarse
 
 log = logging.getLogger("geopresence.redis")
 
 CELL_PRECISION: Final = 4
 """Geohash precision of the Redis cells (~39 x 20 km at the equator): a search of the
 largest radius (50 km) reads a few dozen keys, a city's users are spread over a few."""
+
+POLAR_LAT: Final = 80.0
+"""Beyond this latitude (north or south) visible users are kept in one hash per polar cap,
+``gp:strangers-polar:{polar-n}`` (``polar-s``), not in GEO sets: Redis keeps GEO positions
+only up to 85.05 degrees, and geohash cells narrow towards the poles (a search there would
+read hundreds). The caps hold few people; a search that reaches one reads it whole."""
+POLAR_CELLS: Final = {"polar-n": POLAR_LAT, "polar-s": -POLAR_LAT}
 
 MAX_PENDING_WRITES: Final = 100_000
 """Writes queued while Redis is slow or away; beyond, they are dropped (positions are live
@@ -102,9 +110,65 @@ count of members surely within that are not sent, then user, lon, lat, ts of tho
 ``need`` nearest (with ties) and every one in the uncertain ring."""
 
 
+_POLAR: Final = """
+local dead = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE')
+for first = 1, #dead, 512 do
+  local some = {unpack(dead, first, math.min(first + 511, #dead))}
+  redis.call('HDEL', KEYS[1], unpack(some))
+  redis.call('ZREM', KEYS[2], unpack(some))
+  redis.call('HDEL', KEYS[3], unpack(some))
+end
+local excluded = {}
+for i = 2, #ARGV do excluded[ARGV[i]] = true end
+local all = redis.call('HGETALL', KEYS[1])
+local out = {0}
+for i = 1, #all, 2 do
+  if not excluded[all[i]] then
+    local lon, lat = string.match(all[i + 1], '(%S+) (%S+)')
+    out[#out + 1] = all[i]
+    out[#out + 1] = lon
+    out[#out + 1] = lat
+    out[#out + 1] = redis.call('HGET', KEYS[3], all[i]) or '0'
+  end
+end
+return out
+"""
+"""A polar cap's search (KEYS: positions hash, expiries, ts; ARGV: now, then the excluded
+users): every live member, as ``_SEARCH`` returns them (none counted in Redis)."""
+
+
 def cell_keys(keys: Keys, cell: str) -> tuple[str, str, str]:
-    """The keys of one cell: positions, expiries, ts (one hash tag, one slot)."""
-    return keys.of("strangers", cell), keys.of("strangers-exp", cell), keys.of("strangers-ts", cell)
+    """The keys of one cell: positions (a GEO set; a polar cap's: a hash), expiries, ts
+    (one hash tag, one slot)."""
+    kind = "strangers-polar" if cell in POLAR_CELLS else "strangers"
+    return keys.of(kind, cell), keys.of("strangers-exp", cell), keys.of("strangers-ts", cell)
+
+
+def leave(pipe: Any, keys: Keys, cell: str, user: str) -> Any:
+    """Queue on ``pipe`` the commands that take ``user`` out of ``cell``; returns the request
+    whose answer says whether it was listed there."""
+    where, exp, ts = cell_keys(keys, cell)
+    if cell in POLAR_CELLS:
+        pipe.hdel(where, [user])
+    else:
+        pipe.zrem(where, [user])
+    pipe.zrem(exp, [user])
+    return pipe.hdel(ts, [user])
+
+
+def cell_name(lat: float, lon: float) -> str:
+    """The Redis cell of a coarse position: its geohash-4 cell, or its polar cap."""
+    if abs(lat) > POLAR_LAT:
+        return "polar-n" if lat > 0 else "polar-s"
+    return cell_of(lat, lon, CELL_PRECISION)
+
+
+def cells_of_index(code: str) -> list[str]:
+    """The Redis cell(s) a user whose index geohash (``core.grid``) is ``code`` can be in:
+    both when that ~5 m cell straddles a polar cap's edge."""
+    south, north, _, _ = cell_box(code)
+    names = {cell_name(lat, 0.0) for lat in (south, north)}
+    return sorted(code[:CELL_PRECISION] if name not in POLAR_CELLS else name for name in names)
 
 
 Row = tuple[str, float, float, float]
@@ -132,6 +196,7 @@ class RedisStrangers:
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._sha = sha1(_SEARCH)
+        self._polar_sha = sha1(_POLAR)
         self._loaded = False
         self.dropped = 0
         """Writes dropped (queue full, or Redis failed them), for the log."""
@@ -141,24 +206,25 @@ class RedisStrangers:
     # ---------------------------------------------------------------- the StrangerIndex seam
 
     def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
-        cell = cell_of(spot.lat, spot.lon, CELL_PRECISION)
-        if left is not None and left[:CELL_PRECISION] != cell:
-            self._queue(("leave", left[:CELL_PRECISION], user, None, 0.0))
+        cell = cell_name(spot.lat, spot.lon)
+        for old in () if left is None else cells_of_index(left):
+            if old != cell:
+                self._queue(("leave", old, user, None, 0.0))
         self._queue(("enter", cell, user, spot, now + self.location_ttl))
 
     def stayed(self, user: str, spot: Location, now: float) -> None:
-        cell = cell_of(spot.lat, spot.lon, CELL_PRECISION)
-        self._queue(("stay", cell, user, spot, now + self.location_ttl))
+        self._queue(("stay", cell_name(spot.lat, spot.lon), user, spot, now + self.location_ttl))
 
     def left(self, user: str, cell: str) -> None:
-        self._queue(("leave", cell[:CELL_PRECISION], user, None, 0.0))
+        for old in cells_of_index(cell):
+            self._queue(("leave", old, user, None, 0.0))
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """``user``, last at ``raw`` (its ``gp:loc:{U}``), went offline: take it out of its
         cell, also when the node that listed it is dead (its own ``left`` never comes)."""
         lat, lon = orjson.loads(raw)[:2]
         spot = snap(Location(lat, lon, 0.0))
-        self._queue(("leave", cell_of(spot.lat, spot.lon, CELL_PRECISION), user, None, 0.0))
+        self._queue(("leave", cell_name(spot.lat, spot.lon), user, None, 0.0))
 
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
@@ -214,13 +280,15 @@ class RedisStrangers:
     async def _write(self, batch: list[Write]) -> None:
         async with self._client.pipeline(transaction=False) as pipe:
             for what, cell, user, spot, expires in batch:
-                geo, exp, ts = cell_keys(self._keys, cell)
+                where, exp, ts = cell_keys(self._keys, cell)
+                polar = cell in POLAR_CELLS
                 if spot is None:
-                    pipe.zrem(geo, [user])
-                    pipe.zrem(exp, [user])
-                    pipe.hdel(ts, [user])
+                    leave(pipe, self._keys, cell, user)
                     continue
-                pipe.geoadd(geo, [(spot.lon, spot.lat, user)])
+                if polar:
+                    pipe.hset(where, {user: f"{spot.lon!r} {spot.lat!r}"})
+                else:
+                    pipe.geoadd(where, [(spot.lon, spot.lat, user)])
                 pipe.zadd(exp, {user: expires})
                 if what == "enter":
                     pipe.hset(ts, {user: repr(spot.ts)})
@@ -258,24 +326,32 @@ class RedisStrangers:
         within ``radius_m`` but not sent, and the members sent (user, lon, lat, ts)."""
         client = self._client
         if not self._loaded:
-            await client.script_load(_SEARCH)  # every master of a Cluster gets it
+            # Every master of a Cluster gets them.
+            await client.script_load(_SEARCH)
+            await client.script_load(_POLAR)
             self._loaded = True
         (within, less), (beyond, more) = SURE_WITHIN, SURE_BEYOND
-        args = [
-            center.lon,
-            center.lat,
-            radius_m * within + less,
-            radius_m * beyond + more,
-            self._now(),
-            need,
-            TIE_M,
-            *sorted(excluded),
-        ]
-        cells = sorted(cells_in(cap_box(center.lat, center.lon, radius_m), CELL_PRECISION))
+        sure_within, reach = radius_m * within + less, radius_m * beyond + more
+        lat = max(-POLAR_LAT, min(POLAR_LAT, center.lat))
+        if lat != center.lat:  # from a polar cap: the GEO cells, from the cap's edge
+            reach += haversine_m(lat, center.lon, center.lat, center.lon) * beyond + more
+            sure_within = -1.0  # every one is sent: the node decides
+        lat_min, lat_max, lons = cap_box(center.lat, center.lon, radius_m)
+        cells = []
+        if max(lat_min, -POLAR_LAT) <= min(lat_max, POLAR_LAT):
+            box = (max(lat_min, -POLAR_LAT), min(lat_max, POLAR_LAT), lons)
+            cells = sorted(cells_in(box, CELL_PRECISION))
+        caps = ["polar-n"] * (lat_max > POLAR_LAT) + ["polar-s"] * (lat_min < -POLAR_LAT)
+        now, others = self._now(), sorted(excluded)
+        args = [center.lon, lat, sure_within, reach, now, need, TIE_M, *others]
         async with client.pipeline(transaction=False) as pipe:
             requests = [
                 pipe.evalsha(self._sha, keys=cell_keys(self._keys, cell), args=args)
                 for cell in cells
+            ]
+            requests += [
+                pipe.evalsha(self._polar_sha, keys=cell_keys(self._keys, cap), args=[now, *others])
+                for cap in caps
             ]
         counted, rows = 0, []
         for request in requests:
@@ -295,10 +371,7 @@ async def forget_stranger(client: Any, keys: Keys, user: str) -> int:
     found = [string(key) async for key in client.scan_iter(match=f"{head}*")]
     listed = 0
     for key in found:
-        geo, exp, ts = cell_keys(keys, key[len(head) :].strip("{}"))
         async with client.pipeline(transaction=False) as pipe:
-            pipe.zrem(geo, [user])
-            pipe.zrem(exp, [user])
-            removed = pipe.hdel(ts, [user])
+            removed = leave(pipe, keys, key[len(head) :].strip("{}"), user)
         listed += bool(await removed)
     return listed

@@ -110,6 +110,10 @@ class LocationListener(Protocol):
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None: ...
 
+    def on_location_dropped(self, user: str) -> None:
+        """This node no longer keeps ``user``'s location current (``Nearby.drop_cached``):
+        nothing happened to the user."""
+
     def on_visibility(self, user: str, visible: bool, now: float) -> None: ...
 
     def on_radius_changed(self, user: str, now: float) -> None: ...
@@ -129,6 +133,9 @@ class _NoListener:
         return None
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
+        return None
+
+    def on_location_dropped(self, user: str) -> None:
         return None
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:

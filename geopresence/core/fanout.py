@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from geopresence.core.broker import Broker, ConnId
 from geopresence.core.nearby import NEARBY_TAG
-from geopresence.core.strangers import STRANGER_TAG
+from geopresence.core.stranger_queries import STRANGER_TAG
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
 from geopresence.wire.server_messages import ServerMessage

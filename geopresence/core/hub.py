@@ -40,7 +40,13 @@ from geopresence.core.lifecycle import Lifecycle
 from geopresence.core.membership import GROUP_SLICE as GROUP_SLICE
 from geopresence.core.membership import BulkError as BulkError
 from geopresence.core.membership import Membership
-from geopresence.core.nearby import GoneEvent, HistoryRecorder, LocationEvent, Nearby
+from geopresence.core.nearby import (
+    GoneEvent,
+    HistoryRecorder,
+    LocationEvent,
+    LocationKept,
+    Nearby,
+)
 from geopresence.core.presence import PresenceTable, UserPresence
 from geopresence.core.replica import FEED_APPLY as FEED_APPLY
 from geopresence.core.replica import Replica
@@ -200,6 +206,7 @@ class Hub:
             Outgoing: lambda conn, frame: self.sink.send(conn, frame),  # encoded once for all
             LocationEvent: self.nearby.deliver_location,  # per recipient: its own distance
             GoneEvent: self.nearby.deliver_gone,
+            LocationKept: lambda conn, event: None,  # for the nodes' caches (ClusterLink)
             StrangerEvent: self.strangers.deliver,
             StrangerGoneEvent: self.strangers.deliver,
             ChatEvent: self.chat.deliver,

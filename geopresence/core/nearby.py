@@ -57,6 +57,13 @@ class LocationEvent:
 
 
 @attrs.frozen(slots=True)
+class LocationKept(LocationEvent):
+    """With several nodes, published on ``user:U`` when U, who does not share its location,
+    moves: no connection is shown it, but the nodes holding U's location (where U has
+    sessions too) keep it current."""
+
+
+@attrs.frozen(slots=True)
 class GoneEvent:
     """Published on ``user:U`` when U's location stops being visible to friends."""
 
@@ -153,6 +160,8 @@ class Nearby:
                 ctx.replicator.replicate(LocationSet(user, lat, lon, location.ts, now))
         if self.settings(user).share_location:
             self.ctx.publish([user_channel(user)], LocationEvent(user, location, now))
+        elif ctx.replicator is not None:
+            self.ctx.publish([user_channel(user)], LocationKept(user, location, now))
         self._recheck_shown(user, now)
         self.listener.on_location(user, location, now)
         return True
@@ -294,6 +303,7 @@ class Nearby:
         no longer listens to the user's channel (none of its sessions needs it) would
         otherwise keep a position that no longer changes."""
         self.locations.remove(user)
+        self.listener.on_location_dropped(user)
         if self._head_user == user:
             self._head_location, self._head_user, self._head_bytes = None, "", b""
 

@@ -89,3 +89,35 @@ class Watches:
     def showing(self, user: str) -> Iterator[Watch]:
         """The watches showing ``user`` (a copy: unshowing as it goes is safe)."""
         return iter([self._watches[conn] for conn in self._showing.get(user, ())])
+
+
+class GoneDuringSearches:
+    """Strangers that left while searches were in flight. A search's answer can come a round
+    trip after Redis read it (several nodes): a stranger whose ``stranger_gone`` arrived
+    meanwhile must not be shown by it, as no other ``stranger_gone`` would follow. Records
+    nothing while no search is in flight (one node: never)."""
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._count = 0
+        self._gone: dict[str, int] = {}
+
+    def begin(self) -> int:
+        """A search starts; returns the mark to give ``since``."""
+        self._in_flight += 1
+        return self._count
+
+    def end(self) -> None:
+        """A search's answer was handled."""
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._gone.clear()
+
+    def gone(self, user: str) -> None:
+        if self._in_flight:
+            self._count += 1
+            self._gone[user] = self._count
+
+    def since(self, mark: int, user: str) -> bool:
+        """Whether ``user`` left after the search that got ``mark`` began."""
+        return self._gone.get(user, 0) > mark

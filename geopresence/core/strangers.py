@@ -27,7 +27,6 @@ distance), so **nothing a stranger observes depends on more than a coarse positi
 from __future__ import annotations
 
 from collections import deque
-from typing import Final
 
 import attrs
 
@@ -36,44 +35,25 @@ from geopresence.core.context import FeatureContext, LocationView, Session
 from geopresence.core.expiry import DeadlineIndex
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
-from geopresence.core.sessions import TokenBucket
-from geopresence.core.stranger_index import Found, GridIndex, StrangerIndex
+from geopresence.core.stranger_index import GridIndex, StrangerIndex
+from geopresence.core.stranger_queries import STRANGER_TAG, PeopleQueries, rounded, snap
 from geopresence.core.stranger_watches import Watches
 from geopresence.model.geo import distance_within
-from geopresence.model.geocells import MAX_PRECISION, coarse, cover
-from geopresence.wire.client_messages import NearbyPeopleQuery, WatchStrangers
-from geopresence.wire.errors import ProtocolError
+from geopresence.model.geocells import MAX_PRECISION, cover
+from geopresence.wire.client_messages import WatchStrangers
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
 from geopresence.wire.server_messages import (
-    NearbyPeopleReply,
-    Person,
     StrangerGone,
     StrangerGoneReason,
     StrangerNearby,
     WatchStrangersReply,
 )
 
-PAGE_SIZE: Final = 20
-ROUND_TO_M: Final = 100
-STRANGER_TAG: Final = "stranger"
-
 
 def cell_channel(cell: str) -> str:
     """The channel of one geohash cell."""
     return f"cell:{cell}"
-
-
-def rounded(distance_m: float) -> int:
-    """A distance as strangers see it: the nearest multiple of 100 m."""
-    return round(distance_m / ROUND_TO_M) * ROUND_TO_M
-
-
-def snap(location: Location, ts: float | None = None) -> Location:
-    """``location`` as strangers are allowed to know it: moved to the centre of its coarse
-    cell (``ts`` kept unless given)."""
-    lat, lon = coarse(location.lat, location.lon)
-    return Location(lat, lon, location.ts if ts is None else ts)
 
 
 def _channels(*codes: str | None) -> set[str]:
@@ -125,22 +105,26 @@ class Strangers:
         those whose location this node holds (its own users' and their friends')."""
         self.index: StrangerIndex = GridIndex(self.grid) if index is None else index
         """What ``nearby_people`` searches, told of the moves this node handles."""
-        self.query_burst = query_burst
-        self.query_interval = query_interval
         self.apply_interval = query_interval if apply_interval is None else apply_interval
         """A watcher's moves and radius changes reach its strangers view at most once per
         this many seconds (by default the nearby_people interval: one probe per interval,
         whichever way it is made)."""
         self._watches = Watches()
+        self.queries = PeopleQueries(
+            ctx,
+            view,
+            self.index,
+            self._watches,
+            query_burst=query_burst,
+            query_interval=query_interval,
+        )
+        self.on_query = self.queries.on_query
+        """``nearby_people`` (``PeopleQueries.on_query``)."""
         self._applied_at: dict[str, float] = {}
         """When each user's watches were last brought up to date (recent ones only)."""
         self._applied_order: deque[tuple[float, str]] = deque()
         self._due: DeadlineIndex[str] = DeadlineIndex()
         """Users whose latest move or radius change waits for the end of the interval."""
-        # Per USER, not per connection: reconnecting or using another device must not
-        # bring a fresh bucket (the limit protects strangers' rounded distances).
-        self._buckets: dict[str, TokenBucket] = {}
-        self.rate_limited = 0
 
     @property
     def watcher_count(self) -> int:
@@ -164,68 +148,11 @@ class Strangers:
         reply = WatchStrangersReply(re=message.id, on=message.on)
         self.ctx.sink.send(conn, Outgoing(encode(reply)))
 
-    def on_query(self, session: Session, query: NearbyPeopleQuery, now: float) -> None:
-        conn = session.conn
-        bucket = self._buckets.get(session.user)
-        if bucket is None:
-            self._forget_full_buckets(now)
-            bucket = self._buckets[session.user] = TokenBucket(
-                self.query_burst, self.query_interval, self.query_burst, now
-            )
-        wait = bucket.take(now)
-        if wait:
-            self.rate_limited += 1
-            raise ProtocolError(
-                "rate_limited",
-                f"nearby_people is limited to {self.query_burst} queries at once and one per "
-                f"{self.query_interval:g} s; retry in {wait:.1f} s",
-                query.id,
-            )
-        user = session.user
-        me = self.view.location_of(user, now)
-        if me is None:
-            raise ProtocolError(
-                "no_location", "no known location for you: send a location first", query.id
-            )
-        excluded = {user, *self.ctx.store.friends_of(user)}
-        need = (query.page + 1) * PAGE_SIZE
-
-        def answer(result: tuple[int, Found] | None) -> None:
-            self._answer(conn, query, result)
-
-        # Coarse to coarse: the index holds cell centres, and so is the asker's position.
-        self.index.search(snap(me), self.view.radius(user), excluded, need, answer)
-
-    def _answer(
-        self, conn: ConnId, query: NearbyPeopleQuery, result: tuple[int, Found] | None
-    ) -> None:
-        """Reply to ``query`` with the search's ``result`` (it may come a round trip later:
-        a connection closed meanwhile gets nothing)."""
-        if self.ctx.session(conn) is None:
-            return
-        if result is None:
-            message = "nearby_people could not be searched (the shared store did not answer)"
-            self.ctx.reply_error(conn, ProtocolError("internal", message, query.id))
-            return
-        total, found = result
-        start = query.page * PAGE_SIZE
-        page = found[start : start + PAGE_SIZE]
-        people = [Person(user=u, distance_m=rounded(d), ts=loc.ts) for d, u, loc in page]
-        reply = NearbyPeopleReply(
-            re=query.id, page=query.page, page_size=PAGE_SIZE, total=total, people=people
-        )
-        self.ctx.sink.send(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
-        watch = self._watches.get(conn)
-        if watch is not None:
-            # Later stranger_gone refers to everything shown: earlier events and this page.
-            for _, other, location in page:
-                self._watches.show(watch, other, location)
-
     # ------------------------------------------------------------------ hub events
 
     def on_location(self, user: str, location: Location, now: float) -> None:
         """An accepted location update of ``user`` (called by the nearby part)."""
-        if self.ctx.store.get_settings(user).visible_to_strangers:
+        if self.ctx.store.get_settings(user).visible_to_strangers and self._handled(user):
             spot = snap(location)
             held = self.grid.get(user)
             # A move inside the coarse cell changes nothing a stranger may see: not published.
@@ -242,7 +169,7 @@ class Strangers:
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
         if visible:
             location = self.view.location_of(user, now)
-            if location is not None:
+            if location is not None and self._handled(user):
                 spot = snap(location)
                 previous = self.grid.place(user, spot)
                 if not self.ctx.replaying:
@@ -270,6 +197,11 @@ class Strangers:
         """The user's location expired or it went offline."""
         self._gone(user, reason)
 
+    def on_location_dropped(self, user: str) -> None:
+        """This node no longer keeps the user's location current: out of the grid, silently
+        (the index and the other nodes' watchers hear from the node handling it)."""
+        self.grid.remove(user)
+
     def on_friendship_added(self, a: str, b: str) -> None:
         for watcher, other in ((a, b), (b, a)):
             for conn in self.ctx.connections_of(watcher):
@@ -283,18 +215,9 @@ class Strangers:
     def forget(self, user: str) -> None:
         """Drop ``user``'s query bucket and pending watch update (a forget: its sessions
         are closed and its location gone)."""
-        self._buckets.pop(user, None)
+        self.queries.forget(user)
         self._applied_at.pop(user, None)
         self._due.discard(user)
-
-    def _forget_full_buckets(self, now: float) -> None:
-        """Drop buckets that have refilled completely (they equal a new one), so memory
-        follows the users querying recently, not every user who ever queried."""
-        if len(self._buckets) < 1024:
-            return
-        refill = self.query_burst * self.query_interval
-        for user in [u for u, b in self._buckets.items() if now - b.updated >= refill]:
-            del self._buckets[user]
 
     def deliver(self, conn: ConnId, event: StrangerEvent | StrangerGoneEvent) -> None:
         """A cell-channel event reached one watching connection."""
@@ -302,6 +225,7 @@ class Strangers:
         if watch is None:
             return
         if isinstance(event, StrangerGoneEvent):
+            self.queries.gone_during.gone(event.user)
             if self._watches.unshow(watch, event.user):
                 self._send_gone(conn, event.user, event.reason)
             return
@@ -325,6 +249,12 @@ class Strangers:
             self._send_gone(conn, other, "out_of_range")
 
     # ------------------------------------------------------------------ internals
+
+    def _handled(self, user: str) -> bool:
+        """Whether this node places ``user`` in its grid: every user on one node; with
+        several, a move of another node's user only if the user has sessions here too, or
+        is there already (its position is kept current here: the user's channel)."""
+        return not self.ctx.replaying or user in self.grid or bool(self.ctx.connections_of(user))
 
     def _watching(self, user: str) -> list[ConnId]:
         return [conn for conn in self.ctx.connections_of(user) if conn in self._watches]
@@ -387,14 +317,15 @@ class Strangers:
                 self._send_gone(conn, other, "out_of_range")
 
     def _gone(self, user: str, reason: StrangerGoneReason) -> None:
+        self.queries.gone_during.gone(user)
         code = self.grid.remove(user)
         if code is not None:
-            self.index.left(user, code)
+            if not self.ctx.replaying:  # applying another node's change: it did this
+                self.index.left(user, code)
             event = StrangerGoneEvent(user, reason)
-            if reason == "expired" and self.ctx.connections_of(user):
+            if reason == "expired":
                 # Other nodes' watchers hold no stranger's location, so cannot see it
-                # expire: a node with the user's sessions (which handled its moves) tells
-                # them; the other nodes holding it (its friends') would only repeat it.
+                # expire: a node whose grid holds the user (it handles its moves) tells them.
                 self.ctx.publish_everywhere(_channels(code), event)
             else:
                 self.ctx.publish(_channels(code), event)

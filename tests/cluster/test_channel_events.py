@@ -13,7 +13,7 @@ from geopresence.cluster.channel_events import (
 )
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
-from geopresence.core.nearby import GoneEvent, LocationEvent
+from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
 from geopresence.wire.outbox import Outgoing
@@ -22,6 +22,7 @@ EVENTS: list[ChannelEvent] = [
     Outgoing('{"type":"presence"}', ("presence", "alice"), (("nearby", "alice"), ("presence",))),
     Outgoing("plain"),
     LocationEvent("alice", Location(37.5, 127.0, 12.5), 13.0),
+    LocationKept("alice", Location(37.5, 127.0, 12.5), 13.0),
     GoneEvent("alice", "expired"),
     StrangerEvent("zoe", Location(-33.9, 151.2, 1.0), 2.0),
     StrangerGoneEvent("zoe", "hidden"),
@@ -32,7 +33,8 @@ EVENTS: list[ChannelEvent] = [
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
 def test_events_round_trip(event: ChannelEvent) -> None:
     envelope = Envelope(3, 17, ("user:alice", "group:g"), event)
-    assert decode_envelope(encode_envelope(envelope)) == envelope
+    back = decode_envelope(encode_envelope(envelope))
+    assert back == envelope and type(back.event) is type(event)
 
 
 def test_chat_events_round_trip() -> None:

@@ -5,7 +5,7 @@ reason a stranger leaves a watcher's view reaches a watcher on another node."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from tests.cluster.test_multinode import (
     Node,
     _gauge,
     expect,
+    nothing_of,
     redis_of,
     session,
     start_node,
@@ -26,11 +27,11 @@ TTL = 3.0
 SEOUL = {"lat": 37.5665, "lon": 126.9780}
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[Node], list[str]]]:
-    """Two nodes whose locations live ``TTL`` seconds."""
+@contextmanager
+def two_nodes(kind: str, tmp_path: Path, ttl: float) -> Iterator[tuple[list[Node], list[str]]]:
+    """Two nodes on a fresh standalone Redis or 3-master Cluster, locations living ``ttl``."""
     with ExitStack() as stack:
-        if request.param == "standalone":
+        if kind == "standalone":
             args = ["--redis", f"redis://127.0.0.1:{stack.enter_context(redis_server())}/0"]
         else:
             ports = stack.enter_context(redis_cluster())
@@ -38,13 +39,29 @@ def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list
         started = []
         try:
             for node_id in (1, 2):
-                started.append(start_node(args, node_id, tmp_path, "--location-ttl", str(TTL)))
+                started.append(start_node(args, node_id, tmp_path, "--location-ttl", str(ttl)))
             yield started, args
         finally:
             for node in started:
                 if node.proc.poll() is None:
                     node.proc.terminate()
                     node.proc.wait(15)
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[Node], list[str]]]:
+    """Two nodes whose locations live ``TTL`` seconds."""
+    with two_nodes(request.param, tmp_path, TTL) as started:
+        yield started
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def lasting_nodes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[list[Node], list[str]]]:
+    """Two nodes whose locations outlive the tests (the server's default TTL)."""
+    with two_nodes(request.param, tmp_path, 600.0) as started:
+        yield started
 
 
 def near(dlat: float) -> dict[str, float]:
@@ -94,12 +111,12 @@ async def test_strangers_on_another_node(nodes: tuple[list[Node], list[str]]) ->
 
 
 async def test_a_dead_node_s_strangers_leave_redis_and_views(
-    nodes: tuple[list[Node], list[str]],
+    lasting_nodes: tuple[list[Node], list[str]],
 ) -> None:
     """sam's node dies: the node that ends him (its sweeper) takes him out of his cell in
     Redis, where nobody else would (he would still be counted by searches until his
     location expired), and alice's view loses him."""
-    (a, b), args = nodes
+    (a, b), args = lasting_nodes
     client = redis_of(args)
     async with client, session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
@@ -115,3 +132,52 @@ async def test_a_dead_node_s_strangers_leave_redis_and_views(
             while await stranger_cells_with(client, "sam"):
                 await trio.sleep(0.05)
         assert (await alice.request("nearby_people"))["total"] == 0
+
+
+async def test_a_stranger_s_second_node_keeps_him_current(
+    nodes: tuple[list[Node], list[str]],
+) -> None:
+    """sam, visible but not sharing his location with friends, moves through node a and has
+    a session on node b too. Node b hears his moves anyway (on his channel, shown to nobody):
+    it never expires him while he moves, and Redis lists him throughout."""
+    (a, b), args = nodes
+    client = redis_of(args)
+    async with client, session(a, "sam", "phone") as sam, session(a, "alice") as alice:
+        await alice.send({"type": "location", **SEOUL})
+        await alice.request("watch_strangers", on=True)
+        await sam.request("settings", visible_to_strangers=True, share_location=False)
+        await sam.send({"type": "location", **near(0.002)})
+        await expect(alice, "stranger_nearby", user="sam")
+        async with session(b, "sam", "laptop"):
+            for _ in range(int(2 * TTL / 0.5)):  # past the TTL of every single move
+                await sam.send({"type": "location", **near(0.002)})
+                await alice.send({"type": "location", **SEOUL})
+                assert await stranger_cells_with(client, "sam")
+                await trio.sleep(0.5)
+            await nothing_of(alice, "stranger_gone", 0.5)
+
+
+async def test_a_node_that_lets_a_stranger_go_keeps_no_stale_position(
+    lasting_nodes: tuple[list[Node], list[str]],
+) -> None:
+    """Node b held sam's location while his friend fred and a device of his own were
+    connected there; both leave, node b stops hearing sam, and forgets where he was: a
+    watcher on b judges sam by what the cells say, not by that old position."""
+    (a, b), _ = lasting_nodes
+    async with a.admin() as admin:
+        await admin.befriend("sam", "fred")
+    async with session(a, "sam") as sam, session(b, "walt") as walt:
+        await sam.request("settings", visible_to_strangers=True)
+        await sam.send({"type": "location", **SEOUL})
+        await trio.sleep(0.3)
+        async with session(b, "fred"), session(b, "sam", "laptop"):
+            await trio.sleep(0.5)  # node b reads sam's location for both
+        await trio.sleep(0.3)  # both gone: sam's channel released
+        await walt.request("settings", radius_m=2000)
+        await walt.send({"type": "location", **near(0.052)})
+        await walt.request("watch_strangers", on=True)
+        await trio.sleep(0.3)  # node b subscribes to the cells in Redis
+        await sam.send({"type": "location", **near(0.05)})  # ~5.5 km north of SEOUL
+        await expect(walt, "stranger_nearby", user="sam")
+        await walt.send({"type": "location", **near(0.054)})  # sam ~450 m away
+        await nothing_of(walt, "stranger_gone", 2.0)

@@ -18,7 +18,7 @@ from geopresence.cluster.redis_strangers import CELL_PRECISION, RedisStrangers
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Found
-from geopresence.core.strangers import snap
+from geopresence.core.stranger_queries import snap
 from geopresence.model.geocells import INDEX_PRECISION, cell_of
 from geopresence.model.records import UserForgotten
 from tests.redis_server import AnyRedis
@@ -151,11 +151,15 @@ async def test_a_forget_takes_the_user_out_of_every_cell(
     grid = StrangerGrid()
     place(strangers, grid, "sam", SEOUL)
     place(strangers, grid, "ann", SEOUL)
+    place(strangers, grid, "pole", Location(-89.99, 0.0, NOW))  # the polar caps too
     await settle(strangers)
     clock.now = NOW + TTL + 1
     await forget_user(any_redis, strangers._keys, UserForgotten("sam"))
+    await forget_user(any_redis, strangers._keys, UserForgotten("pole"))
     cell = cell_of(SEOUL.lat, SEOUL.lon, CELL_PRECISION)
     prefix = strangers._keys.prefix
     assert await any_redis.hkeys(f"{prefix}:strangers-ts:{{{cell}}}") == (b"ann",)
     assert await any_redis.zrange(f"{prefix}:strangers-exp:{{{cell}}}", 0, -1) == (b"ann",)
     assert await any_redis.zrange(f"{prefix}:strangers:{{{cell}}}", 0, -1) == (b"ann",)
+    assert await any_redis.hkeys(f"{prefix}:strangers-polar:{{polar-s}}") == ()
+    assert await any_redis.hkeys(f"{prefix}:strangers-ts:{{polar-s}}") == ()

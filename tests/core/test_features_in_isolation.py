@@ -18,9 +18,15 @@ from geopresence.core.nearby import LocationEvent, Nearby
 from geopresence.core.replication import Replicator
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.core.stranger_index import Answer
-from geopresence.core.strangers import Strangers, snap
+from geopresence.core.stranger_queries import snap
+from geopresence.core.strangers import StrangerGoneEvent, Strangers, _channels
+from geopresence.model.geocells import INDEX_PRECISION, cell_of
 from geopresence.model.records import Record
-from geopresence.wire.client_messages import LocationUpdate, NearbyPeopleQuery, WatchStrangers
+from geopresence.wire.client_messages import (
+    LocationUpdate,
+    NearbyPeopleQuery,
+    WatchStrangers,
+)
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode, error_message
@@ -97,6 +103,9 @@ class RecordingListener:
 
     def on_location_gone(self, user: str, reason: str) -> None:
         self.calls.append(("gone", user, reason))
+
+    def on_location_dropped(self, user: str) -> None:
+        self.calls.append(("dropped", user))
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
         self.calls.append(("visibility", user, visible))
@@ -224,3 +233,27 @@ def test_nearby_on_a_fake_context_tells_its_listener_and_publishes() -> None:
 
     nearby.expire(5.0 + 301)
     assert ("gone", "bob", "expired") in listener.calls
+
+
+def test_a_stranger_gone_while_a_search_is_in_flight_is_not_shown_by_its_answer() -> None:
+    """Redis read sam, then sam's node expired him (stranger_gone on his cells) before the
+    answer was handled: the answer leaves him out, as no other stranger_gone would come."""
+    ctx = FakeContext()
+    view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
+    index = DeferredIndex()
+    strangers = Strangers(ctx, view, query_burst=5, query_interval=1.0, index=index)
+    ctx.deliver = strangers.deliver
+    ctx.sessions[1] = Session(1, "carol", "phone")
+    strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
+    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=2), now=0.0)
+    frames(ctx.sink, 1)
+    sam = snap(Location(48.8566 + 0.002, 2.3522, 0.0))
+    ann = snap(Location(48.8566 + 0.004, 2.3522, 0.0))
+    code = cell_of(sam.lat, sam.lon, INDEX_PRECISION)
+    ctx.broker.publish(list(_channels(code)), StrangerGoneEvent("sam", "expired"))
+    index.pending[0]((2, [(200.0, "sam", sam), (400.0, "ann", ann)]))
+    [reply] = frames(ctx.sink, 1)
+    assert [p["user"] for p in reply["people"]] == ["ann"] and reply["total"] == 1
+    assert list(strangers._watches[1].shown) == ["ann"]
+    # With no search in flight, nothing is kept of who left.
+    assert not strangers.queries.gone_during._gone

@@ -26,6 +26,9 @@ from geopresence.wire.client_messages import (
     Hello,
     LocationUpdate,
     Logout,
+    NearbyPeopleQuery,
+    SettingsUpdate,
+    WatchStrangers,
 )
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outbox, Outgoing
@@ -406,3 +409,30 @@ def test_derived_user_channels_deliver_what_stored_subscriptions_deliver(
         now = play(derived[0], (op, a, b), live, conn_ids, now)
     assert derived[1].frames == stored[1].frames
     assert derived[1].closed == stored[1].closed
+
+
+def test_one_node_a_shown_stranger_outside_the_watched_cells_that_goes_offline_leaves() -> None:
+    """One node: a stranger shown by nearby_people outside the watch's cells (its move is
+    waiting out the rate limit) that goes offline leaves the view at once (it used to stay
+    until the watcher's move was applied, then leave as out_of_range)."""
+    sink = RecordingSink()
+    settings = HubSettings(strangers_query_interval=10.0, strangers_query_burst=3)
+    hub = Hub(settings, MemoryStore(), sink)
+    hub.open_session(1, "walt", "phone", now=0)
+    hub.open_session(2, "sam", "phone", now=0)
+    hub.handle(2, SettingsUpdate(visible_to_strangers=True, id=1), now=0)
+    hub.handle(2, LocationUpdate(lat=37.5665, lon=126.978), now=0)
+    hub.handle(1, SettingsUpdate(radius_m=2000, id=1), now=0)
+    hub.handle(1, LocationUpdate(lat=37.8665, lon=126.978), now=0)  # ~33 km away
+    hub.handle(1, WatchStrangers(on=True, id=2), now=0)
+    hub.handle(1, LocationUpdate(lat=37.8765, lon=126.978), now=1)  # applied at once
+    hub.handle(1, LocationUpdate(lat=37.5715, lon=126.978), now=2)  # near sam: due at 11
+    hub.handle(1, NearbyPeopleQuery(id=3), now=2)
+    [reply] = sink.take(1, "nearby_people")
+    assert [p["user"] for p in reply["people"]] == ["sam"]
+    hub.handle(2, Logout(id=9), now=3)
+    assert sink.take(1, "stranger_gone") == [
+        {"type": "stranger_gone", "user": "sam", "reason": "offline"}
+    ]
+    hub.expire(12)
+    assert sink.take(1, "stranger_gone") == []

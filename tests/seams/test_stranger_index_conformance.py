@@ -17,7 +17,7 @@ from geopresence.cluster.redis_strangers import CELL_PRECISION, RedisStrangers
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Found, GridIndex, StrangerIndex
-from geopresence.core.strangers import snap
+from geopresence.core.stranger_queries import snap
 from geopresence.model.geocells import cell_of
 from tests.redis_server import redis_client
 
@@ -146,3 +146,39 @@ async def test_ties_at_the_page_s_end_are_broken_by_user_id(handler: Handler) ->
     for need in (1, 5, 15, 25, 45):
         expected = everyone.query(center, 1_000, frozenset({"a-1"}), need)
         assert await handler.search(center, 1_000, frozenset({"a-1"}), need) == expected
+
+
+async def test_near_the_poles_and_across_the_antimeridian(handler: Handler) -> None:
+    """The contract's edge cases: searches at and near a pole (beyond Redis' GEO latitudes,
+    and where geohash cells narrow), across a polar cap's edge, and across lon +-180."""
+    everyone = StrangerGrid()
+
+    def place(user: str, lat: float, lon: float) -> None:
+        handler.place(user, Location(lat, lon, NOW))
+        everyone.place(user, snap(Location(lat, lon, NOW)))
+
+    for i, lon in enumerate((0.0, 120.0, -150.0, 179.9)):
+        place(f"south{i}", -89.99, lon)
+    for i, lat in enumerate((79.9, 79.99, 80.01, 80.2, 85.3, 89.9)):
+        place(f"north{i}", lat, 15.0 + i * 0.01)
+    place("fiji", -16.5, 179.9995)
+    place("tonga", -16.5, -179.9995)
+    cases = [
+        (Location(-90.0, 0.0, NOW), 8_046.72),
+        (Location(-89.95, 45.0, NOW), 50_000.0),
+        (Location(79.95, 15.0, NOW), 20_000.0),
+        (Location(80.05, 15.02, NOW), 20_000.0),
+        (Location(85.3, 15.0, NOW), 50_000.0),
+        (Location(89.99, -100.0, NOW), 50_000.0),
+        (Location(-16.5, -179.9, NOW), 30_000.0),
+    ]
+    for center, radius in cases:
+        expected = everyone.query(snap(center), radius, frozenset(), 20)
+        assert await handler.search(center, radius, frozenset(), 20) == expected, center
+    # Moves across a polar cap's edge: found where it went, once.
+    for lat in (80.5, 79.5, 80.5):
+        handler.place("north0", Location(lat, 15.0, NOW))
+        everyone.place("north0", snap(Location(lat, 15.0, NOW)))
+        center = Location(80.0, 15.0, NOW)
+        expected = everyone.query(snap(center), 60_000, frozenset(), 20)
+        assert await handler.search(center, 60_000, frozenset(), 20) == expected, lat
