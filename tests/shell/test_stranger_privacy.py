@@ -149,19 +149,25 @@ def test_snapping_is_deterministic_idempotent_and_close() -> None:
 
 def test_every_node_snaps_alike() -> None:
     """Multi-node: a visible user's coarse position is a pure function of its location, so a
-    node applying the location from the feed holds exactly what the origin holds."""
+    node applying another node's location of the user (it holds another session of hers)
+    holds exactly what the origin holds; a node without a session of hers holds none (the
+    shared index has her)."""
     origin, _ = make_hub()
     replica, _ = make_hub()
-    origin.nearby.change_settings("alice", visible_settings(), 0.0)
-    replica.nearby.change_settings("alice", visible_settings(), 0.0)
+    bystander, _ = make_hub()
+    for hub in (origin, replica, bystander):
+        hub.nearby.change_settings("alice", visible_settings(), 0.0)
     origin.open_session(1, "alice", "phone", 0.0)
+    replica.open_session(1, "alice", "laptop", 0.0)
     lat, lon = offset(31, -44)
     origin.handle(1, LocationUpdate(lat=lat, lon=lon, ts=5.0), 1.0)
-    replica.apply_feed(LocationSet("alice", lat, lon, 5.0, 1.0), 1.0)
+    for hub in (replica, bystander):
+        hub.apply_feed(LocationSet("alice", lat, lon, 5.0, 1.0), 1.0)
     held = origin.strangers.grid.get("alice")
     assert held is not None and held == replica.strangers.grid.get("alice")
     assert (held.lat, held.lon, held.ts) == (*CENTER, 5.0)
     assert origin.strangers.grid.cell("alice") == replica.strangers.grid.cell("alice")
+    assert bystander.strangers.grid.get("alice") is None
 
 
 # ---------------------------------------------------------------------- the hub (sans-I/O)
