@@ -64,6 +64,8 @@ SURE_WITHIN: Final = 0.9995, -5.0
 SURE_BEYOND: Final = 1.0005, 5.0
 """... beyond ``radius * 1.0005 + 5`` m: surely beyond ours, not read. Members between the
 two, and the nearest for the page, are sent to the node, whose exact query decides."""
+SEARCH_ATTEMPTS: Final = 3
+"""Searches made for one query at most, each without the stale members the last one sent."""
 TIE_M: Final = 1.0
 """Members within this of the page's last distance (by Redis) are sent as well: the exact
 query breaks ties by user id, Redis' order does not."""
@@ -303,20 +305,29 @@ class RedisStrangers:
         need: int,
         answer: Answer,
     ) -> None:
-        try:
-            counted, rows = await self._read(center, radius_m, excluded, need)
-        except Exception as exc:
-            self._loaded = False  # a restarted Redis forgot the script
-            self.errors += 1
-            log.warning("nearby_people: searching Redis failed: %s", exc)
-            answer(None)
-            return
-        sent = StrangerGrid()
-        for user, lon, lat, ts in rows:
-            if self.live(user):
-                # Snapped again: Redis keeps positions to ~0.6 m, the centre is exact.
-                sent.place(user, Location(*coarse(lat, lon), ts))
-        total, nearest = sent.query(center, radius_m, excluded, need)
+        skipped = set(excluded)
+        for attempt in range(SEARCH_ATTEMPTS):
+            try:
+                counted, rows = await self._read(center, radius_m, skipped, need)
+            except Exception as exc:
+                self._loaded = False  # a restarted Redis forgot the script
+                self.errors += 1
+                log.warning("nearby_people: searching Redis failed: %s", exc)
+                answer(None)
+                return
+            sent, stale = StrangerGrid(), set()
+            for user, lon, lat, ts in rows:
+                if self.live(user):
+                    # Snapped again: Redis keeps positions to ~0.6 m, the centre is exact.
+                    sent.place(user, Location(*coarse(lat, lon), ts))
+                else:
+                    stale.add(user)
+            total, nearest = sent.query(center, radius_m, skipped, need)
+            if len(nearest) == need or not stale or attempt == SEARCH_ATTEMPTS - 1:
+                break
+            # Listed in Redis but hidden or offline here (a removal not written yet): the
+            # page would be short; search again without them.
+            skipped |= stale
         answer((counted + total, nearest))
 
     async def _read(

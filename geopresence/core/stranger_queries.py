@@ -7,9 +7,9 @@ without the strangers that left meanwhile (``GoneDuringSearches``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
-from geopresence.core.broker import ConnId
 from geopresence.core.context import FeatureContext, LocationView, Session
 from geopresence.core.locations import Location
 from geopresence.core.sessions import TokenBucket
@@ -51,6 +51,7 @@ class PeopleQueries:
         *,
         query_burst: int,
         query_interval: float,
+        before_search: Callable[[str, float], None] = lambda user, now: None,
     ) -> None:
         self.ctx = ctx
         self.view = view
@@ -59,13 +60,14 @@ class PeopleQueries:
         self.gone_during = GoneDuringSearches()
         self.query_burst = query_burst
         self.query_interval = query_interval
+        self.before_search = before_search
+        """Called with (user, now) as an accepted query is about to search."""
         # Per USER, not per connection: reconnecting or using another device must not
         # bring a fresh bucket (the limit protects strangers' rounded distances).
         self._buckets: dict[str, TokenBucket] = {}
         self.rate_limited = 0
 
     def on_query(self, session: Session, query: NearbyPeopleQuery, now: float) -> None:
-        conn = session.conn
         bucket = self._buckets.get(session.user)
         if bucket is None:
             self._forget_full_buckets(now)
@@ -89,24 +91,29 @@ class PeopleQueries:
             )
         excluded = {user, *self.ctx.store.friends_of(user)}
         need = (query.page + 1) * PAGE_SIZE
-
+        self.before_search(user, now)
         mark = self.gone_during.begin()
 
         def answer(result: tuple[int, Found] | None) -> None:
             try:
-                self._answer(conn, query, result, mark)
+                self._answer(session, query, result, mark)
             finally:
-                self.gone_during.end()
+                self.gone_during.end(mark)
 
         # Coarse to coarse: the index holds cell centres, and so is the asker's position.
         self.index.search(snap(me), self.view.radius(user), excluded, need, answer)
 
     def _answer(
-        self, conn: ConnId, query: NearbyPeopleQuery, result: tuple[int, Found] | None, mark: int
+        self,
+        session: Session,
+        query: NearbyPeopleQuery,
+        result: tuple[int, Found] | None,
+        mark: int,
     ) -> None:
         """Reply to ``query`` with the search's ``result`` (it may come a round trip later:
         a connection closed meanwhile gets nothing, and strangers that left meanwhile and
-        did not come back are not shown)."""
+        did not come back, or became friends, are not shown)."""
+        conn = session.conn
         if self.ctx.session(conn) is None:
             return
         if result is None:
@@ -115,11 +122,15 @@ class PeopleQueries:
             return
         total, found = result
         watch = self.watches.get(conn)
+        are_friends = self.ctx.store.are_friends
         late = [
             entry
             for entry in found
-            if self.gone_during.since(mark, entry[1])
-            and (watch is None or entry[1] not in watch.shown)
+            if (
+                self.gone_during.since(mark, entry[1])
+                and (watch is None or entry[1] not in watch.shown)
+            )
+            or are_friends(session.user, entry[1])
         ]
         if late:
             total -= len(late)

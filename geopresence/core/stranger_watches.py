@@ -7,6 +7,7 @@ the stranger: with several nodes it may be on another).
 
 from __future__ import annotations
 
+from collections import Counter, deque
 from collections.abc import Iterator
 
 import attrs
@@ -98,25 +99,34 @@ class GoneDuringSearches:
     nothing while no search is in flight (one node: never)."""
 
     def __init__(self) -> None:
-        self._in_flight = 0
+        self._marks: Counter[int] = Counter()
+        """The mark of each search in flight (how many began at it)."""
         self._count = 0
         self._gone: dict[str, int] = {}
+        self._order: deque[tuple[int, str]] = deque()
 
     def begin(self) -> int:
-        """A search starts; returns the mark to give ``since``."""
-        self._in_flight += 1
+        """A search starts; returns its mark (give it to ``since`` and ``end``)."""
+        self._marks[self._count] += 1
         return self._count
 
-    def end(self) -> None:
-        """A search's answer was handled."""
-        self._in_flight -= 1
-        if not self._in_flight:
-            self._gone.clear()
+    def end(self, mark: int) -> None:
+        """The search that got ``mark`` was answered: forget what no search in flight began
+        before (memory follows the searches in flight, not every user who left)."""
+        self._marks[mark] -= 1
+        if not self._marks[mark]:
+            del self._marks[mark]
+        oldest = min(self._marks, default=self._count)
+        while self._order and self._order[0][0] <= oldest:
+            count, user = self._order.popleft()
+            if self._gone.get(user) == count:
+                del self._gone[user]
 
     def gone(self, user: str) -> None:
-        if self._in_flight:
+        if self._marks:
             self._count += 1
             self._gone[user] = self._count
+            self._order.append((self._count, user))
 
     def since(self, mark: int, user: str) -> bool:
         """Whether ``user`` left after the search that got ``mark`` began."""

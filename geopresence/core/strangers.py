@@ -117,6 +117,7 @@ class Strangers:
             self._watches,
             query_burst=query_burst,
             query_interval=query_interval,
+            before_search=self._catch_up,
         )
         self.on_query = self.queries.on_query
         """``nearby_people`` (``PeopleQueries.on_query``)."""
@@ -249,6 +250,16 @@ class Strangers:
             self._send_gone(conn, other, "out_of_range")
 
     # ------------------------------------------------------------------ internals
+
+    def _catch_up(self, user: str, now: float) -> None:
+        """A ``nearby_people`` query is a probe of its own: the user's watches take the
+        position and radius it searches with at once (a pending move is applied now), so
+        every stranger its page shows is in their cells, whose channels say when it leaves
+        (with several nodes, nothing else would)."""
+        watching = self._watching(user)
+        if watching:
+            self._due.discard(user)
+            self._apply(user, watching, now)
 
     def _handled(self, user: str) -> bool:
         """Whether this node places ``user`` in its grid: every user on one node; with

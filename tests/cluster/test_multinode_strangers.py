@@ -184,3 +184,29 @@ async def test_a_node_that_lets_a_stranger_go_keeps_no_stale_position(
         await expect(walt, "stranger_nearby", user="sam")
         await walt.send({"type": "location", **near(0.054)})  # sam ~450 m away
         await nothing_of(walt, "stranger_gone", 2.0)
+
+
+@pytest.mark.parametrize("nodes", [("standalone", TTL)], indirect=True)
+async def test_strangers_a_page_shows_from_outside_a_watch_s_cells_still_leave(
+    nodes: tuple[list[Node], list[str]],
+) -> None:
+    """walt (node b) watches far away, then moves near sam and ann (node a): his move waits
+    out the watch's interval, but his nearby_people takes the watch there at once, so node b
+    hears the cells the page shows: sam going 30 km away, ann's location expiring."""
+    (a, b), _ = nodes
+    async with session(a, "sam") as sam, session(a, "ann") as ann, session(b, "walt") as walt:
+        for stranger, dlat in ((sam, 0.0), (ann, 0.001)):
+            await stranger.request("settings", visible_to_strangers=True)
+            await stranger.send({"type": "location", **near(dlat)})
+        await walt.request("settings", radius_m=2000)
+        await walt.send({"type": "location", **near(0.30)})  # ~33 km north
+        await walt.request("watch_strangers", on=True)
+        await walt.send({"type": "location", **near(0.31)})  # applied at once
+        await walt.send({"type": "location", **near(0.005)})  # near them: due in 10 s
+        await trio.sleep(0.3)
+        people = await walt.request("nearby_people")
+        assert sorted(p["user"] for p in people["people"]) == ["ann", "sam"]
+        await sam.send({"type": "location", **near(-0.30)})  # 30 km south
+        await expect(walt, "stranger_gone", user="sam", reason="out_of_range")
+        await walt.send({"type": "location", **near(0.005)})  # his own stays live
+        await expect(walt, "stranger_gone", user="ann", reason="expired", within=2 * TTL)

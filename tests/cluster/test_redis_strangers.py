@@ -163,3 +163,20 @@ async def test_a_forget_takes_the_user_out_of_every_cell(
     assert await any_redis.zrange(f"{prefix}:strangers:{{{cell}}}", 0, -1) == (b"ann",)
     assert await any_redis.hkeys(f"{prefix}:strangers-polar:{{polar-s}}") == ()
     assert await any_redis.hkeys(f"{prefix}:strangers-ts:{{polar-s}}") == ()
+
+
+async def test_stale_members_leave_no_page_short(index: tuple[RedisStrangers, Clock]) -> None:
+    """Members Redis still lists that the replicated state says hid or went offline (their
+    removal not written yet) are searched again without: the page is full and exact."""
+    strangers, _ = index
+    live = StrangerGrid()
+    for i in range(30):
+        at = snap(Location(SEOUL.lat + 0.001 * (i + 1), SEOUL.lon, NOW))
+        user = f"stale{i}" if i < 5 else f"live{i:02d}"
+        strangers.entered(user, at, None, NOW)
+        if i >= 5:
+            live.place(user, at)
+    strangers.live = lambda user: user.startswith("live")
+    total, found = await search(strangers, SEOUL, 5_000) or (0, [])
+    assert found == live.query(snap(SEOUL), 5_000, frozenset(), 20)[1] and len(found) == 20
+    assert total >= 25  # stale members beyond the page are counted until removed (a limit)

@@ -19,6 +19,7 @@ from geopresence.core.replication import Replicator
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.core.stranger_index import Answer
 from geopresence.core.stranger_queries import snap
+from geopresence.core.stranger_watches import GoneDuringSearches
 from geopresence.core.strangers import StrangerGoneEvent, Strangers, _channels
 from geopresence.model.geocells import INDEX_PRECISION, cell_of
 from geopresence.model.records import Record
@@ -257,3 +258,36 @@ def test_a_stranger_gone_while_a_search_is_in_flight_is_not_shown_by_its_answer(
     assert list(strangers._watches[1].shown) == ["ann"]
     # With no search in flight, nothing is kept of who left.
     assert not strangers.queries.gone_during._gone
+
+
+def test_a_friend_made_while_a_search_is_in_flight_is_not_shown_as_a_stranger() -> None:
+    ctx = FakeContext()
+    view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
+    index = DeferredIndex()
+    strangers = Strangers(ctx, view, query_burst=5, query_interval=1.0, index=index)
+    ctx.deliver = strangers.deliver
+    ctx.sessions[1] = Session(1, "carol", "phone")
+    strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
+    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=2), now=0.0)
+    frames(ctx.sink, 1)
+    ctx.store.add_friendship("carol", "sam")  # here, or applied from another node
+    strangers.on_friendship_added("carol", "sam")
+    index.pending[0]((1, [(200.0, "sam", snap(Location(48.8586, 2.3522, 0.0)))]))
+    [reply] = frames(ctx.sink, 1)
+    assert (reply["people"], reply["total"]) == ([], 0)
+    assert "sam" not in strangers._watches[1].shown
+
+
+def test_gone_during_searches_keeps_only_what_a_search_in_flight_needs() -> None:
+    gone = GoneDuringSearches()
+    gone.gone("x")  # no search in flight: nothing kept
+    first = gone.begin()
+    gone.gone("a")
+    second = gone.begin()
+    gone.gone("b")
+    assert gone.since(first, "a") and gone.since(first, "b") and gone.since(second, "b")
+    assert not gone.since(second, "a") and not gone.since(first, "x")
+    gone.end(first)
+    assert set(gone._gone) == {"b"}
+    gone.end(second)
+    assert gone._gone == {}
