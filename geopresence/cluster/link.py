@@ -233,8 +233,9 @@ class ClusterLink:
         self.presence.offline_after = hub.settings.offline_after
         self.keys.location_ttl = hub.settings.location_ttl
         self.strangers.location_ttl = hub.settings.location_ttl
+        self.strangers.visible = lambda user: hub.store.get_settings(user).visible_to_strangers
         self.strangers.live = lambda user: (
-            hub.store.get_settings(user).visible_to_strangers and hub.statuses.is_online(user)
+            self.strangers.visible(user) and hub.statuses.is_online(user)
         )
         assert self.broker is not None, "build the hub with make_broker first"
         self.broker.on_remote = self._on_remote

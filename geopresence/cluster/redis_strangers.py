@@ -189,6 +189,8 @@ class RedisStrangers:
         self._keys = keys
         self._now = now
         """The hub's clock (epoch seconds): expiries are compared with it."""
+        self.visible: Callable[[str], bool] = lambda user: True
+        """Whether a user is visible to strangers (the replicated settings)."""
         self.live: Callable[[str], bool] = lambda user: True
         """Whether a user found may be shown: visible to strangers and online (the
         replicated state; Redis may still list one that hid or went offline elsewhere)."""
@@ -223,7 +225,10 @@ class RedisStrangers:
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """``user``, last at ``raw`` (its ``gp:loc:{U}``), went offline: take it out of its
-        cell, also when the node that listed it is dead (its own ``left`` never comes)."""
+        cell, also when the node that listed it is dead (its own ``left`` never comes).
+        Nothing for a user not visible to strangers (nothing listed it)."""
+        if not self.visible(user):
+            return
         lat, lon = orjson.loads(raw)[:2]
         spot = snap(Location(lat, lon, 0.0))
         self._queue(("leave", cell_name(spot.lat, spot.lon), user, None, 0.0))

@@ -180,3 +180,14 @@ async def test_stale_members_leave_no_page_short(index: tuple[RedisStrangers, Cl
     total, found = await search(strangers, SEOUL, 5_000) or (0, [])
     assert found == live.query(snap(SEOUL), 5_000, frozenset(), 20)[1] and len(found) == 20
     assert total >= 25  # stale members beyond the page are counted until removed (a limit)
+
+
+async def test_a_user_not_visible_going_offline_costs_redis_nothing(
+    index: tuple[RedisStrangers, Clock],
+) -> None:
+    strangers, _ = index
+    strangers.visible = lambda user: user == "sam"
+    strangers.went_offline("ann", b"[37.5665, 126.978, 1.0, 1.0]")
+    assert strangers.pending == 0
+    strangers.went_offline("sam", b"[37.5665, 126.978, 1.0, 1.0]")
+    assert strangers.pending == 1
