@@ -70,18 +70,28 @@ TIE_M: Final = 1.0
 """Members within this of the page's last distance (by Redis) are sent as well: the exact
 query breaks ties by user id, Redis' order does not."""
 
-_SEARCH: Final = """
-local now = ARGV[5]
-local dead = redis.call('ZRANGE', KEYS[2], '-inf', now, 'BYSCORE')
+
+def _cell_script_head(remove_position: str, now: str, first_excluded: int) -> str:
+    """The start both scripts share (KEYS: positions, expiries, ts): remove the cell's
+    expired members (``remove_position``: the command that takes one out of the positions,
+    ``ZREM`` for a GEO set, ``HDEL`` for a hash; ``now``: the argument holding the time),
+    then read the excluded users from ``ARGV[first_excluded]`` on into ``excluded``."""
+    return f"""
+local dead = redis.call('ZRANGE', KEYS[2], '-inf', {now}, 'BYSCORE')
 for first = 1, #dead, 512 do
-  local some = {unpack(dead, first, math.min(first + 511, #dead))}
-  redis.call('ZREM', KEYS[1], unpack(some))
+  local some = {{unpack(dead, first, math.min(first + 511, #dead))}}
+  redis.call('{remove_position}', KEYS[1], unpack(some))
   redis.call('ZREM', KEYS[2], unpack(some))
   redis.call('HDEL', KEYS[3], unpack(some))
 end
-local excluded = {}
-for i = 8, #ARGV do excluded[ARGV[i]] = true end
-local sure_within, need = tonumber(ARGV[3]), tonumber(ARGV[6])
+local excluded = {{}}
+for i = {first_excluded}, #ARGV do excluded[ARGV[i]] = true end
+"""
+
+
+_SEARCH: Final = (
+    _cell_script_head("ZREM", "ARGV[5]", 8)
+    + """local sure_within, need = tonumber(ARGV[3]), tonumber(ARGV[6])
 local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
                          'BYRADIUS', ARGV[4], 'm', 'ASC', 'WITHDIST', 'WITHCOORD')
 local counted, sent, last = 0, 0, -1
@@ -105,6 +115,7 @@ end
 out[1] = counted
 return out
 """
+)
 """One cell's search (KEYS: GEO set, expiries, ts; ARGV: lon, lat, the radius within which
 members are surely inside and beyond which surely outside (metres, by Redis), now, the page's
 need, the tie distance, then the excluded users). Removes expired members first. Returns the
@@ -112,17 +123,9 @@ count of members surely within that are not sent, then user, lon, lat, ts of tho
 ``need`` nearest (with ties) and every one in the uncertain ring."""
 
 
-_POLAR: Final = """
-local dead = redis.call('ZRANGE', KEYS[2], '-inf', ARGV[1], 'BYSCORE')
-for first = 1, #dead, 512 do
-  local some = {unpack(dead, first, math.min(first + 511, #dead))}
-  redis.call('HDEL', KEYS[1], unpack(some))
-  redis.call('ZREM', KEYS[2], unpack(some))
-  redis.call('HDEL', KEYS[3], unpack(some))
-end
-local excluded = {}
-for i = 2, #ARGV do excluded[ARGV[i]] = true end
-local all = redis.call('HGETALL', KEYS[1])
+_POLAR: Final = (
+    _cell_script_head("HDEL", "ARGV[1]", 2)
+    + """local all = redis.call('HGETALL', KEYS[1])
 local out = {0}
 for i = 1, #all, 2 do
   if not excluded[all[i]] then
@@ -135,6 +138,7 @@ for i = 1, #all, 2 do
 end
 return out
 """
+)
 """A polar cap's search (KEYS: positions hash, expiries, ts; ARGV: now, then the excluded
 users): every live member, as ``_SEARCH`` returns them (none counted in Redis)."""
 
