@@ -171,10 +171,9 @@ class DeferredIndex:
         self.pending.append(answer)
 
 
-def test_strangers_with_a_shared_index_answer_later_and_tell_what_they_do() -> None:
-    """With several nodes: the search's answer comes later (to a connection still open;
-    None: an ``internal`` error), and a stranger this node does not hold (it is on another
-    node) that goes offline leaves the view of the watchers showing it."""
+def carol_watching_and_searching() -> tuple[FakeContext, Strangers, DeferredIndex]:
+    """carol (connection 1, in Paris) watches strangers and sends a ``nearby_people`` (id 2)
+    whose search waits in the index's ``pending``."""
     ctx = FakeContext()
     view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
     index = DeferredIndex()
@@ -183,6 +182,14 @@ def test_strangers_with_a_shared_index_answer_later_and_tell_what_they_do() -> N
     ctx.sessions[1] = Session(1, "carol", "phone")
     strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
     strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=2), now=0.0)
+    return ctx, strangers, index
+
+
+def test_strangers_with_a_shared_index_answer_later_and_tell_what_they_do() -> None:
+    """With several nodes: the search's answer comes later (to a connection still open;
+    None: an ``internal`` error), and a stranger this node does not hold (it is on another
+    node) that goes offline leaves the view of the watchers showing it."""
+    ctx, strangers, index = carol_watching_and_searching()
     strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=3), now=0.0)
     frames(ctx.sink, 1)
     assert len(index.pending) == 2
@@ -239,14 +246,7 @@ def test_nearby_on_a_fake_context_tells_its_listener_and_publishes() -> None:
 def test_a_stranger_gone_while_a_search_is_in_flight_is_not_shown_by_its_answer() -> None:
     """Redis read sam, then sam's node expired him (stranger_gone on his cells) before the
     answer was handled: the answer leaves him out, as no other stranger_gone would come."""
-    ctx = FakeContext()
-    view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
-    index = DeferredIndex()
-    strangers = Strangers(ctx, view, query_burst=5, query_interval=1.0, index=index)
-    ctx.deliver = strangers.deliver
-    ctx.sessions[1] = Session(1, "carol", "phone")
-    strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
-    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=2), now=0.0)
+    ctx, strangers, index = carol_watching_and_searching()
     frames(ctx.sink, 1)
     sam = snap(Location(48.8566 + 0.002, 2.3522, 0.0))
     ann = snap(Location(48.8566 + 0.004, 2.3522, 0.0))
@@ -261,14 +261,7 @@ def test_a_stranger_gone_while_a_search_is_in_flight_is_not_shown_by_its_answer(
 
 
 def test_a_friend_made_while_a_search_is_in_flight_is_not_shown_as_a_stranger() -> None:
-    ctx = FakeContext()
-    view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
-    index = DeferredIndex()
-    strangers = Strangers(ctx, view, query_burst=5, query_interval=1.0, index=index)
-    ctx.deliver = strangers.deliver
-    ctx.sessions[1] = Session(1, "carol", "phone")
-    strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
-    strangers.on_query(ctx.sessions[1], NearbyPeopleQuery(id=2), now=0.0)
+    ctx, strangers, index = carol_watching_and_searching()
     frames(ctx.sink, 1)
     ctx.store.add_friendship("carol", "sam")  # here, or applied from another node
     strangers.on_friendship_added("carol", "sam")
