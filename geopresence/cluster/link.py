@@ -15,7 +15,9 @@
 Start-up (``run``): take the lease, note the feed's newest entry, load the shared state into
 the hub's replica, then read the feed from that entry on and serve.
 
-Locations are not on the feed: a node holds the locations its sessions need
+Friendships are on the feed, but a node holds only those of the users it serves
+(``FriendSlices``: read from Redis as a session or request needs them). Locations are not
+on the feed: a node holds the locations its sessions need
 (``geopresence.cluster.views``); moves arrive on the users' channels (``_on_remote`` applies
 them to the cache before the subscribers hear them). Strangers are searched in Redis
 (``RedisStrangers``, the hub's stranger index), not in a grid every node keeps.
@@ -26,19 +28,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import trio
 
 from geopresence.cluster.channel_events import Replaced
 from geopresence.cluster.control import Control
+from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
-from geopresence.cluster.redis_load import load_state
+from geopresence.cluster.redis_load import load_state, read_friends
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
@@ -116,6 +120,8 @@ class ClusterLink:
         self._clock: Callable[[], float] | None = None
         self._control: Control | None = None
         self._views: Views | None = None
+        self.slices: FriendSlices | None = None
+        """The users whose friendships this node holds (while ``run`` runs)."""
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -187,6 +193,10 @@ class ClusterLink:
         self._hub.announce_presence(transition)
 
     def _on_feed(self, op: FeedOp) -> None:
+        if self.slices is None or self.slices.admit(op):
+            self._apply_feed(op)
+
+    def _apply_feed(self, op: FeedOp) -> None:
         assert self._hub is not None
         if isinstance(op, Befriended) and self._views is not None:
             self._views.befriended(op.a, op.b)
@@ -208,6 +218,27 @@ class ClusterLink:
             where = event.location
             op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
             self._hub.apply_feed(op, self._now())
+
+    async def hold(self, users: Collection[str]) -> None:
+        """Every friendship of ``users`` held here until ``release`` (``FriendSlices``)."""
+        assert self.slices is not None, "the link is not running"
+        await self.slices.hold(users)
+
+    def release(self, users: Collection[str]) -> None:
+        """The end of one ``hold(users)``."""
+        if self.slices is not None:
+            self.slices.release(users)
+
+    def holding(self, users: Collection[str]) -> AbstractAsyncContextManager[None]:
+        """Every friendship of ``users`` held here for the block (``FriendSlices``)."""
+        assert self.slices is not None, "the link is not running"
+        return self.slices.holding(users)
+
+    async def _journal_written(self) -> None:
+        """Return once what this node journaled so far is in Redis (read your writes)."""
+        target = self.journal.last_seq
+        while self.journal.durable_seq < target:
+            await trio.sleep(0.005)
 
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here: read what it needs (``Views.open``)."""
@@ -241,6 +272,12 @@ class ClusterLink:
         self.broker.on_remote = self._on_remote
         views = self._views = Views(self.client, self.keys, self.broker, hub, self._now)
         self.broker.on_released = views.released
+        self.slices = FriendSlices(
+            hub,
+            lambda users: read_friends(self.client, self.keys, users),
+            self._journal_written,
+            self._apply_feed,
+        )
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
         # Inbox channels carry nothing else: no node needs a Redis subscription to them.

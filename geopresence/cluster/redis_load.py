@@ -1,5 +1,6 @@
 """Reading the shared state back from Redis (cluster): what a starting node loads into its
-replica (``load_state``), and the locations a session needs as it opens (``load_locations``).
+replica (``load_state``), and what a session needs as it opens: its user's friends
+(``read_friends``) and the live locations (``load_locations``).
 The keys are in ``geopresence.cluster.redis_keys``; ``redis_state`` writes them.
 """
 
@@ -30,14 +31,17 @@ def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
     )
 
 
-async def load_durable(client: Any, keys: Keys, state: DurableState) -> dict[str, int]:
-    """Fill a fresh durable state from Redis: the user DB and the chat messages. Returns
-    counts for the log line."""
+async def load_durable(
+    client: Any, keys: Keys, state: DurableState, *, friendships: bool = True
+) -> dict[str, int]:
+    """Fill a fresh durable state from Redis: the user DB and the chat messages (without
+    ``friendships``, no friendship: a node reads those of its users as they need them,
+    ``read_friends``). Returns counts for the log line."""
     k = keys
-    friendships: list[tuple[str, str]] = []
-    for user in strings(await client.smembers(k.users)):
+    pairs: list[tuple[str, str]] = []
+    for user in strings(await client.smembers(k.users)) if friendships else ():
         for friend in strings(await client.smembers(k.of("friends", user))):
-            friendships.append((user, friend))  # each pair twice: the second is a no-op
+            pairs.append((user, friend))  # each pair twice: the second is a no-op
     groups: dict[str, dict[str, int]] = {}
     for group in strings(await client.smembers(k.groups)):
         members = await client.hgetall(k.of("group", group))
@@ -56,17 +60,25 @@ async def load_durable(client: Any, keys: Keys, state: DurableState) -> dict[str
     messages.sort(key=lambda m: m.message_id)
     marks_issued = (mark for marks in groups.values() for mark in marks.values())
     state.load(
-        friendships=friendships,
+        friendships=pairs,
         groups=groups,
         settings=settings,
         messages=messages,
         last_message_id=max(marks_issued, default=0),
     )
-    return {
-        "friendships": sum(1 for _ in state.users.friendships()),
-        "groups": len(groups),
-        "messages": len(messages),
-    }
+    counts = {"groups": len(groups), "messages": len(messages)}
+    if friendships:
+        counts["friendships"] = sum(1 for _ in state.users.friendships())
+    return counts
+
+
+async def read_friends(client: Any, keys: Keys, users: list[str]) -> dict[str, list[str]]:
+    """Each of ``users``' friends, in one pipeline (on a Cluster, each shard its part)."""
+    if not users:
+        return {}
+    async with client.pipeline(transaction=False) as pipe:
+        requests = [pipe.smembers(keys.of("friends", user)) for user in users]
+    return {user: strings(await request) for user, request in zip(users, requests, strict=True)}
 
 
 async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:
@@ -86,11 +98,12 @@ async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[Loca
 
 
 async def load_state(client: Any, keys: Keys, hub: Hub) -> dict[str, int]:
-    """Fill a fresh hub's replica from Redis: its durable state (``load_durable``) and every
-    user's presence (locations are read as sessions open: ``geopresence.cluster.views``).
+    """Fill a fresh hub's replica from Redis: its durable state but the friendships
+    (``load_durable``) and every user's presence (friendships and locations are read as
+    sessions open: ``geopresence.cluster.friend_slices``, ``geopresence.cluster.views``).
     Returns counts for the log line."""
     k = keys
-    counts = await load_durable(client, keys, hub.state)
+    counts = await load_durable(client, keys, hub.state, friendships=False)
     online = 0
     for user in strings(await client.smembers(k.presence_users)):
         status, last, version = await client.hmget(

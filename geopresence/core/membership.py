@@ -8,7 +8,7 @@ features that keep per-friend or per-member state (nearby friends, nearby strang
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Final, Protocol
 
 from geopresence.core.acks import Acks
@@ -187,6 +187,29 @@ class Membership:
             for conn in sessions.live_connections(user):
                 sessions.broker.unsubscribe(user_channel(friend), conn)
                 sessions.sink.send(conn, gone)
+
+    def load_friends(self, user: str, friends: Iterable[str]) -> None:
+        """With several nodes: ``user``'s friendships as read from the shared store, added
+        to this node's partial graph before a session or request of ``user`` needs them.
+        Silent (nothing journaled, no frame): nothing changed, this node only learns it.
+        ``user`` has no session here yet; a friend that has one now counts ``user`` in its
+        graph (the edges of a user with a session are always all here)."""
+        store, online = self.state.users, self.sessions.online_friends
+        for friend in friends:
+            if friend != user and store.add_friendship(user, friend) and online is not None:
+                online.befriended(user, friend)
+
+    def unload_friends(self, user: str, keep: Callable[[str], bool]) -> int:
+        """With several nodes: ``user`` no longer needs its friendships here (no session,
+        no request): drop each edge whose other side is not ``keep``-ed either. Silent, as
+        ``load_friends``. Returns how many edges were dropped."""
+        store, online = self.state.users, self.sessions.online_friends
+        dropped = [friend for friend in store.friends_of(user) if not keep(friend)]
+        for friend in dropped:
+            store.remove_friendship(user, friend)
+            if online is not None:
+                online.unfriended(user, friend)
+        return len(dropped)
 
     # ---------------------------------------------------------------- groups
 

@@ -36,6 +36,7 @@ class Store(Protocol):
       are symmetric in their arguments. A user is never its own friend (ValueError).
     - ``friends_of(u)`` is the set of u's friends (empty for an unknown user); the returned
       set is a read-only view the caller must not keep across mutations.
+      ``friendship_count()`` is how many friendships there are, in constant time.
     - A group exists from ``set_group`` (possibly empty) or the first ``add_member`` until
       ``delete_group``. ``group_members(g)`` is None for a group that does not exist.
       ``groups_of(u)`` lists the groups u is a member of.
@@ -54,6 +55,8 @@ class Store(Protocol):
     def are_friends(self, a: str, b: str) -> bool: ...
 
     def friends_of(self, user: str) -> Set[str]: ...
+
+    def friendship_count(self) -> int: ...
 
     def set_group(self, group: str, members: Iterable[str]) -> tuple[set[str], set[str]]: ...
 
@@ -89,6 +92,7 @@ class MemoryStore:
         self._groups: dict[str, set[str]] = {}
         self._groups_of: dict[str, set[str]] = {}
         self._settings: dict[str, UserSettings] = {}
+        self._friendships = 0
 
     def add_friendship(self, a: str, b: str) -> bool:
         if a == b:
@@ -98,6 +102,7 @@ class MemoryStore:
             return False
         friends_of_a.add(b)
         self._friends.setdefault(b, set()).add(a)
+        self._friendships += 1
         return True
 
     def remove_friendship(self, a: str, b: str) -> bool:
@@ -109,6 +114,7 @@ class MemoryStore:
         for user in (a, b):
             if not self._friends[user]:
                 del self._friends[user]
+        self._friendships -= 1
         return True
 
     def are_friends(self, a: str, b: str) -> bool:
@@ -116,6 +122,9 @@ class MemoryStore:
 
     def friends_of(self, user: str) -> Set[str]:
         return self._friends.get(user, _EMPTY)
+
+    def friendship_count(self) -> int:
+        return self._friendships
 
     def set_group(self, group: str, members: Iterable[str]) -> tuple[set[str], set[str]]:
         new = set(members)

@@ -304,6 +304,15 @@ class ConnectionHandler:
         hello = await self._greet(ws)
         if hello is None:
             return
+        user = hello.user
+        if not await self._handshake.hold_in_cluster(ws, user, hello.request_id):
+            return
+        try:
+            await self._serve_session(ws, hello)
+        finally:
+            self._handshake.released_in_cluster(user)
+
+    async def _serve_session(self, ws: Connection, hello: Hello) -> None:
         user, device, request_id = hello.user, hello.device, hello.request_id
         hub = self._hub
         connections = self._connections

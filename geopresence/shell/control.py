@@ -4,12 +4,17 @@ depend on it, not on the server."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Collection
 from typing import Literal, Protocol
+
+import trio
 
 from geopresence.config import Config
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub
 from geopresence.shell.history import HistoryKeeper
+from geopresence.shell.http_routing import HttpError
 from geopresence.shell.metrics import Metrics
 
 
@@ -42,6 +47,13 @@ class Control(Protocol):
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""
 
+    async def hold(self, users: Collection[str]) -> None:
+        """Multi-node: every friendship of ``users`` is held here until ``release`` (read
+        from Redis if need be; raises if it cannot be). One node: nothing to do."""
+
+    def release(self, users: Collection[str]) -> None:
+        """The end of one ``hold(users)``."""
+
     async def devices_held(self, user: str) -> set[str]:
         """``user``'s alive devices: this node's, and with several nodes every node's as
         Redis says (within half a second; this node's alone if it does not answer)."""
@@ -57,3 +69,22 @@ class Control(Protocol):
 
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does)."""
+
+
+@contextlib.asynccontextmanager
+async def holding(server: Control, users: Collection[str]) -> AsyncIterator[None]:
+    """``server.hold(users)`` for the block: a request that reads or changes the friends of
+    ``users`` (with several nodes, a node holds only its own users' friendships). 503
+    ``internal`` if Redis does not give them within the hello timeout."""
+    try:
+        with trio.fail_after(server.config.hello_timeout):
+            await server.hold(users)
+    except Exception as exc:
+        cause = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        raise HttpError(
+            503, "internal", f"the friend lists could not be read from Redis ({cause}): try again"
+        ) from None
+    try:
+        yield
+    finally:
+        server.release(users)

@@ -28,6 +28,7 @@ from geopresence.wire.errors import (
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
     ProtocolError,
     RequestId,
 )
@@ -165,6 +166,32 @@ class Handshake:
         if refusal is not None:
             raise refusal
         return user, hello.device, hello.id
+
+    async def hold_in_cluster(self, ws: Connection, user: str, request_id: RequestId) -> bool:
+        """Before the session: this node holds every friendship of the user, read from
+        Redis unless a session or request here holds them already (``FriendSlices``). The
+        session needs them all (its friends' channels, ``friends_presence``): if Redis does
+        not answer within the hello timeout, the session is refused (``internal``, close
+        1013, try again later) and False returned. Multi-node only; ``released_in_cluster``
+        undoes it."""
+        if self._cluster is None:
+            return True
+        with trio.move_on_after(self._config.hello_timeout):
+            try:
+                await self._cluster.hold([user])
+                return True
+            except Exception as exc:
+                log.warning("redis: the friends of %s could not be read (%s)", user, exc)
+        refusal = ProtocolError(
+            "internal", "the friend list could not be read from Redis: try again", request_id
+        )
+        await self.refuse(ws, refusal, CLOSE_TRY_AGAIN_LATER)
+        return False
+
+    def released_in_cluster(self, user: str) -> None:
+        """A session ``hold_in_cluster`` held for has ended."""
+        if self._cluster is not None:
+            self._cluster.release([user])
 
     async def alive_in_cluster(self, user: str, device: str) -> None:
         """Before the welcome: the device is held here in Redis (two round trips), so nothing

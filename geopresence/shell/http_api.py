@@ -25,6 +25,7 @@ from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.shell.console import Asset, Console
 from geopresence.shell.control import Control as Control
+from geopresence.shell.control import holding
 from geopresence.shell.http_routing import (
     HttpError,
     Receive,
@@ -251,16 +252,19 @@ class HttpApi:
     def metrics(self, request: Request) -> Response:
         return 200, self.server.metrics.render()
 
-    def put_friendship(self, request: Request) -> Response:
+    async def put_friendship(self, request: Request) -> Response:
         a, b = request.params["a"], request.params["b"]
-        created = self.hub.membership.add_friendship(a, b, self.server.now())
+        async with holding(self.server, (a, b)):
+            created = self.hub.membership.add_friendship(a, b, self.server.now())
         return 200, {"friends": [a, b], "created": created}
 
-    def delete_friendship(self, request: Request) -> Response:
+    async def delete_friendship(self, request: Request) -> Response:
         a, b = request.params["a"], request.params["b"]
-        return 200, {"friends": [a, b], "deleted": self.hub.membership.remove_friendship(a, b)}
+        async with holding(self.server, (a, b)):
+            deleted = self.hub.membership.remove_friendship(a, b)
+        return 200, {"friends": [a, b], "deleted": deleted}
 
-    def bulk_friendships(self, request: Request) -> Response:
+    async def bulk_friendships(self, request: Request) -> Response:
         pairs = request.json_object().get("pairs")
         if not isinstance(pairs, list):
             raise HttpError(400, "bad_request", '"pairs" must be an array of [a, b] pairs')
@@ -278,7 +282,8 @@ class HttpApi:
             checked.append((a, b))
         # All pairs are valid before any is applied; a limit hit part-way reports how far it got.
         try:
-            created = self.hub.membership.add_friendships(checked, self.server.now())
+            async with holding(self.server, {user for pair in checked for user in pair}):
+                created = self.hub.membership.add_friendships(checked, self.server.now())
         except BulkError as exc:
             raise HttpError(
                 status_for(exc.code),
@@ -298,11 +303,11 @@ class HttpApi:
             "devices": len(devices),
         }
 
-    def get_friends(self, request: Request) -> Response:
+    async def get_friends(self, request: Request) -> Response:
         user = request.params["user"]
-        friends = [
-            attrs.asdict(f) for f in self.hub.statuses.friends_presence(user, self.server.now())
-        ]
+        async with holding(self.server, (user,)):
+            presence = self.hub.statuses.friends_presence(user, self.server.now())
+        friends = [attrs.asdict(f) for f in presence]
         return 200, {"user": user, "friends": friends}
 
     async def logout(self, request: Request) -> Response:

@@ -9,7 +9,9 @@ what is held and for how long.
 
 from __future__ import annotations
 
-from geopresence.shell.control import Control
+from collections.abc import AsyncIterator
+
+from geopresence.shell.control import Control, holding
 from geopresence.shell.export import export_document
 from geopresence.shell.http_routing import HttpError, Request, Response, Streamed
 
@@ -24,7 +26,8 @@ class UserData:
         """Forget the user; 500 if the history or the snapshot could not be rewritten
         (the forget itself is applied and durable; the history is retried)."""
         user = request.params["user"]
-        report, problem = await self.server.forget_user(user)
+        async with holding(self.server, (user,)):  # the report counts its friends
+            report, problem = await self.server.forget_user(user)
         if problem is not None:
             raise HttpError(500, "internal", f"{user} is forgotten, but {problem}")
         return 200, {
@@ -38,9 +41,17 @@ class UserData:
             "devices_logged_out": report.devices,
         }
 
-    def export(self, request: Request) -> Response:
+    async def export(self, request: Request) -> Response:
         user = request.params["user"]
         server = self.server
         keeper = server.history_keeper
         chunks = export_document(server.hub, user, server.now(), keeper.directory, keeper.run_sync)
-        return 200, Streamed(chunks)
+        async with holding(server, (user,)):
+            head = await anext(chunks)  # its friends, read while they are all here
+        return 200, Streamed(_after(head, chunks))
+
+
+async def _after(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk

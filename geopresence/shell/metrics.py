@@ -122,6 +122,11 @@ def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
         "users_online", "Users online now (in the whole cluster with --redis).",
         lambda: hub.online_count(),
     )  # fmt: skip
+    metrics.gauge(
+        "friendships",
+        "Friendships in this node's graph (several nodes: those with a held user at one end).",
+        hub.store.friendship_count,
+    )
     nearby = hub.nearby
     metrics.gauge(
         "locations", "Users with a live location in the cache.", lambda: len(nearby.locations)
@@ -178,6 +183,13 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
             + cluster.presence.pending
             + cluster.strangers.pending
         ),
+    )
+    slices = cluster.slices
+    assert slices is not None
+    metrics.gauge(
+        "users_held",
+        "Users whose friendships this node holds (a session or request of theirs is here).",
+        lambda: len(slices),
     )
     metrics.counter(
         "redis_feed_applied_total",

@@ -11,7 +11,7 @@ serves (``shell.http_api``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -193,6 +193,14 @@ class Server:
         """Forget ``user``; return once it is durable and gone from the disk
         (``Forgets.forget_user``)."""
         return await self.forgets.forget_user(user, self.now())
+
+    async def hold(self, users: Collection[str]) -> None:
+        if self.cluster is not None:
+            await self.cluster.hold(users)
+
+    def release(self, users: Collection[str]) -> None:
+        if self.cluster is not None:
+            self.cluster.release(users)
 
     async def devices_held(self, user: str) -> set[str]:
         here = set(self.hub.presence.device_names(user))

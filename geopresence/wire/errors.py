@@ -27,6 +27,8 @@ MAX_REQUEST_ID_CHARS: Final = 128
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+"""Several nodes: the session could not start because Redis did not answer (an extension)."""
 CLOSE_HEARTBEAT_TIMEOUT: Final = 4000
 CLOSE_LOGGED_OUT: Final = 4001
 CLOSE_REPLACED: Final = 4002

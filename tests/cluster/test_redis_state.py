@@ -10,7 +10,7 @@ import trio
 
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_load import load_locations, load_state
+from geopresence.cluster.redis_load import load_locations, load_state, read_friends
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
@@ -110,6 +110,16 @@ async def write_then_load(client: Any) -> None:
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
     counts = await load_state(client, keys, second)
+    # A starting node holds no friendship: it reads a user's as a session or request of the
+    # user needs them (FriendSlices).
+    assert "friendships" not in counts and second.store.friendship_count() == 0
+    assert await read_friends(client, keys, ["alice", "dave", "nobody"]) == {
+        "alice": ["bob", "carol"],
+        "dave": [],
+        "nobody": [],
+    }
+    for user, friends in (await read_friends(client, keys, ["alice", "bob", "carol"])).items():
+        second.membership.load_friends(user, friends)
     assert comparable(second) == comparable(first)
     assert counts["messages"] == 3
     assert second.chat.store.find_client_msg("alice", "c1") is not None  # resends recognised

@@ -23,11 +23,13 @@ def store(request: pytest.FixtureRequest) -> Store:
 def test_friendship_is_mutual_and_idempotent(store: Store) -> None:
     assert store.add_friendship("a", "b")
     assert not store.add_friendship("b", "a")
+    assert store.friendship_count() == 1
     assert store.are_friends("a", "b") and store.are_friends("b", "a")
     assert set(store.friends_of("a")) == {"b"}
     assert set(store.friends_of("b")) == {"a"}
     assert store.remove_friendship("b", "a")
     assert not store.remove_friendship("a", "b")
+    assert store.friendship_count() == 0
     assert not store.are_friends("a", "b")
     assert set(store.friends_of("a")) == set()
 

@@ -1,0 +1,119 @@
+"""Friendships across real nodes: a node holds only those of the users it serves (sessions,
+requests), read from Redis as they are needed, and every answer is still the whole truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from geopresence.client import ApiError, SessionRefused, connect
+from tests.cluster.test_multinode import (
+    Node,
+    _gauge,
+    cluster_of,
+    expect,
+    session,
+    start_node,
+)
+from tests.redis_server import redis_server
+
+
+async def held(node: Node) -> tuple[float, float]:
+    """(users held, friendships held) by ``node``, from its metrics."""
+    async with node.admin() as admin:
+        metrics = await admin.metrics()
+    return _gauge(metrics, "users_held"), _gauge(metrics, "friendships")
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+async def test_a_node_holds_only_the_friendships_of_the_users_it_serves(
+    kind: str, tmp_path: Path
+) -> None:
+    with cluster_of(kind, 2, tmp_path) as (nodes, _):
+        a, b = nodes
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            pairs = [("alice", "bob"), ("alice", "carol"), ("bob", "dave")]
+            assert await admin_a.befriend_many(pairs) == 3
+            assert await held(a) == (0, 0)  # the import's users are let go once it is done
+            assert await held(b) == (0, 0)
+            async with session(b, "alice") as alice:
+                assert sorted(f["user"] for f in alice.friends) == ["bob", "carol"]
+                assert await held(b) == (1, 2)
+                # A change between two users nobody on b serves stays off b's graph...
+                await admin_a.befriend("dave", "erin")
+                # ... one of alice's reaches her session and b's graph.
+                await admin_a.befriend("alice", "dave")
+                frame = await expect(alice, "friends_presence")
+                assert [f["user"] for f in frame["friends"]] == ["dave"]
+                assert await held(b) == (1, 3)
+                # A request about a user nobody serves here reads the whole list, then
+                # lets it go.
+                friends = await admin_b.friends("bob")
+                assert sorted(f["user"] for f in friends) == ["alice", "dave"]
+                assert await held(b) == (1, 3)
+                await admin_a.unfriend("alice", "carol")
+                await expect(alice, "friend_removed", user="carol")
+                assert await held(b) == (1, 2)
+            await trio.sleep(0.2)  # the session's end
+            assert await held(b) == (0, 0)
+            # The next session reads them again, with every change made meanwhile.
+            await admin_a.befriend("alice", "frank")
+            async with session(b, "alice") as alice:
+                assert sorted(f["user"] for f in alice.friends) == ["bob", "dave", "frank"]
+
+
+async def test_the_friend_limit_counts_friends_made_on_other_nodes(tmp_path: Path) -> None:
+    with redis_server() as port:
+        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        nodes = [start_node(args, n, tmp_path, "--max-friends", "2") for n in (1, 2)]
+        try:
+            a, b = nodes
+            async with a.admin() as admin_a, b.admin() as admin_b:
+                await admin_a.befriend_many([("alice", "bob"), ("alice", "carol")])
+                with pytest.raises(ApiError) as refused:
+                    await admin_b.befriend("alice", "dave")
+                assert refused.value.status == 409, refused.value
+                assert "alice already has max_friends (2)" in refused.value.message
+        finally:
+            for node in nodes:
+                node.proc.terminate()
+                node.proc.wait(15)
+
+
+async def test_a_forget_on_a_node_that_serves_nobody_counts_every_friend(
+    tmp_path: Path,
+) -> None:
+    with cluster_of("standalone", 2, tmp_path) as (nodes, _):
+        a, b = nodes
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.befriend_many([("alice", "bob"), ("alice", "carol")])
+            async with session(a, "bob") as bob:
+                report = await admin_b.forget("alice")
+                assert report["friends"] == 2
+                await expect(bob, "friend_removed", user="alice")
+
+
+async def test_a_session_is_refused_when_its_friends_cannot_be_read(tmp_path: Path) -> None:
+    """Redis gone: a new session cannot know its friends, so it is refused with a reason
+    (``internal``, close 1013: try again later), never served with an empty list."""
+    with redis_server() as port:
+        node = start_node(
+            ["--redis", f"redis://127.0.0.1:{port}/0"], 1, tmp_path, "--hello-timeout", "2"
+        )
+    try:
+        with trio.fail_after(20), pytest.raises(SessionRefused) as refused:
+            async with connect(node.ws_url, user="alice", device="phone"):
+                pass
+        assert refused.value.close_code == 1013, refused.value
+        assert refused.value.error is not None
+        assert refused.value.error["code"] == "internal"
+        assert "could not be read from Redis" in refused.value.error["message"]
+        async with node.admin() as admin:
+            with pytest.raises(ApiError) as failed:
+                await admin.friends("alice")
+            assert failed.value.status == 503, failed.value
+    finally:
+        node.proc.terminate()
+        node.proc.wait(15)
