@@ -11,20 +11,23 @@ with the node's own users, not with the population.
 ``hold`` reads what it lacks in one pipeline, once this node's own journaled writes are in
 Redis (read your writes); ``release`` drops the edges no held user needs any more. Another
 node's friendship change reaches every node on the feed (``Befriended``, ``Unfriended``,
-``UserForgotten``); ``admit`` lets one through only if it touches a held user. One that
-touches a user being read is held back and applied once the read is in: Redis was written
-before the change was put on the feed, so the read either saw it (applying it again changes
-nothing) or did not (it is applied after), and a read older than an unfriending cannot
-bring the friendship back.
+``UserForgotten``); ``admit`` lets one through only if it touches a held user (a forget
+always). A read can be older than a change the node heard of: sent before it was written,
+or, on a Cluster, read from a shard the change had not reached yet when its feed entry (on
+another shard) was read. So every friendship change heard or made here is also kept for a
+few seconds (``RECENT_S``, and while any read is in flight), and after a read each of them
+that touches a user read is applied again to the graph, in order: an edge's last change
+wins, so a stale read cannot keep an ended friendship, miss a new one, or bring back a
+forgotten user. Nothing waits, and nothing but friendship edges is applied twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -35,6 +38,10 @@ if TYPE_CHECKING:
     from geopresence.core.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
+
+RECENT_S: Final = 5.0
+"""Seconds a friendship change is kept to be applied again over a read: longer than a feed
+entry can run ahead of its keys on a Cluster (they are written in one pipeline)."""
 
 ReadFriends = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
 """Each user's friends as Redis has them (``redis_load.read_friends``)."""
@@ -52,27 +59,29 @@ def users_of(op: FeedOp) -> tuple[str, ...]:
 class FriendSlices:
     """The users whose friendships this node holds, counted by holder (sessions, requests).
 
-    ``apply`` is how a feed op reaches the hub (the link's own path, called again for an op
-    held back). ``written`` returns once this node's journaled changes are in Redis."""
+    ``written`` returns once this node's journaled changes are in Redis; ``now`` is a
+    monotonic clock (seconds)."""
 
     def __init__(
         self,
         hub: Hub,
         read: ReadFriends,
         written: Callable[[], Awaitable[None]],
-        apply: Callable[[FeedOp], None],
+        now: Callable[[], float] = trio.current_time,
     ) -> None:
         self._hub = hub
         self._read = read
         self._written = written
-        self._apply = apply
+        self._now = now
         self._holders: Counter[str] = Counter()
         self._held: set[str] = set()
         """Users whose every friendship is in the hub's graph."""
         self._reading: dict[str, trio.Event] = {}
         """Users being read, with the event set once the read is in (or failed)."""
-        self._held_back: list[FeedOp] = []
-        """Friendship changes that touch a user being read, in feed order."""
+        self._recent: deque[tuple[float, FeedOp]] = deque()
+        """Friendship changes heard or made here lately, with when, oldest first."""
+        self._read_starts: Counter[float] = Counter()
+        """When each read in flight started."""
 
     def __len__(self) -> int:
         return len(self._held)
@@ -121,42 +130,65 @@ class FriendSlices:
             self.release(users)
 
     def admit(self, op: FeedOp) -> bool:
-        """Whether the hub should apply a feed op now. A friendship change of users none
-        of which is held is left out (this node needs none of it). One that touches a user
-        being read, or comes after one held back, waits (``apply`` is called with it once
-        the reads it waits for are in): friendship changes keep their feed order."""
+        """Whether the hub should apply a feed op: a friendship change of users none of
+        which is held is left out (this node needs none of it); a forget always goes
+        through (the user's other state goes too)."""
         users = users_of(op)
         if not users:
             return True
-        if self._held_back or any(user in self._reading for user in users):
-            self._held_back.append(op)
-            return False
+        self.made_here(op)
         return isinstance(op, UserForgotten) or any(user in self._held for user in users)
+
+    def made_here(self, op: FeedOp) -> None:
+        """A friendship change this node heard of or made: kept to be applied again over
+        the reads in flight (and those sent within ``RECENT_S``)."""
+        if not users_of(op):
+            return
+        now = self._now()
+        recent = self._recent
+        recent.append((now, op))
+        oldest = min(self._read_starts, default=now)
+        while recent and recent[0][0] < oldest - RECENT_S:
+            recent.popleft()
 
     async def _read_in(self, users: list[str]) -> None:
         done = trio.Event()
         for user in users:
             self._reading[user] = done
+        started = self._now()
+        self._read_starts[started] += 1
         try:
             await self._written()
             found = await self._read(users)
-        except BaseException:
-            self._read_done(users, done)
-            raise
-        membership = self._hub.membership
-        for user in users:
-            if self._holders[user] > 0:  # else its holder gave up meanwhile
-                membership.load_friends(user, found.get(user, ()))
-                self._held.add(user)
-        self._read_done(users, done)
+            membership = self._hub.membership
+            loaded = set()
+            for user in users:
+                if self._holders[user] > 0:  # else its holder gave up meanwhile
+                    membership.load_friends(user, found.get(user, ()))
+                    loaded.add(user)
+            self._apply_recent(loaded, started - RECENT_S)
+            self._held.update(loaded)
+        finally:
+            self._read_starts[started] -= 1
+            if self._read_starts[started] <= 0:
+                del self._read_starts[started]
+            for user in users:
+                del self._reading[user]
+            done.set()
 
-    def _read_done(self, users: list[str], done: trio.Event) -> None:
-        """The read of ``users`` is in (or failed): apply, in feed order, the changes held
-        back that wait for no read any more."""
-        for user in users:
-            del self._reading[user]
-        done.set()
-        waiting, self._held_back = self._held_back, []
-        for op in waiting:
-            if self.admit(op):
-                self._apply(op)
+    def _apply_recent(self, loaded: set[str], since: float) -> None:
+        """Apply again to the graph, in order, the recent changes that touch ``loaded``
+        (users just read, with no session here yet): silently, as the read was."""
+        membership = self._hub.membership
+        for at, op in self._recent:
+            if at < since:
+                continue
+            if isinstance(op, UserForgotten):
+                if op.user in loaded:
+                    membership.unload_friends(op.user, keep=lambda _friend: False)
+                for user in loaded:
+                    membership.unload_friendship(user, op.user)
+            elif isinstance(op, Befriended) and (op.a in loaded or op.b in loaded):
+                membership.load_friends(op.a, (op.b,))
+            elif isinstance(op, Unfriended) and (op.a in loaded or op.b in loaded):
+                membership.unload_friendship(op.a, op.b)

@@ -61,7 +61,7 @@ from geopresence.core.replication import (
     PresenceSet,
 )
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended
+from geopresence.model.records import Befriended, Record
 
 log = logging.getLogger("geopresence.redis")
 
@@ -192,6 +192,13 @@ class ClusterLink:
         self.journal.replicate(transition)
         self._hub.announce_presence(transition)
 
+    def _on_record(self, record: Record) -> None:
+        """A record this node journals: a friendship made here (``Views``), a change the
+        reads in flight must not miss (``FriendSlices``)."""
+        assert self._views is not None and self.slices is not None
+        self._views.on_record(record)
+        self.slices.made_here(record)
+
     def _on_feed(self, op: FeedOp) -> None:
         if self.slices is None or self.slices.admit(op):
             self._apply_feed(op)
@@ -276,7 +283,6 @@ class ClusterLink:
             hub,
             lambda users: read_friends(self.client, self.keys, users),
             self._journal_written,
-            self._apply_feed,
         )
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
@@ -304,7 +310,7 @@ class ClusterLink:
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
                     await nursery.start(self.strangers.run)
-                    self.journal.on_append = views.on_record
+                    self.journal.on_append = self._on_record
                     control = Control(
                         self.client, self.keys, self.broker, hub, self._incarnation, nursery
                     )

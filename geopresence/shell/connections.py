@@ -305,7 +305,17 @@ class ConnectionHandler:
         if hello is None:
             return
         user = hello.user
-        if not await self._handshake.hold_in_cluster(ws, user, hello.request_id):
+        connections = self._connections
+        connections.greeting.add(ws)  # a drain meanwhile closes it (1001)
+        try:
+            held = await self._handshake.hold_in_cluster(ws, user)
+        finally:
+            connections.greeting.discard(ws)
+            connections.settled()
+        if not held:
+            return
+        if self._stopping() or not ws.open:
+            self._handshake.released_in_cluster(user)
             return
         try:
             await self._serve_session(ws, hello)

@@ -167,13 +167,13 @@ class Handshake:
             raise refusal
         return user, hello.device, hello.id
 
-    async def hold_in_cluster(self, ws: Connection, user: str, request_id: RequestId) -> bool:
+    async def hold_in_cluster(self, ws: Connection, user: str) -> bool:
         """Before the session: this node holds every friendship of the user, read from
         Redis unless a session or request here holds them already (``FriendSlices``). The
         session needs them all (its friends' channels, ``friends_presence``): if Redis does
-        not answer within the hello timeout, the session is refused (``internal``, close
-        1013, try again later) and False returned. Multi-node only; ``released_in_cluster``
-        undoes it."""
+        not answer within the hello timeout, the connection is closed with 1013 (try again
+        later) and no error frame, so that clients reconnect as after any drop, and False
+        is returned. Multi-node only; ``released_in_cluster`` undoes it."""
         if self._cluster is None:
             return True
         with trio.move_on_after(self._config.hello_timeout):
@@ -182,10 +182,9 @@ class Handshake:
                 return True
             except Exception as exc:
                 log.warning("redis: the friends of %s could not be read (%s)", user, exc)
-        refusal = ProtocolError(
-            "internal", "the friend list could not be read from Redis: try again", request_id
-        )
-        await self.refuse(ws, refusal, CLOSE_TRY_AGAIN_LATER)
+        self._metrics.closes[CLOSE_TRY_AGAIN_LATER] += 1
+        with trio.move_on_after(self._config.close_timeout):
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "friends could not be read: try again")
         return False
 
     def released_in_cluster(self, user: str) -> None:
