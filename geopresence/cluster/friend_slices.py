@@ -24,7 +24,6 @@ forgotten user. Nothing waits, and nothing but friendship edges is applied twice
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Final
@@ -36,8 +35,6 @@ from geopresence.model.records import Befriended, Unfriended, UserForgotten
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
-
-log = logging.getLogger("geopresence.redis")
 
 RECENT_S: Final = 5.0
 """Seconds a friendship change is kept to be applied again over a read: longer than a feed

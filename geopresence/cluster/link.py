@@ -241,12 +241,6 @@ class ClusterLink:
         assert self.slices is not None, "the link is not running"
         return self.slices.holding(users)
 
-    async def _journal_written(self) -> None:
-        """Return once what this node journaled so far is in Redis (read your writes)."""
-        target = self.journal.last_seq
-        while self.journal.durable_seq < target:
-            await trio.sleep(0.005)
-
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here: read what it needs (``Views.open``)."""
         assert self._views is not None, "the link is not running"
@@ -282,7 +276,7 @@ class ClusterLink:
         self.slices = FriendSlices(
             hub,
             lambda users: read_friends(self.client, self.keys, users),
-            self._journal_written,
+            self.journal.written,
         )
         # Chat reaches the other nodes through the feed (in id order, with the horizon).
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)

@@ -379,3 +379,10 @@ class RedisJournal:
         """Wait until everything queued so far is written (``run`` must be running)."""
         while self._queue:
             await trio.sleep(0.005)
+
+    async def written(self) -> None:
+        """Wait until the records appended so far are in Redis (read your writes). Unlike
+        ``flush``, records appended meanwhile do not make it wait longer."""
+        target = self.last_seq
+        while self._durable < target:
+            await trio.sleep(0.005)

@@ -293,27 +293,21 @@ class ConnectionHandler:
                 await ws.close()
             return None
         connections = self._connections
-        connections.greeting.add(ws)
+        connections.greeting.add(ws)  # until then a drain closes it (1001)
         try:
-            return await self._handshake.read_hello(ws)
+            hello = await self._handshake.read_hello(ws)
+            if hello is None or not await self._handshake.hold_in_cluster(ws, hello.user):
+                return None
+            return hello
         finally:
             connections.greeting.discard(ws)
             connections.settled()
 
     async def _session(self, ws: Connection) -> None:
-        hello = await self._greet(ws)
+        hello = await self._greet(ws)  # with several nodes, its user's friends are held
         if hello is None:
             return
         user = hello.user
-        connections = self._connections
-        connections.greeting.add(ws)  # a drain meanwhile closes it (1001)
-        try:
-            held = await self._handshake.hold_in_cluster(ws, user)
-        finally:
-            connections.greeting.discard(ws)
-            connections.settled()
-        if not held:
-            return
         if self._stopping() or not ws.open:
             self._handshake.released_in_cluster(user)
             return

@@ -5,7 +5,8 @@ real hub, a fake Redis read and a fake clock (no server needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -71,6 +72,18 @@ class Node:
         return set(self.hub.store.friends_of(user))
 
 
+@asynccontextmanager
+async def alice_being_read(redis: Redis, node: Node) -> AsyncIterator[None]:
+    """For the block, a hold of alice whose read is sent and not answered yet; it is
+    answered as the block ends, which waits for the hold."""
+    redis.answer = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.hold, ["alice"])
+        await trio.testing.wait_all_tasks_blocked()
+        yield
+        redis.answer.set()
+
+
 async def test_a_node_holds_the_friendships_of_its_held_users_only() -> None:
     redis = Redis({"alice": ["bob", "carol"], "bob": ["alice", "dave"], "dave": ["bob"]})
     node = Node(redis)
@@ -106,10 +119,7 @@ async def test_a_change_during_a_read_is_applied_again_after_it_in_order() -> No
     the graph again once it is in, so a stale read cannot bring back an ended friendship."""
     redis = Redis({"alice": ["bob"], "bob": ["alice"]})
     node = Node(redis)
-    redis.answer = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.hold, ["alice"])
-        await trio.testing.wait_all_tasks_blocked()
+    async with alice_being_read(redis, node):
         assert redis.reads == [["alice"]]
         redis.unfriend("alice", "bob")
         redis.befriend("alice", "carol")
@@ -126,7 +136,6 @@ async def test_a_change_during_a_read_is_applied_again_after_it_in_order() -> No
             node.feed(op)
         location = LocationSet("bob", 1.0, 2.0, 3.0, 4.0)
         node.feed(location)  # not a friendship change
-        redis.answer.set()
     assert node.applied == [location]  # none concerned a held user when it came
     assert node.friends("alice") == {"carol"}
     assert list(node.hub.store.friendships()) in ([("alice", "carol")], [("carol", "alice")])
@@ -155,15 +164,11 @@ async def test_a_forget_during_a_friend_s_read_is_not_undone_by_it() -> None:
     for here in (True, False):
         redis = Redis({"alice": ["bob"], "bob": ["alice"]})
         node = Node(redis)
-        redis.answer = trio.Event()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(node.slices.hold, ["alice"])
-            await trio.testing.wait_all_tasks_blocked()
+        async with alice_being_read(redis, node):
             if here:
                 node.slices.made_here(UserForgotten("bob"))  # the journal's record
             else:
                 node.feed(UserForgotten("bob"))
-            redis.answer.set()
         assert node.friends("alice") == set(), here
 
 

@@ -105,7 +105,7 @@ async def test_a_session_is_refused_when_its_friends_cannot_be_read(tmp_path: Pa
     try:
         with trio.fail_after(20), pytest.raises(SessionRefused) as refused:
             async with connect(node.ws_url, user="alice", device="phone"):
-                pass
+                pytest.fail("welcomed without its friends")
         # No error frame: a client reconnects as after any drop (1013: try again later).
         assert refused.value.close_code == 1013, refused.value
         assert refused.value.error is None
