@@ -24,7 +24,7 @@ friends once; a logout removes the user from each online friend's list.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Set
+from collections.abc import Callable, Collection
 from typing import Final
 
 _EMPTY: Final[tuple[str, ...]] = ()
@@ -37,7 +37,7 @@ class OnlineFriends:
     disconnection, and ``befriended``/``unfriended`` after the friendship graph changed.
     """
 
-    def __init__(self, friends_of: Callable[[str], Set[str]]) -> None:
+    def __init__(self, friends_of: Callable[[str], Collection[str]]) -> None:
         self._friends_of = friends_of
         self._of: dict[str, list[str]] = {}
         """Online user -> its online friends, each once."""

@@ -9,7 +9,7 @@ times in a row is closed with 4008.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Collection, Iterable, Set
 
 import attrs
 
@@ -56,7 +56,7 @@ class Sessions:
         broker: Broker,
         errors: Counter[str],
         on_closed: Iterable[Callable[[ConnId], None]] = (),
-        friends_of: Callable[[str], Set[str]] | None = None,
+        friends_of: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink

@@ -78,7 +78,7 @@ def test_forget_removes_the_user_and_tells_its_friends_as_an_unfriending() -> No
     ]
     assert sink.take(3) == [{"type": "stranger_gone", "user": "alice", "reason": "offline"}]
     store = hub.state.users
-    assert store.friends_of("alice") == set() and store.friends_of("bob") == set()
+    assert not store.friends_of("alice") and not store.friends_of("bob")
     assert store.group_members("hikers") == {"bob"} and store.groups_of("alice") == set()
     assert store.get_settings("alice") == DEFAULT_SETTINGS
     assert hub.nearby.location_of("alice", NOW + 1) is None

@@ -34,6 +34,17 @@ def test_friendship_is_mutual_and_idempotent(store: Store) -> None:
     assert set(store.friends_of("a")) == set()
 
 
+def test_friends_come_in_ascending_order_each_once(store: Store) -> None:
+    for friend in ["m", "c", "x", "a", "c", "q"]:
+        store.add_friendship("me", friend)
+    assert list(store.friends_of("me")) == ["a", "c", "m", "q", "x"]
+    store.remove_friendship("q", "me")
+    store.remove_friendship("me", "zz")  # not a friend: nothing changes
+    assert list(store.friends_of("me")) == ["a", "c", "m", "x"]
+    assert [f for f in "acmqx" if store.are_friends("me", f)] == ["a", "c", "m", "x"]
+    assert not store.are_friends("me", "b") and not store.are_friends("me", "zzz")
+
+
 def test_no_self_friendship(store: Store) -> None:
     with pytest.raises(ValueError):
         store.add_friendship("a", "a")
