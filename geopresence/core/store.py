@@ -93,8 +93,9 @@ class MemoryStore:
     A user's friends are a sorted list of interned ids, not a set: a set costs ~80 bytes an
     entry (its hash table, and each pair's own copy of the id strings), a sorted list of
     shared strings 8 bytes. With 400 friends a user, that is 107 KB against 7 KB of graph
-    per user (``tests`` and benchmarks/RESULTS.md); a lookup is a bisection (~9 string
-    comparisons) instead of a hash probe, and no lookup is on the per-delivery path."""
+    per user (tests/core/test_memory_store.py, benchmarks/RESULTS.md); a lookup is a
+    bisection (~9 string comparisons) instead of a hash probe, and no lookup is on the
+    per-delivery path."""
 
     def __init__(self) -> None:
         self._friends: dict[str, list[str]] = {}
