@@ -6,7 +6,8 @@ The keys are in ``geopresence.cluster.redis_keys``; ``redis_state`` writes them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
@@ -18,6 +19,24 @@ from geopresence.model.records import SettingsChanged
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
+
+
+PIPELINE: Final = 1000
+"""Commands per pipeline when reading many keys: one round trip each, not one per key (on a
+Cluster, coredis sends each shard its part)."""
+
+T = TypeVar("T")
+
+
+async def pipelined(client: Any, items: Sequence[T], command: Callable[[Any, T], Any]) -> list[Any]:
+    """``command(pipe, item)`` for each of ``items``, ``PIPELINE`` to a round trip; the
+    replies in the order of ``items``."""
+    replies: list[Any] = []
+    for start in range(0, len(items), PIPELINE):
+        async with client.pipeline(transaction=False) as pipe:
+            requests = [command(pipe, item) for item in items[start : start + PIPELINE]]
+        replies.extend([await request for request in requests])
+    return replies
 
 
 def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
@@ -39,23 +58,28 @@ async def load_durable(
     ``read_friends``). Returns counts for the log line."""
     k = keys
     pairs: list[tuple[str, str]] = []
-    for user in strings(await client.smembers(k.users)) if friendships else ():
-        for friend in strings(await client.smembers(k.of("friends", user))):
-            pairs.append((user, friend))  # each pair twice: the second is a no-op
+    if friendships:
+        users = strings(await client.smembers(k.users))
+        read = await pipelined(client, users, lambda pipe, u: pipe.smembers(k.of("friends", u)))
+        for user, friends in zip(users, read, strict=True):
+            pairs.extend((user, friend) for friend in strings(friends))  # each pair twice
     groups: dict[str, dict[str, int]] = {}
-    for group in strings(await client.smembers(k.groups)):
-        members = await client.hgetall(k.of("group", group))
+    names = strings(await client.smembers(k.groups))
+    read = await pipelined(client, names, lambda pipe, g: pipe.hgetall(k.of("group", g)))
+    for group, members in zip(names, read, strict=True):
         marks = {string(user): int(mark) for user, mark in members.items()}
         if marks:
             groups[group] = marks
     settings: list[SettingsChanged] = []
-    for user in strings(await client.smembers(k.settings_users)):
-        raw = await client.get(k.of("settings", user))
+    users = strings(await client.smembers(k.settings_users))
+    read = await pipelined(client, users, lambda pipe, u: pipe.get(k.of("settings", u)))
+    for user, raw in zip(users, read, strict=True):
         if raw is not None:
             settings.append(_settings_from_json(user, raw))
     messages: list[ChatMessage] = []
-    for conversation in strings(await client.smembers(k.chats)):
-        members = await client.zrange(k.of("chat", conversation), 0, -1)
+    chats = strings(await client.smembers(k.chats))
+    read = await pipelined(client, chats, lambda pipe, c: pipe.zrange(k.of("chat", c), 0, -1))
+    for members in read:
         messages.extend(member_message(member) for member in members)
     messages.sort(key=lambda m: m.message_id)
     marks_issued = (mark for marks in groups.values() for mark in marks.values())
@@ -74,23 +98,18 @@ async def load_durable(
 
 async def read_friends(client: Any, keys: Keys, users: list[str]) -> dict[str, list[str]]:
     """Each of ``users``' friends, in one pipeline (on a Cluster, each shard its part)."""
-    if not users:
-        return {}
-    async with client.pipeline(transaction=False) as pipe:
-        requests = [pipe.smembers(keys.of("friends", user)) for user in users]
-    return {user: strings(await request) for user, request in zip(users, requests, strict=True)}
+    read = await pipelined(
+        client, users, lambda pipe, user: pipe.smembers(keys.of("friends", user))
+    )
+    return {user: strings(friends) for user, friends in zip(users, read, strict=True)}
 
 
 async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:
     """The live locations of ``users`` (those with one), in one pipeline (on a Cluster,
     coredis sends each shard its part)."""
-    if not users:
-        return []
-    async with client.pipeline(transaction=False) as pipe:
-        requests = [pipe.get(keys.location(user)) for user in users]
+    read = await pipelined(client, users, lambda pipe, user: pipe.get(keys.location(user)))
     found = []
-    for user, request in zip(users, requests, strict=True):
-        raw = await request
+    for user, raw in zip(users, read, strict=True):
         if raw is not None:
             lat, lon, ts, at = orjson.loads(raw)
             found.append(LocationSet(user, lat, lon, ts, at))
@@ -105,10 +124,10 @@ async def load_state(client: Any, keys: Keys, hub: Hub) -> dict[str, int]:
     k = keys
     counts = await load_durable(client, keys, hub.state, friendships=False)
     online = 0
-    for user in strings(await client.smembers(k.presence_users)):
-        status, last, version = await client.hmget(
-            k.of("presence", user), ["status", "last_active_at", "v"]
-        )
+    users = strings(await client.smembers(k.presence_users))
+    fields = ["status", "last_active_at", "v"]
+    read = await pipelined(client, users, lambda pipe, u: pipe.hmget(k.of("presence", u), fields))
+    for user, (status, last, version) in zip(users, read, strict=True):
         if status is None:
             continue
         online += string(status) == "online"

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import coredis
+import pytest
 import trio
 
+from geopresence.cluster import redis_load
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import load_locations, load_state, read_friends
@@ -135,7 +137,11 @@ async def write_then_load(client: Any) -> None:
     assert expires.timestamp() == NOW + 3 + first.settings.location_ttl
 
 
-async def test_what_one_node_writes_another_loads(any_redis: AnyRedis) -> None:
+async def test_what_one_node_writes_another_loads(
+    any_redis: AnyRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two keys to a round trip: every read spans several pipelines, in order.
+    monkeypatch.setattr(redis_load, "PIPELINE", 2)
     await write_then_load(any_redis)
     if isinstance(any_redis, coredis.RedisCluster):
         # Each user's keys hash to their own slot: spread over the masters.
