@@ -370,13 +370,25 @@ class ConnectionHandler:
         connections = self._connections
         connections.holding = True
         try:
-            for frame in frames:
-                if c.close_request is not None:
-                    return  # closing: what the peer says now is not read
-                self._handle(c, frame)
+            if len(frames) > 1:
+                self._handle_several(c, frames)
+            elif c.close_request is None:  # closing: what the peer says now is not read
+                self._handle(c, frames[0])
         finally:
             connections.holding = False
             connections.flush()
+
+    def _handle_several(self, c: OpenConnection, frames: list[str | bytes]) -> None:
+        # Frames read at once (a client faster than the server): only the newest of its
+        # moves is fanned out, as the older would be replaced unseen (``newest_moves_only``).
+        try:
+            with self._hub.nearby.newest_moves_only():
+                for frame in frames:
+                    if c.close_request is not None:
+                        return  # closing: what the peer says now is not read
+                    self._handle(c, frame)
+        except Exception:  # from showing the moves (``_handle`` keeps its own)
+            self._log_bug(f"conn {c.conn}: internal error showing its moves")
 
     def _handle(self, c: OpenConnection, frame: str | bytes) -> None:
         hub = self._hub

@@ -241,6 +241,20 @@ nearby_step = st.one_of(
     st.tuples(st.just("befriend"), st.sampled_from(NEARBY_USERS), st.sampled_from(NEARBY_USERS)),
     st.tuples(st.just("query"), st.sampled_from(NEARBY_USERS), st.none()),
     st.tuples(st.just("wait"), st.sampled_from([10, 200, 700]), st.none()),
+    # Frames of one connection read at once (``Nearby.newest_moves_only``).
+    st.tuples(
+        st.just("burst"),
+        st.sampled_from(NEARBY_USERS),
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("move"), st.integers(0, 4)),
+                st.tuples(st.just("share"), st.booleans()),
+                st.tuples(st.just("query"), st.none()),
+            ),
+            min_size=2,
+            max_size=4,
+        ),
+    ),
 )
 
 
@@ -259,14 +273,21 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
     for a, b in (("n1", "n2"), ("n2", "n3"), ("n1", "n3")):
         hub.add_friendship(a, b, now)
     view: dict[int, set[str]] = {conn: set() for conn in conn_of.values()}
+    messages: dict[str, Callable[[Any], Any]] = {
+        "move": lambda p: LocationUpdate(lat=POINTS[p][0], lon=POINTS[p][1]),
+        "share": lambda shares: SettingsUpdate(share_location=shares),
+        "query": lambda _: NearbyFriendsQuery(),
+    }
     for op, a, b in steps:
         for conn in conn_of.values():
             sink.take(conn)
             hub.handle(conn, Heartbeat(), now)  # keep everyone online
-        if op == "move":
-            hub.handle(conn_of[a], LocationUpdate(lat=POINTS[b][0], lon=POINTS[b][1]), now)
-        elif op == "share":
-            hub.handle(conn_of[a], SettingsUpdate(share_location=b), now)
+        if op in ("move", "share"):
+            hub.handle(conn_of[a], messages[op](b), now)
+        elif op == "burst":
+            with hub.nearby.newest_moves_only():
+                for kind, value in b:
+                    hub.handle(conn_of[a], messages[kind](value), now)
         elif op == "radius":
             hub.handle(conn_of[a], SettingsUpdate(radius_m=float(b)), now)
         elif op == "unfriend":
@@ -295,6 +316,34 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
                     view[conn].discard(frame["user"])
                 elif frame["type"] == "nearby_friends":
                     view[conn] |= {f["user"] for f in frame["friends"]}
+
+
+def test_moves_read_at_once_show_only_the_newest() -> None:
+    from geopresence.wire.client_messages import LocationUpdate, SettingsUpdate
+
+    hub, sink = make_hub()
+    hub.add_friendship("alice", "bob", 0)
+    hub.add_friendship("alice", "carol", 0)
+    for conn, user in ((1, "alice"), (2, "bob"), (3, "carol")):
+        hub.open_session(conn, user, "d", 0)
+    hub.handle(2, LocationUpdate(lat=0.0, lon=0.0), 1)
+    hub.handle(3, LocationUpdate(lat=0.0, lon=1.0), 1)  # far from bob and alice
+    hub.handle(1, LocationUpdate(lat=0.0, lon=0.01), 1)
+    for conn in (1, 2, 3):
+        sink.take(conn)
+    with hub.nearby.newest_moves_only():
+        for lon in (0.011, 0.012, 0.013):
+            hub.handle(1, LocationUpdate(lat=0.0, lon=lon), 2)
+        assert sink.take(2) == []  # nothing shown before the block ends
+    assert hub.nearby.updates_accepted == 6  # each move stored
+    [shown] = sink.take(2)
+    assert (shown["type"], shown["user"], shown["lon"]) == ("friend_location", "alice", 0.013)
+    assert sink.take(3) == []  # carol is out of range
+    # A move, then hidden, in one read: the friends are told it is hidden, not shown it.
+    with hub.nearby.newest_moves_only():
+        hub.handle(1, LocationUpdate(lat=0.0, lon=0.014), 3)
+        hub.handle(1, SettingsUpdate(share_location=False, id=7), 3)
+    assert [(f["type"], f.get("reason")) for f in sink.take(2)] == [("friend_gone", "hidden")]
 
 
 def test_unfriend_refriend_order_survives_a_backlog() -> None:

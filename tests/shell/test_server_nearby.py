@@ -435,3 +435,37 @@ async def test_broken_history_disk_costs_history_only(
         await trio.sleep(2)
         metrics = await server.admin.metrics()
         assert "geopresence_history_errors_total 2" in metrics
+
+
+async def test_moves_read_at_once_fan_out_only_the_newest(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    from wsproto.events import TextMessage
+
+    from tests.shell.test_peer_misbehaviour import raw_peer
+
+    await befriend_all(server, ("alice", "bob"))
+    async with server.connect("bob", heartbeat=True) as bob, raw_peer(server) as alice:
+        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
+        await alice.until(TextMessage)  # welcome
+        await move(bob, at(0))
+        frames = [{"type": "location", **at(100 * i), "id": i} for i in (1, 2, 3)]
+        frames.insert(2, {"type": "location", "lat": 91, "lon": 0, "id": 9})  # refused
+        # One write: the server reads the four frames at once, as from a client that runs
+        # ahead of it.
+        await alice.stream.send_all(
+            b"".join(alice.ws.send(TextMessage(orjson.dumps(f).decode())) for f in frames)
+        )
+        shown = await bob.recv_type("friend_location")
+        assert shown["distance_m"] == pytest.approx(300, abs=0.5)  # the newest
+        await nothing_for(bob)
+        await alice.until(TextMessage)  # friends_presence
+        error = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (error["type"], error["re"]) == ("error", 9)
+        await trio.sleep(2)  # the history is flushed within a second
+        history = read_history(history_dir(server.config.data_dir), "alice")
+        assert [round(e.lat, 6) for e in history] == [
+            round(at(100 * i)["lat"], 6) for i in (1, 2, 3)
+        ]
+        # No frame made for the two older moves: none was replaced in bob's queue.
+        assert server.running.server.metrics.coalesced == 0
