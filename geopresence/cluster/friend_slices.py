@@ -8,17 +8,18 @@ then exactly every edge with a held end: enough for everything the hub does for 
 friend's event it only delivers to the held users among the friend's friends. Memory grows
 with the node's own users, not with the population.
 
-``hold`` reads what it lacks in one pipeline, once this node's own journaled writes are in
-Redis (read your writes); ``release`` drops the edges no held user needs any more. Another
-node's friendship change reaches every node on the feed (``Befriended``, ``Unfriended``,
-``UserForgotten``); ``admit`` lets one through only if it touches a held user (a forget
-always). A read can be older than a change the node heard of: sent before it was written,
-or, on a Cluster, read from a shard the change had not reached yet when its feed entry (on
-another shard) was read. So every friendship change heard or made here is also kept for a
-few seconds (``RECENT_S``, and while any read is in flight), and after a read each of them
-that touches a user read is applied again to the graph, in order: an edge's last change
-wins, so a stale read cannot keep an ended friendship, miss a new one, or bring back a
-forgotten user. Nothing waits, and nothing but friendship edges is applied twice.
+``hold`` reads what it lacks in pipelines (``redis_load.pipelined``), once this node's own
+journaled writes are in Redis (read your writes); ``release`` drops the edges no held user
+needs any more. Another node's friendship change reaches every node on the feed
+(``Befriended``, ``Unfriended``, ``UserForgotten``); ``admit`` lets one through only if it
+touches a held user (a forget always). A read can be older than a change the node heard of:
+sent before it was written, or, on a Cluster, read from a shard the change had not reached
+yet when its feed entry (on another shard) was read. So every friendship change heard or
+made here is also kept for a few seconds (``RECENT_S``, and while any read is in flight),
+and after a read each of them that touches a user read is applied again to the graph, in
+order: an edge's last change wins, so a stale read cannot keep an ended friendship, miss a
+new one, or bring back a forgotten user. Nothing waits, and nothing but friendship edges is
+applied twice.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ async def load_durable(
 
 
 async def read_friends(client: Any, keys: Keys, users: list[str]) -> dict[str, list[str]]:
-    """Each of ``users``' friends, in one pipeline (on a Cluster, each shard its part)."""
+    """Each of ``users``' friends, ``PIPELINE`` to a round trip (``pipelined``)."""
     read = await pipelined(
         client, users, lambda pipe, user: pipe.smembers(keys.of("friends", user))
     )
@@ -105,8 +105,7 @@ async def read_friends(client: Any, keys: Keys, users: list[str]) -> dict[str, l
 
 
 async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:
-    """The live locations of ``users`` (those with one), in one pipeline (on a Cluster,
-    coredis sends each shard its part)."""
+    """The live locations of ``users`` (those with one), ``PIPELINE`` to a round trip."""
     read = await pipelined(client, users, lambda pipe, user: pipe.get(keys.location(user)))
     found = []
     for user, raw in zip(users, read, strict=True):

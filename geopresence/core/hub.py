@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Generator, Iterable, Set
-from typing import Any
+from typing import Any, Final
 
 from geopresence.core.acks import Acks
 from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
@@ -77,6 +77,10 @@ from geopresence.wire.client_messages import (
 from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.server_messages import GroupPresenceReply
+
+_KEEP_MOVES_DEFERRED: Final = (LocationUpdate, Heartbeat)
+"""Messages that make no frame for the sender's friends (a heartbeat: a reply to the sender
+at most): moves deferred before them stay deferred (``Nearby.defer_moves``)."""
 
 
 class Hub:
@@ -219,6 +223,9 @@ class Hub:
         session = self.sessions.get(conn)
         if session is None:
             return
+        if self.nearby.moves_deferred and type(message) not in _KEEP_MOVES_DEFERRED:
+            # Friends get what this message makes them after the moves before it.
+            self.nearby.show_moves(keep_deferring=True)
         if not isinstance(message, Logout):
             self.lifecycle.on_activity(session, now)
         try:

@@ -14,8 +14,7 @@ reason the friend left (out_of_range, expired, offline, hidden, unfriended).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
@@ -106,8 +105,7 @@ class Nearby:
         self._head_user = ""
         self._head_bytes = b""
         self._moved: dict[str, float] | None = None
-        """Inside ``newest_moves_only``: users moved in the block, with their newest move's
-        ``now``."""
+        """While ``defer_moves``: the users whose moves wait, with their newest's ``now``."""
 
     # ------------------------------------------------------------------ settings
 
@@ -163,40 +161,43 @@ class Nearby:
             if ctx.replicator is not None:
                 ctx.replicator.replicate(LocationSet(user, lat, lon, location.ts, now))
         if self._moved is None:
-            self._show_move(user, location, now)
+            self._publish_move(user, location, now)
         else:
-            self._moved[user] = now  # shown as the block ends (``newest_moves_only``)
+            self._moved[user] = now  # shown by ``show_moves``, if still the newest
+        self._recheck_shown(user, now)
         self.listener.on_location(user, location, now)
         return True
 
-    def _show_move(self, user: str, location: Location, now: float) -> None:
-        """Tell ``user``'s friends of its move, and ``user`` of friends now out of range."""
+    def _publish_move(self, user: str, location: Location, now: float) -> None:
         if self.settings(user).share_location:
             self.ctx.publish([user_channel(user)], LocationEvent(user, location, now))
         elif self.ctx.replicator is not None:
             self.ctx.publish([user_channel(user)], LocationKept(user, location, now))
-        self._recheck_shown(user, now)
 
-    @contextmanager
-    def newest_moves_only(self) -> Iterator[None]:
-        """For the block, each accepted move is stored, recorded and replicated at once, but
-        shown (to friends, and to the mover: friends out of range) only as the block ends,
-        and only a user's newest: an older one would be replaced unseen in every
-        recipient's queue (latest-wins) before it is written. For a connection's frames
-        read at once: one move a read at the design's load, several under overload, when
-        their fan-out would be the server's largest cost spent on nothing."""
-        if self._moved is not None:
-            yield  # nested: the outer block shows them
-            return
-        self._moved = {}
-        try:
-            yield
-        finally:
-            moved, self._moved = self._moved, None
-            for user, now in moved.items():
-                location = self.locations.get(user, now)
-                if location is not None:  # not gone since (offline, forgotten)
-                    self._show_move(user, location, now)
+    def defer_moves(self) -> None:
+        """From now until ``show_moves``, accepted moves are stored, recorded, replicated and
+        update the mover's own view at once, but reach its friends only at ``show_moves``,
+        and only a user's newest: the older would be replaced unseen in every friend's queue
+        (latest-wins) before it is written. For consecutive moves of a connection read at
+        once: one a read at the design's load, several under overload, when fanning each
+        out would be the server's largest cost, spent on nothing."""
+        if self._moved is None:
+            self._moved = {}
+
+    @property
+    def moves_deferred(self) -> bool:
+        """True if moves wait for ``show_moves``."""
+        return bool(self._moved)
+
+    def show_moves(self, *, keep_deferring: bool = False) -> None:
+        """Tell friends of each user's newest deferred move (unless gone since: offline,
+        forgotten); with ``keep_deferring``, later moves are deferred again."""
+        moved = self._moved
+        self._moved = {} if keep_deferring else None
+        for user, now in (moved or {}).items():
+            location = self.locations.get(user, now)
+            if location is not None:
+                self._publish_move(user, location, now)
 
     def on_query(self, session: Session, query: NearbyFriendsQuery, now: float) -> None:
         user = session.user

@@ -379,16 +379,22 @@ class ConnectionHandler:
             connections.flush()
 
     def _handle_several(self, c: OpenConnection, frames: list[str | bytes]) -> None:
-        # Frames read at once (a client faster than the server): only the newest of its
-        # moves is fanned out, as the older would be replaced unseen (``newest_moves_only``).
+        # Frames read at once (a client running ahead of the server): of consecutive moves,
+        # only the newest reaches friends (``Nearby.defer_moves``).
+        nearby = self._hub.nearby
+        nearby.defer_moves()
         try:
-            with self._hub.nearby.newest_moves_only():
-                for frame in frames:
-                    if c.close_request is not None:
-                        return  # closing: what the peer says now is not read
-                    self._handle(c, frame)
-        except Exception:  # from showing the moves (``_handle`` keeps its own)
-            self._log_bug(f"conn {c.conn}: internal error showing its moves")
+            for frame in frames:
+                if c.close_request is not None:
+                    return  # closing: what the peer says now is not read
+                self._handle(c, frame)
+        finally:
+            try:
+                nearby.show_moves()
+            except Exception:
+                # A bug must cost one reply, never the server or another client.
+                self._log_bug(f"conn {c.conn}: internal error showing its moves")
+                self._hub.reply_error(c.conn, ProtocolError("internal", "internal error"))
 
     def _handle(self, c: OpenConnection, frame: str | bytes) -> None:
         hub = self._hub

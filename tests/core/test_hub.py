@@ -241,14 +241,14 @@ nearby_step = st.one_of(
     st.tuples(st.just("befriend"), st.sampled_from(NEARBY_USERS), st.sampled_from(NEARBY_USERS)),
     st.tuples(st.just("query"), st.sampled_from(NEARBY_USERS), st.none()),
     st.tuples(st.just("wait"), st.sampled_from([10, 200, 700]), st.none()),
-    # Frames of one connection read at once (``Nearby.newest_moves_only``).
+    # Frames of one connection read at once (``Nearby.defer_moves``).
+    # (Settings changes in one: test_a_read_of_several_frames_makes_what_one_frame_a_read_makes.)
     st.tuples(
         st.just("burst"),
         st.sampled_from(NEARBY_USERS),
         st.lists(
             st.one_of(
                 st.tuples(st.just("move"), st.integers(0, 4)),
-                st.tuples(st.just("share"), st.booleans()),
                 st.tuples(st.just("query"), st.none()),
             ),
             min_size=2,
@@ -285,9 +285,10 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
         if op in ("move", "share"):
             hub.handle(conn_of[a], messages[op](b), now)
         elif op == "burst":
-            with hub.nearby.newest_moves_only():
-                for kind, value in b:
-                    hub.handle(conn_of[a], messages[kind](value), now)
+            hub.nearby.defer_moves()
+            for kind, value in b:
+                hub.handle(conn_of[a], messages[kind](value), now)
+            hub.nearby.show_moves()
         elif op == "radius":
             hub.handle(conn_of[a], SettingsUpdate(radius_m=float(b)), now)
         elif op == "unfriend":
@@ -319,7 +320,7 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
 
 
 def test_moves_read_at_once_show_only_the_newest() -> None:
-    from geopresence.wire.client_messages import LocationUpdate, SettingsUpdate
+    from geopresence.wire.client_messages import LocationUpdate
 
     hub, sink = make_hub()
     hub.add_friendship("alice", "bob", 0)
@@ -331,19 +332,91 @@ def test_moves_read_at_once_show_only_the_newest() -> None:
     hub.handle(1, LocationUpdate(lat=0.0, lon=0.01), 1)
     for conn in (1, 2, 3):
         sink.take(conn)
-    with hub.nearby.newest_moves_only():
-        for lon in (0.011, 0.012, 0.013):
-            hub.handle(1, LocationUpdate(lat=0.0, lon=lon), 2)
-        assert sink.take(2) == []  # nothing shown before the block ends
+    hub.nearby.defer_moves()
+    for lon in (0.011, 0.012, 0.013):
+        hub.handle(1, LocationUpdate(lat=0.0, lon=lon), 2)
+    assert sink.take(2) == []  # not shown yet
+    hub.nearby.show_moves()
     assert hub.nearby.updates_accepted == 6  # each move stored
     [shown] = sink.take(2)
     assert (shown["type"], shown["user"], shown["lon"]) == ("friend_location", "alice", 0.013)
     assert sink.take(3) == []  # carol is out of range
-    # A move, then hidden, in one read: the friends are told it is hidden, not shown it.
-    with hub.nearby.newest_moves_only():
-        hub.handle(1, LocationUpdate(lat=0.0, lon=0.014), 3)
-        hub.handle(1, SettingsUpdate(share_location=False, id=7), 3)
-    assert [(f["type"], f.get("reason")) for f in sink.take(2)] == [("friend_gone", "hidden")]
+
+
+BURST_USERS = ["alice", "bob", "carol"]
+burst_message = st.one_of(
+    st.tuples(st.just("move"), st.integers(0, 4)),
+    st.tuples(st.just("share"), st.booleans()),
+    st.tuples(st.just("radius"), st.sampled_from([1000.0, 4000.0, 8000.0])),
+    st.tuples(st.just("query"), st.integers(0, 4)),  # nearby_friends with a position
+    st.tuples(st.just("heartbeat"), st.none()),
+    st.tuples(st.just("send"), st.sampled_from(BURST_USERS)),
+)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(BURST_USERS), st.lists(burst_message, min_size=1, max_size=6)),
+        max_size=8,
+    )
+)
+def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
+    reads: list[tuple[str, list[tuple[str, Any]]]],
+) -> None:
+    """What every connection is sent for a connection's read of several frames, through the
+    real coalescing queues, is exactly what handling them one by one sends: deferring the
+    moves (``Nearby.defer_moves``) changes the work, never the frames."""
+    from geopresence.wire.client_messages import (
+        LocationUpdate,
+        NearbyFriendsQuery,
+        Send,
+        SettingsUpdate,
+    )
+
+    def message(kind: str, value: Any, i: int) -> Any:
+        if kind == "move":
+            return LocationUpdate(lat=POINTS[value][0], lon=POINTS[value][1])
+        if kind == "share":
+            return SettingsUpdate(share_location=value)
+        if kind == "radius":
+            return SettingsUpdate(radius_m=value)
+        if kind == "query":
+            return NearbyFriendsQuery(id=i, lat=POINTS[value][0], lon=POINTS[value][1])
+        if kind == "heartbeat":
+            return Heartbeat(id=i)
+        return Send(id=i, to=value, text="hi")
+
+    hubs, boxes = [], []
+    for _ in range(2):
+        sink = QueueSink()
+        hub = Hub(HubSettings(offline_after=10_000), MemoryStore(), sink)
+        for a, b in (("alice", "bob"), ("bob", "carol"), ("alice", "carol")):
+            hub.add_friendship(a, b, 0)
+        for conn, user in enumerate(BURST_USERS, 1):
+            hub.open_session(conn, user, "d", 0)
+        hubs.append(hub)
+        boxes.append(sink.boxes)
+    at_once, one_by_one = hubs
+    for step, (user, frames) in enumerate(reads):
+        now = float(step)
+        conn = BURST_USERS.index(user) + 1
+        shown_before = {c: set(at_once.nearby._shown.get(c, ())) for c in (1, 2, 3)}
+        at_once.nearby.defer_moves()
+        for i, (kind, value) in enumerate(frames):
+            at_once.handle(conn, message(kind, value, i), now)
+            one_by_one.handle(conn, message(kind, value, i), now)
+        at_once.nearby.show_moves()
+        for c in (1, 2, 3):  # each read's frames are written once it is handled
+            texts = [[o.text for o in box.pop_all()] if (box := b.get(c)) else [] for b in boxes]
+            # One by one, a friend's move into range and then out of it within the read
+            # leaves a friend_gone (its friend_location replaced in the queue) for a friend
+            # the connection was never shown; at once, nothing: the only difference.
+            spurious = {
+                orjson.dumps({"type": "friend_gone", "user": u, "reason": "out_of_range"}).decode()
+                for u in BURST_USERS
+                if u not in shown_before[c] and not any(f'"user":"{u}"' in t for t in texts[0])
+            }
+            assert texts[0] == [t for t in texts[1] if t not in spurious], f"conn {c}, read {step}"
 
 
 def test_unfriend_refriend_order_survives_a_backlog() -> None:

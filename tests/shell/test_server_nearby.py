@@ -469,3 +469,31 @@ async def test_moves_read_at_once_fan_out_only_the_newest(
         ]
         # No frame made for the two older moves: none was replaced in bob's queue.
         assert server.running.server.metrics.coalesced == 0
+
+
+async def test_a_bug_showing_moves_read_at_once_costs_one_error_reply(
+    server: TestServer, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wsproto.events import TextMessage
+
+    from geopresence.core.nearby import Nearby
+    from tests.shell.test_peer_misbehaviour import raw_peer
+
+    def broken(self: Nearby, *, keep_deferring: bool = False) -> None:
+        raise RuntimeError("a bug")
+
+    async with raw_peer(server) as alice:
+        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
+        await alice.until(TextMessage)  # welcome
+        await alice.until(TextMessage)  # friends_presence
+        monkeypatch.setattr(Nearby, "show_moves", broken)
+        frames = [{"type": "location", **at(100 * i)} for i in (1, 2)]
+        await alice.stream.send_all(
+            b"".join(alice.ws.send(TextMessage(orjson.dumps(f).decode())) for f in frames)
+        )
+        error = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (error["type"], error["code"]) == ("error", "internal")
+        monkeypatch.undo()
+        await alice.send(TextMessage('{"type":"heartbeat","id":3}'))  # still served
+        reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (reply["type"], reply["re"]) == ("heartbeat", 3)
