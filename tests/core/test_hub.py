@@ -343,78 +343,136 @@ def test_moves_read_at_once_show_only_the_newest() -> None:
     assert sink.take(3) == []  # carol is out of range
 
 
-BURST_USERS = ["alice", "bob", "carol"]
+BURST_USERS = ["alice", "bob", "carol", "dave", "erin"]  # dave: nobody's friend
+BURST_CONNS = {1: "alice", 2: "bob", 3: "carol", 4: "dave", 5: "erin", 6: "alice"}
 burst_message = st.one_of(
     st.tuples(st.just("move"), st.integers(0, 4)),
+    st.tuples(st.just("move_ts"), st.tuples(st.integers(0, 4), st.integers(-5, 5))),
     st.tuples(st.just("share"), st.booleans()),
     st.tuples(st.just("radius"), st.sampled_from([1000.0, 4000.0, 8000.0])),
+    st.tuples(st.just("visible"), st.booleans()),
     st.tuples(st.just("query"), st.integers(0, 4)),  # nearby_friends with a position
+    st.tuples(st.just("query_plain"), st.none()),
+    st.tuples(st.just("watch"), st.booleans()),
+    st.tuples(st.just("people"), st.none()),
+    st.tuples(st.just("group_presence"), st.none()),
     st.tuples(st.just("heartbeat"), st.none()),
     st.tuples(st.just("send"), st.sampled_from(BURST_USERS)),
+    st.tuples(st.just("send_group"), st.none()),
+    st.tuples(st.just("hello"), st.none()),
+    st.tuples(st.just("logout"), st.none()),
 )
+
+
+def burst_client_message(kind: str, value: Any, i: int, now: float) -> Any:
+    """The client message ``burst_message`` stands for (request id ``i``)."""
+    from geopresence.wire.client_messages import (
+        GroupPresenceQuery,
+        Hello,
+        LocationUpdate,
+        Logout,
+        NearbyFriendsQuery,
+        NearbyPeopleQuery,
+        Send,
+        SettingsUpdate,
+        WatchStrangers,
+    )
+
+    makers: dict[str, Callable[[], Any]] = {
+        "move": lambda: LocationUpdate(lat=POINTS[value][0], lon=POINTS[value][1]),
+        "move_ts": lambda: LocationUpdate(
+            lat=POINTS[value[0]][0], lon=POINTS[value[0]][1], ts=now + value[1]
+        ),
+        "share": lambda: SettingsUpdate(share_location=value),
+        "radius": lambda: SettingsUpdate(radius_m=value),
+        "visible": lambda: SettingsUpdate(visible_to_strangers=value),
+        "query": lambda: NearbyFriendsQuery(id=i, lat=POINTS[value][0], lon=POINTS[value][1]),
+        "query_plain": lambda: NearbyFriendsQuery(id=i),
+        "watch": lambda: WatchStrangers(id=i, on=value),
+        "people": lambda: NearbyPeopleQuery(id=i),
+        "group_presence": lambda: GroupPresenceQuery(id=i, group="g"),
+        "heartbeat": lambda: Heartbeat(id=i),
+        "send": lambda: Send(id=i, to=value, text="hi"),
+        "send_group": lambda: Send(id=i, group="g", text="hey"),
+        "hello": lambda: Hello(id=i, user="x", device="y"),
+        "logout": lambda: Logout(id=i),
+    }
+    return makers[kind]()
 
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from(BURST_USERS), st.lists(burst_message, min_size=1, max_size=6)),
-        max_size=8,
+        st.tuples(
+            st.sampled_from(sorted(BURST_CONNS)),
+            st.lists(
+                st.tuples(burst_message, st.sampled_from([0.0, 0.0, 1.0, 350.0])),
+                min_size=1,
+                max_size=6,
+            ),
+            st.sampled_from([0.0, 1.0, 30.0, 700.0]),  # before the read (TTL: 600 s)
+        ),
+        max_size=10,
     )
 )
+# alice is shown bob, then moves out of his range and sends a heartbeat in one read.
+@example([(2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 1), 0.0)], 0.0),
+          (2, [(("move", 1), 0.0)], 0.0),
+          (1, [(("move", 4), 0.0), (("heartbeat", None), 0.0)], 0.0)])  # fmt: skip
 def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
-    reads: list[tuple[str, list[tuple[str, Any]]]],
+    reads: list[tuple[int, list[tuple[tuple[str, Any], float]], float]],
 ) -> None:
     """What every connection is sent for a connection's read of several frames, through the
     real coalescing queues, is exactly what handling them one by one sends: deferring the
-    moves (``Nearby.defer_moves``) changes the work, never the frames."""
-    from geopresence.wire.client_messages import (
-        LocationUpdate,
-        NearbyFriendsQuery,
-        Send,
-        SettingsUpdate,
-    )
-
-    def message(kind: str, value: Any, i: int) -> Any:
-        if kind == "move":
-            return LocationUpdate(lat=POINTS[value][0], lon=POINTS[value][1])
-        if kind == "share":
-            return SettingsUpdate(share_location=value)
-        if kind == "radius":
-            return SettingsUpdate(radius_m=value)
-        if kind == "query":
-            return NearbyFriendsQuery(id=i, lat=POINTS[value][0], lon=POINTS[value][1])
-        if kind == "heartbeat":
-            return Heartbeat(id=i)
-        return Send(id=i, to=value, text="hi")
-
+    moves (``Nearby.defer_moves``) changes the work, not the frames, but for one friend_gone
+    of a friend that was never shown."""
     hubs, boxes = [], []
     for _ in range(2):
         sink = QueueSink()
         hub = Hub(HubSettings(offline_after=10_000), MemoryStore(), sink)
-        for a, b in (("alice", "bob"), ("bob", "carol"), ("alice", "carol")):
+        for a, b in (("alice", "bob"), ("bob", "carol"), ("alice", "carol"), ("alice", "erin")):
             hub.add_friendship(a, b, 0)
-        for conn, user in enumerate(BURST_USERS, 1):
-            hub.open_session(conn, user, "d", 0)
+        hub.set_group("g", BURST_USERS)
+        for conn, user in BURST_CONNS.items():  # alice on two devices
+            hub.open_session(conn, user, f"d{conn}", 0)
         hubs.append(hub)
         boxes.append(sink.boxes)
     at_once, one_by_one = hubs
-    for step, (user, frames) in enumerate(reads):
-        now = float(step)
-        conn = BURST_USERS.index(user) + 1
-        shown_before = {c: set(at_once.nearby._shown.get(c, ())) for c in (1, 2, 3)}
+
+    def sent(c: int) -> list[list[str]]:
+        return [[o.text for o in box.pop_all()] if (box := b.get(c)) else [] for b in boxes]
+
+    now = 0.0
+    for c in BURST_CONNS:
+        sent(c)
+    for step, (conn, frames, wait) in enumerate(reads):
+        if wait:
+            now += wait
+            for hub in hubs:
+                hub.expire(now)
+            for c in BURST_CONNS:
+                texts = sent(c)
+                assert texts[0] == texts[1], f"expiry, conn {c}"
+        shown_before = {c: set(at_once.nearby._shown.get(c, ())) for c in BURST_CONNS}
         at_once.nearby.defer_moves()
-        for i, (kind, value) in enumerate(frames):
-            at_once.handle(conn, message(kind, value, i), now)
-            one_by_one.handle(conn, message(kind, value, i), now)
+        for i, ((kind, value), dt) in enumerate(frames):
+            if at_once.session(conn) is None:
+                break  # logged out
+            now += dt
+            at_once.handle(conn, burst_client_message(kind, value, i, now), now)
+            one_by_one.handle(conn, burst_client_message(kind, value, i, now), now)
         at_once.nearby.show_moves()
-        for c in (1, 2, 3):  # each read's frames are written once it is handled
-            texts = [[o.text for o in box.pop_all()] if (box := b.get(c)) else [] for b in boxes]
+        for c in BURST_CONNS:  # each read's frames are written once it is handled
+            texts = sent(c)
             # One by one, a friend's move into range and then out of it within the read
             # leaves a friend_gone (its friend_location replaced in the queue) for a friend
             # the connection was never shown; at once, nothing: the only difference.
             spurious = {
                 orjson.dumps({"type": "friend_gone", "user": u, "reason": "out_of_range"}).decode()
                 for u in BURST_USERS
-                if u not in shown_before[c] and not any(f'"user":"{u}"' in t for t in texts[0])
+                if u not in shown_before[c]
+                and not any(
+                    t.startswith('{"type":"friend_') and f'"user":"{u}"' in t for t in texts[0]
+                )
             }
             assert texts[0] == [t for t in texts[1] if t not in spurious], f"conn {c}, read {step}"
 
