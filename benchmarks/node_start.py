@@ -39,11 +39,13 @@ PIPELINE = 2000
 
 
 class _NoSink:
+    """The hub's ``Sink``: a node that is loading serves no connection yet."""
+
     def send(self, conn: int, message: Outgoing) -> None:
-        pass
+        """Nothing to send to: no connection is open."""
 
     def close(self, conn: int, code: int, reason: str) -> None:
-        pass
+        """Nothing to close: no connection is open."""
 
 
 async def _seed(client: Any, keys: Keys, users: int, messages: int) -> None:

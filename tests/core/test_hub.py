@@ -249,7 +249,7 @@ nearby_step = st.one_of(
         st.lists(
             st.one_of(
                 st.tuples(st.just("move"), st.integers(0, 4)),
-                st.tuples(st.just("query"), st.none()),
+                st.tuples(st.just("query_plain"), st.none()),
             ),
             min_size=2,
             max_size=4,
@@ -263,7 +263,7 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
     """friend_location only for a friend sharing within the viewer's radius at that moment;
     friend_gone only for a friend the connection was shown, once."""
     from geopresence.model.geo import haversine_m, within
-    from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
+    from geopresence.wire.client_messages import NearbyFriendsQuery, SettingsUpdate
 
     hub, sink = make_hub(offline_after=10_000, location_ttl=600)
     now = 0.0
@@ -273,21 +273,16 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
     for a, b in (("n1", "n2"), ("n2", "n3"), ("n1", "n3")):
         hub.add_friendship(a, b, now)
     view: dict[int, set[str]] = {conn: set() for conn in conn_of.values()}
-    messages: dict[str, Callable[[Any], Any]] = {
-        "move": lambda p: LocationUpdate(lat=POINTS[p][0], lon=POINTS[p][1]),
-        "share": lambda shares: SettingsUpdate(share_location=shares),
-        "query": lambda _: NearbyFriendsQuery(),
-    }
     for op, a, b in steps:
         for conn in conn_of.values():
             sink.take(conn)
             hub.handle(conn, Heartbeat(), now)  # keep everyone online
         if op in ("move", "share"):
-            hub.handle(conn_of[a], messages[op](b), now)
+            hub.handle(conn_of[a], burst_client_message(op, b, 0, now), now)
         elif op == "burst":
             hub.nearby.defer_moves()
             for kind, value in b:
-                hub.handle(conn_of[a], messages[kind](value), now)
+                hub.handle(conn_of[a], burst_client_message(kind, value, 0, now), now)
             hub.nearby.show_moves()
         elif op == "radius":
             hub.handle(conn_of[a], SettingsUpdate(radius_m=float(b)), now)
