@@ -7,7 +7,8 @@
 - a ``RedisJournal`` (the hub's journal): durable records written to Redis, each appended
   to the feed stream the other nodes' replicas read (``RedisFeed``);
 - a ``RedisPresence``: which node holds each alive device, the once-decided online/offline
-  transitions, and the sweeper of gone nodes' devices;
+  transitions (published on the users' and small groups' channels, not the feed), and the
+  sweeper of gone nodes' devices;
 - ``Watermarks``: this node's part in the chat horizon (messages shown in id order);
 - the node lease in ``gp:nodes`` (``NodeLease``): two live nodes never share a Snowflake node
   id, and the other nodes know this one is alive while it renews it (every second).
@@ -19,7 +20,9 @@ Friendships are on the feed, but a node holds only those of the users it serves
 (``FriendSlices``: read from Redis as a session or request needs them). Locations are not
 on the feed: a node holds the locations its sessions need
 (``geopresence.cluster.views``); moves arrive on the users' channels (``_on_remote`` applies
-them to the cache before the subscribers hear them). Strangers are searched in Redis
+them to the cache before the subscribers hear them). Statuses are not on the feed either: a
+node keeps those its sessions need (``geopresence.cluster.covered``). Strangers are searched
+in Redis
 (``RedisStrangers``, the hub's stranger index), not in a grid every node keeps.
 """
 
@@ -32,10 +35,12 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
+import orjson
 import trio
 
 from geopresence.cluster.channel_events import Replaced
 from geopresence.cluster.control import Control
+from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
 from geopresence.cluster.redis_broker import RedisBroker
@@ -43,7 +48,7 @@ from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import load_state, read_friends
-from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease
+from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease, keep_lease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_strangers import RedisStrangers
@@ -53,6 +58,7 @@ from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import Deliver, inbox_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
+from geopresence.core.locations import Location
 from geopresence.core.nearby import LocationEvent
 from geopresence.core.replication import (
     FeedOp,
@@ -60,6 +66,7 @@ from geopresence.core.replication import (
     LogoutRequested,
     PresenceSet,
 )
+from geopresence.core.statuses import Held
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, Record
 
@@ -120,6 +127,7 @@ class ClusterLink:
         self._clock: Callable[[], float] | None = None
         self._control: Control | None = None
         self._views: Views | None = None
+        self._covered: Covered | None = None
         self.slices: FriendSlices | None = None
         """The users whose friendships this node holds (while ``run`` runs)."""
 
@@ -188,9 +196,13 @@ class ClusterLink:
         return 0 if self._hub is None else self._hub.status_version(user)
 
     def _announce(self, transition: PresenceSet) -> None:
-        assert self._hub is not None
-        self.journal.replicate(transition)
-        self._hub.announce_presence(transition)
+        """A transition decided here: told to this node's connections, and on the channels
+        that carry it to the other nodes' (``geopresence.cluster.covered``)."""
+        hub, broker, covered = self._hub, self.broker, self._covered
+        assert hub is not None and broker is not None and covered is not None
+        hub.announce_presence(transition)
+        broker.publish_remote(hub.lifecycle.presence_channels(transition.user), transition)
+        covered.announced(transition)
 
     def _on_record(self, record: Record) -> None:
         """A record this node journals: a friendship made here (``Views``), a change the
@@ -200,6 +212,10 @@ class ClusterLink:
         self.slices.made_here(record)
 
     def _on_feed(self, op: FeedOp) -> None:
+        if isinstance(op, PresenceSet):  # from a version that put transitions on the feed
+            if self._covered is not None and self._covered.covers(op.user):
+                self._apply_feed(op)
+            return
         if self.slices is None or self.slices.admit(op):
             self._apply_feed(op)
 
@@ -213,18 +229,39 @@ class ClusterLink:
 
     # ---------------------------------------------------------------- what the node holds
 
-    def _on_remote(self, event: object) -> None:
+    def _on_remote(self, event: object) -> bool:
         """Another node's event on a channel this node listens to: a friend's (or a local
         user's own) move updates the location cache before the subscribers are told; a
-        device taken over elsewhere closes here."""
+        device taken over elsewhere closes here; a transition updates the status kept here
+        and, if newer, is told to this node's connections (True: the broker does not)."""
+        assert self._hub is not None
+        if isinstance(event, PresenceSet):
+            assert self._covered is not None
+            self._hub.announce_presence(event)
+            self._covered.announced(event)
+            return True
         if isinstance(event, Replaced):
             if self._control is not None:
                 self._control.on_replaced(event)
         elif isinstance(event, LocationEvent):
-            assert self._hub is not None
             where = event.location
             op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
             self._hub.apply_feed(op, self._now())
+        return False
+
+    def _went_offline(self, user: str, raw: bytes) -> None:
+        """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
+        offline: out of its strangers' cell in Redis, and out of the watchers' views."""
+        assert self._hub is not None
+        self.strangers.went_offline(user, raw)
+        lat, lon = orjson.loads(raw)[:2]
+        self._hub.strangers.went_offline_at(user, Location(lat, lon, 0.0))
+
+    def _released(self, channel: str) -> None:
+        """No connection here listens to ``channel`` any more."""
+        assert self._views is not None and self._covered is not None
+        self._views.released(channel)
+        self._covered.released(channel)
 
     async def hold(self, users: Collection[str]) -> None:
         """Every friendship of ``users`` held here until ``release`` (``FriendSlices``)."""
@@ -240,6 +277,21 @@ class ClusterLink:
         """Every friendship of ``users`` held here for the block (``FriendSlices``)."""
         assert self.slices is not None, "the link is not running"
         return self.slices.holding(users)
+
+    def hub_statuses_kept(self) -> int:
+        """Cluster-wide statuses this node keeps (``Covered``), for metrics."""
+        return 0 if self._hub is None else self._hub.statuses.kept
+
+    def covering(self, user: str) -> AbstractAsyncContextManager[None]:
+        """For the block: the statuses a session of ``user`` needs are kept here
+        (``Covered.covering``); open the session inside it."""
+        assert self._covered is not None, "the link is not running"
+        return self._covered.covering(user)
+
+    async def read_statuses(self, users: Collection[str]) -> dict[str, Held]:
+        """``users``' statuses as Redis has them, for one answer (``Statuses.overlay``)."""
+        assert self._covered is not None, "the link is not running"
+        return await self._covered.read(users)
 
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here: read what it needs (``Views.open``)."""
@@ -266,13 +318,20 @@ class ClusterLink:
         self.keys.location_ttl = hub.settings.location_ttl
         self.strangers.location_ttl = hub.settings.location_ttl
         self.strangers.visible = lambda user: hub.store.get_settings(user).visible_to_strangers
+        # A stranger found in Redis is online unless this node knows otherwise: its node
+        # takes it out of its cell as it goes offline.
         self.strangers.live = lambda user: (
-            self.strangers.visible(user) and hub.statuses.is_online(user)
+            self.strangers.visible(user)
+            and (hub.statuses.is_online(user) or not hub.statuses.holds(user))
         )
         assert self.broker is not None, "build the hub with make_broker first"
         self.broker.on_remote = self._on_remote
-        views = self._views = Views(self.client, self.keys, self.broker, hub, self._now)
-        self.broker.on_released = views.released
+        covered = self._covered = Covered(self.client, self.keys, self.broker, hub)
+        views = self._views = Views(
+            self.client, self.keys, self.broker, hub, self._now, covered.read_missing
+        )
+        self.broker.on_released = self._released
+        self.broker.on_gap = covered.resync
         self.slices = FriendSlices(
             hub,
             lambda users: read_friends(self.client, self.keys, users),
@@ -300,9 +359,12 @@ class ClusterLink:
                 raise ClusterError(f"cannot reach {target}: {exc}") from exc
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._keep_lease)
+                    nursery.start_soon(
+                        keep_lease, self.lease, self._lease_refused, self._lease_retaken
+                    )
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
+                    nursery.start_soon(covered.run)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = self._on_record
                     control = Control(
@@ -312,7 +374,7 @@ class ClusterLink:
                     await self.broker.subscribed()
                     self._control = control
                     self.presence.on_taken_over = control.taken_over
-                    self.presence.on_offline_at = self.strangers.went_offline
+                    self.presence.on_offline_at = self._went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)
@@ -359,50 +421,20 @@ class ClusterLink:
                 f"{left:.0f} s if that node stopped): give each node its own --node-id (0..1023)"
             )
 
-    async def _keep_lease(self) -> None:
-        """Renew the lease every ``renew_every`` seconds. A lease found lost (this node was
-        stalled or cut off from Redis for longer than the lease, or Redis lost it) means the
-        other nodes count this incarnation gone and will end its devices after their grace
-        window: become a new incarnation at once and report every alive device again."""
-        lease = self.lease
-        failing = refused = False
-        while True:
-            await trio.sleep(lease.renew_every)
-            if lease.left:  # shutting down: the others sweep what it held
-                return
-            try:
-                if lease.held and await lease.renew():
-                    failing = False
-                    continue
-                busy_for = await lease.retake()
-            except Exception as exc:
-                lease.interrupted()
-                if not failing:  # once per outage, not every second
-                    log.error("renewing the node lease failed (retrying quietly): %s", exc)
-                failing = True
-                continue
-            failing = False
-            if busy_for:
-                self.presence.holder = None  # its reports wait for a lease
-                if not refused:
-                    log.error(
-                        "node id %d is now held by another node (this one was stalled or cut "
-                        "off from Redis for more than %.0f s?): two nodes issue the same "
-                        "message ids; stop one",
-                        self.node_id,
-                        lease.lease,
-                    )
-                refused = True
-                continue
-            refused = False
-            assert self._hub is not None
-            devices = list(self._hub.lifecycle.presence.alive_devices())
-            log.warning(
-                "node %d had lost its lease (stalled or cut off from Redis for more than "
-                "%.0f s?): its %d devices are reported again",
-                self.node_id,
-                lease.lease,
-                len(devices),
-            )
-            self.presence.holder = lease.incarnation
-            self.presence.reclaim(devices)
+    def _lease_refused(self) -> None:
+        self.presence.holder = None  # its reports wait for a lease
+
+    def _lease_retaken(self) -> None:
+        """A new incarnation: report every device alive here again, before the other
+        nodes' sweepers end them."""
+        assert self._hub is not None
+        devices = list(self._hub.lifecycle.presence.alive_devices())
+        log.warning(
+            "node %d had lost its lease (stalled or cut off from Redis for more than "
+            "%.0f s?): its %d devices are reported again",
+            self.node_id,
+            self.lease.lease,
+            len(devices),
+        )
+        self.presence.holder = self.lease.incarnation
+        self.presence.reclaim(devices)

@@ -132,6 +132,10 @@ class Owner(Protocol):
     def lost(self, connection: PubSubConnection, channels: Iterable[str]) -> None:
         """Redis no longer has ``channels`` subscribed here (the Cluster moved)."""
 
+    def resubscribed(self, channels: Iterable[str]) -> None:
+        """``channels`` are subscribed again on a new connection: what was published on
+        them meanwhile was missed."""
+
 
 class PubSubConnection:
     """One connection to one Redis server, and the channels wanted there."""
@@ -153,6 +157,7 @@ class PubSubConnection:
         self._heard = False
         self._failures = 0
         """Attempts to connect that failed since the connection was last up."""
+        self._was_up = False
 
     @property
     def name(self) -> str:
@@ -244,6 +249,9 @@ class PubSubConnection:
             self._leaving.clear()
             await self._send(lambda: commands(self.owner.subscribe_command, sorted(self.channels)))
             await self._ping()  # releases the barriers that waited for the reconnect
+            if self._was_up and self.channels:
+                self.owner.resubscribed(set(self.channels))
+            self._was_up = True
             await self._read(stream, reader)
         finally:
             self._stream = None

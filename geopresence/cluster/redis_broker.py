@@ -120,9 +120,10 @@ class RedisBroker:
                 deliver(conn, event)
 
         self._local = MemoryBroker(to_connections)
-        self.on_remote: Callable[[Any], None] | None = None
+        self.on_remote: Callable[[Any], bool] | None = None
         """Called once per event from another node, before this node's subscribers get it
-        (the node's caches apply it: ``ClusterLink``)."""
+        (the node's caches apply it: ``ClusterLink``); True: it told the subscribers itself
+        (a presence transition), the broker does not."""
         self.travels: Callable[[Any], bool] = lambda event: True
         """Whether an event goes to the other nodes through Redis (False: this node's
         subscribers only; the other nodes learn of it otherwise)."""
@@ -132,6 +133,8 @@ class RedisBroker:
         self.on_released: Callable[[str], None] | None = None
         """Called with a channel this node has just stopped listening to (no subscriber
         left): what it knew from that channel is no longer kept current."""
+        self.on_gap: Callable[[list[str]], None] | None = None
+        """Called with channels that may have missed events (``Subscriber.on_gap``)."""
         self.delivery: Callable[[], AbstractContextManager[object]] = nullcontext
         """Wraps the delivery of each batch of envelopes from Redis (the shell writes out
         what they queued at its end: ``Connections.batch``)."""
@@ -210,15 +213,21 @@ class RedisBroker:
         delivered = self._local.publish(channel_list, message, exclude)
         if not self.travels(message):
             return delivered
+        self.publish_remote(channel_list, message)
+        return delivered
+
+    def publish_remote(self, channels: Iterable[str], message: Any) -> None:
+        """Publish ``message`` to the other nodes only (this node told its own subscribers
+        already, its own way); dropped if the queue is full."""
         if len(self._ops) >= MAX_PENDING_OPS:
             self.dropped += 1
-            return delivered
+            return
+        channel_list = list(channels)
         envelope = encode_envelope(
             Envelope(self.node_id, next(self._publish_ids), tuple(channel_list), message)
         )
         for channel in channel_list:
             self._queue(("publish", channel, envelope))
-        return delivered
 
     def publish_local(
         self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
@@ -259,6 +268,7 @@ class RedisBroker:
             address=None if self._sharded else self._address(),
             cluster=self._client if self._sharded else None,
         )
+        subscriber.on_gap = self._gap
         async with trio.open_nursery() as nursery:
             await nursery.start(subscriber.run)
             self._nursery = nursery
@@ -338,6 +348,10 @@ class RedisBroker:
         else:
             await subscriber.unsubscribe(names)
 
+    def _gap(self, channels: list[str]) -> None:
+        if self.on_gap is not None:
+            self.on_gap(channels)
+
     def _on_messages(self, payloads: list[bytes]) -> None:
         """Envelopes from Redis (one read's worth): delivered in one ``delivery`` scope,
         so that what they queue for the connections is written once, at its end."""
@@ -365,7 +379,9 @@ class RedisBroker:
         # not bring back what it dropped, ``on_released``).
         if self.on_remote is not None and any(local.subscribers(c) for c in envelope.channels):
             try:
-                self.on_remote(envelope.event)
-            except Exception:
+                if self.on_remote(envelope.event):
+                    return
+            except Exception:  # not shown here either: the node's caches do not have it
                 log.exception("applying another node's %s failed", type(envelope.event).__name__)
+                return
         local.publish(envelope.channels, envelope.event)

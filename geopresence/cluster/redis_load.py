@@ -1,6 +1,7 @@
 """Reading the shared state back from Redis (cluster): what a starting node loads into its
 replica (``load_state``), and what a session needs as it opens: its user's friends
-(``read_friends``) and the live locations (``load_locations``).
+(``read_friends``), their statuses (``read_statuses``) and the live locations
+(``load_locations``).
 The keys are in ``geopresence.cluster.redis_keys``; ``redis_state`` writes them.
 """
 
@@ -14,6 +15,7 @@ import orjson
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
 from geopresence.core.replication import LocationSet
 from geopresence.core.state import DurableState
+from geopresence.core.statuses import Held
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import SettingsChanged
 
@@ -117,23 +119,26 @@ async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[Loca
 
 async def load_state(client: Any, keys: Keys, hub: Hub) -> dict[str, int]:
     """Fill a fresh hub's replica from Redis: its durable state but the friendships
-    (``load_durable``) and every user's presence (friendships and locations are read as
-    sessions open: ``geopresence.cluster.friend_slices``, ``geopresence.cluster.views``).
-    Returns counts for the log line."""
-    k = keys
-    counts = await load_durable(client, keys, hub.state, friendships=False)
-    online = 0
-    users = strings(await client.smembers(k.presence_users))
+    (``load_durable``). Friendships, statuses and locations are read as sessions open
+    (``geopresence.cluster.friend_slices``, ``.covered``, ``.views``). Returns counts for
+    the log line."""
+    return await load_durable(client, keys, hub.state, friendships=False)
+
+
+async def read_statuses(client: Any, keys: Keys, users: Sequence[str]) -> dict[str, Held]:
+    """The cluster-wide status of each of ``users`` that Redis has (``gp:presence:{U}``,
+    written by ``presence_scripts``): (status, last_active_at, version); a user never seen
+    online is missing."""
     fields = ["status", "last_active_at", "v"]
-    read = await pipelined(client, users, lambda pipe, u: pipe.hmget(k.of("presence", u), fields))
+    read = await pipelined(
+        client, users, lambda pipe, u: pipe.hmget(keys.of("presence", u), fields)
+    )
+    found: dict[str, Held] = {}
     for user, (status, last, version) in zip(users, read, strict=True):
-        if status is None:
-            continue
-        online += string(status) == "online"
-        hub.replica.load_status(
-            user,
-            "online" if string(status) == "online" else "offline",
-            None if last is None else float(last),
-            0 if version is None else int(version),
-        )
-    return {**counts, "online": online}
+        if status is not None:
+            found[user] = (
+                "online" if string(status) == "online" else "offline",
+                None if last is None else float(last),
+                0 if version is None else int(version),
+            )
+    return found

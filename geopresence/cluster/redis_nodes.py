@@ -11,14 +11,18 @@ The scripts are in ``geopresence.cluster.presence_scripts``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
+import trio
 
 from geopresence.cluster.presence_scripts import LAPSE, LEAVE, RENEW, TAKE
 from geopresence.cluster.redis_keys import Keys, string
+
+log = logging.getLogger("geopresence.redis")
 
 LEASE_SECONDS: Final = 5.0
 """How long a node stays live without renewing its lease: a killed node's devices are ended
@@ -167,3 +171,45 @@ async def lapse(client: Any, keys: Keys, node: Live, now: float) -> bool:
 async def forget(client: Any, keys: Keys, gone: Gone) -> None:
     """Drop a gone incarnation whose devices are all ended."""
     await client.hdel(keys.nodes, [f"gone:{gone.incarnation}"])
+
+
+async def keep_lease(
+    lease: NodeLease, refused: Callable[[], None], retaken: Callable[[], None]
+) -> None:
+    """Renew ``lease`` every ``renew_every`` seconds until it is left. A lease found lost
+    (the node was stalled or cut off from Redis for longer than the lease, or Redis lost
+    it) means the other nodes count this incarnation gone and will end its devices after
+    their grace window: take a new token at once and call ``retaken`` (report every alive
+    device again); ``refused`` if another node holds the id meanwhile (and until the lease
+    can be taken back)."""
+    failing = was_refused = False
+    while True:
+        await trio.sleep(lease.renew_every)
+        if lease.left:  # shutting down: the others sweep what it held
+            return
+        try:
+            if lease.held and await lease.renew():
+                failing = False
+                continue
+            busy_for = await lease.retake()
+        except Exception as exc:
+            lease.interrupted()
+            if not failing:  # once per outage, not every second
+                log.error("renewing the node lease failed (retrying quietly): %s", exc)
+            failing = True
+            continue
+        failing = False
+        if busy_for:
+            refused()
+            if not was_refused:
+                log.error(
+                    "node id %d is now held by another node (this one was stalled or cut "
+                    "off from Redis for more than %.0f s?): two nodes issue the same "
+                    "message ids; stop one",
+                    lease.node_id,
+                    lease.lease,
+                )
+            was_refused = True
+            continue
+        was_refused = False
+        retaken()

@@ -57,6 +57,10 @@ class Subscriber:
         if (address is None) == (cluster is None):
             raise ValueError("give a standalone Redis' address or a cluster client")
         self.on_messages = on_messages
+        self.on_gap: Callable[[list[str]], None] | None = None
+        """Called with channels that may have missed messages: their connection was lost
+        and is back, or the Cluster moved them (called as they are placed again: wait
+        for ``sync`` before reading what they carry)."""
         self._address = address
         self._cluster = cluster
         self.subscribe_command = "SUBSCRIBE" if cluster is None else "SSUBSCRIBE"
@@ -124,12 +128,20 @@ class Subscriber:
     def lost(self, connection: PubSubConnection, channels: Iterable[str]) -> None:
         """Redis no longer has ``channels`` subscribed on ``connection`` (the Cluster
         moved): place them again once its shards are read."""
+        moved = []
         for channel in list(channels):
             if self._where.get(channel) is connection:
                 del self._where[channel]
                 connection.channels.discard(channel)
                 self._unplaced.add(channel)
+                moved.append(channel)
         self.topology_changed()
+        if moved and self.on_gap is not None:
+            self.on_gap(moved)
+
+    def resubscribed(self, channels: Iterable[str]) -> None:
+        if self.on_gap is not None:
+            self.on_gap(list(channels))
 
     def topology_changed(self) -> None:
         """Read the Cluster's shards again (soon, once for many calls)."""
@@ -220,6 +232,9 @@ class Subscriber:
             self._servers.pop(address).stop()
         unplaced, self._unplaced = self._unplaced, set()
         placed = self._place(unplaced)
+        moved = [name for names in leaving.values() for name in names]
+        if moved and self.on_gap is not None:
+            self.on_gap(moved)  # subscribed elsewhere from now on: what was sent meanwhile
         for connection, names in leaving.items():
             if not connection.stopped:
                 await connection.unsubscribe(names)

@@ -4,13 +4,14 @@ Locations are not replicated to every node. A node reads the location of a user 
 online friends as the user's session opens (``open``; moves arrive on the users' channels
 from then on), forgets one when no session here listens to its channel any more
 (``released``), and reads a new friend's when a friendship is made, here or on another node
-(``befriended``), so that the friend shows at once rather than at its next move.
+(``befriended``), so that the friend shows at once rather than at its next move (and, if no
+session here was its friend, its status: ``geopresence.cluster.covered``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,8 +33,17 @@ class Views:
     """The locations this node's sessions need, kept current."""
 
     def __init__(
-        self, client: Any, keys: Keys, broker: RedisBroker, hub: Hub, now: Callable[[], float]
+        self,
+        client: Any,
+        keys: Keys,
+        broker: RedisBroker,
+        hub: Hub,
+        now: Callable[[], float],
+        read_statuses: Callable[[Collection[str]], Awaitable[None]],
     ) -> None:
+        self._read_statuses = read_statuses
+        """Read the statuses not kept here yet of users whose channels are listened to
+        (``Covered.read_missing``)."""
         self._client = client
         self._keys = keys
         self._broker = broker
@@ -95,6 +105,19 @@ class Views:
             await self._new_friendships_queued.wait()
             self._new_friendships_queued = trio.Event()
             pairs, self._new_friendships = self._new_friendships, []
+            await self._broker.subscribed()  # moves and transitions from now on reach here
+            new_friends = {
+                friend
+                for a, b in pairs
+                for viewer, friend in ((a, b), (b, a))
+                if hub.sessions.has_connections(viewer)
+            }
+            try:
+                # Whether a new friend is online: its status was not kept here if no session
+                # here was its friend (its friend_added said offline; a transition follows).
+                await self._read_statuses(new_friends)
+            except Exception as exc:  # Redis unreachable: its next transition tells
+                log.warning("could not read %d new friends' statuses: %s", len(new_friends), exc)
             now = self._now()
             wanted = {
                 friend
@@ -106,7 +129,6 @@ class Views:
             }
             if not wanted:
                 continue
-            await self._broker.subscribed()  # moves from now on reach this node
             try:
                 found = await load_locations(self._client, self._keys, sorted(wanted))
             except Exception as exc:  # Redis unreachable: shown at the friend's next move

@@ -236,10 +236,9 @@ class Lifecycle:
         for change in ended.changes:
             self.publish_presence(change)
 
-    def publish_presence(self, change: PresenceChange) -> None:
-        """Publish ``user``'s transition to its friends and to the co-members of its groups
-        of at most ``presence_fanout_limit`` members (bigger groups ask: group_presence)."""
-        user = change.user
+    def presence_channels(self, user: str) -> list[str]:
+        """Where ``user``'s transitions go: its own channel (its friends) and those of its
+        groups of at most ``presence_fanout_limit`` members."""
         channels = [user_channel(user)]
         limit = self.settings.presence_fanout_limit
         store = self.state.users
@@ -247,6 +246,13 @@ class Lifecycle:
             members = store.group_members(group)
             if members is not None and len(members) <= limit:
                 channels.append(group_channel(group))
+        return channels
+
+    def publish_presence(self, change: PresenceChange) -> None:
+        """Publish ``user``'s transition to its friends and to the co-members of its groups
+        of at most ``presence_fanout_limit`` members (bigger groups ask: group_presence)."""
+        user = change.user
+        channels = self.presence_channels(user)
         event = Presence(user=user, status=change.status, last_active_at=change.last_active_at)
         # Latest-wins per user: a slow client gets the newest status, not the backlog.
         exclude = self.sessions.live_connections(user)

@@ -1,9 +1,13 @@
 """Who is online, as this node answers it (sans-I/O).
 
 With one node, this node's ``PresenceTable`` is the truth. With several, each user's status
-is decided once for the whole cluster (``geopresence.cluster.redis_presence``) and every
-node holds a replica of it, filled at start-up and kept current from the feed
-(``Replica``): this node's own table then only counts its devices and their activity.
+is decided once for the whole cluster (``geopresence.cluster.redis_presence``), and a node
+holds the statuses its connections need: those of the users whose channels it listens to
+(its sessions' friends, the co-members of their small groups), read from Redis as it starts
+listening and kept current by the transitions published there (``geopresence.cluster.
+covered``). Its own table then only counts its devices and their activity. An answer about
+anyone else (the HTTP API, a big group's presence) reads Redis first and lays what it read
+over the held statuses for that one answer (``overlay``).
 
 ``last_active_at`` with several nodes: activity stays on the node that holds the device
 (heartbeats are not shared), so no node knows an online user's latest activity elsewhere.
@@ -18,16 +22,23 @@ reports its node's last activity; a dead node's devices, its last lease renewal)
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TypeAlias
+
 from geopresence.core.broker import ConnId
 from geopresence.core.presence import PresenceTable, UserPresence
 from geopresence.core.state import DurableState
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.server_messages import FriendStatus, Status
 
+Held: TypeAlias = tuple[Status, float | None, int]
+"""A user's cluster-wide (status, last_active_at in epoch seconds, version)."""
+
 
 class Statuses:
     """Users' presence: ``presence`` (this node's devices) and, when ``clustered``, the
-    cluster-wide replica of every user's (status, last_active_at, version)."""
+    cluster-wide (status, last_active_at, version) of the users this node keeps current."""
 
     def __init__(
         self, presence: PresenceTable[ConnId], state: DurableState, *, clustered: bool
@@ -35,8 +46,8 @@ class Statuses:
         self.presence = presence
         self.state = state
         self.clustered = clustered
-        self._statuses: dict[str, tuple[Status, float | None, int]] = {}
-        """With other nodes: every user's cluster-wide (status, last_active_at, version)."""
+        self._statuses: dict[str, Held] = {}
+        """With other nodes: the cluster-wide statuses this node keeps current."""
         self._forgotten: set[str] = set()
         """Forgotten users not online since: the offline transition their forget's logout
         decides in Redis, arriving after it, must not bring their presence back."""
@@ -54,6 +65,40 @@ class Statuses:
             return False  # an older transition arriving late
         self._statuses[user] = (status, last_active_at, version)
         return True
+
+    def drop(self, user: str) -> None:
+        """No longer keep ``user``'s status (nothing here listens to it any more): an
+        answer about it reads Redis again."""
+        self._statuses.pop(user, None)
+
+    @property
+    def kept(self) -> int:
+        """How many cluster-wide statuses this node keeps."""
+        return len(self._statuses)
+
+    def holds(self, user: str) -> bool:
+        """True if this node keeps ``user``'s cluster-wide status."""
+        return user in self._statuses
+
+    @contextmanager
+    def overlay(self, read: Mapping[str, Held]) -> Iterator[None]:
+        """For one synchronous answer: statuses just read from Redis, over the held ones
+        where newer; the held ones are back as they were at the end (no await inside:
+        nothing else runs meanwhile)."""
+        saved = {user: self._statuses.get(user) for user in read}
+        try:
+            for user, held in read.items():
+                if user not in self._forgotten:
+                    current = saved[user]
+                    if current is None or current[2] < held[2]:
+                        self._statuses[user] = held
+            yield
+        finally:
+            for user, before in saved.items():
+                if before is None:
+                    self._statuses.pop(user, None)
+                else:
+                    self._statuses[user] = before
 
     def forget(self, user: str) -> None:
         """Drop ``user``'s presence (logged out first): an unknown user is offline, ``null``."""
@@ -89,10 +134,10 @@ class Statuses:
         return 0 if held is None else held[2]
 
     def online_count(self) -> int:
-        """Users online now (in the whole cluster with several nodes)."""
-        if not self.clustered:
-            return self.presence.online_count
-        return sum(1 for status, _, _ in self._statuses.values() if status == "online")
+        """Users online now with a device (alive, or in its grace window) on this node: with
+        several nodes, the cluster's figure is the sum over the nodes (a user with devices
+        on two nodes counts twice)."""
+        return self.presence.online_count
 
     def user_presence(self, user: str, now: float) -> UserPresence:
         """The user's presence at ``now``; ``devices`` counts its alive devices on this

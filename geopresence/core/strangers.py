@@ -39,7 +39,7 @@ from geopresence.core.stranger_index import GridIndex, StrangerIndex
 from geopresence.core.stranger_queries import STRANGER_TAG, PeopleQueries, rounded, snap
 from geopresence.core.stranger_watches import Watches
 from geopresence.model.geo import distance_within
-from geopresence.model.geocells import MAX_PRECISION, cover
+from geopresence.model.geocells import INDEX_PRECISION, MAX_PRECISION, cell_of, cover
 from geopresence.wire.client_messages import WatchStrangers
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
@@ -197,6 +197,15 @@ class Strangers:
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
         """The user's location expired or it went offline."""
         self._gone(user, reason)
+
+    def went_offline_at(self, user: str, location: Location) -> None:
+        """Several nodes: ``user``, last at ``location``, went offline, decided on this node
+        (its own, or the one that ended a dead node's devices): tell the watchers of its
+        cells on every node, which keep no status of strangers."""
+        if self.ctx.store.get_settings(user).visible_to_strangers:
+            spot = snap(location)
+            code = cell_of(spot.lat, spot.lon, INDEX_PRECISION)
+            self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "offline"))
 
     def on_location_dropped(self, user: str) -> None:
         """This node no longer keeps the user's location current: out of the grid, silently

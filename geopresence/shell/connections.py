@@ -30,6 +30,7 @@ from geopresence.core.hub import Hub
 from geopresence.shell.handshake import Handshake, Hello
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.transport import Closed, Connection, accept, is_disconnect, text_frame
+from geopresence.wire.client_messages import ClientMessage
 from geopresence.wire.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ProtocolError
 from geopresence.wire.outbox import Outbox, Outgoing
 from geopresence.wire.protocol import decode
@@ -236,6 +237,8 @@ class ConnectionHandler:
         self._stopping = stopping
         self.nursery: trio.Nursery | None = None
         """Where connections' drain tasks run (the server's connection nursery)."""
+        self.later: Callable[[ConnId, ClientMessage], bool] | None = None
+        """Several nodes: takes a message answered after a Redis read (``ClusterAnswers``)."""
         self._last_traceback = -math.inf  # time.monotonic() of the last logged traceback
         self._tracebacks_suppressed = 0
 
@@ -325,7 +328,8 @@ class ConnectionHandler:
         viewing = False
         try:
             await self._handshake.alive_in_cluster(user, device)
-            hub.open_session(conn, user, device, self._now(), request_id)
+            async with self._handshake.covering_in_cluster(user):
+                hub.open_session(conn, user, device, self._now(), request_id)
             log.debug("conn %d: session opened: user %s, device %s", conn, user, device)
             viewing = True
             await self._handshake.view_in_cluster(user)
@@ -411,6 +415,8 @@ class ConnectionHandler:
             hub.activity(c.conn, now)
             return
         try:
+            if self.later is not None and self.later(c.conn, message):
+                return
             hub.handle(c.conn, message, now)
             self._deadline_moved()
         except Exception:

@@ -5,7 +5,7 @@ depend on it, not on the server."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Literal, Protocol
 
 import trio
@@ -13,6 +13,7 @@ import trio
 from geopresence.config import Config
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub
+from geopresence.core.statuses import Held
 from geopresence.shell.history import HistoryKeeper
 from geopresence.shell.http_routing import HttpError
 from geopresence.shell.metrics import Metrics
@@ -54,6 +55,11 @@ class Control(Protocol):
     def release(self, users: Collection[str]) -> None:
         """The end of one ``hold(users)``."""
 
+    async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
+        """Multi-node: ``users``' cluster-wide statuses as Redis has them (for
+        ``Statuses.overlay``; raises if Redis does not answer). One node: none to read."""
+        ...
+
     async def devices_held(self, user: str) -> set[str]:
         """``user``'s alive devices: this node's, and with several nodes every node's as
         Redis says (within half a second; this node's alone if it does not answer)."""
@@ -88,3 +94,18 @@ async def holding(server: Control, users: Collection[str]) -> AsyncIterator[None
         yield
     finally:
         server.release(users)
+
+
+async def statuses_of(server: Control, users: Collection[str]) -> Mapping[str, Held]:
+    """``server.read_statuses(users)`` for an answer about users no session on this node
+    may need (with several nodes, a node keeps only the statuses its sessions need): lay it
+    over the kept ones with ``hub.statuses.overlay`` around the synchronous answer. 503
+    ``internal`` if Redis does not answer within the hello timeout."""
+    try:
+        with trio.fail_after(server.config.hello_timeout):
+            return await server.read_statuses(users)
+    except Exception as exc:
+        cause = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
+        raise HttpError(
+            503, "internal", f"the statuses could not be read from Redis ({cause}): try again"
+        ) from None

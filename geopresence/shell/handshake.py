@@ -10,8 +10,9 @@ transport itself closes one with a message over ``max_message_bytes`` (1009).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -204,6 +205,24 @@ class Handshake:
                 await self._cluster.presence.alive_now(user, device, now)
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
+
+    @contextlib.asynccontextmanager
+    async def covering_in_cluster(self, user: str) -> AsyncIterator[None]:
+        """Open the session in this block: with several nodes, the statuses of the user's
+        friends and small groups' members are kept here first (``Covered.covering``: read
+        from Redis once this node listens to their transitions), so that its
+        ``friends_presence`` is right. Bounded by the hello timeout: if Redis is slow, the
+        session opens anyway and the friends' next transitions correct it."""
+        if self._cluster is None:
+            yield
+            return
+        async with contextlib.AsyncExitStack() as stack:
+            with trio.move_on_after(self._config.hello_timeout):
+                try:
+                    await stack.enter_async_context(self._cluster.covering(user))
+                except Exception as exc:
+                    log.warning("redis: the friends' statuses of %s were not read (%s)", user, exc)
+            yield
 
     async def view_in_cluster(self, user: str) -> None:
         """After the welcome, before the client's first message is read: this node listens

@@ -25,7 +25,7 @@ from geopresence.model.ids import id_problem
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.shell.console import Asset, Console
 from geopresence.shell.control import Control as Control
-from geopresence.shell.control import holding
+from geopresence.shell.control import holding, statuses_of
 from geopresence.shell.http_routing import (
     HttpError,
     Receive,
@@ -295,7 +295,9 @@ class HttpApi:
     async def get_user(self, request: Request) -> Response:
         user = request.params["user"]
         devices = await self.server.devices_held(user)
-        p = self.hub.statuses.user_presence(user, self.server.now())
+        read = await statuses_of(self.server, (user,))
+        with self.hub.statuses.overlay(read):
+            p = self.hub.statuses.user_presence(user, self.server.now())
         return 200, {
             "user": p.user,
             "status": p.status,
@@ -306,7 +308,9 @@ class HttpApi:
     async def get_friends(self, request: Request) -> Response:
         user = request.params["user"]
         async with holding(self.server, (user,)):
-            presence = self.hub.statuses.friends_presence(user, self.server.now())
+            read = await statuses_of(self.server, self.hub.store.friends_of(user))
+            with self.hub.statuses.overlay(read):
+                presence = self.hub.statuses.friends_presence(user, self.server.now())
         friends = [attrs.asdict(f) for f in presence]
         return 200, {"user": user, "friends": friends}
 
@@ -325,7 +329,9 @@ class HttpApi:
             # The devices ended in Redis (whichever node holds them): answer with the result.
             with trio.move_on_after(self.server.config.drain_timeout):
                 await self.server.flush_cluster_presence()
-        p = self.hub.statuses.user_presence(user, self.server.now())
+        read = await statuses_of(self.server, (user,))
+        with self.hub.statuses.overlay(read):
+            p = self.hub.statuses.user_presence(user, self.server.now())
         return 200, {"user": user, "devices_logged_out": ended, "status": p.status}
 
     def create_token(self, request: Request) -> Response:
@@ -366,12 +372,17 @@ class HttpApi:
                 await trio.sleep(0)
         return 200, {"group": group, "total": len(set(members)), "added": added, "removed": removed}
 
-    def get_group(self, request: Request) -> Response:
+    async def get_group(self, request: Request) -> Response:
         group = request.params["group"]
         members = self.hub.store.group_members(group)
         if members is None:
             raise HttpError(404, "not_found", f"group {group!r} does not exist")
-        online, total = self.hub.statuses.group_online(group)
+        read = await statuses_of(self.server, members)
+        members = self.hub.store.group_members(group)  # as it is now
+        if members is None:
+            raise HttpError(404, "not_found", f"group {group!r} does not exist")
+        with self.hub.statuses.overlay(read):
+            online, total = self.hub.statuses.group_online(group)
         return 200, {"group": group, "members": sorted(members), "online": online, "total": total}
 
     def delete_group(self, request: Request) -> Response:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from geopresence.shell.control import Control, holding
+from geopresence.shell.control import Control, holding, statuses_of
 from geopresence.shell.export import export_document
 from geopresence.shell.http_routing import HttpError, Request, Response, Streamed
 
@@ -46,8 +46,12 @@ class UserData:
         server = self.server
         keeper = server.history_keeper
         chunks = export_document(server.hub, user, server.now(), keeper.directory, keeper.run_sync)
+        read = await statuses_of(server, (user,))
         async with holding(server, (user,)):
-            head = await anext(chunks)  # its friends, read while they are all here
+            # Its friends, read while they are all here. The head is made before the
+            # generator's first await: nothing else runs while the overlay is on.
+            with server.hub.statuses.overlay(read):
+                head = await anext(chunks)
         return 200, Streamed(_after(head, chunks))
 
 

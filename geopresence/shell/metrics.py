@@ -119,7 +119,8 @@ def _number(value: float) -> str:
 def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
     """The core's counters and gauges (the core keeps plain numbers and knows no metrics)."""
     metrics.gauge(
-        "users_online", "Users online now (in the whole cluster with --redis).",
+        "users_online",
+        "Users online now (with --redis: with a device on this node; sum over the nodes).",
         lambda: hub.online_count(),
     )  # fmt: skip
     metrics.gauge(
@@ -190,6 +191,11 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
         "users_held",
         "Users whose friendships this node holds (a session or request of theirs is here).",
         lambda: len(slices),
+    )
+    metrics.gauge(
+        "statuses_kept",
+        "Users whose cluster-wide status this node keeps (its sessions' friends, small groups).",
+        cluster.hub_statuses_kept,
     )
     metrics.counter(
         "redis_feed_applied_total",

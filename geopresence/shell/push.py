@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import httpx
 import orjson
@@ -62,6 +63,10 @@ class PushNotifier:
         self._unsent = 0  # messages logged (no webhook) since the last summary
         self._forgotten: dict[str, int] = {}
         """user -> the last message id issued when it was forgotten (``forget``)."""
+        self.online: Callable[[str], Awaitable[bool]] | None = None
+        """Several nodes: whether a recipient is online in the cluster now (Redis). A node
+        keeps the statuses of its sessions' friends and small groups only, so a big group's
+        member it saw as offline is checked before its push (counted ``online``)."""
 
     def submit(self, request: PushRequest) -> None:
         """Queue one POST per recipient of ``request`` (never blocks; what does not fit is
@@ -135,7 +140,7 @@ class PushNotifier:
             "Push hook calls for recipients without a connected device, by outcome.",
             lambda: [
                 (f'{{result="{result}"}}', self.results[result])
-                for result in ("delivered", "failed", "dropped", "logged", "forgotten")
+                for result in ("delivered", "failed", "dropped", "logged", "forgotten", "online")
             ],
         )
         metrics.gauge("push_queue", "Pushes waiting for the webhook.", lambda: self.queued)
@@ -168,6 +173,9 @@ class PushNotifier:
     ) -> None:
         async for recipient, message in receive:
             try:
+                if self.online is not None and await self.online(recipient):
+                    self.results["online"] += 1
+                    continue
                 await self._deliver(http, recipient, message)
             except Exception:
                 # A push is never worth the server: count it, log it, take the next one.

@@ -11,7 +11,7 @@ serves (``shell.http_api``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -22,10 +22,12 @@ from geopresence.config import Config
 from geopresence.core.broker import Broker, Deliver, MemoryBroker
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.statuses import Held
 from geopresence.core.store import MemoryStore
 from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
+from geopresence.shell.cluster_answers import ClusterAnswers
 from geopresence.shell.connections import ConnectionHandler, Connections
 from geopresence.shell.durability import Durability
 from geopresence.shell.forgets import Forgets
@@ -152,6 +154,13 @@ class Server:
             deadline_moved=self.reaper.deadline_may_have_moved,
             stopping=self._stop_requested.is_set,
         )
+        self.answers: ClusterAnswers | None = None
+        if self.cluster is not None:
+            self.answers = ClusterAnswers(
+                self.hub, self.connections, self.cluster.read_statuses, self.now
+            )
+            self.handler.later = self.answers.later
+            self.push.online = self._online_in_cluster
         self._conn_nursery: trio.Nursery | None = None
         self.clock: ServerClock | None = None
         self.ws_port: int | None = None
@@ -201,6 +210,21 @@ class Server:
     def release(self, users: Collection[str]) -> None:
         if self.cluster is not None:
             self.cluster.release(users)
+
+    async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
+        if self.cluster is None or not users:
+            return {}
+        return await self.cluster.read_statuses(users)
+
+    async def _online_in_cluster(self, user: str) -> bool:
+        """Whether ``user`` is online on any node, as Redis says (False if it cannot)."""
+        with trio.move_on_after(self.config.push_timeout):
+            try:
+                read = await self.read_statuses((user,))
+                return user in read and read[user][0] == "online"
+            except Exception:  # push rather than stay silent
+                pass
+        return False
 
     async def devices_held(self, user: str) -> set[str]:
         here = set(self.hub.presence.device_names(user))
@@ -260,6 +284,8 @@ class Server:
                 await self._join_cluster(root, self.cluster)
             async with trio.open_nursery() as conns:
                 self._conn_nursery = self.handler.nursery = conns
+                if self.answers is not None:
+                    self.answers.nursery = conns
                 try:
                     listeners = await open_listeners(config.host, config.port)
                 except OSError as exc:

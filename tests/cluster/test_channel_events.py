@@ -14,6 +14,7 @@ from geopresence.cluster.channel_events import (
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
+from geopresence.core.replication import PresenceSet
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
 from geopresence.wire.outbox import Outgoing
@@ -27,6 +28,8 @@ EVENTS: list[ChannelEvent] = [
     StrangerEvent("zoe", Location(-33.9, 151.2, 1.0), 2.0),
     StrangerGoneEvent("zoe", "hidden"),
     Replaced("alice", "phone", "3/k2Jx"),
+    PresenceSet("alice", "online", 12.5, 7),
+    PresenceSet("alice", "offline", None, 8),
 ]
 
 
@@ -44,6 +47,12 @@ def test_chat_events_round_trip() -> None:
 
 
 def test_malformed_envelopes_are_errors() -> None:
-    for data in (b"{}", b"[]", b'{"node":1,"id":2,"channels":[],"event":{"k":"nope"}}'):
+    bad_status = b'{"k":"presence","user":"a","status":"away","last":null,"v":1}'
+    for data in (
+        b"{}",
+        b"[]",
+        b'{"node":1,"id":2,"channels":[],"event":{"k":"nope"}}',
+        b'{"node":1,"id":2,"channels":[],"event":' + bad_status + b"}",
+    ):
         with pytest.raises((ValueError, KeyError, TypeError)):
             decode_envelope(data)

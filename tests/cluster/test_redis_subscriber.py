@@ -104,8 +104,11 @@ async def test_a_lost_connection_is_reopened_and_subscribed_again(
     caplog.set_level(logging.INFO, "geopresence.redis")
     with redis_server() as port:
         async with subscribing(port) as (got, subscriber, client):
+            gaps: list[list[str]] = []
+            subscriber.on_gap = gaps.append
             await subscriber.subscribe(["gp:user:{a}"])
             await subscriber.sync()
+            assert gaps == []  # the first connection misses nothing
             assert await client.client_kill(type_=coredis.PureToken.PUBSUB) == 1
 
             async def subscribed_again() -> bool:
@@ -119,6 +122,8 @@ async def test_a_lost_connection_is_reopened_and_subscribed_again(
             await client.publish("gp:user:{a}", b"after")
             await got.until(1)
             assert got.messages == [b"after"]
+            # What was published while it was down is missed: the owner is told which.
+            assert gaps == [["gp:user:{a}"]]
     logged = [r.getMessage() for r in caplog.records]
     assert any("lost" in line and "reconnecting" in line for line in logged)
     assert any("connected again" in line for line in logged)
@@ -189,6 +194,8 @@ async def test_channels_follow_their_slots_to_a_new_master_and_sync_waits_for_it
     with redis_server() as first, redis_server() as second:
         cluster = MovableCluster(first)
         subscriber = Subscriber(Got(), cluster=cluster)
+        gaps: list[list[str]] = []
+        subscriber.on_gap = gaps.append
         channels = [f"gp:user:{{u{i}}}" for i in range(200)]
         async with trio.open_nursery() as nursery:
             await nursery.start(subscriber.run)
@@ -204,6 +211,7 @@ async def test_channels_follow_their_slots_to_a_new_master_and_sync_waits_for_it
             assert subscriber.channels == set(channels) - {channels[5]}
             assert await shard_subscribers(second, channels) == 199
             assert await shard_subscribers(first, channels) == 0
+            assert sorted(c for gap in gaps for c in gap) == sorted(channels)  # all moved
             nursery.cancel_scope.cancel()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -53,6 +53,10 @@ class GatedRedis:
             yield pipe
 
 
+async def _read_nothing(users: Collection[str]) -> None:
+    """This hub is its own single node: it knows every status."""
+
+
 async def test_a_friendship_ended_while_its_locations_load_shows_nothing() -> None:
     with redis_server() as port:
         async with coredis.Redis(host="127.0.0.1", port=port) as client:
@@ -66,7 +70,14 @@ async def test_a_friendship_ended_while_its_locations_load_shows_nothing() -> No
             hub.membership.add_friendships([("alice", "bob")], NOW)
             sink.take(1)
             redis = GatedRedis(client)
-            views = Views(redis, keys, ListeningBroker(), hub, lambda: NOW)  # type: ignore[arg-type]
+            views = Views(
+                redis,
+                keys,
+                ListeningBroker(),  # type: ignore[arg-type]
+                hub,
+                lambda: NOW,
+                _read_nothing,
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(views.run)
                 views.befriended("alice", "bob")

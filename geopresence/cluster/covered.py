@@ -1,0 +1,172 @@
+"""Whose presence a node keeps (cluster): the users its connections hear about.
+
+A node keeps a user's cluster-wide status (``Statuses``) while it listens to a channel that
+carries the user's transitions: the user's own channel (a session here is a friend of the
+user, or the user itself) or the channel of one of the user's groups small enough to carry
+presence (``presence_fanout_limit``). The node that decides a transition
+(``redis_presence``) publishes it there as a ``PresenceSet``; a node applies one only if it
+is newer than the status it keeps (versions), so transitions arriving out of order or twice
+change nothing.
+
+As a session opens (``covering``, before its ``welcome`` and ``friends_presence``) the node
+listens to the channels of the user's friends and small groups, waits until Redis has the
+subscriptions, and only then reads the statuses it does not keep yet: a transition decided
+meanwhile arrives on a channel, or is in what is read. A status no channel here carries any
+more is dropped (``released``); an answer about anyone else reads Redis first (``read``,
+laid over the kept statuses with ``Statuses.overlay``). Pub/sub is at most once: when a
+connection to Redis was lost, or a Cluster moved channels, the statuses those channels carry
+are read again (``resync``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_load import read_statuses
+from geopresence.core.broker import group_channel, user_channel, user_of_channel
+from geopresence.core.replication import PresenceSet
+from geopresence.core.statuses import Held
+
+if TYPE_CHECKING:
+    from geopresence.cluster.redis_broker import RedisBroker
+    from geopresence.core.hub import Hub
+
+log = logging.getLogger("geopresence.redis")
+
+GROUP_PREFIX = group_channel("")
+
+
+class Covered:
+    """The statuses this node keeps, read and dropped as its channels come and go."""
+
+    def __init__(self, client: Any, keys: Keys, broker: RedisBroker, hub: Hub) -> None:
+        self._client = client
+        self._keys = keys
+        self._broker = broker
+        self._hub = hub
+        self._resync_users: set[str] = set()
+        self._resync_queued = trio.Event()
+
+    # ---------------------------------------------------------------- which channels
+
+    def _small(self, group: str) -> bool:
+        members = self._hub.store.group_members(group)
+        return members is not None and len(members) <= self._hub.settings.presence_fanout_limit
+
+    def channels_of(self, user: str) -> list[str]:
+        """The channels a session of ``user`` hears transitions on: its friends' and its
+        small groups'."""
+        store = self._hub.store
+        channels = [user_channel(friend) for friend in store.friends_of(user)]
+        channels.extend(group_channel(g) for g in store.groups_of(user) if self._small(g))
+        return channels
+
+    def carried_by(self, channels: Iterable[str]) -> set[str]:
+        """The users whose transitions ``channels`` carry."""
+        users: set[str] = set()
+        for channel in channels:
+            if channel.startswith(GROUP_PREFIX):
+                group = channel[len(GROUP_PREFIX) :]
+                if self._small(group):
+                    users.update(self._hub.store.group_members(group) or ())
+            else:
+                user = user_of_channel(channel)
+                if user is not None:
+                    users.add(user)
+        return users
+
+    def covers(self, user: str) -> bool:
+        """True if a channel this node listens to carries ``user``'s transitions."""
+        listening = self._broker.subscribers
+        if listening(user_channel(user)):
+            return True
+        store = self._hub.store
+        return any(listening(group_channel(g)) and self._small(g) for g in store.groups_of(user))
+
+    # ---------------------------------------------------------------- keeping statuses
+
+    @contextlib.asynccontextmanager
+    async def covering(self, user: str) -> AsyncIterator[None]:
+        """For the block: this node listens to the channels of ``user``'s friends and small
+        groups, and keeps the statuses they carry (read from Redis once the subscriptions
+        are in place). Open the session inside the block: its own subscriptions keep the
+        channels after it. Raises if Redis does not answer (the channels are let go)."""
+        broker = self._broker
+        channels = self.channels_of(user)
+        for channel in channels:
+            broker.hold(channel)
+        try:
+            await broker.subscribed()
+            await self.read_missing(self.carried_by(channels))
+            yield
+        finally:
+            for channel in channels:
+                broker.release(channel)
+
+    async def read_missing(self, users: Collection[str]) -> None:
+        """Read the statuses of those of ``users`` not kept here yet (their channels are
+        listened to already: the caller waited for ``subscribed``)."""
+        statuses = self._hub.statuses
+        missing = sorted(u for u in users if not statuses.holds(u))
+        if missing:
+            self._apply(await read_statuses(self._client, self._keys, missing))
+
+    def _apply(self, read: dict[str, Held]) -> None:
+        """Keep what was read for the users still covered (a channel let go meanwhile would
+        leave a status nobody keeps current); a newer one than kept is told like a
+        transition, to the connections here that missed it."""
+        hub = self._hub
+        for user, (status, last_active_at, version) in read.items():
+            if self.covers(user):
+                hub.announce_presence(PresenceSet(user, status, last_active_at, version))
+
+    def announced(self, transition: PresenceSet) -> None:
+        """A transition was announced here (decided here, or heard on a channel): a status
+        no channel here carries is not kept (this node decided it for a user it does not
+        cover)."""
+        if not self.covers(transition.user):
+            self._hub.statuses.drop(transition.user)
+
+    def released(self, channel: str) -> None:
+        """This node no longer listens to ``channel``: drop the statuses it alone carried."""
+        statuses = self._hub.statuses
+        for user in self.carried_by([channel]):
+            if statuses.holds(user) and not self.covers(user):
+                statuses.drop(user)
+
+    # ---------------------------------------------------------------- answers and gaps
+
+    async def read(self, users: Collection[str]) -> dict[str, Held]:
+        """The statuses of ``users`` as Redis has them now, for one answer (``overlay``)."""
+        return await read_statuses(self._client, self._keys, sorted(users))
+
+    def resync(self, channels: Iterable[str]) -> None:
+        """``channels`` may have missed transitions (their Redis connection was lost, or a
+        Cluster moved them): read the statuses they carry again (``run``)."""
+        self._resync_users.update(self.carried_by(channels))
+        self._resync_queued.set()
+
+    async def run(self) -> None:
+        """Read again what ``resync`` asked for, once the subscriptions are back."""
+        while True:
+            await self._resync_queued.wait()
+            self._resync_queued = trio.Event()
+            await self._broker.subscribed()
+            users, self._resync_users = self._resync_users, set()
+            statuses = self._hub.statuses
+            wanted = sorted(u for u in users if statuses.holds(u))
+            if not wanted:
+                continue
+            try:
+                self._apply(await read_statuses(self._client, self._keys, wanted))
+            except Exception as exc:  # Redis unreachable: try again
+                log.warning("could not read %d statuses again (%s); retrying", len(wanted), exc)
+                self._resync_users.update(wanted)
+                self._resync_queued.set()
+                await trio.sleep(1.0)

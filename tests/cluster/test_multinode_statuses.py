@@ -1,0 +1,60 @@
+"""A node keeps only the statuses its sessions need; presence transitions travel on the
+users' (and small groups') channels, not the feed. Real ``geopresence serve`` nodes."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.cluster.test_multinode import _gauge, expect, session, start_node
+from tests.redis_server import redis_cluster, redis_server
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+async def test_a_node_keeps_the_statuses_its_sessions_need_and_no_other(
+    kind: str, tmp_path: Path
+) -> None:
+    with ExitStack() as stack:
+        if kind == "standalone":
+            args = ["--redis", f"redis://127.0.0.1:{stack.enter_context(redis_server())}/0"]
+        else:
+            ports = stack.enter_context(redis_cluster())
+            args = ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in ports)]
+        # Groups of more than 2 members get no co-member presence events.
+        a = start_node(args, 1, tmp_path, "--presence-fanout-limit", "2")
+        b = start_node(args, 2, tmp_path, "--presence-fanout-limit", "2")
+        stack.callback(b.proc.terminate)
+        stack.callback(a.proc.terminate)
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.befriend("alice", "bob")
+            await admin_a.set_group("big", ["alice", "carol", "dave"])
+            async with session(a, "alice"), session(a, "carol"):
+                await trio.sleep(0.3)
+                # Nobody on node b needs alice's or carol's status: it keeps none...
+                assert _gauge(await admin_b.metrics(), "statuses_kept") == 0
+                # ...yet answers about them from Redis.
+                assert (await admin_b.user("alice"))["status"] == "online"
+                group = await admin_b.group("big")
+                assert group["online"] == ["alice", "carol"]
+                async with session(b, "dave") as dave:
+                    # A big group's presence, asked on the node of none of its online members.
+                    reply = await dave.request("group_presence", group="big")
+                    assert reply["online"] == ["alice", "carol", "dave"]
+                    assert _gauge(await admin_b.metrics(), "statuses_kept") == 0
+                    async with session(b, "bob") as bob:
+                        # bob's friend is online on node a: right in his first frames.
+                        friends = [(f["user"], f["status"]) for f in bob.friends]
+                        assert friends == [("alice", "online")]
+                        assert _gauge(await admin_b.metrics(), "statuses_kept") == 1  # alice
+                        # Node b hears alice's transitions on her channel (not on the feed).
+                        await admin_a.logout("alice")
+                        await expect(bob, "presence", user="alice", status="offline")
+                        # A friend made on another node, online there: shown online on b.
+                        await admin_a.befriend("bob", "carol")
+                        await expect(bob, "presence", user="carol", status="online")
+                    await trio.sleep(0.3)
+                    # bob gone: node b drops the statuses only he needed.
+                    assert _gauge(await admin_b.metrics(), "statuses_kept") == 0
