@@ -2,9 +2,9 @@
 
 The rest of the server sees ``accept`` (the opening handshake's ``Request``), ``Connection``
 (``receive``, ``write_frames``, ``send``, ``start_close``/``close``, ``flushed``,
-``parked``, ``on_drained``, the ping gate ``admit_ping``), ``text_frame``, the ``Closed``
-exception and ``is_disconnect``. It is the only server module that imports a WebSocket
-library (tests/test_architecture.py checks it).
+``parked``, ``on_drained``, the ping gate ``admit_ping``), and re-exports ``text_frame``,
+the ``Closed`` exception and ``is_disconnect`` (``geopresence.shell.framing``). It is the
+only server module that imports a WebSocket library (tests/test_architecture.py checks it).
 
 **Shape.** One task per connection reads (``receive``: one ``receive_some``, every message
 it completes); nothing else runs per connection. Writes are synchronous: ``write_frames``
@@ -39,6 +39,8 @@ from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
+from geopresence.shell.framing import Closed, is_disconnect, text_frame
+
 RECEIVE_BYTES: Final = 65536
 """Bytes asked of the stream per read."""
 
@@ -51,45 +53,6 @@ _QUIET = logging.getLogger("geopresence.transport")
 """websockets logs every connection opened and closed at INFO: kept below our log level."""
 _QUIET.setLevel(logging.WARNING)
 _QUIET.propagate = True
-
-
-class Closed(Exception):
-    """The connection is closed or closing: nothing more can be received.
-
-    ``code`` is the close code (the peer's, or ours if we closed first), None if unknown."""
-
-    def __init__(self, code: int | None) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-def is_disconnect(exc: BaseException) -> bool:
-    """True if ``exc`` (or every exception in a group) is just a peer going away."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(is_disconnect(e) for e in exc.exceptions)
-    return isinstance(
-        exc,
-        Closed | trio.BrokenResourceError | trio.ClosedResourceError | ConnectionError,
-    )
-
-
-_TEXT_FIN: Final = 0x81
-"""FIN bit and the text opcode: the first byte of every frame ``text_frame`` makes."""
-
-
-def text_frame(payload: bytes) -> bytes:
-    """``payload`` (UTF-8 JSON) as one unmasked server text frame. No extension is ever
-    negotiated, so a frame is the same for every connection: fan-out frames it once.
-
-    The header is built here rather than by websockets' ``Frame.serialize`` (0.7 µs per
-    frame, against 0.13 µs): RFC 6455 §5.2's length forms are three cases, and the tests
-    hold it to websockets' own parser for every length boundary."""
-    n = len(payload)
-    if n < 126:
-        return bytes((_TEXT_FIN, n)) + payload
-    if n < 65536:
-        return bytes((_TEXT_FIN, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((_TEXT_FIN, 127)) + n.to_bytes(8, "big") + payload
 
 
 def _always() -> bool:
