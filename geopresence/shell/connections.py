@@ -1,24 +1,18 @@
-"""The connections (shell): the hub's ``Sink`` and the life of each connection.
+"""The connections (shell): the hub's ``Sink``.
 
-``Connections`` is the Sink side: the table of live sessions, each with its bounded
-``Outbox``; ``send`` queues and marks the connection dirty, ``flush`` writes every dirty
-connection with one non-blocking write each (no task switch per delivery), ``close`` asks
-for a close after what is queued, and a full queue makes the client a slow consumer (4008).
-It also keeps the drain bookkeeping the shutdown waits on.
-
-``ConnectionHandler`` runs one connection in one task: the opening handshake and hello
-(``shell.handshake``), then reads batches of frames, hands them to the hub and flushes what
-they produced. The hub never awaits, so one slow client can only ever fill its own bounded
-queue. Everything WebSocket-specific is behind ``shell.transport``.
+``Connections`` is the table of live sessions, each with its bounded ``Outbox``; ``send``
+queues and marks the connection dirty, ``flush`` writes every dirty connection with one
+non-blocking write each (no task switch per delivery), ``close`` asks for a close after
+what is queued, and a full queue makes the client a slow consumer (4008). It also keeps the
+drain bookkeeping the shutdown waits on. Each connection's life is
+``shell.connection_handler``'s.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import attrs
@@ -26,19 +20,12 @@ import trio
 
 from geopresence.config import Config
 from geopresence.core.broker import ConnId
-from geopresence.core.hub import Hub
-from geopresence.shell.handshake import Handshake, Hello
 from geopresence.shell.metrics import Metrics
-from geopresence.shell.transport import Closed, Connection, accept, is_disconnect, text_frame
-from geopresence.wire.client_messages import ClientMessage
-from geopresence.wire.errors import CLOSE_GOING_AWAY, CLOSE_SLOW_CONSUMER, ProtocolError
+from geopresence.shell.transport import Connection, text_frame
+from geopresence.wire.errors import CLOSE_SLOW_CONSUMER
 from geopresence.wire.outbox import Outbox, Outgoing
-from geopresence.wire.protocol import decode
 
 log = logging.getLogger("geopresence")
-
-TRACEBACK_INTERVAL = 60.0
-"""Seconds between two logged tracebacks of failed connection tasks (the rest are counted)."""
 
 
 @attrs.define(eq=False)
@@ -207,222 +194,3 @@ class Connections:
         while self.by_id or self.greeting:
             self._drained = trio.Event()
             await self._drained.wait()
-
-
-class ConnectionHandler:
-    """Serves each transport stream, from the opening handshake to the close.
-
-    ``deadline_moved`` is called after each message the hub handled (the reaper's O(1)
-    check); ``stopping`` tells whether a graceful shutdown has begun."""
-
-    def __init__(
-        self,
-        config: Config,
-        metrics: Metrics,
-        hub: Hub,
-        connections: Connections,
-        handshake: Handshake,
-        now: Callable[[], float],
-        *,
-        deadline_moved: Callable[[], None],
-        stopping: Callable[[], bool],
-    ) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._hub = hub
-        self._connections = connections
-        self._handshake = handshake
-        self._now = now
-        self._deadline_moved = deadline_moved
-        self._stopping = stopping
-        self.nursery: trio.Nursery | None = None
-        """Where connections' drain tasks run (the server's connection nursery)."""
-        self.later: Callable[[ConnId, ClientMessage], bool] | None = None
-        """Several nodes: takes a message answered after a Redis read (``ClusterAnswers``)."""
-        self._last_traceback = -math.inf  # time.monotonic() of the last logged traceback
-        self._tracebacks_suppressed = 0
-
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one transport stream (TCP or in-memory) as a WebSocket session."""
-        config = self._config
-        assert self.nursery is not None, "the server is not running"
-        try:
-            request = None
-            with trio.move_on_after(config.hello_timeout):
-                # A drain task, when the connection needs one, runs in the server's nursery
-                # (a nursery per connection would cost a kilobyte each) and ends when the
-                # stream is closed below.
-                request = await accept(
-                    self.nursery, stream, max_message_size=config.max_message_bytes
-                )
-            ws = None if request is None else self._handshake.accept_request(request)
-            if ws is not None:
-                try:
-                    await self._session(ws)
-                finally:
-                    ws.start_close()  # a bug or the shutdown's cancellation: say goodbye
-            if request is not None:
-                # Let what is written go out (a refusal's error and close frame), bounded.
-                with trio.move_on_after(config.close_timeout) as cleanup:
-                    cleanup.shield = True
-                    await request.flushed()
-        except Exception as exc:
-            # Whatever one connection does, the server and other connections go on.
-            if is_disconnect(exc):
-                log.debug("connection ended: %r", exc)
-            else:
-                self._metrics.connection_failures += 1
-                self._log_bug("connection task failed")
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    def _log_bug(self, what: str) -> None:
-        """Log the exception being handled (a bug, not a peer going away) with its
-        traceback, at most once per ``TRACEBACK_INTERVAL``: a peer that repeats whatever
-        triggers it must not fill the log. Callers count every occurrence in a metric."""
-        now = time.monotonic()
-        if now - self._last_traceback < TRACEBACK_INTERVAL:
-            self._tracebacks_suppressed += 1
-            return
-        suppressed, self._tracebacks_suppressed = self._tracebacks_suppressed, 0
-        self._last_traceback = now
-        log.exception("%s (%d more errors since the last traceback logged)", what, suppressed)
-
-    async def _greet(self, ws: Connection) -> Hello | None:
-        if self._stopping():
-            # Accepted while shutting down: tell it to go elsewhere at once.
-            self._handshake.close_quietly(ws, CLOSE_GOING_AWAY)
-            with trio.move_on_after(self._config.close_timeout):
-                await ws.close()
-            return None
-        connections = self._connections
-        connections.greeting.add(ws)  # until then a drain closes it (1001)
-        try:
-            hello = await self._handshake.read_hello(ws)
-            if hello is None or not await self._handshake.hold_in_cluster(ws, hello.user):
-                return None
-            return hello
-        finally:
-            connections.greeting.discard(ws)
-            connections.settled()
-
-    async def _session(self, ws: Connection) -> None:
-        hello = await self._greet(ws)  # with several nodes, its user's friends are held
-        if hello is None:
-            return
-        user = hello.user
-        if self._stopping() or not ws.open:
-            self._handshake.released_in_cluster(user)
-            return
-        try:
-            await self._serve_session(ws, hello)
-        finally:
-            self._handshake.released_in_cluster(user)
-
-    async def _serve_session(self, ws: Connection, hello: Hello) -> None:
-        user, device, request_id = hello.user, hello.device, hello.request_id
-        hub = self._hub
-        connections = self._connections
-        c = connections.open(ws)
-        conn = c.conn
-        viewing = False
-        try:
-            await self._handshake.alive_in_cluster(user, device)
-            async with self._handshake.covering_in_cluster(user):
-                hub.open_session(conn, user, device, self._now(), request_id)
-            log.debug("conn %d: session opened: user %s, device %s", conn, user, device)
-            viewing = True
-            await self._handshake.view_in_cluster(user)
-            self._deadline_moved()
-            ws.admit_ping = lambda: (
-                c.close_request is None and hub.admit(c.conn, self._now(), answer=False)
-            )
-            with trio.CancelScope() as scope:
-                c.scope = scope
-                if c.close_request is not None:  # closed while opening (e.g. replaced)
-                    scope.deadline = trio.current_time() + self._config.close_timeout
-                self._handle_batch(c, hello.rest)
-                await self._reader(ws, c)
-        finally:
-            connections.forget(conn)
-            hub.close_session(conn)
-            if viewing:
-                self._handshake.left_cluster(user)
-            if log.isEnabledFor(logging.DEBUG):
-                code = ws.close_code
-                if code is None and c.close_request is not None:
-                    code = c.close_request[0]
-                log.debug(
-                    "conn %d: session closed: user %s, device %s, close code %s",
-                    conn, user, device, 1006 if code is None else int(code),
-                )  # fmt: skip
-
-    async def _reader(self, ws: Connection, c: OpenConnection) -> None:
-        """Hand each batch of frames to the hub, then write what it produced."""
-        while True:
-            try:
-                frames = await ws.receive()
-            except Closed:
-                self._handshake.count_1009(ws)
-                return
-            self._handle_batch(c, frames)
-
-    def _handle_batch(self, c: OpenConnection, frames: list[str | bytes]) -> None:
-        if not frames:
-            return
-        # ``Connections.batch``, inline: this runs for every read of every connection.
-        connections = self._connections
-        connections.holding = True
-        try:
-            if len(frames) > 1:
-                self._handle_several(c, frames)
-            elif c.close_request is None:  # closing: what the peer says now is not read
-                self._handle(c, frames[0])
-        finally:
-            connections.holding = False
-            connections.flush()
-
-    def _handle_several(self, c: OpenConnection, frames: list[str | bytes]) -> None:
-        # Frames read at once (a client running ahead of the server): of consecutive moves,
-        # only the newest reaches friends (``Nearby.defer_moves``).
-        nearby = self._hub.nearby
-        nearby.defer_moves()
-        try:
-            for frame in frames:
-                if c.close_request is not None:
-                    return  # closing: what the peer says now is not read
-                self._handle(c, frame)
-        finally:
-            try:
-                nearby.show_moves()
-            except Exception:
-                # A bug must cost one reply, never the server or another client.
-                self._log_bug(f"conn {c.conn}: internal error showing its moves")
-                self._hub.reply_error(c.conn, ProtocolError("internal", "internal error"))
-
-    def _handle(self, c: OpenConnection, frame: str | bytes) -> None:
-        hub = self._hub
-        self._metrics.messages_in += 1
-        now = self._now()
-        try:
-            message = decode(frame)
-        except ProtocolError as exc:
-            hub.activity(c.conn, now)
-            if hub.admit(c.conn, now, exc.re):
-                hub.reply_error(c.conn, exc)
-            return
-        if not hub.admit(c.conn, now, getattr(message, "id", None)):
-            hub.activity(c.conn, now)
-            return
-        try:
-            if self.later is not None and self.later(c.conn, message):
-                return
-            hub.handle(c.conn, message, now)
-            self._deadline_moved()
-        except Exception:
-            # A bug must cost one reply, never the server or another client.
-            self._log_bug(f"conn {c.conn}: internal error handling {type(message).__name__}")
-            hub.reply_error(
-                c.conn,
-                ProtocolError("internal", "internal error", getattr(message, "id", None)),
-            )

@@ -28,7 +28,8 @@ from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
 from geopresence.shell.cluster_answers import ClusterAnswers
-from geopresence.shell.connections import ConnectionHandler, Connections
+from geopresence.shell.connection_handler import ConnectionHandler
+from geopresence.shell.connections import Connections
 from geopresence.shell.durability import Durability
 from geopresence.shell.forgets import Forgets
 from geopresence.shell.handshake import WS_PATH, Handshake
