@@ -1,10 +1,11 @@
 """How long a node of several takes to load the shared state as it starts (issue 17).
 
 A starting node reads what it keeps of the whole population from Redis (``load_state``):
-every user's presence status, every user's settings that differ from the defaults, every
-group and every stored chat message. This seeds a Redis (standalone or a 3-master Cluster)
-with ``--users`` users, each with a presence hash, one in five with settings, one group per
-100 users and ``--messages`` 1:1 messages, then times ``load_state`` into a fresh hub.
+every user's settings that differ from the defaults, every group and every stored chat
+message (statuses no longer: a node reads those its sessions need). This seeds a Redis
+(standalone or a 3-master Cluster) with ``--users`` users, each with a presence hash (which
+a starting node now leaves alone), one in five with settings, one group per 100 users and
+``--messages`` 1:1 messages, then times ``load_state`` into a fresh hub.
 
     python -m benchmarks.node_start --users 100000 --messages 100000 --redis standalone,cluster
 """
