@@ -15,7 +15,9 @@ meanwhile arrives on a channel, or is in what is read. A status no channel here 
 more is dropped (``released``); an answer about anyone else reads Redis first (``read``,
 laid over the kept statuses with ``Statuses.overlay``). Pub/sub is at most once: when a
 connection to Redis was lost, or a Cluster moved channels, the statuses those channels carry
-are read again (``resync``).
+are read again (``resync``). A group's change (members, size, deletion) changes which of
+its members its channel carries: those no longer carried are dropped, the new ones read
+(``regroup``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ log = logging.getLogger("geopresence.redis")
 
 GROUP_PREFIX = group_channel("")
 
+COVERING_ROUNDS = 5
+"""Passes of ``covering`` at most: a friendship or group made during one adds a pass."""
+
 
 class Covered:
     """The statuses this node keeps, read and dropped as its channels come and go."""
@@ -51,7 +56,15 @@ class Covered:
         self._broker = broker
         self._hub = hub
         self._resync_users: set[str] = set()
+        self._regroup: set[str] = set()
+        self._missing: set[str] = set()
+        self._announce_later: set[str] = set()
+        """Users a session opened without (Redis failed as it opened): read, then told."""
+        """Users a group's channel carries now whose statuses could not be read yet."""
         self._resync_queued = trio.Event()
+        self._group_carried: dict[str, set[str]] = {}
+        """Per small group whose channel this node listens to: the members whose statuses
+        it was taken to carry (a member removed since is dropped through it)."""
 
     # ---------------------------------------------------------------- which channels
 
@@ -98,33 +111,58 @@ class Covered:
         are in place). Open the session inside the block: its own subscriptions keep the
         channels after it. Raises if Redis does not answer (the channels are let go)."""
         broker = self._broker
-        channels = self.channels_of(user)
-        for channel in channels:
-            broker.hold(channel)
+        held: list[str] = []
+        covered = False
         try:
-            await broker.subscribed()
-            await self.read_missing(self.carried_by(channels))
+            for _ in range(COVERING_ROUNDS):
+                # Again after each read: a friendship or group made meanwhile adds channels.
+                # The last pass finds none new, and the session opens with no await after it.
+                wanted = set(held)
+                channels = [c for c in self.channels_of(user) if c not in wanted]
+                if not channels:
+                    break
+                for channel in channels:
+                    broker.hold(channel)
+                    held.append(channel)
+                await broker.subscribed()
+                await self.read_missing(self.carried_by(channels))
+            for channel in held:
+                self._note_group(channel)
+            covered = True
             yield
         finally:
-            for channel in channels:
+            if not covered:  # Redis failed or was too slow: the session opens without them
+                statuses = self._hub.statuses
+                later = {u for u in self.carried_by(held) if not statuses.holds(u)}
+                self._announce_later |= later  # once read, told like transitions
+                self._resync_queued.set()
+            for channel in held:
                 broker.release(channel)
 
     async def read_missing(self, users: Collection[str]) -> None:
-        """Read the statuses of those of ``users`` not kept here yet (their channels are
-        listened to already: the caller waited for ``subscribed``)."""
+        """Read and keep the statuses of those of ``users`` not kept here yet (their channels
+        are listened to already: the caller waited for ``subscribed``). Nothing is told: no
+        connection here was shown a status this node did not keep."""
         statuses = self._hub.statuses
         missing = sorted(u for u in users if not statuses.holds(u))
         if missing:
-            self._apply(await read_statuses(self._client, self._keys, missing))
+            read = await read_statuses(self._client, self._keys, missing)
+            for user, (status, last_active_at, version) in read.items():
+                if self.covers(user):  # not let go meanwhile (nobody would keep it current)
+                    statuses.set_status(user, status, last_active_at, version)
 
     def _apply(self, read: dict[str, Held]) -> None:
-        """Keep what was read for the users still covered (a channel let go meanwhile would
-        leave a status nobody keeps current); a newer one than kept is told like a
-        transition, to the connections here that missed it."""
+        """Keep what was read again for the users still covered; a newer status than kept
+        is told like a transition, to the connections here that missed it."""
         hub = self._hub
         for user, (status, last_active_at, version) in read.items():
             if self.covers(user):
                 hub.announce_presence(PresenceSet(user, status, last_active_at, version))
+
+    def _note_group(self, channel: str) -> None:
+        if channel.startswith(GROUP_PREFIX):
+            group = channel[len(GROUP_PREFIX) :]
+            self._group_carried[group] = self.carried_by([channel])
 
     def announced(self, transition: PresenceSet) -> None:
         """A transition was announced here (decided here, or heard on a channel): a status
@@ -135,10 +173,36 @@ class Covered:
 
     def released(self, channel: str) -> None:
         """This node no longer listens to ``channel``: drop the statuses it alone carried."""
+        carried = self.carried_by([channel])
+        if channel.startswith(GROUP_PREFIX):
+            carried |= self._group_carried.pop(channel[len(GROUP_PREFIX) :], set())
+        self._drop_uncovered(carried)
+
+    def _drop_uncovered(self, users: Iterable[str]) -> None:
         statuses = self._hub.statuses
-        for user in self.carried_by([channel]):
+        for user in users:
             if statuses.holds(user) and not self.covers(user):
                 statuses.drop(user)
+
+    def regroup(self, group: str) -> None:
+        """``group``'s members or size changed, or it was deleted (here or on another
+        node): its channel may carry other members' transitions now (``run``)."""
+        self._regroup.add(group)
+        self._resync_queued.set()
+
+    def _regrouped(self, groups: set[str]) -> set[str]:
+        """Drop the statuses the groups' channels no longer carry; returns the members they
+        carry now, to read."""
+        wanted: set[str] = set()
+        for group in groups:
+            channel = group_channel(group)
+            before = self._group_carried.pop(group, set())
+            now = self.carried_by([channel]) if self._broker.subscribers(channel) else set()
+            if now:
+                self._group_carried[group] = now
+            self._drop_uncovered(before - now)
+            wanted |= now - before
+        return wanted
 
     # ---------------------------------------------------------------- answers and gaps
 
@@ -153,20 +217,29 @@ class Covered:
         self._resync_queued.set()
 
     async def run(self) -> None:
-        """Read again what ``resync`` asked for, once the subscriptions are back."""
+        """Read again what ``resync`` and ``regroup`` asked for, once the subscriptions
+        are in place."""
         while True:
             await self._resync_queued.wait()
             self._resync_queued = trio.Event()
             await self._broker.subscribed()
             users, self._resync_users = self._resync_users, set()
+            missing, self._missing = self._missing | self._regrouped(self._take_groups()), set()
             statuses = self._hub.statuses
-            wanted = sorted(u for u in users if statuses.holds(u))
-            if not wanted:
-                continue
+            wanted = sorted({u for u in users if statuses.holds(u)} | self._announce_later)
+            self._announce_later = set()
             try:
-                self._apply(await read_statuses(self._client, self._keys, wanted))
+                if missing:
+                    await self.read_missing(missing)
+                if wanted:
+                    self._apply(await read_statuses(self._client, self._keys, wanted))
             except Exception as exc:  # Redis unreachable: try again
-                log.warning("could not read %d statuses again (%s); retrying", len(wanted), exc)
-                self._resync_users.update(wanted)
+                log.warning("could not read statuses (%s); retrying", exc)
+                self._announce_later.update(wanted)
+                self._missing |= missing
                 self._resync_queued.set()
                 await trio.sleep(1.0)
+
+    def _take_groups(self) -> set[str]:
+        groups, self._regroup = self._regroup, set()
+        return groups

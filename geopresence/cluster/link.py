@@ -68,7 +68,14 @@ from geopresence.core.replication import (
 )
 from geopresence.core.statuses import Held
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, Record
+from geopresence.model.records import (
+    Befriended,
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    Record,
+)
 
 log = logging.getLogger("geopresence.redis")
 
@@ -206,10 +213,16 @@ class ClusterLink:
 
     def _on_record(self, record: Record) -> None:
         """A record this node journals: a friendship made here (``Views``), a change the
-        reads in flight must not miss (``FriendSlices``)."""
+        reads in flight must not miss (``FriendSlices``), a group changed (``Covered``)."""
         assert self._views is not None and self.slices is not None
         self._views.on_record(record)
         self.slices.made_here(record)
+        self._regroup(record)
+
+    def _regroup(self, op: FeedOp) -> None:
+        if isinstance(op, GroupSet | GroupDeleted | MemberAdded | MemberRemoved):
+            assert self._covered is not None
+            self._covered.regroup(op.group)
 
     def _on_feed(self, op: FeedOp) -> None:
         if isinstance(op, PresenceSet):  # from a version that put transitions on the feed
@@ -226,6 +239,7 @@ class ClusterLink:
         if isinstance(op, ChatMessage) and self._watermarks is not None:
             self._watermarks.chat_at = trio.current_time()
         self._hub.apply_feed(op, self._now())
+        self._regroup(op)
 
     # ---------------------------------------------------------------- what the node holds
 

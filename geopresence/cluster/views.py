@@ -4,8 +4,9 @@ Locations are not replicated to every node. A node reads the location of a user 
 online friends as the user's session opens (``open``; moves arrive on the users' channels
 from then on), forgets one when no session here listens to its channel any more
 (``released``), and reads a new friend's when a friendship is made, here or on another node
-(``befriended``), so that the friend shows at once rather than at its next move (and, if no
-session here was its friend, its status: ``geopresence.cluster.covered``).
+(``befriended``), so that the friend shows at once rather than at its next move; a new
+friend whose status no session here needed has its ``friends_presence`` sent once that
+status is read (``geopresence.cluster.covered``).
 """
 
 from __future__ import annotations
@@ -106,19 +107,21 @@ class Views:
             self._new_friendships_queued = trio.Event()
             pairs, self._new_friendships = self._new_friendships, []
             await self._broker.subscribed()  # moves and transitions from now on reach here
-            new_friends = {
-                friend
-                for a, b in pairs
-                for viewer, friend in ((a, b), (b, a))
-                if hub.sessions.has_connections(viewer)
-            }
+            # New friends whose status this node did not keep: their friends_presence waits
+            # for it (``Membership.unshown_friends``), read here, then goes out.
+            membership = hub.membership
+            unshown, membership.unshown_friends = membership.unshown_friends, []
             try:
-                # Whether a new friend is online: its status was not kept here if no session
-                # here was its friend (its friend_added said offline; a transition follows).
-                await self._read_statuses(new_friends)
-            except Exception as exc:  # Redis unreachable: its next transition tells
-                log.warning("could not read %d new friends' statuses: %s", len(new_friends), exc)
+                await self._read_statuses({friend for _, friend in unshown})
+            except Exception as exc:  # Redis unreachable: told as offline, corrected later
+                log.warning("could not read %d new friends' statuses: %s", len(unshown), exc)
             now = self._now()
+            told: dict[str, list[str]] = {}
+            for viewer, friend in unshown:
+                if hub.store.are_friends(viewer, friend):  # not ended meanwhile
+                    told.setdefault(viewer, []).append(friend)
+            for viewer, friends in told.items():
+                membership.tell_new_friends(viewer, friends, now)
             wanted = {
                 friend
                 for a, b in pairs

@@ -98,6 +98,10 @@ class Membership:
         self.friends = friends
         self.strangers = strangers
         self.groups = groups
+        self.unshown_friends: list[tuple[str, str]] = []
+        """Several nodes: (viewer, new friend) pairs whose ``friends_presence`` waits for
+        the friend's status, which this node did not keep: the cluster reads it, then
+        calls ``tell_new_friends`` (an ``offline`` there would be a flap once read)."""
 
     # ---------------------------------------------------------------- friendships
 
@@ -137,20 +141,29 @@ class Membership:
                         for conn in conns:
                             sessions.broker.subscribe(user_channel(friend), conn)
         finally:
-            status = self.statuses.friend_status
+            known = self.statuses.known
             for user, friends in new_friends.items():
-                # Seal each friend's pending presence: an event queued earlier must not be
-                # replaced by a later one that would then arrive before this snapshot.
-                snapshot = Outgoing(
-                    encode(FriendsPresence(friends=[status(f, now) for f in friends])),
-                    seals=tuple(key for f in friends for key in keys_about(f)),
-                )
-                for conn in sessions.live_connections(user):
-                    sessions.sink.send(conn, snapshot)
+                self.unshown_friends.extend((user, f) for f in friends if not known(f))
+                self.tell_new_friends(user, [f for f in friends if known(f)], now)
             for a, b in created:
                 self.strangers.on_friendship_added(a, b)
                 self.friends.on_friendship_added(a, b, now)
         return len(created)
+
+    def tell_new_friends(self, user: str, friends: list[str], now: float) -> None:
+        """Send ``user``'s live connections one ``friends_presence`` of its new ``friends``."""
+        if not friends:
+            return
+        status = self.statuses.friend_status
+        # Seal each friend's pending presence: an event queued earlier must not be replaced
+        # by a later one that would then arrive before this snapshot.
+        snapshot = Outgoing(
+            encode(FriendsPresence(friends=[status(f, now) for f in friends])),
+            seals=tuple(key for f in friends for key in keys_about(f)),
+        )
+        sessions = self.sessions
+        for conn in sessions.live_connections(user):
+            sessions.sink.send(conn, snapshot)
 
     def _befriend(self, a: str, b: str) -> bool:
         if a == b:

@@ -76,6 +76,11 @@ class Statuses:
         """How many cluster-wide statuses this node keeps."""
         return len(self._statuses)
 
+    def known(self, user: str) -> bool:
+        """True if this node can answer ``user``'s status itself: always with one node; with
+        several, if it keeps it."""
+        return not self.clustered or user in self._statuses
+
     def holds(self, user: str) -> bool:
         """True if this node keeps ``user``'s cluster-wide status."""
         return user in self._statuses
@@ -88,10 +93,11 @@ class Statuses:
         saved = {user: self._statuses.get(user) for user in read}
         try:
             for user, held in read.items():
-                if user not in self._forgotten:
-                    current = saved[user]
-                    if current is None or current[2] < held[2]:
-                        self._statuses[user] = held
+                if user in self._forgotten and held[0] == "offline":
+                    continue  # the forget's own offline (as ``set_status``)
+                current = saved[user]
+                if current is None or current[2] < held[2]:
+                    self._statuses[user] = held
             yield
         finally:
             for user, before in saved.items():

@@ -14,6 +14,7 @@ from geopresence.core.broker import MemoryBroker
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import PresenceSet
 from geopresence.core.store import MemoryStore
+from tests.cluster.test_views import GatedRedis
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_server
 
@@ -34,6 +35,7 @@ class Listening:
 
     def __init__(self, broker: MemoryBroker) -> None:
         self.broker = broker
+        self.on_released: Any = None
 
     def subscribers(self, channel: str) -> Any:
         return self.broker.subscribers(channel)
@@ -46,9 +48,18 @@ class Listening:
 
     def release(self, channel: str) -> None:
         self.broker.unsubscribe(channel, -1)
+        if not self.broker.subscribers(channel) and self.on_released is not None:
+            self.on_released(channel)
 
 
-def hub_with_bob() -> tuple[Hub, RecordingSink, MemoryBroker]:
+def covered_by(client: Any, keys: Keys, hub: Hub, broker: MemoryBroker) -> Covered:
+    listening = Listening(broker)
+    covered = Covered(client, keys, listening, hub)  # type: ignore[arg-type]
+    listening.on_released = covered.released
+    return covered
+
+
+def hub_with_bob(**settings: Any) -> tuple[Hub, RecordingSink, MemoryBroker]:
     sink = RecordingSink()
     holder: list[MemoryBroker] = []
 
@@ -61,7 +72,9 @@ def hub_with_bob() -> tuple[Hub, RecordingSink, MemoryBroker]:
         return holder[0]
 
     store = MemoryStore()
-    hub = Hub(HubSettings(), store, sink, replicator=QuietReplicator(), broker_factory=broker)
+    hub = Hub(
+        HubSettings(**settings), store, sink, replicator=QuietReplicator(), broker_factory=broker
+    )
     hub.membership.add_friendships([("alice", "bob")], NOW)
     hub.open_session(1, "bob", "phone", now=NOW)
     sink.take(1)
@@ -106,3 +119,132 @@ async def test_a_status_no_channel_carries_is_dropped() -> None:
             hub.announce_presence(other)
             covered.announced(other)
             assert not hub.statuses.holds("zoe")
+
+
+async def test_a_friendship_made_while_a_session_is_covered_is_covered_too() -> None:
+    """The statuses are read once the subscriptions are in place; a friend made during that
+    read adds a pass, so the session opens knowing every friend's status."""
+    hub, _, broker = hub_with_bob()
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            for user in ("carol", "dave"):
+                await client.hset(keys.of("presence", user), {"status": "online", "v": "3"})
+            hub.membership.add_friendships([("erin", "carol")], NOW)
+            redis = GatedRedis(client)
+            covered = covered_by(redis, keys, hub, broker)
+            async with trio.open_nursery() as nursery:
+
+                async def open_erin() -> None:
+                    async with covered.covering("erin"):
+                        # What open_session reads: every friend's status, dave's included.
+                        assert hub.statuses.is_online("carol")
+                        assert hub.statuses.is_online("dave")
+
+                nursery.start_soon(open_erin)
+                await redis.waiting.wait()  # carol's status is being read...
+                hub.membership.add_friendships([("erin", "dave")], NOW)  # ...as dave is made
+                redis.gate.set()
+    assert not hub.statuses.holds("dave")  # nobody here listens to dave once erin's gone
+
+
+async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
+    hub, _, broker = hub_with_bob(presence_fanout_limit=3)
+    hub.set_group("g", ["bob", "carol", "dave"])
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            for user in ("carol", "dave", "erin"):
+                await client.hset(keys.of("presence", user), {"status": "online", "v": "2"})
+            covered = covered_by(client, keys, hub, broker)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(covered.run)
+                async with covered.covering("bob"):
+                    pass  # bob's connection (1) listens to group:g from its session
+                assert hub.statuses.holds("carol") and hub.statuses.holds("dave")
+
+                async def settled() -> None:
+                    covered.regroup("g")
+                    await trio.sleep(0.2)
+
+                hub.remove_member("g", "dave")  # dave's transitions no longer come here
+                await settled()
+                assert not hub.statuses.holds("dave") and hub.statuses.holds("carol")
+                hub.add_member("g", "erin")  # erin's do
+                await settled()
+                assert hub.statuses.is_online("erin")
+                hub.add_member("g", "frank")  # 4 > 3: no co-member presence any more
+                await settled()
+                assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
+                hub.remove_member("g", "frank")  # small again
+                await settled()
+                assert hub.statuses.holds("carol") and hub.statuses.holds("erin")
+                hub.delete_group("g")
+                await settled()
+                assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
+                nursery.cancel_scope.cancel()
+
+
+def test_a_new_friend_s_presence_waits_for_its_status_to_be_read() -> None:
+    """With several nodes, a new friend whose status this node does not keep is not shown
+    ``offline`` (a flap once it is read): its friends_presence goes out once read."""
+    hub, sink, _ = hub_with_bob()
+    hub.membership.add_friendships([("bob", "carol")], NOW)
+    assert sink.take(1, "friends_presence") == []
+    assert hub.membership.unshown_friends == [("bob", "carol")]
+    hub.statuses.set_status("carol", "online", NOW - 5, 4)  # what the cluster read
+    hub.membership.tell_new_friends("bob", ["carol"], NOW)
+    [snapshot] = sink.take(1, "friends_presence")
+    assert [(f["user"], f["status"]) for f in snapshot["friends"]] == [("carol", "online")]
+
+
+def test_a_forgotten_user_back_online_is_answered_online() -> None:
+    hub, _, _ = hub_with_bob()
+    hub.statuses.forget("zed")
+    with hub.statuses.overlay({"zed": ("offline", NOW, 3)}):  # the forget's own logout
+        assert hub.statuses.status_of("zed", NOW)[0] == "offline"
+    with hub.statuses.overlay({"zed": ("online", NOW, 4)}):  # back, on another node
+        assert hub.statuses.status_of("zed", NOW)[0] == "online"
+    assert not hub.statuses.holds("zed")
+
+
+class FailingOnce(GatedRedis):
+    """A client whose first pipeline fails (Redis unreachable for a moment)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(client)
+        self.gate.set()
+        self.failed = False
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("redis went away")
+        return super().pipeline(**kwargs)
+
+
+async def test_a_session_opened_without_its_friends_statuses_is_told_them_once_read() -> None:
+    hub, sink, broker = hub_with_bob()
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "2"})
+            hub.membership.add_friendships([("erin", "carol")], NOW)
+            covered = covered_by(FailingOnce(client), keys, hub, broker)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(covered.run)
+                try:
+                    async with covered.covering("erin"):
+                        raise AssertionError("covered without Redis")
+                except ConnectionError:
+                    pass
+                hub.open_session(2, "erin", "phone", now=NOW)  # as the shell does
+                [hello] = sink.take(2, "friends_presence")
+                assert [(f["user"], f["status"]) for f in hello["friends"]] == [
+                    ("carol", "offline")
+                ]
+                with trio.fail_after(5):
+                    while not hub.statuses.is_online("carol"):
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    assert [(f["user"], f["status"]) for f in sink.take(2, "presence")] == [("carol", "online")]

@@ -52,9 +52,14 @@ async def test_a_node_keeps_the_statuses_its_sessions_need_and_no_other(
                         # Node b hears alice's transitions on her channel (not on the feed).
                         await admin_a.logout("alice")
                         await expect(bob, "presence", user="alice", status="offline")
-                        # A friend made on another node, online there: shown online on b.
+                        # A friend made on another node, online there: one friends_presence
+                        # once node b has read carol's status, never "offline" first.
                         await admin_a.befriend("bob", "carol")
-                        await expect(bob, "presence", user="carol", status="online")
+                        frame = await bob.recv_type("friends_presence", "presence")
+                        assert frame["type"] == "friends_presence", frame
+                        assert [(f["user"], f["status"]) for f in frame["friends"]] == [
+                            ("carol", "online")
+                        ]
                     await trio.sleep(0.3)
                     # bob gone: node b drops the statuses only he needed.
                     assert _gauge(await admin_b.metrics(), "statuses_kept") == 0

@@ -136,6 +136,11 @@ class Node:
     def _feed(self, op: FeedOp) -> None:
         for other in self.cluster.others(self.hub):
             other.apply_feed(op, self.cluster.now)
+            # A new friend's status this node did not keep: the cluster reads it, then tells
+            # (here every status is on every node: there is nothing to read).
+            unshown, other.membership.unshown_friends = other.membership.unshown_friends, []
+            for viewer, friend in unshown:
+                other.membership.tell_new_friends(viewer, [friend], self.cluster.now)
 
     def take(self, conn: ConnId) -> list[dict[str, Any]]:
         return self.sink.take(conn)
