@@ -162,7 +162,9 @@ class Covered:
     def _note_group(self, channel: str) -> None:
         if channel.startswith(GROUP_PREFIX):
             group = channel[len(GROUP_PREFIX) :]
-            self._group_carried[group] = self.carried_by([channel])
+            # Merged: a member removed whose regroup is still queued must stay to be dropped.
+            carried = self._group_carried.get(group, set())
+            self._group_carried[group] = carried | self.carried_by([channel])
 
     def announced(self, transition: PresenceSet) -> None:
         """A transition was announced here (decided here, or heard on a channel): a status

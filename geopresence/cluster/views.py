@@ -110,18 +110,26 @@ class Views:
             # New friends whose status this node did not keep: their friends_presence waits
             # for it (``Membership.unshown_friends``), read here, then goes out.
             membership = hub.membership
-            unshown, membership.unshown_friends = membership.unshown_friends, []
+            unshown = list(membership.unshown_friends)
             try:
                 await self._read_statuses({friend for _, friend in unshown})
-            except Exception as exc:  # Redis unreachable: told as offline, corrected later
+            except Exception as exc:  # Redis unreachable: the snapshots wait, read again
                 log.warning("could not read %d new friends' statuses: %s", len(unshown), exc)
+                self._new_friendships[:0] = pairs
+                self._new_friendships_queued.set()
+                await trio.sleep(1.0)
+                continue
+            # What a transition did not tell meanwhile (``Membership.tell_waiting``).
+            waiting = set(membership.unshown_friends)
+            unshown = [pair for pair in unshown if pair in waiting]
+            membership.unshown_friends = [p for p in membership.unshown_friends if p not in unshown]
             now = self._now()
-            told: dict[str, list[str]] = {}
+            told: dict[str, dict[str, None]] = {}  # in order, each friend once
             for viewer, friend in unshown:
                 if hub.store.are_friends(viewer, friend):  # not ended meanwhile
-                    told.setdefault(viewer, []).append(friend)
+                    told.setdefault(viewer, {})[friend] = None
             for viewer, friends in told.items():
-                membership.tell_new_friends(viewer, friends, now)
+                membership.tell_new_friends(viewer, list(friends), now)
             wanted = {
                 friend
                 for a, b in pairs

@@ -143,8 +143,10 @@ class Membership:
         finally:
             known = self.statuses.known
             for user, friends in new_friends.items():
-                self.unshown_friends.extend((user, f) for f in friends if not known(f))
-                self.tell_new_friends(user, [f for f in friends if known(f)], now)
+                if all(known(f) for f in friends):
+                    self.tell_new_friends(user, friends, now)
+                else:  # one friends_presence for the call, once every status is known
+                    self.unshown_friends.extend((user, f) for f in friends)
             for a, b in created:
                 self.strangers.on_friendship_added(a, b)
                 self.friends.on_friendship_added(a, b, now)
@@ -164,6 +166,18 @@ class Membership:
         sessions = self.sessions
         for conn in sessions.live_connections(user):
             sessions.sink.send(conn, snapshot)
+
+    def tell_waiting(self, friend: str, now: float) -> None:
+        """``friend``'s status just became known here (a transition): the viewers whose
+        ``friends_presence`` of it waits get theirs now, before the transition's event."""
+        waiting = [(viewer, f) for viewer, f in self.unshown_friends if f == friend]
+        if not waiting:
+            return
+        self.unshown_friends = [pair for pair in self.unshown_friends if pair[1] != friend]
+        store = self.state.users
+        for viewer in dict.fromkeys(viewer for viewer, _ in waiting):
+            if store.are_friends(viewer, friend):
+                self.tell_new_friends(viewer, [friend], now)
 
     def _befriend(self, a: str, b: str) -> bool:
         if a == b:

@@ -85,6 +85,8 @@ class Replica:
         """
         t = transition
         if self.statuses.set_status(t.user, t.status, t.last_active_at, t.version):
+            if self.membership.unshown_friends:  # a new friend's snapshot goes first
+                self.membership.tell_waiting(t.user, t.last_active_at or 0.0)
             with self.fanout.scoped("local"):
                 self.lifecycle.publish_presence(PresenceChange(t.user, t.status, t.last_active_at))
 

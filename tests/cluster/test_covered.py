@@ -10,6 +10,7 @@ import trio
 
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.views import Views
 from geopresence.core.broker import MemoryBroker
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import PresenceSet
@@ -248,3 +249,117 @@ async def test_a_session_opened_without_its_friends_statuses_is_told_them_once_r
                         await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
     assert [(f["user"], f["status"]) for f in sink.take(2, "presence")] == [("carol", "online")]
+
+
+# ---------------------------------------------------------------- from a second review
+
+
+def views_of(client: Any, keys: Keys, hub: Any, broker: Any, covered: Covered) -> Views:
+    listening: Any = Listening(broker)
+    return Views(client, keys, listening, hub, lambda: NOW, covered.read_missing)
+
+
+async def test_a_presence_for_a_new_friend_arrives_before_its_friends_presence() -> None:
+    hub, sink, broker = hub_with_bob()
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "5"})
+            redis = GatedRedis(client)
+            covered = covered_by(redis, keys, hub, broker)
+            views = views_of(redis, keys, hub, broker, covered)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(views.run)
+                hub.membership.add_friendships([("bob", "carol")], NOW)
+                views.befriended("bob", "carol")  # as ClusterLink._on_record does
+                await redis.waiting.wait()  # carol's status is being read...
+                # ...as her next transition arrives on user:carol (bob's conn listens).
+                t = PresenceSet("carol", "offline", NOW, 6)
+                hub.announce_presence(t)
+                covered.announced(t)
+                redis.gate.set()
+                await trio.sleep(0.3)
+                nursery.cancel_scope.cancel()
+    kinds = [f["type"] for f in sink.take(1, "presence", "friends_presence")]
+    assert kinds == ["friends_presence", "presence"], kinds
+
+
+async def test_removed_and_made_again_lists_the_friend_once() -> None:
+    hub, sink, broker = hub_with_bob()
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "5"})
+            covered = covered_by(client, keys, hub, broker)
+            views = views_of(client, keys, hub, broker, covered)
+            hub.membership.add_friendships([("bob", "carol")], NOW)
+            hub.membership.remove_friendship("bob", "carol")
+            hub.membership.add_friendships([("bob", "carol")], NOW)
+            views.befriended("bob", "carol")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(views.run)
+                await trio.sleep(0.3)
+                nursery.cancel_scope.cancel()
+    frames = sink.take(1, "friend_removed", "friends_presence")
+    [fp] = [f for f in frames if f["type"] == "friends_presence"]
+    assert [f["user"] for f in fp["friends"]] == ["carol"], fp
+
+
+async def test_a_new_friend_s_status_that_could_not_be_read_is_read_again() -> None:
+    hub, sink, broker = hub_with_bob()
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "5"})
+            redis = FailingOnce(client)
+            covered = covered_by(redis, keys, hub, broker)
+            views = views_of(redis, keys, hub, broker, covered)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(covered.run)
+                nursery.start_soon(views.run)
+                hub.membership.add_friendships([("bob", "carol")], NOW)
+                views.befriended("bob", "carol")
+                await trio.sleep(2.5)
+                nursery.cancel_scope.cancel()
+    frames = sink.take(1, "presence", "friends_presence")
+    last: dict[str, str] = {}
+    for f in frames:
+        for s in f.get("friends", [f]):
+            last[s["user"]] = s["status"]
+    assert last.get("carol") == "online", frames  # she is online in Redis, v5
+
+
+def test_a_bulk_import_sends_one_friends_presence_per_connection() -> None:
+    hub, sink, _ = hub_with_bob()
+    hub.statuses.set_status("carol", "online", NOW, 2)  # known here (say, a group)
+    hub.membership.add_friendships([("bob", "carol"), ("bob", "dave")], NOW)
+    hub.membership.tell_new_friends(
+        "bob", [f for _, f in hub.membership.unshown_friends], NOW
+    )  # what Views.run does once dave's status is read
+    frames = sink.take(1, "friends_presence")
+    assert len(frames) == 1, frames  # PROTOCOL: "one per connection with all of them"
+
+
+async def test_a_member_removed_while_another_session_opens_is_still_dropped() -> None:
+    hub, _, broker = hub_with_bob(presence_fanout_limit=4)
+    hub.set_group("g", ["bob", "carol", "dave", "erin"])
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            for user in ("carol", "dave", "erin"):
+                await client.hset(keys.of("presence", user), {"status": "online", "v": "2"})
+            covered = covered_by(client, keys, hub, broker)
+            async with covered.covering("bob"):
+                pass  # bob's conn (1) listens to group:g
+            assert hub.statuses.holds("dave")
+            hub.remove_member("g", "dave")
+            covered.regroup("g")  # as ClusterLink._on_record does; run has not had its turn
+            async with covered.covering("erin"):  # erin's session opens meanwhile
+                hub.open_session(2, "erin", "phone", now=NOW)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(covered.run)
+                await trio.sleep(0.3)
+                nursery.cancel_scope.cancel()
+            # No channel here carries dave's transitions: his status is not kept current.
+            assert not covered.covers("dave")
+            assert not hub.statuses.holds("dave")
