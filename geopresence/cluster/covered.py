@@ -43,6 +43,9 @@ log = logging.getLogger("geopresence.redis")
 
 GROUP_PREFIX = group_channel("")
 
+NEVER_ONLINE: Held = ("offline", None, 0)
+"""What a user without a presence hash in Redis is kept as (any transition is newer)."""
+
 COVERING_ROUNDS = 5
 """Passes of ``covering`` at most: a friendship or group made during one adds a pass."""
 
@@ -111,6 +114,7 @@ class Covered:
         are in place). Open the session inside the block: its own subscriptions keep the
         channels after it. Raises if Redis does not answer (the channels are let go)."""
         broker = self._broker
+        statuses = self._hub.statuses
         held: list[str] = []
         covered = False
         try:
@@ -121,11 +125,15 @@ class Covered:
                 channels = [c for c in self.channels_of(user) if c not in wanted]
                 if not channels:
                     break
+                listened = all(broker.subscribers(c) for c in channels)
                 for channel in channels:
                     broker.hold(channel)
                     held.append(channel)
+                carried = self.carried_by(channels)
+                if listened and all(statuses.holds(u) for u in carried):
+                    continue  # kept current already: nothing to wait for or read
                 await broker.subscribed()
-                await self.read_missing(self.carried_by(channels))
+                await self.read_missing(carried)
             for channel in held:
                 self._note_group(channel)
             covered = True
@@ -147,8 +155,10 @@ class Covered:
         missing = sorted(u for u in users if not statuses.holds(u))
         if missing:
             read = await read_statuses(self._client, self._keys, missing)
-            for user, (status, last_active_at, version) in read.items():
+            for user in missing:
                 if self.covers(user):  # not let go meanwhile (nobody would keep it current)
+                    # Never online: offline at version 0, so that it is not read again.
+                    status, last_active_at, version = read.get(user, NEVER_ONLINE)
                     statuses.set_status(user, status, last_active_at, version)
 
     def _apply(self, read: dict[str, Held]) -> None:
