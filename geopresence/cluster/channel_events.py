@@ -21,7 +21,7 @@ import orjson
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import PresenceSet
+from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
@@ -94,13 +94,7 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
     if isinstance(event, ChatEvent):
         return {"k": "chat", "message": record_to_json(event.message)}
     if isinstance(event, PresenceSet):
-        return {
-            "k": "presence",
-            "user": event.user,
-            "status": event.status,
-            "last": event.last_active_at,
-            "v": event.version,
-        }
+        return {"k": "presence", "op": feed_to_json(event)}  # as the feed carried it
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -131,12 +125,10 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         message = record_from_json(data["message"])
         return ChatEvent(message)  # type: ignore[arg-type]
     if kind == "presence":
-        status, last = data["status"], data["last"]
-        if status not in ("online", "offline"):
-            raise ValueError(f"bad status {status!r}")
-        return PresenceSet(
-            str(data["user"]), status, None if last is None else float(last), int(data["v"])
-        )
+        op = feed_from_json(data["op"])
+        if not isinstance(op, PresenceSet):
+            raise ValueError("not a presence transition")
+        return op
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

@@ -47,7 +47,7 @@ def test_chat_events_round_trip() -> None:
 
 
 def test_malformed_envelopes_are_errors() -> None:
-    bad_status = b'{"k":"presence","user":"a","status":"away","last":null,"v":1}'
+    bad_status = b'{"k":"presence","op":{"t":"presence","u":"a","s":"away","l":null,"v":1}}'
     for data in (
         b"{}",
         b"[]",

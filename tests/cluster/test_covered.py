@@ -3,6 +3,8 @@ missed a transition has its statuses read again, and a newer one reaches the con
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import coredis
@@ -58,6 +60,17 @@ def covered_by(client: Any, keys: Keys, hub: Hub, broker: MemoryBroker) -> Cover
     covered = Covered(client, keys, listening, hub)  # type: ignore[arg-type]
     listening.on_released = covered.released
     return covered
+
+
+@asynccontextmanager
+async def online_in_redis(**versions: int) -> AsyncIterator[tuple[Any, Keys]]:
+    """A client of a fresh Redis where each user named is online at its version."""
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("gp")
+            for user, version in versions.items():
+                await client.hset(keys.of("presence", user), {"status": "online", "v": version})
+            yield client, keys
 
 
 def hub_with_bob(**settings: Any) -> tuple[Hub, RecordingSink, MemoryBroker]:
@@ -226,28 +239,23 @@ class FailingOnce(GatedRedis):
 
 async def test_a_session_opened_without_its_friends_statuses_is_told_them_once_read() -> None:
     hub, sink, broker = hub_with_bob()
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "2"})
-            hub.membership.add_friendships([("erin", "carol")], NOW)
-            covered = covered_by(FailingOnce(client), keys, hub, broker)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(covered.run)
-                try:
-                    async with covered.covering("erin"):
-                        raise AssertionError("covered without Redis")
-                except ConnectionError:
-                    pass
-                hub.open_session(2, "erin", "phone", now=NOW)  # as the shell does
-                [hello] = sink.take(2, "friends_presence")
-                assert [(f["user"], f["status"]) for f in hello["friends"]] == [
-                    ("carol", "offline")
-                ]
-                with trio.fail_after(5):
-                    while not hub.statuses.is_online("carol"):
-                        await trio.sleep(0.01)
-                nursery.cancel_scope.cancel()
+    async with online_in_redis(carol=2) as (client, keys):
+        hub.membership.add_friendships([("erin", "carol")], NOW)
+        covered = covered_by(FailingOnce(client), keys, hub, broker)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.run)
+            try:
+                async with covered.covering("erin"):
+                    raise AssertionError("covered without Redis")
+            except ConnectionError:
+                pass
+            hub.open_session(2, "erin", "phone", now=NOW)  # as the shell does
+            [hello] = sink.take(2, "friends_presence")
+            assert [(f["user"], f["status"]) for f in hello["friends"]] == [("carol", "offline")]
+            with trio.fail_after(5):
+                while not hub.statuses.is_online("carol"):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
     assert [(f["user"], f["status"]) for f in sink.take(2, "presence")] == [("carol", "online")]
 
 
@@ -261,45 +269,39 @@ def views_of(client: Any, keys: Keys, hub: Any, broker: Any, covered: Covered) -
 
 async def test_a_presence_for_a_new_friend_arrives_before_its_friends_presence() -> None:
     hub, sink, broker = hub_with_bob()
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "5"})
-            redis = GatedRedis(client)
-            covered = covered_by(redis, keys, hub, broker)
-            views = views_of(redis, keys, hub, broker, covered)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(views.run)
-                hub.membership.add_friendships([("bob", "carol")], NOW)
-                views.befriended("bob", "carol")  # as ClusterLink._on_record does
-                await redis.waiting.wait()  # carol's status is being read...
-                # ...as her next transition arrives on user:carol (bob's conn listens).
-                t = PresenceSet("carol", "offline", NOW, 6)
-                hub.announce_presence(t)
-                covered.announced(t)
-                redis.gate.set()
-                await trio.sleep(0.3)
-                nursery.cancel_scope.cancel()
+    async with online_in_redis(carol=5) as (client, keys):
+        redis = GatedRedis(client)
+        covered = covered_by(redis, keys, hub, broker)
+        views = views_of(redis, keys, hub, broker, covered)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(views.run)
+            hub.membership.add_friendships([("bob", "carol")], NOW)
+            views.befriended("bob", "carol")  # as ClusterLink._on_record does
+            await redis.waiting.wait()  # carol's status is being read...
+            # ...as her next transition arrives on user:carol (bob's conn listens).
+            t = PresenceSet("carol", "offline", NOW, 6)
+            hub.announce_presence(t)
+            covered.announced(t)
+            redis.gate.set()
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel()
     kinds = [f["type"] for f in sink.take(1, "presence", "friends_presence")]
     assert kinds == ["friends_presence", "presence"], kinds
 
 
 async def test_removed_and_made_again_lists_the_friend_once() -> None:
     hub, sink, broker = hub_with_bob()
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "5"})
-            covered = covered_by(client, keys, hub, broker)
-            views = views_of(client, keys, hub, broker, covered)
-            hub.membership.add_friendships([("bob", "carol")], NOW)
-            hub.membership.remove_friendship("bob", "carol")
-            hub.membership.add_friendships([("bob", "carol")], NOW)
-            views.befriended("bob", "carol")
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(views.run)
-                await trio.sleep(0.3)
-                nursery.cancel_scope.cancel()
+    async with online_in_redis(carol=5) as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        views = views_of(client, keys, hub, broker, covered)
+        hub.membership.add_friendships([("bob", "carol")], NOW)
+        hub.membership.remove_friendship("bob", "carol")
+        hub.membership.add_friendships([("bob", "carol")], NOW)
+        views.befriended("bob", "carol")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(views.run)
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel()
     frames = sink.take(1, "friend_removed", "friends_presence")
     [fp] = [f for f in frames if f["type"] == "friends_presence"]
     assert [f["user"] for f in fp["friends"]] == ["carol"], fp
@@ -307,20 +309,17 @@ async def test_removed_and_made_again_lists_the_friend_once() -> None:
 
 async def test_a_new_friend_s_status_that_could_not_be_read_is_read_again() -> None:
     hub, sink, broker = hub_with_bob()
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            await client.hset(keys.of("presence", "carol"), {"status": "online", "v": "5"})
-            redis = FailingOnce(client)
-            covered = covered_by(redis, keys, hub, broker)
-            views = views_of(redis, keys, hub, broker, covered)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(covered.run)
-                nursery.start_soon(views.run)
-                hub.membership.add_friendships([("bob", "carol")], NOW)
-                views.befriended("bob", "carol")
-                await trio.sleep(2.5)
-                nursery.cancel_scope.cancel()
+    async with online_in_redis(carol=5) as (client, keys):
+        redis = FailingOnce(client)
+        covered = covered_by(redis, keys, hub, broker)
+        views = views_of(redis, keys, hub, broker, covered)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.run)
+            nursery.start_soon(views.run)
+            hub.membership.add_friendships([("bob", "carol")], NOW)
+            views.befriended("bob", "carol")
+            await trio.sleep(2.5)
+            nursery.cancel_scope.cancel()
     frames = sink.take(1, "presence", "friends_presence")
     last: dict[str, str] = {}
     for f in frames:

@@ -84,8 +84,11 @@ def start_node(
 
 
 @contextmanager
-def cluster_of(kind: str, count: int, workdir: Path) -> Iterator[tuple[list[Node], list[str]]]:
-    """``count`` nodes on a fresh standalone Redis or 3-master Redis Cluster."""
+def cluster_of(
+    kind: str, count: int, workdir: Path, *extra: str
+) -> Iterator[tuple[list[Node], list[str]]]:
+    """``count`` nodes on a fresh standalone Redis or 3-master Redis Cluster, each given the
+    flags ``extra``."""
     with ExitStack() as stack:
         if kind == "standalone":
             port = stack.enter_context(redis_server())
@@ -96,7 +99,7 @@ def cluster_of(kind: str, count: int, workdir: Path) -> Iterator[tuple[list[Node
         nodes: list[Node] = []
         try:
             for node_id in range(1, count + 1):
-                nodes.append(start_node(args, node_id, workdir))
+                nodes.append(start_node(args, node_id, workdir, *extra))
             yield nodes, args
         finally:
             for node in nodes:

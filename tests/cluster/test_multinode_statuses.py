@@ -3,31 +3,20 @@ users' (and small groups') channels, not the feed. Real ``geopresence serve`` no
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.cluster.test_multinode import _gauge, expect, session, start_node
-from tests.redis_server import redis_cluster, redis_server
+from tests.cluster.test_multinode import _gauge, cluster_of, expect, session
 
 
 @pytest.mark.parametrize("kind", ["standalone", "cluster"])
 async def test_a_node_keeps_the_statuses_its_sessions_need_and_no_other(
     kind: str, tmp_path: Path
 ) -> None:
-    with ExitStack() as stack:
-        if kind == "standalone":
-            args = ["--redis", f"redis://127.0.0.1:{stack.enter_context(redis_server())}/0"]
-        else:
-            ports = stack.enter_context(redis_cluster())
-            args = ["--redis-cluster", ",".join(f"127.0.0.1:{p}" for p in ports)]
-        # Groups of more than 2 members get no co-member presence events.
-        a = start_node(args, 1, tmp_path, "--presence-fanout-limit", "2")
-        b = start_node(args, 2, tmp_path, "--presence-fanout-limit", "2")
-        stack.callback(b.proc.terminate)
-        stack.callback(a.proc.terminate)
+    # Groups of more than 2 members get no co-member presence events.
+    with cluster_of(kind, 2, tmp_path, "--presence-fanout-limit", "2") as ((a, b), _):
         async with a.admin() as admin_a, b.admin() as admin_b:
             await admin_a.befriend("alice", "bob")
             await admin_a.set_group("big", ["alice", "carol", "dave"])
