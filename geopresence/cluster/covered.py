@@ -17,7 +17,7 @@ laid over the kept statuses with ``Statuses.overlay``). Pub/sub is at most once:
 connection to Redis was lost, or a Cluster moved channels, the statuses those channels carry
 are read again (``resync``). A group's change (members, size, deletion) changes which of
 its members its channel carries: those no longer carried are dropped, the new ones read
-(``regroup``).
+(``changed``).
 """
 
 from __future__ import annotations
@@ -31,17 +31,16 @@ import trio
 
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_statuses
-from geopresence.core.broker import group_channel, user_channel, user_of_channel
-from geopresence.core.replication import PresenceSet
+from geopresence.core.broker import group_channel, group_of_channel, user_channel, user_of_channel
+from geopresence.core.replication import FeedOp, PresenceSet
 from geopresence.core.statuses import Held
+from geopresence.model.records import GroupDeleted, GroupSet, MemberAdded, MemberRemoved
 
 if TYPE_CHECKING:
     from geopresence.cluster.redis_broker import RedisBroker
     from geopresence.core.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
-
-GROUP_PREFIX = group_channel("")
 
 NEVER_ONLINE: Held = ("offline", None, 0)
 """What a user without a presence hash in Redis is kept as (any transition is newer)."""
@@ -61,9 +60,9 @@ class Covered:
         self._resync_users: set[str] = set()
         self._regroup: set[str] = set()
         self._missing: set[str] = set()
+        """Users a group's channel carries now whose statuses could not be read yet."""
         self._announce_later: set[str] = set()
         """Users a session opened without (Redis failed as it opened): read, then told."""
-        """Users a group's channel carries now whose statuses could not be read yet."""
         self._resync_queued = trio.Event()
         self._group_carried: dict[str, set[str]] = {}
         """Per small group whose channel this node listens to: the members whose statuses
@@ -71,30 +70,25 @@ class Covered:
 
     # ---------------------------------------------------------------- which channels
 
-    def _small(self, group: str) -> bool:
-        members = self._hub.store.group_members(group)
-        return members is not None and len(members) <= self._hub.settings.presence_fanout_limit
-
     def channels_of(self, user: str) -> list[str]:
         """The channels a session of ``user`` hears transitions on: its friends' and its
         small groups'."""
         store = self._hub.store
         channels = [user_channel(friend) for friend in store.friends_of(user)]
-        channels.extend(group_channel(g) for g in store.groups_of(user) if self._small(g))
+        small = self._hub.lifecycle.carries_presence
+        channels.extend(group_channel(g) for g in store.groups_of(user) if small(g))
         return channels
 
     def carried_by(self, channels: Iterable[str]) -> set[str]:
         """The users whose transitions ``channels`` carry."""
         users: set[str] = set()
+        small = self._hub.lifecycle.carries_presence
         for channel in channels:
-            if channel.startswith(GROUP_PREFIX):
-                group = channel[len(GROUP_PREFIX) :]
-                if self._small(group):
-                    users.update(self._hub.store.group_members(group) or ())
-            else:
-                user = user_of_channel(channel)
-                if user is not None:
-                    users.add(user)
+            user, group = user_of_channel(channel), group_of_channel(channel)
+            if user is not None:
+                users.add(user)
+            elif group is not None and small(group):
+                users.update(self._hub.store.group_members(group) or ())
         return users
 
     def covers(self, user: str) -> bool:
@@ -102,8 +96,9 @@ class Covered:
         listening = self._broker.subscribers
         if listening(user_channel(user)):
             return True
-        store = self._hub.store
-        return any(listening(group_channel(g)) and self._small(g) for g in store.groups_of(user))
+        small = self._hub.lifecycle.carries_presence
+        groups = self._hub.store.groups_of(user)
+        return any(listening(group_channel(g)) and small(g) for g in groups)
 
     # ---------------------------------------------------------------- keeping statuses
 
@@ -140,7 +135,6 @@ class Covered:
             yield
         finally:
             if not covered:  # Redis failed or was too slow: the session opens without them
-                statuses = self._hub.statuses
                 later = {u for u in self.carried_by(held) if not statuses.holds(u)}
                 self._announce_later |= later  # once read, told like transitions
                 self._resync_queued.set()
@@ -170,8 +164,8 @@ class Covered:
                 hub.announce_presence(PresenceSet(user, status, last_active_at, version))
 
     def _note_group(self, channel: str) -> None:
-        if channel.startswith(GROUP_PREFIX):
-            group = channel[len(GROUP_PREFIX) :]
+        group = group_of_channel(channel)
+        if group is not None:
             # Merged: a member removed whose regroup is still queued must stay to be dropped.
             carried = self._group_carried.get(group, set())
             self._group_carried[group] = carried | self.carried_by([channel])
@@ -186,8 +180,9 @@ class Covered:
     def released(self, channel: str) -> None:
         """This node no longer listens to ``channel``: drop the statuses it alone carried."""
         carried = self.carried_by([channel])
-        if channel.startswith(GROUP_PREFIX):
-            carried |= self._group_carried.pop(channel[len(GROUP_PREFIX) :], set())
+        group = group_of_channel(channel)
+        if group is not None:
+            carried |= self._group_carried.pop(group, set())
         self._drop_uncovered(carried)
 
     def _drop_uncovered(self, users: Iterable[str]) -> None:
@@ -196,9 +191,14 @@ class Covered:
             if statuses.holds(user) and not self.covers(user):
                 statuses.drop(user)
 
+    def changed(self, op: FeedOp) -> None:
+        """A change made here or on another node: one of a group's (members, size, deletion)
+        changes which members its channel carries (``run``)."""
+        if isinstance(op, GroupSet | GroupDeleted | MemberAdded | MemberRemoved):
+            self.regroup(op.group)
+
     def regroup(self, group: str) -> None:
-        """``group``'s members or size changed, or it was deleted (here or on another
-        node): its channel may carry other members' transitions now (``run``)."""
+        """``group``'s channel may carry other members' transitions now (``run``)."""
         self._regroup.add(group)
         self._resync_queued.set()
 
@@ -236,7 +236,8 @@ class Covered:
             self._resync_queued = trio.Event()
             await self._broker.subscribed()
             users, self._resync_users = self._resync_users, set()
-            missing, self._missing = self._missing | self._regrouped(self._take_groups()), set()
+            groups, self._regroup = self._regroup, set()
+            missing, self._missing = self._missing | self._regrouped(groups), set()
             statuses = self._hub.statuses
             wanted = sorted({u for u in users if statuses.holds(u)} | self._announce_later)
             self._announce_later = set()
@@ -251,7 +252,3 @@ class Covered:
                 self._missing |= missing
                 self._resync_queued.set()
                 await trio.sleep(1.0)
-
-    def _take_groups(self) -> set[str]:
-        groups, self._regroup = self._regroup, set()
-        return groups

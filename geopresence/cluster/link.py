@@ -68,14 +68,7 @@ from geopresence.core.replication import (
 )
 from geopresence.core.statuses import Held
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import (
-    Befriended,
-    GroupDeleted,
-    GroupSet,
-    MemberAdded,
-    MemberRemoved,
-    Record,
-)
+from geopresence.model.records import Befriended, Record
 
 log = logging.getLogger("geopresence.redis")
 
@@ -217,12 +210,8 @@ class ClusterLink:
         assert self._views is not None and self.slices is not None
         self._views.on_record(record)
         self.slices.made_here(record)
-        self._regroup(record)
-
-    def _regroup(self, op: FeedOp) -> None:
-        if isinstance(op, GroupSet | GroupDeleted | MemberAdded | MemberRemoved):
-            assert self._covered is not None
-            self._covered.regroup(op.group)
+        assert self._covered is not None
+        self._covered.changed(record)
 
     def _on_feed(self, op: FeedOp) -> None:
         if isinstance(op, PresenceSet):  # from a version that put transitions on the feed
@@ -239,7 +228,8 @@ class ClusterLink:
         if isinstance(op, ChatMessage) and self._watermarks is not None:
             self._watermarks.chat_at = trio.current_time()
         self._hub.apply_feed(op, self._now())
-        self._regroup(op)
+        assert self._covered is not None
+        self._covered.changed(op)
 
     # ---------------------------------------------------------------- what the node holds
 
@@ -267,9 +257,10 @@ class ClusterLink:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
         offline: out of its strangers' cell in Redis, and out of the watchers' views."""
         assert self._hub is not None
-        self.strangers.went_offline(user, raw)
         lat, lon = orjson.loads(raw)[:2]
-        self._hub.strangers.went_offline_at(user, Location(lat, lon, 0.0))
+        last = Location(lat, lon, 0.0)
+        self.strangers.went_offline(user, last)
+        self._hub.strangers.went_offline_at(user, last)
 
     def _released(self, channel: str) -> None:
         """No connection here listens to ``channel`` any more."""
@@ -291,10 +282,6 @@ class ClusterLink:
         """Every friendship of ``users`` held here for the block (``FriendSlices``)."""
         assert self.slices is not None, "the link is not running"
         return self.slices.holding(users)
-
-    def hub_statuses_kept(self) -> int:
-        """Cluster-wide statuses this node keeps (``Covered``), for metrics."""
-        return 0 if self._hub is None else self._hub.statuses.kept
 
     def covering(self, user: str) -> AbstractAsyncContextManager[None]:
         """For the block: the statuses a session of ``user`` needs are kept here

@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Set
 from typing import Any, Final
 
-import orjson
 import trio
 
 from geopresence.cluster.presence_scripts import sha1
@@ -227,14 +226,13 @@ class RedisStrangers:
         for old in cells_of_index(cell):
             self._queue(("leave", old, user, None, 0.0))
 
-    def went_offline(self, user: str, raw: bytes) -> None:
-        """``user``, last at ``raw`` (its ``gp:loc:{U}``), went offline: take it out of its
+    def went_offline(self, user: str, last: Location) -> None:
+        """``user``, last at ``last`` (its ``gp:loc:{U}``), went offline: take it out of its
         cell, also when the node that listed it is dead (its own ``left`` never comes).
         Nothing for a user not visible to strangers (nothing listed it)."""
         if not self.visible(user):
             return
-        lat, lon = orjson.loads(raw)[:2]
-        spot = snap(Location(lat, lon, 0.0))
+        spot = snap(last)
         self._queue(("leave", cell_name(spot.lat, spot.lon), user, None, 0.0))
 
     def search(

@@ -119,17 +119,9 @@ class Views:
                 self._new_friendships_queued.set()
                 await trio.sleep(1.0)
                 continue
-            # What a transition did not tell meanwhile (``Membership.tell_waiting``).
-            waiting = set(membership.unshown_friends)
-            unshown = [pair for pair in unshown if pair in waiting]
-            membership.unshown_friends = [p for p in membership.unshown_friends if p not in unshown]
+            # Those a transition did not tell meanwhile (``Membership.tell_waiting``).
             now = self._now()
-            told: dict[str, dict[str, None]] = {}  # in order, each friend once
-            for viewer, friend in unshown:
-                if hub.store.are_friends(viewer, friend):  # not ended meanwhile
-                    told.setdefault(viewer, {})[friend] = None
-            for viewer, friends in told.items():
-                membership.tell_new_friends(viewer, list(friends), now)
+            membership.tell_unshown(unshown, now)
             wanted = {
                 friend
                 for a, b in pairs

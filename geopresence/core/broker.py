@@ -32,10 +32,18 @@ def user_of_channel(channel: str) -> str | None:
     return channel[len(_USER_PREFIX) :] if channel.startswith(_USER_PREFIX) else None
 
 
+_GROUP_PREFIX = "group:"
+
+
 def group_channel(group: str) -> str:
     """The channel of a group's members: chat messages, and co-members' presence while the
     group is small enough for presence fan-out."""
-    return f"group:{group}"
+    return _GROUP_PREFIX + group
+
+
+def group_of_channel(channel: str) -> str | None:
+    """The group whose ``group_channel`` this is (None: another kind of channel)."""
+    return channel[len(_GROUP_PREFIX) :] if channel.startswith(_GROUP_PREFIX) else None
 
 
 def inbox_channel(user: str) -> str:

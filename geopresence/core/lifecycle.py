@@ -239,14 +239,15 @@ class Lifecycle:
     def presence_channels(self, user: str) -> list[str]:
         """Where ``user``'s transitions go: its own channel (its friends) and those of its
         groups of at most ``presence_fanout_limit`` members."""
-        channels = [user_channel(user)]
-        limit = self.settings.presence_fanout_limit
-        store = self.state.users
-        for group in store.groups_of(user):
-            members = store.group_members(group)
-            if members is not None and len(members) <= limit:
-                channels.append(group_channel(group))
-        return channels
+        groups = self.state.users.groups_of(user)
+        small = [group_channel(g) for g in groups if self.carries_presence(g)]
+        return [user_channel(user), *small]
+
+    def carries_presence(self, group: str) -> bool:
+        """True if ``group``'s channel carries its members' transitions: it exists and has at
+        most ``presence_fanout_limit`` members (bigger groups ask: group_presence)."""
+        members = self.state.users.group_members(group)
+        return members is not None and len(members) <= self.settings.presence_fanout_limit
 
     def publish_presence(self, change: PresenceChange) -> None:
         """Publish ``user``'s transition to its friends and to the co-members of its groups

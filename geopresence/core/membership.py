@@ -8,7 +8,7 @@ features that keep per-friend or per-member state (nearby friends, nearby strang
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable
 from typing import Final, Protocol
 
 from geopresence.core.acks import Acks
@@ -170,14 +170,21 @@ class Membership:
     def tell_waiting(self, friend: str, now: float) -> None:
         """``friend``'s status just became known here (a transition): the viewers whose
         ``friends_presence`` of it waits get theirs now, before the transition's event."""
-        waiting = [(viewer, f) for viewer, f in self.unshown_friends if f == friend]
-        if not waiting:
-            return
-        self.unshown_friends = [pair for pair in self.unshown_friends if pair[1] != friend]
-        store = self.state.users
-        for viewer in dict.fromkeys(viewer for viewer, _ in waiting):
-            if store.are_friends(viewer, friend):
-                self.tell_new_friends(viewer, [friend], now)
+        self.tell_unshown([pair for pair in self.unshown_friends if pair[1] == friend], now)
+
+    def tell_unshown(self, pairs: Collection[tuple[str, str]], now: float) -> None:
+        """Send the waiting ``friends_presence`` of those (viewer, friend) ``pairs`` still in
+        ``unshown_friends`` (one per viewer, each friend once, none for a friendship ended
+        meanwhile), and take them out of it."""
+        waiting = set(self.unshown_friends)
+        told: dict[str, dict[str, None]] = {}  # in order, each friend once
+        for viewer, friend in pairs:
+            if (viewer, friend) in waiting and self.state.users.are_friends(viewer, friend):
+                told.setdefault(viewer, {})[friend] = None
+        done = set(pairs)
+        self.unshown_friends = [pair for pair in self.unshown_friends if pair not in done]
+        for viewer, friends in told.items():
+            self.tell_new_friends(viewer, list(friends), now)
 
     def _befriend(self, a: str, b: str) -> bool:
         if a == b:

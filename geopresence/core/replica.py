@@ -45,7 +45,6 @@ from geopresence.model.records import (
 )
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.errors import ProtocolError
-from geopresence.wire.server_messages import Status
 
 
 class Replica:
@@ -105,12 +104,6 @@ class Replica:
             # in id order, held back until no lower id can come (``chat_horizon``).
             with self.fanout.scoped("local"):
                 self.chat.deliver_fed(op)
-
-    def load_status(
-        self, user: str, status: Status, last_active_at: float | None, version: int
-    ) -> None:
-        """Fill the presence replica at start-up (no event is sent)."""
-        self.statuses.set_status(user, status, last_active_at, version)
 
 
 # ---------------------------------------------------------------- another node's change

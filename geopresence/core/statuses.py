@@ -56,15 +56,18 @@ class Statuses:
         self, user: str, status: Status, last_active_at: float | None, version: int
     ) -> bool:
         """Hold ``user``'s cluster-wide status; False if the one held is as new or newer."""
-        if user in self._forgotten:
-            if status == "offline":
-                return False
-            self._forgotten.discard(user)  # back online: a new fact
-        held = self._statuses.get(user)
-        if held is not None and held[2] >= version:
-            return False  # an older transition arriving late
+        if not self._admits(user, status, version, self._statuses.get(user)):
+            return False
+        self._forgotten.discard(user)  # back online: a new fact
         self._statuses[user] = (status, last_active_at, version)
         return True
+
+    def _admits(self, user: str, status: Status, version: int, held: Held | None) -> bool:
+        """Whether ``status`` at ``version`` replaces ``held``: not a forgotten user's offline
+        (its forget's own logout, arriving after it), not an older transition arriving late."""
+        if user in self._forgotten and status == "offline":
+            return False
+        return held is None or held[2] < version
 
     def drop(self, user: str) -> None:
         """No longer keep ``user``'s status (nothing here listens to it any more): an
@@ -93,10 +96,7 @@ class Statuses:
         saved = {user: self._statuses.get(user) for user in read}
         try:
             for user, held in read.items():
-                if user in self._forgotten and held[0] == "offline":
-                    continue  # the forget's own offline (as ``set_status``)
-                current = saved[user]
-                if current is None or current[2] < held[2]:
+                if self._admits(user, held[0], held[2], saved[user]):
                     self._statuses[user] = held
             yield
         finally:

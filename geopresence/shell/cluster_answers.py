@@ -32,7 +32,7 @@ READ_TIMEOUT_S: Final = 5.0
 
 
 class ClusterAnswers:
-    """``later(conn, message, now)``: True if the message is answered here, later."""
+    """``later(conn, message)``: True if the message is answered here, later."""
 
     def __init__(
         self,

@@ -128,6 +128,13 @@ def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
         "Friendships in this node's graph (several nodes: those with a held user at one end).",
         hub.store.friendship_count,
     )
+    if hub.replicator is not None:
+        metrics.gauge(
+            "statuses_kept",
+            "Users whose cluster-wide status this node keeps (its sessions' friends and small "
+            "groups' members).",
+            lambda: hub.statuses.kept,
+        )
     nearby = hub.nearby
     metrics.gauge(
         "locations", "Users with a live location in the cache.", lambda: len(nearby.locations)
@@ -191,11 +198,6 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
         "users_held",
         "Users whose friendships this node holds (a session or request of theirs is here).",
         lambda: len(slices),
-    )
-    metrics.gauge(
-        "statuses_kept",
-        "Users whose cluster-wide status this node keeps (its sessions' friends, small groups).",
-        cluster.hub_statuses_kept,
     )
     metrics.counter(
         "redis_feed_applied_total",

@@ -222,9 +222,9 @@ class Server:
         with trio.move_on_after(self.config.push_timeout):
             try:
                 read = await self.read_statuses((user,))
-                return user in read and read[user][0] == "online"
             except Exception:  # push rather than stay silent
-                pass
+                return False
+            return user in read and read[user][0] == "online"
         return False
 
     async def devices_held(self, user: str) -> set[str]:

@@ -187,7 +187,7 @@ async def test_a_user_not_visible_going_offline_costs_redis_nothing(
 ) -> None:
     strangers, _ = index
     strangers.visible = lambda user: user == "sam"
-    strangers.went_offline("ann", b"[37.5665, 126.978, 1.0, 1.0]")
+    strangers.went_offline("ann", Location(37.5665, 126.978, 1.0))
     assert strangers.pending == 0
-    strangers.went_offline("sam", b"[37.5665, 126.978, 1.0, 1.0]")
+    strangers.went_offline("sam", Location(37.5665, 126.978, 1.0))
     assert strangers.pending == 1
