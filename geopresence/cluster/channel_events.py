@@ -23,7 +23,7 @@ from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
-from geopresence.model.records import record_from_json, record_to_json
+from geopresence.model.records import SettingsChanged, record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
 
 
@@ -47,6 +47,7 @@ ChannelEvent = (
     | ChatEvent
     | Replaced
     | PresenceSet
+    | SettingsChanged
 )
 
 
@@ -95,6 +96,8 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "chat", "message": record_to_json(event.message)}
     if isinstance(event, PresenceSet):
         return {"k": "presence", "op": feed_to_json(event)}  # as the feed carried it
+    if isinstance(event, SettingsChanged):
+        return {"k": "settings", "record": record_to_json(event)}  # as the journal has it
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -129,6 +132,11 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         if not isinstance(op, PresenceSet):
             raise ValueError("not a presence transition")
         return op
+    if kind == "settings":
+        record = record_from_json(data["record"])
+        if not isinstance(record, SettingsChanged):
+            raise ValueError("not a settings change")
+        return record
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

@@ -17,7 +17,8 @@ laid over the kept statuses with ``Statuses.overlay``). Pub/sub is at most once:
 connection to Redis was lost, or a Cluster moved channels, the statuses those channels carry
 are read again (``resync``). A group's change (members, size, deletion) changes which of
 its members its channel carries: those no longer carried are dropped, the new ones read
-(``changed``).
+(``changed``). The settings of the users whose own channels are listened to are read and
+dropped alongside (``KeptSettings``).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_load import read_statuses
+from geopresence.cluster.redis_load import read_kept, read_statuses
 from geopresence.core.broker import group_channel, group_of_channel, user_channel, user_of_channel
 from geopresence.core.replication import FeedOp, PresenceSet
 from geopresence.core.statuses import Held
@@ -52,7 +54,10 @@ COVERING_ROUNDS = 5
 class Covered:
     """The statuses this node keeps, read and dropped as its channels come and go."""
 
-    def __init__(self, client: Any, keys: Keys, broker: RedisBroker, hub: Hub) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, broker: RedisBroker, hub: Hub, settings: KeptSettings
+    ) -> None:
+        self.settings = settings
         self._client = client
         self._keys = keys
         self._broker = broker
@@ -63,6 +68,8 @@ class Covered:
         """Users a group's channel carries now whose statuses could not be read yet."""
         self._announce_later: set[str] = set()
         """Users a session opened without (Redis failed as it opened): read, then told."""
+        self._settings_later: set[str] = set()
+        """Users whose settings a session opened without (Redis failed as it opened)."""
         self._resync_queued = trio.Event()
         self._group_carried: dict[str, set[str]] = {}
         """Per small group whose channel this node listens to: the members whose statuses
@@ -105,9 +112,10 @@ class Covered:
     @contextlib.asynccontextmanager
     async def covering(self, user: str) -> AsyncIterator[None]:
         """For the block: this node listens to the channels of ``user``'s friends and small
-        groups, and keeps the statuses they carry (read from Redis once the subscriptions
-        are in place). Open the session inside the block: its own subscriptions keep the
-        channels after it. Raises if Redis does not answer (the channels are let go)."""
+        groups, and keeps the statuses they carry and the friends' settings (read from Redis
+        once the subscriptions are in place). Open the session inside the block: its own
+        subscriptions keep the channels after it. Raises if Redis does not answer (the
+        channels are let go)."""
         broker = self._broker
         statuses = self._hub.statuses
         held: list[str] = []
@@ -125,7 +133,8 @@ class Covered:
                     broker.hold(channel)
                     held.append(channel)
                 carried = self.carried_by(channels)
-                if listened and all(statuses.holds(u) for u in carried):
+                kept = all(statuses.holds(u) for u in carried)
+                if listened and kept and not self.settings.missing(carried):
                     continue  # kept current already: nothing to wait for or read
                 await broker.subscribed()
                 await self.read_missing(carried)
@@ -137,23 +146,28 @@ class Covered:
             if not covered:  # Redis failed or was too slow: the session opens without them
                 later = {u for u in self.carried_by(held) if not statuses.holds(u)}
                 self._announce_later |= later  # once read, told like transitions
+                self._settings_later |= self.carried_by(held)
                 self._resync_queued.set()
             for channel in held:
                 broker.release(channel)
 
     async def read_missing(self, users: Collection[str]) -> None:
-        """Read and keep the statuses of those of ``users`` not kept here yet (their channels
-        are listened to already: the caller waited for ``subscribed``). Nothing is told: no
-        connection here was shown a status this node did not keep."""
+        """Read and keep the statuses and settings of those of ``users`` not kept here yet
+        (their channels are listened to already: the caller waited for ``subscribed``), in
+        one round trip. Nothing is told: no connection here was shown what this node did not
+        keep."""
         statuses = self._hub.statuses
-        missing = sorted(u for u in users if not statuses.holds(u))
-        if missing:
-            read = await read_statuses(self._client, self._keys, missing)
-            for user in missing:
-                if self.covers(user):  # not let go meanwhile (nobody would keep it current)
-                    # Never online: offline at version 0, so that it is not read again.
-                    status, last_active_at, version = read.get(user, NEVER_ONLINE)
-                    statuses.set_status(user, status, last_active_at, version)
+        missing = sorted(u for u in users if not statuses.holds(u) and self.covers(u))
+        settings = self.settings.missing(users)
+        if not (missing or settings):
+            return
+        read, settings_read = await read_kept(self._client, self._keys, missing, settings)
+        self.settings.keep(settings_read)
+        for user in missing:
+            if self.covers(user):  # not let go meanwhile (nobody would keep it current)
+                # Never online: offline at version 0, so that it is not read again.
+                status, last_active_at, version = read.get(user, NEVER_ONLINE)
+                statuses.set_status(user, status, last_active_at, version)
 
     def _apply(self, read: dict[str, Held]) -> None:
         """Keep what was read again for the users still covered; a newer status than kept
@@ -178,7 +192,11 @@ class Covered:
             self._hub.statuses.drop(transition.user)
 
     def released(self, channel: str) -> None:
-        """This node no longer listens to ``channel``: drop the statuses it alone carried."""
+        """This node no longer listens to ``channel``: drop the statuses it alone carried,
+        and the settings of the user whose channel it is."""
+        user = user_of_channel(channel)
+        if user is not None:
+            self.settings.released(user)
         carried = self.carried_by([channel])
         group = group_of_channel(channel)
         if group is not None:
@@ -241,14 +259,19 @@ class Covered:
             statuses = self._hub.statuses
             wanted = sorted({u for u in users if statuses.holds(u)} | self._announce_later)
             self._announce_later = set()
+            later, self._settings_later = self._settings_later, set()
             try:
                 if missing:
                     await self.read_missing(missing)
                 if wanted:
                     self._apply(await read_statuses(self._client, self._keys, wanted))
+                await self.settings.read_missing(later)
+                await self.settings.reread(users)
             except Exception as exc:  # Redis unreachable: try again
-                log.warning("could not read statuses (%s); retrying", exc)
+                log.warning("could not read statuses or settings (%s); retrying", exc)
                 self._announce_later.update(wanted)
                 self._missing |= missing
+                self._settings_later |= later
+                self._resync_users |= users
                 self._resync_queued.set()
                 await trio.sleep(1.0)

@@ -19,11 +19,11 @@ the hub's replica, then read the feed from that entry on and serve.
 Friendships are on the feed, but a node holds only those of the users it serves
 (``FriendSlices``: read from Redis as a session or request needs them). Locations are not
 on the feed: a node holds the locations its sessions need
-(``geopresence.cluster.views``); moves arrive on the users' channels (``_on_remote`` applies
-them to the cache before the subscribers hear them). Statuses are not on the feed either: a
-node keeps those its sessions need (``geopresence.cluster.covered``). Strangers are searched
-in Redis
-(``RedisStrangers``, the hub's stranger index), not in a grid every node keeps.
+(``geopresence.cluster.views``); moves arrive on the users' channels (``Arrivals`` applies
+them to the cache before the subscribers hear them). Statuses and settings are not on the
+feed either: a node keeps those its sessions need (``geopresence.cluster.covered``,
+``.kept_settings``). Strangers are searched in Redis (``RedisStrangers``, the hub's stranger
+index), not in a grid every node keeps.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
-import orjson
 import trio
 
-from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.arrivals import Arrivals
 from geopresence.cluster.control import Control
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
+from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
@@ -58,8 +58,6 @@ from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import Deliver, inbox_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
-from geopresence.core.locations import Location
-from geopresence.core.nearby import LocationEvent
 from geopresence.core.replication import (
     FeedOp,
     LocationSet,
@@ -67,8 +65,6 @@ from geopresence.core.replication import (
     PresenceSet,
 )
 from geopresence.core.statuses import Held
-from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, Record
 
 log = logging.getLogger("geopresence.redis")
 
@@ -125,7 +121,6 @@ class ClusterLink:
         self._hub: Hub | None = None
         self._watermarks: Watermarks | None = None
         self._clock: Callable[[], float] | None = None
-        self._control: Control | None = None
         self._views: Views | None = None
         self._covered: Covered | None = None
         self.slices: FriendSlices | None = None
@@ -204,69 +199,7 @@ class ClusterLink:
         broker.publish_remote(hub.lifecycle.presence_channels(transition.user), transition)
         covered.announced(transition)
 
-    def _on_record(self, record: Record) -> None:
-        """A record this node journals: a friendship made here (``Views``), a change the
-        reads in flight must not miss (``FriendSlices``), a group changed (``Covered``)."""
-        assert self._views is not None and self.slices is not None
-        self._views.on_record(record)
-        self.slices.made_here(record)
-        assert self._covered is not None
-        self._covered.changed(record)
-
-    def _on_feed(self, op: FeedOp) -> None:
-        if isinstance(op, PresenceSet):  # from a version that put transitions on the feed
-            if self._covered is not None and self._covered.covers(op.user):
-                self._apply_feed(op)
-            return
-        if self.slices is None or self.slices.admit(op):
-            self._apply_feed(op)
-
-    def _apply_feed(self, op: FeedOp) -> None:
-        assert self._hub is not None
-        if isinstance(op, Befriended) and self._views is not None:
-            self._views.befriended(op.a, op.b)
-        if isinstance(op, ChatMessage) and self._watermarks is not None:
-            self._watermarks.chat_at = trio.current_time()
-        self._hub.apply_feed(op, self._now())
-        assert self._covered is not None
-        self._covered.changed(op)
-
     # ---------------------------------------------------------------- what the node holds
-
-    def _on_remote(self, event: object) -> bool:
-        """Another node's event on a channel this node listens to: a friend's (or a local
-        user's own) move updates the location cache before the subscribers are told; a
-        device taken over elsewhere closes here; a transition updates the status kept here
-        and, if newer, is told to this node's connections (True: the broker does not)."""
-        assert self._hub is not None
-        if isinstance(event, PresenceSet):
-            assert self._covered is not None
-            self._hub.announce_presence(event)
-            self._covered.announced(event)
-            return True
-        if isinstance(event, Replaced):
-            if self._control is not None:
-                self._control.on_replaced(event)
-        elif isinstance(event, LocationEvent):
-            where = event.location
-            op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
-            self._hub.apply_feed(op, self._now())
-        return False
-
-    def _went_offline(self, user: str, raw: bytes) -> None:
-        """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
-        offline: out of its strangers' cell in Redis, and out of the watchers' views."""
-        assert self._hub is not None
-        lat, lon = orjson.loads(raw)[:2]
-        last = Location(lat, lon, 0.0)
-        self.strangers.went_offline(user, last)
-        self._hub.strangers.went_offline_at(user, last)
-
-    def _released(self, channel: str) -> None:
-        """No connection here listens to ``channel`` any more."""
-        assert self._views is not None and self._covered is not None
-        self._views.released(channel)
-        self._covered.released(channel)
 
     async def hold(self, users: Collection[str]) -> None:
         """Every friendship of ``users`` held here until ``release`` (``FriendSlices``)."""
@@ -282,6 +215,12 @@ class ClusterLink:
         """Every friendship of ``users`` held here for the block (``FriendSlices``)."""
         assert self.slices is not None, "the link is not running"
         return self.slices.holding(users)
+
+    async def own(self, user: str) -> None:
+        """A session of ``user`` is opening here: its settings are kept here until
+        ``close_view`` (``KeptSettings.own``)."""
+        assert self._covered is not None, "the link is not running"
+        await self._covered.settings.own(user)
 
     def covering(self, user: str) -> AbstractAsyncContextManager[None]:
         """For the block: the statuses a session of ``user`` needs are kept here
@@ -300,7 +239,7 @@ class ClusterLink:
         return await self._views.open(user)
 
     def close_view(self, user: str) -> None:
-        """A session of ``user`` here ended (one ``close_view`` per ``open_view``)."""
+        """A session of ``user`` here ended (one ``close_view`` per ``own``)."""
         if self._views is not None:
             self._views.close(user)
 
@@ -318,7 +257,11 @@ class ClusterLink:
         self.presence.offline_after = hub.settings.offline_after
         self.keys.location_ttl = hub.settings.location_ttl
         self.strangers.location_ttl = hub.settings.location_ttl
-        self.strangers.visible = lambda user: hub.store.get_settings(user).visible_to_strangers
+        store = hub.store
+        # One whose settings this node does not keep: as Redis lists it (its node writes it).
+        self.strangers.visible = lambda user: (
+            not store.settings_kept(user) or store.get_settings(user).visible_to_strangers
+        )
         # A stranger found in Redis is online unless this node knows otherwise: its node
         # takes it out of its cell as it goes offline.
         self.strangers.live = lambda user: (
@@ -326,12 +269,11 @@ class ClusterLink:
             and (hub.statuses.is_online(user) or not hub.statuses.holds(user))
         )
         assert self.broker is not None, "build the hub with make_broker first"
-        self.broker.on_remote = self._on_remote
-        covered = self._covered = Covered(self.client, self.keys, self.broker, hub)
+        settings = KeptSettings(self.client, self.keys, self.broker, hub, self._now)
+        covered = self._covered = Covered(self.client, self.keys, self.broker, hub, settings)
         views = self._views = Views(
             self.client, self.keys, self.broker, hub, self._now, covered.read_missing
         )
-        self.broker.on_released = self._released
         self.broker.on_gap = covered.resync
         self.slices = FriendSlices(
             hub,
@@ -344,6 +286,11 @@ class ClusterLink:
         self.broker.listened = lambda channel: not channel.startswith(INBOX_PREFIX)
         self.journal.on_stored_before = hub.chat.stored_elsewhere
         watermarks = self._watermarks = Watermarks(self.journal, hub, clock, self.lease.lease)
+        arrivals = Arrivals(
+            hub, self.broker, covered, views, self.slices, watermarks, self.strangers, self._now
+        )
+        self.broker.on_remote = arrivals.on_remote
+        self.broker.on_released = arrivals.released
         # Tests only: every Redis write waits this long (a commit slower than its id).
         self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
         async with contextlib.AsyncExitStack() as stack:
@@ -367,15 +314,16 @@ class ClusterLink:
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
                     await nursery.start(self.strangers.run)
-                    self.journal.on_append = self._on_record
+                    self.journal.on_append = arrivals.on_record
+                    self.journal.on_written = arrivals.written
                     control = Control(
                         self.client, self.keys, self.broker, hub, self._incarnation, nursery
                     )
                     control.listen(self.node_id)
                     await self.broker.subscribed()
-                    self._control = control
+                    arrivals.control = control
                     self.presence.on_taken_over = control.taken_over
-                    self.presence.on_offline_at = self._went_offline
+                    self.presence.on_offline_at = arrivals.went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)
@@ -386,7 +334,7 @@ class ClusterLink:
                     feed = self.journal.feed
                     start = earlier_id(await feed.last_id(), FEED_OVERLAP)
                     counts = await load_state(self.client, self.keys, hub)
-                    await nursery.start(feed.run, self._on_feed, start)
+                    await nursery.start(feed.run, arrivals.on_feed, start)
                     await nursery.start(self.journal.run)
                     await nursery.start(self.presence.run)
                     await watermarks.start()

@@ -1,7 +1,7 @@
 """Reading the shared state back from Redis (cluster): what a starting node loads into its
 replica (``load_state``), and what a session needs as it opens: its user's friends
-(``read_friends``), their statuses (``read_statuses``) and the live locations
-(``load_locations``).
+(``read_friends``), their statuses (``read_statuses``) and settings (``read_settings``), and
+the live locations (``load_locations``).
 The keys are in ``geopresence.cluster.redis_keys``; ``redis_state`` writes them.
 """
 
@@ -14,8 +14,9 @@ import orjson
 
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
 from geopresence.core.replication import LocationSet
-from geopresence.core.state import DurableState
+from geopresence.core.state import DurableState, settings_from
 from geopresence.core.statuses import Held
+from geopresence.core.store import DEFAULT_SETTINGS, UserSettings
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import SettingsChanged
 
@@ -53,14 +54,14 @@ def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
 
 
 async def load_durable(
-    client: Any, keys: Keys, state: DurableState, *, friendships: bool = True
+    client: Any, keys: Keys, state: DurableState, *, whole: bool = True
 ) -> dict[str, int]:
     """Fill a fresh durable state from Redis: the user DB and the chat messages (without
-    ``friendships``, no friendship: a node reads those of its users as they need them,
-    ``read_friends``). Returns counts for the log line."""
+    ``whole``, no friendship and no settings: a node reads those its sessions need as they
+    open, ``read_friends`` and ``read_settings``). Returns counts for the log line."""
     k = keys
     pairs: list[tuple[str, str]] = []
-    if friendships:
+    if whole:
         users = strings(await client.smembers(k.users))
         read = await pipelined(client, users, lambda pipe, u: pipe.smembers(k.of("friends", u)))
         for user, friends in zip(users, read, strict=True):
@@ -73,7 +74,7 @@ async def load_durable(
         if marks:
             groups[group] = marks
     settings: list[SettingsChanged] = []
-    users = strings(await client.smembers(k.settings_users))
+    users = strings(await client.smembers(k.settings_users)) if whole else []
     read = await pipelined(client, users, lambda pipe, u: pipe.get(k.of("settings", u)))
     for user, raw in zip(users, read, strict=True):
         if raw is not None:
@@ -93,7 +94,7 @@ async def load_durable(
         last_message_id=max(marks_issued, default=0),
     )
     counts = {"groups": len(groups), "messages": len(messages)}
-    if friendships:
+    if whole:
         counts["friendships"] = sum(1 for _ in state.users.friendships())
     return counts
 
@@ -119,26 +120,52 @@ async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[Loca
 
 async def load_state(client: Any, keys: Keys, hub: Hub) -> dict[str, int]:
     """Fill a fresh hub's replica from Redis: its durable state but the friendships
-    (``load_durable``). Friendships, statuses and locations are read as sessions open
-    (``geopresence.cluster.friend_slices``, ``.covered``, ``.views``). Returns counts for
-    the log line."""
-    return await load_durable(client, keys, hub.state, friendships=False)
+    (``load_durable``). Friendships, statuses, settings and locations are read as sessions
+    open (``geopresence.cluster.friend_slices``, ``.covered``, ``.views``). Returns counts
+    for the log line."""
+    return await load_durable(client, keys, hub.state, whole=False)
 
 
 async def read_statuses(client: Any, keys: Keys, users: Sequence[str]) -> dict[str, Held]:
     """The cluster-wide status of each of ``users`` that Redis has (``gp:presence:{U}``,
     written by ``presence_scripts``): (status, last_active_at, version); a user never seen
     online is missing."""
-    fields = ["status", "last_active_at", "v"]
+    return (await read_kept(client, keys, users, ()))[0]
+
+
+async def read_settings(client: Any, keys: Keys, users: Sequence[str]) -> dict[str, UserSettings]:
+    """Each of ``users``' settings (``gp:settings:{U}``; absent: ``DEFAULT_SETTINGS``)."""
+    return (await read_kept(client, keys, (), users))[1]
+
+
+_STATUS_FIELDS: Final = ["status", "last_active_at", "v"]
+
+
+async def read_kept(
+    client: Any, keys: Keys, statuses: Sequence[str], settings: Sequence[str]
+) -> tuple[dict[str, Held], dict[str, UserSettings]]:
+    """``read_statuses(statuses)`` and ``read_settings(settings)`` together, ``PIPELINE``
+    to a round trip: what a node keeps of the users its sessions need."""
+    items = [(True, user) for user in statuses] + [(False, user) for user in settings]
     read = await pipelined(
-        client, users, lambda pipe, u: pipe.hmget(keys.of("presence", u), fields)
+        client,
+        items,
+        lambda pipe, item: (
+            pipe.hmget(keys.of("presence", item[1]), _STATUS_FIELDS)
+            if item[0]
+            else pipe.get(keys.of("settings", item[1]))
+        ),
     )
     found: dict[str, Held] = {}
-    for user, (status, last, version) in zip(users, read, strict=True):
+    for user, (status, last, version) in zip(statuses, read, strict=False):
         if status is not None:
             found[user] = (
                 "online" if string(status) == "online" else "offline",
                 None if last is None else float(last),
                 0 if version is None else int(version),
             )
-    return found
+    kept = {
+        user: DEFAULT_SETTINGS if raw is None else settings_from(_settings_from_json(user, raw))
+        for user, raw in zip(settings, read[len(statuses) :], strict=True)
+    }
+    return found, kept

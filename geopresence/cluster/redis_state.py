@@ -6,7 +6,9 @@ the ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` w
 the keys (``geopresence.cluster.redis_keys``) in order, through ``WRITERS`` (feed op kind ->
 commands), and appends it, in the same pipeline, to the feed stream
 (``geopresence.cluster.redis_feed``) that the other nodes' replicas read
-(``geopresence.core.replication``). A record is *durable* once Redis has it, so acks
+(``geopresence.core.replication``); settings (``OFF_FEED``) reach only the nodes that need
+them, on their user's channel once written (``on_written``). A record is *durable* once
+Redis has it, so acks
 (``sent``, ``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with
 one node. ``geopresence.cluster.redis_load`` reads these keys back.
 """
@@ -241,6 +243,11 @@ async def write_batch(
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
 
+OFF_FEED: Final = (SettingsChanged,)
+"""Records not put on the feed: the nodes that need them hear them on a channel, published
+once written (``RedisJournal.on_written``), so that a node reading Redis after subscribing
+never misses one."""
+
 
 class RedisJournal:
     """The ``Journal`` seam over Redis: records (and replicated ops) written in order, each
@@ -277,12 +284,14 @@ class RedisJournal:
         self.write_errors = 0
         self.on_append: Callable[[Record], None] | None = None
         """Called with each record this node journals (the link watches friendships)."""
+        self.on_written: Callable[[Record], None] | None = None
+        """Called with each ``OFF_FEED`` record once Redis has it (the link publishes it)."""
 
     def append(self, record: Record) -> int:
         if self.on_append is not None:
             self.on_append(record)
         self.last_seq += 1
-        self._enqueue(self.last_seq, record, True)
+        self._enqueue(self.last_seq, record, not isinstance(record, OFF_FEED))
         return self.last_seq
 
     def replicate(self, op: FeedOp, *, feed: bool = True) -> None:
@@ -342,11 +351,13 @@ class RedisJournal:
                     await trio.sleep(1.0)
                     continue
                 advanced = False
-                for seq, *_ in batch:
+                for seq, _, op, _, _ in batch:
                     queue.popleft()
                     if seq:
                         self._durable = seq
                         advanced = True
+                    if isinstance(op, OFF_FEED) and self.on_written is not None:
+                        self.on_written(op)
                 # After each batch, not once the queue is empty: under a steady stream of
                 # changes it may never be, and the acks would wait for ever.
                 if advanced and self.on_durable is not None:

@@ -43,8 +43,8 @@ class Views:
         read_statuses: Callable[[Collection[str]], Awaitable[None]],
     ) -> None:
         self._read_statuses = read_statuses
-        """Read the statuses not kept here yet of users whose channels are listened to
-        (``Covered.read_missing``)."""
+        """Read the statuses and settings not kept here yet of users whose channels are
+        listened to (``Covered.read_missing``)."""
         self._client = client
         self._keys = keys
         self._broker = broker
@@ -55,11 +55,10 @@ class Views:
 
     async def open(self, user: str) -> int:
         """A session of ``user`` just opened here (its connection subscribed to its friends'
-        channels): listen to the user's own channel too, wait until Redis has every
-        subscription, then read the live locations of the user and of its online friends.
-        Events from then on keep them current. Returns how many were read."""
+        channels, the node to the user's own: ``Covered.covering``): wait until Redis has
+        every subscription, then read the live locations of the user and of its online
+        friends. Events from then on keep them current. Returns how many were read."""
         hub = self._hub
-        self._broker.hold(user_channel(user))
         await self._broker.subscribed()
         wanted = [user, *(f for f in hub.store.friends_of(user) if hub.statuses.is_online(f))]
         found = await load_locations(self._client, self._keys, wanted)
@@ -76,7 +75,8 @@ class Views:
         return kept
 
     def close(self, user: str) -> None:
-        """A session of ``user`` here ended (one ``close`` per ``open``)."""
+        """A session of ``user`` here ended: its own channel is let go (one ``close`` per
+        ``Covered.covering``)."""
         self._broker.release(user_channel(user))
 
     def released(self, channel: str) -> None:
@@ -108,11 +108,14 @@ class Views:
             pairs, self._new_friendships = self._new_friendships, []
             await self._broker.subscribed()  # moves and transitions from now on reach here
             # New friends whose status this node did not keep: their friends_presence waits
-            # for it (``Membership.unshown_friends``), read here, then goes out.
+            # for it (``Membership.unshown_friends``), read here, then goes out. The new
+            # friends' settings are read too: a location is shown only with them.
             membership = hub.membership
             unshown = list(membership.unshown_friends)
             try:
-                await self._read_statuses({friend for _, friend in unshown})
+                await self._read_statuses(
+                    {friend for _, friend in unshown} | {u for pair in pairs for u in pair}
+                )
             except Exception as exc:  # Redis unreachable: the snapshots wait, read again
                 log.warning("could not read %d new friends' statuses: %s", len(unshown), exc)
                 self._new_friendships[:0] = pairs

@@ -281,18 +281,23 @@ class Nearby:
             SettingsChanged(user, after.share_location, after.radius_m, after.visible_to_strangers)
         )
         if after.share_location != before.share_location:
-            if after.share_location:
-                location = self.locations.get(user, now)
-                if location is not None:
-                    self.ctx.publish([user_channel(user)], LocationEvent(user, location, now))
-            else:
-                self._gone(user, "hidden")
+            self.tell_sharing(user, now)
         if self.radius(user) != radius_before:
             for conn in self.ctx.connections_of(user):
                 self._refresh(conn, user, self.ctx.store.friends_of(user), now)
             self.listener.on_radius_changed(user, now)
         if after.visible_to_strangers != before.visible_to_strangers:
             self.listener.on_visibility(user, after.visible_to_strangers, now)
+
+    def tell_sharing(self, user: str, now: float) -> None:
+        """Tell ``user``'s friends what its settings share now: its live location (if any),
+        or that it is gone, ``hidden``."""
+        if self.settings(user).share_location:
+            location = self.locations.get(user, now)
+            if location is not None:
+                self.ctx.publish([user_channel(user)], LocationEvent(user, location, now))
+        else:
+            self._gone(user, "hidden")
 
     # ------------------------------------------------------------------ hub events
 

@@ -89,6 +89,17 @@ class Replica:
             with self.fanout.scoped("local"):
                 self.lifecycle.publish_presence(PresenceChange(t.user, t.status, t.last_active_at))
 
+    def settings_read(self, op: SettingsChanged, now: float) -> None:
+        """``op.user``'s settings, read from Redis after this node may have missed their
+        change (a pub/sub gap): applied as another node's change, and this node's
+        connections told what the origin's publish told the others (the location shown
+        again, or gone ``hidden``)."""
+        sharing = self.nearby.settings(op.user).share_location
+        self.apply_feed(op, now)
+        if op.share_location != sharing:
+            with self.fanout.scoped("local"):
+                self.nearby.tell_sharing(op.user, now)
+
     def apply_feed(self, op: FeedOp, now: float) -> None:
         """Apply a change made on another node: to the replica, and to this node's own
         connections (subscriptions, views, frames only they need). Nothing is published or

@@ -110,8 +110,10 @@ class DurableState:
         for group in groups:
             users.remove_member(group, user)
             chat.leave(group, user)
-        settings = users.get_settings(user) != DEFAULT_SETTINGS
-        users.put_settings(user, DEFAULT_SETTINGS)
+        # A store of partial settings keeps defaults only for the users it was given.
+        settings = users.settings_kept(user) and users.get_settings(user) != DEFAULT_SETTINGS
+        if users.settings_kept(user):
+            users.put_settings(user, DEFAULT_SETTINGS)
         return Forgotten(friends, groups, settings, chat.forget(user))
 
     def load(

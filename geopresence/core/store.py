@@ -25,6 +25,10 @@ class UserSettings:
 
 DEFAULT_SETTINGS = UserSettings()
 
+PRIVATE_SETTINGS = UserSettings(share_location=False, visible_to_strangers=False)
+"""What a store that keeps only some users' settings (``MemoryStore(partial_settings=True)``,
+several nodes) answers for a user it was not given: nothing shared until they are known."""
+
 
 class Store(Protocol):
     """Friendships (mutual, between two distinct users) and groups (named member sets).
@@ -43,7 +47,13 @@ class Store(Protocol):
       ``delete_group``. ``group_members(g)`` is None for a group that does not exist.
       ``groups_of(u)`` lists the groups u is a member of.
     - ``set_group(g, members)`` replaces the membership and returns (added, removed).
-    - ``get_settings(u)`` is u's last ``put_settings`` value, ``DEFAULT_SETTINGS`` before any.
+    - ``get_settings(u)`` is u's last ``put_settings`` value, ``DEFAULT_SETTINGS`` before any;
+      a store of partial settings (several nodes: a node keeps only those its sessions need)
+      answers ``PRIVATE_SETTINGS`` instead, until given them. ``settings_kept(u)`` is False
+      only there, for a user whose settings it was not given (or dropped with
+      ``drop_settings``, which a store of every user's settings ignores).
+      ``settings_count()`` is how many users' settings it holds (partial: those it keeps;
+      otherwise those that differ from ``DEFAULT_SETTINGS``).
     - ``friendships()`` yields every friendship once, as a pair (either order); ``groups()``
       every existing group with its members; ``settings_items()`` every user whose settings
       differ from ``DEFAULT_SETTINGS``. They are for snapshots: the caller consumes them
@@ -76,6 +86,12 @@ class Store(Protocol):
 
     def put_settings(self, user: str, settings: UserSettings) -> None: ...
 
+    def settings_kept(self, user: str) -> bool: ...
+
+    def drop_settings(self, user: str) -> None: ...
+
+    def settings_count(self) -> int: ...
+
     def friendships(self) -> Iterator[tuple[str, str]]: ...
 
     def groups(self) -> Iterator[tuple[str, Set[str]]]: ...
@@ -95,13 +111,18 @@ class MemoryStore:
     shared strings 8 bytes. With 400 friends a user, that is 107 KB against 7 KB of graph
     per user (tests/core/test_memory_store.py, benchmarks/RESULTS.md); a lookup is a
     bisection (~9 string comparisons) instead of a hash probe, and no lookup is on the
-    per-delivery path."""
+    per-delivery path.
 
-    def __init__(self) -> None:
+    With ``partial_settings`` (several nodes) it keeps only the settings it is given, and
+    answers ``PRIVATE_SETTINGS`` for the others: a missing entry must never mean sharing."""
+
+    def __init__(self, *, partial_settings: bool = False) -> None:
         self._friends: dict[str, list[str]] = {}
         self._groups: dict[str, set[str]] = {}
         self._groups_of: dict[str, set[str]] = {}
         self._settings: dict[str, UserSettings] = {}
+        self._partial = partial_settings
+        self._unknown = PRIVATE_SETTINGS if partial_settings else DEFAULT_SETTINGS
         self._friendships = 0
 
     def add_friendship(self, a: str, b: str) -> bool:
@@ -176,13 +197,23 @@ class MemoryStore:
         return self._groups_of.get(user, _EMPTY)
 
     def get_settings(self, user: str) -> UserSettings:
-        return self._settings.get(user, DEFAULT_SETTINGS)
+        return self._settings.get(user, self._unknown)
 
     def put_settings(self, user: str, settings: UserSettings) -> None:
-        if settings == DEFAULT_SETTINGS:
+        if settings == DEFAULT_SETTINGS and not self._partial:
             self._settings.pop(user, None)  # defaults cost no memory
         else:
             self._settings[user] = settings
+
+    def settings_kept(self, user: str) -> bool:
+        return not self._partial or user in self._settings
+
+    def drop_settings(self, user: str) -> None:
+        if self._partial:
+            self._settings.pop(user, None)
+
+    def settings_count(self) -> int:
+        return len(self._settings)
 
     def friendships(self) -> Iterator[tuple[str, str]]:
         for user, friends in self._friends.items():
@@ -194,7 +225,9 @@ class MemoryStore:
         yield from self._groups.items()
 
     def settings_items(self) -> Iterator[tuple[str, UserSettings]]:
-        yield from self._settings.items()
+        for item in self._settings.items():
+            if item[1] != DEFAULT_SETTINGS:
+                yield item
 
     def _leave(self, group: str, user: str) -> None:
         groups = self._groups_of.get(user)

@@ -149,11 +149,13 @@ class ConnectionHandler:
         conn = c.conn
         viewing = False
         try:
+            viewing = True  # from here, ``left_cluster`` undoes what the node held for it
+            if not await self._handshake.own_in_cluster(ws, user):
+                return
             await self._handshake.alive_in_cluster(user, device)
             async with self._handshake.covering_in_cluster(user):
                 hub.open_session(conn, user, device, self._now(), request_id)
             log.debug("conn %d: session opened: user %s, device %s", conn, user, device)
-            viewing = True
             await self._handshake.view_in_cluster(user)
             self._deadline_moved()
             ws.admit_ping = lambda: (

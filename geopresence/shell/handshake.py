@@ -183,10 +183,15 @@ class Handshake:
                 return True
             except Exception as exc:
                 log.warning("redis: the friends of %s could not be read (%s)", user, exc)
+        await self._try_again_later(ws, "friends could not be read: try again")
+        return False
+
+    async def _try_again_later(self, ws: Connection, reason: str) -> None:
+        """Close with 1013 (try again later) and no error frame: clients reconnect as after
+        any drop."""
         self._metrics.closes[CLOSE_TRY_AGAIN_LATER] += 1
         with trio.move_on_after(self._config.close_timeout):
-            await ws.close(CLOSE_TRY_AGAIN_LATER, "friends could not be read: try again")
-        return False
+            await ws.close(CLOSE_TRY_AGAIN_LATER, reason)
 
     def released_in_cluster(self, user: str) -> None:
         """A session ``hold_in_cluster`` held for has ended."""
@@ -206,13 +211,30 @@ class Handshake:
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
 
+    async def own_in_cluster(self, ws: Connection, user: str) -> bool:
+        """Before the session: with several nodes, this node listens to the user's own
+        channel and keeps its settings (read from Redis unless kept already). Without them
+        the session would decide with the wrong ones: if Redis does not give them within the
+        hello timeout, the connection is closed with 1013, as ``hold_in_cluster`` does, and
+        False is returned. Call ``left_cluster`` after it, whatever it returned."""
+        if self._cluster is None:
+            return True
+        with trio.move_on_after(self._config.hello_timeout):
+            try:
+                await self._cluster.own(user)
+                return True
+            except Exception as exc:
+                log.warning("redis: the settings of %s could not be read (%s)", user, exc)
+        await self._try_again_later(ws, "friends could not be read: try again")
+        return False
+
     @contextlib.asynccontextmanager
     async def covering_in_cluster(self, user: str) -> AsyncIterator[None]:
         """Open the session in this block: with several nodes, the statuses of the user's
-        friends and small groups' members are kept here first (``Covered.covering``: read
-        from Redis once this node listens to their transitions), so that its
-        ``friends_presence`` is right. Bounded by the hello timeout: if Redis is slow, the
-        session opens anyway and the friends' next transitions correct it."""
+        friends and small groups' members are kept here first, and the friends' settings
+        (``Covered.covering``: read from Redis once this node listens to their changes), so
+        that its ``friends_presence`` is right. Bounded by the hello timeout: if Redis is
+        slow, the session opens anyway and the friends' next transitions correct it."""
         if self._cluster is None:
             yield
             return
@@ -239,7 +261,7 @@ class Handshake:
                 log.warning("redis: the friends' locations of %s were not read (%s)", user, exc)
 
     def left_cluster(self, user: str) -> None:
-        """A session ``view_in_cluster`` was called for has ended."""
+        """A session ``own_in_cluster`` was called for has ended."""
         if self._cluster is not None:
             self._cluster.close_view(user)
 

@@ -131,9 +131,14 @@ def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
     if hub.replicator is not None:
         metrics.gauge(
             "statuses_kept",
-            "Users whose cluster-wide status this node keeps (its sessions' friends and small "
-            "groups' members).",
+            "Users whose cluster-wide status this node keeps (its sessions' users, their "
+            "friends and small groups' members).",
             lambda: hub.statuses.kept,
+        )
+        metrics.gauge(
+            "settings_kept",
+            "Users whose settings this node keeps (its sessions' users and their friends).",
+            hub.store.settings_count,
         )
     nearby = hub.nearby
     metrics.gauge(

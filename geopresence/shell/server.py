@@ -109,7 +109,9 @@ class Server:
         """Retention and forgets of the location history files."""
         self.hub = Hub(
             HubSettings.from_config(config),
-            MemoryStore(),
+            # With several nodes, only the settings this node's sessions need (never sharing
+            # by default: ``geopresence.cluster.kept_settings``).
+            MemoryStore(partial_settings=self.cluster is not None),
             self.connections,
             broker_factory=broker_factory,
             errors=self.metrics.errors,

@@ -17,6 +17,7 @@ from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import SettingsChanged
 from geopresence.wire.outbox import Outgoing
 
 EVENTS: list[ChannelEvent] = [
@@ -30,6 +31,8 @@ EVENTS: list[ChannelEvent] = [
     Replaced("alice", "phone", "3/k2Jx"),
     PresenceSet("alice", "online", 12.5, 7),
     PresenceSet("alice", "offline", None, 8),
+    SettingsChanged("alice", False, 2500.0, True),
+    SettingsChanged("alice", True, None, False),
 ]
 
 

@@ -8,16 +8,20 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import coredis
+import orjson
 import pytest
 import trio
 
 from geopresence.cluster.covered import Covered
+from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.views import Views
 from geopresence.core.broker import MemoryBroker
 from geopresence.core.hub import Hub, HubSettings
-from geopresence.core.replication import PresenceSet
-from geopresence.core.store import MemoryStore
+from geopresence.core.replication import LocationSet, PresenceSet
+from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.model.records import SettingsChanged
+from geopresence.wire.client_messages import LocationUpdate
 from tests.cluster.test_views import GatedRedis
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_server
@@ -57,8 +61,9 @@ class Listening:
 
 
 def covered_by(client: Any, keys: Keys, hub: Hub, broker: MemoryBroker) -> Covered:
-    listening = Listening(broker)
-    covered = Covered(client, keys, listening, hub)  # type: ignore[arg-type]
+    listening: Any = Listening(broker)
+    settings = KeptSettings(client, keys, listening, hub, lambda: NOW)
+    covered = Covered(client, keys, listening, hub, settings)
     listening.on_released = covered.released
     return covered
 
@@ -74,7 +79,9 @@ async def online_in_redis(**versions: int) -> AsyncIterator[tuple[Any, Keys]]:
             yield client, keys
 
 
-def hub_with_bob(**settings: Any) -> tuple[Hub, RecordingSink, MemoryBroker]:
+def hub_with_bob(
+    store: MemoryStore | None = None, **settings: Any
+) -> tuple[Hub, RecordingSink, MemoryBroker]:
     sink = RecordingSink()
     holder: list[MemoryBroker] = []
 
@@ -86,9 +93,12 @@ def hub_with_bob(**settings: Any) -> tuple[Hub, RecordingSink, MemoryBroker]:
         holder.append(MemoryBroker(to_connections))
         return holder[0]
 
-    store = MemoryStore()
     hub = Hub(
-        HubSettings(**settings), store, sink, replicator=QuietReplicator(), broker_factory=broker
+        HubSettings(**settings),
+        MemoryStore() if store is None else store,
+        sink,
+        replicator=QuietReplicator(),
+        broker_factory=broker,
     )
     hub.membership.add_friendships([("alice", "bob")], NOW)
     hub.open_session(1, "bob", "phone", now=NOW)
@@ -103,7 +113,7 @@ async def test_a_gap_reads_the_statuses_again_and_tells_what_was_missed() -> Non
     with redis_server() as port:
         async with coredis.Redis(host="127.0.0.1", port=port) as client:
             keys = Keys("gp")
-            covered = Covered(client, keys, Listening(broker), hub)  # type: ignore[arg-type]
+            covered = covered_by(client, keys, hub, broker)
             # alice came online while this node's channel to her was down.
             await client.hset(keys.of("presence", "alice"), {"status": "online", "v": "2"})
             async with trio.open_nursery() as nursery:
@@ -121,7 +131,7 @@ async def test_a_status_no_channel_carries_is_dropped() -> None:
     hub, _, broker = hub_with_bob()
     with redis_server() as port:
         async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            covered = Covered(client, Keys("gp"), Listening(broker), hub)  # type: ignore[arg-type]
+            covered = covered_by(client, Keys("gp"), hub, broker)
             transition = PresenceSet("alice", "online", NOW, 1)
             hub.announce_presence(transition)
             covered.announced(transition)
@@ -361,3 +371,79 @@ async def test_a_member_removed_while_another_session_opens_is_still_dropped() -
             # No channel here carries dave's transitions: his status is not kept current.
             assert not covered.covers("dave")
             assert not hub.statuses.holds("dave")
+
+
+# ---------------------------------------------------------------- settings (KeptSettings)
+
+
+async def test_a_friend_s_settings_not_kept_never_mean_sharing() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)  # heard as a move
+    hub.apply_feed(LocationSet("bob", 37.5667, 126.978, NOW, NOW), NOW)
+    assert hub.nearby.nearby("bob", NOW) == []  # alice's settings are not known here
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        await covered.settings.read_missing(["alice", "zoe"])  # nothing listens to zoe
+    assert [f.user for f in hub.nearby.nearby("bob", NOW)] == ["alice"]  # her defaults
+    assert not hub.store.settings_kept("zoe")
+
+
+async def test_a_settings_change_heard_while_they_are_read_wins() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        redis = GatedRedis(client)
+        covered = covered_by(redis, keys, hub, broker)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.settings.read_missing, ["alice"])
+            await redis.waiting.wait()  # read Redis before her change was written...
+            covered.settings.heard(SettingsChanged("alice", False, None, False))  # ...then heard
+            redis.gate.set()
+    assert hub.store.get_settings("alice").share_location is False
+
+
+async def test_a_gap_reads_settings_again_and_tells_what_was_missed() -> None:
+    hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    hub.store.put_settings("alice", UserSettings())
+    hub.store.put_settings("bob", UserSettings())
+    hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+    hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)
+    hub.replica.nearby.show_moves()
+    with hub.fanout.scoped("local"):
+        hub.nearby.tell_sharing("alice", NOW)  # what her node's publish told bob
+    assert [f["user"] for f in sink.take(1, "friend_location")] == ["alice"]
+    async with online_in_redis() as (client, keys):
+        # She stopped sharing while this node's channel to her was down.
+        await client.set(keys.of("settings", "alice"), orjson.dumps(settings_json(False)))
+        covered = covered_by(client, keys, hub, broker)
+        await covered.settings.reread(["alice", "nobody"])
+    assert hub.store.get_settings("alice").share_location is False
+    assert [(f["user"], f["reason"]) for f in sink.take(1, "friend_gone")] == [("alice", "hidden")]
+
+
+async def test_a_friend_s_hide_takes_effect_before_its_settings_arrive() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        covered.settings.hidden("alice")  # not kept: stays unknown (private)
+        assert not hub.store.settings_kept("alice")
+        hub.store.put_settings("alice", UserSettings(radius_m=300.0))
+        covered.settings.hidden("alice")
+        assert hub.store.get_settings("alice") == UserSettings(False, 300.0, False)
+        # Let go: no longer kept current here, so no longer kept.
+        hub.close_session(1)
+        covered.released("user:alice")
+        assert not hub.store.settings_kept("alice")
+
+
+async def test_a_session_s_own_settings_are_kept_before_it_opens() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        await client.set(keys.of("settings", "erin"), orjson.dumps(settings_json(True, 900.0)))
+        covered = covered_by(client, keys, hub, broker)
+        await covered.settings.own("erin")
+    assert hub.store.get_settings("erin") == UserSettings(True, 900.0, False)
+
+
+def settings_json(share: bool, radius: float | None = None) -> dict[str, Any]:
+    """``gp:settings:{U}`` as ``redis_state`` writes it."""
+    return {"share_location": share, "radius_m": radius, "visible_to_strangers": False}

@@ -12,11 +12,17 @@ import trio
 from geopresence.cluster import redis_load
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_load import load_locations, load_state, read_friends
+from geopresence.cluster.redis_load import (
+    load_locations,
+    load_state,
+    read_friends,
+    read_settings,
+)
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.model.records import SettingsChanged
 from geopresence.storage.snapshot import capture
 from geopresence.wire.client_messages import LocationUpdate, Send
 from tests.helpers import RecordingSink
@@ -68,6 +74,8 @@ async def write_then_load(client: Any) -> None:
         replicator=JournalReplicator(journal),
     )
     journal.on_durable = lambda: first.journal_advanced(NOW)
+    written: list[Any] = []
+    journal.on_written = written.append  # what ClusterLink publishes on the user's channel
     keys.location_ttl = first.settings.location_ttl  # as ClusterLink.run
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
@@ -93,7 +101,13 @@ async def write_then_load(client: Any) -> None:
             await journal.flush()
         assert first.chat.pending_count == 0 and journal.durable_seq == journal.last_seq
         nursery.cancel_scope.cancel()
-    # Every change is in the feed, in order, for the other nodes (not for node 1 itself).
+    # Settings are not on the feed: once written, they go to the nodes keeping them.
+    assert written == [
+        SettingsChanged("alice", True, 1200.0, False),
+        SettingsChanged("bob", True, None, True),
+        SettingsChanged("bob", True, None, False),
+    ]
+    # Every other change is in the feed, in order, for the other nodes (not for node 1).
     fed: list[FeedOp] = []
     other = RedisFeed(client, keys, node_id=2)
     itself = RedisFeed(client, keys, node_id=1)
@@ -102,12 +116,13 @@ async def write_then_load(client: Any) -> None:
         await nursery.start(other.run, fed.append, "0-0")
         await nursery.start(itself.run, mine.append, "0-0")
         with trio.fail_after(10):
-            while len(fed) < journal.last_seq:  # the records; the location is not on it
+            while len(fed) < journal.last_seq - len(written):  # not the location either
                 await trio.sleep(0.01)
             await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
-    assert len(fed) == journal.last_seq and not any(isinstance(op, LocationSet) for op in fed)
+    assert len(fed) == journal.last_seq - len(written)
+    assert not any(isinstance(op, LocationSet | SettingsChanged) for op in fed)
     assert mine == []
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
@@ -122,6 +137,10 @@ async def write_then_load(client: Any) -> None:
     }
     for user, friends in (await read_friends(client, keys, ["alice", "bob", "carol"])).items():
         second.membership.load_friends(user, friends)
+    # Nor any settings: a node reads those its sessions need (KeptSettings).
+    assert list(second.store.settings_items()) == []
+    for user, settings in (await read_settings(client, keys, ["alice", "bob", "carol"])).items():
+        second.store.put_settings(user, settings)
     assert comparable(second) == comparable(first)
     assert counts["messages"] == 3
     assert second.chat.store.find_client_msg("alice", "c1") is not None  # resends recognised

@@ -6,18 +6,37 @@ from collections.abc import Callable
 
 import pytest
 
-from geopresence.core.store import DEFAULT_SETTINGS, MemoryStore, Store, UserSettings
+from geopresence.core.store import (
+    DEFAULT_SETTINGS,
+    PRIVATE_SETTINGS,
+    MemoryStore,
+    Store,
+    UserSettings,
+)
 
-IMPLEMENTATIONS: dict[str, Callable[[], Store]] = {
-    # With several nodes the store is each node's replica (a MemoryStore as well); what
-    # reaches Redis goes through the Journal seam (tests/cluster/test_redis_state.py).
-    "memory": MemoryStore,
+IMPLEMENTATIONS: dict[str, tuple[Callable[[], Store], UserSettings]] = {
+    # With several nodes the store is each node's replica (a MemoryStore as well, keeping
+    # only the settings its sessions need); what reaches Redis goes through the Journal
+    # seam (tests/cluster/test_redis_state.py). Each with the settings of a user not given.
+    "memory": (MemoryStore, DEFAULT_SETTINGS),
+    "memory-partial": (lambda: MemoryStore(partial_settings=True), PRIVATE_SETTINGS),
 }
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
-def store(request: pytest.FixtureRequest) -> Store:
-    return IMPLEMENTATIONS[request.param]()
+def implementation(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store(implementation: str) -> Store:
+    return IMPLEMENTATIONS[implementation][0]()
+
+
+@pytest.fixture
+def unknown(implementation: str) -> UserSettings:
+    """The settings the store answers for a user it was not given."""
+    return IMPLEMENTATIONS[implementation][1]
 
 
 def test_friendship_is_mutual_and_idempotent(store: Store) -> None:
@@ -83,14 +102,32 @@ def test_empty_group_exists(store: Store) -> None:
     assert set(store.group_members("new") or ()) == {"a"}
 
 
-def test_settings_default_and_roundtrip(store: Store) -> None:
-    assert store.get_settings("a") == DEFAULT_SETTINGS
+def test_settings_default_and_roundtrip(store: Store, unknown: UserSettings) -> None:
+    assert store.get_settings("a") == unknown
     custom = UserSettings(share_location=False, radius_m=1000.0, visible_to_strangers=True)
     store.put_settings("a", custom)
     assert store.get_settings("a") == custom
-    assert store.get_settings("b") == DEFAULT_SETTINGS
+    assert store.get_settings("b") == unknown
     store.put_settings("a", DEFAULT_SETTINGS)
     assert store.get_settings("a") == DEFAULT_SETTINGS
+    assert store.settings_kept("a")
+
+
+def test_settings_kept_and_dropped(store: Store, unknown: UserSettings) -> None:
+    """A store of every user's settings keeps them all; a partial one only those given,
+    and answers ``unknown`` (nothing shared) for the others, a dropped one included."""
+    partial = unknown != DEFAULT_SETTINGS
+    assert store.settings_kept("a") is not partial
+    store.put_settings("a", DEFAULT_SETTINGS)
+    store.put_settings("b", UserSettings(radius_m=10.0))
+    assert store.settings_kept("a") and store.settings_kept("b")
+    assert store.settings_count() == (2 if partial else 1)  # defaults cost nothing
+    store.drop_settings("a")
+    store.drop_settings("b")
+    assert store.settings_count() == (0 if partial else 1)
+    assert store.settings_kept("a") is not partial
+    assert store.get_settings("a") == (unknown if partial else DEFAULT_SETTINGS)
+    assert store.get_settings("b") == (unknown if partial else UserSettings(radius_m=10.0))
 
 
 def test_iteration_for_snapshots(store: Store) -> None:

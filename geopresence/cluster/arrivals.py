@@ -1,0 +1,134 @@
+"""What reaches a node (cluster): another node's changes and events, and its own records,
+each routed to the hub and to what the node keeps for its sessions.
+
+- the feed (``RedisFeed``): friendships, groups and chat, admitted by ``FriendSlices``;
+- events on the channels it listens to (``RedisBroker.on_remote``): moves, transitions,
+  settings, devices taken over;
+- the records it journals (``RedisJournal.on_append``), and those written that the other
+  nodes hear on channels (``RedisJournal.on_written``);
+- channels no connection here listens to any more (``RedisBroker.on_released``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import orjson
+import trio
+
+from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.covered import Covered
+from geopresence.cluster.friend_slices import FriendSlices
+from geopresence.cluster.redis_strangers import RedisStrangers
+from geopresence.cluster.views import Views
+from geopresence.cluster.watermarks import Watermarks
+from geopresence.core.broker import user_channel
+from geopresence.core.hub import Hub
+from geopresence.core.locations import Location
+from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
+from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import Befriended, Record, SettingsChanged
+
+if TYPE_CHECKING:
+    from geopresence.cluster.control import Control
+    from geopresence.cluster.redis_broker import RedisBroker
+
+
+class Arrivals:
+    """Routes what reaches this node; ``ClusterLink.run`` builds it and hands its methods
+    to the feed, the broker and the journal."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        broker: RedisBroker,
+        covered: Covered,
+        views: Views,
+        slices: FriendSlices,
+        watermarks: Watermarks,
+        strangers: RedisStrangers,
+        now: Callable[[], float],
+    ) -> None:
+        self._hub = hub
+        self._broker = broker
+        self._covered = covered
+        self._views = views
+        self._slices = slices
+        self._watermarks = watermarks
+        self._strangers = strangers
+        self._now = now
+        self.control: Control | None = None
+        """This node's control channel, once it listens to it (devices taken over)."""
+
+    def on_record(self, record: Record) -> None:
+        """A record this node journals: a friendship made here (``Views``), a change the
+        reads in flight must not miss (``FriendSlices``), a group changed (``Covered``)."""
+        self._views.on_record(record)
+        self._slices.made_here(record)
+        self._covered.changed(record)
+
+    def on_feed(self, op: FeedOp) -> None:
+        if isinstance(op, PresenceSet):  # from a version that put transitions on the feed
+            if self._covered.covers(op.user):
+                self._apply_feed(op)
+            return
+        if isinstance(op, SettingsChanged):  # from a version that put settings on the feed
+            self._covered.settings.heard(op)
+            return
+        if self._slices.admit(op):
+            self._apply_feed(op)
+
+    def _apply_feed(self, op: FeedOp) -> None:
+        if isinstance(op, Befriended):
+            self._views.befriended(op.a, op.b)
+        if isinstance(op, ChatMessage):
+            self._watermarks.chat_at = trio.current_time()
+        self._hub.apply_feed(op, self._now())
+        self._covered.changed(op)
+
+    def on_remote(self, event: object) -> bool:
+        """Another node's event on a channel this node listens to: a friend's (or a local
+        user's own) move updates the location cache before the subscribers are told; a
+        device taken over elsewhere closes here; a transition updates the status kept here
+        and, if newer, is told to this node's connections, and settings the settings kept
+        here (True: the broker does not deliver it). A friend's hide takes effect at once."""
+        if isinstance(event, PresenceSet):
+            self._hub.announce_presence(event)
+            self._covered.announced(event)
+            return True
+        if isinstance(event, SettingsChanged):
+            self._covered.settings.heard(event)
+            return True
+        if isinstance(event, LocationKept) or (
+            isinstance(event, GoneEvent) and event.reason == "hidden"
+        ):
+            self._covered.settings.hidden(event.user)
+        if isinstance(event, Replaced):
+            if self.control is not None:
+                self.control.on_replaced(event)
+        elif isinstance(event, LocationEvent):
+            where = event.location
+            op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
+            self._hub.apply_feed(op, self._now())
+        return False
+
+    def written(self, record: Record) -> None:
+        """Redis has a settings change made here: the nodes that keep them hear it now
+        (``KeptSettings``)."""
+        if isinstance(record, SettingsChanged):
+            self._broker.publish_remote([user_channel(record.user)], record)
+
+    def went_offline(self, user: str, raw: bytes) -> None:
+        """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
+        offline: out of its strangers' cell in Redis, and out of the watchers' views."""
+        lat, lon = orjson.loads(raw)[:2]
+        last = Location(lat, lon, 0.0)
+        self._strangers.went_offline(user, last)
+        self._hub.strangers.went_offline_at(user, last)
+
+    def released(self, channel: str) -> None:
+        """No connection here listens to ``channel`` any more."""
+        self._views.released(channel)
+        self._covered.released(channel)

@@ -1,0 +1,50 @@
+"""A node keeps only the settings its sessions need (their users' and their friends'); a
+change travels on the user's channel, not the feed, and a friend's settings not known yet
+never mean sharing. Real ``geopresence serve`` nodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.cluster.test_multinode import _gauge, cluster_of, expect, session
+
+
+async def test_settings_reach_the_nodes_that_keep_them_and_no_other(tmp_path: Path) -> None:
+    # On a standalone Redis: channels across a Cluster's shards are test_multinode's.
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.befriend("alice", "bob")
+            async with session(a, "alice") as alice:
+                reply = await alice.request("settings", share_location=False)
+                assert reply["share_location"] is False
+                await alice.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+                await trio.sleep(0.3)
+                assert _gauge(await admin_b.metrics(), "settings_kept") == 0
+                async with session(b, "bob") as bob:
+                    # Node b read bob's and alice's settings as bob's session opened.
+                    assert _gauge(await admin_b.metrics(), "settings_kept") == 2
+                    near = await bob.request("nearby_friends", lat=37.5667, lon=126.9782)
+                    assert near["friends"] == []  # she does not share: node b knows it
+                    # She shares: her node shows her, and node b hears her settings.
+                    await alice.request("settings", share_location=True)
+                    await expect(bob, "friend_location", user="alice")
+                    await trio.sleep(0.3)
+                    near = await bob.request("nearby_friends")
+                    assert [f["user"] for f in near["friends"]] == ["alice"]
+                    # She stops: gone at once, and her next move stays hers.
+                    await alice.request("settings", share_location=False)
+                    await expect(bob, "friend_gone", user="alice", reason="hidden")
+                    await alice.send({"type": "location", "lat": 37.5666, "lon": 126.9781})
+                    await trio.sleep(0.3)
+                    assert (await bob.request("nearby_friends"))["friends"] == []
+                    # Her own session on node b decides with the settings changed on node a.
+                    async with session(b, "alice", "tablet") as tablet:
+                        await alice.request("settings", radius_m=1500.0)
+                        await trio.sleep(0.3)
+                        mine = await tablet.request("settings")
+                        assert (mine["share_location"], mine["radius_m"]) == (False, 1500.0)
+                await trio.sleep(0.3)
+                # Nobody on node b needs them any more: dropped.
+                assert _gauge(await admin_b.metrics(), "settings_kept") == 0
