@@ -47,7 +47,7 @@ from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
-from geopresence.cluster.redis_load import load_state, read_friends
+from geopresence.cluster.redis_load import load_state, read_friends, read_settings
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease, keep_lease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
@@ -65,6 +65,7 @@ from geopresence.core.replication import (
     PresenceSet,
 )
 from geopresence.core.statuses import Held
+from geopresence.core.store import UserSettings
 
 log = logging.getLogger("geopresence.redis")
 
@@ -232,6 +233,10 @@ class ClusterLink:
         """``users``' statuses as Redis has them, for one answer (``Statuses.overlay``)."""
         assert self._covered is not None, "the link is not running"
         return await self._covered.read(users)
+
+    async def read_settings(self, users: Collection[str]) -> dict[str, UserSettings]:
+        """``users``' settings as Redis has them, for one answer."""
+        return await read_settings(self.client, self.keys, sorted(users))
 
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here: read what it needs (``Views.open``)."""

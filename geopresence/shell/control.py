@@ -5,8 +5,8 @@ depend on it, not on the server."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Collection, Mapping
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from typing import Literal, Protocol, TypeVar
 
 import trio
 
@@ -14,6 +14,7 @@ from geopresence.config import Config
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub
 from geopresence.core.statuses import Held
+from geopresence.core.store import UserSettings
 from geopresence.shell.history import HistoryKeeper
 from geopresence.shell.http_routing import HttpError
 from geopresence.shell.metrics import Metrics
@@ -60,6 +61,11 @@ class Control(Protocol):
         ``Statuses.overlay``; raises if Redis does not answer). One node: none to read."""
         ...
 
+    async def read_settings(self, user: str) -> UserSettings | None:
+        """Multi-node: ``user``'s settings as Redis has them (a node keeps only those its
+        sessions need; raises if Redis does not answer). One node: None (the hub's)."""
+        ...
+
     async def devices_held(self, user: str) -> set[str]:
         """``user``'s alive devices: this node's, and with several nodes every node's as
         Redis says (within half a second; this node's alone if it does not answer)."""
@@ -101,11 +107,25 @@ async def statuses_of(server: Control, users: Collection[str]) -> Mapping[str, H
     may need (with several nodes, a node keeps only the statuses its sessions need): lay it
     over the kept ones with ``hub.statuses.overlay`` around the synchronous answer. 503
     ``internal`` if Redis does not answer within the hello timeout."""
+    return await _from_redis(server, "statuses", lambda: server.read_statuses(users))
+
+
+async def settings_of(server: Control, user: str) -> UserSettings | None:
+    """``server.read_settings(user)``, for an answer about a user no session on this node
+    may need; 503 ``internal`` as ``statuses_of``."""
+    return await _from_redis(server, "settings", lambda: server.read_settings(user))
+
+
+T = TypeVar("T")
+
+
+async def _from_redis(server: Control, what: str, read: Callable[[], Awaitable[T]]) -> T:
+    """``read()``, or 503 ``internal`` if Redis does not answer within the hello timeout."""
     try:
         with trio.fail_after(server.config.hello_timeout):
-            return await server.read_statuses(users)
+            return await read()
     except Exception as exc:
         cause = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
         raise HttpError(
-            503, "internal", f"the statuses could not be read from Redis ({cause}): try again"
+            503, "internal", f"the {what} could not be read from Redis ({cause}): try again"
         ) from None

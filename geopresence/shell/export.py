@@ -19,6 +19,7 @@ import trio
 
 from geopresence.core.chat import message_frame
 from geopresence.core.hub import Hub
+from geopresence.core.store import UserSettings
 from geopresence.storage.history import HistoryCursor
 from geopresence.wire.protocol import unstructure
 
@@ -26,10 +27,10 @@ MESSAGE_BATCH: Final = 500
 HISTORY_BATCH: Final = 5_000
 
 
-def _head(hub: Hub, user: str, now: float) -> dict[str, Any]:
+def _head(hub: Hub, user: str, now: float, settings: UserSettings | None) -> dict[str, Any]:
     store, chat = hub.state.users, hub.state.chat
     presence = hub.statuses.user_presence(user, now)
-    settings = store.get_settings(user)
+    settings = store.get_settings(user) if settings is None else settings
     location = hub.nearby.location_of(user, now)
     groups = []
     for group in sorted(store.groups_of(user)):
@@ -70,12 +71,14 @@ async def export_document(
     now: float,
     history: Path,
     run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
+    settings: UserSettings | None = None,
 ) -> AsyncIterator[bytes]:
     """The export of ``user`` as of ``now`` (epoch seconds), in pieces; ``history`` is the
-    history directory, read through ``run_sync`` (a worker thread: ``HistoryKeeper``'s).
-    Raises ``OSError`` part way if a history file cannot be read (the response is then cut
-    off, never completed as if whole)."""
-    head = orjson.dumps(_head(hub, user, now))
+    history directory, read through ``run_sync`` (a worker thread: ``HistoryKeeper``'s);
+    ``settings`` the user's, if the hub may not keep them (several nodes). Raises
+    ``OSError`` part way if a history file cannot be read (the response is then cut off,
+    never completed as if whole)."""
+    head = orjson.dumps(_head(hub, user, now, settings))
     yield head[:-1] + b',"messages":['
     chat = hub.state.chat
     ids = chat.ids_of(user, hub.state.users.groups_of(user))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from geopresence.shell.control import Control, holding, statuses_of
+from geopresence.shell.control import Control, holding, settings_of, statuses_of
 from geopresence.shell.export import export_document
 from geopresence.shell.http_routing import HttpError, Request, Response, Streamed
 
@@ -45,8 +45,11 @@ class UserData:
         user = request.params["user"]
         server = self.server
         keeper = server.history_keeper
-        chunks = export_document(server.hub, user, server.now(), keeper.directory, keeper.run_sync)
         read = await statuses_of(server, (user,))
+        settings = await settings_of(server, user)
+        chunks = export_document(
+            server.hub, user, server.now(), keeper.directory, keeper.run_sync, settings
+        )
         async with holding(server, (user,)):
             # Its friends, read while they are all here. The head is made before the
             # generator's first await: nothing else runs while the overlay is on.

@@ -23,7 +23,7 @@ from geopresence.core.broker import Broker, Deliver, MemoryBroker
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.statuses import Held
-from geopresence.core.store import MemoryStore
+from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
@@ -218,6 +218,11 @@ class Server:
         if self.cluster is None or not users:
             return {}
         return await self.cluster.read_statuses(users)
+
+    async def read_settings(self, user: str) -> UserSettings | None:
+        if self.cluster is None:
+            return None
+        return (await self.cluster.read_settings([user]))[user]
 
     async def _online_in_cluster(self, user: str) -> bool:
         """Whether ``user`` is online on any node, as Redis says (False if it cannot)."""

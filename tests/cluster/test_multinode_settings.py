@@ -48,3 +48,6 @@ async def test_settings_reach_the_nodes_that_keep_them_and_no_other(tmp_path: Pa
                 await trio.sleep(0.3)
                 # Nobody on node b needs them any more: dropped.
                 assert _gauge(await admin_b.metrics(), "settings_kept") == 0
+                # An export on node b reads them from Redis.
+                exported = (await admin_b.export("alice"))["settings"]
+                assert (exported["share_location"], exported["radius_m"]) == (False, 1500.0)
