@@ -122,11 +122,12 @@ class Arrivals:
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
-        offline: out of its strangers' cell in Redis, and out of the watchers' views."""
+        offline: out of its strangers' cell in Redis, and out of the watchers' views if the
+        cell listed it (this node may not keep its settings: its sessions ended)."""
         lat, lon = orjson.loads(raw)[:2]
         last = Location(lat, lon, 0.0)
-        self._strangers.went_offline(user, last)
-        self._hub.strangers.went_offline_at(user, last)
+        strangers = self._hub.strangers
+        self._strangers.went_offline(user, last, lambda: strangers.went_offline_at(user, last))
 
     def released(self, channel: str) -> None:
         """No connection here listens to ``channel`` any more."""

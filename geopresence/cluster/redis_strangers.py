@@ -205,6 +205,8 @@ class RedisStrangers:
         self._sha = sha1(_SEARCH)
         self._polar_sha = sha1(_POLAR)
         self._loaded = False
+        self._listed: dict[tuple[str, str], Callable[[], None]] = {}
+        """(cell, user) -> what ``went_offline`` calls if the cell listed the user."""
         self.dropped = 0
         """Writes dropped (queue full, or Redis failed them), for the log."""
         self.errors = 0
@@ -226,14 +228,17 @@ class RedisStrangers:
         for old in cells_of_index(cell):
             self._queue(("leave", old, user, None, 0.0))
 
-    def went_offline(self, user: str, last: Location) -> None:
+    def went_offline(self, user: str, last: Location, listed: Callable[[], None]) -> None:
         """``user``, last at ``last`` (its ``gp:loc:{U}``), went offline: take it out of its
-        cell, also when the node that listed it is dead (its own ``left`` never comes).
-        Nothing for a user not visible to strangers (nothing listed it)."""
+        cell, also when the node that listed it is dead (its own ``left`` never comes), and
+        call ``listed`` once done if the cell listed it (watchers may show it). Nothing for
+        a user not visible to strangers (nothing listed it)."""
         if not self.visible(user):
             return
         spot = snap(last)
-        self._queue(("leave", cell_name(spot.lat, spot.lon), user, None, 0.0))
+        cell = cell_name(spot.lat, spot.lon)
+        self._listed[cell, user] = listed
+        self._queue(("leave", cell, user, None, 0.0))
 
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
@@ -287,12 +292,16 @@ class RedisStrangers:
                 self._nursery = None
 
     async def _write(self, batch: list[Write]) -> None:
+        told: list[tuple[Callable[[], None], Any]] = []
         async with self._client.pipeline(transaction=False) as pipe:
             for what, cell, user, spot, expires in batch:
                 where, exp, ts = cell_keys(self._keys, cell)
                 polar = cell in POLAR_CELLS
                 if spot is None:
-                    leave(pipe, self._keys, cell, user)
+                    request = leave(pipe, self._keys, cell, user)
+                    listed = self._listed.pop((cell, user), None)
+                    if listed is not None:
+                        told.append((listed, request))
                     continue
                 if polar:
                     pipe.hset(where, {user: f"{spot.lon!r} {spot.lat!r}"})
@@ -303,6 +312,9 @@ class RedisStrangers:
                     pipe.hset(ts, {user: repr(spot.ts)})
                 else:  # still live, seen as before: the ts of the update that entered
                     pipe.hsetnx(ts, user, repr(spot.ts))
+        for listed, request in told:
+            if await request:
+                listed()
 
     async def _search(
         self,

@@ -200,15 +200,12 @@ class Strangers:
 
     def went_offline_at(self, user: str, location: Location) -> None:
         """Several nodes: ``user``, last at ``location``, went offline, decided on this node
-        (its own, or the one that ended a dead node's devices): tell the watchers of its
-        cells on every node, which keep no status of strangers. Also for a user whose
-        settings this node does not keep (its sessions ended): a watcher never shown it
-        hears nothing."""
-        store = self.ctx.store
-        if store.get_settings(user).visible_to_strangers or not store.settings_kept(user):
-            spot = snap(location)
-            code = cell_of(spot.lat, spot.lon, INDEX_PRECISION)
-            self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "offline"))
+        (its own, or the one that ended a dead node's devices), and its cell listed it
+        (the index says so: this node may not keep its settings): tell the watchers of its
+        cells on every node, which keep no status of strangers."""
+        spot = snap(location)
+        code = cell_of(spot.lat, spot.lon, INDEX_PRECISION)
+        self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "offline"))
 
     def on_location_dropped(self, user: str) -> None:
         """This node no longer keeps the user's location current: out of the grid, silently

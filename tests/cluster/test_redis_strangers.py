@@ -187,7 +187,24 @@ async def test_a_user_not_visible_going_offline_costs_redis_nothing(
 ) -> None:
     strangers, _ = index
     strangers.visible = lambda user: user == "sam"
-    strangers.went_offline("ann", Location(37.5665, 126.978, 1.0))
+    told: list[str] = []
+    strangers.went_offline("ann", Location(37.5665, 126.978, 1.0), lambda: told.append("ann"))
     assert strangers.pending == 0
-    strangers.went_offline("sam", Location(37.5665, 126.978, 1.0))
+    strangers.went_offline("sam", Location(37.5665, 126.978, 1.0), lambda: told.append("sam"))
     assert strangers.pending == 1
+    await settle(strangers)
+    assert told == []  # no cell listed sam: no watcher can show him
+
+
+async def test_a_user_listed_going_offline_is_told_to_the_watchers_once_out(
+    index: tuple[RedisStrangers, Clock],
+) -> None:
+    strangers, _ = index
+    last = Location(37.5665, 126.978, 1.0)
+    strangers.entered("sam", snap(last), None, NOW)
+    await settle(strangers)
+    told: list[str] = []
+    strangers.went_offline("sam", last, lambda: told.append("sam"))
+    await settle(strangers)
+    assert told == ["sam"]
+    assert await search(strangers, SEOUL, 5_000) == (0, [])
