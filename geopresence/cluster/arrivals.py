@@ -12,12 +12,12 @@ each routed to the hub and to what the node keeps for its sessions.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 
-from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.channel_events import Replaced, SettingsHeard
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.redis_strangers import RedisStrangers
@@ -26,7 +26,7 @@ from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import user_channel
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
-from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
+from geopresence.core.nearby import GoneEvent, LocationEvent
 from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, Record, SettingsChanged
@@ -75,7 +75,9 @@ class Arrivals:
                 self._apply_feed(op)
             return
         if isinstance(op, SettingsChanged):  # from a version that put settings on the feed
-            self._covered.settings.heard(op)
+            store = self._hub.store
+            if store.settings_kept(op.user) and self._covered.settings.needed(op.user):
+                self._hub.apply_feed(op, self._now())
             return
         if self._slices.admit(op):
             self._apply_feed(op)
@@ -98,12 +100,10 @@ class Arrivals:
             self._hub.announce_presence(event)
             self._covered.announced(event)
             return True
-        if isinstance(event, SettingsChanged):
+        if isinstance(event, SettingsHeard):
             self._covered.settings.heard(event)
             return True
-        if isinstance(event, LocationKept) or (
-            isinstance(event, GoneEvent) and event.reason == "hidden"
-        ):
+        if isinstance(event, GoneEvent) and event.reason == "hidden":
             self._covered.settings.hidden(event.user)
         if isinstance(event, Replaced):
             if self.control is not None:
@@ -114,11 +114,13 @@ class Arrivals:
             self._hub.apply_feed(op, self._now())
         return False
 
-    def written(self, record: Record) -> None:
-        """Redis has a settings change made here: the nodes that keep them hear it now
-        (``KeptSettings``)."""
+    def written(self, record: Record, version: Any) -> None:
+        """Redis stored a settings change made here at ``version``: the nodes that keep
+        them hear it now (``KeptSettings``)."""
         if isinstance(record, SettingsChanged):
-            self._broker.publish_remote([user_channel(record.user)], record)
+            self._covered.settings.wrote(record, version)
+            heard = SettingsHeard(record, version)
+            self._broker.publish_remote([user_channel(record.user)], heard)
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is

@@ -38,6 +38,15 @@ class Replaced:
     incarnation: str
 
 
+@attrs.frozen
+class SettingsHeard:
+    """On ``user:U``: U's settings changed, as Redis stored them at ``version``
+    (``redis_state.SET_SETTINGS``: versions order the changes made through any node)."""
+
+    change: SettingsChanged
+    version: int
+
+
 ChannelEvent = (
     Outgoing
     | LocationEvent
@@ -47,7 +56,7 @@ ChannelEvent = (
     | ChatEvent
     | Replaced
     | PresenceSet
-    | SettingsChanged
+    | SettingsHeard
 )
 
 
@@ -96,8 +105,8 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "chat", "message": record_to_json(event.message)}
     if isinstance(event, PresenceSet):
         return {"k": "presence", "op": feed_to_json(event)}  # as the feed carried it
-    if isinstance(event, SettingsChanged):
-        return {"k": "settings", "record": record_to_json(event)}  # as the journal has it
+    if isinstance(event, SettingsHeard):
+        return {"k": "settings", "record": record_to_json(event.change), "v": event.version}
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -136,7 +145,7 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         record = record_from_json(data["record"])
         if not isinstance(record, SettingsChanged):
             raise ValueError("not a settings change")
-        return record
+        return SettingsHeard(record, int(data["v"]))
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

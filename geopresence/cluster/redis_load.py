@@ -135,17 +135,21 @@ async def read_statuses(client: Any, keys: Keys, users: Sequence[str]) -> dict[s
 
 async def read_settings(client: Any, keys: Keys, users: Sequence[str]) -> dict[str, UserSettings]:
     """Each of ``users``' settings (``gp:settings:{U}``; absent: ``DEFAULT_SETTINGS``)."""
-    return (await read_kept(client, keys, (), users))[1]
+    read = (await read_kept(client, keys, (), users))[1]
+    return {user: settings for user, (settings, _) in read.items()}
 
+
+Versioned = tuple[UserSettings, int]
+"""A user's settings and their version (``redis_state.SET_SETTINGS``; 0: none stored)."""
 
 _STATUS_FIELDS: Final = ["status", "last_active_at", "v"]
 
 
 async def read_kept(
     client: Any, keys: Keys, statuses: Sequence[str], settings: Sequence[str]
-) -> tuple[dict[str, Held], dict[str, UserSettings]]:
-    """``read_statuses(statuses)`` and ``read_settings(settings)`` together, ``PIPELINE``
-    to a round trip: what a node keeps of the users its sessions need."""
+) -> tuple[dict[str, Held], dict[str, Versioned]]:
+    """``read_statuses(statuses)`` and the versioned settings of ``settings`` together,
+    ``PIPELINE`` to a round trip: what a node keeps of the users its sessions need."""
     items = [(True, user) for user in statuses] + [(False, user) for user in settings]
     read = await pipelined(
         client,
@@ -164,8 +168,11 @@ async def read_kept(
                 None if last is None else float(last),
                 0 if version is None else int(version),
             )
-    kept = {
-        user: DEFAULT_SETTINGS if raw is None else settings_from(_settings_from_json(user, raw))
-        for user, raw in zip(settings, read[len(statuses) :], strict=True)
-    }
+    kept: dict[str, Versioned] = {}
+    for user, raw in zip(settings, read[len(statuses) :], strict=True):
+        if raw is None:
+            kept[user] = (DEFAULT_SETTINGS, 0)
+        else:
+            version = int(orjson.loads(raw).get("v", 0))
+            kept[user] = (settings_from(_settings_from_json(user, raw)), version)
     return found, kept

@@ -85,7 +85,8 @@ class Writer:
     trip), or ``write``, which reads before it writes (group changes)."""
 
     commands: Callable[[Keys, Any], list[Command]] | None = None
-    write: Callable[[Any, Keys, Any], Awaitable[None]] | None = None
+    write: Callable[[Any, Keys, Any], Awaitable[Any]] | None = None
+    """Returns what ``RedisJournal.on_written`` is told (settings: their version)."""
 
     def __attrs_post_init__(self) -> None:
         if (self.commands is None) == (self.write is None):
@@ -138,16 +139,32 @@ def _member_removed(k: Keys, op: MemberRemoved) -> list[Command]:
     ]
 
 
-def _settings(k: Keys, op: SettingsChanged) -> list[Command]:
+SET_SETTINGS: Final = """
+-- KEYS[1]: gp:settings:{U}; ARGV[1]: the settings' JSON object, without "v".
+-- Stores it with a version above the previous one and the time (microseconds), so that
+-- versions order the changes made through any node, a forgotten user's included.
+local old = redis.call('GET', KEYS[1])
+local v = 0
+if old then v = tonumber(cjson.decode(old)['v']) or 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if now > v then v = now else v = v + 1 end
+redis.call('SET', KEYS[1], '{"v":' .. string.format('%d', v) .. ',' .. string.sub(ARGV[1], 2))
+return v
+"""
+
+
+async def _settings(client: Any, k: Keys, op: SettingsChanged) -> int:
+    """Store ``op``'s settings; returns their version (``SET_SETTINGS``). The key stays at
+    the defaults too (its version must go on rising); the index lists the others."""
+    version = int(await client.register_script(SET_SETTINGS)(
+        keys=[k.of("settings", op.user)], args=[_settings_json(op)]
+    ))  # fmt: skip
     if settings_from(op) == DEFAULT_SETTINGS:
-        return [
-            ("delete", ([k.of("settings", op.user)],)),
-            ("srem", (k.settings_users, [op.user])),
-        ]
-    return [
-        ("set", (k.of("settings", op.user), _settings_json(op))),
-        ("sadd", (k.settings_users, [op.user])),
-    ]
+        await client.srem(k.settings_users, [op.user])
+    else:
+        await client.sadd(k.settings_users, [op.user])
+    return version
 
 
 def _feed_only(k: Keys, op: PresenceSet | LogoutRequested | Watermark) -> list[Command]:
@@ -187,7 +204,7 @@ WRITERS: Final[dict[type[Any], Writer]] = covering(
         Unfriended: Writer(_unfriended),
         MemberAdded: Writer(_member_added),
         MemberRemoved: Writer(_member_removed),
-        SettingsChanged: Writer(_settings),
+        SettingsChanged: Writer(write=_settings),
         GroupSet: Writer(write=_group_set),
         GroupDeleted: Writer(write=_group_deleted),
         UserForgotten: Writer(write=forget_user),
@@ -212,13 +229,13 @@ def blind_commands(keys: Keys, op: FeedOp) -> list[Command] | None:
     return None if commands is None else commands(keys, op)
 
 
-async def write(client: Any, keys: Keys, op: FeedOp) -> None:
+async def write(client: Any, keys: Keys, op: FeedOp) -> Any:
     """Apply one change to Redis (idempotent: a retry after a failure is harmless); not
-    for a chat message with a ``client_msg_id`` (``chat_once``)."""
+    for a chat message with a ``client_msg_id`` (``chat_once``). Returns what its writer
+    returns (settings: their version)."""
     writer = WRITERS[type(op)]
     if writer.write is not None:
-        await writer.write(client, keys, op)
-        return None
+        return await writer.write(client, keys, op)
     assert writer.commands is not None
     for command in writer.commands(keys, op):
         await _call(client, command)
@@ -284,8 +301,9 @@ class RedisJournal:
         self.write_errors = 0
         self.on_append: Callable[[Record], None] | None = None
         """Called with each record this node journals (the link watches friendships)."""
-        self.on_written: Callable[[Record], None] | None = None
-        """Called with each ``OFF_FEED`` record once Redis has it (the link publishes it)."""
+        self.on_written: Callable[[Record, Any], None] | None = None
+        """Called with each ``OFF_FEED`` record once Redis has it, and what its writer
+        returned (settings: their version); the link publishes it."""
 
     def append(self, record: Record) -> int:
         if self.on_append is not None:
@@ -351,13 +369,11 @@ class RedisJournal:
                     await trio.sleep(1.0)
                     continue
                 advanced = False
-                for seq, _, op, _, _ in batch:
+                for seq, *_ in batch:
                     queue.popleft()
                     if seq:
                         self._durable = seq
                         advanced = True
-                    if isinstance(op, OFF_FEED) and self.on_written is not None:
-                        self.on_written(op)
                 # After each batch, not once the queue is empty: under a steady stream of
                 # changes it may never be, and the acks would wait for ever.
                 if advanced and self.on_durable is not None:
@@ -381,9 +397,11 @@ class RedisJournal:
                     self.on_stored_before(seq, original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
-        await write(client, keys, op)
+        result = await write(client, keys, op)
         if on_feed:
             await feed.append(op, uid, mark)
+        if isinstance(op, OFF_FEED) and self.on_written is not None:
+            self.on_written(op, result)
         return [queue_head]
 
     async def flush(self) -> None:

@@ -340,7 +340,9 @@ class Strangers:
         self.queries.gone_during.gone(user)
         code = self.grid.remove(user)
         if code is not None:
-            if not self.ctx.replaying:  # applying another node's change: it did this
+            # Applying another node's change, that node did this; but a hide: this node
+            # may have listed the user itself (its moves here), before it heard of it.
+            if not self.ctx.replaying or reason == "hidden":
                 self.index.left(user, code)
             event = StrangerGoneEvent(user, reason)
             if reason == "expired":

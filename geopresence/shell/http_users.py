@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from geopresence.core.store import DEFAULT_SETTINGS
 from geopresence.shell.control import Control, holding, settings_of, statuses_of
 from geopresence.shell.export import export_document
 from geopresence.shell.http_routing import HttpError, Request, Response, Streamed
@@ -26,17 +27,20 @@ class UserData:
         """Forget the user; 500 if the history or the snapshot could not be rewritten
         (the forget itself is applied and durable; the history is retried)."""
         user = request.params["user"]
+        # Several nodes: this node may not keep the user's settings; Redis has them.
+        stored = await settings_of(self.server, user)
         async with holding(self.server, (user,)):  # the report counts its friends
             report, problem = await self.server.forget_user(user)
         if problem is not None:
             raise HttpError(500, "internal", f"{user} is forgotten, but {problem}")
+        settings = report.settings if stored is None else stored != DEFAULT_SETTINGS
         return 200, {
             "user": user,
             "forgotten": True,
             "friends": report.friends,
             "groups": report.groups,
             "messages": report.messages,
-            "settings": report.settings,
+            "settings": settings,
             "location": report.location,
             "devices_logged_out": report.devices,
         }

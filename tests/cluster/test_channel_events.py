@@ -8,6 +8,7 @@ from geopresence.cluster.channel_events import (
     ChannelEvent,
     Envelope,
     Replaced,
+    SettingsHeard,
     decode_envelope,
     encode_envelope,
 )
@@ -31,8 +32,8 @@ EVENTS: list[ChannelEvent] = [
     Replaced("alice", "phone", "3/k2Jx"),
     PresenceSet("alice", "online", 12.5, 7),
     PresenceSet("alice", "offline", None, 8),
-    SettingsChanged("alice", False, 2500.0, True),
-    SettingsChanged("alice", True, None, False),
+    SettingsHeard(SettingsChanged("alice", False, 2500.0, True), 1_733_000_000_000_001),
+    SettingsHeard(SettingsChanged("alice", True, None, False), 7),
 ]
 
 

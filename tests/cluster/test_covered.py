@@ -12,12 +12,14 @@ import orjson
 import pytest
 import trio
 
+from geopresence.cluster.channel_events import SettingsHeard
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.views import Views
 from geopresence.core.broker import MemoryBroker
 from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.nearby import GoneEvent
 from geopresence.core.replication import LocationSet, PresenceSet
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.records import SettingsChanged
@@ -396,7 +398,8 @@ async def test_a_settings_change_heard_while_they_are_read_wins() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(covered.settings.read_missing, ["alice"])
             await redis.waiting.wait()  # read Redis before her change was written...
-            covered.settings.heard(SettingsChanged("alice", False, None, False))  # ...then heard
+            change = SettingsChanged("alice", False, None, False)
+            covered.settings.heard(SettingsHeard(change, 1))  # ...then heard
             redis.gate.set()
     assert hub.store.get_settings("alice").share_location is False
 
@@ -447,3 +450,66 @@ async def test_a_session_s_own_settings_are_kept_before_it_opens() -> None:
 def settings_json(share: bool, radius: float | None = None) -> dict[str, Any]:
     """``gp:settings:{U}`` as ``redis_state`` writes it."""
     return {"share_location": share, "radius_m": radius, "visible_to_strangers": False}
+
+
+# ---------------------------------------------------------------- settings: from a review
+
+
+async def test_a_hide_heard_while_settings_are_reread_is_not_undone() -> None:
+    """Her node says she hides (gone "hidden", at once) while this node reads her settings
+    again after a gap, from a Redis that has not her change yet: bob's last word about her
+    stays friend_gone, and her change, heard once written, changes nothing more."""
+    hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        redis = GatedRedis(client)
+        covered = covered_by(redis, keys, hub, broker)
+        covered.settings.keep({"alice": (UserSettings(), 0), "bob": (UserSettings(), 0)})
+        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+        hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)
+        with hub.fanout.scoped("local"):
+            hub.nearby.tell_sharing("alice", NOW)  # what her node's publish told bob
+        assert [f["user"] for f in sink.take(1, "friend_location")] == ["alice"]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.settings.reread, ["alice"])
+            await redis.waiting.wait()
+            covered.settings.hidden("alice")  # as Arrivals.on_remote, then the broker:
+            broker.publish(["user:alice"], GoneEvent("alice", "hidden"))
+            redis.gate.set()
+        covered.settings.heard(SettingsHeard(SettingsChanged("alice", False, None, False), 5))
+    frames = [(f["type"], f["user"]) for f in sink.take(1, "friend_location", "friend_gone")]
+    assert frames == [("friend_gone", "alice")]
+    assert hub.nearby.nearby("bob", NOW) == []
+
+
+async def test_a_hide_heard_while_settings_are_first_read_is_not_lost() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        redis = GatedRedis(client)
+        covered = covered_by(redis, keys, hub, broker)
+        covered.settings.keep({"bob": (UserSettings(), 0)})
+        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+        hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.settings.read_missing, ["alice"])
+            await redis.waiting.wait()
+            covered.settings.hidden("alice")  # her gone "hidden" arrives meanwhile
+            redis.gate.set()
+    assert hub.nearby.nearby("bob", NOW) == []
+    assert hub.store.get_settings("alice") == UserSettings(share_location=False)
+
+
+async def test_settings_heard_out_of_order_keep_the_newest() -> None:
+    """Two devices of alice on two other nodes change her settings: whatever order their
+    publishes arrive in, the newest version stays (Redis' order)."""
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        covered.settings.keep({"alice": (UserSettings(), 1)})
+        newer = SettingsChanged("alice", True, 900.0, False)
+        covered.settings.heard(SettingsHeard(newer, 3))
+        covered.settings.heard(SettingsHeard(SettingsChanged("alice", False, 100.0, True), 2))
+        assert hub.store.get_settings("alice") == UserSettings(True, 900.0, False)
+        # A change made here, stored after an older one made elsewhere was heard.
+        mine = SettingsChanged("alice", False, None, False)
+        covered.settings.wrote(mine, 4)
+        assert hub.store.get_settings("alice") == UserSettings(False, None, False)

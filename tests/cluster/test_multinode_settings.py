@@ -8,7 +8,9 @@ from pathlib import Path
 
 import trio
 
-from tests.cluster.test_multinode import _gauge, cluster_of, expect, session
+from geopresence.cluster.link import WRITE_DELAY_ENV
+from tests.cluster.test_multinode import _gauge, cluster_of, expect, session, start_node
+from tests.redis_server import redis_server
 
 
 async def test_settings_reach_the_nodes_that_keep_them_and_no_other(tmp_path: Path) -> None:
@@ -48,6 +50,44 @@ async def test_settings_reach_the_nodes_that_keep_them_and_no_other(tmp_path: Pa
                 await trio.sleep(0.3)
                 # Nobody on node b needs them any more: dropped.
                 assert _gauge(await admin_b.metrics(), "settings_kept") == 0
-                # An export on node b reads them from Redis.
+                # An export on node b reads them from Redis, and so does a forget's report.
                 exported = (await admin_b.export("alice"))["settings"]
                 assert (exported["share_location"], exported["radius_m"]) == (False, 1500.0)
+            assert (await admin_b.forget("alice"))["settings"] is True
+
+
+async def test_sharing_turned_on_stays_on_when_another_device_moves_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """From a review. ursula does not share; her phone is on node a, her tablet on node b,
+    whose writes wait 1 s. She turns sharing on from the tablet while her phone moves: node
+    a, not told yet, publishes the move as kept from view. That is no hide: her settings
+    stay as she set them on both nodes, and a radius set afterwards keeps sharing on."""
+    with redis_server() as port:
+        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        nodes = [
+            start_node(args, 1, tmp_path),
+            start_node(args, 2, tmp_path, env={WRITE_DELAY_ENV: "1.0"}),
+        ]
+        a, b = nodes
+        try:
+            async with session(a, "ursula") as phone:
+                await phone.request("settings", share_location=False)
+                await phone.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+                await trio.sleep(0.5)
+                async with session(b, "ursula", "tablet") as tablet:
+                    await tablet.send({"type": "settings", "share_location": True})
+                    await trio.sleep(0.2)
+                    await phone.send({"type": "location", "lat": 37.5666, "lon": 126.9781})
+                    reply = await expect(tablet, "settings", within=5)
+                    assert reply["share_location"] is True
+                    await trio.sleep(1.0)  # node a heard it
+                    on_a = (await phone.request("settings"))["share_location"]
+                    on_b = (await tablet.request("settings"))["share_location"]
+                    radius = await tablet.request("settings", radius_m=1000.0)
+                    assert (on_a, on_b, radius["share_location"]) == (True, True, True)
+        finally:
+            for node in nodes:
+                node.proc.terminate()
+            for node in nodes:
+                node.proc.wait(15)

@@ -75,7 +75,14 @@ async def write_then_load(client: Any) -> None:
     )
     journal.on_durable = lambda: first.journal_advanced(NOW)
     written: list[Any] = []
-    journal.on_written = written.append  # what ClusterLink publishes on the user's channel
+    versions: list[int] = []
+
+    # What ClusterLink publishes on the user's channel, with the version Redis stored.
+    def on_written(record: Any, version: int) -> None:
+        written.append(record)
+        versions.append(version)
+
+    journal.on_written = on_written
     keys.location_ttl = first.settings.location_ttl  # as ClusterLink.run
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
@@ -107,6 +114,7 @@ async def write_then_load(client: Any) -> None:
         SettingsChanged("bob", True, None, True),
         SettingsChanged("bob", True, None, False),
     ]
+    assert versions[1] < versions[2]  # each change above the last
     # Every other change is in the feed, in order, for the other nodes (not for node 1).
     fed: list[FeedOp] = []
     other = RedisFeed(client, keys, node_id=2)

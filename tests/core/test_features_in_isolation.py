@@ -219,6 +219,13 @@ def test_strangers_with_a_shared_index_answer_later_and_tell_what_they_do() -> N
     strangers.on_location("dan", Location(48.85, 2.35 + 0.00001, 7.0), now=7.0)
     strangers.on_location_gone("dan", "expired")
     assert index.told == [("entered", "dan"), ("stayed", "dan"), ("left", "dan")]
+    # dan hides through another node: this node may have listed him itself (his moves
+    # here, before it heard), so it takes him out too.
+    strangers.on_location("dan", here, now=8.0)
+    ctx.replaying = True
+    strangers.on_visibility("dan", False, now=9.0)
+    ctx.replaying = False
+    assert index.told[-2:] == [("entered", "dan"), ("left", "dan")]
 
 
 def test_nearby_on_a_fake_context_tells_its_listener_and_publishes() -> None:
