@@ -237,7 +237,8 @@ class RedisStrangers:
             return
         spot = snap(last)
         cell = cell_name(spot.lat, spot.lon)
-        self._listed[cell, user] = listed
+        if len(self._writes) < MAX_PENDING_WRITES:  # else dropped: nothing to call back
+            self._listed[cell, user] = listed
         self._queue(("leave", cell, user, None, 0.0))
 
     def search(
@@ -280,10 +281,20 @@ class RedisStrangers:
                         await self._write(batch)
                     except Exception as exc:
                         self.errors += 1
-                        self.dropped += len(batch)
+                        # Removals are kept, in order, for the next attempt: a node that
+                        # does not keep a user's settings trusts the cell's listing.
+                        leaves = [write for write in batch if write[3] is None]
+                        self._writes.extendleft(reversed(leaves))
+                        self.dropped += len(batch) - len(leaves)
                         if not failing:  # one line per outage
-                            log.error("writing strangers' positions failed (%s): dropping", exc)
+                            log.error(
+                                "writing strangers' positions failed (%s): dropping moves, "
+                                "keeping %d removals",
+                                exc,
+                                len(leaves),
+                            )
                         failing = True
+                        await trio.sleep(1.0)
                         continue
                     if failing:
                         log.info("strangers' positions written again (%d dropped)", self.dropped)
@@ -292,16 +303,15 @@ class RedisStrangers:
                 self._nursery = None
 
     async def _write(self, batch: list[Write]) -> None:
-        told: list[tuple[Callable[[], None], Any]] = []
+        told: list[tuple[tuple[str, str], Any]] = []
         async with self._client.pipeline(transaction=False) as pipe:
             for what, cell, user, spot, expires in batch:
                 where, exp, ts = cell_keys(self._keys, cell)
                 polar = cell in POLAR_CELLS
                 if spot is None:
                     request = leave(pipe, self._keys, cell, user)
-                    listed = self._listed.pop((cell, user), None)
-                    if listed is not None:
-                        told.append((listed, request))
+                    if (cell, user) in self._listed:
+                        told.append(((cell, user), request))
                     continue
                 if polar:
                     pipe.hset(where, {user: f"{spot.lon!r} {spot.lat!r}"})
@@ -312,8 +322,9 @@ class RedisStrangers:
                     pipe.hset(ts, {user: repr(spot.ts)})
                 else:  # still live, seen as before: the ts of the update that entered
                     pipe.hsetnx(ts, user, repr(spot.ts))
-        for listed, request in told:
-            if await request:
+        for key, request in told:
+            listed = self._listed.pop(key, None)
+            if await request and listed is not None:
                 listed()
 
     async def _search(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import coredis
 import pytest
@@ -21,7 +22,7 @@ from geopresence.core.stranger_index import Found
 from geopresence.core.stranger_queries import snap
 from geopresence.model.geocells import INDEX_PRECISION, cell_of
 from geopresence.model.records import UserForgotten
-from tests.redis_server import AnyRedis
+from tests.redis_server import AnyRedis, redis_server
 
 NOW = 1_800_000_000.0
 TTL = 600.0
@@ -208,3 +209,47 @@ async def test_a_user_listed_going_offline_is_told_to_the_watchers_once_out(
     await settle(strangers)
     assert told == ["sam"]
     assert await search(strangers, SEOUL, 5_000) == (0, [])
+
+
+class FailingFirst:
+    """A client whose first pipeline fails (Redis unreachable for a moment)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("redis went away")
+        return self.client.pipeline(**kwargs)
+
+
+async def test_a_removal_redis_failed_is_written_once_it_answers() -> None:
+    """A node that keeps no settings of a stranger trusts the cell's listing: a user who
+    hid or went offline must leave it even if Redis failed the first time; moves are
+    dropped (the next one writes them again)."""
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("t")
+            writer = RedisStrangers(client, keys, Clock())
+            flaky = RedisStrangers(FailingFirst(client), keys, Clock())
+            writer.location_ttl = flaky.location_ttl = TTL
+            last = Location(37.5665, 126.978, 1.0)
+            told: list[str] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(writer.run)
+                writer.entered("sam", snap(last), None, NOW)
+                await settle(writer)
+                await nursery.start(flaky.run)
+                flaky.entered("ann", snap(last), None, NOW)  # a move: dropped
+                flaky.went_offline("sam", last, lambda: told.append("sam"))
+                with trio.fail_after(10):
+                    while not told:
+                        await trio.sleep(0.05)
+                assert flaky.dropped == 1 and flaky.errors == 1
+                assert await search(writer, SEOUL, 5_000) == (0, [])
+                nursery.cancel_scope.cancel()
