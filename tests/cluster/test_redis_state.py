@@ -16,9 +16,10 @@ from geopresence.cluster.redis_load import (
     load_locations,
     load_state,
     read_friends,
+    read_kept,
     read_settings,
 )
-from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.redis_state import RedisJournal, write
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
@@ -340,3 +341,25 @@ async def test_messages_with_client_ids_survive_redis_forgetting_the_script(
                 assert journal.write_errors == 1
                 assert journal.durable_seq == last
                 nursery.cancel_scope.cancel()
+
+
+async def test_settings_are_stored_with_a_rising_version_and_read_back_exactly() -> None:
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("t")
+            # A key an older version wrote has no version: any change is newer.
+            legacy = b'{"share_location":false,"radius_m":null,"visible_to_strangers":true}'
+            await client.set(keys.of("settings", "ann"), legacy)
+            [(settings, version)] = (await read_kept(client, keys, (), ["ann"]))[1].values()
+            assert (settings, version) == (UserSettings(False, None, True), 0)
+            exact = SettingsChanged("ann", True, 1234.567890123456, False)
+            first = await write(client, keys, exact)
+            second = await write(client, keys, SettingsChanged("ann", True, None, False))
+            assert 0 < first < second
+            read = await read_kept(client, keys, (), ["ann", "bob"])
+            assert read[1] == {"ann": (UserSettings(), second), "bob": (UserSettings(), 0)}
+            # Not listed among the users with settings of their own: the defaults.
+            assert await client.smembers(keys.settings_users) == set()
+            await write(client, keys, exact)
+            read = await read_kept(client, keys, (), ["ann"])
+            assert read[1]["ann"][0] == UserSettings(True, 1234.567890123456, False)

@@ -266,23 +266,8 @@ K.location_ttl = 600.0
             MemberRemoved("g", "ann"),
             [("hdel", ("gp:group:{g}", ["ann"])), ("srem", ("gp:groups_of:{ann}", ["g"]))],
         ),
-        (
-            SettingsChanged("ann", False, None, True),
-            [
-                (
-                    "set",
-                    (
-                        "gp:settings:{ann}",
-                        '{"share_location":false,"radius_m":null,"visible_to_strangers":true}',
-                    ),
-                ),
-                ("sadd", ("gp:settings_users", ["ann"])),
-            ],
-        ),
-        (
-            SettingsChanged("ann", True, None, False),
-            [("delete", (["gp:settings:{ann}"],)), ("srem", ("gp:settings_users", ["ann"]))],
-        ),
+        # A versioned script, whose version is published: written on its own.
+        (SettingsChanged("ann", False, None, True), None),
         (GroupSet("g", ["ann"], 0), None),  # reads first: written on its own
         (GroupDeleted("g"), None),
         (PresenceSet("ann", "online", 1.0, 1), []),  # only on the feed
