@@ -1,11 +1,10 @@
 """How long a node of several takes to load the shared state as it starts (issue 17).
 
 A starting node reads what it keeps of the whole population from Redis (``load_state``):
-every user's settings that differ from the defaults, every group and every stored chat
-message (statuses no longer: a node reads those its sessions need). This seeds a Redis
-(standalone or a 3-master Cluster) with ``--users`` users, each with a presence hash (which
-a starting node now leaves alone), one in five with settings, one group per 100 users and
-``--messages`` 1:1 messages, then times ``load_state`` into a fresh hub.
+every group and every stored chat message (statuses and settings no longer: a node reads
+those its sessions need). This seeds a Redis (standalone or a 3-master Cluster) with
+``--users`` users, each with a presence hash (which a starting node leaves alone), one group
+per 100 users and ``--messages`` 1:1 messages, then times ``load_state`` into a fresh hub.
 
     python -m benchmarks.node_start --users 100000 --messages 100000 --redis standalone,cluster
 """
@@ -32,7 +31,6 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp
 from geopresence.core.store import MemoryStore
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import SettingsChanged
 from geopresence.wire.outbox import Outgoing
 
 PIPELINE = 2000
@@ -59,9 +57,7 @@ async def _seed(client: Any, keys: Keys, users: int, messages: int) -> None:
                     {"status": "online" if i % 2 else "offline", "last_active_at": "1.0", "v": "3"},
                 )
                 pipe.sadd(keys.presence_users, [user])
-    ops: list[FeedOp] = [
-        SettingsChanged(names[i], i % 10 == 0, 800.0, False) for i in range(0, users, 5)
-    ]
+    ops: list[FeedOp] = []
     for g in range(users // 100):
         members = {names[(g * 100 + k) % users]: 0 for k in range(100)}
         async with client.pipeline(transaction=False) as pipe:
