@@ -26,7 +26,7 @@ from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import user_channel
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
-from geopresence.core.nearby import GoneEvent, LocationEvent
+from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, Record, SettingsChanged
@@ -64,10 +64,13 @@ class Arrivals:
 
     def on_record(self, record: Record) -> None:
         """A record this node journals: a friendship made here (``Views``), a change the
-        reads in flight must not miss (``FriendSlices``), a group changed (``Covered``)."""
+        reads in flight must not miss (``FriendSlices``), a group changed (``Covered``),
+        settings changed (``KeptSettings``)."""
         self._views.on_record(record)
         self._slices.made_here(record)
         self._covered.changed(record)
+        if isinstance(record, SettingsChanged):  # stored later (``written``)
+            self._covered.settings.changing(record)
 
     def on_feed(self, op: FeedOp) -> None:
         if isinstance(op, PresenceSet):  # from a version that put transitions on the feed
@@ -95,7 +98,7 @@ class Arrivals:
         user's own) move updates the location cache before the subscribers are told; a
         device taken over elsewhere closes here; a transition updates the status kept here
         and, if newer, is told to this node's connections, and settings the settings kept
-        here (True: the broker does not deliver it). A friend's hide takes effect at once."""
+        here (True: the broker does not deliver it)."""
         if isinstance(event, PresenceSet):
             self._hub.announce_presence(event)
             self._covered.announced(event)
@@ -104,15 +107,30 @@ class Arrivals:
             self._covered.settings.heard(event)
             return True
         if isinstance(event, GoneEvent) and event.reason == "hidden":
-            self._covered.settings.hidden(event.user)
+            self._hidden(event.user)
         if isinstance(event, Replaced):
             if self.control is not None:
                 self.control.on_replaced(event)
         elif isinstance(event, LocationEvent):
+            if isinstance(event, LocationKept) and self._shared_here(event.user):
+                # Its node no longer shares it, and this node has not heard the change
+                # yet: its last shared position stays, never a later one.
+                return False
             where = event.location
             op = LocationSet(event.user, where.lat, where.lon, where.ts, event.now)
             self._hub.apply_feed(op, self._now())
         return False
+
+    def _hidden(self, user: str) -> None:
+        """``user``'s node says it stopped sharing its location, ahead of the change, which
+        is published once Redis stored it: until then no query here may list it, so its
+        position is dropped (kept if a session of the user is here: its own)."""
+        if not self._hub.sessions.has_connections(user):
+            self._hub.nearby.drop_cached(user)
+
+    def _shared_here(self, user: str) -> bool:
+        store = self._hub.store
+        return store.settings_kept(user) and store.get_settings(user).share_location
 
     def written(self, record: Record, version: Any) -> None:
         """Redis stored a settings change made here at ``version``: the nodes that keep

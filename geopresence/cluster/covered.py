@@ -161,8 +161,9 @@ class Covered:
         settings = self.settings.missing(users)
         if not (missing or settings):
             return
-        read, settings_read = await read_kept(self._client, self._keys, missing, settings)
-        self.settings.keep(settings_read)
+        with self.settings.reading(settings):
+            read, settings_read = await read_kept(self._client, self._keys, missing, settings)
+            self.settings.keep(settings_read)
         for user in missing:
             if self.covers(user):  # not let go meanwhile (nobody would keep it current)
                 # Never online: offline at version 0, so that it is not read again.

@@ -14,16 +14,19 @@ and when friendships are made). A change is stored with a version that Redis ass
 whatever arrives first, only a newer version replaces what is kept. When a pub/sub gap may
 have lost changes, those users' settings are read again (``reread``).
 
-A friend's hide takes effect here as soon as its node says so (its ``gone`` ``hidden`` on
-its channel), ahead of the settings' own publish, which waits for Redis: ``hidden``.
+While a change made here is not stored yet, a change heard about the same user is older
+(Redis will give this one a higher version): it is not applied (``changing``, ``wrote``).
+A friend who stops sharing leaves the live views and the queries here at once: its node's
+``gone`` ``hidden`` drops its position, and until the change is stored and heard a move
+kept from view does not bring one back (``Arrivals.on_remote``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from geopresence.cluster.channel_events import SettingsHeard
 from geopresence.cluster.redis_keys import Keys
@@ -50,8 +53,12 @@ class KeptSettings:
         self._now = now
         self._versions: dict[str, int] = {}
         """The version of each user's settings kept here (those kept, and only those)."""
-        self._hide: set[str] = set()
-        """Users whose node said they hide while their settings were being read."""
+        self._pending: Counter[str] = Counter()
+        """Changes made here not stored yet, per user."""
+        self._reading: Counter[str] = Counter()
+        """Reads in flight, per user."""
+        self._let_go: set[str] = set()
+        """Users let go while a read of theirs was in flight: that read is not kept."""
 
     def needed(self, user: str) -> bool:
         """True if this node listens to ``user``'s own channel (it must keep its settings)."""
@@ -77,19 +84,33 @@ class KeptSettings:
         ``subscribed``). Nothing is told: nothing was shown with settings not kept."""
         missing = self.missing(users)
         if missing:
-            self.keep((await read_kept(self._client, self._keys, (), missing))[1])
+            with self.reading(missing):
+                read = (await read_kept(self._client, self._keys, (), missing))[1]
+                self.keep(read)
+
+    @contextlib.contextmanager
+    def reading(self, users: Collection[str]) -> Iterator[None]:
+        """Around a read of ``users``' settings and its ``keep``: one let go meanwhile is
+        not kept (a change published while nobody here listened would be missing)."""
+        self._reading.update(users)
+        try:
+            yield
+        finally:
+            self._reading.subtract(users)
+            for user in users:
+                if self._reading[user] <= 0:
+                    del self._reading[user]
+                    self._let_go.discard(user)
 
     def keep(self, read: Mapping[str, Versioned]) -> None:
-        """Keep the settings ``read`` (for ``missing`` users) of those still needed, unless
-        a newer version was heard meanwhile; a hide heard meanwhile stays."""
+        """Keep the settings ``read`` (inside ``reading``) of those still needed and not let
+        go meanwhile, unless a newer version was heard meanwhile."""
         store = self._hub.store
         for user, (settings, version) in read.items():
-            hide = user in self._hide
-            self._hide.discard(user)
-            if not self.needed(user) or self._versions.get(user, -1) >= version:
+            if user in self._let_go or not self.needed(user) or self._pending[user]:
                 continue
-            if hide:
-                settings = attrs.evolve(settings, share_location=False)
+            if self._versions.get(user, -1) >= version:
+                continue
             if store.settings_kept(user):  # heard meanwhile, older: as a change
                 self._hub.apply_feed(settings_record(user, settings), self._now())
             else:
@@ -106,7 +127,7 @@ class KeptSettings:
         read = (await read_kept(self._client, self._keys, (), wanted))[1]
         now = self._now()
         for user, (settings, version) in read.items():
-            kept = store.settings_kept(user) and self.needed(user)
+            kept = store.settings_kept(user) and self.needed(user) and not self._pending[user]
             if kept and version > self._versions.get(user, -1):
                 self._versions[user] = version
                 if store.get_settings(user) != settings:
@@ -118,41 +139,33 @@ class KeptSettings:
         user = change.user
         if not self.needed(user) or self._versions.get(user, -1) >= version:
             return  # not kept here, or older than what is
+        if self._pending[user]:
+            return  # older than the change made here, which Redis has not stored yet
         self._versions[user] = version
-        self._hide.discard(user)
         store = self._hub.store
         if store.settings_kept(user):
             self._hub.apply_feed(change, self._now())
         else:  # its read is in flight (and loses to this): nothing was shown without it
             store.put_settings(user, settings_from(change))
 
-    def wrote(self, change: SettingsChanged, version: int) -> None:
-        """Redis stored a change made here at ``version``: kept as such (another node's
-        older change heard meanwhile gives way to it)."""
-        user = change.user
-        if not self.needed(user) or self._versions.get(user, -1) >= version:
-            return
-        self._versions[user] = version
-        if self._hub.store.get_settings(user) != settings_from(change):
-            self._hub.apply_feed(change, self._now())
+    def changing(self, change: SettingsChanged) -> None:
+        """A change made here, journaled: not stored yet (``wrote`` follows)."""
+        self._pending[change.user] += 1
 
-    def hidden(self, user: str) -> None:
-        """``user``'s node published that it stopped sharing its location (its settings'
-        change follows once Redis has it): keep it hidden here from now on, also over a
-        read in flight. A later version replaces this, like any change."""
-        store = self._hub.store
-        if not self.needed(user):
-            return
-        if not store.settings_kept(user):
-            self._hide.add(user)  # for ``keep``
-            return
-        settings = store.get_settings(user)
-        if settings.share_location:
-            store.put_settings(user, attrs.evolve(settings, share_location=False))
+    def wrote(self, change: SettingsChanged, version: int) -> None:
+        """Redis stored a change made here at ``version``: what is kept is that change (or
+        a later one made here), at this version. Nothing heard meanwhile was applied."""
+        user = change.user
+        self._pending[user] -= 1
+        if self._pending[user] <= 0:
+            del self._pending[user]
+        if self.needed(user):
+            self._versions[user] = max(version, self._versions.get(user, -1))
 
     def released(self, user: str) -> None:
         """No connection here listens to ``user``'s channel any more: its settings are not
         kept current here, so not kept."""
         self._hub.store.drop_settings(user)
         self._versions.pop(user, None)
-        self._hide.discard(user)
+        if user in self._reading:
+            self._let_go.add(user)

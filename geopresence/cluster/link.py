@@ -263,10 +263,12 @@ class ClusterLink:
         self.keys.location_ttl = hub.settings.location_ttl
         self.strangers.location_ttl = hub.settings.location_ttl
         store = hub.store
-        # One whose settings this node does not keep: as Redis lists it (its node writes it).
+        # One whose settings this node does not keep: as Redis lists it (its node writes
+        # it), its settings read from Redis before it is shown (``RedisStrangers``).
         self.strangers.visible = lambda user: (
             not store.settings_kept(user) or store.get_settings(user).visible_to_strangers
         )
+        self.strangers.settings_kept = store.settings_kept
         # A stranger found in Redis is online unless this node knows otherwise: its node
         # takes it out of its cell as it goes offline.
         self.strangers.live = lambda user: (

@@ -29,6 +29,7 @@ from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
 from geopresence.cluster.redis_keys import Keys, message_member, strings
+from geopresence.cluster.settings_writes import SetSettings
 from geopresence.core.replication import (
     FEED_KINDS,
     FeedOp,
@@ -37,8 +38,7 @@ from geopresence.core.replication import (
     PresenceSet,
     Watermark,
 )
-from geopresence.core.state import covering, settings_from
-from geopresence.core.store import DEFAULT_SETTINGS
+from geopresence.core.state import covering
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -56,16 +56,6 @@ log = logging.getLogger("geopresence.redis")
 
 BATCH: Final = 512
 """Changes written per pipeline (one round trip) by ``RedisJournal``."""
-
-
-def _settings_json(record: SettingsChanged) -> str:
-    return orjson.dumps(
-        {
-            "share_location": record.share_location,
-            "radius_m": record.radius_m,
-            "visible_to_strangers": record.visible_to_strangers,
-        }
-    ).decode()
 
 
 Command = tuple[str, tuple[Any, ...]] | tuple[str, tuple[Any, ...], dict[str, Any]]
@@ -139,31 +129,9 @@ def _member_removed(k: Keys, op: MemberRemoved) -> list[Command]:
     ]
 
 
-SET_SETTINGS: Final = """
--- KEYS[1]: gp:settings:{U}; ARGV[1]: the settings' JSON object, without "v".
--- Stores it with a version above the previous one and the time (microseconds), so that
--- versions order the changes made through any node, a forgotten user's included.
-local old = redis.call('GET', KEYS[1])
-local v = 0
-if old then v = tonumber(cjson.decode(old)['v']) or 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if now > v then v = now else v = v + 1 end
-redis.call('SET', KEYS[1], '{"v":' .. string.format('%d', v) .. ',' .. string.sub(ARGV[1], 2))
-return v
-"""
-
-
 async def _settings(client: Any, k: Keys, op: SettingsChanged) -> int:
-    """Store ``op``'s settings; returns their version (``SET_SETTINGS``). The key stays at
-    the defaults too (its version must go on rising); the index lists the others."""
-    version = int(await client.register_script(SET_SETTINGS)(
-        keys=[k.of("settings", op.user)], args=[_settings_json(op)]
-    ))  # fmt: skip
-    if settings_from(op) == DEFAULT_SETTINGS:
-        await client.srem(k.settings_users, [op.user])
-    else:
-        await client.sadd(k.settings_users, [op.user])
+    """Store ``op``'s settings; returns their version (``settings_writes``)."""
+    [version] = await SetSettings(client, k)([op])
     return version
 
 
@@ -276,6 +244,7 @@ class RedisJournal:
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
         self._store_once = StoreOnce(client, keys, self.feed)
+        self._set_settings = SetSettings(client, keys)
         self._queue: deque[QueuedOp] = deque()
         """(seq or 0, uid, op, on the feed, watermark) in write order."""
         self.watermark: Callable[[], int] | None = None
@@ -381,12 +350,21 @@ class RedisJournal:
 
     async def _write_some(self) -> list[QueuedOp]:
         """Write the ops at the head of the queue that share a kind of round trip: a batch
-        of blind ops in one pipeline, a batch of chat messages with a ``client_msg_id``
+        of blind ops in one pipeline, a batch of settings changes (``settings_writes``,
+        then ``on_written``), a batch of chat messages with a ``client_msg_id``
         (``chat_once``), or one op that must read first. Returns what was written."""
         client, keys, feed = self._client, self._keys, self.feed
         batch = self._batch(self._blind)
         if batch:
             await write_batch(client, keys, [item[1:] for item in batch], feed)
+            return batch
+        batch = self._batch(lambda op: isinstance(op, SettingsChanged))
+        if batch:
+            changes = [op for _, _, op, _, _ in batch if isinstance(op, SettingsChanged)]
+            versions = await self._set_settings(changes)
+            for change, version in zip(changes, versions, strict=True):
+                if self.on_written is not None:
+                    self.on_written(change, version)
             return batch
         batch = self._batch(is_once)
         if batch:
@@ -397,11 +375,9 @@ class RedisJournal:
                     self.on_stored_before(seq, original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
-        result = await write(client, keys, op)
+        await write(client, keys, op)
         if on_feed:
             await feed.append(op, uid, mark)
-        if isinstance(op, OFF_FEED) and self.on_written is not None:
-            self.on_written(op, result)
         return [queue_head]
 
     async def flush(self) -> None:

@@ -31,6 +31,7 @@ import trio
 
 from geopresence.cluster.presence_scripts import sha1
 from geopresence.cluster.redis_keys import Keys, string
+from geopresence.cluster.redis_load import read_settings
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Answer
@@ -194,6 +195,9 @@ class RedisStrangers:
         """The hub's clock (epoch seconds): expiries are compared with it."""
         self.visible: Callable[[str], bool] = lambda user: True
         """Whether a user is visible to strangers (the replicated settings)."""
+        self.settings_kept: Callable[[str], bool] = lambda user: True
+        """Whether this node keeps a user's settings (a stranger found whose settings it
+        does not keep has them read: a cell can list one that hid)."""
         self.live: Callable[[str], bool] = lambda user: True
         """Whether a user found may be shown: visible to strangers and online (the
         replicated state; Redis may still list one that hid or went offline elsewhere)."""
@@ -339,6 +343,7 @@ class RedisStrangers:
         for attempt in range(SEARCH_ATTEMPTS):
             try:
                 counted, rows = await self._read(center, radius_m, skipped, need)
+                hidden = await self._hidden({user for user, *_ in rows})
             except Exception as exc:
                 self._loaded = False  # a restarted Redis forgot the script
                 self.errors += 1
@@ -347,7 +352,7 @@ class RedisStrangers:
                 return
             sent, stale = StrangerGrid(), set()
             for user, lon, lat, ts in rows:
-                if self.live(user):
+                if self.live(user) and user not in hidden:
                     # Snapped again: Redis keeps positions to ~0.6 m, the centre is exact.
                     sent.place(user, Location(*coarse(lat, lon), ts))
                 else:
@@ -359,6 +364,15 @@ class RedisStrangers:
             # page would be short; search again without them.
             skipped |= stale
         answer((counted + total, nearest))
+
+    async def _hidden(self, users: Set[str]) -> set[str]:
+        """Those of ``users`` whose settings this node does not keep and Redis says are not
+        visible to strangers: their cell still lists them (a removal not written yet)."""
+        unknown = sorted(user for user in users if not self.settings_kept(user))
+        if not unknown:
+            return set()
+        read = await read_settings(self._client, self._keys, unknown)
+        return {user for user, settings in read.items() if not settings.visible_to_strangers}
 
     async def _read(
         self, center: Location, radius_m: float, excluded: Set[str], need: int

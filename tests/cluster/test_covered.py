@@ -19,11 +19,10 @@ from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.views import Views
 from geopresence.core.broker import MemoryBroker
 from geopresence.core.hub import Hub, HubSettings
-from geopresence.core.nearby import GoneEvent
 from geopresence.core.replication import LocationSet, PresenceSet
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.records import SettingsChanged
-from geopresence.wire.client_messages import LocationUpdate
+from geopresence.wire.client_messages import LocationUpdate, SettingsUpdate
 from tests.cluster.test_views import GatedRedis
 from tests.helpers import RecordingSink
 from tests.redis_server import redis_server
@@ -423,21 +422,6 @@ async def test_a_gap_reads_settings_again_and_tells_what_was_missed() -> None:
     assert [(f["user"], f["reason"]) for f in sink.take(1, "friend_gone")] == [("alice", "hidden")]
 
 
-async def test_a_friend_s_hide_takes_effect_before_its_settings_arrive() -> None:
-    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
-    async with online_in_redis() as (client, keys):
-        covered = covered_by(client, keys, hub, broker)
-        covered.settings.hidden("alice")  # not kept: stays unknown (private)
-        assert not hub.store.settings_kept("alice")
-        hub.store.put_settings("alice", UserSettings(radius_m=300.0))
-        covered.settings.hidden("alice")
-        assert hub.store.get_settings("alice") == UserSettings(False, 300.0, False)
-        # Let go: no longer kept current here, so no longer kept.
-        hub.close_session(1)
-        covered.released("user:alice")
-        assert not hub.store.settings_kept("alice")
-
-
 async def test_a_session_s_own_settings_are_kept_before_it_opens() -> None:
     hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
     async with online_in_redis() as (client, keys):
@@ -455,49 +439,6 @@ def settings_json(share: bool, radius: float | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- settings: from a review
 
 
-async def test_a_hide_heard_while_settings_are_reread_is_not_undone() -> None:
-    """Her node says she hides (gone "hidden", at once) while this node reads her settings
-    again after a gap, from a Redis that has not her change yet: bob's last word about her
-    stays friend_gone, and her change, heard once written, changes nothing more."""
-    hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
-    async with online_in_redis() as (client, keys):
-        redis = GatedRedis(client)
-        covered = covered_by(redis, keys, hub, broker)
-        covered.settings.keep({"alice": (UserSettings(), 0), "bob": (UserSettings(), 0)})
-        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
-        hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)
-        with hub.fanout.scoped("local"):
-            hub.nearby.tell_sharing("alice", NOW)  # what her node's publish told bob
-        assert [f["user"] for f in sink.take(1, "friend_location")] == ["alice"]
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(covered.settings.reread, ["alice"])
-            await redis.waiting.wait()
-            covered.settings.hidden("alice")  # as Arrivals.on_remote, then the broker:
-            broker.publish(["user:alice"], GoneEvent("alice", "hidden"))
-            redis.gate.set()
-        covered.settings.heard(SettingsHeard(SettingsChanged("alice", False, None, False), 5))
-    frames = [(f["type"], f["user"]) for f in sink.take(1, "friend_location", "friend_gone")]
-    assert frames == [("friend_gone", "alice")]
-    assert hub.nearby.nearby("bob", NOW) == []
-
-
-async def test_a_hide_heard_while_settings_are_first_read_is_not_lost() -> None:
-    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
-    async with online_in_redis() as (client, keys):
-        redis = GatedRedis(client)
-        covered = covered_by(redis, keys, hub, broker)
-        covered.settings.keep({"bob": (UserSettings(), 0)})
-        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
-        hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(covered.settings.read_missing, ["alice"])
-            await redis.waiting.wait()
-            covered.settings.hidden("alice")  # her gone "hidden" arrives meanwhile
-            redis.gate.set()
-    assert hub.nearby.nearby("bob", NOW) == []
-    assert hub.store.get_settings("alice") == UserSettings(share_location=False)
-
-
 async def test_settings_heard_out_of_order_keep_the_newest() -> None:
     """Two devices of alice on two other nodes change her settings: whatever order their
     publishes arrive in, the newest version stays (Redis' order)."""
@@ -509,7 +450,65 @@ async def test_settings_heard_out_of_order_keep_the_newest() -> None:
         covered.settings.heard(SettingsHeard(newer, 3))
         covered.settings.heard(SettingsHeard(SettingsChanged("alice", False, 100.0, True), 2))
         assert hub.store.get_settings("alice") == UserSettings(True, 900.0, False)
-        # A change made here, stored after an older one made elsewhere was heard.
-        mine = SettingsChanged("alice", False, None, False)
-        covered.settings.wrote(mine, 4)
-        assert hub.store.get_settings("alice") == UserSettings(False, None, False)
+
+
+async def test_a_change_heard_while_one_made_here_is_not_stored_yet_is_older() -> None:
+    """bob hides on this node; another device's earlier change (radius, still sharing) is
+    heard before Redis stored the hide: it is older, and changes nothing here."""
+    hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        hub.open_session(2, "alice", "phone", now=NOW)
+        covered.settings.keep({"alice": (UserSettings(), 1), "bob": (UserSettings(), 1)})
+        hub.handle(2, LocationUpdate(lat=37.5665, lon=126.978), NOW)
+        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+        assert [f["user"] for f in sink.take(2, "friend_location")] == ["bob"]
+        hub.handle(1, SettingsUpdate(share_location=False), NOW)
+        hidden = SettingsChanged("bob", False, None, False)
+        covered.settings.changing(hidden)  # as Arrivals.on_record, for the journal
+        assert [f["user"] for f in sink.take(2, "friend_gone")] == ["bob"]
+        covered.settings.heard(SettingsHeard(SettingsChanged("bob", True, 900.0, False), 2))
+        hub.handle(1, LocationUpdate(lat=37.5668, lon=126.978), NOW + 1)
+        assert sink.take(2, "friend_location") == []
+        covered.settings.wrote(hidden, 3)
+        assert hub.store.get_settings("bob") == UserSettings(False, None, False)
+        covered.settings.heard(SettingsHeard(SettingsChanged("bob", True, 900.0, False), 2))
+        assert hub.store.get_settings("bob").share_location is False
+
+
+class RepliesHeld:
+    """A client whose pipelines' replies are held until ``gate`` (Redis read, slow back)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.gate = trio.Event()
+        self.read = trio.Event()
+
+    @asynccontextmanager
+    async def pipeline(self, **kwargs: Any) -> AsyncIterator[Any]:
+        async with self.client.pipeline(**kwargs) as pipe:
+            yield pipe
+        self.read.set()
+        await self.gate.wait()
+
+
+async def test_a_read_begun_before_a_channel_was_let_go_is_not_kept() -> None:
+    """From a review: a change published while nobody here listened to her channel is
+    not in a read begun before; kept, it would stay (nothing reads it again)."""
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        shared = b'{"v":1,"share_location":true,"radius_m":null,"visible_to_strangers":false}'
+        hidden = b'{"v":2,"share_location":false,"radius_m":null,"visible_to_strangers":false}'
+        await client.set(keys.of("settings", "alice"), shared)
+        slow = RepliesHeld(client)
+        covered = covered_by(slow, keys, hub, broker)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.settings.read_missing, ["alice"])
+            await slow.read.wait()
+            hub.close_session(1)
+            covered.released("user:alice")
+            await client.set(keys.of("settings", "alice"), hidden)
+            hub.open_session(2, "bob", "phone", now=NOW)
+            slow.gate.set()
+        await covered_by(client, keys, hub, broker).read_missing(["alice", "bob"])
+    assert hub.store.get_settings("alice").share_location is False

@@ -91,3 +91,40 @@ async def test_sharing_turned_on_stays_on_when_another_device_moves_meanwhile(
                 node.proc.terminate()
             for node in nodes:
                 node.proc.wait(15)
+
+
+async def test_a_friend_who_stops_sharing_is_never_listed_again_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """From a review. alice's node writes to Redis 0.5 s late; she sets a radius and at
+    once stops sharing, then moves. bob, on node b, gets friend_gone at once, and no
+    nearby_friends of his lists her while her changes reach him, in either order."""
+    with redis_server() as port:
+        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        nodes = [
+            start_node(args, 1, tmp_path, env={WRITE_DELAY_ENV: "0.5"}),
+            start_node(args, 2, tmp_path),
+        ]
+        a, b = nodes
+        try:
+            async with a.admin() as admin:
+                await admin.befriend("alice", "bob")
+            async with session(a, "alice") as alice, session(b, "bob") as bob:
+                await bob.send({"type": "location", "lat": 37.5667, "lon": 126.9782})
+                await trio.sleep(0.3)
+                await alice.send({"type": "location", "lat": 37.5665, "lon": 126.9780})
+                await expect(bob, "friend_location", user="alice")
+                await alice.send({"type": "settings", "radius_m": 900.0})
+                await alice.send({"type": "settings", "share_location": False})
+                await expect(bob, "friend_gone", user="alice", reason="hidden")
+                await alice.send({"type": "location", "lat": 37.5666, "lon": 126.9781})
+                listed = []
+                for _ in range(15):
+                    listed += (await bob.request("nearby_friends"))["friends"]
+                    await trio.sleep(0.1)
+                assert listed == []
+        finally:
+            for node in nodes:
+                node.proc.terminate()
+            for node in nodes:
+                node.proc.wait(15)

@@ -23,7 +23,7 @@ from geopresence.cluster.redis_state import RedisJournal, write
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
-from geopresence.model.records import SettingsChanged
+from geopresence.model.records import Befriended, SettingsChanged
 from geopresence.storage.snapshot import capture
 from geopresence.wire.client_messages import LocationUpdate, Send
 from tests.helpers import RecordingSink
@@ -363,3 +363,40 @@ async def test_settings_are_stored_with_a_rising_version_and_read_back_exactly()
             await write(client, keys, exact)
             read = await read_kept(client, keys, (), ["ann"])
             assert read[1]["ann"][0] == UserSettings(True, 1234.567890123456, False)
+
+
+class CountingPipelines:
+    """A client that counts its pipelines (round trips)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.pipelines = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def pipeline(self, **kwargs: Any) -> Any:
+        self.pipelines += 1
+        return self.client.pipeline(**kwargs)
+
+
+async def test_settings_changes_share_a_round_trip() -> None:
+    """From a review: 20 users change their settings at once, then a friendship is made:
+    one pipeline for the settings (with their versions), one for the friendship, as when
+    settings were blind writes; not one round trip each, holding the later acks."""
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            counting = CountingPipelines(client)
+            journal = RedisJournal(counting, Keys("burst"), 1)
+            versions: list[int] = []
+            journal.on_written = lambda record, version: versions.append(version)
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    journal.append(SettingsChanged(f"u{i}", False, None, False))
+                last = journal.append(Befriended("ann", "ben"))
+                await nursery.start(journal.run)
+                with trio.fail_after(10):
+                    while journal.durable_seq < last:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    assert len(versions) == 20 and counting.pipelines == 2

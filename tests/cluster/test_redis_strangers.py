@@ -13,6 +13,7 @@ import coredis
 import pytest
 import trio
 
+from geopresence.cluster import redis_strangers
 from geopresence.cluster.redis_forget import forget_user
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_strangers import CELL_PRECISION, RedisStrangers
@@ -253,3 +254,35 @@ async def test_a_removal_redis_failed_is_written_once_it_answers() -> None:
                 assert flaky.dropped == 1 and flaky.errors == 1
                 assert await search(writer, SEOUL, 5_000) == (0, [])
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_stranger_listed_but_hidden_in_redis_is_not_shown(
+    index: tuple[RedisStrangers, Clock],
+) -> None:
+    """From a review: a cell can still list one who hid (a removal not written yet). A node
+    that keeps no settings of hers reads them before showing her: she is not shown."""
+    strangers, _ = index
+    for user, lat in (("sam", 0.001), ("zoe", 0.002)):
+        strangers.entered(user, snap(Location(SEOUL.lat + lat, SEOUL.lon, NOW)), None, NOW)
+    hidden = b'{"v":5,"share_location":true,"radius_m":null,"visible_to_strangers":false}'
+    await strangers._client.set(strangers._keys.of("settings", "zoe"), hidden)
+    strangers.settings_kept = lambda user: False
+    result = await search(strangers, SEOUL, 5_000)
+    assert result is not None and [user for _, user, _ in result[1]] == []  # sam: defaults
+    await strangers._client.set(
+        strangers._keys.of("settings", "sam"), hidden.replace(b"false}", b"true}")
+    )
+    result = await search(strangers, SEOUL, 5_000)
+    assert result is not None and [user for _, user, _ in result[1]] == ["sam"]
+
+
+def test_what_offline_calls_back_is_not_kept_for_a_dropped_removal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From a review: with the write queue full, a removal is dropped, and with it what
+    it would call back (a closure over the hub), not kept for ever."""
+    monkeypatch.setattr(redis_strangers, "MAX_PENDING_WRITES", 1)
+    strangers = RedisStrangers(None, Keys("gp"), Clock())
+    for i in range(100):
+        strangers.went_offline(f"u{i}", Location(37.5665, 126.978 + i, 1.0), lambda: None)
+    assert strangers.pending == 1 and len(strangers._listed) == 1
