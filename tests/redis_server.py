@@ -4,10 +4,13 @@ starts them). Tests skip when it is absent (``.ci/run`` installs it)."""
 
 from __future__ import annotations
 
+import atexit
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import coredis
@@ -39,12 +42,60 @@ def redis_server() -> Iterator[int]:
         yield running.ports[0]
 
 
+_IDLE_CLUSTERS: list[tuple[ExitStack, Redis]] = []
+"""3-master Clusters a test finished with, emptied, for the next (per test process): making
+one takes seconds (``redis-cli --cluster create`` waits for the nodes to join)."""
+
+
 @contextmanager
 def redis_cluster(masters: int = 3) -> Iterator[list[int]]:
     """A Redis Cluster of ``masters`` masters (no replicas) made with
-    ``redis-cli --cluster create``; yields their ports."""
-    with _redis("cluster", masters) as running:
+    ``redis-cli --cluster create``, or an earlier test's, emptied; yields their ports. One
+    whose test failed, or that is not whole and empty afterwards, is not reused."""
+    reusable = masters == 3
+    while reusable and _IDLE_CLUSTERS:
+        stack, running = _IDLE_CLUSTERS.pop()
+        if _emptied(running):
+            break
+        stack.close()
+    else:
+        stack = ExitStack()
+        running = stack.enter_context(_redis("cluster", masters))
+    try:
         yield running.ports
+    except BaseException:
+        stack.close()
+        raise
+    if reusable and _emptied(running):
+        _IDLE_CLUSTERS.append((stack, running))
+    else:
+        stack.close()
+
+
+def _emptied(running: Redis) -> bool:
+    """Empty every master of ``running``; False if one is gone, the Cluster is not ok, or
+    something (a node of the test still dying) wrote to it again right after."""
+
+    def ask(port: int, *command: str) -> str:
+        args = [shutil.which("redis-cli") or "redis-cli", "-p", str(port), *command]
+        return subprocess.run(args, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        for port in running.ports:
+            if ask(port, "FLUSHALL") != "OK" or "cluster_state:ok" not in ask(
+                port, "CLUSTER", "INFO"
+            ):
+                return False
+        time.sleep(0.1)
+        return all(ask(port, "DBSIZE") == "0" for port in running.ports)
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@atexit.register
+def _stop_idle_clusters() -> None:
+    while _IDLE_CLUSTERS:
+        _IDLE_CLUSTERS.pop()[0].close()
 
 
 @asynccontextmanager
