@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from geopresence.cluster.presence_scripts import sha1
+from geopresence.cluster.presence_scripts import PipelinedScript
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys, member_message, message_member
 from geopresence.core.replication import FeedOp
@@ -46,8 +46,7 @@ class StoreOnce:
         self._client = client
         self._keys = keys
         self._feed = feed
-        self._loaded = False
-        self._sha = sha1(_STORE_ONCE)
+        self._script = PipelinedScript(_STORE_ONCE)
 
     async def __call__(
         self, ops: list[tuple[int, FeedOp, bool, int | None]]
@@ -58,11 +57,7 @@ class StoreOnce:
         (None: stored now, or by an earlier attempt of this very write: a retry is
         harmless)."""
         client, keys = self._client, self._keys
-        if not self._loaded:
-            # Pipelines cannot fall back from EVALSHA to EVAL: load the script first.
-            await client.script_load(_STORE_ONCE)  # every master of a Cluster gets it
-            self._loaded = True
-        try:
+        async with self._script.ready(client) as sha:
             async with client.pipeline(transaction=False) as pipe:
                 requests = []
                 for _, op, _, _ in ops:
@@ -71,16 +66,13 @@ class StoreOnce:
                     member = message_member(op)
                     requests.append(
                         pipe.evalsha(
-                            self._sha,
+                            sha,
                             keys=[keys.of("chat", conversation), keys.client_ids(conversation)],
                             args=[f"{op.sender}\n{op.client_msg_id}", member, member[:20]],
                         )
                     )
                     pipe.sadd(keys.chats, [conversation])
             results = [await request for request in requests]
-        except Exception:
-            self._loaded = False  # a restarted Redis forgot it (the journal retries)
-            raise
         originals: list[ChatMessage | None] = []
         for (_, op, _, _), stored in zip(ops, results, strict=True):
             assert isinstance(op, ChatMessage)

@@ -21,8 +21,10 @@ clocks in epoch milliseconds (nodes run NTP, as for every other deadline they sh
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Final
+from collections.abc import AsyncIterator
+from typing import Any, Final
 
 _NEXT_VERSION: Final = """
 -- A user's transition count, made to grow with time as well: if Redis loses the hash (a
@@ -210,3 +212,27 @@ grace window from now (their clients reconnect elsewhere), then the sweepers end
 def sha1(script: str) -> str:
     """The SHA1 Redis knows ``script`` by (``EVALSHA``)."""
     return hashlib.sha1(script.encode()).hexdigest()
+
+
+class PipelinedScript:
+    """A script run by its SHA in pipelines, which cannot fall back from ``EVALSHA`` to
+    ``EVAL``: loaded before its first use, and again after a failure (a restarted Redis
+    forgot it)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = sha1(source)
+        self._loaded = False
+
+    @contextlib.asynccontextmanager
+    async def ready(self, client: Any) -> AsyncIterator[str]:
+        """For the block: the script is loaded (every master of a Cluster has it); gives
+        its SHA. A failure inside marks it to be loaded again."""
+        if not self._loaded:
+            await client.script_load(self.source)
+            self._loaded = True
+        try:
+            yield self.sha
+        except Exception:
+            self._loaded = False
+            raise

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import orjson
 
-from geopresence.cluster.presence_scripts import sha1
+from geopresence.cluster.presence_scripts import PipelinedScript
 from geopresence.cluster.redis_keys import Keys
 from geopresence.core.state import settings_from
 from geopresence.core.store import DEFAULT_SETTINGS
@@ -48,40 +48,26 @@ def settings_json(record: SettingsChanged) -> str:
 
 
 class SetSettings:
-    """Stores settings changes for one node's journal, by the script's SHA (loaded first,
-    and again after Redis forgot it)."""
+    """Stores settings changes for one node's journal (``SET_SETTINGS`` by its SHA)."""
 
     def __init__(self, client: Any, keys: Keys) -> None:
         self._client = client
         self._keys = keys
-        self._loaded = False
-        self._sha = sha1(SET_SETTINGS)
+        self._script = PipelinedScript(SET_SETTINGS)
 
     async def __call__(self, changes: Sequence[SettingsChanged]) -> list[int]:
         """Store each change, in order, in one pipeline; returns their versions. The key
         stays at the defaults too (its version must go on rising); the index
         ``gp:settings_users`` lists the others."""
         client, keys = self._client, self._keys
-        if not self._loaded:
-            # Pipelines cannot fall back from EVALSHA to EVAL: load the script first.
-            await client.script_load(SET_SETTINGS)  # every master of a Cluster gets it
-            self._loaded = True
-        try:
+        async with self._script.ready(client) as sha:
             async with client.pipeline(transaction=False) as pipe:
                 requests = []
                 for change in changes:
-                    requests.append(
-                        pipe.evalsha(
-                            self._sha,
-                            keys=[keys.of("settings", change.user)],
-                            args=[settings_json(change)],
-                        )
-                    )
+                    key = keys.of("settings", change.user)
+                    requests.append(pipe.evalsha(sha, keys=[key], args=[settings_json(change)]))
                     if settings_from(change) == DEFAULT_SETTINGS:
                         pipe.srem(keys.settings_users, [change.user])
                     else:
                         pipe.sadd(keys.settings_users, [change.user])
             return [int(await request) for request in requests]
-        except Exception:
-            self._loaded = False  # a restarted Redis forgot it (the journal retries)
-            raise
