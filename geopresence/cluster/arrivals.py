@@ -124,8 +124,11 @@ class Arrivals:
     def _hidden(self, user: str) -> None:
         """``user``'s node says it stopped sharing its location, ahead of the change, which
         is published once Redis stored it: until then no query here may list it, so its
-        position is dropped (kept if a session of the user is here: its own)."""
-        if not self._hub.sessions.has_connections(user):
+        position is dropped; if a session of the user is here, whose own position it is,
+        the user is taken as hidden instead (``KeptSettings.hidden``)."""
+        if self._hub.sessions.has_connections(user):
+            self._covered.settings.hidden(user)
+        else:
             self._hub.nearby.drop_cached(user)
 
     def _shared_here(self, user: str) -> bool:

@@ -14,11 +14,12 @@ and when friendships are made). A change is stored with a version that Redis ass
 whatever arrives first, only a newer version replaces what is kept. When a pub/sub gap may
 have lost changes, those users' settings are read again (``reread``).
 
-While a change made here is not stored yet, a change heard about the same user is older
-(Redis will give this one a higher version): it is not applied (``changing``, ``wrote``).
-A friend who stops sharing leaves the live views and the queries here at once: its node's
-``gone`` ``hidden`` drops its position, and until the change is stored and heard a move
-kept from view does not bring one back (``Arrivals.on_remote``).
+While a change made here is not stored yet, a change heard about the same user waits:
+once Redis gave this one its version, the newer of the two is kept (``changing``,
+``wrote``). A friend who stops sharing leaves the live views and the queries here at once:
+its node's ``gone`` ``hidden`` drops its position, and until the change is stored and heard
+a move kept from view does not bring one back (``Arrivals.on_remote``); if a session of the
+user is here, whose position this node keeps, its settings are taken as hidden (``hidden``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from geopresence.cluster.channel_events import SettingsHeard
 from geopresence.cluster.redis_keys import Keys
@@ -57,6 +60,8 @@ class KeptSettings:
         """Changes made here not stored yet, per user."""
         self._reading: Counter[str] = Counter()
         """Reads in flight, per user."""
+        self._heard_pending: dict[str, SettingsHeard] = {}
+        """Per user with a change made here pending: the newest change heard meanwhile."""
         self._let_go: set[str] = set()
         """Users let go while a read of theirs was in flight: that read is not kept."""
 
@@ -107,13 +112,15 @@ class KeptSettings:
         go meanwhile, unless a newer version was heard meanwhile."""
         store = self._hub.store
         for user, (settings, version) in read.items():
-            if user in self._let_go or not self.needed(user) or self._pending[user]:
+            if user in self._let_go or not self.needed(user):
                 continue
             if self._versions.get(user, -1) >= version:
                 continue
             if store.settings_kept(user):  # heard meanwhile, older: as a change
+                if self._pending[user]:
+                    continue  # the change made here is newer, and kept
                 self._hub.apply_feed(settings_record(user, settings), self._now())
-            else:
+            else:  # even with a change made here pending: ``wrote`` brings it
                 store.put_settings(user, settings)
             self._versions[user] = version
 
@@ -140,32 +147,63 @@ class KeptSettings:
         if not self.needed(user) or self._versions.get(user, -1) >= version:
             return  # not kept here, or older than what is
         if self._pending[user]:
-            return  # older than the change made here, which Redis has not stored yet
-        self._versions[user] = version
+            # Stored before the change made here, or after it: ``wrote`` tells which.
+            newest = self._heard_pending.get(user)
+            if newest is None or newest.version < version:
+                self._heard_pending[user] = heard
+            return
+        self._apply(change, version)
+
+    def _apply(self, change: SettingsChanged, version: int) -> None:
+        self._versions[change.user] = version
         store = self._hub.store
-        if store.settings_kept(user):
+        if store.settings_kept(change.user):
             self._hub.apply_feed(change, self._now())
         else:  # its read is in flight (and loses to this): nothing was shown without it
-            store.put_settings(user, settings_from(change))
+            store.put_settings(change.user, settings_from(change))
 
     def changing(self, change: SettingsChanged) -> None:
         """A change made here, journaled: not stored yet (``wrote`` follows)."""
         self._pending[change.user] += 1
 
     def wrote(self, change: SettingsChanged, version: int) -> None:
-        """Redis stored a change made here at ``version``: what is kept is that change (or
-        a later one made here), at this version. Nothing heard meanwhile was applied."""
+        """Redis stored a change made here at ``version``: kept, unless a change heard
+        meanwhile was stored after it (a newer version), or a later one made here waits."""
         user = change.user
         self._pending[user] -= 1
-        if self._pending[user] <= 0:
+        later = self._pending[user] > 0
+        if not later:
             del self._pending[user]
-        if self.needed(user):
-            self._versions[user] = max(version, self._versions.get(user, -1))
+        heard = None if later else self._heard_pending.pop(user, None)
+        if not (self.needed(user) and self._hub.store.settings_kept(user)):
+            return
+        if heard is not None and heard.version > version:
+            self._apply(heard.change, heard.version)
+            return
+        if version <= self._versions.get(user, -1):
+            return
+        self._versions[user] = version
+        if not later and self._hub.store.get_settings(user) != settings_from(change):
+            self._hub.apply_feed(change, self._now())  # read while let go, older than this
+
+    def hidden(self, user: str) -> None:
+        """``user``'s node says it stopped sharing its location (its change follows once
+        stored), and a session of the user is here, whose own position this node keeps:
+        no friend may see it, nor the moves of that session, from now on. Not over a
+        change made here not stored yet (newer); a newer version replaces it."""
+        store = self._hub.store
+        if not self.needed(user) or not store.settings_kept(user) or self._pending[user]:
+            return
+        settings = store.get_settings(user)
+        if settings.share_location:
+            hidden = attrs.evolve(settings, share_location=False)
+            self._hub.apply_feed(settings_record(user, hidden), self._now())
 
     def released(self, user: str) -> None:
         """No connection here listens to ``user``'s channel any more: its settings are not
         kept current here, so not kept."""
         self._hub.store.drop_settings(user)
         self._versions.pop(user, None)
+        self._heard_pending.pop(user, None)
         if user in self._reading:
             self._let_go.add(user)

@@ -154,3 +154,60 @@ async def test_a_read_begun_before_a_channel_was_let_go_is_not_kept() -> None:
             slow.gate.set()
         await covered_by(client, keys, hub, broker).read_missing(["alice", "bob"])
     assert hub.store.get_settings("alice").share_location is False
+
+
+# ---------------------------------------------------------------- from a third review
+
+
+async def test_own_settings_come_back_when_a_session_reopens_while_its_change_is_pending() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        covered.settings.keep({"bob": (UserSettings(), 1)})
+        hub.handle(1, SettingsUpdate(radius_m=900.0), NOW)
+        change = SettingsChanged("bob", True, 900.0, False)
+        covered.settings.changing(change)  # as Arrivals.on_record, for the journal
+        hub.close_session(1)
+        covered.released("user:bob")  # nobody here listens to bob's channel any more
+        older = {"v": 4, "share_location": True, "radius_m": None, "visible_to_strangers": False}
+        await client.set(keys.of("settings", "bob"), orjson.dumps(older))
+        await covered.settings.own("bob")  # bob's new session opens here, reads v4
+        hub.open_session(2, "bob", "phone", now=NOW)
+        assert hub.store.get_settings("bob") == UserSettings(True, None, False)
+        covered.settings.wrote(change, 5)  # then his change is stored
+    assert hub.store.get_settings("bob") == UserSettings(True, 900.0, False)
+
+
+async def test_a_newer_change_heard_before_this_node_s_own_is_stored_wins() -> None:
+    hub, _, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        hub.open_session(2, "alice", "phone", now=NOW)  # her friend's channel: kept here
+        covered.settings.keep({"bob": (UserSettings(), 1)})
+        hub.handle(1, SettingsUpdate(radius_m=500.0), NOW)
+        mine = SettingsChanged("bob", True, 500.0, False)
+        covered.settings.changing(mine)
+        theirs = SettingsChanged("bob", False, None, False)  # he hid on his other device
+        covered.settings.heard(SettingsHeard(theirs, 3))  # stored after his change here...
+        assert hub.store.get_settings("bob") == UserSettings(True, 500.0, False)
+        covered.settings.wrote(mine, 2)  # ...which Redis stored first
+    assert hub.store.get_settings("bob") == UserSettings(False, None, False)
+
+
+async def test_a_hide_on_another_node_hides_a_user_with_a_session_here_too() -> None:
+    """bob hides on node B; his session here keeps its own position, which his friend
+    alice, here too, must neither find nor see move from then on."""
+    hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        hub.open_session(2, "alice", "phone", now=NOW)
+        covered.settings.keep({"alice": (UserSettings(), 1), "bob": (UserSettings(), 1)})
+        hub.handle(2, LocationUpdate(lat=37.5665, lon=126.978), NOW)
+        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+        sink.take(2)
+        covered.settings.hidden("bob")  # as Arrivals.on_remote, for his gone "hidden"
+        found = [f.user for f in hub.nearby.nearby("alice", NOW)]
+        hub.handle(1, LocationUpdate(lat=37.5668, lon=126.978), NOW + 1)  # he moves here
+        told = [f["user"] for f in sink.take(2, "friend_location")]
+        assert hub.nearby.location_of("bob", NOW + 1) is not None  # his own, kept
+    assert (found, told) == ([], [])
