@@ -41,7 +41,7 @@ class Replaced:
 @attrs.frozen
 class SettingsHeard:
     """On ``user:U``: U's settings changed, as Redis stored them at ``version``
-    (``redis_state.SET_SETTINGS``: versions order the changes made through any node)."""
+    (``settings_writes.SET_SETTINGS``: versions order the changes made through any node)."""
 
     change: SettingsChanged
     version: int

@@ -9,7 +9,7 @@ entry never means sharing.
 The settings are read from Redis (``gp:settings:{U}``) once the channel is listened to
 (``own`` before a session opens, ``read_missing`` as ``Covered`` reads its friends' statuses
 and when friendships are made). A change is stored with a version that Redis assigns
-(``redis_state.SET_SETTINGS``) and published on the user's channel once stored
+(``settings_writes.SET_SETTINGS``) and published on the user's channel once stored
 (``RedisJournal.on_written``): a node that read before the write hears it after, and
 whatever arrives first, only a newer version replaces what is kept. When a pub/sub gap may
 have lost changes, those users' settings are read again (``reread``).

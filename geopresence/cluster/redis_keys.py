@@ -6,7 +6,7 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:friends:{U}       set: U's friends              gp:users            index of users
     gp:group:{G}         hash: member -> join mark     gp:groups           index of groups
     gp:groups_of:{U}     set: U's groups
-    gp:settings:{U}      JSON settings with their version "v" (``redis_state.SET_SETTINGS``;
+    gp:settings:{U}      JSON settings with their version "v" (``settings_writes.SET_SETTINGS``;
                          absent: defaults)   gp:settings_users  index of non-default ones
     gp:chat:{C}          sorted set of one conversation's messages ("<20-digit id> <JSON>",
                          all score 0: lexicographic = id order; C is "dm:A:B" or "g:G")

@@ -140,7 +140,7 @@ async def read_settings(client: Any, keys: Keys, users: Sequence[str]) -> dict[s
 
 
 Versioned = tuple[UserSettings, int]
-"""A user's settings and their version (``redis_state.SET_SETTINGS``; 0: none stored)."""
+"""A user's settings and their version (``settings_writes.SET_SETTINGS``; 0: none stored)."""
 
 _STATUS_FIELDS: Final = ["status", "last_active_at", "v"]
 
