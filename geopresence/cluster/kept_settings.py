@@ -116,13 +116,10 @@ class KeptSettings:
                 continue
             if self._versions.get(user, -1) >= version:
                 continue
-            if store.settings_kept(user):  # heard meanwhile, older: as a change
-                if self._pending[user]:
-                    continue  # the change made here is newer, and kept
-                self._hub.apply_feed(settings_record(user, settings), self._now())
-            else:  # even with a change made here pending: ``wrote`` brings it
-                store.put_settings(user, settings)
-            self._versions[user] = version
+            if store.settings_kept(user) and self._pending[user]:
+                continue  # the change made here is newer, and kept
+            # Not kept: even with a change made here pending (``wrote`` brings it).
+            self._apply(settings_record(user, settings), version)
 
     async def reread(self, users: Collection[str]) -> None:
         """Read again the settings kept of ``users`` (their changes may have been lost): a
@@ -155,11 +152,12 @@ class KeptSettings:
         self._apply(change, version)
 
     def _apply(self, change: SettingsChanged, version: int) -> None:
+        """Keep ``change`` at ``version``: as a change if kept, else as read."""
         self._versions[change.user] = version
         store = self._hub.store
         if store.settings_kept(change.user):
             self._hub.apply_feed(change, self._now())
-        else:  # its read is in flight (and loses to this): nothing was shown without it
+        else:  # nothing was shown without them (a read in flight loses to this)
             store.put_settings(change.user, settings_from(change))
 
     def changing(self, change: SettingsChanged) -> None:
