@@ -340,10 +340,10 @@ class Strangers:
         self.queries.gone_during.gone(user)
         code = self.grid.remove(user)
         if code is not None:
-            # Applying another node's change, that node did this; but a hide: this node
-            # may have listed the user itself (its moves here), before it heard of it.
-            if not self.ctx.replaying or reason == "hidden":
-                self.index.left(user, code)
+            # Also when applying another node's change (which took the user out there):
+            # this node may have listed the user itself (its moves here) before it heard.
+            # Taking out one already out changes nothing.
+            self.index.left(user, code)
             event = StrangerGoneEvent(user, reason)
             if reason == "expired":
                 # Other nodes' watchers hold no stranger's location, so cannot see it
