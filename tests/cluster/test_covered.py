@@ -107,104 +107,94 @@ async def test_a_gap_reads_the_statuses_again_and_tells_what_was_missed() -> Non
     hub, sink, broker = hub_with_bob()
     hub.announce_presence(PresenceSet("alice", "offline", NOW - 60, 1))
     sink.take(1)
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            covered = covered_by(client, keys, hub, broker)
-            # alice came online while this node's channel to her was down.
-            await client.hset(keys.of("presence", "alice"), {"status": "online", "v": "2"})
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(covered.run)
-                covered.resync(["user:alice", "user:nobody"])
-                with trio.fail_after(5):
-                    while not hub.statuses.is_online("alice"):
-                        await trio.sleep(0.01)
-                nursery.cancel_scope.cancel()
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        # alice came online while this node's channel to her was down.
+        await client.hset(keys.of("presence", "alice"), {"status": "online", "v": "2"})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.run)
+            covered.resync(["user:alice", "user:nobody"])
+            with trio.fail_after(5):
+                while not hub.statuses.is_online("alice"):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
     assert [(f["user"], f["status"]) for f in sink.take(1, "presence")] == [("alice", "online")]
     assert not hub.statuses.holds("nobody")  # nothing here listens to it
 
 
 async def test_a_status_no_channel_carries_is_dropped() -> None:
     hub, _, broker = hub_with_bob()
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            covered = covered_by(client, Keys("gp"), hub, broker)
-            transition = PresenceSet("alice", "online", NOW, 1)
-            hub.announce_presence(transition)
-            covered.announced(transition)
-            assert hub.statuses.holds("alice")  # bob's connection listens to her channel
-            hub.close_session(1)
-            covered.released("user:alice")
-            assert not hub.statuses.holds("alice")
-            # A transition decided here for a user nobody here listens to is not kept.
-            other = PresenceSet("zoe", "online", NOW, 1)
-            hub.announce_presence(other)
-            covered.announced(other)
-            assert not hub.statuses.holds("zoe")
+    async with online_in_redis() as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        transition = PresenceSet("alice", "online", NOW, 1)
+        hub.announce_presence(transition)
+        covered.announced(transition)
+        assert hub.statuses.holds("alice")  # bob's connection listens to her channel
+        hub.close_session(1)
+        covered.released("user:alice")
+        assert not hub.statuses.holds("alice")
+        # A transition decided here for a user nobody here listens to is not kept.
+        other = PresenceSet("zoe", "online", NOW, 1)
+        hub.announce_presence(other)
+        covered.announced(other)
+        assert not hub.statuses.holds("zoe")
 
 
 async def test_a_friendship_made_while_a_session_is_covered_is_covered_too() -> None:
     """The statuses are read once the subscriptions are in place; a friend made during that
     read adds a pass, so the session opens knowing every friend's status."""
     hub, _, broker = hub_with_bob()
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            for user in ("carol", "dave"):
-                await client.hset(keys.of("presence", user), {"status": "online", "v": "3"})
-            hub.membership.add_friendships([("erin", "carol")], NOW)
-            redis = GatedRedis(client)
-            covered = covered_by(redis, keys, hub, broker)
-            async with trio.open_nursery() as nursery:
+    async with online_in_redis(carol=3, dave=3) as (client, keys):
+        hub.membership.add_friendships([("erin", "carol")], NOW)
+        redis = GatedRedis(client)
+        covered = covered_by(redis, keys, hub, broker)
+        async with trio.open_nursery() as nursery:
 
-                async def open_erin() -> None:
-                    async with covered.covering("erin"):
-                        # What open_session reads: every friend's status, dave's included.
-                        assert hub.statuses.is_online("carol")
-                        assert hub.statuses.is_online("dave")
+            async def open_erin() -> None:
+                async with covered.covering("erin"):
+                    # What open_session reads: every friend's status, dave's included.
+                    assert hub.statuses.is_online("carol")
+                    assert hub.statuses.is_online("dave")
 
-                nursery.start_soon(open_erin)
-                await redis.waiting.wait()  # carol's status is being read...
-                hub.membership.add_friendships([("erin", "dave")], NOW)  # ...as dave is made
-                redis.gate.set()
+            nursery.start_soon(open_erin)
+            await redis.waiting.wait()  # carol's status is being read...
+            hub.membership.add_friendships([("erin", "dave")], NOW)  # ...as dave is made
+            redis.gate.set()
     assert not hub.statuses.holds("dave")  # nobody here listens to dave once erin's gone
 
 
 async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
     hub, _, broker = hub_with_bob(presence_fanout_limit=3)
     hub.set_group("g", ["bob", "carol", "dave"])
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            for user in ("carol", "dave", "erin"):
-                await client.hset(keys.of("presence", user), {"status": "online", "v": "2"})
-            covered = covered_by(client, keys, hub, broker)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(covered.run)
-                async with covered.covering("bob"):
-                    pass  # bob's connection (1) listens to group:g from its session
-                assert hub.statuses.holds("carol") and hub.statuses.holds("dave")
+    async with online_in_redis(carol=2, dave=2, erin=2) as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.run)
+            async with covered.covering("bob"):
+                # Opened already: its connection (1) keeps group:g after the block.
+                assert hub.sessions.has_connections("bob")
+            assert hub.statuses.holds("carol") and hub.statuses.holds("dave")
 
-                async def settled() -> None:
-                    covered.regroup("g")
-                    await trio.sleep(0.2)
+            async def settled() -> None:
+                covered.regroup("g")
+                await trio.sleep(0.2)
 
-                hub.remove_member("g", "dave")  # dave's transitions no longer come here
-                await settled()
-                assert not hub.statuses.holds("dave") and hub.statuses.holds("carol")
-                hub.add_member("g", "erin")  # erin's do
-                await settled()
-                assert hub.statuses.is_online("erin")
-                hub.add_member("g", "frank")  # 4 > 3: no co-member presence any more
-                await settled()
-                assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
-                hub.remove_member("g", "frank")  # small again
-                await settled()
-                assert hub.statuses.holds("carol") and hub.statuses.holds("erin")
-                hub.delete_group("g")
-                await settled()
-                assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
-                nursery.cancel_scope.cancel()
+            hub.remove_member("g", "dave")  # dave's transitions no longer come here
+            await settled()
+            assert not hub.statuses.holds("dave") and hub.statuses.holds("carol")
+            hub.add_member("g", "erin")  # erin's do
+            await settled()
+            assert hub.statuses.is_online("erin")
+            hub.add_member("g", "frank")  # 4 > 3: no co-member presence any more
+            await settled()
+            assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
+            hub.remove_member("g", "frank")  # small again
+            await settled()
+            assert hub.statuses.holds("carol") and hub.statuses.holds("erin")
+            hub.delete_group("g")
+            await settled()
+            assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
+            nursery.cancel_scope.cancel()
 
 
 def test_a_new_friend_s_presence_waits_for_its_status_to_be_read() -> None:
@@ -268,17 +258,18 @@ async def test_a_session_opened_without_its_friends_statuses_is_told_them_once_r
 # ---------------------------------------------------------------- from a second review
 
 
-def views_of(client: Any, keys: Keys, hub: Any, broker: Any, covered: Covered) -> Views:
+def covered_and_views(client: Any, keys: Keys, hub: Any, broker: Any) -> tuple[Covered, Views]:
+    """A node's ``Covered`` and the ``Views`` that read new friends' statuses through it."""
+    covered = covered_by(client, keys, hub, broker)
     listening: Any = Listening(broker)
-    return Views(client, keys, listening, hub, lambda: NOW, covered.read_missing)
+    return covered, Views(client, keys, listening, hub, lambda: NOW, covered.read_missing)
 
 
 async def test_a_presence_for_a_new_friend_arrives_before_its_friends_presence() -> None:
     hub, sink, broker = hub_with_bob()
     async with online_in_redis(carol=5) as (client, keys):
         redis = GatedRedis(client)
-        covered = covered_by(redis, keys, hub, broker)
-        views = views_of(redis, keys, hub, broker, covered)
+        covered, views = covered_and_views(redis, keys, hub, broker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(views.run)
             hub.membership.add_friendships([("bob", "carol")], NOW)
@@ -298,8 +289,7 @@ async def test_a_presence_for_a_new_friend_arrives_before_its_friends_presence()
 async def test_removed_and_made_again_lists_the_friend_once() -> None:
     hub, sink, broker = hub_with_bob()
     async with online_in_redis(carol=5) as (client, keys):
-        covered = covered_by(client, keys, hub, broker)
-        views = views_of(client, keys, hub, broker, covered)
+        _, views = covered_and_views(client, keys, hub, broker)
         hub.membership.add_friendships([("bob", "carol")], NOW)
         hub.membership.remove_friendship("bob", "carol")
         hub.membership.add_friendships([("bob", "carol")], NOW)
@@ -317,8 +307,7 @@ async def test_a_new_friend_s_status_that_could_not_be_read_is_read_again() -> N
     hub, sink, broker = hub_with_bob()
     async with online_in_redis(carol=5) as (client, keys):
         redis = FailingOnce(client)
-        covered = covered_by(redis, keys, hub, broker)
-        views = views_of(redis, keys, hub, broker, covered)
+        covered, views = covered_and_views(redis, keys, hub, broker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(covered.run)
             nursery.start_soon(views.run)
@@ -348,23 +337,20 @@ def test_a_bulk_import_sends_one_friends_presence_per_connection() -> None:
 async def test_a_member_removed_while_another_session_opens_is_still_dropped() -> None:
     hub, _, broker = hub_with_bob(presence_fanout_limit=4)
     hub.set_group("g", ["bob", "carol", "dave", "erin"])
-    with redis_server() as port:
-        async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            keys = Keys("gp")
-            for user in ("carol", "dave", "erin"):
-                await client.hset(keys.of("presence", user), {"status": "online", "v": "2"})
-            covered = covered_by(client, keys, hub, broker)
-            async with covered.covering("bob"):
-                pass  # bob's conn (1) listens to group:g
-            assert hub.statuses.holds("dave")
-            hub.remove_member("g", "dave")
-            covered.regroup("g")  # as ClusterLink._on_record does; run has not had its turn
-            async with covered.covering("erin"):  # erin's session opens meanwhile
-                hub.open_session(2, "erin", "phone", now=NOW)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(covered.run)
-                await trio.sleep(0.3)
-                nursery.cancel_scope.cancel()
-            # No channel here carries dave's transitions: his status is not kept current.
-            assert not covered.covers("dave")
-            assert not hub.statuses.holds("dave")
+    async with online_in_redis(carol=2, dave=2, erin=2) as (client, keys):
+        covered = covered_by(client, keys, hub, broker)
+        async with covered.covering("bob"):
+            # Opened already: its connection (1) keeps group:g after the block.
+            assert hub.sessions.has_connections("bob")
+        assert hub.statuses.holds("dave")
+        hub.remove_member("g", "dave")
+        covered.regroup("g")  # as ClusterLink._on_record does; run has not had its turn
+        async with covered.covering("erin"):  # erin's session opens meanwhile
+            hub.open_session(2, "erin", "phone", now=NOW)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(covered.run)
+            await trio.sleep(0.3)
+            nursery.cancel_scope.cancel()
+        # No channel here carries dave's transitions: his status is not kept current.
+        assert not covered.covers("dave")
+        assert not hub.statuses.holds("dave")

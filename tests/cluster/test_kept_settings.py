@@ -3,20 +3,30 @@ default, versions over arrival order, reads in flight, changes made here not sto
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 import trio
 
 from geopresence.cluster.channel_events import SettingsHeard
+from geopresence.cluster.covered import Covered
 from geopresence.core.replication import LocationSet
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.records import SettingsChanged
 from geopresence.wire.client_messages import LocationUpdate, SettingsUpdate
 from tests.cluster.test_covered import NOW, covered_by, hub_with_bob, online_in_redis
 from tests.cluster.test_views import GatedRedis
+
+
+def alice_near_bob(client: Any, keys: Any, hub: Any, broker: Any) -> Covered:
+    """alice's session (2) opens beside bob's (1), both settings kept at version 1 (the
+    defaults: sharing), 22 m apart; returns the node's ``Covered``."""
+    covered = covered_by(client, keys, hub, broker)
+    hub.open_session(2, "alice", "phone", now=NOW)
+    covered.settings.keep({"alice": (UserSettings(), 1), "bob": (UserSettings(), 1)})
+    hub.handle(2, LocationUpdate(lat=37.5665, lon=126.978), NOW)
+    hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+    return covered
 
 
 async def test_a_friend_s_settings_not_kept_never_mean_sharing() -> None:
@@ -99,11 +109,7 @@ async def test_a_change_heard_while_one_made_here_is_not_stored_yet_is_older() -
     heard before Redis stored the hide: it is older, and changes nothing here."""
     hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
     async with online_in_redis() as (client, keys):
-        covered = covered_by(client, keys, hub, broker)
-        hub.open_session(2, "alice", "phone", now=NOW)
-        covered.settings.keep({"alice": (UserSettings(), 1), "bob": (UserSettings(), 1)})
-        hub.handle(2, LocationUpdate(lat=37.5665, lon=126.978), NOW)
-        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+        covered = alice_near_bob(client, keys, hub, broker)
         assert [f["user"] for f in sink.take(2, "friend_location")] == ["bob"]
         hub.handle(1, SettingsUpdate(share_location=False), NOW)
         hidden = SettingsChanged("bob", False, None, False)
@@ -118,22 +124,6 @@ async def test_a_change_heard_while_one_made_here_is_not_stored_yet_is_older() -
         assert hub.store.get_settings("bob").share_location is False
 
 
-class RepliesHeld:
-    """A client whose pipelines' replies are held until ``gate`` (Redis read, slow back)."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.gate = trio.Event()
-        self.read = trio.Event()
-
-    @asynccontextmanager
-    async def pipeline(self, **kwargs: Any) -> AsyncIterator[Any]:
-        async with self.client.pipeline(**kwargs) as pipe:
-            yield pipe
-        self.read.set()
-        await self.gate.wait()
-
-
 async def test_a_read_begun_before_a_channel_was_let_go_is_not_kept() -> None:
     """From a review: a change published while nobody here listened to her channel is
     not in a read begun before; kept, it would stay (nothing reads it again)."""
@@ -142,11 +132,11 @@ async def test_a_read_begun_before_a_channel_was_let_go_is_not_kept() -> None:
         shared = b'{"v":1,"share_location":true,"radius_m":null,"visible_to_strangers":false}'
         hidden = b'{"v":2,"share_location":false,"radius_m":null,"visible_to_strangers":false}'
         await client.set(keys.of("settings", "alice"), shared)
-        slow = RepliesHeld(client)
+        slow = GatedRedis(client, replies_held=True)
         covered = covered_by(slow, keys, hub, broker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(covered.settings.read_missing, ["alice"])
-            await slow.read.wait()
+            await slow.waiting.wait()
             hub.close_session(1)
             covered.released("user:alice")
             await client.set(keys.of("settings", "alice"), hidden)
@@ -199,11 +189,7 @@ async def test_a_hide_on_another_node_hides_a_user_with_a_session_here_too() -> 
     alice, here too, must neither find nor see move from then on."""
     hub, sink, broker = hub_with_bob(MemoryStore(partial_settings=True))
     async with online_in_redis() as (client, keys):
-        covered = covered_by(client, keys, hub, broker)
-        hub.open_session(2, "alice", "phone", now=NOW)
-        covered.settings.keep({"alice": (UserSettings(), 1), "bob": (UserSettings(), 1)})
-        hub.handle(2, LocationUpdate(lat=37.5665, lon=126.978), NOW)
-        hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
+        covered = alice_near_bob(client, keys, hub, broker)
         sink.take(2)
         covered.settings.hidden("bob")  # as Arrivals.on_remote, for his gone "hidden"
         found = [f.user for f in hub.nearby.nearby("alice", NOW)]

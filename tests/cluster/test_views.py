@@ -38,19 +38,28 @@ class ListeningBroker:
 
 
 class GatedRedis:
-    """A client whose pipelines wait for ``gate`` (a slow Redis)."""
+    """A client whose pipelines wait for ``gate`` (a slow Redis); with ``replies_held``,
+    Redis runs them at once and their replies wait (a slow way back). ``waiting`` is set
+    once one waits."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, replies_held: bool = False) -> None:
         self.client = client
         self.gate = trio.Event()
         self.waiting = trio.Event()
+        self._replies_held = replies_held
 
     @asynccontextmanager
     async def pipeline(self, **kwargs: Any) -> AsyncIterator[Any]:
-        self.waiting.set()
-        await self.gate.wait()
+        if not self._replies_held:
+            await self._wait()
         async with self.client.pipeline(**kwargs) as pipe:
             yield pipe
+        if self._replies_held:
+            await self._wait()
+
+    async def _wait(self) -> None:
+        self.waiting.set()
+        await self.gate.wait()
 
 
 async def _read_nothing(users: Collection[str]) -> None:
