@@ -42,9 +42,8 @@ async def pipelined(client: Any, items: Sequence[T], command: Callable[[Any, T],
     return replies
 
 
-def _settings_from_json(user: str, raw: bytes | str) -> SettingsChanged:
-    """The record that ``_settings_json`` stored."""
-    data = orjson.loads(raw)
+def _settings_record(user: str, data: dict[str, Any]) -> SettingsChanged:
+    """The record whose settings ``gp:settings:{U}`` holds (``settings_writes``), parsed."""
     return SettingsChanged(
         user,
         bool(data["share_location"]),
@@ -78,7 +77,7 @@ async def load_durable(
     read = await pipelined(client, users, lambda pipe, u: pipe.get(k.of("settings", u)))
     for user, raw in zip(users, read, strict=True):
         if raw is not None:
-            settings.append(_settings_from_json(user, raw))
+            settings.append(_settings_record(user, orjson.loads(raw)))
     messages: list[ChatMessage] = []
     chats = strings(await client.smembers(k.chats))
     read = await pipelined(client, chats, lambda pipe, c: pipe.zrange(k.of("chat", c), 0, -1))
@@ -161,7 +160,7 @@ async def read_kept(
         ),
     )
     found: dict[str, Held] = {}
-    for user, (status, last, version) in zip(statuses, read, strict=False):
+    for user, (status, last, version) in zip(statuses, read[: len(statuses)], strict=True):
         if status is not None:
             found[user] = (
                 "online" if string(status) == "online" else "offline",
@@ -173,6 +172,6 @@ async def read_kept(
         if raw is None:
             kept[user] = (DEFAULT_SETTINGS, 0)
         else:
-            version = int(orjson.loads(raw).get("v", 0))
-            kept[user] = (settings_from(_settings_from_json(user, raw)), version)
+            data = orjson.loads(raw)  # once: the settings and their version
+            kept[user] = (settings_from(_settings_record(user, data)), int(data.get("v", 0)))
     return found, kept
