@@ -24,6 +24,7 @@ from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import user_channel
+from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
@@ -32,6 +33,7 @@ from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, Record, SettingsChanged
 
 if TYPE_CHECKING:
+    from geopresence.cluster.chat_gaps import ChatGaps
     from geopresence.cluster.control import Control
     from geopresence.cluster.redis_broker import RedisBroker
 
@@ -59,6 +61,8 @@ class Arrivals:
         self._watermarks = watermarks
         self._strangers = strangers
         self._now = now
+        self.chat_gaps: ChatGaps | None = None
+        """Catches up on chat lost in a pub/sub gap (once running)."""
         self.control: Control | None = None
         """This node's control channel, once it listens to it (devices taken over)."""
 
@@ -98,13 +102,18 @@ class Arrivals:
         user's own) move updates the location cache before the subscribers are told; a
         device taken over elsewhere closes here; a transition updates the status kept here
         and, if newer, is told to this node's connections, and settings the settings kept
-        here (True: the broker does not deliver it)."""
+        here; a message is shown once stable (True: the broker does not deliver it)."""
         if isinstance(event, PresenceSet):
             self._hub.announce_presence(event)
             self._covered.announced(event)
             return True
         if isinstance(event, SettingsHeard):
             self._covered.settings.heard(event)
+            return True
+        if isinstance(event, ChatEvent):
+            # Shown once stable, in id order (``Chat.heard``), not as it arrives.
+            self._watermarks.chat_at = trio.current_time()
+            self._hub.chat.heard(event.message)
             return True
         if isinstance(event, GoneEvent) and event.reason == "hidden":
             self._hidden(event.user)
@@ -151,6 +160,14 @@ class Arrivals:
         last = Location(lat, lon, 0.0)
         strangers = self._hub.strangers
         self._strangers.went_offline(user, last, lambda: strangers.went_offline_at(user, last))
+
+    def gap(self, channels: list[str]) -> None:
+        """``channels`` may have missed events (their Redis connection was lost, or a
+        Cluster moved them): the statuses they carry are read again (``Covered.resync``),
+        and the chat messages they may have lost (``ChatGaps``)."""
+        self._covered.resync(channels)
+        if self.chat_gaps is not None:
+            self.chat_gaps.gap(channels)
 
     def released(self, channel: str) -> None:
         """No connection here listens to ``channel`` any more."""

@@ -31,13 +31,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 import trio
 
 from geopresence.cluster.arrivals import Arrivals
+from geopresence.cluster.chat_gaps import ChatGaps
+from geopresence.cluster.chat_reads import count_own, list_conversations, read_all, read_sync
 from geopresence.cluster.control import Control
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
@@ -55,8 +57,9 @@ from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.core.broker import Deliver, inbox_channel
+from geopresence.core.broker import Deliver
 from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_message_wire import channels_of
 from geopresence.core.hub import Hub
 from geopresence.core.replication import (
     FeedOp,
@@ -66,12 +69,10 @@ from geopresence.core.replication import (
 )
 from geopresence.core.statuses import Held
 from geopresence.core.store import UserSettings
+from geopresence.model.chat_message import ChatMessage
 
 log = logging.getLogger("geopresence.redis")
 
-
-INBOX_PREFIX: Final = inbox_channel("")
-"""Hub channels of one user's 1:1 chat (``inbox:alice``)."""
 
 WRITE_DELAY_ENV: Final = "GEOPRESENCE_TEST_REDIS_WRITE_DELAY"
 """Tests only: seconds each Redis write of the journal waits first."""
@@ -238,6 +239,26 @@ class ClusterLink:
         """``users``' settings as Redis has them, for one answer."""
         return await read_settings(self.client, self.keys, sorted(users))
 
+    async def read_messages(
+        self, user: str, groups: Mapping[str, int], after: int, below: int, count: int
+    ) -> list[ChatMessage]:
+        """``user``'s messages with ``after`` < id < ``below`` from Redis, at most ``count``
+        (``chat_reads.read_sync``; ``groups``: its groups' join marks)."""
+        return await read_sync(self.client, self.keys, user, groups, after, below, count)
+
+    def messages_of(self, user: str, groups: Mapping[str, int]) -> AsyncIterator[list[ChatMessage]]:
+        """Every message of ``user`` in Redis, in batches (``chat_reads.read_all``)."""
+        return read_all(self.client, self.keys, user, groups)
+
+    async def count_messages(self, user: str) -> int:
+        """How many messages a forget of ``user`` deletes (``chat_reads.count_own``)."""
+        return await count_own(self.client, self.keys, user)
+
+    def hurry(self) -> None:
+        """A ``sync`` waits for the chat horizon (``Watermarks.hurry``)."""
+        if self._watermarks is not None:
+            self._watermarks.hurry()
+
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here: read what it needs (``Views.open``)."""
         assert self._views is not None, "the link is not running"
@@ -281,22 +302,31 @@ class ClusterLink:
         views = self._views = Views(
             self.client, self.keys, self.broker, hub, self._now, covered.read_missing
         )
-        self.broker.on_gap = covered.resync
         self.slices = FriendSlices(
             hub,
             lambda users: read_friends(self.client, self.keys, users),
             self.journal.written,
         )
-        # Chat reaches the other nodes through the feed (in id order, with the horizon).
+        # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
+        # with the feed's watermarks), not as the hub publishes it once stable.
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
-        # Inbox channels carry nothing else: no node needs a Redis subscription to them.
-        self.broker.listened = lambda channel: not channel.startswith(INBOX_PREFIX)
+        broker = self.broker
+        self.journal.chat.publications = lambda message: broker.publications(
+            channels_of(message), ChatEvent(message)
+        )
+        hub.chat.keeps_messages = False
         self.journal.on_stored_before = hub.chat.stored_elsewhere
-        watermarks = self._watermarks = Watermarks(self.journal, hub, clock, self.lease.lease)
+        watermarks = self._watermarks = Watermarks(
+            self.journal, hub, clock, self.lease.lease, self.broker.subscribed
+        )
         arrivals = Arrivals(
             hub, self.broker, covered, views, self.slices, watermarks, self.strangers, self._now
         )
         self.broker.on_remote = arrivals.on_remote
+        self.broker.on_gap = arrivals.gap
+        chat_gaps = arrivals.chat_gaps = ChatGaps(
+            self.client, self.keys, hub, self.broker, clock, watermarks.hurry
+        )
         self.broker.on_released = arrivals.released
         # Tests only: every Redis write waits this long (a commit slower than its id).
         self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
@@ -320,6 +350,7 @@ class ClusterLink:
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
+                    nursery.start_soon(chat_gaps.run)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
@@ -334,6 +365,9 @@ class ClusterLink:
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)
+                    listed = await list_conversations(self.client, self.keys)
+                    if listed:
+                        log.warning("listed %d conversations stored by an older version", listed)
                     # Read the feed from before the load: what changes meanwhile is applied
                     # on top (applying a change twice is harmless), nothing is missed. A few
                     # seconds before, since on a Cluster a change's feed entry can land before
@@ -342,6 +376,9 @@ class ClusterLink:
                     start = earlier_id(await feed.last_id(), FEED_OVERLAP)
                     counts = await load_state(self.client, self.keys, hub)
                     await nursery.start(feed.run, arrivals.on_feed, start)
+                    # Every live node's watermark, before this node shows any message.
+                    await watermarks.apply_heard()
+                    nursery.start_soon(watermarks.apply)
                     await nursery.start(self.journal.run)
                     await nursery.start(self.presence.run)
                     await watermarks.start()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Set
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Final, Literal
@@ -38,7 +38,7 @@ import trio
 
 from geopresence.cluster.channel_events import Envelope, decode_envelope, encode_envelope
 from geopresence.cluster.redis_subscriber import RedisAddress, Subscriber
-from geopresence.core.broker import ConnId, Deliver, MemoryBroker
+from geopresence.core.broker import ConnId, Deliver, MemoryBroker, SeenOnce
 
 log = logging.getLogger("geopresence.redis")
 
@@ -67,31 +67,23 @@ def fresh_ids() -> Iterator[int]:
     return itertools.count(random.getrandbits(40) << 20)
 
 
-class SeenOnce:
-    """The last ``size`` (node, id) pairs seen: a message that can arrive more than once
-    (on several channels, or written again by a retry) is handled the first time only."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._seen: OrderedDict[tuple[int, int], None] = OrderedDict()
-
-    def first_time(self, node: int, message_id: int) -> bool:
-        """True (and remembered) if (node, id) is new; False for a repeat."""
-        key = (node, message_id)
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-        return True
-
-
 def redis_channel(channel: str, prefix: str = "gp") -> str:
     """The Redis name of a hub channel: ``user:alice`` -> ``gp:user:{alice}``. The hash tag
     puts a user's channel on its keys' slot (``geopresence.cluster.redis_keys``); the prefix keeps
     geopresence clusters sharing one Redis apart (pub/sub ignores database numbers)."""
     kind, _, name = channel.partition(":")
     return f"{prefix}:{kind}:{{{name}}}"
+
+
+def hub_channel(name: str, prefix: str = "gp") -> str | None:
+    """The hub channel whose ``redis_channel`` is ``name`` (None: not one of them)."""
+    head = prefix + ":"
+    if not name.startswith(head):
+        return None
+    kind, _, tagged = name[len(head) :].partition(":")
+    if not (tagged.startswith("{") and tagged.endswith("}")):
+        return None
+    return f"{kind}:{tagged[1:-1]}"
 
 
 class RedisBroker:
@@ -127,14 +119,12 @@ class RedisBroker:
         self.travels: Callable[[Any], bool] = lambda event: True
         """Whether an event goes to the other nodes through Redis (False: this node's
         subscribers only; the other nodes learn of it otherwise)."""
-        self.listened: Callable[[str], bool] = lambda channel: True
-        """Whether a channel with local subscribers is subscribed in Redis (False: what
-        is published on it never comes from another node)."""
         self.on_released: Callable[[str], None] | None = None
         """Called with a channel this node has just stopped listening to (no subscriber
         left): what it knew from that channel is no longer kept current."""
         self.on_gap: Callable[[list[str]], None] | None = None
-        """Called with channels that may have missed events (``Subscriber.on_gap``)."""
+        """Called with the (hub) channels that may have missed events
+        (``Subscriber.on_gap``)."""
         self.delivery: Callable[[], AbstractContextManager[object]] = nullcontext
         """Wraps the delivery of each batch of envelopes from Redis (the shell writes out
         what they queued at its end: ``Connections.batch``)."""
@@ -161,7 +151,7 @@ class RedisBroker:
     def subscribe(self, channel: str, conn: ConnId) -> None:
         first = not self._local.subscribers(channel)
         self._local.subscribe(channel, conn)
-        if first and self.listened(channel):
+        if first:
             self._queue(("subscribe", channel, b""))
 
     def unsubscribe(self, channel: str, conn: ConnId) -> None:
@@ -177,8 +167,7 @@ class RedisBroker:
                 self._left(channel)
 
     def _left(self, channel: str) -> None:
-        if self.listened(channel):
-            self._queue(("unsubscribe", channel, b""))
+        self._queue(("unsubscribe", channel, b""))
         if self.on_released is not None:
             self.on_released(channel)
 
@@ -223,11 +212,22 @@ class RedisBroker:
             self.dropped += 1
             return
         channel_list = list(channels)
-        envelope = encode_envelope(
-            Envelope(self.node_id, next(self._publish_ids), tuple(channel_list), message)
-        )
+        envelope = self._envelope(channel_list, message)
         for channel in channel_list:
             self._queue(("publish", channel, envelope))
+
+    def publications(self, channels: Iterable[str], message: Any) -> list[tuple[str, str, bytes]]:
+        """(command, Redis channel, payload) that publish ``message`` to the other nodes,
+        for a caller that sends them itself, in order with its writes (``chat_writes``)."""
+        channel_list = list(channels)
+        envelope = self._envelope(channel_list, message)
+        command = "spublish" if self._sharded else "publish"
+        return [(command, redis_channel(c, self._prefix), envelope) for c in channel_list]
+
+    def _envelope(self, channels: list[str], message: Any) -> bytes:
+        return encode_envelope(
+            Envelope(self.node_id, next(self._publish_ids), tuple(channels), message)
+        )
 
     def publish_local(
         self, channels: Iterable[str], message: Any, exclude: Set[ConnId] = frozenset()
@@ -348,9 +348,10 @@ class RedisBroker:
         else:
             await subscriber.unsubscribe(names)
 
-    def _gap(self, channels: list[str]) -> None:
+    def _gap(self, names: list[str]) -> None:
         if self.on_gap is not None:
-            self.on_gap(channels)
+            found = (hub_channel(name, self._prefix) for name in names)
+            self.on_gap([channel for channel in found if channel is not None])
 
     def _on_messages(self, payloads: list[bytes]) -> None:
         """Envelopes from Redis (one read's worth): delivered in one ``delivery`` scope,
@@ -371,7 +372,7 @@ class RedisBroker:
         """Deliver an envelope from Redis to this node's subscribers, once."""
         if envelope.node == self.node_id:
             return
-        if not self._seen.first_time(envelope.node, envelope.publish_id):
+        if not self._seen.first_time((envelope.node, envelope.publish_id)):
             return
         self.received += 1
         local = self._local

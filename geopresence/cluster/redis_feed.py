@@ -14,8 +14,8 @@ from typing import Any, Final
 import orjson
 import trio
 
-from geopresence.cluster.redis_broker import SeenOnce
 from geopresence.cluster.redis_keys import Keys, string
+from geopresence.core.broker import SeenOnce
 from geopresence.core.replication import FeedOp, feed_from_json, feed_to_json
 
 log = logging.getLogger("geopresence.redis")
@@ -48,8 +48,12 @@ class RedisFeed:
         self.lost = False
         """True once this node fell so far behind that entries were trimmed unread."""
         self._seen = SeenOnce(SEEN_ENTRIES)
-        self.on_watermark: Callable[[int, int], None] | None = None
-        """Called with (node, watermark) after each other node's entry that carries one."""
+        self.on_watermark: Callable[[int, int, bool], None] | None = None
+        """Called with (node, watermark, chatting) after each other node's entry that
+        carries a watermark."""
+        self.chatting: Callable[[], bool] = lambda: False
+        """Whether this node sent or received chat lately: said on each entry it writes
+        (the others then write their watermarks often: ``Watermarks.run``)."""
 
     def _fields(self, op: FeedOp, uid: int, watermark: int | None) -> dict[str, bytes]:
         fields = {
@@ -59,6 +63,8 @@ class RedisFeed:
         }
         if watermark is not None:
             fields["w"] = str(watermark).encode()
+            if self.chatting():
+                fields["c"] = b"1"
         return fields
 
     def append_to(self, pipe: Any, op: FeedOp, uid: int, watermark: int | None = None) -> None:
@@ -146,10 +152,11 @@ class RedisFeed:
             node = int(fields["n"])
             if node == self.node_id:
                 return  # its own change: applied when it was made
-            if not self._seen.first_time(node, int(fields.get("u", b"0"))):
+            if not self._seen.first_time((node, int(fields.get("u", b"0")))):
                 return  # a copy appended by a retried write
             op = feed_from_json(orjson.loads(fields["op"]))
             watermark = int(fields["w"]) if "w" in fields else None
+            chatting = "c" in fields
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring a malformed feed entry %s: %s", entry_id, exc)
             return
@@ -160,7 +167,7 @@ class RedisFeed:
             log.exception("applying feed entry %s (%s) failed", entry_id, type(op).__name__)
         if watermark is not None and self.on_watermark is not None:
             try:
-                self.on_watermark(node, watermark)
+                self.on_watermark(node, watermark, chatting)
             except Exception:
                 log.exception("the watermark of feed entry %s failed", entry_id)
 

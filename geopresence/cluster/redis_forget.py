@@ -10,7 +10,8 @@ wrote and this one has not seen yet goes as well:
   its cached location; ``presence:{U}`` and its devices' deadlines; U in every strangers'
   cell (``redis_strangers.forget_stranger``);
 - every 1:1 conversation with U (``chat:{dm:A:B}``, found with ``SSCAN`` of the ``chats``
-  index, exact: ids never hold ``:`` or a glob character); the group messages U sent
+  index, exact: ids never hold ``:`` or a glob character), and its place in both parties'
+  ``chats_of``; the group messages U sent
   (``ZSCAN`` of each group conversation, filtered by ``MATCH`` and then by sender): about
   a second of Redis time per million group messages, during which this node's later writes
   (and acks) wait;
@@ -52,6 +53,7 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
     for key in (
         k.of("friends", user),
         k.of("groups_of", user),
+        k.of("chats_of", user),
         k.of("settings", user),
         presence,
         k.location(user),
@@ -67,6 +69,8 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
             await client.delete([k.of("chat", conversation)])
             await client.delete([k.client_ids(conversation)])
             await client.srem(k.chats, [conversation])
+            for party in conversation.split(":")[1:]:
+                await client.srem(k.of("chats_of", party), [conversation])
     groups = [string(c) async for c in client.sscan_iter(k.chats, match="g:*")]
     for conversation in groups:
         key = k.of("chat", conversation)

@@ -11,6 +11,8 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:chat:{C}          sorted set of one conversation's messages ("<20-digit id> <JSON>",
                          all score 0: lexicographic = id order; C is "dm:A:B" or "g:G")
     gp:chats             index of conversations
+    gp:chats_of:{U}      set: U's 1:1 conversations (what its ``sync`` reads, with its
+                         groups': ``chat_reads``)
     gp:cmid:{C}          hash: "<sender>\n<client_msg_id>" -> the id of the message stored
                          for it in conversation C (a resend through any node is stored once)
     gp:loc:{U}           U's live location, [lat, lon, ts, accepted_at] (JSON), expiring
@@ -23,7 +25,8 @@ slot of its own; the index sets are what a starting node loads from)::
                          X ("<N>/<token>") that died or left (``redis_nodes``)
     gp:held:{X}          set: "<user>\\n<device>" of each device incarnation X holds (or
                          held: a superset, checked by the scripts)
-    gp:feed              stream: every change, for the other nodes' replicas
+    gp:feed              stream: friendships, groups and forgets, for the other nodes'
+                         replicas, and each node's chat watermark
                          (``geopresence.cluster.redis_feed``)
     gp:forgotten         sorted set: forgotten user -> forget time, for the history of the
                          nodes that were down (``geopresence.cluster.redis_forget``)

@@ -56,8 +56,9 @@ async def load_durable(
     client: Any, keys: Keys, state: DurableState, *, whole: bool = True
 ) -> dict[str, int]:
     """Fill a fresh durable state from Redis: the user DB and the chat messages (without
-    ``whole``, no friendship and no settings: a node reads those its sessions need as they
-    open, ``read_friends`` and ``read_settings``). Returns counts for the log line."""
+    ``whole``, only the groups: a node reads the friendships and settings its sessions need
+    as they open, ``read_friends`` and ``read_settings``, and the messages as they sync,
+    ``chat_reads``). Returns counts for the log line."""
     k = keys
     pairs: list[tuple[str, str]] = []
     if whole:
@@ -79,7 +80,7 @@ async def load_durable(
         if raw is not None:
             settings.append(_settings_record(user, orjson.loads(raw)))
     messages: list[ChatMessage] = []
-    chats = strings(await client.smembers(k.chats))
+    chats = strings(await client.smembers(k.chats)) if whole else []
     read = await pipelined(client, chats, lambda pipe, c: pipe.zrange(k.of("chat", c), 0, -1))
     for members in read:
         messages.extend(member_message(member) for member in members)
@@ -92,8 +93,9 @@ async def load_durable(
         messages=messages,
         last_message_id=max(marks_issued, default=0),
     )
-    counts = {"groups": len(groups), "messages": len(messages)}
+    counts = {"groups": len(groups)}
     if whole:
+        counts["messages"] = len(messages)
         counts["friendships"] = sum(1 for _ in state.users.friendships())
     return counts
 

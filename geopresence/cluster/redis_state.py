@@ -24,11 +24,11 @@ import attrs
 import orjson
 import trio
 
-from geopresence.cluster.chat_once import StoreOnce, is_once
+from geopresence.cluster.chat_writes import ChatWrites
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys, message_member, strings
+from geopresence.cluster.redis_keys import Keys, strings
 from geopresence.cluster.settings_writes import SetSettings
 from geopresence.core.replication import (
     FEED_KINDS,
@@ -81,14 +81,6 @@ class Writer:
     def __attrs_post_init__(self) -> None:
         if (self.commands is None) == (self.write is None):
             raise TypeError("a Writer has commands or a write, not both")
-
-
-def _message(k: Keys, op: ChatMessage) -> list[Command]:
-    conversation = k.conversation(op)
-    return [
-        ("zadd", (k.of("chat", conversation), {message_member(op): 0})),
-        ("sadd", (k.chats, [conversation])),
-    ]
 
 
 def _location(k: Keys, op: LocationSet) -> list[Command]:
@@ -164,9 +156,13 @@ async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
     await client.srem(k.chats, [f"g:{op.group}"])
 
 
+async def _chat_writes_only(client: Any, k: Keys, op: ChatMessage) -> None:
+    raise TypeError("chat messages are written in batches by ChatWrites (RedisJournal)")
+
+
 WRITERS: Final[dict[type[Any], Writer]] = covering(
     {
-        ChatMessage: Writer(_message),
+        ChatMessage: Writer(write=_chat_writes_only),
         LocationSet: Writer(_location),
         Befriended: Writer(_befriended),
         Unfriended: Writer(_unfriended),
@@ -189,17 +185,15 @@ idempotent: a retry after a failure is harmless)."""
 
 def blind_commands(keys: Keys, op: FeedOp) -> list[Command] | None:
     """The commands that apply ``op`` without reading anything first, so that many ops can
-    share one pipeline (one round trip); None for the ones that must read (group changes,
-    a chat message with a ``client_msg_id``: ``chat_once``)."""
-    if isinstance(op, ChatMessage) and op.client_msg_id is not None:
-        return None
+    share one pipeline (one round trip); None for the ones that must read (group changes)
+    and chat messages (``chat_writes``)."""
     commands = WRITERS[type(op)].commands
     return None if commands is None else commands(keys, op)
 
 
 async def write(client: Any, keys: Keys, op: FeedOp) -> Any:
     """Apply one change to Redis (idempotent: a retry after a failure is harmless); not
-    for a chat message with a ``client_msg_id`` (``chat_once``). Returns what its writer
+    for a chat message (``chat_writes``). Returns what its writer
     returns (settings: their version)."""
     writer = WRITERS[type(op)]
     if writer.write is not None:
@@ -228,10 +222,10 @@ async def write_batch(
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
 
-OFF_FEED: Final = (SettingsChanged,)
+OFF_FEED: Final = (SettingsChanged, ChatMessage)
 """Records not put on the feed: the nodes that need them hear them on a channel, published
-once written (``RedisJournal.on_written``), so that a node reading Redis after subscribing
-never misses one."""
+once written (settings: ``RedisJournal.on_written``; chat: ``chat_writes``), so that a
+node reading Redis after subscribing never misses one."""
 
 
 class RedisJournal:
@@ -243,7 +237,8 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
-        self._store_once = StoreOnce(client, keys, self.feed)
+        self.chat = ChatWrites(client, keys)
+        """Writes and publishes chat messages (the link sets ``chat.publications``)."""
         self._set_settings = SetSettings(client, keys)
         self._queue: deque[QueuedOp] = deque()
         """(seq or 0, uid, op, on the feed, watermark) in write order."""
@@ -292,8 +287,8 @@ class RedisJournal:
         self._queue.append((seq, next(self._uids), op, on_feed, watermark))
         if on_feed:
             self.queued_at = trio.current_time()
-            if isinstance(op, ChatMessage):
-                self.chat_queued_at = self.queued_at
+        if isinstance(op, ChatMessage):
+            self.chat_queued_at = trio.current_time()
         self._wakeup.set()
 
     @property
@@ -351,8 +346,8 @@ class RedisJournal:
     async def _write_some(self) -> list[QueuedOp]:
         """Write the ops at the head of the queue that share a kind of round trip: a batch
         of blind ops in one pipeline, a batch of settings changes (``settings_writes``,
-        then ``on_written``), a batch of chat messages with a ``client_msg_id``
-        (``chat_once``), or one op that must read first. Returns what was written."""
+        then ``on_written``), a batch of chat messages (``chat_writes``), or one op that
+        must read first. Returns what was written."""
         client, keys, feed = self._client, self._keys, self.feed
         batch = self._batch(self._blind)
         if batch:
@@ -366,10 +361,10 @@ class RedisJournal:
                 if self.on_written is not None:
                     self.on_written(change, version)
             return batch
-        batch = self._batch(is_once)
+        batch = self._batch(lambda op: isinstance(op, ChatMessage))
         if batch:
-            messages = [(uid, op, on_feed, mark) for _, uid, op, on_feed, mark in batch]
-            originals = await self._store_once(messages)
+            messages = [op for _, _, op, _, _ in batch if isinstance(op, ChatMessage)]
+            originals = await self.chat(messages)
             for (seq, *_), original in zip(batch, originals, strict=True):
                 if original is not None and self.on_stored_before is not None:
                     self.on_stored_before(seq, original)

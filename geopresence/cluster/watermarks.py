@@ -4,11 +4,16 @@ Every feed entry this node writes carries its watermark (``RedisJournal.watermar
 other nodes' entries tell theirs (``RedisFeed.on_watermark``), which feed the hub's
 ``Horizon``; with nothing to write for a while this node writes a ``Watermark`` entry alone
 (``run``), often while chat goes on, rarely otherwise.
+
+Messages reach a node on channels, not on the feed (``chat_writes``): each is published
+before any later feed entry of its node is written. So a watermark heard is applied only
+once this node's pub/sub connections have answered a round trip begun after it was read
+(``barrier``): every message below it that a channel here carries has been received by then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import trio
@@ -29,30 +34,86 @@ LEFT: Final = -1
 
 
 class Watermarks:
-    """Connects the journal, the feed reader and the hub's chat. ``lease``: seconds after
-    which a silent node is gone (its lease has lapsed)."""
+    """Connects the journal, the feed reader, the broker and the hub's chat. ``lease``:
+    seconds after which a silent node is gone (its lease has lapsed); ``barrier``: returns
+    once the pub/sub connections answered a round trip (``RedisBroker.subscribed``)."""
 
     def __init__(
-        self, journal: RedisJournal, hub: Hub, clock: Callable[[], float], lease: float
+        self,
+        journal: RedisJournal,
+        hub: Hub,
+        clock: Callable[[], float],
+        lease: float,
+        barrier: Callable[[], Awaitable[None]],
     ) -> None:
         self._journal = journal
         self._chat = hub.chat
+        self._barrier = barrier
         self.chat_at = float("-inf")
-        """``trio.current_time()`` of the last chat message read off the feed."""
+        """``trio.current_time()`` of the last chat message another node sent here."""
+        self.others_chat_at = float("-inf")
+        """``trio.current_time()`` of the last feed entry of a node that chats."""
+        self._heard: dict[int, int] = {}
+        """node -> its latest watermark read, not applied yet (waits for ``barrier``)."""
+        self._heard_some = trio.Event()
+        self._applying = trio.Lock()
         # A node silent this long is gone for the horizon: its lease lapsed, and it would
         # have written a watermark meanwhile (at least every QUIET_WATERMARK_INTERVAL).
         silence = max(lease, 3 * QUIET_WATERMARK_INTERVAL)
         self.horizon = hub.chat.horizon = Horizon(clock, silence=silence)
         journal.watermark = lambda: min_id_at(clock())
         journal.feed.on_watermark = self.heard
+        journal.feed.chatting = self.chatting
 
-    def heard(self, node: int, watermark: int) -> None:
-        """Another node's feed entry carried ``watermark`` (``LEFT``: that node stopped)."""
-        if watermark == LEFT:
-            self.horizon.left(node)
+    def heard(self, node: int, watermark: int, chatting: bool = False) -> None:
+        """Another node's feed entry carried ``watermark`` (``LEFT``: that node stopped),
+        applied by ``apply`` after a pub/sub round trip; ``chatting``: that node chats, so
+        this one writes its watermarks often too."""
+        if chatting:
+            self.others_chat_at = trio.current_time()
+        previous = self._heard.get(node)
+        if watermark == LEFT or previous is None or previous == LEFT:
+            self._heard[node] = watermark
         else:
-            self.horizon.heard(node, watermark)
-        self._chat.release()
+            self._heard[node] = max(previous, watermark)
+        self._heard_some.set()
+
+    async def apply(self) -> None:
+        """Apply the watermarks heard, each batch once every message published before them
+        on a channel this node listens to has been received. Until cancelled."""
+        while True:
+            await self._heard_some.wait()
+            await self.apply_heard()
+
+    async def apply_heard(self) -> None:
+        """Apply the watermarks heard so far (after a pub/sub round trip), in order with
+        ``apply``: a starting node calls it once it has read the feed up to its end."""
+        async with self._applying:
+            self._heard_some = trio.Event()
+            heard, self._heard = self._heard, {}
+            if not heard:
+                return
+            await self._barrier()
+            for node, watermark in heard.items():
+                if watermark == LEFT:
+                    self.horizon.left(node)
+                else:
+                    self.horizon.heard(node, watermark)
+            self._chat.release()
+
+    def hurry(self) -> None:
+        """Something waits for the horizon (a ``sync``): this node counts as chatting, so
+        its entries ask the others to write their watermarks often, and writes one now."""
+        now = trio.current_time()
+        self.chat_at = now
+        if now - self._journal.queued_at >= WATERMARK_INTERVAL:
+            self._journal.replicate(Watermark())
+
+    def chatting(self) -> bool:
+        """Whether this node sent or received chat in the last ``CHAT_ACTIVE`` seconds (its
+        own chat only: counting the others' would keep every node chatting for ever)."""
+        now = trio.current_time()
+        return now - max(self.chat_at, self._journal.chat_queued_at) < CHAT_ACTIVE
 
     async def leave(self) -> None:
         """This node stops (its sessions are closed, its journal flushed): a last entry tells
@@ -69,16 +130,17 @@ class Watermarks:
         await self._journal.flush()
 
     async def run(self) -> None:
-        """A node with nothing for the feed for ``WATERMARK_INTERVAL`` (while chat goes on;
-        ``QUIET_WATERMARK_INTERVAL`` otherwise) writes its watermark alone, so the others'
-        chat never waits on it for longer; and what waited on this node's own clock is
-        released as it advances. Until cancelled."""
+        """A node with nothing for the feed for ``WATERMARK_INTERVAL`` (while chat goes on
+        here or on another node; ``QUIET_WATERMARK_INTERVAL`` otherwise) writes its
+        watermark alone, so the others' chat never waits on it for longer; and what waited
+        on this node's own clock is released as it advances. Until cancelled."""
         journal = self._journal
         while True:
             await trio.sleep(WATERMARK_INTERVAL)
             now = trio.current_time()
-            chatting = now - max(self.chat_at, journal.chat_queued_at) < CHAT_ACTIVE
-            interval = WATERMARK_INTERVAL if chatting else QUIET_WATERMARK_INTERVAL
+            # Its own chat only, in the entry: the others' would keep every node chatting.
+            active = self.chatting() or now - self.others_chat_at < CHAT_ACTIVE
+            interval = WATERMARK_INTERVAL if active else QUIET_WATERMARK_INTERVAL
             if now - journal.queued_at >= interval:
                 journal.replicate(Watermark())
             self._chat.release()

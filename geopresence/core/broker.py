@@ -8,7 +8,8 @@ embedded default; ``tests/seams/test_broker_conformance.py`` holds every impleme
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Set
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Set
 from typing import Any, Protocol
 
 ConnId = int
@@ -17,6 +18,24 @@ ConnId = int
 Deliver = Callable[[ConnId, Any], None]
 """Hands one published event to one local subscriber. Must not block: it queues frames into
 the subscriber's Outbox (an encoded ``Outgoing``, or a frame computed for that subscriber)."""
+
+
+class SeenOnce:
+    """The last ``size`` keys seen: something that can arrive more than once (on several
+    channels, or written again by a retry) is handled the first time only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+
+    def first_time(self, key: Hashable) -> bool:
+        """True (and remembered) if ``key`` is new; False for a repeat."""
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True
 
 
 _USER_PREFIX = "user:"

@@ -24,14 +24,15 @@ device whose queue overflows is closed with 4008 and catches up with ``sync``.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import attrs
 import orjson
 
-from geopresence.core.broker import ConnId
+from geopresence.core.broker import ConnId, SeenOnce
 from geopresence.core.chat_horizon import Horizon
 from geopresence.core.chat_message_wire import (
     ChatEvent,
@@ -55,6 +56,10 @@ from geopresence.wire.protocol import encode, error_message, unstructure
 from geopresence.wire.server_messages import MessagesReply, Sent
 
 __all__ = ["Chat", "ChatEvent", "PushHook", "PushRequest", "message_frame"]
+
+HEARD_REMEMBERED: Final = 65_536
+"""Other nodes' message ids remembered to hear each once: far more than arrive while one
+node retries a write."""
 
 SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
 """A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then
@@ -103,6 +108,11 @@ class Chat:
         self.horizon: Horizon | None = None
         """With several nodes: below which id no node can still commit (``chat_horizon``);
         deliveries, acks and sync pages of ids at or above it wait."""
+        self.keeps_messages = True
+        """False with several nodes: messages live in Redis (``sync`` reads them there), and
+        ``store`` keeps only the groups' join marks."""
+        self._heard = SeenOnce(HEARD_REMEMBERED)
+        """Other nodes' messages heard lately (without ``keeps_messages``): heard once."""
         self._forgotten: dict[str, int] = {}
         """user -> the last id issued when it was forgotten: a message involving it with an
         id at or below that was made before the forget (journaled but not yet durable, or
@@ -188,18 +198,27 @@ class Chat:
         self.commit_durable()
 
     def on_sync(self, session: Session, message: Sync, now: float) -> None:
-        """Reply with one page of ``messages``, built from individually encoded entries."""
+        """Reply with one page of ``messages`` from this node's store."""
+        user = session.user
+        # Not past an id that is not stable: the device would take it as its cursor and
+        # skip a lower one another node still commits; it comes live once stable.
+        stable = self.stable_below()
+        found = self.store.read_after(user, self.ctx.store.groups_of(user), message.after)
+        if stable is not None:
+            found = itertools.takewhile(lambda m: m.message_id < stable, found)
+        self.send_page(session, message, found)
+
+    def send_page(self, session: Session, message: Sync, found: Iterable[ChatMessage]) -> None:
+        """Reply to ``message`` with the first page of ``found`` (the user's messages after
+        its cursor, ascending by id, none at or above the horizon), built from individually
+        encoded entries: at most ``limit`` messages and ``sync_page_bytes``, ``more`` if
+        ``found`` holds more."""
         user = session.user
         limit = min(message.limit, MAX_SYNC_LIMIT)
         budget = self.sync_page_bytes
         parts: list[bytes] = []
         more = False
-        # Not past an id that is not stable: the device would take it as its cursor and
-        # skip a lower one another node still commits; it comes live once stable.
-        stable = self._stable_below()
-        for stored in self.store.read_after(user, self.ctx.store.groups_of(user), message.after):
-            if stable is not None and stored.message_id >= stable:
-                break
+        for stored in found:
             if len(parts) == limit:
                 more = True
                 break
@@ -249,7 +268,7 @@ class Chat:
             if kept and not self._made_before_forget(message):
                 if self.ctx.replicator is None:
                     self.store.add(message)
-                else:
+                elif self.keeps_messages:
                     # Other nodes' messages arrive in between: ids are not all ascending.
                     self.store.insert(message)
                 self._publish(message, pending.sender_conn)
@@ -259,29 +278,31 @@ class Chat:
 
     # ---------------------------------------------------------------- the horizon
 
-    def _lowest_pending(self) -> int | None:
+    def lowest_pending(self) -> int | None:
+        """The lowest id of this node's messages not yet durable (None: none)."""
         return self._pending[0].message.message_id if self._pending else None
 
-    def _stable_below(self) -> int | None:
+    def stable_below(self) -> int | None:
         """Ids below this can be shown (None: any, with one node)."""
-        return None if self.horizon is None else self.horizon.stable_below(self._lowest_pending())
+        return None if self.horizon is None else self.horizon.stable_below(self.lowest_pending())
 
-    def _when_stable(self, message_id: int, action: Callable[[], None]) -> None:
+    def when_stable(self, message_id: int, action: Callable[[], None]) -> None:
+        """Run ``action`` once ``message_id`` is stable (at once with one node)."""
         if self.horizon is None:
             action()
         else:
-            self.horizon.when_stable(message_id, self._lowest_pending(), action)
+            self.horizon.when_stable(message_id, self.lowest_pending(), action)
 
     def release(self) -> None:
         """Run what waited for the horizon and may go now (call when it may have moved)."""
         if self.horizon is not None:
-            self.horizon.release(self._lowest_pending())
+            self.horizon.release(self.lowest_pending())
 
     def _ack_when_stable(
         self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool
     ) -> None:
         # The sender's device takes its own message's id as its sync cursor too.
-        self._when_stable(
+        self.when_stable(
             message.message_id,
             lambda: self._ack(conn, request_id, message, duplicate=duplicate),
         )
@@ -305,33 +326,29 @@ class Chat:
         a forget dropped)."""
         return [p.message for p in self._pending if not self._made_before_forget(p.message)]
 
-    def insert(self, message: ChatMessage) -> None:
-        """Store a message another node committed (idempotent; ids may arrive in any
-        order), and never issue an id at or below it here."""
+    def heard(self, message: ChatMessage) -> None:
+        """Another node committed ``message`` (several nodes): never issue an id at or
+        below it here, keep it (unless ``keeps_messages`` is off), and publish it to this
+        node's subscribers once stable (the horizon releases in id order). Idempotent: a
+        message heard again (a write retried by its node) is dropped."""
         self.ids.observe(message.message_id)
         if self._made_before_forget(message):
             return
-        if message.group is None or self.ctx.store.group_members(message.group) is not None:
-            self.store.insert(message)
-
-    def deliver_fed(self, message: ChatMessage) -> None:
-        """Another node's message, read off the feed and stored here: publish it to this
-        node's subscribers (the feed's order and the horizon keep it in id order; the
-        origin does not send chat through Redis channels)."""
-        if self.store.get(message.message_id) is not None:
-            event = ChatEvent(message)
-            self._when_stable(
-                message.message_id, lambda: self.ctx.publish(channels_of(message), event)
-            )
+        if message.group is not None and self.ctx.store.group_members(message.group) is None:
+            return  # the group was deleted meanwhile
+        if self.keeps_messages:
+            if not self.store.insert(message):
+                return
+        elif not self._heard.first_time(message.message_id):
+            return
+        event = ChatEvent(message)
+        self.when_stable(message.message_id, lambda: self.ctx.publish(channels_of(message), event))
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
         message = event.message
         if self._made_before_forget(message):
             return  # from another node, sent before the forget reached it
-        if self.store.get(message.message_id) is None:
-            # From another node, ahead of its feed record (they travel on different shards).
-            self.insert(message)
         session = self.ctx.session(conn)
         if session is None:
             return
@@ -347,7 +364,7 @@ class Chat:
         exclude = frozenset((sender_conn,))
         # Published once its id is stable (several nodes: ``chat_horizon``), to whoever
         # subscribes by then: a device that connects meanwhile gets it live, not never.
-        self._when_stable(
+        self.when_stable(
             message.message_id, lambda: ctx.publish(channels_of(message), event, exclude)
         )
         if message.to is not None:

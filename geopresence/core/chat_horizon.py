@@ -40,6 +40,11 @@ QUIET_WATERMARK_INTERVAL: Final = 1.0
 cluster's first message may wait this long; the feed stays nearly silent meanwhile."""
 CHAT_ACTIVE: Final = 10.0
 
+CLOCK_SKEW_S: Final = 0.05
+"""Seconds by which another node's clock may run ahead of this one's (ids are times; node
+clocks agree through NTP, docs/cluster.md): a message published before a moment has an id
+below ``min_id_at(moment + CLOCK_SKEW_S)``."""
+
 
 class Horizon:
     """The other nodes' watermarks, as their feed entries carry them. ``clock`` is the
@@ -50,6 +55,9 @@ class Horizon:
         self.silence = silence
         self._marks: dict[int, tuple[int, float]] = {}
         """node id -> (its latest watermark, when it was heard)."""
+        self._holds: dict[int, int] = {}
+        """token -> an id no delivery may reach while it holds (``hold``)."""
+        self._tokens = itertools.count()
         self._held: list[tuple[int, int, Callable[[], None]]] = []
         """(message id, arrival, what to do) waiting for the id to be stable: a heap."""
         self._order = itertools.count()
@@ -66,8 +74,26 @@ class Horizon:
         self._marks.pop(node, None)
 
     def stable_below(self, own_lowest_pending: int | None) -> int:
-        """Every message with an id below this is committed and on the feed: this node's
-        own lowest pending id (None: none pending) and the others' watermarks bound it."""
+        """Every message with an id below this is committed and received: this node's
+        own lowest pending id (None: none pending) and the others' watermarks bound it, and
+        the ``hold`` in force."""
+        bound = self.committed_below(own_lowest_pending)
+        return min(bound, *self._holds.values()) if self._holds else bound
+
+    def hold(self, below: int) -> int:
+        """Release nothing at or above ``below`` until ``unhold`` (a node catching up on
+        messages it may have missed: they must be shown before any later one)."""
+        token = next(self._tokens)
+        self._holds[token] = below
+        return token
+
+    def unhold(self, token: int, own_lowest_pending: int | None) -> None:
+        """End ``hold``'s hold, and run what it held that is stable now."""
+        self._holds.pop(token, None)
+        self.release(own_lowest_pending)
+
+    def committed_below(self, own_lowest_pending: int | None) -> int:
+        """``stable_below`` but for the holds: every message below it is committed."""
         now = self._clock()
         bound = min_id_at(now) if own_lowest_pending is None else own_lowest_pending
         gone = [n for n, (_, heard) in self._marks.items() if now - heard > self.silence]

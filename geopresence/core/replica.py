@@ -107,14 +107,15 @@ class Replica:
         if isinstance(op, PresenceSet):
             self.announce_presence(op)
             return
+        if isinstance(op, ChatMessage):
+            # From a version that put chat on the feed: as if heard on its channels (to
+            # this node's subscribers, once stable).
+            with self.fanout.scoped("local"):
+                self.chat.heard(op)
+            return
         # A refusal means it is already applied or moot here (a group deleted meanwhile).
         with self.fanout.scoped("none"), suppress(ProtocolError):
             FEED_APPLY[type(op)](self, op, now)
-        if isinstance(op, ChatMessage):
-            # Chat reaches the other nodes' subscribers through the feed, not channels:
-            # in id order, held back until no lower id can come (``chat_horizon``).
-            with self.fanout.scoped("local"):
-                self.chat.deliver_fed(op)
 
 
 # ---------------------------------------------------------------- another node's change
@@ -130,10 +131,6 @@ def _feed_mark(replica: Replica, op: Watermark, now: float) -> None:
 
 def _feed_logout(replica: Replica, op: LogoutRequested, now: float) -> None:
     replica.lifecycle.logout(op.user, op.device)
-
-
-def _feed_message(replica: Replica, op: ChatMessage, now: float) -> None:
-    replica.chat.insert(op)
 
 
 def _feed_befriended(replica: Replica, op: Befriended, now: float) -> None:
@@ -175,7 +172,6 @@ FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = cove
         LocationSet: _feed_location,
         LogoutRequested: _feed_logout,
         Watermark: _feed_mark,
-        ChatMessage: _feed_message,
         Befriended: _feed_befriended,
         Unfriended: _feed_unfriended,
         GroupSet: _feed_group_set,
@@ -185,8 +181,9 @@ FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = cove
         SettingsChanged: _feed_settings,
         UserForgotten: _feed_forgotten,
     },
-    FEED_KINDS - {PresenceSet},
+    FEED_KINDS - {PresenceSet, ChatMessage},
     what="Replica.apply_feed",
 )
-"""Feed op kind (but ``PresenceSet``) -> how this node applies another node's change:
-through its own operations, with their effects on its connections (``Replica.apply_feed``)."""
+"""Feed op kind (but ``PresenceSet`` and ``ChatMessage``) -> how this node applies another
+node's change: through its own operations, with their effects on its connections
+(``Replica.apply_feed``)."""

@@ -5,9 +5,16 @@ A node keeps the statuses of the users its connections hear transitions from
 as they were when it opened. A big group's members are not among them (their transitions
 are not published to the group), nor a member added since, so a ``group_presence`` query
 reads the members' statuses from Redis, then is answered as on one node with what was read
-laid over the kept statuses (``Statuses.overlay``). The answer comes a Redis round trip
-later; the connection's other messages are handled meanwhile (answers carry their
-request's ``re``).
+laid over the kept statuses (``Statuses.overlay``).
+
+A node keeps no chat messages either: a ``sync`` page is read from Redis
+(``chat_reads.read_sync``), below the chat horizon as on one node. A connection's first
+``sync`` waits, besides, until the horizon has passed the time it asked (``Watermarks.hurry``
+makes that a fraction of a second): a message committed before this node subscribed to the
+user's channels never reaches it live, so the page must hold it.
+
+The answers come a Redis round trip later; the connection's other messages are handled
+meanwhile (answers carry their request's ``re``).
 """
 
 from __future__ import annotations
@@ -18,17 +25,31 @@ from typing import Final
 
 import trio
 
+from geopresence.cluster.link import ClusterLink
 from geopresence.core.broker import ConnId
+from geopresence.core.chat_horizon import CLOCK_SKEW_S
+from geopresence.core.context import Session
 from geopresence.core.hub import Hub
 from geopresence.core.statuses import Held
+from geopresence.model.chat_message import ChatMessage
+from geopresence.model.snowflake import min_id_at
 from geopresence.shell.connections import Connections
-from geopresence.wire.client_messages import ClientMessage, GroupPresenceQuery
+from geopresence.wire.client_messages import (
+    MAX_SYNC_LIMIT,
+    ClientMessage,
+    GroupPresenceQuery,
+    Sync,
+)
 from geopresence.wire.errors import ProtocolError
 
 log = logging.getLogger("geopresence.server")
 
 READ_TIMEOUT_S: Final = 5.0
 """Seconds to wait for Redis before answering with the statuses kept here."""
+
+HORIZON_TIMEOUT_S: Final = 15.0
+"""Seconds a ``sync`` waits for the chat horizon before it is answered with an error: more
+than a silent node takes to count as gone (its lease)."""
 
 
 class ClusterAnswers:
@@ -38,19 +59,35 @@ class ClusterAnswers:
         self,
         hub: Hub,
         connections: Connections,
-        read_statuses: Callable[[Collection[str]], Awaitable[Mapping[str, Held]]],
+        link: ClusterLink,
         now: Callable[[], float],
     ) -> None:
         self._hub = hub
         self._connections = connections
-        self._read = read_statuses
+        self._read: Callable[[Collection[str]], Awaitable[Mapping[str, Held]]]
+        self._read = link.read_statuses
+        self._link = link
         self._now = now
         self.nursery: trio.Nursery | None = None
         """Where the answers wait for Redis (the server's connection nursery)."""
+        self._first_sync: dict[ConnId, int] = {}
+        """conn -> the id the horizon must pass before its ``sync`` pages are read."""
+        hub.sessions.on_closed = (*hub.sessions.on_closed, self._closed)
+
+    def _closed(self, conn: ConnId) -> None:
+        self._first_sync.pop(conn, None)
 
     def later(self, conn: ConnId, message: ClientMessage) -> bool:
-        """Take ``message`` if its answer needs statuses this node does not keep."""
-        if not isinstance(message, GroupPresenceQuery) or self.nursery is None:
+        """Take ``message`` if its answer needs what this node does not keep."""
+        if self.nursery is None:
+            return False
+        if isinstance(message, Sync):
+            session = self._hub.session(conn)
+            if session is None:
+                return False
+            self.nursery.start_soon(self._sync, session, message)
+            return True
+        if not isinstance(message, GroupPresenceQuery):
             return False
         members = self._hub.store.group_members(message.group)
         if members is None:
@@ -76,3 +113,39 @@ class ClusterAnswers:
             except Exception:
                 log.exception("conn %d: internal error answering group_presence", conn)
                 hub.reply_error(conn, ProtocolError("internal", "internal error", message.id))
+
+    async def _sync(self, session: Session, message: Sync) -> None:
+        hub, conn = self._hub, session.conn
+        chat = hub.chat
+        mark = self._first_sync.setdefault(conn, min_id_at(self._now() + CLOCK_SKEW_S))
+        stable = trio.Event()
+        chat.when_stable(mark, stable.set)
+        if not stable.is_set():
+            self._link.hurry()
+        messages: list[ChatMessage] | None = None
+        with trio.move_on_after(HORIZON_TIMEOUT_S):
+            await stable.wait()
+            below = chat.stable_below()
+            assert below is not None, "several nodes: a horizon"
+            user = session.user
+            groups = {}
+            for group in hub.store.groups_of(user):
+                joined = chat.store.joined_after(group, user)
+                if joined is not None:
+                    groups[group] = joined
+            limit = min(message.limit, MAX_SYNC_LIMIT)
+            try:
+                with trio.fail_after(READ_TIMEOUT_S):
+                    messages = await self._link.read_messages(
+                        user, groups, message.after, below, limit + 1
+                    )
+            except Exception as exc:
+                log.warning("redis: %s's messages were not read (%s)", user, exc)
+        if hub.session(conn) is not session:
+            return  # the session ended meanwhile
+        with self._connections.batch():
+            if messages is None:
+                error = "chat history could not be read: try again"
+                hub.reply_error(conn, ProtocolError("internal", error, message.id))
+            else:
+                chat.send_page(session, message, messages)

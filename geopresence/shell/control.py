@@ -15,6 +15,7 @@ from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub
 from geopresence.core.statuses import Held
 from geopresence.core.store import UserSettings
+from geopresence.model.chat_message import ChatMessage
 from geopresence.shell.history import HistoryKeeper
 from geopresence.shell.http_routing import HttpError
 from geopresence.shell.metrics import Metrics
@@ -66,6 +67,16 @@ class Control(Protocol):
         sessions need; raises if Redis does not answer). One node: None (the hub's)."""
         ...
 
+    async def count_messages(self, user: str) -> int | None:
+        """Multi-node: how many messages a forget of ``user`` deletes in Redis (raises if
+        Redis does not answer). One node: None (the forget's report counts them)."""
+        ...
+
+    def messages_of(self, user: str) -> AsyncIterator[list[ChatMessage]] | None:
+        """Multi-node: every message of ``user`` in Redis, ascending, in batches (a node
+        keeps none; the reads raise if Redis does not answer). One node: None (the hub's)."""
+        ...
+
     async def devices_held(self, user: str) -> set[str]:
         """``user``'s alive devices: this node's, and with several nodes every node's as
         Redis says (within half a second; this node's alone if it does not answer)."""
@@ -114,6 +125,11 @@ async def settings_of(server: Control, user: str) -> UserSettings | None:
     """``server.read_settings(user)``, for an answer about a user no session on this node
     may need; 503 ``internal`` as ``statuses_of``."""
     return await _from_redis(server, "settings", lambda: server.read_settings(user))
+
+
+async def messages_count_of(server: Control, user: str) -> int | None:
+    """``server.count_messages(user)``; 503 ``internal`` as ``statuses_of``."""
+    return await _from_redis(server, "messages", lambda: server.count_messages(user))
 
 
 T = TypeVar("T")

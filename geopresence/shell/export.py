@@ -20,6 +20,7 @@ import trio
 from geopresence.core.chat import message_frame
 from geopresence.core.hub import Hub
 from geopresence.core.store import UserSettings
+from geopresence.model.chat_message import ChatMessage
 from geopresence.storage.history import HistoryCursor
 from geopresence.wire.protocol import unstructure
 
@@ -65,6 +66,15 @@ def _head(hub: Hub, user: str, now: float, settings: UserSettings | None) -> dic
     }
 
 
+async def _kept_messages(hub: Hub, user: str) -> AsyncIterator[list[ChatMessage]]:
+    """``user``'s messages in the hub's store, ``MESSAGE_BATCH`` at a time."""
+    chat = hub.state.chat
+    ids = chat.ids_of(user, hub.state.users.groups_of(user))
+    for start in range(0, len(ids), MESSAGE_BATCH):
+        found = (chat.get(message_id) for message_id in ids[start : start + MESSAGE_BATCH])
+        yield [message for message in found if message is not None]  # not deleted meanwhile
+
+
 async def export_document(
     hub: Hub,
     user: str,
@@ -72,24 +82,21 @@ async def export_document(
     history: Path,
     run_sync: Callable[..., Awaitable[Any]] = trio.to_thread.run_sync,
     settings: UserSettings | None = None,
+    messages: AsyncIterator[list[ChatMessage]] | None = None,
 ) -> AsyncIterator[bytes]:
     """The export of ``user`` as of ``now`` (epoch seconds), in pieces; ``history`` is the
     history directory, read through ``run_sync`` (a worker thread: ``HistoryKeeper``'s);
-    ``settings`` the user's, if the hub may not keep them (several nodes). Raises
-    ``OSError`` part way if a history file cannot be read (the response is then cut off,
-    never completed as if whole)."""
+    ``settings`` and ``messages`` the user's, if the hub does not keep them (several nodes:
+    read from Redis). Raises part way if a history file (``OSError``) or Redis cannot be
+    read (the response is then cut off, never completed as if whole)."""
     head = orjson.dumps(_head(hub, user, now, settings))
     yield head[:-1] + b',"messages":['
-    chat = hub.state.chat
-    ids = chat.ids_of(user, hub.state.users.groups_of(user))
     separator = b""
-    for start in range(0, len(ids), MESSAGE_BATCH):
-        parts = []
-        for message_id in ids[start : start + MESSAGE_BATCH]:
-            message = chat.get(message_id)
-            if message is not None:  # not deleted meanwhile
-                frame = message_frame(message, own=message.sender == user)
-                parts.append(orjson.dumps(unstructure(frame)))
+    async for batch in _kept_messages(hub, user) if messages is None else messages:
+        parts = [
+            orjson.dumps(unstructure(message_frame(message, own=message.sender == user)))
+            for message in batch
+        ]
         if parts:
             yield separator + b",".join(parts)
             separator = b","

@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from geopresence.core.store import DEFAULT_SETTINGS
-from geopresence.shell.control import Control, holding, settings_of, statuses_of
+from geopresence.shell.control import (
+    Control,
+    holding,
+    messages_count_of,
+    settings_of,
+    statuses_of,
+)
 from geopresence.shell.export import export_document
 from geopresence.shell.http_routing import HttpError, Request, Response, Streamed
 
@@ -29,6 +35,7 @@ class UserData:
         user = request.params["user"]
         # Several nodes: this node may not keep the user's settings; Redis has them.
         stored = await settings_of(self.server, user)
+        counted = await messages_count_of(self.server, user)
         async with holding(self.server, (user,)):  # the report counts its friends
             report, problem = await self.server.forget_user(user)
         if problem is not None:
@@ -39,7 +46,7 @@ class UserData:
             "forgotten": True,
             "friends": report.friends,
             "groups": report.groups,
-            "messages": report.messages,
+            "messages": report.messages if counted is None else counted,
             "settings": settings,
             "location": report.location,
             "devices_logged_out": report.devices,
@@ -52,7 +59,13 @@ class UserData:
         read = await statuses_of(server, (user,))
         settings = await settings_of(server, user)
         chunks = export_document(
-            server.hub, user, server.now(), keeper.directory, keeper.run_sync, settings
+            server.hub,
+            user,
+            server.now(),
+            keeper.directory,
+            keeper.run_sync,
+            settings,
+            server.messages_of(user),
         )
         async with holding(server, (user,)):
             # Its friends, read while they are all here. The head is made before the

@@ -11,7 +11,7 @@ serves (``shell.http_api``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -24,6 +24,7 @@ from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.statuses import Held
 from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.model.chat_message import ChatMessage
 from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
@@ -159,9 +160,7 @@ class Server:
         )
         self.answers: ClusterAnswers | None = None
         if self.cluster is not None:
-            self.answers = ClusterAnswers(
-                self.hub, self.connections, self.cluster.read_statuses, self.now
-            )
+            self.answers = ClusterAnswers(self.hub, self.connections, self.cluster, self.now)
             self.handler.later = self.answers.later
             self.push.online = self._online_in_cluster
         self._conn_nursery: trio.Nursery | None = None
@@ -223,6 +222,21 @@ class Server:
         if self.cluster is None:
             return None
         return (await self.cluster.read_settings([user]))[user]
+
+    async def count_messages(self, user: str) -> int | None:
+        if self.cluster is None:
+            return None
+        return await self.cluster.count_messages(user)
+
+    def messages_of(self, user: str) -> AsyncIterator[list[ChatMessage]] | None:
+        if self.cluster is None:
+            return None
+        chat, groups = self.hub.chat.store, {}
+        for group in self.hub.store.groups_of(user):
+            joined = chat.joined_after(group, user)
+            if joined is not None:
+                groups[group] = joined
+        return self.cluster.messages_of(user, groups)
 
     async def _online_in_cluster(self, user: str) -> bool:
         """Whether ``user`` is online on any node, as Redis says (False if it cannot)."""

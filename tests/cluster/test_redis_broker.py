@@ -120,28 +120,3 @@ async def test_sharded_pubsub_on_a_redis_cluster() -> None:
                 texts = sorted(event.text for _, event in b_got.got)
                 assert texts == sorted(frame.text for frame in frames)
                 nursery.cancel_scope.cancel()
-
-
-async def test_channels_not_listened_to_get_no_redis_subscription() -> None:
-    """Inbox channels carry only chat, which reaches other nodes through the feed: local
-    subscribers get local publishes, and Redis is never asked to subscribe."""
-    with redis_server() as port:
-        client = coredis.Redis(host="127.0.0.1", port=port)
-        got = Recorder()
-        async with client:
-            broker = RedisBroker(got, client, node_id=1, address=RedisAddress("127.0.0.1", port))
-            broker.listened = lambda channel: not channel.startswith("inbox:")
-            async with trio.open_nursery() as nursery:
-                await nursery.start(broker.run)
-                broker.subscribe("inbox:alice", 1)
-                broker.subscribe("user:alice", 1)
-                await broker.subscribed()
-                assert await numsub(client, redis_channel("user:alice")) == 1
-                assert await numsub(client, redis_channel("inbox:alice")) == 0
-                frame = Outgoing("hi")
-                assert broker.publish(["inbox:alice"], frame) == 1
-                assert got.got == [(1, frame)]
-                broker.unsubscribe_all(1)
-                await broker.subscribed()
-                assert await numsub(client, redis_channel("user:alice")) == 0
-                nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from geopresence.cluster import redis_load
+from geopresence.cluster.chat_reads import read_sync
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import (
@@ -23,6 +24,7 @@ from geopresence.cluster.redis_state import RedisJournal, write
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import Befriended, SettingsChanged
 from geopresence.storage.snapshot import capture
 from geopresence.wire.client_messages import LocationUpdate, Send
@@ -38,7 +40,6 @@ def comparable(hub: Hub) -> dict[str, Any]:
         "friendships": sorted(tuple(sorted(pair)) for pair in snapshot.friendships),
         "groups": snapshot.groups,
         "settings": sorted(snapshot.settings, key=lambda s: s.user),
-        "messages": snapshot.messages,
     }
 
 
@@ -116,7 +117,8 @@ async def write_then_load(client: Any) -> None:
         SettingsChanged("bob", True, None, False),
     ]
     assert versions[1] < versions[2]  # each change above the last
-    # Every other change is in the feed, in order, for the other nodes (not for node 1).
+    # Nor are messages (published as written, chat_writes): every other change is in the
+    # feed, in order, for the other nodes (not for node 1).
     fed: list[FeedOp] = []
     other = RedisFeed(client, keys, node_id=2)
     itself = RedisFeed(client, keys, node_id=1)
@@ -125,13 +127,13 @@ async def write_then_load(client: Any) -> None:
         await nursery.start(other.run, fed.append, "0-0")
         await nursery.start(itself.run, mine.append, "0-0")
         with trio.fail_after(10):
-            while len(fed) < journal.last_seq - len(written):  # not the location either
+            while len(fed) < journal.last_seq - len(written) - 3:  # nor the location
                 await trio.sleep(0.01)
             await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
-    assert len(fed) == journal.last_seq - len(written)
-    assert not any(isinstance(op, LocationSet | SettingsChanged) for op in fed)
+    assert len(fed) == journal.last_seq - len(written) - 3
+    assert not any(isinstance(op, LocationSet | SettingsChanged | ChatMessage) for op in fed)
     assert mine == []
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
@@ -151,9 +153,21 @@ async def write_then_load(client: Any) -> None:
     for user, settings in (await read_settings(client, keys, ["alice", "bob", "carol"])).items():
         second.store.put_settings(user, settings)
     assert comparable(second) == comparable(first)
-    assert counts["messages"] == 3
-    assert second.chat.store.find_client_msg("alice", "c1") is not None  # resends recognised
-    assert second.chat.ids.last_id >= first.chat.ids.last_id  # ids continue after theirs
+    # Nor any message: a sync reads them (chat_reads), each reader its own.
+    assert "messages" not in counts and len(second.chat.store) == 0
+
+    async def texts(user: str, groups: dict[str, int]) -> list[str]:
+        found = await read_sync(client, keys, user, groups, 0, 2**63, 10)
+        return [message.text for message in found]
+
+    def marks(user: str) -> dict[str, int]:
+        found = {g: second.chat.store.joined_after(g, user) for g in second.store.groups_of(user)}
+        return {group: mark for group, mark in found.items() if mark is not None}
+
+    assert await texts("bob", marks("bob")) == ["hi bob", "hi all", "later"]
+    assert await texts("alice", marks("alice")) == ["hi bob", "hi all", "later"]
+    assert await texts("dave", marks("dave")) == ["later"]  # joined after the first two
+    assert await texts("carol", marks("carol")) == []  # no longer a member
     # A starting node holds no location: it reads them as sessions that need them open
     # (ClusterLink.open_view).
     assert "locations" not in counts and second.nearby.locations.get("alice", NOW + 4) is None
@@ -226,19 +240,29 @@ async def test_a_change_appended_twice_by_a_retried_write_is_applied_once() -> N
             assert applied == [first, second]
 
 
-async def test_messages_with_client_ids_are_stored_once_in_batches(any_redis: AnyRedis) -> None:
-    """Many messages with a ``client_msg_id`` queued at once go out together; a resend of
-    one already stored (through another node: another id) is not stored, is reported with
-    the stored message, and does not reach the feed; the others do, in order."""
-    from geopresence.model.chat_message import ChatMessage
+async def test_messages_are_stored_once_in_batches_and_published_not_fed(
+    any_redis: AnyRedis,
+) -> None:
+    """Many messages queued at once go out together; a resend of one already stored
+    (through another node: another id) is not stored, is reported with the stored message,
+    and is not published; the others are, in order. None reaches the feed, and each 1:1
+    conversation is listed for both parties (what a sync reads)."""
 
     keys = Keys("once")
     first = RedisJournal(any_redis, keys, 1)
     second = RedisJournal(any_redis, keys, 2)
     stored_before: list[tuple[int, int]] = []
     second.on_stored_before = lambda seq, original: stored_before.append((seq, original.message_id))
+    published: list[int] = []
 
-    def message(message_id: int, sender: str, cmid: str) -> ChatMessage:
+    def publications(message: ChatMessage) -> list[tuple[str, str, bytes]]:
+        published.append(message.message_id)
+        command = "spublish" if isinstance(any_redis, coredis.RedisCluster) else "publish"
+        return [(command, "once-test", b"%d" % message.message_id)]
+
+    second.chat.publications = publications
+
+    def message(message_id: int, sender: str, cmid: str | None) -> ChatMessage:
         return ChatMessage(message_id, sender, "hi", 1.0, to="zoe", client_msg_id=cmid)
 
     async with trio.open_nursery() as nursery:
@@ -250,11 +274,18 @@ async def test_messages_with_client_ids_are_stored_once_in_batches(any_redis: An
         seqs = [second.append(message(100 + i, f"u{i}", "m")) for i in range(50)]
         resent = second.append(message(20, "bob", "b1"))  # bob's resend, via node 2
         seqs.append(second.append(message(200, "amy", "a1")))
+        seqs.append(second.append(message(300, "amy", None)))
         await second.flush()
         assert stored_before == [(resent, 10)]
-        entries = await any_redis.xrange(keys.feed, f"({start}", "+")
-        assert len(entries) == 51  # the 50, then amy's; not bob's resend
+        assert published == [*range(100, 150), 200, 300]
+        assert await any_redis.xrange(keys.feed, f"({start}", "+") == ()
         assert second.durable_seq == seqs[-1]
+        assert await any_redis.smembers(keys.of("chats_of", "zoe")) == {
+            b"dm:amy:zoe",
+            b"dm:bob:zoe",
+            *(f"dm:u{i}:zoe".encode() for i in range(50)),
+        }
+        assert await any_redis.smembers(keys.of("chats_of", "amy")) == {b"dm:amy:zoe"}
         nursery.cancel_scope.cancel()
 
 

@@ -55,3 +55,25 @@ def test_a_node_that_left_holds_nobody_back_until_it_writes_again() -> None:
     assert horizon.stable_below(None) == min_id_at(NOW)
     horizon.heard(2, min_id_at(NOW - 2))  # the same id, started again
     assert horizon.stable_below(None) == min_id_at(NOW - 2)
+
+
+def test_a_hold_keeps_back_what_is_above_it_until_it_ends() -> None:
+    """A node catching up on messages a pub/sub gap lost (``ChatGaps``) holds the horizon
+    where it stood: nothing above is shown before the messages read back, and
+    ``committed_below`` (what the catch-up waits for) still moves."""
+    clock = SettableClock(NOW)
+    horizon = Horizon(clock, silence=5.0)
+    horizon.heard(2, min_id_at(NOW - 1))
+    token = horizon.hold(min_id_at(NOW - 1.5))
+    assert horizon.stable_below(None) == min_id_at(NOW - 1.5)
+    done: list[int] = []
+    low, above = min_id_at(NOW - 2), min_id_at(NOW - 1.2)
+    horizon.when_stable(above, None, lambda: done.append(above))
+    horizon.when_stable(low, None, lambda: done.append(low))
+    horizon.heard(2, min_id_at(NOW))
+    horizon.release(None)
+    assert done == [low]
+    assert horizon.committed_below(None) == min_id_at(NOW)
+    horizon.unhold(token, None)
+    assert done == [low, above]
+    assert horizon.stable_below(None) == min_id_at(NOW)

@@ -1,0 +1,199 @@
+"""Reading a user's chat messages from Redis (cluster): its ``sync`` pages and its export.
+
+A node keeps no messages (``Chat.keeps_messages`` is off): they are in one sorted set per
+conversation (``gp:chat:{C}``, members ``"<20-digit id> <JSON>"``, so that lexicographic
+order is id order and ``ZRANGE ... BYLEX`` reads an id range). A user's 1:1 conversations
+are listed in ``gp:chats_of:{U}`` (``chat_writes``); its groups and join marks are in the
+node's replica. A sync page is two round trips: that list, then one range per conversation
+in one pipeline (``redis_load.pipelined``), merged.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Final
+
+from geopresence.cluster.redis_keys import Keys, member_message, string, strings
+from geopresence.cluster.redis_load import pipelined
+from geopresence.model.chat_message import ChatMessage
+
+EXPORT_BATCH: Final = 500
+"""Messages read from one conversation per round trip of an export."""
+
+MIGRATED: Final = "chats_of_listed"
+"""The key (under the prefix) set once every 1:1 conversation stored by a version without
+``gp:chats_of:{U}`` is listed there (``list_conversations``)."""
+
+
+def _from(after: int) -> bytes:
+    """The BYLEX bound of the members with an id above ``after``."""
+    return b"[%020d" % (after + 1)
+
+
+def _below(below: int) -> bytes:
+    """The BYLEX bound of the members with an id below ``below``."""
+    return b"(%020d" % below
+
+
+async def conversations_of(client: Any, keys: Keys, user: str) -> list[str]:
+    """``user``'s 1:1 conversations ("dm:A:B")."""
+    return strings(await client.smembers(keys.of("chats_of", user)))
+
+
+async def read_sync(
+    client: Any,
+    keys: Keys,
+    user: str,
+    groups: Mapping[str, int],
+    after: int,
+    below: int,
+    count: int,
+) -> list[ChatMessage]:
+    """``user``'s messages with ``after`` < id < ``below``, ascending, at most ``count``:
+    its 1:1 messages and those of ``groups`` (group -> its join mark: only later ids)."""
+    if below <= after + 1:
+        return []
+    ranges = [(c, after) for c in await conversations_of(client, keys, user)]
+    ranges += [(f"g:{group}", max(after, mark)) for group, mark in groups.items()]
+    read = await pipelined(
+        client,
+        ranges,
+        lambda pipe, item: pipe.zrangebylex(
+            keys.of("chat", item[0]), _from(item[1]), _below(below), offset=0, count=count
+        ),
+    )
+    members = heapq.merge(*(list(found) for found in read))
+    messages: list[ChatMessage] = []
+    for member in members:
+        if len(messages) == count:
+            break
+        messages.append(member_message(member))
+    return messages
+
+
+async def read_range(
+    client: Any, keys: Keys, conversations: list[str], after: int, below: int
+) -> list[ChatMessage]:
+    """Every message of ``conversations`` with ``after`` < id < ``below``, ascending
+    (``EXPORT_BATCH`` per conversation and round trip)."""
+    found: list[bytes] = []
+    wanted = [(name, after) for name in conversations]
+    while wanted:
+        read = await pipelined(
+            client,
+            wanted,
+            lambda pipe, item: pipe.zrangebylex(
+                keys.of("chat", item[0]), _from(item[1]), _below(below), 0, EXPORT_BATCH
+            ),
+        )
+        more = []
+        for (name, _), members in zip(wanted, read, strict=True):
+            found.extend(m if isinstance(m, bytes) else m.encode() for m in members)
+            if len(members) == EXPORT_BATCH:
+                more.append((name, member_message(members[-1]).message_id))
+        wanted = more
+    return [member_message(member) for member in sorted(set(found))]
+
+
+async def read_all(
+    client: Any, keys: Keys, user: str, groups: Mapping[str, int]
+) -> AsyncIterator[list[ChatMessage]]:
+    """Every message ``user`` sent or can read, ascending by id, in batches (an export):
+    its 1:1 messages, those of ``groups`` after its join marks, and the group messages it
+    sent anywhere (found as a forget finds them: ``ZSCAN`` of each group conversation).
+    Each conversation is read ``EXPORT_BATCH`` at a time: a long chat is never held whole."""
+    sources: list[tuple[str, int]] = [(c, 0) for c in await conversations_of(client, keys, user)]
+    sources += [(f"g:{group}", mark) for group, mark in groups.items()]
+    sent: list[bytes] = []
+    async for conversation in client.sscan_iter(keys.chats, match="g:*"):
+        key = keys.of("chat", string(conversation))
+        async for member, _ in client.zscan_iter(key, match=f'*,"{user}",*'):
+            if member_message(member).sender == user:
+                sent.append(member if isinstance(member, bytes) else member.encode())
+    sent.sort()
+    cursors = [_Cursor(client, keys.of("chat", name), mark) for name, mark in sources]
+    heads: list[tuple[bytes, int]] = []
+    for index, cursor in enumerate(cursors):
+        first = await cursor.next()
+        if first is not None:
+            heads.append((first, index))
+    if sent:
+        heads.append((sent[0], -1))
+    heapq.heapify(heads)
+    sent_at = 0
+    batch: list[ChatMessage] = []
+    last = -1
+    while heads:
+        member, index = heapq.heappop(heads)
+        message = member_message(member)
+        if message.message_id != last:  # a message in two sources is listed once
+            batch.append(message)
+            last = message.message_id
+        if index >= 0:
+            following = await cursors[index].next()
+        else:
+            sent_at += 1
+            following = sent[sent_at] if sent_at < len(sent) else None
+        if following is not None:
+            heapq.heappush(heads, (following, index))
+        if len(batch) == EXPORT_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Cursor:
+    """One conversation read ``EXPORT_BATCH`` members at a time, after an id."""
+
+    def __init__(self, client: Any, key: str, after: int) -> None:
+        self._client = client
+        self._key = key
+        self._after = after
+        self._buffer: list[bytes] = []
+        self._done = False
+
+    async def next(self) -> bytes | None:
+        if not self._buffer and not self._done:
+            found = await self._client.zrangebylex(
+                self._key, _from(self._after), b"+", offset=0, count=EXPORT_BATCH
+            )
+            self._buffer = [m if isinstance(m, bytes) else m.encode() for m in found][::-1]
+            self._done = len(found) < EXPORT_BATCH
+            if self._buffer:
+                self._after = member_message(self._buffer[0]).message_id
+        return self._buffer.pop() if self._buffer else None
+
+
+async def count_own(client: Any, keys: Keys, user: str) -> int:
+    """How many messages a forget of ``user`` deletes (``redis_forget``): its 1:1 messages
+    and the group messages it sent (``ZSCAN`` of each group conversation, as the forget)."""
+    conversations = await conversations_of(client, keys, user)
+    sizes = await pipelined(
+        client, conversations, lambda pipe, name: pipe.zcard(keys.of("chat", name))
+    )
+    count = sum(int(size) for size in sizes)
+    async for conversation in client.sscan_iter(keys.chats, match="g:*"):
+        key = keys.of("chat", string(conversation))
+        async for member, _ in client.zscan_iter(key, match=f'*,"{user}",*'):
+            count += member_message(member).sender == user
+    return count
+
+
+async def list_conversations(client: Any, keys: Keys) -> int:
+    """Once per Redis: list in ``gp:chats_of:{U}`` every 1:1 conversation stored by a
+    version that did not (idempotent; concurrent nodes may both run it). Returns how many
+    conversations it listed (0: done before)."""
+    done = f"{keys.prefix}:{MIGRATED}"
+    if await client.exists([done]):
+        return 0
+    names = [string(c) async for c in client.sscan_iter(keys.chats, match="dm:*")]
+    for start in range(0, len(names), 1000):
+        async with client.pipeline(transaction=False) as pipe:
+            for name in names[start : start + 1000]:
+                _, a, b = name.split(":")
+                for user in (a, b):
+                    pipe.sadd(keys.of("chats_of", user), [name])
+    await client.set(done, b"1")
+    return len(names)

@@ -1,0 +1,108 @@
+"""Chat messages written to Redis and published to the nodes that hold their readers
+(cluster).
+
+A batch of a node's messages (``RedisJournal``) is stored in one pipeline: each in its
+conversation's sorted set (``gp:chat:{C}``), a 1:1 conversation in both parties' lists
+(``gp:chats_of:{U}``, what a ``sync`` reads). A message with a ``client_msg_id`` is
+stored by a Lua script on the conversation's slot, so that a resend through another node
+is stored once whichever node writes first: it stores the message unless the sender's id
+is already there, and otherwise returns the message stored before, which the acks then
+name. Once stored, the messages are published on their channels (the parties' ``inbox``
+channels, or the group's), in the same pipeline when no script had to decide, in a second
+one otherwise. The journal writes its batches one after another, so a message is published
+before any later feed entry of its node is written: a node that heard that entry's
+watermark and then waits for its own subscriptions to answer (``Watermarks``) has every
+message below the watermark that its sessions subscribe to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from geopresence.cluster.presence_scripts import PipelinedScript
+from geopresence.cluster.redis_keys import Keys, member_message, message_member
+from geopresence.model.chat_message import ChatMessage
+
+_STORE_ONCE: Final = """
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+if stored then
+  local found = redis.call('ZRANGE', KEYS[1], '[' .. stored .. ' ', '(' .. stored .. ' ~',
+                           'BYLEX', 'LIMIT', 0, 1)
+  if found[1] then return found[1] end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], 0, ARGV[2])
+return false
+"""
+"""Store a message once per (sender, client_msg_id) in its conversation (KEYS[1]: the
+messages, KEYS[2]: the client ids, one slot): returns the member stored before, or false."""
+
+Publications = Callable[[ChatMessage], list[tuple[str, str, bytes]]]
+"""(command, Redis channel, payload) that publish a message to the other nodes
+(``RedisBroker.publications``)."""
+
+
+class ChatWrites:
+    """Stores and publishes one node's messages (``RedisJournal``); scripts by their SHA
+    (``EVALSHA``; loaded first, and again after Redis forgot it)."""
+
+    def __init__(self, client: Any, keys: Keys) -> None:
+        self._client = client
+        self._keys = keys
+        self._script = PipelinedScript(_STORE_ONCE)
+        self.publications: Publications | None = None
+        """How a stored message is published (None: it is not, a node alone)."""
+
+    async def __call__(self, messages: list[ChatMessage]) -> list[ChatMessage | None]:
+        """Store each message unless, for one with a ``client_msg_id``, its sender's resend
+        through another node was stored first; then publish those stored. Returns, per
+        message, the one stored before (None: stored now, or by an earlier attempt of this
+        very write: a retry is harmless, and the nodes hear a message once)."""
+        client = self._client
+        if not any(m.client_msg_id is not None for m in messages):
+            async with client.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    self._store(pipe, message)
+                    self._publish(pipe, message)
+            return [None] * len(messages)
+        async with self._script.ready(client) as sha:
+            async with client.pipeline(transaction=False) as pipe:
+                requests = [self._store(pipe, message, sha) for message in messages]
+            results = [None if request is None else await request for request in requests]
+        originals: list[ChatMessage | None] = []
+        for message, stored in zip(messages, results, strict=True):
+            original = None if not stored else member_message(stored)
+            same = original is None or original.message_id == message.message_id
+            originals.append(None if same else original)
+        if self.publications is not None:
+            async with client.pipeline(transaction=False) as pipe:
+                for message, original in zip(messages, originals, strict=True):
+                    if original is None:
+                        self._publish(pipe, message)
+        return originals
+
+    def _store(self, pipe: Any, message: ChatMessage, sha: str | None = None) -> Any:
+        """Queue the commands that store ``message``; the script's request, if it runs one."""
+        keys = self._keys
+        conversation = keys.conversation(message)
+        member = message_member(message)
+        request = None
+        if sha is not None and message.client_msg_id is not None:
+            request = pipe.evalsha(
+                sha,
+                keys=[keys.of("chat", conversation), keys.client_ids(conversation)],
+                args=[f"{message.sender}\n{message.client_msg_id}", member, member[:20]],
+            )
+        else:
+            pipe.zadd(keys.of("chat", conversation), {member: 0})
+        pipe.sadd(keys.chats, [conversation])
+        if message.to is not None:
+            for user in (message.sender, message.to):
+                pipe.sadd(keys.of("chats_of", user), [conversation])
+        return request
+
+    def _publish(self, pipe: Any, message: ChatMessage) -> None:
+        if self.publications is not None:
+            for command, channel, data in self.publications(message):
+                getattr(pipe, command)(channel, data)
