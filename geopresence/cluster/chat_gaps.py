@@ -16,6 +16,11 @@ catch-up, a device would get the later messages live and skip the lost ones at i
    (``Chat.heard``: those already heard are not shown twice);
 3. the hold ends: what waited is shown in id order.
 
+A node that died can leave the same kind of hole: messages it stored in Redis but did not
+get to publish (it died between the two). When the horizon stops waiting for a silent node
+(``Horizon.on_gone``), every chat channel with a connection here is caught up the same way,
+from that node's last watermark.
+
 Chat on this node waits meanwhile (a round trip or two; longer while Redis is down).
 """
 
@@ -30,7 +35,7 @@ import trio
 from geopresence.cluster.chat_reads import read_range
 from geopresence.cluster.redis_keys import Keys, strings
 from geopresence.cluster.redis_load import pipelined
-from geopresence.core.broker import group_of_channel, inbox_channel
+from geopresence.core.broker import group_channel, group_of_channel, inbox_channel
 from geopresence.core.chat_horizon import CLOCK_SKEW_S
 from geopresence.core.hub import Hub
 from geopresence.model.snowflake import min_id_at
@@ -67,16 +72,32 @@ class ChatGaps:
         self._groups: set[str] = set()
         self._since = 0
         """Every message below this id was received: where the reads start."""
-        self._token: int | None = None
-        """The horizon's hold while a catch-up is due."""
+        self._tokens: list[int] = []
+        """The horizon's holds while a catch-up is due."""
         self._queued = trio.Event()
 
     @property
     def catching_up(self) -> bool:
-        return self._token is not None
+        return bool(self._tokens)
 
     def gap(self, channels: list[str]) -> None:
         """``channels`` may have missed events: hold the horizon and catch up (``run``)."""
+        chat = self._hub.chat
+        if chat.horizon is None:
+            return
+        below = chat.stable_below() if not self._tokens else self._since
+        assert below is not None
+        self._catch_up_from(below, channels)
+
+    def node_gone(self, node: int, mark: int) -> None:
+        """The horizon stops waiting for ``node``, silent since its watermark ``mark``: what
+        it stored without publishing is read back for every chat channel here."""
+        hub = self._hub
+        channels = [inbox_channel(user) for user in hub.sessions.users()]
+        groups = {group for user in hub.sessions.users() for group in hub.store.groups_of(user)}
+        self._catch_up_from(mark, [*channels, *(group_channel(g) for g in sorted(groups))])
+
+    def _catch_up_from(self, since: int, channels: list[str]) -> None:
         users, groups = set(), set()
         broker = self._broker
         for channel in channels:
@@ -86,17 +107,14 @@ class ChatGaps:
                 users.add(channel[len(_INBOX) :])
             elif (group := group_of_channel(channel)) is not None:
                 groups.add(group)
-        if not users and not groups:
+        horizon = self._hub.chat.horizon
+        if (not users and not groups) or horizon is None:
             return
-        chat = self._hub.chat
-        horizon = chat.horizon
-        if horizon is None:
-            return
-        if self._token is None:
-            below = chat.stable_below()
-            assert below is not None
-            self._since = below
-            self._token = horizon.hold(below)
+        if not self._tokens or since < self._since:
+            # Holds take their minimum; they all end together (never released here: this
+            # may run inside the horizon's own computation, ``node_gone``).
+            self._since = since
+            self._tokens.append(horizon.hold(since))
         self._users |= users
         self._groups |= groups
         self._queued.set()
@@ -106,22 +124,25 @@ class ChatGaps:
         while True:
             await self._queued.wait()
             self._queued = trio.Event()
-            users, groups = self._users, self._groups
+            users, groups, since = set(self._users), set(self._groups), self._since
             try:
-                await self._catch_up(users, groups)
+                await self._catch_up(users, groups, since)
             except Exception as exc:  # Redis unreachable: the hold stays, tried again
                 log.warning("could not read the chat messages a gap may have lost: %s", exc)
                 self._queued.set()
                 await trio.sleep(1.0)
                 continue
-            self._users, self._groups = self._users - users, self._groups - groups
-            if not self._queued.is_set() and self._token is not None:
-                token, self._token = self._token, None
+            if self._since == since:  # else all again, from the lower point (queued)
+                self._users -= users
+                self._groups -= groups
+            if not self._queued.is_set() and self._tokens:
+                tokens, self._tokens = self._tokens, []
                 chat = self._hub.chat
                 assert chat.horizon is not None
-                chat.horizon.unhold(token, chat.lowest_pending())
+                for token in tokens:
+                    chat.horizon.unhold(token, chat.lowest_pending())
 
-    async def _catch_up(self, users: set[str], groups: set[str]) -> None:
+    async def _catch_up(self, users: set[str], groups: set[str], since: int) -> None:
         await self._broker.subscribed()  # what is published from now on arrives
         until = min_id_at(self._clock() + CLOCK_SKEW_S)
         chat = self._hub.chat
@@ -137,6 +158,6 @@ class ChatGaps:
         )
         conversations = {c for found in read for c in strings(found)}
         conversations |= {f"g:{group}" for group in groups}
-        found = await read_range(self._client, keys, sorted(conversations), self._since - 1, until)
+        found = await read_range(self._client, keys, sorted(conversations), since - 1, until)
         for message in found:
             chat.heard(message)

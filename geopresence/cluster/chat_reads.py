@@ -36,6 +36,14 @@ def _below(below: int) -> bytes:
     return b"(%020d" % below
 
 
+def _by_id(target: Any, key: str, after: int, below: bytes, count: int) -> Any:
+    """``ZRANGE key ... BYLEX LIMIT 0 count``: the members after id ``after`` up to the
+    bound ``below``, on a client or in a pipeline."""
+    from coredis import PureToken
+
+    return target.zrange(key, _from(after), below, sortby=PureToken.BYLEX, offset=0, count=count)
+
+
 async def conversations_of(client: Any, keys: Keys, user: str) -> list[str]:
     """``user``'s 1:1 conversations ("dm:A:B")."""
     return strings(await client.smembers(keys.of("chats_of", user)))
@@ -59,9 +67,7 @@ async def read_sync(
     read = await pipelined(
         client,
         ranges,
-        lambda pipe, item: pipe.zrangebylex(
-            keys.of("chat", item[0]), _from(item[1]), _below(below), offset=0, count=count
-        ),
+        lambda pipe, item: _by_id(pipe, keys.of("chat", item[0]), item[1], _below(below), count),
     )
     members = heapq.merge(*(list(found) for found in read))
     messages: list[ChatMessage] = []
@@ -83,8 +89,8 @@ async def read_range(
         read = await pipelined(
             client,
             wanted,
-            lambda pipe, item: pipe.zrangebylex(
-                keys.of("chat", item[0]), _from(item[1]), _below(below), 0, EXPORT_BATCH
+            lambda pipe, item: _by_id(
+                pipe, keys.of("chat", item[0]), item[1], _below(below), EXPORT_BATCH
             ),
         )
         more = []
@@ -156,9 +162,7 @@ class _Cursor:
 
     async def next(self) -> bytes | None:
         if not self._buffer and not self._done:
-            found = await self._client.zrangebylex(
-                self._key, _from(self._after), b"+", offset=0, count=EXPORT_BATCH
-            )
+            found = await _by_id(self._client, self._key, self._after, b"+", EXPORT_BATCH)
             self._buffer = [m if isinstance(m, bytes) else m.encode() for m in found][::-1]
             self._done = len(found) < EXPORT_BATCH
             if self._buffer:

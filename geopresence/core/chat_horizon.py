@@ -58,6 +58,9 @@ class Horizon:
         self._holds: dict[int, int] = {}
         """token -> an id no delivery may reach while it holds (``hold``)."""
         self._tokens = itertools.count()
+        self.on_gone: Callable[[int, int], None] | None = None
+        """Called with a node that fell silent and its last watermark, as it stops holding
+        the others back (before anything above that watermark can be released)."""
         self._held: list[tuple[int, int, Callable[[], None]]] = []
         """(message id, arrival, what to do) waiting for the id to be stable: a heap."""
         self._order = itertools.count()
@@ -98,7 +101,9 @@ class Horizon:
         bound = min_id_at(now) if own_lowest_pending is None else own_lowest_pending
         gone = [n for n, (_, heard) in self._marks.items() if now - heard > self.silence]
         for node in gone:
-            del self._marks[node]
+            mark, _ = self._marks.pop(node)
+            if self.on_gone is not None:
+                self.on_gone(node, mark)
         return min([bound, *(mark for mark, _ in self._marks.values())])
 
     def when_stable(

@@ -97,6 +97,10 @@ class Sessions:
         conns_of = self._conns_of
         return [conn for friend in self.online_friends.of(user) for conn in conns_of[friend]]
 
+    def users(self) -> list[str]:
+        """The users with a session here."""
+        return list(self._conns_of)
+
     def has_connections(self, user: str) -> bool:
         return user in self._conns_of
 

@@ -7,7 +7,7 @@ from typing import Any
 import coredis
 import trio
 
-from geopresence.cluster.redis_broker import RedisBroker, redis_channel
+from geopresence.cluster.redis_broker import RedisBroker, hub_channel, redis_channel
 from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.core.broker import ConnId
 from geopresence.core.locations import Location
@@ -119,4 +119,47 @@ async def test_sharded_pubsub_on_a_redis_cluster() -> None:
                 await trio.sleep(0.3)  # and nothing more
                 texts = sorted(event.text for _, event in b_got.got)
                 assert texts == sorted(frame.text for frame in frames)
+                nursery.cancel_scope.cancel()
+
+
+def test_gap_channels_reach_the_node_by_their_hub_names() -> None:
+    """The subscriber names channels as Redis does; what reads statuses again and catches up
+    on chat knows them by the hub's names."""
+    assert hub_channel(redis_channel("user:alice")) == "user:alice"
+    assert hub_channel(redis_channel("inbox:bob", "x"), "x") == "inbox:bob"
+    assert hub_channel("other:user:{alice}") is None
+    assert hub_channel("gp:user:alice") is None
+    broker = RedisBroker(Recorder(), object(), node_id=1, address=RedisAddress("127.0.0.1", 1))
+    gaps: list[list[str]] = []
+    broker.on_gap = gaps.append
+    broker._gap(["gp:user:{alice}", "gp:group:{g}", "elsewhere"])
+    assert gaps == [["user:alice", "group:g"]]
+
+
+async def test_publications_go_in_the_caller_s_pipeline_and_reach_the_others() -> None:
+    """Chat is published by the journal, in order with its writes (``chat_writes``)."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        got = Recorder()
+        async with client:
+            address = RedisAddress("127.0.0.1", port)
+            sender = RedisBroker(Recorder(), client, node_id=1, address=address)
+            receiver = RedisBroker(got, client, node_id=2, address=address)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(receiver.run)
+                receiver.subscribe("inbox:bob", 7)
+                await receiver.subscribed()
+                frame = Outgoing("hi")
+                publications = sender.publications(["inbox:bob", "inbox:ann"], frame)
+                assert [(c, ch) for c, ch, _ in publications] == [
+                    ("publish", "gp:inbox:{bob}"),
+                    ("publish", "gp:inbox:{ann}"),
+                ]
+                async with client.pipeline(transaction=False) as pipe:
+                    for command, channel, data in publications:
+                        getattr(pipe, command)(channel, data)
+                with trio.fail_after(10):
+                    while not got.got:
+                        await trio.sleep(0.01)
+                assert [(conn, event.text) for conn, event in got.got] == [(7, "hi")]
                 nursery.cancel_scope.cancel()

@@ -1,0 +1,51 @@
+"""This node's part in the chat horizon (geopresence/cluster/watermarks.py): a watermark
+heard on the feed counts only once the pub/sub connections answered a round trip, so every
+message published before it has arrived."""
+
+from __future__ import annotations
+
+import trio
+
+from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.watermarks import LEFT, Watermarks
+from geopresence.core.hub import Hub, HubSettings
+from geopresence.core.store import MemoryStore
+from geopresence.model.snowflake import min_id_at
+from tests.helpers import RecordingSink, SettableClock
+
+NOW = 1_800_000_000.0
+
+
+async def test_a_watermark_counts_after_a_pub_sub_round_trip(autojump_clock: object) -> None:
+    clock = SettableClock(NOW)
+    hub = Hub(HubSettings(node_id=1), MemoryStore(), RecordingSink())
+    answered = trio.Event()
+    barriers = 0
+
+    async def barrier() -> None:
+        nonlocal barriers
+        barriers += 1
+        await answered.wait()
+
+    journal = RedisJournal(None, Keys("w"), node_id=1)
+    watermarks = Watermarks(journal, hub, clock, lease=5.0, barrier=barrier)
+    horizon = watermarks.horizon
+    alone = horizon.stable_below(None)
+    assert alone == min_id_at(NOW)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watermarks.apply)
+        watermarks.heard(2, min_id_at(NOW - 2), chatting=True)
+        watermarks.heard(2, min_id_at(NOW - 1))  # the later of two counts
+        watermarks.heard(3, min_id_at(NOW - 3))
+        await trio.sleep(1)
+        assert horizon.stable_below(None) == alone  # not before the round trip
+        assert watermarks.others_chat_at > float("-inf")  # node 2 chats: write often
+        answered.set()
+        await trio.sleep(1)
+        assert horizon.stable_below(None) == min_id_at(NOW - 3)
+        watermarks.heard(3, LEFT)  # node 3 stopped cleanly
+        await trio.sleep(1)
+        assert horizon.stable_below(None) == min_id_at(NOW - 1)
+        assert barriers == 2
+        nursery.cancel_scope.cancel()
