@@ -1,9 +1,9 @@
 """Chat messages with a ``client_msg_id`` written to Redis by one node, per second.
 
 Each such message is decided once across nodes by a script (``geopresence/cluster/
-chat_once.py``), then goes on the feed. This appends ``--messages`` of them to a node's
-``RedisJournal`` at once and times until Redis has them all (one standalone redis-server,
-started here)::
+chat_writes.py``), then published on both parties' inbox channels. This appends
+``--messages`` of them to a node's ``RedisJournal`` at once and times until Redis has them
+all (one standalone redis-server, started here)::
 
     python -m benchmarks.chat_once_writes --messages 2000
 """
@@ -20,14 +20,24 @@ import coredis
 import trio
 
 from benchmarks.redisprocs import redis
+from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.redis_subscriber import RedisAddress
+from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_message_wire import channels_of
 from geopresence.model.chat_message import ChatMessage
 
 
 async def _run(port: int, count: int) -> float:
     async with coredis.Redis(host="127.0.0.1", port=port) as client:
-        journal = RedisJournal(client, Keys(f"bench{random.getrandbits(20)}"), 1)
+        keys = Keys(f"bench{random.getrandbits(20)}")
+        journal = RedisJournal(client, keys, 1)
+        address = RedisAddress("127.0.0.1", port)
+        broker = RedisBroker(lambda conn, event: None, client, node_id=1, address=address)
+        journal.chat.publications = lambda message: broker.publications(
+            channels_of(message), ChatEvent(message)
+        )
         messages = [
             ChatMessage(1000 + i, f"u{i % 200}", "hi", 1.0, to=f"v{i % 200}", client_msg_id=f"c{i}")
             for i in range(count)
