@@ -30,7 +30,7 @@ from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, Record, SettingsChanged
+from geopresence.model.records import Befriended, GroupSet, MemberAdded, Record, SettingsChanged
 
 if TYPE_CHECKING:
     from geopresence.cluster.chat_gaps import ChatGaps
@@ -73,6 +73,7 @@ class Arrivals:
         self._views.on_record(record)
         self._slices.made_here(record)
         self._covered.changed(record)
+        self._joined(record)
         if isinstance(record, SettingsChanged):  # stored later (``written``)
             self._covered.settings.changing(record)
 
@@ -96,6 +97,16 @@ class Arrivals:
             self._watermarks.chat_at = trio.current_time()
         self._hub.apply_feed(op, self._now())
         self._covered.changed(op)
+        self._joined(op)
+
+    def _joined(self, op: FeedOp) -> None:
+        """A member added to a group: chat this node may have missed is read back."""
+        if self.chat_gaps is None:
+            return
+        if isinstance(op, MemberAdded):
+            self.chat_gaps.joined(op.group, (op.user,), op.joined_after)
+        elif isinstance(op, GroupSet):
+            self.chat_gaps.joined(op.group, op.members, op.joined_after)
 
     def on_remote(self, event: object) -> bool:
         """Another node's event on a channel this node listens to: a friend's (or a local

@@ -16,6 +16,8 @@ catch-up, a device would get the later messages live and skip the lost ones at i
    (``Chat.heard``: those already heard are not shown twice);
 3. the hold ends: what waited is shown in id order.
 
+A member added to a group while connected here may have missed what was published on the
+group's channel before this node subscribed to it: the group is read back from the join.
 A node that died can leave the same kind of hole: messages it stored in Redis but did not
 get to publish (it died between the two). When the horizon stops waiting for a silent node
 (``Horizon.on_gone``), every chat channel with a connection here is caught up the same way,
@@ -27,7 +29,7 @@ Chat on this node waits meanwhile (a round trip or two; longer while Redis is do
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -87,17 +89,26 @@ class ChatGaps:
             return
         below = chat.stable_below() if not self._tokens else self._since
         assert below is not None
-        self._catch_up_from(below, channels)
+        self._catch_up_from(below, *self._listened(channels))
 
     def node_gone(self, node: int, mark: int) -> None:
         """The horizon stops waiting for ``node``, silent since its watermark ``mark``: what
         it stored without publishing is read back for every chat channel here."""
         hub = self._hub
-        channels = [inbox_channel(user) for user in hub.sessions.users()]
-        groups = {group for user in hub.sessions.users() for group in hub.store.groups_of(user)}
-        self._catch_up_from(mark, [*channels, *(group_channel(g) for g in sorted(groups))])
+        users = hub.sessions.users()
+        groups = {group for user in users for group in hub.store.groups_of(user)}
+        channels = [inbox_channel(user) for user in users]
+        self._catch_up_from(mark, *self._listened([*channels, *map(group_channel, groups)]))
 
-    def _catch_up_from(self, since: int, channels: list[str]) -> None:
+    def joined(self, group: str, users: Iterable[str], mark: int) -> None:
+        """``users`` joined ``group`` after id ``mark``: if one has a session here, the
+        group's messages after ``mark`` are read back (this node may have subscribed to
+        the group's channel only now), before anything later is shown."""
+        if any(self._hub.sessions.has_connections(user) for user in users):
+            self._catch_up_from(mark, set(), {group})
+
+    def _listened(self, channels: list[str]) -> tuple[set[str], set[str]]:
+        """The users and groups of the chat ``channels`` a connection here listens to."""
         users, groups = set(), set()
         broker = self._broker
         for channel in channels:
@@ -107,6 +118,9 @@ class ChatGaps:
                 users.add(channel[len(_INBOX) :])
             elif (group := group_of_channel(channel)) is not None:
                 groups.add(group)
+        return users, groups
+
+    def _catch_up_from(self, since: int, users: set[str], groups: set[str]) -> None:
         horizon = self._hub.chat.horizon
         if (not users and not groups) or horizon is None:
             return

@@ -107,3 +107,36 @@ async def test_a_dead_node_s_stored_but_unpublished_messages_are_read_back(
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert [m["text"] for m in sink.take(1, "message")] == ["stored", "later"]
+
+
+async def test_a_member_added_while_connected_gets_what_its_node_missed(
+    any_redis: AnyRedis,
+) -> None:
+    """The node subscribes to the group's channel only as the member is added: a message
+    published just before reaches it read back from Redis, before anything later."""
+    keys = Keys("joined")
+    sink = RecordingSink()
+    hub = Hub(HubSettings(node_id=1), MemoryStore(), sink)
+    hub.chat.keeps_messages = False
+    horizon = hub.chat.horizon = Horizon(time.time, silence=30.0)
+    now = time.time()
+    hub.open_session(1, "bob", "phone", now)
+    sink.take(1)
+    mark = min_id_at(now - 2)
+    hub.set_group("g", ["ann"], mark)
+    hub.add_member("g", "bob", mark)
+    missed = ChatMessage(min_id_at(now - 1), "ann", "missed", now, group="g")
+    await ChatWrites(any_redis, keys)([missed])  # published before the node subscribed
+    gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
+    gaps.joined("g", ["bob"], mark)
+    gaps.joined("g", ["nobody-here"], mark)
+    hub.chat.heard(ChatMessage(min_id_at(now - 0.5), "ann", "later", now, group="g"))
+    horizon.release(None)
+    assert sink.take(1, "message") == []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gaps.run)
+        with trio.fail_after(10):
+            while gaps.catching_up:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [m["text"] for m in sink.take(1, "message")] == ["missed", "later"]
