@@ -10,13 +10,19 @@ in one pipeline (``redis_load.pipelined``), merged.
 
 from __future__ import annotations
 
+import functools
 import heapq
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
 from geopresence.cluster.redis_load import pipelined
 from geopresence.model.chat_message import ChatMessage
+
+SYNC_BATCH: Final = 50
+"""Messages read from one conversation per round of a sync page (its first round: fewer,
+as the page's share)."""
 
 EXPORT_BATCH: Final = 500
 """Messages read from one conversation per round trip of an export."""
@@ -59,23 +65,52 @@ async def read_sync(
     count: int,
 ) -> list[ChatMessage]:
     """``user``'s messages with ``after`` < id < ``below``, ascending, at most ``count``:
-    its 1:1 messages and those of ``groups`` (group -> its join mark: only later ids)."""
-    if below <= after + 1:
+    its 1:1 messages and those of ``groups`` (group -> its join mark: only later ids).
+
+    The conversations are merged by id, each read a few members at a time (all of them in
+    one pipeline per round): a page never reads ``count`` messages of every conversation."""
+    if below <= after + 1 or count < 1:
         return []
-    ranges = [(c, after) for c in await conversations_of(client, keys, user)]
-    ranges += [(f"g:{group}", max(after, mark)) for group, mark in groups.items()]
-    read = await pipelined(
-        client,
-        ranges,
-        lambda pipe, item: _by_id(pipe, keys.of("chat", item[0]), item[1], _below(below), count),
-    )
-    members = heapq.merge(*(list(found) for found in read))
-    messages: list[ChatMessage] = []
-    for member in members:
-        if len(messages) == count:
-            break
-        messages.append(member_message(member))
-    return messages
+    starts = {name: after for name in await conversations_of(client, keys, user)}
+    starts.update({f"g:{group}": max(after, mark) for group, mark in groups.items()})
+    if not starts:
+        return []
+    # A first round sized for the page spread over the conversations, then SYNC_BATCH.
+    size = min(count, SYNC_BATCH, max(8, 2 * count // len(starts)))
+    buffers: dict[str, deque[bytes]] = {}
+    heads: list[tuple[bytes, str]] = []
+    done: set[str] = set()
+    wanted = list(starts)
+    page: list[bytes] = []
+    while True:
+        if wanted:
+            fetch = functools.partial(_next_of, keys, starts, _below(below), size)
+            read = await pipelined(client, wanted, fetch)
+            for name, found in zip(wanted, read, strict=True):
+                members = deque(m if isinstance(m, bytes) else m.encode() for m in found)
+                if len(members) < size:
+                    done.add(name)
+                if members:
+                    starts[name] = member_message(members[-1]).message_id
+                    heapq.heappush(heads, (members.popleft(), name))
+                    buffers[name] = members
+            wanted = []
+            size = min(count, SYNC_BATCH)
+        if not heads or len(page) == count:
+            return [member_message(member) for member in page]
+        member, name = heapq.heappop(heads)
+        page.append(member)
+        if buffers[name]:
+            heapq.heappush(heads, (buffers[name].popleft(), name))
+        elif name not in done:
+            wanted.append(name)  # its next may come before the other heads: read it first
+
+
+def _next_of(
+    keys: Keys, starts: Mapping[str, int], below: bytes, size: int, pipe: Any, name: str
+) -> Any:
+    """The next ``size`` members of conversation ``name`` after ``starts[name]``."""
+    return _by_id(pipe, keys.of("chat", name), starts[name], below, size)
 
 
 async def read_range(
@@ -103,20 +138,18 @@ async def read_range(
 
 
 async def read_all(
-    client: Any, keys: Keys, user: str, groups: Mapping[str, int]
+    client: Any, keys: Keys, user: str, groups: Mapping[str, int], exists: Callable[[str], bool]
 ) -> AsyncIterator[list[ChatMessage]]:
     """Every message ``user`` sent or can read, ascending by id, in batches (an export):
     its 1:1 messages, those of ``groups`` after its join marks, and the group messages it
-    sent anywhere (found as a forget finds them: ``ZSCAN`` of each group conversation).
+    sent in any group that ``exists`` (found as a forget finds them: ``ZSCAN`` of each group
+    conversation; a message written late to a deleted group is not the user's any more).
     Each conversation is read ``EXPORT_BATCH`` at a time: a long chat is never held whole."""
     sources: list[tuple[str, int]] = [(c, 0) for c in await conversations_of(client, keys, user)]
     sources += [(f"g:{group}", mark) for group, mark in groups.items()]
     sent: list[bytes] = []
-    async for conversation in client.sscan_iter(keys.chats, match="g:*"):
-        key = keys.of("chat", string(conversation))
-        async for member, _ in client.zscan_iter(key, match=f'*,"{user}",*'):
-            if member_message(member).sender == user:
-                sent.append(member if isinstance(member, bytes) else member.encode())
+    async for member in _sent_in_groups(client, keys, user, exists):
+        sent.append(member)
     sent.sort()
     cursors = [_Cursor(client, keys.of("chat", name), mark) for name, mark in sources]
     heads: list[tuple[bytes, int]] = []
@@ -170,19 +203,32 @@ class _Cursor:
         return self._buffer.pop() if self._buffer else None
 
 
-async def count_own(client: Any, keys: Keys, user: str) -> int:
+async def count_own(client: Any, keys: Keys, user: str, exists: Callable[[str], bool]) -> int:
     """How many messages a forget of ``user`` deletes (``redis_forget``): its 1:1 messages
-    and the group messages it sent (``ZSCAN`` of each group conversation, as the forget)."""
+    and the group messages it sent in groups that ``exists`` (as ``read_all``)."""
     conversations = await conversations_of(client, keys, user)
     sizes = await pipelined(
         client, conversations, lambda pipe, name: pipe.zcard(keys.of("chat", name))
     )
     count = sum(int(size) for size in sizes)
-    async for conversation in client.sscan_iter(keys.chats, match="g:*"):
-        key = keys.of("chat", string(conversation))
-        async for member, _ in client.zscan_iter(key, match=f'*,"{user}",*'):
-            count += member_message(member).sender == user
+    async for _ in _sent_in_groups(client, keys, user, exists):
+        count += 1
     return count
+
+
+async def _sent_in_groups(
+    client: Any, keys: Keys, user: str, exists: Callable[[str], bool]
+) -> AsyncIterator[bytes]:
+    """The members of the group messages ``user`` sent, in the groups that ``exists``, in
+    no order (``ZSCAN`` of each group conversation: ``MATCH`` narrows it in Redis, the
+    sender check drops what the pattern also matches)."""
+    async for conversation in client.sscan_iter(keys.chats, match="g:*"):
+        name = string(conversation)
+        if not exists(name[2:]):
+            continue
+        async for member, _ in client.zscan_iter(keys.of("chat", name), match=f'*,"{user}",*'):
+            if member_message(member).sender == user:
+                yield member if isinstance(member, bytes) else member.encode()
 
 
 async def list_conversations(client: Any, keys: Keys) -> int:

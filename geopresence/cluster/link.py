@@ -248,11 +248,15 @@ class ClusterLink:
 
     def messages_of(self, user: str, groups: Mapping[str, int]) -> AsyncIterator[list[ChatMessage]]:
         """Every message of ``user`` in Redis, in batches (``chat_reads.read_all``)."""
-        return read_all(self.client, self.keys, user, groups)
+        return read_all(self.client, self.keys, user, groups, self._group_exists)
 
     async def count_messages(self, user: str) -> int:
         """How many messages a forget of ``user`` deletes (``chat_reads.count_own``)."""
-        return await count_own(self.client, self.keys, user)
+        return await count_own(self.client, self.keys, user, self._group_exists)
+
+    def _group_exists(self, group: str) -> bool:
+        """Whether ``group`` exists (every node holds every group)."""
+        return self._hub is not None and self._hub.store.group_members(group) is not None
 
     def hurry(self) -> None:
         """A ``sync`` waits for the chat horizon (``Watermarks.hurry``)."""

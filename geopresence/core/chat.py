@@ -112,7 +112,8 @@ class Chat:
         """False with several nodes: messages live in Redis (``sync`` reads them there), and
         ``store`` keeps only the groups' join marks."""
         self._heard = SeenOnce(HEARD_REMEMBERED)
-        """Other nodes' messages heard lately (without ``keeps_messages``): heard once."""
+        """Messages heard lately, or committed here (without ``keeps_messages``): shown
+        once."""
         self._forgotten: dict[str, int] = {}
         """user -> the last id issued when it was forgotten: a message involving it with an
         id at or below that was made before the forget (journaled but not yet durable, or
@@ -271,6 +272,8 @@ class Chat:
                 elif self.keeps_messages:
                     # Other nodes' messages arrive in between: ids are not all ascending.
                     self.store.insert(message)
+                else:  # read back after a gap (``heard``), it is not shown twice
+                    self._heard.first_time(message.message_id)
                 self._publish(message, pending.sender_conn)
             for index, (conn, request_id) in enumerate(pending.acks):
                 self._ack_when_stable(conn, request_id, message, duplicate=index > 0)

@@ -85,7 +85,9 @@ class ClusterAnswers:
             session = self._hub.session(conn)
             if session is None:
                 return False
-            self.nursery.start_soon(self._sync, session, message)
+            # Now, while the session is open (its end drops it: ``_closed``).
+            mark = self._first_sync.setdefault(conn, min_id_at(self._now() + CLOCK_SKEW_S))
+            self.nursery.start_soon(self._sync, session, message, mark)
             return True
         if not isinstance(message, GroupPresenceQuery):
             return False
@@ -114,10 +116,11 @@ class ClusterAnswers:
                 log.exception("conn %d: internal error answering group_presence", conn)
                 hub.reply_error(conn, ProtocolError("internal", "internal error", message.id))
 
-    async def _sync(self, session: Session, message: Sync) -> None:
+    async def _sync(self, session: Session, message: Sync, mark: int) -> None:
+        """Answer ``message`` once the horizon passed ``mark`` (the connection's first
+        sync's), from Redis."""
         hub, conn = self._hub, session.conn
         chat = hub.chat
-        mark = self._first_sync.setdefault(conn, min_id_at(self._now() + CLOCK_SKEW_S))
         stable = trio.Event()
         chat.when_stable(mark, stable.set)
         if not stable.is_set():

@@ -159,7 +159,9 @@ def register_hub_metrics(metrics: Metrics, hub: Hub) -> None:
     )
     chat = hub.chat
     metrics.gauge(
-        "chat_messages_stored", "Chat messages held in memory (0 with several nodes: Redis holds them).", lambda: len(chat.store)
+        "chat_messages_stored",
+        "Chat messages held in memory (0 with several nodes: Redis holds them).",
+        lambda: len(chat.store),
     )
     metrics.counter(
         "chat_messages_total",

@@ -89,10 +89,17 @@ async def test_an_export_lists_each_message_once_in_order_in_batches(
         group(40, "ann", "g"),
         dm(50, "ann", "cat"),
     )
-    batches = [ids(batch) async for batch in read_all(any_redis, keys, "ann", {"g": 15})]
+    exists = {"g", "left"}.__contains__
+    batches = [ids(b) async for b in read_all(any_redis, keys, "ann", {"g": 15}, exists)]
     assert [i for batch in batches for i in batch] == [5, 10, 20, 25, 30, 40, 50]
     assert all(len(batch) <= 2 for batch in batches)
-    assert await count_own(any_redis, keys, "ann") == 6  # 1:1, and the group ones she sent
+    assert await count_own(any_redis, keys, "ann", exists) == 6  # 1:1, the group ones hers
+    # A message written late to a deleted group (its node had not heard of the deletion)
+    # recreates its key: it is nobody's any more.
+    await written(any_redis, keys, group(60, "ann", "deleted"))
+    batches = [ids(b) async for b in read_all(any_redis, keys, "ann", {"g": 15}, exists)]
+    assert [i for batch in batches for i in batch] == [5, 10, 20, 25, 30, 40, 50]
+    assert await count_own(any_redis, keys, "ann", exists) == 6
 
 
 async def test_older_conversations_are_listed_once(any_redis: AnyRedis) -> None:
@@ -107,3 +114,37 @@ async def test_older_conversations_are_listed_once(any_redis: AnyRedis) -> None:
     assert ids(await read_sync(any_redis, keys, "ann", {}, 0, END, 10)) == [1, 2]
     assert ids(await read_sync(any_redis, keys, "cat", {}, 0, END, 10)) == [2]
     assert await list_conversations(any_redis, keys) == 0  # done: not again
+
+
+async def test_a_sync_page_reads_a_few_messages_of_each_conversation(
+    any_redis: AnyRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page merges the conversations by id, each read a few at a time: not ``count`` of
+    every conversation (a user with hundreds of friends would read that many pages)."""
+    monkeypatch.setattr(chat_reads, "SYNC_BATCH", 3)
+    keys = Keys("merge")
+    friends = [f"f{i:02d}" for i in range(30)]
+    await written(
+        any_redis,
+        keys,
+        *(
+            dm(1000 + 100 * i + j, friend, "ann")
+            for i, friend in enumerate(friends)
+            for j in range(20)
+        ),
+    )
+    read: list[int] = []
+    real = chat_reads._by_id
+
+    def counted(target: object, key: str, after: int, below: bytes, count: int) -> object:
+        read.append(count)
+        return real(target, key, after, below, count)
+
+    monkeypatch.setattr(chat_reads, "_by_id", counted)
+    page = await read_sync(any_redis, keys, "ann", {}, 0, END, 10)
+    assert ids(page) == list(range(1000, 1010))
+    assert sum(read) <= 30 * 3 + 10  # a first round of a few each, then the page's own
+    # Interleaved conversations come out in id order, whatever the sizes.
+    page = await read_sync(any_redis, keys, "ann", {}, 1005, 1302, 100)
+    expected = [1000 + 100 * i + j for i in range(30) for j in range(20)]
+    assert ids(page) == [i for i in sorted(expected) if 1005 < i < 1302]
