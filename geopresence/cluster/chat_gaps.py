@@ -38,9 +38,8 @@ from geopresence.cluster.chat_reads import read_range
 from geopresence.cluster.redis_keys import Keys, strings
 from geopresence.cluster.redis_load import pipelined
 from geopresence.core.broker import group_channel, group_of_channel, inbox_channel
-from geopresence.core.chat_horizon import CLOCK_SKEW_S
 from geopresence.core.hub import Hub
-from geopresence.model.snowflake import min_id_at
+from geopresence.model.snowflake import CLOCK_SKEW_S, min_id_at
 
 if TYPE_CHECKING:
     from geopresence.cluster.redis_broker import RedisBroker

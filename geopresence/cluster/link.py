@@ -319,6 +319,8 @@ class ClusterLink:
             channels_of(message), ChatEvent(message)
         )
         hub.chat.keeps_messages = False
+        # Other nodes' ids are not all seen here: join and forget marks bound them by time.
+        hub.state.ids.cluster_clock = clock
         self.journal.on_stored_before = hub.chat.stored_elsewhere
         watermarks = self._watermarks = Watermarks(
             self.journal, hub, clock, self.lease.lease, self.broker.subscribed

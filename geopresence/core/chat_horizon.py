@@ -40,11 +40,6 @@ QUIET_WATERMARK_INTERVAL: Final = 1.0
 cluster's first message may wait this long; the feed stays nearly silent meanwhile."""
 CHAT_ACTIVE: Final = 10.0
 
-CLOCK_SKEW_S: Final = 0.05
-"""Seconds by which another node's clock may run ahead of this one's (ids are times; node
-clocks agree through NTP, docs/cluster.md): a message published before a moment has an id
-below ``min_id_at(moment + CLOCK_SKEW_S)``."""
-
 
 class Horizon:
     """The other nodes' watermarks, as their feed entries carry them. ``clock`` is the

@@ -285,7 +285,7 @@ class Membership:
         limit = self.settings.max_group_size
         if len(wanted) > limit and not self.fanout.replaying:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
-        mark = self.state.ids.last_id if mark is None else mark
+        mark = self.state.ids.mark() if mark is None else mark
         store = self.state.users
         if slice_size <= 0:
             added, removed = store.set_group(group, wanted)
@@ -337,7 +337,7 @@ class Membership:
             raise ProtocolError("too_large", f"a group has at most {limit} members")
         added = store.add_member(group, user)
         if added:
-            mark = self.state.ids.last_id if mark is None else mark
+            mark = self.state.ids.mark() if mark is None else mark
             self.acks.journal_append(MemberAdded(group, user, mark))
             self.groups.on_joined(group, user, mark)
             self.sessions.subscribe_user(group_channel(group), user)

@@ -17,6 +17,7 @@ digits above 2**53).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 EPOCH_MS: Final = 1_577_836_800_000
@@ -29,6 +30,11 @@ MAX_NODE_ID: Final = (1 << NODE_BITS) - 1
 MAX_SEQUENCE: Final = (1 << SEQUENCE_BITS) - 1
 MAX_ID: Final = (1 << (TIME_BITS + NODE_BITS + SEQUENCE_BITS)) - 1
 _TIME_SHIFT: Final = NODE_BITS + SEQUENCE_BITS
+
+CLOCK_SKEW_S: Final = 0.05
+"""Seconds by which another node's clock may run ahead of this one's (node clocks agree
+through NTP, docs/cluster.md): an id issued anywhere before a moment is below
+``min_id_at(moment + CLOCK_SKEW_S)``."""
 
 
 class SnowflakeGenerator:
@@ -49,6 +55,19 @@ class SnowflakeGenerator:
         self._last_ms = 0
         self._sequence = 0
         self._last_id = 0
+        self.cluster_clock: Callable[[], float] | None = None
+        """Several nodes: the node's clock (epoch seconds). Ids other nodes issued are not
+        all seen here, so ``mark`` bounds them by time."""
+
+    def mark(self) -> int:
+        """An id at or above every id issued so far, here and (``cluster_clock``) on any
+        node, and below every id issued from now on here: where a membership begins, or a
+        forget ends (with one node, ``last_id``)."""
+        if self.cluster_clock is None:
+            return self._last_id
+        mark = max(self._last_id, min_id_at(self.cluster_clock() + CLOCK_SKEW_S) - 1)
+        self.observe(mark)
+        return mark
 
     @property
     def last_id(self) -> int:

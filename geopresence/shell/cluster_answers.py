@@ -27,12 +27,11 @@ import trio
 
 from geopresence.cluster.link import ClusterLink
 from geopresence.core.broker import ConnId
-from geopresence.core.chat_horizon import CLOCK_SKEW_S
 from geopresence.core.context import Session
 from geopresence.core.hub import Hub
 from geopresence.core.statuses import Held
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.snowflake import min_id_at
+from geopresence.model.snowflake import CLOCK_SKEW_S, min_id_at
 from geopresence.shell.connections import Connections
 from geopresence.wire.client_messages import (
     MAX_SYNC_LIMIT,

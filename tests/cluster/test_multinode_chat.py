@@ -43,3 +43,20 @@ async def test_messages_are_served_from_redis_by_any_node(kind: str, tmp_path: P
             exported = await admin_b.export("alice")
             texts = [m["text"] for m in exported["messages"]]
             assert texts == ["for bob", "for the hikers", "back to you"]
+
+
+async def test_a_member_added_on_another_node_reads_only_what_follows(tmp_path: Path) -> None:
+    """The join mark bounds the ids every node issued by then (node b never saw the
+    message node a committed): nothing from before the join shows."""
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.set_group("hikers", ["alice", "carol"])
+            async with session(a, "alice") as alice:
+                await alice.send_message("before bob", group="hikers")
+                await admin_b.add_member("hikers", "bob")
+                async with session(b, "bob") as bob:
+                    assert await bob.sync_all() == []
+                    await alice.send_message("after bob", group="hikers")
+                    await expect(bob, "message", text="after bob")
+                async with session(a, "bob", "tablet") as tablet:
+                    assert [m["text"] for m in await tablet.sync_all()] == ["after bob"]

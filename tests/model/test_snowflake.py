@@ -99,3 +99,19 @@ def test_ids_strictly_increase_under_a_clock_that_jumps_around(
             assert issued > last
             assert (issued >> 12) & 1023 == node
             last = issued
+
+
+def test_a_mark_bounds_the_ids_other_nodes_issued_by_the_clock() -> None:
+    now = 1_800_000_000.0
+    """Several nodes: a join or forget mark must be above every id issued anywhere so far,
+    including ids this node never saw, and below every id it issues from then on."""
+    alone = SnowflakeGenerator(node_id=1)
+    first = alone.next_id(now)
+    assert alone.mark() == first  # one node: the last id issued
+    other = SnowflakeGenerator(node_id=2)
+    unseen = other.next_id(now + 1)
+    here = SnowflakeGenerator(node_id=1)
+    here.cluster_clock = lambda: now + 1
+    mark = here.mark()
+    assert mark >= unseen
+    assert here.next_id(now + 1) > mark  # issued after the mark: above it
