@@ -47,9 +47,10 @@ class ChatWrites:
     """Stores and publishes one node's messages (``RedisJournal``); scripts by their SHA
     (``EVALSHA``; loaded first, and again after Redis forgot it)."""
 
-    def __init__(self, client: Any, keys: Keys) -> None:
+    def __init__(self, client: Any, keys: Keys, node_id: int) -> None:
         self._client = client
         self._keys = keys
+        self._last_id = keys.last_id(node_id)
         self._script = PipelinedScript(_STORE_ONCE)
         self.publications: Publications | None = None
         """How a stored message is published (None: it is not, a node alone)."""
@@ -60,15 +61,20 @@ class ChatWrites:
         message, the one stored before (None: stored now, or by an earlier attempt of this
         very write: a retry is harmless, and the nodes hear a message once)."""
         client = self._client
+        # The node's last id, which it must never issue again below (a restart with its
+        # clock behind reads it): its messages are written in id order.
+        last = str(max(message.message_id for message in messages))
         if not any(m.client_msg_id is not None for m in messages):
             async with client.pipeline(transaction=False) as pipe:
                 for message in messages:
                     self._store(pipe, message)
                     self._publish(pipe, message)
+                pipe.set(self._last_id, last)
             return [None] * len(messages)
         async with self._script.ready(client) as sha:
             async with client.pipeline(transaction=False) as pipe:
                 requests = [self._store(pipe, message, sha) for message in messages]
+                pipe.set(self._last_id, last)
             results = [None if request is None else await request for request in requests]
         originals: list[ChatMessage | None] = []
         for message, stored in zip(messages, results, strict=True):

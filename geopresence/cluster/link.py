@@ -372,6 +372,9 @@ class ClusterLink:
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)
+                    last_id = await self.client.get(self.keys.last_id(self.node_id))
+                    if last_id is not None:  # its previous run's: never issued again
+                        hub.state.ids.observe(int(last_id))
                     listed = await list_conversations(self.client, self.keys)
                     if listed:
                         log.warning("listed %d conversations stored by an older version", listed)

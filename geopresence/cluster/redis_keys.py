@@ -13,6 +13,7 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:chats             index of conversations
     gp:chats_of:{U}      set: U's 1:1 conversations (what its ``sync`` reads, with its
                          groups': ``chat_reads``)
+    gp:last_id:{N}       the last message id node N wrote (a restart never issues below it)
     gp:cmid:{C}          hash: "<sender>\n<client_msg_id>" -> the id of the message stored
                          for it in conversation C (a resend through any node is stored once)
     gp:loc:{U}           U's live location, [lat, lon, ts, accepted_at] (JSON), expiring
@@ -73,6 +74,10 @@ class Keys:
 
     def of(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{{{name}}}"
+
+    def last_id(self, node_id: int) -> str:
+        """The last message id node ``node_id`` wrote (``chat_writes``; read at its start)."""
+        return self.of("last_id", str(node_id))
 
     def location(self, user: str) -> str:
         return self.of("loc", user)

@@ -237,7 +237,7 @@ class RedisJournal:
         self._client = client
         self._keys = keys
         self.feed = RedisFeed(client, keys, node_id)
-        self.chat = ChatWrites(client, keys)
+        self.chat = ChatWrites(client, keys, node_id)
         """Writes and publishes chat messages (the link sets ``chat.publications``)."""
         self._set_settings = SetSettings(client, keys)
         self._queue: deque[QueuedOp] = deque()

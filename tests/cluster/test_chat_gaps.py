@@ -48,7 +48,7 @@ async def test_a_gap_shows_what_it_lost_before_what_came_after(any_redis: AnyRed
     sink.take(1)
     lost = ChatMessage(min_id_at(now - 1), "ann", "lost", now, to="bob")
     later = ChatMessage(min_id_at(now - 0.5), "ann", "later", now, to="bob")
-    await ChatWrites(any_redis, keys)([lost, later])  # published while the link was down
+    await ChatWrites(any_redis, keys, 2)([lost, later])  # published while the link was down
     broker = Subscribed(hub)
     hurried: list[float] = []
     gaps = ChatGaps(any_redis, keys, hub, broker, time.time, lambda: hurried.append(0))  # type: ignore[arg-type]
@@ -93,7 +93,7 @@ async def test_a_dead_node_s_stored_but_unpublished_messages_are_read_back(
     hub.open_session(1, "bob", "phone", now)
     sink.take(1)
     stored = ChatMessage(min_id_at(now - 0.8), "ann", "stored", now, to="bob")
-    await ChatWrites(any_redis, keys)([stored])  # node 2 died before publishing it
+    await ChatWrites(any_redis, keys, 2)([stored])  # node 2 died before publishing it
     hub.chat.heard(ChatMessage(min_id_at(now - 0.5), "cat", "later", now, to="bob"))
     gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
     horizon.on_gone = gaps.node_gone
@@ -126,7 +126,7 @@ async def test_a_member_added_while_connected_gets_what_its_node_missed(
     hub.set_group("g", ["ann"], mark)
     hub.add_member("g", "bob", mark)
     missed = ChatMessage(min_id_at(now - 1), "ann", "missed", now, group="g")
-    await ChatWrites(any_redis, keys)([missed])  # published before the node subscribed
+    await ChatWrites(any_redis, keys, 2)([missed])  # published before the node subscribed
     gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
     gaps.joined("g", ["bob"], mark)
     gaps.joined("g", ["nobody-here"], mark)

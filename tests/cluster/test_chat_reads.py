@@ -34,7 +34,7 @@ def ids(messages: list[ChatMessage]) -> list[int]:
 
 
 async def written(client: AnyRedis, keys: Keys, *messages: ChatMessage) -> None:
-    await ChatWrites(client, keys)(list(messages))
+    await ChatWrites(client, keys, 2)(list(messages))
 
 
 async def test_a_sync_page_merges_1to1_and_groups_within_its_bounds(any_redis: AnyRedis) -> None:

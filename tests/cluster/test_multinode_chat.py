@@ -4,11 +4,23 @@ sync pages and exports are read from Redis, whichever node committed them. Real
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.test_multinode import _gauge, cluster_of, expect, nothing_of, session
+from geopresence.cluster.redis_keys import Keys
+from geopresence.model.snowflake import min_id_at
+from tests.cluster.test_multinode import (
+    _gauge,
+    cluster_of,
+    expect,
+    nothing_of,
+    redis_of,
+    session,
+    start_node,
+)
+from tests.redis_server import redis_server
 
 
 @pytest.mark.parametrize("kind", ["standalone", "cluster"])
@@ -60,3 +72,24 @@ async def test_a_member_added_on_another_node_reads_only_what_follows(tmp_path: 
                     await expect(bob, "message", text="after bob")
                 async with session(a, "bob", "tablet") as tablet:
                     assert [m["text"] for m in await tablet.sync_all()] == ["after bob"]
+
+
+async def test_a_restarted_node_issues_above_the_last_id_it_wrote(tmp_path: Path) -> None:
+    """Its clock may have stepped back meanwhile: ids stay increasing per node across
+    restarts (``gp:last_id:{N}``, read as it starts); its chat waits until its clock has
+    caught up (the horizon: no id above the node's own clock is shown before)."""
+    ahead = min_id_at(time.time() + 2) | (1 << 12)  # node 1's, two seconds ahead
+    with redis_server() as port:
+        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        async with redis_of(args) as client:
+            await client.set(Keys().last_id(1), str(ahead))
+        node = start_node(args, 1, tmp_path)
+        try:
+            async with node.admin() as admin:
+                await admin.befriend("alice", "bob")
+            async with session(node, "alice") as alice:
+                sent = await alice.send_message("hi", to="bob")
+                assert int(sent["message_id"]) > ahead
+        finally:
+            node.proc.terminate()
+            node.proc.wait(15)

@@ -286,6 +286,8 @@ async def test_messages_are_stored_once_in_batches_and_published_not_fed(
             *(f"dm:u{i}:zoe".encode() for i in range(50)),
         }
         assert await any_redis.smembers(keys.of("chats_of", "amy")) == {b"dm:amy:zoe"}
+        # Node 2's last id: a restart with its clock behind never issues below it.
+        assert await any_redis.get(keys.last_id(2)) == b"300"
         nursery.cancel_scope.cancel()
 
 
