@@ -29,7 +29,9 @@ index), not in a grid every node keeps.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -322,8 +324,11 @@ class ClusterLink:
         # Other nodes' ids are not all seen here: join and forget marks bound them by time.
         hub.state.ids.cluster_clock = clock
         self.journal.on_stored_before = hub.chat.stored_elsewhere
+        # A watermark counts once every connection answered: never on a timeout (what
+        # a stuck connection carried would be passed; it is read back once it reopens).
+        patient = functools.partial(self.broker.subscribed, timeout=math.inf)
         watermarks = self._watermarks = Watermarks(
-            self.journal, hub, clock, self.lease.lease, self.broker.subscribed
+            self.journal, hub, clock, self.lease.lease, patient
         )
         arrivals = Arrivals(
             hub, self.broker, covered, views, self.slices, watermarks, self.strangers, self._now

@@ -188,11 +188,13 @@ class RedisBroker:
         elif held == 0:
             self.unsubscribe(channel, NODE)
 
-    async def subscribed(self) -> None:
+    async def subscribed(self, *, timeout: float = BARRIER_TIMEOUT) -> None:
         """Return once every subscription asked for so far is in place in Redis (events
-        published from then on reach this node); ``run`` must be running."""
+        published from then on reach this node), and every connection answered a round
+        trip (what was published before has arrived); at the latest after ``timeout``
+        seconds (inf: only then, ``Watermarks``). ``run`` must be running."""
         done = trio.Event()
-        self._queue(("barrier", "", done))
+        self._queue(("barrier", "", (done, timeout)))
         await done.wait()
 
     def publish(
@@ -256,7 +258,7 @@ class RedisBroker:
         stuck behind them. ``run`` must be running."""
         for op in self._ops:
             if op[0] == "barrier":
-                op[2].set()
+                op[2][0].set()
         self._ops = deque(op for op in self._ops if op[0] == "publish")
         while self._ops:
             await trio.sleep(0.005)
@@ -289,7 +291,7 @@ class RedisBroker:
             if self._ops[0][0] == "barrier":
                 # Every earlier (un)subscription is sent; the barrier waits for Redis'
                 # answers in its own task (publishes do not wait behind it).
-                self._nursery.start_soon(self._barrier, subscriber, self._ops.popleft()[2])
+                self._nursery.start_soon(self._barrier, subscriber, *self._ops.popleft()[2])
                 continue
             if self._ops[0][0] == "publish":
                 # Consecutive publishes share one pipeline (one round trip per batch).
@@ -325,13 +327,13 @@ class RedisBroker:
                 getattr(pipe, command)(redis_channel(channel, self._prefix), data)
 
     @staticmethod
-    async def _barrier(subscriber: Subscriber, done: trio.Event) -> None:
-        """Set ``done`` once Redis has every subscription sent so far, or after
-        ``BARRIER_TIMEOUT`` (a server down: its channels follow when it is back)."""
-        with trio.move_on_after(BARRIER_TIMEOUT) as waited:
+    async def _barrier(subscriber: Subscriber, done: trio.Event, timeout: float) -> None:
+        """Set ``done`` once Redis has every subscription sent so far, or after ``timeout``
+        (a server down: its channels follow when it is back)."""
+        with trio.move_on_after(timeout) as waited:
             await subscriber.sync()
         if waited.cancelled_caught:
-            log.warning("redis subscriptions not confirmed within %g s", BARRIER_TIMEOUT)
+            log.warning("redis subscriptions not confirmed within %g s", timeout)
         done.set()
 
     async def _subscription(self, subscriber: Subscriber, kind: str, channels: list[str]) -> None:

@@ -71,6 +71,8 @@ class Watermarks:
         this one writes its watermarks often too."""
         if chatting:
             self.others_chat_at = trio.current_time()
+        if watermark != LEFT:
+            self.horizon.alive(node)  # heard now: not silent while its watermark waits
         previous = self._heard.get(node)
         if watermark == LEFT or previous is None or previous == LEFT:
             self._heard[node] = watermark

@@ -66,6 +66,13 @@ class Horizon:
         best = watermark if current is None else max(current[0], watermark)
         self._marks[node] = (best, self._clock())
 
+    def alive(self, node: int) -> None:
+        """``node`` wrote a feed entry just read (its watermark not applied yet: it waits
+        for a round trip, ``Watermarks``): not silent, whatever that wait."""
+        current = self._marks.get(node)
+        if current is not None:
+            self._marks[node] = (current[0], self._clock())
+
     def left(self, node: int) -> None:
         """``node`` stopped cleanly: it commits nothing more (until it writes a watermark
         again, as a new run)."""

@@ -77,3 +77,19 @@ def test_a_hold_keeps_back_what_is_above_it_until_it_ends() -> None:
     horizon.unhold(token, None)
     assert done == [low, above]
     assert horizon.stable_below(None) == min_id_at(NOW)
+
+
+def test_a_node_whose_entries_are_read_is_not_silent_while_its_watermark_waits() -> None:
+    """A watermark applies only after a pub/sub round trip (``Watermarks``): while that
+    waits (a stuck connection), the node's entries still read keep it from counting as
+    gone, and what it holds back stays held."""
+    clock = SettableClock(NOW)
+    horizon = Horizon(clock, silence=5.0)
+    horizon.heard(2, min_id_at(NOW - 1))
+    clock.now += 4
+    horizon.alive(2)
+    clock.now += 4
+    assert horizon.stable_below(None) == min_id_at(NOW - 1)
+    horizon.alive(3)  # never heard: nothing to keep
+    clock.now += 6
+    assert horizon.stable_below(None) == min_id_at(clock.now)
