@@ -203,6 +203,26 @@ class _Cursor:
         return self._buffer.pop() if self._buffer else None
 
 
+async def stored_for(
+    client: Any, keys: Keys, sender: str, client_msg_id: str, to: str | None, group: str | None
+) -> ChatMessage | None:
+    """The message ``sender`` stored with ``client_msg_id`` to ``to`` or in ``group``
+    (``gp:cmid:{C}``, then its member), if any: a resend's original."""
+    if group is not None:
+        conversation = f"g:{group}"
+    else:
+        assert to is not None
+        a, b = sorted((sender, to))
+        conversation = f"dm:{a}:{b}"
+    stored = await client.hget(keys.client_ids(conversation), f"{sender}\n{client_msg_id}")
+    if stored is None:
+        return None
+    found = await _by_id(
+        client, keys.of("chat", conversation), int(stored) - 1, _below(int(stored) + 1), 1
+    )
+    return member_message(found[0]) if found else None
+
+
 async def count_own(client: Any, keys: Keys, user: str, exists: Callable[[str], bool]) -> int:
     """How many messages a forget of ``user`` deletes (``redis_forget``): its 1:1 messages
     and the group messages it sent in groups that ``exists`` (as ``read_all``)."""

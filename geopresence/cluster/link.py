@@ -41,7 +41,13 @@ import trio
 
 from geopresence.cluster.arrivals import Arrivals
 from geopresence.cluster.chat_gaps import ChatGaps
-from geopresence.cluster.chat_reads import count_own, list_conversations, read_all, read_sync
+from geopresence.cluster.chat_reads import (
+    count_own,
+    list_conversations,
+    read_all,
+    read_sync,
+    stored_for,
+)
 from geopresence.cluster.control import Control
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
@@ -72,6 +78,7 @@ from geopresence.core.replication import (
 from geopresence.core.statuses import Held
 from geopresence.core.store import UserSettings
 from geopresence.model.chat_message import ChatMessage
+from geopresence.wire.client_messages import Send
 
 log = logging.getLogger("geopresence.redis")
 
@@ -259,6 +266,13 @@ class ClusterLink:
     def _group_exists(self, group: str) -> bool:
         """Whether ``group`` exists (every node holds every group)."""
         return self._hub is not None and self._hub.store.group_members(group) is not None
+
+    async def stored_for(self, sender: str, message: Send) -> ChatMessage | None:
+        """The message stored for a resend of ``message`` (``chat_reads.stored_for``)."""
+        assert message.client_msg_id is not None
+        return await stored_for(
+            self.client, self.keys, sender, message.client_msg_id, message.to, message.group
+        )
 
     def hurry(self) -> None:
         """A ``sync`` waits for the chat horizon (``Watermarks.hurry``)."""

@@ -158,10 +158,41 @@ class Chat:
                 return
             stored = self.store.find_client_msg(user, message.client_msg_id)
             if stored is not None:
-                check_same(stored, message)
-                self.duplicates += 1
-                self._ack_when_stable(session.conn, message.id, stored, duplicate=True)
+                self.answer_stored(session, message, stored)
                 return
+        self._check_allowed(user, message)
+        chat_message = ChatMessage(
+            message_id=self.ids.next_id(now),
+            sender=user,
+            text=text,
+            created_at=now,
+            to=message.to,
+            group=message.group,
+            client_msg_id=message.client_msg_id,
+        )
+        seq = self.ctx.journal_append(chat_message)
+        pending = _Pending(seq, chat_message, session.conn, [(session.conn, message.id)])
+        self._pending.append(pending)
+        if message.client_msg_id is not None:
+            self._pending_by_client_id[(user, message.client_msg_id)] = pending
+        self.commit_durable()
+
+    def answer_stored(self, session: Session, message: Send, stored: ChatMessage) -> None:
+        """Answer a resend of ``stored`` (the same ``client_msg_id``) with it: ``sent``
+        with ``duplicate``, once stable; an error if its content differs."""
+        check_same(stored, message)
+        self.duplicates += 1
+        self._ack_when_stable(session.conn, message.id, stored, duplicate=True)
+
+    def allowed(self, user: str, message: Send) -> bool:
+        """Whether ``user`` may send ``message`` (to a friend, or as a group's member)."""
+        try:
+            self._check_allowed(user, message)
+        except ProtocolError:
+            return False
+        return True
+
+    def _check_allowed(self, user: str, message: Send) -> None:
         store = self.ctx.store
         if message.to is not None:
             if message.to == user:
@@ -182,21 +213,6 @@ class Chat:
                 raise ProtocolError(
                     "forbidden", f"not a member of group {message.group!r}", message.id
                 )
-        chat_message = ChatMessage(
-            message_id=self.ids.next_id(now),
-            sender=user,
-            text=text,
-            created_at=now,
-            to=message.to,
-            group=message.group,
-            client_msg_id=message.client_msg_id,
-        )
-        seq = self.ctx.journal_append(chat_message)
-        pending = _Pending(seq, chat_message, session.conn, [(session.conn, message.id)])
-        self._pending.append(pending)
-        if message.client_msg_id is not None:
-            self._pending_by_client_id[(user, message.client_msg_id)] = pending
-        self.commit_durable()
 
     def on_sync(self, session: Session, message: Sync, now: float) -> None:
         """Reply with one page of ``messages`` from this node's store."""

@@ -37,6 +37,7 @@ from geopresence.wire.client_messages import (
     MAX_SYNC_LIMIT,
     ClientMessage,
     GroupPresenceQuery,
+    Send,
     Sync,
 )
 from geopresence.wire.errors import ProtocolError
@@ -88,6 +89,8 @@ class ClusterAnswers:
             mark = self._first_sync.setdefault(conn, min_id_at(self._now() + CLOCK_SKEW_S))
             self.nursery.start_soon(self._sync, session, message, mark)
             return True
+        if isinstance(message, Send):
+            return self._resend(conn, message)
         if not isinstance(message, GroupPresenceQuery):
             return False
         members = self._hub.store.group_members(message.group)
@@ -114,6 +117,41 @@ class ClusterAnswers:
             except Exception:
                 log.exception("conn %d: internal error answering group_presence", conn)
                 hub.reply_error(conn, ProtocolError("internal", "internal error", message.id))
+
+    def _resend(self, conn: ConnId, message: Send) -> bool:
+        """A ``send`` with a ``client_msg_id`` that its sender may not make (any more: a
+        friendship ended, a group left) may be the resend of one stored before, which is
+        answered with it whatever changed since: Redis says (this node keeps no message)."""
+        session = self._hub.session(conn)
+        chat = self._hub.chat
+        if (
+            session is None
+            or self.nursery is None
+            or message.client_msg_id is None
+            or chat.allowed(session.user, message)
+        ):
+            return False
+        self.nursery.start_soon(self._answer_resend, session, message)
+        return True
+
+    async def _answer_resend(self, session: Session, message: Send) -> None:
+        hub = self._hub
+        stored = None
+        try:
+            with trio.fail_after(READ_TIMEOUT_S):
+                stored = await self._link.stored_for(session.user, message)
+        except Exception as exc:  # answered as if none was stored: refused
+            log.warning("redis: a resend's original was not read (%s)", exc)
+        if hub.session(session.conn) is not session:
+            return
+        with self._connections.batch():
+            try:
+                if stored is None:
+                    hub.handle(session.conn, message, self._now())  # refused, as on one node
+                else:
+                    hub.chat.answer_stored(session, message, stored)
+            except ProtocolError as error:
+                hub.reply_error(session.conn, error)
 
     async def _sync(self, session: Session, message: Sync, mark: int) -> None:
         """Answer ``message`` once the horizon passed ``mark`` (the connection's first

@@ -93,3 +93,25 @@ async def test_a_restarted_node_issues_above_the_last_id_it_wrote(tmp_path: Path
         finally:
             node.proc.terminate()
             node.proc.wait(15)
+
+
+async def test_a_resend_after_the_friendship_ended_gets_its_original(tmp_path: Path) -> None:
+    """A resend asks for the result of a send already accepted: answered with the stored
+    message whatever changed since, through any node (docs/protocol.md, Chat)."""
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin:
+            await admin.befriend("alice", "bob")
+            await admin.set_group("hikers", ["alice", "bob"])
+            async with session(a, "alice") as alice:
+                first = await alice.send_message("hi", to="bob", client_msg_id="k1")
+                hikers = await alice.send_message("hi all", group="hikers", client_msg_id="k2")
+            await admin.unfriend("alice", "bob")
+            await admin.remove_member("hikers", "alice")
+        for node in (a, b):
+            async with session(node, "alice", "tablet") as alice:
+                again = await alice.send_message("hi", to="bob", client_msg_id="k1")
+                assert again["message_id"] == first["message_id"] and again["duplicate"]
+                again = await alice.send_message("hi all", group="hikers", client_msg_id="k2")
+                assert again["message_id"] == hikers["message_id"] and again["duplicate"]
+                refused = await alice.send_message("new", to="bob", client_msg_id="k3")
+                assert refused["type"] == "error" and refused["code"] == "forbidden"
