@@ -35,17 +35,33 @@ class Subscribed:
         await trio.lowlevel.checkpoint()
 
 
-async def test_a_gap_shows_what_it_lost_before_what_came_after(any_redis: AnyRedis) -> None:
-    keys = Keys("gaps")
+async def caught_up(gaps: ChatGaps) -> None:
+    """Run ``gaps`` until its catch-up is done and its hold released."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gaps.run)
+        with trio.fail_after(10):
+            while gaps.catching_up:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+def node_with_bob(silence: float = 30.0) -> tuple[Hub, RecordingSink, Horizon]:
+    """A node keeping no messages, with bob's phone connected (conn 1)."""
     sink = RecordingSink()
     hub = Hub(HubSettings(node_id=1), MemoryStore(), sink)
     hub.chat.keeps_messages = False
-    horizon = hub.chat.horizon = Horizon(time.time, silence=30.0)
+    horizon = hub.chat.horizon = Horizon(time.time, silence=silence)
+    hub.open_session(1, "bob", "phone", time.time())
+    sink.take(1)
+    return hub, sink, horizon
+
+
+async def test_a_gap_shows_what_it_lost_before_what_came_after(any_redis: AnyRedis) -> None:
+    keys = Keys("gaps")
+    hub, sink, horizon = node_with_bob()
     now = time.time()
     horizon.heard(2, min_id_at(now - 2))  # node 2 may still commit after now - 2
     hub.add_friendship("ann", "bob", now)
-    hub.open_session(1, "bob", "phone", now)
-    sink.take(1)
     lost = ChatMessage(min_id_at(now - 1), "ann", "lost", now, to="bob")
     later = ChatMessage(min_id_at(now - 0.5), "ann", "later", now, to="bob")
     await ChatWrites(any_redis, keys, 2)([lost, later])  # published while the link was down
@@ -58,12 +74,7 @@ async def test_a_gap_shows_what_it_lost_before_what_came_after(any_redis: AnyRed
     horizon.heard(2, min_id_at(time.time() + 1))
     hub.chat.release()
     assert sink.take(1, "message") == []  # held: the lost one must go first
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(gaps.run)
-        with trio.fail_after(10):
-            while gaps.catching_up:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
+    await caught_up(gaps)
     assert [m["text"] for m in sink.take(1, "message")] == ["lost", "later"]  # each once
     assert broker.barriers == 1
 
@@ -82,16 +93,11 @@ async def test_a_dead_node_s_stored_but_unpublished_messages_are_read_back(
     """A node that died between storing a batch and publishing it: once the horizon stops
     waiting for it, what it stored reaches the connections here, before anything later."""
     keys = Keys("dead")
-    sink = RecordingSink()
-    hub = Hub(HubSettings(node_id=1), MemoryStore(), sink)
-    hub.chat.keeps_messages = False
-    horizon = hub.chat.horizon = Horizon(time.time, silence=0.3)
+    hub, sink, horizon = node_with_bob(silence=0.3)
     now = time.time()
     horizon.heard(2, min_id_at(now - 1))  # node 2's last word
     hub.add_friendship("ann", "bob", now)
     hub.add_friendship("cat", "bob", now)
-    hub.open_session(1, "bob", "phone", now)
-    sink.take(1)
     stored = ChatMessage(min_id_at(now - 0.8), "ann", "stored", now, to="bob")
     await ChatWrites(any_redis, keys, 2)([stored])  # node 2 died before publishing it
     hub.chat.heard(ChatMessage(min_id_at(now - 0.5), "cat", "later", now, to="bob"))
@@ -100,12 +106,7 @@ async def test_a_dead_node_s_stored_but_unpublished_messages_are_read_back(
     await trio.sleep(0.4)  # node 2 is silent for longer than the silence
     hub.chat.release()
     assert gaps.catching_up and sink.take(1, "message") == []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(gaps.run)
-        with trio.fail_after(10):
-            while gaps.catching_up:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
+    await caught_up(gaps)
     assert [m["text"] for m in sink.take(1, "message")] == ["stored", "later"]
 
 
@@ -115,13 +116,8 @@ async def test_a_member_added_while_connected_gets_what_its_node_missed(
     """The node subscribes to the group's channel only as the member is added: a message
     published just before reaches it read back from Redis, before anything later."""
     keys = Keys("joined")
-    sink = RecordingSink()
-    hub = Hub(HubSettings(node_id=1), MemoryStore(), sink)
-    hub.chat.keeps_messages = False
-    horizon = hub.chat.horizon = Horizon(time.time, silence=30.0)
+    hub, sink, horizon = node_with_bob()
     now = time.time()
-    hub.open_session(1, "bob", "phone", now)
-    sink.take(1)
     mark = min_id_at(now - 2)
     hub.set_group("g", ["ann"], mark)
     hub.add_member("g", "bob", mark)
@@ -133,10 +129,5 @@ async def test_a_member_added_while_connected_gets_what_its_node_missed(
     hub.chat.heard(ChatMessage(min_id_at(now - 0.5), "ann", "later", now, group="g"))
     horizon.release(None)
     assert sink.take(1, "message") == []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(gaps.run)
-        with trio.fail_after(10):
-            while gaps.catching_up:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
+    await caught_up(gaps)
     assert [m["text"] for m in sink.take(1, "message")] == ["missed", "later"]
