@@ -86,7 +86,7 @@ class ChatGaps:
         chat = self._hub.chat
         if chat.horizon is None:
             return
-        below = chat.stable_below() if not self._tokens else self._since
+        below = chat.stable_below()  # the lowest hold, if one stands: shown below it
         assert below is not None
         self._catch_up_from(below, *self._listened(channels))
 
@@ -137,17 +137,21 @@ class ChatGaps:
         while True:
             await self._queued.wait()
             self._queued = trio.Event()
-            users, groups, since = set(self._users), set(self._groups), self._since
+            # Taken: a gap meanwhile (even of the same channels) queues another round.
+            users, groups, since = self._users, self._groups, self._since
+            self._users, self._groups = set(), set()
             try:
                 await self._catch_up(users, groups, since)
             except Exception as exc:  # Redis unreachable: the hold stays, tried again
                 log.warning("could not read the chat messages a gap may have lost: %s", exc)
+                self._users |= users
+                self._groups |= groups
                 self._queued.set()
                 await trio.sleep(1.0)
                 continue
-            if self._since == since:  # else all again, from the lower point (queued)
-                self._users -= users
-                self._groups -= groups
+            if self._since < since:  # all again, from the lower point (queued)
+                self._users |= users
+                self._groups |= groups
             if not self._queued.is_set() and self._tokens:
                 tokens, self._tokens = self._tokens, []
                 chat = self._hub.chat

@@ -63,9 +63,11 @@ async def read_sync(
     after: int,
     below: int,
     count: int,
+    skip: Callable[[ChatMessage], bool] = lambda message: False,
 ) -> list[ChatMessage]:
-    """``user``'s messages with ``after`` < id < ``below``, ascending, at most ``count``:
-    its 1:1 messages and those of ``groups`` (group -> its join mark: only later ids).
+    """``user``'s messages with ``after`` < id < ``below``, ascending, at most ``count``
+    (but those ``skip`` drops, which do not count): its 1:1 messages and those of
+    ``groups`` (group -> its join mark: only later ids).
 
     The conversations are merged by id, each read a few members at a time (all of them in
     one pipeline per round): a page never reads ``count`` messages of every conversation."""
@@ -81,7 +83,7 @@ async def read_sync(
     heads: list[tuple[bytes, str]] = []
     done: set[str] = set()
     wanted = list(starts)
-    page: list[bytes] = []
+    page: list[ChatMessage] = []
     while True:
         if wanted:
             fetch = functools.partial(_next_of, keys, starts, _below(below), size)
@@ -97,9 +99,11 @@ async def read_sync(
             wanted = []
             size = min(count, SYNC_BATCH)
         if not heads or len(page) == count:
-            return [member_message(member) for member in page]
+            return page
         member, name = heapq.heappop(heads)
-        page.append(member)
+        message = member_message(member)
+        if not skip(message):
+            page.append(message)
         if buffers[name]:
             heapq.heappush(heads, (buffers[name].popleft(), name))
         elif name not in done:

@@ -252,8 +252,11 @@ class ClusterLink:
         self, user: str, groups: Mapping[str, int], after: int, below: int, count: int
     ) -> list[ChatMessage]:
         """``user``'s messages with ``after`` < id < ``below`` from Redis, at most ``count``
-        (``chat_reads.read_sync``; ``groups``: its groups' join marks)."""
-        return await read_sync(self.client, self.keys, user, groups, after, below, count)
+        (``chat_reads.read_sync``; ``groups``: its groups' join marks), but those a forget
+        here made before (written late)."""
+        assert self._hub is not None, "the link is not running"
+        skip = self._hub.chat.made_before_forget
+        return await read_sync(self.client, self.keys, user, groups, after, below, count, skip)
 
     def messages_of(self, user: str, groups: Mapping[str, int]) -> AsyncIterator[list[ChatMessage]]:
         """Every message of ``user`` in Redis, in batches (``chat_reads.read_all``)."""

@@ -145,4 +145,7 @@ class Watermarks:
             interval = WATERMARK_INTERVAL if active else QUIET_WATERMARK_INTERVAL
             if now - journal.queued_at >= interval:
                 journal.replicate(Watermark())
+            # Every tick, not only when something waits: a node silent for too long is
+            # found gone now (``Horizon.on_gone``), not once it is back.
+            self.horizon.committed_below(self._chat.lowest_pending())
             self._chat.release()

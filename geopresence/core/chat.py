@@ -126,7 +126,7 @@ class Chat:
         when they would be stored or delivered (the stored ones go with the state)."""
         self._forgotten[user] = self.ids.mark()
 
-    def _made_before_forget(self, message: ChatMessage) -> bool:
+    def made_before_forget(self, message: ChatMessage) -> bool:
         """True if ``message`` involves a forgotten user and was made before its forget."""
         if not self._forgotten:
             return False
@@ -235,7 +235,7 @@ class Chat:
         budget = self.sync_page_bytes
         # Several nodes: a page read from Redis can hold a message written there late, after
         # a forget this node applied (security.md: forget again to remove it).
-        found = (m for m in found if not self._made_before_forget(m))
+        found = (m for m in found if not self.made_before_forget(m))
         parts: list[bytes] = []
         more = False
         for stored in found:
@@ -285,7 +285,7 @@ class Chat:
             # takes the message with the others (a replay of the journal ends the same way):
             # acked, not stored.
             kept = message.group is None or self.ctx.store.group_members(message.group) is not None
-            if kept and not self._made_before_forget(message):
+            if kept and not self.made_before_forget(message):
                 if self.ctx.replicator is None:
                     self.store.add(message)
                 elif self.keeps_messages:
@@ -346,7 +346,7 @@ class Chat:
     def pending_messages(self) -> list[ChatMessage]:
         """Messages appended to the journal and not yet durable, ascending by id (but those
         a forget dropped)."""
-        return [p.message for p in self._pending if not self._made_before_forget(p.message)]
+        return [p.message for p in self._pending if not self.made_before_forget(p.message)]
 
     def heard(self, message: ChatMessage) -> None:
         """Another node committed ``message`` (several nodes): never issue an id at or
@@ -354,7 +354,7 @@ class Chat:
         node's subscribers once stable (the horizon releases in id order). Idempotent: a
         message heard again (a write retried by its node) is dropped."""
         self.ids.observe(message.message_id)
-        if self._made_before_forget(message):
+        if self.made_before_forget(message):
             return
         if message.group is not None and self.ctx.store.group_members(message.group) is None:
             return  # the group was deleted meanwhile
@@ -369,7 +369,7 @@ class Chat:
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""
         message = event.message
-        if self._made_before_forget(message):
+        if self.made_before_forget(message):
             return  # from another node, sent before the forget reached it
         session = self.ctx.session(conn)
         if session is None:

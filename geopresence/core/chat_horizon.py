@@ -62,16 +62,30 @@ class Horizon:
 
     def heard(self, node: int, watermark: int) -> None:
         """A feed entry of ``node`` said it commits no id below ``watermark`` any more."""
-        current = self._marks.get(node)
-        best = watermark if current is None else max(current[0], watermark)
+        current = self._current(node)
+        best = watermark if current is None else max(current, watermark)
         self._marks[node] = (best, self._clock())
+
+    def _current(self, node: int) -> int | None:
+        """``node``'s watermark, unless it was silent for longer than ``silence`` (then it
+        is gone first, ``on_gone``: a node that died and came back before anything asked
+        is still a death, whatever it says now)."""
+        current = self._marks.get(node)
+        if current is None:
+            return None
+        if self._clock() - current[1] > self.silence:
+            del self._marks[node]
+            if self.on_gone is not None:
+                self.on_gone(node, current[0])
+            return None
+        return current[0]
 
     def alive(self, node: int) -> None:
         """``node`` wrote a feed entry just read (its watermark not applied yet: it waits
         for a round trip, ``Watermarks``): not silent, whatever that wait."""
-        current = self._marks.get(node)
+        current = self._current(node)
         if current is not None:
-            self._marks[node] = (current[0], self._clock())
+            self._marks[node] = (current, self._clock())
 
     def left(self, node: int) -> None:
         """``node`` stopped cleanly: it commits nothing more (until it writes a watermark

@@ -61,13 +61,14 @@ class SnowflakeGenerator:
 
     def mark(self) -> int:
         """An id at or above every id issued so far, here and (``cluster_clock``) on any
-        node, and below every id issued from now on here: where a membership begins, or a
-        forget ends (with one node, ``last_id``)."""
+        node: where a membership begins, or a forget ends (with one node, ``last_id``, and
+        every later id is above it). With several nodes an id this node issues within
+        ``CLOCK_SKEW_S`` after may fall at or below it, as another node's may: a send at
+        the moment of a join is on either side of it. It is not taken as issued: ids never
+        run ahead of the clock (what ``CLOCK_SKEW_S`` bounds)."""
         if self.cluster_clock is None:
             return self._last_id
-        mark = max(self._last_id, min_id_at(self.cluster_clock() + CLOCK_SKEW_S) - 1)
-        self.observe(mark)
-        return mark
+        return max(self._last_id, min_id_at(self.cluster_clock() + CLOCK_SKEW_S) - 1)
 
     @property
     def last_id(self) -> int:

@@ -148,3 +148,12 @@ async def test_a_sync_page_reads_a_few_messages_of_each_conversation(
     page = await read_sync(any_redis, keys, "ann", {}, 1005, 1302, 100)
     expected = [1000 + 100 * i + j for i in range(30) for j in range(20)]
     assert ids(page) == [i for i in sorted(expected) if 1005 < i < 1302]
+
+
+async def test_what_a_sync_skips_does_not_count_towards_its_page(any_redis: AnyRedis) -> None:
+    """A message a forget made before, written late, is left out of the page, which still
+    holds ``count`` others when there are (so ``more`` stays true)."""
+    keys = Keys("skip")
+    await written(any_redis, keys, *(dm(i, "ann", "ben") for i in range(1, 6)))
+    page = await read_sync(any_redis, keys, "ben", {}, 0, END, 3, lambda m: m.message_id == 2)
+    assert ids(page) == [1, 3, 4]

@@ -93,3 +93,19 @@ def test_a_node_whose_entries_are_read_is_not_silent_while_its_watermark_waits()
     horizon.alive(3)  # never heard: nothing to keep
     clock.now += 6
     assert horizon.stable_below(None) == min_id_at(clock.now)
+
+
+def test_a_node_silent_too_long_is_gone_even_if_it_speaks_again() -> None:
+    """Nothing asked the horizon while the node was silent: its next word still reports
+    the death first (``on_gone``), with the watermark it died at."""
+    clock = SettableClock(NOW)
+    horizon = Horizon(clock, silence=5.0)
+    gone: list[tuple[int, int]] = []
+    horizon.on_gone = lambda node, mark: gone.append((node, mark))
+    horizon.heard(2, min_id_at(NOW - 1))
+    clock.now += 6
+    horizon.alive(2)
+    assert gone == [(2, min_id_at(NOW - 1))]
+    horizon.heard(2, min_id_at(clock.now))
+    assert horizon.stable_below(None) == min_id_at(clock.now)
+    assert len(gone) == 1
