@@ -18,7 +18,9 @@ from typing import Any, Final
 
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
 from geopresence.cluster.redis_load import pipelined
+from geopresence.core.hub import Hub
 from geopresence.model.chat_message import ChatMessage
+from geopresence.wire.client_messages import Send
 
 SYNC_BATCH: Final = 50
 """Messages read from one conversation per round of a sync page (its first round: fewer,
@@ -271,3 +273,48 @@ async def list_conversations(client: Any, keys: Keys) -> int:
                     pipe.sadd(keys.of("chats_of", user), [name])
     await client.set(done, b"1")
     return len(names)
+
+
+class ChatReads:
+    """What a node's answers read of a user's chat in Redis (``sync`` pages, a resend's
+    original, an export, a forget's count), with what the node's replica says of the
+    user's groups and forgets."""
+
+    def __init__(self, client: Any, keys: Keys, hub: Hub) -> None:
+        self._client = client
+        self._keys = keys
+        self._hub = hub
+
+    def marks_of(self, user: str) -> dict[str, int]:
+        """``user``'s groups, each with its join mark."""
+        hub, found = self._hub, {}
+        for group in hub.store.groups_of(user):
+            joined = hub.chat.store.joined_after(group, user)
+            if joined is not None:
+                found[group] = joined
+        return found
+
+    async def page(self, user: str, after: int, below: int, count: int) -> list[ChatMessage]:
+        """``read_sync``, but the messages a forget here made before (written late)."""
+        skip = self._hub.chat.made_before_forget
+        marks = self.marks_of(user)
+        return await read_sync(self._client, self._keys, user, marks, after, below, count, skip)
+
+    def messages_of(self, user: str) -> AsyncIterator[list[ChatMessage]]:
+        """Every message of ``user``, in batches (``read_all``)."""
+        return read_all(self._client, self._keys, user, self.marks_of(user), self._exists)
+
+    async def count(self, user: str) -> int:
+        """How many messages a forget of ``user`` deletes (``count_own``)."""
+        return await count_own(self._client, self._keys, user, self._exists)
+
+    async def original_of(self, sender: str, message: Send) -> ChatMessage | None:
+        """The message stored for a resend of ``message`` (``stored_for``)."""
+        assert message.client_msg_id is not None
+        found = await stored_for(
+            self._client, self._keys, sender, message.client_msg_id, message.to, message.group
+        )
+        return found
+
+    def _exists(self, group: str) -> bool:
+        return self._hub.store.group_members(group) is not None

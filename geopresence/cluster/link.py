@@ -33,7 +33,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
@@ -41,13 +41,7 @@ import trio
 
 from geopresence.cluster.arrivals import Arrivals
 from geopresence.cluster.chat_gaps import ChatGaps
-from geopresence.cluster.chat_reads import (
-    count_own,
-    list_conversations,
-    read_all,
-    read_sync,
-    stored_for,
-)
+from geopresence.cluster.chat_reads import ChatReads, list_conversations
 from geopresence.cluster.control import Control
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
@@ -77,8 +71,6 @@ from geopresence.core.replication import (
 )
 from geopresence.core.statuses import Held
 from geopresence.core.store import UserSettings
-from geopresence.model.chat_message import ChatMessage
-from geopresence.wire.client_messages import Send
 
 log = logging.getLogger("geopresence.redis")
 
@@ -134,6 +126,8 @@ class ClusterLink:
         self._clock: Callable[[], float] | None = None
         self._views: Views | None = None
         self._covered: Covered | None = None
+        self.chat: ChatReads | None = None
+        """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
         self.slices: FriendSlices | None = None
         """The users whose friendships this node holds (while ``run`` runs)."""
 
@@ -248,35 +242,6 @@ class ClusterLink:
         """``users``' settings as Redis has them, for one answer."""
         return await read_settings(self.client, self.keys, sorted(users))
 
-    async def read_messages(
-        self, user: str, groups: Mapping[str, int], after: int, below: int, count: int
-    ) -> list[ChatMessage]:
-        """``user``'s messages with ``after`` < id < ``below`` from Redis, at most ``count``
-        (``chat_reads.read_sync``; ``groups``: its groups' join marks), but those a forget
-        here made before (written late)."""
-        assert self._hub is not None, "the link is not running"
-        skip = self._hub.chat.made_before_forget
-        return await read_sync(self.client, self.keys, user, groups, after, below, count, skip)
-
-    def messages_of(self, user: str, groups: Mapping[str, int]) -> AsyncIterator[list[ChatMessage]]:
-        """Every message of ``user`` in Redis, in batches (``chat_reads.read_all``)."""
-        return read_all(self.client, self.keys, user, groups, self._group_exists)
-
-    async def count_messages(self, user: str) -> int:
-        """How many messages a forget of ``user`` deletes (``chat_reads.count_own``)."""
-        return await count_own(self.client, self.keys, user, self._group_exists)
-
-    def _group_exists(self, group: str) -> bool:
-        """Whether ``group`` exists (every node holds every group)."""
-        return self._hub is not None and self._hub.store.group_members(group) is not None
-
-    async def stored_for(self, sender: str, message: Send) -> ChatMessage | None:
-        """The message stored for a resend of ``message`` (``chat_reads.stored_for``)."""
-        assert message.client_msg_id is not None
-        return await stored_for(
-            self.client, self.keys, sender, message.client_msg_id, message.to, message.group
-        )
-
     def hurry(self) -> None:
         """A ``sync`` waits for the chat horizon (``Watermarks.hurry``)."""
         if self._watermarks is not None:
@@ -338,6 +303,7 @@ class ClusterLink:
             channels_of(message), ChatEvent(message)
         )
         hub.chat.keeps_messages = False
+        self.chat = ChatReads(self.client, self.keys, hub)
         # Other nodes' ids are not all seen here: join and forget marks bound them by time.
         hub.state.ids.cluster_clock = clock
         self.journal.on_stored_before = hub.chat.stored_elsewhere

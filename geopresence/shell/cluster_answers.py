@@ -25,6 +25,7 @@ from typing import Final
 
 import trio
 
+from geopresence.cluster.chat_reads import ChatReads
 from geopresence.cluster.link import ClusterLink
 from geopresence.core.broker import ConnId
 from geopresence.core.context import Session
@@ -118,6 +119,11 @@ class ClusterAnswers:
                 log.exception("conn %d: internal error answering group_presence", conn)
                 hub.reply_error(conn, ProtocolError("internal", "internal error", message.id))
 
+    def _reads(self) -> ChatReads:
+        reads = self._link.chat
+        assert reads is not None, "the link is running"
+        return reads
+
     def _resend(self, conn: ConnId, message: Send) -> bool:
         """A ``send`` with a ``client_msg_id`` that its sender may not make (any more: a
         friendship ended, a group left) may be the resend of one stored before, which is
@@ -139,7 +145,7 @@ class ClusterAnswers:
         stored = None
         try:
             with trio.fail_after(READ_TIMEOUT_S):
-                stored = await self._link.stored_for(session.user, message)
+                stored = await self._reads().original_of(session.user, message)
         except Exception as exc:  # answered as if none was stored: refused
             log.warning("redis: a resend's original was not read (%s)", exc)
         if hub.session(session.conn) is not session:
@@ -167,20 +173,14 @@ class ClusterAnswers:
             await stable.wait()
             below = chat.stable_below()
             assert below is not None, "several nodes: a horizon"
-            user = session.user
-            groups = {}
-            for group in hub.store.groups_of(user):
-                joined = chat.store.joined_after(group, user)
-                if joined is not None:
-                    groups[group] = joined
             limit = min(message.limit, MAX_SYNC_LIMIT)
             try:
                 with trio.fail_after(READ_TIMEOUT_S):
-                    messages = await self._link.read_messages(
-                        user, groups, message.after, below, limit + 1
+                    messages = await self._reads().page(
+                        session.user, message.after, below, limit + 1
                     )
             except Exception as exc:
-                log.warning("redis: %s's messages were not read (%s)", user, exc)
+                log.warning("redis: %s's messages were not read (%s)", session.user, exc)
         if hub.session(conn) is not session:
             return  # the session ended meanwhile
         with self._connections.batch():

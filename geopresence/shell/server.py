@@ -224,19 +224,14 @@ class Server:
         return (await self.cluster.read_settings([user]))[user]
 
     async def count_messages(self, user: str) -> int | None:
-        if self.cluster is None:
+        if self.cluster is None or self.cluster.chat is None:
             return None
-        return await self.cluster.count_messages(user)
+        return await self.cluster.chat.count(user)
 
     def messages_of(self, user: str) -> AsyncIterator[list[ChatMessage]] | None:
-        if self.cluster is None:
+        if self.cluster is None or self.cluster.chat is None:
             return None
-        chat, groups = self.hub.chat.store, {}
-        for group in self.hub.store.groups_of(user):
-            joined = chat.joined_after(group, user)
-            if joined is not None:
-                groups[group] = joined
-        return self.cluster.messages_of(user, groups)
+        return self.cluster.chat.messages_of(user)
 
     async def _online_in_cluster(self, user: str) -> bool:
         """Whether ``user`` is online on any node, as Redis says (False if it cannot)."""
