@@ -60,8 +60,7 @@ class Watermarks:
         # A node silent this long is gone for the horizon: its lease lapsed, and it would
         # have written a watermark meanwhile (at least every QUIET_WATERMARK_INTERVAL).
         silence = max(lease, 3 * QUIET_WATERMARK_INTERVAL)
-        self.horizon = Horizon(clock, silence=silence, node_id=hub.settings.node_id)
-        hub.chat.horizon = self.horizon
+        self.horizon = hub.chat.horizon = Horizon(clock, silence=silence)
         journal.watermark = lambda: min_id_at(clock())
         journal.feed.on_watermark = self.heard
         journal.feed.chatting = self.chatting

@@ -364,16 +364,7 @@ class Chat:
         elif not self._heard.first_time(message.message_id):
             return
         event = ChatEvent(message)
-
-        def publish() -> None:
-            self.ctx.publish(channels_of(message), event)
-
-        if self.horizon is None:
-            publish()
-        else:
-            # Heard from its node: it waits for that node's first watermark, if need be.
-            lowest = self.lowest_pending()
-            self.horizon.when_stable(message.message_id, lowest, publish, heard=True)
+        self.when_stable(message.message_id, lambda: self.ctx.publish(channels_of(message), event))
 
     def deliver(self, conn: ConnId, event: ChatEvent) -> None:
         """The broker hands ``event`` to one local subscriber."""

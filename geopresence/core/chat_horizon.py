@@ -29,7 +29,7 @@ import itertools
 from collections.abc import Callable
 from typing import Final
 
-from geopresence.model.snowflake import id_node, id_time, min_id_at
+from geopresence.model.snowflake import min_id_at
 
 WATERMARK_INTERVAL: Final = 0.1
 """Seconds an idle node waits before it writes an entry for its watermark alone while chat
@@ -45,18 +45,9 @@ class Horizon:
     """The other nodes' watermarks, as their feed entries carry them. ``clock`` is the
     node's (epoch seconds), injected: this module reads no clock of its own."""
 
-    def __init__(
-        self, clock: Callable[[], float], silence: float, node_id: int | None = None
-    ) -> None:
+    def __init__(self, clock: Callable[[], float], silence: float) -> None:
         self._clock = clock
         self.silence = silence
-        self._node_id = node_id
-        """This node's id (None: messages are never parked, below)."""
-        self._started = clock()
-        self._absent: dict[int, float] = {}
-        """node id -> when it stopped counting (gone or left): its later ids are a new run's."""
-        self._parked: dict[int, list[tuple[int, Callable[[], None]]]] = {}
-        """node id -> what waits for that node's first watermark (``when_stable``)."""
         self._marks: dict[int, tuple[int, float]] = {}
         """node id -> (its latest watermark, when it was heard)."""
         self._holds: dict[int, int] = {}
@@ -74,9 +65,6 @@ class Horizon:
         current = self._current(node)
         best = watermark if current is None else max(current, watermark)
         self._marks[node] = (best, self._clock())
-        self._absent.pop(node, None)
-        for message_id, action in self._parked.pop(node, ()):
-            heapq.heappush(self._held, (message_id, next(self._order), action))
 
     def _current(self, node: int) -> int | None:
         """``node``'s watermark, unless it was silent for longer than ``silence`` (then it
@@ -87,7 +75,6 @@ class Horizon:
             return None
         if self._clock() - current[1] > self.silence:
             del self._marks[node]
-            self._absent[node] = self._clock()
             if self.on_gone is not None:
                 self.on_gone(node, current[0])
             return None
@@ -104,7 +91,6 @@ class Horizon:
         """``node`` stopped cleanly: it commits nothing more (until it writes a watermark
         again, as a new run)."""
         self._marks.pop(node, None)
-        self._absent[node] = self._clock()
 
     def stable_below(self, own_lowest_pending: int | None) -> int:
         """Every message with an id below this is committed and received: this node's
@@ -132,36 +118,15 @@ class Horizon:
         gone = [n for n, (_, heard) in self._marks.items() if now - heard > self.silence]
         for node in gone:
             mark, _ = self._marks.pop(node)
-            self._absent[node] = now
             if self.on_gone is not None:
                 self.on_gone(node, mark)
         return min([bound, *(mark for mark, _ in self._marks.values())])
 
     def when_stable(
-        self,
-        message_id: int,
-        own_lowest_pending: int | None,
-        action: Callable[[], None],
-        *,
-        heard: bool = False,
+        self, message_id: int, own_lowest_pending: int | None, action: Callable[[], None]
     ) -> None:
         """Run ``action`` (a delivery, an ack) now if ``message_id`` is stable, else once it
-        is: ``release`` runs what waited in id order.
-
-        A message ``heard`` from a node whose watermark this node has not applied yet (one
-        started, or started again, since) waits for it: until then nothing bounds what that
-        node may still commit below it (its messages and its first watermark travel
-        apart)."""
-        node = id_node(message_id)
-        if (
-            heard
-            and self._node_id is not None
-            and node != self._node_id
-            and node not in self._marks
-            and id_time(message_id) >= self._absent.get(node, self._started)
-        ):
-            self._parked.setdefault(node, []).append((message_id, action))
-            return
+        is: ``release`` runs what waited in id order."""
         if message_id < self.stable_below(own_lowest_pending):
             action()
         else:
@@ -178,4 +143,4 @@ class Horizon:
     @property
     def held(self) -> int:
         """How many deliveries and acks wait now."""
-        return len(self._held) + sum(len(parked) for parked in self._parked.values())
+        return len(self._held)

@@ -119,11 +119,6 @@ def id_time(message_id: int) -> float:
     return ((message_id >> _TIME_SHIFT) + EPOCH_MS) / 1000
 
 
-def id_node(message_id: int) -> int:
-    """The node id encoded in ``message_id``."""
-    return (message_id >> SEQUENCE_BITS) & MAX_NODE_ID
-
-
 def min_id_at(unix_seconds: float) -> int:
     """The smallest id any node can issue at ``unix_seconds`` (for time-based cursors)."""
     ms = max(int(unix_seconds * 1000) - EPOCH_MS, 0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from geopresence.core.chat_horizon import Horizon
-from geopresence.model.snowflake import SnowflakeGenerator, min_id_at
+from geopresence.model.snowflake import min_id_at
 from tests.helpers import SettableClock
 
 NOW = 1_800_000_000.0
@@ -109,34 +109,3 @@ def test_a_node_silent_too_long_is_gone_even_if_it_speaks_again() -> None:
     horizon.heard(2, min_id_at(clock.now))
     assert horizon.stable_below(None) == min_id_at(clock.now)
     assert len(gone) == 1
-
-
-def test_a_message_of_a_node_not_heard_yet_waits_for_its_first_watermark() -> None:
-    """A node started after this one (or again, after it left): its messages travel on
-    channels, its first watermark on the feed, and either may come first. Until that
-    watermark is applied nothing bounds what it may still commit below a message of it."""
-    clock = SettableClock(NOW)
-    horizon = Horizon(clock, silence=5.0, node_id=1)
-    clock.now += 1
-    newcomer, old_timer = SnowflakeGenerator(node_id=2), SnowflakeGenerator(node_id=3)
-    done: list[str] = []
-    later = newcomer.next_id(NOW + 0.9)
-    horizon.when_stable(later, None, lambda: done.append("later"), heard=True)
-    assert done == [] and horizon.held == 1  # though below this node's own bound
-    # A message of a node gone before this one started is shown by the horizon alone.
-    old = old_timer.next_id(NOW - 10)
-    horizon.when_stable(old, None, lambda: done.append("old"), heard=True)
-    assert done == ["old"]
-    horizon.heard(2, min_id_at(NOW + 1))
-    horizon.release(None)
-    assert done == ["old", "later"] and horizon.held == 0
-    # Once it left, a message of its next run waits for that run's first watermark.
-    horizon.left(2)
-    clock.now += 1
-    again = newcomer.next_id(NOW + 1.5)
-    horizon.when_stable(again, None, lambda: done.append("again"), heard=True)
-    horizon.when_stable(min_id_at(NOW + 1.5), None, lambda: done.append("a time"))
-    assert done == ["old", "later", "a time"]  # only what was heard from a node waits
-    horizon.heard(2, min_id_at(NOW + 2))
-    horizon.release(None)
-    assert done == ["old", "later", "a time", "again"]
