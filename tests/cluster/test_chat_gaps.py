@@ -15,7 +15,7 @@ from geopresence.core.chat_horizon import Horizon
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.snowflake import min_id_at
+from geopresence.model.snowflake import CLOCK_SKEW_S, SnowflakeGenerator, min_id_at
 from tests.helpers import RecordingSink
 from tests.redis_server import AnyRedis
 
@@ -131,3 +131,78 @@ async def test_a_member_added_while_connected_gets_what_its_node_missed(
     assert sink.take(1, "message") == []
     await caught_up(gaps)
     assert [m["text"] for m in sink.take(1, "message")] == ["missed", "later"]
+
+
+async def test_a_gap_during_a_join_s_catch_up_reads_from_where_the_horizon_stood(
+    any_redis: AnyRedis,
+) -> None:
+    """A join's catch-up holds from the join mark (a time, ahead of what was shown); a gap
+    meanwhile reads back from where the horizon stood, below it: nothing is missed."""
+    keys = Keys("gapjoin")
+    hub, sink, horizon = node_with_bob()
+    now = time.time()
+    horizon.heard(2, min_id_at(now - 2))  # node 2 may still commit after now - 2
+    hub.add_friendship("ann", "bob", now)
+    gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
+    join_mark = min_id_at(now + CLOCK_SKEW_S) - 1  # as SnowflakeGenerator.mark makes it
+    hub.set_group("g", ["cat"], join_mark)
+    hub.add_member("g", "bob", join_mark)
+    gaps.joined("g", ["bob"], join_mark)
+    assert gaps.catching_up
+    lost = ChatMessage(min_id_at(now - 1), "ann", "lost", now, to="bob")
+    await ChatWrites(any_redis, keys, 2)([lost])  # published during bob's inbox's gap
+    gaps.gap(["inbox:bob"])
+    hub.chat.heard(ChatMessage(min_id_at(now - 0.5), "ann", "later", now, to="bob"))
+    horizon.heard(2, min_id_at(time.time() + 1))
+    hub.chat.release()
+    await caught_up(gaps)
+    assert [m["text"] for m in sink.take(1, "message")] == ["lost", "later"]
+
+
+async def test_a_second_gap_during_a_catch_up_is_read_back(any_redis: AnyRedis) -> None:
+    """The same channel's second gap, after the first catch-up fixed its bound, queues a
+    round of its own: what the second outage lost is read back too."""
+    keys = Keys("gap2")
+    hub, sink, horizon = node_with_bob()
+    t = time.time()
+    horizon.heard(2, min_id_at(t - 2))
+    hub.add_friendship("ann", "bob", t)
+    first = ChatMessage(min_id_at(t - 1), "ann", "first gap", t, to="bob")
+    # Issued (and lost) after the first catch-up fixed its bound, in the second outage.
+    second = ChatMessage(min_id_at(t + 0.3), "ann", "second gap", t, to="bob")
+    await ChatWrites(any_redis, keys, 2)([first, second])
+    now = [t]
+    gaps: ChatGaps
+
+    def hurry() -> None:  # called while the first catch-up waits for its bound
+        if now[0] == t:
+            now[0] = t + 0.5  # the reconnect after the second outage, later
+            gaps.gap(["inbox:bob"])
+            horizon.heard(2, min_id_at(time.time() + 5))
+
+    gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), lambda: now[0], hurry)  # type: ignore[arg-type]
+    gaps.gap(["inbox:bob"])
+    await caught_up(gaps)
+    assert [m["text"] for m in sink.take(1, "message")] == ["first gap", "second gap"]
+
+
+async def test_a_catch_up_reads_what_a_node_sent_just_after_a_mark(any_redis: AnyRedis) -> None:
+    """Node 2 (its clock 40 ms ahead: within CLOCK_SKEW_S) adds a member to a group, then
+    sends ann's message to bob while node 1's pub/sub link is down; node 1 catches up 10 ms
+    later. The mark did not push node 2's ids ahead of its clock, so the read's bound
+    (``min_id_at(now + CLOCK_SKEW_S)``) is above the message."""
+    keys = Keys("markjump")
+    hub, sink, horizon = node_with_bob()
+    t = time.time()
+    horizon.heard(2, min_id_at(t - 2))
+    hub.add_friendship("ann", "bob", t)
+    node2 = SnowflakeGenerator(2)
+    node2.cluster_clock = lambda: t + 0.04
+    node2.mark()
+    sent = ChatMessage(node2.next_id(t + 0.04), "ann", "sent before the read", t, to="bob")
+    await ChatWrites(any_redis, keys, 2)([sent])
+    gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), lambda: t + 0.01, lambda: None)  # type: ignore[arg-type]
+    gaps.gap(["inbox:bob"])
+    horizon.heard(2, min_id_at(time.time() + 1))
+    await caught_up(gaps)
+    assert [m["text"] for m in sink.take(1, "message")] == ["sent before the read"]

@@ -118,3 +118,14 @@ def test_a_mark_bounds_the_ids_other_nodes_issued_by_the_clock() -> None:
     # Not taken as issued: its ids keep to its clock (a send at the join's very moment is
     # on either side of the mark, as another node's would be).
     assert here.next_id(now + 1) < mark < here.next_id(now + 1 + 2 * CLOCK_SKEW_S)
+
+
+def test_an_id_issued_after_a_mark_stays_below_the_skew_bound() -> None:
+    """``CLOCK_SKEW_S``: an id issued anywhere before a moment is below
+    ``min_id_at(moment + CLOCK_SKEW_S)``; a mark (a join, a forget) does not move ids ahead."""
+    t = 1_800_000_000.0
+    ids = SnowflakeGenerator(3)
+    ids.cluster_clock = lambda: t
+    ids.next_id(t)
+    ids.mark()
+    assert ids.next_id(t) < min_id_at(t + CLOCK_SKEW_S)  # a send in the same millisecond
