@@ -37,7 +37,7 @@ import trio
 from geopresence.cluster.chat_reads import read_range
 from geopresence.cluster.redis_keys import Keys, strings
 from geopresence.cluster.redis_load import pipelined
-from geopresence.core.broker import group_channel, group_of_channel, inbox_channel
+from geopresence.core.broker import group_of_channel, inbox_channel
 from geopresence.core.hub import Hub
 from geopresence.model.snowflake import CLOCK_SKEW_S, min_id_at
 
@@ -94,10 +94,9 @@ class ChatGaps:
         """The horizon stops waiting for ``node``, silent since its watermark ``mark``: what
         it stored without publishing is read back for every chat channel here."""
         hub = self._hub
-        users = hub.sessions.users()
+        users = hub.sessions.users()  # each connection listens to its user's inbox and groups
         groups = {group for user in users for group in hub.store.groups_of(user)}
-        channels = [inbox_channel(user) for user in users]
-        self._catch_up_from(mark, *self._listened([*channels, *map(group_channel, groups)]))
+        self._catch_up_from(mark, set(users), groups)
 
     def joined(self, group: str, users: Iterable[str], mark: int) -> None:
         """``users`` joined ``group`` after id ``mark``: if one has a session here, the

@@ -16,7 +16,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
-from geopresence.cluster.redis_keys import Keys, member_message, string, strings
+from geopresence.cluster.redis_keys import (
+    Keys,
+    conversation_of,
+    member_message,
+    string,
+    strings,
+)
 from geopresence.cluster.redis_load import pipelined
 from geopresence.core.hub import Hub
 from geopresence.model.chat_message import ChatMessage
@@ -214,12 +220,7 @@ async def stored_for(
 ) -> ChatMessage | None:
     """The message ``sender`` stored with ``client_msg_id`` to ``to`` or in ``group``
     (``gp:cmid:{C}``, then its member), if any: a resend's original."""
-    if group is not None:
-        conversation = f"g:{group}"
-    else:
-        assert to is not None
-        a, b = sorted((sender, to))
-        conversation = f"dm:{a}:{b}"
+    conversation = conversation_of(sender, to, group)
     stored = await client.hget(keys.client_ids(conversation), f"{sender}\n{client_msg_id}")
     if stored is None:
         return None

@@ -88,11 +88,17 @@ class Keys:
 
     def conversation(self, message: ChatMessage) -> str:
         """The conversation a message belongs to (its key's name part)."""
-        if message.group is not None:
-            return f"g:{message.group}"
-        assert message.to is not None
-        a, b = sorted((message.sender, message.to))
-        return f"dm:{a}:{b}"
+        return conversation_of(message.sender, message.to, message.group)
+
+
+def conversation_of(sender: str, to: str | None, group: str | None) -> str:
+    """The conversation of a message from ``sender`` to ``to`` or in ``group``: "g:G", or
+    "dm:A:B" (the two users in order)."""
+    if group is not None:
+        return f"g:{group}"
+    assert to is not None
+    a, b = sorted((sender, to))
+    return f"dm:{a}:{b}"
 
 
 def message_member(message: ChatMessage) -> bytes:

@@ -233,9 +233,6 @@ class Chat:
         user = session.user
         limit = min(message.limit, MAX_SYNC_LIMIT)
         budget = self.sync_page_bytes
-        # Several nodes: a page read from Redis can hold a message written there late, after
-        # a forget this node applied (security.md: forget again to remove it).
-        found = (m for m in found if not self.made_before_forget(m))
         parts: list[bytes] = []
         more = False
         for stored in found:

@@ -113,13 +113,9 @@ class Horizon:
 
     def committed_below(self, own_lowest_pending: int | None) -> int:
         """``stable_below`` but for the holds: every message below it is committed."""
-        now = self._clock()
-        bound = min_id_at(now) if own_lowest_pending is None else own_lowest_pending
-        gone = [n for n, (_, heard) in self._marks.items() if now - heard > self.silence]
-        for node in gone:
-            mark, _ = self._marks.pop(node)
-            if self.on_gone is not None:
-                self.on_gone(node, mark)
+        for node in list(self._marks):
+            self._current(node)  # a node silent too long is gone (``on_gone``)
+        bound = min_id_at(self._clock()) if own_lowest_pending is None else own_lowest_pending
         return min([bound, *(mark for mark, _ in self._marks.values())])
 
     def when_stable(

@@ -20,7 +20,7 @@ meanwhile (answers carry their request's ``re``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Final
 
 import trio
@@ -65,8 +65,6 @@ class ClusterAnswers:
     ) -> None:
         self._hub = hub
         self._connections = connections
-        self._read: Callable[[Collection[str]], Awaitable[Mapping[str, Held]]]
-        self._read = link.read_statuses
         self._link = link
         self._now = now
         self.nursery: trio.Nursery | None = None
@@ -106,7 +104,7 @@ class ClusterAnswers:
         read: Mapping[str, Held] = {}
         with trio.move_on_after(READ_TIMEOUT_S):
             try:
-                read = await self._read(list(members))
+                read = await self._link.read_statuses(list(members))
             except Exception as exc:  # answered with the statuses kept here
                 log.warning("redis: group %s's statuses were not read (%s)", message.group, exc)
         hub = self._hub
