@@ -1,9 +1,10 @@
 """What reaches a node (cluster): another node's changes and events, and its own records,
 each routed to the hub and to what the node keeps for its sessions.
 
-- the feed (``RedisFeed``): friendships, groups and chat, admitted by ``FriendSlices``;
+- the feed (``RedisFeed``): friendships, groups, forgets and logouts, admitted by
+  ``FriendSlices``;
 - events on the channels it listens to (``RedisBroker.on_remote``): moves, transitions,
-  settings, devices taken over;
+  settings, chat messages, devices taken over;
 - the records it journals (``RedisJournal.on_append``), and those written that the other
   nodes hear on channels (``RedisJournal.on_written``);
 - channels no connection here listens to any more (``RedisBroker.on_released``).

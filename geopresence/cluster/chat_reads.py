@@ -4,8 +4,9 @@ A node keeps no messages (``Chat.keeps_messages`` is off): they are in one sorte
 conversation (``gp:chat:{C}``, members ``"<20-digit id> <JSON>"``, so that lexicographic
 order is id order and ``ZRANGE ... BYLEX`` reads an id range). A user's 1:1 conversations
 are listed in ``gp:chats_of:{U}`` (``chat_writes``); its groups and join marks are in the
-node's replica. A sync page is two round trips: that list, then one range per conversation
-in one pipeline (``redis_load.pipelined``), merged.
+node's replica. A sync page is that list, then a few members of each conversation per
+round trip (``redis_load.pipelined``), merged by id (``_merged``); exports and catch-ups
+read pages of the same merge.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from geopresence.cluster.redis_keys import (
 from geopresence.cluster.redis_load import pipelined
 from geopresence.core.hub import Hub
 from geopresence.model.chat_message import ChatMessage
+from geopresence.model.snowflake import MAX_ID
 from geopresence.wire.client_messages import Send
 
 SYNC_BATCH: Final = 50
@@ -75,33 +77,44 @@ async def read_sync(
 ) -> list[ChatMessage]:
     """``user``'s messages with ``after`` < id < ``below``, ascending, at most ``count``
     (but those ``skip`` drops, which do not count): its 1:1 messages and those of
-    ``groups`` (group -> its join mark: only later ids).
-
-    The conversations are merged by id, each read a few members at a time (all of them in
-    one pipeline per round): a page never reads ``count`` messages of every conversation."""
-    if below <= after + 1 or count < 1:
-        return []
+    ``groups`` (group -> its join mark: only later ids)."""
     starts = {name: after for name in await conversations_of(client, keys, user)}
     starts.update({f"g:{group}": max(after, mark) for group, mark in groups.items()})
-    if not starts:
+    return await _merged(client, keys, starts, below, count, skip)
+
+
+async def _merged(
+    client: Any,
+    keys: Keys,
+    starts: Mapping[str, int],
+    below: int,
+    count: int,
+    skip: Callable[[ChatMessage], bool] = lambda message: False,
+) -> list[ChatMessage]:
+    """The first ``count`` messages (but those ``skip`` drops) of the conversations
+    ``starts`` names, each after its id there and below ``below``, merged by id. Each
+    conversation is read a few members at a time (all of them in one pipeline per round):
+    a page never reads ``count`` messages of every conversation."""
+    if not starts or count < 1:
         return []
+    after = dict(starts)  # where each conversation is read on from
     # A first round sized for the page spread over the conversations, then SYNC_BATCH.
-    size = min(count, SYNC_BATCH, max(8, 2 * count // len(starts)))
+    size = min(count, SYNC_BATCH, max(8, 2 * count // len(after)))
     buffers: dict[str, deque[bytes]] = {}
     heads: list[tuple[bytes, str]] = []
     done: set[str] = set()
-    wanted = list(starts)
+    wanted = [name for name, start in after.items() if start + 1 < below]
     page: list[ChatMessage] = []
     while True:
         if wanted:
-            fetch = functools.partial(_next_of, keys, starts, _below(below), size)
+            fetch = functools.partial(_next_of, keys, after, _below(below), size)
             read = await pipelined(client, wanted, fetch)
             for name, found in zip(wanted, read, strict=True):
                 members = deque(m if isinstance(m, bytes) else m.encode() for m in found)
                 if len(members) < size:
                     done.add(name)
                 if members:
-                    starts[name] = member_message(members[-1]).message_id
+                    after[name] = member_message(members[-1]).message_id
                     heapq.heappush(heads, (members.popleft(), name))
                     buffers[name] = members
             wanted = []
@@ -125,94 +138,69 @@ def _next_of(
     return _by_id(pipe, keys.of("chat", name), starts[name], below, size)
 
 
+async def _pages(
+    client: Any, keys: Keys, starts: Mapping[str, int], below: int
+) -> AsyncIterator[list[ChatMessage]]:
+    """Every message of the conversations ``starts`` names (``_merged``), ``EXPORT_BATCH``
+    at a time: a long history is never held whole."""
+    last = 0
+    while True:
+        page = await _merged(
+            client,
+            keys,
+            {name: max(start, last) for name, start in starts.items()},
+            below,
+            EXPORT_BATCH,
+        )
+        if page:
+            yield page
+        if len(page) < EXPORT_BATCH:
+            return
+        last = page[-1].message_id
+
+
 async def read_range(
     client: Any, keys: Keys, conversations: list[str], after: int, below: int
 ) -> list[ChatMessage]:
-    """Every message of ``conversations`` with ``after`` < id < ``below``, ascending
-    (``EXPORT_BATCH`` per conversation and round trip)."""
-    found: list[bytes] = []
-    wanted = [(name, after) for name in conversations]
-    while wanted:
-        read = await pipelined(
-            client,
-            wanted,
-            lambda pipe, item: _by_id(
-                pipe, keys.of("chat", item[0]), item[1], _below(below), EXPORT_BATCH
-            ),
-        )
-        more = []
-        for (name, _), members in zip(wanted, read, strict=True):
-            found.extend(m if isinstance(m, bytes) else m.encode() for m in members)
-            if len(members) == EXPORT_BATCH:
-                more.append((name, member_message(members[-1]).message_id))
-        wanted = more
-    return [member_message(member) for member in sorted(set(found))]
+    """Every message of ``conversations`` with ``after`` < id < ``below``, ascending."""
+    starts = dict.fromkeys(conversations, after)
+    return [message async for page in _pages(client, keys, starts, below) for message in page]
 
 
 async def read_all(
     client: Any, keys: Keys, user: str, groups: Mapping[str, int], exists: Callable[[str], bool]
 ) -> AsyncIterator[list[ChatMessage]]:
-    """Every message ``user`` sent or can read, ascending by id, in batches (an export):
-    its 1:1 messages, those of ``groups`` after its join marks, and the group messages it
-    sent in any group that ``exists`` (found as a forget finds them: ``ZSCAN`` of each group
-    conversation; a message written late to a deleted group is not the user's any more).
-    Each conversation is read ``EXPORT_BATCH`` at a time: a long chat is never held whole."""
-    sources: list[tuple[str, int]] = [(c, 0) for c in await conversations_of(client, keys, user)]
-    sources += [(f"g:{group}", mark) for group, mark in groups.items()]
-    sent: list[bytes] = []
-    async for member in _sent_in_groups(client, keys, user, exists):
-        sent.append(member)
-    sent.sort()
-    cursors = [_Cursor(client, keys.of("chat", name), mark) for name, mark in sources]
-    heads: list[tuple[bytes, int]] = []
-    for index, cursor in enumerate(cursors):
-        first = await cursor.next()
-        if first is not None:
-            heads.append((first, index))
-    if sent:
-        heads.append((sent[0], -1))
-    heapq.heapify(heads)
-    sent_at = 0
+    """Every message ``user`` sent or can read, ascending by id, in batches of at most
+    ``EXPORT_BATCH`` (an export): its 1:1 messages, those of ``groups`` after its join
+    marks (``_pages``), and the group messages it sent in any group that ``exists`` (found
+    as a forget finds them: ``ZSCAN`` of each group conversation; a message written late to
+    a deleted group is not the user's any more)."""
+    sent = sorted([member async for member in _sent_in_groups(client, keys, user, exists)])
+    pending = deque(member_message(member) for member in sent)
+    starts = dict.fromkeys(await conversations_of(client, keys, user), 0)
+    starts.update({f"g:{group}": mark for group, mark in groups.items()})
+
+    async def merged() -> AsyncIterator[ChatMessage]:
+        async for page in _pages(client, keys, starts, MAX_ID + 1):
+            for message in page:
+                while pending and pending[0].message_id <= message.message_id:
+                    yield pending.popleft()
+                yield message
+        for message in pending:
+            yield message
+
     batch: list[ChatMessage] = []
     last = -1
-    while heads:
-        member, index = heapq.heappop(heads)
-        message = member_message(member)
-        if message.message_id != last:  # a message in two sources is listed once
-            batch.append(message)
-            last = message.message_id
-        if index >= 0:
-            following = await cursors[index].next()
-        else:
-            sent_at += 1
-            following = sent[sent_at] if sent_at < len(sent) else None
-        if following is not None:
-            heapq.heappush(heads, (following, index))
+    async for message in merged():
+        if message.message_id == last:
+            continue  # a message in both sources is listed once
+        last = message.message_id
+        batch.append(message)
         if len(batch) == EXPORT_BATCH:
             yield batch
             batch = []
     if batch:
         yield batch
-
-
-class _Cursor:
-    """One conversation read ``EXPORT_BATCH`` members at a time, after an id."""
-
-    def __init__(self, client: Any, key: str, after: int) -> None:
-        self._client = client
-        self._key = key
-        self._after = after
-        self._buffer: list[bytes] = []
-        self._done = False
-
-    async def next(self) -> bytes | None:
-        if not self._buffer and not self._done:
-            found = await _by_id(self._client, self._key, self._after, b"+", EXPORT_BATCH)
-            self._buffer = [m if isinstance(m, bytes) else m.encode() for m in found][::-1]
-            self._done = len(found) < EXPORT_BATCH
-            if self._buffer:
-                self._after = member_message(self._buffer[0]).message_id
-        return self._buffer.pop() if self._buffer else None
 
 
 async def stored_for(
