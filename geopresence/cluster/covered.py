@@ -9,16 +9,16 @@ is newer than the status it keeps (versions), so transitions arriving out of ord
 change nothing.
 
 As a session opens (``covering``, before its ``welcome`` and ``friends_presence``) the node
-listens to the channels of the user's friends and small groups, waits until Redis has the
-subscriptions, and only then reads the statuses it does not keep yet: a transition decided
-meanwhile arrives on a channel, or is in what is read. A status no channel here carries any
-more is dropped (``released``); an answer about anyone else reads Redis first (``read``,
-laid over the kept statuses with ``Statuses.overlay``). Pub/sub is at most once: when a
-connection to Redis was lost, or a Cluster moved channels, the statuses those channels carry
-are read again (``resync``). A group's change (members, size, deletion) changes which of
-its members its channel carries: those no longer carried are dropped, the new ones read
-(``changed``). The settings of the users whose own channels are listened to are read and
-dropped alongside (``KeptSettings``).
+listens to the channels of the user's friends and small groups (and to its chat channels),
+waits until Redis has the subscriptions, and only then reads the statuses it does not keep
+yet: a transition decided meanwhile arrives on a channel, or is in what is read. A status no
+channel here carries any more is dropped (``released``); an answer about anyone else reads
+Redis first (``read``, laid over the kept statuses with ``Statuses.overlay``). Pub/sub is at
+most once: when a connection to Redis was lost, or a Cluster moved channels, the statuses
+those channels carry are read again (``resync``). A group's change (members, size, deletion)
+changes which of its members its channel carries: those no longer carried are dropped, the
+new ones read (``changed``). The settings of the users whose own channels are listened to
+are read and dropped alongside (``KeptSettings``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ import trio
 from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_kept, read_statuses
-from geopresence.core.broker import group_channel, group_of_channel, user_channel, user_of_channel
+from geopresence.core.broker import (
+    group_channel,
+    group_of_channel,
+    inbox_channel,
+    user_channel,
+    user_of_channel,
+)
 from geopresence.core.replication import FeedOp, PresenceSet
 from geopresence.core.statuses import Held
 from geopresence.model.records import GroupDeleted, GroupSet, MemberAdded, MemberRemoved
@@ -78,12 +84,14 @@ class Covered:
     # ---------------------------------------------------------------- which channels
 
     def channels_of(self, user: str) -> list[str]:
-        """The channels a session of ``user`` hears transitions on: its friends' and its
-        small groups'."""
+        """The channels a session of ``user`` listens to: its friends' (transitions), its
+        inbox and its groups' (chat; a small group's carries transitions too). Its chat
+        channels are among them so that they are in place before its ``welcome``: a
+        message sent after the client saw it reaches it live."""
         store = self._hub.store
         channels = [user_channel(friend) for friend in store.friends_of(user)]
-        small = self._hub.lifecycle.carries_presence
-        channels.extend(group_channel(g) for g in store.groups_of(user) if small(g))
+        channels.append(inbox_channel(user))
+        channels.extend(group_channel(g) for g in store.groups_of(user))
         return channels
 
     def carried_by(self, channels: Iterable[str]) -> set[str]:
@@ -180,10 +188,10 @@ class Covered:
 
     def _note_group(self, channel: str) -> None:
         group = group_of_channel(channel)
-        if group is not None:
+        carried = self.carried_by([channel]) if group is not None else set()
+        if group is not None and carried:  # a big group's channel carries no transitions
             # Merged: a member removed whose regroup is still queued must stay to be dropped.
-            carried = self._group_carried.get(group, set())
-            self._group_carried[group] = carried | self.carried_by([channel])
+            self._group_carried[group] = self._group_carried.get(group, set()) | carried
 
     def announced(self, transition: PresenceSet) -> None:
         """A transition was announced here (decided here, or heard on a channel): a status

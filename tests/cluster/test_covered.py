@@ -15,7 +15,7 @@ from geopresence.cluster.covered import Covered
 from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.views import Views
-from geopresence.core.broker import MemoryBroker
+from geopresence.core.broker import MemoryBroker, group_channel, inbox_channel
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import PresenceSet
 from geopresence.core.store import MemoryStore
@@ -161,6 +161,45 @@ async def test_a_friendship_made_while_a_session_is_covered_is_covered_too() -> 
             hub.membership.add_friendships([("erin", "dave")], NOW)  # ...as dave is made
             redis.gate.set()
     assert not hub.statuses.holds("dave")  # nobody here listens to dave once erin's gone
+
+
+class Confirming(Listening):
+    """``Listening``, noting which channels were held when ``subscribed`` returned."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker)
+        self.held: set[str] = set()
+        self.confirmed: set[str] = set()
+
+    async def subscribed(self) -> None:
+        self.confirmed |= self.held
+
+    def hold(self, channel: str) -> None:
+        self.held.add(channel)
+        super().hold(channel)
+
+
+async def test_a_session_s_chat_channels_are_in_redis_before_it_opens() -> None:
+    """A message sent once the client has its ``welcome`` reaches it live: its inbox and
+    every group's channel (a big one's too, which carries no transitions) are subscribed in
+    Redis before the session opens, even when every friend's status is kept already."""
+    hub, _, broker = hub_with_bob(presence_fanout_limit=2)
+    hub.set_group("pair", ["alice", "bob"])
+    hub.set_group("crowd", ["alice", "bob", "carol"])
+    async with online_in_redis(bob=2) as (client, keys):
+        listening = Confirming(broker)
+        settings = KeptSettings(client, keys, listening, hub, lambda: NOW)
+        covered = Covered(client, keys, listening, hub, settings)
+        async with covered.covering("alice"):
+            assert hub.statuses.holds("bob")
+            covered_first = set(listening.confirmed)
+            hub.open_session(2, "alice", "phone", now=NOW)
+        chat = {inbox_channel("alice"), group_channel("pair"), group_channel("crowd")}
+        assert chat <= covered_first
+        # Kept already, listened to already: a second device waits for nothing.
+        listening.confirmed.clear()
+        async with covered.covering("alice"):
+            assert not listening.confirmed
 
 
 async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
