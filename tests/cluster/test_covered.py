@@ -187,19 +187,20 @@ async def test_a_session_s_chat_channels_are_in_redis_before_it_opens() -> None:
     hub.set_group("pair", ["alice", "bob"])
     hub.set_group("crowd", ["alice", "bob", "carol"])
     async with online_in_redis(bob=2) as (client, keys):
-        listening = Confirming(broker)
+        confirming = Confirming(broker)
+        listening: Any = confirming
         settings = KeptSettings(client, keys, listening, hub, lambda: NOW)
         covered = Covered(client, keys, listening, hub, settings)
         async with covered.covering("alice"):
             assert hub.statuses.holds("bob")
-            covered_first = set(listening.confirmed)
+            covered_first = set(confirming.confirmed)
             hub.open_session(2, "alice", "phone", now=NOW)
         chat = {inbox_channel("alice"), group_channel("pair"), group_channel("crowd")}
         assert chat <= covered_first
         # Kept already, listened to already: a second device waits for nothing.
-        listening.confirmed.clear()
+        confirming.confirmed.clear()
         async with covered.covering("alice"):
-            assert not listening.confirmed
+            assert not confirming.confirmed
 
 
 async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
