@@ -9,6 +9,9 @@ Messages reach a node on channels, not on the feed (``chat_writes``): each is pu
 before any later feed entry of its node is written. So a watermark heard is applied only
 once this node's pub/sub connections have answered a round trip begun after it was read
 (``barrier``): every message below it that a channel here carries has been received by then.
+While no chat goes on and nothing waits for the horizon, the watermarks heard wait too (the
+first delivery, ack or ``sync`` that waits applies them): a quiet cluster's nodes make no
+round trips for them.
 """
 
 from __future__ import annotations
@@ -56,11 +59,14 @@ class Watermarks:
         self._heard: dict[int, int] = {}
         """node -> its latest watermark read, not applied yet (waits for ``barrier``)."""
         self._heard_some = trio.Event()
+        self._wanted = trio.Event()
+        """Set when something waits for the horizon (``wanted``)."""
         self._applying = trio.Lock()
         # A node silent this long is gone for the horizon: its lease lapsed, and it would
         # have written a watermark meanwhile (at least every QUIET_WATERMARK_INTERVAL).
         silence = max(lease, 3 * QUIET_WATERMARK_INTERVAL)
         self.horizon = hub.chat.horizon = Horizon(clock, silence=silence)
+        self.horizon.on_wait = self.wanted
         journal.watermark = lambda: min_id_at(clock())
         journal.feed.on_watermark = self.heard
         journal.feed.chatting = self.chatting
@@ -80,11 +86,30 @@ class Watermarks:
             self._heard[node] = max(previous, watermark)
         self._heard_some.set()
 
+    def wanted(self) -> None:
+        """Something waits for the horizon: the watermarks heard are applied now."""
+        self._wanted.set()
+
+    def _needed(self) -> bool:
+        """Whether the watermarks heard must be applied as they come: chat goes on here or
+        on another node, something waits for the horizon, a node is new to it (until its
+        first watermark counts, nothing bounds what it commits) or left it (else it would
+        count as dead once silent)."""
+        now = trio.current_time()
+        if self.chatting() or now - self.others_chat_at < CHAT_ACTIVE or self.horizon.held:
+            return True
+        knows = self.horizon.knows
+        return any(mark == LEFT or not knows(node) for node, mark in self._heard.items())
+
     async def apply(self) -> None:
         """Apply the watermarks heard, each batch once every message published before them
-        on a channel this node listens to has been received. Until cancelled."""
+        on a channel this node listens to has been received; while they are not
+        ``_needed``, once ``wanted``. Until cancelled."""
         while True:
             await self._heard_some.wait()
+            if not self._needed():
+                await self._wanted.wait()
+            self._wanted = trio.Event()  # what waits from now on wants the next ones
             await self.apply_heard()
 
     async def apply_heard(self) -> None:
@@ -108,6 +133,7 @@ class Watermarks:
         its entries ask the others to write their watermarks often, and writes one now."""
         now = trio.current_time()
         self.chat_at = now
+        self.wanted()
         if now - self._journal.queued_at >= WATERMARK_INTERVAL:
             self._journal.replicate(Watermark())
 

@@ -56,6 +56,9 @@ class Horizon:
         self.on_gone: Callable[[int, int], None] | None = None
         """Called with a node that fell silent and its last watermark, as it stops holding
         the others back (before anything above that watermark can be released)."""
+        self.on_wait: Callable[[], None] | None = None
+        """Called as ``when_stable`` makes an action wait (the other nodes' watermarks are
+        wanted now: ``Watermarks`` defers them while nothing waits)."""
         self._held: list[tuple[int, int, Callable[[], None]]] = []
         """(message id, arrival, what to do) waiting for the id to be stable: a heap."""
         self._order = itertools.count()
@@ -79,6 +82,10 @@ class Horizon:
                 self.on_gone(node, current[0])
             return None
         return current[0]
+
+    def knows(self, node: int) -> bool:
+        """Whether a watermark of ``node`` bounds the horizon (it is live, heard lately)."""
+        return node in self._marks
 
     def alive(self, node: int) -> None:
         """``node`` wrote a feed entry just read (its watermark not applied yet: it waits
@@ -127,6 +134,8 @@ class Horizon:
             action()
         else:
             heapq.heappush(self._held, (message_id, next(self._order), action))
+            if self.on_wait is not None:
+                self.on_wait()
 
     def release(self, own_lowest_pending: int | None) -> None:
         """Run, in id order, what waited for ids that are stable now."""

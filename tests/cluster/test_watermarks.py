@@ -49,3 +49,48 @@ async def test_a_watermark_counts_after_a_pub_sub_round_trip(autojump_clock: obj
         assert horizon.stable_below(None) == min_id_at(NOW - 1)
         assert barriers == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_a_quiet_node_applies_watermarks_only_once_something_waits(
+    autojump_clock: object,
+) -> None:
+    """No chat anywhere: the watermarks heard wait, with no round trip to Redis, until a
+    delivery (or an ack, a ``sync``) waits for the horizon; then they count at once."""
+    clock = SettableClock(NOW)
+    hub = Hub(HubSettings(node_id=1), MemoryStore(), RecordingSink())
+    barriers = 0
+
+    async def barrier() -> None:
+        nonlocal barriers
+        barriers += 1
+
+    journal = RedisJournal(None, Keys("w"), node_id=1)
+    watermarks = Watermarks(journal, hub, clock, lease=5.0, barrier=barrier)
+    horizon = watermarks.horizon
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watermarks.apply)
+        watermarks.heard(2, min_id_at(NOW - 3))  # a node new here counts at once
+        await trio.sleep(1)
+        assert barriers == 1 and horizon.stable_below(None) == min_id_at(NOW - 3)
+        watermarks.heard(2, min_id_at(NOW - 2))
+        await trio.sleep(1)
+        watermarks.heard(2, min_id_at(NOW - 1))
+        await trio.sleep(1)
+        assert barriers == 1 and horizon.stable_below(None) == min_id_at(NOW - 3)
+        shown: list[int] = []
+        waiting = min_id_at(NOW - 1.5)
+        hub.chat.when_stable(waiting, lambda: shown.append(waiting))  # held: node 2's mark
+        await trio.sleep(0.01)
+        assert barriers == 2 and shown == [waiting]  # the latest mark heard counts
+        assert horizon.stable_below(None) == min_id_at(NOW - 1)
+        watermarks.heard(2, LEFT)  # stopped cleanly: counts at once (not dead once silent)
+        await trio.sleep(0.01)
+        assert barriers == 3 and not horizon.knows(2)
+        # Chat goes on: each mark heard counts as it comes.
+        watermarks.heard(2, min_id_at(NOW - 0.7))
+        await trio.sleep(0.01)
+        watermarks.hurry()
+        watermarks.heard(2, min_id_at(NOW - 0.5))
+        await trio.sleep(0.01)
+        assert barriers == 5 and horizon.stable_below(None) == min_id_at(NOW - 0.5)
+        nursery.cancel_scope.cancel()
