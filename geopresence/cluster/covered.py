@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,9 @@ class Covered:
         self._settings_later: set[str] = set()
         """Users whose settings a session opened without (Redis failed as it opened)."""
         self._resync_queued = trio.Event()
+        self._confirming: Counter[str] = Counter()
+        """Channels a ``covering`` holds while it waits for Redis to confirm them: listened
+        to here, not yet in Redis (another ``covering`` of them must wait too)."""
         self._group_carried: dict[str, set[str]] = {}
         """Per small group whose channel this node listens to: the members whose statuses
         it was taken to carry (a member removed since is dropped through it)."""
@@ -136,7 +140,8 @@ class Covered:
                 channels = [c for c in self.channels_of(user) if c not in wanted]
                 if not channels:
                     break
-                listened = all(broker.subscribers(c) for c in channels)
+                confirming = self._confirming
+                listened = all(broker.subscribers(c) and c not in confirming for c in channels)
                 for channel in channels:
                     broker.hold(channel)
                     held.append(channel)
@@ -144,7 +149,14 @@ class Covered:
                 kept = all(statuses.holds(u) for u in carried)
                 if listened and kept and not self.settings.missing(carried):
                     continue  # kept current already: nothing to wait for or read
-                await broker.subscribed()
+                confirming.update(channels)
+                try:
+                    await broker.subscribed()
+                finally:
+                    confirming.subtract(channels)
+                    for channel in channels:
+                        if confirming[channel] <= 0:
+                            del confirming[channel]
                 await self.read_missing(carried)
             for channel in held:
                 self._note_group(channel)

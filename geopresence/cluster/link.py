@@ -321,7 +321,7 @@ class ClusterLink:
         chat_gaps = arrivals.chat_gaps = ChatGaps(
             self.client, self.keys, hub, self.broker, clock, watermarks.hurry
         )
-        watermarks.horizon.on_gone = chat_gaps.node_gone
+        watermarks.on_gone = chat_gaps.node_gone
         self.broker.on_released = arrivals.released
         # Tests only: every Redis write waits this long (a commit slower than its id).
         self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)

@@ -16,6 +16,7 @@ round trips for them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -67,6 +68,11 @@ class Watermarks:
         silence = max(lease, 3 * QUIET_WATERMARK_INTERVAL)
         self.horizon = hub.chat.horizon = Horizon(clock, silence=silence)
         self.horizon.on_wait = self.wanted
+        self.horizon.on_gone = self._gone
+        self.on_gone: Callable[[int, int], None] | None = None
+        """Called with a node found gone and its last watermark (``Horizon.on_gone``)."""
+        self._gone_at: dict[int, float] = {}
+        """node -> ``trio.current_time()`` it was last found gone."""
         journal.watermark = lambda: min_id_at(clock())
         journal.feed.on_watermark = self.heard
         journal.feed.chatting = self.chatting
@@ -85,6 +91,19 @@ class Watermarks:
         else:
             self._heard[node] = max(previous, watermark)
         self._heard_some.set()
+        if chatting or watermark == LEFT or not self.horizon.knows(node):
+            # Not deferred (``_needed``): a node new to the horizon is bounded by nothing
+            # until its first watermark counts; one that left would count as dead once
+            # silent; chat is coming.
+            self.wanted()
+
+    def _gone(self, node: int, mark: int) -> None:
+        """``node`` fell silent: what was heard of it before is no new run's, and must
+        not make it live again once applied."""
+        self._heard.pop(node, None)
+        self._gone_at[node] = trio.current_time()
+        if self.on_gone is not None:
+            self.on_gone(node, mark)
 
     def wanted(self) -> None:
         """Something waits for the horizon: the watermarks heard are applied now."""
@@ -92,14 +111,9 @@ class Watermarks:
 
     def _needed(self) -> bool:
         """Whether the watermarks heard must be applied as they come: chat goes on here or
-        on another node, something waits for the horizon, a node is new to it (until its
-        first watermark counts, nothing bounds what it commits) or left it (else it would
-        count as dead once silent)."""
+        on another node, or something waits for the horizon (else only once ``wanted``)."""
         now = trio.current_time()
-        if self.chatting() or now - self.others_chat_at < CHAT_ACTIVE or self.horizon.held:
-            return True
-        knows = self.horizon.knows
-        return any(mark == LEFT or not knows(node) for node, mark in self._heard.items())
+        return bool(self.chatting() or now - self.others_chat_at < CHAT_ACTIVE or self.horizon.held)
 
     async def apply(self) -> None:
         """Apply the watermarks heard, each batch once every message published before them
@@ -120,8 +134,11 @@ class Watermarks:
             heard, self._heard = self._heard, {}
             if not heard:
                 return
+            taken = trio.current_time()
             await self._barrier()
             for node, watermark in heard.items():
+                if self._gone_at.get(node, -math.inf) >= taken:
+                    continue  # found gone meanwhile: heard before it fell silent
                 if watermark == LEFT:
                     self.horizon.left(node)
                 else:

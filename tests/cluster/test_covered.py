@@ -203,6 +203,45 @@ async def test_a_session_s_chat_channels_are_in_redis_before_it_opens() -> None:
             assert not confirming.confirmed
 
 
+class Gated(Confirming):
+    """``Confirming``, with Redis confirming the subscriptions only once ``gate`` is set."""
+
+    def __init__(self, broker: MemoryBroker) -> None:
+        super().__init__(broker)
+        self.gate = trio.Event()
+
+    async def subscribed(self) -> None:
+        pending = set(self.held)
+        await self.gate.wait()
+        self.confirmed |= pending
+
+
+async def test_a_second_device_waits_for_the_first_one_s_subscriptions() -> None:
+    """The phone's ``covering`` asked Redis for the chat channels and waits: the laptop,
+    opening meanwhile, finds them listened to here but not yet in Redis, and waits too."""
+    hub, _, broker = hub_with_bob(presence_fanout_limit=2)
+    hub.set_group("crowd", ["zoe", "bob", "carol"])  # big: carries no statuses to read
+    gated = Gated(broker)
+    listening: Any = gated
+    settings = KeptSettings(None, Keys("gp"), listening, hub, lambda: NOW)
+    covered = Covered(None, Keys("gp"), listening, hub, settings)
+    opened: dict[str, set[str]] = {}
+
+    async def device(name: str) -> None:
+        async with covered.covering("zoe"):
+            opened[name] = set(gated.confirmed)  # its welcome goes out now
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(device, "phone")
+        await trio.sleep(0.01)
+        nursery.start_soon(device, "laptop")
+        await trio.sleep(0.01)
+        assert not opened
+        gated.gate.set()
+    chat = {inbox_channel("zoe"), group_channel("crowd")}
+    assert chat <= opened["phone"] and chat <= opened["laptop"]
+
+
 async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
     hub, _, broker = hub_with_bob(presence_fanout_limit=3)
     hub.set_group("g", ["bob", "carol", "dave"])

@@ -94,3 +94,67 @@ async def test_a_quiet_node_applies_watermarks_only_once_something_waits(
         await trio.sleep(0.01)
         assert barriers == 5 and horizon.stable_below(None) == min_id_at(NOW - 0.5)
         nursery.cancel_scope.cancel()
+
+
+def quiet_node() -> tuple[SettableClock, Hub, Watermarks, list[int]]:
+    """Node 1 with no chat going on, its barriers answered at once; the nodes it finds
+    gone are listed."""
+    clock = SettableClock(NOW)
+    hub = Hub(HubSettings(node_id=1), MemoryStore(), RecordingSink())
+
+    async def barrier() -> None:
+        pass
+
+    journal = RedisJournal(None, Keys("w"), node_id=1)
+    watermarks = Watermarks(journal, hub, clock, lease=5.0, barrier=barrier)
+    gone: list[int] = []
+    watermarks.on_gone = lambda node, mark: gone.append(node)
+    return clock, hub, watermarks, gone
+
+
+async def test_a_quiet_node_counts_a_leaving_or_new_node_at_once(autojump_clock: object) -> None:
+    """Deferred marks wait for nothing that bounds the horizon: a node that stops
+    cleanly is not found dead once silent, and a node new here bounds it at once."""
+    clock, _, watermarks, gone = quiet_node()
+    horizon = watermarks.horizon
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watermarks.apply)
+        watermarks.heard(2, min_id_at(NOW - 1))
+        await trio.sleep(1)
+        watermarks.heard(2, min_id_at(NOW))  # deferred
+        await trio.sleep(1)
+        watermarks.heard(2, LEFT)
+        await trio.sleep(1)
+        assert not horizon.knows(2)
+        clock.now += 6
+        horizon.committed_below(None)  # what ``run`` does every tick
+        assert gone == []
+        watermarks.heard(3, min_id_at(clock()))  # node 3 starts: its first entry
+        await trio.sleep(1)
+        assert horizon.knows(3) and horizon.stable_below(None) == min_id_at(clock())
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dead_node_s_deferred_mark_does_not_bring_it_back(autojump_clock: object) -> None:
+    """Node 2 dies while its last mark waits; once something waits for the horizon, that
+    mark must not make node 2 live again (chat held for another ``silence``, a second
+    catch-up)."""
+    clock, hub, watermarks, gone = quiet_node()
+    horizon = watermarks.horizon
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watermarks.apply)
+        watermarks.heard(2, min_id_at(NOW - 1))
+        await trio.sleep(1)
+        watermarks.heard(2, min_id_at(NOW))  # deferred
+        await trio.sleep(1)
+        clock.now += 3600
+        horizon.committed_below(None)
+        assert gone == [2]
+        watermarks.hurry()  # ChatGaps' catch-up after the death
+        await trio.sleep(0.01)
+        shown: list[int] = []
+        message = min_id_at(clock() - 1)
+        hub.chat.when_stable(message, lambda: shown.append(message))
+        await trio.sleep(0.01)
+        assert not horizon.knows(2) and shown == [message] and gone == [2]
+        nursery.cancel_scope.cancel()
