@@ -112,6 +112,14 @@ def quiet_node() -> tuple[SettableClock, Hub, Watermarks, list[int]]:
     return clock, hub, watermarks, gone
 
 
+async def node_2_known_then_deferred(watermarks: Watermarks) -> None:
+    """Node 2's first watermark counts at once (new here); its next one waits."""
+    watermarks.heard(2, min_id_at(NOW - 1))
+    await trio.sleep(1)
+    watermarks.heard(2, min_id_at(NOW))
+    await trio.sleep(1)
+
+
 async def test_a_quiet_node_counts_a_leaving_or_new_node_at_once(autojump_clock: object) -> None:
     """Deferred marks wait for nothing that bounds the horizon: a node that stops
     cleanly is not found dead once silent, and a node new here bounds it at once."""
@@ -119,10 +127,7 @@ async def test_a_quiet_node_counts_a_leaving_or_new_node_at_once(autojump_clock:
     horizon = watermarks.horizon
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watermarks.apply)
-        watermarks.heard(2, min_id_at(NOW - 1))
-        await trio.sleep(1)
-        watermarks.heard(2, min_id_at(NOW))  # deferred
-        await trio.sleep(1)
+        await node_2_known_then_deferred(watermarks)
         watermarks.heard(2, LEFT)
         await trio.sleep(1)
         assert not horizon.knows(2)
@@ -143,10 +148,7 @@ async def test_a_dead_node_s_deferred_mark_does_not_bring_it_back(autojump_clock
     horizon = watermarks.horizon
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watermarks.apply)
-        watermarks.heard(2, min_id_at(NOW - 1))
-        await trio.sleep(1)
-        watermarks.heard(2, min_id_at(NOW))  # deferred
-        await trio.sleep(1)
+        await node_2_known_then_deferred(watermarks)
         clock.now += 3600
         horizon.committed_below(None)
         assert gone == [2]
