@@ -90,6 +90,12 @@ class ChatGaps:
         assert below is not None
         self._catch_up_from(below, *self._listened(channels))
 
+    def unconfirmed(self, user: str, since: int) -> None:
+        """A session of ``user`` opened before Redis confirmed its chat channels (a slow
+        Redis, the hello timeout): what they carried from ``since`` (an id issued before it
+        asked for them) is read back once they are."""
+        self._catch_up_from(since, {user}, set(self._hub.store.groups_of(user)))
+
     def node_gone(self, node: int, mark: int) -> None:
         """The horizon stops waiting for ``node``, silent since its watermark ``mark``: what
         it stored without publishing is read back for every chat channel here."""

@@ -126,6 +126,7 @@ class ClusterLink:
         self._clock: Callable[[], float] | None = None
         self._views: Views | None = None
         self._covered: Covered | None = None
+        self._chat_gaps: ChatGaps | None = None
         self.chat: ChatReads | None = None
         """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
         self.slices: FriendSlices | None = None
@@ -233,6 +234,12 @@ class ClusterLink:
         assert self._covered is not None, "the link is not running"
         return self._covered.covering(user)
 
+    def unconfirmed(self, user: str, since: int) -> None:
+        """A session of ``user`` opened although ``covering`` failed: the chat its channels
+        carried from ``since`` is read back (``ChatGaps.unconfirmed``)."""
+        if self._chat_gaps is not None:
+            self._chat_gaps.unconfirmed(user, since)
+
     async def read_statuses(self, users: Collection[str]) -> dict[str, Held]:
         """``users``' statuses as Redis has them, for one answer (``Statuses.overlay``)."""
         assert self._covered is not None, "the link is not running"
@@ -318,7 +325,7 @@ class ClusterLink:
         )
         self.broker.on_remote = arrivals.on_remote
         self.broker.on_gap = arrivals.gap
-        chat_gaps = arrivals.chat_gaps = ChatGaps(
+        chat_gaps = self._chat_gaps = arrivals.chat_gaps = ChatGaps(
             self.client, self.keys, hub, self.broker, clock, watermarks.hurry
         )
         watermarks.on_gone = chat_gaps.node_gone

@@ -20,6 +20,7 @@ import trio
 
 from geopresence.config import Config
 from geopresence.core.hub import Hub
+from geopresence.model.snowflake import CLOCK_SKEW_S, min_id_at
 from geopresence.shell.auth import AuthError, verify_token
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.origins import OriginPolicy
@@ -233,18 +234,25 @@ class Handshake:
         """Open the session in this block: with several nodes, the statuses of the user's
         friends and small groups' members are kept here first, and the friends' settings
         (``Covered.covering``: read from Redis once this node listens to their changes), so
-        that its ``friends_presence`` is right. Bounded by the hello timeout: if Redis is
-        slow, the session opens anyway and the friends' next transitions correct it."""
+        that its ``friends_presence`` is right, and its chat channels are in Redis, so
+        that a message sent after its ``welcome`` reaches it live. Bounded by the hello
+        timeout: if Redis is slow, the session opens anyway, the friends' next transitions
+        correct it, and the chat its channels may have missed is read back."""
         if self._cluster is None:
             yield
             return
+        since = min_id_at(self._now() - CLOCK_SKEW_S)  # below any id issued from now on
+        covered = False
         async with contextlib.AsyncExitStack() as stack:
             with trio.move_on_after(self._config.hello_timeout):
                 try:
                     await stack.enter_async_context(self._cluster.covering(user))
+                    covered = True
                 except Exception as exc:
                     log.warning("redis: the friends' statuses of %s were not read (%s)", user, exc)
             yield
+            if not covered:
+                self._cluster.unconfirmed(user, since)
 
     async def view_in_cluster(self, user: str) -> None:
         """After the welcome, before the client's first message is read: this node listens

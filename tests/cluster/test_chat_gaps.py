@@ -206,3 +206,34 @@ async def test_a_catch_up_reads_what_a_node_sent_just_after_a_mark(any_redis: An
     horizon.heard(2, min_id_at(time.time() + 1))
     await caught_up(gaps)
     assert [m["text"] for m in sink.take(1, "message")] == ["sent before the read"]
+
+
+async def test_a_session_opened_before_its_channels_were_confirmed_reads_them_back(
+    any_redis: AnyRedis,
+) -> None:
+    """Redis did not confirm bob's chat subscriptions within the hello timeout: the session
+    opened anyway, and what its inbox and groups carried from before it asked is read back
+    before anything later is shown."""
+    keys = Keys("unconfirmed")
+    hub, sink, horizon = node_with_bob()
+    now = time.time()
+    since = min_id_at(now - 1)
+    horizon.heard(2, since)
+    hub.add_friendship("ann", "bob", now)
+    hub.set_group("g", ["ann", "bob"])
+    joined = hub.chat.store.joined_after("g", "bob")
+    assert joined is not None and joined < since
+    older = ChatMessage(min_id_at(now - 2), "ann", "before it asked", now, to="bob")
+    missed = ChatMessage(min_id_at(now - 0.8), "ann", "missed", now, to="bob")
+    in_group = ChatMessage(min_id_at(now - 0.6), "ann", "missed too", now, group="g")
+    later = ChatMessage(min_id_at(now - 0.4), "ann", "later", now, to="bob")
+    await ChatWrites(any_redis, keys, 2)([older, missed, in_group, later])
+    gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
+    gaps.unconfirmed("bob", since)
+    hub.chat.heard(later)  # arrives live once the subscription is in place
+    horizon.heard(2, min_id_at(time.time() + 1))
+    hub.chat.release()
+    assert sink.take(1, "message") == []
+    await caught_up(gaps)
+    texts = [m["text"] for m in sink.take(1, "message")]
+    assert texts == ["missed", "missed too", "later"]
