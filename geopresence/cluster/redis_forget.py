@@ -54,6 +54,7 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
         k.of("friends", user),
         k.of("groups_of", user),
         k.of("chats_of", user),
+        k.sender_ids(user),
         k.of("settings", user),
         presence,
         k.location(user),

@@ -16,6 +16,8 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:last_id:{N}       the last message id node N wrote (a restart never issues below it)
     gp:cmid:{C}          hash: "<sender>\n<client_msg_id>" -> the id of the message stored
                          for it in conversation C (a resend through any node is stored once)
+    gp:cmids:{U}         hash: client_msg_id -> the conversation U first used it in (reused
+                         for another one: refused)
     gp:loc:{U}           U's live location, [lat, lon, ts, accepted_at] (JSON), expiring
                          with the location TTL (Redis expiry: ``PXAT``); deleted when U goes
                          offline. Read by a node for its sessions' friends as they open.
@@ -81,6 +83,10 @@ class Keys:
 
     def location(self, user: str) -> str:
         return self.of("loc", user)
+
+    def sender_ids(self, sender: str) -> str:
+        """The conversation each of ``sender``'s ``client_msg_id`` belongs to."""
+        return self.of("cmids", sender)
 
     def client_ids(self, conversation: str) -> str:
         """The conversation's ``client_msg_id`` index (the slot of its messages)."""

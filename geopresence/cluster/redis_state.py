@@ -24,7 +24,7 @@ import attrs
 import orjson
 import trio
 
-from geopresence.cluster.chat_writes import ChatWrites
+from geopresence.cluster.chat_writes import ChatWrites, Reused
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
@@ -258,10 +258,10 @@ class RedisJournal:
         self._durable = last_seq
         self.on_durable: Callable[[], None] | None = None
         """Called (in the event loop) each time ``durable_seq`` advanced."""
-        self.on_stored_before: Callable[[int, ChatMessage], None] | None = None
+        self.on_stored_before: Callable[[int, ChatMessage | None], None] | None = None
         """Called with a chat message's sequence number and the message another node had
-        stored for its ``client_msg_id`` (before ``on_durable`` covers it): it was not
-        stored, nor put on the feed."""
+        stored for its ``client_msg_id``, or None if its sender had used that id in another
+        conversation (before ``on_durable`` covers it): it was not stored, nor published."""
         self.write_errors = 0
         self.on_append: Callable[[Record], None] | None = None
         """Called with each record this node journals (the link watches friendships)."""
@@ -367,7 +367,7 @@ class RedisJournal:
             originals = await self.chat(messages)
             for (seq, *_), original in zip(batch, originals, strict=True):
                 if original is not None and self.on_stored_before is not None:
-                    self.on_stored_before(seq, original)
+                    self.on_stored_before(seq, None if isinstance(original, Reused) else original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
         await write(client, keys, op)

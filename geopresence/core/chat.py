@@ -77,6 +77,8 @@ class _Pending:
     acks: list[tuple[ConnId, RequestId]]
     stored_as: ChatMessage | None = None
     """Set when another node had already stored this ``client_msg_id`` (``stored_elsewhere``)."""
+    reused: bool = False
+    """Set when its sender had used this ``client_msg_id`` in another conversation."""
 
 
 class Chat:
@@ -264,6 +266,11 @@ class Chat:
             message = pending.message
             if message.client_msg_id is not None:
                 del self._pending_by_client_id[(message.sender, message.client_msg_id)]
+            if pending.reused:  # refused where it was written (``stored_elsewhere``)
+                for conn, request_id in pending.acks:
+                    error = reused_error(message.client_msg_id, request_id)
+                    self.ctx.sink.send(conn, Outgoing(encode(error_message(error))))
+                continue
             if pending.stored_as is not None:
                 # A resend of a message another node stored: its sender gets that one, and
                 # nothing is stored or delivered twice (the origin's feed brings it here);
@@ -326,13 +333,14 @@ class Chat:
             lambda: self._ack(conn, request_id, message, duplicate=duplicate),
         )
 
-    def stored_elsewhere(self, seq: int, original: ChatMessage) -> None:
-        """The journal found that the message it was writing as ``seq`` had been stored
-        before, as ``original``, through another node (the same sender and
-        ``client_msg_id``): once durable, it is acknowledged as that message instead."""
+    def stored_elsewhere(self, seq: int, original: ChatMessage | None) -> None:
+        """The journal found that the sender of the message it was writing as ``seq`` had
+        used its ``client_msg_id`` before: for this message, stored as ``original``
+        through another node (once durable, it is acknowledged as that one instead), or
+        in another conversation (None: refused, as on one node)."""
         for pending in self._pending:
             if pending.seq == seq:
-                pending.stored_as = original
+                pending.stored_as, pending.reused = original, original is None
                 return
 
     @property

@@ -115,3 +115,26 @@ async def test_a_resend_after_the_friendship_ended_gets_its_original(tmp_path: P
                 assert again["message_id"] == hikers["message_id"] and again["duplicate"]
                 refused = await alice.send_message("new", to="bob", client_msg_id="k3")
                 assert refused["type"] == "error" and refused["code"] == "forbidden"
+
+
+@pytest.mark.parametrize("same_node", [True, False])
+async def test_a_client_msg_id_reused_in_another_conversation_is_refused(
+    same_node: bool, tmp_path: Path
+) -> None:
+    """As on one node: a ``client_msg_id`` is the sender's, whichever node each send
+    reaches; reused for another recipient, it is refused and nothing is stored."""
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin:
+            await admin.befriend("alice", "bob")
+            await admin.befriend("alice", "carol")
+        async with (
+            session(a, "alice") as phone,
+            session(a if same_node else b, "alice", "tablet") as tablet,
+        ):
+            sent = await phone.request("send", to="bob", text="hi", client_msg_id="k1")
+            assert sent["type"] == "sent"
+            again = await tablet.request("send", to="carol", text="hi", client_msg_id="k1")
+            assert again["type"] == "error" and again["code"] == "bad_request", again
+            resent = await tablet.request("send", to="bob", text="hi", client_msg_id="k1")
+            assert resent["message_id"] == sent["message_id"] and resent["duplicate"] is True
+            assert [m["text"] for m in await tablet.sync_all()] == ["hi"]

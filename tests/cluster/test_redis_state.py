@@ -251,8 +251,10 @@ async def test_messages_are_stored_once_in_batches_and_published_not_fed(
     keys = Keys("once")
     first = RedisJournal(any_redis, keys, 1)
     second = RedisJournal(any_redis, keys, 2)
-    stored_before: list[tuple[int, int]] = []
-    second.on_stored_before = lambda seq, original: stored_before.append((seq, original.message_id))
+    stored_before: list[tuple[int, int | None]] = []
+    second.on_stored_before = lambda seq, original: stored_before.append(
+        (seq, None if original is None else original.message_id)
+    )
     published: list[int] = []
 
     def publications(message: ChatMessage) -> list[tuple[str, str, bytes]]:
@@ -275,11 +277,14 @@ async def test_messages_are_stored_once_in_batches_and_published_not_fed(
         resent = second.append(message(20, "bob", "b1"))  # bob's resend, via node 2
         seqs.append(second.append(message(200, "amy", "a1")))
         seqs.append(second.append(message(300, "amy", None)))
+        elsewhere = ChatMessage(400, "bob", "hi", 1.0, to="amy", client_msg_id="b1")
+        refused = second.append(elsewhere)  # bob's b1 was used with zoe: refused
         await second.flush()
-        assert stored_before == [(resent, 10)]
+        assert stored_before == [(resent, 10), (refused, None)]
         assert published == [*range(100, 150), 200, 300]
+        assert await any_redis.zcard(keys.of("chat", "dm:amy:bob")) == 0
         assert await any_redis.xrange(keys.feed, f"({start}", "+") == ()
-        assert second.durable_seq == seqs[-1]
+        assert second.durable_seq == refused
         assert await any_redis.smembers(keys.of("chats_of", "zoe")) == {
             b"dm:amy:zoe",
             b"dm:bob:zoe",
@@ -287,7 +292,7 @@ async def test_messages_are_stored_once_in_batches_and_published_not_fed(
         }
         assert await any_redis.smembers(keys.of("chats_of", "amy")) == {b"dm:amy:zoe"}
         # Node 2's last id: a restart with its clock behind never issues below it.
-        assert await any_redis.get(keys.last_id(2)) == b"300"
+        assert await any_redis.get(keys.last_id(2)) == b"400"
         nursery.cancel_scope.cancel()
 
 
