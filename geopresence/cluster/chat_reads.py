@@ -206,9 +206,11 @@ async def read_all(
 async def stored_for(
     client: Any, keys: Keys, sender: str, client_msg_id: str, to: str | None, group: str | None
 ) -> ChatMessage | None:
-    """The message ``sender`` stored with ``client_msg_id`` to ``to`` or in ``group``
-    (``gp:cmid:{C}``, then its member), if any: a resend's original."""
-    conversation = conversation_of(sender, to, group)
+    """The message ``sender`` stored with ``client_msg_id``, if any: a resend's original.
+    Looked for where the sender first used that id (``gp:cmids:{U}``), else (stored by an
+    older version) to ``to`` or in ``group``; then ``gp:cmid:{C}``, then its member."""
+    claimed = await client.hget(keys.sender_ids(sender), client_msg_id)
+    conversation = conversation_of(sender, to, group) if claimed is None else string(claimed)
     stored = await client.hget(keys.client_ids(conversation), f"{sender}\n{client_msg_id}")
     if stored is None:
         return None

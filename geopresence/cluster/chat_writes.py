@@ -41,6 +41,25 @@ return false
 messages, KEYS[2]: the client ids, one slot): returns the member stored before, or false."""
 
 
+_RELEASE: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+"""
+"""Drop a sender's claim (KEYS[1]: its ``gp:cmids:{U}``) of ``client_msg_id`` ARGV[1] if it
+is still for conversation ARGV[2]."""
+
+
+async def release_claims(client: Any, keys: Keys, conversation: str) -> None:
+    """``conversation`` is being deleted (a group, a forgotten user's 1:1): the
+    ``client_msg_id`` its senders used in it are theirs to use again, as on one node. Call
+    before its ``gp:cmid:{C}`` goes."""
+    fields = [string(f) async for f, _ in client.hscan_iter(keys.client_ids(conversation))]
+    for field in fields:
+        sender, _, client_msg_id = field.partition("\n")
+        await client.eval(
+            _RELEASE, keys=[keys.sender_ids(sender)], args=[client_msg_id, conversation]
+        )
+
+
 class Reused:
     """What ``ChatWrites`` returns for a message whose sender had used its
     ``client_msg_id`` in another conversation: refused, not stored."""

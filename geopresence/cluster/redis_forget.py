@@ -29,6 +29,7 @@ import math
 import time
 from typing import Any
 
+from geopresence.cluster.chat_writes import release_claims
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
 from geopresence.cluster.redis_strangers import forget_stranger
 from geopresence.model.records import UserForgotten
@@ -68,6 +69,7 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
         conversations = [string(c) async for c in client.sscan_iter(k.chats, match=pattern)]
         for conversation in conversations:
             await client.delete([k.of("chat", conversation)])
+            await release_claims(client, k, conversation)
             await client.delete([k.client_ids(conversation)])
             await client.srem(k.chats, [conversation])
             for party in conversation.split(":")[1:]:

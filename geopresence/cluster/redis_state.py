@@ -24,7 +24,7 @@ import attrs
 import orjson
 import trio
 
-from geopresence.cluster.chat_writes import ChatWrites, Reused
+from geopresence.cluster.chat_writes import ChatWrites, Reused, release_claims
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
@@ -151,6 +151,7 @@ async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
     for user in strings(await client.hkeys(key)):
         await client.srem(k.of("groups_of", user), [op.group])
     await client.delete([key, k.of("chat", f"g:{op.group}")])
+    await release_claims(client, k, f"g:{op.group}")
     await client.delete([k.client_ids(f"g:{op.group}")])
     await client.srem(k.groups, [op.group])
     await client.srem(k.chats, [f"g:{op.group}"])

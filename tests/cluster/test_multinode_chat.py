@@ -138,3 +138,28 @@ async def test_a_client_msg_id_reused_in_another_conversation_is_refused(
             resent = await tablet.request("send", to="bob", text="hi", client_msg_id="k1")
             assert resent["message_id"] == sent["message_id"] and resent["duplicate"] is True
             assert [m["text"] for m in await tablet.sync_all()] == ["hi"]
+
+
+async def test_a_client_msg_id_is_free_again_once_its_conversation_is_gone(
+    tmp_path: Path,
+) -> None:
+    """As on one node: an id used in a group is refused elsewhere, to a non-friend too
+    (``bad_request`` before ``forbidden``), until the group is deleted; one used with a
+    friend is free again once that friend is forgotten."""
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin:
+            await admin.befriend("alice", "bob")
+            await admin.befriend("alice", "carol")
+            await admin.set_group("hikers", ["alice", "bob"])
+            async with session(a, "alice") as alice:
+                sent = await alice.request("send", group="hikers", text="hi", client_msg_id="k1")
+                assert sent["type"] == "sent"
+                stranger = await alice.request("send", to="dave", text="hi", client_msg_id="k1")
+                assert stranger["code"] == "bad_request", stranger
+                await admin.delete_group("hikers")
+                to_bob = await alice.request("send", to="bob", text="hi", client_msg_id="k1")
+                assert to_bob["type"] == "sent", to_bob
+                async with b.admin() as admin_b:
+                    await admin_b.forget("bob")
+                to_carol = await alice.request("send", to="carol", text="hi", client_msg_id="k1")
+                assert to_carol["type"] == "sent", to_carol
