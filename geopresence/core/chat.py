@@ -186,8 +186,14 @@ class Chat:
         self.duplicates += 1
         self._ack_when_stable(session.conn, message.id, stored, duplicate=True)
 
-    def allowed(self, user: str, message: Send) -> bool:
-        """Whether ``user`` may send ``message`` (to a friend, or as a group's member)."""
+    def decides(self, user: str, message: Send) -> bool:
+        """Whether this node decides ``message`` from what it keeps: ``user`` may send it,
+        and no message of its on the way to disk has its ``client_msg_id`` for another one
+        (else Redis says which was stored first, with several nodes)."""
+        cmid = message.client_msg_id
+        pending = None if cmid is None else self._pending_by_client_id.get((user, cmid))
+        if pending is not None:
+            return same_message(pending.message, message.to, message.group, message.text)
         try:
             self._check_allowed(user, message)
         except ProtocolError:
@@ -334,10 +340,9 @@ class Chat:
         )
 
     def stored_elsewhere(self, seq: int, original: ChatMessage | None) -> None:
-        """The journal found that the sender of the message it was writing as ``seq`` had
-        used its ``client_msg_id`` before: for this message, stored as ``original``
-        through another node (once durable, it is acknowledged as that one instead), or
-        in another conversation (None: refused, as on one node)."""
+        """The journal found the ``client_msg_id`` of the message it was writing as ``seq``
+        used before: stored as ``original`` through another node (acked as it once
+        durable), or in another conversation (None: refused, as on one node)."""
         for pending in self._pending:
             if pending.seq == seq:
                 pending.stored_as, pending.reused = original, original is None

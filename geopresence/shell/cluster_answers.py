@@ -124,15 +124,16 @@ class ClusterAnswers:
 
     def _resend(self, conn: ConnId, message: Send) -> bool:
         """A ``send`` with a ``client_msg_id`` that its sender may not make (any more: a
-        friendship ended, a group left) may be the resend of one stored before, which is
-        answered with it whatever changed since: Redis says (this node keeps no message)."""
+        friendship ended, a group left), or that a message of its on the way to disk uses
+        for another one, may be the resend of one stored before, which is answered with it
+        whatever changed since: Redis says (this node keeps no message)."""
         session = self._hub.session(conn)
         chat = self._hub.chat
         if (
             session is None
             or self.nursery is None
             or message.client_msg_id is None
-            or chat.allowed(session.user, message)
+            or chat.decides(session.user, message)
         ):
             return False
         self.nursery.start_soon(self._answer_resend, session, message)

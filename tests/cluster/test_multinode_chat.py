@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trio
 
+from geopresence.cluster.link import WRITE_DELAY_ENV
 from geopresence.cluster.redis_keys import Keys
 from geopresence.model.snowflake import min_id_at
 from tests.cluster.test_multinode import (
@@ -163,3 +166,36 @@ async def test_a_client_msg_id_is_free_again_once_its_conversation_is_gone(
                     await admin_b.forget("bob")
                 to_carol = await alice.request("send", to="carol", text="hi", client_msg_id="k1")
                 assert to_carol["type"] == "sent", to_carol
+
+
+async def test_a_genuine_resend_is_answered_while_a_reuse_waits_to_be_written(
+    tmp_path: Path,
+) -> None:
+    """k1 was stored for bob; alice's tablet reuses it for carol on a node whose writes are
+    slow, and her laptop resends the original meanwhile: Redis, not the pending reuse,
+    decides (one node would answer the resend as a duplicate, the reuse as an error)."""
+    with cluster_of("standalone", 1, tmp_path) as ((a,), args):
+        b = start_node(args, 2, tmp_path, env={WRITE_DELAY_ENV: "1.0"})
+        try:
+            async with a.admin() as admin:
+                await admin.befriend("alice", "bob")
+                await admin.befriend("alice", "carol")
+            async with session(a, "alice") as phone:
+                sent = await phone.request("send", to="bob", text="hi", client_msg_id="k1")
+            async with session(b, "alice", "tablet") as tablet, session(b, "alice", "pc") as pc:
+                async with trio.open_nursery() as nursery:
+                    reuse: list[dict[str, Any]] = []
+
+                    async def send_reuse() -> None:
+                        reuse.append(
+                            await tablet.request("send", to="carol", text="hi", client_msg_id="k1")
+                        )
+
+                    nursery.start_soon(send_reuse)
+                    await trio.sleep(0.2)
+                    resend = await pc.request("send", to="bob", text="hi", client_msg_id="k1")
+                assert resend["message_id"] == sent["message_id"], resend
+                assert reuse[0]["code"] == "bad_request", reuse
+        finally:
+            b.proc.terminate()
+            b.proc.wait(15)
