@@ -11,7 +11,7 @@ that, the sender's ``gp:cmids:{U}`` records the conversation each of its ``clien
 was first used in (``HSETNX``): one reused for another conversation is refused (``REUSED``),
 as on one node, and nothing is stored. Once stored, the messages are published on their
 channels (the parties' ``inbox`` channels, or the group's), in the same pipeline when no
-script had to decide, in a second one otherwise. The journal writes its batches one after
+script had to decide, in one after the scripts' otherwise. The journal writes its batches one after
 another, so a message is published before any later feed entry of its node is written: a
 node that heard that entry's watermark and then waits for its own subscriptions to answer
 (``Watermarks``) has every message below the watermark that its sessions subscribe to.
