@@ -48,16 +48,19 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[
 is still for conversation ARGV[2]."""
 
 
-async def release_claims(client: Any, keys: Keys, conversation: str) -> None:
-    """``conversation`` is being deleted (a group, a forgotten user's 1:1): the
-    ``client_msg_id`` its senders used in it are theirs to use again, as on one node. Call
-    before its ``gp:cmid:{C}`` goes."""
-    fields = [string(f) async for f, _ in client.hscan_iter(keys.client_ids(conversation))]
-    for field in fields:
+async def delete_conversation(client: Any, keys: Keys, conversation: str) -> None:
+    """Delete ``conversation`` (a group's, a forgotten user's 1:1): its messages, and its
+    ``client_msg_id`` index, whose ids are their senders' to use again, as on one node.
+    One key per command: on a Cluster each lives in its own slot."""
+    await client.delete([keys.of("chat", conversation)])
+    ids = keys.client_ids(conversation)
+    for field in [string(f) async for f, _ in client.hscan_iter(ids)]:
         sender, _, client_msg_id = field.partition("\n")
         await client.eval(
             _RELEASE, keys=[keys.sender_ids(sender)], args=[client_msg_id, conversation]
         )
+    await client.delete([ids])
+    await client.srem(keys.chats, [conversation])
 
 
 class Reused:

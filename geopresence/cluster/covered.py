@@ -153,10 +153,7 @@ class Covered:
                 try:
                     await broker.subscribed()
                 finally:
-                    confirming.subtract(channels)
-                    for channel in channels:
-                        if confirming[channel] <= 0:
-                            del confirming[channel]
+                    confirming -= Counter(channels)  # (keeps positive counts only)
                 await self.read_missing(carried)
             for channel in held:
                 self._note_group(channel)

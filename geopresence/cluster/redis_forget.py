@@ -29,7 +29,7 @@ import math
 import time
 from typing import Any
 
-from geopresence.cluster.chat_writes import release_claims
+from geopresence.cluster.chat_writes import delete_conversation
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
 from geopresence.cluster.redis_strangers import forget_stranger
 from geopresence.model.records import UserForgotten
@@ -68,10 +68,7 @@ async def forget_user(client: Any, keys: Keys, op: UserForgotten) -> None:
     for pattern in (f"dm:{user}:*", f"dm:*:{user}"):
         conversations = [string(c) async for c in client.sscan_iter(k.chats, match=pattern)]
         for conversation in conversations:
-            await client.delete([k.of("chat", conversation)])
-            await release_claims(client, k, conversation)
-            await client.delete([k.client_ids(conversation)])
-            await client.srem(k.chats, [conversation])
+            await delete_conversation(client, k, conversation)
             for party in conversation.split(":")[1:]:
                 await client.srem(k.of("chats_of", party), [conversation])
     groups = [string(c) async for c in client.sscan_iter(k.chats, match="g:*")]

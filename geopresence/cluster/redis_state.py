@@ -24,7 +24,7 @@ import attrs
 import orjson
 import trio
 
-from geopresence.cluster.chat_writes import ChatWrites, Reused, release_claims
+from geopresence.cluster.chat_writes import ChatWrites, Reused, delete_conversation
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
@@ -150,11 +150,9 @@ async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
     key = k.of("group", op.group)
     for user in strings(await client.hkeys(key)):
         await client.srem(k.of("groups_of", user), [op.group])
-    await client.delete([key, k.of("chat", f"g:{op.group}")])
-    await release_claims(client, k, f"g:{op.group}")
-    await client.delete([k.client_ids(f"g:{op.group}")])
+    await client.delete([key])
+    await delete_conversation(client, k, f"g:{op.group}")
     await client.srem(k.groups, [op.group])
-    await client.srem(k.chats, [f"g:{op.group}"])
 
 
 async def _chat_writes_only(client: Any, k: Keys, op: ChatMessage) -> None:

@@ -56,60 +56,52 @@ async def test_a_quiet_node_applies_watermarks_only_once_something_waits(
 ) -> None:
     """No chat anywhere: the watermarks heard wait, with no round trip to Redis, until a
     delivery (or an ack, a ``sync``) waits for the horizon; then they count at once."""
-    clock = SettableClock(NOW)
-    hub = Hub(HubSettings(node_id=1), MemoryStore(), RecordingSink())
-    barriers = 0
-
-    async def barrier() -> None:
-        nonlocal barriers
-        barriers += 1
-
-    journal = RedisJournal(None, Keys("w"), node_id=1)
-    watermarks = Watermarks(journal, hub, clock, lease=5.0, barrier=barrier)
+    _, hub, watermarks, _, barriers = quiet_node()
     horizon = watermarks.horizon
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watermarks.apply)
         watermarks.heard(2, min_id_at(NOW - 3))  # a node new here counts at once
         await trio.sleep(1)
-        assert barriers == 1 and horizon.stable_below(None) == min_id_at(NOW - 3)
+        assert len(barriers) == 1 and horizon.stable_below(None) == min_id_at(NOW - 3)
         watermarks.heard(2, min_id_at(NOW - 2))
         await trio.sleep(1)
         watermarks.heard(2, min_id_at(NOW - 1))
         await trio.sleep(1)
-        assert barriers == 1 and horizon.stable_below(None) == min_id_at(NOW - 3)
+        assert len(barriers) == 1 and horizon.stable_below(None) == min_id_at(NOW - 3)
         shown: list[int] = []
         waiting = min_id_at(NOW - 1.5)
         hub.chat.when_stable(waiting, lambda: shown.append(waiting))  # held: node 2's mark
         await trio.sleep(0.01)
-        assert barriers == 2 and shown == [waiting]  # the latest mark heard counts
+        assert len(barriers) == 2 and shown == [waiting]  # the latest mark heard counts
         assert horizon.stable_below(None) == min_id_at(NOW - 1)
         watermarks.heard(2, LEFT)  # stopped cleanly: counts at once (not dead once silent)
         await trio.sleep(0.01)
-        assert barriers == 3 and not horizon.knows(2)
+        assert len(barriers) == 3 and not horizon.knows(2)
         # Chat goes on: each mark heard counts as it comes.
         watermarks.heard(2, min_id_at(NOW - 0.7))
         await trio.sleep(0.01)
         watermarks.hurry()
         watermarks.heard(2, min_id_at(NOW - 0.5))
         await trio.sleep(0.01)
-        assert barriers == 5 and horizon.stable_below(None) == min_id_at(NOW - 0.5)
+        assert len(barriers) == 5 and horizon.stable_below(None) == min_id_at(NOW - 0.5)
         nursery.cancel_scope.cancel()
 
 
-def quiet_node() -> tuple[SettableClock, Hub, Watermarks, list[int]]:
+def quiet_node() -> tuple[SettableClock, Hub, Watermarks, list[int], list[float]]:
     """Node 1 with no chat going on, its barriers answered at once; the nodes it finds
-    gone are listed."""
+    gone are listed, and when each barrier ran."""
     clock = SettableClock(NOW)
     hub = Hub(HubSettings(node_id=1), MemoryStore(), RecordingSink())
+    barriers: list[float] = []
 
     async def barrier() -> None:
-        pass
+        barriers.append(trio.current_time())
 
     journal = RedisJournal(None, Keys("w"), node_id=1)
     watermarks = Watermarks(journal, hub, clock, lease=5.0, barrier=barrier)
     gone: list[int] = []
     watermarks.on_gone = lambda node, mark: gone.append(node)
-    return clock, hub, watermarks, gone
+    return clock, hub, watermarks, gone, barriers
 
 
 async def node_2_known_then_deferred(watermarks: Watermarks) -> None:
@@ -123,7 +115,7 @@ async def node_2_known_then_deferred(watermarks: Watermarks) -> None:
 async def test_a_quiet_node_counts_a_leaving_or_new_node_at_once(autojump_clock: object) -> None:
     """Deferred marks wait for nothing that bounds the horizon: a node that stops
     cleanly is not found dead once silent, and a node new here bounds it at once."""
-    clock, _, watermarks, gone = quiet_node()
+    clock, _, watermarks, gone, _ = quiet_node()
     horizon = watermarks.horizon
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watermarks.apply)
@@ -144,7 +136,7 @@ async def test_a_dead_node_s_deferred_mark_does_not_bring_it_back(autojump_clock
     """Node 2 dies while its last mark waits; once something waits for the horizon, that
     mark must not make node 2 live again (chat held for another ``silence``, a second
     catch-up)."""
-    clock, hub, watermarks, gone = quiet_node()
+    clock, hub, watermarks, gone, _ = quiet_node()
     horizon = watermarks.horizon
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watermarks.apply)
