@@ -23,15 +23,17 @@ holds the world, and a search costs Redis a few cells and the node about a page.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Set
 from typing import Any, Final
 
+import orjson
 import trio
 
 from geopresence.cluster.presence_scripts import sha1
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import read_settings
+from geopresence.cluster.stranger_scripts import POLAR, SEARCH, SURE_BEYOND, SURE_WITHIN, TIE_M
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Answer
@@ -58,89 +60,11 @@ state: the user's next move writes it again)."""
 
 WRITE_BATCH: Final = 512
 
-SURE_WITHIN: Final = 0.9995, -5.0
-"""Redis' distance (its Earth radius is 0.03 % larger than ours; its positions are kept to
-~0.6 m) within ``radius * 0.9995 - 5`` m: surely within ours, counted in Redis."""
-SURE_BEYOND: Final = 1.0005, 5.0
-"""... beyond ``radius * 1.0005 + 5`` m: surely beyond ours, not read. Members between the
-two, and the nearest for the page, are sent to the node, whose exact query decides."""
+LEFT_LISTED_KEPT: Final = 4096
+"""Removals that found their user listed remembered for a ``went_offline`` that follows."""
+
 SEARCH_ATTEMPTS: Final = 3
 """Searches made for one query at most, each without the stale members the last one sent."""
-TIE_M: Final = 1.0
-"""Members within this of the page's last distance (by Redis) are sent as well: the exact
-query breaks ties by user id, Redis' order does not."""
-
-
-def _cell_script_head(remove_position: str, now: str, first_excluded: int) -> str:
-    """The start both scripts share (KEYS: positions, expiries, ts): remove the cell's
-    expired members (``remove_position``: the command that takes one out of the positions,
-    ``ZREM`` for a GEO set, ``HDEL`` for a hash; ``now``: the argument holding the time),
-    then read the excluded users from ``ARGV[first_excluded]`` on into ``excluded``."""
-    return f"""
-local dead = redis.call('ZRANGE', KEYS[2], '-inf', {now}, 'BYSCORE')
-for first = 1, #dead, 512 do
-  local some = {{unpack(dead, first, math.min(first + 511, #dead))}}
-  redis.call('{remove_position}', KEYS[1], unpack(some))
-  redis.call('ZREM', KEYS[2], unpack(some))
-  redis.call('HDEL', KEYS[3], unpack(some))
-end
-local excluded = {{}}
-for i = {first_excluded}, #ARGV do excluded[ARGV[i]] = true end
-"""
-
-
-_SEARCH: Final = (
-    _cell_script_head("ZREM", "ARGV[5]", 8)
-    + """local sure_within, need = tonumber(ARGV[3]), tonumber(ARGV[6])
-local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
-                         'BYRADIUS', ARGV[4], 'm', 'ASC', 'WITHDIST', 'WITHCOORD')
-local counted, sent, last = 0, 0, -1
-local out = {0}
-for _, item in ipairs(found) do
-  local user = item[1]
-  if not excluded[user] then
-    local distance = tonumber(item[2])
-    if sent < need or distance <= last + tonumber(ARGV[7]) or distance > sure_within then
-      if sent < need then last = distance end
-      sent = sent + 1
-      out[#out + 1] = user
-      out[#out + 1] = item[3][1]
-      out[#out + 1] = item[3][2]
-      out[#out + 1] = redis.call('HGET', KEYS[3], user) or '0'
-    else
-      counted = counted + 1
-    end
-  end
-end
-out[1] = counted
-return out
-"""
-)
-"""One cell's search (KEYS: GEO set, expiries, ts; ARGV: lon, lat, the radius within which
-members are surely inside and beyond which surely outside (metres, by Redis), now, the page's
-need, the tie distance, then the excluded users). Removes expired members first. Returns the
-count of members surely within that are not sent, then user, lon, lat, ts of those sent: the
-``need`` nearest (with ties) and every one in the uncertain ring."""
-
-
-_POLAR: Final = (
-    _cell_script_head("HDEL", "ARGV[1]", 2)
-    + """local all = redis.call('HGETALL', KEYS[1])
-local out = {0}
-for i = 1, #all, 2 do
-  if not excluded[all[i]] then
-    local lon, lat = string.match(all[i + 1], '(%S+) (%S+)')
-    out[#out + 1] = all[i]
-    out[#out + 1] = lon
-    out[#out + 1] = lat
-    out[#out + 1] = redis.call('HGET', KEYS[3], all[i]) or '0'
-  end
-end
-return out
-"""
-)
-"""A polar cap's search (KEYS: positions hash, expiries, ts; ARGV: now, then the excluded
-users): every live member, as ``_SEARCH`` returns them (none counted in Redis)."""
 
 
 def cell_keys(keys: Keys, cell: str) -> tuple[str, str, str]:
@@ -206,11 +130,13 @@ class RedisStrangers:
         self._writes: deque[Write] = deque()
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._sha = sha1(_SEARCH)
-        self._polar_sha = sha1(_POLAR)
+        self._sha = sha1(SEARCH)
+        self._polar_sha = sha1(POLAR)
         self._loaded = False
         self._listed: dict[tuple[str, str], Callable[[], None]] = {}
         """(cell, user) -> what ``went_offline`` calls if the cell listed the user."""
+        self._left_listed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        """The latest removals (cell, user) that found the user listed, oldest first."""
         self.dropped = 0
         """Writes dropped (queue full, or Redis failed them), for the log."""
         self.errors = 0
@@ -244,6 +170,23 @@ class RedisStrangers:
         if len(self._writes) < MAX_PENDING_WRITES:  # else dropped: nothing to call back
             self._listed[cell, user] = listed
         self._queue(("leave", cell, user, None, 0.0))
+
+    def lapsed(self, user: str, ts: float, then: Callable[[], None]) -> None:
+        if self._nursery is None:  # not running (stopping): its watchers are going too
+            return
+        self._nursery.start_soon(self._lapsed, user, ts, then)
+
+    async def _lapsed(self, user: str, ts: float, then: Callable[[], None]) -> None:
+        """Any node that accepts a move of ``user`` writes it to ``gp:loc:{U}``, which
+        expires with it: a later ``ts`` there is a renewal, its node keeps it current."""
+        try:
+            raw = await self._client.get(self._keys.location(user))
+        except Exception as exc:
+            self.errors += 1
+            log.warning("reading %s's location failed (%s): taken as expired", user, exc)
+            raw = None
+        if raw is None or orjson.loads(raw)[2] <= ts:
+            then()
 
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
@@ -307,15 +250,13 @@ class RedisStrangers:
                 self._nursery = None
 
     async def _write(self, batch: list[Write]) -> None:
-        told: list[tuple[tuple[str, str], Any]] = []
+        leaves: list[tuple[tuple[str, str], Any]] = []
         async with self._client.pipeline(transaction=False) as pipe:
             for what, cell, user, spot, expires in batch:
                 where, exp, ts = cell_keys(self._keys, cell)
                 polar = cell in POLAR_CELLS
                 if spot is None:
-                    request = leave(pipe, self._keys, cell, user)
-                    if (cell, user) in self._listed:
-                        told.append(((cell, user), request))
+                    leaves.append(((cell, user), leave(pipe, self._keys, cell, user)))
                     continue
                 if polar:
                     pipe.hset(where, {user: f"{spot.lon!r} {spot.lat!r}"})
@@ -326,10 +267,19 @@ class RedisStrangers:
                     pipe.hset(ts, {user: repr(spot.ts)})
                 else:  # still live, seen as before: the ts of the update that entered
                     pipe.hsetnx(ts, user, repr(spot.ts))
-        for key, request in told:
+        for key, request in leaves:
+            was_listed = bool(await request)
             listed = self._listed.pop(key, None)
-            if await request and listed is not None:
-                listed()
+            if listed is not None:
+                if was_listed or key in self._left_listed:
+                    self._left_listed.pop(key, None)
+                    listed()
+            elif was_listed:
+                # The hub may take a user out as it hears the user went offline, just
+                # before ``went_offline``'s own removal: that one finds it out already.
+                self._left_listed[key] = None
+                if len(self._left_listed) > LEFT_LISTED_KEPT:
+                    self._left_listed.popitem(last=False)
 
     async def _search(
         self,
@@ -377,13 +327,13 @@ class RedisStrangers:
     async def _read(
         self, center: Location, radius_m: float, excluded: Set[str], need: int
     ) -> tuple[int, list[Row]]:
-        """Search the cells around ``center`` (``_SEARCH``): how many members are surely
+        """Search the cells around ``center`` (``SEARCH``): how many members are surely
         within ``radius_m`` but not sent, and the members sent (user, lon, lat, ts)."""
         client = self._client
         if not self._loaded:
             # Every master of a Cluster gets them.
-            await client.script_load(_SEARCH)
-            await client.script_load(_POLAR)
+            await client.script_load(SEARCH)
+            await client.script_load(POLAR)
             self._loaded = True
         (within, less), (beyond, more) = SURE_WITHIN, SURE_BEYOND
         sure_within, reach = radius_m * within + less, radius_m * beyond + more

@@ -110,9 +110,10 @@ class LocationListener(Protocol):
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None: ...
 
-    def on_location_dropped(self, user: str) -> None:
+    def on_location_dropped(self, user: str, last: Location, until: float) -> None:
         """This node no longer keeps ``user``'s location current (``Nearby.drop_cached``):
-        nothing happened to the user."""
+        nothing happened to the user, whose location ``last`` lives until ``until`` unless
+        renewed."""
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None: ...
 
@@ -135,7 +136,7 @@ class _NoListener:
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
         return None
 
-    def on_location_dropped(self, user: str) -> None:
+    def on_location_dropped(self, user: str, last: Location, until: float) -> None:
         return None
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:

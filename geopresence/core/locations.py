@@ -93,6 +93,16 @@ class LocationCache:
         self._deadlines.discard(user)
         return self._locations.pop(user, None) is not None
 
+    def pop(self, user: str) -> tuple[Location, float] | None:
+        """Forget the user's location and return it with the time its TTL ends (None: the
+        cache had none)."""
+        deadline = self._deadlines.get(user)
+        location = self._locations.pop(user, None)
+        self._deadlines.discard(user)
+        if location is None or deadline is None:
+            return None
+        return location, deadline
+
     def expire(self, now: float) -> list[str]:
         """Remove and return the users whose location TTL ended at or before ``now``."""
         users = self._deadlines.pop_due(now)

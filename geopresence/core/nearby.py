@@ -340,8 +340,9 @@ class Nearby:
         """Forget ``user``'s cached location without telling anyone: a node of several that
         no longer listens to the user's channel (none of its sessions needs it) would
         otherwise keep a position that no longer changes."""
-        self.locations.remove(user)
-        self.listener.on_location_dropped(user)
+        held = self.locations.pop(user)
+        if held is not None:
+            self.listener.on_location_dropped(user, *held)
         if self._head_user == user:
             self._head_location, self._head_user, self._head_bytes = None, "", b""
 

@@ -39,6 +39,12 @@ class StrangerIndex(Protocol):
         """``user`` is no longer visible at ``cell`` (an index geohash): it went offline,
         hid, was forgotten, or its location expired."""
 
+    def lapsed(self, user: str, ts: float, then: Callable[[], None]) -> None:
+        """``user``'s location, whose last update this node knew had ``ts``, has expired by
+        this node's reckoning, but this node stopped keeping it current: call ``then`` (the
+        watchers are told) unless a node renewed it with a later update since, which that
+        node keeps current."""
+
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
     ) -> None:
@@ -62,6 +68,9 @@ class GridIndex:
 
     def left(self, user: str, cell: str) -> None:
         return None
+
+    def lapsed(self, user: str, ts: float, then: Callable[[], None]) -> None:
+        then()  # no other node could have renewed it
 
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer

@@ -27,6 +27,7 @@ distance), so **nothing a stranger observes depends on more than a coarse positi
 from __future__ import annotations
 
 from collections import deque
+from functools import partial
 
 import attrs
 
@@ -126,6 +127,11 @@ class Strangers:
         self._applied_order: deque[tuple[float, str]] = deque()
         self._due: DeadlineIndex[str] = DeadlineIndex()
         """Users whose latest move or radius change waits for the end of the interval."""
+        self._lapsing: dict[str, tuple[str, float]] = {}
+        """Users this node dropped from its grid while their location was live (its
+        sessions needing it ended): user -> (index geohash, ``ts`` of the last update)."""
+        self._lapse_due: DeadlineIndex[str] = DeadlineIndex()
+        """... and when each of those locations expires unless renewed."""
 
     @property
     def watcher_count(self) -> int:
@@ -158,6 +164,7 @@ class Strangers:
             held = self.grid.get(user)
             # A move inside the coarse cell changes nothing a stranger may see: not published.
             if held is None or (held.lat, held.lon) != (spot.lat, spot.lon):
+                self._unlapse(user)
                 previous = self.grid.place(user, spot)
                 current = self.grid.cell(user)
                 if not self.ctx.replaying:  # another node's move: its origin did this
@@ -171,6 +178,7 @@ class Strangers:
         if visible:
             location = self.view.location_of(user, now)
             if location is not None and self._handled(user):
+                self._unlapse(user)
                 spot = snap(location)
                 previous = self.grid.place(user, spot)
                 if not self.ctx.replaying:
@@ -189,10 +197,14 @@ class Strangers:
             watching = self._watching(user)
             if watching:
                 self._apply(user, watching, now)
+        for user in self._lapse_due.pop_due(now):
+            code, ts = self._lapsing.pop(user)
+            self.index.lapsed(user, ts, partial(self._lapsed, user, code))
 
     def next_deadline(self) -> float | None:
         """When ``tick`` has work next (None: nothing pending)."""
-        return self._due.next_deadline()
+        deadlines = (self._due.next_deadline(), self._lapse_due.next_deadline())
+        return min((d for d in deadlines if d is not None), default=None)
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
         """The user's location expired or it went offline."""
@@ -207,10 +219,28 @@ class Strangers:
         code = cell_of(spot.lat, spot.lon, INDEX_PRECISION)
         self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "offline"))
 
-    def on_location_dropped(self, user: str) -> None:
+    def on_location_dropped(self, user: str, last: Location, until: float) -> None:
         """This node no longer keeps the user's location current: out of the grid, silently
-        (the index and the other nodes' watchers hear from the node handling it)."""
-        self.grid.remove(user)
+        (the index and the other nodes' watchers hear from the node handling it). If no
+        node handles it (the user went away: its last session ended here), nobody would
+        tell the watchers it expired: at ``until`` this node asks the index whether a node
+        renewed it since, and tells them if none did (``_lapsed``)."""
+        code = self.grid.remove(user)
+        if code is not None:
+            self._lapsing[user] = (code, last.ts)
+            self._lapse_due.set(user, until)
+
+    def _lapsed(self, user: str, code: str) -> None:
+        """A location this node dropped expired, renewed by no node: the watchers of its
+        cells, on every node, are told (those showing the user only)."""
+        self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "expired"))
+
+    def _unlapse(self, user: str) -> None:
+        """``user`` is back in this node's grid, or forgotten: no lapse to watch. (Not when
+        it goes offline: the offline path finds no location to tell if it expired first;
+        the watchers ignore a second ``stranger_gone``.)"""
+        if self._lapsing.pop(user, None) is not None:
+            self._lapse_due.discard(user)
 
     def on_friendship_added(self, a: str, b: str) -> None:
         for watcher, other in ((a, b), (b, a)):
@@ -228,6 +258,7 @@ class Strangers:
         self.queries.forget(user)
         self._applied_at.pop(user, None)
         self._due.discard(user)
+        self._unlapse(user)
 
     def deliver(self, conn: ConnId, event: StrangerEvent | StrangerGoneEvent) -> None:
         """A cell-channel event reached one watching connection."""

@@ -97,7 +97,9 @@ async def test_strangers_on_another_node(nodes: tuple[list[Node], list[str]]) ->
             await trio.sleep(TTL - 1)
             await alice.send({"type": "location", **SEOUL})
             await expect(alice, "stranger_gone", user="carol", reason="expired", within=TTL)
-            # dan logs out: node a learns he is offline from the replicated presence.
+            # dan logs out, his location fresh: node b, which decides he is offline, tells.
+            await dan.send({"type": "location", **near(0.001)})
+            await trio.sleep(0.3)  # accepted, in gp:loc:{dan}
             await dan.logout()
             await expect(alice, "stranger_gone", user="dan", reason="offline")
         assert (await alice.request("nearby_people"))["people"] == []
@@ -135,6 +137,30 @@ async def test_a_dead_node_s_strangers_leave_redis_and_views(
             while await stranger_cells_with(client, "sam"):
                 await trio.sleep(0.05)
         assert (await alice.request("nearby_people"))["total"] == 0
+
+
+@pytest.mark.parametrize("nodes", [("standalone", TTL)], indirect=True)
+async def test_a_stranger_whose_location_expires_after_his_connection_dropped_leaves(
+    nodes: tuple[list[Node], list[str]],
+) -> None:
+    """dan's connection drops (no logout): he stays online for the grace window, during
+    which his location expires. Node b let his location go with the connection, and no
+    other node keeps it current: node b tells alice's node it expired, and nobody tells her
+    again when he goes offline."""
+    (a, b), _ = nodes
+    async with session(a, "alice") as alice:
+        await alice.send({"type": "location", **SEOUL})
+        await alice.request("watch_strangers", on=True)
+        async with session(b, "dan") as dan:
+            await dan.request("settings", visible_to_strangers=True)
+            await dan.send({"type": "location", **near(0.001)})
+            await expect(alice, "stranger_nearby", user="dan")
+            await trio.sleep(TTL - 0.5)  # he goes offline after his location expired
+        for _ in range(4):  # alice's own location stays live
+            await trio.sleep(1.0)
+            await alice.send({"type": "location", **SEOUL})
+        await expect(alice, "stranger_gone", user="dan", reason="expired", within=1.0)
+        await nothing_of(alice, "stranger_gone", 1.0)
 
 
 @pytest.mark.parametrize("nodes", [("standalone", TTL)], indirect=True)

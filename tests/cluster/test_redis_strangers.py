@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import coredis
+import orjson
 import pytest
 import trio
 
@@ -210,6 +211,51 @@ async def test_a_user_listed_going_offline_is_told_to_the_watchers_once_out(
     await settle(strangers)
     assert told == ["sam"]
     assert await search(strangers, SEOUL, 5_000) == (0, [])
+
+
+async def test_a_lapse_is_told_unless_a_node_renewed_the_location(
+    index: tuple[RedisStrangers, Clock],
+) -> None:
+    """A node that dropped sam's location asks when it would have expired: told (the
+    watchers hear it expired) if ``gp:loc:{sam}`` is gone or still holds the update the node
+    knew; not if another node accepted a later one (that node keeps it current)."""
+    strangers, _ = index
+    key = strangers._keys.location("sam")
+
+    async def lapse() -> bool:
+        told: list[str] = []
+        strangers.lapsed("sam", 5.0, lambda: told.append("sam"))
+        with trio.move_on_after(0.5):
+            while not told:
+                await trio.sleep(0.01)
+        return told == ["sam"]
+
+    assert await lapse()  # expired: Redis dropped the key
+    await strangers._client.set(key, orjson.dumps([37.5, 127.0, 5.0, NOW]))
+    assert await lapse()  # the same update: nobody renewed it
+    await strangers._client.set(key, orjson.dumps([37.5, 127.0, 6.0, NOW]))
+    assert not await lapse()
+
+
+async def test_a_user_taken_out_just_before_going_offline_is_still_told(
+    index: tuple[RedisStrangers, Clock],
+) -> None:
+    """Node b's hub hears sam went offline before it let his location go: it takes him out
+    of his cell itself, so the removal ``went_offline`` then makes finds him out already.
+    The watchers are told all the same (they may show him)."""
+    strangers, _ = index
+    last = Location(37.5665, 126.978, 1.0)
+    strangers.entered("sam", snap(last), None, NOW)
+    await settle(strangers)
+    strangers.left("sam", cell_of(snap(last).lat, snap(last).lon, INDEX_PRECISION))
+    await settle(strangers)
+    told: list[str] = []
+    strangers.went_offline("sam", last, lambda: told.append("sam"))
+    await settle(strangers)
+    assert told == ["sam"]
+    strangers.went_offline("sam", last, lambda: told.append("again"))
+    await settle(strangers)
+    assert told == ["sam"]  # once
 
 
 class FailingFirst:

@@ -5,7 +5,7 @@ driving each one with a hand-made context, view and listener."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Callable, Iterable, Set
 from typing import Any
 
 import attrs
@@ -105,7 +105,7 @@ class RecordingListener:
     def on_location_gone(self, user: str, reason: str) -> None:
         self.calls.append(("gone", user, reason))
 
-    def on_location_dropped(self, user: str) -> None:
+    def on_location_dropped(self, user: str, last: Location, until: float) -> None:
         self.calls.append(("dropped", user))
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
@@ -155,6 +155,7 @@ class DeferredIndex:
     def __init__(self) -> None:
         self.told: list[tuple[str, str]] = []
         self.pending: list[Answer] = []
+        self.lapses: list[tuple[str, float, Callable[[], None]]] = []
 
     def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
         self.told.append(("entered", user))
@@ -164,6 +165,9 @@ class DeferredIndex:
 
     def left(self, user: str, cell: str) -> None:
         self.told.append(("left", user))
+
+    def lapsed(self, user: str, ts: float, then: Callable[[], None]) -> None:
+        self.lapses.append((user, ts, then))
 
     def search(
         self, center: Location, radius_m: float, excluded: Set[str], need: int, answer: Answer
@@ -226,6 +230,34 @@ def test_strangers_with_a_shared_index_answer_later_and_tell_what_they_do() -> N
     strangers.on_visibility("dan", False, now=9.0)
     ctx.replaying = False
     assert index.told[-2:] == [("entered", "dan"), ("left", "dan")]
+
+
+def test_a_location_dropped_here_that_nobody_renews_is_told_expired() -> None:
+    """dan's last session here ended: this node drops his location silently (another node
+    may keep it current). When it would have expired, the index says whether a node renewed
+    it; if none did, the watchers of his cells, on every node, are told it expired."""
+    ctx, strangers, index = carol_watching_and_searching()
+    ctx.store.put_settings("dan", UserSettings(visible_to_strangers=True))
+    near = Location(48.8566 + 0.002, 2.3522, 3.0)
+    strangers.on_location("dan", near, now=3.0)
+    frames(ctx.sink, 1)
+    strangers.on_location_dropped("dan", near, until=13.0)
+    assert frames(ctx.sink, 1) == [] and strangers.next_deadline() == 13.0
+    strangers.tick(12.9)
+    assert index.lapses == []
+    strangers.tick(13.0)
+    [(user, ts, then)] = index.lapses
+    assert (user, ts) == ("dan", 3.0)
+    then()  # nobody renewed it
+    assert frames(ctx.sink, 1) == [{"type": "stranger_gone", "user": "dan", "reason": "expired"}]
+    [(channels, event)] = [p for p in ctx.published if isinstance(p[1], StrangerGoneEvent)]
+    assert event == StrangerGoneEvent("dan", "expired") and channels
+    # Back in this node's grid (a session here again) before then: no lapse is asked about.
+    strangers.on_location("dan", near, now=14.0)
+    strangers.on_location_dropped("dan", near, until=24.0)
+    strangers.on_location("dan", near, now=20.0)
+    strangers.tick(30.0)
+    assert len(index.lapses) == 1
 
 
 def test_nearby_on_a_fake_context_tells_its_listener_and_publishes() -> None:

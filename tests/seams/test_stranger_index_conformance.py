@@ -127,6 +127,17 @@ async def test_moves_and_leaving(handler: Handler) -> None:
     assert await handler.search(busan, 1_000) == (0, [])
 
 
+async def test_a_lapse_nobody_renewed_is_told(handler: Handler) -> None:
+    """A location this node dropped, renewed by no node, is told expired (at once on one
+    node; with several, once Redis says no later update was accepted)."""
+    told: list[str] = []
+    handler.index.lapsed("sam", NOW, lambda: told.append("sam"))
+    with trio.fail_after(10):
+        while not told:
+            await trio.sleep(0.01)
+    assert told == ["sam"]
+
+
 async def test_ties_at_the_page_s_end_are_broken_by_user_id(handler: Handler) -> None:
     """Users in one coarse cell are at one position, and cells on either side of the asker's
     are at one distance: the page ends where the user ids say, wherever the index keeps
