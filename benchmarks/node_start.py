@@ -1,10 +1,10 @@
 """How long a node of several takes to load the shared state as it starts (issue 17).
 
-A starting node reads what it keeps of the whole population from Redis (``load_state``):
-every group and every stored chat message (statuses and settings no longer: a node reads
-those its sessions need). This seeds a Redis (standalone or a 3-master Cluster) with
-``--users`` users, each with a presence hash (which a starting node leaves alone), one group
-per 100 users and ``--messages`` 1:1 messages, then times ``load_state`` into a fresh hub.
+A starting node used to read parts of the whole population from Redis (``load_state``):
+statuses, settings, groups, chat messages; now it reads none (a node reads what its
+sessions and requests need, as they need it). This seeds a Redis (standalone or a 3-master
+Cluster) with ``--users`` users, each with a presence hash, one group per 100 users and
+``--messages`` 1:1 messages, then times ``load_state`` into a fresh hub.
 
     python -m benchmarks.node_start --users 100000 --messages 100000 --redis standalone,cluster
 """

@@ -21,6 +21,7 @@ import trio
 from geopresence.cluster.channel_events import Replaced, SettingsHeard
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
+from geopresence.cluster.group_slices import GroupSlices
 from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
@@ -50,6 +51,7 @@ class Arrivals:
         covered: Covered,
         views: Views,
         slices: FriendSlices,
+        groups: GroupSlices,
         watermarks: Watermarks,
         strangers: RedisStrangers,
         now: Callable[[], float],
@@ -58,6 +60,7 @@ class Arrivals:
         self._broker = broker
         self._covered = covered
         self._views = views
+        self._groups = groups
         self._slices = slices
         self._watermarks = watermarks
         self._strangers = strangers
@@ -69,10 +72,11 @@ class Arrivals:
 
     def on_record(self, record: Record) -> None:
         """A record this node journals: a friendship made here (``Views``), a change the
-        reads in flight must not miss (``FriendSlices``), a group changed (``Covered``),
-        settings changed (``KeptSettings``)."""
+        reads in flight must not miss (``FriendSlices``, ``GroupSlices``), a group changed
+        (``Covered``), settings changed (``KeptSettings``)."""
         self._views.on_record(record)
         self._slices.made_here(record)
+        self._groups.made_here(record)
         self._covered.changed(record)
         self._joined(record)
         if isinstance(record, SettingsChanged):  # stored later (``written``)
@@ -88,8 +92,9 @@ class Arrivals:
             if store.settings_kept(op.user) and self._covered.settings.needed(op.user):
                 self._hub.apply_feed(op, self._now())
             return
-        if self._slices.admit(op):
+        if self._slices.admit(op) and self._groups.admit(op):
             self._apply_feed(op)
+            self._groups.applied(op)
 
     def _apply_feed(self, op: FeedOp) -> None:
         if isinstance(op, Befriended):

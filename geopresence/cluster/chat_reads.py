@@ -269,12 +269,15 @@ async def list_conversations(client: Any, keys: Keys) -> int:
 class ChatReads:
     """What a node's answers read of a user's chat in Redis (``sync`` pages, a resend's
     original, an export, a forget's count), with what the node's replica says of the
-    user's groups and forgets."""
+    user's groups and forgets (``holds_group``: whether it holds a group at all)."""
 
-    def __init__(self, client: Any, keys: Keys, hub: Hub) -> None:
+    def __init__(
+        self, client: Any, keys: Keys, hub: Hub, holds_group: Callable[[str], bool]
+    ) -> None:
         self._client = client
         self._keys = keys
         self._hub = hub
+        self._holds_group = holds_group
 
     def marks_of(self, user: str) -> dict[str, int]:
         """``user``'s groups, each with its join mark."""
@@ -308,4 +311,6 @@ class ChatReads:
         return found
 
     def _exists(self, group: str) -> bool:
-        return self._hub.store.group_members(group) is not None
+        """False for a group this node holds as deleted (Redis may not have deleted its
+        conversation yet); one it does not hold is as Redis lists it (``gp:chats``)."""
+        return not self._holds_group(group) or self._hub.store.group_members(group) is not None

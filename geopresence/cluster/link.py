@@ -13,17 +13,14 @@
 - the node lease in ``gp:nodes`` (``NodeLease``): two live nodes never share a Snowflake node
   id, and the other nodes know this one is alive while it renews it (every second).
 
-Start-up (``run``): take the lease, note the feed's newest entry, load the shared state into
-the hub's replica, then read the feed from that entry on and serve.
+Start-up (``run``): take the lease, note the feed's newest entry, then read the feed from
+that entry on and serve: a node loads nothing of the population.
 
-Friendships are on the feed, but a node holds only those of the users it serves
-(``FriendSlices``: read from Redis as a session or request needs them). Locations are not
-on the feed: a node holds the locations its sessions need
-(``geopresence.cluster.views``); moves arrive on the users' channels (``Arrivals`` applies
-them to the cache before the subscribers hear them). Statuses and settings are not on the
-feed either: a node keeps those its sessions need (``geopresence.cluster.covered``,
-``.kept_settings``). Strangers are searched in Redis (``RedisStrangers``, the hub's stranger
-index), not in a grid every node keeps.
+Friendship and group changes are on the feed, but a node holds only the friendships and
+groups of the users it serves (``FriendSlices``, ``GroupSlices``: read from Redis as a
+session or request needs them). A node holds the locations, statuses and settings its
+sessions need (``.views``, ``.covered``, ``.kept_settings``); moves arrive on the users'
+channels (``Arrivals``). Strangers are searched in Redis (``RedisStrangers``).
 """
 
 from __future__ import annotations
@@ -45,13 +42,20 @@ from geopresence.cluster.chat_reads import ChatReads, list_conversations
 from geopresence.cluster.control import Control
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
+from geopresence.cluster.group_slices import GroupSlices
 from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
 from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
-from geopresence.cluster.redis_load import load_state, read_friends, read_settings
+from geopresence.cluster.redis_load import (
+    load_state,
+    read_friends,
+    read_groups,
+    read_groups_of,
+    read_settings,
+)
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease, keep_lease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
@@ -131,6 +135,8 @@ class ClusterLink:
         """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
         self.slices: FriendSlices | None = None
         """The users whose friendships this node holds (while ``run`` runs)."""
+        self.groups: GroupSlices | None = None
+        """... and the groups (while ``run`` runs)."""
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -207,20 +213,28 @@ class ClusterLink:
 
     # ---------------------------------------------------------------- what the node holds
 
-    async def hold(self, users: Collection[str]) -> None:
-        """Every friendship of ``users`` held here until ``release`` (``FriendSlices``)."""
-        assert self.slices is not None, "the link is not running"
+    async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
+        """Every friendship and group of ``users``, and ``groups``, held here until
+        ``release`` (``FriendSlices``, ``GroupSlices``)."""
+        assert self.slices is not None and self.groups is not None, "the link is not running"
         await self.slices.hold(users)
-
-    def release(self, users: Collection[str]) -> None:
-        """The end of one ``hold(users)``."""
-        if self.slices is not None:
+        try:
+            await self.groups.hold_users(users)
+            try:
+                await self.groups.hold_groups(groups)
+            except BaseException:
+                self.groups.release_users(users)
+                raise
+        except BaseException:
             self.slices.release(users)
+            raise
 
-    def holding(self, users: Collection[str]) -> AbstractAsyncContextManager[None]:
-        """Every friendship of ``users`` held here for the block (``FriendSlices``)."""
-        assert self.slices is not None, "the link is not running"
-        return self.slices.holding(users)
+    def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
+        """The end of one ``hold(users, groups)``."""
+        if self.slices is not None and self.groups is not None:
+            self.slices.release(users)
+            self.groups.release_users(users)
+            self.groups.release_groups(groups)
 
     async def own(self, user: str) -> None:
         """A session of ``user`` is opening here: its settings are kept here until
@@ -277,20 +291,7 @@ class ClusterLink:
         self._clock = clock
         self.presence.offline_after = hub.settings.offline_after
         self.keys.location_ttl = hub.settings.location_ttl
-        self.strangers.location_ttl = hub.settings.location_ttl
-        store = hub.store
-        # One whose settings this node does not keep: as Redis lists it (its node writes
-        # it), its settings read from Redis before it is shown (``RedisStrangers``).
-        self.strangers.visible = lambda user: (
-            not store.settings_kept(user) or store.get_settings(user).visible_to_strangers
-        )
-        self.strangers.settings_kept = store.settings_kept
-        # A stranger found in Redis is online unless this node knows otherwise: its node
-        # takes it out of its cell as it goes offline.
-        self.strangers.live = lambda user: (
-            self.strangers.visible(user)
-            and (hub.statuses.is_online(user) or not hub.statuses.holds(user))
-        )
+        self.strangers.follow(hub)
         assert self.broker is not None, "build the hub with make_broker first"
         settings = KeptSettings(self.client, self.keys, self.broker, hub, self._now)
         covered = self._covered = Covered(self.client, self.keys, self.broker, hub, settings)
@@ -302,6 +303,13 @@ class ClusterLink:
             lambda users: read_friends(self.client, self.keys, users),
             self.journal.written,
         )
+        groups = self.groups = GroupSlices(
+            hub,
+            lambda users: read_groups_of(self.client, self.keys, users),
+            lambda names: read_groups(self.client, self.keys, names),
+            self.journal.written,
+        )
+        groups.on_loaded = covered.regroup
         # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
         # with the feed's watermarks), not as the hub publishes it once stable.
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
@@ -310,7 +318,7 @@ class ClusterLink:
             channels_of(message), ChatEvent(message)
         )
         hub.chat.keeps_messages = False
-        self.chat = ChatReads(self.client, self.keys, hub)
+        self.chat = ChatReads(self.client, self.keys, hub, groups.holds)
         # Other nodes' ids are not all seen here: join and forget marks bound them by time.
         hub.state.ids.cluster_clock = clock
         self.journal.on_stored_before = hub.chat.stored_elsewhere
@@ -321,7 +329,15 @@ class ClusterLink:
             self.journal, hub, clock, self.lease.lease, patient
         )
         arrivals = Arrivals(
-            hub, self.broker, covered, views, self.slices, watermarks, self.strangers, self._now
+            hub,
+            self.broker,
+            covered,
+            views,
+            self.slices,
+            groups,
+            watermarks,
+            self.strangers,
+            self._now,
         )
         self.broker.on_remote = arrivals.on_remote
         self.broker.on_gap = arrivals.gap
@@ -352,6 +368,7 @@ class ClusterLink:
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
+                    nursery.start_soon(groups.run)
                     nursery.start_soon(chat_gaps.run)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record

@@ -56,9 +56,9 @@ async def load_durable(
     client: Any, keys: Keys, state: DurableState, *, whole: bool = True
 ) -> dict[str, int]:
     """Fill a fresh durable state from Redis: the user DB and the chat messages (without
-    ``whole``, only the groups: a node reads the friendships and settings its sessions need
-    as they open, ``read_friends`` and ``read_settings``, and the messages as they sync,
-    ``chat_reads``). Returns counts for the log line."""
+    ``whole``, nothing: a node reads the friendships, groups and settings its sessions need
+    as they open, ``read_friends``, ``read_groups`` and ``read_settings``, and the messages
+    as they sync, ``chat_reads``). Returns counts for the log line."""
     k = keys
     pairs: list[tuple[str, str]] = []
     if whole:
@@ -66,13 +66,8 @@ async def load_durable(
         read = await pipelined(client, users, lambda pipe, u: pipe.smembers(k.of("friends", u)))
         for user, friends in zip(users, read, strict=True):
             pairs.extend((user, friend) for friend in strings(friends))  # each pair twice
-    groups: dict[str, dict[str, int]] = {}
-    names = strings(await client.smembers(k.groups))
-    read = await pipelined(client, names, lambda pipe, g: pipe.hgetall(k.of("group", g)))
-    for group, members in zip(names, read, strict=True):
-        marks = {string(user): int(mark) for user, mark in members.items()}
-        if marks:
-            groups[group] = marks
+    names = strings(await client.smembers(k.groups)) if whole else []
+    groups = await read_groups(client, keys, names)
     settings: list[SettingsChanged] = []
     users = strings(await client.smembers(k.settings_users)) if whole else []
     read = await pipelined(client, users, lambda pipe, u: pipe.get(k.of("settings", u)))
@@ -106,6 +101,26 @@ async def read_friends(client: Any, keys: Keys, users: list[str]) -> dict[str, l
         client, users, lambda pipe, user: pipe.smembers(keys.of("friends", user))
     )
     return {user: strings(friends) for user, friends in zip(users, read, strict=True)}
+
+
+async def read_groups_of(client: Any, keys: Keys, users: list[str]) -> dict[str, list[str]]:
+    """Each of ``users``' groups (``gp:groups_of:{U}``), ``PIPELINE`` to a round trip."""
+    read = await pipelined(
+        client, users, lambda pipe, user: pipe.smembers(keys.of("groups_of", user))
+    )
+    return {user: strings(groups) for user, groups in zip(users, read, strict=True)}
+
+
+async def read_groups(client: Any, keys: Keys, groups: list[str]) -> dict[str, dict[str, int]]:
+    """Each of ``groups`` that exists (listed in ``gp:groups``: an empty one too), with its
+    members' join marks (``gp:group:{G}``)."""
+    read = await pipelined(client, groups, lambda pipe, g: pipe.hgetall(keys.of("group", g)))
+    listed = await pipelined(client, groups, lambda pipe, g: pipe.sismember(keys.groups, g))
+    found = {}
+    for group, members, exists in zip(groups, read, listed, strict=True):
+        if members or exists:
+            found[group] = {string(user): int(mark) for user, mark in members.items()}
+    return found
 
 
 async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[LocationSet]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Set
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import trio
@@ -40,6 +40,9 @@ from geopresence.core.stranger_index import Answer
 from geopresence.core.stranger_queries import snap
 from geopresence.model.geo import haversine_m
 from geopresence.model.geocells import cap_box, cell_box, cell_of, cells_in, coarse
+
+if TYPE_CHECKING:
+    from geopresence.core.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
 
@@ -110,7 +113,7 @@ Write = tuple[str, str, str, Location | None, float]
 
 class RedisStrangers:
     """The ``StrangerIndex`` of a node (``core.stranger_index``) over Redis. ``ClusterLink``
-    sets ``live`` and ``location_ttl`` and runs ``run`` in a task."""
+    calls ``follow`` and runs ``run`` in a task."""
 
     def __init__(self, client: Any, keys: Keys, now: Callable[[], float]) -> None:
         self._client = client
@@ -141,6 +144,22 @@ class RedisStrangers:
         """Writes dropped (queue full, or Redis failed them), for the log."""
         self.errors = 0
         """Failed round trips (a batch of writes, or a search), for metrics."""
+
+    def follow(self, hub: Hub) -> None:
+        """Judge users by ``hub``'s replicated state and location TTL."""
+        self.location_ttl = hub.settings.location_ttl
+        store, statuses = hub.store, hub.statuses
+        # One whose settings this node does not keep: as Redis lists it (its node writes
+        # it), its settings read from Redis before it is shown.
+        self.visible = lambda user: (
+            not store.settings_kept(user) or store.get_settings(user).visible_to_strangers
+        )
+        self.settings_kept = store.settings_kept
+        # A stranger found in Redis is online unless this node knows otherwise: its node
+        # takes it out of its cell as it goes offline.
+        self.live = lambda user: (
+            self.visible(user) and (statuses.is_online(user) or not statuses.holds(user))
+        )
 
     # ---------------------------------------------------------------- the StrangerIndex seam
 

@@ -50,12 +50,13 @@ class Control(Protocol):
     async def flush_cluster_presence(self) -> None:
         """Multi-node: return once this node's presence reports reached Redis."""
 
-    async def hold(self, users: Collection[str]) -> None:
-        """Multi-node: every friendship of ``users`` is held here until ``release`` (read
-        from Redis if need be; raises if it cannot be). One node: nothing to do."""
+    async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
+        """Multi-node: every friendship and group of ``users``, and ``groups``, are held
+        here until ``release`` (read from Redis if need be; raises if they cannot be). One
+        node: nothing to do."""
 
-    def release(self, users: Collection[str]) -> None:
-        """The end of one ``hold(users)``."""
+    def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
+        """The end of one ``hold(users, groups)``."""
 
     async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
         """Multi-node: ``users``' cluster-wide statuses as Redis has them (for
@@ -95,22 +96,24 @@ class Control(Protocol):
 
 
 @contextlib.asynccontextmanager
-async def holding(server: Control, users: Collection[str]) -> AsyncIterator[None]:
-    """``server.hold(users)`` for the block: a request that reads or changes the friends of
-    ``users`` (with several nodes, a node holds only its own users' friendships). 503
-    ``internal`` if Redis does not give them within the hello timeout."""
+async def holding(
+    server: Control, users: Collection[str], groups: Collection[str] = ()
+) -> AsyncIterator[None]:
+    """``server.hold(users, groups)`` for the block: a request that reads or changes the
+    friends or groups of ``users``, or ``groups`` (with several nodes, a node holds only
+    its own users' friendships and groups). 503 ``internal`` if Redis does not give them
+    within the hello timeout."""
     try:
         with trio.fail_after(server.config.hello_timeout):
-            await server.hold(users)
+            await server.hold(users, groups)
     except Exception as exc:
         cause = "timed out" if isinstance(exc, trio.TooSlowError) else str(exc)
-        raise HttpError(
-            503, "internal", f"the friend lists could not be read from Redis ({cause}): try again"
-        ) from None
+        problem = f"the friend lists or groups could not be read from Redis ({cause})"
+        raise HttpError(503, "internal", f"{problem}: try again") from None
     try:
         yield
     finally:
-        server.release(users)
+        server.release(users, groups)
 
 
 async def statuses_of(server: Control, users: Collection[str]) -> Mapping[str, Held]:

@@ -361,7 +361,7 @@ class HttpApi:
         for start in range(0, len(members), GROUP_SLICE):
             _user_list(members[start : start + GROUP_SLICE], "members")
             await trio.sleep(0)
-        async with self._group_writes:
+        async with self._group_writes, holding(self.server, (), (group,)):
             steps = self.hub.membership.set_group_in_slices(group, members)
             while True:
                 try:
@@ -374,30 +374,34 @@ class HttpApi:
 
     async def get_group(self, request: Request) -> Response:
         group = request.params["group"]
-        members = self.hub.store.group_members(group)
-        if members is None:
-            raise HttpError(404, "not_found", f"group {group!r} does not exist")
-        read = await statuses_of(self.server, members)
-        members = self.hub.store.group_members(group)  # as it is now
-        if members is None:
-            raise HttpError(404, "not_found", f"group {group!r} does not exist")
-        with self.hub.statuses.overlay(read):
-            online, total = self.hub.statuses.group_online(group)
+        async with holding(self.server, (), (group,)):
+            members = self.hub.store.group_members(group)
+            if members is None:
+                raise HttpError(404, "not_found", f"group {group!r} does not exist")
+            read = await statuses_of(self.server, members)
+            members = self.hub.store.group_members(group)  # as it is now
+            if members is None:
+                raise HttpError(404, "not_found", f"group {group!r} does not exist")
+            with self.hub.statuses.overlay(read):
+                online, total = self.hub.statuses.group_online(group)
         return 200, {"group": group, "members": sorted(members), "online": online, "total": total}
 
-    def delete_group(self, request: Request) -> Response:
+    async def delete_group(self, request: Request) -> Response:
         group = request.params["group"]
-        self.hub.membership.delete_group(group)
+        async with holding(self.server, (), (group,)):
+            self.hub.membership.delete_group(group)
         return 200, {"group": group, "deleted": True}
 
-    def put_member(self, request: Request) -> Response:
+    async def put_member(self, request: Request) -> Response:
         group, user = request.params["group"], request.params["user"]
-        added = self.hub.membership.add_member(group, user)
+        async with holding(self.server, (), (group,)):
+            added = self.hub.membership.add_member(group, user)
         return 200, {"group": group, "user": user, "added": added}
 
-    def delete_member(self, request: Request) -> Response:
+    async def delete_member(self, request: Request) -> Response:
         group, user = request.params["group"], request.params["user"]
-        removed = self.hub.membership.remove_member(group, user)
+        async with holding(self.server, (), (group,)):
+            removed = self.hub.membership.remove_member(group, user)
         return 200, {"group": group, "user": user, "removed": removed}
 
 

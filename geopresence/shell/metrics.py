@@ -206,6 +206,13 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
         "Users whose friendships this node holds (a session or request of theirs is here).",
         lambda: len(slices),
     )
+    groups = cluster.groups
+    assert groups is not None
+    metrics.gauge(
+        "groups_held",
+        "Groups this node holds (a member's session or a request about it is here).",
+        lambda: len(groups),
+    )
     metrics.counter(
         "redis_feed_applied_total",
         "Changes of other nodes applied here.",

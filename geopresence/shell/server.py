@@ -205,13 +205,13 @@ class Server:
         (``Forgets.forget_user``)."""
         return await self.forgets.forget_user(user, self.now())
 
-    async def hold(self, users: Collection[str]) -> None:
+    async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         if self.cluster is not None:
-            await self.cluster.hold(users)
+            await self.cluster.hold(users, groups)
 
-    def release(self, users: Collection[str]) -> None:
+    def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         if self.cluster is not None:
-            self.cluster.release(users)
+            self.cluster.release(users, groups)
 
     async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
         if self.cluster is None or not users:

@@ -11,12 +11,15 @@ import trio
 
 from geopresence.cluster import redis_load
 from geopresence.cluster.chat_reads import read_sync
+from geopresence.cluster.group_slices import load_group
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import (
     load_locations,
     load_state,
     read_friends,
+    read_groups,
+    read_groups_of,
     read_kept,
     read_settings,
 )
@@ -152,6 +155,17 @@ async def write_then_load(client: Any) -> None:
     assert list(second.store.settings_items()) == []
     for user, settings in (await read_settings(client, keys, ["alice", "bob", "carol"])).items():
         second.store.put_settings(user, settings)
+    # Nor any group: a node reads those of its sessions' users (GroupSlices).
+    assert counts["groups"] == 0 and list(second.store.groups()) == []
+    found = await read_groups_of(client, keys, ["dave", "nobody"])
+    assert {user: sorted(groups) for user, groups in found.items()} == {
+        "dave": ["climbers", "hikers"],
+        "nobody": [],
+    }
+    read = await read_groups(client, keys, ["hikers", "climbers", "gone"])
+    assert sorted(read) == ["climbers", "hikers"]  # "gone" was deleted
+    for group, marks in read.items():
+        load_group(second.state, group, marks)
     assert comparable(second) == comparable(first)
     # Nor any message: a sync reads them (chat_reads), each reader its own.
     assert "messages" not in counts and len(second.chat.store) == 0
