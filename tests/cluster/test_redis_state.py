@@ -164,8 +164,8 @@ async def write_then_load(client: Any) -> None:
     }
     read = await read_groups(client, keys, ["hikers", "climbers", "gone"])
     assert sorted(read) == ["climbers", "hikers"]  # "gone" was deleted
-    for group, marks in read.items():
-        load_group(second.state, group, marks)
+    for group, joined in read.items():
+        load_group(second.state, group, joined)
     assert comparable(second) == comparable(first)
     # Nor any message: a sync reads them (chat_reads), each reader its own.
     assert "messages" not in counts and len(second.chat.store) == 0
