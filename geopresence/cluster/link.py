@@ -41,21 +41,14 @@ from geopresence.cluster.chat_gaps import ChatGaps
 from geopresence.cluster.chat_reads import ChatReads, list_conversations
 from geopresence.cluster.control import Control
 from geopresence.cluster.covered import Covered
-from geopresence.cluster.friend_slices import FriendSlices
-from geopresence.cluster.group_slices import GroupSlices
+from geopresence.cluster.holdings import Holdings
 from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
 from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
-from geopresence.cluster.redis_load import (
-    load_state,
-    read_friends,
-    read_groups,
-    read_groups_of,
-    read_settings,
-)
+from geopresence.cluster.redis_load import load_state, read_settings
 from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease, keep_lease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
@@ -133,10 +126,8 @@ class ClusterLink:
         self._chat_gaps: ChatGaps | None = None
         self.chat: ChatReads | None = None
         """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
-        self.slices: FriendSlices | None = None
-        """The users whose friendships this node holds (while ``run`` runs)."""
-        self.groups: GroupSlices | None = None
-        """... and the groups (while ``run`` runs)."""
+        self.holdings: Holdings | None = None
+        """The friendships and groups this node holds (while ``run`` runs)."""
 
     def make_broker(self, deliver: Deliver) -> RedisBroker:
         """The hub's ``broker_factory``."""
@@ -215,26 +206,14 @@ class ClusterLink:
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         """Every friendship and group of ``users``, and ``groups``, held here until
-        ``release`` (``FriendSlices``, ``GroupSlices``)."""
-        assert self.slices is not None and self.groups is not None, "the link is not running"
-        await self.slices.hold(users)
-        try:
-            await self.groups.hold_users(users)
-            try:
-                await self.groups.hold_groups(groups)
-            except BaseException:
-                self.groups.release_users(users)
-                raise
-        except BaseException:
-            self.slices.release(users)
-            raise
+        ``release`` (``Holdings``)."""
+        assert self.holdings is not None, "the link is not running"
+        await self.holdings.hold(users, groups)
 
     def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         """The end of one ``hold(users, groups)``."""
-        if self.slices is not None and self.groups is not None:
-            self.slices.release(users)
-            self.groups.release_users(users)
-            self.groups.release_groups(groups)
+        if self.holdings is not None:
+            self.holdings.release(users, groups)
 
     async def own(self, user: str) -> None:
         """A session of ``user`` is opening here: its settings are kept here until
@@ -298,17 +277,8 @@ class ClusterLink:
         views = self._views = Views(
             self.client, self.keys, self.broker, hub, self._now, covered.read_missing
         )
-        self.slices = FriendSlices(
-            hub,
-            lambda users: read_friends(self.client, self.keys, users),
-            self.journal.written,
-        )
-        groups = self.groups = GroupSlices(
-            hub,
-            lambda users: read_groups_of(self.client, self.keys, users),
-            lambda names: read_groups(self.client, self.keys, names),
-            self.journal.written,
-        )
+        holdings = self.holdings = Holdings(hub, self.client, self.keys, self.journal.written)
+        groups = holdings.groups
         groups.on_loaded = covered.regroup
         # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
         # with the feed's watermarks), not as the hub publishes it once stable.
@@ -333,7 +303,7 @@ class ClusterLink:
             self.broker,
             covered,
             views,
-            self.slices,
+            holdings.friends,
             groups,
             watermarks,
             self.strangers,

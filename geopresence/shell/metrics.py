@@ -199,15 +199,13 @@ def register_cluster_metrics(metrics: Metrics, cluster: ClusterLink) -> None:
             + cluster.strangers.pending
         ),
     )
-    slices = cluster.slices
-    assert slices is not None
+    assert cluster.holdings is not None
+    slices, groups = cluster.holdings.friends, cluster.holdings.groups
     metrics.gauge(
         "users_held",
         "Users whose friendships this node holds (a session or request of theirs is here).",
         lambda: len(slices),
     )
-    groups = cluster.groups
-    assert groups is not None
     metrics.gauge(
         "groups_held",
         "Groups this node holds (a member's session or a request about it is here).",
