@@ -15,9 +15,9 @@ needs any more. Another node's friendship change reaches every node on the feed
 touches a held user (a forget always). A read can be older than a change the node heard of:
 sent before it was written, or, on a Cluster, read from a shard the change had not reached
 yet when its feed entry (on another shard) was read. So every friendship change heard or
-made here is also kept for a few seconds (``RECENT_S``, and while any read is in flight),
-and after a read each of them that touches a user read is applied again to the graph, in
-order: an edge's last change wins, so a stale read cannot keep an ended friendship, miss a
+made here is also kept a few seconds (``RecentChanges``), and after a read each of them
+that touches a user read is applied again to the graph, in order: an edge's last change
+wins, so a stale read cannot keep an ended friendship, miss a
 new one, or bring back a forgotten user. Nothing waits, and nothing but friendship edges is
 applied twice.
 """
@@ -25,21 +25,18 @@ applied twice.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from typing import TYPE_CHECKING, Final
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from typing import TYPE_CHECKING
 
 import trio
 
+from geopresence.cluster.recent_changes import RecentChanges
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
-
-RECENT_S: Final = 5.0
-"""Seconds a friendship change is kept to be applied again over a read: longer than a feed
-entry can run ahead of its keys on a Cluster (they are written in one pipeline)."""
 
 ReadFriends = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
 """Each user's friends as Redis has them (``redis_load.read_friends``)."""
@@ -70,16 +67,13 @@ class FriendSlices:
         self._hub = hub
         self._read = read
         self._written = written
-        self._now = now
         self._holders: Counter[str] = Counter()
         self._held: set[str] = set()
         """Users whose every friendship is in the hub's graph."""
         self._reading: dict[str, trio.Event] = {}
         """Users being read, with the event set once the read is in (or failed)."""
-        self._recent: deque[tuple[float, FeedOp]] = deque()
-        """Friendship changes heard or made here lately, with when, oldest first."""
-        self._read_starts: Counter[float] = Counter()
-        """When each read in flight started."""
+        self._recent: RecentChanges[FeedOp] = RecentChanges(now)
+        """Friendship changes heard or made here lately."""
 
     def __len__(self) -> int:
         return len(self._held)
@@ -139,48 +133,36 @@ class FriendSlices:
 
     def made_here(self, op: FeedOp) -> None:
         """A friendship change this node heard of or made: kept to be applied again over
-        the reads in flight (and those sent within ``RECENT_S``)."""
-        if not users_of(op):
-            return
-        now = self._now()
-        recent = self._recent
-        recent.append((now, op))
-        oldest = min(self._read_starts, default=now)
-        while recent and recent[0][0] < oldest - RECENT_S:
-            recent.popleft()
+        the reads in flight (``RecentChanges``)."""
+        if users_of(op):
+            self._recent.add(op)
 
     async def _read_in(self, users: list[str]) -> None:
         done = trio.Event()
         for user in users:
             self._reading[user] = done
-        started = self._now()
-        self._read_starts[started] += 1
         try:
-            await self._written()
-            found = await self._read(users)
-            membership = self._hub.membership
-            loaded = set()
-            for user in users:
-                if self._holders[user] > 0:  # else its holder gave up meanwhile
-                    membership.load_friends(user, found.get(user, ()))
-                    loaded.add(user)
-            self._apply_recent(loaded, started - RECENT_S)
+            with self._recent.reading() as recent:
+                await self._written()
+                found = await self._read(users)
+                membership = self._hub.membership
+                loaded = set()
+                for user in users:
+                    if self._holders[user] > 0:  # else its holder gave up meanwhile
+                        membership.load_friends(user, found.get(user, ()))
+                        loaded.add(user)
+                self._apply_recent(loaded, recent())
             self._held.update(loaded)
         finally:
-            self._read_starts[started] -= 1
-            if self._read_starts[started] <= 0:
-                del self._read_starts[started]
             for user in users:
                 del self._reading[user]
             done.set()
 
-    def _apply_recent(self, loaded: set[str], since: float) -> None:
-        """Apply again to the graph, in order, the recent changes that touch ``loaded``
+    def _apply_recent(self, loaded: set[str], recent: Iterable[FeedOp]) -> None:
+        """Apply again to the graph, in order, the ``recent`` changes that touch ``loaded``
         (users just read, with no session here yet): silently, as the read was."""
         membership = self._hub.membership
-        for at, op in self._recent:
-            if at < since:
-                continue
+        for op in recent:
             if isinstance(op, UserForgotten):
                 if op.user in loaded:
                     membership.unload_friends(op.user, keep=lambda _friend: False)

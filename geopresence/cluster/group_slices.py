@@ -13,21 +13,20 @@ changes reach every node on the feed; ``admit`` lets through those of a held gro
 those that add a held user to a group not held yet (a member's session here must join it
 live), whose full membership is then read (``run``). As for friendships, a read can be older
 than a change this node heard of, so every group change heard or made here is kept a few
-seconds (``RECENT_S``, and while a read is in flight) and applied again, in order and
-silently, to the groups each read brought in. ``release_*`` drops the groups no held user
-and no request needs any more.
+seconds (``RecentChanges``) and applied again, in order and silently, to the groups each
+read brought in. ``release_*`` drops the groups no held user and no request needs any more.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.friend_slices import RECENT_S
+from geopresence.cluster.recent_changes import RecentChanges
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import GroupDeleted, GroupSet, MemberAdded, MemberRemoved
 
@@ -62,7 +61,6 @@ class GroupSlices:
         self._read_groups_of = read_groups_of
         self._read_groups = read_groups
         self._written = written
-        self._now = now
         self._user_holders: Counter[str] = Counter()
         self._users: set[str] = set()
         """Users whose every group is held here."""
@@ -72,9 +70,8 @@ class GroupSlices:
         """Groups whose membership this node holds (or knows does not exist)."""
         self._reading: dict[str, trio.Event] = {}
         """Groups (and users, prefixed ``@``) being read, set once read (or failed)."""
-        self._recent: deque[tuple[float, GroupOp]] = deque()
-        """Group changes heard or made here lately, with when, oldest first."""
-        self._read_starts: Counter[float] = Counter()
+        self._recent: RecentChanges[GroupOp] = RecentChanges(now)
+        """Group changes heard or made here lately."""
         self._incomplete: set[str] = set()
         """Groups an admitted change brought in, whose full membership ``run`` reads."""
         self._wakeup = trio.Event()
@@ -177,15 +174,9 @@ class GroupSlices:
 
     def made_here(self, op: FeedOp) -> None:
         """A group change this node heard of or made: kept to be applied again over the
-        reads in flight (and those sent within ``RECENT_S``)."""
-        if not isinstance(op, GroupOp):
-            return
-        now = self._now()
-        recent = self._recent
-        recent.append((now, op))
-        oldest = min(self._read_starts, default=now)
-        while recent and recent[0][0] < oldest - RECENT_S:
-            recent.popleft()
+        reads in flight (``RecentChanges``)."""
+        if isinstance(op, GroupOp):
+            self._recent.add(op)
 
     async def run(self) -> None:
         """Read in full the groups an admitted change brought in (a held user joined a
@@ -208,39 +199,23 @@ class GroupSlices:
         done = trio.Event()
         for user in users:
             self._reading[f"@{user}"] = done
-        started = self._now()
-        self._read_starts[started] += 1
         try:
-            await self._written()
-            found = await self._read_groups_of(users)
-            groups = {group for user in users for group in found.get(user, ())}
-            # A group one of them joined that the read was too early to list.
-            groups |= {group for group, user in self._joins(started - RECENT_S) if user in users}
-            await self._load(groups)
+            with self._recent.reading() as recent:
+                await self._written()
+                found = await self._read_groups_of(users)
+                groups = {group for user in users for group in found.get(user, ())}
+                # A group one of them joined that the read was too early to list.
+                groups |= {group for group, user in _joins(recent()) if user in users}
+                await self._load(groups)
             for user in users:
                 if self._user_holders[user] > 0:  # else its holder gave up meanwhile
                     self._users.add(user)
             for group in groups:
                 self._maybe_unload(group)  # the users' holders gave up meanwhile
         finally:
-            self._read_starts[started] -= 1
-            if self._read_starts[started] <= 0:
-                del self._read_starts[started]
             for user in users:
                 del self._reading[f"@{user}"]
             done.set()
-
-    def _joins(self, since: float) -> set[tuple[str, str]]:
-        """(group, user) of each user the recent changes since ``since`` added to a group."""
-        joins = set()
-        for at, op in self._recent:
-            if at < since:
-                continue
-            if isinstance(op, MemberAdded):
-                joins.add((op.group, op.user))
-            elif isinstance(op, GroupSet):
-                joins.update((op.group, user) for user in op.members)
-        return joins
 
     async def _load(self, groups: set[str]) -> None:
         """Have ``groups`` loaded (read those not loaded nor being read)."""
@@ -258,32 +233,25 @@ class GroupSlices:
         done = trio.Event()
         for group in groups:
             self._reading[group] = done
-        started = self._now()
-        self._read_starts[started] += 1
         try:
-            await self._written()
-            found = await self._read_groups(groups)
-            state = self._hub.state
-            for group in groups:
-                load_group(state, group, found.get(group))
-            self._loaded.update(groups)
-            self._apply_recent(set(groups), started - RECENT_S)
+            with self._recent.reading() as recent:
+                await self._written()
+                found = await self._read_groups(groups)
+                state = self._hub.state
+                for group in groups:
+                    load_group(state, group, found.get(group))
+                self._loaded.update(groups)
+                # Applied again, in order and silently, over what was just read.
+                read = set(groups)
+                for op in recent():
+                    if op.group in read:
+                        state.apply(op)
             for group in groups:
                 self.on_loaded(group)
         finally:
-            self._read_starts[started] -= 1
-            if self._read_starts[started] <= 0:
-                del self._read_starts[started]
             for group in groups:
                 del self._reading[group]
             done.set()
-
-    def _apply_recent(self, loaded: set[str], since: float) -> None:
-        """Apply again, in order and silently, the recent changes of the groups just read."""
-        state = self._hub.state
-        for at, op in self._recent:
-            if at >= since and op.group in loaded:
-                state.apply(op)
 
     def _maybe_unload(self, group: str) -> None:
         """Drop ``group`` unless a request or a held member still needs it."""
@@ -296,6 +264,17 @@ class GroupSlices:
             return
         self._loaded.discard(group)
         unload_group(self._hub.state, group)
+
+
+def _joins(changes: Iterable[GroupOp]) -> set[tuple[str, str]]:
+    """(group, user) of each user ``changes`` added to a group."""
+    joins = set()
+    for op in changes:
+        if isinstance(op, MemberAdded):
+            joins.add((op.group, op.user))
+        elif isinstance(op, GroupSet):
+            joins.update((op.group, user) for user in op.members)
+    return joins
 
 
 def load_group(state: DurableState, group: str, marks: Mapping[str, int] | None) -> None:
