@@ -28,13 +28,20 @@ import trio
 
 from geopresence.cluster.recent_changes import RecentChanges
 from geopresence.core.replication import FeedOp
-from geopresence.model.records import GroupDeleted, GroupSet, MemberAdded, MemberRemoved
+from geopresence.model.records import (
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    UserForgotten,
+)
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
     from geopresence.core.state import DurableState
 
 GroupOp = GroupSet | GroupDeleted | MemberAdded | MemberRemoved
+Recent = GroupOp | UserForgotten
 
 ReadGroupsOf = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
 """Each user's groups as Redis has them (``redis_load.read_groups_of``)."""
@@ -70,10 +77,12 @@ class GroupSlices:
         """Groups whose membership this node holds (or knows does not exist)."""
         self._reading: dict[str, trio.Event] = {}
         """Groups (and users, prefixed ``@``) being read, set once read (or failed)."""
-        self._recent: RecentChanges[GroupOp] = RecentChanges(now)
+        self._recent: RecentChanges[Recent] = RecentChanges(now)
         """Group changes heard or made here lately."""
         self._incomplete: set[str] = set()
         """Groups an admitted change brought in, whose full membership ``run`` reads."""
+        self._forgotten: dict[str, set[str]] = {}
+        """The groups of users being forgotten, to let go once the forget is applied."""
         self._wakeup = trio.Event()
         self.on_loaded: Callable[[str], None] = lambda group: None
         """Called with each group read in (``Covered.regroup``: what its channel carries)."""
@@ -111,10 +120,10 @@ class GroupSlices:
             if self._user_holders[user] > 0:
                 continue
             del self._user_holders[user]
-            if user in self._users:
-                self._users.discard(user)
-                for group in list(self._hub.store.groups_of(user)):
-                    self._maybe_unload(group)
+            self._users.discard(user)
+            left = set(self._hub.store.groups_of(user)) | self._forgotten.pop(user, set())
+            for group in left:
+                self._maybe_unload(group)
 
     async def hold_groups(self, groups: Collection[str]) -> None:
         """Have ``groups`` here until ``release_groups(groups)`` (an HTTP request about
@@ -146,18 +155,18 @@ class GroupSlices:
 
     def admit(self, op: FeedOp) -> bool:
         """Whether the hub should apply a feed op: a change of a group held here, or one
-        that adds a held user to a group (read in full next, ``run``); other groups'
-        changes are left out. Not a group change: True."""
+        that adds a held user (or one being read) to a group (read in full next, ``run``);
+        other groups' changes are left out. Not a group change: True."""
+        self.made_here(op)
         if not isinstance(op, GroupOp):
             return True
-        self.made_here(op)
         group = op.group
         if group in self._loaded:
             return True
         if isinstance(op, MemberAdded):
-            joins = op.user in self._users
+            joins = self._wanted(op.user)
         elif isinstance(op, GroupSet):
-            joins = any(user in self._users for user in op.members)
+            joins = any(self._wanted(user) for user in op.members)
         else:
             joins = False
         if joins:
@@ -166,17 +175,30 @@ class GroupSlices:
             self._wakeup.set()
         return joins
 
+    def _wanted(self, user: str) -> bool:
+        """Whether ``user``'s groups are held here, or being read."""
+        return user in self._users or f"@{user}" in self._reading
+
     def applied(self, op: FeedOp) -> None:
-        """After the hub applied a group change (made here or admitted): a group that lost
-        its last held member, or was deleted, goes."""
+        """After the hub applied a change (made here or admitted): a group that lost its
+        last held member, or was deleted, goes; so do a forgotten user's."""
         if isinstance(op, GroupSet | MemberRemoved | GroupDeleted):
             self._maybe_unload(op.group)
+        elif isinstance(op, UserForgotten):
+            for group in self._forgotten.pop(op.user, set()):
+                self._maybe_unload(group)
 
     def made_here(self, op: FeedOp) -> None:
-        """A group change this node heard of or made: kept to be applied again over the
-        reads in flight (``RecentChanges``)."""
-        if isinstance(op, GroupOp):
-            self._recent.add(op)
+        """A change this node heard of or made, before the hub applies it: a group change
+        or a forget, kept to be applied again over the reads in flight
+        (``RecentChanges``); a forget's groups, to let go once it is applied."""
+        if isinstance(op, UserForgotten):
+            groups = set(self._hub.store.groups_of(op.user))
+            if groups:
+                self._forgotten.setdefault(op.user, set()).update(groups)
+        elif not isinstance(op, GroupOp):
+            return
+        self._recent.add(op)
 
     async def run(self) -> None:
         """Read in full the groups an admitted change brought in (a held user joined a
@@ -184,14 +206,14 @@ class GroupSlices:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            groups, self._incomplete = self._incomplete, set()
-            groups &= self._loaded  # not dropped meanwhile
+            groups = sorted((self._incomplete & self._loaded) - self._reading.keys())
             try:
-                await self._read_in(sorted(groups))
+                await self._read_in(groups)
             except Exception:
-                self._incomplete |= groups
                 await trio.sleep(1.0)
                 self._wakeup.set()
+            for group in groups:
+                self._maybe_unload(group)  # its member left during the read
 
     # ---------------------------------------------------------------- reading
 
@@ -218,8 +240,8 @@ class GroupSlices:
             done.set()
 
     async def _load(self, groups: set[str]) -> None:
-        """Have ``groups`` loaded (read those not loaded nor being read)."""
-        while missing := [group for group in groups if group not in self._loaded]:
+        """Have ``groups`` loaded in full (read those not, unless being read)."""
+        while missing := [g for g in groups if g not in self._loaded or g in self._incomplete]:
             reading = [self._reading[group] for group in missing if group in self._reading]
             if reading:
                 for event in reading:
@@ -242,10 +264,8 @@ class GroupSlices:
                     load_group(state, group, found.get(group))
                 self._loaded.update(groups)
                 # Applied again, in order and silently, over what was just read.
-                read = set(groups)
-                for op in recent():
-                    if op.group in read:
-                        state.apply(op)
+                _replay(state, set(groups), recent())
+                self._incomplete.difference_update(groups)
             for group in groups:
                 self.on_loaded(group)
         finally:
@@ -266,7 +286,17 @@ class GroupSlices:
         unload_group(self._hub.state, group)
 
 
-def _joins(changes: Iterable[GroupOp]) -> set[tuple[str, str]]:
+def _replay(state: DurableState, read: set[str], changes: Iterable[Recent]) -> None:
+    """Apply ``changes`` again, in order and silently, to the groups just ``read``."""
+    for op in changes:
+        if isinstance(op, UserForgotten):
+            for group in read & state.users.groups_of(op.user):
+                state.apply(MemberRemoved(group, op.user))
+        elif op.group in read:
+            state.apply(op)
+
+
+def _joins(changes: Iterable[Recent]) -> set[tuple[str, str]]:
     """(group, user) of each user ``changes`` added to a group."""
     joins = set()
     for op in changes:

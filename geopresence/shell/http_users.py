@@ -58,18 +58,19 @@ class UserData:
         keeper = server.history_keeper
         read = await statuses_of(server, (user,))
         settings = await settings_of(server, user)
-        chunks = export_document(
-            server.hub,
-            user,
-            server.now(),
-            keeper.directory,
-            keeper.run_sync,
-            settings,
-            server.messages_of(user),
-        )
         async with holding(server, (user,)):
-            # Its friends, read while they are all here. The head is made before the
-            # generator's first await: nothing else runs while the overlay is on.
+            # Its friends and groups (with its join marks, which the messages read takes
+            # now), read while they are all here. The head is made before the generator's
+            # first await: nothing else runs while the overlay is on.
+            chunks = export_document(
+                server.hub,
+                user,
+                server.now(),
+                keeper.directory,
+                keeper.run_sync,
+                settings,
+                server.messages_of(user),
+            )
             with server.hub.statuses.overlay(read):
                 head = await anext(chunks)
         return 200, Streamed(_after(head, chunks))

@@ -17,7 +17,13 @@ from geopresence.core.hub import Hub
 from geopresence.core.replication import FeedOp
 from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
-from geopresence.model.records import GroupDeleted, GroupSet, MemberAdded, MemberRemoved
+from geopresence.model.records import (
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    UserForgotten,
+)
 from tests.helpers import RecordingSink
 
 
@@ -133,6 +139,70 @@ async def test_a_held_user_joining_a_group_not_held_brings_it_in_whole() -> None
     assert node.members("chess") is None and not node.slices.holds("chess")
 
 
+async def test_a_request_waits_for_a_group_a_join_brought_in_part_way() -> None:
+    """chess came in with alice's join (only her, so far) while ``run`` is busy reading
+    another group: a request about chess reads it in full before it answers."""
+    redis = Redis({"hikers": HIKERS, "chess": {"zed": 7, "yan": 8}, "climbers": {"x": 1}})
+    node = Node(redis)
+    await node.slices.hold_users(["alice"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run)
+        redis.answer = trio.Event()  # Redis slow from now on
+        redis.groups["climbers"]["alice"] = 9
+        node.feed(MemberAdded("climbers", "alice", 9))
+        with trio.fail_after(5):
+            while ["climbers"] not in redis.reads:  # run is reading climbers
+                await trio.sleep(0.001)
+        redis.groups["chess"]["alice"] = 10
+        node.feed(MemberAdded("chess", "alice", 10))
+        got: list[dict[str, int] | None] = []
+
+        async def request() -> None:  # GET /v1/groups/chess
+            async with node.slices.holding_groups(["chess"]):
+                got.append(node.members("chess"))
+
+        nursery.start_soon(request)
+        await trio.sleep(0.01)
+        assert got == []  # it waits for Redis
+        redis.answer.set()
+        with trio.fail_after(5):
+            while not got:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert got == [{"alice": 10, "zed": 7, "yan": 8}]
+
+
+async def test_a_group_read_by_run_is_let_go_if_its_user_left_meanwhile() -> None:
+    redis = Redis({"chess": {"zed": 7}})
+    node = Node(redis)
+    await node.slices.hold_users(["alice"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run)
+        redis.answer = trio.Event()
+        redis.groups["chess"]["alice"] = 9
+        node.feed(MemberAdded("chess", "alice", 9))
+        with trio.fail_after(5):
+            while not redis.reads:
+                await trio.sleep(0.001)
+        node.slices.release_users(["alice"])  # her session ends during the read
+        redis.answer.set()
+        with trio.fail_after(5):
+            while len(node.slices):
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_forgotten_user_s_groups_are_let_go() -> None:
+    node = Node(Redis({"hikers": HIKERS, "chess": {"alice": 4, "zed": 7}}))
+    await node.slices.hold_users(["alice", "zed"])  # her session, or the forget request
+    node.feed(UserForgotten("alice"))
+    assert node.members("hikers") is None  # nobody held here is in it any more
+    node.slices.release_users(["alice"])
+    assert node.members("chess") == {"zed": 7}  # zed's
+    node.slices.release_users(["zed"])
+    assert len(node.slices) == 0
+
+
 @asynccontextmanager
 async def hikers_being_read(redis: Redis, node: Node) -> AsyncIterator[None]:
     """For the block, a hold of the group hikers whose read is sent and not answered yet;
@@ -175,7 +245,7 @@ async def test_a_read_from_a_shard_behind_the_feed_changes_nothing() -> None:
 
 async def test_a_group_joined_during_the_user_s_read_is_held_too() -> None:
     """alice is added to chess after her groups were read (the read did not list it), and
-    before she is held (the change is not admitted): chess is read for her all the same."""
+    before she is held: chess is read in full for her all the same."""
     redis = Redis({"hikers": HIKERS, "chess": {"zed": 7}})
     node = Node(redis)
     redis.answer = trio.Event()
@@ -186,10 +256,17 @@ async def test_a_group_joined_during_the_user_s_read_is_held_too() -> None:
                 await trio.sleep(0.001)
         redis.groups["chess"]["alice"] = 9
         node.feed(MemberAdded("chess", "alice", 9))
-        assert node.members("chess") is None  # not admitted: alice is not held yet
         redis.answer.set()
     assert node.members("chess") == {"zed": 7, "alice": 9}
     assert node.members("hikers") == HIKERS
+
+
+async def test_a_forget_heard_during_a_group_read_is_not_undone_by_it() -> None:
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    async with hikers_being_read(redis, node):
+        node.feed(UserForgotten("bob"))  # the read (sent before) still lists bob
+    assert node.members("hikers") == {"alice": 1, "carol": 3}
 
 
 async def test_a_group_deleted_during_its_read_stays_deleted() -> None:

@@ -69,3 +69,33 @@ async def test_a_node_holds_only_the_groups_of_the_users_it_serves(
                     await admin.group("chess")
                 assert refused.value.status == 404
             assert await groups_held(a) == 0 and await groups_held(b) == 0
+
+
+async def test_an_export_on_a_node_that_serves_nobody_lists_the_group_messages(
+    tmp_path: Path,
+) -> None:
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.set_group("hikers", ["alice", "bob"])
+            await trio.sleep(0.1)  # past alice's join mark (CLOCK_SKEW_S)
+            async with session(a, "bob") as bob:
+                await bob.send_message("for the hikers", group="hikers")
+            for admin in (admin_a, admin_b):
+                exported = await admin.export("alice")
+                assert [m["text"] for m in exported["messages"]] == ["for the hikers"]
+
+
+async def test_a_forgotten_user_s_groups_are_let_go(tmp_path: Path) -> None:
+    """Forgotten through a node that serves nobody, and through another node while a
+    session of the user is open: neither node keeps the user's groups afterwards."""
+    with cluster_of("standalone", 2, tmp_path) as ((a, b), _):
+        async with a.admin() as admin_a, b.admin() as admin_b:
+            await admin_a.set_group("hikers", ["alice", "bob"])
+            await admin_a.set_group("chess", ["carol", "zed"])
+            assert (await admin_b.forget("alice"))["groups"] == 1
+            assert await groups_held(b) == 0
+            async with session(b, "carol") as carol:
+                assert await groups_held(b) == 1
+                await admin_a.forget("carol")
+                assert (await carol.closed())[0] == 4001
+            await eventually_held(b, 0)
