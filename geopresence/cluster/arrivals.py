@@ -25,14 +25,21 @@ from geopresence.cluster.group_slices import GroupSlices
 from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.core.broker import user_channel
+from geopresence.core.broker import user_channel, user_of_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, GroupSet, MemberAdded, Record, SettingsChanged
+from geopresence.model.records import (
+    Befriended,
+    GroupSet,
+    MemberAdded,
+    Record,
+    SettingsChanged,
+    Unfriended,
+)
 
 if TYPE_CHECKING:
     from geopresence.cluster.chat_gaps import ChatGaps
@@ -92,6 +99,11 @@ class Arrivals:
             if store.settings_kept(op.user) and self._covered.settings.needed(op.user):
                 self._hub.apply_feed(op, self._now())
             return
+        self.take(op)
+
+    def take(self, op: FeedOp) -> None:
+        """A change heard (the feed, a user's channel) or found missing after a gap: applied
+        if this node holds what it changes (``FriendSlices``, ``GroupSlices``)."""
         if self._slices.admit(op) and self._groups.admit(op):
             self._apply_feed(op)
             self._groups.applied(op)
@@ -126,6 +138,9 @@ class Arrivals:
             return True
         if isinstance(event, SettingsHeard):
             self._covered.settings.heard(event)
+            return True
+        if isinstance(event, Befriended | Unfriended):
+            self.take(event)
             return True
         if isinstance(event, ChatEvent):
             # Shown once stable, in id order (``Chat.heard``), not as it arrives.
@@ -163,11 +178,15 @@ class Arrivals:
 
     def written(self, record: Record, version: Any) -> None:
         """Redis stored a settings change made here at ``version``: the nodes that keep
-        them hear it now (``KeptSettings``)."""
+        them hear it now (``KeptSettings``); or a friendship change made here: the nodes
+        that hold either user hear it on the users' channels (``FriendSlices.listen``)."""
         if isinstance(record, SettingsChanged):
             self._covered.settings.wrote(record, version)
             heard = SettingsHeard(record, version)
             self._broker.publish_remote([user_channel(record.user)], heard)
+        elif isinstance(record, Befriended | Unfriended):
+            channels = [user_channel(record.a), user_channel(record.b)]
+            self._broker.publish_remote(channels, record)
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
@@ -183,6 +202,7 @@ class Arrivals:
         Cluster moved them): the statuses they carry are read again (``Covered.resync``),
         and the chat messages they may have lost (``ChatGaps``)."""
         self._covered.resync(channels)
+        self._slices.gap([u for u in map(user_of_channel, channels) if u is not None])
         if self.chat_gaps is not None:
             self.chat_gaps.gap(channels)
 

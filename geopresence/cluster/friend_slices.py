@@ -51,6 +51,10 @@ def users_of(op: FeedOp) -> tuple[str, ...]:
     return ()
 
 
+async def _nothing(users: list[str]) -> None:
+    return None
+
+
 class FriendSlices:
     """The users whose friendships this node holds, counted by holder (sessions, requests).
 
@@ -74,6 +78,13 @@ class FriendSlices:
         """Users being read, with the event set once the read is in (or failed)."""
         self._recent: RecentChanges[FeedOp] = RecentChanges(now)
         """Friendship changes heard or made here lately."""
+        self.listen: Callable[[list[str]], Awaitable[None]] = _nothing
+        """Subscribe to the users' own channels and return once Redis has the
+        subscriptions: a friendship change is published there once written."""
+        self.unlisten: Callable[[str], None] = lambda user: None
+        """The end of one ``listen`` of a user."""
+        self._gaps: set[str] = set()
+        self._gap_found = trio.Event()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -111,6 +122,7 @@ class FriendSlices:
             if user in held:
                 held.discard(user)
                 membership.unload_friends(user, keep=held.__contains__)
+                self.unlisten(user)
 
     @contextlib.asynccontextmanager
     async def holding(self, users: Collection[str]) -> AsyncIterator[None]:
@@ -122,14 +134,21 @@ class FriendSlices:
             self.release(users)
 
     def admit(self, op: FeedOp) -> bool:
-        """Whether the hub should apply a feed op: a friendship change of users none of
-        which is held is left out (this node needs none of it); a forget always goes
-        through (the user's other state goes too)."""
+        """Whether the hub should apply a change heard (the feed, a user's channel): a
+        friendship change of users none of which is held is left out (this node needs none
+        of it), and so is a friendship of a user forgotten lately (heard after the forget:
+        the two travel different ways); a forget always goes through (the user's other
+        state goes too)."""
         users = users_of(op)
         if not users:
             return True
+        if isinstance(op, Befriended) and self._forgotten_lately(users):
+            return False
         self.made_here(op)
         return isinstance(op, UserForgotten) or any(user in self._held for user in users)
+
+    def _forgotten_lately(self, users: Collection[str]) -> bool:
+        return any(isinstance(op, UserForgotten) and op.user in users for op in self._recent.all())
 
     def made_here(self, op: FeedOp) -> None:
         """A friendship change this node heard of or made: kept to be applied again over
@@ -141,12 +160,16 @@ class FriendSlices:
         done = trio.Event()
         for user in users:
             self._reading[user] = done
+        loaded: set[str] = set()
+        listening = False
         try:
             with self._recent.reading() as recent:
+                # Subscribed first: a change written after the read reaches this node.
+                await self.listen(users)
+                listening = True
                 await self._written()
                 found = await self._read(users)
                 membership = self._hub.membership
-                loaded = set()
                 for user in users:
                     if self._holders[user] > 0:  # else its holder gave up meanwhile
                         membership.load_friends(user, found.get(user, ()))
@@ -154,9 +177,62 @@ class FriendSlices:
                 self._apply_recent(loaded, recent())
             self._held.update(loaded)
         finally:
+            if listening:
+                for user in set(users) - loaded:
+                    self.unlisten(user)
             for user in users:
                 del self._reading[user]
             done.set()
+
+    # ---------------------------------------------------------------- gaps
+
+    def gap(self, users: Collection[str]) -> None:
+        """The channels of ``users`` may have missed changes (a pub/sub gap): the held ones
+        are read again (``run``)."""
+        held = [user for user in users if user in self._held]
+        if held:
+            self._gaps.update(held)
+            self._gap_found.set()
+
+    async def run(self, apply: Callable[[FeedOp], None]) -> None:
+        """Read again the friends of held users whose channels had a gap, and ``apply``
+        the changes that make the graph match (live, as if heard); a failed read is tried
+        again a second later."""
+        while True:
+            await self._gap_found.wait()
+            self._gap_found = trio.Event()
+            users, self._gaps = sorted(self._gaps), set()
+            try:
+                with self._recent.reading() as recent:
+                    found = await self._read(users)
+                    for op in self._differences(users, found, list(recent())):
+                        apply(op)
+            except Exception:
+                self._gaps.update(users)
+                await trio.sleep(1.0)
+                self._gap_found.set()
+
+    def _differences(
+        self, users: list[str], found: dict[str, list[str]], recent: list[FeedOp]
+    ) -> list[FeedOp]:
+        """The changes that take the graph's edges of the still held ``users`` to what was
+        ``found`` (with the ``recent`` changes applied over the read)."""
+        store = self._hub.store
+        changes: list[FeedOp] = []
+        for user in users:
+            if user not in self._held:
+                continue
+            friends = set(found.get(user, ()))
+            for op in recent:
+                if isinstance(op, UserForgotten):
+                    friends = set() if op.user == user else friends - {op.user}
+                elif isinstance(op, Befriended | Unfriended) and user in (op.a, op.b):
+                    other = op.b if op.a == user else op.a
+                    (friends.add if isinstance(op, Befriended) else friends.discard)(other)
+            have = set(store.friends_of(user))
+            changes += [Befriended(user, friend) for friend in sorted(friends - have)]
+            changes += [Unfriended(user, friend) for friend in sorted(have - friends)]
+        return changes
 
     def _apply_recent(self, loaded: set[str], recent: Iterable[FeedOp]) -> None:
         """Apply again to the graph, in order, the ``recent`` changes that touch ``loaded``

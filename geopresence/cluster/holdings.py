@@ -10,8 +10,10 @@ from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.group_slices import GroupSlices
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_friends, read_groups, read_groups_of
+from geopresence.core.broker import user_channel
 
 if TYPE_CHECKING:
+    from geopresence.cluster.redis_broker import RedisBroker
     from geopresence.core.hub import Hub
 
 
@@ -29,6 +31,23 @@ class Holdings:
             lambda groups: read_groups(client, keys, groups),
             written,
         )
+
+    def listen_with(self, broker: RedisBroker) -> None:
+        """Hold a user's own channel while its friendships are held (its friendship
+        changes are published there), subscribed before they are read."""
+
+        async def listen(users: list[str]) -> None:
+            for user in users:
+                broker.hold(user_channel(user))
+            try:
+                await broker.subscribed()
+            except BaseException:  # cancelled: nothing listened
+                for user in users:
+                    broker.release(user_channel(user))
+                raise
+
+        self.friends.listen = listen
+        self.friends.unlisten = lambda user: broker.release(user_channel(user))
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         """Every friendship and group of ``users``, and ``groups``, held here until

@@ -6,9 +6,9 @@ the ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` w
 the keys (``geopresence.cluster.redis_keys``) in order, through ``WRITERS`` (feed op kind ->
 commands), and appends it, in the same pipeline, to the feed stream
 (``geopresence.cluster.redis_feed``) that the other nodes' replicas read
-(``geopresence.core.replication``); settings (``OFF_FEED``) reach only the nodes that need
-them, on their user's channel once written (``on_written``). A record is *durable* once
-Redis has it, so acks
+(``geopresence.core.replication``); settings and friendships (``OFF_FEED``) reach only the
+nodes that need them, on their users' channels once written (``on_written``). A record is
+*durable* once Redis has it, so acks
 (``sent``, ``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with
 one node. ``geopresence.cluster.redis_load`` reads these keys back.
 """
@@ -221,10 +221,10 @@ async def write_batch(
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
 
-OFF_FEED: Final = (SettingsChanged, ChatMessage)
+OFF_FEED: Final = (SettingsChanged, ChatMessage, Befriended, Unfriended)
 """Records not put on the feed: the nodes that need them hear them on a channel, published
-once written (settings: ``RedisJournal.on_written``; chat: ``chat_writes``), so that a
-node reading Redis after subscribing never misses one."""
+once written (settings, friendships: ``RedisJournal.on_written``; chat: ``chat_writes``),
+so that a node reading Redis after subscribing never misses one."""
 
 
 class RedisJournal:
@@ -351,6 +351,9 @@ class RedisJournal:
         batch = self._batch(self._blind)
         if batch:
             await write_batch(client, keys, [item[1:] for item in batch], feed)
+            for _, _, op, _, _ in batch:
+                if isinstance(op, Befriended | Unfriended) and self.on_written is not None:
+                    self.on_written(op, None)
             return batch
         batch = self._batch(lambda op: isinstance(op, SettingsChanged))
         if batch:

@@ -223,3 +223,69 @@ async def test_a_hold_given_up_during_its_read_holds_nothing() -> None:
     redis.answer.set()
     await node.slices.hold(["alice"])
     assert node.friends("alice") == {"bob"}
+
+
+async def test_a_hold_listens_to_its_users_before_it_reads_them() -> None:
+    """A friendship change is published on both users' channels once written: a node
+    subscribes to a user's channel before it reads the user's friends (none is missed), and
+    lets the channel go with the user."""
+    redis = Redis({"alice": ["bob"]})
+    node = Node(redis)
+    events: list[tuple[str, ...]] = []
+
+    async def listen(users: list[str]) -> None:
+        events.append(("listen", *users))
+
+    node.slices.listen = listen
+    node.slices.unlisten = lambda user: events.append(("unlisten", user))
+    original = redis.read
+
+    async def read(users: list[str]) -> dict[str, list[str]]:
+        events.append(("read", *users))
+        return await original(users)
+
+    node.slices._read = read
+    await node.slices.hold(["alice"])
+    await node.slices.hold(["alice"])  # a second holder: nothing read again
+    node.slices.release(["alice"])
+    assert events == [("listen", "alice"), ("read", "alice")]
+    node.slices.release(["alice"])
+    assert events[-1] == ("unlisten", "alice")
+    redis.fail = True
+    with pytest.raises(ConnectionError):
+        await node.slices.hold(["bob"])
+    assert events[-2:] == [("read", "bob"), ("unlisten", "bob")]
+
+
+async def test_a_gap_reads_the_held_users_again_and_applies_what_changed() -> None:
+    """alice's channel lost messages (a pub/sub gap): her friends are read again and the
+    differences applied as changes heard, over which a change heard during the read wins."""
+    redis = Redis({"alice": ["bob", "carol"], "bob": ["alice"], "carol": ["alice"]})
+    node = Node(redis)
+    await node.slices.hold(["alice"])
+    redis.unfriend("alice", "carol")  # both missed
+    redis.befriend("alice", "dave")
+    applied: list[FeedOp] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run, applied.append)
+        redis.answer = trio.Event()
+        node.slices.gap(["alice", "zed"])  # zed is not held here: not read
+        await trio.testing.wait_all_tasks_blocked()
+        assert redis.reads[-1] == ["alice"]
+        node.feed(Befriended("alice", "erin"))  # heard during the read, not in it
+        redis.answer.set()
+        with trio.fail_after(5):
+            while not applied:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert applied == [Befriended("alice", "dave"), Unfriended("alice", "carol")]
+
+
+async def test_a_friendship_heard_after_a_forget_of_one_end_is_left_out() -> None:
+    """The forget travels on the feed, a friendship on the users' channels: one made just
+    before the forget can arrive after it, and must not bring the forgotten user back."""
+    node = Node(Redis({"alice": []}))
+    await node.slices.hold(["alice"])
+    node.feed(UserForgotten("zoe"))
+    node.feed(Befriended("alice", "zoe"))
+    assert node.friends("alice") == set()

@@ -28,7 +28,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, SettingsChanged
+from geopresence.model.records import Befriended, SettingsChanged, Unfriended
 from geopresence.storage.snapshot import capture
 from geopresence.wire.client_messages import LocationUpdate, Send
 from tests.helpers import RecordingSink
@@ -80,10 +80,10 @@ async def write_then_load(client: Any) -> None:
     )
     journal.on_durable = lambda: first.journal_advanced(NOW)
     written: list[Any] = []
-    versions: list[int] = []
+    versions: list[int | None] = []
 
     # What ClusterLink publishes on the user's channel, with the version Redis stored.
-    def on_written(record: Any, version: int) -> None:
+    def on_written(record: Any, version: int | None) -> None:
         written.append(record)
         versions.append(version)
 
@@ -113,13 +113,21 @@ async def write_then_load(client: Any) -> None:
             await journal.flush()
         assert first.chat.pending_count == 0 and journal.durable_seq == journal.last_seq
         nursery.cancel_scope.cancel()
-    # Settings are not on the feed: once written, they go to the nodes keeping them.
-    assert written == [
+    # Friendships and settings are not on the feed: once written, they go to the nodes
+    # that need them, on the users' channels.
+    assert [r for r in written if isinstance(r, Befriended | Unfriended)] == [
+        Befriended("alice", "bob"),
+        Befriended("alice", "carol"),
+        Befriended("dave", "erin"),
+        Unfriended("dave", "erin"),
+    ]
+    stored = [(r, v) for r, v in zip(written, versions, strict=True) if v is not None]
+    assert [record for record, _ in stored] == [
         SettingsChanged("alice", True, 1200.0, False),
         SettingsChanged("bob", True, None, True),
         SettingsChanged("bob", True, None, False),
     ]
-    assert versions[1] < versions[2]  # each change above the last
+    assert stored[1][1] < stored[2][1]  # each change above the last
     # Nor are messages (published as written, chat_writes): every other change is in the
     # feed, in order, for the other nodes (not for node 1).
     fed: list[FeedOp] = []
@@ -134,9 +142,10 @@ async def write_then_load(client: Any) -> None:
                 await trio.sleep(0.01)
             await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
-    assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
+    assert [type(op).__name__ for op in fed][:1] == ["GroupSet"]
     assert len(fed) == journal.last_seq - len(written) - 3
-    assert not any(isinstance(op, LocationSet | SettingsChanged | ChatMessage) for op in fed)
+    off_feed = LocationSet | SettingsChanged | ChatMessage | Befriended | Unfriended
+    assert not any(isinstance(op, off_feed) for op in fed)
     assert mine == []
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
@@ -451,4 +460,4 @@ async def test_settings_changes_share_a_round_trip() -> None:
                     while journal.durable_seq < last:
                         await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
-    assert len(versions) == 20 and counting.pipelines == 2
+    assert len(versions) == 21 and versions[-1] is None and counting.pipelines == 2
