@@ -178,15 +178,18 @@ class Arrivals:
 
     def written(self, record: Record, version: Any) -> None:
         """Redis stored a settings change made here at ``version``: the nodes that keep
-        them hear it now (``KeptSettings``); or a friendship change made here: the nodes
-        that hold either user hear it on the users' channels (``FriendSlices.listen``)."""
+        them hear it now (``KeptSettings``)."""
         if isinstance(record, SettingsChanged):
             self._covered.settings.wrote(record, version)
             heard = SettingsHeard(record, version)
             self._broker.publish_remote([user_channel(record.user)], heard)
-        elif isinstance(record, Befriended | Unfriended):
-            channels = [user_channel(record.a), user_channel(record.b)]
-            self._broker.publish_remote(channels, record)
+
+    def publications(self, op: FeedOp) -> list[tuple[str, str, bytes]]:
+        """What the journal publishes with a change it writes: a friendship change, on both
+        users' channels (the nodes that hold either listen there, ``FriendSlices``)."""
+        if isinstance(op, Befriended | Unfriended):
+            return self._broker.publications([user_channel(op.a), user_channel(op.b)], op)
+        return []
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is

@@ -345,6 +345,7 @@ class ClusterLink:
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
+                    self.journal.publications = arrivals.publications
                     control = Control(
                         self.client, self.keys, self.broker, hub, self._incarnation, nursery
                     )

@@ -204,15 +204,23 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> Any:
 
 
 async def write_batch(
-    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool, int | None]], feed: RedisFeed
+    client: Any,
+    keys: Keys,
+    ops: list[tuple[int, FeedOp, bool, int | None]],
+    feed: RedisFeed,
+    publications: Callable[[FeedOp], list[tuple[str, str, bytes]]] | None = None,
 ) -> None:
-    """Apply ops that need no reads, and append those marked for it to the feed, in one
-    pipeline (not a transaction: a batch that failed halfway is written again, and every op
-    is idempotent, for Redis and for the replicas that may then read it twice)."""
+    """Apply ops that need no reads, then publish those that have ``publications`` and
+    append those marked for it to the feed, in one pipeline (not a transaction: a batch
+    that failed halfway is written again, and every op is idempotent, for Redis and for the
+    nodes that may then hear it twice)."""
     async with client.pipeline(transaction=False) as pipe:
         for _, op, _, _ in ops:
             for command in blind_commands(keys, op) or ():
                 _call(pipe, command)
+        for _, op, _, _ in ops:
+            for method, channel, data in () if publications is None else publications(op):
+                getattr(pipe, method)(channel, data)
         for uid, op, on_feed, watermark in ops:
             if on_feed:
                 feed.append_to(pipe, op, uid, watermark)
@@ -223,8 +231,9 @@ QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 
 OFF_FEED: Final = (SettingsChanged, ChatMessage, Befriended, Unfriended)
 """Records not put on the feed: the nodes that need them hear them on a channel, published
-once written (settings, friendships: ``RedisJournal.on_written``; chat: ``chat_writes``),
-so that a node reading Redis after subscribing never misses one."""
+once written (settings: ``RedisJournal.on_written``; friendships: in the pipeline that
+writes them, ``RedisJournal.publications``; chat: ``chat_writes``), so that a node reading
+Redis after subscribing never misses one."""
 
 
 class RedisJournal:
@@ -264,6 +273,10 @@ class RedisJournal:
         self.write_errors = 0
         self.on_append: Callable[[Record], None] | None = None
         """Called with each record this node journals (the link watches friendships)."""
+        self.publications: Callable[[FeedOp], list[tuple[str, str, bytes]]] | None = None
+        """The publishes (command, Redis channel, payload) that tell the other nodes of a
+        blind op, sent in the pipeline that writes it, after its keys (the link sets it:
+        friendship changes, on both users' channels)."""
         self.on_written: Callable[[Record, Any], None] | None = None
         """Called with each ``OFF_FEED`` record once Redis has it, and what its writer
         returned (settings: their version); the link publishes it."""
@@ -350,10 +363,7 @@ class RedisJournal:
         client, keys, feed = self._client, self._keys, self.feed
         batch = self._batch(self._blind)
         if batch:
-            await write_batch(client, keys, [item[1:] for item in batch], feed)
-            for _, _, op, _, _ in batch:
-                if isinstance(op, Befriended | Unfriended) and self.on_written is not None:
-                    self.on_written(op, None)
+            await write_batch(client, keys, [item[1:] for item in batch], feed, self.publications)
             return batch
         batch = self._batch(lambda op: isinstance(op, SettingsChanged))
         if batch:
