@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.recent_changes import RecentChanges
+from geopresence.cluster.recent_changes import RECENT_S, RecentChanges
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
 
@@ -52,6 +52,10 @@ def users_of(op: FeedOp) -> tuple[str, ...]:
 
 
 async def _nothing(users: list[str]) -> None:
+    return None
+
+
+async def _settled() -> None:
     return None
 
 
@@ -83,6 +87,15 @@ class FriendSlices:
         subscriptions: a friendship change is published there once written."""
         self.unlisten: Callable[[str], None] = lambda user: None
         """The end of one ``listen`` of a user."""
+        self.subscribed: Callable[[], Awaitable[None]] = _settled
+        """Return once every subscription asked for is in place in Redis."""
+        self._now = now
+        self._forgotten_at: dict[str, float] = {}
+        """Users forgotten lately, with when (a friendship heard then is checked)."""
+        self._unsure: list[Befriended] = []
+        """Friendships of users forgotten lately, to check in Redis (``run``)."""
+        self._checked: set[Befriended] = set()
+        """... found there, to be let through once."""
         self._gaps: set[str] = set()
         self._gap_found = trio.Event()
 
@@ -142,19 +155,35 @@ class FriendSlices:
         users = users_of(op)
         if not users:
             return True
-        if isinstance(op, Befriended) and self._forgotten_lately(users):
-            return False
+        if isinstance(op, Befriended):
+            if op in self._checked:
+                self._checked.discard(op)
+            elif any(map(self._forgotten_lately, users)):
+                # Made before the forget or after it? Redis says (``run``).
+                self._unsure.append(op)
+                self._gap_found.set()
+                return False
         self.made_here(op)
         return isinstance(op, UserForgotten) or any(user in self._held for user in users)
 
-    def _forgotten_lately(self, users: Collection[str]) -> bool:
-        return any(isinstance(op, UserForgotten) and op.user in users for op in self._recent.all())
+    def _forgotten_lately(self, user: str) -> bool:
+        at = self._forgotten_at.get(user)
+        if at is not None and at < self._now() - RECENT_S:
+            del self._forgotten_at[user]
+            at = None
+        return at is not None
 
     def made_here(self, op: FeedOp) -> None:
         """A friendship change this node heard of or made: kept to be applied again over
         the reads in flight (``RecentChanges``)."""
         if users_of(op):
             self._recent.add(op)
+        if isinstance(op, UserForgotten):
+            now = self._now()
+            for user, at in list(self._forgotten_at.items()):
+                if at < now - RECENT_S:
+                    del self._forgotten_at[user]
+            self._forgotten_at[op.user] = now
 
     async def _read_in(self, users: list[str]) -> None:
         done = trio.Event()
@@ -187,9 +216,9 @@ class FriendSlices:
     # ---------------------------------------------------------------- gaps
 
     def gap(self, users: Collection[str]) -> None:
-        """The channels of ``users`` may have missed changes (a pub/sub gap): the held ones
-        are read again (``run``)."""
-        held = [user for user in users if user in self._held]
+        """The channels of ``users`` may have missed changes (a pub/sub gap): the held ones,
+        and those being read, are read again (``run``)."""
+        held = [user for user in users if user in self._held or user in self._reading]
         if held:
             self._gaps.update(held)
             self._gap_found.set()
@@ -201,9 +230,19 @@ class FriendSlices:
         while True:
             await self._gap_found.wait()
             self._gap_found = trio.Event()
+            await self._check(apply)
             users, self._gaps = sorted(self._gaps), set()
+            if not users:
+                continue
             try:
+                for user in users:  # a first read in flight: after it
+                    if user in self._reading:
+                        await self._reading[user].wait()
                 with self._recent.reading() as recent:
+                    # As a first read: the subscriptions in place again, this node's own
+                    # changes in Redis.
+                    await self.subscribed()
+                    await self._written()
                     found = await self._read(users)
                     for op in self._differences(users, found, list(recent())):
                         apply(op)
@@ -211,6 +250,24 @@ class FriendSlices:
                 self._gaps.update(users)
                 await trio.sleep(1.0)
                 self._gap_found.set()
+
+    async def _check(self, apply: Callable[[FeedOp], None]) -> None:
+        """Apply each unsure friendship that Redis has (made after the forget), once this
+        node's own writes are in; a failed read leaves the rest for the next round."""
+        unsure, self._unsure = self._unsure, []
+        try:
+            while unsure:
+                op = unsure[0]
+                await self._written()
+                found = await self._read([op.a])
+                if op.b in found.get(op.a, ()):
+                    self._checked.add(op)
+                    apply(op)
+                unsure.pop(0)
+        except Exception:
+            self._unsure[:0] = unsure
+            self._gap_found.set()
+            await trio.sleep(1.0)
 
     def _differences(
         self, users: list[str], found: dict[str, list[str]], recent: list[FeedOp]

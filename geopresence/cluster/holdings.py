@@ -47,6 +47,7 @@ class Holdings:
                 raise
 
         self.friends.listen = listen
+        self.friends.subscribed = broker.subscribed
         self.friends.unlisten = lambda user: broker.release(user_channel(user))
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:

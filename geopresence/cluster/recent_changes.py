@@ -41,10 +41,6 @@ class RecentChanges(Generic[T]):
         while recent and recent[0][0] < oldest - RECENT_S:
             recent.popleft()
 
-    def all(self) -> Iterator[T]:
-        """Every change kept, oldest first."""
-        return (change for _, change in self._recent)
-
     @contextlib.contextmanager
     def reading(self) -> Iterator[Callable[[], Iterator[T]]]:
         """For a read: keeps the changes it may need while it runs; gives the function that

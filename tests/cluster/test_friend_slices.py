@@ -281,11 +281,66 @@ async def test_a_gap_reads_the_held_users_again_and_applies_what_changed() -> No
     assert applied == [Befriended("alice", "dave"), Unfriended("alice", "carol")]
 
 
-async def test_a_friendship_heard_after_a_forget_of_one_end_is_left_out() -> None:
+async def test_a_friendship_heard_just_after_a_forget_of_one_end_is_checked_in_redis() -> None:
     """The forget travels on the feed, a friendship on the users' channels: one made just
-    before the forget can arrive after it, and must not bring the forgotten user back."""
-    node = Node(Redis({"alice": []}))
-    await node.slices.hold(["alice"])
-    node.feed(UserForgotten("zoe"))
-    node.feed(Befriended("alice", "zoe"))
+    before the forget can arrive after it, and must not bring the forgotten user back; one
+    made after it is a new fact. Redis tells them apart: the held end is read again."""
+    redis = Redis({"alice": [], "bob": []})
+    node = Node(redis)
+    await node.slices.hold(["alice", "bob"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run, node._apply)
+        node.feed(UserForgotten("zoe"))
+        node.feed(Befriended("alice", "zoe"))  # made before the forget: Redis has no edge
+        redis.befriend("bob", "zoe")  # zoe again, befriended after the forget
+        node.feed(Befriended("bob", "zoe"))
+        with trio.fail_after(5):
+            while node.friends("bob") != {"zoe"}:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
     assert node.friends("alice") == set()
+
+
+async def test_a_gap_waits_for_this_node_s_own_writes() -> None:
+    """alice befriends carol here while Redis is slow to take writes (longer than the
+    changes are kept); a gap on alice's channel meanwhile does not undo the friendship: the
+    read again waits for this node's writes, as a first read does."""
+    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
+    node = Node(redis)
+    flushed = trio.Event()
+
+    async def written() -> None:
+        await flushed.wait()
+
+    await node.slices.hold(["alice"])
+    node.slices._written = written
+    node.hub.store.add_friendship("alice", "carol")  # made here, journaled, not written
+    node.slices.made_here(Befriended("alice", "carol"))
+    node.clock += 6.0
+    applied: list[FeedOp] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run, applied.append)
+        node.slices.gap(["alice"])
+        await trio.testing.wait_all_tasks_blocked()
+        redis.befriend("alice", "carol")  # the journal gets through
+        flushed.set()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert applied == []
+
+
+async def test_a_gap_during_a_user_s_first_read_reads_it_again_after() -> None:
+    """The pub/sub connection dropped while alice's first read was in flight: a change
+    written after the read was sent, whose publish was lost, is read once it is in."""
+    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
+    node = Node(redis)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run, node._apply)
+        async with alice_being_read(redis, node):
+            redis.befriend("alice", "carol")
+            node.slices.gap(["alice"])
+        with trio.fail_after(5):
+            while node.friends("alice") != {"bob", "carol"}:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
