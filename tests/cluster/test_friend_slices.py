@@ -343,4 +343,3 @@ async def test_a_gap_during_a_user_s_first_read_reads_it_again_after() -> None:
             while node.friends("alice") != {"bob", "carol"}:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-
