@@ -80,7 +80,9 @@ class FriendSlices:
         """Users whose every friendship is in the hub's graph."""
         self._reading: dict[str, trio.Event] = {}
         """Users being read, with the event set once the read is in (or failed)."""
-        self._recent: RecentChanges[FeedOp] = RecentChanges(now)
+        self._recent: RecentChanges[FeedOp] = RecentChanges(
+            now, lambda op: isinstance(op, UserForgotten)
+        )
         """Friendship changes heard or made here lately."""
         self.listen: Callable[[list[str]], Awaitable[None]] = _nothing
         """Subscribe to the users' own channels and return once Redis has the
@@ -196,6 +198,7 @@ class FriendSlices:
                 # Subscribed first: a change written after the read reaches this node.
                 await self.listen(users)
                 listening = True
+                recent.mark()
                 await self._written()
                 found = await self._read(users)
                 membership = self._hub.membership
@@ -242,6 +245,7 @@ class FriendSlices:
                     # As a first read: the subscriptions in place again, this node's own
                     # changes in Redis.
                     await self.subscribed()
+                    recent.mark()
                     await self._written()
                     found = await self._read(users)
                     for op in self._differences(users, found, list(recent())):

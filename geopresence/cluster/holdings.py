@@ -10,7 +10,7 @@ from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.group_slices import GroupSlices
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_friends, read_groups, read_groups_of
-from geopresence.core.broker import user_channel
+from geopresence.core.broker import group_channel, user_channel
 
 if TYPE_CHECKING:
     from geopresence.cluster.redis_broker import RedisBroker
@@ -33,8 +33,8 @@ class Holdings:
         )
 
     def listen_with(self, broker: RedisBroker) -> None:
-        """Hold a user's own channel while its friendships are held (its friendship
-        changes are published there), subscribed before they are read."""
+        """Hold a user's own channel while its friendships are held, and a group's while it
+        is held (their changes are published there), subscribed before they are read."""
 
         async def listen(users: list[str]) -> None:
             for user in users:
@@ -48,6 +48,9 @@ class Holdings:
 
         self.friends.listen = listen
         self.friends.subscribed = broker.subscribed
+        self.groups.hold_channel = lambda group: broker.hold(group_channel(group))
+        self.groups.release_channel = lambda group: broker.release(group_channel(group))
+        self.groups.subscribed = broker.subscribed
         self.friends.unlisten = lambda user: broker.release(user_channel(user))
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:

@@ -339,7 +339,7 @@ class ClusterLink:
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
-                    nursery.start_soon(groups.run)
+                    nursery.start_soon(groups.run, arrivals.take)
                     nursery.start_soon(holdings.friends.run, arrivals.take)
                     nursery.start_soon(chat_gaps.run)
                     await nursery.start(self.strangers.run)

@@ -1,11 +1,16 @@
 """Changes a node heard or made lately, for the reads of Redis in flight (cluster).
 
-A read of Redis can be older than a change this node heard of: sent before the change was
-written, or, on a Cluster, answered by a shard the change had not reached yet when its feed
-entry (on another shard) was read. So the slices of state a node holds
-(``FriendSlices``, ``GroupSlices``) keep every change they hear or make for ``RECENT_S``,
-and while any read is in flight, and apply again over each read, in order, those since a
-little before it started.
+A read of Redis can be older than a change this node hears or makes while it is in flight.
+So the slices of state a node holds (``FriendSlices``, ``GroupSlices``) keep the changes they
+hear or make while any read is in flight (and ``RECENT_S`` more), and apply again over each
+read, in order:
+
+- the changes heard or made since the read's subscriptions were confirmed (``Reading.mark``):
+  one published earlier was written before it was published, so the read has it, or a later
+  one heard since; applying an earlier one again could undo a later one this node never
+  heard (it did not listen to that channel then);
+- the changes that travel on the feed (a forget), from ``RECENT_S`` before the read: on a
+  Cluster a feed entry can be read before its keys (another shard) are.
 """
 
 from __future__ import annotations
@@ -16,17 +21,38 @@ from collections.abc import Callable, Iterator
 from typing import Final, Generic, TypeVar
 
 RECENT_S: Final = 5.0
-"""Seconds a change is kept to be applied again over a read: longer than a feed entry can
-run ahead of its keys on a Cluster (they are written in one pipeline)."""
+"""Seconds a feed change is kept to be applied again over a read: longer than a feed entry
+can run ahead of its keys on a Cluster (they are written in one pipeline)."""
 
 T = TypeVar("T")
 
 
-class RecentChanges(Generic[T]):
-    """Changes with when they were heard (``now``: a monotonic clock, seconds)."""
+class Reading(Generic[T]):
+    """The changes one read needs applied again over it."""
 
-    def __init__(self, now: Callable[[], float]) -> None:
-        self._now = now
+    def __init__(self, changes: RecentChanges[T], started: float) -> None:
+        self._changes = changes
+        self._started = started
+        self._marked: float | None = None
+
+    def mark(self) -> None:
+        """The read's subscriptions are confirmed: from now on every change is heard."""
+        self._marked = self._changes.now()
+
+    def __call__(self) -> list[T]:
+        """The changes to apply again over the read, oldest first."""
+        early = self._started - RECENT_S
+        since = early if self._marked is None else self._marked
+        return self._changes.since(since, early)
+
+
+class RecentChanges(Generic[T]):
+    """Changes with when they were heard (``now``: a monotonic clock, seconds); ``on_feed``
+    tells those that travel on the feed."""
+
+    def __init__(self, now: Callable[[], float], on_feed: Callable[[T], bool]) -> None:
+        self.now = now
+        self._on_feed = on_feed
         self._recent: deque[tuple[float, T]] = deque()
         """The changes, oldest first."""
         self._read_starts: Counter[float] = Counter()
@@ -34,21 +60,29 @@ class RecentChanges(Generic[T]):
 
     def add(self, change: T) -> None:
         """Keep ``change``, and let go those no read can need any more."""
-        now = self._now()
+        now = self.now()
         recent = self._recent
         recent.append((now, change))
         oldest = min(self._read_starts, default=now)
         while recent and recent[0][0] < oldest - RECENT_S:
             recent.popleft()
 
+    def since(self, since: float, feed_since: float) -> list[T]:
+        """The changes heard at or after ``since``, and the feed's at or after
+        ``feed_since``, oldest first."""
+        return [
+            change
+            for at, change in self._recent
+            if at >= since or (at >= feed_since and self._on_feed(change))
+        ]
+
     @contextlib.contextmanager
-    def reading(self) -> Iterator[Callable[[], Iterator[T]]]:
-        """For a read: keeps the changes it may need while it runs; gives the function that
-        yields them, in order (those from ``RECENT_S`` before it started on)."""
-        started = self._now()
+    def reading(self) -> Iterator[Reading[T]]:
+        """For a read: keeps the changes it may need while it runs (``Reading``)."""
+        started = self.now()
         self._read_starts[started] += 1
         try:
-            yield lambda: (change for at, change in self._recent if at >= started - RECENT_S)
+            yield Reading(self, started)
         finally:
             self._read_starts[started] -= 1
             if self._read_starts[started] <= 0:
