@@ -33,17 +33,15 @@ class Reading(Generic[T]):
     def __init__(self, changes: RecentChanges[T], started: float) -> None:
         self._changes = changes
         self._started = started
-        self._marked: float | None = None
+        self._marked: int | None = None
 
     def mark(self) -> None:
         """The read's subscriptions are confirmed: from now on every change is heard."""
-        self._marked = self._changes.now()
+        self._marked = self._changes.added
 
     def __call__(self) -> list[T]:
         """The changes to apply again over the read, oldest first."""
-        early = self._started - RECENT_S
-        since = early if self._marked is None else self._marked
-        return self._changes.since(since, early)
+        return self._changes.since(self._marked, self._started - RECENT_S)
 
 
 class RecentChanges(Generic[T]):
@@ -53,8 +51,10 @@ class RecentChanges(Generic[T]):
     def __init__(self, now: Callable[[], float], on_feed: Callable[[T], bool]) -> None:
         self.now = now
         self._on_feed = on_feed
-        self._recent: deque[tuple[float, T]] = deque()
-        """The changes, oldest first."""
+        self._recent: deque[tuple[float, int, T]] = deque()
+        """The changes, oldest first, with when and their number."""
+        self.added = 0
+        """How many changes were added so far (the number of the latest)."""
         self._read_starts: Counter[float] = Counter()
         """When each read in flight started."""
 
@@ -62,18 +62,20 @@ class RecentChanges(Generic[T]):
         """Keep ``change``, and let go those no read can need any more."""
         now = self.now()
         recent = self._recent
-        recent.append((now, change))
+        self.added += 1
+        recent.append((now, self.added, change))
         oldest = min(self._read_starts, default=now)
         while recent and recent[0][0] < oldest - RECENT_S:
             recent.popleft()
 
-    def since(self, since: float, feed_since: float) -> list[T]:
-        """The changes heard at or after ``since``, and the feed's at or after
-        ``feed_since``, oldest first."""
+    def since(self, after: int | None, feed_since: float) -> list[T]:
+        """The changes added after the ``after``-th (None: those at or after
+        ``feed_since``), and the feed's at or after ``feed_since``, oldest first."""
         return [
             change
-            for at, change in self._recent
-            if at >= since or (at >= feed_since and self._on_feed(change))
+            for at, number, change in self._recent
+            if (number > after if after is not None else at >= feed_since)
+            or (at >= feed_since and self._on_feed(change))
         ]
 
     @contextlib.contextmanager

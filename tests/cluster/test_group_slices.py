@@ -286,3 +286,58 @@ async def test_a_failed_read_holds_nothing() -> None:
     redis.fail = False
     await node.slices.hold_users(["alice"])
     assert node.members("hikers") == HIKERS
+
+
+async def test_a_group_is_listened_to_before_it_is_read_and_while_it_is_held() -> None:
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    events: list[tuple[str, str]] = []
+    node.slices.hold_channel = lambda group: events.append(("hold", group))
+    node.slices.release_channel = lambda group: events.append(("release", group))
+
+    async def subscribed() -> None:
+        events.append(("subscribed", ""))
+
+    node.slices.subscribed = subscribed
+    await node.slices.hold_groups(["hikers"])
+    assert events == [("hold", "hikers"), ("subscribed", "")] and redis.reads == [["hikers"]]
+    node.slices.release_groups(["hikers"])
+    assert events[-1] == ("release", "hikers")
+
+
+async def test_a_gap_reads_the_held_groups_and_users_again() -> None:
+    """group:hikers and user:alice lost messages: hikers is read again and the differences
+    applied as changes heard; alice's groups are read again, and the one she joined
+    meanwhile brought in."""
+    redis = Redis({"hikers": HIKERS, "chess": {"zed": 7}})
+    node = Node(redis)
+    await node.slices.hold_users(["alice"])
+    redis.groups["hikers"]["dan"] = 9  # missed
+    del redis.groups["hikers"]["bob"]
+    redis.groups["chess"]["alice"] = 10
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run, node.feed)
+        node.slices.gap(["group:hikers", "user:alice", "group:other", "user:zed"])
+        with trio.fail_after(5):
+            while node.members("chess") != {"zed": 7, "alice": 10}:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert node.members("hikers") == {"alice": 1, "carol": 3, "dan": 9}
+
+
+async def test_a_join_heard_just_after_a_forget_is_checked_in_redis() -> None:
+    """zoe's forget travels on the feed, her join of hikers (made before it) on the group's
+    channel, and arrives after: the group is read again, and Redis has no zoe."""
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    await node.slices.hold_users(["alice"])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run, node.feed)
+        node.feed(UserForgotten("zoe"))
+        node.feed(MemberAdded("hikers", "zoe", 9))
+        assert "zoe" in (node.members("hikers") or {})
+        with trio.fail_after(5):
+            while "zoe" in (node.members("hikers") or {}):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert node.members("hikers") == HIKERS
