@@ -12,7 +12,7 @@ each routed to the hub and to what the node keeps for its sessions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,27 +22,17 @@ from geopresence.cluster.channel_events import Replaced, SettingsHeard
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.group_slices import GroupSlices
-from geopresence.cluster.group_state import GroupOp
 from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.core.broker import group_channel, user_channel, user_of_channel
+from geopresence.core.broker import user_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import (
-    Befriended,
-    GroupDeleted,
-    GroupSet,
-    MemberAdded,
-    MemberRemoved,
-    Record,
-    SettingsChanged,
-    Unfriended,
-)
+from geopresence.model.records import Befriended, GroupSet, MemberAdded, Record, SettingsChanged
 
 if TYPE_CHECKING:
     from geopresence.cluster.chat_gaps import ChatGaps
@@ -102,11 +92,6 @@ class Arrivals:
             if store.settings_kept(op.user) and self._covered.settings.needed(op.user):
                 self._hub.apply_feed(op, self._now())
             return
-        self.take(op)
-
-    def take(self, op: FeedOp) -> None:
-        """A change heard (the feed, a user's channel) or found missing after a gap: applied
-        if this node holds what it changes (``FriendSlices``, ``GroupSlices``)."""
         if self._slices.admit(op) and self._groups.admit(op):
             self._apply_feed(op)
             self._groups.applied(op)
@@ -141,9 +126,6 @@ class Arrivals:
             return True
         if isinstance(event, SettingsHeard):
             self._covered.settings.heard(event)
-            return True
-        if isinstance(event, Befriended | Unfriended | GroupOp):
-            self.take(event)
             return True
         if isinstance(event, ChatEvent):
             # Shown once stable, in id order (``Chat.heard``), not as it arrives.
@@ -187,27 +169,6 @@ class Arrivals:
             heard = SettingsHeard(record, version)
             self._broker.publish_remote([user_channel(record.user)], heard)
 
-    def publications(self, op: FeedOp, newcomers: Collection[str]) -> list[tuple[str, str, bytes]]:
-        """What the journal publishes with a change it writes, on the channels of the nodes
-        that hold what it changes (``FriendSlices``, ``GroupSlices``): a friendship change
-        on both users' channels; a group change on the group's, and a member added or
-        removed also on the member's (``newcomers``: the members a ``GroupSet`` adds, each
-        told as added)."""
-        publications = self._broker.publications
-        if isinstance(op, Befriended | Unfriended):
-            return publications([user_channel(op.a), user_channel(op.b)], op)
-        if isinstance(op, MemberAdded | MemberRemoved):
-            return publications([group_channel(op.group), user_channel(op.user)], op)
-        if isinstance(op, GroupDeleted):
-            return publications([group_channel(op.group)], op)
-        if isinstance(op, GroupSet):
-            found = publications([group_channel(op.group)], op)
-            for user in sorted(newcomers):
-                added = MemberAdded(op.group, user, op.joined_after)
-                found += publications([user_channel(user)], added)
-            return found
-        return []
-
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
         offline: out of its strangers' cell in Redis, and out of the watchers' views if the
@@ -222,8 +183,6 @@ class Arrivals:
         Cluster moved them): the statuses they carry are read again (``Covered.resync``),
         and the chat messages they may have lost (``ChatGaps``)."""
         self._covered.resync(channels)
-        self._slices.gap([u for u in map(user_of_channel, channels) if u is not None])
-        self._groups.gap(channels)
         if self.chat_gaps is not None:
             self.chat_gaps.gap(channels)
 

@@ -23,20 +23,8 @@ from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
-from geopresence.model.records import (
-    Befriended,
-    GroupDeleted,
-    GroupSet,
-    MemberAdded,
-    MemberRemoved,
-    SettingsChanged,
-    Unfriended,
-    record_from_json,
-    record_to_json,
-)
+from geopresence.model.records import SettingsChanged, record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
-
-GROUP_CHANGES: Final = (GroupSet, GroupDeleted, MemberAdded, MemberRemoved)
 
 
 @attrs.frozen
@@ -69,12 +57,6 @@ ChannelEvent = (
     | Replaced
     | PresenceSet
     | SettingsHeard
-    | Befriended
-    | Unfriended
-    | GroupSet
-    | GroupDeleted
-    | MemberAdded
-    | MemberRemoved
 )
 
 
@@ -125,10 +107,6 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "presence", "op": feed_to_json(event)}  # as the feed carried it
     if isinstance(event, SettingsHeard):
         return {"k": "settings", "record": record_to_json(event.change), "v": event.version}
-    if isinstance(event, Befriended | Unfriended):  # on both users' channels, once written
-        return {"k": "friendship", "record": record_to_json(event)}
-    if isinstance(event, GROUP_CHANGES):  # on the group's (and a member's) channel
-        return {"k": "group", "record": record_to_json(event)}
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -168,16 +146,6 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         if not isinstance(record, SettingsChanged):
             raise ValueError("not a settings change")
         return SettingsHeard(record, int(data["v"]))
-    if kind == "friendship":
-        change = record_from_json(data["record"])
-        if not isinstance(change, Befriended | Unfriended):
-            raise ValueError("not a friendship change")
-        return change
-    if kind == "group":
-        group_change = record_from_json(data["record"])
-        if not isinstance(group_change, GROUP_CHANGES):
-            raise ValueError("not a group change")
-        return group_change
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

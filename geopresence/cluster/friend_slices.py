@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.recent_changes import RECENT_S, RecentChanges
+from geopresence.cluster.recent_changes import RecentChanges
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
 
@@ -49,14 +49,6 @@ def users_of(op: FeedOp) -> tuple[str, ...]:
     if isinstance(op, UserForgotten):
         return (op.user,)
     return ()
-
-
-async def _nothing(users: list[str]) -> None:
-    return None
-
-
-async def _settled() -> None:
-    return None
 
 
 class FriendSlices:
@@ -80,26 +72,8 @@ class FriendSlices:
         """Users whose every friendship is in the hub's graph."""
         self._reading: dict[str, trio.Event] = {}
         """Users being read, with the event set once the read is in (or failed)."""
-        self._recent: RecentChanges[FeedOp] = RecentChanges(
-            now, lambda op: isinstance(op, UserForgotten)
-        )
+        self._recent: RecentChanges[FeedOp] = RecentChanges(now)
         """Friendship changes heard or made here lately."""
-        self.listen: Callable[[list[str]], Awaitable[None]] = _nothing
-        """Subscribe to the users' own channels and return once Redis has the
-        subscriptions: a friendship change is published there once written."""
-        self.unlisten: Callable[[str], None] = lambda user: None
-        """The end of one ``listen`` of a user."""
-        self.subscribed: Callable[[], Awaitable[None]] = _settled
-        """Return once every subscription asked for is in place in Redis."""
-        self._now = now
-        self._forgotten_at: dict[str, float] = {}
-        """Users forgotten lately, with when (a friendship heard then is checked)."""
-        self._unsure: list[Befriended] = []
-        """Friendships of users forgotten lately, to check in Redis (``run``)."""
-        self._checked: set[Befriended] = set()
-        """... found there, to be let through once."""
-        self._gaps: set[str] = set()
-        self._gap_found = trio.Event()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -137,7 +111,6 @@ class FriendSlices:
             if user in held:
                 held.discard(user)
                 membership.unload_friends(user, keep=held.__contains__)
-                self.unlisten(user)
 
     @contextlib.asynccontextmanager
     async def holding(self, users: Collection[str]) -> AsyncIterator[None]:
@@ -149,59 +122,31 @@ class FriendSlices:
             self.release(users)
 
     def admit(self, op: FeedOp) -> bool:
-        """Whether the hub should apply a change heard (the feed, a user's channel): a
-        friendship change of users none of which is held is left out (this node needs none
-        of it), and so is a friendship of a user forgotten lately (heard after the forget:
-        the two travel different ways); a forget always goes through (the user's other
-        state goes too)."""
+        """Whether the hub should apply a feed op: a friendship change of users none of
+        which is held is left out (this node needs none of it); a forget always goes
+        through (the user's other state goes too)."""
         users = users_of(op)
         if not users:
             return True
-        if isinstance(op, Befriended):
-            if op in self._checked:
-                self._checked.discard(op)
-            elif any(map(self._forgotten_lately, users)):
-                # Made before the forget or after it? Redis says (``run``).
-                self._unsure.append(op)
-                self._gap_found.set()
-                return False
         self.made_here(op)
         return isinstance(op, UserForgotten) or any(user in self._held for user in users)
-
-    def _forgotten_lately(self, user: str) -> bool:
-        at = self._forgotten_at.get(user)
-        if at is not None and at < self._now() - RECENT_S:
-            del self._forgotten_at[user]
-            at = None
-        return at is not None
 
     def made_here(self, op: FeedOp) -> None:
         """A friendship change this node heard of or made: kept to be applied again over
         the reads in flight (``RecentChanges``)."""
         if users_of(op):
             self._recent.add(op)
-        if isinstance(op, UserForgotten):
-            now = self._now()
-            for user, at in list(self._forgotten_at.items()):
-                if at < now - RECENT_S:
-                    del self._forgotten_at[user]
-            self._forgotten_at[op.user] = now
 
     async def _read_in(self, users: list[str]) -> None:
         done = trio.Event()
         for user in users:
             self._reading[user] = done
-        loaded: set[str] = set()
-        listening = False
         try:
             with self._recent.reading() as recent:
-                # Subscribed first: a change written after the read reaches this node.
-                await self.listen(users)
-                listening = True
-                recent.mark()
                 await self._written()
                 found = await self._read(users)
                 membership = self._hub.membership
+                loaded = set()
                 for user in users:
                     if self._holders[user] > 0:  # else its holder gave up meanwhile
                         membership.load_friends(user, found.get(user, ()))
@@ -209,91 +154,9 @@ class FriendSlices:
                 self._apply_recent(loaded, recent())
             self._held.update(loaded)
         finally:
-            if listening:
-                for user in set(users) - loaded:
-                    self.unlisten(user)
             for user in users:
                 del self._reading[user]
             done.set()
-
-    # ---------------------------------------------------------------- gaps
-
-    def gap(self, users: Collection[str]) -> None:
-        """The channels of ``users`` may have missed changes (a pub/sub gap): the held ones,
-        and those being read, are read again (``run``)."""
-        held = [user for user in users if user in self._held or user in self._reading]
-        if held:
-            self._gaps.update(held)
-            self._gap_found.set()
-
-    async def run(self, apply: Callable[[FeedOp], None]) -> None:
-        """Read again the friends of held users whose channels had a gap, and ``apply``
-        the changes that make the graph match (live, as if heard); a failed read is tried
-        again a second later."""
-        while True:
-            await self._gap_found.wait()
-            self._gap_found = trio.Event()
-            await self._check(apply)
-            users, self._gaps = sorted(self._gaps), set()
-            if not users:
-                continue
-            try:
-                for user in users:  # a first read in flight: after it
-                    if user in self._reading:
-                        await self._reading[user].wait()
-                with self._recent.reading() as recent:
-                    # As a first read: the subscriptions in place again, this node's own
-                    # changes in Redis.
-                    await self.subscribed()
-                    recent.mark()
-                    await self._written()
-                    found = await self._read(users)
-                    for op in self._differences(users, found, list(recent())):
-                        apply(op)
-            except Exception:
-                self._gaps.update(users)
-                await trio.sleep(1.0)
-                self._gap_found.set()
-
-    async def _check(self, apply: Callable[[FeedOp], None]) -> None:
-        """Apply each unsure friendship that Redis has (made after the forget), once this
-        node's own writes are in; a failed read leaves the rest for the next round."""
-        unsure, self._unsure = self._unsure, []
-        try:
-            while unsure:
-                op = unsure[0]
-                await self._written()
-                found = await self._read([op.a])
-                if op.b in found.get(op.a, ()):
-                    self._checked.add(op)
-                    apply(op)
-                unsure.pop(0)
-        except Exception:
-            self._unsure[:0] = unsure
-            self._gap_found.set()
-            await trio.sleep(1.0)
-
-    def _differences(
-        self, users: list[str], found: dict[str, list[str]], recent: list[FeedOp]
-    ) -> list[FeedOp]:
-        """The changes that take the graph's edges of the still held ``users`` to what was
-        ``found`` (with the ``recent`` changes applied over the read)."""
-        store = self._hub.store
-        changes: list[FeedOp] = []
-        for user in users:
-            if user not in self._held:
-                continue
-            friends = set(found.get(user, ()))
-            for op in recent:
-                if isinstance(op, UserForgotten):
-                    friends = set() if op.user == user else friends - {op.user}
-                elif isinstance(op, Befriended | Unfriended) and user in (op.a, op.b):
-                    other = op.b if op.a == user else op.a
-                    (friends.add if isinstance(op, Befriended) else friends.discard)(other)
-            have = set(store.friends_of(user))
-            changes += [Befriended(user, friend) for friend in sorted(friends - have)]
-            changes += [Unfriended(user, friend) for friend in sorted(have - friends)]
-        return changes
 
     def _apply_recent(self, loaded: set[str], recent: Iterable[FeedOp]) -> None:
         """Apply again to the graph, in order, the ``recent`` changes that touch ``loaded``

@@ -10,10 +10,8 @@ from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.cluster.group_slices import GroupSlices
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_friends, read_groups, read_groups_of
-from geopresence.core.broker import group_channel, user_channel
 
 if TYPE_CHECKING:
-    from geopresence.cluster.redis_broker import RedisBroker
     from geopresence.core.hub import Hub
 
 
@@ -31,27 +29,6 @@ class Holdings:
             lambda groups: read_groups(client, keys, groups),
             written,
         )
-
-    def listen_with(self, broker: RedisBroker) -> None:
-        """Hold a user's own channel while its friendships are held, and a group's while it
-        is held (their changes are published there), subscribed before they are read."""
-
-        async def listen(users: list[str]) -> None:
-            for user in users:
-                broker.hold(user_channel(user))
-            try:
-                await broker.subscribed()
-            except BaseException:  # cancelled: nothing listened
-                for user in users:
-                    broker.release(user_channel(user))
-                raise
-
-        self.friends.listen = listen
-        self.friends.subscribed = broker.subscribed
-        self.groups.hold_channel = lambda group: broker.hold(group_channel(group))
-        self.groups.release_channel = lambda group: broker.release(group_channel(group))
-        self.groups.subscribed = broker.subscribed
-        self.friends.unlisten = lambda user: broker.release(user_channel(user))
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         """Every friendship and group of ``users``, and ``groups``, held here until

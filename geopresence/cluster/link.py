@@ -278,7 +278,6 @@ class ClusterLink:
             self.client, self.keys, self.broker, hub, self._now, covered.read_missing
         )
         holdings = self.holdings = Holdings(hub, self.client, self.keys, self.journal.written)
-        holdings.listen_with(self.broker)
         groups = holdings.groups
         groups.on_loaded = covered.regroup
         # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
@@ -339,13 +338,11 @@ class ClusterLink:
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
-                    nursery.start_soon(groups.run, arrivals.take)
-                    nursery.start_soon(holdings.friends.run, arrivals.take)
+                    nursery.start_soon(groups.run)
                     nursery.start_soon(chat_gaps.run)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
-                    self.journal.publications = arrivals.publications
                     control = Control(
                         self.client, self.keys, self.broker, hub, self._incarnation, nursery
                     )

@@ -6,9 +6,9 @@ the ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` w
 the keys (``geopresence.cluster.redis_keys``) in order, through ``WRITERS`` (feed op kind ->
 commands), and appends it, in the same pipeline, to the feed stream
 (``geopresence.cluster.redis_feed``) that the other nodes' replicas read
-(``geopresence.core.replication``); settings and friendships (``OFF_FEED``) reach only the
-nodes that need them, on their users' channels once written (``on_written``). A record is
-*durable* once Redis has it, so acks
+(``geopresence.core.replication``); settings (``OFF_FEED``) reach only the nodes that need
+them, on their user's channel once written (``on_written``). A record is *durable* once
+Redis has it, so acks
 (``sent``, ``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with
 one node. ``geopresence.cluster.redis_load`` reads these keys back.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
@@ -133,11 +133,6 @@ def _feed_only(k: Keys, op: PresenceSet | LogoutRequested | Watermark) -> list[C
     return []
 
 
-async def newcomers(client: Any, k: Keys, op: GroupSet) -> set[str]:
-    """The members ``op`` adds to its group, as Redis has the group before it is written."""
-    return set(op.members) - set(strings(await client.hkeys(k.of("group", op.group))))
-
-
 async def _group_set(client: Any, k: Keys, op: GroupSet) -> None:
     key = k.of("group", op.group)
     current = set(strings(await client.hkeys(key)))
@@ -208,23 +203,12 @@ async def write(client: Any, keys: Keys, op: FeedOp) -> Any:
     return None
 
 
-Publications = Callable[[FeedOp, Collection[str]], list[tuple[str, str, bytes]]]
-"""What tells the other nodes of an op: (command, Redis channel, payload) for each publish,
-given the members a ``GroupSet`` adds."""
-
-
 async def write_batch(
-    client: Any,
-    keys: Keys,
-    ops: list[tuple[int, FeedOp, bool, int | None]],
-    feed: RedisFeed,
-    publications: Publications | None = None,
+    client: Any, keys: Keys, ops: list[tuple[int, FeedOp, bool, int | None]], feed: RedisFeed
 ) -> None:
-    """Apply ops that need no reads and append those marked for it to the feed, in one
-    pipeline, then publish those that have ``publications`` once Redis has their keys (on a
-    Cluster a pipeline's commands for different shards run in any order). Not a
-    transaction: a batch that failed halfway is written again, and every op is idempotent,
-    for Redis and for the nodes that may then hear it twice."""
+    """Apply ops that need no reads, and append those marked for it to the feed, in one
+    pipeline (not a transaction: a batch that failed halfway is written again, and every op
+    is idempotent, for Redis and for the replicas that may then read it twice)."""
     async with client.pipeline(transaction=False) as pipe:
         for _, op, _, _ in ops:
             for command in blind_commands(keys, op) or ():
@@ -232,30 +216,15 @@ async def write_batch(
         for uid, op, on_feed, watermark in ops:
             if on_feed:
                 feed.append_to(pipe, op, uid, watermark)
-    publishes = [p for _, op, _, _ in ops for p in (publications(op, ()) if publications else ())]
-    if publishes:
-        async with client.pipeline(transaction=False) as pipe:
-            for method, channel, data in publishes:
-                getattr(pipe, method)(channel, data)
 
 
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
 
-OFF_FEED: Final = (
-    SettingsChanged,
-    ChatMessage,
-    Befriended,
-    Unfriended,
-    GroupSet,
-    GroupDeleted,
-    MemberAdded,
-    MemberRemoved,
-)
+OFF_FEED: Final = (SettingsChanged, ChatMessage)
 """Records not put on the feed: the nodes that need them hear them on a channel, published
-once written (settings: ``RedisJournal.on_written``; friendships and groups: right after
-their keys, ``RedisJournal.publications``; chat: ``chat_writes``), so that a node reading
-Redis after subscribing never misses one."""
+once written (settings: ``RedisJournal.on_written``; chat: ``chat_writes``), so that a
+node reading Redis after subscribing never misses one."""
 
 
 class RedisJournal:
@@ -295,12 +264,6 @@ class RedisJournal:
         self.write_errors = 0
         self.on_append: Callable[[Record], None] | None = None
         """Called with each record this node journals (the link watches friendships)."""
-        self.publications: Publications | None = None
-        """The publishes (command, Redis channel, payload) that tell the other nodes of an
-        op, sent right after its keys (a blind op's: in the pipeline that writes it), with
-        the members a ``GroupSet`` adds (the link sets it: friendship and group changes)."""
-        self._newcomers: dict[int, set[str]] = {}
-        """The members each ``GroupSet`` being written adds, by queue uid."""
         self.on_written: Callable[[Record, Any], None] | None = None
         """Called with each ``OFF_FEED`` record once Redis has it, and what its writer
         returned (settings: their version); the link publishes it."""
@@ -387,7 +350,7 @@ class RedisJournal:
         client, keys, feed = self._client, self._keys, self.feed
         batch = self._batch(self._blind)
         if batch:
-            await write_batch(client, keys, [item[1:] for item in batch], feed, self.publications)
+            await write_batch(client, keys, [item[1:] for item in batch], feed)
             return batch
         batch = self._batch(lambda op: isinstance(op, SettingsChanged))
         if batch:
@@ -406,17 +369,7 @@ class RedisJournal:
                     self.on_stored_before(seq, None if isinstance(original, Reused) else original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
-        if isinstance(op, GroupSet) and uid not in self._newcomers:
-            # Read before the first attempt: a retry would find them in already.
-            self._newcomers[uid] = await newcomers(client, keys, op)
         await write(client, keys, op)
-        if self.publications is not None:
-            publishes = self.publications(op, self._newcomers.get(uid, set()))
-            for start in range(0, len(publishes), 1000):
-                async with client.pipeline(transaction=False) as pipe:
-                    for method, channel, data in publishes[start : start + 1000]:
-                        getattr(pipe, method)(channel, data)
-        self._newcomers.pop(uid, None)
         if on_feed:
             await feed.append(op, uid, mark)
         return [queue_head]

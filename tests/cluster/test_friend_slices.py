@@ -141,19 +141,21 @@ async def test_a_change_during_a_read_is_applied_again_after_it_in_order() -> No
     assert list(node.hub.store.friendships()) in ([("alice", "carol")], [("carol", "alice")])
 
 
-async def test_a_change_heard_before_a_read_is_not_applied_over_it() -> None:
-    """A friendship change is published once Redis has it, so a read sent after it was
-    heard has it, or a later change this node never heard (it held neither user then):
-    applying the heard one again would undo that later one. A forget travels on the feed,
-    which on a Cluster can be read before its keys are written: it is applied again over
-    a read sent within a few seconds."""
-    redis = Redis({"alice": ["bob", "carol"], "carol": ["alice"], "bob": ["alice"]})
+async def test_a_read_from_a_shard_behind_the_feed_changes_nothing() -> None:
+    """On a Cluster a feed entry can be read before its keys (another shard) are written:
+    a change left out because nobody here held its users still corrects a read sent soon
+    after."""
+    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
     node = Node(redis)
-    node.feed(Unfriended("alice", "carol"))  # then made again on another node, unheard
-    node.feed(UserForgotten("bob"))  # Redis' alice set not written yet
+    node.feed(Unfriended("alice", "bob"))  # Redis' alice set not written yet
     node.clock += 4.0
     await node.slices.hold(["alice"])
-    assert node.friends("alice") == {"carol"}
+    assert node.friends("alice") == set()
+    node.slices.release(["alice"])
+    node.feed(Befriended("alice", "carol"))  # long ago by the next read: not applied again
+    node.clock += 100.0
+    await node.slices.hold(["alice"])
+    assert node.friends("alice") == {"bob"}  # what Redis says
 
 
 async def test_a_forget_during_a_friend_s_read_is_not_undone_by_it() -> None:
@@ -221,123 +223,3 @@ async def test_a_hold_given_up_during_its_read_holds_nothing() -> None:
     redis.answer.set()
     await node.slices.hold(["alice"])
     assert node.friends("alice") == {"bob"}
-
-
-async def test_a_hold_listens_to_its_users_before_it_reads_them() -> None:
-    """A friendship change is published on both users' channels once written: a node
-    subscribes to a user's channel before it reads the user's friends (none is missed), and
-    lets the channel go with the user."""
-    redis = Redis({"alice": ["bob"]})
-    node = Node(redis)
-    events: list[tuple[str, ...]] = []
-
-    async def listen(users: list[str]) -> None:
-        events.append(("listen", *users))
-
-    node.slices.listen = listen
-    node.slices.unlisten = lambda user: events.append(("unlisten", user))
-    original = redis.read
-
-    async def read(users: list[str]) -> dict[str, list[str]]:
-        events.append(("read", *users))
-        return await original(users)
-
-    node.slices._read = read
-    await node.slices.hold(["alice"])
-    await node.slices.hold(["alice"])  # a second holder: nothing read again
-    node.slices.release(["alice"])
-    assert events == [("listen", "alice"), ("read", "alice")]
-    node.slices.release(["alice"])
-    assert events[-1] == ("unlisten", "alice")
-    redis.fail = True
-    with pytest.raises(ConnectionError):
-        await node.slices.hold(["bob"])
-    assert events[-2:] == [("read", "bob"), ("unlisten", "bob")]
-
-
-async def test_a_gap_reads_the_held_users_again_and_applies_what_changed() -> None:
-    """alice's channel lost messages (a pub/sub gap): her friends are read again and the
-    differences applied as changes heard, over which a change heard during the read wins."""
-    redis = Redis({"alice": ["bob", "carol"], "bob": ["alice"], "carol": ["alice"]})
-    node = Node(redis)
-    await node.slices.hold(["alice"])
-    redis.unfriend("alice", "carol")  # both missed
-    redis.befriend("alice", "dave")
-    applied: list[FeedOp] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, applied.append)
-        redis.answer = trio.Event()
-        node.slices.gap(["alice", "zed"])  # zed is not held here: not read
-        await trio.testing.wait_all_tasks_blocked()
-        assert redis.reads[-1] == ["alice"]
-        node.feed(Befriended("alice", "erin"))  # heard during the read, not in it
-        redis.answer.set()
-        with trio.fail_after(5):
-            while not applied:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    assert applied == [Befriended("alice", "dave"), Unfriended("alice", "carol")]
-
-
-async def test_a_friendship_heard_just_after_a_forget_of_one_end_is_checked_in_redis() -> None:
-    """The forget travels on the feed, a friendship on the users' channels: one made just
-    before the forget can arrive after it, and must not bring the forgotten user back; one
-    made after it is a new fact. Redis tells them apart: the held end is read again."""
-    redis = Redis({"alice": [], "bob": []})
-    node = Node(redis)
-    await node.slices.hold(["alice", "bob"])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node._apply)
-        node.feed(UserForgotten("zoe"))
-        node.feed(Befriended("alice", "zoe"))  # made before the forget: Redis has no edge
-        redis.befriend("bob", "zoe")  # zoe again, befriended after the forget
-        node.feed(Befriended("bob", "zoe"))
-        with trio.fail_after(5):
-            while node.friends("bob") != {"zoe"}:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    assert node.friends("alice") == set()
-
-
-async def test_a_gap_waits_for_this_node_s_own_writes() -> None:
-    """alice befriends carol here while Redis is slow to take writes (longer than the
-    changes are kept); a gap on alice's channel meanwhile does not undo the friendship: the
-    read again waits for this node's writes, as a first read does."""
-    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
-    node = Node(redis)
-    flushed = trio.Event()
-
-    async def written() -> None:
-        await flushed.wait()
-
-    await node.slices.hold(["alice"])
-    node.slices._written = written
-    node.hub.store.add_friendship("alice", "carol")  # made here, journaled, not written
-    node.slices.made_here(Befriended("alice", "carol"))
-    node.clock += 6.0
-    applied: list[FeedOp] = []
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, applied.append)
-        node.slices.gap(["alice"])
-        await trio.testing.wait_all_tasks_blocked()
-        redis.befriend("alice", "carol")  # the journal gets through
-        flushed.set()
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-    assert applied == []
-
-
-async def test_a_gap_during_a_user_s_first_read_reads_it_again_after() -> None:
-    """The pub/sub connection dropped while alice's first read was in flight: a change
-    written after the read was sent, whose publish was lost, is read once it is in."""
-    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
-    node = Node(redis)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node._apply)
-        async with alice_being_read(redis, node):
-            redis.befriend("alice", "carol")
-            node.slices.gap(["alice"])
-        with trio.fail_after(5):
-            while node.friends("alice") != {"bob", "carol"}:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()

@@ -128,7 +128,7 @@ async def test_a_held_user_joining_a_group_not_held_brings_it_in_whole() -> None
     node.feed(MemberAdded("chess", "alice", 9))
     assert node.members("chess") == {"alice": 9}  # at once, for alice's sessions
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node.feed)
+        nursery.start_soon(node.slices.run)
         with trio.fail_after(5):
             while node.members("chess") != {"alice": 9, "zed": 7, "yan": 8}:
                 await trio.sleep(0.01)
@@ -146,7 +146,7 @@ async def test_a_request_waits_for_a_group_a_join_brought_in_part_way() -> None:
     node = Node(redis)
     await node.slices.hold_users(["alice"])
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node.feed)
+        nursery.start_soon(node.slices.run)
         redis.answer = trio.Event()  # Redis slow from now on
         redis.groups["climbers"]["alice"] = 9
         node.feed(MemberAdded("climbers", "alice", 9))
@@ -177,7 +177,7 @@ async def test_a_group_read_by_run_is_let_go_if_its_user_left_meanwhile() -> Non
     node = Node(redis)
     await node.slices.hold_users(["alice"])
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node.feed)
+        nursery.start_soon(node.slices.run)
         redis.answer = trio.Event()
         redis.groups["chess"]["alice"] = 9
         node.feed(MemberAdded("chess", "alice", 9))
@@ -229,14 +229,17 @@ async def test_a_change_during_a_read_is_applied_again_after_it_in_order() -> No
     assert node.members("hikers") == {"alice": 1, "carol": 3, "erin": 10}
 
 
-async def test_a_change_heard_before_a_read_is_not_applied_over_it() -> None:
-    """A group change is published once Redis has it: a read sent after it was heard has
-    it, or a later change this node did not hear (it did not hold the group then)."""
-    redis = Redis({"hikers": {**HIKERS, "dan": 9}})
+async def test_a_read_from_a_shard_behind_the_feed_changes_nothing() -> None:
+    """On a Cluster a read can miss a change whose feed entry was already applied; the
+    change is kept a few seconds and applied again over it."""
+    redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    node.feed(MemberRemoved("hikers", "dan"))  # not held: left out; dan was added again
-    node.clock += 2.0
     await node.slices.hold_groups(["hikers"])
+    node.slices.release_groups(["hikers"])
+    node.clock = 10.0
+    node.feed(MemberAdded("hikers", "dan", 9))  # not held: left out, but kept
+    node.clock = 12.0
+    await node.slices.hold_groups(["hikers"])  # Redis does not have dan yet
     assert node.members("hikers") == {**HIKERS, "dan": 9}
 
 
@@ -285,59 +288,4 @@ async def test_a_failed_read_holds_nothing() -> None:
     assert node.members("hikers") is None and len(node.slices) == 0
     redis.fail = False
     await node.slices.hold_users(["alice"])
-    assert node.members("hikers") == HIKERS
-
-
-async def test_a_group_is_listened_to_before_it_is_read_and_while_it_is_held() -> None:
-    redis = Redis({"hikers": HIKERS})
-    node = Node(redis)
-    events: list[tuple[str, str]] = []
-    node.slices.hold_channel = lambda group: events.append(("hold", group))
-    node.slices.release_channel = lambda group: events.append(("release", group))
-
-    async def subscribed() -> None:
-        events.append(("subscribed", ""))
-
-    node.slices.subscribed = subscribed
-    await node.slices.hold_groups(["hikers"])
-    assert events == [("hold", "hikers"), ("subscribed", "")] and redis.reads == [["hikers"]]
-    node.slices.release_groups(["hikers"])
-    assert events[-1] == ("release", "hikers")
-
-
-async def test_a_gap_reads_the_held_groups_and_users_again() -> None:
-    """group:hikers and user:alice lost messages: hikers is read again and the differences
-    applied as changes heard; alice's groups are read again, and the one she joined
-    meanwhile brought in."""
-    redis = Redis({"hikers": HIKERS, "chess": {"zed": 7}})
-    node = Node(redis)
-    await node.slices.hold_users(["alice"])
-    redis.groups["hikers"]["dan"] = 9  # missed
-    del redis.groups["hikers"]["bob"]
-    redis.groups["chess"]["alice"] = 10
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node.feed)
-        node.slices.gap(["group:hikers", "user:alice", "group:other", "user:zed"])
-        with trio.fail_after(5):
-            while node.members("chess") != {"zed": 7, "alice": 10}:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    assert node.members("hikers") == {"alice": 1, "carol": 3, "dan": 9}
-
-
-async def test_a_join_heard_just_after_a_forget_is_checked_in_redis() -> None:
-    """zoe's forget travels on the feed, her join of hikers (made before it) on the group's
-    channel, and arrives after: the group is read again, and Redis has no zoe."""
-    redis = Redis({"hikers": HIKERS})
-    node = Node(redis)
-    await node.slices.hold_users(["alice"])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run, node.feed)
-        node.feed(UserForgotten("zoe"))
-        node.feed(MemberAdded("hikers", "zoe", 9))
-        assert "zoe" in (node.members("hikers") or {})
-        with trio.fail_after(5):
-            while "zoe" in (node.members("hikers") or {}):
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
     assert node.members("hikers") == HIKERS
