@@ -24,14 +24,13 @@ applied twice.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.recent_changes import RecentChanges
+from geopresence.cluster.recent_changes import InFlight, RecentChanges
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
 
@@ -70,8 +69,8 @@ class FriendSlices:
         self._holders: Counter[str] = Counter()
         self._held: set[str] = set()
         """Users whose every friendship is in the hub's graph."""
-        self._reading: dict[str, trio.Event] = {}
-        """Users being read, with the event set once the read is in (or failed)."""
+        self._reading: InFlight[str] = InFlight()
+        """Users being read."""
         self._recent: RecentChanges[FeedOp] = RecentChanges(now)
         """Friendship changes heard or made here lately."""
 
@@ -88,13 +87,9 @@ class FriendSlices:
         wanted = set(users)
         self._holders.update(wanted)
         try:
-            while missing := [user for user in wanted if user not in self._held]:
-                reading = [self._reading[user] for user in missing if user in self._reading]
-                if reading:  # another holder is reading them: wait for its read
-                    for event in reading:
-                        await event.wait()
-                    continue
-                await self._read_in(missing)
+            await self._reading.until_done(
+                lambda: [user for user in wanted if user not in self._held], self._read_in
+            )
         except BaseException:
             self.release(wanted)
             raise
@@ -111,15 +106,6 @@ class FriendSlices:
             if user in held:
                 held.discard(user)
                 membership.unload_friends(user, keep=held.__contains__)
-
-    @contextlib.asynccontextmanager
-    async def holding(self, users: Collection[str]) -> AsyncIterator[None]:
-        """``hold(users)`` for the block."""
-        await self.hold(users)
-        try:
-            yield
-        finally:
-            self.release(users)
 
     def admit(self, op: FeedOp) -> bool:
         """Whether the hub should apply a feed op: a friendship change of users none of
@@ -138,25 +124,17 @@ class FriendSlices:
             self._recent.add(op)
 
     async def _read_in(self, users: list[str]) -> None:
-        done = trio.Event()
-        for user in users:
-            self._reading[user] = done
-        try:
-            with self._recent.reading() as recent:
-                await self._written()
-                found = await self._read(users)
-                membership = self._hub.membership
-                loaded = set()
-                for user in users:
-                    if self._holders[user] > 0:  # else its holder gave up meanwhile
-                        membership.load_friends(user, found.get(user, ()))
-                        loaded.add(user)
-                self._apply_recent(loaded, recent())
-            self._held.update(loaded)
-        finally:
+        with self._reading.reading(users), self._recent.reading() as recent:
+            await self._written()
+            found = await self._read(users)
+            membership = self._hub.membership
+            loaded = set()
             for user in users:
-                del self._reading[user]
-            done.set()
+                if self._holders[user] > 0:  # else its holder gave up meanwhile
+                    membership.load_friends(user, found.get(user, ()))
+                    loaded.add(user)
+            self._apply_recent(loaded, recent())
+            self._held.update(loaded)
 
     def _apply_recent(self, loaded: set[str], recent: Iterable[FeedOp]) -> None:
         """Apply again to the graph, in order, the ``recent`` changes that touch ``loaded``

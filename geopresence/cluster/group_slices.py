@@ -19,14 +19,13 @@ read brought in. ``release_*`` drops the groups no held user and no request need
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.recent_changes import RecentChanges
+from geopresence.cluster.recent_changes import InFlight, RecentChanges
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import (
     GroupDeleted,
@@ -75,8 +74,10 @@ class GroupSlices:
         """Groups held by requests about them."""
         self._loaded: set[str] = set()
         """Groups whose membership this node holds (or knows does not exist)."""
-        self._reading: dict[str, trio.Event] = {}
-        """Groups (and users, prefixed ``@``) being read, set once read (or failed)."""
+        self._reading: InFlight[str] = InFlight()
+        """Groups being read."""
+        self._reading_users: InFlight[str] = InFlight()
+        """Users whose groups are being read."""
         self._recent: RecentChanges[Recent] = RecentChanges(now)
         """Group changes heard or made here lately."""
         self._incomplete: set[str] = set()
@@ -102,13 +103,9 @@ class GroupSlices:
         wanted = set(users)
         self._user_holders.update(wanted)
         try:
-            while missing := [user for user in wanted if user not in self._users]:
-                reading = [self._reading[f"@{u}"] for u in missing if f"@{u}" in self._reading]
-                if reading:
-                    for event in reading:
-                        await event.wait()
-                    continue
-                await self._read_users(missing)
+            await self._reading_users.until_done(
+                lambda: [user for user in wanted if user not in self._users], self._read_users
+            )
         except BaseException:
             self.release_users(wanted)
             raise
@@ -143,14 +140,6 @@ class GroupSlices:
                 del self._group_holders[group]
                 self._maybe_unload(group)
 
-    @contextlib.asynccontextmanager
-    async def holding_groups(self, groups: Collection[str]) -> AsyncIterator[None]:
-        await self.hold_groups(groups)
-        try:
-            yield
-        finally:
-            self.release_groups(groups)
-
     # ---------------------------------------------------------------- changes
 
     def admit(self, op: FeedOp) -> bool:
@@ -177,7 +166,7 @@ class GroupSlices:
 
     def _wanted(self, user: str) -> bool:
         """Whether ``user``'s groups are held here, or being read."""
-        return user in self._users or f"@{user}" in self._reading
+        return user in self._users or user in self._reading_users
 
     def applied(self, op: FeedOp) -> None:
         """After the hub applied a change (made here or admitted): a group that lost its
@@ -206,7 +195,7 @@ class GroupSlices:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            groups = sorted((self._incomplete & self._loaded) - self._reading.keys())
+            groups = sorted(g for g in self._incomplete & self._loaded if g not in self._reading)
             try:
                 await self._read_in(groups)
             except Exception:
@@ -218,10 +207,7 @@ class GroupSlices:
     # ---------------------------------------------------------------- reading
 
     async def _read_users(self, users: list[str]) -> None:
-        done = trio.Event()
-        for user in users:
-            self._reading[f"@{user}"] = done
-        try:
+        with self._reading_users.reading(users):
             with self._recent.reading() as recent:
                 await self._written()
                 found = await self._read_groups_of(users)
@@ -234,28 +220,18 @@ class GroupSlices:
                     self._users.add(user)
             for group in groups:
                 self._maybe_unload(group)  # the users' holders gave up meanwhile
-        finally:
-            for user in users:
-                del self._reading[f"@{user}"]
-            done.set()
 
     async def _load(self, groups: set[str]) -> None:
         """Have ``groups`` loaded in full (read those not, unless being read)."""
-        while missing := [g for g in groups if g not in self._loaded or g in self._incomplete]:
-            reading = [self._reading[group] for group in missing if group in self._reading]
-            if reading:
-                for event in reading:
-                    await event.wait()
-                continue
-            await self._read_in(missing)
+        await self._reading.until_done(
+            lambda: [g for g in groups if g not in self._loaded or g in self._incomplete],
+            self._read_in,
+        )
 
     async def _read_in(self, groups: list[str]) -> None:
         if not groups:
             return
-        done = trio.Event()
-        for group in groups:
-            self._reading[group] = done
-        try:
+        with self._reading.reading(groups):
             with self._recent.reading() as recent:
                 await self._written()
                 found = await self._read_groups(groups)
@@ -268,10 +244,6 @@ class GroupSlices:
                 self._incomplete.difference_update(groups)
             for group in groups:
                 self.on_loaded(group)
-        finally:
-            for group in groups:
-                del self._reading[group]
-            done.set()
 
     def _maybe_unload(self, group: str) -> None:
         """Drop ``group`` unless a request or a held member still needs it."""

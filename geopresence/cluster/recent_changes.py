@@ -1,4 +1,7 @@
-"""Changes a node heard or made lately, for the reads of Redis in flight (cluster).
+"""The reads of Redis in flight (cluster), and the changes a node heard or made meanwhile.
+
+``InFlight`` lets one read at a time fetch a key that several holders want: the others wait
+for its outcome.
 
 A read of Redis can be older than a change this node heard of: sent before the change was
 written, or, on a Cluster, answered by a shard the change had not reached yet when its feed
@@ -12,14 +15,53 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Final, Generic, TypeVar
+
+import trio
 
 RECENT_S: Final = 5.0
 """Seconds a change is kept to be applied again over a read: longer than a feed entry can
 run ahead of its keys on a Cluster (they are written in one pipeline)."""
 
 T = TypeVar("T")
+K = TypeVar("K")
+
+
+class InFlight(Generic[K]):
+    """The keys being read, each with the event set once its read is over (or failed)."""
+
+    def __init__(self) -> None:
+        self._events: dict[K, trio.Event] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._events
+
+    async def until_done(
+        self, missing: Callable[[], list[K]], read: Callable[[list[K]], Awaitable[None]]
+    ) -> None:
+        """Until ``missing()`` is empty: wait for the reads in flight of the keys it lists,
+        or ``read`` them (raises what ``read`` raises)."""
+        while keys := missing():
+            waiting = [self._events[key] for key in keys if key in self._events]
+            if waiting:  # another holder is reading them: wait for its read
+                for event in waiting:
+                    await event.wait()
+                continue
+            await read(keys)
+
+    @contextlib.contextmanager
+    def reading(self, keys: Collection[K]) -> Iterator[None]:
+        """For the block, ``keys`` are being read."""
+        done = trio.Event()
+        for key in keys:
+            self._events[key] = done
+        try:
+            yield
+        finally:
+            for key in keys:
+                del self._events[key]
+            done.set()
 
 
 class RecentChanges(Generic[T]):

@@ -90,8 +90,7 @@ class LocationCache:
 
     def remove(self, user: str) -> bool:
         """Forget the user's location (it went offline); True if there was one."""
-        self._deadlines.discard(user)
-        return self._locations.pop(user, None) is not None
+        return self.pop(user) is not None
 
     def pop(self, user: str) -> tuple[Location, float] | None:
         """Forget the user's location and return it with the time its TTL ends (None: the

@@ -158,8 +158,9 @@ async def test_a_request_waits_for_a_group_a_join_brought_in_part_way() -> None:
         got: list[dict[str, int] | None] = []
 
         async def request() -> None:  # GET /v1/groups/chess
-            async with node.slices.holding_groups(["chess"]):
-                got.append(node.members("chess"))
+            await node.slices.hold_groups(["chess"])
+            got.append(node.members("chess"))
+            node.slices.release_groups(["chess"])
 
         nursery.start_soon(request)
         await trio.sleep(0.01)
