@@ -118,3 +118,19 @@ def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> ServerPro
             return server
     proc.kill()
     raise AssertionError("server did not print its listening line:\n" + "".join(lines))
+
+
+def files_naming(data_dir: Path, word: str) -> list[str]:
+    """Every file under ``data_dir`` whose bytes hold ``word`` (a grep -rl), relative to it.
+
+    A file a running server removes between the listing and the read (a retired history
+    file) is skipped, as grep would."""
+    needle = word.encode()
+    named = []
+    for p in data_dir.rglob("*"):
+        try:
+            if p.is_file() and needle in p.read_bytes():
+                named.append(str(p.relative_to(data_dir)))
+        except FileNotFoundError:
+            continue
+    return sorted(named)

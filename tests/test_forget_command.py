@@ -16,18 +16,9 @@ import orjson
 from geopresence.core.locations import Location
 from geopresence.storage.history import HistoryWriter, history_dir
 from geopresence.testing import open_server
-from tests.helpers import geopresence, start
+from tests.helpers import files_naming, geopresence, start
 
 DURABLE: dict[str, Any] = {"in_memory": False, "time_origin": None, "fsync": "always"}
-
-
-def files_naming(data_dir: Path, word: str) -> list[str]:
-    needle = word.encode()
-    return sorted(
-        str(p.relative_to(data_dir))
-        for p in data_dir.rglob("*")
-        if p.is_file() and needle in p.read_bytes()
-    )
 
 
 async def make_data_dir(data_dir: Path, history_lines: int = 10) -> None:

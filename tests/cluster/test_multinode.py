@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from geopresence.client import AdminClient, Client, connect
+from tests.helpers import files_naming
 from tests.redis_server import free_port, redis_cluster, redis_server
 
 LISTENING = re.compile(r"^listening ws=(?P<ws>\S+):(?P<wp>\d+) http=(?P<http>\S+):(?P<hp>\d+)$")
@@ -506,7 +507,7 @@ async def test_an_insecure_node_takes_no_part_in_the_key_check(tmp_path: Path) -
 
 
 def names_alice(data_dir: Path) -> list[str]:
-    return sorted(str(p) for p in data_dir.rglob("*") if p.is_file() and b"alice" in p.read_bytes())
+    return files_naming(data_dir, "alice")
 
 
 async def until(check: Any, within: float = 10.0) -> None:

@@ -19,6 +19,7 @@ from geopresence.storage.history import history_dir, read_history
 from geopresence.storage.journal_file import append_offline
 from geopresence.storage.recovery import recover
 from geopresence.testing import TestServer, open_server
+from tests.helpers import files_naming
 
 HERE = {"lat": 37.5665, "lon": 126.978}
 
@@ -30,16 +31,6 @@ def durable(data_dir: Path) -> dict[str, Any]:
         "time_origin": None,
         "fsync": "always",
     }
-
-
-def files_naming(data_dir: Path, word: str) -> list[str]:
-    """Every file under ``data_dir`` whose bytes hold ``word`` (a grep -rl)."""
-    needle = word.encode()
-    return sorted(
-        str(p.relative_to(data_dir))
-        for p in data_dir.rglob("*")
-        if p.is_file() and needle in p.read_bytes()
-    )
 
 
 def flushed(server: TestServer) -> None:
