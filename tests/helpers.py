@@ -134,3 +134,25 @@ def files_naming(data_dir: Path, word: str) -> list[str]:
         except FileNotFoundError:
             continue
     return sorted(named)
+
+
+class Listening:
+    """A fake ``in_flight.Listener``: the channels held (counted), and a log of what was
+    held, released and confirmed, in order (``subscribed`` logs ``"subscribed"``)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, int] = {}
+        self.log: list[str] = []
+
+    def hold(self, channel: str) -> None:
+        self.held[channel] = self.held.get(channel, 0) + 1
+        self.log.append(f"hold {channel}")
+
+    def release(self, channel: str) -> None:
+        self.held[channel] -= 1
+        if not self.held[channel]:
+            del self.held[channel]
+        self.log.append(f"release {channel}")
+
+    async def subscribed(self) -> None:
+        self.log.append("subscribed")

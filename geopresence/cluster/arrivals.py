@@ -1,12 +1,12 @@
 """What reaches a node (cluster): another node's changes and events, and its own records,
 each routed to the hub and to what the node keeps for its sessions.
 
-- the feed (``RedisFeed``): friendships, groups, forgets and logouts, admitted by
-  ``FriendSlices``;
+- the feed (``RedisFeed``): forgets and logouts;
 - events on the channels it listens to (``RedisBroker.on_remote``): moves, transitions,
-  settings, chat messages, devices taken over;
+  settings, chat messages, devices taken over, notices that friendships or groups changed
+  (``Reread``: ``Holdings`` reads them again and applies the difference through ``change``);
 - the records it journals (``RedisJournal.on_append``), and those written that the other
-  nodes hear on channels (``RedisJournal.on_written``);
+  nodes hear of on channels (``RedisJournal.on_written``);
 - channels no connection here listens to any more (``RedisBroker.on_released``).
 """
 
@@ -18,21 +18,32 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from geopresence.cluster.channel_events import Replaced, SettingsHeard
+from geopresence.cluster.channel_events import Replaced, Reread, SettingsHeard
 from geopresence.cluster.covered import Covered
-from geopresence.cluster.friend_slices import FriendSlices
-from geopresence.cluster.group_slices import GroupSlices
+from geopresence.cluster.holdings import Holdings
 from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.core.broker import user_channel
+from geopresence.core.broker import group_channel, inbox_channel, user_channel
 from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, GroupSet, MemberAdded, Record, SettingsChanged
+from geopresence.model.records import (
+    Befriended,
+    GroupDeleted,
+    GroupSet,
+    MemberAdded,
+    MemberRemoved,
+    Record,
+    SettingsChanged,
+    Unfriended,
+    UserForgotten,
+)
+
+GroupOps = GroupSet | GroupDeleted | MemberAdded | MemberRemoved
 
 if TYPE_CHECKING:
     from geopresence.cluster.chat_gaps import ChatGaps
@@ -50,8 +61,7 @@ class Arrivals:
         broker: RedisBroker,
         covered: Covered,
         views: Views,
-        slices: FriendSlices,
-        groups: GroupSlices,
+        holdings: Holdings,
         watermarks: Watermarks,
         strangers: RedisStrangers,
         now: Callable[[], float],
@@ -60,8 +70,7 @@ class Arrivals:
         self._broker = broker
         self._covered = covered
         self._views = views
-        self._groups = groups
-        self._slices = slices
+        self._holdings = holdings
         self._watermarks = watermarks
         self._strangers = strangers
         self._now = now
@@ -72,11 +81,10 @@ class Arrivals:
 
     def on_record(self, record: Record) -> None:
         """A record this node journals: a friendship made here (``Views``), a change the
-        reads in flight must not miss (``FriendSlices``, ``GroupSlices``), a group changed
-        (``Covered``), settings changed (``KeptSettings``)."""
+        reads in flight must not miss (``Holdings``), a group changed (``Covered``),
+        settings changed (``KeptSettings``)."""
         self._views.on_record(record)
-        self._slices.made_here(record)
-        self._groups.made_here(record)
+        self._holdings.made_here(record)
         self._covered.changed(record)
         self._joined(record)
         if isinstance(record, SettingsChanged):  # stored later (``written``)
@@ -92,9 +100,18 @@ class Arrivals:
             if store.settings_kept(op.user) and self._covered.settings.needed(op.user):
                 self._hub.apply_feed(op, self._now())
             return
-        if self._slices.admit(op) and self._groups.admit(op):
-            self._apply_feed(op)
-            self._groups.applied(op)
+        if isinstance(op, Befriended | Unfriended | GroupOps):
+            self._holdings.heard_op(op)  # from a version that put them on the feed
+            return
+        if isinstance(op, UserForgotten):
+            self._holdings.forgetting(op)
+        self.change(op)
+
+    def change(self, op: FeedOp) -> None:
+        """Apply another node's change to the hub and to what this node keeps: one on the
+        feed, or one a read again of a friendship or group found (``Holdings``)."""
+        self._apply_feed(op)
+        self._holdings.groups.applied(op)
 
     def _apply_feed(self, op: FeedOp) -> None:
         if isinstance(op, Befriended):
@@ -126,6 +143,9 @@ class Arrivals:
             return True
         if isinstance(event, SettingsHeard):
             self._covered.settings.heard(event)
+            return True
+        if isinstance(event, Reread):
+            self._holdings.heard(event)
             return True
         if isinstance(event, ChatEvent):
             # Shown once stable, in id order (``Chat.heard``), not as it arrives.
@@ -162,12 +182,33 @@ class Arrivals:
         return store.settings_kept(user) and store.get_settings(user).share_location
 
     def written(self, record: Record, version: Any) -> None:
-        """Redis stored a settings change made here at ``version``: the nodes that keep
-        them hear it now (``KeptSettings``)."""
+        """Redis stored a change made here (``RedisJournal.on_written``; ``version``: what
+        its writer returned): settings are heard by the nodes that keep them
+        (``KeptSettings``), at their version; friendship and group changes are announced."""
         if isinstance(record, SettingsChanged):
             self._covered.settings.wrote(record, version)
             heard = SettingsHeard(record, version)
             self._broker.publish_remote([user_channel(record.user)], heard)
+        else:
+            self._announce(record, version)
+
+    def _announce(self, record: Record, added: Any) -> None:
+        """A friendship or group change Redis stored: the nodes that hold what it changes
+        hear a notice to read it again (``Holdings``): a friendship on both users' inboxes;
+        a group change on the group's channel, and on the inbox of each member it adds
+        (``added``: those a ``GroupSet`` added), whose node may not hold the group yet."""
+        publish = self._broker.publish_remote
+        if isinstance(record, Befriended | Unfriended):
+            users = (record.a, record.b)
+            publish([inbox_channel(user) for user in users], Reread(users=users))
+        elif isinstance(record, GroupOps):
+            group = record.group
+            publish([group_channel(group)], Reread(groups=(group,)))
+            joined = [record.user] if isinstance(record, MemberAdded) else []
+            if isinstance(record, GroupSet):
+                joined = list(added or ())
+            for user in joined:  # one publish each: a big group's notices stay small
+                publish([inbox_channel(user)], Reread(users=(user,)))
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
@@ -183,6 +224,7 @@ class Arrivals:
         Cluster moved them): the statuses they carry are read again (``Covered.resync``),
         and the chat messages they may have lost (``ChatGaps``)."""
         self._covered.resync(channels)
+        self._holdings.gap(channels)
         if self.chat_gaps is not None:
             self.chat_gaps.gap(channels)
 

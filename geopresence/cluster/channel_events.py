@@ -47,6 +47,16 @@ class SettingsHeard:
     version: int
 
 
+@attrs.frozen
+class Reread:
+    """On ``inbox:U`` and ``group:G``: the friendships or groups of ``users``, or the
+    membership of ``groups``, changed in Redis; the nodes that hold them read them again
+    (``Holdings``). Published once Redis has the change, by the node that wrote it."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
 ChannelEvent = (
     Outgoing
     | LocationEvent
@@ -57,6 +67,7 @@ ChannelEvent = (
     | Replaced
     | PresenceSet
     | SettingsHeard
+    | Reread
 )
 
 
@@ -107,6 +118,8 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "presence", "op": feed_to_json(event)}  # as the feed carried it
     if isinstance(event, SettingsHeard):
         return {"k": "settings", "record": record_to_json(event.change), "v": event.version}
+    if isinstance(event, Reread):
+        return {"k": "reread", "users": event.users, "groups": event.groups}
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -146,6 +159,8 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         if not isinstance(record, SettingsChanged):
             raise ValueError("not a settings change")
         return SettingsHeard(record, int(data["v"]))
+    if kind == "reread":
+        return Reread(tuple(str(u) for u in data["users"]), tuple(str(g) for g in data["groups"]))
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

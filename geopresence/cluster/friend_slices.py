@@ -1,4 +1,5 @@
-"""Which friendships a node holds (cluster): those of the users it serves, read from Redis.
+"""Which friendships a node holds (cluster): those of the users it serves, read from Redis
+and read again whenever they change.
 
 With several nodes no node holds the whole friendship graph. A node holds a user's
 friendships (``gp:friends:{U}``) while it *holds* the user: while a session of the user is
@@ -6,39 +7,45 @@ open here, or an HTTP request about the user is being answered here. The node's 
 then exactly every edge with a held end: enough for everything the hub does for a held user
 (its friends' channels, ``friends_presence``, the friend limit, 1:1 chat), and for a
 friend's event it only delivers to the held users among the friend's friends. Memory grows
-with the node's own users, not with the population.
+with the node's own users, not with the population; no node hears of friendships it does not
+hold.
 
-``hold`` reads what it lacks in pipelines (``redis_load.pipelined``), once this node's own
-journaled writes are in Redis (read your writes); ``release`` drops the edges no held user
-needs any more. Another node's friendship change reaches every node on the feed
-(``Befriended``, ``Unfriended``, ``UserForgotten``); ``admit`` lets one through only if it
-touches a held user (a forget always). A read can be older than a change the node heard of:
-sent before it was written, or, on a Cluster, read from a shard the change had not reached
-yet when its feed entry (on another shard) was read. So every friendship change heard or
-made here is also kept a few seconds (``RecentChanges``), and after a read each of them
-that touches a user read is applied again to the graph, in order: an edge's last change
-wins, so a stale read cannot keep an ended friendship, miss a
-new one, or bring back a forgotten user. Nothing waits, and nothing but friendship edges is
-applied twice.
+Holding U listens to ``inbox:U`` (for the node itself, ``Listener``) before U is first read,
+once this node's own journaled writes are in Redis (read your writes). The node that writes
+a friendship publishes a ``Reread`` notice on both users' inbox channels once Redis has it
+(``Arrivals.written``), so every change written after a read began is announced to the
+node that read. A notice (or a gap on the channel) marks the user *stale*: ``run`` reads its
+friends again and applies the difference to the hub as ``Befriended`` and ``Unfriended``
+(``apply``: events for the sessions here, as if the change had been made here). A read of a
+user touched while it ran (a notice, a change made here, a forget) is never applied, since
+it may be older than the change: the user is read again. Nothing is replayed, and a read
+always ends with what Redis had after every change heard.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.recent_changes import InFlight, RecentChanges
+from geopresence.cluster.in_flight import InFlight, Listener, Touches
+from geopresence.core.broker import inbox_channel
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
 
+log = logging.getLogger("geopresence.redis")
+
 ReadFriends = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
 """Each user's friends as Redis has them (``redis_load.read_friends``)."""
+
+RETRY_S = 1.0
+"""Seconds before a failed read again of stale users is tried again."""
 
 
 def users_of(op: FeedOp) -> tuple[str, ...]:
@@ -53,26 +60,33 @@ def users_of(op: FeedOp) -> tuple[str, ...]:
 class FriendSlices:
     """The users whose friendships this node holds, counted by holder (sessions, requests).
 
-    ``written`` returns once this node's journaled changes are in Redis; ``now`` is a
-    monotonic clock (seconds)."""
+    ``written`` returns once this node's journaled changes are in Redis; ``apply`` applies a
+    change found by a read again to the hub (``Arrivals.change``)."""
 
     def __init__(
         self,
         hub: Hub,
         read: ReadFriends,
         written: Callable[[], Awaitable[None]],
-        now: Callable[[], float] = trio.current_time,
+        listener: Listener,
+        apply: Callable[[FeedOp], None],
     ) -> None:
         self._hub = hub
         self._read = read
         self._written = written
+        self._listener = listener
+        self._apply = apply
         self._holders: Counter[str] = Counter()
         self._held: set[str] = set()
         """Users whose every friendship is in the hub's graph."""
         self._reading: InFlight[str] = InFlight()
         """Users being read."""
-        self._recent: RecentChanges[FeedOp] = RecentChanges(now)
-        """Friendship changes heard or made here lately."""
+        self._touches: Touches[str] = Touches()
+        self._stale: set[str] = set()
+        """Held users to read again (``run``)."""
+        self._wakeup = trio.Event()
+        self.rereads = 0
+        """Users read again after a notice (for tests and metrics)."""
 
     def __len__(self) -> int:
         return len(self._held)
@@ -85,6 +99,9 @@ class FriendSlices:
         """Have every friendship of ``users`` here until ``release(users)``; raises (and
         holds nothing) if Redis cannot be read."""
         wanted = set(users)
+        for user in wanted:
+            if not self._holders[user]:
+                self._listener.hold(inbox_channel(user))
         self._holders.update(wanted)
         try:
             await self._reading.until_done(
@@ -103,50 +120,81 @@ class FriendSlices:
             if self._holders[user] > 0:
                 continue
             del self._holders[user]
+            self._listener.release(inbox_channel(user))
+            self._stale.discard(user)
             if user in held:
                 held.discard(user)
                 membership.unload_friends(user, keep=held.__contains__)
 
-    def admit(self, op: FeedOp) -> bool:
-        """Whether the hub should apply a feed op: a friendship change of users none of
-        which is held is left out (this node needs none of it); a forget always goes
-        through (the user's other state goes too)."""
-        users = users_of(op)
-        if not users:
-            return True
-        self.made_here(op)
-        return isinstance(op, UserForgotten) or any(user in self._held for user in users)
+    # ---------------------------------------------------------------- changes
 
-    def made_here(self, op: FeedOp) -> None:
-        """A friendship change this node heard of or made: kept to be applied again over
-        the reads in flight (``RecentChanges``)."""
-        if users_of(op):
-            self._recent.add(op)
+    def touched(self, users: Collection[str]) -> None:
+        """A change of ``users``' friendships made (or applied) here: a read of them in
+        flight may be older, so it is not applied (they are read again)."""
+        self._touches.touch(users)
+
+    def stale(self, users: Collection[str]) -> None:
+        """``users``' friendships changed in Redis (a notice, a gap on their channel): the
+        held ones are read again, and reads in flight are not applied."""
+        self._touches.touch(users)
+        found = [user for user in users if user in self._held]
+        if found:
+            self._stale.update(found)
+            self._wakeup.set()
+
+    def forgotten(self) -> None:
+        """A user was forgotten (the feed): any read in flight may still name it."""
+        self._touches.touch_everything()
+
+    async def run(self) -> None:
+        """Read the stale users again and apply what changed, until cancelled; a failed
+        read is tried again ``RETRY_S`` later."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            users = sorted(self._stale & self._held)
+            self._stale.clear()
+            if not users:
+                continue
+            try:
+                await self._read_again(users)
+            except Exception as exc:
+                log.warning("reading friends again failed (%s): retrying", exc)
+                self._stale.update(user for user in users if user in self._held)
+                await trio.sleep(RETRY_S)
+                self._wakeup.set()
+
+    # ---------------------------------------------------------------- reading
 
     async def _read_in(self, users: list[str]) -> None:
-        with self._reading.reading(users), self._recent.reading() as recent:
+        """The first read of ``users``: loaded silently (no session of theirs yet)."""
+        with self._reading.reading(users), self._touches.reading(users) as untouched:
+            await self._listener.subscribed()  # changes from now on are announced here
             await self._written()
             found = await self._read(users)
             membership = self._hub.membership
-            loaded = set()
             for user in users:
-                if self._holders[user] > 0:  # else its holder gave up meanwhile
+                # Else its holder gave up meanwhile, or the read is stale (read again).
+                if self._holders[user] > 0 and untouched(user):
                     membership.load_friends(user, found.get(user, ()))
-                    loaded.add(user)
-            self._apply_recent(loaded, recent())
-            self._held.update(loaded)
+                    self._held.add(user)
 
-    def _apply_recent(self, loaded: set[str], recent: Iterable[FeedOp]) -> None:
-        """Apply again to the graph, in order, the ``recent`` changes that touch ``loaded``
-        (users just read, with no session here yet): silently, as the read was."""
-        membership = self._hub.membership
-        for op in recent:
-            if isinstance(op, UserForgotten):
-                if op.user in loaded:
-                    membership.unload_friends(op.user, keep=lambda _friend: False)
-                for user in loaded:
-                    membership.unload_friendship(user, op.user)
-            elif isinstance(op, Befriended) and (op.a in loaded or op.b in loaded):
-                membership.load_friends(op.a, (op.b,))
-            elif isinstance(op, Unfriended) and (op.a in loaded or op.b in loaded):
-                membership.unload_friendship(op.a, op.b)
+    async def _read_again(self, users: list[str]) -> None:
+        """A read of held ``users`` after a notice: the difference applied, with events."""
+        self.rereads += len(users)
+        with self._reading.reading(users), self._touches.reading(users) as untouched:
+            await self._written()
+            found = await self._read(users)
+            for user in users:
+                if user not in self._held:
+                    continue  # let go meanwhile
+                if not untouched(user):
+                    self._stale.add(user)
+                    self._wakeup.set()
+                    continue
+                now = set(found.get(user, ()))
+                had = set(self._hub.store.friends_of(user))
+                for friend in sorted(now - had):
+                    self._apply(Befriended(user, friend))
+                for friend in sorted(had - now):
+                    self._apply(Unfriended(user, friend))

@@ -1,4 +1,5 @@
-"""Which groups a node holds (cluster): those of the users it serves, read from Redis.
+"""Which groups a node holds (cluster): those of the users it serves, read from Redis and read
+again whenever they change.
 
 With several nodes no node holds every group. A node holds a group (its members and their
 join marks, ``gp:group:{G}``) while it holds one of its members (a session or an HTTP request
@@ -7,25 +8,30 @@ about the user, as ``FriendSlices``: ``hold_users``), or an HTTP request about t
 member's channels and sync marks, the membership check of a send, pushes to the offline
 members of a group a sender here writes to, ``group_presence``.
 
-``hold_users`` reads each user's groups (``gp:groups_of:{U}``), then the groups it lacks, in
-pipelines, once this node's own journaled writes are in Redis (read your writes). Group
-changes reach every node on the feed; ``admit`` lets through those of a held group, and
-those that add a held user to a group not held yet (a member's session here must join it
-live), whose full membership is then read (``run``). As for friendships, a read can be older
-than a change this node heard of, so every group change heard or made here is kept a few
-seconds (``RecentChanges``) and applied again, in order and silently, to the groups each
-read brought in. ``release_*`` drops the groups no held user and no request needs any more.
+``hold_users`` listens to each user's ``inbox:U``, then reads the user's groups
+(``gp:groups_of:{U}``) and the groups it lacks, each after listening to ``group:G``, once
+this node's own journaled writes are in Redis (read your writes). The node that writes a
+group change publishes ``Reread`` notices once Redis has it (``Arrivals.written``): on the
+group's channel, and on the inbox of each member it adds. A notice marks the group (or the
+user) *stale*: ``run`` reads it again and applies the difference to the hub as
+``MemberAdded``, ``MemberRemoved`` and ``GroupDeleted`` (``apply``: events for the sessions
+here); a group a held user joined is read in whole, silently but for the held users it
+adds. Membership itself always comes from the group's read (a user's groups only say which
+groups to read). As for friendships, a read of a key touched while it ran is never applied:
+it is read again. ``release_*`` drops the groups no held user and no request needs any more.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.recent_changes import InFlight, RecentChanges
+from geopresence.cluster.in_flight import InFlight, Listener, Touches
+from geopresence.core.broker import group_channel, inbox_channel
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import (
     GroupDeleted,
@@ -39,8 +45,7 @@ if TYPE_CHECKING:
     from geopresence.core.hub import Hub
     from geopresence.core.state import DurableState
 
-GroupOp = GroupSet | GroupDeleted | MemberAdded | MemberRemoved
-Recent = GroupOp | UserForgotten
+log = logging.getLogger("geopresence.redis")
 
 ReadGroupsOf = Callable[[list[str]], Awaitable[dict[str, list[str]]]]
 """Each user's groups as Redis has them (``redis_load.read_groups_of``)."""
@@ -48,12 +53,26 @@ ReadGroups = Callable[[list[str]], Awaitable[dict[str, dict[str, int]]]]
 """Each group's members with their join marks; a group that does not exist is missing
 (``redis_load.read_groups``)."""
 
+RETRY_S = 1.0
+"""Seconds before a failed read again is tried again."""
+
+
+def touched_by(op: FeedOp) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(users, groups) whose groups or membership ``op`` changes."""
+    if isinstance(op, MemberAdded | MemberRemoved):
+        return (op.user,), (op.group,)
+    if isinstance(op, GroupSet):
+        return tuple(op.members), (op.group,)
+    if isinstance(op, GroupDeleted):
+        return (), (op.group,)
+    return (), ()
+
 
 class GroupSlices:
     """The groups this node holds, for the users and requests that hold them.
 
-    ``written`` returns once this node's journaled changes are in Redis; ``now`` is a
-    monotonic clock (seconds)."""
+    ``written`` returns once this node's journaled changes are in Redis; ``apply`` applies a
+    change found by a read again to the hub (``Arrivals.change``)."""
 
     def __init__(
         self,
@@ -61,12 +80,15 @@ class GroupSlices:
         read_groups_of: ReadGroupsOf,
         read_groups: ReadGroups,
         written: Callable[[], Awaitable[None]],
-        now: Callable[[], float] = trio.current_time,
+        listener: Listener,
+        apply: Callable[[FeedOp], None],
     ) -> None:
         self._hub = hub
         self._read_groups_of = read_groups_of
         self._read_groups = read_groups
         self._written = written
+        self._listener = listener
+        self._apply = apply
         self._user_holders: Counter[str] = Counter()
         self._users: set[str] = set()
         """Users whose every group is held here."""
@@ -74,14 +96,16 @@ class GroupSlices:
         """Groups held by requests about them."""
         self._loaded: set[str] = set()
         """Groups whose membership this node holds (or knows does not exist)."""
+        self._listening: set[str] = set()
+        """Groups whose channel this node listens to (loaded, or being read)."""
         self._reading: InFlight[str] = InFlight()
         """Groups being read."""
         self._reading_users: InFlight[str] = InFlight()
         """Users whose groups are being read."""
-        self._recent: RecentChanges[Recent] = RecentChanges(now)
-        """Group changes heard or made here lately."""
-        self._incomplete: set[str] = set()
-        """Groups an admitted change brought in, whose full membership ``run`` reads."""
+        self._user_touches: Touches[str] = Touches()
+        self._group_touches: Touches[str] = Touches()
+        self._stale_users: set[str] = set()
+        self._stale_groups: set[str] = set()
         self._forgotten: dict[str, set[str]] = {}
         """The groups of users being forgotten, to let go once the forget is applied."""
         self._wakeup = trio.Event()
@@ -101,6 +125,9 @@ class GroupSlices:
         """Have every group of ``users`` here until ``release_users(users)``; raises (and
         holds nothing) if Redis cannot be read."""
         wanted = set(users)
+        for user in wanted:
+            if not self._user_holders[user]:
+                self._listener.hold(inbox_channel(user))
         self._user_holders.update(wanted)
         try:
             await self._reading_users.until_done(
@@ -117,7 +144,9 @@ class GroupSlices:
             if self._user_holders[user] > 0:
                 continue
             del self._user_holders[user]
+            self._listener.release(inbox_channel(user))
             self._users.discard(user)
+            self._stale_users.discard(user)
             left = set(self._hub.store.groups_of(user)) | self._forgotten.pop(user, set())
             for group in left:
                 self._maybe_unload(group)
@@ -142,141 +171,193 @@ class GroupSlices:
 
     # ---------------------------------------------------------------- changes
 
-    def admit(self, op: FeedOp) -> bool:
-        """Whether the hub should apply a feed op: a change of a group held here, or one
-        that adds a held user (or one being read) to a group (read in full next, ``run``);
-        other groups' changes are left out. Not a group change: True."""
-        self.made_here(op)
-        if not isinstance(op, GroupOp):
-            return True
-        group = op.group
-        if group in self._loaded:
-            return True
-        if isinstance(op, MemberAdded):
-            joins = self._wanted(op.user)
-        elif isinstance(op, GroupSet):
-            joins = any(self._wanted(user) for user in op.members)
-        else:
-            joins = False
-        if joins:
-            self._loaded.add(group)
-            self._incomplete.add(group)
-            self._wakeup.set()
-        return joins
+    def touched(self, users: Collection[str], groups: Collection[str]) -> None:
+        """A change made (or applied) here: reads in flight of ``users``' groups or of
+        ``groups`` may be older, so they are not applied (they are read again)."""
+        self._user_touches.touch(users)
+        self._group_touches.touch(groups)
 
-    def _wanted(self, user: str) -> bool:
-        """Whether ``user``'s groups are held here, or being read."""
-        return user in self._users or user in self._reading_users
+    def stale(self, users: Collection[str], groups: Collection[str]) -> None:
+        """``users``' groups or ``groups`` changed in Redis (a notice, a gap): the held ones
+        are read again, and reads in flight are not applied."""
+        self.touched(users, groups)
+        self._stale_users.update(user for user in users if user in self._users)
+        self._stale_groups.update(group for group in groups if group in self._loaded)
+        if self._stale_users or self._stale_groups:
+            self._wakeup.set()
+
+    def forgetting(self, user: str) -> None:
+        """Before a forget heard on the feed is applied: ``user``'s groups are let go once
+        it is (``applied``), and any read in flight may still name the user."""
+        self._user_touches.touch_everything()
+        self._group_touches.touch_everything()
+        groups = set(self._hub.store.groups_of(user))
+        if groups:
+            self._forgotten.setdefault(user, set()).update(groups)
 
     def applied(self, op: FeedOp) -> None:
-        """After the hub applied a change (made here or admitted): a group that lost its
-        last held member, or was deleted, goes; so do a forgotten user's."""
+        """After the hub applied a change: a group that lost its last held member, or was
+        deleted, goes; so do a forgotten user's."""
         if isinstance(op, GroupSet | MemberRemoved | GroupDeleted):
             self._maybe_unload(op.group)
         elif isinstance(op, UserForgotten):
             for group in self._forgotten.pop(op.user, set()):
                 self._maybe_unload(group)
 
-    def made_here(self, op: FeedOp) -> None:
-        """A change this node heard of or made, before the hub applies it: a group change
-        or a forget, kept to be applied again over the reads in flight
-        (``RecentChanges``); a forget's groups, to let go once it is applied."""
-        if isinstance(op, UserForgotten):
-            groups = set(self._hub.store.groups_of(op.user))
-            if groups:
-                self._forgotten.setdefault(op.user, set()).update(groups)
-        elif not isinstance(op, GroupOp):
-            return
-        self._recent.add(op)
-
     async def run(self) -> None:
-        """Read in full the groups an admitted change brought in (a held user joined a
-        group not held here); a failed read is tried again a second later."""
+        """Read the stale users' groups and the stale groups again and apply what changed,
+        until cancelled; a failed read is tried again ``RETRY_S`` later."""
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            groups = sorted(g for g in self._incomplete & self._loaded if g not in self._reading)
+            users = sorted(self._stale_users & self._users)
+            self._stale_users.clear()
             try:
-                await self._read_in(groups)
-            except Exception:
-                await trio.sleep(1.0)
+                if users:
+                    await self._read_users_again(users)
+                groups = sorted(self._stale_groups & self._loaded)
+                self._stale_groups.clear()
+                if groups:
+                    await self._read_groups_again(groups)
+            except Exception as exc:
+                log.warning("reading groups again failed (%s): retrying", exc)
+                self._stale_users.update(user for user in users if user in self._users)
+                await trio.sleep(RETRY_S)
                 self._wakeup.set()
-            for group in groups:
-                self._maybe_unload(group)  # its member left during the read
 
-    # ---------------------------------------------------------------- reading
+    # ---------------------------------------------------------------- first reads
 
     async def _read_users(self, users: list[str]) -> None:
+        groups: set[str] = set()
         with self._reading_users.reading(users):
-            with self._recent.reading() as recent:
+            with self._user_touches.reading(users) as untouched:
+                await self._listener.subscribed()
                 await self._written()
                 found = await self._read_groups_of(users)
-                groups = {group for user in users for group in found.get(user, ())}
-                # A group one of them joined that the read was too early to list.
-                groups |= {group for group, user in _joins(recent()) if user in users}
+                fresh = [user for user in users if untouched(user)]
+                groups = {group for user in fresh for group in found.get(user, ())}
                 await self._load(groups)
-            for user in users:
-                if self._user_holders[user] > 0:  # else its holder gave up meanwhile
-                    self._users.add(user)
-            for group in groups:
-                self._maybe_unload(group)  # the users' holders gave up meanwhile
+                for user in fresh:
+                    # Else its holder gave up, or a change may have made the read stale.
+                    if self._user_holders[user] > 0 and untouched(user):
+                        self._users.add(user)
+        for group in groups:
+            self._maybe_unload(group)  # the users' holders gave up meanwhile
 
     async def _load(self, groups: set[str]) -> None:
         """Have ``groups`` loaded in full (read those not, unless being read)."""
         await self._reading.until_done(
-            lambda: [g for g in groups if g not in self._loaded or g in self._incomplete],
-            self._read_in,
+            lambda: [group for group in groups if group not in self._loaded], self._read_in
         )
 
     async def _read_in(self, groups: list[str]) -> None:
-        if not groups:
-            return
-        with self._reading.reading(groups):
-            with self._recent.reading() as recent:
+        """The first read of ``groups``: loaded silently, but for the held users it adds
+        (a user who joined since its groups were read: ``MemberAdded``, with events)."""
+        for group in groups:
+            if group not in self._listening:
+                self._listening.add(group)
+                self._listener.hold(group_channel(group))
+        done = []
+        try:
+            with self._reading.reading(groups), self._group_touches.reading(groups) as untouched:
+                await self._listener.subscribed()
                 await self._written()
                 found = await self._read_groups(groups)
                 state = self._hub.state
                 for group in groups:
-                    load_group(state, group, found.get(group))
-                self._loaded.update(groups)
-                # Applied again, in order and silently, over what was just read.
-                _replay(state, set(groups), recent())
-                self._incomplete.difference_update(groups)
+                    if not untouched(group):
+                        continue  # read again (``_load``)
+                    marks = found.get(group)
+                    joining = {u: m for u, m in (marks or {}).items() if u in self._users}
+                    others = (
+                        None
+                        if marks is None
+                        else {u: m for u, m in marks.items() if u not in joining}
+                    )
+                    load_group(state, group, others)
+                    self._loaded.add(group)
+                    done.append(group)
+                    for user, mark in sorted(joining.items()):
+                        self._apply(MemberAdded(group, user, mark))
+        finally:
             for group in groups:
-                self.on_loaded(group)
+                if group not in done:
+                    self._maybe_unload(group)  # its channel, if nothing reads it again
+        for group in done:
+            self.on_loaded(group)
+
+    # ---------------------------------------------------------------- reads again
+
+    async def _read_users_again(self, users: list[str]) -> None:
+        """Held ``users``' groups after a notice: a group joined is read in (with events for
+        the held users it adds), a group left is read again."""
+        with self._reading_users.reading(users), self._user_touches.reading(users) as untouched:
+            await self._written()
+            found = await self._read_groups_of(users)
+            joined: set[str] = set()
+            for user in users:
+                if user not in self._users:
+                    continue
+                if not untouched(user):
+                    self._stale_users.add(user)
+                    self._wakeup.set()
+                    continue
+                now = set(found.get(user, ()))
+                had = self._hub.store.groups_of(user)
+                joined |= {group for group in now - had if group not in self._loaded}
+                self._stale_groups.update((now ^ had) & self._loaded)
+            await self._load(joined)
+        for group in joined:
+            self._maybe_unload(group)
+
+    async def _read_groups_again(self, groups: list[str]) -> None:
+        """Held ``groups`` after a notice: the difference applied, with events."""
+        with self._reading.reading(groups), self._group_touches.reading(groups) as untouched:
+            await self._written()
+            found = await self._read_groups(groups)
+            for group in groups:
+                if group not in self._loaded:
+                    continue
+                if not untouched(group):
+                    self._stale_groups.add(group)
+                    self._wakeup.set()
+                    continue
+                self._reconcile(group, found.get(group))
+        for group in groups:
+            self._maybe_unload(group)
+
+    def _reconcile(self, group: str, marks: Mapping[str, int] | None) -> None:
+        """Apply to the hub what turns its ``group`` into the one read."""
+        had = self._hub.store.group_members(group)
+        if marks is None:
+            if had is not None:
+                self._apply(GroupDeleted(group))
+            return
+        had = set(had or ())
+        for user in sorted(marks.keys() - had):
+            self._apply(MemberAdded(group, user, marks[user]))
+        for user in sorted(had - marks.keys()):
+            self._apply(MemberRemoved(group, user))
+        chat = self._hub.state.chat
+        for user in had & marks.keys():
+            if chat.joined_after(group, user) != marks[user]:  # left and joined again
+                chat.leave(group, user)
+                chat.join(group, user, marks[user])
 
     def _maybe_unload(self, group: str) -> None:
-        """Drop ``group`` unless a request or a held member still needs it."""
-        if group not in self._loaded or self._group_holders[group] > 0:
+        """Drop ``group`` (and its channel) unless a request or a held member needs it."""
+        if self._group_holders[group] > 0 or group in self._reading:
             return
-        if group in self._reading or group in self._incomplete:
-            return
-        members: Iterable[str] = self._hub.store.group_members(group) or ()
-        if any(user in self._users or self._user_holders[user] > 0 for user in members):
-            return
-        self._loaded.discard(group)
-        unload_group(self._hub.state, group)
-
-
-def _replay(state: DurableState, read: set[str], changes: Iterable[Recent]) -> None:
-    """Apply ``changes`` again, in order and silently, to the groups just ``read``."""
-    for op in changes:
-        if isinstance(op, UserForgotten):
-            for group in read & state.users.groups_of(op.user):
-                state.apply(MemberRemoved(group, op.user))
-        elif op.group in read:
-            state.apply(op)
-
-
-def _joins(changes: Iterable[Recent]) -> set[tuple[str, str]]:
-    """(group, user) of each user ``changes`` added to a group."""
-    joins = set()
-    for op in changes:
-        if isinstance(op, MemberAdded):
-            joins.add((op.group, op.user))
-        elif isinstance(op, GroupSet):
-            joins.update((op.group, user) for user in op.members)
-    return joins
+        if group in self._loaded:
+            members: Iterable[str] = self._hub.store.group_members(group) or ()
+            if any(user in self._users or self._user_holders[user] > 0 for user in members):
+                return
+            self._loaded.discard(group)
+            self._stale_groups.discard(group)
+            unload_group(self._hub.state, group)
+        if group in self._listening:
+            self._listening.discard(group)
+            self._listener.release(group_channel(group))
 
 
 def load_group(state: DurableState, group: str, marks: Mapping[str, int] | None) -> None:

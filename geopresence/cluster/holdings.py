@@ -1,15 +1,23 @@
 """What a node holds for the users and groups its sessions and requests need (cluster):
-their friendships (``FriendSlices``) and groups (``GroupSlices``), held and let go together."""
+their friendships (``FriendSlices``) and groups (``GroupSlices``), held and let go together,
+and read again when a notice says they changed."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from geopresence.cluster.friend_slices import FriendSlices
-from geopresence.cluster.group_slices import GroupSlices
+import trio
+
+from geopresence.cluster.channel_events import Reread
+from geopresence.cluster.friend_slices import FriendSlices, users_of
+from geopresence.cluster.group_slices import GroupSlices, touched_by
+from geopresence.cluster.in_flight import Listener
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_friends, read_groups, read_groups_of
+from geopresence.core.broker import group_of_channel, inbox_of_channel
+from geopresence.core.replication import FeedOp
+from geopresence.model.records import UserForgotten
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
@@ -17,17 +25,28 @@ if TYPE_CHECKING:
 
 class Holdings:
     """The friendships and groups of the users held here, and the groups held by requests
-    about them, read from Redis once ``written`` says this node's own writes are in."""
+    about them, read from Redis once ``written`` says this node's own writes are in.
+    ``apply`` applies a change a read again found to the hub (``Arrivals.change``)."""
 
     def __init__(
-        self, hub: Hub, client: Any, keys: Keys, written: Callable[[], Awaitable[None]]
+        self,
+        hub: Hub,
+        client: Any,
+        keys: Keys,
+        written: Callable[[], Awaitable[None]],
+        listener: Listener,
+        apply: Callable[[FeedOp], None],
     ) -> None:
-        self.friends = FriendSlices(hub, lambda users: read_friends(client, keys, users), written)
+        self.friends = FriendSlices(
+            hub, lambda users: read_friends(client, keys, users), written, listener, apply
+        )
         self.groups = GroupSlices(
             hub,
             lambda users: read_groups_of(client, keys, users),
             lambda groups: read_groups(client, keys, groups),
             written,
+            listener,
+            apply,
         )
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
@@ -50,3 +69,39 @@ class Holdings:
         self.friends.release(users)
         self.groups.release_users(users)
         self.groups.release_groups(groups)
+
+    def made_here(self, op: FeedOp) -> None:
+        """A friendship or group change this node journals (the hub applies it): reads in
+        flight of what it changes are not applied."""
+        if isinstance(op, UserForgotten):
+            self.forgetting(op)  # its groups go once its session here ends
+        self.friends.touched(users_of(op))
+        self.groups.touched(*touched_by(op))
+
+    def heard(self, notice: Reread) -> None:
+        """Another node changed these users' friendships or groups, or these groups."""
+        self.friends.stale(notice.users)
+        self.groups.stale(notice.users, notice.groups)
+
+    def heard_op(self, op: FeedOp) -> None:
+        """A friendship or group change on the feed (from an older version): a notice."""
+        users, groups = touched_by(op)
+        self.heard(Reread(tuple(users_of(op)) + users, groups))
+
+    def gap(self, channels: Collection[str]) -> None:
+        """``channels`` may have lost notices: what they announce is read again."""
+        users = tuple(u for u in map(inbox_of_channel, channels) if u is not None)
+        groups = tuple(g for g in map(group_of_channel, channels) if g is not None)
+        if users or groups:
+            self.heard(Reread(users, groups))
+
+    def forgetting(self, op: UserForgotten) -> None:
+        """Before a forget heard on the feed is applied."""
+        self.friends.forgotten()
+        self.groups.forgetting(op.user)
+
+    async def run(self) -> None:
+        """Read again what notices said changed, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.friends.run)
+            nursery.start_soon(self.groups.run)

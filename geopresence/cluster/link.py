@@ -16,9 +16,10 @@
 Start-up (``run``): take the lease, note the feed's newest entry, then read the feed from
 that entry on and serve: a node loads nothing of the population.
 
-Friendship and group changes are on the feed, but a node holds only the friendships and
-groups of the users it serves (``FriendSlices``, ``GroupSlices``: read from Redis as a
-session or request needs them). A node holds the locations, statuses and settings its
+A node holds only the friendships and groups of the users it serves (``Holdings``: read
+from Redis as a session or request needs them, and again when a notice on the users' inbox
+or the group's channel says they changed). The feed carries only forgets, logouts and
+watermarks. A node holds the locations, statuses and settings its
 sessions need (``.views``, ``.covered``, ``.kept_settings``); moves arrive on the users'
 channels (``Arrivals``). Strangers are searched in Redis (``RedisStrangers``).
 """
@@ -277,7 +278,14 @@ class ClusterLink:
         views = self._views = Views(
             self.client, self.keys, self.broker, hub, self._now, covered.read_missing
         )
-        holdings = self.holdings = Holdings(hub, self.client, self.keys, self.journal.written)
+        holdings = self.holdings = Holdings(
+            hub,
+            self.client,
+            self.keys,
+            self.journal.written,
+            self.broker,
+            lambda op: arrivals.change(op),  # (built below: it routes to the holdings)
+        )
         groups = holdings.groups
         groups.on_loaded = covered.regroup
         # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
@@ -303,8 +311,7 @@ class ClusterLink:
             self.broker,
             covered,
             views,
-            holdings.friends,
-            groups,
+            holdings,
             watermarks,
             self.strangers,
             self._now,
@@ -338,7 +345,7 @@ class ClusterLink:
                     await nursery.start(self.broker.run)
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
-                    nursery.start_soon(groups.run)
+                    nursery.start_soon(holdings.run)
                     nursery.start_soon(chat_gaps.run)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record

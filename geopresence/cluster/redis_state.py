@@ -1,16 +1,16 @@
-"""The shared state in Redis (cluster): the journal that writes it, and the loader that reads it.
+"""The shared state in Redis (cluster): the journal that writes it.
 
-With several nodes, Redis holds the state every node shares, and each node a replica in
-memory (its hub's ``DurableState``) that answers synchronously. Changes reach Redis through
-the ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run`` writes it to
-the keys (``geopresence.cluster.redis_keys``) in order, through ``WRITERS`` (feed op kind ->
-commands), and appends it, in the same pipeline, to the feed stream
-(``geopresence.cluster.redis_feed``) that the other nodes' replicas read
-(``geopresence.core.replication``); settings (``OFF_FEED``) reach only the nodes that need
-them, on their user's channel once written (``on_written``). A record is *durable* once
-Redis has it, so acks
-(``sent``, ``settings``, HTTP writes) wait for Redis exactly as they wait for the disk with
-one node. ``geopresence.cluster.redis_load`` reads these keys back.
+With several nodes, Redis holds the state every node shares, and each node the slices of it
+its sessions need (its hub's ``DurableState``), which answer synchronously. Changes reach
+Redis through the ``Journal`` seam: ``RedisJournal.append`` queues a durable record, ``run``
+writes it to the keys (``geopresence.cluster.redis_keys``) in order, through ``WRITERS``
+(feed op kind -> commands). Most records (``OFF_FEED``: settings, friendships, groups, chat)
+then reach only the nodes that hold what they change, on channels, once written
+(``on_written``, ``chat_writes``); the rest (forgets, logouts, watermarks) are appended, in
+the same pipeline, to the feed stream every node reads (``geopresence.cluster.redis_feed``).
+A record is *durable* once Redis has it, so acks (``sent``, ``settings``, HTTP writes) wait
+for Redis exactly as they wait for the disk with one node. ``geopresence.cluster.redis_load``
+reads these keys back.
 """
 
 from __future__ import annotations
@@ -133,7 +133,8 @@ def _feed_only(k: Keys, op: PresenceSet | LogoutRequested | Watermark) -> list[C
     return []
 
 
-async def _group_set(client: Any, k: Keys, op: GroupSet) -> None:
+async def _group_set(client: Any, k: Keys, op: GroupSet) -> list[str]:
+    """Returns the members it adds (``on_written``: their nodes must hear of the group)."""
     key = k.of("group", op.group)
     current = set(strings(await client.hkeys(key)))
     wanted = set(op.members)
@@ -144,6 +145,7 @@ async def _group_set(client: Any, k: Keys, op: GroupSet) -> None:
         await client.hset(key, {user: str(op.joined_after)})
         await client.sadd(k.of("groups_of", user), [op.group])
     await client.sadd(k.groups, [op.group])
+    return sorted(wanted - current)
 
 
 async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
@@ -221,10 +223,19 @@ async def write_batch(
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
 
-OFF_FEED: Final = (SettingsChanged, ChatMessage)
-"""Records not put on the feed: the nodes that need them hear them on a channel, published
-once written (settings: ``RedisJournal.on_written``; chat: ``chat_writes``), so that a
-node reading Redis after subscribing never misses one."""
+OFF_FEED: Final = (
+    SettingsChanged,
+    ChatMessage,
+    Befriended,
+    Unfriended,
+    GroupSet,
+    GroupDeleted,
+    MemberAdded,
+    MemberRemoved,
+)
+"""Records not put on the feed: the nodes that need them hear them (or a notice to read them
+again) on a channel, published once written (``RedisJournal.on_written``; chat:
+``chat_writes``), so that a node reading Redis after subscribing never misses one."""
 
 
 class RedisJournal:
@@ -351,14 +362,15 @@ class RedisJournal:
         batch = self._batch(self._blind)
         if batch:
             await write_batch(client, keys, [item[1:] for item in batch], feed)
+            for _, _, op, _, _ in batch:
+                self._written_off_feed(op, None)
             return batch
         batch = self._batch(lambda op: isinstance(op, SettingsChanged))
         if batch:
             changes = [op for _, _, op, _, _ in batch if isinstance(op, SettingsChanged)]
             versions = await self._set_settings(changes)
             for change, version in zip(changes, versions, strict=True):
-                if self.on_written is not None:
-                    self.on_written(change, version)
+                self._written_off_feed(change, version)
             return batch
         batch = self._batch(lambda op: isinstance(op, ChatMessage))
         if batch:
@@ -369,10 +381,15 @@ class RedisJournal:
                     self.on_stored_before(seq, None if isinstance(original, Reused) else original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
-        await write(client, keys, op)
+        result = await write(client, keys, op)
         if on_feed:
             await feed.append(op, uid, mark)
+        self._written_off_feed(op, result)
         return [queue_head]
+
+    def _written_off_feed(self, op: FeedOp, result: Any) -> None:
+        if self.on_written is not None and isinstance(op, OFF_FEED):
+            self.on_written(op, result)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written (``run`` must be running)."""

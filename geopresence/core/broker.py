@@ -65,10 +65,18 @@ def group_of_channel(channel: str) -> str | None:
     return channel[len(_GROUP_PREFIX) :] if channel.startswith(_GROUP_PREFIX) else None
 
 
+_INBOX_PREFIX = "inbox:"
+
+
 def inbox_channel(user: str) -> str:
     """The channel a user's own connections subscribe to: 1:1 chat messages for the user
     (and copies of what its other devices send)."""
-    return f"inbox:{user}"
+    return _INBOX_PREFIX + user
+
+
+def inbox_of_channel(channel: str) -> str | None:
+    """The user whose ``inbox_channel`` this is (None: another kind of channel)."""
+    return channel[len(_INBOX_PREFIX) :] if channel.startswith(_INBOX_PREFIX) else None
 
 
 class Broker(Protocol):

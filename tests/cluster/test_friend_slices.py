@@ -1,7 +1,8 @@
 """``FriendSlices`` (cluster): a node holds the friendships of the users it serves, read as
-they are needed; a friendship change that reaches it while one of its users is read is
-applied to the graph again after the read, in order, so a stale read changes nothing. A
-real hub, a fake Redis read and a fake clock (no server needed)."""
+they are needed, after listening to their inbox channels; a notice that a held user's
+friendships changed makes the node read them again and apply the difference, with events; a
+read of a user touched while it ran is never applied (it is read again). A real hub, a fake
+Redis read and a fake listener (no server needed)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from geopresence.cluster.friend_slices import FriendSlices
 from geopresence.core.hub import Hub
-from geopresence.core.replication import FeedOp, LocationSet
+from geopresence.core.replication import FeedOp
 from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
-from tests.helpers import RecordingSink
+from tests.helpers import Listening, RecordingSink
 
 
 class Redis:
@@ -30,6 +32,7 @@ class Redis:
         self.answer.set()
         self.fail = False
         self.reads: list[list[str]] = []
+        self.log: list[str] | None = None
 
     def befriend(self, a: str, b: str) -> None:
         self.graph.setdefault(a, set()).add(b)
@@ -41,6 +44,8 @@ class Redis:
 
     async def read(self, users: list[str]) -> dict[str, list[str]]:
         self.reads.append(sorted(users))
+        if self.log is not None:
+            self.log.append(f"read {','.join(sorted(users))}")
         seen = {user: sorted(self.graph.get(user, ())) for user in users}
         await self.answer.wait()
         if self.fail:
@@ -53,8 +58,9 @@ class Node:
         self.hub = Hub(HubSettings(), MemoryStore(), RecordingSink())
         self.applied: list[FeedOp] = []
         self.written = 0
-        self.clock = 0.0
-        self.slices = FriendSlices(self.hub, redis.read, self._written, lambda: self.clock)
+        self.listening = Listening()
+        redis.log = self.listening.log
+        self.slices = FriendSlices(self.hub, redis.read, self._written, self.listening, self._apply)
 
     async def _written(self) -> None:
         self.written += 1
@@ -63,13 +69,17 @@ class Node:
         self.applied.append(op)
         self.hub.apply_feed(op, 0.0)
 
-    def feed(self, op: FeedOp) -> None:
-        """What the link does with a feed op."""
-        if self.slices.admit(op):
-            self._apply(op)
-
     def friends(self, user: str) -> set[str]:
         return set(self.hub.store.friends_of(user))
+
+
+@asynccontextmanager
+async def running(node: Node) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run)
+        yield
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager
@@ -88,6 +98,8 @@ async def test_a_node_holds_the_friendships_of_its_held_users_only() -> None:
     redis = Redis({"alice": ["bob", "carol"], "bob": ["alice", "dave"], "dave": ["bob"]})
     node = Node(redis)
     await node.slices.hold(["alice"])
+    # It listens to alice's inbox before it reads her: a change after the read is heard.
+    assert node.listening.log == ["hold inbox:alice", "subscribed", "read alice"]
     assert node.friends("alice") == {"bob", "carol"}
     assert node.friends("bob") == {"alice"}  # only its edge to a held user
     assert node.hub.store.friendship_count() == 2
@@ -98,78 +110,87 @@ async def test_a_node_holds_the_friendships_of_its_held_users_only() -> None:
     node.slices.release(["alice"])
     assert node.friends("alice") == {"bob"}  # bob is still held
     assert not node.slices.holds("alice") and node.slices.holds("bob")
+    assert node.listening.held == {"inbox:bob": 1}
     node.slices.release(["bob"])
     assert list(node.hub.store.friendships()) == []
     assert node.hub.store.friendship_count() == 0 and len(node.slices) == 0
+    assert node.listening.held == {}
 
 
-async def test_changes_of_users_nobody_here_holds_are_left_out() -> None:
-    node = Node(Redis({"alice": []}))
-    await node.slices.hold(["alice"])
-    node.feed(Befriended("bob", "carol"))
-    node.feed(Befriended("alice", "dave"))
-    node.feed(Unfriended("erin", "frank"))
-    node.feed(UserForgotten("zoe"))  # a forget reaches every node: its other state goes too
-    assert node.applied == [Befriended("alice", "dave"), UserForgotten("zoe")]
-    assert list(node.hub.store.friendships()) in ([("alice", "dave")], [("dave", "alice")])
+async def test_a_notice_reads_a_held_user_again_and_applies_the_difference() -> None:
+    redis = Redis({"alice": ["bob", "carol"]})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold(["alice"])
+        redis.unfriend("alice", "bob")
+        redis.befriend("alice", "dave")
+        node.slices.stale(["alice", "zoe"])  # zoe is not held here: not read
+        await trio.testing.wait_all_tasks_blocked()
+    assert node.applied == [Befriended("alice", "dave"), Unfriended("alice", "bob")]
+    assert node.friends("alice") == {"carol", "dave"}
+    assert redis.reads == [["alice"], ["alice"]] and node.slices.rereads == 1
 
 
-async def test_a_change_during_a_read_is_applied_again_after_it_in_order() -> None:
-    """The read was sent before Redis changed: the changes heard meanwhile are applied to
-    the graph again once it is in, so a stale read cannot bring back an ended friendship."""
+async def test_a_notice_during_a_first_read_reads_the_user_again() -> None:
+    """The read may have been answered before Redis changed: it is not applied, and a
+    second read (after the change) is."""
     redis = Redis({"alice": ["bob"], "bob": ["alice"]})
     node = Node(redis)
     async with alice_being_read(redis, node):
-        assert redis.reads == [["alice"]]
         redis.unfriend("alice", "bob")
         redis.befriend("alice", "carol")
-        redis.befriend("alice", "dave")
-        redis.unfriend("alice", "dave")
-        for op in (
-            Unfriended("alice", "bob"),
-            Befriended("alice", "carol"),
-            Befriended("alice", "dave"),
-            Unfriended("alice", "dave"),
-            Befriended("xavier", "yann"),
-        ):
-            node.clock += 1.0  # the read may last longer than RECENT_S
-            node.feed(op)
-        location = LocationSet("bob", 1.0, 2.0, 3.0, 4.0)
-        node.feed(location)  # not a friendship change
-    assert node.applied == [location]  # none concerned a held user when it came
-    assert node.friends("alice") == {"carol"}
-    assert list(node.hub.store.friendships()) in ([("alice", "carol")], [("carol", "alice")])
+        node.slices.stale(["alice"])
+    assert redis.reads == [["alice"], ["alice"]]
+    assert node.friends("alice") == {"carol"} and node.applied == []
 
 
-async def test_a_read_from_a_shard_behind_the_feed_changes_nothing() -> None:
-    """On a Cluster a feed entry can be read before its keys (another shard) are written:
-    a change left out because nobody here held its users still corrects a read sent soon
-    after."""
-    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
-    node = Node(redis)
-    node.feed(Unfriended("alice", "bob"))  # Redis' alice set not written yet
-    node.clock += 4.0
-    await node.slices.hold(["alice"])
-    assert node.friends("alice") == set()
-    node.slices.release(["alice"])
-    node.feed(Befriended("alice", "carol"))  # long ago by the next read: not applied again
-    node.clock += 100.0
-    await node.slices.hold(["alice"])
-    assert node.friends("alice") == {"bob"}  # what Redis says
-
-
-async def test_a_forget_during_a_friend_s_read_is_not_undone_by_it() -> None:
-    """A user forgotten (here or on another node) while a friend's read is in flight: the
-    read, older than the forget, must not bring the friendship back."""
-    for here in (True, False):
+async def test_a_change_made_here_or_a_forget_during_a_read_is_not_undone_by_it() -> None:
+    """A friendship made here, or a user forgotten (here or on another node), while a
+    friend's read is in flight: the read, older than the change, is read again."""
+    for touch in ("made here", "forgotten"):
         redis = Redis({"alice": ["bob"], "bob": ["alice"]})
         node = Node(redis)
         async with alice_being_read(redis, node):
-            if here:
-                node.slices.made_here(UserForgotten("bob"))  # the journal's record
+            if touch == "made here":
+                node.hub.apply_feed(Unfriended("alice", "bob"), 0.0)
+                node.slices.touched(["alice", "bob"])
+                redis.unfriend("alice", "bob")
             else:
-                node.feed(UserForgotten("bob"))
-        assert node.friends("alice") == set(), here
+                node.slices.forgotten()
+                redis.unfriend("alice", "bob")
+        assert node.friends("alice") == set(), touch
+        assert len(redis.reads) == 2, touch
+
+
+async def test_a_read_again_touched_while_it_runs_is_read_once_more() -> None:
+    redis = Redis({"alice": ["bob"]})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold(["alice"])
+        redis.answer = trio.Event()
+        redis.befriend("alice", "carol")
+        node.slices.stale(["alice"])
+        await trio.testing.wait_all_tasks_blocked()  # read again, not answered yet
+        redis.befriend("alice", "dave")
+        node.slices.stale(["alice"])
+        redis.answer.set()
+        await trio.testing.wait_all_tasks_blocked()
+    assert redis.reads == [["alice"], ["alice"], ["alice"]]
+    assert node.applied == [Befriended("alice", "carol"), Befriended("alice", "dave")]
+
+
+async def test_a_failed_read_again_is_tried_again(autojump_clock: trio.abc.Clock) -> None:
+    redis = Redis({"alice": []})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold(["alice"])
+        redis.fail = True
+        redis.befriend("alice", "bob")
+        node.slices.stale(["alice"])
+        await trio.testing.wait_all_tasks_blocked()
+        redis.fail = False
+        await trio.sleep(1.5)
+    assert node.applied == [Befriended("alice", "bob")]
 
 
 async def test_a_second_holder_waits_for_the_read_in_progress() -> None:
@@ -201,15 +222,12 @@ async def test_a_failed_read_holds_nothing() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(hold_alice)
         await trio.testing.wait_all_tasks_blocked()
-        node.feed(Befriended("alice", "carol"))  # carol is held: at once
-        assert node.applied == [Befriended("alice", "carol")]
         redis.answer.set()
     assert not node.slices.holds("alice")
-    assert node.friends("alice") == {"carol"}
+    assert node.listening.held == {"inbox:carol": 1}
     redis.fail = False
-    redis.befriend("alice", "carol")
     await node.slices.hold(["alice"])  # tried again: read anew
-    assert node.friends("alice") == {"bob", "carol"}
+    assert node.friends("alice") == {"bob"}
 
 
 async def test_a_hold_given_up_during_its_read_holds_nothing() -> None:
@@ -219,7 +237,14 @@ async def test_a_hold_given_up_during_its_read_holds_nothing() -> None:
     with trio.move_on_after(1):
         await node.slices.hold(["alice"])
     assert not node.slices.holds("alice") and len(node.slices) == 0
-    assert node.friends("alice") == set()
+    assert node.friends("alice") == set() and node.listening.held == {}
     redis.answer.set()
     await node.slices.hold(["alice"])
     assert node.friends("alice") == {"bob"}
+
+
+def test_a_forget_is_a_friendship_change_of_its_user() -> None:
+    from geopresence.cluster.friend_slices import users_of
+
+    assert users_of(UserForgotten("bob")) == ("bob",)
+    assert users_of(Befriended("a", "b")) == ("a", "b")

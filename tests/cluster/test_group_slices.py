@@ -1,8 +1,9 @@
 """``GroupSlices`` (cluster): a node holds the groups of the users it serves (and of the
-requests about a group), read as they are needed; a group change that reaches it while a
-group is read is applied again after the read, in order, so a stale read changes nothing;
-a held user joining a group the node lacks brings the whole group in. A real hub, a fake
-Redis read and a fake clock (no server needed)."""
+requests about a group), read as they are needed, after listening to the users' inboxes and
+the groups' channels; a notice makes it read a held group (or a held user's groups) again
+and apply the difference, with events; a held user joining a group the node lacks brings the
+whole group in; a read of a key touched while it ran is never applied (it is read again). A
+real hub, a fake Redis read and a fake listener (no server needed)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from geopresence.cluster.group_slices import GroupSlices
 from geopresence.core.hub import Hub
@@ -19,12 +21,11 @@ from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.model.records import (
     GroupDeleted,
-    GroupSet,
     MemberAdded,
     MemberRemoved,
     UserForgotten,
 )
-from tests.helpers import RecordingSink
+from tests.helpers import Listening, RecordingSink
 
 
 class Redis:
@@ -38,15 +39,23 @@ class Redis:
         self.fail = False
         self.reads: list[list[str]] = []
         self.user_reads: list[list[str]] = []
+        self.log: list[str] | None = None
+        self.users_wait = True
+        """False: only the reads of groups wait for ``answer``."""
 
     async def read_groups_of(self, users: list[str]) -> dict[str, list[str]]:
         self.user_reads.append(sorted(users))
+        if self.log is not None:
+            self.log.append(f"read groups of {','.join(sorted(users))}")
         seen = {u: sorted(g for g, marks in self.groups.items() if u in marks) for u in users}
-        await self._answered()
+        if self.users_wait:
+            await self._answered()
         return seen
 
     async def read_groups(self, groups: list[str]) -> dict[str, dict[str, int]]:
         self.reads.append(sorted(groups))
+        if self.log is not None:
+            self.log.append(f"read {','.join(sorted(groups))}")
         seen = {group: dict(self.groups[group]) for group in groups if group in self.groups}
         await self._answered()
         return seen
@@ -60,9 +69,16 @@ class Redis:
 class Node:
     def __init__(self, redis: Redis) -> None:
         self.hub = Hub(HubSettings(), MemoryStore(), RecordingSink())
-        self.clock = 0.0
+        self.listening = Listening()
+        redis.log = self.listening.log
+        self.applied: list[FeedOp] = []
         self.slices = GroupSlices(
-            self.hub, redis.read_groups_of, redis.read_groups, self._written, lambda: self.clock
+            self.hub,
+            redis.read_groups_of,
+            redis.read_groups,
+            self._written,
+            self.listening,
+            self.apply,
         )
         self.loaded: list[str] = []
         self.slices.on_loaded = self.loaded.append
@@ -70,11 +86,16 @@ class Node:
     async def _written(self) -> None:
         return None
 
-    def feed(self, op: FeedOp) -> None:
-        """What the link does with a feed op."""
-        if self.slices.admit(op):
-            self.hub.apply_feed(op, 0.0)
-            self.slices.applied(op)
+    def apply(self, op: FeedOp) -> None:
+        """What ``Arrivals.change`` does."""
+        self.applied.append(op)
+        self.hub.apply_feed(op, 0.0)
+        self.slices.applied(op)
+
+    def forget(self, user: str) -> None:
+        """A forget heard on the feed."""
+        self.slices.forgetting(user)
+        self.apply(UserForgotten(user))
 
     def members(self, group: str) -> dict[str, int] | None:
         found = self.hub.store.group_members(group)
@@ -84,6 +105,21 @@ class Node:
         return {user: joined(group, user) or 0 for user in found}
 
 
+@asynccontextmanager
+async def running(node: Node) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.slices.run)
+        yield
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
+
+async def until(check: object) -> None:
+    with trio.fail_after(5):
+        while not check():  # type: ignore[operator]
+            await trio.sleep(0.001)
+
+
 HIKERS = {"alice": 1, "bob": 2, "carol": 3}
 
 
@@ -91,6 +127,15 @@ async def test_a_node_holds_the_groups_of_its_held_users_only() -> None:
     redis = Redis({"hikers": HIKERS, "climbers": {"bob": 5}, "chess": {"zed": 7}})
     node = Node(redis)
     await node.slices.hold_users(["alice"])
+    # It listens before each read: a change written after it is announced here.
+    assert node.listening.log == [
+        "hold inbox:alice",
+        "subscribed",
+        "read groups of alice",
+        "hold group:hikers",
+        "subscribed",
+        "read hikers",
+    ]
     assert node.members("hikers") == HIKERS  # every member, with its mark
     assert node.members("climbers") is None and node.members("chess") is None
     await node.slices.hold_users(["bob"])
@@ -99,62 +144,66 @@ async def test_a_node_holds_the_groups_of_its_held_users_only() -> None:
     assert node.members("hikers") == HIKERS  # bob still needs it
     node.slices.release_users(["bob"])
     assert node.members("hikers") is None and node.members("climbers") is None
-    assert len(node.slices) == 0
+    assert len(node.slices) == 0 and node.listening.held == {}
     # A request about a group holds it (as absent if it does not exist).
     await node.slices.hold_groups(["chess", "nothing"])
     assert node.members("chess") == {"zed": 7} and node.slices.holds("nothing")
     node.slices.release_groups(["chess", "nothing"])
     assert node.members("chess") is None and len(node.slices) == 0
+    assert node.listening.held == {} and node.applied == []
 
 
-async def test_changes_of_groups_not_held_are_left_out() -> None:
-    node = Node(Redis({"hikers": HIKERS}))
-    await node.slices.hold_users(["alice"])
-    node.feed(MemberAdded("chess", "zed", 9))
-    node.feed(GroupSet("chess", ["zed", "yan"], 9))
-    assert node.members("chess") is None
-    node.feed(MemberAdded("hikers", "dan", 9))
-    node.feed(MemberRemoved("hikers", "bob"))
-    assert node.members("hikers") == {"alice": 1, "carol": 3, "dan": 9}
-    node.feed(GroupDeleted("hikers"))
-    assert node.members("hikers") is None
+async def test_a_notice_reads_a_held_group_again_and_applies_the_difference() -> None:
+    redis = Redis({"hikers": HIKERS, "chess": {"zed": 7}})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold_users(["alice"])
+        reads = len(redis.reads)
+        node.slices.stale(["zed", "yan"], ["chess"])  # nothing of them is held here
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(redis.reads) == reads and redis.user_reads == [["alice"]]
+        del redis.groups["hikers"]["bob"]
+        redis.groups["hikers"]["dan"] = 9
+        node.slices.stale([], ["hikers"])
+        await until(lambda: node.applied)
+        assert node.applied == [MemberAdded("hikers", "dan", 9), MemberRemoved("hikers", "bob")]
+        assert node.members("hikers") == {"alice": 1, "carol": 3, "dan": 9}
+        del redis.groups["hikers"]
+        node.slices.stale([], ["hikers"])
+        await until(lambda: len(node.applied) == 3)
+    assert node.applied[-1] == GroupDeleted("hikers")
+    assert node.members("hikers") is None and not node.slices.holds("hikers")
+    assert node.listening.held == {"inbox:alice": 1}
 
 
 async def test_a_held_user_joining_a_group_not_held_brings_it_in_whole() -> None:
     redis = Redis({"chess": {"zed": 7, "yan": 8}})
     node = Node(redis)
-    await node.slices.hold_users(["alice"])
-    redis.groups["chess"]["alice"] = 9
-    node.feed(MemberAdded("chess", "alice", 9))
-    assert node.members("chess") == {"alice": 9}  # at once, for alice's sessions
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run)
-        with trio.fail_after(5):
-            while node.members("chess") != {"alice": 9, "zed": 7, "yan": 8}:
-                await trio.sleep(0.01)
-        nursery.cancel_scope.cancel()
-    assert node.loaded == ["chess"]
-    # alice leaves it: nobody here needs it any more.
-    node.feed(MemberRemoved("chess", "alice"))
-    assert node.members("chess") is None and not node.slices.holds("chess")
+    async with running(node):
+        await node.slices.hold_users(["alice"])
+        redis.groups["chess"]["alice"] = 9
+        node.slices.stale(["alice"], ["chess"])  # the notices on her inbox and chess'
+        await until(lambda: node.members("chess") == {"alice": 9, "zed": 7, "yan": 8})
+        # Silently but for her: her sessions here are told she joined.
+        assert node.applied == [MemberAdded("chess", "alice", 9)]
+        assert node.loaded == ["chess"] and "group:chess" in node.listening.held
+        # She leaves it: nobody here needs it any more.
+        del redis.groups["chess"]["alice"]
+        node.slices.stale(["alice"], ["chess"])
+        await until(lambda: not node.slices.holds("chess"))
+    assert node.applied[-1] == MemberRemoved("chess", "alice")
+    assert node.members("chess") is None and "group:chess" not in node.listening.held
 
 
-async def test_a_request_waits_for_a_group_a_join_brought_in_part_way() -> None:
-    """chess came in with alice's join (only her, so far) while ``run`` is busy reading
-    another group: a request about chess reads it in full before it answers."""
-    redis = Redis({"hikers": HIKERS, "chess": {"zed": 7, "yan": 8}, "climbers": {"x": 1}})
+async def test_a_request_waits_for_a_group_a_join_is_bringing_in() -> None:
+    redis = Redis({"chess": {"zed": 7, "yan": 8}})
     node = Node(redis)
     await node.slices.hold_users(["alice"])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run)
-        redis.answer = trio.Event()  # Redis slow from now on
-        redis.groups["climbers"]["alice"] = 9
-        node.feed(MemberAdded("climbers", "alice", 9))
-        with trio.fail_after(5):
-            while ["climbers"] not in redis.reads:  # run is reading climbers
-                await trio.sleep(0.001)
+    async with running(node):
+        redis.answer, redis.users_wait = trio.Event(), False  # groups slow from now on
         redis.groups["chess"]["alice"] = 10
-        node.feed(MemberAdded("chess", "alice", 10))
+        node.slices.stale(["alice"], [])
+        await until(lambda: ["chess"] in redis.reads)  # run is reading chess
         got: list[dict[str, int] | None] = []
 
         async def request() -> None:  # GET /v1/groups/chess
@@ -162,46 +211,39 @@ async def test_a_request_waits_for_a_group_a_join_brought_in_part_way() -> None:
             got.append(node.members("chess"))
             node.slices.release_groups(["chess"])
 
-        nursery.start_soon(request)
-        await trio.sleep(0.01)
-        assert got == []  # it waits for Redis
-        redis.answer.set()
-        with trio.fail_after(5):
-            while not got:
-                await trio.sleep(0.001)
-        nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(request)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # it waits for Redis
+            redis.answer.set()
     assert got == [{"alice": 10, "zed": 7, "yan": 8}]
+    assert redis.reads.count(["chess"]) == 1
 
 
 async def test_a_group_read_by_run_is_let_go_if_its_user_left_meanwhile() -> None:
     redis = Redis({"chess": {"zed": 7}})
     node = Node(redis)
     await node.slices.hold_users(["alice"])
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run)
-        redis.answer = trio.Event()
+    async with running(node):
+        redis.answer, redis.users_wait = trio.Event(), False
         redis.groups["chess"]["alice"] = 9
-        node.feed(MemberAdded("chess", "alice", 9))
-        with trio.fail_after(5):
-            while not redis.reads:
-                await trio.sleep(0.001)
+        node.slices.stale(["alice"], [])
+        await until(lambda: redis.reads)
         node.slices.release_users(["alice"])  # her session ends during the read
         redis.answer.set()
-        with trio.fail_after(5):
-            while len(node.slices):
-                await trio.sleep(0.001)
-        nursery.cancel_scope.cancel()
+        await until(lambda: not len(node.slices))
+    assert node.listening.held == {}
 
 
 async def test_a_forgotten_user_s_groups_are_let_go() -> None:
     node = Node(Redis({"hikers": HIKERS, "chess": {"alice": 4, "zed": 7}}))
     await node.slices.hold_users(["alice", "zed"])  # her session, or the forget request
-    node.feed(UserForgotten("alice"))
+    node.forget("alice")
     assert node.members("hikers") is None  # nobody held here is in it any more
     node.slices.release_users(["alice"])
     assert node.members("chess") == {"zed": 7}  # zed's
     node.slices.release_users(["zed"])
-    assert len(node.slices) == 0
+    assert len(node.slices) == 0 and node.listening.held == {}
 
 
 @asynccontextmanager
@@ -211,71 +253,62 @@ async def hikers_being_read(redis: Redis, node: Node) -> AsyncIterator[None]:
     redis.answer = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(node.slices.hold_groups, ["hikers"])
-        with trio.fail_after(5):
-            while not redis.reads:
-                await trio.sleep(0.001)
+        await until(lambda: redis.reads)
         yield
         redis.answer.set()
 
 
-async def test_a_change_during_a_read_is_applied_again_after_it_in_order() -> None:
+async def test_a_notice_during_a_first_read_reads_the_group_again() -> None:
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
     async with hikers_being_read(redis, node):
-        # Heard before the read answered, from a Redis the read had already seen.
-        node.feed(MemberRemoved("hikers", "bob"))
-        node.feed(MemberAdded("hikers", "dan", 9))
-        node.feed(MemberRemoved("hikers", "dan"))
-        node.feed(MemberAdded("hikers", "erin", 10))
+        del redis.groups["hikers"]["bob"]  # after the read saw it
+        redis.groups["hikers"]["erin"] = 10
+        node.slices.stale([], ["hikers"])
     assert node.members("hikers") == {"alice": 1, "carol": 3, "erin": 10}
+    assert redis.reads == [["hikers"], ["hikers"]] and node.applied == []
 
 
-async def test_a_read_from_a_shard_behind_the_feed_changes_nothing() -> None:
-    """On a Cluster a read can miss a change whose feed entry was already applied; the
-    change is kept a few seconds and applied again over it."""
+async def test_a_forget_or_a_deletion_during_a_group_read_is_not_undone_by_it() -> None:
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    await node.slices.hold_groups(["hikers"])
+    async with hikers_being_read(redis, node):
+        del redis.groups["hikers"]["bob"]
+        node.forget("bob")  # the read (sent before) still lists bob
+    assert node.members("hikers") == {"alice": 1, "carol": 3}
     node.slices.release_groups(["hikers"])
-    node.clock = 10.0
-    node.feed(MemberAdded("hikers", "dan", 9))  # not held: left out, but kept
-    node.clock = 12.0
-    await node.slices.hold_groups(["hikers"])  # Redis does not have dan yet
-    assert node.members("hikers") == {**HIKERS, "dan": 9}
+    async with hikers_being_read(redis, node):
+        del redis.groups["hikers"]
+        node.slices.stale([], ["hikers"])
+    assert node.members("hikers") is None and node.slices.holds("hikers")
 
 
 async def test_a_group_joined_during_the_user_s_read_is_held_too() -> None:
     """alice is added to chess after her groups were read (the read did not list it), and
-    before she is held: chess is read in full for her all the same."""
+    before she is held: the notice makes her groups be read again."""
     redis = Redis({"hikers": HIKERS, "chess": {"zed": 7}})
     node = Node(redis)
     redis.answer = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(node.slices.hold_users, ["alice"])
-        with trio.fail_after(5):
-            while not redis.user_reads:
-                await trio.sleep(0.001)
+        await until(lambda: redis.user_reads)
         redis.groups["chess"]["alice"] = 9
-        node.feed(MemberAdded("chess", "alice", 9))
+        node.slices.stale(["alice"], ["chess"])
         redis.answer.set()
     assert node.members("chess") == {"zed": 7, "alice": 9}
     assert node.members("hikers") == HIKERS
+    assert redis.user_reads == [["alice"], ["alice"]]
 
 
-async def test_a_forget_heard_during_a_group_read_is_not_undone_by_it() -> None:
+async def test_a_rejoin_between_reads_takes_the_new_mark() -> None:
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    async with hikers_being_read(redis, node):
-        node.feed(UserForgotten("bob"))  # the read (sent before) still lists bob
-    assert node.members("hikers") == {"alice": 1, "carol": 3}
-
-
-async def test_a_group_deleted_during_its_read_stays_deleted() -> None:
-    redis = Redis({"hikers": HIKERS})
-    node = Node(redis)
-    async with hikers_being_read(redis, node):
-        node.feed(GroupDeleted("hikers"))
-    assert node.members("hikers") is None
+    async with running(node):
+        await node.slices.hold_users(["alice"])
+        redis.groups["hikers"]["bob"] = 20  # left and joined again
+        node.slices.stale([], ["hikers"])
+        await until(lambda: node.members("hikers") == {**HIKERS, "bob": 20})
+    assert node.applied == []
 
 
 async def test_a_failed_read_holds_nothing() -> None:
@@ -287,6 +320,7 @@ async def test_a_failed_read_holds_nothing() -> None:
     with pytest.raises(ConnectionError):
         await node.slices.hold_groups(["hikers"])
     assert node.members("hikers") is None and len(node.slices) == 0
+    assert node.listening.held == {}
     redis.fail = False
     await node.slices.hold_users(["alice"])
     assert node.members("hikers") == HIKERS

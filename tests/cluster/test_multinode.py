@@ -627,12 +627,10 @@ async def test_a_node_holds_only_the_locations_its_sessions_need(tmp_path: Path)
                 assert _gauge(await admin_b.metrics(), "locations") == 0
                 # Redis holds each location under its own key, expiring with the TTL.
                 assert await redis.pttl("gp:loc:{alice}") > 0
-            # Neither the moves above nor the sessions' presence transitions were on the
-            # feed: they travel on the users' channels.
+            # Neither the friendship, nor the moves above, nor the sessions' presence
+            # transitions were on the feed: they travel on the users' channels.
             ops = [entry.field_values[b"op"] for entry in await redis.xrange("gp:feed")]
-            assert b'{"t":"befriended","a":"alice","b":"bob"}' in ops, ops
-            assert not any(b'"t":"presence"' in op for op in ops), ops
-            assert not any(b'"t":"location"' in op for op in ops), ops
+            assert all(op == b'{"t":"mark"}' for op in ops), ops
 
 
 async def test_a_resend_through_another_node_at_once_is_stored_once(

@@ -80,10 +80,10 @@ async def write_then_load(client: Any) -> None:
     )
     journal.on_durable = lambda: first.journal_advanced(NOW)
     written: list[Any] = []
-    versions: list[int] = []
+    versions: list[Any] = []
 
-    # What ClusterLink publishes on the user's channel, with the version Redis stored.
-    def on_written(record: Any, version: int) -> None:
+    # What ClusterLink publishes, with what the writer returned (settings: their version).
+    def on_written(record: Any, version: Any) -> None:
         written.append(record)
         versions.append(version)
 
@@ -114,30 +114,29 @@ async def write_then_load(client: Any) -> None:
         assert first.chat.pending_count == 0 and journal.durable_seq == journal.last_seq
         nursery.cancel_scope.cancel()
     # Settings are not on the feed: once written, they go to the nodes keeping them.
-    assert written == [
+    pairs = list(zip(written, versions, strict=True))
+    kept = [(r, v) for r, v in pairs if isinstance(r, SettingsChanged)]
+    assert [r for r, _ in kept] == [
         SettingsChanged("alice", True, 1200.0, False),
         SettingsChanged("bob", True, None, True),
         SettingsChanged("bob", True, None, False),
     ]
-    assert versions[1] < versions[2]  # each change above the last
-    # Nor are messages (published as written, chat_writes): every other change is in the
-    # feed, in order, for the other nodes (not for node 1).
-    fed: list[FeedOp] = []
-    other = RedisFeed(client, keys, node_id=2)
-    itself = RedisFeed(client, keys, node_id=1)
-    mine: list[FeedOp] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(other.run, fed.append, "0-0")
-        await nursery.start(itself.run, mine.append, "0-0")
-        with trio.fail_after(10):
-            while len(fed) < journal.last_seq - len(written) - 3:  # nor the location
-                await trio.sleep(0.01)
-            await trio.sleep(0.1)
-        nursery.cancel_scope.cancel()
-    assert [type(op).__name__ for op in fed][:3] == ["Befriended", "Befriended", "Befriended"]
-    assert len(fed) == journal.last_seq - len(written) - 3
-    assert not any(isinstance(op, LocationSet | SettingsChanged | ChatMessage) for op in fed)
-    assert mine == []
+    assert kept[1][1] < kept[2][1]  # each change above the last
+    # Nor are friendship and group changes: once written, their users' and groups' nodes
+    # hear a notice (a GroupSet says whom it added).
+    changes = [(type(r).__name__, v) for r, v in pairs]
+    assert changes[:7] == [
+        ("Befriended", None),
+        ("Befriended", None),
+        ("Befriended", None),
+        ("Unfriended", None),
+        ("GroupSet", ["alice", "bob", "carol"]),
+        ("MemberRemoved", None),
+        ("MemberAdded", None),
+    ]
+    assert ("GroupSet", ["x"]) in changes and ("GroupDeleted", None) in changes
+    # Nor messages (published as written, chat_writes), nor locations: the feed is empty.
+    assert await client.xlen(keys.feed) == 0
 
     second = Hub(HubSettings(node_id=2), MemoryStore(), RecordingSink())
     counts = await load_state(client, keys, second)
@@ -440,7 +439,7 @@ async def test_settings_changes_share_a_round_trip() -> None:
         async with coredis.Redis(host="127.0.0.1", port=port) as client:
             counting = CountingPipelines(client)
             journal = RedisJournal(counting, Keys("burst"), 1)
-            versions: list[int] = []
+            versions: list[int | None] = []
             journal.on_written = lambda record, version: versions.append(version)
             async with trio.open_nursery() as nursery:
                 for i in range(20):
@@ -451,4 +450,5 @@ async def test_settings_changes_share_a_round_trip() -> None:
                     while journal.durable_seq < last:
                         await trio.sleep(0.01)
                 nursery.cancel_scope.cancel()
-    assert len(versions) == 20 and counting.pipelines == 2
+    assert len(versions) == 21 and counting.pipelines == 2  # the friendship's: None
+    assert versions[-1] is None
