@@ -29,7 +29,7 @@ from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
+from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested, PresenceSet
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -154,6 +154,10 @@ class Arrivals:
             return True
         if isinstance(event, GoneEvent) and event.reason == "hidden":
             self._hidden(event.user)
+        if isinstance(event, LogoutRequested):
+            if self.control is not None:
+                self.control.on_logout(event)
+            return True
         if isinstance(event, Replaced):
             if self.control is not None:
                 self.control.on_replaced(event)
@@ -225,6 +229,8 @@ class Arrivals:
         and the chat messages they may have lost (``ChatGaps``)."""
         self._covered.resync(channels)
         self._holdings.gap(channels)
+        if self.control is not None and self.control.channel in channels:
+            self.control.recheck()
         if self.chat_gaps is not None:
             self.chat_gaps.gap(channels)
 

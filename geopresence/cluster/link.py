@@ -64,7 +64,6 @@ from geopresence.core.hub import Hub
 from geopresence.core.replication import (
     FeedOp,
     LocationSet,
-    LogoutRequested,
     PresenceSet,
 )
 from geopresence.core.statuses import Held
@@ -125,6 +124,7 @@ class ClusterLink:
         self._views: Views | None = None
         self._covered: Covered | None = None
         self._chat_gaps: ChatGaps | None = None
+        self._control: Control | None = None
         self.chat: ChatReads | None = None
         """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
         self.holdings: Holdings | None = None
@@ -162,8 +162,9 @@ class ClusterLink:
         self.presence.device_ended(user, device, last_active_at, logout=logout)
 
     def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
-        # On the feed, durable and in order: every node ends the device if it holds it.
-        self.journal.replicate(LogoutRequested(user, device))
+        # Every other live node ends the device if it holds it (its control channel).
+        if self._control is not None:
+            self._control.logout(user, device)
         if device is None:
             self.presence.logout_user(user, last_active_at)
         else:
@@ -350,8 +351,15 @@ class ClusterLink:
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
-                    control = Control(
-                        self.client, self.keys, self.broker, hub, self._incarnation, nursery
+                    control = self._control = Control(
+                        self.client,
+                        self.keys,
+                        self.broker,
+                        hub,
+                        self._incarnation,
+                        nursery,
+                        self.presence.flush,
+                        self._now,
                     )
                     control.listen(self.node_id)
                     await self.broker.subscribed()
