@@ -1,7 +1,7 @@
 """What reaches a node (cluster): another node's changes and events, and its own records,
 each routed to the hub and to what the node keeps for its sessions.
 
-- the feed (``RedisFeed``): forgets and logouts;
+- the feed (``RedisFeed``): forgets (and what older versions put there);
 - events on the channels it listens to (``RedisBroker.on_remote``): moves, transitions,
   settings, chat messages, devices taken over, notices that friendships or groups changed
   (``Reread``: ``Holdings`` reads them again and applies the difference through ``change``);

@@ -4,8 +4,9 @@
 
 - a ``RedisBroker`` (the hub's broker): per-user, group, inbox and cell channels through
   Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster);
-- a ``RedisJournal`` (the hub's journal): durable records written to Redis, each appended
-  to the feed stream the other nodes' replicas read (``RedisFeed``);
+- a ``RedisJournal`` (the hub's journal): durable records written to Redis, then announced
+  to the nodes that hold what they change (``Arrivals.written``; forgets on the feed stream
+  every node reads, ``RedisFeed``);
 - a ``RedisPresence``: which node holds each alive device, the once-decided online/offline
   transitions (published on the users' and small groups' channels, not the feed), and the
   sweeper of gone nodes' devices;

@@ -19,9 +19,9 @@ exactly once. On top of that:
   Redis is not seen by that node: events are live state, and the hub's snapshots
   (``friends_presence``, ``nearby_friends``) cover what was missed.
 
-The shared state itself does not travel here but on the feed stream
-(``geopresence.cluster.redis_feed``); see ``geopresence.cluster.link`` for how a node puts it
-together.
+The shared state itself is in Redis: what travels here is the live events and the notices
+that tell a node to read what changed again; see ``geopresence.cluster.link`` for how a node
+puts it together.
 """
 
 from __future__ import annotations

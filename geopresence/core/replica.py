@@ -1,8 +1,8 @@
 """Another node's changes, applied to this node's replica and connections (sans-I/O).
 
-With several nodes every node holds the state in memory (locations: only those its sessions
-need); a change made on one node
-reaches the others on the feed (``geopresence.core.replication``). Applying it here runs this
+With several nodes every node holds the slices of the state its sessions need in memory; a
+change made on one node reaches the others that hold what it changes
+(``geopresence.core.replication``). Applying it here runs this
 node's own operations (``FEED_APPLY``) in the "none" publish scope: the store and the
 features change, this node's connections are subscribed and told, and nothing is journaled
 or published again (the origin did both). Presence transitions are the exception: every

@@ -1,24 +1,24 @@
 """What one node tells the others so that every node can serve any user (sans-I/O).
 
-With several nodes (``--redis``), each node keeps a replica of the shared state in memory
-(the hub's stores), because the hub answers synchronously; Redis holds the shared copy and a
-*feed* channel carries every change to every node. Locations are the exception: a node
-holds only those its sessions need (``geopresence.cluster.link``). The feed carries:
+With several nodes (``--redis``), Redis holds the shared state and each node the slices of
+it its sessions need, in its hub's stores (the hub answers synchronously). A change made on
+one node reaches the nodes that hold what it changes as a *feed op*, applied by
+``Hub.apply_feed``. The name is historical: only forgets and watermarks still travel on the
+feed stream every node reads (``geopresence.cluster.redis_feed``); the rest reach only the
+nodes that need them, on channels (``geopresence.cluster.link``):
 
-- the durable records (``geopresence.model.records``: friendships, groups, settings, chat
-  messages), published by the node that wrote them to Redis;
-- ``LocationSet``: an accepted location update, written to Redis (``gp:loc:{U}``) but not
-  put on the feed: moves reach only the nodes that need them, on the users' channels, and
-  strangers are searched in Redis (``geopresence.cluster.redis_strangers``); a node applies
-  one it reads from Redis as a feed op;
+- the durable records (``geopresence.model.records``): settings and chat messages as
+  themselves; friendships and groups as a notice, after which a holding node reads them
+  again and applies the difference as records; forgets on the feed;
+- ``LocationSet``: an accepted location update (``gp:loc:{U}``), on the user's channel;
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
-  Redis (``geopresence.cluster.redis_presence``);
-- ``LogoutRequested``: a logout through the HTTP API, which must end devices on every node;
+  Redis (``geopresence.cluster.redis_presence``), on the user's and small groups' channels;
+- ``LogoutRequested``: a logout through the HTTP API, on every other node's control channel;
 - ``Watermark``: nothing but the entry itself, from an idle node: every feed entry says below
   which message id the node will never commit again (``geopresence.core.chat_horizon``).
 
-A node applies a feed op to its replica and to its own connections (``Hub.apply_feed``), but
-never republishes what it derives from it: the origin already published the channel events.
+A node applies a feed op to its state and to its own connections, but never republishes
+what it derives from it: the origin already published the channel events.
 
 ``Replicator`` is the seam between the hub and the node's Redis side; with one node there is
 none and nothing here is used.
