@@ -104,7 +104,10 @@ class Arrivals:
             self._holdings.heard_op(op)  # from a version that put them on the feed
             return
         if isinstance(op, UserForgotten):
-            self._holdings.forgetting(op)
+            again = self._holdings.forgetting(op)
+            self.change(op)
+            self._holdings.heard(again)
+            return
         self.change(op)
 
     def change(self, op: FeedOp) -> None:
@@ -186,33 +189,33 @@ class Arrivals:
         return store.settings_kept(user) and store.get_settings(user).share_location
 
     def written(self, record: Record, version: Any) -> None:
-        """Redis stored a change made here (``RedisJournal.on_written``; ``version``: what
-        its writer returned): settings are heard by the nodes that keep them
-        (``KeptSettings``), at their version; friendship and group changes are announced."""
+        """Redis stored a settings change made here at ``version``: the nodes that keep
+        them hear it now (``KeptSettings``)."""
         if isinstance(record, SettingsChanged):
             self._covered.settings.wrote(record, version)
             heard = SettingsHeard(record, version)
             self._broker.publish_remote([user_channel(record.user)], heard)
-        else:
-            self._announce(record, version)
 
-    def _announce(self, record: Record, added: Any) -> None:
-        """A friendship or group change Redis stored: the nodes that hold what it changes
-        hear a notice to read it again (``Holdings``): a friendship on both users' inboxes;
-        a group change on the group's channel, and on the inbox of each member it adds
-        (``added``: those a ``GroupSet`` added), whose node may not hold the group yet."""
-        publish = self._broker.publish_remote
-        if isinstance(record, Befriended | Unfriended):
-            users = (record.a, record.b)
-            publish([inbox_channel(user) for user in users], Reread(users=users))
-        elif isinstance(record, GroupOps):
-            group = record.group
-            publish([group_channel(group)], Reread(groups=(group,)))
-            joined = [record.user] if isinstance(record, MemberAdded) else []
-            if isinstance(record, GroupSet):
-                joined = list(added or ())
-            for user in joined:  # one publish each: a big group's notices stay small
-                publish([inbox_channel(user)], Reread(users=(user,)))
+    def notices(self, op: FeedOp, added: Any) -> list[tuple[str, str, bytes]]:
+        """What the journal publishes once Redis has a friendship or group change made
+        here (``RedisJournal.notices``), so that the nodes holding what it changes read it
+        again (``Holdings``): a friendship on both users' inboxes; a group change on the
+        group's channel, and on the inbox of each member it adds (``added``: those a
+        ``GroupSet`` added), whose node may not hold the group yet: one small publish
+        each, however big the group."""
+        publications = self._broker.publications
+        if isinstance(op, Befriended | Unfriended):
+            users = (op.a, op.b)
+            return publications([inbox_channel(user) for user in users], Reread(users=users))
+        if not isinstance(op, GroupOps):
+            return []
+        found = publications([group_channel(op.group)], Reread(groups=(op.group,)))
+        joined = [op.user] if isinstance(op, MemberAdded) else []
+        if isinstance(op, GroupSet):
+            joined = list(added or ())
+        for user in joined:
+            found += publications([inbox_channel(user)], Reread(users=(user,)))
+        return found
 
     def went_offline(self, user: str, raw: bytes) -> None:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is

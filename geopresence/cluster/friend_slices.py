@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.in_flight import InFlight, Listener, Touches
+from geopresence.cluster.in_flight import InFlight, Listener, Retries, Touches
 from geopresence.core.broker import inbox_channel
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
@@ -82,6 +82,7 @@ class FriendSlices:
         self._reading: InFlight[str] = InFlight()
         """Users being read."""
         self._touches: Touches[str] = Touches()
+        self._retries: Retries[str] = Retries()
         self._stale: set[str] = set()
         """Held users to read again (``run``)."""
         self._wakeup = trio.Event()
@@ -122,6 +123,7 @@ class FriendSlices:
             del self._holders[user]
             self._listener.release(inbox_channel(user))
             self._stale.discard(user)
+            self._retries.done(user)
             if user in held:
                 held.discard(user)
                 membership.unload_friends(user, keep=held.__contains__)
@@ -141,6 +143,10 @@ class FriendSlices:
         if found:
             self._stale.update(found)
             self._wakeup.set()
+
+    def held_friends(self, user: str) -> list[str]:
+        """``user``'s friends whose friendships are held here."""
+        return sorted(f for f in self._hub.store.friends_of(user) if f in self._held)
 
     def forgotten(self) -> None:
         """A user was forgotten (the feed): any read in flight may still name it."""
@@ -172,12 +178,24 @@ class FriendSlices:
             await self._listener.subscribed()  # changes from now on are announced here
             await self._written()
             found = await self._read(users)
-            membership = self._hub.membership
+            membership, store = self._hub.membership, self._hub.store
             for user in users:
-                # Else its holder gave up meanwhile, or the read is stale (read again).
-                if self._holders[user] > 0 and untouched(user):
-                    membership.load_friends(user, found.get(user, ()))
-                    self._held.add(user)
+                if self._holders[user] <= 0:
+                    self._retries.done(user)
+                    continue  # its holder gave up meanwhile
+                touched = not untouched(user)
+                if touched and self._retries.retry(user):
+                    continue  # may be older than a change: read again
+                friends = found.get(user, ())
+                # A held friend's sessions are told of a friendship new to this node, as
+                # if its notice had come first; the rest is loaded silently.
+                had = set(store.friends_of(user))
+                told = [f for f in friends if f in self._held and f not in had]
+                membership.load_friends(user, [f for f in friends if f not in told])
+                self._held.add(user)
+                for friend in told:
+                    self._apply(Befriended(user, friend))
+                self._settled(user, touched)
 
     async def _read_again(self, users: list[str]) -> None:
         """A read of held ``users`` after a notice: the difference applied, with events."""
@@ -188,7 +206,8 @@ class FriendSlices:
             for user in users:
                 if user not in self._held:
                     continue  # let go meanwhile
-                if not untouched(user):
+                touched = not untouched(user)
+                if touched and self._retries.retry(user):
                     self._stale.add(user)
                     self._wakeup.set()
                     continue
@@ -198,3 +217,12 @@ class FriendSlices:
                     self._apply(Befriended(user, friend))
                 for friend in sorted(had - now):
                     self._apply(Unfriended(user, friend))
+                self._settled(user, touched)
+
+    def _settled(self, user: str, touched: bool) -> None:
+        """A read of ``user`` was applied: if a change touched it (``MAX_TOUCHED_READS`` in
+        a row), it is read again to correct what it may have missed."""
+        if touched:
+            self.stale([user])
+        else:
+            self._retries.done(user)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from geopresence.cluster.in_flight import InFlight, Listener, Touches
+from geopresence.cluster.in_flight import InFlight, Listener, Retries, Touches
 from geopresence.core.broker import group_channel, inbox_channel
 from geopresence.core.replication import FeedOp
 from geopresence.model.records import (
@@ -104,8 +104,13 @@ class GroupSlices:
         """Users whose groups are being read."""
         self._user_touches: Touches[str] = Touches()
         self._group_touches: Touches[str] = Touches()
+        self._user_retries: Retries[str] = Retries()
+        self._group_retries: Retries[str] = Retries()
         self._stale_users: set[str] = set()
         self._stale_groups: set[str] = set()
+        self._deferred: set[str] = set()
+        """Stale groups a request holds: read again once it ends (a replacement applied in
+        slices is journaled, and written, only at its end)."""
         self._forgotten: dict[str, set[str]] = {}
         """The groups of users being forgotten, to let go once the forget is applied."""
         self._wakeup = trio.Event()
@@ -147,6 +152,7 @@ class GroupSlices:
             self._listener.release(inbox_channel(user))
             self._users.discard(user)
             self._stale_users.discard(user)
+            self._user_retries.done(user)
             left = set(self._hub.store.groups_of(user)) | self._forgotten.pop(user, set())
             for group in left:
                 self._maybe_unload(group)
@@ -168,6 +174,9 @@ class GroupSlices:
             if self._group_holders[group] <= 0:
                 del self._group_holders[group]
                 self._maybe_unload(group)
+                if group in self._deferred:
+                    self._deferred.discard(group)
+                    self.stale((), (group,))
 
     # ---------------------------------------------------------------- changes
 
@@ -186,14 +195,17 @@ class GroupSlices:
         if self._stale_users or self._stale_groups:
             self._wakeup.set()
 
-    def forgetting(self, user: str) -> None:
-        """Before a forget heard on the feed is applied: ``user``'s groups are let go once
-        it is (``applied``), and any read in flight may still name the user."""
+    def forgetting(self, user: str) -> set[str]:
+        """Before a forget is applied: ``user``'s groups are let go once it is
+        (``applied``), and any read in flight may still name the user. Returns the groups
+        held here that had the user: a forget heard on the feed may come after a notice
+        of a later change (it rejoined), so the caller reads them again after it."""
         self._user_touches.touch_everything()
         self._group_touches.touch_everything()
         groups = set(self._hub.store.groups_of(user))
         if groups:
             self._forgotten.setdefault(user, set()).update(groups)
+        return groups
 
     def applied(self, op: FeedOp) -> None:
         """After the hub applied a change: a group that lost its last held member, or was
@@ -212,6 +224,7 @@ class GroupSlices:
             self._wakeup = trio.Event()
             users = sorted(self._stale_users & self._users)
             self._stale_users.clear()
+            groups: list[str] = []
             try:
                 if users:
                     await self._read_users_again(users)
@@ -222,6 +235,7 @@ class GroupSlices:
             except Exception as exc:
                 log.warning("reading groups again failed (%s): retrying", exc)
                 self._stale_users.update(user for user in users if user in self._users)
+                self._stale_groups.update(group for group in groups if group in self._loaded)
                 await trio.sleep(RETRY_S)
                 self._wakeup.set()
 
@@ -234,13 +248,16 @@ class GroupSlices:
                 await self._listener.subscribed()
                 await self._written()
                 found = await self._read_groups_of(users)
-                fresh = [user for user in users if untouched(user)]
+                fresh = [u for u in users if untouched(u) or not self._user_retries.retry(u)]
                 groups = {group for user in fresh for group in found.get(user, ())}
                 await self._load(groups)
                 for user in fresh:
-                    # Else its holder gave up, or a change may have made the read stale.
-                    if self._user_holders[user] > 0 and untouched(user):
+                    if self._user_holders[user] > 0:  # else its holder gave up meanwhile
                         self._users.add(user)
+                    if untouched(user):
+                        self._user_retries.done(user)
+                    else:  # applied all the same (too many tries): read again after
+                        self.stale((user,), ())
         for group in groups:
             self._maybe_unload(group)  # the users' holders gave up meanwhile
 
@@ -265,7 +282,8 @@ class GroupSlices:
                 found = await self._read_groups(groups)
                 state = self._hub.state
                 for group in groups:
-                    if not untouched(group):
+                    touched = not untouched(group)
+                    if touched and self._group_retries.retry(group):
                         continue  # read again (``_load``)
                     marks = found.get(group)
                     joining = {u: m for u, m in (marks or {}).items() if u in self._users}
@@ -279,6 +297,7 @@ class GroupSlices:
                     done.append(group)
                     for user, mark in sorted(joining.items()):
                         self._apply(MemberAdded(group, user, mark))
+                    self._settled(group, touched)
         finally:
             for group in groups:
                 if group not in done:
@@ -298,7 +317,8 @@ class GroupSlices:
             for user in users:
                 if user not in self._users:
                     continue
-                if not untouched(user):
+                touched = not untouched(user)
+                if touched and self._user_retries.retry(user):
                     self._stale_users.add(user)
                     self._wakeup.set()
                     continue
@@ -306,6 +326,10 @@ class GroupSlices:
                 had = self._hub.store.groups_of(user)
                 joined |= {group for group in now - had if group not in self._loaded}
                 self._stale_groups.update((now ^ had) & self._loaded)
+                if touched:
+                    self.stale((user,), ())
+                else:
+                    self._user_retries.done(user)
             await self._load(joined)
         for group in joined:
             self._maybe_unload(group)
@@ -318,13 +342,26 @@ class GroupSlices:
             for group in groups:
                 if group not in self._loaded:
                     continue
-                if not untouched(group):
+                if self._group_holders[group] > 0:
+                    self._deferred.add(group)  # a request holds it (``release_groups``)
+                    continue
+                touched = not untouched(group)
+                if touched and self._group_retries.retry(group):
                     self._stale_groups.add(group)
                     self._wakeup.set()
                     continue
                 self._reconcile(group, found.get(group))
+                self._settled(group, touched)
         for group in groups:
             self._maybe_unload(group)
+
+    def _settled(self, group: str, touched: bool) -> None:
+        """A read of ``group`` was applied: if a change touched it (``MAX_TOUCHED_READS``
+        in a row), it is read again to correct what it may have missed."""
+        if touched:
+            self.stale((), (group,))
+        else:
+            self._group_retries.done(group)
 
     def _reconcile(self, group: str, marks: Mapping[str, int] | None) -> None:
         """Apply to the hub what turns its ``group`` into the one read."""
@@ -354,6 +391,7 @@ class GroupSlices:
                 return
             self._loaded.discard(group)
             self._stale_groups.discard(group)
+            self._group_retries.done(group)
             unload_group(self._hub.state, group)
         if group in self._listening:
             self._listening.discard(group)

@@ -95,10 +95,15 @@ class Holdings:
         if users or groups:
             self.heard(Reread(users, groups))
 
-    def forgetting(self, op: UserForgotten) -> None:
-        """Before a forget heard on the feed is applied."""
+    def forgetting(self, op: UserForgotten) -> Reread:
+        """Before a forget is applied: reads in flight may still name the user. Returns
+        what to read again once it is applied (``heard``): the user's friends and groups
+        held here. A forget heard on the feed can come after the notice of a later change
+        (a re-friending, a rejoin), which the forget must not erase here."""
         self.friends.forgotten()
-        self.groups.forgetting(op.user)
+        groups = self.groups.forgetting(op.user)
+        friends = self.friends.held_friends(op.user)
+        return Reread((op.user, *friends), tuple(sorted(groups)))
 
     async def run(self) -> None:
         """Read again what notices said changed, until cancelled."""

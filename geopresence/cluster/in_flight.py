@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 import trio
 
@@ -102,3 +102,30 @@ class Touches(Generic[K]):
                 if self._readers[key] <= 0:
                     del self._readers[key]
                     self._counts.pop(key, None)
+
+
+MAX_TOUCHED_READS: Final = 3
+"""Reads of a key in a row that a change touched, after which the next result is applied
+all the same and the key read again after it (a key that changes more often than a read
+takes would otherwise never be read in)."""
+
+
+class Retries(Generic[K]):
+    """Counts the touched reads of each key in a row (``MAX_TOUCHED_READS``)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[K] = Counter()
+
+    def retry(self, key: K) -> bool:
+        """A read of ``key`` was touched: True to drop its result and read it again; False
+        (the ``MAX_TOUCHED_READS``-th time in a row) to apply it and read it again after
+        (the caller marks it stale)."""
+        self._counts[key] += 1
+        if self._counts[key] < MAX_TOUCHED_READS:
+            return True
+        del self._counts[key]
+        return False
+
+    def done(self, key: K) -> None:
+        """A read of ``key`` was applied, or is not wanted any more."""
+        self._counts.pop(key, None)

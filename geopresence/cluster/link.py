@@ -352,6 +352,7 @@ class ClusterLink:
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
+                    self.journal.notices = arrivals.notices
                     control = self._control = Control(
                         self.client,
                         self.keys,

@@ -28,7 +28,7 @@ from geopresence.cluster.chat_writes import ChatWrites, Reused, delete_conversat
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys, strings
+from geopresence.cluster.redis_keys import Keys, string, strings
 from geopresence.cluster.settings_writes import SetSettings
 from geopresence.core.replication import (
     FEED_KINDS,
@@ -134,18 +134,23 @@ def _feed_only(k: Keys, op: PresenceSet | LogoutRequested | Watermark) -> list[C
 
 
 async def _group_set(client: Any, k: Keys, op: GroupSet) -> list[str]:
-    """Returns the members it adds (``on_written``: their nodes must hear of the group)."""
+    """Returns the members it adds (``notices``: their nodes must hear of the group), also
+    when it is a retry: a member whose mark is this op's was added by it. Each member's
+    ``groups_of`` is written before its place in the group (and removed before it), so
+    that a retry, which goes by the group's hash, repairs a half-done one."""
     key = k.of("group", op.group)
-    current = set(strings(await client.hkeys(key)))
+    current = {string(u): string(m) for u, m in (await client.hgetall(key)).items()}
     wanted = set(op.members)
-    for user in current - wanted:
-        await client.hdel(key, [user])
+    mark = str(op.joined_after)
+    for user in set(current) - wanted:
         await client.srem(k.of("groups_of", user), [op.group])
-    for user in wanted - current:
-        await client.hset(key, {user: str(op.joined_after)})
+        await client.hdel(key, [user])
+    added = sorted(user for user in wanted if current.get(user, mark) == mark)
+    for user in added:
         await client.sadd(k.of("groups_of", user), [op.group])
+        await client.hset(key, {user: mark})
     await client.sadd(k.groups, [op.group])
-    return sorted(wanted - current)
+    return added
 
 
 async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
@@ -220,6 +225,12 @@ async def write_batch(
                 feed.append_to(pipe, op, uid, watermark)
 
 
+Publication = tuple[str, str, bytes]
+"""(command, Redis channel, payload): one publish (``RedisBroker.publications``)."""
+
+PUBLISH_BATCH: Final = 1000
+"""Notices published per pipeline."""
+
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
 
@@ -275,6 +286,12 @@ class RedisJournal:
         self.write_errors = 0
         self.on_append: Callable[[Record], None] | None = None
         """Called with each record this node journals (the link watches friendships)."""
+        self.notices: Callable[[FeedOp, Any], list[Publication]] | None = None
+        """What tells the nodes that hold what a written op changes to read it again, given
+        what its writer returned (``Arrivals.notices``); published once Redis has the op,
+        before it counts as written (a retry publishes them again)."""
+        self._unpublished: dict[int, tuple[list[Publication], Any]] = {}
+        """uid -> the notices of the op at the queue's head, written, not yet published."""
         self.on_written: Callable[[Record, Any], None] | None = None
         """Called with each ``OFF_FEED`` record once Redis has it, and what its writer
         returned (settings: their version); the link publishes it."""
@@ -362,6 +379,8 @@ class RedisJournal:
         batch = self._batch(self._blind)
         if batch:
             await write_batch(client, keys, [item[1:] for item in batch], feed)
+            # Again on a retry of the batch (harmless: a notice only makes nodes read).
+            await self._publish([n for _, _, op, _, _ in batch for n in self._notices_of(op, None)])
             for _, _, op, _, _ in batch:
                 self._written_off_feed(op, None)
             return batch
@@ -381,11 +400,29 @@ class RedisJournal:
                     self.on_stored_before(seq, None if isinstance(original, Reused) else original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
-        result = await write(client, keys, op)
-        if on_feed:
-            await feed.append(op, uid, mark)
+        if uid not in self._unpublished:
+            result = await write(client, keys, op)
+            if on_feed:
+                await feed.append(op, uid, mark)
+            # What the write returned (a GroupSet: the members it added) is not found again
+            # by a retry: its notices are kept until they are out.
+            self._unpublished[uid] = (self._notices_of(op, result), result)
+        notices, result = self._unpublished[uid]
+        await self._publish(notices)
+        del self._unpublished[uid]
         self._written_off_feed(op, result)
         return [queue_head]
+
+    def _notices_of(self, op: FeedOp, result: Any) -> list[Publication]:
+        return [] if self.notices is None else self.notices(op, result)
+
+    async def _publish(self, publications: list[Publication]) -> None:
+        """Send ``publications`` (``PUBLISH_BATCH`` to a round trip); raises if Redis does
+        not take them (the write is tried again)."""
+        for start in range(0, len(publications), PUBLISH_BATCH):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for command, channel, data in publications[start : start + PUBLISH_BATCH]:
+                    getattr(pipe, command)(channel, data)
 
     def _written_off_feed(self, op: FeedOp, result: Any) -> None:
         if self.on_written is not None and isinstance(op, OFF_FEED):

@@ -248,3 +248,72 @@ def test_a_forget_is_a_friendship_change_of_its_user() -> None:
 
     assert users_of(UserForgotten("bob")) == ("bob",)
     assert users_of(Befriended("a", "b")) == ("a", "b")
+
+
+async def test_a_friend_made_elsewhere_reaches_a_held_friend_s_session_when_read_first() -> None:
+    """From a review: bob has a session here; alice and bob become friends on another node;
+    before its notice comes, a request about alice holds her here and her first read lists
+    bob. bob's session is told of alice then (not silently loaded): the notice that follows
+    finds nothing more to do."""
+    redis = Redis({"alice": [], "bob": []})
+    node = Node(redis)
+    sink = node.hub.sessions.sink
+    assert isinstance(sink, RecordingSink)
+    async with running(node):
+        await node.slices.hold(["bob"])
+        node.hub.open_session(1, "bob", "phone", 0.0)
+        sink.take(1)
+        redis.befriend("alice", "bob")  # on another node
+        await node.slices.hold(["alice"])  # GET /v1/users/alice/friends here
+        node.slices.stale(["alice", "bob"])  # the notice arrives
+        await trio.testing.wait_all_tasks_blocked()
+    assert node.friends("bob") == {"alice"}
+    frames = sink.take(1, "friends_presence")
+    assert [f["user"] for frame in frames for f in frame["friends"]] == ["alice"]
+    assert node.applied == [Befriended("alice", "bob")]
+
+
+async def test_a_forget_heard_after_a_newer_read_is_read_over_again() -> None:
+    """From a review: alice is forgotten on another node, then befriends bob again there;
+    this node hears the notice before the forget (pub/sub and the feed are separate
+    connections). Applying the forget removes the edge; reading its held friends again
+    after it (``Holdings.forgetting``) brings back what Redis has."""
+    redis = Redis({"alice": ["bob"], "bob": ["alice"]})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold(["bob"])
+        redis.unfriend("alice", "bob")  # the forget, in Redis
+        redis.befriend("alice", "bob")  # then the new friendship
+        node.slices.stale(["alice", "bob"])  # its notice
+        await trio.testing.wait_all_tasks_blocked()
+        again = ["alice", *node.slices.held_friends("alice")]
+        node.slices.forgotten()
+        node.hub.apply_feed(UserForgotten("alice"), 0.0)  # the forget, heard late
+        node.slices.stale(again)
+        await trio.testing.wait_all_tasks_blocked()
+    assert again == ["alice", "bob"] and node.friends("bob") == {"alice"}  # as Redis has it
+
+
+async def test_a_user_that_keeps_changing_is_read_in_all_the_same() -> None:
+    """From a review: a read touched while it ran is read again, but not for ever: after
+    ``MAX_TOUCHED_READS`` in a row the result is applied and the user read once more."""
+    from geopresence.cluster.in_flight import MAX_TOUCHED_READS
+
+    redis = Redis({"alice": ["bob"]})
+    node = Node(redis)
+    read = redis.read
+
+    async def busy_read(users: list[str]) -> dict[str, list[str]]:
+        found = await read(users)
+        if len(redis.reads) <= MAX_TOUCHED_READS + 1:
+            redis.befriend("alice", f"f{len(redis.reads)}")
+            node.slices.stale(["alice"])  # its notice, before the answer
+        return found
+
+    node.slices._read = busy_read
+    async with running(node):
+        with trio.fail_after(1):
+            await node.slices.hold(["alice"])
+        await trio.testing.wait_all_tasks_blocked()
+    assert node.slices.holds("alice")
+    assert node.friends("alice") == set(redis.graph["alice"])  # read again after

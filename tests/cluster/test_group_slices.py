@@ -324,3 +324,93 @@ async def test_a_failed_read_holds_nothing() -> None:
     redis.fail = False
     await node.slices.hold_users(["alice"])
     assert node.members("hikers") == HIKERS
+
+
+async def test_a_sliced_put_is_not_undone_by_a_notice_heard_part_way() -> None:
+    """From a review: a PUT with more than GROUP_SLICE changes applies them in slices and
+    journals the GroupSet only at the end. A notice heard part way is read once the
+    request lets the group go, not in the middle (it would undo the slices applied)."""
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold_groups(["hikers"])  # the PUT's holding()
+        wanted = [*HIKERS, "dan", "erin"]
+        steps = node.hub.membership.set_group_in_slices("hikers", wanted, slice_size=1)
+        next(steps)  # one slice applied, then put_group's ``await trio.sleep(0)``
+        node.slices.stale([], ["hikers"])  # another node added zoe meanwhile
+        await trio.testing.wait_all_tasks_blocked()
+        for _ in steps:
+            pass
+        assert set(node.members("hikers") or ()) == set(wanted), node.applied
+        assert node.applied == []
+        node.slices.release_groups(["hikers"])
+    assert node.members("hikers") is None  # nobody held here: let go
+
+
+async def test_a_notice_deferred_by_a_request_is_read_once_it_ends() -> None:
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold_users(["alice"])
+        await node.slices.hold_groups(["hikers"])  # a request
+        redis.groups["hikers"]["zoe"] = 11
+        node.slices.stale([], ["hikers"])
+        await trio.testing.wait_all_tasks_blocked()
+        assert node.applied == []  # not while the request runs
+        node.slices.release_groups(["hikers"])
+        await until(lambda: node.applied)
+    assert node.applied == [MemberAdded("hikers", "zoe", 11)]
+
+
+async def test_a_failed_read_again_of_a_group_is_tried_again(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """From a review: a failed read again of a stale group is tried again, as a user's."""
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold_users(["alice"])
+        redis.fail = True
+        del redis.groups["hikers"]["bob"]
+        node.slices.stale([], ["hikers"])
+        await trio.testing.wait_all_tasks_blocked()
+        redis.fail = False
+        await trio.sleep(1.5)  # RETRY_S
+    assert node.applied == [MemberRemoved("hikers", "bob")]
+
+
+async def test_a_forget_heard_after_a_newer_read_is_read_over_again() -> None:
+    """From a review: alice is forgotten on another node, then joins hikers again there;
+    this node hears the notice before the forget. The groups the forget touched here are
+    read again after it (``forgetting`` returns them), so her rejoin stays."""
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    async with running(node):
+        await node.slices.hold_users(["bob"])  # bob's session is here
+        redis.groups["hikers"]["alice"] = 50  # forgotten, then joined again (mark 50)
+        node.slices.stale([], ["hikers"])  # the notice of the rejoin
+        await until(lambda: node.members("hikers") == {**HIKERS, "alice": 50})
+        again = node.slices.forgetting("alice")  # the forget, heard late on the feed
+        node.apply(UserForgotten("alice"))
+        node.slices.stale([], again)
+        await until(lambda: node.members("hikers") == {**HIKERS, "alice": 50})
+    assert again == {"hikers"}
+
+
+async def test_a_first_read_completes_while_a_group_keeps_changing() -> None:
+    """From a review: a big group changing more often than a read takes is read in all
+    the same after ``MAX_TOUCHED_READS`` touched reads, then read once more."""
+    redis = Redis({"hikers": HIKERS})
+    node = Node(redis)
+    read_groups = redis.read_groups
+
+    async def busy_read(groups: list[str]) -> dict[str, dict[str, int]]:
+        found = await read_groups(groups)
+        redis.groups["hikers"][f"u{len(redis.reads)}"] = len(redis.reads)
+        node.slices.stale([], ["hikers"])  # its notice, heard before the answer
+        return found
+
+    node.slices._read_groups = busy_read
+    with trio.fail_after(1):
+        await node.slices.hold_groups(["hikers"])
+    assert node.slices.holds("hikers") and len(redis.reads) == 3

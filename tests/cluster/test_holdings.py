@@ -12,7 +12,7 @@ from geopresence.cluster.redis_keys import Keys
 from geopresence.core.hub import Hub
 from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
-from geopresence.model.records import Befriended, GroupSet, MemberRemoved
+from geopresence.model.records import Befriended, GroupSet, MemberRemoved, UserForgotten
 from tests.helpers import Listening, RecordingSink
 
 
@@ -52,3 +52,14 @@ def test_a_notice_a_gap_or_an_older_node_s_feed_entry_reads_again() -> None:
         ("friends", ("x",)),
         ("groups", ("x",), ("g",)),
     ]
+
+
+def test_a_forget_reads_again_what_it_touched_here() -> None:
+    """From a review: a forget heard on the feed may come after the notice of a later
+    re-friending or rejoin; what it touched here is read again after it is applied."""
+    hub = Hub(HubSettings(), MemoryStore(), RecordingSink())
+    holdings = Holdings(hub, None, Keys("gp"), _written, Listening(), lambda op: None)
+    hub.membership.load_friends("bob", ["alice", "carol"])
+    holdings.friends._held.add("bob")
+    hub.state.users.set_group("hikers", {"alice": 1, "bob": 2})
+    assert holdings.forgetting(UserForgotten("alice")) == Reread(("alice", "bob"), ("hikers",))

@@ -28,7 +28,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Befriended, SettingsChanged
+from geopresence.model.records import Befriended, GroupSet, SettingsChanged
 from geopresence.storage.snapshot import capture
 from geopresence.wire.client_messages import LocationUpdate, Send
 from tests.helpers import RecordingSink
@@ -452,3 +452,90 @@ async def test_settings_changes_share_a_round_trip() -> None:
                 nursery.cancel_scope.cancel()
     assert len(versions) == 21 and counting.pipelines == 2  # the friendship's: None
     assert versions[-1] is None
+
+
+class LosesOneWrite:
+    """A client whose first write of ``command`` to a key naming ``part`` fails (a
+    connection lost part way through a write), then the real one; and whose first pipeline
+    fails when ``fail_pipeline`` (the notices' publish)."""
+
+    def __init__(self, client: Any, command: str, part: str, fail_pipeline: bool = False) -> None:
+        self.client = client
+        self.command = command
+        self.part = part
+        self.failed = False
+        self.fail_pipeline = fail_pipeline
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.client, name)
+        if name == "pipeline" and self.fail_pipeline:
+            self.fail_pipeline = False
+            raise ConnectionError("redis connection lost")
+        if name != self.command:
+            return real
+
+        async def once(key: Any, *args: Any) -> Any:
+            if not self.failed and self.part in str(key):
+                self.failed = True
+                raise ConnectionError("redis connection lost")
+            return await real(key, *args)
+
+        return once
+
+
+@pytest.mark.parametrize(
+    "where", ["groups_of", "group:", "notices"], ids=["before", "after", "publishing"]
+)
+async def test_a_retried_group_set_announces_every_member_it_adds(
+    where: str, autojump_clock: Any
+) -> None:
+    """From a review: a GroupSet written part way (its connection lost after a member's
+    groups_of, or after its place in the group, or while its notices are published) is
+    retried: every member it adds is still announced, and in its groups_of."""
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            keys = Keys("t")
+            await client.hset(keys.of("group", "hikers"), {"carol": "1"})
+            flaky = (
+                LosesOneWrite(client, "", "", fail_pipeline=True)
+                if where == "notices"
+                else LosesOneWrite(client, "sadd" if where == "groups_of" else "hset", where)
+            )
+            journal = RedisJournal(flaky, keys, 1)
+            announced: list[Any] = []
+
+            def notices(op: Any, added: Any) -> list[tuple[str, str, bytes]]:
+                announced.append(added)
+                return [("publish", "n", b"x")]
+
+            journal.notices = notices
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.run)
+                journal.append(GroupSet("hikers", ["alice", "bob", "carol"], 5))
+                with trio.fail_after(10):
+                    await journal.flush()
+                nursery.cancel_scope.cancel()
+            assert journal.write_errors == 1
+            assert announced[-1] == ["alice", "bob"]  # not carol: she was there
+            for user in ("alice", "bob"):
+                assert await client.sismember(keys.of("groups_of", user), "hikers")
+
+
+async def test_a_big_group_s_notices_are_all_published() -> None:
+    """From a review: a group of thousands of members announces each one it adds; the
+    journal publishes the notices itself, in pipelines, before the change counts as written
+    (not through the broker's queue, which drops what is over its cap)."""
+    members = [f"u{i:05d}" for i in range(2500)]
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            journal = RedisJournal(client, Keys("t"), 1)
+            journal.notices = lambda op, added: [("publish", "n", b"x")] * (1 + len(added or ()))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(journal.run)
+                last = journal.append(GroupSet("big", members, 5))
+                with trio.fail_after(30):
+                    while journal.durable_seq < last:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+            stats: Any = await client.info("commandstats")
+    assert stats["cmdstat_publish"]["calls"] == 2501
