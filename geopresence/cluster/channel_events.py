@@ -21,12 +21,7 @@ import orjson
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import (
-    LogoutRequested,
-    PresenceSet,
-    feed_from_json,
-    feed_to_json,
-)
+from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import SettingsChanged, record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
@@ -73,7 +68,6 @@ ChannelEvent = (
     | PresenceSet
     | SettingsHeard
     | Reread
-    | LogoutRequested
 )
 
 
@@ -120,7 +114,7 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
         return {"k": "stranger_gone", "user": event.user, "reason": event.reason}
     if isinstance(event, ChatEvent):
         return {"k": "chat", "message": record_to_json(event.message)}
-    if isinstance(event, PresenceSet | LogoutRequested):
+    if isinstance(event, PresenceSet):
         return {"k": "presence", "op": feed_to_json(event)}  # as the feed carried it
     if isinstance(event, SettingsHeard):
         return {"k": "settings", "record": record_to_json(event.change), "v": event.version}
@@ -157,8 +151,8 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         return ChatEvent(message)  # type: ignore[arg-type]
     if kind == "presence":
         op = feed_from_json(data["op"])
-        if not isinstance(op, PresenceSet | LogoutRequested):
-            raise ValueError("not a presence transition or logout")
+        if not isinstance(op, PresenceSet):
+            raise ValueError("not a presence transition")
         return op
     if kind == "settings":
         record = record_from_json(data["record"])

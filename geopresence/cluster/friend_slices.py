@@ -13,13 +13,15 @@ hold.
 Holding U listens to ``inbox:U`` (for the node itself, ``Listener``) before U is first read,
 once this node's own journaled writes are in Redis (read your writes). The node that writes
 a friendship publishes a ``Reread`` notice on both users' inbox channels once Redis has it
-(``Arrivals.written``), so every change written after a read began is announced to the
+(``RedisJournal.notices``), so every change written after a read began is announced to the
 node that read. A notice (or a gap on the channel) marks the user *stale*: ``run`` reads its
 friends again and applies the difference to the hub as ``Befriended`` and ``Unfriended``
 (``apply``: events for the sessions here, as if the change had been made here). A read of a
-user touched while it ran (a notice, a change made here, a forget) is never applied, since
-it may be older than the change: the user is read again. Nothing is replayed, and a read
-always ends with what Redis had after every change heard.
+user touched while it ran (a notice, a change made here, a forget, another read that
+changed its friendships here) is dropped, since it may be older than the change: the user
+is read again (after ``MAX_TOUCHED_READS`` in a row, applied and then read again). Nothing
+is replayed, and the last read always has what Redis had after every change heard. A first
+read that finds a friendship with a user held here tells that user's sessions.
 """
 
 from __future__ import annotations
@@ -193,6 +195,8 @@ class FriendSlices:
                 told = [f for f in friends if f in self._held and f not in had]
                 membership.load_friends(user, [f for f in friends if f not in told])
                 self._held.add(user)
+                # Reads in flight of its friends may be older than the edges just loaded.
+                self._touches.touch(set(friends) - had)
                 for friend in told:
                     self._apply(Befriended(user, friend))
                 self._settled(user, touched)
@@ -217,6 +221,7 @@ class FriendSlices:
                     self._apply(Befriended(user, friend))
                 for friend in sorted(had - now):
                     self._apply(Unfriended(user, friend))
+                self._touches.touch(now ^ had)  # their reads in flight may be older
                 self._settled(user, touched)
 
     def _settled(self, user: str, touched: bool) -> None:

@@ -11,21 +11,24 @@ members of a group a sender here writes to, ``group_presence``.
 ``hold_users`` listens to each user's ``inbox:U``, then reads the user's groups
 (``gp:groups_of:{U}``) and the groups it lacks, each after listening to ``group:G``, once
 this node's own journaled writes are in Redis (read your writes). The node that writes a
-group change publishes ``Reread`` notices once Redis has it (``Arrivals.written``): on the
+group change publishes ``Reread`` notices once Redis has it (``RedisJournal.notices``): on the
 group's channel, and on the inbox of each member it adds. A notice marks the group (or the
 user) *stale*: ``run`` reads it again and applies the difference to the hub as
 ``MemberAdded``, ``MemberRemoved`` and ``GroupDeleted`` (``apply``: events for the sessions
 here); a group a held user joined is read in whole, silently but for the held users it
 adds. Membership itself always comes from the group's read (a user's groups only say which
-groups to read). As for friendships, a read of a key touched while it ran is never applied:
-it is read again. ``release_*`` drops the groups no held user and no request needs any more.
+groups to read). As for friendships, a read of a key touched while it ran is dropped and
+read again (``in_flight``). A group being replaced here in slices (``replacing``: a large
+``PUT``) is read again only once the replacement is journaled. ``release_*`` drops the
+groups no held user and no request needs any more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import trio
@@ -108,9 +111,10 @@ class GroupSlices:
         self._group_retries: Retries[str] = Retries()
         self._stale_users: set[str] = set()
         self._stale_groups: set[str] = set()
+        self._replacing: Counter[str] = Counter()
+        """Groups being replaced here in slices (``replacing``)."""
         self._deferred: set[str] = set()
-        """Stale groups a request holds: read again once it ends (a replacement applied in
-        slices is journaled, and written, only at its end)."""
+        """Stale groups being replaced: read again once the replacement is journaled."""
         self._forgotten: dict[str, set[str]] = {}
         """The groups of users being forgotten, to let go once the forget is applied."""
         self._wakeup = trio.Event()
@@ -174,6 +178,19 @@ class GroupSlices:
             if self._group_holders[group] <= 0:
                 del self._group_holders[group]
                 self._maybe_unload(group)
+
+    @contextlib.contextmanager
+    def replacing(self, group: str) -> Iterator[None]:
+        """For the block, ``group`` (held) is being replaced here in slices (a large
+        ``PUT``, journaled only at its end): a read again of it meanwhile would undo the
+        slices applied so far, so it waits for the block's end."""
+        self._replacing[group] += 1
+        try:
+            yield
+        finally:
+            self._replacing[group] -= 1
+            if self._replacing[group] <= 0:
+                del self._replacing[group]
                 if group in self._deferred:
                     self._deferred.discard(group)
                     self.stale((), (group,))
@@ -342,8 +359,8 @@ class GroupSlices:
             for group in groups:
                 if group not in self._loaded:
                     continue
-                if self._group_holders[group] > 0:
-                    self._deferred.add(group)  # a request holds it (``release_groups``)
+                if self._replacing[group] > 0:
+                    self._deferred.add(group)  # read again after it (``replacing``)
                     continue
                 touched = not untouched(group)
                 if touched and self._group_retries.retry(group):

@@ -5,6 +5,7 @@ and read again when a notice says they changed."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -69,6 +70,11 @@ class Holdings:
         self.friends.release(users)
         self.groups.release_users(users)
         self.groups.release_groups(groups)
+
+    def replacing(self, group: str) -> AbstractContextManager[None]:
+        """For the block, ``group`` (held) is replaced here in slices
+        (``GroupSlices.replacing``)."""
+        return self.groups.replacing(group)
 
     def made_here(self, op: FeedOp) -> None:
         """A friendship or group change this node journals (the hub applies it): reads in

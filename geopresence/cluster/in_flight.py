@@ -4,8 +4,9 @@ A node holds slices of the shared state (``FriendSlices``, ``GroupSlices``) and 
 current by reading them again whenever a notice says they changed. ``InFlight`` lets one
 read at a time fetch a key that several holders want: the others wait for its outcome.
 ``Touches`` tells a read whether what it fetched may be older than a change this node
-already applied or heard of while it ran: such a result is never applied, the key is read
-again (the next read starts after the change, so it sees it).
+already applied or heard of while it ran: such a result is dropped and the key read again
+(the next read starts after the change, so it sees it); ``Retries`` bounds how often in a
+row, after which the result is applied and the key read once more.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@
 - a ``RedisBroker`` (the hub's broker): per-user, group, inbox and cell channels through
   Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster);
 - a ``RedisJournal`` (the hub's journal): durable records written to Redis, then announced
-  to the nodes that hold what they change (``Arrivals.written``; forgets on the feed stream
-  every node reads, ``RedisFeed``);
+  to the nodes that hold what they change (``RedisJournal.notices``: ``Arrivals.notices``;
+  forgets and logouts on the feed stream every node reads, ``RedisFeed``);
 - a ``RedisPresence``: which node holds each alive device, the once-decided online/offline
   transitions (published on the users' and small groups' channels, not the feed), and the
   sweeper of gone nodes' devices;
@@ -33,7 +33,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Collection, Mapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Final
 
 import trio
@@ -65,6 +65,7 @@ from geopresence.core.hub import Hub
 from geopresence.core.replication import (
     FeedOp,
     LocationSet,
+    LogoutRequested,
     PresenceSet,
 )
 from geopresence.core.statuses import Held
@@ -125,7 +126,6 @@ class ClusterLink:
         self._views: Views | None = None
         self._covered: Covered | None = None
         self._chat_gaps: ChatGaps | None = None
-        self._control: Control | None = None
         self.chat: ChatReads | None = None
         """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
         self.holdings: Holdings | None = None
@@ -163,9 +163,8 @@ class ClusterLink:
         self.presence.device_ended(user, device, last_active_at, logout=logout)
 
     def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
-        # Every other live node ends the device if it holds it (its control channel).
-        if self._control is not None:
-            self._control.logout(user, device)
+        # On the feed, durable and in order: every node ends the device if it holds it.
+        self.journal.replicate(LogoutRequested(user, device))
         if device is None:
             self.presence.logout_user(user, last_active_at)
         else:
@@ -217,6 +216,11 @@ class ClusterLink:
         """The end of one ``hold(users, groups)``."""
         if self.holdings is not None:
             self.holdings.release(users, groups)
+
+    def replacing(self, group: str) -> AbstractContextManager[None]:
+        """For the block, ``group`` (held) is replaced here in slices (``Holdings``)."""
+        assert self.holdings is not None, "the link is not running"
+        return self.holdings.replacing(group)
 
     async def own(self, user: str) -> None:
         """A session of ``user`` is opening here: its settings are kept here until
@@ -353,15 +357,8 @@ class ClusterLink:
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
                     self.journal.notices = arrivals.notices
-                    control = self._control = Control(
-                        self.client,
-                        self.keys,
-                        self.broker,
-                        hub,
-                        self._incarnation,
-                        nursery,
-                        self.presence.flush,
-                        self._now,
+                    control = Control(
+                        self.client, self.keys, self.broker, hub, self._incarnation, nursery
                     )
                     control.listen(self.node_id)
                     await self.broker.subscribed()

@@ -3,8 +3,8 @@
 With several nodes (``--redis``), Redis holds the shared state and each node the slices of
 it its sessions need, in its hub's stores (the hub answers synchronously). A change made on
 one node reaches the nodes that hold what it changes as a *feed op*, applied by
-``Hub.apply_feed``. The name is historical: only forgets and watermarks still travel on the
-feed stream every node reads (``geopresence.cluster.redis_feed``); the rest reach only the
+``Hub.apply_feed``. The name is historical: only forgets, logouts and watermarks still travel
+on the feed stream every node reads (``geopresence.cluster.redis_feed``); the rest reach only the
 nodes that need them, on channels (``geopresence.cluster.link``):
 
 - the durable records (``geopresence.model.records``): settings and chat messages as
@@ -13,7 +13,8 @@ nodes that need them, on channels (``geopresence.cluster.link``):
 - ``LocationSet``: an accepted location update (``gp:loc:{U}``), on the user's channel;
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``), on the user's and small groups' channels;
-- ``LogoutRequested``: a logout through the HTTP API, on every other node's control channel;
+- ``LogoutRequested``: a logout through the HTTP API, on the feed (every node ends the device
+  if it holds it);
 - ``Watermark``: nothing but the entry itself, from an idle node: every feed entry says below
   which message id the node will never commit again (``geopresence.core.chat_horizon``).
 

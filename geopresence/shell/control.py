@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractContextManager
 from typing import Literal, Protocol, TypeVar
 
 import trio
@@ -57,6 +58,10 @@ class Control(Protocol):
 
     def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         """The end of one ``hold(users, groups)``."""
+
+    def replacing(self, group: str) -> AbstractContextManager[None]:
+        """Multi-node: for the block, ``group`` (held) is replaced here in slices, so that
+        no change heard meanwhile is applied over half of it. One node: nothing."""
 
     async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
         """Multi-node: ``users``' cluster-wide statuses as Redis has them (for

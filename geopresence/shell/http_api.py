@@ -362,14 +362,17 @@ class HttpApi:
             _user_list(members[start : start + GROUP_SLICE], "members")
             await trio.sleep(0)
         async with self._group_writes, holding(self.server, (), (group,)):
-            steps = self.hub.membership.set_group_in_slices(group, members)
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    added, removed = done.value
-                    break
-                await trio.sleep(0)
+            # With Redis, a change another node makes meanwhile is read after it, not
+            # applied over half of it (it is journaled at its end).
+            with self.server.replacing(group):
+                steps = self.hub.membership.set_group_in_slices(group, members)
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        added, removed = done.value
+                        break
+                    await trio.sleep(0)
         return 200, {"group": group, "total": len(set(members)), "added": added, "removed": removed}
 
     async def get_group(self, request: Request) -> Response:

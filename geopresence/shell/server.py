@@ -10,8 +10,10 @@ serves (``shell.http_api``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -212,6 +214,9 @@ class Server:
     def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         if self.cluster is not None:
             self.cluster.release(users, groups)
+
+    def replacing(self, group: str) -> AbstractContextManager[None]:
+        return contextlib.nullcontext() if self.cluster is None else self.cluster.replacing(group)
 
     async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
         if self.cluster is None or not users:

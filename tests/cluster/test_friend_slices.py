@@ -317,3 +317,38 @@ async def test_a_user_that_keeps_changing_is_read_in_all_the_same() -> None:
         await trio.testing.wait_all_tasks_blocked()
     assert node.slices.holds("alice")
     assert node.friends("alice") == set(redis.graph["alice"])  # read again after
+
+
+async def test_a_friend_s_older_read_again_does_not_undo_a_first_read_s_friendship() -> None:
+    """From a review: bob's read again is sent before alice and bob become friends on
+    another node and answered after alice's first read (which told bob's session of her).
+    That first read touched bob: his older read is dropped and read again, so his session
+    is told Befriended once, never Unfriended."""
+    redis = Redis({"alice": [], "bob": []})
+    node = Node(redis)
+    read = redis.read
+    gates: dict[str, trio.Event] = {}
+
+    async def gated(users: list[str]) -> dict[str, list[str]]:
+        seen = {user: sorted(redis.graph.get(user, ())) for user in users}
+        key = ",".join(sorted(users))
+        if key in gates:
+            await gates.pop(key).wait()
+        await read(users)  # (counted)
+        return seen
+
+    node.slices._read = gated
+    async with running(node):
+        await node.slices.hold(["bob"])
+        node.hub.open_session(1, "bob", "phone", 0.0)
+        gates["bob"] = bob_answers = trio.Event()
+        node.slices.stale(["bob"])  # an earlier change of bob's: his read again is sent
+        await trio.testing.wait_all_tasks_blocked()
+        redis.befriend("alice", "bob")  # on another node
+        await node.slices.hold(["alice"])  # her first read answers first
+        bob_answers.set()  # bob's, sent before the change
+        await trio.testing.wait_all_tasks_blocked()
+        node.slices.stale(["alice", "bob"])  # the friendship's notice
+        await trio.testing.wait_all_tasks_blocked()
+    assert node.friends("bob") == {"alice"}
+    assert node.applied == [Befriended("alice", "bob")]

@@ -140,7 +140,7 @@ async def test_a_user_s_devices_are_counted_on_every_node(kind: str, tmp_path: P
             async with a.admin() as admin:
                 answer = await admin.logout("alice")
             assert answer["devices_logged_out"] == 2
-            # b ends its device when the logout reaches it (its control channel): a moment later.
+            # b ends its device when the logout reaches it (on the feed): a moment later.
             assert await devices_seen(b, "alice", 0) == 0
 
 
