@@ -6,13 +6,14 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
+import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from geopresence.core.broker import ConnId
@@ -156,3 +157,14 @@ class Listening:
 
     async def subscribed(self) -> None:
         self.log.append("subscribed")
+
+
+@asynccontextmanager
+async def running(task: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
+    """``task`` runs in the background for the block; at its end, once every task is
+    blocked (what the block set off has run), it is cancelled."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(task)
+        yield
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()

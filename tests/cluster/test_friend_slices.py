@@ -19,7 +19,7 @@ from geopresence.core.replication import FeedOp
 from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.model.records import Befriended, Unfriended, UserForgotten
-from tests.helpers import Listening, RecordingSink
+from tests.helpers import Listening, RecordingSink, running
 
 
 class Redis:
@@ -74,15 +74,6 @@ class Node:
 
 
 @asynccontextmanager
-async def running(node: Node) -> AsyncIterator[None]:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run)
-        yield
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
 async def alice_being_read(redis: Redis, node: Node) -> AsyncIterator[None]:
     """For the block, a hold of alice whose read is sent and not answered yet; it is
     answered as the block ends, which waits for the hold."""
@@ -120,7 +111,7 @@ async def test_a_node_holds_the_friendships_of_its_held_users_only() -> None:
 async def test_a_notice_reads_a_held_user_again_and_applies_the_difference() -> None:
     redis = Redis({"alice": ["bob", "carol"]})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold(["alice"])
         redis.unfriend("alice", "bob")
         redis.befriend("alice", "dave")
@@ -165,7 +156,7 @@ async def test_a_change_made_here_or_a_forget_during_a_read_is_not_undone_by_it(
 async def test_a_read_again_touched_while_it_runs_is_read_once_more() -> None:
     redis = Redis({"alice": ["bob"]})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold(["alice"])
         redis.answer = trio.Event()
         redis.befriend("alice", "carol")
@@ -182,7 +173,7 @@ async def test_a_read_again_touched_while_it_runs_is_read_once_more() -> None:
 async def test_a_failed_read_again_is_tried_again(autojump_clock: trio.abc.Clock) -> None:
     redis = Redis({"alice": []})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold(["alice"])
         redis.fail = True
         redis.befriend("alice", "bob")
@@ -259,7 +250,7 @@ async def test_a_friend_made_elsewhere_reaches_a_held_friend_s_session_when_read
     node = Node(redis)
     sink = node.hub.sessions.sink
     assert isinstance(sink, RecordingSink)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold(["bob"])
         node.hub.open_session(1, "bob", "phone", 0.0)
         sink.take(1)
@@ -280,7 +271,7 @@ async def test_a_forget_heard_after_a_newer_read_is_read_over_again() -> None:
     after it (``Holdings.forgetting``) brings back what Redis has."""
     redis = Redis({"alice": ["bob"], "bob": ["alice"]})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold(["bob"])
         redis.unfriend("alice", "bob")  # the forget, in Redis
         redis.befriend("alice", "bob")  # then the new friendship
@@ -311,7 +302,7 @@ async def test_a_user_that_keeps_changing_is_read_in_all_the_same() -> None:
         return found
 
     node.slices._read = busy_read
-    async with running(node):
+    async with running(node.slices.run):
         with trio.fail_after(1):
             await node.slices.hold(["alice"])
         await trio.testing.wait_all_tasks_blocked()
@@ -338,7 +329,7 @@ async def test_a_friend_s_older_read_again_does_not_undo_a_first_read_s_friendsh
         return seen
 
     node.slices._read = gated
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold(["bob"])
         node.hub.open_session(1, "bob", "phone", 0.0)
         gates["bob"] = bob_answers = trio.Event()

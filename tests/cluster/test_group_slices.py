@@ -25,7 +25,7 @@ from geopresence.model.records import (
     MemberRemoved,
     UserForgotten,
 )
-from tests.helpers import Listening, RecordingSink
+from tests.helpers import Listening, RecordingSink, running
 
 
 class Redis:
@@ -105,15 +105,6 @@ class Node:
         return {user: joined(group, user) or 0 for user in found}
 
 
-@asynccontextmanager
-async def running(node: Node) -> AsyncIterator[None]:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.slices.run)
-        yield
-        await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-
-
 async def until(check: object) -> None:
     with trio.fail_after(5):
         while not check():  # type: ignore[operator]
@@ -156,7 +147,7 @@ async def test_a_node_holds_the_groups_of_its_held_users_only() -> None:
 async def test_a_notice_reads_a_held_group_again_and_applies_the_difference() -> None:
     redis = Redis({"hikers": HIKERS, "chess": {"zed": 7}})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_users(["alice"])
         reads = len(redis.reads)
         node.slices.stale(["zed", "yan"], ["chess"])  # nothing of them is held here
@@ -179,7 +170,7 @@ async def test_a_notice_reads_a_held_group_again_and_applies_the_difference() ->
 async def test_a_held_user_joining_a_group_not_held_brings_it_in_whole() -> None:
     redis = Redis({"chess": {"zed": 7, "yan": 8}})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_users(["alice"])
         redis.groups["chess"]["alice"] = 9
         node.slices.stale(["alice"], ["chess"])  # the notices on her inbox and chess'
@@ -199,7 +190,7 @@ async def test_a_request_waits_for_a_group_a_join_is_bringing_in() -> None:
     redis = Redis({"chess": {"zed": 7, "yan": 8}})
     node = Node(redis)
     await node.slices.hold_users(["alice"])
-    async with running(node):
+    async with running(node.slices.run):
         redis.answer, redis.users_wait = trio.Event(), False  # groups slow from now on
         redis.groups["chess"]["alice"] = 10
         node.slices.stale(["alice"], [])
@@ -224,7 +215,7 @@ async def test_a_group_read_by_run_is_let_go_if_its_user_left_meanwhile() -> Non
     redis = Redis({"chess": {"zed": 7}})
     node = Node(redis)
     await node.slices.hold_users(["alice"])
-    async with running(node):
+    async with running(node.slices.run):
         redis.answer, redis.users_wait = trio.Event(), False
         redis.groups["chess"]["alice"] = 9
         node.slices.stale(["alice"], [])
@@ -303,7 +294,7 @@ async def test_a_group_joined_during_the_user_s_read_is_held_too() -> None:
 async def test_a_rejoin_between_reads_takes_the_new_mark() -> None:
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_users(["alice"])
         redis.groups["hikers"]["bob"] = 20  # left and joined again
         node.slices.stale([], ["hikers"])
@@ -332,7 +323,7 @@ async def test_a_sliced_put_is_not_undone_by_a_notice_heard_part_way() -> None:
     request lets the group go, not in the middle (it would undo the slices applied)."""
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_groups(["hikers"])  # the PUT's holding()
         wanted = [*HIKERS, "dan", "erin"]
         with node.slices.replacing("hikers"):
@@ -358,7 +349,7 @@ async def test_a_request_about_a_group_does_not_hold_its_changes_back() -> None:
     merely hold the group (GET, overlapping without end) do not."""
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_users(["alice"])
         await node.slices.hold_groups(["hikers"])  # a GET, still running
         del redis.groups["hikers"]["bob"]
@@ -374,7 +365,7 @@ async def test_a_failed_read_again_of_a_group_is_tried_again(
     """From a review: a failed read again of a stale group is tried again, as a user's."""
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_users(["alice"])
         redis.fail = True
         del redis.groups["hikers"]["bob"]
@@ -391,7 +382,7 @@ async def test_a_forget_heard_after_a_newer_read_is_read_over_again() -> None:
     read again after it (``forgetting`` returns them), so her rejoin stays."""
     redis = Redis({"hikers": HIKERS})
     node = Node(redis)
-    async with running(node):
+    async with running(node.slices.run):
         await node.slices.hold_users(["bob"])  # bob's session is here
         redis.groups["hikers"]["alice"] = 50  # forgotten, then joined again (mark 50)
         node.slices.stale([], ["hikers"])  # the notice of the rejoin
