@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from geopresence.cluster.group_state import differences, load_group, remark, unload_group
 from geopresence.cluster.in_flight import InFlight, Listener, Retries, Touches
 from geopresence.core.broker import group_channel, inbox_channel
 from geopresence.core.replication import FeedOp
@@ -46,7 +47,6 @@ from geopresence.model.records import (
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
-    from geopresence.core.state import DurableState
 
 log = logging.getLogger("geopresence.redis")
 
@@ -58,17 +58,6 @@ ReadGroups = Callable[[list[str]], Awaitable[dict[str, dict[str, int]]]]
 
 RETRY_S = 1.0
 """Seconds before a failed read again is tried again."""
-
-
-def touched_by(op: FeedOp) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(users, groups) whose groups or membership ``op`` changes."""
-    if isinstance(op, MemberAdded | MemberRemoved):
-        return (op.user,), (op.group,)
-    if isinstance(op, GroupSet):
-        return tuple(op.members), (op.group,)
-    if isinstance(op, GroupDeleted):
-        return (), (op.group,)
-    return (), ()
 
 
 class GroupSlices:
@@ -381,22 +370,13 @@ class GroupSlices:
             self._group_retries.done(group)
 
     def _reconcile(self, group: str, marks: Mapping[str, int] | None) -> None:
-        """Apply to the hub what turns its ``group`` into the one read."""
-        had = self._hub.store.group_members(group)
-        if marks is None:
-            if had is not None:
-                self._apply(GroupDeleted(group))
-            return
-        had = set(had or ())
-        for user in sorted(marks.keys() - had):
-            self._apply(MemberAdded(group, user, marks[user]))
-        for user in sorted(had - marks.keys()):
-            self._apply(MemberRemoved(group, user))
-        chat = self._hub.state.chat
-        for user in had & marks.keys():
-            if chat.joined_after(group, user) != marks[user]:  # left and joined again
-                chat.leave(group, user)
-                chat.join(group, user, marks[user])
+        """Apply to the hub what turns its ``group`` into the one read: the changes, with
+        events; the marks of members who left and joined again, silently."""
+        state = self._hub.state
+        for op in differences(state, group, marks):
+            self._apply(op)
+        if marks is not None:
+            remark(state, group, marks)
 
     def _maybe_unload(self, group: str) -> None:
         """Drop ``group`` (and its channel) unless a request or a held member needs it."""
@@ -413,24 +393,3 @@ class GroupSlices:
         if group in self._listening:
             self._listening.discard(group)
             self._listener.release(group_channel(group))
-
-
-def load_group(state: DurableState, group: str, marks: Mapping[str, int] | None) -> None:
-    """``group``'s members with their join marks as read (None: it does not exist),
-    replacing what the state had of it. Silent: nothing journaled, no frame."""
-    if marks is None:
-        unload_group(state, group)
-        return
-    _, removed = state.users.set_group(group, marks)
-    for user in removed:
-        state.chat.leave(group, user)
-    for user, mark in marks.items():
-        state.chat.leave(group, user)  # the mark read replaces one applied before
-        state.chat.join(group, user, mark)
-        state.ids.observe(mark)
-
-
-def unload_group(state: DurableState, group: str) -> None:
-    """Drop ``group`` from the state, silently (this node no longer needs it)."""
-    for user in state.users.delete_group(group) or ():
-        state.chat.leave(group, user)

@@ -12,7 +12,8 @@ import trio
 
 from geopresence.cluster.channel_events import Reread
 from geopresence.cluster.friend_slices import FriendSlices, users_of
-from geopresence.cluster.group_slices import GroupSlices, touched_by
+from geopresence.cluster.group_slices import GroupSlices
+from geopresence.cluster.group_state import touched_by
 from geopresence.cluster.in_flight import Listener
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import read_friends, read_groups, read_groups_of

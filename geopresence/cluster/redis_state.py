@@ -24,11 +24,12 @@ import attrs
 import orjson
 import trio
 
-from geopresence.cluster.chat_writes import ChatWrites, Reused, delete_conversation
+from geopresence.cluster.chat_writes import ChatWrites, Reused
+from geopresence.cluster.group_writes import write_group_deleted, write_group_set
 from geopresence.cluster.redis_broker import fresh_ids
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys, string, strings
+from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.settings_writes import SetSettings
 from geopresence.core.replication import (
     FEED_KINDS,
@@ -133,35 +134,6 @@ def _feed_only(k: Keys, op: PresenceSet | LogoutRequested | Watermark) -> list[C
     return []
 
 
-async def _group_set(client: Any, k: Keys, op: GroupSet) -> list[str]:
-    """Returns the members it adds (``notices``: their nodes must hear of the group), also
-    when it is a retry: a member whose mark is this op's was added by it. Each member's
-    ``groups_of`` is written before its place in the group (and removed before it), so
-    that a retry, which goes by the group's hash, repairs a half-done one."""
-    key = k.of("group", op.group)
-    current = {string(u): string(m) for u, m in (await client.hgetall(key)).items()}
-    wanted = set(op.members)
-    mark = str(op.joined_after)
-    for user in set(current) - wanted:
-        await client.srem(k.of("groups_of", user), [op.group])
-        await client.hdel(key, [user])
-    added = sorted(user for user in wanted if current.get(user, mark) == mark)
-    for user in added:
-        await client.sadd(k.of("groups_of", user), [op.group])
-        await client.hset(key, {user: mark})
-    await client.sadd(k.groups, [op.group])
-    return added
-
-
-async def _group_deleted(client: Any, k: Keys, op: GroupDeleted) -> None:
-    key = k.of("group", op.group)
-    for user in strings(await client.hkeys(key)):
-        await client.srem(k.of("groups_of", user), [op.group])
-    await client.delete([key])
-    await delete_conversation(client, k, f"g:{op.group}")
-    await client.srem(k.groups, [op.group])
-
-
 async def _chat_writes_only(client: Any, k: Keys, op: ChatMessage) -> None:
     raise TypeError("chat messages are written in batches by ChatWrites (RedisJournal)")
 
@@ -175,8 +147,8 @@ WRITERS: Final[dict[type[Any], Writer]] = covering(
         MemberAdded: Writer(_member_added),
         MemberRemoved: Writer(_member_removed),
         SettingsChanged: Writer(write=_settings),
-        GroupSet: Writer(write=_group_set),
-        GroupDeleted: Writer(write=_group_deleted),
+        GroupSet: Writer(write=write_group_set),
+        GroupDeleted: Writer(write=write_group_deleted),
         UserForgotten: Writer(write=forget_user),
         PresenceSet: Writer(_feed_only),
         LogoutRequested: Writer(_feed_only),

@@ -11,7 +11,7 @@ import trio
 
 from geopresence.cluster import redis_load
 from geopresence.cluster.chat_reads import read_sync
-from geopresence.cluster.group_slices import load_group
+from geopresence.cluster.group_state import load_group
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import (
