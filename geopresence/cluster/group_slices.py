@@ -113,6 +113,10 @@ class GroupSlices:
     def __len__(self) -> int:
         return len(self._loaded)
 
+    def holds_user(self, user: str) -> bool:
+        """True while every group of ``user`` is held here."""
+        return user in self._users
+
     def holds(self, group: str) -> bool:
         """True while ``group``'s membership (or its absence) is held here."""
         return group in self._loaded

@@ -38,6 +38,7 @@ from typing import Any, Final
 
 import trio
 
+from geopresence.cluster.announcing import Announcer
 from geopresence.cluster.arrivals import Arrivals
 from geopresence.cluster.chat_gaps import ChatGaps
 from geopresence.cluster.chat_reads import ChatReads, list_conversations
@@ -111,7 +112,7 @@ class ClusterLink:
         self.presence = RedisPresence(
             client,
             self.keys,
-            self._announce,
+            lambda transition: self._announcer(transition),
             self._now,
             known_version=self._known_version,
             sweep_interval=sweep_interval,
@@ -126,6 +127,8 @@ class ClusterLink:
         self._views: Views | None = None
         self._covered: Covered | None = None
         self._chat_gaps: ChatGaps | None = None
+        self._announcer: Callable[[PresenceSet], None] = lambda transition: None
+        """Tells a transition decided here (``Announcer``, once ``run`` runs)."""
         self.chat: ChatReads | None = None
         """A user's messages read from Redis (while ``run`` runs): a node keeps none."""
         self.holdings: Holdings | None = None
@@ -194,15 +197,6 @@ class ClusterLink:
 
     def _known_version(self, user: str) -> int:
         return 0 if self._hub is None else self._hub.status_version(user)
-
-    def _announce(self, transition: PresenceSet) -> None:
-        """A transition decided here: told to this node's connections, and on the channels
-        that carry it to the other nodes' (``geopresence.cluster.covered``)."""
-        hub, broker, covered = self._hub, self.broker, self._covered
-        assert hub is not None and broker is not None and covered is not None
-        hub.announce_presence(transition)
-        broker.publish_remote(hub.lifecycle.presence_channels(transition.user), transition)
-        covered.announced(transition)
 
     # ---------------------------------------------------------------- what the node holds
 
@@ -294,6 +288,10 @@ class ClusterLink:
         )
         groups = holdings.groups
         groups.on_loaded = covered.regroup
+        announcer = Announcer(
+            hub, self.broker, self.client, self.keys, groups.holds_user, covered.announced
+        )
+        self._announcer = announcer
         # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
         # with the feed's watermarks), not as the hub publishes it once stable.
         self.broker.travels = lambda event: not isinstance(event, ChatEvent)
@@ -352,6 +350,7 @@ class ClusterLink:
                     nursery.start_soon(views.run)
                     nursery.start_soon(covered.run)
                     nursery.start_soon(holdings.run)
+                    announcer.nursery = nursery
                     nursery.start_soon(chat_gaps.run)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record

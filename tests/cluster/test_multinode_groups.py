@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from geopresence.client import ApiError
+from geopresence.client import ApiError, connect
 from tests.cluster.test_multinode import Node, _gauge, cluster_of, expect, session
 
 
@@ -99,3 +99,43 @@ async def test_a_forgotten_user_s_groups_are_let_go(tmp_path: Path) -> None:
                 await admin_a.forget("carol")
                 assert (await carol.closed())[0] == 4001
             await eventually_held(b, 0)
+
+
+@pytest.mark.parametrize("kind", ["standalone", "cluster"])
+@pytest.mark.parametrize("ending", ["logout", "drop"])
+async def test_co_members_on_another_node_hear_a_member_go_offline(
+    kind: str, ending: str, tmp_path: Path
+) -> None:
+    """From a review: small groups carry presence to co-members. alice (node b) and bob
+    (node c) share only the group; the offline transition is decided after alice's last
+    session on b ended (b no longer holds her groups): it is read from Redis, and bob
+    hears her go offline."""
+    with cluster_of(kind, 2, tmp_path) as ((b, c), _):
+        async with b.admin() as admin:
+            await admin.set_group("club", ["alice", "bob"])
+            async with session(c, "bob") as bob:
+                async with session(b, "alice") as alice:
+                    await expect(bob, "presence", user="alice", status="online")
+                    if ending == "logout":
+                        await alice.logout()
+                await expect(bob, "presence", user="alice", status="offline", within=8)
+                assert (await admin.group("club"))["online"] == ["bob"]
+
+
+async def test_co_members_hear_a_killed_node_s_member_go_offline(tmp_path: Path) -> None:
+    """From a review: alice's node is killed; the sweeper of another node (b or c, which
+    never held her groups) ends her device: her friend carol (b) and her co-member bob (c)
+    both hear it."""
+    with cluster_of("standalone", 3, tmp_path) as ((a, b, c), _):
+        async with b.admin() as admin:
+            await admin.set_group("club", ["alice", "bob"])
+            await admin.befriend("alice", "carol")
+            async with session(c, "bob") as bob, session(b, "carol") as carol:
+                async with connect(a.ws_url, user="alice", device="phone") as alice:
+                    await expect(bob, "presence", user="alice", status="online")
+                    await expect(carol, "presence", user="alice", status="online")
+                    a.kill()
+                    with trio.move_on_after(1):
+                        await alice.closed()
+                await expect(carol, "presence", user="alice", status="offline", within=15)
+                await expect(bob, "presence", user="alice", status="offline", within=3)
