@@ -71,6 +71,7 @@ from geopresence.core.replication import (
 )
 from geopresence.core.statuses import Held
 from geopresence.core.store import UserSettings
+from geopresence.model.records import Record
 
 log = logging.getLogger("geopresence.redis")
 
@@ -156,6 +157,11 @@ class ClusterLink:
             self.journal.replicate(op, feed=False)
             return
         self.journal.replicate(op)
+
+    def unchanged(self, op: Record) -> None:
+        """An admin write found ``op`` already made: written again (idempotent) and its
+        notices published, in case the node that made it died before announcing it."""
+        self.journal.replicate(op, feed=False)
 
     def device_alive(self, user: str, device: str, at: float) -> None:
         self.presence.device_alive(user, device, at)

@@ -17,6 +17,7 @@ from geopresence.core.hub import Hub
 from geopresence.core.statuses import Held
 from geopresence.core.store import UserSettings
 from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import Record
 from geopresence.shell.history import HistoryKeeper
 from geopresence.shell.http_routing import HttpError
 from geopresence.shell.metrics import Metrics
@@ -58,6 +59,11 @@ class Control(Protocol):
 
     def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         """The end of one ``hold(users, groups)``."""
+
+    def unchanged(self, op: Record) -> None:
+        """Multi-node: an admin write found its change already made (perhaps by a node that
+        died before announcing it): written again, harmlessly, and announced. One node:
+        nothing."""
 
     def replacing(self, group: str) -> AbstractContextManager[None]:
         """Multi-node: for the block, ``group`` (held) is replaced here in slices, so that

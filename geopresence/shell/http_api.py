@@ -22,6 +22,7 @@ import trio
 
 from geopresence.core.membership import GROUP_SLICE, BulkError
 from geopresence.model.ids import id_problem
+from geopresence.model.records import Befriended, MemberAdded, MemberRemoved, Unfriended
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
 from geopresence.shell.console import Asset, Console
 from geopresence.shell.control import Control as Control
@@ -256,12 +257,16 @@ class HttpApi:
         a, b = request.params["a"], request.params["b"]
         async with holding(self.server, (a, b)):
             created = self.hub.membership.add_friendship(a, b, self.server.now())
+            if not created:
+                self.server.unchanged(Befriended(a, b))
         return 200, {"friends": [a, b], "created": created}
 
     async def delete_friendship(self, request: Request) -> Response:
         a, b = request.params["a"], request.params["b"]
         async with holding(self.server, (a, b)):
             deleted = self.hub.membership.remove_friendship(a, b)
+            if not deleted:
+                self.server.unchanged(Unfriended(a, b))
         return 200, {"friends": [a, b], "deleted": deleted}
 
     async def bulk_friendships(self, request: Request) -> Response:
@@ -399,12 +404,17 @@ class HttpApi:
         group, user = request.params["group"], request.params["user"]
         async with holding(self.server, (), (group,)):
             added = self.hub.membership.add_member(group, user)
+            if not added:
+                mark = self.hub.chat.store.joined_after(group, user) or 0
+                self.server.unchanged(MemberAdded(group, user, mark))
         return 200, {"group": group, "user": user, "added": added}
 
     async def delete_member(self, request: Request) -> Response:
         group, user = request.params["group"], request.params["user"]
         async with holding(self.server, (), (group,)):
             removed = self.hub.membership.remove_member(group, user)
+            if not removed:
+                self.server.unchanged(MemberRemoved(group, user))
         return 200, {"group": group, "user": user, "removed": removed}
 
 

@@ -27,6 +27,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.statuses import Held
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.model.chat_message import ChatMessage
+from geopresence.model.records import Record
 from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
@@ -214,6 +215,10 @@ class Server:
     def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         if self.cluster is not None:
             self.cluster.release(users, groups)
+
+    def unchanged(self, op: Record) -> None:
+        if self.cluster is not None:
+            self.cluster.unchanged(op)
 
     def replacing(self, group: str) -> AbstractContextManager[None]:
         return contextlib.nullcontext() if self.cluster is None else self.cluster.replacing(group)
