@@ -10,10 +10,9 @@ serves (``shell.http_api``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -221,7 +220,7 @@ class Server:
             self.cluster.unchanged(op)
 
     def replacing(self, group: str) -> AbstractContextManager[None]:
-        return contextlib.nullcontext() if self.cluster is None else self.cluster.replacing(group)
+        return nullcontext() if self.cluster is None else self.cluster.replacing(group)
 
     async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
         if self.cluster is None or not users:

@@ -239,16 +239,23 @@ async def test_a_new_friendship_across_nodes_shows_locations_at_once(
 
 
 async def test_a_killed_node_s_users_go_offline_once(tmp_path: Path) -> None:
+    """Her friends hear it, and her co-member of a small group (dave: the sweeping node, b
+    or c, may never have held her groups; they are read from Redis then)."""
     with cluster_of("cluster", 3, tmp_path) as (nodes, _):
         a, b, c = nodes
         async with a.admin() as admin:
             await admin.befriend("alice", "bob")
             await admin.befriend("alice", "carol")
-        async with session(b, "bob") as bob, session(c, "carol") as carol:
+            await admin.set_group("club", ["alice", "dave"])
+        async with (
+            session(b, "bob") as bob,
+            session(c, "carol") as carol,
+            session(c, "dave") as dave,
+        ):
             # alice on node a, without our heartbeats: the node is killed under her.
             async with connect(a.ws_url, user="alice", device="phone") as alice:
-                await expect(bob, "presence", user="alice", status="online")
-                await expect(carol, "presence", user="alice", status="online")
+                for watcher in (bob, carol, dave):
+                    await expect(watcher, "presence", user="alice", status="online")
                 a.kill()
                 with trio.move_on_after(1):
                     await alice.closed()
@@ -257,8 +264,10 @@ async def test_a_killed_node_s_users_go_offline_once(tmp_path: Path) -> None:
             gone = await expect(bob, "presence", within=15, user="alice", status="offline")
             assert gone["last_active_at"] is not None
             await expect(carol, "presence", user="alice", status="offline")
+            await expect(dave, "presence", user="alice", status="offline", within=3)
             await nothing_of(bob, "presence", 1.5)
             await nothing_of(carol, "presence", 0.1)
+            await nothing_of(dave, "presence", 0.1)
 
 
 async def test_reconnecting_to_another_node_does_not_flap(two_nodes: list[Node]) -> None:

@@ -4,6 +4,8 @@ requests), read from Redis as they are needed, and every answer is still the who
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -119,75 +121,66 @@ async def test_a_session_is_refused_when_its_friends_cannot_be_read(tmp_path: Pa
         node.proc.wait(15)
 
 
-def deny_publish(port: int) -> list[str]:
-    """An ACL user that may do everything but publish: its node writes a change, then
-    cannot publish the notice (it retries, unacknowledged, until it is killed)."""
-    subprocess.run(
-        ["redis-cli", "-p", str(port), "ACL", "SETUSER", "mute", "on", ">pw", "~*", "&*",
-         "+@all", "-publish", "-spublish"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return ["--redis", f"redis://mute:pw@127.0.0.1:{port}/0"]
+@contextmanager
+def with_a_mute_writer(tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
+    """Nodes a and c, and w, whose Redis user may do everything but publish: it writes a
+    change, then cannot announce it (it retries, unacknowledged, until it is killed)."""
+    with cluster_of("standalone", 2, tmp_path) as ((a, c), args):
+        port = int(args[1].rsplit(":", 1)[1].split("/")[0])
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "ACL", "SETUSER", "mute", "on", ">pw", "~*", "&*",
+             "+@all", "-publish", "-spublish"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        w = start_node(["--redis", f"redis://mute:pw@127.0.0.1:{port}/0"], 3, tmp_path)
+        try:
+            yield a, c, w
+        finally:
+            if w.proc.poll() is None:
+                w.proc.terminate()
+                w.proc.wait(15)
 
 
 async def test_a_retried_befriend_after_its_node_died_reaches_the_sessions(
     tmp_path: Path,
 ) -> None:
-    with redis_server() as port:
-        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
-        a = start_node(args, 1, tmp_path)
-        c = start_node(args, 3, tmp_path)
-        w = start_node(deny_publish(port), 2, tmp_path)
-        try:
-            async with (
-                a.admin() as admin_a,
-                w.admin() as admin_w,
-                session(c, "alice") as alice,
-                session(c, "bob"),
-            ):
-                with trio.move_on_after(2):  # written, never acknowledged
-                    await admin_w.befriend("alice", "bob")
-                    raise AssertionError("acknowledged without its notice")
-                w.kill()
-                # The client retries through node a (it holds neither user).
-                retried = await admin_a.befriend("alice", "bob")
-                assert retried["created"] is False  # Redis has it
-                assert [f["user"] for f in await admin_a.friends("alice")] == ["bob"]
-                # alice and bob (node c) must be told, as for any new friendship
-                fp = await expect(alice, "friends_presence", within=5)
-                assert [f["user"] for f in fp["friends"]] == ["bob"]
-        finally:
-            for node in (a, c, w):
-                if node.proc.poll() is None:
-                    node.proc.terminate()
-                    node.proc.wait(15)
+    """From a review: a friendship stored by a node killed before it announced it; the
+    client retries through another node, which finds it made and announces it again."""
+    with with_a_mute_writer(tmp_path) as (a, c, w):
+        async with (
+            a.admin() as admin_a,
+            w.admin() as admin_w,
+            session(c, "alice") as alice,
+            session(c, "bob"),
+        ):
+            with trio.move_on_after(2):  # written, never acknowledged
+                await admin_w.befriend("alice", "bob")
+                raise AssertionError("acknowledged without its notice")
+            w.kill()
+            # The client retries through node a (it holds neither user).
+            retried = await admin_a.befriend("alice", "bob")
+            assert retried["created"] is False  # Redis has it
+            assert [f["user"] for f in await admin_a.friends("alice")] == ["bob"]
+            # alice and bob (node c) must be told, as for any new friendship
+            fp = await expect(alice, "friends_presence", within=5)
+            assert [f["user"] for f in fp["friends"]] == ["bob"]
 
 
 async def test_a_retried_member_add_after_its_node_died_reaches_the_session(
     tmp_path: Path,
 ) -> None:
-    with redis_server() as port:
-        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
-        a = start_node(args, 1, tmp_path)
-        c = start_node(args, 3, tmp_path)
-        w = start_node(deny_publish(port), 2, tmp_path)
-        try:
-            async with a.admin() as admin_a, w.admin() as admin_w:
-                await admin_a.set_group("club", ["zed"])
-                async with session(c, "alice") as alice, session(c, "zed") as zed:
-                    with trio.move_on_after(2):  # written, never acknowledged
-                        await admin_w.add_member("club", "alice")
-                        raise AssertionError("acknowledged without its notice")
-                    w.kill()
-                    retried = await admin_a.add_member("club", "alice")
-                    assert retried["added"] is False  # Redis has it
-                    assert (await admin_a.group("club"))["members"] == ["alice", "zed"]
-                    await trio.sleep(1.0)
-                    sent = await alice.send_message("hi", group="club")
-                    assert sent["type"] == "sent", sent
-                    await expect(zed, "message", text="hi")
-        finally:
-            for node in (a, c, w):
-                if node.proc.poll() is None:
-                    node.proc.terminate()
-                    node.proc.wait(15)
+    with with_a_mute_writer(tmp_path) as (a, c, w):
+        async with a.admin() as admin_a, w.admin() as admin_w:
+            await admin_a.set_group("club", ["zed"])
+            async with session(c, "alice") as alice, session(c, "zed") as zed:
+                with trio.move_on_after(2):  # written, never acknowledged
+                    await admin_w.add_member("club", "alice")
+                    raise AssertionError("acknowledged without its notice")
+                w.kill()
+                retried = await admin_a.add_member("club", "alice")
+                assert retried["added"] is False  # Redis has it
+                assert (await admin_a.group("club"))["members"] == ["alice", "zed"]
+                await trio.sleep(1.0)
+                sent = await alice.send_message("hi", group="club")
+                assert sent["type"] == "sent", sent
+                await expect(zed, "message", text="hi")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from geopresence.client import ApiError, connect
+from geopresence.client import ApiError
 from tests.cluster.test_multinode import Node, _gauge, cluster_of, expect, session
 
 
@@ -120,22 +120,3 @@ async def test_co_members_on_another_node_hear_a_member_go_offline(
                         await alice.logout()
                 await expect(bob, "presence", user="alice", status="offline", within=8)
                 assert (await admin.group("club"))["online"] == ["bob"]
-
-
-async def test_co_members_hear_a_killed_node_s_member_go_offline(tmp_path: Path) -> None:
-    """From a review: alice's node is killed; the sweeper of another node (b or c, which
-    never held her groups) ends her device: her friend carol (b) and her co-member bob (c)
-    both hear it."""
-    with cluster_of("standalone", 3, tmp_path) as ((a, b, c), _):
-        async with b.admin() as admin:
-            await admin.set_group("club", ["alice", "bob"])
-            await admin.befriend("alice", "carol")
-            async with session(c, "bob") as bob, session(b, "carol") as carol:
-                async with connect(a.ws_url, user="alice", device="phone") as alice:
-                    await expect(bob, "presence", user="alice", status="online")
-                    await expect(carol, "presence", user="alice", status="online")
-                    a.kill()
-                    with trio.move_on_after(1):
-                        await alice.closed()
-                await expect(carol, "presence", user="alice", status="offline", within=15)
-                await expect(bob, "presence", user="alice", status="offline", within=3)
