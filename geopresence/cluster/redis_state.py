@@ -262,8 +262,6 @@ class RedisJournal:
         """What tells the nodes that hold what a written op changes to read it again, given
         what its writer returned (``Arrivals.notices``); published once Redis has the op,
         before it counts as written (a retry publishes them again)."""
-        self._unpublished: dict[int, tuple[list[Publication], Any]] = {}
-        """uid -> the notices of the op at the queue's head, written, not yet published."""
         self.on_written: Callable[[Record, Any], None] | None = None
         """Called with each ``OFF_FEED`` record once Redis has it, and what its writer
         returned (settings: their version); the link publishes it."""
@@ -372,16 +370,12 @@ class RedisJournal:
                     self.on_stored_before(seq, None if isinstance(original, Reused) else original)
             return batch
         seq, uid, op, on_feed, mark = queue_head = self._queue[0]
-        if uid not in self._unpublished:
-            result = await write(client, keys, op)
-            if on_feed:
-                await feed.append(op, uid, mark)
-            # What the write returned (a GroupSet: the members it added) is not found again
-            # by a retry: its notices are kept until they are out.
-            self._unpublished[uid] = (self._notices_of(op, result), result)
-        notices, result = self._unpublished[uid]
-        await self._publish(notices)
-        del self._unpublished[uid]
+        # A retry (of the write or of the notices) writes again: every writer is
+        # idempotent, and says the same again (a GroupSet: its members marked as its own).
+        result = await write(client, keys, op)
+        if on_feed:
+            await feed.append(op, uid, mark)
+        await self._publish(self._notices_of(op, result))
         self._written_off_feed(op, result)
         return [queue_head]
 
