@@ -202,7 +202,7 @@ class Arrivals:
         publications = self._broker.publications
         if isinstance(op, Befriended | Unfriended):
             users = (op.a, op.b)
-            return publications([inbox_channel(user) for user in users], Reread(users=users))
+            return publications([inbox_channel(user) for user in users], Reread(friends_of=users))
         if not isinstance(op, GroupOps):
             return []
         found = publications([group_channel(op.group)], Reread(groups=(op.group,)))
@@ -210,7 +210,7 @@ class Arrivals:
         if isinstance(op, GroupSet):
             joined = list(added or ())
         for user in joined:
-            found += publications([inbox_channel(user)], Reread(users=(user,)))
+            found += publications([inbox_channel(user)], Reread(groups_of=(user,)))
         return found
 
     def went_offline(self, user: str, raw: bytes) -> None:

@@ -49,11 +49,13 @@ class SettingsHeard:
 
 @attrs.frozen
 class Reread:
-    """On ``inbox:U`` and ``group:G``: the friendships or groups of ``users``, or the
-    membership of ``groups``, changed in Redis; the nodes that hold them read them again
-    (``Holdings``). Published once Redis has the change, by the node that wrote it."""
+    """On ``inbox:U`` and ``group:G``: the friendships of ``friends_of``, the groups of
+    ``groups_of`` (one was added to a group), or the membership of ``groups`` changed in
+    Redis; the nodes that hold them read them again (``Holdings``). Published once Redis
+    has the change, by the node that wrote it."""
 
-    users: tuple[str, ...] = ()
+    friends_of: tuple[str, ...] = ()
+    groups_of: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
 
 
@@ -119,7 +121,12 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
     if isinstance(event, SettingsHeard):
         return {"k": "settings", "record": record_to_json(event.change), "v": event.version}
     if isinstance(event, Reread):
-        return {"k": "reread", "users": event.users, "groups": event.groups}
+        return {
+            "k": "reread",
+            "friends_of": event.friends_of,
+            "groups_of": event.groups_of,
+            "groups": event.groups,
+        }
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -160,11 +167,13 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
             raise ValueError("not a settings change")
         return SettingsHeard(record, int(data["v"]))
     if kind == "reread":
-        return Reread(tuple(str(u) for u in data["users"]), tuple(str(g) for g in data["groups"]))
+        return Reread(*(tuple(str(name) for name in data[k]) for k in _REREAD_FIELDS))
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")
 
+
+_REREAD_FIELDS: Final = ("friends_of", "groups_of", "groups")
 
 MAX_ENVELOPE_BYTES: Final = 4 * 1024 * 1024
 

@@ -87,20 +87,20 @@ class Holdings:
 
     def heard(self, notice: Reread) -> None:
         """Another node changed these users' friendships or groups, or these groups."""
-        self.friends.stale(notice.users)
-        self.groups.stale(notice.users, notice.groups)
+        self.friends.stale(notice.friends_of)
+        self.groups.stale(notice.groups_of, notice.groups)
 
     def heard_op(self, op: FeedOp) -> None:
         """A friendship or group change on the feed (from an older version): a notice."""
         users, groups = touched_by(op)
-        self.heard(Reread(tuple(users_of(op)) + users, groups))
+        self.heard(Reread(tuple(users_of(op)), users, groups))
 
     def gap(self, channels: Collection[str]) -> None:
         """``channels`` may have lost notices: what they announce is read again."""
         users = tuple(u for u in map(inbox_of_channel, channels) if u is not None)
         groups = tuple(g for g in map(group_of_channel, channels) if g is not None)
         if users or groups:
-            self.heard(Reread(users, groups))
+            self.heard(Reread(users, users, groups))
 
     def forgetting(self, op: UserForgotten) -> Reread:
         """Before a forget is applied: reads in flight may still name the user. Returns
@@ -110,7 +110,7 @@ class Holdings:
         self.friends.forgotten()
         groups = self.groups.forgetting(op.user)
         friends = self.friends.held_friends(op.user)
-        return Reread((op.user, *friends), tuple(sorted(groups)))
+        return Reread((op.user, *friends), (op.user,), tuple(sorted(groups)))
 
     async def run(self) -> None:
         """Read again what notices said changed, until cancelled."""

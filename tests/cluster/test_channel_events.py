@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from geopresence.cluster.channel_events import (
     ChannelEvent,
     Envelope,
     Replaced,
+    Reread,
     SettingsHeard,
     decode_envelope,
     encode_envelope,
@@ -34,7 +37,14 @@ EVENTS: list[ChannelEvent] = [
     PresenceSet("alice", "offline", None, 8),
     SettingsHeard(SettingsChanged("alice", False, 2500.0, True), 1_733_000_000_000_001),
     SettingsHeard(SettingsChanged("alice", True, None, False), 7),
+    Reread(friends_of=("alice", "bob")),
+    Reread(groups_of=("carol",), groups=("hikers",)),
 ]
+
+
+def test_every_kind_of_event_is_tried() -> None:
+    kinds = {type(event) for event in EVENTS} | {ChatEvent}
+    assert kinds - {LocationKept} == set(get_args(ChannelEvent))  # (a LocationEvent)
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)

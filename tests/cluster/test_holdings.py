@@ -33,8 +33,8 @@ def watched() -> tuple[Holdings, list[Any]]:
 
 def test_a_notice_a_gap_or_an_older_node_s_feed_entry_reads_again() -> None:
     holdings, stale = watched()
-    holdings.heard(Reread(users=("alice",), groups=("hikers",)))
-    assert stale == [("friends", ("alice",)), ("groups", ("alice",), ("hikers",))]
+    holdings.heard(Reread(friends_of=("alice",), groups_of=("bob",), groups=("hikers",)))
+    assert stale == [("friends", ("alice",)), ("groups", ("bob",), ("hikers",))]
     stale.clear()
     holdings.gap(["inbox:bob", "group:chess", "user:carol", "cell:abc"])
     assert stale == [("friends", ("bob",)), ("groups", ("bob",), ("chess",))]
@@ -46,10 +46,10 @@ def test_a_notice_a_gap_or_an_older_node_s_feed_entry_reads_again() -> None:
     holdings.heard_op(MemberRemoved("g", "x"))
     assert stale == [
         ("friends", ("a", "b")),
-        ("groups", ("a", "b"), ()),
-        ("friends", ("x", "y")),
+        ("groups", (), ()),  # a friendship reads no groups again
+        ("friends", ()),  # a group change reads no friends again
         ("groups", ("x", "y"), ("g",)),
-        ("friends", ("x",)),
+        ("friends", ()),
         ("groups", ("x",), ("g",)),
     ]
 
@@ -62,4 +62,6 @@ def test_a_forget_reads_again_what_it_touched_here() -> None:
     hub.membership.load_friends("bob", ["alice", "carol"])
     holdings.friends._held.add("bob")
     hub.state.users.set_group("hikers", {"alice": 1, "bob": 2})
-    assert holdings.forgetting(UserForgotten("alice")) == Reread(("alice", "bob"), ("hikers",))
+    assert holdings.forgetting(UserForgotten("alice")) == Reread(
+        ("alice", "bob"), ("alice",), ("hikers",)
+    )
