@@ -1,9 +1,10 @@
 """What reaches a node (cluster): another node's changes and events, and its own records,
 each routed to the hub and to what the node keeps for its sessions.
 
-- the feed (``RedisFeed``): forgets and logouts (and what older versions put there);
+- the feed (``RedisFeed``): forgets and watermarks (and what older versions put there);
 - events on the channels it listens to (``RedisBroker.on_remote``): moves, transitions,
-  settings, chat messages, devices taken over, notices that friendships or groups changed
+  settings, chat messages, devices taken over or logged out elsewhere (``Control``), notices
+  that friendships or groups changed
   (``Reread``: ``Holdings`` reads them again and applies the difference through ``change``);
 - the records it journals (``RedisJournal.on_append``), and those written that the other
   nodes hear of on channels (``RedisJournal.on_written``);
@@ -29,7 +30,7 @@ from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
+from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested, PresenceSet
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -157,6 +158,10 @@ class Arrivals:
             return True
         if isinstance(event, GoneEvent) and event.reason == "hidden":
             self._hidden(event.user)
+        if isinstance(event, LogoutRequested):
+            if self.control is not None:
+                self.control.on_logout(event)
+            return True
         if isinstance(event, Replaced):
             if self.control is not None:
                 self.control.on_replaced(event)
@@ -228,6 +233,8 @@ class Arrivals:
         and the chat messages they may have lost (``ChatGaps``)."""
         self._covered.resync(channels)
         self._holdings.gap(channels)
+        if self.control is not None and self.control.channel in channels:
+            self.control.recheck()
         if self.chat_gaps is not None:
             self.chat_gaps.gap(channels)
 

@@ -21,7 +21,12 @@ import orjson
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
+from geopresence.core.replication import (
+    LogoutRequested,
+    PresenceSet,
+    feed_from_json,
+    feed_to_json,
+)
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import SettingsChanged, record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
@@ -70,6 +75,7 @@ ChannelEvent = (
     | PresenceSet
     | SettingsHeard
     | Reread
+    | LogoutRequested
 )
 
 
@@ -127,6 +133,8 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
             "groups_of": event.groups_of,
             "groups": event.groups,
         }
+    if isinstance(event, LogoutRequested):
+        return {"k": "logout", "user": event.user, "device": event.device}
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -168,6 +176,9 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
         return SettingsHeard(record, int(data["v"]))
     if kind == "reread":
         return Reread(*(tuple(str(name) for name in data[k]) for k in _REREAD_FIELDS))
+    if kind == "logout":
+        device = data["device"]
+        return LogoutRequested(str(data["user"]), None if device is None else str(device))
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

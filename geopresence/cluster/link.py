@@ -6,10 +6,11 @@
   Redis pub/sub (sharded SSUBSCRIBE/SPUBLISH on a Cluster);
 - a ``RedisJournal`` (the hub's journal): durable records written to Redis, then announced
   to the nodes that hold what they change (``RedisJournal.notices``: ``Arrivals.notices``;
-  forgets and logouts on the feed stream every node reads, ``RedisFeed``);
+  forgets and watermarks on the feed stream every node reads, ``RedisFeed``);
 - a ``RedisPresence``: which node holds each alive device, the once-decided online/offline
   transitions (published on the users' and small groups' channels, not the feed), and the
-  sweeper of gone nodes' devices;
+  sweeper of gone nodes' devices; a device it ends that another node holds (taken over,
+  logged out) is that node's to close, told on its control channel (``Control``);
 - ``Watermarks``: this node's part in the chat horizon (messages shown in id order);
 - the node lease in ``gp:nodes`` (``NodeLease``): two live nodes never share a Snowflake node
   id, and the other nodes know this one is alive while it renews it (every second).
@@ -19,7 +20,7 @@ that entry on and serve: a node loads nothing of the population.
 
 A node holds only the friendships and groups of the users it serves (``Holdings``: read
 from Redis as a session or request needs them, and again when a notice on the users' inbox
-or the group's channel says they changed). The feed carries only forgets, logouts and
+or the group's channel says they changed). The feed carries only forgets and
 watermarks. A node holds the locations, statuses and settings its
 sessions need (``.views``, ``.covered``, ``.kept_settings``); moves arrive on the users'
 channels (``Arrivals``). Strangers are searched in Redis (``RedisStrangers``).
@@ -66,7 +67,6 @@ from geopresence.core.hub import Hub
 from geopresence.core.replication import (
     FeedOp,
     LocationSet,
-    LogoutRequested,
     PresenceSet,
 )
 from geopresence.core.statuses import Held
@@ -172,8 +172,8 @@ class ClusterLink:
         self.presence.device_ended(user, device, last_active_at, logout=logout)
 
     def logout(self, user: str, device: str | None, last_active_at: float | None) -> None:
-        # On the feed, durable and in order: every node ends the device if it holds it.
-        self.journal.replicate(LogoutRequested(user, device))
+        # Redis ends the device wherever it is held; its holder is told on its control
+        # channel (``Control.logged_out``).
         if device is None:
             self.presence.logout_user(user, last_active_at)
         else:
@@ -369,6 +369,8 @@ class ClusterLink:
                     await self.broker.subscribed()
                     arrivals.control = control
                     self.presence.on_taken_over = control.taken_over
+                    self.presence.on_logged_out = control.logged_out
+                    control.reported = self.presence.flush
                     self.presence.on_offline_at = arrivals.went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:

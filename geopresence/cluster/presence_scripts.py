@@ -39,8 +39,16 @@ end
 ALIVE: Final = (
     _NEXT_VERSION
     + """
--- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms)
+-- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms), the
+-- incarnation a reclaim reports it for ('' if none)
 local k = KEYS[1]
+local out = 'lo:' .. ARGV[1]
+local prefix = ARGV[5] .. ' '
+if ARGV[5] ~= '' and string.sub(redis.call('HGET', k, out) or '', 1, #prefix) == prefix then
+  return {-1, redis.call('HGET', k, 'last_active_at') or '', redis.call('HGET', k, 'v') or '0',
+          redis.call('HGET', k, 'status') or 'offline', ''}
+end
+redis.call('HDEL', k, out)
 local before = redis.call('HGET', k, 'd:' .. ARGV[1]) or ''
 redis.call('HSET', k, 'd:' .. ARGV[1], ARGV[2])
 local last = redis.call('HGET', k, 'last_active_at')
@@ -59,21 +67,33 @@ return {0, last, redis.call('HGET', k, 'v') or '0', 'online', before}
 last, v, 'online', before} if this made the user online, else {0, last, v, 'online',
 before}: the current state, so that a node whose reply to the deciding call was lost learns
 it from its next call; ``before`` is the incarnation that held the device until now ('' if
-none), which must close its connection of it (4002)."""
+none), which must close its connection of it (4002). A reclaim (a node that lost its lease
+reports its devices again for its old incarnation) of a device logged out from that
+incarnation meanwhile changes nothing: {-1, last, v, status, ''}, and the node closes its
+connection of it (4001)."""
+
+TOMBSTONE_MS: Final = 86_400_000
+"""How long a logout's tombstone stays (a day): longer than any pub/sub gap a node lives
+through while holding its lease."""
 
 END: Final = (
     _NEXT_VERSION
+    + f"local TOMBSTONE_MS = {TOMBSTONE_MS}\n"
     + """
 -- KEYS[1] presence hash; ARGV: device, mode ('end' | 'logout' | 'logout_all' | 'legacy'),
 -- holder, last_active_at (s, '' if unknown), now (ms)
 local k = KEYS[1]
 local mode = ARGV[2]
+local logout = mode == 'logout' or mode == 'logout_all'
 local ended = {}
 local alive = 0
 local fields = redis.call('HGETALL', k)
 for i = 1, #fields, 2 do
   local name = fields[i]
-  if string.sub(name, 1, 2) == 'd:' then
+  if string.sub(name, 1, 3) == 'lo:' then
+    local at = tonumber(string.match(fields[i + 1], ' (%d+)$') or '0')
+    if at < tonumber(ARGV[5]) - TOMBSTONE_MS then redis.call('HDEL', k, name) end
+  elseif string.sub(name, 1, 2) == 'd:' then
     local device = string.sub(name, 3)
     local drop = false
     if mode == 'logout_all' then
@@ -90,6 +110,8 @@ for i = 1, #fields, 2 do
     if drop then
       redis.call('HDEL', k, name)
       table.insert(ended, device)
+      table.insert(ended, fields[i + 1])
+      if logout then redis.call('HSET', k, 'lo:' .. device, fields[i + 1] .. ' ' .. ARGV[5]) end
     else
       alive = alive + 1
     end
@@ -109,16 +131,19 @@ if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
 else
   reply = {0, last, redis.call('HGET', k, 'v') or '0', redis.call('HGET', k, 'status') or 'offline'}
 end
-for _, device in ipairs(ended) do table.insert(reply, device) end
+for _, entry in ipairs(ended) do table.insert(reply, entry) end
 return reply
 """
 )
 """End a device: ``end`` only if ``holder`` still holds it (another node that took it over
 meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the user,
 ``legacy`` a device recorded by an older version (its value a deadline, not a holder).
-``last_active_at`` raises the user's if this ended a device. {1, last, v, 'offline', ended
-devices...} if this left the user without a device, else {0, last, v, status, ended
-devices...}."""
+``last_active_at`` raises the user's if this ended a device. {1, last, v, 'offline',
+device, its holder, ...} for the devices ended if this left the user without a device,
+else {0, last, v, status, device, its holder, ...}. A logout leaves a tombstone per device,
+``lo:<device>`` -> ``"<holder> <now ms>"``, which the device's next ``ALIVE`` removes: the
+evidence a holder that missed its notice finds (``geopresence.cluster.control``); older
+than ``TOMBSTONE_MS``, it is dropped by the next ``END``."""
 
 _LEASES: Final = """
 -- gp:nodes holds n:<N> -> "<token> <renewed ms> <expires ms>", each live incarnation's lease,

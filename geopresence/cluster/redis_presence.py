@@ -91,13 +91,21 @@ class RedisPresence:
         self._may_sweep = may_sweep
         """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
+        self._previous: str | None = None
+        """The incarnation this node held before its current one (None: none)."""
         self.on_taken_over: Callable[[str, str, str], None] | None = None
         """Called with (user, device, incarnation) when a session here took a device over
         from another incarnation, whose node must close its connection of it (4002)."""
+        self.on_logged_out: Callable[[str, str, str], None] | None = None
+        """Called with (user, device, incarnation) when a logout reported here ended a
+        device ``incarnation`` held, whose node must close its connection of it (4001),
+        and when a device reported again after a lost lease had been logged out from the
+        old ``incarnation`` meanwhile."""
         self.on_offline_at: Callable[[str, bytes], None] | None = None
         """Called with (user, its last ``gp:loc:{U}``) for a user made offline here."""
-        self._reclaimed: set[tuple[str, str]] = set()
-        """Devices reported again after a lost lease, until their report is applied."""
+        self._reclaimed: dict[tuple[str, str], str] = {}
+        """Devices reported again after a lost lease, until their report is applied: the
+        incarnation they were held for."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -129,6 +137,8 @@ class RedisPresence:
 
     @holder.setter
     def holder(self, incarnation: str | None) -> None:
+        if self._holder is not None and incarnation != self._holder:
+            self._previous = self._holder
         self._holder = incarnation
         self._wakeup.set()
 
@@ -136,7 +146,7 @@ class RedisPresence:
 
     def device_alive(self, user: str, device: str, at: float) -> None:
         key = (user, device)
-        self._reclaimed.discard(key)  # a new session: its takeover is news
+        self._reclaimed.pop(key, None)  # a new session: its takeover is news
         if key in self._applied_now:  # the session's report, right after ``alive_now``
             self._applied_now.discard(key)
             return
@@ -153,9 +163,11 @@ class RedisPresence:
 
     def reclaim(self, devices: Iterable[tuple[str, str, float]]) -> None:
         """Report again every (user, device, last activity) alive on this node: it is a new
-        incarnation, and what its old one held is the sweepers' now."""
+        incarnation, and what its old one held is the sweepers' now (but a device logged
+        out from the old one meanwhile: ``on_logged_out``)."""
+        previous = self._previous or ""
         for user, device, last_active in devices:
-            self._reclaimed.add((user, device))
+            self._reclaimed[(user, device)] = previous
             self._report(user, device, ("alive", last_active))
 
     async def alive_now(self, user: str, device: str, at: float) -> None:
@@ -269,7 +281,8 @@ class RedisPresence:
                 for user, device, (kind, when) in ops:
                     key = [keys.of("presence", user)]
                     if kind == "alive":
-                        args = [device, holder, repr(when), now_ms]
+                        previous = self._reclaimed.get((user, device), "")
+                        args = [device, holder, repr(when), now_ms, previous]
                         requests.append(pipe.evalsha(self._alive_sha, keys=key, args=args))
                     else:
                         last = "" if when is None else repr(when)
@@ -284,10 +297,15 @@ class RedisPresence:
         ended = 0
         for (user, device, (kind, _)), result in zip(ops, results, strict=True):
             if kind == "alive":
+                reclaimed_for = self._reclaimed.pop((user, device), None)
+                if int(result[0]) == -1:  # a reclaim of a device logged out meanwhile
+                    held[member(user, device)] = False
+                    if self.on_logged_out is not None:
+                        self.on_logged_out(user, device, reclaimed_for or holder)
+                    continue
                 held[member(user, device)] = True
                 before = string(result[4]) if len(result) > 4 else ""
-                reclaimed = (user, device) in self._reclaimed
-                self._reclaimed.discard((user, device))
+                reclaimed = reclaimed_for is not None
                 if before and before != holder and not reclaimed and self.on_taken_over:
                     # The device's older connection is on another node: it closes (4002).
                     # Not after a reclaim: a device another node took over meanwhile has
@@ -296,9 +314,15 @@ class RedisPresence:
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False
-                for name in result[4:]:
-                    held[member(user, string(name))] = False
+                pairs = [string(entry) for entry in result[4:]]
+                for name, by in zip(pairs[0::2], pairs[1::2], strict=True):
+                    held[member(user, name)] = False
                     ended += 1
+                    logout = kind in ("logout", "logout_all")
+                    if logout and by != holder and self.on_logged_out is not None:
+                        # Its connection is on another node (or this one's before it
+                        # lost its lease): that node closes it (4001).
+                        self.on_logged_out(user, name, by)
             if self._result(user, result) == "offline":
                 offline.append(user)
         dropped = [entry for entry, kept in held.items() if not kept]
@@ -318,7 +342,7 @@ class RedisPresence:
         or a state newer than the replica's (the reply to the deciding call was lost, and a
         retry or a later report finds the transition already made). Returns the status
         announced, if any."""
-        decided = bool(int(result[0]))
+        decided = int(result[0]) == 1
         version = int(string(result[2]))
         if not decided and version <= self._known_version(user):
             return None

@@ -6,7 +6,7 @@ Redis through the ``Journal`` seam: ``RedisJournal.append`` queues a durable rec
 writes it to the keys (``geopresence.cluster.redis_keys``) in order, through ``WRITERS``
 (feed op kind -> commands). Most records (``OFF_FEED``: settings, friendships, groups, chat)
 then reach only the nodes that hold what they change, on channels, once written
-(``on_written``, ``chat_writes``); the rest (forgets, logouts, watermarks) are appended, in
+(``on_written``, ``chat_writes``); the rest (forgets, watermarks) are appended, in
 the same pipeline, to the feed stream every node reads (``geopresence.cluster.redis_feed``).
 A record is *durable* once Redis has it, so acks (``sent``, ``settings``, HTTP writes) wait
 for Redis exactly as they wait for the disk with one node. ``geopresence.cluster.redis_load``

@@ -3,7 +3,7 @@
 With several nodes (``--redis``), Redis holds the shared state and each node the slices of
 it its sessions need, in its hub's stores (the hub answers synchronously). A change made on
 one node reaches the nodes that hold what it changes as a *feed op*, applied by
-``Hub.apply_feed``. The name is historical: only forgets, logouts and watermarks still travel
+``Hub.apply_feed``. The name is historical: only forgets and watermarks still travel
 on the feed stream every node reads (``geopresence.cluster.redis_feed``); the rest reach only the
 nodes that need them, on channels (``geopresence.cluster.link``):
 
@@ -13,8 +13,9 @@ nodes that need them, on channels (``geopresence.cluster.link``):
 - ``LocationSet``: an accepted location update (``gp:loc:{U}``), on the user's channel;
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``), on the user's and small groups' channels;
-- ``LogoutRequested``: a logout through the HTTP API, on the feed (every node ends the device
-  if it holds it);
+- ``LogoutRequested``: a logout made on another node that ended a device this node holds,
+  on this node's control channel (``geopresence.cluster.control``; older versions put it
+  on the feed, for every node);
 - ``Watermark``: nothing but the entry itself, from an idle node: every feed entry says below
   which message id the node will never commit again (``geopresence.core.chat_horizon``).
 
@@ -61,7 +62,7 @@ class PresenceSet:
 
 @attrs.frozen
 class LogoutRequested:
-    """Log ``device`` of ``user`` out (every device when None) on every node."""
+    """Log ``device`` of ``user`` out (every device when None) on the node it reaches."""
 
     user: str
     device: str | None
@@ -149,8 +150,8 @@ class Replicator(Protocol):
       the transition to offline is announced as above.
     - ``logout(user, device, last_active_at)``: end ``device`` (every device of the user
       when None) on every node at once, whichever node holds it (or held it, if that node
-      died), and have the other nodes close its connections (a ``LogoutRequested`` on the
-      feed); ``last_active_at`` as above.
+      died), and have the node that holds it close its connection (a ``LogoutRequested``
+      on that node's control channel); ``last_active_at`` as above.
     """
 
     def replicate(self, op: FeedOp) -> None: ...

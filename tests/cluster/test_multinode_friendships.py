@@ -122,9 +122,10 @@ async def test_a_session_is_refused_when_its_friends_cannot_be_read(tmp_path: Pa
 
 
 @contextmanager
-def with_a_mute_writer(tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
+def with_a_mute_writer(tmp_path: Path) -> Iterator[tuple[Node, Node, Node, int]]:
     """Nodes a and c, and w, whose Redis user may do everything but publish: it writes a
-    change, then cannot announce it (it retries, unacknowledged, until it is killed)."""
+    change, then cannot announce it (it retries, unacknowledged, until it is killed); and
+    the Redis port."""
     with cluster_of("standalone", 2, tmp_path) as ((a, c), args):
         port = int(args[1].rsplit(":", 1)[1].split("/")[0])
         subprocess.run(
@@ -134,7 +135,7 @@ def with_a_mute_writer(tmp_path: Path) -> Iterator[tuple[Node, Node, Node]]:
         )  # fmt: skip
         w = start_node(["--redis", f"redis://mute:pw@127.0.0.1:{port}/0"], 3, tmp_path)
         try:
-            yield a, c, w
+            yield a, c, w, port
         finally:
             if w.proc.poll() is None:
                 w.proc.terminate()
@@ -146,7 +147,7 @@ async def test_a_retried_befriend_after_its_node_died_reaches_the_sessions(
 ) -> None:
     """From a review: a friendship stored by a node killed before it announced it; the
     client retries through another node, which finds it made and announces it again."""
-    with with_a_mute_writer(tmp_path) as (a, c, w):
+    with with_a_mute_writer(tmp_path) as (a, c, w, _):
         async with (
             a.admin() as admin_a,
             w.admin() as admin_w,
@@ -169,7 +170,7 @@ async def test_a_retried_befriend_after_its_node_died_reaches_the_sessions(
 async def test_a_retried_member_add_after_its_node_died_reaches_the_session(
     tmp_path: Path,
 ) -> None:
-    with with_a_mute_writer(tmp_path) as (a, c, w):
+    with with_a_mute_writer(tmp_path) as (a, c, w, _):
         async with a.admin() as admin_a, w.admin() as admin_w:
             await admin_a.set_group("club", ["zed"])
             async with session(c, "alice") as alice, session(c, "zed") as zed:

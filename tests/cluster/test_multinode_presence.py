@@ -25,6 +25,7 @@ from tests.cluster.test_multinode import (
     nothing_of,
     session,
 )
+from tests.cluster.test_multinode_friendships import with_a_mute_writer
 
 KINDS = pytest.mark.parametrize("kind", ["standalone", "cluster"])
 
@@ -128,6 +129,41 @@ async def test_a_logout_through_another_node_ends_the_device_at_once(
             await nothing_of(bob, "presence", OFFLINE_AFTER + 1.0)
 
 
+async def test_a_logout_whose_notice_was_lost_ends_the_device_after_a_gap(
+    tmp_path: Path,
+) -> None:
+    """A logout through node w, which cannot publish: its notice to node a is lost, and
+    alice's phone stays connected there until a's control channel has a gap (its pub/sub
+    connection is killed): a then finds the tombstone the logout left and closes it (4001).
+    Her tablet and bob, with none, stay; so do they after Redis lost its data and a gap."""
+    with with_a_mute_writer(tmp_path) as (a, _, w, port):
+        async with (
+            session(a, "alice") as phone,
+            session(a, "alice", "tablet") as tablet,
+            session(a, "bob") as bob,
+        ):
+            async with w.admin() as admin:
+                answer = await admin.logout("alice", "phone")
+            assert answer["devices_logged_out"] == 1
+            with trio.move_on_after(1.5):
+                await phone.closed()
+                raise AssertionError("closed without its notice")
+            kill_subscribers(port)
+            with trio.fail_after(10):
+                code, _ = await phone.closed()
+            assert code == 4001
+            subprocess.run(["redis-cli", "-p", str(port), "FLUSHALL"], check=True)
+            kill_subscribers(port)
+            await trio.sleep(2.0)
+            for client in (tablet, bob):
+                assert "server_time" in await client.request("heartbeat")  # still connected
+
+
+def kill_subscribers(port: int) -> None:
+    """Cut every pub/sub connection to the Redis on ``port`` (their nodes reconnect)."""
+    subprocess.run(["redis-cli", "-p", str(port), "CLIENT", "KILL", "TYPE", "pubsub"], check=True)
+
+
 @KINDS
 async def test_a_user_s_devices_are_counted_on_every_node(kind: str, tmp_path: Path) -> None:
     """``GET /v1/users/alice`` counts her devices on every node, whichever node answers,
@@ -140,7 +176,7 @@ async def test_a_user_s_devices_are_counted_on_every_node(kind: str, tmp_path: P
             async with a.admin() as admin:
                 answer = await admin.logout("alice")
             assert answer["devices_logged_out"] == 2
-            # b ends its device when the logout reaches it (on the feed): a moment later.
+            # b ends its device when the logout reaches it (its control channel): a moment later.
             assert await devices_seen(b, "alice", 0) == 0
 
 

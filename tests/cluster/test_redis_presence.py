@@ -13,7 +13,7 @@ import coredis
 import trio
 
 from geopresence.cluster.presence_scripts import ALIVE
-from geopresence.cluster.redis_keys import Keys, strings
+from geopresence.cluster.redis_keys import Keys, string, strings
 from geopresence.cluster.redis_nodes import NodeLease, read_registry
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.core.replication import PresenceSet
@@ -238,7 +238,7 @@ async def test_logouts_data_loss_and_a_logout_overtaken_by_a_reconnect() -> None
             await settle(b)
             assert nodes.transitions("dan") == ["online", "offline"]
             assert await nodes.held(lease_a) == ["dan\nphone"]  # a superset, until a hears:
-            a.device_ended("dan", "phone", None, logout=False)  # the logout, off the feed
+            a.device_ended("dan", "phone", None, logout=False)  # the logout, told to a
             await settle(a)
             assert nodes.transitions("dan") == ["online", "offline"]
             # A logout and a reconnect reported before either reached Redis: offline, then
@@ -273,7 +273,7 @@ async def test_a_transition_whose_reply_was_lost_is_announced_by_the_next_call()
             await client.eval(
                 ALIVE,
                 keys=[keys.of("presence", "alice")],
-                args=["phone", "1/x", repr(T0), str(int(T0 * 1000))],
+                args=["phone", "1/x", repr(T0), str(int(T0 * 1000)), ""],
             )  # what the lost call did
             async with trio.open_nursery() as nursery:
                 await nursery.start(presence.run)
@@ -351,3 +351,70 @@ async def test_a_takeover_is_told_to_the_old_holder_but_not_after_a_reclaim() ->
             a.reclaim([("alice", "phone", T0)])
             await settle(a)
             assert told_by_a == []
+
+
+async def test_a_logout_names_the_holders_and_leaves_tombstones(any_redis: AnyRedis) -> None:
+    """A logout through b of devices a holds names a's incarnation for each (its node closes
+    them, 4001) and leaves a tombstone per device, which the device's next session removes;
+    a tombstone older than a day goes with the user's next end."""
+    async with two_nodes(any_redis) as (nodes, a, b, lease_a, lease_b):
+        told: list[tuple[str, str, str]] = []
+        b.on_logged_out = lambda *notice: told.append(notice)
+        a.device_alive("fay", "phone", T0)
+        a.device_alive("fay", "tablet", T0)
+        b.device_alive("fay", "laptop", T0)
+        await settle(a, b)
+        b.logout_user("fay", None)
+        await settle(b)
+        mine = lease_a.incarnation
+        assert sorted(told) == [("fay", "phone", mine), ("fay", "tablet", mine)]  # not b's own
+        key = nodes.keys.of("presence", "fay")
+        tombstones = {k: v for k, v in (await hash_of(any_redis, key)).items() if k[:3] == "lo:"}
+        now_ms = int(T0 * 1000)
+        assert tombstones == {
+            f"lo:{device}": f"{holder} {now_ms}"
+            for device, holder in (
+                ("phone", mine),
+                ("tablet", mine),
+                ("laptop", lease_b.incarnation),
+            )
+        }
+        a.device_alive("fay", "phone", T0 + 1)  # a new session of the phone
+        await settle(a)
+        assert "lo:phone" not in await hash_of(any_redis, key)
+        nodes.clock.now = T0 + 86_400 + 1
+        a.device_ended("fay", "phone", T0 + 2, logout=False)
+        await settle(a)
+        assert [k for k in await hash_of(any_redis, key) if k[:3] == "lo:"] == []
+
+
+async def test_a_reclaim_leaves_a_device_logged_out_meanwhile_logged_out() -> None:
+    """Node a was stalled past its lease while b logged out alice's phone, held by a's old
+    incarnation: a's new incarnation reports its devices again, but not that one: it is
+    told to close it (4001), and alice stays offline (online, offline: no flap)."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
+            told: list[tuple[str, str, str]] = []
+            a.on_logged_out = lambda *notice: told.append(notice)
+            a.device_alive("alice", "phone", T0)
+            a.device_alive("bob", "phone", T0)
+            await settle(a)
+            old = lease_a.incarnation
+            b.on_logged_out = lambda *notice: None  # its notice is lost with a's lease
+            b.device_ended("alice", "phone", None, logout=True)
+            await settle(b)
+            await advance(nodes.clock, T0 + LEASE + 1, lease_b)
+            assert not await lease_a.renew()
+            assert await lease_a.retake() == 0
+            a.holder = lease_a.incarnation
+            a.reclaim([("alice", "phone", T0), ("bob", "phone", T0)])
+            await settle(a)
+            assert told == [("alice", "phone", old)]
+            assert await nodes.held(lease_a) == ["bob\nphone"]
+            assert nodes.transitions("alice") == ["online", "offline"]
+            assert nodes.transitions("bob") == ["online"]
+
+
+async def hash_of(client: Any, key: str) -> dict[str, str]:
+    return {string(k): string(v) for k, v in (await client.hgetall(key)).items()}
