@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from geopresence.cluster.channel_events import Replaced, Reread, SettingsHeard
+from geopresence.cluster.channel_events import LoggedOut, Replaced, Reread, SettingsHeard
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.holdings import Holdings
 from geopresence.cluster.redis_strangers import RedisStrangers
@@ -30,7 +30,7 @@ from geopresence.core.chat import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested, PresenceSet
+from geopresence.core.replication import FeedOp, LocationSet, PresenceSet
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -158,7 +158,7 @@ class Arrivals:
             return True
         if isinstance(event, GoneEvent) and event.reason == "hidden":
             self._hidden(event.user)
-        if isinstance(event, LogoutRequested):
+        if isinstance(event, LoggedOut):
             if self.control is not None:
                 self.control.on_logout(event)
             return True

@@ -21,12 +21,7 @@ import orjson
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import (
-    LogoutRequested,
-    PresenceSet,
-    feed_from_json,
-    feed_to_json,
-)
+from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import SettingsChanged, record_from_json, record_to_json
 from geopresence.wire.outbox import Outgoing
@@ -41,6 +36,17 @@ class Replaced:
     user: str
     device: str
     incarnation: str
+
+
+@attrs.frozen
+class LoggedOut:
+    """On a node's control channel: a logout made on another node at ``at`` (epoch
+    seconds) ended ``user``'s ``device``, which this node held; it ends it here (4001)
+    unless the device's connection here opened after."""
+
+    user: str
+    device: str
+    at: float
 
 
 @attrs.frozen
@@ -75,7 +81,7 @@ ChannelEvent = (
     | PresenceSet
     | SettingsHeard
     | Reread
-    | LogoutRequested
+    | LoggedOut
 )
 
 
@@ -133,8 +139,8 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
             "groups_of": event.groups_of,
             "groups": event.groups,
         }
-    if isinstance(event, LogoutRequested):
-        return {"k": "logout", "user": event.user, "device": event.device}
+    if isinstance(event, LoggedOut):
+        return {"k": "logout", "user": event.user, "device": event.device, "at": event.at}
     if isinstance(event, Replaced):
         return {
             "k": "replaced",
@@ -177,8 +183,7 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
     if kind == "reread":
         return Reread(*(tuple(str(name) for name in data[k]) for k in _REREAD_FIELDS))
     if kind == "logout":
-        device = data["device"]
-        return LogoutRequested(str(data["user"]), None if device is None else str(device))
+        return LoggedOut(str(data["user"]), str(data["device"]), float(data["at"]))
     if kind == "replaced":
         return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
     raise ValueError(f"unknown channel event kind {kind!r}")

@@ -1,35 +1,35 @@
 """A node's control channel (cluster): what one node must do, sent to that node alone.
 
 Each node listens to ``control:<id>`` (``gp:control:{<id>}`` in Redis) from its start. It
-carries what ends a device's connection on the node that holds it, decided elsewhere:
+carries what ends a device on the node that holds it, decided elsewhere:
 
 - ``Replaced``: a session of a device opened on another node, and the ``ALIVE`` script
   named this node's incarnation as the device's holder until then: close its connection
-  here (4002);
-- ``LogoutRequested``: a logout made on another node, whose ``END`` script ended a device
-  this node held: close its connection here (4001).
+  here (4002), unless Redis says the device came back here meanwhile;
+- ``LoggedOut``: a logout made on another node ended a device this node held (the ``END``
+  script names each device's holder): end it here (4001), unless its connection here opened
+  after the logout.
 
-The holder asks Redis who holds the device before closing: a notice that arrives after the
-device came back to it closes nothing. A notice is sent once (pub/sub). When this node's
-channel may have lost some (a gap: its Redis connection was lost, or the Cluster moved the
-channel), ``recheck`` reads, for each device connected here, its holder and the tombstone a
-logout leaves (``lo:<device>``, ``presence_scripts.END``): a device another node holds was
-taken over; one no node holds, logged out from this node, was logged out. Nothing else
-closes: a Redis that lost its data (no holder, no tombstone) closes nothing, nor does a
-device held by this node's previous incarnation (a lost lease, being reported again).
+A notice is published until Redis takes it (a few tries), then once: pub/sub loses what
+is sent while the receiving node's connection is down. Redis keeps what a lost notice said:
+the device's holder, and a logout's tombstone with its time (``presence_scripts.END``). So
+when this node's channel may have lost some (a gap: its Redis connection was lost, or the
+Cluster moved the channel), ``recheck`` reads them for each device alive here: one another
+node holds was taken over; one no node holds, logged out after its connection here opened,
+was logged out. Nothing else ends: a Redis that lost its data (no holder, no tombstone)
+ends nothing, nor does a device held by this node's previous incarnation (a lost lease).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from geopresence.cluster.channel_events import Replaced
+from geopresence.cluster.channel_events import LoggedOut, Replaced
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import pipelined
-from geopresence.core.replication import LogoutRequested
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -39,10 +39,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("geopresence.redis")
 
+TRIES: Final = 5
+"""Publishes of a notice before it is given up (a second more between each)."""
+
 
 def node_channel(node_id: int | str) -> str:
     """A node's control channel (``gp:control:{3}`` in Redis)."""
     return f"control:{node_id}"
+
+
+def node_of(incarnation: str | bytes) -> str:
+    """The node id of an incarnation (``<node id>/<token>``)."""
+    return string(incarnation).partition("/")[0]
+
+
+def logged_out_at(tombstone: str | bytes | None) -> float:
+    """A tombstone's time in epoch seconds (``"<holder> <ms>"``; -1 for none)."""
+    return -1.0 if tombstone is None else int(string(tombstone).rpartition(" ")[2]) / 1000
 
 
 async def _nothing_queued() -> None:
@@ -79,34 +92,39 @@ class Control:
         self.channel = node_channel(node_id)
         self._broker.hold(self.channel)
 
-    def logged_out(self, user: str, device: str, incarnation: str) -> None:
-        """A logout made here ended ``user``'s ``device``, which ``incarnation`` held:
-        its node closes its connection of it (this node's own, here, at once)."""
-        node_id = incarnation.partition("/")[0]
-        if node_id != self.node_id:
-            self._broker.publish_remote([node_channel(node_id)], LogoutRequested(user, device))
-            return
-        conn = self._hub.connection_of(user, device)
-        if conn is not None:
-            self._hub.logged_out_elsewhere(user, device, conn)
-
-    def on_logout(self, event: LogoutRequested) -> None:
-        """Another node's logout ended a device held here: close its connection (4001)."""
-        if event.device is None:  # not sent so by this version: every device of the user
-            devices = self._hub.lifecycle.presence.device_names(event.user)
-        else:
-            devices = [event.device]
-        for device in devices:
-            conn = self._hub.connection_of(event.user, device)
-            if conn is not None:
-                self._nursery.start_soon(self._close, event.user, device, conn, True)
+    # ---------------------------------------------------------------- telling
 
     def taken_over(self, user: str, device: str, incarnation: str) -> None:
         """A session here took ``user``'s ``device`` over from ``incarnation``: tell its
         node, which closes its connection of it (4002)."""
-        node_id = incarnation.partition("/")[0]
-        event = Replaced(user, device, incarnation)
-        self._broker.publish([node_channel(node_id)], event)
+        self._tell(node_of(incarnation), Replaced(user, device, incarnation))
+
+    def logged_out(self, user: str, device: str, incarnation: str, at: float) -> None:
+        """A logout made at ``at`` ended ``user``'s ``device``, which ``incarnation`` held:
+        its node ends it (this node's own, here, at once)."""
+        node_id = node_of(incarnation)
+        if node_id == self.node_id:
+            self._hub.logged_out_elsewhere(user, device, at)
+        else:
+            self._tell(node_id, LoggedOut(user, device, at))
+
+    def _tell(self, node_id: str, event: Replaced | LoggedOut) -> None:
+        publications = self._broker.publications([node_channel(node_id)], event)
+        self._nursery.start_soon(self._publish, publications, event.user)
+
+    async def _publish(self, publications: list[tuple[str, str, bytes]], user: str) -> None:
+        for attempt in range(TRIES):
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for command, channel, data in publications:
+                        getattr(pipe, command)(channel, data)
+                return
+            except Exception as exc:
+                log.warning("a control notice about %s was not published (%s)", user, exc)
+                await trio.sleep(1.0 + attempt)
+        log.error("a control notice about %s was given up: its node finds it after a gap", user)
+
+    # ---------------------------------------------------------------- obeying
 
     def on_replaced(self, event: Replaced) -> None:
         """Another node ended one of this node's devices: close its connection here."""
@@ -114,56 +132,69 @@ class Control:
             return  # meant for an earlier run of this node id: it holds nothing now
         conn = self._hub.connection_of(event.user, event.device)
         if conn is not None:
-            self._nursery.start_soon(self._close, event.user, event.device, conn, False)
+            self._nursery.start_soon(self._close_replaced, event, conn)
 
-    async def _close(self, user: str, device: str, conn: int, logout: bool) -> None:
+    async def _close_replaced(self, event: Replaced, conn: int) -> None:
         """Close ``conn`` unless the device came back here meanwhile: Redis says who holds
         it now (a session here reports its device before its welcome)."""
+        if not await self._held_here(event.user, event.device):
+            self._hub.replaced_elsewhere(event.user, event.device, conn)
+
+    def on_logout(self, event: LoggedOut) -> None:
+        """Another node's logout ended a device held here: end it (4001) unless its
+        connection here opened after the logout."""
+        since = self._hub.lifecycle.presence.since(event.user, event.device)
+        if since is not None and since < event.at:
+            self._nursery.start_soon(self._end_logged_out, event)
+
+    async def _end_logged_out(self, event: LoggedOut) -> None:
+        # Clocks differ a little between nodes: a session that reconnected here right
+        # after the logout is held here in Redis, and stays.
+        if not await self._held_here(event.user, event.device):
+            self._hub.logged_out_elsewhere(event.user, event.device, event.at)
+
+    async def _held_here(self, user: str, device: str) -> bool:
         key = self._keys.of("presence", user)
         try:
             holder = await self._client.hget(key, f"d:{device}")
         except Exception as exc:
-            log.warning("could not ask who holds %s's device (%s): closing it", user, exc)
-            holder = None
-        if holder is not None and string(holder) == self._incarnation():
-            return
-        if logout:
-            self._hub.logged_out_elsewhere(user, device, conn)
-        else:
-            self._hub.replaced_elsewhere(user, device, conn)
+            log.warning("could not ask who holds %s's device (%s): ending it", user, exc)
+            return False
+        return holder is not None and string(holder) == self._incarnation()
+
+    # ---------------------------------------------------------------- after a gap
 
     def recheck(self) -> None:
-        """This node's channel may have lost notices: Redis says which devices connected
-        here were logged out or taken over meanwhile (``_recheck``)."""
+        """This node's channel may have lost notices: Redis says which devices alive here
+        were logged out or taken over meanwhile (``_recheck``)."""
         self._nursery.start_soon(self._recheck)
 
     async def _recheck(self) -> None:
         hub, keys = self._hub, self._keys
-        conns = {
-            (user, device): conn
-            for user, device, _ in hub.lifecycle.presence.alive_devices()
-            if (conn := hub.connection_of(user, device)) is not None
-        }
+        devices = [
+            (user, device, since)
+            for user, device, _, since in hub.lifecycle.presence.alive_devices()
+        ]
         try:
             await self.reported()  # else a device just reported would look logged out
             replies = await pipelined(
                 self._client,
-                list(conns),
-                lambda pipe, key: pipe.hmget(
-                    keys.of("presence", key[0]), [f"d:{key[1]}", f"lo:{key[1]}"]
+                devices,
+                lambda pipe, alive: pipe.hmget(
+                    keys.of("presence", alive[0]), [f"d:{alive[1]}", f"lo:{alive[1]}", "lo:*"]
                 ),
             )
         except Exception as exc:
             log.warning("could not check this node's devices after a gap (%s)", exc)
             return
-        for ((user, device), conn), (holder, tombstone) in zip(conns.items(), replies, strict=True):
+        for (user, device, since), (holder, tombstone, everyone) in zip(
+            devices, replies, strict=True
+        ):
             if holder is not None:
-                if self._node_of(holder) != self.node_id:
+                conn = hub.connection_of(user, device)
+                if node_of(holder) != self.node_id and conn is not None:
                     hub.replaced_elsewhere(user, device, conn)
-            elif tombstone is not None and self._node_of(tombstone) == self.node_id:
-                hub.logged_out_elsewhere(user, device, conn)
-
-    @staticmethod
-    def _node_of(value: bytes | str) -> str:
-        """The node id of an incarnation (``<node id>/<token>``), or of a tombstone's."""
-        return string(value).partition("/")[0]
+                continue
+            at = max(logged_out_at(tombstone), logged_out_at(everyone))
+            if at > since:
+                hub.logged_out_elsewhere(user, device, at)

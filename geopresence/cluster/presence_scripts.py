@@ -36,17 +36,26 @@ local function next_version(k, now_ms)
 end
 """
 
+_TOMBSTONES: Final = """
+-- A logout's tombstone: lo:<device> (or lo:* for every device) -> "<holder or -> <ms>".
+local function logged_out_at(value)
+  return tonumber(string.match(value or '', ' (%d+)$') or '-1')
+end
+"""
+
 ALIVE: Final = (
     _NEXT_VERSION
+    + _TOMBSTONES
     + """
--- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms), the
--- incarnation a reclaim reports it for ('' if none)
+-- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms), since (ms:
+-- when the device's connection opened on its node)
 local k = KEYS[1]
 local out = 'lo:' .. ARGV[1]
-local prefix = ARGV[5] .. ' '
-if ARGV[5] ~= '' and string.sub(redis.call('HGET', k, out) or '', 1, #prefix) == prefix then
+local logout = math.max(logged_out_at(redis.call('HGET', k, out)),
+                        logged_out_at(redis.call('HGET', k, 'lo:*')))
+if logout > tonumber(ARGV[5]) then
   return {-1, redis.call('HGET', k, 'last_active_at') or '', redis.call('HGET', k, 'v') or '0',
-          redis.call('HGET', k, 'status') or 'offline', ''}
+          redis.call('HGET', k, 'status') or 'offline', string.format('%d', logout)}
 end
 redis.call('HDEL', k, out)
 local before = redis.call('HGET', k, 'd:' .. ARGV[1]) or ''
@@ -67,32 +76,41 @@ return {0, last, redis.call('HGET', k, 'v') or '0', 'online', before}
 last, v, 'online', before} if this made the user online, else {0, last, v, 'online',
 before}: the current state, so that a node whose reply to the deciding call was lost learns
 it from its next call; ``before`` is the incarnation that held the device until now ('' if
-none), which must close its connection of it (4002). A reclaim (a node that lost its lease
-reports its devices again for its old incarnation) of a device logged out from that
-incarnation meanwhile changes nothing: {-1, last, v, status, ''}, and the node closes its
-connection of it (4001)."""
+none), which must close its connection of it (4002). A device logged out after its
+connection opened (``since``; a report that reached Redis late: a node that lost its lease
+and reports its devices again, one cut off meanwhile) is not made alive: {-1, last, v,
+status, the logout's time in ms}, and its node ends it (4001)."""
 
 TOMBSTONE_MS: Final = 86_400_000
-"""How long a logout's tombstone stays (a day): longer than any pub/sub gap a node lives
-through while holding its lease."""
+"""How long a logout's tombstone stays (a day), as far as the user's next ``END``: longer
+than any report of a device's can reach Redis late, or a pub/sub gap last, while its node
+holds its lease."""
 
 END: Final = (
     _NEXT_VERSION
+    + _TOMBSTONES
     + f"local TOMBSTONE_MS = {TOMBSTONE_MS}\n"
     + """
 -- KEYS[1] presence hash; ARGV: device, mode ('end' | 'logout' | 'logout_all' | 'legacy'),
 -- holder, last_active_at (s, '' if unknown), now (ms)
 local k = KEYS[1]
 local mode = ARGV[2]
+local now = ARGV[5]
 local logout = mode == 'logout' or mode == 'logout_all'
 local ended = {}
+local told = {}
+local dropped = 0
 local alive = 0
 local fields = redis.call('HGETALL', k)
 for i = 1, #fields, 2 do
-  local name = fields[i]
+  local name, value = fields[i], fields[i + 1]
   if string.sub(name, 1, 3) == 'lo:' then
-    local at = tonumber(string.match(fields[i + 1], ' (%d+)$') or '0')
-    if at < tonumber(ARGV[5]) - TOMBSTONE_MS then redis.call('HDEL', k, name) end
+    local device = string.sub(name, 4)
+    if logged_out_at(value) < tonumber(now) - TOMBSTONE_MS then
+      redis.call('HDEL', k, name)
+    elseif logout and device ~= '*' and (mode == 'logout_all' or device == ARGV[1]) then
+      told[device] = value  -- an earlier logout's (this one retried?): told again
+    end
   elseif string.sub(name, 1, 2) == 'd:' then
     local device = string.sub(name, 3)
     local drop = false
@@ -102,22 +120,44 @@ for i = 1, #fields, 2 do
       if mode == 'logout' then
         drop = true
       elseif mode == 'legacy' then
-        drop = tonumber(fields[i + 1]) ~= nil
+        drop = tonumber(value) ~= nil
       else
-        drop = fields[i + 1] == ARGV[3]
+        drop = value == ARGV[3]
       end
     end
     if drop then
       redis.call('HDEL', k, name)
+      dropped = dropped + 1
       table.insert(ended, device)
-      table.insert(ended, fields[i + 1])
-      if logout then redis.call('HSET', k, 'lo:' .. device, fields[i + 1] .. ' ' .. ARGV[5]) end
+      table.insert(ended, value)
+      if logout then
+        told[device] = nil
+        redis.call('HSET', k, 'lo:' .. device, value .. ' ' .. now)
+        table.insert(ended, now)
+      else
+        table.insert(ended, '')
+      end
+      table.insert(ended, '1')
     else
       alive = alive + 1
     end
   end
 end
-if #ended > 0 and ARGV[4] ~= '' then
+if mode == 'logout_all' then
+  redis.call('HSET', k, 'lo:*', '- ' .. now)
+elseif mode == 'logout' and redis.call('HEXISTS', k, 'lo:' .. ARGV[1]) == 0 then
+  redis.call('HSET', k, 'lo:' .. ARGV[1], '- ' .. now)  -- held by none: for a late report
+end
+for device, value in pairs(told) do
+  local holder, at = string.match(value, '^(%S+) (%d+)$')
+  if holder and holder ~= '-' then
+    table.insert(ended, device)
+    table.insert(ended, holder)
+    table.insert(ended, at)
+    table.insert(ended, '0')
+  end
+end
+if dropped > 0 and ARGV[4] ~= '' then
   local last = redis.call('HGET', k, 'last_active_at')
   if not last or tonumber(ARGV[4]) > tonumber(last) then
     redis.call('HSET', k, 'last_active_at', ARGV[4])
@@ -127,7 +167,7 @@ local last = redis.call('HGET', k, 'last_active_at') or ''
 local reply
 if alive == 0 and redis.call('HGET', k, 'status') == 'online' then
   redis.call('HSET', k, 'status', 'offline')
-  reply = {1, last, next_version(k, ARGV[5]), 'offline'}
+  reply = {1, last, next_version(k, now), 'offline'}
 else
   reply = {0, last, redis.call('HGET', k, 'v') or '0', redis.call('HGET', k, 'status') or 'offline'}
 end
@@ -138,12 +178,15 @@ return reply
 """End a device: ``end`` only if ``holder`` still holds it (another node that took it over
 meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the user,
 ``legacy`` a device recorded by an older version (its value a deadline, not a holder).
-``last_active_at`` raises the user's if this ended a device. {1, last, v, 'offline',
-device, its holder, ...} for the devices ended if this left the user without a device,
-else {0, last, v, status, device, its holder, ...}. A logout leaves a tombstone per device,
-``lo:<device>`` -> ``"<holder> <now ms>"``, which the device's next ``ALIVE`` removes: the
-evidence a holder that missed its notice finds (``geopresence.cluster.control``); older
-than ``TOMBSTONE_MS``, it is dropped by the next ``END``."""
+``last_active_at`` raises the user's if this ended a device. Replies {1, last, v,
+'offline', ...} if this left the user without a device, else {0, last, v, status, ...},
+then (device, its holder, the logout's time in ms or '', '1') for each device ended, and,
+for a logout, (device, holder, time, '0') for each earlier logout of the devices it ends
+(the holder is told again: this may be a retry whose first reply was lost). A logout
+leaves a tombstone, ``lo:<device>`` (``lo:*`` for every device) -> ``"<holder or -> <ms>"``:
+what a report that reaches Redis late (``ALIVE``'s ``since``) and a node that missed its
+notice (``geopresence.cluster.control``) judge by. A device's ``ALIVE`` removes its own;
+one older than ``TOMBSTONE_MS`` is dropped by the user's next ``END``."""
 
 _LEASES: Final = """
 -- gp:nodes holds n:<N> -> "<token> <renewed ms> <expires ms>", each live incarnation's lease,

@@ -91,21 +91,19 @@ class RedisPresence:
         self._may_sweep = may_sweep
         """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
-        self._previous: str | None = None
-        """The incarnation this node held before its current one (None: none)."""
         self.on_taken_over: Callable[[str, str, str], None] | None = None
         """Called with (user, device, incarnation) when a session here took a device over
         from another incarnation, whose node must close its connection of it (4002)."""
-        self.on_logged_out: Callable[[str, str, str], None] | None = None
-        """Called with (user, device, incarnation) when a logout reported here ended a
-        device ``incarnation`` held, whose node must close its connection of it (4001),
-        and when a device reported again after a lost lease had been logged out from the
-        old ``incarnation`` meanwhile."""
+        self.on_logged_out: Callable[[str, str, str, float], None] | None = None
+        """Called with (user, device, incarnation, at) when a logout reported here at
+        ``at`` (epoch seconds; or retried) ended a device ``incarnation`` held, whose node
+        must end it (4001), and with this node's incarnation when a device reported here
+        late had been logged out after its connection opened."""
         self.on_offline_at: Callable[[str, bytes], None] | None = None
         """Called with (user, its last ``gp:loc:{U}``) for a user made offline here."""
-        self._reclaimed: dict[tuple[str, str], str] = {}
-        """Devices reported again after a lost lease, until their report is applied: the
-        incarnation they were held for."""
+        self._reclaimed: dict[tuple[str, str], float] = {}
+        """Devices reported again after a lost lease, until that report is applied or
+        replaced: when their connection opened (epoch seconds)."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -137,8 +135,6 @@ class RedisPresence:
 
     @holder.setter
     def holder(self, incarnation: str | None) -> None:
-        if self._holder is not None and incarnation != self._holder:
-            self._previous = self._holder
         self._holder = incarnation
         self._wakeup.set()
 
@@ -161,14 +157,13 @@ class RedisPresence:
         """End every device of ``user`` on every node at once (HTTP logout of a user)."""
         self._report(user, "*", ("logout_all", last_active_at))
 
-    def reclaim(self, devices: Iterable[tuple[str, str, float]]) -> None:
-        """Report again every (user, device, last activity) alive on this node: it is a new
-        incarnation, and what its old one held is the sweepers' now (but a device logged
-        out from the old one meanwhile: ``on_logged_out``)."""
-        previous = self._previous or ""
-        for user, device, last_active in devices:
-            self._reclaimed[(user, device)] = previous
+    def reclaim(self, devices: Iterable[tuple[str, str, float, float]]) -> None:
+        """Report again every (user, device, last activity, since when its connection is
+        open) alive on this node: it is a new incarnation, and what its old one held is the
+        sweepers' now (but a device logged out since: ``on_logged_out``)."""
+        for user, device, last_active, since in devices:
             self._report(user, device, ("alive", last_active))
+            self._reclaimed[(user, device)] = since
 
     async def alive_now(self, user: str, device: str, at: float) -> None:
         """Make a device held here in Redis before its session starts, so that whatever its
@@ -197,6 +192,7 @@ class RedisPresence:
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
         self._applied_now.discard(key)
+        self._reclaimed.pop(key, None)  # a reclaim queued is replaced by what follows
         previous = self._pending.pop(key, None)  # re-queued last: ops leave in report order
         if previous is not None and previous[0] == "logout":
             if op[0] == "alive":
@@ -281,8 +277,8 @@ class RedisPresence:
                 for user, device, (kind, when) in ops:
                     key = [keys.of("presence", user)]
                     if kind == "alive":
-                        previous = self._reclaimed.get((user, device), "")
-                        args = [device, holder, repr(when), now_ms, previous]
+                        since = self._reclaimed.get((user, device), when or 0.0)
+                        args = [device, holder, repr(when), now_ms, str(int(since * 1000))]
                         requests.append(pipe.evalsha(self._alive_sha, keys=key, args=args))
                     else:
                         last = "" if when is None else repr(when)
@@ -297,15 +293,14 @@ class RedisPresence:
         ended = 0
         for (user, device, (kind, _)), result in zip(ops, results, strict=True):
             if kind == "alive":
-                reclaimed_for = self._reclaimed.pop((user, device), None)
-                if int(result[0]) == -1:  # a reclaim of a device logged out meanwhile
+                reclaimed = self._reclaimed.pop((user, device), None) is not None
+                if int(result[0]) == -1:  # logged out after its connection opened
                     held[member(user, device)] = False
                     if self.on_logged_out is not None:
-                        self.on_logged_out(user, device, reclaimed_for or holder)
+                        self.on_logged_out(user, device, holder, int(result[4]) / 1000)
                     continue
                 held[member(user, device)] = True
                 before = string(result[4]) if len(result) > 4 else ""
-                reclaimed = reclaimed_for is not None
                 if before and before != holder and not reclaimed and self.on_taken_over:
                     # The device's older connection is on another node: it closes (4002).
                     # Not after a reclaim: a device another node took over meanwhile has
@@ -314,15 +309,16 @@ class RedisPresence:
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False
-                pairs = [string(entry) for entry in result[4:]]
-                for name, by in zip(pairs[0::2], pairs[1::2], strict=True):
-                    held[member(user, name)] = False
-                    ended += 1
-                    logout = kind in ("logout", "logout_all")
-                    if logout and by != holder and self.on_logged_out is not None:
+                entries = [string(entry) for entry in result[4:]]
+                for i in range(0, len(entries), 4):
+                    name, by, at, now = entries[i : i + 4]
+                    if now == "1":
+                        held[member(user, name)] = False
+                        ended += 1
+                    if at and by != holder and self.on_logged_out is not None:
                         # Its connection is on another node (or this one's before it
-                        # lost its lease): that node closes it (4001).
-                        self.on_logged_out(user, name, by)
+                        # lost its lease): that node ends it (4001).
+                        self.on_logged_out(user, name, by, int(at) / 1000)
             if self._result(user, result) == "offline":
                 offline.append(user)
         dropped = [entry for entry, kept in held.items() if not kept]

@@ -369,9 +369,10 @@ class Hub:
         """Another node took ``user``'s ``device`` over: close ``conn`` here (4002)."""
         return self.lifecycle.replaced_elsewhere(user, device, conn)
 
-    def logged_out_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
-        """A logout made on another node ended ``user``'s ``device``: close ``conn`` (4001)."""
-        return self.lifecycle.logged_out_elsewhere(user, device, conn)
+    def logged_out_elsewhere(self, user: str, device: str, at: float) -> bool:
+        """A logout made at ``at`` on another node ended ``user``'s ``device``: end it here
+        unless it reconnected here since (``Lifecycle.logged_out_elsewhere``)."""
+        return self.lifecycle.logged_out_elsewhere(user, device, at)
 
     def user_presence(self, user: str, now: float) -> UserPresence:
         return self.statuses.user_presence(user, now)

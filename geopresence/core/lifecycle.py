@@ -203,22 +203,24 @@ class Lifecycle:
         device's connection here, and end the device here, reporting the end only if this
         node still holds it: a report of this node's still queued (a session that reopened
         here meanwhile) must not make Redis hold a device no node has. True if closed."""
-        return self._ended_elsewhere(
-            user, device, conn, CLOSE_REPLACED, "replaced by a newer connection"
-        )
-
-    def logged_out_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
-        """A logout made on another node ended ``user``'s ``device`` in the cluster's
-        presence: close ``conn`` with 4001 if it is still the device's connection here, as
-        ``replaced_elsewhere`` does. True if closed."""
-        return self._ended_elsewhere(user, device, conn, CLOSE_LOGGED_OUT, "logged out")
-
-    def _ended_elsewhere(
-        self, user: str, device: str, conn: ConnId, code: int, reason: str
-    ) -> bool:
         if self.presence.connection_of(user, device) != conn:
             return False  # gone meanwhile, or replaced by a newer connection here
-        self.apply_ended(self.presence.logout(user, device), code, reason, "if_held")
+        ended = self.presence.logout(user, device)
+        self.apply_ended(ended, CLOSE_REPLACED, "replaced by a newer connection", "if_held")
+        return True
+
+    def logged_out_elsewhere(self, user: str, device: str, at: float) -> bool:
+        """A logout made at ``at`` (epoch seconds) on another node ended ``user``'s
+        ``device`` in the cluster's presence: end it here too (closing its connection,
+        4001, if it has one), unless its latest connection here opened after the logout.
+        Its end is reported only if this node still holds it, as in ``replaced_elsewhere``.
+        True if ended."""
+        since = self.presence.since(user, device)
+        if since is None or since >= at:
+            return False
+        self.apply_ended(
+            self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", "if_held"
+        )
         return True
 
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:

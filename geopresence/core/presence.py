@@ -78,6 +78,8 @@ class Ended(Generic[C]):
 class _Device(Generic[C]):
     last_active: float
     conn: C | None
+    since: float
+    """When its latest connection opened (a logout made elsewhere before ends it)."""
 
 
 @attrs.define
@@ -120,10 +122,11 @@ class PresenceTable(Generic[C]):
         entry = state.devices.get(device)
         replaced = None
         if entry is None:
-            state.devices[device] = _Device(last_active=now, conn=conn)
+            state.devices[device] = _Device(last_active=now, conn=conn, since=now)
         else:
             replaced = entry.conn
             entry.conn = conn
+            entry.since = now
             entry.last_active = max(entry.last_active, now)
         self._touch(state, user, device, now)
         if was_online:
@@ -224,12 +227,19 @@ class PresenceTable(Generic[C]):
         if state is not None and not state.devices:
             del self._users[user]
 
-    def alive_devices(self) -> Iterator[tuple[str, str, float]]:
-        """Every alive (user, device, last activity): what this node holds, to report it
-        again to the other nodes."""
+    def alive_devices(self) -> Iterator[tuple[str, str, float, float]]:
+        """Every alive (user, device, last activity, since when its latest connection
+        opened): what this node holds, to report it again to the other nodes."""
         for user, state in self._users.items():
             for device, entry in state.devices.items():
-                yield user, device, entry.last_active
+                yield user, device, entry.last_active, entry.since
+
+    def since(self, user: str, device: str) -> float | None:
+        """When the latest connection of ``user``'s alive ``device`` opened (None: the
+        device is not alive here)."""
+        state = self._users.get(user)
+        entry = None if state is None else state.devices.get(device)
+        return None if entry is None else entry.since
 
     def is_online(self, user: str) -> bool:
         state = self._users.get(user)

@@ -9,6 +9,7 @@ import pytest
 from geopresence.cluster.channel_events import (
     ChannelEvent,
     Envelope,
+    LoggedOut,
     Replaced,
     Reread,
     SettingsHeard,
@@ -18,7 +19,7 @@ from geopresence.cluster.channel_events import (
 from geopresence.core.chat import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
-from geopresence.core.replication import LogoutRequested, PresenceSet
+from geopresence.core.replication import PresenceSet
 from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import SettingsChanged
@@ -33,8 +34,7 @@ EVENTS: list[ChannelEvent] = [
     StrangerEvent("zoe", Location(-33.9, 151.2, 1.0), 2.0),
     StrangerGoneEvent("zoe", "hidden"),
     Replaced("alice", "phone", "3/k2Jx"),
-    LogoutRequested("alice", "phone"),
-    LogoutRequested("alice", None),
+    LoggedOut("alice", "phone", 1_733_000_000.123),
     PresenceSet("alice", "online", 12.5, 7),
     PresenceSet("alice", "offline", None, 8),
     SettingsHeard(SettingsChanged("alice", False, 2500.0, True), 1_733_000_000_000_001),

@@ -1,9 +1,10 @@
-"""``Control`` (cluster): a device ended elsewhere closes here. A logout's notice goes to
-the node that held the device; a notice that arrives after the device came back here closes
-nothing; and after a gap on this node's channel, Redis' holders and logout tombstones say
-which devices were logged out or taken over meanwhile, and nothing else closes (not after
-Redis lost its data, nor a device held by this node's previous incarnation). A real hub
-and Redis, a fake broker."""
+"""``Control`` (cluster): a device ended elsewhere ends here. A logout's notice goes to
+the node that held the device, published until Redis takes it; a notice that arrives after
+the device reconnected here ends nothing; and after a gap on this node's channel, Redis'
+holders and logout tombstones say which devices were logged out or taken over meanwhile,
+and nothing else ends (not after Redis lost its data, nor a device held by this node's
+previous incarnation, nor one that reconnected after a logout). A real hub and Redis, a
+fake broker."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any
 import coredis
 import trio
 
+from geopresence.cluster.channel_events import LoggedOut, decode_envelope
 from geopresence.cluster.control import Control, node_channel
+from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_keys import Keys
 from geopresence.core.hub import Hub
-from geopresence.core.replication import LogoutRequested
 from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED
@@ -28,14 +30,14 @@ KEYS = Keys("gp")
 
 class Broker:
     def __init__(self) -> None:
-        self.published: list[tuple[list[str], Any]] = []
         self.held: list[str] = []
 
     def hold(self, channel: str) -> None:
         self.held.append(channel)
 
-    def publish_remote(self, channels: list[str], event: Any) -> None:
-        self.published.append((list(channels), event))
+    def publications(self, channels: list[str], event: Any) -> list[tuple[str, str, bytes]]:
+        real = RedisBroker(lambda conn, event: None, None, node_id=1)  # its envelope
+        return real.publications(channels, event)
 
 
 def hub_with(*sessions: tuple[int, str, str]) -> tuple[Hub, RecordingSink]:
@@ -54,48 +56,72 @@ async def presence(client: Any, user: str, **fields: str) -> None:
 
 async def test_a_gap_ends_only_what_redis_says_was_logged_out_or_taken_over() -> None:
     hub, sink = hub_with(
-        (1, "alice", "phone"),  # logged out from this node: no holder, its tombstone
+        (1, "alice", "phone"),  # logged out after it connected (at 100): no holder, a tombstone
         (2, "bob", "laptop"),  # taken over by node 7
         (3, "carol", "tab"),  # held here
         (4, "dan", "phone"),  # nothing in Redis (it lost its data)
         (5, "erin", "phone"),  # held by this node's previous incarnation (a lost lease)
-        (6, "fay", "phone"),  # a tombstone of node 7's device: not this one
+        (6, "fay", "phone"),  # logged out before it connected (Redis lost its report)
+        (7, "gil", "phone"),  # every device of gil logged out after it connected
     )
     with redis_server() as port:
         async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            await presence(client, "alice", lo_phone="1/before 1000")
+            await presence(client, "alice", lo_phone="1/before 101000")
             await presence(client, "bob", d_laptop="7/other")
             await presence(client, "carol", d_tab=MINE)
             await presence(client, "erin", d_phone="1/before")
-            await presence(client, "fay", lo_phone="7/other 1000")
+            await presence(client, "fay", lo_phone="1/before 99000")
+            await presence(client, "gil", **{"lo_*": "- 100500"})
             async with trio.open_nursery() as nursery:
                 control = Control(client, KEYS, Broker(), hub, lambda: MINE, nursery)  # type: ignore[arg-type]
                 control.listen(1)
                 control.recheck()
-    assert sink.closed == {1: CLOSE_LOGGED_OUT, 2: CLOSE_REPLACED}
+    assert sink.closed == {1: CLOSE_LOGGED_OUT, 2: CLOSE_REPLACED, 7: CLOSE_LOGGED_OUT}
+    assert hub.lifecycle.presence.device_names("fay") == ["phone"]
 
 
-async def test_a_logout_notice_closes_unless_the_device_came_back_here() -> None:
-    hub, sink = hub_with((1, "alice", "phone"), (2, "bob", "phone"))
+async def test_a_logout_notice_ends_a_device_unless_it_reconnected_since() -> None:
+    hub, sink = hub_with((1, "alice", "phone"), (2, "bob", "phone"), (3, "carol", "phone"))
+    hub.lifecycle.presence.disconnect("carol", "phone", 3)  # in its grace window
     with redis_server() as port:
         async with coredis.Redis(host="127.0.0.1", port=port) as client:
-            await presence(client, "bob", d_phone=MINE)  # a session here after the logout
+            await presence(client, "bob", d_phone=MINE)  # reconnected here, clocks apart
             async with trio.open_nursery() as nursery:
                 control = Control(client, KEYS, Broker(), hub, lambda: MINE, nursery)  # type: ignore[arg-type]
-                control.on_logout(LogoutRequested("alice", "phone"))
-                control.on_logout(LogoutRequested("bob", "phone"))
-                control.on_logout(LogoutRequested("carol", "phone"))  # not here: nothing
+                control.on_logout(LoggedOut("alice", "phone", 99.0))  # before it connected
+                control.on_logout(LoggedOut("bob", "phone", 101.0))
+                control.on_logout(LoggedOut("carol", "phone", 101.0))
+                control.on_logout(LoggedOut("dan", "phone", 101.0))  # not here: nothing
+            assert sink.closed == {}
+            assert hub.lifecycle.presence.device_names("carol") == []  # no longer counted
+            async with trio.open_nursery() as nursery:
+                control = Control(client, KEYS, Broker(), hub, lambda: MINE, nursery)  # type: ignore[arg-type]
+                control.on_logout(LoggedOut("alice", "phone", 101.0))
     assert sink.closed == {1: CLOSE_LOGGED_OUT}
 
 
-async def test_a_logout_is_sent_to_the_holders_node_only() -> None:
+async def test_a_logout_is_published_to_the_holders_node_only() -> None:
     hub, sink = hub_with((1, "alice", "phone"))
     broker = Broker()
-    async with trio.open_nursery() as nursery:
-        control = Control(None, KEYS, broker, hub, lambda: MINE, nursery)  # type: ignore[arg-type]
-        control.listen(1)
-        control.logged_out("alice", "laptop", "5/other")
-        control.logged_out("alice", "phone", "1/before")  # this node's, before a lost lease
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            pubsub = client.pubsub(channels=["gp:control:{5}"])
+            async with pubsub:
+                await trio.sleep(0.2)
+                async with trio.open_nursery() as nursery:
+                    control = Control(client, KEYS, broker, hub, lambda: MINE, nursery)  # type: ignore[arg-type]
+                    control.listen(1)
+                    control.logged_out("alice", "laptop", "5/other", 101.0)
+                    control.logged_out("alice", "phone", "1/before", 101.0)  # this node's
+                with trio.fail_after(5):
+                    while (message := await pubsub.get_message()) is None or (
+                        message["type"] != "message"
+                    ):
+                        await trio.sleep(0.01)
+                assert message["channel"] in ("gp:control:{5}", b"gp:control:{5}")
+                data = message["data"]
+                assert isinstance(data, str | bytes)
+                raw = data.encode() if isinstance(data, str) else data
+                assert decode_envelope(raw).event == LoggedOut("alice", "laptop", 101.0)
     assert broker.held == [node_channel(1)]
-    assert broker.published == [([node_channel(5)], LogoutRequested("alice", "laptop"))]
     assert sink.closed == {1: CLOSE_LOGGED_OUT}

@@ -186,7 +186,7 @@ async def test_a_node_that_lost_its_lease_reports_its_devices_again() -> None:
             assert lease_a.incarnation != old
             assert not lease_a.steady()  # not before a whole lease of its own again
             a.holder = lease_a.incarnation
-            a.reclaim([("erin", "phone", T0 + 4)])
+            a.reclaim([("erin", "phone", T0 + 4, T0)])
             await settle(a)
             await advance(nodes.clock, T0 + LEASE + OFFLINE_AFTER + 1, lease_a, lease_b)
             assert await b.sweep() == 0
@@ -273,7 +273,7 @@ async def test_a_transition_whose_reply_was_lost_is_announced_by_the_next_call()
             await client.eval(
                 ALIVE,
                 keys=[keys.of("presence", "alice")],
-                args=["phone", "1/x", repr(T0), str(int(T0 * 1000)), ""],
+                args=["phone", "1/x", repr(T0), str(int(T0 * 1000)), str(int(T0 * 1000))],
             )  # what the lost call did
             async with trio.open_nursery() as nursery:
                 await nursery.start(presence.run)
@@ -348,73 +348,110 @@ async def test_a_takeover_is_told_to_the_old_holder_but_not_after_a_reclaim() ->
             assert not await lease_a.renew()
             assert await lease_a.retake() == 0
             a.holder = lease_a.incarnation
-            a.reclaim([("alice", "phone", T0)])
+            a.reclaim([("alice", "phone", T0, T0)])
             await settle(a)
             assert told_by_a == []
 
 
 async def test_a_logout_names_the_holders_and_leaves_tombstones(any_redis: AnyRedis) -> None:
-    """A logout through b of devices a holds names a's incarnation for each (its node closes
-    them, 4001) and leaves a tombstone per device, which the device's next session removes;
-    a tombstone older than a day goes with the user's next end."""
+    """A logout through b of devices a holds names a's incarnation for each, with the
+    logout's time (its node ends them, 4001), and leaves a tombstone per device and one for
+    the user; retried (its first reply lost), it names them again. A device's next session
+    removes its tombstone; a tombstone older than a day goes with the user's next end."""
     async with two_nodes(any_redis) as (nodes, a, b, lease_a, lease_b):
-        told: list[tuple[str, str, str]] = []
+        told: list[tuple[str, str, str, float]] = []
         b.on_logged_out = lambda *notice: told.append(notice)
         a.device_alive("fay", "phone", T0)
         a.device_alive("fay", "tablet", T0)
         b.device_alive("fay", "laptop", T0)
         await settle(a, b)
+        nodes.clock.now = T0 + 1
         b.logout_user("fay", None)
         await settle(b)
-        mine = lease_a.incarnation
-        assert sorted(told) == [("fay", "phone", mine), ("fay", "tablet", mine)]  # not b's own
+        mine, ms = lease_a.incarnation, int((T0 + 1) * 1000)
+        expected = [("fay", "phone", mine, T0 + 1), ("fay", "tablet", mine, T0 + 1)]
+        assert sorted(told) == expected  # not b's own laptop: b ended it itself
         key = nodes.keys.of("presence", "fay")
-        tombstones = {k: v for k, v in (await hash_of(any_redis, key)).items() if k[:3] == "lo:"}
-        now_ms = int(T0 * 1000)
-        assert tombstones == {
-            f"lo:{device}": f"{holder} {now_ms}"
-            for device, holder in (
-                ("phone", mine),
-                ("tablet", mine),
-                ("laptop", lease_b.incarnation),
-            )
+        assert await tombstones(any_redis, key) == {
+            "lo:phone": f"{mine} {ms}",
+            "lo:tablet": f"{mine} {ms}",
+            "lo:laptop": f"{lease_b.incarnation} {ms}",
+            "lo:*": f"- {ms}",
         }
-        a.device_alive("fay", "phone", T0 + 1)  # a new session of the phone
+        told.clear()
+        b.logout_user("fay", None)  # a retry: nothing left to end, a is told again
+        await settle(b)
+        assert sorted(told) == expected
+        a.device_alive("fay", "phone", T0 + 2)  # a new session of the phone
         await settle(a)
-        assert "lo:phone" not in await hash_of(any_redis, key)
-        nodes.clock.now = T0 + 86_400 + 1
-        a.device_ended("fay", "phone", T0 + 2, logout=False)
+        assert "lo:phone" not in await tombstones(any_redis, key)
+        assert nodes.transitions("fay") == ["online", "offline", "online"]
+        nodes.clock.now = T0 + 1 + 86_400 + 1
+        a.device_ended("fay", "phone", T0 + 3, logout=False)
         await settle(a)
-        assert [k for k in await hash_of(any_redis, key) if k[:3] == "lo:"] == []
+        assert await tombstones(any_redis, key) == {}
 
 
-async def test_a_reclaim_leaves_a_device_logged_out_meanwhile_logged_out() -> None:
-    """Node a was stalled past its lease while b logged out alice's phone, held by a's old
-    incarnation: a's new incarnation reports its devices again, but not that one: it is
-    told to close it (4001), and alice stays offline (online, offline: no flap)."""
+async def test_a_late_report_of_a_device_logged_out_since_its_connection_opened() -> None:
+    """Node a was stalled past its lease. Meanwhile b logged out alice's phone (a held it),
+    its sweeper ended a's other devices, then b logged out bob's phone (held by none) and
+    every device of carol. a's new incarnation reports its devices again: not those three,
+    each logged out after its connection opened (a ends them, 4001: told with its own
+    incarnation), but dan's phone; and no user flaps."""
     with redis_server() as port:
         client = coredis.Redis(host="127.0.0.1", port=port)
         async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
-            told: list[tuple[str, str, str]] = []
+            told: list[tuple[str, str, str, float]] = []
             a.on_logged_out = lambda *notice: told.append(notice)
-            a.device_alive("alice", "phone", T0)
-            a.device_alive("bob", "phone", T0)
+            b.on_logged_out = lambda *notice: None  # lost with a's lease
+            users = ("alice", "bob", "carol", "dan")
+            for user in users:
+                a.device_alive(user, "phone", T0)
             await settle(a)
-            old = lease_a.incarnation
-            b.on_logged_out = lambda *notice: None  # its notice is lost with a's lease
+            await advance(nodes.clock, T0 + 1, lease_a, lease_b)
             b.device_ended("alice", "phone", None, logout=True)
             await settle(b)
-            await advance(nodes.clock, T0 + LEASE + 1, lease_b)
+            await advance(nodes.clock, T0 + LEASE + OFFLINE_AFTER + 2, lease_b)
+            assert await b.sweep() == 3
+            at = nodes.clock.now
+            b.device_ended("bob", "phone", None, logout=True)
+            b.logout_user("carol", None)
+            await settle(b)
             assert not await lease_a.renew()
             assert await lease_a.retake() == 0
             a.holder = lease_a.incarnation
-            a.reclaim([("alice", "phone", T0), ("bob", "phone", T0)])
+            a.reclaim([(user, "phone", T0 + 1, T0) for user in users])
             await settle(a)
-            assert told == [("alice", "phone", old)]
-            assert await nodes.held(lease_a) == ["bob\nphone"]
-            assert nodes.transitions("alice") == ["online", "offline"]
-            assert nodes.transitions("bob") == ["online"]
+            mine = lease_a.incarnation
+            assert sorted(told) == [
+                ("alice", "phone", mine, T0 + 1),
+                ("bob", "phone", mine, at),
+                ("carol", "phone", mine, at),
+            ]
+            assert await nodes.held(lease_a) == ["dan\nphone"]
+            for user in users:
+                assert (
+                    nodes.transitions(user)
+                    == ["online", "offline", "online"][: 3 if user == "dan" else 2]
+                )
 
 
-async def hash_of(client: Any, key: str) -> dict[str, str]:
-    return {string(k): string(v) for k, v in (await client.hgetall(key)).items()}
+async def test_a_reclaim_replaced_before_it_reached_redis_judges_no_later_session() -> None:
+    """A device reported again after a lost lease, then logged out on the session itself
+    before that report left: a new session of it later is made alive, by its own time."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, _, lease_a, _):
+            nodes.clock.now = T0 + 1
+            a.reclaim([("gus", "phone", T0, T0)])
+            a.device_ended("gus", "phone", T0, logout=True)  # before the loop ran
+            await settle(a)
+            nodes.clock.now = T0 + 10
+            await a.alive_now("gus", "phone", T0 + 10)  # as a session opens, before its welcome
+            a.device_alive("gus", "phone", T0 + 10)
+            assert await nodes.held(lease_a) == ["gus\nphone"]
+
+
+async def tombstones(client: Any, key: str) -> dict[str, str]:
+    fields = await client.hgetall(key)
+    return {string(k): string(v) for k, v in fields.items() if string(k).startswith("lo:")}
