@@ -32,7 +32,7 @@ from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import pipelined
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable
 
     from geopresence.cluster.redis_broker import RedisBroker
     from geopresence.core.hub import Hub
@@ -49,17 +49,18 @@ def node_channel(node_id: int | str) -> str:
 
 
 def node_of(incarnation: str | bytes) -> str:
-    """The node id of an incarnation (``<node id>/<token>``)."""
+    """The node id of an incarnation (``<node id>/<token>``), or of a holder's."""
     return string(incarnation).partition("/")[0]
+
+
+def holder_of(value: str | bytes) -> str:
+    """The incarnation in a device's ``d:`` field (``"<incarnation> <since ms>"``)."""
+    return string(value).partition(" ")[0]
 
 
 def logged_out_at(tombstone: str | bytes | None) -> float:
     """A tombstone's time in epoch seconds (``"<holder> <ms>"``; -1 for none)."""
     return -1.0 if tombstone is None else int(string(tombstone).rpartition(" ")[2]) / 1000
-
-
-async def _nothing_queued() -> None:
-    return None
 
 
 class Control:
@@ -80,8 +81,8 @@ class Control:
         self._hub = hub
         self._incarnation = incarnation
         self._nursery = nursery
-        self.reported: Callable[[], Awaitable[None]] = _nothing_queued
-        """Returns once this node's presence reports queued so far are in Redis."""
+        self.reporting: Callable[[str, str], bool] = lambda user, device: False
+        """True while a report of (user, device) from this node is on its way to Redis."""
         self.node_id = ""
         self.channel = ""
         """This node's own channel (once it listens)."""
@@ -142,9 +143,8 @@ class Control:
 
     def on_logout(self, event: LoggedOut) -> None:
         """Another node's logout ended a device held here: end it (4001) unless its
-        connection here opened after the logout."""
-        since = self._hub.lifecycle.presence.since(event.user, event.device)
-        if since is not None and since < event.at:
+        connection here opened after the logout (``Hub.logged_out_elsewhere``)."""
+        if self._hub.lifecycle.presence.since(event.user, event.device) is not None:
             self._nursery.start_soon(self._end_logged_out, event)
 
     async def _end_logged_out(self, event: LoggedOut) -> None:
@@ -160,7 +160,7 @@ class Control:
         except Exception as exc:
             log.warning("could not ask who holds %s's device (%s): ending it", user, exc)
             return False
-        return holder is not None and string(holder) == self._incarnation()
+        return holder is not None and holder_of(holder) == self._incarnation()
 
     # ---------------------------------------------------------------- after a gap
 
@@ -171,12 +171,12 @@ class Control:
 
     async def _recheck(self) -> None:
         hub, keys = self._hub, self._keys
+        # A device with a report on its way is judged by Redis on its arrival.
+        alive = hub.lifecycle.presence.alive_devices()
         devices = [
-            (user, device, since)
-            for user, device, _, since in hub.lifecycle.presence.alive_devices()
+            (user, device) for user, device, _, _ in alive if not self.reporting(user, device)
         ]
         try:
-            await self.reported()  # else a device just reported would look logged out
             replies = await pipelined(
                 self._client,
                 devices,
@@ -187,14 +187,12 @@ class Control:
         except Exception as exc:
             log.warning("could not check this node's devices after a gap (%s)", exc)
             return
-        for (user, device, since), (holder, tombstone, everyone) in zip(
-            devices, replies, strict=True
-        ):
+        for (user, device), (holder, tombstone, everyone) in zip(devices, replies, strict=True):
             if holder is not None:
                 conn = hub.connection_of(user, device)
                 if node_of(holder) != self.node_id and conn is not None:
                     hub.replaced_elsewhere(user, device, conn)
                 continue
             at = max(logged_out_at(tombstone), logged_out_at(everyone))
-            if at > since:
-                hub.logged_out_elsewhere(user, device, at)
+            if at >= 0:
+                hub.logged_out_elsewhere(user, device, at)  # if after its connection opened

@@ -370,7 +370,7 @@ class ClusterLink:
                     arrivals.control = control
                     self.presence.on_taken_over = control.taken_over
                     self.presence.on_logged_out = control.logged_out
-                    control.reported = self.presence.flush
+                    control.reporting = self.presence.reporting
                     self.presence.on_offline_at = arrivals.went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:

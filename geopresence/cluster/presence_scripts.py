@@ -8,9 +8,15 @@ commands around the scripts, in an order that keeps the index a superset of the 
 (``geopresence.cluster.redis_presence``).
 
 The presence hash holds ``status``, ``last_active_at`` (epoch seconds), ``v`` (the user's
-transition count) and ``d:<device>`` -> the *incarnation* that holds the device: ``<node
-id>/<token>``, one per run of a node (a restarted node, or one that lost its lease, is a new
-incarnation). Numbers travel as strings: Lua numbers would be truncated to integers.
+transition count), ``d:<device>`` -> ``"<incarnation> <since ms>"``: the *incarnation*
+that holds the device (``<node id>/<token>``, one per run of a node: a restarted node, or
+one that lost its lease, is a new incarnation) and when the device's connection opened
+there, and a logout's tombstones (``END``). Numbers travel as strings: Lua numbers would be
+truncated to integers.
+
+A logout made at time T (the node's clock that made it) ends the connections opened at or
+before T, and no later one: Redis (``END``, ``ALIVE``) and the nodes
+(``geopresence.cluster.control``) judge by the same two times.
 
 The registry ``gp:nodes`` is one hash: ``n:<node id>`` -> ``"<token> <renewed ms> <expires
 ms>"`` for each live node's lease, and ``gone:<incarnation>`` -> ``"<last seen ms> <grace
@@ -37,9 +43,13 @@ end
 """
 
 _TOMBSTONES: Final = """
--- A logout's tombstone: lo:<device> (or lo:* for every device) -> "<holder or -> <ms>".
+-- A logout's tombstone: lo:<device> (or lo:* for every device) -> "<holder or -> <ms>";
+-- a holder: d:<device> -> "<incarnation> <since ms>" (an older version's: "<incarnation>").
 local function logged_out_at(value)
   return tonumber(string.match(value or '', ' (%d+)$') or '-1')
+end
+local function holder_of(value)
+  return string.match(value or '', '^(%S*)')
 end
 """
 
@@ -53,13 +63,13 @@ local k = KEYS[1]
 local out = 'lo:' .. ARGV[1]
 local logout = math.max(logged_out_at(redis.call('HGET', k, out)),
                         logged_out_at(redis.call('HGET', k, 'lo:*')))
-if logout > tonumber(ARGV[5]) then
+if logout >= tonumber(ARGV[5]) then
   return {-1, redis.call('HGET', k, 'last_active_at') or '', redis.call('HGET', k, 'v') or '0',
           redis.call('HGET', k, 'status') or 'offline', string.format('%d', logout)}
 end
 redis.call('HDEL', k, out)
-local before = redis.call('HGET', k, 'd:' .. ARGV[1]) or ''
-redis.call('HSET', k, 'd:' .. ARGV[1], ARGV[2])
+local before = holder_of(redis.call('HGET', k, 'd:' .. ARGV[1]))
+redis.call('HSET', k, 'd:' .. ARGV[1], ARGV[2] .. ' ' .. ARGV[5])
 local last = redis.call('HGET', k, 'last_active_at')
 if not last or tonumber(ARGV[3]) > tonumber(last) then
   redis.call('HSET', k, 'last_active_at', ARGV[3])
@@ -76,9 +86,9 @@ return {0, last, redis.call('HGET', k, 'v') or '0', 'online', before}
 last, v, 'online', before} if this made the user online, else {0, last, v, 'online',
 before}: the current state, so that a node whose reply to the deciding call was lost learns
 it from its next call; ``before`` is the incarnation that held the device until now ('' if
-none), which must close its connection of it (4002). A device logged out after its
-connection opened (``since``; a report that reached Redis late: a node that lost its lease
-and reports its devices again, one cut off meanwhile) is not made alive: {-1, last, v,
+none), which must close its connection of it (4002). A device logged out at or after its
+connection opened (``since``: a report that reached Redis after the logout, from a node
+that lost its lease, was cut off, or had it queued) is not made alive: {-1, last, v,
 status, the logout's time in ms}, and its node ends it (4001)."""
 
 TOMBSTONE_MS: Final = 86_400_000
@@ -92,11 +102,18 @@ END: Final = (
     + f"local TOMBSTONE_MS = {TOMBSTONE_MS}\n"
     + """
 -- KEYS[1] presence hash; ARGV: device, mode ('end' | 'logout' | 'logout_all' | 'legacy'),
--- holder, last_active_at (s, '' if unknown), now (ms)
+-- holder, last_active_at (s, '' if unknown), now (ms), made (ms: when the end or logout
+-- was made on its node)
 local k = KEYS[1]
 local mode = ARGV[2]
-local now = ARGV[5]
+local now, made = ARGV[5], ARGV[6]
 local logout = mode == 'logout' or mode == 'logout_all'
+local function tombstone(device, holder)  -- the latest logout's stays
+  local name = 'lo:' .. device
+  if logged_out_at(redis.call('HGET', k, name)) < tonumber(made) then
+    redis.call('HSET', k, name, holder .. ' ' .. made)
+  end
+end
 local ended = {}
 local told = {}
 local dropped = 0
@@ -113,27 +130,26 @@ for i = 1, #fields, 2 do
     end
   elseif string.sub(name, 1, 2) == 'd:' then
     local device = string.sub(name, 3)
+    local holder = holder_of(value)
     local drop = false
-    if mode == 'logout_all' then
-      drop = true
+    if logout and (mode == 'logout_all' or device == ARGV[1]) then
+      drop = logged_out_at(value) <= tonumber(made)  -- a later connection stays
     elseif device == ARGV[1] then
-      if mode == 'logout' then
-        drop = true
-      elseif mode == 'legacy' then
+      if mode == 'legacy' then
         drop = tonumber(value) ~= nil
-      else
-        drop = value == ARGV[3]
+      elseif mode == 'end' then
+        drop = holder == ARGV[3]
       end
     end
     if drop then
       redis.call('HDEL', k, name)
       dropped = dropped + 1
       table.insert(ended, device)
-      table.insert(ended, value)
+      table.insert(ended, holder)
       if logout then
         told[device] = nil
-        redis.call('HSET', k, 'lo:' .. device, value .. ' ' .. now)
-        table.insert(ended, now)
+        tombstone(device, holder)
+        table.insert(ended, made)
       else
         table.insert(ended, '')
       end
@@ -144,9 +160,9 @@ for i = 1, #fields, 2 do
   end
 end
 if mode == 'logout_all' then
-  redis.call('HSET', k, 'lo:*', '- ' .. now)
-elseif mode == 'logout' and redis.call('HEXISTS', k, 'lo:' .. ARGV[1]) == 0 then
-  redis.call('HSET', k, 'lo:' .. ARGV[1], '- ' .. now)  -- held by none: for a late report
+  tombstone('*', '-')
+elseif mode == 'logout' then
+  tombstone(ARGV[1], '-')  -- held by none: for a report that reaches Redis late
 end
 for device, value in pairs(told) do
   local holder, at = string.match(value, '^(%S+) (%d+)$')
@@ -176,8 +192,9 @@ return reply
 """
 )
 """End a device: ``end`` only if ``holder`` still holds it (another node that took it over
-meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the user,
-``legacy`` a device recorded by an older version (its value a deadline, not a holder).
+meanwhile wins), ``logout`` whoever holds it, ``logout_all`` every device of the user (a
+logout only if its connection opened at or before ``made``), ``legacy`` a device recorded
+by an older version (its value a deadline, not a holder).
 ``last_active_at`` raises the user's if this ended a device. Replies {1, last, v,
 'offline', ...} if this left the user without a device, else {0, last, v, status, ...},
 then (device, its holder, the logout's time in ms or '', '1') for each device ended, and,

@@ -43,12 +43,14 @@ log = logging.getLogger("geopresence.redis")
 BATCH: Final = 256
 """Device changes sent per pipeline."""
 
-DeviceOp = tuple[Literal["alive", "end", "logout", "logout_all", "legacy"], float | None]
-"""("alive", at): a session of the device opened here at ``at``; ("end", last): it ended
-here, and ends in Redis only if this node still holds it; ("logout", last) / ("logout_all",
-last): one device / every device of the user, at once, whoever holds it; ("legacy", None):
-recorded by an older version. ``last``: the user's latest activity this node saw (epoch
-seconds; None: none)."""
+DeviceOp = tuple[Literal["alive", "end", "logout", "logout_all", "legacy"], float | None, float]
+"""(kind, last, made). ("alive", at, since): a session of the device, open here since
+``since``, was active at ``at``; ("end", last, made): it ended here, and ends in Redis only
+if this node still holds it; ("logout", last, made) / ("logout_all", last, made): one
+device / every device of the user, at once, whoever holds it, if its connection opened at
+or before ``made``; ("legacy", None, made): recorded by an older version. ``last``: the
+user's latest activity this node saw; ``made``: when the change was made here (epoch
+seconds)."""
 
 Op = tuple[str, str, DeviceOp]
 
@@ -101,9 +103,12 @@ class RedisPresence:
         late had been logged out after its connection opened."""
         self.on_offline_at: Callable[[str, bytes], None] | None = None
         """Called with (user, its last ``gp:loc:{U}``) for a user made offline here."""
-        self._reclaimed: dict[tuple[str, str], float] = {}
+        self._reclaimed: set[tuple[str, str]] = set()
         """Devices reported again after a lost lease, until that report is applied or
-        replaced: when their connection opened (epoch seconds)."""
+        replaced."""
+        self._refused: set[tuple[str, str]] = set()
+        """Devices the last batch found logged out since their connection opened (what
+        ``alive_now`` asks right after its batch)."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -142,46 +147,56 @@ class RedisPresence:
 
     def device_alive(self, user: str, device: str, at: float) -> None:
         key = (user, device)
-        self._reclaimed.pop(key, None)  # a new session: its takeover is news
+        self._reclaimed.discard(key)  # a new session: its takeover is news
         if key in self._applied_now:  # the session's report, right after ``alive_now``
             self._applied_now.discard(key)
             return
-        self._report(user, device, ("alive", at))
+        self._report(user, device, ("alive", at, at))
 
     def device_ended(
         self, user: str, device: str, last_active_at: float | None, *, logout: bool
     ) -> None:
-        self._report(user, device, ("logout" if logout else "end", last_active_at))
+        op: DeviceOp = ("logout" if logout else "end", last_active_at, self._clock())
+        self._report(user, device, op)
 
     def logout_user(self, user: str, last_active_at: float | None) -> None:
         """End every device of ``user`` on every node at once (HTTP logout of a user)."""
-        self._report(user, "*", ("logout_all", last_active_at))
+        self._report(user, "*", ("logout_all", last_active_at, self._clock()))
 
     def reclaim(self, devices: Iterable[tuple[str, str, float, float]]) -> None:
         """Report again every (user, device, last activity, since when its connection is
         open) alive on this node: it is a new incarnation, and what its old one held is the
         sweepers' now (but a device logged out since: ``on_logged_out``)."""
         for user, device, last_active, since in devices:
-            self._report(user, device, ("alive", last_active))
-            self._reclaimed[(user, device)] = since
+            self._report(user, device, ("alive", last_active, since))
+            self._reclaimed.add((user, device))
 
-    async def alive_now(self, user: str, device: str, at: float) -> None:
+    async def alive_now(self, user: str, device: str, at: float) -> bool:
         """Make a device held here in Redis before its session starts, so that whatever its
         user does next (a logout on another device, on another node) comes after it: a
         report still queued here could reach Redis after that and flap the user's status.
         If the device has a change queued, that queue keeps the order instead. The
-        session's own ``device_alive``, which follows at once (no checkpoint between), is
-        then skipped."""
+        session's own ``device_alive`` at ``at``, which follows at once (no checkpoint
+        between), is then skipped. False if a logout made at or after ``at`` (on another
+        node, by its clock) ended the device first: the session must not start."""
         key = (user, device)
         if self._holder is None or self._queued(key):
-            return
+            return True
         self._applying += 1
         try:
-            await self._apply([(user, device, ("alive", at))], self._holder)
+            await self._apply([(user, device, ("alive", at, at))], self._holder)
+            if key in self._refused:
+                self._refused.discard(key)
+                return False
             if not self._queued(key):  # else (its old session ended meanwhile) report again
                 self._applied_now.add(key)
+            return True
         finally:
             self._applying -= 1
+
+    def reporting(self, user: str, device: str) -> bool:
+        """True while a report of ``user``'s ``device`` is on its way to Redis."""
+        return self._queued((user, device))
 
     def _queued(self, key: tuple[str, str]) -> bool:
         """True if a change of the device is waiting or being applied by the run loop."""
@@ -192,7 +207,7 @@ class RedisPresence:
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
         self._applied_now.discard(key)
-        self._reclaimed.pop(key, None)  # a reclaim queued is replaced by what follows
+        self._reclaimed.discard(key)  # a reclaim queued is replaced by what follows
         previous = self._pending.pop(key, None)  # re-queued last: ops leave in report order
         if previous is not None and previous[0] == "logout":
             if op[0] == "alive":
@@ -255,13 +270,14 @@ class RedisPresence:
 
     async def _apply_locked(self, ops: list[Op], holder: str) -> int:
         keys, client = self._keys, self._client
+        self._refused.clear()
         index = keys.of("held", holder)
         if not self._scripts_loaded:
             # Pipelines cannot fall back from EVALSHA to EVAL: load the scripts first.
             await client.script_load(ALIVE)  # every master of a cluster gets it
             await client.script_load(END)
             self._scripts_loaded = True
-        alive = [(user, device) for user, device, (kind, _) in ops if kind == "alive"]
+        alive = [(user, device) for user, device, (kind, _, _) in ops if kind == "alive"]
         if alive:
             # Before the scripts, in a round trip of its own (on a Cluster the set and the
             # presence hashes are on different shards): were this node to die between the
@@ -274,15 +290,15 @@ class RedisPresence:
         requests = []
         try:
             async with client.pipeline(transaction=False) as pipe:
-                for user, device, (kind, when) in ops:
+                for user, device, (kind, when, made) in ops:
                     key = [keys.of("presence", user)]
+                    made_ms = str(int(made * 1000))
                     if kind == "alive":
-                        since = self._reclaimed.get((user, device), when or 0.0)
-                        args = [device, holder, repr(when), now_ms, str(int(since * 1000))]
+                        args = [device, holder, repr(when), now_ms, made_ms]
                         requests.append(pipe.evalsha(self._alive_sha, keys=key, args=args))
                     else:
                         last = "" if when is None else repr(when)
-                        args = [device, kind, holder, last, now_ms]
+                        args = [device, kind, holder, last, now_ms, made_ms]
                         requests.append(pipe.evalsha(self._end_sha, keys=key, args=args))
             results = [await request for request in requests]
         except Exception:
@@ -291,11 +307,13 @@ class RedisPresence:
         held: dict[str, bool] = {}  # each device's index entry after the batch, in op order
         offline: list[str] = []
         ended = 0
-        for (user, device, (kind, _)), result in zip(ops, results, strict=True):
+        for (user, device, (kind, _, _)), result in zip(ops, results, strict=True):
             if kind == "alive":
-                reclaimed = self._reclaimed.pop((user, device), None) is not None
+                reclaimed = (user, device) in self._reclaimed
+                self._reclaimed.discard((user, device))
                 if int(result[0]) == -1:  # logged out after its connection opened
                     held[member(user, device)] = False
+                    self._refused.add((user, device))
                     if self.on_logged_out is not None:
                         self.on_logged_out(user, device, holder, int(result[4]) / 1000)
                     continue
@@ -399,7 +417,7 @@ class RedisPresence:
                     if not newline:  # not written by a node: drop it, or this never ends
                         await client.srem(index, [entry])
                         continue
-                    ops.append((user, device, ("end", dead.last_seen)))
+                    ops.append((user, device, ("end", dead.last_seen, now)))
                 ended += await self._apply(ops, dead.incarnation)
             await forget(client, keys, dead)
         self.swept += ended
@@ -413,7 +431,7 @@ class RedisPresence:
         ops: list[Op] = []
         for entry in entries:
             user, _, device = string(entry).partition("\n")
-            ops.append((user, device, ("legacy", None)))
+            ops.append((user, device, ("legacy", None, self._clock())))
         ended = 0
         for start in range(0, len(ops), BATCH):
             ended += await self._apply(ops[start : start + BATCH], "legacy")  # no such index

@@ -336,9 +336,17 @@ class Hub:
         return self.sessions.admit(conn, now, request_id, answer=answer)
 
     def open_session(
-        self, conn: ConnId, user: str, device: str, now: float, request_id: RequestId = None
+        self,
+        conn: ConnId,
+        user: str,
+        device: str,
+        now: float,
+        request_id: RequestId = None,
+        since: float | None = None,
     ) -> None:
-        self.lifecycle.open_session(conn, user, device, now, request_id)
+        """``Lifecycle.open_session``; ``since``: when the connection opened, if before
+        ``now`` (the time its device was reported alive to the other nodes)."""
+        self.lifecycle.open_session(conn, user, device, now, request_id, since)
 
     def activity(self, conn: ConnId, now: float) -> None:
         self.lifecycle.activity(conn, now)

@@ -102,15 +102,22 @@ class Lifecycle:
         return None
 
     def open_session(
-        self, conn: ConnId, user: str, device: str, now: float, request_id: RequestId = None
+        self,
+        conn: ConnId,
+        user: str,
+        device: str,
+        now: float,
+        request_id: RequestId = None,
+        since: float | None = None,
     ) -> None:
         """``conn`` said a valid hello as ``user`` on ``device``: welcome it.
 
         Sends welcome and friends_presence to ``conn``, closes a connection of the same
         user+device with 4002 (no presence change), and publishes the user's transition to
-        online if this is its first alive device.
+        online if this is its first alive device. ``since``: when the connection opened (a
+        logout made elsewhere before it does not end it), ``now`` if None.
         """
-        connected = self.presence.connect(user, device, conn, now)
+        connected = self.presence.connect(user, device, conn, now, since)
         if connected.replaced is not None and connected.replaced != conn:
             self.sessions.drop(connected.replaced, CLOSE_REPLACED, "replaced by a newer connection")
         self.sessions.add(Session(conn, user, device))
@@ -141,7 +148,7 @@ class Lifecycle:
             # Every session, not only the device's first here: it may have reconnected to
             # another node and back while alive here, and this node holds it again. Whether
             # this makes the user online is decided for the whole cluster.
-            self.replicator.device_alive(user, device, now)
+            self.replicator.device_alive(user, device, since or now)
         elif connected.change is not None:
             self.publish_presence(connected.change)
 
@@ -212,11 +219,14 @@ class Lifecycle:
     def logged_out_elsewhere(self, user: str, device: str, at: float) -> bool:
         """A logout made at ``at`` (epoch seconds) on another node ended ``user``'s
         ``device`` in the cluster's presence: end it here too (closing its connection,
-        4001, if it has one), unless its latest connection here opened after the logout.
+        4001, if it has one), unless its latest connection here opened after the logout
+        (``since``, as reported).
         Its end is reported only if this node still holds it, as in ``replaced_elsewhere``.
         True if ended."""
         since = self.presence.since(user, device)
-        if since is None or since >= at:
+        # In whole milliseconds, as Redis judged it (``presence_scripts``): a tie is the
+        # logout's.
+        if since is None or int(since * 1000) > round(at * 1000):
             return False
         self.apply_ended(
             self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", "if_held"

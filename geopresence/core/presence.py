@@ -108,8 +108,11 @@ class PresenceTable(Generic[C]):
         """When ``expire`` next has work to do (None: no device is alive)."""
         return self._deadlines.next_deadline()
 
-    def connect(self, user: str, device: str, conn: C, now: float) -> Connected[C]:
-        """A connection authenticated as ``user`` on ``device`` at ``now``.
+    def connect(
+        self, user: str, device: str, conn: C, now: float, since: float | None = None
+    ) -> Connected[C]:
+        """A connection authenticated as ``user`` on ``device`` at ``now``, open since
+        ``since`` (``now`` if None).
 
         The device becomes alive (or stays alive) with activity at ``now``. If another
         connection was attached to the same device it is returned as ``replaced``; the caller
@@ -122,11 +125,11 @@ class PresenceTable(Generic[C]):
         entry = state.devices.get(device)
         replaced = None
         if entry is None:
-            state.devices[device] = _Device(last_active=now, conn=conn, since=now)
+            state.devices[device] = _Device(last_active=now, conn=conn, since=since or now)
         else:
             replaced = entry.conn
             entry.conn = conn
-            entry.since = now
+            entry.since = since or now
             entry.last_active = max(entry.last_active, now)
         self._touch(state, user, device, now)
         if was_online:

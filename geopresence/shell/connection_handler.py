@@ -152,9 +152,11 @@ class ConnectionHandler:
             viewing = True  # from here, ``left_cluster`` undoes what the node held for it
             if not await self._handshake.own_in_cluster(ws, user):
                 return
-            await self._handshake.alive_in_cluster(user, device)
+            since = await self._handshake.alive_in_cluster(ws, user, device)
+            if since is None:
+                return
             async with self._handshake.covering_in_cluster(user):
-                hub.open_session(conn, user, device, self._now(), request_id)
+                hub.open_session(conn, user, device, self._now(), request_id, since)
             log.debug("conn %d: session opened: user %s, device %s", conn, user, device)
             await self._handshake.view_in_cluster(user)
             self._deadline_moved()

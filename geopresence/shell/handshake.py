@@ -27,6 +27,7 @@ from geopresence.shell.origins import OriginPolicy
 from geopresence.shell.transport import Closed, Connection, Request
 from geopresence.wire.client_messages import Hello as HelloMessage
 from geopresence.wire.errors import (
+    CLOSE_LOGGED_OUT,
     CLOSE_POLICY,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
@@ -199,18 +200,25 @@ class Handshake:
         if self._cluster is not None:
             self._cluster.release([user])
 
-    async def alive_in_cluster(self, user: str, device: str) -> None:
+    async def alive_in_cluster(self, ws: Connection, user: str, device: str) -> float | None:
         """Before the welcome: the device is held here in Redis (two round trips), so nothing
         the client does after the welcome can reach Redis ahead of it. If Redis is slow or
-        down, the session starts anyway and the queued report catches up. Multi-node only."""
-        if self._cluster is None:
-            return
+        down, the session starts anyway and the queued report catches up. Returns when the
+        session opens (epoch seconds), or None if a logout made meanwhile on another node
+        ended the device first: the connection is then closed with 4001."""
         now = self._now()
+        if self._cluster is None:
+            return now
         with trio.move_on_after(self._config.hello_timeout):
             try:
-                await self._cluster.presence.alive_now(user, device, now)
+                if not await self._cluster.presence.alive_now(user, device, now):
+                    self._metrics.closes[CLOSE_LOGGED_OUT] += 1
+                    with trio.move_on_after(self._config.close_timeout):
+                        await ws.close(CLOSE_LOGGED_OUT, "logged out")
+                    return None
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
+        return now
 
     async def own_in_cluster(self, ws: Connection, user: str) -> bool:
         """Before the session: with several nodes, this node listens to the user's own

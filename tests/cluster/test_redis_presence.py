@@ -452,6 +452,40 @@ async def test_a_reclaim_replaced_before_it_reached_redis_judges_no_later_sessio
             assert await nodes.held(lease_a) == ["gus\nphone"]
 
 
+async def test_a_logout_judges_connections_by_when_they_opened() -> None:
+    """A logout ends the connections opened at or before it, by the times their nodes
+    report, and no later one: a logout and a reconnect queued together on a leave the new
+    session held; a logout made before a connection opened (b's clock) leaves it held;
+    ``alive_now`` for a connection opened before a logout that reached Redis first says
+    no (the session must not start)."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, b, lease_a, _):
+            told: list[tuple[str, str, str, float]] = []
+            b.on_logged_out = lambda *notice: told.append(notice)
+            a.device_alive("hal", "phone", T0)
+            a.device_alive("ida", "phone", T0 + 5)
+            await settle(a)
+            nodes.clock.now = T0 + 6
+            a.device_ended("hal", "phone", T0 + 6, logout=True)  # on the session itself
+            nodes.clock.now = T0 + 7
+            a.device_alive("hal", "phone", T0 + 7)  # reconnected before the loop ran
+            await settle(a)
+            assert nodes.transitions("hal") == ["online", "offline", "online"]
+            nodes.clock.now = T0 + 4  # b's clock: before ida's connection opened on a
+            b.device_ended("ida", "phone", None, logout=True)
+            await settle(b)
+            assert told == []
+            assert nodes.transitions("ida") == ["online"]
+            assert await nodes.held(lease_a) == ["hal\nphone", "ida\nphone"]
+            nodes.clock.now = T0 + 9
+            b.logout_user("jo", None)  # no device of jo is held yet
+            await settle(b)
+            assert not await a.alive_now("jo", "phone", T0 + 8)
+            assert await a.alive_now("jo", "laptop", T0 + 10)
+            assert await nodes.held(lease_a) == ["hal\nphone", "ida\nphone", "jo\nlaptop"]
+
+
 async def tombstones(client: Any, key: str) -> dict[str, str]:
     fields = await client.hgetall(key)
     return {string(k): string(v) for k, v in fields.items() if string(k).startswith("lo:")}
