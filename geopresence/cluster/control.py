@@ -35,12 +35,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from geopresence.cluster.redis_broker import RedisBroker
+    from geopresence.cluster.redis_presence import RedisPresence
     from geopresence.core.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
 
 TRIES: Final = 5
 """Publishes of a notice before it is given up (a second more between each)."""
+
+EARLY_FOR: Final = 60.0
+"""Seconds a logout notice is kept for a session still opening here (``opened``)."""
 
 
 def node_channel(node_id: int | str) -> str:
@@ -86,6 +90,17 @@ class Control:
         self.node_id = ""
         self.channel = ""
         """This node's own channel (once it listens)."""
+        self._heard: dict[tuple[str, str], tuple[float, float]] = {}
+        """Logout notices of the last ``EARLY_FOR`` seconds: (user, device) -> (the logout's
+        time, trio time heard), for sessions that were opening when they came."""
+
+    def attach(self, presence: RedisPresence) -> None:
+        """Hear from ``presence`` what other nodes must be told, and what ends here."""
+        presence.on_taken_over = self.taken_over
+        presence.on_logged_out = self.logged_out
+        presence.on_superseded = self.superseded
+        presence.on_opened = self.opened
+        self.reporting = presence.reporting
 
     def listen(self, node_id: int) -> None:
         """Listen to this node's own channel (``broker.subscribed()`` says when it is)."""
@@ -143,9 +158,34 @@ class Control:
 
     def on_logout(self, event: LoggedOut) -> None:
         """Another node's logout ended a device held here: end it (4001) unless its
-        connection here opened after the logout (``Hub.logged_out_elsewhere``)."""
+        connection here opened after the logout (``Hub.logged_out_elsewhere``); kept a
+        while for a session of the device still opening (``opened``)."""
+        key, now = (event.user, event.device), trio.current_time()
+        self._heard.pop(key, None)
+        self._heard[key] = (event.at, now)
+        for old, (_, heard) in list(self._heard.items()):  # oldest first
+            if heard > now - EARLY_FOR:
+                break
+            del self._heard[old]
         if self._hub.lifecycle.presence.since(event.user, event.device) is not None:
             self._nursery.start_soon(self._end_logged_out, event)
+
+    def opened(self, user: str, device: str) -> None:
+        """A session of ``user``'s ``device`` opened here; Redis had it held here, but a
+        logout may have dropped it meanwhile, its notice heard before the session existed:
+        judged now, by when the session's connection opened."""
+        heard = self._heard.pop((user, device), None)
+        if heard is not None:
+            self._nursery.start_soon(self._end_logged_out, LoggedOut(user, device, heard[0]))
+
+    def superseded(self, user: str, device: str, since: float) -> None:
+        """A report of ``user``'s ``device``, open here since ``since``, reached Redis after
+        a newer connection of it elsewhere: close it here (4002), unless it reopened here
+        since."""
+        conn = self._hub.connection_of(user, device)
+        opened = self._hub.lifecycle.presence.since(user, device)
+        if conn is not None and opened is not None and opened <= since:
+            self._hub.replaced_elsewhere(user, device, conn)
 
     async def _end_logged_out(self, event: LoggedOut) -> None:
         # Clocks differ a little between nodes: a session that reconnected here right

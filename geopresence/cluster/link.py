@@ -368,9 +368,7 @@ class ClusterLink:
                     control.listen(self.node_id)
                     await self.broker.subscribed()
                     arrivals.control = control
-                    self.presence.on_taken_over = control.taken_over
-                    self.presence.on_logged_out = control.logged_out
-                    control.reporting = self.presence.reporting
+                    control.attach(self.presence)
                     self.presence.on_offline_at = arrivals.went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:

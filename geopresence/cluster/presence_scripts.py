@@ -60,15 +60,20 @@ ALIVE: Final = (
 -- KEYS[1] presence hash; ARGV: device, holder (incarnation), at (s), now (ms), since (ms:
 -- when the device's connection opened on its node)
 local k = KEYS[1]
-local out = 'lo:' .. ARGV[1]
-local logout = math.max(logged_out_at(redis.call('HGET', k, out)),
-                        logged_out_at(redis.call('HGET', k, 'lo:*')))
-if logout >= tonumber(ARGV[5]) then
-  return {-1, redis.call('HGET', k, 'last_active_at') or '', redis.call('HGET', k, 'v') or '0',
-          redis.call('HGET', k, 'status') or 'offline', string.format('%d', logout)}
+local since = tonumber(ARGV[5])
+local function refused(code, detail)
+  return {code, redis.call('HGET', k, 'last_active_at') or '', redis.call('HGET', k, 'v') or '0',
+          redis.call('HGET', k, 'status') or 'offline', detail}
 end
-redis.call('HDEL', k, out)
-local before = holder_of(redis.call('HGET', k, 'd:' .. ARGV[1]))
+local logout = math.max(logged_out_at(redis.call('HGET', k, 'lo:' .. ARGV[1])),
+                        logged_out_at(redis.call('HGET', k, 'lo:*')))
+if logout >= since then return refused(-1, string.format('%d', logout)) end
+local held = redis.call('HGET', k, 'd:' .. ARGV[1])
+local before = holder_of(held)
+if before ~= ARGV[2] and logged_out_at(held) > since then
+  return refused(-2, before)  -- a newer connection of the device holds it elsewhere
+end
+redis.call('PERSIST', k)  -- a hash of tombstones only expires (END)
 redis.call('HSET', k, 'd:' .. ARGV[1], ARGV[2] .. ' ' .. ARGV[5])
 local last = redis.call('HGET', k, 'last_active_at')
 if not last or tonumber(ARGV[3]) > tonumber(last) then
@@ -86,10 +91,12 @@ return {0, last, redis.call('HGET', k, 'v') or '0', 'online', before}
 last, v, 'online', before} if this made the user online, else {0, last, v, 'online',
 before}: the current state, so that a node whose reply to the deciding call was lost learns
 it from its next call; ``before`` is the incarnation that held the device until now ('' if
-none), which must close its connection of it (4002). A device logged out at or after its
-connection opened (``since``: a report that reached Redis after the logout, from a node
-that lost its lease, was cut off, or had it queued) is not made alive: {-1, last, v,
-status, the logout's time in ms}, and its node ends it (4001)."""
+none), which must close its connection of it (4002). A report that reaches Redis late
+(from a node that lost its lease, was cut off, or had it queued) changes nothing if the
+device was logged out at or after its connection opened (``since``): {-1, last, v,
+status, the logout's time in ms}, and its node ends it (4001); nor if a connection of the
+device that opened later holds it elsewhere: {-2, last, v, status, its holder}, and its
+node closes its own (4002)."""
 
 TOMBSTONE_MS: Final = 86_400_000
 """How long a logout's tombstone stays (a day), as far as the user's next ``END``: longer
@@ -164,6 +171,9 @@ if mode == 'logout_all' then
 elseif mode == 'logout' then
   tombstone(ARGV[1], '-')  -- held by none: for a report that reaches Redis late
 end
+if logout and redis.call('HEXISTS', k, 'status') == 0 then
+  redis.call('PEXPIRE', k, TOMBSTONE_MS)  -- tombstones only (a user forgotten meanwhile?)
+end
 for device, value in pairs(told) do
   local holder, at = string.match(value, '^(%S+) (%d+)$')
   if holder and holder ~= '-' then
@@ -202,8 +212,9 @@ for a logout, (device, holder, time, '0') for each earlier logout of the devices
 (the holder is told again: this may be a retry whose first reply was lost). A logout
 leaves a tombstone, ``lo:<device>`` (``lo:*`` for every device) -> ``"<holder or -> <ms>"``:
 what a report that reaches Redis late (``ALIVE``'s ``since``) and a node that missed its
-notice (``geopresence.cluster.control``) judge by. A device's ``ALIVE`` removes its own;
-one older than ``TOMBSTONE_MS`` is dropped by the user's next ``END``."""
+notice (``geopresence.cluster.control``) judge by. One older than ``TOMBSTONE_MS`` is
+dropped by the user's next ``END``; a hash of tombstones only (a user never seen, or
+forgotten while logged out) expires then."""
 
 _LEASES: Final = """
 -- gp:nodes holds n:<N> -> "<token> <renewed ms> <expires ms>", each live incarnation's lease,

@@ -5,24 +5,18 @@ Heartbeats stay on the node. Each node keeps its own devices' deadlines in its h
 ``PresenceTable`` (activity, grace window, 4000 closes) and tells Redis only a device's
 transitions there (the ``Replicator`` calls): a session opened (``device_alive``: this
 node's incarnation holds the device from now on) and the device ended here (its deadline
-passed, or a logout). Redis holds, per user, ``gp:presence:{U}``: ``status``,
-``last_active_at``, ``v`` and ``d:<device>`` -> holder; the scripts
-(``geopresence.cluster.presence_scripts``) run atomically on the user's slot, so whichever
-call makes the user's first device alive, or ends its last one, is the only one that sees
-the transition: it announces it (``announce``), once for the whole cluster.
-
-A device that reconnects to another node inside its grace window is held by that node from
-its new session on; the first node's later end of it (its deadline passing there) checks
-the holder and changes nothing: no flap.
+passed, or a logout). The scripts (``geopresence.cluster.presence_scripts``: the user's
+``gp:presence:{U}``) run atomically on the user's slot, so whichever call makes the user's
+first device alive, or ends its last one, is the only one that sees the transition: it
+announces it (``announce``), once for the whole cluster. A device that reconnects to
+another node inside its grace window is held there from its new session on; the first
+node's later end of it checks the holder and changes nothing: no flap.
 
 A node's liveness is its lease (``geopresence.cluster.redis_nodes``). Each node also keeps
 the set of devices it holds, ``gp:held:{X}`` for its incarnation X, written before the
 scripts (a device held in Redis is always in its holder's set; the set may list devices
-since taken over or ended, which the scripts then leave alone). When a node's lease lapses,
-the other nodes' sweepers wait out its devices' grace window (``offline_after`` from the
-lease's end), then end each device in its set that it still holds, with the same script:
-each user goes offline exactly once, at most lease + ``offline_after`` (+ one sweep
-interval) after the node died.
+since taken over or ended, which the scripts then leave alone): when a node's lease lapses,
+the other nodes' sweepers end them (``sweep``).
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ from geopresence.cluster.presence_scripts import ALIVE, END, sha1
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_nodes import forget, lapse, read_registry
 from geopresence.core.replication import PresenceSet
+from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED
 
 log = logging.getLogger("geopresence.redis")
 
@@ -106,9 +101,15 @@ class RedisPresence:
         self._reclaimed: set[tuple[str, str]] = set()
         """Devices reported again after a lost lease, until that report is applied or
         replaced."""
-        self._refused: set[tuple[str, str]] = set()
-        """Devices the last batch found logged out since their connection opened (what
-        ``alive_now`` asks right after its batch)."""
+        self._refused: dict[tuple[str, str], int] = {}
+        """Devices whose report the last batch refused, with the close code their
+        connection gets (what ``alive_now`` asks right after its batch)."""
+        self.on_opened: Callable[[str, str], None] | None = None
+        """Called with (user, device) as a session of the device opens here."""
+        self.on_superseded: Callable[[str, str, float], None] | None = None
+        """Called with (user, device, since) when a report of a connection open here since
+        ``since`` reached Redis after a newer connection of the device elsewhere: it
+        closes here (4002)."""
         # Latest-wins per device: only its newest state matters to Redis, except that a
         # logout overtaken by a reconnect is still applied first (one node would publish
         # offline then online; so does the cluster).
@@ -147,6 +148,8 @@ class RedisPresence:
 
     def device_alive(self, user: str, device: str, at: float) -> None:
         key = (user, device)
+        if self.on_opened is not None:
+            self.on_opened(user, device)
         self._reclaimed.discard(key)  # a new session: its takeover is news
         if key in self._applied_now:  # the session's report, right after ``alive_now``
             self._applied_now.discard(key)
@@ -171,26 +174,26 @@ class RedisPresence:
             self._report(user, device, ("alive", last_active, since))
             self._reclaimed.add((user, device))
 
-    async def alive_now(self, user: str, device: str, at: float) -> bool:
+    async def alive_now(self, user: str, device: str, at: float) -> int | None:
         """Make a device held here in Redis before its session starts, so that whatever its
         user does next (a logout on another device, on another node) comes after it: a
         report still queued here could reach Redis after that and flap the user's status.
         If the device has a change queued, that queue keeps the order instead. The
-        session's own ``device_alive`` at ``at``, which follows at once (no checkpoint
-        between), is then skipped. False if a logout made at or after ``at`` (on another
-        node, by its clock) ended the device first: the session must not start."""
+        session's own ``device_alive`` at ``at`` is then skipped, unless another report of
+        the device comes first. Returns None, or the close code the opening connection
+        gets instead of its welcome: 4001 if a logout made at or after ``at`` (by its
+        node's clock) reached Redis first, 4002 if a newer connection holds it elsewhere."""
         key = (user, device)
         if self._holder is None or self._queued(key):
-            return True
+            return None
         self._applying += 1
         try:
             await self._apply([(user, device, ("alive", at, at))], self._holder)
             if key in self._refused:
-                self._refused.discard(key)
-                return False
+                return self._refused.pop(key)
             if not self._queued(key):  # else (its old session ended meanwhile) report again
                 self._applied_now.add(key)
-            return True
+            return None
         finally:
             self._applying -= 1
 
@@ -307,15 +310,21 @@ class RedisPresence:
         held: dict[str, bool] = {}  # each device's index entry after the batch, in op order
         offline: list[str] = []
         ended = 0
-        for (user, device, (kind, _, _)), result in zip(ops, results, strict=True):
+        for (user, device, (kind, _, made)), result in zip(ops, results, strict=True):
             if kind == "alive":
                 reclaimed = (user, device) in self._reclaimed
                 self._reclaimed.discard((user, device))
                 if int(result[0]) == -1:  # logged out after its connection opened
                     held[member(user, device)] = False
-                    self._refused.add((user, device))
+                    self._refused[(user, device)] = CLOSE_LOGGED_OUT
                     if self.on_logged_out is not None:
                         self.on_logged_out(user, device, holder, int(result[4]) / 1000)
+                    continue
+                if int(result[0]) == -2:  # a newer connection of it is held elsewhere
+                    held[member(user, device)] = False
+                    self._refused[(user, device)] = CLOSE_REPLACED
+                    if self.on_superseded is not None:
+                        self.on_superseded(user, device, made)
                     continue
                 held[member(user, device)] = True
                 before = string(result[4]) if len(result) > 4 else ""
@@ -391,9 +400,11 @@ class RedisPresence:
 
     async def sweep(self) -> int:
         """Mark the nodes whose lease lapsed gone, and end the devices of every gone node
-        whose grace window has passed (one ``HGETALL`` when there are none); returns how
-        many devices this call ended. Sweepers of several nodes may race: the scripts end
-        each device, and decide each transition, once."""
+        whose grace window has passed (``offline_after`` from its lease's end: each user
+        goes offline once, at most lease + ``offline_after`` + a sweep interval after its
+        node died; one ``HGETALL`` when none); returns how many devices this call ended.
+        Sweepers of several nodes may race: the scripts end each device, and decide each
+        transition, once."""
         client, keys = self._client, self._keys
         now = self._clock()
         live, gone = await read_registry(client, keys)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
@@ -29,6 +29,7 @@ from geopresence.wire.client_messages import Hello as HelloMessage
 from geopresence.wire.errors import (
     CLOSE_LOGGED_OUT,
     CLOSE_POLICY,
+    CLOSE_REPLACED,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
@@ -55,6 +56,13 @@ class Hello:
 
 
 WS_PATH = "/ws"
+
+
+REFUSED: Final = {
+    CLOSE_LOGGED_OUT: "logged out",
+    CLOSE_REPLACED: "replaced by a newer connection",
+}
+"""The reason sent with each close code Redis may refuse an opening session with."""
 
 
 class Handshake:
@@ -204,17 +212,19 @@ class Handshake:
         """Before the welcome: the device is held here in Redis (two round trips), so nothing
         the client does after the welcome can reach Redis ahead of it. If Redis is slow or
         down, the session starts anyway and the queued report catches up. Returns when the
-        session opens (epoch seconds), or None if a logout made meanwhile on another node
-        ended the device first: the connection is then closed with 4001."""
+        session opens (epoch seconds), or None if Redis refused the device (a logout made
+        meanwhile on another node, 4001; a newer connection elsewhere, 4002): the
+        connection is then closed so, without a welcome."""
         now = self._now()
         if self._cluster is None:
             return now
         with trio.move_on_after(self._config.hello_timeout):
             try:
-                if not await self._cluster.presence.alive_now(user, device, now):
-                    self._metrics.closes[CLOSE_LOGGED_OUT] += 1
+                code = await self._cluster.presence.alive_now(user, device, now)
+                if code is not None:
+                    self._metrics.closes[code] += 1
                     with trio.move_on_after(self._config.close_timeout):
-                        await ws.close(CLOSE_LOGGED_OUT, "logged out")
+                        await ws.close(code, REFUSED[code])
                     return None
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)

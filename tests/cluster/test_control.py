@@ -125,3 +125,21 @@ async def test_a_logout_is_published_to_the_holders_node_only() -> None:
                 assert decode_envelope(raw).event == LoggedOut("alice", "laptop", 101.0)
     assert broker.held == [node_channel(1)]
     assert sink.closed == {1: CLOSE_LOGGED_OUT}
+
+
+async def test_a_logout_heard_while_the_session_was_opening_ends_it() -> None:
+    """The notice came before the session existed here (Redis had the device held here,
+    then the logout dropped it): the session is judged as it opens, by when its connection
+    opened; a session that opened after the logout stays."""
+    hub, sink = hub_with()
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            async with trio.open_nursery() as nursery:
+                control = Control(client, KEYS, Broker(), hub, lambda: MINE, nursery)  # type: ignore[arg-type]
+                control.on_logout(LoggedOut("alice", "phone", 101.0))
+                control.on_logout(LoggedOut("bob", "phone", 101.0))
+                hub.open_session(1, "alice", "phone", 102.0, since=100.0)
+                control.opened("alice", "phone")
+                hub.open_session(2, "bob", "phone", 102.0, since=101.5)
+                control.opened("bob", "phone")
+    assert sink.closed == {1: CLOSE_LOGGED_OUT}

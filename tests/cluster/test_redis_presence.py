@@ -17,6 +17,7 @@ from geopresence.cluster.redis_keys import Keys, string, strings
 from geopresence.cluster.redis_nodes import NodeLease, read_registry
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.core.replication import PresenceSet
+from geopresence.wire.errors import CLOSE_LOGGED_OUT
 from tests.helpers import SettableClock
 from tests.redis_server import AnyRedis, redis_server
 
@@ -357,7 +358,7 @@ async def test_a_logout_names_the_holders_and_leaves_tombstones(any_redis: AnyRe
     """A logout through b of devices a holds names a's incarnation for each, with the
     logout's time (its node ends them, 4001), and leaves a tombstone per device and one for
     the user; retried (its first reply lost), it names them again. A device's next session
-    removes its tombstone; a tombstone older than a day goes with the user's next end."""
+    passes its tombstone; a tombstone older than a day goes with the user's next end."""
     async with two_nodes(any_redis) as (nodes, a, b, lease_a, lease_b):
         told: list[tuple[str, str, str, float]] = []
         b.on_logged_out = lambda *notice: told.append(notice)
@@ -384,7 +385,7 @@ async def test_a_logout_names_the_holders_and_leaves_tombstones(any_redis: AnyRe
         assert sorted(told) == expected
         a.device_alive("fay", "phone", T0 + 2)  # a new session of the phone
         await settle(a)
-        assert "lo:phone" not in await tombstones(any_redis, key)
+        assert "lo:phone" in await tombstones(any_redis, key)  # for late reports
         assert nodes.transitions("fay") == ["online", "offline", "online"]
         nodes.clock.now = T0 + 1 + 86_400 + 1
         a.device_ended("fay", "phone", T0 + 3, logout=False)
@@ -457,7 +458,7 @@ async def test_a_logout_judges_connections_by_when_they_opened() -> None:
     report, and no later one: a logout and a reconnect queued together on a leave the new
     session held; a logout made before a connection opened (b's clock) leaves it held;
     ``alive_now`` for a connection opened before a logout that reached Redis first says
-    no (the session must not start)."""
+    4001 (the session must not start)."""
     with redis_server() as port:
         client = coredis.Redis(host="127.0.0.1", port=port)
         async with client, two_nodes(client) as (nodes, a, b, lease_a, _):
@@ -481,9 +482,58 @@ async def test_a_logout_judges_connections_by_when_they_opened() -> None:
             nodes.clock.now = T0 + 9
             b.logout_user("jo", None)  # no device of jo is held yet
             await settle(b)
-            assert not await a.alive_now("jo", "phone", T0 + 8)
-            assert await a.alive_now("jo", "laptop", T0 + 10)
+            assert await a.alive_now("jo", "phone", T0 + 8) == CLOSE_LOGGED_OUT
+            assert await a.alive_now("jo", "laptop", T0 + 10) is None
             assert await nodes.held(lease_a) == ["hal\nphone", "ida\nphone", "jo\nlaptop"]
+
+
+async def test_a_late_report_loses_to_what_came_after_its_connection_opened() -> None:
+    """Node a's reports wait (it has no lease): kim's phone opened there at T0 and was
+    logged out through b at T0 + 1, lee's phone opened there at T0 and again on b at T0 + 2;
+    both phones then reconnect on b. a's late reports change nothing: kim's is told logged
+    out (4001), lee's superseded (4002), and b keeps both, with no takeover notice."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
+            told: list[tuple[str, str, str, float]] = []
+            superseded: list[tuple[str, str, float]] = []
+            taken: list[tuple[str, str, str]] = []
+            a.on_logged_out = lambda *notice: told.append(notice)
+            a.on_superseded = lambda *notice: superseded.append(notice)
+            b.on_taken_over = a.on_taken_over = lambda *notice: taken.append(notice)
+            a.holder = None
+            a.device_alive("kim", "phone", T0)
+            a.device_alive("lee", "phone", T0)
+            nodes.clock.now = T0 + 1
+            b.device_ended("kim", "phone", None, logout=True)
+            await settle(b)
+            b.device_alive("kim", "phone", T0 + 2)
+            b.device_alive("lee", "phone", T0 + 2)
+            await settle(b)
+            a.holder = lease_a.incarnation
+            await settle(a)
+            assert told == [("kim", "phone", lease_a.incarnation, T0 + 1)]
+            assert superseded == [("lee", "phone", T0)]
+            assert taken == []
+            assert await nodes.held(lease_a) == []
+            assert await nodes.held(lease_b) == ["kim\nphone", "lee\nphone"]
+            assert nodes.transitions("kim") == ["online"] and nodes.transitions("lee") == ["online"]
+
+
+async def test_tombstones_of_a_user_without_presence_expire() -> None:
+    """A logout of a user Redis has no presence of (never seen, or forgotten meanwhile)
+    leaves its tombstones in a hash that expires; a session of the user keeps it."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, b, _, _):
+            b.logout_user("max", None)
+            await settle(b)
+            key = nodes.keys.of("presence", "max")
+            assert 0 < await client.pttl(key) <= 86_400_000
+            nodes.clock.now = T0 + 1
+            a.device_alive("max", "phone", T0 + 1)
+            await settle(a)
+            assert await client.pttl(key) == -1
 
 
 async def tombstones(client: Any, key: str) -> dict[str, str]:

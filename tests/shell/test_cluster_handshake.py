@@ -1,6 +1,7 @@
-"""The handshake's cluster step (shell): a device that Redis says was logged out after its
-connection opened (a logout through another node reached Redis first) is not welcomed: the
-connection closes with 4001, and the session opens at the time its device was reported."""
+"""The handshake's cluster step (shell): a device Redis refuses (a logout made after its
+connection opened reached Redis first, 4001; a newer connection holds it elsewhere, 4002)
+is not welcomed: the connection closes so; else the session opens at the time its device
+was reported."""
 
 from __future__ import annotations
 
@@ -12,23 +13,23 @@ from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.shell.handshake import Handshake
 from geopresence.shell.metrics import Metrics
-from geopresence.wire.errors import CLOSE_LOGGED_OUT
+from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED
 from tests.helpers import RecordingSink
 
 
 class Presence:
-    def __init__(self, alive: bool) -> None:
-        self.alive = alive
+    def __init__(self, refused: int | None) -> None:
+        self.refused = refused
         self.asked: list[tuple[str, str, float]] = []
 
-    async def alive_now(self, user: str, device: str, at: float) -> bool:
+    async def alive_now(self, user: str, device: str, at: float) -> int | None:
         self.asked.append((user, device, at))
-        return self.alive
+        return self.refused
 
 
 class Cluster:
-    def __init__(self, alive: bool) -> None:
-        self.presence = Presence(alive)
+    def __init__(self, refused: int | None) -> None:
+        self.presence = Presence(refused)
 
 
 class Socket:
@@ -44,16 +45,20 @@ def handshake(cluster: Any, metrics: Metrics) -> Handshake:
     return Handshake(Config(), metrics, hub, lambda: 100.0, secret="s", cluster=cluster)
 
 
-async def test_a_device_logged_out_first_is_closed_4001_before_its_welcome() -> None:
+async def test_a_device_redis_refuses_is_closed_before_its_welcome() -> None:
     metrics, ws = Metrics(), Socket()
-    refused = handshake(Cluster(alive=False), metrics)
-    assert await refused.alive_in_cluster(ws, "alice", "phone") is None  # type: ignore[arg-type]
-    assert ws.closed == [(CLOSE_LOGGED_OUT, "logged out")]
-    assert metrics.closes[CLOSE_LOGGED_OUT] == 1
+    for code in (CLOSE_LOGGED_OUT, CLOSE_REPLACED):
+        refused = handshake(Cluster(refused=code), metrics)
+        assert await refused.alive_in_cluster(ws, "alice", "phone") is None  # type: ignore[arg-type]
+    assert ws.closed == [
+        (CLOSE_LOGGED_OUT, "logged out"),
+        (CLOSE_REPLACED, "replaced by a newer connection"),
+    ]
+    assert metrics.closes[CLOSE_LOGGED_OUT] == metrics.closes[CLOSE_REPLACED] == 1
 
 
 async def test_a_session_opens_at_the_time_its_device_was_reported() -> None:
-    cluster, ws = Cluster(alive=True), Socket()
+    cluster, ws = Cluster(refused=None), Socket()
     assert await handshake(cluster, Metrics()).alive_in_cluster(ws, "bob", "phone") == 100.0  # type: ignore[arg-type]
     assert cluster.presence.asked == [("bob", "phone", 100.0)]
     assert await handshake(None, Metrics()).alive_in_cluster(ws, "bob", "phone") == 100.0  # type: ignore[arg-type]
