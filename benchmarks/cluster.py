@@ -275,7 +275,7 @@ def run_nodes(options: RunOptions, nodes: int, kind: str) -> NodesRun:
             )
             users = [0] * nodes
             for i, conn in enumerate(gen.by_user):
-                users[i % nodes] += conn is not None
+                users[gen.target_of(i)] += conn is not None
             gen.close_all()
         during = log_problems(workdir, nodes, sizes)
         everything = log_problems(workdir, nodes)

@@ -181,7 +181,8 @@ def options_of(args: argparse.Namespace, users: int) -> RunOptions:
     spec = procs.ServerSpec(in_memory=args.in_memory, src=args.server_src)
     return RunOptions(model=model, duration=args.duration, warmup=args.warmup, ramp=args.ramp,
                       spec=spec, ws=args.ws, http=args.http, admin_key=args.admin_key,
-                      quiet=args.quiet, sample_every=args.sample_every)  # fmt: skip
+                      quiet=args.quiet, sample_every=args.sample_every,
+                      grouped=getattr(args, "grouped", False))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -244,6 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     scaleout_cmd.add_argument("--users-per-node", type=int, default=1000)
     scaleout_cmd.add_argument("--nodes", default="1,2,4", help="comma-separated node counts")
+    scaleout_cmd.add_argument("--grouped", action="store_true",
+                              help="each cluster of near friends on one node: no live event "
+                              "crosses nodes (a control run)")  # fmt: skip
     scaleout_cmd.add_argument("--out", type=Path, default=None, help="JSON file (default: "
                               "benchmarks/results/scaleout-REDIS.json)")  # fmt: skip
     args = parser.parse_args(argv)

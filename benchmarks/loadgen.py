@@ -53,6 +53,10 @@ class LoadGen(Loop):
         self.errors = 0
         self.other = 0
         self.measuring = False
+        self.grouped = False
+        """User i connects to target (i // cluster) mod targets, not i mod targets: each
+        cluster of near friends on one node, so that no live event crosses nodes (a control
+        run: what k processes cost on this machine without the events between them)."""
         self.hold_moves = False
         """Start the periodic locations only once every user is connected (``ceiling``: a
         server saturated by the first users would otherwise starve the later logins)."""
@@ -83,7 +87,7 @@ class LoadGen(Loop):
             failed = sum(self.closed.values())
             while self.started < due and self.started - self.connected - failed < pending_max:
                 i = self.started
-                host, port = self.targets[i % self.nodes]
+                host, port = self.targets[self.target_of(i)]
                 self.by_user[i] = self.open(i, host, port)
                 self.started += 1
             done = self.connected + failed >= n
@@ -112,6 +116,10 @@ class LoadGen(Loop):
         if not quiet:
             print(file=sys.stderr, flush=True)
 
+    def target_of(self, i: int) -> int:
+        """The target user ``i`` connects to."""
+        return (i // self.model.cluster if self.grouped else i) % self.nodes
+
     def on_open(self, conn: Conn) -> None:
         user = f"u{conn.index}".encode()
         hello = encode_client_frame(b'{"type":"hello","user":"' + user + b'","device":"d"}')
@@ -127,7 +135,7 @@ class LoadGen(Loop):
         if data.startswith(FRIEND_LOCATION, start):
             self.deliveries += 1
             if self.nodes > 1:
-                self.node_deliveries[conn.index % self.nodes] += 1
+                self.node_deliveries[self.target_of(conn.index)] += 1
             if self.measuring and self.deliveries % self.sample_every == 0:
                 self._sample(conn, data[start:end])
         elif data.startswith(WELCOME, start):
@@ -150,10 +158,10 @@ class LoadGen(Loop):
         frame = orjson.loads(payload)
         latency = time.time() - frame["ts"]
         self.latencies.append(latency)
-        self.node_latencies[conn.index % self.nodes].append(latency)
+        self.node_latencies[self.target_of(conn.index)].append(latency)
         if self.nodes > 1:
             mover: str = frame["user"]
-            if int(mover[1:]) % self.nodes != conn.index % self.nodes:
+            if self.target_of(int(mover[1:])) != self.target_of(conn.index):
                 self.cross.append(latency)
             else:
                 self.same.append(latency)

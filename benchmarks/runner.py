@@ -43,6 +43,8 @@ class RunOptions:
     """Parse one ``friend_location`` in this many (0: about 2,000 a second)."""
     hold_moves: bool = False
     """Periodic locations start once every user is connected (see ``LoadGen.hold_moves``)."""
+    grouped: bool = False
+    """Several targets: each cluster of near friends on one target (``LoadGen.grouped``)."""
 
 
 @attrs.frozen
@@ -85,6 +87,7 @@ def measure(
     model = options.model
     gen = LoadGen(model, [(t.host, t.port) for t in targets], options.sample_every)
     gen.hold_moves = options.hold_moves
+    gen.grouped = options.grouped
     gen.ramp(options.ramp, max(30.0, model.users / 500), options.quiet)
     gen.run_until(time.monotonic() + 1.0)  # the first locations fan out
     connected_stats = all_stats(targets)
