@@ -13,6 +13,7 @@ inverses (tests/cluster/test_channel_events.py).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Final
 
 import attrs
@@ -30,12 +31,14 @@ from geopresence.wire.outbox import Outgoing
 @attrs.frozen
 class Replaced:
     """On a node's control channel: a session of ``user``'s ``device`` opened on another
-    node, which holds the device now; the node of ``incarnation`` (``<node id>/<token>``),
-    its holder until then, closes its connection of it (4002)."""
+    node at ``since`` (epoch seconds), which holds the device now; the node of
+    ``incarnation`` (``<node id>/<token>``), its holder until then, closes its connection
+    of it (4002) if that opened before."""
 
     user: str
     device: str
     incarnation: str
+    since: float = math.inf
 
 
 @attrs.frozen
@@ -147,6 +150,7 @@ def encode_event(event: ChannelEvent) -> dict[str, Any]:
             "user": event.user,
             "device": event.device,
             "held_by": event.incarnation,
+            "since": event.since,
         }
     raise TypeError(f"not a channel event: {event!r}")
 
@@ -185,7 +189,8 @@ def decode_event(data: dict[str, Any]) -> ChannelEvent:
     if kind == "logout":
         return LoggedOut(str(data["user"]), str(data["device"]), float(data["at"]))
     if kind == "replaced":
-        return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]))
+        since = float(data.get("since", math.inf))  # an older version's: no time
+        return Replaced(str(data["user"]), str(data["device"]), str(data["held_by"]), since)
     raise ValueError(f"unknown channel event kind {kind!r}")
 
 

@@ -110,16 +110,17 @@ class Control:
 
     # ---------------------------------------------------------------- telling
 
-    def taken_over(self, user: str, device: str, incarnation: str) -> None:
-        """A session here took ``user``'s ``device`` over from ``incarnation``: tell its
-        node, which closes its connection of it (4002)."""
-        self._tell(node_of(incarnation), Replaced(user, device, incarnation))
+    def taken_over(self, user: str, device: str, incarnation: str, since: float) -> None:
+        """A session here, open since ``since``, took ``user``'s ``device`` over from
+        ``incarnation``: tell its node, which closes its older connection of it (4002)."""
+        self._tell(node_of(incarnation), Replaced(user, device, incarnation, since))
 
     def logged_out(self, user: str, device: str, incarnation: str, at: float) -> None:
         """A logout made at ``at`` ended ``user``'s ``device``, which ``incarnation`` held:
         its node ends it (this node's own, here, at once)."""
         node_id = node_of(incarnation)
         if node_id == self.node_id:
+            self._remember(user, device, at)  # a session of it may be opening here
             self._hub.logged_out_elsewhere(user, device, at)
         else:
             self._tell(node_id, LoggedOut(user, device, at))
@@ -151,8 +152,12 @@ class Control:
             self._nursery.start_soon(self._close_replaced, event, conn)
 
     async def _close_replaced(self, event: Replaced, conn: int) -> None:
-        """Close ``conn`` unless the device came back here meanwhile: Redis says who holds
-        it now (a session here reports its device before its welcome)."""
+        """Close ``conn`` unless the device came back here meanwhile: its connection here
+        opened after the other (its report, on its way, is judged in Redis), or Redis says
+        it holds it here."""
+        since = self._hub.lifecycle.presence.since(event.user, event.device)
+        if since is not None and since > event.since:
+            return
         if not await self._held_here(event.user, event.device):
             self._hub.replaced_elsewhere(event.user, event.device, conn)
 
@@ -160,15 +165,18 @@ class Control:
         """Another node's logout ended a device held here: end it (4001) unless its
         connection here opened after the logout (``Hub.logged_out_elsewhere``); kept a
         while for a session of the device still opening (``opened``)."""
-        key, now = (event.user, event.device), trio.current_time()
+        self._remember(event.user, event.device, event.at)
+        if self._hub.lifecycle.presence.since(event.user, event.device) is not None:
+            self._nursery.start_soon(self._end_logged_out, event)
+
+    def _remember(self, user: str, device: str, at: float) -> None:
+        key, now = (user, device), trio.current_time()
         self._heard.pop(key, None)
-        self._heard[key] = (event.at, now)
+        self._heard[key] = (at, now)
         for old, (_, heard) in list(self._heard.items()):  # oldest first
             if heard > now - EARLY_FOR:
                 break
             del self._heard[old]
-        if self._hub.lifecycle.presence.since(event.user, event.device) is not None:
-            self._nursery.start_soon(self._end_logged_out, event)
 
     def opened(self, user: str, device: str) -> None:
         """A session of ``user``'s ``device`` opened here; Redis had it held here, but a
@@ -212,9 +220,11 @@ class Control:
     async def _recheck(self) -> None:
         hub, keys = self._hub, self._keys
         # A device with a report on its way is judged by Redis on its arrival.
-        alive = hub.lifecycle.presence.alive_devices()
+        presence = hub.lifecycle.presence
         devices = [
-            (user, device) for user, device, _, _ in alive if not self.reporting(user, device)
+            (user, device, since)
+            for user, device, _, since in presence.alive_devices()
+            if not self.reporting(user, device)
         ]
         try:
             replies = await pipelined(
@@ -227,7 +237,11 @@ class Control:
         except Exception as exc:
             log.warning("could not check this node's devices after a gap (%s)", exc)
             return
-        for (user, device), (holder, tombstone, everyone) in zip(devices, replies, strict=True):
+        for (user, device, since), (holder, tombstone, everyone) in zip(
+            devices, replies, strict=True
+        ):
+            if presence.since(user, device) != since:
+                continue  # reconnected here meanwhile: judged by its own report
             if holder is not None:
                 conn = hub.connection_of(user, device)
                 if node_of(holder) != self.node_id and conn is not None:

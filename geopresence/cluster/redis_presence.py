@@ -88,19 +88,18 @@ class RedisPresence:
         self._may_sweep = may_sweep
         """False while this node's own lease is not steady (``NodeLease.steady``)."""
         self._holder: str | None = None
-        self.on_taken_over: Callable[[str, str, str], None] | None = None
-        """Called with (user, device, incarnation) when a session here took a device over
-        from another incarnation, whose node must close its connection of it (4002)."""
+        self.on_taken_over: Callable[[str, str, str, float], None] | None = None
+        """Called with (user, device, incarnation, since) when a session here, open since
+        ``since``, took a device over from another incarnation, whose node must close its
+        older connection of it (4002)."""
         self.on_logged_out: Callable[[str, str, str, float], None] | None = None
         """Called with (user, device, incarnation, at) when a logout reported here at
-        ``at`` (epoch seconds; or retried) ended a device ``incarnation`` held, whose node
-        must end it (4001), and with this node's incarnation when a device reported here
-        late had been logged out after its connection opened."""
+        ``at`` (epoch seconds; or retried) ended a device ``incarnation`` held (this
+        node's too: a session of it may be opening here), whose node must end it (4001),
+        and with this node's incarnation when a device reported here late had been logged
+        out after its connection opened."""
         self.on_offline_at: Callable[[str, bytes], None] | None = None
         """Called with (user, its last ``gp:loc:{U}``) for a user made offline here."""
-        self._reclaimed: set[tuple[str, str]] = set()
-        """Devices reported again after a lost lease, until that report is applied or
-        replaced."""
         self._refused: dict[tuple[str, str], int] = {}
         """Devices whose report the last batch refused, with the close code their
         connection gets (what ``alive_now`` asks right after its batch)."""
@@ -150,7 +149,6 @@ class RedisPresence:
         key = (user, device)
         if self.on_opened is not None:
             self.on_opened(user, device)
-        self._reclaimed.discard(key)  # a new session: its takeover is news
         if key in self._applied_now:  # the session's report, right after ``alive_now``
             self._applied_now.discard(key)
             return
@@ -172,7 +170,6 @@ class RedisPresence:
         sweepers' now (but a device logged out since: ``on_logged_out``)."""
         for user, device, last_active, since in devices:
             self._report(user, device, ("alive", last_active, since))
-            self._reclaimed.add((user, device))
 
     async def alive_now(self, user: str, device: str, at: float) -> int | None:
         """Make a device held here in Redis before its session starts, so that whatever its
@@ -210,7 +207,6 @@ class RedisPresence:
     def _report(self, user: str, device: str, op: DeviceOp) -> None:
         key = (user, device)
         self._applied_now.discard(key)
-        self._reclaimed.discard(key)  # a reclaim queued is replaced by what follows
         previous = self._pending.pop(key, None)  # re-queued last: ops leave in report order
         if previous is not None and previous[0] == "logout":
             if op[0] == "alive":
@@ -312,8 +308,6 @@ class RedisPresence:
         ended = 0
         for (user, device, (kind, _, made)), result in zip(ops, results, strict=True):
             if kind == "alive":
-                reclaimed = (user, device) in self._reclaimed
-                self._reclaimed.discard((user, device))
                 if int(result[0]) == -1:  # logged out after its connection opened
                     held[member(user, device)] = False
                     self._refused[(user, device)] = CLOSE_LOGGED_OUT
@@ -328,11 +322,10 @@ class RedisPresence:
                     continue
                 held[member(user, device)] = True
                 before = string(result[4]) if len(result) > 4 else ""
-                if before and before != holder and not reclaimed and self.on_taken_over:
+                if before and before != holder and self.on_taken_over:
                     # The device's older connection is on another node: it closes (4002).
-                    # Not after a reclaim: a device another node took over meanwhile has
-                    # the newer connection there.
-                    self.on_taken_over(user, device, before)
+                    # (A newer one there would have refused this report: -2.)
+                    self.on_taken_over(user, device, before, made)
             else:
                 if kind != "logout_all":
                     held[member(user, device)] = False
@@ -342,9 +335,9 @@ class RedisPresence:
                     if now == "1":
                         held[member(user, name)] = False
                         ended += 1
-                    if at and by != holder and self.on_logged_out is not None:
-                        # Its connection is on another node (or this one's before it
-                        # lost its lease): that node ends it (4001).
+                    if at and self.on_logged_out is not None:
+                        # Its connection is on the node of ``by`` (this one's too: a
+                        # session still opening here): that node ends it (4001).
                         self.on_logged_out(user, name, by, int(at) / 1000)
             if self._result(user, result) == "offline":
                 offline.append(user)

@@ -13,9 +13,9 @@ nodes that need them, on channels (``geopresence.cluster.link``):
 - ``LocationSet``: an accepted location update (``gp:loc:{U}``), on the user's channel;
 - ``PresenceSet``: a user's online/offline transition, decided once for the whole cluster in
   Redis (``geopresence.cluster.redis_presence``), on the user's and small groups' channels;
-- ``LogoutRequested``: a logout made on another node that ended a device this node holds,
-  on this node's control channel (``geopresence.cluster.control``; older versions put it
-  on the feed, for every node);
+- ``LogoutRequested``: a logout, as older versions put it on the feed for every node
+  (a logout now reaches only the node holding the device, on its control channel:
+  ``geopresence.cluster.control``);
 - ``Watermark``: nothing but the entry itself, from an idle node: every feed entry says below
   which message id the node will never commit again (``geopresence.core.chat_horizon``).
 
@@ -150,8 +150,8 @@ class Replicator(Protocol):
       the transition to offline is announced as above.
     - ``logout(user, device, last_active_at)``: end ``device`` (every device of the user
       when None) on every node at once, whichever node holds it (or held it, if that node
-      died), and have the node that holds it close its connection (a ``LogoutRequested``
-      on that node's control channel); ``last_active_at`` as above.
+      died), and have the node that holds it close its connection (told on that node's
+      control channel); ``last_active_at`` as above.
     """
 
     def replicate(self, op: FeedOp) -> None: ...

@@ -33,7 +33,7 @@ EVENTS: list[ChannelEvent] = [
     GoneEvent("alice", "expired"),
     StrangerEvent("zoe", Location(-33.9, 151.2, 1.0), 2.0),
     StrangerGoneEvent("zoe", "hidden"),
-    Replaced("alice", "phone", "3/k2Jx"),
+    Replaced("alice", "phone", "3/k2Jx", 1_733_000_000.5),
     LoggedOut("alice", "phone", 1_733_000_000.123),
     PresenceSet("alice", "online", 12.5, 7),
     PresenceSet("alice", "offline", None, 8),

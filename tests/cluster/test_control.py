@@ -13,7 +13,7 @@ from typing import Any
 import coredis
 import trio
 
-from geopresence.cluster.channel_events import LoggedOut, decode_envelope
+from geopresence.cluster.channel_events import LoggedOut, Replaced, decode_envelope
 from geopresence.cluster.control import Control, node_channel
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_keys import Keys
@@ -143,3 +143,18 @@ async def test_a_logout_heard_while_the_session_was_opening_ends_it() -> None:
                 hub.open_session(2, "bob", "phone", 102.0, since=101.5)
                 control.opened("bob", "phone")
     assert sink.closed == {1: CLOSE_LOGGED_OUT}
+
+
+async def test_a_takeover_notice_leaves_a_connection_that_opened_after() -> None:
+    """hal's phone reconnected here at 105 (its report still on its way) after node 7 took
+    it over at 103 from this node's older connection: node 7's notice closes nothing."""
+    hub, sink = hub_with()
+    hub.open_session(2, "hal", "phone", 105.0, since=105.0)
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            await presence(client, "hal", d_phone="7/other 103000")
+            for since, closed in ((103.0, {}), (106.0, {2: CLOSE_REPLACED})):  # then a newer
+                async with trio.open_nursery() as nursery:
+                    control = Control(client, KEYS, Broker(), hub, lambda: MINE, nursery)  # type: ignore[arg-type]
+                    control.on_replaced(Replaced("hal", "phone", MINE, since))
+                assert sink.closed == closed

@@ -9,9 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import coredis
+import trio
 
+from geopresence.cluster.control import Control
 from geopresence.cluster.redis_keys import string
 from geopresence.wire.errors import CLOSE_LOGGED_OUT
+from tests.cluster.test_control import Broker, hub_with
 from tests.cluster.test_redis_presence import (
     LEASE,
     OFFLINE_AFTER,
@@ -39,8 +42,12 @@ async def test_a_logout_names_the_holders_and_leaves_tombstones(any_redis: AnyRe
         b.logout_user("fay", None)
         await settle(b)
         mine, ms = lease_a.incarnation, int((T0 + 1) * 1000)
-        expected = [("fay", "phone", mine, T0 + 1), ("fay", "tablet", mine, T0 + 1)]
-        assert sorted(told) == expected  # not b's own laptop: b ended it itself
+        expected = [
+            ("fay", "laptop", lease_b.incarnation, T0 + 1),  # b's own (ended there already)
+            ("fay", "phone", mine, T0 + 1),
+            ("fay", "tablet", mine, T0 + 1),
+        ]
+        assert sorted(told) == expected
         key = nodes.keys.of("presence", "fay")
         assert await tombstones(any_redis, key) == {
             "lo:phone": f"{mine} {ms}",
@@ -208,3 +215,42 @@ async def test_tombstones_of_a_user_without_presence_expire() -> None:
 async def tombstones(client: Any, key: str) -> dict[str, str]:
     fields = await client.hgetall(key)
     return {string(k): string(v) for k, v in fields.items() if string(k).startswith("lo:")}
+
+
+async def test_a_logout_through_the_node_where_the_device_is_opening_ends_it() -> None:
+    """fay's phone is opening on a (reported alive, not yet welcomed) when a logout of
+    every device of fay is made through a itself: the session ends (4001) as it opens."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, _, lease_a, _):
+            hub, sink = hub_with()
+            async with trio.open_nursery() as nursery:
+                broker: Any = Broker()
+                control = Control(
+                    client, nodes.keys, broker, hub, lambda: lease_a.incarnation, nursery
+                )
+                control.listen(1)
+                control.attach(a)
+                assert await a.alive_now("fay", "phone", T0) is None
+                nodes.clock.now = T0 + 1
+                a.logout_user("fay", None)  # no session of fay here yet
+                await settle(a)
+                hub.open_session(1, "fay", "phone", T0 + 1.5, since=T0)
+                a.device_alive("fay", "phone", T0)  # as the session opens (its replicator)
+            assert sink.closed == {1: CLOSE_LOGGED_OUT}
+
+
+async def test_a_reclaim_that_takes_a_device_over_tells_the_older_connection() -> None:
+    """gus's phone is held on b since T0 and reconnected to a at T0 + 5 while a had no
+    lease: a's report again takes it over, and b's older connection is told (4002)."""
+    with redis_server() as port:
+        client = coredis.Redis(host="127.0.0.1", port=port)
+        async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
+            taken: list[tuple[str, str, str, float]] = []
+            a.on_taken_over = lambda *notice: taken.append(notice)
+            assert await b.alive_now("gus", "phone", T0) is None
+            nodes.clock.now = T0 + 6
+            a.reclaim([("gus", "phone", T0 + 5, T0 + 5)])
+            await settle(a)
+            assert await nodes.held(lease_a) == ["gus\nphone"]
+            assert taken == [("gus", "phone", lease_b.incarnation, T0 + 5)]

@@ -334,8 +334,8 @@ async def test_a_takeover_is_told_to_the_old_holder_but_not_after_a_reclaim() ->
     with redis_server() as port:
         client = coredis.Redis(host="127.0.0.1", port=port)
         async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
-            told_by_a: list[tuple[str, str, str]] = []
-            told_by_b: list[tuple[str, str, str]] = []
+            told_by_a: list[tuple[str, str, str, float]] = []
+            told_by_b: list[tuple[str, str, str, float]] = []
             a.on_taken_over = lambda *notice: told_by_a.append(notice)
             b.on_taken_over = lambda *notice: told_by_b.append(notice)
             a.device_alive("alice", "phone", T0)
@@ -343,7 +343,7 @@ async def test_a_takeover_is_told_to_the_old_holder_but_not_after_a_reclaim() ->
             b.device_alive("alice", "phone", T0 + 1)
             b.device_alive("alice", "laptop", T0 + 1)  # nobody held it: no notice
             await settle(b)
-            assert told_by_b == [("alice", "phone", lease_a.incarnation)]
+            assert told_by_b == [("alice", "phone", lease_a.incarnation, T0 + 1)]
             await advance(nodes.clock, T0 + LEASE + 1, lease_b)  # a is stalled meanwhile
             assert not await lease_a.renew()
             assert await lease_a.retake() == 0
