@@ -23,6 +23,7 @@ ends nothing, nor does a device held by this node's previous incarnation (a lost
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -63,8 +64,13 @@ def holder_of(value: str | bytes) -> str:
 
 
 def logged_out_at(tombstone: str | bytes | None) -> float:
-    """A tombstone's time in epoch seconds (``"<holder> <ms>"``; -1 for none)."""
-    return -1.0 if tombstone is None else int(string(tombstone).rpartition(" ")[2]) / 1000
+    """A tombstone's time in epoch seconds (``"<holder> <ms>"``; -1 for none, or one not
+    written so, as the scripts read it)."""
+    found = None if tombstone is None else _TOMBSTONE.search(string(tombstone))
+    return -1.0 if found is None else int(found[1]) / 1000
+
+
+_TOMBSTONE: Final = re.compile(r" (\d+)$")
 
 
 class Control:

@@ -48,7 +48,8 @@ _TOMBSTONES: Final = """
 local function logged_out_at(value)
   return tonumber(string.match(value or '', ' (%d+)$') or '-1')
 end
-local function holder_of(value)
+local function holder_of(value)  -- '' for none, or an older version's deadline
+  if tonumber(value) then return '' end
   return string.match(value or '', '^(%S*)')
 end
 """
@@ -123,6 +124,7 @@ local function tombstone(device, holder)  -- the latest logout's stays
 end
 local ended = {}
 local told = {}
+local gone = {}
 local dropped = 0
 local alive = 0
 local fields = redis.call('HGETALL', k)
@@ -154,8 +156,8 @@ for i = 1, #fields, 2 do
       table.insert(ended, device)
       table.insert(ended, holder)
       if logout then
-        told[device] = nil
-        tombstone(device, holder)
+        gone[device] = true
+        tombstone(device, holder ~= '' and holder or '-')
         table.insert(ended, made)
       else
         table.insert(ended, '')
@@ -176,7 +178,7 @@ if logout and redis.call('HEXISTS', k, 'status') == 0 then
 end
 for device, value in pairs(told) do
   local holder, at = string.match(value, '^(%S+) (%d+)$')
-  if holder and holder ~= '-' then
+  if holder and holder ~= '-' and not gone[device] then  -- (what this call ended: above)
     table.insert(ended, device)
     table.insert(ended, holder)
     table.insert(ended, at)

@@ -335,7 +335,7 @@ class RedisPresence:
                     if now == "1":
                         held[member(user, name)] = False
                         ended += 1
-                    if at and self.on_logged_out is not None:
+                    if at and by and self.on_logged_out is not None:
                         # Its connection is on the node of ``by`` (this one's too: a
                         # session still opening here): that node ends it (4001).
                         self.on_logged_out(user, name, by, int(at) / 1000)

@@ -14,7 +14,7 @@ import coredis
 import trio
 
 from geopresence.cluster.channel_events import LoggedOut, Replaced, decode_envelope
-from geopresence.cluster.control import Control, node_channel
+from geopresence.cluster.control import Control, logged_out_at, node_channel
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_keys import Keys
 from geopresence.core.hub import Hub
@@ -158,3 +158,10 @@ async def test_a_takeover_notice_leaves_a_connection_that_opened_after() -> None
                     control = Control(client, KEYS, Broker(), hub, lambda: MINE, nursery)  # type: ignore[arg-type]
                     control.on_replaced(Replaced("hal", "phone", MINE, since))
                 assert sink.closed == closed
+
+
+def test_a_tombstone_not_written_so_reads_as_none() -> None:
+    assert logged_out_at("1/x 101500") == 101.5
+    assert logged_out_at("- 99000") == 99.0
+    for junk in (None, "junk", "2/z", "- ", "1/x 17.5"):
+        assert logged_out_at(junk) == -1.0

@@ -12,6 +12,7 @@ import coredis
 import trio
 
 from geopresence.cluster.control import Control
+from geopresence.cluster.presence_scripts import END
 from geopresence.cluster.redis_keys import string
 from geopresence.wire.errors import CLOSE_LOGGED_OUT
 from tests.cluster.test_control import Broker, hub_with
@@ -254,3 +255,24 @@ async def test_a_reclaim_that_takes_a_device_over_tells_the_older_connection() -
             await settle(a)
             assert await nodes.held(lease_a) == ["gus\nphone"]
             assert taken == [("gus", "phone", lease_b.incarnation, T0 + 5)]
+
+
+async def test_end_replies_once_per_device_and_never_a_deadline_as_a_holder() -> None:
+    """A logout ending a device whose earlier tombstone is listed after it in the hash
+    names only its holder now; an older version's deadline in ``d:`` names no holder."""
+    with redis_server() as port:
+        async with coredis.Redis(host="127.0.0.1", port=port) as client:
+            key = "gp:presence:{ann}"
+            await client.hset(key, {"status": "online", "d:a": "1/x 1000", "lo:a": "2/y 500"})
+            await client.hset(key, {"d:b": "1700000000.5"})
+            now = str(int(T0 * 1000))
+            reply = await client.eval(
+                END, keys=[key], args=["*", "logout_all", "3/me", "", now, now]
+            )
+            assert isinstance(reply, list)
+            entries = [string(entry) for entry in reply[4:]]
+            assert sorted(tuple(entries[i : i + 4]) for i in range(0, len(entries), 4)) == [
+                ("a", "1/x", now, "1"),
+                ("b", "", now, "1"),
+            ]
+            assert string(await client.hget(key, "lo:b")) == f"- {now}"
