@@ -31,6 +31,7 @@ import trio
 from geopresence.cluster.channel_events import LoggedOut, Replaced
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import pipelined
+from geopresence.cluster.redis_state import send_publications
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -138,9 +139,7 @@ class Control:
     async def _publish(self, publications: list[tuple[str, str, bytes]], user: str) -> None:
         for attempt in range(TRIES):
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for command, channel, data in publications:
-                        getattr(pipe, command)(channel, data)
+                await send_publications(self._client, publications)
                 return
             except Exception as exc:
                 log.warning("a control notice about %s was not published (%s)", user, exc)

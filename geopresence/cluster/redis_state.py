@@ -200,8 +200,19 @@ async def write_batch(
 Publication = tuple[str, str, bytes]
 """(command, Redis channel, payload): one publish (``RedisBroker.publications``)."""
 
+
 PUBLISH_BATCH: Final = 1000
 """Notices published per pipeline."""
+
+
+async def send_publications(client: Any, publications: list[Publication]) -> None:
+    """Send ``publications`` (``RedisBroker.publications``), ``PUBLISH_BATCH`` to a round
+    trip; raises if Redis does not take them."""
+    for start in range(0, len(publications), PUBLISH_BATCH):
+        async with client.pipeline(transaction=False) as pipe:
+            for command, channel, data in publications[start : start + PUBLISH_BATCH]:
+                getattr(pipe, command)(channel, data)
+
 
 QueuedOp = tuple[int, int, FeedOp, bool, int | None]
 """(seq or 0, uid, op, on the feed, watermark): one change waiting to be written."""
@@ -383,12 +394,8 @@ class RedisJournal:
         return [] if self.notices is None else self.notices(op, result)
 
     async def _publish(self, publications: list[Publication]) -> None:
-        """Send ``publications`` (``PUBLISH_BATCH`` to a round trip); raises if Redis does
-        not take them (the write is tried again)."""
-        for start in range(0, len(publications), PUBLISH_BATCH):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for command, channel, data in publications[start : start + PUBLISH_BATCH]:
-                    getattr(pipe, command)(channel, data)
+        # Raises if Redis does not take them: the write is tried again.
+        await send_publications(self._client, publications)
 
     def _written_off_feed(self, op: FeedOp, result: Any) -> None:
         if self.on_written is not None and isinstance(op, OFF_FEED):
