@@ -26,6 +26,7 @@ from geopresence.wire.client_messages import Heartbeat, Logout
 from geopresence.wire.errors import (
     CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_LOGGED_OUT,
+    CLOSE_REASONS,
     CLOSE_REPLACED,
     ProtocolError,
     RequestId,
@@ -119,7 +120,7 @@ class Lifecycle:
         """
         connected = self.presence.connect(user, device, conn, now, since)
         if connected.replaced is not None and connected.replaced != conn:
-            self.sessions.drop(connected.replaced, CLOSE_REPLACED, "replaced by a newer connection")
+            self.sessions.drop(connected.replaced, CLOSE_REPLACED, CLOSE_REASONS[CLOSE_REPLACED])
         self.sessions.add(Session(conn, user, device))
         broker, store = self.fanout.broker, self.state.users
         broker.subscribe(inbox_channel(user), conn)
@@ -174,9 +175,7 @@ class Lifecycle:
     def expire(self, now: float) -> None:
         """Time has reached ``now``: end devices whose heartbeat deadline passed and
         locations whose TTL ended."""
-        self.apply_ended(
-            self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", "if_held"
-        )
+        self.apply_ended(self.presence.expire(now), CLOSE_HEARTBEAT_TIMEOUT, "if_held")
         # Every node holds the same deadlines and tells its own connections.
         with self.fanout.scoped("local"):
             self.locations.expire(now)
@@ -201,7 +200,7 @@ class Lifecycle:
         # another node (replaying), it ends them here only if this node still holds them (a
         # new session elsewhere since then must not end).
         report: Report = "if_held" if replaying else "no"
-        self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", report)
+        self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, report)
         return before - self.presence.get(user).devices
 
     def replaced_elsewhere(self, user: str, device: str, conn: ConnId) -> bool:
@@ -213,7 +212,7 @@ class Lifecycle:
         if self.presence.connection_of(user, device) != conn:
             return False  # gone meanwhile, or replaced by a newer connection here
         ended = self.presence.logout(user, device)
-        self.apply_ended(ended, CLOSE_REPLACED, "replaced by a newer connection", "if_held")
+        self.apply_ended(ended, CLOSE_REPLACED, "if_held")
         return True
 
     def logged_out_elsewhere(self, user: str, device: str, at: float) -> bool:
@@ -228,9 +227,7 @@ class Lifecycle:
         # logout's.
         if since is None or int(since * 1000) > round(at * 1000):
             return False
-        self.apply_ended(
-            self.presence.logout(user, device), CLOSE_LOGGED_OUT, "logged out", "if_held"
-        )
+        self.apply_ended(self.presence.logout(user, device), CLOSE_LOGGED_OUT, "if_held")
         return True
 
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
@@ -241,16 +238,15 @@ class Lifecycle:
         self.apply_ended(
             self.presence.logout(session.user, session.device),
             CLOSE_LOGGED_OUT,
-            "logged out",
             "logout",
         )
 
-    def apply_ended(self, ended: Ended[ConnId], code: int, reason: str, report: Report) -> None:
+    def apply_ended(self, ended: Ended[ConnId], code: int, report: Report) -> None:
         """Close the ended devices' connections and publish the users' transitions (with
         other nodes: report the devices as ``report`` says; the cluster decides the
         transitions)."""
         for device in ended.connections:
-            self.sessions.drop(device.conn, code, reason)
+            self.sessions.drop(device.conn, code, CLOSE_REASONS[code])
         if self.replicator is not None:
             if report != "no":
                 for user, name in ended.devices:

@@ -22,7 +22,7 @@ from geopresence.config import Config
 from geopresence.core.broker import ConnId
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.transport import Connection, text_frame
-from geopresence.wire.errors import CLOSE_SLOW_CONSUMER
+from geopresence.wire.errors import CLOSE_REASONS, CLOSE_SLOW_CONSUMER
 from geopresence.wire.outbox import Outbox, Outgoing
 
 log = logging.getLogger("geopresence")
@@ -113,7 +113,7 @@ class Connections:
     def _slow_consumer(self, c: OpenConnection) -> None:
         log.warning("conn %d: send queue full (%d frames), closing 4008", c.conn, len(c.outbox))
         c.outbox.pop_all()  # nothing more will be sent; free the memory now
-        self._request_close(c, CLOSE_SLOW_CONSUMER, "slow consumer")
+        self._request_close(c, CLOSE_SLOW_CONSUMER, CLOSE_REASONS[CLOSE_SLOW_CONSUMER])
 
     # ------------------------------------------------------------------ writing
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -27,9 +27,9 @@ from geopresence.shell.origins import OriginPolicy
 from geopresence.shell.transport import Closed, Connection, Request
 from geopresence.wire.client_messages import Hello as HelloMessage
 from geopresence.wire.errors import (
-    CLOSE_LOGGED_OUT,
+    CLOSE_GOING_AWAY,
     CLOSE_POLICY,
-    CLOSE_REPLACED,
+    CLOSE_REASONS,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
@@ -56,13 +56,6 @@ class Hello:
 
 
 WS_PATH = "/ws"
-
-
-REFUSED: Final = {
-    CLOSE_LOGGED_OUT: "logged out",
-    CLOSE_REPLACED: "replaced by a newer connection",
-}
-"""The reason sent with each close code Redis may refuse an opening session with."""
 
 
 class Handshake:
@@ -224,7 +217,7 @@ class Handshake:
                 if code is not None:
                     self._metrics.closes[code] += 1
                     with trio.move_on_after(self._config.close_timeout):
-                        await ws.close(code, REFUSED[code])
+                        await ws.close(code, CLOSE_REASONS[code])
                     return None
             except Exception as exc:
                 log.warning("redis: %s/%s not yet alive in Redis (%s)", user, device, exc)
@@ -307,7 +300,7 @@ class Handshake:
         """Close a connection that has no session (at shutdown: 1001): its reader sees the
         peer's answer."""
         self._metrics.closes[code] += 1
-        ws.start_close(code, "server shutting down")
+        ws.start_close(code, CLOSE_REASONS[CLOSE_GOING_AWAY])
 
     def count_1009(self, ws: Connection) -> None:
         """Count the transport's own 1009 (a message over the size limit) once it closed."""

@@ -3,6 +3,7 @@ WebSocket close codes of the contract (wire layer)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, Literal
 
 ErrorCode = Literal[
@@ -33,6 +34,16 @@ CLOSE_HEARTBEAT_TIMEOUT: Final = 4000
 CLOSE_LOGGED_OUT: Final = 4001
 CLOSE_REPLACED: Final = 4002
 CLOSE_SLOW_CONSUMER: Final = 4008
+
+CLOSE_REASONS: Final[Mapping[int, str]] = {
+    CLOSE_GOING_AWAY: "server shutting down",
+    CLOSE_HEARTBEAT_TIMEOUT: "heartbeat timeout",
+    CLOSE_LOGGED_OUT: "logged out",
+    CLOSE_REPLACED: "replaced by a newer connection",
+    CLOSE_SLOW_CONSUMER: "slow consumer",
+}
+"""The reason sent with each close code the server closes with for one cause only (1008,
+1009 and 1013 say what went wrong; a 4008 for rate limit abuse says so)."""
 
 
 class ProtocolError(Exception):

@@ -242,7 +242,7 @@ async def test_rule_drain_moves_clients_away_with_1001_and_stops(
         async with server.connect("alice") as alice:
             response = await server.admin.call("POST", "/v1/drain")
             assert response == {"draining": True, "connections": 1}
-            assert (await alice.closed())[0] == 1001
+            assert await alice.closed() == (1001, "server shutting down")
         with trio.fail_after(30):
             while not server.running.server.stopping:
                 await trio.sleep(0.1)
