@@ -26,7 +26,15 @@ import trio
 from geopresence import __version__
 from geopresence.cluster.joining import ClusterError
 from geopresence.config import Config
-from geopresence.demo import VISITOR, Place, add_demo_flags, announcement, demo_options, run_demo
+from geopresence.demo import (
+    DEMO_DEFAULTS,
+    VISITOR,
+    Place,
+    add_demo_flags,
+    announcement,
+    demo_options,
+    run_demo,
+)
 from geopresence.shell import tools
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
@@ -107,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = commands.add_parser(
         "serve",
         help="run the server",
-        description="Run the server. Without flags: state in memory, journaled and "
-        "snapshotted to the data dir ./geopresence-data, WebSocket on 127.0.0.1:8765, "
-        "HTTP API on 127.0.0.1:8766.",
+        description="Run the server. Without flags: the state is journaled and snapshotted "
+        "to the data dir ./geopresence-data (and served from memory), WebSocket on "
+        "127.0.0.1:8765, HTTP API on 127.0.0.1:8766.",
         usage="%(prog)s [FLAGS]",
         epilog=ENV_RULE,
     )
@@ -128,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENV_RULE,
     )
     add_demo_flags(d)
-    add_serve_flags(d)
+    add_serve_flags(d, DEMO_DEFAULTS)
     d.set_defaults(parser=d, run=_cmd_demo)
 
     t = commands.add_parser(
@@ -260,9 +268,11 @@ def _announce(running: RunningServer, *, config: Config) -> None:
         )
     else:
         token_cmd = "geopresence token USER"
-        if config.secret is None and data_dir != Config().data_dir:
-            token_cmd += f" --data-dir {data_dir}"
         secret_file = config.secret is None and not os.environ.get("GEOPRESENCE_SECRET")
+        if not secret_file:  # not in the data dir: the command needs it the same way
+            token_cmd += " with this server's --secret or GEOPRESENCE_SECRET"
+        elif data_dir != Config().data_dir:
+            token_cmd += f" --data-dir {data_dir}"
         if secret_file and config.in_memory and not (data_dir / "secret").exists():
             token_cmd = "POST /v1/tokens with the admin key (the secret is in memory only)"
         hints.append(f"  mint a token:  {token_cmd}")
@@ -349,7 +359,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="geopresence-demo-") as tmp:
-        config, given = _server_config(args, insecure=True, in_memory=True, data_dir=Path(tmp))
+        config, given = _server_config(args, **DEMO_DEFAULTS, data_dir=Path(tmp))
         start = functools.partial(
             run_demo, config, users=options.users, centre=options.centre, seed=options.seed
         )

@@ -30,6 +30,8 @@ from geopresence.shell.server import RunningServer, serve
 log = logging.getLogger("geopresence.demo")
 
 VISITOR: Final = "you"
+DEMO_DEFAULTS: Final = {"insecure": True, "in_memory": True}
+"""``serve`` flags the demo turns on unless told otherwise (``--no-insecure``, ...)."""
 GROUP: Final = "walkers"
 FRIENDS: Final = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
                   "judy")  # fmt: skip

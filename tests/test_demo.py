@@ -102,3 +102,14 @@ def test_bad_demo_flags_are_one_line(tmp_path: Path) -> None:
             capture_output=True, text=True, cwd=tmp_path, timeout=60,
         )  # fmt: skip
         assert done.returncode == 2 and complaint in done.stderr, done.stderr
+
+
+def test_the_help_shows_the_demos_own_defaults(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "geopresence", "demo", "--help"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )  # fmt: skip
+    text = " ".join(done.stdout.split())
+    for env in ("GEOPRESENCE_INSECURE", "GEOPRESENCE_IN_MEMORY"):
+        assert f"(default: on; env {env})" in text
+    assert "(default: off; env GEOPRESENCE_INSECURE)" not in text

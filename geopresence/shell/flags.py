@@ -189,10 +189,13 @@ def add_flag(parser: argparse.ArgumentParser | Any, item: Setting) -> None:
         )
 
 
-def add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    """Every setting of ``serve``, by group."""
+def add_serve_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any] = {}) -> None:
+    """Every setting of ``serve``, by group; ``defaults``: the command's own defaults where
+    they are not ``serve``'s (``demo``), shown in the help as such."""
     groups = {name: parser.add_argument_group(name) for name in GROUPS}
     for item in settings():
+        if item.name in defaults:
+            item = attrs.evolve(item, default=defaults[item.name])
         add_flag(groups[item.option.group], item)
 
 
