@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from geopresence.core.broker import Broker, ConnId
-from geopresence.core.nearby import NEARBY_TAG
+from geopresence.core.nearby_views import NEARBY_TAG
 from geopresence.core.stranger_queries import STRANGER_TAG
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode

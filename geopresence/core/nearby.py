@@ -7,9 +7,8 @@ forwards ``friend_location`` only when U is within that user's radius. Here the 
 ``Nearby.deliver``, called synchronously by the broker for each local subscriber, so a mover
 with 5,000 friends costs 5,000 plain function calls and queue pushes, never an await.
 
-Every connection remembers which friends it has been shown nearby (``_shown``); that is what
-makes ``friend_gone`` exact: sent once, only to connections that were shown the friend, with the
-reason the friend left (out_of_range, expired, offline, hidden, unfriended).
+Every connection remembers which friends it has been shown nearby (``nearby_views``); that is
+what makes ``friend_gone`` exact.
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ import attrs
 from geopresence.core.broker import ConnId, user_channel
 from geopresence.core.context import NO_LISTENER, FeatureContext, LocationListener, Session
 from geopresence.core.locations import Location, LocationCache
+from geopresence.core.nearby_views import NEARBY_TAG, FriendViews
 from geopresence.core.replication import LocationSet
 from geopresence.core.store import UserSettings
 from geopresence.model.geo import distance_within
 from geopresence.model.records import SettingsChanged
 from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
 from geopresence.wire.errors import ProtocolError, RequestId
-from geopresence.wire.hot_encode import friend_location_head, friend_location_text
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
 from geopresence.wire.server_messages import (
-    FriendGone,
     GoneReason,
     NearbyFriend,
     NearbyFriendsReply,
@@ -71,14 +69,6 @@ class GoneEvent:
     reason: GoneReason
 
 
-NEARBY_TAG: Final = "nearby"
-
-
-def _nearby_key(user: str) -> tuple[str, str]:
-    # friend_location and friend_gone about one friend share a slot: the newest state wins.
-    return (NEARBY_TAG, user)
-
-
 class Nearby:
     """The nearby-friends part of the hub. All methods take ``now`` when time matters."""
 
@@ -98,12 +88,10 @@ class Nearby:
         self.default_radius = default_radius
         self.max_radius = max_radius
         self.history = history
-        self._shown: dict[ConnId, set[str]] = {}
+        self.views = FriendViews(ctx, self.locations, self.radius)
+        """Which friends each connection shows."""
         self.updates_accepted = 0
         self.updates_ignored = 0
-        self._head_location: Location | None = None
-        self._head_user = ""
-        self._head_bytes = b""
         self._moved: dict[str, float] | None = None
         """While ``defer_moves``: the users whose moves wait, with their newest's ``now``."""
 
@@ -164,7 +152,7 @@ class Nearby:
             self._publish_move(user, location, now)
         else:
             self._moved[user] = now  # shown by ``show_moves``, if still the newest
-        self._recheck_shown(user, now)
+        self.views.recheck(user, now)
         self.listener.on_location(user, location, now)
         return True
 
@@ -205,20 +193,10 @@ class Nearby:
             self.apply(user, query.lat, query.lon, query.ts, now, query.id)
         entries = self.nearby(user, now, query.id)
         start = query.page * PAGE_SIZE
-        # The connection's view: friends shown before that are still nearby, plus this page.
-        # Shown friends that are no longer nearby leave it now (before the reply).
-        nearby_now = {friend.user for friend in entries}
-        shown = self._shown.setdefault(session.conn, set())
-        for friend in sorted(shown - nearby_now):
-            shown.discard(friend)
-            self._send_gone(session.conn, friend, "out_of_range")
-        shown.update(friend.user for friend in entries[start : start + PAGE_SIZE])
+        page = entries[start : start + PAGE_SIZE]
+        self.views.show_page(session.conn, entries, page)
         reply = NearbyFriendsReply(
-            re=query.id,
-            page=query.page,
-            page_size=PAGE_SIZE,
-            total=len(entries),
-            friends=entries[start : start + PAGE_SIZE],
+            re=query.id, page=query.page, page_size=PAGE_SIZE, total=len(entries), friends=page
         )
         self.ctx.sink.send(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
 
@@ -312,14 +290,11 @@ class Nearby:
         """``deliver`` for a move: the hot path (one call per friend in range per move)."""
         session = self.ctx.session(conn)
         if session is not None:
-            self._show(conn, session.user, event.user, event.location, event.now)
+            self.views.show(conn, session.user, event.user, event.location, event.now)
 
     def deliver_gone(self, conn: ConnId, event: GoneEvent) -> None:
         """``deliver`` for a friend's location gone."""
-        shown = self._shown.get(conn)
-        if shown is not None and event.user in shown:
-            shown.discard(event.user)
-            self._send_gone(conn, event.user, event.reason)
+        self.views.hide(conn, event.user, event.reason)
 
     def on_offline(self, user: str) -> None:
         """The user went offline: its location is dropped and friends shown it are told."""
@@ -331,8 +306,7 @@ class Nearby:
         """Drop ``user``'s cached location (a forget; its friends were told by the
         unfriending); True if there was one. Strangers who were shown it are told it left."""
         had = self.locations.remove(user)
-        if self._head_user == user:
-            self._head_location, self._head_user, self._head_bytes = None, "", b""
+        self.views.drop_head(user)
         self.listener.on_location_gone(user, "offline")
         return had
 
@@ -343,8 +317,7 @@ class Nearby:
         held = self.locations.pop(user)
         if held is not None:
             self.listener.on_location_dropped(user, *held)
-        if self._head_user == user:
-            self._head_location, self._head_user, self._head_bytes = None, "", b""
+        self.views.drop_head(user)
 
     def on_friendship_added(self, a: str, b: str, now: float) -> None:
         for viewer, friend in ((a, b), (b, a)):
@@ -354,13 +327,10 @@ class Nearby:
     def on_friendship_removed(self, a: str, b: str) -> None:
         for viewer, friend in ((a, b), (b, a)):
             for conn in self.ctx.connections_of(viewer):
-                shown = self._shown.get(conn)
-                if shown is not None and friend in shown:
-                    shown.discard(friend)
-                    self._send_gone(conn, friend, "unfriended")
+                self.views.hide(conn, friend, "unfriended")
 
     def on_session_closed(self, conn: ConnId) -> None:
-        self._shown.pop(conn, None)
+        self.views.closed(conn)
 
     def expire(self, now: float) -> None:
         for user in self.locations.expire(now):
@@ -379,71 +349,12 @@ class Nearby:
             return None
         return self.locations.get(user, now)
 
-    def _show(
-        self,
-        conn: ConnId,
-        viewer: str,
-        mover: str,
-        location: Location,
-        now: float,
-        *,
-        again: bool = True,
-    ) -> None:
-        """Forward ``mover``'s location to ``conn`` if within its user's radius (with
-        ``again`` False, not if ``conn`` is already showing it); otherwise, if ``conn`` was
-        shown ``mover``, tell it the friend is out of range."""
-        mine = self.locations.get(viewer, now)
-        if mine is not None:
-            distance = distance_within(mine, location, self.radius(viewer))
-            if distance is not None:
-                shown = self._shown.setdefault(conn, set())
-                if not again and mover in shown:
-                    return  # already shown; its next move updates it
-                shown.add(mover)
-                text = friend_location_text(self._head(mover, location), distance)
-                self.ctx.sink.send(conn, Outgoing(text, _nearby_key(mover)))
-                return
-        previously = self._shown.get(conn)
-        if previously is not None and mover in previously:
-            previously.discard(mover)
-            self._send_gone(conn, mover, "out_of_range")
-
-    def _head(self, mover: str, location: Location) -> bytes:
-        """The ``friend_location`` JSON of ``mover`` at ``location`` up to its distance, made
-        once per move: a move is shown to each friend in range, one after the other."""
-        if location is not self._head_location or mover != self._head_user:
-            self._head_location, self._head_user = location, mover
-            self._head_bytes = friend_location_head(mover, location.lat, location.lon, location.ts)
-        return self._head_bytes
-
-    def _recheck_shown(self, viewer: str, now: float) -> None:
-        """The viewer moved: friends it was shown that are now beyond its radius leave its
-        view at once (checking only the shown ones keeps this O(shown), not O(friends);
-        friends coming into range appear with their own next update, as in the design)."""
-        radius = self.radius(viewer)
-        mine = self.locations.get(viewer, now)
-        if mine is None:
-            return
-        for conn in self.ctx.connections_of(viewer):
-            shown = self._shown.get(conn)
-            if not shown:
-                continue
-            for friend in list(shown):
-                location = self.locations.get(friend, now)
-                if location is None or distance_within(mine, location, radius) is None:
-                    shown.discard(friend)
-                    self._send_gone(conn, friend, "out_of_range")
-
     def _refresh(self, conn: ConnId, viewer: str, friends: Iterable[str], now: float) -> None:
         """Bring ``conn``'s view of ``friends`` up to date, sending only the differences."""
         for friend in friends:
             location = self._visible_location(friend, now)
             if location is not None:
-                self._show(conn, viewer, friend, location, now, again=False)
+                self.views.show(conn, viewer, friend, location, now, again=False)
 
     def _gone(self, user: str, reason: GoneReason) -> None:
         self.ctx.publish([user_channel(user)], GoneEvent(user, reason))
-
-    def _send_gone(self, conn: ConnId, user: str, reason: GoneReason) -> None:
-        frame = FriendGone(user=user, reason=reason)
-        self.ctx.sink.send(conn, Outgoing(encode(frame), _nearby_key(user)))

@@ -447,7 +447,7 @@ def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
             for c in BURST_CONNS:
                 texts = sent(c)
                 assert texts[0] == texts[1], f"expiry, conn {c}"
-        shown_before = {c: set(at_once.nearby._shown.get(c, ())) for c in BURST_CONNS}
+        shown_before = {c: set(at_once.nearby.views._shown.get(c, ())) for c in BURST_CONNS}
         at_once.nearby.defer_moves()
         for i, ((kind, value), dt) in enumerate(frames):
             if at_once.session(conn) is None:
