@@ -4,9 +4,9 @@ The design's flow for one message: the chat server takes an id from the id gener
 the message to the store, then delivers it to the recipients' connections, or to the push
 service for recipients with none. Here:
 
-1. ``send`` is checked (friends only for 1:1, members only for a group, text at most 4096
-   UTF-8 bytes) and de-duplicated by the sender's ``client_msg_id``;
-2. it gets a Snowflake id and is appended to the ``Journal``;
+1. ``send`` is checked (``chat_send_rules``: friends only for 1:1, members only for a group,
+   text at most 4096 UTF-8 bytes) and de-duplicated by the sender's ``client_msg_id``;
+2. it gets a Snowflake id and is appended to the ``Journal`` (pending: ``chat_pending``);
 3. once the journal says it is durable (at once in memory; after the fsync with
    ``--fsync always``), it is stored in the ``ChatStore``, published, pushed, and acked with
    ``sent``. Commits happen in journal order, so acks and deliveries follow id order.
@@ -25,12 +25,8 @@ device whose queue overflows is closed with 4008 and catches up with ``sync``.
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
-
-import attrs
-import orjson
 
 from geopresence.core.broker import ConnId, SeenOnce
 from geopresence.core.chat_horizon import Horizon
@@ -44,41 +40,24 @@ from geopresence.core.chat_message_wire import (
     reused_error,
     same_message,
 )
+from geopresence.core.chat_pending import Pending, PendingMessages
+from geopresence.core.chat_send_rules import check_allowed, check_size
 from geopresence.core.chat_store import ChatStore
+from geopresence.core.chat_sync_page import SYNC_PAGE_MAX_BYTES, sync_page
 from geopresence.core.context import FeatureContext, Session
-from geopresence.model.chat_message import MAX_TEXT_BYTES, ChatMessage
+from geopresence.model.chat_message import ChatMessage
 from geopresence.model.snowflake import SnowflakeGenerator
-from geopresence.model.text import utf8_len
-from geopresence.wire.client_messages import MAX_SYNC_LIMIT, Send, Sync
+from geopresence.wire.client_messages import Send, Sync
 from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode, error_message, unstructure
-from geopresence.wire.server_messages import MessagesReply, Sent
+from geopresence.wire.protocol import encode, error_message
+from geopresence.wire.server_messages import Sent
 
 __all__ = ["Chat", "ChatEvent", "PushHook", "PushRequest", "message_frame"]
 
 HEARD_REMEMBERED: Final = 65_536
 """Other nodes' message ids remembered to hear each once: far more than arrive while one
 node retries a write."""
-
-SYNC_PAGE_MAX_BYTES: Final = 512 * 1024
-"""A ``messages`` reply stops before its messages would pass this many bytes (``more`` is then
-true; it always holds one message): replies stay below common client frame limits (1 MiB,
-trio-websocket's and many browsers' default)."""
-
-
-@attrs.define(slots=True, eq=False)
-class _Pending:
-    """A message in the journal, not yet durable: acks wait here (a resend adds one)."""
-
-    seq: int
-    message: ChatMessage
-    sender_conn: ConnId
-    acks: list[tuple[ConnId, RequestId]]
-    stored_as: ChatMessage | None = None
-    """Set when another node had already stored this ``client_msg_id`` (``stored_elsewhere``)."""
-    reused: bool = False
-    """Set when its sender had used this ``client_msg_id`` in another conversation."""
 
 
 class Chat:
@@ -99,8 +78,7 @@ class Chat:
         self.push = push
         self.sync_page_bytes = SYNC_PAGE_MAX_BYTES
         """Byte budget of one ``messages`` reply (see ``SYNC_PAGE_MAX_BYTES``)."""
-        self._pending: deque[_Pending] = deque()
-        self._pending_by_client_id: dict[tuple[str, str], _Pending] = {}
+        self._pending = PendingMessages()
         self.sent = 0
         """Messages stored and acknowledged (for metrics)."""
         self.duplicates = 0
@@ -140,18 +118,13 @@ class Chat:
     # ---------------------------------------------------------------- client messages
 
     def on_send(self, session: Session, message: Send, now: float) -> None:
-        text = message.text
-        if len(text) * 4 > MAX_TEXT_BYTES and utf8_len(text) > MAX_TEXT_BYTES:
-            raise ProtocolError(
-                "too_large", f"text is longer than {MAX_TEXT_BYTES} UTF-8 bytes", message.id
-            )
+        check_size(message)
         user = session.user
         # A resend is answered before the permission checks: it asks for the result of a
         # send that was already accepted (a friendship ended since must not turn a retry
         # after a network drop into an error).
         if message.client_msg_id is not None:
-            key = (user, message.client_msg_id)
-            pending = self._pending_by_client_id.get(key)
+            pending = self._pending.of_client(user, message.client_msg_id)
             if pending is not None:
                 # The original is on its way to disk: this resend is acked with it.
                 check_same(pending.message, message)
@@ -162,21 +135,18 @@ class Chat:
             if stored is not None:
                 self.answer_stored(session, message, stored)
                 return
-        self._check_allowed(user, message)
+        check_allowed(self.ctx.store, user, message)
         chat_message = ChatMessage(
             message_id=self.ids.next_id(now),
             sender=user,
-            text=text,
+            text=message.text,
             created_at=now,
             to=message.to,
             group=message.group,
             client_msg_id=message.client_msg_id,
         )
         seq = self.ctx.journal_append(chat_message)
-        pending = _Pending(seq, chat_message, session.conn, [(session.conn, message.id)])
-        self._pending.append(pending)
-        if message.client_msg_id is not None:
-            self._pending_by_client_id[(user, message.client_msg_id)] = pending
+        self._pending.add(Pending(seq, chat_message, session.conn, [(session.conn, message.id)]))
         self.commit_durable()
 
     def answer_stored(self, session: Session, message: Send, stored: ChatMessage) -> None:
@@ -191,36 +161,14 @@ class Chat:
         and no message of its on the way to disk has its ``client_msg_id`` for another one
         (else Redis says which was stored first, with several nodes)."""
         cmid = message.client_msg_id
-        pending = None if cmid is None else self._pending_by_client_id.get((user, cmid))
+        pending = None if cmid is None else self._pending.of_client(user, cmid)
         if pending is not None:
             return same_message(pending.message, message.to, message.group, message.text)
         try:
-            self._check_allowed(user, message)
+            check_allowed(self.ctx.store, user, message)
         except ProtocolError:
             return False
         return True
-
-    def _check_allowed(self, user: str, message: Send) -> None:
-        store = self.ctx.store
-        if message.to is not None:
-            if message.to == user:
-                raise ProtocolError(
-                    "forbidden", "1:1 messages go to a friend, not to oneself", message.id
-                )
-            if not store.are_friends(user, message.to):
-                raise ProtocolError(
-                    "forbidden",
-                    f"{message.to!r} is not your friend: 1:1 is for friends only",
-                    message.id,
-                )
-        else:
-            assert message.group is not None  # Send guarantees one of to/group
-            members = store.group_members(message.group)
-            if members is None or user not in members:
-                # The same answer whether the group exists or not.
-                raise ProtocolError(
-                    "forbidden", f"not a member of group {message.group!r}", message.id
-                )
 
     def on_sync(self, session: Session, message: Sync, now: float) -> None:
         """Reply with one page of ``messages`` from this node's store."""
@@ -236,42 +184,18 @@ class Chat:
     def send_page(self, session: Session, message: Sync, found: Iterable[ChatMessage]) -> None:
         """Reply to ``message`` with the first page of ``found`` (the user's messages after
         its cursor, ascending by id, none at or above the horizon), built from individually
-        encoded entries: at most ``limit`` messages and ``sync_page_bytes``, ``more`` if
-        ``found`` holds more."""
-        user = session.user
-        limit = min(message.limit, MAX_SYNC_LIMIT)
-        budget = self.sync_page_bytes
-        parts: list[bytes] = []
-        more = False
-        for stored in found:
-            if len(parts) == limit:
-                more = True
-                break
-            part = orjson.dumps(unstructure(message_frame(stored, own=stored.sender == user)))
-            budget -= len(part) + 1
-            if budget < 0 and parts:
-                more = True
-                break
-            parts.append(part)
-        # Splice the entries into the encoded empty list, so the page is serialized once. The
-        # key cannot occur inside a string value there: its quotes would be escaped.
-        head = encode(MessagesReply(re=message.id, messages=[], more=more))
-        entries = b",".join(parts).decode()
-        self.ctx.sink.send(
-            session.conn, Outgoing(head.replace('"messages":[]', f'"messages":[{entries}]', 1))
-        )
+        encoded entries (``chat_sync_page``): at most ``limit`` messages and
+        ``sync_page_bytes``, ``more`` if ``found`` holds more."""
+        page = sync_page(session.user, message, found, self.sync_page_bytes)
+        self.ctx.sink.send(session.conn, Outgoing(page))
 
     # ---------------------------------------------------------------- commit and delivery
 
     def commit_durable(self) -> None:
         """Store, deliver and acknowledge every pending message the journal made durable,
         in journal (= id) order."""
-        durable = self.ctx.journal.durable_seq
-        while self._pending and self._pending[0].seq <= durable:
-            pending = self._pending.popleft()
+        for pending in self._pending.pop_durable(self.ctx.journal.durable_seq):
             message = pending.message
-            if message.client_msg_id is not None:
-                del self._pending_by_client_id[(message.sender, message.client_msg_id)]
             if pending.reused:  # refused where it was written (``stored_elsewhere``)
                 for conn, request_id in pending.acks:
                     error = reused_error(message.client_msg_id, request_id)
@@ -312,7 +236,7 @@ class Chat:
 
     def lowest_pending(self) -> int | None:
         """The lowest id of this node's messages not yet durable (None: none)."""
-        return self._pending[0].message.message_id if self._pending else None
+        return self._pending.lowest_id()
 
     def stable_below(self) -> int | None:
         """Ids below this can be shown (None: any, with one node)."""
@@ -343,10 +267,9 @@ class Chat:
         """The journal found the ``client_msg_id`` of the message it was writing as ``seq``
         used before: stored as ``original`` through another node (acked as it once
         durable), or in another conversation (None: refused, as on one node)."""
-        for pending in self._pending:
-            if pending.seq == seq:
-                pending.stored_as, pending.reused = original, original is None
-                return
+        pending = self._pending.at(seq)
+        if pending is not None:
+            pending.stored_as, pending.reused = original, original is None
 
     @property
     def pending_count(self) -> int:
