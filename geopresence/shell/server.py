@@ -5,15 +5,15 @@ The parts: ``Connections`` (the hub's Sink) and ``ConnectionHandler`` with its `
 ``shell.transport``), ``Durability`` (recovery, acks, snapshots), the timers (reaper, GC,
 history flush), the HTTP API, the push webhook and the status line. ``Server`` wires them,
 opens the listeners, and runs the graceful shutdown; it is the ``Control`` the HTTP API
-serves (``shell.http_api``).
+serves (``shell.http_api``). What it does differently as one node of several (its link to
+Redis, the reads there, joining and leaving) is ``ClusterFacing`` (``shell.cluster_facing``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import attrs
 import trio
@@ -23,14 +23,12 @@ from geopresence.config import Config
 from geopresence.core.broker import Broker, Deliver, MemoryBroker
 from geopresence.core.forget import ForgetReport
 from geopresence.core.hub import Hub, HubSettings
-from geopresence.core.statuses import Held
-from geopresence.core.store import MemoryStore, UserSettings
-from geopresence.model.chat_message import ChatMessage
-from geopresence.model.records import Record
+from geopresence.core.store import MemoryStore
 from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
 from geopresence.shell.clock import ServerClock
 from geopresence.shell.cluster_answers import ClusterAnswers
+from geopresence.shell.cluster_facing import ClusterFacing
 from geopresence.shell.connection_handler import ConnectionHandler
 from geopresence.shell.connections import Connections
 from geopresence.shell.durability import Durability
@@ -40,7 +38,7 @@ from geopresence.shell.history import HistoryFlusher, HistoryKeeper
 from geopresence.shell.http_api import bind_host, serve_http
 from geopresence.shell.listeners import CannotListen as CannotListen
 from geopresence.shell.listeners import lone_os_error, open_listeners
-from geopresence.shell.metrics import Metrics, register_cluster_metrics, register_hub_metrics
+from geopresence.shell.metrics import Metrics, register_hub_metrics
 from geopresence.shell.push import PushNotifier
 from geopresence.shell.status import StatusLine
 from geopresence.shell.timers import Reaper, gc_loop
@@ -48,13 +46,10 @@ from geopresence.storage.history import HistoryWriter
 from geopresence.storage.journal_file import FileJournal
 from geopresence.wire.errors import CLOSE_GOING_AWAY
 
-if TYPE_CHECKING:
-    from geopresence.cluster.link import ClusterLink
-
 log = logging.getLogger("geopresence")
 
 
-class Server:
+class Server(ClusterFacing):
     """One geopresence server: the hub plus the I/O around it.
 
     Create it, then ``await nursery.start(server.run)``; or use ``serve(config)``.
@@ -71,30 +66,13 @@ class Server:
             if config.insecure
             else resolve_admin_key(config.admin_key, config.data_dir, in_memory=in_memory)
         )
-        self.cluster: ClusterLink | None = None
-        """This node's Redis side when it is one of several (``--redis``)."""
+        self.cluster = None
         self.journal: FileJournal | None = None
         """The disk journal (None with --in-memory or --redis)."""
         acks: FileJournal | RedisJournal | None = None
         broker_factory: Callable[[Deliver], Broker] = MemoryBroker
         if config.clustered:
-            from geopresence.cluster.joining import address_of, connect  # coredis
-            from geopresence.cluster.link import ClusterLink
-
-            self.cluster = ClusterLink(
-                connect(config),
-                node_id=config.node_id,
-                sharded=bool(config.redis_cluster),
-                prefix=config.redis_prefix,
-                # Every node must accept the others' tokens and admin key (an --insecure
-                # node, for development, takes no part in the check).
-                shared_keys={}
-                if config.insecure
-                else {"secret": self.secret, "admin_key": self.admin_key or ""},
-                lease=config.redis_lease,
-                sweep_interval=config.redis_sweep_interval,
-                address=address_of(config),
-            )
+            self.cluster = self._link_to_cluster()
             broker_factory = self.cluster.make_broker
             acks = self.cluster.journal
         elif not config.in_memory:
@@ -207,68 +185,6 @@ class Server:
         (``Forgets.forget_user``)."""
         return await self.forgets.forget_user(user, self.now())
 
-    async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
-        if self.cluster is not None:
-            await self.cluster.hold(users, groups)
-
-    def release(self, users: Collection[str], groups: Collection[str] = ()) -> None:
-        if self.cluster is not None:
-            self.cluster.release(users, groups)
-
-    def unchanged(self, op: Record) -> None:
-        if self.cluster is not None:
-            self.cluster.unchanged(op)
-
-    def replacing(self, group: str) -> AbstractContextManager[None]:
-        return nullcontext() if self.cluster is None else self.cluster.replacing(group)
-
-    async def read_statuses(self, users: Collection[str]) -> Mapping[str, Held]:
-        if self.cluster is None or not users:
-            return {}
-        return await self.cluster.read_statuses(users)
-
-    async def read_settings(self, user: str) -> UserSettings | None:
-        if self.cluster is None:
-            return None
-        return (await self.cluster.read_settings([user]))[user]
-
-    async def count_messages(self, user: str) -> int | None:
-        if self.cluster is None or self.cluster.chat is None:
-            return None
-        return await self.cluster.chat.count(user)
-
-    def messages_of(self, user: str) -> AsyncIterator[list[ChatMessage]] | None:
-        if self.cluster is None or self.cluster.chat is None:
-            return None
-        return self.cluster.chat.messages_of(user)
-
-    async def _online_in_cluster(self, user: str) -> bool:
-        """Whether ``user`` is online on any node, as Redis says (False if it cannot)."""
-        with trio.move_on_after(self.config.push_timeout):
-            try:
-                read = await self.read_statuses((user,))
-            except Exception:  # push rather than stay silent
-                return False
-            return user in read and read[user][0] == "online"
-        return False
-
-    async def devices_held(self, user: str) -> set[str]:
-        here = set(self.hub.presence.device_names(user))
-        if self.cluster is None:
-            return here
-        with trio.move_on_after(0.5):
-            try:
-                # A device whose report has not reached Redis yet is still here.
-                return here | await self.cluster.devices_held(user)
-            except Exception:  # Redis unreachable: this node's
-                pass
-        return here
-
-    async def flush_cluster_presence(self) -> None:
-        """Multi-node: return once this node's presence reports reached Redis."""
-        if self.cluster is not None:
-            await self.cluster.presence.flush()
-
     def now(self) -> float:
         """Server time, epoch seconds (trio time plus ``time_origin``)."""
         assert self.clock is not None, "the server is not running"
@@ -351,12 +267,7 @@ class Server:
                     self.journal, journal_scope, self.take_snapshot
                 )
             if self.cluster is not None:
-                with trio.move_on_after(config.drain_timeout):
-                    await self.cluster.flush()  # acked writes and device reports reach Redis
-                # Tasks cancelled under an unresponsive Redis make coredis log each attempt.
-                logging.getLogger("coredis").setLevel(logging.CRITICAL)
-                with trio.move_on_after(2):  # Redis may be unresponsive: the lease expires
-                    await self.cluster.leave()
+                await self._leave_cluster(self.cluster)
             root.cancel_scope.cancel()
 
     async def _drain(self, accept_scope: trio.CancelScope, conns: trio.Nursery) -> None:
@@ -371,20 +282,6 @@ class Server:
         with trio.move_on_after(self.config.drain_timeout):
             await connections.wait_drained()
         conns.cancel_scope.cancel()
-
-    async def _join_cluster(self, nursery: trio.Nursery, cluster: ClusterLink) -> None:
-        """Load the shared state from Redis and start the node's Redis side."""
-        started = trio.current_time()
-        counts: dict[str, int] = await nursery.start(cluster.run, self.hub, self.now)
-        log.info(
-            "node %d joined %s: %s loaded in %.2f s",
-            self.config.node_id,
-            self.config.redis or ",".join(self.config.redis_cluster),
-            ", ".join(f"{n} {name}" for name, n in counts.items()),
-            trio.current_time() - started,
-        )
-        register_cluster_metrics(self.metrics, cluster)
-        await self.history_keeper.catch_up(cluster.forgotten_since)
 
     async def _accept(
         self,
