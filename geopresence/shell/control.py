@@ -1,6 +1,6 @@
 """What the HTTP API needs of the node it serves (shell): the ``Control`` protocol, which
-``shell.server.Server`` implements; the routes (``shell.http_api``, ``shell.http_users``)
-depend on it, not on the server."""
+``shell.server.Server`` implements; the routes (``shell.http_api``, ``shell.http_membership``,
+``shell.http_users``) depend on it, not on the server."""
 
 from __future__ import annotations
 

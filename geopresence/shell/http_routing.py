@@ -1,5 +1,6 @@
 """HTTP plumbing of the admin API (shell): ASGI types, requests and error responses, the route
-table's entries, the body reader and the lifespan protocol. ``http_api`` holds the routes."""
+table's entries, the body reader and the lifespan protocol. ``http_api`` holds the route
+table (its handlers there, in ``http_membership`` and in ``http_users``)."""
 
 from __future__ import annotations
 
