@@ -260,7 +260,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     handler.setFormatter(logging.Formatter("        server log: %(message)s"))
     push_log = logging.getLogger("geopresence.shell.push")
     push_log.addHandler(handler)
-    push_log.setLevel(logging.INFO)
+    push_log.setLevel(logging.DEBUG)  # each push is a DEBUG line; the INFO summary is per minute
     # time_origin=None: epoch timestamps (open_server's default, 0, suits MockClock tests).
     async with open_server(time_origin=None) as server:
         print(f"in-process server: {server.ws_url} {server.http_url}", flush=True)

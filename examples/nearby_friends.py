@@ -19,8 +19,10 @@ Every step is checked: the script exits with a message if the server does anythi
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Sequence
 
 import trio
 
@@ -140,7 +142,11 @@ class Story:
             sys.exit(f"expected 3 recorded locations for bob, got {track}")
 
 
-async def main() -> None:
+async def main(argv: Sequence[str] | None = None) -> None:
+    # No options: the story needs the in-process server (it reads its history on disk).
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None).parse_args(
+        argv
+    )
     # time_origin=None: epoch timestamps (open_server's default, 0, suits MockClock tests).
     async with open_server(time_origin=None) as server:
         print(f"in-process server: {server.ws_url} {server.http_url}", flush=True)

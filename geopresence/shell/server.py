@@ -44,7 +44,7 @@ from geopresence.shell.status import StatusLine
 from geopresence.shell.timers import Reaper, gc_loop
 from geopresence.storage.history import HistoryWriter
 from geopresence.storage.journal_file import FileJournal
-from geopresence.wire.errors import CLOSE_GOING_AWAY
+from geopresence.wire.errors import CLOSE_GOING_AWAY, CLOSE_REASONS
 
 log = logging.getLogger("geopresence")
 
@@ -276,7 +276,7 @@ class Server(ClusterFacing):
         connections = self.connections
         log.info("shutting down: closing %d connections with 1001", len(connections))
         accept_scope.cancel()
-        self.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        self.hub.close_all(CLOSE_GOING_AWAY, CLOSE_REASONS[CLOSE_GOING_AWAY])
         for ws in list(connections.greeting):  # not yet through their hello
             self.handshake.close_quietly(ws, CLOSE_GOING_AWAY)
         with trio.move_on_after(self.config.drain_timeout):
