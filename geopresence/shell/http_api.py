@@ -99,14 +99,27 @@ class HttpApi:
 
     # ------------------------------------------------------------------ ASGI
 
+    @staticmethod
+    async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+        """The WebSocket endpoint is on the other port: 403 with the API's error body where
+        the ASGI server can send one (its ``websocket.http.response`` extension), else a bare
+        403."""
+        await receive()  # websocket.connect
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        port = "the WebSocket port (--port), path /ws"
+        body = orjson.dumps({"error": "forbidden", "message": f"WebSocket clients use {port}"})
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return
         if scope["type"] == "websocket":
-            # The WebSocket endpoint is on the other port; refuse cleanly (HTTP 403).
-            await receive()
-            await send({"type": "websocket.close", "code": 1008})
+            await self._refuse_websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -169,7 +182,10 @@ class HttpApi:
                 self._authorize(scope)
             params = {name: unquote(value) for name, value in match.groupdict().items()}
             for name, value in params.items():
-                problem = id_problem(value, name)
+                # ``{a}``/``{b}`` are users: the message names the id, which the route's
+                # field names would not (``a must be ...``).
+                what = "user" if name in ("a", "b") else name
+                problem = id_problem(value, f"{what} {value[:80]!r}")
                 if problem is not None:
                     raise HttpError(400, "bad_request", problem)
             body = await read_body(receive)

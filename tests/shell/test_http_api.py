@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 import trio
 from trio.testing import MockClock
@@ -105,6 +106,11 @@ async def test_limits_and_bad_requests(autojump_clock: MockClock) -> None:
         with pytest.raises(ApiError) as info:
             await admin.call("PUT", "/v1/friendships/has%20space/b")
         assert info.value.status == 400
+        # The message names the id (not the route's field, ``a``).
+        assert info.value.message.startswith("user 'has space' must be 1..64 characters")
+        with pytest.raises(ApiError) as info:
+            await admin.call("GET", "/v1/groups/x%2Fy")
+        assert info.value.message.startswith("group 'x/y' must be")
         with pytest.raises(ApiError) as info:
             await admin.call("GET", "/v1/nothing")
         assert (info.value.status, info.value.code) == (404, "not_found")
@@ -298,3 +304,27 @@ def test_set_group_in_slices_journals_the_membership_as_it_ends() -> None:
     assert hub.store.group_members("g") == {"c", "d", "e", "f", "x"}
     last = journal.records[-1]
     assert isinstance(last, GroupSet) and last.members == ["c", "d", "e", "f", "x"]
+
+
+async def test_a_websocket_on_the_http_port_is_refused_with_a_json_403() -> None:
+    """Real sockets (hypercorn): the 403 carries the API's error body naming the port."""
+    async with open_server(insecure=True) as server:
+        host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            received = b""
+            with trio.fail_after(10):
+                while b"}" not in received:
+                    chunk = await stream.receive_some()
+                    assert chunk, received
+                    received += chunk
+        head, body = received.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 403")
+        assert orjson.loads(body) == {
+            "error": "forbidden",
+            "message": "WebSocket clients use the WebSocket port (--port), path /ws",
+        }
