@@ -1,5 +1,6 @@
-"""Joining the other nodes (cluster): the Redis client, and what a node must share with the
-others before it may serve (the token secret and admin key, compared by fingerprint).
+"""Joining the other nodes (cluster): the Redis client, what a node must share with the
+others before it may serve (the token secret and admin key, compared by fingerprint), and
+its node id's lease (``join``).
 """
 
 from __future__ import annotations
@@ -8,11 +9,15 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any, Final
 
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.config import Config
+
+if TYPE_CHECKING:
+    from geopresence.cluster.redis_nodes import NodeLease
 
 
 class ClusterError(RuntimeError):
@@ -88,3 +93,31 @@ async def check_shared_keys(client: Any, keys: Keys, shared_keys: Mapping[str, s
                 f"(key prefix {keys.prefix}): give every node the same; to change it "
                 f"on purpose, stop every node and delete the Redis key {redis_key}"
             )
+
+
+async def join(
+    stack: AsyncExitStack,
+    client: Any,
+    keys: Keys,
+    shared_keys: Mapping[str, str],
+    lease: NodeLease,
+    sharded: bool,
+) -> None:
+    """Connect ``client`` (until ``stack`` closes), check the keys every node must share
+    (``check_shared_keys``) and take this node's ``lease``; raises ``ClusterError`` (a
+    message for the operator) if this node may not join (``sharded``: a Redis Cluster)."""
+    try:
+        # A cluster client connects on entry (it reads the slot map).
+        await stack.enter_async_context(client)
+        await check_shared_keys(client, keys, shared_keys)
+        left = await lease.take()
+        if left:
+            raise NodeIdInUse(
+                f"node id {lease.node_id} is in use by another live node (its lease ends in "
+                f"{left:.0f} s if that node stopped): give each node its own --node-id (0..1023)"
+            )
+    except ClusterError:
+        raise
+    except Exception as exc:  # unreachable, refused, wrong password...
+        target = "a Redis Cluster" if sharded else "Redis"
+        raise ClusterError(f"cannot reach {target}: {exc}") from exc

@@ -18,20 +18,14 @@
 Start-up (``run``): take the lease, note the feed's newest entry, then read the feed from
 that entry on and serve: a node loads nothing of the population.
 
-A node holds only the friendships and groups of the users it serves (``Holdings``: read
-from Redis as a session or request needs them, and again when a notice on the users' inbox
-or the group's channel says they changed). The feed carries only forgets and
-watermarks. A node holds the locations, statuses and settings its
-sessions need (``.views``, ``.covered``, ``.kept_settings``); moves arrive on the users'
-channels (``Arrivals``). Strangers are searched in Redis (``RedisStrangers``).
+What a node holds for its sessions, and what routes to them what reaches it, are its parts
+(``geopresence.cluster.node_parts``), built and wired as ``run`` starts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import math
 import os
 from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -39,15 +33,11 @@ from typing import Any, Final
 
 import trio
 
-from geopresence.cluster.announcing import Announcer
-from geopresence.cluster.arrivals import Arrivals
-from geopresence.cluster.chat_gaps import ChatGaps
 from geopresence.cluster.chat_reads import ChatReads, list_conversations
 from geopresence.cluster.control import Control
-from geopresence.cluster.covered import Covered
 from geopresence.cluster.holdings import Holdings
-from geopresence.cluster.joining import ClusterError, NodeIdInUse, check_shared_keys
-from geopresence.cluster.kept_settings import KeptSettings
+from geopresence.cluster.joining import join
+from geopresence.cluster.node_parts import NodeParts, wire_parts
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
@@ -58,11 +48,7 @@ from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.redis_subscriber import RedisAddress
-from geopresence.cluster.views import Views
-from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import Deliver
-from geopresence.core.chat import ChatEvent
-from geopresence.core.chat_message_wire import channels_of
 from geopresence.core.hub import Hub
 from geopresence.core.replication import (
     FeedOp,
@@ -123,11 +109,9 @@ class ClusterLink:
         self.strangers = RedisStrangers(client, self.keys, self._now)
         """The hub's ``stranger_index``: visible users' positions per geohash cell."""
         self._hub: Hub | None = None
-        self._watermarks: Watermarks | None = None
         self._clock: Callable[[], float] | None = None
-        self._views: Views | None = None
-        self._covered: Covered | None = None
-        self._chat_gaps: ChatGaps | None = None
+        self._parts: NodeParts | None = None
+        """What the node holds for its sessions, and routes to them (while ``run`` runs)."""
         self._announcer: Callable[[PresenceSet], None] = lambda transition: None
         """Tells a transition decided here (``Announcer``, once ``run`` runs)."""
         self.chat: ChatReads | None = None
@@ -225,25 +209,25 @@ class ClusterLink:
     async def own(self, user: str) -> None:
         """A session of ``user`` is opening here: its settings are kept here until
         ``close_view`` (``KeptSettings.own``)."""
-        assert self._covered is not None, "the link is not running"
-        await self._covered.settings.own(user)
+        assert self._parts is not None, "the link is not running"
+        await self._parts.settings.own(user)
 
     def covering(self, user: str) -> AbstractAsyncContextManager[None]:
         """For the block: the statuses a session of ``user`` needs are kept here
         (``Covered.covering``); open the session inside it."""
-        assert self._covered is not None, "the link is not running"
-        return self._covered.covering(user)
+        assert self._parts is not None, "the link is not running"
+        return self._parts.covered.covering(user)
 
     def unconfirmed(self, user: str, since: int) -> None:
         """A session of ``user`` opened although ``covering`` failed: the chat its channels
         carried from ``since`` is read back (``ChatGaps.unconfirmed``)."""
-        if self._chat_gaps is not None:
-            self._chat_gaps.unconfirmed(user, since)
+        if self._parts is not None:
+            self._parts.chat_gaps.unconfirmed(user, since)
 
     async def read_statuses(self, users: Collection[str]) -> dict[str, Held]:
         """``users``' statuses as Redis has them, for one answer (``Statuses.overlay``)."""
-        assert self._covered is not None, "the link is not running"
-        return await self._covered.read(users)
+        assert self._parts is not None, "the link is not running"
+        return await self._parts.covered.read(users)
 
     async def read_settings(self, users: Collection[str]) -> dict[str, UserSettings]:
         """``users``' settings as Redis has them, for one answer."""
@@ -251,18 +235,18 @@ class ClusterLink:
 
     def hurry(self) -> None:
         """A ``sync`` waits for the chat horizon (``Watermarks.hurry``)."""
-        if self._watermarks is not None:
-            self._watermarks.hurry()
+        if self._parts is not None:
+            self._parts.watermarks.hurry()
 
     async def open_view(self, user: str) -> int:
         """A session of ``user`` just opened here: read what it needs (``Views.open``)."""
-        assert self._views is not None, "the link is not running"
-        return await self._views.open(user)
+        assert self._parts is not None, "the link is not running"
+        return await self._parts.views.open(user)
 
     def close_view(self, user: str) -> None:
         """A session of ``user`` here ended (one ``close_view`` per ``own``)."""
-        if self._views is not None:
-            self._views.close(user)
+        if self._parts is not None:
+            self._parts.views.close(user)
 
     async def run(
         self,
@@ -279,85 +263,33 @@ class ClusterLink:
         self.keys.location_ttl = hub.settings.location_ttl
         self.strangers.follow(hub)
         assert self.broker is not None, "build the hub with make_broker first"
-        settings = KeptSettings(self.client, self.keys, self.broker, hub, self._now)
-        covered = self._covered = Covered(self.client, self.keys, self.broker, hub, settings)
-        views = self._views = Views(
-            self.client, self.keys, self.broker, hub, self._now, covered.read_missing
-        )
-        holdings = self.holdings = Holdings(
+        parts = self._parts = wire_parts(
             hub,
             self.client,
             self.keys,
-            self.journal.written,
             self.broker,
-            lambda op: arrivals.change(op),  # (built below: it routes to the holdings)
-        )
-        groups = holdings.groups
-        groups.on_loaded = covered.regroup
-        announcer = Announcer(
-            hub, self.broker, self.client, self.keys, groups.holds_user, covered.announced
-        )
-        self._announcer = announcer
-        # Chat reaches the other nodes as the journal writes it (``chat_writes``: in order
-        # with the feed's watermarks), not as the hub publishes it once stable.
-        self.broker.travels = lambda event: not isinstance(event, ChatEvent)
-        broker = self.broker
-        self.journal.chat.publications = lambda message: broker.publications(
-            channels_of(message), ChatEvent(message)
-        )
-        hub.chat.keeps_messages = False
-        self.chat = ChatReads(self.client, self.keys, hub, groups.holds)
-        # Other nodes' ids are not all seen here: join and forget marks bound them by time.
-        hub.state.ids.cluster_clock = clock
-        self.journal.on_stored_before = hub.chat.stored_elsewhere
-        # A watermark counts once every connection answered: never on a timeout (what
-        # a stuck connection carried would be passed; it is read back once it reopens).
-        patient = functools.partial(self.broker.subscribed, timeout=math.inf)
-        watermarks = self._watermarks = Watermarks(
-            self.journal, hub, clock, self.lease.lease, patient
-        )
-        arrivals = Arrivals(
-            hub,
-            self.broker,
-            covered,
-            views,
-            holdings,
-            watermarks,
+            self.journal,
+            self.lease,
             self.strangers,
+            clock,
             self._now,
         )
-        self.broker.on_remote = arrivals.on_remote
-        self.broker.on_gap = arrivals.gap
-        chat_gaps = self._chat_gaps = arrivals.chat_gaps = ChatGaps(
-            self.client, self.keys, hub, self.broker, clock, watermarks.hurry
-        )
-        watermarks.on_gone = chat_gaps.node_gone
-        self.broker.on_released = arrivals.released
+        self._announcer = parts.announcer
+        self.chat = parts.chat
+        self.holdings = parts.holdings
+        arrivals, watermarks = parts.arrivals, parts.watermarks
         # Tests only: every Redis write waits this long (a commit slower than its id).
         self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
         async with contextlib.AsyncExitStack() as stack:
-            try:
-                # A cluster client connects on entry (it reads the slot map).
-                await stack.enter_async_context(self.client)
-                await check_shared_keys(self.client, self.keys, self.shared_keys)
-                await self._take_lease()
-                self.presence.holder = self.lease.incarnation
-            except ClusterError:
-                raise
-            except Exception as exc:  # unreachable, refused, wrong password...
-                target = "a Redis Cluster" if self.sharded else "Redis"
-                raise ClusterError(f"cannot reach {target}: {exc}") from exc
+            await join(stack, self.client, self.keys, self.shared_keys, self.lease, self.sharded)
+            self.presence.holder = self.lease.incarnation
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(
                         keep_lease, self.lease, self._lease_refused, self._lease_retaken
                     )
                     await nursery.start(self.broker.run)
-                    nursery.start_soon(views.run)
-                    nursery.start_soon(covered.run)
-                    nursery.start_soon(holdings.run)
-                    announcer.nursery = nursery
-                    nursery.start_soon(chat_gaps.run)
+                    parts.start(nursery)
                     await nursery.start(self.strangers.run)
                     self.journal.on_append = arrivals.on_record
                     self.journal.on_written = arrivals.written
@@ -414,16 +346,8 @@ class ClusterLink:
         await self.journal.flush()  # the transitions those reports decided
         if self.broker is not None:
             await self.broker.flush()  # the feed ops and transitions just produced
-        if self._watermarks is not None:
-            await self._watermarks.leave()  # the others' chat no longer waits for this node
-
-    async def _take_lease(self) -> None:
-        left = await self.lease.take()
-        if left:
-            raise NodeIdInUse(
-                f"node id {self.node_id} is in use by another live node (its lease ends in "
-                f"{left:.0f} s if that node stopped): give each node its own --node-id (0..1023)"
-            )
+        if self._parts is not None:
+            await self._parts.watermarks.leave()  # the others' chat no longer waits for this node
 
     def _lease_refused(self) -> None:
         self.presence.holder = None  # its reports wait for a lease
