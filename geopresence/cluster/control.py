@@ -103,9 +103,9 @@ class Control:
 
     def attach(self, presence: RedisPresence) -> None:
         """Hear from ``presence`` what other nodes must be told, and what ends here."""
-        presence.on_taken_over = self.taken_over
-        presence.on_logged_out = self.logged_out
-        presence.on_superseded = self.superseded
+        presence.batches.on_taken_over = self.taken_over
+        presence.batches.on_logged_out = self.logged_out
+        presence.batches.on_superseded = self.superseded
         presence.on_opened = self.opened
         self.reporting = presence.reporting
 

@@ -301,7 +301,7 @@ class ClusterLink:
                     await self.broker.subscribed()
                     arrivals.control = control
                     control.attach(self.presence)
-                    self.presence.on_offline_at = arrivals.went_offline
+                    self.presence.batches.on_offline_at = arrivals.went_offline
                     migrated = await self.presence.migrate_legacy()
                     if migrated:
                         log.warning("ended %d devices recorded by an older version", migrated)

@@ -34,7 +34,7 @@ async def test_a_logout_names_the_holders_and_leaves_tombstones(any_redis: AnyRe
     passes its tombstone; a tombstone older than a day goes with the user's next end."""
     async with two_nodes(any_redis) as (nodes, a, b, lease_a, lease_b):
         told: list[tuple[str, str, str, float]] = []
-        b.on_logged_out = lambda *notice: told.append(notice)
+        b.batches.on_logged_out = lambda *notice: told.append(notice)
         a.device_alive("fay", "phone", T0)
         a.device_alive("fay", "tablet", T0)
         b.device_alive("fay", "laptop", T0)
@@ -80,8 +80,8 @@ async def test_a_late_report_of_a_device_logged_out_since_its_connection_opened(
         client = coredis.Redis(host="127.0.0.1", port=port)
         async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
             told: list[tuple[str, str, str, float]] = []
-            a.on_logged_out = lambda *notice: told.append(notice)
-            b.on_logged_out = lambda *notice: None  # lost with a's lease
+            a.batches.on_logged_out = lambda *notice: told.append(notice)
+            b.batches.on_logged_out = lambda *notice: None  # lost with a's lease
             users = ("alice", "bob", "carol", "dan")
             for user in users:
                 a.device_alive(user, "phone", T0)
@@ -140,7 +140,7 @@ async def test_a_logout_judges_connections_by_when_they_opened() -> None:
         client = coredis.Redis(host="127.0.0.1", port=port)
         async with client, two_nodes(client) as (nodes, a, b, lease_a, _):
             told: list[tuple[str, str, str, float]] = []
-            b.on_logged_out = lambda *notice: told.append(notice)
+            b.batches.on_logged_out = lambda *notice: told.append(notice)
             a.device_alive("hal", "phone", T0)
             a.device_alive("ida", "phone", T0 + 5)
             await settle(a)
@@ -175,9 +175,9 @@ async def test_a_late_report_loses_to_what_came_after_its_connection_opened() ->
             told: list[tuple[str, str, str, float]] = []
             superseded: list[tuple[str, str, float]] = []
             taken: list[tuple[str, str, str]] = []
-            a.on_logged_out = lambda *notice: told.append(notice)
-            a.on_superseded = lambda *notice: superseded.append(notice)
-            b.on_taken_over = a.on_taken_over = lambda *notice: taken.append(notice)
+            a.batches.on_logged_out = lambda *notice: told.append(notice)
+            a.batches.on_superseded = lambda *notice: superseded.append(notice)
+            b.batches.on_taken_over = a.batches.on_taken_over = lambda *notice: taken.append(notice)
             a.holder = None
             a.device_alive("kim", "phone", T0)
             a.device_alive("lee", "phone", T0)
@@ -248,7 +248,7 @@ async def test_a_reclaim_that_takes_a_device_over_tells_the_older_connection() -
         client = coredis.Redis(host="127.0.0.1", port=port)
         async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
             taken: list[tuple[str, str, str, float]] = []
-            a.on_taken_over = lambda *notice: taken.append(notice)
+            a.batches.on_taken_over = lambda *notice: taken.append(notice)
             assert await b.alive_now("gus", "phone", T0) is None
             nodes.clock.now = T0 + 6
             a.reclaim([("gus", "phone", T0 + 5, T0 + 5)])

@@ -316,7 +316,7 @@ async def test_a_session_reported_before_its_welcome_outlives_its_old_sessions_e
             a.device_alive("hal", "phone", T0)
             await settle(a)
             async with trio.open_nursery() as nursery:
-                async with a._lock:  # a batch in flight
+                async with a.batches._lock:  # a batch in flight
                     nursery.start_soon(a.alive_now, "hal", "phone", T0 + 40)
                     await trio.sleep(0.05)  # alive_now waits for the batch
                     a.device_ended("hal", "phone", T0 + 10, logout=False)  # its old session
@@ -336,8 +336,8 @@ async def test_a_takeover_is_told_to_the_old_holder_but_not_after_a_reclaim() ->
         async with client, two_nodes(client) as (nodes, a, b, lease_a, lease_b):
             told_by_a: list[tuple[str, str, str, float]] = []
             told_by_b: list[tuple[str, str, str, float]] = []
-            a.on_taken_over = lambda *notice: told_by_a.append(notice)
-            b.on_taken_over = lambda *notice: told_by_b.append(notice)
+            a.batches.on_taken_over = lambda *notice: told_by_a.append(notice)
+            b.batches.on_taken_over = lambda *notice: told_by_b.append(notice)
             a.device_alive("alice", "phone", T0)
             await settle(a)
             b.device_alive("alice", "phone", T0 + 1)
