@@ -26,7 +26,7 @@ from benchmarks.redisprocs import redis
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_load import load_state
-from geopresence.cluster.redis_state import write_batch
+from geopresence.cluster.state_writes import write_batch
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp
 from geopresence.core.store import MemoryStore

@@ -31,7 +31,7 @@ What issues each command (``geopresence/cluster/*.py``): the causes of ``CAUSES`
 - feed read: XREAD, XRANGE, XREVRANGE. ``RedisFeed.run``: each node's reader, one XREAD per
   wake-up (up to 1,000 entries); every node reads every entry, its own too. XRANGE: its gap
   check every 10 s; XREVRANGE: at start-up.
-- location cache: the SET of ``gp:loc:{U}`` with its expiry (``redis_state._location``),
+- location cache: the SET of ``gp:loc:{U}`` with its expiry (``state_writes._location``),
   one per location update.
 - session views: GET ``gp:loc:{F}`` of a session's user and online friends as it opens
   (``ClusterLink.open_view``).

@@ -1,5 +1,5 @@
 """How a group's replacement and deletion reach Redis (cluster): writers that read the
-group first (``redis_state.WRITERS``). Each is idempotent: a write retried after a failure
+group first (``state_writes.WRITERS``). Each is idempotent: a write retried after a failure
 part way, or repeated, is harmless."""
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:strangers-ts:{H}  (``geopresence.cluster.redis_strangers``); beyond 80 degrees,
     gp:strangers-polar:{polar-n}  hash: user -> "lon lat" (``polar-s``: the south's)
 
-``geopresence.cluster.redis_state`` writes and loads the state keys, ``redis_presence`` the
-presence keys, ``redis_feed`` the feed, ``redis_forget`` a forgotten user's,
-``redis_strangers`` the strangers' cells.
+``geopresence.cluster.state_writes`` writes the state keys (``redis_load`` loads them),
+``redis_presence`` the presence keys, ``redis_feed`` the feed, ``redis_forget`` a forgotten
+user's, ``redis_strangers`` the strangers' cells.
 """
 
 from __future__ import annotations

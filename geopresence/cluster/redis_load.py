@@ -2,7 +2,7 @@
 replica (``load_state``), and what a session needs as it opens: its user's friends
 (``read_friends``), their statuses (``read_statuses``) and settings (``read_settings``), and
 the live locations (``load_locations``).
-The keys are in ``geopresence.cluster.redis_keys``; ``redis_state`` writes them.
+The keys are in ``geopresence.cluster.redis_keys``; ``state_writes`` writes them.
 """
 
 from __future__ import annotations

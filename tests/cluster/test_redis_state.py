@@ -23,7 +23,8 @@ from geopresence.cluster.redis_load import (
     read_kept,
     read_settings,
 )
-from geopresence.cluster.redis_state import RedisJournal, write
+from geopresence.cluster.redis_state import RedisJournal
+from geopresence.cluster.state_writes import write
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LocationSet, LogoutRequested
 from geopresence.core.store import MemoryStore, UserSettings

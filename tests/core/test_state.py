@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_state import WRITERS, blind_commands
+from geopresence.cluster.state_writes import WRITERS, blind_commands
 from geopresence.core.hub import FEED_APPLY
 from geopresence.core.replication import FEED_KINDS, LocationSet, LogoutRequested, PresenceSet
 from geopresence.core.state import (
