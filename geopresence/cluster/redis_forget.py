@@ -8,7 +8,7 @@ wrote and this one has not seen yet goes as well:
 - ``friends:{U}`` and U in each friend's set; ``groups_of:{U}`` and U in each group's hash;
   ``settings:{U}``; U in the ``users``, ``settings_users`` and ``presence_users`` indexes;
   its cached location; ``presence:{U}`` and its devices' deadlines; U in every strangers'
-  cell (``redis_strangers.forget_stranger``);
+  cell (``stranger_cells.forget_stranger``);
 - every 1:1 conversation with U (``chat:{dm:A:B}``, found with ``SSCAN`` of the ``chats``
   index, exact: ids never hold ``:`` or a glob character), and its place in both parties'
   ``chats_of``; the group messages U sent
@@ -31,7 +31,7 @@ from typing import Any
 
 from geopresence.cluster.chat_writes import delete_conversation
 from geopresence.cluster.redis_keys import Keys, member_message, string, strings
-from geopresence.cluster.redis_strangers import forget_stranger
+from geopresence.cluster.stranger_cells import forget_stranger
 from geopresence.model.records import UserForgotten
 
 

@@ -35,7 +35,7 @@ slot of its own; the index sets are what a starting node loads from)::
                          nodes that were down (``geopresence.cluster.redis_forget``)
     gp:strangers:{H}     GEO set: visible user -> coarse position, per geohash-4 cell H;
     gp:strangers-exp:{H} with when each expires and the ts strangers see
-    gp:strangers-ts:{H}  (``geopresence.cluster.redis_strangers``); beyond 80 degrees,
+    gp:strangers-ts:{H}  (``geopresence.cluster.stranger_cells``); beyond 80 degrees,
     gp:strangers-polar:{polar-n}  hash: user -> "lon lat" (``polar-s``: the south's)
 
 ``geopresence.cluster.state_writes`` writes the state keys (``redis_load`` loads them),

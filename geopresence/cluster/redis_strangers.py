@@ -3,11 +3,8 @@
 No node holds every visible user. The node that handles a visible user's moves (one of its
 sessions sent them) writes the user's coarse position (``core.strangers.snap``: a ~100 m
 cell's centre, never the exact one) into the keys of its precision-4 geohash cell
-(~39 x 20 km at the equator), which share a Cluster hash tag::
-
-    gp:strangers:{9q8y}      GEO set: user -> coarse position
-    gp:strangers-exp:{9q8y}  sorted set: user -> when its location expires (epoch seconds)
-    gp:strangers-ts:{9q8y}   hash: user -> the ts of the update that entered its coarse cell
+(~39 x 20 km at the equator: positions, expiries and ``ts``, one hash tag; their layout in
+``geopresence.cluster.stranger_cells``).
 
 A move to another coarse cell rewrites the position and ``ts``, a move within one renews the
 expiry only (what a stranger sees, ``ts`` included, does not change), a user that hides, goes
@@ -33,29 +30,27 @@ import trio
 from geopresence.cluster.presence_scripts import sha1
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import read_settings
+from geopresence.cluster.stranger_cells import (
+    CELL_PRECISION,
+    POLAR_CELLS,
+    POLAR_LAT,
+    cell_keys,
+    cell_name,
+    cells_of_index,
+    leave,
+)
 from geopresence.cluster.stranger_scripts import POLAR, SEARCH, SURE_BEYOND, SURE_WITHIN, TIE_M
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Answer
 from geopresence.core.stranger_queries import snap
 from geopresence.model.geo import haversine_m
-from geopresence.model.geocells import cap_box, cell_box, cell_of, cells_in, coarse
+from geopresence.model.geocells import cap_box, cells_in, coarse
 
 if TYPE_CHECKING:
     from geopresence.core.hub import Hub
 
 log = logging.getLogger("geopresence.redis")
-
-CELL_PRECISION: Final = 4
-"""Geohash precision of the Redis cells (~39 x 20 km at the equator): a search of the
-largest radius (50 km) reads a few dozen keys, a city's users are spread over a few."""
-
-POLAR_LAT: Final = 80.0
-"""Beyond this latitude (north or south) visible users are kept in one hash per polar cap,
-``gp:strangers-polar:{polar-n}`` (``polar-s``), not in GEO sets: Redis keeps GEO positions
-only up to 85.05 degrees, and geohash cells narrow towards the poles (a search there would
-read hundreds). The caps hold few people; a search that reaches one reads it whole."""
-POLAR_CELLS: Final = {"polar-n": POLAR_LAT, "polar-s": -POLAR_LAT}
 
 MAX_PENDING_WRITES: Final = 100_000
 """Writes queued while Redis is slow or away; beyond, they are dropped (positions are live
@@ -68,41 +63,6 @@ LEFT_LISTED_KEPT: Final = 4096
 
 SEARCH_ATTEMPTS: Final = 3
 """Searches made for one query at most, each without the stale members the last one sent."""
-
-
-def cell_keys(keys: Keys, cell: str) -> tuple[str, str, str]:
-    """The keys of one cell: positions (a GEO set; a polar cap's: a hash), expiries, ts
-    (one hash tag, one slot)."""
-    kind = "strangers-polar" if cell in POLAR_CELLS else "strangers"
-    return keys.of(kind, cell), keys.of("strangers-exp", cell), keys.of("strangers-ts", cell)
-
-
-def leave(pipe: Any, keys: Keys, cell: str, user: str) -> Any:
-    """Queue on ``pipe`` the commands that take ``user`` out of ``cell``; returns the request
-    whose answer says whether it was listed there."""
-    where, exp, ts = cell_keys(keys, cell)
-    if cell in POLAR_CELLS:
-        pipe.hdel(where, [user])
-    else:
-        pipe.zrem(where, [user])
-    pipe.zrem(exp, [user])
-    return pipe.hdel(ts, [user])
-
-
-def cell_name(lat: float, lon: float) -> str:
-    """The Redis cell of a coarse position: its geohash-4 cell, or its polar cap."""
-    if abs(lat) > POLAR_LAT:
-        return "polar-n" if lat > 0 else "polar-s"
-    return cell_of(lat, lon, CELL_PRECISION)
-
-
-def cells_of_index(code: str) -> list[str]:
-    """The Redis cell(s) a user whose index geohash (``core.grid``) is ``code`` can be in:
-    both when that ~5 m cell straddles a polar cap's edge."""
-    south, north, _, _ = cell_box(code)
-    names = {cell_name(lat, 0.0) for lat in (south, north)}
-    return sorted(code[:CELL_PRECISION] if name not in POLAR_CELLS else name for name in names)
-
 
 Row = tuple[str, float, float, float]
 """A search's member: (user, lon, lat, ts)."""
@@ -385,17 +345,3 @@ class RedisStrangers:
             for i in range(0, len(flat), 4):
                 rows.append((flat[i], float(flat[i + 1]), float(flat[i + 2]), float(flat[i + 3])))
         return counted, rows
-
-
-async def forget_stranger(client: Any, keys: Keys, user: str) -> int:
-    """Take ``user`` out of every strangers' cell (a forget: also the entries that expired
-    but no search has cleaned yet, so its name stays in no cell). Scans the cells' keys on
-    every master: forgets are rare. Returns how many cells listed it."""
-    head = f"{keys.prefix}:strangers-ts:"
-    found = [string(key) async for key in client.scan_iter(match=f"{head}*")]
-    listed = 0
-    for key in found:
-        async with client.pipeline(transaction=False) as pipe:
-            removed = leave(pipe, keys, key[len(head) :].strip("{}"), user)
-        listed += bool(await removed)
-    return listed

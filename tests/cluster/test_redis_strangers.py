@@ -17,7 +17,8 @@ import trio
 from geopresence.cluster import redis_strangers
 from geopresence.cluster.redis_forget import forget_user
 from geopresence.cluster.redis_keys import Keys
-from geopresence.cluster.redis_strangers import CELL_PRECISION, RedisStrangers
+from geopresence.cluster.redis_strangers import RedisStrangers
+from geopresence.cluster.stranger_cells import CELL_PRECISION
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import Found
