@@ -24,8 +24,7 @@ from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_subscriber import RedisAddress
-from geopresence.core.chat import ChatEvent
-from geopresence.core.chat_message_wire import channels_of
+from geopresence.core.chat_message_wire import ChatEvent, channels_of
 from geopresence.model.chat_message import ChatMessage
 
 

@@ -26,7 +26,7 @@ from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
 from geopresence.core.broker import group_channel, inbox_channel, user_channel
-from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_message_wire import ChatEvent
 from geopresence.core.hub import Hub
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept

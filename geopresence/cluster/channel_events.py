@@ -19,7 +19,7 @@ from typing import Any, Final
 import attrs
 import orjson
 
-from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_message_wire import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json

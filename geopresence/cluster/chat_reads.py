@@ -3,8 +3,8 @@
 A node keeps no messages (``Chat.keeps_messages`` is off): they are in one sorted set per
 conversation (``gp:chat:{C}``, members ``"<20-digit id> <JSON>"``, so that lexicographic
 order is id order and ``ZRANGE ... BYLEX`` reads an id range). A user's 1:1 conversations
-are listed in ``gp:chats_of:{U}`` (``chat_writes``); its groups and join marks are in the
-node's replica. A sync page is that list, then a few members of each conversation per
+are listed in ``gp:chats_of:{U}`` (``chat_writes``); its groups and join marks are held by
+the node (``holdings``). A sync page is that list, then a few members of each conversation per
 round trip (``redis_load.pipelined``), merged by id (``_merged``); exports and catch-ups
 read pages of the same merge.
 """
@@ -268,7 +268,7 @@ async def list_conversations(client: Any, keys: Keys) -> int:
 
 class ChatReads:
     """What a node's answers read of a user's chat in Redis (``sync`` pages, a resend's
-    original, an export, a forget's count), with what the node's replica says of the
+    original, an export, a forget's count), with what the node holds of the
     user's groups and forgets (``holds_group``: whether it holds a group at all)."""
 
     def __init__(

@@ -135,7 +135,7 @@ class KeptSettings:
             if kept and version > self._versions.get(user, -1):
                 self._versions[user] = version
                 if store.get_settings(user) != settings:
-                    self._hub.replica.settings_read(settings_record(user, settings), now)
+                    self._hub.remote.settings_read(settings_record(user, settings), now)
 
     def heard(self, heard: SettingsHeard) -> None:
         """Another node's settings change, heard on its user's channel: kept if newer."""

@@ -256,7 +256,7 @@ class ClusterLink:
         task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Join the cluster and keep the node's Redis side running until cancelled; started
-        once the hub's replica is loaded (reports the loaded counts)."""
+        once the hub has what it loads at start (reports the loaded counts)."""
         self._hub = hub
         self._clock = clock
         self.presence.offline_after = hub.settings.offline_after

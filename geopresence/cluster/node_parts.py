@@ -29,8 +29,7 @@ from geopresence.cluster.holdings import Holdings
 from geopresence.cluster.kept_settings import KeptSettings
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
-from geopresence.core.chat import ChatEvent
-from geopresence.core.chat_message_wire import channels_of
+from geopresence.core.chat_message_wire import ChatEvent, channels_of
 
 if TYPE_CHECKING:
     from geopresence.cluster.redis_broker import RedisBroker

@@ -38,7 +38,7 @@ def member(user: str, device: str) -> str:
 class PresenceBatches:
     """Applies batches of device changes (``apply``), one at a time, and tells what the
     scripts decided: ``announce(transition)`` for each transition that is news to this
-    node's replica (``known_version(user)``: the version of ``user``'s status it holds, 0:
+    node's kept statuses (``known_version(user)``: the version of ``user``'s status it holds, 0:
     none), the ``on_*`` callbacks for the rest; ``clock()`` is the current epoch time."""
 
     def __init__(
@@ -182,7 +182,7 @@ class PresenceBatches:
 
     def _result(self, user: str, result: Any) -> str | None:
         """Announce what a script reply says if it is news: a transition this call decided,
-        or a state newer than the replica's (the reply to the deciding call was lost, and a
+        or a state newer than the one kept here (the reply to the deciding call was lost, and a
         retry or a later report finds the transition already made). Returns the status
         announced, if any."""
         decided = int(result[0]) == 1

@@ -1,8 +1,9 @@
-"""The feed (multi-node mode): a Redis stream of every change, in one order for all nodes.
+"""The feed (multi-node mode): a Redis stream of what every node must hear, in one order.
 
-``RedisJournal`` (``geopresence.cluster.redis_state``) appends each change it writes, in the
-same pipeline; every node reads the others' changes and applies them to its replica
-(``Hub.apply_feed``).
+``RedisJournal`` (``geopresence.cluster.redis_state``) appends forgets and its node's chat
+watermarks, in the write's pipeline; every node reads the others' entries and applies them
+(``Arrivals.on_feed``). Other changes reach only the nodes that hold what they change, on
+channels.
 """
 
 from __future__ import annotations
@@ -174,16 +175,16 @@ class RedisFeed:
     async def _check_gap(self, last: str) -> None:
         """If the entry this node read last is gone from the feed and older entries were
         trimmed past it, entries it never read may have gone too (it was cut off, or lagged,
-        for about ``FEED_MAXLEN`` changes): say so once; its replica may miss changes until
-        it restarts."""
+        for about ``FEED_MAXLEN`` changes): say so once; it may have missed a forget until
+        it restarts (which scrubs its history of every forgotten user)."""
         if self.lost or await self._client.xrange(self.key, last, last, count=1):
             return
         oldest = await self._client.xrange(self.key, "-", "+", count=1)
         if oldest and _id_after(string(oldest[0].identifier), last):
             self.lost = True
             log.error(
-                "the feed was trimmed past entry %s before this node read on: its replica may "
-                "miss changes; restart it to reload the state",
+                "the feed was trimmed past entry %s before this node read on: it may have "
+                "missed a forget; restart it to reload the state",
                 last,
             )
 

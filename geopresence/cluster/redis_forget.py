@@ -2,7 +2,7 @@
 
 The node that forgets a user writes the record through its ``RedisJournal`` (the writer
 below, then the feed entry that makes every other node forget it too). The writer reads
-what it deletes from Redis itself, not from this node's replica, so that what other nodes
+what it deletes from Redis itself, not from what this node holds, so that what other nodes
 wrote and this one has not seen yet goes as well:
 
 - ``friends:{U}`` and U in each friend's set; ``groups_of:{U}`` and U in each group's hash;

@@ -28,8 +28,8 @@ slot of its own; the index sets are what a starting node loads from)::
                          X ("<N>/<token>") that died or left (``redis_nodes``)
     gp:held:{X}          set: "<user>\\n<device>" of each device incarnation X holds (or
                          held: a superset, checked by the scripts)
-    gp:feed              stream: friendships, groups and forgets, for the other nodes'
-                         replicas, and each node's chat watermark
+    gp:feed              stream: forgets, and each node's chat watermark, for every other
+                         node
                          (``geopresence.cluster.redis_feed``)
     gp:forgotten         sorted set: forgotten user -> forget time, for the history of the
                          nodes that were down (``geopresence.cluster.redis_forget``)

@@ -1,5 +1,5 @@
-"""Reading the shared state back from Redis (cluster): what a starting node loads into its
-replica (``load_state``), and what a session needs as it opens: its user's friends
+"""Reading the shared state back from Redis (cluster): what a starting node loads
+(``load_state``), and what a session needs as it opens: its user's friends
 (``read_friends``), their statuses (``read_statuses``) and settings (``read_settings``), and
 the live locations (``load_locations``).
 The keys are in ``geopresence.cluster.redis_keys``; ``state_writes`` writes them.
@@ -135,7 +135,7 @@ async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[Loca
 
 
 async def load_state(client: Any, keys: Keys, hub: Hub) -> dict[str, int]:
-    """Fill a fresh hub's replica from Redis: its durable state but the friendships
+    """Fill a fresh hub from Redis: its durable state but the friendships
     (``load_durable``). Friendships, statuses, settings and locations are read as sessions
     open (``geopresence.cluster.friend_slices``, ``.covered``, ``.views``). Returns counts
     for the log line."""

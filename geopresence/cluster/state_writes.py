@@ -167,7 +167,7 @@ async def write_batch(
 ) -> None:
     """Apply ops that need no reads, and append those marked for it to the feed, in one
     pipeline (not a transaction: a batch that failed halfway is written again, and every op
-    is idempotent, for Redis and for the replicas that may then read it twice)."""
+    is idempotent, for Redis and for the nodes that may then read it twice)."""
     async with client.pipeline(transaction=False) as pipe:
         for _, op, _, _ in ops:
             for command in blind_commands(keys, op) or ():

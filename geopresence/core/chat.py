@@ -36,7 +36,6 @@ from geopresence.core.chat_message_wire import (
     PushRequest,
     channels_of,
     check_same,
-    message_frame,
     reused_error,
     same_message,
 )
@@ -53,7 +52,7 @@ from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode, error_message
 from geopresence.wire.server_messages import Sent
 
-__all__ = ["Chat", "ChatEvent", "PushHook", "PushRequest", "message_frame"]
+__all__ = ["Chat"]
 
 HEARD_REMEMBERED: Final = 65_536
 """Other nodes' message ids remembered to hear each once: far more than arrive while one

@@ -60,7 +60,7 @@ class Fanout:
 
     @property
     def replaying(self) -> bool:
-        """True while applying another node's change (``Replica.apply_feed``): nothing is
+        """True while applying another node's change (``RemoteChanges.apply_feed``): nothing is
         published, journaled or refused for a limit again (the origin did that)."""
         return self._scope == "none"
 

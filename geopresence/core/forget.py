@@ -5,7 +5,7 @@
 only lives in memory (presence, the cached location, rate-limit buckets), and the live
 connections: the former friends' as for an unfriending (``friend_removed``, ``friend_gone``
 ``unfriended``), the user's own closed with 4001. Replaying the record after a restart, or
-applying another node's (``Replica``), forgets again: records before it are undone by it,
+applying another node's (``RemoteChanges``), forgets again: records before it are undone by it,
 records after it are new facts.
 
 What is on disk outside the state (the location history, older snapshots and journal

@@ -15,7 +15,7 @@ chat messages, and its co-members' presence only while the group has at most
 The parts, each in its own module: ``Sessions`` (the session table and rate limits),
 ``Lifecycle`` (sessions opening and closing, devices, presence transitions), ``Membership``
 (friendships and groups), ``Statuses`` (presence queries), ``Acks`` (the journal and the
-replies waiting for it), ``Replica`` (other nodes' changes), ``Fanout`` (the publish scope),
+replies waiting for it), ``RemoteChanges`` (other nodes' changes), ``Fanout`` (the publish scope),
 ``Forgetting`` (a user deleted),
 and the features ``Chat``, ``Nearby`` and ``Strangers``, which see the hub only as their
 ``FeatureContext``. ``HubSettings``, ``BulkError``, ``GROUP_SLICE``, ``FEED_APPLY``,
@@ -30,7 +30,8 @@ from typing import Any, Final
 
 from geopresence.core.acks import Acks
 from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
-from geopresence.core.chat import Chat, ChatEvent, PushHook
+from geopresence.core.chat import Chat
+from geopresence.core.chat_message_wire import ChatEvent, PushHook
 from geopresence.core.context import Session as Session
 from geopresence.core.context import Sink as Sink
 from geopresence.core.fanout import Fanout, out
@@ -48,8 +49,8 @@ from geopresence.core.nearby import (
     Nearby,
 )
 from geopresence.core.presence import PresenceTable, UserPresence
-from geopresence.core.replica import FEED_APPLY as FEED_APPLY
-from geopresence.core.replica import Replica
+from geopresence.core.remote_changes import FEED_APPLY as FEED_APPLY
+from geopresence.core.remote_changes import RemoteChanges
 from geopresence.core.replication import FeedOp, PresenceSet, Replicator
 from geopresence.core.sessions import Sessions
 from geopresence.core.settings import HubSettings as HubSettings
@@ -182,7 +183,7 @@ class Hub:
             self.strangers,
             self.chat,
         )
-        self.replica = Replica(
+        self.remote = RemoteChanges(
             self.statuses,
             self.fanout,
             self.lifecycle,
@@ -425,7 +426,7 @@ class Hub:
         return self.membership.remove_member(group, user)
 
     def announce_presence(self, transition: PresenceSet) -> None:
-        self.replica.announce_presence(transition)
+        self.remote.announce_presence(transition)
 
     def apply_feed(self, op: FeedOp, now: float) -> None:
-        self.replica.apply_feed(op, now)
+        self.remote.apply_feed(op, now)

@@ -6,7 +6,7 @@ A user is online while at least one of its devices is alive: connected, or withi
 each transition and publishes it; with several, this node still keeps its devices'
 deadlines (heartbeats stay here) and reports to the ``Replicator`` only a device's
 transitions on this node: a session opened, the device ended. The cluster decides the
-user's transitions (they come back through ``Replica.announce_presence``).
+user's transitions (they come back through ``RemoteChanges.announce_presence``).
 """
 
 from __future__ import annotations

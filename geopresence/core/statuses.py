@@ -115,8 +115,8 @@ class Statuses:
 
     def status_of(self, user: str, now: float) -> tuple[Status, float | None]:
         """The user's (status, last_active_at) at ``now``: this node's table with one node,
-        the cluster-wide replica with several (last_active_at: ``now`` while online, see
-        above; once offline, the later of the replica's and this node's own)."""
+        the cluster-wide status kept here with several (last_active_at: ``now`` while online,
+        see above; once offline, the later of the kept one and this node's own)."""
         local = self.presence.get(user)
         if not self.clustered:
             return local.status, local.last_active_at

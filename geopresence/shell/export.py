@@ -17,7 +17,7 @@ from typing import Any, Final
 import orjson
 import trio
 
-from geopresence.core.chat import message_frame
+from geopresence.core.chat_message_wire import message_frame
 from geopresence.core.hub import Hub
 from geopresence.core.store import UserSettings
 from geopresence.model.chat_message import ChatMessage

@@ -22,7 +22,7 @@ import orjson
 import trio
 
 from geopresence.config import Config
-from geopresence.core.chat import PushRequest, message_frame
+from geopresence.core.chat_message_wire import PushRequest, message_frame
 from geopresence.model.chat_message import ChatMessage
 from geopresence.shell.metrics import Metrics
 from geopresence.wire.protocol import unstructure

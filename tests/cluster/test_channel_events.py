@@ -16,7 +16,7 @@ from geopresence.cluster.channel_events import (
     decode_envelope,
     encode_envelope,
 )
-from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_message_wire import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet

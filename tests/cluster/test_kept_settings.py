@@ -61,7 +61,7 @@ async def test_a_gap_reads_settings_again_and_tells_what_was_missed() -> None:
     hub.store.put_settings("bob", UserSettings())
     hub.handle(1, LocationUpdate(lat=37.5667, lon=126.978), NOW)
     hub.apply_feed(LocationSet("alice", 37.5665, 126.978, NOW, NOW), NOW)
-    hub.replica.nearby.show_moves()
+    hub.remote.nearby.show_moves()
     with hub.fanout.scoped("local"):
         hub.nearby.tell_sharing("alice", NOW)  # what her node's publish told bob
     assert [f["user"] for f in sink.take(1, "friend_location")] == ["alice"]

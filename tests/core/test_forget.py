@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from geopresence.core.chat import PushRequest
+from geopresence.core.chat_message_wire import PushRequest
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import DEFAULT_SETTINGS, MemoryStore, UserSettings
 from geopresence.model.records import Record, UserForgotten

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.core.chat import PushRequest
+from geopresence.core.chat_message_wire import PushRequest
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.model.chat_message import ChatMessage

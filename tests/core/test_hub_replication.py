@@ -8,7 +8,7 @@ from collections.abc import Iterable, Set
 from typing import Any
 
 from geopresence.core.broker import ConnId, Deliver, MemoryBroker
-from geopresence.core.chat import ChatEvent
+from geopresence.core.chat_message_wire import ChatEvent
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp, LogoutRequested, PresenceSet
 from geopresence.core.store import MemoryStore, UserSettings

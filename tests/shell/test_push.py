@@ -14,7 +14,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio.testing import MockClock
 
 from geopresence.config import Config
-from geopresence.core.chat import PushRequest
+from geopresence.core.chat_message_wire import PushRequest
 from geopresence.model.chat_message import ChatMessage
 from geopresence.shell.push import SUMMARY_INTERVAL_S, PushNotifier
 from geopresence.testing import open_server

@@ -1,4 +1,4 @@
-"""Another node's changes, applied to this node's replica and connections (sans-I/O).
+"""Another node's changes, applied to what this node keeps and to its connections (sans-I/O).
 
 With several nodes every node holds the slices of the state its sessions need in memory; a
 change made on one node reaches the others that hold what it changes
@@ -47,7 +47,7 @@ from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.errors import ProtocolError
 
 
-class Replica:
+class RemoteChanges:
     """Applies the feed: the parts of this node that another node's change reaches."""
 
     def __init__(
@@ -72,7 +72,7 @@ class Replica:
 
     def announce_presence(self, transition: PresenceSet) -> None:
         """A user's cluster-wide transition (decided here, or on another node and received
-        on the feed): update the replica and tell this node's subscribers.
+        on a channel): update the status kept here and tell this node's subscribers.
 
         Presence is the one state whose events every node derives itself from the feed,
         rather than receiving the origin's channel publish: a publish in flight while a
@@ -101,7 +101,7 @@ class Replica:
                 self.nearby.tell_sharing(op.user, now)
 
     def apply_feed(self, op: FeedOp, now: float) -> None:
-        """Apply a change made on another node: to the replica, and to this node's own
+        """Apply a change made on another node: to what this node keeps, and to its own
         connections (subscriptions, views, frames only they need). Nothing is published or
         journaled again: the origin did that."""
         if isinstance(op, PresenceSet):
@@ -121,53 +121,53 @@ class Replica:
 # ---------------------------------------------------------------- another node's change
 
 
-def _feed_location(replica: Replica, op: LocationSet, now: float) -> None:
-    replica.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
+def _feed_location(changes: RemoteChanges, op: LocationSet, now: float) -> None:
+    changes.nearby.apply(op.user, op.lat, op.lon, op.ts, op.at)
 
 
-def _feed_mark(replica: Replica, op: Watermark, now: float) -> None:
+def _feed_mark(changes: RemoteChanges, op: Watermark, now: float) -> None:
     pass  # its watermark is the entry's, read by the feed reader (ClusterLink)
 
 
-def _feed_logout(replica: Replica, op: LogoutRequested, now: float) -> None:
-    replica.lifecycle.logout(op.user, op.device)
+def _feed_logout(changes: RemoteChanges, op: LogoutRequested, now: float) -> None:
+    changes.lifecycle.logout(op.user, op.device)
 
 
-def _feed_befriended(replica: Replica, op: Befriended, now: float) -> None:
-    replica.membership.add_friendships([(op.a, op.b)], now)
+def _feed_befriended(changes: RemoteChanges, op: Befriended, now: float) -> None:
+    changes.membership.add_friendships([(op.a, op.b)], now)
 
 
-def _feed_unfriended(replica: Replica, op: Unfriended, now: float) -> None:
-    replica.membership.remove_friendship(op.a, op.b)
+def _feed_unfriended(changes: RemoteChanges, op: Unfriended, now: float) -> None:
+    changes.membership.remove_friendship(op.a, op.b)
 
 
-def _feed_group_set(replica: Replica, op: GroupSet, now: float) -> None:
-    replica.ids.observe(op.joined_after)
-    replica.membership.set_group(op.group, op.members, op.joined_after)
+def _feed_group_set(changes: RemoteChanges, op: GroupSet, now: float) -> None:
+    changes.ids.observe(op.joined_after)
+    changes.membership.set_group(op.group, op.members, op.joined_after)
 
 
-def _feed_group_deleted(replica: Replica, op: GroupDeleted, now: float) -> None:
-    replica.membership.delete_group(op.group)
+def _feed_group_deleted(changes: RemoteChanges, op: GroupDeleted, now: float) -> None:
+    changes.membership.delete_group(op.group)
 
 
-def _feed_member_added(replica: Replica, op: MemberAdded, now: float) -> None:
-    replica.ids.observe(op.joined_after)
-    replica.membership.add_member(op.group, op.user, op.joined_after)
+def _feed_member_added(changes: RemoteChanges, op: MemberAdded, now: float) -> None:
+    changes.ids.observe(op.joined_after)
+    changes.membership.add_member(op.group, op.user, op.joined_after)
 
 
-def _feed_member_removed(replica: Replica, op: MemberRemoved, now: float) -> None:
-    replica.membership.remove_member(op.group, op.user)
+def _feed_member_removed(changes: RemoteChanges, op: MemberRemoved, now: float) -> None:
+    changes.membership.remove_member(op.group, op.user)
 
 
-def _feed_settings(replica: Replica, op: SettingsChanged, now: float) -> None:
-    replica.nearby.change_settings(op.user, settings_from(op), now)
+def _feed_settings(changes: RemoteChanges, op: SettingsChanged, now: float) -> None:
+    changes.nearby.change_settings(op.user, settings_from(op), now)
 
 
-def _feed_forgotten(replica: Replica, op: UserForgotten, now: float) -> None:
-    replica.forgetting.forget(op.user, now)
+def _feed_forgotten(changes: RemoteChanges, op: UserForgotten, now: float) -> None:
+    changes.forgetting.forget(op.user, now)
 
 
-FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = covering(
+FEED_APPLY: Final[dict[type[Any], Callable[[RemoteChanges, Any, float], None]]] = covering(
     {
         LocationSet: _feed_location,
         LogoutRequested: _feed_logout,
@@ -182,8 +182,8 @@ FEED_APPLY: Final[dict[type[Any], Callable[[Replica, Any, float], None]]] = cove
         UserForgotten: _feed_forgotten,
     },
     FEED_KINDS - {PresenceSet, ChatMessage},
-    what="Replica.apply_feed",
+    what="RemoteChanges.apply_feed",
 )
 """Feed op kind (but ``PresenceSet`` and ``ChatMessage``) -> how this node applies another
 node's change: through its own operations, with their effects on its connections
-(``Replica.apply_feed``)."""
+(``RemoteChanges.apply_feed``)."""
