@@ -4,7 +4,7 @@
 
 Prints one line per figure: heartbeat cost, presence fan-out cost per subscriber, location
 fan-out, codec decode/encode, geohash cover and grid query, Snowflake ids, chat send (1:1 and
-to a group) and sync pages.
+to a group) and sync pages, and a move another node publishes, as a node of several applies it.
 The shell's socket costs are not in these numbers (see the load benchmark of the benchmarks
 issue); these say what the core itself adds per operation.
 """
@@ -20,11 +20,14 @@ from typing import TypeVar
 
 import orjson
 
-from geopresence.core.broker import ConnId
+from geopresence.cluster.channel_events import Envelope, decode_envelope, encode_envelope
+from geopresence.core.broker import ConnId, user_channel
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.locations import Location
+from geopresence.core.nearby import LocationEvent
 from geopresence.core.presence import PresenceChange
+from geopresence.core.replication import LocationSet
 from geopresence.core.store import MemoryStore
 from geopresence.model.geocells import cover
 from geopresence.model.snowflake import SnowflakeGenerator
@@ -215,6 +218,40 @@ def main() -> None:
             chat_hub.handle(200_002, page, 200.0)
 
     timed("sync page of 100 messages", "page", syncs, sync_pages)
+
+    # Several nodes: a mover's 40 near friends on one node (its own fan-out) against 10 of
+    # them on this node, the mover on another (its move arrives as an envelope: decoded,
+    # applied to the location cache, delivered to the channel's local subscribers). What
+    # the Python costs per move received; the wake-up and the socket read are not in it.
+    channels = (user_channel("mover"),)
+    count = 2_000 * scale
+    lons = [127.0 + (k % 10) * 1e-5 for k in range(count)]
+    sent = [  # the publishing node's encode is not this node's work
+        encode_envelope(Envelope(2, k, channels, LocationEvent("mover", Location(37.5, lon, k), k)))
+        for k, lon in enumerate(lons)
+    ]
+    cases = (("own move, 40 near friends on this node", 40, False),
+             ("another node's move, 10 near friends here", 10, True))  # fmt: skip
+    for label, sessions, remote in cases:
+        node = Hub(HubSettings(offline_after=1e9, location_ttl=1e9), MemoryStore(), sink)
+        if not remote:
+            node.open_session(1, "mover", "phone", now=0.0)
+        for i in range(sessions):
+            node.add_friendship("mover", f"n{i}", 0.0)
+            node.open_session(70_000 + i, f"n{i}", "phone", now=0.0)
+            node.handle(70_000 + i, LocationUpdate(lat=37.5 + 0.0005 * i, lon=127.0), 0.0)
+
+        def move_each(node: Hub = node, remote: bool = remote) -> None:
+            for k, lon in enumerate(lons):
+                at = 1.0 + k
+                if not remote:
+                    node.handle(1, LocationUpdate(lat=37.5, lon=lon), at)
+                    continue
+                envelope = decode_envelope(sent[k])
+                node.apply_feed(LocationSet("mover", 37.5, lon, at, at), at)
+                node.broker.publish(envelope.channels, envelope.event)
+
+        timed(label, "move", count, move_each)
 
 
 if __name__ == "__main__":
