@@ -361,8 +361,21 @@ class Chat:
 
     def on_joined(self, group: str, user: str, mark: int) -> None:
         """``user`` joined ``group`` when ``mark`` was the last id issued: it reads later
-        messages only."""
+        messages only. Those already shown (a large replacement joins its members in
+        slices, other messages handled in between, all of them at the mark taken first)
+        are sent to the user's connections now, as the members added before it got them
+        live. (Several nodes: a node reads them back from Redis, ``chat_gaps``.)"""
+        already = self.store.joined_after(group, user) is not None
         self.store.join(group, user, mark)
+        if already or not self.keeps_messages:
+            return
+        connections = self.ctx.connections_of(user)
+        if not connections:
+            return
+        for message in self.store.group_messages_after(group, mark):
+            frame = ChatEvent(message).frame_for(user)
+            for conn in connections:
+                self.ctx.sink.send(conn, frame)
 
     def on_left(self, group: str, user: str) -> None:
         self.store.leave(group, user)

@@ -188,6 +188,15 @@ class ChatStore:
         for message_id in heapq.merge(*sources):
             yield messages[message_id]
 
+    def group_messages_after(self, group: str, after: int) -> Iterator[ChatMessage]:
+        """``group``'s messages with id > ``after``, ascending, lazily (as ``read_after``)."""
+        log = self._group_log.get(group)
+        if log is None:
+            return
+        messages = self._messages
+        for message_id in log.irange(minimum=after, inclusive=(False, True)):
+            yield messages[message_id]
+
     def sync(self, user: str, groups: Iterable[str], after: int, limit: int) -> SyncPage:
         """The first ``limit`` messages of ``read_after``, and whether more follow."""
         if limit < 1:
