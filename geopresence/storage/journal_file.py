@@ -104,8 +104,11 @@ class FileJournal:
                 await self.flush()
 
     async def flush(self) -> None:
-        """Write (and, with ``always``, fsync) everything appended so far."""
-        while self._frames or self._segment_starts:
+        """Write (and, with ``always``, fsync) everything appended so far; after an error,
+        again every ``RETRY_AFTER_WRITE_ERROR_S`` until it works (an fsync that failed
+        under ``always`` too: its records are written, and stay unacknowledged until one
+        succeeds)."""
+        while self._frames or self._segment_starts or self._sync_owed():
             frames, first = self._frames, self._frames_first
             self._frames = []
             self._frames_first = first + len(frames)
@@ -144,6 +147,9 @@ class FileJournal:
             if failed:
                 await trio.sleep(RETRY_AFTER_WRITE_ERROR_S)
 
+    def _sync_owed(self) -> bool:
+        return self.policy == "always" and self._written > self._durable
+
     async def settle(self) -> None:
         """Return once everything appended and every segment started so far is written
         (a write already under way included)."""
@@ -171,14 +177,15 @@ class FileJournal:
             self._write_frames(frames[position : position + count])
             position += count
             self._progress = (position, done)
-            self._sync()
-            self._close_fd()
+            if self._fd is not None:  # None: closed by a try whose new segment failed
+                self._sync()
+                self._close_fd()
             self._open_segment(start)
             self._progress = (position, done + 1)
         self._write_frames(frames[position:])
         self._progress = (len(frames), len(starts))
         if self.policy == "always":
-            self._sync()
+            self._sync()  # failed: written, not durable; the flush loop fsyncs again
 
     def _write_frames(self, frames: list[bytes]) -> None:
         if not frames:

@@ -1,0 +1,81 @@
+"""Journal write errors on a real disk: a full disk while a snapshot starts a segment, a
+failed fsync under ``always``: retried every second, nothing acknowledged before it is
+durable, nothing lost (found by an adversarial review)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from geopresence.model.records import Befriended
+from geopresence.storage import journal_file
+from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.recovery import recover
+
+
+async def test_a_disk_full_while_a_snapshot_starts_a_segment_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """durability.md "Write errors": a failed journal write is retried every second and
+    nothing is lost. A disk that is full when a snapshot rotates the journal makes the new
+    segment's magic fail (ENOSPC); the retry must then create it again, not crash."""
+    monkeypatch.setattr(journal_file, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
+    journal = FileJournal(tmp_path, "everysec")
+    await trio.to_thread.run_sync(journal.open, 0)
+    journal.append(Befriended("a", "b"))
+    await journal.flush()
+    real_write = os.write
+    failures = [1]
+
+    def full_disk(fd: int, data: Any) -> int:
+        if failures[0] and bytes(data) == journal_file.FILE_MAGIC:
+            failures[0] -= 1
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    assert journal.start_segment() == 1  # what Durability.take_snapshot does
+    journal.append(Befriended("c", "d"))
+    with trio.fail_after(5):
+        await journal.flush()  # AssertionError (self._fd is None) instead of a retry
+    assert journal.durable_seq == 2 and journal.write_errors == 1
+    await journal.close()
+    monkeypatch.setattr(os, "write", real_write)
+    recovered = recover(tmp_path, repair=False)
+    assert [r for _, r in recovered.records] == [Befriended("a", "b"), Befriended("c", "d")]
+
+
+async def test_a_failed_fsync_under_always_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """durability.md "Write errors": acks wait and the write is "retried every second".
+    Under ``--fsync always`` a batch whose write worked but whose fsync failed (EIO) is
+    re-queued as nothing (every frame was written), so nothing retries the fsync: the
+    records stay not durable, and their acks (a PUT, a ``sent``) wait until some other
+    record happens to be written."""
+    monkeypatch.setattr(journal_file, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
+    journal = FileJournal(tmp_path, "always")
+    await trio.to_thread.run_sync(journal.open, 0)
+    real_fsync = os.fsync
+    failures = [1]
+
+    def flaky_fsync(fd: int) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)  # as the server runs it
+        journal.append(Befriended("a", "b"))
+        with trio.move_on_after(3):
+            while journal.durable_seq < 1:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert journal.write_errors == 1
+    assert journal.durable_seq == 1, "the ack of record 1 waits for an unrelated write"
