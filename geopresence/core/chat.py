@@ -217,7 +217,9 @@ class Chat:
             # A group deleted, or a user forgotten, while its message was on its way to disk
             # takes the message with the others (a replay of the journal ends the same way):
             # acked, not stored.
-            kept = message.group is None or self.ctx.store.group_members(message.group) is not None
+            kept = not pending.group_deleted and (
+                message.group is None or self.ctx.store.group_members(message.group) is not None
+            )
             if kept and not self.made_before_forget(message):
                 if self.ctx.replicator is None:
                     self.store.add(message)
@@ -277,8 +279,12 @@ class Chat:
 
     def pending_messages(self) -> list[ChatMessage]:
         """Messages appended to the journal and not yet durable, ascending by id (but those
-        a forget dropped)."""
-        return [p.message for p in self._pending if not self.made_before_forget(p.message)]
+        a forget or their group's deletion dropped: a snapshot must not bring them back)."""
+        return [
+            p.message
+            for p in self._pending
+            if not p.group_deleted and not self.made_before_forget(p.message)
+        ]
 
     def heard(self, message: ChatMessage) -> None:
         """Another node committed ``message`` (several nodes): never issue an id at or
@@ -382,3 +388,4 @@ class Chat:
 
     def on_group_deleted(self, group: str, members: set[str]) -> None:
         self.store.delete_group(group, members)
+        self._pending.group_deleted(group)

@@ -29,6 +29,10 @@ class Pending:
     """Set when another node had already stored this ``client_msg_id`` (``stored_elsewhere``)."""
     reused: bool = False
     """Set when its sender had used this ``client_msg_id`` in another conversation."""
+    group_deleted: bool = False
+    """Set when its group was deleted after it was journaled: acked, never stored (a
+    replay of the journal drops it with the group, even if a group of that name is
+    created again before it is durable)."""
 
 
 class PendingMessages:
@@ -62,6 +66,12 @@ class PendingMessages:
             if pending.seq == seq:
                 return pending
         return None
+
+    def group_deleted(self, group: str) -> None:
+        """``group`` was deleted: its pending messages go with it (``Pending.group_deleted``)."""
+        for pending in self._queue:
+            if pending.message.group == group:
+                pending.group_deleted = True
 
     def lowest_id(self) -> int | None:
         """The lowest id of the pending messages (None: none)."""

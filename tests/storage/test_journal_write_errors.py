@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from geopresence.core.journal import FILE_MAGIC
 from geopresence.model.records import Befriended
 from geopresence.storage import journal_file
 from geopresence.storage.journal_file import FileJournal
@@ -32,7 +33,7 @@ async def test_a_disk_full_while_a_snapshot_starts_a_segment_is_retried(
     failures = [1]
 
     def full_disk(fd: int, data: Any) -> int:
-        if failures[0] and bytes(data) == journal_file.FILE_MAGIC:
+        if failures[0] and bytes(data) == FILE_MAGIC:
             failures[0] -= 1
             raise OSError(28, "No space left on device")
         return real_write(fd, data)

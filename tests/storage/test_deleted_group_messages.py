@@ -1,0 +1,98 @@
+"""A group message on its way to disk when its group is deleted is acked and never stored,
+live, after a snapshot and after a crash alike, even if a group of the same name is created
+again before the message is durable (found by an adversarial review)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from geopresence.testing import open_server
+
+
+async def test_a_snapshot_does_not_bring_back_a_deleted_groups_message(tmp_path: Path) -> None:
+    """durability.md: ``group_deleted``: "its messages go with it"; a message on its way to
+    disk when its group is deleted is "acked, not stored" (chat.py), and a replay of the
+    journal ends the same way. A snapshot forked in that window captures it all the same
+    (``Chat.pending_messages`` drops only what a forget dropped), so after a restart the
+    deleted group's message is back (in the sender's export, its client_msg_id in use)."""
+    durable: dict[str, Any] = {"in_memory": False, "data_dir": tmp_path, "time_origin": None}
+    async with open_server(**durable, fsync="always") as server:
+        await server.admin.set_group("g", ["alice", "bob"])
+        node = server.running.server
+        journal = node.journal
+        assert journal is not None
+        gate = trio.Event()
+        real_flush = journal.flush
+
+        async def slow_flush() -> None:  # a slow disk: the writes wait for the gate
+            await gate.wait()
+            await real_flush()
+
+        journal.flush = slow_flush  # type: ignore[method-assign]
+        async with server.connect("alice") as alice, trio.open_nursery() as nursery:
+            await alice.send({"type": "send", "group": "g", "text": "hi", "client_msg_id": "k"})
+            with trio.fail_after(5):
+                while node.hub.chat.pending_count == 0:
+                    await trio.sleep(0.01)
+            nursery.start_soon(server.admin.delete_group, "g")
+            with trio.fail_after(5):
+                while node.hub.store.group_members("g") is not None:
+                    await trio.sleep(0.01)
+            await node.take_snapshot(force=True)  # the interval's snapshot, in the window
+            gate.set()
+            assert (await alice.recv_type("sent"))["type"] == "sent"  # acked, not stored
+        before = (await server.admin.export("alice"))["messages"]
+        assert before == []
+    async with open_server(**durable) as server:
+        assert (await server.admin.export("alice"))["messages"] == before
+
+
+async def test_a_message_to_a_deleted_then_recreated_group_is_the_same_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A message on its way to disk when its group is deleted is acked, not stored, and a
+    replay of the journal ends the same way, even if a group of the same name is created
+    before the message is durable (the live server once stored it in the new group, and a
+    kill -9 then lost it)."""
+    durable: dict[str, Any] = {"in_memory": False, "data_dir": tmp_path, "time_origin": None}
+    async with open_server(**durable, fsync="always") as server:
+        await server.admin.set_group("g", ["alice", "bob"])
+        node = server.running.server
+        journal = node.journal
+        assert journal is not None
+        gate = trio.Event()
+        real_flush = journal.flush
+
+        async def slow_flush() -> None:
+            await gate.wait()
+            await real_flush()
+
+        journal.flush = slow_flush  # type: ignore[method-assign]
+        async with server.connect("alice") as alice:
+            async with trio.open_nursery() as nursery:
+                await alice.send({"type": "send", "group": "g", "text": "old group only"})
+                with trio.fail_after(5):
+                    while node.hub.chat.pending_count == 0:
+                        await trio.sleep(0.01)
+                nursery.start_soon(server.admin.delete_group, "g")
+                with trio.fail_after(5):
+                    while node.hub.store.group_members("g") is not None:
+                        await trio.sleep(0.01)
+                nursery.start_soon(server.admin.set_group, "g", ["alice", "carol"])
+                with trio.fail_after(5):
+                    while node.hub.store.group_members("g") is None:
+                        await trio.sleep(0.01)
+                gate.set()
+                await alice.recv_type("sent")
+            live = (await server.admin.export("alice"))["messages"]
+        assert live == []  # it went with its group: never in the new g
+
+        async def crash(*, force: bool = False) -> dict[str, object]:  # a kill -9: no snapshot
+            return {}
+
+        node.take_snapshot = crash  # type: ignore[method-assign]
+    async with open_server(**durable) as server:
+        assert (await server.admin.export("alice"))["messages"] == live
