@@ -16,7 +16,6 @@ import trio
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.hub import Hub
-from geopresence.model.records import UserForgotten
 from geopresence.shell.metrics import Metrics
 from geopresence.storage.datadir import DataDirLock, purge_before, state_dir, write_snapshot
 from geopresence.storage.forked_snapshot import write_snapshot_forked
@@ -59,6 +58,9 @@ class Durability:
         self.last_snapshot: dict[str, object] | None = None
         """What the last snapshot wrote (path, bytes, seq, counts, seconds), for the API."""
         self._lock: DataDirLock | None = None
+        self.keep_from: Callable[[], int | None] = lambda: None
+        """The first journal record no snapshot may prune or purge (an unfinished forget's
+        marker, ``Forgets.keep_from``; None: none), asked just before files are deleted."""
         if journal is not None:
             _register_journal_metrics(metrics, journal)
 
@@ -68,10 +70,12 @@ class Durability:
         acks = self._acks
         return None if acks is None else lambda: acks.last_seq - acks.durable_seq
 
-    async def start(self) -> list[str]:
+    async def start(self) -> dict[str, int]:
         """Before serving: recover from the data dir (disk mode) or lock it (--redis keeps
         the location history there, one node per data dir). Returns the users whose forget
-        the recovery replayed (``purge_after_forget`` once the history is scrubbed)."""
+        may be unfinished, each with the seq of its first ``user_forgotten`` record still on
+        disk, whether the snapshot loaded holds it or not (``Recovered.forgotten``): their
+        history is to be scrubbed again, then ``purge_after_forget``."""
         data_dir = self._config.data_dir
         if self.journal is not None:
             return await self._recover(self.journal)
@@ -83,17 +87,22 @@ class Durability:
                 "--in-memory: the state saved in %s is not loaded (and not changed)",
                 state_dir(data_dir),
             )
-        return []
+        return {}
 
     async def purge_after_forget(self) -> None:
-        """Before serving, after a restart that replayed forgets: write a snapshot of the
-        state as recovered and delete every older snapshot and segment (they hold the
-        forgotten users; a crash had cut the forget short)."""
+        """Before serving, after a restart that found forgets (``start``): write a snapshot
+        of the state as recovered and delete every older snapshot and segment (they hold the
+        forgotten users; a crash had cut the forget short), but the segments from
+        ``keep_from()`` on (a forget whose history scrub failed just now: the next start
+        tries again)."""
         assert self.journal is not None
         hub, now, data_dir = self._hub, self._now(), self._config.data_dir
         seq = hub.last_seq
         snapshot = capture(hub.state, seq, now, hub.chat.pending_messages())
-        await trio.to_thread.run_sync(lambda: write_snapshot(data_dir, snapshot, purge=True))
+        keep = self.keep_from()  # a forget whose scrub just failed keeps its record
+        await trio.to_thread.run_sync(
+            lambda: write_snapshot(data_dir, snapshot, purge=True, keep_from=keep)
+        )
         self._snapshot_seq = seq
 
     def release(self) -> None:
@@ -101,10 +110,10 @@ class Durability:
         if self._lock is not None:
             self._lock.close()
 
-    async def _recover(self, journal: FileJournal) -> list[str]:
+    async def _recover(self, journal: FileJournal) -> dict[str, int]:
         """Lock the data dir, load the newest snapshot, replay the journal after it, and
-        open a new journal segment; returns the users forgotten by the records replayed.
-        Problems (a torn tail) are logged, never fatal."""
+        open a new journal segment; returns ``Recovered.forgotten``. Problems (a torn tail)
+        are logged, never fatal."""
         data_dir = self._config.data_dir
         self._lock = DataDirLock(data_dir)
         started = trio.current_time()
@@ -129,8 +138,9 @@ class Durability:
                 len(recovered.records),
                 trio.current_time() - started,
             )
-        forgotten = {r.user for _, r in recovered.records if isinstance(r, UserForgotten)}
-        return sorted(forgotten)
+        # Not only the records replayed: a snapshot taken while a forget was unfinished
+        # holds its record, which stays on disk until the forget is done (``keep_from``).
+        return recovered.forgotten
 
     def _journal_durable(self) -> None:
         """The journal advanced: release acks and HTTP responses waiting for it."""
@@ -156,8 +166,10 @@ class Durability:
 
     async def take_snapshot(self, *, force: bool = False, purge: bool = False) -> dict[str, object]:
         """Write a snapshot of the durable state and prune what it makes unnecessary (with
-        ``purge``, after a forget: every older snapshot and segment, ``datadir.purge_before``).
-        Without ``force`` nothing is written if nothing changed.
+        ``purge``, after a forget: every older snapshot and segment, ``datadir.purge_before``),
+        but never the segments from record ``keep_from()`` on (an unfinished forget's marker,
+        which this snapshot may well hold). Without ``force`` nothing is written if nothing
+        changed.
 
         The event loop only forks (``storage.forked_snapshot``, Redis' BGSAVE): a child
         process captures the state from its copy-on-write image of memory, as of the
@@ -176,13 +188,14 @@ class Durability:
             def take() -> Snapshot:  # runs in the child
                 return capture(hub.state, seq, now, hub.chat.pending_messages())
 
-            path, size, counts = await write_snapshot_forked(self._config.data_dir, seq, take)
+            data_dir = self._config.data_dir
+            path, size, counts = await write_snapshot_forked(data_dir, seq, take, self.keep_from)
             if purge:
                 # The segment after ``seq`` must exist first: the one before it is then
                 # known to end at ``seq`` and goes with the others.
                 await self.journal.settle()
-                directory = state_dir(self._config.data_dir)
-                await trio.to_thread.run_sync(purge_before, directory, seq)
+                keep = self.keep_from()
+                await trio.to_thread.run_sync(purge_before, state_dir(data_dir), seq, keep)
             self._snapshot_seq = seq
             seconds = trio.current_time() - started
             info: dict[str, object] = {

@@ -118,6 +118,7 @@ class Server(ClusterFacing):
             None if self.journal is None else self.durability.take_snapshot,
         )
         """What a forget does outside the core (pushes, history, old snapshots)."""
+        self.durability.keep_from = self.forgets.keep_from
         self.status = StatusLine(
             self.metrics, lambda: len(self.connections), self.hub.online_count,
             self.durability.lag,
@@ -205,6 +206,7 @@ class Server(ClusterFacing):
         try:
             forgotten = await self.durability.start()
             await self.history_keeper.start(forgotten)
+            self.forgets.resumed(forgotten)
             if forgotten and self.journal is not None:
                 await self.durability.purge_after_forget()
             await self._serve(task_status)

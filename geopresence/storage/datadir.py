@@ -235,48 +235,66 @@ def install_snapshot(temporary: Path) -> Path:
     return final
 
 
-def write_snapshot(data_dir: Path, snapshot: Snapshot, *, purge: bool = False) -> tuple[Path, int]:
+def write_snapshot(
+    data_dir: Path, snapshot: Snapshot, *, purge: bool = False, keep_from: int | None = None
+) -> tuple[Path, int]:
     """Write ``snapshot`` atomically (temp file, fsync, rename, fsync the dir) and prune old
     snapshots and journal segments, or with ``purge`` delete every older one
-    (``purge_before``) (blocking: call it in a thread). Returns (path, bytes)."""
+    (``purge_before``), either way keeping the segments from record ``keep_from`` on
+    (``prune``) (blocking: call it in a thread). Returns (path, bytes)."""
     directory = state_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     temporary, size = write_snapshot_temporary(directory, snapshot)
     final = install_snapshot(temporary)
     if purge:
-        purge_before(directory, snapshot.journal_seq)
+        purge_before(directory, snapshot.journal_seq, keep_from)
     else:
-        prune(directory)
+        prune(directory, keep_from)
     return final, size
 
 
-def prune(directory: Path) -> None:
+def prune(directory: Path, keep_from: int | None = None) -> None:
     """Keep the ``SNAPSHOTS_KEPT`` newest snapshots and the journal segments needed to
-    replay from the oldest of them; delete the rest (and stray temp files)."""
+    replay from the oldest of them; delete the rest (and stray temp files).
+
+    ``keep_from``: the first record of an unfinished forget (None: there is none). The
+    segment holding it, and every later one, stays even if a snapshot holds their records:
+    that record is the forget's only to-do marker (``recovery.Recovered.forgotten``), which
+    a start-up that finds it finishes. Deleting older snapshots meanwhile is harmless: the
+    forget wants them gone. (A prune that deletes the record's segment without
+    ``keep_from`` deletes with it every snapshot from before the forget.)"""
     snapshots = numbered(directory, SNAPSHOT_PATTERN)
     for _, path in snapshots[:-SNAPSHOTS_KEPT]:
         path.unlink(missing_ok=True)
     kept = snapshots[-SNAPSHOTS_KEPT:]
     if len(kept) < SNAPSHOTS_KEPT:
         return  # the fallback for a lone snapshot is the whole journal: keep it
-    _delete_covered(directory, kept[0][0])
+    _delete_covered(directory, kept[0][0], keep_from)
 
 
-def purge_before(directory: Path, journal_seq: int) -> None:
+def purge_before(directory: Path, journal_seq: int, keep_from: int | None = None) -> None:
     """After a forget: keep only the snapshot of ``journal_seq`` (and newer ones) and the
     journal after it; delete every older snapshot and every segment whose records it holds
-    (they still hold the forgotten user), but the last segment, which may hold later ones.
-    Unlike ``prune`` this leaves no older snapshot to fall back on until the next one."""
+    (they still hold the forgotten user), but the last segment, which may hold later ones,
+    and those from record ``keep_from`` on (another forget's marker: ``prune``). Unlike
+    ``prune`` this leaves no older snapshot to fall back on until the next one.
+
+    Snapshots go first and segments in ascending order: the forget's record goes only
+    after every older snapshot and every segment before it, so a crash part-way leaves it
+    for the next start to finish."""
     for seq, path in numbered(directory, SNAPSHOT_PATTERN):
         if seq < journal_seq:
             path.unlink(missing_ok=True)
-    _delete_covered(directory, journal_seq)
+    _delete_covered(directory, journal_seq, keep_from)
     fsync_dir(directory)
 
 
-def _delete_covered(directory: Path, journal_seq: int) -> None:
-    """Delete the journal segments whose every record is at most ``journal_seq`` (the last
-    segment always stays: it may hold later ones) and stray temporary files."""
+def _delete_covered(directory: Path, journal_seq: int, keep_from: int | None) -> None:
+    """Delete the journal segments whose every record is at most ``journal_seq`` and below
+    ``keep_from`` (the last segment always stays: it may hold later ones) and stray
+    temporary files."""
+    if keep_from is not None:
+        journal_seq = min(journal_seq, keep_from - 1)
     segments = numbered(directory, JOURNAL_PATTERN)
     for (_, path), (next_first, _) in itertools.pairwise(segments):
         # A segment ends where the next begins: all of it is in the snapshot if so.

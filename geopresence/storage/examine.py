@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 
 from geopresence.core.journal import FILE_MAGIC, Damage, Frame, Scan, scan_frames
-from geopresence.model.records import Record
+from geopresence.model.records import Record, UserForgotten
 from geopresence.storage.datadir import JOURNAL_PATTERN, SNAPSHOT_PATTERN, numbered, state_dir
 from geopresence.storage.snapshot import Snapshot, SnapshotError, decode_snapshot
 
@@ -61,6 +61,9 @@ class Examination:
     last_seq: int = 0
     found: list[tuple[str, bool]] = attrs.Factory(list)
     gaps: list[tuple[int, int]] = attrs.Factory(list)
+    forgets: list[tuple[int, str]] = attrs.Factory(list)
+    """(seq, user) of every intact ``user_forgotten`` record in any segment, those the
+    snapshot holds included: forgets that may be unfinished (``recovery.Recovered``)."""
 
     @property
     def base(self) -> int:
@@ -167,6 +170,8 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
         for seq, frame in zip(seqs, scan.frames, strict=True):
             if seq > base:
                 ex.records.append((seq, frame.record))
+            if isinstance(frame.record, UserForgotten):
+                ex.forgets.append((seq, frame.record.user))
         if seqs:
             last_seq = max(last_seq, seqs[-1])
         if not scan.damaged:

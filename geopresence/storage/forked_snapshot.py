@@ -72,12 +72,17 @@ class SnapshotWriterFailed(OSError):
 
 
 async def write_snapshot_forked(
-    data_dir: Path, journal_seq: int, take: Callable[[], Snapshot]
+    data_dir: Path,
+    journal_seq: int,
+    take: Callable[[], Snapshot],
+    keep_from: Callable[[], int | None] = lambda: None,
 ) -> tuple[Path, int, dict[str, int]]:
     """Fork; in the child, ``take()`` (the state as of ``journal_seq``, captured from the
     child's copy of memory) is written as the snapshot's temporary file; then the parent
-    installs it and prunes. Call it with nothing between reading ``journal_seq`` and this
-    call that could let the state move on (no ``await``).
+    installs it and prunes, keeping the segments from record ``keep_from()`` on (an
+    unfinished forget's marker: ``datadir.prune``; asked once the child is done, in the
+    parent). Call it with nothing between reading ``journal_seq`` and this call that could
+    let the state move on (no ``await``).
 
     Returns (path, bytes, ``Snapshot.counts()``). Raises ``SnapshotWriterFailed`` if the
     child fails or dies; ``OSError`` if installing or pruning fails. If cancelled, the
@@ -112,13 +117,13 @@ async def write_snapshot_forked(
         error = report.get("error", f"exit status {os.waitstatus_to_exitcode(status)}")
         raise SnapshotWriterFailed(f"the snapshot writer (pid {pid}) failed: {error}")
     temporary = snapshot_temporary(directory, journal_seq)
-    path = await trio.to_thread.run_sync(_install_and_prune, temporary)
+    path = await trio.to_thread.run_sync(_install_and_prune, temporary, keep_from())
     return path, int(report["bytes"]), dict(report["counts"])
 
 
-def _install_and_prune(temporary: Path) -> Path:
+def _install_and_prune(temporary: Path, keep_from: int | None) -> Path:
     path = install_snapshot(temporary)
-    prune(path.parent)
+    prune(path.parent, keep_from)
     return path
 
 

@@ -78,15 +78,17 @@ def inspect_data_dir(data_dir: Path) -> dict[str, Any]:
 
 def compact(data_dir: Path) -> dict[str, Any]:
     """Offline: replay the journal onto the newest snapshot, write the result as a new
-    snapshot and prune (what a running server does every ``--snapshot-interval``).
-    Raises ``DataDirLocked`` while a server runs on ``data_dir``, and ``DataDirCorrupt``
-    (changing nothing) where a start-up would refuse."""
+    snapshot and prune (what a running server does every ``--snapshot-interval``), keeping
+    the segment of any ``user_forgotten`` record: a forget cut short is the next start's to
+    finish, and that record is how it knows (``Recovered.forgotten``). Raises
+    ``DataDirLocked`` while a server runs on ``data_dir``, and ``DataDirCorrupt`` (changing
+    nothing) where a start-up would refuse."""
     lock = DataDirLock(data_dir)
     try:
         started = time.monotonic()
         state, recovered = load_offline(data_dir, repair=True)
         snapshot = capture(state, recovered.last_seq, time.time())
-        path, size = write_snapshot(data_dir, snapshot)
+        path, size = write_snapshot(data_dir, snapshot, keep_from=recovered.keep_from)
         return {
             "path": str(path),
             "bytes": size,
@@ -105,9 +107,10 @@ def forget_offline(data_dir: Path, user: str, progress: Progress | None = None) 
     does: journal a ``UserForgotten`` record (so that, if this is cut short, the next start
     finishes it), scrub the history files (``progress`` per file changed), write a snapshot
     of the state without the user and delete every older snapshot and segment. A data dir
-    without ``state/`` (a Redis node's) only has its history scrubbed. Raises
-    ``DataDirLocked`` while a server runs on it, ``DataDirCorrupt`` (changing nothing) where
-    a start-up would refuse."""
+    without ``state/`` (a Redis node's) only has its history scrubbed. Forgets an earlier
+    run left unfinished (their records are still on disk) are finished first: the deletion
+    takes their records too. Raises ``DataDirLocked`` while a server runs on it,
+    ``DataDirCorrupt`` (changing nothing) where a start-up would refuse."""
     lock = DataDirLock(data_dir)
     try:
         started = time.monotonic()
@@ -121,6 +124,9 @@ def forget_offline(data_dir: Path, user: str, progress: Progress | None = None) 
         if with_state:
             state, recovered = load_offline(data_dir, repair=True)
             report["problems"] = recovered.problems
+            unfinished = set(recovered.forgotten) - {user}
+            if unfinished:  # apart, so that the report counts this user's lines only
+                scrub(history_dir(data_dir), unfinished)
             seq = recovered.last_seq + 1
             segment = append_offline(data_dir, seq, UserForgotten(user))
             removed = state.forget(user)

@@ -6,6 +6,11 @@ for are repaired by a start-up itself; any other damage makes it refuse (``DataD
 without changing anything, and ``geopresence repair`` (``geopresence.storage.repair``) fixes
 it offline. ``rebuild`` loads what was read into a ``DurableState``: the snapshot, then the
 journal records after it.
+
+A forget's to-do marker is its ``user_forgotten`` record: whoever finishes the forget (its
+history scrubbed, every older snapshot deleted) deletes the record's segment last, and no
+pruning deletes it before (``datadir.prune``'s ``keep_from``). So a record still on disk,
+even in a segment the snapshot holds, is a forget that may be unfinished: ``Recovered.forgotten``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,23 @@ class Recovered:
     problems: list[str] = attrs.Factory(list)
     snapshot_path: Path | None = None
     corruption: list[str] = attrs.Factory(list)
+    forgets: list[tuple[int, str]] = attrs.Factory(list)
+    """(seq, user) of every ``user_forgotten`` record in any segment (``Examination``)."""
+
+    @property
+    def forgotten(self) -> dict[str, int]:
+        """The users whose forget may be unfinished (a record of it is still on disk, behind
+        the snapshot or after it), each with the seq of its first such record: a start-up
+        scrubs their history and purges the older files again (both idempotent)."""
+        first: dict[str, int] = {}
+        for seq, user in self.forgets:
+            first.setdefault(user, seq)
+        return first
+
+    @property
+    def keep_from(self) -> int | None:
+        """The first record no pruning may delete (the oldest forget marker), if any."""
+        return min((seq for seq, _ in self.forgets), default=None)
 
 
 def _fallback_text(ex: Examination, bad: BadSnapshot, moved: str) -> str:
@@ -90,7 +112,9 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
                 truncate_segment(segment.path, 0)
             elif segment.torn is not None:
                 truncate_segment(segment.path, segment.torn.start)
-    return Recovered(ex.snapshot, ex.records, ex.last_seq, problems, ex.snapshot_path, corruption)
+    return Recovered(
+        ex.snapshot, ex.records, ex.last_seq, problems, ex.snapshot_path, corruption, ex.forgets
+    )
 
 
 def rebuild(state: DurableState, recovered: Recovered) -> None:

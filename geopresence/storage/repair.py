@@ -153,7 +153,8 @@ def _repair(data_dir: Path, dry_run: bool, progress: Callable[[str], None]) -> d
             lost.append(f"journal {name}: {about}{count} damaged record(s)")
 
     state = DurableState()
-    rebuild(state, Recovered(ex.snapshot, ex.records, ex.last_seq))
+    recovered = Recovered(ex.snapshot, ex.records, ex.last_seq, forgets=ex.forgets)
+    rebuild(state, recovered)
     report["state"] = state_counts(state)
     if found and ex.last_seq > ex.base:
         snapshot = capture(state, ex.last_seq, time.time())
@@ -161,7 +162,8 @@ def _repair(data_dir: Path, dry_run: bool, progress: Callable[[str], None]) -> d
         if dry_run:
             progress(f"a snapshot at journal seq {ex.last_seq} would be written")
         else:
-            path, size = write_snapshot(data_dir, snapshot)
+            # A forget cut short keeps its record's segment: the next start finishes it.
+            path, size = write_snapshot(data_dir, snapshot, keep_from=recovered.keep_from)
             info.update(path=str(path), bytes=size)
             progress(f"wrote {path.name} ({size:,} bytes, journal seq {ex.last_seq})")
         report["snapshot"] = info
