@@ -210,20 +210,7 @@ class FileJournal:
         self.fsyncs += 1
 
     def _open_segment(self, first_seq: int) -> None:
-        path = journal_path(self.directory, first_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size < len(FILE_MAGIC):
-                # New, or cut short by a crash before its magic was complete.
-                os.ftruncate(fd, 0)
-                os.write(fd, FILE_MAGIC)
-                os.fsync(fd)
-                fsync_dir(self.directory)
-        except OSError:
-            os.close(fd)
-            raise
-        self._fd = fd
+        self._fd = open_segment(self.directory, first_seq)
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -292,3 +279,22 @@ def append_offline(data_dir: Path, seq: int, record: Record) -> Path:
         os.close(fd)
     fsync_dir(directory)
     return path
+
+
+def open_segment(directory: Path, first_seq: int) -> int:
+    """Open (creating it, its magic fsynced) the segment whose first record is
+    ``first_seq``, for appending; returns its file descriptor (blocking)."""
+    path = journal_path(directory, first_seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size < len(FILE_MAGIC):
+            # New, or cut short by a crash before its magic was complete.
+            os.ftruncate(fd, 0)
+            os.write(fd, FILE_MAGIC)
+            os.fsync(fd)
+            fsync_dir(directory)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

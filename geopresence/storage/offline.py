@@ -5,6 +5,7 @@ replayed into a ``DurableState`` (blocking)."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ from geopresence.storage.datadir import (
 )
 from geopresence.storage.history import history_dir
 from geopresence.storage.history_care import Progress, scrub
-from geopresence.storage.journal_file import append_offline
+from geopresence.storage.journal_file import append_offline, open_segment
 from geopresence.storage.recovery import DataDirCorrupt, load_offline
 from geopresence.storage.snapshot import capture
 
@@ -88,6 +89,10 @@ def compact(data_dir: Path) -> dict[str, Any]:
         started = time.monotonic()
         state, recovered = load_offline(data_dir, repair=True)
         snapshot = capture(state, recovered.last_seq, time.time())
+        # A new (empty) segment first, as a running server starts one with each snapshot:
+        # the snapshot then holds every record of the older segments, so damage found in
+        # them later costs nothing (and pruning may delete them).
+        os.close(open_segment(state_dir(data_dir), recovered.last_seq + 1))
         path, size = write_snapshot(data_dir, snapshot, keep_from=recovered.keep_from)
         return {
             "path": str(path),

@@ -25,6 +25,7 @@ from geopresence.storage.datadir import (
     write_snapshot,
 )
 from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.offline import compact
 from geopresence.storage.recovery import recover
 from geopresence.storage.snapshot import Snapshot
 from geopresence.testing import TestServer, open_server
@@ -233,6 +234,27 @@ def test_damage_in_a_segment_the_snapshot_covers_loses_nothing(tmp_path: Path) -
     assert any("not needed" in p for p in recovered.problems)
     assert first.read_bytes() == bytes(data)  # not truncated
     assert not list(directory.glob("*.orphaned"))
+
+
+def test_after_an_offline_compaction_damage_in_the_old_segment_costs_nothing(
+    tmp_path: Path,
+) -> None:
+    """``geopresence snapshot`` starts a new segment, as a running server does with each
+    snapshot: the segment it compacted is then one the snapshot holds entirely, and damage
+    found in it later is noted and left, not a refused start (found by review)."""
+    directory = state_dir(tmp_path)
+    directory.mkdir(parents=True)
+    records = [Befriended("a", "b"), Befriended("c", "d"), Befriended("e", "f")]
+    first = directory / "journal-00000000000000000001.log"
+    first.write_bytes(FILE_MAGIC + b"".join(encode_frame(r) for r in records))
+    compact(tmp_path)
+    assert (directory / "journal-00000000000000000004.log").read_bytes() == FILE_MAGIC
+    data = bytearray(first.read_bytes())
+    data[len(FILE_MAGIC) + 12] ^= 0xFF  # bit rot in record 1
+    first.write_bytes(bytes(data))
+    recovered = recover(tmp_path, repair=True)
+    assert recovered.last_seq == 3 and recovered.records == []
+    assert any("not needed" in p for p in recovered.problems)
 
 
 async def test_a_segment_with_half_its_magic_is_reused_cleanly(tmp_path: Path) -> None:
