@@ -9,7 +9,9 @@ service for recipients with none. Here:
 2. it gets a Snowflake id and is appended to the ``Journal`` (pending: ``chat_pending``);
 3. once the journal says it is durable (at once in memory; after the fsync with
    ``--fsync always``), it is stored in the ``ChatStore``, published, pushed, and acked with
-   ``sent``. Commits happen in journal order, so acks and deliveries follow id order.
+   ``sent``. Commits happen in journal order, so deliveries follow id order; an ack that
+   waits keeps its place among its connection's replies (``Replies``), which go out in the
+   order of their requests.
 
 Nobody sees a message before it is durable: the recipient's cursor can never point at an id
 that a crash could take back.
@@ -44,6 +46,7 @@ from geopresence.core.chat_send_rules import check_allowed, check_size
 from geopresence.core.chat_store import ChatStore
 from geopresence.core.chat_sync_page import SYNC_PAGE_MAX_BYTES, sync_page
 from geopresence.core.context import FeatureContext, Session
+from geopresence.core.replies import ReplyTo
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.client_messages import Send, Sync
@@ -128,7 +131,7 @@ class Chat:
                 # The original is on its way to disk: this resend is acked with it.
                 check_same(pending.message, message)
                 self.duplicates += 1
-                pending.acks.append((session.conn, message.id))
+                pending.acks.append((self.ctx.replies.place(session.conn), message.id))
                 return
             stored = self.store.find_client_msg(user, message.client_msg_id)
             if stored is not None:
@@ -145,7 +148,10 @@ class Chat:
             client_msg_id=message.client_msg_id,
         )
         seq = self.ctx.journal_append(chat_message)
-        self._pending.add(Pending(seq, chat_message, session.conn, [(session.conn, message.id)]))
+        # Not durable at once: its ack keeps its place among the connection's replies.
+        waits = seq > self.ctx.journal.durable_seq
+        to = self.ctx.replies.place(session.conn) if waits else session.conn
+        self._pending.add(Pending(seq, chat_message, session.conn, [(to, message.id)]))
         self.commit_durable()
 
     def answer_stored(self, session: Session, message: Send, stored: ChatMessage) -> None:
@@ -186,7 +192,7 @@ class Chat:
         encoded entries (``chat_sync_page``): at most ``limit`` messages and
         ``sync_page_bytes``, ``more`` if ``found`` holds more."""
         page = sync_page(session.user, message, found, self.sync_page_bytes)
-        self.ctx.sink.send(session.conn, Outgoing(page))
+        self.ctx.replies.reply(session.conn, Outgoing(page))
 
     # ---------------------------------------------------------------- commit and delivery
 
@@ -196,9 +202,9 @@ class Chat:
         for pending in self._pending.pop_durable(self.ctx.journal.durable_seq):
             message = pending.message
             if pending.reused:  # refused where it was written (``stored_elsewhere``)
-                for conn, request_id in pending.acks:
+                for to, request_id in pending.acks:
                     error = reused_error(message.client_msg_id, request_id)
-                    self.ctx.sink.send(conn, Outgoing(encode(error_message(error))))
+                    self.ctx.replies.answer(to, Outgoing(encode(error_message(error))))
                 continue
             if pending.stored_as is not None:
                 # A resend of a message another node stored: its sender gets that one, and
@@ -206,12 +212,12 @@ class Chat:
                 # a different message under a used client_msg_id is refused, as on one node.
                 self.duplicates += 1
                 original = pending.stored_as
-                for conn, request_id in pending.acks:
+                for to, request_id in pending.acks:
                     if same_message(original, message.to, message.group, message.text):
-                        self._ack_when_stable(conn, request_id, original, duplicate=True)
+                        self._ack_when_stable(to, request_id, original, duplicate=True)
                     else:
                         error = reused_error(message.client_msg_id, request_id)
-                        self.ctx.sink.send(conn, Outgoing(encode(error_message(error))))
+                        self.ctx.replies.answer(to, Outgoing(encode(error_message(error))))
                 continue
             self.sent += 1
             # A group deleted, or a user forgotten, while its message was on its way to disk
@@ -229,8 +235,8 @@ class Chat:
                 else:  # read back after a gap (``heard``), it is not shown twice
                     self._heard.first_time(message.message_id)
                 self._publish(message, pending.sender_conn)
-            for index, (conn, request_id) in enumerate(pending.acks):
-                self._ack_when_stable(conn, request_id, message, duplicate=index > 0)
+            for index, (to, request_id) in enumerate(pending.acks):
+                self._ack_when_stable(to, request_id, message, duplicate=index > 0)
         self.release()
 
     # ---------------------------------------------------------------- the horizon
@@ -256,12 +262,14 @@ class Chat:
             self.horizon.release(self.lowest_pending())
 
     def _ack_when_stable(
-        self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool
+        self, to: ReplyTo, request_id: RequestId, message: ChatMessage, *, duplicate: bool
     ) -> None:
-        # The sender's device takes its own message's id as its sync cursor too.
+        # The sender's device takes its own message's id as its sync cursor too. An ack
+        # that may wait (several nodes) keeps its place among the connection's replies.
+        place = to if self.horizon is None else self.ctx.replies.hold(to)
         self.when_stable(
             message.message_id,
-            lambda: self._ack(conn, request_id, message, duplicate=duplicate),
+            lambda: self._ack(place, request_id, message, duplicate=duplicate),
         )
 
     def stored_elsewhere(self, seq: int, original: ChatMessage | None) -> None:
@@ -353,7 +361,7 @@ class Chat:
         self.push(PushRequest(recipients, message))
 
     def _ack(
-        self, conn: ConnId, request_id: RequestId, message: ChatMessage, *, duplicate: bool
+        self, to: ReplyTo, request_id: RequestId, message: ChatMessage, *, duplicate: bool
     ) -> None:
         sent = Sent(
             re=request_id,
@@ -361,7 +369,7 @@ class Chat:
             created_at=message.created_at,
             duplicate=True if duplicate else None,
         )
-        self.ctx.sink.send(conn, Outgoing(encode(sent)))
+        self.ctx.replies.answer(to, Outgoing(encode(sent)))
 
     # ---------------------------------------------------------------- group membership
 

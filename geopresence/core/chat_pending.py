@@ -13,18 +13,21 @@ from collections.abc import Iterator
 import attrs
 
 from geopresence.core.broker import ConnId
+from geopresence.core.replies import ReplyTo
 from geopresence.model.chat_message import ChatMessage
 from geopresence.wire.errors import RequestId
 
 
 @attrs.define(slots=True, eq=False)
 class Pending:
-    """A message in the journal, not yet durable: acks wait here (a resend adds one)."""
+    """A message in the journal, not yet durable: acks wait here (a resend adds one), each
+    for its place among its connection's replies (``Replies``), or for a connection when
+    the message commits while its ``send`` is handled."""
 
     seq: int
     message: ChatMessage
     sender_conn: ConnId
-    acks: list[tuple[ConnId, RequestId]]
+    acks: list[tuple[ReplyTo, RequestId]]
     stored_as: ChatMessage | None = None
     """Set when another node had already stored this ``client_msg_id`` (``stored_elsewhere``)."""
     reused: bool = False

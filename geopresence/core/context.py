@@ -2,11 +2,11 @@
 
 The hub (``geopresence.core.hub``) and its parts own sessions, friendships, the journal and
 fan-out; the features (chat, nearby friends, nearby strangers) never see them. Each gets a
-``FeatureContext``: the few things a feature may do (send a frame, publish on channels,
-journal a change, look up sessions). Nearby friends and nearby strangers talk to each other
-only through ``LocationListener`` (nearby tells strangers about accepted locations and
-settings) and ``LocationView`` (strangers reads the location cache and radii). The hub
-satisfies ``FeatureContext`` structurally; tests pass a fake.
+``FeatureContext``: the few things a feature may do (send a frame or a reply, publish on
+channels, journal a change, look up sessions). Nearby friends and nearby strangers talk to
+each other only through ``LocationListener`` (nearby tells strangers about accepted
+locations and settings) and ``LocationView`` (strangers reads the location cache and radii).
+The hub satisfies ``FeatureContext`` structurally; tests pass a fake.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from geopresence.core.broker import Broker, ConnId
 from geopresence.core.journal import Journal
 from geopresence.core.locations import Location
 from geopresence.core.replication import Replicator
+from geopresence.core.replies import Replies
+from geopresence.core.replies import Sink as Sink
 from geopresence.core.store import Store
 from geopresence.model.records import Record
 from geopresence.wire.errors import ProtocolError
@@ -36,24 +38,18 @@ class Session:
     device: str
 
 
-class Sink(Protocol):
-    """Where the hub's output goes. Both methods must return without blocking.
-
-    ``send`` queues a frame for a connection (the shell closes it with 4008 if its queue is
-    full); ``close`` asks for a connection to be closed with ``code`` after the frames already
-    queued for it. After ``close`` the hub has forgotten the connection.
-    """
-
-    def send(self, conn: ConnId, message: Outgoing) -> None: ...
-
-    def close(self, conn: ConnId, code: int, reason: str) -> None: ...
-
-
 class FeatureContext(Protocol):
     """What a feature may use of the hub."""
 
     @property
-    def sink(self) -> Sink: ...
+    def sink(self) -> Sink:
+        """Where events go (frames that answer no request)."""
+        ...
+
+    @property
+    def replies(self) -> Replies:
+        """Where replies go, in the order of their requests (on the hub, ``sink`` too)."""
+        ...
 
     @property
     def store(self) -> Store: ...
@@ -93,14 +89,16 @@ class FeatureContext(Protocol):
         event only this node can derive (never while replaying another node's change)."""
 
     def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
-        """Send an ``error`` frame to ``conn`` (an answer that could not be made later)."""
+        """Reply to ``conn`` with an ``error`` frame (after the replies to its earlier
+        requests, as every reply: ``Replies``)."""
 
     def journal_append(self, record: Record) -> int:
         """Journal a durable change; returns its sequence number."""
         ...
 
     def reply_when_durable(self, conn: ConnId, message: Outgoing) -> None:
-        """Send ``message`` once every record journaled so far is durable."""
+        """Send ``message`` (a reply) once every record journaled so far is durable;
+        later replies to ``conn`` wait behind it."""
 
 
 class LocationListener(Protocol):

@@ -15,11 +15,12 @@ chat messages, and its co-members' presence only while the group has at most
 The parts, each in its own module: ``Sessions`` (the session table and rate limits),
 ``Lifecycle`` (sessions opening and closing, devices, presence transitions), ``Membership``
 (friendships and groups), ``Statuses`` (presence queries), ``Acks`` (the journal and the
-replies waiting for it), ``RemoteChanges`` (other nodes' changes), ``Fanout`` (the publish scope),
-``Forgetting`` (a user deleted),
-and the features ``Chat``, ``Nearby`` and ``Strangers``, which see the hub only as their
-``FeatureContext``. ``HubSettings``, ``BulkError``, ``GROUP_SLICE``, ``FEED_APPLY``,
-``Session`` and ``Sink`` are importable from here as before the parts were split out.
+replies waiting for it), ``Replies`` (every frame: each connection's replies in the order of
+its requests), ``RemoteChanges`` (other nodes' changes), ``Fanout`` (the publish scope),
+``Forgetting`` (a user deleted), and the features ``Chat``, ``Nearby`` and ``Strangers``,
+which see the hub only as their ``FeatureContext``. ``HubSettings``, ``BulkError``,
+``GROUP_SLICE``, ``FEED_APPLY``, ``Session`` and ``Sink`` are importable from here as before
+the parts were split out.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from geopresence.core.presence import PresenceTable, UserPresence
 from geopresence.core.remote_changes import FEED_APPLY as FEED_APPLY
 from geopresence.core.remote_changes import RemoteChanges
 from geopresence.core.replication import FeedOp, PresenceSet, Replicator
+from geopresence.core.replies import Replies
 from geopresence.core.sessions import Sessions
 from geopresence.core.settings import HubSettings as HubSettings
 from geopresence.core.state import DurableState
@@ -113,7 +115,9 @@ class Hub:
         self.settings = settings
         self.state = DurableState(users=store, ids=SnowflakeGenerator(settings.node_id))
         """The durable state: ``store`` (the user DB), the chat store and the id generator."""
-        self.sink = sink
+        frames = settings.queue_size + settings.state_queue_size  # as a connection's queue
+        self.sink = self.replies = Replies(sink, max_frames=frames, max_chars=settings.queue_bytes)
+        """Every frame goes through it: replies in the order of their requests."""
         self.broker = broker_factory(self._deliver)
         self.replicator = replicator
         """The link to the other nodes (None: this is the only node)."""
@@ -121,7 +125,8 @@ class Hub:
         """Error replies sent, by code (the shell passes its metrics' counter)."""
         self.presence: PresenceTable[ConnId] = PresenceTable(settings.offline_after)
         self.fanout = Fanout(self.broker)
-        self.acks = Acks(MemoryJournal() if journal is None else journal, sink, self.fanout)
+        journal = MemoryJournal() if journal is None else journal
+        self.acks = Acks(journal, self.replies, self.fanout)
         self.statuses = Statuses(self.presence, self.state, clustered=replicator is not None)
         self.nearby = Nearby(
             self,
@@ -142,7 +147,7 @@ class Hub:
         derived = replicator is None and isinstance(self.broker, MemoryBroker)  # the only node
         self.sessions = Sessions(
             settings,
-            sink,
+            self.replies,
             self.broker,
             self.errors,
             on_closed=(self.nearby.on_session_closed, self.strangers.on_session_closed),
@@ -154,7 +159,7 @@ class Hub:
         self.lifecycle = Lifecycle(
             settings,
             self.state,
-            sink,
+            self.replies,
             self.sessions,
             self.fanout,
             self.statuses,
@@ -241,7 +246,7 @@ class Hub:
             raise ProtocolError("forbidden", f"not a member of group {message.group!r}", message.id)
         online, total = self.statuses.group_online(message.group)
         reply = GroupPresenceReply(re=message.id, group=message.group, online=online, total=total)
-        self.sink.send(session.conn, out(reply))
+        self.replies.reply(session.conn, out(reply))
 
     def _on_repeated_hello(self, session: Session, message: Hello, now: float) -> None:
         raise ProtocolError("bad_request", "already authenticated: hello only once", message.id)

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from geopresence.core.broker import ConnId, group_channel, inbox_channel, user_channel
-from geopresence.core.context import Session, Sink
+from geopresence.core.context import Session
 from geopresence.core.fanout import Fanout, out, presence_key
 from geopresence.core.presence import Ended, PresenceChange, PresenceTable
 from geopresence.core.replication import Replicator
+from geopresence.core.replies import Replies
 from geopresence.core.sessions import Sessions
 from geopresence.core.settings import HubSettings
 from geopresence.core.state import DurableState
@@ -61,7 +62,7 @@ class Lifecycle:
         self,
         settings: HubSettings,
         state: DurableState,
-        sink: Sink,
+        sink: Replies,
         sessions: Sessions,
         fanout: Fanout,
         statuses: Statuses,
@@ -129,7 +130,7 @@ class Lifecycle:
         for group in store.groups_of(user):
             broker.subscribe(group_channel(group), conn)
         s = self.settings
-        self.sink.send(
+        self.sink.reply(
             conn,
             out(
                 Welcome(
@@ -232,7 +233,7 @@ class Lifecycle:
 
     def on_heartbeat(self, session: Session, message: Heartbeat, now: float) -> None:
         if message.id is not None:
-            self.sink.send(session.conn, out(HeartbeatAck(re=message.id, server_time=now)))
+            self.sink.reply(session.conn, out(HeartbeatAck(re=message.id, server_time=now)))
 
     def on_logout(self, session: Session, message: Logout, now: float) -> None:
         self.apply_ended(

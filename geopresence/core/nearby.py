@@ -198,7 +198,7 @@ class Nearby:
         reply = NearbyFriendsReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=len(entries), friends=page
         )
-        self.ctx.sink.send(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
+        self.ctx.replies.reply(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
 
     def nearby(self, user: str, now: float, request_id: RequestId = None) -> list[NearbyFriend]:
         """Friends sharing a live location within ``user``'s radius, nearest first (ties by

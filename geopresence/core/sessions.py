@@ -14,8 +14,9 @@ from collections.abc import Callable, Collection, Iterable, Set
 import attrs
 
 from geopresence.core.broker import Broker, ConnId
-from geopresence.core.context import Session, Sink
+from geopresence.core.context import Session
 from geopresence.core.online_friends import OnlineFriends
+from geopresence.core.replies import Replies
 from geopresence.core.settings import HubSettings
 from geopresence.wire.errors import CLOSE_SLOW_CONSUMER, ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
@@ -45,14 +46,15 @@ class Sessions:
     """The live sessions, by connection and by user, with their rate limits.
 
     Methods that take a ``conn`` ignore connections the table does not hold (already
-    forgotten). Forgetting a session unsubscribes its connection from every channel and
-    tells each of ``on_closed`` (per-connection state elsewhere), in order.
+    forgotten). Forgetting a session unsubscribes its connection from every channel, forgets
+    its line of replies (``Replies.forget``) and tells each of ``on_closed`` (per-connection
+    state elsewhere), in order.
     """
 
     def __init__(
         self,
         settings: HubSettings,
-        sink: Sink,
+        sink: Replies,
         broker: Broker,
         errors: Counter[str],
         on_closed: Iterable[Callable[[ConnId], None]] = (),
@@ -60,6 +62,7 @@ class Sessions:
     ) -> None:
         self.settings = settings
         self.sink = sink
+        """Where frames go: replies in order (``reply``), events (``send``), closes."""
         self.broker = broker
         self.errors = errors
         """Error replies sent, by code (the shell passes its metrics' counter)."""
@@ -152,10 +155,11 @@ class Sessions:
         return False
 
     def reply_error(self, conn: ConnId, error: ProtocolError) -> None:
-        """Send an ``error`` frame to ``conn`` (the connection stays open)."""
+        """Reply to ``conn`` with an ``error`` frame, in order (``Replies.reply``; the
+        connection stays open)."""
         if conn in self._sessions:
             self.errors[error.code] += 1
-            self.sink.send(conn, Outgoing(encode(error_message(error))))
+            self.sink.reply(conn, Outgoing(encode(error_message(error))))
 
     def drop(self, conn: ConnId, code: int, reason: str) -> None:
         """Forget ``conn``'s session and ask the sink to close it with ``code``."""
@@ -174,6 +178,7 @@ class Sessions:
             if self.online_friends is not None:
                 self.online_friends.went_offline(session.user)
         self.broker.unsubscribe_all(conn)
+        self.sink.forget(conn)  # what it had made goes first; what it waited for, never
         self._buckets.pop(conn, None)
         self._rejected.pop(conn, None)
         for closed in self.on_closed:

@@ -37,6 +37,10 @@ class HubSettings:
     rate_limit: float = _config_default("rate_limit")
     rate_burst: int = _config_default("rate_burst")
     abuse_limit: int = _config_default("abuse_limit")
+    queue_size: int = _config_default("queue_size")
+    state_queue_size: int = _config_default("state_queue_size")
+    queue_bytes: int = _config_default("queue_bytes")
+    """These three bound a connection's line of replies too (``Replies``)."""
 
     @classmethod
     def from_config(cls, config: Config) -> HubSettings:

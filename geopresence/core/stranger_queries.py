@@ -1,8 +1,9 @@
 """``nearby_people`` (sans-I/O): the per-user rate limit, the search, the answer.
 
 The search goes to the ``StrangerIndex`` (``core.stranger_index``), whose answer may come a
-round trip later (several nodes): the reply then goes only to a connection still open, and
-without the strangers that left meanwhile (``GoneDuringSearches``).
+round trip later (several nodes): the reply then goes only to a connection still open, in
+the place its query took among the connection's replies (``Replies``), and without the
+strangers that left meanwhile (``GoneDuringSearches``).
 """
 
 from __future__ import annotations
@@ -93,15 +94,22 @@ class PeopleQueries:
         need = (query.page + 1) * PAGE_SIZE
         self.before_search(user, now)
         mark = self.gone_during.begin()
+        replies = self.ctx.replies
+        place = replies.place(session.conn)
 
         def answer(result: tuple[int, Found] | None) -> None:
             try:
-                self._answer(session, query, result, mark)
+                with replies.answering(place):
+                    self._answer(session, query, result, mark)
             finally:
                 self.gone_during.end(mark)
 
-        # Coarse to coarse: the index holds cell centres, and so is the asker's position.
-        self.index.search(snap(me), self.view.radius(user), excluded, need, answer)
+        try:
+            # Coarse to coarse: the index holds cell centres, and so is the asker's position.
+            self.index.search(snap(me), self.view.radius(user), excluded, need, answer)
+        except BaseException:
+            replies.fill(place, None)  # the error replied for the query comes in its place
+            raise
 
     def _answer(
         self,
@@ -141,7 +149,7 @@ class PeopleQueries:
         reply = NearbyPeopleReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=total, people=people
         )
-        self.ctx.sink.send(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
+        self.ctx.replies.reply(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
         if watch is not None:
             # Later stranger_gone refers to everything shown: earlier events and this page.
             for _, other, location in page:

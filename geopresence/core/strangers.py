@@ -153,7 +153,7 @@ class Strangers:
                 for cell in watch.cells:
                     self.ctx.broker.unsubscribe(cell_channel(cell), conn)
         reply = WatchStrangersReply(re=message.id, on=message.on)
-        self.ctx.sink.send(conn, Outgoing(encode(reply)))
+        self.ctx.replies.reply(conn, Outgoing(encode(reply)))
 
     # ------------------------------------------------------------------ hub events
 

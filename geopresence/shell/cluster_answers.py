@@ -14,7 +14,9 @@ makes that a fraction of a second): a message committed before this node subscri
 user's channels never reaches it live, so the page must hold it.
 
 The answers come a Redis round trip later; the connection's other messages are handled
-meanwhile (answers carry their request's ``re``).
+meanwhile, but their replies wait for the answer: each such request takes its place among
+the connection's replies as it comes (``Replies.place``), and its answer fills it
+(``Replies.answering``), so replies still come in the order of the requests.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from geopresence.cluster.link import ClusterLink
 from geopresence.core.broker import ConnId
 from geopresence.core.context import Session
 from geopresence.core.hub import Hub
+from geopresence.core.replies import Place
 from geopresence.core.statuses import Held
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.snowflake import CLOCK_SKEW_S, min_id_at
@@ -77,7 +80,8 @@ class ClusterAnswers:
         self._first_sync.pop(conn, None)
 
     def later(self, conn: ConnId, message: ClientMessage) -> bool:
-        """Take ``message`` if its answer needs what this node does not keep."""
+        """Take ``message`` if its answer needs what this node does not keep: its reply's
+        place is kept now, and filled once answered."""
         if self.nursery is None:
             return False
         if isinstance(message, Sync):
@@ -86,20 +90,22 @@ class ClusterAnswers:
                 return False
             # Now, while the session is open (its end drops it: ``_closed``).
             mark = self._first_sync.setdefault(conn, min_id_at(self._now() + CLOCK_SKEW_S))
-            self.nursery.start_soon(self._sync, session, message, mark)
+            place = self._hub.replies.place(conn)
+            self.nursery.start_soon(self._sync, session, message, mark, place)
             return True
         if isinstance(message, Send):
             return self._resend(conn, message)
-        if not isinstance(message, GroupPresenceQuery):
+        if not isinstance(message, GroupPresenceQuery) or self._hub.session(conn) is None:
             return False
         members = self._hub.store.group_members(message.group)
         if members is None:
             return False  # not_found, at once
-        self.nursery.start_soon(self._group_presence, conn, message, members)
+        place = self._hub.replies.place(conn)
+        self.nursery.start_soon(self._group_presence, conn, message, members, place)
         return True
 
     async def _group_presence(
-        self, conn: ConnId, message: GroupPresenceQuery, members: Collection[str]
+        self, conn: ConnId, message: GroupPresenceQuery, members: Collection[str], place: Place
     ) -> None:
         read: Mapping[str, Held] = {}
         with trio.move_on_after(READ_TIMEOUT_S):
@@ -110,7 +116,7 @@ class ClusterAnswers:
         hub = self._hub
         if hub.session(conn) is None:
             return  # the session ended meanwhile
-        with self._connections.batch(), hub.statuses.overlay(read):
+        with self._connections.batch(), hub.replies.answering(place), hub.statuses.overlay(read):
             try:
                 hub.handle(conn, message, self._now())
             except Exception:
@@ -136,10 +142,11 @@ class ClusterAnswers:
             or chat.decides(session.user, message)
         ):
             return False
-        self.nursery.start_soon(self._answer_resend, session, message)
+        place = self._hub.replies.place(conn)
+        self.nursery.start_soon(self._answer_resend, session, message, place)
         return True
 
-    async def _answer_resend(self, session: Session, message: Send) -> None:
+    async def _answer_resend(self, session: Session, message: Send, place: Place) -> None:
         hub = self._hub
         stored = None
         try:
@@ -149,7 +156,7 @@ class ClusterAnswers:
             log.warning("redis: a resend's original was not read (%s)", exc)
         if hub.session(session.conn) is not session:
             return
-        with self._connections.batch():
+        with self._connections.batch(), hub.replies.answering(place):
             try:
                 if stored is None:
                     hub.handle(session.conn, message, self._now())  # refused, as on one node
@@ -158,7 +165,7 @@ class ClusterAnswers:
             except ProtocolError as error:
                 hub.reply_error(session.conn, error)
 
-    async def _sync(self, session: Session, message: Sync, mark: int) -> None:
+    async def _sync(self, session: Session, message: Sync, mark: int, place: Place) -> None:
         """Answer ``message`` once the horizon passed ``mark`` (the connection's first
         sync's), from Redis."""
         hub, conn = self._hub, session.conn
@@ -182,7 +189,7 @@ class ClusterAnswers:
                 log.warning("redis: %s's messages were not read (%s)", session.user, exc)
         if hub.session(conn) is not session:
             return  # the session ended meanwhile
-        with self._connections.batch():
+        with self._connections.batch(), hub.replies.answering(place):
             if messages is None:
                 error = "chat history could not be read: try again"
                 hub.reply_error(conn, ProtocolError("internal", error, message.id))

@@ -248,7 +248,7 @@ async def test_a_friend_made_elsewhere_reaches_a_held_friend_s_session_when_read
     finds nothing more to do."""
     redis = Redis({"alice": [], "bob": []})
     node = Node(redis)
-    sink = node.hub.sessions.sink
+    sink = node.hub.replies.sink
     assert isinstance(sink, RecordingSink)
     async with running(node.slices.run):
         await node.slices.hold(["bob"])

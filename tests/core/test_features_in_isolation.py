@@ -16,6 +16,7 @@ from geopresence.core.journal import MemoryJournal
 from geopresence.core.locations import Location
 from geopresence.core.nearby import LocationEvent, Nearby
 from geopresence.core.replication import Replicator
+from geopresence.core.replies import Replies
 from geopresence.core.store import MemoryStore, UserSettings
 from geopresence.core.stranger_index import Answer
 from geopresence.core.stranger_queries import snap
@@ -39,6 +40,7 @@ class FakeContext:
 
     def __init__(self) -> None:
         self.sink = RecordingSink()
+        self.replies = Replies(self.sink, max_frames=1024, max_chars=1 << 22)
         self.store = MemoryStore()
         self.journal = MemoryJournal()
         self.replicator: Replicator | None = None
