@@ -16,6 +16,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
+from geopresence.client import Client
 from geopresence.core.broker import ConnId
 from geopresence.testing import TestServer
 from geopresence.wire.outbox import Outgoing
@@ -168,3 +169,12 @@ async def running(task: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
         yield
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
+
+
+async def quiet(client: Client) -> None:
+    """Read and drop whatever the server already sent (presence chatter)."""
+    while True:
+        with trio.move_on_after(0.01):
+            await client.recv()
+            continue
+        return

@@ -19,17 +19,9 @@ from trio.testing import MockClock
 from geopresence.client import Client
 from geopresence.core.replies import Place
 from geopresence.testing import TestServer, open_server
+from tests.helpers import quiet
 
 FSYNC = pytest.mark.parametrize("fsync", ["everysec", "always"])
-
-
-async def quiet(client: Client) -> None:
-    """Read and drop whatever the server already sent (presence chatter)."""
-    while True:
-        with trio.move_on_after(0.01):
-            await client.recv()
-            continue
-        return
 
 
 async def replies(client: Client, count: int) -> list[dict[str, Any]]:

@@ -9,17 +9,9 @@ import trio
 from trio.testing import MockClock
 from trio_websocket import ConnectionClosed
 
-from geopresence.client import Client, connect_stream
+from geopresence.client import connect_stream
 from geopresence.testing import TestServer, open_server
-
-
-async def quiet(client: Client) -> None:
-    """Read and drop whatever the server already sent (presence chatter)."""
-    while True:
-        with trio.move_on_after(0.01):
-            await client.recv()
-            continue
-        return
+from tests.helpers import quiet
 
 
 async def test_one_to_one_reaches_every_device_of_both_users(

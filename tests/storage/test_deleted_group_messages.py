@@ -5,33 +5,39 @@ again before the message is durable (found by an adversarial review)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 
-from geopresence.testing import open_server
+from geopresence.testing import TestServer, open_server
+
+DURABLE: Final = {"in_memory": False, "time_origin": None}
+
+
+def slow_disk(server: TestServer) -> trio.Event:
+    """The server's journal writes wait until the returned event is set."""
+    journal = server.running.server.journal
+    assert journal is not None
+    gate = trio.Event()
+    real_flush = journal.flush
+
+    async def slow_flush() -> None:
+        await gate.wait()
+        await real_flush()
+
+    journal.flush = slow_flush  # type: ignore[method-assign]
+    return gate
 
 
 async def test_a_snapshot_does_not_bring_back_a_deleted_groups_message(tmp_path: Path) -> None:
-    """durability.md: ``group_deleted``: "its messages go with it"; a message on its way to
-    disk when its group is deleted is "acked, not stored" (chat.py), and a replay of the
-    journal ends the same way. A snapshot forked in that window captures it all the same
-    (``Chat.pending_messages`` drops only what a forget dropped), so after a restart the
-    deleted group's message is back (in the sender's export, its client_msg_id in use)."""
-    durable: dict[str, Any] = {"in_memory": False, "data_dir": tmp_path, "time_origin": None}
+    """durability.md: ``group_deleted``: "its messages go with it". A snapshot forked while
+    such a message is still on its way to disk does not capture it (it came back after a
+    restart, in the sender's export, its client_msg_id in use)."""
+    durable: dict[str, Any] = {**DURABLE, "data_dir": tmp_path}
     async with open_server(**durable, fsync="always") as server:
         await server.admin.set_group("g", ["alice", "bob"])
         node = server.running.server
-        journal = node.journal
-        assert journal is not None
-        gate = trio.Event()
-        real_flush = journal.flush
-
-        async def slow_flush() -> None:  # a slow disk: the writes wait for the gate
-            await gate.wait()
-            await real_flush()
-
-        journal.flush = slow_flush  # type: ignore[method-assign]
+        gate = slow_disk(server)
         async with server.connect("alice") as alice, trio.open_nursery() as nursery:
             await alice.send({"type": "send", "group": "g", "text": "hi", "client_msg_id": "k"})
             with trio.fail_after(5):
@@ -57,20 +63,11 @@ async def test_a_message_to_a_deleted_then_recreated_group_is_the_same_after_a_r
     replay of the journal ends the same way, even if a group of the same name is created
     before the message is durable (the live server once stored it in the new group, and a
     kill -9 then lost it)."""
-    durable: dict[str, Any] = {"in_memory": False, "data_dir": tmp_path, "time_origin": None}
+    durable: dict[str, Any] = {**DURABLE, "data_dir": tmp_path}
     async with open_server(**durable, fsync="always") as server:
         await server.admin.set_group("g", ["alice", "bob"])
         node = server.running.server
-        journal = node.journal
-        assert journal is not None
-        gate = trio.Event()
-        real_flush = journal.flush
-
-        async def slow_flush() -> None:
-            await gate.wait()
-            await real_flush()
-
-        journal.flush = slow_flush  # type: ignore[method-assign]
+        gate = slow_disk(server)
         async with server.connect("alice") as alice:
             async with trio.open_nursery() as nursery:
                 await alice.send({"type": "send", "group": "g", "text": "old group only"})
