@@ -19,14 +19,14 @@ distance), so **nothing a stranger observes depends on more than a coarse positi
 - a visible user is published (and its shown ``ts`` changes) only when its coarse cell
   changes: moves inside a cell are not seen, not even their timing;
 - a watcher's own moves and radius changes are applied to its strangers view at most once
-  per ``apply_interval`` (leading and trailing edge: the first change at once, later ones
-  together at the end of the interval, so the final state is always applied);
+  per ``apply_interval``, per user (leading and trailing edge: the first change at once,
+  later ones together at the end of the interval, so the final state is always applied;
+  a watch started within the interval takes what was applied: ``core.stranger_pacing``);
 - ``nearby_people`` is rate limited per user.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from functools import partial
 
 import attrs
@@ -37,6 +37,7 @@ from geopresence.core.expiry import DeadlineIndex
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
 from geopresence.core.stranger_index import GridIndex, StrangerIndex
+from geopresence.core.stranger_pacing import Pacing
 from geopresence.core.stranger_queries import STRANGER_TAG, PeopleQueries, rounded, snap
 from geopresence.core.stranger_watches import Watches
 from geopresence.model.geo import distance_within
@@ -122,11 +123,8 @@ class Strangers:
         )
         self.on_query = self.queries.on_query
         """``nearby_people`` (``PeopleQueries.on_query``)."""
-        self._applied_at: dict[str, float] = {}
-        """When each user's watches were last brought up to date (recent ones only)."""
-        self._applied_order: deque[tuple[float, str]] = deque()
-        self._due: DeadlineIndex[str] = DeadlineIndex()
-        """Users whose latest move or radius change waits for the end of the interval."""
+        self.pacing = Pacing(self.apply_interval)
+        """Each user's last application to its watches, and the changes waiting."""
         self._lapsing: dict[str, tuple[str, float]] = {}
         """Users this node dropped from its grid while their location was live (its
         sessions needing it ended): user -> (index geohash, ``ts`` of the last update)."""
@@ -143,10 +141,8 @@ class Strangers:
         conn = session.conn
         if message.on:
             if conn not in self._watches:
-                # A new watch takes its user's current state at once: its view is empty,
-                # so this reveals nothing (no stranger_gone can follow from it).
                 self._watches.start(conn)
-                self._recover(conn, session.user, now)
+                self._watch_started(conn, session.user, now)
         else:
             watch = self._watches.stop(conn)
             if watch is not None:
@@ -193,7 +189,7 @@ class Strangers:
     def tick(self, now: float) -> None:
         """Time has reached ``now``: apply the moves and radius changes whose interval ended
         (the hub's expiry calls this through ``Nearby.expire``)."""
-        for user in self._due.pop_due(now):
+        for user in self.pacing.pop_due(now):
             watching = self._watching(user)
             if watching:
                 self._apply(user, watching, now)
@@ -203,7 +199,7 @@ class Strangers:
 
     def next_deadline(self) -> float | None:
         """When ``tick`` has work next (None: nothing pending)."""
-        deadlines = (self._due.next_deadline(), self._lapse_due.next_deadline())
+        deadlines = (self.pacing.next_deadline(), self._lapse_due.next_deadline())
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
@@ -256,8 +252,7 @@ class Strangers:
         """Drop ``user``'s query bucket and pending watch update (a forget: its sessions
         are closed and its location gone)."""
         self.queries.forget(user)
-        self._applied_at.pop(user, None)
-        self._due.discard(user)
+        self.pacing.forget(user)
         self._unlapse(user)
 
     def deliver(self, conn: ConnId, event: StrangerEvent | StrangerGoneEvent) -> None:
@@ -298,7 +293,6 @@ class Strangers:
         (with several nodes, nothing else would)."""
         watching = self._watching(user)
         if watching:
-            self._due.discard(user)
             self._apply(user, watching, now)
 
     def _handled(self, user: str) -> bool:
@@ -315,42 +309,52 @@ class Strangers:
         mine = self.view.location_of(user, now)
         return (None if mine is None else snap(mine, 0.0)), self.view.radius(user)
 
+    def _watch_started(self, conn: ConnId, user: str, now: float) -> None:
+        """A new watch of ``user`` (re-watching, another connection, a reconnect): if the
+        user's watches took its position and radius less than ``apply_interval`` ago, it
+        takes what they took, and a change since is applied as it would have been for them
+        (at the interval's end); else it takes the current ones at once (its view is empty:
+        nothing is judged on them yet), not counted (the first change after is at once)."""
+        last = self.pacing.recent(user, now)
+        if last is None:
+            self._apply(user, self._watching(user), now, counted=False)
+        else:
+            self._recover(conn, last.center, last.radius)
+            self._watcher_changed(user, now)
+
     def _watcher_changed(self, user: str, now: float) -> None:
         """``user`` moved or changed its radius: bring its watches up to date, at once if
         the last time was at least ``apply_interval`` ago, else at the end of the interval.
-        A move inside its coarse cell changes nothing and uses up nothing."""
+        A move inside its coarse cell changes nothing and uses up nothing; nor does any
+        change while it does not watch (a watch started later takes it: ``_watch_started``)."""
         watching = self._watching(user)
-        if not watching or user in self._due:
+        if not watching or self.pacing.waiting(user):
             return
         center, radius = self._target(user, now)
         target = (None if center is None else (center.lat, center.lon)), radius
         if all(self._watches[conn].applied == target for conn in watching):
             return
-        last = self._applied_at.get(user)
-        if last is not None and now < last + self.apply_interval:
-            self._due.set(user, last + self.apply_interval)
+        last = self.pacing.recent(user, now)
+        if last is not None and last.counted:
+            self.pacing.wait(user, last)
         else:
             self._apply(user, watching, now)
 
-    def _apply(self, user: str, watching: list[ConnId], now: float) -> None:
-        # Forget the times that no longer limit anything (oldest first, O(1) amortized), so
-        # memory follows the users who changed something recently.
-        order, interval = self._applied_order, self.apply_interval
-        while order and now - order[0][0] >= interval:
-            then, old = order.popleft()
-            if self._applied_at.get(old) == then:
-                del self._applied_at[old]
-        self._applied_at[user] = now
-        order.append((now, user))
+    def _apply(
+        self, user: str, watching: list[ConnId], now: float, *, counted: bool = True
+    ) -> None:
+        """Bring ``user``'s watches to its current coarse position and radius (recorded;
+        ``counted``: the next change waits ``apply_interval``)."""
+        center, radius = self._target(user, now)
+        self.pacing.record(user, center, radius, now, counted=counted)
         for conn in watching:
-            self._recover(conn, user, now)
+            self._recover(conn, center, radius)
 
-    def _recover(self, conn: ConnId, user: str, now: float) -> None:
-        """Take the user's current coarse position and radius as the watch's: subscribe
-        ``conn`` to the cells covering that circle, touching only the cells that changed,
-        and drop shown strangers now out of range."""
+    def _recover(self, conn: ConnId, mine: Location | None, radius: float) -> None:
+        """Take ``mine`` (the watcher's coarse position, None: none) and ``radius`` (metres)
+        as the watch's: subscribe ``conn`` to the cells covering that circle, touching only
+        the cells that changed, and drop shown strangers now out of range."""
         watch = self._watches[conn]
-        mine, radius = self._target(user, now)
         watch.center, watch.radius = mine, radius
         cells = frozenset() if mine is None else cover(mine.lat, mine.lon, radius)[1]
         if cells != watch.cells:

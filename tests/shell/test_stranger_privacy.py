@@ -255,7 +255,7 @@ def test_radius_changes_reach_the_view_at_most_once_per_interval() -> None:
     assert stranger_frames(sink, 1) == [("stranger_gone", "alice", "out_of_range")]
     # Moves inside the watcher's own cell change nothing and use up nothing.
     locate(hub, 1, offset(6010, 0), start + 31.0)
-    assert hub.strangers.next_deadline() is None
+    assert hub.strangers.pacing.next_deadline() is None
 
 
 def test_a_pending_change_does_not_apply_early_to_stranger_moves() -> None:
@@ -285,9 +285,9 @@ def test_the_rate_limit_remembers_only_recent_changes() -> None:
         locate(hub, conn, offset(conn * 300, 0), 0.0)
         hub.handle(conn, WatchStrangers(on=True), 0.0)
         hub.handle(conn, SettingsUpdate(radius_m=1000.0), 1.0)
-    assert len(hub.strangers._applied_at) == 100
+    assert len(hub.strangers.pacing) == 100
     hub.handle(1, SettingsUpdate(radius_m=2000.0), 20.0)  # the others' times are forgotten
-    assert list(hub.strangers._applied_at) == ["u1"]
+    assert len(hub.strangers.pacing) == 1 and hub.strangers.pacing.recent("u1", 20.0)
 
 
 # ---------------------------------------------------------------------- the attacks
