@@ -203,10 +203,9 @@ async def bench_cluster_index(
     client = coredis.Redis(host="127.0.0.1", port=port)
     async with client, trio.open_nursery() as nursery:
         index = RedisStrangers(client, Keys("bench"), time.time)
-        index.location_ttl = 3600.0
         await nursery.start(index.run)
         for user, lat, lon in people:
-            index.entered(user, snap(Location(lat, lon, 0.0)), None, time.time())
+            index.entered(user, snap(Location(lat, lon, 0.0)), None, time.time() + 3600.0)
         while index.pending:
             await trio.sleep(0.05)
         await trio.sleep(0.2)

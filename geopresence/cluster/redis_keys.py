@@ -34,7 +34,7 @@ slot of its own; the index sets are what a starting node loads from)::
     gp:forgotten         sorted set: forgotten user -> forget time, for the history of the
                          nodes that were down (``geopresence.cluster.redis_forget``)
     gp:strangers:{H}     GEO set: visible user -> coarse position, per geohash-4 cell H;
-    gp:strangers-exp:{H} with when each expires and the ts strangers see
+    gp:strangers-exp:{H} with when strangers stop seeing each and the ts they see
     gp:strangers-ts:{H}  (``geopresence.cluster.stranger_cells``); beyond 80 degrees,
     gp:strangers-polar:{polar-n}  hash: user -> "lon lat" (``polar-s``: the south's)
 

@@ -6,9 +6,12 @@ cell's centre, never the exact one) into the keys of its precision-4 geohash cel
 (~39 x 20 km at the equator: positions, expiries and ``ts``, one hash tag; their layout in
 ``geopresence.cluster.stranger_cells``).
 
-A move to another coarse cell rewrites the position and ``ts``, a move within one renews the
+A move to another coarse cell rewrites the position and ``ts``, a move within one writes the
 expiry only (what a stranger sees, ``ts`` included, does not change), a user that hides, goes
-offline or whose location expires is removed. ``nearby_people`` searches the cells that
+offline or whose location expires is removed. The expiry is the user's strangers' deadline
+(``core.stranger_expiry``), not its location's: a search stops finding the user when the
+watchers' views end, and the expiry moves only in the coarse steps of that rule, so
+neither tells when an update inside a cell came. ``nearby_people`` searches the cells that
 intersect the asker's circle, one script per cell: it removes the expired members, counts in
 Redis those surely within the radius (the asker and its friends excluded), and sends the node
 only the nearest for the page and those near the rim, where Redis' distance (another Earth
@@ -88,8 +91,6 @@ class RedisStrangers:
         self.live: Callable[[str], bool] = lambda user: True
         """Whether a user found may be shown: visible to strangers and online (the
         replicated state; Redis may still list one that hid or went offline elsewhere)."""
-        self.location_ttl = 0.0
-        """Seconds a position stays live after a move (the hub's location TTL)."""
         self._writes: deque[Write] = deque()
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -106,8 +107,7 @@ class RedisStrangers:
         """Failed round trips (a batch of writes, or a search), for metrics."""
 
     def follow(self, hub: Hub) -> None:
-        """Judge users by ``hub``'s replicated state and location TTL."""
-        self.location_ttl = hub.settings.location_ttl
+        """Judge users by ``hub``'s replicated state."""
         store, statuses = hub.store, hub.statuses
         # One whose settings this node does not keep: as Redis lists it (its node writes
         # it), its settings read from Redis before it is shown.
@@ -123,15 +123,15 @@ class RedisStrangers:
 
     # ---------------------------------------------------------------- the StrangerIndex seam
 
-    def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
+    def entered(self, user: str, spot: Location, left: str | None, until: float) -> None:
         cell = cell_name(spot.lat, spot.lon)
         for old in () if left is None else cells_of_index(left):
             if old != cell:
                 self._queue(("leave", old, user, None, 0.0))
-        self._queue(("enter", cell, user, spot, now + self.location_ttl))
+        self._queue(("enter", cell, user, spot, until))
 
-    def stayed(self, user: str, spot: Location, now: float) -> None:
-        self._queue(("stay", cell_name(spot.lat, spot.lon), user, spot, now + self.location_ttl))
+    def stayed(self, user: str, spot: Location, until: float) -> None:
+        self._queue(("stay", cell_name(spot.lat, spot.lon), user, spot, until))
 
     def left(self, user: str, cell: str) -> None:
         for old in cells_of_index(cell):

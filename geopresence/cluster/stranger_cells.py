@@ -3,7 +3,8 @@ in (its precision-4 geohash cell, ~39 x 20 km at the equator, or a polar cap), a
 of a cell, which share a Cluster hash tag::
 
     gp:strangers:{9q8y}      GEO set: user -> coarse position
-    gp:strangers-exp:{9q8y}  sorted set: user -> when its location expires (epoch seconds)
+    gp:strangers-exp:{9q8y}  sorted set: user -> when strangers stop seeing it (epoch
+                             seconds: its strangers' deadline, ``core.stranger_expiry``)
     gp:strangers-ts:{9q8y}   hash: user -> the ts of the update that entered its coarse cell
 
 ``RedisStrangers`` (``geopresence.cluster.redis_strangers``) writes and searches them; a

@@ -160,6 +160,11 @@ class LocationView(Protocol):
         """``user``'s cached location, unless expired at ``now``."""
         ...
 
+    def expires_at(self, user: str) -> float | None:
+        """When ``user``'s cached location expires unless renewed (server seconds; None: no
+        location)."""
+        ...
+
     def radius(self, user: str) -> float:
         """``user``'s radius in metres."""
         ...

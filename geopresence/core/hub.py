@@ -59,8 +59,9 @@ from geopresence.core.settings import HubSettings as HubSettings
 from geopresence.core.state import DurableState
 from geopresence.core.statuses import Statuses
 from geopresence.core.store import Store
+from geopresence.core.stranger_events import StrangerEvent, StrangerGoneEvent
 from geopresence.core.stranger_index import StrangerIndex
-from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent, Strangers
+from geopresence.core.strangers import Strangers
 from geopresence.model.records import Record
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.client_messages import (
@@ -138,6 +139,7 @@ class Hub:
         self.strangers = Strangers(
             self,
             self.nearby,
+            location_ttl=settings.location_ttl,
             query_burst=settings.strangers_query_burst,
             query_interval=settings.strangers_query_interval,
             index=stranger_index,

@@ -88,6 +88,10 @@ class LocationCache:
             return None
         return location
 
+    def deadline(self, user: str) -> float | None:
+        """When the user's location expires unless renewed (None: the cache has none)."""
+        return self._deadlines.get(user)
+
     def remove(self, user: str) -> bool:
         """Forget the user's location (it went offline); True if there was one."""
         return self.pop(user) is not None

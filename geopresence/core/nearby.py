@@ -110,6 +110,10 @@ class Nearby:
         """``user``'s cached location unless expired at ``now`` (``LocationView``)."""
         return self.locations.get(user, now)
 
+    def expires_at(self, user: str) -> float | None:
+        """When ``user``'s cached location expires unless renewed (``LocationView``)."""
+        return self.locations.deadline(user)
+
     def on_location(self, session: Session, message: LocationUpdate, now: float) -> None:
         self.apply(session.user, message.lat, message.lon, message.ts, now, message.id)
 

@@ -5,7 +5,8 @@ positions, ``core.grid``). On one node that grid holds every visible user, so th
 query of it (``GridIndex``). With several nodes each node's grid holds only its own users',
 and the index is shared (``geopresence.cluster.redis_strangers``: a GEO set per geohash
 cell in Redis): the strangers part tells it what its users do (``entered``, ``stayed``,
-``left``) and asks it to search, whose answer may come later (a Redis round trip).
+``left``), with when strangers stop seeing each (``core.stranger_expiry``), and asks it to
+search, whose answer may come later (a Redis round trip).
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ Answer = Callable[[tuple[int, Found] | None], None]
 class StrangerIndex(Protocol):
     """Visible users' coarse positions, searchable by distance (times: server seconds)."""
 
-    def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
+    def entered(self, user: str, spot: Location, left: str | None, until: float) -> None:
         """``user``, visible to strangers and handled here, is now at ``spot`` (a coarse
         cell's centre; ``spot.ts`` is the update that entered it), leaving the cell ``left``
-        (an index geohash, ``core.grid``; None: it was nowhere)."""
+        (an index geohash, ``core.grid``; None: it was nowhere); searches find it until
+        ``until`` (server seconds: its strangers' deadline) unless told again."""
 
-    def stayed(self, user: str, spot: Location, now: float) -> None:
-        """``user`` moved within its coarse cell ``spot`` at ``now``: its position is still
-        live (nothing a stranger sees changes)."""
+    def stayed(self, user: str, spot: Location, until: float) -> None:
+        """``user`` moved within its coarse cell ``spot``: searches find it, as before, until
+        ``until`` (its strangers' deadline, renewed or not; nothing else a stranger sees
+        changes)."""
 
     def left(self, user: str, cell: str) -> None:
         """``user`` is no longer visible at ``cell`` (an index geohash): it went offline,
@@ -60,10 +63,10 @@ class GridIndex:
     def __init__(self, grid: StrangerGrid) -> None:
         self._grid = grid
 
-    def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
-        return None
+    def entered(self, user: str, spot: Location, left: str | None, until: float) -> None:
+        return None  # the grid's own: ``Strangers`` takes the user out at ``until``
 
-    def stayed(self, user: str, spot: Location, now: float) -> None:
+    def stayed(self, user: str, spot: Location, until: float) -> None:
         return None
 
     def left(self, user: str, cell: str) -> None:

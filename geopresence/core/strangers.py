@@ -6,7 +6,8 @@ watcher's connection subscribes to the cells that cover its radius (``geocells.c
 never the 3x3 block that misses people) and is re-subscribed as it moves, touching only the
 cells that changed. A stranger is published to the channels of every prefix of its cell (one
 per precision), so watchers of any cover precision hear it, and a move between cells is
-published to the old cells' channels as well so that watchers there see it leave.
+published to the old cells' channels as well so that watchers there see it leave
+(``core.stranger_events``).
 
 Privacy: strangers never receive coordinates, only distances rounded to the nearest 100 m;
 friends are never reported as strangers; users who did not opt in are never reported.
@@ -17,7 +18,9 @@ distance), so **nothing a stranger observes depends on more than a coarse positi
   between **coarse positions of both parties**: each snapped to the centre of its ~100 m cell
   of ``geocells.coarse_cell``. Two positions in one cell give identical observations;
 - a visible user is published (and its shown ``ts`` changes) only when its coarse cell
-  changes: moves inside a cell are not seen, not even their timing;
+  changes: moves inside a cell are not seen, not even their timing, so strangers stop
+  seeing a user on a deadline of their own (``core.stranger_expiry``), not when its
+  location expires;
 - a watcher's own moves and radius changes are applied to its strangers view at most once
   per ``apply_interval``, per user (leading and trailing edge: the first change at once,
   later ones together at the end of the interval, so the final state is always applied;
@@ -29,19 +32,23 @@ from __future__ import annotations
 
 from functools import partial
 
-import attrs
-
 from geopresence.core.broker import ConnId
 from geopresence.core.context import FeatureContext, LocationView, Session
-from geopresence.core.expiry import DeadlineIndex
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
+from geopresence.core.stranger_events import (
+    StrangerEvent,
+    StrangerGoneEvent,
+    cell_channel,
+    cell_channels,
+)
+from geopresence.core.stranger_expiry import StrangerExpiry
 from geopresence.core.stranger_index import GridIndex, StrangerIndex
 from geopresence.core.stranger_pacing import Pacing
 from geopresence.core.stranger_queries import STRANGER_TAG, PeopleQueries, rounded, snap
 from geopresence.core.stranger_watches import Watches
 from geopresence.model.geo import distance_within
-from geopresence.model.geocells import INDEX_PRECISION, MAX_PRECISION, cell_of, cover
+from geopresence.model.geocells import INDEX_PRECISION, cell_of, cover
 from geopresence.wire.client_messages import WatchStrangers
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
@@ -51,35 +58,6 @@ from geopresence.wire.server_messages import (
     StrangerNearby,
     WatchStrangersReply,
 )
-
-
-def cell_channel(cell: str) -> str:
-    """The channel of one geohash cell."""
-    return f"cell:{cell}"
-
-
-def _channels(*codes: str | None) -> set[str]:
-    """The channels of every prefix (precision 1..MAX_PRECISION) of the given cells."""
-    return {cell_channel(code[:p]) for code in codes if code for p in range(1, MAX_PRECISION + 1)}
-
-
-@attrs.frozen(slots=True)
-class StrangerEvent:
-    """Published on cell channels when a visible user enters a coarse cell; ``location`` is
-    that cell's centre (never the exact position) and the ``ts`` of the update that entered
-    it."""
-
-    user: str
-    location: Location
-    now: float
-
-
-@attrs.frozen(slots=True)
-class StrangerGoneEvent:
-    """Published on cell channels when a visible user stops being visible."""
-
-    user: str
-    reason: StrangerGoneReason
 
 
 def _stranger_key(user: str) -> tuple[str, str]:
@@ -94,6 +72,7 @@ class Strangers:
         ctx: FeatureContext,
         view: LocationView,
         *,
+        location_ttl: float,
         query_burst: int,
         query_interval: float,
         apply_interval: float | None = None,
@@ -125,11 +104,8 @@ class Strangers:
         """``nearby_people`` (``PeopleQueries.on_query``)."""
         self.pacing = Pacing(self.apply_interval)
         """Each user's last application to its watches, and the changes waiting."""
-        self._lapsing: dict[str, tuple[str, float]] = {}
-        """Users this node dropped from its grid while their location was live (its
-        sessions needing it ended): user -> (index geohash, ``ts`` of the last update)."""
-        self._lapse_due: DeadlineIndex[str] = DeadlineIndex()
-        """... and when each of those locations expires unless renewed."""
+        self.expiry = StrangerExpiry(location_ttl)
+        """When strangers stop seeing each user of the grid (``location_ttl``: seconds)."""
 
     @property
     def watcher_count(self) -> int:
@@ -154,56 +130,75 @@ class Strangers:
     # ------------------------------------------------------------------ hub events
 
     def on_location(self, user: str, location: Location, now: float) -> None:
-        """An accepted location update of ``user`` (called by the nearby part)."""
+        """An accepted location update of ``user`` (called by the nearby part; ``now``: when
+        it was accepted, by its origin if another node's)."""
         if self.ctx.store.get_settings(user).visible_to_strangers and self._handled(user):
             spot = snap(location)
             held = self.grid.get(user)
+            # Another node's move with the user nowhere here: this node starts keeping it
+            # current, without knowing when it entered its cell (it may have long before).
+            seen_enter = held is not None or not self.ctx.replaying
+            if held is not None and self.expiry.ended(user, now):
+                self._gone(user, "expired")  # its deadline came before this update
+                held = None
             # A move inside the coarse cell changes nothing a stranger may see: not published.
             if held is None or (held.lat, held.lon) != (spot.lat, spot.lon):
-                self._unlapse(user)
-                previous = self.grid.place(user, spot)
-                current = self.grid.cell(user)
+                if seen_enter:
+                    until = self.expiry.entered(user, now + self.expiry.ttl)
+                else:
+                    until = self.expiry.joined(user, now)
+                self._enter(user, spot, now, until)
+            else:
+                until = self.expiry.renewed(user, now)
                 if not self.ctx.replaying:  # another node's move: its origin did this
-                    self.index.entered(user, spot, previous, now)
-                self.ctx.publish(_channels(previous, current), StrangerEvent(user, spot, now))
-            elif not self.ctx.replaying:
-                self.index.stayed(user, held, now)
+                    self.index.stayed(user, held, until)
         self._watcher_changed(user, now)
 
     def on_visibility(self, user: str, visible: bool, now: float) -> None:
         if visible:
             location = self.view.location_of(user, now)
-            if location is not None and self._handled(user):
-                self._unlapse(user)
-                spot = snap(location)
-                previous = self.grid.place(user, spot)
-                if not self.ctx.replaying:
-                    self.index.entered(user, spot, previous, now)
-                self.ctx.publish(_channels(self.grid.cell(user)), StrangerEvent(user, spot, now))
+            until = self.view.expires_at(user)
+            if location is not None and until is not None and self._handled(user):
+                # Shown with its latest update: the view lasts as long as that location.
+                self._enter(user, snap(location), now, self.expiry.entered(user, until))
         else:
             self._gone(user, "hidden")
+
+    def _enter(self, user: str, spot: Location, now: float, until: float) -> None:
+        """Publish ``user`` (visible, handled here) at ``spot``, a cell's centre with the
+        ``ts`` strangers see, which strangers see until ``until`` unless renewed."""
+        self.expiry.unlapse(user)
+        previous = self.grid.place(user, spot)
+        if not self.ctx.replaying:  # another node's move: its origin did this
+            self.index.entered(user, spot, previous, until)
+        current = self.grid.cell(user)
+        self.ctx.publish(cell_channels(previous, current), StrangerEvent(user, spot, now))
 
     def on_radius_changed(self, user: str, now: float) -> None:
         self._watcher_changed(user, now)
 
     def tick(self, now: float) -> None:
-        """Time has reached ``now``: apply the moves and radius changes whose interval ended
-        (the hub's expiry calls this through ``Nearby.expire``)."""
+        """Time has reached ``now``: apply the moves and radius changes whose interval ended,
+        end the views of users whose strangers' deadline came, ask about lapses (the hub's
+        expiry calls this through ``Nearby.expire``)."""
         for user in self.pacing.pop_due(now):
             watching = self._watching(user)
             if watching:
                 self._apply(user, watching, now)
-        for user in self._lapse_due.pop_due(now):
-            code, ts = self._lapsing.pop(user)
+        expired, lapsed = self.expiry.pop_due(now)
+        for user in expired:
+            self._gone(user, "expired")
+        for user, code, ts in lapsed:
             self.index.lapsed(user, ts, partial(self._lapsed, user, code))
 
     def next_deadline(self) -> float | None:
         """When ``tick`` has work next (None: nothing pending)."""
-        deadlines = (self.pacing.next_deadline(), self._lapse_due.next_deadline())
+        deadlines = (self.pacing.next_deadline(), self.expiry.next_deadline())
         return min((d for d in deadlines if d is not None), default=None)
 
     def on_location_gone(self, user: str, reason: StrangerGoneReason) -> None:
-        """The user's location expired or it went offline."""
+        """The user's location expired or it went offline (expired: strangers' deadline,
+        never later, ended their view already)."""
         self._gone(user, reason)
 
     def went_offline_at(self, user: str, location: Location) -> None:
@@ -213,30 +208,24 @@ class Strangers:
         cells on every node, which keep no status of strangers."""
         spot = snap(location)
         code = cell_of(spot.lat, spot.lon, INDEX_PRECISION)
-        self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "offline"))
+        self.ctx.publish_everywhere(cell_channels(code), StrangerGoneEvent(user, "offline"))
 
     def on_location_dropped(self, user: str, last: Location, until: float) -> None:
         """This node no longer keeps the user's location current: out of the grid, silently
         (the index and the other nodes' watchers hear from the node handling it). If no
         node handles it (the user went away: its last session ended here), nobody would
-        tell the watchers it expired: at ``until`` this node asks the index whether a node
-        renewed it since, and tells them if none did (``_lapsed``)."""
+        tell the watchers it expired: at its strangers' deadline (``until`` at the latest)
+        this node asks the index whether a node renewed it since, and tells them if none did
+        (``_lapsed``)."""
         code = self.grid.remove(user)
         if code is not None:
-            self._lapsing[user] = (code, last.ts)
-            self._lapse_due.set(user, until)
+            deadline = self.expiry.discard(user)
+            self.expiry.lapse(user, code, last.ts, until if deadline is None else deadline)
 
     def _lapsed(self, user: str, code: str) -> None:
         """A location this node dropped expired, renewed by no node: the watchers of its
         cells, on every node, are told (those showing the user only)."""
-        self.ctx.publish_everywhere(_channels(code), StrangerGoneEvent(user, "expired"))
-
-    def _unlapse(self, user: str) -> None:
-        """``user`` is back in this node's grid, or forgotten: no lapse to watch. (Not when
-        it goes offline: the offline path finds no location to tell if it expired first;
-        the watchers ignore a second ``stranger_gone``.)"""
-        if self._lapsing.pop(user, None) is not None:
-            self._lapse_due.discard(user)
+        self.ctx.publish_everywhere(cell_channels(code), StrangerGoneEvent(user, "expired"))
 
     def on_friendship_added(self, a: str, b: str) -> None:
         for watcher, other in ((a, b), (b, a)):
@@ -253,7 +242,7 @@ class Strangers:
         are closed and its location gone)."""
         self.queries.forget(user)
         self.pacing.forget(user)
-        self._unlapse(user)
+        self.expiry.unlapse(user)
 
     def deliver(self, conn: ConnId, event: StrangerEvent | StrangerGoneEvent) -> None:
         """A cell-channel event reached one watching connection."""
@@ -375,6 +364,7 @@ class Strangers:
         self.queries.gone_during.gone(user)
         code = self.grid.remove(user)
         if code is not None:
+            self.expiry.discard(user)
             # Also when applying another node's change (which took the user out there):
             # this node may have listed the user itself (its moves here) before it heard.
             # Taking out one already out changes nothing.
@@ -383,9 +373,9 @@ class Strangers:
             if reason == "expired":
                 # Other nodes' watchers hold no stranger's location, so cannot see it
                 # expire: a node whose grid holds the user (it handles its moves) tells them.
-                self.ctx.publish_everywhere(_channels(code), event)
+                self.ctx.publish_everywhere(cell_channels(code), event)
             else:
-                self.ctx.publish(_channels(code), event)
+                self.ctx.publish(cell_channels(code), event)
         # Watchers still showing the user that no cell channel reached: with several nodes
         # this node may not hold the user (it goes offline or hides on the replicated state).
         for watch in self._watches.showing(user):

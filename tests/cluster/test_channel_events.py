@@ -20,7 +20,7 @@ from geopresence.core.chat_message_wire import ChatEvent
 from geopresence.core.locations import Location
 from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet
-from geopresence.core.strangers import StrangerEvent, StrangerGoneEvent
+from geopresence.core.stranger_events import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import SettingsChanged
 from geopresence.wire.outbox import Outgoing

@@ -169,7 +169,8 @@ async def test_a_stranger_s_second_node_keeps_him_current(
 ) -> None:
     """sam, visible but not sharing his location with friends, moves through node a and has
     a session on node b too. Node b hears his moves anyway (on his channel, shown to nobody):
-    it never expires him while he moves, and Redis lists him throughout."""
+    it never expires him while he moves (an update at least every TTL / 4 keeps strangers
+    seeing him), and Redis lists him throughout."""
     (a, b), args = nodes
     client = redis_of(args)
     async with client, session(a, "sam", "phone") as sam, session(a, "alice") as alice:
@@ -179,12 +180,46 @@ async def test_a_stranger_s_second_node_keeps_him_current(
         await sam.send({"type": "location", **near(0.002)})
         await expect(alice, "stranger_nearby", user="sam")
         async with session(b, "sam", "laptop"):
-            for _ in range(int(2 * TTL / 0.5)):  # past the TTL of every single move
+            for _ in range(int(2 * TTL / 0.25)):  # past the TTL of every single move
                 await sam.send({"type": "location", **near(0.002)})
                 await alice.send({"type": "location", **SEOUL})
                 assert await stranger_cells_with(client, "sam")
+                await trio.sleep(0.25)
+            await sam.send({"type": "location", **near(0.002)})
+            await nothing_of(alice, "stranger_gone", 0.5)  # under TTL / 4 after it
+
+
+@pytest.mark.parametrize("nodes", [("standalone", TTL)], indirect=True)
+async def test_an_update_inside_a_cell_does_not_time_when_another_node_s_watcher_sees_him_go(
+    nodes: tuple[list[Node], list[str]],
+) -> None:
+    """sam (node b) enters a cell, then sends one more update from the same spot within half
+    a TTL: alice, watching on node a, sees him leave a TTL after he entered, not a TTL after
+    that update, and nearby_people stops finding him then (his cell's expiry in Redis is the
+    strangers' deadline, not his location's)."""
+    (a, b), _ = nodes
+    async with session(a, "alice") as alice, session(b, "sam") as sam:
+        await alice.send({"type": "location", **SEOUL})
+        await alice.request("watch_strangers", on=True)
+        await sam.request("settings", visible_to_strangers=True)
+        await sam.send({"type": "location", **near(0.002)})
+        await expect(alice, "stranger_nearby", user="sam")
+        shown = trio.current_time()
+        await trio.sleep(1.2)
+        await sam.send({"type": "location", **near(0.002)})  # inside his cell
+
+        async def keep_alice_live() -> None:
+            while True:
+                await alice.send({"type": "location", **SEOUL})
                 await trio.sleep(0.5)
-            await nothing_of(alice, "stranger_gone", 0.5)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_alice_live)
+            await expect(alice, "stranger_gone", user="sam", reason="expired", within=2 * TTL)
+            gone = trio.current_time() - shown
+            nursery.cancel_scope.cancel()
+        assert gone < TTL + 0.6, gone  # a TTL after he entered, not after his last update
+        assert (await alice.request("nearby_people"))["total"] == 0
 
 
 @LASTING

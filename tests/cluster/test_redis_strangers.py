@@ -21,6 +21,7 @@ from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.stranger_cells import CELL_PRECISION
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
+from geopresence.core.stranger_expiry import StrangerExpiry
 from geopresence.core.stranger_index import Found
 from geopresence.core.stranger_queries import snap
 from geopresence.model.geocells import INDEX_PRECISION, cell_of
@@ -44,7 +45,6 @@ class Clock:
 async def index(any_redis: AnyRedis) -> AsyncIterator[tuple[RedisStrangers, Clock]]:
     clock = Clock()
     strangers = RedisStrangers(any_redis, Keys(f"t{random.randrange(10**9)}"), clock)
-    strangers.location_ttl = TTL
     async with trio.open_nursery() as nursery:
         await nursery.start(strangers.run)
         yield strangers, clock
@@ -75,41 +75,49 @@ async def settle(strangers: RedisStrangers) -> None:
         await trio.sleep(0.05)  # the pipeline in flight
 
 
-def place(strangers: RedisStrangers, grid: StrangerGrid, user: str, at: Location) -> None:
-    """What ``Strangers.on_location`` does for a visible user handled here."""
+def place(
+    strangers: RedisStrangers, grid: StrangerGrid, user: str, at: Location, expiry: StrangerExpiry
+) -> None:
+    """What ``Strangers.on_location`` does for a visible user handled here, with when
+    strangers stop seeing it (``expiry``; ``at.ts`` is also when the update was accepted)."""
     spot = snap(at)
     held = grid.get(user)
     if held is not None and (held.lat, held.lon) == (spot.lat, spot.lon):
-        strangers.stayed(user, held, at.ts)
+        strangers.stayed(user, held, expiry.renewed(user, at.ts))
         return
-    strangers.entered(user, spot, grid.place(user, spot), at.ts)
+    until = expiry.entered(user, at.ts + TTL)
+    strangers.entered(user, spot, grid.place(user, spot), until)
 
 
 async def test_moves_expiry_and_leaving(
     index: tuple[RedisStrangers, Clock], any_redis: AnyRedis
 ) -> None:
     strangers, clock = index
-    grid = StrangerGrid()
-    place(strangers, grid, "sam", SEOUL)
-    # A move within the coarse cell renews the expiry only: the ts shown stays the one of
-    # the update that entered the cell.
+    grid, expiry = StrangerGrid(), StrangerExpiry(TTL)
+    place(strangers, grid, "sam", SEOUL, expiry)
+    # A move within the coarse cell renews the expiry only, to the strangers' deadline (the
+    # latest multiple of TTL / 4 not after the update + TTL / 2: NOW + 750): the ts shown
+    # stays the one of the update that entered the cell.
     clock.now = NOW + 500
-    place(strangers, grid, "sam", Location(SEOUL.lat + 0.00001, SEOUL.lon, NOW + 500))
-    clock.now = NOW + 1000  # past the first update's TTL, not the second's
+    place(strangers, grid, "sam", Location(SEOUL.lat + 0.00001, SEOUL.lon, NOW + 500), expiry)
+    clock.now = NOW + 700  # past the entry's deadline (NOW + TTL), not the renewed one
     total, found = await search(strangers, SEOUL, 1_000) or (0, [])
     assert total == 1 and found[0][1] == "sam" and found[0][2].ts == NOW
+    # Searches stop finding it when the watchers' views end, not at NOW + 500 + TTL.
+    seoul_cell = cell_of(SEOUL.lat, SEOUL.lon, CELL_PRECISION)
+    prefix = strangers._keys.prefix
+    exp = f"{prefix}:strangers-exp:{{{seoul_cell}}}"
+    assert await any_redis.zscore(exp, "sam") == expiry.until("sam") == NOW + 750
     # Not shown: offline or hidden on the replicated state (Redis may still list it).
     strangers.live = lambda user: user != "sam"
     assert await search(strangers, SEOUL, 1_000) == (0, [])
     strangers.live = lambda user: True
     # A move to another Redis cell leaves the first.
     far = Location(35.1796, 129.0756, NOW + 1000)  # Busan
-    place(strangers, grid, "sam", far)
+    place(strangers, grid, "sam", far, expiry)
     assert await search(strangers, SEOUL, 1_000) == (0, [])
     total, found = await search(strangers, far, 1_000) or (0, [])
     assert [user for _, user, _ in found] == ["sam"] and found[0][2].ts == NOW + 1000
-    seoul_cell = cell_of(SEOUL.lat, SEOUL.lon, CELL_PRECISION)
-    prefix = strangers._keys.prefix
     assert await any_redis.zcard(f"{prefix}:strangers:{{{seoul_cell}}}") == 0
     # Its location expires: not found, and the search removes it from Redis.
     clock.now = NOW + 1000 + TTL
@@ -119,7 +127,7 @@ async def test_moves_expiry_and_leaving(
         assert await any_redis.exists([f"{prefix}:{kind}:{{{busan}}}"]) == 0
     # Leaving (hidden, offline, forgotten) removes it at once.
     clock.now = NOW + 2000
-    place(strangers, grid, "sam", Location(far.lat, far.lon, NOW + 2000))
+    place(strangers, grid, "sam", Location(far.lat, far.lon, NOW + 2000), expiry)
     code = grid.remove("sam")
     assert code is not None and len(code) == INDEX_PRECISION
     strangers.left("sam", code)
@@ -137,7 +145,7 @@ async def test_a_search_without_redis_answers_none() -> None:
     assert got == [None]  # not running
     async with trio.open_nursery() as nursery:
         await nursery.start(strangers.run)
-        strangers.entered("sam", snap(SEOUL), None, NOW)
+        strangers.entered("sam", snap(SEOUL), None, NOW + TTL)
         strangers.search(SEOUL, 1_000, frozenset(), 20, got.append)
         with trio.fail_after(10):
             while len(got) < 2 or strangers.dropped < 1:
@@ -152,10 +160,10 @@ async def test_a_forget_takes_the_user_out_of_every_cell(
     """Also where its location expired and no search has cleaned the cell yet, and where no
     node holds it any more (its node died): its name stays nowhere."""
     strangers, clock = index
-    grid = StrangerGrid()
-    place(strangers, grid, "sam", SEOUL)
-    place(strangers, grid, "ann", SEOUL)
-    place(strangers, grid, "pole", Location(-89.99, 0.0, NOW))  # the polar caps too
+    grid, expiry = StrangerGrid(), StrangerExpiry(TTL)
+    place(strangers, grid, "sam", SEOUL, expiry)
+    place(strangers, grid, "ann", SEOUL, expiry)
+    place(strangers, grid, "pole", Location(-89.99, 0.0, NOW), expiry)  # the polar caps too
     await settle(strangers)
     clock.now = NOW + TTL + 1
     await forget_user(any_redis, strangers._keys, UserForgotten("sam"))
@@ -177,7 +185,7 @@ async def test_stale_members_leave_no_page_short(index: tuple[RedisStrangers, Cl
     for i in range(30):
         at = snap(Location(SEOUL.lat + 0.001 * (i + 1), SEOUL.lon, NOW))
         user = f"stale{i}" if i < 5 else f"live{i:02d}"
-        strangers.entered(user, at, None, NOW)
+        strangers.entered(user, at, None, NOW + TTL)
         if i >= 5:
             live.place(user, at)
     strangers.live = lambda user: user.startswith("live")
@@ -205,7 +213,7 @@ async def test_a_user_listed_going_offline_is_told_to_the_watchers_once_out(
 ) -> None:
     strangers, _ = index
     last = Location(37.5665, 126.978, 1.0)
-    strangers.entered("sam", snap(last), None, NOW)
+    strangers.entered("sam", snap(last), None, NOW + TTL)
     await settle(strangers)
     told: list[str] = []
     strangers.went_offline("sam", last, lambda: told.append("sam"))
@@ -246,7 +254,7 @@ async def test_a_user_taken_out_just_before_going_offline_is_still_told(
     The watchers are told all the same (they may show him)."""
     strangers, _ = index
     last = Location(37.5665, 126.978, 1.0)
-    strangers.entered("sam", snap(last), None, NOW)
+    strangers.entered("sam", snap(last), None, NOW + TTL)
     await settle(strangers)
     strangers.left("sam", cell_of(snap(last).lat, snap(last).lon, INDEX_PRECISION))
     await settle(strangers)
@@ -285,15 +293,14 @@ async def test_a_removal_redis_failed_is_written_once_it_answers() -> None:
             keys = Keys("t")
             writer = RedisStrangers(client, keys, Clock())
             flaky = RedisStrangers(FailingFirst(client), keys, Clock())
-            writer.location_ttl = flaky.location_ttl = TTL
             last = Location(37.5665, 126.978, 1.0)
             told: list[str] = []
             async with trio.open_nursery() as nursery:
                 await nursery.start(writer.run)
-                writer.entered("sam", snap(last), None, NOW)
+                writer.entered("sam", snap(last), None, NOW + TTL)
                 await settle(writer)
                 await nursery.start(flaky.run)
-                flaky.entered("ann", snap(last), None, NOW)  # a move: dropped
+                flaky.entered("ann", snap(last), None, NOW + TTL)  # a move: dropped
                 flaky.went_offline("sam", last, lambda: told.append("sam"))
                 with trio.fail_after(10):
                     while not told:
@@ -310,7 +317,7 @@ async def test_a_stranger_listed_but_hidden_in_redis_is_not_shown(
     that keeps no settings of hers reads them before showing her: she is not shown."""
     strangers, _ = index
     for user, lat in (("sam", 0.001), ("zoe", 0.002)):
-        strangers.entered(user, snap(Location(SEOUL.lat + lat, SEOUL.lon, NOW)), None, NOW)
+        strangers.entered(user, snap(Location(SEOUL.lat + lat, SEOUL.lon, NOW)), None, NOW + TTL)
     hidden = b'{"v":5,"share_location":true,"radius_m":null,"visible_to_strangers":false}'
     await strangers._client.set(strangers._keys.of("settings", "zoe"), hidden)
     strangers.settings_kept = lambda user: False

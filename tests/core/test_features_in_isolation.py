@@ -5,6 +5,7 @@ driving each one with a hand-made context, view and listener."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Set
 from typing import Any
 
@@ -18,10 +19,11 @@ from geopresence.core.nearby import LocationEvent, Nearby
 from geopresence.core.replication import Replicator
 from geopresence.core.replies import Replies
 from geopresence.core.store import MemoryStore, UserSettings
+from geopresence.core.stranger_events import StrangerGoneEvent, cell_channels
 from geopresence.core.stranger_index import Answer
 from geopresence.core.stranger_queries import snap
 from geopresence.core.stranger_watches import GoneDuringSearches
-from geopresence.core.strangers import StrangerGoneEvent, Strangers, _channels
+from geopresence.core.strangers import Strangers
 from geopresence.model.geocells import INDEX_PRECISION, cell_of
 from geopresence.model.records import Record
 from geopresence.wire.client_messages import (
@@ -91,6 +93,9 @@ class FakeView:
     def location_of(self, user: str, now: float) -> Location | None:
         return self.locations.get(user)
 
+    def expires_at(self, user: str) -> float | None:
+        return None if user not in self.locations else math.inf  # never, here
+
     def radius(self, user: str) -> float:
         return self.radius_m
 
@@ -130,7 +135,7 @@ def frames(sink: RecordingSink, conn: ConnId) -> list[dict[str, Any]]:
 def test_strangers_on_a_fake_context_see_rounded_cell_distances() -> None:
     ctx = FakeContext()
     view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
-    strangers = Strangers(ctx, view, query_burst=3, query_interval=10.0)
+    strangers = Strangers(ctx, view, location_ttl=300.0, query_burst=3, query_interval=10.0)
     ctx.deliver = strangers.deliver
     ctx.store.put_settings("alice", UserSettings(visible_to_strangers=True))
     ctx.sessions[1] = Session(1, "carol", "phone")
@@ -159,10 +164,10 @@ class DeferredIndex:
         self.pending: list[Answer] = []
         self.lapses: list[tuple[str, float, Callable[[], None]]] = []
 
-    def entered(self, user: str, spot: Location, left: str | None, now: float) -> None:
+    def entered(self, user: str, spot: Location, left: str | None, until: float) -> None:
         self.told.append(("entered", user))
 
-    def stayed(self, user: str, spot: Location, now: float) -> None:
+    def stayed(self, user: str, spot: Location, until: float) -> None:
         self.told.append(("stayed", user))
 
     def left(self, user: str, cell: str) -> None:
@@ -183,7 +188,9 @@ def carol_watching_and_searching() -> tuple[FakeContext, Strangers, DeferredInde
     ctx = FakeContext()
     view = FakeView({"carol": Location(48.8566, 2.3522, 0.0)})
     index = DeferredIndex()
-    strangers = Strangers(ctx, view, query_burst=5, query_interval=1.0, index=index)
+    strangers = Strangers(
+        ctx, view, location_ttl=10.0, query_burst=5, query_interval=1.0, index=index
+    )
     ctx.deliver = strangers.deliver
     ctx.sessions[1] = Session(1, "carol", "phone")
     strangers.on_watch(ctx.sessions[1], WatchStrangers(on=True, id=1), now=0.0)
@@ -292,7 +299,7 @@ def test_a_stranger_gone_while_a_search_is_in_flight_is_not_shown_by_its_answer(
     sam = snap(Location(48.8566 + 0.002, 2.3522, 0.0))
     ann = snap(Location(48.8566 + 0.004, 2.3522, 0.0))
     code = cell_of(sam.lat, sam.lon, INDEX_PRECISION)
-    ctx.broker.publish(list(_channels(code)), StrangerGoneEvent("sam", "expired"))
+    ctx.broker.publish(list(cell_channels(code)), StrangerGoneEvent("sam", "expired"))
     index.pending[0]((2, [(200.0, "sam", sam), (400.0, "ann", ann)]))
     [reply] = frames(ctx.sink, 1)
     assert [p["user"] for p in reply["people"]] == ["ann"] and reply["total"] == 1

@@ -17,18 +17,21 @@ from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.stranger_cells import CELL_PRECISION
 from geopresence.core.grid import StrangerGrid
 from geopresence.core.locations import Location
+from geopresence.core.stranger_expiry import StrangerExpiry
 from geopresence.core.stranger_index import Found, GridIndex, StrangerIndex
 from geopresence.core.stranger_queries import snap
 from geopresence.model.geocells import cell_of
 from tests.redis_server import redis_client
 
 NOW = 1_800_000_000.0
+TTL = 600.0
 SEOUL = Location(37.5665, 126.9780, NOW)
 
 
 class Handler:
     """What ``Strangers`` does with an index: its own grid of the users it handles, and the
-    index told of each change."""
+    index told of each change, with when strangers stop seeing the user (a ``ts`` here is
+    also when the update was accepted)."""
 
     def __init__(
         self, index: StrangerIndex, grid: StrangerGrid, settle: Callable[[], Awaitable[None]]
@@ -36,14 +39,16 @@ class Handler:
         self.index = index
         self.grid = grid
         self.settle = settle
+        self.expiry = StrangerExpiry(TTL)
 
     def place(self, user: str, at: Location) -> None:
         spot = snap(at)
         held = self.grid.get(user)
         if held is not None and (held.lat, held.lon) == (spot.lat, spot.lon):
-            self.index.stayed(user, held, at.ts)
+            self.index.stayed(user, held, self.expiry.renewed(user, at.ts))
         else:
-            self.index.entered(user, spot, self.grid.place(user, spot), at.ts)
+            until = self.expiry.entered(user, at.ts + TTL)
+            self.index.entered(user, spot, self.grid.place(user, spot), until)
 
     def remove(self, user: str) -> None:
         cell = self.grid.remove(user)
@@ -78,7 +83,6 @@ async def handler(request: pytest.FixtureRequest) -> AsyncIterator[Handler]:
         return
     async with redis_client(request.param.removeprefix("redis-")) as client:
         strangers = RedisStrangers(client, Keys(f"t{random.randrange(10**9)}"), lambda: NOW)
-        strangers.location_ttl = 600.0
 
         async def written() -> None:
             with trio.fail_after(10):

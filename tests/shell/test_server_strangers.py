@@ -13,7 +13,7 @@ import trio
 from trio.testing import MockClock
 
 from geopresence.client import Client
-from geopresence.core.strangers import cell_channel
+from geopresence.core.stranger_events import cell_channel
 from geopresence.model.geo import haversine_m
 from geopresence.model.geocells import coarse
 from geopresence.testing import TestServer
