@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from geopresence.client import Client
 from geopresence.core.broker import ConnId
+from geopresence.core.hub import Hub
+from geopresence.core.replies import Place
 from geopresence.testing import TestServer
 from geopresence.wire.outbox import Outgoing
 
@@ -178,3 +181,24 @@ async def quiet(client: Client) -> None:
             await client.recv()
             continue
         return
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (polling every 10 ms, at most ``timeout`` seconds) until ``condition()``."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+def places_taken(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> list[ConnId]:
+    """The connections for which ``hub`` keeps a place in a line of replies, as they are
+    taken from now on (``Replies.place``: a reply that waits)."""
+    places: list[ConnId] = []
+    take_place = hub.replies.place
+
+    def place(conn: ConnId) -> Place:
+        places.append(conn)
+        return take_place(conn)
+
+    monkeypatch.setattr(hub.replies, "place", place)
+    return places

@@ -14,7 +14,7 @@ import pytest
 
 from geopresence.core.chat_horizon import Horizon
 from geopresence.core.hub import Hub, HubSettings
-from geopresence.core.replies import Place, Replies
+from geopresence.core.replies import Replies
 from geopresence.core.store import MemoryStore
 from geopresence.model.snowflake import min_id_at
 from geopresence.wire.client_messages import (
@@ -26,7 +26,7 @@ from geopresence.wire.client_messages import (
 )
 from geopresence.wire.outbox import Outgoing
 from tests.core.test_hub_chat import HeldJournal
-from tests.helpers import RecordingSink
+from tests.helpers import RecordingSink, places_taken
 
 
 def frame(re: int) -> Outgoing:
@@ -225,14 +225,7 @@ def test_a_closed_connection_forgets_its_line() -> None:
 
 def test_in_memory_nothing_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     hub, sink = make_hub()
-    places: list[int] = []
-    take_place = hub.replies.place
-
-    def place(conn: int) -> Place:
-        places.append(conn)
-        return take_place(conn)
-
-    monkeypatch.setattr(hub.replies, "place", place)
+    places = places_taken(hub, monkeypatch)
     hub.handle(1, Send(id=1, to="bob", text="hi", client_msg_id="a"), now=2)
     assert res(sink, 1) == [(1, "sent")]
     hub.handle(1, SettingsUpdate(id=2, radius_m=1500), now=2)

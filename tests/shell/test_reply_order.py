@@ -9,6 +9,8 @@ no connection keeps a line.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,20 @@ import trio
 from trio.testing import MockClock
 
 from geopresence.client import Client
-from geopresence.core.replies import Place
 from geopresence.testing import TestServer, open_server
-from tests.helpers import quiet
+from tests.helpers import places_taken, quiet
 
 FSYNC = pytest.mark.parametrize("fsync", ["everysec", "always"])
+
+
+@asynccontextmanager
+async def on_disk(tmp_path: Path, fsync: str) -> AsyncIterator[TestServer]:
+    """A server with a journal on disk (``fsync`` policy); alice and bob are friends."""
+    async with open_server(
+        in_memory=False, data_dir=tmp_path / "d", time_origin=None, fsync=fsync
+    ) as server:
+        await server.admin.befriend("alice", "bob")
+        yield server
 
 
 async def replies(client: Client, count: int) -> list[dict[str, Any]]:
@@ -39,21 +50,13 @@ async def test_replies_come_in_order_with_a_disk_journal(tmp_path: Path, fsync: 
     """docs/protocol.md:98 "Replies on one connection come in order." A send then a heartbeat
     with an id, written back to back: the sent (re 1) must come before the heartbeat (re 2)."""
     with trio.fail_after(30):
-        async with open_server(
-            in_memory=False, data_dir=tmp_path / "d", time_origin=None, fsync=fsync
-        ) as server:
-            await server.admin.befriend("alice", "bob")
+        async with on_disk(tmp_path, fsync) as server:
             async with server.connect("alice") as alice:
                 await quiet(alice)
                 await alice.send({"type": "send", "id": 1, "to": "bob", "text": "hi"})
                 await alice.send({"type": "heartbeat", "id": 2})
                 await alice.send({"type": "send", "id": 3, "to": "carol", "text": "x"})
-                got: list[int] = []
-                while len(got) < 3:
-                    m = await alice.recv()
-                    if m.get("re") is not None:
-                        got.append(m["re"])
-                assert got == [1, 2, 3]
+                assert [m["re"] for m in await replies(alice, 3)] == [1, 2, 3]
 
 
 @FSYNC
@@ -64,10 +67,7 @@ async def test_a_settings_reply_comes_before_a_later_heartbeat_and_send(
     must not overtake it, nor may the ``sent`` of a send after it (the hub releases chat's
     acks before the settings replies when the journal advances)."""
     with trio.fail_after(30):
-        async with open_server(
-            in_memory=False, data_dir=tmp_path / "d", time_origin=None, fsync=fsync
-        ) as server:
-            await server.admin.befriend("alice", "bob")
+        async with on_disk(tmp_path, fsync) as server:
             async with server.connect("alice") as alice:
                 await quiet(alice)
                 await alice.send({"type": "settings", "id": 1, "radius_m": 1500})
@@ -92,10 +92,7 @@ async def test_a_resend_waits_behind_a_newer_send_on_its_way_to_disk(
     ``sent``), and a resend of a message on its way to disk with it: both after the ``sent``
     of a newer send that is still on its way to disk, in the order asked."""
     with trio.fail_after(30):
-        async with open_server(
-            in_memory=False, data_dir=tmp_path / "d", time_origin=None, fsync=fsync
-        ) as server:
-            await server.admin.befriend("alice", "bob")
+        async with on_disk(tmp_path, fsync) as server:
             async with server.connect("alice") as alice:
                 await quiet(alice)
                 first = await alice.send_message("one", to="bob", client_msg_id="a")
@@ -122,11 +119,8 @@ async def test_a_connection_closed_with_a_reply_waiting_leaves_no_line(
     """A connection that goes while its ``sent`` waits for the journal: its line is
     forgotten with its session (no leak), and the message is still stored and delivered."""
     with trio.fail_after(30):
-        async with open_server(
-            in_memory=False, data_dir=tmp_path / "d", time_origin=None, fsync=fsync
-        ) as server:
+        async with on_disk(tmp_path, fsync) as server:
             hub = server.running.hub
-            await server.admin.befriend("alice", "bob")
             async with server.connect("bob") as bob:
                 async with server.connect("alice") as alice:
                     await quiet(alice)
@@ -144,14 +138,7 @@ async def test_nothing_waits_without_a_journal(
     """The in-memory default: every reply goes out as its request is handled, and no
     connection ever has a line of replies (``Replies`` costs one dict lookup per frame)."""
     hub = server.running.hub
-    places: list[int] = []
-    take_place = hub.replies.place
-
-    def place(conn: int) -> Place:
-        places.append(conn)
-        return take_place(conn)
-
-    monkeypatch.setattr(hub.replies, "place", place)
+    places = places_taken(hub, monkeypatch)
     await server.admin.befriend("alice", "bob")
     async with server.connect("alice") as alice, server.connect("bob") as bob:
         await quiet(alice)

@@ -9,7 +9,9 @@ from typing import Any, Final
 
 import trio
 
+from geopresence.client import Client
 from geopresence.testing import TestServer, open_server
+from tests.helpers import until
 
 DURABLE: Final = {"in_memory": False, "time_origin": None}
 
@@ -29,6 +31,18 @@ def slow_disk(server: TestServer) -> trio.Event:
     return gate
 
 
+async def sent_then_group_deleted(
+    server: TestServer, alice: Client, nursery: trio.Nursery, message: dict[str, Any]
+) -> None:
+    """alice sends ``message`` to group g (its journal write held back by ``slow_disk``),
+    then g is deleted (in ``nursery``: the response waits for the disk too)."""
+    hub = server.running.hub
+    await alice.send(message)
+    await until(lambda: hub.chat.pending_count > 0)
+    nursery.start_soon(server.admin.delete_group, "g")
+    await until(lambda: hub.store.group_members("g") is None)
+
+
 async def test_a_snapshot_does_not_bring_back_a_deleted_groups_message(tmp_path: Path) -> None:
     """durability.md: ``group_deleted``: "its messages go with it". A snapshot forked while
     such a message is still on its way to disk does not capture it (it came back after a
@@ -39,14 +53,8 @@ async def test_a_snapshot_does_not_bring_back_a_deleted_groups_message(tmp_path:
         node = server.running.server
         gate = slow_disk(server)
         async with server.connect("alice") as alice, trio.open_nursery() as nursery:
-            await alice.send({"type": "send", "group": "g", "text": "hi", "client_msg_id": "k"})
-            with trio.fail_after(5):
-                while node.hub.chat.pending_count == 0:
-                    await trio.sleep(0.01)
-            nursery.start_soon(server.admin.delete_group, "g")
-            with trio.fail_after(5):
-                while node.hub.store.group_members("g") is not None:
-                    await trio.sleep(0.01)
+            message = {"type": "send", "group": "g", "text": "hi", "client_msg_id": "k"}
+            await sent_then_group_deleted(server, alice, nursery, message)
             await node.take_snapshot(force=True)  # the interval's snapshot, in the window
             gate.set()
             assert (await alice.recv_type("sent"))["type"] == "sent"  # acked, not stored
@@ -70,18 +78,10 @@ async def test_a_message_to_a_deleted_then_recreated_group_is_the_same_after_a_r
         gate = slow_disk(server)
         async with server.connect("alice") as alice:
             async with trio.open_nursery() as nursery:
-                await alice.send({"type": "send", "group": "g", "text": "old group only"})
-                with trio.fail_after(5):
-                    while node.hub.chat.pending_count == 0:
-                        await trio.sleep(0.01)
-                nursery.start_soon(server.admin.delete_group, "g")
-                with trio.fail_after(5):
-                    while node.hub.store.group_members("g") is not None:
-                        await trio.sleep(0.01)
+                message = {"type": "send", "group": "g", "text": "old group only"}
+                await sent_then_group_deleted(server, alice, nursery, message)
                 nursery.start_soon(server.admin.set_group, "g", ["alice", "carol"])
-                with trio.fail_after(5):
-                    while node.hub.store.group_members("g") is None:
-                        await trio.sleep(0.01)
+                await until(lambda: node.hub.store.group_members("g") is not None)
                 gate.set()
                 await alice.recv_type("sent")
             live = (await server.admin.export("alice"))["messages"]
