@@ -95,6 +95,8 @@ class Connections:
         """Close after the frames already queued (the hub has forgotten ``conn``)."""
         c = self.by_id.get(conn)
         if c is not None and c.close_request is None:
+            if code == CLOSE_SLOW_CONSUMER:  # rate limit abuse, or replies waiting overflowed
+                log.warning("conn %d: closing 4008 (%s)", conn, reason)
             self._request_close(c, code, reason)
 
     def _request_close(self, c: OpenConnection, code: int, reason: str) -> None:

@@ -135,6 +135,7 @@ async def test_pings_count_against_the_rate_limit_and_a_flood_ends_in_4008(
         pongs = sum(isinstance(e, Pong) for e in events)
         assert 40 <= pongs < 2000
     assert tracebacks(caplog) == []
+    assert "closing 4008 (rate limit abuse)" in caplog.text  # the operator sees why
 
 
 async def test_pings_within_the_limit_are_answered(autojump_clock: MockClock) -> None:
