@@ -298,7 +298,7 @@ class ConsoleApp {
       li.setAttribute("data-distance-m", String(p.distance_m));
       li.innerHTML = '<strong></strong><span class="far"></span>';
       $("strong", li).textContent = p.user;
-      $(".far", li).textContent = `≈ ${p.distance_m.toLocaleString()} m`;
+      $(".far", li).textContent = `≈ ${formatDistance(p.distance_m)}`; // the units of the rest
       list.append(li);
     }
   }
