@@ -15,8 +15,8 @@ Unknown fields are ignored so that clients may be newer than the server.
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -99,8 +99,21 @@ _converter.register_unstructure_hook(
 )
 
 
-_INTEGER_ID: Final = re.compile(r'"id"\s*:\s*-?[0-9]+\s*[,}]')
-"""The frame writes its ``id`` as an integer literal (no fraction, no exponent)."""
+_INTEGER_LITERAL: Final = object()
+"""What ``_id_written_as_integer``'s parse makes of every integer literal."""
+
+
+def _id_written_as_integer(frame: Payload) -> bool:
+    """Whether the frame's own ``id`` member (the last one, as for the parsed object;
+    its key maybe escaped) is an integer literal: no fraction, no exponent. The standard
+    parser keeps literals apart where orjson, reading one beyond 64 bits as a float,
+    cannot; only ids that need it (whole floats beyond 2**53) come here."""
+    try:
+        obj = json.loads(_text(frame), parse_int=lambda _literal: _INTEGER_LITERAL)
+    except (RecursionError, ValueError):  # beyond this parser (nesting): refuse, never mangle
+        return True
+    return isinstance(obj, dict) and obj.get("id") is _INTEGER_LITERAL
+
 
 Payload = str | bytes | bytearray | memoryview
 """The payload of a text frame: ``str``, or its UTF-8 bytes as a transport read them."""
@@ -121,7 +134,7 @@ def _check_request_id(value: Any, frame: Payload | None = None) -> RequestId:
             # Echoed back, it would lose digits in JavaScript (and in our own JSON encoder).
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")
         big = isinstance(value, float) and value.is_integer() and abs(value) > MAX_SAFE_INTEGER
-        if big and frame is not None and _INTEGER_ID.search(_text(frame)):
+        if big and frame is not None and _id_written_as_integer(frame):
             # The JSON parser reads an integer beyond 64 bits as a float, its digits already
             # lost; a number written with an exponent (1e20) is a float and echoes as it is.
             raise ProtocolError("bad_request", "an integer id must be within ±(2**53 - 1)")

@@ -193,3 +193,21 @@ def test_a_large_id_is_refused_only_when_written_as_an_integer() -> None:
         ('{"type":"heartbeat","id":12345678901234567890.0}', 12345678901234567890.0),
     ):
         assert decode(frame).id == expected
+
+
+def test_a_large_integer_id_is_judged_by_the_id_field_alone() -> None:
+    """Whether the id was written as an integer is read from the ``id`` member itself:
+    an escaped key (``"\\u0069d"`` is ``"id"``) does not sneak a 100-bit integer through as
+    a float, and an integer ``"id"`` inside another field does not refuse a top-level
+    ``1e20``."""
+    for frame in (
+        '{"type":"heartbeat","\\u0069d":123456789012345678901234567890}',
+        '{"type":"sync","\\u0069d":-123456789012345678901234567890}',
+    ):
+        with pytest.raises(ProtocolError, match=r"within ±\(2\*\*53 - 1\)"):
+            decode(frame)
+    for frame in (
+        '{"type":"heartbeat","x":{"id":5},"id":1e20}',
+        '{"type":"send","to":"bob","text":"x","meta":{"id":-7},"id":1e20}',
+    ):
+        assert decode(frame).id == 1e20
