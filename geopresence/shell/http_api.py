@@ -52,6 +52,14 @@ log = logging.getLogger("geopresence.http")
 MAX_TOKEN_TTL: Final = 365 * 24 * 3600.0
 
 
+def _route_path(scope: Scope) -> str:
+    """The path to route on: as sent, so that a percent-encoded "/" inside an id does not
+    become a path separator (PUT /v1/friendships/x%2Fy is an invalid id, not x and y)."""
+    raw = scope.get("raw_path")
+    path: str = raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]
+    return path
+
+
 def _exactly(path: str) -> re.Pattern[str]:
     """A route pattern matching ``path`` and nothing else (its dots are dots)."""
     return re.compile(f"^{re.escape(path)}$")
@@ -99,19 +107,26 @@ class HttpApi:
 
     # ------------------------------------------------------------------ ASGI
 
-    @staticmethod
-    async def _refuse_websocket(scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The WebSocket endpoint is on the other port: 403 with the API's error body where
         the ASGI server can send one (its ``websocket.http.response`` extension), else a bare
-        403."""
+        403. Where an HTTP request would need the admin key (``/v1/...``), a request without
+        a valid one gets 401 first, as for any method."""
         await receive()  # websocket.connect
         if "websocket.http.response" not in scope.get("extensions", {}):
             await send({"type": "websocket.close", "code": 1008})
             return
         port = "the WebSocket port (--port), path /ws"
-        body = orjson.dumps({"error": "forbidden", "message": f"WebSocket clients use {port}"})
+        status, payload = 403, {"error": "forbidden", "message": f"WebSocket clients use {port}"}
+        path = _route_path(scope)
+        if not any(not route.admin and route.pattern.match(path) for route in self.routes):
+            try:
+                self._authorize(scope)
+            except HttpError as exc:
+                status, payload = exc.status, {"error": exc.code, "message": exc.message}
+        body = orjson.dumps(payload)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -166,10 +181,7 @@ class HttpApi:
         method: str = scope["method"]
         if method == "HEAD":
             method = "GET"  # same answer; hypercorn drops the body of a HEAD response
-        # Route on the path as sent: a percent-encoded "/" inside an id must not become a
-        # path separator (PUT /v1/friendships/x%2Fy is an invalid id, not x and y).
-        raw = scope.get("raw_path")
-        path: str = raw.decode("latin-1").split("?", 1)[0] if raw else scope["path"]
+        path = _route_path(scope)
         allowed: list[str] = []
         for route in self.routes:
             match = route.pattern.match(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
@@ -328,3 +329,36 @@ async def test_a_websocket_on_the_http_port_is_refused_with_a_json_403() -> None
             "error": "forbidden",
             "message": "WebSocket clients use the WebSocket port (--port), path /ws",
         }
+
+
+async def test_a_websocket_upgrade_to_the_api_without_the_key_gets_401() -> None:
+    """Every /v1/... request without a valid admin key gets 401, whatever its method: an
+    upgrade too (it would still be refused with 403 once authenticated)."""
+    async with open_server(insecure=False, admin_key="k3y") as server:
+        host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
+
+        async def upgrade(path: bytes, key: bytes = b"") -> tuple[bytes, Any]:
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(
+                    b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n" + key + b"\r\n"
+                )
+                received = b""
+                with trio.fail_after(10):
+                    while b"}" not in received:
+                        chunk = await stream.receive_some()
+                        assert chunk, received
+                        received += chunk
+            head, body = received.split(b"\r\n\r\n", 1)
+            return head.split(b"\r\n", 1)[0], orjson.loads(body)
+
+        for path in (b"/v1/users/alice", b"/v1/nothing", b"/v1"):
+            status, body = await upgrade(path)
+            assert status == b"HTTP/1.1 401 ", path
+            assert body["error"] == "unauthorized"
+        status, body = await upgrade(b"/v1/users/alice", b"Authorization: Bearer nope\r\n")
+        assert (status, body["message"]) == (b"HTTP/1.1 401 ", "wrong admin key")
+        status, body = await upgrade(b"/v1/users/alice", b"Authorization: Bearer k3y\r\n")
+        assert (status, body["error"]) == (b"HTTP/1.1 403 ", "forbidden")
