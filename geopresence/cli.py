@@ -37,7 +37,13 @@ from geopresence.demo import (
 )
 from geopresence.shell import tools
 from geopresence.shell.aio import collapse_exception_groups
-from geopresence.shell.auth import DEFAULT_TOKEN_TTL, SECRET_FILE, mint_token, resolve_secret
+from geopresence.shell.auth import (
+    DEFAULT_TOKEN_TTL,
+    MAX_TOKEN_TTL,
+    SECRET_FILE,
+    mint_token,
+    resolve_secret,
+)
 from geopresence.shell.flags import (
     ENV_RULE,
     Given,
@@ -59,6 +65,13 @@ def _seconds(text: str) -> float:
     value = parse_duration(text)
     if value <= 0:
         raise ValueError("must be a positive duration")
+    return value
+
+
+def _token_ttl(text: str) -> float:
+    value = _seconds(text)
+    if value > MAX_TOKEN_TTL:  # as POST /v1/tokens
+        raise ValueError(f"must be at most {MAX_TOKEN_TTL:.0f} s (one year)")
     return value
 
 
@@ -150,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ttl",
         default=None,
         metavar="SECONDS",
-        help=f"validity (default: {DEFAULT_TOKEN_TTL / 3600:g} h)",
+        help=f"validity (default: {DEFAULT_TOKEN_TTL / 3600:g} h, at most one year)",
     )
     _add_data_dir(t)
     t.add_argument(
@@ -397,7 +410,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    ttl = _value("--ttl", args.ttl, _seconds) or DEFAULT_TOKEN_TTL
+    ttl = _value("--ttl", args.ttl, _token_ttl) or DEFAULT_TOKEN_TTL
     data_dir = _data_dir(args)
     secret_file = data_dir / SECRET_FILE
     if (

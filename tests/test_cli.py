@@ -92,6 +92,9 @@ def test_token_command_uses_the_data_dir_secret(tmp_path: Path) -> None:
     bad = geopresence("token", "not valid!", "--data-dir", str(tmp_path))
     assert bad.returncode == 2
     assert "user must be" in bad.stderr
+    too_long = geopresence("token", "alice", "--ttl", "1e9", "--data-dir", str(tmp_path))
+    assert too_long.returncode == 2  # as POST /v1/tokens: at most a year
+    assert "--ttl 1e9: must be at most 31536000 s" in too_long.stderr
 
 
 async def test_real_server_end_to_end(

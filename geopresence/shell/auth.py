@@ -14,6 +14,8 @@ from geopresence.model.ids import id_problem
 SECRET_FILE = "secret"
 ADMIN_KEY_FILE = "admin_key"
 DEFAULT_TOKEN_TTL = 24 * 3600.0
+MAX_TOKEN_TTL = 365 * 24 * 3600.0
+"""The longest validity a token is minted with (seconds): `POST /v1/tokens` and `token`."""
 
 
 class AuthError(Exception):

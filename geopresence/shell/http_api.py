@@ -16,7 +16,6 @@ import inspect
 import logging
 import math
 import re
-from typing import Final
 from urllib.parse import unquote
 
 import attrs
@@ -24,7 +23,7 @@ import orjson
 import trio
 
 from geopresence.model.ids import id_problem
-from geopresence.shell.auth import DEFAULT_TOKEN_TTL, mint_token
+from geopresence.shell.auth import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, mint_token
 from geopresence.shell.console import Asset, Console
 from geopresence.shell.control import Control as Control
 from geopresence.shell.control import holding, statuses_of
@@ -48,8 +47,6 @@ from geopresence.shell.http_users import UserData
 from geopresence.wire.errors import ProtocolError
 
 log = logging.getLogger("geopresence.http")
-
-MAX_TOKEN_TTL: Final = 365 * 24 * 3600.0
 
 
 def _route_path(scope: Scope) -> str:
