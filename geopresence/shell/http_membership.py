@@ -86,7 +86,10 @@ class FriendsAndGroups:
 
     async def put_group(self, request: Request) -> Response:
         group = request.params["group"]
-        members = request.json_object().get("members", [])
+        body = request.json_object()
+        if "members" not in body:  # a typo must not empty the group: [] says so
+            raise HttpError(400, "bad_request", 'members is required ("members": [] empties it)')
+        members = body["members"]
         if not isinstance(members, list):
             raise HttpError(400, "bad_request", "members must be an array of user ids")
         # A large membership is checked and applied in slices that let other clients run;

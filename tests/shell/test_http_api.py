@@ -123,6 +123,15 @@ async def test_limits_and_bad_requests(autojump_clock: MockClock) -> None:
             response = await http.post("/v1/tokens", content=b"{not json")
             assert response.status_code == 400
             assert "not valid JSON" in response.json()["message"]
+        # A group replaced without "members" (a typo) is refused, never emptied.
+        await admin.set_group("g", ["a", "b"])
+        for body in ({}, {"member": ["a"]}):
+            with pytest.raises(ApiError) as info:
+                await admin.call("PUT", "/v1/groups/g", body)
+            assert (info.value.status, info.value.code) == (400, "bad_request")
+            assert "members is required" in info.value.message
+        assert (await admin.group("g"))["members"] == ["a", "b"]
+        assert (await admin.set_group("g", []))["removed"] == 2
 
 
 async def test_tokens_endpoint(secure: TestServer, autojump_clock: MockClock) -> None:
