@@ -323,7 +323,12 @@ class Config:
         5.0, "time a close handshake (or a stuck send) may take", LIMITS, positive, unit="s"
     )
     drain_timeout: float = setting(
-        10.0, "on shutdown, time clients get to finish closing", LIMITS, positive, unit="s"
+        10.0,
+        "on shutdown, time clients get to finish closing (then, with Redis, the time Redis "
+        "gets to take this node's last changes)",
+        LIMITS,
+        positive,
+        unit="s",
     )
     gc_freeze_interval: float = setting(
         10.0,

@@ -150,8 +150,16 @@ class ClusterFacing:
     async def _leave_cluster(self, cluster: ClusterLink) -> None:
         """At shutdown, once the connections are closed: flush what this node owes Redis
         (at most ``drain_timeout`` seconds), then leave."""
-        with trio.move_on_after(self.config.drain_timeout):
+        with trio.move_on_after(self.config.drain_timeout) as waited:
             await cluster.flush()  # acked writes and device reports reach Redis
+        if waited.cancelled_caught:  # say what is given up on, and that no ack is among it
+            log.warning(
+                "shutting down: %d changes not written to Redis after %g s are dropped (none "
+                "was acknowledged); the other nodes end this node's devices once its lease "
+                "lapses",
+                cluster.journal.pending,
+                self.config.drain_timeout,
+            )
         # Tasks cancelled under an unresponsive Redis make coredis log each attempt.
         logging.getLogger("coredis").setLevel(logging.CRITICAL)
         with trio.move_on_after(2):  # Redis may be unresponsive: the lease expires

@@ -103,8 +103,9 @@ async def test_a_session_is_refused_when_its_friends_cannot_be_read(tmp_path: Pa
     again later), never served with an empty list; a request about a user gets 503."""
     with redis_server() as port:
         node = start_node(
-            ["--redis", f"redis://127.0.0.1:{port}/0"], 1, tmp_path, "--hello-timeout", "2"
-        )
+            ["--redis", f"redis://127.0.0.1:{port}/0"], 1, tmp_path, "--hello-timeout", "2",
+            "--drain-timeout", "1",
+        )  # fmt: skip
     try:
         with trio.fail_after(20), pytest.raises(SessionRefused) as refused:
             async with connect(node.ws_url, user="alice", device="phone"):
@@ -119,6 +120,10 @@ async def test_a_session_is_refused_when_its_friends_cannot_be_read(tmp_path: Pa
     finally:
         node.proc.terminate()
         node.proc.wait(15)
+    # Stopped without Redis: it says what it gives up on, and that no ack is among it.
+    assert "changes not written to Redis after 1 s are dropped (none was acknowledged)" in (
+        node.log.read_text()
+    )
 
 
 @contextmanager
