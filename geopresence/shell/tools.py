@@ -140,8 +140,7 @@ def snapshot(data_dir: Path, *, as_json: bool) -> int:
 
 def repair(data_dir: Path, *, dry_run: bool, as_json: bool) -> int:
     """``geopresence repair``: repair a damaged data dir, keeping every intact record."""
-    if not data_dir.is_dir():
-        print(f"geopresence repair: {data_dir} is not a directory", file=sys.stderr)
+    if not is_data_dir("repair", data_dir):  # else a mistyped path is "nothing to repair"
         return 1
 
     def say(line: str) -> None:

@@ -339,6 +339,17 @@ async def test_repair_refuses_while_a_server_runs_and_does_nothing_on_a_healthy_
     assert contents(tmp_path) == before
 
 
+def test_repair_refuses_a_folder_that_is_not_a_data_dir_and_leaves_it_alone(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "notes.txt").write_text("not a data dir")
+    result = geopresence("repair", "--data-dir", str(tmp_path))
+    assert result.returncode == 1, result.stdout
+    assert "is not a geopresence data dir" in result.stderr
+    assert "nothing to repair" not in result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no lock file left
+
+
 def test_a_file_kept_aside_never_overwrites_another(tmp_path: Path) -> None:
     one = tmp_path / "state" / "journal-00000000000000000001.log"
     one.parent.mkdir()
