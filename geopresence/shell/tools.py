@@ -65,11 +65,26 @@ def is_data_dir(command: str, data_dir: Path) -> bool:
     return True
 
 
+def cannot_use(command: str, exc: OSError) -> None:
+    """Say, in one line, that reading or writing the data dir failed (a full disk,
+    permissions, a file a running server deleted meanwhile): nothing acknowledged is lost
+    (a snapshot or a forget cut short is the next run's, or start's, to finish)."""
+    print(
+        f"geopresence {command}: {exc}; nothing acknowledged is lost: run it again once "
+        "that is fixed",
+        file=sys.stderr,
+    )
+
+
 def inspect(data_dir: Path, *, as_json: bool) -> int:
     """``geopresence inspect``: what the data dir holds (1 if start-up would refuse)."""
     if not is_data_dir("inspect", data_dir):
         return 1
-    report = inspect_data_dir(data_dir)
+    try:
+        report = inspect_data_dir(data_dir)
+    except OSError as exc:
+        cannot_use("inspect", exc)
+        return 1
     if as_json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return 1 if report["needs_repair"] else 0
@@ -104,7 +119,7 @@ def inspect(data_dir: Path, *, as_json: bool) -> int:
 def _on_stopped_server(command: str, online: str, work: Callable[[], T]) -> T | None:
     """``work()`` on a stopped server's data dir, or None once why it could not run is
     printed: a running server holds the lock (then ``online``, the HTTP call that does it
-    there, is suggested) or the data dir is damaged."""
+    there, is suggested), the data dir is damaged, or reading or writing it failed."""
     try:
         return work()
     except DataDirLocked as exc:
@@ -115,6 +130,8 @@ def _on_stopped_server(command: str, online: str, work: Callable[[], T]) -> T | 
         )
     except DataDirCorrupt as exc:
         print(f"geopresence {command}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        cannot_use(command, exc)
     return None
 
 
@@ -155,6 +172,9 @@ def repair(data_dir: Path, *, dry_run: bool, as_json: bool) -> int:
     except DataDirLocked as exc:
         print(f"geopresence repair: {exc}; stop it first", file=sys.stderr)
         return 1
+    except OSError as exc:
+        cannot_use("repair", exc)
+        return 1
     if as_json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return 1 if report["still_damaged"] else 0
@@ -188,17 +208,21 @@ def history(data_dir: Path, user: str, since: float | None, *, as_json: bool) ->
         print(f"geopresence history: no location history in {data_dir}", file=sys.stderr)
         return 1
     count = 0
-    for entry in read_history(directory, user, since):
-        count += 1
-        if as_json:
-            print(orjson.dumps(attrs.asdict(entry)).decode())
-        else:
-            try:
-                when = datetime.datetime.fromtimestamp(entry.ts, datetime.UTC)
-                stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            except (OverflowError, OSError, ValueError):
-                stamp = f"ts={entry.ts!r}"  # outside what a calendar date can show
-            print(f"{stamp}  {entry.lat:11.6f}  {entry.lon:12.6f}")
+    try:
+        for entry in read_history(directory, user, since):
+            count += 1
+            if as_json:
+                print(orjson.dumps(attrs.asdict(entry)).decode())
+            else:
+                try:
+                    when = datetime.datetime.fromtimestamp(entry.ts, datetime.UTC)
+                    stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                except (OverflowError, OSError, ValueError):
+                    stamp = f"ts={entry.ts!r}"  # outside what a calendar date can show
+                print(f"{stamp}  {entry.lat:11.6f}  {entry.lon:12.6f}")
+    except OSError as exc:
+        print(f"geopresence history: {exc}", file=sys.stderr)
+        return 1
     if not as_json:
         print(f"{count} location(s) for {user}", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ is on disk), then damaged with ``open(..., "r+b")``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import zlib
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Any
 
 import pytest
 
+from geopresence.cli import main
 from geopresence.core.journal import HEADER, Frame, scan_frames
+from geopresence.shell import tools
+from geopresence.storage import offline, repair
 from geopresence.storage.datadir import (
     CORRUPT_DIR,
     JOURNAL_PATTERN,
@@ -348,6 +352,39 @@ def test_repair_refuses_a_folder_that_is_not_a_data_dir_and_leaves_it_alone(
     assert "is not a geopresence data dir" in result.stderr
     assert "nothing to repair" not in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no lock file left
+
+
+async def test_a_full_disk_or_unreadable_file_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with persistent(tmp_path) as server:
+        await server.admin.befriend("a", "b")
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def unreadable(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "state"))
+
+    monkeypatch.setattr(offline, "write_snapshot", full)
+    monkeypatch.setattr(repair, "examine", unreadable)
+    for argv in (
+        ["snapshot", str(tmp_path)],
+        ["forget", "a", "--data-dir", str(tmp_path)],
+        ["repair", "--data-dir", str(tmp_path)],
+        ["inspect", str(tmp_path)],
+    ):
+        if argv[0] == "inspect":
+            monkeypatch.setattr(offline, "load_offline", unreadable)
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"geopresence {argv[0]}: ") and "Traceback" not in err, err
+        assert "No space left on device" in err or "Permission denied" in err, err
+        assert len(err.splitlines()) == 1, err
+    (tmp_path / "history").mkdir(exist_ok=True)
+    monkeypatch.setattr(tools, "read_history", unreadable)
+    assert main(["history", "a", "--data-dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("geopresence history: [Errno 13] Permission denied")
 
 
 def test_a_file_kept_aside_never_overwrites_another(tmp_path: Path) -> None:
