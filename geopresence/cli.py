@@ -411,6 +411,9 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 def _cmd_token(args: argparse.Namespace) -> int:
     ttl = _value("--ttl", args.ttl, _token_ttl) or DEFAULT_TOKEN_TTL
+    ttl = _value("--ttl", args.ttl, _seconds) or DEFAULT_TOKEN_TTL
+    if args.secret == "":  # not "the data dir's" (leaving it out), as for serve
+        raise UsageError("--secret: must not be empty")
     data_dir = _data_dir(args)
     secret_file = data_dir / SECRET_FILE
     if (

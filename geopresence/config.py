@@ -30,10 +30,12 @@ from geopresence.options import (
     setting,
     shown,
     to_origins,
+    valid_admin_key,
     valid_host,
     valid_node_id,
     valid_origins,
     valid_port,
+    valid_secret,
     valid_webhook,
 )
 from geopresence.units import parse_retention
@@ -89,6 +91,7 @@ class Config:
         None,
         "token signing secret (HS256)",
         AUTH,
+        valid_secret,
         repr=False,
         metavar="SECRET",
         default_text="generated in DATA_DIR/secret",
@@ -97,6 +100,7 @@ class Config:
         None,
         "bearer key of the HTTP API",
         AUTH,
+        valid_admin_key,
         repr=False,
         metavar="KEY",
         default_text="generated in DATA_DIR/admin_key",

@@ -142,6 +142,29 @@ def at_least(minimum: int) -> Any:
     return check
 
 
+HIDDEN: Final = "(hidden)"
+"""What an error shows instead of a secret's or an admin key's value."""
+
+
+def valid_secret(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """A secret given must be one: empty is a mistake (an unset shell variable), not "use
+    the data dir's", which leaving the setting out means."""
+    if value is not None and not value:
+        raise ConfigError(attribute.name, HIDDEN, "must not be empty")
+
+
+def valid_admin_key(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """As ``valid_secret``; and a key a client can send: it travels in an HTTP header
+    (``Authorization: Bearer KEY``), so printable ASCII without spaces."""
+    valid_secret(_instance, attribute, value)
+    if value is not None and not all("!" <= c <= "~" for c in value):
+        raise ConfigError(
+            attribute.name,
+            HIDDEN,
+            "must be printable ASCII without spaces (it is sent in an HTTP header)",
+        )
+
+
 def valid_node_id(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not 0 <= value <= 1023:
         raise ConfigError(attribute.name, value, "must be 0..1023")

@@ -282,3 +282,21 @@ def test_hub_settings_come_from_config() -> None:
         assert getattr(settings, field.name) == getattr(
             changed, field.metadata.get("config", field.name)
         )
+
+
+def test_an_empty_secret_or_admin_key_is_refused_without_echoing_a_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Leaving the flag out means "the data dir's"; an empty one (an unset shell variable)
+    # silently meant the same, and `geopresence token --secret ""` signed with a secret it
+    # generated in ./geopresence-data, which no server accepts.
+    monkeypatch.chdir(tmp_path)
+    assert "--secret: must not be empty" in usage_error(capsys, "serve", "--secret", "")
+    assert "--admin-key: must not be empty" in usage_error(capsys, "serve", "--admin-key", "")
+    line = usage_error(capsys, "serve", "--admin-key", "top secret")
+    assert "--admin-key: " in line and "HTTP header" in line and "top secret" not in line
+    assert "--secret: must not be empty" in usage_error(capsys, "token", "alice", "--secret", "")
+    assert list(tmp_path.iterdir()) == []  # no ./geopresence-data/secret made up
+    with pytest.raises(ConfigError) as refused:
+        Config(admin_key="a b")
+    assert "a b" not in str(refused.value)

@@ -199,6 +199,10 @@ def add_serve_flags(parser: argparse.ArgumentParser, defaults: Mapping[str, Any]
         add_flag(groups[item.option.group], item)
 
 
+HIDDEN_SETTINGS = frozenset({"secret", "admin_key"})
+"""Settings whose value an error never shows."""
+
+
 @attrs.define
 class Given:
     """Where each setting's value came from: the command line, the environment, or neither."""
@@ -210,6 +214,8 @@ class Given:
     def where(self, name: str) -> str:
         """``--offline-after 1``, ``GEOPRESENCE_OFFLINE_AFTER=1``, or the flag and default."""
         item = setting(name)
+        if name in HIDDEN_SETTINGS:  # never echo a key into a terminal or a log
+            return item.env if name in self.from_env else item.flag
         if name in self.from_env:
             return f"{item.env}={self.texts[name]}"
         if name in self.texts:
