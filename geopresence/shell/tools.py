@@ -172,6 +172,9 @@ def repair(data_dir: Path, *, dry_run: bool, as_json: bool) -> int:
     except DataDirLocked as exc:
         print(f"geopresence repair: {exc}; stop it first", file=sys.stderr)
         return 1
+    except DataDirCorrupt as exc:  # written by a newer version: nothing to repair here
+        print(f"geopresence repair: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         cannot_use("repair", exc)
         return 1

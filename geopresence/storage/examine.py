@@ -17,7 +17,7 @@ import attrs
 from geopresence.core.journal import FILE_MAGIC, Damage, Frame, Scan, scan_frames
 from geopresence.model.records import Record, UserForgotten
 from geopresence.storage.datadir import JOURNAL_PATTERN, SNAPSHOT_PATTERN, numbered, state_dir
-from geopresence.storage.snapshot import Snapshot, SnapshotError, decode_snapshot
+from geopresence.storage.snapshot import NewerSnapshot, Snapshot, SnapshotError, decode_snapshot
 
 
 @attrs.frozen
@@ -56,6 +56,9 @@ class Examination:
     snapshot: Snapshot | None = None
     snapshot_path: Path | None = None
     bad_snapshots: list[BadSnapshot] = attrs.Factory(list)
+    newer: list[str] = attrs.Factory(list)
+    """Snapshots a newer geopresence wrote (one line each): neither start-up nor repair
+    uses or moves anything then (``NewerDataDir``)."""
     segments: list[SegmentState] = attrs.Factory(list)
     records: list[tuple[int, Record]] = attrs.Factory(list)
     last_seq: int = 0
@@ -135,6 +138,8 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
             if snapshot.journal_seq != seq:
                 raise SnapshotError(f"it says journal seq {snapshot.journal_seq}")
         except SnapshotError as exc:
+            if isinstance(exc, NewerSnapshot):
+                ex.newer.append(f"{path.name}: {exc}")
             bad.append((seq, path, str(exc)))
             continue
         if ex.snapshot is None:

@@ -27,7 +27,7 @@ from geopresence.storage.datadir import (
 from geopresence.storage.history import history_dir
 from geopresence.storage.history_care import Progress, scrub
 from geopresence.storage.journal_file import append_offline, open_segment
-from geopresence.storage.recovery import DataDirCorrupt, load_offline
+from geopresence.storage.recovery import DataDirCorrupt, Recovered, load_offline
 from geopresence.storage.snapshot import capture
 
 
@@ -61,9 +61,7 @@ def inspect_data_dir(data_dir: Path) -> dict[str, Any]:
         "last_seq": recovered.last_seq,
         "state": state_counts(state),
         "problems": recovered.problems,
-        "needs_repair": str(DataDirCorrupt(data_dir, recovered.corruption))
-        if recovered.corruption
-        else None,
+        "needs_repair": _refusal(data_dir, recovered),
     }
     if recovered.snapshot is not None and recovered.snapshot_path is not None:
         snapshot = recovered.snapshot
@@ -159,3 +157,9 @@ def forget_offline(data_dir: Path, user: str, progress: Progress | None = None) 
         return report
     finally:
         lock.close()
+
+
+def _refusal(data_dir: Path, recovered: Recovered) -> str | None:
+    """Why a start-up would refuse ``data_dir`` (``DataDirCorrupt``), if it would."""
+    refused = DataDirCorrupt.of(data_dir, recovered.newer, recovered.corruption)
+    return None if refused is None else str(refused)

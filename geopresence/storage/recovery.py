@@ -32,15 +32,35 @@ class DataDirCorrupt(Exception):
     without losing or changing data: it refuses, having changed nothing, and says to run
     ``geopresence repair``. ``problems``: every such damage, one line each."""
 
-    def __init__(self, data_dir: Path, problems: list[str]) -> None:
+    def __init__(self, data_dir: Path, problems: list[str], *, newer: bool = False) -> None:
         self.data_dir = data_dir
         self.problems = problems
+        self.newer = newer
+        """A newer geopresence wrote it (``problems`` say which files): not damage, and
+        ``repair`` would set sound data aside; the newer version reads it."""
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        if newer:
+            advice = (
+                "run the geopresence version that wrote it (geopresence repair refuses it: "
+                "the files are sound)"
+            )
+        else:
+            advice = (
+                f"run geopresence repair --data-dir {shlex.quote(str(data_dir))} (it keeps a "
+                "copy of every file it changes)"
+            )
         super().__init__(
             f"{data_dir}: {problems[0]}{more}; refusing to use it, so that nothing is lost (no "
-            f"file was changed): run geopresence repair --data-dir {shlex.quote(str(data_dir))} "
-            "(it keeps a copy of every file it changes)"
+            f"file was changed): {advice}"
         )
+
+    @classmethod
+    def of(cls, data_dir: Path, newer: list[str], corruption: list[str]) -> DataDirCorrupt | None:
+        """The refusal a start-up makes for what ``examine`` found, if any: files of a newer
+        version first (repairing would lose them), else damage."""
+        if newer:
+            return cls(data_dir, newer, newer=True)
+        return cls(data_dir, corruption) if corruption else None
 
 
 @attrs.define
@@ -58,6 +78,8 @@ class Recovered:
     corruption: list[str] = attrs.Factory(list)
     forgets: list[tuple[int, str]] = attrs.Factory(list)
     """(seq, user) of every ``user_forgotten`` record in any segment (``Examination``)."""
+    newer: list[str] = attrs.Factory(list)
+    """Snapshots a newer geopresence wrote (``Examination.newer``): a start-up refuses."""
 
     @property
     def forgotten(self) -> dict[str, int]:
@@ -94,8 +116,9 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
     nothing is changed (``geopresence inspect``)."""
     ex = examine(data_dir)
     corruption = ex.corruption
-    if repair and corruption:
-        raise DataDirCorrupt(data_dir, corruption)
+    refusal = DataDirCorrupt.of(data_dir, ex.newer, corruption)
+    if repair and refusal is not None:
+        raise refusal
     problems: list[str] = []
     for bad in ex.bad_snapshots:
         if not bad.lossless:
@@ -113,7 +136,14 @@ def recover(data_dir: Path, *, repair: bool) -> Recovered:
             elif segment.torn is not None:
                 truncate_segment(segment.path, segment.torn.start)
     return Recovered(
-        ex.snapshot, ex.records, ex.last_seq, problems, ex.snapshot_path, corruption, ex.forgets
+        ex.snapshot,
+        ex.records,
+        ex.last_seq,
+        problems,
+        ex.snapshot_path,
+        corruption,
+        ex.forgets,
+        ex.newer,
     )
 
 

@@ -33,7 +33,7 @@ from geopresence.storage.datadir import (
 )
 from geopresence.storage.examine import examine
 from geopresence.storage.offline import state_counts
-from geopresence.storage.recovery import Recovered, rebuild, recover
+from geopresence.storage.recovery import DataDirCorrupt, Recovered, rebuild, recover
 from geopresence.storage.snapshot import capture
 
 
@@ -41,7 +41,8 @@ def repair_data_dir(
     data_dir: Path, *, dry_run: bool = False, progress: Callable[[str], None] = lambda _: None
 ) -> dict[str, Any]:
     """Repair ``data_dir`` (blocking); ``dry_run`` reads and reports only. ``progress`` gets
-    one line per step as it is done. Raises ``DataDirLocked`` while a server runs on it."""
+    one line per step as it is done. Raises ``DataDirLocked`` while a server runs on it, and
+    ``DataDirCorrupt`` (``newer``), changing nothing, if a newer geopresence wrote it."""
     lock = DataDirLock(data_dir)
     try:
         return _repair(data_dir, dry_run, progress)
@@ -56,6 +57,8 @@ def _repair(data_dir: Path, dry_run: bool, progress: Callable[[str], None]) -> d
     size = sum(p.stat().st_size for p in paths)
     progress(f"reading {len(paths)} file(s) ({size:,} bytes) in {directory}")
     ex = examine(data_dir, every_snapshot=True)
+    if ex.newer:  # sound files a newer version reads: setting them aside would lose them
+        raise DataDirCorrupt(data_dir, ex.newer, newer=True)
     found = [
         f"snapshot {bad.path.name} is unreadable ({bad.error}); "
         + ("not needed" if bad.seq < ex.base else "the journal holds every record it held")

@@ -53,6 +53,11 @@ class SnapshotError(Exception):
     """A snapshot that cannot be read (corrupt, truncated, or from a newer version)."""
 
 
+class NewerSnapshot(SnapshotError):
+    """A snapshot written by a newer geopresence: sound, but not for this version to read
+    (a downgrade). Never repaired away: the newer version reads it."""
+
+
 @attrs.frozen(kw_only=True)
 class Snapshot:
     """The durable state as of ``journal_seq``. ``created_at`` is Unix epoch seconds."""
@@ -142,7 +147,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
         raise SnapshotError("snapshot has no version")
     version = raw["version"]
     if version > SNAPSHOT_VERSION:
-        raise SnapshotError(
+        raise NewerSnapshot(
             f"snapshot version {version} is newer than this geopresence reads "
             f"({SNAPSHOT_VERSION}): upgrade geopresence"
         )

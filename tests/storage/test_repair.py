@@ -388,12 +388,6 @@ async def test_a_full_disk_or_unreadable_file_is_one_line_not_a_traceback(
     assert capsys.readouterr().err.startswith("geopresence history: [Errno 13] Permission denied")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a snapshot from a newer geopresence (a downgrade) is refused as damage: the "
-    "refusal says to run geopresence repair, which sets the snapshot aside and loses every "
-    "record only it holds; it should say to run the newer version, and repair should refuse",
-)
 async def test_a_snapshot_from_a_newer_version_is_not_repaired_away(tmp_path: Path) -> None:
     async with persistent(tmp_path) as server:
         await server.admin.befriend("a", "b")
@@ -404,10 +398,16 @@ async def test_a_snapshot_from_a_newer_version_is_not_repaired_away(tmp_path: Pa
     with pytest.raises(DataDirCorrupt) as refused:
         async with persistent(tmp_path):
             pass  # pragma: no cover
-    assert "newer" in str(refused.value)
-    assert "geopresence repair" not in str(refused.value)  # it says so today: the defect
+    assert "snapshot version 2 is newer than this geopresence reads (1)" in str(refused.value)
+    assert "run the geopresence version that wrote it" in str(refused.value)
+    assert "run geopresence repair" not in str(refused.value)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
     result = geopresence("repair", "--data-dir", str(tmp_path))
-    assert result.returncode == 1 and newest.exists()
+    assert result.returncode == 1, result.stdout
+    assert "run the geopresence version that wrote it" in result.stderr
+    assert newest.exists() and sorted(p.name for p in tmp_path.rglob("*")) == before
+    inspected = geopresence("inspect", "--json", str(tmp_path))
+    assert "run the geopresence version that wrote it" in inspected.stdout
 
 
 def test_a_file_kept_aside_never_overwrites_another(tmp_path: Path) -> None:
