@@ -57,8 +57,8 @@ class Examination:
     snapshot_path: Path | None = None
     bad_snapshots: list[BadSnapshot] = attrs.Factory(list)
     newer: list[str] = attrs.Factory(list)
-    """Snapshots a newer geopresence wrote (one line each): neither start-up nor repair
-    uses or moves anything then (``NewerDataDir``)."""
+    """Snapshots and journal records a newer geopresence wrote (one line each): neither
+    start-up nor repair uses or changes anything then (``DataDirCorrupt.newer``)."""
     segments: list[SegmentState] = attrs.Factory(list)
     records: list[tuple[int, Record]] = attrs.Factory(list)
     last_seq: int = 0
@@ -189,6 +189,9 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
         for part in scan.parts:
             if isinstance(part, Frame) and not part.length_fixed:
                 continue
+            if isinstance(part, Damage) and "unknown record kind" in part.problem:
+                # Whole (its checksum holds) but of a kind this version does not know.
+                ex.newer.append(f"{path.name}: {part.problem}, written by a newer geopresence")
             if (
                 last
                 and isinstance(part, Damage)

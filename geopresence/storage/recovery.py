@@ -79,7 +79,7 @@ class Recovered:
     forgets: list[tuple[int, str]] = attrs.Factory(list)
     """(seq, user) of every ``user_forgotten`` record in any segment (``Examination``)."""
     newer: list[str] = attrs.Factory(list)
-    """Snapshots a newer geopresence wrote (``Examination.newer``): a start-up refuses."""
+    """What a newer geopresence wrote (``Examination.newer``): a start-up refuses."""
 
     @property
     def forgotten(self) -> dict[str, int]:
