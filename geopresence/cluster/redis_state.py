@@ -28,7 +28,7 @@ from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_keys import Keys
 from geopresence.cluster.settings_writes import SetSettings
 from geopresence.cluster.state_writes import blind_commands, write, write_batch
-from geopresence.core.replication import FeedOp
+from geopresence.core.replication import FeedOp, Watermark
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -106,6 +106,9 @@ class RedisJournal:
         """``trio.current_time()`` of the last chat message queued."""
         self.write_delay = 0.0
         """Seconds each write waits first (tests: a commit slower than its id)."""
+        self.writing_since: float | None = None
+        """``trio.current_time()`` the write at the head of the queue began (None: idle):
+        while it lasts, no entry of this node reaches the feed (``mark``)."""
         self._uids = fresh_ids()
         self._wakeup = trio.Event()
         self.last_seq = last_seq
@@ -181,6 +184,8 @@ class RedisJournal:
                 await self._wakeup.wait()
                 continue
             while queue:
+                if self.writing_since is None:
+                    self.writing_since = trio.current_time()
                 try:
                     if self.write_delay:
                         await trio.sleep(self.write_delay)
@@ -190,6 +195,7 @@ class RedisJournal:
                     log.error("redis write failed (%s); retrying (%d queued)", exc, len(queue))
                     await trio.sleep(1.0)
                     continue
+                self.writing_since = None
                 advanced = False
                 for seq, *_ in batch:
                     queue.popleft()
@@ -239,6 +245,14 @@ class RedisJournal:
         await self._publish(self._notices_of(op, result))
         self._written_off_feed(op, result)
         return [queue_head]
+
+    async def mark(self, watermark: int) -> None:
+        """Put ``watermark`` on the feed now, ahead of the queue (its head's write hangs):
+        the other nodes' chat horizons then know this node is alive and what it can still
+        commit. ``watermark`` must be at most every id it has not yet written and
+        published (its lowest pending message's), so the entry may come before the queue's
+        and says nothing they do not."""
+        await self.feed.append(Watermark(), next(self._uids), watermark)
 
     def _notices_of(self, op: FeedOp, result: Any) -> list[Publication]:
         return [] if self.notices is None else self.notices(op, result)

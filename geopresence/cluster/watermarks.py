@@ -16,6 +16,7 @@ round trips for them.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -32,6 +33,8 @@ from geopresence.core.chat_horizon import (
 from geopresence.core.hub import Hub
 from geopresence.core.replication import Watermark
 from geopresence.model.snowflake import min_id_at
+
+log = logging.getLogger("geopresence.redis")
 
 LEFT: Final = -1
 """The watermark of a node's last entry as it stops cleanly."""
@@ -53,6 +56,7 @@ class Watermarks:
         self._journal = journal
         self._chat = hub.chat
         self._barrier = barrier
+        self._clock = clock
         self.chat_at = float("-inf")
         """``trio.current_time()`` of the last chat message another node sent here."""
         self.others_chat_at = float("-inf")
@@ -174,6 +178,22 @@ class Watermarks:
         self._journal.replicate(Watermark())
         await self._journal.flush()
 
+    async def _mark(self) -> None:
+        """The journal's head write hangs (a slow Redis, a large forget or group deletion):
+        none of its entries, watermarks included, reaches the feed meanwhile, and the other
+        nodes would count this live node gone once silent for ``Horizon.silence`` and show
+        later ids before the messages it still commits. Its watermark goes on the feed
+        ahead of the queue instead: the lowest id it has not written and published yet."""
+        mark = min_id_at(self._clock())  # not the journal's: LEFT once leaving
+        lowest = self._chat.lowest_pending()
+        if lowest is not None:
+            mark = min(mark, lowest)
+        with trio.move_on_after(1.0):
+            try:
+                await self._journal.mark(mark)
+            except Exception as exc:  # Redis unreachable: its writes retry, and so does this
+                log.debug("writing a watermark ahead of the journal failed: %s", exc)
+
     async def run(self) -> None:
         """A node with nothing for the feed for ``WATERMARK_INTERVAL`` (while chat goes on
         here or on another node; ``QUIET_WATERMARK_INTERVAL`` otherwise) writes its
@@ -188,6 +208,9 @@ class Watermarks:
             interval = WATERMARK_INTERVAL if active else QUIET_WATERMARK_INTERVAL
             if now - journal.queued_at >= interval:
                 journal.replicate(Watermark())
+            busy = journal.writing_since
+            if busy is not None and now - busy >= interval:
+                await self._mark()
             # Every tick, not only when something waits: a node silent for too long is
             # found gone now (``Horizon.on_gone``), not once it is back.
             self.horizon.committed_below(self._chat.lowest_pending())
