@@ -35,6 +35,7 @@ from geopresence.demo import (
     demo_options,
     run_demo,
 )
+from geopresence.options import secret_problem
 from geopresence.shell import tools
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.auth import (
@@ -411,9 +412,14 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 def _cmd_token(args: argparse.Namespace) -> int:
     ttl = _value("--ttl", args.ttl, _token_ttl) or DEFAULT_TOKEN_TTL
-    ttl = _value("--ttl", args.ttl, _seconds) or DEFAULT_TOKEN_TTL
     if args.secret == "":  # not "the data dir's" (leaving it out), as for serve
         raise UsageError("--secret: must not be empty")
+    for name, given in (
+        ("--secret", args.secret),
+        ("GEOPRESENCE_SECRET", os.environ.get("GEOPRESENCE_SECRET")),
+    ):
+        if given and (problem := secret_problem(given)) is not None:
+            raise UsageError(f"{name}: {problem}")
     data_dir = _data_dir(args)
     secret_file = data_dir / SECRET_FILE
     if (

@@ -35,7 +35,7 @@ from geopresence.options import (
     valid_node_id,
     valid_origins,
     valid_port,
-    valid_secret,
+    valid_token_secret,
     valid_webhook,
 )
 from geopresence.units import parse_retention
@@ -89,9 +89,9 @@ class Config:
     )
     secret: str | None = setting(
         None,
-        "token signing secret (HS256)",
+        "token signing secret (HS256, at least 32 bytes)",
         AUTH,
-        valid_secret,
+        valid_token_secret,
         repr=False,
         metavar="SECRET",
         default_text="generated in DATA_DIR/secret",

@@ -153,6 +153,30 @@ def valid_secret(_instance: object, attribute: attrs.Attribute[Any], value: str 
         raise ConfigError(attribute.name, HIDDEN, "must not be empty")
 
 
+def valid_token_secret(
+    _instance: object, attribute: attrs.Attribute[Any], value: str | None
+) -> None:
+    """As ``valid_secret``, and long enough to sign tokens (``secret_problem``)."""
+    valid_secret(_instance, attribute, value)
+    problem = None if value is None else secret_problem(value)
+    if problem is not None:
+        raise ConfigError(attribute.name, HIDDEN, problem)
+
+
+MIN_SECRET_BYTES: Final = 32
+"""RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)."""
+
+
+def secret_problem(secret: str) -> str | None:
+    """What makes ``secret`` unfit to sign tokens (HS256), if anything."""
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return (
+            f"must be at least {MIN_SECRET_BYTES} bytes (HS256; make one with "
+            "`openssl rand -hex 32`)"
+        )
+    return None
+
+
 def valid_admin_key(_instance: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     """As ``valid_secret``; and a key a client can send: it travels in an HTTP header
     (``Authorization: Bearer KEY``), so printable ASCII without spaces."""

@@ -183,7 +183,7 @@ def test_flags_values_reach_the_config_unchanged() -> None:
     """Every flag of the old hand-written parser still sets the same field."""
     config = config_of(
         "--host", "::1", "--port", "1", "--http-port", "2", "--data-dir", "d", "--insecure",
-        "--admin-key", "k", "--secret", "s", "--heartbeat-interval", "1", "--offline-after", "3",
+        "--admin-key", "k", "--secret", "s" * 32, "--heartbeat-interval", "1", "--offline-after", "3",
         "--location-ttl", "4", "--radius", "5", "--max-radius", "6", "--strangers-query-burst",
         "7", "--strangers-query-interval", "8", "--history-max-bytes", "9", "--in-memory",
         "--snapshot-interval", "10", "--fsync", "always", "--presence-fanout-limit", "11",
@@ -197,7 +197,7 @@ def test_flags_values_reach_the_config_unchanged() -> None:
     assert attrs.asdict(config) == {
         **attrs.asdict(Config()),
         "host": "::1", "port": 1, "http_port": 2, "data_dir": Path("d"), "insecure": True,
-        "admin_key": "k", "secret": "s", "heartbeat_interval": 1.0, "offline_after": 3.0,
+        "admin_key": "k", "secret": "s" * 32, "heartbeat_interval": 1.0, "offline_after": 3.0,
         "location_ttl": 4.0, "radius": 5.0, "max_radius": 6.0, "strangers_query_burst": 7,
         "strangers_query_interval": 8.0, "history_max_bytes": 9, "in_memory": True,
         "snapshot_interval": 10.0, "fsync": "always", "presence_fanout_limit": 11,
@@ -296,6 +296,9 @@ def test_an_empty_secret_or_admin_key_is_refused_without_echoing_a_key(
     line = usage_error(capsys, "serve", "--admin-key", "top secret")
     assert "--admin-key: " in line and "HTTP header" in line and "top secret" not in line
     assert "--secret: must not be empty" in usage_error(capsys, "token", "alice", "--secret", "")
+    short = "must be at least 32 bytes (HS256; make one with `openssl rand -hex 32`)"
+    assert f"--secret: {short}" in usage_error(capsys, "serve", "--secret", "s" * 31)
+    assert f"--secret: {short}" in usage_error(capsys, "token", "alice", "--secret", "s" * 31)
     assert list(tmp_path.iterdir()) == []  # no ./geopresence-data/secret made up
     with pytest.raises(ConfigError) as refused:
         Config(admin_key="a b")
