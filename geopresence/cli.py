@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,26 +23,21 @@ from typing import Any
 import trio
 
 from geopresence import __version__
+from geopresence.announce import announce_demo, announce_serve
 from geopresence.cluster.joining import ClusterError
 from geopresence.config import Config
 from geopresence.demo import (
     DEMO_DEFAULTS,
     VISITOR,
-    Place,
     add_demo_flags,
-    announcement,
     demo_options,
     run_demo,
 )
-from geopresence.options import secret_problem
 from geopresence.shell import tools
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.auth import (
     DEFAULT_TOKEN_TTL,
     MAX_TOKEN_TTL,
-    SECRET_FILE,
-    mint_token,
-    resolve_secret,
 )
 from geopresence.shell.flags import (
     ENV_RULE,
@@ -270,39 +264,6 @@ def _data_dir_problem(config: Config) -> str | None:
     return None
 
 
-def _announce(running: RunningServer, *, config: Config) -> None:
-    """Tell the user how to use the server; the ``listening`` line comes last, so a script
-    waiting for it knows start-up (and this text) is complete."""
-    data_dir = config.data_dir
-    hints = [f"geopresence {__version__}: WebSocket {running.ws_url}, HTTP API {running.http_url}"]
-    if config.insecure:
-        hints.append(
-            '  insecure mode: hello with {"type":"hello","user":"alice","device":"phone"}; '
-            "no admin key needed"
-        )
-    else:
-        token_cmd = "geopresence token USER"
-        secret_file = config.secret is None and not os.environ.get("GEOPRESENCE_SECRET")
-        if not secret_file:  # not in the data dir: the command needs it the same way
-            token_cmd += " with this server's --secret or GEOPRESENCE_SECRET"
-        elif data_dir != Config().data_dir:
-            token_cmd += f" --data-dir {data_dir}"
-        if secret_file and config.in_memory and not (data_dir / "secret").exists():
-            token_cmd = "POST /v1/tokens with the admin key (the secret is in memory only)"
-        hints.append(f"  mint a token:  {token_cmd}")
-        if config.admin_key is None and not os.environ.get("GEOPRESENCE_ADMIN_KEY"):
-            if config.in_memory and not (data_dir / "admin_key").exists():
-                hints.append(f"  HTTP API admin key (this process only): {running.admin_key}")
-            else:
-                hints.append(f"  HTTP API admin key: in {data_dir / 'admin_key'}")
-    hints.append("  stop: Ctrl+C (or SIGTERM)")
-    print("\n".join(hints), flush=True)
-    print(
-        f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
-        flush=True,
-    )
-
-
 async def _until_signal(
     start: Callable[..., Awaitable[None]], announce: Callable[[RunningServer], None]
 ) -> None:
@@ -363,7 +324,7 @@ def _run_server(
 def _cmd_serve(args: argparse.Namespace) -> int:
     config, given = _server_config(args)
     return _run_server(
-        given, functools.partial(serve, config), functools.partial(_announce, config=config)
+        given, functools.partial(serve, config), functools.partial(announce_serve, config=config)
     )
 
 
@@ -377,16 +338,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         start = functools.partial(
             run_demo, config, users=options.users, centre=options.centre, seed=options.seed
         )
-        return _run_server(given, start, functools.partial(_announce_demo, centre=options.centre))
-
-
-def _announce_demo(running: RunningServer, centre: Place) -> None:
-    """How to look at the demo; the ``listening`` line last, as for ``serve``."""
-    print(f"geopresence {__version__} {announcement(running, centre)}", flush=True)
-    print(
-        f"listening ws={running.host}:{running.ws_port} http={running.host}:{running.http_port}",
-        flush=True,
-    )
+        return _run_server(given, start, functools.partial(announce_demo, centre=options.centre))
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -412,35 +364,7 @@ def _cmd_forget(args: argparse.Namespace) -> int:
 
 def _cmd_token(args: argparse.Namespace) -> int:
     ttl = _value("--ttl", args.ttl, _token_ttl) or DEFAULT_TOKEN_TTL
-    if args.secret == "":  # not "the data dir's" (leaving it out), as for serve
-        raise UsageError("--secret: must not be empty")
-    for name, given in (
-        ("--secret", args.secret),
-        ("GEOPRESENCE_SECRET", os.environ.get("GEOPRESENCE_SECRET")),
-    ):
-        if given and (problem := secret_problem(given)) is not None:
-            raise UsageError(f"{name}: {problem}")
-    data_dir = _data_dir(args)
-    secret_file = data_dir / SECRET_FILE
-    if (
-        args.secret is None
-        and not os.environ.get("GEOPRESENCE_SECRET")
-        and not secret_file.exists()
-    ):
-        # A new secret here would sign tokens no running server accepts.
-        print(
-            f"geopresence token: no secret in {data_dir} (start the server once, or pass "
-            "the server's --data-dir or --secret)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        secret = resolve_secret(args.secret, data_dir)
-        print(mint_token(secret, args.user, ttl, time.time()))
-    except (ValueError, OSError) as exc:
-        print(f"geopresence token: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return tools.token(_data_dir(args), args.user, ttl, args.secret)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

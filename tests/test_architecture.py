@@ -31,6 +31,7 @@ TOP_LEVEL = {
     "testing": "public",
     "pytest_plugin": "public",
     "cli": "public",
+    "announce": "public",
     "demo": "public",
 }
 """The modules beside the subpackages: the public faces, ranked like a layer."""

@@ -274,20 +274,20 @@ def test_the_token_hint_names_where_the_secret_comes_from(
     from types import SimpleNamespace
 
     from geopresence import Config
-    from geopresence.cli import _announce
+    from geopresence.announce import announce_serve
 
     running: Any = SimpleNamespace(
         ws_url="ws://x/ws", http_url="http://x", admin_key="k", host="x", ws_port=1, http_port=2
     )
     monkeypatch.delenv("GEOPRESENCE_SECRET", raising=False)
-    _announce(running, config=Config(data_dir=tmp_path / "node2"))
+    announce_serve(running, config=Config(data_dir=tmp_path / "node2"))
     assert f"mint a token:  geopresence token USER --data-dir {tmp_path / 'node2'}\n" in (
         capsys.readouterr().out
     )
     # A second node started with the first one's secret in its environment: its data dir
     # holds no secret, so the command needs the same one.
     monkeypatch.setenv("GEOPRESENCE_SECRET", "s" * 32)
-    _announce(running, config=Config(data_dir=tmp_path / "node2"))
+    announce_serve(running, config=Config(data_dir=tmp_path / "node2"))
     out = capsys.readouterr().out
     assert "geopresence token USER with this server's --secret or GEOPRESENCE_SECRET" in out
     assert "--data-dir" not in out

@@ -183,7 +183,8 @@ def test_flags_values_reach_the_config_unchanged() -> None:
     """Every flag of the old hand-written parser still sets the same field."""
     config = config_of(
         "--host", "::1", "--port", "1", "--http-port", "2", "--data-dir", "d", "--insecure",
-        "--admin-key", "k", "--secret", "s" * 32, "--heartbeat-interval", "1", "--offline-after", "3",
+        "--admin-key", "k", "--secret", "s" * 32, "--heartbeat-interval", "1",
+        "--offline-after", "3",
         "--location-ttl", "4", "--radius", "5", "--max-radius", "6", "--strangers-query-burst",
         "7", "--strangers-query-interval", "8", "--history-max-bytes", "9", "--in-memory",
         "--snapshot-interval", "10", "--fsync", "always", "--presence-fanout-limit", "11",

@@ -1,5 +1,5 @@
 """The offline data-dir commands' output: ``inspect``, ``snapshot``, ``repair``, ``history``,
-``forget``.
+``forget``, ``token``.
 
 Each function prints its report (text, or JSON with ``as_json``) and returns the exit status;
 ``geopresence.cli`` parses the command line and calls them.
@@ -8,6 +8,7 @@ Each function prints its report (text, or JSON with ``as_json``) and returns the
 from __future__ import annotations
 
 import datetime
+import os
 import shlex
 import sys
 import time
@@ -19,6 +20,8 @@ import attrs
 import orjson
 
 from geopresence.model.ids import id_problem
+from geopresence.options import secret_problem
+from geopresence.shell.auth import SECRET_FILE, mint_token, resolve_secret
 from geopresence.storage.datadir import DataDirLocked
 from geopresence.storage.history import history_dir, read_history
 from geopresence.storage.offline import compact, forget_offline, inspect_data_dir
@@ -274,4 +277,32 @@ def forget(data_dir: Path, user: str, *, as_json: bool) -> int:
             f"  note: {report['corrupt_dir']} (copies set aside by repair) is not scrubbed: "
             "delete it yourself once it is not needed"
         )
+    return 0
+
+
+def token(data_dir: Path, user: str, ttl: float, secret: str | None) -> int:
+    """``geopresence token``: print a token for ``user`` valid ``ttl`` seconds, signed with
+    the server's secret: ``secret``, else env ``GEOPRESENCE_SECRET``, else ``data_dir``'s.
+    Exit 2, minting nothing, if that secret is unfit or there is none (a secret made up
+    here would sign tokens no server accepts)."""
+    env = os.environ.get("GEOPRESENCE_SECRET")
+    for name, given in (("--secret", secret), ("GEOPRESENCE_SECRET", env)):
+        if given is None or (not given and name != "--secret"):
+            continue  # an empty --secret is a mistake, not "the data dir's" (as for serve)
+        problem = secret_problem(given) if given else "must not be empty"
+        if problem is not None:
+            print(f"geopresence token: {name}: {problem}", file=sys.stderr)
+            return 2
+    if secret is None and not env and not (data_dir / SECRET_FILE).exists():
+        print(
+            f"geopresence token: no secret in {data_dir} (start the server once, or pass "
+            "the server's --data-dir or --secret)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        print(mint_token(resolve_secret(secret, data_dir), user, ttl, time.time()))
+    except (ValueError, OSError) as exc:
+        print(f"geopresence token: {exc}", file=sys.stderr)
+        return 2
     return 0
