@@ -709,21 +709,23 @@ async def test_a_reused_client_msg_id_through_another_node_is_refused(
             assert refused["code"] == "bad_request" and "already used" in refused["message"]
 
 
-async def test_sync_never_skips_a_message_another_node_commits_slowly(tmp_path: Path) -> None:
-    """Node a takes a second to write anything to Redis: alice's message there gets its id
-    first and is committed last. bob (on node b) must not see carol's later message before
-    it, live or through sync: a device that did would sync after carol's id and skip
-    alice's."""
+@asynccontextmanager
+async def a_slow_commit_race(
+    tmp_path: Path, delay: float
+) -> AsyncIterator[tuple[Node, Client, dict[str, dict[str, Any]]]]:
+    """Nodes a, whose every Redis write takes ``delay`` s, and b on one Redis. alice (on a)
+    sends bob "first", which gets its id at once and is committed ``delay`` s later; 0.2 s
+    after, carol (on b) sends bob "second", a later id committed at once. Yields node b, bob's
+    session there and the acks by text (filled in as they come: both once the block ends)."""
     with redis_server() as port:
         args = ["--redis", f"redis://127.0.0.1:{port}/0"]
-        slow = {"GEOPRESENCE_TEST_REDIS_WRITE_DELAY": "1.0"}
-        a = start_node(args, 1, tmp_path, env=slow)
+        a = start_node(args, 1, tmp_path, env={"GEOPRESENCE_TEST_REDIS_WRITE_DELAY": str(delay)})
         b = start_node(args, 2, tmp_path)
         try:
             async with b.admin() as admin:
                 await admin.befriend("alice", "bob")
                 await admin.befriend("carol", "bob")
-            await trio.sleep(1.5)  # node a's replica has the friendships
+            await trio.sleep(1.5)  # node a's sessions will read the friendships
             async with (
                 session(a, "alice") as alice,
                 session(b, "carol") as carol,
@@ -735,41 +737,49 @@ async def test_sync_never_skips_a_message_another_node_commits_slowly(tmp_path: 
                 async def send(client: Client, text: str) -> None:
                     acks[text] = await client.send_message(to="bob", text=text)
 
-                nursery.start_soon(send, alice, "first")  # its id now, in Redis in 1 s
+                nursery.start_soon(send, alice, "first")
                 await trio.sleep(0.2)
-                nursery.start_soon(send, carol, "second")  # a later id, in Redis at once
-                await trio.sleep(0.4)
-                # carol's message is in Redis, alice's is not yet: bob gets both live, in
-                # order, never carol's before alice's. A device connecting now gets both
-                # from its sync (which waits until no message published before the device
-                # connected can be missing) or live, in order; a message that came live
-                # while the sync waited may come in the page too (clients de-duplicate by
-                # message_id, docs/protocol.md).
-                async with session(b, "bob", "tablet") as early:
-                    synced = [m["text"] for m in await early.sync_all()]
-                    assert synced == ["first", "second"][: len(synced)]
-                    live = [(await expect(bob, "message", within=5))["text"] for _ in range(2)]
-                    assert live == ["first", "second"]
-                    await nothing_of(bob, "message", 0.3)
-                    got = list(synced)
-                    while True:
-                        try:
-                            within = 5 if len(got) < 2 else 0.5
-                            text = (await expect(early, "message", within=within))["text"]
-                        except trio.TooSlowError:
-                            break
-                        if text not in got:  # else a duplicate of what the page held
-                            got.append(text)
-                            assert got == ["first", "second"][: len(got)]
-                    assert got == ["first", "second"]
+                nursery.start_soon(send, carol, "second")
+                yield b, bob, acks
             assert int(acks["first"]["message_id"]) < int(acks["second"]["message_id"])
-            async with session(b, "bob", "tablet") as late:
-                texts = [m["text"] for m in await late.sync_all()]
-                assert texts == ["first", "second"]
         finally:
             for node in (a, b):
                 node.proc.terminate()
                 node.proc.wait(15)
+
+
+async def test_sync_never_skips_a_message_another_node_commits_slowly(tmp_path: Path) -> None:
+    """Node a takes a second to write anything to Redis: alice's message there gets its id
+    first and is committed last. bob (on node b) must not see carol's later message before
+    it, live or through sync: a device that did would sync after carol's id and skip
+    alice's."""
+    async with a_slow_commit_race(tmp_path, 1.0) as (b, bob, _):
+        await trio.sleep(0.4)
+        # carol's message is in Redis, alice's is not yet: bob gets both live, in order,
+        # never carol's before alice's. A device connecting now gets both from its sync
+        # (which waits until no message published before the device connected can be
+        # missing) or live, in order; a message that came live while the sync waited may
+        # come in the page too (clients de-duplicate by message_id, docs/protocol.md).
+        async with session(b, "bob", "tablet") as early:
+            synced = [m["text"] for m in await early.sync_all()]
+            assert synced == ["first", "second"][: len(synced)]
+            live = [(await expect(bob, "message", within=5))["text"] for _ in range(2)]
+            assert live == ["first", "second"]
+            await nothing_of(bob, "message", 0.3)
+            got = list(synced)
+            while True:
+                try:
+                    within = 5 if len(got) < 2 else 0.5
+                    text = (await expect(early, "message", within=within))["text"]
+                except trio.TooSlowError:
+                    break
+                if text not in got:  # else a duplicate of what the page held
+                    got.append(text)
+                    assert got == ["first", "second"][: len(got)]
+            assert got == ["first", "second"]
+        async with session(b, "bob", "tablet") as late:
+            texts = [m["text"] for m in await late.sync_all()]
+            assert texts == ["first", "second"]
 
 
 async def test_a_node_that_stops_cleanly_tells_the_others_not_to_wait_for_it(

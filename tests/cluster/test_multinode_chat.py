@@ -16,6 +16,7 @@ from geopresence.cluster.redis_keys import Keys
 from geopresence.model.snowflake import min_id_at
 from tests.cluster.test_multinode import (
     _gauge,
+    a_slow_commit_race,
     cluster_of,
     expect,
     nothing_of,
@@ -209,37 +210,10 @@ async def test_a_node_whose_writes_stall_past_its_silence_still_holds_the_others
     there gets its id first and is committed last. bob (node b) must still get carol's
     later message after it, live and in a sync page: the live node says, while its write
     hangs, which id it still commits (its lowest pending one)."""
-    with redis_server() as port:
-        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
-        a = start_node(args, 1, tmp_path, env={WRITE_DELAY_ENV: "4.0"})
-        b = start_node(args, 2, tmp_path)
-        try:
-            async with b.admin() as admin:
-                await admin.befriend("alice", "bob")
-                await admin.befriend("carol", "bob")
-            await trio.sleep(1.5)  # node a's sessions will read the friendships
-            async with (
-                session(a, "alice") as alice,
-                session(b, "carol") as carol,
-                session(b, "bob") as bob,
-                trio.open_nursery() as nursery,
-            ):
-                acks: dict[str, dict[str, Any]] = {}
-
-                async def send(client: Any, text: str) -> None:
-                    acks[text] = await client.send_message(to="bob", text=text)
-
-                nursery.start_soon(send, alice, "first")  # its id now, in Redis in 4 s
-                await trio.sleep(0.2)
-                nursery.start_soon(send, carol, "second")
-                await trio.sleep(3.3)  # past node a's silence; its write still hangs
-                async with session(b, "bob", "tablet") as tablet:
-                    synced = [m["text"] for m in await tablet.sync_all()]
-                    assert synced == ["first", "second"][: len(synced)], synced
-                live = [(await expect(bob, "message", within=15))["text"] for _ in range(2)]
-                assert live == ["first", "second"]
-            assert int(acks["first"]["message_id"]) < int(acks["second"]["message_id"])
-        finally:
-            for node in (a, b):
-                node.proc.terminate()
-                node.proc.wait(15)
+    async with a_slow_commit_race(tmp_path, 4.0) as (b, bob, _):
+        await trio.sleep(3.3)  # past node a's silence; its write still hangs
+        async with session(b, "bob", "tablet") as tablet:
+            synced = [m["text"] for m in await tablet.sync_all()]
+            assert synced == ["first", "second"][: len(synced)], synced
+        live = [(await expect(bob, "message", within=15))["text"] for _ in range(2)]
+        assert live == ["first", "second"]

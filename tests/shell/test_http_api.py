@@ -316,58 +316,48 @@ def test_set_group_in_slices_journals_the_membership_as_it_ends() -> None:
     assert isinstance(last, GroupSet) and last.members == ["c", "d", "e", "f", "x"]
 
 
+async def upgrade(server: TestServer, path: bytes, header: bytes = b"") -> tuple[bytes, Any]:
+    """A WebSocket upgrade request to the HTTP port over a real socket (hypercorn): the
+    status line of the answer and its JSON body."""
+    host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(
+            b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n" + header + b"\r\n"
+        )
+        received = b""
+        with trio.fail_after(10):
+            while b"}" not in received:
+                chunk = await stream.receive_some()
+                assert chunk, received
+                received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    return head.split(b"\r\n", 1)[0], orjson.loads(body)
+
+
 async def test_a_websocket_on_the_http_port_is_refused_with_a_json_403() -> None:
-    """Real sockets (hypercorn): the 403 carries the API's error body naming the port."""
+    """The 403 carries the API's error body naming the port."""
     async with open_server(insecure=True) as server:
-        host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
-        stream = await trio.open_tcp_stream(host, int(port))
-        async with stream:
-            await stream.send_all(
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-            received = b""
-            with trio.fail_after(10):
-                while b"}" not in received:
-                    chunk = await stream.receive_some()
-                    assert chunk, received
-                    received += chunk
-        head, body = received.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 403")
-        assert orjson.loads(body) == {
-            "error": "forbidden",
-            "message": "WebSocket clients use the WebSocket port (--port), path /ws",
-        }
+        assert await upgrade(server, b"/ws") == (
+            b"HTTP/1.1 403 ",
+            {
+                "error": "forbidden",
+                "message": "WebSocket clients use the WebSocket port (--port), path /ws",
+            },
+        )
 
 
 async def test_a_websocket_upgrade_to_the_api_without_the_key_gets_401() -> None:
     """Every /v1/... request without a valid admin key gets 401, whatever its method: an
     upgrade too (it would still be refused with 403 once authenticated)."""
     async with open_server(insecure=False, admin_key="k3y") as server:
-        host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
-
-        async def upgrade(path: bytes, key: bytes = b"") -> tuple[bytes, Any]:
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                await stream.send_all(
-                    b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n" + key + b"\r\n"
-                )
-                received = b""
-                with trio.fail_after(10):
-                    while b"}" not in received:
-                        chunk = await stream.receive_some()
-                        assert chunk, received
-                        received += chunk
-            head, body = received.split(b"\r\n\r\n", 1)
-            return head.split(b"\r\n", 1)[0], orjson.loads(body)
-
         for path in (b"/v1/users/alice", b"/v1/nothing", b"/v1"):
-            status, body = await upgrade(path)
+            status, body = await upgrade(server, path)
             assert status == b"HTTP/1.1 401 ", path
             assert body["error"] == "unauthorized"
-        status, body = await upgrade(b"/v1/users/alice", b"Authorization: Bearer nope\r\n")
-        assert (status, body["message"]) == (b"HTTP/1.1 401 ", "wrong admin key")
-        status, body = await upgrade(b"/v1/users/alice", b"Authorization: Bearer k3y\r\n")
-        assert (status, body["error"]) == (b"HTTP/1.1 403 ", "forbidden")
+        wrong = await upgrade(server, b"/v1/users/alice", b"Authorization: Bearer nope\r\n")
+        assert (wrong[0], wrong[1]["message"]) == (b"HTTP/1.1 401 ", "wrong admin key")
+        right = await upgrade(server, b"/v1/users/alice", b"Authorization: Bearer k3y\r\n")
+        assert (right[0], right[1]["error"]) == (b"HTTP/1.1 403 ", "forbidden")
