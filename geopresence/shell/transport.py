@@ -19,7 +19,8 @@ handshake: measured here at 2.7 µs per client frame and 0.8 µs to frame a mess
 8.6 µs and 2.3 µs for wsproto (benchmarks/RESULTS.md). No frame is parsed by hand.
 
 **Untrusted peers.** Each ping is shown to ``admit_ping`` (the connection's rate limit)
-before it is answered; nothing is sent once our close frame is out; a message is at most
+before it is answered, and while the peer is not reading only its latest ping is (pongs must
+not pile up); nothing is sent once our close frame is out; a message is at most
 ``max_message_size`` UTF-8 bytes (more: closed with 1009), text must be UTF-8 (else 1007);
 fragmented messages are reassembled within the same limit.
 """
@@ -44,6 +45,12 @@ from geopresence.shell.framing import Closed, is_disconnect, text_frame
 RECEIVE_BYTES: Final = 65536
 """Bytes asked of the stream per read."""
 
+PONG_HOLD_BYTES: Final = 16384
+"""Past this many bytes parked (the peer is not reading), a ping's pong is held back, only
+the latest one (RFC 6455 5.5.3 allows answering only the most recent ping), and written once
+the parked bytes are out: pongs to a peer that keeps pinging but never reads must not grow
+the memory without bound."""
+
 MAX_REQUEST_BYTES: Final = 16384
 """Past this without the end of its headers, a request goes to websockets as it comes
 (which answers 431 or 414 for what is too long)."""
@@ -59,12 +66,20 @@ def _always() -> bool:
     return True
 
 
+def _never() -> bool:
+    return False
+
+
 class _Protocol(ServerProtocol):
     """websockets' server protocol with the ping gate: a ping is answered only if
     ``admit_ping`` says so (and never after our close frame)."""
 
     admit_ping: Callable[[], bool] = staticmethod(_always)
+    backed_up: Callable[[], bool] = staticmethod(_never)
+    """True while the peer is not taking what is written: a pong is then held."""
     pings = 0
+    held_pong: bytes | None = None
+    """The latest ping's payload, not answered yet because the peer is ``backed_up``."""
 
     def recv_frame(self, frame: Frame) -> None:
         if frame.opcode is not Opcode.PING:
@@ -72,8 +87,19 @@ class _Protocol(ServerProtocol):
             return
         self.pings += 1
         if self.state is State.OPEN and self.admit_ping():
-            self.send_frame(Frame(Opcode.PONG, frame.data))
+            if self.backed_up():
+                self.held_pong = bytes(frame.data)
+            else:
+                self.send_frame(Frame(Opcode.PONG, frame.data))
         self.events.append(frame)
+
+    def send_held_pong(self) -> bool:
+        """Answer the held ping now, if there is one (never after our close frame)."""
+        data, self.held_pong = self.held_pong, None
+        if data is None or self.state is not State.OPEN:
+            return False
+        self.send_frame(Frame(Opcode.PONG, data))
+        return True
 
 
 class Connection:
@@ -89,6 +115,8 @@ class Connection:
         self._nursery = nursery
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._parked: list[bytes] = []
+        self._parked_bytes = 0
+        protocol.backed_up = lambda: self._parked_bytes > PONG_HOLD_BYTES
         self._eof_parked = False
         self._draining = False
         self._broken = False
@@ -241,6 +269,7 @@ class Connection:
 
     def _park(self, data: bytes) -> None:
         self._parked.append(data)
+        self._parked_bytes += len(data)
         if not self._draining:
             self._draining = True
             self._nursery.start_soon(self._drain)
@@ -251,7 +280,11 @@ class Connection:
                 while self._parked:
                     data = b"".join(self._parked)
                     self._parked.clear()
+                    self._parked_bytes = 0
                     await self._send_some(data)
+                if self._protocol.send_held_pong():
+                    self._write_protocol()  # parks it: written by this loop
+                    continue
                 if self._eof_parked:
                     self._half_close()
                     return
@@ -262,6 +295,7 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._broken = True
             self._parked.clear()
+            self._parked_bytes = 0
         finally:
             self._draining = False
             if self._flushed is not None:
