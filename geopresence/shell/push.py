@@ -197,7 +197,11 @@ class PushNotifier:
             # receiver that trickles its answer cannot hold a worker.
             with trio.move_on_after(self.timeout) as attempt_scope:
                 try:
-                    response = await http.post(self.url, content=body, headers=headers)
+                    # Only the status is read: a receiver's body, however long, is not
+                    # (the connection is closed unread).
+                    stream = http.stream("POST", self.url, content=body, headers=headers)
+                    async with stream as response:
+                        pass
                 except httpx.HTTPError as exc:
                     problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                     continue

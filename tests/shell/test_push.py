@@ -248,3 +248,29 @@ async def test_offline_recipients_reach_a_real_local_webhook() -> None:
     assert sorted(r["recipient"] for r in received[1:]) == ["bob", "carol"]
     assert all(r["message_id"] == grouped["message_id"] for r in received[1:])
     assert len(received) == 3
+
+
+async def test_the_receivers_answer_body_is_not_read(autojump_clock: MockClock) -> None:
+    """Only the status matters: a receiver answering with a huge body (or an endless one)
+    must not make the server hold it (was: read whole, over a GB in one push timeout)."""
+    pulled = 0
+
+    class Endless(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            nonlocal pulled
+            chunk = b"x" * 1024 * 1024
+            for _ in range(64):
+                pulled += 1
+                yield chunk
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Endless())
+
+    push = notifier(handler)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest(("bob",), MESSAGE))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert push.results == {"delivered": 1}
+    assert pulled <= 1
