@@ -159,6 +159,10 @@ class PushNotifier:
                         SUMMARY_INTERVAL_S,
                     )
                     self._unsent = 0
+        # httpx logs every request at INFO ("HTTP Request: POST URL", a key in the URL
+        # included): a push is a line at most on failure (WARNING).
+        quiet = logging.getLogger("httpx")
+        quiet.setLevel(max(quiet.getEffectiveLevel(), logging.WARNING))
         async with (
             httpx.AsyncClient(timeout=self.timeout, transport=self._transport) as http,
             trio.open_nursery() as nursery,

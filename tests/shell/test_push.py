@@ -274,3 +274,24 @@ async def test_the_receivers_answer_body_is_not_read(autojump_clock: MockClock) 
         nursery.cancel_scope.cancel()
     assert push.results == {"delivered": 1}
     assert pulled <= 1
+
+
+async def test_a_push_is_no_log_line_at_info(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """operations.md: INFO has a push summary a minute, never a line per push (was: httpx's
+    "HTTP Request: POST URL" for each, the webhook's URL and any key in it included)."""
+    caplog.set_level(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.NOTSET)  # as in a fresh process
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(204)
+
+    push = notifier(handler)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest(("bob", "carol"), MESSAGE))
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert push.results == {"delivered": 2}
+    assert [r.getMessage() for r in caplog.records] == []
