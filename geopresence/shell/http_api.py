@@ -197,7 +197,8 @@ class HttpApi:
                 problem = id_problem(value, f"{what} {value[:80]!r}")
                 if problem is not None:
                     raise HttpError(400, "bad_request", problem)
-            body = await read_body(receive)
+            # A GET (or HEAD) takes no body: none is read (the console's pages face anyone).
+            body = b"" if method == "GET" else await read_body(receive)
             before = self.hub.acks.last_seq
             try:
                 result = route.handler(Request(method, path, params, body))

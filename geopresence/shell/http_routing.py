@@ -10,6 +10,7 @@ from typing import Any, Final
 
 import attrs
 import orjson
+import trio
 
 from geopresence.wire.errors import ErrorCode
 
@@ -20,6 +21,10 @@ Send = Callable[[Message], Awaitable[None]]
 
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 """Largest request body (a bulk import of 10,000 pairs is well under 1 MiB)."""
+
+BODY_TIMEOUT_S: Final = 30.0
+"""Longest wait for a whole request body: a client sending one slowly must not hold a
+request (and up to ``MAX_BODY_BYTES`` of memory) for ever."""
 
 STATUS_OF: Final[dict[ErrorCode, int]] = {
     "bad_request": 400,
@@ -120,6 +125,14 @@ def status_for(code: ErrorCode) -> int:
 
 
 async def read_body(receive: Receive) -> bytes:
+    """The request's body, at most ``MAX_BODY_BYTES`` (else 413) within ``BODY_TIMEOUT_S``
+    (else 408)."""
+    with trio.move_on_after(BODY_TIMEOUT_S):
+        return await _read_body(receive)
+    raise HttpError(408, "bad_request", f"body not received within {BODY_TIMEOUT_S:g} s")
+
+
+async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -3,10 +3,13 @@ leaves behind."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from trio.testing import MockClock
 from wsproto.events import Ping, Pong, TextMessage
 
+from geopresence.shell.http_api import HttpApi
 from geopresence.testing import open_server
 from tests.shell.test_peer_misbehaviour import RawPeer
 
@@ -38,3 +41,48 @@ async def test_pongs_to_a_client_that_stopped_reading_stay_bounded(
                 if pong.payload.startswith(b"599-19"):
                     break
         await trio.aclose_forcefully(stream)
+
+
+async def _call_slowly(app: Any, method: str, path: str, headers: list[Any]) -> list[Any]:
+    """An ASGI request whose body's first byte comes and the rest never does."""
+    sent: list[Any] = []
+    first = True
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"{", "more_body": True}
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "headers": headers,
+    }
+    with trio.move_on_after(3600):
+        await app(scope, receive, send)
+    return sent
+
+
+async def test_a_body_sent_slowly_does_not_hold_an_http_request(
+    autojump_clock: MockClock,
+) -> None:
+    """A console page needs no body and reads none (the console's paths may face
+    everyone); an admin request's body must come within 30 s (was: held for ever, up to
+    4 MiB buffered each)."""
+    async with open_server(insecure=False, admin_key="k" * 32) as server:
+        app = HttpApi(server.running.server)
+        start = trio.current_time()
+        page = await _call_slowly(app, "GET", "/", [(b"content-length", b"4000000")])
+        assert page and page[0]["status"] == 200 and trio.current_time() == start
+        auth = [(b"authorization", b"Bearer " + b"k" * 32), (b"content-length", b"4000000")]
+        put = await _call_slowly(app, "PUT", "/v1/groups/g", auth)
+        assert put and put[0]["status"] == 408
+        assert trio.current_time() - start == 30
