@@ -120,6 +120,9 @@ class Connection:
         self._eof_parked = False
         self._draining = False
         self._broken = False
+        self._early = b""
+        """Bytes that came right behind the opening handshake, parsed at the first
+        ``receive``."""
         self._fragments: list[bytes] | None = None
         self._binary = False
         self._we_closed = False
@@ -176,6 +179,9 @@ class Connection:
         Raises ``Closed`` once the peer's close frame arrived, the stream ended, or the
         connection failed (too big: 1009, bad UTF-8: 1007, protocol error: 1002)."""
         protocol = self._protocol
+        if self._early:
+            early, self._early = self._early, b""
+            protocol.receive_data(early)
         while True:
             # Frames parsed before this call (those that came with the handshake) first.
             events = protocol.events_received()
@@ -399,9 +405,9 @@ class Request:
         self._connection._write_protocol()
         if response.status_code != 101:
             return None
-        if self._early:
-            protocol.receive_data(self._early)  # its messages: at the first ``receive``
-            self._early = b""  # the request lives as long as the connection
+        # Parsed by the first ``receive``, once the caller has set the ping gate: pings
+        # sent with the request are limited like any other.
+        self._connection._early, self._early = self._early, b""
         return self._connection
 
 

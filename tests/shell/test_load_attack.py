@@ -7,7 +7,8 @@ from typing import Any
 
 import trio
 from trio.testing import MockClock
-from wsproto.events import Ping, Pong, TextMessage
+from wsproto.events import CloseConnection, Ping, Pong, TextMessage
+from wsproto.events import Request as WsRequest
 
 from geopresence.shell.http_api import HttpApi
 from geopresence.testing import open_server
@@ -86,3 +87,21 @@ async def test_a_body_sent_slowly_does_not_hold_an_http_request(
         put = await _call_slowly(app, "PUT", "/v1/groups/g", auth)
         assert put and put[0]["status"] == 408
         assert trio.current_time() - start == 30
+
+
+async def test_pings_sent_with_the_handshake_are_limited_like_any_before_hello(
+    autojump_clock: MockClock,
+) -> None:
+    """security.md: before the hello, ``rate_burst`` pings are answered, the next
+    ``abuse_limit`` ignored, and one more closes with 4008; also those that come in the
+    same read as the opening handshake (were: all answered, no 4008)."""
+    async with open_server(rate_limit=20, rate_burst=40, abuse_limit=50) as server:
+        stream = server.open_memory_connection()
+        peer = RawPeer(stream)
+        request = peer.ws.send(WsRequest(host="localhost", target="/ws"))
+        pings = b"\x89\x81\x00\x00\x00\x00p" * 500  # masked pings, framed by hand
+        await stream.send_all(request + pings)
+        events = await peer.drain()
+        await trio.aclose_forcefully(stream)
+    assert sum(isinstance(e, Pong) for e in events) == 40
+    assert [e.code for e in events if isinstance(e, CloseConnection)] == [4008]
