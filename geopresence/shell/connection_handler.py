@@ -134,6 +134,9 @@ class ConnectionHandler:
             return
         user = hello.user
         if self._stopping() or not ws.open:
+            # Not open: the transport failed it, e.g. a message after the hello, in the
+            # same read, was too big (1009).
+            self._handshake.count_1009(ws)
             self._handshake.released_in_cluster(user)
             return
         try:

@@ -105,3 +105,19 @@ async def test_pings_sent_with_the_handshake_are_limited_like_any_before_hello(
         await trio.aclose_forcefully(stream)
     assert sum(isinstance(e, Pong) for e in events) == 40
     assert [e.code for e in events if isinstance(e, CloseConnection)] == [4008]
+
+
+async def test_a_too_big_message_in_the_hellos_read_is_counted(autojump_clock: MockClock) -> None:
+    """operations.md: 1009 closes count in ``closes_total`` and ``errors_total{too_large}``;
+    also when the too big message came in the same read as the hello (was: not counted)."""
+    async with open_server(max_message_bytes=1024) as server:
+        stream = server.open_memory_connection()
+        peer = RawPeer(stream)
+        await peer.handshake()
+        hello = peer.ws.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
+        await stream.send_all(hello + peer.ws.send(TextMessage("x" * 2000)))
+        events = await peer.drain()
+        await trio.aclose_forcefully(stream)
+        assert [e.code for e in events if isinstance(e, CloseConnection)] == [1009]
+        metrics = server.running.server.metrics
+        assert metrics.closes[1009] == 1 and metrics.errors["too_large"] == 1
