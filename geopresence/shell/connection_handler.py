@@ -136,7 +136,7 @@ class ConnectionHandler:
         if self._stopping() or not ws.open:
             # Not open: the transport failed it, e.g. a message after the hello, in the
             # same read, was too big (1009).
-            self._handshake.count_1009(ws)
+            self._handshake.count_transport_close(ws)
             self._handshake.released_in_cluster(user)
             return
         try:
@@ -192,7 +192,7 @@ class ConnectionHandler:
             try:
                 frames = await ws.receive()
             except Closed:
-                self._handshake.count_1009(ws)
+                self._handshake.count_transport_close(ws)
                 return
             self._handle_batch(c, frames)
 

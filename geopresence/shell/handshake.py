@@ -130,7 +130,7 @@ class Handshake:
             try:
                 frames = await ws.receive()
             except Closed:
-                self.count_1009(ws)
+                self.count_transport_close(ws)
                 return None
             self._metrics.messages_in += 1
             try:
@@ -302,11 +302,14 @@ class Handshake:
         self._metrics.closes[code] += 1
         ws.start_close(code, CLOSE_REASONS[CLOSE_GOING_AWAY])
 
-    def count_1009(self, ws: Connection) -> None:
-        """Count the transport's own 1009 (a message over the size limit) once it closed."""
-        if ws.close_code == CLOSE_TOO_BIG:
-            self._metrics.closes[CLOSE_TOO_BIG] += 1
-            self._metrics.errors["too_large"] += 1
+    def count_transport_close(self, ws: Connection) -> None:
+        """Count the close the transport made by itself (1002, 1007, 1009), once closed: no
+        other part counted it."""
+        code = ws.failed_with
+        if code is not None:
+            self._metrics.closes[code] += 1
+            if code == CLOSE_TOO_BIG:
+                self._metrics.errors["too_large"] += 1
 
 
 def _header(request: Request, name: str) -> str | None:

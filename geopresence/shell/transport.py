@@ -42,6 +42,11 @@ from websockets.server import ServerProtocol
 
 from geopresence.shell.framing import Closed, is_disconnect, text_frame
 
+TRANSPORT_FAILURES: Final = frozenset(
+    {CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA, CloseCode.MESSAGE_TOO_BIG}
+)
+"""The close codes the transport sends by itself (``Connection.failed_with``)."""
+
 RECEIVE_BYTES: Final = 65536
 """Bytes asked of the stream per read."""
 
@@ -156,6 +161,17 @@ class Connection:
         if close is not None:
             return int(close.code)
         return int(CloseCode.ABNORMAL_CLOSURE) if p.state is State.CLOSED else None
+
+    @property
+    def failed_with(self) -> int | None:
+        """The close code if this transport failed the connection itself, the peer having
+        broken a rule of RFC 6455 (1002), sent invalid UTF-8 (1007) or a message over the
+        size limit (1009), else None."""
+        p = self._protocol
+        if p.close_sent is None or p.close_rcvd_then_sent:
+            return None
+        code = int(p.close_sent.code)
+        return code if code in TRANSPORT_FAILURES else None
 
     @property
     def open(self) -> bool:

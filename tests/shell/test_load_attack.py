@@ -121,3 +121,33 @@ async def test_a_too_big_message_in_the_hellos_read_is_counted(autojump_clock: M
         assert [e.code for e in events if isinstance(e, CloseConnection)] == [1009]
         metrics = server.running.server.metrics
         assert metrics.closes[1009] == 1 and metrics.errors["too_large"] == 1
+
+
+def _frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
+    """One final frame as a client sends it (masked with zeros: the payload as is)."""
+    assert len(payload) < 126
+    return (
+        bytes([0x80 | opcode, (0x80 if masked else 0) | len(payload)])
+        + (b"\0\0\0\0" if masked else b"")
+        + payload
+    )
+
+
+async def test_every_close_the_transport_makes_is_counted(autojump_clock: MockClock) -> None:
+    """operations.md: ``closes_total`` counts connections closed by the server, by code:
+    also invalid UTF-8 (1007) and a broken frame rule (1002, an unmasked client frame),
+    which the transport closes by itself (was: only its 1009 was counted)."""
+    async with open_server() as server:
+        for data, code in ((_frame(0x1, b"\xff"), 1007), (_frame(0x1, b"{}", masked=False), 1002)):
+            stream = server.open_memory_connection()
+            peer = RawPeer(stream)
+            await peer.handshake()
+            await peer.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
+            await peer.until(TextMessage)
+            await stream.send_all(data)
+            with trio.fail_after(10):
+                while await peer.pump():
+                    pass
+            await trio.aclose_forcefully(stream)
+            await trio.sleep(1)
+            assert server.running.server.metrics.closes[code] == 1, code
