@@ -455,18 +455,32 @@ export class GeoPresence {
 
   async _afterConnect() {
     const ws = this._ws;
-    try {
-      this.settings = await this.request("settings");
-      this._emit("settings", this.settings);
-      if (this.location) await this.nearbyFriends(this.location);
-      else if (this.nearby.size) {
-        this.nearby = new Map(); // shown before the drop; this connection's view is empty
-        this._emit("nearby", { friends: [] });
+    // Each step on its own: one refused (strangers without a position: no_location) must
+    // not keep the others, above all the sync, from running.
+    const steps = [
+      async () => {
+        this.settings = await this.request("settings");
+        this._emit("settings", this.settings);
+      },
+      async () => {
+        if (this.location) await this.nearbyFriends(this.location);
+        else if (this.nearby.size) {
+          this.nearby = new Map(); // shown before the drop; this connection's view is empty
+          this._emit("nearby", { friends: [] });
+        }
+      },
+      async () => {
+        if (this.watching) await this.watchStrangers(true);
+      },
+      () => this.sync(),
+    ];
+    for (const step of steps) {
+      if (ws !== this._ws) return; // that connection ended: the next one starts over
+      try {
+        await step();
+      } catch (error) {
+        if (!(error instanceof DisconnectedError)) this._emit("error", error);
       }
-      if (this.watching) await this.watchStrangers(true);
-      await this.sync();
-    } catch (error) {
-      if (!(error instanceof DisconnectedError)) this._emit("error", error);
     }
     if (ws === this._ws) {
       for (const entry of this._outbox.values()) if (!entry.inflight) this._flushSend(entry);

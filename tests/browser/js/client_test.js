@@ -303,6 +303,24 @@ test("a reconnect re-sends our position with nearby_friends and renews watch_str
   client.close();
 });
 
+test("a refused step after a connect (strangers without a position) does not skip the sync", async () => {
+  const server = new FakeServer();
+  server.store({ from: "bob", to: "alice", text: "while away" });
+  server.handlers.nearby_people = () => ({
+    type: "error", code: "no_location", message: "no known location for you: send a location first",
+  });
+  const client = fakeClient(server);
+  client.watching = true; // ticked before any position (the console renews it after a reload)
+  const seen = [];
+  const errors = [];
+  client.on("message", (m) => seen.push(m.text));
+  client.on("error", (e) => errors.push(e.code));
+  await client.connect();
+  await until(() => seen.length === 1, "the message synced despite the refused nearby_people");
+  equal(errors, ["no_location"], "the refusal is still reported");
+  client.close();
+});
+
 test("a request on a connection that drops rejects with DisconnectedError", async () => {
   const server = new FakeServer();
   server.handlers.group_presence = () => null; // never answered
