@@ -15,6 +15,7 @@ const FINAL_CLOSES = new Map([
   [4001, "logged out"],
   [4002, "replaced by a newer connection of this device"],
 ]);
+const MAX_TEXT_BYTES = 4096; // a chat text's limit (PROTOCOL.md): longer ones are refused here
 const SEEN_IDS = 10000; // message ids remembered to drop duplicates (sync vs live, resends)
 
 /** An error frame from the server, or a refused hello: `code` is the wire error code. */
@@ -282,6 +283,7 @@ export class GeoPresence {
     const refusal = this._greeting !== "done" ? this._refusal : null;
     this._refusal = null;
     this._detach(1000, "");
+    if (code === 1009) this._refuseOversized(reason);
     this._failPending();
     this.closeInfo = { code, reason };
     const final = FINAL_CLOSES.get(code);
@@ -314,6 +316,20 @@ export class GeoPresence {
     if (this._ready && this._greeting !== "done") {
       this._ready.reject(error || new DisconnectedError(`closed (${code} ${reason})`));
       this._ready = null;
+    }
+  }
+
+  /** A 1009 closed the socket for a frame over the server's size limit: the send that was
+   *  it is refused (too_large), not resent after the reconnect to be closed again, forever.
+   *  The reason names the limit; without it, the largest send in flight is the one. */
+  _refuseOversized(reason) {
+    const limit = Number(/limit of (\d+) bytes/.exec(reason || "")?.[1]) || 0;
+    const inflight = [...this._outbox.values()].filter((entry) => entry.inflight);
+    const largest = Math.max(0, ...inflight.map((entry) => entry.bytes));
+    for (const entry of inflight) {
+      if (limit ? entry.bytes <= limit : entry.bytes < largest) continue;
+      this._outbox.delete(entry.frame.client_msg_id);
+      entry.reject(new GeoPresenceError({ code: "too_large", message: reason || "message too large" }, 1009));
     }
   }
 
@@ -589,6 +605,11 @@ export class GeoPresence {
    *  `sent` ack once the server stored it. Kept across reconnects and resent with the same
    *  client_msg_id (the server answers a resend with the original), so it is sent once. */
   sendMessage({ to, group, text, clientMsgId }) {
+    const bytes = typeof text === "string" ? new TextEncoder().encode(text).length : 0;
+    if (bytes > MAX_TEXT_BYTES) {
+      const message = `text is ${bytes} UTF-8 bytes, more than ${MAX_TEXT_BYTES}`;
+      return Promise.reject(new GeoPresenceError({ code: "too_large", message }));
+    }
     const client_msg_id = clientMsgId || randomId("m-");
     const frame = { text, client_msg_id, ...(group ? { group } : { to }) };
     return new Promise((resolve, reject) => {
@@ -600,6 +621,7 @@ export class GeoPresence {
 
   _flushSend(entry) {
     entry.inflight = true;
+    entry.bytes = new TextEncoder().encode(JSON.stringify({ type: "send", id: this._nextId, ...entry.frame })).length;
     this.request("send", entry.frame).then(
       (sent) => {
         this._outbox.delete(entry.frame.client_msg_id);

@@ -261,6 +261,46 @@ test("a send refused by the server rejects, and is not resent", async () => {
   client.close();
 });
 
+test("a send closed with 1009 (over the server's frame limit) is refused, not resent in a loop", async () => {
+  const server = new FakeServer();
+  const limit = 2000; // a server run with a low --max-message-bytes
+  server.handlers.send = (socket, frame) => {
+    const bytes = new TextEncoder().encode(JSON.stringify(frame)).length;
+    if (bytes <= limit) return undefined; // stored and acknowledged as usual
+    setTimeout(() => socket.drop(1009, `frame with ${bytes} bytes exceeds limit of ${limit} bytes`), 1);
+    return null;
+  };
+  const client = fakeClient(server);
+  await client.connect();
+  try {
+    await client.sendMessage({ to: "bob", text: "x".repeat(3000) });
+    throw new Error("resolved");
+  } catch (error) {
+    equal([error.code, error.closeCode], ["too_large", 1009], "refused");
+  }
+  await until(() => client.state === "open", "reconnected");
+  const ack = await client.sendMessage({ to: "bob", text: "short" });
+  await sleep(50);
+  const sends = server.sockets.flatMap((s) => s.sent).filter((f) => f.type === "send");
+  equal([server.sockets.length, sends.length, ack.message_id], [2, 2, server.messages[0].message_id], "sent once each");
+  client.close();
+});
+
+test("a text over 4096 UTF-8 bytes is refused before it is sent", async () => {
+  const server = new FakeServer();
+  const client = fakeClient(server);
+  await client.connect();
+  try {
+    await client.sendMessage({ to: "bob", text: "é".repeat(2049) });
+    throw new Error("resolved");
+  } catch (error) {
+    equal(error.code, "too_large", "code");
+  }
+  await sleep(20);
+  equal(server.last.sent.filter((f) => f.type === "send").length, 0, "nothing sent");
+  client.close();
+});
+
 test("events keep the friends, nearby and strangers tables", async () => {
   const server = new FakeServer({ friends: [{ user: "bob", status: "offline", last_active_at: null }] });
   const client = fakeClient(server);
