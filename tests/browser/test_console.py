@@ -306,3 +306,26 @@ def test_dragging_the_radar_moves_me_the_other_way(
     expect(position).to_contain_text("set by hand")
     lat, lon = (float(v) for v in (position.text_content() or "").split(" · ")[0].split(", "))
     assert abs(lat - HOME[0]) < 1e-4 and lon < HOME[1] - 0.005, (lat, lon)
+
+
+def test_many_conversations_stay_readable_and_scroll(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    """A conversation per friend: with more than the chat's height holds, each button keeps
+    its height (the list scrolls) instead of being squeezed to a blank sliver."""
+    (ivan,) = names("ivan")
+    friends = [f"{ivan}-friend{i:02d}" for i in range(40)]
+    server.http.post("/v1/friendships", json={"pairs": [[ivan, f] for f in friends]})
+    page = sign_in(pages.new(), server, user=ivan)
+    expect(page.locator("[data-conversation-button]")).to_have_count(40)
+    squeezed = page.evaluate(
+        """() => [...document.querySelectorAll('[data-conversation-button]')]
+            .filter((b) => b.scrollHeight > b.clientHeight || b.clientHeight < 20)
+            .map((b) => b.getAttribute('data-conversation-button'))"""
+    )
+    assert squeezed == []
+    last = page.locator(f"[data-conversation-button='u:{friends[-1]}']")
+    last.scroll_into_view_if_needed()
+    expect(last).to_be_in_viewport()
+    last.click()
+    expect(page.locator("[data-thread-title]")).to_have_text(friends[-1])
