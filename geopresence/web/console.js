@@ -272,6 +272,7 @@ class ConsoleApp {
         avatar.textContent = f.user.slice(0, 1).toUpperCase();
         avatar.style.background = colorOf(f.user); // CSSOM, which the CSP allows (no style="")
         $("strong", row).textContent = f.user;
+        $("strong", row).title = f.user; // a long one is cut short (CSS)
         row.addEventListener("click", () => this.chat.open(`u:${f.user}`));
         this.rows.set(f.user, row);
         this.chat.conversation(`u:${f.user}`);
@@ -298,6 +299,7 @@ class ConsoleApp {
       li.setAttribute("data-distance-m", String(p.distance_m));
       li.innerHTML = '<strong></strong><span class="far"></span>';
       $("strong", li).textContent = p.user;
+      $("strong", li).title = p.user;
       $(".far", li).textContent = `≈ ${formatDistance(p.distance_m)}`; // the units of the rest
       list.append(li);
     }

@@ -329,3 +329,31 @@ def test_many_conversations_stay_readable_and_scroll(
     expect(last).to_be_in_viewport()
     last.click()
     expect(page.locator("[data-thread-title]")).to_have_text(friends[-1])
+
+
+def test_a_long_name_leaves_the_distance_readable(pages: Pages, server: Served, names: Any) -> None:
+    """User ids run to 64 characters: the name is cut short in its row, never over the
+    distance beside it nor out of the card."""
+    judy, long = names("judy", "l")
+    long = (long + "-" + "w" * 64)[:64]
+    server.befriend(judy, long)
+    j = sign_in(pages.new(), server, user=judy, query=f"?at={HOME[0]},{HOME[1]}")
+    near = north_of(HOME, 1000)
+    sign_in(pages.new(), server, user=long, query=f"?at={near['latitude']},{near['longitude']}")
+    far = j.locator(f"[data-friend={long}] .far")
+    expect(far).to_have_text("0.6 mi")
+    box = j.evaluate(
+        """(user) => {
+            const row = document.querySelector(`[data-friend="${user}"]`);
+            const r = (el) => el.getBoundingClientRect();
+            const name = row.querySelector('strong');
+            const clipped = name.scrollWidth <= name.clientWidth
+                || getComputedStyle(name).overflowX !== 'visible';
+            return {name: r(name), far: r(row.querySelector('.far')), list: r(row.closest('ul')),
+                    clipped, title: name.title};
+        }""",
+        long,
+    )
+    assert box["clipped"] and box["name"]["right"] <= box["far"]["left"], box
+    assert box["title"] == long  # the whole name on hover
+    assert box["far"]["right"] <= box["list"]["right"] and box["far"]["height"] < 20, box
