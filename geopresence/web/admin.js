@@ -4,8 +4,9 @@
 
 const $ = (selector) => document.querySelector(selector);
 const KEY = "geopresence.admin_key";
-// Refresh period: ?refresh=SECONDS (at least 0.25), else 2 s.
-const EVERY_MS = Math.max(250, Number(new URLSearchParams(location.search).get("refresh") || 2) * 1000);
+// Refresh period: ?refresh=SECONDS (at least 0.25), else (absent, not a number) 2 s.
+const REFRESH_S = Number(new URLSearchParams(location.search).get("refresh") || 2);
+const EVERY_MS = Math.max(250, (Number.isFinite(REFRESH_S) ? REFRESH_S : 2) * 1000);
 const CARDS = [
   ["geopresence_users_online", "users online", "value"],
   ["geopresence_connections", "connections", "value"],

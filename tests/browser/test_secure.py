@@ -62,3 +62,25 @@ def test_the_admin_view_shows_live_figures_and_keeps_the_key_in_the_tab(
     page.locator("[data-forget]").click()
     expect(page.locator("[data-admin-signin]")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('geopresence.admin_key')") is None
+
+
+def test_the_admin_view_with_a_refresh_that_is_not_a_number_polls_every_2_s(
+    pages: Pages, secure: Served
+) -> None:
+    """``?refresh=`` that is not a number falls back to 2 s (it made the view fetch
+    /metrics back to back, as fast as the server answered)."""
+    page = pages.new()
+    polls: list[str] = []
+
+    def count(request: Any) -> None:
+        if "/metrics" in request.url:
+            polls.append(request.url)
+
+    page.on("request", count)
+    page.goto(f"{secure.http_url}/admin?refresh=soon")
+    form = page.locator("[data-admin-signin]")
+    form.locator("input[name=key]").fill(ADMIN_KEY)
+    form.locator("button[type=submit]").click()
+    expect(page.locator("[data-stat=geopresence_users_online] .value")).to_be_visible()
+    page.wait_for_timeout(1500)
+    assert len(polls) <= 2, f"{len(polls)} polls of /metrics in 1.5 s"
