@@ -647,11 +647,14 @@ export class GeoPresence {
   }
 
   /** Fetch every message after `cursor` (pages of `sync` until `more` is false) and emit
-   *  each as a "message" event; done after every connect. Live messages that arrive
-   *  meanwhile are held and applied after, in id order. */
+   *  each as a "message" event; done after every connect. Live messages (and our own
+   *  acknowledged sends) that arrive meanwhile are held and applied after, in id order; a
+   *  sync cut short (a drop) drops them instead: applied, they would move the cursor past
+   *  messages it had not fetched yet, and the next sync, from the cursor, brings them. */
   async sync() {
     this._held = this._held || [];
     this._syncing = (this._syncing || 0) + 1;
+    let complete = false;
     try {
       let after = this.cursor;
       for (;;) {
@@ -660,12 +663,13 @@ export class GeoPresence {
         if (!reply.more || reply.messages.length === 0) break;
         after = reply.messages[reply.messages.length - 1].message_id;
       }
+      complete = true;
     } finally {
       this._syncing -= 1;
       if (this._syncing === 0) {
-        const held = this._held.sort((a, b) => compareMessageIds(a.message_id, b.message_id));
+        const held = this._held.sort((a, b) => compareMessageIds(a[0].message_id, b[0].message_id));
         this._held = [];
-        for (const message of held) this._applyMessage(message, "live");
+        if (complete) for (const [message, source] of held) this._applyMessage(message, source);
       }
     }
     this._emit("synced", { cursor: this.cursor });
@@ -674,8 +678,8 @@ export class GeoPresence {
 
   /** Emit a message once (by id) and advance the cursor. */
   _applyMessage(message, source) {
-    if (source === "live" && this._syncing) {
-      this._held.push(message);
+    if (source !== "sync" && this._syncing) {
+      this._held.push([message, source]);
       return;
     }
     const id = message.message_id;

@@ -221,6 +221,51 @@ test("live messages during a sync are held and applied after it, in id order", a
   client.close();
 });
 
+test("a sync cut by a drop does not move the cursor past what it had not fetched yet", async () => {
+  const server = new FakeServer();
+  server.store({ from: "bob", to: "alice", text: "while away" });
+  let first = true;
+  server.handlers.sync = (socket) => {
+    if (!first) return undefined; // the usual pages
+    first = false;
+    // A live message arrives during the sync, then the link drops before the reply.
+    socket.push(server.store({ from: "bob", to: "alice", text: "live" }));
+    setTimeout(() => socket.drop(1006), 5);
+    return null;
+  };
+  const client = fakeClient(server);
+  const seen = [];
+  client.on("message", (m) => seen.push(m.text));
+  await client.connect();
+  await client.once("synced");
+  equal(server.last.sent.find((f) => f.type === "sync").after, "0", "the second sync starts where the first did");
+  equal(seen.sort(), ["live", "while away"], "both messages");
+  client.close();
+});
+
+test("our own acknowledged send during a sync does not move the cursor past it either", async () => {
+  const server = new FakeServer();
+  server.store({ from: "bob", to: "alice", text: "while away" });
+  let first = true;
+  let client;
+  server.handlers.sync = (socket) => {
+    if (!first) return undefined;
+    first = false;
+    client.sendMessage({ to: "bob", text: "mine" }); // acknowledged before the sync's reply
+    setTimeout(() => socket.drop(1006), 20);
+    return null;
+  };
+  client = fakeClient(server);
+  const seen = [];
+  client.on("message", (m) => seen.push(m.text));
+  await client.connect();
+  await client.once("synced");
+  await sleep(20);
+  equal(server.last.sent.find((f) => f.type === "sync").after, "0", "the second sync starts where the first did");
+  equal(seen.sort(), ["mine", "while away"], "both messages, once each");
+  client.close();
+});
+
 test("an unacknowledged send is resent with the same client_msg_id after a reconnect", async () => {
   const server = new FakeServer();
   server.ackSends = false;
