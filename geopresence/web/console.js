@@ -48,12 +48,39 @@ function toast(text) {
   toastTimer = setTimeout(() => (node.hidden = true), 4000);
 }
 
-function deviceId() {
+// A tab opened from this one (window.open, the browser's "Duplicate tab") starts with a copy
+// of its sessionStorage, device id included: signed in as the same device, each would
+// replace the other (4002). The tabs of this origin answer a claim of the device they use;
+// an answered claim means a copy, which takes a device of its own. (A reload: no answer.)
+const devices = globalThis.BroadcastChannel ? new BroadcastChannel("geopresence.devices") : null;
+let myDevice = null;
+devices?.addEventListener("message", ({ data }) => {
+  if (myDevice !== null && data?.claim === myDevice) devices.postMessage({ taken: myDevice });
+});
+
+function taken(device) {
+  if (!devices) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const answer = ({ data }) => data?.taken === device && done(true);
+    const done = (result) => {
+      clearTimeout(timer);
+      devices.removeEventListener("message", answer);
+      resolve(result);
+    };
+    const timer = setTimeout(() => done(false), 200);
+    devices.addEventListener("message", answer);
+    devices.postMessage({ claim: device });
+  });
+}
+
+async function deviceId() {
+  if (myDevice !== null) return myDevice;
   let device = session.get(KEYS.device);
-  if (!device) {
+  if (!device || (await taken(device))) {
     device = randomId("web-");
     session.set(KEYS.device, device);
   }
+  myDevice = device;
   return device;
 }
 
@@ -116,8 +143,8 @@ async function main() {
   if (saved) signIn(config, saved);
 }
 
-function signIn(config, credentials) {
-  const client = new GeoPresence({ url: wsUrl(config), ...credentials, device: deviceId() });
+async function signIn(config, credentials) {
+  const client = new GeoPresence({ url: wsUrl(config), ...credentials, device: await deviceId() });
   let app = null;
   let everOpen = false;
   client.on("state", ({ state }) => {

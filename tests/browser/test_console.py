@@ -357,3 +357,26 @@ def test_a_long_name_leaves_the_distance_readable(pages: Pages, server: Served, 
     assert box["clipped"] and box["name"]["right"] <= box["far"]["left"], box
     assert box["title"] == long  # the whole name on hover
     assert box["far"]["right"] <= box["list"]["right"] and box["far"]["height"] < 20, box
+
+
+def test_a_tab_opened_from_the_console_is_another_device(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    """A tab opened from this one (window.open, the browser's "Duplicate tab") starts with
+    a copy of its sessionStorage, device id included: it must pick its own device, not
+    replace this tab's connection (4002, which signed this tab out). A reload keeps it."""
+    kate, leo = names("kate", "leo")
+    server.befriend(kate, leo)
+    first = sign_in(pages.new(), server, user=kate)
+    device = first.evaluate("sessionStorage.getItem('geopresence.device')")
+    with first.context.expect_page() as opened:
+        first.evaluate("window.open(location.href)")
+    second = opened.value
+    expect(second.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+    assert second.evaluate("sessionStorage.getItem('geopresence.device')") != device
+    first.wait_for_timeout(500)
+    expect(first.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+    first.reload()
+    expect(first.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+    assert first.evaluate("sessionStorage.getItem('geopresence.device')") == device
+    expect(second.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
