@@ -23,9 +23,11 @@ const CARDS = [
 let key = null; // the admin key, for this tab only
 let previous = null; // {at, values} of the last poll
 let timer = null;
+let keyed = 0; // counts key changes: a poll's answer that comes after one is dropped
 
 function storeKey(value) {
   key = value;
+  keyed += 1;
   try {
     if (value === null) sessionStorage.removeItem(KEY);
     else sessionStorage.setItem(KEY, value);
@@ -76,15 +78,20 @@ function showView() {
 
 async function poll() {
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  const asked = keyed;
   let response;
+  let text;
   try {
     response = await fetch("/metrics", { headers, cache: "no-store" });
+    text = await response.text();
   } catch (error) {
+    if (asked !== keyed) return; // the key was forgotten or changed meanwhile
     $("[data-admin-pill]").textContent = "unreachable";
     $("[data-admin-pill]").dataset.state = "closed";
     timer = setTimeout(poll, EVERY_MS);
     return;
   }
+  if (asked !== keyed) return; // the key was forgotten or changed meanwhile: not for this view
   if (response.status === 401) {
     storeKey(null);
     showSignIn("Wrong admin key.");
@@ -92,7 +99,7 @@ async function poll() {
   }
   showView();
   const at = performance.now() / 1000;
-  const samples = parseMetrics(await response.text());
+  const samples = parseMetrics(text);
   render(samples, at);
   previous = { at, values: new Map(samples.map((s) => [s.series, s.value])) };
   $("[data-admin-pill]").textContent = "live";

@@ -84,3 +84,38 @@ def test_the_admin_view_with_a_refresh_that_is_not_a_number_polls_every_2_s(
     expect(page.locator("[data-stat=geopresence_users_online] .value")).to_be_visible()
     page.wait_for_timeout(1500)
     assert len(polls) <= 2, f"{len(polls)} polls of /metrics in 1.5 s"
+
+
+def test_forget_key_while_a_poll_is_on_its_way_stays_signed_out(
+    pages: Pages, secure: Served
+) -> None:
+    """*Forget key* while a /metrics fetch is on its way: its late answer must not show the
+    view again (and the poll after it, without a key, say "Wrong admin key")."""
+    page = pages.new()
+    page.add_init_script(
+        """const fetch0 = window.fetch;
+        window.__held = null; // set to [] to hold /metrics answers until __release()
+        window.__release = () => {
+            const held = window.__held;
+            window.__held = null;
+            held.forEach((r) => r());
+        };
+        window.fetch = (url, options) => String(url).includes('/metrics') && window.__held
+            ? new Promise((r) => window.__held.push(r)).then(() => fetch0(url, options))
+            : fetch0(url, options);"""
+    )
+    page.goto(f"{secure.http_url}/admin?refresh=0.25")
+    form = page.locator("[data-admin-signin]")
+    form.locator("input[name=key]").fill(ADMIN_KEY)
+    form.locator("button[type=submit]").click()
+    expect(page.locator("[data-admin-view]")).to_be_visible()
+    page.evaluate("window.__held = []")
+    for _ in range(100):  # the next poll is on its way (no wait_for_function: CSP, no eval)
+        if page.evaluate("window.__held.length") > 0:
+            break
+        page.wait_for_timeout(20)
+    page.locator("[data-forget]").click()
+    page.evaluate("window.__release()")
+    page.wait_for_timeout(800)
+    expect(page.locator("[data-admin-signin]")).to_be_visible()
+    expect(page.locator("[data-admin-error]")).to_have_text("")
