@@ -60,8 +60,9 @@ export class Chat {
     return c;
   }
 
-  /** Show conversation `key` ("u:USER" or "g:GROUP"). */
-  open(key) {
+  /** Show conversation `key` ("u:USER" or "g:GROUP"); `focus`: into its message box (not
+   *  when a message opened it: the person may be typing elsewhere). */
+  open(key, { focus = true } = {}) {
     const c = this.conversation(key);
     if (this.current) {
       this.current.ol.hidden = true;
@@ -75,7 +76,7 @@ export class Chat {
     this.title.textContent = c.group ? `# ${c.name} (group)` : c.name;
     this.input.disabled = false;
     this.composer.querySelector("button").disabled = false;
-    this.input.focus();
+    if (focus) this.input.focus();
     this._scroll(c);
   }
 
@@ -99,7 +100,7 @@ export class Chat {
       c.unread += 1;
       this._badge(c);
     }
-    if (!this.current && message.source === "live") this.open(c.key);
+    if (!this.current && message.source === "live") this.open(c.key, { focus: false });
     this._order();
     if (c === this.current) this._scroll(c);
   }

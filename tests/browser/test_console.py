@@ -380,3 +380,25 @@ def test_a_tab_opened_from_the_console_is_another_device(
     expect(first.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
     assert first.evaluate("sessionStorage.getItem('geopresence.device')") == device
     expect(second.locator("[data-connection-pill]")).to_have_attribute("data-state", "open")
+
+
+def test_the_first_message_shows_without_taking_the_keyboard(
+    pages: Pages, server: Served, names: Any
+) -> None:
+    """The first live message opens its conversation, but typing elsewhere (coordinates,
+    a group id) goes on there: it must not jump into the message box (where Enter would
+    send the rest of it to that friend)."""
+    mia, ned = names("mia", "ned")
+    server.befriend(mia, ned)
+    m = sign_in(pages.new(), server, user=mia)
+    n = sign_in(pages.new(), server, user=ned)
+    lat = m.locator("[data-coords-form] input[name=lat]")
+    lat.click()
+    lat.press_sequentially("37.7")
+    n.locator(f"[data-friend={mia}]").click()
+    n.locator("[data-composer] input[name=text]").fill("hi")
+    n.locator("[data-composer] input[name=text]").press("Enter")
+    expect(m.locator("[data-message-id]", has_text="hi")).to_be_visible()  # opened
+    m.keyboard.type("88")
+    expect(lat).to_have_value("37.788")
+    expect(m.locator("[data-composer] input[name=text]")).to_have_value("")
