@@ -577,11 +577,14 @@ export class GeoPresence {
    *  after each reconnect; `strangers` is filled with nearby_people's first page. */
   async watchStrangers(on = true) {
     this.watching = on;
+    if (!on) {
+      // Emptied first: the request fails while reconnecting, and the next connection does
+      // not watch at all (a watch lasts one connection).
+      this.strangers = new Map();
+      this._emit("strangers", { people: [] });
+    }
     await this.request("watch_strangers", { on });
-    if (on) return this.nearbyPeople();
-    this.strangers = new Map();
-    this._emit("strangers", { people: [] });
-    return [];
+    return on ? this.nearbyPeople() : [];
   }
 
   /** One page of nearby_people (rate limited by the server); page 0 replaces `strangers`. */

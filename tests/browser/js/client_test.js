@@ -406,6 +406,26 @@ test("a refused step after a connect (strangers without a position) does not ski
   client.close();
 });
 
+test("watching strangers turned off while reconnecting empties the table all the same", async () => {
+  const server = new FakeServer();
+  server.handlers.nearby_people = () => ({ type: "nearby_people", page: 0, page_size: 20, total: 1, people: [{ user: "zoe", distance_m: 200, ts: 1 }] });
+  const client = fakeClient(server);
+  await client.connect();
+  await client.nearbyFriends({ lat: 37.5, lon: 127 });
+  await client.watchStrangers(true);
+  equal(client.strangers.size, 1, "watching");
+  server.unreachable = true;
+  server.last.drop(1006);
+  const emptied = client.once("strangers");
+  await client.watchStrangers(false).catch(() => {}); // not connected: the request fails
+  equal((await emptied).people, [], "a strangers event");
+  equal(client.strangers.size, 0, "nobody shown any more");
+  server.unreachable = false;
+  await client.once("synced");
+  equal([client.strangers.size, server.last.sent.some((f) => f.type === "watch_strangers")], [0, false], "not renewed");
+  client.close();
+});
+
 test("a request on a connection that drops rejects with DisconnectedError", async () => {
   const server = new FakeServer();
   server.handlers.group_presence = () => null; // never answered
