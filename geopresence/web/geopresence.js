@@ -398,7 +398,10 @@ export class GeoPresence {
   _event(frame) {
     const { type, user } = frame;
     if (type === "presence") {
-      this.friends.set(user, { user, status: frame.status, last_active_at: frame.last_active_at });
+      // Also of co-members of small groups who are not friends: an event only.
+      if (this.friends.has(user)) {
+        this.friends.set(user, { user, status: frame.status, last_active_at: frame.last_active_at });
+      }
     } else if (type === "friends_presence") {
       for (const f of frame.friends) this.friends.set(f.user, { ...f }); // new friends: merge
       this._emit("friends", { friends: this.friends, changed: frame.friends, replaced: false });

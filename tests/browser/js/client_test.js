@@ -372,6 +372,17 @@ test("events keep the friends, nearby and strangers tables", async () => {
   client.close();
 });
 
+test("presence of a group co-member who is not a friend does not add a friend", async () => {
+  const server = new FakeServer({ friends: [{ user: "bob", status: "offline", last_active_at: null }] });
+  const client = fakeClient(server);
+  await client.connect();
+  const seen = client.once("presence");
+  server.last.push({ type: "presence", user: "carol", status: "online", last_active_at: 10 });
+  equal((await seen).user, "carol", "still an event");
+  equal([...client.friends.keys()], ["bob"], "friends");
+  client.close();
+});
+
 test("a reconnect re-sends our position with nearby_friends and renews watch_strangers", async () => {
   const server = new FakeServer();
   server.handlers.nearby_people = () => ({ type: "nearby_people", page: 0, page_size: 20, total: 1, people: [{ user: "zoe", distance_m: 200, ts: 1 }] });
