@@ -645,7 +645,15 @@ export class GeoPresence {
       },
       (error) => {
         entry.inflight = false;
-        if (error instanceof DisconnectedError) return; // resent after the reconnect
+        if (error instanceof DisconnectedError) {
+          // No ack in time on a live connection (a slow disk or Redis): resent now with the
+          // same client_msg_id, answered with the original if it was stored; after a drop,
+          // resent after the reconnect.
+          if (error.code === "timeout" && this.state === "open" && this._outbox.has(entry.frame.client_msg_id)) {
+            this._flushSend(entry);
+          }
+          return;
+        }
         this._outbox.delete(entry.frame.client_msg_id);
         entry.reject(error);
       },

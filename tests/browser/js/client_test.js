@@ -288,6 +288,20 @@ test("an unacknowledged send is resent with the same client_msg_id after a recon
   client.close();
 });
 
+test("a send whose ack does not come in time is resent on the same connection", async () => {
+  const server = new FakeServer();
+  let calls = 0;
+  server.handlers.send = () => (++calls === 1 ? null : undefined); // the first ack is lost (a stuck disk)
+  const client = fakeClient(server, { requestTimeout: 0.2 });
+  await client.connect();
+  const ack = await client.sendMessage({ to: "bob", text: "lunch?" });
+  const sends = server.last.sent.filter((f) => f.type === "send");
+  equal([server.sockets.length, sends.length], [1, 2], "resent on the same connection");
+  equal(sends[1].client_msg_id, sends[0].client_msg_id, "same client_msg_id");
+  equal(ack.message_id, server.messages[0].message_id, "ack");
+  client.close();
+});
+
 test("a send refused by the server rejects, and is not resent", async () => {
   const server = new FakeServer();
   server.handlers.send = () => ({ type: "error", code: "forbidden", message: "'carol' is not your friend" });
