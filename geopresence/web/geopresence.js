@@ -16,6 +16,7 @@ const FINAL_CLOSES = new Map([
   [4002, "replaced by a newer connection of this device"],
 ]);
 const MAX_TEXT_BYTES = 4096; // a chat text's limit (PROTOCOL.md): longer ones are refused here
+const SEND_WINDOW = 8; // chat sends in flight at once; the others wait in the outbox
 const SEEN_IDS = 10000; // message ids remembered to drop duplicates (sync vs live, resends)
 
 /** An error frame from the server, or a refused hello: `code` is the wire error code. */
@@ -100,6 +101,8 @@ export class GeoPresence {
     this._handlers = new Map();
     this._pending = new Map(); // request id -> {resolve, reject, timer}
     this._outbox = new Map(); // client_msg_id -> unacknowledged send
+    this._sendsPausedUntil = 0; // Date.now() before which no send goes (rate_limited)
+    this._sendsTimer = null;
     this._seen = new Set();
     this._nextId = 1;
     this._ws = null;
@@ -502,7 +505,7 @@ export class GeoPresence {
       }
     }
     if (ws === this._ws) {
-      for (const entry of this._outbox.values()) if (!entry.inflight) this._flushSend(entry);
+      this._flushSends();
     }
   }
 
@@ -621,14 +624,37 @@ export class GeoPresence {
     return new Promise((resolve, reject) => {
       const entry = { frame, resolve, reject, inflight: false };
       this._outbox.set(client_msg_id, entry);
-      if (this.state === "open") this._flushSend(entry);
+      if (this.state === "open") this._flushSends();
     });
+  }
+
+  /** Send what waits in the outbox, in order, at most SEND_WINDOW at once, none while a
+   *  rate_limited reply's wait runs: a burst of sends (many queued while offline, or a
+   *  loop) must not flood the server's rate limit, which refuses them and then closes the
+   *  connection for abuse (4008). */
+  _flushSends() {
+    const wait = this._sendsPausedUntil - Date.now();
+    if (wait > 0) {
+      this._sendsTimer ??= setTimeout(() => {
+        this._sendsTimer = null;
+        if (this.state === "open") this._flushSends();
+      }, wait);
+      return;
+    }
+    let inflight = 0;
+    for (const entry of this._outbox.values()) if (entry.inflight) inflight += 1;
+    for (const entry of this._outbox.values()) {
+      if (inflight >= SEND_WINDOW) break;
+      if (entry.inflight) continue;
+      this._flushSend(entry);
+      inflight += 1;
+    }
   }
 
   _flushSend(entry) {
     entry.inflight = true;
     entry.bytes = new TextEncoder().encode(JSON.stringify({ type: "send", id: this._nextId, ...entry.frame })).length;
-    this.request("send", entry.frame).then(
+    this.request("send", entry.frame, 0).then(
       (sent) => {
         this._outbox.delete(entry.frame.client_msg_id);
         const message = {
@@ -642,6 +668,7 @@ export class GeoPresence {
         };
         this._applyMessage(message, "sent");
         entry.resolve(sent);
+        if (this.state === "open") this._flushSends();
       },
       (error) => {
         entry.inflight = false;
@@ -654,8 +681,15 @@ export class GeoPresence {
           }
           return;
         }
-        this._outbox.delete(entry.frame.client_msg_id);
-        entry.reject(error);
+        const wait = /retry in ([0-9.]+) s/.exec(error.message || "");
+        if (error.code === "rate_limited" && wait) {
+          // Not handled: kept, and every send waits the time named.
+          this._sendsPausedUntil = Math.max(this._sendsPausedUntil, Date.now() + Number(wait[1]) * 1000 + 10);
+        } else {
+          this._outbox.delete(entry.frame.client_msg_id);
+          entry.reject(error);
+        }
+        if (this.state === "open") this._flushSends();
       },
     );
   }

@@ -302,6 +302,35 @@ test("a send whose ack does not come in time is resent on the same connection", 
   client.close();
 });
 
+test("many sends at once stay under the rate limit: none refused, no 4008 for abuse", async () => {
+  const server = new FakeServer();
+  // The server's token bucket, small: a burst of 10, then one per 20 ms; 20 refused in a
+  // row close the connection (4008 rate limit abuse), as --rate-burst and --abuse-limit do.
+  let tokens = 10;
+  let refill = Date.now();
+  let inARow = 0;
+  const sent = server.handlers;
+  sent.send = (socket) => {
+    tokens = Math.min(10, tokens + (Date.now() - refill) / 20);
+    refill = Date.now();
+    if (tokens >= 1) {
+      tokens -= 1;
+      inARow = 0;
+      return undefined; // stored and acknowledged
+    }
+    if (++inARow >= 20) setTimeout(() => socket.drop(4008, "rate limit abuse"), 1);
+    return { type: "error", code: "rate_limited", message: "more than 50 messages per second (burst 10); retry in 0.02 s" };
+  };
+  const client = fakeClient(server);
+  await client.connect();
+  const all = [];
+  for (let i = 0; i < 60; i++) all.push(client.sendMessage({ to: "bob", text: `m${i}` }));
+  const outcomes = await Promise.allSettled(all);
+  equal(outcomes.filter((o) => o.status === "rejected").map((o) => o.reason.code), [], "refused");
+  equal([server.sockets.length, server.messages.length], [1, 60], "one connection, every message stored once");
+  client.close();
+});
+
 test("a send refused by the server rejects, and is not resent", async () => {
   const server = new FakeServer();
   server.handlers.send = () => ({ type: "error", code: "forbidden", message: "'carol' is not your friend" });
