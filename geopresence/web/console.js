@@ -194,6 +194,9 @@ class ConsoleApp {
       onPick: (user) => this.chat.open(`u:${user}`),
     });
     this.radar.setRadius(config.radius_m);
+    for (const option of [...$("[data-settings]").elements.radius_m.options]) {
+      if (Number(option.value) > config.max_radius_m) option.remove(); // would be refused
+    }
     this.chat = new Chat($(".chat"), {
       me: client.user,
       send: (message) => client.sendMessage(message),

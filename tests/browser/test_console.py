@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.browser.conftest import OFFLINE_AFTER, Pages, Served, sign_in, static_site
+from tests.browser.conftest import OFFLINE_AFTER, Pages, Served, serve, sign_in, static_site
 
 if TYPE_CHECKING:
     from playwright.sync_api import Geolocation, Page, WebSocketRoute
@@ -402,3 +402,17 @@ def test_the_first_message_shows_without_taking_the_keyboard(
     m.keyboard.type("88")
     expect(lat).to_have_value("37.788")
     expect(m.locator("[data-composer] input[name=text]")).to_have_value("")
+
+
+def test_the_radius_offers_only_what_the_server_allows(pages: Pages, tmp_path: Path) -> None:
+    """With --max-radius 5000 the 5, 10 and 20 mile choices would only be refused."""
+    small = serve(tmp_path, "--insecure", "--radius", "3000", "--max-radius", "5000")
+    try:
+        page = sign_in(pages.new(), small, user="olga")
+        radius = page.locator("[data-settings] select[name=radius_m]")
+        expect(radius).to_have_value("3000")  # the server's --radius
+        values = [float(v) for v in radius.locator("option").evaluate_all(
+            "(options) => options.map((o) => o.value)")]  # fmt: skip
+        assert max(values) <= 5000, values
+    finally:
+        small.stop()
