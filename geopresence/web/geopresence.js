@@ -187,8 +187,24 @@ export class GeoPresence {
   }
 
   /** Sign out: the server ends this device at once (friends see it offline now if it was
-   *  the last) and closes with 4001. */
+   *  the last) and closes with 4001. While reconnecting, the session is brought back first
+   *  (at once, for at most 5 s): a mere drop would leave the user online `offline_after`. */
   logout() {
+    if (this.state === "connecting" || this.state === "reconnecting") {
+      return new Promise((resolve) => {
+        const settle = (then) => {
+          clearTimeout(timer);
+          off();
+          then().then(resolve);
+        };
+        const off = this.on("state", ({ state }) => {
+          if (state === "open") settle(() => this.logout());
+          else if (state === "closed") settle(() => Promise.resolve());
+        });
+        const timer = setTimeout(() => settle(() => Promise.resolve(this.close())), 5000);
+        if (this._retryTimer) this._retryNow(); // no wait for the backoff
+      });
+    }
     const ws = this._ws;
     this._stop();
     if (ws && this.state === "open") {

@@ -526,6 +526,26 @@ test("logout sends logout and ends without reconnecting", async () => {
   equal(server.sockets.length, 1, "no reconnect");
 });
 
+test("logout while reconnecting gets the session back first, then logs out", async () => {
+  const server = new FakeServer();
+  const logouts = [];
+  server.handlers.logout = (socket) => {
+    logouts.push(socket);
+    setTimeout(() => socket.drop(4001, "logged out"), 2);
+    return null;
+  };
+  const client = fakeClient(server, { backoff: { first: 10, min: 10, max: 10, jitter: 0 } });
+  await client.connect();
+  server.last.drop(1006, "network"); // the next attempt is 10 s away
+  await until(() => client.state === "reconnecting", "reconnecting");
+  await client.logout(); // a drop alone would leave the user online for offline_after
+  equal(logouts.length, 1, "a logout sent");
+  equal(logouts[0], server.sockets[1], "on the new connection, at once");
+  equal(client.state, "closed", "state");
+  await sleep(60);
+  equal(server.sockets.length, 2, "no reconnect after it");
+});
+
 test("compareMessageIds orders 64-bit ids that JavaScript numbers cannot", async () => {
   equal(compareMessageIds("9007199254740993", "9007199254740992"), 1, "beyond 2**53");
   equal(compareMessageIds("99", "100"), -1, "by length first");
