@@ -1,5 +1,5 @@
-"""Load and leak attacks: what a client that stops reading, or many that come and go,
-leaves behind."""
+"""What a peer cannot make the server hold or hide: pongs it never reads, a body sent
+slowly, pings sent with the handshake, and the closes the transport makes by itself (counted)."""
 
 from __future__ import annotations
 
