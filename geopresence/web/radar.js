@@ -114,7 +114,9 @@ export class Radar {
   _dot(user) {
     const dot = el("g", { class: "dot", "data-nearby": user });
     el("circle", { r: 9, fill: colorOf(user) }, dot);
-    el("text", { x: 14, y: 0 }, dot).textContent = user;
+    // SVG text does not wrap or clip: a long id (up to 64 characters) is cut to fit the radar.
+    el("text", { x: 14, y: 0 }, dot).textContent = user.length > 16 ? `${user.slice(0, 15)}…` : user;
+    el("title", {}, dot).textContent = user; // the whole id on hover
     el("text", { class: "dist", x: 14, y: 16 }, dot);
     this.dots.set(user, dot);
     return dot;

@@ -357,6 +357,10 @@ def test_a_long_name_leaves_the_distance_readable(pages: Pages, server: Served, 
     assert box["clipped"] and box["name"]["right"] <= box["far"]["left"], box
     assert box["title"] == long  # the whole name on hover
     assert box["far"]["right"] <= box["list"]["right"] and box["far"]["height"] < 20, box
+    # On the radar too: the label is cut to fit, the whole id on hover.
+    dot = j.locator(f"[data-nearby={long}]")
+    expect(dot.locator("text").first).to_have_text(long[:15] + "…")
+    expect(dot.locator("title")).to_have_text(long)
 
 
 def test_a_tab_opened_from_the_console_is_another_device(
