@@ -68,7 +68,7 @@ class Config:
     allowed_origins: tuple[str, ...] = setting(
         ("self",),
         "web pages that may open a WebSocket (their Origin header): self (the console on "
-        "the HTTP port), * (any), or scheme://host[:port], comma-separated; none: no page",
+        'the HTTP port), * (any), or scheme://host[:port], comma-separated; empty (""): no page',
         NETWORK,
         valid_origins,
         converter=to_origins,

@@ -90,14 +90,14 @@ class Lifecycle:
         if self.presence.get(user).devices >= s.max_devices_per_user:
             return ProtocolError(
                 "forbidden",
-                f"{user} already has {s.max_devices_per_user} devices online "
+                f"{user} already has {_count(s.max_devices_per_user, 'device')} online "
                 "(max_devices_per_user); log one out or wait for it to go offline",
                 request_id,
             )
         if len(self.sessions.live_connections(user)) >= s.max_connections_per_user:
             return ProtocolError(
                 "forbidden",
-                f"{user} already has {s.max_connections_per_user} connections "
+                f"{user} already has {_count(s.max_connections_per_user, 'connection')} "
                 "(max_connections_per_user)",
                 request_id,
             )
@@ -281,3 +281,8 @@ class Lifecycle:
         self.fanout.publish(channels, out(event, presence_key(user)), exclude)
         if change.status == "offline":
             self.locations.on_offline(user)
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 device``, ``16 devices``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
