@@ -31,7 +31,7 @@ from geopresence.client import AdminClient, Client, connect, connect_stream
 from geopresence.config import Config
 from geopresence.shell.aio import collapse_exception_groups
 from geopresence.shell.http_api import HttpApi
-from geopresence.shell.server import RunningServer, Server, serve
+from geopresence.shell.server import RunningServer, Server
 
 
 def open_memory_connection(server: Server, *, lockstep: bool = False) -> trio.abc.Stream:
@@ -140,13 +140,14 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
                 rate_limit=0,
             )
         config = attrs.evolve(config, **overrides)
+        server = Server(config)
+        if config.in_memory:
+            # The history's file work (the retention check at start, a forget's scrub, an
+            # export) inline: a MockClock must not jump while a worker thread runs.
+            server.history_keeper.run_sync = _inline
         with collapse_exception_groups():
             async with trio.open_nursery() as nursery:
-                running: RunningServer = await nursery.start(serve, config)
-                if config.in_memory:
-                    # The history's file work (a forget's scrub, an export) inline: a
-                    # MockClock must not jump while a worker thread runs.
-                    running.server.history_keeper.run_sync = _inline
+                running: RunningServer = await nursery.start(server.run)
                 transport = httpx.ASGITransport(app=HttpApi(running.server))
                 admin = AdminClient(
                     "http://geopresence.test", running.admin_key, transport=transport

@@ -1,0 +1,29 @@
+"""``geopresence.testing`` as an embedder's test suite uses it: ``open_server`` under
+pytest-trio's ``autojump_clock``, several servers, and misuse that deserves one clear line."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from geopresence.testing import open_server
+
+
+async def test_starting_a_server_does_not_move_virtual_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    woke: list[float] = []
+
+    async def sleeper() -> None:
+        await trio.sleep(5)
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sleeper)
+        await trio.sleep(0)
+        async with open_server() as first:
+            assert trio.current_time() == 0  # no worker thread let the clock jump to 5
+            async with open_server():  # a second one, first's timers pending
+                assert trio.current_time() == 0
+            assert first.now() == 0
+        assert woke == []
