@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -253,6 +254,14 @@ class ApiError(Exception):
         self.message = message
 
 
+def _segment(value: str) -> str:
+    """An id as one path segment: percent-encoded, its dots too when it is only dots (``.``
+    and ``..`` are valid ids, which the HTTP client would otherwise resolve as dot segments:
+    ``/v1/groups/g/members/..`` is ``/v1/groups/g``)."""
+    segment = quote(value, safe="")
+    return segment.replace(".", "%2E") if not segment.strip(".") else segment
+
+
 class AdminClient:
     """The HTTP API. ``transport`` lets tests talk to the ASGI app in memory."""
 
@@ -294,11 +303,11 @@ class AdminClient:
         return response.text
 
     async def befriend(self, a: str, b: str) -> Json:
-        result: Json = await self.call("PUT", f"/v1/friendships/{a}/{b}")
+        result: Json = await self.call("PUT", f"/v1/friendships/{_segment(a)}/{_segment(b)}")
         return result
 
     async def unfriend(self, a: str, b: str) -> Json:
-        result: Json = await self.call("DELETE", f"/v1/friendships/{a}/{b}")
+        result: Json = await self.call("DELETE", f"/v1/friendships/{_segment(a)}/{_segment(b)}")
         return result
 
     async def befriend_many(self, pairs: list[tuple[str, str]]) -> int:
@@ -306,16 +315,16 @@ class AdminClient:
         return int(result["created"])
 
     async def user(self, user: str) -> Json:
-        result: Json = await self.call("GET", f"/v1/users/{user}")
+        result: Json = await self.call("GET", f"/v1/users/{_segment(user)}")
         return result
 
     async def friends(self, user: str) -> list[Json]:
-        result = await self.call("GET", f"/v1/users/{user}/friends")
+        result = await self.call("GET", f"/v1/users/{_segment(user)}/friends")
         return list(result["friends"])
 
     async def logout(self, user: str, device: str | None = None) -> Json:
         body = {} if device is None else {"device": device}
-        result: Json = await self.call("POST", f"/v1/users/{user}/logout", body)
+        result: Json = await self.call("POST", f"/v1/users/{_segment(user)}/logout", body)
         return result
 
     async def token(self, user: str, ttl: float = 3600) -> str:
@@ -323,33 +332,37 @@ class AdminClient:
         return str(result["token"])
 
     async def set_group(self, group: str, members: list[str]) -> Json:
-        result: Json = await self.call("PUT", f"/v1/groups/{group}", {"members": members})
+        result: Json = await self.call("PUT", f"/v1/groups/{_segment(group)}", {"members": members})
         return result
 
     async def group(self, group: str) -> Json:
-        result: Json = await self.call("GET", f"/v1/groups/{group}")
+        result: Json = await self.call("GET", f"/v1/groups/{_segment(group)}")
         return result
 
     async def delete_group(self, group: str) -> Json:
-        result: Json = await self.call("DELETE", f"/v1/groups/{group}")
+        result: Json = await self.call("DELETE", f"/v1/groups/{_segment(group)}")
         return result
 
     async def add_member(self, group: str, user: str) -> Json:
-        result: Json = await self.call("PUT", f"/v1/groups/{group}/members/{user}")
+        result: Json = await self.call(
+            "PUT", f"/v1/groups/{_segment(group)}/members/{_segment(user)}"
+        )
         return result
 
     async def remove_member(self, group: str, user: str) -> Json:
-        result: Json = await self.call("DELETE", f"/v1/groups/{group}/members/{user}")
+        result: Json = await self.call(
+            "DELETE", f"/v1/groups/{_segment(group)}/members/{_segment(user)}"
+        )
         return result
 
     async def forget(self, user: str) -> Json:
         """``DELETE /v1/users/{user}``: everything held about ``user`` is deleted."""
-        result: Json = await self.call("DELETE", f"/v1/users/{user}")
+        result: Json = await self.call("DELETE", f"/v1/users/{_segment(user)}")
         return result
 
     async def export(self, user: str) -> Json:
         """``GET /v1/users/{user}/export``: everything held about ``user``."""
-        result: Json = await self.call("GET", f"/v1/users/{user}/export")
+        result: Json = await self.call("GET", f"/v1/users/{_segment(user)}/export")
         return result
 
     async def health(self) -> Json:

@@ -361,3 +361,19 @@ async def test_a_websocket_upgrade_to_the_api_without_the_key_gets_401() -> None
         assert (wrong[0], wrong[1]["message"]) == (b"HTTP/1.1 401 ", "wrong admin key")
         right = await upgrade(server, b"/v1/users/alice", b"Authorization: Bearer k3y\r\n")
         assert (right[0], right[1]["error"]) == (b"HTTP/1.1 403 ", "forbidden")
+
+
+async def test_admin_client_sends_dot_ids_as_ids(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    """ "." and ".." are valid ids: sent as path segments they were dot segments, which the
+    HTTP client resolves (DELETE /v1/groups/g/members/.. became DELETE /v1/groups/g)."""
+    admin = server.admin
+    await admin.set_group("g", ["alice", "..", "."])
+    assert (await admin.remove_member("g", "..")) == {"group": "g", "user": "..", "removed": True}
+    assert (await admin.group("g"))["members"] == [".", "alice"]
+    assert (await admin.befriend(".", ".."))["friends"] == [".", ".."]
+    assert [f["user"] for f in await admin.friends(".")] == [".."]
+    assert (await admin.user(".."))["user"] == ".."
+    with pytest.raises(ApiError, match="user 'a/b'"):  # an invalid id, not another route
+        await admin.befriend("a/b", "c")
