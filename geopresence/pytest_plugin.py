@@ -61,6 +61,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(NEEDS_PYTEST_TRIO, pytrace=False)
     if item.get_closest_marker("trio") is None:
         pytest.fail(NEEDS_TRIO_TEST, pytrace=False)
+    marker = item.get_closest_marker("geopresence")
+    if marker is not None:
+        from geopresence.testing import config_problem
+
+        problem = config_problem(*marker.args, **marker.kwargs)
+        if problem is not None:
+            separator = " " if marker.args else ": "
+            pytest.fail(f"@pytest.mark.geopresence{separator}{problem}", pytrace=False)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ The server listens on free loopback ports either way (``server.ws_url``, ``serve
 
 from __future__ import annotations
 
+import difflib
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -115,6 +116,39 @@ async def _inline(function: Callable[..., Any], *args: Any) -> Any:
     return function(*args)
 
 
+def _defaults(data_dir: Path) -> Config:
+    """``open_server``'s configuration when it is given none (see there)."""
+    return Config(
+        port=0,
+        http_port=0,
+        insecure=True,
+        data_dir=data_dir,
+        time_origin=0.0,
+        in_memory=True,
+        gc_freeze_interval=0,
+        rate_limit=0,
+    )
+
+
+def config_problem(*args: Any, **fields: Any) -> str | None:
+    """What is wrong with ``open_server(**fields)``'s configuration, in one line (None:
+    nothing): the ``geopresence`` marker's check, before any trio code runs."""
+    if args:
+        return "takes Config fields as keywords (offline_after=30), not positional arguments"
+    known = attrs.fields_dict(Config)
+    for name in fields:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"{name} is not a Config field{hint}"
+    try:
+        attrs.evolve(_defaults(Path(tempfile.gettempdir())), **fields)
+    except (ValueError, TypeError) as exc:
+        first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        return first if isinstance(exc, ValueError) else f"{fields}: {first}"
+    return None
+
+
 @asynccontextmanager
 async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIterator[TestServer]:
     """Start a server for the duration of the block and stop it afterwards.
@@ -128,18 +162,7 @@ async def open_server(config: Config | None = None, **overrides: Any) -> AsyncIt
     pass ``rate_limit`` to test it. ``overrides`` replace fields of the config either way.
     """
     with tempfile.TemporaryDirectory(prefix="geopresence-test-") as tmp:
-        if config is None:
-            config = Config(
-                port=0,
-                http_port=0,
-                insecure=True,
-                data_dir=Path(tmp),
-                time_origin=0.0,
-                in_memory=True,
-                gc_freeze_interval=0,
-                rate_limit=0,
-            )
-        config = attrs.evolve(config, **overrides)
+        config = attrs.evolve(config or _defaults(Path(tmp)), **overrides)
         server = Server(config)
         if config.in_memory:
             # The history's file work (the retention check at start, a forget's scrub, an

@@ -53,3 +53,40 @@ def test_a_missing_configuration_is_named(pytester: pytest.Pytester) -> None:
     result = run(pytester, "-p", "no:trio")
     result.assert_outcomes(errors=1)  # at setup, before any trio code
     result.stdout.fnmatch_lines(["*geopresence_server needs pytest-trio: pip install*"])
+
+
+def test_a_wrong_marker_is_one_line_at_setup(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.geopresence(offline_afterr=3)
+        async def test_typo(geopresence_server):
+            pass
+
+        @pytest.mark.geopresence(heartbeat_interval=50)
+        async def test_conflict(geopresence_server):
+            pass
+
+        @pytest.mark.geopresence(fsync="sometimes")
+        async def test_choice(geopresence_server):
+            pass
+
+        @pytest.mark.geopresence({"offline_after": 3})
+        async def test_positional(geopresence_server):
+            pass
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(errors=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*@pytest.mark.geopresence: offline_afterr is not a Config field"
+            " (did you mean offline_after?)",
+            "*@pytest.mark.geopresence: offline_after 30.0: must be longer than heartbeat_int*",
+            "*@pytest.mark.geopresence: 'fsync' must be in ('always', 'everysec', 'no')*",
+            "*@pytest.mark.geopresence takes Config fields as keywords*",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*Traceback*")
