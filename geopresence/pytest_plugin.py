@@ -26,6 +26,7 @@ pytest-trio's ``autojump_clock`` as an argument of the test to run it under a ``
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,10 @@ FIXTURE = "geopresence_server"
 NEEDS_PYTEST_TRIO = (
     "geopresence_server needs pytest-trio: pip install pytest-trio, then set trio_mode = true "
     "in the pytest configuration (or mark the test @pytest.mark.trio)"
+)
+NEEDS_ASYNC_TEST = (
+    "geopresence_server is a trio fixture: {name} must be an async def test (pytest-trio "
+    "runs only those)"
 )
 NEEDS_TRIO_TEST = (
     "geopresence_server is a trio fixture: set trio_mode = true in the pytest configuration "
@@ -59,6 +64,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if not item.config.pluginmanager.hasplugin("trio"):
         pytest.fail(NEEDS_PYTEST_TRIO, pytrace=False)
+    test = getattr(item, "obj", None)
+    if callable(test) and not inspect.iscoroutinefunction(test):
+        pytest.fail(NEEDS_ASYNC_TEST.format(name=item.name), pytrace=False)
     if item.get_closest_marker("trio") is None:
         pytest.fail(NEEDS_TRIO_TEST, pytrace=False)
     marker = item.get_closest_marker("geopresence")

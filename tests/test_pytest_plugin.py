@@ -90,3 +90,13 @@ def test_a_wrong_marker_is_one_line_at_setup(pytester: pytest.Pytester) -> None:
         ]
     )
     result.stdout.no_fnmatch_line("*Traceback*")
+
+
+def test_a_sync_test_is_told_to_be_async(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makepyfile("def test_sync(geopresence_server):\n    pass\n")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)  # not "set trio_mode = true": it is set
+    result.stdout.fnmatch_lines(
+        ["*geopresence_server is a trio fixture: test_sync must be an async def*"]
+    )
