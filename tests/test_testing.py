@@ -3,6 +3,7 @@ pytest-trio's ``autojump_clock``, several servers, and misuse that deserves one 
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -27,3 +28,22 @@ async def test_starting_a_server_does_not_move_virtual_time(
                 assert trio.current_time() == 0
             assert first.now() == 0
         assert woke == []
+
+
+async def test_connecting_to_a_stopped_server_says_so(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_server() as server:
+        server.stop()
+        await trio.sleep(1)  # drained and stopped
+        with pytest.raises(RuntimeError, match=r"^the server is not running"):
+            async with server.connect("alice"):
+                pass
+    with pytest.raises(RuntimeError, match=r"^the server is not running"):
+        server.open_memory_connection()
+
+    with trio.move_on_after(1):  # cancelled rather than stopped
+        async with open_server() as server:
+            await trio.sleep_forever()
+    with pytest.raises(RuntimeError, match=r"^the server is not running"):
+        server.open_memory_connection()

@@ -211,13 +211,15 @@ class Server(ClusterFacing):
                 await self.durability.purge_after_forget()
             await self._serve(task_status)
         finally:
+            self._conn_nursery = None  # cancelled too: accept_stream says it is not running
             self._history.close()
             self.durability.release()
 
     def accept_stream(self, stream: trio.abc.Stream) -> None:
         """Serve ``stream``, a connected transport (TCP, or in memory in tests: see
         ``geopresence.testing``), as a connection, in the background until it ends."""
-        assert self._conn_nursery is not None, "the server is not running"
+        if self._conn_nursery is None:
+            raise RuntimeError("the server is not running (not started yet, or stopped)")
         self._conn_nursery.start_soon(self.handler.handle_stream, stream)
 
     async def _serve(self, task_status: trio.TaskStatus[RunningServer]) -> None:
@@ -264,6 +266,7 @@ class Server(ClusterFacing):
                 task_status.started(running)
                 await self._stop_requested.wait()
                 await self._drain(accept_scope, conns)
+            self._conn_nursery = None  # closed: accept_stream says so
             if self.journal is not None:
                 await self.durability.persist_at_shutdown(
                     self.journal, journal_scope, self.take_snapshot
