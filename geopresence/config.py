@@ -343,8 +343,9 @@ class Config:
     )
     """``gc.freeze`` of the objects that survived so far, so that full collections, which
     otherwise walk every object of a large population and pause the server for 100+ ms, stay
-    short; the collector's thresholds are also raised to (20000, 50, 100). 0 turns both off
-    (``geopresence.testing`` does, to leave the host process alone)."""
+    short; the collector's thresholds are also raised to (20000, 50, 100). Both are undone when
+    ``serve`` returns; 0 turns them off (``geopresence.testing`` does, to leave the host
+    process alone)."""
     gc_full_interval: float = setting(
         3600.0, "time between full collections of frozen objects", LIMITS, positive, unit="s"
     )

@@ -3,10 +3,14 @@ pytest-trio's ``autojump_clock``, several servers, and misuse that deserves one 
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
 
+import geopresence
 from geopresence.testing import open_server
 
 
@@ -47,3 +51,19 @@ async def test_connecting_to_a_stopped_server_says_so(
             await trio.sleep_forever()
     with pytest.raises(RuntimeError, match=r"^the server is not running"):
         server.open_memory_connection()
+
+
+async def test_serve_gives_the_garbage_collector_back(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``gc_freeze_interval`` tunes the collector of the serving process; an embedder's
+    process gets it back as it was once ``serve`` returns."""
+    thresholds = gc.get_threshold()
+    config = geopresence.Config(port=0, http_port=0, in_memory=True, data_dir=tmp_path)
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(geopresence.serve, config)
+        await trio.sleep(1)
+        assert gc.get_freeze_count() > 0
+        running.stop()
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0

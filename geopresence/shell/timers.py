@@ -68,19 +68,25 @@ async def gc_loop(config: Config) -> None:
     # few fan-outs and promotes short-lived frames into older generations whose
     # collections then walk far more objects (measured: p99 104-166 ms -> 37 ms at
     # 2,000 users, benchmarks/RESULTS.md).
+    thresholds = gc.get_threshold()
     gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
     gc.freeze()  # the restored state and everything set up so far
     last_full = trio.current_time()
-    while True:
-        await trio.sleep(config.gc_freeze_interval)
-        if trio.current_time() - last_full >= config.gc_full_interval:
-            gc.unfreeze()
-            started = time.perf_counter()
-            found = gc.collect()
-            log.info(
-                "full garbage collection: %d unreachable objects in %.0f ms",
-                found,
-                (time.perf_counter() - started) * 1000,
-            )
-            last_full = trio.current_time()
-        gc.freeze()
+    try:
+        while True:
+            await trio.sleep(config.gc_freeze_interval)
+            if trio.current_time() - last_full >= config.gc_full_interval:
+                gc.unfreeze()
+                started = time.perf_counter()
+                found = gc.collect()
+                log.info(
+                    "full garbage collection: %d unreachable objects in %.0f ms",
+                    found,
+                    (time.perf_counter() - started) * 1000,
+                )
+                last_full = trio.current_time()
+            gc.freeze()
+    finally:
+        # The server stops; an embedder's process goes on with its collector as it was.
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
