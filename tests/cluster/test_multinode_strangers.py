@@ -124,6 +124,7 @@ async def test_a_dead_node_s_strangers_leave_redis_and_views(
     async with client, session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
+        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         async with session(b, "sam") as sam:
             await sam.request("settings", visible_to_strangers=True)
             await sam.send({"type": "location", **near(0.002)})
@@ -151,6 +152,7 @@ async def test_a_stranger_whose_location_expires_after_his_connection_dropped_le
     async with session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
+        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         async with session(b, "dan") as dan:
             await dan.request("settings", visible_to_strangers=True)
             await dan.send({"type": "location", **near(0.001)})
@@ -176,6 +178,7 @@ async def test_a_stranger_s_second_node_keeps_him_current(
     async with client, session(a, "sam", "phone") as sam, session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
+        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         await sam.request("settings", visible_to_strangers=True, share_location=False)
         await sam.send({"type": "location", **near(0.002)})
         await expect(alice, "stranger_nearby", user="sam")
@@ -201,6 +204,7 @@ async def test_an_update_inside_a_cell_does_not_time_when_another_node_s_watcher
     async with session(a, "alice") as alice, session(b, "sam") as sam:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
+        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         await sam.request("settings", visible_to_strangers=True)
         await sam.send({"type": "location", **near(0.002)})
         await expect(alice, "stranger_nearby", user="sam")
