@@ -65,6 +65,9 @@ log = logging.getLogger("geopresence.redis")
 WRITE_DELAY_ENV: Final = "GEOPRESENCE_TEST_REDIS_WRITE_DELAY"
 """Tests only: seconds each Redis write of the journal waits first."""
 
+SUBSCRIBE_DELAY_ENV: Final = "GEOPRESENCE_TEST_REDIS_SUBSCRIBE_DELAY"
+"""Tests only: seconds each SUBSCRIBE of the node waits first."""
+
 FEED_OVERLAP: Final = 5.0
 """Seconds of feed a starting node applies again on top of what it loaded."""
 
@@ -280,6 +283,7 @@ class ClusterLink:
         arrivals, watermarks = parts.arrivals, parts.watermarks
         # Tests only: every Redis write waits this long (a commit slower than its id).
         self.journal.write_delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
+        self.broker.subscribe_delay = float(os.environ.get(SUBSCRIBE_DELAY_ENV, "0") or 0)
         async with contextlib.AsyncExitStack() as stack:
             await join(stack, self.client, self.keys, self.shared_keys, self.lease, self.sharded)
             self.presence.holder = self.lease.incarnation

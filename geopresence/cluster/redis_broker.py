@@ -105,6 +105,8 @@ class RedisBroker:
         prefix: str = "gp",
         address: RedisAddress | None = None,
     ) -> None:
+        self.subscribe_delay = 0.0
+        """Tests only: seconds each SUBSCRIBE waits first (a slow subscription)."""
         self._deliver = deliver
 
         def to_connections(conn: ConnId, event: Any) -> None:
@@ -340,6 +342,8 @@ class RedisBroker:
         """SUBSCRIBE (or UNSUBSCRIBE) the channels whose local subscribers still call for
         it: a channel may have been left (or joined) again since the op was queued."""
         wanted = kind == "subscribe"
+        if wanted and self.subscribe_delay:
+            await trio.sleep(self.subscribe_delay)
         names = [
             redis_channel(channel, self._prefix)
             for channel in dict.fromkeys(channels)

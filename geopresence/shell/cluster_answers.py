@@ -13,6 +13,9 @@ A node keeps no chat messages either: a ``sync`` page is read from Redis
 makes that a fraction of a second): a message committed before this node subscribed to the
 user's channels never reaches it live, so the page must hold it.
 
+A ``watch_strangers`` (on) is handled at once, but its reply waits until Redis has the
+cells' subscriptions (``_watch``): once the client has it, a stranger entering reaches it live.
+
 The answers come a Redis round trip later; the connection's other messages are handled
 meanwhile, but their replies wait for the answer: each such request takes its place among
 the connection's replies as it comes (``Replies.place``), and its answer fills it
@@ -43,6 +46,7 @@ from geopresence.wire.client_messages import (
     GroupPresenceQuery,
     Send,
     Sync,
+    WatchStrangers,
 )
 from geopresence.wire.errors import ProtocolError
 
@@ -95,6 +99,8 @@ class ClusterAnswers:
             return True
         if isinstance(message, Send):
             return self._resend(conn, message)
+        if isinstance(message, WatchStrangers) and message.on:
+            return self._watch(conn, message)
         if not isinstance(message, GroupPresenceQuery) or self._hub.session(conn) is None:
             return False
         members = self._hub.store.group_members(message.group)
@@ -122,6 +128,28 @@ class ClusterAnswers:
             except Exception:
                 log.exception("conn %d: internal error answering group_presence", conn)
                 hub.reply_error(conn, ProtocolError("internal", "internal error", message.id))
+
+    def _watch(self, conn: ConnId, message: WatchStrangers) -> bool:
+        """Start the watch now (it subscribes to its cells), but let its reply wait until
+        Redis has the subscriptions: a stranger entering a cell once the client has the
+        reply reaches it live (entries are published once, at most once between nodes)."""
+        hub = self._hub
+        if hub.session(conn) is None or self.nursery is None:
+            return False
+        place = hub.replies.place(conn)  # the watch's reply, made now, waits behind it
+        hub.handle(conn, message, self._now())
+        self.nursery.start_soon(self._subscribed, place)
+        return True
+
+    async def _subscribed(self, place: Place) -> None:
+        broker = self._link.broker
+        assert broker is not None, "the link is running"
+        try:
+            await broker.subscribed(timeout=READ_TIMEOUT_S)
+        except Exception as exc:  # the reply goes all the same: live events may be missed
+            log.warning("redis: a watch's cell subscriptions were not confirmed (%s)", exc)
+        with self._connections.batch():
+            self._hub.replies.fill(place, None)
 
     def _reads(self) -> ChatReads:
         reads = self._link.chat

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from geopresence.cluster.link import SUBSCRIBE_DELAY_ENV
 from tests.cluster.test_multinode import (
     Node,
     _gauge,
@@ -124,7 +125,6 @@ async def test_a_dead_node_s_strangers_leave_redis_and_views(
     async with client, session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
-        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         async with session(b, "sam") as sam:
             await sam.request("settings", visible_to_strangers=True)
             await sam.send({"type": "location", **near(0.002)})
@@ -152,7 +152,6 @@ async def test_a_stranger_whose_location_expires_after_his_connection_dropped_le
     async with session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
-        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         async with session(b, "dan") as dan:
             await dan.request("settings", visible_to_strangers=True)
             await dan.send({"type": "location", **near(0.001)})
@@ -178,7 +177,6 @@ async def test_a_stranger_s_second_node_keeps_him_current(
     async with client, session(a, "sam", "phone") as sam, session(a, "alice") as alice:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
-        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         await sam.request("settings", visible_to_strangers=True, share_location=False)
         await sam.send({"type": "location", **near(0.002)})
         await expect(alice, "stranger_nearby", user="sam")
@@ -204,7 +202,6 @@ async def test_an_update_inside_a_cell_does_not_time_when_another_node_s_watcher
     async with session(a, "alice") as alice, session(b, "sam") as sam:
         await alice.send({"type": "location", **SEOUL})
         await alice.request("watch_strangers", on=True)
-        await trio.sleep(0.3)  # node a subscribes to the cells in Redis (cluster.md, Limits)
         await sam.request("settings", visible_to_strangers=True)
         await sam.send({"type": "location", **near(0.002)})
         await expect(alice, "stranger_nearby", user="sam")
@@ -277,3 +274,27 @@ async def test_strangers_a_page_shows_from_outside_a_watch_s_cells_still_leave(
         await expect(walt, "stranger_gone", user="sam", reason="out_of_range")
         await walt.send({"type": "location", **near(0.005)})  # his own stays live
         await expect(walt, "stranger_gone", user="ann", reason="expired", within=2 * TTL)
+
+
+async def test_a_stranger_entering_once_the_watch_is_answered_is_seen_live(
+    tmp_path: Path,
+) -> None:
+    """Node a's subscriptions take a second to reach Redis. alice's `watch_strangers` reply
+    waits for her cells' subscriptions, so sam entering her cell right after it (published
+    once, from node b) reaches her live; answered at once, it was missed until sam changed
+    cells."""
+    with redis_server() as port:
+        args = ["--redis", f"redis://127.0.0.1:{port}/0"]
+        a = start_node(args, 1, tmp_path, env={SUBSCRIBE_DELAY_ENV: "1.0"})
+        b = start_node(args, 2, tmp_path)
+        try:
+            async with session(a, "alice") as alice, session(b, "sam") as sam:
+                await sam.request("settings", visible_to_strangers=True)
+                await alice.send({"type": "location", **SEOUL})
+                await alice.request("watch_strangers", on=True)
+                await sam.send({"type": "location", **near(0.002)})
+                await expect(alice, "stranger_nearby", user="sam", within=5)
+        finally:
+            for node in (a, b):
+                node.proc.terminate()
+                node.proc.wait(15)
