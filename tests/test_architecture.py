@@ -135,7 +135,11 @@ def test_only_the_cluster_layer_talks_to_redis(module: str) -> None:
 
 
 WEBSOCKET_LIBRARIES = {"trio_websocket", "websockets", "wsproto"}
-WEBSOCKET_SEAM = {"geopresence.shell.transport", "geopresence.client"}
+WEBSOCKET_SEAM = {
+    "geopresence.shell.transport",
+    "geopresence.shell.transport_handshake",
+    "geopresence.client",
+}
 """The server's transport seam, and the public WebSocket client (which may keep its own)."""
 
 

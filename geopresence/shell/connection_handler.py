@@ -20,7 +20,8 @@ from geopresence.core.hub import Hub
 from geopresence.shell.connections import Connections, OpenConnection
 from geopresence.shell.handshake import Handshake, Hello
 from geopresence.shell.metrics import Metrics
-from geopresence.shell.transport import Closed, Connection, accept, is_disconnect
+from geopresence.shell.transport import Closed, Connection, is_disconnect
+from geopresence.shell.transport_handshake import accept
 from geopresence.wire.client_messages import ClientMessage
 from geopresence.wire.errors import CLOSE_GOING_AWAY, ProtocolError
 from geopresence.wire.protocol import decode

@@ -24,7 +24,8 @@ from geopresence.model.snowflake import CLOCK_SKEW_S, min_id_at
 from geopresence.shell.auth import AuthError, verify_token
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.origins import OriginPolicy
-from geopresence.shell.transport import Closed, Connection, Request
+from geopresence.shell.transport import Closed, Connection
+from geopresence.shell.transport_handshake import Request
 from geopresence.wire.client_messages import Hello as HelloMessage
 from geopresence.wire.errors import (
     CLOSE_GOING_AWAY,

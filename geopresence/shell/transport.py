@@ -1,10 +1,12 @@
 """The WebSocket transport (shell): websockets' sans-I/O protocol on a trio stream.
 
-The rest of the server sees ``accept`` (the opening handshake's ``Request``), ``Connection``
+The rest of the server sees ``accept`` (the opening handshake's ``Request``, in
+``transport_handshake``), ``Connection``
 (``receive``, ``write_frames``, ``send``, ``start_close``/``close``, ``flushed``,
 ``parked``, ``on_drained``, the ping gate ``admit_ping``), and re-exports ``text_frame``,
 the ``Closed`` exception and ``is_disconnect`` (``geopresence.shell.framing``). It is the
-only server module that imports a WebSocket library (tests/test_architecture.py checks it).
+only server module, with ``transport_handshake``, that imports a WebSocket library
+(tests/test_architecture.py checks it).
 
 **Shape.** One task per connection reads (``receive``: one ``receive_some``, every message
 it completes); nothing else runs per connection. Writes are synchronous: ``write_frames``
@@ -36,7 +38,6 @@ from typing import Final
 import trio
 from websockets.exceptions import InvalidState
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request as HandshakeRequest
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
@@ -56,15 +57,11 @@ the latest one (RFC 6455 5.5.3 allows answering only the most recent ping), and 
 the parked bytes are out: pongs to a peer that keeps pinging but never reads must not grow
 the memory without bound."""
 
-MAX_REQUEST_BYTES: Final = 16384
-"""Past this without the end of its headers, a request goes to websockets as it comes
-(which answers 431 or 414 for what is too long)."""
 
-
-_QUIET = logging.getLogger("geopresence.transport")
+QUIET = logging.getLogger("geopresence.transport")
 """websockets logs every connection opened and closed at INFO: kept below our log level."""
-_QUIET.setLevel(logging.WARNING)
-_QUIET.propagate = True
+QUIET.setLevel(logging.WARNING)
+QUIET.propagate = True
 
 
 def _always() -> bool:
@@ -75,7 +72,7 @@ def _never() -> bool:
     return False
 
 
-class _Protocol(ServerProtocol):
+class GatedProtocol(ServerProtocol):
     """websockets' server protocol with the ping gate: a ping is answered only if
     ``admit_ping`` says so (and never after our close frame)."""
 
@@ -114,7 +111,7 @@ class Connection:
     close frames) are synchronous and keep their order. Calls are not bounded in time: the
     caller sets its deadlines."""
 
-    def __init__(self, stream: trio.abc.Stream, protocol: _Protocol, nursery: trio.Nursery):
+    def __init__(self, stream: trio.abc.Stream, protocol: GatedProtocol, nursery: trio.Nursery):
         self._stream = stream
         self._protocol = protocol
         self._nursery = nursery
@@ -202,7 +199,7 @@ class Connection:
             # Frames parsed before this call (those that came with the handshake) first.
             events = protocol.events_received()
             messages = self._messages(events) if events and not self._we_closed else []
-            self._write_protocol()
+            self.write_protocol()
             if messages:
                 return messages
             # A server is done once it has sent its EOF: after the closing handshake, or
@@ -262,7 +259,13 @@ class Connection:
         """Write one text frame (see ``write_frames``)."""
         self.write_frames(text_frame(text.encode()))
 
-    def _write_protocol(self) -> None:
+    def defer_early(self, data: bytes) -> None:
+        """Frames that came right behind the opening request: parsed by the first
+        ``receive`` (once the caller has set the ping gate), not before."""
+        self._early = data
+
+    def write_protocol(self) -> None:
+        """Write what the protocol has to send (a handshake answer, a pong, a close)."""
         for data in self._protocol.data_to_send():
             if data == SEND_EOF:
                 self._eof_parked = True
@@ -305,7 +308,7 @@ class Connection:
                     self._parked_bytes = 0
                     await self._send_some(data)
                 if self._protocol.send_held_pong():
-                    self._write_protocol()  # parks it: written by this loop
+                    self.write_protocol()  # parks it: written by this loop
                     continue
                 if self._eof_parked:
                     self._half_close()
@@ -355,7 +358,7 @@ class Connection:
                 self._protocol.send_close(code, reason)
             except InvalidState:
                 return
-            self._write_protocol()
+            self.write_protocol()
 
     async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """The closing handshake: ``start_close``, then read until the peer's close frame
@@ -375,98 +378,11 @@ class Connection:
             await self._flushed.wait()
 
 
-class Request:
-    """A client's opening handshake, not answered yet."""
-
-    def __init__(
-        self,
-        connection: Connection,
-        protocol: _Protocol,
-        request: HandshakeRequest,
-        early: bytes,
-    ) -> None:
-        self._connection = connection
-        self._protocol = protocol
-        self._request = request
-        self._early = early
-
-    @property
-    def path(self) -> str:
-        """The request target, query string included."""
-        return self._request.path
-
-    def header_values(self, name: str) -> list[str]:
-        """Every value of header ``name`` (case-insensitive), in order; read them before
-        ``accept``, which drops the headers."""
-        return list(self._request.headers.get_all(name))
-
-    def reject(self, status: int, body: bytes) -> None:
-        """Answer with an HTTP ``status`` and ``body`` (UTF-8 text) instead of a WebSocket."""
-        self._protocol.send_response(self._protocol.reject(status, body.decode()))
-        self._connection._write_protocol()
-
-    async def flushed(self) -> None:
-        """Wait until the answer is written (see ``Connection.flushed``)."""
-        await self._connection.flushed()
-
-    def accept(self) -> Connection | None:
-        """Complete the handshake: the connection, or None if the request was not a valid
-        WebSocket upgrade (it was answered with an HTTP error, e.g. 400 or 426)."""
-        protocol = self._protocol
-        response = protocol.accept(self._request)
-        # websockets' parser keeps the request for the connection's life: its headers
-        # (~1 KB) are not needed once answered.
-        self._request.headers.clear()
-        protocol.send_response(response)
-        self._connection._write_protocol()
-        if response.status_code != 101:
-            return None
-        # Parsed by the first ``receive``, once the caller has set the ping gate: pings
-        # sent with the request are limited like any other.
-        self._connection._early, self._early = self._early, b""
-        return self._connection
-
-
-async def accept(
-    nursery: trio.Nursery, stream: trio.abc.Stream, *, max_message_size: int
-) -> Request | None:
-    """Read the opening handshake's request on ``stream`` (the caller bounds the wait);
-    None if the stream ended first or the request was malformed (answered with HTTP 4xx).
-
-    The connection's drain task, when it needs one, runs in ``nursery``; messages larger
-    than ``max_message_size`` UTF-8 bytes close it with 1009."""
-    protocol = _Protocol(max_size=max_message_size, logger=_QUIET)
-    connection = Connection(stream, protocol, nursery)
-    buffer = b""
-    while True:
-        try:
-            data = await stream.receive_some(RECEIVE_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        if not data:
-            return None
-        # Frames sent right behind the request are parsed only once the connection is
-        # open (websockets would parse them in the CONNECTING state): hold them back.
-        buffer += data
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0 and len(buffer) < MAX_REQUEST_BYTES:
-            continue
-        head, early = (buffer[: end + 4], buffer[end + 4 :]) if end >= 0 else (buffer, b"")
-        buffer = b""
-        protocol.receive_data(head)
-        for event in protocol.events_received():
-            if isinstance(event, HandshakeRequest):
-                return Request(connection, protocol, event, early)
-        if protocol.handshake_exc is not None:
-            connection._write_protocol()  # websockets' 4xx answer
-            return None
-
-
 __all__ = [
+    "RECEIVE_BYTES",
     "Closed",
     "Connection",
-    "Request",
-    "accept",
+    "GatedProtocol",
     "is_disconnect",
     "text_frame",
 ]

@@ -23,6 +23,7 @@ from websockets.sync.client import connect as sync_connect
 from websockets.uri import parse_uri
 
 from geopresence.shell import transport
+from geopresence.shell.transport_handshake import accept
 from geopresence.testing import TestServer
 
 
@@ -50,7 +51,7 @@ async def serve_one(
                 await client_side.send_all(chunk)
 
         nursery.start_soon(feed)
-        request = await transport.accept(nursery, server_side, max_message_size=max_size)
+        request = await accept(nursery, server_side, max_message_size=max_size)
         assert request is not None and request.path == "/ws"
         ws = request.accept()
         assert ws is not None
@@ -176,7 +177,7 @@ async def test_a_full_socket_parks_the_rest_and_everything_arrives_in_order() ->
     b.sendall(handshake)
     frames = [orjson.dumps({"i": i, "pad": "x" * 1000}) for i in range(3000)]  # ~3 MB
     async with trio.open_nursery() as nursery:
-        request = await transport.accept(nursery, server_side, max_message_size=1000)
+        request = await accept(nursery, server_side, max_message_size=1000)
         assert request is not None
         ws = request.accept()
         assert ws is not None
