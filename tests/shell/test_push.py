@@ -27,6 +27,15 @@ def notifier(handler: Any, **overrides: Any) -> PushNotifier:
     return PushNotifier(config, transport=httpx.MockTransport(handler))
 
 
+async def pushed(push: PushNotifier, recipients: tuple[str, ...], *, for_s: float) -> None:
+    """Run ``push`` for ``for_s`` seconds with one message for ``recipients`` submitted."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest(recipients, MESSAGE))
+        await trio.sleep(for_s)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_push_posts_the_message_and_the_recipient(autojump_clock: MockClock) -> None:
     seen: list[httpx.Request] = []
 
@@ -35,11 +44,7 @@ async def test_a_push_posts_the_message_and_the_recipient(autojump_clock: MockCl
         return httpx.Response(204)
 
     push = notifier(handler)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob",), MESSAGE))
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob",), for_s=1)
     [request] = seen
     assert request.method == "POST" and str(request.url) == "http://push.test/hook"
     assert request.headers["content-type"] == "application/json"
@@ -65,11 +70,7 @@ async def test_retries_back_off_on_errors_and_5xx(autojump_clock: MockClock) -> 
         return httpx.Response(503 if len(times) < 4 else 200)
 
     push = notifier(handler, push_retries=3)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob",), MESSAGE))
-        await trio.sleep(10)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob",), for_s=10)
     assert times == [0, 0.5, 1.5, 3.5]
     assert push.results == {"delivered": 1}
 
@@ -86,11 +87,7 @@ async def test_giving_up_is_counted_and_logged(
         return httpx.Response(status)
 
     push = notifier(handler, push_retries=2)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob",), MESSAGE))
-        await trio.sleep(10)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob",), for_s=10)
     assert calls == attempts
     assert push.results == {"failed": 1}
     assert f"push of message 42 to bob failed after {attempts} attempt(s): HTTP {status}" in (
@@ -108,11 +105,7 @@ async def test_a_receiver_that_trickles_its_answer_times_out(autojump_clock: Moc
         return httpx.Response(200)
 
     push = notifier(handler, push_retries=1, push_timeout=2)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob",), MESSAGE))
-        await trio.sleep(60)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob",), for_s=60)
     assert times == [0, 2.5]  # 2 s timeout, 0.5 s backoff, 2 s timeout
     assert push.results == {"failed": 1}
 
@@ -130,11 +123,7 @@ async def test_an_unexpected_error_costs_one_push_not_the_server(
         return httpx.Response(200)
 
     push = notifier(handler)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob", "carol"), MESSAGE))
-        await trio.sleep(5)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob", "carol"), for_s=5)
     assert push.results == {"failed": 1, "delivered": 1}
     assert "push of message 42 to" in caplog.text and "RuntimeError: surprise" in caplog.text
 
@@ -267,11 +256,7 @@ async def test_the_receivers_answer_body_is_not_read(autojump_clock: MockClock) 
         return httpx.Response(200, stream=Endless())
 
     push = notifier(handler)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob",), MESSAGE))
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob",), for_s=1)
     assert push.results == {"delivered": 1}
     assert pulled <= 1
 
@@ -288,10 +273,6 @@ async def test_a_push_is_no_log_line_at_info(
         return httpx.Response(204)
 
     push = notifier(handler)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(push.run)
-        push.submit(PushRequest(("bob", "carol"), MESSAGE))
-        await trio.sleep(1)
-        nursery.cancel_scope.cancel()
+    await pushed(push, ("bob", "carol"), for_s=1)
     assert push.results == {"delivered": 2}
     assert [r.getMessage() for r in caplog.records] == []
