@@ -719,7 +719,9 @@ async def a_slow_commit_race(
     session there and the acks by text (filled in as they come: both once the block ends)."""
     with redis_server() as port:
         args = ["--redis", f"redis://127.0.0.1:{port}/0"]
-        a = start_node(args, 1, tmp_path, env={"GEOPRESENCE_TEST_REDIS_WRITE_DELAY": str(delay)})
+        slow = {"GEOPRESENCE_TEST_REDIS_WRITE_DELAY": str(delay)}
+        # Stopped, it gives up its last slow writes after a second (the test is over).
+        a = start_node(args, 1, tmp_path, "--drain-timeout", "1", env=slow)
         b = start_node(args, 2, tmp_path)
         try:
             async with b.admin() as admin:
