@@ -146,8 +146,7 @@ async def test_every_close_the_transport_makes_is_counted(autojump_clock: MockCl
             await peer.until(TextMessage)
             await stream.send_all(data)
             with trio.fail_after(10):
-                while await peer.pump():
-                    pass
+                await peer.drain()
             await trio.aclose_forcefully(stream)
             await trio.sleep(1)
             assert server.running.server.metrics.closes[code] == 1, code

@@ -427,13 +427,19 @@ test("presence of a group co-member who is not a friend does not add a friend", 
   client.close();
 });
 
-test("a reconnect re-sends our position with nearby_friends and renews watch_strangers", async () => {
+/** A connected client at (37.5, 127) watching strangers, zoe 200 m away among them. */
+async function watchingZoe() {
   const server = new FakeServer();
   server.handlers.nearby_people = () => ({ type: "nearby_people", page: 0, page_size: 20, total: 1, people: [{ user: "zoe", distance_m: 200, ts: 1 }] });
   const client = fakeClient(server);
   await client.connect();
   await client.nearbyFriends({ lat: 37.5, lon: 127 });
   await client.watchStrangers(true);
+  return { server, client };
+}
+
+test("a reconnect re-sends our position with nearby_friends and renews watch_strangers", async () => {
+  const { server, client } = await watchingZoe();
   equal(client.strangers.get("zoe").distance_m, 200, "strangers table");
   server.last.drop(1001, "server shutting down");
   await client.once("synced");
@@ -462,12 +468,7 @@ test("a refused step after a connect (strangers without a position) does not ski
 });
 
 test("watching strangers turned off while reconnecting empties the table all the same", async () => {
-  const server = new FakeServer();
-  server.handlers.nearby_people = () => ({ type: "nearby_people", page: 0, page_size: 20, total: 1, people: [{ user: "zoe", distance_m: 200, ts: 1 }] });
-  const client = fakeClient(server);
-  await client.connect();
-  await client.nearbyFriends({ lat: 37.5, lon: 127 });
-  await client.watchStrangers(true);
+  const { server, client } = await watchingZoe();
   equal(client.strangers.size, 1, "watching");
   server.unreachable = true;
   server.last.drop(1006);
