@@ -34,6 +34,10 @@ SUMMARY_INTERVAL_S = 60.0
 """Seconds between two INFO summaries of the pushes logged without a webhook."""
 
 
+_Push = tuple[str, ChatMessage, int]
+"""A queued push: the recipient, the message, and its sequence number (in submit order)."""
+
+
 def push_body(recipient: str, message: ChatMessage) -> bytes:
     """The JSON POSTed for one recipient: the ``message`` frame plus ``recipient``."""
     body = unstructure(message_frame(message, own=False))
@@ -56,13 +60,16 @@ class PushNotifier:
         self.concurrency = config.push_concurrency
         self.results: Counter[str] = Counter()
         self._transport = transport
-        self._send, self._receive = trio.open_memory_channel[tuple[str, ChatMessage]](
-            config.push_queue_size
-        )
+        self._send, self._receive = trio.open_memory_channel[_Push](config.push_queue_size)
         self._drops_logged = 0
         self._unsent = 0  # messages logged (no webhook) since the last summary
-        self._forgotten: dict[str, int] = {}
-        """user -> the last message id issued when it was forgotten (``forget``)."""
+        self._forgotten: dict[str, tuple[int, int]] = {}
+        """user -> (the last message id issued when it was forgotten, the sequence number of
+        the next push submitted after that): kept only while pushes submitted before the
+        forget are queued or being sent (``_release_marks``)."""
+        self._submitted = 0  # sequence number of the next push submitted
+        self._taken = 0  # sequence number after the newest push a worker took
+        self._sending: set[int] = set()  # sequence numbers of the pushes being sent
         self.online: Callable[[str], Awaitable[bool]] | None = None
         """Several nodes: whether a recipient is online in the cluster now (Redis). A node
         keeps the statuses of its sessions' friends and small groups only, so a big group's
@@ -88,37 +95,55 @@ class PushNotifier:
             return
         for index, recipient in enumerate(recipients):
             try:
-                self._send.send_nowait((recipient, message))
+                self._send.send_nowait((recipient, message, self._submitted))
             except trio.WouldBlock:
                 self._dropped(len(recipients) - index)
                 return
+            self._submitted += 1
 
     def forget(self, user: str, last_id: int) -> int:
         """``user`` was forgotten when ``last_id`` was the last message id issued: drop the
         queued pushes for it or of its messages, and stop those being sent or retried
         before their next attempt. Returns how many were dropped from the queue (counted
         as ``forgotten``)."""
-        self._forgotten[user] = last_id
-        queued: list[tuple[str, ChatMessage]] = []
+        if self.url is None:
+            return 0  # nothing is ever queued or sent
+        self._forgotten[user] = (last_id, self._submitted)
+        queued: list[_Push] = []
         while True:
             try:
                 queued.append(self._receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        kept = [(r, m) for r, m in queued if not self._made_before_forget(r, m)]
+        kept = [(r, m, n) for r, m, n in queued if not self._made_before_forget(r, m)]
         for item in kept:
-            self._send.send_nowait(item)  # fits: it was in the queue a moment ago
+            self._send.send_nowait(item)  # fits, and in the same order: it was queued
         dropped = len(queued) - len(kept)
-        self.results["forgotten"] += dropped
+        if dropped:
+            self.results["forgotten"] += dropped
+        self._release_marks()
         return dropped
 
     def _made_before_forget(self, recipient: str, message: ChatMessage) -> bool:
         """True if the push involves a forgotten user and predates its forget."""
         for user in (recipient, message.sender, message.to):
             mark = self._forgotten.get(user) if user is not None else None
-            if mark is not None and message.message_id <= mark:
+            if mark is not None and message.message_id <= mark[0]:
                 return True
         return False
+
+    def _release_marks(self) -> None:
+        """Forget marks whose pushes are all done go: a push submitted after a forget was
+        made after it (its message could not involve the user), so only the pushes queued
+        or being sent at the forget need the mark. Without this, every forget would cost
+        memory for as long as the server runs."""
+        if not self._forgotten:
+            return
+        # The queue is FIFO: every push not yet taken has a sequence number >= _taken.
+        oldest = min(self._sending, default=self._taken)
+        done = [user for user, (_, after) in self._forgotten.items() if after <= oldest]
+        for user in done:
+            del self._forgotten[user]
 
     def _dropped(self, count: int) -> None:
         self.results["dropped"] += count
@@ -173,9 +198,11 @@ class PushNotifier:
     async def _worker(
         self,
         http: httpx.AsyncClient,
-        receive: trio.MemoryReceiveChannel[tuple[str, ChatMessage]],
+        receive: trio.MemoryReceiveChannel[_Push],
     ) -> None:
-        async for recipient, message in receive:
+        async for recipient, message, number in receive:
+            self._taken = number + 1
+            self._sending.add(number)
             try:
                 if self.online is not None and await self.online(recipient):
                     self.results["online"] += 1
@@ -185,6 +212,9 @@ class PushNotifier:
                 # A push is never worth the server: count it, log it, take the next one.
                 self.results["failed"] += 1
                 log.exception("push of message %d to %s failed", message.message_id, recipient)
+            finally:
+                self._sending.discard(number)
+                self._release_marks()
 
     async def _deliver(self, http: httpx.AsyncClient, recipient: str, message: ChatMessage) -> None:
         assert self.url is not None

@@ -276,3 +276,57 @@ async def test_a_push_is_no_log_line_at_info(
     await pushed(push, ("bob", "carol"), for_s=1)
     assert push.results == {"delivered": 2}
     assert [r.getMessage() for r in caplog.records] == []
+
+
+async def test_a_forget_drops_the_users_queued_pushes_and_stops_its_retries(
+    autojump_clock: MockClock,
+) -> None:
+    attempts: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(orjson.loads(request.content)["recipient"])
+        return httpx.Response(503)  # retried with backoff
+
+    push = notifier(handler, push_concurrency=1, push_retries=5)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        await trio.sleep(0.1)
+        push.submit(PushRequest(("bob", "carol"), MESSAGE))  # bob is being sent, carol queued
+        await trio.sleep(0.1)
+        assert push.forget("alice", last_id=MESSAGE.message_id) == 1  # the sender's
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    assert attempts == ["bob"]  # bob's retries stopped; carol's push never went out
+    assert push.results == {"forgotten": 2}
+
+
+async def test_forget_marks_go_once_the_pushes_before_them_are_done(
+    autojump_clock: MockClock,
+) -> None:
+    release = trio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await release.wait()
+        return httpx.Response(204)
+
+    push = notifier(handler, push_concurrency=1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        await trio.sleep(0.1)
+        push.submit(PushRequest(("bob",), MESSAGE))  # being sent while the forgets happen
+        await trio.sleep(0.1)
+        for n in range(1000):
+            push.forget(f"gone{n}", last_id=MESSAGE.message_id)
+        assert len(push._forgotten) == 1000  # bob's push might involve any of them
+        release.set()
+        await trio.sleep(1)
+        push.forget("one-more", last_id=MESSAGE.message_id)  # nothing queued: no mark kept
+        nursery.cancel_scope.cancel()
+    assert push.results == {"delivered": 1}
+    assert push._forgotten == {}  # a long-running server does not keep a mark per forget
+
+
+def test_without_a_webhook_a_forget_keeps_nothing() -> None:
+    push = PushNotifier(Config())
+    assert push.forget("alice", last_id=1) == 0
+    assert push._forgotten == {}
