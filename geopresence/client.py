@@ -327,8 +327,10 @@ class AdminClient:
         result: Json = await self.call("POST", f"/v1/users/{_segment(user)}/logout", body)
         return result
 
-    async def token(self, user: str, ttl: float = 3600) -> str:
-        result = await self.call("POST", "/v1/tokens", {"user": user, "ttl": ttl})
+    async def token(self, user: str, ttl: float | None = None) -> str:
+        """A token for ``user`` valid ``ttl`` seconds (None: the server's default, 24 h)."""
+        body: Json = {"user": user} if ttl is None else {"user": user, "ttl": ttl}
+        result = await self.call("POST", "/v1/tokens", body)
         return str(result["token"])
 
     async def set_group(self, group: str, members: list[str]) -> Json:

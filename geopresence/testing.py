@@ -31,6 +31,7 @@ import trio.testing
 from geopresence.client import AdminClient, Client, connect, connect_stream
 from geopresence.config import Config
 from geopresence.shell.aio import collapse_exception_groups
+from geopresence.shell.auth import DEFAULT_TOKEN_TTL
 from geopresence.shell.http_api import HttpApi
 from geopresence.shell.server import RunningServer, Server
 
@@ -73,7 +74,8 @@ class TestServer:
         """The server's clock (epoch seconds, or trio time when ``time_origin=0``)."""
         return self.running.server.now()
 
-    def token(self, user: str, ttl: float = 3600.0) -> str:
+    def token(self, user: str, ttl: float = DEFAULT_TOKEN_TTL) -> str:
+        """A token for ``user`` valid ``ttl`` seconds (by default 24 h, as the server's)."""
         return self.running.mint_token(user, ttl)
 
     def open_memory_connection(self, *, lockstep: bool = False) -> trio.abc.Stream:

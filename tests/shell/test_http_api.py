@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import pytest
 import trio
@@ -17,6 +18,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.journal import MemoryJournal
 from geopresence.core.store import MemoryStore
 from geopresence.model.records import GroupSet, Record
+from geopresence.shell.auth import DEFAULT_TOKEN_TTL
 from geopresence.shell.http_api import HttpApi
 from geopresence.testing import TestServer, open_server
 from geopresence.wire.outbox import Outgoing
@@ -147,6 +149,10 @@ async def test_tokens_endpoint(secure: TestServer, autojump_clock: MockClock) ->
             with pytest.raises(ApiError) as info:
                 await admin.call("POST", "/v1/tokens", body)
             assert info.value.status == 400
+        # Without a ttl, the client and the embedder's helper give the server's default (24 h).
+        for token in (await admin.token("alice"), secure.token("alice")):
+            claims = jwt.decode(token, options={"verify_signature": False})
+            assert claims["exp"] - secure.now() == pytest.approx(DEFAULT_TOKEN_TTL, abs=1)
 
 
 async def test_groups_endpoints(server: TestServer, autojump_clock: MockClock) -> None:
