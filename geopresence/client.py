@@ -5,7 +5,8 @@ Used by the tests, the examples and the benchmarks; handy in other people's test
     async with connect("ws://127.0.0.1:8765/ws", user="alice", device="phone") as alice:
         print(alice.friends)                      # friends_presence after welcome
         event = await alice.recv_type("presence")
-        reply = await alice.request("group_presence", group="g1")
+        await alice.location(37.5665, 126.978)    # or alice.send({...}) for any frame
+        reply = await alice.nearby_friends()
 
     admin = AdminClient("http://127.0.0.1:8766", admin_key="...")
     await admin.befriend("alice", "bob")
@@ -116,6 +117,43 @@ class Client:
             if value is not None:
                 fields[key] = value
         return await self.request("send", **fields)
+
+    async def location(self, lat: float, lon: float, ts: float | None = None) -> None:
+        """Report this user's location (degrees; ``ts`` epoch seconds, None: the server's
+        clock). No reply on success; an error comes as an ``error`` frame."""
+        fields: Json = {"type": "location", "lat": lat, "lon": lon}
+        if ts is not None:
+            fields["ts"] = ts
+        await self.send(fields)
+
+    async def nearby_friends(
+        self, page: int = 0, *, lat: float | None = None, lon: float | None = None
+    ) -> Json:
+        """One page of friends within this user's radius, nearest first (the
+        ``nearby_friends`` reply, or an ``error``: ``no_location`` before any location).
+        With ``lat`` and ``lon``, they are first applied as a location update."""
+        fields: Json = {"page": page}
+        if lat is not None and lon is not None:
+            fields.update(lat=lat, lon=lon)
+        return await self.request("nearby_friends", **fields)
+
+    async def settings(self, **changes: bool | float) -> Json:
+        """Change any of ``share_location``, ``radius_m``, ``visible_to_strangers`` (none:
+        read them); returns every current setting (or an ``error``)."""
+        return await self.request("settings", **changes)
+
+    async def watch_strangers(self, on: bool = True) -> Json:
+        """Start (or stop) ``stranger_nearby`` events for visible non-friends nearby."""
+        return await self.request("watch_strangers", on=on)
+
+    async def nearby_people(self, page: int = 0) -> Json:
+        """One page of visible non-friends nearby (distances rounded to 100 m)."""
+        return await self.request("nearby_people", page=page)
+
+    async def group_presence(self, group: str) -> Json:
+        """Which members of ``group`` are online now (the way to know it for a group too
+        large for presence events)."""
+        return await self.request("group_presence", group=group)
 
     async def sync(self, after: str = "0", limit: int = 100) -> Json:
         """One page of this user's messages after message id ``after`` (the ``messages``

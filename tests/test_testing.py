@@ -67,3 +67,31 @@ async def test_serve_gives_the_garbage_collector_back(
         running.stop()
     assert gc.get_threshold() == thresholds
     assert gc.get_freeze_count() == 0
+
+
+async def test_the_clients_helpers_speak_the_contract(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every typed helper of ``geopresence.client.Client`` sends what PROTOCOL.md says and
+    returns the reply."""
+    async with open_server() as server:
+        await server.admin.befriend("alice", "bob")
+        await server.admin.set_group("g1", ["alice", "bob", "carol"])
+        async with server.connect("alice") as alice, server.connect("bob") as bob:
+            assert (await bob.nearby_friends())["code"] == "no_location"
+            await alice.location(37.5665, 126.978, ts=server.now())
+            reply = await bob.nearby_friends(lat=37.5796, lon=126.977)
+            assert (reply["type"], reply["total"]) == ("nearby_friends", 1)
+            assert reply["friends"][0]["user"] == "alice"
+            assert reply["friends"][0]["distance_m"] == pytest.approx(1459, abs=2)
+            assert (await bob.nearby_friends(page=1))["friends"] == []
+            settings = await bob.settings(radius_m=1000, visible_to_strangers=True)
+            assert (settings["radius_m"], settings["visible_to_strangers"]) == (1000, True)
+            assert (await bob.settings())["share_location"] is True
+            assert (await alice.watch_strangers())["on"] is True
+            assert (await alice.watch_strangers(on=False))["on"] is False
+            people = await alice.nearby_people()
+            assert (people["type"], people["total"]) == ("nearby_people", 0)  # bob is a friend
+            online = await alice.group_presence("g1")
+            assert online["type"] == "group_presence"
+            assert sorted(online["online"]) == ["alice", "bob"]
