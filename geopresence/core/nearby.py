@@ -101,8 +101,10 @@ class Nearby:
         return self.ctx.store.get_settings(user)
 
     def radius(self, user: str) -> float:
+        """``user``'s radius in metres: its ``radius_m``, else the server's default; never
+        above ``max_radius`` (a value kept from a server started with a larger one)."""
         radius = self.settings(user).radius_m
-        return self.default_radius if radius is None else radius
+        return self.default_radius if radius is None else min(radius, self.max_radius)
 
     # ------------------------------------------------------------------ client messages
 
