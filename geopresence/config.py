@@ -328,8 +328,8 @@ class Config:
     )
     drain_timeout: float = setting(
         10.0,
-        "on shutdown, time clients get to finish closing (then, with Redis, the time Redis "
-        "gets to take this node's last changes)",
+        "on shutdown, time clients get to finish closing (then the time the last pushes get, "
+        "then, with Redis, the time Redis gets to take this node's last changes)",
         LIMITS,
         positive,
         unit="s",

@@ -6,7 +6,8 @@ device; it returns at once. Workers POST the message's JSON plus ``"recipient"``
 backoff on a network error, a timeout, 429 or 5xx (other statuses are final: the receiver
 refused that request). Nothing here can delay a sender's ``sent`` ack or another
 connection: the queue is bounded, and a push that does not fit is dropped and counted (the
-message itself is stored either way; the device gets it with ``sync``).
+message itself is stored either way; the device gets it with ``sync``). At shutdown
+``finish`` gives the pushes still queued or in flight a bounded time to go out.
 
 Without a webhook URL each push is a log line, so a developer sees that it would happen.
 """
@@ -70,6 +71,9 @@ class PushNotifier:
         self._submitted = 0  # sequence number of the next push submitted
         self._taken = 0  # sequence number after the newest push a worker took
         self._sending: set[int] = set()  # sequence numbers of the pushes being sent
+        self._finishing = False
+        self._settled = trio.Event()
+        """Set by ``finish`` or a worker once nothing is queued or in flight (``finish``)."""
         self.online: Callable[[str], Awaitable[bool]] | None = None
         """Several nodes: whether a recipient is online in the cluster now (Redis). A node
         keeps the statuses of its sessions' friends and small groups only, so a big group's
@@ -145,6 +149,29 @@ class PushNotifier:
         for user in done:
             del self._forgotten[user]
 
+    async def finish(self, timeout: float) -> None:
+        """Shutdown: wait at most ``timeout`` seconds for the queued and in-flight pushes to
+        be delivered (or given up); those still waiting then are counted ``dropped`` and
+        logged, never lost silently. Without a webhook there is nothing to wait for."""
+        if self.url is None:
+            return
+        self._finishing = True
+        self._check_settled()
+        with trio.move_on_after(timeout):
+            await self._settled.wait()
+        left = self.queued + len(self._sending)
+        if left:
+            self.results["dropped"] += left
+            log.warning(
+                "shutting down: %d push(es) not sent within %g s (--drain-timeout) are dropped",
+                left,
+                timeout,
+            )
+
+    def _check_settled(self) -> None:
+        if self._finishing and not self.queued and not self._sending:
+            self._settled.set()
+
     def _dropped(self, count: int) -> None:
         self.results["dropped"] += count
         dropped = self.results["dropped"]
@@ -215,6 +242,7 @@ class PushNotifier:
             finally:
                 self._sending.discard(number)
                 self._release_marks()
+                self._check_settled()
 
     async def _deliver(self, http: httpx.AsyncClient, recipient: str, message: ChatMessage) -> None:
         assert self.url is not None

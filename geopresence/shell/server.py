@@ -271,6 +271,9 @@ class Server(ClusterFacing):
                 await self.durability.persist_at_shutdown(
                     self.journal, journal_scope, self.take_snapshot
                 )
+            # After the journal's last commits, which may push too; before leaving the
+            # cluster, whose Redis a push's online check reads.
+            await self.push.finish(config.drain_timeout)
             if self.cluster is not None:
                 await self._leave_cluster(self.cluster)
             root.cancel_scope.cancel()

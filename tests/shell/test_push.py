@@ -16,6 +16,7 @@ from trio.testing import MockClock
 from geopresence.config import Config
 from geopresence.core.chat_message_wire import PushRequest
 from geopresence.model.chat_message import ChatMessage
+from geopresence.shell import server as server_module
 from geopresence.shell.push import SUMMARY_INTERVAL_S, PushNotifier
 from geopresence.testing import open_server
 
@@ -330,3 +331,59 @@ def test_without_a_webhook_a_forget_keeps_nothing() -> None:
     push = PushNotifier(Config())
     assert push.forget("alice", last_id=1) == 0
     assert push._forgotten == {}
+
+
+async def test_a_shutdown_sends_the_pushes_still_queued_or_in_flight(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message sent just before a SIGTERM still gets its push (within --drain-timeout)."""
+    delivered: list[str] = []
+
+    async def slow_receiver(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(20)  # still answering when the server is told to stop
+        delivered.append(orjson.loads(request.content)["recipient"])
+        return httpx.Response(204)
+
+    monkeypatch.setattr(
+        server_module,
+        "PushNotifier",
+        lambda config: PushNotifier(config, transport=httpx.MockTransport(slow_receiver)),
+    )
+    async with open_server(
+        # One push at a time: at the stop, one is in flight and two wait in the queue.
+        push_webhook="http://push.test/hook",
+        push_timeout=60,
+        push_concurrency=1,
+        drain_timeout=70,
+    ) as server:
+        await server.admin.befriend("alice", "bob")
+        await server.admin.set_group("g", ["alice", "carol", "dave"])
+        async with server.connect("alice") as alice:
+            assert (await alice.send_message("hi", to="bob"))["type"] == "sent"
+            assert (await alice.send_message("all", group="g"))["type"] == "sent"
+        push = server.running.server.push
+    assert sorted(delivered) == ["bob", "carol", "dave"]
+    assert push.results == {"delivered": 3}
+
+
+async def test_pushes_not_sent_by_the_end_of_a_shutdown_are_counted_and_logged(
+    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def stuck(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(3600)
+        return httpx.Response(204)
+
+    push = notifier(stuck, push_concurrency=1, push_timeout=100)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        push.submit(PushRequest(("bob", "carol", "dave"), MESSAGE))
+        await trio.sleep(1)
+        start = trio.current_time()
+        await push.finish(10)
+        assert trio.current_time() - start == 10
+        nursery.cancel_scope.cancel()
+    assert push.results == {"dropped": 3}  # one in flight, two queued
+    assert "shutting down: 3 push(es) not sent within 10 s" in caplog.text
+    start = trio.current_time()
+    await notifier(stuck).finish(10)  # nothing queued: returns at once
+    assert trio.current_time() == start
