@@ -67,9 +67,12 @@ class GroupPresenceQuery:
 
 
 def _in_range(what: str, low: float, high: float) -> Callable[[Any, Any, Any], None]:
+    # Bounds as written ("1000000", not :g's "1e+06"); they are never huge.
+    bounds = f"[{low!r}, {high!r}]"
+
     def check(_instance: Any, _attribute: Any, value: float | None) -> None:
         if value is not None and not low <= value <= high:
-            raise ValueError(f"{what} must be in [{low:g}, {high:g}], got {value!r}")
+            raise ValueError(f"{what} must be in {bounds}, got {value!r}")
 
     return check
 

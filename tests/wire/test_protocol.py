@@ -101,6 +101,7 @@ def test_unknown_fields_are_ignored() -> None:
         ('{"type":"sync","after":null}', "after: expected a message id", None),
         ('{"type":"sync","limit":0}', "limit must be at least 1", None),
         ('{"type":"sync","limit":"5"}', "limit: expected an integer", None),
+        ('{"type":"nearby_people","page":2000000}', "page must be in [0, 1000000], got", None),
     ],
 )
 def test_bad_frames_give_bad_request(frame: str, fragment: str, re: Any) -> None:
