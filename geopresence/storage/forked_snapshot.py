@@ -86,7 +86,8 @@ async def write_snapshot_forked(
 
     Returns (path, bytes, ``Snapshot.counts()``). Raises ``SnapshotWriterFailed`` if the
     child fails or dies; ``OSError`` if installing or pruning fails. If cancelled, the
-    child is killed and reaped before the cancellation goes on."""
+    child is killed and reaped before the cancellation goes on. A child that fails or is
+    killed leaves nothing behind: its partial temporary file is deleted."""
     directory = state_dir(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     die_with_parent = _parent_death_signal()  # resolved here: the child must not dlopen
@@ -110,15 +111,28 @@ async def write_snapshot_forked(
         report = _read_report(read_fd)
     finally:
         os.close(read_fd)
-    if os.WIFSIGNALED(status):
-        name = signal.Signals(os.WTERMSIG(status)).name
-        raise SnapshotWriterFailed(f"the snapshot writer (pid {pid}) was killed by {name}")
-    if os.waitstatus_to_exitcode(status) != 0 or "error" in report:
-        error = report.get("error", f"exit status {os.waitstatus_to_exitcode(status)}")
-        raise SnapshotWriterFailed(f"the snapshot writer (pid {pid}) failed: {error}")
     temporary = snapshot_temporary(directory, journal_seq)
+    failure = _failure(pid, status, report)
+    if failure is not None:
+        # As Redis' BGSAVE does: the partial file goes at once. On a full disk it holds
+        # the space the journal needs to catch up, and no later snapshot (another seq)
+        # would write over it; the child is reaped, so nothing writes to it any more.
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(functools.partial(temporary.unlink, missing_ok=True))
+        raise SnapshotWriterFailed(failure)
     path = await trio.to_thread.run_sync(_install_and_prune, temporary, keep_from())
     return path, int(report["bytes"]), dict(report["counts"])
+
+
+def _failure(pid: int, status: int, report: dict[str, Any]) -> str | None:
+    """What went wrong with the exited child ``pid`` (None: it wrote the file)."""
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return f"the snapshot writer (pid {pid}) was killed by {name}"
+    if os.waitstatus_to_exitcode(status) != 0 or "error" in report:
+        error = report.get("error", f"exit status {os.waitstatus_to_exitcode(status)}")
+        return f"the snapshot writer (pid {pid}) failed: {error}"
+    return None
 
 
 def _install_and_prune(temporary: Path, keep_from: int | None) -> Path:

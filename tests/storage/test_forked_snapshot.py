@@ -6,6 +6,7 @@ Real processes and a real clock: ``trio.fail_after`` only bounds a hang, nothing
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from geopresence.model.chat_message import ChatMessage
+from geopresence.storage import datadir
 from geopresence.storage.datadir import (
     SNAPSHOT_PATTERN,
     numbered,
@@ -116,6 +118,27 @@ async def test_a_failing_child_is_reported_and_changes_nothing(tmp_path: Path) -
     with trio.fail_after(30):  # the next one works
         await write_snapshot_forked(tmp_path, 4, lambda: snapshot_at(4, ("cat", "dan")))
     assert snapshots(tmp_path) == [3, 4]
+
+
+async def test_a_child_whose_disk_fills_up_mid_write_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The partial .tmp would hold the space the journal needs once some is freed, and the
+    # next snapshot (another seq) would not write over it.
+    write_snapshot(tmp_path, snapshot_at(3, ("ann", "ben")))
+    write_all = datadir._write_all
+    writes: list[int] = []
+
+    def disk_full_after_the_header(fd: int, data: bytes) -> None:
+        writes.append(len(data))
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_all(fd, data)
+
+    monkeypatch.setattr(datadir, "_write_all", disk_full_after_the_header)  # the child's copy
+    with trio.fail_after(30), pytest.raises(SnapshotWriterFailed, match="No space left"):
+        await write_snapshot_forked(tmp_path, 4, lambda: snapshot_at(4, ("cat", "dan")))
+    assert leftovers(tmp_path) == [] and snapshots(tmp_path) == [3]
 
 
 async def test_a_child_killed_mid_write_leaves_the_previous_snapshot(tmp_path: Path) -> None:
