@@ -251,7 +251,10 @@ class FileJournal:
                 try:
                     async with self._io:
                         if self._fd is None:
-                            return
+                            # A new segment could not be created (a full disk): the retry
+                            # creates it, and the next tick fsyncs it. (Not the shutdown:
+                            # that cancels this task first.)
+                            continue
                         await trio.to_thread.run_sync(self._sync)
                 except OSError as exc:
                     self.write_errors += 1

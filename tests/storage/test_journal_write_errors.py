@@ -5,6 +5,7 @@ durable, nothing lost (found by an adversarial review)."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,48 @@ async def test_a_failed_fsync_under_always_is_retried(
         nursery.cancel_scope.cancel()
     assert journal.write_errors == 1
     assert journal.durable_seq == 1, "the ack of record 1 waits for an unrelated write"
+
+
+async def test_everysec_keeps_fsyncing_after_a_segment_start_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """durability.md "fsync policies": ``everysec`` fsyncs once a second, for the server's
+    whole life. The once-a-second fsync found the segment closed when a snapshot's new
+    segment could not be created (a full disk) while it waited for the file, and took that
+    for the shutdown: it stopped for good, so an OS crash could lose every record written
+    since, not the last second's."""
+    monkeypatch.setattr(journal_file, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
+    journal = FileJournal(tmp_path, "everysec")
+    await trio.to_thread.run_sync(journal.open, 0)
+    real_write, real_fsync = os.write, os.fsync
+    slow_fsyncs, failures = [1], [1]
+
+    def slow_fsync(fd: int) -> None:
+        if slow_fsyncs[0]:  # the old segment's, at the rotation: the tick waits for it
+            slow_fsyncs[0] -= 1
+            time.sleep(1.5)
+        real_fsync(fd)
+
+    def full_disk(fd: int, data: Any) -> int:
+        if failures[0] and bytes(data) == FILE_MAGIC:
+            failures[0] -= 1
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)  # as the server runs it; its first tick is at 1 s
+        journal.append(Befriended("a", "b"))
+        await journal.flush()  # written, not yet fsynced: the tick will want to
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        monkeypatch.setattr(os, "write", full_disk)
+        journal.start_segment()  # what Durability.take_snapshot does
+        journal.append(Befriended("c", "d"))
+        with trio.fail_after(5):
+            while journal.durable_seq < 2:
+                await trio.sleep(0.01)
+        assert journal.write_errors == 1
+        fsyncs = journal.fsyncs
+        journal.append(Befriended("e", "f"))
+        await trio.sleep(2.5)  # two ticks
+        nursery.cancel_scope.cancel()
+    assert journal.fsyncs > fsyncs, "no fsync since the failed segment start"
