@@ -10,6 +10,7 @@ from pathlib import Path
 import jwt
 
 from geopresence.model.ids import id_problem
+from geopresence.storage.datadir import fsync_dir
 
 SECRET_FILE = "secret"
 ADMIN_KEY_FILE = "admin_key"
@@ -23,7 +24,8 @@ class AuthError(Exception):
 
 
 def load_or_create(data_dir: Path, name: str) -> str:
-    """Read the secret called ``name`` from ``data_dir``, creating it (mode 0600) if absent."""
+    """Read the secret called ``name`` from ``data_dir``, creating it (mode 0600, durably:
+    the file and its directory are fsynced) if absent."""
     path = data_dir / name
     try:
         value = path.read_text().strip()
@@ -37,7 +39,12 @@ def load_or_create(data_dir: Path, name: str) -> str:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
+        f.flush()
+        # Durable before anything signed with it or read from it is used: after a power
+        # loss an empty or missing file would mean a new value (every token void).
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(data_dir)
     return value
 
 
