@@ -109,43 +109,47 @@ class FileJournal:
         under ``always`` too: its records are written, and stay unacknowledged until one
         succeeds)."""
         while self._frames or self._segment_starts or self._sync_owed():
-            frames, first = self._frames, self._frames_first
-            self._frames = []
-            self._frames_first = first + len(frames)
-            starts, self._segment_starts = self._segment_starts, []
-            last = first + len(frames) - 1
             # Shielded: a batch taken from the buffer is written and accounted for even if
             # the server is shutting down (close() then finds the buffer consistent).
             with trio.CancelScope(shield=True):
-                try:
-                    async with self._io:
-                        await trio.to_thread.run_sync(self._write, frames, first, starts)
-                except OSError as exc:
-                    # Nothing is acknowledged that is not written: re-queue what was not
-                    # written and retry (what was, stays: it is never written twice).
-                    self.write_errors += 1
-                    self._log_write_error(exc)
-                    done, rotations = self._progress
-                    if done:
-                        self._written = max(self._written, first + done - 1)
-                    self._frames = frames[done:] + self._frames
-                    self._frames_first = first + done
-                    self._segment_starts = sorted(starts)[rotations:] + self._segment_starts
-                    failed = True
-                else:
-                    failed = False
-                    if self._failing:
-                        log.warning(
-                            "journal writes work again after %d error(s)", self.write_errors
-                        )
-                        self._failing = False
-                    self._written = max(self._written, last)
-                    if self.policy == "always":
-                        self._synced = self._written
-                    self._durable = self._written
-                    self.on_durable()
+                # The batch is taken only once the file is this flush's: another one's (a
+                # ``settle`` during the writer's) may still fail and be put back in front,
+                # and no later record may be written, or acknowledged, before it.
+                async with self._io:
+                    failed = await self._write_batch()
             if failed:
                 await trio.sleep(RETRY_AFTER_WRITE_ERROR_S)
+
+    async def _write_batch(self) -> bool:
+        """Write what is buffered (holding ``_io``) and account for it; True if it failed
+        (what was not written is back in the buffer, in order)."""
+        frames, first = self._frames, self._frames_first
+        self._frames = []
+        self._frames_first = first + len(frames)
+        starts, self._segment_starts = self._segment_starts, []
+        try:
+            await trio.to_thread.run_sync(self._write, frames, first, starts)
+        except OSError as exc:
+            # Nothing is acknowledged that is not written: re-queue what was not written
+            # and retry (what was, stays: it is never written twice).
+            self.write_errors += 1
+            self._log_write_error(exc)
+            done, rotations = self._progress
+            if done:
+                self._written = max(self._written, first + done - 1)
+            self._frames = frames[done:] + self._frames
+            self._frames_first = first + done
+            self._segment_starts = sorted(starts)[rotations:] + self._segment_starts
+            return True
+        if self._failing:
+            log.warning("journal writes work again after %d error(s)", self.write_errors)
+            self._failing = False
+        self._written = max(self._written, first + len(frames) - 1)
+        if self.policy == "always":
+            self._synced = self._written
+        self._durable = self._written
+        self.on_durable()
+        return False
 
     def _sync_owed(self) -> bool:
         return self.policy == "always" and self._written > self._durable

@@ -5,6 +5,7 @@ durable, nothing lost (found by an adversarial review)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,45 @@ async def test_everysec_keeps_fsyncing_after_a_segment_start_failed(
         await trio.sleep(2.5)  # two ticks
         nursery.cancel_scope.cancel()
     assert journal.fsyncs > fsyncs, "no fsync since the failed segment start"
+
+
+async def test_a_flush_during_a_failing_write_keeps_the_records_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two flushes at once (the writer's and a forget's ``settle``): the second took the
+    records appended meanwhile while the first's batch was being written; that write then
+    failed and was put back, and the second wrote its later records first. Record 2 then
+    sat where record 1 belongs (a restart replays the records out of order, under the
+    wrong numbers), and record 1 was acknowledged before it was on disk."""
+    monkeypatch.setattr(journal_file, "RETRY_AFTER_WRITE_ERROR_S", 0.01)
+    journal = FileJournal(tmp_path, "always")
+    await trio.to_thread.run_sync(journal.open, 0)
+    real_write = os.write
+    writing, fail = threading.Event(), threading.Event()
+    failures = [1]
+
+    def failing_once(fd: int, data: Any) -> int:
+        if failures[0]:
+            failures[0] -= 1
+            writing.set()
+            fail.wait(5)
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_once)
+    durable_on_disk: list[tuple[int, int]] = []  # (durable seq, records in the file then)
+    journal.on_durable = lambda: durable_on_disk.append(
+        (journal.durable_seq, len(recover(tmp_path, repair=False).records))
+    )
+    journal.append(Befriended("a", "b"))
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.flush)  # the writer's: record 1, which will fail
+            await trio.to_thread.run_sync(writing.wait)
+            journal.append(Befriended("c", "d"))
+            nursery.start_soon(journal.settle)  # takes record 2 while record 1 is out
+            await trio.sleep(0.1)
+            fail.set()
+    recovered = recover(tmp_path, repair=False)
+    assert [r for _, r in recovered.records] == [Befriended("a", "b"), Befriended("c", "d")]
+    assert all(durable <= on_disk for durable, on_disk in durable_on_disk), durable_on_disk
