@@ -265,7 +265,13 @@ class HttpApi:
             )
         if self.server.persistence == "memory":
             raise HttpError(409, "bad_request", "this server keeps its state in memory only")
-        info = await self.server.take_snapshot(force=True)
+        try:
+            info = await self.server.take_snapshot(force=True)
+        except OSError as exc:  # a full disk, a writer killed: nothing is lost, say what
+            log.error("snapshot failed (the journal still has everything): %s", exc)
+            raise HttpError(
+                500, "internal", f"snapshot failed (the journal still has everything): {exc}"
+            ) from None
         return 200, info
 
     def healthz(self, request: Request) -> Response:

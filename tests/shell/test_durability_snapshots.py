@@ -113,6 +113,10 @@ async def test_a_failed_child_is_logged_and_the_next_snapshot_works(
             with pytest.raises(ApiError) as error:  # the forced one fails: a 500
                 await server.admin.call("POST", "/v1/snapshot")
             assert error.value.status == 500
+            # It says what failed, and the log has it in one line, not as a traceback.
+            assert "snapshot failed" in error.value.message
+            assert "Input/output error" in error.value.message
+            assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
             while not numbered(state_dir(data), SNAPSHOT_PATTERN):
                 await trio.sleep(0.01)  # the loop's retry
             assert "Input/output error" in caplog.text
