@@ -104,12 +104,10 @@ class DataDirLock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._file.seek(0)
-            holder = self._file.read().strip() or "another process"
+            holder = self._file.read()
             self._file.close()
             self._file = None
-            raise DataDirLocked(
-                f"{data_dir} is in use by {holder}: one geopresence process per data dir"
-            ) from None
+            raise _in_use(data_dir, holder) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"geopresence pid {os.getpid()}\n")
@@ -119,6 +117,23 @@ class DataDirLock:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
+
+
+def _in_use(data_dir: Path, holder: str) -> DataDirLocked:
+    """The refusal for ``data_dir`` held by ``holder`` (the lock file's text)."""
+    holder = holder.strip() or "another process"
+    return DataDirLocked(f"{data_dir} is in use by {holder}: one geopresence process per data dir")
+
+
+def refuse_if_in_use(data_dir: Path) -> None:
+    """``DataDirLocked`` if a running process holds ``data_dir``, taking no lock and writing
+    nothing (for a reader that must work on a read-only data dir: ``repair --dry-run``)."""
+    if is_locked(data_dir):
+        try:
+            holder = (data_dir / "lock").read_text()
+        except OSError:
+            holder = ""
+        raise _in_use(data_dir, holder)
 
 
 def is_locked(data_dir: Path) -> bool:

@@ -26,6 +26,7 @@ from geopresence.storage.datadir import (
     DataDirLock,
     keep_aside,
     numbered,
+    refuse_if_in_use,
     replace_file,
     state_dir,
     truncate_segment,
@@ -43,6 +44,11 @@ def repair_data_dir(
     """Repair ``data_dir`` (blocking); ``dry_run`` reads and reports only. ``progress`` gets
     one line per step as it is done. Raises ``DataDirLocked`` while a server runs on it, and
     ``DataDirCorrupt`` (``newer``), changing nothing, if a newer geopresence wrote it."""
+    if dry_run:
+        # It only reads, as ``inspect`` does, so it takes no lock: it works where nothing
+        # can be written (a disk the kernel remounted read-only after errors, a copy).
+        refuse_if_in_use(data_dir)
+        return _repair(data_dir, dry_run, progress)
     lock = DataDirLock(data_dir)
     try:
         return _repair(data_dir, dry_run, progress)
