@@ -266,9 +266,14 @@ def _data_dir_problem(config: Config) -> str | None:
 
 async def _until_signal(
     start: Callable[..., Awaitable[None]], announce: Callable[[RunningServer], None]
-) -> None:
+) -> bool:
     """Run ``start`` (``serve`` or ``run_demo``) until SIGINT/SIGTERM or a drain (POST
-    /v1/drain) stops the server."""
+    /v1/drain) stops the server. Signals during the shutdown are taken here too (left
+    pending, one would be raised once it is over: a traceback and no exit status 0): a
+    second SIGINT cuts it short, as in Redis, and makes this return True; SIGTERM is only
+    logged."""
+    log = logging.getLogger("geopresence")
+    cut_short = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -278,10 +283,25 @@ async def _until_signal(
 
             running: RunningServer = await nursery.start(server)
             announce(running)
+            stopping = False
             async for signum in signals:
-                logging.getLogger("geopresence").info("%s: stopping", signal.Signals(signum).name)
-                running.stop()
-                break
+                name = signal.Signals(signum).name
+                if not stopping:
+                    log.info("%s: stopping", name)
+                    running.stop()
+                    stopping = True
+                elif signum == signal.SIGINT:
+                    # Nothing acknowledged is lost: it is in the journal (or Redis) already.
+                    log.warning(
+                        "%s again: exiting now, without the final snapshot (nothing "
+                        "acknowledged is lost)",
+                        name,
+                    )
+                    cut_short = True
+                    nursery.cancel_scope.cancel()
+                else:
+                    log.info("%s: already stopping (a second SIGINT stops at once)", name)
+    return cut_short
 
 
 def _server_config(args: argparse.Namespace, **defaults: Any) -> tuple[Config, Given]:
@@ -305,10 +325,11 @@ def _run_server(
     start: Callable[..., Awaitable[None]],
     announce: Callable[[RunningServer], None],
 ) -> int:
-    """Run until stopped; a start-up failure is one line on stderr, exit status 1."""
+    """Run until stopped; a start-up failure is one line on stderr, exit status 1 (and 1
+    after a shutdown cut short by a second SIGINT)."""
     try:
         with collapse_exception_groups():
-            trio.run(_until_signal, start, announce)
+            cut_short = trio.run(_until_signal, start, announce)
     except CannotListen as exc:
         print(f"geopresence: {given.where(exc.field)}: {exc.problem}", file=sys.stderr)
         return 1
@@ -318,7 +339,7 @@ def _run_server(
     except (DataDirCorrupt, ClusterError, OSError) as exc:
         print(f"geopresence: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return 1 if cut_short else 0  # as Redis: a shutdown cut short is not a clean one
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
