@@ -17,7 +17,13 @@ from geopresence.cluster.redis_state import RedisJournal
 from geopresence.config import Config
 from geopresence.core.hub import Hub
 from geopresence.shell.metrics import Metrics
-from geopresence.storage.datadir import DataDirLock, purge_before, state_dir, write_snapshot
+from geopresence.storage.datadir import (
+    DataDirLock,
+    holds_saved_state,
+    purge_before,
+    state_dir,
+    write_snapshot,
+)
 from geopresence.storage.forked_snapshot import write_snapshot_forked
 from geopresence.storage.journal_file import FileJournal
 from geopresence.storage.recovery import rebuild, recover
@@ -82,7 +88,7 @@ class Durability:
         if self._config.clustered:
             # No journal here, but the location history is per node: one per data dir.
             self._lock = DataDirLock(data_dir)
-        elif any(state_dir(data_dir).glob("snapshot-*.snap")):
+        elif holds_saved_state(data_dir):  # a snapshot, or a journal only (killed before one)
             log.warning(
                 "--in-memory: the state saved in %s is not loaded (and not changed)",
                 state_dir(data_dir),

@@ -65,6 +65,20 @@ def numbered(directory: Path, pattern: re.Pattern[str]) -> list[tuple[int, Path]
     return sorted(found)
 
 
+def holds_saved_state(data_dir: Path) -> bool:
+    """True if ``data_dir`` holds a snapshot or a journal segment with a record in it."""
+    directory = state_dir(data_dir)
+    if numbered(directory, SNAPSHOT_PATTERN):
+        return True
+    for _, path in numbered(directory, JOURNAL_PATTERN):
+        try:
+            if path.stat().st_size > len(FILE_MAGIC):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename or a new file in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)

@@ -346,3 +346,23 @@ def test_purge_before_keeps_only_the_new_snapshot_and_the_journal_after_it(
     assert [p.name for p in files(tmp_path, JOURNAL_PATTERN)] == [
         "journal-00000000000000000012.log"
     ]
+
+
+@pytest.mark.parametrize("saved", ["snapshot", "journal only"])
+async def test_in_memory_says_it_leaves_the_saved_state_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, saved: str
+) -> None:
+    """durability.md "--in-memory": the data dir's saved state is not loaded, "a WARNING
+    says so", also when it is all in the journal (a server killed before its first
+    snapshot), not only when there is a snapshot."""
+    directory = state_dir(tmp_path)
+    directory.mkdir()
+    (directory / "journal-00000000000000000001.log").write_bytes(
+        FILE_MAGIC + encode_frame(Befriended("alice", "bob"))
+    )
+    if saved == "snapshot":
+        write_snapshot(tmp_path, Snapshot(created_at=0.0, journal_seq=1, last_message_id=0))
+    caplog.set_level(logging.WARNING, logger="geopresence")
+    async with open_server(in_memory=True, data_dir=tmp_path, time_origin=None) as server:
+        assert await friends_of(server, "alice") == []
+    assert f"--in-memory: the state saved in {directory} is not loaded" in caplog.text
