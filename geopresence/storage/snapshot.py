@@ -41,7 +41,11 @@ SNAPSHOT_MAGIC: Final = b"GPSNAP1\n"
 SNAPSHOT_VERSION: Final = 1
 _HEADER: Final = struct.Struct(">II")
 HEADER_SIZE: Final = len(SNAPSHOT_MAGIC) + _HEADER.size
-"""Bytes before the payload: the magic, then the payload's length and CRC-32."""
+"""Bytes before the payload: the magic, then the payload's length (modulo 2**32) and CRC-32."""
+_LENGTH_MASK: Final = 0xFFFF_FFFF
+"""The header's length field keeps the low 32 bits: a payload over 4 GiB (about 32 million
+messages) is still written, and the format every version reads stays the same. Truncation
+is still caught: a cut of exactly a multiple of 4 GiB would also fail the CRC."""
 MESSAGES_PER_CHUNK: Final = 20_000
 """Messages encoded per piece of ``payload_chunks`` (about 2 MB)."""
 
@@ -89,7 +93,7 @@ class Snapshot:
 
 def header(length: int, crc: int) -> bytes:
     """The ``HEADER_SIZE`` bytes before a payload of ``length`` bytes whose CRC-32 is ``crc``."""
-    return SNAPSHOT_MAGIC + _HEADER.pack(length, crc)
+    return SNAPSHOT_MAGIC + _HEADER.pack(length & _LENGTH_MASK, crc)
 
 
 def payload_chunks(snapshot: Snapshot) -> Iterator[bytes]:
@@ -135,8 +139,11 @@ def decode_snapshot(data: bytes) -> Snapshot:
         raise SnapshotError("truncated snapshot header")
     length, checksum = _HEADER.unpack_from(data, len(SNAPSHOT_MAGIC))
     payload = data[start:]
-    if len(payload) != length:
-        raise SnapshotError(f"truncated snapshot: {len(payload)} of {length} payload bytes")
+    if len(payload) & _LENGTH_MASK != length:
+        raise SnapshotError(
+            f"truncated snapshot: {len(payload)} payload bytes, the header says {length}"
+            + (" (modulo 2**32)" if len(payload) > _LENGTH_MASK else "")
+        )
     if zlib.crc32(payload) != checksum:
         raise SnapshotError("snapshot checksum mismatch (corrupt file)")
     try:

@@ -25,6 +25,7 @@ from geopresence.storage.snapshot import (
     capture,
     decode_snapshot,
     encode_snapshot,
+    header,
     payload_chunks,
     restore,
 )
@@ -272,3 +273,14 @@ def test_a_payload_of_the_wrong_shape_is_a_snapshot_error(field: str, value: Any
     data = orjson.dumps(payload)
     with pytest.raises(SnapshotError, match="does not match version"):
         decode_snapshot(snapshot_module.header(len(data), zlib.crc32(data)) + data)
+
+
+def test_a_payload_over_4_gib_gets_a_header() -> None:
+    """The length field keeps the low 32 bits: a state of ~32 million messages can still be
+    snapshotted (it raised struct.error, so every snapshot failed), and every version
+    reads the header as before."""
+    assert header(2**32 + 10, 7) == b"GPSNAP1\n" + (10).to_bytes(4, "big") + (7).to_bytes(4, "big")
+    data = encode_snapshot(capture(DurableState(), journal_seq=1, now=0.0))
+    assert data[8:12] == (len(data) - 16).to_bytes(4, "big")  # small ones as ever
+    with pytest.raises(SnapshotError, match=r"truncated snapshot: \d+ payload bytes, the header"):
+        decode_snapshot(data[:-1])
