@@ -238,7 +238,7 @@ class Handshake:
                 return True
             except Exception as exc:
                 log.warning("redis: the settings of %s could not be read (%s)", user, exc)
-        await self._try_again_later(ws, "friends could not be read: try again")
+        await self._try_again_later(ws, "settings could not be read: try again")
         return False
 
     @contextlib.asynccontextmanager

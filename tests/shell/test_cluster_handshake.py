@@ -13,7 +13,7 @@ from geopresence.core.settings import HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.shell.handshake import Handshake
 from geopresence.shell.metrics import Metrics
-from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED
+from geopresence.wire.errors import CLOSE_LOGGED_OUT, CLOSE_REPLACED, CLOSE_TRY_AGAIN_LATER
 from tests.helpers import RecordingSink
 
 
@@ -63,3 +63,25 @@ async def test_a_session_opens_at_the_time_its_device_was_reported() -> None:
     assert cluster.presence.asked == [("bob", "phone", 100.0)]
     assert await handshake(None, Metrics()).alive_in_cluster(ws, "bob", "phone") == 100.0  # type: ignore[arg-type]
     assert ws.closed == []
+
+
+class Unreadable:
+    """A cluster whose Redis gives neither friendships nor settings."""
+
+    async def hold(self, users: list[str]) -> None:
+        raise ConnectionError("redis down")
+
+    async def own(self, user: str) -> None:
+        raise ConnectionError("redis down")
+
+
+async def test_a_session_redis_cannot_start_is_told_what_could_not_be_read() -> None:
+    metrics, ws = Metrics(), Socket()
+    refused = handshake(Unreadable(), metrics)
+    assert await refused.hold_in_cluster(ws, "alice") is False  # type: ignore[arg-type]
+    assert await refused.own_in_cluster(ws, "alice") is False  # type: ignore[arg-type]
+    assert ws.closed == [
+        (CLOSE_TRY_AGAIN_LATER, "friends could not be read: try again"),
+        (CLOSE_TRY_AGAIN_LATER, "settings could not be read: try again"),
+    ]
+    assert metrics.closes[CLOSE_TRY_AGAIN_LATER] == 2
