@@ -63,8 +63,6 @@ class Keys:
         self.groups = f"{prefix}:groups"
         self.settings_users = f"{prefix}:settings_users"
         self.chats = f"{prefix}:chats"
-        self.legacy_locations = f"{prefix}:locations"
-        """The one hash of every location that versions before ``gp:loc:{U}`` kept (unused)."""
         self.location_ttl: float | None = None
         """Seconds a ``gp:loc:{U}`` key lives after its update was accepted: the hub's
         location TTL (``ClusterLink.run`` sets it before anything is written)."""

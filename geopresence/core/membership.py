@@ -245,12 +245,6 @@ class Membership:
                 online.unfriended(user, friend)
         return len(dropped)
 
-    def unload_friendship(self, a: str, b: str) -> None:
-        """With several nodes: drop the edge a-b from this node's graph if there, silently
-        (a read of a user with no session here was older than its end)."""
-        if self.state.users.remove_friendship(a, b) and self.sessions.online_friends:
-            self.sessions.online_friends.unfriended(a, b)
-
     # ---------------------------------------------------------------- groups
 
     def set_group(

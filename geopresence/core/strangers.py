@@ -107,10 +107,6 @@ class Strangers:
         self.expiry = StrangerExpiry(location_ttl)
         """When strangers stop seeing each user of the grid (``location_ttl``: seconds)."""
 
-    @property
-    def watcher_count(self) -> int:
-        return len(self._watches)
-
     # ------------------------------------------------------------------ client messages
 
     def on_watch(self, session: Session, message: WatchStrangers, now: float) -> None:

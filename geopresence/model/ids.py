@@ -12,11 +12,6 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 """What a user, device or group id may look like (full match)."""
 
 
-def is_valid_id(value: object) -> bool:
-    """Return True if ``value`` is a string that is a valid user/device/group id."""
-    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
-
-
 def id_problem(value: object, what: str) -> str | None:
     """Describe why ``value`` is not a valid id (None when it is valid).
 
