@@ -1,7 +1,8 @@
 """A sorted deadline index: which keys are due, in O(log n) per change.
 
-Used for heartbeat deadlines (and, later, location TTLs). Removing or moving a key and popping
-the due ones never scans the whole population, unlike a sweep over every entry.
+Used for heartbeat deadlines, location TTLs and the strangers' expiry and pacing. Removing
+or moving a key and popping the due ones never scans the whole population, unlike a sweep
+over every entry.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Which of a user's friends have a live connection on this node (sans-I/O).
 
 On a single node a location or presence change of U goes to the live connections of U's
-friends (``Hub._friend_connections``, the derived ``user:U`` channel). Finding them by
+friends (``Sessions.connections_of_friends``, the derived ``user:U`` channel). Finding them by
 looking at every friend touches every friend's id string: with 400 friends of whom 40 are
 online that is 400 objects scattered over the heap per move, each a cache miss and, while
 a forked snapshot runs, each a page copied on write (CPython writes a reference count on

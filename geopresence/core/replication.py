@@ -122,7 +122,7 @@ def feed_from_json(data: Any) -> FeedOp:
 
 
 class Replicator(Protocol):
-    """The hub's link to the other nodes (implemented by the shell over Redis).
+    """The hub's link to the other nodes (implemented over Redis by ``cluster.link.ClusterLink``).
 
     Every method returns at once (it queues); the implementation applies the calls to Redis
     in order. Heartbeats stay on the node: its ``PresenceTable`` keeps each device's

@@ -51,7 +51,9 @@ class PushNotifier:
 
     The queue holds one entry per recipient (a group message for 300 offline members is 300
     POSTs). ``results`` counts outcomes per recipient: ``delivered`` (2xx), ``failed`` (gave
-    up), ``dropped`` (queue full), ``logged`` (no webhook configured).
+    up), ``dropped`` (queue full, or still waiting when ``finish`` gave up), ``logged`` (no
+    webhook configured), ``forgotten`` (made before a forget of a user it involves),
+    ``online`` (several nodes: the recipient was online in the cluster after all).
     """
 
     def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
