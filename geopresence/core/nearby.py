@@ -31,13 +31,13 @@ from geopresence.wire.errors import ProtocolError, RequestId
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
 from geopresence.wire.server_messages import (
+    PAGE_SIZE,
     GoneReason,
     NearbyFriend,
     NearbyFriendsReply,
     SettingsReply,
 )
 
-PAGE_SIZE: Final = 20
 MAX_FUTURE_S: Final = 60.0
 """A location ``ts`` further than this ahead of the server's clock is refused."""
 

@@ -21,9 +21,8 @@ from geopresence.wire.client_messages import NearbyPeopleQuery
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outbox import Outgoing
 from geopresence.wire.protocol import encode
-from geopresence.wire.server_messages import NearbyPeopleReply, Person
+from geopresence.wire.server_messages import PAGE_SIZE, NearbyPeopleReply, Person
 
-PAGE_SIZE: Final = 20
 ROUND_TO_M: Final = 100
 STRANGER_TAG: Final = "stranger"
 

@@ -3,11 +3,14 @@ leads in the JSON text; ``geopresence.wire.protocol.encode`` writes them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 import attrs
 
 from geopresence.wire.errors import ErrorCode, RequestId
+
+PAGE_SIZE: Final = 20
+"""Entries per page of a ``nearby_friends`` or ``nearby_people`` reply (the contract's)."""
 
 Status = Literal["online", "offline"]
 
