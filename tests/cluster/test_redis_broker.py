@@ -136,6 +136,19 @@ def test_gap_channels_reach_the_node_by_their_hub_names() -> None:
     assert gaps == [["user:alice", "group:g"]]
 
 
+def test_publish_local_never_travels_to_other_nodes() -> None:
+    """An event every node derives itself (a location's TTL ending) is published locally
+    only: nothing is queued for Redis, while ``publish`` queues one publication per channel."""
+    broker = RedisBroker(Recorder(), client=None, node_id=1)
+    broker.subscribe("user:a", 1)
+    broker.subscribe("user:b", 2)
+    queued = broker.pending  # the subscriptions
+    assert broker.publish_local(["user:a", "user:b"], Outgoing("expired")) == 2
+    assert broker.pending == queued
+    assert broker.publish(["user:a", "user:b"], Outgoing("moved")) == 2
+    assert broker.pending == queued + 2
+
+
 async def test_publications_go_in_the_caller_s_pipeline_and_reach_the_others() -> None:
     """Chat is published by the journal, in order with its writes (``chat_writes``)."""
     with redis_server() as port:

@@ -57,6 +57,19 @@ def test_exclude_and_unknown_channels(pair: tuple[Broker, Recorder]) -> None:
     assert rec.got == [(1, "m")]
 
 
+def test_publish_local_reaches_this_process_s_subscribers_as_publish_does(
+    pair: tuple[Broker, Recorder],
+) -> None:
+    broker, rec = pair
+    broker.subscribe("user:a", 1)
+    broker.subscribe("group:g", 1)
+    broker.subscribe("group:g", 2)
+    broker.subscribe("group:g", 3)
+    assert broker.publish_local(["user:a", "group:g"], Outgoing("m"), frozenset({3})) == 2
+    assert broker.publish_local(["user:nobody"], Outgoing("x")) == 0
+    assert sorted(rec.got) == [(1, "m"), (2, "m")]
+
+
 def test_unsubscribe_and_unsubscribe_all(pair: tuple[Broker, Recorder]) -> None:
     broker, rec = pair
     broker.subscribe("c1", 1)
