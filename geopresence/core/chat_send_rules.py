@@ -1,7 +1,8 @@
 """What a ``send`` must satisfy (sans-I/O): its text's size, and who may write where.
 
 The design's rules: a text of at most 4096 UTF-8 bytes; 1:1 messages between friends only,
-group messages from members only. ``Chat`` checks them before a message gets an id.
+group messages from members only. ``Chat`` checks them before a message gets an id; the
+members-only rule (``check_member``) also guards ``group_presence``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from geopresence.core.store import Store
 from geopresence.model.chat_message import MAX_TEXT_BYTES
 from geopresence.model.text import utf8_len
 from geopresence.wire.client_messages import Send
-from geopresence.wire.errors import ProtocolError
+from geopresence.wire.errors import ProtocolError, RequestId
 
 
 def check_size(message: Send) -> None:
@@ -39,7 +40,12 @@ def check_allowed(store: Store, user: str, message: Send) -> None:
             )
     else:
         assert message.group is not None  # Send guarantees one of to/group
-        members = store.group_members(message.group)
-        if members is None or user not in members:
-            # The same answer whether the group exists or not.
-            raise ProtocolError("forbidden", f"not a member of group {message.group!r}", message.id)
+        check_member(store, user, message.group, message.id)
+
+
+def check_member(store: Store, user: str, group: str, request_id: RequestId) -> None:
+    """``forbidden`` unless ``user`` is a member of ``group``: the same answer whether the
+    group exists or not, so an outsider learns nothing about it."""
+    members = store.group_members(group)
+    if members is None or user not in members:
+        raise ProtocolError("forbidden", f"not a member of group {group!r}", request_id)

@@ -33,6 +33,7 @@ from geopresence.core.acks import Acks
 from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
 from geopresence.core.chat import Chat
 from geopresence.core.chat_message_wire import ChatEvent, PushHook
+from geopresence.core.chat_send_rules import check_member
 from geopresence.core.context import Session as Session
 from geopresence.core.context import Sink as Sink
 from geopresence.core.fanout import Fanout, out
@@ -242,10 +243,7 @@ class Hub(HubOperations):
             self.sessions.reply_error(conn, exc)
 
     def _on_group_presence(self, session: Session, message: GroupPresenceQuery, now: float) -> None:
-        members = self.store.group_members(message.group)
-        if members is None or session.user not in members:
-            # One answer for both cases: outsiders learn nothing about a group's existence.
-            raise ProtocolError("forbidden", f"not a member of group {message.group!r}", message.id)
+        check_member(self.store, session.user, message.group, message.id)
         online, total = self.statuses.group_online(message.group)
         reply = GroupPresenceReply(re=message.id, group=message.group, online=online, total=total)
         self.replies.reply(session.conn, out(reply))
