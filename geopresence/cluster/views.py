@@ -76,7 +76,7 @@ class Views:
 
     def close(self, user: str) -> None:
         """A session of ``user`` here ended: its own channel is let go (one ``close`` per
-        ``Covered.covering``)."""
+        ``KeptSettings.own``, whose hold this releases)."""
         self._broker.release(user_channel(user))
 
     def released(self, channel: str) -> None:

@@ -151,9 +151,7 @@ class ConnectionHandler:
         connections = self._connections
         c = connections.open(ws)
         conn = c.conn
-        viewing = False
         try:
-            viewing = True  # from here, ``left_cluster`` undoes what the node held for it
             if not await self._handshake.own_in_cluster(ws, user):
                 return
             since = await self._handshake.alive_in_cluster(ws, user, device)
@@ -176,8 +174,7 @@ class ConnectionHandler:
         finally:
             connections.forget(conn)
             hub.close_session(conn)
-            if viewing:
-                self._handshake.left_cluster(user)
+            self._handshake.left_cluster(user)  # whatever own_in_cluster returned
             if log.isEnabledFor(logging.DEBUG):
                 code = ws.close_code
                 if code is None and c.close_request is not None:

@@ -271,7 +271,8 @@ class Handshake:
         to the user's own channel and holds the live locations of the user and its online
         friends (read from Redis; the node heard of none of them if no session here needed
         them). Bounded by the hello timeout: if Redis is slow, the session goes on and the
-        friends' next moves fill the view. Multi-node only; ``left_cluster`` undoes it."""
+        friends' next moves fill the view. Multi-node only; it holds nothing of its own
+        (``left_cluster`` undoes ``own_in_cluster``)."""
         if self._cluster is None:
             return
         with trio.move_on_after(self._config.hello_timeout):
