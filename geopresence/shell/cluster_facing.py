@@ -1,6 +1,6 @@
 """What a server does differently as one node of several (shell, ``--redis``).
 
-``ClusterFacing`` is the part of ``Server`` that faces the other nodes: the ``Control``
+``ClusterFacing`` is the part of ``Server`` that faces the other nodes: the ``ApiHost``
 methods whose answer, with several nodes, comes from Redis (holding friend lists and groups,
 reading statuses, settings and messages, the devices held anywhere), and the node's link to
 Redis, its joining and its leaving. With one node (``cluster`` None) each has nothing to
@@ -46,7 +46,7 @@ class ClusterFacing:
     now: Callable[[], float]
     """Server time, epoch seconds."""
 
-    # ------------------------------------------------------------------ Control (HTTP API)
+    # ------------------------------------------------------------------ ApiHost (HTTP API)
 
     async def hold(self, users: Collection[str], groups: Collection[str] = ()) -> None:
         if self.cluster is not None:

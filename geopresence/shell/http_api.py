@@ -23,10 +23,10 @@ import orjson
 import trio
 
 from geopresence.model.ids import id_problem
+from geopresence.shell.api_host import ApiHost as ApiHost
+from geopresence.shell.api_host import holding, statuses_of
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, mint_token
 from geopresence.shell.console import Asset, Console
-from geopresence.shell.control import Control as Control
-from geopresence.shell.control import holding, statuses_of
 from geopresence.shell.http_membership import FriendsAndGroups
 from geopresence.shell.http_routing import (
     HttpError,
@@ -65,7 +65,7 @@ def _exactly(path: str) -> re.Pattern[str]:
 class HttpApi:
     """ASGI application over a running ``Server``."""
 
-    def __init__(self, server: Control) -> None:
+    def __init__(self, server: ApiHost) -> None:
         self.server = server
         self.hub = server.hub
         route = Route
@@ -340,7 +340,7 @@ class HttpApi:
         return 200, {"token": token, "user": user, "expires_at": math.ceil(now + ttl)}
 
 
-async def serve_http(server: Control, *, task_status: trio.TaskStatus[int]) -> None:
+async def serve_http(server: ApiHost, *, task_status: trio.TaskStatus[int]) -> None:
     """Serve ``HttpApi(server)`` with hypercorn's trio worker; reports the bound port."""
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.trio import serve as hypercorn_serve

@@ -4,7 +4,7 @@
 ``PUT``/``GET``/``DELETE /v1/groups/{group}`` and ``PUT``/``DELETE
 /v1/groups/{group}/members/{user}``. Each holds the users or the group it reads or changes
 (``control.holding``: with several nodes, read from Redis first); a change found already
-made is announced again (``Control.unchanged``). docs/protocol.md has the shapes.
+made is announced again (``ApiHost.unchanged``). docs/protocol.md has the shapes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import trio
 from geopresence.core.membership import GROUP_SLICE, BulkError
 from geopresence.model.ids import id_problem
 from geopresence.model.records import Befriended, MemberAdded, MemberRemoved, Unfriended
-from geopresence.shell.control import Control, holding, statuses_of
+from geopresence.shell.api_host import ApiHost, holding, statuses_of
 from geopresence.shell.http_routing import HttpError, Request, Response, status_for
 
 MAX_BULK_PAIRS: Final = 10_000
@@ -35,7 +35,7 @@ def _user_list(value: Any, what: str) -> list[str]:
 class FriendsAndGroups:
     """The handlers of the friendship and group routes over ``server``."""
 
-    def __init__(self, server: Control) -> None:
+    def __init__(self, server: ApiHost) -> None:
         self.server = server
         self.hub = server.hub
         self._group_writes = trio.Lock()

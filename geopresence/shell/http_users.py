@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from geopresence.core.store import DEFAULT_SETTINGS
-from geopresence.shell.control import (
-    Control,
+from geopresence.shell.api_host import (
+    ApiHost,
     holding,
     messages_count_of,
     settings_of,
@@ -26,7 +26,7 @@ from geopresence.shell.http_routing import HttpError, Request, Response, Streame
 class UserData:
     """The handlers of the two routes over ``server``."""
 
-    def __init__(self, server: Control) -> None:
+    def __init__(self, server: ApiHost) -> None:
         self.server = server
 
     async def forget(self, request: Request) -> Response:

@@ -4,7 +4,7 @@ The parts: ``Connections`` (the hub's Sink) and ``ConnectionHandler`` with its `
 (``shell.connections``, ``shell.handshake``; the WebSocket library is behind
 ``shell.transport``), ``Durability`` (recovery, acks, snapshots), the timers (reaper, GC,
 history flush), the HTTP API, the push webhook and the status line. ``Server`` wires them,
-opens the listeners, and runs the graceful shutdown; it is the ``Control`` the HTTP API
+opens the listeners, and runs the graceful shutdown; it is the ``ApiHost`` the HTTP API
 serves (``shell.http_api``). What it does differently as one node of several (its link to
 Redis, the reads there, joining and leaving) is ``ClusterFacing`` (``shell.cluster_facing``).
 """
@@ -149,7 +149,7 @@ class Server(ClusterFacing):
         self.ws_port: int | None = None
         """The bound WebSocket port (``config.port`` may be 0): the console's config."""
 
-    # ------------------------------------------------------------------ Control (HTTP API)
+    # ------------------------------------------------------------------ ApiHost (HTTP API)
 
     @property
     def persistence(self) -> Literal["memory", "disk", "redis"]:

@@ -1,4 +1,4 @@
-"""What the HTTP API needs of the node it serves (shell): the ``Control`` protocol, which
+"""What the HTTP API needs of the node it serves (shell): the ``ApiHost`` protocol, which
 ``shell.server.Server`` implements; the routes (``shell.http_api``, ``shell.http_membership``,
 ``shell.http_users``) depend on it, not on the server."""
 
@@ -23,7 +23,7 @@ from geopresence.shell.http_routing import HttpError
 from geopresence.shell.metrics import Metrics
 
 
-class Control(Protocol):
+class ApiHost(Protocol):
     """What the HTTP API needs of the node it serves (``Server`` is one)."""
 
     hub: Hub
@@ -108,7 +108,7 @@ class Control(Protocol):
 
 @contextlib.asynccontextmanager
 async def holding(
-    server: Control, users: Collection[str], groups: Collection[str] = ()
+    server: ApiHost, users: Collection[str], groups: Collection[str] = ()
 ) -> AsyncIterator[None]:
     """``server.hold(users, groups)`` for the block: a request that reads or changes the
     friends or groups of ``users``, or ``groups`` (with several nodes, a node holds only
@@ -127,7 +127,7 @@ async def holding(
         server.release(users, groups)
 
 
-async def statuses_of(server: Control, users: Collection[str]) -> Mapping[str, Held]:
+async def statuses_of(server: ApiHost, users: Collection[str]) -> Mapping[str, Held]:
     """``server.read_statuses(users)`` for an answer about users no session on this node
     may need (with several nodes, a node keeps only the statuses its sessions need): lay it
     over the kept ones with ``hub.statuses.overlay`` around the synchronous answer. 503
@@ -135,13 +135,13 @@ async def statuses_of(server: Control, users: Collection[str]) -> Mapping[str, H
     return await _from_redis(server, "statuses", lambda: server.read_statuses(users))
 
 
-async def settings_of(server: Control, user: str) -> UserSettings | None:
+async def settings_of(server: ApiHost, user: str) -> UserSettings | None:
     """``server.read_settings(user)``, for an answer about a user no session on this node
     may need; 503 ``internal`` as ``statuses_of``."""
     return await _from_redis(server, "settings", lambda: server.read_settings(user))
 
 
-async def messages_count_of(server: Control, user: str) -> int | None:
+async def messages_count_of(server: ApiHost, user: str) -> int | None:
     """``server.count_messages(user)``; 503 ``internal`` as ``statuses_of``."""
     return await _from_redis(server, "messages", lambda: server.count_messages(user))
 
@@ -149,7 +149,7 @@ async def messages_count_of(server: Control, user: str) -> int | None:
 T = TypeVar("T")
 
 
-async def _from_redis(server: Control, what: str, read: Callable[[], Awaitable[T]]) -> T:
+async def _from_redis(server: ApiHost, what: str, read: Callable[[], Awaitable[T]]) -> T:
     """``read()``, or 503 ``internal`` if Redis does not answer within the hello timeout."""
     try:
         with trio.fail_after(server.config.hello_timeout):
