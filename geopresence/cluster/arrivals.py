@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import trio
 
 from geopresence.cluster.channel_events import LoggedOut, Replaced, Reread, SettingsHeard
 from geopresence.cluster.covered import Covered
 from geopresence.cluster.holdings import Holdings
+from geopresence.cluster.redis_keys import value_location
 from geopresence.cluster.redis_strangers import RedisStrangers
 from geopresence.cluster.views import Views
 from geopresence.cluster.watermarks import Watermarks
@@ -222,8 +222,8 @@ class Arrivals:
         """This node decided that ``user``, last at ``raw`` (its ``gp:loc:{U}``), is
         offline: out of its strangers' cell in Redis, and out of the watchers' views if the
         cell listed it (this node may not keep its settings: its sessions ended)."""
-        lat, lon = orjson.loads(raw)[:2]
-        last = Location(lat, lon, 0.0)
+        kept = value_location(user, raw)
+        last = Location(kept.lat, kept.lon, 0.0)
         strangers = self._hub.strangers
         self._strangers.went_offline(user, last, lambda: strangers.went_offline_at(user, last))
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import orjson
 
+from geopresence.core.replication import LocationSet
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import record_from_json, record_to_json
 
@@ -117,6 +118,17 @@ def member_message(member: bytes | str) -> ChatMessage:
     if not isinstance(record, ChatMessage):
         raise ValueError("not a message")
     return record
+
+
+def location_value(op: LocationSet) -> bytes:
+    """``op`` as the value of its user's ``gp:loc:{U}`` key: ``[lat, lon, ts, accepted_at]``."""
+    return orjson.dumps([op.lat, op.lon, op.ts, op.at])
+
+
+def value_location(user: str, raw: bytes | str) -> LocationSet:
+    """The ``LocationSet`` a ``gp:loc:{U}`` value (``location_value``) holds for ``user``."""
+    lat, lon, ts, at = orjson.loads(raw)
+    return LocationSet(user, float(lat), float(lon), float(ts), float(at))
 
 
 def string(value: Any) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 
-from geopresence.cluster.redis_keys import Keys, member_message, string, strings
+from geopresence.cluster.redis_keys import Keys, member_message, string, strings, value_location
 from geopresence.core.replication import LocationSet
 from geopresence.core.state import DurableState, settings_from
 from geopresence.core.statuses import Held
@@ -129,8 +129,7 @@ async def load_locations(client: Any, keys: Keys, users: list[str]) -> list[Loca
     found = []
     for user, raw in zip(users, read, strict=True):
         if raw is not None:
-            lat, lon, ts, at = orjson.loads(raw)
-            found.append(LocationSet(user, lat, lon, ts, at))
+            found.append(value_location(user, raw))
     return found
 
 

@@ -27,11 +27,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Set
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
 import trio
 
 from geopresence.cluster.presence_scripts import sha1
-from geopresence.cluster.redis_keys import Keys, string
+from geopresence.cluster.redis_keys import Keys, string, value_location
 from geopresence.cluster.redis_load import read_settings
 from geopresence.cluster.stranger_cells import (
     CELL_PRECISION,
@@ -164,7 +163,7 @@ class RedisStrangers:
             self.errors += 1
             log.warning("reading %s's location failed (%s): taken as expired", user, exc)
             raw = None
-        if raw is None or orjson.loads(raw)[2] <= ts:
+        if raw is None or value_location(user, raw).ts <= ts:
             then()
 
     def search(

@@ -11,12 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import attrs
-import orjson
 
 from geopresence.cluster.group_writes import write_group_deleted, write_group_set
 from geopresence.cluster.redis_feed import RedisFeed
 from geopresence.cluster.redis_forget import forget_user
-from geopresence.cluster.redis_keys import Keys
+from geopresence.cluster.redis_keys import Keys, location_value
 from geopresence.cluster.settings_writes import SetSettings
 from geopresence.core.replication import (
     FEED_KINDS,
@@ -68,7 +67,7 @@ def _location(k: Keys, op: LocationSet) -> list[Command]:
     # One key per user (spread over a Cluster's slots), expiring with the location: Redis
     # drops it, no node sweeps.
     assert k.location_ttl is not None, "Keys.location_ttl is the hub's location TTL"
-    value = orjson.dumps([op.lat, op.lon, op.ts, op.at])
+    value = location_value(op)
     return [("set", (k.location(op.user), value), {"pxat": round((op.at + k.location_ttl) * 1000)})]
 
 
