@@ -194,3 +194,14 @@ def test_the_rules_catch_a_forbidden_import(tmp_path: Path) -> None:
     names = imports_of(bad, "geopresence.core.bad")
     assert "trio" in names and "geopresence.shell.server" in names
     assert rank(layer_of("geopresence.shell.server")) > rank(layer_of("geopresence.core.bad"))
+
+
+def test_the_architecture_doc_lists_every_module() -> None:
+    """docs/architecture.md has a row per module of each layer package, and no row for a
+    module that is gone: a newcomer's map of the code is the code's."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    for package in ("model", "wire", "core", "storage", "cluster", "shell"):
+        section = doc.split(f"**`{package}/`**", 1)[1].split("\n\n**", 1)[0]
+        listed = {row.split("`")[1] for row in section.splitlines() if row.startswith("| `")}
+        present = {f.stem for f in (PACKAGE / package).glob("*.py") if f.stem != "__init__"}
+        assert listed == present, f"{package}/: missing {present - listed}, gone {listed - present}"
