@@ -37,7 +37,6 @@ from typing import Any
 
 import trio
 
-from geopresence.core.journal import FILE_MAGIC, encode_frame
 from geopresence.core.state import DurableState
 from geopresence.core.store import UserSettings
 from geopresence.model.chat_message import ChatMessage
@@ -46,6 +45,7 @@ from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.options import FsyncPolicy
 from geopresence.storage.datadir import JOURNAL_PATTERN, journal_path, state_dir, write_snapshot
 from geopresence.storage.forked_snapshot import write_snapshot_forked
+from geopresence.storage.journal_format import FILE_MAGIC, encode_frame
 from geopresence.storage.recovery import rebuild, recover
 from geopresence.storage.snapshot import Snapshot, capture
 from geopresence.testing import open_server

@@ -29,7 +29,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Final
 
-from geopresence.core.journal import FILE_MAGIC
+from geopresence.storage.journal_format import FILE_MAGIC
 from geopresence.storage.snapshot import HEADER_SIZE, Snapshot, header, payload_chunks
 
 JOURNAL_PATTERN: Final = re.compile(r"^journal-(\d{20})\.log$")

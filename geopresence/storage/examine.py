@@ -14,9 +14,9 @@ from pathlib import Path
 
 import attrs
 
-from geopresence.core.journal import FILE_MAGIC, Damage, Frame, Scan, scan_frames
 from geopresence.model.records import Record, UserForgotten
 from geopresence.storage.datadir import JOURNAL_PATTERN, SNAPSHOT_PATTERN, numbered, state_dir
+from geopresence.storage.journal_format import FILE_MAGIC, Damage, Frame, Scan, scan_frames
 from geopresence.storage.snapshot import NewerSnapshot, Snapshot, SnapshotError, decode_snapshot
 
 

@@ -24,10 +24,10 @@ from typing import Final
 
 import trio
 
-from geopresence.core.journal import FILE_MAGIC, encode_frame
 from geopresence.model.records import Record
 from geopresence.options import FsyncPolicy
 from geopresence.storage.datadir import fsync_dir, journal_path, state_dir
+from geopresence.storage.journal_format import FILE_MAGIC, encode_frame
 
 log = logging.getLogger("geopresence.persistence")
 

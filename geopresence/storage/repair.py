@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geopresence.core.journal import FILE_MAGIC
 from geopresence.core.state import DurableState
 from geopresence.storage.datadir import (
     CORRUPT_DIR,
@@ -33,6 +32,7 @@ from geopresence.storage.datadir import (
     write_snapshot,
 )
 from geopresence.storage.examine import examine
+from geopresence.storage.journal_format import FILE_MAGIC
 from geopresence.storage.offline import state_counts
 from geopresence.storage.recovery import DataDirCorrupt, Recovered, rebuild, recover
 from geopresence.storage.snapshot import capture

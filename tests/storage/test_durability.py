@@ -13,7 +13,6 @@ import pytest
 import trio
 
 from geopresence.client import connect
-from geopresence.core.journal import FILE_MAGIC, encode_frame
 from geopresence.model.records import Befriended
 from geopresence.storage import journal_file
 from geopresence.storage.datadir import (
@@ -25,6 +24,7 @@ from geopresence.storage.datadir import (
     write_snapshot,
 )
 from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.journal_format import FILE_MAGIC, encode_frame
 from geopresence.storage.offline import compact
 from geopresence.storage.recovery import recover
 from geopresence.storage.snapshot import Snapshot

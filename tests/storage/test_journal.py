@@ -6,15 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.core.journal import (
-    FILE_MAGIC,
-    HEADER,
-    Damage,
-    MemoryJournal,
-    decode_frames,
-    encode_frame,
-    scan_frames,
-)
+from geopresence.core.journal import MemoryJournal
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -27,6 +19,13 @@ from geopresence.model.records import (
     Unfriended,
     record_from_json,
     record_to_json,
+)
+from geopresence.storage.journal_format import (
+    FILE_MAGIC,
+    HEADER,
+    Damage,
+    encode_frame,
+    scan_frames,
 )
 
 EVERY_KIND: list[Record] = [
@@ -50,9 +49,9 @@ def journal_bytes(records: list[Record]) -> bytes:
 def test_every_record_kind_round_trips() -> None:
     for record in EVERY_KIND:
         assert record_from_json(record_to_json(record)) == record
-    decoded = decode_frames(journal_bytes(EVERY_KIND))
-    assert decoded.records == EVERY_KIND and decoded.problem is None
-    assert decoded.good_end == len(journal_bytes(EVERY_KIND))
+    scan = scan_frames(journal_bytes(EVERY_KIND))
+    assert [f.record for f in scan.frames] == EVERY_KIND and not scan.damaged
+    assert scan.frames[-1].end == scan.size == len(journal_bytes(EVERY_KIND))
 
 
 def test_unknown_or_malformed_records_are_refused() -> None:
@@ -67,31 +66,11 @@ def test_unknown_or_malformed_records_are_refused() -> None:
             record_from_json(bad)
 
 
-@given(cut=st.integers(min_value=0, max_value=10_000))
-def test_a_torn_tail_keeps_exactly_the_whole_records_before_it(cut: int) -> None:
-    data = journal_bytes(EVERY_KIND)
-    cut = len(FILE_MAGIC) + cut % (len(data) - len(FILE_MAGIC))
-    decoded = decode_frames(data[:cut])
-    # the records kept are a prefix, and good_end is where the last of them ends
-    assert decoded.records == EVERY_KIND[: len(decoded.records)]
-    assert decoded.good_end == len(journal_bytes(decoded.records))
-    assert (decoded.problem is None) == (cut == decoded.good_end)
-
-
-@given(position=st.integers(min_value=0, max_value=10_000), flip=st.integers(1, 255))
-def test_a_flipped_byte_is_caught_by_the_checksum(position: int, flip: int) -> None:
-    data = bytearray(journal_bytes(EVERY_KIND))
-    position = len(FILE_MAGIC) + position % (len(data) - len(FILE_MAGIC))
-    data[position] ^= flip
-    decoded = decode_frames(bytes(data))
-    assert decoded.problem is not None
-    assert decoded.records == EVERY_KIND[: len(decoded.records)]
-
-
 def test_bad_magic_and_impossible_lengths() -> None:
-    assert decode_frames(b"garbage").problem == "not a geopresence journal (bad magic)"
+    assert scan_frames(b"garbage").damage[0] == Damage(0, 7, "bad magic at byte 0", 0)
     huge = FILE_MAGIC + b"\xff\xff\xff\xff\x00\x00\x00\x00"
-    assert "impossible frame length" in (decode_frames(huge).problem or "")
+    [damage] = scan_frames(huge).damage
+    assert "impossible frame length" in damage.problem
 
 
 @given(position=st.integers(min_value=0, max_value=10_000), flip=st.integers(1, 255))

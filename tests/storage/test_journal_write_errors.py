@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import trio
 
-from geopresence.core.journal import FILE_MAGIC
 from geopresence.model.records import Befriended
 from geopresence.storage import journal_file
 from geopresence.storage.journal_file import FileJournal
+from geopresence.storage.journal_format import FILE_MAGIC
 from geopresence.storage.recovery import recover
 
 

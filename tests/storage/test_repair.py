@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from geopresence.cli import main
-from geopresence.core.journal import HEADER, Frame, scan_frames
 from geopresence.shell import tools
 from geopresence.storage import offline, repair
 from geopresence.storage.datadir import (
@@ -28,6 +27,7 @@ from geopresence.storage.datadir import (
     keep_aside,
     state_dir,
 )
+from geopresence.storage.journal_format import HEADER, Frame, scan_frames
 from geopresence.storage.recovery import DataDirCorrupt
 from geopresence.storage.repair import repair_data_dir
 from geopresence.storage.snapshot import HEADER_SIZE, header

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from geopresence.cli import main
-from geopresence.core.journal import HEADER
 from geopresence.storage.datadir import JOURNAL_PATTERN
+from geopresence.storage.journal_format import HEADER
 from tests.storage.test_repair import contents, files, flip, frames_of, persistent, write_and_crash
 
 
