@@ -5,7 +5,7 @@ groups and their members, settings) and chat messages. Presence and locations ar
 they are live state that clients rebuild by reconnecting (docs/durability.md says why).
 
 A record is encoded as a JSON object whose ``"t"`` names its kind (``TAGS``); the journal
-frames it with a length and a checksum (``geopresence.core.journal``).
+frames it with a length and a checksum (``geopresence.storage.journal_format``).
 """
 
 from __future__ import annotations

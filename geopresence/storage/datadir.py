@@ -3,7 +3,7 @@ builds on (durable renames, the ``corrupt/`` folder, snapshot files and pruning)
 
 Layout of ``DATA_DIR/`` (docs/durability.md):
 
-- ``state/journal-<first seq>.log``: journal segments (format in ``geopresence.core.journal``,
+- ``state/journal-<first seq>.log``: journal segments (format in ``storage.journal_format``,
   written by ``geopresence.storage.journal_file``). A new segment starts at every snapshot, so
   old ones can be deleted whole.
 - ``state/snapshot-<journal seq>.snap``: snapshots (format in ``geopresence.storage.snapshot``).

@@ -1,7 +1,7 @@
 """Reading a data dir as it is, damage included (blocking; changes nothing).
 
 ``examine`` reads the newest readable snapshot and every journal segment, reading past
-damage (``geopresence.core.journal.scan_frames``), numbers every intact record, and
+damage (``geopresence.storage.journal_format.scan_frames``), numbers every intact record, and
 classifies what it finds: a torn tail (the usual crash mid-write, which a start-up repairs
 by itself), damage a snapshot makes harmless, and damage that costs records (a start-up
 refuses; ``geopresence repair`` fixes it). Recovery (``geopresence.storage.recovery``) and

@@ -1,7 +1,7 @@
 """The ``Journal`` seam on disk: segments of framed records, written in worker threads.
 
 Records go to ``DATA_DIR/state/journal-<first seq>.log`` (layout in
-``geopresence.storage.datadir``, frame format in ``geopresence.core.journal``); a new segment
+``geopresence.storage.datadir``, frame format in ``storage.journal_format``); a new segment
 starts at every snapshot, so that old ones can be deleted whole.
 
 Writes and fsyncs run in worker threads (``trio.to_thread``), never in the event loop.
