@@ -26,7 +26,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.store import MemoryStore
 from geopresence.shell import logs
 from geopresence.shell.auth import resolve_admin_key, resolve_secret
-from geopresence.shell.clock import ServerClock
+from geopresence.shell.clock import ServerClock, watch_skew
 from geopresence.shell.cluster_answers import ClusterAnswers
 from geopresence.shell.cluster_facing import ClusterFacing
 from geopresence.shell.connection_handler import ConnectionHandler
@@ -202,7 +202,12 @@ class Server(ClusterFacing):
     ) -> None:
         """Listen on the configured ports and serve until ``stop()``; then close every
         connection with 1001 (waiting up to ``drain_timeout``) and return."""
-        self.clock = ServerClock(self.config.time_origin)
+        self.clock = clock = ServerClock(self.config.time_origin)
+        self.metrics.gauge(
+            "clock_skew_seconds",
+            "The system clock minus the server's, read from it at start (watch_skew).",
+            clock.skew,
+        )
         try:
             forgotten = await self.durability.start()
             await self.history_keeper.start(forgotten)
@@ -249,6 +254,7 @@ class Server(ClusterFacing):
                 self.handshake.http_port = http_port  # the console's origin (--allowed-origins)
                 root.start_soon(self.connections.run)
                 root.start_soon(self.reaper.run, self.clock)
+                root.start_soon(watch_skew, self.clock)
                 root.start_soon(self.status.run)
                 root.start_soon(self._history.run)
                 root.start_soon(self.history_keeper.run, self.clock)
