@@ -12,6 +12,15 @@ from geopresence.wire.errors import ErrorCode, RequestId
 PAGE_SIZE: Final = 20
 """Entries per page of a ``nearby_friends`` or ``nearby_people`` reply (the contract's)."""
 
+
+def whole(value: float) -> float:
+    """``value`` as an ``int`` when it is a whole number: it is written ``5``, as the
+    contract's examples show, not ``5.0``, which a client decoding an integer refuses (Go's
+    ``encoding/json``, for one). Fractions, and numbers past 2**53, stay floats."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
 Status = Literal["online", "offline"]
 
 GoneReason = Literal["out_of_range", "expired", "offline", "hidden", "unfriended"]
@@ -28,8 +37,8 @@ class Welcome:
     type: Literal["welcome"] = "welcome"
     user: str
     device: str
-    heartbeat_interval: float
-    offline_after: float
+    heartbeat_interval: float = attrs.field(converter=whole)
+    offline_after: float = attrs.field(converter=whole)
     server_time: float
     re: RequestId = None
     """Extension: the hello's ``id`` when it had one (omitted otherwise)."""
@@ -152,7 +161,7 @@ class SettingsReply:
     type: Literal["settings"] = "settings"
     re: RequestId
     share_location: bool
-    radius_m: float
+    radius_m: float = attrs.field(converter=whole)
     visible_to_strangers: bool
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 from hypothesis import given
@@ -25,6 +26,7 @@ from geopresence.wire.server_messages import (
     FriendStatus,
     Presence,
     Sent,
+    SettingsReply,
     Welcome,
 )
 
@@ -212,3 +214,18 @@ def test_a_large_integer_id_is_judged_by_the_id_field_alone() -> None:
         '{"type":"send","to":"bob","text":"x","meta":{"id":-7},"id":1e20}',
     ):
         assert decode(frame).id == 1e20
+
+
+def test_whole_durations_and_radii_are_written_as_integers() -> None:
+    """The contract shows ``"heartbeat_interval":5``: a client decoding an integer (Go's
+    encoding/json, for one) refuses ``5.0``."""
+    welcome = Welcome(
+        user="a", device="d", heartbeat_interval=5.0, offline_after=1.5, server_time=2.0
+    )
+    assert encode(welcome).startswith(
+        '{"type":"welcome","user":"a","device":"d","heartbeat_interval":5,"offline_after":1.5,'
+    )
+    reply = SettingsReply(re=1, share_location=True, radius_m=1000.0, visible_to_strangers=False)
+    assert '"radius_m":1000,' in encode(reply)
+    assert '"radius_m":8046.72,' in encode(attrs.evolve(reply, radius_m=8046.72))
+    assert '"radius_m":1e+300,' in encode(attrs.evolve(reply, radius_m=1e300))  # not 301 digits
