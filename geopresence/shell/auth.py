@@ -10,7 +10,7 @@ from pathlib import Path
 import jwt
 
 from geopresence.model.ids import id_problem
-from geopresence.storage.datadir import fsync_dir
+from geopresence.storage.datadir import replace_file
 
 SECRET_FILE = "secret"
 ADMIN_KEY_FILE = "admin_key"
@@ -35,16 +35,9 @@ def load_or_create(data_dir: Path, name: str) -> str:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-        f.flush()
-        # Durable before anything signed with it or read from it is used: after a power
-        # loss an empty or missing file would mean a new value (every token void).
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(data_dir)
+    # Durable before anything signed with it or read from it is used: after a power loss
+    # an empty or missing file would mean a new value (every token void).
+    replace_file(path, f"{value}\n".encode(), mode=0o600)
     return value
 
 

@@ -88,15 +88,21 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` as ``path`` atomically and durably (temp file, fsync, rename, fsync
-    the dir)."""
-    temporary = path.with_name(path.name + ".tmp")  # pruned if a crash leaves it
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` as ``path`` atomically and durably (temp file created with ``mode``,
+    fsync, rename, fsync the dir). A write that fails (a full disk) leaves no temp file
+    behind: it raises, and ``path`` is as it was."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

@@ -21,6 +21,7 @@ def whole(value: float) -> float:
         return int(value)
     return value
 
+
 Status = Literal["online", "offline"]
 
 GoneReason = Literal["out_of_range", "expired", "offline", "hidden", "unfriended"]

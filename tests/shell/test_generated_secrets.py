@@ -33,3 +33,19 @@ def test_a_generated_secret_is_fsynced_with_its_directory(
     assert path.stat().st_ino in fsynced, "the file's contents"
     assert data_dir.stat().st_ino in fsynced, "its name in the directory"
     assert load_or_create(data_dir, name) == value
+
+
+def test_a_secret_that_cannot_be_written_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk at the first start: the error is raised, and no ``.tmp`` is left in the
+    data dir for the operator to wonder about (the next start writes the file again)."""
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    data_dir = tmp_path / "data"
+    with pytest.raises(OSError, match="No space left"):
+        load_or_create(data_dir, ADMIN_KEY_FILE)
+    assert list(data_dir.iterdir()) == []
