@@ -129,7 +129,21 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
     the snapshots older than the one used."""
     directory = state_dir(data_dir)
     ex = Examination()
-    bad: list[tuple[int, Path, str]] = []
+    unreadable = _read_snapshots(directory, ex, every_snapshot)
+    journal = _read_journal(directory, ex)
+    _weigh_unreadable_snapshots(ex, unreadable)
+    ex.found.extend(journal)
+    return ex
+
+
+def _read_snapshots(
+    directory: Path, ex: Examination, every_snapshot: bool
+) -> list[tuple[int, Path, str]]:
+    """Read snapshots newest first into ``ex`` until one is readable (with
+    ``every_snapshot``, all of them): the first readable one is the one used. Returns the
+    unreadable ones as (journal seq in the name, path, why); those a newer geopresence wrote
+    also go to ``ex.newer``."""
+    unreadable: list[tuple[int, Path, str]] = []
     for seq, path in reversed(numbered(directory, SNAPSHOT_PATTERN)):
         if ex.snapshot is not None and not every_snapshot:
             break
@@ -140,10 +154,17 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
         except SnapshotError as exc:
             if isinstance(exc, NewerSnapshot):
                 ex.newer.append(f"{path.name}: {exc}")
-            bad.append((seq, path, str(exc)))
+            unreadable.append((seq, path, str(exc)))
             continue
         if ex.snapshot is None:
             ex.snapshot, ex.snapshot_path = snapshot, path
+    return unreadable
+
+
+def _read_journal(directory: Path, ex: Examination) -> list[tuple[str, bool]]:
+    """Read every journal segment in order into ``ex`` (its segments, the records after the
+    snapshot used, forgets, gaps, ``last_seq``). Returns what was found in the journal, in
+    order, as (text, whether start-up refuses)."""
     base = ex.base
     last_seq = base
     journal: list[tuple[str, bool]] = []
@@ -151,16 +172,12 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
     for index, (first_seq, path) in enumerate(segments):
         last = index + 1 == len(segments)
         next_first = None if last else segments[index + 1][0]
-        data = path.read_bytes()
-        if FILE_MAGIC.startswith(data):
-            # Created, but a crash came before (or during) its magic: an empty segment.
-            partial = 0 < len(data) < len(FILE_MAGIC)
-            ex.segments.append(SegmentState(first_seq, path, None, partial_magic=partial))
-            continue
-        scan = scan_frames(data)
-        seqs, counts, exact = _assign(first_seq, scan, next_first)
-        segment = SegmentState(first_seq, path, scan, seqs, counts, exact)
+        segment = _read_segment(first_seq, path, next_first)
         ex.segments.append(segment)
+        scan = segment.scan
+        if scan is None:
+            continue
+        seqs = segment.seqs
         expected = last_seq + 1
         if seqs and first_seq > expected and first_seq > base + 1:
             ex.gaps.append((expected, first_seq - 1))
@@ -186,48 +203,82 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
         segment.covered = (
             ex.snapshot_path is not None and next_first is not None and next_first <= base + 1
         )
-        for part in scan.parts:
-            if isinstance(part, Frame) and not part.length_fixed:
-                continue
-            if isinstance(part, Damage) and "unknown record kind" in part.problem:
-                # Whole (its checksum holds) but of a kind this version does not know.
-                ex.newer.append(f"{path.name}: {part.problem}, written by a newer geopresence")
-            if (
-                last
-                and isinstance(part, Damage)
-                and part.end == scan.size
-                and part.start >= len(FILE_MAGIC)
-                and not part.problem.startswith("unreadable record")
-            ):
-                # A torn tail, the usual crash mid-write: nothing intact after it. (A frame
-                # that passes its checksum but is no record it knows was written whole.)
-                segment.torn = part
-                kept = sum(1 for p in scan.parts if isinstance(p, Frame))
-                journal.append(
-                    (
-                        f"journal {path.name}: {part.problem}; keeping the {kept} good "
-                        f"record(s) before byte {part.start} and dropping "
-                        f"{part.end - part.start} byte(s)",
-                        False,
-                    )
-                )
-                continue
-            text = _damage_text(path.name, scan, part)
-            if segment.covered and ex.snapshot_path is not None:
-                journal.append(
-                    (
-                        f"{text}; not needed ({ex.snapshot_path.name} holds all of that "
-                        "segment): left as is (geopresence repair rewrites it)",
-                        False,
-                    )
-                )
-            else:
-                journal.append((text, True))
+        journal.extend(_classify_damage(ex, segment, scan, last))
     ex.last_seq = last_seq
-    for seq, path, error in bad:
+    return journal
+
+
+def _read_segment(first_seq: int, path: Path, next_first: int | None) -> SegmentState:
+    """Read the segment at ``path`` (its first record is ``first_seq``; the next segment's
+    is ``next_first``, None for the last one), reading past damage."""
+    data = path.read_bytes()
+    if FILE_MAGIC.startswith(data):
+        # Created, but a crash came before (or during) its magic: an empty segment.
+        partial = 0 < len(data) < len(FILE_MAGIC)
+        return SegmentState(first_seq, path, None, partial_magic=partial)
+    scan = scan_frames(data)
+    seqs, counts, exact = _assign(first_seq, scan, next_first)
+    return SegmentState(first_seq, path, scan, seqs, counts, exact)
+
+
+def _classify_damage(
+    ex: Examination, segment: SegmentState, scan: Scan, last: bool
+) -> list[tuple[str, bool]]:
+    """What the damage in ``segment`` (read as ``scan``; ``last``: the newest segment) is,
+    one (text, whether start-up refuses) per damaged region or re-framed record: a torn
+    tail (kept as ``segment.torn``), damage the snapshot used makes harmless (``covered``),
+    or records lost. Records of a kind this version does not know also go to ``ex.newer``."""
+    name = segment.path.name
+    found: list[tuple[str, bool]] = []
+    for part in scan.parts:
+        if isinstance(part, Frame) and not part.length_fixed:
+            continue
+        if isinstance(part, Damage) and "unknown record kind" in part.problem:
+            # Whole (its checksum holds) but of a kind this version does not know.
+            ex.newer.append(f"{name}: {part.problem}, written by a newer geopresence")
+        if (
+            last
+            and isinstance(part, Damage)
+            and part.end == scan.size
+            and part.start >= len(FILE_MAGIC)
+            and not part.problem.startswith("unreadable record")
+        ):
+            # A torn tail, the usual crash mid-write: nothing intact after it. (A frame
+            # that passes its checksum but is no record it knows was written whole.)
+            segment.torn = part
+            kept = sum(1 for p in scan.parts if isinstance(p, Frame))
+            found.append(
+                (
+                    f"journal {name}: {part.problem}; keeping the {kept} good "
+                    f"record(s) before byte {part.start} and dropping "
+                    f"{part.end - part.start} byte(s)",
+                    False,
+                )
+            )
+            continue
+        text = _damage_text(name, scan, part)
+        if segment.covered and ex.snapshot_path is not None:
+            found.append(
+                (
+                    f"{text}; not needed ({ex.snapshot_path.name} holds all of that "
+                    "segment): left as is (geopresence repair rewrites it)",
+                    False,
+                )
+            )
+        else:
+            found.append((text, True))
+    return found
+
+
+def _weigh_unreadable_snapshots(ex: Examination, unreadable: list[tuple[int, Path, str]]) -> None:
+    """Add each unreadable snapshot to ``ex.bad_snapshots`` (lossless when the journal
+    reaches its seq) and, when it held records no other file holds, to ``ex.found`` (fatal).
+    Needs ``ex.last_seq``: call after ``_read_journal``."""
+    last_seq = ex.last_seq
+    for seq, path, error in unreadable:
         lossless = seq <= last_seq
         ex.bad_snapshots.append(BadSnapshot(seq, path, error, lossless))
-        if seq > base and not lossless:
+        if seq > ex.base and not lossless:
             ex.found.append(
                 (
                     f"snapshot {path.name} is unreadable ({error}), and records "
@@ -235,5 +286,3 @@ def examine(data_dir: Path, *, every_snapshot: bool = False) -> Examination:
                     True,
                 )
             )
-    ex.found.extend(journal)
-    return ex
