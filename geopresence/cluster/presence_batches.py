@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+import attrs
 import trio
 
 from geopresence.cluster.presence_scripts import ALIVE, END, sha1
@@ -33,6 +34,54 @@ Op = tuple[str, str, DeviceOp]
 def member(user: str, device: str) -> str:
     """A device in a node's ``gp:held`` set."""
     return f"{user}\n{device}"
+
+
+DECIDED = 1
+"""A reply's code when this very call made the user's transition (0: it did not)."""
+LOGGED_OUT = -1
+"""``ALIVE`` refused: the device was logged out at or after its connection opened."""
+SUPERSEDED = -2
+"""``ALIVE`` refused: a connection of the device that opened later holds it elsewhere."""
+
+
+@attrs.frozen
+class ScriptReply:
+    """A presence script's reply (``ALIVE``'s or ``END``'s, ``presence_scripts``), read:
+    ``code`` (``DECIDED``, 0, or ``ALIVE``'s refusals ``LOGGED_OUT`` / ``SUPERSEDED``), the
+    user's ``last_active_at`` (epoch seconds, None if unknown), status ``version`` and
+    ``status`` as they are after the call, and the script's ``details`` after those."""
+
+    code: int
+    last_active_at: float | None
+    version: int
+    status: Literal["online", "offline"]
+    details: tuple[str, ...]
+    """``ALIVE``'s: (the incarnation that held the device until now, '' if none), for
+    ``LOGGED_OUT`` (the logout's time in ms), for ``SUPERSEDED`` (the holder); ``END``'s:
+    (device, its holder, the logout's time in ms or '', '1' if this call ended it, else
+    '0') for each device it ends or tells of again, flattened."""
+
+    @classmethod
+    def read(cls, result: Any) -> ScriptReply:
+        """Read a reply as Redis returns it (bytes or numbers)."""
+        text = string(result[1])
+        return cls(
+            code=int(result[0]),
+            last_active_at=float(text) if text else None,
+            version=int(string(result[2])),
+            status="online" if string(result[3]) == "online" else "offline",
+            details=tuple(string(entry) for entry in result[4:]),
+        )
+
+    @property
+    def before(self) -> str:
+        """``ALIVE``'s: the incarnation that held the device until now ('' if none)."""
+        return self.details[0] if self.details else ""
+
+    @property
+    def logged_out_at(self) -> float:
+        """``ALIVE``'s ``LOGGED_OUT``: when the device was logged out (epoch seconds)."""
+        return int(self.details[0]) / 1000
 
 
 class PresenceBatches:
@@ -95,14 +144,40 @@ class PresenceBatches:
             return await self._apply_locked(ops, holder)
 
     async def _apply_locked(self, ops: list[Op], holder: str) -> int:
-        keys, client = self._keys, self._client
         self.refused.clear()
-        index = keys.of("held", holder)
+        index = self._keys.of("held", holder)
+        await self._load_scripts()
+        await self._index_alive(ops, index)
+        results = await self._run_scripts(ops, holder)
+        held: dict[str, bool] = {}  # each device's index entry after the batch, in op order
+        offline: list[str] = []
+        ended = 0
+        for (user, device, (kind, _, made)), result in zip(ops, results, strict=True):
+            reply = ScriptReply.read(result)
+            if kind == "alive":
+                if reply.code in (LOGGED_OUT, SUPERSEDED):
+                    self._tell_refused(user, device, holder, made, reply, held)
+                    continue
+                self._tell_held(user, device, holder, made, reply, held)
+            else:
+                ended += self._tell_ended(user, device, kind, reply, held)
+            if self._announce_news(user, reply) == "offline":
+                offline.append(user)
+        await self._follow_up(index, held, offline)
+        return ended
+
+    async def _load_scripts(self) -> None:
+        """Load the scripts into Redis unless done since it last failed us."""
         if not self._scripts_loaded:
             # Pipelines cannot fall back from EVALSHA to EVAL: load the scripts first.
-            await client.script_load(ALIVE)  # every master of a cluster gets it
-            await client.script_load(END)
+            await self._client.script_load(ALIVE)  # every master of a cluster gets it
+            await self._client.script_load(END)
             self._scripts_loaded = True
+
+    async def _index_alive(self, ops: list[Op], index: str) -> None:
+        """Add the devices ``ops`` report alive to the holder's ``index`` (``gp:held``), and
+        their users to ``gp:presence_users``."""
+        keys, client = self._keys, self._client
         alive = [(user, device) for user, device, (kind, _, _) in ops if kind == "alive"]
         if alive:
             # Before the scripts, in a round trip of its own (on a Cluster the set and the
@@ -112,6 +187,11 @@ class PresenceBatches:
                 pipe.sadd(index, [member(user, device) for user, device in alive])
                 # Every time: after a Redis data loss the index must be rebuilt.
                 pipe.sadd(keys.presence_users, list({user for user, _ in alive}))
+
+    async def _run_scripts(self, ops: list[Op], holder: str) -> list[Any]:
+        """Run each op's script (``ALIVE`` or ``END``) in one pipeline; returns their raw
+        replies in op order. A failure makes the next batch load the scripts again."""
+        keys, client = self._keys, self._client
         now_ms = str(int(self._clock() * 1000))
         requests = []
         try:
@@ -126,48 +206,77 @@ class PresenceBatches:
                         last = "" if when is None else repr(when)
                         args = [device, kind, holder, last, now_ms, made_ms]
                         requests.append(pipe.evalsha(self._end_sha, keys=key, args=args))
-            results = [await request for request in requests]
+            return [await request for request in requests]
         except Exception:
             self._scripts_loaded = False  # a restarted Redis forgot them
             raise
-        held: dict[str, bool] = {}  # each device's index entry after the batch, in op order
-        offline: list[str] = []
+
+    def _tell_refused(
+        self,
+        user: str,
+        device: str,
+        holder: str,
+        made: float,
+        reply: ScriptReply,
+        held: dict[str, bool],
+    ) -> None:
+        """``ALIVE`` refused the device's report (``reply.code``): its index entry goes, and
+        its connection here is told to close (``refused``, ``on_logged_out`` or
+        ``on_superseded``; ``made``: when the connection opened)."""
+        held[member(user, device)] = False
+        if reply.code == LOGGED_OUT:
+            self.refused[(user, device)] = CLOSE_LOGGED_OUT
+            if self.on_logged_out is not None:
+                self.on_logged_out(user, device, holder, reply.logged_out_at)
+        else:
+            self.refused[(user, device)] = CLOSE_REPLACED
+            if self.on_superseded is not None:
+                self.on_superseded(user, device, made)
+
+    def _tell_held(
+        self,
+        user: str,
+        device: str,
+        holder: str,
+        made: float,
+        reply: ScriptReply,
+        held: dict[str, bool],
+    ) -> None:
+        """``ALIVE`` gave ``holder`` the device: its index entry stays, and an incarnation
+        that held it until now is told (``on_taken_over``; ``made``: when the connection
+        here opened)."""
+        held[member(user, device)] = True
+        before = reply.before
+        if before and before != holder and self.on_taken_over:
+            # The device's older connection is on another node: it closes (4002).
+            # (A newer one there would have refused this report: SUPERSEDED.)
+            self.on_taken_over(user, device, before, made)
+
+    def _tell_ended(
+        self, user: str, device: str, kind: str, reply: ScriptReply, held: dict[str, bool]
+    ) -> int:
+        """``END`` ran for the device (``kind``: the op's): the index entries of the devices
+        it ended go, and the holders of those a logout ended are told (``on_logged_out``).
+        Returns how many devices it ended."""
+        if kind != "logout_all":
+            held[member(user, device)] = False
         ended = 0
-        for (user, device, (kind, _, made)), result in zip(ops, results, strict=True):
-            if kind == "alive":
-                if int(result[0]) == -1:  # logged out after its connection opened
-                    held[member(user, device)] = False
-                    self.refused[(user, device)] = CLOSE_LOGGED_OUT
-                    if self.on_logged_out is not None:
-                        self.on_logged_out(user, device, holder, int(result[4]) / 1000)
-                    continue
-                if int(result[0]) == -2:  # a newer connection of it is held elsewhere
-                    held[member(user, device)] = False
-                    self.refused[(user, device)] = CLOSE_REPLACED
-                    if self.on_superseded is not None:
-                        self.on_superseded(user, device, made)
-                    continue
-                held[member(user, device)] = True
-                before = string(result[4]) if len(result) > 4 else ""
-                if before and before != holder and self.on_taken_over:
-                    # The device's older connection is on another node: it closes (4002).
-                    # (A newer one there would have refused this report: -2.)
-                    self.on_taken_over(user, device, before, made)
-            else:
-                if kind != "logout_all":
-                    held[member(user, device)] = False
-                entries = [string(entry) for entry in result[4:]]
-                for i in range(0, len(entries), 4):
-                    name, by, at, now = entries[i : i + 4]
-                    if now == "1":
-                        held[member(user, name)] = False
-                        ended += 1
-                    if at and by and self.on_logged_out is not None:
-                        # Its connection is on the node of ``by`` (this one's too: a
-                        # session still opening here): that node ends it (4001).
-                        self.on_logged_out(user, name, by, int(at) / 1000)
-            if self._result(user, result) == "offline":
-                offline.append(user)
+        entries = reply.details
+        for i in range(0, len(entries), 4):
+            name, by, at, now = entries[i : i + 4]
+            if now == "1":
+                held[member(user, name)] = False
+                ended += 1
+            if at and by and self.on_logged_out is not None:
+                # Its connection is on the node of ``by`` (this one's too: a
+                # session still opening here): that node ends it (4001).
+                self.on_logged_out(user, name, by, int(at) / 1000)
+        return ended
+
+    async def _follow_up(self, index: str, held: dict[str, bool], offline: list[str]) -> None:
+        """Remove the entries ``held`` says are gone from the holder's ``index``, and take
+        each ``offline`` user's last location (``on_offline_at``)."""
+        keys, client = self._keys, self._client
         dropped = [entry for entry, kept in held.items() if not kept]
         if dropped or offline:
             async with client.pipeline(transaction=False) as pipe:
@@ -178,22 +287,16 @@ class PresenceBatches:
                 raw = await request
                 if raw is not None and self.on_offline_at is not None:
                     self.on_offline_at(user, raw)
-        return ended
 
-    def _result(self, user: str, result: Any) -> str | None:
+    def _announce_news(self, user: str, reply: ScriptReply) -> str | None:
         """Announce what a script reply says if it is news: a transition this call decided,
         or a state newer than the one kept here (the reply to the deciding call was lost, and a
         retry or a later report finds the transition already made). Returns the status
         announced, if any."""
-        decided = int(result[0]) == 1
-        version = int(string(result[2]))
-        if not decided and version <= self._known_version(user):
+        decided = reply.code == DECIDED
+        if not decided and reply.version <= self._known_version(user):
             return None
-        status: Literal["online", "offline"] = (
-            "online" if string(result[3]) == "online" else "offline"
-        )
-        text = string(result[1])
         if decided:
             self.transitions += 1
-        self._announce(PresenceSet(user, status, float(text) if text else None, version))
-        return status
+        self._announce(PresenceSet(user, reply.status, reply.last_active_at, reply.version))
+        return reply.status
