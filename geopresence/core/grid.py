@@ -123,6 +123,28 @@ class StrangerGrid:
         Members are compared by squared chord length to the centre (monotonic in distance);
         the great-circle distance is computed only for the members returned.
         """
+        total, found, inside = self._count_cells(center, radius_m, excluded)
+        # Excluded members are not in ``found``; take them out of the count too.
+        total -= self._excluded_within(center, radius_m, excluded)
+        self._open_nearest(center, inside, excluded, need, found)
+        best = heapq.nsmallest(need, found)
+        return total, [
+            (
+                2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(c2) / 2)),
+                user,
+                self._where[user][1],
+            )
+            for c2, user in best
+        ]
+
+    def _count_cells(
+        self, center: Location, radius_m: float, excluded: Set[str]
+    ) -> tuple[int, list[tuple[float, str]], list[tuple[float, str]]]:
+        """Walk the cells of the circle's cover, splitting rim cells. Returns the members
+        within ``radius_m`` of ``center``, excluded ones included: their count; (squared
+        chord, user) of those checked one by one on the rim, excluded ones left out; and
+        (lower bound of the distance in metres, cell) of the cells entirely inside, counted
+        but not opened."""
         total = 0
         found: list[tuple[float, str]] = []  # (squared chord, user), within and not excluded
         inside: list[tuple[float, str]] = []  # (lower bound of distance, cell)
@@ -152,15 +174,34 @@ class StrangerGrid:
                         total += 1
                         if user not in excluded:
                             found.append((chord2, user))
-        # Excluded members are not in ``found``; take them out of the count too.
+        return total, found, inside
+
+    def _excluded_within(self, center: Location, radius_m: float, excluded: Set[str]) -> int:
+        """How many members in ``excluded`` are within ``radius_m`` of ``center`` (looking
+        up the smaller of ``excluded`` and the members)."""
+        within = 0
         smaller = excluded if len(excluded) <= len(self._where) else self._where.keys() & excluded
         for user in smaller:
             spot = self.get(user)
             if spot is not None and distance_within(center, spot, radius_m) is not None:
-                total -= 1
+                within += 1
+        return within
+
+    def _open_nearest(
+        self,
+        center: Location,
+        inside: list[tuple[float, str]],
+        excluded: Set[str],
+        need: int,
+        found: list[tuple[float, str]],
+    ) -> None:
+        """Add to ``found`` the (squared chord, user) of the members not in ``excluded`` of
+        the ``inside`` cells ((lower bound of the distance in metres, cell); consumed) that
+        may be among the ``need`` nearest to ``center``."""
         # Best-first over the inside cells: split the nearest one until cells are small,
         # open small ones, and stop once the need-th nearest member found so far is closer
         # than anything left could be.
+        cx, cy, cz = center.xyz
         heapq.heapify(inside)
         nearest = heapq.nsmallest(need, (c2 for c2, _ in found))
         bound = [-c2 for c2 in nearest]  # max-heap (negated) of the ``need`` smallest
@@ -182,15 +223,6 @@ class StrangerGrid:
                         heapq.heappush(bound, -chord2)
                     elif chord2 < -bound[0]:
                         heapq.heapreplace(bound, -chord2)
-        best = heapq.nsmallest(need, found)
-        return total, [
-            (
-                2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(c2) / 2)),
-                user,
-                self._where[user][1],
-            )
-            for c2, user in best
-        ]
 
 
 def _distance_bounds(center: Location, cell: str) -> tuple[float, float]:
