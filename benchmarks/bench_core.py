@@ -32,7 +32,8 @@ from geopresence.core.store import MemoryStore
 from geopresence.model.geocells import cover
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.client_messages import Heartbeat, LocationUpdate, Send, Sync
-from geopresence.wire.outbox import Outbox, Outgoing
+from geopresence.wire.outbox import Outbox
+from geopresence.wire.outgoing import Outgoing
 from geopresence.wire.protocol import decode, decode_text, encode
 from geopresence.wire.server_messages import Presence
 

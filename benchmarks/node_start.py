@@ -31,7 +31,7 @@ from geopresence.core.hub import Hub, HubSettings
 from geopresence.core.replication import FeedOp
 from geopresence.core.store import MemoryStore
 from geopresence.model.chat_message import ChatMessage
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 PIPELINE = 2000
 """Commands per pipeline while seeding."""

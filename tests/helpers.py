@@ -22,7 +22,7 @@ from geopresence.core.broker import ConnId
 from geopresence.core.hub import Hub
 from geopresence.core.replies import Place
 from geopresence.testing import TestServer
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 
 class SettableClock:

@@ -25,7 +25,7 @@ from geopresence.core.nearby import GoneEvent, LocationEvent, LocationKept
 from geopresence.core.replication import PresenceSet, feed_from_json, feed_to_json
 from geopresence.core.stranger_events import StrangerEvent, StrangerGoneEvent
 from geopresence.model.records import SettingsChanged, record_from_json, record_to_json
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from geopresence.core.fanout import Fanout
 from geopresence.core.journal import Journal
 from geopresence.core.replies import Place, Replies
 from geopresence.model.records import Record
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 
 class Acks:

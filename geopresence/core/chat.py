@@ -51,8 +51,8 @@ from geopresence.model.chat_message import ChatMessage
 from geopresence.model.snowflake import SnowflakeGenerator
 from geopresence.wire.client_messages import Send, Sync
 from geopresence.wire.errors import ProtocolError, RequestId
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode, error_message
+from geopresence.wire.outgoing import Outgoing, out
+from geopresence.wire.protocol import error_message
 from geopresence.wire.server_messages import Sent
 
 __all__ = ["Chat"]
@@ -204,7 +204,7 @@ class Chat:
             if pending.reused:  # refused where it was written (``stored_elsewhere``)
                 for to, request_id in pending.acks:
                     error = reused_error(message.client_msg_id, request_id)
-                    self.ctx.replies.answer(to, Outgoing(encode(error_message(error))))
+                    self.ctx.replies.answer(to, out(error_message(error)))
                 continue
             if pending.stored_as is not None:
                 # A resend of a message another node stored: its sender gets that one, and
@@ -217,7 +217,7 @@ class Chat:
                         self._ack_when_stable(to, request_id, original, duplicate=True)
                     else:
                         error = reused_error(message.client_msg_id, request_id)
-                        self.ctx.replies.answer(to, Outgoing(encode(error_message(error))))
+                        self.ctx.replies.answer(to, out(error_message(error)))
                 continue
             self.sent += 1
             # A group deleted, or a user forgotten, while its message was on its way to disk
@@ -369,7 +369,7 @@ class Chat:
             created_at=message.created_at,
             duplicate=True if duplicate else None,
         )
-        self.ctx.replies.answer(to, Outgoing(encode(sent)))
+        self.ctx.replies.answer(to, out(sent))
 
     # ---------------------------------------------------------------- group membership
 

@@ -12,8 +12,7 @@ from geopresence.core.broker import group_channel, inbox_channel
 from geopresence.model.chat_message import ChatMessage
 from geopresence.wire.client_messages import Send
 from geopresence.wire.errors import ProtocolError, RequestId
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
+from geopresence.wire.outgoing import Outgoing, out
 from geopresence.wire.server_messages import ChatMessageOut
 
 
@@ -53,10 +52,10 @@ class ChatEvent:
     def frame_for(self, user: str) -> Outgoing:
         if user == self.message.sender and self.message.client_msg_id is not None:
             if self._own is None:
-                self._own = Outgoing(encode(message_frame(self.message, own=True)))
+                self._own = out(message_frame(self.message, own=True))
             return self._own
         if self._shared is None:
-            self._shared = Outgoing(encode(message_frame(self.message, own=False)))
+            self._shared = out(message_frame(self.message, own=False))
         return self._shared
 
 

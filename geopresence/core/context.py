@@ -25,7 +25,7 @@ from geopresence.core.replies import Sink as Sink
 from geopresence.core.store import Store
 from geopresence.model.records import Record
 from geopresence.wire.errors import ProtocolError
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 from geopresence.wire.server_messages import StrangerGoneReason
 
 

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Set
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 from geopresence.core.broker import Broker, ConnId
 from geopresence.core.nearby_views import NEARBY_TAG
 from geopresence.core.stranger_queries import STRANGER_TAG
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
-from geopresence.wire.server_messages import ServerMessage
 
 PublishScope = Literal["all", "local", "none"]
 """Where the hub's publishes go: every node, this node's subscribers only (events every node
 derives itself), or nowhere (applying another node's change, whose origin published them)."""
-
-
-def out(message: ServerMessage, coalesce_key: Any = None) -> Outgoing:
-    """``message`` encoded as a frame (``coalesce_key``: latest-wins slot, None: queued)."""
-    return Outgoing(encode(message), coalesce_key)
 
 
 def presence_key(user: str) -> tuple[str, str]:

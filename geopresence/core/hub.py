@@ -36,7 +36,7 @@ from geopresence.core.chat_message_wire import ChatEvent, PushHook
 from geopresence.core.chat_send_rules import check_member
 from geopresence.core.context import Session as Session
 from geopresence.core.context import Sink as Sink
-from geopresence.core.fanout import Fanout, out
+from geopresence.core.fanout import Fanout
 from geopresence.core.forget import Forgetting
 from geopresence.core.hub_operations import HubOperations
 from geopresence.core.journal import Journal, MemoryJournal
@@ -81,7 +81,7 @@ from geopresence.wire.client_messages import (
     WatchStrangers,
 )
 from geopresence.wire.errors import ProtocolError
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing, out
 from geopresence.wire.server_messages import GroupPresenceReply
 
 _KEEP_MOVES_DEFERRED: Final = (LocationUpdate, Heartbeat)

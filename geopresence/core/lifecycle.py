@@ -15,7 +15,7 @@ from typing import Literal, Protocol
 
 from geopresence.core.broker import ConnId, group_channel, inbox_channel, user_channel
 from geopresence.core.context import Session
-from geopresence.core.fanout import Fanout, out, presence_key
+from geopresence.core.fanout import Fanout, presence_key
 from geopresence.core.presence import Ended, PresenceChange, PresenceTable
 from geopresence.core.replication import Replicator
 from geopresence.core.replies import Replies
@@ -32,6 +32,7 @@ from geopresence.wire.errors import (
     ProtocolError,
     RequestId,
 )
+from geopresence.wire.outgoing import out
 from geopresence.wire.server_messages import FriendsPresence, HeartbeatAck, Presence, Welcome
 
 Report = Literal["logout", "if_held", "no"]

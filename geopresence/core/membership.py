@@ -27,8 +27,7 @@ from geopresence.model.records import (
     Unfriended,
 )
 from geopresence.wire.errors import ErrorCode, ProtocolError
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
+from geopresence.wire.outgoing import out
 from geopresence.wire.server_messages import FriendRemoved, FriendsPresence
 
 GROUP_SLICE: Final = 5_000
@@ -159,8 +158,8 @@ class Membership:
         status = self.statuses.friend_status
         # Seal each friend's pending presence: an event queued earlier must not be replaced
         # by a later one that would then arrive before this snapshot.
-        snapshot = Outgoing(
-            encode(FriendsPresence(friends=[status(f, now) for f in friends])),
+        snapshot = out(
+            FriendsPresence(friends=[status(f, now) for f in friends]),
             seals=tuple(key for f in friends for key in keys_about(f)),
         )
         sessions = self.sessions
@@ -217,7 +216,7 @@ class Membership:
             sessions.online_friends.unfriended(a, b)
         self.friends.on_friendship_removed(a, b)
         for user, friend in ((a, b), (b, a)):
-            gone = Outgoing(encode(FriendRemoved(user=friend)), seals=keys_about(friend))
+            gone = out(FriendRemoved(user=friend), seals=keys_about(friend))
             for conn in sessions.live_connections(user):
                 sessions.broker.unsubscribe(user_channel(friend), conn)
                 sessions.sink.send(conn, gone)

@@ -28,8 +28,7 @@ from geopresence.model.geo import distance_within
 from geopresence.model.records import SettingsChanged
 from geopresence.wire.client_messages import LocationUpdate, NearbyFriendsQuery, SettingsUpdate
 from geopresence.wire.errors import ProtocolError, RequestId
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
+from geopresence.wire.outgoing import out
 from geopresence.wire.server_messages import (
     PAGE_SIZE,
     GoneReason,
@@ -204,7 +203,7 @@ class Nearby:
         reply = NearbyFriendsReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=len(entries), friends=page
         )
-        self.ctx.replies.reply(session.conn, Outgoing(encode(reply), seals=((NEARBY_TAG,),)))
+        self.ctx.replies.reply(session.conn, out(reply, seals=((NEARBY_TAG,),)))
 
     def nearby(self, user: str, now: float, request_id: RequestId = None) -> list[NearbyFriend]:
         """Friends sharing a live location within ``user``'s radius, nearest first (ties by
@@ -252,7 +251,7 @@ class Nearby:
             radius_m=self.radius(user),
             visible_to_strangers=after.visible_to_strangers,
         )
-        self.ctx.reply_when_durable(session.conn, Outgoing(encode(reply)))
+        self.ctx.reply_when_durable(session.conn, out(reply))
 
     def change_settings(self, user: str, after: UserSettings, now: float) -> None:
         """Store ``user``'s new settings and bring every view they affect up to date."""

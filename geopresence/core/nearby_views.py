@@ -16,8 +16,7 @@ from geopresence.core.context import FeatureContext
 from geopresence.core.locations import Location, LocationCache
 from geopresence.model.geo import distance_within
 from geopresence.wire.hot_encode import friend_location_head, friend_location_text
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
+from geopresence.wire.outgoing import Outgoing, out
 from geopresence.wire.server_messages import FriendGone, GoneReason, NearbyFriend
 
 NEARBY_TAG: Final = "nearby"
@@ -126,4 +125,4 @@ class FriendViews:
 
     def _send_gone(self, conn: ConnId, user: str, reason: GoneReason) -> None:
         frame = FriendGone(user=user, reason=reason)
-        self.ctx.sink.send(conn, Outgoing(encode(frame), _nearby_key(user)))
+        self.ctx.sink.send(conn, out(frame, _nearby_key(user)))

@@ -34,7 +34,7 @@ import attrs
 
 from geopresence.core.broker import ConnId
 from geopresence.wire.errors import CLOSE_REASONS, CLOSE_SLOW_CONSUMER
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 __all__ = ["Place", "Replies", "ReplyTo", "Sink"]
 

@@ -19,8 +19,8 @@ from geopresence.core.online_friends import OnlineFriends
 from geopresence.core.replies import Replies
 from geopresence.core.settings import HubSettings
 from geopresence.wire.errors import CLOSE_SLOW_CONSUMER, ProtocolError, RequestId
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode, error_message
+from geopresence.wire.outgoing import out
+from geopresence.wire.protocol import error_message
 
 
 @attrs.define
@@ -159,7 +159,7 @@ class Sessions:
         connection stays open)."""
         if conn in self._sessions:
             self.errors[error.code] += 1
-            self.sink.reply(conn, Outgoing(encode(error_message(error))))
+            self.sink.reply(conn, out(error_message(error)))
 
     def drop(self, conn: ConnId, code: int, reason: str) -> None:
         """Forget ``conn``'s session and ask the sink to close it with ``code``."""

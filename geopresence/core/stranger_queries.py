@@ -19,8 +19,7 @@ from geopresence.core.stranger_watches import GoneDuringSearches, Watches
 from geopresence.model.geocells import coarse
 from geopresence.wire.client_messages import NearbyPeopleQuery
 from geopresence.wire.errors import ProtocolError
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
+from geopresence.wire.outgoing import out
 from geopresence.wire.server_messages import PAGE_SIZE, NearbyPeopleReply, Person
 
 ROUND_TO_M: Final = 100
@@ -148,7 +147,7 @@ class PeopleQueries:
         reply = NearbyPeopleReply(
             re=query.id, page=query.page, page_size=PAGE_SIZE, total=total, people=people
         )
-        self.ctx.replies.reply(conn, Outgoing(encode(reply), seals=((STRANGER_TAG,),)))
+        self.ctx.replies.reply(conn, out(reply, seals=((STRANGER_TAG,),)))
         if watch is not None:
             # Later stranger_gone refers to everything shown: earlier events and this page.
             for _, other, location in page:

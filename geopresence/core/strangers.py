@@ -50,8 +50,7 @@ from geopresence.core.stranger_watches import Watches
 from geopresence.model.geo import distance_within
 from geopresence.model.geocells import INDEX_PRECISION, cell_of, cover
 from geopresence.wire.client_messages import WatchStrangers
-from geopresence.wire.outbox import Outgoing
-from geopresence.wire.protocol import encode
+from geopresence.wire.outgoing import out
 from geopresence.wire.server_messages import (
     StrangerGone,
     StrangerGoneReason,
@@ -121,7 +120,7 @@ class Strangers:
                 for cell in watch.cells:
                     self.ctx.broker.unsubscribe(cell_channel(cell), conn)
         reply = WatchStrangersReply(re=message.id, on=message.on)
-        self.ctx.replies.reply(conn, Outgoing(encode(reply)))
+        self.ctx.replies.reply(conn, out(reply))
 
     # ------------------------------------------------------------------ hub events
 
@@ -265,7 +264,7 @@ class Strangers:
         if distance is not None:
             self._watches.show(watch, other, event.location)
             frame = StrangerNearby(user=other, distance_m=rounded(distance), ts=event.location.ts)
-            self.ctx.sink.send(conn, Outgoing(encode(frame), _stranger_key(other)))
+            self.ctx.sink.send(conn, out(frame, _stranger_key(other)))
         elif self._watches.unshow(watch, other):
             self._send_gone(conn, other, "out_of_range")
 
@@ -380,4 +379,4 @@ class Strangers:
 
     def _send_gone(self, conn: ConnId, user: str, reason: StrangerGoneReason) -> None:
         frame = StrangerGone(user=user, reason=reason)
-        self.ctx.sink.send(conn, Outgoing(encode(frame), _stranger_key(user)))
+        self.ctx.sink.send(conn, out(frame, _stranger_key(user)))

@@ -23,7 +23,8 @@ from geopresence.core.broker import ConnId
 from geopresence.shell.metrics import Metrics
 from geopresence.shell.transport import Connection, text_frame
 from geopresence.wire.errors import CLOSE_REASONS, CLOSE_SLOW_CONSUMER
-from geopresence.wire.outbox import Outbox, Outgoing
+from geopresence.wire.outbox import Outbox
+from geopresence.wire.outgoing import Outgoing
 
 log = logging.getLogger("geopresence")
 

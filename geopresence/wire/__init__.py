@@ -1,2 +1,2 @@
 """The WebSocket contract: client and server messages, their codec and error codes
-(``protocol``), and encoded frames with the per-connection queue (``outbox``)."""
+(``protocol``), encoded frames (``outgoing``) and the per-connection queue (``outbox``)."""

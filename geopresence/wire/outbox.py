@@ -15,27 +15,7 @@ from collections.abc import Hashable
 
 import attrs
 
-KeyPrefix = tuple[Hashable, ...]
-
-
-@attrs.define(slots=True)
-class Outgoing:
-    """One encoded server frame.
-
-    ``text`` is the frame's JSON, encoded once and shared by every recipient of a fan-out.
-    ``coalesce_key`` (a tuple) is set for state updates where only the latest matters.
-    ``seals`` lists key prefixes: undelivered frames whose key starts with one of them can no
-    longer be replaced, so a newer state about the same thing is queued *after* this frame. A
-    snapshot (a ``nearby_friends`` reply, a friendship change) seals the updates queued before
-    it, so a later update can never jump ahead of the snapshot it follows.
-    """
-
-    text: str
-    coalesce_key: tuple[Hashable, ...] | None = None
-    seals: tuple[KeyPrefix, ...] = ()
-    framed: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
-    """The frame as the transport writes it, made by the first recipient's transport and
-    reused by the others (a fan-out is framed once). Set by the shell only."""
+from geopresence.wire.outgoing import KeyPrefix, Outgoing
 
 
 @attrs.define(slots=True)

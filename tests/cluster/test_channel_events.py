@@ -23,7 +23,7 @@ from geopresence.core.replication import PresenceSet
 from geopresence.core.stranger_events import StrangerEvent, StrangerGoneEvent
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import SettingsChanged
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 EVENTS: list[ChannelEvent] = [
     Outgoing('{"type":"presence"}', ("presence", "alice"), (("nearby", "alice"), ("presence",))),

@@ -12,7 +12,7 @@ from geopresence.cluster.redis_subscriber import RedisAddress
 from geopresence.core.broker import ConnId
 from geopresence.core.locations import Location
 from geopresence.core.nearby import LocationEvent
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 from tests.redis_server import redis_cluster, redis_server
 
 

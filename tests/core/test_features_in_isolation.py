@@ -32,7 +32,7 @@ from geopresence.wire.client_messages import (
     WatchStrangers,
 )
 from geopresence.wire.errors import ProtocolError
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 from geopresence.wire.protocol import encode, error_message
 from tests.helpers import RecordingSink
 

@@ -31,7 +31,8 @@ from geopresence.wire.client_messages import (
     WatchStrangers,
 )
 from geopresence.wire.errors import ProtocolError
-from geopresence.wire.outbox import Outbox, Outgoing
+from geopresence.wire.outbox import Outbox
+from geopresence.wire.outgoing import Outgoing
 from tests.helpers import RecordingSink
 
 

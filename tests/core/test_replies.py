@@ -24,7 +24,7 @@ from geopresence.wire.client_messages import (
     Send,
     SettingsUpdate,
 )
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 from tests.core.test_hub_chat import HeldJournal
 from tests.helpers import RecordingSink, places_taken
 

@@ -8,7 +8,7 @@ import pytest
 
 from geopresence.cluster.redis_broker import RedisBroker
 from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 IMPLEMENTATIONS: dict[str, Callable[[Deliver], Broker]] = {
     "memory": MemoryBroker,

@@ -21,7 +21,7 @@ from geopresence.model.records import GroupSet, Record
 from geopresence.shell.auth import DEFAULT_TOKEN_TTL
 from geopresence.shell.http_api import HttpApi
 from geopresence.testing import TestServer, open_server
-from geopresence.wire.outbox import Outgoing
+from geopresence.wire.outgoing import Outgoing
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 SECRET = "test-secret-test-secret-test-secret-0123"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from geopresence.wire.outbox import Outbox, Outgoing
+from geopresence.wire.outbox import Outbox
+from geopresence.wire.outgoing import Outgoing
 
 
 def test_fifo_and_bound() -> None:
