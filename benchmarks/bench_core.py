@@ -94,7 +94,7 @@ def main() -> None:
     friends = 5000
     fan_hub = Hub(HubSettings(max_friends=friends), MemoryStore(), sink)
     for i in range(friends):
-        fan_hub.add_friendship("star", f"f{i}", 0.0)
+        fan_hub.membership.add_friendship("star", f"f{i}", 0.0)
         fan_hub.open_session(10_000 + i, f"f{i}", "phone", now=0.0)
     rounds = 10 * scale
     change = PresenceChange("star", "online", 1.0)
@@ -120,7 +120,7 @@ def main() -> None:
     friends_of_mover = 400
     loc_hub.open_session(1, "mover", "phone", now=0.0)
     for i in range(friends_of_mover):
-        loc_hub.add_friendship("mover", f"m{i}", 0.0)
+        loc_hub.membership.add_friendship("mover", f"m{i}", 0.0)
         loc_hub.open_session(50_000 + i, f"m{i}", "phone", now=0.0)
         # one friend in ten within 5 miles, the others 10-60 km away
         north = 0.02 * (i % 7) / 7 if i % 10 == 0 else 0.1 + 0.4 * (i % 13) / 13
@@ -185,9 +185,9 @@ def main() -> None:
     )
 
     chat_hub = Hub(HubSettings(), MemoryStore(), sink)
-    chat_hub.add_friendship("alice", "bob", 0.0)
+    chat_hub.membership.add_friendship("alice", "bob", 0.0)
     members = 100
-    chat_hub.set_group("team", [f"t{i}" for i in range(members)])
+    chat_hub.membership.set_group("team", [f"t{i}" for i in range(members)])
     for conn, (user, device) in enumerate(
         [("alice", "phone"), ("alice", "laptop"), ("bob", "phone"), ("bob", "laptop")]
         + [(f"t{i}", "phone") for i in range(members)],
@@ -238,7 +238,7 @@ def main() -> None:
         if not remote:
             node.open_session(1, "mover", "phone", now=0.0)
         for i in range(sessions):
-            node.add_friendship("mover", f"n{i}", 0.0)
+            node.membership.add_friendship("mover", f"n{i}", 0.0)
             node.open_session(70_000 + i, f"n{i}", "phone", now=0.0)
             node.handle(70_000 + i, LocationUpdate(lat=37.5 + 0.0005 * i, lon=127.0), 0.0)
 

@@ -18,9 +18,8 @@ The parts, each in its own module: ``Sessions`` (the session table and rate limi
 replies waiting for it), ``Replies`` (every frame: each connection's replies in the order of
 its requests), ``RemoteChanges`` (other nodes' changes), ``Fanout`` (the publish scope),
 ``Forgetting`` (a user deleted), and the features ``Chat``, ``Nearby`` and ``Strangers``,
-which see the hub only as their ``FeatureContext``. ``HubSettings``, ``BulkError``,
-``GROUP_SLICE``, ``FEED_APPLY``, ``Session`` and ``Sink`` are importable from here as before
-the parts were split out.
+which see the hub only as their ``FeatureContext``. ``HubSettings`` and ``FEED_APPLY`` are
+importable from here as before the parts were split out.
 """
 
 from __future__ import annotations
@@ -34,15 +33,12 @@ from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
 from geopresence.core.chat import Chat
 from geopresence.core.chat_message_wire import ChatEvent, PushHook
 from geopresence.core.chat_send_rules import check_member
-from geopresence.core.context import Session as Session
-from geopresence.core.context import Sink as Sink
+from geopresence.core.context import Session, Sink
 from geopresence.core.fanout import Fanout
 from geopresence.core.forget import Forgetting
 from geopresence.core.hub_operations import HubOperations
 from geopresence.core.journal import Journal, MemoryJournal
 from geopresence.core.lifecycle import Lifecycle
-from geopresence.core.membership import GROUP_SLICE as GROUP_SLICE
-from geopresence.core.membership import BulkError as BulkError
 from geopresence.core.membership import Membership
 from geopresence.core.nearby import (
     GoneEvent,
@@ -94,7 +90,8 @@ class Hub(HubOperations):
 
     The hub wires its parts, dispatches client messages by type (``handle``) and broker
     events to the feature that renders them, and is the features' ``FeatureContext``. The
-    methods it inherits (``HubOperations``) hand the call to the part that does the work.
+    methods it inherits (``HubOperations``) hand the call to the part that does the work;
+    friendships and groups are changed on ``membership``, presence is queried on ``statuses``.
 
     Methods that take a ``conn`` ignore connections the hub does not know (already closed by
     the hub itself); HTTP-facing methods raise ``ProtocolError`` for invalid requests.

@@ -1,19 +1,17 @@
-"""The hub's operations for the shell and the tests, each handed to the part that does the work.
+"""The hub's operations for the shell and the cluster, each handed to the part that does the work.
 
 ``Hub`` inherits them; each is documented on the part it calls (``Acks``, ``Sessions``,
-``Lifecycle``, ``Statuses``, ``Membership``, ``RemoteChanges``). New callers may call the parts
-directly.
+``Lifecycle``, ``PresenceTable``, ``Statuses``, ``RemoteChanges``). Everything else is called
+on the part itself (``hub.membership.add_friendship``, ``hub.statuses.user_presence``,
+``hub.lifecycle.logout``), and so should new callers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterable
-
 from geopresence.core.acks import Acks
 from geopresence.core.broker import ConnId
 from geopresence.core.lifecycle import Lifecycle
-from geopresence.core.membership import GROUP_SLICE, Membership
-from geopresence.core.presence import PresenceTable, UserPresence
+from geopresence.core.presence import PresenceTable
 from geopresence.core.remote_changes import RemoteChanges
 from geopresence.core.replication import FeedOp, PresenceSet
 from geopresence.core.sessions import Sessions
@@ -31,7 +29,6 @@ class HubOperations:
     lifecycle: Lifecycle
     presence: PresenceTable[ConnId]
     statuses: Statuses
-    membership: Membership
     remote: RemoteChanges
 
     @property
@@ -41,10 +38,6 @@ class HubOperations:
     @last_seq.setter
     def last_seq(self, seq: int) -> None:
         self.acks.last_seq = seq  # recovery: the journal read back
-
-    @property
-    def session_count(self) -> int:
-        return self.sessions.count
 
     @property
     def rate_limited(self) -> int:
@@ -95,9 +88,6 @@ class HubOperations:
     def next_deadline(self) -> float | None:
         return self.lifecycle.next_deadline()
 
-    def logout(self, user: str, device: str | None = None) -> int:
-        return self.lifecycle.logout(user, device)
-
     def connection_of(self, user: str, device: str) -> ConnId | None:
         """This node's connection of ``user``'s ``device``, if any."""
         return self.presence.connection_of(user, device)
@@ -111,47 +101,11 @@ class HubOperations:
         unless it reconnected here since (``Lifecycle.logged_out_elsewhere``)."""
         return self.lifecycle.logged_out_elsewhere(user, device, at)
 
-    def user_presence(self, user: str, now: float) -> UserPresence:
-        return self.statuses.user_presence(user, now)
-
     def online_count(self) -> int:
         return self.statuses.online_count()
 
-    def group_online(self, group: str) -> tuple[list[str], int]:
-        return self.statuses.group_online(group)
-
     def status_version(self, user: str) -> int:
         return self.statuses.status_version(user)
-
-    def add_friendship(self, a: str, b: str, now: float) -> bool:
-        return self.membership.add_friendship(a, b, now)
-
-    def remove_friendship(self, a: str, b: str) -> bool:
-        return self.membership.remove_friendship(a, b)
-
-    def set_group(
-        self, group: str, members: Iterable[str], mark: int | None = None
-    ) -> tuple[int, int]:
-        return self.membership.set_group(group, members, mark)
-
-    def set_group_in_slices(
-        self,
-        group: str,
-        members: Iterable[str],
-        mark: int | None = None,
-        *,
-        slice_size: int = GROUP_SLICE,
-    ) -> Generator[None, None, tuple[int, int]]:
-        return self.membership.set_group_in_slices(group, members, mark, slice_size=slice_size)
-
-    def delete_group(self, group: str) -> None:
-        self.membership.delete_group(group)
-
-    def add_member(self, group: str, user: str, mark: int | None = None) -> bool:
-        return self.membership.add_member(group, user, mark)
-
-    def remove_member(self, group: str, user: str) -> bool:
-        return self.membership.remove_member(group, user)
 
     def announce_presence(self, transition: PresenceSet) -> None:
         self.remote.announce_presence(transition)

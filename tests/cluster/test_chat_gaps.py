@@ -61,7 +61,7 @@ async def test_a_gap_shows_what_it_lost_before_what_came_after(any_redis: AnyRed
     hub, sink, horizon = node_with_bob()
     now = time.time()
     horizon.heard(2, min_id_at(now - 2))  # node 2 may still commit after now - 2
-    hub.add_friendship("ann", "bob", now)
+    hub.membership.add_friendship("ann", "bob", now)
     lost = ChatMessage(min_id_at(now - 1), "ann", "lost", now, to="bob")
     later = ChatMessage(min_id_at(now - 0.5), "ann", "later", now, to="bob")
     await ChatWrites(any_redis, keys, 2)([lost, later])  # published while the link was down
@@ -96,8 +96,8 @@ async def test_a_dead_node_s_stored_but_unpublished_messages_are_read_back(
     hub, sink, horizon = node_with_bob(silence=0.3)
     now = time.time()
     horizon.heard(2, min_id_at(now - 1))  # node 2's last word
-    hub.add_friendship("ann", "bob", now)
-    hub.add_friendship("cat", "bob", now)
+    hub.membership.add_friendship("ann", "bob", now)
+    hub.membership.add_friendship("cat", "bob", now)
     stored = ChatMessage(min_id_at(now - 0.8), "ann", "stored", now, to="bob")
     await ChatWrites(any_redis, keys, 2)([stored])  # node 2 died before publishing it
     hub.chat.heard(ChatMessage(min_id_at(now - 0.5), "cat", "later", now, to="bob"))
@@ -119,8 +119,8 @@ async def test_a_member_added_while_connected_gets_what_its_node_missed(
     hub, sink, horizon = node_with_bob()
     now = time.time()
     mark = min_id_at(now - 2)
-    hub.set_group("g", ["ann"], mark)
-    hub.add_member("g", "bob", mark)
+    hub.membership.set_group("g", ["ann"], mark)
+    hub.membership.add_member("g", "bob", mark)
     missed = ChatMessage(min_id_at(now - 1), "ann", "missed", now, group="g")
     await ChatWrites(any_redis, keys, 2)([missed])  # published before the node subscribed
     gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
@@ -142,11 +142,11 @@ async def test_a_gap_during_a_join_s_catch_up_reads_from_where_the_horizon_stood
     hub, sink, horizon = node_with_bob()
     now = time.time()
     horizon.heard(2, min_id_at(now - 2))  # node 2 may still commit after now - 2
-    hub.add_friendship("ann", "bob", now)
+    hub.membership.add_friendship("ann", "bob", now)
     gaps = ChatGaps(any_redis, keys, hub, Subscribed(hub), time.time, lambda: None)  # type: ignore[arg-type]
     join_mark = min_id_at(now + CLOCK_SKEW_S) - 1  # as SnowflakeGenerator.mark makes it
-    hub.set_group("g", ["cat"], join_mark)
-    hub.add_member("g", "bob", join_mark)
+    hub.membership.set_group("g", ["cat"], join_mark)
+    hub.membership.add_member("g", "bob", join_mark)
     gaps.joined("g", ["bob"], join_mark)
     assert gaps.catching_up
     lost = ChatMessage(min_id_at(now - 1), "ann", "lost", now, to="bob")
@@ -166,7 +166,7 @@ async def test_a_second_gap_during_a_catch_up_is_read_back(any_redis: AnyRedis) 
     hub, sink, horizon = node_with_bob()
     t = time.time()
     horizon.heard(2, min_id_at(t - 2))
-    hub.add_friendship("ann", "bob", t)
+    hub.membership.add_friendship("ann", "bob", t)
     first = ChatMessage(min_id_at(t - 1), "ann", "first gap", t, to="bob")
     # Issued (and lost) after the first catch-up fixed its bound, in the second outage.
     second = ChatMessage(min_id_at(t + 0.3), "ann", "second gap", t, to="bob")
@@ -195,7 +195,7 @@ async def test_a_catch_up_reads_what_a_node_sent_just_after_a_mark(any_redis: An
     hub, sink, horizon = node_with_bob()
     t = time.time()
     horizon.heard(2, min_id_at(t - 2))
-    hub.add_friendship("ann", "bob", t)
+    hub.membership.add_friendship("ann", "bob", t)
     node2 = SnowflakeGenerator(2)
     node2.cluster_clock = lambda: t + 0.04
     node2.mark()
@@ -219,8 +219,8 @@ async def test_a_session_opened_before_its_channels_were_confirmed_reads_them_ba
     now = time.time()
     since = min_id_at(now - 1)
     horizon.heard(2, since)
-    hub.add_friendship("ann", "bob", now)
-    hub.set_group("g", ["ann", "bob"])
+    hub.membership.add_friendship("ann", "bob", now)
+    hub.membership.set_group("g", ["ann", "bob"])
     joined = hub.chat.store.joined_after("g", "bob")
     assert joined is not None and joined < since
     older = ChatMessage(min_id_at(now - 2), "ann", "before it asked", now, to="bob")

@@ -184,8 +184,8 @@ async def test_a_session_s_chat_channels_are_in_redis_before_it_opens() -> None:
     every group's channel (a big one's too, which carries no transitions) are subscribed in
     Redis before the session opens, even when every friend's status is kept already."""
     hub, _, broker = hub_with_bob(presence_fanout_limit=2)
-    hub.set_group("pair", ["alice", "bob"])
-    hub.set_group("crowd", ["alice", "bob", "carol"])
+    hub.membership.set_group("pair", ["alice", "bob"])
+    hub.membership.set_group("crowd", ["alice", "bob", "carol"])
     async with online_in_redis(bob=2) as (client, keys):
         confirming = Confirming(broker)
         listening: Any = confirming
@@ -220,7 +220,7 @@ async def test_a_second_device_waits_for_the_first_one_s_subscriptions() -> None
     """The phone's ``covering`` asked Redis for the chat channels and waits: the laptop,
     opening meanwhile, finds them listened to here but not yet in Redis, and waits too."""
     hub, _, broker = hub_with_bob(presence_fanout_limit=2)
-    hub.set_group("crowd", ["zoe", "bob", "carol"])  # big: carries no statuses to read
+    hub.membership.set_group("crowd", ["zoe", "bob", "carol"])  # big: carries no statuses to read
     gated = Gated(broker)
     listening: Any = gated
     settings = KeptSettings(None, Keys("gp"), listening, hub, lambda: NOW)
@@ -244,7 +244,7 @@ async def test_a_second_device_waits_for_the_first_one_s_subscriptions() -> None
 
 async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
     hub, _, broker = hub_with_bob(presence_fanout_limit=3)
-    hub.set_group("g", ["bob", "carol", "dave"])
+    hub.membership.set_group("g", ["bob", "carol", "dave"])
     async with online_in_redis(carol=2, dave=2, erin=2) as (client, keys):
         covered = covered_by(client, keys, hub, broker)
         async with trio.open_nursery() as nursery:
@@ -258,19 +258,19 @@ async def test_a_group_s_change_drops_or_reads_the_members_it_carries() -> None:
                 covered.regroup("g")
                 await trio.sleep(0.2)
 
-            hub.remove_member("g", "dave")  # dave's transitions no longer come here
+            hub.membership.remove_member("g", "dave")  # dave's transitions no longer come here
             await settled()
             assert not hub.statuses.holds("dave") and hub.statuses.holds("carol")
-            hub.add_member("g", "erin")  # erin's do
+            hub.membership.add_member("g", "erin")  # erin's do
             await settled()
             assert hub.statuses.is_online("erin")
-            hub.add_member("g", "frank")  # 4 > 3: no co-member presence any more
+            hub.membership.add_member("g", "frank")  # 4 > 3: no co-member presence any more
             await settled()
             assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
-            hub.remove_member("g", "frank")  # small again
+            hub.membership.remove_member("g", "frank")  # small again
             await settled()
             assert hub.statuses.holds("carol") and hub.statuses.holds("erin")
-            hub.delete_group("g")
+            hub.membership.delete_group("g")
             await settled()
             assert not hub.statuses.holds("carol") and not hub.statuses.holds("erin")
             nursery.cancel_scope.cancel()
@@ -415,14 +415,14 @@ def test_a_bulk_import_sends_one_friends_presence_per_connection() -> None:
 
 async def test_a_member_removed_while_another_session_opens_is_still_dropped() -> None:
     hub, _, broker = hub_with_bob(presence_fanout_limit=4)
-    hub.set_group("g", ["bob", "carol", "dave", "erin"])
+    hub.membership.set_group("g", ["bob", "carol", "dave", "erin"])
     async with online_in_redis(carol=2, dave=2, erin=2) as (client, keys):
         covered = covered_by(client, keys, hub, broker)
         async with covered.covering("bob"):
             # Opened already: its connection (1) keeps group:g after the block.
             assert hub.sessions.has_connections("bob")
         assert hub.statuses.holds("dave")
-        hub.remove_member("g", "dave")
+        hub.membership.remove_member("g", "dave")
         covered.regroup("g")  # as ClusterLink._on_record does; run has not had its turn
         async with covered.covering("erin"):  # erin's session opens meanwhile
             hub.open_session(2, "erin", "phone", now=NOW)

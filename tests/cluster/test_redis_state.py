@@ -92,20 +92,20 @@ async def write_then_load(client: Any) -> None:
     keys.location_ttl = first.settings.location_ttl  # as ClusterLink.run
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
-        first.add_friendship("alice", "bob", NOW)
-        first.add_friendship("alice", "carol", NOW)
-        first.add_friendship("dave", "erin", NOW)
-        first.remove_friendship("dave", "erin")
-        first.set_group("hikers", ["alice", "bob", "carol"])
+        first.membership.add_friendship("alice", "bob", NOW)
+        first.membership.add_friendship("alice", "carol", NOW)
+        first.membership.add_friendship("dave", "erin", NOW)
+        first.membership.remove_friendship("dave", "erin")
+        first.membership.set_group("hikers", ["alice", "bob", "carol"])
         first.open_session(1, "alice", "phone", NOW)
         first.handle(1, Send(id=1, to="bob", text="hi bob", client_msg_id="c1"), NOW)
         first.handle(1, Send(id=2, group="hikers", text="hi all"), NOW + 1)
-        first.remove_member("hikers", "carol")
-        first.add_member("hikers", "dave")  # joins after both messages: reads neither
-        first.add_member("climbers", "dave")
-        first.set_group("gone", ["x"])
+        first.membership.remove_member("hikers", "carol")
+        first.membership.add_member("hikers", "dave")  # joins after both messages: reads neither
+        first.membership.add_member("climbers", "dave")
+        first.membership.set_group("gone", ["x"])
         first.handle(1, Send(id=3, group="hikers", text="later"), NOW + 2)
-        first.delete_group("gone")
+        first.membership.delete_group("gone")
         first.nearby.change_settings("alice", UserSettings(radius_m=1200.0), NOW)
         first.nearby.change_settings("bob", UserSettings(visible_to_strangers=True), NOW)
         first.nearby.change_settings("bob", UserSettings(), NOW)  # back to the defaults

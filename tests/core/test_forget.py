@@ -49,9 +49,9 @@ def make_hub(journal: Any = None) -> tuple[Hub, RecordingSink, list[PushRequest]
 
 def test_forget_removes_the_user_and_tells_its_friends_as_an_unfriending() -> None:
     hub, sink, _, told = make_hub()
-    hub.add_friendship("alice", "bob", NOW)
-    hub.add_friendship("alice", "carol", NOW)
-    hub.set_group("hikers", ["alice", "bob"])
+    hub.membership.add_friendship("alice", "bob", NOW)
+    hub.membership.add_friendship("alice", "carol", NOW)
+    hub.membership.set_group("hikers", ["alice", "bob"])
     hub.nearby.change_settings("alice", UserSettings(True, 900.0, True), NOW)
     for conn, user in ((1, "alice"), (2, "bob"), (3, "zoe")):
         hub.open_session(conn, user, "phone", NOW)
@@ -99,8 +99,8 @@ def test_forget_removes_the_user_and_tells_its_friends_as_an_unfriending() -> No
 def test_messages_on_their_way_to_disk_are_acked_but_never_stored_or_pushed() -> None:
     journal = HeldJournal()
     hub, sink, pushes, _ = make_hub(journal)
-    hub.add_friendship("alice", "bob", NOW)
-    hub.add_friendship("bob", "carol", NOW)
+    hub.membership.add_friendship("alice", "bob", NOW)
+    hub.membership.add_friendship("bob", "carol", NOW)
     hub.open_session(2, "bob", "phone", NOW)
     journal.flush()
     hub.journal_advanced(NOW)
@@ -121,7 +121,7 @@ def test_messages_on_their_way_to_disk_are_acked_but_never_stored_or_pushed() ->
 def test_forgetting_an_unknown_user_changes_nothing_but_is_journaled() -> None:
     journal = HeldJournal()
     hub, _, _, told = make_hub(journal)
-    hub.add_friendship("bob", "carol", NOW)
+    hub.membership.add_friendship("bob", "carol", NOW)
     report = hub.forgetting.forget("nobody", NOW)
     assert (report.friends, report.groups, report.messages, report.devices) == (0, 0, 0, 0)
     assert journal.records[-1] == UserForgotten("nobody") and told == ["nobody"]
@@ -130,9 +130,9 @@ def test_forgetting_an_unknown_user_changes_nothing_but_is_journaled() -> None:
 
 def test_a_user_forgotten_can_come_back_as_a_new_user() -> None:
     hub, sink, _, _ = make_hub()
-    hub.add_friendship("alice", "bob", NOW)
+    hub.membership.add_friendship("alice", "bob", NOW)
     hub.forgetting.forget("alice", NOW)
-    hub.add_friendship("alice", "bob", NOW + 1)
+    hub.membership.add_friendship("alice", "bob", NOW + 1)
     hub.open_session(1, "alice", "phone", NOW + 1)
     hub.open_session(2, "bob", "phone", NOW + 1)
     hub.handle(1, Send(id=1, to="bob", text="hello again"), NOW + 2)

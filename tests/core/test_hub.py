@@ -58,7 +58,7 @@ def make_hub(**settings: Any) -> tuple[Hub, RecordingSink]:
 
 def test_session_greeting_and_replacement() -> None:
     hub, sink = make_hub()
-    hub.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
     hub.open_session(1, "alice", "phone", now=0)
     assert [f["type"] for f in sink.take(1)] == ["welcome", "friends_presence"]
     hub.open_session(2, "bob", "phone", now=1)
@@ -71,7 +71,7 @@ def test_session_greeting_and_replacement() -> None:
     assert sink.take(1) == []  # no presence change for a replacement
     hub.handle(2, Heartbeat(id=1), now=3)  # the replaced connection is forgotten
     assert sink.take(2) == []
-    assert hub.user_presence("bob", 3).last_active_at == 2  # its heartbeat did not count
+    assert hub.statuses.user_presence("bob", 3).last_active_at == 2  # its heartbeat did not count
 
 
 def test_errors_are_replies() -> None:
@@ -93,20 +93,20 @@ def test_errors_are_replies() -> None:
 
 def test_limits() -> None:
     hub, _ = make_hub(max_friends=2, max_group_size=2)
-    hub.add_friendship("a", "b", 0)
-    hub.add_friendship("a", "c", 0)
+    hub.membership.add_friendship("a", "b", 0)
+    hub.membership.add_friendship("a", "c", 0)
     with pytest.raises(ProtocolError) as info:
-        hub.add_friendship("a", "d", 0)
+        hub.membership.add_friendship("a", "d", 0)
     assert info.value.code == "too_large"
     with pytest.raises(ProtocolError):
-        hub.add_friendship("a", "a", 0)
+        hub.membership.add_friendship("a", "a", 0)
     with pytest.raises(ProtocolError):
-        hub.set_group("g", ["x", "y", "z"])
-    hub.set_group("g", ["x", "y"])
+        hub.membership.set_group("g", ["x", "y", "z"])
+    hub.membership.set_group("g", ["x", "y"])
     with pytest.raises(ProtocolError):
-        hub.add_member("g", "z")
+        hub.membership.add_member("g", "z")
     with pytest.raises(ProtocolError):
-        hub.remove_member("nope", "x")
+        hub.membership.remove_member("nope", "x")
 
 
 def test_logout_message_is_not_activity() -> None:
@@ -114,7 +114,7 @@ def test_logout_message_is_not_activity() -> None:
     hub.open_session(1, "alice", "phone", now=0)
     hub.handle(1, Logout(), now=20)
     assert sink.closed == {1: 4001}
-    assert hub.user_presence("alice", 20).last_active_at == 0
+    assert hub.statuses.user_presence("alice", 20).last_active_at == 0
 
 
 USERS = ["u1", "u2", "u3"]
@@ -156,16 +156,16 @@ def play(
         else:
             hub.handle(conn, Logout(), now)
     elif op == "http_logout":
-        hub.logout(a)
+        hub.lifecycle.logout(a)
     elif op == "wait":
         now += a
         hub.expire(now)
     elif op == "befriend" and a != b:
-        hub.add_friendship(a, b, now)
+        hub.membership.add_friendship(a, b, now)
     elif op == "unfriend":
-        hub.remove_friendship(a, b)
+        hub.membership.remove_friendship(a, b)
     elif op == "group":
-        hub.set_group(a, b)
+        hub.membership.set_group(a, b)
     return now
 
 
@@ -175,13 +175,13 @@ def test_each_listener_hears_each_transition_exactly_once(steps: list[tuple[Any,
     now = 0.0
     conn_ids = 0
     for op, a, b in steps:
-        before = {u: hub.user_presence(u, now).status for u in USERS}
+        before = {u: hub.statuses.user_presence(u, now).status for u in USERS}
         live_before = {c for c in range(1, conn_ids + 1) if hub.session(c) is not None}
         for conn in live_before:
             sink.take(conn)
         conn_ids += op == "connect"
         now = play(hub, (op, a, b), sorted(live_before), conn_ids, now)
-        after = {u: hub.user_presence(u, now).status for u in USERS}
+        after = {u: hub.statuses.user_presence(u, now).status for u in USERS}
         changed = {u for u in USERS if before[u] != after[u]}
         for conn in live_before:
             session = hub.session(conn)
@@ -214,12 +214,12 @@ def test_slow_client_never_ends_on_a_stale_status() -> None:
     sink = QueueSink()
     boxes = sink.boxes
     hub = Hub(HubSettings(), MemoryStore(), sink)
-    hub.set_group("g", ["alice", "bob"])
+    hub.membership.set_group("g", ["alice", "bob"])
     hub.open_session(1, "alice", "phone", now=0)
     boxes[1].pop_all()
     hub.open_session(2, "bob", "phone", now=1)  # presence bob online, queued for alice
-    hub.add_friendship("alice", "bob", 0)  # snapshot of bob, queued for alice
-    hub.logout("bob")  # presence bob offline
+    hub.membership.add_friendship("alice", "bob", 0)  # snapshot of bob, queued for alice
+    hub.lifecycle.logout("bob")  # presence bob offline
     frames = [orjson.loads(o.text) for o in boxes[1].pop_all()]
     last = frames[-1]
     status = last["status"] if last["type"] == "presence" else last["friends"][0]["status"]
@@ -272,7 +272,7 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
     for user, conn in conn_of.items():
         hub.open_session(conn, user, "d", now)
     for a, b in (("n1", "n2"), ("n2", "n3"), ("n1", "n3")):
-        hub.add_friendship(a, b, now)
+        hub.membership.add_friendship(a, b, now)
     view: dict[int, set[str]] = {conn: set() for conn in conn_of.values()}
     for op, a, b in steps:
         for conn in conn_of.values():
@@ -288,9 +288,9 @@ def test_nearby_frames_are_consistent(steps: list[tuple[Any, ...]]) -> None:
         elif op == "radius":
             hub.handle(conn_of[a], SettingsUpdate(radius_m=float(b)), now)
         elif op == "unfriend":
-            hub.remove_friendship(a, b)
+            hub.membership.remove_friendship(a, b)
         elif op == "befriend" and a != b:
-            hub.add_friendship(a, b, now)
+            hub.membership.add_friendship(a, b, now)
         elif op == "query":
             hub.handle(conn_of[a], NearbyFriendsQuery(), now)
         elif op == "wait":
@@ -319,8 +319,8 @@ def test_moves_read_at_once_show_only_the_newest() -> None:
     from geopresence.wire.client_messages import LocationUpdate
 
     hub, sink = make_hub()
-    hub.add_friendship("alice", "bob", 0)
-    hub.add_friendship("alice", "carol", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "carol", 0)
     for conn, user in ((1, "alice"), (2, "bob"), (3, "carol")):
         hub.open_session(conn, user, "d", 0)
     hub.handle(2, LocationUpdate(lat=0.0, lon=0.0), 1)
@@ -426,8 +426,8 @@ def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
         sink = QueueSink()
         hub = Hub(HubSettings(offline_after=10_000), MemoryStore(), sink)
         for a, b in (("alice", "bob"), ("bob", "carol"), ("alice", "carol"), ("alice", "erin")):
-            hub.add_friendship(a, b, 0)
-        hub.set_group("g", BURST_USERS)
+            hub.membership.add_friendship(a, b, 0)
+        hub.membership.set_group("g", BURST_USERS)
         for conn, user in BURST_CONNS.items():  # alice on two devices
             hub.open_session(conn, user, f"d{conn}", 0)
         hubs.append(hub)
@@ -479,13 +479,13 @@ def test_unfriend_refriend_order_survives_a_backlog() -> None:
     sink = QueueSink()
     boxes = sink.boxes
     hub = Hub(HubSettings(), MemoryStore(), sink)
-    hub.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
     hub.open_session(1, "alice", "phone", now=0)
     hub.open_session(2, "bob", "phone", now=0)
     boxes[1].pop_all()
-    hub.logout("bob")  # presence offline queued for alice
-    hub.remove_friendship("alice", "bob")
-    hub.add_friendship("alice", "bob", 1)
+    hub.lifecycle.logout("bob")  # presence offline queued for alice
+    hub.membership.remove_friendship("alice", "bob")
+    hub.membership.add_friendship("alice", "bob", 1)
     hub.open_session(3, "bob", "laptop", now=2)  # presence online
     frames = [orjson.loads(o.text) for o in boxes[1].pop_all()]
     friends: dict[str, str] = {}
@@ -504,14 +504,14 @@ def test_refriend_under_backlog_keeps_nearby_frames_in_order() -> None:
 
     sink = QueueSink()
     hub = Hub(HubSettings(), MemoryStore(), sink)
-    hub.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
     hub.open_session(1, "alice", "phone", now=0)
     hub.open_session(2, "bob", "phone", now=0)
     hub.handle(1, LocationUpdate(lat=10.0, lon=10.0), 0)
     sink.boxes[1].pop_all()
     hub.handle(2, LocationUpdate(lat=10.001, lon=10.0), 1)  # friend_location(bob) queued
-    hub.remove_friendship("alice", "bob")  # friend_gone(unfriended), friend_removed
-    hub.add_friendship("alice", "bob", 2)  # friends_presence, friend_location
+    hub.membership.remove_friendship("alice", "bob")  # friend_gone(unfriended), friend_removed
+    hub.membership.add_friendship("alice", "bob", 2)  # friends_presence, friend_location
     kinds = [
         (frame["type"], frame.get("reason"))
         for frame in (orjson.loads(o.text) for o in sink.boxes[1].pop_all())
@@ -530,7 +530,7 @@ def test_no_friend_gone_for_friends_only_on_other_pages() -> None:
 
     hub, sink = make_hub()
     for i in range(21):
-        hub.add_friendship("alice", f"f{i:02d}", 0)
+        hub.membership.add_friendship("alice", f"f{i:02d}", 0)
         hub.open_session(10 + i, f"f{i:02d}", "d", now=0)
         hub.handle(10 + i, LocationUpdate(lat=10.0 + i * 1e-4, lon=10.0), 0)
     hub.open_session(1, "alice", "phone", now=0)

@@ -43,7 +43,7 @@ def make_hub(journal: Any = None) -> tuple[Hub, RecordingSink, list[PushRequest]
     sink = RecordingSink()
     pushes: list[PushRequest] = []
     hub = Hub(HubSettings(), MemoryStore(), sink, journal=journal, push=pushes.append)
-    hub.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
     return hub, sink, pushes
 
 
@@ -88,7 +88,7 @@ def test_one_to_one_reaches_every_device_and_the_senders_other_devices() -> None
 
 def test_forbidden_and_too_large_sends_are_errors_and_store_nothing() -> None:
     hub, sink, _ = make_hub()
-    hub.set_group("g", ["bob"])
+    hub.membership.set_group("g", ["bob"])
     connect(hub, sink, 1, "alice", "phone")
     hub.handle(1, Send(id=1, to="carol", text="hi"), now=2)
     hub.handle(1, Send(id=2, group="g", text="hi"), now=2)
@@ -122,14 +122,14 @@ def test_resend_with_the_same_client_msg_id_is_idempotent() -> None:
     assert types(sink.take(3)) == ["message"]  # delivered once
     hub.handle(3, Send(id=3, to="alice", text="hi", client_msg_id="c1"), now=4)  # bob's own key
     assert sink.take(3)[0]["message_id"] != first["message_id"]
-    hub.remove_friendship("alice", "bob")
+    hub.membership.remove_friendship("alice", "bob")
     sink.take(1)
     hub.handle(1, Send(id=4, to="bob", text="hi", client_msg_id="c1"), now=5)
     [retry] = sink.take(1)  # a retry after the friendship ended still gets its answer
     assert retry["message_id"] == first["message_id"] and retry["duplicate"] is True
     hub.handle(1, Send(id=5, to="bob", text="hi", client_msg_id="c2"), now=5)
     assert sink.take(1)[0]["code"] == "forbidden"
-    hub.add_friendship("alice", "carol", 6)
+    hub.membership.add_friendship("alice", "carol", 6)
     sink.take(1)
     hub.handle(1, Send(id=6, to="carol", text="hi", client_msg_id="c1"), now=6)
     [reused] = sink.take(1)  # the same key for another message: refused, not swallowed
@@ -161,21 +161,21 @@ def test_nothing_is_delivered_or_acked_before_the_journal_says_durable() -> None
 
 def test_group_messages_follow_membership() -> None:
     hub, sink, pushes = make_hub()
-    hub.set_group("g", ["alice", "bob", "carol"])
+    hub.membership.set_group("g", ["alice", "bob", "carol"])
     connect(hub, sink, 1, "alice", "phone")
     connect(hub, sink, 3, "bob", "phone")
     sink.take(1)
     hub.handle(1, Send(id=1, group="g", text="before"), now=2)
     assert [p.recipients for p in pushes] == [("carol",)]  # no connected device
     assert sink.take(3)[0]["group"] == "g"
-    hub.add_member("g", "dave")
+    hub.membership.add_member("g", "dave")
     connect(hub, sink, 5, "dave", "phone")
     hub.handle(1, Send(id=2, group="g", text="after"), now=3)
     assert [f["text"] for f in sink.take(5)] == ["after"]
     hub.handle(5, Sync(id=3), now=3)
     [reply] = sink.take(5)
     assert [m["text"] for m in reply["messages"]] == ["after"]  # nothing from before it joined
-    hub.remove_member("g", "bob")
+    hub.membership.remove_member("g", "bob")
     sink.take(3)
     hub.handle(1, Send(id=4, group="g", text="without bob"), now=4)
     assert sink.take(3) == []
@@ -187,7 +187,7 @@ def test_group_messages_follow_membership() -> None:
 
 def test_a_group_message_is_one_push_request_for_all_offline_members() -> None:
     hub, sink, pushes = make_hub()
-    hub.set_group("big", ["alice"] + [f"m{i}" for i in range(1000)])
+    hub.membership.set_group("big", ["alice"] + [f"m{i}" for i in range(1000)])
     connect(hub, sink, 1, "alice", "phone")
     connect(hub, sink, 2, "m0", "phone")
     hub.handle(1, Send(id=1, group="big", text="all hands"), now=2)
@@ -290,8 +290,8 @@ def test_model_every_user_syncs_exactly_what_it_may_see(steps: list[tuple[Any, .
     sink = RecordingSink()
     hub = Hub(HubSettings(), MemoryStore(), sink, journal=journal)
     for a, b in FRIENDS:
-        hub.add_friendship(a, b, 0)
-    hub.set_group("g", [])
+        hub.membership.add_friendship(a, b, 0)
+    hub.membership.set_group("g", [])
     conn_of = {user: n for n, user in enumerate(USERS, start=1)}
     for user, conn in conn_of.items():
         hub.open_session(conn, user, "d", now=0)
@@ -315,10 +315,10 @@ def test_model_every_user_syncs_exactly_what_it_may_see(steps: list[tuple[Any, .
                 if last.sender == sender and last.client_msg_id == key:
                     accepted[(sender, key)] = last
         elif step[0] == "join":
-            if hub.add_member("g", step[1]):
+            if hub.membership.add_member("g", step[1]):
                 member_since[step[1]] = max((r.message_id for r in journal.messages), default=0)
         elif step[0] == "leave":
-            if hub.remove_member("g", step[1]):
+            if hub.membership.remove_member("g", step[1]):
                 del member_since[step[1]]
         else:
             journal.flush()

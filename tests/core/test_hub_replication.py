@@ -157,7 +157,7 @@ def kinds(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def test_presence_across_nodes_is_one_event_per_transition() -> None:
     cluster, a, b = two_nodes()
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     assert b.hub.store.are_friends("alice", "bob")  # replicated
     b.hub.open_session(20, "bob", "phone", cluster.now)
     [listing] = kinds(b.take(20), "friends_presence")
@@ -169,23 +169,23 @@ def test_presence_across_nodes_is_one_event_per_transition() -> None:
         ("alice", "online")
     ]
     assert kinds(a.take(10), "friends_presence")[0]["friends"][0]["status"] == "online"
-    a.hub.set_group("pair", ["alice", "bob"])
-    assert b.hub.group_online("pair") == (["alice", "bob"], 2)  # from b's replica
+    a.hub.membership.set_group("pair", ["alice", "bob"])
+    assert b.hub.statuses.group_online("pair") == (["alice", "bob"], 2)  # from b's replica
     for conn in (10, 11):
         a.hub.handle(conn, Logout(), cluster.now)
     assert kinds(b.take(20), "presence") == []  # the tablet is still alive
     b.hub.handle(21, Logout(), cluster.now)
     assert [p["status"] for p in kinds(b.take(20), "presence")] == ["offline"]
-    assert a.hub.user_presence("alice", cluster.now).status == "offline"
+    assert a.hub.statuses.user_presence("alice", cluster.now).status == "offline"
 
 
 def test_http_logout_on_one_node_ends_devices_on_every_node() -> None:
     cluster, a, b = two_nodes()
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     a.hub.open_session(10, "bob", "phone", cluster.now)
     b.hub.open_session(20, "alice", "phone", cluster.now)
     a.take(10)
-    a.hub.logout("alice")
+    a.hub.lifecycle.logout("alice")
     assert b.sink.closed == {20: 4001}
     assert cluster.devices["alice"] == {}
     assert [p["status"] for p in kinds(a.take(10), "presence")] == ["offline"]
@@ -195,18 +195,18 @@ def test_friendship_changes_reach_live_connections_on_other_nodes() -> None:
     cluster, a, b = two_nodes()
     b.hub.open_session(20, "bob", "phone", cluster.now)
     b.take(20)
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     [listing] = kinds(b.take(20), "friends_presence")
     assert [f["user"] for f in listing["friends"]] == ["alice"]
     assert "user:alice" in b.hub.broker.channels_of(20)
-    a.hub.remove_friendship("alice", "bob")
+    a.hub.membership.remove_friendship("alice", "bob")
     assert kinds(b.take(20), "friend_removed") == [{"type": "friend_removed", "user": "alice"}]
     assert "user:alice" not in b.hub.broker.channels_of(20)
 
 
 def test_locations_fan_out_once_and_expire_once_per_watcher() -> None:
     cluster, a, b = two_nodes()
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     b.hub.open_session(20, "bob", "phone", cluster.now)
     b.hub.handle(20, LocationUpdate(lat=37.5700, lon=126.98, ts=None), cluster.now)
@@ -228,12 +228,12 @@ def test_settings_and_groups_replicate_with_their_join_marks() -> None:
     cluster, a, b = two_nodes()
     a.hub.nearby.change_settings("alice", UserSettings(radius_m=1000.0), cluster.now)
     assert b.hub.store.get_settings("alice").radius_m == 1000.0
-    a.hub.set_group("hikers", ["alice", "bob"])
+    a.hub.membership.set_group("hikers", ["alice", "bob"])
     b.hub.open_session(20, "bob", "phone", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     a.hub.handle(10, Send(id=1, group="hikers", text="first"), cluster.now)
     assert [m["text"] for m in kinds(b.take(20), "message")] == ["first"]
-    a.hub.add_member("hikers", "carol")  # joins after "first": never reads it
+    a.hub.membership.add_member("hikers", "carol")  # joins after "first": never reads it
     b.hub.open_session(30, "carol", "phone", cluster.now)
     b.hub.handle(30, Sync(id=2, after=0), cluster.now)
     [page] = kinds(b.take(30), "messages")
@@ -244,7 +244,7 @@ def test_settings_and_groups_replicate_with_their_join_marks() -> None:
 
 def test_chat_sync_and_resends_on_any_node() -> None:
     cluster, a, b = two_nodes()
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     b.hub.open_session(11, "alice", "laptop", cluster.now)
     b.hub.open_session(20, "bob", "phone", cluster.now)
@@ -269,14 +269,14 @@ def test_a_late_older_transition_does_not_overwrite_a_newer_one() -> None:
     cluster, _, b = two_nodes()
     b.hub.apply_feed(PresenceSet("alice", "online", 5.0, 3), cluster.now)
     b.hub.apply_feed(PresenceSet("alice", "offline", 4.0, 2), cluster.now)  # arrived late
-    assert b.hub.user_presence("alice", cluster.now).status == "online"
+    assert b.hub.statuses.user_presence("alice", cluster.now).status == "online"
 
 
 def test_no_push_for_a_recipient_online_on_another_node() -> None:
     cluster, a, b = two_nodes()
     pushes: list[object] = []
     a.hub.chat.push = pushes.append
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     b.hub.open_session(20, "bob", "phone", cluster.now)
     a.hub.handle(10, Send(id=1, to="bob", text="hi"), cluster.now)
@@ -309,7 +309,7 @@ def test_a_device_that_moved_survives_its_old_nodes_deadline() -> None:
     third node."""
     cluster, a, b = two_nodes()
     c = Node(cluster, 3)
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     c.hub.open_session(30, "bob", "phone", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     assert [p["status"] for p in kinds(c.take(30), "presence")] == ["online"]
@@ -333,7 +333,7 @@ def test_a_device_back_on_a_node_that_still_counts_it_alive_is_held_there() -> N
     b's deadline passing changes nothing."""
     cluster, a, b = two_nodes()
     c = Node(cluster, 3)
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     c.hub.open_session(30, "bob", "phone", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     a.hub.close_session(10)
@@ -356,7 +356,7 @@ def test_a_logout_made_elsewhere_ends_a_device_only_where_it_is_held() -> None:
     cluster, a, b = two_nodes()
     b.hub.open_session(20, "alice", "phone", cluster.now)
     cluster.reports.clear()
-    assert a.hub.logout("alice", "phone") == 0  # not on node a
+    assert a.hub.lifecycle.logout("alice", "phone") == 0  # not on node a
     assert b.sink.closed == {20: 4001}
     assert sorted(cluster.reports) == [  # in either order: two queues, two nodes
         ("ended", 1, "alice", "phone", True),
@@ -369,11 +369,13 @@ def test_an_online_users_last_active_at_is_now_on_every_node() -> None:
     """Activity stays on its node, so every node answers an online user's last_active_at
     with the time of the answer; the offline transition carries the latest activity."""
     cluster, a, b = two_nodes()
-    a.hub.add_friendship("alice", "bob", cluster.now)
+    a.hub.membership.add_friendship("alice", "bob", cluster.now)
     a.hub.open_session(10, "alice", "phone", cluster.now)
     a.hub.handle(10, Heartbeat(), cluster.now + 7)
     for hub in (a.hub, b.hub):
-        assert hub.user_presence("alice", cluster.now + 9).last_active_at == cluster.now + 9
+        assert (
+            hub.statuses.user_presence("alice", cluster.now + 9).last_active_at == cluster.now + 9
+        )
     b.hub.open_session(20, "bob", "phone", cluster.now + 9)
     [listing] = kinds(b.take(20), "friends_presence")
     assert listing["friends"] == [
@@ -382,7 +384,7 @@ def test_an_online_users_last_active_at_is_now_on_every_node() -> None:
     a.hub.expire(cluster.now + 7 + a.hub.settings.offline_after)
     [gone] = kinds(b.take(20), "presence")
     assert (gone["status"], gone["last_active_at"]) == ("offline", cluster.now + 7)
-    assert b.hub.user_presence("alice", cluster.now + 99).last_active_at == cluster.now + 7
+    assert b.hub.statuses.user_presence("alice", cluster.now + 99).last_active_at == cluster.now + 7
 
 
 def test_a_device_taken_over_by_another_node_closes_there_without_a_change() -> None:

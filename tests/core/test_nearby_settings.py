@@ -22,7 +22,7 @@ def test_a_radius_kept_from_a_larger_max_radius_is_capped_at_the_current_one() -
     store = MemoryStore()
     store.put_settings("alice", UserSettings(radius_m=50_000.0))
     hub, sink = make_hub(store, max_radius=10_000.0, default_radius=5_000.0)
-    hub.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
     hub.open_session(1, "alice", "phone", 0)
     hub.open_session(2, "bob", "phone", 0)
     hub.handle(2, LocationUpdate(lat=20 / KM_PER_DEGREE, lon=0.0), 1)  # 20 km north

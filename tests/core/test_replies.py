@@ -147,7 +147,7 @@ def test_a_line_past_its_bounds_is_a_slow_consumer() -> None:
 def make_hub(journal: Any = None) -> tuple[Hub, RecordingSink]:
     sink = RecordingSink()
     hub = Hub(HubSettings(), MemoryStore(), sink, journal=journal)
-    hub.add_friendship("alice", "bob", 0)
+    hub.membership.add_friendship("alice", "bob", 0)
     for conn, user, device in ((1, "alice", "phone"), (2, "alice", "laptop"), (3, "bob", "x")):
         hub.open_session(conn, user, device, now=1)
     for conn in (1, 2, 3):

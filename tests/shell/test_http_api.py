@@ -309,10 +309,10 @@ def test_set_group_in_slices_journals_the_membership_as_it_ends() -> None:
 
     journal = Recording()
     hub = Hub(HubSettings(), MemoryStore(), NoClients(), journal=journal)
-    hub.set_group("g", ["a", "b", "c"])
-    steps = hub.set_group_in_slices("g", ["c", "d", "e", "f"], slice_size=1)
+    hub.membership.set_group("g", ["a", "b", "c"])
+    steps = hub.membership.set_group_in_slices("g", ["c", "d", "e", "f"], slice_size=1)
     next(steps)
-    hub.add_member("g", "x")  # interleaves with the replacement
+    hub.membership.add_member("g", "x")  # interleaves with the replacement
     with pytest.raises(StopIteration) as stop:
         while True:
             next(steps)

@@ -52,7 +52,7 @@ async def test_client_that_stops_reading_is_cut_off_in_bounded_time(
             for i in range(30):
                 await mallory.send({"type": "heartbeat", "id": i})
             with trio.fail_after(60):
-                while server.running.server.hub.session_count:
+                while server.running.server.hub.sessions.count:
                     await trio.sleep(0.5)
             assert trio.current_time() - start <= 5.5
         # the server's memory for it is gone and other users are unaffected

@@ -143,7 +143,7 @@ def make_hub() -> tuple[Hub, RecordingSink]:
     sink = RecordingSink()
     settings = HubSettings(strangers_query_interval=10.0, location_ttl=TTL, offline_after=1e9)
     hub = Hub(settings, MemoryStore(), sink)
-    hub.add_friendship("zoe", "bob", T0)
+    hub.membership.add_friendship("zoe", "bob", T0)
     for conn, user in ((1, "carol"), (2, "zoe"), (3, "bob")):
         hub.open_session(conn, user, "phone", T0)
     hub.handle(2, SettingsUpdate(visible_to_strangers=True), T0)

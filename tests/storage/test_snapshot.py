@@ -89,25 +89,25 @@ def run(steps: list[tuple[Any, ...]]) -> tuple[Hub, RecordingJournal]:
         hub.open_session(conn, user, "d", now=0)
     # A populated start, so that most random steps change something.
     for a, b in (("ann", "ben"), ("ann", "cat"), ("ben", "cat"), ("dan", "eve")):
-        hub.add_friendship(a, b, 0)
-    hub.set_group("g1", ["ann", "ben", "cat"])
-    hub.set_group("g2", ["dan"])
+        hub.membership.add_friendship(a, b, 0)
+    hub.membership.set_group("g1", ["ann", "ben", "cat"])
+    hub.membership.set_group("g2", ["dan"])
     now = 1.0
     for kind, *args in steps:
         now += 0.25
         try:
             if kind == "befriend":
-                hub.add_friendship(args[0], args[1], now)
+                hub.membership.add_friendship(args[0], args[1], now)
             elif kind == "unfriend":
-                hub.remove_friendship(args[0], args[1])
+                hub.membership.remove_friendship(args[0], args[1])
             elif kind == "set_group":
-                hub.set_group(args[0], args[1])
+                hub.membership.set_group(args[0], args[1])
             elif kind == "delete_group":
-                hub.delete_group(args[0])
+                hub.membership.delete_group(args[0])
             elif kind == "add_member":
-                hub.add_member(args[0], args[1])
+                hub.membership.add_member(args[0], args[1])
             elif kind == "remove_member":
-                hub.remove_member(args[0], args[1])
+                hub.membership.remove_member(args[0], args[1])
             elif kind == "settings":
                 user, share, radius = args
                 update = SettingsUpdate(share_location=share, radius_m=radius)
