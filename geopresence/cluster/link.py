@@ -43,7 +43,7 @@ from geopresence.cluster.redis_feed import earlier_id
 from geopresence.cluster.redis_forget import forgotten_since
 from geopresence.cluster.redis_keys import Keys, string
 from geopresence.cluster.redis_load import load_state, read_settings
-from geopresence.cluster.redis_nodes import LEASE_SECONDS, NodeLease, keep_lease
+from geopresence.cluster.redis_nodes import NodeLease, keep_lease
 from geopresence.cluster.redis_presence import RedisPresence
 from geopresence.cluster.redis_state import RedisJournal
 from geopresence.cluster.redis_strangers import RedisStrangers
@@ -74,7 +74,12 @@ FEED_OVERLAP: Final = 5.0
 
 class ClusterLink:
     """The hub's ``Replicator`` over Redis. Create it, build the hub with ``make_broker``,
-    ``journal`` and ``replicator=self``, then ``await nursery.start(link.run, hub, clock)``."""
+    ``journal`` and ``replicator=self``, then ``await nursery.start(link.run, hub, clock)``.
+
+    The timings are ``Config``'s, as the hub has them: ``offline_after`` and ``location_ttl``
+    (the hub's settings of those names), ``lease`` and ``sweep_interval`` (``redis_lease``,
+    ``redis_sweep_interval``); ``prefix`` is ``redis_prefix``.
+    """
 
     def __init__(
         self,
@@ -82,10 +87,12 @@ class ClusterLink:
         *,
         node_id: int,
         sharded: bool,
-        prefix: str = "gp",
+        prefix: str,
         shared_keys: Mapping[str, str] | None = None,
-        lease: float = LEASE_SECONDS,
-        sweep_interval: float = 0.5,
+        lease: float,
+        sweep_interval: float,
+        offline_after: float,
+        location_ttl: float,
         address: RedisAddress | None = None,
     ) -> None:
         self.client = client
@@ -96,7 +103,7 @@ class ClusterLink:
         the same (checked at start through their ``fingerprint``)."""
         self.node_id = node_id
         self.sharded = sharded
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, location_ttl=location_ttl)
         self.broker: RedisBroker | None = None
         self.journal = RedisJournal(client, self.keys, node_id)
         self.presence = RedisPresence(
@@ -106,6 +113,7 @@ class ClusterLink:
             self._now,
             known_version=self._known_version,
             sweep_interval=sweep_interval,
+            offline_after=offline_after,
             may_sweep=lambda: self.lease.steady(),
         )
         self.lease = NodeLease(client, self.keys, node_id, self._now, lease)
@@ -262,8 +270,6 @@ class ClusterLink:
         once the hub has what it loads at start (reports the loaded counts)."""
         self._hub = hub
         self._clock = clock
-        self.presence.offline_after = hub.settings.offline_after
-        self.keys.location_ttl = hub.settings.location_ttl
         self.strangers.follow(hub)
         assert self.broker is not None, "build the hub with make_broker first"
         parts = self._parts = wire_parts(

@@ -58,15 +58,15 @@ from geopresence.model.records import record_from_json, record_to_json
 class Keys:
     """Key names under one prefix (``gp`` unless tests isolate themselves)."""
 
-    def __init__(self, prefix: str = "gp") -> None:
+    def __init__(self, prefix: str = "gp", *, location_ttl: float | None = None) -> None:
         self.prefix = prefix
         self.users = f"{prefix}:users"
         self.groups = f"{prefix}:groups"
         self.settings_users = f"{prefix}:settings_users"
         self.chats = f"{prefix}:chats"
-        self.location_ttl: float | None = None
+        self.location_ttl = location_ttl
         """Seconds a ``gp:loc:{U}`` key lives after its update was accepted: the hub's
-        location TTL (``ClusterLink.run`` sets it before anything is written)."""
+        location TTL (``ClusterLink`` passes it; None: these keys write no location)."""
         self.presence_users = f"{prefix}:presence_users"
         self.nodes = f"{prefix}:nodes"
         self.legacy_deadlines = f"{prefix}:deadlines"

@@ -1,8 +1,8 @@
 """The node registry (shell): each node's lease in ``gp:nodes``, which is both its Snowflake
 node id (two live nodes never share one) and its liveness for the other nodes' sweepers.
 
-A node renews its lease every ``lease / 5`` seconds (1 s by default). A lease that is not
-renewed for ``lease`` seconds (5 s by default) lapses: the node is *gone* (killed, stalled,
+A node renews its lease every ``lease / 5`` seconds. A lease that is not renewed for
+``lease`` seconds (``Config.redis_lease``) lapses: the node is *gone* (killed, stalled,
 or cut off from Redis), and once its devices' grace window has passed, the other nodes'
 sweepers end the devices it held (``geopresence.cluster.redis_presence``). A node that finds
 its own lease lapsed becomes a new *incarnation* (a new token) and reports its devices again.
@@ -24,10 +24,6 @@ from geopresence.cluster.redis_keys import Keys, string
 
 log = logging.getLogger("geopresence.redis")
 
-LEASE_SECONDS: Final = 5.0
-"""How long a node stays live without renewing its lease: a killed node's devices are ended
-this long (plus their grace window, ``offline_after``) after its last renewal, and its id is
-free again after this."""
 RENEWALS_PER_LEASE: Final = 5
 """Renewals per lease: a node misses this many in a row (a stall, a slow Redis) before the
 others count it gone."""
@@ -75,13 +71,16 @@ class NodeLease:
         keys: Keys,
         node_id: int,
         clock: Callable[[], float],
-        lease: float = LEASE_SECONDS,
+        lease: float,
     ) -> None:
         self.client = client
         self.keys = keys
         self.node_id = node_id
         self.clock = clock
         self.lease = lease
+        """How long this node stays live without renewing its lease (``Config.redis_lease``): a
+        killed node's devices are ended this long (plus their grace window, ``offline_after``)
+        after its last renewal, and its id is free again after this."""
         self.renew_every = lease / RENEWALS_PER_LEASE
         self.token = secrets.token_hex(8)
         self.held = False

@@ -56,8 +56,8 @@ class RedisPresence:
         clock: Callable[[], float],
         *,
         known_version: Callable[[str], int] = lambda user: 0,
-        sweep_interval: float = 0.5,
-        offline_after: float = 30.0,
+        sweep_interval: float,
+        offline_after: float,
         may_sweep: Callable[[], bool] = lambda: True,
     ) -> None:
         self._client = client

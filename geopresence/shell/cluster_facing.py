@@ -130,6 +130,8 @@ class ClusterFacing:
             else {"secret": self.secret, "admin_key": self.admin_key or ""},
             lease=config.redis_lease,
             sweep_interval=config.redis_sweep_interval,
+            offline_after=config.offline_after,  # the hub's settings come from the same config
+            location_ttl=config.location_ttl,
             address=address_of(config),
         )
 

@@ -268,7 +268,14 @@ async def test_a_transition_whose_reply_was_lost_is_announced_by_the_next_call()
         async with client:
             keys = Keys("lost")
             announced: list[PresenceSet] = []
-            presence = RedisPresence(client, keys, announced.append, SettableClock(T0))
+            presence = RedisPresence(
+                client,
+                keys,
+                announced.append,
+                SettableClock(T0),
+                sweep_interval=0.5,
+                offline_after=OFFLINE_AFTER,
+            )
             presence.holder = "1/x"
             await client.eval(
                 ALIVE,

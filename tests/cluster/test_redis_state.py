@@ -89,7 +89,7 @@ async def write_then_load(client: Any) -> None:
         versions.append(version)
 
     journal.on_written = on_written
-    keys.location_ttl = first.settings.location_ttl  # as ClusterLink.run
+    keys.location_ttl = first.settings.location_ttl  # as ClusterLink passes it
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
         first.membership.add_friendship("alice", "bob", NOW)

@@ -223,8 +223,7 @@ def test_the_hub_and_redis_tables_cover_every_feed_op() -> None:
     assert set(FEED_APPLY) == FEED_KINDS - {PresenceSet, ChatMessage}
 
 
-K = Keys("gp")
-K.location_ttl = 600.0
+K = Keys("gp", location_ttl=600.0)
 
 
 @pytest.mark.parametrize(
