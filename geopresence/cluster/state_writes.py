@@ -25,7 +25,7 @@ from geopresence.core.replication import (
     PresenceSet,
     Watermark,
 )
-from geopresence.core.state import covering
+from geopresence.core.state import one_entry_per_kind
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
     Befriended,
@@ -117,7 +117,7 @@ async def _chat_writes_only(client: Any, k: Keys, op: ChatMessage) -> None:
     raise TypeError("chat messages are written in batches by ChatWrites (RedisJournal)")
 
 
-WRITERS: Final[dict[type[Any], Writer]] = covering(
+WRITERS: Final[dict[type[Any], Writer]] = one_entry_per_kind(
     {
         ChatMessage: Writer(write=_chat_writes_only),
         LocationSet: Writer(_location),

@@ -11,7 +11,7 @@ import math
 
 import attrs
 
-from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.deadlines import DeadlineIndex
 
 
 @attrs.frozen(slots=True)

@@ -21,7 +21,7 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.deadlines import DeadlineIndex
 from geopresence.wire.server_messages import Status
 
 C = TypeVar("C")

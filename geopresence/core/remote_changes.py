@@ -30,7 +30,7 @@ from geopresence.core.replication import (
     PresenceSet,
     Watermark,
 )
-from geopresence.core.state import covering, settings_from
+from geopresence.core.state import one_entry_per_kind, settings_from
 from geopresence.core.statuses import Statuses
 from geopresence.model.chat_message import ChatMessage
 from geopresence.model.records import (
@@ -167,22 +167,24 @@ def _feed_forgotten(changes: RemoteChanges, op: UserForgotten, now: float) -> No
     changes.forgetting.forget(op.user, now)
 
 
-FEED_APPLY: Final[dict[type[Any], Callable[[RemoteChanges, Any, float], None]]] = covering(
-    {
-        LocationSet: _feed_location,
-        LogoutRequested: _feed_logout,
-        Watermark: _feed_mark,
-        Befriended: _feed_befriended,
-        Unfriended: _feed_unfriended,
-        GroupSet: _feed_group_set,
-        GroupDeleted: _feed_group_deleted,
-        MemberAdded: _feed_member_added,
-        MemberRemoved: _feed_member_removed,
-        SettingsChanged: _feed_settings,
-        UserForgotten: _feed_forgotten,
-    },
-    FEED_KINDS - {PresenceSet, ChatMessage},
-    what="RemoteChanges.apply_feed",
+FEED_APPLY: Final[dict[type[Any], Callable[[RemoteChanges, Any, float], None]]] = (
+    one_entry_per_kind(
+        {
+            LocationSet: _feed_location,
+            LogoutRequested: _feed_logout,
+            Watermark: _feed_mark,
+            Befriended: _feed_befriended,
+            Unfriended: _feed_unfriended,
+            GroupSet: _feed_group_set,
+            GroupDeleted: _feed_group_deleted,
+            MemberAdded: _feed_member_added,
+            MemberRemoved: _feed_member_removed,
+            SettingsChanged: _feed_settings,
+            UserForgotten: _feed_forgotten,
+        },
+        FEED_KINDS - {PresenceSet, ChatMessage},
+        what="RemoteChanges.apply_feed",
+    )
 )
 """Feed op kind (but ``PresenceSet`` and ``ChatMessage``) -> how this node applies another
 node's change: through its own operations, with their effects on its connections

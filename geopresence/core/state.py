@@ -8,7 +8,7 @@ data dir into one, without a hub.
 
 ``DurableState.apply`` replays one record through ``APPLY``, the table from record kind to
 state change. The other readers of records keep a table of their own over the same kinds
-(the hub applying another node's change, the Redis writer); ``covering`` checks, when the
+(the hub applying another node's change, the Redis writer); ``one_entry_per_kind`` checks, when the
 table is built, that it has exactly one entry per kind, so that a new record kind cannot be
 forgotten by any of them.
 """
@@ -43,7 +43,7 @@ RECORD_KINDS: Final[frozenset[type[Any]]] = frozenset(TAGS)
 H = TypeVar("H")
 
 
-def covering(
+def one_entry_per_kind(
     table: Mapping[type[Any], H], kinds: Collection[type[Any]] = RECORD_KINDS, *, what: str
 ) -> dict[type[Any], H]:
     """``table`` as a dict, once checked to have exactly one entry per kind of ``kinds``
@@ -193,7 +193,7 @@ def _user_forgotten(state: DurableState, record: UserForgotten) -> None:
     state.forget(record.user)
 
 
-APPLY: Final[dict[type[Any], Callable[[DurableState, Any], None]]] = covering(
+APPLY: Final[dict[type[Any], Callable[[DurableState, Any], None]]] = one_entry_per_kind(
     {
         ChatMessage: _message,
         Befriended: _befriended,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.deadlines import DeadlineIndex
 
 STEP_OF_TTL: Final = 0.25
 """A renewed deadline falls on a multiple of this fraction of the location TTL."""

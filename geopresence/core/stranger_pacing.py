@@ -17,7 +17,7 @@ from collections import deque
 
 import attrs
 
-from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.deadlines import DeadlineIndex
 from geopresence.core.locations import Location
 
 

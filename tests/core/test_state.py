@@ -15,7 +15,7 @@ from geopresence.core.state import (
     APPLY,
     RECORD_KINDS,
     DurableState,
-    covering,
+    one_entry_per_kind,
     settings_from,
     settings_record,
 )
@@ -210,11 +210,11 @@ def test_settings_conversion_both_ways() -> None:
 
 def test_covering_refuses_a_table_that_misses_or_adds_a_kind() -> None:
     complete = {kind: kind.__name__ for kind in RECORD_KINDS}
-    assert covering(complete, what="t") == complete
+    assert one_entry_per_kind(complete, what="t") == complete
     with pytest.raises(TypeError, match=r"t: no entry for \['Befriended'\]"):
-        covering({k: v for k, v in complete.items() if k is not Befriended}, what="t")
+        one_entry_per_kind({k: v for k, v in complete.items() if k is not Befriended}, what="t")
     with pytest.raises(TypeError, match=r"unexpected \['LocationSet'\]"):
-        covering({**complete, LocationSet: "x"}, what="t")
+        one_entry_per_kind({**complete, LocationSet: "x"}, what="t")
 
 
 def test_the_hub_and_redis_tables_cover_every_feed_op() -> None:

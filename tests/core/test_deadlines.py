@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopresence.core.expiry import DeadlineIndex
+from geopresence.core.deadlines import DeadlineIndex
 
 
 def test_pop_due_in_deadline_order_and_moves() -> None:
