@@ -216,3 +216,17 @@ def test_load_scaleout_reports_every_figure(tmp_path: Path) -> None:
     assert two["redis_causes_per_user_s"]["location cache"] > 0
     assert two["per_node"][0]["envelopes_per_s"] > 0  # node 1 heard node 2's users move
     assert set(document["changes"]) == {"node_cpu_per_user", "redis_ops_per_user"}
+
+
+def test_paced_writes_reports_the_writer_s_cost_per_frame() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paced_writes", "--connections", "20", "--rate",
+         "2000", "--duration", "0.5"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2, done.stdout
+    assert lines[0].startswith("reader sleeps in epoll")
+    assert "µs of writer CPU per frame" in lines[0]
+    assert lines[1].startswith("reader polls every ms")

@@ -1,0 +1,104 @@
+"""The write floor at the load model's rate: what one non-blocking ``os.write`` of a ready
+120-byte frame costs the writer when frames are paced, as the design's load paces them.
+
+    python -m benchmarks.paced_writes [--connections 10000] [--rate 25000] [--duration 8]
+
+The writer (this process, pinned to CPU 0) writes ``--rate`` frames a second in all, in
+bursts of 40 (one move's fan-out), each to another of ``--connections`` loopback TCP
+connections; a reader process (CPU 1) drains them with one epoll, sleeping in it between
+frames as the load generator does. Printed: the writer's CPU per frame (user and system),
+for a reader that sleeps in epoll and for one that polls. Compare with ``benchmarks.floor``
+flat out, where the reader cannot keep up: its full buffers make each write far cheaper
+than one the reader is woken for, so that figure is no floor at the design's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import resource
+import select
+import socket
+import time
+
+from benchmarks import procs
+
+FRAME = b"\x81\x7e\x00\x78" + b"x" * 120
+BURST = 40
+
+
+def _reader(port: int, connections: int, poll: bool, seconds: float, ready: object) -> None:
+    os.sched_setaffinity(0, {1})
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    epoll = select.epoll()
+    for sock in sockets:
+        sock.setblocking(False)
+        epoll.register(sock.fileno(), select.EPOLLIN)
+    ready.set()  # type: ignore[attr-defined]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        events = epoll.poll(0 if poll else 0.1)
+        for fd, _ in events:
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 65536)
+        if poll and not events:
+            time.sleep(0.001)
+
+
+def measure(connections: int, rate: float, duration: float, poll: bool) -> tuple[float, float]:
+    """The writer's (user, system) CPU per frame written, in µs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    ready = multiprocessing.Event()
+    reader = multiprocessing.Process(
+        target=_reader,
+        args=(listener.getsockname()[1], connections, poll, duration + 5, ready),
+    )
+    reader.start()
+    try:
+        accepted = [listener.accept()[0] for _ in range(connections)]
+        fds = [sock.fileno() for sock in accepted]
+        for sock in accepted:
+            sock.setblocking(False)
+        ready.wait()
+        time.sleep(0.5)
+        before, start, written = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
+        while time.monotonic() - start < duration:
+            for j in range(BURST):
+                os.write(fds[(written + j * 97) % connections], FRAME)
+            written += BURST
+            # One wake-up a burst, as the server's reader is woken once per move.
+            time.sleep(max(0.0, start + written / rate - time.monotonic()))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        reader.kill()
+        reader.join()
+    user = (after.ru_utime - before.ru_utime) / written * 1e6
+    system = (after.ru_stime - before.ru_stime) / written * 1e6
+    return user, system
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=25_000, help="frames/s in all")
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    procs.raise_fd_limit()
+    os.sched_setaffinity(0, {0})
+    for poll in (False, True):
+        user, system = measure(args.connections, args.rate, args.duration, poll)
+        reader = "polls every ms" if poll else "sleeps in epoll"
+        print(
+            f"reader {reader:<16} {user + system:6.2f} µs of writer CPU per frame "
+            f"({user:.2f} user, {system:.2f} system; {args.connections:,} connections, "
+            f"{args.rate:,.0f} frames/s)",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
