@@ -87,9 +87,20 @@ def redis(kind: str, workdir: Path, masters: int = 3) -> Iterator[Redis]:
             if kind == "cluster":
                 args += ["--cluster-enabled", "yes",
                          "--cluster-config-file", f"{workdir}/nodes-{port}.conf"]  # fmt: skip
-            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL))
-        for port in ports:
-            _wait_for_port(port)
+            # Its log in the workdir: a server that does not start says why (below).
+            log = open(workdir / f"redis-{port}.log", "wb")  # noqa: SIM115 (the child's)
+            procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        for port, proc in zip(ports, procs, strict=True):
+            try:
+                _wait_for_port(port)
+            except OSError:
+                said = (workdir / f"redis-{port}.log").read_text(errors="replace").strip()
+                last = said.splitlines()[-3:] if said else ["(no output)"]
+                state = "exited" if proc.poll() is not None else "did not listen within 10 s"
+                raise RuntimeError(
+                    f"redis-server on port {port} {state}; it said:\n  " + "\n  ".join(last)
+                ) from None
         if kind == "cluster":
             assert cli is not None
             subprocess.run(
