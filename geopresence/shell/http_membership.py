@@ -3,7 +3,7 @@
 ``PUT``/``DELETE /v1/friendships/{a}/{b}``, a bulk import (``POST /v1/friendships``),
 ``PUT``/``GET``/``DELETE /v1/groups/{group}`` and ``PUT``/``DELETE
 /v1/groups/{group}/members/{user}``. Each holds the users or the group it reads or changes
-(``control.holding``: with several nodes, read from Redis first); a change found already
+(``api_host.holding``: with several nodes, read from Redis first); a change found already
 made is announced again (``ApiHost.unchanged``). docs/protocol.md has the shapes.
 """
 

@@ -71,8 +71,11 @@ class PushNotifier:
         the next push submitted after that): kept only while pushes submitted before the
         forget are queued or being sent (``_release_marks``)."""
         self._submitted = 0  # sequence number of the next push submitted
-        self._taken = 0  # sequence number after the newest push a worker took
-        self._sending: set[int] = set()  # sequence numbers of the pushes being sent
+        self._unfinished: set[int] = set()
+        """Sequence numbers of the pushes submitted and not done: queued, on their way to a
+        worker (a memory channel hands a push to a waiting worker at once, before it runs),
+        or being sent. Kept from ``submit`` to the worker's end, so none is ever missed."""
+        self._workers: trio.CancelScope | None = None
         self._finishing = False
         self._settled = trio.Event()
         """Set by ``finish`` or a worker once nothing is queued or in flight (``finish``)."""
@@ -105,6 +108,7 @@ class PushNotifier:
             except trio.WouldBlock:
                 self._dropped(len(recipients) - index)
                 return
+            self._unfinished.add(self._submitted)
             self._submitted += 1
 
     def forget(self, user: str, last_id: int) -> int:
@@ -127,7 +131,10 @@ class PushNotifier:
         dropped = len(queued) - len(kept)
         if dropped:
             self.results["forgotten"] += dropped
+            kept_numbers = {n for _, _, n in kept}
+            self._unfinished.difference_update(n for _, _, n in queued if n not in kept_numbers)
         self._release_marks()
+        self._check_settled()
         return dropped
 
     def _made_before_forget(self, recipient: str, message: ChatMessage) -> bool:
@@ -145,23 +152,25 @@ class PushNotifier:
         memory for as long as the server runs."""
         if not self._forgotten:
             return
-        # The queue is FIFO: every push not yet taken has a sequence number >= _taken.
-        oldest = min(self._sending, default=self._taken)
+        oldest = min(self._unfinished, default=self._submitted)
         done = [user for user, (_, after) in self._forgotten.items() if after <= oldest]
         for user in done:
             del self._forgotten[user]
 
     async def finish(self, timeout: float) -> None:
         """Shutdown: wait at most ``timeout`` seconds for the queued and in-flight pushes to
-        be delivered (or given up); those still waiting then are counted ``dropped`` and
-        logged, never lost silently. Without a webhook there is nothing to wait for."""
+        be delivered (or given up); then the workers stop, and the pushes not done are
+        counted ``dropped`` and logged, never lost silently (nor sent after being counted).
+        Without a webhook there is nothing to wait for."""
         if self.url is None:
             return
         self._finishing = True
         self._check_settled()
         with trio.move_on_after(timeout):
             await self._settled.wait()
-        left = self.queued + len(self._sending)
+        left = len(self._unfinished)
+        if self._workers is not None:
+            self._workers.cancel()  # at once, before a counted push can still go out
         if left:
             self.results["dropped"] += left
             log.warning(
@@ -171,7 +180,7 @@ class PushNotifier:
             )
 
     def _check_settled(self) -> None:
-        if self._finishing and not self.queued and not self._sending:
+        if self._finishing and not self._unfinished:
             self._settled.set()
 
     def _dropped(self, count: int) -> None:
@@ -221,6 +230,7 @@ class PushNotifier:
             httpx.AsyncClient(timeout=self.timeout, transport=self._transport) as http,
             trio.open_nursery() as nursery,
         ):
+            self._workers = nursery.cancel_scope  # ``finish`` stops them
             for _ in range(self.concurrency):
                 nursery.start_soon(self._worker, http, self._receive.clone())
 
@@ -230,8 +240,6 @@ class PushNotifier:
         receive: trio.MemoryReceiveChannel[_Push],
     ) -> None:
         async for recipient, message, number in receive:
-            self._taken = number + 1
-            self._sending.add(number)
             try:
                 if self.online is not None and await self.online(recipient):
                     self.results["online"] += 1
@@ -242,7 +250,7 @@ class PushNotifier:
                 self.results["failed"] += 1
                 log.exception("push of message %d to %s failed", message.message_id, recipient)
             finally:
-                self._sending.discard(number)
+                self._unfinished.discard(number)
                 self._release_marks()
                 self._check_settled()
 

@@ -387,3 +387,65 @@ async def test_pushes_not_sent_by_the_end_of_a_shutdown_are_counted_and_logged(
     start = trio.current_time()
     await notifier(stuck).finish(10)  # nothing queued: returns at once
     assert trio.current_time() == start
+
+
+async def test_a_forget_stops_pushes_handed_to_idle_workers_in_the_same_tick(
+    autojump_clock: MockClock,
+) -> None:
+    """A memory channel hands a push to a waiting worker before that worker runs: the
+    forget's mark must hold until such a push is done too, whichever worker runs first
+    (trio's scheduling order varies, hence the rounds)."""
+    posted: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(orjson.loads(request.content)["recipient"])
+        return httpx.Response(204)
+
+    for _ in range(30):
+        push = notifier(handler, push_concurrency=2)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(push.run)
+            await trio.sleep(0.1)  # both workers wait for work
+            push.submit(PushRequest(("u1",), MESSAGE))
+            push.submit(PushRequest(("u2",), MESSAGE))
+            push.forget("u1", last_id=MESSAGE.message_id)
+            push.forget("u2", last_id=MESSAGE.message_id)
+            await trio.sleep(5)
+            nursery.cancel_scope.cancel()
+        assert push.results == {"forgotten": 2}
+    assert posted == []
+
+
+async def test_a_shutdown_waits_for_a_push_just_handed_to_a_worker(
+    autojump_clock: MockClock,
+) -> None:
+    async def answer(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(0.5)
+        return httpx.Response(204)
+
+    push = notifier(answer)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        await trio.sleep(0.1)
+        push.submit(PushRequest(("bob",), MESSAGE))  # handed to the waiting worker
+        await push.finish(10)
+        nursery.cancel_scope.cancel()
+    assert push.results == {"delivered": 1}
+
+
+async def test_pushes_counted_dropped_at_a_shutdown_are_not_sent_after_all(
+    autojump_clock: MockClock,
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(2)
+        return httpx.Response(204)
+
+    push = notifier(slow, push_concurrency=2)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(push.run)
+        await trio.sleep(0.1)
+        push.submit(PushRequest(("bob", "carol"), MESSAGE))
+        await push.finish(1.0)
+        await trio.sleep(5)  # with Redis, the node leaves the cluster meanwhile
+        nursery.cancel_scope.cancel()
+    assert push.results == {"dropped": 2}
