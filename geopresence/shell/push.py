@@ -125,14 +125,17 @@ class PushNotifier:
                 queued.append(self._receive.receive_nowait())
             except trio.WouldBlock:
                 break
-        kept = [(r, m, n) for r, m, n in queued if not self._made_before_forget(r, m)]
+        kept: list[_Push] = []
+        for recipient, message, number in queued:
+            if self._made_before_forget(recipient, message):
+                self._unfinished.discard(number)  # done: dropped
+            else:
+                kept.append((recipient, message, number))
         for item in kept:
             self._send.send_nowait(item)  # fits, and in the same order: it was queued
         dropped = len(queued) - len(kept)
         if dropped:
             self.results["forgotten"] += dropped
-            kept_numbers = {n for _, _, n in kept}
-            self._unfinished.difference_update(n for _, _, n in queued if n not in kept_numbers)
         self._release_marks()
         self._check_settled()
         return dropped
