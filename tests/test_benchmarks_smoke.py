@@ -230,3 +230,15 @@ def test_paced_writes_reports_the_writer_s_cost_per_frame() -> None:
     assert lines[0].startswith("reader sleeps in epoll")
     assert "µs of writer CPU per frame" in lines[0]
     assert lines[1].startswith("reader polls every ms")
+
+
+def test_read_paths_reports_the_reader_s_cost_per_message_each_way() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.read_paths", "--connections", "20", "--rate",
+         "500", "--duration", "0.5"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["receive_some", "wait_readable", "one epoll"]
+    assert all("µs of reader CPU per message" in line for line in lines), done.stdout

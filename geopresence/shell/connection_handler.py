@@ -1,6 +1,7 @@
 """The life of each connection (shell): ``ConnectionHandler`` runs one connection in one
-task: the opening handshake and hello (``shell.handshake``), then reads batches of frames,
-hands them to the hub and flushes what they produced (``shell.connections``). The hub never
+task: the opening handshake and hello (``shell.handshake``); then each batch of frames read
+(by the ``ReadPoller``'s task, which calls back for every session) goes to the hub, and what
+it produced is flushed (``shell.connections``). The hub never
 awaits, so one slow client can only ever fill its own bounded queue. Everything
 WebSocket-specific is behind ``shell.transport``.
 """
@@ -20,6 +21,7 @@ from geopresence.core.hub import Hub
 from geopresence.shell.connections import Connections, OpenConnection
 from geopresence.shell.handshake import Handshake, Hello
 from geopresence.shell.metrics import Metrics
+from geopresence.shell.read_poller import ReadPoller
 from geopresence.shell.transport import Closed, Connection, is_disconnect
 from geopresence.shell.transport_handshake import accept
 from geopresence.wire.client_messages import ClientMessage
@@ -62,6 +64,8 @@ class ConnectionHandler:
         """Where connections' drain tasks run (the server's connection nursery)."""
         self.later: Callable[[ConnId, ClientMessage], bool] | None = None
         """Several nodes: takes a message answered after a Redis read (``ClusterAnswers``)."""
+        self.poller: ReadPoller | None = None
+        """Reads every session's socket in one task (``shell.read_poller``), if set."""
         self._last_traceback = -math.inf  # time.monotonic() of the last logged traceback
         self._tracebacks_suppressed = 0
 
@@ -185,7 +189,12 @@ class ConnectionHandler:
                 )  # fmt: skip
 
     async def _reader(self, ws: Connection, c: OpenConnection) -> None:
-        """Hand each batch of frames to the hub, then write what it produced."""
+        """Hand each batch of frames to the hub, then write what it produced: in the
+        ``poller``'s task if there is one (this task then waits for the end), else here."""
+        fd = ws.fileno
+        if self.poller is not None and fd is not None:
+            await self._polled(ws, c, self.poller, fd)
+            return
         while True:
             try:
                 frames = await ws.receive()
@@ -193,6 +202,40 @@ class ConnectionHandler:
                 self._handshake.count_transport_close(ws)
                 return
             self._handle_batch(c, frames)
+
+    async def _polled(self, ws: Connection, c: OpenConnection, poller: ReadPoller, fd: int) -> None:
+        ended = trio.Event()
+        failure: list[Exception] = []
+
+        def readable() -> None:
+            # In the poller's task: must not raise (it would stop every session's reading).
+            try:
+                frames = ws.read_now()
+                while frames:
+                    self._handle_batch(c, frames)
+                    frames = ws.buffered()
+                return
+            except Closed:
+                pass
+            except Exception as exc:
+                failure.append(exc)  # raised below, in this session's task
+            poller.unregister(fd)
+            ended.set()
+
+        try:
+            frames = ws.buffered()  # what came with the hello's read
+            while frames:
+                self._handle_batch(c, frames)
+                frames = ws.buffered()
+            poller.register(fd, readable)
+            await ended.wait()
+        except Closed:
+            pass
+        finally:
+            poller.unregister(fd)  # before the socket is closed: its number is reused
+        if failure:
+            raise failure[0]
+        self._handshake.count_transport_close(ws)
 
     def _handle_batch(self, c: OpenConnection, frames: list[str | bytes]) -> None:
         if not frames:

@@ -40,6 +40,7 @@ from geopresence.shell.listeners import CannotListen as CannotListen
 from geopresence.shell.listeners import lone_os_error, open_listeners
 from geopresence.shell.metrics import Metrics, register_hub_metrics
 from geopresence.shell.push import PushNotifier
+from geopresence.shell.read_poller import ReadPoller
 from geopresence.shell.status import StatusLine
 from geopresence.shell.timers import Reaper, gc_loop
 from geopresence.storage.history import HistoryWriter
@@ -231,6 +232,9 @@ class Server(ClusterFacing):
         config = self.config
         assert self.clock is not None
         async with trio.open_nursery() as root:
+            self.handler.poller = ReadPoller.create()
+            if self.handler.poller is not None:
+                root.start_soon(self.handler.poller.run)  # after the connections, cancelled
             if self.cluster is not None:
                 await self._join_cluster(root, self.cluster)
             async with trio.open_nursery() as conns:

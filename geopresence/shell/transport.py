@@ -8,8 +8,10 @@ the ``Closed`` exception and ``is_disconnect`` (``geopresence.shell.framing``). 
 only server module, with ``transport_handshake``, that imports a WebSocket library
 (tests/test_architecture.py checks it).
 
-**Shape.** One task per connection reads (``receive``: one ``receive_some``, every message
-it completes); nothing else runs per connection. Writes are synchronous: ``write_frames``
+**Shape.** A session's socket is read by the server's ``ReadPoller`` (one task for all:
+``read_now``, one non-blocking read, every message it completes); the handshake, the hello
+and in-memory streams read in the connection's task (``receive``: one ``receive_some``).
+Writes are synchronous: ``write_frames``
 hands bytes to the socket with one non-blocking ``send`` from whatever code produced them
 (the hub's fan-out, with no await and no task switch per delivery). Only when the kernel's
 buffer is full are the remaining bytes *parked* and a drain task started that waits for
@@ -191,29 +193,60 @@ class Connection:
 
         Raises ``Closed`` once the peer's close frame arrived, the stream ended, or the
         connection failed (too big: 1009, bad UTF-8: 1007, protocol error: 1002)."""
-        protocol = self._protocol
-        if self._early:
-            early, self._early = self._early, b""
-            protocol.receive_data(early)
         while True:
-            # Frames parsed before this call (those that came with the handshake) first.
-            events = protocol.events_received()
-            messages = self._messages(events) if events and not self._we_closed else []
-            self.write_protocol()
+            messages = self.buffered()
             if messages:
                 return messages
-            # A server is done once it has sent its EOF: after the closing handshake, or
-            # at once when it fails the connection (websockets' protocol decides).
-            if protocol.eof_sent or protocol.state is State.CLOSED:
-                raise Closed(self.close_code)
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
+            self._feed(data)
+
+    @property
+    def fileno(self) -> int | None:
+        """The socket's file descriptor (None for an in-memory stream): a ``ReadPoller``
+        may watch it, the reads then being ``read_now``'s instead of ``receive``'s."""
+        return None if self._socket is None else self._socket.fileno()
+
+    def read_now(self) -> list[str | bytes]:
+        """``receive`` without waiting, for a socket reported readable: the messages one
+        non-blocking read completed (maybe none). Raises ``Closed`` as ``receive`` does."""
+        assert self._socket is not None, "an in-memory stream has no socket to read"
+        try:
+            # The fd is looked up at each read (see ``_write``): closed, it is -1.
+            data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+        except BlockingIOError:
+            return self.buffered()
+        except OSError:
+            data = b""  # reset by the peer: the end of the stream, as ``receive`` sees it
+        self._feed(data)
+        return self.buffered()
+
+    def buffered(self) -> list[str | bytes]:
+        """The messages already read but not returned yet (those that came with the
+        handshake, or behind a batch just handled), or [] if none. Raises ``Closed`` once
+        nothing more will come (see ``receive``)."""
+        protocol = self._protocol
+        if self._early:
+            early, self._early = self._early, b""
+            protocol.receive_data(early)
+        events = protocol.events_received()
+        messages = self._messages(events) if events and not self._we_closed else []
+        self.write_protocol()
+        if messages:
+            return messages
+        # A server is done once it has sent its EOF: after the closing handshake, or at
+        # once when it fails the connection (websockets' protocol decides).
+        if protocol.eof_sent or protocol.state is State.CLOSED:
+            raise Closed(self.close_code)
+        return []
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        if data:
+            self._protocol.receive_data(data)
+        else:
+            self._protocol.receive_eof()
 
     def _messages(self, events: Sequence[object]) -> list[str | bytes]:
         messages: list[str | bytes] = []

@@ -102,15 +102,60 @@ def client_streams(draw: st.DrawFn) -> tuple[list[bytes], list[str], list[bytes]
     return [c for c in chunks if c], messages, pings
 
 
+async def serve_one_polled(chunks: list[bytes]) -> tuple[list[str | bytes], bytes, int | None]:
+    """``serve_one`` over a socket read as the ``ReadPoller`` reads it (``buffered``, then
+    ``read_now`` once per chunk as it arrives): each chunk is one read."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.settimeout(5)
+    end_of_request = b"".join(chunks).index(b"\r\n\r\n") + 4
+    sent = 0
+    while sent < end_of_request:  # the handshake is read by ``accept``
+        b.sendall(chunks[0])
+        sent += len(chunks.pop(0))
+    received: list[str | bytes] = []
+    code: int | None = None
+    async with trio.open_nursery() as nursery:
+        request = await accept(
+            nursery, trio.SocketStream(trio.socket.from_stdlib_socket(a)), max_message_size=1000
+        )
+        assert request is not None
+        ws = request.accept()
+        assert ws is not None and ws.fileno == a.fileno()
+        try:
+            received.extend(ws.buffered())
+            for chunk in chunks:
+                b.sendall(chunk)
+                await trio.lowlevel.wait_readable(a)
+                received.extend(ws.read_now())
+            b.shutdown(socket.SHUT_WR)
+            while True:
+                await trio.lowlevel.wait_readable(a)
+                received.extend(ws.read_now())
+        except transport.Closed as closed:
+            code = closed.code
+        await ws.flushed()
+        a.shutdown(socket.SHUT_WR)
+        out = b""
+        while data := b.recv(1 << 20):
+            out += data
+        a.close()
+        b.close()
+    return received, out, code
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream=client_streams())
+@given(stream=client_streams(), polled=st.booleans())
 def test_any_fragmentation_and_any_split_give_the_messages_and_their_pongs(
-    stream: tuple[list[bytes], list[str], list[bytes]],
+    stream: tuple[list[bytes], list[str], list[bytes]], polled: bool
 ) -> None:
     chunks, messages, pings = stream
 
     async def scenario() -> None:
-        received, out, code = await serve_one(chunks)
+        if polled:
+            received, out, code = await serve_one_polled(chunks)
+        else:
+            received, out, code = await serve_one(chunks)
         assert received == messages and code == 1000
         pongs = [f.data for f in parse_server_frames(out) if f.opcode is Opcode.PONG]
         assert pongs == pings
