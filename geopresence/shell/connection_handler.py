@@ -207,19 +207,18 @@ class ConnectionHandler:
         ended = trio.Event()
         failure: list[Exception] = []
 
-        def readable() -> None:
-            # In the poller's task: must not raise (it would stop every session's reading).
+        def readable() -> None:  # in the poller's task
             try:
                 frames = ws.read_now()
                 while frames:
                     self._handle_batch(c, frames)
                     frames = ws.buffered()
-                return
             except Closed:
-                pass
-            except Exception as exc:
-                failure.append(exc)  # raised below, in this session's task
-            poller.unregister(fd)
+                poller.unregister(fd)
+                ended.set()
+
+        def failed(exc: Exception) -> None:  # the poller has unregistered fd
+            failure.append(exc)  # raised below, in this session's task
             ended.set()
 
         try:
@@ -227,7 +226,9 @@ class ConnectionHandler:
             while frames:
                 self._handle_batch(c, frames)
                 frames = ws.buffered()
-            poller.register(fd, readable)
+            # Once the poller has stopped (the server is stopping), nothing is registered
+            # and this task waits for its cancellation.
+            poller.register(fd, readable, failed)
             await ended.wait()
         except Closed:
             pass

@@ -14,14 +14,11 @@ session's task reads its socket itself.
 from __future__ import annotations
 
 import contextlib
-import logging
 import select
 from collections.abc import Callable
 from typing import Final
 
 import trio
-
-log = logging.getLogger("geopresence")
 
 BATCH: Final = 256
 """At most this many readable sockets handled between two checkpoints: a burst of input
@@ -33,13 +30,15 @@ class ReadPoller:
     """Calls each registered socket's callback while it has something to read.
 
     The set is level-triggered: a callback must read (or unregister) at each call, or it is
-    called again at once. Callbacks run in the poller's task, one after another, and must
-    not raise (an exception is logged and its socket unregistered, so that one connection
-    cannot stop the others' reading)."""
+    called again at once. Callbacks run in the poller's task, one after another; one that
+    raises is unregistered and its ``on_error`` told, so that one connection cannot stop
+    the others' reading."""
 
     def __init__(self, epoll: select.epoll) -> None:
         self._epoll = epoll
-        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._callbacks: dict[int, tuple[Callable[[], None], Callable[[Exception], None]]] = {}
+        self.stopped = False
+        """The poller's task has ended (the server is stopping): nothing is polled now."""
 
     @classmethod
     def create(cls) -> ReadPoller | None:
@@ -51,11 +50,17 @@ class ReadPoller:
     def __len__(self) -> int:
         return len(self._callbacks)
 
-    def register(self, fd: int, callback: Callable[[], None]) -> None:
+    def register(
+        self, fd: int, callback: Callable[[], None], on_error: Callable[[Exception], None]
+    ) -> None:
         """Call ``callback`` whenever ``fd`` is readable (or at its end or an error), until
-        ``unregister``. Unregister before the fd is closed: its number may be reused."""
+        ``unregister``; if it raises, ``fd`` is unregistered and ``on_error`` is given the
+        exception (it must not raise). Unregister before the fd is closed: its number may be
+        reused. Nothing once ``stopped``."""
+        if self.stopped:
+            return
         self._epoll.register(fd, select.EPOLLIN)
-        self._callbacks[fd] = callback
+        self._callbacks[fd] = (callback, on_error)
 
     def unregister(self, fd: int) -> None:
         """Stop polling ``fd`` (nothing if it is not registered)."""
@@ -66,22 +71,23 @@ class ReadPoller:
             self._epoll.unregister(fd)
 
     async def run(self) -> None:
-        """Poll until cancelled (then the epoll set is closed)."""
+        """Poll until cancelled (then the epoll set is closed, and ``stopped``)."""
         epoll = self._epoll
         callbacks = self._callbacks
         try:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 for fd, _ in epoll.poll(0, BATCH):
-                    callback = callbacks.get(fd)
-                    if callback is None:
+                    registered = callbacks.get(fd)
+                    if registered is None:
                         continue  # unregistered by an earlier callback of this batch
                     try:
-                        callback()
-                    except Exception:
-                        log.exception("reading fd %d failed; it is no longer read", fd)
+                        registered[0]()
+                    except Exception as exc:
                         self.unregister(fd)
+                        registered[1](exc)
         finally:
+            self.stopped = True
             callbacks.clear()
             epoll.close()
 
