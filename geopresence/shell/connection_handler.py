@@ -207,12 +207,14 @@ class ConnectionHandler:
         ended = trio.Event()
         failure: list[Exception] = []
 
+        def handle(frames: list[str | bytes]) -> None:
+            while frames:  # then what was read with them but not returned yet
+                self._handle_batch(c, frames)
+                frames = ws.buffered()
+
         def readable() -> None:  # in the poller's task
             try:
-                frames = ws.read_now()
-                while frames:
-                    self._handle_batch(c, frames)
-                    frames = ws.buffered()
+                handle(ws.read_now())
             except Closed:
                 poller.unregister(fd)
                 ended.set()
@@ -222,16 +224,13 @@ class ConnectionHandler:
             ended.set()
 
         try:
-            frames = ws.buffered()  # what came with the hello's read
-            while frames:
-                self._handle_batch(c, frames)
-                frames = ws.buffered()
+            handle(ws.buffered())  # what came with the hello's read
             # Once the poller has stopped (the server is stopping), nothing is registered
             # and this task waits for its cancellation.
             poller.register(fd, readable, failed)
             await ended.wait()
         except Closed:
-            pass
+            pass  # the end came with the hello's read: counted below, as any end
         finally:
             poller.unregister(fd)  # before the socket is closed: its number is reused
         if failure:
