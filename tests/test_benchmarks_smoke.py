@@ -242,3 +242,17 @@ def test_read_paths_reports_the_reader_s_cost_per_message_each_way() -> None:
     lines = done.stdout.splitlines()
     assert [line.split("  ")[0] for line in lines] == ["receive_some", "wait_readable", "one epoll"]
     assert all("µs of reader CPU per message" in line for line in lines), done.stdout
+
+
+def test_write_paths_reports_what_the_shell_adds_to_a_write() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.write_paths", "--connections", "20", "--rate",
+         "2000", "--duration", "0.5"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split("  ")[0] for line in lines] == [
+        "os.write (floor)", "Connections", "the shell adds"
+    ]  # fmt: skip
+    assert all("µs" in line for line in lines), done.stdout

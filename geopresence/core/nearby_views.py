@@ -59,7 +59,9 @@ class FriendViews:
         if mine is not None:
             distance = distance_within(mine, location, self.radius(viewer))
             if distance is not None:
-                shown = self._shown.setdefault(conn, set())
+                shown = self._shown.get(conn)
+                if shown is None:  # not ``setdefault``: it would build a set per delivery
+                    shown = self._shown[conn] = set()
                 if not again and mover in shown:
                     return  # already shown; its next move updates it
                 shown.add(mover)

@@ -73,8 +73,8 @@ class ConnectionHandler:
         """Serve one transport stream (TCP or in-memory) as a WebSocket session."""
         config = self._config
         assert self.nursery is not None, "the server is not running"
+        request = None
         try:
-            request = None
             with trio.move_on_after(config.hello_timeout):
                 # A drain task, when the connection needs one, runs in the server's nursery
                 # (a nursery per connection would cost a kilobyte each) and ends when the
@@ -101,6 +101,8 @@ class ConnectionHandler:
                 self._metrics.connection_failures += 1
                 self._log_bug("connection task failed")
         finally:
+            if request is not None:
+                request.detach()  # before the close: its socket's number may be reused
             await trio.aclose_forcefully(stream)
 
     def _log_bug(self, what: str) -> None:

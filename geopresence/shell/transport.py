@@ -118,6 +118,14 @@ class Connection:
         self._protocol = protocol
         self._nursery = nursery
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._fd = -1 if self._socket is None else self._socket.fileno()
+        """The socket's file descriptor, -1 once ``detach``ed (or without a socket): kept
+        here because looking it up costs a delivery two cold objects, so the stream's owner
+        must ``detach`` before closing it (the number may then be reused by another
+        connection's socket)."""
+        self._sending = protocol.state is State.OPEN
+        """The protocol may send data frames (refreshed by ``write_protocol``, which follows
+        every call that can change the protocol's state)."""
         self._parked: list[bytes] = []
         self._parked_bytes = 0
         protocol.backed_up = lambda: self._parked_bytes > PONG_HOLD_BYTES
@@ -214,8 +222,7 @@ class Connection:
         non-blocking read completed (maybe none). Raises ``Closed`` as ``receive`` does."""
         assert self._socket is not None, "an in-memory stream has no socket to read"
         try:
-            # The fd is looked up at each read (see ``_write``): closed, it is -1.
-            data = os.read(self._socket.fileno(), RECEIVE_BYTES)
+            data = os.read(self._fd, RECEIVE_BYTES)  # detached: -1, read as the end
         except BlockingIOError:
             return self.buffered()
         except OSError:
@@ -285,7 +292,7 @@ class Connection:
         """Write ready frames (``text_frame``) now, without blocking: what the socket does
         not take is parked and written by a drain task as the socket allows. Dropped once
         the connection is not ``open``."""
-        if self.open:
+        if self._sending:
             self._write(data)
 
     def send(self, text: str) -> None:
@@ -299,7 +306,9 @@ class Connection:
 
     def write_protocol(self) -> None:
         """Write what the protocol has to send (a handshake answer, a pong, a close)."""
-        for data in self._protocol.data_to_send():
+        protocol = self._protocol
+        self._sending = protocol.state is State.OPEN
+        for data in protocol.data_to_send():
             if data == SEND_EOF:
                 self._eof_parked = True
                 if not self._parked:
@@ -310,13 +319,11 @@ class Connection:
     def _write(self, data: bytes) -> None:
         if self._broken:
             return
-        if self._parked or self._draining or self._socket is None:
+        if self._parked or self._draining or self._fd < 0:
             self._park(data)
             return
         try:
-            # The fd is looked up at each write: once the socket is closed it is -1 (and the
-            # number may already belong to another connection's socket).
-            sent = os.write(self._socket.fileno(), data)
+            sent = os.write(self._fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -381,6 +388,13 @@ class Connection:
                 self._broken = True
 
     # ------------------------------------------------------------------ closing
+
+    def detach(self) -> None:
+        """The stream is about to be closed: nothing is written or read from now on (its
+        file descriptor may soon be another socket's). Call it before closing the stream."""
+        self._broken = True
+        self._sending = False
+        self._fd = -1
 
     def start_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Send a close frame after what is already written (``reason`` at most 123 UTF-8

@@ -50,6 +50,10 @@ class Request:
         self._protocol.send_response(self._protocol.reject(status, body.decode()))
         self._connection.write_protocol()
 
+    def detach(self) -> None:
+        """The stream is about to be closed (see ``Connection.detach``)."""
+        self._connection.detach()
+
     async def flushed(self) -> None:
         """Wait until the answer is written (see ``Connection.flushed``)."""
         await self._connection.flushed()

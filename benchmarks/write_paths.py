@@ -1,0 +1,152 @@
+"""What the server's write-out path adds to the write system call, at the load model's pace.
+
+    python -m benchmarks.write_paths [--connections 10000] [--rate 25000] [--duration 8]
+
+This process (CPU 0) writes ``--rate`` 120-byte frames a second in all, in bursts of 40 (one
+move's fan-out), each to another of ``--connections`` loopback TCP connections; a reader
+process (CPU 1) drains them with one epoll, sleeping in it as the load generator does. Two
+ways, one after the other, on the same connections:
+
+- ``os.write``: one non-blocking write of a ready frame (the floor, as
+  ``benchmarks.paced_writes``);
+- ``Connections``: the server's own path for a delivery, from the hub's ``Sink.send`` of a
+  latest-wins ``Outgoing`` (a friend's move) inside a write batch, to the batch's end that
+  writes each connection out (``geopresence.shell.connections``, ``.transport``).
+
+Printed: the writer's CPU per frame for each, and their difference: the Python a delivery
+costs between the fan-out and the socket. Only same-run figures compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import resource
+import select
+import socket
+import time
+from collections.abc import Callable
+
+import trio
+from websockets.protocol import State
+
+from benchmarks import procs
+from geopresence.config import Config
+from geopresence.shell.connections import Connections
+from geopresence.shell.metrics import Metrics
+from geopresence.shell.transport import QUIET, Connection, GatedProtocol, text_frame
+from geopresence.wire.outgoing import Outgoing
+
+TEXT = (
+    '{"type":"friend_location","user":"u123456","lat":37.51234,"lon":127.01234,'
+    '"ts":1.7e9,"distance_m":1234.5}'
+)
+BURST = 40
+
+
+def _reader(port: int, connections: int, seconds: float, ready: object) -> None:
+    os.sched_setaffinity(0, {1})
+    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
+    epoll = select.epoll()
+    for sock in sockets:
+        sock.setblocking(False)
+        epoll.register(sock.fileno(), select.EPOLLIN)
+    ready.set()  # type: ignore[attr-defined]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for fd, _ in epoll.poll(0.1):
+            with contextlib.suppress(BlockingIOError):
+                os.read(fd, 65536)
+
+
+def _paced(rate: float, duration: float, burst: Callable[[int], None]) -> tuple[float, int]:
+    """Call ``burst(written)`` at ``rate / BURST`` a second; the CPU seconds and frames."""
+    before, start, written = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
+    while time.monotonic() - start < duration:
+        burst(written)
+        written += BURST
+        # One wake-up a burst, as the server's reader is woken once per move.
+        time.sleep(max(0.0, start + written / rate - time.monotonic()))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return cpu, written
+
+
+async def _measure(accepted: list[socket.socket], rate: float, duration: float) -> list[float]:
+    n = len(accepted)
+    frame = text_frame(TEXT.encode())
+    fds = [sock.fileno() for sock in accepted]
+
+    def bare(written: int) -> None:
+        for j in range(BURST):
+            os.write(fds[(written + j * 97) % n], frame)
+
+    connections = Connections(Config(), Metrics())
+    conns = []
+    async with trio.open_nursery() as nursery:
+        for sock in accepted:
+            protocol = GatedProtocol(logger=QUIET)
+            protocol.state = State.OPEN  # the handshake is not what is measured
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            conns.append(connections.open(Connection(stream, protocol, nursery)).conn)
+
+        def shell(written: int) -> None:
+            with connections.batch():
+                for j in range(BURST):
+                    # As the fan-out makes it: one text per recipient, a latest-wins slot.
+                    key = ("nearby", f"u{written + j}")
+                    connections.send(conns[(written + j * 97) % n], Outgoing(TEXT, key))
+
+        figures = []
+        for burst in (bare, shell):
+            cpu, written = _paced(rate, duration, burst)
+            figures.append(cpu / written * 1e6)
+        nursery.cancel_scope.cancel()
+    return figures
+
+
+def measure(connections: int, rate: float, duration: float) -> list[float]:
+    """The writer's CPU per frame written (µs), for each of ``WAYS``."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    ready = multiprocessing.Event()
+    reader = multiprocessing.Process(
+        target=_reader,
+        args=(listener.getsockname()[1], connections, 2 * duration + 10, ready),
+    )
+    reader.start()
+    try:
+        accepted = [listener.accept()[0] for _ in range(connections)]
+        for sock in accepted:
+            sock.setblocking(False)
+        ready.wait()
+        time.sleep(0.5)
+        return trio.run(_measure, accepted, rate, duration)
+    finally:
+        reader.kill()
+        reader.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=25_000, help="frames/s in all")
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    procs.raise_fd_limit()
+    os.sched_setaffinity(0, {0})
+    floor, shell = measure(args.connections, args.rate, args.duration)
+    print(f"{'os.write (floor)':<20} {floor:6.2f} µs of writer CPU per frame")
+    print(f"{'Connections':<20} {shell:6.2f} µs of writer CPU per frame")
+    print(
+        f"{'the shell adds':<20} {shell - floor:6.2f} µs per frame "
+        f"({args.connections:,} connections, {args.rate:,.0f} frames/s)",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
