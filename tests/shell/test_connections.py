@@ -53,6 +53,16 @@ def texts(peer: socket.socket) -> list[str]:
     return [payload.decode() for opcode, payload in parse_frames(read_all(peer)) if opcode == 1]
 
 
+class CountingConnection(Connection):
+    """A connection that counts its writes of frames."""
+
+    writes = 0
+
+    def write_frames(self, data: bytes) -> None:
+        self.writes += 1
+        super().write_frames(data)
+
+
 class Pair:
     """``Connections`` with one open session over a socketpair; ``peer`` is the client's
     end, non-blocking; ``writes`` counts the session's writes."""
@@ -64,16 +74,12 @@ class Pair:
         protocol = GatedProtocol(logger=QUIET)
         protocol.state = State.OPEN  # as after the handshake
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(server_end))
-        self.ws = Connection(stream, protocol, nursery)
+        self.ws = CountingConnection(stream, protocol, nursery)
         self.c: OpenConnection = self.connections.open(self.ws)
-        self.writes = 0
-        write_frames = self.ws.write_frames
 
-        def counted(data: bytes) -> None:
-            self.writes += 1
-            write_frames(data)
-
-        self.ws.write_frames = counted  # type: ignore[method-assign]
+    @property
+    def writes(self) -> int:
+        return self.ws.writes
 
     def send(self, text: str, key: str | None = None) -> None:
         self.connections.send(self.c.conn, Outgoing(text, None if key is None else ("k", key)))

@@ -140,10 +140,10 @@ async def test_a_read_that_fails_ends_its_own_session_only(
         async with server.connect("bob", memory=False) as bob:
             (bob_conn,) = [c for c in node.connections.by_id.values() if c.conn == 2]
 
-            def broken() -> list[str | bytes]:
+            def broken(data: bytes | bytearray) -> None:
                 raise RuntimeError("a bug in reading")
 
-            bob_conn.ws.read_now = broken  # type: ignore[method-assign]
+            bob_conn.ws._protocol.receive_data = broken  # type: ignore[method-assign]
             await bob.send({"type": "heartbeat"})
             code, _ = await bob.closed()
             assert code == 1000  # the session's end, as for any bug in its task
