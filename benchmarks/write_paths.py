@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import multiprocessing
 import os
 import resource
@@ -36,6 +37,7 @@ from benchmarks import procs
 from geopresence.config import Config
 from geopresence.shell.connections import Connections
 from geopresence.shell.metrics import Metrics
+from geopresence.shell.timers import GC_THRESHOLDS
 from geopresence.shell.transport import QUIET, Connection, GatedProtocol, text_frame
 from geopresence.wire.outgoing import Outgoing
 
@@ -91,6 +93,12 @@ async def _measure(accepted: list[socket.socket], rate: float, duration: float) 
             protocol.state = State.OPEN  # the handshake is not what is measured
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
             conns.append(connections.open(Connection(stream, protocol, nursery)).conn)
+
+        # The collector as a serving process sets it (``shell.timers.gc_loop``): with
+        # CPython's defaults, collections of the objects a delivery allocates would be
+        # most of what is measured.
+        gc.set_threshold(*GC_THRESHOLDS)
+        gc.freeze()
 
         def shell(written: int) -> None:
             with connections.batch():
