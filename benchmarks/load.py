@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     scaleout_cmd.add_argument("--grouped", action="store_true",
                               help="each cluster of near friends on one node: no live event "
                               "crosses nodes (a control run)")  # fmt: skip
+    scaleout_cmd.add_argument("--rounds", type=int, default=1,
+                              help="repeat the runs, alternating the order of k; the tables "
+                              "show each k's median run")  # fmt: skip
     scaleout_cmd.add_argument("--out", type=Path, default=None, help="JSON file (default: "
                               "benchmarks/results/scaleout-REDIS.json)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -268,8 +271,10 @@ def main(argv: list[str] | None = None) -> None:
                 cluster(options_of(args, args.users), args.nodes, args.redis, not args.no_baseline)
             else:
                 out = args.out or data_path(f"scaleout-{args.redis}.json")
+                if args.rounds < 1:
+                    parser.error("--rounds must be at least 1")
                 scaleout(options_of(args, 0), counts, args.users_per_node, args.redis, out,
-                         args.server_src or ROOT)  # fmt: skip
+                         args.server_src or ROOT, args.rounds)  # fmt: skip
         except redisprocs.RedisMissing as exc:
             raise SystemExit(f"{args.command}: {exc}") from None
         return

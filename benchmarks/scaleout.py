@@ -4,7 +4,10 @@ work of one node, and the work Redis does per user, stay flat as nodes are added
 
 Each k is one ``load cluster`` run (``benchmarks.cluster.run_nodes``) with k x N users: the
 friendships written straight into Redis, user ``u<i>`` on node ``i mod k``, node n pinned to
-CPU ``(n - 1) mod CPUs``, Redis and the load generator unpinned. Per node:
+CPU ``(n - 1) mod CPUs``, Redis and the load generator unpinned. With ``--rounds R`` each k
+runs R times, the order of k reversed each round, and the tables show each k's run with the
+median node CPU per user (on this VM one run's CPU moves by ±15 % from minute to minute).
+Per node:
 
 - CPU seconds per user-second: the node's CPU seconds over the measured window / its users /
   the window's seconds (printed in µs per user-second);
@@ -385,10 +388,36 @@ def cost_line(steps: list[Step]) -> list[str]:
             "event), least squares over every node of every k"]  # fmt: skip
 
 
+def median_step(steps: list[Step]) -> Step:
+    """The run of one k whose node CPU per user is the median (the lower one of two)."""
+    ordered = sorted(steps, key=lambda step: step.cpu_s_per_user_s)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def rounds_table(by_k: dict[int, list[Step]]) -> str:
+    """Node CPU per user-second at each k in each round, the medians, and each round's
+    largest k against its smallest."""
+    ks = sorted(by_k)
+    rounds = len(by_k[ks[0]])
+    rows = [("node CPU µs/user-s", *(f"round {r + 1}" for r in range(rounds)), "median")]
+    for k in ks:
+        rows.append((f"k={k}", *(_us(step.cpu_s_per_user_s) for step in by_k[k]),
+                     _us(median_step(by_k[k]).cpu_s_per_user_s)))  # fmt: skip
+    first, last = by_k[ks[0]], by_k[ks[-1]]
+    each = [ratio(b.cpu_s_per_user_s, a.cpu_s_per_user_s) for a, b in zip(first, last, strict=True)]
+    of_medians = ratio(median_step(last).cpu_s_per_user_s, median_step(first).cpu_s_per_user_s)
+    rows.append((f"k={ks[-1]} / k={ks[0]}", *(fmt(r, ".2f") + "x" for r in each),
+                 fmt(of_medians, ".2f") + "x"))  # fmt: skip
+    return columns(rows)
+
+
 def scaleout(options: RunOptions, counts: list[int], per_node: int, kind: str, out: Path,
-             src: Path) -> list[Step]:  # fmt: skip
+             src: Path, rounds: int = 1) -> list[Step]:  # fmt: skip
     """The ``scaleout`` command: one run per k in ``counts``, ``per_node`` users per node,
-    then the tables; the figures are written to ``out``."""
+    then the tables; the figures are written to ``out``. With several ``rounds`` the runs
+    are repeated, each round in the order opposite to the one before (drift of the machine
+    then weighs on every k alike), and the tables show the run of each k with the median
+    node CPU per user, after a table of every round."""
     cpus = os.cpu_count() or 1
     redis_procs = 1 if kind == "standalone" else 3
     shared = (f"{max(counts)} nodes + {redis_procs} redis-server + the load generator share "
@@ -400,18 +429,28 @@ def scaleout(options: RunOptions, counts: list[int], per_node: int, kind: str, o
           f"after {options.warmup:g} s of warmup each", flush=True)  # fmt: skip
     print(f"  node n on CPU (n - 1) mod {cpus}, Redis and the load generator unpinned; "
           f"{shared}", flush=True)  # fmt: skip
-    steps = []
-    for k in counts:
-        users = k * per_node
-        pinned = ", ".join(f"node {n + 1} on CPU {node_cpu(n)}" for n in range(k))
-        say(f"\nk = {k}: {users:,} users ({pinned})", options.quiet)
-        model = attrs.evolve(options.model, users=users)
-        run = run_nodes(attrs.evolve(options, model=model), k, kind)
-        step = Step(k, run.result, node_figures(run), run.redis_calls(), run.problems)
-        steps.append(step)
-        say(f"  k = {k}: node CPU {_us(step.cpu_s_per_user_s)} µs per user-second, Redis "
-            f"{step.redis_ops_per_user_s:.4f} commands per user-second, p99 "
-            f"{fmt(run.result.p99_ms, '.1f')} ms", options.quiet)  # fmt: skip
+    by_k: dict[int, list[Step]] = {k: [] for k in counts}
+    order = list(counts)
+    for round_ in range(1, rounds + 1):
+        if rounds > 1:
+            say(f"\nround {round_} of {rounds}: k = {', '.join(map(str, order))}", options.quiet)
+        for k in order:
+            users = k * per_node
+            pinned = ", ".join(f"node {n + 1} on CPU {node_cpu(n)}" for n in range(k))
+            say(f"\nk = {k}: {users:,} users ({pinned})", options.quiet)
+            model = attrs.evolve(options.model, users=users)
+            run = run_nodes(attrs.evolve(options, model=model), k, kind)
+            step = Step(k, run.result, node_figures(run), run.redis_calls(), run.problems)
+            by_k[k].append(step)
+            say(f"  k = {k}: node CPU {_us(step.cpu_s_per_user_s)} µs per user-second, Redis "
+                f"{step.redis_ops_per_user_s:.4f} commands per user-second, p99 "
+                f"{fmt(run.result.p99_ms, '.1f')} ms", options.quiet)  # fmt: skip
+        order.reverse()
+    steps = [median_step(by_k[k]) for k in counts]
+    if rounds > 1:
+        print(f"every round ({rounds}, alternating the order of k):", rounds_table(by_k),
+              "the tables below: the run of each k with the median node CPU per user\n",
+              sep="\n", flush=True)  # fmt: skip
     print(report(steps), flush=True)
     print(f"({shared})")
     config = {
@@ -420,11 +459,12 @@ def scaleout(options: RunOptions, counts: list[int], per_node: int, kind: str, o
         "near_share": options.model.near_share,
         "location_interval": options.model.location_interval, "duration": options.duration,
         "warmup": options.warmup, "cpus": cpus, "note": shared, "flat_within": FLAT,
-        "server_src": str(src), "argv": sys.argv[1:],
+        "server_src": str(src), "argv": sys.argv[1:], "rounds": rounds,
     }  # fmt: skip
     fit = foreign_cost(steps)
+    every = {str(k): [step.point(per_node) for step in by_k[k]] for k in counts}
     save_points(out, "scaleout", src, config, [step.point(per_node) for step in steps],
-                changes=changes(steps),
+                changes=changes(steps), rounds=every,
                 foreign_cost=None if fit is None else {"own_cpu_share": fit[0],
                                                        "cpu_s_per_change": fit[1]})  # fmt: skip
     print(f"figures written to {out}")
