@@ -430,8 +430,9 @@ def scaleout(options: RunOptions, counts: list[int], per_node: int, kind: str, o
     print(f"  node n on CPU (n - 1) mod {cpus}, Redis and the load generator unpinned; "
           f"{shared}", flush=True)  # fmt: skip
     by_k: dict[int, list[Step]] = {k: [] for k in counts}
-    order = list(counts)
+    order, orders = list(counts), []
     for round_ in range(1, rounds + 1):
+        orders.append(list(order))
         if rounds > 1:
             say(f"\nround {round_} of {rounds}: k = {', '.join(map(str, order))}", options.quiet)
         for k in order:
@@ -459,7 +460,7 @@ def scaleout(options: RunOptions, counts: list[int], per_node: int, kind: str, o
         "near_share": options.model.near_share,
         "location_interval": options.model.location_interval, "duration": options.duration,
         "warmup": options.warmup, "cpus": cpus, "note": shared, "flat_within": FLAT,
-        "server_src": str(src), "argv": sys.argv[1:], "rounds": rounds,
+        "server_src": str(src), "argv": sys.argv[1:], "rounds": rounds, "orders": orders,
     }  # fmt: skip
     fit = foreign_cost(steps)
     every = {str(k): [step.point(per_node) for step in by_k[k]] for k in counts}
