@@ -52,8 +52,9 @@ class OpenConnection:
 class Connections:
     """The hub's Sink, the table of live sessions, the writes, and the drain bookkeeping.
 
-    ``send`` queues a frame in the connection's bounded outbox and marks it dirty; ``flush``
-    writes each dirty connection's frames with one non-blocking write. The reader of a
+    ``send`` queues a frame in the connection's bounded outbox (a batch's only frame for
+    it waits beside, in ``OpenConnection.first``) and marks it dirty; ``flush`` writes each
+    dirty connection's frames with one non-blocking write. The reader of a
     connection flushes after each batch of input it handled (``holding``); anything else
     (timers, the HTTP API, other nodes) is flushed by ``run``, woken once per batch."""
 
@@ -92,6 +93,8 @@ class Connections:
         if first is not None:  # a second frame: both go through the outbox, in order
             c.first = None
             self._push(c, first)
+            if c.close_request is not None:
+                return  # it did not fit (4008): nothing may follow what was dropped
         self._push(c, message)
         if not c.dirty:
             self._mark(c)

@@ -3,7 +3,8 @@
 The rest of the server sees ``accept`` (the opening handshake's ``Request``, in
 ``transport_handshake``), ``Connection``
 (``receive``, ``write_frames``, ``send``, ``start_close``/``close``, ``flushed``,
-``parked``, ``on_drained``, the ping gate ``admit_ping``), and re-exports ``text_frame``,
+``parked``, ``on_drained``, the ping gate ``admit_ping``, and ``detach``, due before the
+stream is closed), and re-exports ``text_frame``,
 the ``Closed`` exception and ``is_disconnect`` (``geopresence.shell.framing``). It is the
 only server module, with ``transport_handshake``, that imports a WebSocket library
 (tests/test_architecture.py checks it).

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 from geopresence.config import Config
 from geopresence.shell.connections import Connections, OpenConnection
 from geopresence.shell.metrics import Metrics
-from geopresence.shell.transport import QUIET, Connection, GatedProtocol
+from geopresence.shell.transport import QUIET, Closed, Connection, GatedProtocol
 from geopresence.testing import TestServer
 from geopresence.wire.errors import CLOSE_SLOW_CONSUMER
 from geopresence.wire.outgoing import Outgoing
@@ -72,7 +72,9 @@ class Pair:
         self.peer.setblocking(False)
         self.connections = Connections(config or Config(), Metrics())
         protocol = GatedProtocol(logger=QUIET)
-        protocol.state = State.OPEN  # as after the handshake
+        protocol.state = State.OPEN  # as after the handshake, reading frames
+        protocol.parser = Protocol.parse(protocol)
+        next(protocol.parser)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(server_end))
         self.ws = CountingConnection(stream, protocol, nursery)
         self.c: OpenConnection = self.connections.open(self.ws)
@@ -191,6 +193,78 @@ async def test_a_full_queue_behind_a_parked_connection_closes_4008_and_drops_wha
         # Nothing more is queued for a connection being closed.
         pair.send('{"late":1}', key="bob")
         assert pair.c.first is None and len(pair.c.outbox) == 0
+        nursery.cancel_scope.cancel()
+
+
+async def drain_all(pair: Pair) -> list[tuple[int, bytes]]:
+    """Read as a client until nothing waits on the server's side; the frames read."""
+    received: list[bytes] = []
+    for _ in range(500):
+        received.append(read_all(pair.peer))
+        if not (pair.ws.parked or pair.c.outbox or pair.ws._draining):
+            break
+        await trio.sleep(0.01)
+    received.append(read_all(pair.peer))
+    return list(parse_frames(b"".join(received)))
+
+
+def full_and_parked(pair: Pair) -> None:
+    """The socket full (bytes parked) and the outbox of 4 frames full too."""
+    fill(pair)
+    with pair.connections.batch():
+        for n in range(4):
+            pair.send(f'{{"n":{n}}}')
+    assert len(pair.c.outbox) == 4 and pair.c.close_request is None
+
+
+async def test_a_frame_behind_a_first_frame_that_overflows_is_dropped_with_it() -> None:
+    """A batch sends A then B to a full queue: A's push closes 4008, and B, which would
+    fit the emptied queue, must not follow what was dropped."""
+    async with trio.open_nursery() as nursery:
+        pair = Pair(nursery, Config(queue_size=4))
+        full_and_parked(pair)
+        with pair.connections.batch():
+            pair.send('{"dropped":"A"}')
+            pair.send('{"after":"B"}')
+        assert pair.c.close_request is not None
+        assert pair.c.close_request[0] == CLOSE_SLOW_CONSUMER
+        sent = [payload for opcode, payload in await drain_all(pair) if opcode == 1]
+        assert b'{"dropped":"A"}' not in sent and b'{"after":"B"}' not in sent
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_frame_onto_a_full_queue_closes_4008_and_sends_nothing_more() -> None:
+    async with trio.open_nursery() as nursery:
+        pair = Pair(nursery, Config(queue_size=4))
+        full_and_parked(pair)
+        with pair.connections.batch():
+            pair.send('{"one":1}')
+        assert pair.c.close_request is not None and len(pair.c.outbox) == 0
+        frames = await drain_all(pair)
+        assert [opcode for opcode, _ in frames if opcode != 1][-1:] == [8]  # the close
+        assert all(b'"n"' not in p and b'"one"' not in p for op, p in frames if op == 1)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("how", ["the peer closes", "we close", "a message too big"])
+async def test_nothing_is_written_after_a_close(how: str) -> None:
+    async with trio.open_nursery() as nursery:
+        pair = Pair(nursery)
+        if how == "we close":
+            pair.ws.start_close(1000, "")
+        else:
+            if how == "the peer closes":
+                pair.peer.send(b"\x88\x82\x00\x00\x00\x00\x03\xe8")
+            else:
+                pair.ws._protocol.max_message_size = 4
+                pair.peer.send(b"\x81\x88\x00\x00\x00\x00" + b"x" * 8)
+            await trio.sleep(0.05)
+            with pytest.raises(Closed):
+                pair.ws.read_now()
+        with pair.connections.batch():
+            pair.send('{"late":1}')
+        pair.ws.send("late too")
+        assert [opcode for opcode, _ in await drain_all(pair)] == [8]  # our close only
         nursery.cancel_scope.cancel()
 
 
