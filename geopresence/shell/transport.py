@@ -114,28 +114,12 @@ class Connection:
     close frames) are synchronous and keep their order. Calls are not bounded in time: the
     caller sets its deadlines."""
 
-    # Slots, the ones a delivery reads first: among thousands of connections this object's
-    # memory is cold, and a slot is read from the object itself, where an attribute (or a
-    # method, looked up in the instance first) would touch its dictionary too.
-    __slots__ = (
-        "_binary",
-        "_broken",
-        "_draining",
-        "_early",
-        "_eof_parked",
-        "_fd",
-        "_flushed",
-        "_fragments",
-        "_nursery",
-        "_parked",
-        "_parked_bytes",
-        "_protocol",
-        "_sending",
-        "_socket",
-        "_stream",
-        "_we_closed",
-        "on_drained",
-    )  # fmt: skip
+    # Slots: among thousands of connections this object's memory is cold, and a slot is
+    # read from the object itself, where an attribute (or a method, looked up in the
+    # instance first) would touch its dictionary as well.
+    __slots__ = ("_binary", "_broken", "_draining", "_early", "_eof_parked", "_fd", "_flushed",
+                 "_fragments", "_nursery", "_parked", "_parked_bytes", "_protocol", "_sending",
+                 "_socket", "_stream", "_we_closed", "on_drained")  # fmt: skip
 
     def __init__(self, stream: trio.abc.Stream, protocol: GatedProtocol, nursery: trio.Nursery):
         self._stream = stream
