@@ -20,12 +20,10 @@ costs between the fan-out and the socket. Only same-run figures compare.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import multiprocessing
 import os
 import resource
-import select
 import socket
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ import trio
 from websockets.protocol import State
 
 from benchmarks import procs
+from benchmarks.paced_writes import _reader  # sleeps in epoll, as the load generator
 from geopresence.config import Config
 from geopresence.shell.connections import Connections
 from geopresence.shell.metrics import Metrics
@@ -46,21 +45,6 @@ TEXT = (
     '"ts":1.7e9,"distance_m":1234.5}'
 )
 BURST = 40
-
-
-def _reader(port: int, connections: int, seconds: float, ready: object) -> None:
-    os.sched_setaffinity(0, {1})
-    sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
-    epoll = select.epoll()
-    for sock in sockets:
-        sock.setblocking(False)
-        epoll.register(sock.fileno(), select.EPOLLIN)
-    ready.set()  # type: ignore[attr-defined]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for fd, _ in epoll.poll(0.1):
-            with contextlib.suppress(BlockingIOError):
-                os.read(fd, 65536)
 
 
 def _paced(rate: float, duration: float, burst: Callable[[int], None]) -> tuple[float, int]:
@@ -123,7 +107,7 @@ def measure(connections: int, rate: float, duration: float) -> list[float]:
     ready = multiprocessing.Event()
     reader = multiprocessing.Process(
         target=_reader,
-        args=(listener.getsockname()[1], connections, 2 * duration + 10, ready),
+        args=(listener.getsockname()[1], connections, False, 2 * duration + 10, ready),
     )
     reader.start()
     try:
