@@ -156,23 +156,16 @@ class Connections:
         for. While the socket is full (bytes parked) frames stay in the outbox, where newer
         state still replaces older; the transport calls this again once it has drained."""
         ws = c.ws
-        first = c.first
-        if first is not None:
-            c.first = None
-            if not c.backlog and not ws.parked:  # the common case: one frame, written now
-                framed = first.framed
-                if framed is None:
-                    framed = first.framed = text_frame(first.text.encode())
-                ws.write_frames(framed)
-                self._metrics.messages_out += 1
-                if c.close_request is not None:
-                    ws.start_close(*c.close_request)
+        first, c.first = c.first, None
+        if first is not None and not c.backlog and not ws.parked:
+            items = [first]  # the common case: one frame, and the outbox never touched
+        else:
+            if first is not None:
+                self._push(c, first)  # it waits with the others
+            if ws.parked:
                 return
-            self._push(c, first)  # it waits with the others
-        if ws.parked:
-            return
-        items = c.outbox.pop_all() if c.backlog else []
-        c.backlog = False
+            items = c.outbox.pop_all() if c.backlog else []
+            c.backlog = False
         if items:
             frames = []
             for item in items:

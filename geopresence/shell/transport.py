@@ -192,7 +192,7 @@ class Connection:
     def open(self) -> bool:
         """Frames may still be sent (the handshake is done, no close frame sent, the
         transport not broken)."""
-        return self._protocol.state is State.OPEN and not self._broken
+        return self._sending and not self._broken
 
     @property
     def parked(self) -> bool:
