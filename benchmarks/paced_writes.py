@@ -22,6 +22,7 @@ import resource
 import select
 import socket
 import time
+from collections.abc import Callable, Iterator
 
 from benchmarks import procs
 
@@ -47,38 +48,54 @@ def _reader(port: int, connections: int, poll: bool, seconds: float, ready: obje
             time.sleep(0.001)
 
 
-def measure(connections: int, rate: float, duration: float, poll: bool) -> tuple[float, float]:
-    """The writer's (user, system) CPU per frame written, in µs."""
+@contextlib.contextmanager
+def reader_sockets(connections: int, poll: bool, seconds: float) -> Iterator[list[socket.socket]]:
+    """``connections`` accepted loopback sockets (non-blocking) whose peers a reader process
+    on CPU 1 drains for ``seconds`` (see ``_reader``); the reader is killed on exit."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(4096)
     ready = multiprocessing.Event()
     reader = multiprocessing.Process(
-        target=_reader,
-        args=(listener.getsockname()[1], connections, poll, duration + 5, ready),
+        target=_reader, args=(listener.getsockname()[1], connections, poll, seconds, ready)
     )
     reader.start()
     try:
         accepted = [listener.accept()[0] for _ in range(connections)]
-        fds = [sock.fileno() for sock in accepted]
         for sock in accepted:
             sock.setblocking(False)
         ready.wait()
         time.sleep(0.5)
-        before, start, written = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
-        while time.monotonic() - start < duration:
-            for j in range(BURST):
-                os.write(fds[(written + j * 97) % connections], FRAME)
-            written += BURST
-            # One wake-up a burst, as the server's reader is woken once per move.
-            time.sleep(max(0.0, start + written / rate - time.monotonic()))
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        yield accepted
     finally:
         reader.kill()
         reader.join()
-    user = (after.ru_utime - before.ru_utime) / written * 1e6
-    system = (after.ru_stime - before.ru_stime) / written * 1e6
-    return user, system
+
+
+def paced(rate: float, duration: float, burst: Callable[[int], None]) -> tuple[float, float, int]:
+    """Call ``burst(written)`` for ``BURST`` frames at a time, ``rate`` frames a second in
+    all, for ``duration`` seconds: this process' user and system CPU seconds, and the frames."""
+    before, start, written = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
+    while time.monotonic() - start < duration:
+        burst(written)
+        written += BURST
+        # One wake-up a burst, as the server's reader is woken once per move.
+        time.sleep(max(0.0, start + written / rate - time.monotonic()))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime, written
+
+
+def measure(connections: int, rate: float, duration: float, poll: bool) -> tuple[float, float]:
+    """The writer's (user, system) CPU per frame written, in µs."""
+    with reader_sockets(connections, poll, duration + 5) as accepted:
+        fds = [sock.fileno() for sock in accepted]
+
+        def burst(written: int) -> None:
+            for j in range(BURST):
+                os.write(fds[(written + j * 97) % connections], FRAME)
+
+        user, system, written = paced(rate, duration, burst)
+    return user / written * 1e6, system / written * 1e6
 
 
 def main() -> None:

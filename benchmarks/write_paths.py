@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import multiprocessing
 import os
-import resource
 import socket
-import time
-from collections.abc import Callable
 
 import trio
 from websockets.protocol import State
 
 from benchmarks import procs
-from benchmarks.paced_writes import _reader  # sleeps in epoll, as the load generator
+from benchmarks.paced_writes import BURST, paced, reader_sockets
 from geopresence.config import Config
 from geopresence.shell.connections import Connections
 from geopresence.shell.metrics import Metrics
@@ -44,20 +40,6 @@ TEXT = (
     '{"type":"friend_location","user":"u123456","lat":37.51234,"lon":127.01234,'
     '"ts":1.7e9,"distance_m":1234.5}'
 )
-BURST = 40
-
-
-def _paced(rate: float, duration: float, burst: Callable[[int], None]) -> tuple[float, int]:
-    """Call ``burst(written)`` at ``rate / BURST`` a second; the CPU seconds and frames."""
-    before, start, written = resource.getrusage(resource.RUSAGE_SELF), time.monotonic(), 0
-    while time.monotonic() - start < duration:
-        burst(written)
-        written += BURST
-        # One wake-up a burst, as the server's reader is woken once per move.
-        time.sleep(max(0.0, start + written / rate - time.monotonic()))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return cpu, written
 
 
 async def _measure(accepted: list[socket.socket], rate: float, duration: float) -> list[float]:
@@ -93,33 +75,17 @@ async def _measure(accepted: list[socket.socket], rate: float, duration: float) 
 
         figures = []
         for burst in (bare, shell):
-            cpu, written = _paced(rate, duration, burst)
-            figures.append(cpu / written * 1e6)
+            user, system, written = paced(rate, duration, burst)
+            figures.append((user + system) / written * 1e6)
         nursery.cancel_scope.cancel()
     return figures
 
 
 def measure(connections: int, rate: float, duration: float) -> list[float]:
-    """The writer's CPU per frame written (µs), for each of ``WAYS``."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4096)
-    ready = multiprocessing.Event()
-    reader = multiprocessing.Process(
-        target=_reader,
-        args=(listener.getsockname()[1], connections, False, 2 * duration + 10, ready),
-    )
-    reader.start()
-    try:
-        accepted = [listener.accept()[0] for _ in range(connections)]
-        for sock in accepted:
-            sock.setblocking(False)
-        ready.wait()
-        time.sleep(0.5)
+    """The writer's CPU per frame written (µs): by ``os.write`` alone, then through
+    ``Connections``."""
+    with reader_sockets(connections, False, 2 * duration + 10) as accepted:
         return trio.run(_measure, accepted, rate, duration)
-    finally:
-        reader.kill()
-        reader.join()
 
 
 def main() -> None:
