@@ -82,7 +82,8 @@ from geopresence.wire.server_messages import GroupPresenceReply
 
 _KEEP_MOVES_DEFERRED: Final = (LocationUpdate, Heartbeat)
 """Messages that make no frame for the sender's friends (a heartbeat: a reply to the sender
-at most): moves deferred before them stay deferred (``Nearby.defer_moves``)."""
+at most): moves deferred before them stay deferred (``Nearby.defer_moves``); the sender's
+own views are checked before a heartbeat's reply."""
 
 
 class Hub(HubOperations):
@@ -152,6 +153,7 @@ class Hub(HubOperations):
             self.errors,
             on_closed=(self.nearby.on_session_closed, self.strangers.on_session_closed),
             friends_of=self.state.users.friends_of if derived else None,
+            before_error=self.nearby.check_views,
         )
         if derived:
             assert isinstance(self.broker, MemoryBroker)
@@ -229,9 +231,13 @@ class Hub(HubOperations):
         session = self.sessions.get(conn)
         if session is None:
             return
-        if self.nearby.moves_deferred and type(message) not in _KEEP_MOVES_DEFERRED:
-            # Friends get what this message makes them after the moves before it.
-            self.nearby.show_moves(keep_deferring=True)
+        if self.nearby.moves_deferred and type(message) is not LocationUpdate:
+            if type(message) in _KEEP_MOVES_DEFERRED:
+                # Its reply follows what the moves before it did to the sender's views.
+                self.nearby.check_views()
+            else:
+                # Friends get what this message makes them after the moves before it.
+                self.nearby.show_moves(keep_deferring=True)
         if not isinstance(message, Logout):
             self.lifecycle.on_activity(session, now)
         try:

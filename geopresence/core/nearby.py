@@ -93,6 +93,8 @@ class Nearby:
         self.updates_ignored = 0
         self._moved: dict[str, float] | None = None
         """While ``defer_moves``: the users whose moves wait, with their newest's ``now``."""
+        self._unchecked: dict[str, float] = {}
+        """While ``defer_moves``: the users whose own views wait for ``check_views``."""
 
     # ------------------------------------------------------------------ settings
 
@@ -116,7 +118,9 @@ class Nearby:
         return self.locations.deadline(user)
 
     def on_location(self, session: Session, message: LocationUpdate, now: float) -> None:
-        self.apply(session.user, message.lat, message.lon, message.ts, now, message.id)
+        self.apply(
+            session.user, message.lat, message.lon, message.ts, now, message.id, check_later=True
+        )
 
     def apply(
         self,
@@ -126,9 +130,13 @@ class Nearby:
         ts: float | None,
         now: float,
         request_id: RequestId = None,
+        *,
+        check_later: bool = False,
     ) -> bool:
         """Store a location update and fan it out; False if it was older than the stored one
-        (ignored). ``ts`` None means ``now``; more than 60 s ahead is a bad_request."""
+        (ignored). ``ts`` None means ``now``; more than 60 s ahead is a bad_request. With
+        ``check_later`` (a ``location`` message) and moves deferred, the mover's own view is
+        checked at ``check_views`` instead of at once."""
         if ts is None:
             ts = now
         elif ts < 0:
@@ -157,7 +165,10 @@ class Nearby:
             self._publish_move(user, location, now)
         else:
             self._moved[user] = now  # shown by ``show_moves``, if still the newest
-        self.views.recheck(user, now)
+        if check_later and self._moved is not None:
+            self._unchecked[user] = now  # checked by ``check_views``, against the newest
+        else:
+            self.views.recheck(user, now)
         self.listener.on_location(user, location, now)
         return True
 
@@ -168,12 +179,15 @@ class Nearby:
             self.ctx.publish([user_channel(user)], LocationKept(user, location, now))
 
     def defer_moves(self) -> None:
-        """From now until ``show_moves``, accepted moves are stored, recorded, replicated and
-        update the mover's own view at once, but reach its friends only at ``show_moves``,
-        and only a user's newest: the older would be replaced unseen in every friend's queue
-        (latest-wins) before it is written. For consecutive moves of a connection read at
-        once: one a read at the design's load, several under overload, when fanning each
-        out would be the server's largest cost, spent on nothing."""
+        """From now until ``show_moves``, accepted moves are stored, recorded and replicated
+        at once, but reach the mover's friends only at ``show_moves``, and only a user's
+        newest: the older would be replaced unseen in every friend's queue (latest-wins)
+        before it is written. The mover's own view is checked against its newest position
+        too, at ``check_views``, which must run before anything else is sent to the mover
+        (a reply): a friend out of range of a position passed on the way but in range of
+        the newest stays shown. For consecutive moves of a connection read at once: one a
+        read at the design's load, several under overload, when fanning out and checking
+        each would be the server's largest cost, spent on nothing."""
         if self._moved is None:
             self._moved = {}
 
@@ -184,13 +198,24 @@ class Nearby:
 
     def show_moves(self, *, keep_deferring: bool = False) -> None:
         """Tell friends of each user's newest deferred move (unless gone since: offline,
-        forgotten); with ``keep_deferring``, later moves are deferred again."""
+        forgotten), then ``check_views``; with ``keep_deferring``, later moves are deferred
+        again."""
         moved = self._moved
         self._moved = {} if keep_deferring else None
         for user, now in (moved or {}).items():
             location = self.locations.get(user, now)
             if location is not None:
                 self._publish_move(user, location, now)
+        self.check_views()
+
+    def check_views(self) -> None:
+        """Check the views of each user whose deferred moves have not been checked yet
+        against the newest (friends now out of range leave them: ``friend_gone``)."""
+        unchecked = self._unchecked
+        if unchecked:
+            self._unchecked = {}  # first: a failing check is not run again by the error reply
+            for user, now in unchecked.items():
+                self.views.recheck(user, now)
 
     def on_query(self, session: Session, query: NearbyFriendsQuery, now: float) -> None:
         user = session.user

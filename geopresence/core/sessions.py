@@ -59,6 +59,7 @@ class Sessions:
         errors: Counter[str],
         on_closed: Iterable[Callable[[ConnId], None]] = (),
         friends_of: Callable[[str], Collection[str]] | None = None,
+        before_error: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -67,6 +68,9 @@ class Sessions:
         self.errors = errors
         """Error replies sent, by code (the shell passes its metrics' counter)."""
         self.on_closed = tuple(on_closed)
+        self.before_error = before_error
+        """Called before each error reply: what the connection's earlier messages make for
+        it that waits (``Nearby.check_views``) goes out before the error."""
         self._sessions: dict[ConnId, Session] = {}
         self._conns_of: dict[str, set[ConnId]] = {}
         self.online_friends = None if friends_of is None else OnlineFriends(friends_of)
@@ -158,6 +162,8 @@ class Sessions:
         """Reply to ``conn`` with an ``error`` frame, in order (``Replies.reply``; the
         connection stays open)."""
         if conn in self._sessions:
+            if self.before_error is not None:
+                self.before_error()
             self.errors[error.code] += 1
             self.sink.reply(conn, out(error_message(error)))
 

@@ -339,6 +339,75 @@ def test_moves_read_at_once_show_only_the_newest() -> None:
     assert sink.take(3) == []  # carol is out of range
 
 
+def shown_nearby(hub: Hub, sink: RecordingSink) -> Callable[[int], list[tuple[str, Any]]]:
+    """alice (conn 1) and bob (conn 2), friends 1.1 km apart, each shown the other; what a
+    connection was sent since, by type and user (or ``re``)."""
+    from geopresence.wire.client_messages import LocationUpdate
+
+    hub.membership.add_friendship("alice", "bob", 0)
+    hub.open_session(1, "alice", "d", 0)
+    hub.open_session(2, "bob", "d", 0)
+    hub.handle(2, LocationUpdate(lat=0.0, lon=0.0), 1)
+    hub.handle(1, LocationUpdate(lat=0.0, lon=0.01), 1)
+    hub.handle(2, LocationUpdate(lat=0.0, lon=0.0), 1)
+    assert hub.nearby.views._shown == {1: {"bob"}, 2: {"alice"}}
+    sink.take(1), sink.take(2)
+
+    def seen(conn: int) -> list[tuple[str, Any]]:
+        return [(f["type"], f.get("user", f.get("re"))) for f in sink.take(conn)]
+
+    return seen
+
+
+def test_moves_read_at_once_check_the_movers_view_against_the_newest() -> None:
+    """A friend out of range of a position passed within a read, but in range of the newest,
+    stays shown: no friend_gone, and the next move of the friend updates it."""
+    from geopresence.wire.client_messages import LocationUpdate
+
+    hub, sink = make_hub()
+    seen = shown_nearby(hub, sink)
+    hub.nearby.defer_moves()
+    for lon in (0.2, 0.01):  # 22 km away (beyond 5 miles), then back
+        hub.handle(1, LocationUpdate(lat=0.0, lon=lon), 2)
+    hub.nearby.show_moves()
+    assert seen(1) == []
+    assert hub.nearby.views._shown[1] == {"bob"}
+    assert seen(2) == [("friend_location", "alice")]
+    hub.nearby.defer_moves()  # a read that ends away: bob leaves the view, once
+    for lon in (0.01, 0.2):
+        hub.handle(1, LocationUpdate(lat=0.0, lon=lon), 3)
+    assert seen(1) == []  # checked at the read's end
+    hub.nearby.show_moves()
+    assert seen(1) == [("friend_gone", "bob")]
+    assert seen(2) == [("friend_gone", "alice")]  # the newest only, fanned out
+
+
+@pytest.mark.parametrize("then", ["heartbeat", "bad_location", "undecodable", "rate_limited"])
+def test_a_reply_within_a_read_follows_what_the_moves_before_it_did(then: str) -> None:
+    """Moves read at once leave the mover's own view checked before anything is said to the
+    mover: a heartbeat's reply, an error reply, one for a frame the shell could not decode,
+    one for the rate limit."""
+    from geopresence.wire.client_messages import LocationUpdate
+
+    hub, sink = make_hub(rate_limit=1.0, rate_burst=1)
+    seen = shown_nearby(hub, sink)
+    hub.nearby.defer_moves()
+    hub.handle(1, LocationUpdate(lat=0.0, lon=0.2), 50)
+    if then == "heartbeat":
+        hub.handle(1, Heartbeat(id=7), 50)
+    elif then == "bad_location":
+        hub.handle(1, LocationUpdate(lat=0.0, lon=0.01, ts=1e9, id=7), 50)
+    elif then == "undecodable":
+        hub.reply_error(1, ProtocolError("bad_request", "not JSON", 7))
+    else:
+        assert hub.admit(1, 50, 6)  # the burst's one token
+        assert not hub.admit(1, 50, 7)
+    assert seen(1) == [("friend_gone", "bob"), ("heartbeat" if then == "heartbeat" else "error", 7)]
+    hub.nearby.show_moves()
+    assert seen(1) == []
+    assert seen(2) == [("friend_gone", "alice")]
+
+
 BURST_USERS = ["alice", "bob", "carol", "dave", "erin"]  # dave: nobody's friend
 BURST_CONNS = {1: "alice", 2: "bob", 3: "carol", 4: "dave", 5: "erin", 6: "alice"}
 burst_message = st.one_of(
@@ -414,13 +483,32 @@ def burst_client_message(kind: str, value: Any, i: int, now: float) -> Any:
 @example([(2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 1), 0.0)], 0.0),
           (2, [(("move", 1), 0.0)], 0.0),
           (1, [(("move", 4), 0.0), (("heartbeat", None), 0.0)], 0.0)])  # fmt: skip
+# ... moves out of his range and back in one read; then he moves, then she leaves.
+@example([(2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 1), 0.0)], 0.0),
+          (2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 4), 0.0), (("move", 1), 0.0)], 0.0),
+          (2, [(("move", 2), 0.0)], 0.0), (1, [(("move", 4), 0.0)], 0.0)])  # fmt: skip
+# ... moves out of his range and back in one read; then their locations expire.
+@example([(2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 1), 0.0)], 0.0),
+          (2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 4), 0.0), (("move", 1), 0.0)], 0.0),
+          (2, [(("heartbeat", None), 0.0)], 700.0)])  # fmt: skip
+# ... watching strangers, moves out of his range in a read of two moves.
+@example([(1, [(("watch", True), 0.0)], 0.0), (5, [(("watch", True), 0.0)], 0.0),
+          (2, [(("move", 0), 0.0)], 0.0), (1, [(("move", 1), 0.0)], 0.0),
+          (5, [(("move", 3), 0.0)], 0.0), (2, [(("move", 0), 0.0)], 0.0),
+          (1, [(("move", 4), 0.0), (("move", 3), 0.0)], 0.0)])  # fmt: skip
 def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
     reads: list[tuple[int, list[tuple[tuple[str, Any], float]], float]],
 ) -> None:
     """What every connection is sent for a connection's read of several frames, through the
-    real coalescing queues, is exactly what handling them one by one sends: deferring the
-    moves (``Nearby.defer_moves``) changes the work, not the frames, but for one friend_gone
-    of a friend that was never shown."""
+    real coalescing queues, is what handling them one by one sends: deferring the moves
+    (``Nearby.defer_moves``) changes the work, not the frames, but in two ways. A friend's
+    move into range and out of it within the read leaves no friend_gone for a friend that
+    was never shown; a friend out of range of a position the mover passed, but in range of
+    its newest, stays in the mover's view (a view that may then differ from one by one's
+    about that friend until either moves, holding more, never less, and only friends in
+    range). Stranger frames and the mover's friend_gone may change places."""
+    from geopresence.model.geo import haversine_m, within
+
     hubs, boxes = [], []
     for _ in range(2):
         sink = QueueSink()
@@ -434,8 +522,25 @@ def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
         boxes.append(sink.boxes)
     at_once, one_by_one = hubs
 
+    def views(hub: Hub) -> dict[int, set[str]]:
+        return {c: set(hub.nearby.views._shown.get(c, ())) for c in BURST_CONNS}
+
     def sent(c: int) -> list[list[str]]:
         return [[o.text for o in box.pop_all()] if (box := b.get(c)) else [] for b in boxes]
+
+    def comparable(texts: list[list[str]], differ: set[str]) -> list[list[str]]:
+        """Both hubs' frames without those about friends their views differ on, stranger
+        frames after the others."""
+        kept = [
+            [t for t in each if not t.startswith('{"type":"friend_')
+             or not any(f'"user":"{u}"' in t for u in differ)]
+            for each in texts
+        ]  # fmt: skip
+        return [
+            [t for t in each if not t.startswith('{"type":"stranger_')]
+            + [t for t in each if t.startswith('{"type":"stranger_')]
+            for each in kept
+        ]
 
     now = 0.0
     for c in BURST_CONNS:
@@ -443,12 +548,13 @@ def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
     for step, (conn, frames, wait) in enumerate(reads):
         if wait:
             now += wait
+            before = views(at_once), views(one_by_one)
             for hub in hubs:
                 hub.expire(now)
             for c in BURST_CONNS:
-                texts = sent(c)
+                texts = comparable(sent(c), before[0][c] ^ before[1][c])
                 assert texts[0] == texts[1], f"expiry, conn {c}"
-        shown_before = {c: set(at_once.nearby.views._shown.get(c, ())) for c in BURST_CONNS}
+        shown_before, ref_before = views(at_once), views(one_by_one)
         at_once.nearby.defer_moves()
         for i, ((kind, value), dt) in enumerate(frames):
             if at_once.session(conn) is None:
@@ -457,8 +563,20 @@ def test_a_read_of_several_frames_makes_what_one_frame_a_read_makes(
             at_once.handle(conn, burst_client_message(kind, value, i, now), now)
             one_by_one.handle(conn, burst_client_message(kind, value, i, now), now)
         at_once.nearby.show_moves()
+        shown_after, ref_after = views(at_once), views(one_by_one)
         for c in BURST_CONNS:  # each read's frames are written once it is handled
             texts = sent(c)
+            assert ref_after[c] <= shown_after[c], f"conn {c}, read {step}"
+            viewer = BURST_CONNS[c]
+            me = at_once.nearby.locations.get(viewer, now)
+            for friend in shown_after[c] - ref_after[c]:
+                there = at_once.nearby.locations.get(friend, now)
+                if me is None or there is None:
+                    continue  # a TTL ended since the check: the next sweep tells it
+                d = haversine_m(me.lat, me.lon, there.lat, there.lon)
+                assert within(d, at_once.nearby.radius(viewer)), f"conn {c}: {friend} shown"
+            differ = (shown_before[c] ^ ref_before[c]) | (shown_after[c] ^ ref_after[c])
+            texts = comparable(texts, differ)
             # One by one, a friend's move into range and then out of it within the read
             # leaves a friend_gone (its friend_location replaced in the queue) for a friend
             # the connection was never shown; at once, nothing: the only difference.
