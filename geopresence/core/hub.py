@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Set
-from typing import Any, Final
+from typing import Any
 
 from geopresence.core.acks import Acks
 from geopresence.core.broker import Broker, ConnId, Deliver, MemoryBroker
@@ -79,11 +79,6 @@ from geopresence.wire.client_messages import (
 from geopresence.wire.errors import ProtocolError
 from geopresence.wire.outgoing import Outgoing, out
 from geopresence.wire.server_messages import GroupPresenceReply
-
-_KEEP_MOVES_DEFERRED: Final = (LocationUpdate, Heartbeat)
-"""Messages that make no frame for the sender's friends (a heartbeat: a reply to the sender
-at most): moves deferred before them stay deferred (``Nearby.defer_moves``); the sender's
-own views are checked before a heartbeat's reply."""
 
 
 class Hub(HubOperations):
@@ -231,19 +226,27 @@ class Hub(HubOperations):
         session = self.sessions.get(conn)
         if session is None:
             return
-        if self.nearby.moves_deferred and type(message) is not LocationUpdate:
-            if type(message) in _KEEP_MOVES_DEFERRED:
-                # Its reply follows what the moves before it did to the sender's views.
-                self.nearby.check_views()
-            else:
-                # Friends get what this message makes them after the moves before it.
-                self.nearby.show_moves(keep_deferring=True)
+        self.settle(message)
         if not isinstance(message, Logout):
             self.lifecycle.on_activity(session, now)
         try:
             self._handlers[type(message)](session, message, now)
         except ProtocolError as exc:
             self.sessions.reply_error(conn, exc)
+
+    def settle(self, message: ClientMessage) -> None:
+        """Before ``message`` of a read whose moves are deferred (``Nearby.defer_moves``),
+        what those moves make that must come first goes out: a heartbeat (a reply to the
+        sender at most) leaves the moves deferred but has the sender's own views checked
+        first; any other message but a move has the moves shown to friends and checked.
+        ``handle`` does this; the shell too, before a message it answers itself."""
+        nearby = self.nearby
+        if not nearby.moves_deferred or type(message) is LocationUpdate:
+            return
+        if type(message) is Heartbeat:
+            nearby.check_views()
+        else:
+            nearby.show_moves(keep_deferring=True)
 
     def _on_group_presence(self, session: Session, message: GroupPresenceQuery, now: float) -> None:
         check_member(self.store, session.user, message.group, message.id)

@@ -183,11 +183,12 @@ class Nearby:
         at once, but reach the mover's friends only at ``show_moves``, and only a user's
         newest: the older would be replaced unseen in every friend's queue (latest-wins)
         before it is written. The mover's own view is checked against its newest position
-        too, at ``check_views``, which must run before anything else is sent to the mover
-        (a reply): a friend out of range of a position passed on the way but in range of
-        the newest stays shown. For consecutive moves of a connection read at once: one a
-        read at the design's load, several under overload, when fanning out and checking
-        each would be the server's largest cost, spent on nothing."""
+        too, at ``check_views``, which must run before any reply to the mover
+        (``Hub.settle``, ``Sessions.before_error``): a friend out of range of a position
+        passed on the way but in range of the newest stays shown. For consecutive moves of
+        a connection read at once: one a read at the design's load, several under overload,
+        when fanning out and checking each would be the server's largest cost, spent on
+        nothing."""
         if self._moved is None:
             self._moved = {}
 
@@ -202,11 +203,13 @@ class Nearby:
         again."""
         moved = self._moved
         self._moved = {} if keep_deferring else None
-        for user, now in (moved or {}).items():
-            location = self.locations.get(user, now)
-            if location is not None:
-                self._publish_move(user, location, now)
-        self.check_views()
+        try:
+            for user, now in (moved or {}).items():
+                location = self.locations.get(user, now)
+                if location is not None:
+                    self._publish_move(user, location, now)
+        finally:  # even after a bug: no check may wait for another connection's read
+            self.check_views()
 
     def check_views(self) -> None:
         """Check the views of each user whose deferred moves have not been checked yet

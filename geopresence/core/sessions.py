@@ -69,8 +69,8 @@ class Sessions:
         """Error replies sent, by code (the shell passes its metrics' counter)."""
         self.on_closed = tuple(on_closed)
         self.before_error = before_error
-        """Called before each error reply: what the connection's earlier messages make for
-        it that waits (``Nearby.check_views``) goes out before the error."""
+        """Called before each error reply: the checks that wait for the end of the read
+        being handled (``Nearby.check_views``) go out before the error."""
         self._sessions: dict[ConnId, Session] = {}
         self._conns_of: dict[str, set[ConnId]] = {}
         self.online_friends = None if friends_of is None else OnlineFriends(friends_of)

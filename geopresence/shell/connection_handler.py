@@ -276,24 +276,30 @@ class ConnectionHandler:
         hub = self._hub
         self._metrics.messages_in += 1
         now = self._now()
+        message: ClientMessage | None = None
         try:
-            message = decode(frame)
-        except ProtocolError as exc:
-            hub.activity(c.conn, now)
-            if hub.admit(c.conn, now, exc.re):
-                hub.reply_error(c.conn, exc)
-            return
-        if not hub.admit(c.conn, now, getattr(message, "id", None)):
-            hub.activity(c.conn, now)
-            return
-        try:
-            if self.later is not None and self.later(c.conn, message):
+            try:
+                message = decode(frame)
+            except ProtocolError as exc:
+                hub.activity(c.conn, now)
+                if hub.admit(c.conn, now, exc.re):
+                    hub.reply_error(c.conn, exc)
                 return
+            if not hub.admit(c.conn, now, getattr(message, "id", None)):
+                hub.activity(c.conn, now)
+                return
+            if self.later is not None:
+                hub.settle(message)  # what the moves before it make goes first
+                if self.later(c.conn, message):
+                    return
             hub.handle(c.conn, message, now)
             self._deadline_moved()
         except Exception:
-            # A bug must cost one reply, never the server or another client.
-            self._log_bug(f"conn {c.conn}: internal error handling {type(message).__name__}")
+            # A bug must cost one reply, never the server or another client: a bug in
+            # handling the message, or in what an error reply runs first (the checks of
+            # moves read before it, ``Sessions.before_error``).
+            what = "a frame" if message is None else type(message).__name__
+            self._log_bug(f"conn {c.conn}: internal error handling {what}")
             hub.reply_error(
                 c.conn,
                 ProtocolError("internal", "internal error", getattr(message, "id", None)),

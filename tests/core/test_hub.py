@@ -382,6 +382,26 @@ def test_moves_read_at_once_check_the_movers_view_against_the_newest() -> None:
     assert seen(2) == [("friend_gone", "alice")]  # the newest only, fanned out
 
 
+def test_a_bug_showing_moves_leaves_no_check_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The moves' checks run even when showing them to friends fails (a bug): none may wait
+    for another connection's read."""
+    from geopresence.core.nearby import Nearby
+    from geopresence.wire.client_messages import LocationUpdate
+
+    hub, sink = make_hub()
+    seen = shown_nearby(hub, sink)
+    hub.nearby.defer_moves()
+    hub.handle(1, LocationUpdate(lat=0.0, lon=0.2), 2)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Nearby, "_publish_move", broken)
+    with pytest.raises(RuntimeError):
+        hub.nearby.show_moves()
+    assert seen(1) == [("friend_gone", "bob")]
+
+
 @pytest.mark.parametrize("then", ["heartbeat", "bad_location", "undecodable", "rate_limited"])
 def test_a_reply_within_a_read_follows_what_the_moves_before_it_did(then: str) -> None:
     """Moves read at once leave the mover's own view checked before anything is said to the

@@ -497,3 +497,72 @@ async def test_a_bug_showing_moves_read_at_once_costs_one_error_reply(
         await alice.send(TextMessage('{"type":"heartbeat","id":3}'))  # still served
         reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
         assert (reply["type"], reply["re"]) == ("heartbeat", 3)
+
+
+async def test_a_bug_checking_moves_before_an_error_reply_costs_one_reply(
+    server: TestServer, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error reply first checks the sender's views against the moves read before it
+    (``Sessions.before_error``): a bug there costs one reply, as any bug handling a message,
+    and the rest of the read is still served."""
+    from wsproto.events import TextMessage
+
+    from geopresence.core.nearby_views import FriendViews
+    from tests.shell.test_peer_misbehaviour import raw_peer
+
+    def broken(self: FriendViews, viewer: str, now: float) -> None:
+        raise RuntimeError("a bug")
+
+    async with raw_peer(server) as alice:
+        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
+        await alice.until(TextMessage)  # welcome
+        await alice.until(TextMessage)  # friends_presence
+        monkeypatch.setattr(FriendViews, "recheck", broken)
+        texts = [orjson.dumps({"type": "location", **at(100)}).decode(), "not json"]
+        texts.append('{"type":"heartbeat","id":3}')
+        await alice.stream.send_all(b"".join(alice.ws.send(TextMessage(t)) for t in texts))
+        error = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (error["type"], error["code"]) == ("error", "internal")
+        reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (reply["type"], reply["re"]) == ("heartbeat", 3)
+
+
+async def test_a_message_the_shell_answers_itself_follows_the_moves_before_it(
+    server: TestServer, autojump_clock: MockClock
+) -> None:
+    """With several nodes the shell answers some messages after a Redis read (``later``);
+    what the moves read before such a message make goes out before it is taken, as
+    ``Hub.handle`` does for the others (``Hub.settle``)."""
+    from wsproto.events import TextMessage
+
+    from geopresence.wire.client_messages import ClientMessage, Heartbeat
+    from tests.shell.test_peer_misbehaviour import raw_peer
+
+    running = server.running.server
+    views_when_taken: list[set[str]] = []
+
+    def later(conn: int, message: ClientMessage) -> bool:
+        if isinstance(message, Heartbeat) and message.id == 5:
+            views_when_taken.append(set(running.hub.nearby.views._shown.get(conn, ())))
+        return False  # handled as usual
+
+    running.handler.later = later
+    await befriend_all(server, ("alice", "bob"))
+    async with server.connect("bob", heartbeat=True) as bob, raw_peer(server) as alice:
+        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
+        await alice.until(TextMessage)  # welcome
+        await alice.until(TextMessage)  # friends_presence
+        await move(bob, at(0))
+        await alice.send(TextMessage(orjson.dumps({"type": "location", **at(100)}).decode()))
+        await bob.recv_type("friend_location")
+        await move(bob, at(0))
+        shown = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (shown["type"], shown["user"]) == ("friend_location", "bob")
+        texts = [orjson.dumps({"type": "location", **at(20_000)}).decode()]
+        texts.append('{"type":"heartbeat","id":5}')
+        await alice.stream.send_all(b"".join(alice.ws.send(TextMessage(t)) for t in texts))
+        gone = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (gone["type"], gone["user"]) == ("friend_gone", "bob")
+        reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        assert (reply["type"], reply["re"]) == ("heartbeat", 5)
+    assert views_when_taken == [set()]
