@@ -259,3 +259,14 @@ def test_write_paths_reports_what_the_shell_adds_to_a_write() -> None:
         "os.write (floor)", "Connections", "the shell adds"
     ]  # fmt: skip
     assert all("µs" in line for line in lines), done.stdout
+
+
+def test_decode_paths_times_the_hot_messages_each_way() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.decode_paths", "--frames", "200"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split()[:2] for line in done.stdout.splitlines() if "µs/frame" in line]
+    for kind in ("heartbeat", "location"):
+        assert [kind, "cattrs"] in rows and [kind, "hand-checked"] in rows, done.stdout
