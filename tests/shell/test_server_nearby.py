@@ -19,6 +19,7 @@ from geopresence.client import Client, connect_stream
 from geopresence.model.geo import EARTH_RADIUS_M, haversine_m
 from geopresence.storage.history import history_dir, read_history
 from geopresence.testing import TestServer, open_server
+from tests.shell.test_peer_misbehaviour import RawPeer, raw_peer
 
 BASE = (37.5665, 126.978)  # Seoul City Hall
 
@@ -45,6 +46,35 @@ async def nothing_for(client: Client, seconds: float = 1.0) -> None:
 
 async def befriend_all(server: TestServer, *pairs: tuple[str, str]) -> None:
     await server.admin.befriend_many(list(pairs))
+
+
+async def greet(peer: RawPeer, user: str) -> None:
+    """A raw peer's hello as ``user``, read up to the welcome and friends_presence."""
+    from wsproto.events import TextMessage
+
+    await peer.send(
+        TextMessage(orjson.dumps({"type": "hello", "user": user, "device": "d"}).decode())
+    )
+    await peer.until(TextMessage)  # welcome
+    await peer.until(TextMessage)  # friends_presence
+
+
+async def next_frame(peer: RawPeer) -> dict[str, object]:
+    """The next text frame a raw peer reads, parsed."""
+    from wsproto.events import TextMessage
+
+    event = await peer.until(TextMessage)
+    assert isinstance(event, TextMessage)
+    frame: dict[str, object] = orjson.loads(event.data)
+    return frame
+
+
+async def send_at_once(peer: RawPeer, *texts: str) -> None:
+    """Text frames in one write: the server reads them at once, as from a client that runs
+    ahead of it."""
+    from wsproto.events import TextMessage
+
+    await peer.stream.send_all(b"".join(peer.ws.send(TextMessage(t)) for t in texts))
 
 
 async def test_fan_out_only_within_the_viewers_radius(
@@ -440,27 +470,17 @@ async def test_broken_history_disk_costs_history_only(
 async def test_moves_read_at_once_fan_out_only_the_newest(
     server: TestServer, autojump_clock: MockClock
 ) -> None:
-    from wsproto.events import TextMessage
-
-    from tests.shell.test_peer_misbehaviour import raw_peer
-
     await befriend_all(server, ("alice", "bob"))
     async with server.connect("bob", heartbeat=True) as bob, raw_peer(server) as alice:
-        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
-        await alice.until(TextMessage)  # welcome
+        await greet(alice, "alice")
         await move(bob, at(0))
         frames = [{"type": "location", **at(100 * i), "id": i} for i in (1, 2, 3)]
         frames.insert(2, {"type": "location", "lat": 91, "lon": 0, "id": 9})  # refused
-        # One write: the server reads the four frames at once, as from a client that runs
-        # ahead of it.
-        await alice.stream.send_all(
-            b"".join(alice.ws.send(TextMessage(orjson.dumps(f).decode())) for f in frames)
-        )
+        await send_at_once(alice, *(orjson.dumps(f).decode() for f in frames))
         shown = await bob.recv_type("friend_location")
         assert shown["distance_m"] == pytest.approx(300, abs=0.5)  # the newest
         await nothing_for(bob)
-        await alice.until(TextMessage)  # friends_presence
-        error = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        error = await next_frame(alice)
         assert (error["type"], error["re"]) == ("error", 9)
         await trio.sleep(2)  # the history is flushed within a second
         history = read_history(history_dir(server.config.data_dir), "alice")
@@ -471,31 +491,29 @@ async def test_moves_read_at_once_fan_out_only_the_newest(
         assert server.running.server.metrics.coalesced == 0
 
 
+def location_text(position: dict[str, float]) -> str:
+    return orjson.dumps({"type": "location", **position}).decode()
+
+
 async def test_a_bug_showing_moves_read_at_once_costs_one_error_reply(
     server: TestServer, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from wsproto.events import TextMessage
 
     from geopresence.core.nearby import Nearby
-    from tests.shell.test_peer_misbehaviour import raw_peer
 
     def broken(self: Nearby, *, keep_deferring: bool = False) -> None:
         raise RuntimeError("a bug")
 
     async with raw_peer(server) as alice:
-        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
-        await alice.until(TextMessage)  # welcome
-        await alice.until(TextMessage)  # friends_presence
+        await greet(alice, "alice")
         monkeypatch.setattr(Nearby, "show_moves", broken)
-        frames = [{"type": "location", **at(100 * i)} for i in (1, 2)]
-        await alice.stream.send_all(
-            b"".join(alice.ws.send(TextMessage(orjson.dumps(f).decode())) for f in frames)
-        )
-        error = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        await send_at_once(alice, location_text(at(100)), location_text(at(200)))
+        error = await next_frame(alice)
         assert (error["type"], error["code"]) == ("error", "internal")
         monkeypatch.undo()
         await alice.send(TextMessage('{"type":"heartbeat","id":3}'))  # still served
-        reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        reply = await next_frame(alice)
         assert (reply["type"], reply["re"]) == ("heartbeat", 3)
 
 
@@ -505,25 +523,19 @@ async def test_a_bug_checking_moves_before_an_error_reply_costs_one_reply(
     """An error reply first checks the sender's views against the moves read before it
     (``Sessions.before_error``): a bug there costs one reply, as any bug handling a message,
     and the rest of the read is still served."""
-    from wsproto.events import TextMessage
-
     from geopresence.core.nearby_views import FriendViews
-    from tests.shell.test_peer_misbehaviour import raw_peer
 
     def broken(self: FriendViews, viewer: str, now: float) -> None:
         raise RuntimeError("a bug")
 
     async with raw_peer(server) as alice:
-        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
-        await alice.until(TextMessage)  # welcome
-        await alice.until(TextMessage)  # friends_presence
+        await greet(alice, "alice")
         monkeypatch.setattr(FriendViews, "recheck", broken)
-        texts = [orjson.dumps({"type": "location", **at(100)}).decode(), "not json"]
-        texts.append('{"type":"heartbeat","id":3}')
-        await alice.stream.send_all(b"".join(alice.ws.send(TextMessage(t)) for t in texts))
-        error = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        heartbeat = '{"type":"heartbeat","id":3}'
+        await send_at_once(alice, location_text(at(100)), "not json", heartbeat)
+        error = await next_frame(alice)
         assert (error["type"], error["code"]) == ("error", "internal")
-        reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        reply = await next_frame(alice)
         assert (reply["type"], reply["re"]) == ("heartbeat", 3)
 
 
@@ -536,7 +548,6 @@ async def test_a_message_the_shell_answers_itself_follows_the_moves_before_it(
     from wsproto.events import TextMessage
 
     from geopresence.wire.client_messages import ClientMessage, Heartbeat
-    from tests.shell.test_peer_misbehaviour import raw_peer
 
     running = server.running.server
     views_when_taken: list[set[str]] = []
@@ -549,20 +560,16 @@ async def test_a_message_the_shell_answers_itself_follows_the_moves_before_it(
     running.handler.later = later
     await befriend_all(server, ("alice", "bob"))
     async with server.connect("bob", heartbeat=True) as bob, raw_peer(server) as alice:
-        await alice.send(TextMessage('{"type":"hello","user":"alice","device":"d"}'))
-        await alice.until(TextMessage)  # welcome
-        await alice.until(TextMessage)  # friends_presence
+        await greet(alice, "alice")
         await move(bob, at(0))
-        await alice.send(TextMessage(orjson.dumps({"type": "location", **at(100)}).decode()))
+        await alice.send(TextMessage(location_text(at(100))))
         await bob.recv_type("friend_location")
         await move(bob, at(0))
-        shown = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        shown = await next_frame(alice)
         assert (shown["type"], shown["user"]) == ("friend_location", "bob")
-        texts = [orjson.dumps({"type": "location", **at(20_000)}).decode()]
-        texts.append('{"type":"heartbeat","id":5}')
-        await alice.stream.send_all(b"".join(alice.ws.send(TextMessage(t)) for t in texts))
-        gone = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        await send_at_once(alice, location_text(at(20_000)), '{"type":"heartbeat","id":5}')
+        gone = await next_frame(alice)
         assert (gone["type"], gone["user"]) == ("friend_gone", "bob")
-        reply = orjson.loads((await alice.until(TextMessage)).data)  # type: ignore[union-attr]
+        reply = await next_frame(alice)
         assert (reply["type"], reply["re"]) == ("heartbeat", 5)
     assert views_when_taken == [set()]
