@@ -163,12 +163,13 @@ class Nearby:
                 ctx.replicator.replicate(LocationSet(user, lat, lon, location.ts, now))
         if self._moved is None:
             self._publish_move(user, location, now)
+            self.views.recheck(user, now)
         else:
             self._moved[user] = now  # shown by ``show_moves``, if still the newest
-        if check_later and self._moved is not None:
-            self._unchecked[user] = now  # checked by ``check_views``, against the newest
-        else:
-            self.views.recheck(user, now)
+            if check_later:
+                self._unchecked[user] = now  # checked by ``check_views``, against the newest
+            else:
+                self.views.recheck(user, now)
         self.listener.on_location(user, location, now)
         return True
 
