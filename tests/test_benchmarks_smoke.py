@@ -27,6 +27,16 @@ def _quick(script: str, timeout: float) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _module_lines(module: str, *args: str) -> list[str]:
+    """The lines ``python -m benchmarks.MODULE ARGS`` prints (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.splitlines()
+
+
 def test_core_benchmark_reports_every_figure() -> None:
     result = _quick("bench_core.py", 120)
     assert result.returncode == 0, result.stderr
@@ -222,51 +232,33 @@ def test_load_scaleout_reports_every_figure(tmp_path: Path) -> None:
 
 
 def test_paced_writes_reports_the_writer_s_cost_per_frame() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.paced_writes", "--connections", "20", "--rate",
-         "2000", "--duration", "0.5"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
-    assert len(lines) == 2, done.stdout
+    lines = _module_lines(
+        "paced_writes", "--connections", "20", "--rate", "2000", "--duration", "0.5"
+    )
+    assert len(lines) == 2, lines
     assert lines[0].startswith("reader sleeps in epoll")
     assert "µs of writer CPU per frame" in lines[0]
     assert lines[1].startswith("reader polls every ms")
 
 
 def test_read_paths_reports_the_reader_s_cost_per_message_each_way() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.read_paths", "--connections", "20", "--rate",
-         "500", "--duration", "0.5"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+    lines = _module_lines("read_paths", "--connections", "20", "--rate", "500", "--duration", "0.5")
     assert [line.split("  ")[0] for line in lines] == ["receive_some", "wait_readable", "one epoll"]
-    assert all("µs of reader CPU per message" in line for line in lines), done.stdout
+    assert all("µs of reader CPU per message" in line for line in lines), lines
 
 
 def test_write_paths_reports_what_the_shell_adds_to_a_write() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.write_paths", "--connections", "20", "--rate",
-         "2000", "--duration", "0.5"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+    lines = _module_lines(
+        "write_paths", "--connections", "20", "--rate", "2000", "--duration", "0.5"
+    )
     assert [line.split("  ")[0] for line in lines] == [
         "os.write (floor)", "Connections", "the shell adds"
     ]  # fmt: skip
-    assert all("µs" in line for line in lines), done.stdout
+    assert all("µs" in line for line in lines), lines
 
 
 def test_decode_paths_times_the_hot_messages_each_way() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.decode_paths", "--frames", "200"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line.split()[:2] for line in done.stdout.splitlines() if "µs/frame" in line]
+    lines = _module_lines("decode_paths", "--frames", "200")
+    rows = [line.split()[:2] for line in lines if "µs/frame" in line]
     for kind in ("heartbeat", "location"):
-        assert [kind, "cattrs"] in rows and [kind, "hand-checked"] in rows, done.stdout
+        assert [kind, "cattrs"] in rows and [kind, "hand-checked"] in rows, lines

@@ -7,7 +7,8 @@ connection's cached file descriptor is let go before its socket is closed (``det
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -63,6 +64,14 @@ class CountingConnection(Connection):
         super().write_frames(data)
 
 
+@asynccontextmanager
+async def open_pair(config: Config | None = None) -> AsyncIterator[Pair]:
+    """A ``Pair`` whose drain tasks run in a nursery cancelled once the test is done."""
+    async with trio.open_nursery() as nursery:
+        yield Pair(nursery, config)
+        nursery.cancel_scope.cancel()
+
+
 class Pair:
     """``Connections`` with one open session over a socketpair; ``peer`` is the client's
     end, non-blocking; ``writes`` counts the session's writes."""
@@ -88,19 +97,16 @@ class Pair:
 
 
 async def test_a_frame_to_an_idle_connection_skips_the_outbox_and_is_written_once() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         with pair.connections.batch():
             pair.send('{"n":1}', key="a")
             assert pair.c.first is not None and len(pair.c.outbox) == 0
         assert pair.writes == 1 and pair.c.first is None and not pair.c.dirty
         assert texts(pair.peer) == ['{"n":1}']
-        nursery.cancel_scope.cancel()
 
 
 async def test_frames_of_one_batch_go_out_in_one_write_in_order() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         with pair.connections.batch():
             pair.send('{"n":1}', key="a")
             pair.send('{"n":2}')
@@ -112,12 +118,10 @@ async def test_frames_of_one_batch_go_out_in_one_write_in_order() -> None:
             pair.send('{"n":4}', key="a")
             assert pair.c.first is not None
         assert texts(pair.peer) == ['{"n":4}']
-        nursery.cancel_scope.cancel()
 
 
 async def test_the_latest_state_replaces_the_first_frame_of_a_batch() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         with pair.connections.batch():
             pair.send('{"at":1}', key="alice")
             pair.send('{"other":1}', key="bob")
@@ -125,7 +129,6 @@ async def test_the_latest_state_replaces_the_first_frame_of_a_batch() -> None:
         # alice's newer state took the place of her first frame, ahead of bob's.
         assert texts(pair.peer) == ['{"at":2}', '{"other":1}']
         assert pair.connections._metrics.coalesced == 1
-        nursery.cancel_scope.cancel()
 
 
 def fill(pair: Pair) -> None:
@@ -140,8 +143,7 @@ def fill(pair: Pair) -> None:
 
 
 async def test_a_parked_connection_keeps_its_first_frame_and_the_latest_state_wins() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         fill(pair)
         writes = pair.writes
         with pair.connections.batch():
@@ -158,12 +160,10 @@ async def test_a_parked_connection_keeps_its_first_frame_and_the_latest_state_wi
         received.append(read_all(pair.peer))
         frames = [payload.decode() for _, payload in parse_frames(b"".join(received))]
         assert frames[-1] == '{"at":2}' and '{"at":1}' not in frames
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_frame_sent_as_a_parked_connection_drains_follows_the_frames_that_waited() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         fill(pair)
         with pair.connections.batch():
             pair.send('{"waited":1}')
@@ -176,12 +176,10 @@ async def test_a_frame_sent_as_a_parked_connection_drains_follows_the_frames_tha
         received.append(read_all(pair.peer))
         frames = [payload.decode() for _, payload in parse_frames(b"".join(received))]
         assert frames[-2:] == ['{"waited":1}', '{"then":2}']
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_full_queue_behind_a_parked_connection_closes_4008_and_drops_what_waits() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery, Config(queue_size=4))
+    async with open_pair(Config(queue_size=4)) as pair:
         fill(pair)
         with pair.connections.batch():
             pair.send('{"state":1}', key="alice")
@@ -193,7 +191,6 @@ async def test_a_full_queue_behind_a_parked_connection_closes_4008_and_drops_wha
         # Nothing more is queued for a connection being closed.
         pair.send('{"late":1}', key="bob")
         assert pair.c.first is None and len(pair.c.outbox) == 0
-        nursery.cancel_scope.cancel()
 
 
 async def drain_all(pair: Pair) -> list[tuple[int, bytes]]:
@@ -220,8 +217,7 @@ def full_and_parked(pair: Pair) -> None:
 async def test_a_frame_behind_a_first_frame_that_overflows_is_dropped_with_it() -> None:
     """A batch sends A then B to a full queue: A's push closes 4008, and B, which would
     fit the emptied queue, must not follow what was dropped."""
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery, Config(queue_size=4))
+    async with open_pair(Config(queue_size=4)) as pair:
         full_and_parked(pair)
         with pair.connections.batch():
             pair.send('{"dropped":"A"}')
@@ -230,12 +226,10 @@ async def test_a_frame_behind_a_first_frame_that_overflows_is_dropped_with_it() 
         assert pair.c.close_request[0] == CLOSE_SLOW_CONSUMER
         sent = [payload for opcode, payload in await drain_all(pair) if opcode == 1]
         assert b'{"dropped":"A"}' not in sent and b'{"after":"B"}' not in sent
-        nursery.cancel_scope.cancel()
 
 
 async def test_one_frame_onto_a_full_queue_closes_4008_and_sends_nothing_more() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery, Config(queue_size=4))
+    async with open_pair(Config(queue_size=4)) as pair:
         full_and_parked(pair)
         with pair.connections.batch():
             pair.send('{"one":1}')
@@ -243,13 +237,11 @@ async def test_one_frame_onto_a_full_queue_closes_4008_and_sends_nothing_more() 
         frames = await drain_all(pair)
         assert [opcode for opcode, _ in frames if opcode != 1][-1:] == [8]  # the close
         assert all(b'"n"' not in p and b'"one"' not in p for op, p in frames if op == 1)
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("how", ["the peer closes", "we close", "a message too big"])
 async def test_nothing_is_written_after_a_close(how: str) -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         if how == "we close":
             pair.ws.start_close(1000, "")
         else:
@@ -265,18 +257,15 @@ async def test_nothing_is_written_after_a_close(how: str) -> None:
             pair.send('{"late":1}')
         pair.ws.send("late too")
         assert [opcode for opcode, _ in await drain_all(pair)] == [8]  # our close only
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_detached_connection_writes_and_reads_nothing() -> None:
-    async with trio.open_nursery() as nursery:
-        pair = Pair(nursery)
+    async with open_pair() as pair:
         pair.ws.detach()
         pair.ws.write_frames(b"\x81\x02{}")
         pair.ws.send("{}")
         assert read_all(pair.peer) == b""
         assert not pair.ws.open
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("ending", ["client closes", "server refuses"])
