@@ -14,7 +14,6 @@ than one the reader is woken for, so that figure is no floor at the design's loa
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import multiprocessing
 import os
@@ -99,13 +98,7 @@ def measure(connections: int, rate: float, duration: float, poll: bool) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=25_000, help="frames/s in all")
-    parser.add_argument("--duration", type=float, default=8.0)
-    args = parser.parse_args()
-    procs.raise_fd_limit()
-    os.sched_setaffinity(0, {0})
+    args = procs.paced_options(__doc__, 25_000, "frames")
     for poll in (False, True):
         user, system = measure(args.connections, args.rate, args.duration, poll)
         reader = "polls every ms" if poll else "sleeps in epoll"

@@ -4,6 +4,7 @@ CPU, read its CPU time and RSS from /proc, stop it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -188,6 +189,20 @@ def metrics(http: str | None, key: str | None = None) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 values[name] = float(value)
     return values
+
+
+def paced_options(description: str | None, rate: float, unit: str) -> argparse.Namespace:
+    """``--connections``, ``--rate`` (``unit`` a second in all) and ``--duration`` of a paced
+    loopback benchmark (``paced_writes``, ``write_paths``, ``read_paths``), parsed; then this
+    process may open as many files as allowed and runs on CPU 0 (the other process on 1)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=rate, help=f"{unit}/s in all")
+    parser.add_argument("--duration", type=float, default=8.0)
+    args = parser.parse_args()
+    raise_fd_limit()
+    os.sched_setaffinity(0, {0})
+    return args
 
 
 def raise_fd_limit() -> int:

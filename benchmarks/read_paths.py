@@ -19,7 +19,6 @@ Printed: the reader's CPU per message (user and system) for each.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import random
@@ -123,13 +122,7 @@ async def measure(way: str, connections: int, rate: float, duration: float) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=4_400, help="messages/s in all")
-    parser.add_argument("--duration", type=float, default=8.0)
-    args = parser.parse_args()
-    procs.raise_fd_limit()
-    os.sched_setaffinity(0, {0})
+    args = procs.paced_options(__doc__, 4_400, "messages")
     for way in WAYS:
         user, system = trio.run(measure, way, args.connections, args.rate, args.duration)
         print(

@@ -19,7 +19,6 @@ costs between the fan-out and the socket. Only same-run figures compare.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import socket
@@ -89,13 +88,7 @@ def measure(connections: int, rate: float, duration: float) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--rate", type=float, default=25_000, help="frames/s in all")
-    parser.add_argument("--duration", type=float, default=8.0)
-    args = parser.parse_args()
-    procs.raise_fd_limit()
-    os.sched_setaffinity(0, {0})
+    args = procs.paced_options(__doc__, 25_000, "frames")
     floor, shell = measure(args.connections, args.rate, args.duration)
     print(f"{'os.write (floor)':<20} {floor:6.2f} µs of writer CPU per frame")
     print(f"{'Connections':<20} {shell:6.2f} µs of writer CPU per frame")
